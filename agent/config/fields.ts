@@ -1,0 +1,82 @@
+import { z } from "zod";
+
+/**
+ * How a setting reaches the runtime. Every setting is an environment variable (the form
+ * the reference agents document), so a pool configured by a component, a Kubernetes
+ * manifest or a plain `docker run` all speak the same names.
+ */
+export interface SettingMeta {
+  /** The variable name; for `map` settings the prefix, for `indexed` settings the stem. */
+  env: string;
+  /** The command-line flag, where the reference agent documents one. */
+  flag?: string;
+  /** Kept in Secrets Manager or a Kubernetes Secret: never rendered into user-data or a ConfigMap. */
+  secret?: boolean;
+  /** `map`: one variable per key (PREFIX + key). `indexed`: PREFIX + FIELD + "_" + index. */
+  encoding?: "map" | "indexed";
+  /** For `indexed`: the variable infix of each item field. */
+  fields?: Record<string, string>;
+  /** Checked by the runtime's validator beyond what JSON Schema says ("regex" must compile). */
+  format?: "regex";
+}
+
+/** Attach the variable metadata to a setting's schema. */
+export function setting<T extends z.ZodType>(schema: T, meta: SettingMeta): T {
+  return schema.meta({ ...meta }) as T;
+}
+
+export const DURATION_PATTERN = /^([0-9]+(ms|s|m|h))+$/;
+
+/** A Go-style duration ("90s", "7m", "1h30m"), as the reference launcher takes. */
+export const duration = z
+  .string()
+  .regex(DURATION_PATTERN, { error: 'must be a duration such as "90s", "7m" or "1h30m"' });
+
+export const httpUrl = z.url({
+  protocol: /^https?$/,
+  error: "must be an http:// or https:// URL",
+});
+
+export const absolutePath = z
+  .string()
+  .regex(/^\/[^\0,]*$/, { error: "must be an absolute path (starting with /) without commas" });
+
+export const envVarName = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: "must be an environment variable name (letters, digits, _)" });
+
+export const metadataTags = z
+  .record(
+    z.string().regex(/^[A-Za-z0-9_]{1,64}$/, { error: "tag names are letters, digits and _ (at most 64)" }),
+    z.string().max(256, { error: "tag values are at most 256 characters" }),
+  )
+  .default({});
+
+export const regexSource = z.string().refine(
+  (source) => {
+    try {
+      new RegExp(source);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: "must be a valid regular expression" },
+);
+
+/** Proxy settings, read by the runtime for its own outbound connections. */
+export const proxySettings = {
+  httpsProxy: setting(httpUrl.optional(), { env: "HTTPS_PROXY" }),
+  noProxy: setting(
+    z.string().regex(/^[^\s]*$/, { error: "must be a comma-separated list of hosts without spaces" }).optional(),
+    { env: "NO_PROXY" },
+  ),
+};
+
+/** Parse a duration string into milliseconds. The string is assumed valid (see DURATION_PATTERN). */
+export function durationMs(text: string): number {
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  let total = 0;
+  for (const [, amount, suffix] of text.matchAll(/([0-9]+)(ms|s|m|h)/g)) total += Number(amount) * unit[suffix];
+  return total;
+}

@@ -1,0 +1,52 @@
+import { z } from "zod";
+import { absolutePath, duration, httpUrl, metadataTags, proxySettings, setting } from "./fields";
+
+export const FLOWS_EXECUTORS = ["docker", "process"] as const;
+
+/**
+ * Extra `docker run` parameters a pool may add to each runtime container. An allowlist:
+ * anything that could undo the sandbox (--privileged, --cap-add, --security-opt, host
+ * namespaces, devices) is refused rather than filtered.
+ */
+export const DOCKER_EXTRA_PARAM_PATTERN =
+  /^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\s,]+$/;
+
+/** The Flows agent's settings (reference 004). */
+export const flowsAgentSettings = z.strictObject({
+  poolId: setting(z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, { error: "must be the pool ID from the pool page" }), {
+    env: "FLOWS_AGENT_POOL_ID",
+  }),
+  poolToken: setting(z.string().min(1, { error: "is required" }), { env: "FLOWS_AGENT_POOL_TOKEN", secret: true }),
+  gatewayEndpoint: setting(httpUrl, { env: "FLOWS_GATEWAY_ENDPOINT" }),
+  backendEndpoint: setting(httpUrl, { env: "FLOWS_ENDPOINT" }),
+  executor: setting(z.enum(FLOWS_EXECUTORS).default("docker"), { env: "FLOWS_EXECUTOR" }),
+  mountsDir: setting(absolutePath.default("/var/lib/agentpools/flows-mounts"), {
+    env: "FLOWS_DOCKER_MOUNTS_TEMPDIR",
+  }),
+  runtimeImage: setting(
+    z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._/:@-]{0,254}$/, { error: "must be a container image reference" })
+      .default("node:24-alpine"),
+    { env: "FLOWS_RUNTIME_IMAGE" },
+  ),
+  gvisor: setting(z.boolean().default(true), { env: "FLOWS_GVISOR" }),
+  extraDockerParams: setting(
+    z
+      .array(
+        z.string().regex(DOCKER_EXTRA_PARAM_PATTERN, {
+          error: "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs",
+        }),
+      )
+      .default([]),
+    { env: "FLOWS_DOCKER_EXTRA_PARAMS" },
+  ),
+  runtimePoolSize: setting(z.int().min(1).max(64).default(4), { env: "FLOWS_RUNTIME_POOL_SIZE" }),
+  runtimeMemoryMb: setting(z.int().min(64).max(16384).default(256), { env: "FLOWS_RUNTIME_MEMORY_MB" }),
+  defaultRunTimeout: setting(duration.default("60s"), { env: "FLOWS_RUN_TIMEOUT" }),
+  registryMirror: setting(httpUrl.optional(), { env: "FLOWS_REGISTRY_MIRROR" }),
+  ...proxySettings,
+  metadataTags: setting(metadataTags, { env: "FLOWS_METADATA_", encoding: "map" }),
+});
+
+export type FlowsAgentSettings = z.output<typeof flowsAgentSettings>;

@@ -1,0 +1,57 @@
+import { z } from "zod";
+import { absolutePath, duration, envVarName, httpUrl, metadataTags, proxySettings, setting } from "./fields";
+
+/** `/host/path:/container/path`, optionally `:ro` or `:rw`. */
+export const MOUNT_PATTERN = /^\/[^:,\0]*:\/[^:,\0]*(:ro|:rw)?$/;
+
+const base64PrivateKey = z
+  .string()
+  .regex(/^[A-Za-z0-9+/]+={0,2}$/, { error: "must be the private key file encoded as one line of base64" })
+  .refine((text) => Buffer.from(text, "base64").toString("utf8").includes("PRIVATE KEY-----"), {
+    error: "must decode to a PEM private key (base64 of the whole spacelift.key file)",
+  });
+
+const dockerName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, { error: "must be a Docker name (letters, digits, _ . -)" });
+
+/** The worker launcher's settings (reference 003, configuration options). */
+export const launcherSettings = z.strictObject({
+  token: setting(z.string().min(1, { error: "is required" }), { env: "SPACELIFT_TOKEN", secret: true }),
+  poolPrivateKey: setting(base64PrivateKey, { env: "SPACELIFT_POOL_PRIVATE_KEY", secret: true }),
+  dockerConfigDir: setting(absolutePath.optional(), { env: "SPACELIFT_DOCKER_CONFIG_DIR" }),
+  maskedEnvVars: setting(z.array(envVarName).default([]), { env: "SPACELIFT_MASK_ENVS" }),
+  whitelistedEnvVars: setting(z.array(envVarName).default([]), { env: "SPACELIFT_WHITELIST_ENVS" }),
+  workerNetwork: setting(dockerName.default("bridge"), { env: "SPACELIFT_WORKER_NETWORK" }),
+  extraMounts: setting(
+    z
+      .array(z.string().regex(MOUNT_PATTERN, { error: 'must be "/host/path:/container/path" (optionally ":ro")' }))
+      .default([]),
+    { env: "SPACELIFT_WORKER_EXTRA_MOUNTS" },
+  ),
+  workerRuntime: setting(dockerName.optional(), { env: "SPACELIFT_WORKER_RUNTIME" }),
+  logsTimeout: setting(duration.default("7m"), { env: "SPACELIFT_LAUNCHER_LOGS_TIMEOUT" }),
+  runTimeout: setting(duration.default("70m"), { env: "SPACELIFT_LAUNCHER_RUN_TIMEOUT" }),
+  runInitializationPolicyFile: setting(absolutePath.optional(), {
+    env: "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+  }),
+  vcsAgents: setting(
+    z
+      .array(
+        z.strictObject({
+          name: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, { error: "must be a VCS agent pool name" }),
+          baseEndpoint: httpUrl,
+        }),
+      )
+      .default([]),
+    {
+      env: "SPACELIFT_PRIVATEVCS_MAPPING_",
+      encoding: "indexed",
+      fields: { name: "NAME", baseEndpoint: "BASE_ENDPOINT" },
+    },
+  ),
+  ...proxySettings,
+  metadataTags: setting(metadataTags, { env: "SPACELIFT_METADATA_", encoding: "map" }),
+});
+
+export type LauncherSettings = z.output<typeof launcherSettings>;

@@ -1,0 +1,142 @@
+import { readFileSync } from "node:fs";
+import type { Credentials } from "./sigv4";
+import { AwsClient, InstanceMetadata } from "./aws";
+import { LogShipper } from "./cloudwatch";
+import { createLogger, type Logger } from "./log";
+import { sleep } from "./http";
+import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
+import { validateSettings } from "../config/validate";
+import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../config/instance";
+import type { RoleName } from "../config/roles";
+
+/** What a role's agent gives back once started. */
+export interface RunningAgent {
+  /** Resolves once the agent is connected to its gateway and can take work. */
+  ready: Promise<void>;
+  /** Settles if the agent stops by itself (a fatal error rejects it). */
+  stopped: Promise<void>;
+  /** Stop taking work, finish what is in flight, then close; give up at the deadline. */
+  drain(deadline: number): Promise<void>;
+}
+
+export interface RoleContext {
+  log: Logger;
+}
+
+export interface Role<S = Record<string, unknown>> {
+  name: RoleName;
+  start(settings: S, context: RoleContext): Promise<RunningAgent> | RunningAgent;
+}
+
+export interface RunOptions {
+  env?: Env;
+  argv?: string[];
+  /** Settled with the exit code instead of calling process.exit (tests). */
+  exit?: (code: number) => void;
+  /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
+  lifecyclePollMs?: number;
+  /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
+  stopSignal?: Promise<string>;
+}
+
+function stopSignals(): Promise<string> {
+  return new Promise((resolve) => {
+    for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => resolve(signal));
+  });
+}
+
+const METADATA_FROM_IDENTITY = { instance_id: "instanceId", availability_zone: "availabilityZone", instance_type: "instanceType" } as const;
+
+/**
+ * The start-up path every role shares: read the instance configuration, fetch the pool's
+ * credentials with the instance role, tag the agent with instance metadata, validate the
+ * settings, start the agent, complete the launch hook once it is connected, and on SIGTERM
+ * or Auto Scaling termination drain it and complete the termination hook.
+ */
+export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options: RunOptions = {}): Promise<number> {
+  const processEnv = options.env ?? process.env;
+  const log = createLogger(role.name);
+  let shipper: LogShipper | undefined;
+  const finish = async (code: number) => {
+    await shipper?.stop();
+    (options.exit ?? process.exit)(code);
+    return code;
+  };
+
+  try {
+    const configPath = processEnv[CONFIG_PATH_VARIABLE];
+    const config: InstanceConfig | undefined = configPath ? JSON.parse(readFileSync(configPath, "utf8")) : undefined;
+    if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
+    // The variables of the process win over the file, so an operator can override one setting on a box.
+    const env: Env = { ...config?.env, ...processEnv };
+
+    let aws: { client: AwsClient; imds: InstanceMetadata; instanceId: string; hooks: NonNullable<InstanceConfig["aws"]> } | undefined;
+    if (config?.aws) {
+      const imds = new InstanceMetadata(processEnv);
+      const identity = await imds.identity();
+      const client = new AwsClient(identity.region, (): Promise<Credentials> => imds.credentials(), processEnv);
+      aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws };
+      shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId);
+      log.sinks.push(shipper.push);
+      shipper.start();
+
+      const secret = JSON.parse(await client.getSecretString(config.aws.secretArn)) as Record<string, unknown>;
+      for (const { env: name } of secretSettings(schema)) {
+        if (typeof secret[name] === "string") env[name] = secret[name] as string;
+      }
+      const metadataPrefix = Object.values(schema.properties).find((p) => p.encoding === "map")?.env;
+      if (metadataPrefix) {
+        for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY)) env[metadataPrefix + tag] ??= identity[field];
+      }
+    }
+
+    for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
+    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
+
+    const agent = await role.start(settings, { log });
+    const crashed = agent.stopped.then(
+      () => "agent stopped",
+      (error: Error) => `agent failed: ${error.message}`,
+    );
+    const first = await Promise.race([agent.ready.then(() => undefined), crashed]);
+    if (first) throw new Error(first);
+    log.info("agent ready", { pool: config?.pool });
+    if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
+
+    const stopSignal = options.stopSignal ?? stopSignals();
+    const terminating = aws ? watchTermination(aws.imds, options.lifecyclePollMs ?? 5000) : new Promise<never>(() => undefined);
+    const reason = await Promise.race([stopSignal, terminating.then(() => "autoscaling termination"), crashed]);
+    if (reason.startsWith("agent")) throw new Error(reason);
+
+    const drainSeconds = config?.drainTimeoutSeconds ?? 300;
+    log.info("draining", { reason, timeoutSeconds: drainSeconds });
+    await agent.drain(Date.now() + drainSeconds * 1000);
+    log.info("drained");
+    if (aws && reason === "autoscaling termination") {
+      await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.terminationHookName, aws.instanceId, log);
+    }
+    return await finish(0);
+  } catch (error) {
+    log.error((error as Error).message);
+    return await finish(1);
+  }
+}
+
+async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger): Promise<void> {
+  try {
+    await client.completeLifecycleAction(group, hook, instanceId, "CONTINUE");
+    log.info("lifecycle action completed", { hook });
+  } catch (error) {
+    // A restarted runtime finds the launch action long completed; that is not a failure.
+    if (/No active Lifecycle Action/i.test((error as Error).message)) log.info("no pending lifecycle action", { hook });
+    else log.warn("could not complete lifecycle action", { hook, error: (error as Error).message });
+  }
+}
+
+async function watchTermination(imds: InstanceMetadata, pollMs: number): Promise<void> {
+  for (;;) {
+    const state = await imds.targetLifecycleState();
+    if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return;
+    await sleep(pollMs);
+  }
+}

@@ -1,0 +1,46 @@
+// Bundles the runtime, one minified file per role, into build/bundles/. Runs after tsc:
+// the role's settings JSON Schema is computed from the compiled zod schema and inlined,
+// so the bundles carry the schema's names and defaults without carrying zod.
+import { build } from "esbuild";
+import { createRequire } from "node:module";
+import { gzipSync } from "node:zlib";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const require = createRequire(import.meta.url);
+const { settingsJsonSchema } = require(path.join(root, "build/agent/config/settings-schema.js"));
+const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
+
+const inlineSchema = (role) => ({
+  name: "inline-settings-schema",
+  setup(b) {
+    b.onLoad({ filter: /agent[\\/]config[\\/]settings-schema\.ts$/ }, () => ({
+      contents: `export function settingsJsonSchema() { return ${JSON.stringify(settingsJsonSchema(role))}; }`,
+      loader: "ts",
+    }));
+  },
+});
+
+for (const role of ROLES) {
+  const outfile = path.join(root, "build/bundles", `${role}.js`);
+  const result = await build({
+    entryPoints: [path.join(root, "agent/roles", `${role}.ts`)],
+    outfile,
+    bundle: true,
+    minify: true,
+    platform: "node",
+    target: "node22",
+    format: "cjs",
+    charset: "ascii",
+    legalComments: "none",
+    metafile: true,
+    logLevel: "error",
+    plugins: [inlineSchema(role)],
+  });
+  const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
+  if (external.length > 0) throw new Error(`the ${role} bundle must use Node built-ins only, but includes ${external.join(", ")}`);
+  const code = readFileSync(outfile);
+  console.log(`bundle ${role}: ${code.length} bytes, ${gzipSync(code, { level: 9 }).length} gzipped`);
+}
