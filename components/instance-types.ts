@@ -4,7 +4,7 @@
  * T type is refused.
  */
 
-const INSTANCE_TYPE = /^([a-z]+)([0-9]+)([a-z0-9]*)(-[a-z0-9]+)?\.([a-z0-9-]+)$/;
+const INSTANCE_TYPE = /^([a-z]+)([0-9]*)([a-z0-9]*)(-[a-z0-9]+)?\.([a-z0-9-]+)$/;
 
 export type Architecture = "x86_64" | "arm64";
 
@@ -20,12 +20,13 @@ export function parseInstanceType(type: string): ParsedInstanceType | undefined 
   const match = INSTANCE_TYPE.exec(type);
   if (!match) return undefined;
   const [, series, generation, attributes, suffix = "", size] = match;
-  return { family: `${series}${generation}${attributes}${suffix}`, series, generation: Number(generation), attributes, size };
+  return { family: `${series}${generation}${attributes}${suffix}`, series, generation: Number(generation || 0), attributes, size };
 }
 
 /** t1, t2, t3, t3a, t4g and any later t generation. */
 export function isBurstable(type: string): boolean {
-  return parseInstanceType(type)?.series === "t";
+  const parsed = parseInstanceType(type);
+  return parsed?.series === "t" && parsed.generation > 0;
 }
 
 /** Graviton types carry a "g" among their attributes (c7g, m6gd, c7gn, is4gen); a1 is the first. */

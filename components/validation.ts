@@ -23,10 +23,12 @@ export function formatIssues(error: z.ZodError, secretFields: readonly string[] 
     if (issue.code === "unrecognized_keys") {
       return `${issue.keys.map((key) => pathOf([...issue.path, key])).join(", ")}: not a known argument`;
     }
+    // A record's bad key is reported generically; the key's own schema says what is allowed.
+    const message = issue.code === "invalid_key" && issue.issues.length > 0 ? issue.issues[0].message : issue.message;
     const secret = secretFields.includes(String(issue.path[0]));
     const input = (issue as { input?: unknown }).input;
     const given = secret ? "" : input === undefined ? "" : ` (got ${JSON.stringify(input)})`;
-    return `${field}: ${issue.message}${given}`;
+    return `${field}: ${message}${given}`;
   });
 }
 

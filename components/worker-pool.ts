@@ -24,7 +24,9 @@ export const workerPoolArgs = z
     if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < 7200) {
       ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in would kill a run that may still finish` });
     }
-  });
+  })
+  // A policy given as text is read by the launcher from its fixed path.
+  .transform((args) => (args.runInitializationPolicy === undefined ? args : { ...args, runInitializationPolicyFile: RUN_INITIALIZATION_POLICY_PATH }));
 
 export type WorkerPoolArgs = z.input<typeof workerPoolArgs> &
   PoolPlacement & {
@@ -40,7 +42,7 @@ export class WorkerPool extends AgentPool {
     super(
       "agentpools:aws:WorkerPool",
       name,
-      preparePool("WorkerPool", "launcher", name, workerPoolArgs, withPolicyPath(args), (parsed) => ({
+      preparePool("WorkerPool", "launcher", name, workerPoolArgs, args, (parsed) => ({
         docker: true,
         gvisor: parsed.workerRuntime === "runsc",
         noProxy: parsed.noProxy,
@@ -53,8 +55,3 @@ export class WorkerPool extends AgentPool {
   }
 }
 
-/** A policy given as text is read by the launcher from its fixed path. */
-function withPolicyPath(args: WorkerPoolArgs): WorkerPoolArgs {
-  if (args.runInitializationPolicy === undefined || args.runInitializationPolicyFile !== undefined) return args;
-  return { ...args, runInitializationPolicyFile: RUN_INITIALIZATION_POLICY_PATH };
-}
