@@ -152,7 +152,7 @@ export function validatePool<S extends z.ZodType>(
 
   const existingSecretArn = (plain as { existingSecretArn?: unknown }).existingSecretArn;
   const shape = (roleSettings[role] as unknown as z.ZodObject).shape;
-  const values: Record<string, pulumi.Input<string>> = {};
+  const given: { key: string; env: string; value: pulumi.Input<string> }[] = [];
   for (const { key, env } of secrets) {
     const value = rest[key] as pulumi.Input<string> | undefined;
     if (existingSecretArn !== undefined) {
@@ -167,14 +167,20 @@ export function validatePool<S extends z.ZodType>(
       const result = shape[key].safeParse(value);
       if (!result.success) problems.push(...formatIssues(result.error, [key]).map((line) => `${key}${line.slice(line.indexOf(":"))}`));
     }
-    values[env] = pulumi.output(value).apply((text) => {
-      const result = shape[key].safeParse(text);
-      if (!result.success) throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
-      return text;
-    });
+    given.push({ key, env, value });
   }
-
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
+  // Secrets from config are Outputs: they are checked once their values are known.
+  const values = Object.fromEntries(
+    given.map(({ key, env, value }) => [
+      env,
+      pulumi.output(value).apply((text) => {
+        const result = shape[key].safeParse(text);
+        if (!result.success) throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
+        return text;
+      }),
+    ]),
+  );
   const secretEnv = existingSecretArn === undefined ? pulumi.secret(pulumi.all(values) as pulumi.Output<Record<string, string>>) : undefined;
   return { args: parsed.data, secretEnv };
 }

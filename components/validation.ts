@@ -27,7 +27,8 @@ export function formatIssues(error: z.ZodError, secretFields: readonly string[] 
     const message = issue.code === "invalid_key" && issue.issues.length > 0 ? issue.issues[0].message : issue.message;
     const secret = secretFields.includes(String(issue.path[0]));
     const input = (issue as { input?: unknown }).input;
-    const given = secret ? "" : input === undefined ? "" : ` (got ${JSON.stringify(input)})`;
+    const shown = input === undefined ? undefined : JSON.stringify(input);
+    const given = secret || shown === undefined || (typeof input === "string" && message.includes(shown)) ? "" : ` (got ${shown})`;
     return `${field}: ${message}${given}`;
   });
 }

@@ -31,7 +31,7 @@ export const invokeResults: Record<string, (args: Record<string, any>) => Record
   }),
   "aws:ec2/getSubnet:getSubnet": (args) => ({
     id: args.id,
-    vpcId: args.id.startsWith("subnet-0ther") ? "vpc-0ther00000000000" : "vpc-0123456789abcdef0",
+    vpcId: args.id.startsWith("subnet-0ff") ? "vpc-0ff000000000000aa" : "vpc-0123456789abcdef0",
     availabilityZone: `${REGION}${"abc"[parseInt(args.id.slice(-1), 16) % 3]}`,
     cidrBlock: "10.20.0.0/20",
   }),

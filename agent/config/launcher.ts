@@ -7,7 +7,7 @@ export const MOUNT_PATTERN = /^\/[^:,\0]*:\/[^:,\0]*(:ro|:rw)?$/;
 const base64PrivateKey = z
   .string()
   .regex(/^[A-Za-z0-9+/]+={0,2}$/, { error: "must be the private key file encoded as one line of base64" })
-  .refine((text) => Buffer.from(text, "base64").toString("utf8").includes("PRIVATE KEY-----"), {
+  .refine((text) => !/^[A-Za-z0-9+/]+={0,2}$/.test(text) || Buffer.from(text, "base64").toString("utf8").includes("PRIVATE KEY-----"), {
     error: "must decode to a PEM private key (base64 of the whole spacelift.key file)",
   });
 
