@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { settingsJsonSchema } from "../agent/config/settings-schema";
+import type { VcsAgentSettings } from "../agent/config/vcs-agent";
+import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
+import { packageRoot } from "../components/bundles";
+import { decodeUserData, renderUserData } from "../components/userdata";
+import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
+import { FakeAws } from "./fake-aws";
+
+const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
+const TOKEN = "vcs-token-that-must-stay-secret";
+
+/**
+ * A role for these tests: it "connects" by opening a TCP connection to the port in its
+ * target endpoint and drains by saying goodbye. It records what it was given.
+ */
+function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: string[] }): Role<VcsAgentSettings> {
+  return {
+    name: "vcs-agent",
+    start(settings, { log }): RunningAgent {
+      seen.settings = settings;
+      const url = new URL(settings.targetBaseEndpoint);
+      const socket = net.connect(Number(url.port), url.hostname);
+      const stopped = new Promise<void>((resolve, reject) => {
+        socket.on("error", reject);
+        socket.on("close", () => resolve());
+      });
+      stopped.catch(() => undefined);
+      return {
+        ready: new Promise((resolve) => socket.once("connect", () => (seen.order.push("connected"), log.info("connected", { token: settings.token }), resolve()))),
+        stopped,
+        async drain() {
+          seen.drained = true;
+          seen.order.push("drained");
+          await new Promise<void>((resolve) => socket.end("bye\n", resolve));
+        },
+      };
+    },
+  };
+}
+
+/** The instance configuration a VcsAgentPool renders, read back out of its user-data. */
+function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}) {
+  const spec = {
+    kind: "VcsAgentPool",
+    role: "vcs-agent",
+    core: { drainTimeoutSeconds: 30, nodeMajor: 24 },
+    settingsEnv: { SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`, SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...extraEnv },
+    docker: false,
+    gvisor: false,
+  } as unknown as PoolSpec;
+  const decoded = decodeUserData(
+    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" })),
+  );
+  const dir = mkdtempSync(path.join(tmpdir(), "agentpools-"));
+  const file = path.join(dir, "vcs-agent.json");
+  writeFileSync(file, decoded.files.get("/etc/agentpools/vcs-agent.json")?.content as string);
+  const bundle = path.join(dir, "vcs-agent.js");
+  writeFileSync(bundle, decoded.files.get("/opt/agentpools/vcs-agent.js")?.content as string);
+  return { configFile: file, bundleFile: bundle };
+}
+
+describe("runtime start-up path (against a fake AWS on loopback)", () => {
+  let aws: FakeAws;
+  let base: string;
+  let gateway: net.Server;
+  let gatewayPort: number;
+  const received: string[] = [];
+
+  beforeEach(async () => {
+    aws = new FakeAws();
+    base = await aws.start();
+    aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKEN }));
+    gateway = net.createServer((socket) => socket.on("data", (d) => received.push(d.toString())));
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    gatewayPort = (gateway.address() as net.AddressInfo).port;
+  });
+  afterEach(async () => {
+    await aws.stop();
+    await new Promise((resolve) => gateway.close(resolve));
+  });
+
+  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string> } = {}) {
+    const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
+    const { configFile } = renderedInstance(gatewayPort, options.extraEnv);
+    const originalLog = process.stdout.write;
+    const lines: string[] = [];
+    process.stdout.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stdout.write;
+    try {
+      const code = await runRole(tcpRole(seen), settingsJsonSchema("vcs-agent"), {
+        env: { ...aws.env(base), AGENTPOOLS_CONFIG: configFile, ...options.env },
+        argv: [],
+        exit: () => undefined,
+        lifecyclePollMs: 20,
+        stopSignal: options.stop ?? new Promise(() => undefined),
+      });
+      return { code, seen, lines };
+    } finally {
+      process.stdout.write = originalLog;
+    }
+  }
+
+  it("fetches the credentials, connects, completes the launch hook; on termination drains and completes the other", async () => {
+    setTimeout(() => (aws.lifecycleState = "Terminated"), 300);
+    const { code, seen, lines } = await run();
+    assert.equal(code, 0);
+    assert.deepEqual(aws.rejected, []);
+    assert.equal(seen.settings?.token, TOKEN);
+    assert.equal(seen.settings?.metadataTags.instance_id, "i-0123456789abcdef0");
+    assert.equal(seen.settings?.metadataTags.availability_zone, "eu-west-1b");
+    const lifecycle = aws.calls.filter((c) => c.action === "CompleteLifecycleAction").map((c) => c.body);
+    assert.deepEqual(
+      lifecycle.map((b) => [b.LifecycleHookName, b.AutoScalingGroupName, b.InstanceId, b.LifecycleActionResult]),
+      [
+        ["agent-connected", "agentpools-git-1a2b", "i-0123456789abcdef0", "CONTINUE"],
+        ["agent-drained", "agentpools-git-1a2b", "i-0123456789abcdef0", "CONTINUE"],
+      ],
+    );
+    assert.deepEqual(seen.order, ["connected", "drained"]);
+    assert.ok(received.join("").includes("bye"));
+    assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "agent ready"), "logs reach CloudWatch");
+    assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "lifecycle action completed"));
+    for (const line of [...aws.logEvents, ...lines]) assert.ok(!line.includes(TOKEN), `token leaked: ${line}`);
+    assert.ok(lines.some((line) => line.includes("[redacted]")), "the role's attempt to log the token was redacted");
+  });
+
+  it("on SIGTERM drains and exits without completing the termination hook", async () => {
+    let stop!: (signal: string) => void;
+    const stopped = new Promise<string>((resolve) => (stop = resolve));
+    setTimeout(() => stop("SIGTERM"), 200);
+    const { code, seen } = await run({ stop: stopped });
+    assert.equal(code, 0);
+    assert.equal(seen.drained, true);
+    assert.deepEqual(aws.calls.filter((c) => c.action === "CompleteLifecycleAction").map((c) => c.body.LifecycleHookName), ["agent-connected"]);
+  });
+
+  it("a bad setting stops it before any hook is completed, naming the variable", async () => {
+    const { code, seen, lines } = await run({ extraEnv: { SPACELIFT_VCS_AGENT_PARALLELISM: "lots" } });
+    assert.equal(code, 1);
+    assert.equal(seen.settings, undefined);
+    assert.ok(lines.some((l) => l.includes('SPACELIFT_VCS_AGENT_PARALLELISM (parallelism): \\"lots\\" is not allowed')), lines.join(""));
+    assert.equal(aws.calls.filter((c) => c.action === "CompleteLifecycleAction").length, 0, "the launch hook times out and the instance is abandoned");
+  });
+
+  it("an agent that cannot connect fails without completing the launch hook", async () => {
+    await new Promise((resolve) => gateway.close(resolve));
+    const { code } = await run();
+    assert.equal(code, 1);
+    assert.equal(aws.calls.filter((c) => c.action === "CompleteLifecycleAction").length, 0);
+    gateway = net.createServer().listen(0, "127.0.0.1");
+  });
+
+  it("a restarted runtime finds no pending launch action and carries on", async () => {
+    aws.noPendingAction = true;
+    setTimeout(() => (aws.lifecycleState = "Terminated"), 200);
+    const { code, lines } = await run();
+    assert.equal(code, 0);
+    assert.ok(lines.some((l) => l.includes("no pending lifecycle action")));
+  });
+
+  it("a missing secret is a clear failure", async () => {
+    aws.secrets.clear();
+    const { code, lines } = await run();
+    assert.equal(code, 1);
+    assert.ok(lines.some((l) => l.includes("ResourceNotFoundException")));
+  });
+
+  it("the shipped bundle runs the same path: credentials fetched with a valid signature, settings checked, logs shipped", async () => {
+    const { configFile, bundleFile } = renderedInstance(gatewayPort);
+    assert.ok(bundleFile.endsWith(".js") && packageRoot());
+    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    assert.equal(process.versions.node.split(".")[0], "24", "tests run on the instances' Node.js major");
+    assert.deepEqual(aws.rejected, []);
+    assert.ok(aws.calls.some((c) => c.action === "secretsmanager.GetSecretValue" && c.body.SecretId === SECRET_ARN));
+    // The role itself arrives with its own issue: until then the bundle says so, after validating everything.
+    assert.equal(code, 1, output);
+    assert.match(output, /the vcs-agent agent is not part of this build yet/);
+    assert.ok(aws.logEvents.some((line) => line.includes("not part of this build yet")), "the failure reached CloudWatch before exit");
+    assert.ok(!output.includes(TOKEN) && !aws.logEvents.join("").includes(TOKEN));
+  });
+});
