@@ -1,0 +1,30 @@
+// Prints the gzipped user-data size of each pool kind, with its default and its largest
+// configuration (every argument set, at realistic lengths), against EC2's 16,384 bytes.
+// Run: npm run bench:userdata
+import { gzipSync } from "node:zlib";
+import { preparePool } from "../components/agent-pool";
+import { runtimeBundle } from "../components/bundles";
+import { checkUserDataSize } from "../components/pool-core";
+import { USER_DATA_LIMIT } from "../components/userdata";
+import { flowsAgentPoolArgs } from "../components/flows-agent-pool";
+import { vcsAgentPoolArgs } from "../components/vcs-agent-pool";
+import { workerPoolArgs } from "../components/worker-pool";
+import { LARGEST, flowsArgs, vcsArgs, workerArgs } from "../test/fixtures";
+
+const kinds = [
+  { kind: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, extras: { docker: true, gvisor: true } },
+  { kind: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, extras: { docker: false, gvisor: false } },
+  { kind: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, extras: { docker: true, gvisor: true } },
+] as const;
+
+const pad = (text: string | number, width: number) => String(text).padStart(width);
+console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
+console.log(`${"kind".padEnd(15)}${pad("bundle", 8)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}`);
+for (const k of kinds) {
+  const size = (args: object) => checkUserDataSize("pool", preparePool(k.kind, k.role, "pool", k.schema, args as never, () => ({ ...k.extras })));
+  const bundle = gzipSync(runtimeBundle(k.role), { level: 9 }).length;
+  const largest = size(k.largest);
+  console.log(
+    `${k.kind.padEnd(15)}${pad(bundle, 8)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}`,
+  );
+}

@@ -1,0 +1,61 @@
+import assert from "node:assert/strict";
+import * as pulumi from "@pulumi/pulumi";
+import { decodeUserData } from "../components";
+import { byType, isSecretInput, settled, valueOf } from "./mocks";
+import { PRIVATE_KEY_B64 } from "./fixtures";
+
+const SECRETS = {
+  "agentpools:vcsAgentToken": "example-vcs-token-123",
+  "agentpools:workerToken": "example-worker-token-123",
+  "agentpools:workerPrivateKey": PRIVATE_KEY_B64,
+  "agentpools:flowsPoolToken": "example-flows-token-123",
+};
+
+/** Load an example program under the mocks with its sample configuration plus secrets. */
+function load(example: string, config: Record<string, string>) {
+  pulumi.runtime.setAllConfig({ ...config, ...SECRETS }, Object.keys(SECRETS));
+  return import(`../examples/${example}`);
+}
+
+describe("examples run under the mocks", () => {
+  it("aws-new-vpc: a network and three pools, credentials secret and out of user-data", async () => {
+    const program = await load("aws-new-vpc", {
+      "agentpools:gitEndpoint": "https://gitlab.corp.example.com",
+      "agentpools:gitVendor": "gitlab",
+      "agentpools:flowsPoolId": "01JEXAMPLEPOOLID",
+      "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu",
+      "agentpools:flowsBackendEndpoint": "https://useflows.eu",
+    });
+    const pools = await valueOf(program.pools) as Record<string, { group: string }>;
+    assert.deepEqual(Object.keys(pools), ["git", "workers", "flows"]);
+    assert.equal((await valueOf(program.privateSubnetIds) as string[]).length, 2);
+    const resources = [...(await settled("agents")), ...(await settled("git")), ...(await settled("workers")), ...(await settled("flows"))];
+    const versions = byType(resources, "aws:secretsmanager/secretVersion:SecretVersion");
+    assert.equal(versions.length, 3);
+    assert.ok(versions.every((v) => isSecretInput(v.inputs.secretString)));
+    for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
+      const text = decodeUserData(lt.inputs.userData).parts.map((p) => p.body).join("");
+      for (const secret of Object.values(SECRETS)) assert.ok(!text.includes(secret));
+    }
+  });
+
+  it("aws-existing-vpc: reuses the subnets and passes the proxy", async () => {
+    const program = await load("aws-existing-vpc", {
+      "agentpools:vpcId": "vpc-0123456789abcdef0",
+      "agentpools:subnetIds": JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"]),
+      "agentpools:gitEndpoint": "https://bitbucket.corp.example.com:7990",
+      "agentpools:gitVendor": "bitbucket_datacenter",
+      "agentpools:httpsProxy": "http://proxy.corp.example.com:3128",
+      "agentpools:noProxy": ".corp.example.com",
+    });
+    await valueOf(program.workerGroup);
+    const resources = [...(await settled("existing")), ...(await settled("bitbucket")), ...(await settled("runners"))];
+    assert.equal(byType(resources, "aws:ec2/vpc:Vpc").length, 0);
+    const groups = byType(resources, "aws:autoscaling/group:Group");
+    assert.ok(groups.every((g) => JSON.stringify(g.inputs.vpcZoneIdentifiers) === JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"])));
+    const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name === "bitbucket-agents");
+    const config = JSON.parse(decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string);
+    assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
+    assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
+  });
+});
