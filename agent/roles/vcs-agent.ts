@@ -1,6 +1,6 @@
 // Entry point of the vcs-agent runtime bundle (build/bundles/vcs-agent.js).
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { unavailableRole } from "./pending";
+import { vcsAgentRole } from "../vcs/agent";
 
-void runRole(unavailableRole("vcs-agent", "issue #3"), settingsJsonSchema("vcs-agent"));
+void runRole(vcsAgentRole, settingsJsonSchema("vcs-agent"));

@@ -31,3 +31,13 @@ export function request(
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Wait for `ms`, or less if `wake` is called; the timer never outlives the wait. */
+export function interruptibleSleep(ms: number): { done: Promise<void>; wake: () => void } {
+  let wake!: () => void;
+  const done = new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    wake = () => (clearTimeout(timer), resolve());
+  });
+  return { done, wake };
+}

@@ -1,0 +1,107 @@
+import http from "node:http";
+import net from "node:net";
+import tls from "node:tls";
+
+export const CONNECT_PATH = "/_agentpools/connect";
+export const UPGRADE_PROTOCOL = "agentpools-h2";
+
+/** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
+export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {
+  return noProxy
+    .split(",")
+    .map((entry) => entry.trim().toLowerCase())
+    .filter(Boolean)
+    .some((entry) => {
+      if (entry === "*") return true;
+      const [name, entryPort] = entry.split(":");
+      if (entryPort && entryPort !== port) return false;
+      const bare = name.replace(/^\*?\./, "");
+      return host === bare || host.endsWith(`.${bare}`);
+    });
+}
+
+function once<T>(emitter: NodeJS.EventEmitter, ok: string, timeoutMs: number, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} timed out`)), timeoutMs);
+    emitter.once(ok, (value: T) => (clearTimeout(timer), resolve(value)));
+    emitter.once("error", (error: Error) => (clearTimeout(timer), reject(error)));
+  });
+}
+
+/** A TCP connection to host:port, through an HTTP proxy's CONNECT when one applies. */
+async function openSocket(host: string, port: number, proxy: string | undefined, timeoutMs: number): Promise<net.Socket> {
+  if (!proxy) {
+    const socket = net.connect({ host, port, noDelay: true });
+    await once(socket, "connect", timeoutMs, `connecting to ${host}:${port}`);
+    return socket;
+  }
+  const proxyUrl = new URL(proxy);
+  const headers: Record<string, string> = { host: `${host}:${port}` };
+  if (proxyUrl.username) headers["proxy-authorization"] = `Basic ${Buffer.from(`${decodeURIComponent(proxyUrl.username)}:${decodeURIComponent(proxyUrl.password)}`).toString("base64")}`;
+  // agent: false: the CONNECT goes to the proxy itself, never through an environment proxy.
+  const req = http.request({ host: proxyUrl.hostname, port: proxyUrl.port || 80, method: "CONNECT", path: `${host}:${port}`, headers, agent: false });
+  req.end();
+  const [res, socket] = await new Promise<[http.IncomingMessage, net.Socket]>((resolve, reject) => {
+    const timer = setTimeout(() => (req.destroy(), reject(new Error(`the proxy ${proxyUrl.host} did not answer CONNECT`))), timeoutMs);
+    req.once("connect", (r, s) => (clearTimeout(timer), resolve([r, s])));
+    req.once("error", (e) => (clearTimeout(timer), reject(e)));
+  });
+  if (res.statusCode !== 200) {
+    socket.destroy();
+    throw new Error(`the proxy ${proxyUrl.host} refused CONNECT ${host}:${port} with ${res.statusCode}`);
+  }
+  socket.setNoDelay(true);
+  return socket;
+}
+
+/**
+ * Dial the gateway and authenticate: TCP (through HTTPS_PROXY unless NO_PROXY exempts the
+ * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
+ * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for HTTP/2.
+ */
+export async function dialGateway(
+  gateway: URL,
+  headers: Record<string, string>,
+  options: { proxy?: string; noProxy?: string; timeoutMs?: number } = {},
+): Promise<net.Socket> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const secure = gateway.protocol === "https:";
+  const port = Number(gateway.port || (secure ? 443 : 80));
+  const host = gateway.hostname.replace(/^\[|\]$/g, "");
+  const proxy = options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
+  let socket = await openSocket(host, port, proxy, timeoutMs);
+  if (secure) {
+    const secured = tls.connect({ socket, servername: net.isIP(host) ? undefined : host });
+    await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`);
+    socket = secured;
+  }
+
+  const req = http.request({
+    createConnection: () => socket,
+    method: "GET",
+    path: CONNECT_PATH,
+    headers: { host: gateway.host, connection: "Upgrade", upgrade: UPGRADE_PROTOCOL, ...headers },
+  });
+  req.end();
+  return new Promise<net.Socket>((resolve, reject) => {
+    const timer = setTimeout(() => (socket.destroy(), reject(new Error("the gateway did not answer the upgrade"))), timeoutMs);
+    req.once("upgrade", (_res, upgraded: net.Socket, head: Buffer) => {
+      clearTimeout(timer);
+      // Hold the gateway's first HTTP/2 bytes in the buffer until a session reads them: a
+      // flowing socket with no listener would drop them.
+      upgraded.pause();
+      if (head.length > 0) upgraded.unshift(head);
+      resolve(upgraded);
+    });
+    req.once("response", (res: http.IncomingMessage) => {
+      clearTimeout(timer);
+      let body = "";
+      res.on("data", (chunk) => (body += chunk));
+      res.on("end", () => {
+        socket.destroy();
+        reject(Object.assign(new Error(`the gateway refused the connection: ${res.statusCode} ${body.trim()}`), { status: res.statusCode }));
+      });
+    });
+    req.once("error", (error) => (clearTimeout(timer), reject(error)));
+  });
+}

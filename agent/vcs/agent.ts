@@ -1,0 +1,161 @@
+import http from "node:http";
+import http2 from "node:http2";
+import https from "node:https";
+import { pipeline } from "node:stream";
+import type { VcsAgentSettings } from "../config/vcs-agent";
+import type { Logger } from "../runtime/log";
+import type { Role, RunningAgent } from "../runtime/runtime";
+import { Tunnel } from "../tunnel/session";
+import { decodeToken } from "../tunnel/token";
+import { classify, projectMatcher } from "./allowlist";
+
+/** Headers that belong to one connection (HTTP/1.1) or that HTTP/2 forbids. */
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "http2-settings"]);
+/** Never printed, even with debug-print-all. */
+const CREDENTIAL_HEADERS = /^(authorization|private-token|job-token|cookie|set-cookie|x-[a-z-]*token)$/i;
+const DEBUG_BODY_LIMIT = 64 * 1024;
+
+export function forwardableHeaders(headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name.toLowerCase())) continue;
+    out[name] = value as string | string[];
+  }
+  return out;
+}
+
+const redactHeaders = (headers: Record<string, unknown>) =>
+  Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, CREDENTIAL_HEADERS.test(name) ? "[redacted]" : value]));
+
+/** Collects the start of a body for debug output, never more than the limit. */
+function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  if (enabled) {
+    stream.on("data", (chunk: Buffer) => {
+      if (size < DEBUG_BODY_LIMIT) chunks.push(chunk.subarray(0, DEBUG_BODY_LIMIT - size));
+      size += chunk.length;
+    });
+  }
+  return () => Buffer.concat(chunks).toString("utf8") + (size > DEBUG_BODY_LIMIT ? `... (${size} bytes in all)` : "");
+}
+
+/**
+ * Serve one stream from the gateway: refuse what the allowlist does not name, otherwise
+ * forward it to the VCS and stream both bodies, with backpressure both ways. A stream the
+ * gateway cancels (its client went away) cancels the request to the VCS.
+ */
+export function serveStream(
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  settings: VcsAgentSettings,
+  context: { log: Logger; allowed: RegExp; upstream: URL; agent: http.Agent },
+): void {
+  const started = performance.now();
+  const method = String(headers[":method"]);
+  const target = String(headers[":path"]);
+  const decision = classify(settings.vendor, method, target, context.allowed);
+  const elapsed = () => Math.round((performance.now() - started) * 100) / 100;
+
+  if (!decision.allowed) {
+    const body = JSON.stringify({ error: "refused by the VCS agent", reason: decision.reason });
+    if (!stream.destroyed) {
+      stream.respond({ ":status": 403, "content-type": "application/json" });
+      stream.end(body);
+    }
+    context.log.info("denied", { method, path: target, project: decision.project, status: 403, reason: decision.reason, durationMs: elapsed() });
+    return;
+  }
+
+  const base = context.upstream.pathname.replace(/\/$/, "");
+  const request = (context.upstream.protocol === "https:" ? https : http).request({
+    protocol: context.upstream.protocol,
+    hostname: context.upstream.hostname,
+    port: context.upstream.port,
+    method,
+    path: base + target,
+    headers: { ...forwardableHeaders(headers), host: context.upstream.host },
+    agent: context.agent,
+  });
+  const requestBody = tap(stream, settings.debugPrintAll);
+  let status = 0;
+  let bytes = 0;
+  let done = false;
+  const finish = (extra: Record<string, unknown> = {}) => {
+    if (done) return;
+    done = true;
+    context.log.info(decision.what, { method, path: target, project: decision.project, status, bytes, durationMs: elapsed(), ...extra });
+  };
+
+  // A stream reset by the gateway (its client went away) cancels the request to the VCS.
+  stream.on("close", () => {
+    if (!done && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+      request.destroy();
+      finish({ cancelled: true });
+    }
+  });
+  pipeline(stream, request, () => undefined);
+  request.on("response", (response) => {
+    status = response.statusCode ?? 502;
+    if (stream.destroyed) {
+      response.destroy();
+      return;
+    }
+    stream.respond({ ":status": status, ...forwardableHeaders(response.headers) });
+    response.on("data", (chunk: Buffer) => (bytes += chunk.length));
+    const responseBody = tap(response, settings.debugPrintAll);
+    pipeline(response, stream, (error) => {
+      if (settings.debugPrintAll) {
+        context.log.debug("exchange", {
+          method,
+          path: target,
+          requestHeaders: redactHeaders(forwardableHeaders(headers)),
+          requestBody: requestBody(),
+          status,
+          responseHeaders: redactHeaders(response.headers),
+          responseBody: responseBody(),
+        });
+      }
+      finish(error ? { error: error.message } : {});
+    });
+  });
+  request.on("error", (error) => {
+    if (done) return;
+    status = 502;
+    if (!stream.destroyed && !stream.headersSent) {
+      stream.respond({ ":status": 502, "content-type": "application/json" });
+      stream.end(JSON.stringify({ error: "the VCS did not answer", reason: error.message }));
+    }
+    finish({ error: error.message });
+  });
+}
+
+/** The `vcs-agent` role: dial the gateway named by the token and serve the VCS through it. */
+export const vcsAgentRole: Role<VcsAgentSettings> = {
+  name: "vcs-agent",
+  start(settings, { log }): RunningAgent {
+    const token = decodeToken(settings.token);
+    const upstream = new URL(settings.targetBaseEndpoint);
+    const agent = new (upstream.protocol === "https:" ? https : http).Agent({ keepAlive: true, maxSockets: settings.parallelism });
+    const context = { log, allowed: projectMatcher(settings.allowedProjects), upstream, agent };
+    const tunnel = new Tunnel({
+      gateway: new URL(token.gateway),
+      token: settings.token,
+      role: "vcs-agent",
+      metadata: settings.metadataTags,
+      parallelism: settings.parallelism,
+      proxy: settings.httpsProxy,
+      noProxy: settings.noProxy,
+      log,
+      onStream: (stream, headers) => serveStream(stream, headers, settings, context),
+    });
+    return {
+      ready: tunnel.ready,
+      stopped: tunnel.stopped,
+      drain: async (deadline) => {
+        await tunnel.drain(deadline);
+        agent.destroy();
+      },
+    };
+  },
+};

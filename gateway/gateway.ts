@@ -1,0 +1,286 @@
+import { randomUUID } from "node:crypto";
+import http from "node:http";
+import http2 from "node:http2";
+import https from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+import { pipeline, type Readable } from "node:stream";
+import { createLogger, type Logger } from "../agent/runtime/log";
+import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
+import { CONNECTION_WINDOW, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
+import { decodeToken } from "../agent/tunnel/token";
+import { forwardableHeaders } from "../agent/vcs/agent";
+import { secretMatches, type PoolDefinition } from "./pools";
+import { renderStatusPage } from "./status-page";
+
+export const API_PATH = "/_agentpools/api/pools";
+
+export interface GatewayOptions {
+  pools: PoolDefinition[];
+  host?: string;
+  port?: number;
+  /** PEM certificate and key: required unless the gateway listens on loopback only. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** How long a request waits for a free stream when every agent is busy. */
+  queueTimeoutMs?: number;
+  log?: Logger;
+  pingIntervalMs?: number;
+}
+
+export class GatewayError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface AgentConnection {
+  id: string;
+  pool: string;
+  role: string;
+  remote: string;
+  metadata: Record<string, string>;
+  connectedAt: string;
+  session: http2.ClientHttp2Session;
+  active: number;
+  draining: boolean;
+}
+
+interface Waiter {
+  resolve(agent: AgentConnection): void;
+  reject(error: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export interface ForwardedResponse {
+  status: number;
+  headers: Record<string, string | string[]>;
+  body: Readable;
+}
+
+const isLoopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host);
+
+/**
+ * The service side the agents dial. Agents authenticate with their pool's token and then
+ * serve HTTP/2 on their outbound connection; the gateway sends each request down one of
+ * its pool's connected agents, choosing the least busy, and waits a bounded time when all
+ * are busy.
+ */
+export class Gateway {
+  private readonly pools = new Map<string, { definition: PoolDefinition; agents: Set<AgentConnection>; waiters: Waiter[] }>();
+  private readonly server: http.Server | https.Server;
+  private readonly log: Logger;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(private readonly options: GatewayOptions) {
+    const host = options.host ?? "127.0.0.1";
+    if (!options.tls && !isLoopback(host)) throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
+    for (const definition of options.pools) this.pools.set(definition.name, { definition, agents: new Set(), waiters: [] });
+    this.log = options.log ?? createLogger("gateway");
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
+    this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
+    this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
+    this.server.on("connection", (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once("close", () => this.sockets.delete(socket));
+    });
+  }
+
+  async listen(): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
+    const { port } = this.server.address() as AddressInfo;
+    const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
+    this.log.info("gateway listening", { url, pools: [...this.pools.keys()] });
+    return url;
+  }
+
+  /** Stop listening and drop every agent (they will reconnect to the next gateway). */
+  async close(): Promise<void> {
+    for (const pool of this.pools.values()) for (const agent of pool.agents) agent.session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Pools with their connected agents. */
+  summary() {
+    return [...this.pools.values()].map(({ definition, agents, waiters }) => ({
+      name: definition.name,
+      kind: definition.kind,
+      connections: [...agents].filter((a) => !a.draining).length,
+      activeRequests: [...agents].reduce((sum, a) => sum + a.active, 0),
+      waiting: waiters.length,
+      agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: this.capacity(a), draining: a.draining })),
+    }));
+  }
+
+  private refuse(socket: Socket, status: number, reason: string, details: Record<string, unknown>): void {
+    this.log.warn("agent refused", { reason, ...details });
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${JSON.stringify({ error: reason })}`);
+  }
+
+  private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
+    const presented = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
+    let claimed: string | undefined;
+    try {
+      const token = decodeToken(presented);
+      claimed = token.pool;
+      const pool = this.pools.get(token.pool);
+      if (!pool || !secretMatches(pool.definition, token.secret)) throw new Error("token refused");
+    } catch {
+      return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
+    }
+    const pool = this.pools.get(claimed as string)!;
+    let metadata: Record<string, string> = {};
+    try {
+      metadata = JSON.parse(Buffer.from(String(req.headers["x-agentpools-metadata"] ?? "e30"), "base64url").toString("utf8"));
+    } catch {
+      /* metadata is for people; a bad one is dropped */
+    }
+
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+    if (head.length > 0) socket.unshift(head);
+    socket.setNoDelay(true);
+    const session = http2.connect(`http://${claimed}.agents`, {
+      createConnection: () => socket,
+      settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
+    });
+    const agent: AgentConnection = {
+      id: randomUUID(),
+      pool: pool.definition.name,
+      role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
+      remote,
+      metadata,
+      connectedAt: new Date().toISOString(),
+      session,
+      active: 0,
+      draining: false,
+    };
+    session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
+    session.once("remoteSettings", () => {
+      session.setLocalWindowSize(CONNECTION_WINDOW);
+      pool.agents.add(agent);
+      this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote, metadata, parallelism: this.capacity(agent) });
+      this.serveWaiters(agent.pool);
+    });
+    session.on("goaway", () => (agent.draining = true));
+    const keepalive = setInterval(() => session.ping(() => undefined), this.options.pingIntervalMs ?? PING_INTERVAL_MS);
+    session.once("close", () => {
+      clearInterval(keepalive);
+      if (pool.agents.delete(agent)) this.log.info("agent disconnected", { pool: agent.pool, agent: agent.id });
+    });
+  }
+
+  private capacity(agent: AgentConnection): number {
+    return agent.session.remoteSettings?.maxConcurrentStreams ?? 1;
+  }
+
+  private pick(pool: string): AgentConnection | undefined {
+    let best: AgentConnection | undefined;
+    for (const agent of this.pools.get(pool)?.agents ?? []) {
+      if (agent.draining || agent.session.closed || agent.active >= this.capacity(agent)) continue;
+      if (!best || agent.active < best.active) best = agent;
+    }
+    return best;
+  }
+
+  private serveWaiters(pool: string): void {
+    const state = this.pools.get(pool);
+    while (state && state.waiters.length > 0) {
+      const agent = this.pick(pool);
+      if (!agent) return;
+      const waiter = state.waiters.shift() as Waiter;
+      clearTimeout(waiter.timer);
+      agent.active++;
+      waiter.resolve(agent);
+    }
+  }
+
+  /** A free agent stream of the pool: now, after a bounded wait, or a 503. */
+  private acquire(pool: string): Promise<AgentConnection> {
+    const state = this.pools.get(pool);
+    if (!state) return Promise.reject(new GatewayError(404, `no pool named ${pool}`));
+    const agent = this.pick(pool);
+    if (agent) {
+      agent.active++;
+      return Promise.resolve(agent);
+    }
+    if (![...state.agents].some((a) => !a.draining)) return Promise.reject(new GatewayError(503, `no agent of pool ${pool} is connected`));
+    const timeoutMs = this.options.queueTimeoutMs ?? 10_000;
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          state.waiters.splice(state.waiters.indexOf(waiter), 1);
+          reject(new GatewayError(503, `every agent of pool ${pool} stayed busy for ${timeoutMs} ms`));
+        }, timeoutMs),
+      };
+      state.waiters.push(waiter);
+    });
+  }
+
+  /**
+   * Send one request through a pool's agent: `private://<pool>/<path>`. The body streams
+   * both ways; destroying the returned body cancels the request at the agent.
+   */
+  async request(target: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: Readable } = {}): Promise<ForwardedResponse> {
+    const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
+    if (!match) throw new GatewayError(400, `${target} is not a private://<pool>/<path> address`);
+    return this.forward(match[1], init.method ?? "GET", match[2] ?? "/", init.headers ?? {}, init.body);
+  }
+
+  private async forward(pool: string, method: string, path: string, headers: Record<string, string | string[]>, body?: Readable): Promise<ForwardedResponse> {
+    const agent = await this.acquire(pool);
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = agent.session.request({ ...forwardableHeaders(headers), ":method": method, ":path": path }, { endStream: !body });
+    } catch (error) {
+      agent.active--;
+      this.serveWaiters(pool);
+      throw new GatewayError(502, `the agent could not take the request: ${(error as Error).message}`);
+    }
+    stream.once("close", () => {
+      agent.active--;
+      this.serveWaiters(pool);
+    });
+    if (body) pipeline(body, stream, () => undefined);
+    const responseHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+      stream.once("response", resolve);
+      stream.once("error", (error) => reject(new GatewayError(502, `the agent dropped the request: ${error.message}`)));
+      stream.once("close", () => reject(new GatewayError(502, "the agent closed the request before answering")));
+    });
+    return { status: Number(responseHeaders[":status"]), headers: forwardableHeaders(responseHeaders), body: stream };
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = req.url ?? "/";
+    const json = (status: number, value: unknown) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(value, null, 1));
+    };
+    if (url === "/" || url === "/_agentpools/status") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(renderStatusPage(this.summary()));
+      return;
+    }
+    if (url === API_PATH) return json(200, { pools: this.summary() });
+    // The HTTP entry for plain clients: /<pool>/<path>, e.g. git clone http://gateway/<pool>/group/repo.git
+    const match = /^\/([a-z0-9][a-z0-9-]*)(\/[^]*)?$/.exec(url);
+    if (!match || !this.pools.has(match[1])) return json(404, { error: `no pool at ${url.split("?")[0]}` });
+    const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
+    this.forward(match[1], req.method ?? "GET", match[2] ?? "/", forwardableHeaders(req.headers), hasBody ? req : undefined).then(
+      (response) => {
+        res.writeHead(response.status, response.headers);
+        // A client that goes away cancels the request at the agent.
+        res.once("close", () => {
+          if (!res.writableFinished) response.body.destroy();
+        });
+        pipeline(response.body, res, () => undefined);
+      },
+      (error: Error) => json(error instanceof GatewayError ? error.status : 502, { error: error.message }),
+    );
+  }
+}

@@ -1,0 +1,30 @@
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { encodeToken } from "../agent/tunnel/token";
+
+export const POOL_KINDS = ["vcs", "flows", "worker"] as const;
+export type PoolKind = (typeof POOL_KINDS)[number];
+
+/** What the gateway keeps of a pool: its name, kind and the SHA-256 of its secret, never the secret. */
+export interface PoolDefinition {
+  name: string;
+  kind: PoolKind;
+  secretSha256: string;
+}
+
+export const POOL_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
+
+/** A new pool and the token its agents use; the token is shown once and not stored. */
+export function createPool(name: string, kind: PoolKind, gatewayUrl: string): { pool: PoolDefinition; token: string } {
+  if (!POOL_NAME.test(name)) throw new Error(`pool name ${JSON.stringify(name)} must be lowercase letters, digits and dashes (at most 63)`);
+  const secret = randomBytes(32).toString("base64url");
+  return { pool: { name, kind, secretSha256: digest(secret).toString("hex") }, token: encodeToken({ gateway: gatewayUrl, pool: name, secret }) };
+}
+
+/** Compare a presented secret with the stored digest, in constant time. */
+export function secretMatches(pool: PoolDefinition, secret: string): boolean {
+  const expected = Buffer.from(pool.secretSha256, "hex");
+  const actual = digest(secret);
+  return expected.length === actual.length && timingSafeEqual(expected, actual);
+}
