@@ -7,10 +7,12 @@ import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
 import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
-import { packageRoot } from "../components/bundles";
 import { decodeUserData, renderUserData } from "../components/userdata";
 import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
 import { FakeAws } from "./fake-aws";
+import { Gateway } from "../gateway/gateway";
+import { createPool } from "../gateway/pools";
+import { capturingLogger, eventually } from "./helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = "vcs-token-that-must-stay-secret";
@@ -170,21 +172,37 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(lines.some((l) => l.includes("ResourceNotFoundException")));
   });
 
-  it("the shipped bundle runs the same path: credentials fetched with a valid signature, settings checked, logs shipped", async () => {
+  it("the shipped vcs-agent bundle, from decoded user-data: connects to a real gateway, completes both hooks, drains on termination", async function () {
+    this.timeout(30_000);
+    const gatewayProbe = net.createServer().listen(0, "127.0.0.1");
+    await new Promise((resolve) => gatewayProbe.once("listening", resolve));
+    const port = (gatewayProbe.address() as net.AddressInfo).port;
+    await new Promise((resolve) => gatewayProbe.close(resolve));
+    const { pool, token } = createPool("git", "vcs", `http://127.0.0.1:${port}`);
+    const realGateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
+    await realGateway.listen();
+    aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_VCS_AGENT_POOL_TOKEN: token }));
     const { configFile, bundleFile } = renderedInstance(gatewayPort);
-    assert.ok(bundleFile.endsWith(".js") && packageRoot());
     const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
-    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    try {
+      await eventually(() => realGateway.summary()[0].connections === 1, 10_000, "the bundle connected");
+      const agent = realGateway.summary()[0].agents[0];
+      assert.equal(agent.metadata.instance_id, "i-0123456789abcdef0", "instance metadata tags reach the gateway");
+      await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
+      aws.lifecycleState = "Terminated";
+      assert.equal(await exited, 0, output);
+    } finally {
+      child.kill();
+      await realGateway.close();
+    }
     assert.equal(process.versions.node.split(".")[0], "24", "tests run on the instances' Node.js major");
     assert.deepEqual(aws.rejected, []);
-    assert.ok(aws.calls.some((c) => c.action === "secretsmanager.GetSecretValue" && c.body.SecretId === SECRET_ARN));
-    // The role itself arrives with its own issue: until then the bundle says so, after validating everything.
-    assert.equal(code, 1, output);
-    assert.match(output, /the vcs-agent agent is not part of this build yet/);
-    assert.ok(aws.logEvents.some((line) => line.includes("not part of this build yet")), "the failure reached CloudWatch before exit");
-    assert.ok(!output.includes(TOKEN) && !aws.logEvents.join("").includes(TOKEN));
+    assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
+    assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "drained"), "logs reached CloudWatch before exit");
+    assert.ok(!output.includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
   });
 });

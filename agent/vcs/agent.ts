@@ -27,6 +27,15 @@ export function forwardableHeaders(headers: http.IncomingHttpHeaders | http2.Inc
 const redactHeaders = (headers: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, CREDENTIAL_HEADERS.test(name) ? "[redacted]" : value]));
 
+/** The credential values a request carries, to blank out wherever they reappear (an echoing body). */
+const credentialValues = (headers: Record<string, unknown>) =>
+  Object.entries(headers)
+    .filter(([name, value]) => CREDENTIAL_HEADERS.test(name) && typeof value === "string")
+    .flatMap(([, value]) => [value as string, ...(value as string).split(" ").slice(1)])
+    .filter((value) => value.length >= 6);
+
+const redactText = (text: string, secrets: string[]) => secrets.reduce((out, secret) => out.split(secret).join("[redacted]"), text);
+
 /** Collects the start of a body for debug output, never more than the limit. */
 function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
   const chunks: Buffer[] = [];
@@ -84,14 +93,15 @@ export function serveStream(
   const finish = (extra: Record<string, unknown> = {}) => {
     if (done) return;
     done = true;
-    context.log.info(decision.what, { method, path: target, project: decision.project, status, bytes, durationMs: elapsed(), ...extra });
+    const cancelled = stream.aborted || (stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR);
+    context.log.info(decision.what, { method, path: target, project: decision.project, status, bytes, durationMs: elapsed(), ...(cancelled ? { cancelled } : extra) });
   };
 
   // A stream reset by the gateway (its client went away) cancels the request to the VCS.
   stream.on("close", () => {
     if (!done && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
       request.destroy();
-      finish({ cancelled: true });
+      finish();
     }
   });
   pipeline(stream, request, () => undefined);
@@ -106,14 +116,15 @@ export function serveStream(
     const responseBody = tap(response, settings.debugPrintAll);
     pipeline(response, stream, (error) => {
       if (settings.debugPrintAll) {
+        const secrets = credentialValues(headers);
         context.log.debug("exchange", {
           method,
           path: target,
           requestHeaders: redactHeaders(forwardableHeaders(headers)),
-          requestBody: requestBody(),
+          requestBody: redactText(requestBody(), secrets),
           status,
           responseHeaders: redactHeaders(response.headers),
-          responseBody: responseBody(),
+          responseBody: redactText(responseBody(), secrets),
         });
       }
       finish(error ? { error: error.message } : {});

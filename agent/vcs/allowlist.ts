@@ -148,6 +148,7 @@ export function pathProblem(path: string): string | undefined {
       if (segment.includes("/") && piece === "") return "an encoded path has an empty segment";
     }
     if (segment.includes("%")) return "the path is encoded twice";
+    // eslint-disable-next-line no-control-regex -- refusing encoded control characters is the point
     if (/[\x00-\x1f\x7f\\]/.test(segment)) return "the path encodes a control character or backslash";
   }
   return undefined;

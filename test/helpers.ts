@@ -1,0 +1,43 @@
+import { execFile } from "node:child_process";
+import http from "node:http";
+import { promisify } from "node:util";
+import { createLogger } from "../agent/runtime/log";
+
+const run = promisify(execFile);
+
+/** git, asynchronously: gateways and agents in this process must keep serving meanwhile. */
+export async function gitAsync(args: string[], cwd?: string): Promise<string> {
+  const { stdout } = await run("git", args, { cwd, env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" }, maxBuffer: 64 * 1024 * 1024 });
+  return stdout;
+}
+
+/** A request with the path sent exactly as given (no normalisation). */
+export function rawRequest(base: string, path: string, options: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, path, method: options.method ?? "GET", headers: options.headers, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (chunk) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+    });
+    req.on("error", reject);
+    req.end(options.body);
+  });
+}
+
+/** A logger that keeps its lines, parsed. */
+export function capturingLogger(role: string) {
+  const lines: Record<string, any>[] = [];
+  const log = createLogger(role, [(line) => lines.push(JSON.parse(line))]);
+  return { log, lines };
+}
+
+export async function eventually<T>(check: () => T | undefined | false | Promise<T | undefined | false>, ms = 5000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
