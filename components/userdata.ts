@@ -10,6 +10,13 @@ export const INSTALL_DIR = "/opt/agentpools";
 export const CONFIG_DIR = "/etc/agentpools";
 export const CA_BUNDLE_PATH = "/etc/pki/ca-trust/source/anchors/agentpools.pem";
 
+/**
+ * Node.js flags for every runtime. Agents stream large bodies in 64 KB chunks; a small young
+ * generation frees those chunks promptly instead of letting tens of MB of dead buffers wait
+ * for a collection (agent peak memory in the clone benchmark: about 150 MB without, 103 MB with).
+ */
+export const RUNTIME_NODE_FLAGS = ["--max-semi-space-size=1"];
+
 export interface UserDataFile {
   path: string;
   content: string;
@@ -77,7 +84,7 @@ export function renderUnit(spec: UserDataSpec): string {
     systemdEnv("AGENTPOOLS_CONFIG", configPath(spec.role)),
     ...(spec.caCertificates ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
     ...(spec.httpsProxy ? [systemdEnv("NODE_USE_ENV_PROXY", "1"), systemdEnv("HTTPS_PROXY", spec.httpsProxy), systemdEnv("NO_PROXY", noProxy as string)] : []),
-    `ExecStart=/usr/bin/node-${spec.nodeMajor} ${bundlePath(spec.role)}`,
+    `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
     "Restart=on-failure",
     "RestartSec=5",
     "KillMode=mixed",

@@ -140,24 +140,38 @@ export class Gateway {
       /* metadata is for people; a bad one is dropped */
     }
 
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+    // The agent starts HTTP/2 as soon as it reads the 101: hold its bytes in the socket's
+    // buffer, and start the session only once the 101 is flushed (a write still in flight
+    // when HTTP/2 takes over a TLS socket is handed to the session, which Node rejects).
+    socket.pause();
     if (head.length > 0) socket.unshift(head);
     socket.setNoDelay(true);
-    const session = http2.connect(`http://${claimed}.agents`, {
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`, (error) => {
+      if (error) {
+        socket.destroy();
+        return;
+      }
+      this.startSession(socket, pool, {
+        id: randomUUID(),
+        pool: pool.definition.name,
+        role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
+        remote,
+        metadata,
+        connectedAt: new Date().toISOString(),
+        active: 0,
+        draining: false,
+      });
+    });
+  }
+
+  private startSession(socket: Socket, pool: { definition: PoolDefinition; agents: Set<AgentConnection> }, fields: Omit<AgentConnection, "session">): void {
+    const session = http2.connect(`http://${fields.pool}.agents`, {
       createConnection: () => socket,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
     });
-    const agent: AgentConnection = {
-      id: randomUUID(),
-      pool: pool.definition.name,
-      role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
-      remote,
-      metadata,
-      connectedAt: new Date().toISOString(),
-      session,
-      active: 0,
-      draining: false,
-    };
+    const agent: AgentConnection = { ...fields, session };
+    const remote = agent.remote;
+    const metadata = agent.metadata;
     session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
     session.once("remoteSettings", () => {
       session.setLocalWindowSize(CONNECTION_WINDOW);

@@ -71,7 +71,8 @@ export async function dialGateway(
   const proxy = options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
   let socket = await openSocket(host, port, proxy, timeoutMs);
   if (secure) {
-    const secured = tls.connect({ socket, servername: net.isIP(host) ? undefined : host });
+    // host: the name (or IP) the certificate is checked against; SNI only for names.
+    const secured = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host });
     await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`);
     socket = secured;
   }

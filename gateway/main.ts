@@ -1,0 +1,64 @@
+// The reference gateway's command line:
+//   node build/gateway/main.js serve --config gateway.json
+//   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind vcs|flows|worker
+// add-pool stores only the SHA-256 of the new pool's secret and prints the token once.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { z } from "zod";
+import { Gateway } from "./gateway";
+import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
+
+export const gatewayConfig = z.strictObject({
+  listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
+  /** The address agents dial, written into each pool's token. */
+  publicUrl: z.url({ protocol: /^https?$/ }),
+  tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
+  queueTimeoutMs: z.int().min(0).max(600_000).default(10_000),
+  pools: z.array(z.strictObject({ name: z.string().regex(POOL_NAME), kind: z.enum(POOL_KINDS), secretSha256: z.string().regex(/^[0-9a-f]{64}$/) })).default([]),
+});
+export type GatewayConfig = z.output<typeof gatewayConfig>;
+
+function option(args: string[], name: string): string | undefined {
+  const index = args.indexOf(`--${name}`);
+  return index === -1 ? undefined : args[index + 1];
+}
+
+function loadConfig(file: string): GatewayConfig {
+  const result = gatewayConfig.safeParse(JSON.parse(readFileSync(file, "utf8")));
+  if (!result.success) throw new Error(`${file}: ${result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+  return result.data;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const [command] = args;
+  const file = option(args, "config");
+  if (!file || !["serve", "add-pool"].includes(command)) {
+    throw new Error("usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker");
+  }
+  if (command === "add-pool") {
+    const config = existsSync(file) ? loadConfig(file) : gatewayConfig.parse({ publicUrl: option(args, "public-url") });
+    const kind = z.enum(POOL_KINDS).parse(option(args, "kind"));
+    const name = option(args, "name") ?? "";
+    if (config.pools.some((p) => p.name === name)) throw new Error(`pool ${name} exists already`);
+    const { pool, token } = createPool(name, kind, config.publicUrl);
+    writeFileSync(file, JSON.stringify({ ...config, pools: [...config.pools, pool] }, null, 2) + "\n", { mode: 0o600 });
+    process.stdout.write(`${token}\n`);
+    return;
+  }
+  const config = loadConfig(file);
+  const gateway = new Gateway({
+    pools: config.pools,
+    host: config.listen.host,
+    port: config.listen.port,
+    queueTimeoutMs: config.queueTimeoutMs,
+    tls: config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : undefined,
+  });
+  await gateway.listen();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void gateway.close().then(() => process.exit(0)));
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).catch((error: Error) => {
+    process.stderr.write(`${error.message}\n`);
+    process.exit(2);
+  });
+}

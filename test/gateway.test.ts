@@ -1,0 +1,156 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import https from "node:https";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { vcsAgentSettings } from "../agent/config/vcs-agent";
+import { vcsAgentRole } from "../agent/vcs/agent";
+import { packageRoot } from "../components/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { Gateway } from "../gateway/gateway";
+import { LocalVcs } from "../gateway/local-vcs";
+import { main as gatewayMain } from "../gateway/main";
+import { createPool, secretMatches } from "../gateway/pools";
+import { capturingLogger, eventually } from "./helpers";
+
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
+function certificates(dir: string) {
+  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+  run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=agentpools test CA");
+  run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "gateway.key", "-out", "gateway.csr", "-subj", "/CN=127.0.0.1");
+  writeFileSync(path.join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+  run("x509", "-req", "-in", "gateway.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "gateway.pem", "-days", "2", "-extfile", "san.ext");
+  return { ca: path.join(dir, "ca.pem"), cert: readFileSync(path.join(dir, "gateway.pem")), key: readFileSync(path.join(dir, "gateway.key")) };
+}
+
+describe("gateway", function () {
+  this.timeout(30_000);
+  let vcs: LocalVcs;
+  before(async () => {
+    vcs = new LocalVcs();
+    await vcs.listen();
+  });
+  after(() => vcs.close());
+
+  it("stores only a digest of each pool's secret and checks it in constant time", () => {
+    const { pool, token } = createPool("git", "vcs", "https://gateway.example.com");
+    const secret = JSON.parse(Buffer.from(token.slice(4), "base64url").toString()).secret as string;
+    assert.ok(!JSON.stringify(pool).includes(secret));
+    assert.equal(secretMatches(pool, secret), true);
+    assert.equal(secretMatches(pool, secret.slice(1)), false);
+    assert.throws(() => createPool("Bad_Name", "vcs", "https://gateway.example.com"), /lowercase letters, digits and dashes/);
+  });
+
+  it("refuses plain HTTP on anything but loopback", () => {
+    assert.throws(() => new Gateway({ pools: [], host: "0.0.0.0" }), /plain HTTP is allowed on loopback only/);
+  });
+
+  it("TLS: agents that trust the gateway's CA (NODE_EXTRA_CA_CERTS) connect; others do not", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-tls-"));
+    const { ca, cert, key } = certificates(dir);
+    const port = await freePort();
+    const { pool, token } = createPool("secure", "vcs", `https://127.0.0.1:${port}`);
+    const gateway = new Gateway({ pools: [pool], port, tls: { cert, key }, log: capturingLogger("gateway").log });
+    const url = await gateway.listen();
+    assert.equal(url, `https://127.0.0.1:${port}`);
+    const agents: ChildProcess[] = [];
+    const startBundle = (env: Record<string, string>) => {
+      let output = "";
+      const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
+        env: { PATH: process.env.PATH, SPACELIFT_VCS_AGENT_POOL_TOKEN: token, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url, SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      child.stdout?.on("data", (d) => (output += d));
+      agents.push(child);
+      return () => output;
+    };
+    try {
+      const untrusting = startBundle({});
+      await eventually(() => untrusting().includes("cannot reach the gateway"), 10_000, "the untrusting agent's TLS failure");
+      assert.match(untrusting(), /self.signed|unable to verify|certificate/i);
+      assert.equal(gateway.summary()[0].connections, 0);
+
+      const trusting = startBundle({ NODE_EXTRA_CA_CERTS: ca });
+      await eventually(() => gateway.summary()[0].connections === 1, 10_000, "the trusting agent connected").catch((e) => { throw new Error(e.message + "\n" + trusting()); });
+      const body = await new Promise<string>((resolve, reject) => {
+        https
+          .get(`${url}/secure/api/v4/version`, { ca: readFileSync(ca) }, (res) => {
+            let text = "";
+            res.on("data", (d) => (text += d));
+            res.on("end", () => resolve(text));
+          })
+          .on("error", reject);
+      });
+      assert.equal(JSON.parse(body).path, "/api/v4/version");
+    } finally {
+      for (const child of agents) child.kill("SIGTERM");
+      await gateway.close();
+    }
+  });
+
+  it("private://<pool>/<path> requests stream a body through the agent", async () => {
+    const port = await freePort();
+    const { pool, token } = createPool("api", "vcs", `http://127.0.0.1:${port}`);
+    const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    const agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log: capturingLogger("vcs-agent").log });
+    try {
+      await agent.ready;
+      await eventually(() => gateway.summary()[0].connections === 1);
+      const response = await gateway.request("private://api/api/v4/projects/group%2Frepo/merge_requests/3/notes", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: Readable.from([Buffer.from('{"body":'), Buffer.from('"looks good"}')]),
+      });
+      assert.equal(response.status, 200);
+      const chunks: Buffer[] = [];
+      for await (const chunk of response.body) chunks.push(chunk as Buffer);
+      assert.deepEqual(JSON.parse(Buffer.concat(chunks).toString()), { method: "POST", path: "/api/v4/projects/group%2Frepo/merge_requests/3/notes", body: '{"body":"looks good"}', authorization: null });
+      await assert.rejects(gateway.request("https://not-private/x"), /not a private:\/\/<pool>\/<path> address/);
+      await assert.rejects(gateway.request("private://missing/x"), /no pool named missing/);
+    } finally {
+      await agent.drain(Date.now() + 2000);
+      await gateway.close();
+    }
+  });
+
+  it("the command line adds a pool (printing its token once) and serves the config", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-cli-"));
+    const file = path.join(dir, "gateway.json");
+    const port = await freePort();
+    writeFileSync(file, JSON.stringify({ listen: { host: "127.0.0.1", port }, publicUrl: `http://127.0.0.1:${port}` }));
+    const printed: string[] = [];
+    const write = process.stdout.write;
+    process.stdout.write = ((chunk: string) => (printed.push(chunk), true)) as typeof process.stdout.write;
+    try {
+      await gatewayMain(["add-pool", "--config", file, "--name", "cli", "--kind", "vcs"]);
+    } finally {
+      process.stdout.write = write;
+    }
+    const token = printed.join("").trim();
+    const stored = JSON.parse(readFileSync(file, "utf8"));
+    assert.equal(stored.pools[0].name, "cli");
+    assert.ok(!readFileSync(file, "utf8").includes(JSON.parse(Buffer.from(token.slice(4), "base64url").toString()).secret));
+    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "cli", "--kind", "vcs"]), /exists already/);
+
+    const server = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file], { stdio: "ignore" });
+    const agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log: capturingLogger("vcs-agent").log });
+    try {
+      await agent.ready;
+    } finally {
+      await agent.drain(Date.now() + 2000);
+      server.kill("SIGTERM");
+    }
+  });
+});
