@@ -1,53 +1,99 @@
-// `npm start`: runs the top-level program (examples/aws-new-vpc) offline, on an embedded
-// default configuration, against the same AWS stand-in the tests use, and prints what a
-// `pulumi up` would create, with each pool's security settings and user-data size.
-import * as pulumi from "@pulumi/pulumi";
-import { recorded, settled, valueOf } from "../test/mocks";
-import { decodeUserData, USER_DATA_LIMIT } from "../components/userdata";
+// `npm start`: the whole loop on this machine. A gateway on loopback with a local VCS pool,
+// the vcs-agent runtime (the very bundle the components ship in user-data) dialling it,
+// and a demo Git repository standing in for your internal Git server. It checks itself,
+// prints where to look and what to try, and runs until Ctrl-C.
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { packageRoot } from "../components/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { Gateway } from "../gateway/gateway";
+import { LocalVcs } from "../gateway/local-vcs";
+import { createPool } from "../gateway/pools";
 
-const DEFAULT_CONFIG = {
-  "agentpools:gitEndpoint": "https://gitlab.corp.example.com",
-  "agentpools:gitVendor": "gitlab",
-  "agentpools:allowedProjects": "^(infrastructure|platform)/.*$",
-  "agentpools:flowsPoolId": "01JDEMOPOOLID",
-  "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu",
-  "agentpools:flowsBackendEndpoint": "https://useflows.eu",
-};
-// Demonstration credentials: they show where secrets go, and that they go nowhere else.
-const DEMO_SECRETS = {
-  "agentpools:vcsAgentToken": "demo-vcs-agent-token",
-  "agentpools:workerToken": "demo-worker-token",
-  "agentpools:workerPrivateKey": Buffer.from("-----BEGIN PRIVATE KEY-----\nDEMO\n-----END PRIVATE KEY-----\n").toString("base64"),
-  "agentpools:flowsPoolToken": "demo-flows-token",
-};
+const run = promisify(execFile);
+const PORT = Number(process.env.PORT ?? 8080);
+
+/** The preferred port if it is free, else any free one: the pool's token must name the real one. */
+async function availablePort(preferred: number): Promise<number> {
+  for (const port of [preferred, 0]) {
+    const probe = net.createServer();
+    const ok = await new Promise<boolean>((resolve) => probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)));
+    if (ok) {
+      const { port: actual } = probe.address() as net.AddressInfo;
+      await new Promise((resolve) => probe.close(resolve));
+      return actual;
+    }
+  }
+  throw new Error("no free port");
+}
 
 async function main(): Promise<void> {
-  pulumi.runtime.setAllConfig({ ...DEFAULT_CONFIG, ...DEMO_SECRETS }, Object.keys(DEMO_SECRETS));
-  const program = await import("../examples/aws-new-vpc");
-  await valueOf(program.pools, 10_000);
-  await settled("", 10_000);
+  const vcs = new LocalVcs();
+  vcs.createRepository("demo/infrastructure.git", {
+    "README.md": "# infrastructure\nServed by a Git server only this machine can reach.\n",
+    "main.tf": 'resource "null_resource" "hello" {}\n',
+  });
+  vcs.createRepository("secret/keys.git", { "README.md": "not for the service\n" });
+  await vcs.listen();
 
-  console.log("agentpools: offline preview of examples/aws-new-vpc (no AWS account, nothing is created)\n");
-  const counts = new Map<string, number>();
-  for (const r of recorded) counts.set(r.type, (counts.get(r.type) ?? 0) + 1);
-  console.log(`${recorded.length} resources would be created:`);
-  for (const [type, count] of [...counts].sort()) console.log(`  ${String(count).padStart(3)}  ${type}`);
+  const port = await availablePort(PORT);
+  const { pool, token } = createPool("demo", "vcs", `http://127.0.0.1:${port}`);
+  const gateway = new Gateway({ pools: [pool], port });
+  const url = await gateway.listen();
+  const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
+    env: {
+      PATH: process.env.PATH,
+      SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
+      SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url,
+      SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+      SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS: "demo/.*",
+      SPACELIFT_METADATA_host: "demo",
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  agent.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[vcs-agent] ")));
 
-  console.log("\npools:");
-  for (const lt of recorded.filter((r) => r.type === "aws:ec2/launchTemplate:LaunchTemplate")) {
-    const pool = lt.name.replace(/-agents$/, "");
-    const group = recorded.find((r) => r.type === "aws:autoscaling/group:Group" && r.name === lt.name);
-    const sg = recorded.find((r) => r.type === "aws:ec2/securityGroup:SecurityGroup" && r.name === lt.name);
-    const gzipped = Buffer.from(lt.inputs.userData, "base64");
-    const decoded = decodeUserData(gzipped);
-    const text = decoded.parts.map((p) => p.body).join("");
-    const leaked = Object.values(DEMO_SECRETS).some((secret) => text.includes(secret));
-    const config = [...decoded.files.values()].find((f) => f.path.startsWith("/etc/agentpools/") && f.path.endsWith(".json"));
-    console.log(`  ${pool}: ${JSON.parse(config?.content ?? "{}").role} on ${lt.inputs.instanceType}, ${group?.inputs.minSize}..${group?.inputs.maxSize} instances in group ${group?.inputs.name}`);
-    console.log(`    IMDSv2 ${lt.inputs.metadataOptions.httpTokens}, hop limit ${lt.inputs.metadataOptions.httpPutResponseHopLimit}; root volume gp3 encrypted=${lt.inputs.blockDeviceMappings[0].ebs.encrypted}; public IP ${lt.inputs.networkInterfaces[0].associatePublicIpAddress}; inbound rules ${sg?.inputs.ingress.length}`);
-    console.log(`    user-data ${gzipped.length} of ${USER_DATA_LIMIT} bytes gzipped; credentials in user-data: ${leaked ? "YES (bug)" : "none"}`);
-  }
-  console.log("\nTo deploy for real: see README.md, \"Deploy an example\".");
+  for (let i = 0; i < 100 && gateway.summary()[0].connections === 0; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  if (gateway.summary()[0].connections === 0) throw new Error("the VCS agent did not connect");
+
+  // Check the loop before inviting anyone to use it.
+  const clone = mkdtempSync(path.join(tmpdir(), "agentpools-demo-clone-"));
+  await run("git", ["clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
+  const head = (await run("git", ["-C", clone, "log", "--oneline", "-1"])).stdout.trim();
+  const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`);
+
+  console.log(`
+agentpools demo: a gateway, a VCS agent pool and a Git server, all on this machine.
+
+  self-check   cloned demo/infrastructure through the agent: ${head}
+               secret/keys is outside the pool's allowed projects: ${refused.status} ${refused.status === 403 ? "(refused, as it should be)" : "(UNEXPECTED)"}
+
+  status page  ${url}/
+  JSON API     ${url}/_agentpools/api/pools
+  Git server   ${vcs.url}  (stands in for an internal server the service cannot reach)
+
+Try:
+  git clone ${url}/demo/demo/infrastructure.git
+  curl ${url}/demo/api/v4/projects/demo%2Finfrastructure/repository/branches   # allowed: list branches
+  curl ${url}/demo/api/v4/projects/secret%2Fkeys                               # refused: project not allowed
+  curl -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
+
+The agent logs one line per request above. Ctrl-C stops everything (the agent drains first).
+`);
+
+  const stop = async () => {
+    agent.kill("SIGTERM");
+    await new Promise((resolve) => agent.once("exit", resolve));
+    await gateway.close();
+    await vcs.close();
+    process.exit(0);
+  };
+  process.once("SIGINT", () => void stop());
+  process.once("SIGTERM", () => void stop());
 }
 
 main().catch((error) => {
