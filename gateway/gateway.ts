@@ -3,7 +3,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
-import { pipeline, type Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../agent/runtime/log";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
 import { CONNECTION_WINDOW, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
@@ -57,6 +57,8 @@ export interface ForwardedResponse {
   status: number;
   headers: Record<string, string | string[]>;
   body: Readable;
+  /** Abandon the request: the agent cancels it at the VCS too. */
+  cancel(): void;
 }
 
 const isLoopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host);
@@ -238,7 +240,7 @@ export class Gateway {
 
   /**
    * Send one request through a pool's agent: `private://<pool>/<path>`. The body streams
-   * both ways; destroying the returned body cancels the request at the agent.
+   * both ways; `cancel()` abandons the request, at the agent and the VCS too.
    */
   async request(target: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: Readable } = {}): Promise<ForwardedResponse> {
     const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
@@ -260,13 +262,29 @@ export class Gateway {
       agent.active--;
       this.serveWaiters(pool);
     });
-    if (body) pipeline(body, stream, () => undefined);
+    if (body) {
+      body.pipe(stream);
+      body.once("error", () => stream.close(http2.constants.NGHTTP2_CANCEL));
+    }
     const responseHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
-      stream.once("response", resolve);
-      stream.once("error", (error) => reject(new GatewayError(502, `the agent dropped the request: ${error.message}`)));
-      stream.once("close", () => reject(new GatewayError(502, "the agent closed the request before answering")));
+      let settled = false;
+      const settle = (outcome: () => void) => {
+        if (!settled) {
+          settled = true;
+          outcome();
+        }
+      };
+      stream.once("response", (headers) => settle(() => resolve(headers)));
+      // Errors are built only when they are the outcome: a stream's normal close comes later.
+      stream.once("error", (error) => settle(() => reject(new GatewayError(502, `the agent dropped the request: ${error.message}`))));
+      stream.once("close", () => settle(() => reject(new GatewayError(502, "the agent closed the request before answering"))));
     });
-    return { status: Number(responseHeaders[":status"]), headers: forwardableHeaders(responseHeaders), body: stream };
+    return {
+      status: Number(responseHeaders[":status"]),
+      headers: forwardableHeaders(responseHeaders),
+      body: stream,
+      cancel: () => stream.close(http2.constants.NGHTTP2_CANCEL),
+    };
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -290,9 +308,10 @@ export class Gateway {
         res.writeHead(response.status, response.headers);
         // A client that goes away cancels the request at the agent.
         res.once("close", () => {
-          if (!res.writableFinished) response.body.destroy();
+          if (!res.writableFinished) response.cancel();
         });
-        pipeline(response.body, res, () => undefined);
+        response.body.once("error", () => res.destroy());
+        response.body.pipe(res);
       },
       (error: Error) => json(error instanceof GatewayError ? error.status : 502, { error: error.message }),
     );
