@@ -7,26 +7,18 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../components/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { createPool } from "../gateway/pools";
+import { freePort } from "../test/helpers";
 
 const run = promisify(execFile);
 const arg = (name: string, fallback: number) => Number(process.argv[process.argv.indexOf(`--${name}`) + 1] || fallback) || fallback;
 const SIZE_MB = arg("size-mb", 200);
 const REQUESTS = arg("requests", 2000);
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, "127.0.0.1");
-  await new Promise((resolve) => server.once("listening", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A bare repository of `sizeMb` of random (incompressible) files, kept between runs. */
 async function largeRepository(root: string): Promise<void> {

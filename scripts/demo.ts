@@ -4,7 +4,6 @@
 // prints where to look and what to try, and runs until Ctrl-C.
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -13,23 +12,10 @@ import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { createPool } from "../gateway/pools";
+import { freePort } from "../test/helpers";
 
 const run = promisify(execFile);
 const PORT = Number(process.env.PORT ?? 8080);
-
-/** The preferred port if it is free, else any free one: the pool's token must name the real one. */
-async function availablePort(preferred: number): Promise<number> {
-  for (const port of [preferred, 0]) {
-    const probe = net.createServer();
-    const ok = await new Promise<boolean>((resolve) => probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)));
-    if (ok) {
-      const { port: actual } = probe.address() as net.AddressInfo;
-      await new Promise((resolve) => probe.close(resolve));
-      return actual;
-    }
-  }
-  throw new Error("no free port");
-}
 
 async function main(): Promise<void> {
   const vcs = new LocalVcs();
@@ -40,7 +26,7 @@ async function main(): Promise<void> {
   vcs.createRepository("secret/keys.git", { "README.md": "not for the service\n" });
   await vcs.listen();
 
-  const port = await availablePort(PORT);
+  const port = await freePort(PORT);
   const { pool, token } = createPool("demo", "vcs", `http://127.0.0.1:${port}`);
   const gateway = new Gateway({ pools: [pool], port });
   const url = await gateway.listen();

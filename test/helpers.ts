@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import http from "node:http";
+import net from "node:net";
 import { promisify } from "node:util";
 import { createLogger } from "../agent/runtime/log";
 
@@ -40,4 +41,18 @@ export async function eventually<T>(check: () => T | undefined | false | Promise
     if (Date.now() > deadline) throw new Error(`${what} not met within ${ms} ms`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/** A free loopback port: `preferred` when it is free, else any. */
+export async function freePort(preferred = 0): Promise<number> {
+  for (const port of preferred ? [preferred, 0] : [0]) {
+    const probe = net.createServer();
+    const free = await new Promise<boolean>((resolve) => probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)));
+    if (free) {
+      const { port: actual } = probe.address() as net.AddressInfo;
+      await new Promise((resolve) => probe.close(resolve));
+      return actual;
+    }
+  }
+  throw new Error("no free port on 127.0.0.1");
 }

@@ -12,7 +12,7 @@ import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
 import { FakeAws } from "./fake-aws";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually } from "./helpers";
+import { capturingLogger, eventually, freePort } from "./helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = "vcs-token-that-must-stay-secret";
@@ -174,10 +174,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
   it("the shipped vcs-agent bundle, from decoded user-data: connects to a real gateway, completes both hooks, drains on termination", async function () {
     this.timeout(30_000);
-    const gatewayProbe = net.createServer().listen(0, "127.0.0.1");
-    await new Promise((resolve) => gatewayProbe.once("listening", resolve));
-    const port = (gatewayProbe.address() as net.AddressInfo).port;
-    await new Promise((resolve) => gatewayProbe.close(resolve));
+    const port = await freePort();
     const { pool, token } = createPool("git", "vcs", `http://127.0.0.1:${port}`);
     const realGateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
     await realGateway.listen();

@@ -9,7 +9,7 @@ import { vcsAgentRole } from "../agent/vcs/agent";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, gitAsync, rawRequest } from "./helpers";
+import { capturingLogger, eventually, freePort, gitAsync, rawRequest } from "./helpers";
 
 const work = () => mkdtempSync(path.join(tmpdir(), "agentpools-e2e-"));
 
@@ -44,10 +44,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     vcs.commit("group/repo.git", { "CHANGELOG.md": "v2\n" }, "second commit");
     vcs.createRepository("group/repo-evil.git");
     await vcs.listen();
-    const probe = net.createServer().listen(0, "127.0.0.1");
-    await new Promise((resolve) => probe.once("listening", resolve));
-    port = (probe.address() as net.AddressInfo).port;
-    await new Promise((resolve) => probe.close(resolve));
+    port = await freePort();
     pools.git = createPool("git", "vcs", `http://127.0.0.1:${port}`);
     pools.other = createPool("other", "vcs", `http://127.0.0.1:${port}`);
     await startGateway();
