@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../agent/runtime/log";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
-import { CONNECTION_WINDOW, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
+import { CONNECTION_WINDOW, keepAlive, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
 import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
 import { secretMatches, type PoolDefinition } from "./pools";
@@ -59,6 +59,20 @@ export interface ForwardedResponse {
   body: Readable;
   /** Abandon the request: the agent cancels it at the VCS too. */
   cancel(): void;
+}
+
+/** Metadata tags an agent sends (base64url JSON): kept only as a small map of short strings. */
+function readMetadata(header: string | string[] | undefined): Record<string, string> {
+  try {
+    const parsed = JSON.parse(Buffer.from(String(header ?? "e30"), "base64url").toString("utf8"));
+    return Object.fromEntries(
+      Object.entries(parsed as Record<string, unknown>)
+        .filter(([key, value]) => /^[A-Za-z0-9_]{1,64}$/.test(key) && typeof value === "string" && value.length <= 256)
+        .slice(0, 32),
+    ) as Record<string, string>;
+  } catch {
+    return {};
+  }
 }
 
 const isLoopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host);
@@ -124,23 +138,9 @@ export class Gateway {
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
-    const presented = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
-    let claimed: string | undefined;
-    try {
-      const token = decodeToken(presented);
-      claimed = token.pool;
-      const pool = this.pools.get(token.pool);
-      if (!pool || !secretMatches(pool.definition, token.secret)) throw new Error("token refused");
-    } catch {
-      return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
-    }
-    const pool = this.pools.get(claimed as string)!;
-    let metadata: Record<string, string> = {};
-    try {
-      metadata = JSON.parse(Buffer.from(String(req.headers["x-agentpools-metadata"] ?? "e30"), "base64url").toString("utf8"));
-    } catch {
-      /* metadata is for people; a bad one is dropped */
-    }
+    const { pool, claimed } = this.authenticate(req.headers.authorization);
+    if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
+    const metadata = readMetadata(req.headers["x-agentpools-metadata"]);
 
     // The agent starts HTTP/2 as soon as it reads the 101: hold its bytes in the socket's
     // buffer, and start the session only once the 101 is flushed (a write still in flight
@@ -166,23 +166,32 @@ export class Gateway {
     });
   }
 
+  /** The pool whose token this is, if the secret matches (compared in constant time). */
+  private authenticate(authorization: string | undefined): { pool?: { definition: PoolDefinition; agents: Set<AgentConnection> }; claimed?: string } {
+    try {
+      const token = decodeToken(/^Bearer (.+)$/.exec(authorization ?? "")?.[1] ?? "");
+      const pool = this.pools.get(token.pool);
+      return { pool: pool && secretMatches(pool.definition, token.secret) ? pool : undefined, claimed: token.pool };
+    } catch {
+      return {};
+    }
+  }
+
   private startSession(socket: Socket, pool: { definition: PoolDefinition; agents: Set<AgentConnection> }, fields: Omit<AgentConnection, "session">): void {
     const session = http2.connect(`http://${fields.pool}.agents`, {
       createConnection: () => socket,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
     });
     const agent: AgentConnection = { ...fields, session };
-    const remote = agent.remote;
-    const metadata = agent.metadata;
     session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
     session.once("remoteSettings", () => {
       session.setLocalWindowSize(CONNECTION_WINDOW);
       pool.agents.add(agent);
-      this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote, metadata, parallelism: this.capacity(agent) });
+      this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote: agent.remote, metadata: agent.metadata, parallelism: this.capacity(agent) });
       this.serveWaiters(agent.pool);
     });
     session.on("goaway", () => (agent.draining = true));
-    const keepalive = setInterval(() => session.ping(() => undefined), this.options.pingIntervalMs ?? PING_INTERVAL_MS);
+    const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
     session.once("close", () => {
       clearInterval(keepalive);
       if (pool.agents.delete(agent)) this.log.info("agent disconnected", { pool: agent.pool, agent: agent.id });

@@ -24,6 +24,17 @@ export interface TunnelOptions {
   pingIntervalMs?: number;
 }
 
+/**
+ * Ping the peer every interval; a ping unanswered for 10 s destroys the session (the
+ * other end, or the path to it, is gone). Returns the timer to clear on close.
+ */
+export function keepAlive(session: http2.Http2Session, intervalMs: number): NodeJS.Timeout {
+  return setInterval(() => {
+    const timer = setTimeout(() => session.destroy(new Error("keepalive ping unanswered")), PING_TIMEOUT_MS);
+    if (!session.ping((error) => (clearTimeout(timer), error && session.destroy(error)))) clearTimeout(timer);
+  }, intervalMs);
+}
+
 /** Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). */
 export const backoffDelay = (attempt: number, baseMs = 500, capMs = 30_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 
@@ -93,10 +104,7 @@ export class Tunnel {
     log.info("Connected to the server", { gateway: this.options.gateway.origin, parallelism: this.options.parallelism });
     this.markReady();
 
-    const keepalive = setInterval(() => {
-      const timer = setTimeout(() => session.destroy(new Error("keepalive ping unanswered")), PING_TIMEOUT_MS);
-      if (!session.ping((error) => (clearTimeout(timer), error && session.destroy(error)))) clearTimeout(timer);
-    }, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
+    const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
     return new Promise<void>((resolve) => {
       session.once("close", () => {
         clearInterval(keepalive);
