@@ -105,6 +105,49 @@ export function checkCoreRelations(args: { minSize: number; maxSize: number; des
   });
 }
 
+/**
+ * Check a role's secret settings among a component's arguments: each must be given (unless
+ * `existingField` names a secret that holds them), plain strings are checked now, Outputs
+ * once their values are known, and no value is ever echoed. `secretEnv()` wraps them, by
+ * variable name, as one Pulumi secret; call it only once the problems are empty.
+ */
+export function checkSecrets(component: string, name: string, role: RoleName, args: Record<string, unknown>, existingField: string, existing: boolean) {
+  const shape = (roleSettings[role] as unknown as z.ZodObject).shape;
+  const problems: string[] = [];
+  const given: { key: string; env: string; value: pulumi.Input<string> }[] = [];
+  for (const { key, env } of secretSettings(settingsJsonSchema(role))) {
+    const value = args[key] as pulumi.Input<string> | undefined;
+    if (existing) {
+      if (value !== undefined) problems.push(`${key}: give either ${key} or ${existingField}, not both`);
+      continue;
+    }
+    if (value === undefined) {
+      problems.push(`${key}: is required (a Pulumi secret, e.g. config.requireSecret("${key}")), unless ${existingField} names a secret that holds it`);
+      continue;
+    }
+    if (typeof value === "string") {
+      const result = shape[key].safeParse(value);
+      if (!result.success) problems.push(...formatIssues(result.error, [key]).map((line) => `${key}${line.slice(line.indexOf(":"))}`));
+    }
+    given.push({ key, env, value });
+  }
+  const secretEnv = (): pulumi.Output<Record<string, string>> | undefined => {
+    if (existing) return undefined;
+    const values = Object.fromEntries(
+      given.map(({ key, env, value }) => [
+        env,
+        pulumi.output(value).apply((text) => {
+          const result = shape[key].safeParse(text);
+          if (!result.success) throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
+          return text;
+        }),
+      ]),
+    );
+    return pulumi.secret(pulumi.all(values) as pulumi.Output<Record<string, string>>);
+  };
+  return { problems, secretEnv };
+}
+
 /** Where the pool runs: a Network's outputs or the IDs of an existing VPC and its subnets. */
 export interface PoolPlacement {
   vpcId: pulumi.Input<string>;
@@ -129,8 +172,7 @@ export function validatePool<S extends z.ZodType>(
   schema: S,
   args: PoolPlacement,
 ): ValidatedPool<z.output<S>> {
-  const secrets = secretSettings(settingsJsonSchema(role));
-  const secretKeys = secrets.map((s) => s.key);
+  const secretKeys = secretSettings(settingsJsonSchema(role)).map((s) => s.key);
   const { vpcId, subnetIds, ...rest } = args as PoolPlacement & Record<string, unknown>;
   const plain = Object.fromEntries(Object.entries(rest).filter(([key]) => !secretKeys.includes(key)));
   const problems: string[] = [];
@@ -150,37 +192,9 @@ export function validatePool<S extends z.ZodType>(
     if (new Set(plainIds).size !== plainIds.length) problems.push(`subnetIds: lists a subnet twice (got ${JSON.stringify(plainIds)})`);
   }
 
-  const existingSecretArn = (plain as { existingSecretArn?: unknown }).existingSecretArn;
-  const shape = (roleSettings[role] as unknown as z.ZodObject).shape;
-  const given: { key: string; env: string; value: pulumi.Input<string> }[] = [];
-  for (const { key, env } of secrets) {
-    const value = rest[key] as pulumi.Input<string> | undefined;
-    if (existingSecretArn !== undefined) {
-      if (value !== undefined) problems.push(`${key}: give either ${key} or existingSecretArn, not both`);
-      continue;
-    }
-    if (value === undefined) {
-      problems.push(`${key}: is required (a Pulumi secret, e.g. config.requireSecret("${key}")), unless existingSecretArn names a secret that holds it`);
-      continue;
-    }
-    if (typeof value === "string") {
-      const result = shape[key].safeParse(value);
-      if (!result.success) problems.push(...formatIssues(result.error, [key]).map((line) => `${key}${line.slice(line.indexOf(":"))}`));
-    }
-    given.push({ key, env, value });
-  }
+  const secretsCheck = checkSecrets(component, name, role, rest, "existingSecretArn", (plain as { existingSecretArn?: unknown }).existingSecretArn !== undefined);
+  problems.push(...secretsCheck.problems);
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
-  // Secrets from config are Outputs: they are checked once their values are known.
-  const values = Object.fromEntries(
-    given.map(({ key, env, value }) => [
-      env,
-      pulumi.output(value).apply((text) => {
-        const result = shape[key].safeParse(text);
-        if (!result.success) throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
-        return text;
-      }),
-    ]),
-  );
-  const secretEnv = existingSecretArn === undefined ? pulumi.secret(pulumi.all(values) as pulumi.Output<Record<string, string>>) : undefined;
+  const secretEnv = secretsCheck.secretEnv();
   return { args: parsed.data, secretEnv };
 }

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
-import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
+import { runRole, writeStatusFiles, type Role, type RunningAgent } from "../agent/runtime/runtime";
 import { decodeUserData, renderUserData } from "../components/userdata";
 import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
 import { FakeAws } from "./fake-aws";
@@ -201,5 +201,24 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "drained"), "logs reached CloudWatch before exit");
     assert.ok(!output.includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
+  });
+
+  it("status files for probes: a heartbeat while running, ready only while connected", async () => {
+    const dir = path.join(mkdtempSync(path.join(tmpdir(), "agentpools-status-")), "status");
+    let connected = true;
+    const agent = { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), drain: async () => undefined, connected: () => connected };
+    const stop = writeStatusFiles(dir, agent, 20);
+    try {
+      assert.ok(existsSync(path.join(dir, "ready")));
+      const first = Number(readFileSync(path.join(dir, "heartbeat"), "utf8"));
+      connected = false;
+      await eventually(() => !existsSync(path.join(dir, "ready")), 1000, "ready removed while disconnected");
+      await eventually(() => Number(readFileSync(path.join(dir, "heartbeat"), "utf8")) > first, 1000, "heartbeat advanced");
+      connected = true;
+      await eventually(() => existsSync(path.join(dir, "ready")), 1000, "ready again once reconnected");
+    } finally {
+      stop();
+    }
+    assert.ok(!existsSync(path.join(dir, "ready")), "not ready once stopped (draining)");
   });
 });

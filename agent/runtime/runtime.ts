@@ -1,4 +1,6 @@
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { readFileSync } from "node:fs";
+import path from "node:path";
 import type { Credentials } from "./sigv4";
 import { AwsClient, InstanceMetadata } from "./aws";
 import { LogShipper } from "./cloudwatch";
@@ -17,6 +19,27 @@ export interface RunningAgent {
   stopped: Promise<void>;
   /** Stop taking work, finish what is in flight, then close; give up at the deadline. */
   drain(deadline: number): Promise<void>;
+  /** Whether the agent is connected right now (it may be reconnecting); assumed once ready. */
+  connected?(): boolean;
+}
+
+/**
+ * Status files for probes (Kubernetes exec probes): `heartbeat` is rewritten every few
+ * seconds while the event loop runs; `ready` exists only while the agent is connected.
+ */
+export function writeStatusFiles(dir: string, agent: RunningAgent, intervalMs = 5000): () => void {
+  mkdirSync(dir, { recursive: true });
+  const update = () => {
+    writeFileSync(path.join(dir, "heartbeat"), `${Date.now()}\n`);
+    if (agent.connected?.() ?? true) writeFileSync(path.join(dir, "ready"), "");
+    else rmSync(path.join(dir, "ready"), { force: true });
+  };
+  update();
+  const timer = setInterval(update, intervalMs);
+  return () => {
+    clearInterval(timer);
+    rmSync(path.join(dir, "ready"), { force: true });
+  };
 }
 
 export interface RoleContext {
@@ -101,6 +124,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const first = await Promise.race([agent.ready.then(() => undefined), crashed]);
     if (first) throw new Error(first);
     log.info("agent ready", { pool: config?.pool });
+    const stopStatus = processEnv.AGENTPOOLS_STATUS_DIR ? writeStatusFiles(processEnv.AGENTPOOLS_STATUS_DIR, agent) : undefined;
     if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
 
     const stopSignal = options.stopSignal ?? stopSignals();
@@ -110,6 +134,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
     const drainSeconds = config?.drainTimeoutSeconds ?? 300;
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
+    stopStatus?.();
     await agent.drain(Date.now() + drainSeconds * 1000);
     log.info("drained");
     if (aws && reason === "autoscaling termination") {

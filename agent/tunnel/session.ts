@@ -114,6 +114,11 @@ export class Tunnel {
     });
   }
 
+  /** Connected to the gateway now (not between a drop and a reconnect). */
+  get connected(): boolean {
+    return !!this.session && !this.session.closed && !this.session.destroyed && !this.draining;
+  }
+
   /** Refuse new streams (GOAWAY), let those in flight finish, and stop reconnecting. */
   async drain(deadline: number): Promise<void> {
     this.draining = true;

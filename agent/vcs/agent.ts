@@ -167,6 +167,7 @@ export const vcsAgentRole: Role<VcsAgentSettings> = {
     return {
       ready: tunnel.ready,
       stopped: tunnel.stopped,
+      connected: () => tunnel.connected,
       drain: async (deadline) => {
         await tunnel.drain(deadline);
         agent.destroy();
