@@ -7,3 +7,4 @@ export { InvalidArgumentsError } from "./validation";
 export { renderUserData, decodeUserData, UserDataTooLargeError, USER_DATA_LIMIT } from "./userdata";
 export { isBurstable, architectureOf, instanceTypeProblem } from "./instance-types";
 export { poolPolicyDocument } from "./pool-core";
+export * as kubernetes from "./kubernetes";
