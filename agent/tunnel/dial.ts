@@ -59,11 +59,18 @@ async function openSocket(host: string, port: number, proxy: string | undefined,
  * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
  * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for HTTP/2.
  */
-export async function dialGateway(
-  gateway: URL,
-  headers: Record<string, string>,
-  options: { proxy?: string; noProxy?: string; timeoutMs?: number } = {},
-): Promise<net.Socket> {
+export interface DialOptions {
+  proxy?: string;
+  noProxy?: string;
+  timeoutMs?: number;
+  /** The upgrade request's path and protocol: the HTTP/2 tunnel's by default. */
+  path?: string;
+  protocol?: string;
+  /** Throws if the gateway's 101 answer is not acceptable (a WebSocket's accept key). */
+  check?(response: http.IncomingMessage): void;
+}
+
+export async function dialGateway(gateway: URL, headers: Record<string, string>, options: DialOptions = {}): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const secure = gateway.protocol === "https:";
   const port = Number(gateway.port || (secure ? 443 : 80));
@@ -80,14 +87,20 @@ export async function dialGateway(
   const req = http.request({
     createConnection: () => socket,
     method: "GET",
-    path: CONNECT_PATH,
-    headers: { host: gateway.host, connection: "Upgrade", upgrade: UPGRADE_PROTOCOL, ...headers },
+    path: options.path ?? CONNECT_PATH,
+    headers: { host: gateway.host, connection: "Upgrade", upgrade: options.protocol ?? UPGRADE_PROTOCOL, ...headers },
   });
   req.end();
   return new Promise<net.Socket>((resolve, reject) => {
     const timer = setTimeout(() => (socket.destroy(), reject(new Error("the gateway did not answer the upgrade"))), timeoutMs);
-    req.once("upgrade", (_res, upgraded: net.Socket, head: Buffer) => {
+    req.once("upgrade", (res: http.IncomingMessage, upgraded: net.Socket, head: Buffer) => {
       clearTimeout(timer);
+      try {
+        options.check?.(res);
+      } catch (error) {
+        upgraded.destroy();
+        return reject(error);
+      }
       // Hold the gateway's first HTTP/2 bytes in the buffer until a session reads them: a
       // flowing socket with no listener would drop them.
       upgraded.pause();
