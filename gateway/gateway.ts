@@ -9,10 +9,13 @@ import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
 import { CONNECTION_WINDOW, keepAlive, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
 import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
+import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
+import { FlowsError, FlowsHub } from "./flows-hub";
 import { secretMatches, type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
 
 export const API_PATH = "/_agentpools/api/pools";
+const FLOWS_RUN_PATH = /^\/_agentpools\/api\/flows\/([A-Za-z0-9_-]+)\/run$/;
 
 export interface GatewayOptions {
   pools: PoolDefinition[];
@@ -88,12 +91,15 @@ export class Gateway {
   private readonly server: http.Server | https.Server;
   private readonly log: Logger;
   private readonly sockets = new Set<Socket>();
+  /** The Flows pools' agents and their runs. */
+  readonly flows: FlowsHub;
 
   constructor(private readonly options: GatewayOptions) {
     const host = options.host ?? "127.0.0.1";
     if (!options.tls && !isLoopback(host)) throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
     for (const definition of options.pools) this.pools.set(definition.name, { definition, agents: new Set(), waiters: [] });
     this.log = options.log ?? createLogger("gateway");
+    this.flows = new FlowsHub(this.pools, this.log);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
@@ -113,6 +119,7 @@ export class Gateway {
 
   /** Stop listening and drop every agent (they will reconnect to the next gateway). */
   async close(): Promise<void> {
+    this.flows.close();
     for (const pool of this.pools.values()) for (const agent of pool.agents) agent.session.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -120,7 +127,7 @@ export class Gateway {
 
   /** Pools with their connected agents. */
   summary() {
-    return [...this.pools.values()].map(({ definition, agents, waiters }) => ({
+    return [...this.pools.values()].map(({ definition, agents, waiters }) => definition.kind === "flows" ? { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) } : ({
       name: definition.name,
       kind: definition.kind,
       connections: [...agents].filter((a) => !a.draining).length,
@@ -137,6 +144,9 @@ export class Gateway {
 
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    if (req.url === FLOWS_CONNECT_PATH) {
+      return this.flows.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), (status, reason, details) => this.refuse(socket, status, reason, details));
+    }
     if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
     const { pool, claimed } = this.authenticate(req.headers.authorization);
     if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
@@ -296,6 +306,32 @@ export class Gateway {
     };
   }
 
+  /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
+  private async runFlowsRequest(pool: string, req: http.IncomingMessage, json: (status: number, value: unknown) => void): Promise<void> {
+    let body = "";
+    for await (const chunk of req) {
+      body += chunk;
+      if (body.length > 1_048_576) return json(413, { error: "a run request is at most 1 MiB" });
+    }
+    let request: { code?: unknown; kind?: unknown; inputs?: unknown; timeoutMs?: unknown };
+    try {
+      request = JSON.parse(body);
+    } catch {
+      return json(400, { error: "the body must be JSON: {code, kind?, inputs?, timeoutMs?}" });
+    }
+    const kind = request.kind ?? "expression";
+    if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
+      return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
+    }
+    const timeoutMs = request.timeoutMs === undefined ? 60_000 : Number(request.timeoutMs);
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 900_000) return json(400, { error: "timeoutMs must be an integer from 1 to 900000" });
+    try {
+      json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
+    } catch (error) {
+      json(error instanceof FlowsError ? error.status : 502, { error: (error as Error).message });
+    }
+  }
+
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = req.url ?? "/";
     const json = (status: number, value: unknown) => {
@@ -308,9 +344,12 @@ export class Gateway {
       return;
     }
     if (url === API_PATH) return json(200, { pools: this.summary() });
+    const flowsRun = FLOWS_RUN_PATH.exec(url);
+    if (flowsRun && req.method === "POST") return void this.runFlowsRequest(flowsRun[1], req, json);
     // The HTTP entry for plain clients: /<pool>/<path>, e.g. git clone http://gateway/<pool>/group/repo.git
-    const match = /^\/([a-z0-9][a-z0-9-]*)(\/[^]*)?$/.exec(url);
+    const match = /^\/([A-Za-z0-9][A-Za-z0-9_-]*)(\/[^]*)?$/.exec(url);
     if (!match || !this.pools.has(match[1])) return json(404, { error: `no pool at ${url.split("?")[0]}` });
+    if (this.pools.get(match[1])?.definition.kind === "flows") return json(404, { error: `${match[1]} is a Flows pool: POST /_agentpools/api/flows/${match[1]}/run` });
     const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     this.forward(match[1], req.method ?? "GET", match[2] ?? "/", forwardableHeaders(req.headers), hasBody ? req : undefined).then(
       (response) => {

@@ -11,15 +11,18 @@ export interface PoolDefinition {
   secretSha256: string;
 }
 
-export const POOL_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** Pool names: VCS pools appear in URLs; Flows pool IDs are such names too. */
+export const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 
 const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
 
 /** A new pool and the token its agents use; the token is shown once and not stored. */
 export function createPool(name: string, kind: PoolKind, gatewayUrl: string): { pool: PoolDefinition; token: string } {
-  if (!POOL_NAME.test(name)) throw new Error(`pool name ${JSON.stringify(name)} must be lowercase letters, digits and dashes (at most 63)`);
+  if (!POOL_NAME.test(name)) throw new Error(`pool name ${JSON.stringify(name)} must be letters, digits, dashes and underscores (at most 63)`);
   const secret = randomBytes(32).toString("base64url");
-  return { pool: { name, kind, secretSha256: digest(secret).toString("hex") }, token: encodeToken({ gateway: gatewayUrl, pool: name, secret }) };
+  // A Flows agent is told its pool ID and gateway separately, so its token is the bare secret.
+  const token = kind === "flows" ? secret : encodeToken({ gateway: gatewayUrl, pool: name, secret });
+  return { pool: { name, kind, secretSha256: digest(secret).toString("hex") }, token };
 }
 
 /** Compare a presented secret with the stored digest, in constant time. */

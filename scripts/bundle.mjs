@@ -4,7 +4,7 @@
 import { build } from "esbuild";
 import { createRequire } from "node:module";
 import { gzipSync } from "node:zlib";
-import { readFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -36,11 +36,15 @@ for (const role of ROLES) {
     charset: "ascii",
     legalComments: "none",
     metafile: true,
+    write: false,
     logLevel: "error",
     plugins: [inlineSchema(role)],
   });
+  // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
   if (external.length > 0) throw new Error(`the ${role} bundle must use Node built-ins only, but includes ${external.join(", ")}`);
-  const code = readFileSync(outfile);
+  const code = Buffer.from(result.outputFiles[0].contents);
+  mkdirSync(path.dirname(outfile), { recursive: true });
+  writeFileSync(outfile, code);
   console.log(`bundle ${role}: ${code.length} bytes, ${gzipSync(code, { level: 9 }).length} gzipped`);
 }

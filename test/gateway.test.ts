@@ -40,7 +40,7 @@ describe("gateway", function () {
     assert.ok(!JSON.stringify(pool).includes(secret));
     assert.equal(secretMatches(pool, secret), true);
     assert.equal(secretMatches(pool, secret.slice(1)), false);
-    assert.throws(() => createPool("Bad_Name", "vcs", "https://gateway.example.com"), /lowercase letters, digits and dashes/);
+    assert.throws(() => createPool("bad name", "vcs", "https://gateway.example.com"), /letters, digits, dashes and underscores/);
   });
 
   it("refuses plain HTTP on anything but loopback", () => {

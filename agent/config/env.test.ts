@@ -53,6 +53,7 @@ export const FULL_SETTINGS = {
     runtimeMemoryMb: 512,
     defaultRunTimeout: "30s",
     registryMirror: "https://mirror.internal",
+    runtimeNetwork: "flows-runtimes",
     httpsProxy: "http://proxy.internal:3128",
     noProxy: ".internal",
     metadataTags: { zone: "a" },

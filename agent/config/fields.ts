@@ -73,10 +73,4 @@ export const proxySettings = {
   ),
 };
 
-/** Parse a duration string into milliseconds. The string is assumed valid (see DURATION_PATTERN). */
-export function durationMs(text: string): number {
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  let total = 0;
-  for (const [, amount, suffix] of text.matchAll(/([0-9]+)(ms|s|m|h)/g)) total += Number(amount) * unit[suffix];
-  return total;
-}
+export { durationMs } from "./duration";

@@ -45,6 +45,11 @@ export const flowsAgentSettings = z.strictObject({
   runtimeMemoryMb: setting(z.int().min(64).max(16384).default(256), { env: "FLOWS_RUNTIME_MEMORY_MB" }),
   defaultRunTimeout: setting(duration.default("60s"), { env: "FLOWS_RUN_TIMEOUT" }),
   registryMirror: setting(httpUrl.optional(), { env: "FLOWS_REGISTRY_MIRROR" }),
+  /** The Docker network runtime containers join ("none" cuts them off entirely). */
+  runtimeNetwork: setting(
+    z.string().regex(/^(?!host$)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, { error: 'must be a Docker network name other than "host"' }).default("bridge"),
+    { env: "FLOWS_DOCKER_NETWORK" },
+  ),
   ...proxySettings,
   metadataTags: setting(metadataTags, { env: "FLOWS_METADATA_", encoding: "map" }),
 });

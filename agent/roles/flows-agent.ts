@@ -1,6 +1,13 @@
-// Entry point of the flows-agent runtime bundle (build/bundles/flows-agent.js).
+// Entry point of the flows-agent runtime bundle (build/bundles/flows-agent.js). The same
+// file is each runtime's entry when started with --flows-runner.
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { unavailableRole } from "./pending";
+import { flowsAgentRole } from "../flows/agent";
+import { runRunner } from "../flows/runner";
 
-void runRole(unavailableRole("flows-agent", "issue #4"), settingsJsonSchema("flows-agent"));
+if (process.argv.includes("--flows-runner")) {
+  runRunner();
+} else {
+  const bundle = process.argv[1];
+  void runRole(flowsAgentRole({ path: bundle, args: ["--flows-runner"], readable: [bundle] }), settingsJsonSchema("flows-agent"));
+}

@@ -27,8 +27,8 @@ export const backoffDelay = (attempt: number, baseMs = 500, capMs = 30_000) => M
 
 export interface LinkOptions extends DialOptions {
   gateway: URL;
-  /** Headers of the upgrade request (credentials, role, metadata). */
-  headers: Record<string, string>;
+  /** Headers of the upgrade request (credentials, role, metadata), made anew for each dial. */
+  headers: Record<string, string> | (() => Record<string, string>);
   log: Logger;
 }
 
@@ -64,7 +64,7 @@ export abstract class GatewayLink {
     const { log, gateway, headers, ...dial } = this.link;
     for (let attempt = 0; !this.draining; ) {
       try {
-        const socket = await dialGateway(gateway, headers, dial);
+        const socket = await dialGateway(gateway, typeof headers === "function" ? headers() : headers, dial);
         attempt = 0;
         await this.serve(socket);
         if (!this.draining) log.warn("disconnected from the gateway; reconnecting");

@@ -1,0 +1,148 @@
+import { mkdirSync } from "node:fs";
+import type { Socket } from "node:net";
+import path from "node:path";
+import type { FlowsAgentSettings } from "../config/flows-agent";
+import { durationMs } from "../config/duration";
+import type { Logger } from "../runtime/log";
+import type { Role, RunningAgent } from "../runtime/runtime";
+import { interruptibleSleep } from "../runtime/http";
+import { GatewayLink, PING_INTERVAL_MS } from "../tunnel/session";
+import { acceptKey, newKey, WebSocket } from "../tunnel/websocket";
+import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
+import type { Job } from "./runner";
+
+export const FLOWS_CONNECT_PATH = "/_agentpools/flows/connect";
+
+/** Messages on the WebSocket (JSON text frames). */
+export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number };
+export type AgentMessage =
+  | { type: "hello"; poolSize: number; executor: string }
+  | { type: "result"; id: string; ok: boolean; value?: unknown; error?: { name: string; message: string; stack?: string; code?: string }; console: string[]; durationMs: number }
+  | { type: "draining" };
+
+/**
+ * The Flows agent's connection: a WebSocket to the gateway carrying run requests and their
+ * results. Runs are handed to the executor; the link never waits on user code itself.
+ */
+class FlowsLink extends GatewayLink {
+  private socket?: WebSocket;
+  private inFlight = 0;
+  private key = "";
+
+  constructor(
+    private readonly settings: FlowsAgentSettings,
+    private readonly executor: Executor,
+    private readonly executorName: string,
+    private readonly log: Logger,
+  ) {
+    super({
+      gateway: new URL(settings.gatewayEndpoint),
+      path: FLOWS_CONNECT_PATH,
+      protocol: "websocket",
+      headers: () => ((this.key = newKey()), {
+        authorization: `Bearer ${settings.poolToken}`,
+        "x-agentpools-pool": settings.poolId,
+        "x-agentpools-role": "flows-agent",
+        "x-agentpools-metadata": Buffer.from(JSON.stringify(settings.metadataTags)).toString("base64url"),
+        "sec-websocket-key": this.key,
+        "sec-websocket-version": "13",
+      }),
+      check: (response) => {
+        if (response.headers["sec-websocket-accept"] !== acceptKey(this.key)) throw new Error("the gateway's WebSocket answer does not match our key");
+      },
+      proxy: settings.httpsProxy,
+      noProxy: settings.noProxy,
+      log,
+    });
+  }
+
+  get connected(): boolean {
+    return !!this.socket?.open && !this.draining;
+  }
+
+  protected serve(raw: Socket): Promise<void> {
+    const socket = new WebSocket(raw, true);
+    this.socket = socket;
+    const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
+    send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
+    this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
+    this.markReady();
+
+    let answered = true;
+    socket.on("pong", () => (answered = true));
+    const keepalive = setInterval(() => {
+      if (!answered) return socket.close(1001);
+      answered = false;
+      socket.ping();
+    }, PING_INTERVAL_MS);
+
+    socket.on("message", (text: string) => {
+      let message: GatewayMessage;
+      try {
+        message = JSON.parse(text);
+      } catch {
+        return;
+      }
+      if (message.type !== "run") return;
+      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), 15 * 60_000);
+      this.inFlight++;
+      void this.executor.run(message.job, timeoutMs).then((outcome) => {
+        this.inFlight--;
+        this.log.info("run finished", { id: message.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
+        if (socket.open) send({ type: "result", id: message.id, ...outcome });
+      });
+    });
+    return new Promise((resolve) => {
+      socket.once("close", () => {
+        clearInterval(keepalive);
+        resolve();
+      });
+    });
+  }
+
+  /** Say so, let the runs in flight finish (by the deadline), then close. */
+  protected async closeGracefully(deadline: number): Promise<void> {
+    const socket = this.socket;
+    if (!socket?.open) return;
+    socket.send(JSON.stringify({ type: "draining" } satisfies AgentMessage));
+    while (this.inFlight > 0 && Date.now() < deadline) await interruptibleSleep(20).done;
+    socket.close(1001);
+  }
+}
+
+/** The executor the settings ask for, and where its runtimes' scratch space is. */
+export function createExecutor(settings: FlowsAgentSettings, log: Logger, runner: { path: string; args: string[]; readable: string[] }): { executor: Executor; name: string } {
+  const scratchRoot = settings.mountsDir;
+  mkdirSync(scratchRoot, { recursive: true, mode: 0o700 });
+  const launcher: RuntimeLauncher =
+    settings.executor === "docker"
+      ? dockerLauncher(settings, runner.path)
+      : processLauncher({ runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb });
+  return { executor: new Executor({ poolSize: settings.runtimePoolSize, memoryMb: settings.runtimeMemoryMb, scratchRoot, launcher, log }), name: launcher.describe };
+}
+
+/** The `flows-agent` role; `runner` is how a runtime starts (the bundle itself with --flows-runner). */
+export function flowsAgentRole(runner: { path: string; args: string[]; readable: string[] }): Role<FlowsAgentSettings> {
+  return {
+    name: "flows-agent",
+    start(settings, { log }): RunningAgent {
+      const { executor, name } = createExecutor(settings, log, runner);
+      const link = new FlowsLink(settings, executor, name, log);
+      return {
+        ready: link.ready,
+        stopped: link.stopped,
+        connected: () => link.connected,
+        drain: async (deadline) => {
+          await link.drain(deadline);
+          executor.close();
+        },
+      };
+    },
+  };
+}
+
+/** The runner of the unbundled build (tests): its compiled module and the directory it lives in. */
+export const unbundledRunner = () => {
+  const file = path.join(__dirname, "runner-main.js");
+  return { path: file, args: [], readable: [__dirname] };
+};

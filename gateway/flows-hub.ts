@@ -1,0 +1,140 @@
+import { randomUUID } from "node:crypto";
+import type http from "node:http";
+import type { Socket } from "node:net";
+import type { AgentMessage, GatewayMessage } from "../agent/flows/agent";
+import type { Answer, Job } from "../agent/flows/runner";
+import type { Logger } from "../agent/runtime/log";
+import { acceptKey, WebSocket } from "../agent/tunnel/websocket";
+import { secretMatches, type PoolDefinition } from "./pools";
+
+export interface FlowsRunResult extends Answer {
+  durationMs: number;
+}
+
+interface FlowsAgent {
+  id: string;
+  pool: string;
+  remote: string;
+  metadata: Record<string, string>;
+  connectedAt: string;
+  socket: WebSocket;
+  poolSize: number;
+  executor: string;
+  draining: boolean;
+  pending: Map<string, { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout }>;
+}
+
+export class FlowsError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The gateway's side of the Flows agents: their WebSockets, and runs sent to them. */
+export class FlowsHub {
+  private readonly agents = new Map<string, Set<FlowsAgent>>();
+
+  constructor(
+    private readonly pools: Map<string, { definition: PoolDefinition }>,
+    private readonly log: Logger,
+  ) {}
+
+  /** An agent's upgrade request: pool ID and token, then the WebSocket. */
+  accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const key = req.headers["sec-websocket-key"];
+    if (req.headers.upgrade?.toLowerCase() !== "websocket" || typeof key !== "string" || req.headers["sec-websocket-version"] !== "13") {
+      return refuse(400, "not a WebSocket upgrade", { remote });
+    }
+    const poolId = String(req.headers["x-agentpools-pool"] ?? "");
+    const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
+    const pool = this.pools.get(poolId);
+    if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token)) return refuse(401, "pool ID or token refused", { remote, pool: poolId });
+
+    socket.setNoDelay(true);
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
+    if (head.length > 0) socket.unshift(head);
+    const agent: FlowsAgent = {
+      id: randomUUID(),
+      pool: poolId,
+      remote,
+      metadata,
+      connectedAt: new Date().toISOString(),
+      socket: new WebSocket(socket, false),
+      poolSize: 1,
+      executor: "unknown",
+      draining: false,
+      pending: new Map(),
+    };
+    const agents = this.agents.get(poolId) ?? new Set();
+    this.agents.set(poolId, agents);
+    agent.socket.on("message", (text: string) => this.receive(agent, text));
+    agent.socket.once("close", () => {
+      agents.delete(agent);
+      for (const [, run] of agent.pending) {
+        clearTimeout(run.timer);
+        run.reject(new FlowsError(502, "the agent disconnected during the run"));
+      }
+      this.log.info("agent disconnected", { pool: poolId, agent: agent.id });
+    });
+    agents.add(agent);
+    this.log.info("agent connected", { pool: poolId, agent: agent.id, remote, metadata });
+  }
+
+  private receive(agent: FlowsAgent, text: string): void {
+    let message: AgentMessage;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (message.type === "hello") {
+      agent.poolSize = Math.max(1, Math.min(64, Number(message.poolSize) || 1));
+      agent.executor = String(message.executor);
+    } else if (message.type === "draining") {
+      agent.draining = true;
+    } else if (message.type === "result") {
+      const run = agent.pending.get(message.id);
+      if (!run) return;
+      agent.pending.delete(message.id);
+      clearTimeout(run.timer);
+      const { ok, value, error, console, durationMs } = message;
+      run.resolve({ ok, value, error, console: Array.isArray(console) ? console : [], durationMs });
+    }
+  }
+
+  /** Run code on one of the pool's agents: the least busy. */
+  run(pool: string, job: Job, timeoutMs: number): Promise<FlowsRunResult> {
+    const definition = this.pools.get(pool)?.definition;
+    if (definition?.kind !== "flows") return Promise.reject(new FlowsError(404, `no Flows pool named ${pool}`));
+    const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
+    if (candidates.length === 0) return Promise.reject(new FlowsError(503, `no agent of pool ${pool} is connected`));
+    const agent = candidates.reduce((best, a) => (a.pending.size / a.poolSize < best.pending.size / best.poolSize ? a : best));
+    const id = randomUUID();
+    return new Promise((resolve, reject) => {
+      // The agent enforces the run's timeout; this one only covers a lost answer.
+      const timer = setTimeout(() => {
+        agent.pending.delete(id);
+        reject(new FlowsError(504, `no answer from the agent within ${timeoutMs + 10_000} ms`));
+      }, timeoutMs + 10_000);
+      agent.pending.set(id, { resolve, reject, timer });
+      agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
+    });
+  }
+
+  summary(pool: string) {
+    const agents = [...(this.agents.get(pool) ?? [])];
+    return {
+      connections: agents.filter((a) => !a.draining).length,
+      activeRequests: agents.reduce((n, a) => n + a.pending.size, 0),
+      agents: agents.map((a) => ({ id: a.id, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.pending.size, parallelism: a.poolSize, executor: a.executor, draining: a.draining })),
+    };
+  }
+
+  close(): void {
+    for (const agents of this.agents.values()) for (const agent of agents) agent.socket.close(1001);
+  }
+}
