@@ -274,11 +274,12 @@ export class Executor {
       if (used) used.kill();
       this.active--;
       this.waiting.shift()?.();
-      // Starting a process blocks the event loop for milliseconds: let the answer go out first.
-      setImmediate(() => {
+      // Starting a process blocks the event loop for milliseconds (fork): do it a moment
+      // later, once the answer and the traffic it sets off have been handled.
+      setTimeout(() => {
         if (used) this.discard(used);
         this.refill();
-      });
+      }, 5);
     }
   }
 

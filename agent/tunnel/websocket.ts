@@ -23,6 +23,8 @@ export class WebSocket extends EventEmitter {
     private readonly isClient: boolean,
   ) {
     super();
+    // Messages are small and answered at once: never let Nagle hold one back.
+    socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
     socket.on("close", () => this.finish());
     socket.on("error", () => this.finish());

@@ -1,0 +1,104 @@
+// Flows runs end to end through the gateway (HTTP API -> gateway -> WebSocket -> agent ->
+// runtime), with the process executor and the default pool size, measured in one run:
+//  - warm run latency p50/p99 of a small expression, each run started once a warm runtime waits;
+//  - cold start: from spawning a runtime to its being ready (no spare available);
+//  - runs per second with the default pool size, back to back.
+// Run: npm run bench:flows [-- --runs 300]
+import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import http from "node:http";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { flowsAgentSettings } from "../agent/config/flows-agent";
+import { processLauncher } from "../agent/flows/executor";
+import { packageRoot } from "../components/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { Gateway } from "../gateway/gateway";
+import { createPool } from "../gateway/pools";
+import { createLogger } from "../agent/runtime/log";
+import { freePort } from "../test/helpers";
+
+const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
+const DEFAULT_POOL = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }).runtimePoolSize;
+const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
+const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: "POST", agent: keepAlive, headers: { "content-type": "application/json" } }, (res) => {
+      let text = "";
+      res.on("data", (chunk) => (text += chunk));
+      res.on("end", () => resolve(JSON.parse(text)));
+    });
+    req.on("error", reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+async function summary(url: string) {
+  const pools = JSON.parse(await new Promise<string>((resolve) => http.get(`${url}/_agentpools/api/pools`, (res) => { let t = ""; res.on("data", (c) => (t += c)); res.on("end", () => resolve(t)); })));
+  return pools.pools[0];
+}
+
+async function main(): Promise<void> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const { pool, token } = createPool("BENCH", "flows", url);
+  const gateway = new Gateway({ pools: [pool], port, log: createLogger("gateway", []) });
+  await gateway.listen();
+  const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
+  const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+    env: { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: "BENCH", FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: mkdtempSync(path.join(tmpdir(), "agentpools-bench-flows-")) },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const runUrl = `${url}/_agentpools/api/flows/BENCH/run`;
+  try {
+    for (let i = 0; i < 200 && (await summary(url)).connections === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    // Warm: wait until the agent's spares are back before each timed run.
+    const warm: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      await new Promise((r) => setTimeout(r, 60));
+      const started = performance.now();
+      const result = await post(runUrl, { code: "1 + inputs.x", inputs: { x: i } });
+      warm.push(performance.now() - started);
+      if (result.value !== 1 + i) throw new Error(`wrong result ${JSON.stringify(result)}`);
+    }
+    // Cold start: a runtime from spawn to ready, as the executor starts it.
+    const launcher = processLauncher({ runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256 });
+    const cold: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const started = performance.now();
+      const runtime = launcher.start(mkdtempSync(path.join(tmpdir(), "agentpools-cold-")));
+      await runtime.ready;
+      cold.push(performance.now() - started);
+      runtime.kill();
+    }
+    // Throughput: as many runs in flight as the pool takes, for a fixed count.
+    const total = RUNS;
+    let next = 0;
+    const started = performance.now();
+    await Promise.all(
+      Array.from({ length: DEFAULT_POOL * 2 }, async () => {
+        while (next < total) {
+          next++;
+          await post(runUrl, { code: "1" });
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+
+    const f = (n: number) => n.toFixed(2);
+    console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default)`);
+    console.log(`  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`);
+    console.log(`  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`);
+    console.log(`  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`);
+  } finally {
+    agent.kill("SIGTERM");
+    await gateway.close();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
