@@ -1,6 +1,6 @@
-// `npm start`: the whole loop on this machine. A gateway on loopback with a local VCS pool,
-// the vcs-agent runtime (the very bundle the components ship in user-data) dialling it,
-// and a demo Git repository standing in for your internal Git server. It checks itself,
+// `npm start`: the whole loop on this machine. A gateway on loopback with a VCS pool and a
+// Flows pool, the vcs-agent and flows-agent runtimes (the very bundles the components ship
+// in user-data) dialling it, and a demo Git repository standing in for your internal Git server. It checks itself,
 // prints where to look and what to try, and runs until Ctrl-C.
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -28,8 +28,24 @@ async function main(): Promise<void> {
 
   const port = await freePort(PORT);
   const { pool, token } = createPool("demo", "vcs", `http://127.0.0.1:${port}`);
-  const gateway = new Gateway({ pools: [pool], port });
+  const flowsPool = createPool("FLOWSDEMO", "flows", `http://127.0.0.1:${port}`);
+  const gateway = new Gateway({ pools: [pool, flowsPool.pool], port });
   const url = await gateway.listen();
+  const flowsBundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
+  const flows = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, flowsBundle], {
+    env: {
+      PATH: process.env.PATH,
+      FLOWS_AGENT_POOL_ID: "FLOWSDEMO",
+      FLOWS_AGENT_POOL_TOKEN: flowsPool.token,
+      FLOWS_GATEWAY_ENDPOINT: url,
+      FLOWS_ENDPOINT: url,
+      // No Docker engine is assumed here: each run is a separate, confined Node.js process.
+      FLOWS_EXECUTOR: "process",
+      FLOWS_DOCKER_MOUNTS_TEMPDIR: mkdtempSync(path.join(tmpdir(), "agentpools-demo-flows-")),
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  flows.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[flows-agent] ")));
   const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
     env: {
       PATH: process.env.PATH,
@@ -43,20 +59,24 @@ async function main(): Promise<void> {
   });
   agent.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[vcs-agent] ")));
 
-  for (let i = 0; i < 100 && gateway.summary()[0].connections === 0; i++) await new Promise((resolve) => setTimeout(resolve, 50));
-  if (gateway.summary()[0].connections === 0) throw new Error("the VCS agent did not connect");
+  const connected = () => gateway.summary().every((p) => p.connections > 0);
+  for (let i = 0; i < 100 && !connected(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  if (!connected()) throw new Error("an agent did not connect");
 
   // Check the loop before inviting anyone to use it.
   const clone = mkdtempSync(path.join(tmpdir(), "agentpools-demo-clone-"));
   await run("git", ["clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
   const head = (await run("git", ["-C", clone, "log", "--oneline", "-1"])).stdout.trim();
   const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`);
+  const runUrl = `${url}/_agentpools/api/flows/FLOWSDEMO/run`;
+  const flowsRun = (await (await fetch(runUrl, { method: "POST", body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }) })).json()) as { value: unknown };
 
   console.log(`
 agentpools demo: a gateway, a VCS agent pool and a Git server, all on this machine.
 
   self-check   cloned demo/infrastructure through the agent: ${head}
                secret/keys is outside the pool's allowed projects: ${refused.status} ${refused.status === 403 ? "(refused, as it should be)" : "(UNEXPECTED)"}
+               a Flows run of 6 * 7 on the Flows agent: ${JSON.stringify(flowsRun.value)}
 
   status page  ${url}/
   JSON API     ${url}/_agentpools/api/pools
@@ -67,13 +87,15 @@ Try:
   curl ${url}/demo/api/v4/projects/demo%2Finfrastructure/repository/branches   # allowed: list branches
   curl ${url}/demo/api/v4/projects/secret%2Fkeys                               # refused: project not allowed
   curl -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
+  curl -d '{"code":"inputs.name.toUpperCase()","inputs":{"name":"flows"}}' ${runUrl}
+  curl -d '{"kind":"block","code":"return (await import(\"node:fs\")).readFileSync(\"/etc/passwd\", \"utf8\")"}' ${runUrl}   # refused: outside the run's scratch
 
-The agent logs one line per request above. Ctrl-C stops everything (the agent drains first).
+The agents log one line per request above. Ctrl-C stops everything (the agents drain first).
 `);
 
   const stop = async () => {
-    agent.kill("SIGTERM");
-    await new Promise((resolve) => agent.once("exit", resolve));
+    for (const child of [agent, flows]) child.kill("SIGTERM");
+    await Promise.all([agent, flows].map((child) => new Promise((resolve) => child.once("exit", resolve))));
     await gateway.close();
     await vcs.close();
     process.exit(0);
