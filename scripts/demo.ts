@@ -88,7 +88,7 @@ Try:
   curl ${url}/demo/api/v4/projects/secret%2Fkeys                               # refused: project not allowed
   curl -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
   curl -d '{"code":"inputs.name.toUpperCase()","inputs":{"name":"flows"}}' ${runUrl}
-  curl -d '{"kind":"block","code":"return (await import(\"node:fs\")).readFileSync(\"/etc/passwd\", \"utf8\")"}' ${runUrl}   # refused: outside the run's scratch
+  curl -d '{"kind":"block","code":"return (await import(\\"node:fs\\")).readFileSync(\\"/etc/passwd\\", \\"utf8\\")"}' ${runUrl}   # refused: outside the run's scratch
 
 The agents log one line per request above. Ctrl-C stops everything (the agents drain first).
 `);
