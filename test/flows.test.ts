@@ -18,6 +18,7 @@ describe("Flows agent and gateway", function () {
   let gateway: Gateway;
   let url: string;
   let token: string;
+  let emptyToken: string;
   let agent: RunningAgent;
   let scratchRoot: string;
   const agentLog = capturingLogger("flows-agent");
@@ -35,7 +36,9 @@ describe("Flows agent and gateway", function () {
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
     token = created.token;
-    gateway = new Gateway({ pools: [created.pool, createPool("01EMPTY", "flows", url).pool], port, log: capturingLogger("gateway").log });
+    const empty = createPool("01EMPTY", "flows", url);
+    emptyToken = empty.token;
+    gateway = new Gateway({ pools: [created.pool, empty.pool], port, log: capturingLogger("gateway").log });
     await gateway.listen();
     scratchRoot = mkdtempSync(path.join(tmpdir(), "agentpools-flows-"));
     agent = await flowsAgentRole(unbundledRunner()).start(settings(), { log: agentLog.log });
@@ -107,6 +110,17 @@ describe("Flows agent and gateway", function () {
     await wrong.drain(Date.now() + 1000);
     await otherPool.drain(Date.now() + 1000);
     assert.equal(gateway.summary().find((p) => p.name === "01EMPTY")!.connections, 0);
+  });
+
+  it("drain: a run in flight finishes and answers, then the agent leaves and new runs find none", async () => {
+    const draining = await flowsAgentRole(unbundledRunner()).start(settings({ poolId: "01EMPTY", poolToken: emptyToken }), { log: capturingLogger("flows-agent").log });
+    await draining.ready;
+    await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.connections === 1);
+    const inFlight = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'finished';" }, "01EMPTY");
+    await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.activeRequests === 1);
+    await draining.drain(Date.now() + 5000);
+    assert.deepEqual((await inFlight).result.value, "finished");
+    assert.equal((await run({ code: "1" }, "01EMPTY")).status, 503);
   });
 
   describe("hostile code is contained, and the agent answers the next run", () => {
