@@ -127,14 +127,17 @@ export class Gateway {
 
   /** Pools with their connected agents. */
   summary() {
-    return [...this.pools.values()].map(({ definition, agents, waiters }) => definition.kind === "flows" ? { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) } : ({
-      name: definition.name,
-      kind: definition.kind,
-      connections: [...agents].filter((a) => !a.draining).length,
-      activeRequests: [...agents].reduce((sum, a) => sum + a.active, 0),
-      waiting: waiters.length,
-      agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: this.capacity(a), draining: a.draining })),
-    }));
+    return [...this.pools.values()].map(({ definition, agents, waiters }) => {
+      if (definition.kind === "flows") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) };
+      return {
+        name: definition.name,
+        kind: definition.kind,
+        connections: [...agents].filter((a) => !a.draining).length,
+        activeRequests: [...agents].reduce((sum, a) => sum + a.active, 0),
+        waiting: waiters.length,
+        agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: this.capacity(a), draining: a.draining })),
+      };
+    });
   }
 
   private refuse(socket: Socket, status: number, reason: string, details: Record<string, unknown>): void {

@@ -183,13 +183,13 @@ describe("Flows agent and gateway", function () {
     const base = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b", executor: "docker", extraDockerParams: ["--dns=10.0.0.2"] });
 
     it("starts sibling containers under gVisor with nothing to escalate with", () => {
-      const args = dockerRunArgs(base, "/var/lib/agentpools/flows-mounts/run-1", "/opt/agentpools/flows-agent.js", "agentpools-runtime-x");
-      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=1000:1000", "--memory=256m", "--pids-limit=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
+      const args = dockerRunArgs(base, "/var/lib/agentpools/flows-mounts/run-1", "/opt/agentpools/flows-agent.js", "agentpools-runtime-x", "991:991");
+      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=991:991", "--volume=/var/lib/agentpools/flows-mounts/run-1:/work:rw", "--memory=256m", "--pids-limit=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
         assert.ok(args.includes(expected), `missing ${expected}`);
       }
       assert.ok(!args.some((a) => a === "--privileged" || a.startsWith("--cap-add") || a === "--network=host"));
       assert.deepEqual(args.slice(args.indexOf("node:24-alpine")), ["node:24-alpine", "node", "--max-old-space-size=256", "/agentpools/runtime.js", "--flows-runner"]);
-      assert.ok(!dockerRunArgs({ ...base, gvisor: false }, "/s", "/r", "n").includes("--runtime=runsc"));
+      assert.ok(!dockerRunArgs({ ...base, gvisor: false }, "/s", "/r", "n", "991:991").includes("--runtime=runsc"));
       assert.throws(() => flowsAgentSettings.parse({ ...base, runtimeNetwork: "host" }), /other than/);
     });
 

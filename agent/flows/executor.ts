@@ -108,8 +108,12 @@ function withOutput(answer: Answer, stdout: string): Answer {
   return { ...answer, console: [...(answer.console ?? []), ...extra] };
 }
 
-/** The `docker run` of one runtime container: no capabilities, no new privileges, read-only, gVisor when on. */
-export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeNetwork" | "extraDockerParams">, scratch: string, runtimeFile: string, name: string): string[] {
+/**
+ * The `docker run` of one runtime container: no capabilities, no new privileges, read-only,
+ * gVisor when on. `user` is the agent's own uid:gid, which owns the run's scratch directory
+ * (created 0700), so the container can write there and nowhere else.
+ */
+export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeNetwork" | "extraDockerParams">, scratch: string, runtimeFile: string, name: string, user: string): string[] {
   return [
     "run",
     "--rm",
@@ -120,7 +124,7 @@ export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" 
     "--security-opt=no-new-privileges",
     "--read-only",
     "--tmpfs=/tmp:rw,noexec,nosuid,size=64m",
-    "--user=1000:1000",
+    `--user=${user}`,
     `--memory=${settings.runtimeMemoryMb}m`,
     `--memory-swap=${settings.runtimeMemoryMb}m`,
     "--pids-limit=64",
@@ -143,7 +147,8 @@ export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string
   return {
     describe: `docker (${settings.gvisor ? "gVisor" : "runc"})`,
     start(scratch) {
-      const child = spawn(docker, dockerRunArgs(settings, scratch, runtimeFile, `agentpools-runtime-${randomUUID().slice(0, 12)}`), { stdio: ["pipe", "pipe", "pipe"], env: { PATH: process.env.PATH, DOCKER_HOST: process.env.DOCKER_HOST } });
+      const user = `${process.getuid?.() ?? 1000}:${process.getgid?.() ?? 1000}`;
+      const child = spawn(docker, dockerRunArgs(settings, scratch, runtimeFile, `agentpools-runtime-${randomUUID().slice(0, 12)}`, user), { stdio: ["pipe", "pipe", "pipe"], env: { PATH: process.env.PATH, DOCKER_HOST: process.env.DOCKER_HOST } });
       const output = collect(child);
       const exited = watchExit(child, output.stderr);
       const answers: ((line: string) => void)[] = [];
