@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../agent/runtime/log";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
-import { CONNECTION_WINDOW, keepAlive, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
+import { CONNECTION_WINDOW, keepAlive, MAX_FRAME, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
 import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
 import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
@@ -193,7 +193,7 @@ export class Gateway {
   private startSession(socket: Socket, pool: { definition: PoolDefinition; agents: Set<AgentConnection> }, fields: Omit<AgentConnection, "session">): void {
     const session = http2.connect(`http://${fields.pool}.agents`, {
       createConnection: () => socket,
-      settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
+      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, enablePush: false },
     });
     const agent: AgentConnection = { ...fields, session };
     session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
