@@ -5,7 +5,8 @@ import { KubernetesAgent, resources, RUNTIME_UID, validateWorkload, workloadShap
 
 const DOCKER_SOCKET_DIR = "/var/run/dind";
 
-export const kubernetesWorkerPoolArgs = z.strictObject({
+export const kubernetesWorkerPoolArgs = z
+  .strictObject({
   ...launcherSettings.omit({ token: true, poolPrivateKey: true }).shape,
   ...workloadShape({ replicas: 1, resources: { requests: { cpu: "100m", memory: "128Mi" }, limits: { memory: "256Mi" } }, drainTimeoutSeconds: 4500 }),
   /** The Docker engine the launcher starts runs in (a Docker-in-Docker sidecar). */
@@ -16,7 +17,8 @@ export const kubernetesWorkerPoolArgs = z.strictObject({
   storage: z
     .strictObject({ size: z.string().regex(/^[0-9]+(Mi|Gi|Ti)$/, { error: 'must be a size such as "50Gi"' }).default("50Gi"), storageClassName: z.string().optional() })
     .default({ size: "50Gi" }),
-});
+  })
+  .refine((args) => args.executor === "docker", { path: ["executor"], error: 'must be "docker" in a pod: the process executor runs jobs beside the launcher, for development only' });
 
 export type KubernetesWorkerPoolArgs = z.input<typeof kubernetesWorkerPoolArgs> & {
   /** SPACELIFT_TOKEN: a Pulumi secret. Leave out with existingSecret. */
@@ -47,8 +49,13 @@ export class KubernetesWorkerPool extends KubernetesAgent {
         // Runs fetch providers, modules and images from anywhere: all ports unless narrowed.
         egressPorts: undefined,
         extraEnv: [{ name: "DOCKER_HOST", value: `unix://${DOCKER_SOCKET_DIR}/docker.sock` }],
-        extraMounts: [{ name: "docker-socket", mountPath: DOCKER_SOCKET_DIR }],
-        extraVolumes: [{ name: "docker-socket", emptyDir: {} }, ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }])],
+        // Runs' workspaces are bind-mounted into their containers by the sidecar's engine, so
+        // both containers see them at the same path.
+        extraMounts: [
+          { name: "docker-socket", mountPath: DOCKER_SOCKET_DIR },
+          { name: "runs", mountPath: parsed.workDirectory },
+        ],
+        extraVolumes: [{ name: "docker-socket", emptyDir: {} }, { name: "runs", emptyDir: {} }, ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }])],
         sidecars: [
           {
             name: "docker",
@@ -58,6 +65,7 @@ export class KubernetesWorkerPool extends KubernetesAgent {
             resources: parsed.dockerResources,
             volumeMounts: [
               { name: "docker-socket", mountPath: DOCKER_SOCKET_DIR },
+              { name: "runs", mountPath: parsed.workDirectory },
               { name: dataVolume, mountPath: "/var/lib/docker" },
             ],
           },

@@ -2,6 +2,7 @@ import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { durationMs } from "../agent/config/fields";
 import { launcherSettings } from "../agent/config/launcher";
+import { runPolicy } from "../agent/config/run-policy";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 import { CONFIG_DIR } from "./userdata";
@@ -13,11 +14,14 @@ export const workerPoolArgs = z
   .strictObject({
     ...launcherSettings.omit({ token: true, poolPrivateKey: true }).shape,
     ...poolCoreShape({ instanceType: "m7i.large", rootVolumeSizeGiB: 50, drainTimeoutSeconds: 4500 }),
-    /** The policy's text; written to the instance and passed as SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY. */
-    runInitializationPolicy: z.string().min(1).max(8192).optional(),
+    /** The policy itself (checked here by the launcher's own schema); written to the instance as JSON. */
+    runInitializationPolicy: runPolicy.optional(),
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
+    if (args.executor !== "docker") {
+      ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message: 'must be "docker" on a pool: the process executor runs jobs on the instance itself, for development only' });
+    }
     if (args.runInitializationPolicy !== undefined && args.runInitializationPolicyFile !== undefined) {
       ctx.addIssue({ code: "custom", path: ["runInitializationPolicyFile"], input: args.runInitializationPolicyFile, message: "give either runInitializationPolicy (its text) or runInitializationPolicyFile (a path on the image), not both" });
     }
@@ -25,7 +29,7 @@ export const workerPoolArgs = z
       ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in would kill a run that may still finish` });
     }
   })
-  // A policy given as text is read by the launcher from its fixed path.
+  // A policy given here is read by the launcher from its fixed path.
   .transform((args) => (args.runInitializationPolicy === undefined ? args : { ...args, runInitializationPolicyFile: RUN_INITIALIZATION_POLICY_PATH }));
 
 export type WorkerPoolArgs = z.input<typeof workerPoolArgs> &
@@ -47,7 +51,7 @@ export class WorkerPool extends AgentPool {
         gvisor: parsed.workerRuntime === "runsc",
         noProxy: parsed.noProxy,
         extraFiles: parsed.runInitializationPolicy
-          ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: parsed.runInitializationPolicy, permissions: "0644" }]
+          ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: JSON.stringify(parsed.runInitializationPolicy, null, 1) + "\n", permissions: "0644" }]
           : [],
       })),
       opts,

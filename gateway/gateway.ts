@@ -11,13 +11,15 @@ import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
 import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
 import { FlowsError, FlowsHub } from "./flows-hub";
+import { WORKER_API, WORKER_CONNECT_PATH } from "../agent/worker/protocol";
+import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { secretMatches, type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
 
 export const API_PATH = "/_agentpools/api/pools";
 const FLOWS_RUN_PATH = /^\/_agentpools\/api\/flows\/([A-Za-z0-9_-]+)\/run$/;
 
-export interface GatewayOptions {
+export interface GatewayOptions extends WorkerHubOptions {
   pools: PoolDefinition[];
   host?: string;
   port?: number;
@@ -93,6 +95,8 @@ export class Gateway {
   private readonly sockets = new Set<Socket>();
   /** The Flows pools' agents and their runs. */
   readonly flows: FlowsHub;
+  /** The worker pools' run queues and launchers. */
+  readonly workers: WorkerHub;
 
   constructor(private readonly options: GatewayOptions) {
     const host = options.host ?? "127.0.0.1";
@@ -100,6 +104,7 @@ export class Gateway {
     for (const definition of options.pools) this.pools.set(definition.name, { definition, agents: new Set(), waiters: [] });
     this.log = options.log ?? createLogger("gateway");
     this.flows = new FlowsHub(this.pools, this.log);
+    this.workers = new WorkerHub(this.pools, this.log, { dataDir: options.dataDir, lostAfterMs: options.lostAfterMs });
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
@@ -120,6 +125,7 @@ export class Gateway {
   /** Stop listening and drop every agent (they will reconnect to the next gateway). */
   async close(): Promise<void> {
     this.flows.close();
+    this.workers.close();
     for (const pool of this.pools.values()) for (const agent of pool.agents) agent.session.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -129,6 +135,7 @@ export class Gateway {
   summary() {
     return [...this.pools.values()].map(({ definition, agents, waiters }) => {
       if (definition.kind === "flows") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) };
+      if (definition.kind === "worker") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.workers.summary(definition.name) };
       return {
         name: definition.name,
         kind: definition.kind,
@@ -147,9 +154,9 @@ export class Gateway {
 
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    if (req.url === FLOWS_CONNECT_PATH) {
-      return this.flows.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), (status, reason, details) => this.refuse(socket, status, reason, details));
-    }
+    const refuse = (status: number, reason: string, details: Record<string, unknown>) => this.refuse(socket, status, reason, details);
+    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
+    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
     if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
     const { pool, claimed } = this.authenticate(req.headers.authorization);
     if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
@@ -349,10 +356,12 @@ export class Gateway {
     if (url === API_PATH) return json(200, { pools: this.summary() });
     const flowsRun = FLOWS_RUN_PATH.exec(url);
     if (flowsRun && req.method === "POST") return void this.runFlowsRequest(flowsRun[1], req, json);
+    if (this.workers.handle(req, res, json)) return;
     // The HTTP entry for plain clients: /<pool>/<path>, e.g. git clone http://gateway/<pool>/group/repo.git
     const match = /^\/([A-Za-z0-9][A-Za-z0-9_-]*)(\/[^]*)?$/.exec(url);
     if (!match || !this.pools.has(match[1])) return json(404, { error: `no pool at ${url.split("?")[0]}` });
     if (this.pools.get(match[1])?.definition.kind === "flows") return json(404, { error: `${match[1]} is a Flows pool: POST /_agentpools/api/flows/${match[1]}/run` });
+    if (this.pools.get(match[1])?.definition.kind === "worker") return json(404, { error: `${match[1]} is a worker pool: POST ${WORKER_API}/${match[1]}/runs` });
     const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     this.forward(match[1], req.method ?? "GET", match[2] ?? "/", forwardableHeaders(req.headers), hasBody ? req : undefined).then(
       (response) => {

@@ -1,10 +1,13 @@
 // The reference gateway's command line:
 //   node build/gateway/main.js serve --config gateway.json
-//   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind vcs|flows|worker
-// add-pool stores only the SHA-256 of the new pool's secret and prints the token once.
+//   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind vcs|flows
+//   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind worker --csr spacelift.csr
+// add-pool stores only the SHA-256 of the new pool's secret and prints the token once. A
+// worker pool's CSR is signed by the gateway's worker CA (kept in dataDir).
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import { Gateway } from "./gateway";
+import { loadOrCreateAuthority, signPoolRequest } from "./certificates";
 import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
 
 export const gatewayConfig = z.strictObject({
@@ -13,7 +16,18 @@ export const gatewayConfig = z.strictObject({
   publicUrl: z.url({ protocol: /^https?$/ }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
   queueTimeoutMs: z.int().min(0).max(600_000).default(10_000),
-  pools: z.array(z.strictObject({ name: z.string().regex(POOL_NAME), kind: z.enum(POOL_KINDS), secretSha256: z.string().regex(/^[0-9a-f]{64}$/) })).default([]),
+  /** Worker runs, their logs and sealed state, and the worker pool CA: kept across restarts. */
+  dataDir: z.string().min(1).optional(),
+  pools: z
+    .array(
+      z.strictObject({
+        name: z.string().regex(POOL_NAME),
+        kind: z.enum(POOL_KINDS),
+        secretSha256: z.string().regex(/^[0-9a-f]{64}$/),
+        certificate: z.string().startsWith("-----BEGIN CERTIFICATE-----").optional(),
+      }),
+    )
+    .default([]),
 });
 export type GatewayConfig = z.output<typeof gatewayConfig>;
 
@@ -32,14 +46,21 @@ export async function main(args: string[]): Promise<void> {
   const [command] = args;
   const file = option(args, "config");
   if (!file || !["serve", "add-pool"].includes(command)) {
-    throw new Error("usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker");
+    throw new Error("usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker [--csr FILE]");
   }
   if (command === "add-pool") {
     const config = existsSync(file) ? loadConfig(file) : gatewayConfig.parse({ publicUrl: option(args, "public-url") });
     const kind = z.enum(POOL_KINDS).parse(option(args, "kind"));
     const name = option(args, "name") ?? "";
     if (config.pools.some((p) => p.name === name)) throw new Error(`pool ${name} exists already`);
-    const { pool, token } = createPool(name, kind, config.publicUrl);
+    let certificate: string | undefined;
+    if (kind === "worker") {
+      const csr = option(args, "csr");
+      if (!csr) throw new Error("a worker pool needs --csr FILE: make it with openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr");
+      if (!config.dataDir) throw new Error(`${file}: set dataDir; the worker pool CA and the runs are kept there`);
+      certificate = await signPoolRequest(await loadOrCreateAuthority(config.dataDir), readFileSync(csr, "utf8"), name);
+    }
+    const { pool, token } = createPool(name, kind, config.publicUrl, certificate);
     writeFileSync(file, JSON.stringify({ ...config, pools: [...config.pools, pool] }, null, 2) + "\n", { mode: 0o600 });
     process.stdout.write(`${token}\n`);
     return;
@@ -50,6 +71,7 @@ export async function main(args: string[]): Promise<void> {
     host: config.listen.host,
     port: config.listen.port,
     queueTimeoutMs: config.queueTimeoutMs,
+    dataDir: config.dataDir,
     tls: config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : undefined,
   });
   await gateway.listen();

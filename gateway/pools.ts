@@ -9,6 +9,8 @@ export interface PoolDefinition {
   name: string;
   kind: PoolKind;
   secretSha256: string;
+  /** Worker pools: the certificate the gateway signed from the pool's CSR (public). */
+  certificate?: string;
 }
 
 /** Pool names: VCS pools appear in URLs; Flows pool IDs are such names too. */
@@ -16,13 +18,17 @@ export const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 
 const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
 
-/** A new pool and the token its agents use; the token is shown once and not stored. */
-export function createPool(name: string, kind: PoolKind, gatewayUrl: string): { pool: PoolDefinition; token: string } {
+/**
+ * A new pool and the token its agents use; the token is shown once and not stored. A worker
+ * pool's token also carries its certificate (signed from the pool's CSR, see certificates.ts).
+ */
+export function createPool(name: string, kind: PoolKind, gatewayUrl: string, certificate?: string): { pool: PoolDefinition; token: string } {
   if (!POOL_NAME.test(name)) throw new Error(`pool name ${JSON.stringify(name)} must be letters, digits, dashes and underscores (at most 63)`);
+  if ((kind === "worker") !== (certificate !== undefined)) throw new Error("a worker pool needs the certificate signed from its CSR, and only a worker pool has one");
   const secret = randomBytes(32).toString("base64url");
   // A Flows agent is told its pool ID and gateway separately, so its token is the bare secret.
-  const token = kind === "flows" ? secret : encodeToken({ gateway: gatewayUrl, pool: name, secret });
-  return { pool: { name, kind, secretSha256: digest(secret).toString("hex") }, token };
+  const token = kind === "flows" ? secret : encodeToken({ gateway: gatewayUrl, pool: name, secret, certificate });
+  return { pool: { name, kind, secretSha256: digest(secret).toString("hex"), ...(certificate ? { certificate } : {}) }, token };
 }
 
 /** Compare a presented secret with the stored digest, in constant time. */

@@ -114,6 +114,11 @@ describe("Kubernetes components (mocks)", () => {
     assert.deepEqual(docker.args, ["--host=unix:///var/run/dind/docker.sock", "--group=1000"]);
     assert.equal(spec.terminationGracePeriodSeconds, 4530);
     assert.equal(byType(resources, T.statefulSet).length, 0);
+    // The engine bind-mounts each run's workspace: both containers see the runs volume at one path.
+    const runsMount = (c: { volumeMounts: { name: string; mountPath: string }[] }) => c.volumeMounts.find((m) => m.name === "runs")?.mountPath;
+    assert.equal(runsMount(launcher), "/var/lib/agentpools/runs");
+    assert.equal(runsMount(docker), runsMount(launcher));
+    assert.equal(envOf(launcher).AGENTPOOLS_WORKER_EXECUTOR, "docker");
   });
 
   it("WorkerPool as a StatefulSet keeps the engine's data on a volume per pod", async () => {

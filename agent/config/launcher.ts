@@ -1,8 +1,14 @@
 import { z } from "zod";
 import { absolutePath, duration, envVarName, httpUrl, metadataTags, proxySettings, setting } from "./fields";
 
-/** `/host/path:/container/path`, optionally `:ro` or `:rw`. */
-export const MOUNT_PATTERN = /^\/[^:,\0]*:\/[^:,\0]*(:ro|:rw)?$/;
+/** `/host/path:/container/path`, optionally `:ro` or `:rw`; no `..` segment, nothing Docker's --mount would read as syntax. */
+export const MOUNT_PATTERN = /^(?!.*(^|\/)\.\.(\/|:|$))\/[^:,"=\0]*:\/[^:,"=\0]*(:ro|:rw)?$/;
+
+/** The launcher's own credentials: passing them on would hand the pool to every run. */
+const CREDENTIAL_VARIABLES = ["SPACELIFT_TOKEN", "SPACELIFT_POOL_PRIVATE_KEY"];
+const passedVariables = z
+  .array(envVarName.refine((name) => !CREDENTIAL_VARIABLES.includes(name), { error: "is the launcher's own credential and is never passed to runs" }))
+  .default([]);
 
 const base64PrivateKey = z
   .string()
@@ -20,12 +26,12 @@ export const launcherSettings = z.strictObject({
   token: setting(z.string().min(1, { error: "is required" }), { env: "SPACELIFT_TOKEN", secret: true }),
   poolPrivateKey: setting(base64PrivateKey, { env: "SPACELIFT_POOL_PRIVATE_KEY", secret: true }),
   dockerConfigDir: setting(absolutePath.optional(), { env: "SPACELIFT_DOCKER_CONFIG_DIR" }),
-  maskedEnvVars: setting(z.array(envVarName).default([]), { env: "SPACELIFT_MASK_ENVS" }),
-  whitelistedEnvVars: setting(z.array(envVarName).default([]), { env: "SPACELIFT_WHITELIST_ENVS" }),
+  maskedEnvVars: setting(passedVariables, { env: "SPACELIFT_MASK_ENVS" }),
+  whitelistedEnvVars: setting(passedVariables, { env: "SPACELIFT_WHITELIST_ENVS" }),
   workerNetwork: setting(dockerName.default("bridge"), { env: "SPACELIFT_WORKER_NETWORK" }),
   extraMounts: setting(
     z
-      .array(z.string().regex(MOUNT_PATTERN, { error: 'must be "/host/path:/container/path" (optionally ":ro")' }))
+      .array(z.string().regex(MOUNT_PATTERN, { error: 'must be "/host/path:/container/path" (optionally ":ro"), absolute, without ".." or the characters , " =' }))
       .default([]),
     { env: "SPACELIFT_WORKER_EXTRA_MOUNTS" },
   ),
@@ -35,6 +41,10 @@ export const launcherSettings = z.strictObject({
   runInitializationPolicyFile: setting(absolutePath.optional(), {
     env: "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
   }),
+  /** Not in the reference: "process" runs on this host without a container (development and tests only). */
+  executor: setting(z.enum(["docker", "process"]).default("docker"), { env: "AGENTPOOLS_WORKER_EXECUTOR" }),
+  /** Where each run's workspace is made (and removed once the gateway has its result). */
+  workDirectory: setting(absolutePath.default("/var/lib/agentpools/runs"), { env: "AGENTPOOLS_WORK_DIR" }),
   vcsAgents: setting(
     z
       .array(

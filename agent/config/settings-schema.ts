@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { roleSettings, type RoleName } from "./roles";
-import type { SettingsSchema } from "./env";
+import type { PropertySchema, SettingsSchema } from "./env";
+import { runPolicy } from "./run-policy";
 
 /**
  * The JSON Schema of a role's settings, exported from its zod schema. The runtime bundle
@@ -8,9 +9,15 @@ import type { SettingsSchema } from "./env";
  * (scripts/bundle.mjs), so both sides read the same names, defaults and limits.
  */
 export function settingsJsonSchema(role: RoleName): SettingsSchema {
-  const { $schema: _ignored, ...schema } = z.toJSONSchema(roleSettings[role], {
-    io: "input",
-    unrepresentable: "any",
-  }) as Record<string, unknown>;
-  return schema as unknown as SettingsSchema;
+  return toJsonSchema(roleSettings[role]) as SettingsSchema;
+}
+
+/** The JSON Schema of the launcher's run initialization policy file. */
+export function runPolicyJsonSchema(): PropertySchema {
+  return toJsonSchema(runPolicy) as PropertySchema;
+}
+
+function toJsonSchema(schema: z.ZodType): unknown {
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  return rest;
 }

@@ -111,6 +111,13 @@ function check(property: PropertySchema, value: unknown, path: string, problems:
   }
 }
 
+/** Every problem of a whole document (a policy file) against its schema; paths start at `root`. */
+export function checkDocument(schema: PropertySchema, value: unknown, root: string): SettingsProblem[] {
+  const problems: SettingsProblem[] = [];
+  check(schema, value, root, problems, JSON.stringify(value)?.slice(0, 80) ?? "nothing");
+  return problems;
+}
+
 /**
  * Check raw settings against a role's schema and fill in defaults. Every problem is
  * reported at once; secret values are never echoed.

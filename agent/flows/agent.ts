@@ -1,13 +1,12 @@
 import { mkdirSync } from "node:fs";
-import type { Socket } from "node:net";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
 import type { Logger } from "../runtime/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { GatewayLink, PING_INTERVAL_MS } from "../tunnel/session";
-import { acceptKey, newKey, WebSocket } from "../tunnel/websocket";
+import type { WebSocket } from "../tunnel/websocket";
+import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
 import type { Job } from "./runner";
 
@@ -24,10 +23,8 @@ export type AgentMessage =
  * The Flows agent's connection: a WebSocket to the gateway carrying run requests and their
  * results. Runs are handed to the executor; the link never waits on user code itself.
  */
-class FlowsLink extends GatewayLink {
-  private socket?: WebSocket;
+class FlowsLink extends WebSocketLink {
   private inFlight = 0;
-  private key = "";
 
   constructor(
     private readonly settings: FlowsAgentSettings,
@@ -38,43 +35,22 @@ class FlowsLink extends GatewayLink {
     super({
       gateway: new URL(settings.gatewayEndpoint),
       path: FLOWS_CONNECT_PATH,
-      protocol: "websocket",
-      headers: () => ((this.key = newKey()), {
+      headers: () => ({
         authorization: `Bearer ${settings.poolToken}`,
         "x-agentpools-pool": settings.poolId,
         "x-agentpools-role": "flows-agent",
         "x-agentpools-metadata": Buffer.from(JSON.stringify(settings.metadataTags)).toString("base64url"),
-        "sec-websocket-key": this.key,
-        "sec-websocket-version": "13",
       }),
-      check: (response) => {
-        if (response.headers["sec-websocket-accept"] !== acceptKey(this.key)) throw new Error("the gateway's WebSocket answer does not match our key");
-      },
       proxy: settings.httpsProxy,
       noProxy: settings.noProxy,
       log,
     });
   }
 
-  get connected(): boolean {
-    return !!this.socket?.open && !this.draining;
-  }
-
-  protected serve(raw: Socket): Promise<void> {
-    const socket = new WebSocket(raw, true);
-    this.socket = socket;
+  protected opened(socket: WebSocket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
     send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
     this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
-    this.markReady();
-
-    let answered = true;
-    socket.on("pong", () => (answered = true));
-    const keepalive = setInterval(() => {
-      if (!answered) return socket.close(1001);
-      answered = false;
-      socket.ping();
-    }, PING_INTERVAL_MS);
 
     socket.on("message", (text: string) => {
       let message: GatewayMessage;
@@ -90,12 +66,6 @@ class FlowsLink extends GatewayLink {
         this.inFlight--;
         this.log.info("run finished", { id: message.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
         if (socket.open) send({ type: "result", id: message.id, ...outcome });
-      });
-    });
-    return new Promise((resolve) => {
-      socket.once("close", () => {
-        clearInterval(keepalive);
-        resolve();
       });
     });
   }

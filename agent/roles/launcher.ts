@@ -1,6 +1,6 @@
 // Entry point of the launcher runtime bundle (build/bundles/launcher.js).
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { unavailableRole } from "./pending";
+import { launcherRole } from "../worker/launcher";
 
-void runRole(unavailableRole("launcher", "issue #5"), settingsJsonSchema("launcher"));
+void runRole(launcherRole(), settingsJsonSchema("launcher"));

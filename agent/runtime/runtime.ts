@@ -43,6 +43,8 @@ export function writeStatusFiles(dir: string, agent: RunningAgent, intervalMs = 
 
 export interface RoleContext {
   log: Logger;
+  /** The environment the settings were read from (a launcher passes some of it to runs); process.env if not given. */
+  env?: Env;
 }
 
 export interface Role<S = Record<string, unknown>> {
@@ -115,7 +117,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
     const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
 
-    const agent = await role.start(settings, { log });
+    const agent = await role.start(settings, { log, env });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,

@@ -54,11 +54,6 @@ async function openSocket(host: string, port: number, proxy: string | undefined,
   return socket;
 }
 
-/**
- * Dial the gateway and authenticate: TCP (through HTTPS_PROXY unless NO_PROXY exempts the
- * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
- * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for HTTP/2.
- */
 export interface DialOptions {
   proxy?: string;
   noProxy?: string;
@@ -70,20 +65,51 @@ export interface DialOptions {
   check?(response: http.IncomingMessage): void;
 }
 
-export async function dialGateway(gateway: URL, headers: Record<string, string>, options: DialOptions = {}): Promise<net.Socket> {
+/** A connection to the gateway: TCP (through HTTPS_PROXY unless NO_PROXY exempts it), then TLS for https://. */
+export async function openGatewaySocket(gateway: URL, options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {}): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const secure = gateway.protocol === "https:";
   const port = Number(gateway.port || (secure ? 443 : 80));
   const host = gateway.hostname.replace(/^\[|\]$/g, "");
   const proxy = options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
-  let socket = await openSocket(host, port, proxy, timeoutMs);
-  if (secure) {
-    // host: the name (or IP) the certificate is checked against; SNI only for names.
-    const secured = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host });
-    await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`);
-    socket = secured;
-  }
+  const socket = await openSocket(host, port, proxy, timeoutMs);
+  if (!secure) return socket;
+  // host: the name (or IP) the certificate is checked against; SNI only for names.
+  const secured = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host });
+  await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`);
+  return secured;
+}
 
+/**
+ * One HTTP request to the gateway over its own connection, proxy and TLS as for the link
+ * (run state: large bodies streamed both ways). Resolves with the response once its head arrives.
+ */
+export async function gatewayRequest(
+  gateway: URL,
+  request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
+  options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
+): Promise<http.IncomingMessage> {
+  const socket = await openGatewaySocket(gateway, options);
+  const req = http.request({ createConnection: () => socket, method: request.method, path: request.path, headers: { host: gateway.host, connection: "close", ...request.headers } });
+  const response = new Promise<http.IncomingMessage>((resolve, reject) => {
+    req.once("response", resolve);
+    req.once("error", reject);
+  });
+  if (request.body) {
+    request.body.once("error", (error: Error) => req.destroy(error));
+    request.body.pipe(req);
+  } else req.end();
+  return response;
+}
+
+/**
+ * Dial the gateway and authenticate: TCP (through HTTPS_PROXY unless NO_PROXY exempts the
+ * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
+ * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for HTTP/2.
+ */
+export async function dialGateway(gateway: URL, headers: Record<string, string>, options: DialOptions = {}): Promise<net.Socket> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const socket = await openGatewaySocket(gateway, options);
   const req = http.request({
     createConnection: () => socket,
     method: "GET",

@@ -6,6 +6,8 @@ export interface PoolToken {
   gateway: string;
   pool: string;
   secret: string;
+  /** Worker pools: the pool's certificate (PEM), signed by the gateway from the pool's CSR. */
+  certificate?: string;
 }
 
 const PREFIX = "ap1.";

@@ -1,0 +1,126 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import type { LauncherSettings } from "../config/launcher";
+
+/** Where a run's workspace is inside its container; its state file sits in it. */
+export const CONTAINER_WORKSPACE = "/workspace";
+export const STATE_FILE = ".agentpools/state";
+
+/** A run ready to start: the launcher has checked, decrypted and prepared everything. */
+export interface PreparedRun {
+  id: string;
+  image: string;
+  /** The commands as one shell script, stopping at the first that fails. */
+  script: string;
+  /** The run's whole environment: nothing else of the launcher's reaches it. */
+  env: Record<string, string>;
+  /** The run's workspace on this host. */
+  workspace: string;
+}
+
+export interface StartedRun {
+  /** stdout and stderr, interleaved as they come. */
+  onOutput(listener: (chunk: Buffer) => void): void;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(): void;
+}
+
+export interface RunExecutor {
+  describe: string;
+  /** The path the run sees its workspace at. */
+  workspaceInRun(run: PreparedRun): string;
+  start(run: PreparedRun): StartedRun;
+}
+
+function started(child: ChildProcess, kill: () => void): StartedRun {
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("error", () => resolve({ code: 127, signal: null }));
+    child.once("close", (code, signal) => resolve({ code, signal }));
+  });
+  return {
+    onOutput: (listener) => {
+      child.stdout?.on("data", listener);
+      child.stderr?.on("data", listener);
+    },
+    exited,
+    kill,
+  };
+}
+
+/**
+ * Runs each run's script with /bin/sh on this host, in its own process group so a kill takes
+ * every process it started. For development and tests: there is no container between runs
+ * and the host, so the components only deploy the Docker executor.
+ */
+export function processExecutor(launcherPath = process.env.PATH ?? "/usr/bin:/bin"): RunExecutor {
+  return {
+    describe: "process",
+    workspaceInRun: (run) => run.workspace,
+    start(run) {
+      const env = { PATH: launcherPath, HOME: run.workspace, ...run.env };
+      const child = spawn("/bin/sh", ["-ec", run.script], { cwd: run.workspace, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+      return started(child, () => {
+        try {
+          process.kill(-(child.pid as number), "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      });
+    },
+  };
+}
+
+/** "/host:/container[:ro|:rw]" as a `--mount` value. */
+export function mountArgument(mount: string): string {
+  const [source, target, mode] = mount.split(":");
+  return `type=bind,source=${source},target=${target}${mode === "ro" ? ",readonly" : ""}`;
+}
+
+export const containerName = (runId: string) => `agentpools-run-${runId}`;
+
+/**
+ * The `docker run` of one run (pure). Variables are passed by name only (`-e NAME`): their
+ * values come from the client's environment, so none shows in the process list.
+ */
+export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir" | "workerNetwork" | "workerRuntime" | "extraMounts">, run: PreparedRun): string[] {
+  return [
+    ...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []),
+    "run",
+    "--rm",
+    "--name", containerName(run.id),
+    "--label", `agentpools.run=${run.id}`,
+    "--network", settings.workerNetwork,
+    ...(settings.workerRuntime ? ["--runtime", settings.workerRuntime] : []),
+    "--security-opt", "no-new-privileges",
+    "--init",
+    "--mount", mountArgument(`${run.workspace}:${CONTAINER_WORKSPACE}`),
+    "--workdir", CONTAINER_WORKSPACE,
+    ...settings.extraMounts.flatMap((mount) => ["--mount", mountArgument(mount)]),
+    ...Object.keys(run.env).sort().flatMap((name) => ["-e", name]),
+    "--entrypoint", "/bin/sh",
+    run.image,
+    "-ec", run.script,
+  ];
+}
+
+/** What the Docker client itself needs from the launcher's environment. */
+const DOCKER_CLIENT_ENV = ["PATH", "HOME", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"];
+
+/** Each run a sibling container started through the Docker CLI (`docker` may name another binary, for tests). */
+export function dockerExecutor(settings: LauncherSettings, launcherEnv: Record<string, string | undefined>, docker = "docker"): RunExecutor {
+  const clientEnv = Object.fromEntries(DOCKER_CLIENT_ENV.flatMap((name) => (launcherEnv[name] ? [[name, launcherEnv[name] as string]] : [])));
+  return {
+    describe: `docker (network ${settings.workerNetwork}${settings.workerRuntime ? `, runtime ${settings.workerRuntime}` : ""})`,
+    workspaceInRun: () => CONTAINER_WORKSPACE,
+    start(run) {
+      // The run's variables reach the container through the client's environment, so the
+      // client's own (PATH, DOCKER_HOST, ...) cannot also be run variables.
+      const clash = Object.keys(run.env).find((name) => DOCKER_CLIENT_ENV.includes(name));
+      if (clash) throw new Error(`${clash} is the Docker client's own variable; a run cannot set it`);
+      const child = spawn(docker, dockerRunArgs(settings, run), { env: { ...run.env, ...clientEnv }, stdio: ["ignore", "pipe", "pipe"] });
+      return started(child, () => {
+        spawn(docker, [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)], { env: clientEnv, stdio: "ignore" }).once("error", () => undefined);
+        child.kill("SIGKILL");
+      });
+    },
+  };
+}
