@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { execSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { gunzipSync } from "node:zlib";
 import { decodeUserData, renderUserData, USER_DATA_LIMIT, UserDataTooLargeError, type UserDataSpec } from "./userdata";
 
@@ -46,6 +50,22 @@ describe("user-data", () => {
       "registry-mirrors": ["https://mirror.internal"],
       proxies: { "https-proxy": "http://proxy.internal:3128", "no-proxy": ".internal" },
     });
+  });
+
+  it("unpacks the Brotli-packed bundle with the boot script's own command, byte for byte", () => {
+    const input = spec();
+    const decoded = decodeUserData(renderUserData(input));
+    const packed = decoded.files.get("/opt/agentpools/launcher.js.br");
+    assert.equal(packed?.encoding, "b64", "cloud-init decodes it to binary");
+    const command = decoded.script.split("\n").find((line) => line.includes("brotliDecompressSync")) as string;
+    assert.ok(decoded.script.indexOf(command) > decoded.script.indexOf("dnf install"), "after Node.js is installed");
+    assert.ok(decoded.script.indexOf(command) < decoded.script.indexOf("systemctl enable --now agentpools"), "before the service starts");
+    // Run that very command here, with this machine's node and a scratch directory for /opt/agentpools.
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-unpack-"));
+    writeFileSync(path.join(dir, "launcher.js.br"), Buffer.from(packed?.content as string, "base64"));
+    const local = command.replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replaceAll("/opt/agentpools", dir);
+    execSync(local, { shell: "/bin/bash" });
+    assert.equal(readFileSync(path.join(dir, "launcher.js"), "utf8"), input.bundle);
   });
 
   it("runs the role as a systemd service that restarts on failure and stops with SIGTERM in time to drain", () => {

@@ -40,10 +40,12 @@ export async function loadOrCreateAuthority(dir: string): Promise<CertificateAut
   });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey("pkcs8", keys.privateKey));
-  writeFileSync(keyFile, `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString("base64").replace(/.{64}/g, "$&\n")}\n-----END PRIVATE KEY-----\n`, { mode: 0o600 });
+  writeFileSync(keyFile, privateKeyPem(pkcs8), { mode: 0o600 });
   writeFileSync(certFile, certificate.toString("pem") + "\n");
   return { certificate, privateKey: keys.privateKey };
 }
+
+const privateKeyPem = (pkcs8: Buffer) => `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString("base64").replace(/.{64}/g, "$&\n").replace(/\n$/, "")}\n-----END PRIVATE KEY-----\n`;
 
 function pemBody(pem: string): Buffer {
   return Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, ""), "base64");
@@ -80,4 +82,17 @@ export async function signPoolRequest(authority: CertificateAuthority, csrPem: s
     ],
   });
   return certificate.toString("pem") + "\n";
+}
+
+/**
+ * A pool key and CSR made in-process, as `openssl req -newkey rsa:4096 -nodes` would: for the
+ * demo and the benchmark, which should not need openssl. Returns the key as the launcher takes
+ * it (the PEM file in base64) and the CSR in PEM.
+ */
+export async function makePoolKeyAndRequest(pool: string): Promise<{ keyBase64: string; csr: string }> {
+  const algorithm = { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256", publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 4096 };
+  const keys = (await webcrypto.subtle.generateKey(algorithm, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
+  const request = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${pool}`, keys, signingAlgorithm: algorithm });
+  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey("pkcs8", keys.privateKey));
+  return { keyBase64: Buffer.from(privateKeyPem(pkcs8)).toString("base64"), csr: request.toString("pem") };
 }

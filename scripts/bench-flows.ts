@@ -16,11 +16,10 @@ import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { createLogger } from "../agent/runtime/log";
-import { freePort } from "../test/helpers";
+import { freePort, percentile } from "../test/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
 const DEFAULT_POOL = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }).runtimePoolSize;
-const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 64 });
 
 function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown }> {

@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { packageRoot } from "../components/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { createPool } from "../gateway/pools";
-import { freePort } from "../test/helpers";
+import { freePort, percentile } from "../test/helpers";
 
 const run = promisify(execFile);
 const arg = (name: string, fallback: number) => Number(process.argv[process.argv.indexOf(`--${name}`) + 1] || fallback) || fallback;
@@ -62,7 +62,6 @@ async function latencies(base: string, path: string, count: number, agent: http.
   return times;
 }
 
-const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
 
 async function cloneSeconds(url: string): Promise<number> {
   const target = path.join(tmpdir(), `agentpools-bench-clone-${process.pid}-${Date.now()}`);

@@ -1,7 +1,8 @@
-// `npm start`: the whole loop on this machine. A gateway on loopback with a VCS pool and a
-// Flows pool, the vcs-agent and flows-agent runtimes (the very bundles the components ship
-// in user-data) dialling it, and a demo Git repository standing in for your internal Git server. It checks itself,
-// prints where to look and what to try, and runs until Ctrl-C.
+// `npm start`: the whole loop on this machine. A gateway on loopback with a VCS pool, a Flows
+// pool and a worker pool; the vcs-agent, flows-agent and launcher runtimes (the very bundles
+// the components ship in user-data) dialling it; and a demo Git repository standing in for
+// your internal Git server. It checks itself, prints where to look and what to try, and runs
+// until Ctrl-C.
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,6 +10,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../components/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { createPool } from "../gateway/pools";
@@ -29,7 +31,11 @@ async function main(): Promise<void> {
   const port = await freePort(PORT);
   const { pool, token } = createPool("demo", "vcs", `http://127.0.0.1:${port}`);
   const flowsPool = createPool("FLOWSDEMO", "flows", `http://127.0.0.1:${port}`);
-  const gateway = new Gateway({ pools: [pool, flowsPool.pool], port });
+  // A worker pool as a user makes one: their key and CSR, signed by the gateway's CA.
+  const dataDir = mkdtempSync(path.join(tmpdir(), "agentpools-demo-gateway-"));
+  const workerKey = await makePoolKeyAndRequest("workers");
+  const workerPool = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dataDir), workerKey.csr, "workers"));
+  const gateway = new Gateway({ pools: [pool, flowsPool.pool, workerPool.pool], port, dataDir });
   const url = await gateway.listen();
   const flowsBundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const flows = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, flowsBundle], {
@@ -58,6 +64,23 @@ async function main(): Promise<void> {
     stdio: ["ignore", "pipe", "inherit"],
   });
   agent.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[vcs-agent] ")));
+  const launcher = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
+    env: {
+      PATH: process.env.PATH,
+      SPACELIFT_TOKEN: workerPool.token,
+      SPACELIFT_POOL_PRIVATE_KEY: workerKey.keyBase64,
+      SPACELIFT_WHITELIST_ENVS: "DEMO_REGION",
+      SPACELIFT_MASK_ENVS: "DEMO_PASSWORD",
+      DEMO_REGION: "eu-west-1",
+      DEMO_PASSWORD: "correct-horse-battery-staple",
+      SPACELIFT_METADATA_host: "demo",
+      // No Docker engine is assumed here: each run is a shell on this machine, in its own workspace.
+      AGENTPOOLS_WORKER_EXECUTOR: "process",
+      AGENTPOOLS_WORK_DIR: mkdtempSync(path.join(tmpdir(), "agentpools-demo-runs-")),
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  launcher.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[launcher] ")));
 
   const connected = () => gateway.summary().every((p) => p.connections > 0);
   for (let i = 0; i < 100 && !connected(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -70,13 +93,17 @@ async function main(): Promise<void> {
   const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`);
   const runUrl = `${url}/_agentpools/api/flows/FLOWSDEMO/run`;
   const flowsRun = (await (await fetch(runUrl, { method: "POST", body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }) })).json()) as { value: unknown };
+  const runsUrl = `${url}/_agentpools/api/workers/workers/runs`;
+  const workerRun = (await (await fetch(runsUrl, { method: "POST", body: JSON.stringify({ image: "alpine:3", commands: ["echo region=$DEMO_REGION password=$DEMO_PASSWORD"] }) })).json()) as { id: string };
+  const workerLog = (await (await fetch(`${runsUrl}/${workerRun.id}/logs?follow=1`)).text()).trim();
 
   console.log(`
-agentpools demo: a gateway, a VCS agent pool and a Git server, all on this machine.
+agentpools demo: a gateway with a VCS agent pool, a Flows pool and a worker pool, and a Git server, all on this machine.
 
   self-check   cloned demo/infrastructure through the agent: ${head}
                secret/keys is outside the pool's allowed projects: ${refused.status} ${refused.status === 403 ? "(refused, as it should be)" : "(UNEXPECTED)"}
                a Flows run of 6 * 7 on the Flows agent: ${JSON.stringify(flowsRun.value)}
+               a worker run on the launcher logged: ${workerLog}   (the password is masked)
 
   status page  ${url}/
   JSON API     ${url}/_agentpools/api/pools
@@ -89,13 +116,15 @@ Try:
   curl -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
   curl -d '{"code":"inputs.name.toUpperCase()","inputs":{"name":"flows"}}' ${runUrl}
   curl -d '{"kind":"block","code":"return (await import(\\"node:fs\\")).readFileSync(\\"/etc/passwd\\", \\"utf8\\")"}' ${runUrl}   # refused: outside the run's scratch
+  curl -d '{"image":"alpine:3","commands":["echo hello","sleep 2","echo done"]}' ${runsUrl}   # a worker run; then:
+  curl ${runsUrl}/<id>/logs?follow=1                                                  # its log, live
 
 The agents log one line per request above. Ctrl-C stops everything (the agents drain first).
 `);
 
   const stop = async () => {
-    for (const child of [agent, flows]) child.kill("SIGTERM");
-    await Promise.all([agent, flows].map((child) => new Promise((resolve) => child.once("exit", resolve))));
+    for (const child of [agent, flows, launcher]) child.kill("SIGTERM");
+    await Promise.all([agent, flows, launcher].map((child) => new Promise((resolve) => child.once("exit", resolve))));
     await gateway.close();
     await vcs.close();
     process.exit(0);

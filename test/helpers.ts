@@ -56,3 +56,6 @@ export async function freePort(preferred = 0): Promise<number> {
   }
   throw new Error("no free port on 127.0.0.1");
 }
+
+/** The p-th percentile of a sample (nearest rank). */
+export const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
