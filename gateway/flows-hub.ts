@@ -4,19 +4,14 @@ import type { Socket } from "node:net";
 import type { AgentMessage, GatewayMessage } from "../agent/flows/agent";
 import type { Answer, Job } from "../agent/flows/runner";
 import type { Logger } from "../agent/runtime/log";
-import { acceptKey, WebSocket } from "../agent/tunnel/websocket";
-import { secretMatches, type PoolDefinition } from "./pools";
+import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
+import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 export interface FlowsRunResult extends Answer {
   durationMs: number;
 }
 
-interface FlowsAgent {
-  id: string;
-  pool: string;
-  remote: string;
-  metadata: Record<string, string>;
-  connectedAt: string;
+interface FlowsAgent extends ConnectedAgent {
   socket: WebSocket;
   poolSize: number;
   executor: string;
@@ -45,25 +40,20 @@ export class FlowsHub {
   /** An agent's upgrade request: pool ID and token, then the WebSocket. */
   accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const key = req.headers["sec-websocket-key"];
-    if (req.headers.upgrade?.toLowerCase() !== "websocket" || typeof key !== "string" || req.headers["sec-websocket-version"] !== "13") {
-      return refuse(400, "not a WebSocket upgrade", { remote });
-    }
+    if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const poolId = String(req.headers["x-agentpools-pool"] ?? "");
     const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token)) return refuse(401, "pool ID or token refused", { remote, pool: poolId });
 
-    socket.setNoDelay(true);
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
-    if (head.length > 0) socket.unshift(head);
+    const webSocket = acceptWebSocket(req.headers, socket, head);
     const agent: FlowsAgent = {
       id: randomUUID(),
       pool: poolId,
       remote,
       metadata,
       connectedAt: new Date().toISOString(),
-      socket: new WebSocket(socket, false),
+      socket: webSocket,
       poolSize: 1,
       executor: "unknown",
       draining: false,

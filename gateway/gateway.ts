@@ -13,7 +13,7 @@ import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
 import { FlowsError, FlowsHub } from "./flows-hub";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../agent/worker/protocol";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
-import { secretMatches, type PoolDefinition } from "./pools";
+import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
 
 export const API_PATH = "/_agentpools/api/pools";
@@ -40,13 +40,8 @@ export class GatewayError extends Error {
   }
 }
 
-interface AgentConnection {
-  id: string;
-  pool: string;
+interface AgentConnection extends ConnectedAgent {
   role: string;
-  remote: string;
-  metadata: Record<string, string>;
-  connectedAt: string;
   session: http2.ClientHttp2Session;
   active: number;
   draining: boolean;

@@ -13,6 +13,15 @@ export interface PoolDefinition {
   certificate?: string;
 }
 
+/** What the gateway knows of every connected agent, whatever its kind. */
+export interface ConnectedAgent {
+  id: string;
+  pool: string;
+  remote: string;
+  metadata: Record<string, string>;
+  connectedAt: string;
+}
+
 /** Pool names: VCS pools appear in URLs; Flows pool IDs are such names too. */
 export const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 

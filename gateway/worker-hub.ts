@@ -5,10 +5,10 @@ import type { Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../agent/runtime/log";
-import { acceptKey, WebSocket } from "../agent/tunnel/websocket";
+import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
 import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../agent/worker/protocol";
 import { certificateKey, sealBuffer } from "../agent/worker/seal";
-import { secretMatches, type PoolDefinition } from "./pools";
+import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 /** A run as the gateway keeps it: never the plaintext of its environment or state. */
 export interface WorkerRun {
@@ -39,12 +39,7 @@ interface RunEntry {
   lostTimer?: NodeJS.Timeout;
 }
 
-interface WorkerConnection {
-  id: string;
-  pool: string;
-  remote: string;
-  metadata: Record<string, string>;
-  connectedAt: string;
+interface WorkerConnection extends ConnectedAgent {
   socket: WebSocket;
   current?: string;
   draining: boolean;
@@ -110,20 +105,18 @@ export class WorkerHub {
   /** A launcher's upgrade request. */
   accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const key = req.headers["sec-websocket-key"];
-    if (req.headers.upgrade?.toLowerCase() !== "websocket" || typeof key !== "string") return refuse(400, "not a WebSocket upgrade", { remote });
+    if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const pool = this.authenticate(req.headers);
     if (!pool) return refuse(401, "worker pool credentials refused (secret or key proof)", { remote, pool: req.headers["x-agentpools-pool"] });
     const id = String(req.headers["x-agentpools-worker"] ?? "");
     if (!/^[0-9a-f-]{36}$/.test(id)) return refuse(400, "no worker ID", { remote });
 
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
-    if (head.length > 0) socket.unshift(head);
+    const webSocket = acceptWebSocket(req.headers, socket, head);
     const workers = this.workers.get(pool.name) ?? new Set();
     this.workers.set(pool.name, workers);
     // A launcher that reconnects replaces its stale connection.
     for (const stale of workers) if (stale.id === id) stale.socket.close(1001);
-    const worker: WorkerConnection = { id, pool: pool.name, remote, metadata, connectedAt: new Date().toISOString(), socket: new WebSocket(socket, false), draining: false };
+    const worker: WorkerConnection = { id, pool: pool.name, remote, metadata, connectedAt: new Date().toISOString(), socket: webSocket, draining: false };
     workers.add(worker);
     worker.socket.on("message", (text: string) => this.receive(worker, text));
     worker.socket.once("close", () => this.disconnected(worker));

@@ -35,14 +35,9 @@ class FlowsLink extends WebSocketLink {
     super({
       gateway: new URL(settings.gatewayEndpoint),
       path: FLOWS_CONNECT_PATH,
-      headers: () => ({
-        authorization: `Bearer ${settings.poolToken}`,
-        "x-agentpools-pool": settings.poolId,
-        "x-agentpools-role": "flows-agent",
-        "x-agentpools-metadata": Buffer.from(JSON.stringify(settings.metadataTags)).toString("base64url"),
-      }),
-      proxy: settings.httpsProxy,
-      noProxy: settings.noProxy,
+      role: "flows-agent",
+      credentials: () => ({ authorization: `Bearer ${settings.poolToken}`, "x-agentpools-pool": settings.poolId }),
+      settings,
       log,
     });
   }

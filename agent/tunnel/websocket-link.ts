@@ -6,10 +6,11 @@ import type { Logger } from "../runtime/log";
 export interface WebSocketLinkOptions {
   gateway: URL;
   path: string;
-  /** The upgrade's credentials and metadata, made anew for each dial. */
-  headers(): Record<string, string>;
-  proxy?: string;
-  noProxy?: string;
+  role: string;
+  /** The upgrade's credentials, made anew for each dial. */
+  credentials(): Record<string, string>;
+  /** Metadata tags and proxy settings, as every role's settings name them. */
+  settings: { metadataTags: Record<string, string>; httpsProxy?: string; noProxy?: string };
   log: Logger;
 }
 
@@ -27,12 +28,21 @@ export abstract class WebSocketLink extends GatewayLink {
       gateway: options.gateway,
       path: options.path,
       protocol: "websocket",
-      headers: () => ((this.key = newKey()), { ...options.headers(), "sec-websocket-key": this.key, "sec-websocket-version": "13" }),
+      headers: () => {
+        this.key = newKey();
+        return {
+          ...options.credentials(),
+          "x-agentpools-role": options.role,
+          "x-agentpools-metadata": Buffer.from(JSON.stringify(options.settings.metadataTags)).toString("base64url"),
+          "sec-websocket-key": this.key,
+          "sec-websocket-version": "13",
+        };
+      },
       check: (response) => {
         if (response.headers["sec-websocket-accept"] !== acceptKey(this.key)) throw new Error("the gateway's WebSocket answer does not match our key");
       },
-      proxy: options.proxy,
-      noProxy: options.noProxy,
+      proxy: options.settings.httpsProxy,
+      noProxy: options.settings.noProxy,
       log: options.log,
     });
   }

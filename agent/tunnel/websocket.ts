@@ -8,6 +8,17 @@ export const newKey = () => randomBytes(16).toString("base64");
 
 const MAX_MESSAGE = 16 * 1024 * 1024;
 
+/** Whether an upgrade request is a WebSocket handshake the server side can answer. */
+export const isWebSocketUpgrade = (headers: Record<string, string | string[] | undefined>) =>
+  String(headers.upgrade).toLowerCase() === "websocket" && typeof headers["sec-websocket-key"] === "string" && headers["sec-websocket-version"] === "13";
+
+/** The server side of the handshake: answer 101 and open the WebSocket on the upgraded socket. */
+export function acceptWebSocket(headers: Record<string, string | string[] | undefined>, socket: Socket, head: Buffer): WebSocket {
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(String(headers["sec-websocket-key"]))}\r\n\r\n`);
+  if (head.length > 0) socket.unshift(head);
+  return new WebSocket(socket, false);
+}
+
 /**
  * A WebSocket over an upgraded socket (RFC 6455): text messages, fragmentation, ping/pong
  * and close. Clients mask what they send, as the RFC requires. Messages over 16 MiB close

@@ -98,13 +98,9 @@ export class Launcher extends WebSocketLink {
     super({
       gateway: new URL(token.gateway),
       path: WORKER_CONNECT_PATH,
-      headers: () => ({
-        ...credentials(context, this.worker),
-        "x-agentpools-role": "launcher",
-        "x-agentpools-metadata": Buffer.from(JSON.stringify(settings.metadataTags)).toString("base64url"),
-      }),
-      proxy: settings.httpsProxy,
-      noProxy: settings.noProxy,
+      role: "launcher",
+      credentials: () => credentials(context, this.worker),
+      settings,
       log,
     });
   }
