@@ -5,6 +5,7 @@ import type { AgentMessage, GatewayMessage } from "../agent/flows/agent";
 import type { Answer, Job } from "../agent/flows/runner";
 import type { Logger } from "../agent/runtime/log";
 import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
+import { HttpError } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 export interface FlowsRunResult extends Answer {
@@ -19,14 +20,6 @@ interface FlowsAgent extends ConnectedAgent {
   pending: Map<string, { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout }>;
 }
 
-export class FlowsError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 /** The gateway's side of the Flows agents: their WebSockets, and runs sent to them. */
 export class FlowsHub {
@@ -66,7 +59,7 @@ export class FlowsHub {
       agents.delete(agent);
       for (const [, run] of agent.pending) {
         clearTimeout(run.timer);
-        run.reject(new FlowsError(502, "the agent disconnected during the run"));
+        run.reject(new HttpError(502, "the agent disconnected during the run"));
       }
       this.log.info("agent disconnected", { pool: poolId, agent: agent.id });
     });
@@ -99,16 +92,16 @@ export class FlowsHub {
   /** Run code on one of the pool's agents: the least busy. */
   run(pool: string, job: Job, timeoutMs: number): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
-    if (definition?.kind !== "flows") return Promise.reject(new FlowsError(404, `no Flows pool named ${pool}`));
+    if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
     const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
-    if (candidates.length === 0) return Promise.reject(new FlowsError(503, `no agent of pool ${pool} is connected`));
+    if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
     const agent = candidates.reduce((best, a) => (a.pending.size / a.poolSize < best.pending.size / best.poolSize ? a : best));
     const id = randomUUID();
     return new Promise((resolve, reject) => {
       // The agent enforces the run's timeout; this one only covers a lost answer.
       const timer = setTimeout(() => {
         agent.pending.delete(id);
-        reject(new FlowsError(504, `no answer from the agent within ${timeoutMs + 10_000} ms`));
+        reject(new HttpError(504, `no answer from the agent within ${timeoutMs + 10_000} ms`));
       }, timeoutMs + 10_000);
       agent.pending.set(id, { resolve, reject, timer });
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));

@@ -10,7 +10,8 @@ import { CONNECTION_WINDOW, keepAlive, MAX_FRAME, PING_INTERVAL_MS, STREAM_WINDO
 import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
 import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
-import { FlowsError, FlowsHub } from "./flows-hub";
+import { FlowsHub } from "./flows-hub";
+import { HttpError, readJsonBody } from "./http";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../agent/worker/protocol";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
@@ -31,14 +32,6 @@ export interface GatewayOptions extends WorkerHubOptions {
   pingIntervalMs?: number;
 }
 
-export class GatewayError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 interface AgentConnection extends ConnectedAgent {
   role: string;
@@ -241,13 +234,13 @@ export class Gateway {
   /** A free agent stream of the pool: now, after a bounded wait, or a 503. */
   private acquire(pool: string): Promise<AgentConnection> {
     const state = this.pools.get(pool);
-    if (!state) return Promise.reject(new GatewayError(404, `no pool named ${pool}`));
+    if (!state) return Promise.reject(new HttpError(404, `no pool named ${pool}`));
     const agent = this.pick(pool);
     if (agent) {
       agent.active++;
       return Promise.resolve(agent);
     }
-    if (![...state.agents].some((a) => !a.draining)) return Promise.reject(new GatewayError(503, `no agent of pool ${pool} is connected`));
+    if (![...state.agents].some((a) => !a.draining)) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
     const timeoutMs = this.options.queueTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
@@ -255,7 +248,7 @@ export class Gateway {
         reject,
         timer: setTimeout(() => {
           state.waiters.splice(state.waiters.indexOf(waiter), 1);
-          reject(new GatewayError(503, `every agent of pool ${pool} stayed busy for ${timeoutMs} ms`));
+          reject(new HttpError(503, `every agent of pool ${pool} stayed busy for ${timeoutMs} ms`));
         }, timeoutMs),
       };
       state.waiters.push(waiter);
@@ -268,7 +261,7 @@ export class Gateway {
    */
   async request(target: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: Readable } = {}): Promise<ForwardedResponse> {
     const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
-    if (!match) throw new GatewayError(400, `${target} is not a private://<pool>/<path> address`);
+    if (!match) throw new HttpError(400, `${target} is not a private://<pool>/<path> address`);
     return this.forward(match[1], init.method ?? "GET", match[2] ?? "/", init.headers ?? {}, init.body);
   }
 
@@ -280,7 +273,7 @@ export class Gateway {
     } catch (error) {
       agent.active--;
       this.serveWaiters(pool);
-      throw new GatewayError(502, `the agent could not take the request: ${(error as Error).message}`);
+      throw new HttpError(502, `the agent could not take the request: ${(error as Error).message}`);
     }
     stream.once("close", () => {
       agent.active--;
@@ -300,8 +293,8 @@ export class Gateway {
       };
       stream.once("response", (headers) => settle(() => resolve(headers)));
       // Errors are built only when they are the outcome: a stream's normal close comes later.
-      stream.once("error", (error) => settle(() => reject(new GatewayError(502, `the agent dropped the request: ${error.message}`))));
-      stream.once("close", () => settle(() => reject(new GatewayError(502, "the agent closed the request before answering"))));
+      stream.once("error", (error) => settle(() => reject(new HttpError(502, `the agent dropped the request: ${error.message}`))));
+      stream.once("close", () => settle(() => reject(new HttpError(502, "the agent closed the request before answering"))));
     });
     return {
       status: Number(responseHeaders[":status"]),
@@ -313,16 +306,11 @@ export class Gateway {
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
   private async runFlowsRequest(pool: string, req: http.IncomingMessage, json: (status: number, value: unknown) => void): Promise<void> {
-    let body = "";
-    for await (const chunk of req) {
-      body += chunk;
-      if (body.length > 1_048_576) return json(413, { error: "a run request is at most 1 MiB" });
-    }
     let request: { code?: unknown; kind?: unknown; inputs?: unknown; timeoutMs?: unknown };
     try {
-      request = JSON.parse(body);
-    } catch {
-      return json(400, { error: "the body must be JSON: {code, kind?, inputs?, timeoutMs?}" });
+      request = (await readJsonBody(req, "{code, kind?, inputs?, timeoutMs?}")) as typeof request;
+    } catch (error) {
+      return json((error as HttpError).status ?? 400, { error: (error as Error).message });
     }
     const kind = request.kind ?? "expression";
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
@@ -333,7 +321,7 @@ export class Gateway {
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
     } catch (error) {
-      json(error instanceof FlowsError ? error.status : 502, { error: (error as Error).message });
+      json(error instanceof HttpError ? error.status : 502, { error: (error as Error).message });
     }
   }
 
@@ -368,7 +356,7 @@ export class Gateway {
         response.body.once("error", () => res.destroy());
         response.body.pipe(res);
       },
-      (error: Error) => json(error instanceof GatewayError ? error.status : 502, { error: error.message }),
+      (error: Error) => json(error instanceof HttpError ? error.status : 502, { error: error.message }),
     );
   }
 }

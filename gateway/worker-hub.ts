@@ -8,6 +8,7 @@ import type { Logger } from "../agent/runtime/log";
 import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
 import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../agent/worker/protocol";
 import { certificateKey, sealBuffer } from "../agent/worker/seal";
+import { HttpError, readJsonBody } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 /** A run as the gateway keeps it: never the plaintext of its environment or state. */
@@ -57,15 +58,6 @@ const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
-
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 /**
  * The gateway's side of worker pools: a run queue per pool, the launchers' WebSockets, live
@@ -357,17 +349,7 @@ export class WorkerHub {
     };
     void (async () => {
       if (!id && req.method === "POST") {
-        let body = "";
-        for await (const chunk of req) {
-          body += chunk;
-          if (body.length > 1_048_576) throw new HttpError(413, "a run request is at most 1 MiB");
-        }
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(body);
-        } catch {
-          throw new HttpError(400, "the body must be JSON: {image, commands, environment?, timeoutSeconds?, stateFrom?}");
-        }
+        const parsed = await readJsonBody(req, "{image, commands, environment?, timeoutSeconds?, stateFrom?}");
         return json(201, this.public(await this.submit(pool, parsed)));
       }
       if (!id && req.method === "GET") {

@@ -82,7 +82,11 @@ export function processLauncher(options: { runner: string[]; readable: string[];
       const output = collect(child);
       const exited = watchExit(child, output.stderr);
       const ready = new Promise<void>((resolve, reject) => {
-        child.once("message", () => resolve());
+        // started -> a warm-up message -> ready (see runRunner).
+        child.once("message", () => {
+          child.send({ warm: true });
+          child.once("message", () => resolve());
+        });
         void exited.then((why) => reject(new Error(why)));
       });
       return {

@@ -6,7 +6,7 @@ import { flowsAgentRole } from "../flows/agent";
 import { runRunner } from "../flows/runner";
 
 if (process.argv.includes("--flows-runner")) {
-  runRunner();
+  void runRunner();
 } else {
   const bundle = process.argv[1];
   void runRole(flowsAgentRole({ path: bundle, args: ["--flows-runner"], readable: [bundle] }), settingsJsonSchema("flows-agent"));

@@ -1,0 +1,32 @@
+import type http from "node:http";
+
+/** A failure the gateway answers with this HTTP status and message. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A request's JSON body, at most `limit` bytes; a clear 413 or 400 otherwise. */
+export function readJsonBody(req: http.IncomingMessage, shape: string, limit = 1_048_576): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+    });
+    req.once("error", reject);
+    req.once("end", () => {
+      if (size > limit) return reject(new HttpError(413, `a request body is at most ${limit} bytes`));
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString("utf8")));
+      } catch {
+        reject(new HttpError(400, `the body must be JSON: ${shape}`));
+      }
+    });
+  });
+}
