@@ -2,7 +2,8 @@
 //  - latency p50/p99 of small API requests, and the added p50;
 //  - throughput of cloning a large generated repository (>= 200 MB, incompressible);
 //  - the agent's peak memory (VmHWM) over the whole run.
-// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000]
+// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000]; BENCH_AGENT_FLAGS="--flag ..." adds
+// Node flags to the agent beside RUNTIME_NODE_FLAGS, to try one out.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -95,7 +96,7 @@ async function main(): Promise<void> {
       return 0;
     }
   };
-  const agent = startProcess([...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
+  const agent = startProcess([...RUNTIME_NODE_FLAGS, ...(process.env.BENCH_AGENT_FLAGS?.split(" ").filter(Boolean) ?? []), path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
     SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
     SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcsUrl,
     SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
