@@ -70,7 +70,7 @@ describe("user-data", () => {
 
   it("runs the role as a systemd service that restarts on failure and stops with SIGTERM in time to drain", () => {
     const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
-    for (const line of ["ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation --expose-gc /opt/agentpools/launcher.js", "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=630", "User=agentpools", "NoNewPrivileges=true", "SupplementaryGroups=docker", 'Environment="AGENTPOOLS_CONFIG=/etc/agentpools/launcher.json"', 'Environment="NODE_EXTRA_CA_CERTS=/etc/pki/ca-trust/source/anchors/agentpools.pem"', 'Environment="NO_PROXY=.internal,169.254.169.254"']) {
+    for (const line of ["ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js", "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=630", "User=agentpools", "NoNewPrivileges=true", "SupplementaryGroups=docker", 'Environment="AGENTPOOLS_CONFIG=/etc/agentpools/launcher.json"', 'Environment="NODE_EXTRA_CA_CERTS=/etc/pki/ca-trust/source/anchors/agentpools.pem"', 'Environment="NO_PROXY=.internal,169.254.169.254"']) {
       assert.ok(unit.split("\n").includes(line), `unit lacks ${line}`);
     }
     const vcsUnit = decodeUserData(renderUserData(spec({ role: "vcs-agent", docker: false, gvisor: false }))).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;

@@ -15,11 +15,10 @@ export const CA_BUNDLE_PATH = "/etc/pki/ca-trust/source/anchors/agentpools.pem";
  * memory (a 210 MB clone through the agent):
  *  - a small young generation frees streamed chunks promptly (about 150 MB without);
  *  - optimizing compilation on the main thread: a background compiler's allocations stay in
- *    its own malloc arena for good (about 17 MB of the agent's resident memory);
- *  - gc() exposed, so a proxying agent can ask for a young collection as it streams (see
- *    agent/vcs/agent.ts). Flows runtimes and launched runs are started without these flags.
+ *    its own malloc arena for good (about 17 MB of the agent's resident memory).
+ * Flows runtimes and launched runs are started without these flags.
  */
-export const RUNTIME_NODE_FLAGS = ["--max-semi-space-size=1", "--no-concurrent-recompilation", "--expose-gc"];
+export const RUNTIME_NODE_FLAGS = ["--max-semi-space-size=1", "--no-concurrent-recompilation"];
 
 export interface UserDataFile {
   path: string;

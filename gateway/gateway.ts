@@ -5,6 +5,7 @@ import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../agent/runtime/log";
+import { streamed } from "../agent/runtime/streaming-gc";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
 import { CONNECTION_WINDOW, keepAlive, MAX_FRAME, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
 import { decodeToken } from "../agent/tunnel/token";
@@ -354,6 +355,7 @@ export class Gateway {
           if (!res.writableFinished) response.cancel();
         });
         response.body.once("error", () => res.destroy());
+        response.body.on("data", (chunk: Buffer) => streamed(chunk.length));
         response.body.pipe(res);
       },
       (error: Error) => json(error instanceof HttpError ? error.status : 502, { error: error.message }),

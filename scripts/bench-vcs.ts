@@ -2,8 +2,9 @@
 //  - latency p50/p99 of small API requests, and the added p50;
 //  - throughput of cloning a large generated repository (>= 200 MB, incompressible);
 //  - the agent's peak memory (VmHWM) over the whole run.
-// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000]; BENCH_AGENT_FLAGS="--flag ..." adds
-// Node flags to the agent beside RUNTIME_NODE_FLAGS, to try one out.
+// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000]; BENCH_AGENT_FLAGS="--flag ..." and
+// BENCH_GATEWAY_FLAGS add Node flags to the agent (beside RUNTIME_NODE_FLAGS) or the gateway,
+// to try one out or to profile (--cpu-prof).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -87,7 +88,7 @@ async function main(): Promise<void> {
   // Each side in its own process, so the load generator here shares no event loop with them.
   const configFile = path.join(tmpdir(), `agentpools-bench-gateway-${process.pid}.json`);
   writeFileSync(configFile, JSON.stringify({ listen: { host: "127.0.0.1", port: gatewayPort }, publicUrl: gatewayUrl, pools: [pool] }));
-  const gateway = startProcess([path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", configFile], {});
+  const gateway = startProcess([...(process.env.BENCH_GATEWAY_FLAGS?.split(" ").filter(Boolean) ?? []), path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", configFile], {});
   const vcsUrl = `http://127.0.0.1:${vcsPort}`;
   const connections = async () => {
     try {

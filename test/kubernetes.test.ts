@@ -33,7 +33,7 @@ describe("Kubernetes components (mocks)", () => {
     assert.equal(one(resources, T.configMap).inputs.data["vcs-agent.js"], runtimeBundle("vcs-agent"));
     const spec = podSpec(resources);
     const [container] = spec.containers;
-    assert.deepEqual(container.command, ["node", "--max-semi-space-size=1", "--no-concurrent-recompilation", "--expose-gc", "/opt/agentpools/vcs-agent.js"]);
+    assert.deepEqual(container.command, ["node", "--max-semi-space-size=1", "--no-concurrent-recompilation", "/opt/agentpools/vcs-agent.js"]);
     assert.equal(container.image, "node:24.21.0-alpine");
     assert.deepEqual(container.securityContext, {
       runAsNonRoot: true,

@@ -7,6 +7,7 @@ import type { Role, RunningAgent } from "../runtime/runtime";
 import { Tunnel } from "../tunnel/session";
 import { decodeToken } from "../tunnel/token";
 import { classify, projectMatcher } from "./allowlist";
+import { streamed } from "../runtime/streaming-gc";
 
 /** Headers that belong to one connection (HTTP/1.1) or that HTTP/2 forbids. */
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "http2-settings"]);
@@ -34,22 +35,6 @@ const credentialValues = (headers: Record<string, unknown>) =>
     .filter((value) => value.length >= 6);
 
 const redactText = (text: string, secrets: string[]) => secrets.reduce((out, secret) => out.split(secret).join("[redacted]"), text);
-
-/**
- * Streamed bodies leave their 64 KB chunks dead almost at once, but V8 frees a chunk's memory
- * only when it collects the chunk's tiny JS wrapper, and nothing else in a proxy makes it
- * collect: tens of MB of dead chunks pile up. With --expose-gc (RUNTIME_NODE_FLAGS) the agent
- * asks for a young-generation collection after every few MB it streams.
- */
-const COLLECT_EVERY = 8 * 1024 * 1024;
-const collectYoung = (globalThis as { gc?: (options: { type: "minor" }) => void }).gc;
-let streamedSinceCollect = 0;
-function streamed(bytes: number): void {
-  streamedSinceCollect += bytes;
-  if (streamedSinceCollect < COLLECT_EVERY || !collectYoung) return;
-  streamedSinceCollect = 0;
-  collectYoung({ type: "minor" });
-}
 
 /** Collects the start of a body for debug output, never more than the limit. */
 function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
