@@ -10,6 +10,7 @@ import { runRole, writeStatusFiles, type Role, type RunningAgent } from "../agen
 import { decodeUserData, renderUserData } from "../components/userdata";
 import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
 import { FakeAws } from "./fake-aws";
+import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort } from "./helpers";
@@ -46,13 +47,14 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
   };
 }
 
-/** The instance configuration a VcsAgentPool renders, read back out of its user-data. */
-function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}) {
+/** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
+function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}, role: "vcs-agent" | "launcher" = "vcs-agent") {
+  const settingsEnv = role === "vcs-agent" ? { SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`, SPACELIFT_VCS_AGENT_VENDOR: "gitlab" } : {};
   const spec = {
-    kind: "VcsAgentPool",
-    role: "vcs-agent",
+    kind: role === "vcs-agent" ? "VcsAgentPool" : "WorkerPool",
+    role,
     core: { drainTimeoutSeconds: 30, nodeMajor: 24 },
-    settingsEnv: { SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`, SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...extraEnv },
+    settingsEnv: { ...settingsEnv, ...extraEnv },
     docker: false,
     gvisor: false,
   } as unknown as PoolSpec;
@@ -60,10 +62,10 @@ function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> 
     renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" })),
   );
   const dir = mkdtempSync(path.join(tmpdir(), "agentpools-"));
-  const file = path.join(dir, "vcs-agent.json");
-  writeFileSync(file, decoded.files.get("/etc/agentpools/vcs-agent.json")?.content as string);
-  const bundle = path.join(dir, "vcs-agent.js");
-  writeFileSync(bundle, decoded.files.get("/opt/agentpools/vcs-agent.js")?.content as string);
+  const file = path.join(dir, `${role}.json`);
+  writeFileSync(file, decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
+  const bundle = path.join(dir, `${role}.js`);
+  writeFileSync(bundle, decoded.files.get(`/opt/agentpools/${role}.js`)?.content as string);
   return { configFile: file, bundleFile: bundle };
 }
 
@@ -201,6 +203,41 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "drained"), "logs reached CloudWatch before exit");
     assert.ok(!output.includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
+  });
+
+  it("the shipped launcher bundle, from decoded user-data: credentials from Secrets Manager, runs a job, drains on termination", async function () {
+    this.timeout(60_000);
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const dataDir = mkdtempSync(path.join(tmpdir(), "agentpools-gw-"));
+    const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
+    const { pool, token } = createPool("workers", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"));
+    const realGateway = new Gateway({ pools: [pool], port, dataDir, log: capturingLogger("gateway").log });
+    await realGateway.listen();
+    aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
+    // The process executor: no Docker engine runs here (the components deploy the Docker one).
+    const { configFile, bundleFile } = renderedInstance(port, { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(mkdtempSync(path.join(tmpdir(), "agentpools-")), "runs") }, "launcher");
+    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    try {
+      await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
+      assert.equal(realGateway.summary()[0].agents[0].metadata.instance_id, "i-0123456789abcdef0");
+      await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
+      const run = realGateway.workers.submit("workers", { image: "alpine:3", commands: ["echo ran on the instance"] });
+      const id = (await run).id;
+      await eventually(() => realGateway.workers.get("workers", id).status === "succeeded", 10_000, "the run to succeed");
+      aws.lifecycleState = "Terminated";
+      assert.equal(await exited, 0, output);
+    } finally {
+      child.kill();
+      await realGateway.close();
+    }
+    assert.deepEqual(aws.rejected, []);
+    assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
+    for (const secret of [token, keyBase64]) assert.ok(!output.includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
   });
 
   it("status files for probes: a heartbeat while running, ready only while connected", async () => {
