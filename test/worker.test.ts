@@ -342,7 +342,7 @@ describe("worker pools: the Docker executor", () => {
     chmodSync(fake, 0o755);
     const settings = launcherSettings.parse({ token: "t", poolPrivateKey: Buffer.from("-----BEGIN PRIVATE KEY-----").toString("base64"), workerNetwork: "runs" });
     const executor = dockerExecutor(settings, { PATH: process.env.PATH, DOCKER_HOST: "unix:///run/docker.sock" }, fake);
-    assert.equal(executor.workspaceInRun({ id: "x", image: "i", script: "", env: {}, workspace: dir }), "/workspace");
+    assert.equal(executor.workspaceInRun(dir), "/workspace");
     const output: string[] = [];
     const run = executor.start({ id: "r2", image: "alpine:3", script: "echo from-container; exit 4", env: { TF_VAR_password: "pw-1" }, workspace: dir });
     run.onOutput((chunk) => output.push(chunk.toString()));

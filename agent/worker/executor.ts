@@ -26,8 +26,8 @@ export interface StartedRun {
 
 export interface RunExecutor {
   describe: string;
-  /** The path the run sees its workspace at. */
-  workspaceInRun(run: PreparedRun): string;
+  /** The path the run sees its workspace (on this host at `workspace`) at. */
+  workspaceInRun(workspace: string): string;
   start(run: PreparedRun): StartedRun;
 }
 
@@ -54,7 +54,7 @@ function started(child: ChildProcess, kill: () => void): StartedRun {
 export function processExecutor(launcherPath = process.env.PATH ?? "/usr/bin:/bin"): RunExecutor {
   return {
     describe: "process",
-    workspaceInRun: (run) => run.workspace,
+    workspaceInRun: (workspace) => workspace,
     start(run) {
       const env = { PATH: launcherPath, HOME: run.workspace, ...run.env };
       const child = spawn("/bin/sh", ["-ec", run.script], { cwd: run.workspace, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });

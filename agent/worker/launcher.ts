@@ -158,7 +158,7 @@ export class Launcher extends WebSocketLink {
     const current = { id: spec.id, process: undefined as StartedRun | undefined, done: new Promise<void>((r) => (resolveDone = r)), stop: (reason: string) => ((stopReason ??= reason), current.process?.kill()) };
     this.current = current;
     try {
-      const environment: Record<string, string> = spec.sealedEnvironment ? JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(spec.sealedEnvironment, "base64"))).toString("utf8")) : {};
+      const environment = spec.sealedEnvironment ? await this.openEnvironment(spec.sealedEnvironment) : {};
       const refusal = this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds });
       if (refusal) {
         log.info("run refused by the run initialization policy", { run: spec.id, reason: refusal });
@@ -180,12 +180,20 @@ export class Launcher extends WebSocketLink {
     await this.deliver(run);
   }
 
+  private async openEnvironment(sealed: string): Promise<Record<string, string>> {
+    try {
+      return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString("utf8"));
+    } catch (error) {
+      throw new Error(`the run's environment cannot be opened: ${(error as Error).message}`);
+    }
+  }
+
   private async execute(spec: RunSpec, environment: Record<string, string>, run: Unfinished, current: { process?: StartedRun; stop(reason: string): void }, stopReason: () => string | undefined): Promise<RunOutcome> {
     const { settings, executor, passed } = this.context;
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
     // The container's user may not be ours: the workspace is open, its parent (ours, 0700) is not.
-    if (settings.executor === "docker") chmodSync(workspace, 0o777);
+    if (settings.executor === "docker") for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
     const stateFile = path.join(workspace, STATE_FILE);
     if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile);
 
@@ -202,10 +210,11 @@ export class Launcher extends WebSocketLink {
     };
     const splitter = new LineSplitter(mask, append, Math.max(0, ...secrets.map((s) => s.length)));
 
-    const inRun = executor.workspaceInRun({ id: spec.id, image: spec.image, script: "", env: {}, workspace });
-    const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${inRun}/${STATE_FILE}` };
+    const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
     current.process = started;
+    // Stopped while its state was still downloading: it does not get to run.
+    if (stopReason()) started.kill();
 
     const logsTimeout = durationMs(settings.logsTimeout);
     const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
