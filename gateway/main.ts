@@ -7,7 +7,6 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
 import { Gateway } from "./gateway";
-import { loadOrCreateAuthority, signPoolRequest } from "./certificates";
 import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
 
 export const gatewayConfig = z.strictObject({
@@ -58,6 +57,8 @@ export async function main(args: string[]): Promise<void> {
       const csr = option(args, "csr");
       if (!csr) throw new Error("a worker pool needs --csr FILE: make it with openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr");
       if (!config.dataDir) throw new Error(`${file}: set dataDir; the worker pool CA and the runs are kept there`);
+      // Loaded only here: the X.509 library costs the serving gateway ~0.1 s of start-up.
+      const { loadOrCreateAuthority, signPoolRequest } = await import("./certificates");
       certificate = await signPoolRequest(await loadOrCreateAuthority(config.dataDir), readFileSync(csr, "utf8"), name);
     }
     const { pool, token } = createPool(name, kind, config.publicUrl, certificate);

@@ -57,6 +57,7 @@ export interface WorkerHubOptions {
 const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const RUNS_PATH = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/([0-9a-f-]{36})(/logs|/state)?)?$`);
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
 
 /**
@@ -339,8 +340,10 @@ export class WorkerHub {
 
   /** The worker API under /_agentpools/api/workers/<pool>/runs...; false if the path is not one of it. */
   handle(req: http.IncomingMessage, res: http.ServerResponse, json: (status: number, value: unknown) => void): boolean {
-    const url = new URL(req.url ?? "/", "http://gateway");
-    const match = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/([0-9a-f-]{36})(/logs|/state)?)?$`).exec(url.pathname);
+    // Every request to the gateway passes here first: leave the others at the cost of a prefix check.
+    if (!req.url?.startsWith(WORKER_API)) return false;
+    const url = new URL(req.url, "http://gateway");
+    const match = RUNS_PATH.exec(url.pathname);
     if (!match) return false;
     const [, pool, id, part] = match;
     const fail = (error: Error) => {

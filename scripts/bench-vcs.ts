@@ -1,8 +1,10 @@
 // Through gateway and agent vs straight to the Git server, measured in one run:
-//  - latency p50/p99 of small API requests, and the added p50;
+//  - latency p50/p99 of small API requests, and the added p50; beside it, the floor of this
+//    machine: the same requests through two bare TCP relays, each its own process (the two
+//    extra processes any gateway-and-agent path has, doing nothing but copying bytes);
 //  - throughput of cloning a large generated repository (>= 200 MB, incompressible);
 //  - the agent's peak memory (VmHWM) over the whole run.
-// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000]; BENCH_AGENT_FLAGS="--flag ..." and
+// Run: npm run bench:vcs [-- --size-mb 200 --requests 2000 --rounds 5]; BENCH_AGENT_FLAGS="--flag ..." and
 // BENCH_GATEWAY_FLAGS add Node flags to the agent (beside RUNTIME_NODE_FLAGS) or the gateway,
 // to try one out or to profile (--cpu-prof).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
@@ -21,6 +23,8 @@ const run = promisify(execFile);
 const arg = (name: string, fallback: number) => Number(process.argv[process.argv.indexOf(`--${name}`) + 1] || fallback) || fallback;
 const SIZE_MB = arg("size-mb", 200);
 const REQUESTS = arg("requests", 2000);
+/** Clones each way, alternating, best kept: this machine's noise is large. */
+const ROUNDS = arg("rounds", 5);
 
 /** A bare repository of `sizeMb` of random (incompressible) files, kept between runs. */
 async function largeRepository(root: string): Promise<void> {
@@ -42,6 +46,12 @@ async function largeRepository(root: string): Promise<void> {
 
 function startProcess(args: string[], env: NodeJS.ProcessEnv): ChildProcess {
   return spawn(process.execPath, args, { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "ignore", "inherit"] });
+}
+
+/** A process that only copies bytes between each connection to `listen` and one to `target`. */
+function startRelay(listen: number, target: number): ChildProcess {
+  const code = `require("node:net").createServer((c) => { c.setNoDelay(true); const u = require("node:net").connect(${target}, "127.0.0.1"); u.setNoDelay(true); c.pipe(u).pipe(c); c.on("error", () => u.destroy()); u.on("error", () => c.destroy()); }).listen(${listen}, "127.0.0.1");`;
+  return startProcess(["-e", code], {});
 }
 
 function peakRssMb(pid: number): number {
@@ -102,6 +112,8 @@ async function main(): Promise<void> {
     SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcsUrl,
     SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
   });
+  const [relayIn, relayMiddle] = [await freePort(), await freePort()];
+  const relays = [startRelay(relayMiddle, vcsPort), startRelay(relayIn, relayMiddle)];
   try {
     for (let i = 0; i < 200 && (await connections()) === 0; i++) await new Promise((resolve) => setTimeout(resolve, 50));
     if ((await connections()) === 0) throw new Error("the agent did not connect");
@@ -116,12 +128,15 @@ async function main(): Promise<void> {
       direct.push(...(await latencies(vcsUrl, apiPath, REQUESTS / 10, keepAlive)));
       through.push(...(await latencies(`${gatewayUrl}/bench`, apiPath, REQUESTS / 10, keepAlive)));
     }
+    const relayed = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    await latencies(`http://127.0.0.1:${relayIn}`, apiPath, 200, relayed);
+    const floor = await latencies(`http://127.0.0.1:${relayIn}`, apiPath, REQUESTS, relayed);
     const [d50, d99, g50, g99] = [percentile(direct, 50), percentile(direct, 99), percentile(through, 50), percentile(through, 99)];
     const peakAfterRequests = peakRssMb(agent.pid as number);
 
     const cloneDirect: number[] = [];
     const cloneThrough: number[] = [];
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < ROUNDS; i++) {
       cloneDirect.push(await cloneSeconds(`${vcsUrl}/bench/large.git`));
       cloneThrough.push(await cloneSeconds(`${gatewayUrl}/bench/bench/large.git`));
     }
@@ -135,13 +150,16 @@ async function main(): Promise<void> {
     console.log(`  direct           p50 ${f(d50)} ms   p99 ${f(d99)} ms`);
     console.log(`  gateway + agent  p50 ${f(g50)} ms   p99 ${f(g99)} ms`);
     console.log(`  added p50 ${f(g50 - d50)} ms (target < 0.5)   p50 ratio ${(g50 / d50).toFixed(2)}x   p99 ratio ${(g99 / d99).toFixed(2)}x`);
-    console.log(`\ngit clone --bare of ${(packBytes / 1e6).toFixed(0)} MB (best of 3):`);
+    const r50 = percentile(floor, 50);
+    console.log(`  floor: two bare relay processes  p50 ${f(r50)} ms (adds ${f(r50 - d50)} ms): the path's own share is ${f(g50 - r50)} ms`);
+    console.log(`\ngit clone --bare of ${(packBytes / 1e6).toFixed(0)} MB (best of ${ROUNDS}, alternating):`);
     console.log(`  direct           ${bestDirect.toFixed(2)} s   ${mbps(bestDirect).toFixed(0)} MB/s`);
     console.log(`  gateway + agent  ${bestThrough.toFixed(2)} s   ${mbps(bestThrough).toFixed(0)} MB/s`);
     console.log(`  throughput ratio ${((bestDirect / bestThrough) * 100).toFixed(1)}% of direct (target >= 90%)`);
     console.log(`\nagent peak memory (VmHWM): ${peakAfterRequests.toFixed(1)} MB after the small requests, ${peak.toFixed(1)} MB after the clones (target < 100)`);
   } finally {
     agent.kill("SIGTERM");
+    for (const relay of relays) relay.kill();
     vcs.kill();
     gateway.kill("SIGTERM");
     rmSync(configFile, { force: true });

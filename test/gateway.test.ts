@@ -1,14 +1,16 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
+import { decodeToken } from "../agent/tunnel/token";
 import { vcsAgentRole } from "../agent/vcs/agent";
 import { packageRoot } from "../components/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { makePoolKeyAndRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { main as gatewayMain } from "../gateway/main";
@@ -134,6 +136,24 @@ describe("gateway", function () {
     assert.equal(stored.pools[0].name, "cli");
     assert.ok(!readFileSync(file, "utf8").includes(JSON.parse(Buffer.from(token.slice(4), "base64url").toString()).secret));
     await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "cli", "--kind", "vcs"]), /exists already/);
+
+    // A worker pool: signed from a CSR, with the CA kept in dataDir; refused without either.
+    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker"]), /needs --csr FILE/);
+    const { csr } = await makePoolKeyAndRequest("workers");
+    writeFileSync(path.join(dir, "spacelift.csr"), csr);
+    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker", "--csr", path.join(dir, "spacelift.csr")]), /set dataDir/);
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), dataDir: path.join(dir, "data") }));
+    printed.length = 0;
+    process.stdout.write = ((chunk: string) => (printed.push(chunk), true)) as typeof process.stdout.write;
+    try {
+      await gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker", "--csr", path.join(dir, "spacelift.csr")]);
+    } finally {
+      process.stdout.write = write;
+    }
+    const workerToken = decodeToken(printed.join("").trim());
+    assert.equal(workerToken.pool, "workers");
+    assert.equal(JSON.parse(readFileSync(file, "utf8")).pools[1].certificate, workerToken.certificate);
+    assert.ok(existsSync(path.join(dir, "data", "worker-ca.key")));
 
     const server = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file], { stdio: "ignore" });
     const agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log: capturingLogger("vcs-agent").log });
