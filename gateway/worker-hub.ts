@@ -43,6 +43,8 @@ interface RunEntry {
 interface WorkerConnection extends ConnectedAgent {
   socket: WebSocket;
   current?: string;
+  /** It refused a run as busy: no run goes to it until it reports one finished. */
+  busy?: boolean;
   draining: boolean;
 }
 
@@ -179,6 +181,7 @@ export class WorkerHub {
         worker.current = undefined;
         if (message.retry) {
           entry.run.worker = undefined;
+          worker.busy = true;
           this.queue(worker.pool).unshift(entry.run.id);
         } else {
           this.append(entry, 0, [`[agentpools: ${message.reason}]`]);
@@ -194,7 +197,9 @@ export class WorkerHub {
           this.finish(entry, { status: message.status, exitCode: message.exitCode, reason: message.reason, state: message.state && this.hasState(entry) });
         }
         this.send(worker, { type: "ack", id: message.id });
-        if (worker.current === message.id) worker.current = undefined;
+        // A launcher runs one run at a time: having finished one, it is free.
+        worker.current = undefined;
+        worker.busy = false;
         return this.dispatch(worker.pool);
       case "draining":
         worker.draining = true;
@@ -229,7 +234,7 @@ export class WorkerHub {
     const queue = this.queue(pool);
     for (const worker of this.workers.get(pool) ?? []) {
       if (queue.length === 0) return;
-      if (worker.current || worker.draining) continue;
+      if (worker.current || worker.busy || worker.draining) continue;
       const entry = this.runs.get(queue.shift() as string) as RunEntry;
       worker.current = entry.run.id;
       entry.run.worker = worker.id;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -10,7 +10,10 @@ import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { runRole } from "../agent/runtime/runtime";
 import { decodeToken, encodeToken } from "../agent/tunnel/token";
+import { dialGateway } from "../agent/tunnel/dial";
+import { newKey, WebSocket } from "../agent/tunnel/websocket";
 import { launcherRole } from "../agent/worker/launcher";
+import { PROOF_HEADER, proofPayload, WORKER_CONNECT_PATH } from "../agent/worker/protocol";
 import { openBuffer, privateKeyFromBase64 } from "../agent/worker/seal";
 import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
@@ -312,6 +315,53 @@ describe("worker pools: gateway run queue and launcher", function () {
     const cut = await status(long.id);
     assert.equal(cut.status, "failed");
     assert.match(cut.reason ?? "", /stopped before the run finished/);
+  });
+});
+
+describe("worker pools: the gateway's side of the protocol", function () {
+  this.timeout(30_000);
+
+  it("a run a launcher refuses as busy goes back to the queue, and not straight back to that launcher", async () => {
+    const { makePoolKeyAndRequest } = await import("../gateway/certificates");
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-proto-"));
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const { keyBase64, csr } = await makePoolKeyAndRequest("proto");
+    const created = createPool("proto", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dir), csr, "proto"));
+    const gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    const secret = decodeToken(created.token).secret;
+    const timestamp = String(Date.now());
+    const key = newKey();
+    const socket = await dialGateway(new URL(url), {
+      authorization: `Bearer ${secret}`,
+      "x-agentpools-pool": "proto",
+      "x-agentpools-worker": randomUUID(),
+      [PROOF_HEADER]: `${timestamp}.${sign("sha256", proofPayload("proto", timestamp), privateKeyFromBase64(keyBase64)).toString("base64url")}`,
+      "sec-websocket-key": key,
+      "sec-websocket-version": "13",
+    }, { path: WORKER_CONNECT_PATH, protocol: "websocket" });
+    const worker = new WebSocket(socket, true);
+    const runsOffered: string[] = [];
+    worker.on("message", (text: string) => {
+      const message = JSON.parse(text);
+      if (message.type !== "run") return;
+      runsOffered.push(message.run.id);
+      worker.send(JSON.stringify({ type: "refused", id: message.run.id, reason: "the worker is busy", retry: true }));
+    });
+    worker.send(JSON.stringify({ type: "hello", worker: "x", runs: [] }));
+    try {
+      await eventually(() => gateway.summary()[0].connections === 1);
+      const run = await gateway.workers.submit("proto", { image: "alpine:3", commands: ["true"] });
+      await eventually(() => runsOffered.length === 1, 5000, "the run offered");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.deepEqual(runsOffered, [run.id], "offered once, not bounced back and forth");
+      assert.equal(gateway.workers.get("proto", run.id).status, "queued");
+      assert.equal(gateway.workers.summary("proto").queued, 1);
+    } finally {
+      worker.close();
+      await gateway.close();
+    }
   });
 });
 
