@@ -2,8 +2,10 @@ import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { launcherSettings } from "../agent/config/launcher";
 import { KubernetesAgent, resources, RUNTIME_UID, validateWorkload, workloadShape } from "./k8s-workload";
+import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "./worker-args";
 
 const DOCKER_SOCKET_DIR = "/var/run/dind";
+const POLICY_DIR = "/etc/agentpools/policy";
 
 export const kubernetesWorkerPoolArgs = z
   .strictObject({
@@ -17,8 +19,10 @@ export const kubernetesWorkerPoolArgs = z
   storage: z
     .strictObject({ size: z.string().regex(/^[0-9]+(Mi|Gi|Ti)$/, { error: 'must be a size such as "50Gi"' }).default("50Gi"), storageClassName: z.string().optional() })
     .default({ size: "50Gi" }),
+    ...workerPoolExtras,
   })
-  .refine((args) => args.executor === "docker", { path: ["executor"], error: 'must be "docker" in a pod: the process executor runs jobs beside the launcher, for development only' });
+  .superRefine((args, ctx) => checkWorkerArgs(args, ctx, "in a pod"))
+  .transform((args) => pointAtPolicy(args, `${POLICY_DIR}/${RUN_INITIALIZATION_POLICY_FILE}`));
 
 export type KubernetesWorkerPoolArgs = z.input<typeof kubernetesWorkerPoolArgs> & {
   /** SPACELIFT_TOKEN: a Pulumi secret. Leave out with existingSecret. */
@@ -54,7 +58,9 @@ export class KubernetesWorkerPool extends KubernetesAgent {
         extraMounts: [
           { name: "docker-socket", mountPath: DOCKER_SOCKET_DIR },
           { name: "runs", mountPath: parsed.workDirectory },
+          ...(parsed.runInitializationPolicy ? [{ name: "policy", mountPath: POLICY_DIR, readOnly: true }] : []),
         ],
+        configFiles: parsed.runInitializationPolicy ? [{ volume: "policy", key: RUN_INITIALIZATION_POLICY_FILE, content: policyFileContent(parsed.runInitializationPolicy) }] : [],
         extraVolumes: [{ name: "docker-socket", emptyDir: {} }, { name: "runs", emptyDir: {} }, ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }])],
         sidecars: [
           {

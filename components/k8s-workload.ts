@@ -85,6 +85,8 @@ export interface WorkloadSpec {
   extraMounts?: k8s.types.input.core.v1.VolumeMount[];
   extraEnv?: k8s.types.input.core.v1.EnvVar[];
   sidecars?: k8s.types.input.core.v1.Container[];
+  /** Files for the agent (a run initialization policy): kept in the runtime ConfigMap, each its own volume. */
+  configFiles?: { volume: string; key: string; content: string }[];
   statefulSet?: { volumeClaimTemplates: k8s.types.input.core.v1.PersistentVolumeClaim[] };
 }
 
@@ -118,7 +120,14 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
 
   const runtime = new k8s.core.v1.ConfigMap(
     `${name}-runtime`,
-    { metadata: metadata("-runtime"), data: { [`${role}.js`]: bundle, ...(args.customCaCertificates ? { "ca.pem": args.customCaCertificates } : {}) } },
+    {
+      metadata: metadata("-runtime"),
+      data: {
+        [`${role}.js`]: bundle,
+        ...(args.customCaCertificates ? { "ca.pem": args.customCaCertificates } : {}),
+        ...Object.fromEntries((spec.configFiles ?? []).map((file) => [file.key, file.content])),
+      },
+    },
     opts,
   );
 
@@ -186,7 +195,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     metadata: {
       labels: podLabels,
       // A new bundle or configuration rolls the pods.
-      annotations: { "agentpools.io/runtime-sha256": createHash("sha256").update(bundle).update(JSON.stringify(spec.settingsEnv)).digest("hex") },
+      annotations: { "agentpools.io/runtime-sha256": createHash("sha256").update(bundle).update(JSON.stringify(spec.settingsEnv)).update(JSON.stringify(spec.configFiles ?? [])).digest("hex") },
     },
     spec: {
       serviceAccountName: account.metadata.name,
@@ -199,6 +208,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
         { name: "runtime", configMap: { name: runtime.metadata.name, items: [{ key: `${role}.js`, path: `${role}.js` }] } },
         { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },
         ...(args.customCaCertificates ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }] : []),
+        ...(spec.configFiles ?? []).map((file) => ({ name: file.volume, configMap: { name: runtime.metadata.name, items: [{ key: file.key, path: file.key }] } })),
         ...(spec.extraVolumes ?? []),
       ],
       nodeSelector: args.nodeSelector,

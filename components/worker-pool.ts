@@ -2,35 +2,28 @@ import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { durationMs } from "../agent/config/fields";
 import { launcherSettings } from "../agent/config/launcher";
-import { runPolicy } from "../agent/config/run-policy";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 import { CONFIG_DIR } from "./userdata";
+import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "./worker-args";
 
-export const RUN_INITIALIZATION_POLICY_PATH = `${CONFIG_DIR}/run-initialization-policy`;
+export const RUN_INITIALIZATION_POLICY_PATH = `${CONFIG_DIR}/${RUN_INITIALIZATION_POLICY_FILE}`;
 
 /** Runs are Terraform and friends in containers: memory matters more than burst. */
 export const workerPoolArgs = z
   .strictObject({
     ...launcherSettings.omit({ token: true, poolPrivateKey: true }).shape,
     ...poolCoreShape({ instanceType: "m7i.large", rootVolumeSizeGiB: 50, drainTimeoutSeconds: 4500 }),
-    /** The policy itself (checked here by the launcher's own schema); written to the instance as JSON. */
-    runInitializationPolicy: runPolicy.optional(),
+    ...workerPoolExtras,
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
-    if (args.executor !== "docker") {
-      ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message: 'must be "docker" on a pool: the process executor runs jobs on the instance itself, for development only' });
-    }
-    if (args.runInitializationPolicy !== undefined && args.runInitializationPolicyFile !== undefined) {
-      ctx.addIssue({ code: "custom", path: ["runInitializationPolicyFile"], input: args.runInitializationPolicyFile, message: "give either runInitializationPolicy (its text) or runInitializationPolicyFile (a path on the image), not both" });
-    }
+    checkWorkerArgs(args, ctx, "on an instance");
     if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < 7200) {
       ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in would kill a run that may still finish` });
     }
   })
-  // A policy given here is read by the launcher from its fixed path.
-  .transform((args) => (args.runInitializationPolicy === undefined ? args : { ...args, runInitializationPolicyFile: RUN_INITIALIZATION_POLICY_PATH }));
+  .transform((args) => pointAtPolicy(args, RUN_INITIALIZATION_POLICY_PATH));
 
 export type WorkerPoolArgs = z.input<typeof workerPoolArgs> &
   PoolPlacement & {
@@ -51,7 +44,7 @@ export class WorkerPool extends AgentPool {
         gvisor: parsed.workerRuntime === "runsc",
         noProxy: parsed.noProxy,
         extraFiles: parsed.runInitializationPolicy
-          ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: JSON.stringify(parsed.runInitializationPolicy, null, 1) + "\n", permissions: "0644" }]
+          ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: policyFileContent(parsed.runInitializationPolicy), permissions: "0644" }]
           : [],
       })),
       opts,

@@ -121,6 +121,20 @@ describe("Kubernetes components (mocks)", () => {
     assert.equal(envOf(launcher).AGENTPOOLS_WORKER_EXECUTOR, "docker");
   });
 
+  it("WorkerPool: a run initialization policy given as an object reaches the launcher as a file", async () => {
+    const policy = { allowedImages: ["public.ecr.aws/spacelift/*"], deniedCommands: ["terraform\\s+destroy"] };
+    const resources = await deploy(() => new kubernetes.WorkerPool("k-policy", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64, runInitializationPolicy: policy }), "k-policy");
+    const spec = podSpec(resources);
+    const [launcher] = spec.containers;
+    const file = envOf(launcher).SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY;
+    assert.equal(file, "/etc/agentpools/policy/run-initialization-policy.json");
+    const mount = launcher.volumeMounts.find((m: { name: string }) => m.name === "policy");
+    assert.equal(`${mount.mountPath}/run-initialization-policy.json`, file);
+    const volume = spec.volumes.find((v: { name: string }) => v.name === "policy");
+    const key = volume.configMap.items[0].key;
+    assert.deepEqual(JSON.parse(one(resources, T.configMap).inputs.data[key]), policy);
+  });
+
   it("WorkerPool as a StatefulSet keeps the engine's data on a volume per pod", async () => {
     const resources = await deploy(() => new kubernetes.WorkerPool("k-sts", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64, statefulSet: true, storage: { size: "80Gi", storageClassName: "gp3" } }), "k-sts");
     const sts = one(resources, T.statefulSet);
@@ -138,6 +152,8 @@ describe("Kubernetes components (mocks)", () => {
     ["Docker executor on Kubernetes", () => new kubernetes.FlowsAgent("kb-6", { executor: "docker" as never, poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }), "executor"],
     ["storage size without a unit", () => new kubernetes.WorkerPool("kb-7", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, storage: { size: "50" } }), "storage.size"],
     ["egress to a bad block", () => new kubernetes.VcsAgent("kb-8", { egress: { cidrBlocks: ["10.0.0.0"] }, token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "egress.cidrBlocks[0]"],
+    ["the process executor for workers", () => new kubernetes.WorkerPool("kb-9", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, executor: "process" }), "executor"],
+    ["a policy with an unknown rule", () => new kubernetes.WorkerPool("kb-10", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, runInitializationPolicy: { allowedImage: ["x"] } as never }), "runInitializationPolicy.allowedImage"],
   ];
   for (const [description, make, field] of bad) {
     it(`refuses ${description} before anything is created, naming ${field}`, () => {
