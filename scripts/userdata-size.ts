@@ -1,6 +1,9 @@
 // Prints the gzipped user-data size of each pool kind, with its default and its largest
-// configuration (every argument set, at realistic lengths), against EC2's 16,384 bytes.
+// configuration (every argument set, at realistic lengths), against EC2's 16,384 bytes; and
+// how many real CA certificates (random, so incompressible as real ones are; 2 KB RSA size)
+// still fit beside each, since customCaCertificates travel in user-data in full.
 // Run: npm run bench:userdata
+import { randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { preparePool } from "../components/agent-pool";
 import { runtimeBundle } from "../components/bundles";
@@ -19,13 +22,26 @@ const kinds = [
 
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
-console.log(`${"kind".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}`);
+console.log(`${"kind".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("real CAs that fit: default / largest", 38)}`);
+const realCertificate = () => `-----BEGIN CERTIFICATE-----\n${randomBytes(950).toString("base64").match(/.{1,64}/g)?.join("\n")}\n-----END CERTIFICATE-----\n`;
 for (const k of kinds) {
   const size = (args: object) => checkUserDataSize("pool", preparePool(k.kind, k.role, "pool", k.schema, args as never, () => ({ ...k.extras })));
   // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
   const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
   const largest = size(k.largest);
+  const certificatesThatFit = (args: object) => {
+    let bundleText = "";
+    for (let count = 0; count < 20; count++) {
+      bundleText += realCertificate();
+      try {
+        size({ ...args, customCaCertificates: bundleText });
+      } catch {
+        return count;
+      }
+    }
+    return 20;
+  };
   console.log(
-    `${k.kind.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}`,
+    `${k.kind.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 38)}`,
   );
 }
