@@ -59,6 +59,7 @@ export interface WorkerHubOptions {
 const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
 const RUNS_PATH = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/([0-9a-f-]{36})(/logs|/state)?)?$`);
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
 
@@ -329,8 +330,14 @@ export class WorkerHub {
         await pipeline(req, createWriteStream(`${file}.part`));
         renameSync(`${file}.part`, file);
       } else {
+        // Without a data directory state is held in memory: bounded.
         const chunks: Buffer[] = [];
-        for await (const chunk of req) chunks.push(chunk as Buffer);
+        let size = 0;
+        for await (const chunk of req) {
+          size += (chunk as Buffer).length;
+          if (size > MAX_STATE_IN_MEMORY) throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
+          chunks.push(chunk as Buffer);
+        }
         entry.state = Buffer.concat(chunks);
       }
       res.writeHead(204).end();

@@ -365,6 +365,37 @@ describe("worker pools: the gateway's side of the protocol", function () {
   });
 });
 
+describe("worker pools: a gateway without a data directory", function () {
+  this.timeout(60_000);
+
+  it("state too large to hold in memory: the run is still reported, without its state, saying why", async () => {
+    const { makePoolKeyAndRequest } = await import("../gateway/certificates");
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-mem-"));
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const { keyBase64, csr } = await makePoolKeyAndRequest("mem");
+    const created = createPool("mem", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dir), csr, "mem"));
+    const gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    const launcher = await launcherRole().start(launcherSettings.parse({ token: created.token, poolPrivateKey: keyBase64, executor: "process", workDirectory: path.join(dir, "runs") }), { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } });
+    try {
+      await launcher.ready;
+      const run = await gateway.workers.submit("mem", { image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'head -c 70000000 /dev/zero > "$AGENTPOOLS_STATE_FILE"', "echo done"] });
+      const done = await eventually(() => {
+        const current = gateway.workers.get("mem", run.id);
+        return !["queued", "running"].includes(current.status) && current;
+      }, 30_000, "the run to be reported");
+      assert.equal(done.status, "succeeded");
+      assert.equal(done.state, false);
+      assert.match(done.reason ?? "", /state was too large for the gateway to store/);
+      assert.equal(gateway.workers.summary("mem").agents[0].currentRun, undefined, "the launcher is free for the next run");
+    } finally {
+      await launcher.drain(Date.now() + 2000);
+      await gateway.close();
+    }
+  });
+});
+
 describe("worker pools: the Docker executor", () => {
   it("issues docker run with network, runtime, mounts, config dir and variables by name only", async () => {
     const { dockerRunArgs } = await import("../agent/worker/executor");

@@ -276,7 +276,10 @@ export class Launcher extends WebSocketLink {
           this.context.settings,
         );
         response.resume();
-        if (response.statusCode !== 204) throw new Error(`the gateway refused the run's state with ${response.statusCode}`);
+        if (response.statusCode === 413) {
+          // Too large for this gateway, for good: report the run without it rather than never.
+          run.outcome = { ...run.outcome, state: false, reason: [run.outcome.reason, "its state was too large for the gateway to store"].filter(Boolean).join("; ") };
+        } else if (response.statusCode !== 204) throw new Error(`the gateway refused the run's state with ${response.statusCode}`);
         rmSync(run.stateFile, { force: true });
         run.stateFile = undefined;
       }
