@@ -59,8 +59,9 @@ class FlowsLink extends WebSocketLink {
       this.inFlight++;
       void this.executor.run(message.job, timeoutMs).then((outcome) => {
         this.inFlight--;
-        this.log.info("run finished", { id: message.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
+        // The answer first: the log line is not what the caller waits for.
         if (socket.open) send({ type: "result", id: message.id, ...outcome });
+        this.log.info("run finished", { id: message.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });
     });
   }
