@@ -331,13 +331,16 @@ export class WorkerHub {
         renameSync(`${file}.part`, file);
       } else {
         // Without a data directory state is held in memory: bounded.
+        // Over the bound the rest is read and dropped, so the launcher finishes sending and
+        // reads the 413 rather than a reset connection.
         const chunks: Buffer[] = [];
         let size = 0;
         for await (const chunk of req) {
           size += (chunk as Buffer).length;
-          if (size > MAX_STATE_IN_MEMORY) throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
-          chunks.push(chunk as Buffer);
+          if (size <= MAX_STATE_IN_MEMORY) chunks.push(chunk as Buffer);
+          else chunks.length = 0;
         }
+        if (size > MAX_STATE_IN_MEMORY) throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
         entry.state = Buffer.concat(chunks);
       }
       res.writeHead(204).end();

@@ -32,7 +32,11 @@ interface Unfinished {
   outcome?: RunOutcome;
   stateFile?: string;
   delivering?: boolean;
+  retry?: NodeJS.Timeout;
 }
+
+/** A result that could not be delivered is tried again this often while connected (and on every reconnect). */
+const DELIVERY_RETRY_MS = 5_000;
 
 /** What the launcher checked at start-up. */
 interface LauncherContext {
@@ -142,6 +146,7 @@ export class Launcher extends WebSocketLink {
     const run = this.unfinished.get(id);
     if (!run?.outcome) return;
     this.unfinished.delete(id);
+    clearTimeout(run.retry);
     rmSync(run.dir, { recursive: true, force: true });
   }
 
@@ -285,7 +290,9 @@ export class Launcher extends WebSocketLink {
       }
       this.send({ type: "finished", id: run.id, ...run.outcome });
     } catch (error) {
-      this.context.log.warn("could not deliver a run's result; retrying after the next connection", { run: run.id, error: (error as Error).message });
+      this.context.log.warn("could not deliver a run's result; trying again", { run: run.id, error: (error as Error).message });
+      clearTimeout(run.retry);
+      run.retry = setTimeout(() => void this.deliver(run), DELIVERY_RETRY_MS).unref();
     } finally {
       run.delivering = false;
     }
