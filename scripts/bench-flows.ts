@@ -7,6 +7,7 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
@@ -39,6 +40,30 @@ function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown
 async function summary(url: string) {
   const pools = JSON.parse(await new Promise<string>((resolve) => http.get(`${url}/_agentpools/api/pools`, (res) => { let t = ""; res.on("data", (c) => (t += c)); res.on("end", () => resolve(t)); })));
   return pools.pools[0];
+}
+
+/**
+ * This machine's floor for a warm run: the round trip of a small message to another process
+ * that has sat idle as long as the agent does between runs. A run makes two such round trips
+ * (gateway to agent, agent to runtime); on a VM, waking an idle process is most of their cost.
+ */
+async function idleRoundTrip(count: number): Promise<number[]> {
+  const echo = spawn(process.execPath, ["-e", `require("node:net").createServer((s) => { s.setNoDelay(true); s.on("data", (d) => s.write(d)); }).listen(0, "127.0.0.1", function () { process.send(this.address().port); });`], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+  const port = await new Promise<number>((resolve) => echo.once("message", (p) => resolve(p as number)));
+  const socket = net.connect(port, "127.0.0.1");
+  socket.setNoDelay(true);
+  await new Promise((resolve) => socket.once("connect", resolve));
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    await new Promise((r) => setTimeout(r, GAP_MS));
+    const started = performance.now();
+    socket.write("x".repeat(200));
+    await new Promise((resolve) => socket.once("data", resolve));
+    times.push(performance.now() - started);
+  }
+  socket.destroy();
+  echo.kill();
+  return times;
 }
 
 async function main(): Promise<void> {
@@ -94,6 +119,8 @@ async function main(): Promise<void> {
     console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default)`);
     console.log(`  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`);
     console.log(`    of which in the executor p50 ${f(percentile(inExecutor, 50))} ms   (handing the job to a warm runtime until its answer)`);
+    const floor = await idleRoundTrip(100);
+    console.log(`    floor of this machine    p50 ${f(percentile(floor, 50))} ms   per round trip to a process idle ${GAP_MS} ms (a run makes two)`);
     console.log(`  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`);
     console.log(`  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`);
   } finally {
