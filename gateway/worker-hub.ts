@@ -173,7 +173,7 @@ export class WorkerHub {
         }
         return this.dispatch(worker.pool);
       case "accepted":
-        if (!entry) return;
+        if (!entry || isFinal(entry.run.status)) return;
         entry.run.status = "running";
         entry.run.startedAt = new Date().toISOString();
         return this.save(entry);
