@@ -321,46 +321,81 @@ describe("worker pools: gateway run queue and launcher", function () {
 describe("worker pools: the gateway's side of the protocol", function () {
   this.timeout(30_000);
 
-  it("a run a launcher refuses as busy goes back to the queue, and not straight back to that launcher", async () => {
+  let gateway: Gateway;
+  let keyBase64: string;
+  let token: string;
+
+  before(async () => {
     const { makePoolKeyAndRequest } = await import("../gateway/certificates");
     const dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-proto-"));
     const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    const { keyBase64, csr } = await makePoolKeyAndRequest("proto");
-    const created = createPool("proto", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dir), csr, "proto"));
-    const gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
+    const made = await makePoolKeyAndRequest("proto");
+    keyBase64 = made.keyBase64;
+    const created = createPool("proto", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dir), made.csr, "proto"));
+    token = created.token;
+    gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
     await gateway.listen();
-    const secret = decodeToken(created.token).secret;
+  });
+  after(() => gateway.close());
+
+  /** A stand-in launcher speaking the protocol by hand; `answer` decides what it says to a run. */
+  async function fakeWorker(id: string, held: string[], answer: (run: { id: string }) => object | undefined) {
+    const { gateway: url, pool, secret } = decodeToken(token);
     const timestamp = String(Date.now());
-    const key = newKey();
     const socket = await dialGateway(new URL(url), {
       authorization: `Bearer ${secret}`,
-      "x-agentpools-pool": "proto",
-      "x-agentpools-worker": randomUUID(),
-      [PROOF_HEADER]: `${timestamp}.${sign("sha256", proofPayload("proto", timestamp), privateKeyFromBase64(keyBase64)).toString("base64url")}`,
-      "sec-websocket-key": key,
+      "x-agentpools-pool": pool,
+      "x-agentpools-worker": id,
+      [PROOF_HEADER]: `${timestamp}.${sign("sha256", proofPayload(pool, timestamp), privateKeyFromBase64(keyBase64)).toString("base64url")}`,
+      "sec-websocket-key": newKey(),
       "sec-websocket-version": "13",
     }, { path: WORKER_CONNECT_PATH, protocol: "websocket" });
     const worker = new WebSocket(socket, true);
-    const runsOffered: string[] = [];
+    const offered: string[] = [];
     worker.on("message", (text: string) => {
       const message = JSON.parse(text);
       if (message.type !== "run") return;
-      runsOffered.push(message.run.id);
-      worker.send(JSON.stringify({ type: "refused", id: message.run.id, reason: "the worker is busy", retry: true }));
+      offered.push(message.run.id);
+      const reply = answer(message.run);
+      if (reply) worker.send(JSON.stringify(reply));
     });
-    worker.send(JSON.stringify({ type: "hello", worker: "x", runs: [] }));
+    worker.send(JSON.stringify({ type: "hello", worker: id, runs: held }));
+    return { worker, offered };
+  }
+
+  it("a run a launcher refuses as busy goes back to the queue, and not straight back to that launcher", async () => {
+    const { worker, offered } = await fakeWorker(randomUUID(), [], (run) => ({ type: "refused", id: run.id, reason: "the worker is busy", retry: true }));
     try {
-      await eventually(() => gateway.summary()[0].connections === 1);
+      await eventually(() => gateway.workers.summary("proto").connections === 1);
       const run = await gateway.workers.submit("proto", { image: "alpine:3", commands: ["true"] });
-      await eventually(() => runsOffered.length === 1, 5000, "the run offered");
+      await eventually(() => offered.length === 1, 5000, "the run offered");
       await new Promise((resolve) => setTimeout(resolve, 300));
-      assert.deepEqual(runsOffered, [run.id], "offered once, not bounced back and forth");
+      assert.deepEqual(offered, [run.id], "offered once, not bounced back and forth");
       assert.equal(gateway.workers.get("proto", run.id).status, "queued");
       assert.equal(gateway.workers.summary("proto").queued, 1);
     } finally {
       worker.close();
-      await gateway.close();
+      await eventually(() => gateway.workers.summary("proto").connections === 0);
+    }
+  });
+
+  it("a launcher that took a run just before its connection dropped claims it back when it reconnects", async () => {
+    const id = randomUUID();
+    // It takes the run but the connection drops before "accepted" reaches the gateway.
+    const first = await fakeWorker(id, [], () => undefined);
+    const runId = await eventually(() => first.offered[0] ?? (gateway.workers.summary("proto").queued > 0 && undefined), 5000, "a run offered");
+    first.worker.close();
+    await eventually(() => gateway.workers.summary("proto").connections === 0);
+    assert.equal(gateway.workers.get("proto", runId).status, "queued", "sent but never accepted: queued again");
+    // Back again, holding that run: the gateway takes it out of the queue and shows it running.
+    const second = await fakeWorker(id, [runId], () => undefined);
+    try {
+      await eventually(() => gateway.workers.get("proto", runId).status === "running", 5000, "the run claimed");
+      assert.equal(gateway.workers.summary("proto").queued, 0);
+      assert.equal(gateway.workers.summary("proto").agents[0].currentRun, runId);
+      assert.deepEqual(second.offered, [], "nothing else is offered to a launcher busy with it");
+    } finally {
+      second.worker.close();
     }
   });
 });
