@@ -89,6 +89,15 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await new Promise((resolve) => gateway.close(resolve));
   });
 
+  /** The shipped bundle as systemd would start it on the instance, against the fake AWS. */
+  function startInstance(bundleFile: string, configFile: string) {
+    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    return { child, output: () => output, exited: new Promise<number | null>((resolve) => child.on("exit", resolve)) };
+  }
+
   async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string> } = {}) {
     const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
     const { configFile } = renderedInstance(gatewayPort, options.extraEnv);
@@ -182,18 +191,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await realGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_VCS_AGENT_POOL_TOKEN: token }));
     const { configFile, bundleFile } = renderedInstance(gatewayPort);
-    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
-    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const { child, output, exited } = startInstance(bundleFile, configFile);
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 10_000, "the bundle connected");
       const agent = realGateway.summary()[0].agents[0];
       assert.equal(agent.metadata.instance_id, "i-0123456789abcdef0", "instance metadata tags reach the gateway");
       await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
       aws.lifecycleState = "Terminated";
-      assert.equal(await exited, 0, output);
+      assert.equal(await exited, 0, output());
     } finally {
       child.kill();
       await realGateway.close();
@@ -202,7 +207,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.deepEqual(aws.rejected, []);
     assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "drained"), "logs reached CloudWatch before exit");
-    assert.ok(!output.includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
+    assert.ok(!output().includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
   });
 
   it("the shipped launcher bundle, from decoded user-data: credentials from Secrets Manager, runs a job, drains on termination", async function () {
@@ -217,11 +222,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
     // The process executor: no Docker engine runs here (the components deploy the Docker one).
     const { configFile, bundleFile } = renderedInstance(port, { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(mkdtempSync(path.join(tmpdir(), "agentpools-")), "runs") }, "launcher");
-    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
-    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const { child, output, exited } = startInstance(bundleFile, configFile);
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
       assert.equal(realGateway.summary()[0].agents[0].metadata.instance_id, "i-0123456789abcdef0");
@@ -230,14 +231,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       const id = (await run).id;
       await eventually(() => realGateway.workers.get("workers", id).status === "succeeded", 10_000, "the run to succeed");
       aws.lifecycleState = "Terminated";
-      assert.equal(await exited, 0, output);
+      assert.equal(await exited, 0, output());
     } finally {
       child.kill();
       await realGateway.close();
     }
     assert.deepEqual(aws.rejected, []);
     assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
-    for (const secret of [token, keyBase64]) assert.ok(!output.includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
+    for (const secret of [token, keyBase64]) assert.ok(!output().includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
   });
 
   it("status files for probes: a heartbeat while running, ready only while connected", async () => {
