@@ -4,7 +4,7 @@ import type { Socket } from "node:net";
 import type { AgentMessage, GatewayMessage } from "../agent/flows/agent";
 import type { Answer, Job } from "../agent/flows/runner";
 import type { Logger } from "../agent/runtime/log";
-import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
+import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../agent/tunnel/websocket";
 import { HttpError } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
@@ -68,12 +68,8 @@ export class FlowsHub {
   }
 
   private receive(agent: FlowsAgent, text: string): void {
-    let message: AgentMessage;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      return;
-    }
+    const message = parseMessage<AgentMessage>(text);
+    if (!message) return;
     if (message.type === "hello") {
       agent.poolSize = Math.max(1, Math.min(64, Number(message.poolSize) || 1));
       agent.executor = String(message.executor);

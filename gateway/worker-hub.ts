@@ -5,7 +5,7 @@ import type { Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../agent/runtime/log";
-import { acceptWebSocket, isWebSocketUpgrade, type WebSocket } from "../agent/tunnel/websocket";
+import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../agent/tunnel/websocket";
 import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../agent/worker/protocol";
 import { certificateKey, sealBuffer } from "../agent/worker/seal";
 import { HttpError, readJsonBody } from "./http";
@@ -147,12 +147,8 @@ export class WorkerHub {
   }
 
   private receive(worker: WorkerConnection, text: string): void {
-    let message: FromWorker;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      return;
-    }
+    const message = parseMessage<FromWorker>(text);
+    if (!message) return;
     const entry = "id" in message ? this.runs.get(message.id) : undefined;
     if (entry && entry.run.pool !== worker.pool) return;
     switch (message.type) {

@@ -5,7 +5,7 @@ import { durationMs } from "../config/duration";
 import type { Logger } from "../runtime/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import type { WebSocket } from "../tunnel/websocket";
+import { parseMessage, type WebSocket } from "../tunnel/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
 import type { Job } from "./runner";
@@ -48,13 +48,8 @@ class FlowsLink extends WebSocketLink {
     this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
 
     socket.on("message", (text: string) => {
-      let message: GatewayMessage;
-      try {
-        message = JSON.parse(text);
-      } catch {
-        return;
-      }
-      if (message.type !== "run") return;
+      const message = parseMessage<GatewayMessage>(text);
+      if (message?.type !== "run") return;
       const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), 15 * 60_000);
       this.inFlight++;
       void this.executor.run(message.job, timeoutMs).then((outcome) => {

@@ -8,6 +8,15 @@ export const newKey = () => randomBytes(16).toString("base64");
 
 const MAX_MESSAGE = 16 * 1024 * 1024;
 
+/** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
+export function parseMessage<T>(text: string): T | undefined {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether an upgrade request is a WebSocket handshake the server side can answer. */
 export const isWebSocketUpgrade = (headers: Record<string, string | string[] | undefined>) =>
   String(headers.upgrade).toLowerCase() === "websocket" && typeof headers["sec-websocket-key"] === "string" && headers["sec-websocket-version"] === "13";

@@ -11,7 +11,7 @@ import type { Logger } from "../runtime/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { gatewayRequest } from "../tunnel/dial";
 import { decodeToken, type PoolToken } from "../tunnel/token";
-import type { WebSocket } from "../tunnel/websocket";
+import { parseMessage, type WebSocket } from "../tunnel/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
 import { LineSplitter, masker } from "./output";
@@ -118,12 +118,8 @@ export class Launcher extends WebSocketLink {
     if (this.stopping) this.send({ type: "draining" });
     this.context.log.info("Connected to the server", { gateway: this.link.gateway.origin, pool: this.context.token.pool, executor: this.context.executor.describe });
     socket.on("message", (text: string) => {
-      let message: ToWorker;
-      try {
-        message = JSON.parse(text);
-      } catch {
-        return;
-      }
+      const message = parseMessage<ToWorker>(text);
+      if (!message) return;
       if (message.type === "run") void this.take(message.run);
       else if (message.type === "resume") this.resume(message.id, message.lines, message.known);
       else if (message.type === "ack") this.acknowledged(message.id);
