@@ -1,13 +1,12 @@
 import { randomUUID } from "node:crypto";
 import http from "node:http";
-import http2 from "node:http2";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../agent/runtime/log";
 import { streamed } from "../agent/runtime/streaming-gc";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../agent/tunnel/dial";
-import { CONNECTION_WINDOW, keepAlive, MAX_FRAME, PING_INTERVAL_MS, STREAM_WINDOW } from "../agent/tunnel/session";
+import { MuxConnection, type MuxStream, type ResponseHead } from "../agent/tunnel/mux";
 import { decodeToken } from "../agent/tunnel/token";
 import { forwardableHeaders } from "../agent/vcs/agent";
 import { FLOWS_CONNECT_PATH } from "../agent/flows/agent";
@@ -36,7 +35,9 @@ export interface GatewayOptions extends WorkerHubOptions {
 
 interface AgentConnection extends ConnectedAgent {
   role: string;
-  session: http2.ClientHttp2Session;
+  mux: MuxConnection;
+  /** Streams the agent serves at once (its parallelism). */
+  streams: number;
   active: number;
   draining: boolean;
 }
@@ -73,7 +74,7 @@ const isLoopback = (host: string) => host === "localhost" || host === "::1" || /
 
 /**
  * The service side the agents dial. Agents authenticate with their pool's token and then
- * serve HTTP/2 on their outbound connection; the gateway sends each request down one of
+ * serve multiplexed streams on their outbound connection; the gateway sends each request down one of
  * its pool's connected agents, choosing the least busy, and waits a bounded time when all
  * are busy.
  */
@@ -115,7 +116,7 @@ export class Gateway {
   async close(): Promise<void> {
     this.flows.close();
     this.workers.close();
-    for (const pool of this.pools.values()) for (const agent of pool.agents) agent.session.destroy();
+    for (const pool of this.pools.values()) for (const agent of pool.agents) agent.mux.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -131,7 +132,7 @@ export class Gateway {
         connections: [...agents].filter((a) => !a.draining).length,
         activeRequests: [...agents].reduce((sum, a) => sum + a.active, 0),
         waiting: waiters.length,
-        agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: this.capacity(a), draining: a.draining })),
+        agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: a.streams, draining: a.draining })),
       };
     });
   }
@@ -151,28 +152,38 @@ export class Gateway {
     if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
     const metadata = readMetadata(req.headers["x-agentpools-metadata"]);
 
-    // The agent starts HTTP/2 as soon as it reads the 101: hold its bytes in the socket's
-    // buffer, and start the session only once the 101 is flushed (a write still in flight
-    // when HTTP/2 takes over a TLS socket is handed to the session, which Node rejects).
+    const streams = Number(req.headers["x-agentpools-streams"] ?? 1);
+    if (!Number.isInteger(streams) || streams < 1 || streams > 64) return this.refuse(socket, 400, "x-agentpools-streams must be an integer from 1 to 64", { remote, pool: pool.definition.name });
+
+    // Hold the agent's first frames in the socket's buffer until the connection reads them.
     socket.pause();
     if (head.length > 0) socket.unshift(head);
-    socket.setNoDelay(true);
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`, (error) => {
-      if (error) {
-        socket.destroy();
-        return;
-      }
-      this.startSession(socket, pool, {
-        id: randomUUID(),
-        pool: pool.definition.name,
-        role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
-        remote,
-        metadata,
-        connectedAt: new Date().toISOString(),
-        active: 0,
-        draining: false,
-      });
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+    const fields = {
+      id: randomUUID(),
+      pool: pool.definition.name,
+      role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
+      remote,
+      metadata,
+      connectedAt: new Date().toISOString(),
+      streams,
+      active: 0,
+      draining: false,
+    };
+    const agent: AgentConnection = {
+      ...fields,
+      mux: new MuxConnection(socket, {
+        onGoAway: () => (agent.draining = true),
+        onProtocolError: (reason) => this.log.warn("agent connection closed", { pool: fields.pool, agent: fields.id, reason }),
+        pingIntervalMs: this.options.pingIntervalMs,
+      }),
+    };
+    pool.agents.add(agent);
+    this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote, metadata, parallelism: streams });
+    void agent.mux.closedPromise.then(() => {
+      if (pool.agents.delete(agent)) this.log.info("agent disconnected", { pool: agent.pool, agent: agent.id });
     });
+    this.serveWaiters(agent.pool);
   }
 
   /** The pool whose token this is, if the secret matches (compared in constant time). */
@@ -186,35 +197,10 @@ export class Gateway {
     }
   }
 
-  private startSession(socket: Socket, pool: { definition: PoolDefinition; agents: Set<AgentConnection> }, fields: Omit<AgentConnection, "session">): void {
-    const session = http2.connect(`http://${fields.pool}.agents`, {
-      createConnection: () => socket,
-      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, enablePush: false },
-    });
-    const agent: AgentConnection = { ...fields, session };
-    session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
-    session.once("remoteSettings", () => {
-      session.setLocalWindowSize(CONNECTION_WINDOW);
-      pool.agents.add(agent);
-      this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote: agent.remote, metadata: agent.metadata, parallelism: this.capacity(agent) });
-      this.serveWaiters(agent.pool);
-    });
-    session.on("goaway", () => (agent.draining = true));
-    const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
-    session.once("close", () => {
-      clearInterval(keepalive);
-      if (pool.agents.delete(agent)) this.log.info("agent disconnected", { pool: agent.pool, agent: agent.id });
-    });
-  }
-
-  private capacity(agent: AgentConnection): number {
-    return agent.session.remoteSettings?.maxConcurrentStreams ?? 1;
-  }
-
   private pick(pool: string): AgentConnection | undefined {
     let best: AgentConnection | undefined;
     for (const agent of this.pools.get(pool)?.agents ?? []) {
-      if (agent.draining || agent.session.closed || agent.active >= this.capacity(agent)) continue;
+      if (agent.draining || agent.mux.isClosed || agent.active >= agent.streams) continue;
       if (!best || agent.active < best.active) best = agent;
     }
     return best;
@@ -268,9 +254,9 @@ export class Gateway {
 
   private async forward(pool: string, method: string, path: string, headers: Record<string, string | string[]>, body?: Readable): Promise<ForwardedResponse> {
     const agent = await this.acquire(pool);
-    let stream: http2.ClientHttp2Stream;
+    let stream: MuxStream;
     try {
-      stream = agent.session.request({ ...forwardableHeaders(headers), ":method": method, ":path": path }, { endStream: !body });
+      stream = agent.mux.open({ method, path, headers: forwardableHeaders(headers) }, !!body);
     } catch (error) {
       agent.active--;
       this.serveWaiters(pool);
@@ -280,29 +266,26 @@ export class Gateway {
       agent.active--;
       this.serveWaiters(pool);
     });
+    stream.on("error", () => undefined); // a reset or a dropped agent: seen as the stream's early close
     if (body) {
       body.pipe(stream);
-      body.once("error", () => stream.close(http2.constants.NGHTTP2_CANCEL));
+      body.once("error", () => stream.cancel());
+      // The agent answered without the body (a refusal): read the rest of it into nothing.
+      stream.once("stopped", () => {
+        body.unpipe(stream);
+        body.resume();
+        stream.end();
+      });
     }
-    const responseHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
-      let settled = false;
-      const settle = (outcome: () => void) => {
-        if (!settled) {
-          settled = true;
-          outcome();
-        }
-      };
-      stream.once("response", (headers) => settle(() => resolve(headers)));
-      // Errors are built only when they are the outcome: a stream's normal close comes later.
-      stream.once("error", (error) => settle(() => reject(new HttpError(502, `the agent dropped the request: ${error.message}`))));
-      stream.once("close", () => settle(() => reject(new HttpError(502, "the agent closed the request before answering"))));
+    const head = await new Promise<ResponseHead>((resolve, reject) => {
+      const onClose = () => reject(new HttpError(502, "the agent closed the request before answering"));
+      stream.once("response", (head: ResponseHead) => {
+        stream.off("close", onClose);
+        resolve(head);
+      });
+      stream.once("close", onClose);
     });
-    return {
-      status: Number(responseHeaders[":status"]),
-      headers: forwardableHeaders(responseHeaders),
-      body: stream,
-      cancel: () => stream.close(http2.constants.NGHTTP2_CANCEL),
-    };
+    return { status: head.status, headers: forwardableHeaders(head.headers), body: stream, cancel: () => stream.cancel() };
   }
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
@@ -349,7 +332,13 @@ export class Gateway {
     const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     this.forward(match[1], req.method ?? "GET", match[2] ?? "/", forwardableHeaders(req.headers), hasBody ? req : undefined).then(
       (response) => {
-        res.writeHead(response.status, response.headers);
+        try {
+          res.writeHead(response.status, response.headers);
+        } catch (error) {
+          // The agent's headers are not valid HTTP/1.1 (the agent is not trusted to be well-formed).
+          response.cancel();
+          return json(502, { error: `the agent's answer cannot be forwarded: ${(error as Error).message}` });
+        }
         // A client that goes away cancels the request at the agent.
         res.once("close", () => {
           if (!res.writableFinished) response.cancel();

@@ -136,9 +136,11 @@ async function main(): Promise<void> {
 
     const cloneDirect: number[] = [];
     const cloneThrough: number[] = [];
+    const cloneRelayed: number[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       cloneDirect.push(await cloneSeconds(`${vcsUrl}/bench/large.git`));
       cloneThrough.push(await cloneSeconds(`${gatewayUrl}/bench/bench/large.git`));
+      cloneRelayed.push(await cloneSeconds(`http://127.0.0.1:${relayIn}/bench/large.git`));
     }
     const mbps = (seconds: number) => packBytes / 1e6 / seconds;
     const bestDirect = Math.min(...cloneDirect);
@@ -156,6 +158,8 @@ async function main(): Promise<void> {
     console.log(`  direct           ${bestDirect.toFixed(2)} s   ${mbps(bestDirect).toFixed(0)} MB/s`);
     console.log(`  gateway + agent  ${bestThrough.toFixed(2)} s   ${mbps(bestThrough).toFixed(0)} MB/s`);
     console.log(`  throughput ratio ${((bestDirect / bestThrough) * 100).toFixed(1)}% of direct (target >= 90%)`);
+    const bestRelayed = Math.min(...cloneRelayed);
+    console.log(`  floor: two bare relay processes  ${bestRelayed.toFixed(2)} s   ${((bestDirect / bestRelayed) * 100).toFixed(1)}% of direct (what two more processes cost on this machine)`);
     console.log(`\nagent peak memory (VmHWM): ${peakAfterRequests.toFixed(1)} MB after the small requests, ${peak.toFixed(1)} MB after the clones (target < 100)`);
   } finally {
     agent.kill("SIGTERM");

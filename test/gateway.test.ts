@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
+import { dialGateway } from "../agent/tunnel/dial";
+import { MuxConnection } from "../agent/tunnel/mux";
 import { decodeToken } from "../agent/tunnel/token";
 import { vcsAgentRole } from "../agent/vcs/agent";
 import { packageRoot } from "../components/bundles";
@@ -15,7 +17,7 @@ import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { main as gatewayMain } from "../gateway/main";
 import { createPool, secretMatches } from "../gateway/pools";
-import { capturingLogger, eventually, freePort } from "./helpers";
+import { capturingLogger, eventually, freePort, rawRequest } from "./helpers";
 
 /** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
 function certificates(dir: string) {
@@ -114,6 +116,34 @@ describe("gateway", function () {
       await assert.rejects(gateway.request("private://missing/x"), /no pool named missing/);
     } finally {
       await agent.drain(Date.now() + 2000);
+      await gateway.close();
+    }
+  });
+
+  it("an agent is not trusted to speak well-formed HTTP: headers it cannot send on get the client a 502", async () => {
+    const port = await freePort();
+    const { pool, token } = createPool("odd", "vcs", `http://127.0.0.1:${port}`);
+    const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
+    const url = await gateway.listen();
+    // A hand-made agent: the real dial and upgrade, then answers with a header value Node refuses to send.
+    const socket = await dialGateway(new URL(url), { authorization: `Bearer ${token}`, "x-agentpools-streams": "2" });
+    const agent = new MuxConnection(socket, {
+      maxStreams: 2,
+      onStream: (stream) => {
+        stream.on("error", () => undefined).resume();
+        stream.respond({ status: 200, headers: { "x-injected": "a\r\nset-cookie: stolen=1" } });
+        stream.end("body");
+      },
+    });
+    try {
+      await eventually(() => gateway.summary()[0].connections === 1);
+      const response = await rawRequest(url, "/odd/api/v4/version");
+      assert.equal(response.status, 502);
+      assert.equal(response.headers["set-cookie"], undefined);
+      assert.match(JSON.parse(response.body).error, /the agent's answer cannot be forwarded/);
+      assert.equal((await rawRequest(url, "/_agentpools/api/pools")).status, 200, "the gateway goes on serving");
+    } finally {
+      agent.destroy();
       await gateway.close();
     }
   });

@@ -3,7 +3,7 @@ import net from "node:net";
 import tls from "node:tls";
 
 export const CONNECT_PATH = "/_agentpools/connect";
-export const UPGRADE_PROTOCOL = "agentpools-h2";
+export const UPGRADE_PROTOCOL = "agentpools-mux1";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {
@@ -58,7 +58,7 @@ export interface DialOptions {
   proxy?: string;
   noProxy?: string;
   timeoutMs?: number;
-  /** The upgrade request's path and protocol: the HTTP/2 tunnel's by default. */
+  /** The upgrade request's path and protocol: the multiplexed tunnel's by default. */
   path?: string;
   protocol?: string;
   /** Throws if the gateway's 101 answer is not acceptable (a WebSocket's accept key). */
@@ -105,7 +105,7 @@ export async function gatewayRequest(
 /**
  * Dial the gateway and authenticate: TCP (through HTTPS_PROXY unless NO_PROXY exempts the
  * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
- * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for HTTP/2.
+ * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for what was upgraded to.
  */
 export async function dialGateway(gateway: URL, headers: Record<string, string>, options: DialOptions = {}): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
@@ -127,7 +127,7 @@ export async function dialGateway(gateway: URL, headers: Record<string, string>,
         upgraded.destroy();
         return reject(error);
       }
-      // Hold the gateway's first HTTP/2 bytes in the buffer until a session reads them: a
+      // Hold the gateway's first frames in the buffer until a session reads them: a
       // flowing socket with no listener would drop them.
       upgraded.pause();
       if (head.length > 0) upgraded.unshift(head);

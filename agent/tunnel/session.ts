@@ -1,28 +1,10 @@
-import http2 from "node:http2";
 import { interruptibleSleep } from "../runtime/http";
 import type { Logger } from "../runtime/log";
 import type { Socket } from "node:net";
 import { dialGateway, type DialOptions } from "./dial";
 
-/** Per-stream and per-connection flow-control windows: enough for ~100 MB/s at 50 ms RTT. */
-export const STREAM_WINDOW = 4 * 1024 * 1024;
-export const CONNECTION_WINDOW = 32 * 1024 * 1024;
-/** DATA frames up to 256 KiB (the default is 16 KiB): fewer frames per megabyte streamed. */
-export const MAX_FRAME = 256 * 1024;
 /** Keepalive: more often than common proxy and load-balancer idle timeouts (60 s). */
 export const PING_INTERVAL_MS = 20_000;
-const PING_TIMEOUT_MS = 10_000;
-
-/**
- * Ping the peer every interval; a ping unanswered for 10 s destroys the session (the
- * other end, or the path to it, is gone). Returns the timer to clear on close.
- */
-export function keepAlive(session: http2.Http2Session, intervalMs: number): NodeJS.Timeout {
-  return setInterval(() => {
-    const timer = setTimeout(() => session.destroy(new Error("keepalive ping unanswered")), PING_TIMEOUT_MS);
-    if (!session.ping((error) => (clearTimeout(timer), error && session.destroy(error)))) clearTimeout(timer);
-  }, intervalMs);
-}
 
 /** Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). */
 export const backoffDelay = (attempt: number, baseMs = 500, capMs = 30_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
@@ -92,76 +74,5 @@ export abstract class GatewayLink {
     this.wake?.();
     await this.closeGracefully(deadline);
     await this.stopped.catch(() => undefined);
-  }
-}
-
-export interface TunnelOptions {
-  gateway: URL;
-  token: string;
-  role: string;
-  metadata: Record<string, string>;
-  /** Streams the gateway may open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
-  parallelism: number;
-  proxy?: string;
-  noProxy?: string;
-  log: Logger;
-  onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
-  pingIntervalMs?: number;
-}
-
-/**
- * The agent's end of the HTTP/2 tunnel. Once the gateway accepts the token the roles turn
- * round and the agent serves HTTP/2 on its outbound socket, so the gateway can open streams to it.
- */
-export class Tunnel extends GatewayLink {
-  private session?: http2.ServerHttp2Session;
-
-  constructor(private readonly options: TunnelOptions) {
-    super({
-      gateway: options.gateway,
-      headers: {
-        authorization: `Bearer ${options.token}`,
-        "x-agentpools-role": options.role,
-        "x-agentpools-metadata": Buffer.from(JSON.stringify(options.metadata)).toString("base64url"),
-      },
-      proxy: options.proxy,
-      noProxy: options.noProxy,
-      log: options.log,
-    });
-  }
-
-  protected serve(socket: Socket): Promise<void> {
-    const { log } = this.options;
-    const session = http2.performServerHandshake(socket, {
-      settings: { maxConcurrentStreams: this.options.parallelism, initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, enablePush: false },
-    });
-    this.session = session;
-    session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
-    session.on("stream", (stream, headers) => this.options.onStream(stream, headers));
-    session.on("error", (error) => log.warn("tunnel error", { error: error.message }));
-    log.info("Connected to the server", { gateway: this.options.gateway.origin, parallelism: this.options.parallelism });
-    this.markReady();
-    const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
-    return new Promise<void>((resolve) => {
-      session.once("close", () => {
-        clearInterval(keepalive);
-        resolve();
-      });
-    });
-  }
-
-  get connected(): boolean {
-    return !!this.session && !this.session.closed && !this.session.destroyed && !this.draining;
-  }
-
-  /** GOAWAY: no new streams; those in flight finish, or are cut at the deadline. */
-  protected async closeGracefully(deadline: number): Promise<void> {
-    const session = this.session;
-    if (!session || session.closed || session.destroyed) return;
-    let closed = false;
-    const deadlineTimer = interruptibleSleep(Math.max(0, deadline - Date.now()));
-    session.close(() => ((closed = true), deadlineTimer.wake()));
-    await deadlineTimer.done;
-    if (!closed) session.destroy();
   }
 }

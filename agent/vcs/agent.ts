@@ -1,21 +1,21 @@
 import http from "node:http";
-import http2 from "node:http2";
 import https from "node:https";
 import type { VcsAgentSettings } from "../config/vcs-agent";
 import type { Logger } from "../runtime/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
-import { Tunnel } from "../tunnel/session";
+import type { MuxStream, RequestHead } from "../tunnel/mux";
+import { Tunnel } from "../tunnel/tunnel";
 import { decodeToken } from "../tunnel/token";
 import { classify, projectMatcher } from "./allowlist";
 import { streamed } from "../runtime/streaming-gc";
 
-/** Headers that belong to one connection (HTTP/1.1) or that HTTP/2 forbids. */
+/** Headers that belong to one connection, not to the request: never forwarded. */
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "http2-settings"]);
 /** Never printed, even with debug-print-all. */
 const CREDENTIAL_HEADERS = /^(authorization|private-token|job-token|cookie|set-cookie|x-[a-z-]*token)$/i;
 const DEBUG_BODY_LIMIT = 64 * 1024;
 
-export function forwardableHeaders(headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders): Record<string, string | string[]> {
+export function forwardableHeaders(headers: http.IncomingHttpHeaders | Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name.toLowerCase())) continue;
@@ -55,37 +55,45 @@ function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
  * gateway cancels (its client went away) cancels the request to the VCS.
  */
 export function serveStream(
-  stream: http2.ServerHttp2Stream,
-  headers: http2.IncomingHttpHeaders,
+  stream: MuxStream,
+  head: RequestHead,
   settings: VcsAgentSettings,
   context: { log: Logger; allowed: RegExp; upstream: URL; agent: http.Agent },
 ): void {
   const started = performance.now();
-  const method = String(headers[":method"]);
-  const target = String(headers[":path"]);
+  const { method, path: target } = head;
   const decision = classify(settings.vendor, method, target, context.allowed);
   const elapsed = () => Math.round((performance.now() - started) * 100) / 100;
+  stream.on("error", () => undefined); // a reset; its reason is logged when the stream closes
 
   if (!decision.allowed) {
-    const body = JSON.stringify({ error: "refused by the VCS agent", reason: decision.reason });
-    if (!stream.destroyed) {
-      stream.respond({ ":status": 403, "content-type": "application/json" });
-      stream.end(body);
-    }
+    stream.respond({ status: 403, headers: { "content-type": "application/json" } });
+    stream.end(JSON.stringify({ error: "refused by the VCS agent", reason: decision.reason }));
+    stream.stopReading();
     context.log.info("denied", { method, path: target, project: decision.project, status: 403, reason: decision.reason, durationMs: elapsed() });
     return;
   }
 
   const base = context.upstream.pathname.replace(/\/$/, "");
-  const request = (context.upstream.protocol === "https:" ? https : http).request({
-    protocol: context.upstream.protocol,
-    hostname: context.upstream.hostname,
-    port: context.upstream.port,
-    method,
-    path: base + target,
-    headers: { ...forwardableHeaders(headers), host: context.upstream.host },
-    agent: context.agent,
-  });
+  let request: http.ClientRequest;
+  try {
+    request = (context.upstream.protocol === "https:" ? https : http).request({
+      protocol: context.upstream.protocol,
+      hostname: context.upstream.hostname,
+      port: context.upstream.port,
+      method,
+      path: base + target,
+      headers: { ...forwardableHeaders(head.headers), host: context.upstream.host },
+      agent: context.agent,
+    });
+  } catch (error) {
+    // Headers Node will not send (a bad name or value): the gateway's client is told, nothing reaches the VCS.
+    stream.respond({ status: 400, headers: { "content-type": "application/json" } });
+    stream.end(JSON.stringify({ error: "the request cannot be forwarded", reason: (error as Error).message }));
+    stream.stopReading();
+    context.log.info(decision.what, { method, path: target, project: decision.project, status: 400, error: (error as Error).message, durationMs: elapsed() });
+    return;
+  }
   const requestBody = tap(stream, settings.debugPrintAll);
   let status = 0;
   let bytes = 0;
@@ -93,21 +101,21 @@ export function serveStream(
   const finish = (extra: Record<string, unknown> = {}) => {
     if (done) return;
     done = true;
-    const reset = stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
-    const outcome = reset ? (stream.rstCode === http2.constants.NGHTTP2_CANCEL ? { cancelled: true } : { error: `stream reset (${stream.rstCode})` }) : extra;
+    const reason = stream.resetReason;
+    const outcome = reason ? (reason === "cancel" ? { cancelled: true } : { error: `stream reset (${reason})` }) : extra;
     context.log.info(decision.what, { method, path: target, project: decision.project, status, bytes, durationMs: elapsed(), ...outcome });
   };
 
-  // A stream's close says how it ended: NO_ERROR once both bodies are through; any other
-  // code is a reset (the gateway's client went away), which cancels the request to the VCS.
+  // A stream closes once both bodies are through, or when it is reset (the gateway's client
+  // went away), which cancels the request to the VCS.
   stream.once("close", () => {
-    if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) request.destroy();
+    if (stream.resetReason) request.destroy();
     if (settings.debugPrintAll && status !== 0) {
-      const secrets = credentialValues(headers);
+      const secrets = credentialValues(head.headers);
       context.log.debug("exchange", {
         method,
         path: target,
-        requestHeaders: redactHeaders(forwardableHeaders(headers)),
+        requestHeaders: redactHeaders(forwardableHeaders(head.headers)),
         requestBody: redactText(requestBody(), secrets),
         status,
         responseHeaders: redactHeaders(responseHeaders),
@@ -118,10 +126,14 @@ export function serveStream(
   });
   // pipe() rather than pipeline(): pipeline builds an AbortError on every completion, a
   // measurable cost per request; ends and resets are read from the stream's close instead.
-  if (stream.endAfterHeaders) request.end();
-  else stream.pipe(request);
+  if (stream.hasBody) stream.pipe(request);
+  else {
+    request.end();
+    stream.resume();
+  }
   let responseHeaders: http.IncomingHttpHeaders = {};
   let responseBody = () => "";
+  let responded = false;
   request.on("response", (response) => {
     status = response.statusCode ?? 502;
     responseHeaders = response.headers;
@@ -129,22 +141,24 @@ export function serveStream(
       response.destroy();
       return;
     }
-    stream.respond({ ":status": status, ...forwardableHeaders(response.headers) });
+    stream.respond({ status, headers: forwardableHeaders(response.headers) });
+    responded = true;
     response.on("data", (chunk: Buffer) => {
       bytes += chunk.length;
       streamed(chunk.length);
     });
     responseBody = tap(response, settings.debugPrintAll);
-    response.once("error", () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+    response.once("error", () => stream.cancel("error"));
     response.pipe(stream);
   });
   request.on("error", (error) => {
     if (done) return;
     status = 502;
-    if (!stream.destroyed && !stream.headersSent) {
-      stream.respond({ ":status": 502, "content-type": "application/json" });
+    if (!stream.destroyed && !responded) {
+      stream.respond({ status: 502, headers: { "content-type": "application/json" } });
       stream.end(JSON.stringify({ error: "the VCS did not answer", reason: error.message }));
-    }
+      stream.stopReading();
+    } else stream.cancel("error");
     finish({ error: error.message });
   });
 }
