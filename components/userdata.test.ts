@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { execSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { gunzipSync } from "node:zlib";
 import { decodeUserData, renderUserData, USER_DATA_LIMIT, UserDataTooLargeError, type UserDataSpec } from "./userdata";
+import { scratchDir } from "../test/helpers";
 
 const CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2V4YW1wbGU=\n-----END CERTIFICATE-----\n";
 
@@ -61,7 +61,7 @@ describe("user-data", () => {
     assert.ok(decoded.script.indexOf(command) > decoded.script.indexOf("dnf install"), "after Node.js is installed");
     assert.ok(decoded.script.indexOf(command) < decoded.script.indexOf("systemctl enable --now agentpools"), "before the service starts");
     // Run that very command here, with this machine's node and a scratch directory for /opt/agentpools.
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-unpack-"));
+    const dir = scratchDir("unpack-");
     writeFileSync(path.join(dir, "launcher.js.br"), Buffer.from(packed?.content as string, "base64"));
     const local = command.replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replaceAll("/opt/agentpools", dir);
     execSync(local, { shell: "/bin/bash" });

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -19,9 +19,12 @@ export class LocalVcs {
   readonly aborted: string[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
   url = "";
+  /** Whether the repositories' directory is this server's own, to remove on close. */
+  private readonly ownsRoot: boolean;
 
-  constructor(root = mkdtempSync(path.join(tmpdir(), "agentpools-vcs-"))) {
-    this.root = root;
+  constructor(root?: string) {
+    this.ownsRoot = root === undefined;
+    this.root = root ?? mkdtempSync(path.join(tmpdir(), "agentpools-vcs-"));
   }
 
   async listen(port = 0): Promise<string> {
@@ -30,9 +33,10 @@ export class LocalVcs {
     return this.url;
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.server.closeAllConnections();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    await new Promise((resolve) => this.server.close(resolve));
+    if (this.ownsRoot) rmSync(this.root, { recursive: true, force: true });
   }
 
   /** Create a bare repository at `name` ("group/repo.git") with one commit of these files. */
@@ -56,6 +60,7 @@ export class LocalVcs {
     git(["-C", work, "add", "--all"]);
     git(["-C", work, "-c", "user.name=agentpools", "-c", "user.email=agentpools@example.invalid", "commit", "--quiet", "-m", message]);
     git(["-C", work, "push", "--quiet", "origin", "HEAD:main"]);
+    rmSync(work, { recursive: true, force: true });
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {

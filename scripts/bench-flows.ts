@@ -5,10 +5,8 @@
 //  - runs per second with the default pool size, back to back.
 // Run: npm run bench:flows [-- --runs 300]
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
 import { processLauncher } from "../agent/flows/executor";
@@ -17,7 +15,7 @@ import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { createLogger } from "../agent/runtime/log";
-import { freePort, percentile } from "../test/helpers";
+import { freePort, percentile, scratchDir } from "../test/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
 /** Between warm runs: time for the agent to start the replacement spare. */
@@ -74,7 +72,7 @@ async function main(): Promise<void> {
   await gateway.listen();
   const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
-    env: { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: "BENCH", FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: mkdtempSync(path.join(tmpdir(), "agentpools-bench-flows-")) },
+    env: { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: "BENCH", FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-") },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const runUrl = `${url}/_agentpools/api/flows/BENCH/run`;
@@ -96,7 +94,7 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     for (let i = 0; i < 30; i++) {
       const started = performance.now();
-      const runtime = launcher.start(mkdtempSync(path.join(tmpdir(), "agentpools-cold-")));
+      const runtime = launcher.start(scratchDir("cold-"));
       await runtime.ready;
       cold.push(performance.now() - started);
       runtime.kill();

@@ -5,9 +5,8 @@
 //  - the launcher's idle memory (RSS), once connected and again after the timed runs.
 // Run: npm run bench:worker [-- --runs 200]
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import http from "node:http";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { createLogger } from "../agent/runtime/log";
 import { packageRoot } from "../components/bundles";
@@ -15,7 +14,7 @@ import { RUNTIME_NODE_FLAGS } from "../components/userdata";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { freePort, percentile } from "../test/helpers";
+import { freePort, percentile, scratchDir } from "../test/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 200) || 200;
 const COMMAND = "echo hello";
@@ -57,7 +56,7 @@ const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync(path.join(tmpdir(), "agentpools-bench-worker-"));
+  const dir = scratchDir("bench-worker-");
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const { keyBase64, csr } = await makePoolKeyAndRequest("bench");

@@ -4,8 +4,6 @@
 // your internal Git server. It checks itself, prints where to look and what to try, and runs
 // until Ctrl-C.
 import { execFile, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../components/bundles";
@@ -14,7 +12,7 @@ import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from ".
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { createPool } from "../gateway/pools";
-import { freePort } from "../test/helpers";
+import { freePort, scratchDir } from "../test/helpers";
 
 const run = promisify(execFile);
 const PORT = Number(process.env.PORT ?? 8080);
@@ -32,7 +30,7 @@ async function main(): Promise<void> {
   const { pool, token } = createPool("demo", "vcs", `http://127.0.0.1:${port}`);
   const flowsPool = createPool("FLOWSDEMO", "flows", `http://127.0.0.1:${port}`);
   // A worker pool as a user makes one: their key and CSR, signed by the gateway's CA.
-  const dataDir = mkdtempSync(path.join(tmpdir(), "agentpools-demo-gateway-"));
+  const dataDir = scratchDir("demo-gateway-");
   const workerKey = await makePoolKeyAndRequest("workers");
   const workerPool = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dataDir), workerKey.csr, "workers"));
   const gateway = new Gateway({ pools: [pool, flowsPool.pool, workerPool.pool], port, dataDir });
@@ -47,7 +45,7 @@ async function main(): Promise<void> {
       FLOWS_ENDPOINT: url,
       // No Docker engine is assumed here: each run is a separate, confined Node.js process.
       FLOWS_EXECUTOR: "process",
-      FLOWS_DOCKER_MOUNTS_TEMPDIR: mkdtempSync(path.join(tmpdir(), "agentpools-demo-flows-")),
+      FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("demo-flows-"),
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -76,7 +74,7 @@ async function main(): Promise<void> {
       SPACELIFT_METADATA_host: "demo",
       // No Docker engine is assumed here: each run is a shell on this machine, in its own workspace.
       AGENTPOOLS_WORKER_EXECUTOR: "process",
-      AGENTPOOLS_WORK_DIR: mkdtempSync(path.join(tmpdir(), "agentpools-demo-runs-")),
+      AGENTPOOLS_WORK_DIR: scratchDir("demo-runs-"),
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -87,7 +85,7 @@ async function main(): Promise<void> {
   if (!connected()) throw new Error("an agent did not connect");
 
   // Check the loop before inviting anyone to use it.
-  const clone = mkdtempSync(path.join(tmpdir(), "agentpools-demo-clone-"));
+  const clone = scratchDir("demo-clone-");
   await run("git", ["clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
   const head = (await run("git", ["-C", clone, "log", "--oneline", "-1"])).stdout.trim();
   const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`);

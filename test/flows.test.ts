@@ -1,15 +1,13 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
+import { existsSync, readdirSync } from "node:fs";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows/agent";
 import { dockerLauncher, dockerRunArgs, Executor } from "../agent/flows/executor";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
 
 const POOL = "01FLOWSTEST";
 
@@ -40,7 +38,7 @@ describe("Flows agent and gateway", function () {
     emptyToken = empty.token;
     gateway = new Gateway({ pools: [created.pool, empty.pool], port, log: capturingLogger("gateway").log });
     await gateway.listen();
-    scratchRoot = mkdtempSync(path.join(tmpdir(), "agentpools-flows-"));
+    scratchRoot = scratchDir("flows-");
     agent = await flowsAgentRole(unbundledRunner()).start(settings(), { log: agentLog.log });
     await agent.ready;
     await eventually(() => gateway.summary().find((p) => p.name === POOL)!.connections === 1);
@@ -197,7 +195,7 @@ describe("Flows agent and gateway", function () {
       const dockerClient = spawnSync("docker", ["--version"]);
       if (dockerClient.error) this.skip();
       const log = capturingLogger("flows-agent");
-      const executor = new Executor({ poolSize: 1, memoryMb: 64, scratchRoot: mkdtempSync(path.join(tmpdir(), "agentpools-docker-")), launcher: dockerLauncher(base, "/nonexistent/runtime.js"), log: log.log });
+      const executor = new Executor({ poolSize: 1, memoryMb: 64, scratchRoot: scratchDir("docker-"), launcher: dockerLauncher(base, "/nonexistent/runtime.js"), log: log.log });
       try {
         const outcome = await executor.run({ kind: "expression", code: "1" }, 5000);
         assert.equal(outcome.ok, false);

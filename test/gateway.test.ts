@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
@@ -17,7 +16,7 @@ import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { main as gatewayMain } from "../gateway/main";
 import { createPool, secretMatches } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, rawRequest } from "./helpers";
+import { capturingLogger, eventually, freePort, rawRequest, scratchDir } from "./helpers";
 
 /** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
 function certificates(dir: string) {
@@ -52,7 +51,7 @@ describe("gateway", function () {
   });
 
   it("TLS: agents that trust the gateway's CA (NODE_EXTRA_CA_CERTS) connect; others do not", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-tls-"));
+    const dir = scratchDir("tls-");
     const { ca, cert, key } = certificates(dir);
     const port = await freePort();
     const { pool, token } = createPool("secure", "vcs", `https://127.0.0.1:${port}`);
@@ -149,7 +148,7 @@ describe("gateway", function () {
   });
 
   it("the command line adds a pool (printing its token once) and serves the config", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-cli-"));
+    const dir = scratchDir("cli-");
     const file = path.join(dir, "gateway.json");
     const port = await freePort();
     writeFileSync(file, JSON.stringify({ listen: { host: "127.0.0.1", port }, publicUrl: `http://127.0.0.1:${port}` }));

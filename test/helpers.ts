@@ -1,10 +1,24 @@
 import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { promisify } from "node:util";
 import { createLogger } from "../agent/runtime/log";
 
 const run = promisify(execFile);
+
+let scratchRoot: string | undefined;
+/** A fresh directory under this process's own temporary root, which is removed when the process exits. */
+export function scratchDir(prefix: string): string {
+  if (!scratchRoot) {
+    const root = mkdtempSync(path.join(tmpdir(), "agentpools-scratch-"));
+    process.once("exit", () => rmSync(root, { recursive: true, force: true }));
+    scratchRoot = root;
+  }
+  return mkdtempSync(path.join(scratchRoot, prefix));
+}
 
 /** git, asynchronously: gateways and agents in this process must keep serving meanwhile. */
 export async function gitAsync(args: string[], cwd?: string): Promise<string> {

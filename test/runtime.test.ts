@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
@@ -13,7 +12,7 @@ import { FakeAws } from "./fake-aws";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = "vcs-token-that-must-stay-secret";
@@ -61,7 +60,7 @@ function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> 
   const decoded = decodeUserData(
     renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" })),
   );
-  const dir = mkdtempSync(path.join(tmpdir(), "agentpools-"));
+  const dir = scratchDir("instance-");
   const file = path.join(dir, `${role}.json`);
   writeFileSync(file, decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
   const bundle = path.join(dir, `${role}.js`);
@@ -214,14 +213,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     this.timeout(60_000);
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    const dataDir = mkdtempSync(path.join(tmpdir(), "agentpools-gw-"));
+    const dataDir = scratchDir("gw-");
     const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
     const { pool, token } = createPool("workers", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"));
     const realGateway = new Gateway({ pools: [pool], port, dataDir, log: capturingLogger("gateway").log });
     await realGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
     // The process executor: no Docker engine runs here (the components deploy the Docker one).
-    const { configFile, bundleFile } = renderedInstance(port, { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(mkdtempSync(path.join(tmpdir(), "agentpools-")), "runs") }, "launcher");
+    const { configFile, bundleFile } = renderedInstance(port, { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") }, "launcher");
     const { child, output, exited } = startInstance(bundleFile, configFile);
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
@@ -242,7 +241,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   it("status files for probes: a heartbeat while running, ready only while connected", async () => {
-    const dir = path.join(mkdtempSync(path.join(tmpdir(), "agentpools-status-")), "status");
+    const dir = path.join(scratchDir("status-"), "status");
     let connected = true;
     const agent = { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), drain: async () => undefined, connected: () => connected };
     const stop = writeStatusFiles(dir, agent, 20);

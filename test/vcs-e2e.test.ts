@@ -1,17 +1,14 @@
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { vcsAgentSettings, type VcsAgentSettings } from "../agent/config/vcs-agent";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { vcsAgentRole } from "../agent/vcs/agent";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../gateway/local-vcs";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, gitAsync, rawRequest } from "./helpers";
+import { capturingLogger, eventually, freePort, gitAsync, rawRequest, scratchDir } from "./helpers";
 
-const work = () => mkdtempSync(path.join(tmpdir(), "agentpools-e2e-"));
+const work = () => scratchDir("e2e-");
 
 describe("VCS agent and gateway, end to end with a real git client", function () {
   this.timeout(60_000);

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { launcherSettings, type LauncherSettings } from "../agent/config/launcher";
@@ -19,7 +18,7 @@ import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates"
 import { Gateway } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import type { WorkerRun } from "../gateway/worker-hub";
-import { capturingLogger, eventually, freePort } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
 
 const exec = promisify(execFile);
 const POOL = "workers";
@@ -77,7 +76,7 @@ describe("worker pools: gateway run queue and launcher", function () {
   }, ms, `run ${id} to finish`);
 
   before(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-"));
+    dir = scratchDir("worker-");
     const request = await opensslRequest(dir);
     keyBase64 = request.keyBase64;
     port = await freePort();
@@ -327,7 +326,7 @@ describe("worker pools: the gateway's side of the protocol", function () {
 
   before(async () => {
     const { makePoolKeyAndRequest } = await import("../gateway/certificates");
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-proto-"));
+    const dir = scratchDir("worker-proto-");
     const port = await freePort();
     const made = await makePoolKeyAndRequest("proto");
     keyBase64 = made.keyBase64;
@@ -405,7 +404,7 @@ describe("worker pools: a gateway without a data directory", function () {
 
   it("state too large to hold in memory: the run is still reported, without its state, saying why", async () => {
     const { makePoolKeyAndRequest } = await import("../gateway/certificates");
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-worker-mem-"));
+    const dir = scratchDir("worker-mem-");
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const { keyBase64, csr } = await makePoolKeyAndRequest("mem");
@@ -451,7 +450,7 @@ describe("worker pools: the Docker executor", () => {
 
   it("runs through the Docker CLI: values reach it through its environment, output and exit status come back, kill reaches docker kill", async () => {
     const { dockerExecutor } = await import("../agent/worker/executor");
-    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-docker-"));
+    const dir = scratchDir("docker-");
     // A stand-in for the docker CLI (no engine runs here): it records what it was given and runs the script.
     const fake = path.join(dir, "docker");
     writeFileSync(fake, `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\nexec /bin/sh -ec "$last"\n`);
