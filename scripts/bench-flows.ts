@@ -41,26 +41,44 @@ async function summary(url: string) {
 }
 
 /**
- * This machine's floor for a warm run: the round trip of a small message to another process
- * that has sat idle as long as the agent does between runs. A run makes two such round trips
- * (gateway to agent, agent to runtime); on a VM, waking an idle process is most of their cost.
+ * This machine's floor for a warm run: the same path with nothing in it. An HTTP server in
+ * this process (as the gateway is) passes each POST body over TCP to a relay process, which
+ * passes it over IPC to its child; the child echoes it back the same way. Every process sits
+ * idle as long as between warm runs: on a VM, waking idle processes is most of the cost.
  */
-async function idleRoundTrip(count: number): Promise<number[]> {
-  const echo = spawn(process.execPath, ["-e", `require("node:net").createServer((s) => { s.setNoDelay(true); s.on("data", (d) => s.write(d)); }).listen(0, "127.0.0.1", function () { process.send(this.address().port); });`], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
-  const port = await new Promise<number>((resolve) => echo.once("message", (p) => resolve(p as number)));
+async function barePath(count: number): Promise<number[]> {
+  const child = `process.on("message", (m) => process.send(m));`;
+  const relay = `const kid = require("node:child_process").spawn(process.execPath, ["-e", ${JSON.stringify(child)}], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+    require("node:net").createServer((s) => { s.setNoDelay(true); s.on("data", (d) => kid.send(d.toString())); kid.on("message", (m) => s.write(m)); })
+      .listen(0, "127.0.0.1", function () { process.send(this.address().port); });`;
+  const relayProcess = spawn(process.execPath, ["-e", relay], { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+  const port = await new Promise<number>((resolve) => relayProcess.once("message", (p) => resolve(p as number)));
   const socket = net.connect(port, "127.0.0.1");
   socket.setNoDelay(true);
   await new Promise((resolve) => socket.once("connect", resolve));
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => {
+      socket.write(body);
+      socket.once("data", (answer) => {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(answer);
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/`;
   const times: number[] = [];
   for (let i = 0; i < count; i++) {
     await new Promise((r) => setTimeout(r, GAP_MS));
     const started = performance.now();
-    socket.write("x".repeat(200));
-    await new Promise((resolve) => socket.once("data", resolve));
+    await post(url, { ok: true, value: i, durationMs: 0 });
     times.push(performance.now() - started);
   }
   socket.destroy();
-  echo.kill();
+  server.close();
+  relayProcess.kill();
   return times;
 }
 
@@ -117,8 +135,9 @@ async function main(): Promise<void> {
     console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default)`);
     console.log(`  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`);
     console.log(`    of which in the executor p50 ${f(percentile(inExecutor, 50))} ms   (handing the job to a warm runtime until its answer)`);
-    const floor = await idleRoundTrip(100);
-    console.log(`    floor of this machine    p50 ${f(percentile(floor, 50))} ms   per round trip to a process idle ${GAP_MS} ms (a run makes two)`);
+    const floor = await barePath(100);
+    const floor50 = percentile(floor, 50);
+    console.log(`    floor of this machine    p50 ${f(floor50)} ms   the same path with nothing in it (HTTP, TCP, IPC; processes idle ${GAP_MS} ms): ours adds ${f(percentile(warm, 50) - floor50)} ms`);
     console.log(`  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`);
     console.log(`  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`);
   } finally {

@@ -275,16 +275,18 @@ export class Executor {
       ]);
       return { ...answer, durationMs: performance.now() - started };
     } catch (error) {
+      // Timed out, over its memory, or gone: stop it now.
+      runtime?.kill();
       return { ok: false, error: { name: "RuntimeError", message: (error as Error).message }, console: [], durationMs: performance.now() - started };
     } finally {
       clearTimeout(timer);
       clearInterval(watchdog);
       const used = runtime;
-      if (used) used.kill();
       this.active--;
       this.waiting.shift()?.();
-      // Starting a process blocks the event loop for milliseconds (fork): do it a moment
-      // later, once the answer and the traffic it sets off have been handled.
+      // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
+      // down and starting the next one (a fork) each cost the event loop and the CPUs
+      // milliseconds: done a moment later, once the answer and the traffic it sets off are through.
       setTimeout(() => {
         if (used) this.discard(used);
         this.refill();

@@ -64,7 +64,17 @@ export function confine(): void {
   syncBuiltinESMExports();
 }
 
-/** Run as a runtime: announce readiness, take one job, answer, exit. */
+/**
+ * After its answer a runtime runs nothing more: its thread sleeps (no timer or promise the
+ * job left behind gets to run) until the agent kills it once the answer is delivered, so the
+ * process's teardown is not in the way of that answer. Exits by itself if nobody does.
+ */
+function park(): never {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30_000);
+  process.exit(0);
+}
+
+/** Run as a runtime: announce readiness, take one job, answer, park. */
 export async function runRunner(): Promise<void> {
   confine();
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
@@ -76,7 +86,7 @@ export async function runRunner(): Promise<void> {
     // half a millisecond more); the second is the job.
     process.once("message", () => {
       process.once("message", (job: Job) => {
-        void runJob(job).then((answer) => send(answer, () => process.exit(0)));
+        void runJob(job).then((answer) => send(answer, park));
       });
       send({ ready: true });
     });
