@@ -9,7 +9,7 @@ import vm from "node:vm";
  * few MB streamed keeps memory flat and the collector cheap (VCS benchmark: agent peak memory
  * and the gateway's GC time both drop).
  */
-const EVERY_BYTES = 8 * 1024 * 1024;
+const EVERY_BYTES = 2 * 1024 * 1024;
 
 type Collect = (options: { type: "minor" }) => void;
 let collect: Collect | undefined;
