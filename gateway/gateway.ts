@@ -159,7 +159,7 @@ export class Gateway {
     socket.pause();
     if (head.length > 0) socket.unshift(head);
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
-    const fields = {
+    const agent: AgentConnection = {
       id: randomUUID(),
       pool: pool.definition.name,
       role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
@@ -169,12 +169,9 @@ export class Gateway {
       streams,
       active: 0,
       draining: false,
-    };
-    const agent: AgentConnection = {
-      ...fields,
       mux: new MuxConnection(socket, {
         onGoAway: () => (agent.draining = true),
-        onProtocolError: (reason) => this.log.warn("agent connection closed", { pool: fields.pool, agent: fields.id, reason }),
+        onProtocolError: (reason) => this.log.warn("agent connection closed", { pool: agent.pool, agent: agent.id, reason }),
         pingIntervalMs: this.options.pingIntervalMs,
       }),
     };

@@ -49,6 +49,13 @@ function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
   return () => Buffer.concat(chunks).toString("utf8") + (size > DEBUG_BODY_LIMIT ? `... (${size} bytes in all)` : "");
 }
 
+/** Answer with a JSON body of our own, without reading the rest of the request's body. */
+function answerAlone(stream: MuxStream, status: number, body: object): void {
+  stream.respond({ status, headers: { "content-type": "application/json" } });
+  stream.end(JSON.stringify(body));
+  stream.stopReading();
+}
+
 /**
  * Serve one stream from the gateway: refuse what the allowlist does not name, otherwise
  * forward it to the VCS and stream both bodies, with backpressure both ways. A stream the
@@ -67,9 +74,7 @@ export function serveStream(
   stream.on("error", () => undefined); // a reset; its reason is logged when the stream closes
 
   if (!decision.allowed) {
-    stream.respond({ status: 403, headers: { "content-type": "application/json" } });
-    stream.end(JSON.stringify({ error: "refused by the VCS agent", reason: decision.reason }));
-    stream.stopReading();
+    answerAlone(stream, 403, { error: "refused by the VCS agent", reason: decision.reason });
     context.log.info("denied", { method, path: target, project: decision.project, status: 403, reason: decision.reason, durationMs: elapsed() });
     return;
   }
@@ -88,9 +93,7 @@ export function serveStream(
     });
   } catch (error) {
     // Headers Node will not send (a bad name or value): the gateway's client is told, nothing reaches the VCS.
-    stream.respond({ status: 400, headers: { "content-type": "application/json" } });
-    stream.end(JSON.stringify({ error: "the request cannot be forwarded", reason: (error as Error).message }));
-    stream.stopReading();
+    answerAlone(stream, 400, { error: "the request cannot be forwarded", reason: (error as Error).message });
     context.log.info(decision.what, { method, path: target, project: decision.project, status: 400, error: (error as Error).message, durationMs: elapsed() });
     return;
   }
@@ -155,9 +158,7 @@ export function serveStream(
     if (done) return;
     status = 502;
     if (!stream.destroyed && !responded) {
-      stream.respond({ status: 502, headers: { "content-type": "application/json" } });
-      stream.end(JSON.stringify({ error: "the VCS did not answer", reason: error.message }));
-      stream.stopReading();
+      answerAlone(stream, 502, { error: "the VCS did not answer", reason: error.message });
     } else stream.cancel("error");
     finish({ error: error.message });
   });
