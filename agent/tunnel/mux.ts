@@ -238,13 +238,10 @@ export class MuxConnection {
   /** End the connection once its streams are done, or at the deadline at the latest. */
   async close(deadline: number): Promise<void> {
     this.goAway();
-    if (this.streams.size > 0 && !this.closed) {
-      const timer = setTimeout(() => this.destroy(), Math.max(0, deadline - Date.now()));
-      await new Promise<void>((resolve) => (this.whenEmpty = resolve));
-      clearTimeout(timer);
-    }
-    this.socket.end();
+    // At the deadline the socket is destroyed, which also ends the wait for open streams.
     const timer = setTimeout(() => this.destroy(), Math.max(0, deadline - Date.now()));
+    if (this.streams.size > 0 && !this.closed) await new Promise<void>((resolve) => (this.whenEmpty = resolve));
+    this.socket.end();
     await this.closedPromise;
     clearTimeout(timer);
   }
@@ -339,7 +336,7 @@ export class MuxConnection {
     this.sendData(stream, blocked.chunk, blocked.end, blocked.callback);
   }
 
-  /** Return credit for what the stream's reader has taken, in steps, and what gone streams owe. */
+  /** Return credit for what the stream's reader has taken, in steps. */
   credit(stream: MuxStream): void {
     if (stream.taken >= CREDIT_STEP) {
       this.send(Frame.Window, 0, stream.id, this.u32(stream.taken));
