@@ -45,6 +45,11 @@ const pem = z
     error: "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)",
   });
 
+/** Where instances get customCaCertificates: inline in user-data, or from an SSM parameter at boot. */
+export const CA_DELIVERIES = ["userData", "ssmParameter"] as const;
+/** The largest value an SSM parameter holds (advanced tier; 4,096 bytes on the standard tier). */
+export const SSM_PARAMETER_LIMIT = 8192;
+
 export interface PoolDefaults {
   instanceType: string;
   rootVolumeSizeGiB: number;
@@ -83,6 +88,7 @@ export function poolCoreShape(defaults: PoolDefaults) {
     alarmActions: z.array(z.string().regex(/^arn:aws[a-z-]*:[a-z0-9-]+:/, { error: "must be an ARN (an SNS topic, for example)" })).default([]),
     egressCidrBlocks: z.array(z.cidrv4({ error: 'must be an IPv4 CIDR block such as "0.0.0.0/0"' })).min(1).default(["0.0.0.0/0"]),
     customCaCertificates: pem.optional(),
+    customCaCertificatesDelivery: z.enum(CA_DELIVERIES).default("userData"),
     drainTimeoutSeconds: z.int().min(30).max(7200).default(defaults.drainTimeoutSeconds),
     launchTimeoutSeconds: z.int().min(60).max(7200).default(900),
     detailedMonitoring: z.boolean().default(false),
@@ -92,10 +98,18 @@ export function poolCoreShape(defaults: PoolDefaults) {
 }
 
 /** Sizes and types that only make sense together. */
-export function checkCoreRelations(args: { minSize: number; maxSize: number; desiredCapacity?: number; instanceType: string; mixedInstances?: { instanceTypes: string[] } }, ctx: z.RefinementCtx): void {
+export function checkCoreRelations(
+  args: { minSize: number; maxSize: number; desiredCapacity?: number; instanceType: string; mixedInstances?: { instanceTypes: string[] }; customCaCertificates?: string; customCaCertificatesDelivery: string },
+  ctx: z.RefinementCtx,
+): void {
   if (args.minSize > args.maxSize) ctx.addIssue({ code: "custom", path: ["minSize"], input: args.minSize, message: `must not exceed maxSize (${args.maxSize})` });
   if (args.desiredCapacity !== undefined && (args.desiredCapacity < args.minSize || args.desiredCapacity > args.maxSize)) {
     ctx.addIssue({ code: "custom", path: ["desiredCapacity"], input: args.desiredCapacity, message: `must be between minSize (${args.minSize}) and maxSize (${args.maxSize})` });
+  }
+  if (args.customCaCertificatesDelivery === "ssmParameter") {
+    const size = args.customCaCertificates === undefined ? 0 : Buffer.byteLength(args.customCaCertificates);
+    if (size === 0) ctx.addIssue({ code: "custom", path: ["customCaCertificatesDelivery"], input: args.customCaCertificatesDelivery, message: 'is "ssmParameter" but customCaCertificates is not given' });
+    if (size > SSM_PARAMETER_LIMIT) ctx.addIssue({ code: "custom", path: ["customCaCertificates"], input: `${size} bytes`, message: `is ${size} bytes; an SSM parameter holds at most ${SSM_PARAMETER_LIMIT}` });
   }
   const arch = architectureOf(args.instanceType);
   args.mixedInstances?.instanceTypes.forEach((type, index) => {

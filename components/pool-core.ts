@@ -30,6 +30,7 @@ export interface CoreArgs {
   alarmActions: string[];
   egressCidrBlocks: string[];
   customCaCertificates?: string;
+  customCaCertificatesDelivery: "userData" | "ssmParameter";
   drainTimeoutSeconds: number;
   launchTimeoutSeconds: number;
   detailedMonitoring: boolean;
@@ -74,6 +75,11 @@ export interface PoolOutputs {
 export const LAUNCH_HOOK = "agent-connected";
 export const TERMINATION_HOOK = "agent-drained";
 
+/** The SSM parameter holding a pool's CA certificates (customCaCertificatesDelivery "ssmParameter"). */
+export const caParameterName = (autoScalingGroupName: string) => `/agentpools/${autoScalingGroupName}/ca-certificates`;
+/** The cheapest SSM tier that holds a value: standard up to 4 KB, advanced up to 8 KB. */
+export const ssmParameterTier = (value: string) => (Buffer.byteLength(value) <= 4096 ? "Standard" : "Advanced");
+
 /** The AL2023 image parameter for an architecture. */
 export const al2023Parameter = (arch: string) => `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;
 
@@ -82,11 +88,13 @@ export const autoScalingGroupArn = (partition: string, region: string, account: 
   `arn:${partition}:autoscaling:${region}:${account}:autoScalingGroup:*:autoScalingGroupName/${group}`;
 
 /**
- * The instance role's policy: read this pool's secret, write this pool's logs, complete
- * lifecycle actions of this pool's group. Nothing else, unless the user adds statements.
+ * The instance role's policy: read this pool's secret (and CA parameter, if it has one),
+ * write this pool's logs, complete lifecycle actions of this pool's group. Nothing else,
+ * unless the user adds statements.
  */
 export function poolPolicyDocument(input: {
   secretArn: string;
+  caParameterArn?: string;
   secretKmsKeyArn?: string;
   region: string;
   logGroupArn: string;
@@ -103,6 +111,7 @@ export function poolPolicyDocument(input: {
       Resource: input.autoScalingGroupArn,
     },
   ];
+  if (input.caParameterArn) statements.push({ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.caParameterArn });
   if (input.secretKmsKeyArn) {
     statements.push({
       Sid: "DecryptPoolSecret",
@@ -123,9 +132,11 @@ const WORST_CASE_AWS = {
   terminationHookName: TERMINATION_HOOK,
   logGroupName: `/agentpools/${"x".repeat(80)}`,
 };
+const WORST_CASE_REGION = "ap-southeast-4";
 
 /** The user-data spec of a pool, given where its AWS resources are. */
-export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: InstanceConfig["aws"]): UserDataSpec {
+export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: NonNullable<InstanceConfig["aws"]>, region: string): UserDataSpec {
+  const caFromParameter = spec.core.customCaCertificatesDelivery === "ssmParameter";
   return {
     pool: name,
     role: spec.role,
@@ -135,7 +146,8 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: Instan
     docker: spec.docker,
     gvisor: spec.gvisor,
     registryMirror: spec.registryMirror,
-    caCertificates: spec.core.customCaCertificates,
+    caCertificates: caFromParameter ? undefined : spec.core.customCaCertificates,
+    caCertificatesParameter: caFromParameter ? { name: caParameterName(awsConfig.autoScalingGroupName), region } : undefined,
     httpsProxy: spec.core.httpsProxy,
     noProxy: spec.noProxy,
     extraFiles: spec.extraFiles,
@@ -145,7 +157,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: Instan
 
 /** Refuse, before anything is created, a configuration whose user-data cannot fit. */
 export function checkUserDataSize(name: string, spec: PoolSpec): number {
-  return renderUserData(poolUserDataSpec(name, spec, WORST_CASE_AWS)).length;
+  return renderUserData(poolUserDataSpec(name, spec, WORST_CASE_AWS, WORST_CASE_REGION)).length;
 }
 
 /** Create the resources every pool has, as children of `parent`. */
@@ -204,6 +216,23 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     secretArn = secret.arn;
   }
 
+  // Certificates are public: a plain String parameter, readable only by this pool's role.
+  const caParameter =
+    core.customCaCertificatesDelivery === "ssmParameter" && core.customCaCertificates
+      ? new aws.ssm.Parameter(
+          `${name}-ca-certificates`,
+          {
+            name: groupName.apply(caParameterName),
+            description: `agentpools ${spec.kind} ${name}: CA certificates the instances trust`,
+            type: "String",
+            tier: ssmParameterTier(core.customCaCertificates),
+            value: core.customCaCertificates,
+            tags,
+          },
+          opts,
+        )
+      : undefined;
+
   const role = new aws.iam.Role(
     `${name}-instance`,
     {
@@ -222,11 +251,12 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     {
       role: role.name,
       policy: pulumi
-        .all([secretArn, logGroup.arn, partition, region, account, groupName])
-        .apply(([secret, logGroupArn, part, reg, acct, group]) =>
+        .all([secretArn, logGroup.arn, partition, region, account, groupName, caParameter?.arn])
+        .apply(([secret, logGroupArn, part, reg, acct, group, caParameterArn]) =>
           JSON.stringify(
             poolPolicyDocument({
               secretArn: secret,
+              caParameterArn,
               secretKmsKeyArn: core.secretKmsKeyArn,
               region: reg,
               logGroupArn,
@@ -249,10 +279,10 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
 
   const imageId = core.amiId ?? aws.ssm.getParameterOutput({ name: al2023Parameter(architectureOf(core.instanceType)) }, invokeOpts).value;
   const userData = pulumi
-    .all([secretArn, groupName, logGroup.name])
-    .apply(([secret, group, logs]) =>
+    .all([secretArn, groupName, logGroup.name, region])
+    .apply(([secret, group, logs, reg]) =>
       renderUserData(
-        poolUserDataSpec(name, spec, { secretArn: secret, autoScalingGroupName: group, launchHookName: LAUNCH_HOOK, terminationHookName: TERMINATION_HOOK, logGroupName: logs }),
+        poolUserDataSpec(name, spec, { secretArn: secret, autoScalingGroupName: group, launchHookName: LAUNCH_HOOK, terminationHookName: TERMINATION_HOOK, logGroupName: logs }, reg),
       ).toString("base64"),
     );
 
@@ -322,7 +352,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       waitForCapacityTimeout: `${core.launchTimeoutSeconds + 300}s`,
       tags: Object.entries({ ...tags, Name: `agentpools-${name}` }).map(([key, value]) => ({ key, value, propagateAtLaunch: true })),
     },
-    { ...opts, dependsOn: [logGroup] },
+    // Instances read the CA parameter at boot: it exists before the first one starts.
+    { ...opts, dependsOn: caParameter ? [logGroup, caParameter] : [logGroup] },
   );
 
   createAlarms(name, group.name, logGroup.name, core.alarmActions, tags, opts);

@@ -88,6 +88,25 @@ describe("user-data", () => {
     assert.doesNotMatch(plain, /docker|runsc|proxy|update-ca-trust/);
   });
 
+  it("trusts the custom CAs before the first download, whether carried inline or read from SSM", () => {
+    const inline = decodeUserData(renderUserData(spec())).script.split("\n");
+    assert.ok(inline.indexOf("update-ca-trust extract") < inline.findIndex((l) => l.startsWith("dnf install")), "dnf may pass a TLS-inspecting proxy");
+
+    const fromSsm = decodeUserData(renderUserData(spec({ caCertificates: undefined, caCertificatesParameter: { name: "/agentpools/g/ca-certificates", region: "eu-west-1" } })));
+    assert.ok(!fromSsm.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
+    assert.match(fromSsm.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string, /NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem/);
+    const lines = fromSsm.script.split("\n");
+    const fetch = lines.find((l) => l.startsWith("aws ssm get-parameter")) as string;
+    assert.ok(lines.indexOf(fetch) < lines.indexOf("update-ca-trust extract"));
+    // Run that very line with a stand-in AWS CLI: it must ask for exactly this parameter and write its value where Node and update-ca-trust look.
+    const dir = scratchDir("ca-fetch-");
+    writeFileSync(path.join(dir, "value"), CERT);
+    writeFileSync(path.join(dir, "aws"), `#!/bin/sh\nprintf '%s\\n' "$@" > '${dir}/argv'\ncat '${dir}/value'\n`, { mode: 0o755 });
+    execSync(fetch.replace("/etc/pki/ca-trust/source/anchors", dir), { shell: "/bin/bash", env: { PATH: `${dir}:${process.env.PATH}` } });
+    assert.deepEqual(readFileSync(path.join(dir, "argv"), "utf8").trim().split("\n"), ["ssm", "get-parameter", "--region", "eu-west-1", "--name", "/agentpools/g/ca-certificates", "--query", "Parameter.Value", "--output", "text"]);
+    assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), CERT);
+  });
+
   it("gives the same bytes for the same inputs, with a fixed gzip header", () => {
     const a = renderUserData(spec());
     const b = renderUserData(spec());

@@ -42,8 +42,10 @@ export interface UserDataSpec {
   /** Install gVisor's runsc and register it with Docker as "runsc". */
   gvisor: boolean;
   registryMirror?: string;
-  /** PEM certificates to trust, system-wide and in Node. */
+  /** PEM certificates to trust, system-wide and in Node, carried in user-data... */
   caCertificates?: string;
+  /** ...or read at boot from this SSM parameter (String) with the instance role. */
+  caCertificatesParameter?: { name: string; region: string };
   /** Proxy for dnf, Docker and the runtime's own connections. */
   httpsProxy?: string;
   noProxy?: string;
@@ -58,12 +60,13 @@ export class UserDataTooLargeError extends Error {
     readonly pool: string,
     readonly size: number,
   ) {
-    super(`pool "${pool}": user-data is ${size} bytes gzipped, over EC2's limit of ${USER_DATA_LIMIT}; shorten the configuration (custom CA certificates and policies count in full)`);
+    super(`pool "${pool}": user-data is ${size} bytes gzipped, over EC2's limit of ${USER_DATA_LIMIT}; shorten the configuration (policies and custom CA certificates count in full; customCaCertificatesDelivery "ssmParameter" takes the certificates out of user-data)`);
     this.name = "UserDataTooLargeError";
   }
 }
 
 const shellQuote = (text: string) => `'${text.replace(/'/g, `'"'"'`)}'`;
+const trustsCustomCas = (spec: UserDataSpec) => Boolean(spec.caCertificates || spec.caCertificatesParameter);
 /** One `Environment=` assignment, quoted for systemd (and % escaped, which systemd expands). */
 const systemdEnv = (name: string, value: string) => `Environment="${`${name}=${value}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
 
@@ -97,7 +100,7 @@ export function renderUnit(spec: UserDataSpec): string {
     // Access to the Docker socket is root-equivalent: only roles that start containers get it.
     ...(spec.docker ? ["SupplementaryGroups=docker"] : []),
     systemdEnv("AGENTPOOLS_CONFIG", configPath(spec.role)),
-    ...(spec.caCertificates ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
+    ...(trustsCustomCas(spec) ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
     ...(spec.httpsProxy ? [systemdEnv("NODE_USE_ENV_PROXY", "1"), systemdEnv("HTTPS_PROXY", spec.httpsProxy), systemdEnv("NO_PROXY", noProxy as string)] : []),
     `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
     "Restart=on-failure",
@@ -145,17 +148,33 @@ export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   return [...files, ...(spec.extraFiles ?? [])];
 }
 
-/** The boot script: packages, the service user, gVisor, then the service. */
+/**
+ * Trust the custom CAs before anything goes out: dnf and Docker may pass a TLS-inspecting
+ * proxy. A parameter is read with the AWS CLI that Amazon Linux 2023 ships, straight to SSM
+ * (no proxy, no custom CA yet): the VPC needs an ssm endpoint or a direct route.
+ */
+function caTrustCommands(spec: UserDataSpec): string[] {
+  if (!trustsCustomCas(spec)) return [];
+  const parameter = spec.caCertificatesParameter;
+  return [
+    ...(parameter
+      ? [`aws ssm get-parameter --region ${shellQuote(parameter.region)} --name ${shellQuote(parameter.name)} --query Parameter.Value --output text > ${CA_BUNDLE_PATH}`]
+      : []),
+    "update-ca-trust extract",
+  ];
+}
+
+/** The boot script: CA trust, packages, the service user, gVisor, then the service. */
 export function renderScript(spec: UserDataSpec): string {
   const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : [])];
   const lines = [
     "#!/bin/bash",
     `# agentpools: prepare this instance for the ${spec.role} of pool ${spec.pool} and start it.`,
     "set -euo pipefail",
+    ...caTrustCommands(spec),
     ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
     `dnf install -y ${packages.join(" ")}`,
     unpackCommand(spec),
-    ...(spec.caCertificates ? ["update-ca-trust extract"] : []),
     "id agentpools >/dev/null 2>&1 || useradd --system --home-dir /var/lib/agentpools --shell /sbin/nologin agentpools",
   ];
   if (spec.gvisor) {

@@ -56,6 +56,9 @@ const cases: Case[] = [
   ["pool ID with a space", (n) => new FlowsAgentPool(n, flowsArgs({ poolId: "has space" })), "poolId"],
   ["image reference in capitals", (n) => new FlowsAgentPool(n, flowsArgs({ runtimeImage: "UPPER/Case" })), "runtimeImage"],
   ["CA certificates that are not PEM", (n) => new FlowsAgentPool(n, flowsArgs({ customCaCertificates: "not a cert" })), "customCaCertificates"],
+  ["CA certificates from SSM with no certificates", (n) => new FlowsAgentPool(n, flowsArgs({ customCaCertificates: undefined, customCaCertificatesDelivery: "ssmParameter" })), "customCaCertificatesDelivery", '"ssmParameter"'],
+  ["CA certificates over an SSM parameter's 8 KB", (n) => new FlowsAgentPool(n, flowsArgs({ customCaCertificates: HUGE_CA, customCaCertificatesDelivery: "ssmParameter" })), "customCaCertificates", "at most 8192"],
+  ["CA delivery not offered", (n) => new VcsAgentPool(n, vcsArgs({ customCaCertificatesDelivery: "s3" as never })), "customCaCertificatesDelivery", '"s3"'],
   ["missing Flows token", (n) => new FlowsAgentPool(n, flowsArgs({ poolToken: undefined })), "poolToken"],
   // Shared AWS arguments
   ["log retention CloudWatch does not offer", (n) => new VcsAgentPool(n, vcsArgs({ logRetentionDays: 45 as never })), "logRetentionDays", "(got 45)"],
@@ -110,7 +113,7 @@ describe("bad configuration is refused before anything is created", () => {
     names.push("bad-huge");
     assert.throws(
       () => new FlowsAgentPool("bad-huge", flowsArgs({ customCaCertificates: HUGE_CA })),
-      (error: Error) => error instanceof UserDataTooLargeError && /pool "bad-huge": user-data is [0-9]+ bytes gzipped, over EC2's limit of 16384/.test(error.message),
+      (error: Error) => error instanceof UserDataTooLargeError && /pool "bad-huge": user-data is [0-9]+ bytes gzipped, over EC2's limit of 16384/.test(error.message) && error.message.includes('customCaCertificatesDelivery "ssmParameter"'),
     );
   });
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { decodeUserData } from "../components";
 import { byType, isSecretInput, settled, valueOf } from "./mocks";
-import { PRIVATE_KEY_B64 } from "./fixtures";
+import { CA_BUNDLE, PRIVATE_KEY_B64 } from "./fixtures";
 
 const SECRETS = {
   "agentpools:vcsAgentToken": "example-vcs-token-123",
@@ -39,7 +39,7 @@ describe("examples run under the mocks", () => {
     }
   });
 
-  it("aws-existing-vpc: reuses the subnets and passes the proxy", async () => {
+  it("aws-existing-vpc: reuses the subnets and passes the proxy and its CA (from SSM)", async () => {
     const program = await load("aws-existing-vpc", {
       "agentpools:vpcId": "vpc-0123456789abcdef0",
       "agentpools:subnetIds": JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"]),
@@ -47,6 +47,7 @@ describe("examples run under the mocks", () => {
       "agentpools:gitVendor": "bitbucket_datacenter",
       "agentpools:httpsProxy": "http://proxy.corp.example.com:3128",
       "agentpools:noProxy": ".corp.example.com",
+      "agentpools:proxyCaCertificates": CA_BUNDLE,
     });
     await valueOf(program.workerGroup);
     const resources = [...(await settled("existing")), ...(await settled("bitbucket")), ...(await settled("runners"))];
@@ -57,5 +58,13 @@ describe("examples run under the mocks", () => {
     const config = JSON.parse(decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string);
     assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
     assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
+    // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint.
+    assert.deepEqual(byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name).sort(), ["bitbucket-ca-certificates", "runners-ca-certificates"]);
+    assert.ok(byType(resources, "aws:ec2/vpcEndpoint:VpcEndpoint").some((e) => String(e.inputs.serviceName).endsWith(".ssm")));
+    for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
+      const decoded = decodeUserData(lt.inputs.userData);
+      assert.ok(!decoded.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
+      assert.match(decoded.script, /^aws ssm get-parameter /m);
+    }
   });
 });

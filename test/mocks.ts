@@ -56,6 +56,8 @@ function computed(type: string, name: string, inputs: Record<string, any>): Reco
       return { arn: `arn:aws:iam::${ACCOUNT}:instance-profile/${name}`, name };
     case "aws:ec2/launchTemplate:LaunchTemplate":
       return { latestVersion: 1, arn: arn("ec2", `launch-template/lt-${hex(name, 17)}`) };
+    case "aws:ssm/parameter:Parameter":
+      return { arn: arn("ssm", `parameter${inputs.name}`) };
     case "aws:autoscaling/group:Group":
       return { arn: arn("autoscaling", `autoScalingGroup:uuid:autoScalingGroupName/${inputs.name}`), name: inputs.name };
     default:

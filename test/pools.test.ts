@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
-import { FlowsAgentPool, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT } from "../components";
+import { FlowsAgentPool, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT, UserDataTooLargeError } from "../components";
 import { runtimeBundle } from "../components/bundles";
 import type { AgentPool } from "../components/agent-pool";
+import { ssmParameterTier } from "../components/pool-core";
 import { ACCOUNT, REGION, byType, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "./mocks";
 import { LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "./fixtures";
 
@@ -18,6 +20,7 @@ const T = {
   logGroup: "aws:cloudwatch/logGroup:LogGroup",
   alarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
   filter: "aws:cloudwatch/logMetricFilter:LogMetricFilter",
+  parameter: "aws:ssm/parameter:Parameter",
 };
 
 async function deploy(make: () => AgentPool, prefix: string) {
@@ -191,6 +194,32 @@ describe("AWS pools: options", () => {
     const lt = one(resources, T.lt);
     assert.equal(lt.inputs.blockDeviceMappings[0].ebs.kmsKeyId, key);
     assert.equal(lt.inputs.imageId, "ami-0aaaaaaaaaaaaaaa1", "the arm64 image for a Graviton type");
+  });
+
+  it("CA certificates too large for user-data come from an SSM parameter only this pool can read", async () => {
+    // Five certificates of realistic size (random, so incompressible): inline, they cannot fit beside this configuration.
+    const certificates = Array.from({ length: 5 }, () => `-----BEGIN CERTIFICATE-----\n${randomBytes(1000).toString("base64").match(/.{1,64}/g)?.join("\n")}\n-----END CERTIFICATE-----\n`).join("");
+    assert.throws(() => new WorkerPool("ca-inline", { ...LARGEST.worker, customCaCertificates: certificates }), UserDataTooLargeError);
+    const { resources, outputs } = await deploy(() => new WorkerPool("ca-ssm", { ...LARGEST.worker, customCaCertificates: certificates, customCaCertificatesDelivery: "ssmParameter" }), "ca-ssm");
+    const parameter = one(resources, T.parameter);
+    const name = `/agentpools/${outputs.group}/ca-certificates`;
+    assert.deepEqual({ name: parameter.inputs.name, type: parameter.inputs.type, tier: parameter.inputs.tier }, { name, type: "String", tier: "Advanced" });
+    // The provider marks every parameter value secret; the certificates arrive whole.
+    assert.ok(isSecretInput(parameter.inputs.value));
+    assert.equal(parameter.inputs.value.value, certificates);
+    const policy = JSON.parse(one(resources, T.policy).inputs.policy);
+    const read = policy.Statement.filter((s: { Action: string }) => String(s.Action).startsWith("ssm:"));
+    assert.deepEqual(read, [{ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${name}` }]);
+    const { decoded, raw } = userDataOf(resources);
+    assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT);
+    assert.ok(!decoded.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"), "the certificates are not in user-data");
+    const lines = decoded.script.split("\n");
+    const fetch = lines.indexOf(`aws ssm get-parameter --region '${REGION}' --name '${name}' --query Parameter.Value --output text > /etc/pki/ca-trust/source/anchors/agentpools.pem`);
+    assert.ok(fetch > 0, decoded.script);
+    assert.ok(fetch < lines.indexOf("update-ca-trust extract") && lines.indexOf("update-ca-trust extract") < lines.findIndex((l) => l.startsWith("dnf install")), "trusted before anything is downloaded");
+    // Smaller bundles take the free tier, counted in bytes.
+    assert.deepEqual([ssmParameterTier("a".repeat(4096)), ssmParameterTier("é".repeat(2049))], ["Standard", "Advanced"]);
+    assert.match(decoded.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string, /Environment="NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem"/);
   });
 
   it("secrets given as Outputs stay secret", async () => {

@@ -58,7 +58,7 @@ function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> 
     gvisor: false,
   } as unknown as PoolSpec;
   const decoded = decodeUserData(
-    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" })),
+    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" }, "eu-west-1")),
   );
   const dir = scratchDir("instance-");
   const file = path.join(dir, `${role}.json`);

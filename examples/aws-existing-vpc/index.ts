@@ -5,12 +5,19 @@ import { Network, VcsAgentPool, WorkerPool } from "../../components";
 
 const config = new pulumi.Config("agentpools");
 const gitEndpoint = config.require("gitEndpoint");
-const proxy = { httpsProxy: config.get("httpsProxy"), noProxy: config.get("noProxy") };
+// A TLS-inspecting proxy's CA: its certificates come from an SSM parameter at boot (read
+// through the ssm endpoint, before the proxy is used), so their size does not count against user-data.
+const proxyCa = config.get("proxyCaCertificates");
+const proxy = {
+  httpsProxy: config.get("httpsProxy"),
+  noProxy: config.get("noProxy"),
+  ...(proxyCa ? { customCaCertificates: proxyCa, customCaCertificatesDelivery: "ssmParameter" as const } : {}),
+};
 
 const network = new Network("existing", {
   existingVpcId: config.require("vpcId"),
   existingSubnetIds: config.requireObject<string[]>("subnetIds"),
-  endpoints: ["secretsmanager", "logs", "autoscaling"],
+  endpoints: ["secretsmanager", "logs", "autoscaling", "ssm"],
 });
 const placement = { vpcId: network.vpcId, subnetIds: network.privateSubnetIds };
 
