@@ -47,8 +47,11 @@ const pem = z
 
 /** Where instances get customCaCertificates: inline in user-data, or from an SSM parameter at boot. */
 export const CA_DELIVERIES = ["userData", "ssmParameter"] as const;
-/** The largest value an SSM parameter holds (advanced tier; 4,096 bytes on the standard tier). */
+/** The largest value an SSM parameter holds: 4,096 bytes on the standard tier, 8,192 on the advanced. */
+const SSM_STANDARD_LIMIT = 4096;
 export const SSM_PARAMETER_LIMIT = 8192;
+/** The cheapest SSM tier that holds a value. */
+export const ssmParameterTier = (value: string) => (Buffer.byteLength(value) <= SSM_STANDARD_LIMIT ? "Standard" : "Advanced");
 
 export interface PoolDefaults {
   instanceType: string;

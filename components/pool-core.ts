@@ -5,7 +5,7 @@ import type { InstanceConfig } from "../agent/config/instance";
 import type { RoleName } from "../agent/config/roles";
 import { runtimeBundle } from "./bundles";
 import { architectureOf } from "./instance-types";
-import type { PoolPlacement } from "./pool-args";
+import { ssmParameterTier, type PoolPlacement } from "./pool-args";
 import { renderUserData, type UserDataFile, type UserDataSpec } from "./userdata";
 
 /** The core arguments after validation (see poolCoreShape). */
@@ -77,8 +77,6 @@ export const TERMINATION_HOOK = "agent-drained";
 
 /** The SSM parameter holding a pool's CA certificates (customCaCertificatesDelivery "ssmParameter"). */
 export const caParameterName = (autoScalingGroupName: string) => `/agentpools/${autoScalingGroupName}/ca-certificates`;
-/** The cheapest SSM tier that holds a value: standard up to 4 KB, advanced up to 8 KB. */
-export const ssmParameterTier = (value: string) => (Buffer.byteLength(value) <= 4096 ? "Standard" : "Advanced");
 
 /** The AL2023 image parameter for an architecture. */
 export const al2023Parameter = (arch: string) => `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;

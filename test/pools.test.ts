@@ -4,7 +4,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { FlowsAgentPool, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT, UserDataTooLargeError } from "../components";
 import { runtimeBundle } from "../components/bundles";
 import type { AgentPool } from "../components/agent-pool";
-import { ssmParameterTier } from "../components/pool-core";
+import { ssmParameterTier } from "../components/pool-args";
 import { ACCOUNT, REGION, byType, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "./mocks";
 import { LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "./fixtures";
 
