@@ -1,10 +1,9 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import type { AgentMessage, GatewayMessage } from "../agent/flows/agent";
-import type { Answer, Job } from "../agent/flows/runner";
-import type { Logger } from "../agent/runtime/log";
-import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../agent/tunnel/websocket";
+import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
+import type { Logger } from "../lib/log";
+import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { encodeToken } from "../agent/tunnel/token";
+import { encodeToken } from "../protocol/token";
 
 export const POOL_KINDS = ["vcs", "flows", "worker"] as const;
 export type PoolKind = (typeof POOL_KINDS)[number];

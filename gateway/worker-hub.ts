@@ -4,10 +4,10 @@ import type http from "node:http";
 import type { Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
-import type { Logger } from "../agent/runtime/log";
-import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../agent/tunnel/websocket";
-import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../agent/worker/protocol";
-import { certificateKey, sealBuffer } from "../agent/worker/seal";
+import type { Logger } from "../lib/log";
+import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
+import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../protocol/worker";
+import { certificateKey, sealBuffer } from "../protocol/seal";
 import { HttpError, readJsonBody } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 

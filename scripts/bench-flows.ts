@@ -9,13 +9,13 @@ import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
-import { processLauncher } from "../agent/flows/executor";
-import { packageRoot } from "../components/bundles";
-import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { processLauncher } from "../agent/flows-agent/executor";
+import { packageRoot } from "../components/shared/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { createLogger } from "../agent/runtime/log";
-import { freePort, percentile, scratchDir } from "../test/helpers";
+import { createLogger } from "../lib/log";
+import { freePort, percentile, scratchDir } from "../devkit/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
 /** Between warm runs: time for the agent to start the replacement spare. */

@@ -14,10 +14,10 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { packageRoot } from "../components/bundles";
-import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { packageRoot } from "../components/shared/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { createPool } from "../gateway/pools";
-import { freePort, percentile } from "../test/helpers";
+import { freePort, percentile } from "../devkit/helpers";
 
 const run = promisify(execFile);
 const arg = (name: string, fallback: number) => Number(process.argv[process.argv.indexOf(`--${name}`) + 1] || fallback) || fallback;
@@ -91,7 +91,7 @@ async function main(): Promise<void> {
   const packBytes = Number((await run("du", ["-sb", path.join(root, "bench", "large.git")])).stdout.split("\t")[0]);
 
   const vcsPort = await freePort();
-  const vcs = startProcess(["-e", `const { LocalVcs } = require(${JSON.stringify(path.join(packageRoot(), "build/gateway/local-vcs.js"))}); new LocalVcs(${JSON.stringify(root)}).listen(${vcsPort});`], {});
+  const vcs = startProcess(["-e", `const { LocalVcs } = require(${JSON.stringify(path.join(packageRoot(), "build/devkit/local-vcs.js"))}); new LocalVcs(${JSON.stringify(root)}).listen(${vcsPort});`], {});
   const gatewayPort = await freePort();
   const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
   const { pool, token } = createPool("bench", "vcs", gatewayUrl);

@@ -8,13 +8,13 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { createLogger } from "../agent/runtime/log";
-import { packageRoot } from "../components/bundles";
-import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { createLogger } from "../lib/log";
+import { packageRoot } from "../components/shared/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { freePort, percentile, scratchDir } from "../test/helpers";
+import { freePort, percentile, scratchDir } from "../devkit/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 200) || 200;
 const COMMAND = "echo hello";

@@ -6,13 +6,13 @@
 import { execFile, spawn } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
-import { packageRoot } from "../components/bundles";
-import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { packageRoot } from "../components/shared/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
-import { LocalVcs } from "../gateway/local-vcs";
+import { LocalVcs } from "../devkit/local-vcs";
 import { createPool } from "../gateway/pools";
-import { freePort, scratchDir } from "../test/helpers";
+import { freePort, scratchDir } from "../devkit/helpers";
 
 const run = promisify(execFile);
 const PORT = Number(process.env.PORT ?? 8080);

@@ -2,8 +2,8 @@
 // default configuration, against the same AWS stand-in the tests use, and prints what a
 // `pulumi up` would create, with each pool's security settings and user-data size.
 import * as pulumi from "@pulumi/pulumi";
-import { recorded, settled, valueOf } from "../test/mocks";
-import { decodeUserData, USER_DATA_LIMIT } from "../components/userdata";
+import { recorded, settled, valueOf } from "../devkit/pulumi-mocks";
+import { decodeUserData, USER_DATA_LIMIT } from "../components/aws/userdata";
 
 const DEFAULT_CONFIG = {
   "agentpools:gitEndpoint": "https://gitlab.corp.example.com",

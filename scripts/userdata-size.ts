@@ -6,27 +6,27 @@
 // Run: npm run bench:userdata
 import { randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
-import { preparePool } from "../components/agent-pool";
-import { runtimeBundle } from "../components/bundles";
-import { checkUserDataSize } from "../components/pool-core";
-import { packBundle, USER_DATA_LIMIT } from "../components/userdata";
-import { flowsAgentPoolArgs } from "../components/flows-agent-pool";
-import { vcsAgentPoolArgs } from "../components/vcs-agent-pool";
-import { workerPoolArgs } from "../components/worker-pool";
-import { LARGEST, flowsArgs, vcsArgs, workerArgs } from "../test/fixtures";
+import { preparePool } from "../components/aws/agent-pool";
+import { runtimeBundle } from "../components/shared/bundles";
+import { checkUserDataSize } from "../components/aws/pool-core";
+import { packBundle, USER_DATA_LIMIT } from "../components/aws/userdata";
+import { flowsAgentPoolArgs } from "../components/aws/flows-agent-pool";
+import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
+import { workerPoolArgs } from "../components/aws/worker-pool";
+import { LARGEST, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const kinds = [
-  { kind: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, extras: { docker: true, gvisor: true } },
-  { kind: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, extras: { docker: false, gvisor: false } },
-  { kind: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, extras: { docker: true, gvisor: true } },
+  { component: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, extras: { docker: true, gvisor: true } },
+  { component: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, extras: { docker: false, gvisor: false } },
+  { component: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, extras: { docker: true, gvisor: true } },
 ] as const;
 
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
-console.log(`${"kind".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
+console.log(`${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
 const realCertificate = () => `-----BEGIN CERTIFICATE-----\n${randomBytes(950).toString("base64").match(/.{1,64}/g)?.join("\n")}\n-----END CERTIFICATE-----\n`;
 for (const k of kinds) {
-  const size = (args: object) => checkUserDataSize("pool", preparePool(k.kind, k.role, "pool", k.schema, args as never, () => ({ ...k.extras })));
+  const size = (args: object) => checkUserDataSize("pool", preparePool(k.component, k.role, "pool", k.schema, args as never, () => ({ ...k.extras })));
   // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
   const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
   const largest = size(k.largest);
@@ -45,7 +45,7 @@ for (const k of kinds) {
     return 20;
   };
   console.log(
-    `${k.kind.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}` +
+    `${k.component.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}` +
       `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
   );
 }

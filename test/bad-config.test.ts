@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { FlowsAgentPool, InvalidArgumentsError, Network, UserDataTooLargeError, VcsAgentPool, WorkerPool } from "../components";
-import { recorded, settled } from "./mocks";
-import { flowsArgs, vcsArgs, workerArgs, TOKENS } from "./fixtures";
+import { recorded, settled } from "../devkit/pulumi-mocks";
+import { flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
 
 type Case = [description: string, make: (name: string) => unknown, field: string, shows?: string];
 

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { decodeUserData } from "../components";
-import { byType, isSecretInput, settled, valueOf } from "./mocks";
-import { CA_BUNDLE, PRIVATE_KEY_B64 } from "./fixtures";
+import { byType, isSecretInput, settled, valueOf } from "../devkit/pulumi-mocks";
+import { CA_BUNDLE, PRIVATE_KEY_B64 } from "../devkit/fixtures";
 
 const SECRETS = {
   "agentpools:vcsAgentToken": "example-vcs-token-123",

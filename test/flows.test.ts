@@ -2,12 +2,12 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
-import { flowsAgentRole, unbundledRunner } from "../agent/flows/agent";
-import { dockerLauncher, dockerRunArgs, Executor } from "../agent/flows/executor";
+import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
+import { dockerLauncher, dockerRunArgs, Executor } from "../agent/flows-agent/executor";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
 
 const POOL = "01FLOWSTEST";
 

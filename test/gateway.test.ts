@@ -6,17 +6,17 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
 import { dialGateway } from "../agent/tunnel/dial";
-import { MuxConnection } from "../agent/tunnel/mux";
-import { decodeToken } from "../agent/tunnel/token";
-import { vcsAgentRole } from "../agent/vcs/agent";
-import { packageRoot } from "../components/bundles";
-import { RUNTIME_NODE_FLAGS } from "../components/userdata";
+import { MuxConnection } from "../protocol/mux";
+import { decodeToken } from "../protocol/token";
+import { vcsAgentRole } from "../agent/vcs-agent/agent";
+import { packageRoot } from "../components/shared/bundles";
+import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { makePoolKeyAndRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
-import { LocalVcs } from "../gateway/local-vcs";
+import { LocalVcs } from "../devkit/local-vcs";
 import { main as gatewayMain } from "../gateway/main";
 import { createPool, secretMatches } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, rawRequest, scratchDir } from "./helpers";
+import { capturingLogger, eventually, freePort, rawRequest, scratchDir } from "../devkit/helpers";
 
 /** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
 function certificates(dir: string) {

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { InvalidArgumentsError, kubernetes } from "../components";
-import { runtimeBundle } from "../components/bundles";
-import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "./mocks";
-import { PRIVATE_KEY_B64, TOKENS } from "./fixtures";
+import { runtimeBundle } from "../components/shared/bundles";
+import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
+import { PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 
 const T = {
   configMap: "kubernetes:core/v1:ConfigMap",

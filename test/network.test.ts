@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { Network } from "../components";
-import { byType, settled, valueOf, REGION } from "./mocks";
+import { byType, settled, valueOf, REGION } from "../devkit/pulumi-mocks";
 import { VcsAgentPool } from "../components";
-import { vcsArgs } from "./fixtures";
+import { vcsArgs } from "../devkit/fixtures";
 
 const T = {
   vpc: "aws:ec2/vpc:Vpc",

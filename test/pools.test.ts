@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { FlowsAgentPool, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT, UserDataTooLargeError } from "../components";
-import { runtimeBundle } from "../components/bundles";
-import type { AgentPool } from "../components/agent-pool";
-import { ssmParameterTier } from "../components/pool-args";
-import { ACCOUNT, REGION, byType, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "./mocks";
-import { LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "./fixtures";
+import { runtimeBundle } from "../components/shared/bundles";
+import type { AgentPool } from "../components/aws/agent-pool";
+import { ssmParameterTier } from "../components/aws/pool-args";
+import { ACCOUNT, REGION, byType, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
+import { LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const T = {
   sg: "aws:ec2/securityGroup:SecurityGroup",

@@ -6,13 +6,13 @@ import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
 import { runRole, writeStatusFiles, type Role, type RunningAgent } from "../agent/runtime/runtime";
-import { decodeUserData, renderUserData } from "../components/userdata";
-import { poolUserDataSpec, type PoolSpec } from "../components/pool-core";
-import { FakeAws } from "./fake-aws";
+import { decodeUserData, renderUserData } from "../components/aws/userdata";
+import { poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
+import { FakeAws } from "../devkit/fake-aws";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = "vcs-token-that-must-stay-secret";

@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { vcsAgentSettings, type VcsAgentSettings } from "../agent/config/vcs-agent";
 import type { RunningAgent } from "../agent/runtime/runtime";
-import { vcsAgentRole } from "../agent/vcs/agent";
+import { vcsAgentRole } from "../agent/vcs-agent/agent";
 import { Gateway } from "../gateway/gateway";
-import { LocalVcs } from "../gateway/local-vcs";
+import { LocalVcs } from "../devkit/local-vcs";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, gitAsync, rawRequest, scratchDir } from "./helpers";
+import { capturingLogger, eventually, freePort, gitAsync, rawRequest, scratchDir } from "../devkit/helpers";
 
 const work = () => scratchDir("e2e-");
 

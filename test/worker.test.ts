@@ -8,17 +8,17 @@ import { launcherSettings, type LauncherSettings } from "../agent/config/launche
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { runRole } from "../agent/runtime/runtime";
-import { decodeToken, encodeToken } from "../agent/tunnel/token";
+import { decodeToken, encodeToken } from "../protocol/token";
 import { dialGateway } from "../agent/tunnel/dial";
-import { newKey, WebSocket } from "../agent/tunnel/websocket";
-import { launcherRole } from "../agent/worker/launcher";
-import { PROOF_HEADER, proofPayload, WORKER_CONNECT_PATH } from "../agent/worker/protocol";
-import { openBuffer, privateKeyFromBase64 } from "../agent/worker/seal";
+import { newKey, WebSocket } from "../protocol/websocket";
+import { launcherRole } from "../agent/launcher/launcher";
+import { PROOF_HEADER, proofPayload, WORKER_CONNECT_PATH } from "../protocol/worker";
+import { openBuffer, privateKeyFromBase64 } from "../protocol/seal";
 import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import type { WorkerRun } from "../gateway/worker-hub";
-import { capturingLogger, eventually, freePort, scratchDir } from "./helpers";
+import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
 
 const exec = promisify(execFile);
 const POOL = "workers";
@@ -432,7 +432,7 @@ describe("worker pools: a gateway without a data directory", function () {
 
 describe("worker pools: the Docker executor", () => {
   it("issues docker run with network, runtime, mounts, config dir and variables by name only", async () => {
-    const { dockerRunArgs } = await import("../agent/worker/executor");
+    const { dockerRunArgs } = await import("../agent/launcher/executor");
     const args = dockerRunArgs(
       { dockerConfigDir: "/etc/agentpools/docker", workerNetwork: "runs", workerRuntime: "runsc", extraMounts: ["/etc/ssl/certs:/etc/ssl/certs:ro", "/opt/cache:/cache"] },
       { id: "r1", image: "public.ecr.aws/spacelift/runner-terraform:latest", script: "terraform init\nterraform plan", env: { TF_VAR_password: "pw", B: "1" }, workspace: "/var/lib/agentpools/runs/r1/workspace" },
@@ -449,7 +449,7 @@ describe("worker pools: the Docker executor", () => {
   });
 
   it("runs through the Docker CLI: values reach it through its environment, output and exit status come back, kill reaches docker kill", async () => {
-    const { dockerExecutor } = await import("../agent/worker/executor");
+    const { dockerExecutor } = await import("../agent/launcher/executor");
     const dir = scratchDir("docker-");
     // A stand-in for the docker CLI (no engine runs here): it records what it was given and runs the script.
     const fake = path.join(dir, "docker");

@@ -2,8 +2,8 @@
 // file is each runtime's entry when started with --flows-runner.
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { flowsAgentRole } from "../flows/agent";
-import { runRunner } from "../flows/runner";
+import { flowsAgentRole } from "../flows-agent/agent";
+import { runRunner } from "../flows-agent/runner";
 
 if (process.argv.includes("--flows-runner")) {
   void runRunner();

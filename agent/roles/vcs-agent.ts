@@ -1,6 +1,6 @@
 // Entry point of the vcs-agent runtime bundle (build/bundles/vcs-agent.js).
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { vcsAgentRole } from "../vcs/agent";
+import { vcsAgentRole } from "../vcs-agent/agent";
 
 void runRole(vcsAgentRole, settingsJsonSchema("vcs-agent"));

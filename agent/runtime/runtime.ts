@@ -3,7 +3,7 @@ import path from "node:path";
 import type { Credentials } from "./sigv4";
 import { AwsClient, InstanceMetadata } from "./aws";
 import { LogShipper } from "./cloudwatch";
-import { createLogger, type Logger } from "./log";
+import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
 import { validateSettings } from "../config/validate";

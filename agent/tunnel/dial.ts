@@ -1,9 +1,7 @@
 import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
-
-export const CONNECT_PATH = "/_agentpools/connect";
-export const UPGRADE_PROTOCOL = "agentpools-mux1";
+import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {

@@ -1,10 +1,7 @@
 import { interruptibleSleep } from "../runtime/http";
-import type { Logger } from "../runtime/log";
+import type { Logger } from "../../lib/log";
 import type { Socket } from "node:net";
 import { dialGateway, type DialOptions } from "./dial";
-
-/** Keepalive: more often than common proxy and load-balancer idle timeouts (60 s). */
-export const PING_INTERVAL_MS = 20_000;
 
 /** Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). */
 export const backoffDelay = (attempt: number, baseMs = 500, capMs = 30_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);

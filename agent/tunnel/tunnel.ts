@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
-import type { Logger } from "../runtime/log";
-import { MuxConnection, type MuxStream, type RequestHead } from "./mux";
+import type { Logger } from "../../lib/log";
+import { MuxConnection, type MuxStream, type RequestHead } from "../../protocol/mux";
 import { GatewayLink } from "./session";
 
 export interface TunnelOptions {

@@ -1,7 +1,8 @@
 import type { Socket } from "node:net";
-import { GatewayLink, PING_INTERVAL_MS } from "./session";
-import { acceptKey, newKey, WebSocket } from "./websocket";
-import type { Logger } from "../runtime/log";
+import { PING_INTERVAL_MS } from "../../protocol/link";
+import { GatewayLink } from "./session";
+import { acceptKey, newKey, WebSocket } from "../../protocol/websocket";
+import type { Logger } from "../../lib/log";
 
 export interface WebSocketLinkOptions {
   gateway: URL;

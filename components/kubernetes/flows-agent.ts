@@ -1,0 +1,42 @@
+import type * as pulumi from "@pulumi/pulumi";
+import { z } from "zod";
+import { flowsAgentSettings } from "../../agent/config/flows-agent";
+import { KubernetesAgent, validateWorkload, workloadShape } from "./workload";
+
+export const kubernetesFlowsAgentArgs = z.strictObject({
+  ...flowsAgentSettings.omit({ poolToken: true }).shape,
+  // In a pod there is no Docker engine to start sibling containers: each runtime is a
+  // separate Node.js process in the pod, under the process executor's limits.
+  executor: z
+    .literal("process", { error: 'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)' })
+    .default("process"),
+  ...workloadShape({ replicas: 2, resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } }, drainTimeoutSeconds: 300 }),
+});
+
+export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> & {
+  /** FLOWS_AGENT_POOL_TOKEN: a Pulumi secret. Leave out with existingSecret. */
+  poolToken?: pulumi.Input<string>;
+};
+
+/** Flows agents as a Deployment: user code runs in separate processes inside each pod. */
+export class KubernetesFlowsAgent extends KubernetesAgent {
+  constructor(name: string, args: KubernetesFlowsAgentArgs, opts?: pulumi.ComponentResourceOptions) {
+    const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.FlowsAgent", name, "flows-agent", kubernetesFlowsAgentArgs, args);
+    super(
+      "agentpools:kubernetes:FlowsAgent",
+      name,
+      {
+        component: "FlowsAgent",
+        role: "flows-agent",
+        args: parsed,
+        settingsEnv,
+        secretEnv,
+        // Flow code reaches private resources on any port: egress ports stay open unless narrowed.
+        egressPorts: undefined,
+        extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
+        extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],
+      },
+      opts,
+    );
+  }
+}

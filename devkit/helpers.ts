@@ -1,0 +1,75 @@
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { createLogger } from "../lib/log";
+
+const run = promisify(execFile);
+
+let scratchRoot: string | undefined;
+/** A fresh directory under this process's own temporary root, which is removed when the process exits. */
+export function scratchDir(prefix: string): string {
+  if (!scratchRoot) {
+    const root = mkdtempSync(path.join(tmpdir(), "agentpools-scratch-"));
+    process.once("exit", () => rmSync(root, { recursive: true, force: true }));
+    scratchRoot = root;
+  }
+  return mkdtempSync(path.join(scratchRoot, prefix));
+}
+
+/** git, asynchronously: gateways and agents in this process must keep serving meanwhile. */
+export async function gitAsync(args: string[], cwd?: string): Promise<string> {
+  const { stdout } = await run("git", args, { cwd, env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" }, maxBuffer: 64 * 1024 * 1024 });
+  return stdout;
+}
+
+/** A request with the path sent exactly as given (no normalisation). */
+export function rawRequest(base: string, path: string, options: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, path, method: options.method ?? "GET", headers: options.headers, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (chunk) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+    });
+    req.on("error", reject);
+    req.end(options.body);
+  });
+}
+
+/** A logger that keeps its lines, parsed. */
+export function capturingLogger(role: string) {
+  const lines: Record<string, any>[] = [];
+  const log = createLogger(role, [(line) => lines.push(JSON.parse(line))]);
+  return { log, lines };
+}
+
+export async function eventually<T>(check: () => T | undefined | false | Promise<T | undefined | false>, ms = 5000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** A free loopback port: `preferred` when it is free, else any. */
+export async function freePort(preferred = 0): Promise<number> {
+  for (const port of preferred ? [preferred, 0] : [0]) {
+    const probe = net.createServer();
+    const free = await new Promise<boolean>((resolve) => probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)));
+    if (free) {
+      const { port: actual } = probe.address() as net.AddressInfo;
+      await new Promise((resolve) => probe.close(resolve));
+      return actual;
+    }
+  }
+  throw new Error("no free port on 127.0.0.1");
+}
+
+/** The p-th percentile of a sample (nearest rank). */
+export const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
