@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { createLogger } from "../lib/log";
+import { createServiceKey, KEY_HEADER } from "../gateway/auth";
 
 const run = promisify(execFile);
 
@@ -38,6 +39,15 @@ export function rawRequest(base: string, path: string, options: { method?: strin
     req.on("error", reject);
     req.end(options.body);
   });
+}
+
+/**
+ * A service key for a gateway under test: its definition (for the gateway's `keys`), the key,
+ * and the header that sends it (`x-agentpools-key`, accepted on every service endpoint).
+ */
+export function serviceKey(name = "tests", pools?: string[]) {
+  const { definition, key } = createServiceKey(name, pools);
+  return { definition, key, headers: { [KEY_HEADER]: key } as Record<string, string> };
 }
 
 /** A logger that keeps its lines, parsed. */

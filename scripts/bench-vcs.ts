@@ -17,7 +17,7 @@ import { promisify } from "node:util";
 import { packageRoot } from "../components/shared/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { createPool } from "../gateway/pools";
-import { freePort, percentile } from "../devkit/helpers";
+import { freePort, percentile, serviceKey } from "../devkit/helpers";
 
 const run = promisify(execFile);
 const arg = (name: string, fallback: number) => Number(process.argv[process.argv.indexOf(`--${name}`) + 1] || fallback) || fallback;
@@ -25,6 +25,8 @@ const SIZE_MB = arg("size-mb", 200);
 const REQUESTS = arg("requests", 2000);
 /** Clones each way, alternating, best kept: this machine's noise is large. */
 const ROUNDS = arg("rounds", 5);
+/** The service key the gateway is given; sent on every request through it (and, harmlessly, on the others). */
+const service = serviceKey("bench");
 
 /** A bare repository of `sizeMb` of random (incompressible) files, kept between runs. */
 async function largeRepository(root: string): Promise<void> {
@@ -64,7 +66,7 @@ async function latencies(base: string, path: string, count: number, agent: http.
   for (let i = 0; i < count; i++) {
     const started = performance.now();
     await new Promise<void>((resolve, reject) => {
-      http.get(`${base}${path}`, { agent }, (res) => {
+      http.get(`${base}${path}`, { agent, headers: service.headers }, (res) => {
         res.resume();
         res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`status ${res.statusCode}`))));
       }).on("error", reject);
@@ -78,7 +80,7 @@ async function latencies(base: string, path: string, count: number, agent: http.
 async function cloneSeconds(url: string): Promise<number> {
   const target = path.join(tmpdir(), `agentpools-bench-clone-${process.pid}-${Date.now()}`);
   const started = performance.now();
-  await run("git", ["clone", "--quiet", "--bare", url, target], { maxBuffer: 1 << 26 });
+  await run("git", ["-c", `http.extraHeader=x-agentpools-key: ${service.key}`, "clone", "--quiet", "--bare", url, target], { maxBuffer: 1 << 26 });
   const seconds = (performance.now() - started) / 1000;
   rmSync(target, { recursive: true, force: true });
   return seconds;
@@ -97,12 +99,12 @@ async function main(): Promise<void> {
   const { pool, token } = createPool("bench", "vcs", gatewayUrl);
   // Each side in its own process, so the load generator here shares no event loop with them.
   const configFile = path.join(tmpdir(), `agentpools-bench-gateway-${process.pid}.json`);
-  writeFileSync(configFile, JSON.stringify({ listen: { host: "127.0.0.1", port: gatewayPort }, publicUrl: gatewayUrl, pools: [pool] }));
+  writeFileSync(configFile, JSON.stringify({ listen: { host: "127.0.0.1", port: gatewayPort }, publicUrl: gatewayUrl, pools: [pool], keys: [service.definition] }));
   const gateway = startProcess([...(process.env.BENCH_GATEWAY_FLAGS?.split(" ").filter(Boolean) ?? []), path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", configFile], {});
   const vcsUrl = `http://127.0.0.1:${vcsPort}`;
   const connections = async () => {
     try {
-      return JSON.parse((await run("curl", ["-sf", `${gatewayUrl}/_agentpools/api/pools`])).stdout).pools[0].connections as number;
+      return JSON.parse((await run("curl", ["-sf", "-H", `x-agentpools-key: ${service.key}`, `${gatewayUrl}/_agentpools/api/pools`])).stdout).pools[0].connections as number;
     } catch {
       return 0;
     }
