@@ -28,8 +28,8 @@ interface Waiter {
 interface PoolState {
   agents: Set<VcsAgent>;
   waiters: Waiter[];
-  /** Streams each client holds now, and requests it has waiting. */
-  clients: Map<string, { active: number; waiting: number }>;
+  /** Streams each client holds now, requests it has waiting, and when it was last given a stream (a counter). */
+  clients: Map<string, { active: number; waiting: number; served: number }>;
 }
 
 /** One of an agent's streams, held for one exchange. release() frees it, once, whatever ends the exchange. */
@@ -116,11 +116,16 @@ export class VcsHub {
       settings: SETTINGS,
       maxReservedRemoteStreams: 0,
     });
+    // Paused to hold the agent's first bytes until the session took them: flowing again, so the
+    // socket's end is seen, and then the connection is over (the link has no half-open state).
+    socket.resume();
+    socket.once("end", () => socket.destroy());
     const agent: VcsAgent = { ...fields, session, active: 0, lastUsed: 0, draining: false };
     const state = this.pool(agent.pool);
     const close = (reason: string) => {
       this.log.warn("agent connection closed", { pool: agent.pool, agent: agent.id, reason });
       session.destroy();
+      socket.destroy();
     };
     // An agent that upgrades and then says nothing holds a socket for no one.
     const handshake = setTimeout(() => close("no HTTP/2 settings from the agent"), PING_TIMEOUT_MS);
@@ -161,7 +166,7 @@ export class VcsHub {
 
   private client(state: PoolState, client: string) {
     let entry = state.clients.get(client);
-    if (!entry) state.clients.set(client, (entry = { active: 0, waiting: 0 }));
+    if (!entry) state.clients.set(client, (entry = { active: 0, waiting: 0, served: 0 }));
     return entry;
   }
 
@@ -190,6 +195,7 @@ export class VcsHub {
     agent.lastUsed = ++this.uses;
     const entry = this.client(state, client);
     entry.active++;
+    entry.served = this.uses;
     let released = false;
     return {
       agent,
@@ -204,7 +210,10 @@ export class VcsHub {
     };
   }
 
-  /** Give freed streams to waiters: the client holding the fewest streams first, then the longest waiting. */
+  /**
+   * Give freed streams to waiters, fairly between clients: the client holding the fewest
+   * streams first, then the one served least recently (turns), then the longest waiting.
+   */
   private serveWaiters(pool: string): void {
     const state = this.pool(pool);
     while (state.waiters.length > 0) {
@@ -212,9 +221,11 @@ export class VcsHub {
       if (!agent) return;
       const limit = this.clientLimit(state);
       let chosen = -1;
+      let best: { active: number; served: number } | undefined;
       for (let i = 0; i < state.waiters.length; i++) {
-        const held = this.client(state, state.waiters[i].client).active;
-        if (held < limit && (chosen === -1 || held < this.client(state, state.waiters[chosen].client).active)) chosen = i;
+        const entry = this.client(state, state.waiters[i].client);
+        if (entry.active >= limit) continue;
+        if (!best || entry.active < best.active || (entry.active === best.active && entry.served < best.served)) [chosen, best] = [i, entry];
       }
       if (chosen === -1) return;
       const [waiter] = state.waiters.splice(chosen, 1);
@@ -301,6 +312,7 @@ export class VcsHub {
     for (const state of this.state.values()) {
       for (const waiter of [...state.waiters]) waiter.fail(busy("the gateway is stopping"));
       for (const agent of state.agents) agent.session.destroy();
+      state.agents.clear();
     }
   }
 }

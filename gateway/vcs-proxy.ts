@@ -1,7 +1,7 @@
 import type http from "node:http";
 import http2 from "node:http2";
-import type { Readable, Writable } from "node:stream";
-import { streamed } from "../lib/streaming-gc";
+import type { Readable } from "node:stream";
+import { pump } from "../lib/pump";
 import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, type HeaderMap } from "../protocol/vcs";
 import { HttpError } from "./http";
 import type { Slot, VcsHub } from "./vcs-hub";
@@ -62,48 +62,6 @@ export function responseHead(headers: http2.IncomingHttpHeaders & http2.Incoming
 }
 
 /**
- * Move bytes with backpressure; a reader that takes nothing for `stallMs` fails the exchange.
- * Once the writer has closed, the rest of the source is read into nothing.
- */
-function pump(from: Readable, to: Writable, stallMs: number, fail: (why: string) => void): void {
-  let stall: NodeJS.Timeout | undefined;
-  const onData = (chunk: Buffer) => {
-    streamed(chunk.length);
-    let more: boolean;
-    try {
-      more = to.write(chunk);
-    } catch (error) {
-      return fail((error as Error).message); // more than the declared length
-    }
-    if (!more && !stall) {
-      from.pause();
-      stall = setTimeout(() => fail(`the reader took nothing for ${stallMs} ms`), stallMs);
-    }
-  };
-  const onDrain = () => {
-    clearTimeout(stall);
-    stall = undefined;
-    from.resume();
-  };
-  const onEnd = () => {
-    try {
-      to.end();
-    } catch (error) {
-      fail((error as Error).message); // less than the declared length
-    }
-  };
-  from.on("data", onData);
-  from.once("end", onEnd);
-  to.on("drain", onDrain);
-  to.once("close", () => {
-    clearTimeout(stall);
-    from.off("data", onData).off("end", onEnd);
-    to.off("drain", onDrain);
-    from.resume();
-  });
-}
-
-/**
  * Send one request down a slot's stream and wait for the answer's head. Bodies stream both
  * ways under the stall rule; the whole exchange under its deadline; the slot is released
  * when the stream closes, whatever closed it.
@@ -131,7 +89,7 @@ export function exchange(
     gone?.removeEventListener("abort", cancel);
   });
   if (body && request.hasBody) {
-    pump(body, stream, limits.stallTimeoutMs, cancel);
+    pump(body, stream, { length: request.length, stallMs: limits.stallTimeoutMs, fail: cancel });
     body.once("error", cancel);
   }
   return new Promise<ForwardedResponse>((resolve, reject) => {
@@ -183,7 +141,8 @@ export function serveClient(
         res.strictContentLength = response.headers["content-length"] !== undefined;
         // An answer cut short is never ended as if whole.
         response.body.once("close", () => res.writableEnded || res.destroy());
-        pump(response.body, res, limits.stallTimeoutMs, () => (response.cancel(), res.destroy()));
+        const length = response.headers["content-length"] === undefined ? undefined : Number(response.headers["content-length"]);
+        pump(response.body, res, { length, stallMs: limits.stallTimeoutMs, fail: () => (response.cancel(), res.destroy()) });
       }, fail);
     },
     (error: HttpError) => gone.signal.aborted || fail(error),

@@ -61,6 +61,7 @@ export const SETTINGS = {
  */
 export function keepAlive(session: http2.Http2Session, intervalMs: number): NodeJS.Timeout {
   return setInterval(() => {
+    if (session.destroyed || session.closed) return;
     const timer = setTimeout(() => session.destroy(new Error("keepalive ping unanswered")), PING_TIMEOUT_MS);
     if (!session.ping((error) => (clearTimeout(timer), error && session.destroy(error)))) clearTimeout(timer);
   }, intervalMs);
@@ -106,18 +107,38 @@ export function repeatedSingular(headers: Record<string, string | string[] | num
 /** Query keys that carry credentials (GitLab's private_token, OAuth's access_token, ...). */
 const CREDENTIAL_KEY = /token|secret|passw|signature|^sig$|^key$|api[-_]?key|^code$|^auth/i;
 
-/** A request target fit for a log line: the values of credential query keys replaced (split on & and ;). */
-export function redactTarget(target: string): string {
-  const at = target.indexOf("?");
-  if (at === -1) return target;
-  const redacted = target.slice(at + 1).replace(/([^&;=]*)=([^&;]*)/g, (pair, key: string) => {
+/** Calls `found(rawKey, rawValue)` for each query pair whose key names a credential (pairs split on & and ;). */
+function eachCredential(query: string, found: (key: string, value: string) => string): string {
+  return query.replace(/([^&;=]*)=([^&;]*)/g, (pair, key: string, value: string) => {
     let name = key;
     try {
       name = decodeURIComponent(key.replace(/\+/g, " "));
     } catch {
       // An undecodable key is judged as sent.
     }
-    return CREDENTIAL_KEY.test(name) ? `${key}=[redacted]` : pair;
+    return CREDENTIAL_KEY.test(name) ? found(key, value) : pair;
   });
-  return `${target.slice(0, at)}?${redacted}`;
+}
+
+/** A request target fit for a log line: the values of credential query keys replaced. */
+export function redactTarget(target: string): string {
+  const at = target.indexOf("?");
+  return at === -1 ? target : `${target.slice(0, at)}?${eachCredential(target.slice(at + 1), (key) => `${key}=[redacted]`)}`;
+}
+
+/** The credential values a target's query carries (raw and decoded), to blank out wherever they reappear. */
+export function queryCredentials(target: string): string[] {
+  const values: string[] = [];
+  const at = target.indexOf("?");
+  if (at !== -1)
+    eachCredential(target.slice(at + 1), (_, value) => {
+      values.push(value);
+      try {
+        values.push(decodeURIComponent(value.replace(/\+/g, " ")));
+      } catch {
+        // kept raw only
+      }
+      return "";
+    });
+  return values;
 }

@@ -26,6 +26,7 @@ export interface TunnelOptions {
  */
 export class Tunnel extends GatewayLink {
   private session?: http2.ServerHttp2Session;
+  private socket?: Socket;
 
   constructor(private readonly options: TunnelOptions) {
     super({
@@ -51,6 +52,10 @@ export class Tunnel extends GatewayLink {
       maxSessionInvalidFrames: 16,
     });
     this.session = session;
+    this.socket = socket;
+    // Paused by the dial to hold the gateway's first bytes: flowing again so its end is seen.
+    socket.resume();
+    socket.once("end", () => socket.destroy());
     session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
     session.on("stream", (stream, headers) => this.options.onStream(stream, headers));
     session.on("error", (error) => log.warn("tunnel closed", { reason: error.message }));
@@ -78,6 +83,11 @@ export class Tunnel extends GatewayLink {
     const deadlineTimer = interruptibleSleep(Math.max(0, deadline - Date.now()));
     session.close(() => ((closed = true), deadlineTimer.wake()));
     await deadlineTimer.done;
-    if (!closed) session.destroy();
+    // Past the deadline: streams still open are reset with an error (never NO_ERROR, which Node's
+    // client reads as a complete answer), and the socket goes too.
+    if (!closed) {
+      session.destroy(new Error("the drain deadline passed with requests in flight"));
+      this.socket?.destroy();
+    }
   }
 }

@@ -7,9 +7,9 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { Tunnel } from "../tunnel/tunnel";
 import { decodeToken } from "../../protocol/token";
-import { BODILESS_METHODS, forwardableHeaders, redactTarget, repeatedSingular, type HeaderMap } from "../../protocol/vcs";
+import { BODILESS_METHODS, forwardableHeaders, queryCredentials, redactTarget, repeatedSingular, type HeaderMap } from "../../protocol/vcs";
 import { classify, projectMatcher } from "./allowlist";
-import { streamed } from "../../lib/streaming-gc";
+import { pump } from "../../lib/pump";
 
 /** Never printed, even with debug-print-all. */
 const CREDENTIAL_HEADERS = /^(authorization|private-token|job-token|cookie|set-cookie|x-[a-z-]*token)$/i;
@@ -46,7 +46,7 @@ function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
 
 /** Answer with a JSON body of our own; the rest of the request's body, if any, is refused (RST_STREAM NO_ERROR). */
 function answerAlone(stream: http2.ServerHttp2Stream, status: number, body: object): void {
-  if (stream.destroyed || stream.headersSent) return;
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
   const text = JSON.stringify(body);
   stream.respond({ ":status": status, "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   stream.end(text, () => stream.close(NGHTTP2_NO_ERROR));
@@ -135,7 +135,7 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
     context.log.info(decision.what, { method, path: shown, project: decision.project, status: 400, error: (error as Error).message, durationMs: elapsed() });
     return;
   }
-  // Node's check that a body is as long as its Content-Length (on every outgoing message; typed on responses only).
+  // Node's own check that a body is as long as its Content-Length, behind ours (pump counts).
   (request as unknown as http.ServerResponse).strictContentLength = framing.length !== undefined;
   // Silence from the VCS, before its answer or within a body, is bounded.
   let timedOut = false;
@@ -161,7 +161,7 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
   stream.once("close", () => {
     if (stream.rstCode !== NGHTTP2_NO_ERROR) request.destroy();
     if (settings.debugPrintAll && status !== 0) {
-      const secrets = credentialValues(headers);
+      const secrets = [...credentialValues(headers), ...queryCredentials(target)].filter((value) => value.length >= 6);
       context.log.debug("exchange", {
         method,
         path: shown,
@@ -174,26 +174,26 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
     }
     finish();
   });
-  // pipe() rather than pipeline(): pipeline builds an AbortError on every completion, a
-  // measurable cost per request; ends and resets are read from the stream's close instead.
+  // A body longer or shorter than its length fails the exchange: the upstream request is
+  // destroyed (its connection with it), never ended short or written past its length.
   if (stream.endAfterHeaders) request.end();
-  else stream.pipe(request);
+  else pump(stream, request, { length: framing.length, fail: (why) => (request.destroy(new Error(why)), stream.close(NGHTTP2_INTERNAL_ERROR)) });
   let responseHeaders: http.IncomingHttpHeaders = {};
   let responseBody = () => "";
   request.on("response", (response) => {
     status = response.statusCode ?? 502;
     responseHeaders = response.headers;
     if (stream.destroyed) return void response.destroy();
-    stream.respond(responseHead(response));
-    response.on("data", (chunk: Buffer) => {
-      bytes += chunk.length;
-      streamed(chunk.length);
-    });
+    const head = responseHead(response);
+    stream.respond(head);
+    response.on("data", (chunk: Buffer) => (bytes += chunk.length));
     responseBody = tap(response, settings.debugPrintAll);
     // A body cut short (the VCS closed early, or fell silent) must not end as if complete.
-    response.once("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
-    response.once("aborted", () => stream.close(NGHTTP2_INTERNAL_ERROR));
-    response.pipe(stream);
+    const cut = () => stream.close(NGHTTP2_INTERNAL_ERROR);
+    response.once("error", cut);
+    response.once("aborted", cut);
+    const length = head["content-length"] === undefined ? undefined : Number(head["content-length"]);
+    pump(response, stream, { length, fail: () => (response.destroy(), cut()) });
   });
   request.on("error", (error) => {
     if (done) return;
