@@ -235,6 +235,9 @@ describe("Kubernetes components (mocks)", () => {
     ["egress to the metadata address alone", () => vcs("kb-33", { egress: { cidrBlocks: ["169.254.169.254/32"] } }), "egress.cidrBlocks[0]", "metadata"],
     ["a proxy URL with credentials", () => vcs("kb-34", { httpsProxy: "http://user:pass@proxy:3128" }), "httpsProxy", "credentials"],
     ["an empty storage size", () => workers("kb-35", { storage: { size: "0" } }), "storage.size", "more than zero"],
+    ["node affinity In without values", () => vcs("kb-36", { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "zone", operator: "In" }] }] } } } }), "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values", 'operator "In"'],
+    ["anti-affinity of weight 0", () => vcs("kb-37", { affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 0, podAffinityTerm: { topologyKey: "kubernetes.io/hostname" } }] } } }), "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight"],
+    ["a misspelt affinity", () => vcs("kb-38", { affinity: { nodeAfinity: {} } as never }), "affinity.nodeAfinity", "not a known argument"],
   ];
   for (const [description, make, field, shows] of bad) {
     it(`refuses ${description} before anything is created, naming ${field}`, () => {
@@ -260,6 +263,7 @@ describe("Kubernetes components (mocks)", () => {
     ["tolerations of every documented form", (n) => vcs(n, { tolerations: [{ operator: "Exists" }, { key: "dedicated", value: "agents", effect: "NoSchedule" }, { key: "node.kubernetes.io/unreachable", operator: "Exists", effect: "NoExecute", tolerationSeconds: 30 }] }), (spec) => assert.equal(spec.tolerations.length, 3)],
     ["quantities in exponent and decimal forms", (n) => vcs(n, { resources: { requests: { cpu: "0.25", memory: "128e6" }, limits: { cpu: "1", memory: "1G" } } }), (spec) => assert.equal(spec.containers[0].resources.requests.memory, "128e6")],
     ["an existing Secret with dotted keys", (n) => vcs(n, { token: undefined, existingSecret: { name: "vcs.agent-credentials", keys: { SPACELIFT_VCS_AGENT_POOL_TOKEN: "pool.token" } } }), (spec) => assert.deepEqual(envOf(spec.containers[0]).SPACELIFT_VCS_AGENT_POOL_TOKEN, { secretKeyRef: { name: "vcs.agent-credentials", key: "pool.token" } })],
+    ["node and pod anti-affinity", (n) => vcs(n, { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "node.corp/cores", operator: "Gt", values: ["3"] }] }] } }, podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, podAffinityTerm: { topologyKey: "topology.kubernetes.io/zone", labelSelector: { matchExpressions: [{ key: "app.kubernetes.io/name", operator: "In", values: ["agentpools-vcs-agent"] }] } } }] } } }), (spec) => assert.equal(spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight, 100)],
     ["a run timeout the drain covers", (n) => workers(n, { runTimeout: "2h", drainTimeoutSeconds: 7200 }), (spec) => assert.equal(spec.terminationGracePeriodSeconds, 7230)],
   ];
   good.forEach(([description, make, check], index) => {

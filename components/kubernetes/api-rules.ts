@@ -120,3 +120,56 @@ export const cidrBlock = z.string().refine(
   },
   { error: 'must be an IPv4 or IPv6 CIDR block such as "10.0.0.0/8" or "fd00::/8"' },
 );
+
+// Affinity, with the API server's rules on operators and values.
+type Requirement = { key: string; operator: string; values?: string[] };
+function checkValues(requirement: Requirement, ctx: z.RefinementCtx): void {
+  const count = requirement.values?.length ?? 0;
+  const issue = (message: string) => ctx.addIssue({ code: "custom", path: ["values"], input: requirement.values, message });
+  if (["In", "NotIn"].includes(requirement.operator) && count === 0) issue(`must not be empty with operator "${requirement.operator}"`);
+  if (["Exists", "DoesNotExist"].includes(requirement.operator) && count > 0) issue(`must be empty with operator "${requirement.operator}"`);
+  if (["Gt", "Lt"].includes(requirement.operator) && (count !== 1 || !/^-?[0-9]+$/.test(requirement.values?.[0] ?? ""))) issue(`must be one integer with operator "${requirement.operator}"`);
+}
+
+const labelSelector = z.strictObject({
+  matchLabels: labelMap.optional(),
+  matchExpressions: z
+    .array(z.strictObject({ key: labelKey, operator: z.enum(["In", "NotIn", "Exists", "DoesNotExist"]), values: z.array(labelValue).optional() }).superRefine(checkValues))
+    .optional(),
+});
+
+const nodeSelectorTerm = z.strictObject({
+  matchExpressions: z
+    .array(z.strictObject({ key: labelKey, operator: z.enum(["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]), values: z.array(z.string()).optional() }).superRefine(checkValues))
+    .optional(),
+  matchFields: z
+    .array(z.strictObject({ key: z.literal("metadata.name", { error: 'must be "metadata.name", the only field a node selector matches' }), operator: z.enum(["In", "NotIn"]), values: z.array(z.string()).length(1, { error: "must hold exactly one node name" }) }))
+    .optional(),
+});
+
+const podAffinityTerm = z.strictObject({
+  labelSelector: labelSelector.optional(),
+  namespaceSelector: labelSelector.optional(),
+  namespaces: z.array(dnsLabel).optional(),
+  topologyKey: labelKey,
+  matchLabelKeys: z.array(labelKey).optional(),
+  mismatchLabelKeys: z.array(labelKey).optional(),
+});
+
+const weight = z.int().min(1).max(100);
+const podAffinity = z.strictObject({
+  requiredDuringSchedulingIgnoredDuringExecution: z.array(podAffinityTerm).optional(),
+  preferredDuringSchedulingIgnoredDuringExecution: z.array(z.strictObject({ weight, podAffinityTerm })).optional(),
+});
+
+/** A pod's affinity, as the API server takes it. */
+export const affinity = z.strictObject({
+  nodeAffinity: z
+    .strictObject({
+      requiredDuringSchedulingIgnoredDuringExecution: z.strictObject({ nodeSelectorTerms: z.array(nodeSelectorTerm).min(1) }).optional(),
+      preferredDuringSchedulingIgnoredDuringExecution: z.array(z.strictObject({ weight, preference: nodeSelectorTerm })).optional(),
+    })
+    .optional(),
+  podAffinity: podAffinity.optional(),
+  podAntiAffinity: podAffinity.optional(),
+});

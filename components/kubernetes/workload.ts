@@ -11,7 +11,7 @@ import { runtimeBundle, RUNTIME_NODE_FLAGS } from "../shared/bundles";
 import { sharedPoolShape } from "../shared/pool-args";
 import { checkSecrets } from "../shared/secrets";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
-import { cidrBlock, dataKey, dnsLabel, dnsSubdomain, labelMap, resources, toleration } from "./api-rules";
+import { affinity, cidrBlock, dataKey, dnsLabel, dnsSubdomain, labelMap, resources, toleration } from "./api-rules";
 import { egressPeers, isOnlyMetadata } from "./egress";
 
 /**
@@ -57,8 +57,8 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
     resources: resources.default(defaults.resources),
     nodeSelector: labelMap.default({}),
     tolerations: z.array(toleration).default([]),
-    /** A Kubernetes Affinity object, passed through as given. */
-    affinity: z.record(z.string(), z.unknown()).optional(),
+    /** A Kubernetes Affinity object (node, pod and anti-pod affinity), checked as the API server would. */
+    affinity: affinity.optional(),
     /** Spread replicas across nodes (best effort). */
     spreadAcrossNodes: z.boolean().default(true),
     /** A Secret you already have; `keys` maps a variable (e.g. SPACELIFT_VCS_AGENT_POOL_TOKEN) to its key when they differ. */
@@ -276,7 +276,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       ],
       nodeSelector: args.nodeSelector,
       tolerations: args.tolerations,
-      affinity: args.affinity as k8s.types.input.core.v1.Affinity | undefined,
+      affinity: args.affinity,
       topologySpreadConstraints: args.spreadAcrossNodes
         ? [{ maxSkew: 1, topologyKey: "kubernetes.io/hostname", whenUnsatisfiable: "ScheduleAnyway", labelSelector: { matchLabels: selector } }]
         : [],
