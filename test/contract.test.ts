@@ -8,7 +8,14 @@ import { launcherSettings } from "../agent/config/launcher";
 import type { RoleName } from "../agent/config/roles";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
-import { decodeUserData, FlowsAgentPool, InvalidArgumentsError, kubernetes, VcsAgentPool, WorkerPool } from "../components";
+import {
+  decodeUserData,
+  FlowsAgentPool,
+  InvalidArgumentsError,
+  kubernetes,
+  VcsAgentPool,
+  WorkerPool,
+} from "../components";
 import { sharedPoolShape } from "../components/shared/pool-args";
 import { workerPoolExtras } from "../components/shared/worker-args";
 import { PRIVATE_KEY_B64, TOKENS, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
@@ -70,7 +77,13 @@ const kinds: {
     role: "vcs-agent",
     settings: vcsAgentSettings,
     aws: (n, o) => new VcsAgentPool(n, vcsArgs(o as never)),
-    k8s: (n, o) => new kubernetes.VcsAgent(n, { token: TOKENS.vcs, targetBaseEndpoint: "https://gitlab.internal.example", vendor: "gitlab", ...o }),
+    k8s: (n, o) =>
+      new kubernetes.VcsAgent(n, {
+        token: TOKENS.vcs,
+        targetBaseEndpoint: "https://gitlab.internal.example",
+        vendor: "gitlab",
+        ...o,
+      }),
     platformOnly: {},
     cases: {
       ...common,
@@ -88,9 +101,17 @@ const kinds: {
     role: "flows-agent",
     settings: flowsAgentSettings,
     aws: (n, o) => new FlowsAgentPool(n, flowsArgs(o as never)),
-    k8s: (n, o) => new kubernetes.FlowsAgent(n, { poolId: "01HXPOOL", poolToken: TOKENS.flows, gatewayEndpoint: "https://gateway.useflows.eu", backendEndpoint: "https://useflows.eu", ...o }),
+    k8s: (n, o) =>
+      new kubernetes.FlowsAgent(n, {
+        poolId: "01HXPOOL",
+        poolToken: TOKENS.flows,
+        gatewayEndpoint: "https://gateway.useflows.eu",
+        backendEndpoint: "https://useflows.eu",
+        ...o,
+      }),
     platformOnly: {
-      executor: "a pod has no Docker engine for sibling containers: Kubernetes takes only \"process\" (tested in kubernetes.test.ts)",
+      executor:
+        'a pod has no Docker engine for sibling containers: Kubernetes takes only "process" (tested in kubernetes.test.ts)',
     },
     cases: {
       ...common,
@@ -125,13 +146,18 @@ async function verdict(make: Make, name: string, overrides: Args): Promise<strin
 }
 
 /** Problems about `setting` (the argument itself or a field inside it). */
-const about = (problems: string[], setting: string) => problems.filter((p) => p.startsWith(`${setting}:`) || p.startsWith(`${setting}.`) || p.startsWith(`${setting}[`));
+const about = (problems: string[], setting: string) =>
+  problems.filter((p) => p.startsWith(`${setting}:`) || p.startsWith(`${setting}.`) || p.startsWith(`${setting}[`));
 
 let counter = 0;
 
 for (const k of kinds) {
   describe(`contract: ${k.kind} pools on AWS and Kubernetes`, () => {
-    const shared = [...Object.keys(k.settings.shape), ...Object.keys(sharedPoolShape({ drainTimeoutSeconds: 60 })), ...(k.kind === "worker" ? Object.keys(workerPoolExtras) : [])];
+    const shared = [
+      ...Object.keys(k.settings.shape),
+      ...Object.keys(sharedPoolShape({ drainTimeoutSeconds: 60 })),
+      ...(k.kind === "worker" ? Object.keys(workerPoolExtras) : []),
+    ];
 
     it("covers every shared setting", () => {
       const missing = [...new Set(shared)].filter((setting) => !(setting in k.cases) && !(setting in k.platformOnly));
@@ -141,7 +167,10 @@ for (const k of kinds) {
     for (const [setting, [bad]] of Object.entries(k.cases)) {
       it(`${setting}: ${JSON.stringify(bad)} is refused by both, with the same message`, async () => {
         const n = ++counter;
-        const [onAws, onK8s] = [await verdict(k.aws, `c-aws-${n}`, { [setting]: bad }), await verdict(k.k8s, `c-k8s-${n}`, { [setting]: bad })];
+        const [onAws, onK8s] = [
+          await verdict(k.aws, `c-aws-${n}`, { [setting]: bad }),
+          await verdict(k.k8s, `c-k8s-${n}`, { [setting]: bad }),
+        ];
         assert.notEqual(onAws, "accepted", "AWS accepted it");
         assert.notEqual(onK8s, "accepted", "Kubernetes accepted it");
         const [awsLines, k8sLines] = [about(onAws as string[], setting), about(onK8s as string[], setting)];
@@ -164,19 +193,38 @@ for (const k of kinds) {
     it("a configuration of every shared setting, each a good value, is accepted by both and renders the same variables", async () => {
       const n = ++counter;
       // The policy goes as an object here; as a file it is covered above (one or the other).
-      const all = Object.fromEntries(Object.entries(k.cases).flatMap(([setting, [, good]]) => (setting === "runInitializationPolicyFile" ? [] : [[setting, good]])));
+      const all = Object.fromEntries(
+        Object.entries(k.cases).flatMap(([setting, [, good]]) =>
+          setting === "runInitializationPolicyFile" ? [] : [[setting, good]],
+        ),
+      );
       assert.equal(await verdict(k.aws, `c-aws-${n}`, all), "accepted");
       assert.equal(await verdict(k.k8s, `c-k8s-${n}`, all), "accepted");
       const [awsResources, k8sResources] = [await settled(`c-aws-${n}`), await settled(`c-k8s-${n}`)];
       const userData = decodeUserData(byType(awsResources, "aws:ec2/launchTemplate:LaunchTemplate")[0].inputs.userData);
-      const instance = JSON.parse([...userData.files.entries()].find(([path]) => path.startsWith("/etc/agentpools/") && path.endsWith(".json") && !path.includes("policy"))?.[1].content as string);
-      const workload = [...byType(k8sResources, "kubernetes:apps/v1:Deployment"), ...byType(k8sResources, "kubernetes:apps/v1:StatefulSet")][0];
-      const podEnv = Object.fromEntries(workload.inputs.spec.template.spec.containers[0].env.filter((e: { value?: string }) => e.value !== undefined).map((e: { name: string; value: string }) => [e.name, e.value]));
+      const instance = JSON.parse(
+        [...userData.files.entries()].find(
+          ([path]) => path.startsWith("/etc/agentpools/") && path.endsWith(".json") && !path.includes("policy"),
+        )?.[1].content as string,
+      );
+      const workload = [
+        ...byType(k8sResources, "kubernetes:apps/v1:Deployment"),
+        ...byType(k8sResources, "kubernetes:apps/v1:StatefulSet"),
+      ][0];
+      const podEnv = Object.fromEntries(
+        workload.inputs.spec.template.spec.containers[0].env
+          .filter((e: { value?: string }) => e.value !== undefined)
+          .map((e: { name: string; value: string }) => [e.name, e.value]),
+      );
       // The policy file sits at a path of each platform's own.
       // The policy file sits at a path of each platform's own; platform-only settings differ by design.
       const schema = settingsJsonSchema(k.role);
-      const differ = ["runInitializationPolicyFile", ...Object.keys(k.platformOnly)].map((setting) => schema.properties[setting]?.env);
-      const awsEnv = Object.fromEntries(Object.entries(instance.env as Record<string, string>).filter(([name]) => !differ.includes(name)));
+      const differ = ["runInitializationPolicyFile", ...Object.keys(k.platformOnly)].map(
+        (setting) => schema.properties[setting]?.env,
+      );
+      const awsEnv = Object.fromEntries(
+        Object.entries(instance.env as Record<string, string>).filter(([name]) => !differ.includes(name)),
+      );
       assert.ok(Object.keys(awsEnv).length >= Object.keys(k.cases).length - 8, "most settings rendered");
       const rendered = Object.fromEntries(Object.keys(awsEnv).map((name) => [name, podEnv[name]]));
       assert.deepEqual(rendered, awsEnv);

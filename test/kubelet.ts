@@ -17,7 +17,9 @@ type Spec = Record<string, any>;
  * grace period whatever is left gets SIGKILL.
  */
 export function terminationOrder(spec: Spec): { first: string[]; thenOneByOne: string[] } {
-  const sidecars = (spec.initContainers ?? []).filter((c: Spec) => c.restartPolicy === "Always").map((c: Spec) => c.name as string);
+  const sidecars = (spec.initContainers ?? [])
+    .filter((c: Spec) => c.restartPolicy === "Always")
+    .map((c: Spec) => c.name as string);
   return { first: spec.containers.map((c: Spec) => c.name as string), thenOneByOne: sidecars.reverse() };
 }
 
@@ -56,11 +58,16 @@ export class SimulatedKubelet {
 
   /** A container's view of a string: each mount path inside it replaced by its volume's directory (one pass). */
   private mapped(container: Spec, text: string): string {
-    const mounts = [...(container.volumeMounts ?? [])].filter((m) => this.volumes.has(m.name)).sort((a, b) => b.mountPath.length - a.mountPath.length);
+    const mounts = [...(container.volumeMounts ?? [])]
+      .filter((m) => this.volumes.has(m.name))
+      .sort((a, b) => b.mountPath.length - a.mountPath.length);
     if (mounts.length === 0) return text;
     const escape = (p: string) => p.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
     const pattern = new RegExp(`(${mounts.map((m) => escape(m.mountPath)).join("|")})(?=/|$|")`, "g");
-    return text.replace(pattern, (mountPath) => this.volumes.get(mounts.find((m) => m.mountPath === mountPath).name) as string);
+    return text.replace(
+      pattern,
+      (mountPath) => this.volumes.get(mounts.find((m) => m.mountPath === mountPath).name) as string,
+    );
   }
 
   private envOf(container: Spec): Record<string, string> {
@@ -69,7 +76,8 @@ export class SimulatedKubelet {
       const from = variable.valueFrom;
       if (variable.value !== undefined) env[variable.name] = this.mapped(container, variable.value);
       else if (from?.secretKeyRef) env[variable.name] = this.pod.secrets[from.secretKeyRef.name][from.secretKeyRef.key];
-      else if (from?.fieldRef) env[variable.name] = from.fieldRef.fieldPath === "metadata.name" ? this.pod.name : "node-1";
+      else if (from?.fieldRef)
+        env[variable.name] = from.fieldRef.fieldPath === "metadata.name" ? this.pod.name : "node-1";
     }
     return env;
   }
@@ -84,7 +92,8 @@ export class SimulatedKubelet {
     const [file, ...args] = this.argv(container);
     const child = spawn(file, args, { env: this.envOf(container), stdio: ["ignore", "pipe", "pipe"] });
     this.output.set(container.name, "");
-    const collect = (chunk: Buffer) => this.output.set(container.name, this.output.get(container.name) + chunk.toString());
+    const collect = (chunk: Buffer) =>
+      this.output.set(container.name, this.output.get(container.name) + chunk.toString());
     child.stdout?.on("data", collect);
     child.stderr?.on("data", collect);
     this.processes.set(container.name, child);
@@ -103,14 +112,17 @@ export class SimulatedKubelet {
   /** An exec probe, run as the container would (its binaries, its env, its paths). */
   private probe(container: Spec, probe: Spec): boolean {
     const [command, ...args] = probe.exec.command.map((arg: string) => this.mapped(container, arg));
-    return spawnSync(this.pod.binaries[command] ?? command, args, { env: this.envOf(container), timeout: 5000 }).status === 0;
+    return (
+      spawnSync(this.pod.binaries[command] ?? command, args, { env: this.envOf(container), timeout: 5000 }).status === 0
+    );
   }
 
   /** Start the pod: sidecars in order, each once its startup probe passes, then the regular containers. */
   async start(): Promise<void> {
     for (const sidecar of (this.pod.spec.initContainers ?? []).filter((c: Spec) => c.restartPolicy === "Always")) {
       this.run(sidecar);
-      if (sidecar.startupProbe) await eventually(() => this.probe(sidecar, sidecar.startupProbe), 10_000, `${sidecar.name}'s startup probe`);
+      if (sidecar.startupProbe)
+        await eventually(() => this.probe(sidecar, sidecar.startupProbe), 10_000, `${sidecar.name}'s startup probe`);
     }
     for (const container of this.pod.spec.containers) this.run(container);
   }

@@ -107,7 +107,12 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     const request = await makePoolKeyAndRequest("workers");
     keyBase64 = request.keyBase64;
     const dataDir = scratchDir("gw-");
-    const made = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers"));
+    const made = createPool(
+      "workers",
+      "worker",
+      `http://127.0.0.1:${port}`,
+      await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers"),
+    );
     token = made.token;
     gateway = new Gateway({ pools: [made.pool], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
@@ -124,15 +129,22 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     const engine = path.join(bin, "engine.js");
     writeFileSync(engine, ENGINE);
     writeFileSync(path.join(bin, "docker.js"), CLI);
-    writeFileSync(path.join(bin, "docker"), `#!/bin/sh\nexec "${process.execPath}" "${path.join(bin, "docker.js")}" "$@"\n`);
+    writeFileSync(
+      path.join(bin, "docker"),
+      `#!/bin/sh\nexec "${process.execPath}" "${path.join(bin, "docker.js")}" "$@"\n`,
+    );
     chmodSync(path.join(bin, "docker"), 0o755);
     const secret = one(resources, "kubernetes:core/v1:Secret").inputs;
     const kubelet = new SimulatedKubelet({
       name: `${name}-7d9c5-x2x4q`,
       spec,
-      configMaps: Object.fromEntries(byType(resources, "kubernetes:core/v1:ConfigMap").map((c) => [c.inputs.metadata.name, c.inputs.data])),
+      configMaps: Object.fromEntries(
+        byType(resources, "kubernetes:core/v1:ConfigMap").map((c) => [c.inputs.metadata.name, c.inputs.data]),
+      ),
       secrets: { [secret.metadata.name]: secret.stringData.value },
-      entrypoints: { [spec.initContainers?.[0]?.image ?? spec.containers[1].image]: [process.execPath, engine, tmpdir()] },
+      entrypoints: {
+        [spec.initContainers?.[0]?.image ?? spec.containers[1].image]: [process.execPath, engine, tmpdir()],
+      },
       binaries: { node: process.execPath, docker: path.join(bin, "docker") },
       path: `${bin}:${process.env.PATH}`,
     });
@@ -141,21 +153,52 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     execFileSync("mkfifo", [fifo]);
     try {
       await kubelet.start();
-      await eventually(() => gateway.summary()[0].connections === 1 && gateway.summary()[0].agents[0]?.metadata.pod === `${name}-7d9c5-x2x4q`, 15_000, "the launcher connected").catch((error) => {
+      await eventually(
+        () =>
+          gateway.summary()[0].connections === 1 &&
+          gateway.summary()[0].agents[0]?.metadata.pod === `${name}-7d9c5-x2x4q`,
+        15_000,
+        "the launcher connected",
+      ).catch((error) => {
         throw new Error(`${error.message}: ${[...kubelet.output].map(([c, text]) => `${c}: ${text}`).join("\n")}`);
       });
-      const { id } = await gateway.workers.submit("workers", { image: "alpine:3", commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"] });
-      await eventually(() => kubelet.output.get("docker")?.includes(`container agentpools-run-${id} started`), 10_000, "the run started in the engine");
+      const { id } = await gateway.workers.submit("workers", {
+        image: "alpine:3",
+        commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"],
+      });
+      await eventually(
+        () => kubelet.output.get("docker")?.includes(`container agentpools-run-${id} started`),
+        10_000,
+        "the run started in the engine",
+      );
       const terminated = kubelet.terminate();
-      await eventually(() => kubelet.output.get("launcher")?.includes('"msg":"draining"'), 10_000, "the launcher drains");
+      await eventually(
+        () => kubelet.output.get("launcher")?.includes('"msg":"draining"'),
+        10_000,
+        "the launcher drains",
+      );
       const releaseRun = () => writeFileSync(fifo, "go\n");
       const eventsBeforeRelease = [...kubelet.events];
       // The run ends when released, or when its engine is stopped under it.
-      if (gateway.workers.get("workers", id).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker")) releaseRun();
+      if (gateway.workers.get("workers", id).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
+        releaseRun();
       await terminated;
-      await eventually(() => !["queued", "running"].includes(gateway.workers.get("workers", id).status), 10_000, "the run's result reached the gateway");
-      const logs = await (await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`)).text();
-      return { run: gateway.workers.get("workers", id), logs, events: kubelet.events, eventsBeforeRelease, engine: kubelet.output.get("docker") ?? "", launcher: kubelet.output.get("launcher") ?? "" };
+      await eventually(
+        () => !["queued", "running"].includes(gateway.workers.get("workers", id).status),
+        10_000,
+        "the run's result reached the gateway",
+      );
+      const logs = await (
+        await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`)
+      ).text();
+      return {
+        run: gateway.workers.get("workers", id),
+        logs,
+        events: kubelet.events,
+        eventsBeforeRelease,
+        engine: kubelet.output.get("docker") ?? "",
+        launcher: kubelet.output.get("launcher") ?? "",
+      };
     } finally {
       kubelet.kill();
     }
@@ -163,7 +206,11 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
 
   it("the engine is signalled only after the launcher has delivered the run it drained", async () => {
     const { run, logs, events, eventsBeforeRelease, engine } = await podThroughDrain("k-drain");
-    assert.deepEqual(eventsBeforeRelease, ["started docker", "started launcher", "SIGTERM launcher"], "while the launcher drains, the engine is left alone");
+    assert.deepEqual(
+      eventsBeforeRelease,
+      ["started docker", "started launcher", "SIGTERM launcher"],
+      "while the launcher drains, the engine is left alone",
+    );
     assert.equal(run.status, "succeeded", logs);
     assert.match(logs, /finished after the drain began/);
     assert.deepEqual(events.slice(3), ["exited launcher 0", "SIGTERM docker", "exited docker 0"]);
@@ -182,7 +229,10 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       spec.containers.push(docker);
       delete spec.initContainers;
     });
-    assert.deepEqual(terminationOrder({ containers: [{ name: "launcher" }, { name: "docker" }] }).first, ["launcher", "docker"]);
+    assert.deepEqual(terminationOrder({ containers: [{ name: "launcher" }, { name: "docker" }] }).first, [
+      "launcher",
+      "docker",
+    ]);
     assert.ok(events.indexOf("SIGTERM docker") < events.indexOf("exited launcher 0"), events.join(", "));
     assert.equal(run.status, "failed");
     assert.match(engine, /SIGTERM with 1 containers running/);

@@ -28,7 +28,7 @@ export interface RunningAgent {
  * start to its exit, also while it waits for a gateway that is down or drains. Readiness,
  * "connected": `ready` exists only while `ready()` says so. `update` applies a change at once.
  */
-export function writeStatusFiles(dir: string, ready: () => boolean, intervalMs = 5000): { update(): void; stop(): void } {
+export function writeStatusFiles(dir: string, ready: () => boolean, intervalMs = 5000) {
   mkdirSync(dir, { recursive: true });
   const update = () => {
     writeFileSync(path.join(dir, "heartbeat"), `${Date.now()}\n`);
@@ -101,7 +101,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
   try {
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
-    if (statusDir) status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
+    const ready = () => serving && (agent?.connected?.() ?? true);
+    if (statusDir) status = writeStatusFiles(statusDir, ready, options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath ? JSON.parse(readFileSync(configPath, "utf8")) : undefined;
     if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);

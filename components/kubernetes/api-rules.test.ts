@@ -1,10 +1,24 @@
 import assert from "node:assert/strict";
 import { imageReference } from "../../agent/config/fields";
-import { byteQuantity, cidrBlock, cpuQuantity, dataKey, dnsLabel, dnsSubdomain, labelKey, labelValue, quantityValue, resources, toleration } from "./api-rules";
+import {
+  byteQuantity,
+  cidrBlock,
+  cpuQuantity,
+  dataKey,
+  dnsLabel,
+  dnsSubdomain,
+  labelKey,
+  labelValue,
+  quantityValue,
+  resources,
+  toleration,
+} from "./api-rules";
 import { egressPeers, isOnlyMetadata, metadataAddressesIn } from "./egress";
 
-const accepts = (schema: { safeParse(v: unknown): { success: boolean } }, values: unknown[]) => values.forEach((v) => assert.ok(schema.safeParse(v).success, `refused ${JSON.stringify(v)}`));
-const refuses = (schema: { safeParse(v: unknown): { success: boolean } }, values: unknown[]) => values.forEach((v) => assert.ok(!schema.safeParse(v).success, `accepted ${JSON.stringify(v)}`));
+const accepts = (schema: { safeParse(v: unknown): { success: boolean } }, values: unknown[]) =>
+  values.forEach((v) => assert.ok(schema.safeParse(v).success, `refused ${JSON.stringify(v)}`));
+const refuses = (schema: { safeParse(v: unknown): { success: boolean } }, values: unknown[]) =>
+  values.forEach((v) => assert.ok(!schema.safeParse(v).success, `accepted ${JSON.stringify(v)}`));
 
 describe("Kubernetes grammars (api-rules)", () => {
   it("quantities: every documented form, and their values", () => {
@@ -14,16 +28,24 @@ describe("Kubernetes grammars (api-rules)", () => {
     assert.equal(quantityValue("1E-3"), 0.001);
     assert.equal(quantityValue(".5"), 0.5);
     assert.equal(quantityValue("2k"), 2000);
-    for (const bad of ["", "1.5TB", "Gi", "1 Gi", "-1", "1.2.3", "1e", "0x10", "lots"]) assert.equal(quantityValue(bad), undefined, bad);
+    for (const bad of ["", "1.5TB", "Gi", "1 Gi", "-1", "1.2.3", "1e", "0x10", "lots"])
+      assert.equal(quantityValue(bad), undefined, bad);
     accepts(cpuQuantity, ["100m", "0.5", "2", "1.5"]);
     accepts(byteQuantity, ["512Mi", "1.5Gi", "1G", "128e6", "1000"]);
     refuses(byteQuantity, ["512m", "0.5", "1.5", "1GB"]);
   });
 
   it("a request above its limit is refused per resource", () => {
-    assert.ok(resources.safeParse({ requests: { cpu: "500m", memory: "1Gi" }, limits: { cpu: "0.5", memory: "1024Mi" } }).success, "equal is fine");
+    assert.ok(
+      resources.safeParse({ requests: { cpu: "500m", memory: "1Gi" }, limits: { cpu: "0.5", memory: "1024Mi" } })
+        .success,
+      "equal is fine",
+    );
     const result = resources.safeParse({ requests: { cpu: "2", memory: "1Gi" }, limits: { cpu: "1", memory: "1Gi" } });
-    assert.deepEqual(result.error?.issues.map((i) => i.path.join(".")), ["requests.cpu"]);
+    assert.deepEqual(
+      result.error?.issues.map((i) => i.path.join(".")),
+      ["requests.cpu"],
+    );
   });
 
   it("names, label keys and values, Secret keys", () => {
@@ -40,8 +62,17 @@ describe("Kubernetes grammars (api-rules)", () => {
   });
 
   it("tolerations: the API server's rules between fields", () => {
-    accepts(toleration, [{ operator: "Exists" }, { key: "k", value: "v", effect: "NoSchedule" }, { key: "k", operator: "Exists", effect: "NoExecute", tolerationSeconds: 0 }]);
-    refuses(toleration, [{ key: "k", operator: "Exists", value: "v" }, { key: "k", effect: "NoSchedule", tolerationSeconds: 5 }, { value: "v" }, { key: "k", value: "a b" }]);
+    accepts(toleration, [
+      { operator: "Exists" },
+      { key: "k", value: "v", effect: "NoSchedule" },
+      { key: "k", operator: "Exists", effect: "NoExecute", tolerationSeconds: 0 },
+    ]);
+    refuses(toleration, [
+      { key: "k", operator: "Exists", value: "v" },
+      { key: "k", effect: "NoSchedule", tolerationSeconds: 5 },
+      { value: "v" },
+      { key: "k", value: "a b" },
+    ]);
   });
 
   it("image references: the distribution grammar (upper case in tags and hosts, not in paths)", () => {
@@ -57,7 +88,20 @@ describe("Kubernetes grammars (api-rules)", () => {
       `node:24@sha256:${"a".repeat(64)}`,
       "[fd00::1]:5000/agent:1",
     ]);
-    refuses(imageReference, ["", "Node:24", "team/Agent", "node:", "node:-x", `node:${"x".repeat(129)}`, "node@sha256:abc", "a b", "node:1 2", "-node", "node/", "//node"]);
+    refuses(imageReference, [
+      "",
+      "Node:24",
+      "team/Agent",
+      "node:",
+      "node:-x",
+      `node:${"x".repeat(129)}`,
+      "node@sha256:abc",
+      "a b",
+      "node:1 2",
+      "-node",
+      "node/",
+      "//node",
+    ]);
   });
 
   it("CIDR blocks and the metadata addresses in them", () => {
@@ -67,7 +111,11 @@ describe("Kubernetes grammars (api-rules)", () => {
     assert.deepEqual(metadataAddressesIn("169.254.0.0/16"), ["169.254.169.254"]);
     assert.deepEqual(metadataAddressesIn("::/0"), ["fd00:ec2::254"]);
     assert.deepEqual(metadataAddressesIn("10.0.0.0/8"), []);
-    assert.ok(isOnlyMetadata("169.254.169.254/32") && isOnlyMetadata("fd00:ec2::254/128") && !isOnlyMetadata("169.254.169.0/24"));
+    assert.ok(
+      isOnlyMetadata("169.254.169.254/32") &&
+        isOnlyMetadata("fd00:ec2::254/128") &&
+        !isOnlyMetadata("169.254.169.0/24"),
+    );
     assert.deepEqual(egressPeers(["169.254.0.0/16", "fd00::/8"], false), [
       { ipBlock: { cidr: "169.254.0.0/16", except: ["169.254.169.254/32"] } },
       { ipBlock: { cidr: "fd00::/8", except: ["fd00:ec2::254/128"] } },

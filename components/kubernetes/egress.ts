@@ -34,7 +34,9 @@ export const isOnlyMetadata = (cidr: string) => {
 /** NetworkPolicy peers for the allowed blocks, each with the metadata addresses it holds excepted. */
 export function egressPeers(cidrBlocks: string[], allowMetadataService: boolean) {
   return cidrBlocks.map((cidr) => {
-    const except = allowMetadataService ? [] : metadataAddressesIn(cidr).map((address) => `${address}/${isIP(address) === 6 ? 128 : 32}`);
+    const except = allowMetadataService
+      ? []
+      : metadataAddressesIn(cidr).map((address) => `${address}/${isIP(address) === 6 ? 128 : 32}`);
     return { ipBlock: except.length > 0 ? { cidr, except } : { cidr } };
   });
 }

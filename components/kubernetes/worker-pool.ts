@@ -3,7 +3,8 @@ import { z } from "zod";
 import { imageReference } from "../../agent/config/fields";
 import { launcherSettings } from "../../agent/config/launcher";
 import { byteQuantity, dnsSubdomain, quantityValue } from "./api-rules";
-import { KubernetesAgent, type PodSecurityLevel, resources, RUNTIME_UID, validateWorkload, workloadShape } from "./workload";
+import { KubernetesAgent, resources, RUNTIME_UID, validateWorkload, workloadShape } from "./workload";
+import type { PodSecurityLevel } from "./workload";
 import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "../shared/worker-args";
 
 const DOCKER_SOCKET_DIR = "/var/run/dind";
@@ -13,7 +14,11 @@ const POLICY_DIR = "/etc/agentpools/policy";
 export const kubernetesWorkerPoolArgs = z
   .strictObject({
     ...launcherSettings.omit({ token: true, poolPrivateKey: true }).shape,
-    ...workloadShape("launcher", { replicas: 1, resources: { requests: { cpu: "100m", memory: "128Mi" }, limits: { memory: "256Mi" } }, drainTimeoutSeconds: 4500 }),
+    ...workloadShape("launcher", {
+      replicas: 1,
+      resources: { requests: { cpu: "100m", memory: "128Mi" }, limits: { memory: "256Mi" } },
+      drainTimeoutSeconds: 4500,
+    }),
     /** The Docker engine the launcher starts runs in (a Docker-in-Docker sidecar). */
     dockerImage: imageReference.default("docker:28.2.2-dind"),
     dockerResources: resources.default({ requests: { cpu: "1", memory: "2Gi" }, limits: { memory: "4Gi" } }),
@@ -21,7 +26,9 @@ export const kubernetesWorkerPoolArgs = z
     statefulSet: z.boolean().default(false),
     storage: z
       .strictObject({
-        size: byteQuantity.refine((size) => (quantityValue(size) ?? 1) > 0, { error: "must be more than zero" }).default("50Gi"),
+        size: byteQuantity
+          .refine((size) => (quantityValue(size) ?? 1) > 0, { error: "must be more than zero" })
+          .default("50Gi"),
         storageClassName: dnsSubdomain.optional(),
       })
       .default({ size: "50Gi" }),
@@ -89,7 +96,11 @@ export class KubernetesWorkerPool extends KubernetesAgent {
             securityContext: { privileged: true },
             resources: parsed.dockerResources,
             // The launcher starts once the engine answers on its socket.
-            startupProbe: { exec: { command: ["docker", `--host=${DOCKER_HOST}`, "version"] }, periodSeconds: 2, failureThreshold: 90 },
+            startupProbe: {
+              exec: { command: ["docker", `--host=${DOCKER_HOST}`, "version"] },
+              periodSeconds: 2,
+              failureThreshold: 90,
+            },
             volumeMounts: [
               { name: "docker-socket", mountPath: DOCKER_SOCKET_DIR },
               { name: "runs", mountPath: parsed.workDirectory },

@@ -37,7 +37,8 @@ export type PodSecurityLevel = "restricted" | "baseline" | "privileged";
 const LEVELS: PodSecurityLevel[] = ["restricted", "baseline", "privileged"];
 
 /** The strictest level that admits every one of these pools' pods (for a namespace they share). */
-export const admittingLevel = (...needs: PodSecurityLevel[]): PodSecurityLevel => LEVELS[Math.max(0, ...needs.map((level) => LEVELS.indexOf(level)))];
+export const admittingLevel = (...needs: PodSecurityLevel[]): PodSecurityLevel =>
+  LEVELS[Math.max(0, ...needs.map((level) => LEVELS.indexOf(level)))];
 
 export interface WorkloadDefaults {
   replicas: number;
@@ -69,7 +70,8 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
           .record(z.string(), dataKey)
           .superRefine((keys, ctx) => {
             for (const variable of Object.keys(keys).filter((key) => !secretVariables.includes(key))) {
-              ctx.addIssue({ code: "custom", path: [variable], message: `is not one of this pool's secret variables (${secretVariables.join(", ")})` });
+              const message = `is not one of this pool's secret variables (${secretVariables.join(", ")})`;
+              ctx.addIssue({ code: "custom", path: [variable], message });
             }
           })
           .default({}),
@@ -88,7 +90,9 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
       .superRefine((egress, ctx) => {
         if (egress.allowMetadataService) return;
         egress.cidrBlocks.forEach((cidr, index) => {
-          if (cidrBlock.safeParse(cidr).success && isOnlyMetadata(cidr)) ctx.addIssue({ code: "custom", path: ["cidrBlocks", index], input: cidr, message: "is a cloud metadata service's address, which pools do not reach unless allowMetadataService is true" });
+          if (!cidrBlock.safeParse(cidr).success || !isOnlyMetadata(cidr)) return;
+          const message = "is a cloud metadata service's address, which pools do not reach unless allowMetadataService is true";
+          ctx.addIssue({ code: "custom", path: ["cidrBlocks", index], input: cidr, message });
         });
       })
       .default({ cidrBlocks: ["0.0.0.0/0"], allowMetadataService: false }),
@@ -133,7 +137,8 @@ export interface WorkloadSpec {
 export function resourceNameProblem(name: string, statefulSet: boolean): string | undefined {
   const max = statefulSet ? 52 : 63;
   if (!dnsLabel.safeParse(name).success || name.length > max) {
-    return `name: ${JSON.stringify(name)} must be an RFC 1123 label of at most ${max} characters (lowercase letters, digits and -, starting and ending with a letter or digit): the Kubernetes objects are named after it${statefulSet ? " and a StatefulSet's pods add a revision hash" : ""}`;
+    const why = `the Kubernetes objects are named after it${statefulSet ? " and a StatefulSet's pods add a revision hash" : ""}`;
+    return `name: ${JSON.stringify(name)} must be an RFC 1123 label of at most ${max} characters (lowercase letters, digits and -, starting and ending with a letter or digit): ${why}`;
   }
   return undefined;
 }
@@ -254,7 +259,14 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     metadata: {
       labels: podLabels,
       // A new bundle or configuration rolls the pods.
-      annotations: { "agentpools.io/runtime-sha256": createHash("sha256").update(bundle).update(config).update(JSON.stringify(spec.settingsEnv)).update(JSON.stringify(spec.configFiles ?? [])).digest("hex") },
+      annotations: {
+        "agentpools.io/runtime-sha256": createHash("sha256")
+          .update(bundle)
+          .update(config)
+          .update(JSON.stringify(spec.settingsEnv))
+          .update(JSON.stringify(spec.configFiles ?? []))
+          .digest("hex"),
+      },
     },
     spec: {
       serviceAccountName: account.metadata.name,
@@ -265,10 +277,15 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       // restartPolicy Always makes an init container a sidecar (Kubernetes 1.29 and later): it
       // starts (and passes its startup probe) before the agent, and on termination the kubelet
       // signals it only once every regular container has exited.
-      ...(spec.sidecars?.length ? { initContainers: spec.sidecars.map((sidecar) => ({ ...sidecar, restartPolicy: "Always" })) } : {}),
+      ...(spec.sidecars?.length
+        ? { initContainers: spec.sidecars.map((sidecar) => ({ ...sidecar, restartPolicy: "Always" })) }
+        : {}),
       containers: [container],
       volumes: [
-        { name: "runtime", configMap: { name: runtime.metadata.name, items: [{ key: `${role}.js`, path: `${role}.js` }, { key: CONFIG_FILE, path: CONFIG_FILE }] } },
+        {
+          name: "runtime",
+          configMap: { name: runtime.metadata.name, items: [`${role}.js`, CONFIG_FILE].map((file) => ({ key: file, path: file })) },
+        },
         { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },
         ...(args.customCaCertificates ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }] : []),
         ...(spec.configFiles ?? []).map((file) => ({ name: file.volume, configMap: { name: runtime.metadata.name, items: [{ key: file.key, path: file.key }] } })),
@@ -302,14 +319,23 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
         ingress: [],
         egress: [
           { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
-          { to: egressPeers(args.egress.cidrBlocks, args.egress.allowMetadataService), ...(ports ? { ports: ports.map((port) => ({ protocol: "TCP", port })) } : {}) },
+          {
+            to: egressPeers(args.egress.cidrBlocks, args.egress.allowMetadataService),
+            ...(ports ? { ports: ports.map((port) => ({ protocol: "TCP", port })) } : {}),
+          },
         ],
       },
     },
     opts,
   );
 
-  return { namespace: pulumi.output(args.namespace), workloadName: workload.metadata.name, secretName, serviceAccountName: account.metadata.name, podSecurityLevel: spec.podSecurityLevel };
+  return {
+    namespace: pulumi.output(args.namespace),
+    workloadName: workload.metadata.name,
+    secretName,
+    serviceAccountName: account.metadata.name,
+    podSecurityLevel: spec.podSecurityLevel,
+  };
 }
 
 /** The common shape of the Kubernetes agents. */

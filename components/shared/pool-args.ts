@@ -9,9 +9,11 @@ import { httpUrl } from "../../agent/config/fields";
  */
 
 /** One or more PEM certificates, trusted by the agent (and, on instances, system-wide). */
-export const pemCertificates = z.string().regex(/^(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+$/, {
-  error: "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)",
-});
+export const pemCertificates = z
+  .string()
+  .regex(/^(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+$/, {
+    error: "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)",
+  });
 
 /** A proxy URL is rendered in plain configuration (user-data, a pod's spec): credentials in it would be readable there. */
 export const proxyWithoutCredentials = httpUrl.refine((url) => !/^[a-z]+:\/\/[^/]*@/i.test(url), {

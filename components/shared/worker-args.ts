@@ -26,11 +26,13 @@ interface LauncherArgs {
 
 export function checkWorkerArgs(args: LauncherArgs, ctx: z.RefinementCtx): void {
   if (args.executor !== "docker") {
-    ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message: 'must be "docker" in a pool: the process executor runs jobs beside the launcher, for development only' });
+    const message = 'must be "docker" in a pool: the process executor runs jobs beside the launcher, for development only';
+    ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message });
   }
   // A scale-in or a node drain stops the launcher after the drain: a run allowed to last longer would be killed.
   if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < MAX_DRAIN_SECONDS) {
-    ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in or node drain would kill a run that may still finish` });
+    const message = `is shorter than runTimeout (${args.runTimeout}): a scale-in or node drain would kill a run that may still finish`;
+    ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message });
   }
   if (args.runInitializationPolicy !== undefined && args.runInitializationPolicyFile !== undefined) {
     ctx.addIssue({ code: "custom", path: ["runInitializationPolicyFile"], input: args.runInitializationPolicyFile, message: "give either runInitializationPolicy (the policy) or runInitializationPolicyFile (a path the launcher can read), not both" });

@@ -11,7 +11,7 @@ const namespaceName = config.get("namespace") ?? "agentpools";
 const workerNamespaceName = config.get("workerNamespace") ?? `${namespaceName}-workers`;
 const gitEndpoint = config.require("gitEndpoint");
 
-/** A namespace whose pods must meet `level`; warnings and audit entries at "restricted" show what more a pod would need. */
+/** A namespace whose pods must meet `level`; audit entries at "restricted" show what more a pod needs. */
 const namespaceAt = (resourceName: string, name: string, level: kubernetes.PodSecurityLevel) =>
   new k8s.core.v1.Namespace(resourceName, {
     metadata: {
@@ -24,7 +24,8 @@ const namespaceAt = (resourceName: string, name: string, level: kubernetes.PodSe
     },
   });
 
-const agents = namespaceAt("agentpools", namespaceName, kubernetes.admittingLevel(kubernetes.VcsAgent.podSecurityLevel, kubernetes.FlowsAgent.podSecurityLevel));
+const agentsLevel = kubernetes.admittingLevel(kubernetes.VcsAgent.podSecurityLevel, kubernetes.FlowsAgent.podSecurityLevel);
+const agents = namespaceAt("agentpools", namespaceName, agentsLevel);
 const workerSpace = namespaceAt("agentpools-workers", workerNamespaceName, kubernetes.WorkerPool.podSecurityLevel);
 const opts = { dependsOn: [agents] };
 
