@@ -20,6 +20,7 @@ import { sharedPoolShape } from "../components/shared/pool-args";
 import { workerPoolExtras } from "../components/shared/worker-args";
 import { PRIVATE_KEY_B64, TOKENS, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 import { byType, settled, valueOf } from "../devkit/pulumi-mocks";
+import { admissionProblems } from "./kubernetes-admission";
 
 type Args = Record<string, unknown>;
 type Make = (name: string, overrides: Args) => { workloadName?: unknown; autoScalingGroupName?: unknown };
@@ -37,6 +38,8 @@ const common: Record<string, [unknown, unknown]> = {
 const kinds: {
   kind: string;
   role: RoleName;
+  /** The Pod Security level the Kubernetes component's pods meet. */
+  level: kubernetes.PodSecurityLevel;
   settings: z.ZodObject;
   aws: Make;
   k8s: Make;
@@ -47,6 +50,7 @@ const kinds: {
   {
     kind: "worker",
     role: "launcher",
+    level: kubernetes.WorkerPool.podSecurityLevel,
     settings: launcherSettings,
     aws: (n, o) => new WorkerPool(n, workerArgs(o as never)),
     k8s: (n, o) => new kubernetes.WorkerPool(n, { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64, ...o }),
@@ -75,6 +79,7 @@ const kinds: {
   {
     kind: "vcs",
     role: "vcs-agent",
+    level: kubernetes.VcsAgent.podSecurityLevel,
     settings: vcsAgentSettings,
     aws: (n, o) => new VcsAgentPool(n, vcsArgs(o as never)),
     k8s: (n, o) =>
@@ -99,6 +104,7 @@ const kinds: {
   {
     kind: "flows",
     role: "flows-agent",
+    level: kubernetes.FlowsAgent.podSecurityLevel,
     settings: flowsAgentSettings,
     aws: (n, o) => new FlowsAgentPool(n, flowsArgs(o as never)),
     k8s: (n, o) =>
@@ -229,6 +235,8 @@ for (const k of kinds) {
       const rendered = Object.fromEntries(Object.keys(awsEnv).map((name) => [name, podEnv[name]]));
       assert.deepEqual(rendered, awsEnv);
       assert.equal(instance.drainTimeoutSeconds, k.cases.drainTimeoutSeconds[1]);
+      // What Kubernetes rendered from it is what a cluster admits.
+      assert.deepEqual(await admissionProblems(k8sResources, () => k.level), []);
     });
   });
 }

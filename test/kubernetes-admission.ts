@@ -258,3 +258,22 @@ export function podSecurityProblems(pod: Record<string, any>, level: Level): str
 /** The level a Namespace manifest enforces (privileged when unlabelled, as the admission controller's default). */
 export const enforcedLevel = (namespace: Record<string, any>): Level =>
   namespace.metadata?.labels?.["pod-security.kubernetes.io/enforce"] ?? "privileged";
+
+/** Every problem a cluster would find in these recorded objects, each pod held to the level `levelOf` gives. */
+export async function admissionProblems(
+  resources: RecordedResource[],
+  levelOf: (manifest: Record<string, any>) => Level,
+) {
+  const problems: string[] = [];
+  for (const resource of resources.filter((r) => r.type.startsWith("kubernetes:"))) {
+    const manifest = manifestOf(resource);
+    problems.push(...(await schemaProblems(manifest)), ...apiServerProblems(manifest));
+    const pod = podTemplateOf(manifest);
+    const level = levelOf(manifest);
+    if (pod)
+      problems.push(
+        ...podSecurityProblems(pod, level).map((p) => `${manifest.kind} ${manifest.metadata.name} at ${level}: ${p}`),
+      );
+  }
+  return problems;
+}

@@ -4,7 +4,7 @@ import { InvalidArgumentsError, kubernetes } from "../components";
 import { runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
-import { apiServerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
+import { admissionProblems, apiServerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
 
 const T = {
   configMap: "kubernetes:core/v1:ConfigMap",
@@ -24,18 +24,6 @@ async function deploy(make: () => kubernetes.VcsAgent | kubernetes.FlowsAgent | 
   await valueOf(agent.workloadName);
   deployed.set(prefix, agent.podSecurityLevel);
   return settled(prefix);
-}
-
-/** Every problem a cluster would find in these objects, their pods held to `level`. */
-async function admissionProblems(resources: RecordedResource[], levelOf: (manifest: Record<string, any>) => Level) {
-  const problems: string[] = [];
-  for (const resource of resources.filter((r) => r.type.startsWith("kubernetes:"))) {
-    const manifest = manifestOf(resource);
-    problems.push(...(await schemaProblems(manifest)), ...apiServerProblems(manifest));
-    const pod = podTemplateOf(manifest);
-    if (pod) problems.push(...podSecurityProblems(pod, levelOf(manifest)).map((p) => `${manifest.kind} ${manifest.metadata.name} at ${levelOf(manifest)}: ${p}`));
-  }
-  return problems;
 }
 
 const podSpec = (resources: RecordedResource[]) => (byType(resources, T.deployment)[0] ?? one(resources, T.statefulSet)).inputs.spec.template.spec;
