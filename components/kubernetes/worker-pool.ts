@@ -2,8 +2,8 @@ import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { imageReference } from "../../agent/config/fields";
 import { launcherSettings } from "../../agent/config/launcher";
-import { byteQuantity, dnsSubdomain, quantityValue } from "./api-rules";
-import { KubernetesAgent, resources, RUNTIME_UID, validateWorkload, workloadShape } from "./workload";
+import { byteQuantity, dnsSubdomain, quantityValue, resources } from "./api-rules";
+import { KubernetesAgent, RUNTIME_UID, validateWorkload, workloadShape } from "./workload";
 import type { PodSecurityLevel } from "./workload";
 import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "../shared/worker-args";
 

@@ -46,8 +46,6 @@ export interface WorkloadDefaults {
   drainTimeoutSeconds: number;
 }
 
-export { resources };
-
 /** Arguments every Kubernetes agent workload shares, with the kind's defaults. */
 export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
   const secretVariables = secretSettings(settingsJsonSchema(role)).map((s) => s.env);
