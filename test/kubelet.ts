@@ -117,6 +117,14 @@ export class SimulatedKubelet {
     );
   }
 
+  /** Whether a container's rendered probe ("livenessProbe", "readinessProbe") passes right now. */
+  probePasses(name: string, probe: "livenessProbe" | "readinessProbe" | "startupProbe"): boolean {
+    const container = [...(this.pod.spec.initContainers ?? []), ...this.pod.spec.containers].find(
+      (c: Spec) => c.name === name,
+    );
+    return this.probe(container, container[probe]);
+  }
+
   /** Start the pod: sidecars in order, each once its startup probe passes, then the regular containers. */
   async start(): Promise<void> {
     for (const sidecar of (this.pod.spec.initContainers ?? []).filter((c: Spec) => c.restartPolicy === "Always")) {

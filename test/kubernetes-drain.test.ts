@@ -101,26 +101,24 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
   let gateway: Gateway;
   let token: string;
   let keyBase64: string;
+  let certificate: string;
 
   before(async () => {
     port = await freePort();
     const request = await makePoolKeyAndRequest("workers");
     keyBase64 = request.keyBase64;
     const dataDir = scratchDir("gw-");
-    const made = createPool(
-      "workers",
-      "worker",
-      `http://127.0.0.1:${port}`,
-      await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers"),
-    );
+    certificate = await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers");
+    const made = createPool("workers", "worker", `http://127.0.0.1:${port}`, certificate);
     token = made.token;
     gateway = new Gateway({ pools: [made.pool], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
   });
   after(() => gateway.close());
 
-  async function podThroughDrain(name: string, reshape: (spec: Record<string, any>) => void = () => undefined) {
-    const component = new kubernetes.WorkerPool(name, { token, poolPrivateKey: keyBase64 });
+  /** The rendered worker pod of a pool with `poolToken`, ready for the stand-in kubelet. */
+  async function renderedPod(name: string, poolToken: string, reshape: (spec: Record<string, any>) => void) {
+    const component = new kubernetes.WorkerPool(name, { token: poolToken, poolPrivateKey: keyBase64 });
     await valueOf(component.workloadName);
     const resources = await settled(name);
     const spec = structuredClone(one(resources, "kubernetes:apps/v1:Deployment").inputs.spec.template.spec);
@@ -148,6 +146,17 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       binaries: { node: process.execPath, docker: path.join(bin, "docker") },
       path: `${bin}:${process.env.PATH}`,
     });
+    return kubelet;
+  }
+
+  /** What the rendered probes of the launcher say right now. */
+  const probes = (kubelet: SimulatedKubelet) => ({
+    alive: kubelet.probePasses("launcher", "livenessProbe"),
+    ready: kubelet.probePasses("launcher", "readinessProbe"),
+  });
+
+  async function podThroughDrain(name: string, reshape: (spec: Record<string, any>) => void = () => undefined) {
+    const kubelet = await renderedPod(name, token, reshape);
 
     const fifo = path.join(scratchDir("release-"), "release");
     execFileSync("mkfifo", [fifo]);
@@ -162,6 +171,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       ).catch((error) => {
         throw new Error(`${error.message}: ${[...kubelet.output].map(([c, text]) => `${c}: ${text}`).join("\n")}`);
       });
+      const connected = probes(kubelet);
       const { id } = await gateway.workers.submit("workers", {
         image: "alpine:3",
         commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"],
@@ -179,6 +189,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       );
       const releaseRun = () => writeFileSync(fifo, "go\n");
       const eventsBeforeRelease = [...kubelet.events];
+      const draining = probes(kubelet);
       // The run ends when released, or when its engine is stopped under it.
       if (gateway.workers.get("workers", id).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
         releaseRun();
@@ -194,6 +205,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       return {
         run: gateway.workers.get("workers", id),
         logs,
+        probes: { connected, draining },
         events: kubelet.events,
         eventsBeforeRelease,
         engine: kubelet.output.get("docker") ?? "",
@@ -205,7 +217,9 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
   }
 
   it("the engine is signalled only after the launcher has delivered the run it drained", async () => {
-    const { run, logs, events, eventsBeforeRelease, engine } = await podThroughDrain("k-drain");
+    const { run, logs, events, eventsBeforeRelease, engine, probes: seen } = await podThroughDrain("k-drain");
+    // The rendered probes, run against the live runtime: ready once connected, not while draining, alive throughout.
+    assert.deepEqual(seen, { connected: { alive: true, ready: true }, draining: { alive: true, ready: false } });
     assert.deepEqual(
       eventsBeforeRelease,
       ["started docker", "started launcher", "SIGTERM launcher"],
@@ -218,6 +232,24 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     const hosts: string[] = JSON.parse(/hosts (.*)/.exec(engine)?.[1] ?? "[]");
     assert.equal(hosts.length, 1, "the engine listens on one address");
     assert.match(hosts[0], /^unix:\/\/\/.*\/docker-socket\/docker\.sock$/, "the socket in the pod's shared volume");
+  });
+
+  it("a gateway that is down: the launcher keeps trying, alive (no restart) and not ready", async () => {
+    const closed = await freePort();
+    const kubelet = await renderedPod(
+      "k-down",
+      createPool("workers", "worker", `http://127.0.0.1:${closed}`, certificate).token,
+      () => undefined,
+    );
+    try {
+      await kubelet.start();
+      const attempts = () => kubelet.output.get("launcher")?.match(/cannot reach the gateway/g)?.length ?? 0;
+      await eventually(() => attempts() >= 2, 15_000, "a second attempt to connect");
+      assert.deepEqual(probes(kubelet), { alive: true, ready: false });
+      assert.ok(!kubelet.events.some((e) => e.startsWith("exited launcher")), "the launcher is still running");
+    } finally {
+      kubelet.kill();
+    }
   });
 
   it("not blind: with the engine as a regular container, the same drain kills the run", async () => {
