@@ -14,6 +14,8 @@ export interface ExchangeLimits {
   /** No exchange lasts longer than this, however it trickles. */
   exchangeTimeoutMs: number;
 }
+/** What the gateway holds of one answer for a slow client, beyond HTTP/2's window. */
+const ANSWER_BUFFER = 1024 * 1024;
 export const EXCHANGE_DEFAULTS: ExchangeLimits = { stallTimeoutMs: 30_000, exchangeTimeoutMs: 3_600_000 };
 
 /** What a request sends an agent: its head, and whether (and how long) a body follows. */
@@ -142,7 +144,7 @@ export function serveClient(
         // An answer cut short is never ended as if whole.
         response.body.once("close", () => res.writableEnded || res.destroy());
         const length = response.headers["content-length"] === undefined ? undefined : Number(response.headers["content-length"]);
-        pump(response.body, res, { length, stallMs: limits.stallTimeoutMs, fail: () => (response.cancel(), res.destroy()) });
+        pump(response.body, res, { length, stallMs: limits.stallTimeoutMs, highWater: ANSWER_BUFFER, fail: () => (response.cancel(), res.destroy()) });
       }, fail);
     },
     (error: HttpError) => gone.signal.aborted || fail(error),

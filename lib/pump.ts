@@ -6,6 +6,11 @@ export interface PumpOptions {
   length?: number;
   /** A writer that takes nothing for this long fails the body. */
   stallMs?: number;
+  /**
+   * Bytes the writer may hold before the source is paused (default: the writer's own mark).
+   * Above a stream's 16 KiB default, one turn of the event loop moves more of a large body.
+   */
+  highWater?: number;
   /** Called once if the body cannot be passed on whole; the caller tears both sides down. */
   fail(why: string): void;
 }
@@ -37,6 +42,7 @@ export function pump(from: Readable, to: Writable, options: PumpOptions): void {
     } catch (error) {
       return fail((error as Error).message);
     }
+    if (!more && options.highWater !== undefined && to.writableLength < options.highWater) more = true;
     if (!more && !stall) {
       from.pause();
       if (stallMs !== undefined) stall = setTimeout(() => fail(`the reader took nothing for ${stallMs} ms`), stallMs);

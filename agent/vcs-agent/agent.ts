@@ -14,6 +14,8 @@ import { pump } from "../../lib/pump";
 /** Never printed, even with debug-print-all. */
 const CREDENTIAL_HEADERS = /^(authorization|private-token|job-token|cookie|set-cookie|x-[a-z-]*token)$/i;
 const DEBUG_BODY_LIMIT = 64 * 1024;
+/** What the agent holds of one answer beyond HTTP/2's window: more per turn of the event loop. */
+const ANSWER_BUFFER = 1024 * 1024;
 /** The bodies the allowed requests carry: JSON for the APIs, git's own for fetches. Rack reads a form body's `_method`. */
 const BODY_TYPES = /^(?:application\/json|application\/x-git-upload-pack-request)\s*(?:;|$)/i;
 const BODY_ENCODINGS = /^(?:gzip|identity)$/i;
@@ -193,7 +195,7 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
     response.once("error", cut);
     response.once("aborted", cut);
     const length = head["content-length"] === undefined ? undefined : Number(head["content-length"]);
-    pump(response, stream, { length, fail: () => (response.destroy(), cut()) });
+    pump(response, stream, { length, highWater: ANSWER_BUFFER, fail: () => (response.destroy(), cut()) });
   });
   request.on("error", (error) => {
     if (done) return;
