@@ -3,7 +3,17 @@
  * §6.2.2), for hostile peers in tests: what a well-behaved stack refuses to send (framing
  * headers, duplicated single values, control characters, floods) is exactly what they need.
  */
-export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PUSH_PROMISE: 5, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
+export const FRAME = {
+  DATA: 0,
+  HEADERS: 1,
+  RST_STREAM: 3,
+  SETTINGS: 4,
+  PUSH_PROMISE: 5,
+  PING: 6,
+  GOAWAY: 7,
+  WINDOW_UPDATE: 8,
+  CONTINUATION: 9,
+} as const;
 export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
 export const CLIENT_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -39,13 +49,29 @@ export function headerBlock(fields: [name: string, value: string][]): Buffer {
 
 export const headers = (stream: number, fields: [string, string][], endStream = false) =>
   frame(FRAME.HEADERS, FLAG.END_HEADERS | (endStream ? FLAG.END_STREAM : 0), stream, headerBlock(fields));
-export const data = (stream: number, body: Buffer | string, endStream = false) => frame(FRAME.DATA, endStream ? FLAG.END_STREAM : 0, stream, Buffer.from(body));
+export const data = (stream: number, body: Buffer | string, endStream = false) =>
+  frame(FRAME.DATA, endStream ? FLAG.END_STREAM : 0, stream, Buffer.from(body));
 export const settings = (values: [id: number, value: number][] = []) =>
-  frame(FRAME.SETTINGS, 0, 0, Buffer.concat(values.map(([id, value]) => Buffer.from([id >> 8, id & 0xff, value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff]))));
+  frame(
+    FRAME.SETTINGS,
+    0,
+    0,
+    Buffer.concat(
+      values.map(([id, value]) =>
+        Buffer.from([id >> 8, id & 0xff, value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff]),
+      ),
+    ),
+  );
 export const settingsAck = () => frame(FRAME.SETTINGS, FLAG.ACK, 0);
 export const ping = () => frame(FRAME.PING, 0, 0, Buffer.alloc(8));
 export const rstStream = (stream: number, code = 8) => frame(FRAME.RST_STREAM, 0, stream, Buffer.from([0, 0, 0, code]));
-export const windowUpdate = (stream: number, increment: number) => frame(FRAME.WINDOW_UPDATE, 0, stream, Buffer.from([increment >>> 24, (increment >>> 16) & 0xff, (increment >>> 8) & 0xff, increment & 0xff]));
+export const windowUpdate = (stream: number, increment: number) =>
+  frame(
+    FRAME.WINDOW_UPDATE,
+    0,
+    stream,
+    Buffer.from([increment >>> 24, (increment >>> 16) & 0xff, (increment >>> 8) & 0xff, increment & 0xff]),
+  );
 export const SETTING = { MAX_CONCURRENT_STREAMS: 3, INITIAL_WINDOW_SIZE: 4, MAX_FRAME_SIZE: 5 } as const;
 
 export interface ReadFrame {
@@ -71,7 +97,12 @@ export class FrameReader {
     while (this.buffer.length >= 9) {
       const length = this.buffer.readUIntBE(0, 3);
       if (this.buffer.length < 9 + length) break;
-      frames.push({ type: this.buffer[3], flags: this.buffer[4], stream: this.buffer.readUInt32BE(5) & 0x7fffffff, payload: this.buffer.subarray(9, 9 + length) });
+      frames.push({
+        type: this.buffer[3],
+        flags: this.buffer[4],
+        stream: this.buffer.readUInt32BE(5) & 0x7fffffff,
+        payload: this.buffer.subarray(9, 9 + length),
+      });
       this.buffer = this.buffer.subarray(9 + length);
     }
     return frames;

@@ -28,11 +28,16 @@ const digest = (secret: string) => createHash("sha256").update(secret, "utf8").d
 
 /** A new key; the key itself is shown once and not stored. */
 export function createServiceKey(name: string, pools?: string[]): { definition: ServiceKeyDefinition; key: string } {
-  if (!/^[A-Za-z0-9 _.@-]{1,64}$/.test(name)) throw new Error(`key name ${JSON.stringify(name)} must be 1-64 letters, digits, spaces or _ . @ -`);
-  for (const pool of pools ?? []) if (!POOL_NAME.test(pool)) throw new Error(`pool name ${JSON.stringify(pool)} is not a pool name`);
+  if (!/^[A-Za-z0-9 _.@-]{1,64}$/.test(name))
+    throw new Error(`key name ${JSON.stringify(name)} must be 1-64 letters, digits, spaces or _ . @ -`);
+  for (const pool of pools ?? [])
+    if (!POOL_NAME.test(pool)) throw new Error(`pool name ${JSON.stringify(pool)} is not a pool name`);
   const id = randomBytes(6).toString("hex");
   const secret = randomBytes(32).toString("base64url");
-  return { definition: { id, name, secretSha256: digest(secret).toString("hex"), ...(pools ? { pools } : {}) }, key: `apk1.${id}.${secret}` };
+  return {
+    definition: { id, name, secretSha256: digest(secret).toString("hex"), ...(pools ? { pools } : {}) },
+    key: `apk1.${id}.${secret}`,
+  };
 }
 
 /** What a request is for, read from its path alone: which credential it needs, and for which pool. */
@@ -94,10 +99,12 @@ export class ServiceAuth {
   /** May this request go on? Agents' routes are their hubs' to check. */
   check(req: http.IncomingMessage, route: Route): Verdict {
     if (route.kind === "agent") return { ok: true };
-    if (route.kind === "status" && this.statusOnLoopback && LOOPBACK.test(req.socket.remoteAddress ?? "")) return { ok: true };
+    if (route.kind === "status" && this.statusOnLoopback && LOOPBACK.test(req.socket.remoteAddress ?? ""))
+      return { ok: true };
     const key = this.keyOf(req, route);
     if (!key) return { ok: false, status: 401, error: `a service key is required (${KEY_HEADER}: apk1.…)` };
-    if ("pool" in route && !this.allows(key, route.pool)) return { ok: false, status: 403, error: `this key may not use pool ${route.pool}` };
+    if ("pool" in route && !this.allows(key, route.pool))
+      return { ok: false, status: 403, error: `this key may not use pool ${route.pool}` };
     return { ok: true, key };
   }
 

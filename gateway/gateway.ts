@@ -21,7 +21,11 @@ export type { ForwardedResponse } from "./vcs-proxy";
 /** The public side's time limits (ms): a head, a whole request, an idle connection. */
 export const PUBLIC_TIMEOUTS = { headersTimeoutMs: 10_000, requestTimeoutMs: 120_000, idleTimeoutMs: 300_000 };
 
-export interface GatewayOptions extends WorkerHubOptions, VcsHubOptions, Partial<ExchangeLimits>, Partial<typeof PUBLIC_TIMEOUTS> {
+export interface GatewayOptions
+  extends WorkerHubOptions,
+    VcsHubOptions,
+    Partial<ExchangeLimits>,
+    Partial<typeof PUBLIC_TIMEOUTS> {
   pools: PoolDefinition[];
   /** Service keys (hashed): every service-side endpoint needs one. None: nothing is served but to agents. */
   keys?: ServiceKeyDefinition[];
@@ -76,12 +80,14 @@ export class Gateway {
     for (const definition of options.pools) this.pools.set(definition.name, { definition });
     this.log = options.log ?? createLogger("gateway");
     this.auth = new ServiceAuth(options.keys ?? [], options.statusOnLoopback);
-    this.limits = { stallTimeoutMs: options.stallTimeoutMs ?? EXCHANGE_DEFAULTS.stallTimeoutMs, exchangeTimeoutMs: options.exchangeTimeoutMs ?? EXCHANGE_DEFAULTS.exchangeTimeoutMs };
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    const { stallTimeoutMs, exchangeTimeoutMs } = { ...EXCHANGE_DEFAULTS, ...given };
+    this.limits = { stallTimeoutMs, exchangeTimeoutMs };
     this.vcs = new VcsHub(this.pools, this.log, options);
     this.flows = new FlowsHub(this.pools, this.log);
     this.workers = new WorkerHub(this.pools, this.log, { dataDir: options.dataDir, lostAfterMs: options.lostAfterMs });
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
-    const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };
+    const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...given };
     // Node's strict parser, each client's own framing checked (vcs-proxy.ts); a head, a whole
     // request and an idle connection each have a deadline (checked every quarter of the shortest).
     const serverOptions: http.ServerOptions = {
@@ -90,9 +96,11 @@ export class Gateway {
       requireHostHeader: true,
       headersTimeout: headersTimeoutMs,
       requestTimeout: requestTimeoutMs,
-      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(Math.min(headersTimeoutMs, requestTimeoutMs) / 4))),
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.min(headersTimeoutMs, requestTimeoutMs) / 4)),
     };
-    this.server = options.tls ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(serverOptions, handler);
+    this.server = options.tls
+      ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
+      : http.createServer(serverOptions, handler);
     this.server.timeout = idleTimeoutMs;
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
     this.server.on("connection", (socket: Socket) => {
@@ -105,7 +113,8 @@ export class Gateway {
     await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
     const { port } = this.server.address() as AddressInfo;
     const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
-    this.log.info("gateway listening", { url, pools: [...this.pools.keys()], serviceKeys: this.options.keys?.length ?? 0 });
+    const keys = this.options.keys?.length ?? 0;
+    this.log.info("gateway listening", { url, pools: [...this.pools.keys()], serviceKeys: keys });
     return url;
   }
 
@@ -123,9 +132,10 @@ export class Gateway {
     return [...this.pools.values()]
       .filter(({ definition }) => this.auth.allows(key, definition.name))
       .map(({ definition }) => {
-        if (definition.kind === "flows") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) };
-        if (definition.kind === "worker") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.workers.summary(definition.name) };
-        return { name: definition.name, kind: definition.kind, ...this.vcs.summary(definition.name) };
+        const { name, kind } = definition;
+        if (kind === "flows") return { name, kind, waiting: 0, ...this.flows.summary(name) };
+        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name) };
+        return { name, kind, ...this.vcs.summary(name) };
       });
   }
 
@@ -138,12 +148,14 @@ export class Gateway {
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     // The agent's link has its own keepalive; the public idle limit is not for it.
     socket.setTimeout(0);
-    const refuse = (status: number, reason: string, details: Record<string, unknown>) => this.refuse(socket, status, reason, details);
+    const refuse = (status: number, reason: string, details: Record<string, unknown>) =>
+      this.refuse(socket, status, reason, details);
     const metadata = readMetadata(req.headers[METADATA_HEADER]);
     if (req.url === CONNECT_PATH) return this.vcs.accept(req, socket, head, metadata, refuse);
     if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, metadata, refuse);
     if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, metadata, refuse);
-    return refuse(400, "not an agent connection", { remote: `${socket.remoteAddress}:${socket.remotePort}`, url: redactTarget(req.url ?? "") });
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    return refuse(400, "not an agent connection", { remote, url: redactTarget(req.url ?? "") });
   }
 
   /** A VCS pool by name, or why it is not one. */
@@ -159,13 +171,17 @@ export class Gateway {
    * embeds the gateway. The body streams both ways; `cancel()` abandons the request, at the
    * agent and the VCS too.
    */
-  async request(target: string, init: { method?: string; headers?: HeaderMap; body?: Readable; length?: number } = {}): Promise<ForwardedResponse> {
+  async request(
+    target: string,
+    init: { method?: string; headers?: HeaderMap; body?: Readable; length?: number } = {},
+  ): Promise<ForwardedResponse> {
     const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
     if (!match) throw new HttpError(400, `${target} is not a private://<pool>/<path> address`);
     this.vcsPool(match[1]);
     const slot = await this.vcs.acquire(match[1], "private://");
-    const request = { method: init.method ?? "GET", path: match[2] ?? "/", headers: init.headers ?? {}, hasBody: !!init.body, length: init.length };
-    return exchange(this.vcs, slot, request, init.body, this.limits);
+    const { method = "GET", headers = {}, body, length } = init;
+    const request = { method, path: match[2] ?? "/", headers, hasBody: !!body, length };
+    return exchange(this.vcs, slot, request, body, this.limits);
   }
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
@@ -198,13 +214,15 @@ export class Gateway {
     };
     const fail = (error: Error) => {
       const status = error instanceof HttpError ? error.status : 502;
-      json(status, { error: error.message }, error instanceof HttpError && error.retryAfter ? { "retry-after": String(error.retryAfter) } : {});
+      const retryAfter = error instanceof HttpError ? error.retryAfter : undefined;
+      json(status, { error: error.message }, retryAfter ? { "retry-after": String(retryAfter) } : {});
     };
     const route = routeOf(url);
     const verdict = this.auth.check(req, route);
     if (!verdict.ok) {
-      this.log.info("request refused", { status: verdict.status, route: route.kind, remote: req.socket.remoteAddress, path: redactTarget(url) });
-      return json(verdict.status, { error: verdict.error }, verdict.status === 401 ? { "www-authenticate": 'Bearer realm="agentpools"' } : {});
+      const { status, error } = verdict;
+      this.log.info("request refused", { status, route: route.kind, remote: req.socket.remoteAddress, path: redactTarget(url) });
+      return json(status, { error }, status === 401 ? { "www-authenticate": 'Bearer realm="agentpools"' } : {});
     }
     switch (route.kind) {
       case "status":

@@ -5,7 +5,17 @@ import type { Socket } from "node:net";
 import type { Logger } from "../lib/log";
 import { PING_INTERVAL_MS } from "../protocol/link";
 import { decodeToken } from "../protocol/token";
-import { CONNECTION_WINDOW, keepAlive, PING_TIMEOUT_MS, ROLE_HEADER, SESSION_OPTIONS, SETTINGS, STREAMS, UPGRADE_PROTOCOL, type HeaderMap } from "../protocol/vcs";
+import {
+  CONNECTION_WINDOW,
+  keepAlive,
+  PING_TIMEOUT_MS,
+  ROLE_HEADER,
+  SESSION_OPTIONS,
+  SETTINGS,
+  STREAMS,
+  UPGRADE_PROTOCOL,
+  type HeaderMap,
+} from "../protocol/vcs";
 import { HttpError } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
@@ -70,7 +80,10 @@ export class VcsHub {
     private readonly log: Logger,
     options: VcsHubOptions = {},
   ) {
-    this.options = { ...QUEUE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };
+    this.options = {
+      ...QUEUE_DEFAULTS,
+      ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+    };
   }
 
   private pool(name: string): PoolState {
@@ -80,9 +93,16 @@ export class VcsHub {
   }
 
   /** A VCS agent's upgrade request: a VCS pool's token and the vcs-agent role, then HTTP/2. */
-  accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
+  accept(
+    req: http.IncomingMessage,
+    socket: Socket,
+    head: Buffer,
+    metadata: Record<string, string>,
+    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+  ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    if (String(req.headers.upgrade).toLowerCase() !== UPGRADE_PROTOCOL) return refuse(400, `not an agent connection (upgrade to ${UPGRADE_PROTOCOL})`, { remote });
+    if (String(req.headers.upgrade).toLowerCase() !== UPGRADE_PROTOCOL)
+      return refuse(400, `not an agent connection (upgrade to ${UPGRADE_PROTOCOL})`, { remote });
     let claimed: string | undefined;
     let definition: PoolDefinition | undefined;
     try {
@@ -90,11 +110,13 @@ export class VcsHub {
       claimed = token.pool;
       const pool = this.pools.get(token.pool)?.definition;
       // A token of a Flows or worker pool never opens a VCS tunnel, whatever role it claims.
-      if (pool?.kind === "vcs" && req.headers[ROLE_HEADER] === "vcs-agent" && secretMatches(pool, token.secret)) definition = pool;
+      if (pool?.kind === "vcs" && req.headers[ROLE_HEADER] === "vcs-agent" && secretMatches(pool, token.secret))
+        definition = pool;
     } catch {
       // not a token at all
     }
-    if (!definition) return refuse(401, "token refused (a VCS pool's token, role vcs-agent)", { remote, pool: claimed });
+    if (!definition)
+      return refuse(401, "token refused (a VCS pool's token, role vcs-agent)", { remote, pool: claimed });
 
     // The agent starts HTTP/2 as soon as it reads the 101: hold its bytes in the socket's
     // buffer, and start the session only once the 101 is flushed (a write still in flight
@@ -103,10 +125,20 @@ export class VcsHub {
     if (head.length > 0) socket.unshift(head);
     socket.setNoDelay(true);
     const name = definition.name;
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`, (error) => {
-      if (error) return void socket.destroy();
-      this.startSession(socket, { id: randomUUID(), pool: name, role: "vcs-agent", remote, metadata, connectedAt: new Date().toISOString() });
-    });
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`,
+      (error) => {
+        if (error) return void socket.destroy();
+        this.startSession(socket, {
+          id: randomUUID(),
+          pool: name,
+          role: "vcs-agent",
+          remote,
+          metadata,
+          connectedAt: new Date().toISOString(),
+        });
+      },
+    );
   }
 
   private startSession(socket: Socket, fields: Omit<VcsAgent, "session" | "active" | "lastUsed" | "draining">): void {
@@ -129,14 +161,23 @@ export class VcsHub {
     };
     // An agent that upgrades and then says nothing holds a socket for no one.
     const handshake = setTimeout(() => close("no HTTP/2 settings from the agent"), PING_TIMEOUT_MS);
-    session.on("error", (error) => this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }));
+    session.on("error", (error) =>
+      this.log.warn("agent connection error", { pool: agent.pool, agent: agent.id, error: error.message }),
+    );
     session.once("remoteSettings", (settings) => {
       clearTimeout(handshake);
       const streams = settings.maxConcurrentStreams ?? 0;
-      if (streams < STREAMS.min || streams > STREAMS.max) return close(`SETTINGS_MAX_CONCURRENT_STREAMS must be ${STREAMS.min}-${STREAMS.max}, not ${streams}`);
+      if (streams < STREAMS.min || streams > STREAMS.max)
+        return close(`SETTINGS_MAX_CONCURRENT_STREAMS must be ${STREAMS.min}-${STREAMS.max}, not ${streams}`);
       session.setLocalWindowSize(CONNECTION_WINDOW);
       state.agents.add(agent);
-      this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote: agent.remote, metadata: agent.metadata, parallelism: streams });
+      this.log.info("agent connected", {
+        pool: agent.pool,
+        agent: agent.id,
+        remote: agent.remote,
+        metadata: agent.metadata,
+        parallelism: streams,
+      });
       this.serveWaiters(agent.pool);
     });
     session.on("goaway", () => (agent.draining = true));
@@ -225,7 +266,8 @@ export class VcsHub {
       for (let i = 0; i < state.waiters.length; i++) {
         const entry = this.client(state, state.waiters[i].client);
         if (entry.active >= limit) continue;
-        if (!best || entry.active < best.active || (entry.active === best.active && entry.served < best.served)) [chosen, best] = [i, entry];
+        if (!best || entry.active < best.active || (entry.active === best.active && entry.served < best.served))
+          [chosen, best] = [i, entry];
       }
       if (chosen === -1) return;
       const [waiter] = state.waiters.splice(chosen, 1);
@@ -241,7 +283,8 @@ export class VcsHub {
    */
   acquire(pool: string, client: string, signal?: AbortSignal): Promise<Slot> {
     const state = this.pool(pool);
-    if (![...state.agents].some((a) => this.usable(a))) return Promise.reject(busy(`no agent of pool ${pool} is connected`));
+    if (![...state.agents].some((a) => this.usable(a)))
+      return Promise.reject(busy(`no agent of pool ${pool} is connected`));
     const limit = this.clientLimit(state);
     const entry = this.client(state, client);
     const agent = entry.active < limit && state.waiters.length === 0 ? this.pick(state) : undefined;
@@ -269,7 +312,10 @@ export class VcsHub {
           resolve(slot);
         },
         fail: leave,
-        timer: setTimeout(() => leave(busy(`every agent of pool ${pool} stayed busy for ${queueTimeoutMs} ms`)), queueTimeoutMs),
+        timer: setTimeout(
+          () => leave(busy(`every agent of pool ${pool} stayed busy for ${queueTimeoutMs} ms`)),
+          queueTimeoutMs,
+        ),
       };
       const onAbort = () => leave(new HttpError(499, "the client went away while waiting"));
       signal?.addEventListener("abort", onAbort, { once: true });
@@ -283,7 +329,11 @@ export class VcsHub {
    * Open a stream for one request on a slot's agent. The slot is released when the stream
    * closes, however it closes; a stream that cannot be opened releases it at once.
    */
-  open(slot: Slot, head: { method: string; path: string; headers: HeaderMap; length?: number }, hasBody: boolean): http2.ClientHttp2Stream {
+  open(
+    slot: Slot,
+    head: { method: string; path: string; headers: HeaderMap; length?: number },
+    hasBody: boolean,
+  ): http2.ClientHttp2Stream {
     let stream: http2.ClientHttp2Stream;
     try {
       const headers: http2.OutgoingHttpHeaders = { ...head.headers, ":method": head.method, ":path": head.path };
@@ -304,7 +354,16 @@ export class VcsHub {
       connections: agents.filter((a) => !a.draining).length,
       activeRequests: agents.reduce((sum, a) => sum + a.active, 0),
       waiting: state.waiters.length,
-      agents: agents.map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: this.capacity(a), draining: a.draining })),
+      agents: agents.map((a) => ({
+        id: a.id,
+        role: a.role,
+        remote: a.remote,
+        connectedAt: a.connectedAt,
+        metadata: a.metadata,
+        active: a.active,
+        parallelism: this.capacity(a),
+        draining: a.draining,
+      })),
     };
   }
 

@@ -48,15 +48,25 @@ export function clientRequest(req: http.IncomingMessage, path: string): Forwarde
   const length = req.headers["content-length"] === undefined ? undefined : Number(req.headers["content-length"]);
   const hasBody = req.headers["transfer-encoding"] !== undefined || (length ?? 0) > 0;
   if (hasBody && BODILESS_METHODS.has(method)) return `a ${method} request has no body`;
-  return { method, path, headers: forwardableHeaders(req.headers), hasBody, length: hasBody ? length : BODILESS_METHODS.has(method) ? undefined : 0 };
+  return {
+    method,
+    path,
+    headers: forwardableHeaders(req.headers),
+    hasBody,
+    length: hasBody ? length : BODILESS_METHODS.has(method) ? undefined : 0,
+  };
 }
 
 /** The agent's answer as a client may receive it: a final status, and its framing checked and made ours. */
-export function responseHead(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader): { status: number; headers: HeaderMap; length?: number } | string {
+export function responseHead(
+  headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader,
+): { status: number; headers: HeaderMap; length?: number } | string {
   const status = Number(headers[":status"]);
-  if (!Number.isInteger(status) || status < 200 || status > 599) return `the agent answered with status ${headers[":status"]}`;
+  if (!Number.isInteger(status) || status < 200 || status > 599)
+    return `the agent answered with status ${headers[":status"]}`;
   const declared = headers["content-length"];
-  if (declared !== undefined && !/^[0-9]{1,15}$/.test(String(declared))) return "the agent's content-length is not a number";
+  if (declared !== undefined && !/^[0-9]{1,15}$/.test(String(declared)))
+    return "the agent's content-length is not a number";
   const length = declared === undefined || status === 204 || status === 304 ? undefined : Number(declared);
   const out = forwardableHeaders(headers as HeaderMap);
   if (length !== undefined) out["content-length"] = String(length);
@@ -95,7 +105,8 @@ export function exchange(
     body.once("error", cancel);
   }
   return new Promise<ForwardedResponse>((resolve, reject) => {
-    const onClose = () => reject(new HttpError(502, `the agent closed the request before answering (${stream.rstCode})`));
+    const onClose = () =>
+      reject(new HttpError(502, `the agent closed the request before answering (${stream.rstCode})`));
     stream.once("close", onClose);
     stream.once("response", (headers) => {
       stream.off("close", onClose);
@@ -143,8 +154,14 @@ export function serveClient(
         res.strictContentLength = response.headers["content-length"] !== undefined;
         // An answer cut short is never ended as if whole.
         response.body.once("close", () => res.writableEnded || res.destroy());
-        const length = response.headers["content-length"] === undefined ? undefined : Number(response.headers["content-length"]);
-        pump(response.body, res, { length, stallMs: limits.stallTimeoutMs, highWater: ANSWER_BUFFER, fail: () => (response.cancel(), res.destroy()) });
+        const length =
+          response.headers["content-length"] === undefined ? undefined : Number(response.headers["content-length"]);
+        pump(response.body, res, {
+          length,
+          stallMs: limits.stallTimeoutMs,
+          highWater: ANSWER_BUFFER,
+          fail: () => (response.cancel(), res.destroy()),
+        });
       }, fail);
     },
     (error: HttpError) => gone.signal.aborted || fail(error),

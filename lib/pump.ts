@@ -33,7 +33,8 @@ export function pump(from: Readable, to: Writable, options: PumpOptions): void {
     options.fail(why);
   };
   const onData = (chunk: Buffer) => {
-    if (length !== undefined && passed + chunk.length > length) return fail(`the body is longer than its declared ${length} bytes`);
+    if (length !== undefined && passed + chunk.length > length)
+      return fail(`the body is longer than its declared ${length} bytes`);
     passed += chunk.length;
     streamed(chunk.length);
     let more: boolean;
@@ -54,7 +55,8 @@ export function pump(from: Readable, to: Writable, options: PumpOptions): void {
     from.resume();
   };
   const onEnd = () => {
-    if (length !== undefined && passed !== length) return fail(`the body ended after ${passed} of its declared ${length} bytes`);
+    if (length !== undefined && passed !== length)
+      return fail(`the body ended after ${passed} of its declared ${length} bytes`);
     try {
       to.end();
     } catch (error) {

@@ -71,7 +71,19 @@ export function keepAlive(session: http2.Http2Session, intervalMs: number): Node
 export const BODILESS_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
 
 /** Headers that belong to one connection, not to the request. */
-const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "http2-settings"];
+const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "host",
+  "http2-settings",
+];
 /** Framing is each hop's own: a length is set again from what was counted, never passed on. */
 const FRAMING = ["content-length", "expect"];
 /**
@@ -79,12 +91,32 @@ const FRAMING = ["content-length", "expect"];
  * comes from: method overrides (Rack, ASP.NET, OData), URL rewrites (IIS, Symfony), and what
  * a reverse proxy would have set. Our own (x-agentpools-*, a service key) never leave the gateway.
  */
-const REWRITING = ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url", "x-original-uri", "forwarded", "x-real-ip", "x-host"];
+const REWRITING = [
+  "x-http-method-override",
+  "x-http-method",
+  "x-method-override",
+  "x-original-url",
+  "x-rewrite-url",
+  "x-original-uri",
+  "forwarded",
+  "x-real-ip",
+  "x-host",
+];
 const DROPPED = new Set([...HOP_BY_HOP, ...FRAMING, ...REWRITING]);
 const DROPPED_PREFIXES = /^(?:x-forwarded-|x-agentpools-|:)/;
 
 /** Headers that must appear once: a second value is an ambiguity some server would resolve differently. */
-export const SINGULAR_HEADERS: ReadonlySet<string> = new Set(["authorization", "private-token", "job-token", "content-type", "content-length", "content-encoding", "transfer-encoding", "host", "git-protocol"]);
+export const SINGULAR_HEADERS: ReadonlySet<string> = new Set([
+  "authorization",
+  "private-token",
+  "job-token",
+  "content-type",
+  "content-length",
+  "content-encoding",
+  "transfer-encoding",
+  "host",
+  "git-protocol",
+]);
 
 export type HeaderMap = Record<string, string | string[]>;
 
@@ -101,7 +133,12 @@ export function forwardableHeaders(headers: Record<string, string | string[] | n
 
 /** The first singular header given more than once, if any. */
 export function repeatedSingular(headers: Record<string, string | string[] | number | undefined>): string | undefined {
-  return Object.keys(headers).find((name) => SINGULAR_HEADERS.has(name.toLowerCase()) && Array.isArray(headers[name]) && (headers[name] as string[]).length > 1);
+  return Object.keys(headers).find(
+    (name) =>
+      SINGULAR_HEADERS.has(name.toLowerCase()) &&
+      Array.isArray(headers[name]) &&
+      (headers[name] as string[]).length > 1,
+  );
 }
 
 /** Query keys that carry credentials (GitLab's private_token, OAuth's access_token, ...). */
@@ -123,7 +160,9 @@ function eachCredential(query: string, found: (key: string, value: string) => st
 /** A request target fit for a log line: the values of credential query keys replaced. */
 export function redactTarget(target: string): string {
   const at = target.indexOf("?");
-  return at === -1 ? target : `${target.slice(0, at)}?${eachCredential(target.slice(at + 1), (key) => `${key}=[redacted]`)}`;
+  return at === -1
+    ? target
+    : `${target.slice(0, at)}?${eachCredential(target.slice(at + 1), (key) => `${key}=[redacted]`)}`;
 }
 
 /** The credential values a target's query carries (raw and decoded), to blank out wherever they reappear. */

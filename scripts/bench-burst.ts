@@ -16,8 +16,12 @@ async function main(): Promise<void> {
   const root = mkdtempSync(path.join(tmpdir(), "agentpools-bench-burst-"));
   // A small repository with some history, as an infrastructure repository is.
   const repositories = new LocalVcs(root);
-  repositories.createRepository("bench/infra.git", { "main.tf": 'resource "null_resource" "a" {}\n', "modules/vpc/main.tf": "# vpc\n" });
-  for (let i = 0; i < 20; i++) repositories.commit("bench/infra.git", { [`env/${i}.tfvars`]: `region = "eu-west-${i % 3}"\n` }, `change ${i}`);
+  repositories.createRepository("bench/infra.git", {
+    "main.tf": 'resource "null_resource" "a" {}\n',
+    "modules/vpc/main.tf": "# vpc\n",
+  });
+  for (let i = 0; i < 20; i++)
+    repositories.commit("bench/infra.git", { [`env/${i}.tfvars`]: `region = "eu-west-${i % 3}"\n` }, `change ${i}`);
   git(["-C", path.join(root, "bench/infra.git"), "repack", "-a", "-d", "--quiet"]);
   const stack = await startVcsPath(root);
   try {
@@ -27,7 +31,12 @@ async function main(): Promise<void> {
     const unloaded = percentile(alone, 50);
     const started = performance.now();
     const outcomes = await Promise.all(
-      Array.from({ length: CLONES }, () => cloneSeconds(url, stack.service.key).then((seconds) => ({ ok: true, seconds }), (error: Error) => ({ ok: false, seconds: NaN, error: error.message }))),
+      Array.from({ length: CLONES }, () =>
+        cloneSeconds(url, stack.service.key).then(
+          (seconds) => ({ ok: true, seconds }),
+          (error: Error) => ({ ok: false, seconds: NaN, error: error.message }),
+        ),
+      ),
     );
     const wall = (performance.now() - started) / 1000;
     const done = outcomes.filter((o) => o.ok).map((o) => o.seconds);
@@ -35,10 +44,19 @@ async function main(): Promise<void> {
     const ms = (seconds: number) => `${(seconds * 1000).toFixed(0)} ms`;
     console.log(`\n${CLONES} concurrent git clones through one default agent (parallelism 4) and a default gateway:`);
     console.log(`  succeeded ${done.length} of ${CLONES}   (all in ${wall.toFixed(1)} s)`);
-    if (done.length > 0) console.log(`  time to clone p50 ${ms(percentile(done, 50))}, p95 ${ms(percentile(done, 95))}; an unloaded clone ${ms(unloaded)}`);
-    if (done.length > 0) console.log(`  wait beyond an unloaded clone: p50 ${ms(percentile(waits, 50))}, p95 ${ms(percentile(waits, 95))}`);
+    if (done.length > 0)
+      console.log(
+        `  time to clone p50 ${ms(percentile(done, 50))}, p95 ${ms(percentile(done, 95))}; an unloaded clone ${ms(unloaded)}`,
+      );
+    if (done.length > 0)
+      console.log(
+        `  wait beyond an unloaded clone: p50 ${ms(percentile(waits, 50))}, p95 ${ms(percentile(waits, 95))}`,
+      );
     const failures = outcomes.filter((o) => !o.ok) as { error: string }[];
-    if (failures.length > 0) console.log(`  failures: ${[...new Set(failures.map((f) => f.error.split("\n").find((l) => /fatal|error/i.test(l)) ?? f.error))].join("; ")}`);
+    if (failures.length > 0)
+      console.log(
+        `  failures: ${[...new Set(failures.map((f) => f.error.split("\n").find((l) => /fatal|error/i.test(l)) ?? f.error))].join("; ")}`,
+      );
   } finally {
     stack.stop();
     rmSync(root, { recursive: true, force: true });

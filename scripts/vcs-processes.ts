@@ -16,7 +16,10 @@ export const run = promisify(execFile);
 const flags = (name: string) => process.env[name]?.split(" ").filter(Boolean) ?? [];
 
 export function startProcess(args: string[], env: NodeJS.ProcessEnv): ChildProcess {
-  return spawn(process.execPath, args, { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "ignore", "inherit"] });
+  return spawn(process.execPath, args, {
+    env: { PATH: process.env.PATH, ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
 }
 
 /** A process that only copies bytes between each connection to `listen` and one to `target`. */
@@ -52,24 +55,53 @@ export async function startVcsPath(root: string, agentEnv: Record<string, string
   const vcsPort = await freePort();
   const vcsUrl = `http://127.0.0.1:${vcsPort}`;
   const localVcs = path.join(packageRoot(), "build/devkit/local-vcs.js");
-  const vcs = startProcess(["-e", `const { LocalVcs } = require(${JSON.stringify(localVcs)}); new LocalVcs(${JSON.stringify(root)}).listen(${vcsPort});`], {});
+  const vcs = startProcess(
+    [
+      "-e",
+      `const { LocalVcs } = require(${JSON.stringify(localVcs)}); new LocalVcs(${JSON.stringify(root)}).listen(${vcsPort});`,
+    ],
+    {},
+  );
   const gatewayPort = await freePort();
   const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
   const { pool, token } = createPool("bench", "vcs", gatewayUrl);
   const configFile = path.join(tmpdir(), `agentpools-bench-gateway-${process.pid}-${gatewayPort}.json`);
-  writeFileSync(configFile, JSON.stringify({ listen: { host: "127.0.0.1", port: gatewayPort }, publicUrl: gatewayUrl, pools: [pool], keys: [service.definition] }));
-  const gateway = startProcess([...flags("BENCH_GATEWAY_FLAGS"), path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", configFile], {});
-  const agent = startProcess([...RUNTIME_NODE_FLAGS, ...flags("BENCH_AGENT_FLAGS"), path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
-    SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
-    SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcsUrl,
-    SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
-    ...agentEnv,
-  });
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      listen: { host: "127.0.0.1", port: gatewayPort },
+      publicUrl: gatewayUrl,
+      pools: [pool],
+      keys: [service.definition],
+    }),
+  );
+  const gateway = startProcess(
+    [
+      ...flags("BENCH_GATEWAY_FLAGS"),
+      path.join(packageRoot(), "build/gateway/main.js"),
+      "serve",
+      "--config",
+      configFile,
+    ],
+    {},
+  );
+  const agent = startProcess(
+    [...RUNTIME_NODE_FLAGS, ...flags("BENCH_AGENT_FLAGS"), path.join(packageRoot(), "build/bundles/vcs-agent.js")],
+    {
+      SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
+      SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcsUrl,
+      SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+      ...agentEnv,
+    },
+  );
   const [relayIn, relayMiddle] = [await freePort(), await freePort()];
   const relays = [startRelay(relayMiddle, vcsPort), startRelay(relayIn, relayMiddle)];
   const connections = async () => {
     try {
-      return JSON.parse((await run("curl", ["-sf", "-H", `x-agentpools-key: ${service.key}`, `${gatewayUrl}/_agentpools/api/pools`])).stdout).pools[0].connections as number;
+      return JSON.parse(
+        (await run("curl", ["-sf", "-H", `x-agentpools-key: ${service.key}`, `${gatewayUrl}/_agentpools/api/pools`]))
+          .stdout,
+      ).pools[0].connections as number;
     } catch {
       return 0;
     }
@@ -97,7 +129,9 @@ export async function cloneSeconds(url: string, key: string): Promise<number> {
   const target = path.join(tmpdir(), `agentpools-bench-clone-${process.pid}-${Math.random().toString(36).slice(2)}`);
   const started = performance.now();
   try {
-    await run("git", ["-c", `http.extraHeader=x-agentpools-key: ${key}`, "clone", "--quiet", "--bare", url, target], { maxBuffer: 1 << 26 });
+    await run("git", ["-c", `http.extraHeader=x-agentpools-key: ${key}`, "clone", "--quiet", "--bare", url, target], {
+      maxBuffer: 1 << 26,
+    });
     return (performance.now() - started) / 1000;
   } finally {
     rmSync(target, { recursive: true, force: true });

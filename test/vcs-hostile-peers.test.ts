@@ -11,7 +11,20 @@ import { vcsAgentRole } from "../agent/vcs-agent/agent";
 import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { createPool } from "../gateway/pools";
-import { CLIENT_PREFACE, data, FLAG, FRAME, FrameReader, headers, ping, rstStream, SETTING, settings, settingsAck, type ReadFrame } from "../devkit/h2-frames";
+import {
+  CLIENT_PREFACE,
+  data,
+  FLAG,
+  FRAME,
+  FrameReader,
+  headers,
+  ping,
+  rstStream,
+  SETTING,
+  settings,
+  settingsAck,
+  type ReadFrame,
+} from "../devkit/h2-frames";
 import { LocalVcs } from "../devkit/local-vcs";
 import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
 import { FLOWS_CONNECT_PATH } from "../protocol/flows";
@@ -42,7 +55,11 @@ function peer(socket: Socket, prefaceToSkip: number) {
     send: (...buffers: Buffer[]) => void (socket.writable && socket.write(Buffer.concat(buffers))),
     /** The first frame (from `from` on) that matches, or undefined if the connection closed first. */
     until: (match: (frame: ReadFrame) => boolean, from = 0) =>
-      eventually(() => frames.slice(from).find(match) ?? (closed ? ({ type: -1 } as ReadFrame) : undefined), 10_000, "a frame from the peer"),
+      eventually(
+        () => frames.slice(from).find(match) ?? (closed ? ({ type: -1 } as ReadFrame) : undefined),
+        10_000,
+        "a frame from the peer",
+      ),
   };
 }
 
@@ -52,14 +69,19 @@ async function flood(socket: Socket, unit: Buffer, limitMb: number): Promise<num
   const block = Buffer.concat(Array(4096).fill(unit));
   let sent = 0;
   while (sent < limitMb * 1024 * 1024 && !socket.destroyed) {
-    if (!socket.write(block)) await new Promise((resolve) => (socket.once("drain", resolve), socket.once("close", resolve)));
+    if (!socket.write(block))
+      await new Promise((resolve) => (socket.once("drain", resolve), socket.once("close", resolve)));
     sent += block.length;
   }
   return sent;
 }
 
 const request = (id: number, method: string, target: string, extra: [string, string][] = [], endStream = false) =>
-  headers(id, [[":method", method], [":scheme", "http"], [":authority", "gateway"], [":path", target], ...extra], endStream);
+  headers(
+    id,
+    [[":method", method], [":scheme", "http"], [":authority", "gateway"], [":path", target], ...extra],
+    endStream,
+  );
 
 describe("hostile peers on the tunnel: a gateway against an agent, an agent against a gateway", function () {
   this.timeout(30_000);
@@ -88,7 +110,11 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       token: createPool("git", "vcs", url).token,
       /** The agent's next connection, its SETTINGS acknowledged, ours sent. */
       async next() {
-        const socket = await eventually(() => sockets.slice(taken).find((s) => !s.destroyed), 10_000, "the agent to connect");
+        const socket = await eventually(
+          () => sockets.slice(taken).find((s) => !s.destroyed),
+          10_000,
+          "the agent to connect",
+        );
         taken = sockets.indexOf(socket) + 1;
         const agent = peer(socket, 0);
         agent.send(CLIENT_PREFACE, settings(), windowFor());
@@ -110,7 +136,15 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     let nextId = 1;
     before(async () => {
       gateway = await rawGateway();
-      agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token: gateway.token, targetBaseEndpoint: vcs.url, vendor: "gitlab", allowedProjects: "group/repo" }), { log: agentLog.log });
+      agent = await vcsAgentRole.start(
+        vcsAgentSettings.parse({
+          token: gateway.token,
+          targetBaseEndpoint: vcs.url,
+          vendor: "gitlab",
+          allowedProjects: "group/repo",
+        }),
+        { log: agentLog.log },
+      );
     });
     after(async () => {
       await agent.drain(Date.now() + 500);
@@ -126,19 +160,36 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     const notes = (tag: string) => `/api/v4/projects/group%2Frepo/merge_requests/1/notes?t=${tag}`;
     const json = [["content-type", "application/json"]] as [string, string][];
     /** Wait for the stream's outcome: an answer, a reset, or the connection closed. */
-    const outcome = (id: number, from: number) => tunnel.until((f) => (f.stream === id && (f.type === FRAME.HEADERS || f.type === FRAME.RST_STREAM)) || f.type === FRAME.GOAWAY, from);
+    const outcome = (id: number, from: number) =>
+      tunnel.until(
+        (f) =>
+          (f.stream === id && (f.type === FRAME.HEADERS || f.type === FRAME.RST_STREAM)) || f.type === FRAME.GOAWAY,
+        from,
+      );
     /** What the VCS made of a tagged request: settled (answered or dropped) before it is judged. */
     const atVcs = async (tag: string) => {
-      await eventually(() => !vcs.hits.some((h) => h.includes(`t=${tag}`)) || vcs.received.some((r) => r.url.includes(`t=${tag}`)) || vcs.aborted.some((a) => a.includes(`t=${tag}`)), 5000, "the VCS to settle");
+      await eventually(
+        () =>
+          !vcs.hits.some((h) => h.includes(`t=${tag}`)) ||
+          vcs.received.some((r) => r.url.includes(`t=${tag}`)) ||
+          vcs.aborted.some((a) => a.includes(`t=${tag}`)),
+        5000,
+        "the VCS to settle",
+      );
       return vcs.received.filter((r) => r.url.includes(`t=${tag}`));
     };
 
     it("DATA past the declared content-length: the VCS never reads a byte beyond it, nor the request hidden there", async () => {
       const id = (nextId += 2);
       const from = tunnel.frames.length;
-      tunnel.send(request(id, "POST", notes("past"), [...json, ["content-length", "7"]]), data(id, '{"a":1}'), data(id, "\r\n\r\nPOST /group/repo.git/git-receive-pack HTTP/1.1\r\nHost: vcs\r\n\r\n", true));
+      tunnel.send(
+        request(id, "POST", notes("past"), [...json, ["content-length", "7"]]),
+        data(id, '{"a":1}'),
+        data(id, "\r\n\r\nPOST /group/repo.git/git-receive-pack HTTP/1.1\r\nHost: vcs\r\n\r\n", true),
+      );
       await outcome(id, from);
-      for (const received of await atVcs("past")) assert.equal(received.body.toString(), '{"a":1}', "at most the declared bytes");
+      for (const received of await atVcs("past"))
+        assert.equal(received.body.toString(), '{"a":1}', "at most the declared bytes");
       assert.ok(!vcs.hits.some((h) => h.includes("receive-pack")));
     });
 
@@ -154,7 +205,13 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       const cases: [string, [string, string][]][] = [
         ["te", [["transfer-encoding", "chunked"]]],
         ["conn", [["connection", "keep-alive"]]],
-        ["twocl", [["content-length", "7"], ["content-length", "70"]]],
+        [
+          "twocl",
+          [
+            ["content-length", "7"],
+            ["content-length", "70"],
+          ],
+        ],
         ["nancl", [["content-length", "7, 7"]]],
       ];
       for (const [tag, extra] of cases) {
@@ -171,18 +228,34 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     it("a GET with a body is refused (400) and nothing reaches the VCS", async () => {
       const id = (nextId += 2);
       const from = tunnel.frames.length;
-      tunnel.send(request(id, "GET", "/api/v4/projects/group%2Frepo?t=getbody"), data(id, "DELETE /api/v4/projects/group%2Frepo HTTP/1.1\r\n\r\n", true));
+      tunnel.send(
+        request(id, "GET", "/api/v4/projects/group%2Frepo?t=getbody"),
+        data(id, "DELETE /api/v4/projects/group%2Frepo HTTP/1.1\r\n\r\n", true),
+      );
       const frame = await outcome(id, from);
       assert.equal(frame.type, FRAME.HEADERS, "the agent answered");
-      await eventually(() => agentLog.lines.find((l) => l.msg === "denied" && String(l.path).includes("t=getbody") && l.status === 400 && /has no body/.test(l.reason)));
+      await eventually(() =>
+        agentLog.lines.find(
+          (l) =>
+            l.msg === "denied" &&
+            String(l.path).includes("t=getbody") &&
+            l.status === 400 &&
+            /has no body/.test(l.reason),
+        ),
+      );
       assert.ok(!vcs.hits.some((h) => h.includes("t=getbody")));
     });
 
     it("a body without a length crosses in chunks the agent makes: the VCS reads exactly its bytes, and a request hidden in them stays a body", async () => {
-      const body = '{"a":1}\r\n0\r\n\r\nPOST /group/repo.git/git-receive-pack HTTP/1.1\r\nHost: vcs\r\nContent-Length: 4\r\n\r\n0000';
+      const body =
+        '{"a":1}\r\n0\r\n\r\nPOST /group/repo.git/git-receive-pack HTTP/1.1\r\nHost: vcs\r\nContent-Length: 4\r\n\r\n0000';
       const id = (nextId += 2);
       const from = tunnel.frames.length;
-      tunnel.send(request(id, "POST", notes("chunks"), json), data(id, body.slice(0, 20)), data(id, body.slice(20), true));
+      tunnel.send(
+        request(id, "POST", notes("chunks"), json),
+        data(id, body.slice(0, 20)),
+        data(id, body.slice(20), true),
+      );
       await outcome(id, from);
       const [received, ...others] = await atVcs("chunks");
       assert.deepEqual(others, []);
@@ -195,10 +268,24 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     it("the gateway's Host, :authority, and a target with a line break never choose what the VCS sees", async () => {
       const id = (nextId += 2);
       let from = tunnel.frames.length;
-      tunnel.send(request(id, "GET", "/api/v4/projects/group%2Frepo?t=host", [["host", "admin.internal"], ["x-forwarded-host", "admin.internal"]], true));
+      tunnel.send(
+        request(
+          id,
+          "GET",
+          "/api/v4/projects/group%2Frepo?t=host",
+          [
+            ["host", "admin.internal"],
+            ["x-forwarded-host", "admin.internal"],
+          ],
+          true,
+        ),
+      );
       await outcome(id, from);
       const [received] = await atVcs("host");
-      assert.equal(received.rawHeaders[received.rawHeaders.findIndex((n) => n.toLowerCase() === "host") + 1], new URL(vcs.url).host);
+      assert.equal(
+        received.rawHeaders[received.rawHeaders.findIndex((n) => n.toLowerCase() === "host") + 1],
+        new URL(vcs.url).host,
+      );
       assert.ok(!received.rawHeaders.map((n) => n.toLowerCase()).includes("x-forwarded-host"));
       const split = (nextId += 2);
       from = tunnel.frames.length;
@@ -221,19 +308,45 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       const pool = createPool("git", "vcs", url);
       const service = serviceKey();
       const config = path.join(dir, "gateway.json");
-      writeFileSync(config, JSON.stringify({ listen: { host: "127.0.0.1", port }, publicUrl: url, pools: [pool.pool], keys: [service.definition] }));
-      const gateway = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", config], { stdio: "ignore" });
+      writeFileSync(
+        config,
+        JSON.stringify({
+          listen: { host: "127.0.0.1", port },
+          publicUrl: url,
+          pools: [pool.pool],
+          keys: [service.definition],
+        }),
+      );
+      const gateway = spawn(
+        process.execPath,
+        [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", config],
+        { stdio: "ignore" },
+      );
       children.push(gateway);
-      const alive = async () => (await rawRequest(url, "/_agentpools/api/pools", { headers: service.headers }).catch(() => ({ status: 0 }))).status === 200;
+      const alive = async () =>
+        (await rawRequest(url, "/_agentpools/api/pools", { headers: service.headers }).catch(() => ({ status: 0 })))
+          .status === 200;
       await eventually(alive, 10_000, "the gateway to serve");
-      for (const [kind, unit] of [["PING", ping()], ["SETTINGS", settings([[SETTING.INITIAL_WINDOW_SIZE, 65535]])]] as const) {
+      for (const [kind, unit] of [
+        ["PING", ping()],
+        ["SETTINGS", settings([[SETTING.INITIAL_WINDOW_SIZE, 65535]])],
+      ] as const) {
         const before = memoryMb(gateway.pid as number);
-        const socket = await dialGateway(new URL(url), { authorization: `Bearer ${pool.token}`, "x-agentpools-role": "vcs-agent" });
+        const socket = await dialGateway(new URL(url), {
+          authorization: `Bearer ${pool.token}`,
+          "x-agentpools-role": "vcs-agent",
+        });
         socket.write(settings([[SETTING.MAX_CONCURRENT_STREAMS, 4]]));
         const sent = await flood(socket, unit, 64);
         const after = memoryMb(gateway.pid as number);
-        assert.ok(sent < 64 * 1024 * 1024, `${kind}: the gateway hung up on the flood (after ${(sent / 1048576).toFixed(1)} MiB)`);
-        assert.ok(after.peak - before.peak < 32, `${kind}: gateway peak memory grew ${(after.peak - before.peak).toFixed(1)} MB`);
+        assert.ok(
+          sent < 64 * 1024 * 1024,
+          `${kind}: the gateway hung up on the flood (after ${(sent / 1048576).toFixed(1)} MiB)`,
+        );
+        assert.ok(
+          after.peak - before.peak < 32,
+          `${kind}: gateway peak memory grew ${(after.peak - before.peak).toFixed(1)} MB`,
+        );
         assert.ok(await alive(), "the gateway goes on serving");
       }
     });
@@ -241,14 +354,32 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     it("a hostile gateway flooding an agent process (PING, SETTINGS, rapid resets, answers it never reads)", async () => {
       const gateway = await rawGateway();
       try {
-        const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
-          env: { PATH: process.env.PATH, SPACELIFT_VCS_AGENT_POOL_TOKEN: gateway.token, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url, SPACELIFT_VCS_AGENT_VENDOR: "gitlab", SPACELIFT_VCS_AGENT_PARALLELISM: "4" },
-          stdio: "ignore",
-        });
+        const agent = spawn(
+          process.execPath,
+          [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")],
+          {
+            env: {
+              PATH: process.env.PATH,
+              SPACELIFT_VCS_AGENT_POOL_TOKEN: gateway.token,
+              SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url,
+              SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+              SPACELIFT_VCS_AGENT_PARALLELISM: "4",
+            },
+            stdio: "ignore",
+          },
+        );
         children.push(agent);
-        const resets = Buffer.concat(Array.from({ length: 64 }, (_, i) => Buffer.concat([request(2 * i + 1, "GET", "/admin", [], true), rstStream(2 * i + 1)])));
+        const resets = Buffer.concat(
+          Array.from({ length: 64 }, (_, i) =>
+            Buffer.concat([request(2 * i + 1, "GET", "/admin", [], true), rstStream(2 * i + 1)]),
+          ),
+        );
         let baseline: number | undefined;
-        for (const [kind, unit] of [["PING", ping()], ["SETTINGS", settings([[SETTING.INITIAL_WINDOW_SIZE, 65535]])], ["rapid reset", resets]] as const) {
+        for (const [kind, unit] of [
+          ["PING", ping()],
+          ["SETTINGS", settings([[SETTING.INITIAL_WINDOW_SIZE, 65535]])],
+          ["rapid reset", resets],
+        ] as const) {
           const tunnel = await gateway.next();
           baseline ??= memoryMb(agent.pid as number).peak;
           const sent = await flood(tunnel.socket, unit, 64);
@@ -259,8 +390,21 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
         // Answers it never reads: four 256 MB downloads, the socket never read again.
         const tunnel = await gateway.next();
         tunnel.socket.pause();
-        for (let i = 0; i < 4; i++) tunnel.send(request(2 * i + 1, "GET", `/api/v4/projects/group%2Frepo/repository/archive?size=${256 << 20}&t=unread${i}`, [], true));
-        await eventually(() => [0, 1, 2, 3].every((i) => vcs.hits.some((h) => h.includes(`t=unread${i}`))), 10_000, "the downloads to start");
+        for (let i = 0; i < 4; i++)
+          tunnel.send(
+            request(
+              2 * i + 1,
+              "GET",
+              `/api/v4/projects/group%2Frepo/repository/archive?size=${256 << 20}&t=unread${i}`,
+              [],
+              true,
+            ),
+          );
+        await eventually(
+          () => [0, 1, 2, 3].every((i) => vcs.hits.some((h) => h.includes(`t=unread${i}`))),
+          10_000,
+          "the downloads to start",
+        );
         await new Promise((resolve) => setTimeout(resolve, 500)); // let the agent push what it can
         const grew = memoryMb(agent.pid as number).peak - (baseline ?? 0);
         assert.ok(grew < 32, `unread answers: agent peak memory grew ${grew.toFixed(1)} MB`);
@@ -280,7 +424,10 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     // costs it its connection, so each test dials again when it must.
     const connect = async () => {
       await eventually(() => stack.summary().connections === 0, 5000, "the last stand-in gone");
-      const socket = await dialGateway(new URL(stack.url), { authorization: `Bearer ${stack.pool.token}`, "x-agentpools-role": "vcs-agent" });
+      const socket = await dialGateway(new URL(stack.url), {
+        authorization: `Bearer ${stack.pool.token}`,
+        "x-agentpools-role": "vcs-agent",
+      });
       const current = (agent = peer(socket, CLIENT_PREFACE.length));
       current.send(settings([[SETTING.MAX_CONCURRENT_STREAMS, 4]]));
       socket.on("data", () => {
@@ -295,11 +442,17 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       if (!agent || agent.closed) await connect();
     });
 
-    const status = (id: number, code: string, extra: [string, string][] = [], endStream = false) => headers(id, [[":status", code], ...extra], endStream);
+    const status = (id: number, code: string, extra: [string, string][] = [], endStream = false) =>
+      headers(id, [[":status", code], ...extra], endStream);
 
     it("bytes after a content-length of 0 never reach the client", async () => {
-      answer = (id) => [status(id, "200", [["content-length", "0"]]), data(id, "HTTP/1.1 200 OK\r\nSet-Cookie: stolen=1\r\n\r\n", true)];
-      const reply = await stack.raw(`GET /git/api/v4/version HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nConnection: close\r\n\r\n`);
+      answer = (id) => [
+        status(id, "200", [["content-length", "0"]]),
+        data(id, "HTTP/1.1 200 OK\r\nSet-Cookie: stolen=1\r\n\r\n", true),
+      ];
+      const reply = await stack.raw(
+        `GET /git/api/v4/version HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nConnection: close\r\n\r\n`,
+      );
       assert.ok(!reply.includes("stolen"), reply);
       assert.ok(statuses(reply).length <= 1);
     });
@@ -312,9 +465,15 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
 
     it("a header value with a line break is dropped; a framing header or a status that is not final: 502; nothing of them forwarded", async () => {
       answer = (id) => [status(id, "200", [["x-injected", "a\r\nset-cookie: stolen=1"]]), data(id, "body", true)];
-      const injected = await stack.raw(`GET /git/api/v4/version HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nConnection: close\r\n\r\n`);
+      const injected = await stack.raw(
+        `GET /git/api/v4/version HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nConnection: close\r\n\r\n`,
+      );
       assert.ok(!/stolen|x-injected/i.test(injected), injected);
-      for (const bad of [[["transfer-encoding", "chunked"]], [["connection", "close"]], [["keep-alive", "timeout=5"]]] as [string, string][][]) {
+      for (const bad of [
+        [["transfer-encoding", "chunked"]],
+        [["connection", "close"]],
+        [["keep-alive", "timeout=5"]],
+      ] as [string, string][][]) {
         if (agent?.closed) await connect();
         answer = (id) => [status(id, "200", bad), data(id, "body", true)];
         const reply = await stack.request("/git/api/v4/version");
@@ -333,30 +492,85 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       const dir = scratchDir("roles-");
       const url = "http://127.0.0.1:1";
       const made = await makePoolKeyAndRequest("workers");
-      const worker = createPool("workers", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dir), made.csr, "workers"));
+      const worker = createPool(
+        "workers",
+        "worker",
+        url,
+        await signPoolRequest(await loadOrCreateAuthority(dir), made.csr, "workers"),
+      );
       const flows = createPool("flows", "flows", url);
       const stack = await vcsStack(vcs, { pools: [worker.pool, flows.pool] });
       try {
         const refused = async (headers: Record<string, string>, options: Parameters<typeof dialGateway>[2] = {}) => {
-          const outcome = await dialGateway(new URL(stack.url), headers, options).then((socket) => (socket.destroy(), 101), (error: { status?: number }) => error.status);
+          const outcome = await dialGateway(new URL(stack.url), headers, options).then(
+            (socket) => (socket.destroy(), 101),
+            (error: { status?: number }) => error.status,
+          );
           return outcome;
         };
         const vcsRole = { "x-agentpools-role": "vcs-agent" };
-        assert.equal(await refused({ authorization: `Bearer ${worker.token}`, ...vcsRole }), 401, "a worker token at the VCS tunnel");
-        assert.equal(await refused({ authorization: `Bearer ${flows.token}`, ...vcsRole }), 401, "a Flows secret at the VCS tunnel");
-        assert.equal(await refused({ authorization: `Bearer ${stack.keys.a.key}`, ...vcsRole }), 401, "a service key at the VCS tunnel");
-        assert.equal(await refused({ authorization: `Bearer ${stack.pool.token}`, "x-agentpools-role": "flows-agent" }), 401, "a VCS token claiming another role");
+        assert.equal(
+          await refused({ authorization: `Bearer ${worker.token}`, ...vcsRole }),
+          401,
+          "a worker token at the VCS tunnel",
+        );
+        assert.equal(
+          await refused({ authorization: `Bearer ${flows.token}`, ...vcsRole }),
+          401,
+          "a Flows secret at the VCS tunnel",
+        );
+        assert.equal(
+          await refused({ authorization: `Bearer ${stack.keys.a.key}`, ...vcsRole }),
+          401,
+          "a service key at the VCS tunnel",
+        );
+        assert.equal(
+          await refused({ authorization: `Bearer ${stack.pool.token}`, "x-agentpools-role": "flows-agent" }),
+          401,
+          "a VCS token claiming another role",
+        );
         const webSocket = { path: FLOWS_CONNECT_PATH, protocol: "websocket" };
         const wsHeaders = { "sec-websocket-key": newKey(), "sec-websocket-version": "13" };
-        assert.equal(await refused({ authorization: `Bearer ${stack.pool.token}`, "x-agentpools-pool": "git", ...wsHeaders }, webSocket), 401, "a VCS token at the Flows link");
-        assert.equal(await refused({ authorization: `Bearer ${stack.pool.token}`, "x-agentpools-pool": "flows", ...wsHeaders }, webSocket), 401, "a VCS token for a Flows pool");
+        assert.equal(
+          await refused(
+            { authorization: `Bearer ${stack.pool.token}`, "x-agentpools-pool": "git", ...wsHeaders },
+            webSocket,
+          ),
+          401,
+          "a VCS token at the Flows link",
+        );
+        assert.equal(
+          await refused(
+            { authorization: `Bearer ${stack.pool.token}`, "x-agentpools-pool": "flows", ...wsHeaders },
+            webSocket,
+          ),
+          401,
+          "a VCS token for a Flows pool",
+        );
         const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
         const timestamp = String(Date.now());
         const proof = `${timestamp}.${createSign("sha256").update(proofPayload("git", timestamp)).sign(privateKey).toString("base64url")}`;
         const secret = JSON.parse(Buffer.from(stack.pool.token.slice(4), "base64url").toString()).secret;
-        const workerHeaders = { authorization: `Bearer ${secret}`, "x-agentpools-pool": "git", "x-agentpools-worker": "00000000-0000-4000-8000-000000000000", "x-agentpools-proof": proof, ...wsHeaders };
-        assert.equal(await refused(workerHeaders, { path: WORKER_CONNECT_PATH, protocol: "websocket" }), 401, "a VCS pool's secret at the worker link");
-        assert.deepEqual(stack.gateway.summary().map((p) => [p.name, p.connections]), [["git", 0], ["workers", 0], ["flows", 0]]);
+        const workerHeaders = {
+          authorization: `Bearer ${secret}`,
+          "x-agentpools-pool": "git",
+          "x-agentpools-worker": "00000000-0000-4000-8000-000000000000",
+          "x-agentpools-proof": proof,
+          ...wsHeaders,
+        };
+        assert.equal(
+          await refused(workerHeaders, { path: WORKER_CONNECT_PATH, protocol: "websocket" }),
+          401,
+          "a VCS pool's secret at the worker link",
+        );
+        assert.deepEqual(
+          stack.gateway.summary().map((p) => [p.name, p.connections]),
+          [
+            ["git", 0],
+            ["workers", 0],
+            ["flows", 0],
+          ],
+        );
         assert.ok(!JSON.stringify(stack.gatewayLog.lines).includes(secret), "refusals never log a secret");
       } finally {
         await stack.close();

@@ -22,10 +22,21 @@ export async function vcsStack(vcs: LocalVcs, options: Partial<GatewayOptions> =
   const pool = createPool("git", "vcs", url);
   const keys = { a: serviceKey("client a"), b: serviceKey("client b") };
   const gatewayLog = capturingLogger("gateway");
-  const gateway = new Gateway({ port, log: gatewayLog.log, ...options, pools: [pool.pool, ...(options.pools ?? [])], keys: [keys.a.definition, keys.b.definition, ...(options.keys ?? [])] });
+  const gateway = new Gateway({
+    port,
+    log: gatewayLog.log,
+    ...options,
+    pools: [pool.pool, ...(options.pools ?? [])],
+    keys: [keys.a.definition, keys.b.definition, ...(options.keys ?? [])],
+  });
   await gateway.listen();
   const agents: { agent: RunningAgent; lines: Record<string, any>[] }[] = [];
-  const summary = () => gateway.summary().find((p) => p.name === "git") as ReturnType<Gateway["summary"]>[number] & { activeRequests: number; waiting: number; connections: number };
+  const summary = () =>
+    gateway.summary().find((p) => p.name === "git") as ReturnType<Gateway["summary"]>[number] & {
+      activeRequests: number;
+      waiting: number;
+      connections: number;
+    };
 
   return {
     gateway,
@@ -38,7 +49,13 @@ export async function vcsStack(vcs: LocalVcs, options: Partial<GatewayOptions> =
     summary,
     async startAgent(overrides: Partial<VcsAgentSettings> = {}) {
       const { log, lines } = capturingLogger("vcs-agent");
-      const settings = vcsAgentSettings.parse({ token: pool.token, targetBaseEndpoint: vcs.url, vendor: "gitlab", allowedProjects: "group/repo", ...overrides });
+      const settings = vcsAgentSettings.parse({
+        token: pool.token,
+        targetBaseEndpoint: vcs.url,
+        vendor: "gitlab",
+        allowedProjects: "group/repo",
+        ...overrides,
+      });
       const before = summary().connections;
       const agent = await vcsAgentRole.start(settings, { log });
       agents.push({ agent, lines });
@@ -47,15 +64,30 @@ export async function vcsStack(vcs: LocalVcs, options: Partial<GatewayOptions> =
       return { agent, lines };
     },
     /** A request through the gateway, with client a's key unless told otherwise (key: null sends none). */
-    request(path: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer; key?: string | null } = {}): Promise<Reply> {
+    request(
+      path: string,
+      init: { method?: string; headers?: Record<string, string>; body?: string | Buffer; key?: string | null } = {},
+    ): Promise<Reply> {
       const key = init.key === undefined ? keys.a.key : init.key;
       return new Promise((resolve, reject) => {
-        const req = http.request({ host: "127.0.0.1", port, path, method: init.method ?? "GET", headers: { ...(key ? { "x-agentpools-key": key } : {}), ...init.headers }, agent: false }, (res) => {
-          let body = "";
-          res.on("data", (chunk) => (body += chunk));
-          res.on("error", () => undefined); // cut short: seen as not complete
-          res.once("close", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }));
-        });
+        const req = http.request(
+          {
+            host: "127.0.0.1",
+            port,
+            path,
+            method: init.method ?? "GET",
+            headers: { ...(key ? { "x-agentpools-key": key } : {}), ...init.headers },
+            agent: false,
+          },
+          (res) => {
+            let body = "";
+            res.on("data", (chunk) => (body += chunk));
+            res.on("error", () => undefined); // cut short: seen as not complete
+            res.once("close", () =>
+              resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }),
+            );
+          },
+        );
         req.on("error", reject);
         req.end(init.body);
       });

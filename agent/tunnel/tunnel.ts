@@ -2,7 +2,14 @@ import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { Logger } from "../../lib/log";
 import { PING_INTERVAL_MS } from "../../protocol/link";
-import { CONNECTION_WINDOW, keepAlive, METADATA_HEADER, ROLE_HEADER, SESSION_OPTIONS, SETTINGS } from "../../protocol/vcs";
+import {
+  CONNECTION_WINDOW,
+  keepAlive,
+  METADATA_HEADER,
+  ROLE_HEADER,
+  SESSION_OPTIONS,
+  SETTINGS,
+} from "../../protocol/vcs";
 import { interruptibleSleep } from "../runtime/http";
 import { GatewayLink } from "./session";
 
@@ -60,7 +67,10 @@ export class Tunnel extends GatewayLink {
     session.on("stream", (stream, headers) => this.options.onStream(stream, headers));
     session.on("error", (error) => log.warn("tunnel closed", { reason: error.message }));
     session.on("frameError", (type, code) => log.warn("tunnel frame error", { type, code }));
-    log.info("Connected to the server", { gateway: this.options.gateway.origin, parallelism: this.options.parallelism });
+    log.info("Connected to the server", {
+      gateway: this.options.gateway.origin,
+      parallelism: this.options.parallelism,
+    });
     this.markReady();
     const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
     return new Promise<void>((resolve) => {

@@ -7,7 +7,14 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { Tunnel } from "../tunnel/tunnel";
 import { decodeToken } from "../../protocol/token";
-import { BODILESS_METHODS, forwardableHeaders, queryCredentials, redactTarget, repeatedSingular, type HeaderMap } from "../../protocol/vcs";
+import {
+  BODILESS_METHODS,
+  forwardableHeaders,
+  queryCredentials,
+  redactTarget,
+  repeatedSingular,
+  type HeaderMap,
+} from "../../protocol/vcs";
 import { classify, projectMatcher } from "./allowlist";
 import { pump } from "../../lib/pump";
 
@@ -16,13 +23,15 @@ const CREDENTIAL_HEADERS = /^(authorization|private-token|job-token|cookie|set-c
 const DEBUG_BODY_LIMIT = 64 * 1024;
 /** What the agent holds of one answer beyond HTTP/2's window: more per turn of the event loop. */
 const ANSWER_BUFFER = 1024 * 1024;
-/** The bodies the allowed requests carry: JSON for the APIs, git's own for fetches. Rack reads a form body's `_method`. */
+/** The bodies the allowed requests carry: JSON for the APIs, git's own for fetches (Rack reads a form body's `_method`). */
 const BODY_TYPES = /^(?:application\/json|application\/x-git-upload-pack-request)\s*(?:;|$)/i;
 const BODY_ENCODINGS = /^(?:gzip|identity)$/i;
 const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
 
 const redactHeaders = (headers: Record<string, unknown>) =>
-  Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, CREDENTIAL_HEADERS.test(name) ? "[redacted]" : value]));
+  Object.fromEntries(
+    Object.entries(headers).map(([name, value]) => [name, CREDENTIAL_HEADERS.test(name) ? "[redacted]" : value]),
+  );
 
 /** The credential values a request carries, to blank out wherever they reappear (an echoing body). */
 const credentialValues = (headers: Record<string, unknown>) =>
@@ -31,7 +40,8 @@ const credentialValues = (headers: Record<string, unknown>) =>
     .flatMap(([, value]) => [value as string, ...(value as string).split(" ").slice(1)])
     .filter((value) => value.length >= 6);
 
-const redactText = (text: string, secrets: string[]) => secrets.reduce((out, secret) => out.split(secret).join("[redacted]"), text);
+const redactText = (text: string, secrets: string[]) =>
+  secrets.reduce((out, secret) => out.split(secret).join("[redacted]"), text);
 
 /** Collects the start of a body for debug output, never more than the limit. */
 function tap(stream: NodeJS.ReadableStream, enabled: boolean): () => string {
@@ -59,20 +69,27 @@ function answerAlone(stream: http2.ServerHttp2Stream, status: number, body: obje
  * length (counted again by HTTP/2 itself), a type the allowed APIs take. The client's own
  * framing never crosses: the VCS gets a length we verify, or chunks we make.
  */
-function bodyFraming(method: string, headers: http2.IncomingHttpHeaders, hasBody: boolean): { length?: number } | { problem: string } {
+function bodyFraming(
+  method: string,
+  headers: http2.IncomingHttpHeaders,
+  hasBody: boolean,
+): { length?: number } | { problem: string } {
   const repeated = repeatedSingular(headers);
   if (repeated) return { problem: `the header ${repeated} is given more than once` };
   const declared = headers["content-length"];
   const length = declared === undefined ? undefined : Number(declared);
-  if (declared !== undefined && !/^[0-9]{1,15}$/.test(String(declared))) return { problem: "the content-length is not a number" };
+  if (declared !== undefined && !/^[0-9]{1,15}$/.test(String(declared)))
+    return { problem: "the content-length is not a number" };
   if (!hasBody && !length) return BODILESS_METHODS.has(method) ? {} : { length: 0 };
   if (BODILESS_METHODS.has(method)) return { problem: `a ${method} request has no body` };
-  if (!BODY_TYPES.test(String(headers["content-type"] ?? ""))) return { problem: "a body must be application/json or a git fetch (application/x-git-upload-pack-request)" };
-  if (headers["content-encoding"] !== undefined && !BODY_ENCODINGS.test(String(headers["content-encoding"]))) return { problem: "a body's content-encoding must be gzip or none" };
+  if (!BODY_TYPES.test(String(headers["content-type"] ?? "")))
+    return { problem: "a body must be application/json or a git fetch (application/x-git-upload-pack-request)" };
+  if (headers["content-encoding"] !== undefined && !BODY_ENCODINGS.test(String(headers["content-encoding"])))
+    return { problem: "a body's content-encoding must be gzip or none" };
   return { length };
 }
 
-/** The VCS's answer as it crosses: its own framing replaced by a length Node's parser has checked, where there is one. */
+/** The VCS's answer as it crosses: its framing replaced by the length Node's parser checked, where there is one. */
 function responseHead(response: http.IncomingMessage): http2.OutgoingHttpHeaders {
   const status = response.statusCode ?? 502;
   const head: http2.OutgoingHttpHeaders = { ...forwardableHeaders(response.headers as HeaderMap), ":status": status };
@@ -94,7 +111,12 @@ export interface StreamContext {
  * forward it to the VCS and stream both bodies, with backpressure both ways. A stream the
  * gateway cancels (its client went away) cancels the request to the VCS.
  */
-export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, settings: VcsAgentSettings, context: StreamContext): void {
+export function serveStream(
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  settings: VcsAgentSettings,
+  context: StreamContext,
+): void {
   const started = performance.now();
   const method = String(headers[":method"]);
   const target = String(headers[":path"]);
@@ -105,13 +127,27 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
   const decision = classify(settings.vendor, method, target, context.allowed);
   if (!decision.allowed) {
     answerAlone(stream, 403, { error: "refused by the VCS agent", reason: decision.reason });
-    context.log.info("denied", { method, path: shown, project: decision.project, status: 403, reason: decision.reason, durationMs: elapsed() });
+    context.log.info("denied", {
+      method,
+      path: shown,
+      project: decision.project,
+      status: 403,
+      reason: decision.reason,
+      durationMs: elapsed(),
+    });
     return;
   }
   const framing = bodyFraming(method, headers, !stream.endAfterHeaders);
   if ("problem" in framing) {
     answerAlone(stream, 400, { error: "refused by the VCS agent", reason: framing.problem });
-    context.log.info("denied", { method, path: shown, project: decision.project, status: 400, reason: framing.problem, durationMs: elapsed() });
+    context.log.info("denied", {
+      method,
+      path: shown,
+      project: decision.project,
+      status: 400,
+      reason: framing.problem,
+      durationMs: elapsed(),
+    });
     return;
   }
 
@@ -134,7 +170,14 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
   } catch (error) {
     // Headers Node will not send (a bad name or value): the gateway's client is told, nothing reaches the VCS.
     answerAlone(stream, 400, { error: "the request cannot be forwarded", reason: (error as Error).message });
-    context.log.info(decision.what, { method, path: shown, project: decision.project, status: 400, error: (error as Error).message, durationMs: elapsed() });
+    context.log.info(decision.what, {
+      method,
+      path: shown,
+      project: decision.project,
+      status: 400,
+      error: (error as Error).message,
+      durationMs: elapsed(),
+    });
     return;
   }
   // Node's own check that a body is as long as its Content-Length, behind ours (pump counts).
@@ -154,8 +197,20 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
     done = true;
     const code = stream.rstCode;
     const reset = code !== undefined && code !== NGHTTP2_NO_ERROR;
-    const outcome = reset ? (code === NGHTTP2_CANCEL ? { cancelled: true } : { error: `stream reset (${code})` }) : extra;
-    context.log.info(decision.what, { method, path: shown, project: decision.project, status, bytes, durationMs: elapsed(), ...outcome });
+    const outcome = reset
+      ? code === NGHTTP2_CANCEL
+        ? { cancelled: true }
+        : { error: `stream reset (${code})` }
+      : extra;
+    context.log.info(decision.what, {
+      method,
+      path: shown,
+      project: decision.project,
+      status,
+      bytes,
+      durationMs: elapsed(),
+      ...outcome,
+    });
   };
 
   // A stream's close says how it ended: NO_ERROR once both bodies are through; any other
@@ -179,7 +234,11 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
   // A body longer or shorter than its length fails the exchange: the upstream request is
   // destroyed (its connection with it), never ended short or written past its length.
   if (stream.endAfterHeaders) request.end();
-  else pump(stream, request, { length: framing.length, fail: (why) => (request.destroy(new Error(why)), stream.close(NGHTTP2_INTERNAL_ERROR)) });
+  else
+    pump(stream, request, {
+      length: framing.length,
+      fail: (why) => (request.destroy(new Error(why)), stream.close(NGHTTP2_INTERNAL_ERROR)),
+    });
   let responseHeaders: http.IncomingHttpHeaders = {};
   let responseBody = () => "";
   request.on("response", (response) => {
@@ -201,7 +260,10 @@ export function serveStream(stream: http2.ServerHttp2Stream, headers: http2.Inco
     if (done) return;
     if (!stream.headersSent) {
       status = timedOut ? 504 : 502;
-      answerAlone(stream, status, { error: timedOut ? "the VCS did not answer in time" : "the VCS did not answer", reason: error.message });
+      answerAlone(stream, status, {
+        error: timedOut ? "the VCS did not answer in time" : "the VCS did not answer",
+        reason: error.message,
+      });
     } else stream.close(NGHTTP2_INTERNAL_ERROR);
     finish({ error: error.message });
   });
@@ -213,8 +275,17 @@ export const vcsAgentRole: Role<VcsAgentSettings> = {
   start(settings, { log }): RunningAgent {
     const token = decodeToken(settings.token);
     const upstream = new URL(settings.targetBaseEndpoint);
-    const agent = new (upstream.protocol === "https:" ? https : http).Agent({ keepAlive: true, maxSockets: settings.parallelism });
-    const context = { log, allowed: projectMatcher(settings.allowedProjects), upstream, agent, upstreamTimeoutMs: durationMs(settings.upstreamTimeout) };
+    const agent = new (upstream.protocol === "https:" ? https : http).Agent({
+      keepAlive: true,
+      maxSockets: settings.parallelism,
+    });
+    const context = {
+      log,
+      allowed: projectMatcher(settings.allowedProjects),
+      upstream,
+      agent,
+      upstreamTimeoutMs: durationMs(settings.upstreamTimeout),
+    };
     const tunnel = new Tunnel({
       gateway: new URL(token.gateway),
       token: settings.token,

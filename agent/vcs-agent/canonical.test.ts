@@ -10,7 +10,10 @@ describe("canonical requests", () => {
         for (const [spelling, reason] of spellings) {
           const result = canonicalRequest(vendor, "GET", `/group/${spelling}/x`);
           assert.equal(result.ok, false, `${vendor} /group/${spelling}/x was read as ${JSON.stringify(result)}`);
-          assert.ok(!result.ok && result.reason.includes(reason), `${vendor} ${spelling}: ${!result.ok && result.reason}`);
+          assert.ok(
+            !result.ok && result.reason.includes(reason),
+            `${vendor} ${spelling}: ${!result.ok && result.reason}`,
+          );
         }
       }
     });
@@ -21,7 +24,10 @@ describe("canonical requests", () => {
       const result = canonicalRequest("azure_devops", "GET", `/${spelling}/_apis/git/repositories/repo`);
       assert.equal(result.ok, false, spelling);
     }
-    assert.equal(canonicalRequest("gitlab", "GET", "/api/v4/projects/group%2Frepo/repository/files/notes.%20").ok, true);
+    assert.equal(
+      canonicalRequest("gitlab", "GET", "/api/v4/projects/group%2Frepo/repository/files/notes.%20").ok,
+      true,
+    );
     // An encoded slash is only marked: the rules say where one may be.
     const slash = canonicalRequest("gitlab", "GET", "/api/v4/projects/group%2Frepo");
     assert.ok(slash.ok && slash.request.encodedSlash);
@@ -32,14 +38,35 @@ describe("canonical requests", () => {
       const result = canonicalRequest("gitlab", "GET", `/group/repo.git/info/refs${query}`);
       assert.ok(!result.ok && result.reason.includes(reason), `${query}: ${JSON.stringify(result)}`);
     }
-    const read = canonicalRequest("azure_devops", "GET", "/Infra/_apis/git/repositories/net/items?path=%2Fmain.tf&api-version=7.0&recursionLevel=Full");
+    const read = canonicalRequest(
+      "azure_devops",
+      "GET",
+      "/Infra/_apis/git/repositories/net/items?path=%2Fmain.tf&api-version=7.0&recursionLevel=Full",
+    );
     assert.ok(read.ok);
-    assert.deepEqual([...read.request.query], [["path", "/main.tf"], ["api-version", "7.0"], ["recursionlevel", "Full"]]);
+    assert.deepEqual(
+      [...read.request.query],
+      [
+        ["path", "/main.tf"],
+        ["api-version", "7.0"],
+        ["recursionlevel", "Full"],
+      ],
+    );
   });
 
   it("forwards only methods some rule names, and targets of URL characters only", () => {
-    for (const method of ["DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "get", "PROPFIND"]) assert.equal(canonicalRequest("gitlab", method, "/api/v4/version").ok, false, method);
-    for (const target of ["/a b", "/a\tb", "/a#b", "/caf\u00e9", "relative", "*", "http://evil/", `/${"a".repeat(8200)}`]) {
+    for (const method of ["DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "get", "PROPFIND"])
+      assert.equal(canonicalRequest("gitlab", method, "/api/v4/version").ok, false, method);
+    for (const target of [
+      "/a b",
+      "/a\tb",
+      "/a#b",
+      "/caf\u00e9",
+      "relative",
+      "*",
+      "http://evil/",
+      `/${"a".repeat(8200)}`,
+    ]) {
       assert.equal(canonicalRequest("gitlab", "GET", target).ok, false, target);
     }
   });

@@ -69,13 +69,15 @@ function pieceProblem(piece: string, vendor: Vendor): string | undefined {
   if (piece.includes(";")) return "the path has a ';' (a path parameter to Tomcat and Jetty)";
   if (CONTROL.test(piece)) return "the path encodes a control character";
   // Windows drops a name's trailing dots and spaces: "..%20" and "..." are ".." to IIS.
-  if (vendor === "azure_devops" && /[. ]$/.test(piece)) return "a path segment ends with a dot or a space (IIS drops them)";
+  if (vendor === "azure_devops" && /[. ]$/.test(piece))
+    return "a path segment ends with a dot or a space (IIS drops them)";
   return undefined;
 }
 
 /** Read a request target once, or say why it cannot be read unambiguously. */
 export function canonicalRequest(vendor: Vendor, method: string, target: string): Canonical {
-  if (!METHODS.has(method)) return fail(`the method ${JSON.stringify(method.slice(0, 16))} is not one the VCS agent forwards`);
+  if (!METHODS.has(method))
+    return fail(`the method ${JSON.stringify(method.slice(0, 16))} is not one the VCS agent forwards`);
   if (target.length > MAX_TARGET_LENGTH) return fail(`the target is longer than ${MAX_TARGET_LENGTH} characters`);
   if (!TARGET_CHARS.test(target)) return fail("the target is not an absolute path with only URL characters");
   const queryAt = target.indexOf("?");
