@@ -340,6 +340,12 @@ export class VcsHub {
       if (head.length !== undefined) headers["content-length"] = head.length;
       stream = slot.agent.session.request(headers, { endStream: !hasBody });
     } catch (error) {
+      // Stream ids run out after 2^30 requests (or the session broke): this connection takes
+      // no more; streams in flight finish and the agent dials again.
+      if ((error as { code?: string }).code === "ERR_HTTP2_OUT_OF_STREAMS") {
+        slot.agent.draining = true;
+        slot.agent.session.close();
+      }
       slot.release();
       throw new HttpError(502, `the agent could not take the request: ${(error as Error).message}`);
     }

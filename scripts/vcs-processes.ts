@@ -115,6 +115,8 @@ export async function startVcsPath(root: string, agentEnv: Record<string, string
     gatewayBase: `${gatewayUrl}/bench`,
     relayUrl: `http://127.0.0.1:${relayIn}`,
     agent,
+    gateway,
+    relays,
     stop() {
       agent.kill("SIGTERM");
       for (const child of [...relays, vcs]) child.kill();
