@@ -27,14 +27,23 @@ export async function gitAsync(args: string[], cwd?: string): Promise<string> {
   return stdout;
 }
 
-/** A request with the path sent exactly as given (no normalisation). */
-export function rawRequest(base: string, path: string, options: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+/**
+ * A request with the path sent exactly as given (no normalisation). It settles when the
+ * connection is done with the answer: `complete` says whether the answer ended as framed.
+ */
+export function rawRequest(
+  base: string,
+  path: string,
+  options: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders; complete: boolean }> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: url.hostname, port: url.port, path, method: options.method ?? "GET", headers: options.headers, agent: false }, (res) => {
+    const { method = "GET", headers } = options;
+    const req = http.request({ host: url.hostname, port: url.port, path, method, headers, agent: false }, (res) => {
       let body = "";
       res.on("data", (chunk) => (body += chunk));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+      res.on("error", () => undefined); // cut short: seen as not complete
+      res.once("close", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }));
     });
     req.on("error", reject);
     req.end(options.body);
