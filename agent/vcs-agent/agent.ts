@@ -124,32 +124,15 @@ export function serveStream(
   const elapsed = () => Math.round((performance.now() - started) * 100) / 100;
   stream.on("error", () => undefined); // a reset; its code is logged when the stream closes
 
+  /** Answer a refusal ourselves (nothing reaches the VCS) and log why. */
+  const refuse = (status: number, reason: string, project?: string) => {
+    answerAlone(stream, status, { error: "refused by the VCS agent", reason });
+    context.log.info("denied", { method, path: shown, project, status, reason, durationMs: elapsed() });
+  };
   const decision = classify(settings.vendor, method, target, context.allowed);
-  if (!decision.allowed) {
-    answerAlone(stream, 403, { error: "refused by the VCS agent", reason: decision.reason });
-    context.log.info("denied", {
-      method,
-      path: shown,
-      project: decision.project,
-      status: 403,
-      reason: decision.reason,
-      durationMs: elapsed(),
-    });
-    return;
-  }
+  if (!decision.allowed) return refuse(403, decision.reason, decision.project);
   const framing = bodyFraming(method, headers, !stream.endAfterHeaders);
-  if ("problem" in framing) {
-    answerAlone(stream, 400, { error: "refused by the VCS agent", reason: framing.problem });
-    context.log.info("denied", {
-      method,
-      path: shown,
-      project: decision.project,
-      status: 400,
-      reason: framing.problem,
-      durationMs: elapsed(),
-    });
-    return;
-  }
+  if ("problem" in framing) return refuse(400, framing.problem, decision.project);
 
   const upstreamHeaders: HeaderMap = { ...forwardableHeaders(headers as HeaderMap), host: context.upstream.host };
   if (framing.length !== undefined) upstreamHeaders["content-length"] = String(framing.length);
