@@ -3,13 +3,11 @@ import type http from "node:http";
 import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { Logger } from "../lib/log";
-import { PING_INTERVAL_MS } from "../protocol/link";
+import { PING_INTERVAL_MS, PING_TIMEOUT_MS, ROLE_HEADER } from "../protocol/link";
 import { decodeToken } from "../protocol/token";
 import {
   CONNECTION_WINDOW,
   keepAlive,
-  PING_TIMEOUT_MS,
-  ROLE_HEADER,
   SESSION_OPTIONS,
   SETTINGS,
   STREAMS,

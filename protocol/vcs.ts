@@ -1,4 +1,5 @@
 import type http2 from "node:http2";
+import { PING_TIMEOUT_MS } from "./link";
 
 /**
  * The VCS link between a VCS agent and the gateway (docs/protocol.md §1-§5): the path an
@@ -8,8 +9,6 @@ import type http2 from "node:http2";
 export const CONNECT_PATH = "/_agentpools/connect";
 /** HTTP/2 with the roles turned round: the agent, which dialled, is the HTTP/2 server. */
 export const UPGRADE_PROTOCOL = "agentpools-h2";
-export const ROLE_HEADER = "x-agentpools-role";
-export const METADATA_HEADER = "x-agentpools-metadata";
 
 /** Streams one agent serves at once (its parallelism, HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
 export const STREAMS = { min: 1, max: 64, default: 4 } as const;
@@ -29,8 +28,6 @@ export const MAX_FRAME_SIZE = 256 * KiB;
 /** A request or response head, uncompressed; an HTTP/1.1 head at the gateway is at most 16 KiB. */
 export const MAX_HEADER_LIST_SIZE = 64 * KiB;
 export const MAX_HEADER_PAIRS = 128;
-/** Keepalive: a ping unanswered this long closes the connection (sent every PING_INTERVAL_MS). */
-export const PING_TIMEOUT_MS = 10_000;
 
 /**
  * Node's session options for either end: each one bounds what the peer can make this side

@@ -1,15 +1,8 @@
 import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { Logger } from "../../lib/log";
-import { PING_INTERVAL_MS } from "../../protocol/link";
-import {
-  CONNECTION_WINDOW,
-  keepAlive,
-  METADATA_HEADER,
-  ROLE_HEADER,
-  SESSION_OPTIONS,
-  SETTINGS,
-} from "../../protocol/vcs";
+import { encodeMetadata, METADATA_HEADER, PING_INTERVAL_MS, ROLE_HEADER } from "../../protocol/link";
+import { CONNECTION_WINDOW, keepAlive, SESSION_OPTIONS, SETTINGS } from "../../protocol/vcs";
 import { interruptibleSleep } from "../runtime/http";
 import { GatewayLink } from "./session";
 
@@ -41,7 +34,7 @@ export class Tunnel extends GatewayLink {
       headers: {
         authorization: `Bearer ${options.token}`,
         [ROLE_HEADER]: options.role,
-        [METADATA_HEADER]: Buffer.from(JSON.stringify(options.metadata)).toString("base64url"),
+        [METADATA_HEADER]: encodeMetadata(options.metadata),
       },
       proxy: options.proxy,
       noProxy: options.noProxy,
