@@ -21,6 +21,8 @@ export class LocalVcs {
   readonly hits: string[] = [];
   /** Requests whose client went away before the answer ended. */
   readonly aborted: string[] = [];
+  /** `size` answers whose reader has stopped taking them (a write waits for drain): backpressure reached the VCS. */
+  readonly blocked = new Set<string>();
   /** Every request read, complete with raw header lines and body, in the order each ended. */
   readonly received: { method: string; url: string; rawHeaders: string[]; body: Buffer }[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
@@ -89,7 +91,10 @@ export class LocalVcs {
         while (sent < total) {
           const piece = block.subarray(0, Math.min(block.length, total - sent));
           sent += piece.length;
-          if (!res.write(piece)) return void res.once("drain", more);
+          if (!res.write(piece)) {
+            this.blocked.add(req.url ?? "");
+            return void res.once("drain", () => (this.blocked.delete(req.url ?? ""), more()));
+          }
         }
         res.end();
       };

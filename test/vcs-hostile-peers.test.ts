@@ -400,12 +400,9 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
               true,
             ),
           );
-        await eventually(
-          () => [0, 1, 2, 3].every((i) => vcs.hits.some((h) => h.includes(`t=unread${i}`))),
-          10_000,
-          "the downloads to start",
-        );
-        await new Promise((resolve) => setTimeout(resolve, 500)); // let the agent push what it can
+        // The agent has taken all it will: each download's writes at the VCS wait for the agent to read.
+        const blocked = () => [0, 1, 2, 3].every((i) => [...vcs.blocked].some((url) => url.includes(`t=unread${i}`)));
+        await eventually(blocked, 10_000, "backpressure to reach the VCS");
         const grew = memoryMb(agent.pid as number).peak - (baseline ?? 0);
         assert.ok(grew < 32, `unread answers: agent peak memory grew ${grew.toFixed(1)} MB`);
       } finally {
