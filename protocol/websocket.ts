@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
+import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "./link";
 
 /** RFC 6455's magic, for the Sec-WebSocket-Accept answer. */
 export const acceptKey = (key: string) => createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
@@ -31,11 +32,15 @@ export function acceptWebSocket(headers: Record<string, string | string[] | unde
 /**
  * A WebSocket over an upgraded socket (RFC 6455): text messages, fragmentation, ping/pong
  * and close. Clients mask what they send, as the RFC requires. Messages over 16 MiB close
- * the connection (1009) rather than grow without bound. Events: "message" (text), "close".
+ * the connection (1009) rather than grow without bound. Events: "message" (text), "pong",
+ * "close". Received bytes stay in the chunks they came in: a frame is cut out of them once
+ * it is whole, so no chunk is copied more than once whatever the frame and chunk sizes.
  */
 export class WebSocket extends EventEmitter {
-  private buffer: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private fragments: Buffer[] = [];
+  private fragmented = 0;
   private closed = false;
 
   constructor(
@@ -61,6 +66,21 @@ export class WebSocket extends EventEmitter {
 
   ping(): void {
     this.frame(0x9, Buffer.alloc(0));
+  }
+
+  /**
+   * Liveness: a ping every intervalMs; one unanswered for timeoutMs closes the WebSocket
+   * (after a "timeout" event). Stops by itself when the WebSocket closes.
+   */
+  keepAlive(intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS): void {
+    let deadline: NodeJS.Timeout | undefined;
+    const tick = setInterval(() => {
+      if (deadline) return;
+      deadline = setTimeout(() => (this.emit("timeout"), this.close(1001)), timeoutMs);
+      this.ping();
+    }, intervalMs);
+    this.on("pong", () => (clearTimeout(deadline), (deadline = undefined)));
+    this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
   }
 
   close(code = 1000): void {
@@ -99,36 +119,66 @@ export class WebSocket extends EventEmitter {
     this.socket.write(Buffer.concat([header, payload]));
   }
 
+  /** The first n buffered bytes (n <= buffered): the first chunk itself, or a copy of n bytes. */
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length >= n) return this.chunks[0];
+    const out = Buffer.allocUnsafe(n);
+    for (let i = 0, at = 0; at < n; i++) at += this.chunks[i].copy(out, at, 0, n - at);
+    return out;
+  }
+
+  /** Takes n buffered bytes off the front: a view when they lie in one chunk, else one copy. */
+  private take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    this.buffered -= n;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    for (let at = 0; at < n; ) {
+      const chunk = this.chunks[0];
+      const copied = chunk.copy(out, at, 0, n - at);
+      at += copied;
+      if (copied === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(copied);
+    }
+    return out;
+  }
+
   private receive(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-    while (this.buffer.length >= 2 && !this.closed) {
-      const fin = (this.buffer[0] & 0x80) !== 0;
-      const opcode = this.buffer[0] & 0x0f;
-      const masked = (this.buffer[1] & 0x80) !== 0;
-      let length = this.buffer[1] & 0x7f;
-      let offset = 2;
-      if (length === 126) {
-        if (this.buffer.length < 4) return;
-        length = this.buffer.readUInt16BE(2);
-        offset = 4;
-      } else if (length === 127) {
-        if (this.buffer.length < 10) return;
-        const big = this.buffer.readBigUInt64BE(2);
-        if (big > BigInt(MAX_MESSAGE)) return this.close(1009);
-        length = Number(big);
-        offset = 10;
-      }
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    while (this.buffered >= 2 && !this.closed) {
+      const start = this.peek(2);
+      const fin = (start[0] & 0x80) !== 0;
+      const opcode = start[0] & 0x0f;
+      const masked = (start[1] & 0x80) !== 0;
       // Servers take only masked frames and clients only unmasked ones (RFC 6455, 5.1).
       if (masked === this.isClient) return this.close(1002);
-      const total = offset + (masked ? 4 : 0) + length;
-      if (this.buffer.length < total) return;
-      let payload = this.buffer.subarray(offset + (masked ? 4 : 0), total);
-      if (masked) {
-        const key = this.buffer.subarray(offset, offset + 4);
-        payload = Buffer.from(payload);
-        for (let i = 0; i < payload.length; i++) payload[i] ^= key[i & 3];
+      let length = start[1] & 0x7f;
+      const offset = length === 126 ? 4 : length === 127 ? 10 : 2;
+      const headerLength = offset + (masked ? 4 : 0);
+      if (this.buffered < headerLength) return;
+      const header = this.peek(headerLength);
+      if (length === 126) length = header.readUInt16BE(2);
+      else if (length === 127) {
+        const big = header.readBigUInt64BE(2);
+        if (big > BigInt(MAX_MESSAGE)) return this.close(1009);
+        length = Number(big);
       }
-      this.buffer = this.buffer.subarray(total);
+      if (this.buffered < headerLength + length) return;
+      const key = masked ? Buffer.from(header.subarray(offset, headerLength)) : undefined;
+      this.take(headerLength);
+      let payload = this.take(length);
+      if (key) {
+        // Unmasked into a buffer of its own: what was received is never written to.
+        const masked = payload;
+        payload = Buffer.allocUnsafe(length);
+        for (let i = 0; i < length; i++) payload[i] = masked[i] ^ key[i & 3];
+      }
       this.handle(fin, opcode, payload);
     }
   }
@@ -138,10 +188,12 @@ export class WebSocket extends EventEmitter {
       case 0x0:
       case 0x1: {
         this.fragments.push(payload);
-        if (this.fragments.reduce((n, f) => n + f.length, 0) > MAX_MESSAGE) return this.close(1009);
+        this.fragmented += payload.length;
+        if (this.fragmented > MAX_MESSAGE) return this.close(1009);
         if (fin) {
-          const text = Buffer.concat(this.fragments).toString("utf8");
+          const text = (this.fragments.length === 1 ? payload : Buffer.concat(this.fragments, this.fragmented)).toString("utf8");
           this.fragments = [];
+          this.fragmented = 0;
           this.emit("message", text);
         }
         return;
