@@ -28,7 +28,9 @@ export interface GatewayOptions extends WorkerHubOptions {
   /** How long a request waits for a free stream when every agent is busy. */
   queueTimeoutMs?: number;
   log?: Logger;
+  /** Keepalive on every agent link: a ping every interval; one unanswered for the timeout drops the agent. */
   pingIntervalMs?: number;
+  pingTimeoutMs?: number;
 }
 
 
@@ -92,8 +94,9 @@ export class Gateway {
     if (!options.tls && !isLoopback(host)) throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
     for (const definition of options.pools) this.pools.set(definition.name, { definition, agents: new Set(), waiters: [] });
     this.log = options.log ?? createLogger("gateway");
-    this.flows = new FlowsHub(this.pools, this.log);
-    this.workers = new WorkerHub(this.pools, this.log, { dataDir: options.dataDir, lostAfterMs: options.lostAfterMs });
+    this.flows = new FlowsHub(this.pools, this.log, options);
+    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs } = options;
+    this.workers = new WorkerHub(this.pools, this.log, { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs });
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
@@ -104,6 +107,7 @@ export class Gateway {
   }
 
   async listen(): Promise<string> {
+    await this.workers.start();
     await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
     const { port } = this.server.address() as AddressInfo;
     const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
@@ -114,7 +118,7 @@ export class Gateway {
   /** Stop listening and drop every agent (they will reconnect to the next gateway). */
   async close(): Promise<void> {
     this.flows.close();
-    this.workers.close();
+    await this.workers.close();
     for (const pool of this.pools.values()) for (const agent of pool.agents) agent.mux.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -172,6 +176,7 @@ export class Gateway {
         onGoAway: () => (agent.draining = true),
         onProtocolError: (reason) => this.log.warn("agent connection closed", { pool: agent.pool, agent: agent.id, reason }),
         pingIntervalMs: this.options.pingIntervalMs,
+        pingTimeoutMs: this.options.pingTimeoutMs,
       }),
     };
     pool.agents.add(agent);

@@ -177,6 +177,17 @@ describe("WebSocket framing (byte level)", () => {
     assert.ok(copied <= 2 * size, `${copied} bytes copied for a ${size}-byte message`);
   });
 
+  it("the peer's FIN without a close frame closes it (the gateway's sockets allow half-open)", () => {
+    const { socket, ws } = server();
+    let closed = 0;
+    ws.on("close", () => closed++);
+    socket.emit("end");
+    assert.equal(ws.open, false);
+    assert.equal(socket.destroyed, true);
+    socket.emit("close");
+    assert.equal(closed, 1, "one close event");
+  });
+
   it("keepAlive: a peer answering pings stays; one that stops answering is closed after the timeout", async () => {
     const { socket, ws } = server();
     let pings = 0;

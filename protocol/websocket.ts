@@ -51,6 +51,9 @@ export class WebSocket extends EventEmitter {
     // Messages are small and answered at once: never let Nagle hold one back.
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
+    // The peer's FIN ends it too: the gateway's sockets allow half-open connections, so
+    // without this a launcher gone without a close frame would linger until a ping timed out.
+    socket.on("end", () => this.finish());
     socket.on("close", () => this.finish());
     socket.on("error", () => this.finish());
     socket.resume();

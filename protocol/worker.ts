@@ -31,21 +31,56 @@ export interface RunOutcome {
   state: boolean;
 }
 
+/**
+ * A run is handed over under a lease, stored by the gateway before the run is sent: the
+ * launcher's ID, a fencing number that every new lease on the run raises, and an expiry the
+ * launcher renews every `termMs / 3`. A launcher starts a run only on the gateway's `start`,
+ * which the gateway sends only while the lease is the run's; a lease taken away (`revoked`)
+ * stops the run. So a run sent twice (a gateway restart, a dropped connection) runs once.
+ */
+export interface Lease {
+  fence: number;
+  termMs: number;
+}
+
+/** A lease a launcher holds, as it presents it: offered and accepted (not started), running, or finished. */
+export interface HeldLease {
+  id: string;
+  fence: number;
+  phase: "accepted" | "running" | "finished";
+}
+
 export type ToWorker =
-  | { type: "run"; run: RunSpec }
-  /** After a reconnect: the gateway holds the first `lines` log lines of a run the worker named. */
-  | { type: "resume"; id: string; lines: number; known: boolean }
+  /** An offer: the launcher accepts (or refuses) and waits for `start`. */
+  | { type: "run"; run: RunSpec; lease: Lease }
+  /** The acceptance is stored: run it now (renewing every termMs / 3: the term may differ from the offer's after a gateway restart). */
+  | { type: "start"; id: string; fence: number; termMs: number }
+  /** After `hello`: the lease stands; the gateway holds the run's first `lines` log lines. */
+  | { type: "resume"; id: string; fence: number; lines: number; termMs: number }
+  /** The lease is not (or no longer) this launcher's: stop the run and forget it. */
+  | { type: "revoked"; id: string; reason: string }
+  /** The outcome is stored: the launcher may forget the run. */
   | { type: "ack"; id: string };
 
 export type FromWorker =
-  | { type: "hello"; worker: string; runs: string[] }
-  | { type: "accepted"; id: string }
+  | { type: "hello"; worker: string; leases: HeldLease[] }
+  | { type: "accepted"; id: string; fence: number }
   /** retry: not refused for what it is (the worker is busy or draining); queue it again. */
-  | { type: "refused"; id: string; reason: string; retry?: boolean }
+  | { type: "refused"; id: string; fence: number; reason: string; retry?: boolean }
+  /** Every `termMs / 3` while it holds leases. */
+  | { type: "renew"; leases: { id: string; fence: number }[] }
   /** Lines from index `from` of the run's log (masked already); resent lines are ignored. */
-  | { type: "log"; id: string; from: number; lines: string[] }
-  | ({ type: "finished"; id: string } & RunOutcome)
+  | { type: "log"; id: string; fence: number; from: number; lines: string[] }
+  /** `lines`: the log's length at the launcher; a gateway holding fewer asks for them (`resume`) first. */
+  | ({ type: "finished"; id: string; fence: number; lines: number } & RunOutcome)
   | { type: "draining" };
+
+/** Lines of a run's log kept, at the launcher and at the gateway; the launcher says where it cut. */
+export const MAX_LOG_LINES = 200_000;
+
+/** The launcher's headers: its ID (a UUID made at start) and, on a state upload, its lease's fence. */
+export const WORKER_HEADER = "x-agentpools-worker";
+export const FENCE_HEADER = "x-agentpools-fence";
 
 /** The proof of the pool's private key a launcher sends when connecting, and what it signs. */
 export const PROOF_HEADER = "x-agentpools-proof";

@@ -57,6 +57,8 @@ class FlowsLink extends WebSocketLink {
     const socket = this.socket;
     if (!socket?.open) return;
     socket.send(JSON.stringify({ type: "draining" } satisfies AgentMessage));
+    // Runs the gateway sent before it read "draining" arrive before the answer to this ping.
+    await this.roundTrip(deadline);
     while (this.inFlight > 0 && Date.now() < deadline) await interruptibleSleep(20).done;
     socket.close(1001);
   }
