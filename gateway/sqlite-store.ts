@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream, mkdirSync, renameSync, rmSync } from "node:fs";
+import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -110,7 +110,9 @@ export class SqliteStore implements GatewayStore {
     try {
       if (dataDir) {
         this.stateDir = path.join(dataDir, "state");
-        mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+        mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+        // Not recursive: on a read-only file system that says ENOENT, this says EROFS.
+        if (!existsSync(this.stateDir)) mkdirSync(this.stateDir, { mode: 0o700 });
       }
       this.db = new DatabaseSync(dataDir ? path.join(dataDir, "gateway.db") : ":memory:");
       this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");

@@ -54,8 +54,10 @@ interface LiveRun {
   record: RunRecord;
   followers: Set<() => void>;
   leaseTimer?: NodeJS.Timeout;
-  /** The gateway asked the launcher for missing log lines and has not seen them since. */
-  askedResume?: boolean;
+  /** When the gateway last asked the launcher for log lines it lacks, if none came since. */
+  askedAt?: number;
+  /** Storing its log failed since that ask: lines are missing for want of storage, not of sending. */
+  logFailed?: boolean;
 }
 
 interface WorkerConnection extends ConnectedAgent {
@@ -341,27 +343,36 @@ export class WorkerHub {
     const { record } = entry;
     const from = Number(message.from);
     const lines = message.lines.map(String);
-    const count = await this.store.appendLog(this.claimOf(record), from, lines, MAX_LOG_LINES).catch((error) => this.storageFailed("store log lines", error, record));
+    const count = await this.store.appendLog(this.claimOf(record), from, lines, MAX_LOG_LINES).catch((error) => {
+      entry.logFailed = true;
+      return this.storageFailed("store log lines", error, record);
+    });
     if (count !== undefined && count > record.logLines) {
       record.logLines = count;
-      entry.askedResume = false;
+      entry.askedAt = undefined;
       this.notify(entry);
     }
-    // Lines were lost on the way in (a storage failure): ask for them once.
-    if (from > record.logLines && !entry.askedResume) {
-      entry.askedResume = true;
-      this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
-    }
+    // Lines were lost on the way in (a storage failure): ask for them again.
+    if (from > record.logLines) this.askForLines(worker, entry);
+  }
+
+  /** Ask the launcher to send the log from what is stored (and its outcome again), at most every third of a lease term. */
+  private askForLines(worker: WorkerConnection, entry: LiveRun): void {
+    if (Date.now() - (entry.askedAt ?? 0) < this.leaseMs / 3) return;
+    entry.askedAt = Date.now();
+    entry.logFailed = false;
+    const { record } = entry;
+    this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
   }
 
   private async finished(worker: WorkerConnection, message: Extract<FromWorker, { type: "finished" }>): Promise<void> {
     const entry = this.held(worker, message.id, message.fence);
     if (entry?.record.status !== "running") return this.notHeld(worker, message.id, message.fence);
     const { record } = entry;
-    // The log is not all here (lines lost to a storage failure): ask for the rest once, then take what there is.
-    if (Math.min(Number(message.lines) || 0, MAX_LOG_LINES) > record.logLines && !entry.askedResume) {
-      entry.askedResume = true;
-      return this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
+    // The log is not all here (lines lost to a storage failure): no outcome before the rest, unless asked
+    // for once already with no storage failure since (then the launcher has no more to send).
+    if (Math.min(Number(message.lines) || 0, MAX_LOG_LINES) > record.logLines && (entry.askedAt === undefined || entry.logFailed)) {
+      return this.askForLines(worker, entry);
     }
     const status = (["succeeded", "failed", "timed_out"] as const).find((s) => s === message.status) ?? "failed";
     const state = message.state === true && (await this.store.hasState(record.id));
