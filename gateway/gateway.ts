@@ -6,9 +6,10 @@ import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../lib/log";
 import { streamed } from "../lib/streaming-gc";
 import { CONNECT_PATH, forwardableHeaders, UPGRADE_PROTOCOL } from "../protocol/vcs";
+import { METADATA_HEADER, ROLE_HEADER } from "../protocol/link";
 import { MuxConnection, type MuxStream, type ResponseHead } from "../protocol/mux";
 import { decodeToken } from "../protocol/token";
-import { FLOWS_CONNECT_PATH } from "../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
@@ -148,12 +149,12 @@ export class Gateway {
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const refuse = (status: number, reason: string, details: Record<string, unknown>) => this.refuse(socket, status, reason, details);
-    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
-    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
+    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, readMetadata(req.headers[METADATA_HEADER]), refuse);
+    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, readMetadata(req.headers[METADATA_HEADER]), refuse);
     if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
     const { pool, claimed } = this.authenticate(req.headers.authorization);
     if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
-    const metadata = readMetadata(req.headers["x-agentpools-metadata"]);
+    const metadata = readMetadata(req.headers[METADATA_HEADER]);
 
     const streams = Number(req.headers["x-agentpools-streams"] ?? 1);
     if (!Number.isInteger(streams) || streams < 1 || streams > 64) return this.refuse(socket, 400, "x-agentpools-streams must be an integer from 1 to 64", { remote, pool: pool.definition.name });
@@ -165,7 +166,7 @@ export class Gateway {
     const agent: AgentConnection = {
       id: randomUUID(),
       pool: pool.definition.name,
-      role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
+      role: String(req.headers[ROLE_HEADER] ?? pool.definition.kind),
       remote,
       metadata,
       connectedAt: new Date().toISOString(),
@@ -301,8 +302,11 @@ export class Gateway {
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
     }
-    const timeoutMs = request.timeoutMs === undefined ? 60_000 : Number(request.timeoutMs);
-    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 900_000) return json(400, { error: "timeoutMs must be an integer from 1 to 900000" });
+    // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
+    const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
+    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS)) {
+      return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
+    }
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
     } catch (error) {

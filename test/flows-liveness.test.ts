@@ -3,6 +3,7 @@ import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort } from "../devkit/helpers";
 import { flowsAgentStandIn } from "./flows-stand-in";
+import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
 
 const POOL = "01LIVENESS";
 
@@ -20,7 +21,7 @@ describe("Flows pools: liveness and fair routing", function () {
     const created = createPool(POOL, "flows", url);
     token = created.token;
     log = capturingLogger("gateway");
-    gateway = new Gateway({ pools: [created.pool], port, log: log.log, pingIntervalMs: 20, pingTimeoutMs: 60 });
+    gateway = new Gateway({ pools: [created.pool], port, log: log.log, pingIntervalMs: 50, pingTimeoutMs: 1000 });
     await gateway.listen();
   });
   afterEach(async () => {
@@ -43,7 +44,7 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.deepEqual(answered, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
   });
 
-  it("an agent that stops answering pings is dropped within interval + timeout; its run fails clearly, the next goes elsewhere", async () => {
+  it("an agent that stops answering pings is dropped within interval + timeout (50 + 1000 ms here, 20 + 10 s by default); its run fails clearly, the next goes elsewhere", async () => {
     const hung = await connect("hung");
     await connect("healthy");
     // The least recently used is the hung agent: the first run goes to it.
@@ -54,10 +55,23 @@ describe("Flows pools: liveness and fair routing", function () {
       assert.match(error.message, /stopped answering/);
       return true;
     });
-    assert.ok(Date.now() - started < 5000, "dropped in about 80 ms, long before the run's own timeout (70 s)");
+    assert.ok(Date.now() - started < 5000, "dropped in about a second, long before the run's own timeout (70 s)");
     assert.equal(gateway.summary()[0].connections, 1);
     assert.ok(log.lines.some((l) => l.msg === "agent stopped answering pings: disconnected" && l.runs === 1));
     assert.equal((await run()).value, "healthy");
+  });
+
+  it("a run's timeout: the agent's own default unless the client gives one, capped where both sides read the cap", async () => {
+    const agent = await connect("a");
+    const post = (body: object) => fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", body: JSON.stringify(body) });
+    const first = await post({ code: "1" });
+    assert.equal(first.status, 200, await first.text());
+    assert.equal((await post({ code: "1", timeoutMs: 1234 })).status, 200);
+    assert.deepEqual(agent.runs.map((r) => r.timeoutMs), [undefined, 1234], "no timeout sent: FLOWS_RUN_TIMEOUT applies");
+    const over = await post({ code: "1", timeoutMs: FLOWS_MAX_RUN_TIMEOUT_MS + 1 });
+    assert.equal(over.status, 400);
+    assert.match(((await over.json()) as { error: string }).error, new RegExp(`timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}`));
+    assert.equal(agent.runs.length, 2);
   });
 
   it("an agent busy but alive (answering pings) is not dropped", async () => {

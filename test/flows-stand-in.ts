@@ -17,15 +17,19 @@ export async function flowsAgentStandIn(url: string, pool: string, token: string
   const socket = new WebSocket(raw, true);
   let answering = true;
   let pongs = 0;
+  const runs: GatewayMessage[] = [];
   const write = raw.write.bind(raw) as (data: Buffer) => boolean;
   raw.write = ((data: Buffer) => ((data[0] & 0x0f) === 0xa && pongs++, write(data))) as typeof raw.write;
   socket.on("message", (text: string) => {
     const run = JSON.parse(text) as GatewayMessage;
+    runs.push(run);
     if (answering) socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value: name, console: [], durationMs: 1 }));
   });
   socket.send(JSON.stringify({ type: "hello", poolSize: 1, executor: "stand-in" }));
   return {
     socket,
+    /** The run messages it received. */
+    runs,
     freeze: () => (raw.pause(), raw.removeAllListeners("data")),
     mute: () => (answering = false),
     /** Pongs sent: pings the gateway sent and this agent answered. */

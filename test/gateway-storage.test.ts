@@ -71,7 +71,7 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const log = capturingLogger("gateway");
-    const gateway = new Gateway({ pools, port, log: log.log, leaseMs: 300, ...options });
+    const gateway = new Gateway({ pools, port, log: log.log, leaseMs: 900, ...options });
     await gateway.listen();
     const { decodeToken, encodeToken } = await import("../protocol/token");
     const workDir = scratchDir("storage-runs-");

@@ -42,7 +42,7 @@ describe("launchers that hang or die", function () {
     const created = createPool(POOL, "worker", url, await signPoolRequest(await loadOrCreateAuthority(scratchDir("ca-")), made.csr, POOL));
     token = encodeToken({ ...decodeToken(created.token), gateway: url });
     log = capturingLogger("gateway");
-    gateway = new Gateway({ pools: [created.pool], port, dataDir: scratchDir("gw-"), log: log.log, leaseMs: 600, pingIntervalMs: 50, pingTimeoutMs: 150 });
+    gateway = new Gateway({ pools: [created.pool], port, dataDir: scratchDir("gw-"), log: log.log, leaseMs: 1000, pingIntervalMs: 100, pingTimeoutMs: 1000 });
     await gateway.listen();
   });
   afterEach(async () => {
@@ -73,7 +73,7 @@ describe("launchers that hang or die", function () {
 
   const summary = () => gateway.workers.summary(POOL);
 
-  it("kill -9: the launcher's run is lost within its lease (600 ms here, 60 s by default), not left running", async () => {
+  it("kill -9: the launcher's run is lost within its lease (1 s here, 60 s by default), not left running", async () => {
     const child = startLauncher();
     await eventually(() => summary().connections === 1, 10_000, "the launcher connected");
     const run = await longRun();
@@ -83,7 +83,7 @@ describe("launchers that hang or die", function () {
       return current.status !== "running" && current;
     }, 5000, "the run to be given up");
     assert.equal(lost.status, "lost");
-    assert.match(lost.reason ?? "", /stopped renewing its lease \(600 ms\)/);
+    assert.match(lost.reason ?? "", /stopped renewing its lease \(1000 ms\)/);
     assert.equal(summary().connections, 0);
   });
 

@@ -180,13 +180,13 @@ describe("worker runs: exactly once, under leases", function () {
 
   it("renewals keep a running run's lease past its term; without them it is lost and the launcher told so", async () => {
     const port = await freePort();
-    const { gateway } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 200 });
+    const { gateway } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 400 });
     const l1 = await launcher(port);
     const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
     const { lease } = await l1.next("run");
     l1.send({ type: "accepted", id: run.id, fence: lease.fence });
     await l1.next("start");
-    // Renew on every log line the gateway takes, for five terms.
+    // Renew with every log line the gateway takes, for two and a half terms.
     const until = Date.now() + 1000;
     for (let line = 0; Date.now() < until; line++) {
       l1.send({ type: "renew", leases: [{ id: run.id, fence: lease.fence }] });
@@ -212,7 +212,7 @@ describe("worker runs: exactly once, under leases", function () {
     const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
     const { lease: old } = await l1.next("run");
     await gateway.close();
-    ({ gateway } = await gatewayOn(port, dataDir, { leaseMs: 300 }));
+    ({ gateway } = await gatewayOn(port, dataDir, { leaseMs: 600 }));
     const l2 = await launcher(port);
     const { lease } = await l2.next("run");
     assert.ok(lease.fence > old.fence);
@@ -238,14 +238,14 @@ describe("worker runs: exactly once, under leases", function () {
 
   it("a launcher that stops answering pings is dropped; the run it was offered goes to another once the lease expires", async () => {
     const port = await freePort();
-    const { gateway, lines } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 300, pingIntervalMs: 20, pingTimeoutMs: 60 });
+    const { gateway, lines } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 300, pingIntervalMs: 50, pingTimeoutMs: 1000 });
     const hung = auto(await launcher(port));
     // It has run one: it is a launcher the gateway hands runs to.
     await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["first"] })).id);
     hung.freeze();
     const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
     await eventually(async () => (await gateway.workers.get(POOL, run.id)).worker === hung.id, 2000, "the run offered to the hung launcher, the only one");
-    await eventually(() => gateway.workers.summary(POOL).connections === 0, 2000, "the hung launcher dropped");
+    await eventually(() => gateway.workers.summary(POOL).connections === 0, 5000, "the hung launcher dropped");
     assert.ok(lines.some((l) => l.msg === "worker stopped answering pings: disconnected" && l.worker === hung.id));
     const other = auto(await launcher(port));
     await other.next("start", (m) => m.id === run.id);
