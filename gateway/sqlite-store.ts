@@ -224,7 +224,16 @@ export class SqliteStore implements GatewayStore {
   }
 
   releaseLease({ run, worker, fence }: LeaseClaim): Promise<boolean> {
-    return this.transaction(() => this.run("UPDATE runs SET lease_expires = NULL, worker = NULL WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued'", run, worker, fence).changes > 0);
+    return this.transaction(
+      () =>
+        this.run(
+          "UPDATE runs SET status = 'queued', started_at = NULL, lease_expires = NULL, worker = NULL WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running') AND lease_expires IS NOT NULL",
+          run,
+          worker,
+          fence,
+        ).changes > 0,
+      true,
+    );
   }
 
   startRun({ run, worker, fence }: LeaseClaim, at: string): Promise<boolean> {

@@ -28,7 +28,10 @@ export interface GatewayStore {
   grantLease(id: string, worker: string, now: number, expiresAt: number): Promise<number | undefined>;
   /** Extend a lease still held under this claim; false if it is not. */
   renewLease(claim: LeaseClaim, expiresAt: number): Promise<boolean>;
-  /** Give back the lease of a run not started: the run is queued again, free. */
+  /**
+   * Give back the lease of a run its holder has not started (offered, or accepted but never
+   * told to start): the run is queued again, free. Durable.
+   */
   releaseLease(claim: LeaseClaim): Promise<boolean>;
   /** The holder accepted the run: it is running, from `at`. Durable; false if the claim is not the lease. */
   startRun(claim: LeaseClaim, at: string): Promise<boolean>;

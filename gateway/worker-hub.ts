@@ -265,12 +265,11 @@ export class WorkerHub {
         await this.notHeld(worker, lease.id, lease.fence);
         continue;
       }
-      if (lease.phase !== "finished") {
-        worker.current = record.id;
-        worker.lastUsed = ++this.uses;
-      }
-      if (lease.phase === "accepted") this.send(worker, { type: "start", id: record.id, fence: record.fence, termMs: this.leaseMs });
-      else this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
+      worker.current = record.id;
+      worker.lastUsed = ++this.uses;
+      // Start it if it has not (a started run ignores this), and send what the gateway lacks.
+      this.send(worker, { type: "start", id: record.id, fence: record.fence, termMs: this.leaseMs });
+      this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
     }
     // Runs leased to it that it does not have: it never got the offer, or no longer has the run.
     for (const entry of [...this.live.values()]) {
@@ -369,11 +368,8 @@ export class WorkerHub {
     const entry = this.held(worker, message.id, message.fence);
     if (entry?.record.status !== "running") return this.notHeld(worker, message.id, message.fence);
     const { record } = entry;
-    // The log is not all here (lines lost to a storage failure): no outcome before the rest, unless asked
-    // for once already with no storage failure since (then the launcher has no more to send).
-    if (Math.min(Number(message.lines) || 0, MAX_LOG_LINES) > record.logLines && (entry.askedAt === undefined || entry.logFailed)) {
-      return this.askForLines(worker, entry);
-    }
+    // Log lines were lost to a storage failure since the last ask: no outcome before the rest.
+    if (entry.logFailed) return this.askForLines(worker, entry);
     const status = (["succeeded", "failed", "timed_out"] as const).find((s) => s === message.status) ?? "failed";
     const state = message.state === true && (await this.store.hasState(record.id));
     const exitCode = Number.isInteger(message.exitCode) ? message.exitCode : undefined;
@@ -407,13 +403,13 @@ export class WorkerHub {
     return true;
   }
 
-  /** A lease given back (refused as busy, not presented, expired before starting): the run is queued again, first. */
+  /** A lease given back by a launcher that did not start the run (refused, not presented), or an offer expired: queued again, first. */
   private async requeue(entry: LiveRun): Promise<void> {
     const { record } = entry;
     await this.store.releaseLease(this.claimOf(record)).catch((error) => this.storageFailed("release a lease", error, record));
     clearTimeout(entry.leaseTimer);
     for (const worker of this.workers.get(record.pool) ?? []) if (worker.id === record.worker && worker.current === record.id) worker.current = undefined;
-    Object.assign(record, { worker: undefined, leaseExpiresAt: undefined });
+    Object.assign(record, { status: "queued", startedAt: undefined, worker: undefined, leaseExpiresAt: undefined });
     this.queue(record.pool).unshift(record.id);
   }
 

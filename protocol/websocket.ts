@@ -18,6 +18,13 @@ export function parseMessage<T>(text: string): T | undefined {
   }
 }
 
+/** A payload masked (or unmasked) with a 4-byte key, into a new buffer (RFC 6455, 5.3). */
+function xor(payload: Buffer, key: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(payload.length);
+  for (let i = 0; i < payload.length; i++) out[i] = payload[i] ^ key[i & 3];
+  return out;
+}
+
 /** Whether an upgrade request is a WebSocket handshake the server side can answer. */
 export const isWebSocketUpgrade = (headers: Record<string, string | string[] | undefined>) =>
   String(headers.upgrade).toLowerCase() === "websocket" && typeof headers["sec-websocket-key"] === "string" && headers["sec-websocket-version"] === "13";
@@ -33,12 +40,14 @@ export function acceptWebSocket(headers: Record<string, string | string[] | unde
  * A WebSocket over an upgraded socket (RFC 6455): text messages, fragmentation, ping/pong
  * and close. Clients mask what they send, as the RFC requires. Messages over 16 MiB close
  * the connection (1009) rather than grow without bound. Events: "message" (text), "pong",
- * "close". Received bytes stay in the chunks they came in: a frame is cut out of them once
- * it is whole, so no chunk is copied more than once whatever the frame and chunk sizes.
+ * "close". Received chunks are joined only once they hold what the next step needs (a
+ * header, then the whole frame), so a byte is copied about once whatever the chunk sizes.
  */
 export class WebSocket extends EventEmitter {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Bytes the next step needs: a header's, then the whole frame's. */
+  private needed = 2;
   private fragments: Buffer[] = [];
   private fragmented = 0;
   private closed = false;
@@ -115,75 +124,49 @@ export class WebSocket extends EventEmitter {
     if (this.isClient) {
       const key = randomBytes(4);
       key.copy(header, 2 + extended);
-      const masked = Buffer.allocUnsafe(length);
-      for (let i = 0; i < length; i++) masked[i] = payload[i] ^ key[i & 3];
-      payload = masked;
+      payload = xor(payload, key);
     }
     this.socket.write(Buffer.concat([header, payload]));
-  }
-
-  /** The first n buffered bytes (n <= buffered): the first chunk itself, or a copy of n bytes. */
-  private peek(n: number): Buffer {
-    if (this.chunks[0].length >= n) return this.chunks[0];
-    const out = Buffer.allocUnsafe(n);
-    for (let i = 0, at = 0; at < n; i++) at += this.chunks[i].copy(out, at, 0, n - at);
-    return out;
-  }
-
-  /** Takes n buffered bytes off the front: a view when they lie in one chunk, else one copy. */
-  private take(n: number): Buffer {
-    if (n === 0) return Buffer.alloc(0);
-    this.buffered -= n;
-    const first = this.chunks[0];
-    if (first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    for (let at = 0; at < n; ) {
-      const chunk = this.chunks[0];
-      const copied = chunk.copy(out, at, 0, n - at);
-      at += copied;
-      if (copied === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(copied);
-    }
-    return out;
   }
 
   private receive(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    while (this.buffered >= 2 && !this.closed) {
-      const start = this.peek(2);
-      const fin = (start[0] & 0x80) !== 0;
-      const opcode = start[0] & 0x0f;
-      const masked = (start[1] & 0x80) !== 0;
+    // Chunks wait, uncopied, until there are enough bytes for the next header or frame.
+    if (this.buffered < this.needed) return;
+    let buffer = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks, this.buffered);
+    this.needed = 2;
+    while (buffer.length >= 2 && !this.closed) {
+      const fin = (buffer[0] & 0x80) !== 0;
+      const opcode = buffer[0] & 0x0f;
+      const masked = (buffer[1] & 0x80) !== 0;
       // Servers take only masked frames and clients only unmasked ones (RFC 6455, 5.1).
       if (masked === this.isClient) return this.close(1002);
-      let length = start[1] & 0x7f;
+      let length = buffer[1] & 0x7f;
       const offset = length === 126 ? 4 : length === 127 ? 10 : 2;
-      const headerLength = offset + (masked ? 4 : 0);
-      if (this.buffered < headerLength) return;
-      const header = this.peek(headerLength);
-      if (length === 126) length = header.readUInt16BE(2);
+      const start = offset + (masked ? 4 : 0);
+      if (buffer.length < start) {
+        this.needed = start;
+        break;
+      }
+      if (length === 126) length = buffer.readUInt16BE(2);
       else if (length === 127) {
-        const big = header.readBigUInt64BE(2);
+        const big = buffer.readBigUInt64BE(2);
         if (big > BigInt(MAX_MESSAGE)) return this.close(1009);
         length = Number(big);
       }
-      if (this.buffered < headerLength + length) return;
-      const key = masked ? Buffer.from(header.subarray(offset, headerLength)) : undefined;
-      this.take(headerLength);
-      let payload = this.take(length);
-      if (key) {
-        // Unmasked into a buffer of its own: what was received is never written to.
-        const masked = payload;
-        payload = Buffer.allocUnsafe(length);
-        for (let i = 0; i < length; i++) payload[i] = masked[i] ^ key[i & 3];
+      if (buffer.length < start + length) {
+        this.needed = start + length;
+        break;
       }
-      this.handle(fin, opcode, payload);
+      const payload = buffer.subarray(start, start + length);
+      const key = buffer.subarray(offset, start);
+      buffer = buffer.subarray(start + length);
+      // Unmasked into a buffer of its own: what was received is never written to.
+      this.handle(fin, opcode, masked ? xor(payload, key) : payload);
     }
+    this.chunks = buffer.length > 0 ? [buffer] : [];
+    this.buffered = buffer.length;
   }
 
   private handle(fin: boolean, opcode: number, payload: Buffer): void {

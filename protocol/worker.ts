@@ -43,19 +43,21 @@ export interface Lease {
   termMs: number;
 }
 
-/** A lease a launcher holds, as it presents it: offered and accepted (not started), running, or finished. */
+/** A lease a launcher holds (a run accepted, running, or finished and not yet acknowledged), as it presents it. */
 export interface HeldLease {
   id: string;
   fence: number;
-  phase: "accepted" | "running" | "finished";
 }
 
 export type ToWorker =
   /** An offer: the launcher accepts (or refuses) and waits for `start`. */
   | { type: "run"; run: RunSpec; lease: Lease }
-  /** The acceptance is stored: run it now (renewing every termMs / 3: the term may differ from the offer's after a gateway restart). */
+  /**
+   * The acceptance is stored: run it now (a run already started ignores it). Renew every
+   * termMs / 3: after a gateway restart the term may differ from the offer's.
+   */
   | { type: "start"; id: string; fence: number; termMs: number }
-  /** After `hello`: the lease stands; the gateway holds the run's first `lines` log lines. */
+  /** After `hello` (with `start`), or when lines went missing: the lease stands; the gateway holds the run's first `lines` log lines. */
   | { type: "resume"; id: string; fence: number; lines: number; termMs: number }
   /** The lease is not (or no longer) this launcher's: stop the run and forget it. */
   | { type: "revoked"; id: string; reason: string }
@@ -63,16 +65,17 @@ export type ToWorker =
   | { type: "ack"; id: string };
 
 export type FromWorker =
-  | { type: "hello"; worker: string; leases: HeldLease[] }
+  /** First on every connection (the launcher's ID is its header's). */
+  | { type: "hello"; leases: HeldLease[] }
   | { type: "accepted"; id: string; fence: number }
   /** retry: not refused for what it is (the worker is busy or draining); queue it again. */
   | { type: "refused"; id: string; fence: number; reason: string; retry?: boolean }
   /** Every `termMs / 3` while it holds leases. */
-  | { type: "renew"; leases: { id: string; fence: number }[] }
+  | { type: "renew"; leases: HeldLease[] }
   /** Lines from index `from` of the run's log (masked already); resent lines are ignored. */
   | { type: "log"; id: string; fence: number; from: number; lines: string[] }
-  /** `lines`: the log's length at the launcher; a gateway holding fewer asks for them (`resume`) first. */
-  | ({ type: "finished"; id: string; fence: number; lines: number } & RunOutcome)
+  /** The outcome; a gateway that could not store all the log lines asks for them (`resume`) first. */
+  | ({ type: "finished"; id: string; fence: number } & RunOutcome)
   | { type: "draining" };
 
 /** Lines of a run's log kept, at the launcher and at the gateway; the launcher says where it cut. */

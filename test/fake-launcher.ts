@@ -49,7 +49,7 @@ export class FakeLauncher extends EventEmitter {
       { path: WORKER_CONNECT_PATH, protocol: "websocket" },
     );
     const launcher = new FakeLauncher(id, new WebSocket(raw, true), raw);
-    launcher.send({ type: "hello", worker: id, leases });
+    launcher.send({ type: "hello", leases });
     return launcher;
   }
 
@@ -82,7 +82,7 @@ export class FakeLauncher extends EventEmitter {
   /** Run it as a launcher would once started: a log line, then the outcome. */
   complete(run: string, fence: number, line = "ran"): void {
     this.send({ type: "log", id: run, fence, from: 0, lines: [line] });
-    this.send({ type: "finished", id: run, fence, lines: 1, status: "succeeded", exitCode: 0, state: false });
+    this.send({ type: "finished", id: run, fence, status: "succeeded", exitCode: 0, state: false });
   }
 
   /** The network drops: no close frame, the socket is just gone. */

@@ -6,7 +6,7 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
-import { WebSocketLink } from "../tunnel/websocket-link";
+import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
 import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
 
@@ -58,7 +58,7 @@ class FlowsLink extends WebSocketLink {
     if (!socket?.open) return;
     socket.send(JSON.stringify({ type: "draining" } satisfies AgentMessage));
     // Runs the gateway sent before it read "draining" arrive before the answer to this ping.
-    await this.roundTrip(deadline);
+    await roundTrip(socket, deadline);
     while (this.inFlight > 0 && Date.now() < deadline) await interruptibleSleep(20).done;
     socket.close(1001);
   }

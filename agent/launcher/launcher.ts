@@ -26,18 +26,22 @@ const DELIVERY_GRACE_MS = 5_000;
 
 /**
  * A run whose lease the launcher holds, until the gateway acknowledges its end: accepted
- * (waiting for the gateway's start), running, or finished. Its log is kept for resending.
+ * (waiting for the gateway's start, `go`), running, or finished (`outcome`). Its log is kept
+ * for resending.
  */
 interface Held extends HeldLease {
-  termMs: number;
   dir: string;
   lines: string[];
   outcome?: RunOutcome;
   stateFile?: string;
   delivering?: boolean;
-  /** Settles the wait for "start": true to run, false when revoked or stopping first. */
+  /** While it waits for "start": true to run, false when revoked or stopping first. */
   go?: (start: boolean) => void;
   revoked?: boolean;
+  /** While it is the current run: its process, why it was stopped, and when it is over. */
+  process?: StartedRun;
+  stopped?: string;
+  done?: Promise<void>;
 }
 
 /** What the launcher checked at start-up. */
@@ -96,10 +100,12 @@ function credentials(context: LauncherContext, worker: string): Record<string, s
  */
 export class Launcher extends WebSocketLink {
   readonly worker = randomUUID();
-  private current?: { id: string; process?: StartedRun; stop(reason: string): void; done: Promise<void> };
+  private current?: Held;
   private readonly held = new Map<string, Held>();
   private stopping = false;
   private tick?: NodeJS.Timeout;
+  /** The gateway's lease term, from its latest start or resume (an offer waits a round trip for start). */
+  private termMs = 60_000;
 
   constructor(private readonly context: LauncherContext) {
     const { settings, token, log } = context;
@@ -118,7 +124,7 @@ export class Launcher extends WebSocketLink {
   }
 
   protected opened(socket: WebSocket): void {
-    this.send({ type: "hello", worker: this.worker, leases: [...this.held.values()].map(({ id, fence, phase }) => ({ id, fence, phase })) });
+    this.send({ type: "hello", leases: this.leases() });
     if (this.stopping) this.send({ type: "draining" });
     this.context.log.info("Connected to the server", { gateway: this.link.gateway.origin, pool: this.context.token.pool, executor: this.context.executor.describe });
     socket.on("message", (text: string) => {
@@ -129,30 +135,37 @@ export class Launcher extends WebSocketLink {
       if (message.type === "start" || message.type === "resume") {
         if (message.fence !== run.fence) return;
         // The gateway just extended the lease, by its own term (a restarted gateway's may differ).
-        run.termMs = message.termMs;
+        this.termMs = message.termMs;
         clearTimeout(this.tick);
         this.tick = undefined;
         this.renew();
-        if (message.type === "start") run.go?.(true);
-        else this.resume(run, message.lines);
+        if (message.type === "start") return run.go?.(true);
+        // The gateway lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
+        const { lines } = message;
+        if (lines < run.lines.length) this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
+        if (run.outcome) void this.deliver(run);
       } else if (message.type === "revoked") this.revoked(run, message.reason);
       else if (run.outcome) this.forget(run);
     });
   }
 
-  /** The gateway lacks log lines from index `lines` (a reconnect, or lines it could not store): resend them, and the outcome. */
-  private resume(run: Held, lines: number): void {
-    if (lines < run.lines.length) this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
-    if (run.outcome) void this.deliver(run);
-  }
-
   /** The lease is not ours any more: a run waiting to start never starts, a running one is stopped; no result is sent. */
   private revoked(run: Held, reason: string): void {
-    this.context.log.warn("the gateway took a run's lease away; it is stopped and its result dropped", { run: run.id, reason });
+    this.context.log.warn("lease revoked: run stopped", { run: run.id, reason });
     run.revoked = true;
     run.go?.(false);
-    if (this.current?.id === run.id) this.current.stop(`its lease was taken away: ${reason}`);
-    if (run.phase === "finished") this.forget(run);
+    if (this.current === run) this.halt(run, reason);
+    if (run.outcome) this.forget(run);
+  }
+
+  /** Stop the current run (or keep it from starting): its outcome says why. */
+  private halt(run: Held, reason: string): void {
+    run.stopped ??= reason;
+    run.process?.kill();
+  }
+
+  private leases(): HeldLease[] {
+    return [...this.held.values()].map(({ id, fence }) => ({ id, fence }));
   }
 
   private forget(run: Held): void {
@@ -165,52 +178,49 @@ export class Launcher extends WebSocketLink {
     if (this.tick || this.held.size === 0) return;
     this.tick = setTimeout(() => {
       this.tick = undefined;
-      this.send({ type: "renew", leases: [...this.held.values()].map(({ id, fence }) => ({ id, fence })) });
+      this.send({ type: "renew", leases: this.leases() });
       for (const run of this.held.values()) void this.deliver(run);
       this.renew();
-    }, Math.min(...[...this.held.values()].map((run) => run.termMs)) / 3).unref();
+    }, this.termMs / 3).unref();
   }
 
-  private authHeaders(): Record<string, string> {
-    return credentials(this.context, this.worker);
-  }
-
-  private async take(spec: RunSpec, { fence, termMs }: Lease): Promise<void> {
+  private async take(spec: RunSpec, { fence }: Lease): Promise<void> {
     const { settings, log } = this.context;
     const { id } = spec;
     if (this.current || this.stopping) return this.send({ type: "refused", id, fence, reason: this.stopping ? "the worker is draining" : "the worker is busy", retry: true });
-    const run: Held = { id, fence, termMs, phase: "accepted", dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")), lines: [] };
-    let stopReason: string | undefined;
-    let resolveDone!: () => void;
-    const current = { id, process: undefined as StartedRun | undefined, done: new Promise<void>((r) => (resolveDone = r)), stop: (reason: string) => ((stopReason ??= reason), current.process?.kill()) };
-    this.current = current;
-    const end = () => ((this.current = undefined), resolveDone());
+    const run: Held = { id, fence, dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")), lines: [] };
+    let end!: () => void;
+    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
+    this.current = run;
     try {
-      // An environment that does not open fails the run once it starts; it is not the policy's to refuse.
-      const environment = spec.sealedEnvironment ? await this.openEnvironment(spec.sealedEnvironment).catch((error: Error) => error) : {};
-      const refusal = this.context.policy && !(environment instanceof Error) && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds });
-      if (refusal) {
-        log.info("run refused by the run initialization policy", { run: id, reason: refusal });
+      let environment: Record<string, string> = {};
+      try {
+        if (spec.sealedEnvironment) environment = await this.openEnvironment(spec.sealedEnvironment);
+        const refusal = this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds });
+        if (refusal) throw new Error(`refused by the run initialization policy: ${refusal}`);
+      } catch (error) {
+        // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
+        const reason = (error as Error).message;
+        log.info("run refused", { run: id, reason });
         end();
-        return this.send({ type: "refused", id, fence, reason: `refused by the run initialization policy: ${refusal}` });
+        return this.send({ type: "refused", id, fence, reason });
       }
       this.held.set(id, run);
       this.renew();
       this.send({ type: "accepted", id, fence });
       // Nothing runs before the gateway has stored the start under this lease.
-      if (!(await new Promise<boolean>((go) => (run.go = go)))) {
+      const started = await new Promise<boolean>((go) => (run.go = go));
+      run.go = undefined;
+      if (!started) {
         this.held.delete(id);
         return end();
       }
-      run.phase = "running";
-      if (environment instanceof Error) throw environment;
-      run.outcome = await this.execute(spec, environment, run, current, () => stopReason);
+      run.outcome = await this.execute(spec, environment, run);
     } catch (error) {
       run.outcome = { status: "failed", reason: (error as Error).message, state: false };
     }
     end();
     if (run.revoked) return this.forget(run);
-    run.phase = "finished";
     log.info("run finished", { run: id, status: run.outcome.status, exitCode: run.outcome.exitCode, reason: run.outcome.reason });
     await this.deliver(run);
   }
@@ -223,7 +233,7 @@ export class Launcher extends WebSocketLink {
     }
   }
 
-  private async execute(spec: RunSpec, environment: Record<string, string>, run: Held, current: { process?: StartedRun; stop(reason: string): void }, stopReason: () => string | undefined): Promise<RunOutcome> {
+  private async execute(spec: RunSpec, environment: Record<string, string>, run: Held): Promise<RunOutcome> {
     const { settings, executor, passed } = this.context;
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
@@ -247,9 +257,9 @@ export class Launcher extends WebSocketLink {
 
     const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
-    current.process = started;
+    run.process = started;
     // Stopped while its state was still downloading: it does not get to run.
-    if (stopReason()) started.kill();
+    if (run.stopped) started.kill();
 
     const logsTimeout = durationMs(settings.logsTimeout);
     const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
@@ -276,7 +286,7 @@ export class Launcher extends WebSocketLink {
       append([`[agentpools: killed: ${timedOut}]`]);
       return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
     }
-    const stopped = stopReason();
+    const { stopped } = run;
     if (stopped) {
       append([`[agentpools: killed: ${stopped}]`]);
       return { status: "failed", reason: stopped, state };
@@ -286,7 +296,7 @@ export class Launcher extends WebSocketLink {
   }
 
   private async downloadState(from: string, file: string): Promise<void> {
-    const response = await gatewayRequest(new URL(this.context.token.gateway), { method: "GET", path: statePath(this.context.token.pool, from), headers: this.authHeaders() }, this.context.settings);
+    const response = await gatewayRequest(new URL(this.context.token.gateway), { method: "GET", path: statePath(this.context.token.pool, from), headers: credentials(this.context, this.worker) }, this.context.settings);
     if (response.statusCode !== 200) {
       response.resume();
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
@@ -305,7 +315,7 @@ export class Launcher extends WebSocketLink {
     run.delivering = true;
     try {
       if (run.stateFile && existsSync(run.stateFile)) {
-        const headers = { ...this.authHeaders(), [FENCE_HEADER]: String(run.fence), "content-type": "application/octet-stream", "transfer-encoding": "chunked" };
+        const headers = { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(run.fence), "content-type": "application/octet-stream", "transfer-encoding": "chunked" };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),
           { method: "PUT", path: statePath(this.context.token.pool, run.id), headers, body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
@@ -319,7 +329,7 @@ export class Launcher extends WebSocketLink {
         rmSync(run.stateFile, { force: true });
         run.stateFile = undefined;
       }
-      this.send({ type: "finished", id: run.id, fence: run.fence, lines: run.lines.length, ...run.outcome });
+      this.send({ type: "finished", id: run.id, fence: run.fence, ...run.outcome });
     } catch (error) {
       // Tried again with the next renewal, and on every reconnect.
       this.context.log.warn("could not deliver a run's result; trying again", { run: run.id, error: (error as Error).message });
@@ -339,14 +349,14 @@ export class Launcher extends WebSocketLink {
     this.send({ type: "draining" });
     // Accepted but not started: given back at once, for another launcher to run.
     for (const run of this.held.values()) {
-      if (run.phase !== "accepted") continue;
+      if (!run.go) continue;
       this.send({ type: "refused", id: run.id, fence: run.fence, reason: "the worker is draining", retry: true });
-      run.go?.(false);
+      run.go(false);
     }
     const current = this.current;
     if (current) {
       this.context.log.info("waiting for the current run before stopping", { run: current.id, secondsLeft: Math.round((deadline - Date.now()) / 1000) });
-      const timer = setTimeout(() => current.stop("the launcher was stopped before the run finished"), Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(() => this.halt(current, "the launcher was stopped before the run finished"), Math.max(0, deadline - Date.now()));
       await current.done;
       clearTimeout(timer);
     }

@@ -52,17 +52,6 @@ export abstract class WebSocketLink extends GatewayLink {
     return !!this.socket?.open && !this.draining;
   }
 
-  /** A ping answered (or the deadline): whatever the gateway sent before reading it has arrived. */
-  protected roundTrip(deadline: number): Promise<void> {
-    const socket = this.socket;
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-      const done = () => (clearTimeout(timer), resolve());
-      socket?.once("pong", done).once("close", done);
-      socket?.ping();
-    });
-  }
-
   /** The WebSocket is open: say hello, listen for messages. */
   protected abstract opened(socket: WebSocket): void;
 
@@ -74,4 +63,14 @@ export abstract class WebSocketLink extends GatewayLink {
     this.markReady();
     return new Promise((resolve) => socket.once("close", resolve));
   }
+}
+
+/** A ping answered (or the deadline): whatever the gateway sent before reading it has arrived. */
+export function roundTrip(socket: WebSocket, deadline: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+    const done = () => (clearTimeout(timer), resolve());
+    socket.once("pong", done).once("close", done);
+    socket.ping();
+  });
 }
