@@ -267,9 +267,8 @@ export class WorkerHub {
       }
       worker.current = record.id;
       worker.lastUsed = ++this.uses;
-      // Start it if it has not (a started run ignores this), and send what the gateway lacks.
-      this.send(worker, { type: "start", id: record.id, fence: record.fence, termMs: this.leaseMs });
-      this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
+      // Start it if it has not, and send what the gateway lacks.
+      this.sendStart(worker, record);
     }
     // Runs leased to it that it does not have: it never got the offer, or no longer has the run.
     for (const entry of [...this.live.values()]) {
@@ -294,10 +293,14 @@ export class WorkerHub {
     const entry = this.held(worker, id, fence);
     if (!entry || (entry.record.status === "queued" && !(await this.recordStart(entry)))) return this.notHeld(worker, id, fence);
     worker.current = id;
-    this.send(worker, { type: "start", id, fence, termMs: this.leaseMs });
+    this.sendStart(worker, entry.record);
   }
 
-  /** The run is running under its lease: stored before "start" is sent, so a launcher runs only what the store shows it running. */
+  private sendStart(worker: WorkerConnection, { id, fence, logLines }: RunRecord): void {
+    this.send(worker, { type: "start", id, fence, lines: logLines, termMs: this.leaseMs });
+  }
+
+  /** The run is running under its lease: stored before "start" is sent, so a launcher runs only what the store shows running. */
   private async recordStart(entry: LiveRun): Promise<boolean> {
     const startedAt = now();
     if (!(await this.store.startRun(this.claimOf(entry.record), startedAt))) return false;
@@ -360,8 +363,7 @@ export class WorkerHub {
     if (Date.now() - (entry.askedAt ?? 0) < this.leaseMs / 3) return;
     entry.askedAt = Date.now();
     entry.logFailed = false;
-    const { record } = entry;
-    this.send(worker, { type: "resume", id: record.id, fence: record.fence, lines: record.logLines, termMs: this.leaseMs });
+    this.sendStart(worker, entry.record);
   }
 
   private async finished(worker: WorkerConnection, message: Extract<FromWorker, { type: "finished" }>): Promise<void> {

