@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import { FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type Answer, type GatewayMessage, type Job } from "../protocol/flows";
+import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
@@ -66,11 +67,12 @@ export class FlowsHub {
     agent.socket.keepAlive(this.keepalive.pingIntervalMs, this.keepalive.pingTimeoutMs);
     agent.socket.once("timeout", () => {
       unanswered = true;
-      this.log.warn("agent stopped answering pings: disconnected", { pool: poolId, agent: agent.id, remote, runs: agent.pending.size });
+      const runs = agent.pending.size;
+      this.log.warn("agent stopped answering pings: disconnected", { pool: poolId, agent: agent.id, remote, runs });
     });
     agent.socket.once("close", () => {
       agents.delete(agent);
-      const reason = unanswered ? "the agent stopped answering during the run" : "the agent disconnected during the run";
+      const reason = `the agent ${unanswered ? "stopped answering" : "disconnected"} during the run`;
       for (const [, run] of agent.pending) {
         clearTimeout(run.timer);
         run.reject(new HttpError(502, reason));
@@ -107,11 +109,12 @@ export class FlowsHub {
     if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
     // The least loaded (runs in flight per runtime); among equals, the one used least recently.
     const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
-    const agent = candidates.reduce((best, a) => (load(a) < load(best) || (load(a) === load(best) && a.lastUsed < best.lastUsed) ? a : best));
+    const better = (a: FlowsAgent, b: FlowsAgent) => load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
+    const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
     agent.lastUsed = ++this.uses;
     const id = randomUUID();
     return new Promise((resolve, reject) => {
-      // The agent enforces the run's timeout; this one only covers a lost answer (a dead agent is dropped sooner, by keepalive).
+      // The agent enforces the run's timeout; this one only covers a lost answer (keepalive drops a dead agent sooner).
       const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + 10_000;
       const timer = setTimeout(() => {
         agent.pending.delete(id);

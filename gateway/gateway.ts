@@ -97,7 +97,8 @@ export class Gateway {
     this.log = options.log ?? createLogger("gateway");
     this.flows = new FlowsHub(this.pools, this.log, options);
     const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs } = options;
-    this.workers = new WorkerHub(this.pools, this.log, { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs });
+    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs };
+    this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
@@ -149,8 +150,9 @@ export class Gateway {
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const refuse = (status: number, reason: string, details: Record<string, unknown>) => this.refuse(socket, status, reason, details);
-    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, readMetadata(req.headers[METADATA_HEADER]), refuse);
-    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, readMetadata(req.headers[METADATA_HEADER]), refuse);
+    const tags = () => readMetadata(req.headers[METADATA_HEADER]);
+    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, tags(), refuse);
+    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, tags(), refuse);
     if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
     const { pool, claimed } = this.authenticate(req.headers.authorization);
     if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
@@ -304,7 +306,8 @@ export class Gateway {
     }
     // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
     const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
-    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS)) {
+    const allowed = timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
+    if (!allowed) {
       return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }
     try {

@@ -12,6 +12,7 @@ import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
 const DAY_MS = 86_400_000;
+const RETENTION = { runsPerPool: WORKER_DEFAULTS.retention.runsPerPool, maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS };
 
 export const gatewayConfig = z.strictObject({
   listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
@@ -19,20 +20,20 @@ export const gatewayConfig = z.strictObject({
   publicUrl: z.url({ protocol: /^https?$/ }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
   queueTimeoutMs: z.int().min(0).max(600_000).default(10_000),
-  /** Worker runs, their logs and sealed state (gateway.db, state/), and the worker pool CA: kept across restarts. */
+  /** Worker runs, their logs and sealed state (gateway.db, state/), the worker pool CA: kept across restarts. */
   dataDir: z.string().min(1).optional(),
   /** A worker run's lease lasts this long unless its launcher renews it (every third of it). */
   leaseMs: z.int().min(1000).max(3_600_000).default(WORKER_DEFAULTS.leaseMs),
   /** Keepalive on every agent link: an agent that leaves a ping unanswered for pingTimeoutMs is dropped. */
   pingIntervalMs: z.int().min(1000).max(300_000).default(PING_INTERVAL_MS),
   pingTimeoutMs: z.int().min(1000).max(300_000).default(PING_TIMEOUT_MS),
-  /** Finished worker runs kept (with their logs and state): the newest runsPerPool of each pool, none older than maxAgeDays. */
+  /** Finished worker runs kept (with their logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
   retention: z
     .strictObject({
-      runsPerPool: z.int().min(1).default(WORKER_DEFAULTS.retention.runsPerPool),
-      maxAgeDays: z.number().positive().default(WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS),
+      runsPerPool: z.int().min(1).default(RETENTION.runsPerPool),
+      maxAgeDays: z.number().positive().default(RETENTION.maxAgeDays),
     })
-    .default({ runsPerPool: WORKER_DEFAULTS.retention.runsPerPool, maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS }),
+    .default(RETENTION),
   pools: z
     .array(
       z.strictObject({

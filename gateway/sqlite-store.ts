@@ -4,7 +4,14 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { HttpError } from "./http";
-import { storageError, type GatewayStore, type LeaseClaim, type RetentionPolicy, type RunOutcomeRecord, type RunRecord } from "./store";
+import {
+  storageError,
+  type GatewayStore,
+  type LeaseClaim,
+  type RetentionPolicy,
+  type RunOutcomeRecord,
+  type RunRecord,
+} from "./store";
 
 /** Without a data directory, sealed state is held in memory: up to this much per run. */
 export const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
@@ -64,7 +71,16 @@ type Spec = Pick<RunRecord, "image" | "commands" | "sealedEnvironment" | "timeou
 
 function toRecord(row: Row): RunRecord {
   const spec = JSON.parse(row.spec) as Spec;
-  const record: RunRecord = { id: row.id, pool: row.pool, ...spec, status: row.status as RunRecord["status"], fence: row.fence, state: row.state === 1, logLines: row.log_lines, createdAt: row.created_at };
+  const record: RunRecord = {
+    id: row.id,
+    pool: row.pool,
+    ...spec,
+    status: row.status as RunRecord["status"],
+    fence: row.fence,
+    state: row.state === 1,
+    logLines: row.log_lines,
+    createdAt: row.created_at,
+  };
   if (row.exit_code !== null) record.exitCode = row.exit_code;
   if (row.reason !== null) record.reason = row.reason;
   if (row.worker !== null) record.worker = row.worker;
@@ -117,7 +133,10 @@ export class SqliteStore implements GatewayStore {
       this.db = new DatabaseSync(dataDir ? path.join(dataDir, "gateway.db") : ":memory:");
       this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
       const { user_version: version } = this.db.prepare("PRAGMA user_version").get() as { user_version: number };
-      if (version > SCHEMA_VERSION) throw new Error(`${dataDir}/gateway.db is of a newer gateway (schema ${version}; this one knows ${SCHEMA_VERSION})`);
+      if (version > SCHEMA_VERSION)
+        throw new Error(
+          `${dataDir}/gateway.db is of a newer gateway (schema ${version}; this one knows ${SCHEMA_VERSION})`,
+        );
       this.db.exec(SCHEMA + `PRAGMA user_version = ${SCHEMA_VERSION};`);
     } catch (error) {
       const failure = storageError(error);
@@ -173,14 +192,32 @@ export class SqliteStore implements GatewayStore {
 
   syncPools(pools: { name: string; kind: string }[]): Promise<void> {
     return this.transaction(() => {
-      for (const { name, kind } of pools) this.run("INSERT INTO pools (name, kind) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET kind = excluded.kind", name, kind);
+      for (const { name, kind } of pools)
+        this.run(
+          "INSERT INTO pools (name, kind) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
+          name,
+          kind,
+        );
     });
   }
 
   createRun(run: RunRecord): Promise<void> {
-    const spec: Spec = { image: run.image, commands: run.commands, sealedEnvironment: run.sealedEnvironment, timeoutSeconds: run.timeoutSeconds, stateFrom: run.stateFrom };
+    const spec: Spec = {
+      image: run.image,
+      commands: run.commands,
+      sealedEnvironment: run.sealedEnvironment,
+      timeoutSeconds: run.timeoutSeconds,
+      stateFrom: run.stateFrom,
+    };
     return this.transaction(() => {
-      this.run("INSERT INTO runs (id, pool, spec, status, created_at) VALUES (?, ?, ?, ?, ?)", run.id, run.pool, JSON.stringify(spec), run.status, run.createdAt);
+      this.run(
+        "INSERT INTO runs (id, pool, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
+        run.id,
+        run.pool,
+        JSON.stringify(spec),
+        run.status,
+        run.createdAt,
+      );
     }, true);
   }
 
@@ -194,14 +231,21 @@ export class SqliteStore implements GatewayStore {
   listRuns(pool: string, { limit, before }: { limit: number; before?: string }): Promise<RunRecord[]> {
     return this.read(() => {
       const rows = before
-        ? this.all<Row>("SELECT * FROM runs WHERE pool = ? AND seq < (SELECT seq FROM runs WHERE id = ?) ORDER BY seq DESC LIMIT ?", pool, before, limit)
+        ? this.all<Row>(
+            "SELECT * FROM runs WHERE pool = ? AND seq < (SELECT seq FROM runs WHERE id = ?) ORDER BY seq DESC LIMIT ?",
+            pool,
+            before,
+            limit,
+          )
         : this.all<Row>("SELECT * FROM runs WHERE pool = ? ORDER BY seq DESC LIMIT ?", pool, limit);
       return rows.map(toRecord);
     });
   }
 
   liveRuns(): Promise<RunRecord[]> {
-    return this.read(() => this.all<Row>("SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY seq").map(toRecord));
+    return this.read(() =>
+      this.all<Row>("SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY seq").map(toRecord),
+    );
   }
 
   grantLease(id: string, worker: string, now: number, expiresAt: number): Promise<number | undefined> {
@@ -219,7 +263,14 @@ export class SqliteStore implements GatewayStore {
 
   renewLease({ run, worker, fence }: LeaseClaim, expiresAt: number): Promise<boolean> {
     return this.transaction(
-      () => this.run("UPDATE runs SET lease_expires = ? WHERE id = ? AND worker = ? AND fence = ? AND lease_expires IS NOT NULL AND status IN ('queued', 'running')", expiresAt, run, worker, fence).changes > 0,
+      () =>
+        this.run(
+          "UPDATE runs SET lease_expires = ? WHERE id = ? AND worker = ? AND fence = ? AND lease_expires IS NOT NULL AND status IN ('queued', 'running')",
+          expiresAt,
+          run,
+          worker,
+          fence,
+        ).changes > 0,
     );
   }
 
@@ -238,14 +289,31 @@ export class SqliteStore implements GatewayStore {
 
   startRun({ run, worker, fence }: LeaseClaim, at: string): Promise<boolean> {
     return this.transaction(
-      () => this.run("UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued' AND lease_expires IS NOT NULL", at, run, worker, fence).changes > 0,
+      () =>
+        this.run(
+          "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued' AND lease_expires IS NOT NULL",
+          at,
+          run,
+          worker,
+          fence,
+        ).changes > 0,
       true,
     );
   }
 
-  appendLog({ run, worker, fence }: LeaseClaim, from: number, lines: string[], max: number): Promise<number | undefined> {
+  appendLog(
+    { run, worker, fence }: LeaseClaim,
+    from: number,
+    lines: string[],
+    max: number,
+  ): Promise<number | undefined> {
     return this.transaction(() => {
-      const row = this.get<{ seq: number; log_lines: number }>("SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'", run, worker, fence);
+      const row = this.get<{ seq: number; log_lines: number }>(
+        "SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
+        run,
+        worker,
+        fence,
+      );
       if (!row) return undefined;
       return this.insertLines(row.seq, row.log_lines, from, lines, max);
     });
@@ -264,15 +332,28 @@ export class SqliteStore implements GatewayStore {
 
   readLog(id: string, from: number, limit: number): Promise<string[]> {
     return this.read(() =>
-      this.all<{ text: string }>("SELECT text FROM log_lines WHERE run = (SELECT seq FROM runs WHERE id = ?) AND line >= ? ORDER BY line LIMIT ?", id, from, limit).map((r) => r.text),
+      this.all<{ text: string }>(
+        "SELECT text FROM log_lines WHERE run = (SELECT seq FROM runs WHERE id = ?) AND line >= ? ORDER BY line LIMIT ?",
+        id,
+        from,
+        limit,
+      ).map((r) => r.text),
     );
   }
 
   finishRun(id: string, claim: LeaseClaim | undefined, outcome: RunOutcomeRecord, note?: string): Promise<boolean> {
     return this.transaction(() => {
       const row = claim
-        ? this.get<{ seq: number; log_lines: number }>("SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')", id, claim.worker, claim.fence)
-        : this.get<{ seq: number; log_lines: number }>("SELECT seq, log_lines FROM runs WHERE id = ? AND status IN ('queued', 'running')", id);
+        ? this.get<{ seq: number; log_lines: number }>(
+            "SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')",
+            id,
+            claim.worker,
+            claim.fence,
+          )
+        : this.get<{ seq: number; log_lines: number }>(
+            "SELECT seq, log_lines FROM runs WHERE id = ? AND status IN ('queued', 'running')",
+            id,
+          );
       if (!row) return false;
       if (note !== undefined) this.insertLines(row.seq, row.log_lines, row.log_lines, [note], Infinity);
       this.run(
@@ -289,7 +370,14 @@ export class SqliteStore implements GatewayStore {
   }
 
   async putState({ run, worker, fence }: LeaseClaim, body: Readable): Promise<void> {
-    const held = await this.read(() => this.get("SELECT 1 FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'", run, worker, fence));
+    const held = await this.read(() =>
+      this.get(
+        "SELECT 1 FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
+        run,
+        worker,
+        fence,
+      ),
+    );
     if (!held) {
       body.resume();
       throw new HttpError(409, "only the launcher holding a run's lease stores its state");
@@ -299,12 +387,16 @@ export class SqliteStore implements GatewayStore {
       const file = path.join(this.stateDir, run);
       const output = createWriteStream(`${file}.part`, { mode: 0o600 });
       try {
-        await pipeline(body, async function* (chunks: AsyncIterable<Buffer>) {
-          for await (const chunk of chunks) {
-            size += chunk.length;
-            yield chunk;
-          }
-        }, output);
+        await pipeline(
+          body,
+          async function* (chunks: AsyncIterable<Buffer>) {
+            for await (const chunk of chunks) {
+              size += chunk.length;
+              yield chunk;
+            }
+          },
+          output,
+        );
         renameSync(`${file}.part`, file);
       } catch (error) {
         rmSync(`${file}.part`, { force: true });
@@ -319,7 +411,8 @@ export class SqliteStore implements GatewayStore {
         if (size <= MAX_STATE_IN_MEMORY) chunks.push(chunk as Buffer);
         else chunks.length = 0;
       }
-      if (size > MAX_STATE_IN_MEMORY) throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
+      if (size > MAX_STATE_IN_MEMORY)
+        throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
       this.memoryState.set(run, Buffer.concat(chunks));
     }
     await this.transaction(() => this.run("UPDATE runs SET state_bytes = ? WHERE id = ?", size, run));
@@ -332,7 +425,9 @@ export class SqliteStore implements GatewayStore {
   async openState(id: string): Promise<Readable> {
     if (!this.stateDir) return Readable.from([this.memoryState.get(id) ?? Buffer.alloc(0)]);
     const stream = createReadStream(path.join(this.stateDir, id));
-    await new Promise<void>((resolve, reject) => stream.once("open", () => resolve()).once("error", (error) => reject(storageError(error))));
+    await new Promise<void>((resolve, reject) =>
+      stream.once("open", () => resolve()).once("error", (error) => reject(storageError(error))),
+    );
     return stream;
   }
 

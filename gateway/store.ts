@@ -111,19 +111,31 @@ export class StoreError extends HttpError {
     readonly kind: "full" | "unavailable",
     detail: string,
   ) {
-    super(kind === "full" ? 507 : 503, kind === "full" ? `the gateway's storage is full (${detail})` : `the gateway's storage is not writable (${detail})`);
+    super(
+      kind === "full" ? 507 : 503,
+      kind === "full"
+        ? `the gateway's storage is full (${detail})`
+        : `the gateway's storage is not writable (${detail})`,
+    );
   }
 }
 
 // SQLite's primary result codes and the file system's errors that mean the storage, not the request.
 const SQLITE_FULL = 13;
-const SQLITE_UNAVAILABLE = new Set([8 /* READONLY */, 10 /* IOERR */, 11 /* CORRUPT */, 14 /* CANTOPEN */, 26 /* NOTADB */]);
+const SQLITE_UNAVAILABLE = new Set([
+  8 /* READONLY */, 10 /* IOERR */, 11 /* CORRUPT */, 14 /* CANTOPEN */, 26 /* NOTADB */,
+]);
 const FS_FULL = new Set(["ENOSPC", "EDQUOT", "EFBIG"]);
 const FS_UNAVAILABLE = new Set(["EROFS", "EACCES", "EPERM", "EIO"]);
 
 /** A storage failure as a StoreError; any other error as it is. */
 export function storageError(error: unknown): unknown {
-  const { code, errcode, errstr, message } = error as { code?: string; errcode?: number; errstr?: string; message?: string };
+  const { code, errcode, errstr, message } = error as {
+    code?: string;
+    errcode?: number;
+    errstr?: string;
+    message?: string;
+  };
   const detail = errstr ?? code ?? message ?? String(error);
   if (code === "ERR_SQLITE_ERROR" && typeof errcode === "number") {
     if ((errcode & 0xff) === SQLITE_FULL) return new StoreError("full", detail);

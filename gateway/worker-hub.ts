@@ -22,7 +22,14 @@ import { certificateKey, sealBuffer } from "../protocol/seal";
 import { HttpError, readJsonBody } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 import { SqliteStore } from "./sqlite-store";
-import { StoreError, type GatewayStore, type LeaseClaim, type RetentionPolicy, type RunOutcomeRecord, type RunRecord } from "./store";
+import {
+  StoreError,
+  type GatewayStore,
+  type LeaseClaim,
+  type RetentionPolicy,
+  type RunOutcomeRecord,
+  type RunRecord,
+} from "./store";
 
 /** A run as the API shows it: never the plaintext of its environment or state. */
 export type WorkerRun = RunRecord;
@@ -120,7 +127,9 @@ export class WorkerHub {
    * could not renew it while no gateway was running, and learns the term when it returns.
    */
   async start(): Promise<void> {
-    await this.store.syncPools([...this.pools.values()].map(({ definition }) => ({ name: definition.name, kind: definition.kind })));
+    await this.store.syncPools(
+      [...this.pools.values()].map(({ definition }) => ({ name: definition.name, kind: definition.kind })),
+    );
     const time = Date.now();
     for (const record of await this.store.liveRuns()) {
       if (this.pools.get(record.pool)?.definition.kind !== "worker") continue;
@@ -131,7 +140,9 @@ export class WorkerHub {
         continue;
       }
       record.leaseExpiresAt = time + this.leaseMs;
-      await this.store.renewLease(this.claimOf(record), record.leaseExpiresAt).catch((error) => this.storageFailed("renew a lease", error, record));
+      await this.store
+        .renewLease(this.claimOf(record), record.leaseExpiresAt)
+        .catch((error) => this.storageFailed("renew a lease", error, record));
       this.armLease(entry);
     }
     const interval = this.options.pruneIntervalMs ?? WORKER_DEFAULTS.pruneIntervalMs;
@@ -164,15 +175,27 @@ export class WorkerHub {
     if (pool?.kind !== "worker" || !pool.certificate || !secretMatches(pool, secret)) return undefined;
     const [timestamp, signature] = String(headers[PROOF_HEADER] ?? "").split(".");
     if (!signature || !(Math.abs(Date.now() - Number(timestamp)) < PROOF_WINDOW_MS)) return undefined;
-    return verify("sha256", proofPayload(pool.name, timestamp), this.poolKey(pool), Buffer.from(signature, "base64url")) ? pool : undefined;
+    return verify("sha256", proofPayload(pool.name, timestamp), this.poolKey(pool), Buffer.from(signature, "base64url"))
+      ? pool
+      : undefined;
   }
 
   /** A launcher's upgrade request. */
-  accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
+  accept(
+    req: http.IncomingMessage,
+    socket: Socket,
+    head: Buffer,
+    metadata: Record<string, string>,
+    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+  ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const pool = this.authenticate(req.headers);
-    if (!pool) return refuse(401, "worker pool credentials refused (secret or key proof)", { remote, pool: req.headers[POOL_HEADER] });
+    if (!pool)
+      return refuse(401, "worker pool credentials refused (secret or key proof)", {
+        remote,
+        pool: req.headers[POOL_HEADER],
+      });
     const id = String(req.headers[WORKER_HEADER] ?? "");
     if (!/^[0-9a-f-]{36}$/.test(id)) return refuse(400, "no worker ID", { remote });
 
@@ -181,10 +204,22 @@ export class WorkerHub {
     this.workers.set(pool.name, workers);
     // A launcher that reconnects replaces its stale connection.
     for (const stale of workers) if (stale.id === id) stale.socket.close(1001);
-    const worker: WorkerConnection = { id, pool: pool.name, remote, metadata, connectedAt: now(), socket: webSocket, draining: false, greeted: false, lastUsed: 0 };
+    const worker: WorkerConnection = {
+      id,
+      pool: pool.name,
+      remote,
+      metadata,
+      connectedAt: now(),
+      socket: webSocket,
+      draining: false,
+      greeted: false,
+      lastUsed: 0,
+    };
     workers.add(worker);
     webSocket.keepAlive(this.options.pingIntervalMs, this.options.pingTimeoutMs);
-    webSocket.once("timeout", () => this.log.warn("worker stopped answering pings: disconnected", { pool: pool.name, worker: id, remote }));
+    webSocket.once("timeout", () =>
+      this.log.warn("worker stopped answering pings: disconnected", { pool: pool.name, worker: id, remote }),
+    );
     webSocket.on("message", (text: string) => this.serially(id, () => this.receive(worker, text)));
     webSocket.once("close", () => {
       workers.delete(worker);
@@ -197,7 +232,8 @@ export class WorkerHub {
   private serially(worker: string, task: () => Promise<void>): void {
     const tail = (this.chains.get(worker) ?? Promise.resolve()).then(task).catch((error) => {
       if (error instanceof StoreError) this.storageFailed("handle a launcher's message", error, undefined, { worker });
-      else if (!this.closing) this.log.error("a launcher's message failed", { worker, error: (error as Error).message });
+      else if (!this.closing)
+        this.log.error("a launcher's message failed", { worker, error: (error as Error).message });
     });
     this.chains.set(worker, tail);
     void tail.then(() => this.chains.get(worker) === tail && this.chains.delete(worker));
@@ -211,7 +247,13 @@ export class WorkerHub {
   private storageFailed(what: string, error: unknown, run?: RunRecord, details: Record<string, unknown> = {}): void {
     if (this.closing) return;
     if (!(error instanceof StoreError)) throw error;
-    this.log.error("the store refused a write", { what, status: error.status, error: error.message, ...(run ? { pool: run.pool, run: run.id } : {}), ...details });
+    this.log.error("the store refused a write", {
+      what,
+      status: error.status,
+      error: error.message,
+      ...(run ? { pool: run.pool, run: run.id } : {}),
+      ...details,
+    });
   }
 
   private claimOf(record: RunRecord): LeaseClaim {
@@ -222,7 +264,13 @@ export class WorkerHub {
   private held(worker: WorkerConnection, id: string, fence: number): LiveRun | undefined {
     const entry = this.live.get(id);
     const record = entry?.record;
-    return record && record.pool === worker.pool && record.worker === worker.id && record.fence === fence && record.leaseExpiresAt !== undefined ? entry : undefined;
+    return record &&
+      record.pool === worker.pool &&
+      record.worker === worker.id &&
+      record.fence === fence &&
+      record.leaseExpiresAt !== undefined
+      ? entry
+      : undefined;
   }
 
   private receive(worker: WorkerConnection, text: string): Promise<void> {
@@ -275,7 +323,12 @@ export class WorkerHub {
       const { record } = entry;
       if (record.worker !== worker.id || record.leaseExpiresAt === undefined || presented.has(record.id)) continue;
       if (record.status === "queued") await this.requeue(entry);
-      else await this.end(entry, { status: "lost", reason: "the launcher running it reconnected without it", state: false });
+      else
+        await this.end(entry, {
+          status: "lost",
+          reason: "the launcher running it reconnected without it",
+          state: false,
+        });
     }
     worker.greeted = true;
     await this.dispatch(worker.pool);
@@ -286,12 +339,22 @@ export class WorkerHub {
     const record = this.live.get(id)?.record ?? (await this.store.getRun(id));
     const ours = record && record.pool === worker.pool && record.worker === worker.id && record.fence === fence;
     if (ours && isFinal(record.status) && record.status !== "lost") return this.send(worker, { type: "ack", id });
-    this.send(worker, { type: "revoked", id, reason: !record || record.pool !== worker.pool ? "the gateway does not know this run" : ours ? `the run is ${record.status}` : "its lease was given to another launcher" });
+    this.send(worker, {
+      type: "revoked",
+      id,
+      reason:
+        !record || record.pool !== worker.pool
+          ? "the gateway does not know this run"
+          : ours
+            ? `the run is ${record.status}`
+            : "its lease was given to another launcher",
+    });
   }
 
   private async accepted(worker: WorkerConnection, id: string, fence: number): Promise<void> {
     const entry = this.held(worker, id, fence);
-    if (!entry || (entry.record.status === "queued" && !(await this.recordStart(entry)))) return this.notHeld(worker, id, fence);
+    if (!entry || (entry.record.status === "queued" && !(await this.recordStart(entry))))
+      return this.notHeld(worker, id, fence);
     worker.current = id;
     this.sendStart(worker, entry.record);
   }
@@ -334,7 +397,9 @@ export class WorkerHub {
   /** Another term for a held lease; kept in memory even if the store cannot record it, so runs in flight go on. */
   private async extend(entry: LiveRun): Promise<void> {
     const expiresAt = Date.now() + this.leaseMs;
-    await this.store.renewLease(this.claimOf(entry.record), expiresAt).catch((error) => this.storageFailed("renew a lease", error, entry.record));
+    await this.store
+      .renewLease(this.claimOf(entry.record), expiresAt)
+      .catch((error) => this.storageFailed("renew a lease", error, entry.record));
     entry.record.leaseExpiresAt = expiresAt;
     this.armLease(entry);
   }
@@ -408,9 +473,12 @@ export class WorkerHub {
   /** A lease given back by a launcher that did not start the run (refused, not presented), or an offer expired: queued again, first. */
   private async requeue(entry: LiveRun): Promise<void> {
     const { record } = entry;
-    await this.store.releaseLease(this.claimOf(record)).catch((error) => this.storageFailed("release a lease", error, record));
+    await this.store
+      .releaseLease(this.claimOf(record))
+      .catch((error) => this.storageFailed("release a lease", error, record));
     clearTimeout(entry.leaseTimer);
-    for (const worker of this.workers.get(record.pool) ?? []) if (worker.id === record.worker && worker.current === record.id) worker.current = undefined;
+    for (const worker of this.workers.get(record.pool) ?? [])
+      if (worker.id === record.worker && worker.current === record.id) worker.current = undefined;
     Object.assign(record, { status: "queued", startedAt: undefined, worker: undefined, leaseExpiresAt: undefined });
     this.queue(record.pool).unshift(record.id);
   }
@@ -424,7 +492,10 @@ export class WorkerHub {
   /** The lease ends at its expiry unless renewed: an offer goes back to the queue, a started run is lost. */
   private armLease(entry: LiveRun): void {
     clearTimeout(entry.leaseTimer);
-    entry.leaseTimer = setTimeout(() => this.serially(entry.record.worker ?? "", () => this.expire(entry)), Math.max(0, (entry.record.leaseExpiresAt ?? 0) - Date.now()));
+    entry.leaseTimer = setTimeout(
+      () => this.serially(entry.record.worker ?? "", () => this.expire(entry)),
+      Math.max(0, (entry.record.leaseExpiresAt ?? 0) - Date.now()),
+    );
     entry.leaseTimer.unref();
   }
 
@@ -434,7 +505,12 @@ export class WorkerHub {
     // Renewed meanwhile, or the timer fired a little early by the wall clock.
     if (record.leaseExpiresAt > Date.now()) return this.armLease(entry);
     const holder = [...(this.workers.get(record.pool) ?? [])].find((w) => w.id === record.worker);
-    this.log.warn("a lease expired", { pool: record.pool, run: record.id, worker: record.worker, status: record.status });
+    this.log.warn("a lease expired", {
+      pool: record.pool,
+      run: record.id,
+      worker: record.worker,
+      status: record.status,
+    });
     if (record.status === "queued") {
       this.revoke(holder, entry, "its lease expired before the run started");
       await this.requeue(entry);
@@ -511,7 +587,11 @@ export class WorkerHub {
       // Gone meanwhile: the lease stays its own until it comes back or the lease expires.
       if (!worker.socket.open) continue;
       const { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom } = record;
-      this.send(worker, { type: "run", run: { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom }, lease: { fence, termMs: this.leaseMs } });
+      this.send(worker, {
+        type: "run",
+        run: { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom },
+        lease: { fence, termMs: this.leaseMs },
+      });
     }
   }
 
@@ -519,11 +599,14 @@ export class WorkerHub {
   private later(pool: string): void {
     if (this.retrying.has(pool)) return;
     this.retrying.add(pool);
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      this.retrying.delete(pool);
-      void this.dispatch(pool);
-    }, Math.min(1000, this.leaseMs / 3)).unref();
+    const timer = setTimeout(
+      () => {
+        this.timers.delete(timer);
+        this.retrying.delete(pool);
+        void this.dispatch(pool);
+      },
+      Math.min(1000, this.leaseMs / 3),
+    ).unref();
     this.timers.add(timer);
   }
 
@@ -532,24 +615,51 @@ export class WorkerHub {
     const pool = this.pools.get(poolName)?.definition;
     if (pool?.kind !== "worker") throw new HttpError(404, `no worker pool named ${poolName}`);
     const request = (body ?? {}) as Record<string, unknown>;
-    const unknown = Object.keys(request).filter((key) => !["image", "commands", "environment", "timeoutSeconds", "stateFrom"].includes(key));
-    if (unknown.length > 0) throw new HttpError(400, `unknown fields ${unknown.join(", ")}: a run is {image, commands, environment?, timeoutSeconds?, stateFrom?}`);
+    const unknown = Object.keys(request).filter(
+      (key) => !["image", "commands", "environment", "timeoutSeconds", "stateFrom"].includes(key),
+    );
+    if (unknown.length > 0)
+      throw new HttpError(
+        400,
+        `unknown fields ${unknown.join(", ")}: a run is {image, commands, environment?, timeoutSeconds?, stateFrom?}`,
+      );
     const { image, commands, environment = {}, timeoutSeconds, stateFrom } = request;
-    if (typeof image !== "string" || !IMAGE.test(image)) throw new HttpError(400, `image ${JSON.stringify(image)} must be an image reference such as "public.ecr.aws/docker/library/alpine:3"`);
-    if (!Array.isArray(commands) || commands.length === 0 || !commands.every((c) => typeof c === "string" && c.length > 0)) throw new HttpError(400, "commands must be a non-empty list of shell commands (strings)");
+    if (typeof image !== "string" || !IMAGE.test(image))
+      throw new HttpError(
+        400,
+        `image ${JSON.stringify(image)} must be an image reference such as "public.ecr.aws/docker/library/alpine:3"`,
+      );
+    if (
+      !Array.isArray(commands) ||
+      commands.length === 0 ||
+      !commands.every((c) => typeof c === "string" && c.length > 0)
+    )
+      throw new HttpError(400, "commands must be a non-empty list of shell commands (strings)");
     const env = environment as Record<string, unknown>;
-    if (typeof env !== "object" || env === null || Array.isArray(env)) throw new HttpError(400, "environment must be an object of NAME: value");
+    if (typeof env !== "object" || env === null || Array.isArray(env))
+      throw new HttpError(400, "environment must be an object of NAME: value");
     for (const [name, value] of Object.entries(env)) {
-      if (!ENV_NAME.test(name) || typeof value !== "string") throw new HttpError(400, `environment ${JSON.stringify(name)} must be a variable name with a string value`);
+      if (!ENV_NAME.test(name) || typeof value !== "string")
+        throw new HttpError(400, `environment ${JSON.stringify(name)} must be a variable name with a string value`);
     }
-    if (timeoutSeconds !== undefined && !(Number.isInteger(timeoutSeconds) && (timeoutSeconds as number) >= 1 && (timeoutSeconds as number) <= 86_400)) {
+    if (
+      timeoutSeconds !== undefined &&
+      !(Number.isInteger(timeoutSeconds) && (timeoutSeconds as number) >= 1 && (timeoutSeconds as number) <= 86_400)
+    ) {
       throw new HttpError(400, `timeoutSeconds ${JSON.stringify(timeoutSeconds)} must be an integer from 1 to 86400`);
     }
     if (stateFrom !== undefined) {
       const source = typeof stateFrom === "string" ? await this.store.getRun(stateFrom) : undefined;
-      if (!source || source.pool !== poolName || !source.state) throw new HttpError(400, `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of pool ${poolName} that left state`);
+      if (!source || source.pool !== poolName || !source.state)
+        throw new HttpError(
+          400,
+          `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of pool ${poolName} that left state`,
+        );
     }
-    const sealed = Object.keys(env).length > 0 ? (await sealBuffer(this.poolKey(pool), Buffer.from(JSON.stringify(env)))).toString("base64") : undefined;
+    const sealed =
+      Object.keys(env).length > 0
+        ? (await sealBuffer(this.poolKey(pool), Buffer.from(JSON.stringify(env)))).toString("base64")
+        : undefined;
     const record: RunRecord = {
       id: randomUUID(),
       pool: poolName,
@@ -601,9 +711,14 @@ export class WorkerHub {
           again = false;
           // Read before the check: a run's last lines are stored before it shows final.
           const done = !follow || !entry || isFinal(entry.record.status);
-          for (let lines = await this.store.readLog(id, sent, LOG_PAGE); lines.length > 0 && !res.destroyed; lines = await this.store.readLog(id, sent, LOG_PAGE)) {
+          for (
+            let lines = await this.store.readLog(id, sent, LOG_PAGE);
+            lines.length > 0 && !res.destroyed;
+            lines = await this.store.readLog(id, sent, LOG_PAGE)
+          ) {
             sent += lines.length;
-            if (!res.write(lines.join("\n") + "\n")) await new Promise((resolve) => (res.once("drain", resolve), res.once("close", resolve)));
+            if (!res.write(lines.join("\n") + "\n"))
+              await new Promise((resolve) => (res.once("drain", resolve), res.once("close", resolve)));
           }
           if (done || res.destroyed) {
             entry?.followers.delete(notify);
@@ -624,13 +739,23 @@ export class WorkerHub {
   }
 
   /** PUT: the sealed state of a run, from the launcher holding its lease. GET: for the launcher of a later run. */
-  async transferState(req: http.IncomingMessage, res: http.ServerResponse, poolName: string, id: string): Promise<void> {
+  async transferState(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    poolName: string,
+    id: string,
+  ): Promise<void> {
     const pool = this.authenticate(req.headers);
     if (!pool || pool.name !== poolName) throw new HttpError(401, "worker pool credentials refused");
     if (req.method === "PUT") {
-      const claim = { run: id, worker: String(req.headers[WORKER_HEADER] ?? ""), fence: Number(req.headers[FENCE_HEADER]) };
+      const claim = {
+        run: id,
+        worker: String(req.headers[WORKER_HEADER] ?? ""),
+        fence: Number(req.headers[FENCE_HEADER]),
+      };
       const entry = this.live.get(id);
-      if (!entry || entry.record.pool !== poolName) throw new HttpError(404, `no run ${id} in pool ${poolName} is running`);
+      if (!entry || entry.record.pool !== poolName)
+        throw new HttpError(404, `no run ${id} in pool ${poolName} is running`);
       try {
         await this.store.putState(claim, req);
       } catch (error) {
@@ -659,7 +784,8 @@ export class WorkerHub {
     const fail = (error: Error) => {
       if (res.headersSent) res.destroy();
       else json(error instanceof HttpError ? error.status : 500, { error: error.message });
-      if (!(error instanceof HttpError)) this.log.error("a worker API request failed", { method: req.method, path: url.pathname, error: error.message });
+      if (!(error instanceof HttpError))
+        this.log.error("a worker API request failed", { method: req.method, path: url.pathname, error: error.message });
     };
     void (async () => {
       if (!id && req.method === "POST") {
@@ -667,11 +793,17 @@ export class WorkerHub {
         return json(201, this.public(await this.submit(pool, parsed)));
       }
       if (!id && req.method === "GET") {
-        if (this.pools.get(pool)?.definition.kind !== "worker") throw new HttpError(404, `no worker pool named ${pool}`);
+        if (this.pools.get(pool)?.definition.kind !== "worker")
+          throw new HttpError(404, `no worker pool named ${pool}`);
         const limit = Number(url.searchParams.get("limit") ?? 100);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, "limit must be an integer from 1 to 1000");
+        if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+          throw new HttpError(400, "limit must be an integer from 1 to 1000");
         const before = url.searchParams.get("before") ?? undefined;
-        return json(200, { runs: (await this.store.listRuns(pool, { limit, before })).map((run) => this.public(this.live.get(run.id)?.record ?? run)) });
+        return json(200, {
+          runs: (await this.store.listRuns(pool, { limit, before })).map((run) =>
+            this.public(this.live.get(run.id)?.record ?? run),
+          ),
+        });
       }
       if (part === "/state") return this.transferState(req, res, pool, id);
       if (req.method !== "GET" || !id) throw new HttpError(405, "method not allowed");
@@ -684,7 +816,11 @@ export class WorkerHub {
   /** A run as the API shows it: the sealed environment stays inside. */
   private public(run: WorkerRun) {
     const { sealedEnvironment, leaseExpiresAt, ...shown } = run;
-    return { ...shown, environmentSealed: sealedEnvironment !== undefined, ...(leaseExpiresAt !== undefined ? { leaseExpiresAt: new Date(leaseExpiresAt).toISOString() } : {}) };
+    return {
+      ...shown,
+      environmentSealed: sealedEnvironment !== undefined,
+      ...(leaseExpiresAt !== undefined ? { leaseExpiresAt: new Date(leaseExpiresAt).toISOString() } : {}),
+    };
   }
 
   /** Runs not yet final, held in memory (what a start loaded and what came since). */
@@ -700,7 +836,16 @@ export class WorkerHub {
       activeRequests: workers.filter((w) => w.current).length,
       queued: this.queue(pool).length,
       running: live.filter((e) => e.record.status === "running").length,
-      agents: workers.map((w) => ({ id: w.id, remote: w.remote, connectedAt: w.connectedAt, metadata: w.metadata, active: w.current ? 1 : 0, parallelism: 1, currentRun: w.current, draining: w.draining })),
+      agents: workers.map((w) => ({
+        id: w.id,
+        remote: w.remote,
+        connectedAt: w.connectedAt,
+        metadata: w.metadata,
+        active: w.current ? 1 : 0,
+        parallelism: 1,
+        currentRun: w.current,
+        draining: w.draining,
+      })),
     };
   }
 

@@ -74,7 +74,9 @@ describe("WebSocket framing (byte level)", () => {
 
   it("several frames in one chunk: each message in order, a ping answered in between with its payload", () => {
     const { socket, messages } = server();
-    socket.feed(Buffer.concat([frame(0x1, Buffer.from("one")), frame(0x9, Buffer.from("pp")), frame(0x1, Buffer.from("two"))]));
+    socket.feed(
+      Buffer.concat([frame(0x1, Buffer.from("one")), frame(0x9, Buffer.from("pp")), frame(0x1, Buffer.from("two"))]),
+    );
     assert.deepEqual(messages, ["one", "two"]);
     const pong = socket.written.find((f) => (f[0] & 0x0f) === 0xa) as Buffer;
     assert.deepEqual([...pong], [0x8a, 2, 0x70, 0x70], "an unmasked final pong echoing the ping's payload");
@@ -95,7 +97,11 @@ describe("WebSocket framing (byte level)", () => {
     const whole = Buffer.from(text);
     const cut = whole.indexOf(Buffer.from("✓")) + 1;
     const { socket, messages } = server();
-    socket.feed(frame(0x1, whole.subarray(0, cut), { fin: false }), frame(0x9, Buffer.alloc(0)), frame(0x0, whole.subarray(cut)));
+    socket.feed(
+      frame(0x1, whole.subarray(0, cut), { fin: false }),
+      frame(0x9, Buffer.alloc(0)),
+      frame(0x0, whole.subarray(cut)),
+    );
     assert.deepEqual(messages, [text]);
   });
 

@@ -176,7 +176,8 @@ export class WebSocket extends EventEmitter {
         this.fragmented += payload.length;
         if (this.fragmented > MAX_MESSAGE) return this.close(1009);
         if (fin) {
-          const text = (this.fragments.length === 1 ? payload : Buffer.concat(this.fragments, this.fragmented)).toString("utf8");
+          const whole = this.fragments.length === 1 ? payload : Buffer.concat(this.fragments, this.fragmented);
+          const text = whole.toString("utf8");
           this.fragments = [];
           this.fragmented = 0;
           this.emit("message", text);

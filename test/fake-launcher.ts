@@ -4,7 +4,15 @@ import type net from "node:net";
 import { dialGateway } from "../agent/tunnel/dial";
 import { newKey, WebSocket } from "../protocol/websocket";
 import { POOL_HEADER } from "../protocol/link";
-import { PROOF_HEADER, proofPayload, WORKER_CONNECT_PATH, WORKER_HEADER, type FromWorker, type HeldLease, type ToWorker } from "../protocol/worker";
+import {
+  PROOF_HEADER,
+  proofPayload,
+  WORKER_CONNECT_PATH,
+  WORKER_HEADER,
+  type FromWorker,
+  type HeldLease,
+  type ToWorker,
+} from "../protocol/worker";
 import { privateKeyFromBase64 } from "../protocol/seal";
 
 export interface PoolCredentials {
@@ -34,7 +42,11 @@ export class FakeLauncher extends EventEmitter {
   }
 
   /** Connects as launcher `id` and says hello presenting `leases`. */
-  static async connect(pool: PoolCredentials, id: string = randomUUID(), leases: HeldLease[] = []): Promise<FakeLauncher> {
+  static async connect(
+    pool: PoolCredentials,
+    id: string = randomUUID(),
+    leases: HeldLease[] = [],
+  ): Promise<FakeLauncher> {
     const timestamp = String(Date.now());
     const raw = await dialGateway(
       new URL(pool.url),
@@ -58,12 +70,27 @@ export class FakeLauncher extends EventEmitter {
   }
 
   /** The first message received (already, or from now on) of this type that matches. */
-  next<T extends ToWorker["type"]>(type: T, match: (message: Extract<ToWorker, { type: T }>) => boolean = () => true, ms = 5000): Promise<Extract<ToWorker, { type: T }>> {
-    const fits = (m: ToWorker): m is Extract<ToWorker, { type: T }> => m.type === type && match(m as Extract<ToWorker, { type: T }>);
+  next<T extends ToWorker["type"]>(
+    type: T,
+    match: (message: Extract<ToWorker, { type: T }>) => boolean = () => true,
+    ms = 5000,
+  ): Promise<Extract<ToWorker, { type: T }>> {
+    const fits = (m: ToWorker): m is Extract<ToWorker, { type: T }> =>
+      m.type === type && match(m as Extract<ToWorker, { type: T }>);
     const seen = this.received.find(fits);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => (this.off("message", listen), reject(new Error(`launcher ${this.id.slice(0, 8)}: no ${type} within ${ms} ms; got ${JSON.stringify(this.received.map((m) => m.type))}`))), ms);
+      const timer = setTimeout(
+        () => (
+          this.off("message", listen),
+          reject(
+            new Error(
+              `launcher ${this.id.slice(0, 8)}: no ${type} within ${ms} ms; got ${JSON.stringify(this.received.map((m) => m.type))}`,
+            ),
+          )
+        ),
+        ms,
+      );
       const listen = (m: ToWorker) => {
         if (!fits(m)) return;
         clearTimeout(timer);

@@ -63,14 +63,22 @@ describe("Flows pools: liveness and fair routing", function () {
 
   it("a run's timeout: the agent's own default unless the client gives one, capped where both sides read the cap", async () => {
     const agent = await connect("a");
-    const post = (body: object) => fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", body: JSON.stringify(body) });
+    const post = (body: object) =>
+      fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", body: JSON.stringify(body) });
     const first = await post({ code: "1" });
     assert.equal(first.status, 200, await first.text());
     assert.equal((await post({ code: "1", timeoutMs: 1234 })).status, 200);
-    assert.deepEqual(agent.runs.map((r) => r.timeoutMs), [undefined, 1234], "no timeout sent: FLOWS_RUN_TIMEOUT applies");
+    assert.deepEqual(
+      agent.runs.map((r) => r.timeoutMs),
+      [undefined, 1234],
+      "no timeout sent: FLOWS_RUN_TIMEOUT applies",
+    );
     const over = await post({ code: "1", timeoutMs: FLOWS_MAX_RUN_TIMEOUT_MS + 1 });
     assert.equal(over.status, 400);
-    assert.match(((await over.json()) as { error: string }).error, new RegExp(`timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}`));
+    assert.match(
+      ((await over.json()) as { error: string }).error,
+      new RegExp(`timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}`),
+    );
     assert.equal(agent.runs.length, 2);
   });
 

@@ -11,7 +11,12 @@ import { newKey, WebSocket } from "../protocol/websocket";
 export async function flowsAgentStandIn(url: string, pool: string, token: string, name = "stand-in") {
   const raw: net.Socket = await dialGateway(
     new URL(url),
-    { authorization: `Bearer ${token}`, [POOL_HEADER]: pool, "sec-websocket-key": newKey(), "sec-websocket-version": "13" },
+    {
+      authorization: `Bearer ${token}`,
+      [POOL_HEADER]: pool,
+      "sec-websocket-key": newKey(),
+      "sec-websocket-version": "13",
+    },
     { path: FLOWS_CONNECT_PATH, protocol: "websocket" },
   );
   const socket = new WebSocket(raw, true);
@@ -23,7 +28,8 @@ export async function flowsAgentStandIn(url: string, pool: string, token: string
   socket.on("message", (text: string) => {
     const run = JSON.parse(text) as GatewayMessage;
     runs.push(run);
-    if (answering) socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value: name, console: [], durationMs: 1 }));
+    if (answering)
+      socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value: name, console: [], durationMs: 1 }));
   });
   socket.send(JSON.stringify({ type: "hello", poolSize: 1, executor: "stand-in" }));
   return {

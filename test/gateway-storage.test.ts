@@ -19,7 +19,8 @@ const POOL = "workers";
 function tinyFileSystem(sizeKb: number): { dir: string; readOnly(on: boolean): void; unmount(): void } | undefined {
   if (process.getuid?.() !== 0) return undefined;
   const dir = scratchDir("mnt-");
-  if (spawnSync("mount", ["-t", "tmpfs", "-o", `size=${sizeKb}k,mode=0700`, "tmpfs", dir]).status !== 0) return undefined;
+  if (spawnSync("mount", ["-t", "tmpfs", "-o", `size=${sizeKb}k,mode=0700`, "tmpfs", dir]).status !== 0)
+    return undefined;
   const mount = (...args: string[]) => assert.equal(spawnSync("mount", args).status, 0, `mount ${args.join(" ")}`);
   return {
     dir,
@@ -76,7 +77,12 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     const { decodeToken, encodeToken } = await import("../protocol/token");
     const workDir = scratchDir("storage-runs-");
     const launcher: RunningAgent = await launcherRole().start(
-      launcherSettings.parse({ token: encodeToken({ ...decodeToken(token), gateway: url }), poolPrivateKey: keyBase64, executor: "process", workDirectory: workDir }),
+      launcherSettings.parse({
+        token: encodeToken({ ...decodeToken(token), gateway: url }),
+        poolPrivateKey: keyBase64,
+        executor: "process",
+        workDirectory: workDir,
+      }),
       { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } },
     );
     await launcher.ready;
@@ -88,10 +94,18 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       gateway,
       log,
       api,
-      submit: (commands: string[]) => fetch(api, { method: "POST", body: JSON.stringify({ image: "alpine:3", commands }) }),
+      submit: (commands: string[]) =>
+        fetch(api, { method: "POST", body: JSON.stringify({ image: "alpine:3", commands }) }),
       listed: async () => ((await (await fetch(api)).json()) as { runs: { id: string }[] }).runs.map((r) => r.id),
-      flowsRun: async () => (await fetch(`${url}/_agentpools/api/flows/01FLOWS/run`, { method: "POST", body: JSON.stringify({ code: "1" }) })).status,
-      status: async (id: string) => ((await (await fetch(`${api}/${id}`)).json()) as { status: string; logLines: number }),
+      flowsRun: async () =>
+        (
+          await fetch(`${url}/_agentpools/api/flows/01FLOWS/run`, {
+            method: "POST",
+            body: JSON.stringify({ code: "1" }),
+          })
+        ).status,
+      status: async (id: string) =>
+        (await (await fetch(`${api}/${id}`)).json()) as { status: string; logLines: number },
       logs: async (id: string) => (await (await fetch(`${api}/${id}/logs`)).text()).split("\n").slice(0, -1),
       async close() {
         flows.close();
@@ -107,7 +121,9 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     const go = path.join(scratchDir("storage-"), "go");
     const t = await setUp({ dataDir: fs.dir });
     try {
-      const inFlight = (await (await t.submit(["echo before", `while [ ! -f ${go} ]; do sleep 0.02; done`, "echo after"])).json()) as { id: string };
+      const inFlight = (await (
+        await t.submit(["echo before", `while [ ! -f ${go} ]; do sleep 0.02; done`, "echo after"])
+      ).json()) as { id: string };
       await eventually(async () => (await t.status(inFlight.id)).logLines === 1, 5000, "the run started");
       const filler = fill(fs.dir);
       // Submit until SQLite needs a page the file system no longer has.
@@ -119,10 +135,21 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       assert.ok(refused, "a full disk refuses submissions");
       assert.equal(refused.status, 507);
       assert.match(((await refused.json()) as { error: string }).error, /storage is full/);
-      assert.ok(t.log.lines.some((l) => l.level === "error" && l.msg === "the store refused a write" && l.what === "store a submitted run" && l.status === 507));
+      assert.ok(
+        t.log.lines.some(
+          (l) =>
+            l.level === "error" &&
+            l.msg === "the store refused a write" &&
+            l.what === "store a submitted run" &&
+            l.status === 507,
+        ),
+      );
       assert.equal(await t.flowsRun(), 200, "the Flows pool is not affected");
       for (const id of await t.listed()) {
-        assert.ok(["queued", "running", "succeeded"].includes((await t.status(id)).status), "every listed run is a stored one");
+        assert.ok(
+          ["queued", "running", "succeeded"].includes((await t.status(id)).status),
+          "every listed run is a stored one",
+        );
       }
       // The run in flight ends while the disk is full; once there is room its whole log and outcome are stored.
       writeFileSync(go, "");
@@ -141,15 +168,29 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     const t = await setUp({ dataDir });
     const stateDir = path.join(dataDir, "state");
     // A read-only file system mounted over the state directory while the gateway runs.
-    if (process.getuid?.() !== 0 || spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", stateDir]).status !== 0) {
+    if (
+      process.getuid?.() !== 0 ||
+      spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", stateDir]).status !== 0
+    ) {
       await t.close();
       return this.skip(); // needs root to mount a file system
     }
     let mounted = true;
     try {
-      const response = await t.submit(['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'echo serial=1 > "$AGENTPOOLS_STATE_FILE"', "echo done"]);
+      const response = await t.submit([
+        'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"',
+        'echo serial=1 > "$AGENTPOOLS_STATE_FILE"',
+        "echo done",
+      ]);
       const { id } = (await response.json()) as { id: string };
-      await eventually(() => t.log.lines.some((l) => l.msg === "the store refused a write" && l.what === "store a run's state" && l.status === 503), 5000, "the state refused");
+      await eventually(
+        () =>
+          t.log.lines.some(
+            (l) => l.msg === "the store refused a write" && l.what === "store a run's state" && l.status === 503,
+          ),
+        5000,
+        "the state refused",
+      );
       assert.equal((await t.status(id)).status, "running", "its outcome waits for its state");
       assert.equal((await t.submit(["echo other"])).status, 201, "the database is not affected");
       assert.equal(await t.flowsRun(), 200);
@@ -168,7 +209,10 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     if (!fs) return this.skip(); // needs root to mount a file system
     try {
       fs.readOnly(true);
-      assert.throws(() => new Gateway({ pools, port: 0, dataDir: fs.dir, log: capturingLogger("gateway").log }), new RegExp(`cannot open the gateway's store in ${fs.dir}: the gateway's storage is not writable`));
+      assert.throws(
+        () => new Gateway({ pools, port: 0, dataDir: fs.dir, log: capturingLogger("gateway").log }),
+        new RegExp(`cannot open the gateway's store in ${fs.dir}: the gateway's storage is not writable`),
+      );
     } finally {
       fs.unmount();
     }
@@ -181,7 +225,10 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       get(target, name: keyof GatewayStore) {
         const value = target[name];
         if (typeof value !== "function") return value;
-        return (...args: unknown[]) => (failing.has(name) ? Promise.reject(new StoreError("unavailable", "injected")) : (value as (...a: unknown[]) => unknown).apply(target, args));
+        return (...args: unknown[]) =>
+          failing.has(name)
+            ? Promise.reject(new StoreError("unavailable", "injected"))
+            : (value as (...a: unknown[]) => unknown).apply(target, args);
       },
     }) as GatewayStore;
     const t = await setUp({ store });
@@ -197,8 +244,14 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
 
       // A lease the store refuses: the run stays queued (stored, listed) and is handed out once it recovers.
       failing.add("grantLease");
-      const { id } = (await (await t.submit(["echo before", `while [ ! -f ${go} ]; do sleep 0.02; done`, "echo after"])).json()) as { id: string };
-      await eventually(() => t.log.lines.some((l) => l.what === "lease a run" && l.run === id), 5000, "the lease refused");
+      const { id } = (await (
+        await t.submit(["echo before", `while [ ! -f ${go} ]; do sleep 0.02; done`, "echo after"])
+      ).json()) as { id: string };
+      await eventually(
+        () => t.log.lines.some((l) => l.what === "lease a run" && l.run === id),
+        5000,
+        "the lease refused",
+      );
       assert.equal((await t.status(id)).status, "queued");
       assert.deepEqual(await t.listed(), [id]);
       failing.delete("grantLease");
@@ -207,13 +260,25 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       // Log lines, renewals and the outcome refused while it runs: it goes on, and all of it is stored later.
       for (const name of ["appendLog", "renewLease", "finishRun"] as const) failing.add(name);
       writeFileSync(go, "");
-      await eventually(() => t.log.lines.some((l) => l.what === "store log lines" && l.run === id), 5000, "a log line refused");
-      await eventually(() => t.log.lines.some((l) => l.what === "renew a lease" && l.run === id), 5000, "a renewal refused");
+      await eventually(
+        () => t.log.lines.some((l) => l.what === "store log lines" && l.run === id),
+        5000,
+        "a log line refused",
+      );
+      await eventually(
+        () => t.log.lines.some((l) => l.what === "renew a lease" && l.run === id),
+        5000,
+        "a renewal refused",
+      );
       assert.equal((await t.status(id)).status, "running", "not lost: the lease lives on in memory");
       assert.equal(await t.flowsRun(), 200);
       // The log stored, the outcome still refused: the launcher keeps sending it.
       failing.delete("appendLog");
-      await eventually(() => t.log.lines.some((l) => l.what === "store the outcome (succeeded)" && l.run === id), 5000, "the outcome refused");
+      await eventually(
+        () => t.log.lines.some((l) => l.what === "store the outcome (succeeded)" && l.run === id),
+        5000,
+        "the outcome refused",
+      );
       assert.equal((await t.status(id)).status, "running");
       failing.clear();
       await eventually(async () => (await t.status(id)).status === "succeeded", 5000, "the outcome stored");

@@ -39,10 +39,23 @@ describe("launchers that hang or die", function () {
     keyBase64 = made.keyBase64;
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
-    const created = createPool(POOL, "worker", url, await signPoolRequest(await loadOrCreateAuthority(scratchDir("ca-")), made.csr, POOL));
+    const created = createPool(
+      POOL,
+      "worker",
+      url,
+      await signPoolRequest(await loadOrCreateAuthority(scratchDir("ca-")), made.csr, POOL),
+    );
     token = encodeToken({ ...decodeToken(created.token), gateway: url });
     log = capturingLogger("gateway");
-    gateway = new Gateway({ pools: [created.pool], port, dataDir: scratchDir("gw-"), log: log.log, leaseMs: 1000, pingIntervalMs: 100, pingTimeoutMs: 1000 });
+    gateway = new Gateway({
+      pools: [created.pool],
+      port,
+      dataDir: scratchDir("gw-"),
+      log: log.log,
+      leaseMs: 1000,
+      pingIntervalMs: 100,
+      pingTimeoutMs: 1000,
+    });
     await gateway.listen();
   });
   afterEach(async () => {
@@ -54,7 +67,13 @@ describe("launchers that hang or die", function () {
 
   function startLauncher() {
     const child = spawn(process.execPath, [BUNDLE], {
-      env: { PATH: process.env.PATH, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: scratchDir("instance-runs-") },
+      env: {
+        PATH: process.env.PATH,
+        SPACELIFT_TOKEN: token,
+        SPACELIFT_POOL_PRIVATE_KEY: keyBase64,
+        AGENTPOOLS_WORKER_EXECUTOR: "process",
+        AGENTPOOLS_WORK_DIR: scratchDir("instance-runs-"),
+      },
       stdio: "ignore",
     });
     children.push(child);
@@ -64,7 +83,10 @@ describe("launchers that hang or die", function () {
   /** A run that says where its shell is and then runs until stopped. */
   async function longRun() {
     const pidFile = path.join(scratchDir("run-"), "pid");
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`echo $$ > ${pidFile}`, "echo started", "while true; do sleep 0.05; done"] });
+    const run = await gateway.workers.submit(POOL, {
+      image: "alpine:3",
+      commands: [`echo $$ > ${pidFile}`, "echo started", "while true; do sleep 0.05; done"],
+    });
     await eventually(async () => (await gateway.workers.get(POOL, run.id)).logLines === 1, 10_000, "the run started");
     const pid = Number(readFileSync(pidFile, "utf8"));
     orphans.push(pid);
@@ -78,10 +100,14 @@ describe("launchers that hang or die", function () {
     await eventually(() => summary().connections === 1, 10_000, "the launcher connected");
     const run = await longRun();
     child.kill("SIGKILL");
-    const lost = await eventually(async () => {
-      const current = await gateway.workers.get(POOL, run.id);
-      return current.status !== "running" && current;
-    }, 5000, "the run to be given up");
+    const lost = await eventually(
+      async () => {
+        const current = await gateway.workers.get(POOL, run.id);
+        return current.status !== "running" && current;
+      },
+      5000,
+      "the run to be given up",
+    );
     assert.equal(lost.status, "lost");
     assert.match(lost.reason ?? "", /stopped renewing its lease \(1000 ms\)/);
     assert.equal(summary().connections, 0);
@@ -94,10 +120,14 @@ describe("launchers that hang or die", function () {
     hung.kill("SIGSTOP");
     await eventually(() => summary().connections === 0, 5000, "the stopped launcher dropped");
     assert.ok(log.lines.some((l) => l.msg === "worker stopped answering pings: disconnected"));
-    const lost = await eventually(async () => {
-      const current = await gateway.workers.get(POOL, run.id);
-      return current.status !== "running" && current;
-    }, 5000, "the run to be given up");
+    const lost = await eventually(
+      async () => {
+        const current = await gateway.workers.get(POOL, run.id);
+        return current.status !== "running" && current;
+      },
+      5000,
+      "the run to be given up",
+    );
     assert.equal(lost.status, "lost");
     assert.ok(alive(run.pid), "the run's shell outlived its stopped launcher meanwhile");
 
@@ -105,7 +135,11 @@ describe("launchers that hang or die", function () {
     startLauncher();
     await eventually(() => summary().connections === 1, 10_000, "another launcher connected");
     const next = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["echo next"] });
-    await eventually(async () => (await gateway.workers.get(POOL, next.id)).status === "succeeded", 10_000, "the next run");
+    await eventually(
+      async () => (await gateway.workers.get(POOL, next.id)).status === "succeeded",
+      10_000,
+      "the next run",
+    );
 
     // Woken, the stopped launcher presents its lease, is told it was taken, and stops its run.
     hung.kill("SIGCONT");

@@ -8,7 +8,17 @@ import { scratchDir } from "../devkit/helpers";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const iso = (ms: number) => new Date(ms).toISOString();
-const queued = (id: string, pool = "w", createdAt = T0): RunRecord => ({ id, pool, image: "alpine:3", commands: ["true"], status: "queued", fence: 0, state: false, logLines: 0, createdAt: iso(createdAt) });
+const queued = (id: string, pool = "w", createdAt = T0): RunRecord => ({
+  id,
+  pool,
+  image: "alpine:3",
+  commands: ["true"],
+  status: "queued",
+  fence: 0,
+  state: false,
+  logLines: 0,
+  createdAt: iso(createdAt),
+});
 const text = async (stream: Readable) => {
   let out = "";
   for await (const chunk of stream) out += chunk;
@@ -21,7 +31,10 @@ describe("the gateway's store (SQLite)", () => {
   beforeEach(async () => {
     dir = scratchDir("store-");
     store = new SqliteStore(dir);
-    await store.syncPools([{ name: "w", kind: "worker" }, { name: "v", kind: "worker" }]);
+    await store.syncPools([
+      { name: "w", kind: "worker" },
+      { name: "v", kind: "worker" },
+    ]);
   });
   afterEach(() => store.close());
 
@@ -41,7 +54,11 @@ describe("the gateway's store (SQLite)", () => {
     const l2: LeaseClaim = { run: "r1", worker: "L2", fence: 2 };
     assert.equal(await store.startRun(l2, iso(T0 + 5001)), true);
     assert.equal(await store.startRun(l2, iso(T0 + 5002)), false, "started once");
-    assert.equal(await store.grantLease("r1", "L3", T0 + 99_999, T0 + 100_000), undefined, "a running run is never leased again");
+    assert.equal(
+      await store.grantLease("r1", "L3", T0 + 99_999, T0 + 100_000),
+      undefined,
+      "a running run is never leased again",
+    );
     const run = await store.getRun("r1");
     assert.equal(run?.status, "running");
     assert.equal(run?.worker, "L2");
@@ -68,7 +85,11 @@ describe("the gateway's store (SQLite)", () => {
     assert.equal(await store.appendLog(claim, 0, ["a", "b"], 10), 2);
     assert.equal(await store.appendLog(claim, 1, ["b", "c"], 10), 3, "b again is skipped");
     assert.equal(await store.appendLog(claim, 5, ["f"], 10), 3, "a gap is not stored");
-    assert.equal(await store.appendLog({ ...claim, fence: 0 }, 3, ["x"], 10), undefined, "another fence writes nothing");
+    assert.equal(
+      await store.appendLog({ ...claim, fence: 0 }, 3, ["x"], 10),
+      undefined,
+      "another fence writes nothing",
+    );
     assert.equal(await store.appendLog(claim, 3, ["d", "e", "f", "g"], 5), 5, "cut at the cap");
     assert.deepEqual(await store.readLog("r1", 0, 100), ["a", "b", "c", "d", "e"]);
     assert.deepEqual(await store.readLog("r1", 3, 1), ["d"]);
@@ -100,10 +121,13 @@ describe("the gateway's store (SQLite)", () => {
     await store.putState(claim, Readable.from([Buffer.from("APS1 sealed")]));
     await store.close();
     store = new SqliteStore(dir);
-    assert.deepEqual((await store.liveRuns()).map((r) => [r.id, r.status, r.worker, r.fence]), [
-      ["r1", "running", "L1", 1],
-      ["r2", "queued", undefined, 0],
-    ]);
+    assert.deepEqual(
+      (await store.liveRuns()).map((r) => [r.id, r.status, r.worker, r.fence]),
+      [
+        ["r1", "running", "L1", 1],
+        ["r2", "queued", undefined, 0],
+      ],
+    );
     assert.deepEqual(await store.readLog("r1", 0, 10), ["kept"]);
     assert.equal(await store.hasState("r1"), true);
     assert.equal(await text(await store.openState("r1")), "APS1 sealed");
@@ -113,9 +137,13 @@ describe("the gateway's store (SQLite)", () => {
   it("state is stored only from the lease holder of a running run", async () => {
     await store.createRun(queued("r1"));
     await store.grantLease("r1", "L1", T0, T0 + 1000);
-    await assert.rejects(store.putState({ run: "r1", worker: "L1", fence: 1 }, Readable.from([Buffer.from("x")])), { status: 409 });
+    await assert.rejects(store.putState({ run: "r1", worker: "L1", fence: 1 }, Readable.from([Buffer.from("x")])), {
+      status: 409,
+    });
     await store.startRun({ run: "r1", worker: "L1", fence: 1 }, iso(T0));
-    await assert.rejects(store.putState({ run: "r1", worker: "L2", fence: 1 }, Readable.from([Buffer.from("x")])), { status: 409 });
+    await assert.rejects(store.putState({ run: "r1", worker: "L2", fence: 1 }, Readable.from([Buffer.from("x")])), {
+      status: 409,
+    });
     assert.equal(await store.hasState("r1"), false);
   });
 
@@ -123,9 +151,18 @@ describe("the gateway's store (SQLite)", () => {
     for (let i = 0; i < 5; i++) await store.createRun(queued(`r${i}`, "w", T0 + i));
     await store.createRun(queued("other", "v"));
     await store.finishRun("r0", undefined, { status: "lost", state: false, finishedAt: iso(T0) });
-    assert.deepEqual((await store.listRuns("w", { limit: 2 })).map((r) => r.id), ["r4", "r3"]);
-    assert.deepEqual((await store.listRuns("w", { limit: 10, before: "r3" })).map((r) => r.id), ["r2", "r1", "r0"]);
-    assert.deepEqual((await store.liveRuns()).map((r) => r.id), ["r1", "r2", "r3", "r4", "other"]);
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 2 })).map((r) => r.id),
+      ["r4", "r3"],
+    );
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 10, before: "r3" })).map((r) => r.id),
+      ["r2", "r1", "r0"],
+    );
+    assert.deepEqual(
+      (await store.liveRuns()).map((r) => r.id),
+      ["r1", "r2", "r3", "r4", "other"],
+    );
   });
 
   it("retention: finished runs past the count or the age go with their logs and state; live runs and the newest state stay", async () => {
@@ -144,14 +181,20 @@ describe("the gateway's store (SQLite)", () => {
     for (let i = 0; i < 4; i++) await finish(`recent${i}`, T0 - (4 - i) * day);
     await store.createRun(queued("live", "w", T0 - 60 * day));
     assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
-    assert.deepEqual((await store.listRuns("w", { limit: 100 })).map((r) => r.id), ["live", "recent3", "recent2", "recent1", "old-with-state"]);
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      ["live", "recent3", "recent2", "recent1", "old-with-state"],
+    );
     assert.deepEqual(await store.readLog("recent0", 0, 10), [], "its log went with it");
     assert.ok(existsSync(path.join(dir, "state", "old-with-state")), "the pool's newest state is kept");
     // A newer run leaves state: the old one may go now.
     await finish("newer-state", T0, true);
     assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
     assert.ok(!existsSync(path.join(dir, "state", "old-with-state")));
-    assert.deepEqual((await store.listRuns("w", { limit: 100 })).map((r) => r.id), ["newer-state", "live", "recent3", "recent2"]);
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      ["newer-state", "live", "recent3", "recent2"],
+    );
   });
 
   it("refuses a database of a newer gateway, naming it", async () => {

@@ -25,7 +25,8 @@ async function workerPool() {
 }
 
 async function startGateway(pool: PoolDefinition, port: number, options: Partial<GatewayOptions> = {}) {
-  const logger = capturingLogger("gateway"); if (process.env.DEBUG_GW) logger.log.sinks.push((l: string) => process.stdout.write(l + "\n"));
+  const logger = capturingLogger("gateway");
+  if (process.env.DEBUG_GW) logger.log.sinks.push((l: string) => process.stdout.write(l + "\n"));
   const gateway = new Gateway({ pools: [pool], port, log: logger.log, ...options });
   await gateway.listen();
   return { gateway, lines: logger.lines };
@@ -56,10 +57,14 @@ const executions: string[] = [];
 const executed = (run: string) => executions.filter((id) => id === run).length;
 
 const finished = (gateway: Gateway, id: string, ms = 5000) =>
-  eventually(async () => {
-    const run = await gateway.workers.get(POOL, id);
-    return !["queued", "running"].includes(run.status) && run;
-  }, ms, `run ${id} to end`);
+  eventually(
+    async () => {
+      const run = await gateway.workers.get(POOL, id);
+      return !["queued", "running"].includes(run.status) && run;
+    },
+    ms,
+    `run ${id} to end`,
+  );
 
 describe("worker runs: exactly once, under leases", function () {
   this.timeout(30_000);
@@ -70,7 +75,12 @@ describe("worker runs: exactly once, under leases", function () {
     for (const thing of open.splice(0)) await thing.close();
   });
 
-  const credentials = (port: number): PoolCredentials => ({ url: `http://127.0.0.1:${port}`, pool: POOL, secret: fixture.secret, keyBase64: fixture.keyBase64 });
+  const credentials = (port: number): PoolCredentials => ({
+    url: `http://127.0.0.1:${port}`,
+    pool: POOL,
+    secret: fixture.secret,
+    keyBase64: fixture.keyBase64,
+  });
   async function launcher(port: number, id?: string, leases: HeldLease[] = []) {
     const fake = await FakeLauncher.connect(credentials(port), id, leases);
     open.push({ close: () => fake.socket.close() });
@@ -245,19 +255,29 @@ describe("worker runs: exactly once, under leases", function () {
     const done = await finished(gateway, run.id);
     assert.equal(done.status, "succeeded");
     assert.equal(done.worker, l2.id);
-    const log = await (await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs/${run.id}/logs`)).text();
+    const log = await (
+      await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs/${run.id}/logs`)
+    ).text();
     assert.equal(log, "genuine\n");
   });
 
   it("a launcher that stops answering pings is dropped; the run it was offered goes to another once the lease expires", async () => {
     const port = await freePort();
-    const { gateway, lines } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 300, pingIntervalMs: 50, pingTimeoutMs: 1000 });
+    const { gateway, lines } = await gatewayOn(port, scratchDir("lease-"), {
+      leaseMs: 300,
+      pingIntervalMs: 50,
+      pingTimeoutMs: 1000,
+    });
     const hung = auto(await launcher(port));
     // It has run one: it is a launcher the gateway hands runs to.
     await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["first"] })).id);
     hung.freeze();
     const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
-    await eventually(async () => (await gateway.workers.get(POOL, run.id)).worker === hung.id, 2000, "the run offered to the hung launcher, the only one");
+    await eventually(
+      async () => (await gateway.workers.get(POOL, run.id)).worker === hung.id,
+      2000,
+      "the run offered to the hung launcher, the only one",
+    );
     await eventually(() => gateway.workers.summary(POOL).connections === 0, 5000, "the hung launcher dropped");
     assert.ok(lines.some((l) => l.msg === "worker stopped answering pings: disconnected" && l.worker === hung.id));
     const other = auto(await launcher(port));
@@ -275,7 +295,8 @@ describe("worker runs: exactly once, under leases", function () {
       const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] });
       ran.push((await finished(gateway, run.id)).worker as string);
     }
-    for (const l of launchers) assert.equal(ran.filter((w) => w === l.id).length, 2, `runs per launcher: ${ran.map((w) => w.slice(0, 4))}`);
+    for (const l of launchers)
+      assert.equal(ran.filter((w) => w === l.id).length, 2, `runs per launcher: ${ran.map((w) => w.slice(0, 4))}`);
   });
 
   it("a gateway start loads only live runs: 20,000 finished ones stay in the store until asked for", async () => {
@@ -288,7 +309,9 @@ describe("worker runs: exactly once, under leases", function () {
     const { DatabaseSync } = await import("node:sqlite");
     const db = new DatabaseSync(path.join(dataDir, "gateway.db"));
     db.exec("BEGIN");
-    const insert = db.prepare("INSERT INTO runs (id, pool, spec, status, exit_code, worker, fence, log_lines, created_at, started_at, finished_at) VALUES (?, ?, ?, 'succeeded', 0, ?, 1, 0, ?, ?, ?)");
+    const insert = db.prepare(
+      "INSERT INTO runs (id, pool, spec, status, exit_code, worker, fence, log_lines, created_at, started_at, finished_at) VALUES (?, ?, ?, 'succeeded', 0, ?, 1, 0, ?, ?, ?)",
+    );
     const spec = JSON.stringify({ image: "alpine:3", commands: ["terraform apply -auto-approve ".repeat(20)] });
     const at = new Date().toISOString();
     const ids: string[] = [];
@@ -303,18 +326,29 @@ describe("worker runs: exactly once, under leases", function () {
     assert.equal(gateway.workers.summary(POOL).queued, 1);
     // Past runs are still there, read from the store when asked for.
     assert.equal((await gateway.workers.get(POOL, ids[12_345])).status, "succeeded");
-    const page = (await (await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs?limit=3`)).json()) as { runs: { id: string }[] };
-    assert.deepEqual(page.runs.map((r) => r.id), [ids[19_999], ids[19_998], ids[19_997]]);
+    const page = (await (
+      await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs?limit=3`)
+    ).json()) as { runs: { id: string }[] };
+    assert.deepEqual(
+      page.runs.map((r) => r.id),
+      [ids[19_999], ids[19_998], ids[19_997]],
+    );
     assert.equal((await gateway.workers.get(POOL, live.id)).status, "queued");
   });
 
   it("retention: a start deletes finished runs beyond the pool's count, with their logs", async () => {
     const port = await freePort();
     const dataDir = scratchDir("lease-");
-    const { gateway, lines } = await gatewayOn(port, dataDir, { retention: { runsPerPool: 2 }, pruneIntervalMs: 60_000 });
+    const { gateway, lines } = await gatewayOn(port, dataDir, {
+      retention: { runsPerPool: 2 },
+      pruneIntervalMs: 60_000,
+    });
     auto(await launcher(port));
     const runs = [];
-    for (let i = 0; i < 4; i++) runs.push(await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] })).id));
+    for (let i = 0; i < 4; i++)
+      runs.push(
+        await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] })).id),
+      );
     await gateway.workers.prune();
     assert.ok(lines.some((l) => l.msg === "finished runs deleted by the retention policy" && l.deleted === 2));
     await assert.rejects(gateway.workers.get(POOL, runs[0].id), { status: 404 });
@@ -352,7 +386,12 @@ describe("worker runs: a real launcher through a connection that drops right aft
     const tokenFor = (url: string) => encodeToken({ ...decoded, gateway: url });
     const start = (url: string, name: string) =>
       launcherRole().start(
-        launcherSettings.parse({ token: tokenFor(url), poolPrivateKey: fixture.keyBase64, executor: "process", workDirectory: path.join(dir, name) }),
+        launcherSettings.parse({
+          token: tokenFor(url),
+          poolPrivateKey: fixture.keyBase64,
+          executor: "process",
+          workDirectory: path.join(dir, name),
+        }),
         { log: capturingLogger(name).log, env: { PATH: process.env.PATH } },
       );
     const l1 = await start(`http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, "l1");
@@ -363,15 +402,22 @@ describe("worker runs: a real launcher through a connection that drops right aft
     await eventually(() => gateway.workers.summary(POOL).connections === 2);
     try {
       const ledger = path.join(dir, "executions");
-      const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`echo "$AGENTPOOLS_RUN_ID" >> ${ledger}`] });
+      const run = await gateway.workers.submit(POOL, {
+        image: "alpine:3",
+        commands: [`echo "$AGENTPOOLS_RUN_ID" >> ${ledger}`],
+      });
       const done = await finished(gateway, run.id, 10_000);
       assert.equal(armed, false, "the connection was cut after the offer");
       assert.equal(done.status, "succeeded");
       // Both launchers connected and idle again: any second execution would have happened by now.
-      await eventually(() => {
-        const { connections, agents } = gateway.workers.summary(POOL);
-        return connections === 2 && agents.every((a) => !a.currentRun);
-      }, 10_000, "both launchers idle");
+      await eventually(
+        () => {
+          const { connections, agents } = gateway.workers.summary(POOL);
+          return connections === 2 && agents.every((a) => !a.currentRun);
+        },
+        10_000,
+        "both launchers idle",
+      );
       assert.deepEqual(readFileSync(ledger, "utf8").trim().split("\n"), [run.id], "executed exactly once");
     } finally {
       await l1.drain(Date.now() + 1000);

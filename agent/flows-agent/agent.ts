@@ -8,7 +8,8 @@ import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
+import type { AgentMessage, GatewayMessage } from "../../protocol/flows";
 
 /**
  * The Flows agent's connection: a WebSocket to the gateway carrying run requests and their
@@ -41,7 +42,8 @@ class FlowsLink extends WebSocketLink {
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
       if (message?.type !== "run") return;
-      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
+      const asked = message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout);
+      const timeoutMs = Math.min(asked, FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       void this.executor.run(message.job, timeoutMs).then((outcome) => {
         this.inFlight--;

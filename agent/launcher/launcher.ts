@@ -16,7 +16,15 @@ import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
 import { LineSplitter, masker } from "./output";
 import { loadPolicy, policyRefusal } from "./policy";
-import { FENCE_HEADER, MAX_LOG_LINES, PROOF_HEADER, proofPayload, statePath, WORKER_CONNECT_PATH, WORKER_HEADER } from "../../protocol/worker";
+import {
+  FENCE_HEADER,
+  MAX_LOG_LINES,
+  PROOF_HEADER,
+  proofPayload,
+  statePath,
+  WORKER_CONNECT_PATH,
+  WORKER_HEADER,
+} from "../../protocol/worker";
 import type { FromWorker, HeldLease, Lease, RunOutcome, RunSpec, ToWorker } from "../../protocol/worker";
 import { POOL_HEADER } from "../../protocol/link";
 import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
@@ -89,7 +97,12 @@ function credentials(context: LauncherContext, worker: string): Record<string, s
   const { token, privateKey } = context;
   const timestamp = String(Date.now());
   const signature = sign("sha256", proofPayload(token.pool, timestamp), privateKey).toString("base64url");
-  return { authorization: `Bearer ${token.secret}`, [POOL_HEADER]: token.pool, [WORKER_HEADER]: worker, [PROOF_HEADER]: `${timestamp}.${signature}` };
+  return {
+    authorization: `Bearer ${token.secret}`,
+    [POOL_HEADER]: token.pool,
+    [WORKER_HEADER]: worker,
+    [PROOF_HEADER]: `${timestamp}.${signature}`,
+  };
 }
 
 /**
@@ -142,14 +155,16 @@ export class Launcher extends WebSocketLink {
         run.go?.(true);
         // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
         const { lines } = message;
-        if (lines < run.lines.length) this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
+        if (lines < run.lines.length) {
+          this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
+        }
         if (run.outcome) void this.deliver(run);
       } else if (message.type === "revoked") this.revoked(run, message.reason);
       else if (run.outcome) this.forget(run);
     });
   }
 
-  /** The lease is not ours any more: a run waiting to start never starts, a running one is stopped; no result is sent. */
+  /** The lease is not ours any more: a run waiting to start never starts, a running one stops; no result is sent. */
   private revoked(run: Held, reason: string): void {
     this.context.log.warn("lease revoked", { run: run.id, reason });
     run.revoked = true;
@@ -187,7 +202,15 @@ export class Launcher extends WebSocketLink {
   private async take(spec: RunSpec, { fence }: Lease): Promise<void> {
     const { settings, log } = this.context;
     const { id } = spec;
-    if (this.current || this.stopping) return this.send({ type: "refused", id, fence, reason: this.stopping ? "the worker is draining" : "the worker is busy", retry: true });
+    if (this.current || this.stopping) {
+      return this.send({
+        type: "refused",
+        id,
+        fence,
+        reason: this.stopping ? "the worker is draining" : "the worker is busy",
+        retry: true,
+      });
+    }
     const run: Held = { id, fence, dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")), lines: [] };
     let end!: () => void;
     run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
@@ -196,7 +219,14 @@ export class Launcher extends WebSocketLink {
       let environment: Record<string, string> = {};
       try {
         if (spec.sealedEnvironment) environment = await this.openEnvironment(spec.sealedEnvironment);
-        const refusal = this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds });
+        const refusal =
+          this.context.policy &&
+          policyRefusal(this.context.policy, {
+            image: spec.image,
+            commands: spec.commands,
+            environment,
+            timeoutSeconds: spec.timeoutSeconds,
+          });
         if (refusal) throw new Error(`refused by the run initialization policy: ${refusal}`);
       } catch (error) {
         // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
@@ -247,7 +277,10 @@ export class Launcher extends WebSocketLink {
       const from = run.lines.length;
       if (from >= MAX_LOG_LINES) return;
       // The last line kept says the log was cut: the gateway keeps as many lines, no more.
-      const kept = from + lines.length > MAX_LOG_LINES ? [...lines.slice(0, MAX_LOG_LINES - 1 - from), `[agentpools: the log is cut at ${MAX_LOG_LINES} lines]`] : lines;
+      const kept =
+        from + lines.length > MAX_LOG_LINES
+          ? [...lines.slice(0, MAX_LOG_LINES - 1 - from), `[agentpools: the log is cut at ${MAX_LOG_LINES} lines]`]
+          : lines;
       run.lines.push(...kept);
       this.send({ type: "log", id: run.id, fence: run.fence, from, lines: kept });
     };
@@ -294,7 +327,11 @@ export class Launcher extends WebSocketLink {
   }
 
   private async downloadState(from: string, file: string): Promise<void> {
-    const response = await gatewayRequest(new URL(this.context.token.gateway), { method: "GET", path: statePath(this.context.token.pool, from), headers: credentials(this.context, this.worker) }, this.context.settings);
+    const response = await gatewayRequest(
+      new URL(this.context.token.gateway),
+      { method: "GET", path: statePath(this.context.token.pool, from), headers: credentials(this.context, this.worker) },
+      this.context.settings,
+    );
     if (response.statusCode !== 200) {
       response.resume();
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
@@ -313,7 +350,12 @@ export class Launcher extends WebSocketLink {
     run.delivering = true;
     try {
       if (run.stateFile && existsSync(run.stateFile)) {
-        const headers = { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(run.fence), "content-type": "application/octet-stream", "transfer-encoding": "chunked" };
+        const headers = {
+          ...credentials(this.context, this.worker),
+          [FENCE_HEADER]: String(run.fence),
+          "content-type": "application/octet-stream",
+          "transfer-encoding": "chunked",
+        };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),
           { method: "PUT", path: statePath(this.context.token.pool, run.id), headers, body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
@@ -349,7 +391,10 @@ export class Launcher extends WebSocketLink {
     const current = this.current;
     if (current) {
       this.context.log.info("waiting for the current run before stopping", { run: current.id, secondsLeft: Math.round((deadline - Date.now()) / 1000) });
-      const timer = setTimeout(() => this.halt(current, "the launcher was stopped before the run finished"), Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => this.halt(current, "the launcher was stopped before the run finished"),
+        Math.max(0, deadline - Date.now()),
+      );
       await current.done;
       clearTimeout(timer);
     }
