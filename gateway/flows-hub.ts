@@ -109,7 +109,8 @@ export class FlowsHub {
     if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
     // The least loaded (runs in flight per runtime); among equals, the one used least recently.
     const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
-    const better = (a: FlowsAgent, b: FlowsAgent) => load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
+    const better = (a: FlowsAgent, b: FlowsAgent) =>
+      load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
     const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
     agent.lastUsed = ++this.uses;
     const id = randomUUID();

@@ -306,7 +306,8 @@ export class Gateway {
     }
     // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
     const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
-    const allowed = timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
+    const allowed =
+      timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
     if (!allowed) {
       return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }

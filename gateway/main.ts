@@ -12,7 +12,10 @@ import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
 const DAY_MS = 86_400_000;
-const RETENTION = { runsPerPool: WORKER_DEFAULTS.retention.runsPerPool, maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS };
+const RETENTION = {
+  runsPerPool: WORKER_DEFAULTS.retention.runsPerPool,
+  maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS,
+};
 
 export const gatewayConfig = z.strictObject({
   listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
@@ -27,7 +30,7 @@ export const gatewayConfig = z.strictObject({
   /** Keepalive on every agent link: an agent that leaves a ping unanswered for pingTimeoutMs is dropped. */
   pingIntervalMs: z.int().min(1000).max(300_000).default(PING_INTERVAL_MS),
   pingTimeoutMs: z.int().min(1000).max(300_000).default(PING_TIMEOUT_MS),
-  /** Finished worker runs kept (with their logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
+  /** Finished worker runs kept (with logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
   retention: z
     .strictObject({
       runsPerPool: z.int().min(1).default(RETENTION.runsPerPool),

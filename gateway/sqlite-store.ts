@@ -251,7 +251,8 @@ export class SqliteStore implements GatewayStore {
   grantLease(id: string, worker: string, now: number, expiresAt: number): Promise<number | undefined> {
     return this.transaction(() => {
       const row = this.get<{ fence: number }>(
-        "UPDATE runs SET worker = ?, fence = fence + 1, lease_expires = ? WHERE id = ? AND status = 'queued' AND (lease_expires IS NULL OR lease_expires <= ?) RETURNING fence",
+        `UPDATE runs SET worker = ?, fence = fence + 1, lease_expires = ?
+         WHERE id = ? AND status = 'queued' AND (lease_expires IS NULL OR lease_expires <= ?) RETURNING fence`,
         worker,
         expiresAt,
         id,
@@ -265,7 +266,8 @@ export class SqliteStore implements GatewayStore {
     return this.transaction(
       () =>
         this.run(
-          "UPDATE runs SET lease_expires = ? WHERE id = ? AND worker = ? AND fence = ? AND lease_expires IS NOT NULL AND status IN ('queued', 'running')",
+          `UPDATE runs SET lease_expires = ?
+           WHERE id = ? AND worker = ? AND fence = ? AND lease_expires IS NOT NULL AND status IN ('queued', 'running')`,
           expiresAt,
           run,
           worker,
@@ -278,7 +280,8 @@ export class SqliteStore implements GatewayStore {
     return this.transaction(
       () =>
         this.run(
-          "UPDATE runs SET status = 'queued', started_at = NULL, lease_expires = NULL, worker = NULL WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running') AND lease_expires IS NOT NULL",
+          `UPDATE runs SET status = 'queued', started_at = NULL, lease_expires = NULL, worker = NULL
+           WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running') AND lease_expires IS NOT NULL`,
           run,
           worker,
           fence,
@@ -291,7 +294,8 @@ export class SqliteStore implements GatewayStore {
     return this.transaction(
       () =>
         this.run(
-          "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued' AND lease_expires IS NOT NULL",
+          `UPDATE runs SET status = 'running', started_at = ?
+           WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued' AND lease_expires IS NOT NULL`,
           at,
           run,
           worker,
@@ -333,7 +337,8 @@ export class SqliteStore implements GatewayStore {
   readLog(id: string, from: number, limit: number): Promise<string[]> {
     return this.read(() =>
       this.all<{ text: string }>(
-        "SELECT text FROM log_lines WHERE run = (SELECT seq FROM runs WHERE id = ?) AND line >= ? ORDER BY line LIMIT ?",
+        `SELECT text FROM log_lines
+         WHERE run = (SELECT seq FROM runs WHERE id = ?) AND line >= ? ORDER BY line LIMIT ?`,
         id,
         from,
         limit,
@@ -345,7 +350,8 @@ export class SqliteStore implements GatewayStore {
     return this.transaction(() => {
       const row = claim
         ? this.get<{ seq: number; log_lines: number }>(
-            "SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')",
+            `SELECT seq, log_lines FROM runs
+             WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')`,
             id,
             claim.worker,
             claim.fence,
@@ -357,7 +363,8 @@ export class SqliteStore implements GatewayStore {
       if (!row) return false;
       if (note !== undefined) this.insertLines(row.seq, row.log_lines, row.log_lines, [note], Infinity);
       this.run(
-        "UPDATE runs SET status = ?, exit_code = ?, reason = ?, state = ?, finished_at = ?, lease_expires = NULL WHERE seq = ?",
+        `UPDATE runs SET status = ?, exit_code = ?, reason = ?, state = ?, finished_at = ?, lease_expires = NULL
+         WHERE seq = ?`,
         outcome.status,
         outcome.exitCode ?? null,
         outcome.reason ?? null,
@@ -438,7 +445,8 @@ export class SqliteStore implements GatewayStore {
     const doomed = await this.read(() =>
       this.all<{ seq: number; id: string }>(
         `SELECT seq, id FROM (
-           SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool ORDER BY seq DESC) AS rank FROM runs WHERE finished_at IS NOT NULL
+           SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool ORDER BY seq DESC) AS rank
+           FROM runs WHERE finished_at IS NOT NULL
          ) WHERE (rank > ? OR finished_at < ?)
            AND seq NOT IN (SELECT MAX(seq) FROM runs WHERE state = 1 AND finished_at IS NOT NULL GROUP BY pool)`,
         runsPerPool,

@@ -56,7 +56,7 @@ export const WORKER_DEFAULTS = {
   pruneIntervalMs: 3_600_000,
 } as const;
 
-/** A run not yet final, as the gateway holds it in memory: its stored record, who follows its log, its lease's timer. */
+/** A run not yet final, as the gateway holds it: its stored record, who follows its log, its lease's timer. */
 interface LiveRun {
   record: RunRecord;
   followers: Set<() => void>;
@@ -363,7 +363,7 @@ export class WorkerHub {
     this.send(worker, { type: "start", id, fence, lines: logLines, termMs: this.leaseMs });
   }
 
-  /** The run is running under its lease: stored before "start" is sent, so a launcher runs only what the store shows running. */
+  /** The run is running under its lease: stored before "start" is sent, so a launcher runs only what is stored. */
   private async recordStart(entry: LiveRun): Promise<boolean> {
     const startedAt = now();
     if (!(await this.store.startRun(this.claimOf(entry.record), startedAt))) return false;
@@ -423,7 +423,7 @@ export class WorkerHub {
     if (from > record.logLines) this.askForLines(worker, entry);
   }
 
-  /** Ask the launcher to send the log from what is stored (and its outcome again), at most every third of a lease term. */
+  /** Ask the launcher for the log past what is stored (and its outcome again), at most every third of a term. */
   private askForLines(worker: WorkerConnection, entry: LiveRun): void {
     if (Date.now() - (entry.askedAt ?? 0) < this.leaseMs / 3) return;
     entry.askedAt = Date.now();
@@ -449,7 +449,7 @@ export class WorkerHub {
     await this.dispatch(worker.pool);
   }
 
-  /** The run's outcome, stored under its lease, then in memory: false if the store refused it (the launcher sends it again). */
+  /** The run's outcome, stored under its lease, then in memory: false if the store refused it (it comes again). */
   private async end(entry: LiveRun, outcome: Omit<RunOutcomeRecord, "finishedAt">, note?: string): Promise<boolean> {
     const { record } = entry;
     const finishedAt = now();
@@ -470,7 +470,7 @@ export class WorkerHub {
     return true;
   }
 
-  /** A lease given back by a launcher that did not start the run (refused, not presented), or an offer expired: queued again, first. */
+  /** A lease given back by a launcher that did not start the run, or an offer expired: queued again, first. */
   private async requeue(entry: LiveRun): Promise<void> {
     const { record } = entry;
     await this.store
@@ -610,7 +610,7 @@ export class WorkerHub {
     this.timers.add(timer);
   }
 
-  /** Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}. The environment is sealed for the pool at once. */
+  /** Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}; its environment is sealed at once. */
   async submit(poolName: string, body: unknown): Promise<WorkerRun> {
     const pool = this.pools.get(poolName)?.definition;
     if (pool?.kind !== "worker") throw new HttpError(404, `no worker pool named ${poolName}`);

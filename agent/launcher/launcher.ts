@@ -211,7 +211,12 @@ export class Launcher extends WebSocketLink {
         retry: true,
       });
     }
-    const run: Held = { id, fence, dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")), lines: [] };
+    const run: Held = {
+      id,
+      fence,
+      dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")),
+      lines: [],
+    };
     let end!: () => void;
     run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
     this.current = run;
@@ -249,7 +254,12 @@ export class Launcher extends WebSocketLink {
     }
     end();
     if (run.revoked) return this.forget(run);
-    log.info("run finished", { run: id, status: run.outcome.status, exitCode: run.outcome.exitCode, reason: run.outcome.reason });
+    log.info("run finished", {
+      run: id,
+      status: run.outcome.status,
+      exitCode: run.outcome.exitCode,
+      reason: run.outcome.reason,
+    });
     await this.deliver(run);
   }
 
@@ -329,7 +339,11 @@ export class Launcher extends WebSocketLink {
   private async downloadState(from: string, file: string): Promise<void> {
     const response = await gatewayRequest(
       new URL(this.context.token.gateway),
-      { method: "GET", path: statePath(this.context.token.pool, from), headers: credentials(this.context, this.worker) },
+      {
+        method: "GET",
+        path: statePath(this.context.token.pool, from),
+        headers: credentials(this.context, this.worker),
+      },
       this.context.settings,
     );
     if (response.statusCode !== 200) {
@@ -358,7 +372,12 @@ export class Launcher extends WebSocketLink {
         };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),
-          { method: "PUT", path: statePath(this.context.token.pool, run.id), headers, body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
+          {
+            method: "PUT",
+            path: statePath(this.context.token.pool, run.id),
+            headers,
+            body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)),
+          },
           this.context.settings,
         );
         response.resume();
@@ -399,7 +418,9 @@ export class Launcher extends WebSocketLink {
       clearTimeout(timer);
     }
     await this.settle(Math.max(deadline, Date.now() + DELIVERY_GRACE_MS));
-    if (this.held.size > 0) this.context.log.warn("stopping with run results the gateway has not taken", { runs: [...this.held.keys()] });
+    if (this.held.size > 0) {
+      this.context.log.warn("stopping with run results the gateway has not taken", { runs: [...this.held.keys()] });
+    }
     await this.drain(Date.now() + 1000);
   }
 
