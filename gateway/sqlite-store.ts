@@ -102,7 +102,9 @@ function sqlite(): typeof import("node:sqlite") {
     (emitWarning as (...args: unknown[]) => void).call(process, warning, ...rest);
   }) as typeof process.emitWarning;
   try {
-    return process.getBuiltinModule("node:sqlite") as typeof import("node:sqlite");
+    const module = process.getBuiltinModule?.("node:sqlite") as typeof import("node:sqlite") | undefined;
+    if (!module) throw new Error(`the gateway's store needs Node.js 22.13 or later (node:sqlite); this is ${process.version}`);
+    return module;
   } finally {
     process.emitWarning = emitWarning;
   }
@@ -111,9 +113,11 @@ function sqlite(): typeof import("node:sqlite") {
 /**
  * The gateway's store in SQLite (Node's built-in node:sqlite): `<dataDir>/gateway.db` in WAL
  * mode, sealed state beside it as files (`<dataDir>/state/<run>`); or all in memory without a
- * data directory. Transactions that hand out or end work (a new run, a lease, a start, an
- * outcome) are synced to disk before they return; log lines and renewals are durable across a
- * crash of the gateway but may lose their last moments to a power cut.
+ * data directory. A new run, a start and an outcome are synced to disk before they return
+ * (what the gateway answers for: a 201, a "start", an "ack"); the rest is durable across a
+ * crash of the gateway, and a power cut takes at most what came after the last sync (a lease
+ * not yet started is then offered again under the same fence to another launcher, whose ID
+ * the old holder's messages do not carry).
  */
 export class SqliteStore implements GatewayStore {
   private readonly db: DatabaseSync;
@@ -259,7 +263,7 @@ export class SqliteStore implements GatewayStore {
         now,
       );
       return row?.fence;
-    }, true);
+    });
   }
 
   renewLease({ run, worker, fence }: LeaseClaim, expiresAt: number): Promise<boolean> {
@@ -286,7 +290,6 @@ export class SqliteStore implements GatewayStore {
           worker,
           fence,
         ).changes > 0,
-      true,
     );
   }
 

@@ -23,14 +23,15 @@ export interface GatewayStore {
   /**
    * Lease a queued run to a worker until `expiresAt`: the lease's new fencing number, or
    * undefined when the run is not queued or another lease on it has not expired at `now`.
-   * Durable before it resolves: a run is never sent before its lease is stored.
+   * Stored before it resolves (a run is never sent before its lease is stored); synced to disk
+   * at the latest with the run's start.
    */
   grantLease(id: string, worker: string, now: number, expiresAt: number): Promise<number | undefined>;
   /** Extend a lease still held under this claim; false if it is not. */
   renewLease(claim: LeaseClaim, expiresAt: number): Promise<boolean>;
   /**
    * Give back the lease of a run its holder has not started (offered, or accepted but never
-   * told to start): the run is queued again, free. Durable.
+   * told to start): the run is queued again, free.
    */
   releaseLease(claim: LeaseClaim): Promise<boolean>;
   /** The holder accepted the run: it is running, from `at`. Durable; false if the claim is not the lease. */
