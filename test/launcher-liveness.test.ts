@@ -94,20 +94,23 @@ describe("launchers that hang or die", function () {
   }
 
   const summary = () => gateway.workers.summary(POOL);
+  /** The run once it is no longer running (its lease ran out). */
+  const givenUp = (id: string) =>
+    eventually(
+      async () => {
+        const current = await gateway.workers.get(POOL, id);
+        return current.status !== "running" && current;
+      },
+      5000,
+      "the run to be given up",
+    );
 
   it("kill -9: the launcher's run is lost within its lease (1 s here, 60 s by default), not left running", async () => {
     const child = startLauncher();
     await eventually(() => summary().connections === 1, 10_000, "the launcher connected");
     const run = await longRun();
     child.kill("SIGKILL");
-    const lost = await eventually(
-      async () => {
-        const current = await gateway.workers.get(POOL, run.id);
-        return current.status !== "running" && current;
-      },
-      5000,
-      "the run to be given up",
-    );
+    const lost = await givenUp(run.id);
     assert.equal(lost.status, "lost");
     assert.match(lost.reason ?? "", /stopped renewing its lease \(1000 ms\)/);
     assert.equal(summary().connections, 0);
@@ -120,14 +123,7 @@ describe("launchers that hang or die", function () {
     hung.kill("SIGSTOP");
     await eventually(() => summary().connections === 0, 5000, "the stopped launcher dropped");
     assert.ok(log.lines.some((l) => l.msg === "worker stopped answering pings: disconnected"));
-    const lost = await eventually(
-      async () => {
-        const current = await gateway.workers.get(POOL, run.id);
-        return current.status !== "running" && current;
-      },
-      5000,
-      "the run to be given up",
-    );
+    const lost = await givenUp(run.id);
     assert.equal(lost.status, "lost");
     assert.ok(alive(run.pid), "the run's shell outlived its stopped launcher meanwhile");
 
