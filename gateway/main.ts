@@ -13,7 +13,7 @@ import { createServiceKey, KEY_ID } from "./auth";
 import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
 import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
-import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
+import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
 import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
@@ -32,6 +32,8 @@ export const gatewayConfig = z.strictObject({
   queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),
   maxQueued: z.int().min(0).max(100_000).default(QUEUE_DEFAULTS.maxQueued),
   clientShare: z.number().gt(0).max(1).default(QUEUE_DEFAULTS.clientShare),
+  /** Agent connections one pool may hold at once (any kind): more are refused with 503. */
+  maxAgentsPerPool: z.int().min(1).max(100_000).default(MAX_AGENTS_PER_POOL),
   /** The public side's deadlines: a request head, a whole request, an idle connection, a reader that stalls, a whole exchange. */
   headersTimeoutMs: z.int().min(100).max(600_000).default(PUBLIC_TIMEOUTS.headersTimeoutMs),
   requestTimeoutMs: z.int().min(100).max(3_600_000).default(PUBLIC_TIMEOUTS.requestTimeoutMs),

@@ -28,6 +28,8 @@ export const MAX_FRAME_SIZE = 256 * KiB;
 /** A request or response head, uncompressed; an HTTP/1.1 head at the gateway is at most 16 KiB. */
 export const MAX_HEADER_LIST_SIZE = 64 * KiB;
 export const MAX_HEADER_PAIRS = 128;
+/** Header fields a client's request may have at the gateway: what a stream carries, less its pseudo-headers and length. */
+export const MAX_REQUEST_HEADERS = MAX_HEADER_PAIRS - 8;
 
 /**
  * Node's session options for either end: each one bounds what the peer can make this side
