@@ -44,14 +44,24 @@ export type Verdict = { ok: true; key?: ServiceKeyDefinition } | { ok: false; st
 
 /** The one check every service-side request passes before anything else reads it. */
 export class ServiceAuth {
-  private readonly keys: Map<string, ServiceKeyDefinition & { digest: Buffer }>;
+  private keys = new Map<string, ServiceKeyDefinition & { digest: Buffer }>();
 
   constructor(
     keys: ServiceKeyDefinition[],
     /** The status page needs no key from a loopback address (a browser on the gateway's host). */
     private readonly statusOnLoopback = false,
   ) {
+    this.replace(keys);
+  }
+
+  /** Serve with these keys from the next request on (a removed key is refused at once); the ids added and removed. */
+  replace(keys: ServiceKeyDefinition[]): { added: string[]; removed: string[] } {
+    const before = this.keys;
     this.keys = new Map(keys.map((key) => [key.id, { ...key, digest: Buffer.from(key.secretSha256, "hex") }]));
+    const same = (a?: ServiceKeyDefinition, b?: ServiceKeyDefinition) => JSON.stringify(a) === JSON.stringify(b);
+    const changed = (from: typeof before, to: typeof before) =>
+      [...from.values()].filter((key) => !same(to.get(key.id), key)).map((key) => key.id);
+    return { added: changed(this.keys, before), removed: changed(before, this.keys) };
   }
 
   /** The service key a request carries, if it is a valid one (compared in constant time). */

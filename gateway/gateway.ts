@@ -206,6 +206,12 @@ export class Gateway {
     if (!refused) socket.setTimeout(0);
   }
 
+  /** Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. */
+  setKeys(keys: ServiceKeyDefinition[]): void {
+    const { added, removed } = this.auth.replace(keys);
+    if (added.length + removed.length > 0) this.log.info("service keys changed", { added, removed, keys: keys.length });
+  }
+
   /** A VCS pool by name, or why it is not one. */
   private vcsPool(pool: string): void {
     const definition = this.pools.get(pool)?.definition;
