@@ -2,7 +2,7 @@ import type http from "node:http";
 import http2 from "node:http2";
 import type { Readable } from "node:stream";
 import { pump } from "../lib/pump";
-import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, type HeaderMap } from "../protocol/vcs";
+import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, requestHeaders, type HeaderMap } from "../protocol/vcs";
 import { HttpError } from "./http";
 import type { Slot, VcsHub } from "./vcs-hub";
 
@@ -51,7 +51,7 @@ export function clientRequest(req: http.IncomingMessage, path: string): Forwarde
   return {
     method,
     path,
-    headers: forwardableHeaders(req.headers),
+    headers: requestHeaders(req.headers),
     hasBody,
     length: hasBody ? length : BODILESS_METHODS.has(method) ? undefined : 0,
   };
