@@ -116,6 +116,7 @@ export class Gateway {
       ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
       : http.createServer(serverOptions, handler);
     this.server.timeout = idleTimeoutMs;
+    this.server.keepAliveTimeout = Math.min(this.server.keepAliveTimeout, idleTimeoutMs);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
     // Node takes its own error listener off a socket it hands to 'upgrade': every socket gets
     // ours from its first moment, so a reset on any of them (an agent's, a refused client's)
@@ -270,9 +271,13 @@ export class Gateway {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const json = (status: number, value: unknown, headers: Record<string, string> = {}) => {
       if (res.headersSent || res.destroyed) return void res.destroy();
-      res.writeHead(status, { "content-type": "application/json", ...headers });
+      // A request refused before any work (unreadable, too many fields, no or a wrong key) ends its connection.
+      const refused = [400, 401, 403, 431].includes(status) && !routed;
+      res.writeHead(status, { "content-type": "application/json", ...(refused ? { connection: "close" } : {}), ...headers });
       res.end(JSON.stringify(value, null, 1));
+      if (refused) res.once("finish", () => req.socket.destroySoon());
     };
+    let routed = false;
     const fail = (error: Error) => {
       const status = error instanceof HttpError ? error.status : 502;
       const retryAfter = error instanceof HttpError ? error.retryAfter : undefined;
@@ -293,6 +298,7 @@ export class Gateway {
       this.log.info("request refused", { status, route: route.kind, remote: req.socket.remoteAddress, path });
       return json(status, { error }, status === 401 ? { "www-authenticate": 'Bearer realm="agentpools"' } : {});
     }
+    routed = true;
     switch (route.kind) {
       case "status":
         res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
