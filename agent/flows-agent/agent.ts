@@ -17,6 +17,11 @@ import { FLOWS_CONNECT_PATH, type AgentMessage, type GatewayMessage } from "../.
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
+  /** Runs are in flight (the pool's busy metric). */
+  get busy(): boolean {
+    return this.inFlight > 0;
+  }
+
   constructor(
     private readonly settings: FlowsAgentSettings,
     private readonly executor: Executor,
@@ -84,6 +89,7 @@ export function flowsAgentRole(runner: { path: string; args: string[]; readable:
         ready: link.ready,
         stopped: link.stopped,
         connected: () => link.connected,
+        busy: () => link.busy,
         drain: async (deadline) => {
           await link.drain(deadline);
           executor.close();

@@ -97,6 +97,11 @@ export class Launcher extends WebSocketLink {
   private readonly unfinished = new Map<string, Unfinished>();
   private stopping = false;
 
+  /** A run is in progress (the pool's busy metric). */
+  get busy(): boolean {
+    return !!this.current;
+  }
+
   constructor(private readonly context: LauncherContext) {
     const { settings, token, log } = context;
     super({
@@ -327,7 +332,7 @@ export function launcherRole(options: { docker?: string } = {}): Role<LauncherSe
     name: "launcher",
     start(settings, { log, env }): RunningAgent {
       const launcher = new Launcher(prepareLauncher(settings, env ?? process.env, log, options.docker));
-      return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, drain: (deadline) => launcher.stop(deadline) };
+      return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, busy: () => launcher.busy, drain: (deadline) => launcher.stop(deadline) };
     },
   };
 }

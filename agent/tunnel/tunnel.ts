@@ -57,6 +57,11 @@ export class Tunnel extends GatewayLink {
     return !!this.mux && !this.mux.isClosed && !this.draining;
   }
 
+  /** Requests are in flight (the pool's busy metric). */
+  get busy(): boolean {
+    return !!this.mux?.size;
+  }
+
   /** GOAWAY: no new streams; those in flight finish, or are cut at the deadline. */
   protected async closeGracefully(deadline: number): Promise<void> {
     if (this.mux && !this.mux.isClosed) await this.mux.close(deadline);
