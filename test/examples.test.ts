@@ -56,7 +56,8 @@ describe("examples run under the mocks", () => {
     assert.ok(groups.every((g) => JSON.stringify(g.inputs.vpcZoneIdentifiers) === JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"])));
     const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name === "bitbucket-agents");
     const config = JSON.parse(decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string);
-    // The proxy reaches the runtime through its unit, with the AWS APIs of the region around it.
+    assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
+    // The runtime's process gets it from its unit too, with the AWS APIs of the region around it.
     const unit = decodeUserData(bitbucket?.inputs.userData).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
     assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
     assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);

@@ -89,18 +89,23 @@ export const proxySettings = {
   ),
 };
 
-/**
- * A container image reference as the OCI distribution spec (and Docker) parse it: an
- * optional registry (host, may be upper case, optional port), lower-case path components,
- * an optional tag (letters of either case, digits, _ . -) and an optional digest.
- */
-const PATH_COMPONENT = "[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*";
-const DOMAIN = "([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(\\.([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*(:[0-9]+)?";
-export const IMAGE_REFERENCE_PATTERN = new RegExp(
-  `^((${DOMAIN}|\\[[0-9A-Fa-f:]+\\](:[0-9]+)?)/)?${PATH_COMPONENT}(/${PATH_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$`,
-);
-export const imageReference = z.string().refine((reference) => IMAGE_REFERENCE_PATTERN.test(reference), {
-  error: 'must be an image reference such as "node:24-alpine" or "registry.example.com:5000/team/image:Tag@sha256:..." (path in lower case)',
-});
 
 export { durationMs } from "./duration";
+
+// A container image reference as registries and runtimes parse it (the distribution reference
+// grammar): [host[:port]/]path[:tag][@digest]. The host may have capitals, the path may not,
+// the tag may (letters, digits, _ . -, at most 128). A lower-case first part without a dot or
+// port is read as a path by runtimes, and is a valid path component too, so one regex serves.
+const HOST_PART = String.raw`[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?`;
+const IMAGE_HOST = String.raw`(?:${HOST_PART}(?:\.${HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?`;
+const PATH_PART = String.raw`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`;
+const TAG = String.raw`(?::[\w][\w.-]{0,127})?`;
+const DIGEST = String.raw`(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?`;
+export const IMAGE_REFERENCE = new RegExp(`^(?:${IMAGE_HOST}/)?${PATH_PART}(?:/${PATH_PART})*${TAG}${DIGEST}$`);
+
+/** A regex, not a refinement: the runtime checks the same pattern from the exported JSON Schema. */
+export const imageReference = z.string().regex(IMAGE_REFERENCE, {
+  error:
+    "must be an image reference: [registry[:port]/]path[:tag][@sha256:digest], the path in lower case " +
+    '(e.g. "node:24.21.0-alpine", "registry.corp:5000/team/agent:V1.2")',
+});

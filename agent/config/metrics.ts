@@ -29,12 +29,12 @@ export type MetricKey = keyof typeof METRICS;
 /** How often a runtime writes a data point (seconds); alarms use periods of this length. */
 export const METRICS_PERIOD_SECONDS = 60;
 
-/** The EMF fields of one data point of one instance, to merge into a JSON log line. */
-export function metricsFields(pool: string, values: Partial<Record<MetricKey, number>>, timestamp: number): Record<string, unknown> {
-  const entries = Object.entries(values).map(([key, value]) => [METRICS[key as MetricKey], value] as const);
+/** The EMF fields of one data point of one instance (every metric), to merge into a JSON log line. */
+export function metricsFields(pool: string, values: Record<MetricKey, number>, timestamp: number): Record<string, unknown> {
+  const names = Object.values(METRICS);
   return {
-    _aws: { Timestamp: timestamp, CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: DIMENSION_SETS, Metrics: entries.map(([Name]) => ({ Name })) }] },
+    _aws: { Timestamp: timestamp, CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: DIMENSION_SETS, Metrics: names.map((Name) => ({ Name })) }] },
     [POOL_DIMENSION]: pool,
-    ...Object.fromEntries(entries),
+    ...Object.fromEntries(Object.entries(METRICS).map(([key, name]) => [name, values[key as MetricKey]])),
   };
 }

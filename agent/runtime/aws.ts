@@ -3,15 +3,10 @@ import { signV4, type Credentials } from "./sigv4";
 
 type Env = Record<string, string | undefined>;
 
-export class AwsError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly status: number,
-  ) {
-    super(`${code}: ${message}`);
-    this.name = "AwsError";
-  }
+/** What AWS answered instead of success: its error code (ThrottlingException, ...) and HTTP status. */
+export interface AwsError extends Error {
+  code: string;
+  status: number;
 }
 
 /**
@@ -106,12 +101,14 @@ export class AwsClient {
         const signed = signV4({ method: "POST", url, headers, body, service, region: this.#region, credentials: await this.#credentials(), now: new Date() });
         const res = await request(url, { method: "POST", headers: signed, body });
         if (res.status < 300) return res.body;
-        const code = /"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"/.exec(res.body)?.[1] ?? /<Code>([^<]+)<\/Code>/.exec(res.body)?.[1] ?? `HTTP${res.status}`;
-        const message = /"message"\s*:\s*"([^"]*)"/i.exec(res.body)?.[1] ?? /<Message>([^<]*)<\/Message>/.exec(res.body)?.[1] ?? "";
-        throw new AwsError(code, message, res.status);
+        // JSON APIs answer {"__type": "...#Code", "message": ...}, the Query API <Code> and <Message>.
+        const code = /(?:"__type"\s*:\s*"(?:[^"#]*#)?|<Code>)([^"<]+)/.exec(res.body)?.[1] ?? `HTTP${res.status}`;
+        const message = /(?:"message"\s*:\s*"|<Message>)([^"<]*)/i.exec(res.body)?.[1] ?? "";
+        throw Object.assign(new Error(`${code}: ${message}`), { code, status: res.status });
       } catch (error) {
         // Permissions are retried by the callers that can wait (logs), not here: start-up fails fast.
-        if (attempt >= 4 || (error instanceof AwsError && error.status < 500 && !/Throttl|TooMany/.test(error.code))) throw error;
+        const { code = "", status = 500 } = error as Partial<AwsError>;
+        if (attempt >= 4 || (status < 500 && !/Throttl|TooMany/.test(code))) throw error;
       }
       await sleep(this.#retryMs * 2 ** attempt * (0.5 + Math.random()));
     }

@@ -80,31 +80,28 @@ export class LogShipper {
         if (bytes > MAX_BATCH_BYTES || this.#buffer[count].timestamp - this.#buffer[0].timestamp > MAX_SPAN_MS) break;
       }
       try {
-        if (!this.#streamReady) await this.#createStream();
+        if (!this.#streamReady) {
+          // Made once per instance; a restarted runtime finds it there.
+          await this.#client.json("logs", "Logs_20140328.CreateLogStream", this.#where).catch((error: AwsError) => {
+            if (!error.code?.includes("AlreadyExists")) throw error;
+          });
+          this.#streamReady = true;
+        }
         // (Events CloudWatch finds too old or too new are left out by it, the others kept.)
         await this.#client.json("logs", "Logs_20140328.PutLogEvents", { ...this.#where, logEvents: this.#buffer.slice(0, (count ||= 1)) });
         this.#buffer.splice(0, count);
         this.#failures = 0;
       } catch (error) {
-        const code = (error as AwsError).code;
+        const { code = "", status = 500 } = error as Partial<AwsError>;
         // The stream was deleted under us: the next attempt makes it again.
-        if (code === "ResourceNotFoundException") this.#streamReady = false;
+        this.#streamReady &&= !code.includes("NotFound");
         // Worth another try: a server fault, throttling, a missing stream, or credentials and permissions that may yet arrive.
-        if (!code || (error as AwsError).status >= 500 || /Throttl|TooMany|NotFound|Denied|Unrecognized|Expired/.test(code)) {
+        if (status >= 500 || /Throttl|TooMany|NotFound|Denied|Unrecognized|Expired/.test(code)) {
           this.#retryAt = Date.now() + Math.min(300_000, this.#intervalMs * 2 ** ++this.#failures);
           return;
         }
         this.#drop(this.#buffer.splice(0, count).length, `refused: ${(error as Error).message}`);
       }
     }
-  }
-
-  async #createStream(): Promise<void> {
-    try {
-      await this.#client.json("logs", "Logs_20140328.CreateLogStream", this.#where);
-    } catch (error) {
-      if ((error as { code?: string }).code !== "ResourceAlreadyExistsException") throw error;
-    }
-    this.#streamReady = true;
   }
 }

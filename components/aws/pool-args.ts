@@ -1,8 +1,6 @@
 import { createHash } from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { httpUrl } from "../../agent/config/fields";
-import { caBundleProblems } from "../shared/ca-bundle";
 import { poolTokenProblem } from "../shared/pool-tokens";
 import { showValue, urlCredentialPaths } from "../shared/redact";
 import {
@@ -26,6 +24,7 @@ import { secretSettings } from "../../agent/config/env";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { architectureOf, instanceTypeProblem } from "./instance-types";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
+import { sharedPoolShape } from "../shared/pool-args";
 
 /** The retention periods CloudWatch Logs accepts. */
 export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
@@ -35,11 +34,6 @@ export const NODE_MAJORS = [22, 24] as const;
 export const instanceType = z.string().superRefine((type, ctx) => {
   const problem = instanceTypeProblem(type);
   if (problem) ctx.addIssue({ code: "custom", message: problem, input: type });
-});
-
-/** Custom CAs: real X.509 certificates, comment lines between them allowed (components/shared/ca-bundle.ts). */
-const caCertificates = z.string().superRefine((text, ctx) => {
-  for (const problem of caBundleProblems(text)) ctx.addIssue({ code: "custom", message: problem, input: `${Buffer.byteLength(text)} bytes of PEM` });
 });
 
 /** The user's statements: IAM's grammar (aws-rules.ts), each Sid once and none of the kit's. */
@@ -103,16 +97,14 @@ export function poolCoreShape(defaults: PoolDefaults) {
     ssmSessionManager: z.boolean().default(false),
     alarmActions: z.array(alarmAction).default([]),
     egressCidrBlocks: z.array(cidrBlock("0.0.0.0/0")).min(1).default(["0.0.0.0/0"]),
-    customCaCertificates: caCertificates.optional(),
     customCaCertificatesDelivery: z.enum(CA_DELIVERIES).default("userData"),
-    drainTimeoutSeconds: z.int().min(30).max(7200).default(defaults.drainTimeoutSeconds),
     /** The launch hook's timeout: an instance whose agent has not connected by then is replaced (AWS allows 30-7200). */
     launchTimeoutSeconds: z.int().min(60).max(7200).default(900),
     /** An agent disconnected from its gateway this long asks Auto Scaling to replace its instance. */
     unhealthyAfterDisconnectedSeconds: z.int().min(60).max(86_400).default(600),
     detailedMonitoring: z.boolean().default(false),
+    ...sharedPoolShape(defaults),
     tags: tagsSchema(KIT_TAG_KEYS),
-    httpsProxy: httpUrl.optional(),
     /**
      * With httpsProxy: false (the default) sends the AWS APIs the instance calls (Secrets Manager,
      * CloudWatch Logs, Auto Scaling, SSM) and IMDS around the proxy, to the VPC endpoints or the
@@ -228,7 +220,7 @@ export function validatePool<S extends z.ZodType<CoreArgs>>(
   const parsed = schema.safeParse(plain, { reportInput: true });
   if (!parsed.success) problems.push(...formatIssues(parsed.error));
   // Plain arguments end up in user-data and in the stack's state, readable by whoever can read those.
-  for (const path of urlCredentialPaths(plain)) {
+  for (const path of urlCredentialPaths(plain).filter((p) => !problems.some((line) => line.startsWith(`${p}:`)))) {
     problems.push(`${path}: must not carry credentials ("scheme://user:***@host"): plain arguments are written into user-data and the stack's state; use a proxy or endpoint that needs none (allowlisted by address), or an identity the VPC grants`);
   }
 
@@ -249,7 +241,8 @@ export function validatePool<S extends z.ZodType<CoreArgs>>(
   for (const key of secretKeys) {
     const value = rest[key];
     if (typeof value === "string") {
-      const problem = poolTokenProblem(role, key, value);
+      // (An empty one is the schema's to refuse, as "required".)
+      const problem = value === "" ? undefined : poolTokenProblem(role, key, value);
       if (problem) problems.push(`${key}: ${problem}`);
     } else if (value !== undefined) {
       credentials[key] = pulumi.output(value as pulumi.Input<string>).apply((text) => {

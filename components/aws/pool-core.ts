@@ -86,12 +86,6 @@ export function poolNoProxy(spec: PoolSpec, place: Pick<PoolPlace, "region" | "d
   return [spec.noProxy, aws].filter(Boolean).join(",") || undefined;
 }
 
-/** The settings without the proxy's: the unit gives them to the runtime's process, with what goes around the proxy added. */
-function withoutProxy(env: Record<string, string>): Record<string, string> {
-  const { HTTPS_PROXY: _proxy, NO_PROXY: _noProxy, ...rest } = env;
-  return rest;
-}
-
 /** The user-data spec of a pool, given where its AWS resources are. */
 export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace): UserDataSpec {
   const core = spec.core;
@@ -110,7 +104,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace)
     pool: name,
     role: spec.role,
     bundle: runtimeBundle(spec.role),
-    config: { role: spec.role, pool: name, env: core.httpsProxy ? withoutProxy(spec.settingsEnv) : spec.settingsEnv, drainTimeoutSeconds: core.drainTimeoutSeconds, aws: awsConfig },
+    config: { role: spec.role, pool: name, env: spec.settingsEnv, drainTimeoutSeconds: core.drainTimeoutSeconds, aws: awsConfig },
     nodeMajor: core.nodeMajor,
     docker: spec.docker,
     gvisor: spec.gvisor,

@@ -172,6 +172,7 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   const files: UserDataFile[] = [
     { path: bundlePath(spec.role), content: spec.bundle },
+    { path: BOOT_TAIL_PATH, content: bootTail(spec) },
     { path: configPath(spec.role), content: JSON.stringify(spec.config) + "\n" },
     { path: `/etc/systemd/system/${unitName(spec.role)}`, content: renderUnit(spec) },
   ];
@@ -204,9 +205,10 @@ const awsProxy = (spec: UserDataSpec) => (spec.httpsProxy && spec.awsApisViaProx
 
 /**
  * The start of the boot script: `retry` for the steps that reach the network, and a trap
- * that, should any step fail for good, says why in the pool's log group and completes the
- * launch action with ABANDON, so Auto Scaling replaces the instance at once instead of after
- * the launch hook's timeout (or powers it off if AWS cannot be told).
+ * that, should any step fail for good, says why in the pool's log group (its "boot" stream,
+ * with the AWS CLI: Node.js may be what failed to install) and powers the instance off,
+ * which terminates it: Auto Scaling replaces it at once instead of after the launch hook's
+ * timeout.
  */
 export function bootPreamble(spec: UserDataSpec): string[] {
   const aws = spec.config.aws;
@@ -219,11 +221,11 @@ export function bootPreamble(spec: UserDataSpec): string[] {
       ? [
           "abandon() {",
           "  trap - ERR; set +e",
-          '  echo "boot failed: $1" >&2',
           ...(awsProxy(spec) ? [`  export${awsProxy(spec)}`] : []),
           "  i=$(cat /var/lib/cloud/data/instance-id)",
           `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$i: boot failed: \${1//\\"/}\\""`,
-          `  aws autoscaling complete-lifecycle-action --lifecycle-action-result ABANDON --instance-id $i --auto-scaling-group-name ${aws.autoScalingGroupName} --lifecycle-hook-name ${aws.launchHookName} || poweroff`,
+          // The launch template terminates an instance that powers off: the group replaces it at once.
+          "  poweroff",
           "  exit 1",
           "}",
           `trap 'abandon "\${why:-$BASH_COMMAND}"' ERR`,
@@ -239,10 +241,28 @@ function writeFile(file: UserDataFile): string[] {
   return [`cat > ${file.path} <<'${delimiter}'`, ...file.content.replace(/\n$/, "").split("\n"), delimiter];
 }
 
+/** The part of the boot script that runs once Node.js has unpacked it: it travels in the archive, where it packs smaller. */
+export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
+
+/** After the archive is unpacked: the service user, gVisor, then the services. */
+function bootTail(spec: UserDataSpec): string {
+  const lines = ["id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
+  if (spec.gvisor) {
+    const arch = spec.architecture === "arm64" ? "aarch64" : "x86_64";
+    lines.push(
+      `retry curl -fsSL${spec.httpsProxy ? ` --proxy ${shellQuote(spec.httpsProxy)}` : ""} -o /tmp/runsc ${gvisorUrl(arch)}`,
+      `echo '${GVISOR.sha512[arch]}  /tmp/runsc' | sha512sum -c`,
+      "install -m 0755 /tmp/runsc /usr/local/bin/runsc",
+    );
+  }
+  lines.push("systemctl daemon-reload", `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`, "");
+  return lines.join("\n");
+}
+
 /**
  * The boot script: the files (the archive, and what is needed before Node.js: the CA
- * certificates), CA trust, packages, the archive unpacked, the service user, gVisor, then
- * the service.
+ * certificates), CA trust, packages, the archive unpacked, then the rest of the script, which
+ * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
  */
 export function renderScript(spec: UserDataSpec): string {
   const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : [])];
@@ -256,17 +276,9 @@ export function renderScript(spec: UserDataSpec): string {
     ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
     `retry dnf install -y ${packages.join(" ")}`,
     unpackCommand(spec),
-    "id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools",
+    `. ${BOOT_TAIL_PATH}`,
+    "",
   ];
-  if (spec.gvisor) {
-    const arch = spec.architecture === "arm64" ? "aarch64" : "x86_64";
-    lines.push(
-      `retry curl -fsSL${spec.httpsProxy ? ` --proxy ${shellQuote(spec.httpsProxy)}` : ""} -o /tmp/runsc ${gvisorUrl(arch)}`,
-      `echo '${GVISOR.sha512[arch]}  /tmp/runsc' | sha512sum -c`,
-      "install -m 0755 /tmp/runsc /usr/local/bin/runsc",
-    );
-  }
-  lines.push("systemctl daemon-reload", `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`, "");
   return lines.join("\n");
 }
 
@@ -284,7 +296,7 @@ export function renderUserData(spec: UserDataSpec): Buffer {
 }
 
 export interface DecodedUserData {
-  /** The boot script, whole. */
+  /** The boot script as it runs: the user-data script with the part it sources from its archive in place. */
   script: string;
   /** Every file the instance gets, by path: those the script writes and those its archive holds. */
   files: Map<string, UserDataFile>;
@@ -307,5 +319,6 @@ export function decodeUserData(data: Buffer | string): DecodedUserData {
       files.set(path, { path, content: entry.slice(header + 1) });
     }
   }
-  return { script, files };
+  const tail = files.get(BOOT_TAIL_PATH)?.content;
+  return { script: tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail), files };
 }

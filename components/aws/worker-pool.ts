@@ -1,6 +1,5 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { durationMs } from "../../agent/config/fields";
 import { launcherSettings } from "../../agent/config/launcher";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
@@ -18,7 +17,7 @@ export const workerPoolArgs = z
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
-    checkWorkerArgs(args, ctx, "on an instance");
+    checkWorkerArgs(args, ctx);
     if (args.workerNetwork === "host") {
       ctx.addIssue({
         code: "custom",
@@ -26,9 +25,6 @@ export const workerPoolArgs = z
         input: args.workerNetwork,
         message: 'must not be "host" on EC2: a run on the host\'s network reaches the instance metadata service and, with the instance role, the pool\'s credentials; use "bridge" (the default) or a Docker network of your own',
       });
-    }
-    if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < 7200) {
-      ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in would kill a run that may still finish` });
     }
   })
   .transform((args) => pointAtPolicy(args, RUN_INITIALIZATION_POLICY_PATH));
