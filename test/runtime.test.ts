@@ -148,6 +148,18 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(lines.some((line) => line.includes("[redacted]")), "the role's attempt to log the token was redacted");
   });
 
+  it("README promise: no credential is ever in logs (CloudWatch or the journal), even one the agent itself logs", async () => {
+    setTimeout(() => (aws.lifecycleState = "Terminated"), 200);
+    const { code, lines } = await run();
+    assert.equal(code, 0);
+    const shipped = aws.logEvents.join("\n");
+    assert.ok(shipped.includes("[redacted]") && lines.join("").includes("[redacted]"), "the role did try to log its token");
+    for (const text of [shipped, lines.join("")]) {
+      assert.ok(!text.includes(TOKEN), "the token is in a log");
+      assert.ok(!text.includes(JSON.stringify(TOKEN).slice(1, -1)), "the token, JSON-escaped, is in a log");
+    }
+  });
+
   it("on SIGTERM drains and exits without completing the termination hook", async () => {
     let stop!: (signal: string) => void;
     const stopped = new Promise<string>((resolve) => (stop = resolve));
