@@ -18,7 +18,7 @@ import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates"
 import { Gateway } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import type { WorkerRun } from "../gateway/worker-hub";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
 
 const exec = promisify(execFile);
 const POOL = "workers";
@@ -62,14 +62,15 @@ describe("worker pools: gateway run queue and launcher", function () {
     });
 
   const api = `/_agentpools/api/workers/${POOL}/runs`;
+  const service = serviceKey();
   async function submit(body: Record<string, unknown>): Promise<WorkerRun> {
-    const response = await fetch(`${url}${api}`, { method: "POST", body: JSON.stringify(body) });
+    const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
     const run = (await response.json()) as WorkerRun;
     assert.equal(response.status, 201, JSON.stringify(run));
     return run;
   }
-  const status = async (id: string) => (await (await fetch(`${url}${api}/${id}`)).json()) as WorkerRun & { logLines: number };
-  const logs = async (id: string) => (await (await fetch(`${url}${api}/${id}/logs`)).text()).split("\n").slice(0, -1);
+  const status = async (id: string) => (await (await fetch(`${url}${api}/${id}`, { headers: service.headers })).json()) as WorkerRun & { logLines: number };
+  const logs = async (id: string) => (await (await fetch(`${url}${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1);
   const finished = (id: string, ms = 15_000) => eventually(async () => {
     const run = await status(id);
     return !["queued", "running"].includes(run.status) && run;
@@ -88,7 +89,7 @@ describe("worker pools: gateway run queue and launcher", function () {
     pools = [created.pool];
     policyFile = path.join(dir, "policy.json");
     writeFileSync(policyFile, JSON.stringify({ allowedImages: ["alpine:*", "public.ecr.aws/*"], deniedCommands: ["curl [^|]*\\|\\s*sh"] }));
-    gateway = new Gateway({ pools, port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     launcher = await launcherRole().start(settings(), { log: launcherLog.log, env: launcherEnv });
     await launcher.ready;
@@ -143,7 +144,7 @@ describe("worker pools: gateway run queue and launcher", function () {
 
   it("follows a run's log live until it ends", async () => {
     const run = await submit({ image: "alpine:3", commands: ["echo one", "sleep 0.3", "echo two"] });
-    const response = await fetch(`${url}${api}/${run.id}/logs?follow=1`);
+    const response = await fetch(`${url}${api}/${run.id}/logs?follow=1`, { headers: service.headers });
     assert.equal(await response.text(), "one\ntwo\n");
     assert.equal((await status(run.id)).status, "succeeded");
   });
@@ -252,7 +253,7 @@ describe("worker pools: gateway run queue and launcher", function () {
       [{ image: "alpine:3", commands: ["x"], stateFrom: "00000000-0000-0000-0000-000000000000" }, /stateFrom .* must be a finished run/],
       [{ image: "alpine:3", commands: ["x"], sneaky: 1 }, /unknown fields sneaky/],
     ] as const) {
-      const response = await fetch(`${url}${api}`, { method: "POST", body: JSON.stringify(body) });
+      const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
       assert.equal(response.status, 400);
       assert.match(((await response.json()) as { error: string }).error, message);
     }
@@ -278,7 +279,7 @@ describe("worker pools: gateway run queue and launcher", function () {
     await eventually(async () => (await status(run.id)).logLines >= 2, 5000, "the run to start");
     await gateway.close();
     await new Promise((resolve) => setTimeout(resolve, 2500));
-    gateway = new Gateway({ pools, port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     const done = await finished(run.id, 20_000);
     assert.equal(done.status, "succeeded");
