@@ -5,7 +5,7 @@ import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../lib/log";
 import { METADATA_HEADER } from "../protocol/link";
 import { CONNECT_PATH, redactTarget, type HeaderMap } from "../protocol/vcs";
-import { FLOWS_CONNECT_PATH } from "../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
 import { routeOf, ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
@@ -37,6 +37,9 @@ export interface GatewayOptions
   /** PEM certificate and key: required unless the gateway listens on loopback only. */
   tls?: { cert: string | Buffer; key: string | Buffer };
   log?: Logger;
+  /** Keepalive on every agent link: a ping every interval; one unanswered for the timeout drops the agent. */
+  pingIntervalMs?: number;
+  pingTimeoutMs?: number;
 }
 
 /** Metadata tags an agent sends (base64url JSON): kept only as a small map of short strings. */
@@ -85,8 +88,10 @@ export class Gateway {
     const { stallTimeoutMs, exchangeTimeoutMs } = { ...EXCHANGE_DEFAULTS, ...given };
     this.limits = { stallTimeoutMs, exchangeTimeoutMs };
     this.vcs = new VcsHub(this.pools, this.log, options);
-    this.flows = new FlowsHub(this.pools, this.log);
-    this.workers = new WorkerHub(this.pools, this.log, { dataDir: options.dataDir, lostAfterMs: options.lostAfterMs });
+    this.flows = new FlowsHub(this.pools, this.log, options);
+    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs } = options;
+    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs };
+    this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...given };
     // Node's strict parser, each client's own framing checked (vcs-proxy.ts); a head, a whole
@@ -111,6 +116,7 @@ export class Gateway {
   }
 
   async listen(): Promise<string> {
+    await this.workers.start();
     await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
     const { port } = this.server.address() as AddressInfo;
     const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
@@ -123,7 +129,7 @@ export class Gateway {
   async close(): Promise<void> {
     this.vcs.close();
     this.flows.close();
-    this.workers.close();
+    await this.workers.close();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -197,8 +203,13 @@ export class Gateway {
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
     }
-    const timeoutMs = request.timeoutMs === undefined ? 60_000 : Number(request.timeoutMs);
-    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 900_000) return json(400, { error: "timeoutMs must be an integer from 1 to 900000" });
+    // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
+    const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
+    const allowed =
+      timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
+    if (!allowed) {
+      return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
+    }
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
     } catch (error) {

@@ -14,6 +14,14 @@ import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
 import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
+import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
+import { WORKER_DEFAULTS } from "./worker-hub";
+
+const DAY_MS = 86_400_000;
+const RETENTION = {
+  runsPerPool: WORKER_DEFAULTS.retention.runsPerPool,
+  maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS,
+};
 
 export const gatewayConfig = z.strictObject({
   listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
@@ -32,8 +40,20 @@ export const gatewayConfig = z.strictObject({
   exchangeTimeoutMs: z.int().min(100).max(86_400_000).default(EXCHANGE_DEFAULTS.exchangeTimeoutMs),
   /** The status page without a key for browsers on the gateway's own host. */
   statusOnLoopback: z.boolean().default(false),
-  /** Worker runs, their logs and sealed state, and the worker pool CA: kept across restarts. */
+  /** Worker runs, their logs and sealed state (gateway.db, state/), the worker pool CA: kept across restarts. */
   dataDir: z.string().min(1).optional(),
+  /** A worker run's lease lasts this long unless its launcher renews it (every third of it). */
+  leaseMs: z.int().min(1000).max(3_600_000).default(WORKER_DEFAULTS.leaseMs),
+  /** Keepalive on every agent link: an agent that leaves a ping unanswered for pingTimeoutMs is dropped. */
+  pingIntervalMs: z.int().min(1000).max(300_000).default(PING_INTERVAL_MS),
+  pingTimeoutMs: z.int().min(1000).max(300_000).default(PING_TIMEOUT_MS),
+  /** Finished worker runs kept (with logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
+  retention: z
+    .strictObject({
+      runsPerPool: z.int().min(1).default(RETENTION.runsPerPool),
+      maxAgeDays: z.number().positive().default(RETENTION.maxAgeDays),
+    })
+    .default(RETENTION),
   pools: z
     .array(
       z.strictObject({
@@ -120,12 +140,13 @@ export async function main(args: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(file);
-  const { listen, tls, publicUrl: _, ...settings } = config;
+  const { listen, tls, publicUrl: _, retention, ...settings } = config;
   const gateway = new Gateway({
     ...settings,
     host: listen.host,
     port: listen.port,
     tls: tls ? { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) } : undefined,
+    retention: { runsPerPool: retention.runsPerPool, maxAgeMs: retention.maxAgeDays * DAY_MS },
   });
   if (config.keys.length === 0) process.stderr.write(`no service key: only agents are served until one is made with add-key --config ${file} --name NAME\n`);
   await gateway.listen();

@@ -3,6 +3,8 @@
  * (docs/protocol.md). The gateway sends code to run; the agent answers with its outcome.
  */
 export const FLOWS_CONNECT_PATH = "/_agentpools/flows/connect";
+/** The longest a run may be given (`timeoutMs`); without one the agent's FLOWS_RUN_TIMEOUT applies. */
+export const FLOWS_MAX_RUN_TIMEOUT_MS = 15 * 60_000;
 
 /** Messages on the WebSocket (JSON text frames). */
 export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number };

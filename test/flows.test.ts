@@ -118,7 +118,8 @@ describe("Flows agent and gateway", function () {
     const inFlight = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'finished';" }, "01EMPTY");
     await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.activeRequests === 1);
     await draining.drain(Date.now() + 5000);
-    assert.deepEqual((await inFlight).result.value, "finished");
+    const answered = await inFlight;
+    assert.deepEqual(answered.result.value, "finished", JSON.stringify(answered));
     assert.equal((await run({ code: "1" }, "01EMPTY")).status, 503);
   });
 

@@ -192,11 +192,11 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       const eventsBeforeRelease = [...kubelet.events];
       const draining = probes(kubelet);
       // The run ends when released, or when its engine is stopped under it.
-      if (gateway.workers.get("workers", id).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
+      if ((await gateway.workers.get("workers", id)).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
         releaseRun();
       await terminated;
       await eventually(
-        () => !["queued", "running"].includes(gateway.workers.get("workers", id).status),
+        async () => !["queued", "running"].includes((await gateway.workers.get("workers", id)).status),
         10_000,
         "the run's result reached the gateway",
       );
@@ -204,7 +204,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
         await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`, { headers: service.headers })
       ).text();
       return {
-        run: gateway.workers.get("workers", id),
+        run: await gateway.workers.get("workers", id),
         logs,
         probes: { connected, draining },
         events: kubelet.events,

@@ -6,9 +6,10 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
-import { WebSocketLink } from "../tunnel/websocket-link";
+import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
-import { FLOWS_CONNECT_PATH, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
+import type { AgentMessage, GatewayMessage } from "../../protocol/flows";
 
 /**
  * The Flows agent's connection: a WebSocket to the gateway carrying run requests and their
@@ -46,7 +47,8 @@ class FlowsLink extends WebSocketLink {
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
       if (message?.type !== "run") return;
-      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), 15 * 60_000);
+      const asked = message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout);
+      const timeoutMs = Math.min(asked, FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       void this.executor.run(message.job, timeoutMs).then((outcome) => {
         this.inFlight--;
@@ -62,6 +64,8 @@ class FlowsLink extends WebSocketLink {
     const socket = this.socket;
     if (!socket?.open) return;
     socket.send(JSON.stringify({ type: "draining" } satisfies AgentMessage));
+    // Runs the gateway sent before it read "draining" arrive before the answer to this ping.
+    await roundTrip(socket, deadline);
     while (this.inFlight > 0 && Date.now() < deadline) await interruptibleSleep(20).done;
     socket.close(1001);
   }

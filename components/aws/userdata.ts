@@ -1,4 +1,4 @@
-import { brotliCompressSync, brotliDecompressSync, constants, gunzipSync, gzipSync } from "node:zlib";
+import { brotliCompressSync, brotliDecompressSync, constants, crc32, deflateRawSync, gunzipSync } from "node:zlib";
 import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
@@ -164,7 +164,7 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
   if (spec.gvisor) config.runtimes = { runsc: { path: "/usr/local/bin/runsc" } };
   if (spec.registryMirror) config["registry-mirrors"] = [spec.registryMirror];
   if (spec.httpsProxy) config.proxies = { "https-proxy": spec.httpsProxy, ...(spec.noProxy ? { "no-proxy": spec.noProxy } : {}) };
-  return JSON.stringify(config, null, 2) + "\n";
+  return JSON.stringify(config) + "\n";
 }
 
 /** The files cloud-init writes before the script runs. */
@@ -260,26 +260,45 @@ function bootTail(spec: UserDataSpec): string {
 }
 
 /**
- * The boot script: the files (the archive, and what is needed before Node.js: the CA
+ * The boot script, in three parts: the text before the archive, the archive (base64), the
+ * text after it. The files (the archive, and what is needed before Node.js: the CA
  * certificates), CA trust, packages, the archive unpacked, then the rest of the script, which
  * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
  */
-export function renderScript(spec: UserDataSpec): string {
+function scriptParts(spec: UserDataSpec): [string, string, string] {
   const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : [])];
   const files = renderFiles(spec);
-  const lines = [
+  const before = [
     "#!/bin/bash",
     ...bootPreamble(spec),
-    `base64 -d > ${ARCHIVE_PATH} <<<'${packFiles(files.filter((f) => !EARLY_FILES.includes(f.path)))}'`,
     ...files.filter((f) => EARLY_FILES.includes(f.path)).flatMap(writeFile),
     ...caTrustCommands(spec),
     ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
     `retry dnf install -y ${packages.join(" ")}`,
-    unpackCommand(spec),
-    `. ${BOOT_TAIL_PATH}`,
-    "",
+    `base64 -d > ${ARCHIVE_PATH} <<<'`,
   ];
-  return lines.join("\n");
+  const after = ["'", unpackCommand(spec), `. ${BOOT_TAIL_PATH}`, ""];
+  return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
+}
+
+export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).join("");
+
+/**
+ * gzip whose parts are compressed each on its own, every part ending its deflate blocks: the
+ * archive's base64, which the text around it never matches, then has Huffman codes of its
+ * own (some 180 bytes less than one stream). Any gunzip reads it as one stream.
+ */
+function gzipParts(parts: string[]): Buffer {
+  const data = Buffer.from(parts.join(""), "utf8");
+  const deflated = parts.map((part, i) =>
+    deflateRawSync(part, { level: 9, memLevel: 9, finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH }),
+  );
+  // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
+  const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
+  const trailer = Buffer.alloc(8);
+  trailer.writeUInt32LE(crc32(data), 0);
+  trailer.writeUInt32LE(data.length, 4);
+  return Buffer.concat([header, ...deflated, trailer]);
 }
 
 /**
@@ -289,8 +308,7 @@ export function renderScript(spec: UserDataSpec): string {
  * same bytes, so an unchanged stack makes no new launch template version.
  */
 export function renderUserData(spec: UserDataSpec): Buffer {
-  const gzipped = gzipSync(Buffer.from(renderScript(spec), "utf8"), { level: 9 });
-  gzipped[9] = 3; // the header's OS byte: always "Unix", so a stack rendered on macOS gives the same bytes
+  const gzipped = gzipParts(scriptParts(spec));
   if (gzipped.length > USER_DATA_LIMIT) throw new UserDataTooLargeError(spec.pool, gzipped.length);
   return gzipped;
 }
