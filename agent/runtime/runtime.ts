@@ -62,6 +62,8 @@ export interface Role<S = Record<string, unknown>> {
 export interface RunOptions {
   env?: Env;
   argv?: string[];
+  /** The role's command-line flags (parseFlags): a role without any refuses every argument. */
+  parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
   /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
@@ -131,7 +133,9 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
-    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
+    const argv = options.argv ?? process.argv.slice(2);
+    if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }));
 
     agent = await role.start(settings, { log, env });
     const crashed = agent.stopped.then(
