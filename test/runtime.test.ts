@@ -435,3 +435,31 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.equal(ready(), false);
   });
 });
+
+describe("runtime command-line arguments", () => {
+  /** A bundle started with arguments and nothing else: what it says, and its exit code. */
+  function startBundle(role: string, args: string[], env: Record<string, string> = {}) {
+    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    return new Promise<{ code: number | null; output: string }>((resolve) => child.on("exit", (code) => resolve({ code, output })));
+  }
+
+  it("a role without flags (the launcher) refuses an argument, naming it, before reading any setting", async () => {
+    const { code, output } = await startBundle("launcher", ["--token", "ap1.x"]);
+    assert.equal(code, 1);
+    assert.match(output, /unknown flag \\"--token\\"/);
+    assert.doesNotMatch(output, /SPACELIFT_TOKEN/, "stopped before the settings were checked");
+  });
+
+  it("the VCS agent reads its flags, which win over its variables, and names a bad one", async () => {
+    const env = { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKEN, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" };
+    const bad = await startBundle("vcs-agent", ["--parallelism=0"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.output, /SPACELIFT_VCS_AGENT_PARALLELISM \(parallelism\): 0 is not allowed: expected an integer from 1 to 64/);
+    const unknown = await startBundle("vcs-agent", ["--paralelism=2"], env);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.output, /unknown flag \\"--paralelism=2\\"/);
+  });
+});
