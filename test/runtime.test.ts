@@ -317,7 +317,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       aws.instanceHealth = "Healthy";
       await eventually(() => aws.callsOf("SetInstanceHealth").length === 2, 5000, "asked again");
       const [first, second] = aws.calls.filter((c) => c.action === "SetInstanceHealth").map((c) => c.at);
-      assert.ok(second - first >= 190, `asked again after ${second - first} ms, not another 200 ms without its gateway`);
+      // 200 ms apart when asked; as received, less whatever the first request's trip took longer (a loaded machine).
+      assert.ok(second - first >= 100, `asked again after ${second - first} ms: not once per 10 ms period but per 200 ms`);
     });
     assert.deepEqual(aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]), [["i-0123456789abcdef0", "Unhealthy"], ["i-0123456789abcdef0", "Unhealthy"]]);
   });
