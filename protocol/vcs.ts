@@ -66,8 +66,10 @@ export function keepAlive(session: http2.Http2Session, intervalMs: number): Node
   }, intervalMs);
 }
 
+// Sets marked pure so a bundle that takes only the dialling constants (the launcher's) leaves them out.
+
 /** Methods whose requests have no body: one that comes with a body is refused, never forwarded. */
-export const BODILESS_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
+export const BODILESS_METHODS: ReadonlySet<string> = /* @__PURE__ */ new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
 
 /**
  * What never crosses a hop in an answer: what belongs to one connection (RFC 9110 7.6.1, and
@@ -77,7 +79,7 @@ const DROPPED =
   /^(?::|x-agentpools-|proxy-|(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|host|http2-settings|content-length|expect)$)/i;
 
 /** Headers that must appear once: a second value is an ambiguity some server would resolve differently. */
-export const SINGULAR_HEADERS: ReadonlySet<string> = new Set([
+export const SINGULAR_HEADERS: ReadonlySet<string> = /* @__PURE__ */ new Set([
   "authorization",
   "private-token",
   "job-token",

@@ -18,6 +18,11 @@ import type { AgentMessage, GatewayMessage } from "../../protocol/flows";
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
+  /** Runs are in flight (the pool's busy metric). */
+  get busy(): boolean {
+    return this.inFlight > 0;
+  }
+
   constructor(
     private readonly settings: FlowsAgentSettings,
     private readonly executor: Executor,
@@ -88,6 +93,7 @@ export function flowsAgentRole(runner: { path: string; args: string[]; readable:
         ready: link.ready,
         stopped: link.stopped,
         connected: () => link.connected,
+        busy: () => link.busy,
         drain: async (deadline) => {
           await link.drain(deadline);
           executor.close();
