@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
+import { FLOWS_RUN_TIMEOUT_MAX_MS, type AgentMessage, type Answer, type GatewayMessage, type Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
@@ -84,8 +84,8 @@ export class FlowsHub {
     }
   }
 
-  /** Run code on one of the pool's agents: the least busy. */
-  run(pool: string, job: Job, timeoutMs: number): Promise<FlowsRunResult> {
+  /** Run code on one of the pool's agents: the least busy. Without timeoutMs the agent's default applies. */
+  run(pool: string, job: Job, timeoutMs?: number): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
     const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
@@ -94,10 +94,11 @@ export class FlowsHub {
     const id = randomUUID();
     return new Promise((resolve, reject) => {
       // The agent enforces the run's timeout; this one only covers a lost answer.
+      const waitMs = (timeoutMs ?? FLOWS_RUN_TIMEOUT_MAX_MS) + 10_000;
       const timer = setTimeout(() => {
         agent.pending.delete(id);
-        reject(new HttpError(504, `no answer from the agent within ${timeoutMs + 10_000} ms`));
-      }, timeoutMs + 10_000);
+        reject(new HttpError(504, `no answer from the agent within ${waitMs} ms`));
+      }, waitMs);
       agent.pending.set(id, { resolve, reject, timer });
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
     });

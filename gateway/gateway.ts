@@ -8,7 +8,7 @@ import { streamed } from "../lib/streaming-gc";
 import { CONNECT_PATH, forwardableHeaders, UPGRADE_PROTOCOL } from "../protocol/vcs";
 import { MuxConnection, type MuxStream, type ResponseHead } from "../protocol/mux";
 import { decodeToken } from "../protocol/token";
-import { FLOWS_CONNECT_PATH } from "../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_RUN_TIMEOUT_MAX_MS } from "../protocol/flows";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
@@ -296,8 +296,11 @@ export class Gateway {
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
     }
-    const timeoutMs = request.timeoutMs === undefined ? 60_000 : Number(request.timeoutMs);
-    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 900_000) return json(400, { error: "timeoutMs must be an integer from 1 to 900000" });
+    // Left out, the agent's own default (FLOWS_RUN_TIMEOUT) applies.
+    const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
+    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_RUN_TIMEOUT_MAX_MS)) {
+      return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_RUN_TIMEOUT_MAX_MS}` });
+    }
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
     } catch (error) {

@@ -6,7 +6,8 @@ import type { Socket } from "node:net";
 export const acceptKey = (key: string) => createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
 export const newKey = () => randomBytes(16).toString("base64");
 
-const MAX_MESSAGE = 16 * 1024 * 1024;
+/** The largest message either side takes; a larger one closes the connection (1009). */
+export const WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024;
 
 /** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
 export function parseMessage<T>(text: string): T | undefined {
@@ -114,7 +115,7 @@ export class WebSocket extends EventEmitter {
       } else if (length === 127) {
         if (this.buffer.length < 10) return;
         const big = this.buffer.readBigUInt64BE(2);
-        if (big > BigInt(MAX_MESSAGE)) return this.close(1009);
+        if (big > BigInt(WEBSOCKET_MAX_MESSAGE)) return this.close(1009);
         length = Number(big);
         offset = 10;
       }
@@ -138,7 +139,7 @@ export class WebSocket extends EventEmitter {
       case 0x0:
       case 0x1: {
         this.fragments.push(payload);
-        if (this.fragments.reduce((n, f) => n + f.length, 0) > MAX_MESSAGE) return this.close(1009);
+        if (this.fragments.reduce((n, f) => n + f.length, 0) > WEBSOCKET_MAX_MESSAGE) return this.close(1009);
         if (fin) {
           const text = Buffer.concat(this.fragments).toString("utf8");
           this.fragments = [];

@@ -1,4 +1,6 @@
 import { z } from "zod";
+import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_RUN_TIMEOUT_MAX_MS } from "../../protocol/flows";
+import { durationMs } from "./duration";
 import { absolutePath, duration, httpUrl, metadataTags, proxySettings, setting } from "./fields";
 
 export const FLOWS_EXECUTORS = ["docker", "process"] as const;
@@ -43,7 +45,13 @@ export const flowsAgentSettings = z.strictObject({
   ),
   runtimePoolSize: setting(z.int().min(1).max(64).default(4), { env: "FLOWS_RUNTIME_POOL_SIZE" }),
   runtimeMemoryMb: setting(z.int().min(64).max(16384).default(256), { env: "FLOWS_RUNTIME_MEMORY_MB" }),
-  defaultRunTimeout: setting(duration.default("60s"), { env: "FLOWS_RUN_TIMEOUT" }),
+  /** A run's timeout when the caller gives none. */
+  defaultRunTimeout: setting(
+    duration
+      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_RUN_TIMEOUT_MAX_MS, { error: `must be from 1ms to ${FLOWS_RUN_TIMEOUT_MAX_MS / 60_000}m` })
+      .default(FLOWS_RUN_TIMEOUT_DEFAULT),
+    { env: "FLOWS_RUN_TIMEOUT" },
+  ),
   registryMirror: setting(httpUrl.optional(), { env: "FLOWS_REGISTRY_MIRROR" }),
   /** The Docker network runtime containers join ("none" cuts them off entirely). */
   runtimeNetwork: setting(
