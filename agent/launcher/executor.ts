@@ -19,7 +19,7 @@ export interface PreparedRun {
 
 export interface StartedRun {
   /** stdout and stderr, interleaved as they come. */
-  onOutput(listener: (chunk: Buffer) => void): void;
+  onOutput(listener: (chunk: Buffer, stream: "stdout" | "stderr") => void): void;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   kill(): void;
 }
@@ -38,8 +38,8 @@ function started(child: ChildProcess, kill: () => void): StartedRun {
   });
   return {
     onOutput: (listener) => {
-      child.stdout?.on("data", listener);
-      child.stderr?.on("data", listener);
+      child.stdout?.on("data", (chunk: Buffer) => listener(chunk, "stdout"));
+      child.stderr?.on("data", (chunk: Buffer) => listener(chunk, "stderr"));
     },
     exited,
     kill,

@@ -14,7 +14,7 @@ import { decodeToken, type PoolToken } from "../../protocol/token";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
-import { LineSplitter, masker } from "./output";
+import { RunOutput } from "./output";
 import { loadPolicy, policyRefusal } from "./policy";
 import { PROOF_HEADER, proofPayload, statePath, WORKER_CONNECT_PATH, type FromWorker, type RunOutcome, type RunSpec, type ToWorker } from "../../protocol/worker";
 import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
@@ -200,7 +200,6 @@ export class Launcher extends WebSocketLink {
 
     const masked = new Set(settings.maskedEnvVars);
     const secrets = [...settings.maskedEnvVars.map((name) => passed[name] ?? ""), ...Object.entries(environment).filter(([name]) => masked.has(name)).map(([, value]) => value)];
-    const mask = masker(secrets);
     const append = (lines: string[]) => {
       const from = run.lines.length;
       if (from >= MAX_LOG_LINES) return;
@@ -209,7 +208,8 @@ export class Launcher extends WebSocketLink {
       run.lines.push(...kept);
       this.send({ type: "log", id: run.id, from, lines: kept });
     };
-    const splitter = new LineSplitter(mask, append, Math.max(0, ...secrets.map((s) => s.length)));
+    // Each stream on its own: a value split between two reads of one stream is still whole to it.
+    const outputs = { stdout: new RunOutput(secrets, append), stderr: new RunOutput(secrets, append) };
 
     const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
@@ -226,15 +226,16 @@ export class Launcher extends WebSocketLink {
     };
     let quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
     const overall = setTimeout(() => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`), runTimeoutMs);
-    started.onOutput((chunk) => {
+    started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
       quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
-      splitter.write(chunk);
+      outputs[stream].write(chunk);
     });
     const exit = await started.exited;
     clearTimeout(quiet);
     clearTimeout(overall);
-    splitter.end();
+    outputs.stdout.end();
+    outputs.stderr.end();
 
     const state = existsSync(stateFile);
     if (state) run.stateFile = stateFile;
