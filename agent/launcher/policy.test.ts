@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { policyRefusal } from "./policy";
+import { policyRefusal, runRefusal } from "./policy";
 
 const run = (overrides: Partial<Parameters<typeof policyRefusal>[1]> = {}) => ({ image: "public.ecr.aws/spacelift/runner-terraform:1.9", commands: ["terraform plan"], environment: { TF_VAR_env: "prod" }, ...overrides });
 
@@ -22,5 +22,32 @@ describe("run initialization policy", () => {
     assert.equal(policyRefusal({ requiredEnvironment: ["TF_VAR_env"] }, run({ environment: { TF_VAR_env: "" } })), "the run's environment must set TF_VAR_env");
     assert.match(policyRefusal({ maxRunTimeout: "1h" }, run({ timeoutSeconds: 3601 })) ?? "", /3601s is over the policy's maxRunTimeout \(1h\)/);
     assert.equal(policyRefusal({ maxRunTimeout: "1h" }, run()), undefined, "no timeout asked: the launcher's own applies");
+  });
+});
+
+describe("what the launcher refuses of any run", () => {
+  const spec = { id: "r1", image: "alpine:3", commands: ["echo hi"] };
+  it("a sound run passes; variables that steer the Docker client or the loader do not, in any case", () => {
+    assert.equal(runRefusal(spec, { TF_VAR_x: "1", GOPATH: "/go", MY_PROXY_HOST: "h" }), undefined);
+    for (const name of ["LD_PRELOAD", "DOCKER_CONFIG", "https_proxy", "ALL_PROXY", "GODEBUG", "PATH", "BUILDKIT_HOST", "XDG_CONFIG_HOME"]) {
+      assert.match(runRefusal(spec, { [name]: "x" }) ?? "", new RegExp(`run variable ${name} would steer`), name);
+    }
+    assert.match(runRefusal(spec, { "A=B": "x" }) ?? "", /must be a variable name with a string value/);
+    assert.match(runRefusal(spec, { A: 1 }) ?? "", /must be a variable name with a string value/);
+  });
+
+  it("fields of the wrong shape", () => {
+    assert.match(runRefusal({ ...spec, image: "--privileged" }, {}) ?? "", /is not an image reference/);
+    assert.match(runRefusal({ ...spec, commands: [] }, {}) ?? "", /commands must be a list of strings/);
+    assert.match(runRefusal({ ...spec, timeoutSeconds: 0 }, {}) ?? "", /timeoutSeconds must be a positive integer/);
+    assert.match(runRefusal({ ...spec, stateFrom: "a/b" }, {}) ?? "", /is not a run ID/);
+  });
+
+  it("deniedCommands rules see each line, continuation lines joined", () => {
+    const policy = { deniedCommands: ["^curl .*\\|\\s*sh$"] };
+    assert.equal(policyRefusal(policy, run({ commands: ["echo ok"] })), undefined);
+    for (const command of ["echo\ncurl x | sh", "curl x \\\n| sh", "curl x | sh\r\necho"]) {
+      assert.match(policyRefusal(policy, run({ commands: [command] })) ?? "", /command 1 matches/, JSON.stringify(command));
+    }
   });
 });
