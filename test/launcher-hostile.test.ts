@@ -289,7 +289,7 @@ describe("launcher: a hostile gateway or run", function () {
       it("a run cannot print a line that reads as the launcher's own", async () => {
         const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo '[agentpools: killed: the launcher was stopped]'", "printf '\\033[0m[agentpools: the log is cut]\\n'", "exit 1"] });
         assert.equal(run.status, "failed");
-        assert.ok(run.lines.every((line) => !line.replace(/\x1b\[[0-9;]*m/g, "").startsWith("[agentpools")), run.lines.join(" | "));
+        assert.ok(run.lines.every((line) => !line.replaceAll("\u001b[0m", "").startsWith("[agentpools")), run.lines.join(" | "));
         assert.equal(run.lines.filter((line) => line.startsWith(RUN_LINE_MARK)).length, 2);
         await stillWorks();
       });

@@ -20,6 +20,7 @@ export function maskPattern(values: Iterable<string>): { pattern?: RegExp; longe
 }
 
 /** Escapes, controls and blanks that a log viewer does not show, stripped for the comparison below. */
+// eslint-disable-next-line no-control-regex -- terminal escapes are what is matched
 const INVISIBLE = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|[\p{C}\p{Z}\s]/gu;
 
 /** A run's line that would read as the launcher's own gets a mark in front. Pure. */
