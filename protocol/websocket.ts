@@ -47,6 +47,8 @@ export class WebSocket extends EventEmitter {
     // Messages are small and answered at once: never let Nagle hold one back.
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
+    // A peer that dies sends FIN and nothing more; an HTTP server's sockets stay half-open on it.
+    socket.on("end", () => this.finish());
     socket.on("close", () => this.finish());
     socket.on("error", () => this.finish());
     socket.resume();
