@@ -4,6 +4,7 @@ import { InvalidArgumentsError, kubernetes } from "../components";
 import { runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
+import { admissionProblems, apiServerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
 
 const T = {
   configMap: "kubernetes:core/v1:ConfigMap",
@@ -15,9 +16,13 @@ const T = {
   policy: "kubernetes:networking.k8s.io/v1:NetworkPolicy",
 };
 
+/** Each deployed component's resource name and the Pod Security level its namespace must enforce. */
+const deployed = new Map<string, Level>();
+
 async function deploy(make: () => kubernetes.VcsAgent | kubernetes.FlowsAgent | kubernetes.WorkerPool, prefix: string) {
   const agent = make();
   await valueOf(agent.workloadName);
+  deployed.set(prefix, agent.podSecurityLevel);
   return settled(prefix);
 }
 
@@ -105,13 +110,14 @@ describe("Kubernetes components (mocks)", () => {
   it("WorkerPool: a privileged Docker-in-Docker sidecar only; the launcher stays unprivileged", async () => {
     const resources = await deploy(() => new kubernetes.WorkerPool("k-workers", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64 }), "k-workers");
     const spec = podSpec(resources);
-    const [launcher, docker] = spec.containers;
+    const [launcher] = spec.containers;
+    const [docker] = spec.initContainers;
+    assert.deepEqual(spec.containers.map((c: { name: string }) => c.name), ["launcher"]);
     assert.equal(launcher.securityContext.runAsNonRoot, true);
     assert.equal(launcher.securityContext.privileged, undefined);
     assert.equal(envOf(launcher).DOCKER_HOST, "unix:///var/run/dind/docker.sock");
     assert.equal(envOf(launcher).SPACELIFT_LAUNCHER_RUN_TIMEOUT, "70m");
     assert.equal(docker.securityContext.privileged, true);
-    assert.deepEqual(docker.args, ["--host=unix:///var/run/dind/docker.sock", "--group=1000"]);
     assert.equal(spec.terminationGracePeriodSeconds, 4530);
     assert.equal(byType(resources, T.statefulSet).length, 0);
     // The engine bind-mounts each run's workspace: both containers see the runs volume at one path.
@@ -119,6 +125,38 @@ describe("Kubernetes components (mocks)", () => {
     assert.equal(runsMount(launcher), "/var/lib/agentpools/runs");
     assert.equal(runsMount(docker), runsMount(launcher));
     assert.equal(envOf(launcher).AGENTPOOLS_WORKER_EXECUTOR, "docker");
+    // Only the engine keeps the pod out of a restricted namespace.
+    const problems = podSecurityProblems({ spec }, "restricted");
+    assert.ok(problems.length > 0 && problems.every((p) => p.startsWith("container docker:")), problems.join("\n"));
+    assert.equal(spec.volumes.some((v: Record<string, unknown>) => v.hostPath), false);
+  });
+
+  it("WorkerPool: the engine is a native sidecar that outlives the launcher and listens on the pod's socket only", async () => {
+    const resources = await deploy(() => new kubernetes.WorkerPool("k-engine", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64 }), "k-engine");
+    const spec = podSpec(resources);
+    const [docker] = spec.initContainers;
+    // An init container with restartPolicy Always is a sidecar (Kubernetes 1.29+): the kubelet
+    // starts it before the regular containers and, on termination, signals it only after every
+    // regular container has exited (the sidecar containers page of the Kubernetes docs).
+    assert.equal(docker.restartPolicy, "Always");
+    assert.equal(spec.containers.some((c: { name: string }) => c.name === "docker"), false, "not a regular container, signalled at once");
+    assert.deepEqual(docker.startupProbe.exec.command, ["docker", "--host=unix:///var/run/dind/docker.sock", "version"], "the launcher starts once the engine answers");
+    // The docker image's entrypoint adds --host=tcp://0.0.0.0:2376 (or 2375 without TLS) when
+    // its first argument starts with "-": the first argument is the daemon itself instead.
+    assert.equal(docker.args[0], "dockerd");
+    assert.equal(docker.command, undefined, "the image's entrypoint still sets up the nested cgroups");
+    const hosts = docker.args.filter((a: string) => a.startsWith("--host") || a === "-H");
+    assert.deepEqual(hosts, ["--host=unix:///var/run/dind/docker.sock"]);
+    assert.ok(!JSON.stringify(docker).includes("tcp://"));
+    // The launcher drains for as long as the pool says (the runtime reads it from its configuration).
+    const [launcher] = spec.containers;
+    const configPath = envOf(launcher).AGENTPOOLS_CONFIG;
+    assert.equal(configPath, "/opt/agentpools/config.json");
+    const config = JSON.parse(one(resources, T.configMap).inputs.data["config.json"]);
+    assert.deepEqual(config, { role: "launcher", pool: "k-engine", env: {}, drainTimeoutSeconds: 4500 });
+    assert.equal(spec.terminationGracePeriodSeconds, config.drainTimeoutSeconds + 30, "the grace period covers the drain");
+    const runtimeVolume = spec.volumes.find((v: { name: string }) => v.name === "runtime");
+    assert.ok(runtimeVolume.configMap.items.some((i: { path: string }) => i.path === "config.json"));
   });
 
   it("WorkerPool: a run initialization policy given as an object reaches the launcher as a file", async () => {
@@ -143,27 +181,122 @@ describe("Kubernetes components (mocks)", () => {
     assert.ok(!sts.inputs.spec.template.spec.volumes.some((v: { name: string }) => v.name === "docker-data"), "the claim, not an emptyDir");
   });
 
-  const bad: [string, () => unknown, string][] = [
-    ["namespace with capitals", () => new kubernetes.VcsAgent("kb-1", { namespace: "Agents", token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "namespace"],
-    ["negative replicas", () => new kubernetes.VcsAgent("kb-2", { replicas: -1, token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "replicas"],
-    ["memory in words", () => new kubernetes.VcsAgent("kb-3", { resources: { limits: { memory: "lots" } }, token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "resources.limits.memory"],
-    ["unknown toleration operator", () => new kubernetes.VcsAgent("kb-4", { tolerations: [{ operator: "Maybe" as never }], token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "tolerations[0].operator"],
+  const vcs = (name: string, overrides: Partial<kubernetes.VcsAgentArgs> = {}) =>
+    new kubernetes.VcsAgent(name, { token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab", ...overrides });
+  const workers = (name: string, overrides: Partial<kubernetes.WorkerPoolArgs> = {}) => new kubernetes.WorkerPool(name, { token: "t", poolPrivateKey: PRIVATE_KEY_B64, ...overrides });
+
+  // [what, make, the field the problem names, text the problem shows (the value, what is allowed)]
+  const bad: [string, () => unknown, string, string?][] = [
+    ["namespace with capitals", () => vcs("kb-1", { namespace: "Agents" }), "namespace", "RFC 1123 label"],
+    ["negative replicas", () => vcs("kb-2", { replicas: -1 }), "replicas"],
+    ["memory in words", () => vcs("kb-3", { resources: { limits: { memory: "lots" } } }), "resources.limits.memory", '"lots"'],
+    ["unknown toleration operator", () => vcs("kb-4", { tolerations: [{ operator: "Maybe" as never }] }), "tolerations[0].operator"],
     ["missing token", () => new kubernetes.VcsAgent("kb-5", { targetBaseEndpoint: "https://g", vendor: "gitlab" }), "token"],
     ["Docker executor on Kubernetes", () => new kubernetes.FlowsAgent("kb-6", { executor: "docker" as never, poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }), "executor"],
-    ["storage size without a unit", () => new kubernetes.WorkerPool("kb-7", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, storage: { size: "50" } }), "storage.size"],
-    ["egress to a bad block", () => new kubernetes.VcsAgent("kb-8", { egress: { cidrBlocks: ["10.0.0.0"] }, token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab" }), "egress.cidrBlocks[0]"],
-    ["the process executor for workers", () => new kubernetes.WorkerPool("kb-9", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, executor: "process" }), "executor"],
-    ["a policy with an unknown rule", () => new kubernetes.WorkerPool("kb-10", { token: "t", poolPrivateKey: PRIVATE_KEY_B64, runInitializationPolicy: { allowedImage: ["x"] } as never }), "runInitializationPolicy.allowedImage"],
+    ["storage size in gigabytes spelt GB", () => workers("kb-7", { storage: { size: "50GB" } }), "storage.size", '"50GB"'],
+    ["egress to a bad block", () => vcs("kb-8", { egress: { cidrBlocks: ["10.0.0.0"] } }), "egress.cidrBlocks[0]", '"10.0.0.0"'],
+    ["the process executor for workers", () => workers("kb-9", { executor: "process" }), "executor"],
+    ["a policy with an unknown rule", () => workers("kb-10", { runInitializationPolicy: { allowedImage: ["x"] } as never }), "runInitializationPolicy.allowedImage"],
+    // The API server's own rules, refused here before any object exists.
+    ["a label key with a space", () => vcs("kb-11", { labels: { "team name": "infra" } }), "labels.team name", "a key's name"],
+    ["a label value longer than 63", () => vcs("kb-12", { labels: { team: "x".repeat(64) } }), "labels.team", "at most 63"],
+    ["a label key with a bad prefix", () => vcs("kb-13", { labels: { "Corp.Example/team": "infra" } }), "labels.Corp.Example/team", "prefix"],
+    ["a node selector value with a slash", () => vcs("kb-14", { nodeSelector: { pool: "agents/x" } }), "nodeSelector.pool", '"agents/x"'],
+    ["a toleration Exists with a value", () => vcs("kb-15", { tolerations: [{ key: "agents", operator: "Exists", value: "yes" }] }), "tolerations[0].value", 'operator is "Exists"'],
+    ["tolerationSeconds without NoExecute", () => vcs("kb-16", { tolerations: [{ key: "agents", operator: "Exists", effect: "NoSchedule", tolerationSeconds: 60 }] }), "tolerations[0].tolerationSeconds", '"NoExecute"'],
+    ["a toleration of every key with Equal", () => vcs("kb-17", { tolerations: [{ operator: "Equal", value: "x" }] }), "tolerations[0].operator", "key is empty"],
+    ["a memory request above its limit", () => vcs("kb-18", { resources: { requests: { memory: "1Gi" }, limits: { memory: "512Mi" } } }), "resources.requests.memory", "limits.memory (512Mi)"],
+    ["a CPU request above its limit", () => vcs("kb-19", { resources: { requests: { cpu: "2" }, limits: { cpu: "1500m" } } }), "resources.requests.cpu", "(1500m)"],
+    ["512m of memory (thousandths of a byte)", () => vcs("kb-20", { resources: { limits: { memory: "512m" } } }), "resources.limits.memory", "whole number of bytes"],
+    ["an engine memory request above its limit", () => workers("kb-21", { dockerResources: { requests: { memory: "8Gi" }, limits: { memory: "4Gi" } } }), "dockerResources.requests.memory"],
+    ["an existing-Secret key for another role's variable", () => vcs("kb-22", { token: undefined, existingSecret: { name: "vcs", keys: { SPACELIFT_TOKEN: "token" } as never } }), "existingSecret.keys.SPACELIFT_TOKEN", "SPACELIFT_VCS_AGENT_POOL_TOKEN"],
+    ["an existing-Secret key Kubernetes refuses", () => vcs("kb-23", { token: undefined, existingSecret: { name: "vcs", keys: { SPACELIFT_VCS_AGENT_POOL_TOKEN: "pool token" } } }), "existingSecret.keys.SPACELIFT_VCS_AGENT_POOL_TOKEN", '"pool token"'],
+    ["an existing Secret named in capitals", () => vcs("kb-24", { token: undefined, existingSecret: { name: "VCS_Secret" } }), "existingSecret.name", "RFC 1123 subdomain"],
+    ["a component name with an underscore", () => vcs("kb_25"), "name", '"kb_25"'],
+    ["a component name longer than 63", () => vcs(`kb-26-${"x".repeat(60)}`), "name", "at most 63"],
+    ["a StatefulSet name longer than 52", () => workers(`kb-27-${"x".repeat(50)}`, { statefulSet: true }), "name", "at most 52"],
+    ["a storage class with capitals", () => workers("kb-28", { statefulSet: true, storage: { size: "10Gi", storageClassName: "GP3" } }), "storage.storageClassName", '"GP3"'],
+    ["an image with an upper-case path", () => vcs("kb-29", { image: "Node:24" }), "image", '"Node:24"'],
+    ["an image with a space", () => workers("kb-30", { dockerImage: "docker:28 dind" }), "dockerImage", "image reference"],
+    ["an image digest that is too short", () => vcs("kb-31", { image: "node@sha256:abc" }), "image"],
+    ["a drain shorter than a run may last", () => workers("kb-32", { drainTimeoutSeconds: 600 }), "drainTimeoutSeconds", "runTimeout (70m)"],
+    ["egress to the metadata address alone", () => vcs("kb-33", { egress: { cidrBlocks: ["169.254.169.254/32"] } }), "egress.cidrBlocks[0]", "metadata"],
+    ["a proxy URL with credentials", () => vcs("kb-34", { httpsProxy: "http://user:pass@proxy:3128" }), "httpsProxy", "credentials"],
+    ["an empty storage size", () => workers("kb-35", { storage: { size: "0" } }), "storage.size", "more than zero"],
+    ["node affinity In without values", () => vcs("kb-36", { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "zone", operator: "In" }] }] } } } }), "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values", 'operator "In"'],
+    ["anti-affinity of weight 0", () => vcs("kb-37", { affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 0, podAffinityTerm: { topologyKey: "kubernetes.io/hostname" } }] } } }), "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight"],
+    ["a misspelt affinity", () => vcs("kb-38", { affinity: { nodeAfinity: {} } as never }), "affinity.nodeAfinity", "not a known argument"],
   ];
-  for (const [description, make, field] of bad) {
+  for (const [description, make, field, shows] of bad) {
     it(`refuses ${description} before anything is created, naming ${field}`, () => {
       const before = recorded.length;
-      assert.throws(make, (error: InvalidArgumentsError) => error instanceof InvalidArgumentsError && error.problems.some((p) => p.startsWith(`${field}:`)));
+      assert.throws(make, (error: InvalidArgumentsError) => {
+        assert.ok(error instanceof InvalidArgumentsError, String(error));
+        const line = error.problems.find((p) => p.startsWith(`${field}:`));
+        assert.ok(line, `no problem names ${field}:\n${error.message}`);
+        if (shows) assert.ok(line.includes(shows), `"${line}" does not show ${shows}`);
+        assert.ok(!error.message.includes(TOKENS.vcs) && !error.message.includes(PRIVATE_KEY_B64), "a secret is echoed");
+        return true;
+      });
       assert.equal(recorded.length, before);
     });
   }
 
-  it("examples/kubernetes runs under the mocks", async () => {
+  // Good values, sometimes refused elsewhere: they must pass, and render as given.
+  const good: [string, (name: string) => kubernetes.VcsAgent | kubernetes.WorkerPool, (spec: Record<string, any>, resources: RecordedResource[]) => void][] = [
+    ["1.5Ti of storage", (n) => workers(n, { statefulSet: true, storage: { size: "1.5Ti", storageClassName: "fast.ssd-1" } }), (_, r) => assert.equal(one(r, T.statefulSet).inputs.spec.volumeClaimTemplates[0].spec.resources.requests.storage, "1.5Ti")],
+    ["an upper-case image tag and a registry port", (n) => vcs(n, { image: "registry.corp.example:5000/platform/node:24-Alpine_LTS" }), (spec) => assert.equal(spec.containers[0].image, "registry.corp.example:5000/platform/node:24-Alpine_LTS")],
+    ["an image pinned by digest", (n) => workers(n, { dockerImage: `docker:28.2.2-dind@sha256:${"a1".repeat(32)}` }), (spec) => assert.match(spec.initContainers[0].image, /@sha256:/)],
+    ["prefixed label and selector keys", (n) => vcs(n, { labels: { "corp.example/team": "platform_infra", empty: "" }, nodeSelector: { "node.kubernetes.io/instance-type": "m7i.large" } }), (spec) => assert.equal(spec.nodeSelector["node.kubernetes.io/instance-type"], "m7i.large")],
+    ["tolerations of every documented form", (n) => vcs(n, { tolerations: [{ operator: "Exists" }, { key: "dedicated", value: "agents", effect: "NoSchedule" }, { key: "node.kubernetes.io/unreachable", operator: "Exists", effect: "NoExecute", tolerationSeconds: 30 }] }), (spec) => assert.equal(spec.tolerations.length, 3)],
+    ["quantities in exponent and decimal forms", (n) => vcs(n, { resources: { requests: { cpu: "0.25", memory: "128e6" }, limits: { cpu: "1", memory: "1G" } } }), (spec) => assert.equal(spec.containers[0].resources.requests.memory, "128e6")],
+    ["an existing Secret with dotted keys", (n) => vcs(n, { token: undefined, existingSecret: { name: "vcs.agent-credentials", keys: { SPACELIFT_VCS_AGENT_POOL_TOKEN: "pool.token" } } }), (spec) => assert.deepEqual(envOf(spec.containers[0]).SPACELIFT_VCS_AGENT_POOL_TOKEN, { secretKeyRef: { name: "vcs.agent-credentials", key: "pool.token" } })],
+    ["node and pod anti-affinity", (n) => vcs(n, { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "node.corp/cores", operator: "Gt", values: ["3"] }] }] } }, podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, podAffinityTerm: { topologyKey: "topology.kubernetes.io/zone", labelSelector: { matchExpressions: [{ key: "app.kubernetes.io/name", operator: "In", values: ["agentpools-vcs-agent"] }] } } }] } } }), (spec) => assert.equal(spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight, 100)],
+    ["a run timeout the drain covers", (n) => workers(n, { runTimeout: "2h", drainTimeoutSeconds: 7200 }), (spec) => assert.equal(spec.terminationGracePeriodSeconds, 7230)],
+  ];
+  good.forEach(([description, make, check], index) => {
+    it(`accepts ${description}`, async () => {
+      const resources = await deploy(() => make(`kg-${index}`), `kg-${index}`);
+      check(podSpec(resources), resources);
+    });
+  });
+
+  it("egress leaves out the cloud metadata addresses unless told, and takes IPv6 blocks", async () => {
+    const resources = await deploy(() => new kubernetes.FlowsAgent("k-egress", { poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b", egress: { cidrBlocks: ["0.0.0.0/0", "::/0", "10.0.0.0/8"] } }), "k-egress");
+    const [dns, rule] = one(resources, T.policy).inputs.spec.egress;
+    assert.deepEqual(dns.ports.map((p: { port: number }) => p.port), [53, 53]);
+    assert.deepEqual(rule.to, [
+      { ipBlock: { cidr: "0.0.0.0/0", except: ["169.254.169.254/32"] } },
+      { ipBlock: { cidr: "::/0", except: ["fd00:ec2::254/128"] } },
+      { ipBlock: { cidr: "10.0.0.0/8" } },
+    ]);
+    const defaults = await deploy(() => vcs("k-egress-default"), "k-egress-default");
+    assert.deepEqual(one(defaults, T.policy).inputs.spec.egress[1].to, [{ ipBlock: { cidr: "0.0.0.0/0", except: ["169.254.169.254/32"] } }]);
+    const allowed = await deploy(() => vcs("k-egress-imds", { egress: { cidrBlocks: ["0.0.0.0/0"], allowMetadataService: true } }), "k-egress-imds");
+    assert.deepEqual(one(allowed, T.policy).inputs.spec.egress[1].to, [{ ipBlock: { cidr: "0.0.0.0/0" } }]);
+  });
+
+  it("every object these tests rendered passes the API schema, the API server's rules and its namespace's Pod Security level", async () => {
+    assert.ok(deployed.size >= 15, `only ${deployed.size} components deployed`);
+    const levelOf = (manifest: Record<string, any>) => deployed.get(manifest.metadata.labels["app.kubernetes.io/instance"]) as Level;
+    const resources = [...deployed.keys()].flatMap((prefix) => recorded.filter((r) => r.name === prefix || r.name.startsWith(`${prefix}-`)));
+    assert.deepEqual(await admissionProblems(resources, levelOf), []);
+    assert.deepEqual([...new Set(deployed.values())].sort(), ["privileged", "restricted"]);
+  });
+
+  it("the admission checks are not blind: the pre-fix worker pod fails them", async () => {
+    const resources = await settled("k-workers");
+    const manifest = manifestOf(byType(resources, T.deployment)[0]);
+    const pod = podTemplateOf(manifest) as Record<string, any>;
+    // The engine as a regular container, and a bad quantity: what the schema and PSS must catch.
+    const broken = structuredClone(manifest);
+    broken.spec.template.spec.containers.push({ ...pod.spec.initContainers[0], resources: { limits: { memory: "lots" } } });
+    assert.match((await schemaProblems(broken)).join(), /memory must match format "quantity"/);
+    assert.match(apiServerProblems(broken).join(), /two containers are named docker.*restartPolicy is only allowed on init containers/s);
+    assert.match(podSecurityProblems(pod, "baseline").join(), /container docker: privileged/);
+  });
+
+  it("examples/kubernetes: the pools in namespaces whose Pod Security level admits them, every object valid", async () => {
     const secrets = { "agentpools:vcsAgentToken": "ex-vcs-token-1234", "agentpools:workerToken": "ex-worker-token-1234", "agentpools:workerPrivateKey": PRIVATE_KEY_B64, "agentpools:flowsPoolToken": "ex-flows-token-1234" };
     pulumi.runtime.setAllConfig(
       { "agentpools:namespace": "agentpools", "agentpools:gitEndpoint": "https://gitlab.corp.example.com", "agentpools:flowsPoolId": "01JEXAMPLE", "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu", "agentpools:flowsBackendEndpoint": "https://useflows.eu", ...secrets },
@@ -171,10 +304,20 @@ describe("Kubernetes components (mocks)", () => {
     );
     const program = await import("../examples/kubernetes");
     assert.deepEqual(await valueOf(program.workloads), { git: "git", workers: "workers", flows: "flows" });
-    const resources = [...(await settled("git")), ...(await settled("workers")), ...(await settled("flows"))].filter((r) => r.type.startsWith("kubernetes:"));
+    const resources = [...(await settled("git")), ...(await settled("workers")), ...(await settled("flows")), ...(await settled("agentpools"))].filter((r) => r.type.startsWith("kubernetes:"));
     assert.ok(byType(resources, T.secret).every((s) => isSecretInput(s.inputs.stringData)));
     const plain = JSON.stringify(resources.filter((r) => r.type !== T.secret).map((r) => r.inputs));
     for (const value of Object.values(secrets)) assert.ok(!plain.includes(value));
     assert.equal(byType(resources, T.statefulSet).length, 1);
+
+    // Each pool's pods are held to the level their namespace enforces, as the cluster would.
+    const namespaces = new Map(byType(resources, "kubernetes:core/v1:Namespace").map((r) => [r.inputs.metadata.name as string, enforcedLevel(r.inputs)]));
+    const levelOf = (manifest: Record<string, any>) => namespaces.get(manifest.metadata.namespace) ?? "privileged";
+    const workloadNamespace = (name: string) => [...byType(resources, T.deployment), ...byType(resources, T.statefulSet)].find((r) => r.name === name)?.inputs.metadata.namespace;
+    assert.deepEqual(
+      ["git", "flows", "workers"].map((name) => [name, levelOf({ metadata: { namespace: workloadNamespace(name) } })]),
+      [["git", "restricted"], ["flows", "restricted"], ["workers", "privileged"]],
+    );
+    assert.deepEqual(await admissionProblems(resources, levelOf), []);
   });
 });

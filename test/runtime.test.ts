@@ -5,7 +5,7 @@ import net from "node:net";
 import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
-import { runRole, writeStatusFiles, type Role, type RunningAgent } from "../agent/runtime/runtime";
+import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
 import { poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
@@ -240,22 +240,56 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     for (const secret of [token, keyBase64]) assert.ok(!output().includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
   });
 
-  it("status files for probes: a heartbeat while running, ready only while connected", async () => {
+  it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {
     const dir = path.join(scratchDir("status-"), "status");
+    const heartbeat = () => (existsSync(path.join(dir, "heartbeat")) ? Number(readFileSync(path.join(dir, "heartbeat"), "utf8")) : 0);
+    const ready = () => existsSync(path.join(dir, "ready"));
+    const advanced = async (what: string) => {
+      const before = heartbeat();
+      await eventually(() => heartbeat() > before, 2000, `heartbeat advanced ${what}`);
+    };
+    let connect!: () => void;
+    let finishDrain!: () => void;
+    let stop!: (signal: string) => void;
     let connected = true;
-    const agent = { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), drain: async () => undefined, connected: () => connected };
-    const stop = writeStatusFiles(dir, agent, 20);
-    try {
-      assert.ok(existsSync(path.join(dir, "ready")));
-      const first = Number(readFileSync(path.join(dir, "heartbeat"), "utf8"));
-      connected = false;
-      await eventually(() => !existsSync(path.join(dir, "ready")), 1000, "ready removed while disconnected");
-      await eventually(() => Number(readFileSync(path.join(dir, "heartbeat"), "utf8")) > first, 1000, "heartbeat advanced");
-      connected = true;
-      await eventually(() => existsSync(path.join(dir, "ready")), 1000, "ready again once reconnected");
-    } finally {
-      stop();
-    }
-    assert.ok(!existsSync(path.join(dir, "ready")), "not ready once stopped (draining)");
+    const draining = new Promise<void>((resolve) => (finishDrain = resolve));
+    let drainStarted = false;
+    const role: Role = {
+      name: "vcs-agent",
+      start: () => ({
+        ready: new Promise<void>((resolve) => (connect = resolve)),
+        stopped: new Promise<void>(() => undefined),
+        connected: () => connected,
+        drain: async () => {
+          drainStarted = true;
+          await draining;
+        },
+      }),
+    };
+    const exited = runRole(role, settingsJsonSchema("vcs-agent"), {
+      env: { AGENTPOOLS_STATUS_DIR: dir, SPACELIFT_VCS_AGENT_POOL_TOKEN: "t", SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "https://git.corp", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" },
+      argv: [],
+      exit: () => undefined,
+      statusIntervalMs: 20,
+      stopSignal: new Promise((resolve) => (stop = resolve)),
+    });
+    // The gateway is down: the agent has not connected, yet the process is alive and not ready.
+    await eventually(() => connect !== undefined, 2000, "the agent started");
+    await advanced("while not connected");
+    assert.equal(ready(), false);
+    connect();
+    await eventually(ready, 2000, "ready once connected");
+    connected = false;
+    await eventually(() => !ready(), 2000, "not ready while reconnecting");
+    await advanced("while reconnecting");
+    connected = true;
+    await eventually(ready, 2000, "ready again once reconnected");
+    stop("SIGTERM");
+    await eventually(() => drainStarted, 2000, "the drain started");
+    assert.equal(ready(), false, "not ready once draining");
+    await advanced("while draining");
+    finishDrain();
+    assert.equal(await exited, 0);
+    assert.equal(ready(), false);
   });
 });

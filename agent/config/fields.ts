@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { IMAGE_REFERENCE } from "../../protocol/image";
 
 /**
  * How a setting reaches the runtime. Every setting is an environment variable (the form
@@ -74,3 +75,10 @@ export const proxySettings = {
 };
 
 export { durationMs } from "./duration";
+
+/** A regex, not a refinement: the runtime checks the same pattern from the exported JSON Schema. */
+export const imageReference = z.string().regex(IMAGE_REFERENCE, {
+  error:
+    "must be an image reference: [registry[:port]/]path[:tag][@sha256:digest], the path in lower case " +
+    '(e.g. "node:24.21.0-alpine", "registry.corp:5000/team/agent:V1.2")',
+});

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_RUN_TIMEOUT_MAX_MS } from "../../protocol/flows";
 import { durationMs } from "./duration";
-import { absolutePath, duration, httpUrl, metadataTags, proxySettings, setting } from "./fields";
+import { absolutePath, duration, httpUrl, imageReference, metadataTags, proxySettings, setting } from "./fields";
 
 export const FLOWS_EXECUTORS = ["docker", "process"] as const;
 /** How runtimes of the process executor are kept from the agent and each other (see agent/flows-agent/sandbox.ts). */
@@ -28,10 +28,7 @@ export const flowsAgentSettings = z.strictObject({
     env: "FLOWS_DOCKER_MOUNTS_TEMPDIR",
   }),
   runtimeImage: setting(
-    z
-      .string()
-      .regex(/^[a-z0-9][a-z0-9._/:@-]{0,254}$/, { error: "must be a container image reference" })
-      .default("node:24-alpine"),
+    imageReference.default("node:24-alpine"),
     { env: "FLOWS_RUNTIME_IMAGE" },
   ),
   gvisor: setting(z.boolean().default(true), { env: "FLOWS_GVISOR" }),

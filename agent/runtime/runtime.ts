@@ -23,21 +23,26 @@ export interface RunningAgent {
 }
 
 /**
- * Status files for probes (Kubernetes exec probes): `heartbeat` is rewritten every few
- * seconds while the event loop runs; `ready` exists only while the agent is connected.
+ * Status files for probes (Kubernetes exec probes). Liveness, "the process works":
+ * `heartbeat` is rewritten every few seconds while the event loop turns, from the runtime's
+ * start to its exit, also while it waits for a gateway that is down or drains. Readiness,
+ * "connected": `ready` exists only while `ready()` says so. `update` applies a change at once.
  */
-export function writeStatusFiles(dir: string, agent: RunningAgent, intervalMs = 5000): () => void {
+export function writeStatusFiles(dir: string, ready: () => boolean, intervalMs = 5000) {
   mkdirSync(dir, { recursive: true });
   const update = () => {
     writeFileSync(path.join(dir, "heartbeat"), `${Date.now()}\n`);
-    if (agent.connected?.() ?? true) writeFileSync(path.join(dir, "ready"), "");
+    if (ready()) writeFileSync(path.join(dir, "ready"), "");
     else rmSync(path.join(dir, "ready"), { force: true });
   };
   update();
   const timer = setInterval(update, intervalMs);
-  return () => {
-    clearInterval(timer);
-    rmSync(path.join(dir, "ready"), { force: true });
+  return {
+    update,
+    stop: () => {
+      clearInterval(timer);
+      rmSync(path.join(dir, "ready"), { force: true });
+    },
   };
 }
 
@@ -61,6 +66,8 @@ export interface RunOptions {
   lifecyclePollMs?: number;
   /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
   stopSignal?: Promise<string>;
+  /** How often the probe status files are rewritten. */
+  statusIntervalMs?: number;
 }
 
 function stopSignals(): Promise<string> {
@@ -81,13 +88,21 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
   const processEnv = options.env ?? process.env;
   const log = createLogger(role.name);
   let shipper: LogShipper | undefined;
+  // Ready once the agent is connected, and while it stays so; never again once draining.
+  let agent: RunningAgent | undefined;
+  let serving = false;
+  let status: ReturnType<typeof writeStatusFiles> | undefined;
   const finish = async (code: number) => {
+    status?.stop();
     await shipper?.stop();
     (options.exit ?? process.exit)(code);
     return code;
   };
 
   try {
+    const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
+    const ready = () => serving && (agent?.connected?.() ?? true);
+    if (statusDir) status = writeStatusFiles(statusDir, ready, options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath ? JSON.parse(readFileSync(configPath, "utf8")) : undefined;
     if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
@@ -117,7 +132,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
     const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
 
-    const agent = await role.start(settings, { log, env });
+    agent = await role.start(settings, { log, env });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,
@@ -125,7 +140,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const first = await Promise.race([agent.ready.then(() => undefined), crashed]);
     if (first) throw new Error(first);
     log.info("agent ready", { pool: config?.pool });
-    const stopStatus = processEnv.AGENTPOOLS_STATUS_DIR ? writeStatusFiles(processEnv.AGENTPOOLS_STATUS_DIR, agent) : undefined;
+    serving = true;
+    status?.update();
     if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
 
     const stopSignal = options.stopSignal ?? stopSignals();
@@ -135,7 +151,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
     const drainSeconds = config?.drainTimeoutSeconds ?? 300;
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
-    stopStatus?.();
+    serving = false;
+    status?.update();
     await agent.drain(Date.now() + drainSeconds * 1000);
     log.info("drained");
     if (aws && reason === "autoscaling termination") {

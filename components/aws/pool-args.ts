@@ -1,12 +1,12 @@
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { httpUrl } from "../../agent/config/fields";
 import type { RoleName } from "../../agent/config/roles";
 import { checkSecrets } from "../shared/secrets";
 import { secretSettings } from "../../agent/config/env";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { architectureOf, instanceTypeProblem } from "./instance-types";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
+import { sharedPoolShape } from "../shared/pool-args";
 
 /** The retention periods CloudWatch Logs accepts. */
 export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
@@ -34,17 +34,6 @@ const policyStatement = z.strictObject({
   Resource: z.union([z.string(), z.array(z.string()).min(1)]),
   Condition: z.record(z.string(), z.record(z.string(), z.union([z.string(), z.array(z.string())]))).optional(),
 });
-
-/** An HTTPS proxy for components: credentials in it would be readable in user-data. */
-const proxyWithoutCredentials = httpUrl.refine((url) => !/^[a-z]+:\/\/[^/]*@/i.test(url), {
-  error: "must not contain credentials: they would be readable in user-data",
-});
-
-const pem = z
-  .string()
-  .regex(/^(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+$/, {
-    error: "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)",
-  });
 
 /** Where instances get customCaCertificates: inline in user-data, or from an SSM parameter at boot. */
 export const CA_DELIVERIES = ["userData", "ssmParameter"] as const;
@@ -91,13 +80,11 @@ export function poolCoreShape(defaults: PoolDefaults) {
     ssmSessionManager: z.boolean().default(false),
     alarmActions: z.array(z.string().regex(/^arn:aws[a-z-]*:[a-z0-9-]+:/, { error: "must be an ARN (an SNS topic, for example)" })).default([]),
     egressCidrBlocks: z.array(z.cidrv4({ error: 'must be an IPv4 CIDR block such as "0.0.0.0/0"' })).min(1).default(["0.0.0.0/0"]),
-    customCaCertificates: pem.optional(),
     customCaCertificatesDelivery: z.enum(CA_DELIVERIES).default("userData"),
-    drainTimeoutSeconds: z.int().min(30).max(7200).default(defaults.drainTimeoutSeconds),
     launchTimeoutSeconds: z.int().min(60).max(7200).default(900),
     detailedMonitoring: z.boolean().default(false),
+    ...sharedPoolShape(defaults),
     tags: z.record(z.string().regex(/^(?!aws:).{1,128}$/, { error: 'tag keys are 1-128 characters and may not start with "aws:"' }), z.string().max(256)).default({}),
-    httpsProxy: proxyWithoutCredentials.optional(),
   };
 }
 

@@ -1,6 +1,5 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { durationMs } from "../../agent/config/fields";
 import { launcherSettings } from "../../agent/config/launcher";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
@@ -18,10 +17,7 @@ export const workerPoolArgs = z
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
-    checkWorkerArgs(args, ctx, "on an instance");
-    if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < 7200) {
-      ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message: `is shorter than runTimeout (${args.runTimeout}): a scale-in would kill a run that may still finish` });
-    }
+    checkWorkerArgs(args, ctx);
   })
   .transform((args) => pointAtPolicy(args, RUN_INITIALIZATION_POLICY_PATH));
 

@@ -1,7 +1,7 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { flowsAgentSettings } from "../../agent/config/flows-agent";
-import { KubernetesAgent, validateWorkload, workloadShape } from "./workload";
+import { KubernetesAgent, type PodSecurityLevel, validateWorkload, workloadShape } from "./workload";
 
 export const kubernetesFlowsAgentArgs = z.strictObject({
   ...flowsAgentSettings.omit({ poolToken: true }).shape,
@@ -10,7 +10,7 @@ export const kubernetesFlowsAgentArgs = z.strictObject({
   executor: z
     .literal("process", { error: 'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)' })
     .default("process"),
-  ...workloadShape({ replicas: 2, resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } }, drainTimeoutSeconds: 300 }),
+  ...workloadShape("flows-agent", { replicas: 2, resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } }, drainTimeoutSeconds: 300 }),
 });
 
 export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> & {
@@ -20,6 +20,9 @@ export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> 
 
 /** Flows agents as a Deployment: user code runs in separate processes inside each pod. */
 export class KubernetesFlowsAgent extends KubernetesAgent {
+  /** The Pod Security Standard level its pods meet: its namespace may enforce no stricter one. */
+  static readonly podSecurityLevel: PodSecurityLevel = "restricted";
+
   constructor(name: string, args: KubernetesFlowsAgentArgs, opts?: pulumi.ComponentResourceOptions) {
     const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.FlowsAgent", name, "flows-agent", kubernetesFlowsAgentArgs, args);
     super(
@@ -28,6 +31,7 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
       {
         component: "FlowsAgent",
         role: "flows-agent",
+        podSecurityLevel: KubernetesFlowsAgent.podSecurityLevel,
         args: parsed,
         settingsEnv,
         secretEnv,

@@ -2,4 +2,5 @@
 export { KubernetesVcsAgent as VcsAgent, kubernetesVcsAgentArgs as vcsAgentArgs, type KubernetesVcsAgentArgs as VcsAgentArgs } from "./vcs-agent";
 export { KubernetesFlowsAgent as FlowsAgent, kubernetesFlowsAgentArgs as flowsAgentArgs, type KubernetesFlowsAgentArgs as FlowsAgentArgs } from "./flows-agent";
 export { KubernetesWorkerPool as WorkerPool, kubernetesWorkerPoolArgs as workerPoolArgs, type KubernetesWorkerPoolArgs as WorkerPoolArgs } from "./worker-pool";
-export { DEFAULT_NODE_IMAGE } from "./workload";
+export { admittingLevel, DEFAULT_NODE_IMAGE } from "./workload";
+export type { PodSecurityLevel } from "./workload";

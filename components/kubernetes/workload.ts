@@ -3,11 +3,16 @@ import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { secretSettings, settingsToEnv } from "../../agent/config/env";
+import { imageReference } from "../../agent/config/fields";
+import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { runtimeBundle, RUNTIME_NODE_FLAGS } from "../shared/bundles";
+import { sharedPoolShape } from "../shared/pool-args";
 import { checkSecrets } from "../shared/secrets";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
+import { affinity, cidrBlock, dataKey, dnsLabel, dnsSubdomain, labelMap, resources, toleration } from "./api-rules";
+import { egressPeers, isOnlyMetadata } from "./egress";
 
 /**
  * The official Node.js image the runtime bundle runs on: no image of our own to build. Pin
@@ -20,10 +25,20 @@ export const STATUS_DIR = "/tmp/agentpools";
 const RUNTIME_DIR = "/opt/agentpools";
 const CA_PATH = "/etc/agentpools/ca/ca.pem";
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const quantity = z.string().regex(/^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$/, { error: 'must be a Kubernetes quantity such as "250m" or "256Mi"' });
-const resourceList = z.strictObject({ cpu: quantity.optional(), memory: quantity.optional() });
-export const resources = z.strictObject({ requests: resourceList.optional(), limits: resourceList.optional() });
+const CONFIG_FILE = "config.json";
+
+/**
+ * The Pod Security Standard level a component's pods meet, to be enforced on its namespace
+ * (pod-security.kubernetes.io/enforce): "restricted" for the VCS and Flows agents,
+ * "privileged" for worker pools, whose Docker engine cannot run otherwise.
+ */
+export type PodSecurityLevel = "restricted" | "baseline" | "privileged";
+
+const LEVELS: PodSecurityLevel[] = ["restricted", "baseline", "privileged"];
+
+/** The strictest level that admits every one of these pools' pods (for a namespace they share). */
+export const admittingLevel = (...needs: PodSecurityLevel[]): PodSecurityLevel =>
+  LEVELS[Math.max(0, ...needs.map((level) => LEVELS.indexOf(level)))];
 
 export interface WorkloadDefaults {
   replicas: number;
@@ -32,38 +47,55 @@ export interface WorkloadDefaults {
 }
 
 /** Arguments every Kubernetes agent workload shares, with the kind's defaults. */
-export function workloadShape(defaults: WorkloadDefaults) {
+export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
+  const secretVariables = secretSettings(settingsJsonSchema(role)).map((s) => s.env);
   return {
-    namespace: z.string().regex(DNS_LABEL, { error: "must be a namespace name (lowercase letters, digits, -)" }).default("default"),
+    namespace: dnsLabel.default("default"),
     replicas: z.int().min(0).max(100).default(defaults.replicas),
-    image: z.string().regex(/^[a-z0-9][a-z0-9._/:@-]{0,254}$/, { error: "must be a container image reference" }).default(DEFAULT_NODE_IMAGE),
+    image: imageReference.default(DEFAULT_NODE_IMAGE),
     resources: resources.default(defaults.resources),
-    nodeSelector: z.record(z.string(), z.string()).default({}),
-    tolerations: z
-      .array(
-        z.strictObject({
-          key: z.string().optional(),
-          operator: z.enum(["Exists", "Equal"]).optional(),
-          value: z.string().optional(),
-          effect: z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]).optional(),
-          tolerationSeconds: z.int().min(0).optional(),
-        }),
-      )
-      .default([]),
-    /** A Kubernetes Affinity object, passed through as given. */
-    affinity: z.record(z.string(), z.unknown()).optional(),
+    nodeSelector: labelMap.default({}),
+    tolerations: z.array(toleration).default([]),
+    /** A Kubernetes Affinity object (node, pod and anti-pod affinity), checked as the API server would. */
+    affinity: affinity.optional(),
     /** Spread replicas across nodes (best effort). */
     spreadAcrossNodes: z.boolean().default(true),
     /** A Secret you already have; `keys` maps a variable (e.g. SPACELIFT_VCS_AGENT_POOL_TOKEN) to its key when they differ. */
-    existingSecret: z.strictObject({ name: z.string().regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, { error: "must be a Secret name" }), keys: z.record(z.string(), z.string()).default({}) }).optional(),
-    /** Where the pods may connect; DNS is always allowed. Ports default to the kind's needs. */
-    egress: z.strictObject({
-      cidrBlocks: z.array(z.cidrv4({ error: 'must be an IPv4 CIDR block such as "10.0.0.0/8"' })).min(1).default(["0.0.0.0/0"]),
-      ports: z.array(z.int().min(1).max(65535)).optional(),
-    }).default({ cidrBlocks: ["0.0.0.0/0"] }),
-    customCaCertificates: z.string().regex(/^(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+$/, { error: "must be one or more PEM certificates" }).optional(),
-    drainTimeoutSeconds: z.int().min(5).max(7200).default(defaults.drainTimeoutSeconds),
-    labels: z.record(z.string(), z.string()).default({}),
+    existingSecret: z
+      .strictObject({
+        name: dnsSubdomain,
+        keys: z
+          .record(z.string(), dataKey)
+          .superRefine((keys, ctx) => {
+            for (const variable of Object.keys(keys).filter((key) => !secretVariables.includes(key))) {
+              const message = `is not one of this pool's secret variables (${secretVariables.join(", ")})`;
+              ctx.addIssue({ code: "custom", path: [variable], message });
+            }
+          })
+          .default({}),
+      })
+      .optional(),
+    /**
+     * Where the pods may connect; DNS is always allowed. Ports default to the kind's needs.
+     * The cloud metadata addresses are left out of every block unless allowMetadataService.
+     */
+    egress: z
+      .strictObject({
+        cidrBlocks: z.array(cidrBlock).min(1).default(["0.0.0.0/0"]),
+        ports: z.array(z.int().min(1).max(65535)).optional(),
+        allowMetadataService: z.boolean().default(false),
+      })
+      .superRefine((egress, ctx) => {
+        if (egress.allowMetadataService) return;
+        egress.cidrBlocks.forEach((cidr, index) => {
+          if (!cidrBlock.safeParse(cidr).success || !isOnlyMetadata(cidr)) return;
+          const message = "is a cloud metadata service's address, which pools do not reach unless allowMetadataService is true";
+          ctx.addIssue({ code: "custom", path: ["cidrBlocks", index], input: cidr, message });
+        });
+      })
+      .default({ cidrBlocks: ["0.0.0.0/0"], allowMetadataService: false }),
+    ...sharedPoolShape(defaults),
+    labels: labelMap.default({}),
   };
 }
 export type WorkloadArgs = z.output<z.ZodObject<ReturnType<typeof workloadShape>>>;
@@ -74,19 +106,39 @@ export const portOf = (url: string) => Number(new URL(url).port || (url.startsWi
 export interface WorkloadSpec {
   component: string;
   role: RoleName;
+  /** The Pod Security Standard level the pods meet. */
+  podSecurityLevel: PodSecurityLevel;
   args: WorkloadArgs;
   settingsEnv: Record<string, string>;
   secretEnv?: pulumi.Output<Record<string, string>>;
   /** Ports the pods need to reach, unless `egress.ports` says otherwise; undefined: all. */
   egressPorts?: number[];
-  /** Extra volumes, mounts, environment and sidecars (the worker's Docker engine). */
+  /** Extra volumes, mounts and environment. */
   extraVolumes?: k8s.types.input.core.v1.Volume[];
   extraMounts?: k8s.types.input.core.v1.VolumeMount[];
   extraEnv?: k8s.types.input.core.v1.EnvVar[];
+  /**
+   * Containers the agent needs running for as long as it runs (the worker's Docker engine):
+   * native sidecars, so they start before the agent and the kubelet stops them only after it.
+   */
   sidecars?: k8s.types.input.core.v1.Container[];
   /** Files for the agent (a run initialization policy): kept in the runtime ConfigMap, each its own volume. */
   configFiles?: { volume: string; key: string; content: string }[];
   statefulSet?: { volumeClaimTemplates: k8s.types.input.core.v1.PersistentVolumeClaim[] };
+}
+
+/**
+ * The objects are named after the component: a Deployment's pods carry the name as a label
+ * value (63 characters); a StatefulSet's pods carry it plus "-" and an up-to-10-character
+ * revision hash in one, hence 52.
+ */
+export function resourceNameProblem(name: string, statefulSet: boolean): string | undefined {
+  const max = statefulSet ? 52 : 63;
+  if (!dnsLabel.safeParse(name).success || name.length > max) {
+    const why = `the Kubernetes objects are named after it${statefulSet ? " and a StatefulSet's pods add a revision hash" : ""}`;
+    return `name: ${JSON.stringify(name)} must be an RFC 1123 label of at most ${max} characters (lowercase letters, digits and -, starting and ending with a letter or digit): ${why}`;
+  }
+  return undefined;
 }
 
 /** Validate a Kubernetes agent's arguments before anything exists (see checkSecrets). */
@@ -95,6 +147,8 @@ export function validateWorkload<S extends z.ZodType>(component: string, name: s
   const plain = Object.fromEntries(Object.entries(args).filter(([key]) => !secretKeys.includes(key)));
   const parsed = schema.safeParse(plain, { reportInput: true });
   const problems = parsed.success ? [] : formatIssues(parsed.error);
+  const nameProblem = resourceNameProblem(name, (plain as { statefulSet?: unknown }).statefulSet === true);
+  if (nameProblem) problems.unshift(nameProblem);
   const secrets = checkSecrets(component, name, role, args, "existingSecret", (plain as { existingSecret?: unknown }).existingSecret !== undefined);
   problems.push(...secrets.problems);
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
@@ -106,6 +160,7 @@ export interface WorkloadOutputs {
   workloadName: pulumi.Output<string>;
   secretName: pulumi.Output<string>;
   serviceAccountName: pulumi.Output<string>;
+  podSecurityLevel: PodSecurityLevel;
 }
 
 /** Create an agent's Kubernetes objects, as children of `parent`. */
@@ -116,6 +171,10 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
   const labels = { ...args.labels, ...selector, "app.kubernetes.io/component": role, "app.kubernetes.io/part-of": "agentpools", "app.kubernetes.io/managed-by": "pulumi" };
   const metadata = (suffix: string) => ({ name: `${name}${suffix}`, namespace: args.namespace, labels });
   const bundle = runtimeBundle(role);
+  // The runtime reads its drain time (and pool name) from the file an instance would have; the
+  // settings themselves come as the container's variables.
+  const instanceConfig: InstanceConfig = { role, pool: name, env: {}, drainTimeoutSeconds: args.drainTimeoutSeconds };
+  const config = JSON.stringify(instanceConfig, null, 1) + "\n";
 
   const runtime = new k8s.core.v1.ConfigMap(
     `${name}-runtime`,
@@ -123,6 +182,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       metadata: metadata("-runtime"),
       data: {
         [`${role}.js`]: bundle,
+        [CONFIG_FILE]: config,
         ...(args.customCaCertificates ? { "ca.pem": args.customCaCertificates } : {}),
         ...Object.fromEntries((spec.configFiles ?? []).map((file) => [file.key, file.content])),
       },
@@ -147,6 +207,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
   const env: k8s.types.input.core.v1.EnvVar[] = [
     ...Object.entries(spec.settingsEnv).map(([envName, value]) => ({ name: envName, value })),
     ...Object.entries(secretKeys).map(([envName, key]) => ({ name: envName, valueFrom: { secretKeyRef: { name: secretName, key } } })),
+    { name: CONFIG_PATH_VARIABLE, value: `${RUNTIME_DIR}/${CONFIG_FILE}` },
     { name: "AGENTPOOLS_STATUS_DIR", value: STATUS_DIR },
     ...(metadataPrefix
       ? [
@@ -179,11 +240,13 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       capabilities: { drop: ["ALL"] },
       seccompProfile: { type: "RuntimeDefault" },
     },
-    // Ready only while connected to the gateway; alive while the event loop turns.
+    // Ready only while connected to the gateway. Alive while the event loop turns: the runtime
+    // writes its heartbeat from its first moment, also while it waits for a gateway that is
+    // down and while it drains, so neither restarts the pod.
     readinessProbe: { exec: { command: ["test", "-f", `${STATUS_DIR}/ready`] }, periodSeconds: 5, failureThreshold: 2 },
     livenessProbe: {
       exec: { command: ["sh", "-c", `test $(( $(date +%s) - $(stat -c %Y ${STATUS_DIR}/heartbeat) )) -lt 60`] },
-      initialDelaySeconds: 30,
+      initialDelaySeconds: 10,
       periodSeconds: 20,
       failureThreshold: 3,
     },
@@ -194,7 +257,14 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     metadata: {
       labels: podLabels,
       // A new bundle or configuration rolls the pods.
-      annotations: { "agentpools.io/runtime-sha256": createHash("sha256").update(bundle).update(JSON.stringify(spec.settingsEnv)).update(JSON.stringify(spec.configFiles ?? [])).digest("hex") },
+      annotations: {
+        "agentpools.io/runtime-sha256": createHash("sha256")
+          .update(bundle)
+          .update(config)
+          .update(JSON.stringify(spec.settingsEnv))
+          .update(JSON.stringify(spec.configFiles ?? []))
+          .digest("hex"),
+      },
     },
     spec: {
       serviceAccountName: account.metadata.name,
@@ -202,9 +272,18 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       enableServiceLinks: false,
       terminationGracePeriodSeconds: args.drainTimeoutSeconds + 30,
       securityContext: { fsGroup: RUNTIME_UID, seccompProfile: { type: "RuntimeDefault" } },
-      containers: [container, ...(spec.sidecars ?? [])],
+      // restartPolicy Always makes an init container a sidecar (Kubernetes 1.29 and later): it
+      // starts (and passes its startup probe) before the agent, and on termination the kubelet
+      // signals it only once every regular container has exited.
+      ...(spec.sidecars?.length
+        ? { initContainers: spec.sidecars.map((sidecar) => ({ ...sidecar, restartPolicy: "Always" })) }
+        : {}),
+      containers: [container],
       volumes: [
-        { name: "runtime", configMap: { name: runtime.metadata.name, items: [{ key: `${role}.js`, path: `${role}.js` }] } },
+        {
+          name: "runtime",
+          configMap: { name: runtime.metadata.name, items: [`${role}.js`, CONFIG_FILE].map((file) => ({ key: file, path: file })) },
+        },
         { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },
         ...(args.customCaCertificates ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }] : []),
         ...(spec.configFiles ?? []).map((file) => ({ name: file.volume, configMap: { name: runtime.metadata.name, items: [{ key: file.key, path: file.key }] } })),
@@ -212,7 +291,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       ],
       nodeSelector: args.nodeSelector,
       tolerations: args.tolerations,
-      affinity: args.affinity as k8s.types.input.core.v1.Affinity | undefined,
+      affinity: args.affinity,
       topologySpreadConstraints: args.spreadAcrossNodes
         ? [{ maxSkew: 1, topologyKey: "kubernetes.io/hostname", whenUnsatisfiable: "ScheduleAnyway", labelSelector: { matchLabels: selector } }]
         : [],
@@ -238,14 +317,23 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
         ingress: [],
         egress: [
           { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
-          { to: args.egress.cidrBlocks.map((cidr) => ({ ipBlock: { cidr } })), ...(ports ? { ports: ports.map((port) => ({ protocol: "TCP", port })) } : {}) },
+          {
+            to: egressPeers(args.egress.cidrBlocks, args.egress.allowMetadataService),
+            ...(ports ? { ports: ports.map((port) => ({ protocol: "TCP", port })) } : {}),
+          },
         ],
       },
     },
     opts,
   );
 
-  return { namespace: pulumi.output(args.namespace), workloadName: workload.metadata.name, secretName, serviceAccountName: account.metadata.name };
+  return {
+    namespace: pulumi.output(args.namespace),
+    workloadName: workload.metadata.name,
+    secretName,
+    serviceAccountName: account.metadata.name,
+    podSecurityLevel: spec.podSecurityLevel,
+  };
 }
 
 /** The common shape of the Kubernetes agents. */
@@ -256,6 +344,8 @@ export abstract class KubernetesAgent extends pulumi.ComponentResource implement
   /** The Secret the agents read their credentials from. */
   readonly secretName: pulumi.Output<string>;
   readonly serviceAccountName: pulumi.Output<string>;
+  /** The Pod Security Standard level the pods meet: enforce it on their namespace. */
+  readonly podSecurityLevel: PodSecurityLevel;
 
   protected constructor(type: string, name: string, spec: WorkloadSpec, opts?: pulumi.ComponentResourceOptions) {
     super(type, name, {}, opts);
@@ -264,6 +354,7 @@ export abstract class KubernetesAgent extends pulumi.ComponentResource implement
     this.workloadName = outputs.workloadName;
     this.secretName = outputs.secretName;
     this.serviceAccountName = outputs.serviceAccountName;
+    this.podSecurityLevel = outputs.podSecurityLevel;
     this.registerOutputs(outputs);
   }
 }

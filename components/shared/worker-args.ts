@@ -1,10 +1,13 @@
 import type { z } from "zod";
+import { durationMs } from "../../agent/config/fields";
 import { runPolicy } from "../../agent/config/run-policy";
+import { MAX_DRAIN_SECONDS } from "./pool-args";
 
 /**
  * What the AWS and Kubernetes worker pools add to the launcher's settings, and check alike:
  * the run initialization policy given as an object (checked by the launcher's own schema)
- * and written where the launcher reads it, and the Docker executor only.
+ * and written where the launcher reads it, the Docker executor only, and a drain long enough
+ * for a run to finish.
  */
 export const RUN_INITIALIZATION_POLICY_FILE = "run-initialization-policy.json";
 
@@ -15,13 +18,21 @@ export const workerPoolExtras = {
 
 interface LauncherArgs {
   executor: string;
+  runTimeout: string;
+  drainTimeoutSeconds: number;
   runInitializationPolicy?: unknown;
   runInitializationPolicyFile?: string;
 }
 
-export function checkWorkerArgs(args: LauncherArgs, ctx: z.RefinementCtx, where: string): void {
+export function checkWorkerArgs(args: LauncherArgs, ctx: z.RefinementCtx): void {
   if (args.executor !== "docker") {
-    ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message: `must be "docker" ${where}: the process executor runs jobs beside the launcher, for development only` });
+    const message = 'must be "docker" in a pool: the process executor runs jobs beside the launcher, for development only';
+    ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message });
+  }
+  // A scale-in or a node drain stops the launcher after the drain: a run allowed to last longer would be killed.
+  if (durationMs(args.runTimeout) / 1000 > args.drainTimeoutSeconds && args.drainTimeoutSeconds < MAX_DRAIN_SECONDS) {
+    const message = `is shorter than runTimeout (${args.runTimeout}): a scale-in or node drain would kill a run that may still finish`;
+    ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message });
   }
   if (args.runInitializationPolicy !== undefined && args.runInitializationPolicyFile !== undefined) {
     ctx.addIssue({ code: "custom", path: ["runInitializationPolicyFile"], input: args.runInitializationPolicyFile, message: "give either runInitializationPolicy (the policy) or runInitializationPolicyFile (a path the launcher can read), not both" });

@@ -1,16 +1,33 @@
-// The three pools as workloads in an existing cluster, in a namespace of their own.
+// The three pools as workloads in an existing cluster. Pod Security admission holds each
+// namespace to one level, the strictest its pools' pods meet: "restricted" for the VCS and
+// Flows agents; a worker pool's Docker engine needs a privileged container, so the workers get
+// a namespace of their own at "privileged", with nothing else in it.
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
 import { kubernetes } from "../../components";
 
 const config = new pulumi.Config("agentpools");
 const namespaceName = config.get("namespace") ?? "agentpools";
+const workerNamespaceName = config.get("workerNamespace") ?? `${namespaceName}-workers`;
 const gitEndpoint = config.require("gitEndpoint");
 
-const namespace = new k8s.core.v1.Namespace("agentpools", {
-  metadata: { name: namespaceName, labels: { "pod-security.kubernetes.io/enforce": "baseline" } },
-});
-const opts = { dependsOn: [namespace] };
+/** A namespace whose pods must meet `level`; audit entries at "restricted" show what more a pod needs. */
+const namespaceAt = (resourceName: string, name: string, level: kubernetes.PodSecurityLevel) =>
+  new k8s.core.v1.Namespace(resourceName, {
+    metadata: {
+      name,
+      labels: {
+        "pod-security.kubernetes.io/enforce": level,
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/audit": "restricted",
+      },
+    },
+  });
+
+const agentsLevel = kubernetes.admittingLevel(kubernetes.VcsAgent.podSecurityLevel, kubernetes.FlowsAgent.podSecurityLevel);
+const agents = namespaceAt("agentpools", namespaceName, agentsLevel);
+const workerSpace = namespaceAt("agentpools-workers", workerNamespaceName, kubernetes.WorkerPool.podSecurityLevel);
+const opts = { dependsOn: [agents] };
 
 const vcs = new kubernetes.VcsAgent(
   "git",
@@ -27,14 +44,14 @@ const vcs = new kubernetes.VcsAgent(
 const workers = new kubernetes.WorkerPool(
   "workers",
   {
-    namespace: namespaceName,
+    namespace: workerNamespaceName,
     token: config.requireSecret("workerToken"),
     poolPrivateKey: config.requireSecret("workerPrivateKey"),
     vcsAgents: [{ name: "git", baseEndpoint: gitEndpoint }],
     statefulSet: true,
     storage: { size: "100Gi" },
   },
-  opts,
+  { dependsOn: [workerSpace] },
 );
 
 const flows = new kubernetes.FlowsAgent(
@@ -50,3 +67,4 @@ const flows = new kubernetes.FlowsAgent(
 );
 
 export const workloads = { git: vcs.workloadName, workers: workers.workloadName, flows: flows.workloadName };
+
