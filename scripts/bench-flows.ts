@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
 import { processLauncher } from "../agent/flows-agent/executor";
-import { readPrivileges, UidPool, type Isolation } from "../agent/flows-agent/sandbox";
+import { readPrivileges, uidPool, type Isolation } from "../agent/flows-agent/sandbox";
 import { packageRoot } from "../components/shared/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
@@ -115,7 +115,7 @@ async function main(): Promise<void> {
     // Cold start: a runtime from spawn to ready, as the executor starts it: isolated as the
     // agent isolates it here, and not isolated (what the isolation costs).
     const coldStart = async (isolation: Isolation) => {
-      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: new UidPool(1900000900, 1900000999), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, scratchRoot: scratchDir("cold-") });
+      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: uidPool("1900000900-1900000999"), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, scratchRoot: scratchDir("cold-") });
       const times: number[] = [];
       for (let i = 0; i < 30; i++) {
         const started = performance.now();

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
-import { dockerLauncher, dockerRunArgs, Executor } from "../agent/flows-agent/executor";
-import { UidPool } from "../agent/flows-agent/sandbox";
+import { dockerLauncher, dockerRunArgs, executor as createExecutor } from "../agent/flows-agent/executor";
+import { uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
@@ -141,7 +141,7 @@ describe("Flows agent and gateway", function () {
       const dockerClient = spawnSync("docker", ["--version"]);
       if (dockerClient.error) this.skip();
       const log = capturingLogger("flows-agent");
-      const executor = new Executor({ poolSize: 1, launcher: dockerLauncher(base, "/nonexistent/runtime.js", new UidPool(1900000000, 1900000003)), log: log.log });
+      const executor = createExecutor({ poolSize: 1, launcher: dockerLauncher(base, "/nonexistent/runtime.js", uidPool("1900000000-1900000003")), log: log.log });
       try {
         const outcome = await executor.run({ kind: "expression", code: "1" }, 5000);
         assert.equal(outcome.ok, false);

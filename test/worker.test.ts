@@ -207,7 +207,7 @@ describe("worker pools: gateway run queue and launcher", function () {
       return true;
     });
     writeFileSync(bad, "{ not json");
-    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), /is not JSON/);
+    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), /cannot be read as JSON/);
   });
 
   it("extra mounts: malformed values are refused by the schema, missing host paths at start-up", () => {

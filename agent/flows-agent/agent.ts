@@ -7,17 +7,15 @@ import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
-import { dockerLauncher, Executor, processLauncher, type Outcome, type RuntimeLauncher } from "./executor";
-import { Cgroups, ISOLATIONS, readPrivileges, seccompFilter, UidPool, uidRange, type Isolation, type Privileges } from "./sandbox";
+import { dockerLauncher, executor, processLauncher, type Executor, type Outcome, type RuntimeLauncher } from "./executor";
+import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
 import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_RUN_TIMEOUT_MAX_MS, type AgentMessage, type GatewayMessage, type Job } from "../../protocol/flows";
 
-/** A run as the gateway must send it; anything else is answered with an error or ignored. */
+/** A run as the gateway must send it, rebuilt; why not, if it is not one. */
 function checkRun(message: Record<string, unknown>): { id: string; job: Job; timeoutMs?: number } | string {
-  const { id, job, timeoutMs } = message as { id: unknown; job: Record<string, unknown> | null; timeoutMs: unknown };
-  if (typeof id !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(id)) return "";
-  if (!job || typeof job.code !== "string" || (job.kind !== "expression" && job.kind !== "block")) return 'job must be {kind: "expression" | "block", code, inputs?}';
-  if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && (timeoutMs as number) >= 1)) return "timeoutMs must be a positive integer";
-  return { id, job: { kind: job.kind, code: job.code, inputs: job.inputs }, timeoutMs: timeoutMs as number | undefined };
+  const { id, job, timeoutMs } = message as { id: string; job: Job | null; timeoutMs?: number };
+  if (!job || typeof job.code !== "string" || !["expression", "block"].includes(job.kind) || !(timeoutMs === undefined || timeoutMs >= 1)) return "a run is {job: {kind, code, inputs?}, timeoutMs?}";
+  return { id, job: { kind: job.kind, code: job.code, inputs: job.inputs }, timeoutMs };
 }
 
 /**
@@ -29,8 +27,7 @@ export function resultMessage(id: string, outcome: Outcome): string {
   const { ok, value, error, console, durationMs } = outcome;
   const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
   if (Buffer.byteLength(text) <= FLOWS_MAX_RESULT_BYTES) return text;
-  const message = `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`;
-  return JSON.stringify({ type: "result", id, ok: false, error: { name: "RangeError", message }, console: [], durationMs } satisfies AgentMessage);
+  return resultMessage(id, { ok: false, error: { name: "RangeError", message: `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes` }, console: [], durationMs });
 }
 
 /**
@@ -63,12 +60,10 @@ class FlowsLink extends WebSocketLink {
 
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (message?.type !== "run") return;
+      // Without an ID of its own a run cannot be answered: it is dropped.
+      if (message?.type !== "run" || !/^[\w-]{1,128}$/.test(message.id)) return;
       const run = checkRun(message);
-      if (typeof run === "string") {
-        if (run && typeof message.id === "string") send({ type: "result", id: message.id, ok: false, error: { name: "TypeError", message: run }, console: [], durationMs: 0 });
-        return;
-      }
+      if (typeof run === "string") return socket.send(resultMessage(message.id, { ok: false, error: { name: "TypeError", message: run }, console: [], durationMs: 0 }));
       const timeoutMs = Math.min(run.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_RUN_TIMEOUT_MAX_MS);
       this.inFlight++;
       void this.executor.run(run.job, timeoutMs).then((outcome) => {
@@ -93,11 +88,10 @@ class FlowsLink extends WebSocketLink {
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
   if (isolation === "none") return undefined;
-  if (!p.switchUser) return "the agent may not start processes as another user (run it as root, or with CAP_SETUID and CAP_SETGID)";
-  if (!p.root && !p.setpriv) return "setpriv (util-linux) is not installed, and a non-root agent needs it to drop its capabilities in runtimes";
-  if (!p.kill && !p.cgroup) return "the agent may not end another user's processes (give it CAP_KILL, or a delegated cgroup: systemd Delegate=yes)";
-  if (isolation === "namespaces" && !p.bwrap) return "bubblewrap (bwrap) is not installed";
-  if (isolation === "namespaces" && !seccompFilter()) return `no seccomp filter for the ${process.arch} architecture`;
+  if (!p.switchUser) return "the agent may not switch users (needs CAP_SETUID and CAP_SETGID)";
+  if (!p.root && !p.setpriv) return "setpriv is missing";
+  if (isolation === "namespaces" && !p.bwrap) return "bubblewrap (bwrap) is missing";
+  if (isolation === "namespaces" && !seccompFilter()) return `no seccomp filter for ${process.arch}`;
   return undefined;
 }
 
@@ -109,37 +103,32 @@ export interface Runner {
 
 /**
  * The process executor's launcher at the strongest isolation the settings allow and this host
- * gives, proven by a runtime that starts. "auto" steps down loudly; a named level refuses to
- * start without it.
+ * gives, proven by a runtime that starts. "auto" steps down, logging each step as an error; a
+ * named level refuses to start without it.
  */
 async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, log: Logger): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
-  const [first, last] = uidRange(settings.runtimeUids);
-  const ownUid = process.getuid?.() ?? -1;
-  if (ownUid >= first && ownUid <= last) throw new Error(`FLOWS_RUNTIME_UIDS (${settings.runtimeUids}) holds the agent's own uid ${ownUid}: runtimes must never share it`);
-  if (last - first + 1 < 2 * settings.runtimePoolSize) throw new Error(`FLOWS_RUNTIME_UIDS (${settings.runtimeUids}) must hold at least twice FLOWS_RUNTIME_POOL_SIZE (${settings.runtimePoolSize}) uids`);
-  const uids = new UidPool(first, last);
+  const uids = uidPool(settings.runtimeUids);
+  const own = process.getuid?.() ?? -1;
+  if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
+    throw new Error(`FLOWS_RUNTIME_UIDS ${settings.runtimeUids} must hold twice FLOWS_RUNTIME_POOL_SIZE uids, and not the agent's own (${own})`);
+  }
   const wanted = settings.runtimeIsolation;
-  let cgroups: Cgroups | undefined;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
-      if (privileges.cgroup && isolation !== "none") cgroups ??= new Cgroups(privileges.cgroup);
-      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, scratchRoot: settings.mountsDir, cgroups: isolation === "none" ? undefined : cgroups });
+      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, scratchRoot: settings.mountsDir });
       const trial = launcher.start();
-      missing = await trial.ready.then(
-        () => undefined,
-        (error: Error) => `a trial runtime did not start: ${error.message}`,
-      );
+      missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
       trial.kill();
       if (!missing) {
-        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user, with only Node's permission model between a run and the agent's pool token. For development only: run the agent as root or with CAP_SETUID, CAP_SETGID and CAP_KILL (or a delegated cgroup) to give each runtime a user of its own.", { isolation });
-        else log.info("runtimes isolated", { isolation, executor: launcher.describe, uids: settings.runtimeUids });
+        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user; only Node's permission model keeps a run from the pool token");
+        log.info("runtimes isolated", { isolation, executor: launcher.describe });
         return launcher;
       }
     }
     if (wanted !== "auto") throw new Error(`FLOWS_RUNTIME_ISOLATION=${wanted} is not possible here: ${missing}`);
-    log.error(`runtime isolation "${isolation}" is not possible here, trying a weaker one`, { reason: missing });
+    log.error("runtime isolation not possible here, trying a weaker one", { isolation, reason: missing });
   }
   throw new Error("no runtime could start");
 }
@@ -148,8 +137,8 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
 export async function createExecutor(settings: FlowsAgentSettings, log: Logger, runner: Runner, docker?: string): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const launcher =
-    settings.executor === "docker" ? dockerLauncher(settings, runner.path, new UidPool(...uidRange(settings.runtimeUids)), docker) : await isolatedLauncher(settings, runner, log);
-  return { executor: new Executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
+    settings.executor === "docker" ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker) : await isolatedLauncher(settings, runner, log);
+  return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
 }
 
 /** The `flows-agent` role; `runner` is how a runtime starts (the bundle itself with --flows-runner). */

@@ -3,9 +3,9 @@ import { syncBuiltinESMExports } from "node:module";
 import net from "node:net";
 import os from "node:os";
 import { format } from "node:util";
-import { FLOWS_MAX_CONSOLE_BYTES, FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_VALUE_BYTES, FLOWS_MAX_VALUE_DEPTH, type Answer, type Job } from "../../protocol/flows";
+import { FLOWS_MAX_CONSOLE_BYTES, FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_VALUE_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { WEBSOCKET_MAX_MESSAGE } from "../../protocol/websocket";
-import { encodeFrame, FrameReader, withinDepth } from "./channel";
+import { encodeFrame, frameReader } from "./channel";
 
 /**
  * The code that runs inside each Flows runtime process (or container): it waits for one
@@ -16,60 +16,43 @@ import { encodeFrame, FrameReader, withinDepth } from "./channel";
 
 const AsyncFunction = Object.getPrototypeOf(async () => undefined).constructor as new (...args: string[]) => (inputs: unknown) => Promise<unknown>;
 
-const cut = (text: string | undefined, max: number) => (text && text.length > max ? `${text.slice(0, max)}… (cut at ${max} characters)` : text);
-
-/** Console lines, within the caps: past them, one last line says so. */
-function consoleLines() {
+export async function runJob(job: Job): Promise<Answer> {
+  // Console lines within the caps (counted as JSON, escapes included); past them, one last line says so.
   const lines: string[] = [];
   let bytes = 0;
   let partial = "";
   const add = (line: string) => {
-    if (lines.length >= FLOWS_MAX_CONSOLE_LINES) return;
-    const size = JSON.stringify(line).length;
-    if (lines.length === FLOWS_MAX_CONSOLE_LINES - 1 || bytes + size > FLOWS_MAX_CONSOLE_BYTES - 200) {
-      lines.push(`[console cut: over the cap of ${FLOWS_MAX_CONSOLE_LINES} lines or ${FLOWS_MAX_CONSOLE_BYTES} bytes]`);
-      bytes = Infinity;
-      return;
-    }
-    lines.push(line);
-    bytes += size;
+    if (bytes < 0) return;
+    bytes += JSON.stringify(line).length;
+    if (lines.length < FLOWS_MAX_CONSOLE_LINES - 1 && bytes < FLOWS_MAX_CONSOLE_BYTES - 100) return void lines.push(line);
+    lines.push(`[console cut at the cap: ${FLOWS_MAX_CONSOLE_LINES} lines, ${FLOWS_MAX_CONSOLE_BYTES} bytes]`);
+    bytes = -1;
   };
-  return {
-    lines,
-    add,
-    /** Raw writes (process.stdout.write) become lines at their newlines. */
-    write(text: string) {
-      const parts = (partial + text).split("\n");
+  for (const level of ["log", "info", "warn", "error", "debug"] as const) {
+    console[level] = (...args: unknown[]) => add(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
+  }
+  // Raw writes (process.stdout.write) become lines at their newlines.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.write = ((chunk: string | Uint8Array) => {
+      const parts = (partial + Buffer.from(chunk)).split("\n");
       partial = parts.pop() as string;
       parts.forEach(add);
-      if (partial.length > 65536) (add(partial), (partial = ""));
-    },
-    end: () => (partial ? (add(partial), (partial = "")) : undefined),
-  };
-}
-
-export async function runJob(job: Job): Promise<Answer> {
-  const output = consoleLines();
-  for (const level of ["log", "info", "warn", "error", "debug"] as const) {
-    console[level] = (...args: unknown[]) => output.add(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
+      return true;
+    }) as typeof stream.write;
   }
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.write = ((chunk: unknown) => (output.write(typeof chunk === "string" ? chunk : Buffer.from(chunk as Uint8Array).toString()), true)) as typeof stream.write;
-  }
+  let answer: Answer;
   try {
     const fn = new AsyncFunction("inputs", job.kind === "expression" ? `return (${job.code}\n);` : job.code);
-    const json = JSON.stringify(await fn(job.inputs ?? {}));
-    if (json !== undefined && json.length > FLOWS_MAX_VALUE_BYTES) throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
-    const value = json === undefined ? null : JSON.parse(json);
-    if (!withinDepth(value, FLOWS_MAX_VALUE_DEPTH)) throw new RangeError(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH} levels`);
-    output.end();
-    return { ok: true, value, console: output.lines };
+    const json = JSON.stringify(await fn(job.inputs ?? {})) ?? "null";
+    if (json.length > FLOWS_MAX_VALUE_BYTES) throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
+    answer = { ok: true, value: JSON.parse(json), console: lines };
   } catch (thrown) {
-    output.end();
-    const error = thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${cut(format(thrown), 1000)}`);
+    const error = thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
     const code = (error as { code?: unknown }).code;
-    return { ok: false, error: { name: cut(String(error.name), 200) as string, message: cut(String(error.message), 60_000) as string, stack: cut(typeof error.stack === "string" ? error.stack : undefined, 60_000), ...(typeof code === "string" ? { code: cut(code, 200) } : {}) }, console: output.lines };
+    answer = { ok: false, error: { name: String(error.name), message: String(error.message), stack: error.stack && String(error.stack), code: typeof code === "string" ? code : undefined }, console: lines };
   }
+  if (partial) add(partial);
+  return answer;
 }
 
 /**
@@ -83,7 +66,7 @@ export function confine(): void {
   const refuse = (what: string) => () => {
     throw Object.assign(new Error(`${what} is not available to flow code`), { code: "ERR_ACCESS_DENIED" });
   };
-  for (const name of ["kill", "_kill", "_debugProcess", "_debugEnd", "setuid", "setgid", "seteuid", "setegid", "setgroups", "initgroups", "dlopen"]) {
+  for (const name of ["kill", "_kill", "_debugProcess", "setuid", "setgid", "dlopen"]) {
     (process as unknown as Record<string, unknown>)[name] = refuse(`process.${name}`);
   }
   os.setPriority = refuse("os.setPriority");
@@ -117,10 +100,10 @@ export async function runRunner(argv = process.argv): Promise<void> {
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
   await runJob({ kind: "expression", code: "[0].map(String)" });
   await runJob({ kind: "block", code: "return JSON.stringify({ a: 1 })" });
-  const reader = new FrameReader(WEBSOCKET_MAX_MESSAGE, (text) => {
+  const read = frameReader(WEBSOCKET_MAX_MESSAGE, (text) => {
     process.stdin.pause();
     void runJob(JSON.parse(text) as Job).then((answer) => send(answer, park));
   });
-  process.stdin.on("data", (chunk: Buffer) => reader.push(chunk));
+  process.stdin.on("data", read);
   send({ ready: true });
 }

@@ -1,4 +1,4 @@
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readSync, realpathSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
 
 /**
@@ -8,8 +8,7 @@ import path from "node:path";
  *    agent and other runs are not there to signal, trace or read in /proc), a mount namespace
  *    holding only Node, its libraries, the runner and a size-capped tmpfs as scratch, and a
  *    seccomp filter (no Unix-domain sockets, filesystem or abstract; no child processes; no
- *    new namespaces; no ptrace). In a delegated cgroup (systemd Delegate=yes), a cgroup each
- *    with memory and pids limits.
+ *    new namespaces; no ptrace).
  *  - "user": a uid of its own, nothing more (where namespaces are not allowed: a pod).
  *  - "none": the agent's own uid. Only Node's permission model stands between a run and the
  *    agent's token; for a developer's machine, and said loudly.
@@ -19,146 +18,77 @@ export type Isolation = (typeof ISOLATIONS)[number];
 
 /** What this process may do to keep runtimes from itself, read once at start. */
 export interface Privileges {
-  /** It may switch a child to another uid and gid: root, or CAP_SETUID and CAP_SETGID. */
-  switchUser: boolean;
-  /** It may signal a process of another uid: CAP_KILL (root has it). */
-  kill: boolean;
   root: boolean;
+  /** It may start a child as another uid and gid: CAP_SETUID and CAP_SETGID (root has them). */
+  switchUser: boolean;
+  /** It may signal another uid's process: CAP_KILL (root has it). */
+  kill: boolean;
   setpriv?: string;
   bwrap?: string;
-  /** A cgroup v2 directory delegated to this process's user (systemd Delegate=yes). */
-  cgroup?: string;
 }
 
-const capability = (mask: bigint, bit: number) => ((mask >> BigInt(bit)) & 1n) === 1n;
-
-function findProgram(name: string): string | undefined {
-  return [...(process.env.PATH ?? "").split(":"), "/usr/bin", "/bin", "/usr/sbin", "/sbin"].map((dir) => path.join(dir, name)).find((file) => {
-    try {
-      accessSync(file, constants.X_OK);
-      return path.isAbsolute(file);
-    } catch {
-      return false;
-    }
-  });
-}
-
-/** This process's own cgroup (v2) when its user may manage it: not the root, and writable. */
-function delegatedCgroup(): string | undefined {
-  try {
-    const own = /^0::(\/.*)$/m.exec(readFileSync("/proc/self/cgroup", "utf8"))?.[1];
-    const mount = /^\S+ \S+ \S+ \S+ (\S+) .* - cgroup2 /m.exec(readFileSync("/proc/self/mountinfo", "utf8"))?.[1];
-    if (!own || !mount || own === "/") return undefined;
-    const dir = path.join(mount, own);
-    for (const file of ["", "cgroup.procs", "cgroup.subtree_control"]) accessSync(path.join(dir, file), constants.W_OK);
-    return dir;
-  } catch {
-    return undefined;
-  }
-}
+const program = (name: string) => ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"].map((dir) => `${dir}/${name}`).find(existsSync);
 
 export function readPrivileges(): Privileges {
-  if (process.platform !== "linux") return { switchUser: false, kill: false, root: false };
-  const effective = BigInt(`0x${/^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0"}`);
+  if (process.platform !== "linux") return { root: false, switchUser: false, kill: false };
+  // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
+  const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
+  return { root: process.getuid?.() === 0, switchUser: (caps & 0xc0) === 0xc0, kill: (caps & 0x20) !== 0, setpriv: program("setpriv"), bwrap: program("bwrap") };
+}
+
+/** The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive. */
+export function uidPool(range: string): UidPool {
+  const [first, last = first] = range.split("-").map(Number);
+  const free = Array.from({ length: Math.max(0, last - first + 1) }, (_, i) => first + i);
   return {
-    root: process.getuid?.() === 0,
-    switchUser: capability(effective, 6) && capability(effective, 7),
-    kill: capability(effective, 5),
-    setpriv: findProgram("setpriv"),
-    bwrap: findProgram("bwrap"),
-    cgroup: delegatedCgroup(),
+    first,
+    last,
+    take() {
+      const uid = free.shift();
+      if (uid === undefined) throw new Error("every uid of FLOWS_RUNTIME_UIDS is in use");
+      return uid;
+    },
+    give: (uid) => void free.push(uid),
   };
 }
 
-/** A uid (and gid of the same number) per runtime alive, from the configured range. */
-export class UidPool {
-  private readonly free: number[] = [];
-  constructor(first: number, last: number) {
-    for (let uid = first; uid <= last; uid++) this.free.push(uid);
-  }
-  take(): number {
-    const uid = this.free.shift();
-    if (uid === undefined) throw new Error("every runtime uid of FLOWS_RUNTIME_UIDS is in use");
-    return uid;
-  }
-  give(uid: number): void {
-    this.free.push(uid);
-  }
+export interface UidPool {
+  first: number;
+  last: number;
+  take(): number;
+  give(uid: number): void;
 }
 
-/** "first-last" (or one number) as the range it names. */
-export function uidRange(text: string): [number, number] {
-  const [first, last = first] = text.split("-").map(Number);
-  return [first, last];
-}
+/** The dynamic loader glibc's Node binaries name (their ELF interpreter), per architecture: often a symbolic link to a library directory. */
+const LOADERS: Record<string, string> = { x64: "/lib64/ld-linux-x86-64.so.2", arm64: "/lib/ld-linux-aarch64.so.1" };
 
-/** The ELF interpreter (dynamic loader) a binary names, for 64-bit little-endian binaries; undefined for others. */
-export function elfInterpreter(file: string): string | undefined {
-  const fd = openSync(file, "r");
-  try {
-    const head = Buffer.alloc(4096);
-    readSync(fd, head, 0, head.length, 0);
-    if (head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return undefined;
-    const table = Number(head.readBigUInt64LE(0x20));
-    for (let i = 0; i < head.readUInt16LE(0x38); i++) {
-      const entry = table + i * head.readUInt16LE(0x36);
-      if (head.readUInt32LE(entry) !== 3) continue;
-      const text = Buffer.alloc(Number(head.readBigUInt64LE(entry + 32)));
-      readSync(fd, text, 0, text.length, Number(head.readBigUInt64LE(entry + 8)));
-      return text.toString("latin1").replace(/\0[^]*$/, "");
-    }
-    return undefined;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** The directories of the shared libraries this Node has loaded (the runtime's Node is the same binary). */
-export function libraryDirectories(maps = readFileSync("/proc/self/maps", "utf8")): string[] {
-  const files = maps.split("\n").map((line) => line.split(/\s+/)[5] ?? "").filter((file) => /^\/.*\.so(\.|$)/.test(file));
-  return [...new Set(files.map((file) => path.dirname(file)))].sort();
-}
-
-/** Files name resolution reads (getaddrinfo): a run reaches the network by name as the host does. */
-const NAME_RESOLUTION = ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf"];
+/** The directories of the shared libraries this Node has loaded (a runtime's Node is the same binary). */
+export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8")) => [...new Set(maps.match(/\/\S+\.so\b\S*$/gm)?.map((file) => path.dirname(file)))].sort();
 
 /**
  * bubblewrap's arguments for one runtime (pure): new namespaces of every kind but the network,
- * read-only binds of Node, its loader and libraries and the runner's files, a fresh /proc of
- * the runtime's own pid namespace, a minimal /dev, and a tmpfs of `diskMb` as /tmp, the scratch.
+ * read-only binds of Node, its loader and libraries, the runner's files and what name
+ * resolution reads, a fresh /proc of the runtime's own pid namespace, a minimal /dev, and a
+ * tmpfs of `diskMb` as /tmp, the scratch. The seccomp filter comes on fd 5; fd 4 gets the
+ * runtime's pid.
  */
-export function bwrapArgs(o: { node: string; interpreter?: string; libraries: string[]; readable: string[]; diskMb: number; seccompFd: number; infoFd: number }): string[] {
-  const bind = (from: string, to = from) => ["--ro-bind", from, to];
+export function bwrapArgs(o: { node: string; libraries: string[]; readable: string[]; diskMb: number }): string[] {
+  const loader = LOADERS[process.arch];
+  const files = [o.node, ...o.libraries, ...o.readable, ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`)].filter(existsSync);
   return [
-    "--unshare-all",
-    "--share-net",
-    "--unshare-user",
-    "--die-with-parent",
-    "--new-session",
-    "--as-pid-1",
-    "--proc", "/proc",
-    "--dev", "/dev",
-    "--size", String(o.diskMb * 1024 * 1024),
-    "--perms", "1777",
-    "--tmpfs", "/tmp",
-    ...bind(o.node),
-    ...(o.interpreter ? bind(realpathSync(o.interpreter), o.interpreter) : []),
-    ...o.libraries.flatMap((dir) => bind(dir)),
-    ...o.readable.flatMap((file) => bind(file)),
-    ...NAME_RESOLUTION.filter((file) => existsSync(file)).flatMap((file) => bind(file)),
-    "--setenv", "LD_LIBRARY_PATH", o.libraries.join(":"),
-    "--chdir", "/tmp",
-    "--info-fd", String(o.infoFd),
-    "--seccomp", String(o.seccompFd),
-    "--",
+    ...["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--proc", "/proc", "--dev", "/dev"],
+    ...["--size", String(o.diskMb << 20), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/tmp", "--setenv", "LD_LIBRARY_PATH", o.libraries.join(":")],
+    ...(existsSync(loader) ? ["--ro-bind", realpathSync(loader), loader] : []),
+    ...files.flatMap((file) => ["--ro-bind", file, file]),
+    ...["--info-fd", "4", "--seccomp", "5", "--"],
   ];
 }
 
-/** Linux system call numbers the filter names, per architecture Node runs on. */
+/** System call numbers the filter names, per architecture Node runs on. */
 const SYSCALLS = {
   // fork vfork ptrace process_vm_readv/writev perf_event_open bpf userfaultfd io_uring_setup add_key request_key keyctl unshare setns
-  x64: { arch: 0xc000003e, socket: 41, clone: 56, clone3: 435, denied: [57, 58, 101, 310, 311, 298, 321, 323, 425, 248, 249, 250, 272, 308] },
-  arm64: { arch: 0xc00000b7, socket: 198, clone: 220, clone3: 435, denied: [117, 270, 271, 241, 280, 282, 425, 217, 218, 219, 97, 268] },
+  x64: { arch: 0xc000003e, socket: 41, clone: 56, denied: [57, 58, 101, 310, 311, 298, 321, 323, 425, 248, 249, 250, 272, 308] },
+  arm64: { arch: 0xc00000b7, socket: 198, clone: 220, denied: [117, 270, 271, 241, 280, 282, 425, 217, 218, 219, 97, 268] },
 } as const;
 
 /**
@@ -167,119 +97,28 @@ const SYSCALLS = {
  * X server), no new process (fork, vfork, clone without CLONE_THREAD; clone3, whose flags a
  * filter cannot read, answers ENOSYS so threads fall back to clone), no new namespaces
  * (unshare, setns), no ptrace, process_vm_readv/writev, perf_event_open, bpf, userfaultfd,
- * io_uring or kernel keyrings.
- * Another ABI (x32, i386) is killed outright. Undefined on an architecture it does not know.
+ * io_uring or kernel keyrings. Another ABI (x32, i386) is killed outright. Undefined on an
+ * architecture it does not know.
  */
 export function seccompFilter(arch: string = process.arch): Buffer | undefined {
   const table = SYSCALLS[arch as keyof typeof SYSCALLS];
   if (!table) return undefined;
-  const ERRNO = 0x50000;
-  const [EPERM, EACCES, ENOSYS] = [1, 13, 38];
-  type Op = [code: number, k: number, jt?: string, jf?: string] | string;
-  const program: Op[] = [
-    [0x20, 4],
-    [0x15, table.arch, undefined, "kill"],
-    [0x20, 0],
-    ...(arch === "x64" ? [[0x35, 0x40000000, "kill"] as Op] : []),
-    ...table.denied.map((nr): Op => [0x15, nr, "eperm"]),
-    [0x15, table.clone3, "enosys"],
-    [0x15, table.socket, "socket"],
-    [0x15, table.clone, "clone"],
-    [0x06, 0x7fff0000],
-    "socket",
-    [0x20, 16],
-    [0x15, 1, "eacces"],
-    [0x06, 0x7fff0000],
-    "clone",
-    [0x20, 16],
-    [0x45, 0x10000, "allow"],
-    "eperm",
-    [0x06, ERRNO | EPERM],
-    "eacces",
-    [0x06, ERRNO | EACCES],
-    "enosys",
-    [0x06, ERRNO | ENOSYS],
-    "kill",
-    [0x06, 0x80000000],
-    "allow",
-    [0x06, 0x7fff0000],
+  const [LOAD, EQUAL, AT_LEAST, ANY_BIT, RETURN] = [0x20, 0x15, 0x35, 0x45, 0x06];
+  const [ALLOW, KILL, EPERM, EACCES, ENOSYS] = [0x7fff0000, 0x80000000, 0x50001, 0x5000d, 0x50026];
+  // [code, k, instructions skipped if true, if false]: load a word of seccomp_data (0 the call, 4 the architecture, 16 the first argument).
+  const program: number[][] = [
+    ...[[LOAD, 4], [EQUAL, table.arch, 1, 0], [RETURN, KILL], [LOAD, 0]],
+    ...(arch === "x64" ? [[AT_LEAST, 0x40000000, 0, 1], [RETURN, KILL]] : []),
+    ...[...table.denied.map((nr) => [nr, EPERM]), [435, ENOSYS]].flatMap(([nr, answer]) => [[EQUAL, nr, 0, 1], [RETURN, answer]]),
+    // socket(AF_UNIX, ...) answers EACCES; clone without CLONE_THREAD EPERM; anything else is allowed.
+    ...[[EQUAL, table.socket, 0, 3], [LOAD, 16], [EQUAL, 1, 0, 5], [RETURN, EACCES]],
+    ...[[EQUAL, table.clone, 0, 3], [LOAD, 16], [ANY_BIT, 0x10000, 1, 0], [RETURN, EPERM], [RETURN, ALLOW]],
   ];
-  const labels = new Map<string, number>();
-  const code = program.filter((op) => (typeof op === "string" ? (labels.set(op, -1), false) : true)) as Exclude<Op, string>[];
-  let index = 0;
-  for (const op of program) typeof op === "string" ? labels.set(op, index) : index++;
-  const filter = Buffer.alloc(code.length * 8);
-  code.forEach(([op, k, jt, jf], at) => {
-    const jump = (label?: string) => (label ? (labels.get(label) as number) - at - 1 : 0);
-    filter.writeUInt16LE(op, at * 8);
-    filter.writeUInt8(jump(jt), at * 8 + 2);
-    filter.writeUInt8(jump(jf), at * 8 + 3);
+  const filter = Buffer.alloc(program.length * 8);
+  program.forEach(([code, k, yes = 0, no = 0], at) => {
+    filter.writeUInt16LE(code, at * 8);
+    filter.writeUInt16BE((yes << 8) | no, at * 8 + 2);
     filter.writeUInt32LE(k, at * 8 + 4);
   });
   return filter;
-}
-
-/**
- * Runtimes' cgroups under the agent's delegated one: the agent moves itself into a leaf of
- * its own (cgroup v2 lets only leaves hold processes), turns on the memory and pids
- * controllers for the subtree, and gives each runtime a cgroup with limits, killed as a whole
- * with cgroup.kill (which needs no capability).
- */
-export class Cgroups {
-  private readonly controllers: string[];
-
-  constructor(private readonly root: string) {
-    mkdirSync(path.join(root, "agent"), { recursive: true });
-    writeFileSync(path.join(root, "agent", "cgroup.procs"), String(process.pid));
-    const available = readFileSync(path.join(root, "cgroup.controllers"), "utf8").split(/\s+/);
-    this.controllers = ["memory", "pids"].filter((name) => available.includes(name));
-    if (this.controllers.length > 0) writeFileSync(path.join(root, "cgroup.subtree_control"), this.controllers.map((name) => `+${name}`).join(" "));
-  }
-
-  describe(): string {
-    return `a cgroup each (${this.controllers.length > 0 ? this.controllers.join(", ") + " limits" : "no controllers delegated"})`;
-  }
-
-  /** A runtime's cgroup: its limits set, and `spawn` called from inside it so the child starts there. */
-  create<T>(name: string, limits: { memoryBytes: number; pids: number }, spawn: () => T): { child: T; dir: string } {
-    const dir = path.join(this.root, name);
-    mkdirSync(dir);
-    if (this.controllers.includes("memory")) {
-      writeFileSync(path.join(dir, "memory.max"), String(limits.memoryBytes));
-      writeFileSync(path.join(dir, "memory.swap.max"), "0");
-    }
-    if (this.controllers.includes("pids")) writeFileSync(path.join(dir, "pids.max"), String(limits.pids));
-    // A child starts in its parent's cgroup: the agent steps in for the spawn, then back out.
-    writeFileSync(path.join(dir, "cgroup.procs"), String(process.pid));
-    try {
-      return { child: spawn(), dir };
-    } finally {
-      writeFileSync(path.join(this.root, "agent", "cgroup.procs"), String(process.pid));
-    }
-  }
-
-  static kill(dir: string): void {
-    try {
-      writeFileSync(path.join(dir, "cgroup.kill"), "1");
-    } catch {
-      // Gone already.
-    }
-  }
-
-  static oomKilled(dir: string): boolean {
-    try {
-      return /^oom_kill [1-9]/m.test(readFileSync(path.join(dir, "memory.events"), "utf8"));
-    } catch {
-      return false;
-    }
-  }
-
-  /** Removed once empty; a cgroup still emptying is tried again a moment later. */
-  static remove(dir: string, attempts = 20): void {
-    try {
-      rmdirSync(dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "EBUSY" && attempts > 0) setTimeout(() => Cgroups.remove(dir, attempts - 1), 50).unref();
-    }
-  }
 }

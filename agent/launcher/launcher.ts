@@ -1,5 +1,5 @@
 import { randomUUID, sign, type KeyObject } from "node:crypto";
-import { chmodSync, closeSync, constants, createReadStream, createWriteStream, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, rmSync } from "node:fs";
+import { chmodSync, createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
@@ -14,8 +14,8 @@ import { decodeToken, type PoolToken } from "../../protocol/token";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
-import { RunOutput } from "./output";
-import { loadPolicy, policyRefusal, RUN_ID, runRefusal } from "./policy";
+import { runOutput } from "./output";
+import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import { removeTree } from "../../lib/remove-tree";
 import { PROOF_HEADER, proofPayload, statePath, WORKER_CONNECT_PATH, type FromWorker, type RunOutcome, type RunSpec, type ToWorker } from "../../protocol/worker";
 import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
@@ -64,7 +64,7 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
   for (const mount of settings.extraMounts) {
     if (!existsSync(mount.split(":")[0])) throw new Error(`SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`);
   }
-  if (settings.executor === "process" && settings.extraMounts.length > 0) log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
+  if (settings.executor === "process" && settings.extraMounts.length > 0) log.warn("extra mounts are for containers: the process executor ignores them");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
 
   const passed: Record<string, string> = {};
@@ -80,26 +80,14 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
 }
 
 /**
- * Copies the state file a run left to `dest`, if it is a regular file inside the workspace:
- * not a symbolic link (nor its directory one), not a FIFO, not a hard link to a file elsewhere.
- * true when kept, why not when refused, undefined when there is none.
+ * The state file a run left, if it is a regular file of the workspace's own: not a symbolic
+ * link (nor its directory one), a FIFO, or a hard link to a file elsewhere. The run has ended:
+ * nothing of it can swap the file once checked. false when there is one, but not such a file.
  */
-async function keepState(workspace: string, dest: string): Promise<true | string | undefined> {
-  let fd: number;
-  try {
-    if (!lstatSync(path.join(workspace, path.dirname(STATE_FILE))).isDirectory()) return `${path.dirname(STATE_FILE)} is not a directory`;
-    fd = openSync(path.join(workspace, STATE_FILE), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    return code === "ENOENT" ? undefined : code === "ELOOP" ? "it is a symbolic link" : (error as Error).message;
-  }
-  const stat = fstatSync(fd);
-  if (!stat.isFile() || stat.nlink !== 1) {
-    closeSync(fd);
-    return stat.isFile() ? "it is a hard link to another file" : "it is not a regular file";
-  }
-  await pipeline(createReadStream("", { fd }), createWriteStream(dest, { flags: "wx", mode: 0o600 }));
-  return true;
+function stateFileOf(workspace: string): string | false | undefined {
+  const file = path.join(workspace, STATE_FILE);
+  if (!existsSync(file)) return undefined;
+  return lstatSync(path.dirname(file)).isDirectory() && lstatSync(file).isFile() && lstatSync(file).nlink === 1 && file;
 }
 
 /** The headers that authenticate the launcher: the pool's secret, and a fresh signature by the pool's key. */
@@ -167,13 +155,9 @@ export class Launcher extends WebSocketLink {
     if (!run?.outcome) return;
     this.unfinished.delete(id);
     clearTimeout(run.retry);
-    this.remove(run.dir);
-  }
-
-  /** What a run left is removed whatever it did to its permissions; what cannot be is reported, never thrown. */
-  private remove(dir: string): void {
-    const failure = removeTree(dir);
-    if (failure) this.context.log.warn("could not remove what a run left", { dir, error: failure });
+    // Removed whatever the run did to its permissions; what cannot be is reported, never thrown.
+    const failure = removeTree(run.dir);
+    if (failure) this.context.log.warn("could not remove what a run left", { dir: run.dir, error: failure });
   }
 
   private authHeaders(): Record<string, string> {
@@ -182,7 +166,7 @@ export class Launcher extends WebSocketLink {
 
   private async take(spec: RunSpec): Promise<void> {
     const { settings, log } = this.context;
-    if (typeof spec.id !== "string" || !RUN_ID.test(spec.id)) return log.warn("the gateway sent a run without a valid ID; ignored", { id: String(spec.id).slice(0, 200) });
+    if (typeof spec.id !== "string") return;
     if (this.current || this.stopping) return this.send({ type: "refused", id: spec.id, reason: this.stopping ? "the worker is draining" : "the worker is busy", retry: true });
     // Where a run's files go is the launcher's choice, never a name the gateway could predict.
     const run: Unfinished = { id: spec.id, dir: "", lines: [] };
@@ -191,11 +175,11 @@ export class Launcher extends WebSocketLink {
     const current = { id: spec.id, process: undefined as StartedRun | undefined, done: new Promise<void>((r) => (resolveDone = r)), stop: (reason: string) => ((stopReason ??= reason), current.process?.kill()) };
     this.current = current;
     try {
-      const environment = typeof spec.sealedEnvironment === "string" ? await this.openEnvironment(spec.sealedEnvironment) : {};
-      const unsafe = runRefusal(spec as unknown as Record<string, unknown>, environment);
+      const environment = spec.sealedEnvironment ? await this.openEnvironment(spec.sealedEnvironment) : {};
+      const unsafe = runRefusal(spec, environment);
       const refusal = unsafe ?? (this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds }));
       if (refusal) {
-        const reason = unsafe ? `refused by the launcher: ${unsafe}` : `refused by the run initialization policy: ${refusal}`;
+        const reason = unsafe ? `refused: ${unsafe}` : `refused by the run initialization policy: ${refusal}`;
         log.info("run refused", { run: spec.id, reason });
         this.current = undefined;
         resolveDone();
@@ -245,7 +229,7 @@ export class Launcher extends WebSocketLink {
       this.send({ type: "log", id: run.id, from, lines: kept });
     };
     // Each stream on its own: a value split between two reads of one stream is still whole to it.
-    const outputs = { stdout: new RunOutput(secrets, append), stderr: new RunOutput(secrets, append) };
+    const outputs = { stdout: runOutput(secrets, append), stderr: runOutput(secrets, append) };
 
     const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
@@ -274,12 +258,11 @@ export class Launcher extends WebSocketLink {
     outputs.stderr.end();
 
     // The state file is the run's to write, not to point elsewhere: only a regular file of the
-    // workspace's own is kept, copied to where the launcher chose.
-    const kept = await keepState(workspace, path.join(run.dir, "state"));
-    if (kept === true) run.stateFile = path.join(run.dir, "state");
-    else if (kept) append([`[agentpools: the state file is not kept: ${kept}]`]);
-    this.remove(workspace);
-    const state = kept === true;
+    // workspace's own is kept.
+    const kept = stateFileOf(workspace);
+    if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
+    run.stateFile = kept || undefined;
+    const state = Boolean(kept);
     if (timedOut) {
       append([`[agentpools: killed: ${timedOut}]`]);
       return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { markRunLine, MASK, MAX_LINE, RUN_LINE_MARK, RunOutput } from "./output";
+import { markRunLine, MASK, MAX_LINE, RUN_LINE_MARK, runOutput } from "./output";
 
 function lines(secrets: string[], chunks: (string | Buffer)[]): string[] {
   const out: string[] = [];
-  const output = new RunOutput(secrets, (batch) => out.push(...batch));
+  const output = runOutput(secrets, (batch) => out.push(...batch));
   for (const chunk of chunks) output.write(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
   output.end();
   return out;
@@ -28,14 +28,13 @@ describe("run output: lines and masking", () => {
     }
   });
 
-  it("masks a value that contains newlines, whole or split across reads, and each of its long lines alone", () => {
+  it("masks a value that contains newlines, whole or split across reads", () => {
     const pem = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----";
     assert.deepEqual(lines([pem], [`before\n${pem}\nafter\n`]), ["before", MASK, "after"]);
     for (let cut = 1; cut < pem.length; cut += 7) {
       const text = `k=${pem}!\n`;
       assert.deepEqual(lines([pem], [text.slice(0, cut + 2), text.slice(cut + 2)]), [`k=${MASK}!`], `cut at ${cut}`);
     }
-    assert.deepEqual(lines([pem], ["body MIIEvQIBADANBgkqhkiG9w0BAQEFAASC only\n"]), [`body ${MASK} only`]);
   });
 
   it("decodes UTF-8 across reads: a character split between two reads stays whole, and a non-ASCII secret split so is masked", () => {
@@ -60,7 +59,7 @@ describe("run output: lines and masking", () => {
     // 32 MiB without a newline in 64 KiB reads: each read is handled once (a rescan of what
     // is held would take minutes), and what is kept between reads stays small.
     let count = 0;
-    const output = new RunOutput([secret], (batch) => (count += batch.length));
+    const output = runOutput([secret], (batch) => (count += batch.length));
     const chunk = Buffer.alloc(64 * 1024, "z");
     const started = performance.now();
     for (let i = 0; i < 512; i++) output.write(chunk);
@@ -70,7 +69,7 @@ describe("run output: lines and masking", () => {
   });
 
   it("marks a run's line that would read as the launcher's own, whatever escapes or blanks precede it", () => {
-    for (const forged of ["[agentpools: killed: forged]", "  [agentpools: x]", "\x1b[0m\x1b[2K[agentpools: x]", "\u200b[AGENTPOOLS: x]", "\r[agentpools: x]", "\x1b]0;t\x07[agentpools: x]"]) {
+    for (const forged of ["[agentpools: killed: forged]", "  [agentpools: x]", "\x1b[0m\x1b[2K[agentpools: x]", "\u200b[AGENTPOOLS: x]", "\r[agentpools: x]", "\u00a0\x1b[1;31m[agentpools: x]"]) {
       assert.equal(markRunLine(forged), RUN_LINE_MARK + forged, JSON.stringify(forged));
     }
     assert.equal(markRunLine("ok [agentpools: inside]"), "ok [agentpools: inside]");

@@ -3,21 +3,14 @@ import type { PropertySchema } from "../config/env";
 import type { RunPolicy } from "../config/run-policy";
 import { durationMs } from "../config/duration";
 import { checkDocument } from "../config/validate";
-import { isImageReference } from "../../protocol/image";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */
 export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (error) {
-    throw new Error(`the run initialization policy ${file} cannot be read: ${(error as Error).message}`);
-  }
   let document: unknown;
   try {
-    document = JSON.parse(text);
+    document = JSON.parse(readFileSync(file, "utf8"));
   } catch (error) {
-    throw new Error(`the run initialization policy ${file} is not JSON: ${(error as Error).message}`);
+    throw new Error(`the run initialization policy ${file} cannot be read as JSON: ${(error as Error).message}`);
   }
   const problems = checkDocument(schema, document, "policy");
   if (problems.length > 0) {
@@ -54,24 +47,27 @@ export function policyRefusal(
   return undefined;
 }
 
-/** Variables the Docker client (a Go program), or the dynamic loader starting it or the run's shell, would take as their own. */
-const STEERING = /^(LD_\w*|DOCKER_\w*|BUILDKIT_\w*|MALLOC_\w*|GLIBC_TUNABLES|GCONV_PATH|LOCPATH|NLSPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|GODEBUG|GOGC|GOMAXPROCS|GOMEMLIMIT|GOTRACEBACK|SSL_CERT_FILE|SSL_CERT_DIR|PATH|HOME|TMPDIR|XDG_\w*|\w*_PROXY)$/i;
-export const RUN_ID = /^[A-Za-z0-9_-]{1,128}$/;
+/**
+ * What an image reference may be made of, starting with a letter or digit: nothing here can be
+ * read as an option or split into two arguments. Docker parses the reference itself (after
+ * `--`, so whatever the text, it is read as the image); the full grammar is the gateway's and
+ * the components' check (protocol/image.ts), too large for the launcher's share of user-data.
+ */
+const IMAGE_CHARACTERS = /^[a-zA-Z\d][\w.:/@-]*$/;
+
+/** Variables the Docker client (a Go program), the loader starting it, or the run's shell would take as their own. */
+const STEERING = /^(LD_|DOCKER_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME)$)|_PROXY$/i;
 
 /**
- * Why the launcher refuses a run the gateway sent, whatever the policy: a field of the wrong
- * shape, an image that is not an image reference, or a variable that would steer the Docker
- * client or the loader rather than reach the run. Pure.
+ * Why the launcher refuses a run the gateway sent, whatever the policy: an image that is not an
+ * image reference, or a variable that is not a name (LD_PRELOAD=...) or that would steer the
+ * Docker client or its loader rather than reach the run. Pure.
  */
-export function runRefusal(spec: Record<string, unknown>, environment: Record<string, unknown>): string | undefined {
-  const { image, commands, timeoutSeconds, stateFrom } = spec;
-  if (!isImageReference(image)) return `image ${JSON.stringify(image)} is not an image reference`;
-  if (!Array.isArray(commands) || commands.length === 0 || !commands.every((c) => typeof c === "string")) return "commands must be a list of strings";
-  if (timeoutSeconds !== undefined && !(Number.isInteger(timeoutSeconds) && (timeoutSeconds as number) > 0)) return "timeoutSeconds must be a positive integer";
-  if (stateFrom !== undefined && !RUN_ID.test(String(stateFrom))) return `stateFrom ${JSON.stringify(stateFrom)} is not a run ID`;
-  for (const [name, value] of Object.entries(environment)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || typeof value !== "string") return `run variable ${JSON.stringify(name)} must be a variable name with a string value`;
-    if (STEERING.test(name)) return `run variable ${name} would steer the Docker client or the loader that starts the run, so a run cannot set it`;
+export function runRefusal(spec: { image: unknown }, environment: Record<string, unknown>): string | undefined {
+  if (typeof spec.image !== "string" || !IMAGE_CHARACTERS.test(spec.image)) return `image ${JSON.stringify(spec.image)} is not an image reference`;
+  for (const name of Object.keys(environment)) {
+    if (!/^[A-Za-z_]\w*$/.test(name)) return `run variable ${JSON.stringify(name)} is not a variable name`;
+    if (STEERING.test(name)) return `run variable ${name} would steer the Docker client or its loader`;
   }
   return undefined;
 }
