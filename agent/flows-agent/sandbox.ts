@@ -74,7 +74,7 @@ export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8"
  */
 export function bwrapArgs(o: { node: string; libraries: string[]; readable: string[]; diskMb: number }): string[] {
   const loader = LOADERS[process.arch];
-  const files = [o.node, ...o.libraries, ...o.readable, ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`)].filter(existsSync);
+  const files = [o.node, ...o.libraries, ...o.readable, ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`).filter(existsSync)];
   return [
     ...["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--proc", "/proc", "--dev", "/dev"],
     ...["--size", String(o.diskMb << 20), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/tmp", "--setenv", "LD_LIBRARY_PATH", o.libraries.join(":")],
