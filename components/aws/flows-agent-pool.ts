@@ -1,6 +1,6 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { flowsAgentSettings } from "../../agent/config/flows-agent";
+import { flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 
@@ -8,6 +8,9 @@ import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-ar
 export const flowsAgentPoolArgs = z
   .strictObject({
     ...flowsAgentSettings.omit({ poolToken: true }).shape,
+    // On an instance, process runtimes get namespaces (the boot script installs bubblewrap): a
+    // host without them must refuse to start rather than run them less isolated.
+    runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("namespaces"),
     ...poolCoreShape({ instanceType: "c7i.xlarge", rootVolumeSizeGiB: 30, drainTimeoutSeconds: 300 }),
   })
   .superRefine(checkCoreRelations);
@@ -29,6 +32,7 @@ export class FlowsAgentPool extends AgentPool {
         gvisor: parsed.executor === "docker" && parsed.gvisor,
         registryMirror: parsed.registryMirror,
         noProxy: parsed.noProxy,
+        runtimeSandbox: parsed.executor === "process" ? { uids: parsed.runtimeUids } : undefined,
       })),
       opts,
     );

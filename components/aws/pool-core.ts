@@ -59,6 +59,7 @@ export interface PoolSpec extends PoolPlacement {
   gvisor: boolean;
   registryMirror?: string;
   noProxy?: string;
+  runtimeSandbox?: { uids: string };
   extraFiles?: UserDataFile[];
 }
 
@@ -150,6 +151,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: NonNul
     noProxy: spec.noProxy,
     extraFiles: spec.extraFiles,
     stopTimeoutSeconds: spec.core.drainTimeoutSeconds + 30,
+    runtimeSandbox: spec.runtimeSandbox,
   };
 }
 

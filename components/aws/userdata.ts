@@ -45,6 +45,12 @@ export interface UserDataSpec {
   extraFiles?: UserDataFile[];
   /** systemd's stop timeout: the drain plus a margin. */
   stopTimeoutSeconds: number;
+  /**
+   * Flows runtimes as processes (the process executor): bubblewrap and setpriv installed, the
+   * agent given CAP_SETUID and CAP_SETGID (to start each runtime under one of these uids), and
+   * those uids kept from the instance metadata service (its credentials are the pool's).
+   */
+  runtimeSandbox?: { uids: string };
 }
 
 export class UserDataTooLargeError extends Error {
@@ -94,6 +100,8 @@ export function renderUnit(spec: UserDataSpec): string {
     systemdEnv("AGENTPOOLS_CONFIG", configPath(spec.role)),
     ...(trustsCustomCas(spec) ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
     ...(spec.httpsProxy ? [systemdEnv("NODE_USE_ENV_PROXY", "1"), systemdEnv("HTTPS_PROXY", spec.httpsProxy), systemdEnv("NO_PROXY", noProxy as string)] : []),
+    // "+": with full privileges, before the agent, whatever state the instance was rebooted into.
+    ...(spec.runtimeSandbox ? [`ExecStartPre=+/usr/sbin/nft -f ${IMDS_RULES_PATH}`] : []),
     `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
     "Restart=on-failure",
     "RestartSec=5",
@@ -110,12 +118,25 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectKernelModules=true",
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
+    // The two capabilities a runtime's own uid takes (ambient: the agent is not root), and no other.
+    ...(spec.runtimeSandbox ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID"] : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",
     "",
   ].join("\n");
 }
+
+export const IMDS_RULES_PATH = `${CONFIG_DIR}/runtimes.nft`;
+
+/**
+ * nftables rules that refuse the instance metadata service (IPv4 and IPv6) to the runtimes'
+ * uids: a runtime shares the instance's network, and the service would give it the instance
+ * role's credentials, which read the pool's secret. Re-applied on every start (create, delete,
+ * create: idempotent).
+ */
+export const imdsRules = (uids: string) =>
+  `table inet agentpools\ndelete table inet agentpools\ntable inet agentpools {\n chain output {\n  type filter hook output priority 0;\n  meta skuid ${uids} ip daddr 169.254.169.254 reject\n  meta skuid ${uids} ip6 daddr fd00:ec2::254 reject\n }\n}\n`;
 
 /** Docker's daemon.json: gVisor's runtime, the registry mirror and the proxy. */
 export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined {
@@ -137,6 +158,7 @@ export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   const daemon = renderDockerDaemonConfig(spec);
   if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon, permissions: "0644" });
   if (spec.caCertificates) files.push({ path: CA_BUNDLE_PATH, content: spec.caCertificates, permissions: "0644" });
+  if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids), permissions: "0644" });
   return [...files, ...(spec.extraFiles ?? [])];
 }
 
@@ -158,7 +180,7 @@ function caTrustCommands(spec: UserDataSpec): string[] {
 
 /** The boot script: CA trust, packages, the service user, gVisor, then the service. */
 export function renderScript(spec: UserDataSpec): string {
-  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : [])];
+  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : []), ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : [])];
   const lines = [
     "#!/bin/bash",
     `# agentpools: prepare this instance for the ${spec.role} of pool ${spec.pool} and start it.`,
