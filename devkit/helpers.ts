@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { createLogger } from "../lib/log";
+import { createServiceKey, KEY_HEADER } from "../gateway/auth";
 
 const run = promisify(execFile);
 
@@ -26,18 +27,36 @@ export async function gitAsync(args: string[], cwd?: string): Promise<string> {
   return stdout;
 }
 
-/** A request with the path sent exactly as given (no normalisation). */
-export function rawRequest(base: string, path: string, options: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+/**
+ * A request with the path sent exactly as given (no normalisation). It settles when the
+ * connection is done with the answer: `complete` says whether the answer ended as framed.
+ */
+export function rawRequest(
+  base: string,
+  path: string,
+  options: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders; complete: boolean }> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: url.hostname, port: url.port, path, method: options.method ?? "GET", headers: options.headers, agent: false }, (res) => {
+    const { method = "GET", headers } = options;
+    const req = http.request({ host: url.hostname, port: url.port, path, method, headers, agent: false }, (res) => {
       let body = "";
       res.on("data", (chunk) => (body += chunk));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+      res.on("error", () => undefined); // cut short: seen as not complete
+      res.once("close", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }));
     });
     req.on("error", reject);
     req.end(options.body);
   });
+}
+
+/**
+ * A service key for a gateway under test: its definition (for the gateway's `keys`), the key,
+ * and the header that sends it (`x-agentpools-key`, accepted on every service endpoint).
+ */
+export function serviceKey(name = "tests", pools?: string[]) {
+  const { definition, key } = createServiceKey(name, pools);
+  return { definition, key, headers: { [KEY_HEADER]: key } as Record<string, string> };
 }
 
 /** A logger that keeps its lines, parsed. */

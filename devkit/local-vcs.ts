@@ -9,7 +9,11 @@ import path from "node:path";
  * A stand-in for a customer's internal VCS, for the demo, the tests and the benchmark:
  * repositories served by `git http-backend` (the real smart-HTTP server, streamed both
  * ways), and, for every other path, a fake API that answers with what it was asked.
- * Listens on loopback only.
+ * Listens on loopback only. It records every request its (strict) parser read, with the raw
+ * header lines and the body, so a test can assert what crossed to it.
+ *
+ * Query switches of the fake API: `slow` (a body that never ends), `hang` (no answer at all),
+ * `delay=ms` (answer after a while), `size=bytes` (a body of that length, as fast as it is read).
  */
 export class LocalVcs {
   readonly root: string;
@@ -17,6 +21,10 @@ export class LocalVcs {
   readonly hits: string[] = [];
   /** Requests whose client went away before the answer ended. */
   readonly aborted: string[] = [];
+  /** `size` answers whose reader has stopped taking them (a write waits for drain): backpressure reached the VCS. */
+  readonly blocked = new Set<string>();
+  /** Every request read, complete with raw header lines and body, in the order each ended. */
+  readonly received: { method: string; url: string; rawHeaders: string[]; body: Buffer }[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
   url = "";
   /** Whether the repositories' directory is this server's own, to remove on close. */
@@ -66,10 +74,32 @@ export class LocalVcs {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = new URL(req.url ?? "/", "http://vcs");
     this.hits.push(`${req.method} ${req.url}`);
+    const body: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => body.push(chunk));
+    req.once("end", () => this.received.push({ method: req.method ?? "", url: req.url ?? "", rawHeaders: req.rawHeaders, body: Buffer.concat(body) }));
     res.once("close", () => {
       if (!res.writableFinished) this.aborted.push(`${req.method} ${req.url}`);
     });
     if (/\.git\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(url.pathname)) return this.gitBackend(req, res, url);
+    if (url.searchParams.has("hang")) return void req.resume();
+    if (url.searchParams.has("size")) {
+      const total = Number(url.searchParams.get("size"));
+      const block = Buffer.alloc(64 * 1024, 120);
+      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": total });
+      let sent = 0;
+      const more = () => {
+        while (sent < total) {
+          const piece = block.subarray(0, Math.min(block.length, total - sent));
+          sent += piece.length;
+          if (!res.write(piece)) {
+            this.blocked.add(req.url ?? "");
+            return void res.once("drain", () => (this.blocked.delete(req.url ?? ""), more()));
+          }
+        }
+        res.end();
+      };
+      return more();
+    }
     if (url.searchParams.has("slow")) {
       // An answer that never ends, to see a cancelled client cancel this request too.
       res.writeHead(200, { "content-type": "application/octet-stream" });
@@ -77,11 +107,12 @@ export class LocalVcs {
       res.once("close", () => clearInterval(timer));
       return;
     }
-    const chunks: Buffer[] = [];
-    req.on("data", (chunk) => chunks.push(chunk));
+    const delay = Number(url.searchParams.get("delay") ?? 0);
     req.on("end", () => {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ method: req.method, path: req.url, body: Buffer.concat(chunks).toString("utf8"), authorization: req.headers.authorization ?? null }));
+      setTimeout(() => {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ method: req.method, path: req.url, body: Buffer.concat(body).toString("utf8"), authorization: req.headers.authorization ?? null }));
+      }, delay);
     });
   }
 

@@ -1,8 +1,10 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import { FLOWS_RUN_TIMEOUT_MAX_MS, type AgentMessage, type Answer, type GatewayMessage, type Job } from "../protocol/flows";
+import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
+import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
@@ -17,6 +19,8 @@ interface FlowsAgent extends ConnectedAgent {
   executor: string;
   draining: boolean;
   pending: Map<string, { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout }>;
+  /** When it was last sent a run (a counter): among the least loaded, the least recent gets the next. */
+  lastUsed: number;
 }
 
 
@@ -24,16 +28,19 @@ interface FlowsAgent extends ConnectedAgent {
 export class FlowsHub {
   private readonly agents = new Map<string, Set<FlowsAgent>>();
 
+  private uses = 0;
+
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
+    private readonly keepalive: { pingIntervalMs?: number; pingTimeoutMs?: number } = {},
   ) {}
 
   /** An agent's upgrade request: pool ID and token, then the WebSocket. */
   accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
-    const poolId = String(req.headers["x-agentpools-pool"] ?? "");
+    const poolId = String(req.headers[POOL_HEADER] ?? "");
     const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token)) return refuse(401, "pool ID or token refused", { remote, pool: poolId });
@@ -50,15 +57,25 @@ export class FlowsHub {
       executor: "unknown",
       draining: false,
       pending: new Map(),
+      lastUsed: 0,
     };
     const agents = this.agents.get(poolId) ?? new Set();
     this.agents.set(poolId, agents);
     agent.socket.on("message", (text: string) => this.receive(agent, text));
+    // An agent that stops answering pings (hung, stopped, cut off) is dropped, and its runs fail.
+    let unanswered = false;
+    agent.socket.keepAlive(this.keepalive.pingIntervalMs, this.keepalive.pingTimeoutMs);
+    agent.socket.once("timeout", () => {
+      unanswered = true;
+      const runs = agent.pending.size;
+      this.log.warn("agent stopped answering pings: disconnected", { pool: poolId, agent: agent.id, remote, runs });
+    });
     agent.socket.once("close", () => {
       agents.delete(agent);
+      const reason = `the agent ${unanswered ? "stopped answering" : "disconnected"} during the run`;
       for (const [, run] of agent.pending) {
         clearTimeout(run.timer);
-        run.reject(new HttpError(502, "the agent disconnected during the run"));
+        run.reject(new HttpError(502, reason));
       }
       this.log.info("agent disconnected", { pool: poolId, agent: agent.id });
     });
@@ -84,17 +101,22 @@ export class FlowsHub {
     }
   }
 
-  /** Run code on one of the pool's agents: the least busy. Without timeoutMs the agent's default applies. */
+  /** Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. */
   run(pool: string, job: Job, timeoutMs?: number): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
     const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
     if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
-    const agent = candidates.reduce((best, a) => (a.pending.size / a.poolSize < best.pending.size / best.poolSize ? a : best));
+    // The least loaded (runs in flight per runtime); among equals, the one used least recently.
+    const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
+    const better = (a: FlowsAgent, b: FlowsAgent) =>
+      load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
+    const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
+    agent.lastUsed = ++this.uses;
     const id = randomUUID();
     return new Promise((resolve, reject) => {
-      // The agent enforces the run's timeout; this one only covers a lost answer.
-      const waitMs = (timeoutMs ?? FLOWS_RUN_TIMEOUT_MAX_MS) + 10_000;
+      // The agent enforces the run's timeout; this one only covers a lost answer (keepalive drops a dead agent sooner).
+      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + 10_000;
       const timer = setTimeout(() => {
         agent.pending.delete(id);
         reject(new HttpError(504, `no answer from the agent within ${waitMs} ms`));

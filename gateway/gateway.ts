@@ -1,58 +1,45 @@
-import { randomUUID } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../lib/log";
-import { streamed } from "../lib/streaming-gc";
-import { CONNECT_PATH, forwardableHeaders, UPGRADE_PROTOCOL } from "../protocol/vcs";
-import { MuxConnection, type MuxStream, type ResponseHead } from "../protocol/mux";
-import { decodeToken } from "../protocol/token";
-import { FLOWS_CONNECT_PATH, FLOWS_RUN_TIMEOUT_MAX_MS } from "../protocol/flows";
+import { METADATA_HEADER } from "../protocol/link";
+import { CONNECT_PATH, redactTarget, type HeaderMap } from "../protocol/vcs";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+import { routeOf, ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
-import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
+import { VcsHub, type VcsHubOptions } from "./vcs-hub";
+import { EXCHANGE_DEFAULTS, exchange, serveClient, type ExchangeLimits, type ForwardedResponse } from "./vcs-proxy";
 
-export const API_PATH = "/_agentpools/api/pools";
-const FLOWS_RUN_PATH = /^\/_agentpools\/api\/flows\/([A-Za-z0-9_-]+)\/run$/;
+export { API_PATH } from "./auth";
+export type { ForwardedResponse } from "./vcs-proxy";
 
-export interface GatewayOptions extends WorkerHubOptions {
+/** The public side's time limits (ms): a head, a whole request, an idle connection. */
+export const PUBLIC_TIMEOUTS = { headersTimeoutMs: 10_000, requestTimeoutMs: 120_000, idleTimeoutMs: 300_000 };
+
+export interface GatewayOptions
+  extends WorkerHubOptions,
+    VcsHubOptions,
+    Partial<ExchangeLimits>,
+    Partial<typeof PUBLIC_TIMEOUTS> {
   pools: PoolDefinition[];
+  /** Service keys (hashed): every service-side endpoint needs one. None: nothing is served but to agents. */
+  keys?: ServiceKeyDefinition[];
+  /** Serve the status page without a key to loopback clients (a browser on this host). */
+  statusOnLoopback?: boolean;
   host?: string;
   port?: number;
   /** PEM certificate and key: required unless the gateway listens on loopback only. */
   tls?: { cert: string | Buffer; key: string | Buffer };
-  /** How long a request waits for a free stream when every agent is busy. */
-  queueTimeoutMs?: number;
   log?: Logger;
+  /** Keepalive on every agent link: a ping every interval; one unanswered for the timeout drops the agent. */
   pingIntervalMs?: number;
-}
-
-
-interface AgentConnection extends ConnectedAgent {
-  role: string;
-  mux: MuxConnection;
-  /** Streams the agent serves at once (its parallelism). */
-  streams: number;
-  active: number;
-  draining: boolean;
-}
-
-interface Waiter {
-  resolve(agent: AgentConnection): void;
-  reject(error: Error): void;
-  timer: NodeJS.Timeout;
-}
-
-export interface ForwardedResponse {
-  status: number;
-  headers: Record<string, string | string[]>;
-  body: Readable;
-  /** Abandon the request: the agent cancels it at the VCS too. */
-  cancel(): void;
+  pingTimeoutMs?: number;
 }
 
 /** Metadata tags an agent sends (base64url JSON): kept only as a small map of short strings. */
@@ -72,16 +59,20 @@ function readMetadata(header: string | string[] | undefined): Record<string, str
 const isLoopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host);
 
 /**
- * The service side the agents dial. Agents authenticate with their pool's token and then
- * serve multiplexed streams on their outbound connection; the gateway sends each request down one of
- * its pool's connected agents, choosing the least busy, and waits a bounded time when all
- * are busy.
+ * The service side the agents dial. Agents authenticate with their pool's token; a service
+ * with a service key (auth.ts). VCS agents serve HTTP/2 on their outbound connection and the
+ * gateway sends each request down one of its pool's agents (vcs-hub.ts, vcs-proxy.ts);
+ * Flows agents and launchers keep a WebSocket (flows-hub.ts, worker-hub.ts).
  */
 export class Gateway {
-  private readonly pools = new Map<string, { definition: PoolDefinition; agents: Set<AgentConnection>; waiters: Waiter[] }>();
+  private readonly pools = new Map<string, { definition: PoolDefinition }>();
   private readonly server: http.Server | https.Server;
   private readonly log: Logger;
   private readonly sockets = new Set<Socket>();
+  private readonly auth: ServiceAuth;
+  private readonly limits: ExchangeLimits;
+  /** The VCS pools' agents, their streams and queues. */
+  readonly vcs: VcsHub;
   /** The Flows pools' agents and their runs. */
   readonly flows: FlowsHub;
   /** The worker pools' run queues and launchers. */
@@ -90,12 +81,33 @@ export class Gateway {
   constructor(private readonly options: GatewayOptions) {
     const host = options.host ?? "127.0.0.1";
     if (!options.tls && !isLoopback(host)) throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
-    for (const definition of options.pools) this.pools.set(definition.name, { definition, agents: new Set(), waiters: [] });
+    for (const definition of options.pools) this.pools.set(definition.name, { definition });
     this.log = options.log ?? createLogger("gateway");
-    this.flows = new FlowsHub(this.pools, this.log);
-    this.workers = new WorkerHub(this.pools, this.log, { dataDir: options.dataDir, lostAfterMs: options.lostAfterMs });
+    this.auth = new ServiceAuth(options.keys ?? [], options.statusOnLoopback);
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    const { stallTimeoutMs, exchangeTimeoutMs } = { ...EXCHANGE_DEFAULTS, ...given };
+    this.limits = { stallTimeoutMs, exchangeTimeoutMs };
+    this.vcs = new VcsHub(this.pools, this.log, options);
+    this.flows = new FlowsHub(this.pools, this.log, options);
+    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs } = options;
+    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs };
+    this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
-    this.server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
+    const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...given };
+    // Node's strict parser, each client's own framing checked (vcs-proxy.ts); a head, a whole
+    // request and an idle connection each have a deadline (checked every quarter of the shortest).
+    const serverOptions: http.ServerOptions = {
+      insecureHTTPParser: false,
+      joinDuplicateHeaders: false,
+      requireHostHeader: true,
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.min(headersTimeoutMs, requestTimeoutMs) / 4)),
+    };
+    this.server = options.tls
+      ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
+      : http.createServer(serverOptions, handler);
+    this.server.timeout = idleTimeoutMs;
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
     this.server.on("connection", (socket: Socket) => {
       this.sockets.add(socket);
@@ -104,36 +116,34 @@ export class Gateway {
   }
 
   async listen(): Promise<string> {
+    await this.workers.start();
     await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
     const { port } = this.server.address() as AddressInfo;
     const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
-    this.log.info("gateway listening", { url, pools: [...this.pools.keys()] });
+    const keys = this.options.keys?.length ?? 0;
+    this.log.info("gateway listening", { url, pools: [...this.pools.keys()], serviceKeys: keys });
     return url;
   }
 
   /** Stop listening and drop every agent (they will reconnect to the next gateway). */
   async close(): Promise<void> {
+    this.vcs.close();
     this.flows.close();
-    this.workers.close();
-    for (const pool of this.pools.values()) for (const agent of pool.agents) agent.mux.destroy();
+    await this.workers.close();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
-  /** Pools with their connected agents. */
-  summary() {
-    return [...this.pools.values()].map(({ definition, agents, waiters }) => {
-      if (definition.kind === "flows") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.flows.summary(definition.name) };
-      if (definition.kind === "worker") return { name: definition.name, kind: definition.kind, waiting: 0, ...this.workers.summary(definition.name) };
-      return {
-        name: definition.name,
-        kind: definition.kind,
-        connections: [...agents].filter((a) => !a.draining).length,
-        activeRequests: [...agents].reduce((sum, a) => sum + a.active, 0),
-        waiting: waiters.length,
-        agents: [...agents].map((a) => ({ id: a.id, role: a.role, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.active, parallelism: a.streams, draining: a.draining })),
-      };
-    });
+  /** Pools with their connected agents: those a key may use, or all. */
+  summary(key?: ServiceKeyDefinition) {
+    return [...this.pools.values()]
+      .filter(({ definition }) => this.auth.allows(key, definition.name))
+      .map(({ definition }) => {
+        const { name, kind } = definition;
+        if (kind === "flows") return { name, kind, waiting: 0, ...this.flows.summary(name) };
+        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name) };
+        return { name, kind, ...this.vcs.summary(name) };
+      });
   }
 
   private refuse(socket: Socket, status: number, reason: string, details: Record<string, unknown>): void {
@@ -141,147 +151,44 @@ export class Gateway {
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${JSON.stringify({ error: reason })}`);
   }
 
+  /** An agent's upgrade: each hub checks that the credentials are of its own pool kind. */
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    // The agent's link has its own keepalive; the public idle limit is not for it.
+    socket.setTimeout(0);
+    const refuse = (status: number, reason: string, details: Record<string, unknown>) =>
+      this.refuse(socket, status, reason, details);
+    const metadata = readMetadata(req.headers[METADATA_HEADER]);
+    if (req.url === CONNECT_PATH) return this.vcs.accept(req, socket, head, metadata, refuse);
+    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, metadata, refuse);
+    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, metadata, refuse);
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const refuse = (status: number, reason: string, details: Record<string, unknown>) => this.refuse(socket, status, reason, details);
-    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
-    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, readMetadata(req.headers["x-agentpools-metadata"]), refuse);
-    if (req.url !== CONNECT_PATH || req.headers.upgrade !== UPGRADE_PROTOCOL) return this.refuse(socket, 400, "not an agent connection", { remote, url: req.url });
-    const { pool, claimed } = this.authenticate(req.headers.authorization);
-    if (!pool) return this.refuse(socket, 401, "token refused", { remote, pool: claimed });
-    const metadata = readMetadata(req.headers["x-agentpools-metadata"]);
-
-    const streams = Number(req.headers["x-agentpools-streams"] ?? 1);
-    if (!Number.isInteger(streams) || streams < 1 || streams > 64) return this.refuse(socket, 400, "x-agentpools-streams must be an integer from 1 to 64", { remote, pool: pool.definition.name });
-
-    // Hold the agent's first frames in the socket's buffer until the connection reads them.
-    socket.pause();
-    if (head.length > 0) socket.unshift(head);
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
-    const agent: AgentConnection = {
-      id: randomUUID(),
-      pool: pool.definition.name,
-      role: String(req.headers["x-agentpools-role"] ?? pool.definition.kind),
-      remote,
-      metadata,
-      connectedAt: new Date().toISOString(),
-      streams,
-      active: 0,
-      draining: false,
-      mux: new MuxConnection(socket, {
-        onGoAway: () => (agent.draining = true),
-        onProtocolError: (reason) => this.log.warn("agent connection closed", { pool: agent.pool, agent: agent.id, reason }),
-        pingIntervalMs: this.options.pingIntervalMs,
-      }),
-    };
-    pool.agents.add(agent);
-    this.log.info("agent connected", { pool: agent.pool, agent: agent.id, remote, metadata, parallelism: streams });
-    void agent.mux.closedPromise.then(() => {
-      if (pool.agents.delete(agent)) this.log.info("agent disconnected", { pool: agent.pool, agent: agent.id });
-    });
-    this.serveWaiters(agent.pool);
+    return refuse(400, "not an agent connection", { remote, url: redactTarget(req.url ?? "") });
   }
 
-  /** The pool whose token this is, if the secret matches (compared in constant time). */
-  private authenticate(authorization: string | undefined): { pool?: { definition: PoolDefinition; agents: Set<AgentConnection> }; claimed?: string } {
-    try {
-      const token = decodeToken(/^Bearer (.+)$/.exec(authorization ?? "")?.[1] ?? "");
-      const pool = this.pools.get(token.pool);
-      return { pool: pool && secretMatches(pool.definition, token.secret) ? pool : undefined, claimed: token.pool };
-    } catch {
-      return {};
-    }
-  }
-
-  private pick(pool: string): AgentConnection | undefined {
-    let best: AgentConnection | undefined;
-    for (const agent of this.pools.get(pool)?.agents ?? []) {
-      if (agent.draining || agent.mux.isClosed || agent.active >= agent.streams) continue;
-      if (!best || agent.active < best.active) best = agent;
-    }
-    return best;
-  }
-
-  private serveWaiters(pool: string): void {
-    const state = this.pools.get(pool);
-    while (state && state.waiters.length > 0) {
-      const agent = this.pick(pool);
-      if (!agent) return;
-      const waiter = state.waiters.shift() as Waiter;
-      clearTimeout(waiter.timer);
-      agent.active++;
-      waiter.resolve(agent);
-    }
-  }
-
-  /** A free agent stream of the pool: now, after a bounded wait, or a 503. */
-  private acquire(pool: string): Promise<AgentConnection> {
-    const state = this.pools.get(pool);
-    if (!state) return Promise.reject(new HttpError(404, `no pool named ${pool}`));
-    const agent = this.pick(pool);
-    if (agent) {
-      agent.active++;
-      return Promise.resolve(agent);
-    }
-    if (![...state.agents].some((a) => !a.draining)) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
-    const timeoutMs = this.options.queueTimeoutMs ?? 10_000;
-    return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          state.waiters.splice(state.waiters.indexOf(waiter), 1);
-          reject(new HttpError(503, `every agent of pool ${pool} stayed busy for ${timeoutMs} ms`));
-        }, timeoutMs),
-      };
-      state.waiters.push(waiter);
-    });
+  /** A VCS pool by name, or why it is not one. */
+  private vcsPool(pool: string): void {
+    const definition = this.pools.get(pool)?.definition;
+    if (!definition) throw new HttpError(404, `no pool named ${pool}`);
+    if (definition.kind === "flows") throw new HttpError(404, `${pool} is a Flows pool: POST /_agentpools/api/flows/${pool}/run`);
+    if (definition.kind === "worker") throw new HttpError(404, `${pool} is a worker pool: POST ${WORKER_API}/${pool}/runs`);
   }
 
   /**
-   * Send one request through a pool's agent: `private://<pool>/<path>`. The body streams
-   * both ways; `cancel()` abandons the request, at the agent and the VCS too.
+   * Send one request through a pool's agent: `private://<pool>/<path>`, for a service that
+   * embeds the gateway. The body streams both ways; `cancel()` abandons the request, at the
+   * agent and the VCS too.
    */
-  async request(target: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: Readable } = {}): Promise<ForwardedResponse> {
+  async request(
+    target: string,
+    init: { method?: string; headers?: HeaderMap; body?: Readable; length?: number } = {},
+  ): Promise<ForwardedResponse> {
     const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
     if (!match) throw new HttpError(400, `${target} is not a private://<pool>/<path> address`);
-    return this.forward(match[1], init.method ?? "GET", match[2] ?? "/", init.headers ?? {}, init.body);
-  }
-
-  private async forward(pool: string, method: string, path: string, headers: Record<string, string | string[]>, body?: Readable): Promise<ForwardedResponse> {
-    const agent = await this.acquire(pool);
-    let stream: MuxStream;
-    try {
-      stream = agent.mux.open({ method, path, headers: forwardableHeaders(headers) }, !!body);
-    } catch (error) {
-      agent.active--;
-      this.serveWaiters(pool);
-      throw new HttpError(502, `the agent could not take the request: ${(error as Error).message}`);
-    }
-    stream.once("close", () => {
-      agent.active--;
-      this.serveWaiters(pool);
-    });
-    stream.on("error", () => undefined); // a reset or a dropped agent: seen as the stream's early close
-    if (body) {
-      body.pipe(stream);
-      body.once("error", () => stream.cancel());
-      // The agent answered without the body (a refusal): read the rest of it into nothing.
-      stream.once("stopped", () => {
-        body.unpipe(stream);
-        body.resume();
-        stream.end();
-      });
-    }
-    const head = await new Promise<ResponseHead>((resolve, reject) => {
-      const onClose = () => reject(new HttpError(502, "the agent closed the request before answering"));
-      stream.once("response", (head: ResponseHead) => {
-        stream.off("close", onClose);
-        resolve(head);
-      });
-      stream.once("close", onClose);
-    });
-    return { status: head.status, headers: forwardableHeaders(head.headers), body: stream, cancel: () => stream.cancel() };
+    this.vcsPool(match[1]);
+    const slot = await this.vcs.acquire(match[1], "private://");
+    const { method = "GET", headers = {}, body, length } = init;
+    const request = { method, path: match[2] ?? "/", headers, hasBody: !!body, length };
+    return exchange(this.vcs, slot, request, body, this.limits);
   }
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
@@ -296,10 +203,12 @@ export class Gateway {
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
     }
-    // Left out, the agent's own default (FLOWS_RUN_TIMEOUT) applies.
+    // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
     const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
-    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_RUN_TIMEOUT_MAX_MS)) {
-      return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_RUN_TIMEOUT_MAX_MS}` });
+    const allowed =
+      timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
+    if (!allowed) {
+      return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
@@ -310,43 +219,45 @@ export class Gateway {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = req.url ?? "/";
-    const json = (status: number, value: unknown) => {
-      res.writeHead(status, { "content-type": "application/json" });
+    const json = (status: number, value: unknown, headers: Record<string, string> = {}) => {
+      if (res.headersSent || res.destroyed) return void res.destroy();
+      res.writeHead(status, { "content-type": "application/json", ...headers });
       res.end(JSON.stringify(value, null, 1));
     };
-    if (url === "/" || url === "/_agentpools/status") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(renderStatusPage(this.summary()));
-      return;
+    const fail = (error: Error) => {
+      const status = error instanceof HttpError ? error.status : 502;
+      const retryAfter = error instanceof HttpError ? error.retryAfter : undefined;
+      json(status, { error: error.message }, retryAfter ? { "retry-after": String(retryAfter) } : {});
+    };
+    const route = routeOf(url);
+    const verdict = this.auth.check(req, route);
+    if (!verdict.ok) {
+      const { status, error } = verdict;
+      this.log.info("request refused", { status, route: route.kind, remote: req.socket.remoteAddress, path: redactTarget(url) });
+      return json(status, { error }, status === 401 ? { "www-authenticate": 'Bearer realm="agentpools"' } : {});
     }
-    if (url === API_PATH) return json(200, { pools: this.summary() });
-    const flowsRun = FLOWS_RUN_PATH.exec(url);
-    if (flowsRun && req.method === "POST") return void this.runFlowsRequest(flowsRun[1], req, json);
-    if (this.workers.handle(req, res, json)) return;
-    // The HTTP entry for plain clients: /<pool>/<path>, e.g. git clone http://gateway/<pool>/group/repo.git
-    const match = /^\/([A-Za-z0-9][A-Za-z0-9_-]*)(\/[^]*)?$/.exec(url);
-    if (!match || !this.pools.has(match[1])) return json(404, { error: `no pool at ${url.split("?")[0]}` });
-    if (this.pools.get(match[1])?.definition.kind === "flows") return json(404, { error: `${match[1]} is a Flows pool: POST /_agentpools/api/flows/${match[1]}/run` });
-    if (this.pools.get(match[1])?.definition.kind === "worker") return json(404, { error: `${match[1]} is a worker pool: POST ${WORKER_API}/${match[1]}/runs` });
-    const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
-    this.forward(match[1], req.method ?? "GET", match[2] ?? "/", forwardableHeaders(req.headers), hasBody ? req : undefined).then(
-      (response) => {
+    switch (route.kind) {
+      case "status":
+        res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+        return void res.end(renderStatusPage(this.summary(verdict.key)));
+      case "pools":
+        return json(200, { pools: this.summary(verdict.key) });
+      case "flows-run":
+        if (req.method === "POST") return void this.runFlowsRequest(route.pool, req, json);
+        break;
+      case "agent":
+      case "workers":
+        if (this.workers.handle(req, res, json)) return;
+        break;
+      case "vcs":
         try {
-          res.writeHead(response.status, response.headers);
+          this.vcsPool(route.pool);
         } catch (error) {
-          // The agent's headers are not valid HTTP/1.1 (the agent is not trusted to be well-formed).
-          response.cancel();
-          return json(502, { error: `the agent's answer cannot be forwarded: ${(error as Error).message}` });
+          return fail(error as Error);
         }
-        // A client that goes away cancels the request at the agent.
-        res.once("close", () => {
-          if (!res.writableFinished) response.cancel();
-        });
-        response.body.once("error", () => res.destroy());
-        response.body.on("data", (chunk: Buffer) => streamed(chunk.length));
-        response.body.pipe(res);
-      },
-      (error: Error) => json(error instanceof HttpError ? error.status : 502, { error: error.message }),
-    );
+        // Each key is one client: it holds at most its share of the pool's streams.
+        return serveClient(this.vcs, route.pool, verdict.key?.id ?? "", req, res, route.path, this.limits, fail);
+    }
+    json(404, { error: `nothing at ${url.split("?")[0]}` });
   }
 }

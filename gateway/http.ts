@@ -5,6 +5,8 @@ export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** Seconds a client should wait before trying again (a 503's Retry-After). */
+    readonly retryAfter?: number,
   ) {
     super(message);
   }

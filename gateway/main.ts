@@ -2,21 +2,58 @@
 //   node build/gateway/main.js serve --config gateway.json
 //   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind vcs|flows
 //   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind worker --csr spacelift.csr
+//   node build/gateway/main.js add-key --config gateway.json --name NAME [--pools a,b]
+//   node build/gateway/main.js remove-key --config gateway.json --id ID
 // add-pool stores only the SHA-256 of the new pool's secret and prints the token once. A
-// worker pool's CSR is signed by the gateway's worker CA (kept in dataDir).
+// worker pool's CSR is signed by the gateway's worker CA (kept in dataDir). add-key makes a
+// service key (every service-side endpoint needs one), stores its SHA-256 and prints it once.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { z } from "zod";
-import { Gateway } from "./gateway";
+import { createServiceKey, KEY_ID } from "./auth";
+import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
+import { QUEUE_DEFAULTS } from "./vcs-hub";
+import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
+import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
+import { WORKER_DEFAULTS } from "./worker-hub";
+
+const DAY_MS = 86_400_000;
+const RETENTION = {
+  runsPerPool: WORKER_DEFAULTS.retention.runsPerPool,
+  maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS,
+};
 
 export const gatewayConfig = z.strictObject({
   listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
   /** The address agents dial, written into each pool's token. */
   publicUrl: z.url({ protocol: /^https?$/ }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
-  queueTimeoutMs: z.int().min(0).max(600_000).default(10_000),
-  /** Worker runs, their logs and sealed state, and the worker pool CA: kept across restarts. */
+  /** VCS pools: how long a request waits for a stream, how many may wait, one client's share of streams and queue. */
+  queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),
+  maxQueued: z.int().min(0).max(100_000).default(QUEUE_DEFAULTS.maxQueued),
+  clientShare: z.number().gt(0).max(1).default(QUEUE_DEFAULTS.clientShare),
+  /** The public side's deadlines: a request head, a whole request, an idle connection, a reader that stalls, a whole exchange. */
+  headersTimeoutMs: z.int().min(100).max(600_000).default(PUBLIC_TIMEOUTS.headersTimeoutMs),
+  requestTimeoutMs: z.int().min(100).max(3_600_000).default(PUBLIC_TIMEOUTS.requestTimeoutMs),
+  idleTimeoutMs: z.int().min(100).max(3_600_000).default(PUBLIC_TIMEOUTS.idleTimeoutMs),
+  stallTimeoutMs: z.int().min(100).max(3_600_000).default(EXCHANGE_DEFAULTS.stallTimeoutMs),
+  exchangeTimeoutMs: z.int().min(100).max(86_400_000).default(EXCHANGE_DEFAULTS.exchangeTimeoutMs),
+  /** The status page without a key for browsers on the gateway's own host. */
+  statusOnLoopback: z.boolean().default(false),
+  /** Worker runs, their logs and sealed state (gateway.db, state/), the worker pool CA: kept across restarts. */
   dataDir: z.string().min(1).optional(),
+  /** A worker run's lease lasts this long unless its launcher renews it (every third of it). */
+  leaseMs: z.int().min(1000).max(3_600_000).default(WORKER_DEFAULTS.leaseMs),
+  /** Keepalive on every agent link: an agent that leaves a ping unanswered for pingTimeoutMs is dropped. */
+  pingIntervalMs: z.int().min(1000).max(300_000).default(PING_INTERVAL_MS),
+  pingTimeoutMs: z.int().min(1000).max(300_000).default(PING_TIMEOUT_MS),
+  /** Finished worker runs kept (with logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
+  retention: z
+    .strictObject({
+      runsPerPool: z.int().min(1).default(RETENTION.runsPerPool),
+      maxAgeDays: z.number().positive().default(RETENTION.maxAgeDays),
+    })
+    .default(RETENTION),
   pools: z
     .array(
       z.strictObject({
@@ -24,6 +61,17 @@ export const gatewayConfig = z.strictObject({
         kind: z.enum(POOL_KINDS),
         secretSha256: z.string().regex(/^[0-9a-f]{64}$/),
         certificate: z.string().startsWith("-----BEGIN CERTIFICATE-----").optional(),
+      }),
+    )
+    .default([]),
+  /** Service keys: the SHA-256 of each secret, never the key. */
+  keys: z
+    .array(
+      z.strictObject({
+        id: z.string().regex(KEY_ID),
+        name: z.string().min(1).max(64),
+        secretSha256: z.string().regex(/^[0-9a-f]{64}$/),
+        pools: z.array(z.string().regex(POOL_NAME)).optional(),
       }),
     )
     .default([]),
@@ -44,8 +92,33 @@ function loadConfig(file: string): GatewayConfig {
 export async function main(args: string[]): Promise<void> {
   const [command] = args;
   const file = option(args, "config");
-  if (!file || !["serve", "add-pool"].includes(command)) {
-    throw new Error("usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker [--csr FILE]");
+  if (!file || !["serve", "add-pool", "add-key", "remove-key"].includes(command)) {
+    throw new Error(
+      "usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker [--csr FILE]" +
+        " | add-key --config FILE --name NAME [--pools a,b] | remove-key --config FILE --id ID",
+    );
+  }
+  // Only what the file says, changed: defaults stay defaults.
+  const save = (change: Partial<GatewayConfig>) => {
+    const raw = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : { publicUrl: option(args, "public-url") };
+    writeFileSync(file, JSON.stringify({ ...raw, ...change }, null, 2) + "\n", { mode: 0o600 });
+  };
+  if (command === "add-key") {
+    const config = loadConfig(file);
+    const pools = option(args, "pools")?.split(",").filter(Boolean);
+    const unknown = pools?.filter((name) => !config.pools.some((p) => p.name === name)) ?? [];
+    if (unknown.length > 0) throw new Error(`no pool named ${unknown.join(", ")}`);
+    const { definition, key } = createServiceKey(option(args, "name") ?? "", pools);
+    save({ keys: [...config.keys, definition] });
+    process.stdout.write(`${key}\n`);
+    return;
+  }
+  if (command === "remove-key") {
+    const config = loadConfig(file);
+    const id = option(args, "id");
+    if (!config.keys.some((k) => k.id === id)) throw new Error(`no key with id ${id}`);
+    save({ keys: config.keys.filter((k) => k.id !== id) });
+    return;
   }
   if (command === "add-pool") {
     const config = existsSync(file) ? loadConfig(file) : gatewayConfig.parse({ publicUrl: option(args, "public-url") });
@@ -62,19 +135,20 @@ export async function main(args: string[]): Promise<void> {
       certificate = await signPoolRequest(await loadOrCreateAuthority(config.dataDir), readFileSync(csr, "utf8"), name);
     }
     const { pool, token } = createPool(name, kind, config.publicUrl, certificate);
-    writeFileSync(file, JSON.stringify({ ...config, pools: [...config.pools, pool] }, null, 2) + "\n", { mode: 0o600 });
+    save({ pools: [...config.pools, pool] });
     process.stdout.write(`${token}\n`);
     return;
   }
   const config = loadConfig(file);
+  const { listen, tls, publicUrl: _, retention, ...settings } = config;
   const gateway = new Gateway({
-    pools: config.pools,
-    host: config.listen.host,
-    port: config.listen.port,
-    queueTimeoutMs: config.queueTimeoutMs,
-    dataDir: config.dataDir,
-    tls: config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : undefined,
+    ...settings,
+    host: listen.host,
+    port: listen.port,
+    tls: tls ? { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) } : undefined,
+    retention: { runsPerPool: retention.runsPerPool, maxAgeMs: retention.maxAgeDays * DAY_MS },
   });
+  if (config.keys.length === 0) process.stderr.write(`no service key: only agents are served until one is made with add-key --config ${file} --name NAME\n`);
   await gateway.listen();
   for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void gateway.close().then(() => process.exit(0)));
 }

@@ -1,85 +1,165 @@
 import { randomUUID, verify, type KeyObject } from "node:crypto";
-import { appendFileSync, createReadStream, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../lib/log";
+import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
-import { FINAL_STATUSES, PROOF_HEADER, proofPayload, WORKER_API, type FromWorker, type RunSpec, type RunStatus, type ToWorker } from "../protocol/worker";
+import {
+  FENCE_HEADER,
+  FINAL_STATUSES,
+  MAX_LOG_LINES,
+  PROOF_HEADER,
+  proofPayload,
+  WORKER_API,
+  WORKER_HEADER,
+  type FromWorker,
+  type HeldLease,
+  type RunStatus,
+  type ToWorker,
+} from "../protocol/worker";
 import { certificateKey, sealBuffer } from "../protocol/seal";
 import { HttpError, readJsonBody } from "./http";
 import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { SqliteStore } from "./sqlite-store";
+import {
+  StoreError,
+  type GatewayStore,
+  type LeaseClaim,
+  type RetentionPolicy,
+  type RunOutcomeRecord,
+  type RunRecord,
+} from "./store";
 
-/** A run as the gateway keeps it: never the plaintext of its environment or state. */
-export interface WorkerRun {
-  id: string;
-  pool: string;
-  image: string;
-  commands: string[];
-  sealedEnvironment?: string;
-  timeoutSeconds?: number;
-  stateFrom?: string;
-  status: RunStatus;
-  exitCode?: number;
-  reason?: string;
-  worker?: string;
-  /** The run left state, stored sealed. */
-  state: boolean;
-  createdAt: string;
-  startedAt?: string;
-  finishedAt?: string;
+/** A run as the API shows it: never the plaintext of its environment or state. */
+export type WorkerRun = RunRecord;
+
+export interface WorkerHubOptions {
+  /** Runs, logs and sealed state are kept here (gateway.db, state/), so a restarted gateway loses nothing. */
+  dataDir?: string;
+  /** The store itself (another backend, or a test's); dataDir is then unused. */
+  store?: GatewayStore;
+  /** A run's lease lasts this long unless its launcher renews it (every third of it). */
+  leaseMs?: number;
+  /** Keepalive of the launchers' WebSockets. */
+  pingIntervalMs?: number;
+  pingTimeoutMs?: number;
+  /** Finished runs kept, and how often the rest is deleted. */
+  retention?: Partial<RetentionPolicy>;
+  pruneIntervalMs?: number;
 }
 
-interface RunEntry {
-  run: WorkerRun;
-  lines: string[];
+/** The defaults of the worker hub's settings (the gateway's configuration names them too). */
+export const WORKER_DEFAULTS = {
+  leaseMs: 60_000,
+  retention: { runsPerPool: 1_000, maxAgeMs: 30 * 86_400_000 },
+  pruneIntervalMs: 3_600_000,
+} as const;
+
+/** A run not yet final, as the gateway holds it: its stored record, who follows its log, its lease's timer. */
+interface LiveRun {
+  record: RunRecord;
   followers: Set<() => void>;
-  /** Sealed state held in memory when the gateway has no data directory. */
-  state?: Buffer;
-  lostTimer?: NodeJS.Timeout;
+  leaseTimer?: NodeJS.Timeout;
+  /** When the gateway last asked the launcher for log lines it lacks, if none came since. */
+  askedAt?: number;
+  /** Storing its log failed since that ask: lines are missing for want of storage, not of sending. */
+  logFailed?: boolean;
 }
 
 interface WorkerConnection extends ConnectedAgent {
   socket: WebSocket;
+  /** The run it holds a lease of and has not finished (offered, accepted or running). */
   current?: string;
   /** It refused a run as busy: no run goes to it until it reports one finished. */
   busy?: boolean;
   draining: boolean;
-}
-
-export interface WorkerHubOptions {
-  /** Runs, logs and sealed state are kept here, so a restarted gateway loses nothing. */
-  dataDir?: string;
-  /** A running run whose worker stays away this long is marked lost. */
-  lostAfterMs?: number;
+  /** Said hello: until then it may still hold a run the gateway does not know it has. */
+  greeted: boolean;
+  /** When it was last handed a run (a counter): among idle launchers the least recent gets the next. */
+  lastUsed: number;
 }
 
 /** How far a launcher's signed timestamp may be from the gateway's clock. */
 const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
 const RUNS_PATH = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/([0-9a-f-]{36})(/logs|/state)?)?$`);
+/** Lines read from the store at a time when a log is streamed. */
+const LOG_PAGE = 5_000;
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
+const now = () => new Date().toISOString();
 
 /**
  * The gateway's side of worker pools: a run queue per pool, the launchers' WebSockets, live
- * logs, final status and sealed run state. One run at a time per launcher; a run goes to the
- * launcher that has been idle longest.
+ * logs, final status and sealed run state, all kept in a GatewayStore. A run goes to an idle
+ * launcher under a lease stored before it is sent (docs/protocol.md, section 7); each
+ * launcher's messages are handled one after another, in order.
  */
 export class WorkerHub {
-  private readonly runs = new Map<string, RunEntry>();
+  private readonly store: GatewayStore;
+  private readonly live = new Map<string, LiveRun>();
   private readonly queues = new Map<string, string[]>();
   private readonly workers = new Map<string, Set<WorkerConnection>>();
   private readonly keys = new Map<string, KeyObject>();
+  /** Per launcher ID: the tail of its messages' handling (a reconnect waits for the old connection's). */
+  private readonly chains = new Map<string, Promise<void>>();
+  private readonly dispatching = new Set<string>();
+  private readonly redispatch = new Set<string>();
+  private readonly retrying = new Set<string>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly leaseMs: number;
+  private uses = 0;
+  private closing = false;
 
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
     private readonly options: WorkerHubOptions = {},
   ) {
-    if (options.dataDir) this.load(options.dataDir);
+    this.store = options.store ?? new SqliteStore(options.dataDir);
+    this.leaseMs = options.leaseMs ?? WORKER_DEFAULTS.leaseMs;
+  }
+
+  /**
+   * Load what an earlier gateway left: only live runs (finished ones stay in the store until
+   * asked for). A lease held then gets a full term from now, this gateway's: its launcher
+   * could not renew it while no gateway was running, and learns the term when it returns.
+   */
+  async start(): Promise<void> {
+    await this.store.syncPools(
+      [...this.pools.values()].map(({ definition }) => ({ name: definition.name, kind: definition.kind })),
+    );
+    const time = Date.now();
+    for (const record of await this.store.liveRuns()) {
+      if (this.pools.get(record.pool)?.definition.kind !== "worker") continue;
+      const entry: LiveRun = { record, followers: new Set() };
+      this.live.set(record.id, entry);
+      if (record.leaseExpiresAt === undefined) {
+        this.queue(record.pool).push(record.id);
+        continue;
+      }
+      record.leaseExpiresAt = time + this.leaseMs;
+      await this.store
+        .renewLease(this.claimOf(record), record.leaseExpiresAt)
+        .catch((error) => this.storageFailed("renew a lease", error, record));
+      this.armLease(entry);
+    }
+    const interval = this.options.pruneIntervalMs ?? WORKER_DEFAULTS.pruneIntervalMs;
+    void this.prune();
+    const timer = setInterval(() => void this.prune(), interval).unref();
+    this.timers.add(timer);
+  }
+
+  /** Delete finished runs beyond the retention policy (logged); a storage failure is logged and retried next time. */
+  async prune(): Promise<void> {
+    const policy = { ...WORKER_DEFAULTS.retention, ...this.options.retention };
+    try {
+      const deleted = await this.store.prune(policy, Date.now());
+      if (deleted > 0) this.log.info("finished runs deleted by the retention policy", { deleted, ...policy });
+    } catch (error) {
+      this.storageFailed("delete finished runs", error);
+    }
   }
 
   private poolKey(pool: PoolDefinition): KeyObject {
@@ -90,21 +170,33 @@ export class WorkerHub {
 
   /** The pool a launcher's request authenticates for: its secret and a fresh signature by the pool's key. */
   authenticate(headers: http.IncomingHttpHeaders): PoolDefinition | undefined {
-    const pool = this.pools.get(String(headers["x-agentpools-pool"] ?? ""))?.definition;
+    const pool = this.pools.get(String(headers[POOL_HEADER] ?? ""))?.definition;
     const secret = /^Bearer (.+)$/.exec(headers.authorization ?? "")?.[1] ?? "";
     if (pool?.kind !== "worker" || !pool.certificate || !secretMatches(pool, secret)) return undefined;
     const [timestamp, signature] = String(headers[PROOF_HEADER] ?? "").split(".");
     if (!signature || !(Math.abs(Date.now() - Number(timestamp)) < PROOF_WINDOW_MS)) return undefined;
-    return verify("sha256", proofPayload(pool.name, timestamp), this.poolKey(pool), Buffer.from(signature, "base64url")) ? pool : undefined;
+    return verify("sha256", proofPayload(pool.name, timestamp), this.poolKey(pool), Buffer.from(signature, "base64url"))
+      ? pool
+      : undefined;
   }
 
   /** A launcher's upgrade request. */
-  accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
+  accept(
+    req: http.IncomingMessage,
+    socket: Socket,
+    head: Buffer,
+    metadata: Record<string, string>,
+    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+  ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const pool = this.authenticate(req.headers);
-    if (!pool) return refuse(401, "worker pool credentials refused (secret or key proof)", { remote, pool: req.headers["x-agentpools-pool"] });
-    const id = String(req.headers["x-agentpools-worker"] ?? "");
+    if (!pool)
+      return refuse(401, "worker pool credentials refused (secret or key proof)", {
+        remote,
+        pool: req.headers[POOL_HEADER],
+      });
+    const id = String(req.headers[WORKER_HEADER] ?? "");
     if (!/^[0-9a-f-]{36}$/.test(id)) return refuse(400, "no worker ID", { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
@@ -112,111 +204,328 @@ export class WorkerHub {
     this.workers.set(pool.name, workers);
     // A launcher that reconnects replaces its stale connection.
     for (const stale of workers) if (stale.id === id) stale.socket.close(1001);
-    const worker: WorkerConnection = { id, pool: pool.name, remote, metadata, connectedAt: new Date().toISOString(), socket: webSocket, draining: false };
+    const worker: WorkerConnection = {
+      id,
+      pool: pool.name,
+      remote,
+      metadata,
+      connectedAt: now(),
+      socket: webSocket,
+      draining: false,
+      greeted: false,
+      lastUsed: 0,
+    };
     workers.add(worker);
-    worker.socket.on("message", (text: string) => this.receive(worker, text));
-    worker.socket.once("close", () => this.disconnected(worker));
+    webSocket.keepAlive(this.options.pingIntervalMs, this.options.pingTimeoutMs);
+    webSocket.once("timeout", () =>
+      this.log.warn("worker stopped answering pings: disconnected", { pool: pool.name, worker: id, remote }),
+    );
+    webSocket.on("message", (text: string) => this.serially(id, () => this.receive(worker, text)));
+    webSocket.once("close", () => {
+      workers.delete(worker);
+      this.log.info("worker disconnected", { pool: worker.pool, worker: id, holding: worker.current });
+    });
     this.log.info("worker connected", { pool: pool.name, worker: id, remote, metadata });
   }
 
+  /** Run one launcher's handlers in order; a failure is logged, never thrown into the socket's event. */
+  private serially(worker: string, task: () => Promise<void>): void {
+    const tail = (this.chains.get(worker) ?? Promise.resolve()).then(task).catch((error) => {
+      if (error instanceof StoreError) this.storageFailed("handle a launcher's message", error, undefined, { worker });
+      else if (!this.closing)
+        this.log.error("a launcher's message failed", { worker, error: (error as Error).message });
+    });
+    this.chains.set(worker, tail);
+    void tail.then(() => this.chains.get(worker) === tail && this.chains.delete(worker));
+  }
+
   private send(worker: WorkerConnection, message: ToWorker): void {
-    worker.socket.send(JSON.stringify(message));
+    if (worker.socket.open) worker.socket.send(JSON.stringify(message));
   }
 
-  private disconnected(worker: WorkerConnection): void {
-    this.workers.get(worker.pool)?.delete(worker);
-    this.log.info("worker disconnected", { pool: worker.pool, worker: worker.id });
-    const entry = worker.current ? this.runs.get(worker.current) : undefined;
-    if (!entry || isFinal(entry.run.status)) return;
-    if (entry.run.status === "queued") {
-      // Sent but never accepted: it goes back to the head of the queue.
-      entry.run.worker = undefined;
-      this.queue(entry.run.pool).unshift(entry.run.id);
-      this.dispatch(entry.run.pool);
-    } else this.watchLost(entry);
+  /** A storage failure: one log line; the request or message that needed it fails, nothing else does. */
+  private storageFailed(what: string, error: unknown, run?: RunRecord, details: Record<string, unknown> = {}): void {
+    if (this.closing) return;
+    if (!(error instanceof StoreError)) throw error;
+    this.log.error("the store refused a write", {
+      what,
+      status: error.status,
+      error: error.message,
+      ...(run ? { pool: run.pool, run: run.id } : {}),
+      ...details,
+    });
   }
 
-  /** A running run's worker is away: it has until lostAfterMs to come back and claim the run. */
-  private watchLost(entry: RunEntry): void {
-    clearTimeout(entry.lostTimer);
-    entry.lostTimer = setTimeout(() => {
-      if (isFinal(entry.run.status)) return;
-      this.finish(entry, { status: "lost", reason: "the worker running it disconnected and did not come back", state: false });
-    }, this.options.lostAfterMs ?? 10 * 60_000);
-    entry.lostTimer.unref();
+  private claimOf(record: RunRecord): LeaseClaim {
+    return { run: record.id, worker: record.worker as string, fence: record.fence };
   }
 
-  private receive(worker: WorkerConnection, text: string): void {
+  /** The live run whose lease this launcher holds under this fence. */
+  private held(worker: WorkerConnection, id: string, fence: number): LiveRun | undefined {
+    const entry = this.live.get(id);
+    const record = entry?.record;
+    return record &&
+      record.pool === worker.pool &&
+      record.worker === worker.id &&
+      record.fence === fence &&
+      record.leaseExpiresAt !== undefined
+      ? entry
+      : undefined;
+  }
+
+  private receive(worker: WorkerConnection, text: string): Promise<void> {
     const message = parseMessage<FromWorker>(text);
-    if (!message) return;
-    const entry = "id" in message ? this.runs.get(message.id) : undefined;
-    if (entry && entry.run.pool !== worker.pool) return;
+    if (!message || this.closing) return Promise.resolve();
     switch (message.type) {
       case "hello":
-        for (const id of message.runs) {
-          const known = this.runs.get(id);
-          const ours = known?.run.pool === worker.pool && !isFinal(known.run.status);
-          if (ours) {
-            clearTimeout(known.lostTimer);
-            // Accepted just before a disconnect, so requeued here: the worker has it, take it back.
-            const queued = this.queue(worker.pool).indexOf(id);
-            if (queued !== -1) this.queue(worker.pool).splice(queued, 1);
-            if (known.run.status === "queued") Object.assign(known.run, { status: "running", startedAt: new Date().toISOString() });
-            known.run.worker = worker.id;
-            worker.current = id;
-          }
-          this.send(worker, { type: "resume", id, lines: ours ? known.lines.length : 0, known: ours });
-        }
-        return this.dispatch(worker.pool);
+        return this.hello(worker, Array.isArray(message.leases) ? message.leases : []);
       case "accepted":
-        if (!entry || isFinal(entry.run.status)) return;
-        entry.run.status = "running";
-        entry.run.startedAt = new Date().toISOString();
-        return this.save(entry);
+        return this.accepted(worker, message.id, message.fence);
       case "refused":
-        if (!entry || isFinal(entry.run.status)) return;
-        worker.current = undefined;
-        if (message.retry) {
-          entry.run.worker = undefined;
-          worker.busy = true;
-          this.queue(worker.pool).unshift(entry.run.id);
-        } else {
-          this.append(entry, 0, [`[agentpools: ${message.reason}]`]);
-          this.finish(entry, { status: "refused", reason: message.reason, state: false });
-        }
-        return this.dispatch(worker.pool);
+        return this.refused(worker, message);
+      case "renew":
+        return this.renew(worker, Array.isArray(message.leases) ? message.leases : []);
       case "log":
-        if (entry && !isFinal(entry.run.status)) this.append(entry, message.from, message.lines);
-        return;
+        return this.logLines(worker, message);
       case "finished":
-        if (!entry) return;
-        if (!isFinal(entry.run.status)) {
-          this.finish(entry, { status: message.status, exitCode: message.exitCode, reason: message.reason, state: message.state && this.hasState(entry) });
-        }
-        this.send(worker, { type: "ack", id: message.id });
-        // A launcher runs one run at a time: having finished one, it is free.
-        worker.current = undefined;
-        worker.busy = false;
-        return this.dispatch(worker.pool);
+        return this.finished(worker, message);
       case "draining":
         worker.draining = true;
-        return;
+        return Promise.resolve();
+    }
+    return Promise.resolve();
+  }
+
+  /** A launcher (re)connected and presents the leases it holds: each stands, or is revoked. */
+  private async hello(worker: WorkerConnection, leases: HeldLease[]): Promise<void> {
+    const presented = new Set<string>();
+    for (const lease of leases) {
+      presented.add(lease.id);
+      const entry = this.held(worker, lease.id, lease.fence);
+      if (!entry) {
+        await this.notHeld(worker, lease.id, lease.fence);
+        continue;
+      }
+      await this.extend(entry);
+      const { record } = entry;
+      // Its start not stored yet (the gateway went away before): the lease is valid, so it is now.
+      if (record.status === "queued" && !(await this.recordStart(entry))) {
+        await this.notHeld(worker, lease.id, lease.fence);
+        continue;
+      }
+      worker.current = record.id;
+      worker.lastUsed = ++this.uses;
+      // Start it if it has not, and send what the gateway lacks.
+      this.sendStart(worker, record);
+    }
+    // Runs leased to it that it does not have: it never got the offer, or no longer has the run.
+    for (const entry of [...this.live.values()]) {
+      const { record } = entry;
+      if (record.worker !== worker.id || record.leaseExpiresAt === undefined || presented.has(record.id)) continue;
+      if (record.status === "queued") await this.requeue(entry);
+      else
+        await this.end(entry, {
+          status: "lost",
+          reason: "the launcher running it reconnected without it",
+          state: false,
+        });
+    }
+    worker.greeted = true;
+    await this.dispatch(worker.pool);
+  }
+
+  /** A lease the launcher presents but does not hold: ack an outcome already stored from it, else revoke. */
+  private async notHeld(worker: WorkerConnection, id: string, fence: number): Promise<void> {
+    const record = this.live.get(id)?.record ?? (await this.store.getRun(id));
+    const ours = record && record.pool === worker.pool && record.worker === worker.id && record.fence === fence;
+    if (ours && isFinal(record.status) && record.status !== "lost") return this.send(worker, { type: "ack", id });
+    this.send(worker, {
+      type: "revoked",
+      id,
+      reason:
+        !record || record.pool !== worker.pool
+          ? "the gateway does not know this run"
+          : ours
+            ? `the run is ${record.status}`
+            : "its lease was given to another launcher",
+    });
+  }
+
+  private async accepted(worker: WorkerConnection, id: string, fence: number): Promise<void> {
+    const entry = this.held(worker, id, fence);
+    if (!entry || (entry.record.status === "queued" && !(await this.recordStart(entry))))
+      return this.notHeld(worker, id, fence);
+    worker.current = id;
+    this.sendStart(worker, entry.record);
+  }
+
+  private sendStart(worker: WorkerConnection, { id, fence, logLines }: RunRecord): void {
+    this.send(worker, { type: "start", id, fence, lines: logLines, termMs: this.leaseMs });
+  }
+
+  /** The run is running under its lease: stored before "start" is sent, so a launcher runs only what is stored. */
+  private async recordStart(entry: LiveRun): Promise<boolean> {
+    const startedAt = now();
+    if (!(await this.store.startRun(this.claimOf(entry.record), startedAt))) return false;
+    Object.assign(entry.record, { status: "running", startedAt });
+    this.notify(entry);
+    return true;
+  }
+
+  private async refused(worker: WorkerConnection, message: Extract<FromWorker, { type: "refused" }>): Promise<void> {
+    const entry = this.held(worker, message.id, message.fence);
+    if (!entry) return;
+    if (worker.current === message.id) worker.current = undefined;
+    if (message.retry) {
+      worker.busy = true;
+      await this.requeue(entry);
+    } else {
+      const reason = String(message.reason);
+      await this.end(entry, { status: "refused", reason, state: false }, `[agentpools: ${reason}]`);
+    }
+    await this.dispatch(worker.pool);
+  }
+
+  private async renew(worker: WorkerConnection, leases: { id: string; fence: number }[]): Promise<void> {
+    for (const lease of leases) {
+      const entry = this.held(worker, lease.id, lease.fence);
+      if (entry) await this.extend(entry);
+      else await this.notHeld(worker, lease.id, lease.fence);
     }
   }
 
-  private append(entry: RunEntry, from: number, lines: string[]): void {
-    const fresh = lines.slice(Math.max(0, entry.lines.length - from));
-    if (from > entry.lines.length || fresh.length === 0) return;
-    entry.lines.push(...fresh);
-    if (this.options.dataDir) appendFileSync(this.file(entry.run.id, "log"), fresh.map((line) => line + "\n").join(""));
-    for (const follower of entry.followers) follower();
+  /** Another term for a held lease; kept in memory even if the store cannot record it, so runs in flight go on. */
+  private async extend(entry: LiveRun): Promise<void> {
+    const expiresAt = Date.now() + this.leaseMs;
+    await this.store
+      .renewLease(this.claimOf(entry.record), expiresAt)
+      .catch((error) => this.storageFailed("renew a lease", error, entry.record));
+    entry.record.leaseExpiresAt = expiresAt;
+    this.armLease(entry);
   }
 
-  private finish(entry: RunEntry, outcome: Pick<WorkerRun, "status" | "exitCode" | "reason" | "state">): void {
-    clearTimeout(entry.lostTimer);
-    Object.assign(entry.run, outcome, { finishedAt: new Date().toISOString() });
-    this.save(entry);
-    this.log.info("run finished", { pool: entry.run.pool, run: entry.run.id, status: entry.run.status, reason: entry.run.reason });
+  private async logLines(worker: WorkerConnection, message: Extract<FromWorker, { type: "log" }>): Promise<void> {
+    const entry = this.held(worker, message.id, message.fence);
+    if (entry?.record.status !== "running" || !Array.isArray(message.lines)) return;
+    const { record } = entry;
+    const from = Number(message.from);
+    const lines = message.lines.map(String);
+    const count = await this.store.appendLog(this.claimOf(record), from, lines, MAX_LOG_LINES).catch((error) => {
+      entry.logFailed = true;
+      return this.storageFailed("store log lines", error, record);
+    });
+    if (count !== undefined && count > record.logLines) {
+      record.logLines = count;
+      entry.askedAt = undefined;
+      this.notify(entry);
+    }
+    // Lines were lost on the way in (a storage failure): ask for them again.
+    if (from > record.logLines) this.askForLines(worker, entry);
+  }
+
+  /** Ask the launcher for the log past what is stored (and its outcome again), at most every third of a term. */
+  private askForLines(worker: WorkerConnection, entry: LiveRun): void {
+    if (Date.now() - (entry.askedAt ?? 0) < this.leaseMs / 3) return;
+    entry.askedAt = Date.now();
+    entry.logFailed = false;
+    this.sendStart(worker, entry.record);
+  }
+
+  private async finished(worker: WorkerConnection, message: Extract<FromWorker, { type: "finished" }>): Promise<void> {
+    const entry = this.held(worker, message.id, message.fence);
+    if (entry?.record.status !== "running") return this.notHeld(worker, message.id, message.fence);
+    const { record } = entry;
+    // Log lines were lost to a storage failure since the last ask: no outcome before the rest.
+    if (entry.logFailed) return this.askForLines(worker, entry);
+    const status = (["succeeded", "failed", "timed_out"] as const).find((s) => s === message.status) ?? "failed";
+    const state = message.state === true && (await this.store.hasState(record.id));
+    const exitCode = Number.isInteger(message.exitCode) ? message.exitCode : undefined;
+    const reason = typeof message.reason === "string" ? message.reason : undefined;
+    if (!(await this.end(entry, { status, exitCode, reason, state }))) return;
+    this.send(worker, { type: "ack", id: record.id });
+    // A launcher runs one run at a time: having finished one, it is free.
+    if (worker.current === record.id) worker.current = undefined;
+    worker.busy = false;
+    await this.dispatch(worker.pool);
+  }
+
+  /** The run's outcome, stored under its lease, then in memory: false if the store refused it (it comes again). */
+  private async end(entry: LiveRun, outcome: Omit<RunOutcomeRecord, "finishedAt">, note?: string): Promise<boolean> {
+    const { record } = entry;
+    const finishedAt = now();
+    let stored: boolean;
+    try {
+      stored = await this.store.finishRun(record.id, this.claimOf(record), { ...outcome, finishedAt }, note);
+    } catch (error) {
+      this.storageFailed(`store the outcome (${outcome.status})`, error, record);
+      return false;
+    }
+    if (!stored || this.live.get(record.id) !== entry) return false;
+    clearTimeout(entry.leaseTimer);
+    this.live.delete(record.id);
+    Object.assign(record, outcome, { finishedAt, leaseExpiresAt: undefined });
+    if (note !== undefined) record.logLines++;
+    this.log.info("run finished", { pool: record.pool, run: record.id, status: record.status, reason: record.reason });
+    this.notify(entry);
+    return true;
+  }
+
+  /** A lease given back by a launcher that did not start the run, or an offer expired: queued again, first. */
+  private async requeue(entry: LiveRun): Promise<void> {
+    const { record } = entry;
+    await this.store
+      .releaseLease(this.claimOf(record))
+      .catch((error) => this.storageFailed("release a lease", error, record));
+    clearTimeout(entry.leaseTimer);
+    for (const worker of this.workers.get(record.pool) ?? [])
+      if (worker.id === record.worker && worker.current === record.id) worker.current = undefined;
+    Object.assign(record, { status: "queued", startedAt: undefined, worker: undefined, leaseExpiresAt: undefined });
+    this.queue(record.pool).unshift(record.id);
+  }
+
+  private revoke(worker: WorkerConnection | undefined, entry: LiveRun, reason: string): void {
+    if (!worker) return;
+    this.send(worker, { type: "revoked", id: entry.record.id, reason });
+    if (worker.current === entry.record.id) worker.current = undefined;
+  }
+
+  /** The lease ends at its expiry unless renewed: an offer goes back to the queue, a started run is lost. */
+  private armLease(entry: LiveRun): void {
+    clearTimeout(entry.leaseTimer);
+    entry.leaseTimer = setTimeout(
+      () => this.serially(entry.record.worker ?? "", () => this.expire(entry)),
+      Math.max(0, (entry.record.leaseExpiresAt ?? 0) - Date.now()),
+    );
+    entry.leaseTimer.unref();
+  }
+
+  private async expire(entry: LiveRun): Promise<void> {
+    const { record } = entry;
+    if (this.closing || this.live.get(record.id) !== entry || record.leaseExpiresAt === undefined) return;
+    // Renewed meanwhile, or the timer fired a little early by the wall clock.
+    if (record.leaseExpiresAt > Date.now()) return this.armLease(entry);
+    const holder = [...(this.workers.get(record.pool) ?? [])].find((w) => w.id === record.worker);
+    this.log.warn("a lease expired", {
+      pool: record.pool,
+      run: record.id,
+      worker: record.worker,
+      status: record.status,
+    });
+    if (record.status === "queued") {
+      this.revoke(holder, entry, "its lease expired before the run started");
+      await this.requeue(entry);
+      return this.dispatch(record.pool);
+    }
+    const reason = `the launcher running it stopped renewing its lease (${this.leaseMs} ms)`;
+    if (await this.end(entry, { status: "lost", reason, state: false })) this.revoke(holder, entry, reason);
+    else {
+      // The store refused: try again shortly, the run stays as it was meanwhile.
+      entry.record.leaseExpiresAt = Date.now() + Math.min(1000, this.leaseMs);
+      this.armLease(entry);
+    }
+  }
+
+  private notify(entry: LiveRun): void {
     for (const follower of entry.followers) follower();
   }
 
@@ -226,44 +535,132 @@ export class WorkerHub {
     return queue;
   }
 
-  /** Hand queued runs to idle launchers. */
-  private dispatch(pool: string): void {
-    const queue = this.queue(pool);
+  /** The idle launcher used least recently (never used first), so work spreads over all of them. */
+  private idle(pool: string): WorkerConnection | undefined {
+    let best: WorkerConnection | undefined;
     for (const worker of this.workers.get(pool) ?? []) {
-      if (queue.length === 0) return;
-      if (worker.current || worker.busy || worker.draining) continue;
-      const entry = this.runs.get(queue.shift() as string) as RunEntry;
-      worker.current = entry.run.id;
-      entry.run.worker = worker.id;
-      const { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom } = entry.run;
-      this.send(worker, { type: "run", run: { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom } satisfies RunSpec });
+      if (!worker.greeted || worker.current || worker.busy || worker.draining || !worker.socket.open) continue;
+      if (!best || worker.lastUsed < best.lastUsed) best = worker;
+    }
+    return best;
+  }
+
+  /** Hand queued runs to idle launchers, one pool's dispatch at a time: each lease is stored before its run is sent. */
+  private async dispatch(pool: string): Promise<void> {
+    if (this.dispatching.has(pool)) return void this.redispatch.add(pool);
+    this.dispatching.add(pool);
+    try {
+      await this.dispatchNow(pool);
+    } catch (error) {
+      this.log.error("dispatching runs failed", { pool, error: (error as Error).message });
+    } finally {
+      this.dispatching.delete(pool);
+      if (this.redispatch.delete(pool)) await this.dispatch(pool);
     }
   }
 
-  /** Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}. The environment is sealed for the pool at once. */
+  private async dispatchNow(pool: string): Promise<void> {
+    const queue = this.queue(pool);
+    for (let worker = this.idle(pool); worker && queue.length > 0 && !this.closing; worker = this.idle(pool)) {
+      const entry = this.live.get(queue.shift() as string);
+      if (!entry || entry.record.status !== "queued" || entry.record.leaseExpiresAt !== undefined) continue;
+      const { record } = entry;
+      worker.current = record.id;
+      worker.lastUsed = ++this.uses;
+      const time = Date.now();
+      let fence: number | undefined;
+      try {
+        fence = await this.store.grantLease(record.id, worker.id, time, time + this.leaseMs);
+      } catch (error) {
+        this.storageFailed("lease a run", error, record);
+        fence = undefined;
+      }
+      if (fence === undefined) {
+        // Not leased (the store refused, or holds another lease): try again in a while.
+        worker.current = undefined;
+        queue.unshift(record.id);
+        this.later(pool);
+        return;
+      }
+      Object.assign(record, { worker: worker.id, fence, leaseExpiresAt: time + this.leaseMs });
+      this.armLease(entry);
+      // Gone meanwhile: the lease stays its own until it comes back or the lease expires.
+      if (!worker.socket.open) continue;
+      const { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom } = record;
+      this.send(worker, {
+        type: "run",
+        run: { id, image, commands, sealedEnvironment, timeoutSeconds, stateFrom },
+        lease: { fence, termMs: this.leaseMs },
+      });
+    }
+  }
+
+  /** Dispatch again after a storage failure, once per pool at a time. */
+  private later(pool: string): void {
+    if (this.retrying.has(pool)) return;
+    this.retrying.add(pool);
+    const timer = setTimeout(
+      () => {
+        this.timers.delete(timer);
+        this.retrying.delete(pool);
+        void this.dispatch(pool);
+      },
+      Math.min(1000, this.leaseMs / 3),
+    ).unref();
+    this.timers.add(timer);
+  }
+
+  /** Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}; its environment is sealed at once. */
   async submit(poolName: string, body: unknown): Promise<WorkerRun> {
     const pool = this.pools.get(poolName)?.definition;
     if (pool?.kind !== "worker") throw new HttpError(404, `no worker pool named ${poolName}`);
     const request = (body ?? {}) as Record<string, unknown>;
-    const unknown = Object.keys(request).filter((key) => !["image", "commands", "environment", "timeoutSeconds", "stateFrom"].includes(key));
-    if (unknown.length > 0) throw new HttpError(400, `unknown fields ${unknown.join(", ")}: a run is {image, commands, environment?, timeoutSeconds?, stateFrom?}`);
+    const unknown = Object.keys(request).filter(
+      (key) => !["image", "commands", "environment", "timeoutSeconds", "stateFrom"].includes(key),
+    );
+    if (unknown.length > 0)
+      throw new HttpError(
+        400,
+        `unknown fields ${unknown.join(", ")}: a run is {image, commands, environment?, timeoutSeconds?, stateFrom?}`,
+      );
     const { image, commands, environment = {}, timeoutSeconds, stateFrom } = request;
-    if (typeof image !== "string" || !IMAGE.test(image)) throw new HttpError(400, `image ${JSON.stringify(image)} must be an image reference such as "public.ecr.aws/docker/library/alpine:3"`);
-    if (!Array.isArray(commands) || commands.length === 0 || !commands.every((c) => typeof c === "string" && c.length > 0)) throw new HttpError(400, "commands must be a non-empty list of shell commands (strings)");
+    if (typeof image !== "string" || !IMAGE.test(image))
+      throw new HttpError(
+        400,
+        `image ${JSON.stringify(image)} must be an image reference such as "public.ecr.aws/docker/library/alpine:3"`,
+      );
+    if (
+      !Array.isArray(commands) ||
+      commands.length === 0 ||
+      !commands.every((c) => typeof c === "string" && c.length > 0)
+    )
+      throw new HttpError(400, "commands must be a non-empty list of shell commands (strings)");
     const env = environment as Record<string, unknown>;
-    if (typeof env !== "object" || env === null || Array.isArray(env)) throw new HttpError(400, "environment must be an object of NAME: value");
+    if (typeof env !== "object" || env === null || Array.isArray(env))
+      throw new HttpError(400, "environment must be an object of NAME: value");
     for (const [name, value] of Object.entries(env)) {
-      if (!ENV_NAME.test(name) || typeof value !== "string") throw new HttpError(400, `environment ${JSON.stringify(name)} must be a variable name with a string value`);
+      if (!ENV_NAME.test(name) || typeof value !== "string")
+        throw new HttpError(400, `environment ${JSON.stringify(name)} must be a variable name with a string value`);
     }
-    if (timeoutSeconds !== undefined && !(Number.isInteger(timeoutSeconds) && (timeoutSeconds as number) >= 1 && (timeoutSeconds as number) <= 86_400)) {
+    if (
+      timeoutSeconds !== undefined &&
+      !(Number.isInteger(timeoutSeconds) && (timeoutSeconds as number) >= 1 && (timeoutSeconds as number) <= 86_400)
+    ) {
       throw new HttpError(400, `timeoutSeconds ${JSON.stringify(timeoutSeconds)} must be an integer from 1 to 86400`);
     }
     if (stateFrom !== undefined) {
-      const source = this.runs.get(String(stateFrom));
-      if (!source || source.run.pool !== poolName || !source.run.state) throw new HttpError(400, `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of pool ${poolName} that left state`);
+      const source = typeof stateFrom === "string" ? await this.store.getRun(stateFrom) : undefined;
+      if (!source || source.pool !== poolName || !source.state)
+        throw new HttpError(
+          400,
+          `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of pool ${poolName} that left state`,
+        );
     }
-    const sealed = Object.keys(env).length > 0 ? (await sealBuffer(this.poolKey(pool), Buffer.from(JSON.stringify(env)))).toString("base64") : undefined;
-    const run: WorkerRun = {
+    const sealed =
+      Object.keys(env).length > 0
+        ? (await sealBuffer(this.poolKey(pool), Buffer.from(JSON.stringify(env)))).toString("base64")
+        : undefined;
+    const record: RunRecord = {
       id: randomUUID(),
       pool: poolName,
       image,
@@ -272,81 +669,108 @@ export class WorkerHub {
       ...(timeoutSeconds !== undefined ? { timeoutSeconds: timeoutSeconds as number } : {}),
       ...(stateFrom !== undefined ? { stateFrom: String(stateFrom) } : {}),
       status: "queued",
+      fence: 0,
       state: false,
-      createdAt: new Date().toISOString(),
+      logLines: 0,
+      createdAt: now(),
     };
-    const entry: RunEntry = { run, lines: [], followers: new Set() };
-    this.runs.set(run.id, entry);
-    this.save(entry);
-    this.queue(poolName).push(run.id);
-    this.log.info("run queued", { pool: poolName, run: run.id, image });
-    this.dispatch(poolName);
-    return run;
+    // Stored before it is listed or queued: a submission the store refused leaves nothing behind.
+    try {
+      await this.store.createRun(record);
+    } catch (error) {
+      this.storageFailed("store a submitted run", error, record);
+      throw error;
+    }
+    this.live.set(record.id, { record, followers: new Set() });
+    this.queue(poolName).push(record.id);
+    this.log.info("run queued", { pool: poolName, run: record.id, image });
+    void this.dispatch(poolName);
+    return record;
   }
 
-  get(pool: string, id: string): WorkerRun {
-    const entry = this.runs.get(id);
-    if (!entry || entry.run.pool !== pool) throw new HttpError(404, `no run ${id} in pool ${pool}`);
-    return entry.run;
+  /** A run of the pool, live or finished. */
+  async get(pool: string, id: string): Promise<WorkerRun> {
+    const record = this.live.get(id)?.record ?? (await this.store.getRun(id));
+    if (!record || record.pool !== pool) throw new HttpError(404, `no run ${id} in pool ${pool}`);
+    return record;
   }
 
   /** A run's log: what there is, then (follow) each new line as it comes, until the run ends. */
   async streamLog(pool: string, id: string, res: http.ServerResponse, follow: boolean): Promise<void> {
-    this.get(pool, id);
-    const entry = this.runs.get(id) as RunEntry;
+    await this.get(pool, id);
+    const entry = this.live.get(id);
     res.writeHead(200, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
     let sent = 0;
-    const flush = () => {
-      if (sent < entry.lines.length) res.write(entry.lines.slice(sent).join("\n") + "\n");
-      sent = entry.lines.length;
-      if (!follow || isFinal(entry.run.status)) {
-        entry.followers.delete(flush);
-        res.end();
+    let reading = false;
+    let again = false;
+    const flush = async (): Promise<void> => {
+      if (reading) return void (again = true);
+      reading = true;
+      try {
+        do {
+          again = false;
+          // Read before the check: a run's last lines are stored before it shows final.
+          const done = !follow || !entry || isFinal(entry.record.status);
+          for (
+            let lines = await this.store.readLog(id, sent, LOG_PAGE);
+            lines.length > 0 && !res.destroyed;
+            lines = await this.store.readLog(id, sent, LOG_PAGE)
+          ) {
+            sent += lines.length;
+            if (!res.write(lines.join("\n") + "\n"))
+              await new Promise((resolve) => (res.once("drain", resolve), res.once("close", resolve)));
+          }
+          if (done || res.destroyed) {
+            entry?.followers.delete(notify);
+            return void res.end();
+          }
+        } while (again);
+      } catch {
+        entry?.followers.delete(notify);
+        res.destroy();
+      } finally {
+        reading = false;
       }
     };
-    entry.followers.add(flush);
-    res.once("close", () => entry.followers.delete(flush));
-    flush();
+    const notify = () => void flush();
+    entry?.followers.add(notify);
+    res.once("close", () => entry?.followers.delete(notify));
+    await flush();
   }
 
-  private hasState(entry: RunEntry): boolean {
-    return entry.state !== undefined || (!!this.options.dataDir && existsSync(this.file(entry.run.id, "state")));
-  }
-
-  /** PUT: the sealed state of a run, from the launcher running it. GET: for the launcher of a later run. */
-  async transferState(req: http.IncomingMessage, res: http.ServerResponse, poolName: string, id: string): Promise<void> {
+  /** PUT: the sealed state of a run, from the launcher holding its lease. GET: for the launcher of a later run. */
+  async transferState(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    poolName: string,
+    id: string,
+  ): Promise<void> {
     const pool = this.authenticate(req.headers);
     if (!pool || pool.name !== poolName) throw new HttpError(401, "worker pool credentials refused");
-    const entry = this.runs.get(id);
-    if (!entry || entry.run.pool !== poolName) throw new HttpError(404, `no run ${id} in pool ${poolName}`);
     if (req.method === "PUT") {
-      if (isFinal(entry.run.status) || entry.run.worker !== req.headers["x-agentpools-worker"]) throw new HttpError(409, "only the worker running a run stores its state");
-      if (this.options.dataDir) {
-        const file = this.file(id, "state");
-        await pipeline(req, createWriteStream(`${file}.part`));
-        renameSync(`${file}.part`, file);
-      } else {
-        // Without a data directory state is held in memory: bounded.
-        // Over the bound the rest is read and dropped, so the launcher finishes sending and
-        // reads the 413 rather than a reset connection.
-        const chunks: Buffer[] = [];
-        let size = 0;
-        for await (const chunk of req) {
-          size += (chunk as Buffer).length;
-          if (size <= MAX_STATE_IN_MEMORY) chunks.push(chunk as Buffer);
-          else chunks.length = 0;
-        }
-        if (size > MAX_STATE_IN_MEMORY) throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
-        entry.state = Buffer.concat(chunks);
+      const claim = {
+        run: id,
+        worker: String(req.headers[WORKER_HEADER] ?? ""),
+        fence: Number(req.headers[FENCE_HEADER]),
+      };
+      const entry = this.live.get(id);
+      if (!entry || entry.record.pool !== poolName)
+        throw new HttpError(404, `no run ${id} in pool ${poolName} is running`);
+      try {
+        await this.store.putState(claim, req);
+      } catch (error) {
+        this.storageFailed("store a run's state", error, entry.record);
+        throw error;
       }
       res.writeHead(204).end();
       return;
     }
     if (req.method !== "GET") throw new HttpError(405, "state is PUT by a run's worker and read with GET");
-    if (!entry.run.state) throw new HttpError(404, `run ${id} left no state`);
+    const record = await this.get(poolName, id);
+    if (!record.state) throw new HttpError(404, `run ${id} left no state`);
+    const state = await this.store.openState(id);
     res.writeHead(200, { "content-type": "application/octet-stream" });
-    if (entry.state) res.end(entry.state);
-    else await pipeline(createReadStream(this.file(id, "state")), res);
+    await pipeline(state, res);
   }
 
   /** The worker API under /_agentpools/api/workers/<pool>/runs...; false if the path is not one of it. */
@@ -360,6 +784,8 @@ export class WorkerHub {
     const fail = (error: Error) => {
       if (res.headersSent) res.destroy();
       else json(error instanceof HttpError ? error.status : 500, { error: error.message });
+      if (!(error instanceof HttpError))
+        this.log.error("a worker API request failed", { method: req.method, path: url.pathname, error: error.message });
     };
     void (async () => {
       if (!id && req.method === "POST") {
@@ -367,69 +793,69 @@ export class WorkerHub {
         return json(201, this.public(await this.submit(pool, parsed)));
       }
       if (!id && req.method === "GET") {
-        if (this.pools.get(pool)?.definition.kind !== "worker") throw new HttpError(404, `no worker pool named ${pool}`);
-        return json(200, { runs: [...this.runs.values()].filter((e) => e.run.pool === pool).map((e) => this.public(e.run)) });
+        if (this.pools.get(pool)?.definition.kind !== "worker")
+          throw new HttpError(404, `no worker pool named ${pool}`);
+        const limit = Number(url.searchParams.get("limit") ?? 100);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+          throw new HttpError(400, "limit must be an integer from 1 to 1000");
+        const before = url.searchParams.get("before") ?? undefined;
+        return json(200, {
+          runs: (await this.store.listRuns(pool, { limit, before })).map((run) =>
+            this.public(this.live.get(run.id)?.record ?? run),
+          ),
+        });
       }
       if (part === "/state") return this.transferState(req, res, pool, id);
       if (req.method !== "GET" || !id) throw new HttpError(405, "method not allowed");
       if (part === "/logs") return this.streamLog(pool, id, res, url.searchParams.get("follow") === "1");
-      return json(200, { ...this.public(this.get(pool, id)), logLines: (this.runs.get(id) as RunEntry).lines.length });
+      return json(200, this.public(await this.get(pool, id)));
     })().catch(fail);
     return true;
   }
 
   /** A run as the API shows it: the sealed environment stays inside. */
   private public(run: WorkerRun) {
-    const { sealedEnvironment, ...shown } = run;
-    return { ...shown, environmentSealed: sealedEnvironment !== undefined };
+    const { sealedEnvironment, leaseExpiresAt, ...shown } = run;
+    return {
+      ...shown,
+      environmentSealed: sealedEnvironment !== undefined,
+      ...(leaseExpiresAt !== undefined ? { leaseExpiresAt: new Date(leaseExpiresAt).toISOString() } : {}),
+    };
+  }
+
+  /** Runs not yet final, held in memory (what a start loaded and what came since). */
+  get liveRuns(): number {
+    return this.live.size;
   }
 
   summary(pool: string) {
     const workers = [...(this.workers.get(pool) ?? [])];
-    const runs = [...this.runs.values()].filter((e) => e.run.pool === pool).map((e) => e.run);
+    const live = [...this.live.values()].filter((e) => e.record.pool === pool);
     return {
       connections: workers.filter((w) => !w.draining).length,
       activeRequests: workers.filter((w) => w.current).length,
       queued: this.queue(pool).length,
-      running: runs.filter((r) => r.status === "running").length,
-      agents: workers.map((w) => ({ id: w.id, remote: w.remote, connectedAt: w.connectedAt, metadata: w.metadata, active: w.current ? 1 : 0, parallelism: 1, currentRun: w.current, draining: w.draining })),
+      running: live.filter((e) => e.record.status === "running").length,
+      agents: workers.map((w) => ({
+        id: w.id,
+        remote: w.remote,
+        connectedAt: w.connectedAt,
+        metadata: w.metadata,
+        active: w.current ? 1 : 0,
+        parallelism: 1,
+        currentRun: w.current,
+        draining: w.draining,
+      })),
     };
   }
 
-  close(): void {
+  /** Stop: no more writes (what is stored stays as it is, as after a crash), launchers dropped, the store closed. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const timer of this.timers) clearTimeout(timer);
+    for (const entry of this.live.values()) clearTimeout(entry.leaseTimer);
     for (const workers of this.workers.values()) for (const worker of workers) worker.socket.close(1001);
-    for (const entry of this.runs.values()) clearTimeout(entry.lostTimer);
-  }
-
-  private file(id: string, kind: "json" | "log" | "state"): string {
-    return path.join(this.options.dataDir as string, "runs", `${id}.${kind}`);
-  }
-
-  private save(entry: RunEntry): void {
-    if (!this.options.dataDir) return;
-    const file = this.file(entry.run.id, "json");
-    writeFileSync(`${file}.tmp`, JSON.stringify(entry.run));
-    renameSync(`${file}.tmp`, file);
-  }
-
-  /** Runs of an earlier gateway: queued ones queue again; running ones wait for their worker. */
-  private load(dataDir: string): void {
-    mkdirSync(path.join(dataDir, "runs"), { recursive: true, mode: 0o700 });
-    const loaded: RunEntry[] = [];
-    for (const name of readdirSync(path.join(dataDir, "runs"))) {
-      if (!name.endsWith(".json")) continue;
-      const run = JSON.parse(readFileSync(path.join(dataDir, "runs", name), "utf8")) as WorkerRun;
-      if (!this.pools.has(run.pool)) continue;
-      const log = this.file(run.id, "log");
-      const lines = existsSync(log) ? readFileSync(log, "utf8").split("\n").slice(0, -1) : [];
-      loaded.push({ run, lines, followers: new Set() });
-    }
-    for (const entry of loaded.sort((a, b) => a.run.createdAt.localeCompare(b.run.createdAt))) {
-      this.runs.set(entry.run.id, entry);
-      if (entry.run.status === "queued") {
-        entry.run.worker = undefined;
-        this.queue(entry.run.pool).push(entry.run.id);
-      } else if (entry.run.status === "running") this.watchLost(entry);
-    }
+    await Promise.allSettled([...this.chains.values()]);
+    await this.store.close();
   }
 }

@@ -3,10 +3,11 @@
  * (docs/protocol.md). The gateway sends code to run; the agent answers with its outcome.
  */
 export const FLOWS_CONNECT_PATH = "/_agentpools/flows/connect";
+/** The longest a run may be given (`timeoutMs`); without one the agent's FLOWS_RUN_TIMEOUT applies. */
+export const FLOWS_MAX_RUN_TIMEOUT_MS = 15 * 60_000;
 
-/** A run's timeout when its caller gives none (the agent's FLOWS_RUN_TIMEOUT replaces it), and the longest allowed. */
+/** A run's timeout when its caller gives none, unless the agent's FLOWS_RUN_TIMEOUT says otherwise. */
 export const FLOWS_RUN_TIMEOUT_DEFAULT = "60s";
-export const FLOWS_RUN_TIMEOUT_MAX_MS = 15 * 60_000;
 
 /**
  * Bounds of an answer, so that one run's answer never reaches the WebSocket's message limit
@@ -21,7 +22,6 @@ export const FLOWS_MAX_CONSOLE_BYTES = 1024 * 1024;
 export const FLOWS_MAX_RESULT_BYTES = 7 * 1024 * 1024;
 
 /** Messages on the WebSocket (JSON text frames). */
-/** timeoutMs: left out when the caller gave none, so the agent's own default applies. */
 export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number };
 export type AgentMessage =
   | { type: "hello"; poolSize: number; executor: string }

@@ -31,21 +31,59 @@ export interface RunOutcome {
   state: boolean;
 }
 
+/**
+ * A run is handed over under a lease, stored by the gateway before the run is sent: the
+ * launcher's ID, a fencing number that every new lease on the run raises, and an expiry the
+ * launcher renews every `termMs / 3`. A launcher starts a run only on the gateway's `start`,
+ * which the gateway sends only while the lease is the run's; a lease taken away (`revoked`)
+ * stops the run. So a run sent twice (a gateway restart, a dropped connection) runs once.
+ */
+export interface Lease {
+  fence: number;
+  termMs: number;
+}
+
+/** A lease a launcher holds (a run accepted, running, or finished and not yet acknowledged), as it presents it. */
+export interface HeldLease {
+  id: string;
+  fence: number;
+}
+
 export type ToWorker =
-  | { type: "run"; run: RunSpec }
-  /** After a reconnect: the gateway holds the first `lines` log lines of a run the worker named. */
-  | { type: "resume"; id: string; lines: number; known: boolean }
+  /** An offer: the launcher accepts (or refuses) and waits for `start`. */
+  | { type: "run"; run: RunSpec; lease: Lease }
+  /**
+   * The lease stands and the run is stored as started: run it if it is not running yet; the
+   * gateway holds its first `lines` log lines, so send the rest (and the outcome, if known).
+   * Sent on `accepted`, after `hello`, and when lines went missing. Renew every termMs / 3:
+   * after a gateway restart the term may differ from the offer's.
+   */
+  | { type: "start"; id: string; fence: number; lines: number; termMs: number }
+  /** The lease is not (or no longer) this launcher's: stop the run and forget it. */
+  | { type: "revoked"; id: string; reason: string }
+  /** The outcome is stored: the launcher may forget the run. */
   | { type: "ack"; id: string };
 
 export type FromWorker =
-  | { type: "hello"; worker: string; runs: string[] }
-  | { type: "accepted"; id: string }
+  /** First on every connection (the launcher's ID is its header's). */
+  | { type: "hello"; leases: HeldLease[] }
+  | { type: "accepted"; id: string; fence: number }
   /** retry: not refused for what it is (the worker is busy or draining); queue it again. */
-  | { type: "refused"; id: string; reason: string; retry?: boolean }
+  | { type: "refused"; id: string; fence: number; reason: string; retry?: boolean }
+  /** Every `termMs / 3` while it holds leases. */
+  | { type: "renew"; leases: HeldLease[] }
   /** Lines from index `from` of the run's log (masked already); resent lines are ignored. */
-  | { type: "log"; id: string; from: number; lines: string[] }
-  | ({ type: "finished"; id: string } & RunOutcome)
+  | { type: "log"; id: string; fence: number; from: number; lines: string[] }
+  /** The outcome; a gateway that could not store all the log lines asks for them (`resume`) first. */
+  | ({ type: "finished"; id: string; fence: number } & RunOutcome)
   | { type: "draining" };
+
+/** Lines of a run's log kept, at the launcher and at the gateway; the launcher says where it cut. */
+export const MAX_LOG_LINES = 200_000;
+
+/** The launcher's headers: its ID (a UUID made at start) and, on a state upload, its lease's fence. */
+export const WORKER_HEADER = "x-agentpools-worker";
+export const FENCE_HEADER = "x-agentpools-fence";
 
 /** The proof of the pool's private key a launcher sends when connecting, and what it signs. */
 export const PROOF_HEADER = "x-agentpools-proof";

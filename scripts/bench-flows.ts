@@ -17,17 +17,18 @@ import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { createLogger } from "../lib/log";
-import { freePort, percentile, scratchDir } from "../devkit/helpers";
+import { freePort, percentile, scratchDir, serviceKey } from "../devkit/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
 /** Between warm runs: time for the agent to start the replacement spare. */
 const GAP_MS = Number(process.argv[process.argv.indexOf("--gap") + 1] || 60) || 60;
 const DEFAULT_POOL = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }).runtimePoolSize;
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 64 });
+const service = serviceKey("bench");
 
 function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown; durationMs: number }> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: "POST", agent: keepAlive, headers: { "content-type": "application/json" } }, (res) => {
+    const req = http.request(url, { method: "POST", agent: keepAlive, headers: { "content-type": "application/json", ...service.headers } }, (res) => {
       let text = "";
       res.on("data", (chunk) => (text += chunk));
       res.on("end", () => resolve(JSON.parse(text)));
@@ -38,7 +39,7 @@ function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown
 }
 
 async function summary(url: string) {
-  const pools = JSON.parse(await new Promise<string>((resolve) => http.get(`${url}/_agentpools/api/pools`, (res) => { let t = ""; res.on("data", (c) => (t += c)); res.on("end", () => resolve(t)); })));
+  const pools = JSON.parse(await new Promise<string>((resolve) => http.get(`${url}/_agentpools/api/pools`, { headers: service.headers }, (res) => { let t = ""; res.on("data", (c) => (t += c)); res.on("end", () => resolve(t)); })));
   return pools.pools[0];
 }
 
@@ -88,7 +89,7 @@ async function main(): Promise<void> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const { pool, token } = createPool("BENCH", "flows", url);
-  const gateway = new Gateway({ pools: [pool], port, log: createLogger("gateway", []) });
+  const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, log: createLogger("gateway", []) });
   await gateway.listen();
   const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const loadBefore = os.loadavg().map((n) => n.toFixed(2)).join(" ");

@@ -14,15 +14,16 @@ import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { freePort, percentile, scratchDir } from "../devkit/helpers";
+import { freePort, percentile, scratchDir, serviceKey } from "../devkit/helpers";
 
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 200) || 200;
 const COMMAND = "echo hello";
 const keepAlive = new http.Agent({ keepAlive: true });
+const service = serviceKey("bench");
 
 function request(url: string, method: string, body?: unknown): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, agent: keepAlive }, (res) => {
+    const req = http.request(url, { method, agent: keepAlive, headers: service.headers }, (res) => {
       let text = "";
       res.on("data", (chunk) => (text += chunk));
       res.on("end", () => resolve(text));
@@ -35,7 +36,7 @@ function request(url: string, method: string, body?: unknown): Promise<string> {
 /** Milliseconds from `start` to the first byte of the run's followed log. */
 function firstLogLine(url: string, start: bigint): Promise<number> {
   return new Promise((resolve, reject) => {
-    http.get(`${url}/logs?follow=1`, { agent: keepAlive }, (res) => {
+    http.get(`${url}/logs?follow=1`, { agent: keepAlive, headers: service.headers }, (res) => {
       res.once("data", () => resolve(Number(process.hrtime.bigint() - start) / 1e6));
       res.resume();
     }).on("error", reject);
@@ -62,7 +63,7 @@ async function main(): Promise<void> {
   const { keyBase64, csr } = await makePoolKeyAndRequest("bench");
   const certificate = await signPoolRequest(await loadOrCreateAuthority(path.join(dir, "gateway")), csr, "bench");
   const { pool, token } = createPool("bench", "worker", url, certificate);
-  const gateway = new Gateway({ pools: [pool], port, dataDir: path.join(dir, "gateway"), log: createLogger("gateway", []) });
+  const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, dataDir: path.join(dir, "gateway"), log: createLogger("gateway", []) });
   await gateway.listen();
   const launcher = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
     env: { PATH: process.env.PATH, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(dir, "runs") },

@@ -12,6 +12,7 @@ import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from ".
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../devkit/local-vcs";
 import { createPool } from "../gateway/pools";
+import { createServiceKey, KEY_HEADER } from "../gateway/auth";
 import { freePort, scratchDir } from "../devkit/helpers";
 
 const run = promisify(execFile);
@@ -33,7 +34,10 @@ async function main(): Promise<void> {
   const dataDir = scratchDir("demo-gateway-");
   const workerKey = await makePoolKeyAndRequest("workers");
   const workerPool = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dataDir), workerKey.csr, "workers"));
-  const gateway = new Gateway({ pools: [pool, flowsPool.pool, workerPool.pool], port, dataDir });
+  // The service's key: every service-side request carries it. The status page is open to this host's browser.
+  const service = createServiceKey("demo");
+  const auth = { [KEY_HEADER]: service.key };
+  const gateway = new Gateway({ pools: [pool, flowsPool.pool, workerPool.pool], keys: [service.definition], statusOnLoopback: true, port, dataDir });
   const url = await gateway.listen();
   const flowsBundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const flows = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, flowsBundle], {
@@ -86,36 +90,42 @@ async function main(): Promise<void> {
 
   // Check the loop before inviting anyone to use it.
   const clone = scratchDir("demo-clone-");
-  await run("git", ["clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
+  await run("git", ["-c", `http.extraHeader=${KEY_HEADER}: ${service.key}`, "clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
   const head = (await run("git", ["-C", clone, "log", "--oneline", "-1"])).stdout.trim();
-  const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`);
+  const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`, { headers: auth });
+  const keyless = await fetch(`${url}/demo/demo/infrastructure.git/info/refs?service=git-upload-pack`);
   const runUrl = `${url}/_agentpools/api/flows/FLOWSDEMO/run`;
-  const flowsRun = (await (await fetch(runUrl, { method: "POST", body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }) })).json()) as { value: unknown };
+  const flowsRun = (await (await fetch(runUrl, { method: "POST", headers: auth, body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }) })).json()) as { value: unknown };
   const runsUrl = `${url}/_agentpools/api/workers/workers/runs`;
-  const workerRun = (await (await fetch(runsUrl, { method: "POST", body: JSON.stringify({ image: "alpine:3", commands: ["echo region=$DEMO_REGION password=$DEMO_PASSWORD"] }) })).json()) as { id: string };
-  const workerLog = (await (await fetch(`${runsUrl}/${workerRun.id}/logs?follow=1`)).text()).trim();
+  const workerRun = (await (await fetch(runsUrl, { method: "POST", headers: auth, body: JSON.stringify({ image: "alpine:3", commands: ["echo region=$DEMO_REGION password=$DEMO_PASSWORD"] }) })).json()) as { id: string };
+  const workerLog = (await (await fetch(`${runsUrl}/${workerRun.id}/logs?follow=1`, { headers: auth })).text()).trim();
 
   console.log(`
 agentpools demo: a gateway with a VCS agent pool, a Flows pool and a worker pool, and a Git server, all on this machine.
 
   self-check   cloned demo/infrastructure through the agent: ${head}
                secret/keys is outside the pool's allowed projects: ${refused.status} ${refused.status === 403 ? "(refused, as it should be)" : "(UNEXPECTED)"}
+               a request without the service key: ${keyless.status} ${keyless.status === 401 ? "(refused, as it should be)" : "(UNEXPECTED)"}
                a Flows run of 6 * 7 on the Flows agent: ${JSON.stringify(flowsRun.value)}
                a worker run on the launcher logged: ${workerLog}   (the password is masked)
 
-  status page  ${url}/
+  service key  ${service.key}
+               (made for this run; a real gateway makes one with: node build/gateway/main.js add-key --config gateway.json --name NAME)
+  status page  ${url}/   (open to this host without the key)
   JSON API     ${url}/_agentpools/api/pools
   Git server   ${vcs.url}  (stands in for an internal server the service cannot reach)
 
-Try:
-  git clone ${url}/demo/demo/infrastructure.git
-  curl ${url}/demo/api/v4/projects/demo%2Finfrastructure/repository/branches   # allowed: list branches
-  curl ${url}/demo/api/v4/projects/secret%2Fkeys                               # refused: project not allowed
-  curl -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
-  curl -d '{"code":"inputs.name.toUpperCase()","inputs":{"name":"flows"}}' ${runUrl}
-  curl -d '{"kind":"block","code":"return (await import(\\"node:fs\\")).readFileSync(\\"/etc/passwd\\", \\"utf8\\")"}' ${runUrl}   # refused: outside the run's scratch
-  curl -d '{"image":"alpine:3","commands":["echo hello","sleep 2","echo done"]}' ${runsUrl}   # a worker run; then:
-  curl ${runsUrl}/<id>/logs?follow=1                                                  # its log, live
+Try (every request carries the key):
+  KEY=${service.key}
+  git -c http.extraHeader="${KEY_HEADER}: $KEY" clone ${url}/demo/demo/infrastructure.git
+  curl -H "${KEY_HEADER}: $KEY" ${url}/demo/api/v4/projects/demo%2Finfrastructure/repository/branches   # allowed: list branches
+  curl -H "${KEY_HEADER}: $KEY" ${url}/demo/api/v4/projects/secret%2Fkeys                               # refused: project not allowed
+  curl -H "${KEY_HEADER}: $KEY" -X DELETE ${url}/demo/api/v4/projects/demo%2Finfrastructure             # refused: not on the allowlist
+  curl ${url}/demo/api/v4/projects/demo%2Finfrastructure                                                 # refused: no key (401)
+  curl -H "Authorization: Bearer $KEY" -d '{"code":"inputs.name.toUpperCase()","inputs":{"name":"flows"}}' ${runUrl}
+  curl -H "Authorization: Bearer $KEY" -d '{"kind":"block","code":"return (await import(\\"node:fs\\")).readFileSync(\\"/etc/passwd\\", \\"utf8\\")"}' ${runUrl}   # refused: outside the run's scratch
+  curl -H "Authorization: Bearer $KEY" -d '{"image":"alpine:3","commands":["echo hello","sleep 2","echo done"]}' ${runsUrl}   # a worker run; then:
+  curl -H "Authorization: Bearer $KEY" ${runsUrl}/<id>/logs?follow=1                                                  # its log, live
 
 The agents log one line per request above. Ctrl-C stops everything (the agents drain first).
 `);

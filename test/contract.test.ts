@@ -98,6 +98,7 @@ const kinds: {
       allowedProjects: ["(", "^platform/.*$"],
       parallelism: [0, 16],
       debugPrintAll: ["yes", true],
+      upstreamTimeout: ["2 minutes", "90s"],
       drainTimeoutSeconds: [10, 90],
     },
   },

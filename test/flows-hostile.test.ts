@@ -15,7 +15,7 @@ import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
 import { FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_VALUE_BYTES } from "../protocol/flows";
 
 const POOL = "01HOSTILE";
@@ -130,10 +130,11 @@ describe("Flows: hostile runs", function () {
   const dir = scratchDir("flows-hostile-");
   const targets: Targets = { agentPid: process.pid, unixSocket: path.join(dir, "docker.sock"), abstractName: `agentpools-test-${process.pid}`, hostFile: path.join(dir, "host-secret") };
   const reached = { unix: 0, abstract: 0 };
+  const service = serviceKey();
   const servers: net.Server[] = [];
 
   async function run(body: Record<string, unknown>): Promise<{ status: number; result: any }> {
-    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", body: JSON.stringify(body) });
+    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
     return { status: response.status, result: await response.json() };
   }
   const pool = () => gateway.summary().find((p) => p.name === POOL) as { connections: number; activeRequests: number; agents: { id: string; executor: string; parallelism: number; draining: boolean }[] };
@@ -143,7 +144,7 @@ describe("Flows: hostile runs", function () {
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
     token = created.token;
-    gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools: [created.pool], keys: [service.definition], port, log: capturingLogger("gateway").log });
     await gateway.listen();
     writeFileSync(targets.hostFile, "HOST-ONLY-SECRET-5a2c", { mode: 0o600 });
     // What a run would reach for: a Unix socket on the host, an abstract one. Each counts who arrives.

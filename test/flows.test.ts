@@ -7,7 +7,7 @@ import { uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
 
 const POOL = "01FLOWSTEST";
 
@@ -20,12 +20,13 @@ describe("Flows agent and gateway", function () {
   let agent: RunningAgent;
   let scratchRoot: string;
   const agentLog = capturingLogger("flows-agent");
+  const service = serviceKey();
 
   const settings = (overrides: Partial<FlowsAgentSettings> = {}) =>
     flowsAgentSettings.parse({ poolId: POOL, poolToken: token, gatewayEndpoint: url, backendEndpoint: "http://127.0.0.1:9", executor: "process", mountsDir: scratchRoot, runtimePoolSize: 2, runtimeMemoryMb: 128, defaultRunTimeout: "5s", ...overrides });
 
   async function run(body: Record<string, unknown>, pool = POOL): Promise<{ status: number; result: any }> {
-    const response = await fetch(`${url}/_agentpools/api/flows/${pool}/run`, { method: "POST", body: JSON.stringify(body) });
+    const response = await fetch(`${url}/_agentpools/api/flows/${pool}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
     return { status: response.status, result: await response.json() };
   }
 
@@ -36,7 +37,7 @@ describe("Flows agent and gateway", function () {
     token = created.token;
     const empty = createPool("01EMPTY", "flows", url);
     emptyToken = empty.token;
-    gateway = new Gateway({ pools: [created.pool, empty.pool], port, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools: [created.pool, empty.pool], keys: [service.definition], port, log: capturingLogger("gateway").log });
     await gateway.listen();
     scratchRoot = scratchDir("flows-");
     agent = await flowsAgentRole(unbundledRunner()).start(settings(), { log: agentLog.log });
@@ -117,7 +118,8 @@ describe("Flows agent and gateway", function () {
     const inFlight = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'finished';" }, "01EMPTY");
     await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.activeRequests === 1);
     await draining.drain(Date.now() + 5000);
-    assert.deepEqual((await inFlight).result.value, "finished");
+    const answered = await inFlight;
+    assert.deepEqual(answered.result.value, "finished", JSON.stringify(answered));
     assert.equal((await run({ code: "1" }, "01EMPTY")).status, 503);
   });
 

@@ -5,8 +5,6 @@ import https from "node:https";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
-import { dialGateway } from "../agent/tunnel/dial";
-import { MuxConnection } from "../protocol/mux";
 import { decodeToken } from "../protocol/token";
 import { vcsAgentRole } from "../agent/vcs-agent/agent";
 import { packageRoot } from "../components/shared/bundles";
@@ -16,7 +14,7 @@ import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../devkit/local-vcs";
 import { main as gatewayMain } from "../gateway/main";
 import { createPool, secretMatches } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, rawRequest, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
 
 /** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
 function certificates(dir: string) {
@@ -55,7 +53,8 @@ describe("gateway", function () {
     const { ca, cert, key } = certificates(dir);
     const port = await freePort();
     const { pool, token } = createPool("secure", "vcs", `https://127.0.0.1:${port}`);
-    const gateway = new Gateway({ pools: [pool], port, tls: { cert, key }, log: capturingLogger("gateway").log });
+    const service = serviceKey();
+    const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, tls: { cert, key }, log: capturingLogger("gateway").log });
     const url = await gateway.listen();
     assert.equal(url, `https://127.0.0.1:${port}`);
     const agents: ChildProcess[] = [];
@@ -79,7 +78,7 @@ describe("gateway", function () {
       await eventually(() => gateway.summary()[0].connections === 1, 10_000, "the trusting agent connected").catch((e) => { throw new Error(e.message + "\n" + trusting()); });
       const body = await new Promise<string>((resolve, reject) => {
         https
-          .get(`${url}/secure/api/v4/version`, { ca: readFileSync(ca) }, (res) => {
+          .get(`${url}/secure/api/v4/version`, { ca: readFileSync(ca), headers: service.headers }, (res) => {
             let text = "";
             res.on("data", (d) => (text += d));
             res.on("end", () => resolve(text));
@@ -119,32 +118,55 @@ describe("gateway", function () {
     }
   });
 
-  it("an agent is not trusted to speak well-formed HTTP: headers it cannot send on get the client a 502", async () => {
-    const port = await freePort();
-    const { pool, token } = createPool("odd", "vcs", `http://127.0.0.1:${port}`);
-    const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
-    const url = await gateway.listen();
-    // A hand-made agent: the real dial and upgrade, then answers with a header value Node refuses to send.
-    const socket = await dialGateway(new URL(url), { authorization: `Bearer ${token}`, "x-agentpools-streams": "2" });
-    const agent = new MuxConnection(socket, {
-      maxStreams: 2,
-      onStream: (stream) => {
-        stream.on("error", () => undefined).resume();
-        stream.respond({ status: 200, headers: { "x-injected": "a\r\nset-cookie: stolen=1" } });
-        stream.end("body");
-      },
-    });
+  /** Run the command line, returning what it printed. */
+  async function cli(args: string[]): Promise<string> {
+    const printed: string[] = [];
+    const write = process.stdout.write;
+    process.stdout.write = ((chunk: string) => (printed.push(chunk), true)) as typeof process.stdout.write;
     try {
-      await eventually(() => gateway.summary()[0].connections === 1);
-      const response = await rawRequest(url, "/odd/api/v4/version");
-      assert.equal(response.status, 502);
-      assert.equal(response.headers["set-cookie"], undefined);
-      assert.match(JSON.parse(response.body).error, /the agent's answer cannot be forwarded/);
-      assert.equal((await rawRequest(url, "/_agentpools/api/pools")).status, 200, "the gateway goes on serving");
+      await gatewayMain(args);
     } finally {
-      agent.destroy();
-      await gateway.close();
+      process.stdout.write = write;
     }
+    return printed.join("").trim();
+  }
+
+  it("the command line makes service keys (printing each once, storing its digest), limited to pools or not, and removes them", async () => {
+    const dir = scratchDir("cli-keys-");
+    const file = path.join(dir, "gateway.json");
+    const port = await freePort();
+    writeFileSync(file, JSON.stringify({ listen: { host: "127.0.0.1", port }, publicUrl: `http://127.0.0.1:${port}` }));
+    await cli(["add-pool", "--config", file, "--name", "alpha", "--kind", "vcs"]);
+    await cli(["add-pool", "--config", file, "--name", "beta", "--kind", "vcs"]);
+    const all = await cli(["add-key", "--config", file, "--name", "ci"]);
+    const alphaOnly = await cli(["add-key", "--config", file, "--name", "alpha team", "--pools", "alpha"]);
+    await assert.rejects(cli(["add-key", "--config", file, "--name", "x", "--pools", "gamma"]), /no pool named gamma/);
+    const stored = readFileSync(file, "utf8");
+    for (const key of [all, alphaOnly]) {
+      assert.match(key, /^apk1\.[0-9a-f]{12}\.[A-Za-z0-9_-]{43}$/);
+      assert.ok(!stored.includes(key.split(".")[2]), "the secret is not stored");
+    }
+    assert.deepEqual(JSON.parse(stored).keys.map((k: { name: string; pools?: string[] }) => [k.name, k.pools]), [["ci", undefined], ["alpha team", ["alpha"]]]);
+    assert.equal(JSON.parse(stored).queueTimeoutMs, undefined, "defaults stay out of the file");
+
+    const server = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file], { stdio: "ignore" });
+    const url = `http://127.0.0.1:${port}`;
+    const pools = async (key?: string) => {
+      const response = await rawRequest(url, "/_agentpools/api/pools", { headers: key ? { authorization: `Bearer ${key}` } : {} });
+      return response.status === 200 ? JSON.parse(response.body).pools.map((p: { name: string }) => p.name) : response.status;
+    };
+    try {
+      await eventually(async () => (await pools(all).catch(() => 0)) !== 0, 10_000, "the gateway to serve");
+      assert.deepEqual(await pools(all), ["alpha", "beta"]);
+      assert.deepEqual(await pools(alphaOnly), ["alpha"], "a limited key sees only its pools");
+      assert.equal(await pools(), 401);
+      assert.equal((await rawRequest(url, "/beta/api/v4/version", { headers: { "x-agentpools-key": alphaOnly } })).status, 403);
+    } finally {
+      server.kill("SIGTERM");
+    }
+    await cli(["remove-key", "--config", file, "--id", alphaOnly.split(".")[1]]);
+    assert.deepEqual(JSON.parse(readFileSync(file, "utf8")).keys.map((k: { name: string }) => k.name), ["ci"]);
+    await assert.rejects(cli(["remove-key", "--config", file, "--id", "000000000000"]), /no key with id/);
   });
 
   it("the command line adds a pool (printing its token once) and serves the config", async () => {

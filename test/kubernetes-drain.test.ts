@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { kubernetes } from "../components";
 import { byType, one, settled, valueOf } from "../devkit/pulumi-mocks";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
@@ -103,6 +103,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
   let keyBase64: string;
   let certificate: string;
 
+  const service = serviceKey();
   before(async () => {
     port = await freePort();
     const request = await makePoolKeyAndRequest("workers");
@@ -111,7 +112,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     certificate = await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers");
     const made = createPool("workers", "worker", `http://127.0.0.1:${port}`, certificate);
     token = made.token;
-    gateway = new Gateway({ pools: [made.pool], port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools: [made.pool], keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
   });
   after(() => gateway.close());
@@ -191,19 +192,19 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       const eventsBeforeRelease = [...kubelet.events];
       const draining = probes(kubelet);
       // The run ends when released, or when its engine is stopped under it.
-      if (gateway.workers.get("workers", id).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
+      if ((await gateway.workers.get("workers", id)).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
         releaseRun();
       await terminated;
       await eventually(
-        () => !["queued", "running"].includes(gateway.workers.get("workers", id).status),
+        async () => !["queued", "running"].includes((await gateway.workers.get("workers", id)).status),
         10_000,
         "the run's result reached the gateway",
       );
       const logs = await (
-        await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`)
+        await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`, { headers: service.headers })
       ).text();
       return {
-        run: gateway.workers.get("workers", id),
+        run: await gateway.workers.get("workers", id),
         logs,
         probes: { connected, draining },
         events: kubelet.events,

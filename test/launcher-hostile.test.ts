@@ -29,6 +29,7 @@ class RecordingGateway {
   readonly messages: Record<string, any>[] = [];
   readonly uploads = new Map<string, Buffer>();
   readonly served = new Map<string, Buffer>();
+  private fence = 0;
   private server = http.createServer((req, res) => this.request(req, res));
   private sockets: WebSocket[] = [];
   url = "";
@@ -44,6 +45,8 @@ class RecordingGateway {
       ws.on("message", (text: string) => {
         const message = JSON.parse(text);
         this.messages.push(message);
+        // The lease stands at once; an outcome is stored at once.
+        if (message.type === "accepted") ws.send(JSON.stringify({ type: "start", id: message.id, fence: message.fence, lines: 0, termMs: 60_000 }));
         if (message.type === "finished") ws.send(JSON.stringify({ type: "ack", id: message.id }));
       });
     });
@@ -76,7 +79,7 @@ class RecordingGateway {
   /** Sends a run and waits for its end: refused, or finished with its log. */
   async run(run: Record<string, unknown>): Promise<{ type: string; status?: string; reason?: string; state?: boolean; lines: string[] }> {
     const from = this.messages.length;
-    this.sendRaw(JSON.stringify({ type: "run", run }));
+    this.sendRaw(JSON.stringify({ type: "run", run, lease: { fence: ++this.fence, termMs: 60_000 } }));
     const end = await eventually(() => this.messages.slice(from).find((m) => m.id === run.id && (m.type === "refused" || m.type === "finished")), 15_000, `the end of run ${String(run.id)}`);
     const lines = this.messages.filter((m) => m.type === "log" && m.id === run.id).flatMap((m) => m.lines as string[]);
     return { ...end, type: end.type as string, lines };

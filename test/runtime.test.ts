@@ -228,7 +228,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
       const run = realGateway.workers.submit("workers", { image: "alpine:3", commands: ["echo ran on the instance"] });
       const id = (await run).id;
-      await eventually(() => realGateway.workers.get("workers", id).status === "succeeded", 10_000, "the run to succeed");
+      await eventually(async () => (await realGateway.workers.get("workers", id)).status === "succeeded", 10_000, "the run to succeed");
       aws.lifecycleState = "Terminated";
       assert.equal(await exited, 0, output());
     } finally {

@@ -6,7 +6,7 @@ import { vcsAgentRole } from "../agent/vcs-agent/agent";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../devkit/local-vcs";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, gitAsync, rawRequest, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, gitAsync, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
 
 const work = () => scratchDir("e2e-");
 
@@ -19,9 +19,13 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   const pools = {} as Record<"git" | "other", ReturnType<typeof createPool>>;
   const agents: RunningAgent[] = [];
   const gatewayLog = capturingLogger("gateway");
+  const service = serviceKey();
+  /** git with the service key the gateway wants (a real client sends it as an extra header). */
+  const git = (args: string[], cwd?: string) => gitAsync(["-c", `http.extraHeader=x-agentpools-key: ${service.key}`, ...args], cwd);
+  const request = (path: string, options: Parameters<typeof rawRequest>[2] = {}) => rawRequest(gatewayUrl, path, { ...options, headers: { ...service.headers, ...options.headers } });
 
   async function startGateway(options: { queueTimeoutMs?: number } = {}) {
-    gateway = new Gateway({ pools: [pools.git.pool, pools.other.pool], port, log: gatewayLog.log, ...options });
+    gateway = new Gateway({ pools: [pools.git.pool, pools.other.pool], keys: [service.definition], port, log: gatewayLog.log, ...options });
     gatewayUrl = await gateway.listen();
   }
 
@@ -59,7 +63,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("git clone through gateway and agent gives the same repository as a direct clone", async () => {
     const { lines } = await startAgent({ metadataTags: { instance_id: "i-0abc" } });
     const [viaGateway, direct] = [work(), work()];
-    await gitAsync(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, viaGateway]);
+    await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, viaGateway]);
     await gitAsync(["clone", "--quiet", `${vcs.url}/group/repo.git`, direct]);
     for (const args of [["rev-parse", "HEAD"], ["ls-tree", "-r", "HEAD"], ["for-each-ref", "--format=%(refname) %(objectname)"]]) {
       assert.equal(await gitAsync(args, viaGateway), await gitAsync(args, direct), args.join(" "));
@@ -71,7 +75,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     assert.deepEqual(gateway.summary().find((p) => p.name === "git")?.agents[0].metadata, { instance_id: "i-0abc" });
 
     vcs.commit("group/repo.git", { "new.tf": "# new\n" }, "third commit");
-    await gitAsync(["fetch", "--quiet", "origin"], viaGateway);
+    await git(["fetch", "--quiet", "origin"], viaGateway);
     await gitAsync(["fetch", "--quiet", "origin"], direct);
     assert.equal(await gitAsync(["rev-parse", "origin/main"], viaGateway), await gitAsync(["rev-parse", "origin/main"], direct));
   });
@@ -79,11 +83,11 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("refuses a project that only partly matches, and any push, before the VCS sees it", async () => {
     const { lines } = await startAgent();
     const before = vcs.hits.length;
-    await assert.rejects(gitAsync(["clone", "--quiet", `${gatewayUrl}/git/group/repo-evil.git`, work()]), /403/);
+    await assert.rejects(git(["clone", "--quiet", `${gatewayUrl}/git/group/repo-evil.git`, work()]), /403/);
     const clone = work();
-    await gitAsync(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, clone]);
+    await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, clone]);
     const pushed = vcs.hits.length;
-    await assert.rejects(gitAsync(["-c", "user.name=x", "-c", "user.email=x@x", "commit", "--allow-empty", "-qm", "evil"], clone).then(() => gitAsync(["push", "origin", "HEAD:main"], clone)), /403/);
+    await assert.rejects(gitAsync(["-c", "user.name=x", "-c", "user.email=x@x", "commit", "--allow-empty", "-qm", "evil"], clone).then(() => git(["push", "origin", "HEAD:main"], clone)), /403/);
     assert.ok(!vcs.hits.slice(before).some((hit) => hit.includes("repo-evil") || hit.includes("receive-pack")), vcs.hits.slice(before).join("\n"));
     assert.ok(vcs.hits.length - pushed === 0, "the push never reached the VCS");
     assert.ok(lines.some((l) => l.msg === "denied" && l.project === "group/repo-evil" && l.reason === "project group/repo-evil is not allowed" && l.status === 403));
@@ -116,7 +120,9 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
         await startAgent({ vendor });
         for (const [, method, target, status] of cases.filter(([v]) => v === vendor)) {
           const before = vcs.hits.length;
-          const response = await rawRequest(gatewayUrl, `/git${target}`, { method, headers: { authorization: "Bearer vcs-credential" }, body: method === "POST" ? "{}" : undefined });
+          const body = method === "POST" ? "{}" : undefined;
+          const headers = { authorization: "Bearer vcs-credential", ...(body ? { "content-type": "application/json" } : {}) };
+          const response = await request(`/git${target}`, { method, headers, body });
           assert.equal(response.status, status, `${method} ${target}: ${response.body}`);
           if (status === 200) {
             assert.deepEqual(JSON.parse(response.body).path, target, "the VCS receives the path exactly as sent");
@@ -132,7 +138,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
 
   it("debug-print-all logs headers and bodies with credentials redacted", async () => {
     const { lines } = await startAgent({ debugPrintAll: true });
-    await rawRequest(gatewayUrl, "/git/api/v4/projects/group%2Frepo/merge_requests/1/notes", { method: "POST", headers: { "private-token": "glpat-secret-value", authorization: "Bearer also-secret" }, body: '{"body":"plan ok"}' });
+    await request("/git/api/v4/projects/group%2Frepo/merge_requests/1/notes", { method: "POST", headers: { "private-token": "glpat-secret-value", authorization: "Bearer also-secret", "content-type": "application/json" }, body: '{"body":"plan ok"}' });
     const exchange = await eventually(() => lines.find((l) => l.msg === "exchange"));
     assert.equal(exchange.requestHeaders["private-token"], "[redacted]");
     assert.equal(exchange.requestHeaders.authorization, "[redacted]");
@@ -142,10 +148,10 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   });
 
   it("no agent connected: a clear 503", async () => {
-    const response = await rawRequest(gatewayUrl, "/other/api/v4/version");
+    const response = await request("/other/api/v4/version");
     assert.equal(response.status, 503);
     assert.match(JSON.parse(response.body).error, /no agent of pool other is connected/);
-    assert.equal((await rawRequest(gatewayUrl, "/nowhere/x")).status, 404);
+    assert.equal((await request("/nowhere/x")).status, 404);
   });
 
   it("a wrong token, or another pool's token, is refused and logged", async () => {
@@ -166,11 +172,11 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("counts connections and shows them in the JSON API and the status page", async () => {
     await startAgent({ parallelism: 2 });
     await startAgent({ parallelism: 3 });
-    const api = JSON.parse((await rawRequest(gatewayUrl, "/_agentpools/api/pools")).body);
+    const api = JSON.parse((await request("/_agentpools/api/pools")).body);
     const git = api.pools.find((p: { name: string }) => p.name === "git");
     assert.equal(git.connections, 2);
     assert.deepEqual(git.agents.map((a: { parallelism: number }) => a.parallelism).sort(), [2, 3]);
-    const page = await rawRequest(gatewayUrl, "/");
+    const page = await request("/");
     assert.match(page.body, /<td>git<\/td><td>vcs<\/td><td>2<\/td>/);
   });
 
@@ -178,10 +184,10 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     await gateway.close();
     await startGateway({ queueTimeoutMs: 300 });
     await startAgent({ parallelism: 1 });
-    const slow = rawRequest(gatewayUrl, "/git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=1").catch(() => undefined);
+    const slow = request("/git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=1").catch(() => undefined);
     await eventually(() => vcs.hits.some((h) => h.includes("slow=1")));
     const started = Date.now();
-    const waited = await rawRequest(gatewayUrl, "/git/api/v4/version");
+    const waited = await request("/git/api/v4/version");
     assert.equal(waited.status, 503);
     assert.match(JSON.parse(waited.body).error, /stayed busy for 300 ms/);
     assert.ok(Date.now() - started >= 250);
@@ -193,7 +199,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("a client that goes away cancels its request at the agent and the VCS", async () => {
     const { lines } = await startAgent();
     await new Promise<void>((resolve) => {
-      const socket = net.connect(port, "127.0.0.1", () => socket.write("GET /git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=2 HTTP/1.1\r\nHost: x\r\n\r\n"));
+      const socket = net.connect(port, "127.0.0.1", () => socket.write(`GET /git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=2 HTTP/1.1\r\nHost: x\r\nx-agentpools-key: ${service.key}\r\n\r\n`));
       socket.once("data", () => (socket.destroy(), resolve()));
     });
     await eventually(() => vcs.aborted.some((a) => a.includes("slow=2")), 3000, "the VCS saw the cancel");
@@ -203,26 +209,30 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
 
   it("the gateway restarted mid-traffic: agents come back by themselves and later requests succeed", async () => {
     await startAgent();
-    const inFlight = rawRequest(gatewayUrl, "/git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=3").catch((error: Error) => error);
+    const inFlight = request("/git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=3");
     await eventually(() => vcs.hits.some((h) => h.includes("slow=3")));
     await gateway.close();
-    assert.ok((await inFlight) instanceof Error || true);
+    // Cut before its head or within its body: either way never complete.
+    const cut = await inFlight.catch(() => ({ complete: false }));
+    assert.equal(cut.complete, false, "an answer cut by the gateway's end is not complete");
     await startGateway();
     await eventually(() => gateway.summary().find((p) => p.name === "git")!.connections === 1, 15_000, "the agent reconnected");
-    const response = await rawRequest(gatewayUrl, "/git/api/v4/projects/group%2Frepo");
+    const response = await request("/git/api/v4/projects/group%2Frepo");
     assert.equal(response.status, 200);
-    await gitAsync(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, work()]);
+    await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, work()]);
   });
 
   it("drain: in-flight requests finish, new ones find no agent", async () => {
     const { agent } = await startAgent();
     agents.pop();
-    const clone = gitAsync(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, work()]);
-    await eventually(() => gateway.summary().find((p) => p.name === "git")!.activeRequests > 0 || vcs.hits.length > 0);
-    await agent.drain(Date.now() + 5000);
-    await clone.catch(() => undefined);
-    await eventually(() => gateway.summary().find((p) => p.name === "git")!.connections === 0);
-    assert.equal((await rawRequest(gatewayUrl, "/git/api/v4/version")).status, 503);
+    const inFlight = request("/git/api/v4/projects/group%2Frepo?delay=300&drain=1");
+    await eventually(() => vcs.hits.some((h) => h.includes("drain=1")));
+    const drained = agent.drain(Date.now() + 5000);
+    await eventually(() => gateway.summary().find((p) => p.name === "git")!.connections === 0, 5000, "no longer routed to");
+    assert.equal((await request("/git/api/v4/version")).status, 503);
+    const finished = await inFlight;
+    assert.deepEqual([finished.status, finished.complete, JSON.parse(finished.body).path], [200, true, "/api/v4/projects/group%2Frepo?delay=300&drain=1"]);
+    await drained;
   });
 
   it("reaches the gateway through an HTTPS_PROXY (CONNECT), unless NO_PROXY names it", async () => {
@@ -244,7 +254,7 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     const proxyUrl = `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
     await startAgent({ httpsProxy: proxyUrl });
     assert.deepEqual(connects, [`127.0.0.1:${port}`]);
-    assert.equal((await rawRequest(gatewayUrl, "/git/api/v4/projects/group%2Frepo")).status, 200);
+    assert.equal((await request("/git/api/v4/projects/group%2Frepo")).status, 200);
     await startAgent({ httpsProxy: proxyUrl, noProxy: "localhost,127.0.0.1" });
     assert.equal(connects.length, 1, "NO_PROXY sent the second agent direct");
     proxy.close();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
+import { generateKeyPairSync } from "node:crypto";
 import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -9,16 +9,13 @@ import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { runRole } from "../agent/runtime/runtime";
 import { decodeToken, encodeToken } from "../protocol/token";
-import { dialGateway } from "../agent/tunnel/dial";
-import { newKey, WebSocket } from "../protocol/websocket";
 import { launcherRole } from "../agent/launcher/launcher";
-import { PROOF_HEADER, proofPayload, WORKER_CONNECT_PATH } from "../protocol/worker";
 import { openBuffer, privateKeyFromBase64 } from "../protocol/seal";
 import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import type { WorkerRun } from "../gateway/worker-hub";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
 
 const exec = promisify(execFile);
 const POOL = "workers";
@@ -62,14 +59,15 @@ describe("worker pools: gateway run queue and launcher", function () {
     });
 
   const api = `/_agentpools/api/workers/${POOL}/runs`;
+  const service = serviceKey();
   async function submit(body: Record<string, unknown>): Promise<WorkerRun> {
-    const response = await fetch(`${url}${api}`, { method: "POST", body: JSON.stringify(body) });
+    const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
     const run = (await response.json()) as WorkerRun;
     assert.equal(response.status, 201, JSON.stringify(run));
     return run;
   }
-  const status = async (id: string) => (await (await fetch(`${url}${api}/${id}`)).json()) as WorkerRun & { logLines: number };
-  const logs = async (id: string) => (await (await fetch(`${url}${api}/${id}/logs`)).text()).split("\n").slice(0, -1);
+  const status = async (id: string) => (await (await fetch(`${url}${api}/${id}`, { headers: service.headers })).json()) as WorkerRun & { logLines: number };
+  const logs = async (id: string) => (await (await fetch(`${url}${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1);
   const finished = (id: string, ms = 15_000) => eventually(async () => {
     const run = await status(id);
     return !["queued", "running"].includes(run.status) && run;
@@ -88,7 +86,7 @@ describe("worker pools: gateway run queue and launcher", function () {
     pools = [created.pool];
     policyFile = path.join(dir, "policy.json");
     writeFileSync(policyFile, JSON.stringify({ allowedImages: ["alpine:*", "public.ecr.aws/*"], deniedCommands: ["curl [^|]*\\|\\s*sh"] }));
-    gateway = new Gateway({ pools, port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     launcher = await launcherRole().start(settings(), { log: launcherLog.log, env: launcherEnv });
     await launcher.ready;
@@ -143,7 +141,7 @@ describe("worker pools: gateway run queue and launcher", function () {
 
   it("follows a run's log live until it ends", async () => {
     const run = await submit({ image: "alpine:3", commands: ["echo one", "sleep 0.3", "echo two"] });
-    const response = await fetch(`${url}${api}/${run.id}/logs?follow=1`);
+    const response = await fetch(`${url}${api}/${run.id}/logs?follow=1`, { headers: service.headers });
     assert.equal(await response.text(), "one\ntwo\n");
     assert.equal((await status(run.id)).status, "succeeded");
   });
@@ -157,9 +155,11 @@ describe("worker pools: gateway run queue and launcher", function () {
     await finished(run.id);
     const lines = await logs(run.id);
     assert.deepEqual(lines, ["VISIBLE=plain-value", "SECRET=[masked]", "RUNSECRET=[masked]", "ONLY=unset TOKEN=unset KEY=unset", "split:hunter2"]);
-    for (const file of readdirSync(path.join(dataDir, "runs"))) {
-      const text = readFileSync(path.join(dataDir, "runs", file), "utf8");
-      assert.ok(!text.includes("hunter2-very-secret") && !text.includes("run-level-password") && !text.includes("eu-west-1"), `${file} holds a secret in plain text`);
+    const stored = readdirSync(dataDir, { recursive: true, withFileTypes: true }).filter((entry) => entry.isFile());
+    assert.ok(stored.some((entry) => entry.name === "gateway.db"));
+    for (const entry of stored) {
+      const bytes = readFileSync(path.join(entry.parentPath, entry.name));
+      for (const secret of ["hunter2-very-secret", "run-level-password", "eu-west-1"]) assert.ok(!bytes.includes(secret), `${entry.name} holds a secret in plain text`);
     }
     assert.ok(!JSON.stringify(launcherLog.lines).includes("hunter2-very-secret"));
     assert.ok(!JSON.stringify(await status(run.id)).includes("run-level-password"));
@@ -224,7 +224,7 @@ describe("worker pools: gateway run queue and launcher", function () {
     const first = await finished((await submit({ image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'echo "serial=41 resources=aws_vpc.main" > "$AGENTPOOLS_STATE_FILE"'] })).id);
     assert.equal(first.status, "succeeded");
     assert.equal(first.state, true);
-    const stored = readFileSync(path.join(dataDir, "runs", `${first.id}.state`));
+    const stored = readFileSync(path.join(dataDir, "state", first.id));
     assert.equal(stored.subarray(0, 4).toString(), "APS1");
     assert.ok(!stored.includes("serial=41"), "the gateway must hold ciphertext only");
     assert.equal((await openBuffer(privateKeyFromBase64(keyBase64), stored)).toString(), "serial=41 resources=aws_vpc.main\n");
@@ -236,7 +236,7 @@ describe("worker pools: gateway run queue and launcher", function () {
 
     const tampered = Buffer.from(stored);
     tampered[tampered.length - 20] ^= 1;
-    writeFileSync(path.join(dataDir, "runs", `${first.id}.state`), tampered);
+    writeFileSync(path.join(dataDir, "state", first.id), tampered);
     const third = await finished((await submit({ image: "alpine:3", stateFrom: first.id, commands: ["echo should-not-run"] })).id);
     assert.equal(third.status, "failed");
     assert.match(third.reason ?? "", /state of run .* cannot be opened: the sealed state failed authentication/);
@@ -252,7 +252,7 @@ describe("worker pools: gateway run queue and launcher", function () {
       [{ image: "alpine:3", commands: ["x"], stateFrom: "00000000-0000-0000-0000-000000000000" }, /stateFrom .* must be a finished run/],
       [{ image: "alpine:3", commands: ["x"], sneaky: 1 }, /unknown fields sneaky/],
     ] as const) {
-      const response = await fetch(`${url}${api}`, { method: "POST", body: JSON.stringify(body) });
+      const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
       assert.equal(response.status, 400);
       assert.match(((await response.json()) as { error: string }).error, message);
     }
@@ -278,7 +278,7 @@ describe("worker pools: gateway run queue and launcher", function () {
     await eventually(async () => (await status(run.id)).logLines >= 2, 5000, "the run to start");
     await gateway.close();
     await new Promise((resolve) => setTimeout(resolve, 2500));
-    gateway = new Gateway({ pools, port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     const done = await finished(run.id, 20_000);
     assert.equal(done.status, "succeeded");
@@ -317,88 +317,6 @@ describe("worker pools: gateway run queue and launcher", function () {
   });
 });
 
-describe("worker pools: the gateway's side of the protocol", function () {
-  this.timeout(30_000);
-
-  let gateway: Gateway;
-  let keyBase64: string;
-  let token: string;
-
-  before(async () => {
-    const { makePoolKeyAndRequest } = await import("../gateway/certificates");
-    const dir = scratchDir("worker-proto-");
-    const port = await freePort();
-    const made = await makePoolKeyAndRequest("proto");
-    keyBase64 = made.keyBase64;
-    const created = createPool("proto", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dir), made.csr, "proto"));
-    token = created.token;
-    gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
-    await gateway.listen();
-  });
-  after(() => gateway.close());
-
-  /** A stand-in launcher speaking the protocol by hand; `answer` decides what it says to a run. */
-  async function fakeWorker(id: string, held: string[], answer: (run: { id: string }) => object | undefined) {
-    const { gateway: url, pool, secret } = decodeToken(token);
-    const timestamp = String(Date.now());
-    const socket = await dialGateway(new URL(url), {
-      authorization: `Bearer ${secret}`,
-      "x-agentpools-pool": pool,
-      "x-agentpools-worker": id,
-      [PROOF_HEADER]: `${timestamp}.${sign("sha256", proofPayload(pool, timestamp), privateKeyFromBase64(keyBase64)).toString("base64url")}`,
-      "sec-websocket-key": newKey(),
-      "sec-websocket-version": "13",
-    }, { path: WORKER_CONNECT_PATH, protocol: "websocket" });
-    const worker = new WebSocket(socket, true);
-    const offered: string[] = [];
-    worker.on("message", (text: string) => {
-      const message = JSON.parse(text);
-      if (message.type !== "run") return;
-      offered.push(message.run.id);
-      const reply = answer(message.run);
-      if (reply) worker.send(JSON.stringify(reply));
-    });
-    worker.send(JSON.stringify({ type: "hello", worker: id, runs: held }));
-    return { worker, offered };
-  }
-
-  it("a run a launcher refuses as busy goes back to the queue, and not straight back to that launcher", async () => {
-    const { worker, offered } = await fakeWorker(randomUUID(), [], (run) => ({ type: "refused", id: run.id, reason: "the worker is busy", retry: true }));
-    try {
-      await eventually(() => gateway.workers.summary("proto").connections === 1);
-      const run = await gateway.workers.submit("proto", { image: "alpine:3", commands: ["true"] });
-      await eventually(() => offered.length === 1, 5000, "the run offered");
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      assert.deepEqual(offered, [run.id], "offered once, not bounced back and forth");
-      assert.equal(gateway.workers.get("proto", run.id).status, "queued");
-      assert.equal(gateway.workers.summary("proto").queued, 1);
-    } finally {
-      worker.close();
-      await eventually(() => gateway.workers.summary("proto").connections === 0);
-    }
-  });
-
-  it("a launcher that took a run just before its connection dropped claims it back when it reconnects", async () => {
-    const id = randomUUID();
-    // It takes the run but the connection drops before "accepted" reaches the gateway.
-    const first = await fakeWorker(id, [], () => undefined);
-    const runId = await eventually(() => first.offered[0] ?? (gateway.workers.summary("proto").queued > 0 && undefined), 5000, "a run offered");
-    first.worker.close();
-    await eventually(() => gateway.workers.summary("proto").connections === 0);
-    assert.equal(gateway.workers.get("proto", runId).status, "queued", "sent but never accepted: queued again");
-    // Back again, holding that run: the gateway takes it out of the queue and shows it running.
-    const second = await fakeWorker(id, [runId], () => undefined);
-    try {
-      await eventually(() => gateway.workers.get("proto", runId).status === "running", 5000, "the run claimed");
-      assert.equal(gateway.workers.summary("proto").queued, 0);
-      assert.equal(gateway.workers.summary("proto").agents[0].currentRun, runId);
-      assert.deepEqual(second.offered, [], "nothing else is offered to a launcher busy with it");
-    } finally {
-      second.worker.close();
-    }
-  });
-});
-
 describe("worker pools: a gateway without a data directory", function () {
   this.timeout(60_000);
 
@@ -415,8 +333,8 @@ describe("worker pools: a gateway without a data directory", function () {
     try {
       await launcher.ready;
       const run = await gateway.workers.submit("mem", { image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'head -c 70000000 /dev/zero > "$AGENTPOOLS_STATE_FILE"', "echo done"] });
-      const done = await eventually(() => {
-        const current = gateway.workers.get("mem", run.id);
+      const done = await eventually(async () => {
+        const current = await gateway.workers.get("mem", run.id);
         return !["queued", "running"].includes(current.status) && current;
       }, 30_000, "the run to be reported");
       assert.equal(done.status, "succeeded");

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_RUN_TIMEOUT_MAX_MS } from "../../protocol/flows";
+import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
 import { durationMs } from "./duration";
 import { absolutePath, duration, httpUrl, imageReference, metadataTags, proxySettings, setting } from "./fields";
 
@@ -67,7 +67,7 @@ export const flowsAgentSettings = z.strictObject({
   /** A run's timeout when the caller gives none. */
   defaultRunTimeout: setting(
     duration
-      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_RUN_TIMEOUT_MAX_MS, { error: `must be from 1ms to ${FLOWS_RUN_TIMEOUT_MAX_MS / 60_000}m` })
+      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_MAX_RUN_TIMEOUT_MS, { error: `must be from 1ms to ${FLOWS_MAX_RUN_TIMEOUT_MS / 60_000}m` })
       .default(FLOWS_RUN_TIMEOUT_DEFAULT),
     { env: "FLOWS_RUN_TIMEOUT" },
   ),

@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { metadataTags, proxySettings, regexSource, setting, httpUrl } from "./fields";
+import { STREAMS } from "../../protocol/vcs";
+import { duration, metadataTags, proxySettings, regexSource, setting, httpUrl } from "./fields";
 
 export const VCS_VENDORS = ["azure_devops", "gitlab", "bitbucket_datacenter", "github_enterprise"] as const;
 
@@ -20,10 +21,16 @@ export const vcsAgentSettings = z.strictObject({
     flag: "--allowed-projects",
     format: "regex",
   }),
-  parallelism: setting(z.int().min(1).max(64).default(4), {
+  parallelism: setting(z.int().min(STREAMS.min).max(STREAMS.max).default(STREAMS.default), {
     env: "SPACELIFT_VCS_AGENT_PARALLELISM",
     flag: "--parallelism",
   }),
+  /**
+   * Not in the reference: how long the VCS may stay silent, before its answer or within a
+   * body, before the request fails (504 when nothing was answered yet), so a hung VCS cannot
+   * hold a client or a stream forever.
+   */
+  upstreamTimeout: setting(duration.default("2m"), { env: "AGENTPOOLS_VCS_UPSTREAM_TIMEOUT" }),
   debugPrintAll: setting(z.boolean().default(false), {
     env: "SPACELIFT_VCS_AGENT_DEBUG_PRINT_ALL",
     flag: "--debug-print-all",

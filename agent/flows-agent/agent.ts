@@ -6,10 +6,10 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
-import { WebSocketLink } from "../tunnel/websocket-link";
+import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, executor, processLauncher, type Executor, type Outcome, type RuntimeLauncher } from "./executor";
 import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_RUN_TIMEOUT_MAX_MS, type AgentMessage, type GatewayMessage, type Job } from "../../protocol/flows";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage, type Job } from "../../protocol/flows";
 
 /** A run as the gateway must send it, rebuilt; why not, if it is not one. */
 function checkRun(message: Record<string, unknown>): { id: string; job: Job; timeoutMs?: number } | string {
@@ -64,7 +64,7 @@ class FlowsLink extends WebSocketLink {
       if (message?.type !== "run" || !/^[\w-]{1,128}$/.test(message.id)) return;
       const run = checkRun(message);
       if (typeof run === "string") return socket.send(resultMessage(message.id, { ok: false, error: { name: "TypeError", message: run }, console: [], durationMs: 0 }));
-      const timeoutMs = Math.min(run.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_RUN_TIMEOUT_MAX_MS);
+      const timeoutMs = Math.min(run.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       void this.executor.run(run.job, timeoutMs).then((outcome) => {
         this.inFlight--;
@@ -80,6 +80,8 @@ class FlowsLink extends WebSocketLink {
     const socket = this.socket;
     if (!socket?.open) return;
     socket.send(JSON.stringify({ type: "draining" } satisfies AgentMessage));
+    // Runs the gateway sent before it read "draining" arrive before the answer to this ping.
+    await roundTrip(socket, deadline);
     while (this.inFlight > 0 && Date.now() < deadline) await interruptibleSleep(20).done;
     socket.close(1001);
   }

@@ -17,27 +17,41 @@ import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type Sta
 import { runOutput } from "./output";
 import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import { removeTree } from "../../lib/remove-tree";
-import { PROOF_HEADER, proofPayload, statePath, WORKER_CONNECT_PATH, type FromWorker, type RunOutcome, type RunSpec, type ToWorker } from "../../protocol/worker";
+import {
+  FENCE_HEADER,
+  MAX_LOG_LINES,
+  PROOF_HEADER,
+  proofPayload,
+  statePath,
+  WORKER_CONNECT_PATH,
+  WORKER_HEADER,
+} from "../../protocol/worker";
+import type { FromWorker, HeldLease, Lease, RunOutcome, RunSpec, ToWorker } from "../../protocol/worker";
+import { POOL_HEADER } from "../../protocol/link";
 import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
 
-/** Log lines kept per run for resending after a reconnect; beyond it the log says it was cut. */
-const MAX_LOG_LINES = 200_000;
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
 const DELIVERY_GRACE_MS = 5_000;
 
-/** A run the gateway has not acknowledged the end of: its log, and its outcome once known. */
-interface Unfinished {
-  id: string;
+/**
+ * A run whose lease the launcher holds, until the gateway acknowledges its end: accepted
+ * (waiting for the gateway's start, `go`), running, or finished (`outcome`). Its log is kept
+ * for resending.
+ */
+interface Held extends HeldLease {
   dir: string;
   lines: string[];
   outcome?: RunOutcome;
   stateFile?: string;
   delivering?: boolean;
-  retry?: NodeJS.Timeout;
+  /** Settles its wait for "start": true to run, false when revoked or stopped first. */
+  go?: (start: boolean) => void;
+  revoked?: boolean;
+  /** While it is the current run: its process, why it was stopped, and when it is over. */
+  process?: StartedRun;
+  stopped?: string;
+  done?: Promise<void>;
 }
-
-/** A result that could not be delivered is tried again this often while connected (and on every reconnect). */
-const DELIVERY_RETRY_MS = 5_000;
 
 /** What the launcher checked at start-up. */
 interface LauncherContext {
@@ -64,7 +78,7 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
   for (const mount of settings.extraMounts) {
     if (!existsSync(mount.split(":")[0])) throw new Error(`SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`);
   }
-  if (settings.executor === "process" && settings.extraMounts.length > 0) log.warn("extra mounts are for containers: the process executor ignores them");
+  if (settings.executor === "process" && settings.extraMounts.length > 0) log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
 
   const passed: Record<string, string> = {};
@@ -95,19 +109,28 @@ function credentials(context: LauncherContext, worker: string): Record<string, s
   const { token, privateKey } = context;
   const timestamp = String(Date.now());
   const signature = sign("sha256", proofPayload(token.pool, timestamp), privateKey).toString("base64url");
-  return { authorization: `Bearer ${token.secret}`, "x-agentpools-pool": token.pool, "x-agentpools-worker": worker, [PROOF_HEADER]: `${timestamp}.${signature}` };
+  return {
+    authorization: `Bearer ${token.secret}`,
+    [POOL_HEADER]: token.pool,
+    [WORKER_HEADER]: worker,
+    [PROOF_HEADER]: `${timestamp}.${signature}`,
+  };
 }
 
 /**
- * The launcher: takes one run at a time from the gateway, runs it with the executor, streams
- * its masked log back, seals the state it leaves, and keeps every result until the gateway
- * has acknowledged it, so a gateway restart loses nothing.
+ * The launcher: takes one run at a time from the gateway, under a lease it renews, starts it
+ * only on the gateway's word, runs it with the executor, streams its masked log back, seals
+ * the state it leaves, and keeps every result until the gateway has acknowledged it, so a
+ * gateway restart loses nothing and runs nothing twice.
  */
 export class Launcher extends WebSocketLink {
   readonly worker = randomUUID();
-  private current?: { id: string; process?: StartedRun; stop(reason: string): void; done: Promise<void> };
-  private readonly unfinished = new Map<string, Unfinished>();
+  private current?: Held;
+  private readonly held = new Map<string, Held>();
   private stopping = false;
+  private tick?: NodeJS.Timeout;
+  /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
+  private termMs = 60_000;
 
   constructor(private readonly context: LauncherContext) {
     const { settings, token, log } = context;
@@ -126,78 +149,136 @@ export class Launcher extends WebSocketLink {
   }
 
   protected opened(socket: WebSocket): void {
-    this.send({ type: "hello", worker: this.worker, runs: [...this.unfinished.keys()] });
+    this.send({ type: "hello", leases: this.leases() });
     if (this.stopping) this.send({ type: "draining" });
     this.context.log.info("Connected to the server", { gateway: this.link.gateway.origin, pool: this.context.token.pool, executor: this.context.executor.describe });
     socket.on("message", (text: string) => {
       const message = parseMessage<ToWorker>(text);
-      if (!message) return;
-      if (message.type === "run") void this.take(message.run ?? {});
-      else if (message.type === "resume") this.resume(message.id, message.lines, message.known);
-      else if (message.type === "ack") this.acknowledged(message.id);
+      if (message?.type === "run") return void this.take(message.run ?? {}, message.lease ?? {});
+      const run = message && this.held.get(message.id);
+      if (!run) return;
+      if (message.type === "start") {
+        if (message.fence !== run.fence) return;
+        // The gateway just extended the lease, by its own term (a restarted gateway's may differ).
+        this.termMs = message.termMs;
+        clearTimeout(this.tick);
+        this.tick = undefined;
+        this.renew();
+        run.go?.(true);
+        // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
+        const { lines } = message;
+        if (lines < run.lines.length) {
+          this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
+        }
+        if (run.outcome) void this.deliver(run);
+      } else if (message.type === "revoked") this.revoked(run, message.reason);
+      else if (run.outcome) this.forget(run);
     });
   }
 
-  /** After a reconnect: resend the log lines the gateway lacks, and the outcome if there is one. */
-  private resume(id: string, lines: number, known: boolean): void {
-    const run = this.unfinished.get(id);
-    if (!run) return;
-    if (!known) {
-      this.context.log.warn("the gateway no longer knows a run; its result is dropped", { run: id });
-      return this.acknowledged(id);
-    }
-    if (lines < run.lines.length) this.send({ type: "log", id, from: lines, lines: run.lines.slice(lines) });
-    if (run.outcome) void this.deliver(run);
+  /** The lease is not ours any more: a run waiting to start never starts, a running one stops; no result is sent. */
+  private revoked(run: Held, reason: string): void {
+    this.context.log.warn("lease revoked", { run: run.id, reason });
+    run.revoked = true;
+    this.halt(run, reason);
+    if (run.outcome) this.forget(run);
   }
 
-  private acknowledged(id: string): void {
-    const run = this.unfinished.get(id);
-    if (!run?.outcome) return;
-    this.unfinished.delete(id);
-    clearTimeout(run.retry);
+  /** Stop a run, or keep it from starting: its outcome says why. */
+  private halt(run: Held, reason: string): void {
+    run.stopped ??= reason;
+    run.go?.(false);
+    run.process?.kill();
+  }
+
+  private leases(): HeldLease[] {
+    return [...this.held.values()].map(({ id, fence }) => ({ id, fence }));
+  }
+
+  private forget(run: Held): void {
+    this.held.delete(run.id);
     // Removed whatever the run did to its permissions; what cannot be is reported, never thrown.
     const failure = removeTree(run.dir);
     if (failure) this.context.log.warn("could not remove what a run left", { dir: run.dir, error: failure });
   }
 
-  private authHeaders(): Record<string, string> {
-    return credentials(this.context, this.worker);
+  /** While it holds leases: renew them every third of their term, and send results not yet acknowledged again. */
+  private renew(): void {
+    if (this.tick || this.held.size === 0) return;
+    this.tick = setTimeout(() => {
+      this.tick = undefined;
+      this.send({ type: "renew", leases: this.leases() });
+      for (const run of this.held.values()) void this.deliver(run);
+      this.renew();
+    }, this.termMs / 3).unref();
   }
 
-  private async take(spec: RunSpec): Promise<void> {
+  private async take(spec: RunSpec, { fence }: Lease): Promise<void> {
     const { settings, log } = this.context;
-    if (typeof spec.id !== "string") return;
-    if (this.current || this.stopping) return this.send({ type: "refused", id: spec.id, reason: this.stopping ? "the worker is draining" : "the worker is busy", retry: true });
-    // Where a run's files go is the launcher's choice, never a name the gateway could predict.
-    const run: Unfinished = { id: spec.id, dir: "", lines: [] };
-    let stopReason: string | undefined;
-    let resolveDone!: () => void;
-    const current = { id: spec.id, process: undefined as StartedRun | undefined, done: new Promise<void>((r) => (resolveDone = r)), stop: (reason: string) => ((stopReason ??= reason), current.process?.kill()) };
-    this.current = current;
+    const { id } = spec;
+    if (typeof id !== "string") return;
+    if (this.current || this.stopping) {
+      return this.send({
+        type: "refused",
+        id,
+        fence,
+        reason: this.stopping ? "the worker is draining" : "the worker is busy",
+        retry: true,
+      });
+    }
+    const run: Held = {
+      id,
+      fence,
+      // The launcher's choice, never a name the gateway could predict.
+      dir: mkdtempSync(path.join(settings.workDirectory, "run-")),
+      lines: [],
+    };
+    let end!: () => void;
+    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
+    this.current = run;
     try {
-      const environment = spec.sealedEnvironment ? await this.openEnvironment(spec.sealedEnvironment) : {};
-      const unsafe = runRefusal(spec, environment);
-      const refusal = unsafe ?? (this.context.policy && policyRefusal(this.context.policy, { image: spec.image, commands: spec.commands, environment, timeoutSeconds: spec.timeoutSeconds }));
-      if (refusal) {
-        const reason = unsafe ? `refused: ${unsafe}` : `refused by the run initialization policy: ${refusal}`;
-        log.info("run refused", { run: spec.id, reason });
-        this.current = undefined;
-        resolveDone();
-        return this.send({ type: "refused", id: spec.id, reason });
+      let environment: Record<string, string> = {};
+      try {
+        if (spec.sealedEnvironment) environment = await this.openEnvironment(spec.sealedEnvironment);
+        const unsafe = runRefusal(spec, environment);
+        if (unsafe) throw new Error(`refused: ${unsafe}`);
+        const refusal =
+          this.context.policy &&
+          policyRefusal(this.context.policy, {
+            image: spec.image,
+            commands: spec.commands,
+            environment,
+            timeoutSeconds: spec.timeoutSeconds,
+          });
+        if (refusal) throw new Error(`refused by the run initialization policy: ${refusal}`);
+      } catch (error) {
+        // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
+        const reason = (error as Error).message;
+        log.info("run refused", { run: id, reason });
+        removeTree(run.dir);
+        end();
+        return this.send({ type: "refused", id, fence, reason });
       }
-      this.send({ type: "accepted", id: spec.id });
-      run.dir = mkdtempSync(path.join(settings.workDirectory, "run-"));
-      this.unfinished.set(spec.id, run);
-      const outcome = await this.execute(spec, environment, run, current, () => stopReason);
-      run.outcome = outcome;
+      this.held.set(id, run);
+      this.renew();
+      this.send({ type: "accepted", id, fence });
+      // Nothing runs before the gateway has stored the start under this lease.
+      if (!(await new Promise<boolean>((go) => (run.go = go)))) {
+        this.held.delete(id);
+        return end();
+      }
+      run.outcome = await this.execute(spec, environment, run);
     } catch (error) {
       run.outcome = { status: "failed", reason: (error as Error).message, state: false };
-      run.dir ||= mkdtempSync(path.join(settings.workDirectory, "run-"));
-      this.unfinished.set(spec.id, run);
     }
-    log.info("run finished", { run: spec.id, status: run.outcome.status, exitCode: run.outcome.exitCode, reason: run.outcome.reason });
-    this.current = undefined;
-    resolveDone();
+    end();
+    if (run.revoked) return this.forget(run);
+    log.info("run finished", {
+      run: id,
+      status: run.outcome.status,
+      exitCode: run.outcome.exitCode,
+      reason: run.outcome.reason,
+    });
     await this.deliver(run);
   }
 
@@ -209,7 +290,7 @@ export class Launcher extends WebSocketLink {
     }
   }
 
-  private async execute(spec: RunSpec, environment: Record<string, string>, run: Unfinished, current: { process?: StartedRun; stop(reason: string): void }, stopReason: () => string | undefined): Promise<RunOutcome> {
+  private async execute(spec: RunSpec, environment: Record<string, string>, run: Held): Promise<RunOutcome> {
     const { settings, executor, passed } = this.context;
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
@@ -223,19 +304,22 @@ export class Launcher extends WebSocketLink {
     const append = (lines: string[]) => {
       const from = run.lines.length;
       if (from >= MAX_LOG_LINES) return;
-      const kept = lines.slice(0, MAX_LOG_LINES - from);
-      if (from + lines.length > MAX_LOG_LINES) kept.push(`[agentpools: the log is cut at ${MAX_LOG_LINES} lines]`);
+      // The last line kept says the log was cut: the gateway keeps as many lines, no more.
+      const kept =
+        from + lines.length > MAX_LOG_LINES
+          ? [...lines.slice(0, MAX_LOG_LINES - 1 - from), `[agentpools: the log is cut at ${MAX_LOG_LINES} lines]`]
+          : lines;
       run.lines.push(...kept);
-      this.send({ type: "log", id: run.id, from, lines: kept });
+      this.send({ type: "log", id: run.id, fence: run.fence, from, lines: kept });
     };
     // Each stream on its own: a value split between two reads of one stream is still whole to it.
     const outputs = { stdout: runOutput(secrets, append), stderr: runOutput(secrets, append) };
 
     const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
-    current.process = started;
+    run.process = started;
     // Stopped while its state was still downloading: it does not get to run.
-    if (stopReason()) started.kill();
+    if (run.stopped) started.kill();
 
     const logsTimeout = durationMs(settings.logsTimeout);
     const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
@@ -257,8 +341,7 @@ export class Launcher extends WebSocketLink {
     outputs.stdout.end();
     outputs.stderr.end();
 
-    // The state file is the run's to write, not to point elsewhere: only a regular file of the
-    // workspace's own is kept.
+    // The state file is the run's to write, not to point elsewhere: only a regular file of the workspace's own is kept.
     const kept = stateFileOf(workspace);
     if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
     run.stateFile = kept || undefined;
@@ -267,7 +350,7 @@ export class Launcher extends WebSocketLink {
       append([`[agentpools: killed: ${timedOut}]`]);
       return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
     }
-    const stopped = stopReason();
+    const { stopped } = run;
     if (stopped) {
       append([`[agentpools: killed: ${stopped}]`]);
       return { status: "failed", reason: stopped, state };
@@ -277,7 +360,15 @@ export class Launcher extends WebSocketLink {
   }
 
   private async downloadState(from: string, file: string): Promise<void> {
-    const response = await gatewayRequest(new URL(this.context.token.gateway), { method: "GET", path: statePath(this.context.token.pool, from), headers: this.authHeaders() }, this.context.settings);
+    const response = await gatewayRequest(
+      new URL(this.context.token.gateway),
+      {
+        method: "GET",
+        path: statePath(this.context.token.pool, from),
+        headers: credentials(this.context, this.worker),
+      },
+      this.context.settings,
+    );
     if (response.statusCode !== 200) {
       response.resume();
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
@@ -291,14 +382,25 @@ export class Launcher extends WebSocketLink {
   }
 
   /** Seal and upload the run's state if it left one, then report the outcome; retried on every reconnect. */
-  private async deliver(run: Unfinished): Promise<void> {
+  private async deliver(run: Held): Promise<void> {
     if (run.delivering || !run.outcome || !this.socket?.open) return;
     run.delivering = true;
     try {
       if (run.stateFile && existsSync(run.stateFile)) {
+        const headers = {
+          ...credentials(this.context, this.worker),
+          [FENCE_HEADER]: String(run.fence),
+          "content-type": "application/octet-stream",
+          "transfer-encoding": "chunked",
+        };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),
-          { method: "PUT", path: statePath(this.context.token.pool, run.id), headers: { ...this.authHeaders(), "content-type": "application/octet-stream", "transfer-encoding": "chunked" }, body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
+          {
+            method: "PUT",
+            path: statePath(this.context.token.pool, run.id),
+            headers,
+            body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)),
+          },
           this.context.settings,
         );
         response.resume();
@@ -309,11 +411,10 @@ export class Launcher extends WebSocketLink {
         rmSync(run.stateFile, { force: true });
         run.stateFile = undefined;
       }
-      this.send({ type: "finished", id: run.id, ...run.outcome });
+      this.send({ type: "finished", id: run.id, fence: run.fence, ...run.outcome });
     } catch (error) {
+      // Tried again with the next renewal, and on every reconnect.
       this.context.log.warn("could not deliver a run's result; trying again", { run: run.id, error: (error as Error).message });
-      clearTimeout(run.retry);
-      run.retry = setTimeout(() => void this.deliver(run), DELIVERY_RETRY_MS).unref();
     } finally {
       run.delivering = false;
     }
@@ -321,22 +422,28 @@ export class Launcher extends WebSocketLink {
 
   /** The gateway has taken every result, or the deadline has passed. */
   private async settle(deadline: number): Promise<void> {
-    while (this.unfinished.size > 0 && Date.now() < deadline) await interruptibleSleep(50).done;
+    while (this.held.size > 0 && Date.now() < deadline) await interruptibleSleep(50).done;
   }
 
   /** Take no new runs; let the current one finish until the deadline, then stop it; deliver; close. */
   async stop(deadline: number): Promise<void> {
     this.stopping = true;
     this.send({ type: "draining" });
+    // The current run (waiting for its start, or running) finishes by the deadline, or is stopped.
     const current = this.current;
     if (current) {
       this.context.log.info("waiting for the current run before stopping", { run: current.id, secondsLeft: Math.round((deadline - Date.now()) / 1000) });
-      const timer = setTimeout(() => current.stop("the launcher was stopped before the run finished"), Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => this.halt(current, "the launcher was stopped before the run finished"),
+        Math.max(0, deadline - Date.now()),
+      );
       await current.done;
       clearTimeout(timer);
     }
     await this.settle(Math.max(deadline, Date.now() + DELIVERY_GRACE_MS));
-    if (this.unfinished.size > 0) this.context.log.warn("stopping with run results the gateway has not taken", { runs: [...this.unfinished.keys()] });
+    if (this.held.size > 0) {
+      this.context.log.warn("stopping with run results the gateway has not taken", { runs: [...this.held.keys()] });
+    }
     await this.drain(Date.now() + 1000);
   }
 

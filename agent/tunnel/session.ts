@@ -3,8 +3,12 @@ import type { Logger } from "../../lib/log";
 import type { Socket } from "node:net";
 import { dialGateway, type DialOptions } from "./dial";
 
-/** Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). */
-export const backoffDelay = (attempt: number, baseMs = 500, capMs = 30_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
+/**
+ * Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). The cap
+ * bounds how long after a gateway's return every agent is back (5 s): jitter, not a long
+ * cap, is what spreads a fleet's reconnects.
+ */
+export const backoffDelay = (attempt: number, baseMs = 500, capMs = 5_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 
 export interface LinkOptions extends DialOptions {
   gateway: URL;

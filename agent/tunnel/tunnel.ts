@@ -1,6 +1,9 @@
+import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { Logger } from "../../lib/log";
-import { MuxConnection, type MuxStream, type RequestHead } from "../../protocol/mux";
+import { encodeMetadata, METADATA_HEADER, PING_INTERVAL_MS, ROLE_HEADER } from "../../protocol/link";
+import { CONNECTION_WINDOW, keepAlive, SESSION_OPTIONS, SETTINGS } from "../../protocol/vcs";
+import { interruptibleSleep } from "../runtime/http";
 import { GatewayLink } from "./session";
 
 export interface TunnelOptions {
@@ -8,30 +11,30 @@ export interface TunnelOptions {
   token: string;
   role: string;
   metadata: Record<string, string>;
-  /** Streams the gateway may have open on this agent at once. */
+  /** Streams the gateway may open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
   parallelism: number;
   proxy?: string;
   noProxy?: string;
   log: Logger;
-  onStream(stream: MuxStream, head: RequestHead): void;
+  onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
   pingIntervalMs?: number;
 }
 
 /**
- * The VCS agent's end of the tunnel. Once the gateway accepts the token, the agent's
- * outbound socket carries multiplexed streams that the gateway opens, one per request.
+ * The VCS agent's end of the tunnel. Once the gateway accepts the token the roles turn round:
+ * the agent serves HTTP/2 on the socket it dialled, and the gateway opens one stream per request.
  */
 export class Tunnel extends GatewayLink {
-  private mux?: MuxConnection;
+  private session?: http2.ServerHttp2Session;
+  private socket?: Socket;
 
   constructor(private readonly options: TunnelOptions) {
     super({
       gateway: options.gateway,
       headers: {
         authorization: `Bearer ${options.token}`,
-        "x-agentpools-role": options.role,
-        "x-agentpools-streams": String(options.parallelism),
-        "x-agentpools-metadata": Buffer.from(JSON.stringify(options.metadata)).toString("base64url"),
+        [ROLE_HEADER]: options.role,
+        [METADATA_HEADER]: encodeMetadata(options.metadata),
       },
       proxy: options.proxy,
       noProxy: options.noProxy,
@@ -41,24 +44,53 @@ export class Tunnel extends GatewayLink {
 
   protected serve(socket: Socket): Promise<void> {
     const { log } = this.options;
-    const mux = new MuxConnection(socket, {
-      maxStreams: this.options.parallelism,
-      onStream: this.options.onStream,
-      onProtocolError: (message) => log.warn("tunnel closed", { reason: message }),
-      pingIntervalMs: this.options.pingIntervalMs,
+    const session = http2.performServerHandshake(socket, {
+      ...SESSION_OPTIONS,
+      settings: { ...SETTINGS, maxConcurrentStreams: this.options.parallelism },
+      // Streams beyond the limit, resets in a burst: the gateway is misbehaving, not busy.
+      maxSessionRejectedStreams: 16,
+      maxSessionInvalidFrames: 16,
     });
-    this.mux = mux;
-    log.info("Connected to the server", { gateway: this.options.gateway.origin, parallelism: this.options.parallelism });
+    this.session = session;
+    this.socket = socket;
+    // Paused by the dial to hold the gateway's first bytes: flowing again so its end is seen.
+    socket.resume();
+    socket.once("end", () => socket.destroy());
+    session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
+    session.on("stream", (stream, headers) => this.options.onStream(stream, headers));
+    session.on("error", (error) => log.warn("tunnel closed", { reason: error.message }));
+    session.on("frameError", (type, code) => log.warn("tunnel frame error", { type, code }));
+    log.info("Connected to the server", {
+      gateway: this.options.gateway.origin,
+      parallelism: this.options.parallelism,
+    });
     this.markReady();
-    return mux.closedPromise;
+    const keepalive = keepAlive(session, this.options.pingIntervalMs ?? PING_INTERVAL_MS);
+    return new Promise<void>((resolve) => {
+      session.once("close", () => {
+        clearInterval(keepalive);
+        resolve();
+      });
+    });
   }
 
   get connected(): boolean {
-    return !!this.mux && !this.mux.isClosed && !this.draining;
+    return !!this.session && !this.session.closed && !this.session.destroyed && !this.draining;
   }
 
   /** GOAWAY: no new streams; those in flight finish, or are cut at the deadline. */
   protected async closeGracefully(deadline: number): Promise<void> {
-    if (this.mux && !this.mux.isClosed) await this.mux.close(deadline);
+    const session = this.session;
+    if (!session || session.closed || session.destroyed) return;
+    let closed = false;
+    const deadlineTimer = interruptibleSleep(Math.max(0, deadline - Date.now()));
+    session.close(() => ((closed = true), deadlineTimer.wake()));
+    await deadlineTimer.done;
+    // Past the deadline: streams still open are reset with an error (never NO_ERROR, which Node's
+    // client reads as a complete answer), and the socket goes too.
+    if (!closed) {
+      session.destroy(new Error("the drain deadline passed with requests in flight"));
+      this.socket?.destroy();
+    }
   }
 }

@@ -1,5 +1,5 @@
 import type { Socket } from "node:net";
-import { PING_INTERVAL_MS } from "../../protocol/link";
+import { encodeMetadata, METADATA_HEADER, ROLE_HEADER } from "../../protocol/link";
 import { GatewayLink } from "./session";
 import { acceptKey, newKey, WebSocket } from "../../protocol/websocket";
 import type { Logger } from "../../lib/log";
@@ -17,8 +17,8 @@ export interface WebSocketLinkOptions {
 
 /**
  * A gateway link carrying a WebSocket (the Flows agent's and the launcher's): the upgrade
- * with its key check, and a ping whenever the link has been quiet; an unanswered ping closes
- * it, and the link reconnects.
+ * with its key check, and keepalive pings; a ping unanswered for 10 s closes it, and the link
+ * reconnects.
  */
 export abstract class WebSocketLink extends GatewayLink {
   protected socket?: WebSocket;
@@ -33,8 +33,8 @@ export abstract class WebSocketLink extends GatewayLink {
         this.key = newKey();
         return {
           ...options.credentials(),
-          "x-agentpools-role": options.role,
-          "x-agentpools-metadata": Buffer.from(JSON.stringify(options.settings.metadataTags)).toString("base64url"),
+          [ROLE_HEADER]: options.role,
+          [METADATA_HEADER]: encodeMetadata(options.settings.metadataTags),
           "sec-websocket-key": this.key,
           "sec-websocket-version": "13",
         };
@@ -58,20 +58,19 @@ export abstract class WebSocketLink extends GatewayLink {
   protected serve(raw: Socket): Promise<void> {
     const socket = new WebSocket(raw, true);
     this.socket = socket;
-    let answered = true;
-    socket.on("pong", () => (answered = true));
-    const keepalive = setInterval(() => {
-      if (!answered) return socket.close(1001);
-      answered = false;
-      socket.ping();
-    }, PING_INTERVAL_MS);
+    socket.keepAlive();
     this.opened(socket);
     this.markReady();
-    return new Promise((resolve) => {
-      socket.once("close", () => {
-        clearInterval(keepalive);
-        resolve();
-      });
-    });
+    return new Promise((resolve) => socket.once("close", resolve));
   }
+}
+
+/** A ping answered (or the deadline): whatever the gateway sent before reading it has arrived. */
+export function roundTrip(socket: WebSocket, deadline: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+    const done = () => (clearTimeout(timer), resolve());
+    socket.once("pong", done).once("close", done);
+    socket.ping();
+  });
 }

@@ -1,4 +1,5 @@
 import type { VcsAgentSettings } from "../config/vcs-agent";
+import { canonicalRequest } from "./canonical";
 
 /**
  * What the VCS agent lets through, per vendor. A request is allowed only when a rule names
@@ -129,65 +130,42 @@ export type Decision = { allowed: true; what: string; project?: string } | { all
 
 const NAME = /^[A-Za-z0-9_.~ -]+$/;
 
-/** Why a raw path must be refused before any rule is tried, if it must. */
-export function pathProblem(path: string): string | undefined {
-  if (!path.startsWith("/")) return "the path is not absolute";
-  if (!/^[\x21-\x7e]*$/.test(path)) return "the path has characters that must be encoded";
-  if (path.includes("\\")) return "the path has a backslash";
-  if (path.includes("//")) return "the path has an empty segment (//)";
-  for (const raw of path.slice(1).split("/")) {
-    let segment: string;
-    try {
-      segment = decodeURIComponent(raw);
-    } catch {
-      return "the path has a malformed escape";
-    }
-    // Check every piece the VCS could see once it decodes an encoded "/".
-    for (const piece of segment.split("/")) {
-      if (piece === "." || piece === "..") return "the path has a dot segment";
-      if (segment.includes("/") && piece === "") return "an encoded path has an empty segment";
-    }
-    if (segment.includes("%")) return "the path is encoded twice";
-    // eslint-disable-next-line no-control-regex -- refusing encoded control characters is the point
-    if (/[\x00-\x1f\x7f\\]/.test(segment)) return "the path encodes a control character or backslash";
-  }
-  return undefined;
-}
-
 /** Decode a project's raw pieces and check it has the group/repository shape. */
 function projectOf(groups: Record<string, string | undefined>): string | undefined {
   const raw = groups.project ?? groups.path ?? (groups.owner && groups.repo ? `${groups.owner}/${groups.repo}` : undefined);
   if (raw === undefined) return undefined;
   const project = raw.split("/").map(decodeURIComponent).join("/");
   const parts = project.split("/");
-  if (parts.length < 2 || parts.some((part) => !NAME.test(part) || part === "." || part === "..")) return "";
+  if (parts.length < 2 || parts.some((part) => !NAME.test(part) || /^\.+$/.test(part))) return "";
   return project;
 }
 
+/** What a project name may also mean to the VCS: GitLab's API reads a trailing ".json" as a format. */
+const readings = (vendor: Vendor, project: string) => (vendor === "gitlab" ? [project, project.replace(/\.(?:json|xml)$/i, "")] : [project]);
+
 /**
  * Decide one request: allowed (with what it is for) or refused (with why). `target` is the
- * raw path and query exactly as the VCS will receive them.
+ * raw path and query exactly as the VCS will receive them; it is read once (canonical.ts)
+ * and every check below runs on that reading.
  */
 export function classify(vendor: Vendor, method: string, target: string, allowedProjects: RegExp): Decision {
-  const queryAt = target.indexOf("?");
-  const path = queryAt === -1 ? target : target.slice(0, queryAt);
-  const query = new URLSearchParams(queryAt === -1 ? "" : target.slice(queryAt + 1));
-  if (/git-receive-pack/.test(target)) return { allowed: false, reason: "pushing (git-receive-pack) is never allowed" };
-  const problem = pathProblem(path);
-  if (problem) return { allowed: false, reason: problem };
+  const canonical = canonicalRequest(vendor, method, target);
+  if (!canonical.ok) return { allowed: false, reason: canonical.reason };
+  const { path, query, encodedSlash, segments } = canonical.request;
+  if ([...segments, query.get("service") ?? ""].some((piece) => /receive-pack/i.test(piece))) return { allowed: false, reason: "pushing (git-receive-pack) is never allowed" };
 
   const matches = rulesOf(vendor).filter((rule) => rule.pattern.test(path));
   if (matches.length === 0) return { allowed: false, reason: `not on the ${vendor} allowlist` };
   const rule = matches.find((r) => r.methods.includes(method));
   if (!rule) return { allowed: false, reason: `${method} is not allowed here (only ${[...new Set(matches.flatMap((r) => r.methods))].join(", ")})` };
-  if (!rule.encodedSlash && /%2f/i.test(path)) return { allowed: false, reason: "the path encodes a slash where the VCS expects none" };
+  if (!rule.encodedSlash && encodedSlash) return { allowed: false, reason: "the path encodes a slash where the VCS expects none" };
   if (rule.git && method === "GET" && query.get("service") !== "git-upload-pack") {
     return { allowed: false, reason: "info/refs is allowed only with service=git-upload-pack" };
   }
 
   const project = projectOf(rule.pattern.exec(path)?.groups ?? {});
   if (project === "") return { allowed: false, reason: "the project is not of the form group/repository" };
-  if (project !== undefined && !allowedProjects.test(project)) {
+  if (project !== undefined && !readings(vendor, project).every((name) => allowedProjects.test(name))) {
     return { allowed: false, reason: `project ${project} is not allowed`, project };
   }
   return { allowed: true, what: rule.what.replace("{project}", project ?? ""), project };

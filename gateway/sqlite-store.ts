@@ -1,0 +1,477 @@
+import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
+import { HttpError } from "./http";
+import {
+  storageError,
+  type GatewayStore,
+  type LeaseClaim,
+  type RetentionPolicy,
+  type RunOutcomeRecord,
+  type RunRecord,
+} from "./store";
+
+/** Without a data directory, sealed state is held in memory: up to this much per run. */
+export const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
+const SCHEMA_VERSION = 1;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS runs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  pool TEXT NOT NULL REFERENCES pools(name),
+  spec TEXT NOT NULL,
+  status TEXT NOT NULL,
+  exit_code INTEGER,
+  reason TEXT,
+  worker TEXT,
+  fence INTEGER NOT NULL DEFAULT 0,
+  lease_expires INTEGER,
+  state INTEGER NOT NULL DEFAULT 0,
+  state_bytes INTEGER,
+  log_lines INTEGER NOT NULL DEFAULT 0,
+  created_at TEXT NOT NULL,
+  started_at TEXT,
+  finished_at TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS runs_by_pool ON runs (pool, seq);
+CREATE INDEX IF NOT EXISTS runs_live ON runs (status) WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS log_lines (
+  run INTEGER NOT NULL REFERENCES runs(seq) ON DELETE CASCADE,
+  line INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  PRIMARY KEY (run, line)
+) STRICT, WITHOUT ROWID;
+`;
+
+interface Row {
+  seq: number;
+  id: string;
+  pool: string;
+  spec: string;
+  status: string;
+  exit_code: number | null;
+  reason: string | null;
+  worker: string | null;
+  fence: number;
+  lease_expires: number | null;
+  state: number;
+  log_lines: number;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+/** What of a run is fixed at submission, kept as one JSON column. */
+type Spec = Pick<RunRecord, "image" | "commands" | "sealedEnvironment" | "timeoutSeconds" | "stateFrom">;
+
+function toRecord(row: Row): RunRecord {
+  const spec = JSON.parse(row.spec) as Spec;
+  const record: RunRecord = {
+    id: row.id,
+    pool: row.pool,
+    ...spec,
+    status: row.status as RunRecord["status"],
+    fence: row.fence,
+    state: row.state === 1,
+    logLines: row.log_lines,
+    createdAt: row.created_at,
+  };
+  if (row.exit_code !== null) record.exitCode = row.exit_code;
+  if (row.reason !== null) record.reason = row.reason;
+  if (row.worker !== null) record.worker = row.worker;
+  if (row.lease_expires !== null) record.leaseExpiresAt = row.lease_expires;
+  if (row.started_at !== null) record.startedAt = row.started_at;
+  if (row.finished_at !== null) record.finishedAt = row.finished_at;
+  return record;
+}
+
+/**
+ * node:sqlite, loaded once. Node 22 prints an ExperimentalWarning when the module loads
+ * (Node 24 does not); that one warning is dropped, any other is printed as usual.
+ */
+function sqlite(): typeof import("node:sqlite") {
+  const emitWarning = process.emitWarning;
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    const type = typeof rest[0] === "string" ? rest[0] : (rest[0] as { type?: string } | undefined)?.type;
+    if (type === "ExperimentalWarning" && /SQLite/.test(String(warning))) return;
+    (emitWarning as (...args: unknown[]) => void).call(process, warning, ...rest);
+  }) as typeof process.emitWarning;
+  try {
+    const module = process.getBuiltinModule?.("node:sqlite") as typeof import("node:sqlite") | undefined;
+    if (!module) throw new Error(`the gateway's store needs Node.js 22.13 or later (node:sqlite); this is ${process.version}`);
+    return module;
+  } finally {
+    process.emitWarning = emitWarning;
+  }
+}
+
+/**
+ * The gateway's store in SQLite (Node's built-in node:sqlite): `<dataDir>/gateway.db` in WAL
+ * mode, sealed state beside it as files (`<dataDir>/state/<run>`); or all in memory without a
+ * data directory. A new run, a start and an outcome are synced to disk before they return
+ * (what the gateway answers for: a 201, a "start", an "ack"); the rest is durable across a
+ * crash of the gateway, and a power cut takes at most what came after the last sync (a lease
+ * not yet started is then offered again under the same fence to another launcher, whose ID
+ * the old holder's messages do not carry).
+ */
+export class SqliteStore implements GatewayStore {
+  private readonly db: DatabaseSync;
+  private readonly stateDir?: string;
+  private readonly memoryState = new Map<string, Buffer>();
+  private readonly statements = new Map<string, StatementSync>();
+
+  constructor(dataDir?: string) {
+    const { DatabaseSync } = sqlite();
+    try {
+      if (dataDir) {
+        this.stateDir = path.join(dataDir, "state");
+        mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+        // Not recursive: on a read-only file system that says ENOENT, this says EROFS.
+        if (!existsSync(this.stateDir)) mkdirSync(this.stateDir, { mode: 0o700 });
+      }
+      this.db = new DatabaseSync(dataDir ? path.join(dataDir, "gateway.db") : ":memory:");
+      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+      const { user_version: version } = this.db.prepare("PRAGMA user_version").get() as { user_version: number };
+      if (version > SCHEMA_VERSION)
+        throw new Error(
+          `${dataDir}/gateway.db is of a newer gateway (schema ${version}; this one knows ${SCHEMA_VERSION})`,
+        );
+      this.db.exec(SCHEMA + `PRAGMA user_version = ${SCHEMA_VERSION};`);
+    } catch (error) {
+      const failure = storageError(error);
+      throw new Error(`cannot open the gateway's store in ${dataDir ?? "memory"}: ${(failure as Error).message}`);
+    }
+  }
+
+  private statement(sql: string): StatementSync {
+    let statement = this.statements.get(sql);
+    if (!statement) this.statements.set(sql, (statement = this.db.prepare(sql)));
+    return statement;
+  }
+
+  private run(sql: string, ...values: (string | number | null)[]) {
+    return this.statement(sql).run(...values);
+  }
+
+  private get<T>(sql: string, ...values: (string | number | null)[]): T | undefined {
+    return this.statement(sql).get(...values) as T | undefined;
+  }
+
+  private all<T>(sql: string, ...values: (string | number | null)[]): T[] {
+    return this.statement(sql).all(...values) as T[];
+  }
+
+  /** One transaction; `durable` ones are synced to disk before they return. Storage failures become StoreErrors. */
+  private transaction<T>(work: () => T, durable = false): Promise<T> {
+    try {
+      if (durable) this.db.exec("PRAGMA synchronous = FULL");
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        const result = work();
+        this.db.exec("COMMIT");
+        return Promise.resolve(result);
+      } catch (error) {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+        throw error;
+      } finally {
+        if (durable) this.db.exec("PRAGMA synchronous = NORMAL");
+      }
+    } catch (error) {
+      return Promise.reject(storageError(error));
+    }
+  }
+
+  private read<T>(work: () => T): Promise<T> {
+    try {
+      return Promise.resolve(work());
+    } catch (error) {
+      return Promise.reject(storageError(error));
+    }
+  }
+
+  syncPools(pools: { name: string; kind: string }[]): Promise<void> {
+    return this.transaction(() => {
+      for (const { name, kind } of pools)
+        this.run(
+          "INSERT INTO pools (name, kind) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
+          name,
+          kind,
+        );
+    });
+  }
+
+  createRun(run: RunRecord): Promise<void> {
+    const spec: Spec = {
+      image: run.image,
+      commands: run.commands,
+      sealedEnvironment: run.sealedEnvironment,
+      timeoutSeconds: run.timeoutSeconds,
+      stateFrom: run.stateFrom,
+    };
+    return this.transaction(() => {
+      this.run(
+        "INSERT INTO runs (id, pool, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
+        run.id,
+        run.pool,
+        JSON.stringify(spec),
+        run.status,
+        run.createdAt,
+      );
+    }, true);
+  }
+
+  getRun(id: string): Promise<RunRecord | undefined> {
+    return this.read(() => {
+      const row = this.get<Row>("SELECT * FROM runs WHERE id = ?", id);
+      return row && toRecord(row);
+    });
+  }
+
+  listRuns(pool: string, { limit, before }: { limit: number; before?: string }): Promise<RunRecord[]> {
+    return this.read(() => {
+      const rows = before
+        ? this.all<Row>(
+            "SELECT * FROM runs WHERE pool = ? AND seq < (SELECT seq FROM runs WHERE id = ?) ORDER BY seq DESC LIMIT ?",
+            pool,
+            before,
+            limit,
+          )
+        : this.all<Row>("SELECT * FROM runs WHERE pool = ? ORDER BY seq DESC LIMIT ?", pool, limit);
+      return rows.map(toRecord);
+    });
+  }
+
+  liveRuns(): Promise<RunRecord[]> {
+    return this.read(() =>
+      this.all<Row>("SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY seq").map(toRecord),
+    );
+  }
+
+  grantLease(id: string, worker: string, now: number, expiresAt: number): Promise<number | undefined> {
+    return this.transaction(() => {
+      const row = this.get<{ fence: number }>(
+        `UPDATE runs SET worker = ?, fence = fence + 1, lease_expires = ?
+         WHERE id = ? AND status = 'queued' AND (lease_expires IS NULL OR lease_expires <= ?) RETURNING fence`,
+        worker,
+        expiresAt,
+        id,
+        now,
+      );
+      return row?.fence;
+    });
+  }
+
+  renewLease({ run, worker, fence }: LeaseClaim, expiresAt: number): Promise<boolean> {
+    return this.transaction(
+      () =>
+        this.run(
+          `UPDATE runs SET lease_expires = ?
+           WHERE id = ? AND worker = ? AND fence = ? AND lease_expires IS NOT NULL AND status IN ('queued', 'running')`,
+          expiresAt,
+          run,
+          worker,
+          fence,
+        ).changes > 0,
+    );
+  }
+
+  releaseLease({ run, worker, fence }: LeaseClaim): Promise<boolean> {
+    return this.transaction(
+      () =>
+        this.run(
+          `UPDATE runs SET status = 'queued', started_at = NULL, lease_expires = NULL, worker = NULL
+           WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running') AND lease_expires IS NOT NULL`,
+          run,
+          worker,
+          fence,
+        ).changes > 0,
+    );
+  }
+
+  startRun({ run, worker, fence }: LeaseClaim, at: string): Promise<boolean> {
+    return this.transaction(
+      () =>
+        this.run(
+          `UPDATE runs SET status = 'running', started_at = ?
+           WHERE id = ? AND worker = ? AND fence = ? AND status = 'queued' AND lease_expires IS NOT NULL`,
+          at,
+          run,
+          worker,
+          fence,
+        ).changes > 0,
+      true,
+    );
+  }
+
+  appendLog(
+    { run, worker, fence }: LeaseClaim,
+    from: number,
+    lines: string[],
+    max: number,
+  ): Promise<number | undefined> {
+    return this.transaction(() => {
+      const row = this.get<{ seq: number; log_lines: number }>(
+        "SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
+        run,
+        worker,
+        fence,
+      );
+      if (!row) return undefined;
+      return this.insertLines(row.seq, row.log_lines, from, lines, max);
+    });
+  }
+
+  /** Lines from index `from`, skipping those stored and those past `max`: the log's new length. */
+  private insertLines(seq: number, stored: number, from: number, lines: string[], max: number): number {
+    if (from > stored) return stored;
+    const fresh = lines.slice(stored - from, stored - from + Math.max(0, max - stored));
+    if (fresh.length === 0) return stored;
+    const insert = this.statement("INSERT INTO log_lines (run, line, text) VALUES (?, ?, ?)");
+    fresh.forEach((text, i) => insert.run(seq, stored + i, text));
+    this.run("UPDATE runs SET log_lines = ? WHERE seq = ?", stored + fresh.length, seq);
+    return stored + fresh.length;
+  }
+
+  readLog(id: string, from: number, limit: number): Promise<string[]> {
+    return this.read(() =>
+      this.all<{ text: string }>(
+        `SELECT text FROM log_lines
+         WHERE run = (SELECT seq FROM runs WHERE id = ?) AND line >= ? ORDER BY line LIMIT ?`,
+        id,
+        from,
+        limit,
+      ).map((r) => r.text),
+    );
+  }
+
+  finishRun(id: string, claim: LeaseClaim | undefined, outcome: RunOutcomeRecord, note?: string): Promise<boolean> {
+    return this.transaction(() => {
+      const row = claim
+        ? this.get<{ seq: number; log_lines: number }>(
+            `SELECT seq, log_lines FROM runs
+             WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')`,
+            id,
+            claim.worker,
+            claim.fence,
+          )
+        : this.get<{ seq: number; log_lines: number }>(
+            "SELECT seq, log_lines FROM runs WHERE id = ? AND status IN ('queued', 'running')",
+            id,
+          );
+      if (!row) return false;
+      if (note !== undefined) this.insertLines(row.seq, row.log_lines, row.log_lines, [note], Infinity);
+      this.run(
+        `UPDATE runs SET status = ?, exit_code = ?, reason = ?, state = ?, finished_at = ?, lease_expires = NULL
+         WHERE seq = ?`,
+        outcome.status,
+        outcome.exitCode ?? null,
+        outcome.reason ?? null,
+        outcome.state ? 1 : 0,
+        outcome.finishedAt,
+        row.seq,
+      );
+      return true;
+    }, true);
+  }
+
+  async putState({ run, worker, fence }: LeaseClaim, body: Readable): Promise<void> {
+    const held = await this.read(() =>
+      this.get(
+        "SELECT 1 FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
+        run,
+        worker,
+        fence,
+      ),
+    );
+    if (!held) {
+      body.resume();
+      throw new HttpError(409, "only the launcher holding a run's lease stores its state");
+    }
+    let size = 0;
+    if (this.stateDir) {
+      const file = path.join(this.stateDir, run);
+      const output = createWriteStream(`${file}.part`, { mode: 0o600 });
+      try {
+        await pipeline(
+          body,
+          async function* (chunks: AsyncIterable<Buffer>) {
+            for await (const chunk of chunks) {
+              size += chunk.length;
+              yield chunk;
+            }
+          },
+          output,
+        );
+        renameSync(`${file}.part`, file);
+      } catch (error) {
+        rmSync(`${file}.part`, { force: true });
+        throw storageError(error);
+      }
+    } else {
+      // Over the bound the rest is read and dropped, so the launcher finishes sending and
+      // reads the 413 rather than a reset connection.
+      const chunks: Buffer[] = [];
+      for await (const chunk of body) {
+        size += (chunk as Buffer).length;
+        if (size <= MAX_STATE_IN_MEMORY) chunks.push(chunk as Buffer);
+        else chunks.length = 0;
+      }
+      if (size > MAX_STATE_IN_MEMORY)
+        throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
+      this.memoryState.set(run, Buffer.concat(chunks));
+    }
+    await this.transaction(() => this.run("UPDATE runs SET state_bytes = ? WHERE id = ?", size, run));
+  }
+
+  hasState(id: string): Promise<boolean> {
+    return this.read(() => this.get("SELECT 1 FROM runs WHERE id = ? AND state_bytes IS NOT NULL", id) !== undefined);
+  }
+
+  async openState(id: string): Promise<Readable> {
+    if (!this.stateDir) return Readable.from([this.memoryState.get(id) ?? Buffer.alloc(0)]);
+    const stream = createReadStream(path.join(this.stateDir, id));
+    await new Promise<void>((resolve, reject) =>
+      stream.once("open", () => resolve()).once("error", (error) => reject(storageError(error))),
+    );
+    return stream;
+  }
+
+  async prune({ runsPerPool, maxAgeMs }: RetentionPolicy, now: number): Promise<number> {
+    const cutoff = new Date(now - maxAgeMs).toISOString();
+    // Finished runs past the pool's count or older than the cutoff; the newest run of each
+    // pool that left state stays, so a later run can still start from it.
+    const doomed = await this.read(() =>
+      this.all<{ seq: number; id: string }>(
+        `SELECT seq, id FROM (
+           SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool ORDER BY seq DESC) AS rank
+           FROM runs WHERE finished_at IS NOT NULL
+         ) WHERE (rank > ? OR finished_at < ?)
+           AND seq NOT IN (SELECT MAX(seq) FROM runs WHERE state = 1 AND finished_at IS NOT NULL GROUP BY pool)`,
+        runsPerPool,
+        cutoff,
+      ),
+    );
+    // In batches: one transaction never holds the database long, and a failure loses little.
+    for (let at = 0; at < doomed.length; at += 500) {
+      const batch = doomed.slice(at, at + 500);
+      await this.transaction(() => {
+        const remove = this.statement("DELETE FROM runs WHERE seq = ?");
+        for (const { seq } of batch) remove.run(seq);
+      });
+      for (const { id } of batch) {
+        if (this.stateDir) rmSync(path.join(this.stateDir, id), { force: true });
+        else this.memoryState.delete(id);
+      }
+    }
+    return doomed.length;
+  }
+
+  async close(): Promise<void> {
+    if (this.db.isOpen) this.db.close();
+  }
+}

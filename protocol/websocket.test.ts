@@ -1,0 +1,212 @@
+import assert from "node:assert/strict";
+import { EventEmitter, once } from "node:events";
+import type { Socket } from "node:net";
+import { WebSocket } from "./websocket";
+
+/** A socket stand-in: what the WebSocket writes is kept; what it reads is fed by the test. */
+class FakeSocket extends EventEmitter {
+  written: Buffer[] = [];
+  ended = false;
+  destroyed = false;
+  setNoDelay() {}
+  resume() {}
+  write(data: Buffer) {
+    this.written.push(Buffer.from(data));
+    this.emit("written", data);
+    return true;
+  }
+  end() {
+    this.ended = true;
+  }
+  destroy() {
+    this.destroyed = true;
+  }
+  feed(...chunks: Buffer[]) {
+    for (const chunk of chunks) this.emit("data", chunk);
+  }
+}
+
+/** One frame, as a peer would send it: masked (a client's) unless told otherwise. */
+function frame(opcode: number, payload: Buffer, options: { mask?: boolean; fin?: boolean } = {}): Buffer {
+  const mask = options.mask ?? true;
+  const length = payload.length;
+  const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
+  const header = Buffer.alloc(2 + extended + (mask ? 4 : 0));
+  header[0] = (options.fin === false ? 0 : 0x80) | opcode;
+  header[1] = (mask ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
+  if (extended === 2) header.writeUInt16BE(length, 2);
+  if (extended === 8) header.writeBigUInt64BE(BigInt(length), 2);
+  if (!mask) return Buffer.concat([header, payload]);
+  const key = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+  key.copy(header, 2 + extended);
+  return Buffer.concat([header, Buffer.from(payload.map((byte, i) => byte ^ key[i & 3]))]);
+}
+
+/** The server side of a WebSocket over a fake socket, with every message it emits. */
+function server() {
+  const socket = new FakeSocket();
+  const ws = new WebSocket(socket as unknown as Socket, false);
+  const messages: string[] = [];
+  ws.on("message", (text: string) => messages.push(text));
+  return { socket, ws, messages };
+}
+
+/** The close code of the close frame the WebSocket wrote, if any (server frames are unmasked). */
+const closeCode = (socket: FakeSocket) => {
+  const close = socket.written.find((f) => (f[0] & 0x0f) === 0x8);
+  return close?.readUInt16BE(2);
+};
+
+describe("WebSocket framing (byte level)", () => {
+  const text = "héllo, wörld: a message with multi-byte characters ✓";
+
+  it("a frame split at every byte boundary reads as the same message", () => {
+    const bytes = frame(0x1, Buffer.from(text));
+    for (let cut = 1; cut < bytes.length; cut++) {
+      const { socket, messages } = server();
+      socket.feed(bytes.subarray(0, cut), bytes.subarray(cut));
+      assert.deepEqual(messages, [text], `cut at ${cut}`);
+    }
+    const { socket, messages } = server();
+    for (const byte of bytes) socket.feed(Buffer.from([byte]));
+    assert.deepEqual(messages, [text], "one byte at a time");
+  });
+
+  it("several frames in one chunk: each message in order, a ping answered in between with its payload", () => {
+    const { socket, messages } = server();
+    socket.feed(
+      Buffer.concat([frame(0x1, Buffer.from("one")), frame(0x9, Buffer.from("pp")), frame(0x1, Buffer.from("two"))]),
+    );
+    assert.deepEqual(messages, ["one", "two"]);
+    const pong = socket.written.find((f) => (f[0] & 0x0f) === 0xa) as Buffer;
+    assert.deepEqual([...pong], [0x8a, 2, 0x70, 0x70], "an unmasked final pong echoing the ping's payload");
+  });
+
+  it("16-bit and 64-bit lengths, across chunk boundaries inside the length field", () => {
+    for (const size of [125, 126, 300, 65535, 65536, 70_000]) {
+      const payload = Buffer.alloc(size, "a");
+      const bytes = frame(0x1, payload);
+      const { socket, messages } = server();
+      socket.feed(bytes.subarray(0, 3), bytes.subarray(3, 7), bytes.subarray(7));
+      assert.equal(messages.length, 1, `size ${size}`);
+      assert.equal(messages[0].length, size);
+    }
+  });
+
+  it("a fragmented message is joined; a multi-byte character split between fragments survives", () => {
+    const whole = Buffer.from(text);
+    const cut = whole.indexOf(Buffer.from("✓")) + 1;
+    const { socket, messages } = server();
+    socket.feed(
+      frame(0x1, whole.subarray(0, cut), { fin: false }),
+      frame(0x9, Buffer.alloc(0)),
+      frame(0x0, whole.subarray(cut)),
+    );
+    assert.deepEqual(messages, [text]);
+  });
+
+  it("a length over 16 MiB closes with 1009 as soon as the header is in, before any payload", () => {
+    const { socket, ws, messages } = server();
+    const header = Buffer.alloc(14);
+    header[0] = 0x81;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(16 * 1024 * 1024 + 1), 2);
+    socket.feed(header);
+    assert.equal(ws.open, false);
+    assert.equal(closeCode(socket), 1009);
+    assert.deepEqual(messages, []);
+  });
+
+  it("fragments adding up to more than 16 MiB close with 1009", () => {
+    const { socket, ws } = server();
+    const part = Buffer.alloc(6 * 1024 * 1024, "x");
+    socket.feed(frame(0x1, part, { fin: false }), frame(0x0, part, { fin: false }));
+    assert.equal(ws.open, true);
+    socket.feed(frame(0x0, part, { fin: false }));
+    assert.equal(closeCode(socket), 1009);
+  });
+
+  it("a server refuses an unmasked frame (1002); a client refuses a masked one", () => {
+    const { socket, ws, messages } = server();
+    socket.feed(frame(0x1, Buffer.from("x"), { mask: false }));
+    assert.equal(ws.open, false);
+    assert.equal(closeCode(socket), 1002);
+    assert.deepEqual(messages, []);
+
+    const clientSocket = new FakeSocket();
+    const client = new WebSocket(clientSocket as unknown as Socket, true);
+    clientSocket.feed(frame(0x1, Buffer.from("x")));
+    assert.equal(client.open, false);
+  });
+
+  it("a client reads the server's unmasked frames and masks its own", () => {
+    const socket = new FakeSocket();
+    const client = new WebSocket(socket as unknown as Socket, true);
+    const got: string[] = [];
+    client.on("message", (m: string) => got.push(m));
+    socket.feed(frame(0x1, Buffer.from(text), { mask: false }));
+    assert.deepEqual(got, [text]);
+    client.send("abc");
+    const sent = socket.written[0];
+    assert.equal(sent[1] & 0x80, 0x80, "the mask bit is set");
+    const key = sent.subarray(2, 6);
+    assert.equal(Buffer.from(sent.subarray(6).map((b, i) => b ^ key[i & 3])).toString(), "abc");
+  });
+
+  it("a large message in small chunks is copied about once, not once per chunk", () => {
+    const size = 1024 * 1024;
+    const bytes = frame(0x1, Buffer.alloc(size, "z"));
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < bytes.length; at += 1024) chunks.push(Buffer.from(bytes.subarray(at, at + 1024)));
+    const { socket, messages } = server();
+    let copied = 0;
+    const { concat } = Buffer;
+    const { copy } = Buffer.prototype;
+    Buffer.concat = ((list: Uint8Array[], total?: number) => {
+      const out = concat(list, total);
+      copied += out.length;
+      return out;
+    }) as typeof Buffer.concat;
+    Buffer.prototype.copy = function (this: Buffer, ...args: Parameters<Buffer["copy"]>) {
+      const n = copy.apply(this, args);
+      copied += n;
+      return n;
+    };
+    try {
+      socket.feed(...chunks);
+    } finally {
+      Buffer.concat = concat;
+      Buffer.prototype.copy = copy;
+    }
+    assert.equal(messages.length, 1);
+    assert.equal(messages[0].length, size);
+    assert.ok(copied <= 2 * size, `${copied} bytes copied for a ${size}-byte message`);
+  });
+
+  it("the peer's FIN without a close frame closes it (the gateway's sockets allow half-open)", () => {
+    const { socket, ws } = server();
+    let closed = 0;
+    ws.on("close", () => closed++);
+    socket.emit("end");
+    assert.equal(ws.open, false);
+    assert.equal(socket.destroyed, true);
+    socket.emit("close");
+    assert.equal(closed, 1, "one close event");
+  });
+
+  it("keepAlive: a peer answering pings stays; one that stops answering is closed after the timeout", async () => {
+    const { socket, ws } = server();
+    let pings = 0;
+    socket.on("written", (data: Buffer) => {
+      if ((data[0] & 0x0f) !== 0x9) return;
+      pings++;
+      if (pings <= 3) socket.feed(frame(0xa, Buffer.alloc(0)));
+    });
+    const timedOut = once(ws, "timeout");
+    ws.keepAlive(5, 30);
+    await timedOut;
+    assert.ok(pings >= 4, `${pings} pings: three answered, then unanswered ones until the timeout`);
+    assert.equal(ws.open, false);
+    assert.equal(closeCode(socket), 1001);
+  });
+});

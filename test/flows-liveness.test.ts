@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import { Gateway } from "../gateway/gateway";
+import { createPool } from "../gateway/pools";
+import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
+import { flowsAgentStandIn } from "./flows-stand-in";
+import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+
+const service = serviceKey();
+
+const POOL = "01LIVENESS";
+
+describe("Flows pools: liveness and fair routing", function () {
+  this.timeout(20_000);
+  let gateway: Gateway;
+  let url: string;
+  let token: string;
+  let log: ReturnType<typeof capturingLogger>;
+  const agents: Awaited<ReturnType<typeof flowsAgentStandIn>>[] = [];
+
+  beforeEach(async () => {
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    const created = createPool(POOL, "flows", url);
+    token = created.token;
+    log = capturingLogger("gateway");
+    gateway = new Gateway({ keys: [service.definition], pools: [created.pool], port, log: log.log, pingIntervalMs: 50, pingTimeoutMs: 1000 });
+    await gateway.listen();
+  });
+  afterEach(async () => {
+    for (const agent of agents.splice(0)) agent.socket.close();
+    await gateway.close();
+  });
+
+  const connect = async (name: string) => {
+    const agent = await flowsAgentStandIn(url, POOL, token, name);
+    agents.push(agent);
+    await eventually(() => gateway.summary()[0].connections === agents.length);
+    return agent;
+  };
+  const run = () => gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000);
+
+  it("runs spread over equally loaded agents, least recently used first (not all to the first connected)", async () => {
+    for (const name of ["a", "b", "c"]) await connect(name);
+    const answered: unknown[] = [];
+    for (let i = 0; i < 9; i++) answered.push((await run()).value);
+    assert.deepEqual(answered, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
+  });
+
+  it("an agent that stops answering pings is dropped within interval + timeout (50 + 1000 ms here, 20 + 10 s by default); its run fails clearly, the next goes elsewhere", async () => {
+    const hung = await connect("hung");
+    await connect("healthy");
+    // The least recently used is the hung agent: the first run goes to it.
+    hung.freeze();
+    const started = Date.now();
+    await assert.rejects(run(), (error: Error & { status?: number }) => {
+      assert.equal(error.status, 502);
+      assert.match(error.message, /stopped answering/);
+      return true;
+    });
+    assert.ok(Date.now() - started < 5000, "dropped in about a second, long before the run's own timeout (70 s)");
+    assert.equal(gateway.summary()[0].connections, 1);
+    assert.ok(log.lines.some((l) => l.msg === "agent stopped answering pings: disconnected" && l.runs === 1));
+    assert.equal((await run()).value, "healthy");
+  });
+
+  it("a run's timeout: the agent's own default unless the client gives one, capped where both sides read the cap", async () => {
+    const agent = await connect("a");
+    const post = (body: object) =>
+      fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+    const first = await post({ code: "1" });
+    assert.equal(first.status, 200, await first.text());
+    assert.equal((await post({ code: "1", timeoutMs: 1234 })).status, 200);
+    assert.deepEqual(
+      agent.runs.map((r) => r.timeoutMs),
+      [undefined, 1234],
+      "no timeout sent: FLOWS_RUN_TIMEOUT applies",
+    );
+    const over = await post({ code: "1", timeoutMs: FLOWS_MAX_RUN_TIMEOUT_MS + 1 });
+    assert.equal(over.status, 400);
+    assert.match(
+      ((await over.json()) as { error: string }).error,
+      new RegExp(`timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}`),
+    );
+    assert.equal(agent.runs.length, 2);
+  });
+
+  it("an agent busy but alive (answering pings) is not dropped", async () => {
+    const busy = await connect("busy");
+    busy.mute();
+    const pending = run();
+    pending.catch(() => undefined);
+    await eventually(() => gateway.summary()[0].activeRequests === 1);
+    // Ten pings come and are answered while the run is stuck: the agent stays.
+    const from = busy.pongs();
+    await eventually(() => busy.pongs() >= from + 10, 5000, "ten pings answered");
+    assert.equal(gateway.summary()[0].connections, 1);
+    assert.ok(!log.lines.some((l) => l.msg === "agent stopped answering pings: disconnected"));
+  });
+});

@@ -1,0 +1,209 @@
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { SqliteStore } from "../gateway/sqlite-store";
+import type { LeaseClaim, RunRecord } from "../gateway/store";
+import { scratchDir } from "../devkit/helpers";
+
+const T0 = Date.parse("2026-01-01T00:00:00Z");
+const iso = (ms: number) => new Date(ms).toISOString();
+const queued = (id: string, pool = "w", createdAt = T0): RunRecord => ({
+  id,
+  pool,
+  image: "alpine:3",
+  commands: ["true"],
+  status: "queued",
+  fence: 0,
+  state: false,
+  logLines: 0,
+  createdAt: iso(createdAt),
+});
+const text = async (stream: Readable) => {
+  let out = "";
+  for await (const chunk of stream) out += chunk;
+  return out;
+};
+
+describe("the gateway's store (SQLite)", () => {
+  let store: SqliteStore;
+  let dir: string;
+  beforeEach(async () => {
+    dir = scratchDir("store-");
+    store = new SqliteStore(dir);
+    await store.syncPools([
+      { name: "w", kind: "worker" },
+      { name: "v", kind: "worker" },
+    ]);
+  });
+  afterEach(() => store.close());
+
+  it("a lease is a compare-and-set: one holder at a time, each grant a higher fence", async () => {
+    await store.createRun(queued("r1"));
+    const fence = await store.grantLease("r1", "L1", T0, T0 + 1000);
+    assert.equal(fence, 1);
+    assert.equal(await store.grantLease("r1", "L2", T0 + 999, T0 + 2000), undefined, "held until it expires");
+    const l1: LeaseClaim = { run: "r1", worker: "L1", fence: 1 };
+    assert.equal(await store.renewLease({ ...l1, worker: "L2" }, T0 + 5000), false, "only its holder renews it");
+    assert.equal(await store.renewLease(l1, T0 + 5000), true);
+    assert.equal(await store.grantLease("r1", "L2", T0 + 4000, T0 + 6000), undefined, "renewed: still held");
+    // Expired: another launcher may have it, under a higher fence; the old claim is worthless.
+    assert.equal(await store.grantLease("r1", "L2", T0 + 5000, T0 + 8000), 2);
+    assert.equal(await store.startRun(l1, iso(T0)), false);
+    assert.equal(await store.releaseLease(l1), false);
+    const l2: LeaseClaim = { run: "r1", worker: "L2", fence: 2 };
+    assert.equal(await store.startRun(l2, iso(T0 + 5001)), true);
+    assert.equal(await store.startRun(l2, iso(T0 + 5002)), false, "started once");
+    assert.equal(
+      await store.grantLease("r1", "L3", T0 + 99_999, T0 + 100_000),
+      undefined,
+      "a running run is never leased again",
+    );
+    const run = await store.getRun("r1");
+    assert.equal(run?.status, "running");
+    assert.equal(run?.worker, "L2");
+    assert.equal(run?.fence, 2);
+    assert.equal(run?.leaseExpiresAt, T0 + 8000);
+  });
+
+  it("a lease given back queues the run again; the next grant fences the old holder out", async () => {
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    assert.equal(await store.releaseLease({ run: "r1", worker: "L1", fence: 1 }), true);
+    const run = await store.getRun("r1");
+    assert.equal(run?.worker, undefined);
+    assert.equal(run?.leaseExpiresAt, undefined);
+    assert.equal(await store.grantLease("r1", "L1", T0, T0 + 1000), 2);
+  });
+
+  it("log lines: under the lease only, resent lines skipped, a gap refused, a cap kept", async () => {
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    assert.equal(await store.appendLog(claim, 0, ["early"], 10), undefined, "not running yet");
+    await store.startRun(claim, iso(T0));
+    assert.equal(await store.appendLog(claim, 0, ["a", "b"], 10), 2);
+    assert.equal(await store.appendLog(claim, 1, ["b", "c"], 10), 3, "b again is skipped");
+    assert.equal(await store.appendLog(claim, 5, ["f"], 10), 3, "a gap is not stored");
+    assert.equal(
+      await store.appendLog({ ...claim, fence: 0 }, 3, ["x"], 10),
+      undefined,
+      "another fence writes nothing",
+    );
+    assert.equal(await store.appendLog(claim, 3, ["d", "e", "f", "g"], 5), 5, "cut at the cap");
+    assert.deepEqual(await store.readLog("r1", 0, 100), ["a", "b", "c", "d", "e"]);
+    assert.deepEqual(await store.readLog("r1", 3, 1), ["d"]);
+    assert.equal((await store.getRun("r1"))?.logLines, 5);
+  });
+
+  it("an outcome ends the lease once; a note goes into the log in the same transaction", async () => {
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0));
+    const outcome = { status: "succeeded" as const, exitCode: 0, state: false, finishedAt: iso(T0 + 10) };
+    assert.equal(await store.finishRun("r1", { ...claim, worker: "L2" }, outcome), false);
+    assert.equal(await store.finishRun("r1", claim, outcome, "[done]"), true);
+    assert.equal(await store.finishRun("r1", claim, { ...outcome, status: "failed" }), false, "final is final");
+    const run = await store.getRun("r1");
+    assert.equal(run?.status, "succeeded");
+    assert.equal(run?.leaseExpiresAt, undefined);
+    assert.deepEqual(await store.readLog("r1", 0, 10), ["[done]"]);
+  });
+
+  it("what is stored survives a reopen: runs, leases, logs, sealed state", async () => {
+    await store.createRun(queued("r1"));
+    await store.createRun(queued("r2"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0));
+    await store.appendLog(claim, 0, ["kept"], 10);
+    await store.putState(claim, Readable.from([Buffer.from("APS1 sealed")]));
+    await store.close();
+    store = new SqliteStore(dir);
+    assert.deepEqual(
+      (await store.liveRuns()).map((r) => [r.id, r.status, r.worker, r.fence]),
+      [
+        ["r1", "running", "L1", 1],
+        ["r2", "queued", undefined, 0],
+      ],
+    );
+    assert.deepEqual(await store.readLog("r1", 0, 10), ["kept"]);
+    assert.equal(await store.hasState("r1"), true);
+    assert.equal(await text(await store.openState("r1")), "APS1 sealed");
+    assert.equal(readFileSync(path.join(dir, "state", "r1"), "utf8"), "APS1 sealed");
+  });
+
+  it("state is stored only from the lease holder of a running run", async () => {
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    await assert.rejects(store.putState({ run: "r1", worker: "L1", fence: 1 }, Readable.from([Buffer.from("x")])), {
+      status: 409,
+    });
+    await store.startRun({ run: "r1", worker: "L1", fence: 1 }, iso(T0));
+    await assert.rejects(store.putState({ run: "r1", worker: "L2", fence: 1 }, Readable.from([Buffer.from("x")])), {
+      status: 409,
+    });
+    assert.equal(await store.hasState("r1"), false);
+  });
+
+  it("lists a pool's runs newest first, a page at a time; loads only live runs", async () => {
+    for (let i = 0; i < 5; i++) await store.createRun(queued(`r${i}`, "w", T0 + i));
+    await store.createRun(queued("other", "v"));
+    await store.finishRun("r0", undefined, { status: "lost", state: false, finishedAt: iso(T0) });
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 2 })).map((r) => r.id),
+      ["r4", "r3"],
+    );
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 10, before: "r3" })).map((r) => r.id),
+      ["r2", "r1", "r0"],
+    );
+    assert.deepEqual(
+      (await store.liveRuns()).map((r) => r.id),
+      ["r1", "r2", "r3", "r4", "other"],
+    );
+  });
+
+  it("retention: finished runs past the count or the age go with their logs and state; live runs and the newest state stay", async () => {
+    const day = 86_400_000;
+    const finish = async (id: string, at: number, state = false) => {
+      await store.createRun(queued(id, "w", at));
+      await store.grantLease(id, "L", at, at + 1000);
+      const claim = { run: id, worker: "L", fence: 1 };
+      await store.startRun(claim, iso(at));
+      await store.appendLog(claim, 0, [`log of ${id}`], 10);
+      if (state) await store.putState(claim, Readable.from([Buffer.from(id)]));
+      await store.finishRun(id, claim, { status: "succeeded", state, finishedAt: iso(at) });
+    };
+    await finish("old-with-state", T0 - 40 * day, true);
+    await finish("old", T0 - 31 * day);
+    for (let i = 0; i < 4; i++) await finish(`recent${i}`, T0 - (4 - i) * day);
+    await store.createRun(queued("live", "w", T0 - 60 * day));
+    assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      ["live", "recent3", "recent2", "recent1", "old-with-state"],
+    );
+    assert.deepEqual(await store.readLog("recent0", 0, 10), [], "its log went with it");
+    assert.ok(existsSync(path.join(dir, "state", "old-with-state")), "the pool's newest state is kept");
+    // A newer run leaves state: the old one may go now.
+    await finish("newer-state", T0, true);
+    assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
+    assert.ok(!existsSync(path.join(dir, "state", "old-with-state")));
+    assert.deepEqual(
+      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      ["newer-state", "live", "recent3", "recent2"],
+    );
+  });
+
+  it("refuses a database of a newer gateway, naming it", async () => {
+    await store.close();
+    const { DatabaseSync } = await import("node:sqlite");
+    const db = new DatabaseSync(path.join(dir, "gateway.db"));
+    db.exec("PRAGMA user_version = 99");
+    db.close();
+    assert.throws(() => new SqliteStore(dir), /gateway\.db is of a newer gateway \(schema 99/);
+    store = new SqliteStore(scratchDir("store-"));
+  });
+});
