@@ -9,8 +9,9 @@ import net from "node:net";
 import path from "node:path";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
-import { processLauncher } from "../agent/flows-agent/executor";
-import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
+import type { Readable, Writable } from "node:stream";
+import { runtime } from "../agent/flows-agent/executor";
+import { bwrapArgs, libraryDirectories, readPrivileges, seccompFilter } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
@@ -261,11 +262,21 @@ describe("Flows: hostile runs", function () {
       ["node:sqlite is off", "try { await import('node:sqlite'); return 'loaded'; } catch (e) { return e.code; }", (v) => v === "ERR_UNKNOWN_BUILTIN_MODULE"],
       ["its disk is capped", "try { const fs = await import('node:fs'); for (let i = 0; i < 64; i++) fs.appendFileSync('/tmp/fill', Buffer.alloc(1 << 20)); return 'filled'; } catch (e) { return e.code; }", (v) => v === "ENOSPC"],
     ];
-    const launcher = () => processLauncher({ isolation: "namespaces", privileges: readPrivileges(), uids: uidPool("1900001100-1900001110"), runner: [unbundledRunner().path], readable: unbundledRunner().readable, memoryMb: 128, diskMb: 16, scratchRoot: dir, kernelOnly: true });
+    /** A runtime as the process launcher starts it in namespaces, as root, but without Node's permission model. */
+    const start = () => {
+      const { path: runner, readable } = unbundledRunner();
+      const node = [process.execPath, "--disable-sigusr1", "--no-experimental-sqlite", runner];
+      const sandbox = bwrapArgs({ node: process.execPath, libraries: libraryDirectories(), readable, diskMb: 16 });
+      const child = spawn(readPrivileges().bwrap as string, [...sandbox, ...node], { uid: 1900001100, gid: 1900001100, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe"] });
+      (child.stdio[5 as number] as unknown as Writable).end(seccompFilter());
+      (child.stdio[4] as Readable).resume();
+      const kill = () => void child.kill("SIGKILL");
+      return runtime({ child, jobs: child.stdin as Writable, answers: child.stdio[3] as Readable, memoryPid: () => undefined, kill, cleanup: () => undefined }, 128);
+    };
     for (const [what, code, holds] of cases) {
       it(what, async function () {
-        if (!readPrivileges().bwrap) this.skip();
-        const runtime = launcher().start();
+        if (!readPrivileges().bwrap || process.getuid?.() !== 0) this.skip();
+        const runtime = start();
         try {
           await runtime.ready;
           const answer = await runtime.run({ kind: "block", code, inputs: targets }, 5000);

@@ -9,14 +9,7 @@ import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import { dockerLauncher, executor, processLauncher, type Executor, type Outcome, type RuntimeLauncher } from "./executor";
 import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage, type Job } from "../../protocol/flows";
-
-/** A run as the gateway must send it, rebuilt; why not, if it is not one. */
-function checkRun(message: Record<string, unknown>): { id: string; job: Job; timeoutMs?: number } | string {
-  const { id, job, timeoutMs } = message as { id: string; job: Job | null; timeoutMs?: number };
-  if (!job || typeof job.code !== "string" || !["expression", "block"].includes(job.kind) || !(timeoutMs === undefined || timeoutMs >= 1)) return "a run is {job: {kind, code, inputs?}, timeoutMs?}";
-  return { id, job: { kind: job.kind, code: job.code, inputs: job.inputs }, timeoutMs };
-}
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
 
 /**
  * The result message of a run: type and id are the agent's, every other field is taken one by
@@ -60,17 +53,16 @@ class FlowsLink extends WebSocketLink {
 
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      // Without an ID of its own a run cannot be answered: it is dropped.
-      if (message?.type !== "run" || !/^[\w-]{1,128}$/.test(message.id)) return;
-      const run = checkRun(message);
-      if (typeof run === "string") return socket.send(resultMessage(message.id, { ok: false, error: { name: "TypeError", message: run }, console: [], durationMs: 0 }));
-      const timeoutMs = Math.min(run.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
+      if (message?.type !== "run" || typeof message.id !== "string") return;
+      const { id, job } = message;
+      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
-      void this.executor.run(run.job, timeoutMs).then((outcome) => {
+      // Only what a job is made of goes on to the runtime.
+      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then((outcome) => {
         this.inFlight--;
         // The answer first: the log line is not what the caller waits for.
-        if (socket.open) socket.send(resultMessage(run.id, outcome));
-        this.log.info("run finished", { id: run.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
+        if (socket.open) socket.send(resultMessage(id, outcome));
+        this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });
     });
   }
@@ -90,10 +82,9 @@ class FlowsLink extends WebSocketLink {
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
   if (isolation === "none") return undefined;
-  if (!p.switchUser) return "the agent may not switch users (needs CAP_SETUID and CAP_SETGID)";
+  if (!p.switchUser) return "no CAP_SETUID and CAP_SETGID";
   if (!p.root && !p.setpriv) return "setpriv is missing";
-  if (isolation === "namespaces" && !p.bwrap) return "bubblewrap (bwrap) is missing";
-  if (isolation === "namespaces" && !seccompFilter()) return `no seccomp filter for ${process.arch}`;
+  if (isolation === "namespaces" && !(p.bwrap && seccompFilter())) return "no bubblewrap, or no seccomp filter for this architecture";
   return undefined;
 }
 
@@ -113,7 +104,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
   const uids = uidPool(settings.runtimeUids);
   const own = process.getuid?.() ?? -1;
   if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
-    throw new Error(`FLOWS_RUNTIME_UIDS ${settings.runtimeUids} must hold twice FLOWS_RUNTIME_POOL_SIZE uids, and not the agent's own (${own})`);
+    throw new Error(`FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`);
   }
   const wanted = settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
@@ -130,7 +121,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       }
     }
     if (wanted !== "auto") throw new Error(`FLOWS_RUNTIME_ISOLATION=${wanted} is not possible here: ${missing}`);
-    log.error("runtime isolation not possible here, trying a weaker one", { isolation, reason: missing });
+    log.error("runtime isolation not possible here: trying a weaker one", { isolation, reason: missing });
   }
   throw new Error("no runtime could start");
 }

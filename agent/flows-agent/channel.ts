@@ -1,4 +1,4 @@
-import { FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_VALUE_DEPTH, type Answer } from "../../protocol/flows";
+import { FLOWS_MAX_VALUE_DEPTH, type Answer } from "../../protocol/flows";
 
 /**
  * The channel between the agent and a runtime: frames of a u32 big-endian length and that
@@ -62,7 +62,6 @@ export function checkAnswer(text: string): Answer {
   if (typeof ok !== "boolean" || !Array.isArray(console) || !console.every((line) => typeof line === "string") || !(error === undefined || (typeof name === "string" && typeof message === "string" && optional(stack) && optional(code)))) {
     throw new Error("fields of the wrong types");
   }
-  if (console.length > FLOWS_MAX_CONSOLE_LINES) throw new Error(`the console has ${console.length} lines, over the cap of ${FLOWS_MAX_CONSOLE_LINES}`);
   if (!withinDepth(value, FLOWS_MAX_VALUE_DEPTH)) throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
   return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
 }

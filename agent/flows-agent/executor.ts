@@ -73,7 +73,6 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   child.stdout?.resume();
   let ready!: [() => void, (error: Error) => void];
   const started = new Promise<void>((resolve, reject) => (ready = [resolve, reject]));
-  started.catch(() => undefined);
   const exited = new Promise<string>((resolve) => {
     const gone = (why: string) => {
       for (const timer of timers) clearTimeout(timer);
@@ -165,8 +164,6 @@ export interface ProcessLauncherOptions {
   diskMb: number;
   /** Where scratch directories go when not on a runtime's own tmpfs. */
   scratchRoot: string;
-  /** Tests only: leave Node's permission model out, to show what the kernel holds by itself. */
-  kernelOnly?: boolean;
 }
 
 /** A process per runtime, isolated as `isolation` says (see sandbox.ts). */
@@ -187,8 +184,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
     start() {
       const uid = isolation === "none" ? undefined : uids.take();
       const scratch = namespaces ? "/tmp" : uid ? `${o.scratchRoot}/${randomUUID()}` : mkdtempSync(`${o.scratchRoot}/run-`);
-      const flags = runtimeNodeFlags(o.readable, scratch, o.memoryMb).filter((flag) => !o.kernelOnly || !/^--(permission|allow-)/.test(flag));
-      const node = [process.execPath, ...flags, ...o.runner, ...(isolation === "user" ? [`--scratch=${scratch}`] : [])];
+      const node = [process.execPath, ...runtimeNodeFlags(o.readable, scratch, o.memoryMb), ...o.runner, ...(isolation === "user" ? [`--scratch=${scratch}`] : [])];
       const [file, args, options] = asUser(uid, namespaces ? [privileges.bwrap as string, ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb }), ...node] : node);
       const launch = () => spawn(file, args, { ...options, cwd: uid ? "/" : scratch, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"] });
       const child = launch();
@@ -262,7 +258,8 @@ export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" 
 /** Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. */
 export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string, uids: UidPool, docker = "docker"): RuntimeLauncher {
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
-  const env = Object.fromEntries(["PATH", "HOME", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "DOCKER_CONFIG"].map((name) => [name, process.env[name]]).filter(([, value]) => value));
+  const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
+  const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
   return {
     describe: `docker (${settings.gvisor ? "gVisor" : "runc"}), a user of its own`,
     start() {
@@ -291,8 +288,6 @@ export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string
 
 export interface Executor {
   run(job: Job, timeoutMs: number): Promise<Outcome>;
-  /** Runtimes warm and waiting, for tests and the benchmark. */
-  warm(): number;
   close(): void;
 }
 
@@ -328,7 +323,6 @@ export function executor({ poolSize, launcher, log }: { poolSize: number; launch
   };
   refill();
   return {
-    warm: () => spares.length,
     close() {
       closed = true;
       for (const spare of spares.splice(0)) spare.kill();
