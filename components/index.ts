@@ -6,5 +6,5 @@ export { AgentPool } from "./aws/agent-pool";
 export { InvalidArgumentsError } from "./shared/validation";
 export { renderUserData, decodeUserData, UserDataTooLargeError, USER_DATA_LIMIT } from "./aws/userdata";
 export { isBurstable, architectureOf, instanceTypeProblem } from "./aws/instance-types";
-export { poolPolicyDocument } from "./aws/pool-core";
+export { poolPolicyDocument } from "./aws/policy";
 export * as kubernetes from "./kubernetes";

@@ -2,21 +2,51 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { signV4 } from "../agent/runtime/sigv4";
 
+/** An answer AWS gives instead of success, queued for the next calls of one action. */
+export interface InjectedFailure {
+  status: number;
+  code: string;
+  message?: string;
+}
+
+/** A data point read back out of an embedded-metric-format log line. */
+export interface MetricPoint {
+  namespace: string;
+  name: string;
+  value: number;
+  dimensions: Record<string, string>;
+  timestamp: number;
+}
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+
 /**
  * A stand-in for what the runtime reaches on an instance: IMDSv2 (token required) and the
  * Secrets Manager, Auto Scaling and CloudWatch Logs APIs. Every API call's Signature
- * Version 4 is checked against the credentials IMDS handed out. Loopback only.
+ * Version 4 is checked against the credentials IMDS handed out, and PutLogEvents is held to
+ * CloudWatch's documented rules (order, 24-hour span, sizes, counts), so a batch AWS would
+ * refuse is refused here too. Tests queue error answers per action. Loopback only.
  */
 export class FakeAws {
   readonly credentials = { accessKeyId: "ASIAFAKE", secretAccessKey: "fake-secret-key/abc", sessionToken: "fake-session" };
   readonly identity = { region: "eu-west-1", instanceId: "i-0123456789abcdef0", availabilityZone: "eu-west-1b", instanceType: "c7i.large" };
+  /** IMDS services/domain: the partition's DNS suffix. */
+  domain = "amazonaws.com";
   secrets = new Map<string, string>();
   lifecycleState = "InService";
-  /** Make CompleteLifecycleAction answer as AWS does when no action is pending. */
+  /** Make CompleteLifecycleAction and RecordLifecycleActionHeartbeat answer as AWS does when no action is pending. */
   noPendingAction = false;
+  /** The health SetInstanceHealth last set (Auto Scaling replaces an Unhealthy instance). */
+  instanceHealth = "Healthy";
   readonly calls: { action: string; body: Record<string, unknown> }[] = [];
+  /** Messages of accepted log events, in the order CloudWatch stored them. */
   readonly logEvents: string[] = [];
+  /** Accepted log events with their timestamps, by stream. */
+  readonly streams = new Map<string, { timestamp: number; message: string }[]>();
+  readonly metrics: MetricPoint[] = [];
   readonly rejected: string[] = [];
+  private readonly failures = new Map<string, InjectedFailure[]>();
   private server = http.createServer((req, res) => void this.handle(req, res));
   private imdsToken = "imds-token-" + Math.random().toString(36).slice(2);
 
@@ -33,6 +63,16 @@ export class FakeAws {
   /** The environment a runtime needs to find this fake instead of AWS. */
   env(base: string): Record<string, string> {
     return { AWS_EC2_METADATA_SERVICE_ENDPOINT: base, AWS_ENDPOINT_URL: `${base}/api/` };
+  }
+
+  /** Answer the next `times` calls of `action` (e.g. "Logs_20140328.PutLogEvents", "SetInstanceHealth") with an error. */
+  fail(action: string, times: number, failure: InjectedFailure): void {
+    this.failures.set(action, [...(this.failures.get(action) ?? []), ...Array.from({ length: times }, () => failure)]);
+  }
+
+  /** The calls of one action so far. */
+  callsOf(action: string): Record<string, unknown>[] {
+    return this.calls.filter((c) => c.action === action).map((c) => c.body);
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -61,6 +101,7 @@ export class FakeAws {
           Expiration: new Date(Date.now() + 3_600_000).toISOString(),
         }),
         "/latest/meta-data/autoscaling/target-lifecycle-state": this.lifecycleState,
+        "/latest/meta-data/services/domain": this.domain,
       };
       const value = metadata[url.pathname];
       return value === undefined ? send(404, "not found", "text/plain") : send(200, value, "text/plain");
@@ -77,25 +118,86 @@ export class FakeAws {
     }
     const payload = target ? JSON.parse(body || "{}") : (form as Record<string, unknown>);
     this.calls.push({ action, body: payload });
+    const jsonError = (status: number, code: string, message: string) => send(status, JSON.stringify({ __type: code, message }));
+    const queryError = (status: number, code: string, message: string) =>
+      send(status, `<ErrorResponse><Error><Code>${code}</Code><Message>${message}</Message></Error></ErrorResponse>`, "text/xml");
+
+    const injected = this.failures.get(action)?.shift();
+    if (injected) {
+      const answer = target ? jsonError : queryError;
+      return answer(injected.status, injected.code, injected.message ?? "injected by the test");
+    }
 
     switch (action) {
       case "secretsmanager.GetSecretValue": {
         const secret = this.secrets.get(payload.SecretId);
-        if (secret === undefined) return send(400, JSON.stringify({ __type: "ResourceNotFoundException", message: "Secrets Manager can't find the specified secret." }));
+        if (secret === undefined) return jsonError(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.");
         return send(200, JSON.stringify({ ARN: payload.SecretId, SecretString: secret }));
       }
       case "Logs_20140328.CreateLogStream":
+        if (this.streams.has(payload.logStreamName)) return jsonError(400, "ResourceAlreadyExistsException", "The specified log stream already exists");
+        this.streams.set(payload.logStreamName, []);
         return send(200, "{}");
       case "Logs_20140328.PutLogEvents":
-        for (const event of payload.logEvents as { message: string }[]) this.logEvents.push(event.message);
-        return send(200, "{}");
+        return this.putLogEvents(payload, jsonError, send);
       case "CompleteLifecycleAction":
-        if (this.noPendingAction) {
-          return send(400, "<ErrorResponse><Error><Code>ValidationError</Code><Message>No active Lifecycle Action found with instance ID i-0123456789abcdef0</Message></Error></ErrorResponse>", "text/xml");
-        }
-        return send(200, "<CompleteLifecycleActionResponse/>", "text/xml");
+      case "RecordLifecycleActionHeartbeat":
+        if (this.noPendingAction) return queryError(400, "ValidationError", `No active Lifecycle Action found with instance ID ${this.identity.instanceId}`);
+        return send(200, `<${action}Response/>`, "text/xml");
+      case "SetInstanceHealth":
+        if (!["Healthy", "Unhealthy"].includes(payload.HealthStatus)) return queryError(400, "ValidationError", "HealthStatus must be Healthy or Unhealthy");
+        this.instanceHealth = payload.HealthStatus;
+        return send(200, "<SetInstanceHealthResponse/>", "text/xml");
       default:
-        return send(400, JSON.stringify({ __type: "UnknownOperationException", message: action }));
+        return jsonError(400, "UnknownOperationException", action);
+    }
+  }
+
+  /** PutLogEvents as CloudWatch Logs documents it; events too old or too new are reported, not stored. */
+  private putLogEvents(
+    payload: Record<string, any>,
+    error: (status: number, code: string, message: string) => void,
+    send: (status: number, text: string) => void,
+  ): void {
+    const events = payload.logEvents as { timestamp: number; message: string }[];
+    const stream = this.streams.get(payload.logStreamName);
+    if (!stream) return error(400, "ResourceNotFoundException", "The specified log stream does not exist.");
+    if (!Array.isArray(events) || events.length === 0 || events.length > 10_000) return error(400, "InvalidParameterException", "1 to 10,000 log events");
+    const bytes = events.reduce((sum, e) => sum + Buffer.byteLength(e.message) + 26, 0);
+    if (bytes > 1_048_576) return error(400, "InvalidParameterException", `batch of ${bytes} bytes`);
+    if (events.some((e) => Buffer.byteLength(e.message) > 262_144 - 26 || e.message.length === 0)) return error(400, "InvalidParameterException", "an event is empty or over 256 KB");
+    if (events.some((e, i) => i > 0 && e.timestamp < events[i - 1].timestamp)) return error(400, "InvalidParameterException", "Log events in a single PutLogEvents request must be in chronological order.");
+    if (events[events.length - 1].timestamp - events[0].timestamp > DAY) return error(400, "InvalidParameterException", "A batch of log events in a single request cannot span more than 24 hours.");
+    const now = Date.now();
+    const tooOld = events.findLastIndex((e) => e.timestamp < now - 14 * DAY);
+    const tooNew = events.findIndex((e) => e.timestamp > now + 2 * HOUR);
+    const accepted = events.filter((e) => e.timestamp >= now - 14 * DAY && e.timestamp <= now + 2 * HOUR);
+    for (const event of accepted) {
+      stream.push(event);
+      this.logEvents.push(event.message);
+      this.readMetrics(event.message);
+    }
+    const info = { ...(tooOld >= 0 ? { tooOldLogEventEndIndex: tooOld } : {}), ...(tooNew >= 0 ? { tooNewLogEventStartIndex: tooNew } : {}) };
+    send(200, JSON.stringify(Object.keys(info).length > 0 ? { rejectedLogEventsInfo: info } : {}));
+  }
+
+  /** CloudWatch's extraction of embedded-metric-format lines: each metric's value with its dimensions. */
+  private readMetrics(message: string): void {
+    let line: Record<string, any>;
+    try {
+      line = JSON.parse(message);
+    } catch {
+      return;
+    }
+    const meta = line?._aws;
+    if (!meta || typeof meta.Timestamp !== "number") return;
+    for (const directive of meta.CloudWatchMetrics ?? []) {
+      for (const dimensionSet of directive.Dimensions as string[][]) {
+        const dimensions = Object.fromEntries(dimensionSet.map((d) => [d, String(line[d])]));
+        for (const { Name } of directive.Metrics as { Name: string }[]) {
+          if (typeof line[Name] === "number") this.metrics.push({ namespace: directive.Namespace, name: Name, value: line[Name], dimensions, timestamp: meta.Timestamp });
+        }
+      }
     }
   }
 

@@ -3,6 +3,7 @@
 // with no mock throws, naming its token, instead of hanging.
 import { createHash } from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
+import { MockMonitor } from "@pulumi/pulumi/runtime/mocks";
 import { specialSecretSig, specialSigKey } from "@pulumi/pulumi/runtime/rpc";
 
 export interface RecordedResource {
@@ -10,6 +11,10 @@ export interface RecordedResource {
   name: string;
   inputs: Record<string, any>;
   id: string;
+  /** The resources this one waits for ("type::name"): explicit dependsOn and those its inputs come from. */
+  dependsOn: string[];
+  /** The inputs whose changes the engine ignores after creation. */
+  ignoreChanges: string[];
 }
 
 export const recorded: RecordedResource[] = [];
@@ -19,7 +24,9 @@ export const REGION = "eu-west-1";
 
 /** Invoke results, by token; a test may add to this (a subnet of another VPC, say). */
 export const invokeResults: Record<string, (args: Record<string, any>) => Record<string, unknown>> = {
-  "aws:index/getPartition:getPartition": () => ({ partition: "aws", dnsSuffix: "amazonaws.com", id: "aws" }),
+  "aws:index/getPartition:getPartition": () => ({ partition: "aws", dnsSuffix: "amazonaws.com", reverseDnsPrefix: "com.amazonaws", id: "aws" }),
+  "aws:index/getServicePrincipal:getServicePrincipal": (args) => ({ name: `${args.serviceName}.amazonaws.com`, suffix: "amazonaws.com", serviceName: args.serviceName, region: REGION, id: `${args.serviceName}.${REGION}.amazonaws.com` }),
+  "aws:ec2/getVpcEndpointService:getVpcEndpointService": (args) => ({ service: args.service, serviceName: `com.amazonaws.${REGION}.${args.service}`, serviceType: args.serviceType, id: args.service }),
   "aws:index/getRegion:getRegion": () => ({ region: REGION, name: REGION, id: REGION, endpoint: `ec2.${REGION}.amazonaws.com` }),
   "aws:index/getCallerIdentity:getCallerIdentity": () => ({ accountId: ACCOUNT, arn: `arn:aws:iam::${ACCOUNT}:user/test`, userId: "AIDATEST", id: ACCOUNT }),
   "aws:index/getAvailabilityZones:getAvailabilityZones": () => ({ names: [`${REGION}a`, `${REGION}b`, `${REGION}c`], zoneIds: ["euw1-az1", "euw1-az2", "euw1-az3"], id: REGION }),
@@ -74,12 +81,25 @@ const idPrefix: Record<string, string> = {
   "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
 };
 
+// What each registration waits for and ignores, read off the engine request (the mocks' API does not carry them).
+const options = new Map<string, { dependsOn: string[]; ignoreChanges: string[] }>();
+/** "type::name" of a URN (urn:pulumi:stack::project::parent$type::name). */
+const typeAndName = (urn: string) => {
+  const [, , qualifiedType, name] = urn.split("::");
+  return `${qualifiedType.split("$").pop()}::${name}`;
+};
+const registerResource = MockMonitor.prototype.registerResource;
+MockMonitor.prototype.registerResource = function (this: MockMonitor, req: any, callback: (err: any, response: any) => void) {
+  options.set(`${req.getType()}::${req.getName()}`, { dependsOn: (req.getDependenciesList() as string[]).map(typeAndName), ignoreChanges: req.getIgnorechangesList() });
+  return registerResource.call(this, req, callback);
+};
+
 pulumi.runtime.setMocks(
   {
     newResource(args) {
       const id = (idPrefix[args.type] ?? "") + hex(`${args.type}/${args.name}`, 17);
       const state = { ...args.inputs, ...computed(args.type, args.name, args.inputs) };
-      recorded.push({ type: args.type, name: args.name, inputs: args.inputs, id });
+      recorded.push({ type: args.type, name: args.name, inputs: args.inputs, id, dependsOn: [], ignoreChanges: [], ...options.get(`${args.type}::${args.name}`) });
       return { id, state };
     },
     call(args) {

@@ -64,11 +64,14 @@ export function keepAlive(session: http2.Http2Session, intervalMs: number): Node
   }, intervalMs);
 }
 
-/** Methods whose requests have no body: one that comes with a body is refused, never forwarded. */
-export const BODILESS_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
+// Sets marked pure so a bundle that takes only the dialling constants (the launcher's) leaves them out.
 
-/** Headers that belong to one connection, not to the request. */
-const HOP_BY_HOP = [
+/** Methods whose requests have no body: one that comes with a body is refused, never forwarded. */
+export const BODILESS_METHODS: ReadonlySet<string> = /* @__PURE__ */ new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
+
+/** Headers dropped at every hop (one literal list, so a bundle that does not use it leaves it out). */
+const DROPPED = /* @__PURE__ */ new Set([
+  // They belong to one connection, not to the request.
   "connection",
   "keep-alive",
   "proxy-connection",
@@ -80,15 +83,12 @@ const HOP_BY_HOP = [
   "upgrade",
   "host",
   "http2-settings",
-];
-/** Framing is each hop's own: a length is set again from what was counted, never passed on. */
-const FRAMING = ["content-length", "expect"];
-/**
- * Headers with which some server in front of a VCS changes what a request means or whom it
- * comes from: method overrides (Rack, ASP.NET, OData), URL rewrites (IIS, Symfony), and what
- * a reverse proxy would have set. Our own (x-agentpools-*, a service key) never leave the gateway.
- */
-const REWRITING = [
+  // Framing is each hop's own: a length is set again from what was counted, never passed on.
+  "content-length",
+  "expect",
+  // With these some server in front of a VCS changes what a request means or whom it comes from:
+  // method overrides (Rack, ASP.NET, OData), URL rewrites (IIS, Symfony), and what a reverse
+  // proxy would have set. Our own (x-agentpools-*, a service key) never leave the gateway.
   "x-http-method-override",
   "x-http-method",
   "x-method-override",
@@ -98,12 +98,11 @@ const REWRITING = [
   "forwarded",
   "x-real-ip",
   "x-host",
-];
-const DROPPED = new Set([...HOP_BY_HOP, ...FRAMING, ...REWRITING]);
+]);
 const DROPPED_PREFIXES = /^(?:x-forwarded-|x-agentpools-|:)/;
 
 /** Headers that must appear once: a second value is an ambiguity some server would resolve differently. */
-export const SINGULAR_HEADERS: ReadonlySet<string> = new Set([
+export const SINGULAR_HEADERS: ReadonlySet<string> = /* @__PURE__ */ new Set([
   "authorization",
   "private-token",
   "job-token",

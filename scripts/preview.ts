@@ -1,9 +1,11 @@
 // `npm run preview`: runs the top-level program (examples/aws-new-vpc) offline, on an embedded
 // default configuration, against the same AWS stand-in the tests use, and prints what a
-// `pulumi up` would create, with each pool's security settings and user-data size.
+// `pulumi up` would create: per pool its scaling settings, lifecycle hooks, security settings,
+// what its instance role may do, and its user-data size.
 import * as pulumi from "@pulumi/pulumi";
-import { recorded, settled, valueOf } from "../devkit/pulumi-mocks";
+import { recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { decodeUserData, USER_DATA_LIMIT } from "../components/aws/userdata";
+import { TOKENS, PRIVATE_KEY_B64 } from "../devkit/fixtures";
 
 const DEFAULT_CONFIG = {
   "agentpools:gitEndpoint": "https://gitlab.corp.example.com",
@@ -15,11 +17,50 @@ const DEFAULT_CONFIG = {
 };
 // Demonstration credentials: they show where secrets go, and that they go nowhere else.
 const DEMO_SECRETS = {
-  "agentpools:vcsAgentToken": "demo-vcs-agent-token",
-  "agentpools:workerToken": "demo-worker-token",
-  "agentpools:workerPrivateKey": Buffer.from("-----BEGIN PRIVATE KEY-----\nDEMO\n-----END PRIVATE KEY-----\n").toString("base64"),
-  "agentpools:flowsPoolToken": "demo-flows-token",
+  "agentpools:vcsAgentToken": TOKENS.vcs,
+  "agentpools:workerToken": TOKENS.worker,
+  "agentpools:workerPrivateKey": PRIVATE_KEY_B64,
+  "agentpools:flowsPoolToken": TOKENS.flows,
 };
+
+const find = (type: string, name: string) => recorded.find((r) => r.type === type && r.name === name);
+const list = (items: unknown[]) => items.map(String).join(", ");
+
+function describePool(lt: RecordedResource): string[] {
+  const pool = lt.name.replace(/-agents$/, "");
+  const group = find("aws:autoscaling/group:Group", lt.name)?.inputs ?? {};
+  const sg = find("aws:ec2/securityGroup:SecurityGroup", lt.name)?.inputs ?? {};
+  const policy = JSON.parse(find("aws:iam/rolePolicy:RolePolicy", `${pool}-instance`)?.inputs.policy ?? "{}");
+  const hooks = recorded.filter((r) => r.type === "aws:autoscaling/lifecycleHook:LifecycleHook" && r.name.startsWith(`${pool}-agent-`)).map((r) => r.inputs);
+  const gzipped = Buffer.from(lt.inputs.userData, "base64");
+  const decoded = decodeUserData(gzipped);
+  const text = [decoded.script, ...[...decoded.files.values()].map((f) => f.content)].join("\n");
+  const leaked = Object.values(DEMO_SECRETS).some((secret) => text.includes(secret));
+  const config = JSON.parse([...decoded.files.values()].find((f) => /^\/etc\/agentpools\/[a-z-]+\.json$/.test(f.path))?.content ?? "{}");
+  const unit = [...decoded.files.values()].find((f) => f.path.startsWith("/etc/systemd/system/"))?.content ?? "";
+  const daemon = decoded.files.get("/etc/docker/daemon.json")?.content;
+  const runsc = /releases\/release\/([^/]+)\/[^/]+\/runsc/.exec(decoded.script)?.[1];
+  const refresh = group.instanceRefresh?.preferences ?? {};
+  const env = config.env ?? {};
+  return [
+    `  ${pool}: ${config.role} on ${lt.inputs.instanceType}, group ${group.name}`,
+    `    scaling: ${group.minSize}..${group.maxSize} instances${group.desiredCapacity === undefined ? "" : `, ${group.desiredCapacity} wanted`}; health ${group.healthCheckType} (grace ${group.healthCheckGracePeriod} s) and the runtime's own: unhealthy after ${config.aws?.unhealthyAfterSeconds} s disconnected`,
+    `    replacement: instance refresh and maintenance keep ${refresh.minHealthyPercentage}..${refresh.maxHealthyPercentage}% of capacity (launch before terminate); metrics ${list(group.enabledMetrics ?? [])} every ${group.metricsGranularity}`,
+    ...hooks.map((h) => `    hook ${h.name}: ${h.lifecycleTransition.replace("autoscaling:EC2_INSTANCE_", "").toLowerCase()}, ${h.heartbeatTimeout} s per heartbeat, then ${h.defaultResult}`),
+    `    drain: up to ${config.drainTimeoutSeconds} s (termination hook renewed every ${config.aws?.heartbeatSeconds} s; systemd stop timeout ${/TimeoutStopSec=(\d+)/.exec(unit)?.[1]} s)`,
+    `    instance: IMDSv2 ${lt.inputs.metadataOptions.httpTokens}, hop limit ${lt.inputs.metadataOptions.httpPutResponseHopLimit}; root volume gp3 encrypted=${lt.inputs.blockDeviceMappings[0].ebs.encrypted}; public IP ${lt.inputs.networkInterfaces[0].associatePublicIpAddress}; inbound rules ${sg.ingress?.length}; egress ${list(sg.egress?.[0]?.cidrBlocks ?? [])}`,
+    ...(daemon
+      ? [
+          `    containers: Docker logging driver ${JSON.parse(daemon)["log-driver"]}; ${runsc ? `gVisor runsc ${runsc} (SHA-512 pinned)` : "no gVisor"}; ${
+            config.role === "flows-agent" ? `executor ${env.FLOWS_EXECUTOR ?? "docker"}, network ${env.FLOWS_DOCKER_NETWORK ?? "bridge"}` : `runs on network ${env.SPACELIFT_WORKER_NETWORK ?? "bridge"}, runtime ${env.SPACELIFT_WORKER_RUNTIME ?? "runc"}`
+          }`,
+        ]
+      : []),
+    `    proxy: ${/HTTPS_PROXY=([^"]+)/.exec(unit)?.[1] ?? "none"}${/NO_PROXY=([^"]+)/.test(unit) ? `; around it: ${/NO_PROXY=([^"]+)/.exec(unit)?.[1]}` : ""}`,
+    ...(policy.Statement ?? []).map((s: { Effect: string; Action?: string | string[]; Resource?: string }) => `    role may ${s.Effect === "Allow" ? "" : "not "}${list([s.Action ?? []].flat())} on ${s.Resource}`),
+    `    user-data ${gzipped.length} of ${USER_DATA_LIMIT} bytes gzipped (${((gzipped.length / USER_DATA_LIMIT) * 100).toFixed(1)}%); credentials in user-data: ${leaked ? "YES (bug)" : "none"}`,
+  ];
+}
 
 async function main(): Promise<void> {
   pulumi.runtime.setAllConfig({ ...DEFAULT_CONFIG, ...DEMO_SECRETS }, Object.keys(DEMO_SECRETS));
@@ -34,19 +75,7 @@ async function main(): Promise<void> {
   for (const [type, count] of [...counts].sort()) console.log(`  ${String(count).padStart(3)}  ${type}`);
 
   console.log("\npools:");
-  for (const lt of recorded.filter((r) => r.type === "aws:ec2/launchTemplate:LaunchTemplate")) {
-    const pool = lt.name.replace(/-agents$/, "");
-    const group = recorded.find((r) => r.type === "aws:autoscaling/group:Group" && r.name === lt.name);
-    const sg = recorded.find((r) => r.type === "aws:ec2/securityGroup:SecurityGroup" && r.name === lt.name);
-    const gzipped = Buffer.from(lt.inputs.userData, "base64");
-    const decoded = decodeUserData(gzipped);
-    const text = decoded.parts.map((p) => p.body).join("");
-    const leaked = Object.values(DEMO_SECRETS).some((secret) => text.includes(secret));
-    const config = [...decoded.files.values()].find((f) => f.path.startsWith("/etc/agentpools/") && f.path.endsWith(".json"));
-    console.log(`  ${pool}: ${JSON.parse(config?.content ?? "{}").role} on ${lt.inputs.instanceType}, ${group?.inputs.minSize}..${group?.inputs.maxSize} instances in group ${group?.inputs.name}`);
-    console.log(`    IMDSv2 ${lt.inputs.metadataOptions.httpTokens}, hop limit ${lt.inputs.metadataOptions.httpPutResponseHopLimit}; root volume gp3 encrypted=${lt.inputs.blockDeviceMappings[0].ebs.encrypted}; public IP ${lt.inputs.networkInterfaces[0].associatePublicIpAddress}; inbound rules ${sg?.inputs.ingress.length}`);
-    console.log(`    user-data ${gzipped.length} of ${USER_DATA_LIMIT} bytes gzipped; credentials in user-data: ${leaked ? "YES (bug)" : "none"}`);
-  }
+  for (const lt of recorded.filter((r) => r.type === "aws:ec2/launchTemplate:LaunchTemplate")) console.log(describePool(lt).join("\n"));
   console.log("\nTo deploy for real: see README.md, \"Deploy an example\".");
 }
 

@@ -1,41 +1,51 @@
 // Prints the gzipped user-data size of each pool kind, with its default and its largest
 // configuration (every argument set, at realistic lengths), against EC2's 16,384 bytes; and
-// how many real CA certificates (random, so incompressible as real ones are; 2 KB RSA size)
-// fit beside each: inline in user-data (the default delivery), or from an SSM parameter
+// how many real CA certificates (each with its own RSA 2048 key, as corporate roots are) fit
+// beside each: inline in user-data (the default delivery), or from an SSM parameter
 // (customCaCertificatesDelivery "ssmParameter"), where user-data carries only the fetch.
 // Run: npm run bench:userdata
-import { randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
+import { caCertificates } from "../devkit/certificates";
 import { preparePool } from "../components/aws/agent-pool";
 import { runtimeBundle } from "../components/shared/bundles";
 import { checkUserDataSize } from "../components/aws/pool-core";
-import { packBundle, USER_DATA_LIMIT } from "../components/aws/userdata";
-import { flowsAgentPoolArgs } from "../components/aws/flows-agent-pool";
-import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
-import { workerPoolArgs } from "../components/aws/worker-pool";
+import { packBundle, USER_DATA_LIMIT, UserDataTooLargeError } from "../components/aws/userdata";
+import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-agent-pool";
+import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
+import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
 import { LARGEST, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const kinds = [
-  { component: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, extras: { docker: true, gvisor: true } },
-  { component: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, extras: { docker: false, gvisor: false } },
-  { component: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, extras: { docker: true, gvisor: true } },
+  { component: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, kind: workerPoolKind },
+  { component: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, kind: vcsAgentPoolKind },
+  { component: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, kind: flowsAgentPoolKind },
 ] as const;
 
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
 console.log(`${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
-const realCertificate = () => `-----BEGIN CERTIFICATE-----\n${randomBytes(950).toString("base64").match(/.{1,64}/g)?.join("\n")}\n-----END CERTIFICATE-----\n`;
+async function main(): Promise<void> {
+const certificates = await caCertificates(20);
 for (const k of kinds) {
-  const size = (args: object) => checkUserDataSize("pool", preparePool(k.component, k.role, "pool", k.schema, args as never, () => ({ ...k.extras })));
+  const size = (args: object) => checkUserDataSize("pool", preparePool(k.component, k.role, "pool", k.schema as never, args as never, k.kind as never));
+  // Over the limit, the size it would have.
+  const sizeOf = (args: object) => {
+    try {
+      return size(args);
+    } catch (error) {
+      if (error instanceof UserDataTooLargeError) return error.size;
+      throw error;
+    }
+  };
   // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
   const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
-  const largest = size(k.largest);
+  const largest = sizeOf(k.largest);
   // The largest configuration with its certificates in SSM: user-data carries one fetch line, whatever they weigh.
-  const fromSsm = size({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
+  const fromSsm = sizeOf({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
   const certificatesThatFit = (args: object, delivery = "userData") => {
     let bundleText = "";
     for (let count = 0; count < 20; count++) {
-      bundleText += realCertificate();
+      bundleText += certificates[count];
       try {
         size({ ...args, customCaCertificates: bundleText, customCaCertificatesDelivery: delivery });
       } catch {
@@ -49,3 +59,6 @@ for (const k of kinds) {
       `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
   );
 }
+}
+
+void main();

@@ -18,19 +18,21 @@ import {
 } from "../components";
 import { sharedPoolShape } from "../components/shared/pool-args";
 import { workerPoolExtras } from "../components/shared/worker-args";
-import { PRIVATE_KEY_B64, TOKENS, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
+import { CA_EC, PRIVATE_KEY_B64, TOKENS, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 import { byType, settled, valueOf } from "../devkit/pulumi-mocks";
 import { admissionProblems } from "./kubernetes-admission";
 
 type Args = Record<string, unknown>;
 type Make = (name: string, overrides: Args) => { workloadName?: unknown; autoScalingGroupName?: unknown };
 
-const CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ29udHJhY3Q=\n-----END CERTIFICATE-----\n";
+// A real certificate: both platforms parse the bundle as X.509.
+const CERT = CA_EC;
 
 /** Settings every kind has: [a value both must refuse, a value both must accept]. */
 const common: Record<string, [unknown, unknown]> = {
   httpsProxy: ["http://user:secret@proxy.corp:3128", "http://proxy.corp:3128"],
-  noProxy: [".corp, .internal", ".corp,10.0.0.0/8"],
+  // Forms the runtime reads (a CIDR range it would not: refused on both).
+  noProxy: [".corp,10.0.0.0/8", ".corp,10.0.0.2,*.internal:8443"],
   metadataTags: [{ "bad-key": "x" }, { team: "platform" }],
   customCaCertificates: ["not a certificate", CERT],
 };

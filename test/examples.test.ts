@@ -2,13 +2,13 @@ import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { decodeUserData } from "../components";
 import { byType, isSecretInput, settled, valueOf } from "../devkit/pulumi-mocks";
-import { CA_BUNDLE, PRIVATE_KEY_B64 } from "../devkit/fixtures";
+import { CA_BUNDLE, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 
 const SECRETS = {
-  "agentpools:vcsAgentToken": "example-vcs-token-123",
-  "agentpools:workerToken": "example-worker-token-123",
+  "agentpools:vcsAgentToken": TOKENS.vcs,
+  "agentpools:workerToken": TOKENS.worker,
   "agentpools:workerPrivateKey": PRIVATE_KEY_B64,
-  "agentpools:flowsPoolToken": "example-flows-token-123",
+  "agentpools:flowsPoolToken": TOKENS.flows,
 };
 
 /** Load an example program under the mocks with its sample configuration plus secrets. */
@@ -34,7 +34,7 @@ describe("examples run under the mocks", () => {
     assert.equal(versions.length, 3);
     assert.ok(versions.every((v) => isSecretInput(v.inputs.secretString)));
     for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
-      const text = decodeUserData(lt.inputs.userData).parts.map((p) => p.body).join("");
+      const text = decodeUserData(lt.inputs.userData).script;
       for (const secret of Object.values(SECRETS)) assert.ok(!text.includes(secret));
     }
   });
@@ -57,6 +57,10 @@ describe("examples run under the mocks", () => {
     const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name === "bitbucket-agents");
     const config = JSON.parse(decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string);
     assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
+    // The runtime's process gets it from its unit too, with the AWS APIs of the region around it.
+    const unit = decodeUserData(bitbucket?.inputs.userData).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
+    assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
+    assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);
     assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
     // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint.
     assert.deepEqual(byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name).sort(), ["bitbucket-ca-certificates", "runners-ca-certificates"]);
@@ -64,7 +68,7 @@ describe("examples run under the mocks", () => {
     for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
       const decoded = decodeUserData(lt.inputs.userData);
       assert.ok(!decoded.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
-      assert.match(decoded.script, /^aws ssm get-parameter /m);
+      assert.match(decoded.script, /^retry aws ssm get-parameter /m);
     }
   });
 });

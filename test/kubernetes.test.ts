@@ -3,7 +3,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { InvalidArgumentsError, kubernetes } from "../components";
 import { runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
-import { PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
+import { CA_EC, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 import { admissionProblems, apiServerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
 
 const T = {
@@ -95,7 +95,7 @@ describe("Kubernetes components (mocks)", () => {
 
   it("FlowsAgent: runtimes as processes in the pod, with their own scratch volume", async () => {
     const resources = await deploy(
-      () => new kubernetes.FlowsAgent("k-flows", { poolId: "01POOL", poolToken: pulumi.secret(TOKENS.flows), gatewayEndpoint: "https://gateway.useflows.eu", backendEndpoint: "https://useflows.eu", customCaCertificates: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" }),
+      () => new kubernetes.FlowsAgent("k-flows", { poolId: "01POOL", poolToken: pulumi.secret(TOKENS.flows), gatewayEndpoint: "https://gateway.useflows.eu", backendEndpoint: "https://useflows.eu", customCaCertificates: CA_EC }),
       "k-flows",
     );
     const [container] = podSpec(resources).containers;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Network } from "../components";
-import { byType, settled, valueOf, REGION } from "../devkit/pulumi-mocks";
+import { byType, invokeResults, settled, valueOf, REGION } from "../devkit/pulumi-mocks";
 import { VcsAgentPool } from "../components";
 import { vcsArgs } from "../devkit/fixtures";
 
@@ -88,5 +88,38 @@ describe("Network (AWS)", () => {
     const group = resources.find((r) => r.type === "aws:autoscaling/group:Group");
     assert.deepEqual(group?.inputs.vpcZoneIdentifiers, await valueOf(network.privateSubnetIds));
     assert.equal(resources.find((r) => r.name === "net-use-pool-agents" && r.type === T.sg)?.inputs.vpcId, await valueOf(network.vpcId));
+  });
+
+  it("a pool in its subnets waits for the endpoints too: it calls AWS at boot through them", async () => {
+    const network = new Network("net-wait", { endpoints: ["secretsmanager", "logs"] });
+    const pool = new VcsAgentPool("net-wait-pool", vcsArgs({ vpcId: network.vpcId, subnetIds: network.privateSubnetIds }));
+    await valueOf(pool.autoScalingGroupName);
+    const group = (await settled("net-wait-pool")).find((r) => r.type === "aws:autoscaling/group:Group");
+    for (const needed of ["aws:ec2/vpcEndpoint:VpcEndpoint::net-wait-secretsmanager", "aws:ec2/vpcEndpoint:VpcEndpoint::net-wait-logs", "aws:ec2/natGateway:NatGateway::net-wait-nat-0"]) {
+      assert.ok(group?.dependsOn.includes(needed), `the group does not wait for ${needed}`);
+    }
+  });
+
+  it("endpoint service names as the partition names them (China's differ), never a hard-coded prefix", async () => {
+    const saved = invokeResults["aws:ec2/getVpcEndpointService:getVpcEndpointService"];
+    const asked: Record<string, unknown>[] = [];
+    invokeResults["aws:ec2/getVpcEndpointService:getVpcEndpointService"] = (args) => (asked.push(args), { serviceName: `cn.com.amazonaws.cn-north-1.${args.service}`, id: args.service });
+    try {
+      const network = new Network("net-cn", { endpoints: ["ecr", "s3"] });
+      await valueOf(network.privateSubnetIds);
+      const endpoints = byType(await settled("net-cn"), T.endpoint);
+      assert.deepEqual(endpoints.map((e) => e.inputs.serviceName).sort(), ["cn.com.amazonaws.cn-north-1.ecr.api", "cn.com.amazonaws.cn-north-1.ecr.dkr", "cn.com.amazonaws.cn-north-1.s3"]);
+      assert.deepEqual(asked.map((a) => [a.service, a.serviceType]).sort(), [["ecr.api", "Interface"], ["ecr.dkr", "Interface"], ["s3", "Gateway"]]);
+    } finally {
+      invokeResults["aws:ec2/getVpcEndpointService:getVpcEndpointService"] = saved;
+    }
+  });
+
+  it("tags every resource with the user's tags and the kit's Name", async () => {
+    const network = new Network("net-tags", { tags: { team: "platform" }, endpoints: ["logs"] });
+    await valueOf(network.privateSubnetIds);
+    const resources = await settled("net-tags");
+    const taggable = resources.filter((r) => r.type.startsWith("aws:") && r.type !== "aws:ec2/routeTableAssociation:RouteTableAssociation");
+    assert.ok(taggable.every((r) => r.inputs.tags?.team === "platform" && typeof r.inputs.tags?.Name === "string"), JSON.stringify(taggable.map((r) => [r.type, r.inputs.tags])));
   });
 });

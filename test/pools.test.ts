@@ -1,23 +1,26 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import * as pulumi from "@pulumi/pulumi";
-import { FlowsAgentPool, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT, UserDataTooLargeError } from "../components";
+import { FlowsAgentPool, Network, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT, UserDataTooLargeError } from "../components";
 import { runtimeBundle } from "../components/shared/bundles";
 import type { AgentPool } from "../components/aws/agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
-import { ACCOUNT, REGION, byType, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
-import { LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
+import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
+import { caCertificates } from "../devkit/certificates";
+import { ACCOUNT, REGION, byType, invokeResults, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
+import { CA_BUNDLE, LARGEST, PRIVATE_KEY_B64, SUBNETS, TOKENS, VPC, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const T = {
   sg: "aws:ec2/securityGroup:SecurityGroup",
   lt: "aws:ec2/launchTemplate:LaunchTemplate",
   asg: "aws:autoscaling/group:Group",
+  hook: "aws:autoscaling/lifecycleHook:LifecycleHook",
   secret: "aws:secretsmanager/secret:Secret",
   secretVersion: "aws:secretsmanager/secretVersion:SecretVersion",
   role: "aws:iam/role:Role",
   policy: "aws:iam/rolePolicy:RolePolicy",
   attachment: "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
   logGroup: "aws:cloudwatch/logGroup:LogGroup",
+  logStream: "aws:cloudwatch/logStream:LogStream",
   alarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
   filter: "aws:cloudwatch/logMetricFilter:LogMetricFilter",
   parameter: "aws:ssm/parameter:Parameter",
@@ -42,10 +45,30 @@ function userDataOf(resources: RecordedResource[]) {
   return { raw: lt.inputs.userData as string, decoded: decodeUserData(lt.inputs.userData) };
 }
 
+/** Every plain (non-secret) input of every resource, as text: what `pulumi stack export` shows in the clear. */
+function plainState(resources: RecordedResource[]): string {
+  const strip = (value: unknown): unknown =>
+    isSecretInput(value) ? "[secret]" : Array.isArray(value) ? value.map(strip) : value && typeof value === "object" ? Object.fromEntries(Object.entries(value).map(([k, v]) => [k, strip(v)])) : value;
+  return JSON.stringify(resources.map((r) => strip(r.inputs)));
+}
+
+/** Give the invokes another partition and region while `run` deploys (China, GovCloud). */
+async function inPartition<T>(place: { partition: string; dnsSuffix: string; region: string }, run: () => Promise<T>): Promise<T> {
+  const saved = { ...invokeResults };
+  invokeResults["aws:index/getPartition:getPartition"] = () => ({ partition: place.partition, dnsSuffix: place.dnsSuffix, reverseDnsPrefix: "x", id: place.partition });
+  invokeResults["aws:index/getRegion:getRegion"] = () => ({ region: place.region, name: place.region, id: place.region });
+  invokeResults["aws:index/getServicePrincipal:getServicePrincipal"] = (args) => ({ name: `${args.serviceName}.${place.dnsSuffix}`, id: args.serviceName });
+  try {
+    return await run();
+  } finally {
+    Object.assign(invokeResults, saved);
+  }
+}
+
 const kinds = [
-  { kind: "WorkerPool", role: "launcher", make: (n: string) => new WorkerPool(n, workerArgs()), secrets: { SPACELIFT_TOKEN: TOKENS.worker, SPACELIFT_POOL_PRIVATE_KEY: PRIVATE_KEY_B64 }, type: "m7i.large", docker: true },
-  { kind: "VcsAgentPool", role: "vcs-agent", make: (n: string) => new VcsAgentPool(n, vcsArgs()), secrets: { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs }, type: "c7i.large", docker: false },
-  { kind: "FlowsAgentPool", role: "flows-agent", make: (n: string) => new FlowsAgentPool(n, flowsArgs()), secrets: { FLOWS_AGENT_POOL_TOKEN: TOKENS.flows }, type: "c7i.xlarge", docker: true },
+  { kind: "WorkerPool", role: "launcher", make: (n: string) => new WorkerPool(n, workerArgs()), secrets: { SPACELIFT_TOKEN: TOKENS.worker, SPACELIFT_POOL_PRIVATE_KEY: PRIVATE_KEY_B64 }, type: "m7i.large", docker: true, drain: 4500 },
+  { kind: "VcsAgentPool", role: "vcs-agent", make: (n: string) => new VcsAgentPool(n, vcsArgs()), secrets: { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs }, type: "c7i.large", docker: false, drain: 120 },
+  { kind: "FlowsAgentPool", role: "flows-agent", make: (n: string) => new FlowsAgentPool(n, flowsArgs()), secrets: { FLOWS_AGENT_POOL_TOKEN: TOKENS.flows }, type: "c7i.xlarge", docker: true, drain: 300 },
 ] as const;
 
 for (const k of kinds) {
@@ -63,7 +86,7 @@ for (const k of kinds) {
       assert.equal(sg.inputs.egress.length, 1);
     });
 
-    it("launches with IMDSv2 required (hop limit 1), an encrypted gp3 root volume and no public IP", () => {
+    it("launches with IMDSv2 required (hop limit 1), an encrypted gp3 root volume, no public IP, and terminates when it powers off", () => {
       const lt = one(deployed.resources, T.lt);
       assert.equal(lt.inputs.metadataOptions.httpTokens, "required");
       assert.equal(lt.inputs.metadataOptions.httpPutResponseHopLimit, 1);
@@ -73,17 +96,7 @@ for (const k of kinds) {
       assert.deepEqual(lt.inputs.networkInterfaces[0].securityGroups, [one(deployed.resources, T.sg).id]);
       assert.equal(lt.inputs.instanceType, k.type);
       assert.equal(lt.inputs.imageId, "ami-0bbbbbbbbbbbbbbb2", "AL2023 x86_64 from the public SSM parameter");
-    });
-
-    it("keeps its credentials in Secrets Manager as a Pulumi secret, and out of user-data", () => {
-      const version = one(deployed.resources, T.secretVersion);
-      assert.ok(isSecretInput(version.inputs.secretString), "secretString is a Pulumi secret");
-      assert.deepEqual(JSON.parse(version.inputs.secretString.value), k.secrets);
-      const { raw, decoded } = userDataOf(deployed.resources);
-      const text = decoded.parts.map((p) => p.body).join("\n");
-      for (const value of Object.values(k.secrets)) {
-        assert.ok(!text.includes(value) && !raw.includes(Buffer.from(value).toString("base64")), "a secret value is in user-data");
-      }
+      assert.equal(lt.inputs.instanceInitiatedShutdownBehavior, "terminate");
     });
 
     it("renders user-data that decodes to the role's bundle and its configuration", () => {
@@ -98,50 +111,110 @@ for (const k of kinds) {
         launchHookName: "agent-connected",
         terminationHookName: "agent-drained",
         logGroupName: deployed.outputs.logs,
+        heartbeatSeconds: Math.floor(Math.min(k.drain + 60, 600) / 3),
+        metricsSeconds: 60,
+        unhealthyAfterSeconds: 600,
       });
       for (const variable of Object.keys(k.secrets)) assert.equal(config.env[variable], undefined);
       assert.equal(decoded.files.has("/etc/docker/daemon.json"), k.docker);
     });
 
-    it("grants the instance role only this pool's secret, log group and Auto Scaling group", () => {
-      const policy = JSON.parse(one(deployed.resources, T.policy).inputs.policy);
-      const resources = policy.Statement.flatMap((s: { Resource: string | string[] }) => [s.Resource].flat());
-      assert.deepEqual(resources.sort(), [
-        `arn:aws:autoscaling:${REGION}:${ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/${deployed.outputs.group}`,
-        `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${deployed.outputs.logs}:log-stream:*`,
-        deployed.outputs.secret,
-      ].sort());
-      const actions = policy.Statement.flatMap((s: { Action: string | string[] }) => [s.Action].flat()).sort();
-      assert.deepEqual(actions, ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat", "logs:CreateLogStream", "logs:PutLogEvents", "secretsmanager:GetSecretValue"]);
-      const trust = JSON.parse(one(deployed.resources, T.role).inputs.assumeRolePolicy);
-      assert.deepEqual(trust.Statement[0].Principal, { Service: "ec2.amazonaws.com" });
-      assert.equal(byType(deployed.resources, T.attachment).length, 0, "no SSM access unless asked");
+    it("holds instances at launch until the agent connects and at termination until it drains, with hooks an update reaches", () => {
+      const group = one(deployed.resources, T.asg);
+      const hooks = byType(deployed.resources, T.hook).map((h) => h.inputs);
+      const expected = [
+        { name: "agent-connected", lifecycleTransition: "autoscaling:EC2_INSTANCE_LAUNCHING", defaultResult: "ABANDON", heartbeatTimeout: 900 },
+        { name: "agent-drained", lifecycleTransition: "autoscaling:EC2_INSTANCE_TERMINATING", defaultResult: "CONTINUE", heartbeatTimeout: Math.min(k.drain + 60, 600) },
+      ];
+      // At creation (the first instances are held too) and as resources of their own (changes reach AWS).
+      assert.deepEqual(group.inputs.initialLifecycleHooks, expected);
+      assert.deepEqual(hooks.map(({ autoscalingGroupName, ...hook }) => (assert.equal(autoscalingGroupName, deployed.outputs.group), hook)), expected);
+      assert.deepEqual(group.ignoreChanges, ["initialLifecycleHooks"]);
+      for (const hook of expected) assert.ok(hook.heartbeatTimeout >= 30 && hook.heartbeatTimeout <= 7200, "AWS takes 30 to 7200 seconds");
     });
 
-    it("runs an Auto Scaling group with lifecycle hooks from creation and instance refresh", () => {
+    it("replaces instances launch-first, so a one-instance pool never drops to none", () => {
       const group = one(deployed.resources, T.asg);
-      assert.deepEqual(group.inputs.vpcZoneIdentifiers, SUBNETS);
-      assert.equal(group.inputs.name, deployed.outputs.group);
-      assert.deepEqual(
-        group.inputs.initialLifecycleHooks.map((h: Record<string, unknown>) => [h.name, h.lifecycleTransition, h.defaultResult]),
-        [["agent-connected", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"], ["agent-drained", "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"]],
-      );
-      assert.equal(group.inputs.instanceRefresh.strategy, "Rolling");
+      assert.deepEqual(group.inputs.instanceRefresh, { strategy: "Rolling", preferences: { minHealthyPercentage: 100, maxHealthyPercentage: 200, skipMatching: true } });
+      assert.deepEqual(group.inputs.instanceMaintenancePolicy, { minHealthyPercentage: 100, maxHealthyPercentage: 200 });
       assert.equal(group.inputs.launchTemplate.id, one(deployed.resources, T.lt).id);
       assert.deepEqual([group.inputs.minSize, group.inputs.maxSize], [1, 3]);
+      assert.deepEqual(group.inputs.vpcZoneIdentifiers, SUBNETS);
     });
 
-    it("logs to its own group and raises alarms on no connected agent and on runtime errors", () => {
+    it("starts no instance before the role's policy, the log group and the boot log stream exist", () => {
+      const group = one(deployed.resources, T.asg);
+      for (const needed of [`${T.policy}::${name}-instance`, `${T.logGroup}::${name}-logs`, `${T.logStream}::${name}-boot`, `${T.lt}::${name}-agents`]) {
+        assert.ok(group.dependsOn.includes(needed), `the group does not wait for ${needed}: ${group.dependsOn.join(", ")}`);
+      }
+      assert.deepEqual(one(deployed.resources, T.logStream).inputs.name, "boot");
+    });
+
+    it("alarms on no connected agent (the runtimes' own metric) and on runtime errors", () => {
       assert.equal(one(deployed.resources, T.logGroup).inputs.retentionInDays, 30);
       const alarms = byType(deployed.resources, T.alarm);
       assert.equal(alarms.length, 2);
       const unserved = alarms.find((a) => a.name.endsWith("-no-agents"));
-      assert.match(unserved?.inputs.metricQueries[2].expression, /IF\(desired > 0 AND inservice < 1, 1, 0\)/);
-      assert.equal(unserved?.inputs.metricQueries[0].metric.dimensions.AutoScalingGroupName, deployed.outputs.group);
+      const queries = unserved?.inputs.metricQueries as { id: string; expression?: string; metric?: Record<string, any> }[];
+      const connected = queries.find((q) => q.id === "connected")?.metric;
+      assert.deepEqual([connected?.namespace, connected?.metricName, connected?.dimensions, connected?.stat], [METRICS_NAMESPACE, METRICS.connected, { [POOL_DIMENSION]: deployed.outputs.group }, "Sum"]);
+      assert.equal(queries.find((q) => q.expression)?.expression, "IF(desired > 0 AND FILL(connected, 0) < 1, 1, 0)");
       assert.equal(one(deployed.resources, T.filter).inputs.pattern, '{ $.level = "error" }');
     });
   });
 }
+
+describe("README promises (AWS)", () => {
+  const everyKind = async (prefix: string, make: (kind: (typeof kinds)[number], name: string) => AgentPool) => {
+    const out = [];
+    for (const k of kinds) out.push({ k, ...(await deploy(() => make(k, `${prefix}-${k.role}`), `${prefix}-${k.role}`)) });
+    return out;
+  };
+
+  it("no credential is ever in user-data", async () => {
+    for (const { k, resources } of await everyKind("promise-ud", (k, n) => k.make(n))) {
+      const { raw, decoded } = userDataOf(resources);
+      const text = [decoded.script, ...[...decoded.files.values()].map((f) => f.content)].join("\n");
+      for (const value of Object.values(k.secrets)) {
+        assert.ok(!text.includes(value) && !raw.includes(Buffer.from(value).toString("base64")), `${k.kind}: a secret value is in user-data`);
+      }
+    }
+  });
+
+  it("no credential is ever in plain state: only in a Pulumi secret, written to Secrets Manager", async () => {
+    for (const { k, resources } of await everyKind("promise-state", (k, n) => k.make(n))) {
+      const version = one(resources, T.secretVersion);
+      assert.ok(isSecretInput(version.inputs.secretString), "secretString is a Pulumi secret");
+      assert.deepEqual(JSON.parse(version.inputs.secretString.value), k.secrets);
+      const clear = plainState(resources);
+      for (const value of Object.values(k.secrets)) assert.ok(!clear.includes(value), `${k.kind}: a credential is in the plain state`);
+    }
+    // Given as an Output (config.requireSecret), too.
+    const { resources } = await deploy(() => new VcsAgentPool("promise-output", vcsArgs({ token: pulumi.secret(TOKENS.vcs) })), "promise-output");
+    assert.ok(isSecretInput(one(resources, T.secretVersion).inputs.secretString));
+    assert.ok(!plainState(resources).includes(TOKENS.vcs));
+  });
+
+  it("the instance role may read this pool's secret, write this pool's logs, complete its own lifecycle actions and report itself unhealthy: nothing else", async () => {
+    for (const { resources, outputs } of await everyKind("promise-iam", (k, n) => k.make(n))) {
+      const policy = JSON.parse(one(resources, T.policy).inputs.policy);
+      const group = `arn:aws:autoscaling:${REGION}:${ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/${outputs.group}`;
+      assert.deepEqual(
+        policy.Statement.map((s: { Action: string | string[]; Resource: string }) => [[s.Action].flat().sort().join(","), s.Resource]),
+        [
+          ["secretsmanager:GetSecretValue", outputs.secret],
+          ["logs:CreateLogStream,logs:PutLogEvents", `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${outputs.logs}:log-stream:*`],
+          ["autoscaling:CompleteLifecycleAction,autoscaling:RecordLifecycleActionHeartbeat", group],
+          ["autoscaling:SetInstanceHealth", group],
+        ],
+      );
+      assert.ok(policy.Statement.every((s: { Effect: string }) => s.Effect === "Allow"));
+      const trust = JSON.parse(one(resources, T.role).inputs.assumeRolePolicy);
+      assert.deepEqual(trust.Statement, [{ Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" }]);
+      assert.equal(byType(resources, T.attachment).length, 0, "no SSM access unless asked");
+    }
+  });
+});
 
 describe("AWS pools: options", () => {
   it("mixed instances: spot above an on-demand base, overrides listing every type", async () => {
@@ -162,9 +235,11 @@ describe("AWS pools: options", () => {
     assert.equal(JSON.parse(one(resources, T.policy).inputs.policy).Statement[0].Resource, arn);
   });
 
-  it("KMS keys, SSM, a permissions boundary, extra statements and a Graviton type", async () => {
+  it("KMS keys, SSM, a permissions boundary, extra statements (a Deny guard-rail among them) and a Graviton type", async () => {
     const key = `arn:aws:kms:${REGION}:${ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab`;
+    const alias = `arn:aws:kms:${REGION}:${ACCOUNT}:alias/aws/ebs`;
     const boundary = `arn:aws:iam::${ACCOUNT}:policy/agent-boundary`;
+    const guardRail = { Sid: "NoSecretsOutsideTheVpc", Effect: "Deny" as const, Action: "*", Resource: "*", Condition: { StringNotEquals: { "aws:SourceVpc": VPC } } };
     const { resources } = await deploy(
       () =>
         new FlowsAgentPool(
@@ -173,10 +248,10 @@ describe("AWS pools: options", () => {
             instanceType: "c7g.xlarge",
             secretKmsKeyArn: key,
             logKmsKeyArn: key,
-            volumeKmsKeyArn: key,
+            volumeKmsKeyArn: alias,
             ssmSessionManager: true,
             permissionsBoundaryArn: boundary,
-            extraPolicyStatements: [{ Effect: "Allow", Action: "s3:GetObject", Resource: "arn:aws:s3:::flows-assets/*" }],
+            extraPolicyStatements: [{ Effect: "Allow", Action: "s3:GetObject", Resource: "arn:aws:s3:::flows-assets/*" }, guardRail],
             logRetentionDays: 365,
           }),
         ),
@@ -186,20 +261,73 @@ describe("AWS pools: options", () => {
     const decrypt = policy.Statement.find((s: { Sid?: string }) => s.Sid === "DecryptPoolSecret");
     assert.deepEqual(decrypt, { Sid: "DecryptPoolSecret", Effect: "Allow", Action: "kms:Decrypt", Resource: key, Condition: { StringEquals: { "kms:ViaService": `secretsmanager.${REGION}.amazonaws.com` } } });
     assert.ok(policy.Statement.some((s: { Action: string }) => s.Action === "s3:GetObject"));
+    assert.deepEqual(policy.Statement.at(-1), guardRail);
     assert.equal(one(resources, T.role).inputs.permissionsBoundary, boundary);
     assert.equal(one(resources, T.attachment).inputs.policyArn, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore");
+    assert.ok(one(resources, T.asg).dependsOn.includes(`${T.attachment}::keys-ssm`), "the SSM permission exists before an instance starts");
     assert.equal(one(resources, T.secret).inputs.kmsKeyId, key);
     assert.equal(one(resources, T.logGroup).inputs.kmsKeyId, key);
     assert.equal(one(resources, T.logGroup).inputs.retentionInDays, 365);
     const lt = one(resources, T.lt);
-    assert.equal(lt.inputs.blockDeviceMappings[0].ebs.kmsKeyId, key);
+    assert.equal(lt.inputs.blockDeviceMappings[0].ebs.kmsKeyId, alias);
     assert.equal(lt.inputs.imageId, "ami-0aaaaaaaaaaaaaaa1", "the arm64 image for a Graviton type");
   });
 
+  it("a drain of 7200 seconds: the termination hook stays within AWS's limits and the runtime renews it every 200 seconds", async () => {
+    const { resources } = await deploy(() => new WorkerPool("long-drain", workerArgs({ drainTimeoutSeconds: 7200, runTimeout: "2h" })), "long-drain");
+    const hook = byType(resources, T.hook).find((h) => h.inputs.name === "agent-drained");
+    assert.equal(hook?.inputs.heartbeatTimeout, 600);
+    const config = JSON.parse(userDataOf(resources).decoded.files.get("/etc/agentpools/launcher.json")?.content as string);
+    assert.equal(config.aws.heartbeatSeconds, 200);
+    assert.equal(config.drainTimeoutSeconds, 7200);
+  });
+
+  it("a later change of drain or launch time reaches the hook resources (the group's own hooks apply at creation only)", async () => {
+    await deploy(() => new VcsAgentPool("hook-update", vcsArgs({ drainTimeoutSeconds: 60, launchTimeoutSeconds: 600 })), "hook-update");
+    await deploy(() => new VcsAgentPool("hook-update", vcsArgs({ drainTimeoutSeconds: 300, launchTimeoutSeconds: 1200 })), "hook-update");
+    const timeouts = (hook: string) => recorded.filter((r) => r.type === T.hook && r.name === `hook-update-${hook}`).map((r) => r.inputs.heartbeatTimeout);
+    assert.deepEqual(timeouts("agent-drained"), [120, 360]);
+    assert.deepEqual(timeouts("agent-connected"), [600, 1200]);
+  });
+
+  it("a proxy: the AWS APIs of the pool's region and the metadata service go around it, unless the VPC reaches AWS through it", async () => {
+    const proxy = { httpsProxy: "http://proxy.corp.example.com:3128", noProxy: ".corp.example.com" };
+    const direct = userDataOf((await deploy(() => new VcsAgentPool("proxy-direct", vcsArgs(proxy)), "proxy-direct")).resources).decoded;
+    const unit = (decoded: typeof direct) => decoded.files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
+    assert.match(unit(direct), new RegExp(`^Environment="NO_PROXY=\\.corp\\.example\\.com,\\.${REGION}\\.amazonaws\\.com,169\\.254\\.169\\.254"$`, "m"));
+    const via = userDataOf((await deploy(() => new VcsAgentPool("proxy-via", vcsArgs({ ...proxy, awsApisViaProxy: true })), "proxy-via")).resources).decoded;
+    assert.match(unit(via), /^Environment="NO_PROXY=\.corp\.example\.com,169\.254\.169\.254"$/m);
+    assert.match(via.script, /export HTTPS_PROXY='http:\/\/proxy.corp.example.com:3128' NO_PROXY=169.254.169.254$/m, "the boot script's AWS calls take the proxy too");
+  });
+
+  for (const place of [
+    { partition: "aws-cn", dnsSuffix: "amazonaws.com.cn", region: "cn-north-1" },
+    { partition: "aws-us-gov", dnsSuffix: "amazonaws.com", region: "us-gov-west-1" },
+  ]) {
+    it(`another partition (${place.partition}): ARNs, service principal, kms:ViaService and NO_PROXY follow it`, async () => {
+      const key = `arn:${place.partition}:kms:${place.region}:${ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab`;
+      const name = `part-${place.partition}`;
+      const { resources } = await inPartition(place, () =>
+        deploy(() => new VcsAgentPool(name, vcsArgs({ secretKmsKeyArn: key, httpsProxy: "http://proxy.corp.example.com:3128", ssmSessionManager: true })), name),
+      );
+      // (The secret's and log group's ARNs are the mock provider's; those the component builds follow the partition.)
+      const policy = JSON.parse(one(resources, T.policy).inputs.policy);
+      const built = policy.Statement.filter((s: { Sid: string }) => !["ReadPoolSecret", "WritePoolLogs"].includes(s.Sid));
+      assert.equal(built.length, 3);
+      assert.ok(built.every((s: { Resource: string }) => s.Resource.startsWith(`arn:${place.partition}:`) && s.Resource.includes(`:${place.region}:`)), JSON.stringify(policy));
+      assert.equal(policy.Statement.find((s: { Sid: string }) => s.Sid === "DecryptPoolSecret").Condition.StringEquals["kms:ViaService"], `secretsmanager.${place.region}.${place.dnsSuffix}`);
+      assert.equal(JSON.parse(one(resources, T.role).inputs.assumeRolePolicy).Statement[0].Principal.Service, `ec2.${place.dnsSuffix}`);
+      assert.equal(one(resources, T.attachment).inputs.policyArn, `arn:${place.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore`);
+      const { decoded } = userDataOf(resources);
+      assert.ok((decoded.files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string).includes(`.${place.region}.${place.dnsSuffix},`));
+      assert.ok(!JSON.stringify([...decoded.files.values()]).includes(".eu-west-1."), "nothing of the mocks' own region");
+    });
+  }
+
   it("CA certificates too large for user-data come from an SSM parameter only this pool can read", async () => {
-    // Five certificates of realistic size (random, so incompressible): inline, they cannot fit beside this configuration.
-    const certificates = Array.from({ length: 5 }, () => `-----BEGIN CERTIFICATE-----\n${randomBytes(1000).toString("base64").match(/.{1,64}/g)?.join("\n")}\n-----END CERTIFICATE-----\n`).join("");
-    assert.throws(() => new WorkerPool("ca-inline", { ...LARGEST.worker, customCaCertificates: certificates }), UserDataTooLargeError);
+    // Five real certificates (each with its own key, so incompressible): inline, they cannot fit beside this configuration.
+    const certificates = (await caCertificates(5)).join("");
+    assert.throws(() => new WorkerPool("ca-inline", { ...LARGEST.worker, customCaCertificates: certificates, customCaCertificatesDelivery: "userData" }), UserDataTooLargeError);
     const { resources, outputs } = await deploy(() => new WorkerPool("ca-ssm", { ...LARGEST.worker, customCaCertificates: certificates, customCaCertificatesDelivery: "ssmParameter" }), "ca-ssm");
     const parameter = one(resources, T.parameter);
     const name = `/agentpools/${outputs.group}/ca-certificates`;
@@ -210,23 +338,22 @@ describe("AWS pools: options", () => {
     const policy = JSON.parse(one(resources, T.policy).inputs.policy);
     const read = policy.Statement.filter((s: { Action: string }) => String(s.Action).startsWith("ssm:"));
     assert.deepEqual(read, [{ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${name}` }]);
+    assert.ok(one(resources, T.asg).dependsOn.includes(`${T.parameter}::ca-ssm-ca-certificates`), "the parameter exists before an instance reads it");
     const { decoded, raw } = userDataOf(resources);
     assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT);
     assert.ok(!decoded.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"), "the certificates are not in user-data");
     const lines = decoded.script.split("\n");
-    const fetch = lines.indexOf(`aws ssm get-parameter --region '${REGION}' --name '${name}' --query Parameter.Value --output text > /etc/pki/ca-trust/source/anchors/agentpools.pem`);
+    const fetch = lines.indexOf(`retry aws ssm get-parameter --name '${name}' --query Parameter.Value --output text > /etc/pki/ca-trust/source/anchors/agentpools.pem`);
     assert.ok(fetch > 0, decoded.script);
-    assert.ok(fetch < lines.indexOf("update-ca-trust extract") && lines.indexOf("update-ca-trust extract") < lines.findIndex((l) => l.startsWith("dnf install")), "trusted before anything is downloaded");
+    assert.ok(fetch < lines.indexOf("update-ca-trust extract") && lines.indexOf("update-ca-trust extract") < lines.findIndex((l) => l.startsWith("retry dnf install")), "trusted before anything is downloaded");
     // Smaller bundles take the free tier, counted in bytes.
     assert.deepEqual([ssmParameterTier("a".repeat(4096)), ssmParameterTier("é".repeat(2049))], ["Standard", "Advanced"]);
     assert.match(decoded.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string, /Environment="NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem"/);
   });
 
-  it("secrets given as Outputs stay secret", async () => {
-    const { resources } = await deploy(() => new VcsAgentPool("from-config", vcsArgs({ token: pulumi.secret(TOKENS.vcs) })), "from-config");
-    const version = one(resources, T.secretVersion);
-    assert.ok(isSecretInput(version.inputs.secretString));
-    assert.ok(!decodeUserData(one(resources, T.lt).inputs.userData).parts.some((p) => p.body.includes(TOKENS.vcs)));
+  it("a CA bundle in the cacert.pem layout (titles and comments between certificates) is accepted and delivered whole", async () => {
+    const { resources } = await deploy(() => new VcsAgentPool("ca-layout", vcsArgs({ customCaCertificates: CA_BUNDLE })), "ca-layout");
+    assert.equal(userDataOf(resources).decoded.files.get("/etc/pki/ca-trust/source/anchors/agentpools.pem")?.content, CA_BUNDLE);
   });
 
   it("the same inputs give the same user-data bytes", async () => {
@@ -256,17 +383,25 @@ describe("AWS pools: options", () => {
     assert.equal(new Set(keys).size, keys.length, "a resource name repeats");
   });
 
-  for (const [kind, make] of [
-    ["WorkerPool", () => new WorkerPool("largest-w", LARGEST.worker)],
-    ["VcsAgentPool", () => new VcsAgentPool("largest-v", LARGEST.vcs)],
-    ["FlowsAgentPool", () => new FlowsAgentPool("largest-f", LARGEST.flows)],
+  it("a pool in a new Network's subnets waits for their NAT gateways and route table associations", async () => {
+    const network = new Network("wait-net");
+    await deploy(() => new VcsAgentPool("wait-net-pool", vcsArgs({ vpcId: network.vpcId, subnetIds: network.privateSubnetIds })), "wait-net");
+    const group = one(await settled("wait-net-pool"), T.asg);
+    for (const needed of ["aws:ec2/natGateway:NatGateway::wait-net-nat-0", "aws:ec2/routeTableAssociation:RouteTableAssociation::wait-net-private-0", "aws:ec2/routeTableAssociation:RouteTableAssociation::wait-net-private-1"]) {
+      assert.ok(group.dependsOn.includes(needed), `the group does not wait for ${needed}`);
+    }
+  });
+
+  for (const [kind, make, prefix] of [
+    ["WorkerPool", () => new WorkerPool("largest-w", LARGEST.worker), "largest-w"],
+    ["VcsAgentPool", () => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v"],
+    ["FlowsAgentPool", () => new FlowsAgentPool("largest-f", LARGEST.flows), "largest-f"],
   ] as const) {
     it(`${kind}: the largest configuration fits in user-data`, async () => {
-      const prefix = kind === "WorkerPool" ? "largest-w" : kind === "VcsAgentPool" ? "largest-v" : "largest-f";
       const { resources } = await deploy(make, prefix);
       const gzipped = Buffer.from(one(resources, T.lt).inputs.userData, "base64");
       assert.ok(gzipped.length <= USER_DATA_LIMIT, `${gzipped.length} bytes`);
-      assert.ok(decodeUserData(gzipped).files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
+      assert.ok(decodeUserData(gzipped).files.has(`/etc/agentpools/${kind === "WorkerPool" ? "launcher" : kind === "VcsAgentPool" ? "vcs-agent" : "flows-agent"}.json`));
     });
   }
 });

@@ -1,21 +1,25 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
 import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
-import { poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
+import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
+import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
+import { encodeToken } from "../protocol/token";
+import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
-const TOKEN = "vcs-token-that-must-stay-secret";
+const TOKEN = encodeToken({ gateway: "https://gateway.example.com", pool: "git", secret: "vcs-secret-that-must-stay-secret" });
 
 /**
  * A role for these tests: it "connects" by opening a TCP connection to the port in its
@@ -47,22 +51,24 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
 }
 
 /** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
-function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}, role: "vcs-agent" | "launcher" = "vcs-agent") {
+function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}, role: "vcs-agent" | "launcher" = "vcs-agent", awsOverrides: Record<string, number> = {}) {
   const settingsEnv = role === "vcs-agent" ? { SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`, SPACELIFT_VCS_AGENT_VENDOR: "gitlab" } : {};
   const spec = {
     kind: role === "vcs-agent" ? "VcsAgentPool" : "WorkerPool",
     role,
-    core: { drainTimeoutSeconds: 30, nodeMajor: 24 },
+    core: { ...vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" }), drainTimeoutSeconds: 30 },
     settingsEnv: { ...settingsEnv, ...extraEnv },
     docker: false,
     gvisor: false,
   } as unknown as PoolSpec;
   const decoded = decodeUserData(
-    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", launchHookName: "agent-connected", terminationHookName: "agent-drained", logGroupName: "/agentpools/agentpools-git-1a2b" }, "eu-west-1")),
+    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", logGroupName: "/agentpools/agentpools-git-1a2b", region: "eu-west-1", dnsSuffix: "amazonaws.com" })),
   );
   const dir = scratchDir("instance-");
   const file = path.join(dir, `${role}.json`);
-  writeFileSync(file, decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
+  const config = JSON.parse(decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
+  // Intervals a test can wait for: the rendered ones are a minute and more.
+  writeFileSync(file, JSON.stringify({ ...config, aws: { ...config.aws, ...awsOverrides } }));
   const bundle = path.join(dir, `${role}.js`);
   writeFileSync(bundle, decoded.files.get(`/opt/agentpools/${role}.js`)?.content as string);
   return { configFile: file, bundleFile: bundle };
@@ -89,26 +95,27 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   /** The shipped bundle as systemd would start it on the instance, against the fake AWS. */
-  function startInstance(bundleFile: string, configFile: string) {
-    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...aws.env(base), AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
+  function startInstance(bundleFile: string, configFile: string, env: Record<string, string> = aws.env(base)) {
+    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...env, AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
     return { child, output: () => output, exited: new Promise<number | null>((resolve) => child.on("exit", resolve)) };
   }
 
-  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string> } = {}) {
+  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string>; aws?: Record<string, number>; role?: Role<VcsAgentSettings> } = {}) {
     const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
-    const { configFile } = renderedInstance(gatewayPort, options.extraEnv);
+    const { configFile } = renderedInstance(gatewayPort, options.extraEnv, "vcs-agent", options.aws);
     const originalLog = process.stdout.write;
     const lines: string[] = [];
     process.stdout.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stdout.write;
     try {
-      const code = await runRole(tcpRole(seen), settingsJsonSchema("vcs-agent"), {
+      const code = await runRole(options.role ?? tcpRole(seen), settingsJsonSchema("vcs-agent"), {
         env: { ...aws.env(base), AGENTPOOLS_CONFIG: configFile, ...options.env },
         argv: [],
         exit: () => undefined,
         lifecyclePollMs: 20,
+        shipIntervalMs: 10,
         stopSignal: options.stop ?? new Promise(() => undefined),
       });
       return { code, seen, lines };
@@ -139,6 +146,18 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "lifecycle action completed"));
     for (const line of [...aws.logEvents, ...lines]) assert.ok(!line.includes(TOKEN), `token leaked: ${line}`);
     assert.ok(lines.some((line) => line.includes("[redacted]")), "the role's attempt to log the token was redacted");
+  });
+
+  it("README promise: no credential is ever in logs (CloudWatch or the journal), even one the agent itself logs", async () => {
+    setTimeout(() => (aws.lifecycleState = "Terminated"), 200);
+    const { code, lines } = await run();
+    assert.equal(code, 0);
+    const shipped = aws.logEvents.join("\n");
+    assert.ok(shipped.includes("[redacted]") && lines.join("").includes("[redacted]"), "the role did try to log its token");
+    for (const text of [shipped, lines.join("")]) {
+      assert.ok(!text.includes(TOKEN), "the token is in a log");
+      assert.ok(!text.includes(JSON.stringify(TOKEN).slice(1, -1)), "the token, JSON-escaped, is in a log");
+    }
   });
 
   it("on SIGTERM drains and exits without completing the termination hook", async () => {
@@ -238,6 +257,126 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.deepEqual(aws.rejected, []);
     assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
     for (const secret of [token, keyBase64]) assert.ok(!output().includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
+  });
+
+  /**
+   * A role whose connection and work the test sets; its drain lasts until released. `within`
+   * runs a test body against it and, pass or fail, stops the runtime and waits for it.
+   */
+  function puppet() {
+    const state = { connected: true, busy: false, release: () => undefined as void };
+    const released = new Promise<void>((resolve) => (state.release = resolve));
+    const role: Role<VcsAgentSettings> = {
+      name: "vcs-agent",
+      start: () => ({ ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
+    };
+    let stop!: (signal: string) => void;
+    const stopping = new Promise<string>((resolve) => (stop = resolve));
+    const within = async (awsConfig: Record<string, number>, body: (running: ReturnType<typeof run>) => Promise<void>) => {
+      const running = run({ role, stop: stopping, aws: awsConfig });
+      try {
+        await body(running);
+      } finally {
+        stop("SIGTERM");
+        state.release();
+        await running;
+      }
+    };
+    return { state, stop: (signal: string) => stop(signal), within };
+  }
+  const metric = (name: string) => aws.metrics.filter((m) => m.name === name && m.namespace === METRICS_NAMESPACE);
+
+  it("writes its connected, busy and draining metrics as embedded-metric lines of the log stream it ships", async () => {
+    const { state, stop, within } = puppet();
+    await within({ metricsSeconds: 0.01 }, async () => {
+      await eventually(() => metric(METRICS.connected).length >= 2, 5000, "connected data points");
+      state.busy = true;
+      await eventually(() => metric(METRICS.busy).some((m) => m.value === 1), 5000, "busy");
+      stop("SIGTERM");
+      await eventually(() => metric(METRICS.draining).some((m) => m.value === 1), 5000, "draining");
+    });
+    for (const point of aws.metrics) assert.deepEqual(point.dimensions, { [POOL_DIMENSION]: "agentpools-git-1a2b" });
+    assert.ok(metric(METRICS.connected).some((m) => m.value === 1));
+    const draining = metric(METRICS.draining).filter((m) => m.value === 1);
+    assert.ok(draining.every((d) => metric(METRICS.connected).find((c) => c.timestamp === d.timestamp)?.value === 0), "a draining agent is not counted as connected");
+    assert.deepEqual(aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue/.test(c.action)), [], "no API call of their own");
+  });
+
+  it("asks Auto Scaling to replace the instance once its agent has been cut off for the configured time, not before", async () => {
+    const { state, within } = puppet();
+    await within({ metricsSeconds: 0.01, unhealthyAfterSeconds: 0.2 }, async () => {
+      await eventually(() => metric(METRICS.connected).length >= 2, 5000, "running");
+      state.connected = false;
+      await eventually(() => metric(METRICS.connected).filter((m) => m.value === 0).length >= 3, 5000, "disconnected data points");
+      state.connected = true; // back before the time is up: nothing asked
+      await eventually(() => metric(METRICS.connected).at(-1)?.value === 1, 5000, "reconnected");
+      assert.equal(aws.instanceHealth, "Healthy");
+      state.connected = false;
+      await eventually(() => aws.instanceHealth === "Unhealthy", 5000, "marked unhealthy");
+      const seen = metric(METRICS.connected).length;
+      await eventually(() => metric(METRICS.connected).length >= seen + 30, 5000, "well past the time");
+    });
+    assert.deepEqual(aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]), [["i-0123456789abcdef0", "Unhealthy"]], "asked once");
+  });
+
+  it("a drain longer than the termination hook's timeout renews it with heartbeats, then completes it", async () => {
+    const { state, within } = puppet();
+    await within({ heartbeatSeconds: 0.02 }, async () => {
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
+      aws.lifecycleState = "Terminated";
+      await eventually(() => aws.callsOf("RecordLifecycleActionHeartbeat").length >= 3, 5000, "heartbeats while draining");
+      state.release();
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "termination hook completed");
+    });
+    const beats = aws.callsOf("RecordLifecycleActionHeartbeat");
+    assert.ok(beats.every((b) => b.LifecycleHookName === "agent-drained" && b.AutoScalingGroupName === "agentpools-git-1a2b" && b.InstanceId === "i-0123456789abcdef0"));
+    assert.equal(aws.calls.filter((c) => c.action.includes("Lifecycle")).at(-1)?.action, "CompleteLifecycleAction", "completed after the last heartbeat");
+    assert.equal(aws.callsOf("CompleteLifecycleAction")[1].LifecycleHookName, "agent-drained");
+  });
+
+  it("drained for SIGTERM (not by Auto Scaling), it records no heartbeat on a hook that holds nothing", async () => {
+    const { stop, within } = puppet();
+    await within({ heartbeatSeconds: 0.01, metricsSeconds: 0.01 }, async () => {
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
+      stop("SIGTERM");
+      await eventually(() => metric(METRICS.draining).filter((m) => m.value === 1).length >= 5, 5000, "draining a while");
+    });
+    assert.deepEqual(aws.callsOf("RecordLifecycleActionHeartbeat"), []);
+  });
+
+  it("reaches AWS at the partition's own domain (China here), around the proxy or through it as the pool says", async function () {
+    this.timeout(20_000);
+    aws.identity.region = "cn-north-1";
+    aws.domain = "amazonaws.com.cn";
+    aws.secrets.clear();
+    // A proxy that records where it is asked to go, and goes nowhere.
+    const asked: string[] = [];
+    const proxy = http.createServer().on("connect", (req, socket) => (asked.push(req.url ?? ""), socket.end("HTTP/1.1 502 Bad Gateway\r\n\r\n")));
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    // What goes around the proxy, as a pool renders it for this region (and the stand-in IMDS on loopback).
+    const place = { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", logGroupName: "/agentpools/agentpools-git-1a2b", region: "cn-north-1", dnsSuffix: "amazonaws.com.cn" };
+    const core = vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab", httpsProxy: proxyUrl });
+    const noProxy = (viaProxy: boolean) => `127.0.0.1,${poolNoProxy({ core: { ...core, awsApisViaProxy: viaProxy } } as unknown as PoolSpec, place) ?? ""}`;
+    const { configFile, bundleFile } = renderedInstance(gatewayPort);
+    try {
+      for (const viaProxy of [true, false]) {
+        asked.length = 0;
+        const env = { AWS_EC2_METADATA_SERVICE_ENDPOINT: base, NODE_USE_ENV_PROXY: "1", HTTPS_PROXY: proxyUrl, NO_PROXY: noProxy(viaProxy) };
+        const { child, output } = startInstance(bundleFile, configFile, env);
+        try {
+          // Through the proxy: seen at once. Around it: the first call fails for good (no network here), having asked the proxy nothing.
+          if (viaProxy) await eventually(() => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"), 10_000, `CONNECT to Secrets Manager (asked: ${asked.join(", ")})`);
+          else await eventually(() => /"level":"error".*secretsmanager\.cn-north-1\.amazonaws\.com\.cn/.test(output()), 10_000, "the direct call's failure");
+        } finally {
+          child.kill();
+        }
+        if (!viaProxy) assert.deepEqual(asked, [], "the AWS APIs go around the proxy");
+        assert.ok(!asked.some((host) => host.includes("amazonaws.com:")), "never the commercial partition's domain");
+      }
+    } finally {
+      proxy.close();
+    }
   });
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {

@@ -183,9 +183,11 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("every stream busy: a bounded wait, then 503; a freed stream serves the waiter", async () => {
     await gateway.close();
     await startGateway({ queueTimeoutMs: 300 });
-    await startAgent({ parallelism: 1 });
+    const { agent } = await startAgent({ parallelism: 1 });
+    assert.equal(agent.busy?.(), false, "idle: the pool's busy metric reads 0");
     const slow = request("/git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=1").catch(() => undefined);
     await eventually(() => vcs.hits.some((h) => h.includes("slow=1")));
+    assert.equal(agent.busy?.(), true, "a request in flight: busy");
     const started = Date.now();
     const waited = await request("/git/api/v4/version");
     assert.equal(waited.status, 503);

@@ -26,12 +26,13 @@ export function setting<T extends z.ZodType>(schema: T, meta: SettingMeta): T {
   return schema.meta({ ...meta }) as T;
 }
 
-export const DURATION_PATTERN = /^([0-9]+(ms|s|m|h))+$/;
+/** A Go-style duration of more than nothing: "0s" would time every run out at once. */
+export const DURATION_PATTERN = /^(?=[^1-9]*[1-9])([0-9]+(ms|s|m|h))+$/;
 
 /** A Go-style duration ("90s", "7m", "1h30m"), as the reference launcher takes. */
 export const duration = z
   .string()
-  .regex(DURATION_PATTERN, { error: 'must be a duration such as "90s", "7m" or "1h30m"' });
+  .regex(DURATION_PATTERN, { error: 'must be a duration longer than zero, such as "90s", "7m" or "1h30m"' });
 
 export const httpUrl = z.url({
   protocol: /^https?$/,
@@ -65,14 +66,30 @@ export const regexSource = z.string().refine(
   { error: "must be a valid regular expression" },
 );
 
+/**
+ * One NO_PROXY entry in a form every reader of it on an agent understands (the runtime's
+ * dialer, Node's NODE_USE_ENV_PROXY, Docker, curl): "*", a host name or IP address, a
+ * ".domain" or "*.domain" suffix, an optional ":port". CIDR ranges are not among them.
+ * Checked by the components (a refinement: the runtime bundle does not carry it).
+ */
+const NO_PROXY_ENTRY = String.raw`(\*|(\*?\.)?[\w-]+(\.[\w-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?`;
+export const NO_PROXY_PATTERN = new RegExp(`^${NO_PROXY_ENTRY}(,${NO_PROXY_ENTRY})*$`);
+
 /** Proxy settings, read by the runtime for its own outbound connections. */
 export const proxySettings = {
   httpsProxy: setting(httpUrl.optional(), { env: "HTTPS_PROXY" }),
   noProxy: setting(
-    z.string().regex(/^[^\s]*$/, { error: "must be a comma-separated list of hosts without spaces" }).optional(),
+    z
+      .string()
+      .regex(/^[^\s]*$/, { error: "must be a comma-separated list of hosts without spaces" })
+      .refine((list) => NO_PROXY_PATTERN.test(list), {
+        error: 'must be a comma-separated list of host names, IP addresses, ".domain" suffixes or "*", each optionally with ":port"; CIDR ranges are not read by the runtime',
+      })
+      .optional(),
     { env: "NO_PROXY" },
   ),
 };
+
 
 export { durationMs } from "./duration";
 

@@ -20,7 +20,21 @@ export interface InstanceConfig {
     launchHookName: string;
     terminationHookName: string;
     logGroupName: string;
+    /** How often a draining instance records a heartbeat on the termination hook: a third of the hook's timeout. */
+    heartbeatSeconds: number;
+    /** How often the runtime writes its metrics (agent/config/metrics.ts). */
+    metricsSeconds: number;
+    /** Disconnected from the gateway this long, the instance asks Auto Scaling to replace it. */
+    unhealthyAfterSeconds: number;
   };
 }
+
+/**
+ * The termination hook's heartbeat timeout, for a drain of this length. AWS takes 30 to 7200
+ * seconds; a draining runtime records a heartbeat every third of it, so a drain may outlast
+ * it (up to 100 timeouts, or 48 hours), while an instance whose runtime is gone is let go
+ * within ten minutes. The component sets the hook and the runtime renews it by this one rule.
+ */
+export const terminationHeartbeatTimeout = (drainTimeoutSeconds: number) => Math.min(drainTimeoutSeconds + 60, 600);
 
 export const CONFIG_PATH_VARIABLE = "AGENTPOOLS_CONFIG";

@@ -30,6 +30,11 @@ export function resultMessage(id: string, outcome: Outcome): string {
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
+  /** Runs are in flight (the pool's busy metric). */
+  get busy(): boolean {
+    return this.inFlight > 0;
+  }
+
   constructor(
     private readonly settings: FlowsAgentSettings,
     private readonly executor: Executor,
@@ -145,6 +150,7 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
         ready: link.ready,
         stopped: link.stopped,
         connected: () => link.connected,
+        busy: () => link.busy,
         drain: async (deadline) => {
           await link.drain(deadline);
           executor.close();

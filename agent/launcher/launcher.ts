@@ -132,6 +132,11 @@ export class Launcher extends WebSocketLink {
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private termMs = 60_000;
 
+  /** A run is in progress (the pool's busy metric). */
+  get busy(): boolean {
+    return !!this.current;
+  }
+
   constructor(private readonly context: LauncherContext) {
     const { settings, token, log } = context;
     super({
@@ -459,7 +464,7 @@ export function launcherRole(options: { docker?: string } = {}): Role<LauncherSe
     name: "launcher",
     start(settings, { log, env }): RunningAgent {
       const launcher = new Launcher(prepareLauncher(settings, env ?? process.env, log, options.docker));
-      return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, drain: (deadline) => launcher.stop(deadline) };
+      return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, busy: () => launcher.busy, drain: (deadline) => launcher.stop(deadline) };
     },
   };
 }

@@ -3,15 +3,10 @@ import { signV4, type Credentials } from "./sigv4";
 
 type Env = Record<string, string | undefined>;
 
-export class AwsError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly status: number,
-  ) {
-    super(`${code}: ${message}`);
-    this.name = "AwsError";
-  }
+/** What AWS answered instead of success: its error code (ThrottlingException, ...) and HTTP status. */
+export interface AwsError extends Error {
+  code: string;
+  status: number;
 }
 
 /**
@@ -19,28 +14,28 @@ export class AwsError extends Error {
  * lifecycle state. AWS_EC2_METADATA_SERVICE_ENDPOINT overrides the address, as in the SDKs.
  */
 export class InstanceMetadata {
-  private readonly base: URL;
-  private token?: { value: string; expiresAt: number };
+  #base: URL;
+  #token?: { value: string; expiresAt: number };
 
   constructor(env: Env = process.env) {
-    this.base = new URL(env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? "http://169.254.169.254");
+    this.#base = new URL(env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? "http://169.254.169.254");
   }
 
-  private async sessionToken(): Promise<string> {
-    if (this.token && this.token.expiresAt > Date.now()) return this.token.value;
-    const res = await request(new URL("/latest/api/token", this.base), {
+  async #sessionToken(): Promise<string> {
+    if (this.#token && this.#token.expiresAt > Date.now()) return this.#token.value;
+    const res = await request(new URL("/latest/api/token", this.#base), {
       method: "PUT",
       headers: { "x-aws-ec2-metadata-token-ttl-seconds": "21600" },
       timeoutMs: 2000,
     });
     if (res.status !== 200) throw new Error(`IMDS token request failed with status ${res.status}`);
-    this.token = { value: res.body, expiresAt: Date.now() + 21_000_000 };
+    this.#token = { value: res.body, expiresAt: Date.now() + 21_000_000 };
     return res.body;
   }
 
   async get(path: string): Promise<string> {
-    const res = await request(new URL(path, this.base), {
-      headers: { "x-aws-ec2-metadata-token": await this.sessionToken() },
+    const res = await request(new URL(path, this.#base), {
+      headers: { "x-aws-ec2-metadata-token": await this.#sessionToken() },
       timeoutMs: 2000,
     });
     if (res.status !== 200) throw new Error(`IMDS ${path} answered ${res.status}`);
@@ -72,65 +67,63 @@ export class InstanceMetadata {
   }
 }
 
-const ENDPOINT_VARIABLES: Record<string, string> = {
-  secretsmanager: "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-  autoscaling: "AWS_ENDPOINT_URL_AUTO_SCALING",
-  logs: "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
-};
-
 /** Signed calls to the three AWS APIs the runtime needs, with retries for throttling and 5xx. */
+// (#private members: the bundler shortens their names, which counts against user-data.)
 export class AwsClient {
-  private cached?: Credentials;
+  #cached?: Credentials;
+  #region: string;
+  #domain: string;
+  #loadCredentials: () => Promise<Credentials>;
+  #env: Env;
+  #retryMs: number;
 
-  constructor(
-    private readonly region: string,
-    private readonly loadCredentials: () => Promise<Credentials>,
-    private readonly env: Env = process.env,
-  ) {}
+  /** `domain` is the partition's DNS suffix (amazonaws.com, amazonaws.com.cn, ...); retries pause about `retryMs` × 2, 4, 8. */
+  constructor(region: string, domain: string, loadCredentials: () => Promise<Credentials>, env: Env = process.env, retryMs = 200) {
+    this.#region = region;
+    this.#domain = domain;
+    this.#loadCredentials = loadCredentials;
+    this.#env = env;
+    this.#retryMs = retryMs;
+  }
 
-  private async credentials(): Promise<Credentials> {
-    if (!this.cached || (this.cached.expiresAt !== undefined && this.cached.expiresAt - Date.now() < 300_000)) {
-      this.cached = await this.loadCredentials();
+  async #credentials(): Promise<Credentials> {
+    if (!this.#cached || (this.#cached.expiresAt !== undefined && this.#cached.expiresAt - Date.now() < 300_000)) {
+      this.#cached = await this.#loadCredentials();
     }
-    return this.cached;
+    return this.#cached;
   }
 
-  private endpoint(service: string): URL {
-    const override = this.env[ENDPOINT_VARIABLES[service]] ?? this.env.AWS_ENDPOINT_URL;
-    return new URL(override ?? `https://${service}.${this.region}.amazonaws.com/`);
-  }
-
-  private async send(service: string, headers: Record<string, string>, body: string): Promise<string> {
-    const url = this.endpoint(service);
+  async #send(service: string, headers: Record<string, string>, body: string): Promise<string> {
+    // AWS_ENDPOINT_URL overrides every service's address, as in the SDKs (tests point it at a stand-in).
+    const url = new URL(this.#env.AWS_ENDPOINT_URL ?? `https://${service}.${this.#region}.${this.#domain}/`);
     for (let attempt = 1; ; attempt++) {
-      let failure: Error;
       try {
-        const signed = signV4({ method: "POST", url, headers, body, service, region: this.region, credentials: await this.credentials(), now: new Date() });
+        const signed = signV4({ method: "POST", url, headers, body, service, region: this.#region, credentials: await this.#credentials(), now: new Date() });
         const res = await request(url, { method: "POST", headers: signed, body });
         if (res.status < 300) return res.body;
-        const code = /"__type"\s*:\s*"(?:[^"#]*#)?([^"]+)"/.exec(res.body)?.[1] ?? /<Code>([^<]+)<\/Code>/.exec(res.body)?.[1] ?? `HTTP${res.status}`;
-        const message = /"message"\s*:\s*"([^"]*)"/i.exec(res.body)?.[1] ?? /<Message>([^<]*)<\/Message>/.exec(res.body)?.[1] ?? "";
-        failure = new AwsError(code, message, res.status);
-        if (res.status < 500 && !/Throttl/.test(code)) throw failure;
+        // JSON APIs answer {"__type": "...#Code", "message": ...}, the Query API <Code> and <Message>.
+        const code = /(?:"__type"\s*:\s*"(?:[^"#]*#)?|<Code>)([^"<]+)/.exec(res.body)?.[1] ?? `HTTP${res.status}`;
+        const message = /(?:"message"\s*:\s*"|<Message>)([^"<]*)/i.exec(res.body)?.[1] ?? "";
+        throw Object.assign(new Error(`${code}: ${message}`), { code, status: res.status });
       } catch (error) {
-        if (error instanceof AwsError && error.status < 500 && !/Throttl/.test(error.code)) throw error;
-        failure = error as Error;
+        // Permissions are retried by the callers that can wait (logs), not here: start-up fails fast.
+        const { code = "", status = 500 } = error as Partial<AwsError>;
+        if (attempt >= 4 || (status < 500 && !/Throttl|TooMany/.test(code))) throw error;
       }
-      if (attempt >= 4) throw failure;
-      await sleep(200 * 2 ** attempt * (0.5 + Math.random()));
+      await sleep(this.#retryMs * 2 ** attempt * (0.5 + Math.random()));
     }
   }
 
   /** An AWS JSON 1.1 call (Secrets Manager, CloudWatch Logs). */
   async json(service: "secretsmanager" | "logs", target: string, payload: unknown): Promise<Record<string, unknown>> {
-    const body = await this.send(service, { "content-type": "application/x-amz-json-1.1", "x-amz-target": target }, JSON.stringify(payload));
+    const body = await this.#send(service, { "content-type": "application/x-amz-json-1.1", "x-amz-target": target }, JSON.stringify(payload));
     return body ? JSON.parse(body) : {};
   }
 
   /** An AWS Query call (Auto Scaling). */
-  async query(service: "autoscaling", action: string, params: Record<string, string>): Promise<string> {
+  async query(action: string, params: Record<string, string>): Promise<string> {
     const body = new URLSearchParams({ Action: action, Version: "2011-01-01", ...params }).toString();
-    return this.send(service, { "content-type": "application/x-www-form-urlencoded; charset=utf-8" }, body);
+    return this.#send("autoscaling", { "content-type": "application/x-www-form-urlencoded; charset=utf-8" }, body);
   }
 
   async getSecretString(secretId: string): Promise<string> {
@@ -139,12 +132,10 @@ export class AwsClient {
     return result.SecretString;
   }
 
-  async completeLifecycleAction(groupName: string, hookName: string, instanceId: string, result: "CONTINUE" | "ABANDON"): Promise<void> {
-    await this.query("autoscaling", "CompleteLifecycleAction", {
-      AutoScalingGroupName: groupName,
-      LifecycleHookName: hookName,
-      InstanceId: instanceId,
-      LifecycleActionResult: result,
-    });
+  /** Complete this instance's lifecycle action on a hook (CONTINUE), or record a heartbeat on it. */
+  async lifecycleAction(group: string, hook: string, instanceId: string, complete: boolean): Promise<void> {
+    const params = { AutoScalingGroupName: group, LifecycleHookName: hook, InstanceId: instanceId };
+    await this.query(complete ? "CompleteLifecycleAction" : "RecordLifecycleActionHeartbeat", complete ? { ...params, LifecycleActionResult: "CONTINUE" } : params);
   }
+
 }

@@ -3,6 +3,7 @@ import path from "node:path";
 import type { Credentials } from "./sigv4";
 import { AwsClient, InstanceMetadata } from "./aws";
 import { LogShipper } from "./cloudwatch";
+import { watchAgent } from "./watch";
 import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
@@ -20,6 +21,8 @@ export interface RunningAgent {
   drain(deadline: number): Promise<void>;
   /** Whether the agent is connected right now (it may be reconnecting); assumed once ready. */
   connected?(): boolean;
+  /** Whether the agent has work in flight (a run, a request). */
+  busy?(): boolean;
 }
 
 /**
@@ -64,6 +67,8 @@ export interface RunOptions {
   exit?: (code: number) => void;
   /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
   lifecyclePollMs?: number;
+  /** How often to ship logs to CloudWatch (5 s). */
+  shipIntervalMs?: number;
   /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
@@ -113,9 +118,11 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     if (config?.aws) {
       const imds = new InstanceMetadata(processEnv);
       const identity = await imds.identity();
-      const client = new AwsClient(identity.region, (): Promise<Credentials> => imds.credentials(), processEnv);
+      // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
+      const domain = (await imds.get("/latest/meta-data/services/domain")).trim();
+      const client = new AwsClient(identity.region, domain, (): Promise<Credentials> => imds.credentials(), processEnv);
       aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws };
-      shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId);
+      shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId, options.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
 
@@ -143,6 +150,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     serving = true;
     status?.update();
     if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
+    const { client, hooks, instanceId = "" } = aws ?? {};
+    const watch = hooks && watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }));
 
     const stopSignal = options.stopSignal ?? stopSignals();
     const terminating = aws ? watchTermination(aws.imds, options.lifecyclePollMs ?? 5000) : new Promise<never>(() => undefined);
@@ -153,11 +162,15 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
     serving = false;
     status?.update();
+    watch?.drain();
+    const hooked = client && hooks && reason === "autoscaling termination";
+    // The termination hook holds the instance one heartbeat timeout at a time: a longer drain renews it.
+    const heartbeats = hooked && setInterval(() => completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log, false), hooks.heartbeatSeconds * 1000);
     await agent.drain(Date.now() + drainSeconds * 1000);
+    clearInterval(heartbeats || undefined);
+    watch?.stop();
     log.info("drained");
-    if (aws && reason === "autoscaling termination") {
-      await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.terminationHookName, aws.instanceId, log);
-    }
+    if (hooked) await completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log);
     return await finish(0);
   } catch (error) {
     log.error((error as Error).message);
@@ -165,10 +178,11 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
   }
 }
 
-async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger): Promise<void> {
+/** Complete this instance's lifecycle action on `hook`, or (complete false) record a heartbeat on it. */
+async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger, complete = true): Promise<void> {
   try {
-    await client.completeLifecycleAction(group, hook, instanceId, "CONTINUE");
-    log.info("lifecycle action completed", { hook });
+    await client.lifecycleAction(group, hook, instanceId, complete);
+    if (complete) log.info("lifecycle action completed", { hook });
   } catch (error) {
     // A restarted runtime finds the launch action long completed; that is not a failure.
     if (/No active Lifecycle Action/i.test((error as Error).message)) log.info("no pending lifecycle action", { hook });

@@ -27,6 +27,7 @@ export interface TunnelOptions {
 export class Tunnel extends GatewayLink {
   private session?: http2.ServerHttp2Session;
   private socket?: Socket;
+  private streams = 0;
 
   constructor(private readonly options: TunnelOptions) {
     super({
@@ -57,7 +58,11 @@ export class Tunnel extends GatewayLink {
     socket.resume();
     socket.once("end", () => socket.destroy());
     session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
-    session.on("stream", (stream, headers) => this.options.onStream(stream, headers));
+    session.on("stream", (stream, headers) => {
+      this.streams++;
+      stream.once("close", () => this.streams--);
+      this.options.onStream(stream, headers);
+    });
     session.on("error", (error) => log.warn("tunnel closed", { reason: error.message }));
     session.on("frameError", (type, code) => log.warn("tunnel frame error", { type, code }));
     log.info("Connected to the server", {
@@ -76,6 +81,11 @@ export class Tunnel extends GatewayLink {
 
   get connected(): boolean {
     return !!this.session && !this.session.closed && !this.session.destroyed && !this.draining;
+  }
+
+  /** Requests are in flight (the pool's busy metric). */
+  get busy(): boolean {
+    return this.streams > 0;
   }
 
   /** GOAWAY: no new streams; those in flight finish, or are cut at the deadline. */

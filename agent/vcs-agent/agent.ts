@@ -284,6 +284,7 @@ export const vcsAgentRole: Role<VcsAgentSettings> = {
       ready: tunnel.ready,
       stopped: tunnel.stopped,
       connected: () => tunnel.connected,
+      busy: () => tunnel.busy,
       drain: async (deadline) => {
         await tunnel.drain(deadline);
         agent.destroy();

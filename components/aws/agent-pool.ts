@@ -12,7 +12,7 @@ type KindExtras = Omit<PoolSpec, "component" | "role" | "core" | "settingsEnv" |
  * Validate a pool's arguments and work out everything its resources need, including a
  * user-data size check, without creating anything. Throws on bad input.
  */
-export function preparePool<S extends z.ZodType>(
+export function preparePool<S extends z.ZodType<CoreArgs>>(
   component: string,
   role: RoleName,
   name: string,
@@ -24,7 +24,7 @@ export function preparePool<S extends z.ZodType>(
   const spec: PoolSpec = {
     component,
     role,
-    core: parsed as unknown as CoreArgs,
+    core: parsed,
     settingsEnv: settingsToEnv(settingsJsonSchema(role), parsed as Record<string, unknown>),
     secretEnv,
     vpcId: args.vpcId,

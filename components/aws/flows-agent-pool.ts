@@ -13,7 +13,19 @@ export const flowsAgentPoolArgs = z
     runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("namespaces"),
     ...poolCoreShape({ instanceType: "c7i.xlarge", rootVolumeSizeGiB: 30, drainTimeoutSeconds: 300 }),
   })
-  .superRefine(checkCoreRelations);
+  .superRefine((args, ctx) => {
+    checkCoreRelations(args, ctx);
+    // Flow code on the instance itself: only as uids the instance metadata service (the instance role, the pool's
+    // secret) refuses, in bubblewrap's namespaces; a weaker level, or "auto" that may step down to one, is refused.
+    if (args.executor === "process" && args.runtimeIsolation !== "namespaces") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["runtimeIsolation"],
+        input: args.runtimeIsolation,
+        message: 'must be "namespaces" for the process executor on EC2: a weaker level runs flow code on the instance with less than a kernel sandbox between it and the agent, and "none" reaches the instance metadata service and, with the instance role, the pool\'s secret; the Docker executor (the default) runs each flow in its own container under gVisor',
+      });
+    }
+  });
 
 export type FlowsAgentPoolArgs = z.input<typeof flowsAgentPoolArgs> &
   PoolPlacement & {
@@ -21,20 +33,18 @@ export type FlowsAgentPoolArgs = z.input<typeof flowsAgentPoolArgs> &
     poolToken?: pulumi.Input<string>;
   };
 
+/** What a Flows pool's instances get besides the common: Docker, gVisor unless turned off, the mirror. */
+export const flowsAgentPoolKind = (parsed: z.output<typeof flowsAgentPoolArgs>) => ({
+  docker: parsed.executor === "docker",
+  gvisor: parsed.executor === "docker" && parsed.gvisor,
+  registryMirror: parsed.registryMirror,
+  noProxy: parsed.noProxy,
+  runtimeSandbox: parsed.executor === "process" ? { uids: parsed.runtimeUids } : undefined,
+});
+
 /** Flows agents that run flow blocks' and apps' JavaScript inside your network. */
 export class FlowsAgentPool extends AgentPool {
   constructor(name: string, args: FlowsAgentPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    super(
-      "agentpools:aws:FlowsAgentPool",
-      name,
-      preparePool("FlowsAgentPool", "flows-agent", name, flowsAgentPoolArgs, args, (parsed) => ({
-        docker: parsed.executor === "docker",
-        gvisor: parsed.executor === "docker" && parsed.gvisor,
-        registryMirror: parsed.registryMirror,
-        noProxy: parsed.noProxy,
-        runtimeSandbox: parsed.executor === "process" ? { uids: parsed.runtimeUids } : undefined,
-      })),
-      opts,
-    );
+    super("agentpools:aws:FlowsAgentPool", name, preparePool("FlowsAgentPool", "flows-agent", name, flowsAgentPoolArgs, args, flowsAgentPoolKind), opts);
   }
 }

@@ -1,7 +1,8 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { InvalidArgumentsError, parseArguments } from "../shared/validation";
+import { formatIssues, InvalidArgumentsError } from "../shared/validation";
+import { availabilityZone, cidrBlock, nameProblem, NETWORK_NAME, regionOfZone, tagsSchema } from "./aws-rules";
 
 /** VPC endpoints a pool may need to run with no internet egress except to its gateway. */
 export const ENDPOINT_SERVICES = {
@@ -20,11 +21,11 @@ const subnetId = z.string().regex(/^subnet-[0-9a-f]{8,17}$/, { error: 'must be a
 export const networkArgs = z
   .strictObject({
     /** New VPC: its address range (a /16 to a /24). */
-    cidrBlock: z.cidrv4({ error: 'must be an IPv4 CIDR block such as "10.0.0.0/16"' }).optional(),
+    cidrBlock: cidrBlock("10.0.0.0/16").optional(),
     /** New VPC: how many zones get a private subnet (2 or 3). */
     availabilityZoneCount: z.union([z.literal(2), z.literal(3)], { error: "must be 2 or 3" }).optional(),
     /** New VPC: the zones to use, instead of the region's first available ones. */
-    availabilityZones: z.array(z.string().regex(/^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$/, { error: 'must be a zone name such as "eu-west-1a"' })).min(2).max(3).optional(),
+    availabilityZones: z.array(availabilityZone).min(2).max(3).optional(),
     /** New VPC: one NAT gateway for all zones (cheaper) or one per zone (survives a zone outage). */
     natGateways: z.enum(["single", "perZone"]).optional(),
     /** Existing VPC: its ID. */
@@ -34,7 +35,8 @@ export const networkArgs = z
     /** Existing VPC: the private subnets' route tables, for a gateway (S3) endpoint. */
     existingRouteTableIds: z.array(z.string().regex(/^rtb-[0-9a-f]{8,17}$/, { error: 'must be a route table ID such as "rtb-0123456789abcdef0"' })).optional(),
     endpoints: z.array(z.enum(Object.keys(ENDPOINT_SERVICES) as [EndpointName, ...EndpointName[]])).default([]),
-    tags: z.record(z.string(), z.string()).default({}),
+    /** Tags for every resource (the kit adds Name). */
+    tags: tagsSchema(["Name"]),
   })
   .superRefine((args, ctx) => {
     const issue = (path: string, input: unknown, message: string) => ctx.addIssue({ code: "custom", path: [path], input, message });
@@ -54,6 +56,9 @@ export const networkArgs = z
       }
       const prefix = Number((args.cidrBlock ?? DEFAULT_CIDR).split("/")[1]);
       if (prefix < 16 || prefix > 24) issue("cidrBlock", args.cidrBlock, "must have a prefix from /16 to /24");
+      const zones = args.availabilityZones ?? [];
+      if (new Set(zones).size !== zones.length) issue("availabilityZones", zones, "lists a zone twice: each private subnet needs a zone of its own");
+      if (new Set(zones.map(regionOfZone)).size > 1) issue("availabilityZones", zones, "names zones of different regions: a VPC lives in one");
       if (args.availabilityZones && args.availabilityZoneCount && args.availabilityZones.length !== args.availabilityZoneCount) {
         issue("availabilityZoneCount", args.availabilityZoneCount, `disagrees with availabilityZones (${args.availabilityZones.length} given)`);
       }
@@ -93,10 +98,12 @@ export class Network extends pulumi.ComponentResource {
   readonly endpointSecurityGroupId?: pulumi.Output<string>;
 
   constructor(name: string, args: NetworkArgs = {}, opts?: pulumi.ComponentResourceOptions) {
-    const parsed = parseArguments("Network", name, networkArgs, args);
+    const named = nameProblem(name, NETWORK_NAME);
+    const result = networkArgs.safeParse(args, { reportInput: true });
+    if (named || !result.success) throw new InvalidArgumentsError("Network", name, [...(named ? [named] : []), ...(result.success ? [] : formatIssues(result.error))]);
+    const parsed = result.data;
     super("agentpools:aws:Network", name, {}, opts);
     const invokeOpts = { parent: this };
-    const region = aws.getRegionOutput({}, invokeOpts).region;
 
     let cidr: pulumi.Output<string>;
     let endpointSubnetIds: pulumi.Output<string[]>;
@@ -125,12 +132,15 @@ export class Network extends pulumi.ComponentResource {
       this.privateSubnetIds = created.privateSubnetIds;
       this.publicSubnetIds = created.publicSubnetIds;
       cidr = pulumi.output(parsed.cidrBlock ?? DEFAULT_CIDR);
-      endpointSubnetIds = created.privateSubnetIds;
+      endpointSubnetIds = created.endpointSubnetIds;
       routeTableIds = created.privateRouteTableIds;
     }
 
     if (parsed.endpoints.length > 0) {
-      this.endpointSecurityGroupId = this.createEndpoints(name, parsed.endpoints, region, cidr, endpointSubnetIds, routeTableIds, parsed.tags);
+      const endpoints = this.createEndpoints(name, parsed.endpoints, cidr, endpointSubnetIds, routeTableIds, parsed.tags);
+      this.endpointSecurityGroupId = endpoints.securityGroupId;
+      // A pool placed in these subnets calls AWS at boot: through the endpoints, once they exist.
+      this.privateSubnetIds = waitFor(this.privateSubnetIds, endpoints.ids);
     }
     this.registerOutputs({ vpcId: this.vpcId, privateSubnetIds: this.privateSubnetIds, publicSubnetIds: this.publicSubnetIds });
   }
@@ -171,31 +181,34 @@ export class Network extends pulumi.ComponentResource {
     });
 
     const privateRouteTables: aws.ec2.RouteTable[] = [];
+    const associations: aws.ec2.RouteTableAssociation[] = [];
     const privateSubnets = zones.map((zone, i) => {
       const subnet = new aws.ec2.Subnet(`${name}-private-${i}`, { vpcId: vpc.id, cidrBlock: plan.private[i], availabilityZone: zone, mapPublicIpOnLaunch: false, tags: tag(`private-${i}`) }, opts);
       const routes = new aws.ec2.RouteTable(`${name}-private-${i}`, { vpcId: vpc.id, routes: [{ cidrBlock: "0.0.0.0/0", natGatewayId: nats[Math.min(i, natCount - 1)].id }], tags: tag(`private-${i}`) }, opts);
-      new aws.ec2.RouteTableAssociation(`${name}-private-${i}`, { subnetId: subnet.id, routeTableId: routes.id }, opts);
+      associations.push(new aws.ec2.RouteTableAssociation(`${name}-private-${i}`, { subnetId: subnet.id, routeTableId: routes.id }, opts));
       privateRouteTables.push(routes);
       return subnet;
     });
 
     return {
       vpcId: vpc.id,
-      privateSubnetIds: pulumi.all(privateSubnets.map((s) => s.id)),
+      // Known only once their route out exists: a pool placed here waits for the NAT gateways
+      // and the route table associations before its first instance boots.
+      privateSubnetIds: waitFor(pulumi.all(privateSubnets.map((s) => s.id)), [...nats.map((n) => n.id), ...associations.map((a) => a.id)]),
       publicSubnetIds: pulumi.all(publicSubnets.map((s) => s.id)),
       privateRouteTableIds: pulumi.all(privateRouteTables.map((r) => r.id)),
+      endpointSubnetIds: pulumi.all(privateSubnets.map((s) => s.id)),
     };
   }
 
   private createEndpoints(
     name: string,
     endpoints: EndpointName[],
-    region: pulumi.Output<string>,
     cidr: pulumi.Output<string>,
     subnetIds: pulumi.Output<string[]>,
     routeTableIds: pulumi.Output<string[]>,
     tags: Record<string, string>,
-  ): pulumi.Output<string> {
+  ): { securityGroupId: pulumi.Output<string>; ids: pulumi.Output<string>[] } {
     const opts = { parent: this };
     const securityGroup = new aws.ec2.SecurityGroup(
       `${name}-endpoints`,
@@ -208,22 +221,32 @@ export class Network extends pulumi.ComponentResource {
       },
       opts,
     );
+    const ids: pulumi.Output<string>[] = [];
     for (const endpoint of [...new Set(endpoints)]) {
       for (const service of ENDPOINT_SERVICES[endpoint]) {
         const gateway = GATEWAY_ENDPOINTS.includes(service);
-        new aws.ec2.VpcEndpoint(
+        const serviceType = gateway ? "Gateway" : "Interface";
+        // The name AWS gives the service here: partitions differ (com.amazonaws., cn.com.amazonaws., ...).
+        const serviceName = aws.ec2.getVpcEndpointServiceOutput({ service, serviceType }, { parent: this }).serviceName;
+        const created = new aws.ec2.VpcEndpoint(
           `${name}-${service.replace(".", "-")}`,
           {
             vpcId: this.vpcId,
-            serviceName: pulumi.interpolate`com.amazonaws.${region}.${service}`,
-            vpcEndpointType: gateway ? "Gateway" : "Interface",
+            serviceName,
+            vpcEndpointType: serviceType,
             ...(gateway ? { routeTableIds } : { subnetIds, securityGroupIds: [securityGroup.id], privateDnsEnabled: true }),
             tags: { ...tags, Name: `${name}-${service}` },
           },
           opts,
         );
+        ids.push(created.id);
       }
     }
-    return securityGroup.id;
+    return { securityGroupId: securityGroup.id, ids };
   }
+}
+
+/** `value`, once every one of `others` is known: an Output that carries their resources as dependencies. */
+function waitFor<T>(value: pulumi.Output<T>, others: pulumi.Output<unknown>[]): pulumi.Output<T> {
+  return pulumi.all([value, ...others]).apply(([first]) => first as T);
 }

@@ -1,50 +1,17 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import * as random from "@pulumi/random";
-import type { InstanceConfig } from "../../agent/config/instance";
+import { terminationHeartbeatTimeout, type InstanceConfig } from "../../agent/config/instance";
+import { METRICS, METRICS_NAMESPACE, METRICS_PERIOD_SECONDS, POOL_DIMENSION } from "../../agent/config/metrics";
 import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
+import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
-import { ssmParameterTier, type PoolPlacement } from "./pool-args";
-import { renderUserData, type UserDataFile, type UserDataSpec } from "./userdata";
+import { arnPlaceProblems, givenArns, noise, ssmParameterTier, WORST_CASE, type CoreArgs, type PoolPlacement } from "./pool-args";
+import { autoScalingGroupArn, poolPolicyDocument } from "./policy";
+import { BOOT_LOG_STREAM, renderUserData, type UserDataFile, type UserDataSpec } from "./userdata";
 
-/** The core arguments after validation (see poolCoreShape). */
-export interface CoreArgs {
-  instanceType: string;
-  mixedInstances?: { instanceTypes: string[]; onDemandBaseCapacity: number; onDemandPercentageAboveBaseCapacity: number; spotAllocationStrategy: string };
-  minSize: number;
-  maxSize: number;
-  desiredCapacity?: number;
-  amiId?: string;
-  nodeMajor: number;
-  rootVolumeSizeGiB: number;
-  volumeKmsKeyArn?: string;
-  logRetentionDays: number;
-  logKmsKeyArn?: string;
-  secretKmsKeyArn?: string;
-  existingSecretArn?: string;
-  secretRecoveryWindowDays: number;
-  permissionsBoundaryArn?: string;
-  extraPolicyStatements: PolicyStatement[];
-  ssmSessionManager: boolean;
-  alarmActions: string[];
-  egressCidrBlocks: string[];
-  customCaCertificates?: string;
-  customCaCertificatesDelivery: "userData" | "ssmParameter";
-  drainTimeoutSeconds: number;
-  launchTimeoutSeconds: number;
-  detailedMonitoring: boolean;
-  tags: Record<string, string>;
-  httpsProxy?: string;
-}
-
-export interface PolicyStatement {
-  Sid?: string;
-  Effect: "Allow" | "Deny";
-  Action: string | string[];
-  Resource: string | string[];
-  Condition?: Record<string, Record<string, string | string[]>>;
-}
+export type { CoreArgs } from "./pool-args";
 
 export interface PoolSpec extends PoolPlacement {
   /** The component's type name, for tags and messages. */
@@ -76,88 +43,104 @@ export interface PoolOutputs {
 export const LAUNCH_HOOK = "agent-connected";
 export const TERMINATION_HOOK = "agent-drained";
 
+
+/** A pool's lifecycle hooks: held at launch until the agent connects, at termination until it drains. */
+export function lifecycleHooks(core: Pick<CoreArgs, "launchTimeoutSeconds" | "drainTimeoutSeconds">) {
+  return [
+    { name: LAUNCH_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_LAUNCHING", defaultResult: "ABANDON", heartbeatTimeout: core.launchTimeoutSeconds },
+    { name: TERMINATION_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_TERMINATING", defaultResult: "CONTINUE", heartbeatTimeout: terminationHeartbeatTimeout(core.drainTimeoutSeconds) },
+  ];
+}
+
+/**
+ * Instance refresh (a new launch template version) and replacement of unhealthy instances:
+ * launch first, terminate once the new instance is InService (its agent connected), so a
+ * one-instance pool never drops to none. AWS allows a maximum of 100-200% and at most 100
+ * points between the two.
+ */
+export const REPLACEMENT = { minHealthyPercentage: 100, maxHealthyPercentage: 200 } as const;
+
 /** The SSM parameter holding a pool's CA certificates (customCaCertificatesDelivery "ssmParameter"). */
 export const caParameterName = (autoScalingGroupName: string) => `/agentpools/${autoScalingGroupName}/ca-certificates`;
 
 /** The AL2023 image parameter for an architecture. */
 export const al2023Parameter = (arch: string) => `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;
 
-/** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
-export const autoScalingGroupArn = (partition: string, region: string, account: string, group: string) =>
-  `arn:${partition}:autoscaling:${region}:${account}:autoScalingGroup:*:autoScalingGroupName/${group}`;
-
-/**
- * The instance role's policy: read this pool's secret (and CA parameter, if it has one),
- * write this pool's logs, complete lifecycle actions of this pool's group. Nothing else,
- * unless the user adds statements.
- */
-export function poolPolicyDocument(input: {
+/** Where a pool's AWS resources are, once they exist (or at their longest, before). */
+export interface PoolPlace {
   secretArn: string;
-  caParameterArn?: string;
-  secretKmsKeyArn?: string;
+  autoScalingGroupName: string;
+  logGroupName: string;
   region: string;
-  logGroupArn: string;
-  autoScalingGroupArn: string;
-  extraStatements?: PolicyStatement[];
-}): { Version: string; Statement: PolicyStatement[] } {
-  const statements: PolicyStatement[] = [
-    { Sid: "ReadPoolSecret", Effect: "Allow", Action: "secretsmanager:GetSecretValue", Resource: input.secretArn },
-    { Sid: "WritePoolLogs", Effect: "Allow", Action: ["logs:CreateLogStream", "logs:PutLogEvents"], Resource: `${input.logGroupArn}:log-stream:*` },
-    {
-      Sid: "CompletePoolLifecycleActions",
-      Effect: "Allow",
-      Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
-      Resource: input.autoScalingGroupArn,
-    },
-  ];
-  if (input.caParameterArn) statements.push({ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.caParameterArn });
-  if (input.secretKmsKeyArn) {
-    statements.push({
-      Sid: "DecryptPoolSecret",
-      Effect: "Allow",
-      Action: "kms:Decrypt",
-      Resource: input.secretKmsKeyArn,
-      Condition: { StringEquals: { "kms:ViaService": `secretsmanager.${input.region}.amazonaws.com` } },
-    });
-  }
-  return { Version: "2012-10-17", Statement: [...statements, ...(input.extraStatements ?? [])] };
+  /** The partition's DNS suffix: amazonaws.com, amazonaws.com.cn, ... */
+  dnsSuffix: string;
 }
 
-/** Placeholders as long as real values get, to check user-data size before anything exists. */
-const WORST_CASE_AWS = {
-  secretArn: `arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:${"x".repeat(120)}-AbCdEf`,
-  autoScalingGroupName: "x".repeat(80),
-  launchHookName: LAUNCH_HOOK,
-  terminationHookName: TERMINATION_HOOK,
-  logGroupName: `/agentpools/${"x".repeat(80)}`,
-};
-const WORST_CASE_REGION = "ap-southeast-4";
+/**
+ * What goes around the proxy: the user's list and, unless told otherwise, every AWS API of
+ * the pool's region (Secrets Manager, CloudWatch Logs, Auto Scaling, SSM, ECR, S3), which the
+ * VPC reaches through its endpoints or its route. The entry is a ".domain" suffix, a form the
+ * runtime, Node, Docker and curl all read.
+ */
+export function poolNoProxy(spec: PoolSpec, place: Pick<PoolPlace, "region" | "dnsSuffix">): string | undefined {
+  const aws = spec.core.httpsProxy && !spec.core.awsApisViaProxy ? `.${place.region}.${place.dnsSuffix}` : undefined;
+  return [spec.noProxy, aws].filter(Boolean).join(",") || undefined;
+}
 
 /** The user-data spec of a pool, given where its AWS resources are. */
-export function poolUserDataSpec(name: string, spec: PoolSpec, awsConfig: NonNullable<InstanceConfig["aws"]>, region: string): UserDataSpec {
-  const caFromParameter = spec.core.customCaCertificatesDelivery === "ssmParameter";
+export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace): UserDataSpec {
+  const core = spec.core;
+  const caFromParameter = core.customCaCertificatesDelivery === "ssmParameter";
+  const awsConfig: NonNullable<InstanceConfig["aws"]> = {
+    secretArn: place.secretArn,
+    autoScalingGroupName: place.autoScalingGroupName,
+    launchHookName: LAUNCH_HOOK,
+    terminationHookName: TERMINATION_HOOK,
+    logGroupName: place.logGroupName,
+    heartbeatSeconds: Math.floor(terminationHeartbeatTimeout(core.drainTimeoutSeconds) / 3),
+    metricsSeconds: METRICS_PERIOD_SECONDS,
+    unhealthyAfterSeconds: core.unhealthyAfterDisconnectedSeconds,
+  };
   return {
     pool: name,
     role: spec.role,
     bundle: runtimeBundle(spec.role),
-    config: { role: spec.role, pool: name, env: spec.settingsEnv, drainTimeoutSeconds: spec.core.drainTimeoutSeconds, aws: awsConfig },
-    nodeMajor: spec.core.nodeMajor,
+    config: { role: spec.role, pool: name, env: spec.settingsEnv, drainTimeoutSeconds: core.drainTimeoutSeconds, aws: awsConfig },
+    nodeMajor: core.nodeMajor,
     docker: spec.docker,
     gvisor: spec.gvisor,
+    architecture: architectureOf(core.instanceType),
+    region: place.region,
     registryMirror: spec.registryMirror,
-    caCertificates: caFromParameter ? undefined : spec.core.customCaCertificates,
-    caCertificatesParameter: caFromParameter ? { name: caParameterName(awsConfig.autoScalingGroupName), region } : undefined,
-    httpsProxy: spec.core.httpsProxy,
-    noProxy: spec.noProxy,
+    caCertificates: caFromParameter ? undefined : core.customCaCertificates,
+    caCertificatesParameter: caFromParameter ? { name: caParameterName(place.autoScalingGroupName) } : undefined,
+    httpsProxy: core.httpsProxy,
+    noProxy: poolNoProxy(spec, place),
+    awsApisViaProxy: core.awsApisViaProxy,
     extraFiles: spec.extraFiles,
-    stopTimeoutSeconds: spec.core.drainTimeoutSeconds + 30,
+    stopTimeoutSeconds: core.drainTimeoutSeconds + 30,
     runtimeSandbox: spec.runtimeSandbox,
+  };
+}
+
+/**
+ * Where a pool's resources will be, at their longest: under its own name, in the region and
+ * partition with the longest names, with random parts as hard to compress as real ones.
+ */
+export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
+  const group = `agentpools-${name}-${noise(8, "suffix").toLowerCase()}`;
+  return {
+    secretArn: core.existingSecretArn ?? `arn:${WORST_CASE.partition}:secretsmanager:${WORST_CASE.region}:${WORST_CASE.account}:secret:${name}-credentials-${noise(7, "name")}-${noise(6, "arn")}`,
+    autoScalingGroupName: group,
+    logGroupName: `/agentpools/${group}`,
+    region: WORST_CASE.region,
+    dnsSuffix: WORST_CASE.dnsSuffix,
   };
 }
 
 /** Refuse, before anything is created, a configuration whose user-data cannot fit. */
 export function checkUserDataSize(name: string, spec: PoolSpec): number {
-  return renderUserData(poolUserDataSpec(name, spec, WORST_CASE_AWS, WORST_CASE_REGION)).length;
+  return renderUserData(poolUserDataSpec(name, spec, worstCasePlace(name, spec.core))).length;
 }
 
 /** Create the resources every pool has, as children of `parent`. */
@@ -167,9 +150,15 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   const core = spec.core;
   const tags = { ...core.tags, "agentpools:pool": name, "agentpools:component": spec.component };
 
-  const partition = aws.getPartitionOutput({}, invokeOpts).partition;
+  const partition = aws.getPartitionOutput({}, invokeOpts);
   const region = aws.getRegionOutput({}, invokeOpts).region;
   const account = aws.getCallerIdentityOutput({}, invokeOpts).accountId;
+  // The ARNs given must be of this partition and region: checked once both are known, at preview.
+  const placed = pulumi.all([partition.partition, region]).apply(([part, reg]) => {
+    const problems = arnPlaceProblems(givenArns(core), { partition: part, region: reg });
+    if (problems.length > 0) throw new InvalidArgumentsError(spec.component, name, problems);
+    return part;
+  });
 
   // A fixed name, known before the group exists, lets the policy, the log group and the
   // instances' configuration refer to the group without a dependency cycle.
@@ -193,6 +182,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     { name: pulumi.interpolate`/agentpools/${groupName}`, retentionInDays: core.logRetentionDays, kmsKeyId: core.logKmsKeyArn, tags },
     opts,
   );
+  // Where a boot script that fails for good says why, before any runtime exists to make a stream.
+  const bootLog = new aws.cloudwatch.LogStream(`${name}-boot`, { logGroupName: logGroup.name, name: BOOT_LOG_STREAM }, opts);
 
   let secretArn: pulumi.Output<string>;
   if (core.existingSecretArn) {
@@ -237,28 +228,29 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     `${name}-instance`,
     {
       description: `agentpools ${spec.component} ${name}: instance role`,
-      assumeRolePolicy: JSON.stringify({
-        Version: "2012-10-17",
-        Statement: [{ Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" }],
-      }),
+      // EC2's service principal as the partition spells it.
+      assumeRolePolicy: aws.getServicePrincipalOutput({ serviceName: "ec2" }, invokeOpts).name.apply((principal) =>
+        JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Allow", Principal: { Service: principal }, Action: "sts:AssumeRole" }] }),
+      ),
       permissionsBoundary: core.permissionsBoundaryArn,
       tags,
     },
     opts,
   );
-  new aws.iam.RolePolicy(
+  const policy = new aws.iam.RolePolicy(
     `${name}-instance`,
     {
       role: role.name,
       policy: pulumi
-        .all([secretArn, logGroup.arn, partition, region, account, groupName, caParameter?.arn])
-        .apply(([secret, logGroupArn, part, reg, acct, group, caParameterArn]) =>
+        .all([secretArn, logGroup.arn, placed, partition.dnsSuffix, region, account, groupName, caParameter?.arn])
+        .apply(([secret, logGroupArn, part, dnsSuffix, reg, acct, group, caParameterArn]) =>
           JSON.stringify(
             poolPolicyDocument({
               secretArn: secret,
               caParameterArn,
               secretKmsKeyArn: core.secretKmsKeyArn,
               region: reg,
+              dnsSuffix,
               logGroupArn,
               autoScalingGroupArn: autoScalingGroupArn(part, reg, acct, group),
               extraStatements: core.extraPolicyStatements,
@@ -268,22 +260,16 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     },
     opts,
   );
-  if (core.ssmSessionManager) {
-    new aws.iam.RolePolicyAttachment(
-      `${name}-ssm`,
-      { role: role.name, policyArn: pulumi.interpolate`arn:${partition}:iam::aws:policy/AmazonSSMManagedInstanceCore` },
-      opts,
-    );
-  }
+  const ssmAccess = core.ssmSessionManager
+    ? new aws.iam.RolePolicyAttachment(`${name}-ssm`, { role: role.name, policyArn: pulumi.interpolate`arn:${partition.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore` }, opts)
+    : undefined;
   const profile = new aws.iam.InstanceProfile(`${name}-instance`, { role: role.name, tags }, opts);
 
   const imageId = core.amiId ?? aws.ssm.getParameterOutput({ name: al2023Parameter(architectureOf(core.instanceType)) }, invokeOpts).value;
   const userData = pulumi
-    .all([secretArn, groupName, logGroup.name, region])
-    .apply(([secret, group, logs, reg]) =>
-      renderUserData(
-        poolUserDataSpec(name, spec, { secretArn: secret, autoScalingGroupName: group, launchHookName: LAUNCH_HOOK, terminationHookName: TERMINATION_HOOK, logGroupName: logs }, reg),
-      ).toString("base64"),
+    .all([secretArn, groupName, logGroup.name, region, partition.dnsSuffix])
+    .apply(([secret, group, logs, reg, dnsSuffix]) =>
+      renderUserData(poolUserDataSpec(name, spec, { secretArn: secret, autoScalingGroupName: group, logGroupName: logs, region: reg, dnsSuffix })).toString("base64"),
     );
 
   const launchTemplate = new aws.ec2.LaunchTemplate(
@@ -302,6 +288,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       ],
       networkInterfaces: [{ deviceIndex: 0, associatePublicIpAddress: "false", deleteOnTermination: "true", securityGroups: [securityGroup.id] }],
       monitoring: { enabled: core.detailedMonitoring },
+      // A boot script that cannot tell AWS it failed powers off: the instance is then gone, and replaced.
+      instanceInitiatedShutdownBehavior: "terminate",
       userData,
       updateDefaultVersion: true,
       tagSpecifications: [
@@ -313,6 +301,7 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     opts,
   );
 
+  const hooks = lifecycleHooks(core);
   const templateRef = { id: launchTemplate.id, version: launchTemplate.latestVersion.apply((v) => `${v}`) };
   const group = new aws.autoscaling.Group(
     `${name}-agents`,
@@ -338,23 +327,33 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
             },
           }
         : { launchTemplate: templateRef }),
+      // EC2 checks the machine; the runtime reports its agent (SetInstanceHealth after a sustained disconnect).
       healthCheckType: "EC2",
       healthCheckGracePeriod: 300,
-      // Hooks given at creation hold the very first instances too.
-      initialLifecycleHooks: [
-        { name: LAUNCH_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_LAUNCHING", defaultResult: "ABANDON", heartbeatTimeout: core.launchTimeoutSeconds },
-        { name: TERMINATION_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_TERMINATING", defaultResult: "CONTINUE", heartbeatTimeout: core.drainTimeoutSeconds + 60 },
-      ],
-      instanceRefresh: { strategy: "Rolling", preferences: { minHealthyPercentage: 90, skipMatching: true } },
+      // Given at creation, the hooks hold the very first instances; AWS applies them only then.
+      initialLifecycleHooks: hooks,
+      instanceRefresh: { strategy: "Rolling", preferences: { ...REPLACEMENT, skipMatching: true } },
+      instanceMaintenancePolicy: REPLACEMENT,
       enabledMetrics: ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"],
       metricsGranularity: "1Minute",
       terminationPolicies: ["OldestLaunchTemplate", "OldestInstance"],
       waitForCapacityTimeout: `${core.launchTimeoutSeconds + 300}s`,
       tags: Object.entries({ ...tags, Name: `agentpools-${name}` }).map(([key, value]) => ({ key, value, propagateAtLaunch: true })),
     },
-    // Instances read the CA parameter at boot: it exists before the first one starts.
-    { ...opts, dependsOn: caParameter ? [logGroup, caParameter] : [logGroup] },
+    {
+      ...opts,
+      // Instances read the secret, write logs and complete their hook with the role's policy
+      // at boot, and read the CA parameter: all exist before the first instance starts.
+      dependsOn: [logGroup, bootLog, policy, ...(ssmAccess ? [ssmAccess] : []), ...(caParameter ? [caParameter] : [])],
+      // Later changes reach the hooks through the LifecycleHook resources below.
+      ignoreChanges: ["initialLifecycleHooks"],
+    },
   );
+  // The same hooks as resources of their own (PutLifecycleHook creates or updates one), so a
+  // change of drain or launch time reaches AWS after the group's creation too.
+  for (const hook of hooks) {
+    new aws.autoscaling.LifecycleHook(`${name}-${hook.name}`, { autoscalingGroupName: group.name, ...hook }, opts);
+  }
 
   createAlarms(name, group.name, logGroup.name, core.alarmActions, tags, opts);
 
@@ -370,15 +369,15 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
 
 /** Alarms an operator wants: capacity wanted but no connected agent, and runtime errors. */
 function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: pulumi.Output<string>, actions: string[], tags: Record<string, string>, opts: pulumi.CustomResourceOptions): void {
-  const groupMetric = (metricName: string, stat: string) => ({
-    namespace: "AWS/AutoScaling",
+  const metric = (namespace: string, metricName: string, stat: string) => ({
+    namespace,
     metricName,
-    dimensions: { AutoScalingGroupName: group },
-    period: 60,
+    dimensions: { [POOL_DIMENSION]: group },
+    period: METRICS_PERIOD_SECONDS,
     stat,
   });
-  // An instance becomes InService only after its agent connected (the launch hook), so
-  // InService is the count of connected agents.
+  // Connected agents as the runtimes report them (agent/config/metrics.ts): an instance whose
+  // agent lost its gateway is InService all the same.
   new aws.cloudwatch.MetricAlarm(
     `${name}-no-agents`,
     {
@@ -389,9 +388,9 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
       datapointsToAlarm: 10,
       treatMissingData: "notBreaching",
       metricQueries: [
-        { id: "desired", metric: groupMetric("GroupDesiredCapacity", "Maximum"), returnData: false },
-        { id: "inservice", metric: groupMetric("GroupInServiceInstances", "Minimum"), returnData: false },
-        { id: "unserved", expression: "IF(desired > 0 AND inservice < 1, 1, 0)", label: "Capacity wanted, no agent", returnData: true },
+        { id: "desired", metric: metric("AWS/AutoScaling", "GroupDesiredCapacity", "Maximum"), returnData: false },
+        { id: "connected", metric: metric(METRICS_NAMESPACE, METRICS.connected, "Sum"), returnData: false },
+        { id: "unserved", expression: "IF(desired > 0 AND FILL(connected, 0) < 1, 1, 0)", label: "Capacity wanted, no connected agent", returnData: true },
       ],
       alarmActions: actions,
       okActions: actions,
@@ -406,7 +405,7 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
     {
       logGroupName,
       pattern: '{ $.level = "error" }',
-      metricTransformation: { name: metricName, namespace: "agentpools", value: "1", defaultValue: "0" },
+      metricTransformation: { name: metricName, namespace: METRICS_NAMESPACE, value: "1", defaultValue: "0" },
     },
     opts,
   );
@@ -414,7 +413,7 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
     `${name}-runtime-errors`,
     {
       alarmDescription: pulumi.interpolate`agentpools ${name}: the runtime logged 5 or more errors in 5 minutes (log group ${logGroupName})`,
-      namespace: "agentpools",
+      namespace: METRICS_NAMESPACE,
       metricName,
       statistic: "Sum",
       period: 300,

@@ -1,110 +1,235 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
-import { execSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { gunzipSync } from "node:zlib";
-import { decodeUserData, renderUserData, USER_DATA_LIMIT, UserDataTooLargeError, type UserDataSpec } from "./userdata";
+import { ARCHIVE_PATH, decodeUserData, GVISOR, renderUserData, USER_DATA_LIMIT, UserDataTooLargeError, type UserDataSpec } from "./userdata";
+import { CA_EC } from "../../devkit/fixtures";
 import { scratchDir } from "../../devkit/helpers";
-
-const CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2V4YW1wbGU=\n-----END CERTIFICATE-----\n";
 
 function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
   return {
     pool: "build",
     role: "launcher",
-    bundle: '"use strict";var a="it\'s $HOME `x` \\"quoted\\"";console.log(a);\n',
+    bundle: '"use strict";var a="it\'s $HOME `x` \\"quoted\\" \\0";console.log(a);\n',
     config: {
       role: "launcher",
       pool: "build",
       env: { SPACELIFT_WORKER_NETWORK: "bridge", SPACELIFT_MASK_ENVS: "A,B" },
       drainTimeoutSeconds: 600,
-      aws: { secretArn: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x", autoScalingGroupName: "g", launchHookName: "l", terminationHookName: "t", logGroupName: "/agentpools/g" },
+      aws: {
+        secretArn: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x-AbCdEf",
+        autoScalingGroupName: "agentpools-build-1a2b3c4d",
+        launchHookName: "agent-connected",
+        terminationHookName: "agent-drained",
+        logGroupName: "/agentpools/agentpools-build-1a2b3c4d",
+        heartbeatSeconds: 200,
+        metricsSeconds: 60,
+        unhealthyAfterSeconds: 600,
+      },
     },
     nodeMajor: 24,
     docker: true,
     gvisor: true,
+    architecture: "x86_64",
+    region: "eu-west-1",
     registryMirror: "https://mirror.internal",
-    caCertificates: CERT,
+    caCertificates: CA_EC,
     httpsProxy: "http://proxy.internal:3128",
-    noProxy: ".internal",
-    extraFiles: [{ path: "/etc/agentpools/policy", content: "allow everything 'quoted' %d\n", permissions: "0644" }],
+    noProxy: ".internal,.eu-west-1.amazonaws.com",
+    extraFiles: [{ path: "/etc/agentpools/policy", content: "allow everything 'quoted' %d\nEOF\n" }],
     stopTimeoutSeconds: 630,
     ...overrides,
   };
 }
 
+/** Stand-in commands on PATH for running pieces of the boot script here: each records its arguments. */
+function standIns(scripts: Record<string, string>) {
+  const dir = scratchDir("bin-");
+  for (const [name, body] of Object.entries(scripts)) {
+    writeFileSync(path.join(dir, name), `#!/bin/bash\nprintf '%s\\n' "$*" >> '${dir}/${name}.calls'\n${body}\n`, { mode: 0o755 });
+  }
+  const calls = (name: string) => (existsSync(path.join(dir, `${name}.calls`)) ? readFileSync(path.join(dir, `${name}.calls`), "utf8").trim().split("\n") : []);
+  return { dir, calls };
+}
+
+/**
+ * Run the script's preamble (retry, the failure trap) and then `lines`, as cloud-init would
+ * run them, with stand-ins first on PATH and the instance ID cloud-init keeps in a scratch file.
+ */
+function runBootPiece(script: string, lines: string[], bin: string) {
+  const all = script.split("\n");
+  const preamble = all.slice(1, all.findIndex((l) => l.startsWith("trap ")) + 1).join("\n");
+  const idFile = path.join(scratchDir("cloud-"), "instance-id");
+  writeFileSync(idFile, "i-0123456789abcdef0\n");
+  const text = `${preamble}\n${lines.join("\n")}\n`.replace("/var/lib/cloud/data/instance-id", idFile);
+  return spawnSync("/bin/bash", ["-c", text], { env: { PATH: `${bin}:${process.env.PATH}` }, encoding: "utf8" });
+}
+
 describe("user-data", () => {
-  it("decodes back to exactly the bundle, configuration and files rendered", () => {
+  it("is a gzipped bash script that writes its own files and decodes back to exactly what was rendered", () => {
     const input = spec();
-    const decoded = decodeUserData(renderUserData(input));
-    assert.deepEqual(decoded.parts.map((p) => p.contentType), ["text/cloud-config", "text/x-shellscript"]);
+    const gzipped = renderUserData(input);
+    const decoded = decodeUserData(gzipped);
+    assert.match(gunzipSync(gzipped).toString("utf8"), /^#!\/bin\/bash\n/);
     assert.equal(decoded.files.get("/opt/agentpools/launcher.js")?.content, input.bundle);
     assert.deepEqual(JSON.parse(decoded.files.get("/etc/agentpools/launcher.json")?.content as string), input.config);
-    assert.equal(decoded.files.get("/etc/agentpools/policy")?.content, "allow everything 'quoted' %d\n");
-    assert.equal(decoded.files.get("/etc/pki/ca-trust/source/anchors/agentpools.pem")?.content, CERT);
+    assert.equal(decoded.files.get("/etc/agentpools/policy")?.content, "allow everything 'quoted' %d\nEOF\n");
+    assert.equal(decoded.files.get("/etc/pki/ca-trust/source/anchors/agentpools.pem")?.content, CA_EC);
     assert.deepEqual(JSON.parse(decoded.files.get("/etc/docker/daemon.json")?.content as string), {
-      "log-driver": "journald",
+      "log-driver": "none",
       "live-restore": true,
       runtimes: { runsc: { path: "/usr/local/bin/runsc" } },
       "registry-mirrors": ["https://mirror.internal"],
-      proxies: { "https-proxy": "http://proxy.internal:3128", "no-proxy": ".internal" },
+      proxies: { "https-proxy": "http://proxy.internal:3128", "no-proxy": ".internal,.eu-west-1.amazonaws.com" },
     });
   });
 
-  it("unpacks the Brotli-packed bundle with the boot script's own command, byte for byte", () => {
+  it("writes the CA certificates with the shell as given, whatever lines they hold", () => {
+    const awkward = `${CA_EC}EOF\nEOF_\n`;
+    const script = decodeUserData(renderUserData(spec({ caCertificates: awkward }))).script;
+    const lines = script.split("\n");
+    const start = lines.findIndex((l) => l.startsWith("cat > /etc/pki/ca-trust/source/anchors/agentpools.pem"));
+    const dir = scratchDir("ca-");
+    const piece = lines.slice(start, lines.indexOf(lines[start].split("'")[1], start + 1) + 1).join("\n").replace("/etc/pki/ca-trust/source/anchors", dir);
+    execFileSync("/bin/bash", ["-c", piece]);
+    assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), awkward);
+  });
+
+  it("unpacks its archive with the boot script's own commands, every file byte for byte", () => {
     const input = spec();
     const decoded = decodeUserData(renderUserData(input));
-    const packed = decoded.files.get("/opt/agentpools/launcher.js.br");
-    assert.equal(packed?.encoding, "b64", "cloud-init decodes it to binary");
-    const command = decoded.script.split("\n").find((line) => line.includes("brotliDecompressSync")) as string;
-    assert.ok(decoded.script.indexOf(command) > decoded.script.indexOf("dnf install"), "after Node.js is installed");
-    assert.ok(decoded.script.indexOf(command) < decoded.script.indexOf("systemctl enable --now agentpools"), "before the service starts");
-    // Run that very command here, with this machine's node and a scratch directory for /opt/agentpools.
-    const dir = scratchDir("unpack-");
-    writeFileSync(path.join(dir, "launcher.js.br"), Buffer.from(packed?.content as string, "base64"));
-    const local = command.replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replaceAll("/opt/agentpools", dir);
-    execSync(local, { shell: "/bin/bash" });
-    assert.equal(readFileSync(path.join(dir, "launcher.js"), "utf8"), input.bundle);
+    const lines = decoded.script.split("\n");
+    const write = lines.find((l) => l.startsWith(`base64 -d > ${ARCHIVE_PATH} `)) as string;
+    const unpack = lines.find((l) => l.includes("brotliDecompressSync")) as string;
+    assert.ok(lines.indexOf(unpack) > lines.findIndex((l) => l.startsWith("retry dnf install")), "after Node.js is installed");
+    assert.ok(lines.indexOf(unpack) < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
+    // Run those very lines here, with this machine's node, a scratch archive and a scratch root.
+    const root = scratchDir("root-");
+    const archive = path.join(root, "archive.br");
+    execFileSync("/bin/bash", ["-c", `${write.replace(ARCHIVE_PATH, archive)}\n${unpack.replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replace(`${ARCHIVE_PATH} ""`, `${archive} ${root}`)}`]);
+    for (const file of decoded.files.values()) {
+      if (file.path === "/etc/pki/ca-trust/source/anchors/agentpools.pem") continue; // written by the shell, tested above
+      assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
+    }
+    assert.equal(readFileSync(path.join(root, "/opt/agentpools/launcher.js"), "utf8"), input.bundle);
   });
 
   it("runs the role as a systemd service that restarts on failure and stops with SIGTERM in time to drain", () => {
     const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
-    for (const line of ["ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js", "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=630", "User=agentpools", "NoNewPrivileges=true", "SupplementaryGroups=docker", 'Environment="AGENTPOOLS_CONFIG=/etc/agentpools/launcher.json"', 'Environment="NODE_EXTRA_CA_CERTS=/etc/pki/ca-trust/source/anchors/agentpools.pem"', 'Environment="NO_PROXY=.internal,169.254.169.254"']) {
+    for (const line of [
+      "ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
+      "Restart=on-failure",
+      "KillSignal=SIGTERM",
+      "TimeoutStopSec=630",
+      "User=agentpools",
+      "NoNewPrivileges=true",
+      "SupplementaryGroups=docker",
+      'Environment="AGENTPOOLS_CONFIG=/etc/agentpools/launcher.json"',
+      'Environment="NODE_EXTRA_CA_CERTS=/etc/pki/ca-trust/source/anchors/agentpools.pem"',
+      'Environment="NO_PROXY=.internal,.eu-west-1.amazonaws.com,169.254.169.254"',
+    ]) {
       assert.ok(unit.split("\n").includes(line), `unit lacks ${line}`);
     }
     const vcsUnit = decodeUserData(renderUserData(spec({ role: "vcs-agent", docker: false, gvisor: false }))).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
     assert.ok(!vcsUnit.includes("docker"), "a role without containers gets no Docker access");
   });
 
-  it("installs Node.js, Docker and a checked gVisor, then starts the service", () => {
+  it("installs Node.js, Docker and gVisor's pinned release checked against the digest it carries, then starts the services", () => {
     const script = decodeUserData(renderUserData(spec())).script;
-    assert.match(script, /^#!\/bin\/bash\n/);
-    assert.match(script, /dnf install -y nodejs24 docker\n/);
-    assert.match(script, /sha512sum -c runsc.sha512\n/);
-    assert.match(script, /systemctl enable --now agentpools-launcher.service\n$/);
+    assert.match(script, /^retry dnf install -y nodejs24 docker$/m);
+    assert.match(script, new RegExp(`^retry curl -fsSL --proxy 'http://proxy.internal:3128' -o /tmp/runsc https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/x86_64/runsc$`, "m"));
+    assert.ok(!script.includes("latest"), "never the moving release/latest");
+    assert.match(script, /systemctl enable --now docker agentpools-launcher.service\n$/);
     assert.match(script, /echo proxy='http:\/\/proxy.internal:3128' >> \/etc\/dnf\/dnf.conf/);
+    const arm = decodeUserData(renderUserData(spec({ architecture: "arm64" }))).script;
+    assert.ok(arm.includes(`/aarch64/runsc`) && arm.includes(GVISOR.sha512.aarch64), "Graviton instances get the arm64 binary and its digest");
     const plain = decodeUserData(renderUserData(spec({ docker: false, gvisor: false, httpsProxy: undefined, caCertificates: undefined }))).script;
-    assert.doesNotMatch(plain, /docker|runsc|proxy|update-ca-trust/);
+    assert.doesNotMatch(plain.replace(/^base64 .*$/m, ""), /docker|runsc|proxy|update-ca-trust/);
+  });
+
+  it("refuses a gVisor binary that is not the pinned release, byte for byte", () => {
+    const script = decodeUserData(renderUserData(spec())).script;
+    const check = script.split("\n").find((l) => l.includes("sha512sum -c")) as string;
+    const dir = scratchDir("runsc-");
+    const binary = path.join(dir, "runsc");
+    writeFileSync(binary, "a runsc that is not the release");
+    const run = (line: string) => spawnSync("/bin/bash", ["-c", line.replace("/tmp/runsc", binary)], { encoding: "utf8" });
+    assert.notEqual(run(check).status, 0, "a substituted binary fails the check");
+    // The check passes exactly when the digest matches: the same line with this file's digest.
+    const digest = createHash("sha512").update(readFileSync(binary)).digest("hex");
+    assert.equal(run(check.replace(GVISOR.sha512.x86_64, digest)).status, 0);
+  });
+
+  it("keeps nothing of a run's output on the host: Docker's logging driver is none", () => {
+    const daemon = JSON.parse(decodeUserData(renderUserData(spec())).files.get("/etc/docker/daemon.json")?.content as string);
+    assert.equal(daemon["log-driver"], "none");
   });
 
   it("trusts the custom CAs before the first download, whether carried inline or read from SSM", () => {
     const inline = decodeUserData(renderUserData(spec())).script.split("\n");
-    assert.ok(inline.indexOf("update-ca-trust extract") < inline.findIndex((l) => l.startsWith("dnf install")), "dnf may pass a TLS-inspecting proxy");
+    assert.ok(inline.indexOf("update-ca-trust extract") < inline.findIndex((l) => l.startsWith("retry dnf install")), "dnf may pass a TLS-inspecting proxy");
 
-    const fromSsm = decodeUserData(renderUserData(spec({ caCertificates: undefined, caCertificatesParameter: { name: "/agentpools/g/ca-certificates", region: "eu-west-1" } })));
+    const fromSsm = decodeUserData(renderUserData(spec({ caCertificates: undefined, caCertificatesParameter: { name: "/agentpools/g/ca-certificates" } })));
     assert.ok(!fromSsm.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
     assert.match(fromSsm.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string, /NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem/);
     const lines = fromSsm.script.split("\n");
-    const fetch = lines.find((l) => l.startsWith("aws ssm get-parameter")) as string;
+    const fetch = lines.find((l) => l.startsWith("retry aws ssm get-parameter")) as string;
     assert.ok(lines.indexOf(fetch) < lines.indexOf("update-ca-trust extract"));
-    // Run that very line with a stand-in AWS CLI: it must ask for exactly this parameter and write its value where Node and update-ca-trust look.
+    // Run that very line with a stand-in AWS CLI: it must ask for exactly this parameter, in the pool's region, and write its value where Node and update-ca-trust look.
+    const aws = standIns({ aws: `echo "$AWS_DEFAULT_REGION" > '${scratchDir("r-")}/region'; cat <<'EOF'\n${CA_EC.trim()}\nEOF` });
     const dir = scratchDir("ca-fetch-");
-    writeFileSync(path.join(dir, "value"), CERT);
-    writeFileSync(path.join(dir, "aws"), `#!/bin/sh\nprintf '%s\\n' "$@" > '${dir}/argv'\ncat '${dir}/value'\n`, { mode: 0o755 });
-    execSync(fetch.replace("/etc/pki/ca-trust/source/anchors", dir), { shell: "/bin/bash", env: { PATH: `${dir}:${process.env.PATH}` } });
-    assert.deepEqual(readFileSync(path.join(dir, "argv"), "utf8").trim().split("\n"), ["ssm", "get-parameter", "--region", "eu-west-1", "--name", "/agentpools/g/ca-certificates", "--query", "Parameter.Value", "--output", "text"]);
-    assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), CERT);
+    const result = runBootPiece(fromSsm.script, [fetch.replace("/etc/pki/ca-trust/source/anchors", dir)], aws.dir);
+    assert.equal(result.status, 0, result.stderr);
+    assert.deepEqual(aws.calls("aws"), ["ssm get-parameter --name /agentpools/g/ca-certificates --query Parameter.Value --output text"]);
+    assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), CA_EC);
+    assert.match(fromSsm.script, /^export AWS_DEFAULT_REGION=eu-west-1$/m);
+  });
+
+  describe("a boot step that fails", () => {
+    const script = decodeUserData(renderUserData(spec())).script;
+    const dnfLine = script.split("\n").find((l) => l.startsWith("retry dnf install")) as string;
+
+    it("is tried again with growing pauses, and a success carries on without a word to AWS", () => {
+      const bin = standIns({ dnf: `[ $(wc -l < "$0.calls") -ge 3 ]`, sleep: "", aws: "", poweroff: "" });
+      const result = runBootPiece(script, [dnfLine, "echo carried on"], bin.dir);
+      assert.equal(result.status, 0, result.stderr);
+      assert.equal(result.stdout.trim(), "carried on");
+      assert.equal(bin.calls("dnf").length, 3);
+      assert.deepEqual(bin.calls("sleep"), ["3", "12"]);
+      assert.deepEqual(bin.calls("aws"), []);
+    });
+
+    it("for good: says why in the pool's log group and powers off (terminating the instance), so the group replaces it at once", () => {
+      const bin = standIns({ dnf: "exit 1", sleep: "", aws: "", poweroff: "" });
+      const result = runBootPiece(script, [dnfLine, "echo never reached"], bin.dir);
+      assert.equal(result.status, 1);
+      assert.ok(!result.stdout.includes("never reached"));
+      assert.equal(bin.calls("dnf").length, 5, "five attempts");
+      assert.deepEqual(bin.calls("sleep"), ["3", "12", "27", "48"]);
+      const [log, ...rest] = bin.calls("aws");
+      assert.deepEqual(rest, []);
+      assert.match(log, /^logs put-log-events --log-group-name \/agentpools\/agentpools-build-1a2b3c4d --log-stream-name boot --log-events timestamp=[0-9]{13},message="i-0123456789abcdef0: boot failed: dnf install -y nodejs24 docker"$/);
+      assert.equal(bin.calls("poweroff").length, 1);
+    });
+
+    it("and the log group cannot be reached: the instance powers off all the same", () => {
+      const bin = standIns({ dnf: "exit 1", sleep: "", aws: "exit 255", poweroff: "" });
+      const result = runBootPiece(script, [dnfLine], bin.dir);
+      assert.equal(result.status, 1);
+      assert.equal(bin.calls("poweroff").length, 1);
+    });
+
+    it("a gVisor download that does not match its digest is a failure of its own", () => {
+      const bin = standIns({ curl: 'echo tampered > "${@: -2:1}"', sleep: "", aws: "", poweroff: "", install: "" });
+      const lines = script.split("\n").filter((l) => l.includes("/tmp/runsc"));
+      const dir = scratchDir("dl-");
+      const result = runBootPiece(script, lines.map((l) => l.replaceAll("/tmp/runsc", `${dir}/runsc`)), bin.dir);
+      assert.equal(result.status, 1);
+      assert.match(bin.calls("aws")[0], /boot failed: sha512sum -c"$/);
+      assert.deepEqual(bin.calls("install"), [], "never installed");
+    });
   });
 
   it("gives the same bytes for the same inputs, with a fixed gzip header", () => {
@@ -119,16 +244,8 @@ describe("user-data", () => {
   it("refuses user-data over 16,384 gzipped bytes, naming the pool and the size", () => {
     const noise = randomBytes(24_000).toString("base64"); // incompressible past the limit
     assert.throws(
-      () => renderUserData(spec({ pool: "noisy", extraFiles: [{ path: "/etc/agentpools/noise", content: noise, permissions: "0644" }] })),
+      () => renderUserData(spec({ pool: "noisy", extraFiles: [{ path: "/etc/agentpools/noise", content: noise }] })),
       (e: UserDataTooLargeError) => e instanceof UserDataTooLargeError && e.pool === "noisy" && e.size > USER_DATA_LIMIT && e.message.includes(`${e.size} bytes`) && e.message.includes('"noisy"'),
     );
-  });
-
-  it("is cloud-init multipart MIME with a boundary that appears nowhere in the content", () => {
-    const text = gunzipSync(renderUserData(spec())).toString("utf8");
-    const boundary = /boundary="([^"]+)"/.exec(text)?.[1] as string;
-    assert.match(text, /^Content-Type: multipart\/mixed; boundary="agentpools-[0-9a-f]{32}"\nMIME-Version: 1.0\n\n--/);
-    assert.equal(text.split(`--${boundary}`).length, 4, "two parts and a closing delimiter");
-    assert.ok(text.endsWith(`--${boundary}--\n`));
   });
 });

@@ -1,5 +1,4 @@
-import { createHash } from "node:crypto";
-import { brotliCompressSync, brotliDecompressSync, constants, gunzipSync, gzipSync } from "node:zlib";
+import { brotliCompressSync, brotliDecompressSync, constants, crc32, deflateRawSync, gunzipSync } from "node:zlib";
 import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
@@ -11,13 +10,31 @@ export const INSTALL_DIR = "/opt/agentpools";
 export const CONFIG_DIR = "/etc/agentpools";
 export const CA_BUNDLE_PATH = "/etc/pki/ca-trust/source/anchors/agentpools.pem";
 
+/**
+ * gVisor is not packaged for Amazon Linux: its release binary is pinned, with the SHA-512
+ * gVisor publishes beside it (runsc.sha512), carried here so a changed or substituted binary
+ * is refused. To move to a newer release, take both digests from that release's
+ * runsc.sha512 files (storage.googleapis.com/gvisor/releases/release/<release>/<arch>/).
+ */
+export const GVISOR = {
+  release: "20260105.0",
+  sha512: {
+    x86_64: "15c8adabc9f1006d469177b0ec3962d4993e01c85be17d381a4979029eacc7db37ef354e3eafd279573135a1adf81baffc5c19f2bbfac932c79386f6ac74e52f",
+    aarch64: "cc98ad73e8d181f4738c97883180bc76cf8b2eb773c11f3a44f1636d0b0e00f2ee9228e4eecd414f94d6410f4877e6c93260b8070130fba767583026115d1038",
+  },
+} as const;
+export const gvisorUrl = (arch: keyof typeof GVISOR.sha512) => `https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/${arch}/runsc`;
 
+/** The log stream of every pool's log group where boot scripts report a failure (made with the group). */
+export const BOOT_LOG_STREAM = "boot";
+
+/** Boot steps that reach the network are tried this often, with growing pauses (3, 12, 27, 48 s). */
+export const BOOT_ATTEMPTS = 5;
+
+/** A file an instance gets (text, root's, mode 0644). */
 export interface UserDataFile {
   path: string;
   content: string;
-  permissions: string;
-  /** cloud-init's write_files encoding: "b64" for binary content. */
-  encoding?: "b64";
 }
 
 export interface UserDataSpec {
@@ -33,14 +50,21 @@ export interface UserDataSpec {
   docker: boolean;
   /** Install gVisor's runsc and register it with Docker as "runsc". */
   gvisor: boolean;
+  /** The instances' architecture, for the gVisor binary. */
+  architecture: "x86_64" | "arm64";
+  /** The pool's region, for the AWS CLI calls of the boot script. */
+  region: string;
   registryMirror?: string;
   /** PEM certificates to trust, system-wide and in Node, carried in user-data... */
   caCertificates?: string;
   /** ...or read at boot from this SSM parameter (String) with the instance role. */
-  caCertificatesParameter?: { name: string; region: string };
+  caCertificatesParameter?: { name: string };
   /** Proxy for dnf, Docker and the runtime's own connections. */
   httpsProxy?: string;
+  /** What goes around the proxy (the instance metadata service is always added for the runtime). */
   noProxy?: string;
+  /** The AWS APIs are reached through the proxy too (else directly: VPC endpoints or a route). */
+  awsApisViaProxy?: boolean;
   /** Further files, such as a run initialization policy. */
   extraFiles?: UserDataFile[];
   /** systemd's stop timeout: the drain plus a margin. */
@@ -72,19 +96,33 @@ export const unitName = (role: RoleName) => `agentpools-${role}.service`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
 export const bundlePath = (role: RoleName) => `${INSTALL_DIR}/${role}.js`;
 
+/** Where cloud-init writes the archive of the instance's files, which the boot script unpacks. */
+export const ARCHIVE_PATH = "/run/agentpools.br";
+
+const brotli = (data: string) => brotliCompressSync(Buffer.from(data, "utf8"), { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 } });
+/** A bundle as Brotli alone would carry it (base64), for size reports. */
+export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
+
 /**
- * The bundle travels Brotli-compressed (about 10% smaller than inside gzip alone: the margin
- * that keeps the largest pools under the 16 KB limit) and the boot script unpacks it with
- * the Node.js it has just installed. Deterministic: the same bundle gives the same bytes.
+ * The bundle and every file not needed before packages are installed travel as one Brotli
+ * archive: each file as a NUL, its path, a newline and its content (text, which holds no
+ * NUL; every file is 0644, root's). Brotli packs them together smaller than gzip does apart, the margin that keeps the
+ * largest pools under the 16 KB limit. The boot script unpacks it with the Node.js it has
+ * just installed, under the directory given last (none on the instance; the tests give a scratch one).
+ * Deterministic: the same files give the same bytes.
  */
-export const packBundle = (bundle: string) =>
-  brotliCompressSync(Buffer.from(bundle, "utf8"), { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 } }).toString("base64");
-const unpackCommand = (spec: Pick<UserDataSpec, "nodeMajor" | "role">) =>
-  `/usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs");fs.writeFileSync(process.argv[2],require("zlib").brotliDecompressSync(fs.readFileSync(process.argv[1])))' ${bundlePath(spec.role)}.br ${bundlePath(spec.role)}`;
+export const packFiles = (files: UserDataFile[]) => brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
+const unpackCommand = (spec: Pick<UserDataSpec, "nodeMajor">) =>
+  `/usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' ${ARCHIVE_PATH} ""`;
+/** Files the script writes as they are: the ones needed before Node.js is installed. */
+const EARLY_FILES = [CA_BUNDLE_PATH];
 
 /** The systemd unit: restart on failure, SIGTERM to stop, time enough to drain, and a narrow sandbox. */
+/** NO_PROXY of the runtime: the pool's list and the instance metadata service, which is never reached through a proxy. */
+const unitNoProxy = (spec: UserDataSpec) => (spec.httpsProxy ? [...new Set([...(spec.noProxy?.split(",") ?? []), "169.254.169.254"])].join(",") : undefined);
+
 export function renderUnit(spec: UserDataSpec): string {
-  const noProxy = spec.httpsProxy ? [spec.noProxy, "169.254.169.254"].filter(Boolean).join(",") : undefined;
+  const noProxy = unitNoProxy(spec);
   return [
     "[Unit]",
     `Description=agentpools ${spec.role} for pool ${spec.pool}`,
@@ -141,24 +179,28 @@ export const imdsRules = (uids: string) =>
 /** Docker's daemon.json: gVisor's runtime, the registry mirror and the proxy. */
 export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined {
   if (!spec.docker) return undefined;
-  const config: Record<string, unknown> = { "log-driver": "journald", "live-restore": true };
+  // Runs' output is streamed by the agent (which masks secrets in it) over the attached
+  // client; a logging driver would keep it raw on the host after --rm, so none keeps anything.
+  const config: Record<string, unknown> = { "log-driver": "none", "live-restore": true };
   if (spec.gvisor) config.runtimes = { runsc: { path: "/usr/local/bin/runsc" } };
   if (spec.registryMirror) config["registry-mirrors"] = [spec.registryMirror];
   if (spec.httpsProxy) config.proxies = { "https-proxy": spec.httpsProxy, ...(spec.noProxy ? { "no-proxy": spec.noProxy } : {}) };
-  return JSON.stringify(config, null, 2) + "\n";
+  return JSON.stringify(config) + "\n";
 }
 
 /** The files cloud-init writes before the script runs. */
+/** Every file an instance gets, as it will be on disk. */
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   const files: UserDataFile[] = [
-    { path: `${bundlePath(spec.role)}.br`, content: packBundle(spec.bundle), permissions: "0644", encoding: "b64" },
-    { path: configPath(spec.role), content: JSON.stringify(spec.config, null, 1) + "\n", permissions: "0644" },
-    { path: `/etc/systemd/system/${unitName(spec.role)}`, content: renderUnit(spec), permissions: "0644" },
+    { path: bundlePath(spec.role), content: spec.bundle },
+    { path: BOOT_TAIL_PATH, content: bootTail(spec) },
+    { path: configPath(spec.role), content: JSON.stringify(spec.config) + "\n" },
+    { path: `/etc/systemd/system/${unitName(spec.role)}`, content: renderUnit(spec) },
   ];
   const daemon = renderDockerDaemonConfig(spec);
-  if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon, permissions: "0644" });
-  if (spec.caCertificates) files.push({ path: CA_BUNDLE_PATH, content: spec.caCertificates, permissions: "0644" });
-  if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids), permissions: "0644" });
+  if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon });
+  if (spec.caCertificates) files.push({ path: CA_BUNDLE_PATH, content: spec.caCertificates });
+  if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids) });
   return [...files, ...(spec.extraFiles ?? [])];
 }
 
@@ -172,105 +214,151 @@ function caTrustCommands(spec: UserDataSpec): string[] {
   const parameter = spec.caCertificatesParameter;
   return [
     ...(parameter
-      ? [`aws ssm get-parameter --region ${shellQuote(parameter.region)} --name ${shellQuote(parameter.name)} --query Parameter.Value --output text > ${CA_BUNDLE_PATH}`]
+      ? [
+          `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(parameter.name)} --query Parameter.Value --output text > ${CA_BUNDLE_PATH}`,
+        ]
       : []),
     "update-ca-trust extract",
   ];
 }
 
-/** The boot script: CA trust, packages, the service user, gVisor, then the service. */
-export function renderScript(spec: UserDataSpec): string {
-  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : []), ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : [])];
-  const lines = [
-    "#!/bin/bash",
-    `# agentpools: prepare this instance for the ${spec.role} of pool ${spec.pool} and start it.`,
+/** For the AWS CLI, when AWS is reached through the proxy: the proxy settings, else none (straight to AWS). */
+const awsProxy = (spec: UserDataSpec) => (spec.httpsProxy && spec.awsApisViaProxy ? ` HTTPS_PROXY=${shellQuote(spec.httpsProxy)} NO_PROXY=169.254.169.254` : "");
+
+/**
+ * The start of the boot script: `retry` for the steps that reach the network, and a trap
+ * that, should any step fail for good, says why in the pool's log group (its "boot" stream,
+ * with the AWS CLI: Node.js may be what failed to install) and powers the instance off,
+ * which terminates it: Auto Scaling replaces it at once instead of after the launch hook's
+ * timeout.
+ */
+export function bootPreamble(spec: UserDataSpec): string[] {
+  const aws = spec.config.aws;
+  return [
     "set -euo pipefail",
-    ...caTrustCommands(spec),
-    ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
-    `dnf install -y ${packages.join(" ")}`,
-    unpackCommand(spec),
-    "id agentpools >/dev/null 2>&1 || useradd --system --home-dir /var/lib/agentpools --shell /sbin/nologin agentpools",
+    `export AWS_DEFAULT_REGION=${spec.region}`,
+    // The last attempt fails the call; the trap reports the command (which $BASH_COMMAND, unexpanded, would not).
+    `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3 * n * n)); done; "$@" || { why="$*"; return 1; }; }`,
+    ...(aws
+      ? [
+          "abandon() {",
+          "  trap - ERR; set +e",
+          ...(awsProxy(spec) ? [`  export${awsProxy(spec)}`] : []),
+          "  i=$(cat /var/lib/cloud/data/instance-id)",
+          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$i: boot failed: \${1//\\"/}\\""`,
+          // The launch template terminates an instance that powers off: the group replaces it at once.
+          "  poweroff",
+          "  exit 1",
+          "}",
+          `trap 'abandon "\${why:-$BASH_COMMAND}"' ERR`,
+        ]
+      : []),
   ];
+}
+
+/** A file written by the script itself: a heredoc with a delimiter its content does not hold. */
+function writeFile(file: UserDataFile): string[] {
+  let delimiter = "EOF";
+  while (file.content.split("\n").includes(delimiter)) delimiter += "_";
+  return [`cat > ${file.path} <<'${delimiter}'`, ...file.content.replace(/\n$/, "").split("\n"), delimiter];
+}
+
+/** The part of the boot script that runs once Node.js has unpacked it: it travels in the archive, where it packs smaller. */
+export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
+
+/** After the archive is unpacked: the service user, gVisor, then the services. */
+function bootTail(spec: UserDataSpec): string {
+  const lines = ["id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
   if (spec.gvisor) {
+    const arch = spec.architecture === "arm64" ? "aarch64" : "x86_64";
     lines.push(
-      "# gVisor is not packaged for Amazon Linux: fetch the release binary and check its digest.",
-      `runsc_url="https://storage.googleapis.com/gvisor/releases/release/latest/$(uname -m)"`,
-      "tmp=$(mktemp -d) && cd \"$tmp\"",
-      `curl -fsSL${spec.httpsProxy ? ` --proxy ${shellQuote(spec.httpsProxy)}` : ""} -O "$runsc_url/runsc" -O "$runsc_url/runsc.sha512"`,
-      "sha512sum -c runsc.sha512",
-      "install -m 0755 runsc /usr/local/bin/runsc",
-      "cd / && rm -rf \"$tmp\"",
+      `retry curl -fsSL${spec.httpsProxy ? ` --proxy ${shellQuote(spec.httpsProxy)}` : ""} -o /tmp/runsc ${gvisorUrl(arch)}`,
+      `echo '${GVISOR.sha512[arch]}  /tmp/runsc' | sha512sum -c`,
+      "install -m 0755 /tmp/runsc /usr/local/bin/runsc",
     );
   }
-  if (spec.docker) lines.push("systemctl enable --now docker");
-  lines.push("systemctl daemon-reload", `systemctl enable --now ${unitName(spec.role)}`, "");
+  lines.push("systemctl daemon-reload", `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`, "");
   return lines.join("\n");
 }
 
 /**
- * Render a pool's user-data: cloud-init multipart content (a cloud-config that writes the
- * files, then a shell script), gzipped. Pure and deterministic: the same spec gives the
+ * The boot script, in three parts: the text before the archive, the archive (base64), the
+ * text after it. The files (the archive, and what is needed before Node.js: the CA
+ * certificates), CA trust, packages, the archive unpacked, then the rest of the script, which
+ * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
+ */
+function scriptParts(spec: UserDataSpec): [string, string, string] {
+  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : []), ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : [])];
+  const files = renderFiles(spec);
+  const before = [
+    "#!/bin/bash",
+    ...bootPreamble(spec),
+    ...files.filter((f) => EARLY_FILES.includes(f.path)).flatMap(writeFile),
+    ...caTrustCommands(spec),
+    ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
+    `retry dnf install -y ${packages.join(" ")}`,
+    `base64 -d > ${ARCHIVE_PATH} <<<'`,
+  ];
+  const after = ["'", unpackCommand(spec), `. ${BOOT_TAIL_PATH}`, ""];
+  return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
+}
+
+export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).join("");
+
+/**
+ * gzip whose parts are compressed each on its own, every part ending its deflate blocks: the
+ * archive's base64, which the text around it never matches, then has Huffman codes of its
+ * own (some 180 bytes less than one stream). Any gunzip reads it as one stream.
+ */
+function gzipParts(parts: string[]): Buffer {
+  const data = Buffer.from(parts.join(""), "utf8");
+  const deflated = parts.map((part, i) =>
+    deflateRawSync(part, { level: 9, memLevel: 9, finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH }),
+  );
+  // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
+  const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
+  const trailer = Buffer.alloc(8);
+  trailer.writeUInt32LE(crc32(data), 0);
+  trailer.writeUInt32LE(data.length, 4);
+  return Buffer.concat([header, ...deflated, trailer]);
+}
+
+/**
+ * Render a pool's user-data: one shell script, which cloud-init runs once at the first
+ * boot, gzipped. It carries its files itself (no cloud-config, no multipart envelope: some
+ * 200 bytes that the largest pools need). Pure and deterministic: the same spec gives the
  * same bytes, so an unchanged stack makes no new launch template version.
  */
 export function renderUserData(spec: UserDataSpec): Buffer {
-  // JSON is YAML, and cloud-init reads it as such; it needs no YAML library to write or read back.
-  const cloudConfig = "#cloud-config\n" + JSON.stringify({ write_files: renderFiles(spec).map((f) => ({ ...f, owner: "root:root" })) });
-  const parts = [
-    { contentType: "text/cloud-config", body: cloudConfig },
-    { contentType: "text/x-shellscript", body: renderScript(spec) },
-  ];
-  const boundary = "agentpools-" + createHash("sha256").update(parts.map((p) => p.body).join("\0")).digest("hex").slice(0, 32);
-  const mime = [
-    `Content-Type: multipart/mixed; boundary="${boundary}"`,
-    "MIME-Version: 1.0",
-    "",
-    ...parts.flatMap((part) => [
-      `--${boundary}`,
-      `Content-Type: ${part.contentType}; charset="us-ascii"`,
-      "MIME-Version: 1.0",
-      "Content-Transfer-Encoding: 7bit",
-      "",
-      part.body,
-    ]),
-    `--${boundary}--`,
-    "",
-  ].join("\n");
-
-  const gzipped = gzipSync(Buffer.from(mime, "utf8"), { level: 9 });
-  gzipped[9] = 3; // the header's OS byte: always "Unix", so a stack rendered on macOS gives the same bytes
+  const gzipped = gzipParts(scriptParts(spec));
   if (gzipped.length > USER_DATA_LIMIT) throw new UserDataTooLargeError(spec.pool, gzipped.length);
   return gzipped;
 }
 
 export interface DecodedUserData {
-  parts: { contentType: string; body: string }[];
-  files: Map<string, UserDataFile>;
+  /** The boot script as it runs: the user-data script with the part it sources from its archive in place. */
   script: string;
+  /** Every file the instance gets, by path: those the script writes and those its archive holds. */
+  files: Map<string, UserDataFile>;
 }
 
-/** Read rendered user-data back (gunzip, split the multipart, parse the cloud-config). */
+/** Read rendered user-data back: gunzip, then the files as the script writes and unpacks them. */
 export function decodeUserData(data: Buffer | string): DecodedUserData {
-  const text = gunzipSync(typeof data === "string" ? Buffer.from(data, "base64") : data).toString("utf8");
-  const boundary = /boundary="([^"]+)"/.exec(text)?.[1];
-  if (!boundary) throw new Error("user-data is not multipart");
-  const parts = text
-    .split(`\n--${boundary}`)
-    .slice(1)
-    .filter((chunk) => !chunk.startsWith("--"))
-    .map((chunk) => {
-      const split = chunk.indexOf("\n\n");
-      return { contentType: /Content-Type: ([^;\n]+)/.exec(chunk.slice(0, split))?.[1] ?? "", body: chunk.slice(split + 2) };
-    });
-  const cloudConfig = parts.find((p) => p.contentType === "text/cloud-config");
-  if (!cloudConfig?.body.startsWith("#cloud-config\n")) throw new Error("user-data has no cloud-config part");
-  const { write_files } = JSON.parse(cloudConfig.body.slice("#cloud-config\n".length)) as { write_files: (UserDataFile & { owner: string })[] };
-  const script = parts.find((p) => p.contentType === "text/x-shellscript")?.body ?? "";
-  const files = new Map(write_files.map(({ path, content, permissions, encoding }) => [path, { path, content, permissions, ...(encoding ? { encoding } : {}) }]));
-  // As on the instance: the script unpacks the bundle it names.
-  for (const [path, file] of [...files]) {
-    if (path.endsWith(".br") && file.encoding === "b64" && script.includes(`${path} ${path.slice(0, -3)}`)) {
-      files.set(path.slice(0, -3), { path: path.slice(0, -3), content: brotliDecompressSync(Buffer.from(file.content, "base64")).toString("utf8"), permissions: file.permissions });
+  const script = gunzipSync(typeof data === "string" ? Buffer.from(data, "base64") : data).toString("utf8");
+  if (!script.startsWith("#!/bin/bash\n")) throw new Error("user-data is not a bash script");
+  const files = new Map<string, UserDataFile>();
+  for (const [, path, , content] of script.matchAll(/^cat > (\S+) <<'(\w+)'\n([\s\S]*?)\n\2$/gm)) {
+    files.set(path, { path, content: content + "\n" });
+  }
+  // As on the instance: the script unpacks the archive it writes.
+  const archive = new RegExp(`^base64 -d > ${ARCHIVE_PATH} <<<'([A-Za-z0-9+/=]+)'$`, "m").exec(script)?.[1];
+  if (archive && script.includes(`${ARCHIVE_PATH} ""`)) {
+    for (const entry of brotliDecompressSync(Buffer.from(archive, "base64")).toString("utf8").split("\0").slice(1)) {
+      const header = entry.indexOf("\n");
+      const path = entry.slice(0, header);
+      files.set(path, { path, content: entry.slice(header + 1) });
     }
   }
-  return { parts, files, script };
+  const tail = files.get(BOOT_TAIL_PATH)?.content;
+  return { script: tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail), files };
 }

@@ -18,6 +18,14 @@ export const workerPoolArgs = z
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
     checkWorkerArgs(args, ctx);
+    if (args.workerNetwork === "host") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["workerNetwork"],
+        input: args.workerNetwork,
+        message: 'must not be "host" on EC2: a run on the host\'s network reaches the instance metadata service and, with the instance role, the pool\'s credentials; use "bridge" (the default) or a Docker network of your own',
+      });
+    }
   })
   .transform((args) => pointAtPolicy(args, RUN_INITIALIZATION_POLICY_PATH));
 
@@ -29,22 +37,18 @@ export type WorkerPoolArgs = z.input<typeof workerPoolArgs> &
     poolPrivateKey?: pulumi.Input<string>;
   };
 
+/** What a worker pool's instances get besides the common: Docker, gVisor if asked, the run policy. */
+export const workerPoolKind = (parsed: z.output<typeof workerPoolArgs>) => ({
+  docker: true,
+  gvisor: parsed.workerRuntime === "runsc",
+  noProxy: parsed.noProxy,
+  extraFiles: parsed.runInitializationPolicy ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: policyFileContent(parsed.runInitializationPolicy) }] : [],
+});
+
 /** Private workers: the launcher takes runs from the service and runs each in a container. */
 export class WorkerPool extends AgentPool {
   constructor(name: string, args: WorkerPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    super(
-      "agentpools:aws:WorkerPool",
-      name,
-      preparePool("WorkerPool", "launcher", name, workerPoolArgs, args, (parsed) => ({
-        docker: true,
-        gvisor: parsed.workerRuntime === "runsc",
-        noProxy: parsed.noProxy,
-        extraFiles: parsed.runInitializationPolicy
-          ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: policyFileContent(parsed.runInitializationPolicy), permissions: "0644" }]
-          : [],
-      })),
-      opts,
-    );
+    super("agentpools:aws:WorkerPool", name, preparePool("WorkerPool", "launcher", name, workerPoolArgs, args, workerPoolKind), opts);
   }
 }
 

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { httpUrl } from "../../agent/config/fields";
+import { caBundleProblems } from "./ca-bundle";
 
 /**
  * The arguments every pool has on both platforms, checked alike: the AWS pools and the
@@ -8,12 +9,14 @@ import { httpUrl } from "../../agent/config/fields";
  * same message. test/contract.test.ts holds both to it.
  */
 
-/** One or more PEM certificates, trusted by the agent (and, on instances, system-wide). */
-export const pemCertificates = z
-  .string()
-  .regex(/^(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+$/, {
-    error: "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ...)",
-  });
+/**
+ * One or more PEM certificates, trusted by the agent (and, on instances, system-wide): each
+ * parsed as X.509, text between them allowed (the cacert.pem layout), nothing else PEM, and
+ * never echoed (components/shared/ca-bundle.ts).
+ */
+export const pemCertificates = z.string().superRefine((text, ctx) => {
+  for (const message of caBundleProblems(text)) ctx.addIssue({ code: "custom", message, input: `${Buffer.byteLength(text)} bytes of PEM` });
+});
 
 /** A proxy URL is rendered in plain configuration (user-data, a pod's spec): credentials in it would be readable there. */
 export const proxyWithoutCredentials = httpUrl.refine((url) => !/^[a-z]+:\/\/[^/]*@/i.test(url), {

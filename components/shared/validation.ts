@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { showValue } from "./redact";
 
 /** A component's arguments were refused; nothing was created. */
 export class InvalidArgumentsError extends Error {
@@ -27,7 +28,8 @@ export function formatIssues(error: z.ZodError, secretFields: readonly string[] 
     const message = issue.code === "invalid_key" && issue.issues.length > 0 ? issue.issues[0].message : issue.message;
     const secret = secretFields.includes(String(issue.path[0]));
     const input = (issue as { input?: unknown }).input;
-    const shown = input === undefined ? undefined : JSON.stringify(input);
+    // Shown only as far as safe: URL credentials and PEM bodies taken out, long values cut.
+    const shown = input === undefined ? undefined : showValue(input);
     const given = secret || shown === undefined || (typeof input === "string" && message.includes(shown)) ? "" : ` (got ${shown})`;
     return `${field}: ${message}${given}`;
   });

@@ -1,0 +1,34 @@
+import type { Logger } from "../../lib/log";
+import { metricsFields } from "../config/metrics";
+
+/**
+ * What an instance says of its agent while it runs: every period, its metrics as EMF fields
+ * of a log line (shipped with the others: no API call of their own); once the agent has been
+ * cut off from its gateway for `unhealthyAfterMs`, one request that Auto Scaling replace the
+ * instance. A draining agent is reported as such and never replaced.
+ */
+export function watchAgent(
+  agent: { connected?(): boolean; busy?(): boolean },
+  pool: string,
+  log: Logger,
+  periodMs: number,
+  unhealthyAfterMs: number,
+  markUnhealthy: () => Promise<unknown>,
+) {
+  let draining = 0;
+  // When the agent lost its gateway (0 while connected; Infinity once the request is made).
+  let since = 0;
+  const tick = () => {
+    const now = Date.now();
+    const connected = +(!draining && (agent.connected?.() ?? true));
+    log.info("metrics", metricsFields(pool, { connected, busy: +!!agent.busy?.(), draining }, now));
+    since = connected || draining ? 0 : since || now;
+    if (since && now - since >= unhealthyAfterMs) {
+      since = Infinity;
+      log.error("gateway unreachable: asking for a new instance");
+      markUnhealthy().catch((error: Error) => ((since = now), log.warn(error.message)));
+    }
+  };
+  const timer = setInterval(tick, periodMs).unref();
+  return { drain: () => ((draining = 1), tick()), stop: () => clearInterval(timer) };
+}

@@ -1,0 +1,49 @@
+import type { PolicyStatement } from "./aws-rules";
+
+/** The Sids of the kit's own statements: a user's statements may not reuse them. */
+export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ReadPoolCaCertificates", "DecryptPoolSecret"] as const;
+
+/** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
+export const autoScalingGroupArn = (partition: string, region: string, account: string, group: string) =>
+  `arn:${partition}:autoscaling:${region}:${account}:autoScalingGroup:*:autoScalingGroupName/${group}`;
+
+export interface PoolPolicyInput {
+  secretArn: string;
+  caParameterArn?: string;
+  secretKmsKeyArn?: string;
+  region: string;
+  /** The partition's DNS suffix (amazonaws.com, amazonaws.com.cn, ...), for kms:ViaService. */
+  dnsSuffix: string;
+  logGroupArn: string;
+  autoScalingGroupArn: string;
+  extraStatements?: PolicyStatement[];
+}
+
+/**
+ * The instance role's policy: read this pool's secret (and CA parameter, if it has one),
+ * write this pool's logs, complete lifecycle actions of this pool's group and report its own
+ * instance unhealthy. Nothing else, unless the user adds statements.
+ */
+export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; Statement: PolicyStatement[] } {
+  const group = input.autoScalingGroupArn;
+  const statements: PolicyStatement[] = [
+    { Sid: "ReadPoolSecret", Effect: "Allow", Action: "secretsmanager:GetSecretValue", Resource: input.secretArn },
+    { Sid: "WritePoolLogs", Effect: "Allow", Action: ["logs:CreateLogStream", "logs:PutLogEvents"], Resource: `${input.logGroupArn}:log-stream:*` },
+    { Sid: "CompletePoolLifecycleActions", Effect: "Allow", Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"], Resource: group },
+    { Sid: "ReplaceUnhealthyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceHealth", Resource: group },
+  ];
+  if (input.caParameterArn) statements.push({ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.caParameterArn });
+  if (input.secretKmsKeyArn) {
+    statements.push({
+      Sid: "DecryptPoolSecret",
+      Effect: "Allow",
+      Action: "kms:Decrypt",
+      Resource: input.secretKmsKeyArn,
+      Condition: { StringEquals: { "kms:ViaService": `secretsmanager.${input.region}.${input.dnsSuffix}` } },
+    });
+  }
+  return { Version: "2012-10-17", Statement: [...statements, ...(input.extraStatements ?? [])] };
+}
+
+/** A policy's size as IAM counts it against its quota: without whitespace outside strings. */
+export const policySize = (document: unknown) => JSON.stringify(document).length;

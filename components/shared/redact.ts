@@ -1,0 +1,36 @@
+/**
+ * How a refused value may be shown in an error message. An error is printed by `pulumi
+ * preview`, kept in CI logs and pasted into tickets, so it shows a value only as far as it
+ * is safe: never a URL's credentials, never the body of a PEM block (a private key pasted
+ * into a certificate field is a secret), never more than a line's worth of anything.
+ */
+
+const SHOWN_CHARACTERS = 80;
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@]*@/gi;
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?(-----END \1-----|$)/g;
+
+/** Whether a text carries credentials the way a URL does ("https://user:pass@host"). */
+export const hasUrlCredentials = (text: string) => new RegExp(URL_USERINFO.source, "i").test(text);
+
+/** A text with URL credentials and PEM bodies taken out, cut to one line's worth. */
+export function redactText(text: string): string {
+  const cleaned = text.replace(URL_USERINFO, "$1***@").replace(PEM_BLOCK, (block, label: string) => `[PEM ${label.toLowerCase()}, ${block.length} characters]`);
+  return cleaned.length <= SHOWN_CHARACTERS ? cleaned : `${cleaned.slice(0, SHOWN_CHARACTERS)}... (${text.length} characters)`;
+}
+
+/** A value as an error message may show it: JSON, with every string in it redacted. */
+export function showValue(value: unknown): string | undefined {
+  const json = JSON.stringify(value, (_key, item: unknown) => (typeof item === "string" ? redactText(item) : item));
+  if (json === undefined) return undefined;
+  return json.length <= SHOWN_CHARACTERS * 2 ? json : `${json.slice(0, SHOWN_CHARACTERS * 2)}...`;
+}
+
+/** The paths of the strings in plain arguments that carry URL credentials ("vcsAgents[1].baseEndpoint"). */
+export function urlCredentialPaths(value: unknown, path = ""): string[] {
+  if (typeof value === "string") return hasUrlCredentials(value) ? [path] : [];
+  if (Array.isArray(value)) return value.flatMap((item, index) => urlCredentialPaths(item, `${path}[${index}]`));
+  if (value && typeof value === "object" && value.constructor === Object) {
+    return Object.entries(value).flatMap(([key, item]) => urlCredentialPaths(item, path ? `${path}.${key}` : key));
+  }
+  return [];
+}
