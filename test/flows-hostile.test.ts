@@ -365,13 +365,13 @@ describe("Flows: hostile runs", function () {
       }
     });
 
-    it("as on EC2: a non-root agent with only CAP_SETUID and CAP_SETGID (a runtime is killed by its own user)", async function () {
+    it("as on EC2: a non-root agent with only CAP_SETUID, CAP_SETGID and CAP_KILL", async function () {
       if (process.getuid?.() !== 0) this.skip();
       // What systemd's AmbientCapabilities= gives a service of its own user.
       const mounts = path.join(dir, "agent-ec2");
       mkdirSync(mounts);
       chownSync(mounts, AGENT_UID, AGENT_UID);
-      const caps = "+setuid,+setgid";
+      const caps = "+setuid,+setgid,+kill";
       const agent = startAgent(mounts, ["setpriv", `--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", `--inh-caps=${caps}`, `--ambient-caps=${caps}`, "--"]);
       try {
         await attack(agent);

@@ -87,7 +87,7 @@ class FlowsLink extends WebSocketLink {
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
   if (isolation === "none") return undefined;
-  if (!p.switchUser) return "no CAP_SETUID and CAP_SETGID";
+  if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
   if (!p.root && !p.setpriv) return "setpriv is missing";
   if (isolation === "namespaces" && !(p.bwrap && seccompFilter())) return "no bubblewrap, or no seccomp filter for this architecture";
   return undefined;

@@ -207,10 +207,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             if (child.exitCode !== null || child.signalCode !== null) return;
             // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's
             // end would take it along, unless bubblewrap ended mid-setup.
-            const pids = [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number];
-            // Signalling another user's process takes CAP_KILL; without it, the runtime's own user does the killing.
-            if (uid !== undefined && !privileges.kill) return void spawn("kill", ["-KILL", ...pids.map(String)], { uid, gid: uid, stdio: "ignore" }).on("error", () => undefined);
-            for (const pid of pids) {
+            for (const pid of [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number]) {
               try {
                 process.kill(pid, "SIGKILL");
               } catch {

@@ -19,10 +19,12 @@ export type Isolation = (typeof ISOLATIONS)[number];
 /** What this process may do to keep runtimes from itself, read once at start. */
 export interface Privileges {
   root: boolean;
-  /** It may start a child as another uid and gid: CAP_SETUID and CAP_SETGID (root has them). */
+  /**
+   * It may start a child as another uid and gid, and signal it: CAP_SETUID, CAP_SETGID and
+   * CAP_KILL (root has them). Without CAP_KILL a runtime would outlive an agent that dies: the
+   * kernel sends a parent-death signal only where the dying parent may signal the child.
+   */
   switchUser: boolean;
-  /** It may signal another uid's process: CAP_KILL (root has it). */
-  kill: boolean;
   setpriv?: string;
   bwrap?: string;
 }
@@ -30,10 +32,10 @@ export interface Privileges {
 const program = (name: string) => ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"].map((dir) => `${dir}/${name}`).find(existsSync);
 
 export function readPrivileges(): Privileges {
-  if (process.platform !== "linux") return { root: false, switchUser: false, kill: false };
+  if (process.platform !== "linux") return { root: false, switchUser: false };
   // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
   const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
-  return { root: process.getuid?.() === 0, switchUser: (caps & 0xc0) === 0xc0, kill: (caps & 0x20) !== 0, setpriv: program("setpriv"), bwrap: program("bwrap") };
+  return { root: process.getuid?.() === 0, switchUser: (caps & 0xe0) === 0xe0, setpriv: program("setpriv"), bwrap: program("bwrap") };
 }
 
 /** The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive. */

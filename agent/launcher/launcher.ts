@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { randomUUID, sign, type KeyObject } from "node:crypto";
 import { chmodSync, createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import path from "node:path";
@@ -16,7 +17,6 @@ import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
 import { runOutput } from "./output";
 import { loadPolicy, policyRefusal, runRefusal } from "./policy";
-import { removeTree } from "../../lib/remove-tree";
 import {
   FENCE_HEADER,
   MAX_LOG_LINES,
@@ -202,9 +202,19 @@ export class Launcher extends WebSocketLink {
 
   private forget(run: Held): void {
     this.held.delete(run.id);
-    // Removed whatever the run did to its permissions; what cannot be is reported, never thrown.
-    const failure = removeTree(run.dir);
-    if (failure) this.context.log.warn("could not remove what a run left", { dir: run.dir, error: failure });
+    // Removed whatever the run did to its directories' permissions (chmod 0500): as their owner, the launcher gives
+    // them back (chmod -R follows no symbolic link). What cannot be removed is reported, never thrown.
+    const remove = () => rmSync(run.dir, { recursive: true, force: true });
+    try {
+      remove();
+    } catch {
+      spawnSync("chmod", ["-R", "u+rwx", run.dir]);
+      try {
+        remove();
+      } catch (error) {
+        this.context.log.warn("could not remove what a run left", { dir: run.dir, error: String(error) });
+      }
+    }
   }
 
   /** While it holds leases: renew them every third of their term, and send results not yet acknowledged again. */
@@ -260,7 +270,7 @@ export class Launcher extends WebSocketLink {
         // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
         const reason = (error as Error).message;
         log.info("run refused", { run: id, reason });
-        removeTree(run.dir);
+        rmSync(run.dir, { recursive: true, force: true });
         end();
         return this.send({ type: "refused", id, fence, reason });
       }

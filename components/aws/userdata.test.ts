@@ -119,7 +119,7 @@ describe("user-data", () => {
   it("runs the role as a systemd service that restarts on failure and stops with SIGTERM in time to drain", () => {
     const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
     for (const line of [
-      "ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
+      "ExecStart=/usr/bin/node-24 --disable-sigusr1 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
       "Restart=on-failure",
       "KillSignal=SIGTERM",
       "TimeoutStopSec=630",

@@ -71,7 +71,8 @@ export interface UserDataSpec {
   stopTimeoutSeconds: number;
   /**
    * Flows runtimes as processes (the process executor): bubblewrap and setpriv installed, the
-   * agent given CAP_SETUID and CAP_SETGID (to start each runtime under one of these uids), and
+   * agent given CAP_SETUID, CAP_SETGID and CAP_KILL (to start each runtime under one of these
+   * uids, and end it), and
    * those uids kept from the instance metadata service (its credentials are the pool's).
    */
   runtimeSandbox?: { uids: string };
@@ -156,8 +157,8 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectKernelModules=true",
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
-    // The two capabilities a runtime's own uid takes (ambient: the agent is not root), and no other.
-    ...(spec.runtimeSandbox ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID"] : []),
+    // What giving each runtime a uid of its own, and ending it, takes (ambient: the agent is not root), and no other.
+    ...(spec.runtimeSandbox ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"] : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",

@@ -40,9 +40,9 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
         secretEnv,
         // Flow code reaches private resources on any port: egress ports stay open unless narrowed.
         egressPorts: undefined,
-        // Root with CAP_SETUID and CAP_SETGID only (no file access beyond its own, no CAP_KILL: a runtime is
-        // ended by its own uid), so each runtime runs as a uid of its own: the baseline level, not restricted.
-        agentUser: { runAsNonRoot: false, runAsUser: 0, runAsGroup: 0, capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID"] } },
+        // Root with CAP_SETUID, CAP_SETGID and CAP_KILL only (no file access beyond its own), so each runtime runs
+        // as a uid of its own and the agent can end it: the baseline level, not restricted.
+        agentUser: { runAsNonRoot: false, runAsUser: 0, runAsGroup: 0, capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] } },
         extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
         extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],
       },

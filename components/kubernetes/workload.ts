@@ -30,7 +30,7 @@ const CONFIG_FILE = "config.json";
 /**
  * The Pod Security Standard level a component's pods meet, to be enforced on its namespace
  * (pod-security.kubernetes.io/enforce): "restricted" for the VCS agents, "baseline" for the Flows
- * agents (root with CAP_SETUID and CAP_SETGID, to run each runtime as a uid of its own),
+ * agents (root with CAP_SETUID, CAP_SETGID and CAP_KILL, to run each runtime as a uid of its own),
  * "privileged" for worker pools, whose Docker engine cannot run otherwise.
  */
 export type PodSecurityLevel = "restricted" | "baseline" | "privileged";
