@@ -120,7 +120,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
       trial.kill();
       if (!missing) {
-        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user; only Node's permission model keeps a run from the pool token");
+        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
         log.info("runtimes isolated", { isolation, executor: launcher.describe });
         return launcher;
       }

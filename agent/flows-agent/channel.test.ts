@@ -33,8 +33,8 @@ describe("the runtime channel: answers", () => {
 
   it("refuses unknown fields (type, id, __proto__), wrong types, deep values", () => {
     for (const [text, why] of [
-      ['{"ok":true,"console":[],"type":"draining","id":"other"}', /unknown fields: type, id/],
-      ['{"ok":true,"console":[],"__proto__":{"polluted":1}}', /unknown fields: __proto__/],
+      ['{"ok":true,"console":[],"type":"draining","id":"other"}', /unknown fields/],
+      ['{"ok":true,"console":[],"__proto__":{"polluted":1}}', /unknown fields/],
       ['{"type":"hello","poolSize":64}', /unknown fields/],
       ['{"ok":"yes","console":[]}', /wrong types/],
       ['{"ok":true,"console":"x"}', /wrong types/],

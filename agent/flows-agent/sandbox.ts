@@ -29,7 +29,8 @@ export interface Privileges {
   bwrap?: string;
 }
 
-const program = (name: string) => ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"].map((dir) => `${dir}/${name}`).find(existsSync);
+/** Where Debian and Amazon Linux install a program's package (bubblewrap, util-linux). */
+const program = (name: string) => (existsSync(`/usr/bin/${name}`) ? `/usr/bin/${name}` : undefined);
 
 export function readPrivileges(): Privileges {
   if (process.platform !== "linux") return { root: false, switchUser: false };

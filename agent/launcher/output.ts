@@ -3,12 +3,17 @@ import { StringDecoder } from "node:string_decoder";
 export const MASK = "[masked]";
 /** A line longer than this is cut into pieces, so one endless line cannot grow without bound. */
 export const MAX_LINE = 16 * 1024;
+const PIECES = new RegExp(`[^]{1,${MAX_LINE}}`, "g");
 /** The launcher's own log lines read `[agentpools: ...]`; a run's line that would read so gets this mark. */
 export const RUN_LINE_MARK = "[run] ";
 
-/** A run's line that would read as the launcher's own, once a viewer drops escapes, controls and blanks, gets a mark. Pure. */
+/**
+ * A run's line that would read as the launcher's own gets a mark: `[agentpools` after anything
+ * but letters (blanks, controls, digits, punctuation) and terminal escapes, which a viewer may
+ * not show. Marking a line that only looks close costs nothing. Pure.
+ */
 // eslint-disable-next-line no-control-regex -- terminal escapes are what is matched
-export const markRunLine = (line: string) => (/^\[agentpools/i.test(line.replace(/\x1b\[[0-?]*[ -/]*[@-~]|[\p{C}\s]/gu, "")) ? RUN_LINE_MARK + line : line);
+export const markRunLine = (line: string) => (/^(\x1b\[[\d;?]*[a-z]|[^a-z])*\[agentpools/i.test(line) ? RUN_LINE_MARK + line : line);
 
 /**
  * One output stream of a run (stdout or stderr) as log lines: bytes decoded as UTF-8 across
@@ -41,14 +46,8 @@ export function runOutput(secrets: Iterable<string>, emit: (lines: string[]) => 
     held = text.slice(limit);
     const parts = (line + masked + text.slice(at, limit)).split("\n");
     line = parts.pop() as string;
-    const lines: string[] = [];
-    for (let part of parts) {
-      part = part.replace(/\r$/, "");
-      do lines.push(markRunLine(part.slice(0, MAX_LINE)));
-      while ((part = part.slice(MAX_LINE)));
-    }
-    for (; line.length > MAX_LINE; line = line.slice(MAX_LINE)) lines.push(markRunLine(line.slice(0, MAX_LINE)));
-    if (lines.length) emit(lines);
+    for (; line.length > MAX_LINE; line = line.slice(MAX_LINE)) parts.push(line.slice(0, MAX_LINE));
+    if (parts.length) emit(parts.flatMap((part) => part.replace(/\r$/, "").match(PIECES) ?? [""]).map(markRunLine));
   };
   return {
     write: (chunk) => take(decoder.write(chunk), false),
