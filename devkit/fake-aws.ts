@@ -39,7 +39,7 @@ export class FakeAws {
   noPendingAction = false;
   /** The health SetInstanceHealth last set (Auto Scaling replaces an Unhealthy instance). */
   instanceHealth = "Healthy";
-  readonly calls: { action: string; body: Record<string, unknown> }[] = [];
+  readonly calls: { action: string; body: Record<string, unknown>; at: number }[] = [];
   /** Messages of accepted log events, in the order CloudWatch stored them. */
   readonly logEvents: string[] = [];
   /** Accepted log events with their timestamps, by stream. */
@@ -117,7 +117,7 @@ export class FakeAws {
       return send(403, JSON.stringify({ __type: "InvalidSignatureException", message: problem }));
     }
     const payload = target ? JSON.parse(body || "{}") : (form as Record<string, unknown>);
-    this.calls.push({ action, body: payload });
+    this.calls.push({ action, body: payload, at: Date.now() });
     const jsonError = (status: number, code: string, message: string) => send(status, JSON.stringify({ __type: code, message }));
     const queryError = (status: number, code: string, message: string) =>
       send(status, `<ErrorResponse><Error><Code>${code}</Code><Message>${message}</Message></Error></ErrorResponse>`, "text/xml");

@@ -1,8 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import type { Credentials } from "./sigv4";
-import { AwsClient, InstanceMetadata } from "./aws";
-import { LogShipper } from "./cloudwatch";
+import { awsClient, instanceMetadata, type AwsClient, type InstanceMetadata } from "./aws";
+import { logShipper, type LogShipper } from "./cloudwatch";
 import { watchAgent } from "./watch";
 import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
@@ -63,6 +62,8 @@ export interface Role<S = Record<string, unknown>> {
 export interface RunOptions {
   env?: Env;
   argv?: string[];
+  /** The role's command-line flags (parseFlags): a role without any refuses every argument. */
+  parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
   /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
@@ -97,65 +98,82 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
   let agent: RunningAgent | undefined;
   let serving = false;
   let status: ReturnType<typeof writeStatusFiles> | undefined;
-  const finish = async (code: number) => {
-    status?.stop();
-    await shipper?.stop();
-    (options.exit ?? process.exit)(code);
-    return code;
-  };
+  let code = 0;
 
   try {
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
-    const ready = () => serving && (agent?.connected?.() ?? true);
-    if (statusDir) status = writeStatusFiles(statusDir, ready, options.statusIntervalMs);
+    if (statusDir) status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
-    const config: InstanceConfig | undefined = configPath ? JSON.parse(readFileSync(configPath, "utf8")) : undefined;
+    const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
     if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
     // The variables of the process win over the file, so an operator can override one setting on a box.
     const env: Env = { ...config?.env, ...processEnv };
+    const hooks = config?.aws;
+    const secrets = secretSettings(schema);
 
-    let aws: { client: AwsClient; imds: InstanceMetadata; instanceId: string; hooks: NonNullable<InstanceConfig["aws"]> } | undefined;
-    if (config?.aws) {
-      const imds = new InstanceMetadata(processEnv);
+    let client: AwsClient | undefined;
+    let imds: InstanceMetadata | undefined;
+    let instanceId = "";
+    if (hooks) {
+      imds = instanceMetadata(processEnv);
       const identity = await imds.identity();
+      instanceId = identity.instanceId;
       // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
-      const domain = (await imds.get("/latest/meta-data/services/domain")).trim();
-      const client = new AwsClient(identity.region, domain, (): Promise<Credentials> => imds.credentials(), processEnv);
-      aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws };
-      shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId, options.shipIntervalMs);
+      client = awsClient(identity.region, (await imds.get("/latest/meta-data/services/domain")).trim(), imds.credentials, processEnv);
+      shipper = logShipper(client, hooks.logGroupName, instanceId, options.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
 
-      const secret = JSON.parse(await client.getSecretString(config.aws.secretArn)) as Record<string, unknown>;
-      for (const { env: name } of secretSettings(schema)) {
-        if (typeof secret[name] === "string") env[name] = secret[name] as string;
-      }
+      const secret = JSON.parse(await client.getSecretString(hooks.secretArn));
+      for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
       const metadataPrefix = Object.values(schema.properties).find((p) => p.encoding === "map")?.env;
       if (metadataPrefix) {
         for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY)) env[metadataPrefix + tag] ??= identity[field];
       }
     }
 
-    for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
-    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
+    for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
+    const argv = options.argv ?? process.argv.slice(2);
+    if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }));
 
     agent = await role.start(settings, { log, env });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,
     );
-    const first = await Promise.race([agent.ready.then(() => undefined), crashed]);
+    const first = await Promise.race([agent.ready.then(() => ""), crashed]);
     if (first) throw new Error(first);
     log.info("agent ready", { pool: config?.pool });
     serving = true;
     status?.update();
-    if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
-    const { client, hooks, instanceId = "" } = aws ?? {};
-    const watch = hooks && watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }));
+    /** Complete this instance's lifecycle action on `hook`, or (complete false) record a heartbeat on it. */
+    const completeHook = async (hook: string, complete = true) => {
+      try {
+        await client!.lifecycleAction(hooks!.autoScalingGroupName, hook, instanceId, complete);
+        if (complete) log.info("lifecycle action completed", { hook });
+      } catch (error) {
+        // A restarted runtime finds the launch action long completed; that is not a failure.
+        const message = (error as Error).message;
+        if (/No active Lifecycle Action/i.test(message)) log.info("no pending lifecycle action", { hook });
+        else log.warn("could not complete lifecycle action", { hook, error: message });
+      }
+    };
+    if (hooks) await completeHook(hooks.launchHookName);
+    const watch =
+      hooks &&
+      watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () =>
+        client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
+      );
 
-    const stopSignal = options.stopSignal ?? stopSignals();
-    const terminating = aws ? watchTermination(aws.imds, options.lifecyclePollMs ?? 5000) : new Promise<never>(() => undefined);
-    const reason = await Promise.race([stopSignal, terminating.then(() => "autoscaling termination"), crashed]);
+    const terminating = async () => {
+      for (;;) {
+        const state = await imds!.targetLifecycleState();
+        if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return "autoscaling termination";
+        await sleep(options.lifecyclePollMs ?? 5000);
+      }
+    };
+    const reason = await Promise.race([options.stopSignal ?? stopSignals(), ...(imds ? [terminating()] : []), crashed]);
     if (reason.startsWith("agent")) throw new Error(reason);
 
     const drainSeconds = config?.drainTimeoutSeconds ?? 300;
@@ -163,37 +181,20 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     serving = false;
     status?.update();
     watch?.drain();
-    const hooked = client && hooks && reason === "autoscaling termination";
+    const hooked = hooks && reason === "autoscaling termination";
     // The termination hook holds the instance one heartbeat timeout at a time: a longer drain renews it.
-    const heartbeats = hooked && setInterval(() => completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log, false), hooks.heartbeatSeconds * 1000);
+    const heartbeats = hooked ? setInterval(() => completeHook(hooks.terminationHookName, false), hooks.heartbeatSeconds * 1000) : undefined;
     await agent.drain(Date.now() + drainSeconds * 1000);
-    clearInterval(heartbeats || undefined);
+    clearInterval(heartbeats);
     watch?.stop();
     log.info("drained");
-    if (hooked) await completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log);
-    return await finish(0);
+    if (hooked) await completeHook(hooks.terminationHookName);
   } catch (error) {
     log.error((error as Error).message);
-    return await finish(1);
+    code = 1;
   }
-}
-
-/** Complete this instance's lifecycle action on `hook`, or (complete false) record a heartbeat on it. */
-async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger, complete = true): Promise<void> {
-  try {
-    await client.lifecycleAction(group, hook, instanceId, complete);
-    if (complete) log.info("lifecycle action completed", { hook });
-  } catch (error) {
-    // A restarted runtime finds the launch action long completed; that is not a failure.
-    if (/No active Lifecycle Action/i.test((error as Error).message)) log.info("no pending lifecycle action", { hook });
-    else log.warn("could not complete lifecycle action", { hook, error: (error as Error).message });
-  }
-}
-
-async function watchTermination(imds: InstanceMetadata, pollMs: number): Promise<void> {
-  for (;;) {
-    const state = await imds.targetLifecycleState();
-    if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return;
-    await sleep(pollMs);
-  }
+  status?.stop();
+  await shipper?.stop();
+  (options.exit ?? process.exit)(code);
+  return code;
 }
