@@ -26,6 +26,7 @@ export interface PoolSpec extends PoolPlacement {
   gvisor: boolean;
   registryMirror?: string;
   noProxy?: string;
+  runtimeSandbox?: { uids: string };
   extraFiles?: UserDataFile[];
 }
 
@@ -118,6 +119,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace)
     awsApisViaProxy: core.awsApisViaProxy,
     extraFiles: spec.extraFiles,
     stopTimeoutSeconds: core.drainTimeoutSeconds + 30,
+    runtimeSandbox: spec.runtimeSandbox,
   };
 }
 
