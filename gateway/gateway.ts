@@ -1,10 +1,10 @@
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { createLogger, type Logger } from "../lib/log";
 import { METADATA_HEADER } from "../protocol/link";
-import { MAX_REQUEST_HEADERS, redactTarget, type HeaderMap } from "../protocol/vcs";
+import { MAX_REQUEST_HEADERS, redactTarget, requestHeaders, type HeaderMap } from "../protocol/vcs";
 import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
 import { ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
@@ -15,7 +15,8 @@ import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
 import { VcsHub, type VcsHubOptions } from "./vcs-hub";
-import { EXCHANGE_DEFAULTS, exchange, serveClient, type ExchangeLimits, type ForwardedResponse } from "./vcs-proxy";
+import { checkedRequest, EXCHANGE_DEFAULTS, exchange, serveClient, WRITE_BODY_LIMIT, type ExchangeLimits, type ForwardedRequest, type ForwardedResponse } from "./vcs-proxy";
+import { bodyRule, checkedWrite } from "./vcs-writes";
 
 export { API_PATH } from "./target";
 export type { ForwardedResponse } from "./vcs-proxy";
@@ -236,10 +237,21 @@ export class Gateway {
       throw new HttpError(400, `${target} is not a private://<pool>/<path> address${typeof read === "string" ? `: ${read}` : ""}`);
     const { pool, path } = read.route;
     this.vcsPool(pool);
+    const { method = "GET", body, length } = init;
+    // The rules of the HTTP entry: the header allowlist, and writes checked before they cross.
+    const headers = requestHeaders(init.headers ?? {});
+    const rule = bodyRule(method, path, String(headers["content-type"] ?? ""));
+    if (rule !== "stream" && rule !== "check") throw new HttpError(400, rule);
+    let request: ForwardedRequest = { method, path, headers, hasBody: !!body, length };
+    let sent = body;
+    if (rule === "check" && body) {
+      const checked = checkedWrite(path, await readJsonBody(body, "a JSON object", WRITE_BODY_LIMIT));
+      if (typeof checked === "string") throw new HttpError(400, checked);
+      request = checkedRequest(request, checked);
+      sent = Readable.from([checked]);
+    }
     const slot = await this.vcs.acquire(pool, "private://");
-    const { method = "GET", headers = {}, body, length } = init;
-    const request = { method, path, headers, hasBody: !!body, length };
-    return exchange(this.vcs, slot, request, body, this.limits);
+    return exchange(this.vcs, slot, request, sent, this.limits);
   }
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */

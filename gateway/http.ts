@@ -1,4 +1,4 @@
-import type http from "node:http";
+import type { Readable } from "node:stream";
 
 /** A failure the gateway answers with this HTTP status and message. */
 export class HttpError extends Error {
@@ -13,7 +13,7 @@ export class HttpError extends Error {
 }
 
 /** A request's JSON body, at most `limit` bytes; a clear 413 or 400 otherwise. */
-export function readJsonBody(req: http.IncomingMessage, shape: string, limit = 1_048_576): Promise<unknown> {
+export function readJsonBody(req: Readable, shape: string, limit = 1_048_576): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

@@ -16,6 +16,7 @@ import {
 } from "../protocol/vcs";
 import { HttpError } from "./http";
 import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { WriteBudget } from "./vcs-writes";
 
 interface VcsAgent extends ConnectedAgent {
   role: string;
@@ -58,6 +59,8 @@ export interface VcsHubOptions {
   /** Agent connections per pool, handshakes included (default MAX_AGENTS_PER_POOL). */
   maxAgentsPerPool?: number;
   pingIntervalMs?: number;
+  /** Bytes of write bodies held at once to be checked, for every pool (default 16 MiB). */
+  writeBudgetBytes?: number;
 }
 
 export const QUEUE_DEFAULTS = { queueTimeoutMs: 60_000, maxQueued: 1000, clientShare: 0.75 };
@@ -77,8 +80,10 @@ const busy = (message: string) => new HttpError(503, message, RETRY_AFTER_SECOND
  * fewest streams. No client holds more than its share of a pool's streams.
  */
 export class VcsHub {
+  /** Write bodies held to be checked, for every pool. */
+  readonly writes: WriteBudget;
   private readonly state = new Map<string, PoolState>();
-  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs" | "maxAgentsPerPool">> & VcsHubOptions;
+  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs" | "maxAgentsPerPool" | "writeBudgetBytes">> & VcsHubOptions;
   private uses = 0;
 
   constructor(
@@ -90,6 +95,7 @@ export class VcsHub {
       ...QUEUE_DEFAULTS,
       ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
     };
+    this.writes = new WriteBudget(options.writeBudgetBytes);
   }
 
   private pool(name: string): PoolState {

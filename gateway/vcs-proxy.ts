@@ -5,7 +5,7 @@ import { pump } from "../lib/pump";
 import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, requestHeaders, type HeaderMap } from "../protocol/vcs";
 import { HttpError, readJsonBody } from "./http";
 import type { Slot, VcsHub } from "./vcs-hub";
-import { checkedWrite, isCheckedWrite } from "./vcs-writes";
+import { bodyRule, checkedWrite } from "./vcs-writes";
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -138,16 +138,31 @@ export function serveClient(
 ): void {
   const request = clientRequest(req, path);
   if (typeof request === "string") return fail(new HttpError(400, request));
-  if (request.hasBody && isCheckedWrite(request.method, req.headers["content-type"]))
-    return void readJsonBody(req, "a JSON object").then((body) => {
-      const checked = checkedWrite(path.split("?")[0], body);
-      if (typeof checked === "string") return fail(new HttpError(400, checked));
-      const headers = { ...request.headers, "content-type": "application/json" };
-      const checkedRequest = { ...request, headers, length: checked.length };
-      serveRequest(hub, pool, client, checkedRequest, Readable.from([checked]), res, limits, fail);
-    }, fail);
-  serveRequest(hub, pool, client, request, req, res, limits, fail);
+  const rule = bodyRule(request.method, path, req.headers["content-type"]);
+  if (rule !== "stream" && rule !== "check") return fail(new HttpError(400, rule));
+  if (rule === "stream" || !request.hasBody) return serveRequest(hub, pool, client, request, req, res, limits, fail);
+  // Held whole to be checked, within the gateway's budget for such bodies.
+  const release = hub.writes.take(Math.min(request.length ?? WRITE_BODY_LIMIT, WRITE_BODY_LIMIT));
+  if (!release) return fail(new HttpError(503, "too many write bodies are being received at once: try again"));
+  req.once("close", release);
+  readJsonBody(req, "a JSON object", WRITE_BODY_LIMIT).then((body) => {
+    release();
+    const checked = checkedWrite(path, body);
+    if (typeof checked === "string") return fail(new HttpError(400, checked));
+    serveRequest(hub, pool, client, checkedRequest(request, checked), Readable.from([checked]), res, limits, fail);
+  }, (error: HttpError) => (release(), fail(error)));
 }
+
+/** A write's largest JSON body. */
+export const WRITE_BODY_LIMIT = 1024 * 1024;
+
+/** A write as it crosses once checked: its re-serialised body, said to be JSON, of that length. */
+export const checkedRequest = (request: ForwardedRequest, body: Buffer): ForwardedRequest => ({
+  ...request,
+  headers: { ...request.headers, "content-type": "application/json" },
+  hasBody: true,
+  length: body.length,
+});
 
 /** One request, its body from the client or checked here, through a stream of the pool. */
 function serveRequest(

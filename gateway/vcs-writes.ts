@@ -23,17 +23,44 @@ const WRITES: [RegExp, string][] = [
   [/\/_apis\/git\/repositories\/[^/]+\/commits\/[^/]+\/statuses$/, "state|description|targetUrl|context"],
 ];
 
-/** Whether a request's body is a write's JSON the gateway checks: every POST, PUT or PATCH but a git fetch. */
-export const isCheckedWrite = (method: string, contentType: string | undefined) =>
-  ["POST", "PUT", "PATCH"].includes(method) && !/^application\/x-git-upload-pack-request\b/i.test(contentType ?? "");
+/**
+ * How a request's body may cross: "stream" (a git fetch's, or a method that writes nothing,
+ * which the agent refuses anyway), "check" (a write's JSON, read and checked here), or why it
+ * may not. A write carries no query: GitLab reads query parameters as fields too (`?body=/merge`).
+ */
+export function bodyRule(method: string, path: string, contentType = ""): "stream" | "check" | string {
+  if (!["POST", "PUT", "PATCH"].includes(method)) return "stream";
+  const [route, query] = path.split("?", 2);
+  const fetch = method === "POST" && /\/git-upload-pack$/.test(route) && /^application\/x-git-upload-pack-request\s*$/i.test(contentType);
+  if (fetch) return "stream";
+  if (query !== undefined) return "a write carries no query: its fields go in its JSON body";
+  return /^application\/json\s*(;|$)/i.test(contentType) ? "check" : "a write's body is JSON (Content-Type: application/json)";
+}
+
+/**
+ * Bytes of write bodies the gateway holds at once, whoever sends them: bodies are read whole
+ * before they are checked, so without a bound, slow senders could fill its memory.
+ */
+export class WriteBudget {
+  private used = 0;
+  constructor(private readonly limit = 16 * 1024 * 1024) {}
+  /** Take `bytes`, or undefined if that would pass the bound; the returned function gives them back, once. */
+  take(bytes: number): (() => void) | undefined {
+    if (this.used + bytes > this.limit) return undefined;
+    this.used += bytes;
+    let given = false;
+    return () => void (given || ((given = true), (this.used -= bytes)));
+  }
+}
 
 const strings = (value: unknown): string[] =>
   typeof value === "string" ? [value] : value && typeof value === "object" ? Object.values(value).flatMap(strings) : [];
 
-/** A write's body (parsed JSON) as it may cross (`path` without its query), or why it may not. */
+/** A write's body (parsed JSON) as it may cross, or why it may not. */
 export function checkedWrite(path: string, value: unknown): Buffer | string {
   if (!value || typeof value !== "object" || Array.isArray(value)) return "a write's body must be a JSON object";
-  const fields = WRITES.find(([pattern]) => pattern.test(path))?.[1].split("|");
+  const route = path.split("?")[0];
+  const fields = WRITES.find(([pattern]) => pattern.test(route))?.[1].split("|");
   const extra = fields && Object.keys(value).find((key) => !fields.includes(key));
   if (extra !== undefined) return `the field ${extra} is not one of this write's (${fields!.join(", ")})`;
   try {

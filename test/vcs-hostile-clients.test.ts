@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import type net from "node:net";
+import { Readable } from "node:stream";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
 import { createServiceKey } from "../gateway/auth";
 import { createPool } from "../gateway/pools";
@@ -440,6 +441,37 @@ describe("hostile clients on the VCS path", function () {
         }
         await stack.agents.pop()!.agent.drain(Date.now() + 1000);
       }
+    });
+
+    it("a write's fields travel only in its checked JSON body: a query, another content type or the embedding API carry no quick action to the VCS", async () => {
+      await stack.startAgent({ vendor: "gitlab" });
+      const notes = "/api/v4/projects/group%2Frepo/merge_requests/7/notes";
+      const json = { "content-type": "application/json" };
+      const tries: [string, string, string, Record<string, string>][] = [
+        ["POST", `${notes}?body=%2Fmerge`, "", {}],
+        ["PUT", `${notes}/7?body=%2Fclose`, "{}", json],
+        ["POST", "/api/v4/projects/group%2Frepo/statuses/abc?state=success&environment=prod", "", {}],
+        ["POST", notes, JSON.stringify({ body: "/merge" }), { "content-type": "application/x-git-upload-pack-request" }],
+        ["POST", notes, JSON.stringify({ body: "/merge" }), { "content-type": "text/plain" }],
+        ["POST", notes, JSON.stringify({ body: "/merge" }), {}],
+      ];
+      mark = vcs.received.length;
+      for (const [method, target, body, headers] of tries) {
+        const reply = await stack.request(`/git${target}`, { method, body, headers });
+        assert.equal(reply.status, 400, `${method} ${target} ${JSON.stringify(headers)}: ${reply.body}`);
+      }
+      // private://, the API a service embedding the gateway uses: the same rules.
+      const write = (target: string, body: string) =>
+        stack.gateway.request(`private://git${target}`, { method: "POST", headers: { ...json, "x-forwarded-for": "10.9.8.7" }, body: Readable.from([Buffer.from(body)]) });
+      await assert.rejects(write(notes, JSON.stringify({ body: "/merge\n/approve" })), /starts with \//);
+      await assert.rejects(stack.gateway.request(`private://git${notes}?body=%2Fmerge`, { method: "POST" }), /no query/);
+      assert.deepEqual(since(), [], "nothing refused reached the VCS");
+      const answer = await write(notes, '{"body":"Plan: 1 to add.","body":"ok"}');
+      assert.equal(answer.status, 200);
+      answer.body.resume();
+      const [received] = since();
+      assert.equal(received.body.toString(), '{"body":"ok"}');
+      assert.ok(!received.rawHeaders.some((name) => /forwarded/i.test(name)), "the header allowlist applies to private:// too");
     });
 
     it("a query that names another project (GitLab from_project_id, GitHub owner:repo compare) never reaches the VCS", async () => {

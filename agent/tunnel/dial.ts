@@ -132,13 +132,16 @@ export async function dialGateway(gateway: URL, headers: Record<string, string>,
       resolve(upgraded);
     });
     req.once("response", (res: http.IncomingMessage) => {
-      clearTimeout(timer);
+      // A refusal's reason, read within the dial's time and only its first KiB: a hostile
+      // gateway's endless answer must not grow the agent.
       let body = "";
-      res.on("data", (chunk) => (body += chunk));
-      res.on("end", () => {
+      const refused = () => {
+        clearTimeout(timer);
         socket.destroy();
-        reject(Object.assign(new Error(`the gateway refused the connection: ${res.statusCode} ${body.trim()}`), { status: res.statusCode }));
-      });
+        reject(Object.assign(new Error(`the gateway refused the connection: ${res.statusCode} ${body.slice(0, 1024).trim()}`), { status: res.statusCode }));
+      };
+      res.on("data", (chunk) => (body += chunk).length > 1024 && refused());
+      res.on("end", refused);
     });
     req.once("error", (error) => (clearTimeout(timer), reject(error)));
   });

@@ -163,6 +163,8 @@ export function classify(vendor: Vendor, method: string, target: string, allowed
   // The project the path names is the only one a request may touch (GitLab's from_project_id, ...).
   const other = [...query.keys()].find((key) => /proj|repo|fork/i.test(key));
   if (other) return { allowed: false, reason: `the query key ${other} may name another project` };
+  // A write's fields travel in its body, which the gateway checks: a query would be read as fields too (GitLab).
+  if (!rule.git && method !== "GET" && method !== "HEAD" && [...query.keys()].length) return { allowed: false, reason: "a write carries no query" };
   if (rule.git && method === "GET" && query.get("service") !== "git-upload-pack") {
     return { allowed: false, reason: "info/refs is allowed only with service=git-upload-pack" };
   }
