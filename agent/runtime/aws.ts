@@ -42,7 +42,7 @@ export class InstanceMetadata {
     return res.body;
   }
 
-  async identity(): Promise<{ region: string; instanceId: string; availabilityZone: string; instanceType: string }> {
+  async identity(): Promise<{ region: string; instanceId: string; availabilityZone: string; instanceType: string; pendingTime: string }> {
     return JSON.parse(await this.get("/latest/dynamic/instance-identity/document"));
   }
 

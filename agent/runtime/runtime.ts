@@ -4,11 +4,13 @@ import type { Credentials } from "./sigv4";
 import { AwsClient, InstanceMetadata } from "./aws";
 import { LogShipper } from "./cloudwatch";
 import { watchAgent } from "./watch";
+import { interruption, protectWhileBusy, reportBoot, whileWarmed } from "./scaling";
 import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
 import { validateSettings } from "../config/validate";
 import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../config/instance";
+import { BOOT_MARKS_PATH } from "../config/metrics";
 import type { RoleName } from "../config/roles";
 
 /** What a role's agent gives back once started. */
@@ -21,8 +23,8 @@ export interface RunningAgent {
   drain(deadline: number): Promise<void>;
   /** Whether the agent is connected right now (it may be reconnecting); assumed once ready. */
   connected?(): boolean;
-  /** Whether the agent has work in flight (a run, a request). */
-  busy?(): boolean;
+  /** The share of its capacity in use (0 to 1; true is 1): a run, requests, Flows runs. */
+  busy?(): number | boolean;
 }
 
 /**
@@ -53,6 +55,8 @@ export interface RoleContext {
   log: Logger;
   /** The environment the settings were read from (a launcher passes some of it to runs); process.env if not given. */
   env?: Env;
+  /** Say busy() may have changed: settles once the instance's scale-in protection matches it (on AWS). */
+  busyChanged?: () => Promise<void>;
 }
 
 export interface Role<S = Record<string, unknown>> {
@@ -73,6 +77,8 @@ export interface RunOptions {
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
   statusIntervalMs?: number;
+  /** Where the boot script wrote its marks (tests). */
+  bootMarks?: string;
 }
 
 function stopSignals(): Promise<string> {
@@ -91,12 +97,15 @@ const METADATA_FROM_IDENTITY = { instance_id: "instanceId", availability_zone: "
  */
 export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options: RunOptions = {}): Promise<number> {
   const processEnv = options.env ?? process.env;
+  const startedAt = Date.now();
+  const pollMs = options.lifecyclePollMs ?? 5000;
   const log = createLogger(role.name);
   let shipper: LogShipper | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
   let agent: RunningAgent | undefined;
   let serving = false;
   let status: ReturnType<typeof writeStatusFiles> | undefined;
+  let guard: ReturnType<typeof protectWhileBusy> | undefined;
   const finish = async (code: number) => {
     status?.stop();
     await shipper?.stop();
@@ -114,14 +123,14 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     // The variables of the process win over the file, so an operator can override one setting on a box.
     const env: Env = { ...config?.env, ...processEnv };
 
-    let aws: { client: AwsClient; imds: InstanceMetadata; instanceId: string; hooks: NonNullable<InstanceConfig["aws"]> } | undefined;
+    let aws: { client: AwsClient; imds: InstanceMetadata; instanceId: string; hooks: NonNullable<InstanceConfig["aws"]>; launchedAt: number } | undefined;
     if (config?.aws) {
       const imds = new InstanceMetadata(processEnv);
       const identity = await imds.identity();
       // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
       const domain = (await imds.get("/latest/meta-data/services/domain")).trim();
       const client = new AwsClient(identity.region, domain, (): Promise<Credentials> => imds.credentials(), processEnv);
-      aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws };
+      aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws, launchedAt: Date.parse(identity.pendingTime) };
       shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId, options.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
@@ -139,7 +148,9 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
     const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
 
-    agent = await role.start(settings, { log, env });
+    // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
+    if (aws) await whileWarmed(aws.imds, () => completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log), pollMs);
+    agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,
@@ -149,16 +160,23 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     log.info("agent ready", { pool: config?.pool });
     serving = true;
     status?.update();
-    if (aws) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log);
     const { client, hooks, instanceId = "" } = aws ?? {};
+    if (aws && hooks && (await completeHook(aws.client, hooks.autoScalingGroupName, hooks.launchHookName, instanceId, log))) reportBoot(hooks.autoScalingGroupName, aws.launchedAt, startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
+    const running = agent;
+    if (client && hooks) {
+      const set = (on: boolean) => client.query("SetInstanceProtection", { AutoScalingGroupName: hooks.autoScalingGroupName, "InstanceIds.member.1": instanceId, ProtectedFromScaleIn: `${on}` });
+      guard = protectWhileBusy(() => running.busy?.() ?? 0, set, log, hooks.protectSeconds * 1000, hooks.lingerSeconds * 1000);
+    }
     const watch = hooks && watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }));
 
     const stopSignal = options.stopSignal ?? stopSignals();
-    const terminating = aws ? watchTermination(aws.imds, options.lifecyclePollMs ?? 5000) : new Promise<never>(() => undefined);
-    const reason = await Promise.race([stopSignal, terminating.then(() => "autoscaling termination"), crashed]);
+    const terminating = aws ? watchTermination(aws.imds, pollMs, true) : new Promise<never>(() => undefined);
+    const notice = await Promise.race([stopSignal.then((reason) => ({ reason, at: undefined })), terminating, crashed.then((reason) => ({ reason, at: undefined }))]);
+    const reason = notice.reason;
     if (reason.startsWith("agent")) throw new Error(reason);
 
-    const drainSeconds = config?.drainTimeoutSeconds ?? 300;
+    // A spot interruption leaves two minutes: what does not finish by then is handed back.
+    const drainSeconds = Math.min(config?.drainTimeoutSeconds ?? 300, notice.at ? (notice.at - Date.now()) / 1000 - 15 : Infinity);
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
     serving = false;
     status?.update();
@@ -168,21 +186,29 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const heartbeats = hooked && setInterval(() => completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log, false), hooks.heartbeatSeconds * 1000);
     await agent.drain(Date.now() + drainSeconds * 1000);
     clearInterval(heartbeats || undefined);
+    await guard?.stop(!hooked);
     watch?.stop();
     log.info("drained");
-    if (hooked) await completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log);
+    // Drained for a notice: Auto Scaling terminates the instance next (capacity rebalancing), or EC2 does.
+    if (aws && /spot|rebalance/.test(reason)) {
+      const signal = await Promise.race([stopSignal, watchTermination(aws.imds, pollMs, false).then(() => "")]);
+      if (!signal) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.terminationHookName, instanceId, log);
+    } else if (hooked) await completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log);
     return await finish(0);
   } catch (error) {
+    // (Protection stays as it was: the restarted runtime lifts it.)
+    void guard?.stop(false);
     log.error((error as Error).message);
     return await finish(1);
   }
 }
 
-/** Complete this instance's lifecycle action on `hook`, or (complete false) record a heartbeat on it. */
-async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger, complete = true): Promise<void> {
+/** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
+async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger, complete = true): Promise<boolean | void> {
   try {
     await client.lifecycleAction(group, hook, instanceId, complete);
     if (complete) log.info("lifecycle action completed", { hook });
+    return true;
   } catch (error) {
     // A restarted runtime finds the launch action long completed; that is not a failure.
     if (/No active Lifecycle Action/i.test((error as Error).message)) log.info("no pending lifecycle action", { hook });
@@ -190,10 +216,13 @@ async function completeHook(client: AwsClient, group: string, hook: string, inst
   }
 }
 
-async function watchTermination(imds: InstanceMetadata, pollMs: number): Promise<void> {
+/** Until Auto Scaling terminates the instance, or (notices) EC2 says it will be interrupted or rebalanced. */
+async function watchTermination(imds: InstanceMetadata, pollMs: number, notices: boolean): Promise<{ reason: string; at?: number }> {
   for (;;) {
     const state = await imds.targetLifecycleState();
-    if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return;
+    if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return { reason: "autoscaling termination" };
+    const notice = notices && (await interruption(imds));
+    if (notice) return notice;
     await sleep(pollMs);
   }
 }
