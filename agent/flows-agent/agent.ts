@@ -18,9 +18,9 @@ import type { AgentMessage, GatewayMessage } from "../../protocol/flows";
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
-  /** Runs are in flight (the pool's busy metric). */
-  get busy(): boolean {
-    return this.inFlight > 0;
+  /** The share of its runtimes in use (the pool's busy metric). */
+  get busy(): number {
+    return this.inFlight / this.settings.runtimePoolSize;
   }
 
   constructor(

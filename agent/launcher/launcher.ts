@@ -63,6 +63,8 @@ interface LauncherContext {
   /** Variables passed from the launcher's environment (whitelisted and masked). */
   passed: Record<string, string>;
   log: Logger;
+  /** Settles once the instance is protected from scale-in as busy() says (the runtime's, on AWS). */
+  busyChanged?: () => Promise<void>;
 }
 
 /** Check everything the launcher can check before it connects; each problem is a clear error. */
@@ -223,7 +225,7 @@ export class Launcher extends WebSocketLink {
       lines: [],
     };
     let end!: () => void;
-    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
+    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve(), void this.context.busyChanged?.())));
     this.current = run;
     try {
       let environment: Record<string, string> = {};
@@ -245,6 +247,8 @@ export class Launcher extends WebSocketLink {
         end();
         return this.send({ type: "refused", id, fence, reason });
       }
+      // Protected from scale-in before the run is taken: a busy instance is never chosen.
+      await this.context.busyChanged?.();
       this.held.set(id, run);
       this.renew();
       this.send({ type: "accepted", id, fence });
@@ -439,8 +443,8 @@ export class Launcher extends WebSocketLink {
 export function launcherRole(options: { docker?: string } = {}): Role<LauncherSettings> {
   return {
     name: "launcher",
-    start(settings, { log, env }): RunningAgent {
-      const launcher = new Launcher(prepareLauncher(settings, env ?? process.env, log, options.docker));
+    start(settings, { log, env, busyChanged }): RunningAgent {
+      const launcher = new Launcher({ ...prepareLauncher(settings, env ?? process.env, log, options.docker), busyChanged });
       return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, busy: () => launcher.busy, drain: (deadline) => launcher.stop(deadline) };
     },
   };

@@ -68,7 +68,7 @@ export async function whileWarmed(imds: InstanceMetadata, ready: () => Promise<u
 export function reportBoot(pool: string, launchedAt: number, startedAt: number, marksFile: string, log: Logger): void {
   let marks: number[] = [];
   try {
-    marks = readFileSync(marksFile, "utf8").trim().split(" ").map((s) => +s * 1000);
+    marks = readFileSync(marksFile, "utf8").trim().split(/\s+/).map((s) => +s * 1000);
   } catch {
     // A warm pool's instance starts again without its first boot's marks (/run is emptied).
   }
