@@ -276,8 +276,10 @@ describe("worker pools: gateway run queue and launcher", function () {
   it("a gateway restarted during a run loses nothing: the worker reconnects and delivers log, status and state", async () => {
     const run = await submit({ image: "alpine:3", commands: ["echo before", "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.25; done", 'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"; echo kept > "$AGENTPOOLS_STATE_FILE"', "echo after"] });
     await eventually(async () => (await status(run.id)).logLines >= 2, 5000, "the run to start");
+    const before = launcherLog.lines.length;
     await gateway.close();
-    await new Promise((resolve) => setTimeout(resolve, 2500));
+    // The outage is real once the launcher has failed to dial back while its run goes on.
+    await eventually(() => launcherLog.lines.slice(before).some((line) => line.msg === "cannot reach the gateway"), 10_000, "a failed redial");
     gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     const done = await finished(run.id, 20_000);
