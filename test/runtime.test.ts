@@ -265,11 +265,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
    * runs a test body against it and, pass or fail, stops the runtime and waits for it.
    */
   function puppet() {
-    const state = { connected: true, busy: false as boolean | number, started: 0, release: () => undefined as void };
+    const state = { connected: true, busy: false as boolean | number, started: 0, release: () => undefined as void, changed: async () => undefined as void };
     const released = new Promise<void>((resolve) => (state.release = resolve));
     const role: Role<VcsAgentSettings> = {
       name: "vcs-agent",
-      start: () => (state.started++, { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
+      start: (_settings, context) => ((state.changed = context.busyChanged ?? state.changed), state.started++, { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
     };
     let stop!: (signal: string) => void;
     const stopping = new Promise<string>((resolve) => (stop = resolve));
@@ -458,13 +458,20 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await eventually(() => protection().length === 1, 5000, "the first sync");
       state.busy = true;
       await eventually(() => isProtected() === true, 5000, "protected");
-      const since = Date.now();
+      let since = Date.now();
       await eventually(() => isProtected() === false, 5000, "lifted past the bound, though still busy");
       assert.ok(Date.now() - since >= 250, "not before the bound");
       state.busy = false;
-      await eventually(() => metric(METRICS.connected).length > 0, 5000);
+      await state.changed(); // as a launcher says its run ended: settled once AWS has it
+      state.busy = true; // a new stretch of work
+      await state.changed();
+      assert.equal(isProtected(), true, "protected again, before busyChanged settled");
+      state.busy = false;
+      since = Date.now();
+      await eventually(() => isProtected() === false, 5000, "lifted after the linger");
+      assert.ok(Date.now() - since >= 150, "kept for the linger");
     });
-    assert.deepEqual(protection(), ["false", "true", "false"], "once lifted for the bound, the linger does not put it back");
+    assert.deepEqual(protection(), ["false", "true", "false", "true", "false"]);
   });
 
   it("a spot interruption notice drains at once, within the notice's time; then the termination hook is completed", async () => {

@@ -122,9 +122,9 @@ export class Launcher extends WebSocketLink {
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private termMs = 60_000;
 
-  /** A run is in progress (the pool's busy metric). */
+  /** A run is in progress, or its result not yet taken by the gateway (the pool's busy metric, and scale-in protection). */
   get busy(): boolean {
-    return !!this.current;
+    return !!this.current || this.held.size > 0;
   }
 
   constructor(private readonly context: LauncherContext) {
@@ -192,6 +192,7 @@ export class Launcher extends WebSocketLink {
 
   private forget(run: Held): void {
     this.held.delete(run.id);
+    void this.context.busyChanged?.();
     rmSync(run.dir, { recursive: true, force: true });
   }
 

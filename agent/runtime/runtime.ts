@@ -150,6 +150,12 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
     // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
     if (aws) await whileWarmed(aws.imds, () => completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log), pollMs);
+    if (aws) {
+      const { client, hooks: h, instanceId: id } = aws;
+      const set = (on: boolean) => client.query("SetInstanceProtection", { AutoScalingGroupName: h.autoScalingGroupName, "InstanceIds.member.1": id, ProtectedFromScaleIn: `${on}` });
+      // From before the agent connects: it may take work at once.
+      guard = protectWhileBusy(() => agent?.busy?.() ?? 0, set, log, h.protectSeconds * 1000, h.lingerSeconds * 1000);
+    }
     agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });
     const crashed = agent.stopped.then(
       () => "agent stopped",
@@ -162,11 +168,6 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     status?.update();
     const { client, hooks, instanceId = "" } = aws ?? {};
     if (aws && hooks && (await completeHook(aws.client, hooks.autoScalingGroupName, hooks.launchHookName, instanceId, log))) reportBoot(hooks.autoScalingGroupName, aws.launchedAt, startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
-    const running = agent;
-    if (client && hooks) {
-      const set = (on: boolean) => client.query("SetInstanceProtection", { AutoScalingGroupName: hooks.autoScalingGroupName, "InstanceIds.member.1": instanceId, ProtectedFromScaleIn: `${on}` });
-      guard = protectWhileBusy(() => running.busy?.() ?? 0, set, log, hooks.protectSeconds * 1000, hooks.lingerSeconds * 1000);
-    }
     const watch = hooks && watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }));
 
     const stopSignal = options.stopSignal ?? stopSignals();
