@@ -45,6 +45,7 @@ export type Route =
   | { kind: "agent" } // an agent's upgrade, or a launcher's run state: the pool's own credentials, checked by its hub
   | { kind: "status" }
   | { kind: "pools" }
+  | { kind: "metrics" }
   | { kind: "flows-run"; pool: string }
   | { kind: "workers"; pool: string }
   | { kind: "vcs"; pool: string; path: string }
@@ -60,6 +61,7 @@ export function routeOf(url: string): Route {
   if (path === CONNECT_PATH || path === FLOWS_CONNECT_PATH || path === WORKER_CONNECT_PATH) return { kind: "agent" };
   if (path === "/" || path === "/_agentpools/status") return { kind: "status" };
   if (path === API_PATH) return { kind: "pools" };
+  if (path === "/_agentpools/metrics") return { kind: "metrics" };
   const flows = FLOWS_RUN.exec(path);
   if (flows) return { kind: "flows-run", pool: flows[1] };
   const workers = WORKER_RUNS.exec(path);

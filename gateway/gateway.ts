@@ -13,6 +13,7 @@ import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
+import { renderMetrics } from "./metrics";
 import { VcsHub, type VcsHubOptions } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS, exchange, serveClient, type ExchangeLimits, type ForwardedResponse } from "./vcs-proxy";
 
@@ -242,6 +243,9 @@ export class Gateway {
         return void res.end(renderStatusPage(this.summary(verdict.key)));
       case "pools":
         return json(200, { pools: this.summary(verdict.key) });
+      case "metrics":
+        res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+        return void res.end(renderMetrics(this.summary(verdict.key)));
       case "flows-run":
         if (req.method === "POST") return void this.runFlowsRequest(route.pool, req, json);
         break;
