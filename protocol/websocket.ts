@@ -42,157 +42,147 @@ export function acceptWebSocket(headers: Record<string, string | string[] | unde
  * the connection (1009) rather than grow without bound. Events: "message" (text), "pong",
  * "close". Received chunks are joined only once they hold what the next step needs (a
  * header, then the whole frame), so a byte is copied about once whatever the chunk sizes.
+ * (Its state lives in the constructor's closures, not in members: the runtime bundles
+ * shorten local names to a letter, which counts against user-data.)
  */
 export class WebSocket extends EventEmitter {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
-  /** Bytes the next step needs: a header's, then the whole frame's. */
-  private needed = 2;
-  private fragments: Buffer[] = [];
-  private fragmented = 0;
-  private closed = false;
-
-  constructor(
-    private readonly socket: Socket,
-    private readonly isClient: boolean,
-  ) {
-    super();
-    // Messages are small and answered at once: never let Nagle hold one back.
-    socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => this.receive(chunk));
-    // The peer's FIN ends it too: the gateway's sockets allow half-open connections, so
-    // without this a launcher gone without a close frame would linger until a ping timed out.
-    socket.on("end", () => this.finish());
-    socket.on("close", () => this.finish());
-    socket.on("error", () => this.finish());
-    socket.resume();
-  }
-
-  get open(): boolean {
-    return !this.closed;
-  }
-
-  send(text: string): void {
-    this.frame(0x1, Buffer.from(text, "utf8"));
-  }
-
-  ping(): void {
-    this.frame(0x9, Buffer.alloc(0));
-  }
-
+  /** Until either side closes it. */
+  open = true;
+  send: (text: string) => void;
+  ping: () => void;
+  close: (code?: number) => void;
   /**
    * Liveness: a ping every intervalMs; one unanswered for timeoutMs closes the WebSocket
    * (after a "timeout" event). Stops by itself when the WebSocket closes.
    */
-  keepAlive(intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS): void {
-    let deadline: NodeJS.Timeout | undefined;
-    const tick = setInterval(() => {
-      deadline ??= setTimeout(() => (this.emit("timeout"), this.close(1001)), timeoutMs);
-      this.ping();
-    }, intervalMs);
-    this.on("pong", () => (deadline = void clearTimeout(deadline)));
-    this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
-  }
+  keepAlive: (intervalMs?: number, timeoutMs?: number) => void;
 
-  close(code = 1000): void {
-    if (this.closed) return;
-    const payload = Buffer.alloc(2);
-    payload.writeUInt16BE(code);
-    this.frame(0x8, payload);
-    this.socket.end();
-    this.finish();
-  }
+  constructor(socket: Socket, isClient: boolean) {
+    super();
+    let chunks: Buffer[] = [];
+    let buffered = 0;
+    /** Bytes the next step needs: a header's, then the whole frame's. */
+    let needed = 2;
+    let fragments: Buffer[] = [];
+    let fragmented = 0;
 
-  private finish(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.socket.destroy();
-    this.emit("close");
-  }
-
-  private frame(opcode: number, payload: Buffer): void {
-    if (this.closed) return;
-    const length = payload.length;
-    const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
-    const mask = this.isClient ? 4 : 0;
-    const header = Buffer.alloc(2 + extended + mask);
-    header[0] = 0x80 | opcode;
-    header[1] = (this.isClient ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
-    if (extended === 2) header.writeUInt16BE(length, 2);
-    if (extended === 8) header.writeBigUInt64BE(BigInt(length), 2);
-    if (this.isClient) {
-      const key = randomBytes(4);
-      key.copy(header, 2 + extended);
-      payload = xor(payload, key);
-    }
-    this.socket.write(Buffer.concat([header, payload]));
-  }
-
-  private receive(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    // Chunks wait, uncopied, until there are enough bytes for the next header or frame.
-    if (this.buffered < this.needed) return;
-    let buffer = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks, this.buffered);
-    this.needed = 2;
-    while (buffer.length >= 2 && !this.closed) {
-      const fin = (buffer[0] & 0x80) !== 0;
-      const opcode = buffer[0] & 0x0f;
-      const masked = (buffer[1] & 0x80) !== 0;
-      // Servers take only masked frames and clients only unmasked ones (RFC 6455, 5.1).
-      if (masked === this.isClient) return this.close(1002);
-      let length = buffer[1] & 0x7f;
-      const offset = length === 126 ? 4 : length === 127 ? 10 : 2;
-      const start = offset + (masked ? 4 : 0);
-      if (buffer.length < start) {
-        this.needed = start;
-        break;
+    const finish = () => {
+      if (!this.open) return;
+      this.open = false;
+      socket.destroy();
+      this.emit("close");
+    };
+    const frame = (opcode: number, payload: Buffer) => {
+      if (!this.open) return;
+      const length = payload.length;
+      const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
+      const mask = isClient ? 4 : 0;
+      const header = Buffer.alloc(2 + extended + mask);
+      header[0] = 0x80 | opcode;
+      header[1] = (isClient ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
+      if (extended === 2) header.writeUInt16BE(length, 2);
+      if (extended === 8) header.writeBigUInt64BE(BigInt(length), 2);
+      if (isClient) {
+        const key = randomBytes(4);
+        key.copy(header, 2 + extended);
+        payload = xor(payload, key);
       }
-      if (length === 126) length = buffer.readUInt16BE(2);
-      else if (length === 127) {
-        const big = buffer.readBigUInt64BE(2);
-        if (big > BigInt(MAX_MESSAGE)) return this.close(1009);
-        length = Number(big);
-      }
-      if (buffer.length < start + length) {
-        this.needed = start + length;
-        break;
-      }
-      const payload = buffer.subarray(start, start + length);
-      const key = buffer.subarray(offset, start);
-      buffer = buffer.subarray(start + length);
-      // Unmasked into a buffer of its own: what was received is never written to.
-      this.handle(fin, opcode, masked ? xor(payload, key) : payload);
-    }
-    this.chunks = buffer.length > 0 ? [buffer] : [];
-    this.buffered = buffer.length;
-  }
+      socket.write(Buffer.concat([header, payload]));
+    };
+    const close = (this.close = (code = 1000) => {
+      if (!this.open) return;
+      const payload = Buffer.alloc(2);
+      payload.writeUInt16BE(code);
+      frame(0x8, payload);
+      socket.end();
+      finish();
+    });
+    const ping = (this.ping = () => frame(0x9, Buffer.alloc(0)));
+    this.send = (text) => frame(0x1, Buffer.from(text, "utf8"));
+    this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
+      let deadline: NodeJS.Timeout | undefined;
+      const tick = setInterval(() => {
+        deadline ??= setTimeout(() => (this.emit("timeout"), close(1001)), timeoutMs);
+        ping();
+      }, intervalMs);
+      this.on("pong", () => (deadline = void clearTimeout(deadline)));
+      this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
+    };
 
-  private handle(fin: boolean, opcode: number, payload: Buffer): void {
-    switch (opcode) {
-      case 0x0:
-      case 0x1: {
-        this.fragments.push(payload);
-        this.fragmented += payload.length;
-        if (this.fragmented > MAX_MESSAGE) return this.close(1009);
-        if (fin) {
-          const whole = this.fragments.length === 1 ? payload : Buffer.concat(this.fragments, this.fragmented);
-          const text = whole.toString("utf8");
-          this.fragments = [];
-          this.fragmented = 0;
-          this.emit("message", text);
+    const handle = (fin: boolean, opcode: number, payload: Buffer): void => {
+      switch (opcode) {
+        case 0x0:
+        case 0x1: {
+          fragments.push(payload);
+          fragmented += payload.length;
+          if (fragmented > MAX_MESSAGE) return close(1009);
+          if (fin) {
+            const whole = fragments.length === 1 ? payload : Buffer.concat(fragments, fragmented);
+            fragments = [];
+            fragmented = 0;
+            this.emit("message", whole.toString("utf8"));
+          }
+          return;
         }
-        return;
+        case 0x8:
+          return close();
+        case 0x9:
+          return frame(0xa, payload);
+        case 0xa:
+          this.emit("pong");
+          return;
+        default:
+          close(1003);
       }
-      case 0x8:
-        return this.close();
-      case 0x9:
-        return this.frame(0xa, payload);
-      case 0xa:
-        this.emit("pong");
-        return;
-      default:
-        this.close(1003);
-    }
+    };
+    const receive = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      buffered += chunk.length;
+      // Chunks wait, uncopied, until there are enough bytes for the next header or frame.
+      if (buffered < needed) return;
+      let buffer = chunks.length === 1 ? chunk : Buffer.concat(chunks, buffered);
+      needed = 2;
+      while (buffer.length >= 2 && this.open) {
+        const fin = (buffer[0] & 0x80) !== 0;
+        const opcode = buffer[0] & 0x0f;
+        const masked = (buffer[1] & 0x80) !== 0;
+        // Servers take only masked frames and clients only unmasked ones (RFC 6455, 5.1).
+        if (masked === isClient) return close(1002);
+        let length = buffer[1] & 0x7f;
+        const offset = length === 126 ? 4 : length === 127 ? 10 : 2;
+        const start = offset + (masked ? 4 : 0);
+        if (buffer.length < start) {
+          needed = start;
+          break;
+        }
+        if (length === 126) length = buffer.readUInt16BE(2);
+        else if (length === 127) {
+          const big = buffer.readBigUInt64BE(2);
+          if (big > BigInt(MAX_MESSAGE)) return close(1009);
+          length = Number(big);
+        }
+        if (buffer.length < start + length) {
+          needed = start + length;
+          break;
+        }
+        const payload = buffer.subarray(start, start + length);
+        const key = buffer.subarray(offset, start);
+        buffer = buffer.subarray(start + length);
+        // Unmasked into a buffer of its own: what was received is never written to.
+        handle(fin, opcode, masked ? xor(payload, key) : payload);
+      }
+      chunks = buffer.length > 0 ? [buffer] : [];
+      buffered = buffer.length;
+    };
+
+    // Messages are small and answered at once: never let Nagle hold one back.
+    socket.setNoDelay(true);
+    socket.on("data", receive);
+    // The peer's FIN ends it too: the gateway's sockets allow half-open connections, so
+    // without this a launcher gone without a close frame would linger until a ping timed out.
+    socket.on("end", finish);
+    socket.on("close", finish);
+    socket.on("error", finish);
+    socket.resume();
   }
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { AwsClient, InstanceMetadata } from "../agent/runtime/aws";
-import { LogShipper } from "../agent/runtime/cloudwatch";
+import { awsClient, instanceMetadata, type AwsClient } from "../agent/runtime/aws";
+import { logShipper } from "../agent/runtime/cloudwatch";
 import { FakeAws } from "../devkit/fake-aws";
 
 const GROUP = "/agentpools/agentpools-git-1a2b";
@@ -21,8 +21,8 @@ describe("log shipping to CloudWatch (against a fake AWS on loopback)", () => {
     aws = new FakeAws();
     const base = await aws.start();
     const env = aws.env(base);
-    const imds = new InstanceMetadata(env);
-    client = new AwsClient("eu-west-1", "amazonaws.com", () => imds.credentials(), env, 1);
+    const imds = instanceMetadata(env);
+    client = awsClient("eu-west-1", "amazonaws.com", () => imds.credentials(), env, 1);
   });
   afterEach(async () => {
     Date.now = realNow;
@@ -30,7 +30,7 @@ describe("log shipping to CloudWatch (against a fake AWS on loopback)", () => {
   });
 
   const stored = () => (aws.streams.get(STREAM) ?? []).map((e) => e.message);
-  const shipper = () => new LogShipper(client, GROUP, STREAM, 1);
+  const shipper = () => logShipper(client, GROUP, STREAM, 1);
   const lines = (from: number, count: number) => Array.from({ length: count }, (_, i) => `line ${from + i}`);
 
   it("a batch that failed does not stop the ones after it", async () => {

@@ -89,6 +89,13 @@ for (const k of kinds) {
       assert.equal(sg.inputs.egress.length, 1);
     });
 
+    it("names its security group so that AWS takes it whatever the pool's name (never \"sg-...\")", async () => {
+      const named = await deploy(() => k.make(`sg-${k.role}`), `sg-${k.role}`);
+      const sg = one(named.resources, T.sg);
+      assert.equal(sg.inputs.namePrefix, `agentpools-sg-${k.role}-agents-`);
+      assert.equal(sg.inputs.name, undefined, "no name of Pulumi's making, which would start with the pool's name");
+    });
+
     it("launches with IMDSv2 required (hop limit 1), an encrypted gp3 root volume, no public IP, and terminates when it powers off", () => {
       const lt = one(deployed.resources, T.lt);
       assert.equal(lt.inputs.metadataOptions.httpTokens, "required");

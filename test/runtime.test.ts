@@ -314,10 +314,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       assert.equal(aws.instanceHealth, "Healthy");
       state.connected = false;
       await eventually(() => aws.instanceHealth === "Unhealthy", 5000, "marked unhealthy");
-      const seen = metric(METRICS.connected).length;
-      await eventually(() => metric(METRICS.connected).length >= seen + 30, 5000, "well past the time");
+      // Auto Scaling ignores the request within the group's grace period: the runtime asks again, as long after.
+      aws.instanceHealth = "Healthy";
+      await eventually(() => aws.callsOf("SetInstanceHealth").length === 2, 5000, "asked again");
+      const [first, second] = aws.calls.filter((c) => c.action === "SetInstanceHealth").map((c) => c.at);
+      // 200 ms apart when asked; as received, less whatever the first request's trip took longer (a loaded machine).
+      assert.ok(second - first >= 100, `asked again after ${second - first} ms: not once per 10 ms period but per 200 ms`);
     });
-    assert.deepEqual(aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]), [["i-0123456789abcdef0", "Unhealthy"]], "asked once");
+    assert.deepEqual(aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]), [["i-0123456789abcdef0", "Unhealthy"], ["i-0123456789abcdef0", "Unhealthy"]]);
   });
 
   it("a drain longer than the termination hook's timeout renews it with heartbeats, then completes it", async () => {
@@ -532,5 +536,33 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       assert.ok(value >= 90 && value < 120, `${name}: ${value} s after a launch 90 s ago`);
     }
     assert.ok(metric("BootRuntimeStarted")[0].value <= metric("BootAgentConnected")[0].value);
+  });
+});
+
+describe("runtime command-line arguments", () => {
+  /** A bundle started with arguments and nothing else: what it says, and its exit code. */
+  function startBundle(role: string, args: string[], env: Record<string, string> = {}) {
+    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    return new Promise<{ code: number | null; output: string }>((resolve) => child.on("exit", (code) => resolve({ code, output })));
+  }
+
+  it("a role without flags (the launcher) refuses an argument, naming it, before reading any setting", async () => {
+    const { code, output } = await startBundle("launcher", ["--token", "ap1.x"]);
+    assert.equal(code, 1);
+    assert.match(output, /unknown flag \\"--token\\"/);
+    assert.doesNotMatch(output, /SPACELIFT_TOKEN/, "stopped before the settings were checked");
+  });
+
+  it("the VCS agent reads its flags, which win over its variables, and names a bad one", async () => {
+    const env = { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKEN, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" };
+    const bad = await startBundle("vcs-agent", ["--parallelism=0"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.output, /SPACELIFT_VCS_AGENT_PARALLELISM \(parallelism\): 0 is not allowed: expected an integer from 1 to 64/);
+    const unknown = await startBundle("vcs-agent", ["--paralelism=2"], env);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.output, /unknown flag \\"--paralelism=2\\"/);
   });
 });

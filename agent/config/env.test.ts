@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { envToRawSettings, secretSettings, settingsToEnv } from "./env";
+import { envToRawSettings, parseFlags, secretSettings, settingsToEnv } from "./env";
 import { settingsJsonSchema } from "./settings-schema";
 import { roleSettings, ROLES } from "./roles";
 import { SettingsError, validateSettings } from "./validate";
@@ -113,9 +113,11 @@ describe("settings as environment variables", () => {
 
   it("flags win over variables", () => {
     const schema = settingsJsonSchema("vcs-agent");
-    const raw = envToRawSettings(schema, { SPACELIFT_VCS_AGENT_PARALLELISM: "2", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" }, ["--parallelism=9", "--vendor", "github_enterprise", "--debug-print-all"]);
+    const flags = parseFlags(schema, ["--parallelism=9", "--vendor", "github_enterprise", "--debug-print-all"]);
+    const raw = envToRawSettings(schema, { SPACELIFT_VCS_AGENT_PARALLELISM: "2", SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...flags });
     assert.deepEqual(raw, { parallelism: 9, vendor: "github_enterprise", debugPrintAll: true });
-    assert.throws(() => envToRawSettings(schema, {}, ["--paralelism=2"]), /unknown flag "--paralelism=2"/);
+    assert.throws(() => parseFlags(schema, ["--paralelism=2"]), /unknown flag "--paralelism=2"/);
+    assert.throws(() => parseFlags(schema, ["--vendor"]), /flag --vendor needs a value/);
   });
 
   it("reports every bad variable by name and value, and never a secret's value", () => {

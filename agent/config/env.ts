@@ -101,8 +101,11 @@ function fromString(property: PropertySchema, text: string): unknown {
   }
 }
 
-/** Read `--flag value` and `--flag=value` pairs; a bare boolean flag means true. */
-function parseFlags(schema: SettingsSchema, argv: string[]): Env {
+/**
+ * Read `--flag value` and `--flag=value` pairs; a bare boolean flag means true. Only a role
+ * whose settings have flags (the VCS agent) passes this to runRole: the others' bundles leave it out.
+ */
+export function parseFlags(schema: SettingsSchema, argv: string[]): Env {
   const byFlag = new Map<string, PropertySchema>();
   for (const property of Object.values(schema.properties)) if (property.flag) byFlag.set(property.flag, property);
   const env: Env = {};
@@ -119,11 +122,11 @@ function parseFlags(schema: SettingsSchema, argv: string[]): Env {
 }
 
 /**
- * Collect a role's raw settings from its environment (and command-line flags, which win).
- * Values are converted from text by the schema's types; checking them is the validator's job.
+ * Collect a role's raw settings from its environment (with the command-line flags merged in,
+ * by parseFlags). Values are converted from text by the schema's types; checking them is the
+ * validator's job.
  */
-export function envToRawSettings(schema: SettingsSchema, env: Env, argv: string[] = []): Record<string, unknown> {
-  const merged: Env = { ...env, ...parseFlags(schema, argv) };
+export function envToRawSettings(schema: SettingsSchema, merged: Env): Record<string, unknown> {
   const raw: Record<string, unknown> = {};
   for (const [key, property] of Object.entries(schema.properties)) {
     const name = property.env;

@@ -1,8 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import type { Credentials } from "./sigv4";
-import { AwsClient, InstanceMetadata } from "./aws";
-import { LogShipper } from "./cloudwatch";
+import { awsClient, instanceMetadata, type AwsClient, type InstanceMetadata } from "./aws";
+import { logShipper, type LogShipper } from "./cloudwatch";
 import { watchAgent } from "./watch";
 import { interruption, protectWhileBusy, reportBoot, whileWarmed } from "./scaling";
 import { createLogger, type Logger } from "../../lib/log";
@@ -23,6 +22,7 @@ export interface RunningAgent {
   drain(deadline: number): Promise<void>;
   /** Whether the agent is connected right now (it may be reconnecting); assumed once ready. */
   connected?(): boolean;
+  /** Whether the agent has work in flight (a run, a request). */
   /** The share of its capacity in use (0 to 1; true is 1): a run, requests, Flows runs. */
   busy?(): number | boolean;
 }
@@ -67,6 +67,8 @@ export interface Role<S = Record<string, unknown>> {
 export interface RunOptions {
   env?: Env;
   argv?: string[];
+  /** The role's command-line flags (parseFlags): a role without any refuses every argument. */
+  parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
   /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
@@ -97,133 +99,135 @@ const METADATA_FROM_IDENTITY = { instance_id: "instanceId", availability_zone: "
  */
 export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options: RunOptions = {}): Promise<number> {
   const processEnv = options.env ?? process.env;
+  const log = createLogger(role.name);
   const startedAt = Date.now();
   const pollMs = options.lifecyclePollMs ?? 5000;
-  const log = createLogger(role.name);
+  let guard: ReturnType<typeof protectWhileBusy> | undefined;
   let shipper: LogShipper | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
   let agent: RunningAgent | undefined;
   let serving = false;
   let status: ReturnType<typeof writeStatusFiles> | undefined;
-  let guard: ReturnType<typeof protectWhileBusy> | undefined;
-  const finish = async (code: number) => {
-    status?.stop();
-    await shipper?.stop();
-    (options.exit ?? process.exit)(code);
-    return code;
-  };
+  let code = 0;
 
   try {
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
-    const ready = () => serving && (agent?.connected?.() ?? true);
-    if (statusDir) status = writeStatusFiles(statusDir, ready, options.statusIntervalMs);
+    if (statusDir) status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
-    const config: InstanceConfig | undefined = configPath ? JSON.parse(readFileSync(configPath, "utf8")) : undefined;
+    const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
     if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
     // The variables of the process win over the file, so an operator can override one setting on a box.
     const env: Env = { ...config?.env, ...processEnv };
+    const hooks = config?.aws;
+    const secrets = secretSettings(schema);
 
-    let aws: { client: AwsClient; imds: InstanceMetadata; instanceId: string; hooks: NonNullable<InstanceConfig["aws"]>; launchedAt: number } | undefined;
-    if (config?.aws) {
-      const imds = new InstanceMetadata(processEnv);
+    let client: AwsClient | undefined;
+    let imds: InstanceMetadata | undefined;
+    let instanceId = "";
+    let launchedAt = "";
+    if (hooks) {
+      imds = instanceMetadata(processEnv);
       const identity = await imds.identity();
+      instanceId = identity.instanceId;
+      launchedAt = identity.pendingTime;
       // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
-      const domain = (await imds.get("/latest/meta-data/services/domain")).trim();
-      const client = new AwsClient(identity.region, domain, (): Promise<Credentials> => imds.credentials(), processEnv);
-      aws = { client, imds, instanceId: identity.instanceId, hooks: config.aws, launchedAt: Date.parse(identity.pendingTime) };
-      shipper = new LogShipper(client, config.aws.logGroupName, identity.instanceId, options.shipIntervalMs);
+      client = awsClient(identity.region, (await imds.get("/latest/meta-data/services/domain")).trim(), imds.credentials, processEnv);
+      shipper = logShipper(client, hooks.logGroupName, instanceId, options.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
 
-      const secret = JSON.parse(await client.getSecretString(config.aws.secretArn)) as Record<string, unknown>;
-      for (const { env: name } of secretSettings(schema)) {
-        if (typeof secret[name] === "string") env[name] = secret[name] as string;
-      }
+      const secret = JSON.parse(await client.getSecretString(hooks.secretArn));
+      for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
       const metadataPrefix = Object.values(schema.properties).find((p) => p.encoding === "map")?.env;
       if (metadataPrefix) {
         for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY)) env[metadataPrefix + tag] ??= identity[field];
       }
     }
 
-    for (const { env: name } of secretSettings(schema)) if (env[name]) log.redact(env[name] as string);
-    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, env, options.argv ?? process.argv.slice(2)));
+    for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
+    const argv = options.argv ?? process.argv.slice(2);
+    if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }));
 
-    // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
-    if (aws) await whileWarmed(aws.imds, () => completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.launchHookName, aws.instanceId, log), pollMs);
-    if (aws) {
-      const { client, hooks: h, instanceId: id } = aws;
-      const set = (on: boolean) => client.query("SetInstanceProtection", { AutoScalingGroupName: h.autoScalingGroupName, "InstanceIds.member.1": id, ProtectedFromScaleIn: `${on}` });
+    /** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
+    const completeHook = async (hook: string, complete = true) => {
+      try {
+        await client!.lifecycleAction(hooks!.autoScalingGroupName, hook, instanceId, complete);
+        if (complete) log.info("lifecycle action completed", { hook });
+        return true;
+      } catch (error) {
+        // A restarted runtime finds the launch action long completed; that is not a failure.
+        const message = (error as Error).message;
+        if (/No active Lifecycle Action/i.test(message)) log.info("no pending lifecycle action", { hook });
+        else log.warn("could not complete lifecycle action", { hook, error: message });
+        return false;
+      }
+    };
+    /** Until Auto Scaling terminates the instance, or (notices) EC2 says it will be interrupted or rebalanced. */
+    const terminating = async (notices: boolean): Promise<{ reason: string; at?: number }> => {
+      for (;;) {
+        const state = await imds!.targetLifecycleState();
+        if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return { reason: "autoscaling termination" };
+        const notice = notices && (await interruption(imds!));
+        if (notice) return notice;
+        await sleep(pollMs);
+      }
+    };
+    if (hooks) {
+      // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
+      await whileWarmed(imds!, () => completeHook(hooks.launchHookName), pollMs);
+      const set = (on: boolean) => client!.query("SetInstanceProtection", { AutoScalingGroupName: hooks.autoScalingGroupName, "InstanceIds.member.1": instanceId, ProtectedFromScaleIn: `${on}` });
       // From before the agent connects: it may take work at once.
-      guard = protectWhileBusy(() => agent?.busy?.() ?? 0, set, log, h.protectSeconds * 1000, h.lingerSeconds * 1000);
+      guard = protectWhileBusy(() => agent?.busy?.() ?? 0, set, log, hooks.protectSeconds * 1000, hooks.lingerSeconds * 1000);
     }
     agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,
     );
-    const first = await Promise.race([agent.ready.then(() => undefined), crashed]);
+    const first = await Promise.race([agent.ready.then(() => ""), crashed]);
     if (first) throw new Error(first);
     log.info("agent ready", { pool: config?.pool });
     serving = true;
     status?.update();
-    const { client, hooks, instanceId = "" } = aws ?? {};
-    if (aws && hooks && (await completeHook(aws.client, hooks.autoScalingGroupName, hooks.launchHookName, instanceId, log))) reportBoot(hooks.autoScalingGroupName, aws.launchedAt, startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
-    const watch = hooks && watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }));
+    if (hooks && (await completeHook(hooks.launchHookName))) reportBoot(hooks.autoScalingGroupName, Date.parse(launchedAt), startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
+    const watch =
+      hooks &&
+      watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () =>
+        client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
+      );
 
     const stopSignal = options.stopSignal ?? stopSignals();
-    const terminating = aws ? watchTermination(aws.imds, pollMs, true) : new Promise<never>(() => undefined);
-    const notice = await Promise.race([stopSignal.then((reason) => ({ reason, at: undefined })), terminating, crashed.then((reason) => ({ reason, at: undefined }))]);
+    const asReason = (reason: string) => ({ reason, at: 0 });
+    const notice = await Promise.race([stopSignal.then(asReason), ...(imds ? [terminating(true)] : []), crashed.then(asReason)]);
     const reason = notice.reason;
     if (reason.startsWith("agent")) throw new Error(reason);
 
-    // A spot interruption leaves two minutes: what does not finish by then is handed back.
+    // A spot interruption leaves two minutes: what does not finish by then stays queued for others.
     const drainSeconds = Math.min(config?.drainTimeoutSeconds ?? 300, notice.at ? (notice.at - Date.now()) / 1000 - 15 : Infinity);
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
     serving = false;
     status?.update();
     watch?.drain();
-    const hooked = client && hooks && reason === "autoscaling termination";
+    const hooked = hooks && reason === "autoscaling termination";
     // The termination hook holds the instance one heartbeat timeout at a time: a longer drain renews it.
-    const heartbeats = hooked && setInterval(() => completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log, false), hooks.heartbeatSeconds * 1000);
+    const heartbeats = hooked ? setInterval(() => completeHook(hooks.terminationHookName, false), hooks.heartbeatSeconds * 1000) : undefined;
     await agent.drain(Date.now() + drainSeconds * 1000);
-    clearInterval(heartbeats || undefined);
+    clearInterval(heartbeats);
     await guard?.stop(!hooked);
     watch?.stop();
     log.info("drained");
     // Drained for a notice: Auto Scaling terminates the instance next (capacity rebalancing), or EC2 does.
-    if (aws && /spot|rebalance/.test(reason)) {
-      const signal = await Promise.race([stopSignal, watchTermination(aws.imds, pollMs, false).then(() => "")]);
-      if (!signal) await completeHook(aws.client, aws.hooks.autoScalingGroupName, aws.hooks.terminationHookName, instanceId, log);
-    } else if (hooked) await completeHook(client, hooks.autoScalingGroupName, hooks.terminationHookName, instanceId, log);
-    return await finish(0);
+    if (hooks && /spot|rebalance/.test(reason) && !(await Promise.race([stopSignal, terminating(false).then(() => "")]))) await completeHook(hooks.terminationHookName);
+    else if (hooked) await completeHook(hooks.terminationHookName);
   } catch (error) {
     // (Protection stays as it was: the restarted runtime lifts it.)
     void guard?.stop(false);
     log.error((error as Error).message);
-    return await finish(1);
+    code = 1;
   }
-}
-
-/** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
-async function completeHook(client: AwsClient, group: string, hook: string, instanceId: string, log: Logger, complete = true): Promise<boolean | void> {
-  try {
-    await client.lifecycleAction(group, hook, instanceId, complete);
-    if (complete) log.info("lifecycle action completed", { hook });
-    return true;
-  } catch (error) {
-    // A restarted runtime finds the launch action long completed; that is not a failure.
-    if (/No active Lifecycle Action/i.test((error as Error).message)) log.info("no pending lifecycle action", { hook });
-    else log.warn("could not complete lifecycle action", { hook, error: (error as Error).message });
-  }
-}
-
-/** Until Auto Scaling terminates the instance, or (notices) EC2 says it will be interrupted or rebalanced. */
-async function watchTermination(imds: InstanceMetadata, pollMs: number, notices: boolean): Promise<{ reason: string; at?: number }> {
-  for (;;) {
-    const state = await imds.targetLifecycleState();
-    if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return { reason: "autoscaling termination" };
-    const notice = notices && (await interruption(imds));
-    if (notice) return notice;
-    await sleep(pollMs);
-  }
+  status?.stop();
+  await shipper?.stop();
+  (options.exit ?? process.exit)(code);
+  return code;
 }

@@ -80,6 +80,8 @@ const corpus: [string, z.ZodType, unknown[], unknown[]][] = [
       { Effect: "Deny", Action: "s3:*", NotResource: "arn:aws:s3:::allowed/*" },
       { Effect: "Allow", Action: "ec2:DescribeInstances", Resource: "*", Condition: { Bool: { "aws:SecureTransport": true }, NumericLessThan: { "s3:max-keys": 10 }, "ForAnyValue:StringLike": { "aws:TagKeys": ["team*"] } } },
       { Effect: "Allow", Action: "iam:GetRole", Resource: `arn:aws:iam::${A}:role/agents-*` },
+      { Effect: "Allow", Action: ["S3:GetObject", "SSM:GetParameter"], Resource: "arn:aws:s3:::bucket/*" },
+      { Effect: "Allow", Action: "ssm:GetParameter", Resource: "arn:aws:ssm:${aws:RequestedRegion}:${aws:PrincipalAccount}:parameter/app/*" },
     ],
     [
       { Effect: "Allow", Action: "*", Resource: "*" },

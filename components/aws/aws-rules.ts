@@ -118,12 +118,15 @@ export const nameProblem = (name: string, pattern: RegExp) =>
     : `name: ${JSON.stringify(name.slice(0, 80))} becomes part of IAM, launch template and log group names: use letters, digits, . _ - (at most ${pattern === POOL_NAME ? 48 : 200} characters)`;
 
 // IAM statements a user adds to the instance role, held to IAM's grammar.
-const ACTION = /^[a-z0-9-]+:[A-Za-z0-9*?]+$/;
-const RESOURCE = new RegExp(`^(\\*|arn:(\\*|${PARTITION}):[a-z0-9*?-]+:[a-z0-9*?-]*:([0-9*?]*|aws):.+)$`);
+// IAM reads service prefixes case-blind ("S3:GetObject"), and a policy variable may stand for
+// an ARN's region or account ("${aws:PrincipalAccount}").
+const ACTION = /^[A-Za-z0-9-]+:[A-Za-z0-9*?]+$/;
+const VARIABLE = "\\$\\{[^}]+\\}";
+const RESOURCE = new RegExp(`^(\\*|arn:(\\*|${PARTITION}):[a-z0-9*?-]+:(?:[a-z0-9*?-]|${VARIABLE})*:((?:[0-9*?]|${VARIABLE})*|aws):.+)$`);
 const EVERY_ACTION = ["*", "*:*"];
 const strings = (what: string, pattern: RegExp, hint: string) =>
   z.union([z.string().regex(pattern, { error: hint }), z.array(z.string().regex(pattern, { error: hint })).min(1, { error: `must name at least one ${what}` })]);
-const actions = strings("action", /^(\*|[a-z0-9-]+:[A-Za-z0-9*?]+)$/, 'must be "service:Action" (e.g. "s3:GetObject"; * and ? match within the name)');
+const actions = strings("action", /^(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)$/, 'must be "service:Action" (e.g. "s3:GetObject"; * and ? match within the name)');
 const resources = strings("resource", RESOURCE, 'must be "*" or an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)');
 const conditionValue = z.union([z.string(), z.number(), z.boolean()]);
 

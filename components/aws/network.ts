@@ -213,6 +213,8 @@ export class Network extends pulumi.ComponentResource {
     const securityGroup = new aws.ec2.SecurityGroup(
       `${name}-endpoints`,
       {
+        // AWS refuses a group name starting "sg-" (Pulumi would auto-name it "<name>-endpoints-...").
+        namePrefix: `agentpools-${name.slice(0, 64)}-endpoints-`,
         description: `agentpools ${name}: HTTPS from the VPC to its interface endpoints`,
         vpcId: this.vpcId,
         ingress: [{ description: "HTTPS from the VPC", protocol: "tcp", fromPort: 443, toPort: 443, cidrBlocks: [cidr] }],

@@ -172,6 +172,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   const securityGroup = new aws.ec2.SecurityGroup(
     `${name}-agents`,
     {
+      // Not Pulumi's auto-name ("<name>-agents-..."): AWS refuses a group name starting "sg-".
+      namePrefix: `agentpools-${name}-agents-`,
       description: `agentpools ${spec.component} ${name}: outbound only`,
       vpcId: spec.vpcId,
       ingress: [],
@@ -279,6 +281,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   const launchTemplate = new aws.ec2.LaunchTemplate(
     `${name}-agents`,
     {
+      // Not Pulumi's auto-name ("<name>-agents-..."): AWS refuses a group name starting "sg-".
+      namePrefix: `agentpools-${name}-agents-`,
       description: `agentpools ${spec.component} ${name}`,
       imageId,
       instanceType: core.instanceType,

@@ -118,11 +118,13 @@ describe("user-data", () => {
     assert.equal(readFileSync(path.join(root, "/opt/agentpools/launcher.js"), "utf8"), input.bundle);
   });
 
-  it("runs the role as a systemd service that restarts on failure and stops with SIGTERM in time to drain", () => {
+  it("runs the role as a systemd service that restarts on failure, powers off when it keeps failing, and stops with SIGTERM in time to drain", () => {
     const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
     for (const line of [
       "ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
       "Restart=on-failure",
+      "StartLimitBurst=10",
+      "FailureAction=poweroff",
       "KillSignal=SIGTERM",
       "TimeoutStopSec=630",
       "User=agentpools",

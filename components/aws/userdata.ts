@@ -124,6 +124,11 @@ export function renderUnit(spec: UserDataSpec): string {
     "Wants=network-online.target",
     `After=network-online.target${spec.docker ? " docker.service" : ""}`,
     ...(spec.docker ? ["Requires=docker.service"] : []),
+    // A runtime that keeps failing is given up on, and its instance with it: powered off, the
+    // instance terminates and Auto Scaling starts another (a restart loop would hold capacity).
+    "StartLimitIntervalSec=900",
+    "StartLimitBurst=10",
+    "FailureAction=poweroff",
     "",
     "[Service]",
     "User=agentpools",

@@ -9,6 +9,19 @@ describe("showing a refused value", () => {
     assert.deepEqual([hasUrlCredentials("https://u:p@h"), hasUrlCredentials("https://h/u@x"), hasUrlCredentials("git@github.com:org/repo")], [true, false, false]);
   });
 
+  it("takes out what may be credentials even where the URL is not valid or has no scheme", () => {
+    assert.equal(redactText("https://deploy:ab/cd@gitlab.internal"), "https://***@gitlab.internal");
+    assert.equal(redactText("https://u:p@ss@host x"), "https://***@host x");
+    assert.equal(redactText("deploy:pw@gitlab.internal/x"), "***@gitlab.internal/x");
+    assert.equal(redactText("git@github.com:org/repo"), "git@github.com:org/repo", "an scp-like Git address has no password");
+    for (const typed of ["https://deploy:ab/cd@gitlab.internal", "https://u:p@ss@host", "http://:secret@h"]) {
+      assert.equal(hasUrlCredentials(typed), true, typed);
+    }
+    // Refused as credentials only with a scheme: these are an image with tag and digest, and an scp-like address.
+    assert.equal(hasUrlCredentials("ubuntu:24.04@sha256:" + "a".repeat(64)), false);
+    assert.equal(hasUrlCredentials("deploy@git.corp:org/repo.git"), false);
+  });
+
   it("shows a PEM block as its kind and length, never its body", () => {
     const key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
     assert.equal(redactText(key), `[PEM private key, ${key.length - 1} characters]\n`);

@@ -6,15 +6,49 @@
  */
 
 const SHOWN_CHARACTERS = 80;
-const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@]*@/gi;
 const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?(-----END \1-----|$)/g;
+const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+// "user:password@host" typed without a scheme.
+const BARE_USERINFO = /^[^\s@/:]+:[^\s@]*@/;
 
-/** Whether a text carries credentials the way a URL does ("https://user:pass@host"). */
-export const hasUrlCredentials = (text: string) => new RegExp(URL_USERINFO.source, "i").test(text);
+/**
+ * A word of text with anything that may be a URL's userinfo replaced by "***". Generous on
+ * purpose: a password may hold "/" or "@" (invalid, but typed), so everything up to the last
+ * "@" before the query goes, and a few innocent characters may go with it.
+ */
+function redactWord(word: string): string {
+  const scheme = SCHEME.exec(word)?.[0];
+  if (scheme) {
+    const rest = word.slice(scheme.length);
+    const end = rest.search(/[?#]/);
+    const at = (end === -1 ? rest : rest.slice(0, end)).lastIndexOf("@");
+    return at === -1 ? word : `${scheme}***${rest.slice(at)}`;
+  }
+  return BARE_USERINFO.test(word) ? `***${word.slice(word.lastIndexOf("@", word.search(/[?#]|$/)))}` : word;
+}
+
+/**
+ * Whether a text carries credentials the way a URL does ("https://user:pass@host"), or may.
+ * Only words with a scheme count: "ubuntu:24.04@sha256:..." is an image, not a login.
+ */
+export function hasUrlCredentials(text: string): boolean {
+  return text.split(/\s+/).some((word) => {
+    if (!SCHEME.test(word)) return false;
+    try {
+      const url = new URL(word);
+      return url.username !== "" || url.password !== "";
+    } catch {
+      // Unreadable as a URL: whatever sits where its userinfo would is taken for credentials.
+      return redactWord(word) !== word;
+    }
+  });
+}
 
 /** A text with URL credentials and PEM bodies taken out, cut to one line's worth. */
 export function redactText(text: string): string {
-  const cleaned = text.replace(URL_USERINFO, "$1***@").replace(PEM_BLOCK, (block, label: string) => `[PEM ${label.toLowerCase()}, ${block.length} characters]`);
+  const cleaned = text
+    .replace(/\S+/g, redactWord)
+    .replace(PEM_BLOCK, (block, label: string) => `[PEM ${label.toLowerCase()}, ${block.length} characters]`);
   return cleaned.length <= SHOWN_CHARACTERS ? cleaned : `${cleaned.slice(0, SHOWN_CHARACTERS)}... (${text.length} characters)`;
 }
 
