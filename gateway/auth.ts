@@ -1,9 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type http from "node:http";
-import { FLOWS_CONNECT_PATH } from "../protocol/flows";
-import { CONNECT_PATH } from "../protocol/vcs";
-import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
 import { POOL_NAME } from "./pools";
+import type { Route } from "./target";
 
 /**
  * Who may use the gateway's service side. Agents prove their pool with its token (each hub
@@ -40,51 +38,30 @@ export function createServiceKey(name: string, pools?: string[]): { definition: 
   };
 }
 
-/** What a request is for, read from its path alone: which credential it needs, and for which pool. */
-export type Route =
-  | { kind: "agent" } // an agent's upgrade, or a launcher's run state: the pool's own credentials, checked by its hub
-  | { kind: "status" }
-  | { kind: "pools" }
-  | { kind: "metrics" }
-  | { kind: "flows-run"; pool: string }
-  | { kind: "workers"; pool: string }
-  | { kind: "vcs"; pool: string; path: string }
-  | { kind: "unknown" };
-
-export const API_PATH = "/_agentpools/api/pools";
-const FLOWS_RUN = /^\/_agentpools\/api\/flows\/([A-Za-z0-9_-]+)\/run$/;
-const WORKER_RUNS = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/[^/]+(/logs|/state)?)?$`);
-const VCS_ENTRY = /^\/([A-Za-z0-9][A-Za-z0-9_-]*)(\/[^]*)?$/;
-
-export function routeOf(url: string): Route {
-  const path = url.split("?")[0];
-  if (path === CONNECT_PATH || path === FLOWS_CONNECT_PATH || path === WORKER_CONNECT_PATH) return { kind: "agent" };
-  if (path === "/" || path === "/_agentpools/status") return { kind: "status" };
-  if (path === API_PATH) return { kind: "pools" };
-  if (path === "/_agentpools/metrics") return { kind: "metrics" };
-  const flows = FLOWS_RUN.exec(path);
-  if (flows) return { kind: "flows-run", pool: flows[1] };
-  const workers = WORKER_RUNS.exec(path);
-  if (workers) return workers[2] === "/state" ? { kind: "agent" } : { kind: "workers", pool: workers[1] };
-  if (path.startsWith("/_agentpools/")) return { kind: "unknown" };
-  const vcs = VCS_ENTRY.exec(url);
-  return vcs ? { kind: "vcs", pool: vcs[1], path: vcs[2] ?? "/" } : { kind: "unknown" };
-}
-
 const LOOPBACK = /^(?:127\.|::1$|::ffff:127\.)/;
 
 export type Verdict = { ok: true; key?: ServiceKeyDefinition } | { ok: false; status: 401 | 403; error: string };
 
 /** The one check every service-side request passes before anything else reads it. */
 export class ServiceAuth {
-  private readonly keys: Map<string, ServiceKeyDefinition & { digest: Buffer }>;
+  private keys = new Map<string, ServiceKeyDefinition & { digest: Buffer }>();
 
   constructor(
     keys: ServiceKeyDefinition[],
     /** The status page needs no key from a loopback address (a browser on the gateway's host). */
     private readonly statusOnLoopback = false,
   ) {
+    this.replace(keys);
+  }
+
+  /** Serve with these keys from the next request on (a removed key is refused at once); the ids added and removed. */
+  replace(keys: ServiceKeyDefinition[]): { added: string[]; removed: string[] } {
+    const before = this.keys;
     this.keys = new Map(keys.map((key) => [key.id, { ...key, digest: Buffer.from(key.secretSha256, "hex") }]));
+    const same = (a?: ServiceKeyDefinition, b?: ServiceKeyDefinition) => JSON.stringify(a) === JSON.stringify(b);
+    const changed = (from: typeof before, to: typeof before) =>
+      [...from.values()].filter((key) => !same(to.get(key.id), key)).map((key) => key.id);
+    return { added: changed(this.keys, before), removed: changed(before, this.keys) };
   }
 
   /** The service key a request carries, if it is a valid one (compared in constant time). */
@@ -98,9 +75,9 @@ export class ServiceAuth {
     return timingSafeEqual(digest(match[2]), key.digest) ? key : undefined;
   }
 
-  /** May this request go on? Agents' routes are their hubs' to check. */
+  /** May this request go on? Agents' routes (a connection, a launcher's run state) are their hubs' to check. */
   check(req: http.IncomingMessage, route: Route): Verdict {
-    if (route.kind === "agent") return { ok: true };
+    if (route.kind === "connect" || route.kind === "state") return { ok: true };
     if (route.kind === "status" && this.statusOnLoopback && LOOPBACK.test(req.socket.remoteAddress ?? ""))
       return { ok: true };
     const key = this.keyOf(req, route);

@@ -7,7 +7,7 @@ import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
-import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 export interface FlowsRunResult extends Answer {
   durationMs: number;
@@ -33,7 +33,7 @@ export class FlowsHub {
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
-    private readonly keepalive: { pingIntervalMs?: number; pingTimeoutMs?: number } = {},
+    private readonly keepalive: { pingIntervalMs?: number; pingTimeoutMs?: number; maxAgentsPerPool?: number } = {},
   ) {}
 
   /** An agent's upgrade request: pool ID and token, then the WebSocket. */
@@ -44,6 +44,8 @@ export class FlowsHub {
     const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token)) return refuse(401, "pool ID or token refused", { remote, pool: poolId });
+    const max = this.keepalive.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
+    if ((this.agents.get(poolId)?.size ?? 0) >= max) return refuse(503, `pool ${poolId} has ${max} agents connected already`, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
     const agent: FlowsAgent = {

@@ -4,12 +4,13 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Readable } from "node:stream";
 import { createLogger, type Logger } from "../lib/log";
 import { METADATA_HEADER } from "../protocol/link";
-import { CONNECT_PATH, redactTarget, type HeaderMap } from "../protocol/vcs";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
-import { routeOf, ServiceAuth, type ServiceKeyDefinition } from "./auth";
+import { MAX_REQUEST_HEADERS, redactTarget, type HeaderMap } from "../protocol/vcs";
+import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+import { ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
-import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
+import { WORKER_API } from "../protocol/worker";
+import { readTarget, type Target } from "./target";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
@@ -17,7 +18,7 @@ import { renderMetrics } from "./metrics";
 import { VcsHub, type VcsHubOptions } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS, exchange, serveClient, type ExchangeLimits, type ForwardedResponse } from "./vcs-proxy";
 
-export { API_PATH } from "./auth";
+export { API_PATH } from "./target";
 export type { ForwardedResponse } from "./vcs-proxy";
 
 /** The public side's time limits (ms): a head, a whole request, an idle connection. */
@@ -70,6 +71,9 @@ export class Gateway {
   private readonly server: http.Server | https.Server;
   private readonly log: Logger;
   private readonly sockets = new Set<Socket>();
+  private readonly targets = new WeakMap<http.IncomingMessage, Partial<Target> & { error?: string }>();
+  /** How long a refused upgrade's connection may stay open for its client to read the refusal. */
+  private readonly lingerMs: number;
   private readonly auth: ServiceAuth;
   private readonly limits: ExchangeLimits;
   /** The VCS pools' agents, their streams and queues. */
@@ -90,13 +94,16 @@ export class Gateway {
     this.limits = { stallTimeoutMs, exchangeTimeoutMs };
     this.vcs = new VcsHub(this.pools, this.log, options);
     this.flows = new FlowsHub(this.pools, this.log, options);
-    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs } = options;
-    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs };
+    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs, maxAgentsPerPool } = options;
+    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs, maxAgentsPerPool };
     this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...given };
+    this.lingerMs = headersTimeoutMs;
     // Node's strict parser, each client's own framing checked (vcs-proxy.ts); a head, a whole
     // request and an idle connection each have a deadline (checked every quarter of the shortest).
+    // Only an agent's connect path is an upgrade: any other request asking for one (h2c, say)
+    // is served as the plain request it also is (Node 24.9+; older ones refuse it in accept()).
     const serverOptions: http.ServerOptions = {
       insecureHTTPParser: false,
       joinDuplicateHeaders: false,
@@ -104,16 +111,36 @@ export class Gateway {
       headersTimeout: headersTimeoutMs,
       requestTimeout: requestTimeoutMs,
       connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.min(headersTimeoutMs, requestTimeoutMs) / 4)),
+      shouldUpgradeCallback: (req) => this.read(req).route?.kind === "connect",
     };
     this.server = options.tls
       ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, handler)
       : http.createServer(serverOptions, handler);
     this.server.timeout = idleTimeoutMs;
+    this.server.keepAliveTimeout = Math.min(this.server.keepAliveTimeout, idleTimeoutMs);
     this.server.on("upgrade", (req, socket: Socket, head) => this.accept(req, socket, head));
-    this.server.on("connection", (socket: Socket) => {
+    // Node takes its own error listener off a socket it hands to 'upgrade': every socket gets
+    // ours from its first moment, so a reset on any of them (an agent's, a refused client's)
+    // is that socket's end (it closes itself), never an uncaught error that stops the gateway.
+    const track = (socket: Socket) => {
+      socket.on("error", () => undefined);
+      if (this.sockets.has(socket)) return;
       this.sockets.add(socket);
       socket.once("close", () => this.sockets.delete(socket));
-    });
+    };
+    this.server.on("connection", track);
+    if (options.tls) this.server.on("secureConnection", track);
+  }
+
+  /** A request's target, read once (target.ts): the upgrade decision, the credential and every hub use this reading. */
+  private read(req: http.IncomingMessage): Partial<Target> & { error?: string } {
+    let read = this.targets.get(req);
+    if (!read) {
+      const target = readTarget(req.url ?? "");
+      read = typeof target === "string" ? { error: target } : target;
+      this.targets.set(req, read);
+    }
+    return read;
   }
 
   async listen(): Promise<string> {
@@ -147,23 +174,44 @@ export class Gateway {
       });
   }
 
+  /**
+   * Refuse an upgrade: the answer, then the connection's end. The gateway allows half-open
+   * connections, so a client that never closes its side is cut when its FIN arrives or the
+   * linger passes; nothing the client sends meanwhile is read as anything.
+   */
   private refuse(socket: Socket, status: number, reason: string, details: Record<string, unknown>): void {
     this.log.warn("agent refused", { reason, ...details });
+    socket.setTimeout(this.lingerMs, () => socket.destroy());
+    socket.once("end", () => socket.destroy());
+    socket.resume();
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${JSON.stringify({ error: reason })}`);
   }
 
-  /** An agent's upgrade: each hub checks that the credentials are of its own pool kind. */
+  /**
+   * An agent's upgrade: each hub checks that the credentials are of its own pool kind. Until
+   * one admits it, the socket keeps a deadline; only an admitted agent's link has none (it has
+   * its own keepalive).
+   */
   private accept(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
-    // The agent's link has its own keepalive; the public idle limit is not for it.
-    socket.setTimeout(0);
-    const refuse = (status: number, reason: string, details: Record<string, unknown>) =>
+    let refused = false;
+    const refuse = (status: number, reason: string, details: Record<string, unknown>) => {
+      refused = true;
       this.refuse(socket, status, reason, details);
-    const metadata = readMetadata(req.headers[METADATA_HEADER]);
-    if (req.url === CONNECT_PATH) return this.vcs.accept(req, socket, head, metadata, refuse);
-    if (req.url === FLOWS_CONNECT_PATH) return this.flows.accept(req, socket, head, metadata, refuse);
-    if (req.url === WORKER_CONNECT_PATH) return this.workers.accept(req, socket, head, metadata, refuse);
+    };
+    const route = this.read(req).route;
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    return refuse(400, "not an agent connection", { remote, url: redactTarget(req.url ?? "") });
+    if (route?.kind !== "connect")
+      return refuse(400, "not an agent connection", { remote, url: redactTarget(req.url ?? "") });
+    const metadata = readMetadata(req.headers[METADATA_HEADER]);
+    const hub = route.link === "vcs" ? this.vcs : route.link === "flows" ? this.flows : this.workers;
+    hub.accept(req, socket, head, metadata, refuse);
+    if (!refused) socket.setTimeout(0);
+  }
+
+  /** Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. */
+  setKeys(keys: ServiceKeyDefinition[]): void {
+    const { added, removed } = this.auth.replace(keys);
+    if (added.length + removed.length > 0) this.log.info("service keys changed", { added, removed, keys: keys.length });
   }
 
   /** A VCS pool by name, or why it is not one. */
@@ -183,12 +231,15 @@ export class Gateway {
     target: string,
     init: { method?: string; headers?: HeaderMap; body?: Readable; length?: number } = {},
   ): Promise<ForwardedResponse> {
-    const match = /^private:\/\/([^/]+)(\/.*)?$/.exec(target);
-    if (!match) throw new HttpError(400, `${target} is not a private://<pool>/<path> address`);
-    this.vcsPool(match[1]);
-    const slot = await this.vcs.acquire(match[1], "private://");
+    // Read as the HTTP entry reads /<pool>/<path>, by the same rules.
+    const read = target.startsWith("private://") ? readTarget(`/${target.slice("private://".length)}`) : undefined;
+    if (typeof read !== "object" || read.route.kind !== "vcs")
+      throw new HttpError(400, `${target} is not a private://<pool>/<path> address${typeof read === "string" ? `: ${read}` : ""}`);
+    const { pool, path } = read.route;
+    this.vcsPool(pool);
+    const slot = await this.vcs.acquire(pool, "private://");
     const { method = "GET", headers = {}, body, length } = init;
-    const request = { method, path: match[2] ?? "/", headers, hasBody: !!body, length };
+    const request = { method, path, headers, hasBody: !!body, length };
     return exchange(this.vcs, slot, request, body, this.limits);
   }
 
@@ -219,24 +270,36 @@ export class Gateway {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const url = req.url ?? "/";
     const json = (status: number, value: unknown, headers: Record<string, string> = {}) => {
       if (res.headersSent || res.destroyed) return void res.destroy();
-      res.writeHead(status, { "content-type": "application/json", ...headers });
+      // A request refused before any work (unreadable, too many fields, no or a wrong key) ends its connection.
+      const refused = [400, 401, 403, 431].includes(status) && !routed;
+      res.writeHead(status, { "content-type": "application/json", ...(refused ? { connection: "close" } : {}), ...headers });
       res.end(JSON.stringify(value, null, 1));
+      if (refused) res.once("finish", () => req.socket.destroySoon());
     };
+    let routed = false;
     const fail = (error: Error) => {
       const status = error instanceof HttpError ? error.status : 502;
       const retryAfter = error instanceof HttpError ? error.retryAfter : undefined;
       json(status, { error: error.message }, retryAfter ? { "retry-after": String(retryAfter) } : {});
     };
-    const route = routeOf(url);
+    const path = redactTarget(req.url ?? "");
+    // More fields than an agent's stream carries: refused here, clearly, before anything crosses.
+    if (req.rawHeaders.length / 2 > MAX_REQUEST_HEADERS)
+      return json(431, { error: `a request has at most ${MAX_REQUEST_HEADERS} header fields` });
+    const { route, query, error } = this.read(req);
+    if (!route || !query) {
+      this.log.info("request refused", { status: 400, remote: req.socket.remoteAddress, path, reason: error });
+      return json(400, { error });
+    }
     const verdict = this.auth.check(req, route);
     if (!verdict.ok) {
       const { status, error } = verdict;
-      this.log.info("request refused", { status, route: route.kind, remote: req.socket.remoteAddress, path: redactTarget(url) });
+      this.log.info("request refused", { status, route: route.kind, remote: req.socket.remoteAddress, path });
       return json(status, { error }, status === 401 ? { "www-authenticate": 'Bearer realm="agentpools"' } : {});
     }
+    routed = true;
     switch (route.kind) {
       case "status":
         res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
@@ -249,10 +312,10 @@ export class Gateway {
       case "flows-run":
         if (req.method === "POST") return void this.runFlowsRequest(route.pool, req, json);
         break;
-      case "agent":
-      case "workers":
-        if (this.workers.handle(req, res, json)) return;
-        break;
+      case "runs":
+      case "run":
+      case "state":
+        return this.workers.handle(route, query, req, res, json);
       case "vcs":
         try {
           this.vcsPool(route.pool);
@@ -262,6 +325,6 @@ export class Gateway {
         // Each key is one client: it holds at most its share of the pool's streams.
         return serveClient(this.vcs, route.pool, verdict.key?.id ?? "", req, res, route.path, this.limits, fail);
     }
-    json(404, { error: `nothing at ${url.split("?")[0]}` });
+    json(404, { error: `nothing at ${path.split("?")[0]}` });
   }
 }

@@ -7,13 +7,14 @@
 // add-pool stores only the SHA-256 of the new pool's secret and prints the token once. A
 // worker pool's CSR is signed by the gateway's worker CA (kept in dataDir). add-key makes a
 // service key (every service-side endpoint needs one), stores its SHA-256 and prints it once.
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, watch, writeFileSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
 import { z } from "zod";
 import { createServiceKey, KEY_ID } from "./auth";
 import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
 import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
-import { createPool, POOL_KINDS, POOL_NAME } from "./pools";
+import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
 import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
@@ -32,6 +33,8 @@ export const gatewayConfig = z.strictObject({
   queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),
   maxQueued: z.int().min(0).max(100_000).default(QUEUE_DEFAULTS.maxQueued),
   clientShare: z.number().gt(0).max(1).default(QUEUE_DEFAULTS.clientShare),
+  /** Agent connections one pool may hold at once (any kind): more are refused with 503. */
+  maxAgentsPerPool: z.int().min(1).max(100_000).default(MAX_AGENTS_PER_POOL),
   /** The public side's deadlines: a request head, a whole request, an idle connection, a reader that stalls, a whole exchange. */
   headersTimeoutMs: z.int().min(100).max(600_000).default(PUBLIC_TIMEOUTS.headersTimeoutMs),
   requestTimeoutMs: z.int().min(100).max(3_600_000).default(PUBLIC_TIMEOUTS.requestTimeoutMs),
@@ -101,7 +104,9 @@ export async function main(args: string[]): Promise<void> {
   // Only what the file says, changed: defaults stay defaults.
   const save = (change: Partial<GatewayConfig>) => {
     const raw = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : { publicUrl: option(args, "public-url") };
-    writeFileSync(file, JSON.stringify({ ...raw, ...change }, null, 2) + "\n", { mode: 0o600 });
+    // Written whole, then renamed over the file: a serving gateway never reads half of it.
+    writeFileSync(`${file}.new`, JSON.stringify({ ...raw, ...change }, null, 2) + "\n", { mode: 0o600 });
+    renameSync(`${file}.new`, file);
   };
   if (command === "add-key") {
     const config = loadConfig(file);
@@ -150,7 +155,18 @@ export async function main(args: string[]): Promise<void> {
   });
   if (config.keys.length === 0) process.stderr.write(`no service key: only agents are served until one is made with add-key --config ${file} --name NAME\n`);
   await gateway.listen();
-  for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void gateway.close().then(() => process.exit(0)));
+  // add-key and remove-key edit the file: its keys are in force as soon as it is written (or on SIGHUP).
+  const reload = () => {
+    try {
+      gateway.setKeys(loadConfig(file).keys);
+    } catch (error) {
+      process.stderr.write(`service keys not reloaded: ${(error as Error).message}\n`);
+    }
+  };
+  const watcher = watch(dirname(resolve(file)), (_, name) => name === basename(file) && reload());
+  process.on("SIGHUP", reload);
+  for (const signal of ["SIGTERM", "SIGINT"] as const)
+    process.once(signal, () => void (watcher.close(), gateway.close().then(() => process.exit(0))));
 }
 
 if (require.main === module) {

@@ -22,6 +22,13 @@ export interface ConnectedAgent {
   connectedAt: string;
 }
 
+/**
+ * Agent connections one pool may hold at once, of any kind (an Auto Scaling group during an
+ * instance refresh holds up to twice its size): beyond it an agent is refused with 503, so a
+ * token holder cannot make the gateway hold sockets without end.
+ */
+export const MAX_AGENTS_PER_POOL = 256;
+
 /** Pool names: VCS pools appear in URLs; Flows pool IDs are such names too. */
 export const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 

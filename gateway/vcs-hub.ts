@@ -15,7 +15,7 @@ import {
   type HeaderMap,
 } from "../protocol/vcs";
 import { HttpError } from "./http";
-import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 
 interface VcsAgent extends ConnectedAgent {
   role: string;
@@ -38,6 +38,8 @@ interface PoolState {
   waiters: Waiter[];
   /** Streams each client holds now, requests it has waiting, and when it was last given a stream (a counter). */
   clients: Map<string, { active: number; waiting: number; served: number }>;
+  /** Agent connections admitted and not yet closed (in their handshake, or agents). */
+  links: number;
 }
 
 /** One of an agent's streams, held for one exchange. release() frees it, once, whatever ends the exchange. */
@@ -53,12 +55,18 @@ export interface VcsHubOptions {
   maxQueued?: number;
   /** The part of a pool's streams, and of its queue, one client may hold (default 0.75). */
   clientShare?: number;
+  /** Agent connections per pool, handshakes included (default MAX_AGENTS_PER_POOL). */
+  maxAgentsPerPool?: number;
   pingIntervalMs?: number;
 }
 
 export const QUEUE_DEFAULTS = { queueTimeoutMs: 60_000, maxQueued: 1000, clientShare: 0.75 };
 /** What a 503 tells a client to wait before trying again. */
 const RETRY_AFTER_SECONDS = 2;
+
+/** One client's part of `total` (streams, or places in the queue): at least 1; below `total` when the share is. */
+export const shareOf = (total: number, share: number) =>
+  Math.max(1, Math.min(Math.floor(total * share + 1e-9), share < 1 ? total - 1 : total));
 
 const busy = (message: string) => new HttpError(503, message, RETRY_AFTER_SECONDS);
 
@@ -70,7 +78,7 @@ const busy = (message: string) => new HttpError(503, message, RETRY_AFTER_SECOND
  */
 export class VcsHub {
   private readonly state = new Map<string, PoolState>();
-  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs">> & VcsHubOptions;
+  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs" | "maxAgentsPerPool">> & VcsHubOptions;
   private uses = 0;
 
   constructor(
@@ -86,7 +94,7 @@ export class VcsHub {
 
   private pool(name: string): PoolState {
     let state = this.state.get(name);
-    if (!state) this.state.set(name, (state = { agents: new Set(), waiters: [], clients: new Map() }));
+    if (!state) this.state.set(name, (state = { agents: new Set(), waiters: [], clients: new Map(), links: 0 }));
     return state;
   }
 
@@ -115,6 +123,11 @@ export class VcsHub {
     }
     if (!definition)
       return refuse(401, "token refused (a VCS pool's token, role vcs-agent)", { remote, pool: claimed });
+    const state = this.pool(definition.name);
+    const max = this.options.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
+    if (state.links >= max) return refuse(503, `pool ${definition.name} has ${max} agents connected already`, { remote });
+    state.links++;
+    socket.once("close", () => state.links--);
 
     // The agent starts HTTP/2 as soon as it reads the 101: hold its bytes in the socket's
     // buffer, and start the session only once the 101 is flushed (a write still in flight
@@ -196,11 +209,14 @@ export class VcsHub {
     return !agent.draining && !agent.session.closed && !agent.session.destroyed;
   }
 
-  /** What one client may hold: its share of the pool's streams (at least one). */
+  /**
+   * What one client may hold: its share of the pool's streams, rounded down, and (a share
+   * under 1) never every stream of a pool that has more than one: 1 of 2, 2 of 3, 3 of 4.
+   */
   private clientLimit(state: PoolState): number {
     let total = 0;
     for (const agent of state.agents) if (this.usable(agent)) total += this.capacity(agent);
-    return Math.max(1, Math.ceil(total * this.options.clientShare));
+    return shareOf(total, this.options.clientShare);
   }
 
   private client(state: PoolState, client: string) {
@@ -289,7 +305,7 @@ export class VcsHub {
     if (agent) return Promise.resolve(this.take(state, agent, client));
     // Others wait (or this client is at its share): join the queue, which serves fairly.
     const { queueTimeoutMs, maxQueued, clientShare } = this.options;
-    if (state.waiters.length >= maxQueued || entry.waiting >= Math.max(1, Math.ceil(maxQueued * clientShare))) {
+    if (state.waiters.length >= maxQueued || entry.waiting >= shareOf(maxQueued, clientShare)) {
       this.forgetIfIdle(state, client);
       return Promise.reject(busy(`pool ${pool} has ${state.waiters.length} requests waiting: try again shortly`));
     }

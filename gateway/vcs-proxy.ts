@@ -1,10 +1,11 @@
 import type http from "node:http";
 import http2 from "node:http2";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { pump } from "../lib/pump";
-import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, type HeaderMap } from "../protocol/vcs";
-import { HttpError } from "./http";
+import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, requestHeaders, type HeaderMap } from "../protocol/vcs";
+import { HttpError, readJsonBody } from "./http";
 import type { Slot, VcsHub } from "./vcs-hub";
+import { checkedWrite, isCheckedWrite } from "./vcs-writes";
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -51,7 +52,7 @@ export function clientRequest(req: http.IncomingMessage, path: string): Forwarde
   return {
     method,
     path,
-    headers: forwardableHeaders(req.headers),
+    headers: requestHeaders(req.headers),
     hasBody,
     length: hasBody ? length : BODILESS_METHODS.has(method) ? undefined : 0,
   };
@@ -137,13 +138,35 @@ export function serveClient(
 ): void {
   const request = clientRequest(req, path);
   if (typeof request === "string") return fail(new HttpError(400, request));
+  if (request.hasBody && isCheckedWrite(request.method, req.headers["content-type"]))
+    return void readJsonBody(req, "a JSON object").then((body) => {
+      const checked = checkedWrite(path.split("?")[0], body);
+      if (typeof checked === "string") return fail(new HttpError(400, checked));
+      const headers = { ...request.headers, "content-type": "application/json" };
+      const checkedRequest = { ...request, headers, length: checked.length };
+      serveRequest(hub, pool, client, checkedRequest, Readable.from([checked]), res, limits, fail);
+    }, fail);
+  serveRequest(hub, pool, client, request, req, res, limits, fail);
+}
+
+/** One request, its body from the client or checked here, through a stream of the pool. */
+function serveRequest(
+  hub: VcsHub,
+  pool: string,
+  client: string,
+  request: ForwardedRequest,
+  body: Readable,
+  res: http.ServerResponse,
+  limits: ExchangeLimits,
+  fail: (error: HttpError) => void,
+): void {
   // The client gone before the exchange is through: out of the queue, or its stream cancelled.
   const gone = new AbortController();
   res.once("close", () => res.writableFinished || gone.abort());
   hub.acquire(pool, client, gone.signal).then(
     (slot) => {
       if (gone.signal.aborted) return slot.release();
-      exchange(hub, slot, request, req, limits, gone.signal).then((response) => {
+      exchange(hub, slot, request, body, limits, gone.signal).then((response) => {
         try {
           res.writeHead(response.status, response.headers);
         } catch (error) {

@@ -11,7 +11,6 @@ import {
   MAX_LOG_LINES,
   PROOF_HEADER,
   proofPayload,
-  WORKER_API,
   WORKER_HEADER,
   type FromWorker,
   type HeldLease,
@@ -20,7 +19,8 @@ import {
 } from "../protocol/worker";
 import { certificateKey, sealBuffer } from "../protocol/seal";
 import { HttpError, readJsonBody } from "./http";
-import { secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import type { Route } from "./target";
+import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
 import { SqliteStore } from "./sqlite-store";
 import {
   StoreError,
@@ -30,6 +30,9 @@ import {
   type RunOutcomeRecord,
   type RunRecord,
 } from "./store";
+
+/** The worker API's routes. */
+export type WorkerRoute = Extract<Route, { kind: "runs" | "run" | "state" }>;
 
 /** A run as the API shows it: never the plaintext of its environment or state. */
 export type WorkerRun = RunRecord;
@@ -41,6 +44,8 @@ export interface WorkerHubOptions {
   store?: GatewayStore;
   /** A run's lease lasts this long unless its launcher renews it (every third of it). */
   leaseMs?: number;
+  /** Launcher connections per pool (default MAX_AGENTS_PER_POOL). */
+  maxAgentsPerPool?: number;
   /** Keepalive of the launchers' WebSockets. */
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
@@ -84,7 +89,6 @@ interface WorkerConnection extends ConnectedAgent {
 const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const RUNS_PATH = new RegExp(`^${WORKER_API}/([A-Za-z0-9_-]+)/runs(?:/([0-9a-f-]{36})(/logs|/state)?)?$`);
 /** Lines read from the store at a time when a log is streamed. */
 const LOG_PAGE = 5_000;
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
@@ -198,6 +202,9 @@ export class WorkerHub {
       });
     const id = String(req.headers[WORKER_HEADER] ?? "");
     if (!/^[0-9a-f-]{36}$/.test(id)) return refuse(400, "no worker ID", { remote });
+    const max = this.options.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
+    const others = [...(this.workers.get(pool.name) ?? [])].filter((worker) => worker.id !== id).length;
+    if (others >= max) return refuse(503, `pool ${pool.name} has ${max} launchers connected already`, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
     const workers = this.workers.get(pool.name) ?? new Set();
@@ -773,44 +780,46 @@ export class WorkerHub {
     await pipeline(state, res);
   }
 
-  /** The worker API under /_agentpools/api/workers/<pool>/runs...; false if the path is not one of it. */
-  handle(req: http.IncomingMessage, res: http.ServerResponse, json: (status: number, value: unknown) => void): boolean {
-    // Every request to the gateway passes here first: leave the others at the cost of a prefix check.
-    if (!req.url?.startsWith(WORKER_API)) return false;
-    const url = new URL(req.url, "http://gateway");
-    const match = RUNS_PATH.exec(url.pathname);
-    if (!match) return false;
-    const [, pool, id, part] = match;
+  /**
+   * The worker API under /_agentpools/api/workers/<pool>/runs..., as the gateway read the
+   * target once (target.ts): the pool, run and query come from that reading, never from the URL again.
+   */
+  handle(
+    route: WorkerRoute,
+    query: Map<string, string>,
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    json: (status: number, value: unknown) => void,
+  ): void {
+    const { pool } = route;
     const fail = (error: Error) => {
       if (res.headersSent) res.destroy();
       else json(error instanceof HttpError ? error.status : 500, { error: error.message });
       if (!(error instanceof HttpError))
-        this.log.error("a worker API request failed", { method: req.method, path: url.pathname, error: error.message });
+        this.log.error("a worker API request failed", { method: req.method, route: route.kind, pool, error: error.message });
     };
     void (async () => {
-      if (!id && req.method === "POST") {
+      if (route.kind === "state") return this.transferState(req, res, pool, route.run);
+      if (route.kind === "runs" && req.method === "POST") {
         const parsed = await readJsonBody(req, "{image, commands, environment?, timeoutSeconds?, stateFrom?}");
         return json(201, this.public(await this.submit(pool, parsed)));
       }
-      if (!id && req.method === "GET") {
-        if (this.pools.get(pool)?.definition.kind !== "worker")
-          throw new HttpError(404, `no worker pool named ${pool}`);
-        const limit = Number(url.searchParams.get("limit") ?? 100);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-          throw new HttpError(400, "limit must be an integer from 1 to 1000");
-        const before = url.searchParams.get("before") ?? undefined;
-        return json(200, {
-          runs: (await this.store.listRuns(pool, { limit, before })).map((run) =>
-            this.public(this.live.get(run.id)?.record ?? run),
-          ),
-        });
-      }
-      if (part === "/state") return this.transferState(req, res, pool, id);
-      if (req.method !== "GET" || !id) throw new HttpError(405, "method not allowed");
-      if (part === "/logs") return this.streamLog(pool, id, res, url.searchParams.get("follow") === "1");
-      return json(200, this.public(await this.get(pool, id)));
+      if (req.method !== "GET") throw new HttpError(405, "method not allowed");
+      if (route.kind === "run")
+        return route.logs
+          ? this.streamLog(pool, route.run, res, query.get("follow") === "1")
+          : json(200, this.public(await this.get(pool, route.run)));
+      if (this.pools.get(pool)?.definition.kind !== "worker") throw new HttpError(404, `no worker pool named ${pool}`);
+      const limit = Number(query.get("limit") ?? 100);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+        throw new HttpError(400, "limit must be an integer from 1 to 1000");
+      const before = query.get("before");
+      return json(200, {
+        runs: (await this.store.listRuns(pool, { limit, before })).map((run) =>
+          this.public(this.live.get(run.id)?.record ?? run),
+        ),
+      });
     })().catch(fail);
-    return true;
   }
 
   /** A run as the API shows it: the sealed environment stays inside. */

@@ -28,6 +28,8 @@ export const MAX_FRAME_SIZE = 256 * KiB;
 /** A request or response head, uncompressed; an HTTP/1.1 head at the gateway is at most 16 KiB. */
 export const MAX_HEADER_LIST_SIZE = 64 * KiB;
 export const MAX_HEADER_PAIRS = 128;
+/** Header fields a client's request may have at the gateway: what a stream carries, less its pseudo-headers and length. */
+export const MAX_REQUEST_HEADERS = MAX_HEADER_PAIRS - 8;
 
 /**
  * Node's session options for either end: each one bounds what the peer can make this side
@@ -69,37 +71,12 @@ export function keepAlive(session: http2.Http2Session, intervalMs: number): Node
 /** Methods whose requests have no body: one that comes with a body is refused, never forwarded. */
 export const BODILESS_METHODS: ReadonlySet<string> = /* @__PURE__ */ new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
 
-/** Headers dropped at every hop (one literal list, so a bundle that does not use it leaves it out). */
-const DROPPED = /* @__PURE__ */ new Set([
-  // They belong to one connection, not to the request.
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "host",
-  "http2-settings",
-  // Framing is each hop's own: a length is set again from what was counted, never passed on.
-  "content-length",
-  "expect",
-  // With these some server in front of a VCS changes what a request means or whom it comes from:
-  // method overrides (Rack, ASP.NET, OData), URL rewrites (IIS, Symfony), and what a reverse
-  // proxy would have set. Our own (x-agentpools-*, a service key) never leave the gateway.
-  "x-http-method-override",
-  "x-http-method",
-  "x-method-override",
-  "x-original-url",
-  "x-rewrite-url",
-  "x-original-uri",
-  "forwarded",
-  "x-real-ip",
-  "x-host",
-]);
-const DROPPED_PREFIXES = /^(?:x-forwarded-|x-agentpools-|:)/;
+/**
+ * What never crosses a hop in an answer: what belongs to one connection (RFC 9110 7.6.1, and
+ * HTTP/2's own), framing (a length is set again from what was counted), and our own names.
+ */
+const DROPPED =
+  /^(?::|x-agentpools-|proxy-|(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|host|http2-settings|content-length|expect)$)/i;
 
 /** Headers that must appear once: a second value is an ambiguity some server would resolve differently. */
 export const SINGULAR_HEADERS: ReadonlySet<string> = /* @__PURE__ */ new Set([
@@ -116,14 +93,29 @@ export const SINGULAR_HEADERS: ReadonlySet<string> = /* @__PURE__ */ new Set([
 
 export type HeaderMap = Record<string, string | string[]>;
 
-/** The headers that cross a hop: names lower-cased, everything above dropped. */
+/** An answer's headers as they cross a hop: names lower-cased, those above dropped. */
 export function forwardableHeaders(headers: Record<string, string | string[] | number | undefined>): HeaderMap {
   const out: HeaderMap = {};
-  for (const [raw, value] of Object.entries(headers)) {
-    const name = raw.toLowerCase();
-    if (value === undefined || DROPPED.has(name) || DROPPED_PREFIXES.test(name)) continue;
-    out[name] = typeof value === "number" ? String(value) : value;
-  }
+  for (const [name, value] of Object.entries(headers))
+    if (value !== undefined && !DROPPED.test(name)) out[name.toLowerCase()] = typeof value === "number" ? String(value) : value;
+  return out;
+}
+
+/**
+ * The request headers that cross to the VCS, all others dropped: what git's smart HTTP and the
+ * vendors' REST APIs read (content negotiation, credentials, git's protocol version, cache
+ * validators, GitHub's API version, Azure DevOps' and Bitbucket's no-redirect and XSRF opt-outs).
+ * Anything else (client-IP, method-override, sendfile, impersonation headers, in any spelling)
+ * would only let a client choose what some server in front of the VCS believes.
+ */
+const REQUEST_HEADERS =
+  /^(?:accept(?:-encoding|-language)?|authorization|private-token|job-token|content-(?:type|encoding)|user-agent|git-protocol|if-none-match|if-modified-since|x-github-api-version|x-tfs-fedauthredirect|x-atlassian-token)$/i;
+
+/** A request's headers as they may reach the VCS: names lower-cased, only those above. */
+export function requestHeaders(headers: Record<string, string | string[] | number | undefined>): HeaderMap {
+  const out: HeaderMap = {};
+  for (const [name, value] of Object.entries(headers))
+    if (value !== undefined && REQUEST_HEADERS.test(name)) out[name.toLowerCase()] = String(value);
   return out;
 }
 

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import http from "node:http";
+import type net from "node:net";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
 import { createServiceKey } from "../gateway/auth";
 import { createPool } from "../gateway/pools";
@@ -87,7 +89,8 @@ describe("hostile clients on the VCS path", function () {
       const reply = await stack.raw(
         first + smuggled.replace("POST /group", "POST /git/group").replace("\r\n\r\n", `\r\n${key()}${close}\r\n`),
       );
-      assert.deepEqual(statuses(reply), [200, 403]);
+      // The push is refused by the gateway (its body is not a write's JSON) before any agent sees it.
+      assert.deepEqual(statuses(reply), [200, 400]);
       const received = since();
       assert.deepEqual(
         received.map((r) => `${r.method} ${r.url}`),
@@ -362,6 +365,167 @@ describe("hostile clients on the VCS path", function () {
         await open.close();
       }
       assert.equal((await stack.request("/", { key: null })).status, 401);
+    });
+  });
+
+  describe("writes, other projects, connection logins, headers and name case (the red team's findings)", () => {
+    let stack: Awaited<ReturnType<typeof vcsStack>>;
+    before(async () => {
+      vcs.createRepository("secret/keys.git");
+      stack = await vcsStack(vcs);
+    });
+    after(() => stack.close());
+    afterEach(async () => {
+      while (stack.agents.length > 0) await stack.agents.pop()!.agent.drain(Date.now() + 1000);
+    });
+    const post = (target: string, body: string, method = "POST") =>
+      stack.request(`/git${target}`, { method, body, headers: { "content-type": "application/json" } });
+
+    it("feedback writes cross as re-serialised JSON of their own fields; a quick action (a line starting with /) or another field never reaches the VCS", async () => {
+      await stack.startAgent({ vendor: "gitlab" });
+      const notes = "/api/v4/projects/group%2Frepo/merge_requests/7/notes";
+      const refused: [string, string, string?][] = [
+        [notes, JSON.stringify({ body: "/approve\n/merge" })],
+        [notes, JSON.stringify({ body: "Looks good.\n  /merge" })],
+        [notes, '{"body":"\\u002fmerge"}'],
+        [notes, '{"body":"ok","body":"/merge"}'],
+        [notes, JSON.stringify({ body: "ok", merge_request_diff_head_sha: "abc" })],
+        [`${notes}/123`, JSON.stringify({ body: "/target_branch main" }), "PUT"],
+        [notes, JSON.stringify(["/merge"])],
+        [notes, "not json"],
+        ["/api/v4/projects/group%2Frepo/statuses/0123abc", JSON.stringify({ state: "success", name: "ci", sudo: "root" })],
+      ];
+      mark = vcs.received.length;
+      for (const [target, body, method] of refused) {
+        const reply = await post(target, body, method);
+        assert.equal(reply.status, 400, `${body}: ${reply.body}`);
+      }
+      assert.deepEqual(since(), [], "no refused write reached the VCS");
+
+      // The intended writes still cross, as what was checked: a duplicate key cannot hide a second reading.
+      const allowed: [string, string, string][] = [
+        [notes, '{"body":"/merge","body":"Plan: 1 to add."}', '{"body":"Plan: 1 to add."}'],
+        [notes, JSON.stringify({ body: "path a/b and https://x/y" }), JSON.stringify({ body: "path a/b and https://x/y" })],
+        [
+          "/api/v4/projects/group%2Frepo/statuses/0123abc",
+          JSON.stringify({ state: "success", name: "spacelift/stack", target_url: "https://x" }),
+          JSON.stringify({ state: "success", name: "spacelift/stack", target_url: "https://x" }),
+        ],
+      ];
+      for (const [target, body, expected] of allowed) {
+        mark = vcs.received.length;
+        const reply = await post(target, body);
+        assert.equal(reply.status, 200, reply.body);
+        const [received] = since();
+        assert.equal(received.body.toString(), expected);
+      }
+    });
+
+    it("other vendors' feedback writes: only their fields (no check-run actions), no line starting with /", async () => {
+      const cases: [VcsAgentSettings["vendor"], string, string, object, number][] = [
+        ["github_enterprise", "POST", "/api/v3/repos/group/repo/check-runs", { name: "plan", head_sha: "abc", actions: [] }, 400],
+        ["github_enterprise", "PATCH", "/api/v3/repos/group/repo/issues/comments/9", { body: "/lgtm" }, 400],
+        ["github_enterprise", "POST", "/api/v3/repos/group/repo/statuses/abc", { state: "success", context: "plan" }, 200],
+        ["bitbucket_datacenter", "POST", "/rest/api/latest/projects/group/repos/repo/commits/abc/builds", { state: "SUCCESSFUL", key: "k", x: 1 }, 400],
+        ["azure_devops", "POST", "/group/_apis/git/repositories/repo/pullRequests/1/threads", { comments: [{ content: "/approve" }] }, 400],
+        ["azure_devops", "POST", "/group/_apis/git/repositories/repo/commits/abc/statuses", { state: "succeeded", context: { name: "plan" } }, 200],
+      ];
+      for (const vendor of new Set(cases.map(([v]) => v))) {
+        await stack.startAgent({ vendor });
+        for (const [, method, target, body, status] of cases.filter(([v]) => v === vendor)) {
+          mark = vcs.received.length;
+          const reply = await post(target, JSON.stringify(body), method);
+          assert.equal(reply.status, status, `${vendor} ${target}: ${reply.body}`);
+          assert.deepEqual(since().map((r) => r.body.toString()), status === 200 ? [JSON.stringify(body)] : []);
+        }
+        await stack.agents.pop()!.agent.drain(Date.now() + 1000);
+      }
+    });
+
+    it("a query that names another project (GitLab from_project_id, GitHub owner:repo compare) never reaches the VCS", async () => {
+      await stack.startAgent({ vendor: "gitlab" });
+      const from = vcs.hits.length;
+      for (const target of [
+        "/api/v4/projects/group%2Frepo/repository/compare?from=main&to=main&from_project_id=4242",
+        "/api/v4/projects/group%2Frepo/repository/compare?from=main&to=main&FROM_PROJECT_ID=4242",
+      ])
+        assert.equal((await stack.request(`/git${target}`)).status, 403, target);
+      await stack.agents.pop()!.agent.drain(Date.now() + 1000);
+      await stack.startAgent({ vendor: "github_enterprise" });
+      for (const target of [
+        "/api/v3/repos/group/repo/compare/main...someone:private-fork:main",
+        "/api/v3/repos/group/repo/compare/main...someone%3Aprivate-fork%3amain",
+      ])
+        assert.equal((await stack.request(`/git${target}`)).status, 403, target);
+      assert.deepEqual(vcs.hits.slice(from), []);
+      assert.equal((await stack.request("/git/api/v3/repos/group/repo/compare/main...feature")).status, 200);
+    });
+
+    it("project names match without case, as the vendors read them: an excluded project in another case never reaches the VCS", async () => {
+      await stack.startAgent({ vendor: "gitlab", allowedProjects: "(?!secret/).+/.+" });
+      const from = vcs.hits.length;
+      for (const target of ["/api/v4/projects/SECRET%2Fkeys", "/SeCrEt/keys.git/info/refs?service=git-upload-pack"])
+        assert.equal((await stack.request(`/git${target}`)).status, 403, target);
+      assert.deepEqual(vcs.hits.slice(from), []);
+      await stack.agents.pop()!.agent.drain(Date.now() + 1000);
+      await stack.startAgent({ vendor: "gitlab", allowedProjects: "Group/Repo" });
+      assert.equal((await stack.request("/git/api/v4/projects/group%2Frepo")).status, 200);
+    });
+
+    it("only the headers git and the vendors' APIs read reach the VCS (no client-IP, override, sendfile or Sudo header in any spelling)", async () => {
+      await stack.startAgent({ vendor: "gitlab" });
+      const sent = {
+        "Client-IP": "10.0.0.1",
+        "True-Client-IP": "10.0.0.2",
+        "X-Client-IP": "10.0.0.3",
+        "X-Cluster-Client-IP": "10.0.0.4",
+        "CF-Connecting-IP": "10.0.0.5",
+        X_HTTP_METHOD_OVERRIDE: "DELETE",
+        "X-Sendfile-Type": "X-Accel-Redirect",
+        "X-Accel-Mapping": ".*=/internal/",
+        Sudo: "root",
+        Cookie: "_gitlab_session=x",
+        "Private-Token": "glpat-the-vcs-credential",
+        Accept: "application/json",
+      };
+      const headers = { ...sent, "content-type": "application/json" };
+      mark = vcs.received.length;
+      const reply = await stack.request("/git/api/v4/projects/group%2Frepo/merge_requests/1/notes", {
+        method: "POST",
+        headers,
+        body: '{"body":"hi"}',
+      });
+      assert.equal(reply.status, 200);
+      const [received] = since();
+      const names = received.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase()).sort();
+      assert.deepEqual(names, ["accept", "connection", "content-length", "content-type", "host", "private-token"]);
+    });
+
+    it("an NTLM or Negotiate login never authenticates a shared upstream connection: refused, and another client is never served as that user", async () => {
+      const seen: { auth?: string; servedAs: string | null }[] = [];
+      const logins = new WeakMap<net.Socket, string>();
+      const server = http.createServer((req, res) => {
+        const auth = req.headers.authorization;
+        if (auth && /^(ntlm|negotiate) /i.test(auth)) logins.set(req.socket, auth.split(" ")[1]);
+        const user = logins.get(req.socket) ?? null;
+        seen.push({ auth, servedAs: user });
+        res.writeHead(user ? 200 : 401, { "www-authenticate": "NTLM" }).end(JSON.stringify({ user }));
+      });
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      const upstream = await vcsStack({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}` } as LocalVcs);
+      try {
+        await upstream.startAgent({ vendor: "azure_devops", allowedProjects: "Proj/app", parallelism: 1 });
+        for (const scheme of ["NTLM", "Negotiate", "ntlm"]) {
+          const a = await upstream.request("/git/_apis/connectionData", { headers: { authorization: `${scheme} alice-admin` } });
+          assert.equal(a.status, 400, a.body);
+        }
+        const b = await upstream.request("/git/_apis/connectionData", { key: upstream.keys.b.key });
+        assert.equal(b.status, 401);
+        assert.deepEqual(seen, [{ auth: undefined, servedAs: null }], "no connection-bound login reached the VCS");
+      } finally {
+        await upstream.close();
+        server.close();
+      }
     });
   });
 });

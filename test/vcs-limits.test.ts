@@ -68,6 +68,36 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
       }
     });
 
+    for (const parallelism of [2, 3])
+      it(`a pool of ${parallelism} streams: one client's long exchanges hold ${parallelism - 1}, never all; another client's request reaches the VCS at once`, async () => {
+        const stack = await vcsStack(vcs, { stallTimeoutMs: 20_000, queueTimeoutMs: 10_000 });
+        const sockets: net.Socket[] = [];
+        try {
+          await stack.startAgent({ parallelism });
+          for (let i = 0; i < parallelism; i++)
+            sockets.push(
+              await stalledClient(
+                stack.port,
+                head(stack.keys.a.key, `/api/v4/projects/group%2Frepo/repository/archive?size=${64 << 20}&small=${i}`),
+              ),
+            );
+          await eventually(
+            () => stack.summary().activeRequests === parallelism - 1 && stack.summary().waiting === 1,
+            5000,
+            "client a at its share (all streams but one), its last request waiting",
+          );
+          const from = vcs.hits.length;
+          const served = await stack.request("/git/api/v4/projects/group%2Frepo?client=b", { key: stack.keys.b.key });
+          assert.equal(served.status, 200);
+          assert.deepEqual(vcs.hits.slice(from), ["GET /api/v4/projects/group%2Frepo?client=b"], "b's request reached the VCS");
+          assert.ok(!vcs.hits.some((h) => h.includes(`small=${parallelism - 1}`)), "a's last request never reached it");
+        } finally {
+          for (const socket of sockets) socket.destroy();
+          await settled(stack);
+          await stack.close();
+        }
+      });
+
     it("a stream whose client stops reading is reset after the stall limit, at the VCS too, and its stream freed", async () => {
       const stack = await vcsStack(vcs, { stallTimeoutMs: 300 });
       try {
@@ -201,7 +231,8 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
     it("the client gone in the middle of its body", async () => {
       const socket = await stalledClient(
         stack.port,
-        `POST /git/api/v4/projects/group%2Frepo/merge_requests/1/notes?gone=body HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"body":`,
+        // A fetch's body streams (an API write's is read whole and checked at the gateway first).
+        `POST /git/group/repo.git/git-upload-pack?gone=body HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${stack.keys.a.key}\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: 1000\r\n\r\n0032want `,
       );
       await eventually(() => vcs.hits.some((h) => h.includes("gone=body")));
       socket.destroy();
@@ -223,7 +254,8 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
     it("the VCS silent past the agent's upstream timeout: 504, and the VCS request dropped", async () => {
       const reply = await stack.request("/git/api/v4/projects/group%2Frepo?hang=1&gone=upstream");
       assert.equal(reply.status, 504);
-      assert.match(JSON.parse(reply.body).reason, /silent for 300 ms/);
+      assert.deepEqual(JSON.parse(reply.body), { error: "the VCS did not answer in time" }, "why stays in the agent's log");
+      assert.ok(stack.agents.some(({ lines }) => lines.some((l) => /silent for 300 ms/.test(l.error ?? ""))));
       await eventually(() => vcs.aborted.some((a) => a.includes("gone=upstream")));
     });
 

@@ -13,6 +13,7 @@ import {
   queryCredentials,
   redactTarget,
   repeatedSingular,
+  requestHeaders,
   type HeaderMap,
 } from "../../protocol/vcs";
 import { classify, projectMatcher } from "./allowlist";
@@ -133,8 +134,11 @@ export function serveStream(
   if (!decision.allowed) return refuse(403, decision.reason, decision.project);
   const framing = bodyFraming(method, headers, !stream.endAfterHeaders);
   if ("problem" in framing) return refuse(400, framing.problem, decision.project);
+  // A connection-bound login (NTLM, Negotiate) would authenticate an upstream connection the next client reuses.
+  if (/^\s*(?:ntlm|negotiate)\b/i.test(String(headers.authorization)))
+    return refuse(400, "NTLM and Negotiate logins cannot cross a shared agent: use a token", decision.project);
 
-  const upstreamHeaders: HeaderMap = { ...forwardableHeaders(headers as HeaderMap), host: context.upstream.host };
+  const upstreamHeaders: HeaderMap = { ...requestHeaders(headers), host: context.upstream.host };
   if (framing.length !== undefined) upstreamHeaders["content-length"] = String(framing.length);
   else if (!stream.endAfterHeaders) upstreamHeaders["transfer-encoding"] = "chunked";
   let request: http.ClientRequest;
@@ -152,7 +156,7 @@ export function serveStream(
     });
   } catch (error) {
     // Headers Node will not send (a bad name or value): the gateway's client is told, nothing reaches the VCS.
-    answerAlone(stream, 400, { error: "the request cannot be forwarded", reason: (error as Error).message });
+    answerAlone(stream, 400, { error: "the request cannot be forwarded" });
     context.log.info(decision.what, {
       method,
       path: shown,
@@ -205,7 +209,7 @@ export function serveStream(
       context.log.debug("exchange", {
         method,
         path: shown,
-        requestHeaders: redactHeaders(forwardableHeaders(headers as HeaderMap)),
+        requestHeaders: redactHeaders(upstreamHeaders),
         requestBody: redactText(requestBody(), secrets),
         status,
         responseHeaders: redactHeaders(responseHeaders),
@@ -243,10 +247,8 @@ export function serveStream(
     if (done) return;
     if (!stream.headersSent) {
       status = timedOut ? 504 : 502;
-      answerAlone(stream, status, {
-        error: timedOut ? "the VCS did not answer in time" : "the VCS did not answer",
-        reason: error.message,
-      });
+      // Why (an internal address, a DNS name) is for the agent's log only.
+      answerAlone(stream, status, { error: timedOut ? "the VCS did not answer in time" : "the VCS did not answer" });
     } else stream.close(NGHTTP2_INTERNAL_ERROR);
     finish({ error: error.message });
   });

@@ -49,7 +49,8 @@ const RULES: Record<Vendor, RuleSpec[]> = {
     ["GET", "/api/v3/repos/@owner/@repo/(?:branches|tags|commits|pulls)", "list branches, tags, commits or pull requests of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/branches/*", "read a branch of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/commits/@x(?:/(?:status|statuses|check-runs))?", "read a commit of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/compare/@x", "compare commits of {project}"],
+    // Not `base...owner:repo:branch`: another repository of the fork network.
+    ["GET", "/api/v3/repos/@owner/@repo/compare/(?:(?!%3[Aa])[^/:])+", "compare commits of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/contents(?:/*)?", "read a file of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/git/(?:trees|commits|refs|ref)/*", "read git data of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/(?:tarball|zipball)(?:/*)?", "download an archive of {project}"],
@@ -159,6 +160,9 @@ export function classify(vendor: Vendor, method: string, target: string, allowed
   const rule = matches.find((r) => r.methods.includes(method));
   if (!rule) return { allowed: false, reason: `${method} is not allowed here (only ${[...new Set(matches.flatMap((r) => r.methods))].join(", ")})` };
   if (!rule.encodedSlash && encodedSlash) return { allowed: false, reason: "the path encodes a slash where the VCS expects none" };
+  // The project the path names is the only one a request may touch (GitLab's from_project_id, ...).
+  const other = [...query.keys()].find((key) => /proj|repo|fork/i.test(key));
+  if (other) return { allowed: false, reason: `the query key ${other} may name another project` };
   if (rule.git && method === "GET" && query.get("service") !== "git-upload-pack") {
     return { allowed: false, reason: "info/refs is allowed only with service=git-upload-pack" };
   }
@@ -171,5 +175,5 @@ export function classify(vendor: Vendor, method: string, target: string, allowed
   return { allowed: true, what: rule.what.replace("{project}", project ?? ""), project };
 }
 
-/** The allowed-projects expression, matched against the whole project name. */
-export const projectMatcher = (source: string) => new RegExp(`^(?:${source})$`);
+/** The allowed-projects expression, matched against the whole project name without case, as every vendor reads names. */
+export const projectMatcher = (source: string) => new RegExp(`^(?:${source})$`, "i");
