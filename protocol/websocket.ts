@@ -7,7 +7,8 @@ import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "./link";
 export const acceptKey = (key: string) => createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
 export const newKey = () => randomBytes(16).toString("base64");
 
-const MAX_MESSAGE = 16 * 1024 * 1024;
+/** The largest message either side takes; a larger one closes the connection (1009). */
+export const WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024;
 
 /** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
 export function parseMessage<T>(text: string): T | undefined {
@@ -115,7 +116,7 @@ export class WebSocket extends EventEmitter {
         case 0x1: {
           fragments.push(payload);
           fragmented += payload.length;
-          if (fragmented > MAX_MESSAGE) return close(1009);
+          if (fragmented > WEBSOCKET_MAX_MESSAGE) return close(1009);
           if (fin) {
             const whole = fragments.length === 1 ? payload : Buffer.concat(fragments, fragmented);
             fragments = [];
@@ -158,7 +159,7 @@ export class WebSocket extends EventEmitter {
         if (length === 126) length = buffer.readUInt16BE(2);
         else if (length === 127) {
           const big = buffer.readBigUInt64BE(2);
-          if (big > BigInt(MAX_MESSAGE)) return close(1009);
+          if (big > BigInt(WEBSOCKET_MAX_MESSAGE)) return close(1009);
           length = Number(big);
         }
         if (buffer.length < start + length) {

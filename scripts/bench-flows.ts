@@ -7,9 +7,11 @@
 import { spawn } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
 import { processLauncher } from "../agent/flows-agent/executor";
+import { readPrivileges, uidPool, type Isolation } from "../agent/flows-agent/sandbox";
 import { packageRoot } from "../components/shared/bundles";
 import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
@@ -90,10 +92,13 @@ async function main(): Promise<void> {
   const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, log: createLogger("gateway", []) });
   await gateway.listen();
   const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
+  const loadBefore = os.loadavg().map((n) => n.toFixed(2)).join(" ");
   const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
     env: { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: "BENCH", FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-") },
-    stdio: ["ignore", "ignore", "inherit"],
+    stdio: ["ignore", "pipe", "inherit"],
   });
+  let agentLog = "";
+  agent.stdout.on("data", (chunk) => (agentLog += chunk));
   const runUrl = `${url}/_agentpools/api/flows/BENCH/run`;
   try {
     for (let i = 0; i < 200 && (await summary(url)).connections === 0; i++) await new Promise((r) => setTimeout(r, 50));
@@ -108,16 +113,24 @@ async function main(): Promise<void> {
       inExecutor.push(result.durationMs);
       if (result.value !== 1 + i) throw new Error(`wrong result ${JSON.stringify(result)}`);
     }
-    // Cold start: a runtime from spawn to ready, as the executor starts it.
-    const launcher = processLauncher({ runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256 });
-    const cold: number[] = [];
-    for (let i = 0; i < 30; i++) {
-      const started = performance.now();
-      const runtime = launcher.start(scratchDir("cold-"));
-      await runtime.ready;
-      cold.push(performance.now() - started);
-      runtime.kill();
-    }
+    // Cold start: a runtime from spawn to ready, as the executor starts it: isolated as the
+    // agent isolates it here, and not isolated (what the isolation costs).
+    const coldStart = async (isolation: Isolation) => {
+      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: uidPool("1900000900-1900000999"), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, scratchRoot: scratchDir("cold-") });
+      const times: number[] = [];
+      for (let i = 0; i < 30; i++) {
+        const started = performance.now();
+        const runtime = launcher.start();
+        await runtime.ready;
+        times.push(performance.now() - started);
+        runtime.kill();
+        await runtime.exited;
+      }
+      return times;
+    };
+    const isolation = (/"isolation":"(\w+)"/.exec(agentLog)?.[1] ?? "none") as Isolation;
+    const cold = await coldStart(isolation);
+    const coldBare = isolation === "none" ? cold : await coldStart("none");
     // Throughput: as many runs in flight as the pool takes, for a fixed count.
     const total = RUNS;
     let next = 0;
@@ -133,13 +146,14 @@ async function main(): Promise<void> {
     const seconds = (performance.now() - started) / 1000;
 
     const f = (n: number) => n.toFixed(2);
-    console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default)`);
+    console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default), runtimes isolated: ${isolation}; load average ${loadBefore} before, ${os.loadavg().map((n) => n.toFixed(2)).join(" ")} after`);
     console.log(`  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`);
     console.log(`    of which in the executor p50 ${f(percentile(inExecutor, 50))} ms   (handing the job to a warm runtime until its answer)`);
     const floor = await barePath(100);
     const floor50 = percentile(floor, 50);
     console.log(`    floor of this machine    p50 ${f(floor50)} ms   the same path with nothing in it (HTTP, TCP, IPC; processes idle ${GAP_MS} ms): ours adds ${f(percentile(warm, 50) - floor50)} ms`);
     console.log(`  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`);
+    console.log(`    not isolated             p50 ${f(percentile(coldBare, 50))} ms   (the same runtime as the agent's own user, no namespaces: isolation adds ${f(percentile(cold, 50) - percentile(coldBare, 50))} ms)`);
     console.log(`  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`);
   } finally {
     agent.kill("SIGTERM");

@@ -121,6 +121,8 @@ const kinds: {
     platformOnly: {
       executor:
         'a pod has no Docker engine for sibling containers: Kubernetes takes only "process" (tested in kubernetes.test.ts)',
+      runtimeIsolation:
+        'each platform asks for what it gives: "namespaces" on EC2 (bubblewrap installed), "user" in a pod, which cannot make user namespaces (tested in bad-config.test.ts and kubernetes.test.ts)',
     },
     cases: {
       ...common,
@@ -134,6 +136,8 @@ const kinds: {
       extraDockerParams: [["--privileged"], ["--pids-limit=128"]],
       runtimePoolSize: [0, 8],
       runtimeMemoryMb: [32, 512],
+      runtimeDiskMb: [0, 128],
+      runtimeUids: ["0-255", "1900001000-1900001999"],
       defaultRunTimeout: ["soon", "90s"],
       registryMirror: ["mirror.corp", "https://mirror.corp"],
       runtimeNetwork: ["host", "flows"],

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
-import { dockerLauncher, dockerRunArgs, Executor } from "../agent/flows-agent/executor";
+import { dockerLauncher, dockerRunArgs, executor as createExecutor } from "../agent/flows-agent/executor";
+import { uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
@@ -123,73 +123,19 @@ describe("Flows agent and gateway", function () {
     assert.equal((await run({ code: "1" }, "01EMPTY")).status, 503);
   });
 
-  describe("hostile code is contained, and the agent answers the next run", () => {
-    // [what it tries, code (a block), what must hold of the result]
-    const corpus: [string, string, (result: any) => boolean][] = [
-      ["read the environment", "return process.env;", (r) => r.ok && Object.keys(r.value).length === 0],
-      ["find the token in the environment", "return JSON.stringify(process.env).includes('FLOWS');", (r) => r.ok && r.value === false],
-      ["read the agent's environment through /proc", "return (await import('node:fs')).readFileSync(`/proc/${process.ppid}/environ`, 'utf8');", (r) => !r.ok && r.error.code === "ERR_ACCESS_DENIED"],
-      ["read its own /proc environ", "return (await import('node:fs')).readFileSync('/proc/self/environ', 'utf8');", (r) => !r.ok],
-      ["read /etc/passwd", "return (await import('node:fs')).readFileSync('/etc/passwd', 'utf8');", (r) => !r.ok && r.error.code === "ERR_ACCESS_DENIED"],
-      ["write outside the scratch directory", "(await import('node:fs')).writeFileSync('/tmp/agentpools-escaped', 'x'); return 'written';", (r) => !r.ok && !existsSync("/tmp/agentpools-escaped")],
-      ["write beside the scratch directory", "(await import('node:fs')).writeFileSync('../escaped', 'x'); return 'written';", (r) => !r.ok],
-      ["spawn a shell", "return (await import('node:child_process')).execSync('id').toString();", (r) => !r.ok && r.error.code === "ERR_ACCESS_DENIED"],
-      ["fork many processes", "const cp = await import('node:child_process'); for (let i = 0; i < 50; i++) cp.fork('x'); return 'forked';", (r) => !r.ok],
-      ["start worker threads", "const { Worker } = await import('node:worker_threads'); new Worker('for(;;){}', { eval: true }); return 'worker';", (r) => !r.ok],
-      ["load a native addon", "process.dlopen({ exports: {} }, '/usr/lib/x86_64-linux-gnu/libc.so.6'); return 'loaded';", (r) => !r.ok],
-      ["reach internal bindings", "return typeof process.binding('spawn_sync').spawn;", (r) => !r.ok],
-      ["require through createRequire", "const { createRequire } = await import('node:module'); return createRequire(import.meta?.url ?? '/x.js')('node:child_process').execSync('id').toString();", (r) => !r.ok],
-      ["kill the agent", "process.kill(process.ppid, 'SIGKILL'); return 'killed';", (r) => !r.ok && /not available/.test(r.error.message)],
-      ["kill the agent through the raw binding", "process._kill(process.ppid, 9); return 'killed';", (r) => !r.ok],
-      ["starve the agent's CPU", "(await import('node:os')).setPriority(process.ppid, 19); return 'reniced';", (r) => !r.ok],
-      ["open the inspector", "(await import('node:inspector')).open(0); return 'open';", (r) => !r.ok],
-      ["loop forever", "for (;;) {}", (r) => !r.ok && /timed out/.test(r.error.message)],
-      ["spin the microtask queue forever", "for (;;) await null;", (r) => !r.ok && /timed out/.test(r.error.message)],
-      ["exhaust the heap", "const hoard = []; for (;;) hoard.push(new Array(1e6).fill(hoard.length));", (r) => !r.ok && /memory limit/.test(r.error.message)],
-      ["exhaust memory with buffers", "const hoard = []; for (;;) hoard.push(Buffer.alloc(32 * 1024 * 1024, 1));", (r) => !r.ok && /memory limit|exited/.test(r.error.message)],
-      ["exit without answering", "process.exit(3);", (r) => !r.ok && /exited/.test(r.error.message)],
-      ["crash with an uncaught exception later", "setTimeout(() => { throw new Error('late'); }, 0); await new Promise((r) => setTimeout(r, 50));", (r) => !r.ok],
-      ["flood the console", "for (let i = 0; i < 100000; i++) console.log(i); return 'done';", (r) => r.ok && r.console.length === 1000],
-      ["return something that is not JSON", "const a = {}; a.self = a; return a;", (r) => !r.ok && r.error.name === "TypeError"],
-      ["throw something that is not an Error", "throw 42;", (r) => !r.ok && /non-Error/.test(r.error.message)],
-      ["pollute Object.prototype for the next run", "Object.prototype.polluted = 'yes'; globalThis.leftover = 'secret'; return 1;", (r) => r.ok],
-      ["leave a file for the next run", "(await import('node:fs')).writeFileSync('left-behind.txt', 'secret'); return 1;", (r) => r.ok],
-    ];
-
-    it(`has at least 25 snippets (${corpus.length})`, () => assert.ok(corpus.length >= 25));
-
-    for (const [what, code, contained] of corpus) {
-      it(what, async () => {
-        const { status, result } = await run({ kind: "block", code, timeoutMs: 1500 });
-        assert.equal(status, 200);
-        assert.ok(contained(result), `not contained: ${JSON.stringify(result).slice(0, 400)}`);
-        assert.ok(!JSON.stringify(result).includes(token), "the pool token reached user code");
-        const next = await run({ code: "1 + 1" });
-        assert.deepEqual([next.status, next.result.value], [200, 2], "the agent answers the next run");
-      });
-    }
-
-    it("no run sees what an earlier run left", async () => {
-      const { result } = await run({ kind: "block", code: "let file = 'absent'; try { (await import('node:fs')).readFileSync('left-behind.txt'); file = 'present'; } catch {} return [({}).polluted ?? null, typeof globalThis.leftover, file];" });
-      assert.deepEqual(result.value, [null, "undefined", "absent"]);
-    });
-
-    it("the scratch directories of finished runs are removed", async () => {
-      await eventually(() => readdirSync(scratchRoot).length <= 2 + 1, 3000, "scratch directories cleaned");
-    });
-  });
-
   describe("Docker executor (no Docker engine runs on this machine)", () => {
     const base = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b", executor: "docker", extraDockerParams: ["--dns=10.0.0.2"] });
 
-    it("starts sibling containers under gVisor with nothing to escalate with", () => {
-      const args = dockerRunArgs(base, "/var/lib/agentpools/flows-mounts/run-1", "/opt/agentpools/flows-agent.js", "agentpools-runtime-x", "991:991");
-      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=991:991", "--volume=/var/lib/agentpools/flows-mounts/run-1:/work:rw", "--memory=256m", "--pids-limit=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
+    it("starts sibling containers under gVisor with nothing to escalate with, nothing of the host's disk, options ending before the image", () => {
+      const args = dockerRunArgs(base, "/opt/agentpools/flows-agent.js", "agentpools-runtime-x", 1900000007);
+      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=1900000007:1900000007", "--tmpfs=/work:rw,noexec,nosuid,nodev,size=64m,mode=1777", "--memory=352m", "--pids-limit=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
         assert.ok(args.includes(expected), `missing ${expected}`);
       }
-      assert.ok(!args.some((a) => a === "--privileged" || a.startsWith("--cap-add") || a === "--network=host"));
-      assert.deepEqual(args.slice(args.indexOf("node:24-alpine")), ["node:24-alpine", "node", "--max-old-space-size=256", "/agentpools/runtime.js", "--flows-runner"]);
-      assert.ok(!dockerRunArgs({ ...base, gvisor: false }, "/s", "/r", "n", "991:991").includes("--runtime=runsc"));
+      assert.ok(!args.some((a) => a === "--privileged" || a.startsWith("--cap-add") || a === "--network=host" || a.startsWith("--volume=/var")));
+      assert.deepEqual(args.slice(args.indexOf("--"), args.indexOf("--") + 3), ["--", "node:24-alpine", "node"]);
+      assert.deepEqual(args.slice(-3), ["/agentpools/runtime.js", "--flows-runner", "--channel-stdout"]);
+      for (const flag of ["--permission", "--disable-sigusr1", "--no-experimental-sqlite", "--allow-fs-write=/work", "--max-old-space-size=256"]) assert.ok(args.includes(flag), flag);
+      assert.ok(!dockerRunArgs({ ...base, gvisor: false }, "/r", "n", 1900000007).includes("--runtime=runsc"));
       assert.throws(() => flowsAgentSettings.parse({ ...base, runtimeNetwork: "host" }), /other than/);
     });
 
@@ -197,7 +143,7 @@ describe("Flows agent and gateway", function () {
       const dockerClient = spawnSync("docker", ["--version"]);
       if (dockerClient.error) this.skip();
       const log = capturingLogger("flows-agent");
-      const executor = new Executor({ poolSize: 1, memoryMb: 64, scratchRoot: scratchDir("docker-"), launcher: dockerLauncher(base, "/nonexistent/runtime.js"), log: log.log });
+      const executor = createExecutor({ poolSize: 1, launcher: dockerLauncher(base, "/nonexistent/runtime.js", uidPool("1900000000-1900000003")), log: log.log });
       try {
         const outcome = await executor.run({ kind: "expression", code: "1" }, 5000);
         assert.equal(outcome.ok, false);

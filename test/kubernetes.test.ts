@@ -38,7 +38,7 @@ describe("Kubernetes components (mocks)", () => {
     assert.equal(one(resources, T.configMap).inputs.data["vcs-agent.js"], runtimeBundle("vcs-agent"));
     const spec = podSpec(resources);
     const [container] = spec.containers;
-    assert.deepEqual(container.command, ["node", "--max-semi-space-size=1", "--no-concurrent-recompilation", "/opt/agentpools/vcs-agent.js"]);
+    assert.deepEqual(container.command, ["node", "--disable-sigusr1", "--max-semi-space-size=1", "--no-concurrent-recompilation", "/opt/agentpools/vcs-agent.js"]);
     assert.equal(container.image, "node:24.21.0-alpine");
     assert.deepEqual(container.securityContext, {
       runAsNonRoot: true,
@@ -281,7 +281,7 @@ describe("Kubernetes components (mocks)", () => {
     const levelOf = (manifest: Record<string, any>) => deployed.get(manifest.metadata.labels["app.kubernetes.io/instance"]) as Level;
     const resources = [...deployed.keys()].flatMap((prefix) => recorded.filter((r) => r.name === prefix || r.name.startsWith(`${prefix}-`)));
     assert.deepEqual(await admissionProblems(resources, levelOf), []);
-    assert.deepEqual([...new Set(deployed.values())].sort(), ["privileged", "restricted"]);
+    assert.deepEqual([...new Set(deployed.values())].sort(), ["baseline", "privileged", "restricted"]);
   });
 
   it("the admission checks are not blind: the pre-fix worker pod fails them", async () => {
@@ -316,7 +316,7 @@ describe("Kubernetes components (mocks)", () => {
     const workloadNamespace = (name: string) => [...byType(resources, T.deployment), ...byType(resources, T.statefulSet)].find((r) => r.name === name)?.inputs.metadata.namespace;
     assert.deepEqual(
       ["git", "flows", "workers"].map((name) => [name, levelOf({ metadata: { namespace: workloadNamespace(name) } })]),
-      [["git", "restricted"], ["flows", "restricted"], ["workers", "privileged"]],
+      [["git", "baseline"], ["flows", "baseline"], ["workers", "privileged"]],
     );
     assert.deepEqual(await admissionProblems(resources, levelOf), []);
   });

@@ -207,7 +207,7 @@ describe("worker pools: gateway run queue and launcher", function () {
       return true;
     });
     writeFileSync(bad, "{ not json");
-    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), /is not JSON/);
+    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), /cannot be read as JSON/);
   });
 
   it("extra mounts: malformed values are refused by the schema, missing host paths at start-up", () => {
@@ -363,7 +363,7 @@ describe("worker pools: the Docker executor", () => {
       "--mount", "type=bind,source=/var/lib/agentpools/runs/r1/workspace,target=/workspace", "--workdir", "/workspace",
       "--mount", "type=bind,source=/etc/ssl/certs,target=/etc/ssl/certs,readonly", "--mount", "type=bind,source=/opt/cache,target=/cache",
       "-e", "B", "-e", "TF_VAR_password",
-      "--entrypoint", "/bin/sh", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
+      "--entrypoint", "/bin/sh", "--", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
     ]);
     assert.ok(!args.join(" ").includes("pw"), "no value on the command line");
   });
@@ -388,7 +388,6 @@ describe("worker pools: the Docker executor", () => {
     setTimeout(() => long.kill(), 200);
     assert.equal((await long.exited).signal, "SIGKILL");
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));
-    assert.throws(() => executor.start({ id: "r4", image: "alpine:3", script: "true", env: { DOCKER_HOST: "tcp://elsewhere:2375" }, workspace: dir }), /DOCKER_HOST is the Docker client's own variable/);
     assert.ok(existsSync(path.join(dir, "calls")));
   });
 });

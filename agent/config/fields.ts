@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { IMAGE_REFERENCE } from "../../protocol/image";
 
 /**
  * How a setting reaches the runtime. Every setting is an environment variable (the form
@@ -91,17 +92,6 @@ export const proxySettings = {
 
 
 export { durationMs } from "./duration";
-
-// A container image reference as registries and runtimes parse it (the distribution reference
-// grammar): [host[:port]/]path[:tag][@digest]. The host may have capitals, the path may not,
-// the tag may (letters, digits, _ . -, at most 128). A lower-case first part without a dot or
-// port is read as a path by runtimes, and is a valid path component too, so one regex serves.
-const HOST_PART = String.raw`[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?`;
-const IMAGE_HOST = String.raw`(?:${HOST_PART}(?:\.${HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?`;
-const PATH_PART = String.raw`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`;
-const TAG = String.raw`(?::[\w][\w.-]{0,127})?`;
-const DIGEST = String.raw`(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?`;
-export const IMAGE_REFERENCE = new RegExp(`^(?:${IMAGE_HOST}/)?${PATH_PART}(?:/${PATH_PART})*${TAG}${DIGEST}$`);
 
 /** A regex, not a refinement: the runtime checks the same pattern from the exported JSON Schema. */
 export const imageReference = z.string().regex(IMAGE_REFERENCE, {

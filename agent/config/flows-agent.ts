@@ -1,7 +1,11 @@
 import { z } from "zod";
+import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
+import { durationMs } from "./duration";
 import { absolutePath, duration, httpUrl, imageReference, metadataTags, proxySettings, setting } from "./fields";
 
 export const FLOWS_EXECUTORS = ["docker", "process"] as const;
+/** How runtimes of the process executor are kept from the agent and each other (see agent/flows-agent/sandbox.ts). */
+export const RUNTIME_ISOLATIONS = ["auto", "namespaces", "user", "none"] as const;
 
 /**
  * Extra `docker run` parameters a pool may add to each runtime container. An allowlist:
@@ -40,7 +44,33 @@ export const flowsAgentSettings = z.strictObject({
   ),
   runtimePoolSize: setting(z.int().min(1).max(64).default(4), { env: "FLOWS_RUNTIME_POOL_SIZE" }),
   runtimeMemoryMb: setting(z.int().min(64).max(16384).default(256), { env: "FLOWS_RUNTIME_MEMORY_MB" }),
-  defaultRunTimeout: setting(duration.default("60s"), { env: "FLOWS_RUN_TIMEOUT" }),
+  /** Not in the reference: each runtime's scratch space, a tmpfs of this size (counted in its memory). */
+  runtimeDiskMb: setting(z.int().min(1).max(65536).default(64), { env: "FLOWS_RUNTIME_DISK_MB" }),
+  /**
+   * Not in the reference: "auto" takes the strongest this host allows (namespaces, then a user
+   * of its own, then none, each step down logged as an error); a named level refuses to start
+   * without it.
+   */
+  runtimeIsolation: setting(z.enum(RUNTIME_ISOLATIONS).default("auto"), { env: "FLOWS_RUNTIME_ISOLATION" }),
+  /** Not in the reference: the uids runtimes run as, one each while it lives ("first-last"); never the agent's. */
+  runtimeUids: setting(
+    z
+      .string()
+      .regex(/^[1-9][0-9]{3,9}(-[1-9][0-9]{3,9})?$/, { error: 'must be a uid range "first-last" (or one uid) of 1000 or more' })
+      .refine((text) => {
+        const [first, last = first] = text.split("-").map(Number);
+        return first <= last && last < 2 ** 32 - 1;
+      }, { error: "must run from a lower to a higher uid, below 4294967295" })
+      .default("1900000000-1900000255"),
+    { env: "FLOWS_RUNTIME_UIDS" },
+  ),
+  /** A run's timeout when the caller gives none. */
+  defaultRunTimeout: setting(
+    duration
+      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_MAX_RUN_TIMEOUT_MS, { error: `must be from 1ms to ${FLOWS_MAX_RUN_TIMEOUT_MS / 60_000}m` })
+      .default(FLOWS_RUN_TIMEOUT_DEFAULT),
+    { env: "FLOWS_RUN_TIMEOUT" },
+  ),
   registryMirror: setting(httpUrl.optional(), { env: "FLOWS_REGISTRY_MIRROR" }),
   /** The Docker network runtime containers join ("none" cuts them off entirely). */
   runtimeNetwork: setting(

@@ -7,9 +7,21 @@ import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
-import { dockerLauncher, Executor, processLauncher, type RuntimeLauncher } from "./executor";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
-import type { AgentMessage, GatewayMessage } from "../../protocol/flows";
+import { dockerLauncher, executor, processLauncher, type Executor, type Outcome, type RuntimeLauncher } from "./executor";
+import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
+import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
+
+/**
+ * The result message of a run: type and id are the agent's, every other field is taken one by
+ * one from the checked outcome, and a message the gateway could not carry becomes an error
+ * that names the cap.
+ */
+export function resultMessage(id: string, outcome: Outcome): string {
+  const { ok, value, error, console, durationMs } = outcome;
+  const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
+  if (Buffer.byteLength(text) <= FLOWS_MAX_RESULT_BYTES) return text;
+  return resultMessage(id, { ok: false, error: { name: "RangeError", message: `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes` }, console: [], durationMs });
+}
 
 /**
  * The Flows agent's connection: a WebSocket to the gateway carrying run requests and their
@@ -46,15 +58,16 @@ class FlowsLink extends WebSocketLink {
 
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (message?.type !== "run") return;
-      const asked = message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout);
-      const timeoutMs = Math.min(asked, FLOWS_MAX_RUN_TIMEOUT_MS);
+      if (message?.type !== "run" || typeof message.id !== "string") return;
+      const { id, job } = message;
+      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
-      void this.executor.run(message.job, timeoutMs).then((outcome) => {
+      // Only what a job is made of goes on to the runtime.
+      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then((outcome) => {
         this.inFlight--;
         // The answer first: the log line is not what the caller waits for.
-        if (socket.open) send({ type: "result", id: message.id, ...outcome });
-        this.log.info("run finished", { id: message.id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
+        if (socket.open) socket.send(resultMessage(id, outcome));
+        this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });
     });
   }
@@ -71,23 +84,67 @@ class FlowsLink extends WebSocketLink {
   }
 }
 
-/** The executor the settings ask for, and where its runtimes' scratch space is. */
-export function createExecutor(settings: FlowsAgentSettings, log: Logger, runner: { path: string; args: string[]; readable: string[] }): { executor: Executor; name: string } {
-  const scratchRoot = settings.mountsDir;
-  mkdirSync(scratchRoot, { recursive: true, mode: 0o700 });
-  const launcher: RuntimeLauncher =
-    settings.executor === "docker"
-      ? dockerLauncher(settings, runner.path)
-      : processLauncher({ runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb });
-  return { executor: new Executor({ poolSize: settings.runtimePoolSize, memoryMb: settings.runtimeMemoryMb, scratchRoot, launcher, log }), name: launcher.describe };
+/** What `isolation` needs that this process lacks; undefined when it has it all. */
+export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
+  if (isolation === "none") return undefined;
+  if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
+  if (!p.root && !p.setpriv) return "setpriv is missing";
+  if (isolation === "namespaces" && !(p.bwrap && seccompFilter())) return "no bubblewrap, or no seccomp filter for this architecture";
+  return undefined;
+}
+
+export interface Runner {
+  path: string;
+  args: string[];
+  readable: string[];
+}
+
+/**
+ * The process executor's launcher at the strongest isolation the settings allow and this host
+ * gives, proven by a runtime that starts. "auto" steps down, logging each step as an error; a
+ * named level refuses to start without it.
+ */
+async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, log: Logger): Promise<RuntimeLauncher> {
+  const privileges = readPrivileges();
+  const uids = uidPool(settings.runtimeUids);
+  const own = process.getuid?.() ?? -1;
+  if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
+    throw new Error(`FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`);
+  }
+  const wanted = settings.runtimeIsolation;
+  for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
+    let missing = missingFor(isolation, privileges);
+    if (!missing) {
+      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, scratchRoot: settings.mountsDir });
+      const trial = launcher.start();
+      missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
+      trial.kill();
+      if (!missing) {
+        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
+        log.info("runtimes isolated", { isolation, executor: launcher.describe });
+        return launcher;
+      }
+    }
+    if (wanted !== "auto") throw new Error(`FLOWS_RUNTIME_ISOLATION=${wanted} is not possible here: ${missing}`);
+    log.error("runtime isolation not possible here: trying a weaker one", { isolation, reason: missing });
+  }
+  throw new Error("no runtime could start");
+}
+
+/** The executor the settings ask for; `docker` names the Docker CLI (tests give a stand-in). */
+export async function createExecutor(settings: FlowsAgentSettings, log: Logger, runner: Runner, docker?: string): Promise<{ executor: Executor; name: string }> {
+  mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
+  const launcher =
+    settings.executor === "docker" ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker) : await isolatedLauncher(settings, runner, log);
+  return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
 }
 
 /** The `flows-agent` role; `runner` is how a runtime starts (the bundle itself with --flows-runner). */
-export function flowsAgentRole(runner: { path: string; args: string[]; readable: string[] }): Role<FlowsAgentSettings> {
+export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}): Role<FlowsAgentSettings> {
   return {
     name: "flows-agent",
-    start(settings, { log }): RunningAgent {
-      const { executor, name } = createExecutor(settings, log, runner);
+    async start(settings, { log }): Promise<RunningAgent> {
+      const { executor, name } = await createExecutor(settings, log, runner, options.docker);
       const link = new FlowsLink(settings, executor, name, log);
       return {
         ready: link.ready,
@@ -103,8 +160,8 @@ export function flowsAgentRole(runner: { path: string; args: string[]; readable:
   };
 }
 
-/** The runner of the unbundled build (tests): its compiled module and the directory it lives in. */
-export const unbundledRunner = () => {
+/** The runner of the unbundled build (tests): its compiled module and the directories it reads. */
+export const unbundledRunner = (): Runner => {
   const file = path.join(__dirname, "runner-main.js");
-  return { path: file, args: [], readable: [__dirname] };
+  return { path: file, args: [], readable: [__dirname, path.join(__dirname, "../../protocol")] };
 };

@@ -1,302 +1,350 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import path from "node:path";
+import { chmodSync, mkdtempSync, readFileSync } from "node:fs";
+import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
-import type { Answer, Job } from "../../protocol/flows";
-import { RESULT_PREFIX } from "./runner";
+import { FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
+import { checkAnswer, encodeFrame, frameReader } from "./channel";
+import { bwrapArgs, libraryDirectories, seccompFilter, type Isolation, type Privileges, type UidPool } from "./sandbox";
 
 /**
- * Flows runtimes. The security boundary is the process (or container): every run gets a
- * fresh one and a fresh scratch directory, and both are thrown away after it, so no run
- * sees anything an earlier run left. Spares are started ahead so a run rarely waits for a
- * cold start.
+ * Flows runtimes. Every run gets a fresh runtime (a process or a container, under a uid of
+ * its own) and a fresh scratch space, both thrown away after it. Spares are started ahead so
+ * a run rarely waits for a cold start. Whatever a runtime does (exit, hang, flood or break its
+ * channel, answer nonsense) ends that runtime and fails its run: never the agent.
  */
 
 export interface Outcome extends Answer {
   durationMs: number;
 }
 
-/** One started runtime, waiting for its single job. */
-interface Runtime {
-  ready: Promise<void>;
-  pid(): number | undefined;
-  run(job: Job): Promise<Answer>;
-  exited: Promise<string>;
+/** Resident memory a runtime may use beyond its heap cap (Node itself, buffers). */
+const MEMORY_MARGIN_MB = 96;
+
+/** A started runtime process: its pipes, how to end it, and what to release once it is gone. */
+export interface Spawned {
+  child: ChildProcess;
+  jobs: Writable;
+  answers: Readable;
+  /** The process whose resident memory counts. */
+  memoryPid(): number | undefined;
   kill(): void;
-  scratch: string;
+  /** After its exit: release its uid and scratch. Never throws. */
+  cleanup(): void;
 }
 
-export interface RuntimeLauncher {
-  describe: string;
-  start(scratch: string): Runtime;
+/** One started runtime, waiting for its single job. */
+export interface Runtime {
+  ready: Promise<void>;
+  /** Why it ended, once it has. */
+  exited: Promise<string>;
+  /** Hands the job over; resolves with its checked answer, or rejects saying why there is none. */
+  run(job: Job, timeoutMs: number): Promise<Answer>;
+  /** Ends the runtime; idempotent, never throws. */
+  kill(): void;
 }
 
-const OUTPUT_LIMIT = 64 * 1024;
-
-function watchExit(child: ChildProcess, stderr: () => string): Promise<string> {
-  return new Promise((resolve) => {
-    child.once("error", (error) => resolve(`the runtime could not start: ${error.message}`));
-    child.once("exit", (code, signal) => {
-      const text = stderr();
-      if (/heap out of memory|Allocation failed/i.test(text)) resolve("the run exceeded its memory limit");
-      else resolve(`the runtime exited (${signal ?? `code ${code}`})${text ? `: ${text.trim().split("\n").slice(-3).join(" ").slice(0, 500)}` : ""}`);
-    });
+/**
+ * A runtime around a started process. Its watchdogs belong to it, not to its caller: a start
+ * deadline from the first moment, the run's deadline and a memory watchdog armed before the
+ * job leaves, all cleared only when the process is gone.
+ */
+export function runtime(spawned: Spawned, memoryMb: number): Runtime {
+  const { child, answers, jobs } = spawned;
+  const timers: NodeJS.Timeout[] = [];
+  let ending: string | undefined;
+  let answered: { resolve(answer: Answer): void; reject(error: Error): void } | undefined;
+  let stderr = "";
+  const kill = () => {
+    try {
+      spawned.kill();
+    } catch {
+      // Gone already.
+    }
+  };
+  const end = (why: string) => {
+    ending ??= why;
+    kill();
+    answered?.reject(new Error(ending));
+  };
+  child.stderr?.on("data", (chunk: Buffer) => void (stderr.length < 16384 && (stderr += chunk)));
+  // What a job writes to stdout itself is not wanted, but drained: never held, never read for more.
+  child.stdout?.resume();
+  let ready!: [() => void, (error: Error) => void];
+  const started = new Promise<void>((resolve, reject) => (ready = [resolve, reject]));
+  const exited = new Promise<string>((resolve) => {
+    const gone = (why: string) => {
+      for (const timer of timers) clearTimeout(timer);
+      spawned.cleanup();
+      const reason = ending ?? (/heap out of memory/.test(stderr) ? "the run exceeded its memory limit" : why);
+      ready[1](new Error(reason));
+      answered?.reject(new Error(reason));
+      resolve(reason);
+    };
+    // A process that never started has no pid; any later error is a failed signal, of no interest.
+    child.on("error", (error) => child.pid === undefined && gone(`the runtime could not start: ${error.message}`));
+    child.once("exit", (code, signal) => gone(`the runtime exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim().split("\n").slice(-3).join(" ").slice(0, 500)}` : ""}`));
   });
-}
-
-function collect(child: ChildProcess): { stdout: () => string; stderr: () => string } {
-  const take = (stream: NodeJS.ReadableStream | null) => {
-    let text = "";
-    stream?.on("data", (chunk: Buffer) => {
-      if (text.length < OUTPUT_LIMIT) text += chunk.toString("utf8");
-    });
-    return () => text;
-  };
-  return { stdout: take(child.stdout), stderr: take(child.stderr) };
-}
-
-/**
- * A Node.js process per runtime, with no inherited environment (so no pool token), its
- * scratch directory as working directory, and Node's permission model: it may read the
- * runner and its scratch directory and write only there; child processes, worker threads
- * and native addons are refused. The V8 heap is capped and a watchdog kills a process
- * whose resident memory runs past the cap (buffers live outside the heap).
- */
-export function processLauncher(options: { runner: string[]; readable: string[]; memoryMb: number }): RuntimeLauncher {
+  // Its first frame says it is ready, the second is its answer; anything else ends it.
+  let frames = 0;
+  const read = frameReader(FLOWS_MAX_RESULT_BYTES, (text) => {
+    frames++;
+    if (frames === 1 && text === '{"ready":true}') return ready[0]();
+    if (frames !== 2 || !answered) return end("the runtime broke its channel");
+    try {
+      answered.resolve(checkAnswer(text));
+    } catch (error) {
+      end(`the runtime's answer was refused: ${(error as Error).message}`);
+    }
+  });
+  answers.on("data", (chunk: Buffer) => {
+    try {
+      read(chunk);
+    } catch (error) {
+      end(`the runtime broke its channel: ${(error as Error).message}`);
+    }
+  });
+  for (const pipe of [answers, jobs]) pipe.on("error", () => end("the runtime's channel failed"));
+  timers.push(setTimeout(() => end("the runtime did not start within 30 s"), 30_000));
+  void started.then(() => clearTimeout(timers[0]), () => undefined);
   return {
-    describe: "process",
-    start(scratch) {
-      const child = spawn(
-        process.execPath,
-        [
-          "--permission",
-          ...options.readable.map((p) => `--allow-fs-read=${p}`),
-          `--allow-fs-read=${scratch}`,
-          `--allow-fs-write=${scratch}`,
-          `--max-old-space-size=${options.memoryMb}`,
-          ...options.runner,
-        ],
-        { cwd: scratch, env: {}, stdio: ["ignore", "pipe", "pipe", "ipc"] },
-      );
-      const output = collect(child);
-      const exited = watchExit(child, output.stderr);
-      const ready = new Promise<void>((resolve, reject) => {
-        // started -> a warm-up message -> ready (see runRunner).
-        child.once("message", () => {
-          child.send({ warm: true });
-          child.once("message", () => resolve());
-        });
-        void exited.then((why) => reject(new Error(why)));
-      });
-      return {
-        ready,
-        scratch,
-        pid: () => child.pid,
-        exited,
-        kill: () => child.kill("SIGKILL"),
-        run(job) {
-          return new Promise((resolve, reject) => {
-            child.once("message", (answer: Answer) => resolve(withOutput(answer, output.stdout())));
-            child.send(job, (error) => error && reject(error));
-          });
-        },
-      };
-    },
-  };
-}
-
-/** What a runtime printed outside console.* (process.stdout.write) joins its console lines. */
-function withOutput(answer: Answer, stdout: string): Answer {
-  const extra = stdout.split("\n").filter((line) => line && !line.startsWith(RESULT_PREFIX));
-  return { ...answer, console: [...(answer.console ?? []), ...extra] };
-}
-
-/**
- * The `docker run` of one runtime container: no capabilities, no new privileges, read-only,
- * gVisor when on. `user` is the agent's own uid:gid, which owns the run's scratch directory
- * (created 0700), so the container can write there and nowhere else.
- */
-export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeNetwork" | "extraDockerParams">, scratch: string, runtimeFile: string, name: string, user: string): string[] {
-  return [
-    "run",
-    "--rm",
-    "-i",
-    `--name=${name}`,
-    ...(settings.gvisor ? ["--runtime=runsc"] : []),
-    "--cap-drop=ALL",
-    "--security-opt=no-new-privileges",
-    "--read-only",
-    "--tmpfs=/tmp:rw,noexec,nosuid,size=64m",
-    `--user=${user}`,
-    `--memory=${settings.runtimeMemoryMb}m`,
-    `--memory-swap=${settings.runtimeMemoryMb}m`,
-    "--pids-limit=64",
-    `--network=${settings.runtimeNetwork}`,
-    "--env=NODE_OPTIONS=",
-    `--volume=${scratch}:/work:rw`,
-    "--workdir=/work",
-    `--volume=${runtimeFile}:/agentpools/runtime.js:ro`,
-    ...settings.extraDockerParams,
-    settings.runtimeImage,
-    "node",
-    `--max-old-space-size=${settings.runtimeMemoryMb}`,
-    "/agentpools/runtime.js",
-    "--flows-runner",
-  ];
-}
-
-/** Sibling containers on the host's Docker engine, one per run; jobs and answers as lines on stdin/stdout. */
-export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string, docker = "docker"): RuntimeLauncher {
-  return {
-    describe: `docker (${settings.gvisor ? "gVisor" : "runc"})`,
-    start(scratch) {
-      const user = `${process.getuid?.() ?? 1000}:${process.getgid?.() ?? 1000}`;
-      const child = spawn(docker, dockerRunArgs(settings, scratch, runtimeFile, `agentpools-runtime-${randomUUID().slice(0, 12)}`, user), { stdio: ["pipe", "pipe", "pipe"], env: { PATH: process.env.PATH, DOCKER_HOST: process.env.DOCKER_HOST } });
-      const output = collect(child);
-      const exited = watchExit(child, output.stderr);
-      const answers: ((line: string) => void)[] = [];
-      let pending = "";
-      child.stdout?.on("data", (chunk: Buffer) => {
-        pending += chunk.toString("utf8");
-        for (let at = pending.indexOf("\n"); at !== -1; at = pending.indexOf("\n")) {
-          const line = pending.slice(0, at);
-          pending = pending.slice(at + 1);
-          if (line.startsWith(RESULT_PREFIX)) answers.shift()?.(line.slice(RESULT_PREFIX.length));
-        }
-      });
-      const next = () => new Promise<string>((resolve) => answers.push(resolve));
-      const ready = Promise.race([next().then(() => undefined), exited.then((why) => Promise.reject(new Error(why)))]);
-      return {
-        ready,
-        scratch,
-        pid: () => undefined,
-        exited,
-        kill: () => child.kill("SIGKILL"),
-        async run(job) {
-          const answer = next();
-          child.stdin?.write(`${JSON.stringify(job)}\n`);
-          return withOutput(JSON.parse(await answer), output.stdout());
-        },
-      };
-    },
+    ready: started,
+    exited,
+    kill,
+    run: (job, timeoutMs) =>
+      new Promise((resolve, reject) => {
+        if (ending) return reject(new Error(ending));
+        answered = { resolve, reject };
+        timers.push(setTimeout(() => end(`the run timed out after ${timeoutMs} ms`), timeoutMs));
+        timers.push(setInterval(() => (residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB && end("the run exceeded its memory limit"), 20));
+        jobs.write(encodeFrame(job));
+      }),
   };
 }
 
 /** Resident memory of a process, from /proc (Linux); undefined elsewhere or once it is gone. */
 function residentMb(pid: number | undefined): number | undefined {
-  if (!pid) return undefined;
   try {
-    return (Number(readFileSync(`/proc/${pid}/statm`, "utf8").split(" ")[1]) * 4096) / 1048576;
+    return pid ? (Number(readFileSync(`/proc/${pid}/statm`, "utf8").split(" ")[1]) * 4096) / 1048576 : undefined;
   } catch {
     return undefined;
   }
 }
 
-export interface ExecutorOptions {
-  poolSize: number;
+export interface RuntimeLauncher {
+  describe: string;
+  start(): Runtime;
+}
+
+/**
+ * Node's flags for a runtime: the permission model (read the runner and the scratch, write the
+ * scratch, which a runtime may make after Node starts, hence its contents spelled out; no child
+ * processes, workers, addons, WASI or inspector), no inspector on SIGUSR1, and the built-ins
+ * that do their own file I/O outside the permission model off.
+ */
+export const runtimeNodeFlags = (readable: string[], scratch: string, memoryMb: number) => [
+  "--permission",
+  ...[...readable, scratch, `${scratch}/*`].map((p) => `--allow-fs-read=${p}`),
+  ...[scratch, `${scratch}/*`].map((p) => `--allow-fs-write=${p}`),
+  `--max-old-space-size=${memoryMb}`,
+  "--disable-sigusr1",
+  "--no-experimental-sqlite",
+  "--no-addons",
+];
+
+export interface ProcessLauncherOptions {
+  isolation: Isolation;
+  privileges: Privileges;
+  uids: UidPool;
+  /** The runner: its entry (and arguments) and the files it reads. */
+  runner: string[];
+  readable: string[];
   memoryMb: number;
-  /** Where scratch directories are made (each run's is removed after it). */
+  diskMb: number;
+  /** Where scratch directories go when not on a runtime's own tmpfs. */
   scratchRoot: string;
-  launcher: RuntimeLauncher;
-  log: Logger;
+}
+
+/** A process per runtime, isolated as `isolation` says (see sandbox.ts). */
+export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
+  const { isolation, privileges, uids } = o;
+  const namespaces = isolation === "namespaces" && { libraries: libraryDirectories(), filter: seccompFilter() };
+  // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
+  if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
+
+  /** `command` as `uid`: through setpriv where there is one (which also ties the child's life to ours), else by Node's own switch (root). */
+  const asUser = (uid: number | undefined, command: string[]): [string, string[], SpawnOptions] => {
+    const user = uid === undefined ? [] : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
+    return privileges.setpriv ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}] : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
+  };
+
+  return {
+    describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaces ? "namespaces and " : ""}a user of its own`}`,
+    start() {
+      const uid = isolation === "none" ? undefined : uids.take();
+      const scratch = namespaces ? "/tmp" : uid ? `${o.scratchRoot}/${randomUUID()}` : mkdtempSync(`${o.scratchRoot}/run-`);
+      const node = [process.execPath, ...runtimeNodeFlags(o.readable, scratch, o.memoryMb), ...o.runner, ...(isolation === "user" ? [`--scratch=${scratch}`] : [])];
+      const [file, args, options] = asUser(uid, namespaces ? [privileges.bwrap as string, ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb }), ...node] : node);
+      const launch = () => spawn(file, args, { ...options, cwd: uid ? "/" : scratch, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"] });
+      const child = launch();
+      let memoryPid = namespaces ? 0 : child.pid;
+      if (namespaces) {
+        // bubblewrap tells the runtime's pid (in our pid namespace) on fd 4, read to its end (closing it early would
+        // kill bubblewrap with SIGPIPE) but only its first pid counts; the seccomp filter goes in on fd 5.
+        let info = "";
+        (child.stdio[4] as Readable).on("error", () => undefined).on("data", (chunk) => void (memoryPid ||= Number(/"child-pid": *(\d+)/.exec((info += chunk))?.[1] ?? 0)));
+        (child.stdio[5 as number] as unknown as Writable).on("error", () => undefined).end(namespaces.filter);
+      }
+      let released = false;
+      return runtime(
+        {
+          child,
+          jobs: child.stdin as Writable,
+          answers: child.stdio[3] as Readable,
+          memoryPid: () => memoryPid,
+          kill() {
+            if (child.exitCode !== null || child.signalCode !== null) return;
+            // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's
+            // end would take it along, unless bubblewrap ended mid-setup.
+            for (const pid of [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number]) {
+              try {
+                process.kill(pid, "SIGKILL");
+              } catch {
+                // Gone already.
+              }
+            }
+          },
+          cleanup() {
+            if (released) return;
+            released = true;
+            if (namespaces) return uids.give(uid as number);
+            // Its scratch is its user's (or, not isolated, ours): removed as that user, after giving back what it
+            // locked (chmod 0500); then its uid is free again.
+            const [sh, shArgs, shOptions] = asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', scratch]);
+            let freed = false;
+            const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
+            spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" }).on("close", free).on("error", free);
+          },
+        },
+        o.memoryMb,
+      );
+    },
+  };
+}
+
+/**
+ * The `docker run` of one runtime container: gVisor when on, no capabilities, no new
+ * privileges, a read-only root, a uid of its own, memory and pid limits, the scratch a
+ * size-capped tmpfs (nothing of the host's file system), the runtime bundle read-only, and
+ * options ending before the image.
+ */
+export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeDiskMb" | "runtimeNetwork" | "extraDockerParams">, runtimeFile: string, name: string, uid: number): string[] {
+  const memory = `${settings.runtimeMemoryMb + MEMORY_MARGIN_MB}m`;
+  return [
+    ...["run", "--rm", "-i", `--name=${name}`, ...(settings.gvisor ? ["--runtime=runsc"] : []), "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only"],
+    ...["--tmpfs=/tmp:rw,noexec,nosuid,nodev,size=16m", `--tmpfs=/work:rw,noexec,nosuid,nodev,size=${settings.runtimeDiskMb}m,mode=1777`, "--workdir=/work"],
+    ...[`--user=${uid}:${uid}`, `--memory=${memory}`, `--memory-swap=${memory}`, "--pids-limit=64", `--network=${settings.runtimeNetwork}`, "--env=NODE_OPTIONS="],
+    `--volume=${runtimeFile}:/agentpools/runtime.js:ro`,
+    ...settings.extraDockerParams,
+    ...["--", settings.runtimeImage, "node", ...runtimeNodeFlags(["/agentpools/runtime.js"], "/work", settings.runtimeMemoryMb)],
+    ...["/agentpools/runtime.js", "--flows-runner", "--channel-stdout"],
+  ];
+}
+
+/** Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. */
+export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string, uids: UidPool, docker = "docker"): RuntimeLauncher {
+  // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
+  const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
+  const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
+  return {
+    describe: `docker (${settings.gvisor ? "gVisor" : "runc"}), a user of its own`,
+    start() {
+      const uid = uids.take();
+      const name = `agentpools-runtime-${randomUUID()}`;
+      const child = spawn(docker, dockerRunArgs(settings, runtimeFile, name, uid), { stdio: "pipe", env });
+      let released = false;
+      return runtime(
+        {
+          child,
+          jobs: child.stdin,
+          answers: child.stdout,
+          memoryPid: () => undefined,
+          kill() {
+            // Killing the client would leave the container running: the engine stops it.
+            spawn(docker, ["kill", name], { stdio: "ignore", env }).on("error", () => undefined);
+            child.kill("SIGKILL");
+          },
+          cleanup: () => void (released || ((released = true), uids.give(uid))),
+        },
+        settings.runtimeMemoryMb,
+      );
+    },
+  };
+}
+
+export interface Executor {
+  run(job: Job, timeoutMs: number): Promise<Outcome>;
+  close(): void;
 }
 
 /** Runs jobs on fresh runtimes: at most poolSize at once, the rest wait their turn. */
-export class Executor {
-  private spares: Runtime[] = [];
-  private starting = 0;
-  private active = 0;
-  private waiting: (() => void)[] = [];
-  private closed = false;
-
-  constructor(private readonly options: ExecutorOptions) {
-    this.refill();
-  }
-
-  /** Runtimes warm and waiting, for tests and the benchmark. */
-  get warm(): number {
-    return this.spares.length;
-  }
-
-  private launch(): Runtime {
-    return this.options.launcher.start(mkdtempSync(path.join(this.options.scratchRoot, "run-")));
-  }
-
-  private discard(runtime: Runtime): void {
-    runtime.kill();
-    rmSync(runtime.scratch, { recursive: true, force: true });
-  }
-
-  private refill(): void {
-    while (!this.closed && this.spares.length + this.starting + this.active < this.options.poolSize) {
-      this.starting++;
-      const runtime = this.launch();
-      runtime.ready.then(
-        () => {
-          this.starting--;
-          if (this.closed) this.discard(runtime);
-          else this.spares.push(runtime);
-        },
-        (error: Error) => {
-          this.starting--;
-          this.discard(runtime);
-          this.options.log.warn("a runtime failed to start", { executor: this.options.launcher.describe, error: error.message });
-          // Try again later rather than spin on a broken setup.
-          if (!this.closed) setTimeout(() => this.refill(), 2000).unref();
-        },
-      );
+export function executor({ poolSize, launcher, log }: { poolSize: number; launcher: RuntimeLauncher; log: Logger }): Executor {
+  const spares: Runtime[] = [];
+  const waiting: (() => void)[] = [];
+  let starting = 0;
+  let active = 0;
+  let closed = false;
+  const failed = (error: Error) => {
+    starting--;
+    log.warn("a runtime failed to start", { executor: launcher.describe, error: error.message });
+    // Try again later rather than spin on a broken setup.
+    if (!closed) setTimeout(refill, 2000).unref();
+  };
+  const refill = (): void => {
+    while (!closed && spares.length + starting + active < poolSize) {
+      starting++;
+      try {
+        const spare = launcher.start();
+        spare.ready.then(() => {
+          starting--;
+          if (closed) return spare.kill();
+          spares.push(spare);
+          // A spare that dies while it waits is no spare.
+          void spare.exited.then(() => spares.includes(spare) && (spares.splice(spares.indexOf(spare), 1), refill()));
+        }, failed);
+      } catch (error) {
+        return failed(error as Error);
+      }
     }
-  }
-
-  async run(job: Job, timeoutMs: number): Promise<Outcome> {
-    if (this.active >= this.options.poolSize) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    this.active++;
-    const started = performance.now();
-    let runtime: Runtime | undefined;
-    let watchdog: NodeJS.Timeout | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      runtime = this.spares.shift() ?? this.launch();
-      await runtime.ready;
-      const current = runtime;
-      const limit = new Promise<string>((resolve) => {
-        timer = setTimeout(() => resolve(`the run timed out after ${timeoutMs} ms`), timeoutMs);
-        // Past the heap cap, buffers can still grow: watch the whole process.
-        watchdog = setInterval(() => {
-          const mb = residentMb(current.pid());
-          if (mb !== undefined && mb > this.options.memoryMb + 96) resolve("the run exceeded its memory limit");
-        }, 20);
-      });
-      const answer = await Promise.race([
-        current.run(job),
-        limit.then((why) => Promise.reject(new Error(why))),
-        current.exited.then((why) => Promise.reject(new Error(why))),
-      ]);
-      return { ...answer, durationMs: performance.now() - started };
-    } catch (error) {
-      // Timed out, over its memory, or gone: stop it now.
-      runtime?.kill();
-      return { ok: false, error: { name: "RuntimeError", message: (error as Error).message }, console: [], durationMs: performance.now() - started };
-    } finally {
-      clearTimeout(timer);
-      clearInterval(watchdog);
-      const used = runtime;
-      this.active--;
-      this.waiting.shift()?.();
-      // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
-      // down and starting the next one (a fork) each cost the event loop and the CPUs
-      // milliseconds: done a moment later, once the answer and the traffic it sets off are through.
-      setTimeout(() => {
-        if (used) this.discard(used);
-        this.refill();
-      }, 5);
-    }
-  }
-
-  close(): void {
-    this.closed = true;
-    for (const runtime of this.spares.splice(0)) this.discard(runtime);
-  }
+  };
+  refill();
+  return {
+    close() {
+      closed = true;
+      for (const spare of spares.splice(0)) spare.kill();
+    },
+    async run(job, timeoutMs) {
+      if (active >= poolSize) await new Promise<void>((resolve) => waiting.push(resolve));
+      active++;
+      const began = performance.now();
+      let used: Runtime | undefined;
+      try {
+        used = spares.shift() ?? launcher.start();
+        await used.ready;
+        const { ok, value, error, console } = await used.run(job, timeoutMs);
+        return { ok, value, error, console, durationMs: performance.now() - began };
+      } catch (error) {
+        used?.kill();
+        return { ok: false, error: { name: "RuntimeError", message: (error as Error).message }, console: [], durationMs: performance.now() - began };
+      } finally {
+        active--;
+        waiting.shift()?.();
+        // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
+        // down and starting the next one (a fork) each cost the event loop and the CPUs
+        // milliseconds: done a moment later, once the answer and the traffic it sets off are through.
+        setTimeout(() => (used?.kill(), refill()), 5);
+      }
+    },
+  };
 }

@@ -1,51 +1,74 @@
+import { mkdirSync } from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
+import net from "node:net";
 import os from "node:os";
 import { format } from "node:util";
-import type { Answer, Job } from "../../protocol/flows";
+import { FLOWS_MAX_CONSOLE_BYTES, FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_VALUE_BYTES, type Answer, type Job } from "../../protocol/flows";
+import { WEBSOCKET_MAX_MESSAGE } from "../../protocol/websocket";
+import { encodeFrame, frameReader } from "./channel";
 
 /**
  * The code that runs inside each Flows runtime process (or container): it waits for one
- * job, runs it, answers, and exits. It holds nothing of the agent's: no environment, no
- * token, no handles. Jobs and answers go over the IPC channel (process executor) or as
- * lines on stdin/stdout (Docker executor: the answer line starts with RESULT_PREFIX).
+ * job, runs it, answers, and parks. It holds nothing of the agent's: no environment, no
+ * token, no handles. Jobs arrive as frames on stdin; answers leave as frames on fd 3
+ * (process executor) or on stdout (Docker executor, `--channel-stdout`).
  */
-
-export const RESULT_PREFIX = "\u0000agentpools-result:";
-const MAX_CONSOLE_LINES = 1000;
 
 const AsyncFunction = Object.getPrototypeOf(async () => undefined).constructor as new (...args: string[]) => (inputs: unknown) => Promise<unknown>;
 
 export async function runJob(job: Job): Promise<Answer> {
+  // Console lines within the caps (counted as JSON, escapes included); past them, one last line says so.
   const lines: string[] = [];
+  let bytes = 0;
+  let partial = "";
+  const add = (line: string) => {
+    if (bytes < 0) return;
+    bytes += JSON.stringify(line).length;
+    if (lines.length < FLOWS_MAX_CONSOLE_LINES - 1 && bytes < FLOWS_MAX_CONSOLE_BYTES - 100) return void lines.push(line);
+    lines.push(`[console cut at the cap: ${FLOWS_MAX_CONSOLE_LINES} lines, ${FLOWS_MAX_CONSOLE_BYTES} bytes]`);
+    bytes = -1;
+  };
   for (const level of ["log", "info", "warn", "error", "debug"] as const) {
-    console[level] = (...args: unknown[]) => {
-      if (lines.length < MAX_CONSOLE_LINES) lines.push(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
-    };
+    console[level] = (...args: unknown[]) => add(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
   }
+  // Raw writes (process.stdout.write) become lines at their newlines.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.write = ((chunk: string | Uint8Array) => {
+      const parts = (partial + Buffer.from(chunk)).split("\n");
+      partial = parts.pop() as string;
+      parts.forEach(add);
+      return true;
+    }) as typeof stream.write;
+  }
+  let answer: Answer;
   try {
     const fn = new AsyncFunction("inputs", job.kind === "expression" ? `return (${job.code}\n);` : job.code);
-    const value = await fn(job.inputs ?? {});
-    const json = JSON.stringify(value);
-    return { ok: true, value: json === undefined ? null : JSON.parse(json), console: lines };
+    const json = JSON.stringify(await fn(job.inputs ?? {})) ?? "null";
+    if (json.length > FLOWS_MAX_VALUE_BYTES) throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
+    answer = { ok: true, value: JSON.parse(json), console: lines };
   } catch (thrown) {
-    const error = thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown)}`);
+    const error = thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
     const code = (error as { code?: unknown }).code;
-    return { ok: false, error: { name: error.name, message: error.message, stack: error.stack, ...(typeof code === "string" ? { code } : {}) }, console: lines };
+    answer = { ok: false, error: { name: String(error.name), message: String(error.message), stack: error.stack && String(error.stack), code: typeof code === "string" ? code : undefined }, console: lines };
   }
+  if (partial) add(partial);
+  return answer;
 }
 
 /**
- * Close what Node's permission model leaves open to a process of the agent's own user:
- * signalling other processes (the agent among them) and changing their priority. Done
- * before any user code runs; internal bindings, which could restore them, are denied by
- * the permission model.
+ * Close what Node's permission model leaves open (a second layer: the kernel already keeps
+ * the runtime from other processes): signalling processes, opening another process's
+ * inspector (_debugProcess), changing priorities, credentials, loading addons. Done before
+ * any user code runs; internal bindings, which could restore them, are denied by the
+ * permission model.
  */
 export function confine(): void {
   const refuse = (what: string) => () => {
     throw Object.assign(new Error(`${what} is not available to flow code`), { code: "ERR_ACCESS_DENIED" });
   };
-  process.kill = refuse("process.kill");
-  (process as unknown as { _kill: unknown })._kill = refuse("process.kill");
+  for (const name of ["kill", "_kill", "_debugProcess", "setuid", "setgid", "dlopen"]) {
+    (process as unknown as Record<string, unknown>)[name] = refuse(`process.${name}`);
+  }
   os.setPriority = refuse("os.setPriority");
   // import("node:os") must see the replacement too.
   syncBuiltinESMExports();
@@ -61,33 +84,26 @@ function park(): never {
   process.exit(0);
 }
 
-/** Run as a runtime: announce readiness, take one job, answer, park. */
-export async function runRunner(): Promise<void> {
+/** Run as a runtime: make its scratch (when told), warm up, say ready, take one job, answer, park. */
+export async function runRunner(argv = process.argv): Promise<void> {
+  const scratch = argv.find((arg) => arg.startsWith("--scratch="))?.slice(10);
+  if (scratch) {
+    // Made by the runtime itself, so it is the runtime's user's; never one that exists already.
+    mkdirSync(scratch, { mode: 0o700 });
+    process.chdir(scratch);
+  }
+  const toStdout = argv.includes("--channel-stdout");
+  const writeStdout = process.stdout.write.bind(process.stdout);
+  const channel = toStdout ? undefined : new net.Socket({ fd: 3, readable: false, writable: true });
+  const send = (message: unknown, then?: () => void) => (channel ? channel.write(encodeFrame(message), then) : writeStdout(encodeFrame(message), then));
   confine();
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
   await runJob({ kind: "expression", code: "[0].map(String)" });
   await runJob({ kind: "block", code: "return JSON.stringify({ a: 1 })" });
-  const send = process.send?.bind(process);
-  if (send) {
-    // The agent's first message only warms the channel (a process's first IPC message costs
-    // half a millisecond more); the second is the job.
-    process.once("message", () => {
-      process.once("message", (job: Job) => {
-        void runJob(job).then((answer) => send(answer, park));
-      });
-      send({ ready: true });
-    });
-    send({ started: true });
-    return;
-  }
-  let input = "";
-  process.stdin.setEncoding("utf8");
-  process.stdin.on("data", (chunk) => {
-    input += chunk;
-    const newline = input.indexOf("\n");
-    if (newline === -1) return;
+  const read = frameReader(WEBSOCKET_MAX_MESSAGE, (text) => {
     process.stdin.pause();
-    void runJob(JSON.parse(input.slice(0, newline))).then((answer) => process.stdout.write(`\n${RESULT_PREFIX}${JSON.stringify(answer)}\n`, () => process.exit(0)));
+    void runJob(JSON.parse(text) as Job).then((answer) => send(answer, park));
   });
-  process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ ready: true })}\n`);
+  process.stdin.on("data", read);
+  send({ ready: true });
 }

@@ -19,7 +19,7 @@ export interface PreparedRun {
 
 export interface StartedRun {
   /** stdout and stderr, interleaved as they come. */
-  onOutput(listener: (chunk: Buffer) => void): void;
+  onOutput(listener: (chunk: Buffer, stream: "stdout" | "stderr") => void): void;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   kill(): void;
 }
@@ -38,8 +38,8 @@ function started(child: ChildProcess, kill: () => void): StartedRun {
   });
   return {
     onOutput: (listener) => {
-      child.stdout?.on("data", listener);
-      child.stderr?.on("data", listener);
+      child.stdout?.on("data", (chunk: Buffer) => listener(chunk, "stdout"));
+      child.stderr?.on("data", (chunk: Buffer) => listener(chunk, "stderr"));
     },
     exited,
     kill,
@@ -79,7 +79,8 @@ export const containerName = (runId: string) => `agentpools-run-${runId}`;
 
 /**
  * The `docker run` of one run (pure). Variables are passed by name only (`-e NAME`): their
- * values come from the client's environment, so none shows in the process list.
+ * values come from the client's environment, so none shows in the process list. The launcher
+ * has refused any run variable the client itself would read (runRefusal).
  */
 export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir" | "workerNetwork" | "workerRuntime" | "extraMounts">, run: PreparedRun): string[] {
   return [
@@ -97,6 +98,8 @@ export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir"
     ...settings.extraMounts.flatMap((mount) => ["--mount", mountArgument(mount)]),
     ...Object.keys(run.env).sort().flatMap((name) => ["-e", name]),
     "--entrypoint", "/bin/sh",
+    // Options end here: whatever the image is, docker reads it as the image.
+    "--",
     run.image,
     "-ec", run.script,
   ];
@@ -112,10 +115,8 @@ export function dockerExecutor(settings: LauncherSettings, launcherEnv: Record<s
     describe: `docker (network ${settings.workerNetwork}${settings.workerRuntime ? `, runtime ${settings.workerRuntime}` : ""})`,
     workspaceInRun: () => CONTAINER_WORKSPACE,
     start(run) {
-      // The run's variables reach the container through the client's environment, so the
-      // client's own (PATH, DOCKER_HOST, ...) cannot also be run variables.
-      const clash = Object.keys(run.env).find((name) => DOCKER_CLIENT_ENV.includes(name));
-      if (clash) throw new Error(`${clash} is the Docker client's own variable; a run cannot set it`);
+      // The run's variables reach the container through the client's environment; the client's
+      // own come from the launcher's, and win.
       const child = spawn(docker, dockerRunArgs(settings, run), { env: { ...run.env, ...clientEnv }, stdio: ["ignore", "pipe", "pipe"] });
       return started(child, () => {
         spawn(docker, [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)], { env: clientEnv, stdio: "ignore" }).once("error", () => undefined);

@@ -1,5 +1,6 @@
+import { spawnSync } from "node:child_process";
 import { randomUUID, sign, type KeyObject } from "node:crypto";
-import { chmodSync, createReadStream, createWriteStream, existsSync, mkdirSync, rmSync } from "node:fs";
+import { chmodSync, createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
@@ -14,8 +15,8 @@ import { decodeToken, type PoolToken } from "../../protocol/token";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
-import { LineSplitter, masker } from "./output";
-import { loadPolicy, policyRefusal } from "./policy";
+import { runOutput } from "./output";
+import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import {
   FENCE_HEADER,
   MAX_LOG_LINES,
@@ -94,6 +95,17 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
   return { settings, token: token as PoolToken & { certificate: string }, privateKey, publicKey: certificateKey(token.certificate), policy, executor, passed, log };
 }
 
+/**
+ * The state file a run left, if it is a regular file of the workspace's own: not a symbolic
+ * link (nor its directory one), a FIFO, or a hard link to a file elsewhere. The run has ended:
+ * nothing of it can swap the file once checked. false when there is one, but not such a file.
+ */
+function stateFileOf(workspace: string): string | false | undefined {
+  const file = path.join(workspace, STATE_FILE);
+  if (!existsSync(file)) return undefined;
+  return lstatSync(path.dirname(file)).isDirectory() && lstatSync(file).isFile() && lstatSync(file).nlink === 1 && file;
+}
+
 /** The headers that authenticate the launcher: the pool's secret, and a fresh signature by the pool's key. */
 function credentials(context: LauncherContext, worker: string): Record<string, string> {
   const { token, privateKey } = context;
@@ -149,7 +161,7 @@ export class Launcher extends WebSocketLink {
     this.context.log.info("Connected to the server", { gateway: this.link.gateway.origin, pool: this.context.token.pool, executor: this.context.executor.describe });
     socket.on("message", (text: string) => {
       const message = parseMessage<ToWorker>(text);
-      if (message?.type === "run") return void this.take(message.run, message.lease);
+      if (message?.type === "run") return void this.take(message.run ?? {}, message.lease ?? {});
       const run = message && this.held.get(message.id);
       if (!run) return;
       if (message.type === "start") {
@@ -193,7 +205,19 @@ export class Launcher extends WebSocketLink {
   private forget(run: Held): void {
     this.held.delete(run.id);
     void this.context.busyChanged?.();
-    rmSync(run.dir, { recursive: true, force: true });
+    // Removed whatever the run did to its directories' permissions (chmod 0500): as their owner, the launcher gives
+    // them back (chmod -R follows no symbolic link). What cannot be removed is reported, never thrown.
+    const remove = () => rmSync(run.dir, { recursive: true, force: true });
+    try {
+      remove();
+    } catch {
+      spawnSync("chmod", ["-R", "u+rwx", run.dir]);
+      try {
+        remove();
+      } catch (error) {
+        this.context.log.warn("could not remove what a run left", { dir: run.dir, error: String(error) });
+      }
+    }
   }
 
   /** While it holds leases: renew them every third of their term, and send results not yet acknowledged again. */
@@ -210,6 +234,7 @@ export class Launcher extends WebSocketLink {
   private async take(spec: RunSpec, { fence }: Lease): Promise<void> {
     const { settings, log } = this.context;
     const { id } = spec;
+    if (typeof id !== "string") return;
     if (this.current || this.stopping) {
       return this.send({
         type: "refused",
@@ -222,7 +247,8 @@ export class Launcher extends WebSocketLink {
     const run: Held = {
       id,
       fence,
-      dir: path.join(settings.workDirectory, id.replace(/[^A-Za-z0-9_-]/g, "_")),
+      // The launcher's choice, never a name the gateway could predict.
+      dir: mkdtempSync(path.join(settings.workDirectory, "run-")),
       lines: [],
     };
     let end!: () => void;
@@ -232,6 +258,8 @@ export class Launcher extends WebSocketLink {
       let environment: Record<string, string> = {};
       try {
         if (spec.sealedEnvironment) environment = await this.openEnvironment(spec.sealedEnvironment);
+        const unsafe = runRefusal(spec, environment);
+        if (unsafe) throw new Error(`refused: ${unsafe}`);
         const refusal =
           this.context.policy &&
           policyRefusal(this.context.policy, {
@@ -245,6 +273,7 @@ export class Launcher extends WebSocketLink {
         // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
         const reason = (error as Error).message;
         log.info("run refused", { run: id, reason });
+        rmSync(run.dir, { recursive: true, force: true });
         end();
         return this.send({ type: "refused", id, fence, reason });
       }
@@ -292,7 +321,6 @@ export class Launcher extends WebSocketLink {
 
     const masked = new Set(settings.maskedEnvVars);
     const secrets = [...settings.maskedEnvVars.map((name) => passed[name] ?? ""), ...Object.entries(environment).filter(([name]) => masked.has(name)).map(([, value]) => value)];
-    const mask = masker(secrets);
     const append = (lines: string[]) => {
       const from = run.lines.length;
       if (from >= MAX_LOG_LINES) return;
@@ -304,7 +332,8 @@ export class Launcher extends WebSocketLink {
       run.lines.push(...kept);
       this.send({ type: "log", id: run.id, fence: run.fence, from, lines: kept });
     };
-    const splitter = new LineSplitter(mask, append, Math.max(0, ...secrets.map((s) => s.length)));
+    // Each stream on its own: a value split between two reads of one stream is still whole to it.
+    const outputs = { stdout: runOutput(secrets, append), stderr: runOutput(secrets, append) };
 
     const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
     const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
@@ -321,18 +350,22 @@ export class Launcher extends WebSocketLink {
     };
     let quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
     const overall = setTimeout(() => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`), runTimeoutMs);
-    started.onOutput((chunk) => {
+    started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
       quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
-      splitter.write(chunk);
+      outputs[stream].write(chunk);
     });
     const exit = await started.exited;
     clearTimeout(quiet);
     clearTimeout(overall);
-    splitter.end();
+    outputs.stdout.end();
+    outputs.stderr.end();
 
-    const state = existsSync(stateFile);
-    if (state) run.stateFile = stateFile;
+    // The state file is the run's to write, not to point elsewhere: only a regular file of the workspace's own is kept.
+    const kept = stateFileOf(workspace);
+    if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
+    run.stateFile = kept || undefined;
+    const state = Boolean(kept);
     if (timedOut) {
       append([`[agentpools: killed: ${timedOut}]`]);
       return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
@@ -361,7 +394,7 @@ export class Launcher extends WebSocketLink {
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
     }
     try {
-      await pipeline(response, openStream(this.context.privateKey), createWriteStream(file, { mode: 0o600 }));
+      await pipeline(response, openStream(this.context.privateKey), createWriteStream(file, { mode: 0o600, flags: "wx" }));
     } catch (error) {
       rmSync(file, { force: true });
       throw new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);

@@ -6,17 +6,11 @@ import { checkDocument } from "../config/validate";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */
 export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (error) {
-    throw new Error(`the run initialization policy ${file} cannot be read: ${(error as Error).message}`);
-  }
   let document: unknown;
   try {
-    document = JSON.parse(text);
+    document = JSON.parse(readFileSync(file, "utf8"));
   } catch (error) {
-    throw new Error(`the run initialization policy ${file} is not JSON: ${(error as Error).message}`);
+    throw new Error(`the run initialization policy ${file} cannot be read as JSON: ${(error as Error).message}`);
   }
   const problems = checkDocument(schema, document, "policy");
   if (problems.length > 0) {
@@ -39,13 +33,41 @@ export function policyRefusal(
   const denied = deniedImages?.find((glob) => globToRegExp(glob).test(run.image));
   if (denied) return `image ${run.image} is denied (deniedImages: ${denied})`;
   for (const [index, command] of run.commands.entries()) {
-    const pattern = deniedCommands?.find((source) => new RegExp(source).test(command));
+    // A rule sees the whole command and each line of it as the shell reads them (a backslash
+    // before a newline joins two lines), so `^` and `.` cannot be stepped around with a newline.
+    const texts = [command, ...command.replace(/\\\r?\n/g, "").split(/\r?\n|\r/)];
+    const pattern = deniedCommands?.find((source) => texts.some((text) => new RegExp(source).test(text)));
     if (pattern) return `command ${index + 1} matches the denied pattern /${pattern}/`;
   }
   const missing = requiredEnvironment?.filter((name) => !run.environment[name]);
   if (missing?.length) return `the run's environment must set ${missing.join(", ")}`;
   if (maxRunTimeout && run.timeoutSeconds !== undefined && run.timeoutSeconds * 1000 > durationMs(maxRunTimeout)) {
     return `a timeout of ${run.timeoutSeconds}s is over the policy's maxRunTimeout (${maxRunTimeout})`;
+  }
+  return undefined;
+}
+
+/**
+ * What an image reference may be made of, starting with a letter or digit: nothing here can be
+ * read as an option or split into two arguments. Docker parses the reference itself (after
+ * `--`, so whatever the text, it is read as the image); the full grammar is the gateway's and
+ * the components' check (protocol/image.ts), too large for the launcher's share of user-data.
+ */
+const IMAGE_CHARACTERS = /^[a-zA-Z\d][\w.:/@-]*$/;
+
+/** Variables the Docker client (a Go program), the loader starting it, or the run's shell would take as their own. */
+const STEERING = /^(LD_|DOCKER_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME)$)|_PROXY$/i;
+
+/**
+ * Why the launcher refuses a run the gateway sent, whatever the policy: an image that is not an
+ * image reference, or a variable that is not a name (LD_PRELOAD=...) or that would steer the
+ * Docker client or its loader rather than reach the run. Pure.
+ */
+export function runRefusal(spec: { image: unknown }, environment: Record<string, unknown>): string | undefined {
+  if (typeof spec.image !== "string" || !IMAGE_CHARACTERS.test(spec.image)) return `image ${JSON.stringify(spec.image)} is not an image reference`;
+  for (const name of Object.keys(environment)) {
+    if (!/^[A-Za-z_]\w*$/.test(name)) return `run variable ${JSON.stringify(name)} is not a variable name`;
+    if (STEERING.test(name)) return `run variable ${name} would steer the Docker client or its loader`;
   }
   return undefined;
 }

@@ -1,6 +1,6 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { flowsAgentSettings } from "../../agent/config/flows-agent";
+import { flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 
@@ -8,16 +8,21 @@ import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-ar
 export const flowsAgentPoolArgs = z
   .strictObject({
     ...flowsAgentSettings.omit({ poolToken: true }).shape,
+    // On an instance, process runtimes get namespaces (the boot script installs bubblewrap): a
+    // host without them must refuse to start rather than run them less isolated.
+    runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("namespaces"),
     ...poolCoreShape({ instanceType: "c7i.xlarge", rootVolumeSizeGiB: 30, drainTimeoutSeconds: 300 }),
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
-    if (args.executor === "process") {
+    // Flow code on the instance itself: only as uids the instance metadata service (the instance role, the pool's
+    // secret) refuses, in bubblewrap's namespaces; a weaker level, or "auto" that may step down to one, is refused.
+    if (args.executor === "process" && args.runtimeIsolation !== "namespaces") {
       ctx.addIssue({
         code: "custom",
-        path: ["executor"],
-        input: args.executor,
-        message: 'must be "docker" on EC2: the process executor runs flow code on the instance itself, where it reaches the instance metadata service and, with the instance role, the pool\'s secret; the Docker executor runs each flow in its own container under gVisor',
+        path: ["runtimeIsolation"],
+        input: args.runtimeIsolation,
+        message: 'must be "namespaces" for the process executor on EC2: a weaker level runs flow code on the instance with less than a kernel sandbox between it and the agent, and "none" reaches the instance metadata service and, with the instance role, the pool\'s secret; the Docker executor (the default) runs each flow in its own container under gVisor',
       });
     }
   });
@@ -34,6 +39,7 @@ export const flowsAgentPoolKind = (parsed: z.output<typeof flowsAgentPoolArgs>) 
   gvisor: parsed.executor === "docker" && parsed.gvisor,
   registryMirror: parsed.registryMirror,
   noProxy: parsed.noProxy,
+  runtimeSandbox: parsed.executor === "process" ? { uids: parsed.runtimeUids } : undefined,
 });
 
 /** Flows agents that run flow blocks' and apps' JavaScript inside your network. */

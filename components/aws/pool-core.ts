@@ -27,6 +27,7 @@ export interface PoolSpec extends PoolPlacement {
   gvisor: boolean;
   registryMirror?: string;
   noProxy?: string;
+  runtimeSandbox?: { uids: string };
   extraFiles?: UserDataFile[];
 }
 
@@ -124,6 +125,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace)
     awsApisViaProxy: core.awsApisViaProxy,
     extraFiles: spec.extraFiles,
     stopTimeoutSeconds: core.drainTimeoutSeconds + 30,
+    runtimeSandbox: spec.runtimeSandbox,
   };
 }
 

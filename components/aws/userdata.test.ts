@@ -121,7 +121,7 @@ describe("user-data", () => {
   it("runs the role as a systemd service that restarts on failure, powers off when it keeps failing, and stops with SIGTERM in time to drain", () => {
     const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
     for (const line of [
-      "ExecStart=/usr/bin/node-24 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
+      "ExecStart=/usr/bin/node-24 --disable-sigusr1 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
       "Restart=on-failure",
       "StartLimitBurst=10",
       "FailureAction=poweroff",
@@ -151,6 +151,25 @@ describe("user-data", () => {
     assert.ok(arm.includes(`/aarch64/runsc`) && arm.includes(GVISOR.sha512.aarch64), "Graviton instances get the arm64 binary and its digest");
     const plain = decodeUserData(renderUserData(spec({ docker: false, gvisor: false, httpsProxy: undefined, caCertificates: undefined }))).script;
     assert.doesNotMatch(plain.replace(/^base64 .*$/m, ""), /docker|runsc|proxy|update-ca-trust/);
+  });
+
+  it("the Flows process executor's instance: bubblewrap, setpriv and nftables, three capabilities, the metadata service refused to the runtimes' uids", () => {
+    const decoded = decodeUserData(renderUserData(spec({ role: "flows-agent", docker: false, gvisor: false, runtimeSandbox: { uids: "1900000000-1900000255" } })));
+    assert.match(decoded.script, /^retry dnf install -y nodejs24 bubblewrap util-linux nftables$/m);
+    const unit = (decoded.files.get("/etc/systemd/system/agentpools-flows-agent.service")?.content as string).split("\n");
+    for (const line of ["ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft", "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL", "User=agentpools", "NoNewPrivileges=true"]) {
+      assert.ok(unit.includes(line), `unit lacks ${line}`);
+    }
+    assert.ok(unit.indexOf("ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft") < unit.findIndex((line) => line.startsWith("ExecStart=")), "the rules before the agent");
+    const rules = decoded.files.get("/etc/agentpools/runtimes.nft")?.content as string;
+    // Idempotent on every start: made, deleted, made again; both addresses of the service, only for the runtimes' uids.
+    assert.match(rules, /^table inet agentpools\ndelete table inet agentpools\ntable inet agentpools \{/);
+    assert.match(rules, /type filter hook output priority 0;/);
+    assert.match(rules, /meta skuid 1900000000-1900000255 ip daddr 169\.254\.169\.254 reject/);
+    assert.match(rules, /meta skuid 1900000000-1900000255 ip6 daddr fd00:ec2::254 reject/);
+    // Without the process executor: none of it.
+    const docker = decodeUserData(renderUserData(spec({ role: "flows-agent" })));
+    assert.ok(!docker.files.has("/etc/agentpools/runtimes.nft") && !/bubblewrap|CAP_|nft/.test(docker.script + [...docker.files.values()].map((f) => f.content).join("")));
   });
 
   it("refuses a gVisor binary that is not the pinned release, byte for byte", () => {

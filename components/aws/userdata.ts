@@ -70,6 +70,13 @@ export interface UserDataSpec {
   extraFiles?: UserDataFile[];
   /** systemd's stop timeout: the drain plus a margin. */
   stopTimeoutSeconds: number;
+  /**
+   * Flows runtimes as processes (the process executor): bubblewrap and setpriv installed, the
+   * agent given CAP_SETUID, CAP_SETGID and CAP_KILL (to start each runtime under one of these
+   * uids, and end it), and
+   * those uids kept from the instance metadata service (its credentials are the pool's).
+   */
+  runtimeSandbox?: { uids: string };
 }
 
 export class UserDataTooLargeError extends Error {
@@ -138,6 +145,8 @@ export function renderUnit(spec: UserDataSpec): string {
     systemdEnv("AGENTPOOLS_CONFIG", configPath(spec.role)),
     ...(trustsCustomCas(spec) ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
     ...(spec.httpsProxy ? [systemdEnv("NODE_USE_ENV_PROXY", "1"), systemdEnv("HTTPS_PROXY", spec.httpsProxy), systemdEnv("NO_PROXY", noProxy as string)] : []),
+    // "+": with full privileges, before the agent, whatever state the instance was rebooted into.
+    ...(spec.runtimeSandbox ? [`ExecStartPre=+/usr/sbin/nft -f ${IMDS_RULES_PATH}`] : []),
     `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
     "Restart=on-failure",
     "RestartSec=5",
@@ -154,12 +163,25 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectKernelModules=true",
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
+    // What giving each runtime a uid of its own, and ending it, takes (ambient: the agent is not root), and no other.
+    ...(spec.runtimeSandbox ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"] : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",
     "",
   ].join("\n");
 }
+
+export const IMDS_RULES_PATH = `${CONFIG_DIR}/runtimes.nft`;
+
+/**
+ * nftables rules that refuse the instance metadata service (IPv4 and IPv6) to the runtimes'
+ * uids: a runtime shares the instance's network, and the service would give it the instance
+ * role's credentials, which read the pool's secret. Re-applied on every start (create, delete,
+ * create: idempotent).
+ */
+export const imdsRules = (uids: string) =>
+  `table inet agentpools\ndelete table inet agentpools\ntable inet agentpools {\n chain output {\n  type filter hook output priority 0;\n  meta skuid ${uids} ip daddr 169.254.169.254 reject\n  meta skuid ${uids} ip6 daddr fd00:ec2::254 reject\n }\n}\n`;
 
 /** Docker's daemon.json: gVisor's runtime, the registry mirror and the proxy. */
 export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined {
@@ -185,6 +207,7 @@ export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   const daemon = renderDockerDaemonConfig(spec);
   if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon });
   if (spec.caCertificates) files.push({ path: CA_BUNDLE_PATH, content: spec.caCertificates });
+  if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids) });
   return [...files, ...(spec.extraFiles ?? [])];
 }
 
@@ -272,7 +295,7 @@ function bootTail(spec: UserDataSpec): string {
  * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
  */
 function scriptParts(spec: UserDataSpec): [string, string, string] {
-  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : [])];
+  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : []), ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : [])];
   const files = renderFiles(spec);
   const before = [
     "#!/bin/bash",

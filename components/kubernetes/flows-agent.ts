@@ -1,6 +1,6 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { flowsAgentSettings } from "../../agent/config/flows-agent";
+import { flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
 import { KubernetesAgent, type PodSecurityLevel, validateWorkload, workloadShape } from "./workload";
 
 export const kubernetesFlowsAgentArgs = z.strictObject({
@@ -10,6 +10,9 @@ export const kubernetesFlowsAgentArgs = z.strictObject({
   executor: z
     .literal("process", { error: 'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)' })
     .default("process"),
+  // Each runtime under a uid of its own; a pod at the baseline level cannot create the user
+  // namespaces bubblewrap needs, and one that could not switch users must refuse to start.
+  runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("user"),
   ...workloadShape("flows-agent", { replicas: 2, resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } }, drainTimeoutSeconds: 300 }),
 });
 
@@ -21,7 +24,7 @@ export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> 
 /** Flows agents as a Deployment: user code runs in separate processes inside each pod. */
 export class KubernetesFlowsAgent extends KubernetesAgent {
   /** The Pod Security Standard level its pods meet: its namespace may enforce no stricter one. */
-  static readonly podSecurityLevel: PodSecurityLevel = "restricted";
+  static readonly podSecurityLevel: PodSecurityLevel = "baseline";
 
   constructor(name: string, args: KubernetesFlowsAgentArgs, opts?: pulumi.ComponentResourceOptions) {
     const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.FlowsAgent", name, "flows-agent", kubernetesFlowsAgentArgs, args);
@@ -37,6 +40,9 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
         secretEnv,
         // Flow code reaches private resources on any port: egress ports stay open unless narrowed.
         egressPorts: undefined,
+        // Root with CAP_SETUID, CAP_SETGID and CAP_KILL only (no file access beyond its own), so each runtime runs
+        // as a uid of its own and the agent can end it: the baseline level, not restricted.
+        agentUser: { runAsNonRoot: false, runAsUser: 0, runAsGroup: 0, capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] } },
         extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
         extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],
       },

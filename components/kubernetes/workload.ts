@@ -29,7 +29,8 @@ const CONFIG_FILE = "config.json";
 
 /**
  * The Pod Security Standard level a component's pods meet, to be enforced on its namespace
- * (pod-security.kubernetes.io/enforce): "restricted" for the VCS and Flows agents,
+ * (pod-security.kubernetes.io/enforce): "restricted" for the VCS agents, "baseline" for the Flows
+ * agents (root with CAP_SETUID, CAP_SETGID and CAP_KILL, to run each runtime as a uid of its own),
  * "privileged" for worker pools, whose Docker engine cannot run otherwise.
  */
 export type PodSecurityLevel = "restricted" | "baseline" | "privileged";
@@ -117,6 +118,8 @@ export interface WorkloadSpec {
   extraVolumes?: k8s.types.input.core.v1.Volume[];
   extraMounts?: k8s.types.input.core.v1.VolumeMount[];
   extraEnv?: k8s.types.input.core.v1.EnvVar[];
+  /** The agent container's user and capabilities, when it needs more than the default: a non-root user with none. */
+  agentUser?: Pick<k8s.types.input.core.v1.SecurityContext, "runAsNonRoot" | "runAsUser" | "runAsGroup" | "capabilities">;
   /**
    * Containers the agent needs running for as long as it runs (the worker's Docker engine):
    * native sidecars, so they start before the agent and the kubelet stops them only after it.
@@ -239,6 +242,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       readOnlyRootFilesystem: true,
       capabilities: { drop: ["ALL"] },
       seccompProfile: { type: "RuntimeDefault" },
+      ...spec.agentUser,
     },
     // Ready only while connected to the gateway. Alive while the event loop turns: the runtime
     // writes its heartbeat from its first moment, also while it waits for a gateway that is

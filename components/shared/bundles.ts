@@ -28,11 +28,13 @@ export function runtimeBundle(role: RoleName): string {
 }
 
 /**
- * Node.js flags for every runtime, each worth its place in the VCS benchmark's agent peak
- * memory (a 210 MB clone through the agent):
- *  - a small young generation frees streamed chunks promptly (about 150 MB without);
- *  - optimizing compilation on the main thread: a background compiler's allocations stay in
- *    its own malloc arena for good (about 17 MB of the agent's resident memory).
+ * Node.js flags for every runtime:
+ *  - no inspector on SIGUSR1: a process that may signal the agent must not be able to open
+ *    a debugger in it (and read its token);
+ *  - (each worth its place in the VCS benchmark's agent peak memory, a 210 MB clone through
+ *    the agent) a small young generation frees streamed chunks promptly (about 150 MB
+ *    without); optimizing compilation on the main thread: a background compiler's
+ *    allocations stay in its own malloc arena for good (about 17 MB of resident memory).
  * Flows runtimes and launched runs are started without these flags.
  */
-export const RUNTIME_NODE_FLAGS = ["--max-semi-space-size=1", "--no-concurrent-recompilation"];
+export const RUNTIME_NODE_FLAGS = ["--disable-sigusr1", "--max-semi-space-size=1", "--no-concurrent-recompilation"];

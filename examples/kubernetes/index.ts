@@ -1,6 +1,7 @@
 // The three pools as workloads in an existing cluster. Pod Security admission holds each
-// namespace to one level, the strictest its pools' pods meet: "restricted" for the VCS and
-// Flows agents; a worker pool's Docker engine needs a privileged container, so the workers get
+// namespace to one level, the strictest its pools' pods meet: "baseline" for the VCS and
+// Flows agents (the Flows agent runs as root with CAP_SETUID and CAP_SETGID, to give each runtime
+// a uid of its own; the VCS agent alone would meet "restricted"); a worker pool's Docker engine needs a privileged container, so the workers get
 // a namespace of their own at "privileged", with nothing else in it.
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";

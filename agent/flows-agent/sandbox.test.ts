@@ -1,0 +1,85 @@
+import assert from "node:assert/strict";
+import { bwrapArgs, libraryDirectories, seccompFilter, uidPool } from "./sandbox";
+
+/** Runs a classic BPF seccomp program on one system call, as the kernel would: its answer. */
+function evaluate(filter: Buffer, call: { arch: number; nr: number; arg0?: number }): number {
+  const data = (offset: number) => ({ 0: call.nr, 4: call.arch, 16: call.arg0 ?? 0 })[offset] as number;
+  let a = 0;
+  for (let pc = 0; pc < filter.length / 8; pc++) {
+    const [code, jt, jf, k] = [filter.readUInt16LE(pc * 8), filter[pc * 8 + 2], filter[pc * 8 + 3], filter.readUInt32LE(pc * 8 + 4)];
+    if (code === 0x20) a = data(k);
+    else if (code === 0x06) return k;
+    else if (code === 0x15) pc += a === k ? jt : jf;
+    else if (code === 0x35) pc += a >= k ? jt : jf;
+    else if (code === 0x45) pc += (a & k) !== 0 ? jt : jf;
+    else throw new Error(`instruction ${code} at ${pc}`);
+  }
+  throw new Error("fell off the end");
+}
+
+const [ALLOW, KILL, EPERM, EACCES, ENOSYS] = [0x7fff0000, 0x80000000, 0x50001, 0x5000d, 0x50026];
+
+describe("runtime sandbox: the seccomp filter", () => {
+  const cases = {
+    x64: { arch: 0xc000003e, read: 0, socket: 41, clone: 56, clone3: 435, fork: 57, ptrace: 101, unshare: 272, ioUring: 425 },
+    arm64: { arch: 0xc00000b7, read: 63, socket: 198, clone: 220, clone3: 435, fork: undefined, ptrace: 117, unshare: 97, ioUring: 425 },
+  };
+  for (const [arch, c] of Object.entries(cases)) {
+    it(`${arch}: Unix sockets, new processes and namespaces, ptrace and io_uring refused; threads, other sockets and the rest allowed`, () => {
+      const filter = seccompFilter(arch) as Buffer;
+      const call = (nr: number, arg0 = 0) => evaluate(filter, { arch: c.arch, nr, arg0 });
+      assert.equal(call(c.read), ALLOW);
+      assert.equal(call(c.socket, 1), EACCES, "AF_UNIX");
+      assert.equal(call(c.socket, 2), ALLOW, "AF_INET");
+      assert.equal(call(c.socket, 10), ALLOW, "AF_INET6");
+      assert.equal(call(c.clone, 0x3d0f00), ALLOW, "a thread (CLONE_THREAD and friends)");
+      assert.equal(call(c.clone, 17), EPERM, "a process (SIGCHLD only)");
+      assert.equal(call(c.clone, 0x10000000 | 17), EPERM, "a process in a new user namespace");
+      assert.equal(call(c.clone3), ENOSYS, "clone3: flags a filter cannot read, so threads fall back to clone");
+      for (const nr of [c.fork, c.ptrace, c.unshare, c.ioUring]) if (nr !== undefined) assert.equal(call(nr), EPERM, String(nr));
+      assert.equal(evaluate(filter, { arch: 0x40000003, nr: 1 }), KILL, "another architecture (i386)");
+    });
+  }
+
+  it("x64: the x32 ABI's numbers are killed too", () => {
+    assert.equal(evaluate(seccompFilter("x64") as Buffer, { arch: 0xc000003e, nr: 0x40000000 | 41, arg0: 1 }), KILL);
+  });
+
+  it("an architecture it does not know has no filter (and so no namespaces)", () => {
+    assert.equal(seccompFilter("ppc64"), undefined);
+  });
+});
+
+describe("runtime sandbox: bubblewrap, libraries, uids", () => {
+  it("every namespace but the network's; read-only binds only; a size-capped tmpfs as scratch; the filter and pid on fds 5 and 4", () => {
+    const args = bwrapArgs({ node: "/usr/bin/node", libraries: ["/usr/lib64"], readable: ["/opt/agentpools/flows-agent.js"], diskMb: 64 });
+    for (const flag of ["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1"]) assert.ok(args.includes(flag), flag);
+    assert.deepEqual(args.slice(args.indexOf("--size"), args.indexOf("--size") + 6), ["--size", String(64 << 20), "--perms", "1777", "--tmpfs", "/tmp"]);
+    assert.ok(!args.some((arg) => arg === "--bind" || arg === "--dev-bind"), "nothing writable of the host");
+    const binds = args.flatMap((arg, i) => (arg === "--ro-bind" ? [args[i + 1]] : []));
+    assert.ok(binds.includes("/usr/bin/node") && binds.includes("/usr/lib64") && binds.includes("/opt/agentpools/flows-agent.js"));
+    assert.ok(binds.every((bind) => !/^\/(home|root|var|run)\b/.test(bind)), binds.join(" "));
+    assert.deepEqual(args.slice(-5), ["--info-fd", "4", "--seccomp", "5", "--"]);
+  });
+
+  it("library directories come from the loaded libraries, once each", () => {
+    const maps = [
+      "7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6",
+      "7f01-7f02 r--p 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30",
+      "7f02-7f03 r--p 00000000 08:01 3 /opt/node/lib/libnode.so.127",
+      "5600-5601 r-xp 00000000 08:01 4 /usr/bin/node",
+      "7f04-7f05 rw-p 00000000 00:00 0 [heap]",
+    ].join("\n");
+    assert.deepEqual(libraryDirectories(maps), ["/opt/node/lib", "/usr/lib/x86_64-linux-gnu"]);
+  });
+
+  it("uids: one per runtime alive, given back when it is gone, never more than the range", () => {
+    const pool = uidPool("1900000000-1900000001");
+    const [a, b] = [pool.take(), pool.take()];
+    assert.deepEqual([a, b, pool.first, pool.last], [1900000000, 1900000001, 1900000000, 1900000001]);
+    assert.throws(() => pool.take(), /every uid of FLOWS_RUNTIME_UIDS is in use/);
+    pool.give(a);
+    assert.equal(pool.take(), a);
+    assert.deepEqual([uidPool("1900000005").first, uidPool("1900000005").last], [1900000005, 1900000005]);
+  });
+});

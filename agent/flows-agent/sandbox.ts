@@ -1,0 +1,127 @@
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import path from "node:path";
+
+/**
+ * What separates a Flows runtime from the agent, in the kernel (Node's permission model is a
+ * second layer, inside each runtime):
+ *  - "namespaces": a uid of its own, and bubblewrap's namespaces: its own pid namespace (the
+ *    agent and other runs are not there to signal, trace or read in /proc), a mount namespace
+ *    holding only Node, its libraries, the runner and a size-capped tmpfs as scratch, and a
+ *    seccomp filter (no Unix-domain sockets, filesystem or abstract; no child processes; no
+ *    new namespaces; no ptrace).
+ *  - "user": a uid of its own, nothing more (where namespaces are not allowed: a pod).
+ *  - "none": the agent's own uid. Only Node's permission model stands between a run and the
+ *    agent's token; for a developer's machine, and said loudly.
+ */
+export const ISOLATIONS = ["namespaces", "user", "none"] as const;
+export type Isolation = (typeof ISOLATIONS)[number];
+
+/** What this process may do to keep runtimes from itself, read once at start. */
+export interface Privileges {
+  root: boolean;
+  /**
+   * It may start a child as another uid and gid, and signal it: CAP_SETUID, CAP_SETGID and
+   * CAP_KILL (root has them). Without CAP_KILL a runtime would outlive an agent that dies: the
+   * kernel sends a parent-death signal only where the dying parent may signal the child.
+   */
+  switchUser: boolean;
+  setpriv?: string;
+  bwrap?: string;
+}
+
+/** Where Debian and Amazon Linux install a program's package (bubblewrap, util-linux). */
+const program = (name: string) => (existsSync(`/usr/bin/${name}`) ? `/usr/bin/${name}` : undefined);
+
+export function readPrivileges(): Privileges {
+  if (process.platform !== "linux") return { root: false, switchUser: false };
+  // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
+  const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
+  return { root: process.getuid?.() === 0, switchUser: (caps & 0xe0) === 0xe0, setpriv: program("setpriv"), bwrap: program("bwrap") };
+}
+
+/** The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive. */
+export function uidPool(range: string): UidPool {
+  const [first, last = first] = range.split("-").map(Number);
+  const free = Array.from({ length: Math.max(0, last - first + 1) }, (_, i) => first + i);
+  return {
+    first,
+    last,
+    take() {
+      const uid = free.shift();
+      if (uid === undefined) throw new Error("every uid of FLOWS_RUNTIME_UIDS is in use");
+      return uid;
+    },
+    give: (uid) => void free.push(uid),
+  };
+}
+
+export interface UidPool {
+  first: number;
+  last: number;
+  take(): number;
+  give(uid: number): void;
+}
+
+/** The dynamic loader glibc's Node binaries name (their ELF interpreter), per architecture: often a symbolic link to a library directory. */
+const LOADERS: Record<string, string> = { x64: "/lib64/ld-linux-x86-64.so.2", arm64: "/lib/ld-linux-aarch64.so.1" };
+
+/** The directories of the shared libraries this Node has loaded (a runtime's Node is the same binary). */
+export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8")) => [...new Set(maps.match(/\/\S+\.so\b\S*$/gm)?.map((file) => path.dirname(file)))].sort();
+
+/**
+ * bubblewrap's arguments for one runtime (pure): new namespaces of every kind but the network,
+ * read-only binds of Node, its loader and libraries, the runner's files and what name
+ * resolution reads, a fresh /proc of the runtime's own pid namespace, a minimal /dev, and a
+ * tmpfs of `diskMb` as /tmp, the scratch. The seccomp filter comes on fd 5; fd 4 gets the
+ * runtime's pid.
+ */
+export function bwrapArgs(o: { node: string; libraries: string[]; readable: string[]; diskMb: number }): string[] {
+  const loader = LOADERS[process.arch];
+  const files = [o.node, ...o.libraries, ...o.readable, ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`).filter(existsSync)];
+  return [
+    ...["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--proc", "/proc", "--dev", "/dev"],
+    ...["--size", String(o.diskMb << 20), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/tmp", "--setenv", "LD_LIBRARY_PATH", o.libraries.join(":")],
+    ...(existsSync(loader) ? ["--ro-bind", realpathSync(loader), loader] : []),
+    ...files.flatMap((file) => ["--ro-bind", file, file]),
+    ...["--info-fd", "4", "--seccomp", "5", "--"],
+  ];
+}
+
+/** System call numbers the filter names, per architecture Node runs on. */
+const SYSCALLS = {
+  // fork vfork ptrace process_vm_readv/writev perf_event_open bpf userfaultfd io_uring_setup add_key request_key keyctl unshare setns
+  x64: { arch: 0xc000003e, socket: 41, clone: 56, denied: [57, 58, 101, 310, 311, 298, 321, 323, 425, 248, 249, 250, 272, 308] },
+  arm64: { arch: 0xc00000b7, socket: 198, clone: 220, denied: [117, 270, 271, 241, 280, 282, 425, 217, 218, 219, 97, 268] },
+} as const;
+
+/**
+ * The runtime's seccomp filter (classic BPF, as `bwrap --seccomp` loads it): no Unix-domain
+ * socket at all (a path outside the scratch, an abstract name: the Docker socket, a D-Bus, an
+ * X server), no new process (fork, vfork, clone without CLONE_THREAD; clone3, whose flags a
+ * filter cannot read, answers ENOSYS so threads fall back to clone), no new namespaces
+ * (unshare, setns), no ptrace, process_vm_readv/writev, perf_event_open, bpf, userfaultfd,
+ * io_uring or kernel keyrings. Another ABI (x32, i386) is killed outright. Undefined on an
+ * architecture it does not know.
+ */
+export function seccompFilter(arch: string = process.arch): Buffer | undefined {
+  const table = SYSCALLS[arch as keyof typeof SYSCALLS];
+  if (!table) return undefined;
+  const [LOAD, EQUAL, AT_LEAST, ANY_BIT, RETURN] = [0x20, 0x15, 0x35, 0x45, 0x06];
+  const [ALLOW, KILL, EPERM, EACCES, ENOSYS] = [0x7fff0000, 0x80000000, 0x50001, 0x5000d, 0x50026];
+  // [code, k, instructions skipped if true, if false]: load a word of seccomp_data (0 the call, 4 the architecture, 16 the first argument).
+  const program: number[][] = [
+    ...[[LOAD, 4], [EQUAL, table.arch, 1, 0], [RETURN, KILL], [LOAD, 0]],
+    ...(arch === "x64" ? [[AT_LEAST, 0x40000000, 0, 1], [RETURN, KILL]] : []),
+    ...[...table.denied.map((nr) => [nr, EPERM]), [435, ENOSYS]].flatMap(([nr, answer]) => [[EQUAL, nr, 0, 1], [RETURN, answer]]),
+    // socket(AF_UNIX, ...) answers EACCES; clone without CLONE_THREAD EPERM; anything else is allowed.
+    ...[[EQUAL, table.socket, 0, 3], [LOAD, 16], [EQUAL, 1, 0, 5], [RETURN, EACCES]],
+    ...[[EQUAL, table.clone, 0, 3], [LOAD, 16], [ANY_BIT, 0x10000, 1, 0], [RETURN, EPERM], [RETURN, ALLOW]],
+  ];
+  const filter = Buffer.alloc(program.length * 8);
+  program.forEach(([code, k, yes = 0, no = 0], at) => {
+    filter.writeUInt16LE(code, at * 8);
+    filter.writeUInt16BE((yes << 8) | no, at * 8 + 2);
+    filter.writeUInt32LE(k, at * 8 + 4);
+  });
+  return filter;
+}

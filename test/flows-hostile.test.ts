@@ -1,0 +1,403 @@
+// Flows runs are someone else's code. Each case below is what a run would try to reach the
+// agent (its token, its process, its parallelism), another run, or the host, or to break the
+// channel and the gateway's connection; each asserts what the run got (or what reached the
+// socket, file or agent it aimed at), and is followed by a normal run.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
+import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
+import type { Readable, Writable } from "node:stream";
+import { runtime } from "../agent/flows-agent/executor";
+import { bwrapArgs, libraryDirectories, readPrivileges, seccompFilter } from "../agent/flows-agent/sandbox";
+import type { RunningAgent } from "../agent/runtime/runtime";
+import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
+import { Gateway } from "../gateway/gateway";
+import { createPool } from "../gateway/pools";
+import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import { FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_VALUE_BYTES } from "../protocol/flows";
+
+const POOL = "01HOSTILE";
+const UIDS = "1900001000-1900001063";
+const BUNDLE = () => path.join(packageRoot(), "build/bundles/flows-agent.js");
+
+/** Inputs every hostile run gets: what an attacker would know or guess of the host. */
+interface Targets {
+  agentPid: number;
+  unixSocket: string;
+  abstractName: string;
+  hostFile: string;
+}
+
+type Mode = "namespaces" | "user" | "docker";
+/** [what it tries, a block's code, what must hold of the result, the modes it applies to (all when left out), its timeout] */
+type Case = [string, string, (result: any, targets: Targets) => boolean, Mode[]?, number?];
+
+/** Writes bytes to a file descriptor to the last one, as a determined writer would (the pipes do not block). */
+const writeAll = `const writeAll = async (fd, bytes) => { const fs = await import('node:fs');
+  for (let at = 0; at < bytes.length;) { try { at += fs.writeSync(fd, bytes, at); } catch (e) { if (e.code !== 'EAGAIN') throw e; await new Promise((r) => setTimeout(r, 1)); } } };`;
+/** Writes raw bytes to the runtime's channel (fd 3; stdout in a container) and waits to be ended. */
+const rawFrame = (body: string) => `${writeAll} const fd = process.argv.includes('--channel-stdout') ? 1 : 3;
+  await writeAll(fd, ${body}); await new Promise((r) => setTimeout(r, 1500)); return 'not ended';`;
+const frame = (json: string) => rawFrame(`(() => { const b = Buffer.from(${json}); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })()`);
+
+const denied = (r: any) => r.ok === false;
+const brokeChannel = (r: any) => r.ok === false && /broke its channel|answer was refused/.test(r.error.message);
+
+const CORPUS: Case[] = [
+  // The agent: its token, its process, its debugger.
+  ["read the agent's environment (its pool token) through /proc", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');", denied],
+  ["read the agent's memory through /proc", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/mem`).length;", denied],
+  ["kill the agent", "process.kill(inputs.agentPid, 'SIGKILL'); return 'killed';", denied],
+  ["kill the agent through the raw binding", "process._kill(inputs.agentPid, 9); return 'killed';", denied],
+  ["open the agent's inspector (SIGUSR1 by _debugProcess)", "process._debugProcess(inputs.agentPid); return 'sent';", denied],
+  ["connect to an inspector on 127.0.0.1:9229", "return await (await fetch('http://127.0.0.1:9229/json/list')).text();", denied],
+  ["starve the agent's CPU", "(await import('node:os')).setPriority(inputs.agentPid, 19); return 'reniced';", denied],
+  ["take the agent's uid back", "process.setuid(process.ppid === 0 ? 0 : 0); return process.getuid();", denied],
+  // bubblewrap sets these two: the loader's path and the working directory, nothing of the agent's.
+  ["read the environment", "return Object.keys(process.env).filter((k) => !['LD_LIBRARY_PATH', 'PWD'].includes(k));", (r) => r.ok && r.value.length === 0],
+  // Files the permission model does not see: node:sqlite, Unix sockets.
+  ["create a database beside the agent's files with node:sqlite", "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); new DatabaseSync(inputs.hostFile + '.db').exec('create table t(x)'); return 'created';", (r, t) => denied(r) && !existsSync(t.hostFile + ".db")],
+  ["VACUUM INTO a host path with node:sqlite", "const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync(':memory:').exec(`VACUUM INTO '${inputs.hostFile}.copy'`); return 'copied';", (r, t) => denied(r) && !existsSync(t.hostFile + ".copy")],
+  // A container has its own mount namespace: the stand-in of the Docker executor does not, so these are not its to test.
+  ["connect to a Unix socket on the host (a Docker socket)", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect(inputs.unixSocket).on('connect', () => resolve('connected')).on('error', reject));", denied, ["namespaces", "user"]],
+  ["listen on a Unix socket on the host", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).createServer().listen(inputs.hostFile + '.sock').on('listening', () => resolve('listening')).on('error', reject));", (r, t) => denied(r) && !existsSync(t.hostFile + ".sock"), ["namespaces", "user"]],
+  ["connect to an abstract Unix socket", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('connect', () => resolve('connected')).on('error', reject));", denied, ["namespaces"]],
+  ["read a host file", "return (await import('node:fs')).readFileSync(inputs.hostFile, 'utf8');", denied],
+  ["read /etc/passwd", "return (await import('node:fs')).readFileSync('/etc/passwd', 'utf8');", denied],
+  ["write outside the scratch space", "(await import('node:fs')).writeFileSync(inputs.hostFile + '.written', 'x'); return 'written';", (r, t) => denied(r) && !existsSync(t.hostFile + ".written")],
+  ["fill the disk", "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.appendFileSync('fill', block); return 'filled 400 MB';", (r) => denied(r) && /ENOSPC|memory/.test(r.error.message), ["namespaces"]],
+  // Processes.
+  ["spawn a shell", "return (await import('node:child_process')).execSync('id').toString();", denied],
+  ["fork many processes", "const cp = await import('node:child_process'); for (let i = 0; i < 50; i++) cp.fork('x'); return 'forked';", denied],
+  ["start worker threads", "const { Worker } = await import('node:worker_threads'); new Worker('for(;;){}', { eval: true }); return 'worker';", denied],
+  ["load a native addon", "process.dlopen({ exports: {} }, '/usr/lib/x86_64-linux-gnu/libc.so.6'); return 'loaded';", denied],
+  ["reach internal bindings", "return typeof process.binding('spawn_sync').spawn;", denied],
+  // The channel: nothing a runtime writes to it reaches past its own run.
+  ["send on an IPC channel (process.send)", "process.send(null); return 'sent';", denied],
+  ["write garbage to the channel", rawFrame("Buffer.from('garbage, not a frame')"), (r) => denied(r) && /over the cap/.test(r.error.message)],
+  ["announce a 4 GB frame", rawFrame("Buffer.from([255, 255, 255, 255])"), (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES}`).test(r.error.message)],
+  ["answer in JSON 200,000 levels deep", frame("'{\"ok\":true,\"console\":[],\"value\":' + '['.repeat(200000) + ']'.repeat(200000) + '}'"), (r) => brokeChannel(r) && /nests deeper/.test(r.error.message)],
+  ["answer with forged type and id (draining, another run)", frame("JSON.stringify({ type: 'draining', id: 'another-run', ok: true, console: [] })"), (r) => brokeChannel(r) && /unknown fields/.test(r.error.message)],
+  ["answer with a hello raising the parallelism", frame("JSON.stringify({ type: 'hello', poolSize: 64, executor: 'x' })"), brokeChannel],
+  ["answer with fields of the wrong types", frame("JSON.stringify({ ok: 'yes', console: 'x', error: 5 })"), brokeChannel],
+  ["answer with what is not JSON", frame("'{not json'"), brokeChannel],
+  ["answer twice", frame("JSON.stringify({ ok: true, console: [], value: 1 })") + " /* a second follows from the runner */", (r) => r.ok === true || brokeChannel(r)],
+  // Answers within bounds.
+  ["return a result over the cap", "return 'x'.repeat(20 * 1024 * 1024);", (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_VALUE_BYTES}`).test(r.error.message)],
+  ["answer with a frame at the channel's cap, too large once addressed", frame(`JSON.stringify({ ok: true, console: [], value: 'y'.repeat(${FLOWS_MAX_RESULT_BYTES - 48}) })`), (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`).test(r.error.message)],
+  ["flood the console", "for (let i = 0; i < 100000; i++) console.log(i); return 'done';", (r) => r.ok && r.console.length === FLOWS_MAX_CONSOLE_LINES && /console cut at the cap/.test(r.console.at(-1))],
+  ["print 64 MB without a newline", `${writeAll} for (let i = 0; i < 64; i++) await writeAll(2, Buffer.alloc(1 << 20, 120)); return 'printed';`, (r) => r.ok && r.value === "printed", undefined, 20_000],
+  // Resources and life.
+  ["loop forever", "for (;;) {}", (r) => denied(r) && /timed out/.test(r.error.message), undefined, 500],
+  ["spin the microtask queue forever", "for (;;) await null;", (r) => denied(r) && /timed out/.test(r.error.message), undefined, 500],
+  ["exhaust the heap", "const hoard = []; for (;;) hoard.push(new Array(1e6).fill(hoard.length));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), undefined, 30_000],
+  // In a container the engine holds memory (--memory); the stand-in here could not.
+  ["exhaust memory with buffers", "const hoard = []; for (;;) hoard.push(Buffer.alloc(32 * 1024 * 1024, 1));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), ["namespaces", "user"], 30_000],
+  ["exit without answering", "process.exit(3);", (r) => denied(r) && /exited/.test(r.error.message)],
+  ["crash with an uncaught exception later", "setTimeout(() => { throw new Error('late'); }, 0); await new Promise((r) => setTimeout(r, 50));", denied],
+  ["lock its scratch space (chmod 0500)", "const fs = await import('node:fs'); fs.mkdirSync('locked/deeper', { recursive: true }); fs.writeFileSync('locked/deeper/f', 'x'); fs.chmodSync('locked/deeper', 0o500); fs.chmodSync('locked', 0o500); fs.chmodSync('.', 0o500); return 'locked';", (r) => r.ok],
+  ["return something that is not JSON", "const a = {}; a.self = a; return a;", (r) => denied(r) && r.error.name === "TypeError"],
+  ["throw something that is not an Error", "throw 42;", (r) => denied(r) && /non-Error/.test(r.error.message)],
+  ["pollute Object.prototype for the next run", "Object.prototype.polluted = 'yes'; globalThis.leftover = 'secret'; return 1;", (r) => r.ok],
+  ["leave a file for the next run", "(await import('node:fs')).writeFileSync('left-behind.txt', 'secret'); return 1;", (r) => r.ok],
+];
+
+/** A stand-in for the Docker CLI (no engine here): runs the container's command on this host, as far as a host can. */
+function standInDocker(dir: string): string {
+  const file = path.join(dir, "docker");
+  writeFileSync(
+    file,
+    [
+      "#!/bin/sh",
+      'case "$1" in kill) exit 0;; esac',
+      'work=$(mktemp -d); cd "$work"',
+      'while [ $# -gt 0 ]; do case "$1" in --volume=*:/agentpools/runtime.js:ro) runtime=${1#--volume=}; runtime=${runtime%:/agentpools/runtime.js:ro};; --) shift 3; break;; esac; shift; done',
+      // What follows the image: Node's flags and the runtime, with the container's paths mapped to this host's.
+      `exec env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done)`,
+    ].join("\n"),
+  );
+  chmodSync(file, 0o755);
+  return file;
+}
+
+describe("Flows: hostile runs", function () {
+  this.timeout(120_000);
+  let gateway: Gateway;
+  let url: string;
+  let token: string;
+  const dir = scratchDir("flows-hostile-");
+  const targets: Targets = { agentPid: process.pid, unixSocket: path.join(dir, "docker.sock"), abstractName: `agentpools-test-${process.pid}`, hostFile: path.join(dir, "host-secret") };
+  const reached = { unix: 0, abstract: 0 };
+  const service = serviceKey();
+  const servers: net.Server[] = [];
+
+  async function run(body: Record<string, unknown>): Promise<{ status: number; result: any }> {
+    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+    return { status: response.status, result: await response.json() };
+  }
+  const pool = () => gateway.summary().find((p) => p.name === POOL) as { connections: number; activeRequests: number; agents: { id: string; executor: string; parallelism: number; draining: boolean }[] };
+
+  before(async () => {
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    const created = createPool(POOL, "flows", url);
+    token = created.token;
+    gateway = new Gateway({ pools: [created.pool], keys: [service.definition], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    writeFileSync(targets.hostFile, "HOST-ONLY-SECRET-5a2c", { mode: 0o600 });
+    // What a run would reach for: a Unix socket on the host, an abstract one. Each counts who arrives.
+    for (const [where, key] of [[targets.unixSocket, "unix"], [`\0${targets.abstractName}`, "abstract"]] as const) {
+      const server = net.createServer((socket) => (reached[key]++, socket.destroy()));
+      await new Promise<void>((resolve) => server.listen(where, resolve));
+      servers.push(server);
+    }
+    // Runtimes of "user" isolation make their scratch under the agent's directory: let them through ours.
+    chmodSync(path.dirname(dir), 0o711);
+    chmodSync(dir, 0o711);
+  });
+
+  after(async () => {
+    for (const server of servers) server.close();
+    await gateway.close();
+  });
+
+  for (const mode of ["namespaces", "user", "docker"] as Mode[]) {
+    describe(mode === "docker" ? "Docker executor (a stand-in CLI runs the container's command on this host)" : `process executor, isolation "${mode}"`, () => {
+      let agent: RunningAgent;
+      const log = capturingLogger("flows-agent");
+      const mounts = path.join(dir, `mounts-${mode}`);
+      const settings = (): FlowsAgentSettings =>
+        flowsAgentSettings.parse({ poolId: POOL, poolToken: token, gatewayEndpoint: url, backendEndpoint: "http://127.0.0.1:9", executor: mode === "docker" ? "docker" : "process", runtimeIsolation: mode === "docker" ? "auto" : mode, runtimeUids: UIDS, mountsDir: mounts, runtimePoolSize: 4, runtimeMemoryMb: 64, runtimeDiskMb: 32, defaultRunTimeout: "5s" });
+
+      before(async () => {
+        const runner = mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
+        agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
+        await agent.ready;
+        await eventually(() => pool().connections === 1);
+      });
+      after(() => agent.drain(Date.now() + 5000));
+
+      it("says how runtimes are isolated, on the status page too", () => {
+        const executor = pool().agents[0].executor;
+        if (mode === "docker") assert.match(executor, /^docker \(gVisor\), a user of its own/);
+        else assert.match(executor, mode === "namespaces" ? /namespaces and a user of its own/ : /^process, a user of its own/);
+      });
+
+      for (const [what, code, contained, modes, timeoutMs = 5000] of CORPUS) {
+        if (modes && !modes.includes(mode)) continue;
+        it(what, async () => {
+          const { status, result } = await run({ kind: "block", code, inputs: targets, timeoutMs });
+          assert.equal(status, 200);
+          assert.ok(contained(result, targets), `not contained: ${JSON.stringify(result).slice(0, 400)}`);
+          assert.ok(!JSON.stringify(result).includes("HOST-ONLY"), "a host file reached the run");
+          const next = await run({ code: "1 + 1" });
+          assert.deepEqual([next.status, next.result.value], [200, 2], "the agent answers the next run");
+        });
+      }
+
+      it("nothing reached the sockets it aimed at; its parallelism is the agent's", () => {
+        assert.deepEqual(reached, { unix: 0, abstract: 0 });
+        assert.equal(pool().agents[0].parallelism, 4);
+        assert.equal(pool().agents[0].draining, false);
+      });
+
+      it("no run sees what an earlier run left", async () => {
+        const { result } = await run({ kind: "block", code: "let file = 'absent'; try { (await import('node:fs')).readFileSync('left-behind.txt'); file = 'present'; } catch {} return [({}).polluted ?? null, typeof globalThis.leftover, file];" });
+        assert.deepEqual(result.value, [null, "undefined", "absent"]);
+      });
+
+      it("a run cannot reach a concurrent run's files, even knowing its process", async () => {
+        const holder = run({ kind: "block", code: "const fs = await import('node:fs'); fs.writeFileSync('secret', 'SIBLING-SECRET-91'); await new Promise((r) => setTimeout(r, 1500)); return [process.pid, process.cwd()];" });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const thief = await run({
+          kind: "block",
+          code: `const fs = await import('node:fs'); const found = [];
+            for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
+              for (const p of [\`/proc/\${pid}/root/tmp/secret\`, \`/proc/\${pid}/cwd/secret\`]) { try { found.push(fs.readFileSync(p, 'utf8')); } catch {} }
+            }
+            try { const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync('/proc/1/cwd/x.db'); found.push('sqlite'); } catch {}
+            return found;`,
+        });
+        const held = (await holder).result;
+        assert.ok(held.ok, JSON.stringify(held));
+        assert.ok(!JSON.stringify(thief.result).includes("SIBLING-SECRET"), JSON.stringify(thief.result));
+      });
+
+      it("large answers: one within the caps arrives whole, one over them fails that run only; concurrent runs answer, the connection stays", async () => {
+        const connection = pool().agents[0].id;
+        const innocent = Array.from({ length: 2 }, (_, i) => run({ kind: "block", code: `await new Promise((r) => setTimeout(r, 300)); return ${i};` }));
+        const [large, over] = await Promise.all([run({ kind: "block", code: "return 'y'.repeat(4 * 1024 * 1024 - 2);" }), run({ kind: "block", code: "return 'x'.repeat(20 * 1024 * 1024);" })]);
+        assert.deepEqual([large.result.ok, large.result.value?.length], [true, 4 * 1024 * 1024 - 2]);
+        assert.match(over.result.error.message, /over the cap/);
+        assert.deepEqual((await Promise.all(innocent)).map((r) => r.result.value), [0, 1]);
+        assert.equal(pool().agents[0].id, connection, "the same connection");
+      });
+
+      if (mode !== "docker") {
+        it("every runtime ran under a uid of the range, never the agent's", async () => {
+          const { result } = await run({ code: "[process.getuid(), process.getgid()]" });
+          const [uid, gid] = result.value;
+          assert.ok(uid >= 1900001000 && uid <= 1900001063 && uid === gid, String(uid));
+        });
+      }
+
+      if (mode === "user") {
+        it("what runs left in their scratch spaces is removed, locked or not", async () => {
+          await eventually(() => readdirSync(mounts).length <= 4, 5000, "scratch spaces removed");
+        });
+      }
+    });
+  }
+
+  describe("the kernel alone: the same runtimes without Node's permission model", () => {
+    const cases: [string, string, (value: unknown) => boolean][] = [
+      ["no process can be started", "return (await import('node:child_process')).spawnSync('/bin/sh', ['-c', 'id']).error?.code ?? 'spawned';", (v) => v === "EPERM"],
+      ["no Unix socket can be opened", "return await new Promise((resolve) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('error', (e) => resolve(e.code)).on('connect', () => resolve('connected')));", (v) => v === "EACCES"],
+      ["only its own files are there", "return (await import('node:fs')).readdirSync('/').sort();", (v) => Array.isArray(v) && !v.includes("root") && !v.includes("home") && !v.includes("var")],
+      ["only its own process is there", "return (await import('node:fs')).readdirSync('/proc').filter((e) => /^\\d+$/.test(e));", (v) => JSON.stringify(v) === '["1"]'],
+      ["the agent's environment is not there", "try { return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8'); } catch (e) { return e.code; }", (v) => v === "ENOENT"],
+      ["node:sqlite is off", "try { await import('node:sqlite'); return 'loaded'; } catch (e) { return e.code; }", (v) => v === "ERR_UNKNOWN_BUILTIN_MODULE"],
+      ["its disk is capped", "try { const fs = await import('node:fs'); for (let i = 0; i < 64; i++) fs.appendFileSync('/tmp/fill', Buffer.alloc(1 << 20)); return 'filled'; } catch (e) { return e.code; }", (v) => v === "ENOSPC"],
+    ];
+    /** A runtime as the process launcher starts it in namespaces, as root, but without Node's permission model. */
+    const start = () => {
+      const { path: runner, readable } = unbundledRunner();
+      const node = [process.execPath, "--disable-sigusr1", "--no-experimental-sqlite", runner];
+      const sandbox = bwrapArgs({ node: process.execPath, libraries: libraryDirectories(), readable, diskMb: 16 });
+      const child = spawn(readPrivileges().bwrap as string, [...sandbox, ...node], { uid: 1900001100, gid: 1900001100, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe"] });
+      (child.stdio[5 as number] as unknown as Writable).end(seccompFilter());
+      (child.stdio[4] as Readable).resume();
+      const kill = () => void child.kill("SIGKILL");
+      return runtime({ child, jobs: child.stdin as Writable, answers: child.stdio[3] as Readable, memoryPid: () => undefined, kill, cleanup: () => undefined }, 128);
+    };
+    for (const [what, code, holds] of cases) {
+      it(what, async function () {
+        if (!readPrivileges().bwrap || process.getuid?.() !== 0) this.skip();
+        const runtime = start();
+        try {
+          await runtime.ready;
+          const answer = await runtime.run({ kind: "block", code, inputs: targets }, 5000);
+          assert.ok(answer.ok && holds(answer.value), JSON.stringify(answer).slice(0, 300));
+        } finally {
+          runtime.kill();
+        }
+      });
+    }
+  });
+
+  describe("the agent process itself: survives, keeps its parallelism, its token unread", () => {
+    const AGENT_UID = 1990;
+    const probes: [string, string][] = [
+      ["environ", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');"],
+      ["cmdline", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/cmdline`, 'utf8');"],
+      ["signal", "process.kill(inputs.agentPid, 'SIGKILL'); return 'killed';"],
+      ["debugger", "process._debugProcess(inputs.agentPid); return 'sent';"],
+      ["inspector", "return await (await fetch('http://127.0.0.1:9229/json/list')).text();"],
+      ["sqlite", "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); return new DatabaseSync(`/proc/${inputs.agentPid}/cwd/stolen.db`) && 'opened';"],
+    ];
+
+    /** Starts the shipped bundle as a separate process, as an instance would (maybe as another user, in a cgroup). */
+    function startAgent(mounts: string, wrap: string[] = []): { child: ChildProcess; output: () => string } {
+      const env = { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: POOL, FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: mounts, FLOWS_RUNTIME_POOL_SIZE: "3", FLOWS_RUNTIME_UIDS: UIDS };
+      const command = [...wrap, process.execPath, ...RUNTIME_NODE_FLAGS, BUNDLE()];
+      const child = spawn(command[0], command.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
+      let output = "";
+      child.stdout?.on("data", (chunk) => (output += chunk));
+      child.stderr?.on("data", (chunk) => (output += chunk));
+      return { child, output: () => output };
+    }
+
+    /** Processes of the runtime uid range still alive. */
+    const runtimesAlive = () =>
+      readdirSync("/proc").filter((pid) => {
+        try {
+          const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+          return uid >= 1900001000 && uid <= 1900001063 && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
+        } catch {
+          return false;
+        }
+      });
+
+    async function attack(agent: { child: ChildProcess; output: () => string }): Promise<void> {
+      try {
+        await attacks(agent);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\nagent output: ${agent.output().slice(-3000)}`);
+      }
+    }
+
+    async function attacks(agent: { child: ChildProcess; output: () => string }): Promise<void> {
+      await eventually(() => pool().connections === 1 && pool().agents[0].parallelism === 3, 20_000, `the agent to connect: ${agent.output().slice(-800)}`);
+      const inputs = { ...targets, agentPid: agent.child.pid };
+      const answers: string[] = [];
+      for (const [what, code] of probes) {
+        const { result } = await run({ kind: "block", code, inputs, timeoutMs: 2000 });
+        answers.push(JSON.stringify(result));
+        if (what !== "cmdline") assert.equal(result.ok, false, `${what}: ${JSON.stringify(result).slice(0, 300)}`);
+        const next = await run({ code: "1 + 1" });
+        assert.equal(next.result.value, 2, `the agent answers after ${what}`);
+      }
+      assert.ok(answers.every((answer) => !answer.includes(token)), "the token reached a run");
+      // The debugger signal opened nothing: no inspector listens.
+      await new Promise<void>((resolve, reject) => net.connect(9229, "127.0.0.1").on("connect", () => reject(new Error("an inspector listens on 9229"))).on("error", () => resolve()));
+      assert.equal(agent.child.exitCode, null, "the agent still runs");
+      assert.equal(pool().agents[0].parallelism, 3, "its parallelism is its own");
+      // A runtime spinning when the agent dies dies with it: nothing watches it any more, so nothing may outlive it.
+      const spinning = run({ kind: "block", code: "for (;;) {}", timeoutMs: 60_000 });
+      await eventually(() => runtimesAlive().length > 0 && pool().activeRequests === 1, 5000, "a spinning run");
+      agent.child.kill("SIGKILL");
+      await spinning;
+      await eventually(() => runtimesAlive().length === 0, 5000, `runtimes to die with the agent: ${runtimesAlive().join(" ")}`);
+      await eventually(() => pool().connections === 0, 5000, `the gateway to see the agent gone: ${JSON.stringify(pool())} exit ${agent.child.exitCode} ${agent.child.signalCode}`);
+    }
+
+    it("as root: namespaces and a uid per runtime", async function () {
+      if (process.getuid?.() !== 0) this.skip();
+      const agent = startAgent(path.join(dir, "agent-root"));
+      try {
+        await attack(agent);
+        assert.match(agent.output(), /"isolation":"namespaces"/);
+      } finally {
+        agent.child.kill("SIGKILL");
+      }
+    });
+
+    it("as on EC2: a non-root agent with only CAP_SETUID, CAP_SETGID and CAP_KILL", async function () {
+      if (process.getuid?.() !== 0) this.skip();
+      // What systemd's AmbientCapabilities= gives a service of its own user.
+      const mounts = path.join(dir, "agent-ec2");
+      mkdirSync(mounts);
+      chownSync(mounts, AGENT_UID, AGENT_UID);
+      const caps = "+setuid,+setgid,+kill";
+      const agent = startAgent(mounts, ["setpriv", `--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", `--inh-caps=${caps}`, `--ambient-caps=${caps}`, "--"]);
+      try {
+        await attack(agent);
+        assert.match(agent.output(), /"isolation":"namespaces"/);
+      } finally {
+        agent.child.kill("SIGKILL");
+      }
+    });
+
+    it("as a user without privileges: runs still work, and the log says loudly that they are not isolated", async function () {
+      if (process.getuid?.() !== 0) this.skip();
+      const mounts = path.join(dir, "agent-plain");
+      mkdirSync(mounts);
+      chownSync(mounts, AGENT_UID, AGENT_UID);
+      const agent = startAgent(mounts, ["setpriv", `--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", "--"]);
+      try {
+        await eventually(() => pool().connections === 1, 20_000, `the agent to connect: ${agent.output().slice(-800)}`);
+        assert.match(agent.output(), /"level":"error".*FLOWS RUNTIMES ARE NOT ISOLATED/);
+        await eventually(() => /NOT ISOLATED/.test(pool().agents[0]?.executor ?? ""), 5000, "the status page to say runtimes are not isolated");
+        assert.equal((await run({ code: "1 + 1" })).result.value, 2);
+        const { result } = await run({ kind: "block", code: "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');", inputs: { agentPid: agent.child.pid } });
+        assert.equal(result.ok, false, "the permission model still refuses it (the only layer left)");
+      } finally {
+        agent.child.kill("SIGKILL");
+        await eventually(() => pool().connections === 0);
+      }
+    });
+  });
+});

