@@ -18,6 +18,23 @@ export interface MetricPoint {
   timestamp: number;
 }
 
+/**
+ * The Auto Scaling group's view of its instances, shared by the fake instances of one group:
+ * scale-in protection as SetInstanceProtection sets it, and which instances a scale-in may
+ * take (AWS never takes a protected one; among the others, the oldest first, as the pools'
+ * termination policies say).
+ */
+export class FakeGroup {
+  readonly instances = new Map<string, { launchedAt: number; protected: boolean; state: "InService" | "Terminating" }>();
+  constructor(readonly name: string) {}
+
+  /** The instances a scale-in by `count` terminates: unprotected ones in service, the oldest first. */
+  chooseForScaleIn(count: number): string[] {
+    const candidates = [...this.instances].filter(([, i]) => i.state === "InService" && !i.protected).sort(([, a], [, b]) => a.launchedAt - b.launchedAt);
+    return candidates.slice(0, count).map(([id]) => id);
+  }
+}
+
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
@@ -30,7 +47,13 @@ const DAY = 24 * HOUR;
  */
 export class FakeAws {
   readonly credentials = { accessKeyId: "ASIAFAKE", secretAccessKey: "fake-secret-key/abc", sessionToken: "fake-session" };
-  readonly identity = { region: "eu-west-1", instanceId: "i-0123456789abcdef0", availabilityZone: "eu-west-1b", instanceType: "c7i.large" };
+  readonly identity = { region: "eu-west-1", instanceId: "i-0123456789abcdef0", availabilityZone: "eu-west-1b", instanceType: "c7i.large", pendingTime: new Date(Date.now() - 90_000).toISOString().replace(/\.\d+Z$/, "Z") };
+  /** The group this instance is in (its name is checked on each Auto Scaling call that names one). */
+  group = new FakeGroup("agentpools-git-1a2b");
+  /** IMDS spot/instance-action (a spot interruption notice), absent (404) unless set. */
+  spotAction?: { action: "terminate" | "stop" | "hibernate"; time: string };
+  /** IMDS events/recommendations/rebalance, absent (404) unless set. */
+  rebalance?: { noticeTime: string };
   /** IMDS services/domain: the partition's DNS suffix. */
   domain = "amazonaws.com";
   secrets = new Map<string, string>();
@@ -39,6 +62,7 @@ export class FakeAws {
   noPendingAction = false;
   /** The health SetInstanceHealth last set (Auto Scaling replaces an Unhealthy instance). */
   instanceHealth = "Healthy";
+  /** Every API call that passed the signature check, with when it arrived. */
   readonly calls: { action: string; body: Record<string, unknown>; at: number }[] = [];
   /** Messages of accepted log events, in the order CloudWatch stored them. */
   readonly logEvents: string[] = [];
@@ -49,6 +73,24 @@ export class FakeAws {
   private readonly failures = new Map<string, InjectedFailure[]>();
   private server = http.createServer((req, res) => void this.handle(req, res));
   private imdsToken = "imds-token-" + Math.random().toString(36).slice(2);
+
+  constructor() {
+    this.inGroup();
+  }
+
+  /** This instance in its group, in service (as once its launch hook completed). */
+  inGroup(group: FakeGroup = this.group): this {
+    this.group = group;
+    group.instances.set(this.identity.instanceId, { launchedAt: Date.now(), protected: false, state: "InService" });
+    return this;
+  }
+
+  /** Auto Scaling terminates this instance: its target lifecycle state says so, and it is no longer in service. */
+  terminate(): void {
+    this.lifecycleState = "Terminated";
+    const instance = this.group.instances.get(this.identity.instanceId);
+    if (instance) instance.state = "Terminating";
+  }
 
   async start(): Promise<string> {
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
@@ -102,6 +144,8 @@ export class FakeAws {
         }),
         "/latest/meta-data/autoscaling/target-lifecycle-state": this.lifecycleState,
         "/latest/meta-data/services/domain": this.domain,
+        ...(this.spotAction ? { "/latest/meta-data/spot/instance-action": JSON.stringify(this.spotAction) } : {}),
+        ...(this.rebalance ? { "/latest/meta-data/events/recommendations/rebalance": JSON.stringify(this.rebalance) } : {}),
       };
       const value = metadata[url.pathname];
       return value === undefined ? send(404, "not found", "text/plain") : send(200, value, "text/plain");
@@ -144,6 +188,20 @@ export class FakeAws {
       case "RecordLifecycleActionHeartbeat":
         if (this.noPendingAction) return queryError(400, "ValidationError", `No active Lifecycle Action found with instance ID ${this.identity.instanceId}`);
         return send(200, `<${action}Response/>`, "text/xml");
+      case "SetInstanceProtection": {
+        // AWS's rules: the group by name, 1-50 instances of it (InstanceIds.member.N), ProtectedFromScaleIn true or false.
+        const ids = Object.keys(payload).filter((k) => /^InstanceIds\.member\.\d+$/.test(k)).map((k) => payload[k]);
+        if (payload.AutoScalingGroupName !== this.group.name) return queryError(400, "ValidationError", `AutoScalingGroup name not found - ${payload.AutoScalingGroupName}`);
+        if (!["true", "false"].includes(payload.ProtectedFromScaleIn)) return queryError(400, "ValidationError", "ProtectedFromScaleIn must be true or false");
+        if (ids.length < 1 || ids.length > 50) return queryError(400, "ValidationError", "1 to 50 instance IDs");
+        for (const id of ids) {
+          const instance = this.group.instances.get(id);
+          if (!instance) return queryError(400, "ValidationError", `The instance ${id} is not part of Auto Scaling group ${this.group.name}.`);
+          if (instance.state !== "InService") return queryError(400, "ValidationError", `The instance ${id} is not in InService or Standby.`);
+        }
+        for (const id of ids) (this.group.instances.get(id) as { protected: boolean }).protected = payload.ProtectedFromScaleIn === "true";
+        return send(200, "<SetInstanceProtectionResponse/>", "text/xml");
+      }
       case "SetInstanceHealth":
         if (!["Healthy", "Unhealthy"].includes(payload.HealthStatus)) return queryError(400, "ValidationError", "HealthStatus must be Healthy or Unhealthy");
         this.instanceHealth = payload.HealthStatus;

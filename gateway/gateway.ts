@@ -14,6 +14,7 @@ import { readTarget, type Target } from "./target";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
 import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
+import { renderMetrics } from "./metrics";
 import { VcsHub, type VcsHubOptions } from "./vcs-hub";
 import { checkedRequest, EXCHANGE_DEFAULTS, exchange, serveClient, WRITE_BODY_LIMIT, type ExchangeLimits, type ForwardedRequest, type ForwardedResponse } from "./vcs-proxy";
 import { bodyRule, checkedWrite } from "./vcs-writes";
@@ -317,6 +318,9 @@ export class Gateway {
         return void res.end(renderStatusPage(this.summary(verdict.key)));
       case "pools":
         return json(200, { pools: this.summary(verdict.key) });
+      case "metrics":
+        res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+        return void res.end(renderMetrics(this.summary(verdict.key)));
       case "flows-run":
         if (req.method === "POST") return void this.runFlowsRequest(route.pool, req, json);
         break;

@@ -1,3 +1,4 @@
+import { METRICS_PATH } from "./metrics";
 import { FLOWS_CONNECT_PATH } from "../protocol/flows";
 import { CONNECT_PATH } from "../protocol/vcs";
 import { WORKER_API, WORKER_CONNECT_PATH } from "../protocol/worker";
@@ -16,6 +17,7 @@ export type Route =
   | { kind: "state"; pool: string; run: string }
   | { kind: "status" }
   | { kind: "pools" }
+  | { kind: "metrics" }
   | { kind: "flows-run"; pool: string }
   | { kind: "runs"; pool: string }
   | { kind: "run"; pool: string; run: string; logs: boolean }
@@ -52,6 +54,7 @@ function decode(raw: string): string | undefined {
 function ownRoute(path: string): Route {
   if (path === "/_agentpools/status") return { kind: "status" };
   if (path === API_PATH) return { kind: "pools" };
+  if (path === METRICS_PATH) return { kind: "metrics" };
   if (path === CONNECT_PATH) return { kind: "connect", link: "vcs" };
   if (path === FLOWS_CONNECT_PATH) return { kind: "connect", link: "flows" };
   if (path === WORKER_CONNECT_PATH) return { kind: "connect", link: "workers" };

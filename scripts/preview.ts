@@ -28,7 +28,8 @@ const list = (items: unknown[]) => items.map(String).join(", ");
 
 function describePool(lt: RecordedResource): string[] {
   const pool = lt.name.replace(/-agents$/, "");
-  const group = find("aws:autoscaling/group:Group", lt.name)?.inputs ?? {};
+  const groupResource = find("aws:autoscaling/group:Group", lt.name);
+  const group = groupResource?.inputs ?? {};
   const sg = find("aws:ec2/securityGroup:SecurityGroup", lt.name)?.inputs ?? {};
   const policy = JSON.parse(find("aws:iam/rolePolicy:RolePolicy", `${pool}-instance`)?.inputs.policy ?? "{}");
   const hooks = recorded.filter((r) => r.type === "aws:autoscaling/lifecycleHook:LifecycleHook" && r.name.startsWith(`${pool}-agent-`)).map((r) => r.inputs);
@@ -42,9 +43,16 @@ function describePool(lt: RecordedResource): string[] {
   const runsc = /releases\/release\/([^/]+)\/[^/]+\/runsc/.exec(decoded.script)?.[1];
   const refresh = group.instanceRefresh?.preferences ?? {};
   const env = config.env ?? {};
+  const tracking = find("aws:autoscaling/policy:Policy", `${pool}-busy-share`)?.inputs;
+  const load = tracking?.targetTrackingConfiguration.customizedMetricSpecification.metrics.find((m: { returnData: boolean }) => m.returnData);
+  const fromZero = find("aws:autoscaling/policy:Policy", `${pool}-from-zero`);
+  const dashboard = find("aws:cloudwatch/dashboard:Dashboard", `${pool}-dashboard`)?.inputs;
   return [
     `  ${pool}: ${config.role} on ${lt.inputs.instanceType}, group ${group.name}`,
     `    scaling: ${group.minSize}..${group.maxSize} instances${group.desiredCapacity === undefined ? "" : `, ${group.desiredCapacity} wanted`}; health ${group.healthCheckType} (grace ${group.healthCheckGracePeriod} s) and the runtime's own: unhealthy after ${config.aws?.unhealthyAfterSeconds} s disconnected`,
+    `    policy: ${tracking ? `target tracking keeps ${load.expression} at ${tracking.targetTrackingConfiguration.targetValue}% (warm-up ${tracking.estimatedInstanceWarmup} s)${fromZero ? "; a step starts one instance when work is queued at zero" : ""}; Pulumi leaves the desired capacity to it (ignoreChanges ${list(groupResource?.ignoreChanges ?? [])})` : "none (fixed size)"}`,
+    `    protection: the runtime protects its instance from scale-in while busy (at most ${config.aws?.protectSeconds} s a stretch, kept ${config.aws?.lingerSeconds} s after); refresh of protected instances: ${refresh.scaleInProtectedInstances}, through the drain; spot rebalancing ${group.capacityRebalance ? "on" : "off"}${group.warmPool ? `; warm pool ${group.warmPool.poolState}, min ${group.warmPool.minSize}` : ""}${group.maxInstanceLifetime ? `; replaced after ${group.maxInstanceLifetime} s` : ""}`,
+    `    dashboard: ${dashboard?.dashboardName} (${JSON.parse(dashboard?.dashboardBody ?? '{"widgets":[]}').widgets.map((w: { properties: { title: string } }) => w.properties.title).join("; ")})`,
     `    replacement: instance refresh and maintenance keep ${refresh.minHealthyPercentage}..${refresh.maxHealthyPercentage}% of capacity (launch before terminate); metrics ${list(group.enabledMetrics ?? [])} every ${group.metricsGranularity}`,
     ...hooks.map((h) => `    hook ${h.name}: ${h.lifecycleTransition.replace("autoscaling:EC2_INSTANCE_", "").toLowerCase()}, ${h.heartbeatTimeout} s per heartbeat, then ${h.defaultResult}`),
     `    drain: up to ${config.drainTimeoutSeconds} s (termination hook renewed every ${config.aws?.heartbeatSeconds} s; systemd stop timeout ${/TimeoutStopSec=(\d+)/.exec(unit)?.[1]} s)`,

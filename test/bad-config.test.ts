@@ -50,6 +50,18 @@ const cases: Case[] = [
   ["a token that names no pool", (n) => new VcsAgentPool(n, vcsArgs({ token: encodeToken({ gateway: "https://gw", secret: "x".repeat(20) } as never) })), "token"],
   ["misspelt argument", (n) => new WorkerPool(n, { ...workerArgs(), paralelism: 4 } as never), "paralelism"],
   ["metadata tag with a dash", (n) => new WorkerPool(n, workerArgs({ metadataTags: { "bad-key": "x" } })), "metadataTags.bad-key", "letters, digits and _"],
+  // Scaling (AWS's rules for warm pools, lifetimes, policies and CloudWatch names)
+  ["a warm pool with mixed instances", (n) => new WorkerPool(n, workerArgs({ warmPool: {}, mixedInstances: { instanceTypes: ["m6i.large"] } })), "warmPool", "mixed instances policy"],
+  ["a warm pool of hibernated instances", (n) => new WorkerPool(n, workerArgs({ warmPool: { poolState: "Hibernated" as never } })), "warmPool.poolState", '"Hibernated"'],
+  ["a warm pool's prepared capacity below minSize", (n) => new WorkerPool(n, workerArgs({ minSize: 2, warmPool: { maxPreparedCapacity: 1 } })), "warmPool.maxPreparedCapacity", "(got 1)"],
+  ["an instance lifetime of zero days", (n) => new WorkerPool(n, workerArgs({ maxInstanceLifetimeDays: 0 })), "maxInstanceLifetimeDays", "(got 0)"],
+  ["an instance lifetime over a year", (n) => new WorkerPool(n, workerArgs({ maxInstanceLifetimeDays: 366 })), "maxInstanceLifetimeDays", "(got 366)"],
+  ["a busy target of zero", (n) => new WorkerPool(n, workerArgs({ scaling: { targetBusyPercent: 0 } })), "scaling.targetBusyPercent", "(got 0)"],
+  ["a busy target over 100%", (n) => new WorkerPool(n, workerArgs({ scaling: { targetBusyPercent: 150 } })), "scaling.targetBusyPercent", "(got 150)"],
+  ["a demand metric with a misspelt field", (n) => new WorkerPool(n, workerArgs({ scaling: { demandMetric: { namespace: "S", metricname: "Q" } as never } })), "scaling.demandMetric.metricName"],
+  ["a demand namespace starting with a colon", (n) => new WorkerPool(n, workerArgs({ scaling: { demandMetric: { namespace: ":queue", metricName: "Q" } } })), "scaling.demandMetric.namespace", '":queue"'],
+  ["a demand metric with 31 dimensions", (n) => new WorkerPool(n, workerArgs({ scaling: { demandMetric: { namespace: "S", metricName: "Q", dimensions: tags(31) } } })), "scaling.demandMetric.dimensions", "at most 30"],
+  ["a demand statistic CloudWatch lacks", (n) => new WorkerPool(n, workerArgs({ scaling: { demandMetric: { namespace: "S", metricName: "Q", statistic: "Median" as never } } })), "scaling.demandMetric.statistic", '"Median"'],
   // VcsAgentPool
   ["unknown VCS vendor", (n) => new VcsAgentPool(n, vcsArgs({ vendor: "gitea" as never })), "vendor", '"gitea"'],
   ["target endpoint without a scheme", (n) => new VcsAgentPool(n, vcsArgs({ targetBaseEndpoint: "gitlab.internal" })), "targetBaseEndpoint", '"gitlab.internal"'],

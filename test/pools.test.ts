@@ -4,6 +4,7 @@ import { FlowsAgentPool, Network, VcsAgentPool, WorkerPool, decodeUserData, USER
 import { runtimeBundle } from "../components/shared/bundles";
 import type { AgentPool } from "../components/aws/agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
+import { DEFAULT_TARGET_BUSY_PERCENT, metricQueryProblems, type MetricQuery } from "../components/aws/scaling";
 import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
 import { caCertificates } from "../devkit/certificates";
 import { ACCOUNT, REGION, byType, invokeResults, recorded, isSecretInput, one, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
@@ -24,6 +25,8 @@ const T = {
   alarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
   filter: "aws:cloudwatch/logMetricFilter:LogMetricFilter",
   parameter: "aws:ssm/parameter:Parameter",
+  scalingPolicy: "aws:autoscaling/policy:Policy",
+  dashboard: "aws:cloudwatch/dashboard:Dashboard",
 };
 
 async function deploy(make: () => AgentPool, prefix: string) {
@@ -121,6 +124,8 @@ for (const k of kinds) {
         heartbeatSeconds: Math.floor(Math.min(k.drain + 60, 600) / 3),
         metricsSeconds: 60,
         unhealthyAfterSeconds: 600,
+        protectSeconds: k.drain,
+        lingerSeconds: k.role === "launcher" ? 0 : 60,
       });
       for (const variable of Object.keys(k.secrets)) assert.equal(config.env[variable], undefined);
       assert.equal(decoded.files.has("/etc/docker/daemon.json"), k.docker);
@@ -136,13 +141,15 @@ for (const k of kinds) {
       // At creation (the first instances are held too) and as resources of their own (changes reach AWS).
       assert.deepEqual(group.inputs.initialLifecycleHooks, expected);
       assert.deepEqual(hooks.map(({ autoscalingGroupName, ...hook }) => (assert.equal(autoscalingGroupName, deployed.outputs.group), hook)), expected);
-      assert.deepEqual(group.ignoreChanges, ["initialLifecycleHooks"]);
+      // The scaling policy owns the desired capacity once the group exists: Pulumi does not set it back.
+      assert.deepEqual(group.ignoreChanges, ["initialLifecycleHooks", "desiredCapacity"]);
       for (const hook of expected) assert.ok(hook.heartbeatTimeout >= 30 && hook.heartbeatTimeout <= 7200, "AWS takes 30 to 7200 seconds");
     });
 
     it("replaces instances launch-first, so a one-instance pool never drops to none", () => {
       const group = one(deployed.resources, T.asg);
-      assert.deepEqual(group.inputs.instanceRefresh, { strategy: "Rolling", preferences: { minHealthyPercentage: 100, maxHealthyPercentage: 200, skipMatching: true } });
+      // Busy instances are protected from scale-in: a refresh replaces them too, through their drain.
+      assert.deepEqual(group.inputs.instanceRefresh, { strategy: "Rolling", preferences: { minHealthyPercentage: 100, maxHealthyPercentage: 200, skipMatching: true, scaleInProtectedInstances: "Refresh" } });
       assert.deepEqual(group.inputs.instanceMaintenancePolicy, { minHealthyPercentage: 100, maxHealthyPercentage: 200 });
       assert.equal(group.inputs.launchTemplate.id, one(deployed.resources, T.lt).id);
       assert.deepEqual([group.inputs.minSize, group.inputs.maxSize], [1, 3]);
@@ -160,13 +167,31 @@ for (const k of kinds) {
     it("alarms on no connected agent (the runtimes' own metric) and on runtime errors", () => {
       assert.equal(one(deployed.resources, T.logGroup).inputs.retentionInDays, 30);
       const alarms = byType(deployed.resources, T.alarm);
-      assert.equal(alarms.length, 2);
+      assert.deepEqual(alarms.map((a) => a.name.slice(name.length + 1)).sort(), ["never-connect", "no-agents", "runtime-errors"]);
+      const never = alarms.find((a) => a.name.endsWith("-never-connect"))!.inputs;
+      assert.deepEqual([never.namespace, never.metricName, never.statistic, never.dimensions, never.evaluationPeriods], ["AWS/AutoScaling", "GroupPendingInstances", "Minimum", { [POOL_DIMENSION]: deployed.outputs.group }, 20]);
       const unserved = alarms.find((a) => a.name.endsWith("-no-agents"));
       const queries = unserved?.inputs.metricQueries as { id: string; expression?: string; metric?: Record<string, any> }[];
       const connected = queries.find((q) => q.id === "connected")?.metric;
       assert.deepEqual([connected?.namespace, connected?.metricName, connected?.dimensions, connected?.stat], [METRICS_NAMESPACE, METRICS.connected, { [POOL_DIMENSION]: deployed.outputs.group }, "Sum"]);
       assert.equal(queries.find((q) => q.expression)?.expression, "IF(desired > 0 AND FILL(connected, 0) < 1, 1, 0)");
       assert.equal(one(deployed.resources, T.filter).inputs.pattern, '{ $.level = "error" }');
+    });
+
+    it("scales on the pool's busy share (target tracking, metric math AWS takes) and shows the pool on a dashboard", () => {
+      const policy = one(deployed.resources, T.scalingPolicy).inputs;
+      assert.deepEqual([policy.policyType, policy.autoscalingGroupName, policy.targetTrackingConfiguration.targetValue], ["TargetTrackingScaling", deployed.outputs.group, DEFAULT_TARGET_BUSY_PERCENT]);
+      const metrics = policy.targetTrackingConfiguration.customizedMetricSpecification.metrics;
+      const busy = metrics.find((m: { id: string }) => m.id === "busy").metricStat;
+      assert.deepEqual(busy, { stat: "Average", metric: { namespace: METRICS_NAMESPACE, metricName: METRICS.busy, dimensions: [{ name: POOL_DIMENSION, value: deployed.outputs.group }] } });
+      const asQueries = metrics.map((m: { metricStat?: { stat: string; metric: { namespace: string; metricName: string } } }) => (m.metricStat ? { ...m, metricStat: { ...m.metricStat.metric, dimensions: {}, stat: m.metricStat.stat } } : m));
+      assert.deepEqual(metricQueryProblems(asQueries as MetricQuery[]), []);
+      assert.equal(byType(deployed.resources, T.alarm).filter((a) => a.name.endsWith("-work-queued")).length, 0, "no start from zero without a demand metric");
+      const dashboard = one(deployed.resources, T.dashboard).inputs;
+      assert.match(dashboard.dashboardName, /^[A-Za-z0-9_-]{1,255}$/);
+      const widgets = JSON.parse(dashboard.dashboardBody).widgets;
+      assert.deepEqual(widgets.map((w: { properties: { title: string } }) => w.properties.title), ["Agents: connected, busy, draining", "Busy share (%)", "Group size and scaling activity", "Boot phases (seconds from launch)", "Runtime errors", "Alarms"]);
+      assert.equal(widgets.at(-1).properties.alarms.length, 3);
     });
   });
 }
@@ -202,7 +227,7 @@ describe("README promises (AWS)", () => {
     assert.ok(!plainState(resources).includes(TOKENS.vcs));
   });
 
-  it("the instance role may read this pool's secret, write this pool's logs, complete its own lifecycle actions and report itself unhealthy: nothing else", async () => {
+  it("the instance role may read this pool's secret, write this pool's logs, complete its own lifecycle actions, report itself unhealthy and protect itself while busy: nothing else", async () => {
     for (const { resources, outputs } of await everyKind("promise-iam", (k, n) => k.make(n))) {
       const policy = JSON.parse(one(resources, T.policy).inputs.policy);
       const group = `arn:aws:autoscaling:${REGION}:${ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/${outputs.group}`;
@@ -213,6 +238,7 @@ describe("README promises (AWS)", () => {
           ["logs:CreateLogStream,logs:PutLogEvents", `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${outputs.logs}:log-stream:*`],
           ["autoscaling:CompleteLifecycleAction,autoscaling:RecordLifecycleActionHeartbeat", group],
           ["autoscaling:SetInstanceHealth", group],
+          ["autoscaling:SetInstanceProtection", group],
         ],
       );
       assert.ok(policy.Statement.every((s: { Effect: string }) => s.Effect === "Allow"));
@@ -220,6 +246,39 @@ describe("README promises (AWS)", () => {
       assert.deepEqual(trust.Statement, [{ Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" }]);
       assert.equal(byType(resources, T.attachment).length, 0, "no SSM access unless asked");
     }
+  });
+});
+
+describe("AWS pools: scaling options", () => {
+  it("a queued-work metric joins the busy share through metric math, and a pool at zero starts when work is queued", async () => {
+    const demandMetric = { namespace: "Spacelift", metricName: "QueuedRuns", dimensions: { WorkerPool: "01ABC" } };
+    const { resources, outputs } = await deploy(() => new WorkerPool("demand", workerArgs({ minSize: 0, maxSize: 10, scaling: { targetBusyPercent: 50, demandMetric } })), "demand");
+    const [tracking, fromZero] = ["busy-share", "from-zero"].map((n) => resources.find((r) => r.type === T.scalingPolicy && r.name === `demand-${n}`)!.inputs);
+    assert.equal(tracking.targetTrackingConfiguration.targetValue, 50);
+    const metrics = tracking.targetTrackingConfiguration.customizedMetricSpecification.metrics;
+    assert.deepEqual(metrics.find((m: { id: string }) => m.id === "demand").metricStat, { stat: "Maximum", metric: { namespace: "Spacelift", metricName: "QueuedRuns", dimensions: [{ name: "WorkerPool", value: "01ABC" }] } });
+    assert.match(metrics.find((m: { returnData: boolean }) => m.returnData).expression, /FILL\(demand, 0\) \/ MAX\(\[FILL\(inservice, 0\), 1\]\)/);
+    assert.deepEqual([fromZero.policyType, fromZero.adjustmentType, fromZero.stepAdjustments], ["StepScaling", "ChangeInCapacity", [{ metricIntervalLowerBound: "0", scalingAdjustment: 1 }]]);
+    const alarm = one(resources.filter((r) => r.name === "demand-work-queued"), T.alarm).inputs;
+    assert.equal(alarm.alarmActions.length, 1, "the alarm's one action is the step policy");
+    assert.deepEqual(alarm.metricQueries.map((q: { id: string }) => q.id), ["demand", "desired", "start"]);
+    assert.equal(alarm.metricQueries[1].metric.dimensions[POOL_DIMENSION], outputs.group);
+    assert.equal(one(resources, T.asg).inputs.minSize, 0);
+  });
+
+  it("a fixed-size pool (scaling.enabled false) has no policy, and Pulumi keeps its desired capacity", async () => {
+    const { resources } = await deploy(() => new VcsAgentPool("fixed", vcsArgs({ minSize: 2, maxSize: 2, desiredCapacity: 2, scaling: { enabled: false } })), "fixed");
+    assert.equal(byType(resources, T.scalingPolicy).length, 0);
+    assert.deepEqual(one(resources, T.asg).ignoreChanges, ["initialLifecycleHooks"]);
+    assert.equal(one(resources, T.asg).inputs.desiredCapacity, 2);
+  });
+
+  it("a warm pool of stopped instances, and a maximum instance lifetime in seconds as AWS takes it", async () => {
+    const { resources } = await deploy(() => new FlowsAgentPool("warm", flowsArgs({ warmPool: { minSize: 1 }, maxInstanceLifetimeDays: 7 })), "warm");
+    const group = one(resources, T.asg).inputs;
+    assert.deepEqual(group.warmPool, { minSize: 1, poolState: "Stopped", instanceReusePolicy: { reuseOnScaleIn: false } });
+    assert.equal(group.maxInstanceLifetime, 604_800);
+    assert.ok(group.maxInstanceLifetime >= 86_400 && group.maxInstanceLifetime <= 31_536_000);
   });
 });
 
@@ -320,7 +379,7 @@ describe("AWS pools: options", () => {
       // (The secret's and log group's ARNs are the mock provider's; those the component builds follow the partition.)
       const policy = JSON.parse(one(resources, T.policy).inputs.policy);
       const built = policy.Statement.filter((s: { Sid: string }) => !["ReadPoolSecret", "WritePoolLogs"].includes(s.Sid));
-      assert.equal(built.length, 3);
+      assert.equal(built.length, 4);
       assert.ok(built.every((s: { Resource: string }) => s.Resource.startsWith(`arn:${place.partition}:`) && s.Resource.includes(`:${place.region}:`)), JSON.stringify(policy));
       assert.equal(policy.Statement.find((s: { Sid: string }) => s.Sid === "DecryptPoolSecret").Condition.StringEquals["kms:ViaService"], `secretsmanager.${place.region}.${place.dnsSuffix}`);
       assert.equal(JSON.parse(one(resources, T.role).inputs.assumeRolePolicy).Statement[0].Principal.Service, `ec2.${place.dnsSuffix}`);

@@ -103,7 +103,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     return { child, output: () => output, exited: new Promise<number | null>((resolve) => child.on("exit", resolve)) };
   }
 
-  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string>; aws?: Record<string, number>; role?: Role<VcsAgentSettings> } = {}) {
+  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string>; aws?: Record<string, number>; role?: Role<VcsAgentSettings>; bootMarks?: string } = {}) {
     const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
     const { configFile } = renderedInstance(gatewayPort, options.extraEnv, "vcs-agent", options.aws);
     const originalLog = process.stdout.write;
@@ -117,6 +117,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
         lifecyclePollMs: 20,
         shipIntervalMs: 10,
         stopSignal: options.stop ?? new Promise(() => undefined),
+        bootMarks: options.bootMarks ?? path.join(scratchDir("boot-"), "none"),
       });
       return { code, seen, lines };
     } finally {
@@ -264,16 +265,16 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
    * runs a test body against it and, pass or fail, stops the runtime and waits for it.
    */
   function puppet() {
-    const state = { connected: true, busy: false, release: () => undefined as void };
+    const state = { connected: true, busy: false as boolean | number, started: 0, release: () => undefined as void, changed: async () => undefined as void };
     const released = new Promise<void>((resolve) => (state.release = resolve));
     const role: Role<VcsAgentSettings> = {
       name: "vcs-agent",
-      start: () => ({ ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
+      start: (_settings, context) => ((state.changed = context.busyChanged ?? state.changed), state.started++, { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
     };
     let stop!: (signal: string) => void;
     const stopping = new Promise<string>((resolve) => (stop = resolve));
-    const within = async (awsConfig: Record<string, number>, body: (running: ReturnType<typeof run>) => Promise<void>) => {
-      const running = run({ role, stop: stopping, aws: awsConfig });
+    const within = async (awsConfig: Record<string, number>, body: (running: ReturnType<typeof run>) => Promise<void>, bootMarks?: string) => {
+      const running = run({ role, stop: stopping, aws: awsConfig, bootMarks });
       try {
         await body(running);
       } finally {
@@ -299,7 +300,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(metric(METRICS.connected).some((m) => m.value === 1));
     const draining = metric(METRICS.draining).filter((m) => m.value === 1);
     assert.ok(draining.every((d) => metric(METRICS.connected).find((c) => c.timestamp === d.timestamp)?.value === 0), "a draining agent is not counted as connected");
-    assert.deepEqual(aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue/.test(c.action)), [], "no API call of their own");
+    assert.deepEqual(aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue|SetInstanceProtection/.test(c.action)), [], "no API call of their own");
   });
 
   it("asks Auto Scaling to replace the instance once its agent has been cut off for the configured time, not before", async () => {
@@ -438,6 +439,107 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     finishDrain();
     assert.equal(await exited, 0);
     assert.equal(ready(), false);
+  });
+
+  const protection = () => aws.callsOf("SetInstanceProtection").map((b) => b.ProtectedFromScaleIn);
+  const isProtected = () => aws.group.instances.get(aws.identity.instanceId)?.protected;
+
+  it("scale-in protection: lifted at start (a crashed runtime's), on while busy, off after; for its own instance and group", async () => {
+    aws.group.instances.get(aws.identity.instanceId)!.protected = true; // left by a runtime that crashed mid-run
+    const { state, within } = puppet();
+    await within({ lingerSeconds: 0 }, async () => {
+      await eventually(() => isProtected() === false, 5000, "lifted at start");
+      state.busy = 0.25; // a share of its capacity is busy: protected all the same
+      await eventually(() => isProtected() === true, 5000, "protected while busy");
+      state.busy = 0;
+      await eventually(() => isProtected() === false, 5000, "lifted once idle");
+    });
+    assert.deepEqual(protection(), ["false", "true", "false"]);
+    for (const call of aws.callsOf("SetInstanceProtection")) {
+      assert.deepEqual([call.AutoScalingGroupName, call["InstanceIds.member.1"]], ["agentpools-git-1a2b", "i-0123456789abcdef0"]);
+    }
+  });
+
+  it("scale-in protection is bounded: a stretch of work longer than protectSeconds lets the instance go; it lingers when asked", async () => {
+    const { state, within } = puppet();
+    await within({ protectSeconds: 0.3, lingerSeconds: 0.2 }, async () => {
+      await eventually(() => protection().length === 1, 5000, "the first sync");
+      state.busy = true;
+      await eventually(() => isProtected() === true, 5000, "protected");
+      let since = Date.now();
+      await eventually(() => isProtected() === false, 5000, "lifted past the bound, though still busy");
+      assert.ok(Date.now() - since >= 250, "not before the bound");
+      state.busy = false;
+      await state.changed(); // as a launcher says its run ended: settled once AWS has it
+      state.busy = true; // a new stretch of work
+      await state.changed();
+      assert.equal(isProtected(), true, "protected again, before busyChanged settled");
+      state.busy = false;
+      since = Date.now();
+      await eventually(() => isProtected() === false, 5000, "lifted after the linger");
+      assert.ok(Date.now() - since >= 150, "kept for the linger");
+    });
+    assert.deepEqual(protection(), ["false", "true", "false", "true", "false"]);
+  });
+
+  it("a spot interruption notice drains at once, within the notice's time; then the termination hook is completed", async () => {
+    const { state, within } = puppet();
+    await within({ metricsSeconds: 0.01 }, async () => {
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
+      state.busy = true;
+      aws.spotAction = { action: "terminate", time: new Date(Date.now() + 20_000).toISOString() };
+      await eventually(() => aws.logEvents.some((l) => JSON.parse(l).msg === "draining"), 5000, "draining");
+      const draining = JSON.parse(aws.logEvents.find((l) => JSON.parse(l).msg === "draining") as string);
+      assert.equal(draining.reason, "spot interruption");
+      assert.ok(draining.timeoutSeconds <= 5 && draining.timeoutSeconds > 3, `the drain ends before the interruption (${draining.timeoutSeconds} s)`);
+      await eventually(() => metric(METRICS.draining).some((m) => m.value === 1), 5000, "reported draining");
+      state.busy = false;
+      state.release();
+      await eventually(() => aws.logEvents.some((l) => JSON.parse(l).msg === "drained"), 5000, "drained");
+      assert.equal(aws.callsOf("CompleteLifecycleAction").length, 1, "the termination hook waits for Auto Scaling's termination");
+      aws.terminate();
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "termination hook completed at once");
+    });
+    assert.equal(aws.callsOf("CompleteLifecycleAction")[1].LifecycleHookName, "agent-drained");
+  });
+
+  it("a rebalance recommendation drains too (no new work), without a deadline shorter than the pool's", async () => {
+    const { within } = puppet();
+    await within({}, async () => {
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
+      aws.rebalance = { noticeTime: new Date().toISOString() };
+      await eventually(() => aws.logEvents.some((l) => JSON.parse(l).msg === "draining"), 5000, "draining");
+    });
+    const draining = JSON.parse(aws.logEvents.find((l) => JSON.parse(l).msg === "draining") as string);
+    assert.deepEqual([draining.reason, draining.timeoutSeconds], ["rebalance recommendation", 30]);
+  });
+
+  it("in a warm pool: completes the launch hook without connecting, and connects only once put in service", async () => {
+    aws.lifecycleState = "Warmed:Stopped";
+    const { state, within } = puppet();
+    await within({}, async () => {
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "the warm pool's launch hook completed");
+      assert.equal(state.started, 0, "the agent did not start (nor connect) while warmed");
+      aws.lifecycleState = "InService";
+      await eventually(() => state.started === 1, 5000, "started once in service");
+      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "the launch hook of going in service completed");
+    });
+  });
+
+  it("reports the boot phases once, as seconds from the instance's launch", async () => {
+    const launched = Date.parse(aws.identity.pendingTime) / 1000;
+    const marks = path.join(scratchDir("boot-"), "marks");
+    writeFileSync(marks, `${launched + 7}\n${launched + 41}\n`);
+    const { within } = puppet();
+    await within({}, async () => {
+      await eventually(() => metric("BootAgentConnected").length === 1, 5000, "boot phases");
+    }, marks);
+    assert.deepEqual([metric("BootScriptStarted")[0].value, metric("BootPackagesInstalled")[0].value], [7, 41]);
+    for (const name of ["BootRuntimeStarted", "BootAgentConnected"]) {
+      const value = metric(name)[0].value;
+      assert.ok(value >= 90 && value < 120, `${name}: ${value} s after a launch 90 s ago`);
+    }
+    assert.ok(metric("BootRuntimeStarted")[0].value <= metric("BootAgentConnected")[0].value);
   });
 });
 

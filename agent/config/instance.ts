@@ -26,6 +26,10 @@ export interface InstanceConfig {
     metricsSeconds: number;
     /** Disconnected from the gateway this long, the instance asks Auto Scaling to replace it. */
     unhealthyAfterSeconds: number;
+    /** The longest one busy stretch keeps the instance protected from scale-in (a stuck agent lets go). */
+    protectSeconds: number;
+    /** How long protection stays on after the agent was last busy (0: lifted with its last run). */
+    lingerSeconds: number;
   };
 }
 

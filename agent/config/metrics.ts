@@ -15,11 +15,15 @@ export const METRICS_NAMESPACE = "agentpools";
 export const POOL_DIMENSION = "AutoScalingGroupName";
 export const DIMENSION_SETS = [[POOL_DIMENSION]];
 
-/** Metric names by what they count; each is 0 or 1 per instance and data point. */
+/** Metric names by what they count; each is 0 to 1 per instance and data point. */
 export const METRICS = {
   /** The agent holds a working connection to its gateway. */
   connected: "AgentConnected",
-  /** The agent has work in flight (a run, a request). */
+  /**
+   * The share of the agent's capacity in use: a launcher 0 or 1 (a run), a VCS agent its open
+   * streams over its parallelism, a Flows agent its runs over its runtime pool. Its Average
+   * over the group is the pool's busy share, what the scaling policy tracks.
+   */
   busy: "AgentBusy",
   /** The agent is draining: it takes no new work and is about to stop. */
   draining: "AgentDraining",
@@ -29,12 +33,28 @@ export type MetricKey = keyof typeof METRICS;
 /** How often a runtime writes a data point (seconds); alarms use periods of this length. */
 export const METRICS_PERIOD_SECONDS = 60;
 
-/** The EMF fields of one data point of one instance (every metric), to merge into a JSON log line. */
-export function metricsFields(pool: string, values: Record<MetricKey, number>, timestamp: number): Record<string, unknown> {
-  const names = Object.values(METRICS);
+/**
+ * The boot phases of an instance, in seconds from its launch (IMDS's pendingTime), written
+ * once when its agent first connects: the boot script started, packages were installed, the
+ * runtime started, the agent connected. Their Average (and Maximum) over the group is how
+ * long a new instance takes to serve.
+ */
+export const BOOT_METRICS = {
+  script: "BootScriptStarted",
+  packages: "BootPackagesInstalled",
+  runtime: "BootRuntimeStarted",
+  connected: "BootAgentConnected",
+} as const;
+export type BootKey = keyof typeof BOOT_METRICS;
+
+/** Where the boot script writes when it started and when its packages were installed (epoch seconds). */
+export const BOOT_MARKS_PATH = "/run/agentpools-boot";
+
+/** The EMF fields of one data point of one instance (the given metrics, by name), to merge into a JSON log line. */
+export function metricsFields(pool: string, values: Record<string, number>, timestamp: number): Record<string, unknown> {
   return {
-    _aws: { Timestamp: timestamp, CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: DIMENSION_SETS, Metrics: names.map((Name) => ({ Name })) }] },
+    _aws: { Timestamp: timestamp, CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: DIMENSION_SETS, Metrics: Object.keys(values).map((Name) => ({ Name })) }] },
     [POOL_DIMENSION]: pool,
-    ...Object.fromEntries(Object.entries(METRICS).map(([key, name]) => [name, values[key as MetricKey]])),
+    ...values,
   };
 }

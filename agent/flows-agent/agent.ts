@@ -30,9 +30,9 @@ export function resultMessage(id: string, outcome: Outcome): string {
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
-  /** Runs are in flight (the pool's busy metric). */
-  get busy(): boolean {
-    return this.inFlight > 0;
+  /** The share of its runtimes in use (the pool's busy metric). */
+  get busy(): number {
+    return this.inFlight / this.settings.runtimePoolSize;
   }
 
   constructor(

@@ -64,6 +64,8 @@ interface LauncherContext {
   /** Variables passed from the launcher's environment (whitelisted and masked). */
   passed: Record<string, string>;
   log: Logger;
+  /** Settles once the instance is protected from scale-in as busy() says (the runtime's, on AWS). */
+  busyChanged?: () => Promise<void>;
 }
 
 /** Check everything the launcher can check before it connects; each problem is a clear error. */
@@ -132,9 +134,9 @@ export class Launcher extends WebSocketLink {
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private termMs = 60_000;
 
-  /** A run is in progress (the pool's busy metric). */
+  /** A run is in progress, or its result not yet taken by the gateway (the pool's busy metric, and scale-in protection). */
   get busy(): boolean {
-    return !!this.current;
+    return !!this.current || this.held.size > 0;
   }
 
   constructor(private readonly context: LauncherContext) {
@@ -202,6 +204,7 @@ export class Launcher extends WebSocketLink {
 
   private forget(run: Held): void {
     this.held.delete(run.id);
+    void this.context.busyChanged?.();
     // Removed whatever the run did to its directories' permissions (chmod 0500): as their owner, the launcher gives
     // them back (chmod -R follows no symbolic link). What cannot be removed is reported, never thrown.
     const remove = () => rmSync(run.dir, { recursive: true, force: true });
@@ -249,7 +252,7 @@ export class Launcher extends WebSocketLink {
       lines: [],
     };
     let end!: () => void;
-    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve())));
+    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve(), void this.context.busyChanged?.())));
     this.current = run;
     try {
       let environment: Record<string, string> = {};
@@ -274,6 +277,8 @@ export class Launcher extends WebSocketLink {
         end();
         return this.send({ type: "refused", id, fence, reason });
       }
+      // Protected from scale-in before the run is taken: a busy instance is never chosen.
+      await this.context.busyChanged?.();
       this.held.set(id, run);
       this.renew();
       this.send({ type: "accepted", id, fence });
@@ -472,8 +477,8 @@ export class Launcher extends WebSocketLink {
 export function launcherRole(options: { docker?: string } = {}): Role<LauncherSettings> {
   return {
     name: "launcher",
-    start(settings, { log, env }): RunningAgent {
-      const launcher = new Launcher(prepareLauncher(settings, env ?? process.env, log, options.docker));
+    start(settings, { log, env, busyChanged }): RunningAgent {
+      const launcher = new Launcher({ ...prepareLauncher(settings, env ?? process.env, log, options.docker), busyChanged });
       return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, busy: () => launcher.busy, drain: (deadline) => launcher.stop(deadline) };
     },
   };

@@ -14,6 +14,8 @@ export interface InstanceIdentity {
   instanceId: string;
   availabilityZone: string;
   instanceType: string;
+  /** When the instance was launched (ISO 8601): boot phases count from it. */
+  pendingTime: string;
 }
 
 export interface InstanceMetadata {

@@ -3,11 +3,13 @@ import path from "node:path";
 import { awsClient, instanceMetadata, type AwsClient, type InstanceMetadata } from "./aws";
 import { logShipper, type LogShipper } from "./cloudwatch";
 import { watchAgent } from "./watch";
+import { interruption, protectWhileBusy, reportBoot, whileWarmed } from "./scaling";
 import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
 import { validateSettings } from "../config/validate";
 import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../config/instance";
+import { BOOT_MARKS_PATH } from "../config/metrics";
 import type { RoleName } from "../config/roles";
 
 /** What a role's agent gives back once started. */
@@ -21,7 +23,8 @@ export interface RunningAgent {
   /** Whether the agent is connected right now (it may be reconnecting); assumed once ready. */
   connected?(): boolean;
   /** Whether the agent has work in flight (a run, a request). */
-  busy?(): boolean;
+  /** The share of its capacity in use (0 to 1; true is 1): a run, requests, Flows runs. */
+  busy?(): number | boolean;
 }
 
 /**
@@ -52,6 +55,8 @@ export interface RoleContext {
   log: Logger;
   /** The environment the settings were read from (a launcher passes some of it to runs); process.env if not given. */
   env?: Env;
+  /** Say busy() may have changed: settles once the instance's scale-in protection matches it (on AWS). */
+  busyChanged?: () => Promise<void>;
 }
 
 export interface Role<S = Record<string, unknown>> {
@@ -74,6 +79,8 @@ export interface RunOptions {
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
   statusIntervalMs?: number;
+  /** Where the boot script wrote its marks (tests). */
+  bootMarks?: string;
 }
 
 function stopSignals(): Promise<string> {
@@ -93,6 +100,9 @@ const METADATA_FROM_IDENTITY = { instance_id: "instanceId", availability_zone: "
 export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options: RunOptions = {}): Promise<number> {
   const processEnv = options.env ?? process.env;
   const log = createLogger(role.name);
+  const startedAt = Date.now();
+  const pollMs = options.lifecyclePollMs ?? 5000;
+  let guard: ReturnType<typeof protectWhileBusy> | undefined;
   let shipper: LogShipper | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
   let agent: RunningAgent | undefined;
@@ -114,10 +124,12 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     let client: AwsClient | undefined;
     let imds: InstanceMetadata | undefined;
     let instanceId = "";
+    let launchedAt = "";
     if (hooks) {
       imds = instanceMetadata(processEnv);
       const identity = await imds.identity();
       instanceId = identity.instanceId;
+      launchedAt = identity.pendingTime;
       // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
       client = awsClient(identity.region, (await imds.get("/latest/meta-data/services/domain")).trim(), imds.credentials, processEnv);
       shipper = logShipper(client, hooks.logGroupName, instanceId, options.shipIntervalMs);
@@ -137,7 +149,38 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
     const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }));
 
-    agent = await role.start(settings, { log, env });
+    /** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
+    const completeHook = async (hook: string, complete = true) => {
+      try {
+        await client!.lifecycleAction(hooks!.autoScalingGroupName, hook, instanceId, complete);
+        if (complete) log.info("lifecycle action completed", { hook });
+        return true;
+      } catch (error) {
+        // A restarted runtime finds the launch action long completed; that is not a failure.
+        const message = (error as Error).message;
+        if (/No active Lifecycle Action/i.test(message)) log.info("no pending lifecycle action", { hook });
+        else log.warn("could not complete lifecycle action", { hook, error: message });
+        return false;
+      }
+    };
+    /** Until Auto Scaling terminates the instance, or (notices) EC2 says it will be interrupted or rebalanced. */
+    const terminating = async (notices: boolean): Promise<{ reason: string; at?: number }> => {
+      for (;;) {
+        const state = await imds!.targetLifecycleState();
+        if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return { reason: "autoscaling termination" };
+        const notice = notices && (await interruption(imds!));
+        if (notice) return notice;
+        await sleep(pollMs);
+      }
+    };
+    if (hooks) {
+      // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
+      await whileWarmed(imds!, () => completeHook(hooks.launchHookName), pollMs);
+      const set = (on: boolean) => client!.query("SetInstanceProtection", { AutoScalingGroupName: hooks.autoScalingGroupName, "InstanceIds.member.1": instanceId, ProtectedFromScaleIn: `${on}` });
+      // From before the agent connects: it may take work at once.
+      guard = protectWhileBusy(() => agent?.busy?.() ?? 0, set, log, hooks.protectSeconds * 1000, hooks.lingerSeconds * 1000);
+    }
+    agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });
     const crashed = agent.stopped.then(
       () => "agent stopped",
       (error: Error) => `agent failed: ${error.message}`,
@@ -147,36 +190,21 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     log.info("agent ready", { pool: config?.pool });
     serving = true;
     status?.update();
-    /** Complete this instance's lifecycle action on `hook`, or (complete false) record a heartbeat on it. */
-    const completeHook = async (hook: string, complete = true) => {
-      try {
-        await client!.lifecycleAction(hooks!.autoScalingGroupName, hook, instanceId, complete);
-        if (complete) log.info("lifecycle action completed", { hook });
-      } catch (error) {
-        // A restarted runtime finds the launch action long completed; that is not a failure.
-        const message = (error as Error).message;
-        if (/No active Lifecycle Action/i.test(message)) log.info("no pending lifecycle action", { hook });
-        else log.warn("could not complete lifecycle action", { hook, error: message });
-      }
-    };
-    if (hooks) await completeHook(hooks.launchHookName);
+    if (hooks && (await completeHook(hooks.launchHookName))) reportBoot(hooks.autoScalingGroupName, Date.parse(launchedAt), startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
     const watch =
       hooks &&
       watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () =>
         client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
       );
 
-    const terminating = async () => {
-      for (;;) {
-        const state = await imds!.targetLifecycleState();
-        if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return "autoscaling termination";
-        await sleep(options.lifecyclePollMs ?? 5000);
-      }
-    };
-    const reason = await Promise.race([options.stopSignal ?? stopSignals(), ...(imds ? [terminating()] : []), crashed]);
+    const stopSignal = options.stopSignal ?? stopSignals();
+    const asReason = (reason: string) => ({ reason, at: 0 });
+    const notice = await Promise.race([stopSignal.then(asReason), ...(imds ? [terminating(true)] : []), crashed.then(asReason)]);
+    const reason = notice.reason;
     if (reason.startsWith("agent")) throw new Error(reason);
 
-    const drainSeconds = config?.drainTimeoutSeconds ?? 300;
+    // A spot interruption leaves two minutes: what does not finish by then stays queued for others.
+    const drainSeconds = Math.min(config?.drainTimeoutSeconds ?? 300, notice.at ? (notice.at - Date.now()) / 1000 - 15 : Infinity);
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
     serving = false;
     status?.update();
@@ -186,10 +214,15 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const heartbeats = hooked ? setInterval(() => completeHook(hooks.terminationHookName, false), hooks.heartbeatSeconds * 1000) : undefined;
     await agent.drain(Date.now() + drainSeconds * 1000);
     clearInterval(heartbeats);
+    await guard?.stop(!hooked);
     watch?.stop();
     log.info("drained");
-    if (hooked) await completeHook(hooks.terminationHookName);
+    // Drained for a notice: Auto Scaling terminates the instance next (capacity rebalancing), or EC2 does.
+    if (hooks && /spot|rebalance/.test(reason) && !(await Promise.race([stopSignal, terminating(false).then(() => "")]))) await completeHook(hooks.terminationHookName);
+    else if (hooked) await completeHook(hooks.terminationHookName);
   } catch (error) {
+    // (Protection stays as it was: the restarted runtime lifts it.)
+    void guard?.stop(false);
     log.error((error as Error).message);
     code = 1;
   }

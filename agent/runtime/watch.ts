@@ -1,5 +1,5 @@
 import type { Logger } from "../../lib/log";
-import { metricsFields } from "../config/metrics";
+import { METRICS, metricsFields } from "../config/metrics";
 
 /**
  * What an instance says of its agent while it runs: every period, its metrics as EMF fields
@@ -8,7 +8,7 @@ import { metricsFields } from "../config/metrics";
  * instance (repeated at that interval while it lasts). A draining agent is reported as such and never replaced.
  */
 export function watchAgent(
-  agent: { connected?(): boolean; busy?(): boolean },
+  agent: { connected?(): boolean; busy?(): number | boolean },
   pool: string,
   log: Logger,
   periodMs: number,
@@ -21,7 +21,7 @@ export function watchAgent(
   const tick = () => {
     const now = Date.now();
     const connected = +(!draining && (agent.connected?.() ?? true));
-    log.info("metrics", metricsFields(pool, { connected, busy: +!!agent.busy?.(), draining }, now));
+    log.info("metrics", metricsFields(pool, { [METRICS.connected]: connected, [METRICS.busy]: +(agent.busy?.() ?? 0), [METRICS.draining]: draining }, now));
     since = connected || draining ? 0 : since || now;
     if (since && now - since >= unhealthyAfterMs) {
       // Asked again after as long again: Auto Scaling ignores the request during the group's grace period.

@@ -83,9 +83,9 @@ export class Tunnel extends GatewayLink {
     return !!this.session && !this.session.closed && !this.session.destroyed && !this.draining;
   }
 
-  /** Requests are in flight (the pool's busy metric). */
-  get busy(): boolean {
-    return this.streams > 0;
+  /** The share of its streams in use (the pool's busy metric). */
+  get busy(): number {
+    return this.streams / this.options.parallelism;
   }
 
   /** GOAWAY: no new streams; those in flight finish, or are cut at the deadline. */

@@ -48,6 +48,8 @@ export abstract class AgentPool extends pulumi.ComponentResource implements Pool
   /** The agents' security group: no inbound rules. */
   readonly securityGroupId: pulumi.Output<string>;
   readonly launchTemplateId: pulumi.Output<string>;
+  /** The pool's CloudWatch dashboard: agents, busy share, demand, boot phases, errors, scaling. */
+  readonly dashboardName: pulumi.Output<string>;
 
   protected constructor(type: string, name: string, spec: PoolSpec, opts?: pulumi.ComponentResourceOptions) {
     super(type, name, {}, opts);
@@ -58,6 +60,7 @@ export abstract class AgentPool extends pulumi.ComponentResource implements Pool
     this.logGroupName = outputs.logGroupName;
     this.securityGroupId = outputs.securityGroupId;
     this.launchTemplateId = outputs.launchTemplateId;
+    this.dashboardName = outputs.dashboardName;
     this.registerOutputs(outputs);
   }
 }

@@ -1,7 +1,7 @@
 import type { PolicyStatement } from "./aws-rules";
 
 /** The Sids of the kit's own statements: a user's statements may not reuse them. */
-export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ReadPoolCaCertificates", "DecryptPoolSecret"] as const;
+export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ProtectBusyPoolInstance", "ReadPoolCaCertificates", "DecryptPoolSecret"] as const;
 
 /** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
 export const autoScalingGroupArn = (partition: string, region: string, account: string, group: string) =>
@@ -21,8 +21,9 @@ export interface PoolPolicyInput {
 
 /**
  * The instance role's policy: read this pool's secret (and CA parameter, if it has one),
- * write this pool's logs, complete lifecycle actions of this pool's group and report its own
- * instance unhealthy. Nothing else, unless the user adds statements.
+ * write this pool's logs, complete lifecycle actions of this pool's group, report its own
+ * instance unhealthy and protect it from scale-in while busy. Nothing else, unless the user
+ * adds statements. (Auto Scaling has no condition key for the instance: the group is the scope.)
  */
 export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; Statement: PolicyStatement[] } {
   const group = input.autoScalingGroupArn;
@@ -31,6 +32,7 @@ export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; S
     { Sid: "WritePoolLogs", Effect: "Allow", Action: ["logs:CreateLogStream", "logs:PutLogEvents"], Resource: `${input.logGroupArn}:log-stream:*` },
     { Sid: "CompletePoolLifecycleActions", Effect: "Allow", Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"], Resource: group },
     { Sid: "ReplaceUnhealthyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceHealth", Resource: group },
+    { Sid: "ProtectBusyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceProtection", Resource: group },
   ];
   if (input.caParameterArn) statements.push({ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.caParameterArn });
   if (input.secretKmsKeyArn) {

@@ -25,6 +25,7 @@ import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { architectureOf, instanceTypeProblem } from "./instance-types";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
 import { sharedPoolShape } from "../shared/pool-args";
+import { scalingProblems, scalingShape } from "./scaling";
 
 /** The retention periods CloudWatch Logs accepts. */
 export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
@@ -80,7 +81,9 @@ export function poolCoreShape(defaults: PoolDefaults) {
       .optional(),
     minSize: z.int().min(0).max(1000).default(1),
     maxSize: z.int().min(1).max(1000).default(3),
+    /** The size at creation; afterwards the scaling policy owns it (Pulumi leaves it alone). */
     desiredCapacity: z.int().min(0).max(1000).optional(),
+    ...scalingShape,
     amiId: z.string().regex(/^ami-[0-9a-f]{8,17}$/, { error: 'must be an AMI ID such as "ami-0123456789abcdef0"' }).optional(),
     nodeMajor: z.union(NODE_MAJORS.map((n) => z.literal(n)), { error: `must be one of ${NODE_MAJORS.join(", ")} (Node.js LTS lines packaged for Amazon Linux 2023)` }).default(24),
     rootVolumeSizeGiB: z.int().min(8).max(16384).default(defaults.rootVolumeSizeGiB),
@@ -159,6 +162,7 @@ export function checkCoreRelations(args: CoreArgs, ctx: z.RefinementCtx): void {
   if (args.desiredCapacity !== undefined && (args.desiredCapacity < args.minSize || args.desiredCapacity > args.maxSize)) {
     ctx.addIssue({ code: "custom", path: ["desiredCapacity"], input: args.desiredCapacity, message: `must be between minSize (${args.minSize}) and maxSize (${args.maxSize})` });
   }
+  for (const problem of scalingProblems(args)) ctx.addIssue({ code: "custom", ...problem });
   if (args.customCaCertificatesDelivery === "ssmParameter") {
     const size = args.customCaCertificates === undefined ? 0 : Buffer.byteLength(args.customCaCertificates);
     if (size === 0) ctx.addIssue({ code: "custom", path: ["customCaCertificatesDelivery"], input: args.customCaCertificatesDelivery, message: 'is "ssmParameter" but customCaCertificates is not given' });

@@ -10,6 +10,7 @@ import { architectureOf } from "./instance-types";
 import { arnPlaceProblems, givenArns, noise, ssmParameterTier, WORST_CASE, type CoreArgs, type PoolPlacement } from "./pool-args";
 import { autoScalingGroupArn, poolPolicyDocument } from "./policy";
 import { BOOT_LOG_STREAM, renderUserData, type UserDataFile, type UserDataSpec } from "./userdata";
+import { busyShareQueries, dashboardBody, dashboardName, fromZeroQueries, neverConnectPeriods, PROTECTION_LINGER_SECONDS, type MetricQuery } from "./scaling";
 
 export type { CoreArgs } from "./pool-args";
 
@@ -38,6 +39,8 @@ export interface PoolOutputs {
   logGroupName: pulumi.Output<string>;
   securityGroupId: pulumi.Output<string>;
   launchTemplateId: pulumi.Output<string>;
+  /** The CloudWatch dashboard of the pool. */
+  dashboardName: pulumi.Output<string>;
 }
 
 export const LAUNCH_HOOK = "agent-connected";
@@ -100,6 +103,9 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace)
     heartbeatSeconds: Math.floor(terminationHeartbeatTimeout(core.drainTimeoutSeconds) / 3),
     metricsSeconds: METRICS_PERIOD_SECONDS,
     unhealthyAfterSeconds: core.unhealthyAfterDisconnectedSeconds,
+    // A worker pool's drain covers its run timeout: no stretch of real work outlasts it.
+    protectSeconds: core.drainTimeoutSeconds,
+    lingerSeconds: PROTECTION_LINGER_SECONDS[spec.role],
   };
   return {
     pool: name,
@@ -306,6 +312,12 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   );
 
   const hooks = lifecycleHooks(core);
+  const warmPool = core.warmPool && {
+    minSize: core.warmPool.minSize,
+    maxGroupPreparedCapacity: core.warmPool.maxPreparedCapacity,
+    poolState: core.warmPool.poolState,
+    instanceReusePolicy: { reuseOnScaleIn: core.warmPool.reuseOnScaleIn },
+  };
   const templateRef = { id: launchTemplate.id, version: launchTemplate.latestVersion.apply((v) => `${v}`) };
   const group = new aws.autoscaling.Group(
     `${name}-agents`,
@@ -315,6 +327,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       minSize: core.minSize,
       maxSize: core.maxSize,
       desiredCapacity: core.desiredCapacity,
+      maxInstanceLifetime: core.maxInstanceLifetimeDays && core.maxInstanceLifetimeDays * 86_400,
+      warmPool,
       ...(core.mixedInstances
         ? {
             capacityRebalance: core.mixedInstances.onDemandPercentageAboveBaseCapacity < 100,
@@ -336,7 +350,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       healthCheckGracePeriod: 300,
       // Given at creation, the hooks hold the very first instances; AWS applies them only then.
       initialLifecycleHooks: hooks,
-      instanceRefresh: { strategy: "Rolling", preferences: { ...REPLACEMENT, skipMatching: true } },
+      // A busy (protected) instance is refreshed too, through its drain: it finishes its work first.
+      instanceRefresh: { strategy: "Rolling", preferences: { ...REPLACEMENT, skipMatching: true, scaleInProtectedInstances: "Refresh" } },
       instanceMaintenancePolicy: REPLACEMENT,
       enabledMetrics: ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"],
       metricsGranularity: "1Minute",
@@ -349,8 +364,9 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       // Instances read the secret, write logs and complete their hook with the role's policy
       // at boot, and read the CA parameter: all exist before the first instance starts.
       dependsOn: [logGroup, bootLog, policy, ...(ssmAccess ? [ssmAccess] : []), ...(caParameter ? [caParameter] : [])],
-      // Later changes reach the hooks through the LifecycleHook resources below.
-      ignoreChanges: ["initialLifecycleHooks"],
+      // Later changes reach the hooks through the LifecycleHook resources below; the scaling
+      // policy owns the desired capacity once the group exists.
+      ignoreChanges: ["initialLifecycleHooks", ...(core.scaling.enabled ? ["desiredCapacity"] : [])],
     },
   );
   // The same hooks as resources of their own (PutLifecycleHook creates or updates one), so a
@@ -359,7 +375,18 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     new aws.autoscaling.LifecycleHook(`${name}-${hook.name}`, { autoscalingGroupName: group.name, ...hook }, opts);
   }
 
-  createAlarms(name, group.name, logGroup.name, core.alarmActions, tags, opts);
+  const alarms = createAlarms(name, group.name, logGroup.name, core, tags, opts);
+  if (core.scaling.enabled) createScaling(name, group, core, tags, opts);
+  const dashboard = new aws.cloudwatch.Dashboard(
+    `${name}-dashboard`,
+    {
+      dashboardName: group.name.apply(dashboardName),
+      dashboardBody: pulumi
+        .all([group.name, region, alarms.errorsMetric, ...alarms.arns])
+        .apply(([groupName, reg, errorsMetric, ...arns]) => dashboardBody({ group: groupName, region: reg, demand: core.scaling.demandMetric, errorsMetric, alarmArns: arns })),
+    },
+    opts,
+  );
 
   return {
     autoScalingGroupName: group.name,
@@ -368,11 +395,71 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     logGroupName: logGroup.name,
     securityGroupId: securityGroup.id,
     launchTemplateId: launchTemplate.id,
+    dashboardName: dashboard.dashboardName,
   };
 }
 
-/** Alarms an operator wants: capacity wanted but no connected agent, and runtime errors. */
-function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: pulumi.Output<string>, actions: string[], tags: Record<string, string>, opts: pulumi.CustomResourceOptions): void {
+/** A metric query as the Pulumi provider spells it (dimensions as name/value pairs). */
+const providerQuery = (q: MetricQuery) =>
+  "metricStat" in q
+    ? { ...q, metricStat: { stat: q.metricStat.stat, metric: { namespace: q.metricStat.namespace, metricName: q.metricStat.metricName, dimensions: Object.entries(q.metricStat.dimensions).map(([n, value]) => ({ name: n, value })) } } }
+    : q;
+
+/**
+ * Target tracking on the pool's busy share (with queued work, if the service publishes it),
+ * and, for a pool that may sit at zero, a step that starts one instance when work is queued.
+ */
+function createScaling(name: string, group: aws.autoscaling.Group, core: CoreArgs, tags: Record<string, string>, opts: pulumi.CustomResourceOptions): void {
+  const { targetBusyPercent, demandMetric, instanceWarmupSeconds } = core.scaling;
+  new aws.autoscaling.Policy(
+    `${name}-busy-share`,
+    {
+      autoscalingGroupName: group.name,
+      policyType: "TargetTrackingScaling",
+      estimatedInstanceWarmup: instanceWarmupSeconds,
+      targetTrackingConfiguration: {
+        targetValue: targetBusyPercent,
+        customizedMetricSpecification: { metrics: group.name.apply((g) => busyShareQueries(g, demandMetric).map(providerQuery)) },
+      },
+    },
+    opts,
+  );
+  if (!demandMetric || core.minSize > 0) return;
+  const start = new aws.autoscaling.Policy(
+    `${name}-from-zero`,
+    {
+      autoscalingGroupName: group.name,
+      policyType: "StepScaling",
+      adjustmentType: "ChangeInCapacity",
+      stepAdjustments: [{ metricIntervalLowerBound: "0", scalingAdjustment: 1 }],
+    },
+    opts,
+  );
+  new aws.cloudwatch.MetricAlarm(
+    `${name}-work-queued`,
+    {
+      alarmDescription: pulumi.interpolate`agentpools ${name}: work is queued and the group has no capacity: start one instance (group ${group.name})`,
+      comparisonOperator: "GreaterThanOrEqualToThreshold",
+      threshold: 1,
+      evaluationPeriods: 1,
+      treatMissingData: "notBreaching",
+      metricQueries: group.name.apply((g) =>
+        fromZeroQueries(g, demandMetric).map((q) =>
+          "metricStat" in q
+            ? { id: q.id, returnData: false, metric: { ...q.metricStat, period: METRICS_PERIOD_SECONDS } }
+            : { id: q.id, label: q.label, expression: q.expression, returnData: true },
+        ),
+      ),
+      alarmActions: [start.arn],
+      tags,
+    },
+    opts,
+  );
+}
+
+/** Alarms an operator wants: capacity wanted but no connected agent, instances that never connect, runtime errors. */
+function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: pulumi.Output<string>, core: CoreArgs, tags: Record<string, string>, opts: pulumi.CustomResourceOptions) {
+  const actions = core.alarmActions;
   const metric = (namespace: string, metricName: string, stat: string) => ({
     namespace,
     metricName,
@@ -382,7 +469,7 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
   });
   // Connected agents as the runtimes report them (agent/config/metrics.ts): an instance whose
   // agent lost its gateway is InService all the same.
-  new aws.cloudwatch.MetricAlarm(
+  const noAgents = new aws.cloudwatch.MetricAlarm(
     `${name}-no-agents`,
     {
       alarmDescription: pulumi.interpolate`agentpools ${name}: capacity is wanted but no agent has been connected for 10 minutes (group ${group})`,
@@ -403,6 +490,29 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
     opts,
   );
 
+  // Instances stay Pending until their agent connects (the launch hook): pending for longer
+  // than the hook's timeout, without a pause, means instance after instance never connects.
+  const periods = neverConnectPeriods(core.launchTimeoutSeconds);
+  const neverConnect = new aws.cloudwatch.MetricAlarm(
+    `${name}-never-connect`,
+    {
+      alarmDescription: pulumi.interpolate`agentpools ${name}: instances have been pending for ${periods} minutes: their agents do not connect (see the log group's boot stream; group ${group})`,
+      namespace: "AWS/AutoScaling",
+      metricName: "GroupPendingInstances",
+      dimensions: { [POOL_DIMENSION]: group },
+      period: METRICS_PERIOD_SECONDS,
+      statistic: "Minimum",
+      comparisonOperator: "GreaterThanOrEqualToThreshold",
+      threshold: 1,
+      evaluationPeriods: periods,
+      treatMissingData: "notBreaching",
+      alarmActions: actions,
+      okActions: actions,
+      tags,
+    },
+    opts,
+  );
+
   const metricName = pulumi.interpolate`RuntimeErrors-${group}`;
   new aws.cloudwatch.LogMetricFilter(
     `${name}-errors`,
@@ -413,7 +523,7 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
     },
     opts,
   );
-  new aws.cloudwatch.MetricAlarm(
+  const errors = new aws.cloudwatch.MetricAlarm(
     `${name}-runtime-errors`,
     {
       alarmDescription: pulumi.interpolate`agentpools ${name}: the runtime logged 5 or more errors in 5 minutes (log group ${logGroupName})`,
@@ -431,4 +541,5 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
     },
     opts,
   );
+  return { errorsMetric: metricName, arns: [noAgents.arn, neverConnect.arn, errors.arn] };
 }

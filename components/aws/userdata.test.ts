@@ -27,6 +27,8 @@ function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
         heartbeatSeconds: 200,
         metricsSeconds: 60,
         unhealthyAfterSeconds: 600,
+        protectSeconds: 4500,
+        lingerSeconds: 0,
       },
     },
     nodeMajor: 24,

@@ -2,6 +2,7 @@ import { brotliCompressSync, brotliDecompressSync, constants, crc32, deflateRawS
 import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
+import { BOOT_MARKS_PATH } from "../../agent/config/metrics";
 
 /** EC2's limit on user-data, applied to the gzipped bytes before base64. */
 export const USER_DATA_LIMIT = 16_384;
@@ -298,11 +299,14 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
   const files = renderFiles(spec);
   const before = [
     "#!/bin/bash",
+    // Boot phases (the runtime reports them from launch): the script starts, packages are in.
+    `date +%s >${BOOT_MARKS_PATH}`,
     ...bootPreamble(spec),
     ...files.filter((f) => EARLY_FILES.includes(f.path)).flatMap(writeFile),
     ...caTrustCommands(spec),
     ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
     `retry dnf install -y ${packages.join(" ")}`,
+    `date +%s >>${BOOT_MARKS_PATH}`,
     `base64 -d > ${ARCHIVE_PATH} <<<'`,
   ];
   const after = ["'", unpackCommand(spec), `. ${BOOT_TAIL_PATH}`, ""];

@@ -1,0 +1,29 @@
+/** The gateway's pools as Prometheus text (exposition format 0.0.4), for autoscalers (KEDA) and dashboards. */
+export const METRICS_PATH = "/_agentpools/metrics";
+
+interface PoolSummary {
+  name: string;
+  kind: string;
+  connections: number;
+  waiting?: number;
+  queued?: number;
+  agents: { active: number; draining?: boolean }[];
+}
+
+const GAUGES = [
+  ["agentpools_queued", "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).", (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0)],
+  ["agentpools_connected_agents", "Agents connected and not draining.", (p: PoolSummary) => p.connections],
+  ["agentpools_busy_agents", "Connected agents with work in flight.", (p: PoolSummary) => p.agents.filter((a) => a.active > 0 && !a.draining).length],
+] as const;
+
+/** Pool names are [A-Za-z0-9_-] (pools.ts): nothing in a label value needs escaping, but escape anyway. */
+const label = (value: string) => value.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+
+export function renderMetrics(pools: PoolSummary[]): string {
+  const lines: string[] = [];
+  for (const [name, help, value] of GAUGES) {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+    for (const pool of pools) lines.push(`${name}{pool="${label(pool.name)}",kind="${pool.kind}"} ${value(pool)}`);
+  }
+  return lines.join("\n") + "\n";
+}
