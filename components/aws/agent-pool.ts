@@ -4,7 +4,7 @@ import { settingsToEnv } from "../../agent/config/env";
 import type { RoleName } from "../../agent/config/roles";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { validatePool, type PoolPlacement } from "./pool-args";
-import { checkUserDataSize, createPool, type CoreArgs, type PoolOutputs, type PoolSpec } from "./pool-core";
+import { checkUserDataSize, configDelivery, createPool, type CoreArgs, type PoolOutputs, type PoolSpec } from "./pool-core";
 
 type KindExtras = Omit<PoolSpec, "component" | "role" | "core" | "settingsEnv" | "secretEnv" | "vpcId" | "subnetIds">;
 
@@ -31,6 +31,7 @@ export function preparePool<S extends z.ZodType<CoreArgs>>(
     subnetIds: args.subnetIds,
     ...extras(parsed),
   };
+  spec.configDelivery = configDelivery(name, spec);
   checkUserDataSize(name, spec);
   return spec;
 }

@@ -1,7 +1,7 @@
 import type { PolicyStatement } from "./aws-rules";
 
 /** The Sids of the kit's own statements: a user's statements may not reuse them. */
-export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ProtectBusyPoolInstance", "ReadPoolCaCertificates", "DecryptPoolSecret"] as const;
+export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ProtectBusyPoolInstance", "ReadPoolParameters", "DecryptPoolSecret"] as const;
 
 /** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
 export const autoScalingGroupArn = (partition: string, region: string, account: string, group: string) =>
@@ -9,7 +9,8 @@ export const autoScalingGroupArn = (partition: string, region: string, account: 
 
 export interface PoolPolicyInput {
   secretArn: string;
-  caParameterArn?: string;
+  /** The pool's own SSM parameters (CA certificates, configuration), if it has any. */
+  parameterArns?: string[];
   secretKmsKeyArn?: string;
   region: string;
   /** The partition's DNS suffix (amazonaws.com, amazonaws.com.cn, ...), for kms:ViaService. */
@@ -20,7 +21,7 @@ export interface PoolPolicyInput {
 }
 
 /**
- * The instance role's policy: read this pool's secret (and CA parameter, if it has one),
+ * The instance role's policy: read this pool's secret (and its parameters, if it has any),
  * write this pool's logs, complete lifecycle actions of this pool's group, report its own
  * instance unhealthy and protect it from scale-in while busy. Nothing else, unless the user
  * adds statements. (Auto Scaling has no condition key for the instance: the group is the scope.)
@@ -34,7 +35,8 @@ export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; S
     { Sid: "ReplaceUnhealthyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceHealth", Resource: group },
     { Sid: "ProtectBusyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceProtection", Resource: group },
   ];
-  if (input.caParameterArn) statements.push({ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.caParameterArn });
+  // Named one by one: a read by version (name:version) is authorized against the parameter's own ARN.
+  if (input.parameterArns?.length) statements.push({ Sid: "ReadPoolParameters", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.parameterArns });
   if (input.secretKmsKeyArn) {
     statements.push({
       Sid: "DecryptPoolSecret",

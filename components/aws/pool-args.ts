@@ -177,7 +177,10 @@ export function checkCoreRelations(args: CoreArgs, ctx: z.RefinementCtx): void {
   for (const problem of arnPlaceProblems(givenArns(args))) ctx.addIssue({ code: "custom", message: problem.slice(problem.indexOf(": ") + 2), path: [problem.slice(0, problem.indexOf(":"))] });
   const policy = poolPolicyDocument({
     secretArn: WORST_CASE.secretArn,
-    caParameterArn: args.customCaCertificatesDelivery === "ssmParameter" ? `arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/agentpools/${WORST_CASE.autoScalingGroupName}/ca-certificates` : undefined,
+    // The configuration's parameter counted always: whether it is needed is known only once the user-data is rendered.
+    parameterArns: [...(args.customCaCertificatesDelivery === "ssmParameter" ? ["ca-certificates"] : []), "config"].map(
+      (leaf) => `arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/agentpools/${WORST_CASE.autoScalingGroupName}/${leaf}`,
+    ),
     secretKmsKeyArn: args.secretKmsKeyArn,
     region: WORST_CASE.region,
     dnsSuffix: WORST_CASE.dnsSuffix,

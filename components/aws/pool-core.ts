@@ -7,9 +7,9 @@ import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
 import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
-import { arnPlaceProblems, givenArns, noise, ssmParameterTier, WORST_CASE, type CoreArgs, type PoolPlacement } from "./pool-args";
+import { arnPlaceProblems, givenArns, noise, SSM_PARAMETER_LIMIT, ssmParameterTier, WORST_CASE, type CoreArgs, type PoolPlacement } from "./pool-args";
 import { autoScalingGroupArn, poolPolicyDocument } from "./policy";
-import { BOOT_LOG_STREAM, renderUserData, type UserDataFile, type UserDataSpec } from "./userdata";
+import { BOOT_LOG_STREAM, renderConfigParameterValue, renderUserData, UserDataTooLargeError, type UserDataFile, type UserDataSpec } from "./userdata";
 import { busyShareQueries, dashboardBody, dashboardName, fromZeroQueries, neverConnectPeriods, PROTECTION_LINGER_SECONDS, type MetricQuery } from "./scaling";
 
 export type { CoreArgs } from "./pool-args";
@@ -29,7 +29,12 @@ export interface PoolSpec extends PoolPlacement {
   noProxy?: string;
   runtimeSandbox?: { uids: string };
   extraFiles?: UserDataFile[];
+  /** Where instances get the role's configuration (see configDelivery); in user-data unless set. */
+  configDelivery?: ConfigDelivery;
 }
+
+/** The role's configuration travels in user-data, or, when it would not fit there, in a parameter of the pool. */
+export type ConfigDelivery = "userData" | "ssmParameter";
 
 /** What every pool exposes. */
 export interface PoolOutputs {
@@ -65,6 +70,10 @@ export const REPLACEMENT = { minHealthyPercentage: 100, maxHealthyPercentage: 20
 
 /** The SSM parameter holding a pool's CA certificates (customCaCertificatesDelivery "ssmParameter"). */
 export const caParameterName = (autoScalingGroupName: string) => `/agentpools/${autoScalingGroupName}/ca-certificates`;
+/** The SSM parameter holding a pool's configuration files, when they do not fit in user-data. */
+export const configParameterName = (autoScalingGroupName: string) => `/agentpools/${autoScalingGroupName}/config`;
+/** The version the size check assumes: SSM counts a parameter's versions up, one per change. */
+const WORST_CASE_VERSION = 999_999;
 
 /** The AL2023 image parameter for an architecture. */
 export const al2023Parameter = (arch: string) => `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;
@@ -90,8 +99,11 @@ export function poolNoProxy(spec: PoolSpec, place: Pick<PoolPlace, "region" | "d
   return [spec.noProxy, aws].filter(Boolean).join(",") || undefined;
 }
 
-/** The user-data spec of a pool, given where its AWS resources are. */
-export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace): UserDataSpec {
+/**
+ * The user-data spec of a pool, given where its AWS resources are (and, when its configuration
+ * is in a parameter, that parameter's version).
+ */
+export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace, configVersion = 0): UserDataSpec {
   const core = spec.core;
   const caFromParameter = core.customCaCertificatesDelivery === "ssmParameter";
   const awsConfig: NonNullable<InstanceConfig["aws"]> = {
@@ -120,6 +132,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace)
     registryMirror: spec.registryMirror,
     caCertificates: caFromParameter ? undefined : core.customCaCertificates,
     caCertificatesParameter: caFromParameter ? { name: caParameterName(place.autoScalingGroupName) } : undefined,
+    configParameter: spec.configDelivery === "ssmParameter" ? { name: configParameterName(place.autoScalingGroupName), version: configVersion } : undefined,
     httpsProxy: core.httpsProxy,
     noProxy: poolNoProxy(spec, place),
     awsApisViaProxy: core.awsApisViaProxy,
@@ -144,9 +157,33 @@ export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
   };
 }
 
-/** Refuse, before anything is created, a configuration whose user-data cannot fit. */
+/**
+ * Where the role's configuration goes: in user-data if it fits there at the pool's worst case,
+ * else in a parameter. Decided from the arguments alone, so the same arguments always choose the same.
+ */
+export function configDelivery(name: string, spec: PoolSpec): ConfigDelivery {
+  try {
+    renderUserData(poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)));
+    return "userData";
+  } catch (error) {
+    if (error instanceof UserDataTooLargeError) return "ssmParameter";
+    throw error;
+  }
+}
+
+/** Refuse, before anything is created, a configuration whose user-data (or config parameter) cannot fit. */
 export function checkUserDataSize(name: string, spec: PoolSpec): number {
-  return renderUserData(poolUserDataSpec(name, spec, worstCasePlace(name, spec.core))).length;
+  const userData = poolUserDataSpec(name, spec, worstCasePlace(name, spec.core), WORST_CASE_VERSION);
+  const size = renderUserData(userData).length;
+  if (userData.configParameter) {
+    const value = Buffer.byteLength(renderConfigParameterValue(userData));
+    if (value > SSM_PARAMETER_LIMIT) {
+      throw new InvalidArgumentsError(spec.component, name, [
+        `(arguments): the role's configuration does not fit in user-data, and packed it is ${value} bytes, over the ${SSM_PARAMETER_LIMIT} an SSM parameter holds; shorten it (the run initialization policy and lists of variables, mounts and tags count in full)`,
+      ]);
+    }
+  }
+  return size;
 }
 
 /** Create the resources every pool has, as children of `parent`. */
@@ -232,6 +269,14 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
         )
       : undefined;
 
+  // The configuration when it does not fit in user-data: not secret (the credentials are in
+  // the secret), a String parameter only this pool's role may read. Each change makes a
+  // version, which the user-data pins: a new launch template, and an instance refresh.
+  const place = pulumi
+    .all([secretArn, groupName, logGroup.name, region, partition.dnsSuffix])
+    .apply(([secret, group, logs, reg, dnsSuffix]): PoolPlace => ({ secretArn: secret, autoScalingGroupName: group, logGroupName: logs, region: reg, dnsSuffix }));
+  const configParameter = spec.configDelivery === "ssmParameter" ? createConfigParameter(name, spec, place, groupName, tags, opts) : undefined;
+
   const role = new aws.iam.Role(
     `${name}-instance`,
     {
@@ -245,17 +290,18 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     },
     opts,
   );
+  const parameterArns = pulumi.all([caParameter?.arn, configParameter?.arn]).apply((arns) => arns.filter((arn): arn is string => arn !== undefined));
   const policy = new aws.iam.RolePolicy(
     `${name}-instance`,
     {
       role: role.name,
       policy: pulumi
-        .all([secretArn, logGroup.arn, placed, partition.dnsSuffix, region, account, groupName, caParameter?.arn])
-        .apply(([secret, logGroupArn, part, dnsSuffix, reg, acct, group, caParameterArn]) =>
+        .all([secretArn, logGroup.arn, placed, partition.dnsSuffix, region, account, groupName, parameterArns])
+        .apply(([secret, logGroupArn, part, dnsSuffix, reg, acct, group, parameters]) =>
           JSON.stringify(
             poolPolicyDocument({
               secretArn: secret,
-              caParameterArn,
+              parameterArns: parameters,
               secretKmsKeyArn: core.secretKmsKeyArn,
               region: reg,
               dnsSuffix,
@@ -275,10 +321,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
 
   const imageId = core.amiId ?? aws.ssm.getParameterOutput({ name: al2023Parameter(architectureOf(core.instanceType)) }, invokeOpts).value;
   const userData = pulumi
-    .all([secretArn, groupName, logGroup.name, region, partition.dnsSuffix])
-    .apply(([secret, group, logs, reg, dnsSuffix]) =>
-      renderUserData(poolUserDataSpec(name, spec, { secretArn: secret, autoScalingGroupName: group, logGroupName: logs, region: reg, dnsSuffix })).toString("base64"),
-    );
+    .all([place, configParameter?.version])
+    .apply(([p, version]) => renderUserData(poolUserDataSpec(name, spec, p, version)).toString("base64"));
 
   const launchTemplate = new aws.ec2.LaunchTemplate(
     `${name}-agents`,
@@ -362,8 +406,8 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     {
       ...opts,
       // Instances read the secret, write logs and complete their hook with the role's policy
-      // at boot, and read the CA parameter: all exist before the first instance starts.
-      dependsOn: [logGroup, bootLog, policy, ...(ssmAccess ? [ssmAccess] : []), ...(caParameter ? [caParameter] : [])],
+      // at boot, and read the parameters: all exist before the first instance starts.
+      dependsOn: [logGroup, bootLog, policy, ...(ssmAccess ? [ssmAccess] : []), ...[caParameter, configParameter].filter((p) => p !== undefined)],
       // Later changes reach the hooks through the LifecycleHook resources below; the scaling
       // policy owns the desired capacity once the group exists.
       ignoreChanges: ["initialLifecycleHooks", ...(core.scaling.enabled ? ["desiredCapacity"] : [])],
@@ -397,6 +441,22 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     launchTemplateId: launchTemplate.id,
     dashboardName: dashboard.dashboardName,
   };
+}
+
+function createConfigParameter(name: string, spec: PoolSpec, place: pulumi.Output<PoolPlace>, group: pulumi.Output<string>, tags: Record<string, string>, opts: pulumi.CustomResourceOptions) {
+  const value = place.apply((p) => renderConfigParameterValue(poolUserDataSpec(name, spec, p)));
+  return new aws.ssm.Parameter(
+    `${name}-config`,
+    {
+      name: group.apply(configParameterName),
+      description: `agentpools ${spec.component} ${name}: the instances' configuration (Brotli archive, base64)`,
+      type: "String",
+      tier: value.apply(ssmParameterTier),
+      value,
+      tags,
+    },
+    opts,
+  );
 }
 
 /** A metric query as the Pulumi provider spells it (dimensions as name/value pairs). */

@@ -60,6 +60,12 @@ export interface UserDataSpec {
   caCertificates?: string;
   /** ...or read at boot from this SSM parameter (String) with the instance role. */
   caCertificatesParameter?: { name: string };
+  /**
+   * The role's configuration and the files beside it (configFiles) read at boot from this SSM
+   * parameter (String: their archive, as packFiles makes it), at this version, instead of
+   * travelling in user-data.
+   */
+  configParameter?: { name: string; version: number };
   /** Proxy for dnf, Docker and the runtime's own connections. */
   httpsProxy?: string;
   /** What goes around the proxy (the instance metadata service is always added for the runtime). */
@@ -83,8 +89,12 @@ export class UserDataTooLargeError extends Error {
   constructor(
     readonly pool: string,
     readonly size: number,
+    configInParameter = false,
   ) {
-    super(`pool "${pool}": user-data is ${size} bytes gzipped, over EC2's limit of ${USER_DATA_LIMIT}; shorten the configuration (policies and custom CA certificates count in full; customCaCertificatesDelivery "ssmParameter" takes the certificates out of user-data)`);
+    super(
+      `pool "${pool}": user-data is ${size} bytes gzipped, over EC2's limit of ${USER_DATA_LIMIT}${configInParameter ? ", even with the role's configuration in an SSM parameter" : ""}; ` +
+        'shorten the configuration (custom CA certificates count in full; customCaCertificatesDelivery "ssmParameter" takes them out of user-data)',
+    );
     this.name = "UserDataTooLargeError";
   }
 }
@@ -100,6 +110,8 @@ export const bundlePath = (role: RoleName) => `${INSTALL_DIR}/${role}.js`;
 
 /** Where cloud-init writes the archive of the instance's files, which the boot script unpacks. */
 export const ARCHIVE_PATH = "/run/agentpools.br";
+/** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
+export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
 
 const brotli = (data: string) => brotliCompressSync(Buffer.from(data, "utf8"), { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 } });
 /** A bundle as Brotli alone would carry it (base64), for size reports. */
@@ -114,8 +126,17 @@ export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
  * Deterministic: the same files give the same bytes.
  */
 export const packFiles = (files: UserDataFile[]) => brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
-const unpackCommand = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `/usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' ${ARCHIVE_PATH} ""`;
+/** The files of an archive packFiles made, in order. */
+export function unpackFiles(archive: string): UserDataFile[] {
+  return brotliDecompressSync(Buffer.from(archive, "base64"))
+    .toString("utf8")
+    .split("\0")
+    .slice(1)
+    .map((entry) => ({ path: entry.slice(0, entry.indexOf("\n")), content: entry.slice(entry.indexOf("\n") + 1) }));
+}
+/** `unpack ARCHIVE`: a shell function, so the archive from SSM is unpacked by the same code as user-data's. */
+const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
+  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' "$1" ""; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -198,18 +219,32 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
 /** The files cloud-init writes before the script runs. */
 /** Every file an instance gets, as it will be on disk. */
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
-  const files: UserDataFile[] = [
+  return [
     { path: bundlePath(spec.role), content: spec.bundle },
     { path: BOOT_TAIL_PATH, content: bootTail(spec) },
+    ...(spec.configParameter ? [] : configFiles(spec)),
+    ...(spec.caCertificates ? [{ path: CA_BUNDLE_PATH, content: spec.caCertificates }] : []),
+  ];
+}
+
+/**
+ * The files that say how this pool's runtime runs: the role's configuration, its systemd unit,
+ * Docker's daemon.json, the runtimes' nftables rules, a run initialization policy. They travel
+ * in user-data, or together in the config parameter (spec.configParameter).
+ */
+export function configFiles(spec: UserDataSpec): UserDataFile[] {
+  const files: UserDataFile[] = [
     { path: configPath(spec.role), content: JSON.stringify(spec.config) + "\n" },
     { path: `/etc/systemd/system/${unitName(spec.role)}`, content: renderUnit(spec) },
   ];
   const daemon = renderDockerDaemonConfig(spec);
   if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon });
-  if (spec.caCertificates) files.push({ path: CA_BUNDLE_PATH, content: spec.caCertificates });
   if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids) });
   return [...files, ...(spec.extraFiles ?? [])];
 }
+
+/** The value of the config parameter: configFiles as one archive (base64 text, which SSM's String type holds). */
+export const renderConfigParameterValue = (spec: UserDataSpec): string => packFiles(configFiles(spec));
 
 /**
  * Trust the custom CAs before anything goes out: dnf and Docker may pass a TLS-inspecting
@@ -226,6 +261,21 @@ function caTrustCommands(spec: UserDataSpec): string[] {
         ]
       : []),
     "update-ca-trust extract",
+  ];
+}
+
+/**
+ * The configuration from its parameter, at the version this user-data was rendered with (an
+ * instance of an older launch template reads its own), unpacked as user-data's archive is.
+ */
+function configFetchCommands(spec: UserDataSpec): string[] {
+  const parameter = spec.configParameter;
+  if (!parameter) return [];
+  const encoded = `${CONFIG_ARCHIVE_PATH}.b64`;
+  return [
+    `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text > ${encoded}`,
+    `base64 -d ${encoded} > ${CONFIG_ARCHIVE_PATH}`,
+    `unpack ${CONFIG_ARCHIVE_PATH}`,
   ];
 }
 
@@ -275,7 +325,7 @@ export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
 
 /** After the archive is unpacked: the service user, gVisor, then the services. */
 function bootTail(spec: UserDataSpec): string {
-  const lines = ["id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
+  const lines = [...configFetchCommands(spec), "id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
   if (spec.gvisor) {
     const arch = spec.architecture === "arm64" ? "aarch64" : "x86_64";
     lines.push(
@@ -309,7 +359,7 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
     `date +%s >>${BOOT_MARKS_PATH}`,
     `base64 -d > ${ARCHIVE_PATH} <<<'`,
   ];
-  const after = ["'", unpackCommand(spec), `. ${BOOT_TAIL_PATH}`, ""];
+  const after = ["'", unpackFunction(spec), `unpack ${ARCHIVE_PATH}`, `. ${BOOT_TAIL_PATH}`, ""];
   return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
 }
 
@@ -341,7 +391,7 @@ function gzipParts(parts: string[]): Buffer {
  */
 export function renderUserData(spec: UserDataSpec): Buffer {
   const gzipped = gzipParts(scriptParts(spec));
-  if (gzipped.length > USER_DATA_LIMIT) throw new UserDataTooLargeError(spec.pool, gzipped.length);
+  if (gzipped.length > USER_DATA_LIMIT) throw new UserDataTooLargeError(spec.pool, gzipped.length, Boolean(spec.configParameter));
   return gzipped;
 }
 
@@ -362,12 +412,8 @@ export function decodeUserData(data: Buffer | string): DecodedUserData {
   }
   // As on the instance: the script unpacks the archive it writes.
   const archive = new RegExp(`^base64 -d > ${ARCHIVE_PATH} <<<'([A-Za-z0-9+/=]+)'$`, "m").exec(script)?.[1];
-  if (archive && script.includes(`${ARCHIVE_PATH} ""`)) {
-    for (const entry of brotliDecompressSync(Buffer.from(archive, "base64")).toString("utf8").split("\0").slice(1)) {
-      const header = entry.indexOf("\n");
-      const path = entry.slice(0, header);
-      files.set(path, { path, content: entry.slice(header + 1) });
-    }
+  if (archive && script.includes(`\nunpack ${ARCHIVE_PATH}\n`)) {
+    for (const file of unpackFiles(archive)) files.set(file.path, file);
   }
   const tail = files.get(BOOT_TAIL_PATH)?.content;
   return { script: tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail), files };
