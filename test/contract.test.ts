@@ -214,7 +214,9 @@ for (const k of kinds) {
       assert.equal(await verdict(k.aws, `c-aws-${n}`, all), "accepted");
       assert.equal(await verdict(k.k8s, `c-k8s-${n}`, all), "accepted");
       const [awsResources, k8sResources] = [await settled(`c-aws-${n}`), await settled(`c-k8s-${n}`)];
-      const userData = decodeUserData(byType(awsResources, "aws:ec2/launchTemplate:LaunchTemplate")[0].inputs.userData);
+      // Where the instance gets its configuration: user-data or, for this large one, the pool's config parameter.
+      const parameter = byType(awsResources, "aws:ssm/parameter:Parameter").find((r) => r.name.endsWith("-config"));
+      const userData = decodeUserData(byType(awsResources, "aws:ec2/launchTemplate:LaunchTemplate")[0].inputs.userData, parameter?.inputs.value.value);
       const instance = JSON.parse(
         [...userData.files.entries()].find(
           ([path]) => path.startsWith("/etc/agentpools/") && path.endsWith(".json") && !path.includes("policy"),

@@ -4,6 +4,8 @@ import { FlowsAgentPool, Network, VcsAgentPool, WorkerPool, decodeUserData, USER
 import { runtimeBundle } from "../components/shared/bundles";
 import type { AgentPool } from "../components/aws/agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
+import { unpackFiles } from "../components/aws/userdata";
+import { policyFileContent } from "../components/shared/worker-args";
 import { DEFAULT_TARGET_BUSY_PERCENT, metricQueryProblems, type MetricQuery } from "../components/aws/scaling";
 import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
 import { caCertificates } from "../devkit/certificates";
@@ -45,7 +47,9 @@ async function deploy(make: () => AgentPool, prefix: string) {
 function userDataOf(resources: RecordedResource[]) {
   const lt = one(resources, T.lt);
   assert.equal(typeof lt.inputs.userData, "string", "user-data is a plain (non-secret) value");
-  return { raw: lt.inputs.userData as string, decoded: decodeUserData(lt.inputs.userData) };
+  // With the files of the pool's config parameter, when it has one: every file an instance gets.
+  const parameter = resources.find((r) => r.type === T.parameter && r.name === lt.name.replace(/-agents$/, "-config"));
+  return { raw: lt.inputs.userData as string, decoded: decodeUserData(lt.inputs.userData, parameter?.inputs.value.value) };
 }
 
 /** Every plain (non-secret) input of every resource, as text: what `pulumi stack export` shows in the clear. */
@@ -395,7 +399,7 @@ describe("AWS pools: options", () => {
     const certificates = (await caCertificates(5)).join("");
     assert.throws(() => new WorkerPool("ca-inline", { ...LARGEST.worker, customCaCertificates: certificates, customCaCertificatesDelivery: "userData" }), UserDataTooLargeError);
     const { resources, outputs } = await deploy(() => new WorkerPool("ca-ssm", { ...LARGEST.worker, customCaCertificates: certificates, customCaCertificatesDelivery: "ssmParameter" }), "ca-ssm");
-    const parameter = one(resources, T.parameter);
+    const parameter = one(resources.filter((r) => r.name === "ca-ssm-ca-certificates"), T.parameter);
     const name = `/agentpools/${outputs.group}/ca-certificates`;
     assert.deepEqual({ name: parameter.inputs.name, type: parameter.inputs.type, tier: parameter.inputs.tier }, { name, type: "String", tier: "Advanced" });
     // The provider marks every parameter value secret; the certificates arrive whole.
@@ -403,7 +407,9 @@ describe("AWS pools: options", () => {
     assert.equal(parameter.inputs.value.value, certificates);
     const policy = JSON.parse(one(resources, T.policy).inputs.policy);
     const read = policy.Statement.filter((s: { Action: string }) => String(s.Action).startsWith("ssm:"));
-    assert.deepEqual(read, [{ Sid: "ReadPoolCaCertificates", Effect: "Allow", Action: "ssm:GetParameter", Resource: `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${name}` }]);
+    // This pool's two parameters, named (its certificates, and its configuration, which no longer fits beside them).
+    const arn = (leaf: string) => `arn:aws:ssm:${REGION}:${ACCOUNT}:parameter/agentpools/${outputs.group}/${leaf}`;
+    assert.deepEqual(read, [{ Sid: "ReadPoolParameters", Effect: "Allow", Action: "ssm:GetParameter", Resource: [arn("ca-certificates"), arn("config")] }]);
     assert.ok(one(resources, T.asg).dependsOn.includes(`${T.parameter}::ca-ssm-ca-certificates`), "the parameter exists before an instance reads it");
     const { decoded, raw } = userDataOf(resources);
     assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT);
@@ -458,16 +464,52 @@ describe("AWS pools: options", () => {
     }
   });
 
-  for (const [kind, make, prefix] of [
-    ["WorkerPool", () => new WorkerPool("largest-w", LARGEST.worker), "largest-w"],
-    ["VcsAgentPool", () => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v"],
-    ["FlowsAgentPool", () => new FlowsAgentPool("largest-f", LARGEST.flows), "largest-f"],
+  for (const [kind, make, prefix, role, secrets] of [
+    ["WorkerPool", () => new WorkerPool("largest-w", LARGEST.worker), "largest-w", "launcher", [TOKENS.worker, PRIVATE_KEY_B64]],
+    ["FlowsAgentPool", () => new FlowsAgentPool("largest-f", LARGEST.flows), "largest-f", "flows-agent", [TOKENS.flows]],
   ] as const) {
-    it(`${kind}: the largest configuration fits in user-data`, async () => {
-      const { resources } = await deploy(make, prefix);
-      const gzipped = Buffer.from(one(resources, T.lt).inputs.userData, "base64");
-      assert.ok(gzipped.length <= USER_DATA_LIMIT, `${gzipped.length} bytes`);
-      assert.ok(decodeUserData(gzipped).files.has(`/etc/agentpools/${kind === "WorkerPool" ? "launcher" : kind === "VcsAgentPool" ? "vcs-agent" : "flows-agent"}.json`));
+    it(`${kind}: the largest configuration fits, its configuration read at boot from a parameter only this pool reads, at a pinned version`, async () => {
+      const { resources, outputs } = await deploy(make, prefix);
+      const { raw, decoded } = userDataOf(resources);
+      assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT, `${Buffer.from(raw, "base64").length} bytes`);
+      const parameter = resources.find((r) => r.type === T.parameter && r.name === `${prefix}-config`) as RecordedResource;
+      const name = `/agentpools/${outputs.group}/config`;
+      assert.deepEqual({ name: parameter.inputs.name, type: parameter.inputs.type, tier: parameter.inputs.tier }, { name, type: "String", tier: "Standard" });
+      const files = new Map(unpackFiles(parameter.inputs.value.value).map((f) => [f.path, f.content]));
+      // The configuration as the runtime reads it: this pool's own resources, every setting.
+      const config = JSON.parse(files.get(`/etc/agentpools/${role}.json`) as string);
+      assert.deepEqual([config.role, config.pool, config.aws.secretArn, config.aws.autoScalingGroupName, config.aws.logGroupName], [role, prefix, outputs.secret, outputs.group, outputs.logs]);
+      assert.ok([...files.keys()].every((path) => !decodeUserData(raw).files.has(path)), "each file travels once");
+      assert.ok(files.has(`/etc/systemd/system/agentpools-${role}.service`) && files.has("/etc/docker/daemon.json"));
+      if (kind === "WorkerPool") {
+        assert.match(config.env.SPACELIFT_MASK_ENVS, /MASKED_SECRET_VARIABLE_29$/);
+        assert.equal(files.get(config.env.SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY), policyFileContent(LARGEST.worker.runInitializationPolicy));
+      }
+      // Nothing secret: the credentials stay in Secrets Manager.
+      for (const secret of secrets) assert.ok(![...files.values()].some((content) => content.includes(secret)), "a credential is in the parameter");
+      // Pinned to the version the provider reports (2 in the mocks), before the services start.
+      const lines = decoded.script.split("\n");
+      const fetch = lines.indexOf(`retry aws ssm get-parameter --name '${name}:2' --query Parameter.Value --output text > /run/agentpools-config.br.b64`);
+      assert.ok(fetch > 0 && fetch < lines.findIndex((l) => l.startsWith("systemctl enable")), decoded.script);
+      const read = JSON.parse(one(resources, T.policy).inputs.policy).Statement.filter((st: { Action: string }) => String(st.Action).startsWith("ssm:"));
+      assert.deepEqual(read.map((st: { Resource: string[] }) => st.Resource.at(-1)), [`arn:aws:ssm:${REGION}:${ACCOUNT}:parameter${name}`]);
+      assert.ok(one(resources, T.asg).dependsOn.includes(`${T.parameter}::${prefix}-config`), "the parameter exists before an instance reads it");
     });
   }
+
+  it("a configuration that fits keeps it in user-data: no parameter, no SSM permission (the largest VCS agent pool, each kind's default)", async () => {
+    for (const [make, prefix, role] of [
+      [() => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v", "vcs-agent"],
+      [() => new WorkerPool("inline-w", workerArgs()), "inline-w", "launcher"],
+      [() => new FlowsAgentPool("inline-f", flowsArgs()), "inline-f", "flows-agent"],
+    ] as const) {
+      const { resources } = await deploy(make, prefix);
+      const { raw, decoded } = userDataOf(resources);
+      assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT);
+      assert.ok(decoded.files.has(`/etc/agentpools/${role}.json`), prefix);
+      assert.ok(!decoded.script.includes("ssm get-parameter"), prefix);
+      assert.equal(byType(resources, T.parameter).length, 0, prefix);
+      assert.ok(!one(resources, T.policy).inputs.policy.includes("ssm:"), prefix);
+    }
+  });
 });

@@ -4,7 +4,19 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { gunzipSync } from "node:zlib";
-import { ARCHIVE_PATH, decodeUserData, GVISOR, renderUserData, USER_DATA_LIMIT, UserDataTooLargeError, type UserDataSpec } from "./userdata";
+import { statSync } from "node:fs";
+import {
+  ARCHIVE_PATH,
+  configFiles,
+  decodeUserData,
+  GVISOR,
+  renderConfigParameterValue,
+  renderUserData,
+  unpackFiles,
+  USER_DATA_LIMIT,
+  UserDataTooLargeError,
+  type UserDataSpec,
+} from "./userdata";
 import { CA_EC } from "../../devkit/fixtures";
 import { scratchDir } from "../../devkit/helpers";
 
@@ -69,6 +81,10 @@ function runBootPiece(script: string, lines: string[], bin: string) {
   return spawnSync("/bin/bash", ["-c", text], { env: { PATH: `${bin}:${process.env.PATH}` }, encoding: "utf8" });
 }
 
+/** The script's own `unpack` function, run with this machine's node and under a scratch root. */
+const localUnpack = (lines: string[], root: string) =>
+  (lines.find((l) => l.startsWith("unpack() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replace(`"$1" ""`, `"$1" ${root}`);
+
 describe("user-data", () => {
   it("is a gzipped bash script that writes its own files and decodes back to exactly what was rendered", () => {
     const input = spec();
@@ -104,18 +120,49 @@ describe("user-data", () => {
     const decoded = decodeUserData(renderUserData(input));
     const lines = decoded.script.split("\n");
     const write = lines.find((l) => l.startsWith(`base64 -d > ${ARCHIVE_PATH} `)) as string;
-    const unpack = lines.find((l) => l.includes("brotliDecompressSync")) as string;
-    assert.ok(lines.indexOf(unpack) > lines.findIndex((l) => l.startsWith("retry dnf install")), "after Node.js is installed");
-    assert.ok(lines.indexOf(unpack) < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
+    const unpack = lines.indexOf(`unpack ${ARCHIVE_PATH}`);
+    assert.ok(unpack > lines.findIndex((l) => l.startsWith("retry dnf install")), "after Node.js is installed");
+    assert.ok(unpack < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
     // Run those very lines here, with this machine's node, a scratch archive and a scratch root.
     const root = scratchDir("root-");
     const archive = path.join(root, "archive.br");
-    execFileSync("/bin/bash", ["-c", `${write.replace(ARCHIVE_PATH, archive)}\n${unpack.replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replace(`${ARCHIVE_PATH} ""`, `${archive} ${root}`)}`]);
+    execFileSync("/bin/bash", ["-c", `${write.replace(ARCHIVE_PATH, archive)}\n${localUnpack(lines, root)}\nunpack ${archive}`]);
     for (const file of decoded.files.values()) {
       if (file.path === "/etc/pki/ca-trust/source/anchors/agentpools.pem") continue; // written by the shell, tested above
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
     }
     assert.equal(readFileSync(path.join(root, "/opt/agentpools/launcher.js"), "utf8"), input.bundle);
+  });
+
+  it("with a config parameter: reads it at its pinned version, unpacks exactly the files user-data would have carried, before the services start", () => {
+    const parameter = { name: "/agentpools/agentpools-build-1a2b3c4d/config", version: 7 };
+    const input = spec({ configParameter: parameter });
+    const value = renderConfigParameterValue(input);
+    const inline = decodeUserData(renderUserData(spec())).files;
+    const decoded = decodeUserData(renderUserData(input));
+    // Out of user-data, into the value, byte for byte the files the inline path writes (so a pool's settings are the same either way).
+    const moved = configFiles(input);
+    assert.deepEqual(moved.map((f) => f.path).sort(), ["/etc/agentpools/launcher.json", "/etc/agentpools/policy", "/etc/docker/daemon.json", "/etc/systemd/system/agentpools-launcher.service"]);
+    for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
+    assert.deepEqual(unpackFiles(value), moved.map((f) => inline.get(f.path)));
+    // The script's own lines, with an AWS CLI stand-in that answers only the pinned version, as SSM would.
+    const lines = decoded.script.split("\n");
+    const fetch = lines.findIndex((l) => l.includes("aws ssm get-parameter --name") && l.includes("/config:"));
+    assert.equal(lines[fetch], `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text > /run/agentpools-config.br.b64`);
+    assert.ok(fetch < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
+    const root = scratchDir("root-");
+    const stored = path.join(root, "value");
+    writeFileSync(stored, value);
+    const bin = standIns({ aws: `[ "$4" = '${parameter.name}:7' ] && cat '${stored}'` });
+    // A strict umask at boot must not leave the files unreadable to the service user.
+    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 3)].map((l) => l.replaceAll("/run/", `${root}/`));
+    const run = runBootPiece(decoded.script, piece, bin.dir);
+    assert.equal(run.status, 0, run.stderr);
+    assert.deepEqual(bin.calls("aws"), [`ssm get-parameter --name ${parameter.name}:7 --query Parameter.Value --output text`]);
+    for (const file of moved) {
+      assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
+      assert.equal(statSync(path.join(root, file.path)).mode & 0o777, 0o644, file.path);
+    }
   });
 
   it("runs the role as a systemd service that restarts on failure, powers off when it keeps failing, and stops with SIGTERM in time to drain", () => {

@@ -134,9 +134,12 @@ export function unpackFiles(archive: string): UserDataFile[] {
     .slice(1)
     .map((entry) => ({ path: entry.slice(0, entry.indexOf("\n")), content: entry.slice(entry.indexOf("\n") + 1) }));
 }
-/** `unpack ARCHIVE`: a shell function, so the archive from SSM is unpacked by the same code as user-data's. */
+/**
+ * `unpack ARCHIVE`: a shell function, so the archive from SSM is unpacked by the same code as
+ * user-data's. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
+ */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' "$1" ""; }`;
+  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;process.umask(18);for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' "$1" ""; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -402,8 +405,11 @@ export interface DecodedUserData {
   files: Map<string, UserDataFile>;
 }
 
-/** Read rendered user-data back: gunzip, then the files as the script writes and unpacks them. */
-export function decodeUserData(data: Buffer | string): DecodedUserData {
+/**
+ * Read rendered user-data back: gunzip, then the files as the script writes and unpacks them,
+ * and those of the config parameter's value, when the script reads one and it is given.
+ */
+export function decodeUserData(data: Buffer | string, configParameterValue?: string): DecodedUserData {
   const script = gunzipSync(typeof data === "string" ? Buffer.from(data, "base64") : data).toString("utf8");
   if (!script.startsWith("#!/bin/bash\n")) throw new Error("user-data is not a bash script");
   const files = new Map<string, UserDataFile>();
@@ -416,5 +422,9 @@ export function decodeUserData(data: Buffer | string): DecodedUserData {
     for (const file of unpackFiles(archive)) files.set(file.path, file);
   }
   const tail = files.get(BOOT_TAIL_PATH)?.content;
-  return { script: tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail), files };
+  const whole = tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail);
+  if (configParameterValue !== undefined && whole.includes(`\nunpack ${CONFIG_ARCHIVE_PATH}\n`)) {
+    for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
+  }
+  return { script: whole, files };
 }
