@@ -34,9 +34,12 @@ function describePool(lt: RecordedResource): string[] {
   const policy = JSON.parse(find("aws:iam/rolePolicy:RolePolicy", `${pool}-instance`)?.inputs.policy ?? "{}");
   const hooks = recorded.filter((r) => r.type === "aws:autoscaling/lifecycleHook:LifecycleHook" && r.name.startsWith(`${pool}-agent-`)).map((r) => r.inputs);
   const gzipped = Buffer.from(lt.inputs.userData, "base64");
-  const decoded = decodeUserData(gzipped);
+  // The pool's config parameter, when its configuration did not fit in user-data.
+  const parameter = find("aws:ssm/parameter:Parameter", `${pool}-config`)?.inputs;
+  const decoded = decodeUserData(gzipped, parameter?.value.value);
   const text = [decoded.script, ...[...decoded.files.values()].map((f) => f.content)].join("\n");
   const leaked = Object.values(DEMO_SECRETS).some((secret) => text.includes(secret));
+  const pinned = / aws ssm get-parameter --name '[^']*:(\d+)'/.exec(decoded.script)?.[1];
   const config = JSON.parse([...decoded.files.values()].find((f) => /^\/etc\/agentpools\/[a-z-]+\.json$/.test(f.path))?.content ?? "{}");
   const unit = [...decoded.files.values()].find((f) => f.path.startsWith("/etc/systemd/system/"))?.content ?? "";
   const daemon = decoded.files.get("/etc/docker/daemon.json")?.content;
@@ -66,6 +69,7 @@ function describePool(lt: RecordedResource): string[] {
       : []),
     `    proxy: ${/HTTPS_PROXY=([^"]+)/.exec(unit)?.[1] ?? "none"}${/NO_PROXY=([^"]+)/.test(unit) ? `; around it: ${/NO_PROXY=([^"]+)/.exec(unit)?.[1]}` : ""}`,
     ...(policy.Statement ?? []).map((s: { Effect: string; Action?: string | string[]; Resource?: string }) => `    role may ${s.Effect === "Allow" ? "" : "not "}${list([s.Action ?? []].flat())} on ${s.Resource}`),
+    `    configuration: ${parameter ? `from SSM parameter ${parameter.name} (${parameter.tier}, String), read at boot at version ${pinned}, the one this launch template pins` : "in user-data"}`,
     `    user-data ${gzipped.length} of ${USER_DATA_LIMIT} bytes gzipped (${((gzipped.length / USER_DATA_LIMIT) * 100).toFixed(1)}%); credentials in user-data: ${leaked ? "YES (bug)" : "none"}`,
   ];
 }

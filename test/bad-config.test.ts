@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
+import { createHash, generateKeyPairSync } from "node:crypto";
 import { FlowsAgentPool, InvalidArgumentsError, Network, UserDataTooLargeError, VcsAgentPool, WorkerPool } from "../components";
 import { caCertificates } from "../devkit/certificates";
 import { recorded, settled } from "../devkit/pulumi-mocks";
@@ -201,6 +201,17 @@ describe("bad configuration is refused before anything is created", () => {
     assert.throws(
       () => new FlowsAgentPool("bad-huge", flowsArgs({ customCaCertificates: bundle })),
       (error: Error) => error instanceof UserDataTooLargeError && /pool "bad-huge": user-data is [0-9]+ bytes gzipped, over EC2's limit of 16384/.test(error.message) && error.message.includes('customCaCertificatesDelivery "ssmParameter"'),
+    );
+  });
+
+  it("a configuration too large for user-data and for an SSM parameter is refused, naming both limits", () => {
+    names.push("bad-policy");
+    // Image patterns as incompressible as real digests: some 12 KB packed.
+    const allowedImages = Array.from({ length: 160 }, (_, i) => `registry.corp.example.com/team-${i}@sha256:${createHash("sha256").update(`${i}`).digest("hex")}`);
+    assert.throws(
+      () => new WorkerPool("bad-policy", workerArgs({ runInitializationPolicy: { allowedImages } })),
+      (error: Error) =>
+        error instanceof InvalidArgumentsError && error.problems.length === 1 && /does not fit in user-data, and packed it is [0-9]+ bytes, over the 8192 an SSM parameter holds/.test(error.problems[0]),
     );
   });
 
