@@ -1,5 +1,6 @@
 // Prints the gzipped user-data size of each pool kind, with its default and its largest
-// configuration (every argument set, at realistic lengths), against EC2's 16,384 bytes; and
+// configuration (every argument set, at realistic lengths; its configuration files in the pool's SSM
+// parameter when they do not fit, column "config"), against EC2's 16,384 bytes; and
 // how many real CA certificates (each with its own RSA 2048 key, as corporate roots are) fit
 // beside each: inline in user-data (the default delivery), or from an SSM parameter
 // (customCaCertificatesDelivery "ssmParameter"), where user-data carries only the fetch.
@@ -23,11 +24,12 @@ const kinds = [
 
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
-console.log(`${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
+console.log(`${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("config", 8)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
 async function main(): Promise<void> {
 const certificates = await caCertificates(20);
 for (const k of kinds) {
-  const size = (args: object) => checkUserDataSize("pool", preparePool(k.component, k.role, "pool", k.schema as never, args as never, k.kind as never));
+  const prepare = (args: object) => preparePool(k.component, k.role, "pool", k.schema as never, args as never, k.kind as never);
+  const size = (args: object) => checkUserDataSize("pool", prepare(args));
   // Over the limit, the size it would have.
   const sizeOf = (args: object) => {
     try {
@@ -40,6 +42,8 @@ for (const k of kinds) {
   // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
   const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
   const largest = sizeOf(k.largest);
+  // Where the largest configuration's files go: user-data, or the pool's config parameter when they do not fit.
+  const delivery = prepare(k.largest).configDelivery === "ssmParameter" ? "SSM" : "inline";
   // The largest configuration with its certificates in SSM: user-data carries one fetch line, whatever they weigh.
   const fromSsm = sizeOf({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
   const certificatesThatFit = (args: object, delivery = "userData") => {
@@ -55,7 +59,7 @@ for (const k of kinds) {
     return 20;
   };
   console.log(
-    `${k.component.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}` +
+    `${k.component.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}${pad(delivery, 8)}` +
       `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
   );
 }
