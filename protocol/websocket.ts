@@ -53,8 +53,9 @@ export class WebSocket extends EventEmitter {
   ping: () => void;
   close: (code?: number) => void;
   /**
-   * Liveness: a ping every intervalMs; one unanswered for timeoutMs closes the WebSocket
-   * (after a "timeout" event). Stops by itself when the WebSocket closes.
+   * Liveness: a ping every intervalMs; nothing received for timeoutMs after one closes the
+   * WebSocket (after a "timeout" event). Any bytes count, not only the pong: on a slow link the
+   * pong may queue behind a large message still arriving. Stops when the WebSocket closes.
    */
   keepAlive: (intervalMs?: number, timeoutMs?: number) => void;
 
@@ -106,7 +107,7 @@ export class WebSocket extends EventEmitter {
         deadline ??= setTimeout(() => (this.emit("timeout"), close(1001)), timeoutMs);
         ping();
       }, intervalMs);
-      this.on("pong", () => (deadline = void clearTimeout(deadline)));
+      socket.on("data", () => (deadline = void clearTimeout(deadline)));
       this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
     };
 

@@ -1,4 +1,5 @@
 import { mkdirSync } from "node:fs";
+import type { Socket } from "node:net";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
@@ -51,8 +52,17 @@ class FlowsLink extends WebSocketLink {
     });
   }
 
-  protected opened(socket: WebSocket): void {
+  protected opened(socket: WebSocket, raw: Socket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
+    // Answers leave one at a time, each once the socket has sent the last: the rest wait here, not queued in the
+    // socket ahead of pings and pongs (and the agent's memory) on a slow link.
+    let answers = Promise.resolve();
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        const done = () => (raw.off("drain", done).off("close", done), resolve());
+        if (raw.writableNeedDrain && !raw.destroyed) raw.on("drain", done).on("close", done);
+        else resolve();
+      });
     send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
     this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
 
@@ -63,10 +73,9 @@ class FlowsLink extends WebSocketLink {
       const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
-      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then((outcome) => {
+      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then(async (outcome) => {
+        await (answers = answers.then(drained).then(() => void (socket.open && socket.send(resultMessage(id, outcome)))));
         this.inFlight--;
-        // The answer first: the log line is not what the caller waits for.
-        if (socket.open) socket.send(resultMessage(id, outcome));
         this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });
     });
@@ -115,7 +124,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
-      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, scratchRoot: settings.mountsDir });
+      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, openFiles: settings.runtimeOpenFiles, scratchRoot: settings.mountsDir });
       const trial = launcher.start();
       missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
       trial.kill();
