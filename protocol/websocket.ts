@@ -49,7 +49,8 @@ export function acceptWebSocket(headers: Record<string, string | string[] | unde
 export class WebSocket extends EventEmitter {
   /** Until either side closes it. */
   open = true;
-  send: (text: string) => void;
+  /** Sends a text message; `sent` is called once the socket has written it (or failed to). */
+  send: (text: string, sent?: () => void) => void;
   ping: () => void;
   close: (code?: number) => void;
   /**
@@ -74,7 +75,7 @@ export class WebSocket extends EventEmitter {
       socket.destroy();
       this.emit("close");
     };
-    const frame = (opcode: number, payload: Buffer) => {
+    const frame = (opcode: number, payload: Buffer, sent?: () => void) => {
       if (!this.open) return;
       const length = payload.length;
       const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
@@ -89,7 +90,7 @@ export class WebSocket extends EventEmitter {
         key.copy(header, 2 + extended);
         payload = xor(payload, key);
       }
-      socket.write(Buffer.concat([header, payload]));
+      socket.write(Buffer.concat([header, payload]), sent);
     };
     const close = (this.close = (code = 1000) => {
       if (!this.open) return;
@@ -100,7 +101,7 @@ export class WebSocket extends EventEmitter {
       finish();
     });
     const ping = (this.ping = () => frame(0x9, Buffer.alloc(0)));
-    this.send = (text) => frame(0x1, Buffer.from(text, "utf8"));
+    this.send = (text, sent) => frame(0x1, Buffer.from(text, "utf8"), sent);
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
       const tick = setInterval(() => {

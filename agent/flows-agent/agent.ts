@@ -1,5 +1,4 @@
 import { mkdirSync } from "node:fs";
-import type { Socket } from "node:net";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
@@ -52,17 +51,11 @@ class FlowsLink extends WebSocketLink {
     });
   }
 
-  protected opened(socket: WebSocket, raw: Socket): void {
+  protected opened(socket: WebSocket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
-    // Answers leave one at a time, each once the socket has sent the last: the rest wait here, not queued in the
-    // socket ahead of pings and pongs (and the agent's memory) on a slow link.
+    // Answers leave one at a time, each once the socket has handed the last to the kernel: the rest wait here, not
+    // queued in the socket ahead of pings and pongs (and in the agent's memory) on a slow link.
     let answers = Promise.resolve();
-    const drained = () =>
-      new Promise<void>((resolve) => {
-        const done = () => (raw.off("drain", done).off("close", done), resolve());
-        if (raw.writableNeedDrain && !raw.destroyed) raw.on("drain", done).on("close", done);
-        else resolve();
-      });
     send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
     this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
 
@@ -74,7 +67,7 @@ class FlowsLink extends WebSocketLink {
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then(async (outcome) => {
-        await (answers = answers.then(drained).then(() => void (socket.open && socket.send(resultMessage(id, outcome)))));
+        await (answers = answers.then(() => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent()))));
         this.inFlight--;
         this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });

@@ -52,14 +52,14 @@ export abstract class WebSocketLink extends GatewayLink {
     return !!this.socket?.open && !this.draining;
   }
 
-  /** The WebSocket is open (over `raw`): say hello, listen for messages. */
-  protected abstract opened(socket: WebSocket, raw: Socket): void;
+  /** The WebSocket is open: say hello, listen for messages. */
+  protected abstract opened(socket: WebSocket): void;
 
   protected serve(raw: Socket): Promise<void> {
     const socket = new WebSocket(raw, true);
     this.socket = socket;
     socket.keepAlive();
-    this.opened(socket, raw);
+    this.opened(socket);
     this.markReady();
     return new Promise((resolve) => socket.once("close", resolve));
   }
