@@ -241,7 +241,7 @@ export class Gateway {
     const { method = "GET", body, length } = init;
     // The rules of the HTTP entry: the header allowlist, and writes checked before they cross.
     const headers = requestHeaders(init.headers ?? {});
-    const rule = bodyRule(method, path, String(headers["content-type"] ?? ""));
+    const rule = bodyRule(method, path, String(headers["content-type"] ?? ""), !!body);
     if (rule !== "stream" && rule !== "check") throw new HttpError(400, rule);
     let request: ForwardedRequest = { method, path, headers, hasBody: !!body, length };
     let sent = body;

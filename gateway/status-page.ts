@@ -1,9 +1,16 @@
-import type { Gateway } from "./gateway";
+/** What the page shows of a pool (the gateway's summary has this and more). */
+export interface PoolStatus {
+  name: string;
+  kind: string;
+  connections: number;
+  activeRequests: number;
+  agents: { id: string; remote: string; active: number; parallelism: number; draining?: boolean; metadata: Record<string, string> }[];
+}
 
 const escape = (text: unknown) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 /** A small page of pools and their agents; it refreshes itself every five seconds. */
-export function renderStatusPage(pools: ReturnType<Gateway["summary"]>): string {
+export function renderStatusPage(pools: PoolStatus[]): string {
   const rows = pools
     .map((pool) => {
       const agents = pool.agents.map((a) => `<li>${escape(a.id.slice(0, 8))} from ${escape(a.remote)}, ${a.active}/${a.parallelism} busy${a.draining ? ", draining" : ""} ${escape(Object.entries(a.metadata).map(([k, v]) => `${k}=${v}`).join(" "))}</li>`).join("");

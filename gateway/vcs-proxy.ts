@@ -138,9 +138,9 @@ export function serveClient(
 ): void {
   const request = clientRequest(req, path);
   if (typeof request === "string") return fail(new HttpError(400, request));
-  const rule = bodyRule(request.method, path, req.headers["content-type"]);
+  const rule = bodyRule(request.method, path, req.headers["content-type"], request.hasBody);
   if (rule !== "stream" && rule !== "check") return fail(new HttpError(400, rule));
-  if (rule === "stream" || !request.hasBody) return serveRequest(hub, pool, client, request, req, res, limits, fail);
+  if (rule === "stream") return serveRequest(hub, pool, client, request, req, res, limits, fail);
   // Held whole to be checked, within the gateway's budget for such bodies.
   const release = hub.writes.take(Math.min(request.length ?? WRITE_BODY_LIMIT, WRITE_BODY_LIMIT));
   if (!release) return fail(new HttpError(503, "too many write bodies are being received at once: try again"));

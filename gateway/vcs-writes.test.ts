@@ -12,6 +12,8 @@ describe("VCS writes at the gateway", () => {
     assert.equal(bodyRule("POST", "/group/repo.git/git-upload-pack", "application/json"), "check");
     assert.match(bodyRule("POST", "/api/v4/projects/g%2Fr/merge_requests/1/notes?body=%2Fmerge", "application/json"), /no query/);
     assert.match(bodyRule("PATCH", "/x", undefined), /Content-Type/);
+    assert.equal(bodyRule("PUT", "/x", undefined, false), "stream", "no body: nothing to check (the agent's allowlist decides)");
+    assert.match(bodyRule("POST", "/x?body=%2Fmerge", undefined, false), /no query/);
     assert.match(bodyRule("PUT", "/x", "text/plain"), /Content-Type/);
   });
 

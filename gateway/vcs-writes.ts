@@ -24,16 +24,17 @@ const WRITES: [RegExp, string][] = [
 ];
 
 /**
- * How a request's body may cross: "stream" (a git fetch's, or a method that writes nothing,
- * which the agent refuses anyway), "check" (a write's JSON, read and checked here), or why it
- * may not. A write carries no query: GitLab reads query parameters as fields too (`?body=/merge`).
+ * How a request's body may cross: "stream" (a git fetch's, a write without a body, or a
+ * method that writes nothing, which the agent refuses anyway), "check" (a write's JSON, read
+ * and checked here), or why it may not. A write carries no query: GitLab reads query parameters as fields too (`?body=/merge`).
  */
-export function bodyRule(method: string, path: string, contentType = ""): "stream" | "check" | string {
+export function bodyRule(method: string, path: string, contentType = "", hasBody = true): "stream" | "check" | string {
   if (!["POST", "PUT", "PATCH"].includes(method)) return "stream";
   const [route, query] = path.split("?", 2);
   const fetch = method === "POST" && /\/git-upload-pack$/.test(route) && /^application\/x-git-upload-pack-request\s*$/i.test(contentType);
   if (fetch) return "stream";
   if (query !== undefined) return "a write carries no query: its fields go in its JSON body";
+  if (!hasBody) return "stream";
   return /^application\/json\s*(;|$)/i.test(contentType) ? "check" : "a write's body is JSON (Content-Type: application/json)";
 }
 

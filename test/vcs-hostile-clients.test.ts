@@ -474,6 +474,28 @@ describe("hostile clients on the VCS path", function () {
       assert.ok(!received.rawHeaders.some((name) => /forwarded/i.test(name)), "the header allowlist applies to private:// too");
     });
 
+    it("write bodies held to be checked stay within the gateway's budget: beyond it 503, nothing crosses, and a freed part serves the next", async () => {
+      const small = await vcsStack(vcs, { writeBudgetBytes: 2 * 1024 * 1024 });
+      try {
+        await small.startAgent({ vendor: "gitlab" });
+        const notes = "/git/api/v4/projects/group%2Frepo/merge_requests/7/notes";
+        // Two writes that announce a MiB each and send a byte: they hold the whole budget.
+        const holders = [1, 2].map(() =>
+          small.hold(`POST ${notes} HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${small.keys.a.key}\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{`),
+        );
+        await Promise.all(holders.map((h) => h.sent));
+        mark = vcs.received.length;
+        await eventually(async () => (await small.request(notes, { method: "POST", body: '{"body":"ok"}', headers: { "content-type": "application/json" } })).status === 503, 5000, "a 503 once the budget is held");
+        assert.deepEqual(since(), []);
+        holders[0].socket.destroy();
+        await eventually(async () => (await small.request(notes, { method: "POST", body: '{"body":"ok"}', headers: { "content-type": "application/json" } })).status === 200, 5000, "served once a part is freed");
+        assert.deepEqual(since().map((r) => r.body.toString()), ['{"body":"ok"}']);
+        holders[1].socket.destroy();
+      } finally {
+        await small.close();
+      }
+    });
+
     it("a query that names another project (GitLab from_project_id, GitHub owner:repo compare) never reaches the VCS", async () => {
       await stack.startAgent({ vendor: "gitlab" });
       const from = vcs.hits.length;

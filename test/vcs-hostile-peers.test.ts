@@ -157,7 +157,9 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
         nextId = 1;
       }
     });
-    const notes = (tag: string) => `/api/v4/projects/group%2Frepo/merge_requests/1/notes?t=${tag}`;
+    // A write carries no query: its tag is the merge request it comments on.
+    const notes = (tag: string) => `/api/v4/projects/group%2Frepo/merge_requests/${tag}/notes`;
+    const tagged = (tag: string) => (text: string) => text.includes(`t=${tag}`) || text.includes(`/merge_requests/${tag}/notes`);
     const json = [["content-type", "application/json"]] as [string, string][];
     /** Wait for the stream's outcome: an answer, a reset, or the connection closed. */
     const outcome = (id: number, from: number) =>
@@ -170,13 +172,11 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     const atVcs = async (tag: string) => {
       await eventually(
         () =>
-          !vcs.hits.some((h) => h.includes(`t=${tag}`)) ||
-          vcs.received.some((r) => r.url.includes(`t=${tag}`)) ||
-          vcs.aborted.some((a) => a.includes(`t=${tag}`)),
+          !vcs.hits.some(tagged(tag)) || vcs.received.some((r) => tagged(tag)(r.url)) || vcs.aborted.some(tagged(tag)),
         5000,
         "the VCS to settle",
       );
-      return vcs.received.filter((r) => r.url.includes(`t=${tag}`));
+      return vcs.received.filter((r) => tagged(tag)(r.url));
     };
 
     it("DATA past the declared content-length: the VCS never reads a byte beyond it, nor the request hidden there", async () => {
@@ -221,7 +221,7 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
         tunnel.send(request(id, "POST", notes(tag), [...json, ...extra]), data(id, '{"a":1}', true));
         await outcome(id, from);
         assert.deepEqual(await atVcs(tag), [], tag);
-        assert.ok(!vcs.hits.some((h) => h.includes(`t=${tag}`)), `${tag} reached the VCS`);
+        assert.ok(!vcs.hits.some(tagged(tag)), `${tag} reached the VCS`);
       }
     });
 
@@ -481,6 +481,39 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
       answer = (id) => [status(id, "101", [], true)];
       assert.equal((await stack.request("/git/api/v4/version")).status, 502);
       assert.equal((await stack.request("/_agentpools/api/pools")).status, 200, "the gateway goes on serving");
+    });
+  });
+
+  describe("a hostile gateway refusing an agent", () => {
+    it("an endless refusal: the agent reads a KiB of it and hangs up, within the dial's time", async () => {
+      let sent = 0;
+      let closed!: () => void;
+      const hungUp = new Promise<void>((resolve) => (closed = resolve));
+      const server = http.createServer((_req, res) => {
+        res.writeHead(403, { "content-type": "text/plain" });
+        const chunk = Buffer.alloc(64 * 1024, "x");
+        const more = () => {
+          while (!res.destroyed && res.write(chunk)) sent += chunk.length;
+        };
+        res.on("drain", more);
+        res.once("close", closed);
+        more();
+      });
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      try {
+        const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+        const error = await dialGateway(new URL(url), { authorization: "Bearer x" }, { timeoutMs: 5000 }).then(
+          () => undefined,
+          (reason: Error & { status?: number }) => reason,
+        );
+        assert.equal(error?.status, 403);
+        assert.ok((error?.message.length ?? 0) < 1200, "the reason is cut to its first KiB");
+        await hungUp;
+        assert.ok(sent < 16 * 1024 * 1024, `the agent kept reading: ${sent} bytes sent before it hung up`);
+      } finally {
+        server.closeAllConnections();
+        server.close();
+      }
     });
   });
 

@@ -105,6 +105,13 @@ export async function vcsStack(vcs: LocalVcs, options: Partial<GatewayOptions> =
         socket.once("close", () => resolve(text));
       });
     },
+    /** A connection that sends these bytes and then holds, sending nothing more. */
+    hold(bytes: string): { socket: net.Socket; sent: Promise<void> } {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.on("error", () => undefined);
+      const sent = new Promise<void>((resolve) => socket.write(bytes, () => resolve()));
+      return { socket, sent };
+    },
     async close() {
       while (agents.length > 0) await agents.pop()!.agent.drain(Date.now() + 1000);
       await gateway.close();
