@@ -1,5 +1,7 @@
-/** The gateway's pools as Prometheus text (exposition format 0.0.4), for autoscalers (KEDA) and dashboards. */
-export const METRICS_PATH = "/_agentpools/metrics";
+// The gateway's pools as Prometheus text (exposition format 0.0.4), for autoscalers (KEDA) and dashboards.
+import { POOL_GAUGES } from "../protocol/pool-metrics";
+
+export { METRICS_PATH } from "../protocol/pool-metrics";
 
 interface PoolSummary {
   name: string;
@@ -11,9 +13,9 @@ interface PoolSummary {
 }
 
 const GAUGES = [
-  ["agentpools_queued", "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).", (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0)],
-  ["agentpools_connected_agents", "Agents connected and not draining.", (p: PoolSummary) => p.connections],
-  ["agentpools_busy_agents", "Connected agents with work in flight.", (p: PoolSummary) => p.agents.filter((a) => a.active > 0 && !a.draining).length],
+  [POOL_GAUGES.queued, "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).", (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0)],
+  [POOL_GAUGES.connected, "Agents connected and not draining.", (p: PoolSummary) => p.connections],
+  [POOL_GAUGES.busy, "Connected agents with work in flight.", (p: PoolSummary) => p.agents.filter((a) => a.active > 0 && !a.draining).length],
 ] as const;
 
 /** Pool names are [A-Za-z0-9_-] (pools.ts): nothing in a label value needs escaping, but escape anyway. */

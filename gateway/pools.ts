@@ -1,5 +1,9 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { encodeToken } from "../protocol/token";
+import { POOL_NAME } from "../protocol/pool-metrics";
+
+/** Pool names (protocol/pool-metrics.ts): VCS pools appear in URLs; Flows pool IDs are such names too. */
+export { POOL_NAME };
 
 export const POOL_KINDS = ["vcs", "flows", "worker"] as const;
 export type PoolKind = (typeof POOL_KINDS)[number];
@@ -28,9 +32,6 @@ export interface ConnectedAgent {
  * token holder cannot make the gateway hold sockets without end.
  */
 export const MAX_AGENTS_PER_POOL = 256;
-
-/** Pool names: VCS pools appear in URLs; Flows pool IDs are such names too. */
-export const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 
 const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
 

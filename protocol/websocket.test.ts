@@ -209,4 +209,26 @@ describe("WebSocket framing (byte level)", () => {
     assert.equal(ws.open, false);
     assert.equal(closeCode(socket), 1001);
   });
+
+  it("keepAlive: a peer whose pong waits behind a large message still arriving stays, while its bytes come", async () => {
+    const { socket, ws, messages } = server();
+    const large = frame(0x1, Buffer.alloc(256 * 1024, "a"));
+    let at = 0;
+    let pings = 0;
+    // A slow link: a slice of the message per ping, several pings over the timeout, the pongs queued behind it.
+    socket.on("written", (data: Buffer) => {
+      if ((data[0] & 0x0f) !== 0x9 || at >= large.length) return;
+      pings++;
+      socket.feed(large.subarray(at, (at += 16 * 1024)));
+      if (at >= large.length) socket.feed(frame(0xa, Buffer.alloc(0)));
+    });
+    const closed = once(ws, "close");
+    ws.keepAlive(2, 10);
+    await new Promise<void>((resolve, reject) => (ws.on("message", () => resolve()), ws.once("close", () => reject(new Error(`closed after ${pings} pings, the message not arrived`)))));
+    assert.ok(ws.open && pings >= 16, `${pings} pings`);
+    assert.equal(messages[0].length, 256 * 1024);
+    // Then silence: closed after the timeout.
+    await closed;
+    assert.equal(closeCode(socket), 1001);
+  });
 });

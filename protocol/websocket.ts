@@ -49,12 +49,14 @@ export function acceptWebSocket(headers: Record<string, string | string[] | unde
 export class WebSocket extends EventEmitter {
   /** Until either side closes it. */
   open = true;
-  send: (text: string) => void;
+  /** Sends a text message; `sent` is called once the socket has written it (or failed to). */
+  send: (text: string, sent?: () => void) => void;
   ping: () => void;
   close: (code?: number) => void;
   /**
-   * Liveness: a ping every intervalMs; one unanswered for timeoutMs closes the WebSocket
-   * (after a "timeout" event). Stops by itself when the WebSocket closes.
+   * Liveness: a ping every intervalMs; nothing received for timeoutMs after one closes the
+   * WebSocket (after a "timeout" event). Any bytes count, not only the pong: on a slow link the
+   * pong may queue behind a large message still arriving. Stops when the WebSocket closes.
    */
   keepAlive: (intervalMs?: number, timeoutMs?: number) => void;
 
@@ -73,7 +75,7 @@ export class WebSocket extends EventEmitter {
       socket.destroy();
       this.emit("close");
     };
-    const frame = (opcode: number, payload: Buffer) => {
+    const frame = (opcode: number, payload: Buffer, sent?: () => void) => {
       if (!this.open) return;
       const length = payload.length;
       const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
@@ -88,7 +90,7 @@ export class WebSocket extends EventEmitter {
         key.copy(header, 2 + extended);
         payload = xor(payload, key);
       }
-      socket.write(Buffer.concat([header, payload]));
+      socket.write(Buffer.concat([header, payload]), sent);
     };
     const close = (this.close = (code = 1000) => {
       if (!this.open) return;
@@ -99,14 +101,14 @@ export class WebSocket extends EventEmitter {
       finish();
     });
     const ping = (this.ping = () => frame(0x9, Buffer.alloc(0)));
-    this.send = (text) => frame(0x1, Buffer.from(text, "utf8"));
+    this.send = (text, sent) => frame(0x1, Buffer.from(text, "utf8"), sent);
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
       const tick = setInterval(() => {
         deadline ??= setTimeout(() => (this.emit("timeout"), close(1001)), timeoutMs);
         ping();
       }, intervalMs);
-      this.on("pong", () => (deadline = void clearTimeout(deadline)));
+      socket.on("data", () => (deadline = void clearTimeout(deadline)));
       this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
     };
 

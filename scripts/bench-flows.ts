@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     // Cold start: a runtime from spawn to ready, as the executor starts it: isolated as the
     // agent isolates it here, and not isolated (what the isolation costs).
     const coldStart = async (isolation: Isolation) => {
-      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: uidPool("1900000900-1900000999"), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, scratchRoot: scratchDir("cold-") });
+      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: uidPool("1900000900-1900000999"), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, openFiles: 64, scratchRoot: scratchDir("cold-") });
       const times: number[] = [];
       for (let i = 0; i < 30; i++) {
         const started = performance.now();

@@ -137,6 +137,7 @@ const kinds: {
       runtimePoolSize: [0, 8],
       runtimeMemoryMb: [32, 512],
       runtimeDiskMb: [0, 128],
+      runtimeOpenFiles: [16, 256],
       runtimeUids: ["0-255", "1900001000-1900001999"],
       defaultRunTimeout: ["soon", "90s"],
       registryMirror: ["mirror.corp", "https://mirror.corp"],

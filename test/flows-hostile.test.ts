@@ -77,6 +77,7 @@ const CORPUS: Case[] = [
   ["reach internal bindings", "return typeof process.binding('spawn_sync').spawn;", denied],
   // The channel: nothing a runtime writes to it reaches past its own run.
   ["send on an IPC channel (process.send)", "process.send(null); return 'sent';", denied],
+  ["flood the channel with empty frames (the agent stops reading at the first)", rawFrame("Buffer.alloc(4 * 60_000)"), (r) => brokeChannel(r) && /an empty message/.test(r.error.message)],
   ["write garbage to the channel", rawFrame("Buffer.from('garbage, not a frame')"), (r) => denied(r) && /over the cap/.test(r.error.message)],
   ["announce a 4 GB frame", rawFrame("Buffer.from([255, 255, 255, 255])"), (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES}`).test(r.error.message)],
   ["answer in JSON 200,000 levels deep", frame("'{\"ok\":true,\"console\":[],\"value\":' + '['.repeat(200000) + ']'.repeat(200000) + '}'"), (r) => brokeChannel(r) && /nests deeper/.test(r.error.message)],
@@ -96,6 +97,16 @@ const CORPUS: Case[] = [
   ["exhaust the heap", "const hoard = []; for (;;) hoard.push(new Array(1e6).fill(hoard.length));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), undefined, 30_000],
   // In a container the engine holds memory (--memory); the stand-in here could not.
   ["exhaust memory with buffers", "const hoard = []; for (;;) hoard.push(Buffer.alloc(32 * 1024 * 1024, 1));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), ["namespaces", "user"], 30_000],
+  // Sockets hold kernel memory the memory watchdog does not see: their number is capped (FLOWS_RUNTIME_OPEN_FILES, 64).
+  [
+    "hold kernel memory in many loopback TCP connections",
+    `const net = await import('node:net'); const server = net.createServer((s) => s.pause()); await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const open = []; let error = 'none';
+    try { for (let i = 0; i < 200; i++) { const c = net.connect(server.address().port, '127.0.0.1').on('error', () => {}); await new Promise((r, j) => c.once('connect', r).once('error', j)); open.push(c); } } catch (e) { error = e.code; }
+    return [open.length, error];`,
+    (r) => r.ok && r.value[0] < 32 && r.value[1] === "EMFILE",
+    ["namespaces", "user"],
+  ],
   ["exit without answering", "process.exit(3);", (r) => denied(r) && /exited/.test(r.error.message)],
   ["crash with an uncaught exception later", "setTimeout(() => { throw new Error('late'); }, 0); await new Promise((r) => setTimeout(r, 50));", denied],
   ["lock its scratch space (chmod 0500)", "const fs = await import('node:fs'); fs.mkdirSync('locked/deeper', { recursive: true }); fs.writeFileSync('locked/deeper/f', 'x'); fs.chmodSync('locked/deeper', 0o500); fs.chmodSync('locked', 0o500); fs.chmodSync('.', 0o500); return 'locked';", (r) => r.ok],
@@ -172,7 +183,19 @@ describe("Flows: hostile runs", function () {
       const settings = (): FlowsAgentSettings =>
         flowsAgentSettings.parse({ poolId: POOL, poolToken: token, gatewayEndpoint: url, backendEndpoint: "http://127.0.0.1:9", executor: mode === "docker" ? "docker" : "process", runtimeIsolation: mode === "docker" ? "auto" : mode, runtimeUids: UIDS, mountsDir: mounts, runtimePoolSize: 4, runtimeMemoryMb: 64, runtimeDiskMb: 32, defaultRunTimeout: "5s" });
 
+      /** What runtimes of an agent that died before their cleanup (SIGKILL) left: a run's locked scratch, a spare's. */
+      const leftovers = ["c0ffee00-run", "c0ffee01-spare"].map((name) => path.join(mounts, name));
+
       before(async () => {
+        if (mode === "user") {
+          for (const [i, left] of leftovers.entries()) {
+            mkdirSync(left, { recursive: true });
+            writeFileSync(path.join(left, "secret.txt"), "TENANT-A-SECRET");
+            chownSync(path.join(left, "secret.txt"), 1900001000 + i, 1900001000 + i);
+            chownSync(left, 1900001000 + i, 1900001000 + i);
+            chmodSync(left, 0o500);
+          }
+        }
         const runner = mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
         agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
         await agent.ready;
@@ -245,6 +268,12 @@ describe("Flows: hostile runs", function () {
       }
 
       if (mode === "user") {
+        it("what the runtimes of a dead agent left is removed before any uid is given out again", async () => {
+          assert.deepEqual(leftovers.filter((left) => existsSync(left)), []);
+          const { result } = await run({ kind: "block", code: "const fs = await import('node:fs'); return fs.readdirSync('..').flatMap((d) => { try { return [fs.readFileSync(`../${d}/secret.txt`, 'utf8')]; } catch { return []; } });" });
+          assert.ok(!JSON.stringify(result).includes("TENANT-A-SECRET"), JSON.stringify(result));
+        });
+
         it("what runs left in their scratch spaces is removed, locked or not", async () => {
           await eventually(() => readdirSync(mounts).length <= 4, 5000, "scratch spaces removed");
         });
@@ -399,5 +428,78 @@ describe("Flows: hostile runs", function () {
         await eventually(() => pool().connections === 0);
       }
     });
+  });
+});
+
+describe("Flows: runs with large answers over a slow link", function () {
+  this.timeout(60_000);
+  const POOL_SLOW = "01SLOWLINK";
+  const ANSWER = 3 * 1024 * 1024;
+  const dir = scratchDir("flows-slow-");
+  const service = serviceKey();
+  let gateway: Gateway;
+  let url: string;
+  let log: ReturnType<typeof capturingLogger>;
+  let agent: RunningAgent;
+  let proxyPort = 0;
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(new URL(url).port), "127.0.0.1");
+    // The agent's uplink: 8 MiB/s, paced in 64 KiB slices. The gateway's side is not the slow one.
+    client.on("data", (chunk: Buffer) => {
+      client.pause();
+      let at = 0;
+      const next = (): unknown => (at >= chunk.length ? client.resume() : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 8)));
+      next();
+    });
+    upstream.pipe(client);
+    for (const [a, b] of [[client, upstream], [upstream, client]]) a.on("error", () => b.destroy()).on("close", () => b.destroy());
+  });
+  /** The most the agent's socket to the gateway held unsent at once. */
+  let queued = 0;
+  const { write } = net.Socket.prototype;
+
+  before(async () => {
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    const created = createPool(POOL_SLOW, "flows", url);
+    log = capturingLogger("gateway");
+    // A keepalive of 200 ms: the 20 s / 10 s of production scaled down with the link.
+    gateway = new Gateway({ pools: [created.pool], keys: [service.definition], port, log: log.log, pingIntervalMs: 20, pingTimeoutMs: 200 });
+    await gateway.listen();
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    proxyPort = (proxy.address() as net.AddressInfo).port;
+    net.Socket.prototype.write = function (this: net.Socket, ...args: unknown[]) {
+      const result = (write as (...a: unknown[]) => boolean).apply(this, args);
+      if (this.remotePort === proxyPort) queued = Math.max(queued, this.writableLength);
+      return result;
+    } as typeof write;
+    const via = `http://127.0.0.1:${proxyPort}`;
+    chmodSync(path.dirname(dir), 0o711);
+    chmodSync(dir, 0o711);
+    const settings = flowsAgentSettings.parse({ poolId: POOL_SLOW, poolToken: created.token, gatewayEndpoint: via, backendEndpoint: via, executor: "process", runtimeIsolation: "user", runtimeUids: "1900001300-1900001363", mountsDir: path.join(dir, "mounts"), runtimePoolSize: 4, runtimeMemoryMb: 128 });
+    agent = await flowsAgentRole(unbundledRunner()).start(settings, { log: capturingLogger("flows-agent").log });
+    await agent.ready;
+    await eventually(() => gateway.summary()[0].connections === 1);
+  });
+  after(async () => {
+    net.Socket.prototype.write = write;
+    await agent.drain(Date.now() + 5000);
+    proxy.close();
+    await gateway.close();
+  });
+
+  it("the agent queues one answer at a time, and the gateway keeps it while its bytes come: every run answers, on the same connection", async () => {
+    const run = async (code: string) => {
+      const response = await fetch(`${url}/_agentpools/api/flows/${POOL_SLOW}/run`, { method: "POST", headers: service.headers, body: JSON.stringify({ kind: "block", code }) });
+      return { status: response.status, result: (await response.json()) as any };
+    };
+    const connection = gateway.summary()[0].agents[0].id;
+    const victim = run("await new Promise((r) => setTimeout(r, 150)); return 'victim';");
+    const large = await Promise.all(Array.from({ length: 3 }, () => run(`return 'y'.repeat(${ANSWER});`)));
+    assert.deepEqual(large.map((r) => [r.status, r.result.value?.length]), Array(3).fill([200, ANSWER]));
+    assert.deepEqual([(await victim).status, (await victim).result.value], [200, "victim"]);
+    assert.equal(gateway.summary()[0].agents[0].id, connection, "the same connection");
+    assert.ok(!log.lines.some((line) => /stopped answering/.test(JSON.stringify(line))), "the gateway did not drop the agent");
+    assert.ok(queued > ANSWER && queued < 1.5 * ANSWER, `at most one answer queued in the agent's socket: ${queued} bytes`);
   });
 });

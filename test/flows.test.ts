@@ -128,7 +128,7 @@ describe("Flows agent and gateway", function () {
 
     it("starts sibling containers under gVisor with nothing to escalate with, nothing of the host's disk, options ending before the image", () => {
       const args = dockerRunArgs(base, "/opt/agentpools/flows-agent.js", "agentpools-runtime-x", 1900000007);
-      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=1900000007:1900000007", "--tmpfs=/work:rw,noexec,nosuid,nodev,size=64m,mode=1777", "--memory=352m", "--pids-limit=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
+      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=1900000007:1900000007", "--tmpfs=/work:rw,noexec,nosuid,nodev,size=64m,mode=1777", "--memory=352m", "--pids-limit=64", "--ulimit=nofile=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
         assert.ok(args.includes(expected), `missing ${expected}`);
       }
       assert.ok(!args.some((a) => a === "--privileged" || a.startsWith("--cap-add") || a === "--network=host" || a.startsWith("--volume=/var")));

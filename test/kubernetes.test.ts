@@ -4,7 +4,8 @@ import { InvalidArgumentsError, kubernetes } from "../components";
 import { runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { CA_EC, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
-import { admissionProblems, apiServerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
+import { renderMetrics } from "../gateway/metrics";
+import { admissionProblems, apiServerProblems, autoscalerProblems, enforcedLevel, manifestOf, podSecurityProblems, podTemplateOf, schemaProblems, type Level } from "./kubernetes-admission";
 
 const T = {
   configMap: "kubernetes:core/v1:ConfigMap",
@@ -14,6 +15,8 @@ const T = {
   statefulSet: "kubernetes:apps/v1:StatefulSet",
   pdb: "kubernetes:policy/v1:PodDisruptionBudget",
   policy: "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+  scaledObject: "kubernetes:keda.sh/v1alpha1:ScaledObject",
+  hpa: "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
 };
 
 /** Each deployed component's resource name and the Pod Security level its namespace must enforce. */
@@ -181,9 +184,101 @@ describe("Kubernetes components (mocks)", () => {
     assert.ok(!sts.inputs.spec.template.spec.volumes.some((v: { name: string }) => v.name === "docker-data"), "the claim, not an emptyDir");
   });
 
+  const PROMETHEUS = "http://prometheus.monitoring.svc:9090";
+
+  it("WorkerPool with KEDA: a ScaledObject on the gateway's queue, and the replicas left to it", async () => {
+    const resources = await deploy(() => new kubernetes.WorkerPool("k-keda", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64, autoscaling: { kind: "keda", serverAddress: PROMETHEUS, pool: "team_a-workers", minReplicas: 0, maxReplicas: 20 } }), "k-keda");
+    const deployment = one(resources, T.deployment);
+    assert.equal(deployment.inputs.spec.replicas, undefined, "Pulumi must not own spec.replicas: the autoscaler does");
+    const scaler = one(resources, T.scaledObject);
+    assert.equal(scaler.inputs.metadata.namespace, deployment.inputs.metadata.namespace);
+    assert.deepEqual(scaler.inputs.spec.scaleTargetRef, { apiVersion: "apps/v1", kind: "Deployment", name: deployment.inputs.metadata.name });
+    assert.deepEqual(
+      [scaler.inputs.spec.minReplicaCount, scaler.inputs.spec.maxReplicaCount, scaler.inputs.spec.pollingInterval, scaler.inputs.spec.cooldownPeriod],
+      [0, 20, 15, 300],
+    );
+    const [trigger] = scaler.inputs.spec.triggers;
+    assert.equal(trigger.type, "prometheus");
+    assert.equal(trigger.metricType, "AverageValue");
+    assert.deepEqual(trigger.metadata, {
+      serverAddress: PROMETHEUS,
+      query: 'sum(agentpools_queued{pool="team_a-workers"}) + sum(agentpools_busy_agents{pool="team_a-workers"})',
+      threshold: "0.7",
+      activationThreshold: "0",
+      ignoreNullValues: "false",
+    });
+    assert.equal(trigger.authenticationRef, undefined);
+    // Every series the query selects is one the gateway serves for that pool, and no other pool's.
+    const served = renderMetrics([
+      { name: "team_a-workers", kind: "worker", connections: 2, queued: 3, agents: [{ active: 1 }, { active: 0 }] },
+      { name: "other", kind: "worker", connections: 1, queued: 9, agents: [{ active: 1 }] },
+    ]).split("\n");
+    const selectors = [...trigger.metadata.query.matchAll(/([a-z_]+)\{pool="([^"]+)"\}/g)];
+    assert.equal(selectors.length, 2);
+    const value = selectors
+      .map(([, metric, pool]) => served.filter((line) => line.startsWith(`${metric}{pool="${pool}",`)))
+      .map((lines) => (assert.equal(lines.length, 1), Number(lines[0].split(" ").at(-1))))
+      .reduce((a, b) => a + b);
+    assert.equal(value, 4, "3 queued + 1 busy: ceil(4 / 0.7) = 6 pods, so two stand idle for the next runs");
+    // A busy pod that the ReplicaSet removes drains: its grace period covers a whole run.
+    assert.equal(deployment.inputs.spec.template.spec.terminationGracePeriodSeconds, 4530);
+  });
+
+  it("WorkerPool as a StatefulSet with a HorizontalPodAutoscaler on an External metric", async () => {
+    const resources = await deploy(
+      () => new kubernetes.WorkerPool("k-hpa", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64, statefulSet: true, autoscaling: { kind: "hpa", minReplicas: 2, maxReplicas: 8, metric: { type: "External", name: "agentpools_queued", matchLabels: { pool: "workers" }, averageValue: "500m" }, scaleDownStabilizationSeconds: 600 } }),
+      "k-hpa",
+    );
+    assert.equal(one(resources, T.statefulSet).inputs.spec.replicas, undefined);
+    assert.deepEqual(one(resources, T.hpa).inputs.spec, {
+      scaleTargetRef: { apiVersion: "apps/v1", kind: "StatefulSet", name: "k-hpa" },
+      minReplicas: 2,
+      maxReplicas: 8,
+      metrics: [{ type: "External", external: { metric: { name: "agentpools_queued", selector: { matchLabels: { pool: "workers" } } }, target: { type: "AverageValue", averageValue: "500m" } } }],
+      behavior: { scaleDown: { stabilizationWindowSeconds: 600 } },
+    });
+    assert.equal(byType(resources, T.scaledObject).length, 0);
+  });
+
+  it("without autoscaling, the replicas are Pulumi's and no autoscaler exists", async () => {
+    const resources = await deploy(() => new kubernetes.VcsAgent("k-fixed", { token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab", replicas: 3 }), "k-fixed");
+    assert.equal(one(resources, T.deployment).inputs.spec.replicas, 3);
+    assert.equal(byType(resources, T.scaledObject).length + byType(resources, T.hpa).length, 0);
+  });
+
+  it("the autoscaler checks are not blind: bounds, targets and triggers out of the rules are found", async () => {
+    // The schemas: KEDA's generated from its API types, Kubernetes' from the OpenAPI definitions.
+    const rendered = manifestOf(one(await settled("k-keda"), T.scaledObject));
+    assert.deepEqual(await schemaProblems(rendered), []);
+    const wrongTypes = { ...rendered, spec: { ...rendered.spec, maxReplicaCount: "20", triggers: [{ metadata: {} }] } };
+    assert.match((await schemaProblems(wrongTypes)).join(), /maxReplicaCount must be integer.*type/s);
+    const hpaManifest = manifestOf(one(await settled("k-hpa"), T.hpa));
+    assert.match((await schemaProblems({ ...hpaManifest, spec: { ...hpaManifest.spec, maxReplicas: undefined } })).join(), /maxReplicas/);
+    const hpa = { kind: "HorizontalPodAutoscaler", spec: { scaleTargetRef: { kind: "Deployment", name: "a" }, minReplicas: 0, maxReplicas: 0, metrics: [{ type: "Pods", pods: { metric: { name: "a/b" }, target: { type: "Value", value: "0" } } }], behavior: { scaleDown: { stabilizationWindowSeconds: 3601 } } } };
+    assert.deepEqual(autoscalerProblems(hpa), [
+      "minReplicas must be at least 1",
+      "maxReplicas must be greater than 0",
+      "metric name a/b is not a path segment",
+      "target value must be positive",
+      "a Pods metric needs averageValue",
+      "stabilizationWindowSeconds must be 0-3600",
+    ]);
+    const scaled = { kind: "ScaledObject", spec: { minReplicaCount: 5, maxReplicaCount: 2, idleReplicaCount: 5, triggers: [{ type: "prometheus", metricType: "Utilization", metadata: { serverAddress: "http://p", authModes: "bearer" } }] } };
+    assert.deepEqual(autoscalerProblems(scaled), [
+      "MinReplicaCount=5 must be less than MaxReplicaCount=2",
+      "IdleReplicaCount must be less than MinReplicaCount",
+      "the prometheus trigger needs query",
+      "the prometheus trigger needs threshold",
+      "authModes without an authenticationRef",
+      "Utilization is for the cpu and memory scalers only",
+    ]);
+  });
+
   const vcs = (name: string, overrides: Partial<kubernetes.VcsAgentArgs> = {}) =>
     new kubernetes.VcsAgent(name, { token: "t", targetBaseEndpoint: "https://g", vendor: "gitlab", ...overrides });
   const workers = (name: string, overrides: Partial<kubernetes.WorkerPoolArgs> = {}) => new kubernetes.WorkerPool(name, { token: "t", poolPrivateKey: PRIVATE_KEY_B64, ...overrides });
+
+  const KEDA = { kind: "keda" as const, serverAddress: "http://prometheus:9090", pool: "workers" };
 
   // [what, make, the field the problem names, text the problem shows (the value, what is allowed)]
   const bad: [string, () => unknown, string, string?][] = [
@@ -226,6 +321,30 @@ describe("Kubernetes components (mocks)", () => {
     ["node affinity In without values", () => vcs("kb-36", { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "zone", operator: "In" }] }] } } } }), "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values", 'operator "In"'],
     ["anti-affinity of weight 0", () => vcs("kb-37", { affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 0, podAffinityTerm: { topologyKey: "kubernetes.io/hostname" } }] } } }), "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight"],
     ["a misspelt affinity", () => vcs("kb-38", { affinity: { nodeAfinity: {} } as never }), "affinity.nodeAfinity", "not a known argument"],
+    // Autoscalers: KEDA's webhook and the API server's HorizontalPodAutoscaler rules.
+    ["a KEDA minimum above its maximum", () => workers("kb-40", { autoscaling: { ...KEDA, minReplicas: 5, maxReplicas: 2 } }), "autoscaling.minReplicas", "maxReplicas (2)"],
+    ["a KEDA maximum of zero", () => workers("kb-41", { autoscaling: { ...KEDA, minReplicas: 0, maxReplicas: 0 } }), "autoscaling.maxReplicas"],
+    ["both a pool and a query", () => workers("kb-42", { autoscaling: { ...KEDA, query: "sum(x)" } }), "autoscaling.pool", "not both"],
+    ["neither a pool nor a query", () => workers("kb-43", { autoscaling: { kind: "keda", serverAddress: "http://p:9090" } }), "autoscaling.pool"],
+    ["a Prometheus address with credentials", () => workers("kb-44", { autoscaling: { ...KEDA, serverAddress: "http://admin:hunter2@prometheus:9090" } }), "autoscaling.serverAddress", "TriggerAuthentication"],
+    ["a threshold of zero", () => workers("kb-45", { autoscaling: { ...KEDA, threshold: 0 } }), "autoscaling.threshold"],
+    ["a polling interval of zero", () => workers("kb-46", { autoscaling: { ...KEDA, pollingIntervalSeconds: 0 } }), "autoscaling.pollingIntervalSeconds"],
+    ["a negative cooldown", () => workers("kb-47", { autoscaling: { ...KEDA, cooldownSeconds: -1 } }), "autoscaling.cooldownSeconds"],
+    ["a fractional polling interval", () => workers("kb-48", { autoscaling: { ...KEDA, pollingIntervalSeconds: 7.5 } }), "autoscaling.pollingIntervalSeconds"],
+    ["a gateway pool name with a space", () => workers("kb-49", { autoscaling: { ...KEDA, pool: "my pool" } }), "autoscaling.pool", '"my pool"'],
+    ["a pool name that would break out of the query", () => workers("kb-50", { autoscaling: { ...KEDA, pool: 'x"} or vector(99)' } }), "autoscaling.pool"],
+    ["an authentication without modes", () => workers("kb-51", { autoscaling: { ...KEDA, authentication: { name: "prometheus", modes: [] } } }), "autoscaling.authentication.modes"],
+    ["an unknown autoscaler", () => workers("kb-52", { autoscaling: { kind: "vpa" } as never }), "autoscaling.kind"],
+    ["replicas beside an autoscaler", () => workers("kb-53", { replicas: 3, autoscaling: KEDA }), "replicas", "autoscaling.minReplicas"],
+    ["an HPA scaling to zero", () => vcs("kb-54", { autoscaling: { kind: "hpa", minReplicas: 0, metric: { type: "External", name: "q", value: 1 } } }), "autoscaling.minReplicas", "keda"],
+    ["an HPA Pods metric with a value", () => vcs("kb-55", { autoscaling: { kind: "hpa", metric: { type: "Pods", name: "busy", value: "1" } } }), "autoscaling.metric.value", "averageValue"],
+    ["an HPA External metric with both targets", () => vcs("kb-56", { autoscaling: { kind: "hpa", metric: { type: "External", name: "q", value: "1", averageValue: "1" } } }), "autoscaling.metric.averageValue", "not both"],
+    ["an HPA target of zero", () => vcs("kb-57", { autoscaling: { kind: "hpa", metric: { type: "Pods", name: "busy", averageValue: "0" } } }), "autoscaling.metric.averageValue", "above zero"],
+    ["an HPA target that is no quantity", () => vcs("kb-58", { autoscaling: { kind: "hpa", metric: { type: "Pods", name: "busy", averageValue: "70%" } } }), "autoscaling.metric.averageValue", '"70%"'],
+    ["an HPA metric name with a slash", () => vcs("kb-59", { autoscaling: { kind: "hpa", metric: { type: "External", name: "agentpools/queued", value: 1 } } }), "autoscaling.metric.name", '"agentpools/queued"'],
+    ["an HPA stabilization window over an hour", () => vcs("kb-60", { autoscaling: { kind: "hpa", metric: { type: "External", name: "q", value: 1 }, scaleDownStabilizationSeconds: 3601 } }), "autoscaling.scaleDownStabilizationSeconds"],
+    ["an HPA minimum above its maximum", () => vcs("kb-61", { autoscaling: { kind: "hpa", minReplicas: 4, maxReplicas: 3, metric: { type: "External", name: "q", value: 1 } } }), "autoscaling.minReplicas", "maxReplicas (3)"],
+    ["an HPA metric selector with a bad label", () => vcs("kb-62", { autoscaling: { kind: "hpa", metric: { type: "External", name: "q", value: 1, matchLabels: { pool: "a b" } } } }), "autoscaling.metric.matchLabels.pool"],
   ];
   for (const [description, make, field, shows] of bad) {
     it(`refuses ${description} before anything is created, naming ${field}`, () => {
@@ -253,6 +372,11 @@ describe("Kubernetes components (mocks)", () => {
     ["an existing Secret with dotted keys", (n) => vcs(n, { token: undefined, existingSecret: { name: "vcs.agent-credentials", keys: { SPACELIFT_VCS_AGENT_POOL_TOKEN: "pool.token" } } }), (spec) => assert.deepEqual(envOf(spec.containers[0]).SPACELIFT_VCS_AGENT_POOL_TOKEN, { secretKeyRef: { name: "vcs.agent-credentials", key: "pool.token" } })],
     ["node and pod anti-affinity", (n) => vcs(n, { affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: "node.corp/cores", operator: "Gt", values: ["3"] }] }] } }, podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, podAffinityTerm: { topologyKey: "topology.kubernetes.io/zone", labelSelector: { matchExpressions: [{ key: "app.kubernetes.io/name", operator: "In", values: ["agentpools-vcs-agent"] }] } } }] } } }), (spec) => assert.equal(spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight, 100)],
     ["a run timeout the drain covers", (n) => workers(n, { runTimeout: "2h", drainTimeoutSeconds: 7200 }), (spec) => assert.equal(spec.terminationGracePeriodSeconds, 7230)],
+    ["KEDA to zero, through a ClusterTriggerAuthentication, polling every second", (n) => workers(n, { autoscaling: { ...KEDA, minReplicas: 0, maxReplicas: 1, pollingIntervalSeconds: 1, cooldownSeconds: 0, activationThreshold: 0.5, authentication: { name: "prometheus.bearer", kind: "ClusterTriggerAuthentication", modes: ["bearer", "tls"] } } }), (_, r) => assert.deepEqual([one(r, T.scaledObject).inputs.spec.triggers[0].authenticationRef, one(r, T.scaledObject).inputs.spec.triggers[0].metadata.authModes], [{ name: "prometheus.bearer", kind: "ClusterTriggerAuthentication" }, "bearer,tls"])],
+    ["KEDA with a query of your own, HTTPS and a path, one pod per unit", (n) => vcs(n, { autoscaling: { kind: "keda", serverAddress: "https://thanos.corp.example:10902/select/0/prometheus", query: 'sum(agentpools_queued{job="gw-eu",pool="git"})', threshold: 1, minReplicas: 3, maxReplicas: 3 } }), (_, r) => assert.equal(one(r, T.scaledObject).inputs.spec.triggers[0].metadata.threshold, "1")],
+    ["a gateway pool name with capitals and underscores, and a large maximum", (n) => workers(n, { autoscaling: { ...KEDA, pool: "Team_A-1", maxReplicas: 5000 } }), (_, r) => assert.match(one(r, T.scaledObject).inputs.spec.triggers[0].metadata.query, /pool="Team_A-1"/)],
+    ["an HPA on a per-pod metric with a value in exponent form", (n) => vcs(n, { autoscaling: { kind: "hpa", minReplicas: 1, maxReplicas: 1, metric: { type: "Pods", name: "agentpools.busy:share", averageValue: "7e-1" } } }), (_, r) => assert.deepEqual(one(r, T.hpa).inputs.spec.metrics[0].pods.target, { type: "AverageValue", averageValue: "7e-1" })],
+    ["an HPA External total value given as a number, no stabilization", (n) => vcs(n, { autoscaling: { kind: "hpa", metric: { type: "External", name: "queued", value: 0.25 } } }), (_, r) => assert.deepEqual([one(r, T.hpa).inputs.spec.metrics[0].external.target, one(r, T.hpa).inputs.spec.behavior], [{ type: "Value", value: "0.25" }, undefined])],
   ];
   good.forEach(([description, make, check], index) => {
     it(`accepts ${description}`, async () => {
@@ -299,7 +423,7 @@ describe("Kubernetes components (mocks)", () => {
   it("examples/kubernetes: the pools in namespaces whose Pod Security level admits them, every object valid", async () => {
     const secrets = { "agentpools:vcsAgentToken": "ex-vcs-token-1234", "agentpools:workerToken": "ex-worker-token-1234", "agentpools:workerPrivateKey": PRIVATE_KEY_B64, "agentpools:flowsPoolToken": "ex-flows-token-1234" };
     pulumi.runtime.setAllConfig(
-      { "agentpools:namespace": "agentpools", "agentpools:gitEndpoint": "https://gitlab.corp.example.com", "agentpools:flowsPoolId": "01JEXAMPLE", "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu", "agentpools:flowsBackendEndpoint": "https://useflows.eu", ...secrets },
+      { "agentpools:namespace": "agentpools", "agentpools:prometheusAddress": "http://prometheus.monitoring.svc:9090", "agentpools:gitEndpoint": "https://gitlab.corp.example.com", "agentpools:flowsPoolId": "01JEXAMPLE", "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu", "agentpools:flowsBackendEndpoint": "https://useflows.eu", ...secrets },
       Object.keys(secrets),
     );
     const program = await import("../examples/kubernetes");
@@ -309,6 +433,9 @@ describe("Kubernetes components (mocks)", () => {
     const plain = JSON.stringify(resources.filter((r) => r.type !== T.secret).map((r) => r.inputs));
     for (const value of Object.values(secrets)) assert.ok(!plain.includes(value));
     assert.equal(byType(resources, T.statefulSet).length, 1);
+    const [scaler] = byType(resources, T.scaledObject);
+    assert.deepEqual(scaler?.inputs.spec.scaleTargetRef, { apiVersion: "apps/v1", kind: "StatefulSet", name: "workers" });
+    assert.equal(one(resources, T.statefulSet).inputs.spec.replicas, undefined);
 
     // Each pool's pods are held to the level their namespace enforces, as the cluster would.
     const namespaces = new Map(byType(resources, "kubernetes:core/v1:Namespace").map((r) => [r.inputs.metadata.name as string, enforcedLevel(r.inputs)]));

@@ -133,8 +133,9 @@ describe("launcher: a hostile gateway or run", function () {
       const dockerCalls = () =>
         existsSync(calls)
           ? readFileSync(calls, "utf8").split("CALL\0").slice(1).map((call) => {
-              const [argv, env] = call.split("ENV\0");
-              return { argv: argv.split("\0").slice(0, -1), env: Object.fromEntries(env.split("\0").slice(0, -1).map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)])) };
+              const [argv, rest] = call.split("ENV\0");
+              const [env, envFile] = rest.split("FILE\0");
+              return { argv: argv.split("\0").slice(0, -1), env: Object.fromEntries(env.split("\0").slice(0, -1).map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)])), envFile };
             })
           : [];
 
@@ -151,9 +152,13 @@ describe("launcher: a hostile gateway or run", function () {
             docker,
             [
               "#!/bin/sh",
-              `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; } >> '${calls}'`,
+              'envfile=; prev=; for a; do [ "$prev" = --env-file ] && envfile=$a; prev=$a; done',
+              // The env file as docker reads it: its mode, then its lines.
+              `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; printf 'FILE\\0'; [ -z "$envfile" ] || { stat -c %a "$envfile"; cat "$envfile"; }; } >> '${calls}'`,
               'case "$1" in kill) exit 0;; esac',
               'for a; do case "$a" in type=bind,source=*,target=/workspace) src=${a#type=bind,source=}; src=${src%,target=/workspace};; esac; last=$a; done',
+              // As docker does: NAME=VALUE sets a variable, a NAME alone takes the client's value.
+              '[ -z "$envfile" ] || while IFS= read -r line || [ -n "$line" ]; do export "$line"; done < "$envfile"',
               'cd "$src" && AGENTPOOLS_STATE_FILE="$src/.agentpools/state" exec /bin/sh -ec "$last"',
             ].join("\n"),
           );
@@ -193,7 +198,7 @@ describe("launcher: a hostile gateway or run", function () {
 
       it("run variables that steer the docker client or the loader are refused with the reason, and reach nothing", async () => {
         const before = dockerCalls().length;
-        for (const name of ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "GODEBUG", "PATH", "HOME", "GLIBC_TUNABLES", "SSL_CERT_FILE", "GCONV_PATH"]) {
+        for (const name of ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "GODEBUG", "PATH", "HOME", "GLIBC_TUNABLES", "SSL_CERT_FILE", "GCONV_PATH", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "ZONEINFO", "TMPDIR", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN"]) {
           const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo ran"], sealedEnvironment: await seal(JSON.stringify({ [name]: "/tmp/evil" })) });
           assert.equal(run.type, "refused", name);
           assert.match(run.reason ?? "", new RegExp(`run variable ${name} would steer the Docker client or its loader`));
@@ -208,15 +213,21 @@ describe("launcher: a hostile gateway or run", function () {
       });
 
       if (executor === "docker") {
-        it("the docker CLI's environment is fixed: the launcher's client variables, plus the run's variables by name", async () => {
-          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['echo "v=$TF_VAR_x"'], sealedEnvironment: await seal(JSON.stringify({ TF_VAR_x: "1" })) });
-          assert.deepEqual([run.status, run.lines], ["succeeded", ["v=1"]]);
-          const { argv, env } = dockerCalls().at(-1)!;
-          // PWD is the stand-in shell's own.
-          const expected = ["AGENTPOOLS_RUN_ID", "AGENTPOOLS_STATE_FILE", "DEPLOY_KEY", "DOCKER_HOST", "PATH", "TF_VAR_x"];
-          assert.deepEqual(Object.keys(env).filter((name) => name !== "PWD").sort(), expected);
+        it("the docker CLI's environment is fixed: the launcher's client variables; the run's reach the container through a 0600 file, removed after", async () => {
+          const variables = { TF_VAR_x: "1", TF_VAR_y: "otel-like", TF_VAR_key: "line one\nline two" };
+          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['echo "v=$TF_VAR_x $TF_VAR_y"; printf "%s|" "$TF_VAR_key"'], sealedEnvironment: await seal(JSON.stringify(variables)) });
+          assert.deepEqual([run.status, run.lines], ["succeeded", ["v=1 otel-like", "line one", "line two|"]]);
+          const { argv, env, envFile } = dockerCalls().at(-1)!;
+          // PWD is the stand-in shell's own; values of several lines (the launcher's DEPLOY_KEY, the run's key) go by name.
+          assert.deepEqual(Object.keys(env).filter((name) => name !== "PWD").sort(), ["DEPLOY_KEY", "DOCKER_HOST", "PATH", "TF_VAR_key"]);
           assert.equal(env.PATH, process.env.PATH);
-          assert.ok(argv.includes("TF_VAR_x") && !argv.some((a) => a.includes("=1")), "by name only");
+          const file = argv[argv.indexOf("--env-file") + 1];
+          assert.ok(!file.startsWith(path.dirname(file) + "/workspace"), "not in the workspace the run mounts");
+          const [mode, ...lines] = envFile.split("\n");
+          assert.equal(mode, "600");
+          assert.deepEqual(lines.filter((line) => !line.startsWith("AGENTPOOLS_") && line !== "DEPLOY_KEY").sort(), ["TF_VAR_key", "TF_VAR_x=1", "TF_VAR_y=otel-like"]);
+          assert.ok(!argv.some((a) => a.includes("otel-like")), "no value on the command line");
+          await eventually(() => !existsSync(file), 2000, "the env file removed once the client is done");
         });
       }
 

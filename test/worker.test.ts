@@ -362,29 +362,31 @@ describe("worker pools: the Docker executor", () => {
       "--security-opt", "no-new-privileges", "--init",
       "--mount", "type=bind,source=/var/lib/agentpools/runs/r1/workspace,target=/workspace", "--workdir", "/workspace",
       "--mount", "type=bind,source=/etc/ssl/certs,target=/etc/ssl/certs,readonly", "--mount", "type=bind,source=/opt/cache,target=/cache",
-      "-e", "B", "-e", "TF_VAR_password",
+      "--env-file", "/var/lib/agentpools/runs/r1/env",
       "--entrypoint", "/bin/sh", "--", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
     ]);
     assert.ok(!args.join(" ").includes("pw"), "no value on the command line");
   });
 
-  it("runs through the Docker CLI: values reach it through its environment, output and exit status come back, kill reaches docker kill", async () => {
+  it("runs through the Docker CLI: values reach it through a file (those of several lines by name), output and exit status come back, kill reaches docker kill", async () => {
     const { dockerExecutor } = await import("../agent/launcher/executor");
     const dir = scratchDir("docker-");
     // A stand-in for the docker CLI (no engine runs here): it records what it was given and runs the script.
     const fake = path.join(dir, "docker");
-    writeFileSync(fake, `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\nexec /bin/sh -ec "$last"\n`);
+    writeFileSync(fake, `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\ncat "${dir}/env"; echo\nexec /bin/sh -ec "$last"\n`);
     chmodSync(fake, 0o755);
     const settings = launcherSettings.parse({ token: "t", poolPrivateKey: Buffer.from("-----BEGIN PRIVATE KEY-----").toString("base64"), workerNetwork: "runs" });
     const executor = dockerExecutor(settings, { PATH: process.env.PATH, DOCKER_HOST: "unix:///run/docker.sock" }, fake);
     assert.equal(executor.workspaceInRun(dir), "/workspace");
     const output: string[] = [];
-    const run = executor.start({ id: "r2", image: "alpine:3", script: "echo from-container; exit 4", env: { TF_VAR_password: "pw-1" }, workspace: dir });
+    const run = executor.start({ id: "r2", image: "alpine:3", script: "echo from-container; exit 4", env: { TF_VAR_password: "pw-1", KEY: "a\nb" }, workspace: path.join(dir, "workspace") });
     run.onOutput((chunk) => output.push(chunk.toString()));
     assert.deepEqual(await run.exited, { code: 4, signal: null });
-    assert.equal(output.join(""), "secret-in-env=pw-1\nfrom-container\n");
+    // The value of one line through the file, the value of several by name through the client's environment.
+    assert.equal(output.join(""), "secret-in-env=\nTF_VAR_password=pw-1\nKEY\nfrom-container\n");
+    assert.ok(!existsSync(path.join(dir, "env")), "the env file is removed once the client is done");
 
-    const long = executor.start({ id: "r3", image: "alpine:3", script: "exec sleep 30", env: {}, workspace: dir });
+    const long = executor.start({ id: "r3", image: "alpine:3", script: "exec sleep 30", env: {}, workspace: path.join(dir, "workspace") });
     setTimeout(() => long.kill(), 200);
     assert.equal((await long.exited).signal, "SIGKILL");
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));

@@ -47,6 +47,11 @@ export const flowsAgentSettings = z.strictObject({
   /** Not in the reference: each runtime's scratch space, a tmpfs of this size (counted in its memory). */
   runtimeDiskMb: setting(z.int().min(1).max(65536).default(64), { env: "FLOWS_RUNTIME_DISK_MB" }),
   /**
+   * Not in the reference: each runtime's open file limit (RLIMIT_NOFILE). Sockets and pipes hold kernel memory that
+   * the memory watchdog does not see (a loopback TCP connection several MB): the number of them is what bounds it.
+   */
+  runtimeOpenFiles: setting(z.int().min(32).max(65536).default(64), { env: "FLOWS_RUNTIME_OPEN_FILES" }),
+  /**
    * Not in the reference: "auto" takes the strongest this host allows (namespaces, then a user
    * of its own, then none, each step down logged as an error); a named level refuses to start
    * without it.

@@ -53,6 +53,9 @@ class FlowsLink extends WebSocketLink {
 
   protected opened(socket: WebSocket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
+    // Answers leave one at a time, each once the socket has handed the last to the kernel: the rest wait here, not
+    // queued in the socket ahead of pings and pongs (and in the agent's memory) on a slow link.
+    let answers = Promise.resolve();
     send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
     this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
 
@@ -63,10 +66,9 @@ class FlowsLink extends WebSocketLink {
       const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
-      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then((outcome) => {
+      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then(async (outcome) => {
+        await (answers = answers.then(() => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent()))));
         this.inFlight--;
-        // The answer first: the log line is not what the caller waits for.
-        if (socket.open) socket.send(resultMessage(id, outcome));
         this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
       });
     });
@@ -115,7 +117,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
-      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, scratchRoot: settings.mountsDir });
+      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, openFiles: settings.runtimeOpenFiles, scratchRoot: settings.mountsDir });
       const trial = launcher.start();
       missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
       trial.kill();

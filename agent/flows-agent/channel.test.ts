@@ -22,6 +22,49 @@ describe("the runtime channel: frames", () => {
     assert.throws(() => read(Buffer.from([0xff, 0xff, 0xff, 0xff])), /a message of 4294967295 bytes, over the cap of 100/);
     assert.throws(() => frameReader(100, () => undefined)(Buffer.from("garbage")), /over the cap of 100/);
   });
+
+  it("an empty frame is refused, and nothing after the first bad frame is read, in that read or later", () => {
+    const frames: string[] = [];
+    const read = frameReader(100, (text) => frames.push(text));
+    const empties = Buffer.alloc(4 * 10_000);
+    assert.throws(() => read(Buffer.concat([encodeFrame("a"), empties, encodeFrame("b")])), /an empty message/);
+    read(encodeFrame("c"));
+    assert.deepEqual(frames, ['"a"']);
+  });
+
+  it("a frame its reader refuses (onFrame throws) is the last one read", () => {
+    const frames: string[] = [];
+    const read = frameReader(100, (text) => {
+      frames.push(text);
+      if (frames.length === 2) throw new Error("out of turn");
+    });
+    const flood = Buffer.concat(Array.from({ length: 10_000 }, (_, i) => encodeFrame(i)));
+    assert.throws(() => read(flood), /out of turn/);
+    read(encodeFrame("later"));
+    assert.deepEqual(frames, ["0", "1"]);
+  });
+
+  it("many frames in one read are read in place: the read is copied at most once, not once per frame", () => {
+    const flood = Buffer.concat(Array.from({ length: 20_000 }, () => encodeFrame(1)));
+    let copied = 0;
+    const { concat } = Buffer;
+    Buffer.concat = ((list: Uint8Array[], total?: number) => {
+      const out = concat(list, total);
+      copied += out.length;
+      return out;
+    }) as typeof Buffer.concat;
+    let frames = 0;
+    try {
+      const read = frameReader(100, () => frames++);
+      // Split mid-frame: the second read joins the rest once.
+      read(flood.subarray(0, 7));
+      read(flood.subarray(7));
+    } finally {
+      Buffer.concat = concat;
+    }
+    assert.equal(frames, 20_000);
+    assert.ok(copied <= flood.length, `${copied} bytes copied for ${flood.length} bytes of frames`);
+  });
 });
 
 describe("the runtime channel: answers", () => {

@@ -2,7 +2,7 @@ import { FLOWS_MAX_VALUE_DEPTH, type Answer } from "../../protocol/flows";
 
 /**
  * The channel between the agent and a runtime: frames of a u32 big-endian length and that
- * many bytes of UTF-8 JSON, over the runtime's pipes (pipes carry no file descriptors). The
+ * many bytes of UTF-8 JSON, over the runtime's stdio (see executor.ts for what those are). The
  * agent reads a runtime's side as hostile: a frame over the cap, bytes that are not a frame
  * or JSON that is not an answer end that runtime and fail its run, never the agent.
  */
@@ -13,26 +13,39 @@ export function encodeFrame(message: unknown): Buffer {
   return Buffer.concat([head, body]);
 }
 
-/** Cuts a byte stream into frames, joining the reads of a frame once it is whole; throws, saying why, on a frame over the cap. */
+/**
+ * Cuts a byte stream into frames. Reads wait, uncopied, until the next frame is whole; then
+ * every whole frame of them is read in place. Throws, saying why, at the first bad frame (empty,
+ * or over the cap: known from its header) or when onFrame throws; it reads nothing after that.
+ */
 export function frameReader(max: number, onFrame: (text: string) => void): (chunk: Buffer) => void {
   let chunks: Buffer[] = [];
   let size = 0;
-  let expected = -1;
+  let needed = 4;
   return (chunk) => {
+    if (needed < 0) return;
     chunks.push(chunk);
-    size += chunk.length;
-    while (size >= (expected < 0 ? 4 : expected)) {
-      const all = Buffer.concat(chunks, size);
-      const length = expected < 0 ? 4 : expected;
-      chunks = [all.subarray(length)];
-      size -= length;
-      if (expected < 0) {
-        if ((expected = all.readUInt32BE(0)) > max) throw new Error(`a message of ${expected} bytes, over the cap of ${max}`);
-      } else {
-        expected = -1;
-        onFrame(all.toString("utf8", 0, length));
+    if ((size += chunk.length) < needed) return;
+    const all = chunks.length > 1 ? Buffer.concat(chunks, size) : chunk;
+    let at = 0;
+    needed = 4;
+    try {
+      while (size - at >= 4) {
+        const length = all.readUInt32BE(at);
+        if (length < 1 || length > max) throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
+        if (size - at < 4 + length) {
+          needed = 4 + length;
+          break;
+        }
+        onFrame(all.toString("utf8", at + 4, (at += 4 + length)));
       }
+    } catch (error) {
+      needed = -1;
+      chunks = [];
+      throw error;
     }
+    chunks = [all.subarray(at)];
+    size -= at;
   };
 }
 

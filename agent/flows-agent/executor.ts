@@ -1,6 +1,6 @@
-import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, mkdtempSync, readFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
@@ -22,7 +22,7 @@ export interface Outcome extends Answer {
 /** Resident memory a runtime may use beyond its heap cap (Node itself, buffers). */
 const MEMORY_MARGIN_MB = 96;
 
-/** A started runtime process: its pipes, how to end it, and what to release once it is gone. */
+/** A started runtime process: its channel, how to end it, and what to release once it is gone. */
 export interface Spawned {
   child: ChildProcess;
   jobs: Writable;
@@ -86,16 +86,17 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     child.on("error", (error) => child.pid === undefined && gone(`the runtime could not start: ${error.message}`));
     child.once("exit", (code, signal) => gone(`the runtime exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim().split("\n").slice(-3).join(" ").slice(0, 500)}` : ""}`));
   });
-  // Its first frame says it is ready, the second is its answer; anything else ends it.
+  // Its first frame says it is ready, the second is its answer; anything else ends it, and the reading.
   let frames = 0;
   const read = frameReader(FLOWS_MAX_RESULT_BYTES, (text) => {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
-    if (frames !== 2 || !answered) return end("the runtime broke its channel");
+    if (frames !== 2 || !answered) throw new Error("a message out of turn");
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
       end(`the runtime's answer was refused: ${(error as Error).message}`);
+      throw error;
     }
   });
   answers.on("data", (chunk: Buffer) => {
@@ -162,6 +163,7 @@ export interface ProcessLauncherOptions {
   readable: string[];
   memoryMb: number;
   diskMb: number;
+  openFiles: number;
   /** Where scratch directories go when not on a runtime's own tmpfs. */
   scratchRoot: string;
 }
@@ -170,14 +172,22 @@ export interface ProcessLauncherOptions {
 export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   const { isolation, privileges, uids } = o;
   const namespaces = isolation === "namespaces" && { libraries: libraryDirectories(), filter: seccompFilter() };
-  // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
-  if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
-
   /** `command` as `uid`: through setpriv where there is one (which also ties the child's life to ours), else by Node's own switch (root). */
   const asUser = (uid: number | undefined, command: string[]): [string, string[], SpawnOptions] => {
     const user = uid === undefined ? [] : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
     return privileges.setpriv ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}] : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
+  /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
+  const removal = (uid: number | undefined, dir: string) => asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
+
+  // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
+  if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
+  // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given out.
+  for (const name of readdirSync(o.scratchRoot)) {
+    const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
+    const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
+    spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
+  }
 
   return {
     describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaces ? "namespaces and " : ""}a user of its own`}`,
@@ -185,7 +195,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       const uid = isolation === "none" ? undefined : uids.take();
       const scratch = namespaces ? "/tmp" : uid ? `${o.scratchRoot}/${randomUUID()}` : mkdtempSync(`${o.scratchRoot}/run-`);
       const node = [process.execPath, ...runtimeNodeFlags(o.readable, scratch, o.memoryMb), ...o.runner, ...(isolation === "user" ? [`--scratch=${scratch}`] : [])];
-      const [file, args, options] = asUser(uid, namespaces ? [privileges.bwrap as string, ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb }), ...node] : node);
+      // Its open files capped (util-linux's prlimit, beside setpriv): the kernel memory its sockets hold with them.
+      const sandbox = namespaces ? [privileges.bwrap as string, ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb })] : [];
+      const [file, args, options] = asUser(uid, ["/usr/bin/prlimit", `--nofile=${o.openFiles}:${o.openFiles}`, "--", ...sandbox, ...node]);
+      // Node's stdio "pipes" are Unix socketpairs: read with read(2), so a descriptor a runtime passes (SCM_RIGHTS) is dropped.
       const launch = () => spawn(file, args, { ...options, cwd: uid ? "/" : scratch, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"] });
       const child = launch();
       let memoryPid = namespaces ? 0 : child.pid;
@@ -219,9 +232,8 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             if (released) return;
             released = true;
             if (namespaces) return uids.give(uid as number);
-            // Its scratch is its user's (or, not isolated, ours): removed as that user, after giving back what it
-            // locked (chmod 0500); then its uid is free again.
-            const [sh, shArgs, shOptions] = asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', scratch]);
+            // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
+            const [sh, shArgs, shOptions] = removal(uid, scratch);
             let freed = false;
             const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
             spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" }).on("close", free).on("error", free);
@@ -239,12 +251,12 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
  * size-capped tmpfs (nothing of the host's file system), the runtime bundle read-only, and
  * options ending before the image.
  */
-export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeDiskMb" | "runtimeNetwork" | "extraDockerParams">, runtimeFile: string, name: string, uid: number): string[] {
+export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeDiskMb" | "runtimeOpenFiles" | "runtimeNetwork" | "extraDockerParams">, runtimeFile: string, name: string, uid: number): string[] {
   const memory = `${settings.runtimeMemoryMb + MEMORY_MARGIN_MB}m`;
   return [
     ...["run", "--rm", "-i", `--name=${name}`, ...(settings.gvisor ? ["--runtime=runsc"] : []), "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only"],
     ...["--tmpfs=/tmp:rw,noexec,nosuid,nodev,size=16m", `--tmpfs=/work:rw,noexec,nosuid,nodev,size=${settings.runtimeDiskMb}m,mode=1777`, "--workdir=/work"],
-    ...[`--user=${uid}:${uid}`, `--memory=${memory}`, `--memory-swap=${memory}`, "--pids-limit=64", `--network=${settings.runtimeNetwork}`, "--env=NODE_OPTIONS="],
+    ...[`--user=${uid}:${uid}`, `--memory=${memory}`, `--memory-swap=${memory}`, "--pids-limit=64", `--ulimit=nofile=${settings.runtimeOpenFiles}`, `--network=${settings.runtimeNetwork}`, "--env=NODE_OPTIONS="],
     `--volume=${runtimeFile}:/agentpools/runtime.js:ro`,
     ...settings.extraDockerParams,
     ...["--", settings.runtimeImage, "node", ...runtimeNodeFlags(["/agentpools/runtime.js"], "/work", settings.runtimeMemoryMb)],

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import type { LauncherSettings } from "../config/launcher";
 
 /** Where a run's workspace is inside its container; its state file sits in it. */
@@ -77,10 +79,13 @@ export function mountArgument(mount: string): string {
 
 export const containerName = (runId: string) => `agentpools-run-${runId}`;
 
+/** The run's variables for `docker run --env-file`: the launcher's own file (0600), beside the workspace, not in it. */
+const envFile = (run: PreparedRun) => path.join(path.dirname(run.workspace), "env");
+
 /**
- * The `docker run` of one run (pure). Variables are passed by name only (`-e NAME`): their
- * values come from the client's environment, so none shows in the process list. The launcher
- * has refused any run variable the client itself would read (runRefusal).
+ * The `docker run` of one run (pure). Variables come from a file (`--env-file`), so none shows in
+ * the process list and none is in the client's own environment, where the client, its Go
+ * runtime or libc would read it (OTEL_EXPORTER_OTLP_*, ZONEINFO, RES_OPTIONS...).
  */
 export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir" | "workerNetwork" | "workerRuntime" | "extraMounts">, run: PreparedRun): string[] {
   return [
@@ -96,7 +101,7 @@ export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir"
     "--mount", mountArgument(`${run.workspace}:${CONTAINER_WORKSPACE}`),
     "--workdir", CONTAINER_WORKSPACE,
     ...settings.extraMounts.flatMap((mount) => ["--mount", mountArgument(mount)]),
-    ...Object.keys(run.env).sort().flatMap((name) => ["-e", name]),
+    "--env-file", envFile(run),
     "--entrypoint", "/bin/sh",
     // Options end here: whatever the image is, docker reads it as the image.
     "--",
@@ -115,9 +120,14 @@ export function dockerExecutor(settings: LauncherSettings, launcherEnv: Record<s
     describe: `docker (network ${settings.workerNetwork}${settings.workerRuntime ? `, runtime ${settings.workerRuntime}` : ""})`,
     workspaceInRun: () => CONTAINER_WORKSPACE,
     start(run) {
-      // The run's variables reach the container through the client's environment; the client's
-      // own come from the launcher's, and win.
-      const child = spawn(docker, dockerRunArgs(settings, run), { env: { ...run.env, ...clientEnv }, stdio: ["ignore", "pipe", "pipe"] });
+      // The file has a line per variable and no quoting: a value of several lines (a key) goes by name (a line of its
+      // name alone), its value through the client's environment, which runRefusal keeps to names the client ignores.
+      const byName: Record<string, string> = {};
+      const lines = Object.entries(run.env).map(([name, value]) => (/[\r\n]/.test(value) || value.length > 16384 ? ((byName[name] = value), name) : `${name}=${value}`));
+      writeFileSync(envFile(run), lines.join("\n"), { mode: 0o600, flag: "wx" });
+      const child = spawn(docker, dockerRunArgs(settings, run), { env: { ...byName, ...clientEnv }, stdio: ["ignore", "pipe", "pipe"] });
+      // Read by the client as it starts; removed once it is done.
+      child.once("close", () => rmSync(envFile(run), { force: true }));
       return started(child, () => {
         spawn(docker, [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)], { env: clientEnv, stdio: "ignore" }).once("error", () => undefined);
         child.kill("SIGKILL");

@@ -55,8 +55,11 @@ export function policyRefusal(
  */
 const IMAGE_CHARACTERS = /^[a-zA-Z\d][\w.:/@-]*$/;
 
-/** Variables the Docker client (a Go program), the loader starting it, or the run's shell would take as their own. */
-const STEERING = /^(LD_|DOCKER_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME)$)|_PROXY$/i;
+/**
+ * Variables the Docker client (a Go program exporting OpenTelemetry), its resolver (libc), the loader starting it, or
+ * the run's shell would take as their own: a second layer, the client's environment holds only values of several lines.
+ */
+const STEERING = /^(LD_|DOCKER_|OTEL_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME|ZONEINFO|TMPDIR|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$)|_PROXY$/i;
 
 /**
  * Why the launcher refuses a run the gateway sent, whatever the policy: an image that is not an

@@ -12,6 +12,7 @@ import { sharedPoolShape } from "../shared/pool-args";
 import { checkSecrets } from "../shared/secrets";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
 import { affinity, cidrBlock, dataKey, dnsLabel, dnsSubdomain, labelMap, resources, toleration } from "./api-rules";
+import { autoscaling, hpaSpec, scaledObjectSpec, type ScaleTarget } from "./autoscaling";
 import { egressPeers, isOnlyMetadata } from "./egress";
 
 /**
@@ -53,6 +54,11 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
   return {
     namespace: dnsLabel.default("default"),
     replicas: z.int().min(0).max(100).default(defaults.replicas),
+    /**
+     * A KEDA ScaledObject on the gateway's queue, or a HorizontalPodAutoscaler on a metric your
+     * adapter serves (autoscaling.ts); the workload's replicas are then the autoscaler's.
+     */
+    autoscaling: autoscaling.optional(),
     image: imageReference.default(DEFAULT_NODE_IMAGE),
     resources: resources.default(defaults.resources),
     nodeSelector: labelMap.default({}),
@@ -152,6 +158,8 @@ export function validateWorkload<S extends z.ZodType>(component: string, name: s
   const problems = parsed.success ? [] : formatIssues(parsed.error);
   const nameProblem = resourceNameProblem(name, (plain as { statefulSet?: unknown }).statefulSet === true);
   if (nameProblem) problems.unshift(nameProblem);
+  if (plain.autoscaling !== undefined && plain.replicas !== undefined)
+    problems.push(`replicas: ${JSON.stringify(plain.replicas)} is not taken with autoscaling: the autoscaler sets the replicas, between autoscaling.minReplicas and autoscaling.maxReplicas`);
   const secrets = checkSecrets(component, name, role, args, "existingSecret", (plain as { existingSecret?: unknown }).existingSecret !== undefined);
   problems.push(...secrets.problems);
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
@@ -302,10 +310,21 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     },
   };
 
-  const workloadSpec = { replicas: args.replicas, selector: { matchLabels: selector }, template };
+  // With an autoscaler, Pulumi leaves spec.replicas out: under server-side apply it then owns no
+  // value the autoscaler's changes would conflict with, and an update never resets the count.
+  const workloadSpec = { replicas: args.autoscaling ? undefined : args.replicas, selector: { matchLabels: selector }, template };
   const workload = spec.statefulSet
     ? new k8s.apps.v1.StatefulSet(`${name}`, { metadata: metadata(""), spec: { ...workloadSpec, serviceName: name, podManagementPolicy: "Parallel", volumeClaimTemplates: spec.statefulSet.volumeClaimTemplates } }, opts)
     : new k8s.apps.v1.Deployment(`${name}`, { metadata: metadata(""), spec: { ...workloadSpec, strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } } } }, opts);
+
+  if (args.autoscaling) {
+    const target: ScaleTarget = { apiVersion: "apps/v1", kind: spec.statefulSet ? "StatefulSet" : "Deployment", name };
+    const dependsOn = { ...opts, dependsOn: [workload] };
+    if (args.autoscaling.kind === "keda")
+      new k8s.apiextensions.CustomResource(`${name}-scaler`, { apiVersion: "keda.sh/v1alpha1", kind: "ScaledObject", metadata: metadata(""), spec: scaledObjectSpec(args.autoscaling, target) }, dependsOn);
+    else
+      new k8s.autoscaling.v2.HorizontalPodAutoscaler(`${name}-scaler`, { metadata: metadata(""), spec: hpaSpec(args.autoscaling, target) }, dependsOn);
+  }
 
   // One pod at a time may be evicted, so a node drain never takes the whole pool.
   new k8s.policy.v1.PodDisruptionBudget(`${name}`, { metadata: metadata(""), spec: { maxUnavailable: 1, selector: { matchLabels: selector } } }, opts);

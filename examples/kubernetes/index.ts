@@ -42,6 +42,13 @@ const vcs = new kubernetes.VcsAgent(
   opts,
 );
 
+// With a Prometheus that scrapes the gateway's /_agentpools/metrics, KEDA sizes the worker pool
+// to its queued and busy runs, down to zero when idle; without one, the pool keeps one pod.
+const prometheus = config.get("prometheusAddress");
+const workerScaling = prometheus
+  ? { autoscaling: { kind: "keda" as const, serverAddress: prometheus, pool: config.get("workerGatewayPool") ?? "workers", minReplicas: 0, maxReplicas: 10 } }
+  : {};
+
 const workers = new kubernetes.WorkerPool(
   "workers",
   {
@@ -51,6 +58,7 @@ const workers = new kubernetes.WorkerPool(
     vcsAgents: [{ name: "git", baseEndpoint: gitEndpoint }],
     statefulSet: true,
     storage: { size: "100Gi" },
+    ...workerScaling,
   },
   { dependsOn: [workerSpace] },
 );
