@@ -62,8 +62,9 @@ describe("examples run under the mocks", () => {
     assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
     assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);
     assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
-    // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint.
-    assert.deepEqual(byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name).sort(), ["bitbucket-ca-certificates", "runners-ca-certificates"]);
+    // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint; so is the
+    // worker pool's configuration (with its proxy and policy it does not fit beside the launcher's bundle).
+    assert.deepEqual(byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name).sort(), ["bitbucket-ca-certificates", "runners-ca-certificates", "runners-config"]);
     assert.ok(byType(resources, "aws:ec2/vpcEndpoint:VpcEndpoint").some((e) => String(e.inputs.serviceName).endsWith(".ssm")));
     for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
       const decoded = decodeUserData(lt.inputs.userData);

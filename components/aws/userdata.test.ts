@@ -142,14 +142,20 @@ describe("user-data", () => {
     const decoded = decodeUserData(renderUserData(input));
     // Out of user-data, into the value, byte for byte the files the inline path writes (so a pool's settings are the same either way).
     const moved = configFiles(input);
-    assert.deepEqual(moved.map((f) => f.path).sort(), ["/etc/agentpools/launcher.json", "/etc/agentpools/policy", "/etc/docker/daemon.json", "/etc/systemd/system/agentpools-launcher.service"]);
+    assert.deepEqual(moved.map((f) => f.path).sort(), ["/etc/agentpools/boot.sh", "/etc/agentpools/launcher.json", "/etc/agentpools/policy", "/etc/docker/daemon.json", "/etc/systemd/system/agentpools-launcher.service"]);
     for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
-    assert.deepEqual(unpackFiles(value), moved.map((f) => inline.get(f.path)));
+    // The rest of the boot script with them: the inline script's tail, word for word.
+    const asInline = (path: string) => inline.get(path === "/etc/agentpools/boot.sh" ? "/opt/agentpools/boot.sh" : path);
+    assert.deepEqual(unpackFiles(value).map((f) => f.content), moved.map((f) => asInline(f.path)?.content));
+    // The whole script as it runs is the inline one's, with the three lines that read the parameter.
+    const runs = (script: string) => script.replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''").split("\n").filter((l) => !/agentpools-config/.test(l));
+    assert.deepEqual(runs(decodeUserData(renderUserData(input), value).script), runs(decodeUserData(renderUserData(spec())).script));
     // The script's own lines, with an AWS CLI stand-in that answers only the pinned version, as SSM would.
     const lines = decoded.script.split("\n");
     const fetch = lines.findIndex((l) => l.includes("aws ssm get-parameter --name") && l.includes("/config:"));
     assert.equal(lines[fetch], `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text > /run/agentpools-config.br.b64`);
-    assert.ok(fetch < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
+    const whole = decodeUserData(renderUserData(input), value).script.split("\n");
+    assert.ok(whole.indexOf(lines[fetch]) < whole.findIndex((l) => l.startsWith("systemctl")), "before the services start");
     const root = scratchDir("root-");
     const stored = path.join(root, "value");
     writeFileSync(stored, value);

@@ -233,7 +233,7 @@ export function renderFiles(spec: UserDataSpec): UserDataFile[] {
 /**
  * The files that say how this pool's runtime runs: the role's configuration, its systemd unit,
  * Docker's daemon.json, the runtimes' nftables rules, a run initialization policy. They travel
- * in user-data, or together in the config parameter (spec.configParameter).
+ * in user-data, or together in the config parameter (spec.configParameter) with the rest of the boot script.
  */
 export function configFiles(spec: UserDataSpec): UserDataFile[] {
   const files: UserDataFile[] = [
@@ -243,6 +243,8 @@ export function configFiles(spec: UserDataSpec): UserDataFile[] {
   const daemon = renderDockerDaemonConfig(spec);
   if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon });
   if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids) });
+  // With the files, in the parameter: the rest of the boot script (no more power over the instance than the unit has).
+  if (spec.configParameter) files.push({ path: BOOT_REST_PATH, content: bootRest(spec) });
   return [...files, ...(spec.extraFiles ?? [])];
 }
 
@@ -326,9 +328,15 @@ function writeFile(file: UserDataFile): string[] {
 /** The part of the boot script that runs once Node.js has unpacked it: it travels in the archive, where it packs smaller. */
 export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
 
-/** After the archive is unpacked: the service user, gVisor, then the services. */
-function bootTail(spec: UserDataSpec): string {
-  const lines = [...configFetchCommands(spec), "id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
+/** The last part of the boot script when the config parameter holds it (sourced: same shell, same trap). */
+export const BOOT_REST_PATH = `${CONFIG_DIR}/boot.sh`;
+
+/** After the archive is unpacked: the configuration from its parameter, if it is there, then the rest. */
+const bootTail = (spec: UserDataSpec): string => (spec.configParameter ? [...configFetchCommands(spec), `. ${BOOT_REST_PATH}`, ""].join("\n") : bootRest(spec));
+
+/** The service user, gVisor, then the services. */
+function bootRest(spec: UserDataSpec): string {
+  const lines = ["id agentpools &>/dev/null || useradd -r -d /var/lib/agentpools -s /sbin/nologin agentpools"];
   if (spec.gvisor) {
     const arch = spec.architecture === "arm64" ? "aarch64" : "x86_64";
     lines.push(
@@ -425,6 +433,8 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
   const whole = tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail);
   if (configParameterValue !== undefined && whole.includes(`\nunpack ${CONFIG_ARCHIVE_PATH}\n`)) {
     for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
+    const rest = files.get(BOOT_REST_PATH)?.content;
+    if (rest !== undefined) return { script: whole.replace(`. ${BOOT_REST_PATH}\n`, rest), files };
   }
   return { script: whole, files };
 }
