@@ -26,6 +26,8 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
   let vcs: LocalVcs;
   before(async () => {
     vcs = new LocalVcs();
+    // A real repository: git http-backend then waits for a fetch's whole body (for a missing one it answers at once).
+    vcs.createRepository("group/repo.git");
     await vcs.listen();
   });
   after(() => vcs.close());
