@@ -6,20 +6,60 @@ import tseslint from "typescript-eslint";
  * enforced. Each rule forbids imports (matched as paths relative to the importing file).
  */
 const rule = (forbid, why) => ({ group: forbid, message: why });
-const componentsRule = rule(["**/gateway/**", "**/devkit/**", "**/scripts/**", "**/test/**", "**/agent/*/**", "!**/agent/config/**"], "components import agent/config/ (the settings) and nothing else of the runtime");
-const otherPlatform = (platform) => rule([`**/${platform}`, `**/${platform}/**`], "one platform never imports the other");
+const componentsRule = rule(
+  ["**/gateway/**", "**/devkit/**", "**/scripts/**", "**/test/**", "**/agent/*/**", "!**/agent/config/**"],
+  "components import agent/config/ (the settings) and nothing else of the runtime",
+);
+const otherPlatform = (platform) =>
+  rule([`**/${platform}`, `**/${platform}/**`], "one platform never imports the other");
 const boundaries = [
   // The wire contract and the utilities beneath it stand on Node alone.
-  { files: ["protocol/**/*.ts", "lib/**/*.ts"], rules: [rule(["**/agent/**", "**/gateway/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"], "protocol/ and lib/ depend on nothing of the project but lib/")] },
+  {
+    files: ["protocol/**/*.ts", "lib/**/*.ts"],
+    rules: [
+      rule(
+        ["**/agent/**", "**/gateway/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"],
+        "protocol/ and lib/ depend on nothing of the project but lib/",
+      ),
+    ],
+  },
   // The runtime is bundled into user-data: Node built-ins and its own code only.
-  { files: ["agent/**/*.ts"], rules: [rule(["**/gateway/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"], "the agent runtime imports only agent/, protocol/ and lib/")] },
+  {
+    files: ["agent/**/*.ts"],
+    rules: [
+      rule(
+        ["**/gateway/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"],
+        "the agent runtime imports only agent/, protocol/ and lib/",
+      ),
+    ],
+  },
   // The service side speaks the protocol; it never imports an agent role.
-  { files: ["gateway/**/*.ts"], rules: [rule(["**/agent/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"], "the gateway imports only protocol/ and lib/")] },
+  {
+    files: ["gateway/**/*.ts"],
+    rules: [
+      rule(
+        ["**/agent/**", "**/components/**", "**/devkit/**", "**/scripts/**", "**/test/**"],
+        "the gateway imports only protocol/ and lib/",
+      ),
+    ],
+  },
   { files: ["components/*.ts"], rules: [componentsRule] },
-  { files: ["components/shared/**/*.ts"], rules: [componentsRule, rule(["**/aws", "**/aws/**", "**/kubernetes", "**/kubernetes/**"], "components/shared/ holds what both platforms use")] },
+  {
+    files: ["components/shared/**/*.ts"],
+    rules: [
+      componentsRule,
+      rule(
+        ["**/aws", "**/aws/**", "**/kubernetes", "**/kubernetes/**"],
+        "components/shared/ holds what both platforms use",
+      ),
+    ],
+  },
   { files: ["components/aws/**/*.ts"], rules: [componentsRule, otherPlatform("kubernetes")] },
   { files: ["components/kubernetes/**/*.ts"], rules: [componentsRule, otherPlatform("aws")] },
-  { files: ["devkit/**/*.ts", "scripts/**/*.ts", "examples/**/*.ts"], rules: [rule(["**/test/**"], "only tests import test code")] },
+  {
+    files: ["devkit/**/*.ts", "scripts/**/*.ts", "examples/**/*.ts"],
+    rules: [rule(["**/test/**"], "only tests import test code")],
+  },
 ];
 
 export default tseslint.config(
@@ -27,7 +67,23 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    languageOptions: { globals: { process: "readonly", console: "readonly", Buffer: "readonly", __dirname: "readonly", require: "readonly", module: "writable", setTimeout: "readonly", clearTimeout: "readonly", setInterval: "readonly", clearInterval: "readonly", structuredClone: "readonly", URL: "readonly", URLSearchParams: "readonly" } },
+    languageOptions: {
+      globals: {
+        process: "readonly",
+        console: "readonly",
+        Buffer: "readonly",
+        __dirname: "readonly",
+        require: "readonly",
+        module: "writable",
+        setTimeout: "readonly",
+        clearTimeout: "readonly",
+        setInterval: "readonly",
+        clearInterval: "readonly",
+        structuredClone: "readonly",
+        URL: "readonly",
+        URLSearchParams: "readonly",
+      },
+    },
     rules: {
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
     },

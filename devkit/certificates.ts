@@ -12,7 +12,12 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 const made: string[] = [];
 export async function caCertificates(count: number): Promise<string[]> {
   while (made.length < count) {
-    const algorithm = { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256", publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 };
+    const algorithm = {
+      name: "RSASSA-PKCS1-v1_5",
+      hash: "SHA-256",
+      publicExponent: new Uint8Array([1, 0, 1]),
+      modulusLength: 2048,
+    };
     const keys = await webcrypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
     const certificate = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: (made.length + 1).toString(16).padStart(2, "0"),
@@ -21,7 +26,10 @@ export async function caCertificates(count: number): Promise<string[]> {
       notAfter: new Date(Date.now() + 10 * 365 * 86_400_000),
       keys,
       signingAlgorithm: algorithm,
-      extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true)],
+      extensions: [
+        new x509.BasicConstraintsExtension(true, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      ],
     });
     made.push(certificate.toString("pem") + "\n");
   }

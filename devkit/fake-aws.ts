@@ -25,12 +25,17 @@ export interface MetricPoint {
  * termination policies say).
  */
 export class FakeGroup {
-  readonly instances = new Map<string, { launchedAt: number; protected: boolean; state: "InService" | "Terminating" }>();
+  readonly instances = new Map<
+    string,
+    { launchedAt: number; protected: boolean; state: "InService" | "Terminating" }
+  >();
   constructor(readonly name: string) {}
 
   /** The instances a scale-in by `count` terminates: unprotected ones in service, the oldest first. */
   chooseForScaleIn(count: number): string[] {
-    const candidates = [...this.instances].filter(([, i]) => i.state === "InService" && !i.protected).sort(([, a], [, b]) => a.launchedAt - b.launchedAt);
+    const candidates = [...this.instances]
+      .filter(([, i]) => i.state === "InService" && !i.protected)
+      .sort(([, a], [, b]) => a.launchedAt - b.launchedAt);
     return candidates.slice(0, count).map(([id]) => id);
   }
 }
@@ -46,8 +51,18 @@ const DAY = 24 * HOUR;
  * refuse is refused here too. Tests queue error answers per action. Loopback only.
  */
 export class FakeAws {
-  readonly credentials = { accessKeyId: "ASIAFAKE", secretAccessKey: "fake-secret-key/abc", sessionToken: "fake-session" };
-  readonly identity = { region: "eu-west-1", instanceId: "i-0123456789abcdef0", availabilityZone: "eu-west-1b", instanceType: "c7i.large", pendingTime: new Date(Date.now() - 90_000).toISOString().replace(/\.\d+Z$/, "Z") };
+  readonly credentials = {
+    accessKeyId: "ASIAFAKE",
+    secretAccessKey: "fake-secret-key/abc",
+    sessionToken: "fake-session",
+  };
+  readonly identity = {
+    region: "eu-west-1",
+    instanceId: "i-0123456789abcdef0",
+    availabilityZone: "eu-west-1b",
+    instanceType: "c7i.large",
+    pendingTime: new Date(Date.now() - 90_000).toISOString().replace(/\.\d+Z$/, "Z"),
+  };
   /** The group this instance is in (its name is checked on each Auto Scaling call that names one). */
   group = new FakeGroup("agentpools-git-1a2b");
   /** IMDS spot/instance-action (a spot interruption notice), absent (404) unless set. */
@@ -128,11 +143,13 @@ export class FakeAws {
     };
 
     if (url.pathname === "/latest/api/token") {
-      if (req.method !== "PUT" || !req.headers["x-aws-ec2-metadata-token-ttl-seconds"]) return send(400, "bad token request");
+      if (req.method !== "PUT" || !req.headers["x-aws-ec2-metadata-token-ttl-seconds"])
+        return send(400, "bad token request");
       return send(200, this.imdsToken, "text/plain");
     }
     if (url.pathname.startsWith("/latest/")) {
-      if (req.headers["x-aws-ec2-metadata-token"] !== this.imdsToken) return send(401, "IMDSv2 token required", "text/plain");
+      if (req.headers["x-aws-ec2-metadata-token"] !== this.imdsToken)
+        return send(401, "IMDSv2 token required", "text/plain");
       const metadata: Record<string, string> = {
         "/latest/dynamic/instance-identity/document": JSON.stringify({ ...this.identity, accountId: "123456789012" }),
         "/latest/meta-data/iam/security-credentials/": "agentpools-role",
@@ -145,7 +162,9 @@ export class FakeAws {
         "/latest/meta-data/autoscaling/target-lifecycle-state": this.lifecycleState,
         "/latest/meta-data/services/domain": this.domain,
         ...(this.spotAction ? { "/latest/meta-data/spot/instance-action": JSON.stringify(this.spotAction) } : {}),
-        ...(this.rebalance ? { "/latest/meta-data/events/recommendations/rebalance": JSON.stringify(this.rebalance) } : {}),
+        ...(this.rebalance
+          ? { "/latest/meta-data/events/recommendations/rebalance": JSON.stringify(this.rebalance) }
+          : {}),
       };
       const value = metadata[url.pathname];
       return value === undefined ? send(404, "not found", "text/plain") : send(200, value, "text/plain");
@@ -154,7 +173,11 @@ export class FakeAws {
     const target = req.headers["x-amz-target"] as string | undefined;
     const form = target ? undefined : Object.fromEntries(new URLSearchParams(body));
     const action = target ?? form?.Action ?? "unknown";
-    const service = target?.startsWith("secretsmanager.") ? "secretsmanager" : target?.startsWith("Logs_") ? "logs" : "autoscaling";
+    const service = target?.startsWith("secretsmanager.")
+      ? "secretsmanager"
+      : target?.startsWith("Logs_")
+        ? "logs"
+        : "autoscaling";
     const problem = this.checkSignature(req, url, body, service);
     if (problem) {
       this.rejected.push(`${action}: ${problem}`);
@@ -162,9 +185,14 @@ export class FakeAws {
     }
     const payload = target ? JSON.parse(body || "{}") : (form as Record<string, unknown>);
     this.calls.push({ action, body: payload, at: Date.now() });
-    const jsonError = (status: number, code: string, message: string) => send(status, JSON.stringify({ __type: code, message }));
+    const jsonError = (status: number, code: string, message: string) =>
+      send(status, JSON.stringify({ __type: code, message }));
     const queryError = (status: number, code: string, message: string) =>
-      send(status, `<ErrorResponse><Error><Code>${code}</Code><Message>${message}</Message></Error></ErrorResponse>`, "text/xml");
+      send(
+        status,
+        `<ErrorResponse><Error><Code>${code}</Code><Message>${message}</Message></Error></ErrorResponse>`,
+        "text/xml",
+      );
 
     const injected = this.failures.get(action)?.shift();
     if (injected) {
@@ -175,35 +203,58 @@ export class FakeAws {
     switch (action) {
       case "secretsmanager.GetSecretValue": {
         const secret = this.secrets.get(payload.SecretId);
-        if (secret === undefined) return jsonError(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.");
+        if (secret === undefined)
+          return jsonError(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.");
         return send(200, JSON.stringify({ ARN: payload.SecretId, SecretString: secret }));
       }
       case "Logs_20140328.CreateLogStream":
-        if (this.streams.has(payload.logStreamName)) return jsonError(400, "ResourceAlreadyExistsException", "The specified log stream already exists");
+        if (this.streams.has(payload.logStreamName))
+          return jsonError(400, "ResourceAlreadyExistsException", "The specified log stream already exists");
         this.streams.set(payload.logStreamName, []);
         return send(200, "{}");
       case "Logs_20140328.PutLogEvents":
         return this.putLogEvents(payload, jsonError, send);
       case "CompleteLifecycleAction":
       case "RecordLifecycleActionHeartbeat":
-        if (this.noPendingAction) return queryError(400, "ValidationError", `No active Lifecycle Action found with instance ID ${this.identity.instanceId}`);
+        if (this.noPendingAction)
+          return queryError(
+            400,
+            "ValidationError",
+            `No active Lifecycle Action found with instance ID ${this.identity.instanceId}`,
+          );
         return send(200, `<${action}Response/>`, "text/xml");
       case "SetInstanceProtection": {
         // AWS's rules: the group by name, 1-50 instances of it (InstanceIds.member.N), ProtectedFromScaleIn true or false.
-        const ids = Object.keys(payload).filter((k) => /^InstanceIds\.member\.\d+$/.test(k)).map((k) => payload[k]);
-        if (payload.AutoScalingGroupName !== this.group.name) return queryError(400, "ValidationError", `AutoScalingGroup name not found - ${payload.AutoScalingGroupName}`);
-        if (!["true", "false"].includes(payload.ProtectedFromScaleIn)) return queryError(400, "ValidationError", "ProtectedFromScaleIn must be true or false");
+        const ids = Object.keys(payload)
+          .filter((k) => /^InstanceIds\.member\.\d+$/.test(k))
+          .map((k) => payload[k]);
+        if (payload.AutoScalingGroupName !== this.group.name)
+          return queryError(
+            400,
+            "ValidationError",
+            `AutoScalingGroup name not found - ${payload.AutoScalingGroupName}`,
+          );
+        if (!["true", "false"].includes(payload.ProtectedFromScaleIn))
+          return queryError(400, "ValidationError", "ProtectedFromScaleIn must be true or false");
         if (ids.length < 1 || ids.length > 50) return queryError(400, "ValidationError", "1 to 50 instance IDs");
         for (const id of ids) {
           const instance = this.group.instances.get(id);
-          if (!instance) return queryError(400, "ValidationError", `The instance ${id} is not part of Auto Scaling group ${this.group.name}.`);
-          if (instance.state !== "InService") return queryError(400, "ValidationError", `The instance ${id} is not in InService or Standby.`);
+          if (!instance)
+            return queryError(
+              400,
+              "ValidationError",
+              `The instance ${id} is not part of Auto Scaling group ${this.group.name}.`,
+            );
+          if (instance.state !== "InService")
+            return queryError(400, "ValidationError", `The instance ${id} is not in InService or Standby.`);
         }
-        for (const id of ids) (this.group.instances.get(id) as { protected: boolean }).protected = payload.ProtectedFromScaleIn === "true";
+        for (const id of ids)
+          (this.group.instances.get(id) as { protected: boolean }).protected = payload.ProtectedFromScaleIn === "true";
         return send(200, "<SetInstanceProtectionResponse/>", "text/xml");
       }
       case "SetInstanceHealth":
-        if (!["Healthy", "Unhealthy"].includes(payload.HealthStatus)) return queryError(400, "ValidationError", "HealthStatus must be Healthy or Unhealthy");
+        if (!["Healthy", "Unhealthy"].includes(payload.HealthStatus))
+          return queryError(400, "ValidationError", "HealthStatus must be Healthy or Unhealthy");
         this.instanceHealth = payload.HealthStatus;
         return send(200, "<SetInstanceHealthResponse/>", "text/xml");
       default:
@@ -220,12 +271,24 @@ export class FakeAws {
     const events = payload.logEvents as { timestamp: number; message: string }[];
     const stream = this.streams.get(payload.logStreamName);
     if (!stream) return error(400, "ResourceNotFoundException", "The specified log stream does not exist.");
-    if (!Array.isArray(events) || events.length === 0 || events.length > 10_000) return error(400, "InvalidParameterException", "1 to 10,000 log events");
+    if (!Array.isArray(events) || events.length === 0 || events.length > 10_000)
+      return error(400, "InvalidParameterException", "1 to 10,000 log events");
     const bytes = events.reduce((sum, e) => sum + Buffer.byteLength(e.message) + 26, 0);
     if (bytes > 1_048_576) return error(400, "InvalidParameterException", `batch of ${bytes} bytes`);
-    if (events.some((e) => Buffer.byteLength(e.message) > 262_144 - 26 || e.message.length === 0)) return error(400, "InvalidParameterException", "an event is empty or over 256 KB");
-    if (events.some((e, i) => i > 0 && e.timestamp < events[i - 1].timestamp)) return error(400, "InvalidParameterException", "Log events in a single PutLogEvents request must be in chronological order.");
-    if (events[events.length - 1].timestamp - events[0].timestamp > DAY) return error(400, "InvalidParameterException", "A batch of log events in a single request cannot span more than 24 hours.");
+    if (events.some((e) => Buffer.byteLength(e.message) > 262_144 - 26 || e.message.length === 0))
+      return error(400, "InvalidParameterException", "an event is empty or over 256 KB");
+    if (events.some((e, i) => i > 0 && e.timestamp < events[i - 1].timestamp))
+      return error(
+        400,
+        "InvalidParameterException",
+        "Log events in a single PutLogEvents request must be in chronological order.",
+      );
+    if (events[events.length - 1].timestamp - events[0].timestamp > DAY)
+      return error(
+        400,
+        "InvalidParameterException",
+        "A batch of log events in a single request cannot span more than 24 hours.",
+      );
     const now = Date.now();
     const tooOld = events.findLastIndex((e) => e.timestamp < now - 14 * DAY);
     const tooNew = events.findIndex((e) => e.timestamp > now + 2 * HOUR);
@@ -235,7 +298,10 @@ export class FakeAws {
       this.logEvents.push(event.message);
       this.readMetrics(event.message);
     }
-    const info = { ...(tooOld >= 0 ? { tooOldLogEventEndIndex: tooOld } : {}), ...(tooNew >= 0 ? { tooNewLogEventStartIndex: tooNew } : {}) };
+    const info = {
+      ...(tooOld >= 0 ? { tooOldLogEventEndIndex: tooOld } : {}),
+      ...(tooNew >= 0 ? { tooNewLogEventStartIndex: tooNew } : {}),
+    };
     send(200, JSON.stringify(Object.keys(info).length > 0 ? { rejectedLogEventsInfo: info } : {}));
   }
 
@@ -253,7 +319,14 @@ export class FakeAws {
       for (const dimensionSet of directive.Dimensions as string[][]) {
         const dimensions = Object.fromEntries(dimensionSet.map((d) => [d, String(line[d])]));
         for (const { Name } of directive.Metrics as { Name: string }[]) {
-          if (typeof line[Name] === "number") this.metrics.push({ namespace: directive.Namespace, name: Name, value: line[Name], dimensions, timestamp: meta.Timestamp });
+          if (typeof line[Name] === "number")
+            this.metrics.push({
+              namespace: directive.Namespace,
+              name: Name,
+              value: line[Name],
+              dimensions,
+              timestamp: meta.Timestamp,
+            });
         }
       }
     }
@@ -261,7 +334,10 @@ export class FakeAws {
 
   private checkSignature(req: http.IncomingMessage, url: URL, body: string, service: string): string | undefined {
     const auth = req.headers.authorization ?? "";
-    const match = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/[0-9]{8}\/([^/]+)\/([^/]+)\/aws4_request, SignedHeaders=([^,]+), Signature=[0-9a-f]{64}$/.exec(auth);
+    const match =
+      /^AWS4-HMAC-SHA256 Credential=([^/]+)\/[0-9]{8}\/([^/]+)\/([^/]+)\/aws4_request, SignedHeaders=([^,]+), Signature=[0-9a-f]{64}$/.exec(
+        auth,
+      );
     if (!match) return "missing or malformed authorization";
     const [, keyId, region, signedService, signedHeaders] = match;
     if (keyId !== this.credentials.accessKeyId) return "unknown access key";
@@ -269,10 +345,26 @@ export class FakeAws {
     if (signedService !== service) return `signed for service ${signedService}, not ${service}`;
     if (req.headers["x-amz-security-token"] !== this.credentials.sessionToken) return "session token missing";
     const amzDate = req.headers["x-amz-date"] as string;
-    const now = new Date(`${amzDate.slice(0, 4)}-${amzDate.slice(4, 6)}-${amzDate.slice(6, 8)}T${amzDate.slice(9, 11)}:${amzDate.slice(11, 13)}:${amzDate.slice(13, 15)}Z`);
+    const now = new Date(
+      `${amzDate.slice(0, 4)}-${amzDate.slice(4, 6)}-${amzDate.slice(6, 8)}T${amzDate.slice(9, 11)}:${amzDate.slice(11, 13)}:${amzDate.slice(13, 15)}Z`,
+    );
     const added = new Set(["host", "x-amz-date", "x-amz-security-token"]);
-    const headers = Object.fromEntries(signedHeaders.split(";").filter((h) => !added.has(h)).map((h) => [h, String(req.headers[h])]));
-    const expected = signV4({ method: req.method ?? "POST", url: new URL(url.pathname + url.search, `http://${req.headers.host}`), headers, body, service, region, credentials: this.credentials, now });
+    const headers = Object.fromEntries(
+      signedHeaders
+        .split(";")
+        .filter((h) => !added.has(h))
+        .map((h) => [h, String(req.headers[h])]),
+    );
+    const expected = signV4({
+      method: req.method ?? "POST",
+      url: new URL(url.pathname + url.search, `http://${req.headers.host}`),
+      headers,
+      body,
+      service,
+      region,
+      credentials: this.credentials,
+      now,
+    });
     return expected.authorization === auth ? undefined : "signature does not match";
   }
 }

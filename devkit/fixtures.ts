@@ -3,7 +3,9 @@ import { encodeToken } from "../protocol/token";
 
 export const VPC = "vpc-0123456789abcdef0";
 export const SUBNETS = ["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"];
-export const PRIVATE_KEY_B64 = Buffer.from("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n").toString("base64");
+export const PRIVATE_KEY_B64 = Buffer.from(
+  "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+).toString("base64");
 
 /** Real X.509 CA certificates (public halves only; made for these tests): an RSA 2048 root and an EC P-256 one. */
 export const CA_RSA = `-----BEGIN CERTIFICATE-----
@@ -53,7 +55,12 @@ ${CA_EC}`;
 
 /** Pool tokens shaped as the gateway issues them (protocol/token.ts); the Flows one is a bare secret. */
 export const TOKENS = {
-  worker: encodeToken({ gateway: "https://gateway.example.com", pool: "workers", secret: "wkr-secret-5f0c1d2e3a4b5c6d", certificate: CA_EC }),
+  worker: encodeToken({
+    gateway: "https://gateway.example.com",
+    pool: "workers",
+    secret: "wkr-secret-5f0c1d2e3a4b5c6d",
+    certificate: CA_EC,
+  }),
   vcs: encodeToken({ gateway: "https://gateway.example.com", pool: "git", secret: "vcs-secret-9a8b7c6d5e4f3a2b" }),
   flows: "flw-token-1a2b3c4d5e6f",
 };
@@ -97,20 +104,30 @@ export const LARGEST = {
     logsTimeout: "15m",
     runTimeout: "110m",
     runInitializationPolicy: {
-      allowedImages: ["public.ecr.aws/spacelift/runner-terraform:*", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/platform/runners/*"],
+      allowedImages: [
+        "public.ecr.aws/spacelift/runner-terraform:*",
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/platform/runners/*",
+      ],
       deniedImages: ["*:latest"],
       deniedCommands: ["curl [^|]*\\|\\s*(ba)?sh", "terraform\\s+destroy\\b", "rm\\s+-rf\\s+/($|\\s)"],
       requiredEnvironment: ["TF_VAR_environment", "TF_VAR_cost_center"],
       maxRunTimeout: "110m",
     },
-    vcsAgents: Array.from({ length: 5 }, (_, i) => ({ name: `internal-vcs-${i}`, baseEndpoint: `https://git-${i}.corp.internal.example.com` })),
+    vcsAgents: Array.from({ length: 5 }, (_, i) => ({
+      name: `internal-vcs-${i}`,
+      baseEndpoint: `https://git-${i}.corp.internal.example.com`,
+    })),
     httpsProxy: "http://egress-proxy.corp.internal.example.com:3128",
     noProxy: ".corp.internal.example.com,10.0.0.2,169.254.169.254",
     metadataTags: Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`tag_${i}`, `value-of-tag-${i}`])),
     // A worker pool's user-data has no room for real certificates beside everything else: they come from SSM.
     customCaCertificates: CA_BUNDLE,
     customCaCertificatesDelivery: "ssmParameter",
-    mixedInstances: { instanceTypes: ["m7i.large", "m6i.large", "m7a.large", "m6a.large"], onDemandBaseCapacity: 1, onDemandPercentageAboveBaseCapacity: 25 },
+    mixedInstances: {
+      instanceTypes: ["m7i.large", "m6i.large", "m7a.large", "m6a.large"],
+      onDemandBaseCapacity: 1,
+      onDemandPercentageAboveBaseCapacity: 25,
+    },
     drainTimeoutSeconds: 7200,
     tags: { team: "platform", "cost-center": "4242" },
   }),

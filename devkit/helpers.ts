@@ -23,7 +23,11 @@ export function scratchDir(prefix: string): string {
 
 /** git, asynchronously: gateways and agents in this process must keep serving meanwhile. */
 export async function gitAsync(args: string[], cwd?: string): Promise<string> {
-  const { stdout } = await run("git", args, { cwd, env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" }, maxBuffer: 64 * 1024 * 1024 });
+  const { stdout } = await run("git", args, {
+    cwd,
+    env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" },
+    maxBuffer: 64 * 1024 * 1024,
+  });
   return stdout;
 }
 
@@ -43,7 +47,9 @@ export function rawRequest(
       let body = "";
       res.on("data", (chunk) => (body += chunk));
       res.on("error", () => undefined); // cut short: seen as not complete
-      res.once("close", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }));
+      res.once("close", () =>
+        resolve({ status: res.statusCode ?? 0, body, headers: res.headers, complete: res.complete }),
+      );
     });
     req.on("error", reject);
     req.end(options.body);
@@ -66,7 +72,11 @@ export function capturingLogger(role: string) {
   return { log, lines };
 }
 
-export async function eventually<T>(check: () => T | undefined | false | Promise<T | undefined | false>, ms = 5000, what = "condition"): Promise<T> {
+export async function eventually<T>(
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  ms = 5000,
+  what = "condition",
+): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const value = await check();
@@ -80,7 +90,9 @@ export async function eventually<T>(check: () => T | undefined | false | Promise
 export async function freePort(preferred = 0): Promise<number> {
   for (const port of preferred ? [preferred, 0] : [0]) {
     const probe = net.createServer();
-    const free = await new Promise<boolean>((resolve) => probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)));
+    const free = await new Promise<boolean>((resolve) =>
+      probe.once("error", () => resolve(false)).listen(port, "127.0.0.1", () => resolve(true)),
+    );
     if (free) {
       const { port: actual } = probe.address() as net.AddressInfo;
       await new Promise((resolve) => probe.close(resolve));
@@ -91,4 +103,5 @@ export async function freePort(preferred = 0): Promise<number> {
 }
 
 /** The p-th percentile of a sample (nearest rank). */
-export const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];
+export const percentile = (values: number[], p: number) =>
+  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))];

@@ -66,7 +66,18 @@ export class LocalVcs {
       writeFileSync(path.join(work, file), content);
     }
     git(["-C", work, "add", "--all"]);
-    git(["-C", work, "-c", "user.name=agentpools", "-c", "user.email=agentpools@example.invalid", "commit", "--quiet", "-m", message]);
+    git([
+      "-C",
+      work,
+      "-c",
+      "user.name=agentpools",
+      "-c",
+      "user.email=agentpools@example.invalid",
+      "commit",
+      "--quiet",
+      "-m",
+      message,
+    ]);
     git(["-C", work, "push", "--quiet", "origin", "HEAD:main"]);
     rmSync(work, { recursive: true, force: true });
   }
@@ -76,11 +87,19 @@ export class LocalVcs {
     this.hits.push(`${req.method} ${req.url}`);
     const body: Buffer[] = [];
     req.on("data", (chunk: Buffer) => body.push(chunk));
-    req.once("end", () => this.received.push({ method: req.method ?? "", url: req.url ?? "", rawHeaders: req.rawHeaders, body: Buffer.concat(body) }));
+    req.once("end", () =>
+      this.received.push({
+        method: req.method ?? "",
+        url: req.url ?? "",
+        rawHeaders: req.rawHeaders,
+        body: Buffer.concat(body),
+      }),
+    );
     res.once("close", () => {
       if (!res.writableFinished) this.aborted.push(`${req.method} ${req.url}`);
     });
-    if (/\.git\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(url.pathname)) return this.gitBackend(req, res, url);
+    if (/\.git\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(url.pathname))
+      return this.gitBackend(req, res, url);
     if (url.searchParams.has("hang")) return void req.resume();
     if (url.searchParams.has("size")) {
       const total = Number(url.searchParams.get("size"));
@@ -111,7 +130,14 @@ export class LocalVcs {
     req.on("end", () => {
       setTimeout(() => {
         res.writeHead(200, { "content-type": "application/json" });
-        res.end(JSON.stringify({ method: req.method, path: req.url, body: Buffer.concat(body).toString("utf8"), authorization: req.headers.authorization ?? null }));
+        res.end(
+          JSON.stringify({
+            method: req.method,
+            path: req.url,
+            body: Buffer.concat(body).toString("utf8"),
+            authorization: req.headers.authorization ?? null,
+          }),
+        );
       }, delay);
     });
   }
@@ -159,5 +185,10 @@ export class LocalVcs {
 }
 
 export function git(args: string[], cwd?: string): string {
-  return execFileSync("git", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" } });
+  return execFileSync("git", args, {
+    cwd,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_CONFIG_NOSYSTEM: "1" },
+  });
 }

@@ -24,12 +24,42 @@ export const REGION = "eu-west-1";
 
 /** Invoke results, by token; a test may add to this (a subnet of another VPC, say). */
 export const invokeResults: Record<string, (args: Record<string, any>) => Record<string, unknown>> = {
-  "aws:index/getPartition:getPartition": () => ({ partition: "aws", dnsSuffix: "amazonaws.com", reverseDnsPrefix: "com.amazonaws", id: "aws" }),
-  "aws:index/getServicePrincipal:getServicePrincipal": (args) => ({ name: `${args.serviceName}.amazonaws.com`, suffix: "amazonaws.com", serviceName: args.serviceName, region: REGION, id: `${args.serviceName}.${REGION}.amazonaws.com` }),
-  "aws:ec2/getVpcEndpointService:getVpcEndpointService": (args) => ({ service: args.service, serviceName: `com.amazonaws.${REGION}.${args.service}`, serviceType: args.serviceType, id: args.service }),
-  "aws:index/getRegion:getRegion": () => ({ region: REGION, name: REGION, id: REGION, endpoint: `ec2.${REGION}.amazonaws.com` }),
-  "aws:index/getCallerIdentity:getCallerIdentity": () => ({ accountId: ACCOUNT, arn: `arn:aws:iam::${ACCOUNT}:user/test`, userId: "AIDATEST", id: ACCOUNT }),
-  "aws:index/getAvailabilityZones:getAvailabilityZones": () => ({ names: [`${REGION}a`, `${REGION}b`, `${REGION}c`], zoneIds: ["euw1-az1", "euw1-az2", "euw1-az3"], id: REGION }),
+  "aws:index/getPartition:getPartition": () => ({
+    partition: "aws",
+    dnsSuffix: "amazonaws.com",
+    reverseDnsPrefix: "com.amazonaws",
+    id: "aws",
+  }),
+  "aws:index/getServicePrincipal:getServicePrincipal": (args) => ({
+    name: `${args.serviceName}.amazonaws.com`,
+    suffix: "amazonaws.com",
+    serviceName: args.serviceName,
+    region: REGION,
+    id: `${args.serviceName}.${REGION}.amazonaws.com`,
+  }),
+  "aws:ec2/getVpcEndpointService:getVpcEndpointService": (args) => ({
+    service: args.service,
+    serviceName: `com.amazonaws.${REGION}.${args.service}`,
+    serviceType: args.serviceType,
+    id: args.service,
+  }),
+  "aws:index/getRegion:getRegion": () => ({
+    region: REGION,
+    name: REGION,
+    id: REGION,
+    endpoint: `ec2.${REGION}.amazonaws.com`,
+  }),
+  "aws:index/getCallerIdentity:getCallerIdentity": () => ({
+    accountId: ACCOUNT,
+    arn: `arn:aws:iam::${ACCOUNT}:user/test`,
+    userId: "AIDATEST",
+    id: ACCOUNT,
+  }),
+  "aws:index/getAvailabilityZones:getAvailabilityZones": () => ({
+    names: [`${REGION}a`, `${REGION}b`, `${REGION}c`],
+    zoneIds: ["euw1-az1", "euw1-az2", "euw1-az3"],
+    id: REGION,
+  }),
   "aws:ssm/getParameter:getParameter": (args) => ({
     name: args.name,
     value: args.name.includes("arm64") ? "ami-0aaaaaaaaaaaaaaa1" : "ami-0bbbbbbbbbbbbbbb2",
@@ -67,7 +97,10 @@ function computed(type: string, name: string, inputs: Record<string, any>): Reco
       // A version past the first, as after an update: tests can tell the output from a default.
       return { arn: arn("ssm", `parameter${inputs.name}`), version: 2 };
     case "aws:autoscaling/group:Group":
-      return { arn: arn("autoscaling", `autoScalingGroup:uuid:autoScalingGroupName/${inputs.name}`), name: inputs.name };
+      return {
+        arn: arn("autoscaling", `autoScalingGroup:uuid:autoScalingGroupName/${inputs.name}`),
+        name: inputs.name,
+      };
     default:
       return {};
   }
@@ -90,8 +123,15 @@ const typeAndName = (urn: string) => {
   return `${qualifiedType.split("$").pop()}::${name}`;
 };
 const registerResource = MockMonitor.prototype.registerResource;
-MockMonitor.prototype.registerResource = function (this: MockMonitor, req: any, callback: (err: any, response: any) => void) {
-  options.set(`${req.getType()}::${req.getName()}`, { dependsOn: (req.getDependenciesList() as string[]).map(typeAndName), ignoreChanges: req.getIgnorechangesList() });
+MockMonitor.prototype.registerResource = function (
+  this: MockMonitor,
+  req: any,
+  callback: (err: any, response: any) => void,
+) {
+  options.set(`${req.getType()}::${req.getName()}`, {
+    dependsOn: (req.getDependenciesList() as string[]).map(typeAndName),
+    ignoreChanges: req.getIgnorechangesList(),
+  });
   return registerResource.call(this, req, callback);
 };
 
@@ -100,7 +140,15 @@ pulumi.runtime.setMocks(
     newResource(args) {
       const id = (idPrefix[args.type] ?? "") + hex(`${args.type}/${args.name}`, 17);
       const state = { ...args.inputs, ...computed(args.type, args.name, args.inputs) };
-      recorded.push({ type: args.type, name: args.name, inputs: args.inputs, id, dependsOn: [], ignoreChanges: [], ...options.get(`${args.type}::${args.name}`) });
+      recorded.push({
+        type: args.type,
+        name: args.name,
+        inputs: args.inputs,
+        id,
+        dependsOn: [],
+        ignoreChanges: [],
+        ...options.get(`${args.type}::${args.name}`),
+      });
       return { id, state };
     },
     call(args) {

@@ -23,7 +23,6 @@ interface FlowsAgent extends ConnectedAgent {
   lastUsed: number;
 }
 
-
 /** The gateway's side of the Flows agents: their WebSockets, and runs sent to them. */
 export class FlowsHub {
   private readonly agents = new Map<string, Set<FlowsAgent>>();
@@ -37,15 +36,23 @@ export class FlowsHub {
   ) {}
 
   /** An agent's upgrade request: pool ID and token, then the WebSocket. */
-  accept(req: http.IncomingMessage, socket: Socket, head: Buffer, metadata: Record<string, string>, refuse: (status: number, reason: string, details: Record<string, unknown>) => void): void {
+  accept(
+    req: http.IncomingMessage,
+    socket: Socket,
+    head: Buffer,
+    metadata: Record<string, string>,
+    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+  ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const poolId = String(req.headers[POOL_HEADER] ?? "");
     const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
     const pool = this.pools.get(poolId);
-    if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token)) return refuse(401, "pool ID or token refused", { remote, pool: poolId });
+    if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token))
+      return refuse(401, "pool ID or token refused", { remote, pool: poolId });
     const max = this.keepalive.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
-    if ((this.agents.get(poolId)?.size ?? 0) >= max) return refuse(503, `pool ${poolId} has ${max} agents connected already`, { remote });
+    if ((this.agents.get(poolId)?.size ?? 0) >= max)
+      return refuse(503, `pool ${poolId} has ${max} agents connected already`, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
     const agent: FlowsAgent = {
@@ -133,7 +140,16 @@ export class FlowsHub {
     return {
       connections: agents.filter((a) => !a.draining).length,
       activeRequests: agents.reduce((n, a) => n + a.pending.size, 0),
-      agents: agents.map((a) => ({ id: a.id, remote: a.remote, connectedAt: a.connectedAt, metadata: a.metadata, active: a.pending.size, parallelism: a.poolSize, executor: a.executor, draining: a.draining })),
+      agents: agents.map((a) => ({
+        id: a.id,
+        remote: a.remote,
+        connectedAt: a.connectedAt,
+        metadata: a.metadata,
+        active: a.pending.size,
+        parallelism: a.poolSize,
+        executor: a.executor,
+        draining: a.draining,
+      })),
     };
   }
 

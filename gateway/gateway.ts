@@ -16,7 +16,16 @@ import { type PoolDefinition } from "./pools";
 import { renderStatusPage } from "./status-page";
 import { renderMetrics } from "./metrics";
 import { VcsHub, type VcsHubOptions } from "./vcs-hub";
-import { checkedRequest, EXCHANGE_DEFAULTS, exchange, serveClient, WRITE_BODY_LIMIT, type ExchangeLimits, type ForwardedRequest, type ForwardedResponse } from "./vcs-proxy";
+import {
+  checkedRequest,
+  EXCHANGE_DEFAULTS,
+  exchange,
+  serveClient,
+  WRITE_BODY_LIMIT,
+  type ExchangeLimits,
+  type ForwardedRequest,
+  type ForwardedResponse,
+} from "./vcs-proxy";
 import { bodyRule, checkedWrite } from "./vcs-writes";
 
 export { API_PATH } from "./target";
@@ -26,10 +35,7 @@ export type { ForwardedResponse } from "./vcs-proxy";
 export const PUBLIC_TIMEOUTS = { headersTimeoutMs: 10_000, requestTimeoutMs: 120_000, idleTimeoutMs: 300_000 };
 
 export interface GatewayOptions
-  extends WorkerHubOptions,
-    VcsHubOptions,
-    Partial<ExchangeLimits>,
-    Partial<typeof PUBLIC_TIMEOUTS> {
+  extends WorkerHubOptions, VcsHubOptions, Partial<ExchangeLimits>, Partial<typeof PUBLIC_TIMEOUTS> {
   pools: PoolDefinition[];
   /** Service keys (hashed): every service-side endpoint needs one. None: nothing is served but to agents. */
   keys?: ServiceKeyDefinition[];
@@ -86,7 +92,8 @@ export class Gateway {
 
   constructor(private readonly options: GatewayOptions) {
     const host = options.host ?? "127.0.0.1";
-    if (!options.tls && !isLoopback(host)) throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
+    if (!options.tls && !isLoopback(host))
+      throw new Error(`plain HTTP is allowed on loopback only; give tls (certificate and key) to listen on ${host}`);
     for (const definition of options.pools) this.pools.set(definition.name, { definition });
     this.log = options.log ?? createLogger("gateway");
     this.auth = new ServiceAuth(options.keys ?? [], options.statusOnLoopback);
@@ -95,8 +102,18 @@ export class Gateway {
     this.limits = { stallTimeoutMs, exchangeTimeoutMs };
     this.vcs = new VcsHub(this.pools, this.log, options);
     this.flows = new FlowsHub(this.pools, this.log, options);
-    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs, maxAgentsPerPool } = options;
-    const workerOptions = { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs, maxAgentsPerPool };
+    const { dataDir, store, leaseMs, pingIntervalMs, pingTimeoutMs, retention, pruneIntervalMs, maxAgentsPerPool } =
+      options;
+    const workerOptions = {
+      dataDir,
+      store,
+      leaseMs,
+      pingIntervalMs,
+      pingTimeoutMs,
+      retention,
+      pruneIntervalMs,
+      maxAgentsPerPool,
+    };
     this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
     const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = { ...PUBLIC_TIMEOUTS, ...given };
@@ -146,7 +163,9 @@ export class Gateway {
 
   async listen(): Promise<string> {
     await this.workers.start();
-    await new Promise<void>((resolve) => this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve));
+    await new Promise<void>((resolve) =>
+      this.server.listen(this.options.port ?? 0, this.options.host ?? "127.0.0.1", resolve),
+    );
     const { port } = this.server.address() as AddressInfo;
     const url = `${this.options.tls ? "https" : "http"}://${this.options.host ?? "127.0.0.1"}:${port}`;
     const keys = this.options.keys?.length ?? 0;
@@ -185,7 +204,9 @@ export class Gateway {
     socket.setTimeout(this.lingerMs, () => socket.destroy());
     socket.once("end", () => socket.destroy());
     socket.resume();
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${JSON.stringify({ error: reason })}`);
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${JSON.stringify({ error: reason })}`,
+    );
   }
 
   /**
@@ -219,8 +240,10 @@ export class Gateway {
   private vcsPool(pool: string): void {
     const definition = this.pools.get(pool)?.definition;
     if (!definition) throw new HttpError(404, `no pool named ${pool}`);
-    if (definition.kind === "flows") throw new HttpError(404, `${pool} is a Flows pool: POST /_agentpools/api/flows/${pool}/run`);
-    if (definition.kind === "worker") throw new HttpError(404, `${pool} is a worker pool: POST ${WORKER_API}/${pool}/runs`);
+    if (definition.kind === "flows")
+      throw new HttpError(404, `${pool} is a Flows pool: POST /_agentpools/api/flows/${pool}/run`);
+    if (definition.kind === "worker")
+      throw new HttpError(404, `${pool} is a worker pool: POST ${WORKER_API}/${pool}/runs`);
   }
 
   /**
@@ -235,7 +258,10 @@ export class Gateway {
     // Read as the HTTP entry reads /<pool>/<path>, by the same rules.
     const read = target.startsWith("private://") ? readTarget(`/${target.slice("private://".length)}`) : undefined;
     if (typeof read !== "object" || read.route.kind !== "vcs")
-      throw new HttpError(400, `${target} is not a private://<pool>/<path> address${typeof read === "string" ? `: ${read}` : ""}`);
+      throw new HttpError(
+        400,
+        `${target} is not a private://<pool>/<path> address${typeof read === "string" ? `: ${read}` : ""}`,
+      );
     const { pool, path } = read.route;
     this.vcsPool(pool);
     const { method = "GET", body, length } = init;
@@ -256,7 +282,11 @@ export class Gateway {
   }
 
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
-  private async runFlowsRequest(pool: string, req: http.IncomingMessage, json: (status: number, value: unknown) => void): Promise<void> {
+  private async runFlowsRequest(
+    pool: string,
+    req: http.IncomingMessage,
+    json: (status: number, value: unknown) => void,
+  ): Promise<void> {
     let request: { code?: unknown; kind?: unknown; inputs?: unknown; timeoutMs?: unknown };
     try {
       request = (await readJsonBody(req, "{code, kind?, inputs?, timeoutMs?}")) as typeof request;
@@ -270,7 +300,8 @@ export class Gateway {
     // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
     const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
     const allowed =
-      timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
+      timeoutMs === undefined ||
+      (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
     if (!allowed) {
       return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }
@@ -286,7 +317,11 @@ export class Gateway {
       if (res.headersSent || res.destroyed) return void res.destroy();
       // A request refused before any work (unreadable, too many fields, no or a wrong key) ends its connection.
       const refused = [400, 401, 403, 431].includes(status) && !routed;
-      res.writeHead(status, { "content-type": "application/json", ...(refused ? { connection: "close" } : {}), ...headers });
+      res.writeHead(status, {
+        "content-type": "application/json",
+        ...(refused ? { connection: "close" } : {}),
+        ...headers,
+      });
       res.end(JSON.stringify(value, null, 1));
       if (refused) res.once("finish", () => req.socket.destroySoon());
     };

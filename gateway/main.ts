@@ -25,7 +25,9 @@ const RETENTION = {
 };
 
 export const gatewayConfig = z.strictObject({
-  listen: z.strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) }).default({ host: "127.0.0.1", port: 8443 }),
+  listen: z
+    .strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) })
+    .default({ host: "127.0.0.1", port: 8443 }),
   /** The address agents dial, written into each pool's token. */
   publicUrl: z.url({ protocol: /^https?$/ }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
@@ -88,7 +90,8 @@ function option(args: string[], name: string): string | undefined {
 
 function loadConfig(file: string): GatewayConfig {
   const result = gatewayConfig.safeParse(JSON.parse(readFileSync(file, "utf8")));
-  if (!result.success) throw new Error(`${file}: ${result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+  if (!result.success)
+    throw new Error(`${file}: ${result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
   return result.data;
 }
 
@@ -133,7 +136,10 @@ export async function main(args: string[]): Promise<void> {
     let certificate: string | undefined;
     if (kind === "worker") {
       const csr = option(args, "csr");
-      if (!csr) throw new Error("a worker pool needs --csr FILE: make it with openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr");
+      if (!csr)
+        throw new Error(
+          "a worker pool needs --csr FILE: make it with openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr",
+        );
       if (!config.dataDir) throw new Error(`${file}: set dataDir; the worker pool CA and the runs are kept there`);
       // Loaded only here: the X.509 library costs the serving gateway ~0.1 s of start-up.
       const { loadOrCreateAuthority, signPoolRequest } = await import("./certificates");
@@ -153,7 +159,10 @@ export async function main(args: string[]): Promise<void> {
     tls: tls ? { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) } : undefined,
     retention: { runsPerPool: retention.runsPerPool, maxAgeMs: retention.maxAgeDays * DAY_MS },
   });
-  if (config.keys.length === 0) process.stderr.write(`no service key: only agents are served until one is made with add-key --config ${file} --name NAME\n`);
+  if (config.keys.length === 0)
+    process.stderr.write(
+      `no service key: only agents are served until one is made with add-key --config ${file} --name NAME\n`,
+    );
   await gateway.listen();
   // add-key and remove-key edit the file: its keys are in force as soon as it is written (or on SIGHUP).
   const reload = () => {

@@ -13,9 +13,17 @@ interface PoolSummary {
 }
 
 const GAUGES = [
-  [POOL_GAUGES.queued, "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).", (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0)],
+  [
+    POOL_GAUGES.queued,
+    "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).",
+    (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0),
+  ],
   [POOL_GAUGES.connected, "Agents connected and not draining.", (p: PoolSummary) => p.connections],
-  [POOL_GAUGES.busy, "Connected agents with work in flight.", (p: PoolSummary) => p.agents.filter((a) => a.active > 0 && !a.draining).length],
+  [
+    POOL_GAUGES.busy,
+    "Connected agents with work in flight.",
+    (p: PoolSummary) => p.agents.filter((a) => a.active > 0 && !a.draining).length,
+  ],
 ] as const;
 
 /** Pool names are [A-Za-z0-9_-] (pools.ts): nothing in a label value needs escaping, but escape anyway. */

@@ -39,13 +39,23 @@ const digest = (secret: string) => createHash("sha256").update(secret, "utf8").d
  * A new pool and the token its agents use; the token is shown once and not stored. A worker
  * pool's token also carries its certificate (signed from the pool's CSR, see certificates.ts).
  */
-export function createPool(name: string, kind: PoolKind, gatewayUrl: string, certificate?: string): { pool: PoolDefinition; token: string } {
-  if (!POOL_NAME.test(name)) throw new Error(`pool name ${JSON.stringify(name)} must be letters, digits, dashes and underscores (at most 63)`);
-  if ((kind === "worker") !== (certificate !== undefined)) throw new Error("a worker pool needs the certificate signed from its CSR, and only a worker pool has one");
+export function createPool(
+  name: string,
+  kind: PoolKind,
+  gatewayUrl: string,
+  certificate?: string,
+): { pool: PoolDefinition; token: string } {
+  if (!POOL_NAME.test(name))
+    throw new Error(`pool name ${JSON.stringify(name)} must be letters, digits, dashes and underscores (at most 63)`);
+  if ((kind === "worker") !== (certificate !== undefined))
+    throw new Error("a worker pool needs the certificate signed from its CSR, and only a worker pool has one");
   const secret = randomBytes(32).toString("base64url");
   // A Flows agent is told its pool ID and gateway separately, so its token is the bare secret.
   const token = kind === "flows" ? secret : encodeToken({ gateway: gatewayUrl, pool: name, secret, certificate });
-  return { pool: { name, kind, secretSha256: digest(secret).toString("hex"), ...(certificate ? { certificate } : {}) }, token };
+  return {
+    pool: { name, kind, secretSha256: digest(secret).toString("hex"), ...(certificate ? { certificate } : {}) },
+    token,
+  };
 }
 
 /** Compare a presented secret with the stored digest, in constant time. */

@@ -103,7 +103,8 @@ function sqlite(): typeof import("node:sqlite") {
   }) as typeof process.emitWarning;
   try {
     const module = process.getBuiltinModule?.("node:sqlite") as typeof import("node:sqlite") | undefined;
-    if (!module) throw new Error(`the gateway's store needs Node.js 22.13 or later (node:sqlite); this is ${process.version}`);
+    if (!module)
+      throw new Error(`the gateway's store needs Node.js 22.13 or later (node:sqlite); this is ${process.version}`);
     return module;
   } finally {
     process.emitWarning = emitWarning;

@@ -4,7 +4,14 @@ export interface PoolStatus {
   kind: string;
   connections: number;
   activeRequests: number;
-  agents: { id: string; remote: string; active: number; parallelism: number; draining?: boolean; metadata: Record<string, string> }[];
+  agents: {
+    id: string;
+    remote: string;
+    active: number;
+    parallelism: number;
+    draining?: boolean;
+    metadata: Record<string, string>;
+  }[];
 }
 
 const escape = (text: unknown) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -13,7 +20,16 @@ const escape = (text: unknown) => String(text).replace(/[&<>"']/g, (c) => `&#${c
 export function renderStatusPage(pools: PoolStatus[]): string {
   const rows = pools
     .map((pool) => {
-      const agents = pool.agents.map((a) => `<li>${escape(a.id.slice(0, 8))} from ${escape(a.remote)}, ${a.active}/${a.parallelism} busy${a.draining ? ", draining" : ""} ${escape(Object.entries(a.metadata).map(([k, v]) => `${k}=${v}`).join(" "))}</li>`).join("");
+      const agents = pool.agents
+        .map(
+          (a) =>
+            `<li>${escape(a.id.slice(0, 8))} from ${escape(a.remote)}, ${a.active}/${a.parallelism} busy${a.draining ? ", draining" : ""} ${escape(
+              Object.entries(a.metadata)
+                .map(([k, v]) => `${k}=${v}`)
+                .join(" "),
+            )}</li>`,
+        )
+        .join("");
       return `<tr><td>${escape(pool.name)}</td><td>${escape(pool.kind)}</td><td>${pool.connections}</td><td>${pool.activeRequests}</td><td><ul>${agents}</ul></td></tr>`;
     })
     .join("\n");

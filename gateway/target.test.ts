@@ -10,7 +10,12 @@ describe("readTarget: one reading of a request-target", () => {
     assert.deepEqual(route("/_agentpools/status"), { kind: "status" });
     assert.deepEqual(route("/_agentpools/connect"), { kind: "connect", link: "vcs" });
     assert.deepEqual(route("/_agentpools/api/workers/w/runs"), { kind: "runs", pool: "w" });
-    assert.deepEqual(route(`/_agentpools/api/workers/w/runs/${RUN}/logs`), { kind: "run", pool: "w", run: RUN, logs: true });
+    assert.deepEqual(route(`/_agentpools/api/workers/w/runs/${RUN}/logs`), {
+      kind: "run",
+      pool: "w",
+      run: RUN,
+      logs: true,
+    });
     assert.deepEqual(route(`/_agentpools/api/workers/w/runs/${RUN}/state`), { kind: "state", pool: "w", run: RUN });
     assert.deepEqual(route("/_agentpools/api/flows/f/run"), { kind: "flows-run", pool: "f" });
     assert.deepEqual(route("/git/api/v4/projects/group%2Frepo?x=1"), {
@@ -46,6 +51,12 @@ describe("readTarget: one reading of a request-target", () => {
   it("a run's query comes from the same reading (decoded once)", () => {
     const read = readTarget(`/_agentpools/api/workers/w/runs?Limit=5&before=a%2Bb+c`);
     assert.ok(typeof read === "object");
-    assert.deepEqual([...read.query], [["limit", "5"], ["before", "a+b c"]]);
+    assert.deepEqual(
+      [...read.query],
+      [
+        ["limit", "5"],
+        ["before", "a+b c"],
+      ],
+    );
   });
 });

@@ -80,7 +80,8 @@ function ownRoute(path: string): Route {
  */
 export function readTarget(raw: string): Target | string {
   if (raw.length > MAX_TARGET) return `the request target is longer than ${MAX_TARGET} characters`;
-  if (!TARGET_CHARS.test(raw)) return "the request target must be a path of URL characters only (no \\, #, spaces, or absolute URL)";
+  if (!TARGET_CHARS.test(raw))
+    return "the request target must be a path of URL characters only (no \\, #, spaces, or absolute URL)";
   const queryAt = raw.indexOf("?");
   const path = queryAt === -1 ? raw : raw.slice(0, queryAt);
   const first = path.slice(1).split("/")[0];
@@ -92,7 +93,12 @@ export function readTarget(raw: string): Target | string {
     return { route: { kind: "vcs", pool: first, path: rest.startsWith("/") ? rest : `/${rest}` }, query };
   }
   if (path.includes("%")) return "the gateway's own paths take no escapes";
-  if (path.split("/").slice(1).some((segment) => segment === "" || /^\.+$/.test(segment)))
+  if (
+    path
+      .split("/")
+      .slice(1)
+      .some((segment) => segment === "" || /^\.+$/.test(segment))
+  )
     return "the path has an empty or a dot segment";
   for (const pair of queryAt === -1 ? [] : raw.slice(queryAt + 1).split("&")) {
     if (pair === "") continue;

@@ -83,7 +83,8 @@ export class VcsHub {
   /** Write bodies held to be checked, for every pool. */
   readonly writes: WriteBudget;
   private readonly state = new Map<string, PoolState>();
-  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs" | "maxAgentsPerPool" | "writeBudgetBytes">> & VcsHubOptions;
+  private readonly options: Required<Omit<VcsHubOptions, "pingIntervalMs" | "maxAgentsPerPool" | "writeBudgetBytes">> &
+    VcsHubOptions;
   private uses = 0;
 
   constructor(
@@ -131,7 +132,8 @@ export class VcsHub {
       return refuse(401, "token refused (a VCS pool's token, role vcs-agent)", { remote, pool: claimed });
     const state = this.pool(definition.name);
     const max = this.options.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
-    if (state.links >= max) return refuse(503, `pool ${definition.name} has ${max} agents connected already`, { remote });
+    if (state.links >= max)
+      return refuse(503, `pool ${definition.name} has ${max} agents connected already`, { remote });
     state.links++;
     socket.once("close", () => state.links--);
 

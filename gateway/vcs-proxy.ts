@@ -2,7 +2,13 @@ import type http from "node:http";
 import http2 from "node:http2";
 import { Readable } from "node:stream";
 import { pump } from "../lib/pump";
-import { BODILESS_METHODS, forwardableHeaders, repeatedSingular, requestHeaders, type HeaderMap } from "../protocol/vcs";
+import {
+  BODILESS_METHODS,
+  forwardableHeaders,
+  repeatedSingular,
+  requestHeaders,
+  type HeaderMap,
+} from "../protocol/vcs";
 import { HttpError, readJsonBody } from "./http";
 import type { Slot, VcsHub } from "./vcs-hub";
 import { bodyRule, checkedWrite } from "./vcs-writes";
@@ -145,12 +151,15 @@ export function serveClient(
   const release = hub.writes.take(Math.min(request.length ?? WRITE_BODY_LIMIT, WRITE_BODY_LIMIT));
   if (!release) return fail(new HttpError(503, "too many write bodies are being received at once: try again"));
   req.once("close", release);
-  readJsonBody(req, "a JSON object", WRITE_BODY_LIMIT).then((body) => {
-    release();
-    const checked = checkedWrite(path, body);
-    if (typeof checked === "string") return fail(new HttpError(400, checked));
-    serveRequest(hub, pool, client, checkedRequest(request, checked), Readable.from([checked]), res, limits, fail);
-  }, (error: HttpError) => (release(), fail(error)));
+  readJsonBody(req, "a JSON object", WRITE_BODY_LIMIT).then(
+    (body) => {
+      release();
+      const checked = checkedWrite(path, body);
+      if (typeof checked === "string") return fail(new HttpError(400, checked));
+      serveRequest(hub, pool, client, checkedRequest(request, checked), Readable.from([checked]), res, limits, fail);
+    },
+    (error: HttpError) => (release(), fail(error)),
+  );
 }
 
 /** A write's largest JSON body. */

@@ -12,14 +12,23 @@ const CHECK_RUN = "name|head_sha|details_url|external_id|status|started_at|concl
 /** Path endings of each vendor's feedback writes and the fields their bodies may have. */
 const WRITES: [RegExp, string][] = [
   [/^\/api\/v4\/projects\/[^/]+\/merge_requests\/[^/]+\/notes(?:\/[^/]+)?$/, "body"],
-  [/^\/api\/v4\/projects\/[^/]+\/statuses\/[^/]+$/, "state|ref|name|context|target_url|description|coverage|pipeline_id"],
+  [
+    /^\/api\/v4\/projects\/[^/]+\/statuses\/[^/]+$/,
+    "state|ref|name|context|target_url|description|coverage|pipeline_id",
+  ],
   [/^\/api\/v3\/repos\/[^/]+\/[^/]+\/issues\/(?:[^/]+\/comments|comments\/[^/]+)$/, "body"],
   [/^\/api\/v3\/repos\/[^/]+\/[^/]+\/statuses\/[^/]+$/, "state|target_url|description|context"],
   [/^\/api\/v3\/repos\/[^/]+\/[^/]+\/check-runs(?:\/[^/]+)?$/, CHECK_RUN],
   [/\/repos\/[^/]+\/pull-requests\/[^/]+\/comments$/, "text|parent|anchor|severity"],
   [/\/repos\/[^/]+\/pull-requests\/[^/]+\/comments\/[^/]+$/, "text|version|severity|state"],
-  [/\/repos\/[^/]+\/commits\/[^/]+\/builds$/, "state|key|name|url|description|buildNumber|duration|parent|ref|testResults"],
-  [/\/_apis\/git\/repositories\/[^/]+\/pullRequests\/[^/]+\/threads$/, "comments|status|threadContext|pullRequestThreadContext"],
+  [
+    /\/repos\/[^/]+\/commits\/[^/]+\/builds$/,
+    "state|key|name|url|description|buildNumber|duration|parent|ref|testResults",
+  ],
+  [
+    /\/_apis\/git\/repositories\/[^/]+\/pullRequests\/[^/]+\/threads$/,
+    "comments|status|threadContext|pullRequestThreadContext",
+  ],
   [/\/_apis\/git\/repositories\/[^/]+\/commits\/[^/]+\/statuses$/, "state|description|targetUrl|context"],
 ];
 
@@ -31,11 +40,16 @@ const WRITES: [RegExp, string][] = [
 export function bodyRule(method: string, path: string, contentType = "", hasBody = true): "stream" | "check" | string {
   if (!["POST", "PUT", "PATCH"].includes(method)) return "stream";
   const [route, query] = path.split("?", 2);
-  const fetch = method === "POST" && /\/git-upload-pack$/.test(route) && /^application\/x-git-upload-pack-request\s*$/i.test(contentType);
+  const fetch =
+    method === "POST" &&
+    /\/git-upload-pack$/.test(route) &&
+    /^application\/x-git-upload-pack-request\s*$/i.test(contentType);
   if (fetch) return "stream";
   if (query !== undefined) return "a write carries no query: its fields go in its JSON body";
   if (!hasBody) return "stream";
-  return /^application\/json\s*(;|$)/i.test(contentType) ? "check" : "a write's body is JSON (Content-Type: application/json)";
+  return /^application\/json\s*(;|$)/i.test(contentType)
+    ? "check"
+    : "a write's body is JSON (Content-Type: application/json)";
 }
 
 /**

@@ -796,7 +796,12 @@ export class WorkerHub {
       if (res.headersSent) res.destroy();
       else json(error instanceof HttpError ? error.status : 500, { error: error.message });
       if (!(error instanceof HttpError))
-        this.log.error("a worker API request failed", { method: req.method, route: route.kind, pool, error: error.message });
+        this.log.error("a worker API request failed", {
+          method: req.method,
+          route: route.kind,
+          pool,
+          error: error.message,
+        });
     };
     void (async () => {
       if (route.kind === "state") return this.transferState(req, res, pool, route.run);

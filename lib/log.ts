@@ -15,7 +15,10 @@ export interface Logger {
  * secret value is replaced before a line leaves the process, so a careless field
  * cannot leak a token into the journal or CloudWatch.
  */
-export function createLogger(role: string, sinks: ((line: string) => void)[] = [(line) => process.stdout.write(line + "\n")]): Logger & { sinks: typeof sinks } {
+export function createLogger(
+  role: string,
+  sinks: ((line: string) => void)[] = [(line) => process.stdout.write(line + "\n")],
+): Logger & { sinks: typeof sinks } {
   const secrets = new Set<string>();
   const emit = (level: Level, msg: string, fields?: Fields) => {
     let line = JSON.stringify({ time: new Date().toISOString(), level, role, msg, ...fields });

@@ -25,7 +25,15 @@ export const FLOWS_MAX_RESULT_BYTES = 7 * 1024 * 1024;
 export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number };
 export type AgentMessage =
   | { type: "hello"; poolSize: number; executor: string }
-  | { type: "result"; id: string; ok: boolean; value?: unknown; error?: { name: string; message: string; stack?: string; code?: string }; console: string[]; durationMs: number }
+  | {
+      type: "result";
+      id: string;
+      ok: boolean;
+      value?: unknown;
+      error?: { name: string; message: string; stack?: string; code?: string };
+      console: string[];
+      durationMs: number;
+    }
   | { type: "draining" };
 
 export interface Job {

@@ -12,4 +12,5 @@ const DIGEST = String.raw`(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)
 /** The name (host and path) is the first group: at most 255 characters. */
 export const IMAGE_REFERENCE = new RegExp(`^((?:${IMAGE_HOST}/)?${PATH_PART}(?:/${PATH_PART})*)${TAG}${DIGEST}$`);
 
-export const isImageReference = (text: unknown): text is string => typeof text === "string" && (IMAGE_REFERENCE.exec(text)?.[1].length ?? 256) <= 255;
+export const isImageReference = (text: unknown): text is string =>
+  typeof text === "string" && (IMAGE_REFERENCE.exec(text)?.[1].length ?? 256) <= 255;

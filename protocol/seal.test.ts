@@ -13,7 +13,8 @@ describe("sealed run state", () => {
       const plain = randomBytes(size);
       const sealed = await sealBuffer(pool.publicKey, plain);
       assert.equal(sealed.subarray(0, 4).toString(), "APS1");
-      if (size >= 16) assert.ok(!sealed.includes(plain.subarray(0, 16)), "plaintext must not appear in the sealed form");
+      if (size >= 16)
+        assert.ok(!sealed.includes(plain.subarray(0, 16)), "plaintext must not appear in the sealed form");
       assert.deepEqual(await openBuffer(pool.privateKey, sealed), plain);
     });
   }
@@ -27,7 +28,11 @@ describe("sealed run state", () => {
     const { privateDecrypt, constants } = await import("node:crypto");
     const sealed = await sealBuffer(pool.publicKey, Buffer.from("x"));
     const wrapped = sealed.subarray(6, 6 + sealed.readUInt16BE(4));
-    assert.equal(privateDecrypt({ key: pool.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" }, wrapped).length, 32);
+    assert.equal(
+      privateDecrypt({ key: pool.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" }, wrapped)
+        .length,
+      32,
+    );
     assert.throws(() => privateDecrypt({ key: pool.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING }, wrapped));
   });
 
@@ -41,7 +46,11 @@ describe("sealed run state", () => {
     for (const at of [1, 8, 300, sealed.length - 2 * SEAL_CHUNK, sealed.length - 40, sealed.length - 1]) {
       const tampered = Buffer.from(sealed);
       tampered[at] ^= 0x01;
-      await assert.rejects(openBuffer(pool.privateKey, tampered), /SealError|not sealed|cannot be opened|failed authentication|not valid/, `byte ${at}`);
+      await assert.rejects(
+        openBuffer(pool.privateKey, tampered),
+        /SealError|not sealed|cannot be opened|failed authentication|not valid/,
+        `byte ${at}`,
+      );
     }
   });
 
@@ -49,8 +58,14 @@ describe("sealed run state", () => {
     const sealed = await sealBuffer(pool.publicKey, randomBytes(2 * SEAL_CHUNK + 10));
     const headerLength = 6 + sealed.readUInt16BE(4) + 11;
     const chunk = SEAL_CHUNK + 16;
-    await assert.rejects(openBuffer(pool.privateKey, sealed.subarray(0, headerLength + 2 * chunk)), /final chunk is missing/);
-    await assert.rejects(openBuffer(pool.privateKey, sealed.subarray(0, headerLength + chunk + 100)), /failed authentication at chunk 1/);
+    await assert.rejects(
+      openBuffer(pool.privateKey, sealed.subarray(0, headerLength + 2 * chunk)),
+      /final chunk is missing/,
+    );
+    await assert.rejects(
+      openBuffer(pool.privateKey, sealed.subarray(0, headerLength + chunk + 100)),
+      /failed authentication at chunk 1/,
+    );
     await assert.rejects(openBuffer(pool.privateKey, sealed.subarray(0, sealed.length - 1)), /failed authentication/);
     await assert.rejects(openBuffer(pool.privateKey, sealed.subarray(0, 10)), /header is incomplete/);
   });
@@ -76,16 +91,21 @@ describe("sealed run state", () => {
     const released: Buffer[] = [];
     const opener = openStream(pool.privateKey);
     opener.on("data", (chunk: Buffer) => released.push(chunk));
-    await assert.rejects(pipeline(Readable.from([tampered.subarray(0, 1000), tampered.subarray(1000)]), opener), /chunk 2/);
+    await assert.rejects(
+      pipeline(Readable.from([tampered.subarray(0, 1000), tampered.subarray(1000)]), opener),
+      /chunk 2/,
+    );
     assert.deepEqual(Buffer.concat(released), plain.subarray(0, 2 * SEAL_CHUNK));
   });
 
   it("streams: memory stays bounded by the chunk size, not the payload", async () => {
     const total = 64 * 1024 * 1024;
     let seen = 0;
-    const source = Readable.from((function* () {
-      for (let sent = 0; sent < total; sent += 1 << 20) yield Buffer.alloc(1 << 20, sent & 0xff);
-    })());
+    const source = Readable.from(
+      (function* () {
+        for (let sent = 0; sent < total; sent += 1 << 20) yield Buffer.alloc(1 << 20, sent & 0xff);
+      })(),
+    );
     let peakBuffered = 0;
     const sealer = sealStream(pool.publicKey);
     const opener = openStream(pool.privateKey);

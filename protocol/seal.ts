@@ -1,4 +1,14 @@
-import { constants, createCipheriv, createDecipheriv, createPrivateKey, privateDecrypt, publicEncrypt, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
+import {
+  constants,
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  privateDecrypt,
+  publicEncrypt,
+  randomBytes,
+  X509Certificate,
+  type KeyObject,
+} from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 
 /**
@@ -110,7 +120,8 @@ export function openStream(privateKey: KeyObject): Transform {
   };
   const readHeader = (): boolean => {
     if (buffered.length < 6) return false;
-    if (!buffered.subarray(0, 4).equals(MAGIC)) throw new SealError("this is not sealed agentpools state (unknown header)");
+    if (!buffered.subarray(0, 4).equals(MAGIC))
+      throw new SealError("this is not sealed agentpools state (unknown header)");
     const wrappedLength = buffered.readUInt16BE(4);
     const length = 6 + wrappedLength + 7 + 4;
     if (buffered.length < length) return false;
@@ -118,11 +129,19 @@ export function openStream(privateKey: KeyObject): Transform {
     try {
       key = privateDecrypt(oaep(privateKey), buffered.subarray(6, 6 + wrappedLength));
     } catch {
-      throw new SealError("the sealed state cannot be opened with this pool's private key: it was sealed for another key, or its header was altered");
+      throw new SealError(
+        "the sealed state cannot be opened with this pool's private key: it was sealed for another key, or its header was altered",
+      );
     }
     const chunkSize = buffered.readUInt32BE(length - 4);
-    if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 * 1024 * 1024) throw new SealError("the sealed state's header is not valid");
-    header = { bytes: Buffer.from(buffered.subarray(0, length)), key, prefix: Buffer.from(buffered.subarray(6 + wrappedLength, length - 4)), chunkSize };
+    if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 * 1024 * 1024)
+      throw new SealError("the sealed state's header is not valid");
+    header = {
+      bytes: Buffer.from(buffered.subarray(0, length)),
+      key,
+      prefix: Buffer.from(buffered.subarray(6 + wrappedLength, length - 4)),
+      chunkSize,
+    };
     buffered = buffered.subarray(length);
     return true;
   };

@@ -28,6 +28,7 @@ export function decodeToken(text: string): PoolToken {
     return fail("it does not decode");
   }
   if (typeof token.gateway !== "string" || !/^https?:\/\//.test(token.gateway)) fail("it names no gateway URL");
-  if (typeof token.pool !== "string" || typeof token.secret !== "string" || token.secret.length < 16) fail("it names no pool or secret");
+  if (typeof token.pool !== "string" || typeof token.secret !== "string" || token.secret.length < 16)
+    fail("it names no pool or secret");
   return token as PoolToken;
 }

@@ -69,7 +69,14 @@ export function keepAlive(session: http2.Http2Session, intervalMs: number): Node
 // Sets marked pure so a bundle that takes only the dialling constants (the launcher's) leaves them out.
 
 /** Methods whose requests have no body: one that comes with a body is refused, never forwarded. */
-export const BODILESS_METHODS: ReadonlySet<string> = /* @__PURE__ */ new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
+export const BODILESS_METHODS: ReadonlySet<string> = /* @__PURE__ */ new Set([
+  "GET",
+  "HEAD",
+  "DELETE",
+  "OPTIONS",
+  "TRACE",
+  "CONNECT",
+]);
 
 /**
  * What never crosses a hop in an answer: what belongs to one connection (RFC 9110 7.6.1, and
@@ -97,7 +104,8 @@ export type HeaderMap = Record<string, string | string[]>;
 export function forwardableHeaders(headers: Record<string, string | string[] | number | undefined>): HeaderMap {
   const out: HeaderMap = {};
   for (const [name, value] of Object.entries(headers))
-    if (value !== undefined && !DROPPED.test(name)) out[name.toLowerCase()] = typeof value === "number" ? String(value) : value;
+    if (value !== undefined && !DROPPED.test(name))
+      out[name.toLowerCase()] = typeof value === "number" ? String(value) : value;
   return out;
 }
 

@@ -224,7 +224,12 @@ describe("WebSocket framing (byte level)", () => {
     });
     const closed = once(ws, "close");
     ws.keepAlive(2, 10);
-    await new Promise<void>((resolve, reject) => (ws.on("message", () => resolve()), ws.once("close", () => reject(new Error(`closed after ${pings} pings, the message not arrived`)))));
+    await new Promise<void>(
+      (resolve, reject) => (
+        ws.on("message", () => resolve()),
+        ws.once("close", () => reject(new Error(`closed after ${pings} pings, the message not arrived`)))
+      ),
+    );
     assert.ok(ws.open && pings >= 16, `${pings} pings`);
     assert.equal(messages[0].length, 256 * 1024);
     // Then silence: closed after the timeout.

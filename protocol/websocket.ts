@@ -4,7 +4,10 @@ import type { Socket } from "node:net";
 import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "./link";
 
 /** RFC 6455's magic, for the Sec-WebSocket-Accept answer. */
-export const acceptKey = (key: string) => createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+export const acceptKey = (key: string) =>
+  createHash("sha1")
+    .update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+    .digest("base64");
 export const newKey = () => randomBytes(16).toString("base64");
 
 /** The largest message either side takes; a larger one closes the connection (1009). */
@@ -28,11 +31,19 @@ function xor(payload: Buffer, key: Buffer): Buffer {
 
 /** Whether an upgrade request is a WebSocket handshake the server side can answer. */
 export const isWebSocketUpgrade = (headers: Record<string, string | string[] | undefined>) =>
-  String(headers.upgrade).toLowerCase() === "websocket" && typeof headers["sec-websocket-key"] === "string" && headers["sec-websocket-version"] === "13";
+  String(headers.upgrade).toLowerCase() === "websocket" &&
+  typeof headers["sec-websocket-key"] === "string" &&
+  headers["sec-websocket-version"] === "13";
 
 /** The server side of the handshake: answer 101 and open the WebSocket on the upgraded socket. */
-export function acceptWebSocket(headers: Record<string, string | string[] | undefined>, socket: Socket, head: Buffer): WebSocket {
-  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(String(headers["sec-websocket-key"]))}\r\n\r\n`);
+export function acceptWebSocket(
+  headers: Record<string, string | string[] | undefined>,
+  socket: Socket,
+  head: Buffer,
+): WebSocket {
+  socket.write(
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(String(headers["sec-websocket-key"]))}\r\n\r\n`,
+  );
   if (head.length > 0) socket.unshift(head);
   return new WebSocket(socket, false);
 }

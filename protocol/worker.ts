@@ -87,4 +87,5 @@ export const FENCE_HEADER = "x-agentpools-fence";
 
 /** The proof of the pool's private key a launcher sends when connecting, and what it signs. */
 export const PROOF_HEADER = "x-agentpools-proof";
-export const proofPayload = (pool: string, timestamp: string) => Buffer.from(`agentpools-worker-connect\n${pool}\n${timestamp}`);
+export const proofPayload = (pool: string, timestamp: string) =>
+  Buffer.from(`agentpools-worker-connect\n${pool}\n${timestamp}`);

@@ -22,24 +22,41 @@ import { freePort, percentile, scratchDir, serviceKey } from "../devkit/helpers"
 const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 300) || 300;
 /** Between warm runs: time for the agent to start the replacement spare. */
 const GAP_MS = Number(process.argv[process.argv.indexOf("--gap") + 1] || 60) || 60;
-const DEFAULT_POOL = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" }).runtimePoolSize;
+const DEFAULT_POOL = flowsAgentSettings.parse({
+  poolId: "p",
+  poolToken: "t",
+  gatewayEndpoint: "https://g",
+  backendEndpoint: "https://b",
+}).runtimePoolSize;
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const service = serviceKey("bench");
 
 function post(url: string, body: unknown): Promise<{ ok: boolean; value: unknown; durationMs: number }> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: "POST", agent: keepAlive, headers: { "content-type": "application/json", ...service.headers } }, (res) => {
-      let text = "";
-      res.on("data", (chunk) => (text += chunk));
-      res.on("end", () => resolve(JSON.parse(text)));
-    });
+    const req = http.request(
+      url,
+      { method: "POST", agent: keepAlive, headers: { "content-type": "application/json", ...service.headers } },
+      (res) => {
+        let text = "";
+        res.on("data", (chunk) => (text += chunk));
+        res.on("end", () => resolve(JSON.parse(text)));
+      },
+    );
     req.on("error", reject);
     req.end(JSON.stringify(body));
   });
 }
 
 async function summary(url: string) {
-  const pools = JSON.parse(await new Promise<string>((resolve) => http.get(`${url}/_agentpools/api/pools`, { headers: service.headers }, (res) => { let t = ""; res.on("data", (c) => (t += c)); res.on("end", () => resolve(t)); })));
+  const pools = JSON.parse(
+    await new Promise<string>((resolve) =>
+      http.get(`${url}/_agentpools/api/pools`, { headers: service.headers }, (res) => {
+        let t = "";
+        res.on("data", (c) => (t += c));
+        res.on("end", () => resolve(t));
+      }),
+    ),
+  );
   return pools.pools[0];
 }
 
@@ -92,9 +109,20 @@ async function main(): Promise<void> {
   const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, log: createLogger("gateway", []) });
   await gateway.listen();
   const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
-  const loadBefore = os.loadavg().map((n) => n.toFixed(2)).join(" ");
+  const loadBefore = os
+    .loadavg()
+    .map((n) => n.toFixed(2))
+    .join(" ");
   const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
-    env: { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: "BENCH", FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-") },
+    env: {
+      PATH: process.env.PATH,
+      FLOWS_AGENT_POOL_ID: "BENCH",
+      FLOWS_AGENT_POOL_TOKEN: token,
+      FLOWS_GATEWAY_ENDPOINT: url,
+      FLOWS_ENDPOINT: url,
+      FLOWS_EXECUTOR: "process",
+      FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-"),
+    },
     stdio: ["ignore", "pipe", "inherit"],
   });
   let agentLog = "";
@@ -116,7 +144,17 @@ async function main(): Promise<void> {
     // Cold start: a runtime from spawn to ready, as the executor starts it: isolated as the
     // agent isolates it here, and not isolated (what the isolation costs).
     const coldStart = async (isolation: Isolation) => {
-      const launcher = processLauncher({ isolation, privileges: readPrivileges(), uids: uidPool("1900000900-1900000999"), runner: [bundle, "--flows-runner"], readable: [bundle], memoryMb: 256, diskMb: 64, openFiles: 64, scratchRoot: scratchDir("cold-") });
+      const launcher = processLauncher({
+        isolation,
+        privileges: readPrivileges(),
+        uids: uidPool("1900000900-1900000999"),
+        runner: [bundle, "--flows-runner"],
+        readable: [bundle],
+        memoryMb: 256,
+        diskMb: 64,
+        openFiles: 64,
+        scratchRoot: scratchDir("cold-"),
+      });
       const times: number[] = [];
       for (let i = 0; i < 30; i++) {
         const started = performance.now();
@@ -146,15 +184,32 @@ async function main(): Promise<void> {
     const seconds = (performance.now() - started) / 1000;
 
     const f = (n: number) => n.toFixed(2);
-    console.log(`flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default), runtimes isolated: ${isolation}; load average ${loadBefore} before, ${os.loadavg().map((n) => n.toFixed(2)).join(" ")} after`);
-    console.log(`  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`);
-    console.log(`    of which in the executor p50 ${f(percentile(inExecutor, 50))} ms   (handing the job to a warm runtime until its answer)`);
+    console.log(
+      `flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default), runtimes isolated: ${isolation}; load average ${loadBefore} before, ${os
+        .loadavg()
+        .map((n) => n.toFixed(2))
+        .join(" ")} after`,
+    );
+    console.log(
+      `  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target p50 < 2)`,
+    );
+    console.log(
+      `    of which in the executor p50 ${f(percentile(inExecutor, 50))} ms   (handing the job to a warm runtime until its answer)`,
+    );
     const floor = await barePath(100);
     const floor50 = percentile(floor, 50);
-    console.log(`    floor of this machine    p50 ${f(floor50)} ms   the same path with nothing in it (HTTP, TCP, IPC; processes idle ${GAP_MS} ms): ours adds ${f(percentile(warm, 50) - floor50)} ms`);
-    console.log(`  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`);
-    console.log(`    not isolated             p50 ${f(percentile(coldBare, 50))} ms   (the same runtime as the agent's own user, no namespaces: isolation adds ${f(percentile(cold, 50) - percentile(coldBare, 50))} ms)`);
-    console.log(`  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`);
+    console.log(
+      `    floor of this machine    p50 ${f(floor50)} ms   the same path with nothing in it (HTTP, TCP, IPC; processes idle ${GAP_MS} ms): ours adds ${f(percentile(warm, 50) - floor50)} ms`,
+    );
+    console.log(
+      `  cold runtime start         p50 ${f(percentile(cold, 50))} ms   p99 ${f(percentile(cold, 99))} ms   (target < 100)`,
+    );
+    console.log(
+      `    not isolated             p50 ${f(percentile(coldBare, 50))} ms   (the same runtime as the agent's own user, no namespaces: isolation adds ${f(percentile(cold, 50) - percentile(coldBare, 50))} ms)`,
+    );
+    console.log(
+      `  throughput                 ${(total / seconds).toFixed(1)} runs/s (${total} runs, each on a fresh process)`,
+    );
   } finally {
     agent.kill("SIGTERM");
     await gateway.close();

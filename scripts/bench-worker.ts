@@ -36,10 +36,12 @@ function request(url: string, method: string, body?: unknown): Promise<string> {
 /** Milliseconds from `start` to the first byte of the run's followed log. */
 function firstLogLine(url: string, start: bigint): Promise<number> {
   return new Promise((resolve, reject) => {
-    http.get(`${url}/logs?follow=1`, { agent: keepAlive, headers: service.headers }, (res) => {
-      res.once("data", () => resolve(Number(process.hrtime.bigint() - start) / 1e6));
-      res.resume();
-    }).on("error", reject);
+    http
+      .get(`${url}/logs?follow=1`, { agent: keepAlive, headers: service.headers }, (res) => {
+        res.once("data", () => resolve(Number(process.hrtime.bigint() - start) / 1e6));
+        res.resume();
+      })
+      .on("error", reject);
   });
 }
 
@@ -63,12 +65,28 @@ async function main(): Promise<void> {
   const { keyBase64, csr } = await makePoolKeyAndRequest("bench");
   const certificate = await signPoolRequest(await loadOrCreateAuthority(path.join(dir, "gateway")), csr, "bench");
   const { pool, token } = createPool("bench", "worker", url, certificate);
-  const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, dataDir: path.join(dir, "gateway"), log: createLogger("gateway", []) });
-  await gateway.listen();
-  const launcher = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
-    env: { PATH: process.env.PATH, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(dir, "runs") },
-    stdio: ["ignore", "ignore", "inherit"],
+  const gateway = new Gateway({
+    pools: [pool],
+    keys: [service.definition],
+    port,
+    dataDir: path.join(dir, "gateway"),
+    log: createLogger("gateway", []),
   });
+  await gateway.listen();
+  const launcher = spawn(
+    process.execPath,
+    [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")],
+    {
+      env: {
+        PATH: process.env.PATH,
+        SPACELIFT_TOKEN: token,
+        SPACELIFT_POOL_PRIVATE_KEY: keyBase64,
+        AGENTPOOLS_WORKER_EXECUTOR: "process",
+        AGENTPOOLS_WORK_DIR: path.join(dir, "runs"),
+      },
+      stdio: ["ignore", "ignore", "inherit"],
+    },
+  );
   const runs = `${url}/_agentpools/api/workers/bench/runs`;
   try {
     for (let i = 0; i < 200 && gateway.summary()[0].connections === 0; i++) await sleep(50);
@@ -83,7 +101,12 @@ async function main(): Promise<void> {
       const run = JSON.parse(await request(runs, "POST", { image: "alpine:3", commands: [COMMAND] })) as { id: string };
       submitted.push(await firstLogLine(`${runs}/${run.id}`, start));
       // The next run goes to the launcher once it has reported this one.
-      for (let wait = 0; wait < 200 && JSON.parse(await request(`${runs}/${run.id}`, "GET")).status === "running"; wait++) await sleep(2);
+      for (
+        let wait = 0;
+        wait < 200 && JSON.parse(await request(`${runs}/${run.id}`, "GET")).status === "running";
+        wait++
+      )
+        await sleep(2);
     }
     await sleep(2000);
     const idleAfter = rssMb(launcher.pid as number);
@@ -92,9 +115,15 @@ async function main(): Promise<void> {
     const p50 = percentile(submitted, 50);
     const base50 = percentile(direct, 50);
     console.log(`worker runs, process executor, ${RUNS} runs of "${COMMAND}" (one launcher, one run at a time)`);
-    console.log(`  submit -> first log line at the gateway   p50 ${f(p50)} ms   p99 ${f(percentile(submitted, 99))} ms`);
-    console.log(`  baseline: spawn the command directly      p50 ${f(base50)} ms   p99 ${f(percentile(direct, 99))} ms   (ratio ${f(p50 / base50)}x)`);
-    console.log(`  launcher idle RSS: ${idleBefore.toFixed(1)} MB connected, ${idleAfter.toFixed(1)} MB after the runs`);
+    console.log(
+      `  submit -> first log line at the gateway   p50 ${f(p50)} ms   p99 ${f(percentile(submitted, 99))} ms`,
+    );
+    console.log(
+      `  baseline: spawn the command directly      p50 ${f(base50)} ms   p99 ${f(percentile(direct, 99))} ms   (ratio ${f(p50 / base50)}x)`,
+    );
+    console.log(
+      `  launcher idle RSS: ${idleBefore.toFixed(1)} MB connected, ${idleAfter.toFixed(1)} MB after the runs`,
+    );
   } finally {
     launcher.kill("SIGTERM");
     await gateway.close();

@@ -56,7 +56,10 @@ export function builtinsAsRequires(source) {
 const builtinRequires = {
   name: "builtins-as-requires",
   setup(b) {
-    b.onLoad({ filter: /\.ts$/ }, (args) => ({ contents: builtinsAsRequires(readFileSync(args.path, "utf8")), loader: "ts" }));
+    b.onLoad({ filter: /\.ts$/ }, (args) => ({
+      contents: builtinsAsRequires(readFileSync(args.path, "utf8")),
+      loader: "ts",
+    }));
   },
 };
 
@@ -66,7 +69,9 @@ const privateNames = internalNames(root, [...schemaKeys]);
 
 /** The same bytes every run: Brotli at its best, as user-data carries the bundle. */
 export const brotli = (text) =>
-  brotliCompressSync(Buffer.from(text), { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 } });
+  brotliCompressSync(Buffer.from(text), {
+    params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
+  });
 
 /** One role's bundle: esbuild joins the modules, terser shrinks them. */
 export async function bundleRole(role, { sourceMap = false } = {}) {
@@ -92,7 +97,8 @@ export async function bundleRole(role, { sourceMap = false } = {}) {
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
-  if (external.length > 0) throw new Error(`the ${role} bundle must use Node built-ins only, but includes ${external.join(", ")}`);
+  if (external.length > 0)
+    throw new Error(`the ${role} bundle must use Node built-ins only, but includes ${external.join(", ")}`);
   const output = (suffix) => result.outputFiles.find((file) => file.path.endsWith(suffix)).text;
   // terser after esbuild: smaller by a few percent, which count against 16 KB. Members the
   // code marks private get short names too (scripts/internal-names.mjs says which are safe).
@@ -115,7 +121,11 @@ function compressedCost(code, map) {
   let column = 0;
   for (const char of code) {
     const entry = sourceMap.findEntry(line, column);
-    owners.push(entry?.originalSource ? path.relative(root, path.resolve(root, "build/bundles", entry.originalSource)) : "(esbuild)");
+    owners.push(
+      entry?.originalSource
+        ? path.relative(root, path.resolve(root, "build/bundles", entry.originalSource))
+        : "(esbuild)",
+    );
     if (char === "\n") {
       line++;
       column = 0;
@@ -123,7 +133,11 @@ function compressedCost(code, map) {
   }
   const total = brotli(code).length;
   return [...new Set(owners)]
-    .map((file) => ({ file, minified: owners.filter((owner) => owner === file).length, cost: total - brotli([...code].filter((_, i) => owners[i] !== file).join("")).length }))
+    .map((file) => ({
+      file,
+      minified: owners.filter((owner) => owner === file).length,
+      cost: total - brotli([...code].filter((_, i) => owners[i] !== file).join("")).length,
+    }))
     .sort((a, b) => b.cost - a.cost);
 }
 
@@ -134,10 +148,15 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     const outfile = path.join(root, "build/bundles", `${role}.js`);
     mkdirSync(path.dirname(outfile), { recursive: true });
     writeFileSync(outfile, code);
-    console.log(`bundle ${role}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`);
+    console.log(
+      `bundle ${role}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
+    );
     if (analyze) {
-      console.log(`  ${"brotli".padStart(6)} ${"minified".padStart(8)}  source (Brotli: what the bundle saves without it)`);
-      for (const { file, minified, cost } of compressedCost(code, map)) console.log(`  ${String(cost).padStart(6)} ${String(minified).padStart(8)}  ${file}`);
+      console.log(
+        `  ${"brotli".padStart(6)} ${"minified".padStart(8)}  source (Brotli: what the bundle saves without it)`,
+      );
+      for (const { file, minified, cost } of compressedCost(code, map))
+        console.log(`  ${String(cost).padStart(6)} ${String(minified).padStart(8)}  ${file}`);
     }
   }
 }

@@ -33,11 +33,22 @@ async function main(): Promise<void> {
   // A worker pool as a user makes one: their key and CSR, signed by the gateway's CA.
   const dataDir = scratchDir("demo-gateway-");
   const workerKey = await makePoolKeyAndRequest("workers");
-  const workerPool = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dataDir), workerKey.csr, "workers"));
+  const workerPool = createPool(
+    "workers",
+    "worker",
+    `http://127.0.0.1:${port}`,
+    await signPoolRequest(await loadOrCreateAuthority(dataDir), workerKey.csr, "workers"),
+  );
   // The service's key: every service-side request carries it. The status page is open to this host's browser.
   const service = createServiceKey("demo");
   const auth = { [KEY_HEADER]: service.key };
-  const gateway = new Gateway({ pools: [pool, flowsPool.pool, workerPool.pool], keys: [service.definition], statusOnLoopback: true, port, dataDir });
+  const gateway = new Gateway({
+    pools: [pool, flowsPool.pool, workerPool.pool],
+    keys: [service.definition],
+    statusOnLoopback: true,
+    port,
+    dataDir,
+  });
   const url = await gateway.listen();
   const flowsBundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const flows = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, flowsBundle], {
@@ -53,36 +64,50 @@ async function main(): Promise<void> {
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
-  flows.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[flows-agent] ")));
-  const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
-    env: {
-      PATH: process.env.PATH,
-      SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
-      SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url,
-      SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
-      SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS: "demo/.*",
-      SPACELIFT_METADATA_host: "demo",
+  flows.stdout?.on("data", (chunk: Buffer) =>
+    process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[flows-agent] ")),
+  );
+  const agent = spawn(
+    process.execPath,
+    [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")],
+    {
+      env: {
+        PATH: process.env.PATH,
+        SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
+        SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url,
+        SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+        SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS: "demo/.*",
+        SPACELIFT_METADATA_host: "demo",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
     },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  agent.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[vcs-agent] ")));
-  const launcher = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
-    env: {
-      PATH: process.env.PATH,
-      SPACELIFT_TOKEN: workerPool.token,
-      SPACELIFT_POOL_PRIVATE_KEY: workerKey.keyBase64,
-      SPACELIFT_WHITELIST_ENVS: "DEMO_REGION",
-      SPACELIFT_MASK_ENVS: "DEMO_PASSWORD",
-      DEMO_REGION: "eu-west-1",
-      DEMO_PASSWORD: "correct-horse-battery-staple",
-      SPACELIFT_METADATA_host: "demo",
-      // No Docker engine is assumed here: each run is a shell on this machine, in its own workspace.
-      AGENTPOOLS_WORKER_EXECUTOR: "process",
-      AGENTPOOLS_WORK_DIR: scratchDir("demo-runs-"),
+  );
+  agent.stdout?.on("data", (chunk: Buffer) =>
+    process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[vcs-agent] ")),
+  );
+  const launcher = spawn(
+    process.execPath,
+    [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")],
+    {
+      env: {
+        PATH: process.env.PATH,
+        SPACELIFT_TOKEN: workerPool.token,
+        SPACELIFT_POOL_PRIVATE_KEY: workerKey.keyBase64,
+        SPACELIFT_WHITELIST_ENVS: "DEMO_REGION",
+        SPACELIFT_MASK_ENVS: "DEMO_PASSWORD",
+        DEMO_REGION: "eu-west-1",
+        DEMO_PASSWORD: "correct-horse-battery-staple",
+        SPACELIFT_METADATA_host: "demo",
+        // No Docker engine is assumed here: each run is a shell on this machine, in its own workspace.
+        AGENTPOOLS_WORKER_EXECUTOR: "process",
+        AGENTPOOLS_WORK_DIR: scratchDir("demo-runs-"),
+      },
+      stdio: ["ignore", "pipe", "inherit"],
     },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  launcher.stdout?.on("data", (chunk: Buffer) => process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[launcher] ")));
+  );
+  launcher.stdout?.on("data", (chunk: Buffer) =>
+    process.stdout.write(chunk.toString().replace(/^(?=.)/gm, "[launcher] ")),
+  );
 
   const connected = () => gateway.summary().every((p) => p.connections > 0);
   for (let i = 0; i < 100 && !connected(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -90,14 +115,33 @@ async function main(): Promise<void> {
 
   // Check the loop before inviting anyone to use it.
   const clone = scratchDir("demo-clone-");
-  await run("git", ["-c", `http.extraHeader=${KEY_HEADER}: ${service.key}`, "clone", "--quiet", `${url}/demo/demo/infrastructure.git`, clone]);
+  await run("git", [
+    "-c",
+    `http.extraHeader=${KEY_HEADER}: ${service.key}`,
+    "clone",
+    "--quiet",
+    `${url}/demo/demo/infrastructure.git`,
+    clone,
+  ]);
   const head = (await run("git", ["-C", clone, "log", "--oneline", "-1"])).stdout.trim();
   const refused = await fetch(`${url}/demo/secret/keys.git/info/refs?service=git-upload-pack`, { headers: auth });
   const keyless = await fetch(`${url}/demo/demo/infrastructure.git/info/refs?service=git-upload-pack`);
   const runUrl = `${url}/_agentpools/api/flows/FLOWSDEMO/run`;
-  const flowsRun = (await (await fetch(runUrl, { method: "POST", headers: auth, body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }) })).json()) as { value: unknown };
+  const flowsRun = (await (
+    await fetch(runUrl, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ code: "inputs.a * inputs.b", inputs: { a: 6, b: 7 } }),
+    })
+  ).json()) as { value: unknown };
   const runsUrl = `${url}/_agentpools/api/workers/workers/runs`;
-  const workerRun = (await (await fetch(runsUrl, { method: "POST", headers: auth, body: JSON.stringify({ image: "alpine:3", commands: ["echo region=$DEMO_REGION password=$DEMO_PASSWORD"] }) })).json()) as { id: string };
+  const workerRun = (await (
+    await fetch(runsUrl, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ image: "alpine:3", commands: ["echo region=$DEMO_REGION password=$DEMO_PASSWORD"] }),
+    })
+  ).json()) as { id: string };
   const workerLog = (await (await fetch(`${runsUrl}/${workerRun.id}/logs?follow=1`, { headers: auth })).text()).trim();
 
   console.log(`

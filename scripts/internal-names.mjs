@@ -29,15 +29,15 @@ const isMember = (node) =>
   (ts.isClassElement(node) && !ts.isConstructorDeclaration(node)) ||
   (ts.isParameter(node) && ts.isParameterPropertyDeclaration(node, node.parent));
 
-const isPrivate = (node) =>
-  ts.getCombinedModifierFlags(node) & (ts.ModifierFlags.Private | ts.ModifierFlags.Protected);
+const isPrivate = (node) => ts.getCombinedModifierFlags(node) & (ts.ModifierFlags.Private | ts.ModifierFlags.Protected);
 
 /** The class whose instance `this` is at this node, if it is one of ours (not a function's own `this`). */
 function thisClass(node) {
   for (let scope = node.parent; scope; scope = scope.parent) {
     if (ts.isArrowFunction(scope)) continue;
     if (ts.isClassLike(scope)) return scope;
-    if (ts.isFunctionLike(scope)) return ts.isClassLike(scope.parent) && !ts.hasStaticModifier(scope) ? scope.parent : undefined;
+    if (ts.isFunctionLike(scope))
+      return ts.isClassLike(scope.parent) && !ts.hasStaticModifier(scope) ? scope.parent : undefined;
     if (ts.isPropertyDeclaration(scope)) return ts.hasStaticModifier(scope) ? undefined : scope.parent;
   }
   return undefined;
@@ -47,7 +47,9 @@ function thisClass(node) {
 export function internalNames(root, reserved = []) {
   const candidates = new Set();
   const kept = new Set(reserved);
-  const parsed = sources(root).map((file) => ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.Latest, true));
+  const parsed = sources(root).map((file) =>
+    ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.Latest, true),
+  );
   // Our classes by name, with the names they declare: `this.x` is ours only if x is declared on
   // the class or an ancestor of ours, not inherited from Node.js (an EventEmitter's `emit`).
   const classes = new Map();
@@ -56,9 +58,11 @@ export function internalNames(root, reserved = []) {
       const members = new Set();
       for (const member of node.members) if (member.name && ts.isIdentifier(member.name)) members.add(member.name.text);
       for (const parameter of node.members.find(ts.isConstructorDeclaration)?.parameters ?? []) {
-        if (ts.isParameterPropertyDeclaration(parameter, parameter.parent) && ts.isIdentifier(parameter.name)) members.add(parameter.name.text);
+        if (ts.isParameterPropertyDeclaration(parameter, parameter.parent) && ts.isIdentifier(parameter.name))
+          members.add(parameter.name.text);
       }
-      const base = node.heritageClauses?.find((clause) => clause.token === ts.SyntaxKind.ExtendsKeyword)?.types[0]?.expression;
+      const base = node.heritageClauses?.find((clause) => clause.token === ts.SyntaxKind.ExtendsKeyword)?.types[0]
+        ?.expression;
       classes.set(node.name.text, { members, base: base && ts.isIdentifier(base) ? base.text : undefined });
     }
     ts.forEachChild(node, collect);

@@ -32,7 +32,9 @@ function describePool(lt: RecordedResource): string[] {
   const group = groupResource?.inputs ?? {};
   const sg = find("aws:ec2/securityGroup:SecurityGroup", lt.name)?.inputs ?? {};
   const policy = JSON.parse(find("aws:iam/rolePolicy:RolePolicy", `${pool}-instance`)?.inputs.policy ?? "{}");
-  const hooks = recorded.filter((r) => r.type === "aws:autoscaling/lifecycleHook:LifecycleHook" && r.name.startsWith(`${pool}-agent-`)).map((r) => r.inputs);
+  const hooks = recorded
+    .filter((r) => r.type === "aws:autoscaling/lifecycleHook:LifecycleHook" && r.name.startsWith(`${pool}-agent-`))
+    .map((r) => r.inputs);
   const gzipped = Buffer.from(lt.inputs.userData, "base64");
   // The pool's config parameter, when its configuration did not fit in user-data.
   const parameter = find("aws:ssm/parameter:Parameter", `${pool}-config`)?.inputs;
@@ -40,14 +42,18 @@ function describePool(lt: RecordedResource): string[] {
   const text = [decoded.script, ...[...decoded.files.values()].map((f) => f.content)].join("\n");
   const leaked = Object.values(DEMO_SECRETS).some((secret) => text.includes(secret));
   const pinned = / aws ssm get-parameter --name '[^']*:(\d+)'/.exec(decoded.script)?.[1];
-  const config = JSON.parse([...decoded.files.values()].find((f) => /^\/etc\/agentpools\/[a-z-]+\.json$/.test(f.path))?.content ?? "{}");
+  const config = JSON.parse(
+    [...decoded.files.values()].find((f) => /^\/etc\/agentpools\/[a-z-]+\.json$/.test(f.path))?.content ?? "{}",
+  );
   const unit = [...decoded.files.values()].find((f) => f.path.startsWith("/etc/systemd/system/"))?.content ?? "";
   const daemon = decoded.files.get("/etc/docker/daemon.json")?.content;
   const runsc = /releases\/release\/([^/]+)\/[^/]+\/runsc/.exec(decoded.script)?.[1];
   const refresh = group.instanceRefresh?.preferences ?? {};
   const env = config.env ?? {};
   const tracking = find("aws:autoscaling/policy:Policy", `${pool}-busy-share`)?.inputs;
-  const load = tracking?.targetTrackingConfiguration.customizedMetricSpecification.metrics.find((m: { returnData: boolean }) => m.returnData);
+  const load = tracking?.targetTrackingConfiguration.customizedMetricSpecification.metrics.find(
+    (m: { returnData: boolean }) => m.returnData,
+  );
   const fromZero = find("aws:autoscaling/policy:Policy", `${pool}-from-zero`);
   const dashboard = find("aws:cloudwatch/dashboard:Dashboard", `${pool}-dashboard`)?.inputs;
   return [
@@ -55,20 +61,30 @@ function describePool(lt: RecordedResource): string[] {
     `    scaling: ${group.minSize}..${group.maxSize} instances${group.desiredCapacity === undefined ? "" : `, ${group.desiredCapacity} wanted`}; health ${group.healthCheckType} (grace ${group.healthCheckGracePeriod} s) and the runtime's own: unhealthy after ${config.aws?.unhealthyAfterSeconds} s disconnected`,
     `    policy: ${tracking ? `target tracking keeps ${load.expression} at ${tracking.targetTrackingConfiguration.targetValue}% (warm-up ${tracking.estimatedInstanceWarmup} s)${fromZero ? "; a step starts one instance when work is queued at zero" : ""}; Pulumi leaves the desired capacity to it (ignoreChanges ${list(groupResource?.ignoreChanges ?? [])})` : "none (fixed size)"}`,
     `    protection: the runtime protects its instance from scale-in while busy (at most ${config.aws?.protectSeconds} s a stretch, kept ${config.aws?.lingerSeconds} s after); refresh of protected instances: ${refresh.scaleInProtectedInstances}, through the drain; spot rebalancing ${group.capacityRebalance ? "on" : "off"}${group.warmPool ? `; warm pool ${group.warmPool.poolState}, min ${group.warmPool.minSize}` : ""}${group.maxInstanceLifetime ? `; replaced after ${group.maxInstanceLifetime} s` : ""}`,
-    `    dashboard: ${dashboard?.dashboardName} (${JSON.parse(dashboard?.dashboardBody ?? '{"widgets":[]}').widgets.map((w: { properties: { title: string } }) => w.properties.title).join("; ")})`,
+    `    dashboard: ${dashboard?.dashboardName} (${JSON.parse(dashboard?.dashboardBody ?? '{"widgets":[]}')
+      .widgets.map((w: { properties: { title: string } }) => w.properties.title)
+      .join("; ")})`,
     `    replacement: instance refresh and maintenance keep ${refresh.minHealthyPercentage}..${refresh.maxHealthyPercentage}% of capacity (launch before terminate); metrics ${list(group.enabledMetrics ?? [])} every ${group.metricsGranularity}`,
-    ...hooks.map((h) => `    hook ${h.name}: ${h.lifecycleTransition.replace("autoscaling:EC2_INSTANCE_", "").toLowerCase()}, ${h.heartbeatTimeout} s per heartbeat, then ${h.defaultResult}`),
+    ...hooks.map(
+      (h) =>
+        `    hook ${h.name}: ${h.lifecycleTransition.replace("autoscaling:EC2_INSTANCE_", "").toLowerCase()}, ${h.heartbeatTimeout} s per heartbeat, then ${h.defaultResult}`,
+    ),
     `    drain: up to ${config.drainTimeoutSeconds} s (termination hook renewed every ${config.aws?.heartbeatSeconds} s; systemd stop timeout ${/TimeoutStopSec=(\d+)/.exec(unit)?.[1]} s)`,
     `    instance: IMDSv2 ${lt.inputs.metadataOptions.httpTokens}, hop limit ${lt.inputs.metadataOptions.httpPutResponseHopLimit}; root volume gp3 encrypted=${lt.inputs.blockDeviceMappings[0].ebs.encrypted}; public IP ${lt.inputs.networkInterfaces[0].associatePublicIpAddress}; inbound rules ${sg.ingress?.length}; egress ${list(sg.egress?.[0]?.cidrBlocks ?? [])}`,
     ...(daemon
       ? [
           `    containers: Docker logging driver ${JSON.parse(daemon)["log-driver"]}; ${runsc ? `gVisor runsc ${runsc} (SHA-512 pinned)` : "no gVisor"}; ${
-            config.role === "flows-agent" ? `executor ${env.FLOWS_EXECUTOR ?? "docker"}, network ${env.FLOWS_DOCKER_NETWORK ?? "bridge"}` : `runs on network ${env.SPACELIFT_WORKER_NETWORK ?? "bridge"}, runtime ${env.SPACELIFT_WORKER_RUNTIME ?? "runc"}`
+            config.role === "flows-agent"
+              ? `executor ${env.FLOWS_EXECUTOR ?? "docker"}, network ${env.FLOWS_DOCKER_NETWORK ?? "bridge"}`
+              : `runs on network ${env.SPACELIFT_WORKER_NETWORK ?? "bridge"}, runtime ${env.SPACELIFT_WORKER_RUNTIME ?? "runc"}`
           }`,
         ]
       : []),
     `    proxy: ${/HTTPS_PROXY=([^"]+)/.exec(unit)?.[1] ?? "none"}${/NO_PROXY=([^"]+)/.test(unit) ? `; around it: ${/NO_PROXY=([^"]+)/.exec(unit)?.[1]}` : ""}`,
-    ...(policy.Statement ?? []).map((s: { Effect: string; Action?: string | string[]; Resource?: string }) => `    role may ${s.Effect === "Allow" ? "" : "not "}${list([s.Action ?? []].flat())} on ${s.Resource}`),
+    ...(policy.Statement ?? []).map(
+      (s: { Effect: string; Action?: string | string[]; Resource?: string }) =>
+        `    role may ${s.Effect === "Allow" ? "" : "not "}${list([s.Action ?? []].flat())} on ${s.Resource}`,
+    ),
     `    configuration: ${parameter ? `from SSM parameter ${parameter.name} (${parameter.tier}, String), read at boot at version ${pinned}, the one this launch template pins` : "in user-data"}`,
     `    user-data ${gzipped.length} of ${USER_DATA_LIMIT} bytes gzipped (${((gzipped.length / USER_DATA_LIMIT) * 100).toFixed(1)}%); credentials in user-data: ${leaked ? "YES (bug)" : "none"}`,
   ];
@@ -87,8 +103,9 @@ async function main(): Promise<void> {
   for (const [type, count] of [...counts].sort()) console.log(`  ${String(count).padStart(3)}  ${type}`);
 
   console.log("\npools:");
-  for (const lt of recorded.filter((r) => r.type === "aws:ec2/launchTemplate:LaunchTemplate")) console.log(describePool(lt).join("\n"));
-  console.log("\nTo deploy for real: see README.md, \"Deploy an example\".");
+  for (const lt of recorded.filter((r) => r.type === "aws:ec2/launchTemplate:LaunchTemplate"))
+    console.log(describePool(lt).join("\n"));
+  console.log('\nTo deploy for real: see README.md, "Deploy an example".');
 }
 
 main().catch((error) => {

@@ -17,52 +17,76 @@ import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
 import { LARGEST, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const kinds = [
-  { component: "WorkerPool", role: "launcher", schema: workerPoolArgs, base: workerArgs(), largest: LARGEST.worker, kind: workerPoolKind },
-  { component: "VcsAgentPool", role: "vcs-agent", schema: vcsAgentPoolArgs, base: vcsArgs(), largest: LARGEST.vcs, kind: vcsAgentPoolKind },
-  { component: "FlowsAgentPool", role: "flows-agent", schema: flowsAgentPoolArgs, base: flowsArgs(), largest: LARGEST.flows, kind: flowsAgentPoolKind },
+  {
+    component: "WorkerPool",
+    role: "launcher",
+    schema: workerPoolArgs,
+    base: workerArgs(),
+    largest: LARGEST.worker,
+    kind: workerPoolKind,
+  },
+  {
+    component: "VcsAgentPool",
+    role: "vcs-agent",
+    schema: vcsAgentPoolArgs,
+    base: vcsArgs(),
+    largest: LARGEST.vcs,
+    kind: vcsAgentPoolKind,
+  },
+  {
+    component: "FlowsAgentPool",
+    role: "flows-agent",
+    schema: flowsAgentPoolArgs,
+    base: flowsArgs(),
+    largest: LARGEST.flows,
+    kind: flowsAgentPoolKind,
+  },
 ] as const;
 
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(`user-data, gzipped bytes (limit ${USER_DATA_LIMIT}); AWS identifiers at their longest`);
-console.log(`${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("config", 8)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`);
+console.log(
+  `${"component".padEnd(15)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("config", 8)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`,
+);
 async function main(): Promise<void> {
-const certificates = await caCertificates(20);
-for (const k of kinds) {
-  const prepare = (args: object) => preparePool(k.component, k.role, "pool", k.schema as never, args as never, k.kind as never);
-  const size = (args: object) => checkUserDataSize("pool", prepare(args));
-  // Over the limit, the size it would have.
-  const sizeOf = (args: object) => {
-    try {
-      return size(args);
-    } catch (error) {
-      if (error instanceof UserDataTooLargeError) return error.size;
-      throw error;
-    }
-  };
-  // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
-  const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
-  const largest = sizeOf(k.largest);
-  // Where the largest configuration's files go: user-data, or the pool's config parameter when they do not fit.
-  const delivery = prepare(k.largest).configDelivery === "ssmParameter" ? "SSM" : "inline";
-  // The largest configuration with its certificates in SSM: user-data carries one fetch line, whatever they weigh.
-  const fromSsm = sizeOf({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
-  const certificatesThatFit = (args: object, delivery = "userData") => {
-    let bundleText = "";
-    for (let count = 0; count < 20; count++) {
-      bundleText += certificates[count];
+  const certificates = await caCertificates(20);
+  for (const k of kinds) {
+    const prepare = (args: object) =>
+      preparePool(k.component, k.role, "pool", k.schema as never, args as never, k.kind as never);
+    const size = (args: object) => checkUserDataSize("pool", prepare(args));
+    // Over the limit, the size it would have.
+    const sizeOf = (args: object) => {
       try {
-        size({ ...args, customCaCertificates: bundleText, customCaCertificatesDelivery: delivery });
-      } catch {
-        return count;
+        return size(args);
+      } catch (error) {
+        if (error instanceof UserDataTooLargeError) return error.size;
+        throw error;
       }
-    }
-    return 20;
-  };
-  console.log(
-    `${k.component.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}${pad(delivery, 8)}` +
-      `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
-  );
-}
+    };
+    // The bundle as it travels: Brotli, as user-data carries it (gzip alone in brackets).
+    const bundle = `${Buffer.from(packBundle(runtimeBundle(k.role)), "base64").length} (${gzipSync(runtimeBundle(k.role), { level: 9 }).length})`;
+    const largest = sizeOf(k.largest);
+    // Where the largest configuration's files go: user-data, or the pool's config parameter when they do not fit.
+    const delivery = prepare(k.largest).configDelivery === "ssmParameter" ? "SSM" : "inline";
+    // The largest configuration with its certificates in SSM: user-data carries one fetch line, whatever they weigh.
+    const fromSsm = sizeOf({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
+    const certificatesThatFit = (args: object, delivery = "userData") => {
+      let bundleText = "";
+      for (let count = 0; count < 20; count++) {
+        bundleText += certificates[count];
+        try {
+          size({ ...args, customCaCertificates: bundleText, customCaCertificatesDelivery: delivery });
+        } catch {
+          return count;
+        }
+      }
+      return 20;
+    };
+    console.log(
+      `${k.component.padEnd(15)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((largest / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - largest, 10)}${pad(delivery, 8)}` +
+        `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
+    );
+  }
 }
 
 void main();

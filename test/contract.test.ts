@@ -217,7 +217,10 @@ for (const k of kinds) {
       const [awsResources, k8sResources] = [await settled(`c-aws-${n}`), await settled(`c-k8s-${n}`)];
       // Where the instance gets its configuration: user-data or, for this large one, the pool's config parameter.
       const parameter = byType(awsResources, "aws:ssm/parameter:Parameter").find((r) => r.name.endsWith("-config"));
-      const userData = decodeUserData(byType(awsResources, "aws:ec2/launchTemplate:LaunchTemplate")[0].inputs.userData, parameter?.inputs.value.value);
+      const userData = decodeUserData(
+        byType(awsResources, "aws:ec2/launchTemplate:LaunchTemplate")[0].inputs.userData,
+        parameter?.inputs.value.value,
+      );
       const instance = JSON.parse(
         [...userData.files.entries()].find(
           ([path]) => path.startsWith("/etc/agentpools/") && path.endsWith(".json") && !path.includes("policy"),

@@ -26,10 +26,15 @@ describe("examples run under the mocks", () => {
       "agentpools:flowsGatewayEndpoint": "https://gateway.useflows.eu",
       "agentpools:flowsBackendEndpoint": "https://useflows.eu",
     });
-    const pools = await valueOf(program.pools) as Record<string, { group: string }>;
+    const pools = (await valueOf(program.pools)) as Record<string, { group: string }>;
     assert.deepEqual(Object.keys(pools), ["git", "workers", "flows"]);
-    assert.equal((await valueOf(program.privateSubnetIds) as string[]).length, 2);
-    const resources = [...(await settled("agents")), ...(await settled("git")), ...(await settled("workers")), ...(await settled("flows"))];
+    assert.equal(((await valueOf(program.privateSubnetIds)) as string[]).length, 2);
+    const resources = [
+      ...(await settled("agents")),
+      ...(await settled("git")),
+      ...(await settled("workers")),
+      ...(await settled("flows")),
+    ];
     const versions = byType(resources, "aws:secretsmanager/secretVersion:SecretVersion");
     assert.equal(versions.length, 3);
     assert.ok(versions.every((v) => isSecretInput(v.inputs.secretString)));
@@ -53,19 +58,38 @@ describe("examples run under the mocks", () => {
     const resources = [...(await settled("existing")), ...(await settled("bitbucket")), ...(await settled("runners"))];
     assert.equal(byType(resources, "aws:ec2/vpc:Vpc").length, 0);
     const groups = byType(resources, "aws:autoscaling/group:Group");
-    assert.ok(groups.every((g) => JSON.stringify(g.inputs.vpcZoneIdentifiers) === JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"])));
-    const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name === "bitbucket-agents");
-    const config = JSON.parse(decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string);
+    assert.ok(
+      groups.every(
+        (g) =>
+          JSON.stringify(g.inputs.vpcZoneIdentifiers) ===
+          JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"]),
+      ),
+    );
+    const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find(
+      (lt) => lt.name === "bitbucket-agents",
+    );
+    const config = JSON.parse(
+      decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string,
+    );
     assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
     // The runtime's process gets it from its unit too, with the AWS APIs of the region around it.
-    const unit = decodeUserData(bitbucket?.inputs.userData).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
+    const unit = decodeUserData(bitbucket?.inputs.userData).files.get(
+      "/etc/systemd/system/agentpools-vcs-agent.service",
+    )?.content as string;
     assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
     assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);
     assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
     // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint; so is the
     // worker pool's configuration (with its proxy and policy it does not fit beside the launcher's bundle).
-    assert.deepEqual(byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name).sort(), ["bitbucket-ca-certificates", "runners-ca-certificates", "runners-config"]);
-    assert.ok(byType(resources, "aws:ec2/vpcEndpoint:VpcEndpoint").some((e) => String(e.inputs.serviceName).endsWith(".ssm")));
+    assert.deepEqual(
+      byType(resources, "aws:ssm/parameter:Parameter")
+        .map((p) => p.name)
+        .sort(),
+      ["bitbucket-ca-certificates", "runners-ca-certificates", "runners-config"],
+    );
+    assert.ok(
+      byType(resources, "aws:ec2/vpcEndpoint:VpcEndpoint").some((e) => String(e.inputs.serviceName).endsWith(".ssm")),
+    );
     for (const lt of byType(resources, "aws:ec2/launchTemplate:LaunchTemplate")) {
       const decoded = decodeUserData(lt.inputs.userData);
       assert.ok(!decoded.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));

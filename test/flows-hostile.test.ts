@@ -41,62 +41,197 @@ const writeAll = `const writeAll = async (fd, bytes) => { const fs = await impor
 /** Writes raw bytes to the runtime's channel (fd 3; stdout in a container) and waits to be ended. */
 const rawFrame = (body: string) => `${writeAll} const fd = process.argv.includes('--channel-stdout') ? 1 : 3;
   await writeAll(fd, ${body}); await new Promise((r) => setTimeout(r, 1500)); return 'not ended';`;
-const frame = (json: string) => rawFrame(`(() => { const b = Buffer.from(${json}); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })()`);
+const frame = (json: string) =>
+  rawFrame(
+    `(() => { const b = Buffer.from(${json}); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })()`,
+  );
 
 const denied = (r: any) => r.ok === false;
 const brokeChannel = (r: any) => r.ok === false && /broke its channel|answer was refused/.test(r.error.message);
 
 const CORPUS: Case[] = [
   // The agent: its token, its process, its debugger.
-  ["read the agent's environment (its pool token) through /proc", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');", denied],
-  ["read the agent's memory through /proc", "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/mem`).length;", denied],
+  [
+    "read the agent's environment (its pool token) through /proc",
+    "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');",
+    denied,
+  ],
+  [
+    "read the agent's memory through /proc",
+    "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/mem`).length;",
+    denied,
+  ],
   ["kill the agent", "process.kill(inputs.agentPid, 'SIGKILL'); return 'killed';", denied],
   ["kill the agent through the raw binding", "process._kill(inputs.agentPid, 9); return 'killed';", denied],
-  ["open the agent's inspector (SIGUSR1 by _debugProcess)", "process._debugProcess(inputs.agentPid); return 'sent';", denied],
-  ["connect to an inspector on 127.0.0.1:9229", "return await (await fetch('http://127.0.0.1:9229/json/list')).text();", denied],
+  [
+    "open the agent's inspector (SIGUSR1 by _debugProcess)",
+    "process._debugProcess(inputs.agentPid); return 'sent';",
+    denied,
+  ],
+  [
+    "connect to an inspector on 127.0.0.1:9229",
+    "return await (await fetch('http://127.0.0.1:9229/json/list')).text();",
+    denied,
+  ],
   ["starve the agent's CPU", "(await import('node:os')).setPriority(inputs.agentPid, 19); return 'reniced';", denied],
   ["take the agent's uid back", "process.setuid(process.ppid === 0 ? 0 : 0); return process.getuid();", denied],
   // bubblewrap sets these two: the loader's path and the working directory, nothing of the agent's.
-  ["read the environment", "return Object.keys(process.env).filter((k) => !['LD_LIBRARY_PATH', 'PWD'].includes(k));", (r) => r.ok && r.value.length === 0],
+  [
+    "read the environment",
+    "return Object.keys(process.env).filter((k) => !['LD_LIBRARY_PATH', 'PWD'].includes(k));",
+    (r) => r.ok && r.value.length === 0,
+  ],
   // Files the permission model does not see: node:sqlite, Unix sockets.
-  ["create a database beside the agent's files with node:sqlite", "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); new DatabaseSync(inputs.hostFile + '.db').exec('create table t(x)'); return 'created';", (r, t) => denied(r) && !existsSync(t.hostFile + ".db")],
-  ["VACUUM INTO a host path with node:sqlite", "const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync(':memory:').exec(`VACUUM INTO '${inputs.hostFile}.copy'`); return 'copied';", (r, t) => denied(r) && !existsSync(t.hostFile + ".copy")],
+  [
+    "create a database beside the agent's files with node:sqlite",
+    "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); new DatabaseSync(inputs.hostFile + '.db').exec('create table t(x)'); return 'created';",
+    (r, t) => denied(r) && !existsSync(t.hostFile + ".db"),
+  ],
+  [
+    "VACUUM INTO a host path with node:sqlite",
+    "const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync(':memory:').exec(`VACUUM INTO '${inputs.hostFile}.copy'`); return 'copied';",
+    (r, t) => denied(r) && !existsSync(t.hostFile + ".copy"),
+  ],
   // A container has its own mount namespace: the stand-in of the Docker executor does not, so these are not its to test.
-  ["connect to a Unix socket on the host (a Docker socket)", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect(inputs.unixSocket).on('connect', () => resolve('connected')).on('error', reject));", denied, ["namespaces", "user"]],
-  ["listen on a Unix socket on the host", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).createServer().listen(inputs.hostFile + '.sock').on('listening', () => resolve('listening')).on('error', reject));", (r, t) => denied(r) && !existsSync(t.hostFile + ".sock"), ["namespaces", "user"]],
-  ["connect to an abstract Unix socket", "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('connect', () => resolve('connected')).on('error', reject));", denied, ["namespaces"]],
+  [
+    "connect to a Unix socket on the host (a Docker socket)",
+    "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect(inputs.unixSocket).on('connect', () => resolve('connected')).on('error', reject));",
+    denied,
+    ["namespaces", "user"],
+  ],
+  [
+    "listen on a Unix socket on the host",
+    "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).createServer().listen(inputs.hostFile + '.sock').on('listening', () => resolve('listening')).on('error', reject));",
+    (r, t) => denied(r) && !existsSync(t.hostFile + ".sock"),
+    ["namespaces", "user"],
+  ],
+  [
+    "connect to an abstract Unix socket",
+    "return await new Promise((resolve, reject) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('connect', () => resolve('connected')).on('error', reject));",
+    denied,
+    ["namespaces"],
+  ],
   ["read a host file", "return (await import('node:fs')).readFileSync(inputs.hostFile, 'utf8');", denied],
   ["read /etc/passwd", "return (await import('node:fs')).readFileSync('/etc/passwd', 'utf8');", denied],
-  ["write outside the scratch space", "(await import('node:fs')).writeFileSync(inputs.hostFile + '.written', 'x'); return 'written';", (r, t) => denied(r) && !existsSync(t.hostFile + ".written")],
-  ["fill the disk", "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.appendFileSync('fill', block); return 'filled 400 MB';", (r) => denied(r) && /ENOSPC|memory/.test(r.error.message), ["namespaces"]],
+  [
+    "write outside the scratch space",
+    "(await import('node:fs')).writeFileSync(inputs.hostFile + '.written', 'x'); return 'written';",
+    (r, t) => denied(r) && !existsSync(t.hostFile + ".written"),
+  ],
+  [
+    "fill the disk",
+    "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.appendFileSync('fill', block); return 'filled 400 MB';",
+    (r) => denied(r) && /ENOSPC|memory/.test(r.error.message),
+    ["namespaces"],
+  ],
   // Processes.
   ["spawn a shell", "return (await import('node:child_process')).execSync('id').toString();", denied],
-  ["fork many processes", "const cp = await import('node:child_process'); for (let i = 0; i < 50; i++) cp.fork('x'); return 'forked';", denied],
-  ["start worker threads", "const { Worker } = await import('node:worker_threads'); new Worker('for(;;){}', { eval: true }); return 'worker';", denied],
-  ["load a native addon", "process.dlopen({ exports: {} }, '/usr/lib/x86_64-linux-gnu/libc.so.6'); return 'loaded';", denied],
+  [
+    "fork many processes",
+    "const cp = await import('node:child_process'); for (let i = 0; i < 50; i++) cp.fork('x'); return 'forked';",
+    denied,
+  ],
+  [
+    "start worker threads",
+    "const { Worker } = await import('node:worker_threads'); new Worker('for(;;){}', { eval: true }); return 'worker';",
+    denied,
+  ],
+  [
+    "load a native addon",
+    "process.dlopen({ exports: {} }, '/usr/lib/x86_64-linux-gnu/libc.so.6'); return 'loaded';",
+    denied,
+  ],
   ["reach internal bindings", "return typeof process.binding('spawn_sync').spawn;", denied],
   // The channel: nothing a runtime writes to it reaches past its own run.
   ["send on an IPC channel (process.send)", "process.send(null); return 'sent';", denied],
-  ["flood the channel with empty frames (the agent stops reading at the first)", rawFrame("Buffer.alloc(4 * 60_000)"), (r) => brokeChannel(r) && /an empty message/.test(r.error.message)],
-  ["write garbage to the channel", rawFrame("Buffer.from('garbage, not a frame')"), (r) => denied(r) && /over the cap/.test(r.error.message)],
-  ["announce a 4 GB frame", rawFrame("Buffer.from([255, 255, 255, 255])"), (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES}`).test(r.error.message)],
-  ["answer in JSON 200,000 levels deep", frame("'{\"ok\":true,\"console\":[],\"value\":' + '['.repeat(200000) + ']'.repeat(200000) + '}'"), (r) => brokeChannel(r) && /nests deeper/.test(r.error.message)],
-  ["answer with forged type and id (draining, another run)", frame("JSON.stringify({ type: 'draining', id: 'another-run', ok: true, console: [] })"), (r) => brokeChannel(r) && /unknown fields/.test(r.error.message)],
-  ["answer with a hello raising the parallelism", frame("JSON.stringify({ type: 'hello', poolSize: 64, executor: 'x' })"), brokeChannel],
-  ["answer with fields of the wrong types", frame("JSON.stringify({ ok: 'yes', console: 'x', error: 5 })"), brokeChannel],
+  [
+    "flood the channel with empty frames (the agent stops reading at the first)",
+    rawFrame("Buffer.alloc(4 * 60_000)"),
+    (r) => brokeChannel(r) && /an empty message/.test(r.error.message),
+  ],
+  [
+    "write garbage to the channel",
+    rawFrame("Buffer.from('garbage, not a frame')"),
+    (r) => denied(r) && /over the cap/.test(r.error.message),
+  ],
+  [
+    "announce a 4 GB frame",
+    rawFrame("Buffer.from([255, 255, 255, 255])"),
+    (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES}`).test(r.error.message),
+  ],
+  [
+    "answer in JSON 200,000 levels deep",
+    frame("'{\"ok\":true,\"console\":[],\"value\":' + '['.repeat(200000) + ']'.repeat(200000) + '}'"),
+    (r) => brokeChannel(r) && /nests deeper/.test(r.error.message),
+  ],
+  [
+    "answer with forged type and id (draining, another run)",
+    frame("JSON.stringify({ type: 'draining', id: 'another-run', ok: true, console: [] })"),
+    (r) => brokeChannel(r) && /unknown fields/.test(r.error.message),
+  ],
+  [
+    "answer with a hello raising the parallelism",
+    frame("JSON.stringify({ type: 'hello', poolSize: 64, executor: 'x' })"),
+    brokeChannel,
+  ],
+  [
+    "answer with fields of the wrong types",
+    frame("JSON.stringify({ ok: 'yes', console: 'x', error: 5 })"),
+    brokeChannel,
+  ],
   ["answer with what is not JSON", frame("'{not json'"), brokeChannel],
-  ["answer twice", frame("JSON.stringify({ ok: true, console: [], value: 1 })") + " /* a second follows from the runner */", (r) => r.ok === true || brokeChannel(r)],
+  [
+    "answer twice",
+    frame("JSON.stringify({ ok: true, console: [], value: 1 })") + " /* a second follows from the runner */",
+    (r) => r.ok === true || brokeChannel(r),
+  ],
   // Answers within bounds.
-  ["return a result over the cap", "return 'x'.repeat(20 * 1024 * 1024);", (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_VALUE_BYTES}`).test(r.error.message)],
-  ["answer with a frame at the channel's cap, too large once addressed", frame(`JSON.stringify({ ok: true, console: [], value: 'y'.repeat(${FLOWS_MAX_RESULT_BYTES - 48}) })`), (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`).test(r.error.message)],
-  ["flood the console", "for (let i = 0; i < 100000; i++) console.log(i); return 'done';", (r) => r.ok && r.console.length === FLOWS_MAX_CONSOLE_LINES && /console cut at the cap/.test(r.console.at(-1))],
-  ["print 64 MB without a newline", `${writeAll} for (let i = 0; i < 64; i++) await writeAll(2, Buffer.alloc(1 << 20, 120)); return 'printed';`, (r) => r.ok && r.value === "printed", undefined, 20_000],
+  [
+    "return a result over the cap",
+    "return 'x'.repeat(20 * 1024 * 1024);",
+    (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_VALUE_BYTES}`).test(r.error.message),
+  ],
+  [
+    "answer with a frame at the channel's cap, too large once addressed",
+    frame(`JSON.stringify({ ok: true, console: [], value: 'y'.repeat(${FLOWS_MAX_RESULT_BYTES - 48}) })`),
+    (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`).test(r.error.message),
+  ],
+  [
+    "flood the console",
+    "for (let i = 0; i < 100000; i++) console.log(i); return 'done';",
+    (r) => r.ok && r.console.length === FLOWS_MAX_CONSOLE_LINES && /console cut at the cap/.test(r.console.at(-1)),
+  ],
+  [
+    "print 64 MB without a newline",
+    `${writeAll} for (let i = 0; i < 64; i++) await writeAll(2, Buffer.alloc(1 << 20, 120)); return 'printed';`,
+    (r) => r.ok && r.value === "printed",
+    undefined,
+    20_000,
+  ],
   // Resources and life.
   ["loop forever", "for (;;) {}", (r) => denied(r) && /timed out/.test(r.error.message), undefined, 500],
-  ["spin the microtask queue forever", "for (;;) await null;", (r) => denied(r) && /timed out/.test(r.error.message), undefined, 500],
-  ["exhaust the heap", "const hoard = []; for (;;) hoard.push(new Array(1e6).fill(hoard.length));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), undefined, 30_000],
+  [
+    "spin the microtask queue forever",
+    "for (;;) await null;",
+    (r) => denied(r) && /timed out/.test(r.error.message),
+    undefined,
+    500,
+  ],
+  [
+    "exhaust the heap",
+    "const hoard = []; for (;;) hoard.push(new Array(1e6).fill(hoard.length));",
+    (r) => denied(r) && /memory limit|exited/.test(r.error.message),
+    undefined,
+    30_000,
+  ],
   // In a container the engine holds memory (--memory); the stand-in here could not.
-  ["exhaust memory with buffers", "const hoard = []; for (;;) hoard.push(Buffer.alloc(32 * 1024 * 1024, 1));", (r) => denied(r) && /memory limit|exited/.test(r.error.message), ["namespaces", "user"], 30_000],
+  [
+    "exhaust memory with buffers",
+    "const hoard = []; for (;;) hoard.push(Buffer.alloc(32 * 1024 * 1024, 1));",
+    (r) => denied(r) && /memory limit|exited/.test(r.error.message),
+    ["namespaces", "user"],
+    30_000,
+  ],
   // Sockets hold kernel memory the memory watchdog does not see: their number is capped (FLOWS_RUNTIME_OPEN_FILES, 64).
   [
     "hold kernel memory in many loopback TCP connections",
@@ -108,12 +243,32 @@ const CORPUS: Case[] = [
     ["namespaces", "user"],
   ],
   ["exit without answering", "process.exit(3);", (r) => denied(r) && /exited/.test(r.error.message)],
-  ["crash with an uncaught exception later", "setTimeout(() => { throw new Error('late'); }, 0); await new Promise((r) => setTimeout(r, 50));", denied],
-  ["lock its scratch space (chmod 0500)", "const fs = await import('node:fs'); fs.mkdirSync('locked/deeper', { recursive: true }); fs.writeFileSync('locked/deeper/f', 'x'); fs.chmodSync('locked/deeper', 0o500); fs.chmodSync('locked', 0o500); fs.chmodSync('.', 0o500); return 'locked';", (r) => r.ok],
-  ["return something that is not JSON", "const a = {}; a.self = a; return a;", (r) => denied(r) && r.error.name === "TypeError"],
+  [
+    "crash with an uncaught exception later",
+    "setTimeout(() => { throw new Error('late'); }, 0); await new Promise((r) => setTimeout(r, 50));",
+    denied,
+  ],
+  [
+    "lock its scratch space (chmod 0500)",
+    "const fs = await import('node:fs'); fs.mkdirSync('locked/deeper', { recursive: true }); fs.writeFileSync('locked/deeper/f', 'x'); fs.chmodSync('locked/deeper', 0o500); fs.chmodSync('locked', 0o500); fs.chmodSync('.', 0o500); return 'locked';",
+    (r) => r.ok,
+  ],
+  [
+    "return something that is not JSON",
+    "const a = {}; a.self = a; return a;",
+    (r) => denied(r) && r.error.name === "TypeError",
+  ],
   ["throw something that is not an Error", "throw 42;", (r) => denied(r) && /non-Error/.test(r.error.message)],
-  ["pollute Object.prototype for the next run", "Object.prototype.polluted = 'yes'; globalThis.leftover = 'secret'; return 1;", (r) => r.ok],
-  ["leave a file for the next run", "(await import('node:fs')).writeFileSync('left-behind.txt', 'secret'); return 1;", (r) => r.ok],
+  [
+    "pollute Object.prototype for the next run",
+    "Object.prototype.polluted = 'yes'; globalThis.leftover = 'secret'; return 1;",
+    (r) => r.ok,
+  ],
+  [
+    "leave a file for the next run",
+    "(await import('node:fs')).writeFileSync('left-behind.txt', 'secret'); return 1;",
+    (r) => r.ok,
+  ],
 ];
 
 /** A stand-in for the Docker CLI (no engine here): runs the container's command on this host, as far as a host can. */
@@ -140,27 +295,49 @@ describe("Flows: hostile runs", function () {
   let url: string;
   let token: string;
   const dir = scratchDir("flows-hostile-");
-  const targets: Targets = { agentPid: process.pid, unixSocket: path.join(dir, "docker.sock"), abstractName: `agentpools-test-${process.pid}`, hostFile: path.join(dir, "host-secret") };
+  const targets: Targets = {
+    agentPid: process.pid,
+    unixSocket: path.join(dir, "docker.sock"),
+    abstractName: `agentpools-test-${process.pid}`,
+    hostFile: path.join(dir, "host-secret"),
+  };
   const reached = { unix: 0, abstract: 0 };
   const service = serviceKey();
   const servers: net.Server[] = [];
 
   async function run(body: Record<string, unknown>): Promise<{ status: number; result: any }> {
-    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
+      method: "POST",
+      headers: service.headers,
+      body: JSON.stringify(body),
+    });
     return { status: response.status, result: await response.json() };
   }
-  const pool = () => gateway.summary().find((p) => p.name === POOL) as { connections: number; activeRequests: number; agents: { id: string; executor: string; parallelism: number; draining: boolean }[] };
+  const pool = () =>
+    gateway.summary().find((p) => p.name === POOL) as {
+      connections: number;
+      activeRequests: number;
+      agents: { id: string; executor: string; parallelism: number; draining: boolean }[];
+    };
 
   before(async () => {
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
     token = created.token;
-    gateway = new Gateway({ pools: [created.pool], keys: [service.definition], port, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools: [created.pool],
+      keys: [service.definition],
+      port,
+      log: capturingLogger("gateway").log,
+    });
     await gateway.listen();
     writeFileSync(targets.hostFile, "HOST-ONLY-SECRET-5a2c", { mode: 0o600 });
     // What a run would reach for: a Unix socket on the host, an abstract one. Each counts who arrives.
-    for (const [where, key] of [[targets.unixSocket, "unix"], [`\0${targets.abstractName}`, "abstract"]] as const) {
+    for (const [where, key] of [
+      [targets.unixSocket, "unix"],
+      [`\0${targets.abstractName}`, "abstract"],
+    ] as const) {
       const server = net.createServer((socket) => (reached[key]++, socket.destroy()));
       await new Promise<void>((resolve) => server.listen(where, resolve));
       servers.push(server);
@@ -176,131 +353,217 @@ describe("Flows: hostile runs", function () {
   });
 
   for (const mode of ["namespaces", "user", "docker"] as Mode[]) {
-    describe(mode === "docker" ? "Docker executor (a stand-in CLI runs the container's command on this host)" : `process executor, isolation "${mode}"`, () => {
-      let agent: RunningAgent;
-      const log = capturingLogger("flows-agent");
-      const mounts = path.join(dir, `mounts-${mode}`);
-      const settings = (): FlowsAgentSettings =>
-        flowsAgentSettings.parse({ poolId: POOL, poolToken: token, gatewayEndpoint: url, backendEndpoint: "http://127.0.0.1:9", executor: mode === "docker" ? "docker" : "process", runtimeIsolation: mode === "docker" ? "auto" : mode, runtimeUids: UIDS, mountsDir: mounts, runtimePoolSize: 4, runtimeMemoryMb: 64, runtimeDiskMb: 32, defaultRunTimeout: "5s" });
+    describe(
+      mode === "docker"
+        ? "Docker executor (a stand-in CLI runs the container's command on this host)"
+        : `process executor, isolation "${mode}"`,
+      () => {
+        let agent: RunningAgent;
+        const log = capturingLogger("flows-agent");
+        const mounts = path.join(dir, `mounts-${mode}`);
+        const settings = (): FlowsAgentSettings =>
+          flowsAgentSettings.parse({
+            poolId: POOL,
+            poolToken: token,
+            gatewayEndpoint: url,
+            backendEndpoint: "http://127.0.0.1:9",
+            executor: mode === "docker" ? "docker" : "process",
+            runtimeIsolation: mode === "docker" ? "auto" : mode,
+            runtimeUids: UIDS,
+            mountsDir: mounts,
+            runtimePoolSize: 4,
+            runtimeMemoryMb: 64,
+            runtimeDiskMb: 32,
+            defaultRunTimeout: "5s",
+          });
 
-      /** What runtimes of an agent that died before their cleanup (SIGKILL) left: a run's locked scratch, a spare's. */
-      const leftovers = ["c0ffee00-run", "c0ffee01-spare"].map((name) => path.join(mounts, name));
+        /** What runtimes of an agent that died before their cleanup (SIGKILL) left: a run's locked scratch, a spare's. */
+        const leftovers = ["c0ffee00-run", "c0ffee01-spare"].map((name) => path.join(mounts, name));
 
-      before(async () => {
-        if (mode === "user") {
-          for (const [i, left] of leftovers.entries()) {
-            mkdirSync(left, { recursive: true });
-            writeFileSync(path.join(left, "secret.txt"), "TENANT-A-SECRET");
-            chownSync(path.join(left, "secret.txt"), 1900001000 + i, 1900001000 + i);
-            chownSync(left, 1900001000 + i, 1900001000 + i);
-            chmodSync(left, 0o500);
+        before(async () => {
+          if (mode === "user") {
+            for (const [i, left] of leftovers.entries()) {
+              mkdirSync(left, { recursive: true });
+              writeFileSync(path.join(left, "secret.txt"), "TENANT-A-SECRET");
+              chownSync(path.join(left, "secret.txt"), 1900001000 + i, 1900001000 + i);
+              chownSync(left, 1900001000 + i, 1900001000 + i);
+              chmodSync(left, 0o500);
+            }
           }
-        }
-        const runner = mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
-        agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
-        await agent.ready;
-        await eventually(() => pool().connections === 1);
-      });
-      after(() => agent.drain(Date.now() + 5000));
-
-      it("says how runtimes are isolated, on the status page too", () => {
-        const executor = pool().agents[0].executor;
-        if (mode === "docker") assert.match(executor, /^docker \(gVisor\), a user of its own/);
-        else assert.match(executor, mode === "namespaces" ? /namespaces and a user of its own/ : /^process, a user of its own/);
-      });
-
-      for (const [what, code, contained, modes, timeoutMs = 5000] of CORPUS) {
-        if (modes && !modes.includes(mode)) continue;
-        it(what, async () => {
-          const { status, result } = await run({ kind: "block", code, inputs: targets, timeoutMs });
-          assert.equal(status, 200);
-          assert.ok(contained(result, targets), `not contained: ${JSON.stringify(result).slice(0, 400)}`);
-          assert.ok(!JSON.stringify(result).includes("HOST-ONLY"), "a host file reached the run");
-          const next = await run({ code: "1 + 1" });
-          assert.deepEqual([next.status, next.result.value], [200, 2], "the agent answers the next run");
+          const runner =
+            mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
+          agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
+          await agent.ready;
+          await eventually(() => pool().connections === 1);
         });
-      }
+        after(() => agent.drain(Date.now() + 5000));
 
-      it("nothing reached the sockets it aimed at; its parallelism is the agent's", () => {
-        assert.deepEqual(reached, { unix: 0, abstract: 0 });
-        assert.equal(pool().agents[0].parallelism, 4);
-        assert.equal(pool().agents[0].draining, false);
-      });
+        it("says how runtimes are isolated, on the status page too", () => {
+          const executor = pool().agents[0].executor;
+          if (mode === "docker") assert.match(executor, /^docker \(gVisor\), a user of its own/);
+          else
+            assert.match(
+              executor,
+              mode === "namespaces" ? /namespaces and a user of its own/ : /^process, a user of its own/,
+            );
+        });
 
-      it("no run sees what an earlier run left", async () => {
-        const { result } = await run({ kind: "block", code: "let file = 'absent'; try { (await import('node:fs')).readFileSync('left-behind.txt'); file = 'present'; } catch {} return [({}).polluted ?? null, typeof globalThis.leftover, file];" });
-        assert.deepEqual(result.value, [null, "undefined", "absent"]);
-      });
+        for (const [what, code, contained, modes, timeoutMs = 5000] of CORPUS) {
+          if (modes && !modes.includes(mode)) continue;
+          it(what, async () => {
+            const { status, result } = await run({ kind: "block", code, inputs: targets, timeoutMs });
+            assert.equal(status, 200);
+            assert.ok(contained(result, targets), `not contained: ${JSON.stringify(result).slice(0, 400)}`);
+            assert.ok(!JSON.stringify(result).includes("HOST-ONLY"), "a host file reached the run");
+            const next = await run({ code: "1 + 1" });
+            assert.deepEqual([next.status, next.result.value], [200, 2], "the agent answers the next run");
+          });
+        }
 
-      it("a run cannot reach a concurrent run's files, even knowing its process", async () => {
-        const holder = run({ kind: "block", code: "const fs = await import('node:fs'); fs.writeFileSync('secret', 'SIBLING-SECRET-91'); await new Promise((r) => setTimeout(r, 1500)); return [process.pid, process.cwd()];" });
-        await new Promise((resolve) => setTimeout(resolve, 300));
-        const thief = await run({
-          kind: "block",
-          code: `const fs = await import('node:fs'); const found = [];
+        it("nothing reached the sockets it aimed at; its parallelism is the agent's", () => {
+          assert.deepEqual(reached, { unix: 0, abstract: 0 });
+          assert.equal(pool().agents[0].parallelism, 4);
+          assert.equal(pool().agents[0].draining, false);
+        });
+
+        it("no run sees what an earlier run left", async () => {
+          const { result } = await run({
+            kind: "block",
+            code: "let file = 'absent'; try { (await import('node:fs')).readFileSync('left-behind.txt'); file = 'present'; } catch {} return [({}).polluted ?? null, typeof globalThis.leftover, file];",
+          });
+          assert.deepEqual(result.value, [null, "undefined", "absent"]);
+        });
+
+        it("a run cannot reach a concurrent run's files, even knowing its process", async () => {
+          const holder = run({
+            kind: "block",
+            code: "const fs = await import('node:fs'); fs.writeFileSync('secret', 'SIBLING-SECRET-91'); await new Promise((r) => setTimeout(r, 1500)); return [process.pid, process.cwd()];",
+          });
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          const thief = await run({
+            kind: "block",
+            code: `const fs = await import('node:fs'); const found = [];
             for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
               for (const p of [\`/proc/\${pid}/root/tmp/secret\`, \`/proc/\${pid}/cwd/secret\`]) { try { found.push(fs.readFileSync(p, 'utf8')); } catch {} }
             }
             try { const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync('/proc/1/cwd/x.db'); found.push('sqlite'); } catch {}
             return found;`,
-        });
-        const held = (await holder).result;
-        assert.ok(held.ok, JSON.stringify(held));
-        assert.ok(!JSON.stringify(thief.result).includes("SIBLING-SECRET"), JSON.stringify(thief.result));
-      });
-
-      it("large answers: one within the caps arrives whole, one over them fails that run only; concurrent runs answer, the connection stays", async () => {
-        const connection = pool().agents[0].id;
-        const innocent = Array.from({ length: 2 }, (_, i) => run({ kind: "block", code: `await new Promise((r) => setTimeout(r, 300)); return ${i};` }));
-        const [large, over] = await Promise.all([run({ kind: "block", code: "return 'y'.repeat(4 * 1024 * 1024 - 2);" }), run({ kind: "block", code: "return 'x'.repeat(20 * 1024 * 1024);" })]);
-        assert.deepEqual([large.result.ok, large.result.value?.length], [true, 4 * 1024 * 1024 - 2]);
-        assert.match(over.result.error.message, /over the cap/);
-        assert.deepEqual((await Promise.all(innocent)).map((r) => r.result.value), [0, 1]);
-        assert.equal(pool().agents[0].id, connection, "the same connection");
-      });
-
-      if (mode !== "docker") {
-        it("every runtime ran under a uid of the range, never the agent's", async () => {
-          const { result } = await run({ code: "[process.getuid(), process.getgid()]" });
-          const [uid, gid] = result.value;
-          assert.ok(uid >= 1900001000 && uid <= 1900001063 && uid === gid, String(uid));
-        });
-      }
-
-      if (mode === "user") {
-        it("what the runtimes of a dead agent left is removed before any uid is given out again", async () => {
-          assert.deepEqual(leftovers.filter((left) => existsSync(left)), []);
-          const { result } = await run({ kind: "block", code: "const fs = await import('node:fs'); return fs.readdirSync('..').flatMap((d) => { try { return [fs.readFileSync(`../${d}/secret.txt`, 'utf8')]; } catch { return []; } });" });
-          assert.ok(!JSON.stringify(result).includes("TENANT-A-SECRET"), JSON.stringify(result));
+          });
+          const held = (await holder).result;
+          assert.ok(held.ok, JSON.stringify(held));
+          assert.ok(!JSON.stringify(thief.result).includes("SIBLING-SECRET"), JSON.stringify(thief.result));
         });
 
-        it("what runs left in their scratch spaces is removed, locked or not", async () => {
-          await eventually(() => readdirSync(mounts).length <= 4, 5000, "scratch spaces removed");
+        it("large answers: one within the caps arrives whole, one over them fails that run only; concurrent runs answer, the connection stays", async () => {
+          const connection = pool().agents[0].id;
+          const innocent = Array.from({ length: 2 }, (_, i) =>
+            run({ kind: "block", code: `await new Promise((r) => setTimeout(r, 300)); return ${i};` }),
+          );
+          const [large, over] = await Promise.all([
+            run({ kind: "block", code: "return 'y'.repeat(4 * 1024 * 1024 - 2);" }),
+            run({ kind: "block", code: "return 'x'.repeat(20 * 1024 * 1024);" }),
+          ]);
+          assert.deepEqual([large.result.ok, large.result.value?.length], [true, 4 * 1024 * 1024 - 2]);
+          assert.match(over.result.error.message, /over the cap/);
+          assert.deepEqual(
+            (await Promise.all(innocent)).map((r) => r.result.value),
+            [0, 1],
+          );
+          assert.equal(pool().agents[0].id, connection, "the same connection");
         });
-      }
-    });
+
+        if (mode !== "docker") {
+          it("every runtime ran under a uid of the range, never the agent's", async () => {
+            const { result } = await run({ code: "[process.getuid(), process.getgid()]" });
+            const [uid, gid] = result.value;
+            assert.ok(uid >= 1900001000 && uid <= 1900001063 && uid === gid, String(uid));
+          });
+        }
+
+        if (mode === "user") {
+          it("what the runtimes of a dead agent left is removed before any uid is given out again", async () => {
+            assert.deepEqual(
+              leftovers.filter((left) => existsSync(left)),
+              [],
+            );
+            const { result } = await run({
+              kind: "block",
+              code: "const fs = await import('node:fs'); return fs.readdirSync('..').flatMap((d) => { try { return [fs.readFileSync(`../${d}/secret.txt`, 'utf8')]; } catch { return []; } });",
+            });
+            assert.ok(!JSON.stringify(result).includes("TENANT-A-SECRET"), JSON.stringify(result));
+          });
+
+          it("what runs left in their scratch spaces is removed, locked or not", async () => {
+            await eventually(() => readdirSync(mounts).length <= 4, 5000, "scratch spaces removed");
+          });
+        }
+      },
+    );
   }
 
   describe("the kernel alone: the same runtimes without Node's permission model", () => {
     const cases: [string, string, (value: unknown) => boolean][] = [
-      ["no process can be started", "return (await import('node:child_process')).spawnSync('/bin/sh', ['-c', 'id']).error?.code ?? 'spawned';", (v) => v === "EPERM"],
-      ["no Unix socket can be opened", "return await new Promise((resolve) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('error', (e) => resolve(e.code)).on('connect', () => resolve('connected')));", (v) => v === "EACCES"],
-      ["only its own files are there", "return (await import('node:fs')).readdirSync('/').sort();", (v) => Array.isArray(v) && !v.includes("root") && !v.includes("home") && !v.includes("var")],
-      ["only its own process is there", "return (await import('node:fs')).readdirSync('/proc').filter((e) => /^\\d+$/.test(e));", (v) => JSON.stringify(v) === '["1"]'],
-      ["the agent's environment is not there", "try { return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8'); } catch (e) { return e.code; }", (v) => v === "ENOENT"],
-      ["node:sqlite is off", "try { await import('node:sqlite'); return 'loaded'; } catch (e) { return e.code; }", (v) => v === "ERR_UNKNOWN_BUILTIN_MODULE"],
-      ["its disk is capped", "try { const fs = await import('node:fs'); for (let i = 0; i < 64; i++) fs.appendFileSync('/tmp/fill', Buffer.alloc(1 << 20)); return 'filled'; } catch (e) { return e.code; }", (v) => v === "ENOSPC"],
+      [
+        "no process can be started",
+        "return (await import('node:child_process')).spawnSync('/bin/sh', ['-c', 'id']).error?.code ?? 'spawned';",
+        (v) => v === "EPERM",
+      ],
+      [
+        "no Unix socket can be opened",
+        "return await new Promise((resolve) => (process.getBuiltinModule('node:net')).connect('\\0' + inputs.abstractName).on('error', (e) => resolve(e.code)).on('connect', () => resolve('connected')));",
+        (v) => v === "EACCES",
+      ],
+      [
+        "only its own files are there",
+        "return (await import('node:fs')).readdirSync('/').sort();",
+        (v) => Array.isArray(v) && !v.includes("root") && !v.includes("home") && !v.includes("var"),
+      ],
+      [
+        "only its own process is there",
+        "return (await import('node:fs')).readdirSync('/proc').filter((e) => /^\\d+$/.test(e));",
+        (v) => JSON.stringify(v) === '["1"]',
+      ],
+      [
+        "the agent's environment is not there",
+        "try { return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8'); } catch (e) { return e.code; }",
+        (v) => v === "ENOENT",
+      ],
+      [
+        "node:sqlite is off",
+        "try { await import('node:sqlite'); return 'loaded'; } catch (e) { return e.code; }",
+        (v) => v === "ERR_UNKNOWN_BUILTIN_MODULE",
+      ],
+      [
+        "its disk is capped",
+        "try { const fs = await import('node:fs'); for (let i = 0; i < 64; i++) fs.appendFileSync('/tmp/fill', Buffer.alloc(1 << 20)); return 'filled'; } catch (e) { return e.code; }",
+        (v) => v === "ENOSPC",
+      ],
     ];
     /** A runtime as the process launcher starts it in namespaces, as root, but without Node's permission model. */
     const start = () => {
       const { path: runner, readable } = unbundledRunner();
       const node = [process.execPath, "--disable-sigusr1", "--no-experimental-sqlite", runner];
       const sandbox = bwrapArgs({ node: process.execPath, libraries: libraryDirectories(), readable, diskMb: 16 });
-      const child = spawn(readPrivileges().bwrap as string, [...sandbox, ...node], { uid: 1900001100, gid: 1900001100, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe"] });
+      const child = spawn(readPrivileges().bwrap as string, [...sandbox, ...node], {
+        uid: 1900001100,
+        gid: 1900001100,
+        env: {},
+        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe"],
+      });
       (child.stdio[5 as number] as unknown as Writable).end(seccompFilter());
       (child.stdio[4] as Readable).resume();
       const kill = () => void child.kill("SIGKILL");
-      return runtime({ child, jobs: child.stdin as Writable, answers: child.stdio[3] as Readable, memoryPid: () => undefined, kill, cleanup: () => undefined }, 128);
+      return runtime(
+        {
+          child,
+          jobs: child.stdin as Writable,
+          answers: child.stdio[3] as Readable,
+          memoryPid: () => undefined,
+          kill,
+          cleanup: () => undefined,
+        },
+        128,
+      );
     };
     for (const [what, code, holds] of cases) {
       it(what, async function () {
@@ -325,12 +588,25 @@ describe("Flows: hostile runs", function () {
       ["signal", "process.kill(inputs.agentPid, 'SIGKILL'); return 'killed';"],
       ["debugger", "process._debugProcess(inputs.agentPid); return 'sent';"],
       ["inspector", "return await (await fetch('http://127.0.0.1:9229/json/list')).text();"],
-      ["sqlite", "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); return new DatabaseSync(`/proc/${inputs.agentPid}/cwd/stolen.db`) && 'opened';"],
+      [
+        "sqlite",
+        "const { DatabaseSync } = process.getBuiltinModule('node:sqlite'); return new DatabaseSync(`/proc/${inputs.agentPid}/cwd/stolen.db`) && 'opened';",
+      ],
     ];
 
     /** Starts the shipped bundle as a separate process, as an instance would (maybe as another user, in a cgroup). */
     function startAgent(mounts: string, wrap: string[] = []): { child: ChildProcess; output: () => string } {
-      const env = { PATH: process.env.PATH, FLOWS_AGENT_POOL_ID: POOL, FLOWS_AGENT_POOL_TOKEN: token, FLOWS_GATEWAY_ENDPOINT: url, FLOWS_ENDPOINT: url, FLOWS_EXECUTOR: "process", FLOWS_DOCKER_MOUNTS_TEMPDIR: mounts, FLOWS_RUNTIME_POOL_SIZE: "3", FLOWS_RUNTIME_UIDS: UIDS };
+      const env = {
+        PATH: process.env.PATH,
+        FLOWS_AGENT_POOL_ID: POOL,
+        FLOWS_AGENT_POOL_TOKEN: token,
+        FLOWS_GATEWAY_ENDPOINT: url,
+        FLOWS_ENDPOINT: url,
+        FLOWS_EXECUTOR: "process",
+        FLOWS_DOCKER_MOUNTS_TEMPDIR: mounts,
+        FLOWS_RUNTIME_POOL_SIZE: "3",
+        FLOWS_RUNTIME_UIDS: UIDS,
+      };
       const command = [...wrap, process.execPath, ...RUNTIME_NODE_FLAGS, BUNDLE()];
       const child = spawn(command[0], command.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
       let output = "";
@@ -344,7 +620,9 @@ describe("Flows: hostile runs", function () {
       readdirSync("/proc").filter((pid) => {
         try {
           const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-          return uid >= 1900001000 && uid <= 1900001063 && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
+          return (
+            uid >= 1900001000 && uid <= 1900001063 && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"))
+          );
         } catch {
           return false;
         }
@@ -359,7 +637,11 @@ describe("Flows: hostile runs", function () {
     }
 
     async function attacks(agent: { child: ChildProcess; output: () => string }): Promise<void> {
-      await eventually(() => pool().connections === 1 && pool().agents[0].parallelism === 3, 20_000, `the agent to connect: ${agent.output().slice(-800)}`);
+      await eventually(
+        () => pool().connections === 1 && pool().agents[0].parallelism === 3,
+        20_000,
+        `the agent to connect: ${agent.output().slice(-800)}`,
+      );
       const inputs = { ...targets, agentPid: agent.child.pid };
       const answers: string[] = [];
       for (const [what, code] of probes) {
@@ -369,9 +651,17 @@ describe("Flows: hostile runs", function () {
         const next = await run({ code: "1 + 1" });
         assert.equal(next.result.value, 2, `the agent answers after ${what}`);
       }
-      assert.ok(answers.every((answer) => !answer.includes(token)), "the token reached a run");
+      assert.ok(
+        answers.every((answer) => !answer.includes(token)),
+        "the token reached a run",
+      );
       // The debugger signal opened nothing: no inspector listens.
-      await new Promise<void>((resolve, reject) => net.connect(9229, "127.0.0.1").on("connect", () => reject(new Error("an inspector listens on 9229"))).on("error", () => resolve()));
+      await new Promise<void>((resolve, reject) =>
+        net
+          .connect(9229, "127.0.0.1")
+          .on("connect", () => reject(new Error("an inspector listens on 9229")))
+          .on("error", () => resolve()),
+      );
       assert.equal(agent.child.exitCode, null, "the agent still runs");
       assert.equal(pool().agents[0].parallelism, 3, "its parallelism is its own");
       // A runtime spinning when the agent dies dies with it: nothing watches it any more, so nothing may outlive it.
@@ -379,8 +669,16 @@ describe("Flows: hostile runs", function () {
       await eventually(() => runtimesAlive().length > 0 && pool().activeRequests === 1, 5000, "a spinning run");
       agent.child.kill("SIGKILL");
       await spinning;
-      await eventually(() => runtimesAlive().length === 0, 5000, `runtimes to die with the agent: ${runtimesAlive().join(" ")}`);
-      await eventually(() => pool().connections === 0, 5000, `the gateway to see the agent gone: ${JSON.stringify(pool())} exit ${agent.child.exitCode} ${agent.child.signalCode}`);
+      await eventually(
+        () => runtimesAlive().length === 0,
+        5000,
+        `runtimes to die with the agent: ${runtimesAlive().join(" ")}`,
+      );
+      await eventually(
+        () => pool().connections === 0,
+        5000,
+        `the gateway to see the agent gone: ${JSON.stringify(pool())} exit ${agent.child.exitCode} ${agent.child.signalCode}`,
+      );
     }
 
     it("as root: namespaces and a uid per runtime", async function () {
@@ -401,7 +699,15 @@ describe("Flows: hostile runs", function () {
       mkdirSync(mounts);
       chownSync(mounts, AGENT_UID, AGENT_UID);
       const caps = "+setuid,+setgid,+kill";
-      const agent = startAgent(mounts, ["setpriv", `--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", `--inh-caps=${caps}`, `--ambient-caps=${caps}`, "--"]);
+      const agent = startAgent(mounts, [
+        "setpriv",
+        `--reuid=${AGENT_UID}`,
+        `--regid=${AGENT_UID}`,
+        "--clear-groups",
+        `--inh-caps=${caps}`,
+        `--ambient-caps=${caps}`,
+        "--",
+      ]);
       try {
         await attack(agent);
         assert.match(agent.output(), /"isolation":"namespaces"/);
@@ -415,13 +721,27 @@ describe("Flows: hostile runs", function () {
       const mounts = path.join(dir, "agent-plain");
       mkdirSync(mounts);
       chownSync(mounts, AGENT_UID, AGENT_UID);
-      const agent = startAgent(mounts, ["setpriv", `--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", "--"]);
+      const agent = startAgent(mounts, [
+        "setpriv",
+        `--reuid=${AGENT_UID}`,
+        `--regid=${AGENT_UID}`,
+        "--clear-groups",
+        "--",
+      ]);
       try {
         await eventually(() => pool().connections === 1, 20_000, `the agent to connect: ${agent.output().slice(-800)}`);
         assert.match(agent.output(), /"level":"error".*FLOWS RUNTIMES ARE NOT ISOLATED/);
-        await eventually(() => /NOT ISOLATED/.test(pool().agents[0]?.executor ?? ""), 5000, "the status page to say runtimes are not isolated");
+        await eventually(
+          () => /NOT ISOLATED/.test(pool().agents[0]?.executor ?? ""),
+          5000,
+          "the status page to say runtimes are not isolated",
+        );
         assert.equal((await run({ code: "1 + 1" })).result.value, 2);
-        const { result } = await run({ kind: "block", code: "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');", inputs: { agentPid: agent.child.pid } });
+        const { result } = await run({
+          kind: "block",
+          code: "return (await import('node:fs')).readFileSync(`/proc/${inputs.agentPid}/environ`, 'utf8');",
+          inputs: { agentPid: agent.child.pid },
+        });
         assert.equal(result.ok, false, "the permission model still refuses it (the only layer left)");
       } finally {
         agent.child.kill("SIGKILL");
@@ -448,11 +768,16 @@ describe("Flows: runs with large answers over a slow link", function () {
     client.on("data", (chunk: Buffer) => {
       client.pause();
       let at = 0;
-      const next = (): unknown => (at >= chunk.length ? client.resume() : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 8)));
+      const next = (): unknown =>
+        at >= chunk.length ? client.resume() : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 8));
       next();
     });
     upstream.pipe(client);
-    for (const [a, b] of [[client, upstream], [upstream, client]]) a.on("error", () => b.destroy()).on("close", () => b.destroy());
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ])
+      a.on("error", () => b.destroy()).on("close", () => b.destroy());
   });
   /** The most the agent's socket to the gateway held unsent at once. */
   let queued = 0;
@@ -464,7 +789,14 @@ describe("Flows: runs with large answers over a slow link", function () {
     const created = createPool(POOL_SLOW, "flows", url);
     log = capturingLogger("gateway");
     // A keepalive of 200 ms: the 20 s / 10 s of production scaled down with the link.
-    gateway = new Gateway({ pools: [created.pool], keys: [service.definition], port, log: log.log, pingIntervalMs: 20, pingTimeoutMs: 200 });
+    gateway = new Gateway({
+      pools: [created.pool],
+      keys: [service.definition],
+      port,
+      log: log.log,
+      pingIntervalMs: 20,
+      pingTimeoutMs: 200,
+    });
     await gateway.listen();
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
     proxyPort = (proxy.address() as net.AddressInfo).port;
@@ -476,7 +808,18 @@ describe("Flows: runs with large answers over a slow link", function () {
     const via = `http://127.0.0.1:${proxyPort}`;
     chmodSync(path.dirname(dir), 0o711);
     chmodSync(dir, 0o711);
-    const settings = flowsAgentSettings.parse({ poolId: POOL_SLOW, poolToken: created.token, gatewayEndpoint: via, backendEndpoint: via, executor: "process", runtimeIsolation: "user", runtimeUids: "1900001300-1900001363", mountsDir: path.join(dir, "mounts"), runtimePoolSize: 4, runtimeMemoryMb: 128 });
+    const settings = flowsAgentSettings.parse({
+      poolId: POOL_SLOW,
+      poolToken: created.token,
+      gatewayEndpoint: via,
+      backendEndpoint: via,
+      executor: "process",
+      runtimeIsolation: "user",
+      runtimeUids: "1900001300-1900001363",
+      mountsDir: path.join(dir, "mounts"),
+      runtimePoolSize: 4,
+      runtimeMemoryMb: 128,
+    });
     agent = await flowsAgentRole(unbundledRunner()).start(settings, { log: capturingLogger("flows-agent").log });
     await agent.ready;
     await eventually(() => gateway.summary()[0].connections === 1);
@@ -490,16 +833,29 @@ describe("Flows: runs with large answers over a slow link", function () {
 
   it("the agent queues one answer at a time, and the gateway keeps it while its bytes come: every run answers, on the same connection", async () => {
     const run = async (code: string) => {
-      const response = await fetch(`${url}/_agentpools/api/flows/${POOL_SLOW}/run`, { method: "POST", headers: service.headers, body: JSON.stringify({ kind: "block", code }) });
+      const response = await fetch(`${url}/_agentpools/api/flows/${POOL_SLOW}/run`, {
+        method: "POST",
+        headers: service.headers,
+        body: JSON.stringify({ kind: "block", code }),
+      });
       return { status: response.status, result: (await response.json()) as any };
     };
     const connection = gateway.summary()[0].agents[0].id;
     const victim = run("await new Promise((r) => setTimeout(r, 150)); return 'victim';");
     const large = await Promise.all(Array.from({ length: 3 }, () => run(`return 'y'.repeat(${ANSWER});`)));
-    assert.deepEqual(large.map((r) => [r.status, r.result.value?.length]), Array(3).fill([200, ANSWER]));
+    assert.deepEqual(
+      large.map((r) => [r.status, r.result.value?.length]),
+      Array(3).fill([200, ANSWER]),
+    );
     assert.deepEqual([(await victim).status, (await victim).result.value], [200, "victim"]);
     assert.equal(gateway.summary()[0].agents[0].id, connection, "the same connection");
-    assert.ok(!log.lines.some((line) => /stopped answering/.test(JSON.stringify(line))), "the gateway did not drop the agent");
-    assert.ok(queued > ANSWER && queued < 1.5 * ANSWER, `at most one answer queued in the agent's socket: ${queued} bytes`);
+    assert.ok(
+      !log.lines.some((line) => /stopped answering/.test(JSON.stringify(line))),
+      "the gateway did not drop the agent",
+    );
+    assert.ok(
+      queued > ANSWER && queued < 1.5 * ANSWER,
+      `at most one answer queued in the agent's socket: ${queued} bytes`,
+    );
   });
 });

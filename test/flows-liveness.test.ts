@@ -23,7 +23,14 @@ describe("Flows pools: liveness and fair routing", function () {
     const created = createPool(POOL, "flows", url);
     token = created.token;
     log = capturingLogger("gateway");
-    gateway = new Gateway({ keys: [service.definition], pools: [created.pool], port, log: log.log, pingIntervalMs: 50, pingTimeoutMs: 1000 });
+    gateway = new Gateway({
+      keys: [service.definition],
+      pools: [created.pool],
+      port,
+      log: log.log,
+      pingIntervalMs: 50,
+      pingTimeoutMs: 1000,
+    });
     await gateway.listen();
   });
   afterEach(async () => {
@@ -66,7 +73,11 @@ describe("Flows pools: liveness and fair routing", function () {
   it("a run's timeout: the agent's own default unless the client gives one, capped where both sides read the cap", async () => {
     const agent = await connect("a");
     const post = (body: object) =>
-      fetch(`${url}/_agentpools/api/flows/${POOL}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+      fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
+        method: "POST",
+        headers: service.headers,
+        body: JSON.stringify(body),
+      });
     const first = await post({ code: "1" });
     assert.equal(first.status, 200, await first.text());
     assert.equal((await post({ code: "1", timeoutMs: 1234 })).status, 200);

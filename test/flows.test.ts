@@ -23,10 +23,25 @@ describe("Flows agent and gateway", function () {
   const service = serviceKey();
 
   const settings = (overrides: Partial<FlowsAgentSettings> = {}) =>
-    flowsAgentSettings.parse({ poolId: POOL, poolToken: token, gatewayEndpoint: url, backendEndpoint: "http://127.0.0.1:9", executor: "process", mountsDir: scratchRoot, runtimePoolSize: 2, runtimeMemoryMb: 128, defaultRunTimeout: "5s", ...overrides });
+    flowsAgentSettings.parse({
+      poolId: POOL,
+      poolToken: token,
+      gatewayEndpoint: url,
+      backendEndpoint: "http://127.0.0.1:9",
+      executor: "process",
+      mountsDir: scratchRoot,
+      runtimePoolSize: 2,
+      runtimeMemoryMb: 128,
+      defaultRunTimeout: "5s",
+      ...overrides,
+    });
 
   async function run(body: Record<string, unknown>, pool = POOL): Promise<{ status: number; result: any }> {
-    const response = await fetch(`${url}/_agentpools/api/flows/${pool}/run`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+    const response = await fetch(`${url}/_agentpools/api/flows/${pool}/run`, {
+      method: "POST",
+      headers: service.headers,
+      body: JSON.stringify(body),
+    });
     return { status: response.status, result: await response.json() };
   }
 
@@ -37,7 +52,12 @@ describe("Flows agent and gateway", function () {
     token = created.token;
     const empty = createPool("01EMPTY", "flows", url);
     emptyToken = empty.token;
-    gateway = new Gateway({ pools: [created.pool, empty.pool], keys: [service.definition], port, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools: [created.pool, empty.pool],
+      keys: [service.definition],
+      port,
+      log: capturingLogger("gateway").log,
+    });
     await gateway.listen();
     scratchRoot = scratchDir("flows-");
     agent = await flowsAgentRole(unbundledRunner()).start(settings(), { log: agentLog.log });
@@ -58,19 +78,29 @@ describe("Flows agent and gateway", function () {
   });
 
   it("returns an expression's JSON result, given inputs", async () => {
-    const { status, result } = await run({ code: "({ sum: inputs.a + inputs.b, list: [1, 'two', null] })", inputs: { a: 40, b: 2 } });
+    const { status, result } = await run({
+      code: "({ sum: inputs.a + inputs.b, list: [1, 'two', null] })",
+      inputs: { a: 40, b: 2 },
+    });
     assert.equal(status, 200);
     assert.deepEqual([result.ok, result.value], [true, { sum: 42, list: [1, "two", null] }]);
   });
 
   it("runs a block's code, awaiting what it awaits, and captures console output in order", async () => {
-    const { result } = await run({ kind: "block", code: "console.log('start', inputs.n); console.error('careful'); process.stdout.write('raw line\\n'); await new Promise((r) => setTimeout(r, 20)); return inputs.n * 2;", inputs: { n: 21 } });
+    const { result } = await run({
+      kind: "block",
+      code: "console.log('start', inputs.n); console.error('careful'); process.stdout.write('raw line\\n'); await new Promise((r) => setTimeout(r, 20)); return inputs.n * 2;",
+      inputs: { n: 21 },
+    });
     assert.equal(result.value, 42);
     assert.deepEqual(result.console, ["start 21", "error: careful", "raw line"]);
   });
 
   it("reports a thrown error with its name, message and stack", async () => {
-    const { result } = await run({ kind: "block", code: "function check() { throw new RangeError('value out of range'); }\ncheck();" });
+    const { result } = await run({
+      kind: "block",
+      code: "function check() { throw new RangeError('value out of range'); }\ncheck();",
+    });
     assert.equal(result.ok, false);
     assert.equal(result.error.name, "RangeError");
     assert.equal(result.error.message, "value out of range");
@@ -102,9 +132,13 @@ describe("Flows agent and gateway", function () {
   });
 
   it("a wrong pool ID and token pair is refused", async () => {
-    const wrong = await flowsAgentRole(unbundledRunner()).start(settings({ poolToken: "not-the-token-of-this-pool" }), { log: capturingLogger("flows-agent").log });
+    const wrong = await flowsAgentRole(unbundledRunner()).start(settings({ poolToken: "not-the-token-of-this-pool" }), {
+      log: capturingLogger("flows-agent").log,
+    });
     await assert.rejects(wrong.stopped, /401/);
-    const otherPool = await flowsAgentRole(unbundledRunner()).start(settings({ poolId: "01EMPTY" }), { log: capturingLogger("flows-agent").log });
+    const otherPool = await flowsAgentRole(unbundledRunner()).start(settings({ poolId: "01EMPTY" }), {
+      log: capturingLogger("flows-agent").log,
+    });
     await assert.rejects(otherPool.stopped, /401/);
     await wrong.drain(Date.now() + 1000);
     await otherPool.drain(Date.now() + 1000);
@@ -112,10 +146,16 @@ describe("Flows agent and gateway", function () {
   });
 
   it("drain: a run in flight finishes and answers, then the agent leaves and new runs find none", async () => {
-    const draining = await flowsAgentRole(unbundledRunner()).start(settings({ poolId: "01EMPTY", poolToken: emptyToken }), { log: capturingLogger("flows-agent").log });
+    const draining = await flowsAgentRole(unbundledRunner()).start(
+      settings({ poolId: "01EMPTY", poolToken: emptyToken }),
+      { log: capturingLogger("flows-agent").log },
+    );
     await draining.ready;
     await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.connections === 1);
-    const inFlight = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'finished';" }, "01EMPTY");
+    const inFlight = run(
+      { kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'finished';" },
+      "01EMPTY",
+    );
     await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.activeRequests === 1);
     await draining.drain(Date.now() + 5000);
     const answered = await inFlight;
@@ -124,17 +164,52 @@ describe("Flows agent and gateway", function () {
   });
 
   describe("Docker executor (no Docker engine runs on this machine)", () => {
-    const base = flowsAgentSettings.parse({ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b", executor: "docker", extraDockerParams: ["--dns=10.0.0.2"] });
+    const base = flowsAgentSettings.parse({
+      poolId: "p",
+      poolToken: "t",
+      gatewayEndpoint: "https://g",
+      backendEndpoint: "https://b",
+      executor: "docker",
+      extraDockerParams: ["--dns=10.0.0.2"],
+    });
 
     it("starts sibling containers under gVisor with nothing to escalate with, nothing of the host's disk, options ending before the image", () => {
       const args = dockerRunArgs(base, "/opt/agentpools/flows-agent.js", "agentpools-runtime-x", 1900000007);
-      for (const expected of ["--runtime=runsc", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only", "--user=1900000007:1900000007", "--tmpfs=/work:rw,noexec,nosuid,nodev,size=64m,mode=1777", "--memory=352m", "--pids-limit=64", "--ulimit=nofile=64", "--network=bridge", "--dns=10.0.0.2", "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro"]) {
+      for (const expected of [
+        "--runtime=runsc",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--read-only",
+        "--user=1900000007:1900000007",
+        "--tmpfs=/work:rw,noexec,nosuid,nodev,size=64m,mode=1777",
+        "--memory=352m",
+        "--pids-limit=64",
+        "--ulimit=nofile=64",
+        "--network=bridge",
+        "--dns=10.0.0.2",
+        "--volume=/opt/agentpools/flows-agent.js:/agentpools/runtime.js:ro",
+      ]) {
         assert.ok(args.includes(expected), `missing ${expected}`);
       }
-      assert.ok(!args.some((a) => a === "--privileged" || a.startsWith("--cap-add") || a === "--network=host" || a.startsWith("--volume=/var")));
+      assert.ok(
+        !args.some(
+          (a) =>
+            a === "--privileged" ||
+            a.startsWith("--cap-add") ||
+            a === "--network=host" ||
+            a.startsWith("--volume=/var"),
+        ),
+      );
       assert.deepEqual(args.slice(args.indexOf("--"), args.indexOf("--") + 3), ["--", "node:24-alpine", "node"]);
       assert.deepEqual(args.slice(-3), ["/agentpools/runtime.js", "--flows-runner", "--channel-stdout"]);
-      for (const flag of ["--permission", "--disable-sigusr1", "--no-experimental-sqlite", "--allow-fs-write=/work", "--max-old-space-size=256"]) assert.ok(args.includes(flag), flag);
+      for (const flag of [
+        "--permission",
+        "--disable-sigusr1",
+        "--no-experimental-sqlite",
+        "--allow-fs-write=/work",
+        "--max-old-space-size=256",
+      ])
+        assert.ok(args.includes(flag), flag);
       assert.ok(!dockerRunArgs({ ...base, gvisor: false }, "/r", "n", 1900000007).includes("--runtime=runsc"));
       assert.throws(() => flowsAgentSettings.parse({ ...base, runtimeNetwork: "host" }), /other than/);
     });
@@ -143,7 +218,11 @@ describe("Flows agent and gateway", function () {
       const dockerClient = spawnSync("docker", ["--version"]);
       if (dockerClient.error) this.skip();
       const log = capturingLogger("flows-agent");
-      const executor = createExecutor({ poolSize: 1, launcher: dockerLauncher(base, "/nonexistent/runtime.js", uidPool("1900000000-1900000003")), log: log.log });
+      const executor = createExecutor({
+        poolSize: 1,
+        launcher: dockerLauncher(base, "/nonexistent/runtime.js", uidPool("1900000000-1900000003")),
+        log: log.log,
+      });
       try {
         const outcome = await executor.run({ kind: "expression", code: "1" }, 5000);
         assert.equal(outcome.ok, false);

@@ -61,7 +61,12 @@ describe("hostile clients at the gateway", function () {
       });
       await gateway.listen();
       const { secret } = decodeToken(workers.token);
-      launcher = await FakeLauncher.connect({ url: `http://127.0.0.1:${port}`, pool: POOL, secret, keyBase64: made.keyBase64 });
+      launcher = await FakeLauncher.connect({
+        url: `http://127.0.0.1:${port}`,
+        pool: POOL,
+        secret,
+        keyBase64: made.keyBase64,
+      });
       await eventually(() => gateway.summary().find((p) => p.name === POOL)?.connections === 1);
     });
     after(async () => {
@@ -76,7 +81,8 @@ describe("hostile clients at the gateway", function () {
           port,
           `POST ${target} HTTP/1.1\r\nHost: g\r\n${key}Content-Type: application/json\r\nContent-Length: ${submit.length}\r\nConnection: close\r\n\r\n${submit}`,
         );
-      const get = (target: string, key = "") => raw(port, `GET ${target} HTTP/1.1\r\nHost: g\r\n${key}Connection: close\r\n\r\n`);
+      const get = (target: string, key = "") =>
+        raw(port, `GET ${target} HTTP/1.1\r\nHost: g\r\n${key}Connection: close\r\n\r\n`);
       const limitedKey = `x-agentpools-key: ${limited.key}\r\n`;
       const attempts = [
         await post("/_agentpools/api/workers/x/runs/..\\..\\workers\\runs#/state"),
@@ -199,7 +205,10 @@ describe("hostile clients at the gateway", function () {
       const reply = await stack.request("/git/api/v4/version");
       assert.equal(reply.status, 502);
       assert.ok(!reply.body.includes(internal) && !/ECONNREFUSED/.test(reply.body), reply.body);
-      assert.ok(lines.some((line) => String(line.error ?? "").includes(internal)), "the agent logs why");
+      assert.ok(
+        lines.some((line) => String(line.error ?? "").includes(internal)),
+        "the agent logs why",
+      );
     } finally {
       await stack.close();
     }
@@ -215,7 +224,10 @@ describe("hostile clients at the gateway", function () {
         authorization: `Bearer ${stack.pool.token}`,
         "x-agentpools-role": "vcs-agent",
       });
-      const session = http2.performServerHandshake(socket, { ...SESSION_OPTIONS, settings: { ...SETTINGS, maxConcurrentStreams: 4 } });
+      const session = http2.performServerHandshake(socket, {
+        ...SESSION_OPTIONS,
+        settings: { ...SETTINGS, maxConcurrentStreams: 4 },
+      });
       socket.resume();
       session.on("error", () => undefined);
       sessions.push(session);
@@ -250,14 +262,21 @@ describe("hostile clients at the gateway", function () {
     it("remove-key: the key is refused by the running gateway at once; add-key: the new one is accepted, no restart", async () => {
       const port = await freePort();
       const config = path.join(scratchDir("gw-config-"), "gateway.json");
-      writeFileSync(config, JSON.stringify({ publicUrl: `http://127.0.0.1:${port}`, listen: { host: "127.0.0.1", port } }));
+      writeFileSync(
+        config,
+        JSON.stringify({ publicUrl: `http://127.0.0.1:${port}`, listen: { host: "127.0.0.1", port } }),
+      );
       cli("add-pool", "--config", config, "--name", "git", "--kind", "vcs");
       const leaked = cli("add-key", "--config", config, "--name", "leaked");
       child = spawn(process.execPath, [main, "serve", "--config", config], { stdio: ["ignore", "pipe", "inherit"] });
       child.stdout!.on("data", (chunk) => (out += chunk));
       await printed("listening", 0);
       const call = async (key: string) =>
-        (await rawRequest(`http://127.0.0.1:${port}`, "/_agentpools/api/pools", { headers: { "x-agentpools-key": key } })).status;
+        (
+          await rawRequest(`http://127.0.0.1:${port}`, "/_agentpools/api/pools", {
+            headers: { "x-agentpools-key": key },
+          })
+        ).status;
       assert.equal(await call(leaked), 200);
 
       let mark = out.length;

@@ -18,7 +18,12 @@ describe("gateway /metrics (Prometheus): per-pool queued work, connected and bus
   before(async () => {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    gateway = new Gateway({ pools: [createPool("git", "vcs", url).pool, createPool("secret-project", "flows", url).pool], keys: [all.definition, gitOnly.definition], port, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools: [createPool("git", "vcs", url).pool, createPool("secret-project", "flows", url).pool],
+      keys: [all.definition, gitOnly.definition],
+      port,
+      log: capturingLogger("gateway").log,
+    });
     base = await gateway.listen();
   });
   after(() => gateway.close());
@@ -38,7 +43,11 @@ describe("gateway /metrics (Prometheus): per-pool queued work, connected and bus
   });
 
   it("hostile: without a key, or with a wrong one, 401 and no pool name crosses", async () => {
-    for (const headers of [{}, { authorization: "Bearer apk1.000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }, { authorization: `Basic ${Buffer.from(`x:${all.key}`).toString("base64")}` }]) {
+    for (const headers of [
+      {},
+      { authorization: "Bearer apk1.000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" },
+      { authorization: `Basic ${Buffer.from(`x:${all.key}`).toString("base64")}` },
+    ]) {
       const res = await fetch(base + METRICS_PATH, { headers });
       const text = await res.text();
       assert.equal(res.status, 401);

@@ -98,7 +98,10 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       api,
       submit: (commands: string[]) =>
         fetch(api, { method: "POST", headers: service.headers, body: JSON.stringify({ image: "alpine:3", commands }) }),
-      listed: async () => ((await (await fetch(api, { headers: service.headers })).json()) as { runs: { id: string }[] }).runs.map((r) => r.id),
+      listed: async () =>
+        ((await (await fetch(api, { headers: service.headers })).json()) as { runs: { id: string }[] }).runs.map(
+          (r) => r.id,
+        ),
       flowsRun: async () =>
         (
           await fetch(`${url}/_agentpools/api/flows/01FLOWS/run`, {
@@ -108,8 +111,12 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
           })
         ).status,
       status: async (id: string) =>
-        (await (await fetch(`${api}/${id}`, { headers: service.headers })).json()) as { status: string; logLines: number },
-      logs: async (id: string) => (await (await fetch(`${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1),
+        (await (await fetch(`${api}/${id}`, { headers: service.headers })).json()) as {
+          status: string;
+          logLines: number;
+        },
+      logs: async (id: string) =>
+        (await (await fetch(`${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1),
       async close() {
         flows.close();
         await launcher.drain(Date.now() + 1000);
@@ -200,7 +207,10 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
       spawnSync("umount", [stateDir]);
       mounted = false;
       await eventually(async () => (await t.status(id)).status === "succeeded", 5000, "delivered once writable");
-      assert.equal(((await (await fetch(`${t.api}/${id}`, { headers: service.headers })).json()) as { state: boolean }).state, true);
+      assert.equal(
+        ((await (await fetch(`${t.api}/${id}`, { headers: service.headers })).json()) as { state: boolean }).state,
+        true,
+      );
     } finally {
       if (mounted) spawnSync("umount", ["-l", stateDir]);
       await t.close();
@@ -213,7 +223,14 @@ describe("the gateway's storage fails: requests are answered, the gateway goes o
     try {
       fs.readOnly(true);
       assert.throws(
-        () => new Gateway({ keys: [service.definition], pools, port: 0, dataDir: fs.dir, log: capturingLogger("gateway").log }),
+        () =>
+          new Gateway({
+            keys: [service.definition],
+            pools,
+            port: 0,
+            dataDir: fs.dir,
+            log: capturingLogger("gateway").log,
+          }),
         new RegExp(`cannot open the gateway's store in ${fs.dir}: the gateway's storage is not writable`),
       );
     } finally {

@@ -19,11 +19,56 @@ import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceK
 /** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
 function certificates(dir: string) {
   const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
-  run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=agentpools test CA");
-  run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "gateway.key", "-out", "gateway.csr", "-subj", "/CN=127.0.0.1");
+  run(
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=agentpools test CA",
+  );
+  run(
+    "req",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "gateway.key",
+    "-out",
+    "gateway.csr",
+    "-subj",
+    "/CN=127.0.0.1",
+  );
   writeFileSync(path.join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
-  run("x509", "-req", "-in", "gateway.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "gateway.pem", "-days", "2", "-extfile", "san.ext");
-  return { ca: path.join(dir, "ca.pem"), cert: readFileSync(path.join(dir, "gateway.pem")), key: readFileSync(path.join(dir, "gateway.key")) };
+  run(
+    "x509",
+    "-req",
+    "-in",
+    "gateway.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "gateway.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "san.ext",
+  );
+  return {
+    ca: path.join(dir, "ca.pem"),
+    cert: readFileSync(path.join(dir, "gateway.pem")),
+    key: readFileSync(path.join(dir, "gateway.key")),
+  };
 }
 
 describe("gateway", function () {
@@ -41,7 +86,10 @@ describe("gateway", function () {
     assert.ok(!JSON.stringify(pool).includes(secret));
     assert.equal(secretMatches(pool, secret), true);
     assert.equal(secretMatches(pool, secret.slice(1)), false);
-    assert.throws(() => createPool("bad name", "vcs", "https://gateway.example.com"), /letters, digits, dashes and underscores/);
+    assert.throws(
+      () => createPool("bad name", "vcs", "https://gateway.example.com"),
+      /letters, digits, dashes and underscores/,
+    );
   });
 
   it("refuses plain HTTP on anything but loopback", () => {
@@ -54,28 +102,52 @@ describe("gateway", function () {
     const port = await freePort();
     const { pool, token } = createPool("secure", "vcs", `https://127.0.0.1:${port}`);
     const service = serviceKey();
-    const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, tls: { cert, key }, log: capturingLogger("gateway").log });
+    const gateway = new Gateway({
+      pools: [pool],
+      keys: [service.definition],
+      port,
+      tls: { cert, key },
+      log: capturingLogger("gateway").log,
+    });
     const url = await gateway.listen();
     assert.equal(url, `https://127.0.0.1:${port}`);
     const agents: ChildProcess[] = [];
     const startBundle = (env: Record<string, string>) => {
       let output = "";
-      const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")], {
-        env: { PATH: process.env.PATH, SPACELIFT_VCS_AGENT_POOL_TOKEN: token, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url, SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...env },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      const child = spawn(
+        process.execPath,
+        [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/vcs-agent.js")],
+        {
+          env: {
+            PATH: process.env.PATH,
+            SPACELIFT_VCS_AGENT_POOL_TOKEN: token,
+            SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: vcs.url,
+            SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+            ...env,
+          },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
       child.stdout?.on("data", (d) => (output += d));
       agents.push(child);
       return () => output;
     };
     try {
       const untrusting = startBundle({});
-      await eventually(() => untrusting().includes("cannot reach the gateway"), 10_000, "the untrusting agent's TLS failure");
+      await eventually(
+        () => untrusting().includes("cannot reach the gateway"),
+        10_000,
+        "the untrusting agent's TLS failure",
+      );
       assert.match(untrusting(), /self.signed|unable to verify|certificate/i);
       assert.equal(gateway.summary()[0].connections, 0);
 
       const trusting = startBundle({ NODE_EXTRA_CA_CERTS: ca });
-      await eventually(() => gateway.summary()[0].connections === 1, 10_000, "the trusting agent connected").catch((e) => { throw new Error(e.message + "\n" + trusting()); });
+      await eventually(() => gateway.summary()[0].connections === 1, 10_000, "the trusting agent connected").catch(
+        (e) => {
+          throw new Error(e.message + "\n" + trusting());
+        },
+      );
       const body = await new Promise<string>((resolve, reject) => {
         https
           .get(`${url}/secure/api/v4/version`, { ca: readFileSync(ca), headers: service.headers }, (res) => {
@@ -97,7 +169,10 @@ describe("gateway", function () {
     const { pool, token } = createPool("api", "vcs", `http://127.0.0.1:${port}`);
     const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
     await gateway.listen();
-    const agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log: capturingLogger("vcs-agent").log });
+    const agent = await vcsAgentRole.start(
+      vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }),
+      { log: capturingLogger("vcs-agent").log },
+    );
     try {
       await agent.ready;
       await eventually(() => gateway.summary()[0].connections === 1);
@@ -109,7 +184,12 @@ describe("gateway", function () {
       assert.equal(response.status, 200);
       const chunks: Buffer[] = [];
       for await (const chunk of response.body) chunks.push(chunk as Buffer);
-      assert.deepEqual(JSON.parse(Buffer.concat(chunks).toString()), { method: "POST", path: "/api/v4/projects/group%2Frepo/merge_requests/3/notes", body: '{"body":"looks good"}', authorization: null });
+      assert.deepEqual(JSON.parse(Buffer.concat(chunks).toString()), {
+        method: "POST",
+        path: "/api/v4/projects/group%2Frepo/merge_requests/3/notes",
+        body: '{"body":"looks good"}',
+        authorization: null,
+      });
       await assert.rejects(gateway.request("https://not-private/x"), /not a private:\/\/<pool>\/<path> address/);
       await assert.rejects(gateway.request("private://missing/x"), /no pool named missing/);
     } finally {
@@ -146,26 +226,46 @@ describe("gateway", function () {
       assert.match(key, /^apk1\.[0-9a-f]{12}\.[A-Za-z0-9_-]{43}$/);
       assert.ok(!stored.includes(key.split(".")[2]), "the secret is not stored");
     }
-    assert.deepEqual(JSON.parse(stored).keys.map((k: { name: string; pools?: string[] }) => [k.name, k.pools]), [["ci", undefined], ["alpha team", ["alpha"]]]);
+    assert.deepEqual(
+      JSON.parse(stored).keys.map((k: { name: string; pools?: string[] }) => [k.name, k.pools]),
+      [
+        ["ci", undefined],
+        ["alpha team", ["alpha"]],
+      ],
+    );
     assert.equal(JSON.parse(stored).queueTimeoutMs, undefined, "defaults stay out of the file");
 
-    const server = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file], { stdio: "ignore" });
+    const server = spawn(
+      process.execPath,
+      [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file],
+      { stdio: "ignore" },
+    );
     const url = `http://127.0.0.1:${port}`;
     const pools = async (key?: string) => {
-      const response = await rawRequest(url, "/_agentpools/api/pools", { headers: key ? { authorization: `Bearer ${key}` } : {} });
-      return response.status === 200 ? JSON.parse(response.body).pools.map((p: { name: string }) => p.name) : response.status;
+      const response = await rawRequest(url, "/_agentpools/api/pools", {
+        headers: key ? { authorization: `Bearer ${key}` } : {},
+      });
+      return response.status === 200
+        ? JSON.parse(response.body).pools.map((p: { name: string }) => p.name)
+        : response.status;
     };
     try {
       await eventually(async () => (await pools(all).catch(() => 0)) !== 0, 10_000, "the gateway to serve");
       assert.deepEqual(await pools(all), ["alpha", "beta"]);
       assert.deepEqual(await pools(alphaOnly), ["alpha"], "a limited key sees only its pools");
       assert.equal(await pools(), 401);
-      assert.equal((await rawRequest(url, "/beta/api/v4/version", { headers: { "x-agentpools-key": alphaOnly } })).status, 403);
+      assert.equal(
+        (await rawRequest(url, "/beta/api/v4/version", { headers: { "x-agentpools-key": alphaOnly } })).status,
+        403,
+      );
     } finally {
       server.kill("SIGTERM");
     }
     await cli(["remove-key", "--config", file, "--id", alphaOnly.split(".")[1]]);
-    assert.deepEqual(JSON.parse(readFileSync(file, "utf8")).keys.map((k: { name: string }) => k.name), ["ci"]);
+    assert.deepEqual(
+      JSON.parse(readFileSync(file, "utf8")).keys.map((k: { name: string }) => k.name),
+      ["ci"],
+    );
     await assert.rejects(cli(["remove-key", "--config", file, "--id", "000000000000"]), /no key with id/);
   });
 
@@ -185,19 +285,50 @@ describe("gateway", function () {
     const token = printed.join("").trim();
     const stored = JSON.parse(readFileSync(file, "utf8"));
     assert.equal(stored.pools[0].name, "cli");
-    assert.ok(!readFileSync(file, "utf8").includes(JSON.parse(Buffer.from(token.slice(4), "base64url").toString()).secret));
-    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "cli", "--kind", "vcs"]), /exists already/);
+    assert.ok(
+      !readFileSync(file, "utf8").includes(JSON.parse(Buffer.from(token.slice(4), "base64url").toString()).secret),
+    );
+    await assert.rejects(
+      gatewayMain(["add-pool", "--config", file, "--name", "cli", "--kind", "vcs"]),
+      /exists already/,
+    );
 
     // A worker pool: signed from a CSR, with the CA kept in dataDir; refused without either.
-    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker"]), /needs --csr FILE/);
+    await assert.rejects(
+      gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker"]),
+      /needs --csr FILE/,
+    );
     const { csr } = await makePoolKeyAndRequest("workers");
     writeFileSync(path.join(dir, "spacelift.csr"), csr);
-    await assert.rejects(gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker", "--csr", path.join(dir, "spacelift.csr")]), /set dataDir/);
+    await assert.rejects(
+      gatewayMain([
+        "add-pool",
+        "--config",
+        file,
+        "--name",
+        "workers",
+        "--kind",
+        "worker",
+        "--csr",
+        path.join(dir, "spacelift.csr"),
+      ]),
+      /set dataDir/,
+    );
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), dataDir: path.join(dir, "data") }));
     printed.length = 0;
     process.stdout.write = ((chunk: string) => (printed.push(chunk), true)) as typeof process.stdout.write;
     try {
-      await gatewayMain(["add-pool", "--config", file, "--name", "workers", "--kind", "worker", "--csr", path.join(dir, "spacelift.csr")]);
+      await gatewayMain([
+        "add-pool",
+        "--config",
+        file,
+        "--name",
+        "workers",
+        "--kind",
+        "worker",
+        "--csr",
+        path.join(dir, "spacelift.csr"),
+      ]);
     } finally {
       process.stdout.write = write;
     }
@@ -206,8 +337,15 @@ describe("gateway", function () {
     assert.equal(JSON.parse(readFileSync(file, "utf8")).pools[1].certificate, workerToken.certificate);
     assert.ok(existsSync(path.join(dir, "data", "worker-ca.key")));
 
-    const server = spawn(process.execPath, [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file], { stdio: "ignore" });
-    const agent = await vcsAgentRole.start(vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log: capturingLogger("vcs-agent").log });
+    const server = spawn(
+      process.execPath,
+      [path.join(packageRoot(), "build/gateway/main.js"), "serve", "--config", file],
+      { stdio: "ignore" },
+    );
+    const agent = await vcsAgentRole.start(
+      vcsAgentSettings.parse({ token, targetBaseEndpoint: vcs.url, vendor: "gitlab" }),
+      { log: capturingLogger("vcs-agent").log },
+    );
     try {
       await agent.ready;
     } finally {

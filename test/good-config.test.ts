@@ -4,7 +4,8 @@ import { ACCOUNT, REGION, byType, settled, valueOf } from "../devkit/pulumi-mock
 import { CA_BUNDLE, CA_EC, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 const KEY = `arn:aws:kms:${REGION}:${ACCOUNT}:key/mrk-1234abcd12ab34cd56ef1234567890ab`;
-const tags = (count: number) => Object.fromEntries(Array.from({ length: count }, (_, i) => [`Équipe ${i}.team/owner`, `alice+${i}@example.com`]));
+const tags = (count: number) =>
+  Object.fromEntries(Array.from({ length: count }, (_, i) => [`Équipe ${i}.team/owner`, `alice+${i}@example.com`]));
 
 /**
  * Good but unusual configurations: each is valid for AWS and for the runtime, and must be
@@ -17,7 +18,10 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
       new WorkerPool(n, {
         ...workerArgs(),
         instanceType: "m7g.large",
-        mixedInstances: { instanceTypes: ["c7g.large", "m6gd.large", "c7gn.large"], spotAllocationStrategy: "capacity-optimized" },
+        mixedInstances: {
+          instanceTypes: ["c7g.large", "m6gd.large", "c7gn.large"],
+          spotAllocationStrategy: "capacity-optimized",
+        },
         tags: tags(47), // the kit adds three: 50, AWS's maximum
         runTimeout: "1h30m",
         logsTimeout: "500ms",
@@ -37,9 +41,26 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
         ],
         permissionsBoundaryArn: "arn:aws:iam::aws:policy/PowerUserAccess",
         extraPolicyStatements: [
-          { Sid: "1", Effect: "Allow", Action: ["s3:Get*", "s3:List*"], Resource: ["arn:aws:s3:::state-*", "arn:aws:s3:::state-*/*"] },
-          { Effect: "Deny", Action: "*", Resource: "*", Condition: { Bool: { "aws:ViaAWSService": false }, StringNotEqualsIfExists: { "aws:SourceVpc": "vpc-0123456789abcdef0" } } },
-          { Effect: "Deny", NotAction: ["logs:*", "secretsmanager:GetSecretValue", "autoscaling:*"], NotResource: `arn:aws:s3:::state-*` },
+          {
+            Sid: "1",
+            Effect: "Allow",
+            Action: ["s3:Get*", "s3:List*"],
+            Resource: ["arn:aws:s3:::state-*", "arn:aws:s3:::state-*/*"],
+          },
+          {
+            Effect: "Deny",
+            Action: "*",
+            Resource: "*",
+            Condition: {
+              Bool: { "aws:ViaAWSService": false },
+              StringNotEqualsIfExists: { "aws:SourceVpc": "vpc-0123456789abcdef0" },
+            },
+          },
+          {
+            Effect: "Deny",
+            NotAction: ["logs:*", "secretsmanager:GetSecretValue", "autoscaling:*"],
+            NotResource: `arn:aws:s3:::state-*`,
+          },
         ],
         unhealthyAfterDisconnectedSeconds: 86_400,
       }),
@@ -79,9 +100,22 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
   ],
   [
     "a Network in a Local Zone with a zone of its region, a /24, its own tags up to AWS's count",
-    (n) => new Network(n, { cidrBlock: "192.168.0.0/24", availabilityZones: ["us-west-2a", "us-west-2-lax-1a"], natGateways: "perZone", tags: tags(49) }),
+    (n) =>
+      new Network(n, {
+        cidrBlock: "192.168.0.0/24",
+        availabilityZones: ["us-west-2a", "us-west-2-lax-1a"],
+        natGateways: "perZone",
+        tags: tags(49),
+      }),
   ],
-  ["a Network under a long name", (n) => new Network(`${n}-${"n".repeat(150)}`, { existingVpcId: "vpc-0123456789abcdef0", existingSubnetIds: ["subnet-0123456789abcdef1"] })],
+  [
+    "a Network under a long name",
+    (n) =>
+      new Network(`${n}-${"n".repeat(150)}`, {
+        existingVpcId: "vpc-0123456789abcdef0",
+        existingSubnetIds: ["subnet-0123456789abcdef1"],
+      }),
+  ],
 ];
 
 describe("good but unusual configurations are taken as they are", () => {

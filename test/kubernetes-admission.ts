@@ -34,7 +34,9 @@ export async function schemaProblems(manifest: Record<string, any>): Promise<str
     : [undefined, manifest.apiVersion];
   // KEDA's kinds from its own API types (@kubernetes-models/keda, generated from KEDA's Go API).
   const models = await importEsm(
-    group === "keda.sh" ? `@kubernetes-models/keda/keda.sh/${version}` : `kubernetes-models/${group ? `${group}/` : ""}${version}`,
+    group === "keda.sh"
+      ? `@kubernetes-models/keda/keda.sh/${version}`
+      : `kubernetes-models/${group ? `${group}/` : ""}${version}`,
   );
   const Model = models[manifest.kind] as (new (data: unknown) => { validate(): void }) | undefined;
   if (!Model) return [`${manifest.apiVersion} ${manifest.kind}: no such kind in the Kubernetes API`];
@@ -137,7 +139,8 @@ export function apiServerProblems(manifest: Record<string, any>): string[] {
   return problems;
 }
 
-const PATH_SEGMENT = (name: unknown) => typeof name === "string" && name !== "" && name !== "." && name !== ".." && !/[/%]/.test(name);
+const PATH_SEGMENT = (name: unknown) =>
+  typeof name === "string" && name !== "" && name !== "." && name !== ".." && !/[/%]/.test(name);
 const positive = (quantity: unknown) => quantity !== undefined && Number.parseFloat(String(quantity)) > 0;
 
 /**
@@ -156,30 +159,36 @@ export function autoscalerProblems(manifest: Record<string, any>): string[] {
     for (const metric of spec.metrics ?? []) {
       const source = metric[String(metric.type).charAt(0).toLowerCase() + String(metric.type).slice(1)];
       if (!source) problems.push(`metric of type ${metric.type} has no ${metric.type} source`);
-      if (!PATH_SEGMENT(source?.metric?.name)) problems.push(`metric name ${source?.metric?.name} is not a path segment`);
+      if (!PATH_SEGMENT(source?.metric?.name))
+        problems.push(`metric name ${source?.metric?.name} is not a path segment`);
       const target = source?.target ?? {};
       if (!["Utilization", "Value", "AverageValue"].includes(target.type)) problems.push(`target type ${target.type}`);
       for (const field of ["value", "averageValue"] as const)
         if (target[field] !== undefined && !positive(target[field])) problems.push(`target ${field} must be positive`);
-      if (metric.type === "Pods" && target.averageValue === undefined) problems.push("a Pods metric needs averageValue");
+      if (metric.type === "Pods" && target.averageValue === undefined)
+        problems.push("a Pods metric needs averageValue");
       if (metric.type === "External" && (target.value === undefined) === (target.averageValue === undefined))
         problems.push("an External metric needs value or averageValue, not both");
     }
     const window = spec.behavior?.scaleDown?.stabilizationWindowSeconds;
-    if (window !== undefined && !(window >= 0 && window <= 3600)) problems.push("stabilizationWindowSeconds must be 0-3600");
+    if (window !== undefined && !(window >= 0 && window <= 3600))
+      problems.push("stabilizationWindowSeconds must be 0-3600");
   }
   if (manifest.kind === "ScaledObject") {
     // KEDA's CheckReplicaCountBoundsAreValid: a minimum of 0 counts as 1 against the maximum.
     const min = spec.minReplicaCount > 0 ? spec.minReplicaCount : 1;
     const max = spec.maxReplicaCount ?? 100;
-    if (spec.minReplicaCount !== undefined && min > max) problems.push(`MinReplicaCount=${min} must be less than MaxReplicaCount=${max}`);
-    if (spec.idleReplicaCount !== undefined && spec.idleReplicaCount >= min) problems.push("IdleReplicaCount must be less than MinReplicaCount");
+    if (spec.minReplicaCount !== undefined && min > max)
+      problems.push(`MinReplicaCount=${min} must be less than MaxReplicaCount=${max}`);
+    if (spec.idleReplicaCount !== undefined && spec.idleReplicaCount >= min)
+      problems.push("IdleReplicaCount must be less than MinReplicaCount");
     if (!(spec.triggers?.length >= 1)) problems.push("no trigger");
     for (const trigger of spec.triggers ?? []) {
       if (trigger.type !== "prometheus") continue;
       for (const required of ["serverAddress", "query", "threshold"])
         if (!trigger.metadata?.[required]) problems.push(`the prometheus trigger needs ${required}`);
-      if (trigger.metadata?.authModes && !trigger.authenticationRef) problems.push("authModes without an authenticationRef");
+      if (trigger.metadata?.authModes && !trigger.authenticationRef)
+        problems.push("authModes without an authenticationRef");
       if (trigger.metricType === "Utilization") problems.push("Utilization is for the cpu and memory scalers only");
     }
   }

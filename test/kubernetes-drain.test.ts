@@ -112,7 +112,13 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     certificate = await signPoolRequest(await loadOrCreateAuthority(dataDir), request.csr, "workers");
     const made = createPool("workers", "worker", `http://127.0.0.1:${port}`, certificate);
     token = made.token;
-    gateway = new Gateway({ pools: [made.pool], keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools: [made.pool],
+      keys: [service.definition],
+      port,
+      dataDir,
+      log: capturingLogger("gateway").log,
+    });
     await gateway.listen();
   });
   after(() => gateway.close());
@@ -192,7 +198,10 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       const eventsBeforeRelease = [...kubelet.events];
       const draining = probes(kubelet);
       // The run ends when released, or when its engine is stopped under it.
-      if ((await gateway.workers.get("workers", id)).status === "running" && !eventsBeforeRelease.includes("SIGTERM docker"))
+      if (
+        (await gateway.workers.get("workers", id)).status === "running" &&
+        !eventsBeforeRelease.includes("SIGTERM docker")
+      )
         releaseRun();
       await terminated;
       await eventually(
@@ -201,7 +210,9 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
         "the run's result reached the gateway",
       );
       const logs = await (
-        await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`, { headers: service.headers })
+        await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/workers/runs/${id}/logs`, {
+          headers: service.headers,
+        })
       ).text();
       return {
         run: await gateway.workers.get("workers", id),

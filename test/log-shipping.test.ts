@@ -58,7 +58,13 @@ describe("log shipping to CloudWatch (against a fake AWS on loopback)", () => {
     await logs.stop();
     const messages = stored();
     assert.equal(messages.length, 10_001);
-    assert.deepEqual(JSON.parse(messages[0]), { time: new Date(now - 10_000).toISOString(), level: "warn", msg: "log lines dropped", count: 5, reason: "buffer full" });
+    assert.deepEqual(JSON.parse(messages[0]), {
+      time: new Date(now - 10_000).toISOString(),
+      level: "warn",
+      msg: "log lines dropped",
+      count: 5,
+      reason: "buffer full",
+    });
     assert.equal(messages[1], "line 5");
     assert.equal(messages.at(-1), "line 10004");
     assert.deepEqual(aws.rejected, []);
@@ -91,14 +97,24 @@ describe("log shipping to CloudWatch (against a fake AWS on loopback)", () => {
 
   it("a batch CloudWatch refuses for what it is is dropped, counted and said; the next ones go on", async () => {
     const logs = shipper();
-    aws.fail("Logs_20140328.PutLogEvents", 1, { status: 400, code: "InvalidParameterException", message: "refused for good" });
+    aws.fail("Logs_20140328.PutLogEvents", 1, {
+      status: 400,
+      code: "InvalidParameterException",
+      message: "refused for good",
+    });
     logs.push("refused one");
     logs.push("refused two");
     await logs.flush();
     logs.push("next");
     await logs.stop();
     const [notice, next] = stored();
-    assert.deepEqual(JSON.parse(notice), { ...JSON.parse(notice), level: "warn", msg: "log lines dropped", count: 2, reason: "refused: InvalidParameterException: refused for good" });
+    assert.deepEqual(JSON.parse(notice), {
+      ...JSON.parse(notice),
+      level: "warn",
+      msg: "log lines dropped",
+      count: 2,
+      reason: "refused: InvalidParameterException: refused for good",
+    });
     assert.equal(next, "next");
   });
 

@@ -19,7 +19,11 @@ import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
-const TOKEN = encodeToken({ gateway: "https://gateway.example.com", pool: "git", secret: "vcs-secret-that-must-stay-secret" });
+const TOKEN = encodeToken({
+  gateway: "https://gateway.example.com",
+  pool: "git",
+  secret: "vcs-secret-that-must-stay-secret",
+});
 
 /**
  * A role for these tests: it "connects" by opening a TCP connection to the port in its
@@ -38,7 +42,12 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
       });
       stopped.catch(() => undefined);
       return {
-        ready: new Promise((resolve) => socket.once("connect", () => (seen.order.push("connected"), log.info("connected", { token: settings.token }), resolve()))),
+        ready: new Promise((resolve) =>
+          socket.once(
+            "connect",
+            () => (seen.order.push("connected"), log.info("connected", { token: settings.token }), resolve()),
+          ),
+        ),
         stopped,
         async drain() {
           seen.drained = true;
@@ -51,18 +60,40 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
 }
 
 /** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
-function renderedInstance(gatewayPort: number, extraEnv: Record<string, string> = {}, role: "vcs-agent" | "launcher" = "vcs-agent", awsOverrides: Record<string, number> = {}) {
-  const settingsEnv = role === "vcs-agent" ? { SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`, SPACELIFT_VCS_AGENT_VENDOR: "gitlab" } : {};
+function renderedInstance(
+  gatewayPort: number,
+  extraEnv: Record<string, string> = {},
+  role: "vcs-agent" | "launcher" = "vcs-agent",
+  awsOverrides: Record<string, number> = {},
+) {
+  const settingsEnv =
+    role === "vcs-agent"
+      ? {
+          SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`,
+          SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+        }
+      : {};
   const spec = {
     kind: role === "vcs-agent" ? "VcsAgentPool" : "WorkerPool",
     role,
-    core: { ...vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" }), drainTimeoutSeconds: 30 },
+    core: {
+      ...vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" }),
+      drainTimeoutSeconds: 30,
+    },
     settingsEnv: { ...settingsEnv, ...extraEnv },
     docker: false,
     gvisor: false,
   } as unknown as PoolSpec;
   const decoded = decodeUserData(
-    renderUserData(poolUserDataSpec("git", spec, { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", logGroupName: "/agentpools/agentpools-git-1a2b", region: "eu-west-1", dnsSuffix: "amazonaws.com" })),
+    renderUserData(
+      poolUserDataSpec("git", spec, {
+        secretArn: SECRET_ARN,
+        autoScalingGroupName: "agentpools-git-1a2b",
+        logGroupName: "/agentpools/agentpools-git-1a2b",
+        region: "eu-west-1",
+        dnsSuffix: "amazonaws.com",
+      }),
+    ),
   );
   const dir = scratchDir("instance-");
   const file = path.join(dir, `${role}.json`);
@@ -96,14 +127,26 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
   /** The shipped bundle as systemd would start it on the instance, against the fake AWS. */
   function startInstance(bundleFile: string, configFile: string, env: Record<string, string> = aws.env(base)) {
-    const child = spawn(process.execPath, [bundleFile], { env: { PATH: process.env.PATH, ...env, AGENTPOOLS_CONFIG: configFile }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bundleFile], {
+      env: { PATH: process.env.PATH, ...env, AGENTPOOLS_CONFIG: configFile },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
     return { child, output: () => output, exited: new Promise<number | null>((resolve) => child.on("exit", resolve)) };
   }
 
-  async function run(options: { env?: Record<string, string>; stop?: Promise<string>; extraEnv?: Record<string, string>; aws?: Record<string, number>; role?: Role<VcsAgentSettings>; bootMarks?: string } = {}) {
+  async function run(
+    options: {
+      env?: Record<string, string>;
+      stop?: Promise<string>;
+      extraEnv?: Record<string, string>;
+      aws?: Record<string, number>;
+      role?: Role<VcsAgentSettings>;
+      bootMarks?: string;
+    } = {},
+  ) {
     const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
     const { configFile } = renderedInstance(gatewayPort, options.extraEnv, "vcs-agent", options.aws);
     const originalLog = process.stdout.write;
@@ -143,10 +186,16 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     );
     assert.deepEqual(seen.order, ["connected", "drained"]);
     assert.ok(received.join("").includes("bye"));
-    assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "agent ready"), "logs reach CloudWatch");
+    assert.ok(
+      aws.logEvents.some((line) => JSON.parse(line).msg === "agent ready"),
+      "logs reach CloudWatch",
+    );
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "lifecycle action completed"));
     for (const line of [...aws.logEvents, ...lines]) assert.ok(!line.includes(TOKEN), `token leaked: ${line}`);
-    assert.ok(lines.some((line) => line.includes("[redacted]")), "the role's attempt to log the token was redacted");
+    assert.ok(
+      lines.some((line) => line.includes("[redacted]")),
+      "the role's attempt to log the token was redacted",
+    );
   });
 
   it("README promise: no credential is ever in logs (CloudWatch or the journal), even one the agent itself logs", async () => {
@@ -154,7 +203,10 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const { code, lines } = await run();
     assert.equal(code, 0);
     const shipped = aws.logEvents.join("\n");
-    assert.ok(shipped.includes("[redacted]") && lines.join("").includes("[redacted]"), "the role did try to log its token");
+    assert.ok(
+      shipped.includes("[redacted]") && lines.join("").includes("[redacted]"),
+      "the role did try to log its token",
+    );
     for (const text of [shipped, lines.join("")]) {
       assert.ok(!text.includes(TOKEN), "the token is in a log");
       assert.ok(!text.includes(JSON.stringify(TOKEN).slice(1, -1)), "the token, JSON-escaped, is in a log");
@@ -168,15 +220,25 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const { code, seen } = await run({ stop: stopped });
     assert.equal(code, 0);
     assert.equal(seen.drained, true);
-    assert.deepEqual(aws.calls.filter((c) => c.action === "CompleteLifecycleAction").map((c) => c.body.LifecycleHookName), ["agent-connected"]);
+    assert.deepEqual(
+      aws.calls.filter((c) => c.action === "CompleteLifecycleAction").map((c) => c.body.LifecycleHookName),
+      ["agent-connected"],
+    );
   });
 
   it("a bad setting stops it before any hook is completed, naming the variable", async () => {
     const { code, seen, lines } = await run({ extraEnv: { SPACELIFT_VCS_AGENT_PARALLELISM: "lots" } });
     assert.equal(code, 1);
     assert.equal(seen.settings, undefined);
-    assert.ok(lines.some((l) => l.includes('SPACELIFT_VCS_AGENT_PARALLELISM (parallelism): \\"lots\\" is not allowed')), lines.join(""));
-    assert.equal(aws.calls.filter((c) => c.action === "CompleteLifecycleAction").length, 0, "the launch hook times out and the instance is abandoned");
+    assert.ok(
+      lines.some((l) => l.includes('SPACELIFT_VCS_AGENT_PARALLELISM (parallelism): \\"lots\\" is not allowed')),
+      lines.join(""),
+    );
+    assert.equal(
+      aws.calls.filter((c) => c.action === "CompleteLifecycleAction").length,
+      0,
+      "the launch hook times out and the instance is abandoned",
+    );
   });
 
   it("an agent that cannot connect fails without completing the launch hook", async () => {
@@ -215,7 +277,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await eventually(() => realGateway.summary()[0].connections === 1, 10_000, "the bundle connected");
       const agent = realGateway.summary()[0].agents[0];
       assert.equal(agent.metadata.instance_id, "i-0123456789abcdef0", "instance metadata tags reach the gateway");
-      await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
+      await eventually(
+        () =>
+          aws.calls.some(
+            (c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected",
+          ),
+        5000,
+      );
       aws.lifecycleState = "Terminated";
       assert.equal(await exited, 0, output());
     } finally {
@@ -224,8 +292,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     }
     assert.equal(process.versions.node.split(".")[0], "24", "tests run on the instances' Node.js major");
     assert.deepEqual(aws.rejected, []);
-    assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
-    assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "drained"), "logs reached CloudWatch before exit");
+    assert.ok(
+      aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"),
+    );
+    assert.ok(
+      aws.logEvents.some((line) => JSON.parse(line).msg === "drained"),
+      "logs reached CloudWatch before exit",
+    );
     assert.ok(!output().includes(token) && !aws.logEvents.join("").includes(token), "the token appears in no log");
   });
 
@@ -235,20 +308,39 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const url = `http://127.0.0.1:${port}`;
     const dataDir = scratchDir("gw-");
     const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
-    const { pool, token } = createPool("workers", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"));
+    const { pool, token } = createPool(
+      "workers",
+      "worker",
+      url,
+      await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"),
+    );
     const realGateway = new Gateway({ pools: [pool], port, dataDir, log: capturingLogger("gateway").log });
     await realGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
     // The process executor: no Docker engine runs here (the components deploy the Docker one).
-    const { configFile, bundleFile } = renderedInstance(port, { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") }, "launcher");
+    const { configFile, bundleFile } = renderedInstance(
+      port,
+      { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
+      "launcher",
+    );
     const { child, output, exited } = startInstance(bundleFile, configFile);
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
       assert.equal(realGateway.summary()[0].agents[0].metadata.instance_id, "i-0123456789abcdef0");
-      await eventually(() => aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected"), 5000);
+      await eventually(
+        () =>
+          aws.calls.some(
+            (c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-connected",
+          ),
+        5000,
+      );
       const run = realGateway.workers.submit("workers", { image: "alpine:3", commands: ["echo ran on the instance"] });
       const id = (await run).id;
-      await eventually(async () => (await realGateway.workers.get("workers", id)).status === "succeeded", 10_000, "the run to succeed");
+      await eventually(
+        async () => (await realGateway.workers.get("workers", id)).status === "succeeded",
+        10_000,
+        "the run to succeed",
+      );
       aws.lifecycleState = "Terminated";
       assert.equal(await exited, 0, output());
     } finally {
@@ -256,8 +348,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await realGateway.close();
     }
     assert.deepEqual(aws.rejected, []);
-    assert.ok(aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"));
-    for (const secret of [token, keyBase64]) assert.ok(!output().includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
+    assert.ok(
+      aws.calls.some((c) => c.action === "CompleteLifecycleAction" && c.body.LifecycleHookName === "agent-drained"),
+    );
+    for (const secret of [token, keyBase64])
+      assert.ok(!output().includes(secret) && !aws.logEvents.join("").includes(secret), "no credential in any log");
   });
 
   /**
@@ -265,15 +360,35 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
    * runs a test body against it and, pass or fail, stops the runtime and waits for it.
    */
   function puppet() {
-    const state = { connected: true, busy: false as boolean | number, started: 0, release: () => undefined as void, changed: async () => undefined as void };
+    const state = {
+      connected: true,
+      busy: false as boolean | number,
+      started: 0,
+      release: () => undefined as void,
+      changed: async () => undefined as void,
+    };
     const released = new Promise<void>((resolve) => (state.release = resolve));
     const role: Role<VcsAgentSettings> = {
       name: "vcs-agent",
-      start: (_settings, context) => ((state.changed = context.busyChanged ?? state.changed), state.started++, { ready: Promise.resolve(), stopped: new Promise<void>(() => undefined), connected: () => state.connected, busy: () => state.busy, drain: () => released }),
+      start: (_settings, context) => (
+        (state.changed = context.busyChanged ?? state.changed),
+        state.started++,
+        {
+          ready: Promise.resolve(),
+          stopped: new Promise<void>(() => undefined),
+          connected: () => state.connected,
+          busy: () => state.busy,
+          drain: () => released,
+        }
+      ),
     };
     let stop!: (signal: string) => void;
     const stopping = new Promise<string>((resolve) => (stop = resolve));
-    const within = async (awsConfig: Record<string, number>, body: (running: ReturnType<typeof run>) => Promise<void>, bootMarks?: string) => {
+    const within = async (
+      awsConfig: Record<string, number>,
+      body: (running: ReturnType<typeof run>) => Promise<void>,
+      bootMarks?: string,
+    ) => {
       const running = run({ role, stop: stopping, aws: awsConfig, bootMarks });
       try {
         await body(running);
@@ -299,8 +414,15 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     for (const point of aws.metrics) assert.deepEqual(point.dimensions, { [POOL_DIMENSION]: "agentpools-git-1a2b" });
     assert.ok(metric(METRICS.connected).some((m) => m.value === 1));
     const draining = metric(METRICS.draining).filter((m) => m.value === 1);
-    assert.ok(draining.every((d) => metric(METRICS.connected).find((c) => c.timestamp === d.timestamp)?.value === 0), "a draining agent is not counted as connected");
-    assert.deepEqual(aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue|SetInstanceProtection/.test(c.action)), [], "no API call of their own");
+    assert.ok(
+      draining.every((d) => metric(METRICS.connected).find((c) => c.timestamp === d.timestamp)?.value === 0),
+      "a draining agent is not counted as connected",
+    );
+    assert.deepEqual(
+      aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue|SetInstanceProtection/.test(c.action)),
+      [],
+      "no API call of their own",
+    );
   });
 
   it("asks Auto Scaling to replace the instance once its agent has been cut off for the configured time, not before", async () => {
@@ -308,7 +430,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await within({ metricsSeconds: 0.01, unhealthyAfterSeconds: 0.2 }, async () => {
       await eventually(() => metric(METRICS.connected).length >= 2, 5000, "running");
       state.connected = false;
-      await eventually(() => metric(METRICS.connected).filter((m) => m.value === 0).length >= 3, 5000, "disconnected data points");
+      await eventually(
+        () => metric(METRICS.connected).filter((m) => m.value === 0).length >= 3,
+        5000,
+        "disconnected data points",
+      );
       state.connected = true; // back before the time is up: nothing asked
       await eventually(() => metric(METRICS.connected).at(-1)?.value === 1, 5000, "reconnected");
       assert.equal(aws.instanceHealth, "Healthy");
@@ -319,9 +445,18 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await eventually(() => aws.callsOf("SetInstanceHealth").length === 2, 5000, "asked again");
       const [first, second] = aws.calls.filter((c) => c.action === "SetInstanceHealth").map((c) => c.at);
       // 200 ms apart when asked; as received, less whatever the first request's trip took longer (a loaded machine).
-      assert.ok(second - first >= 100, `asked again after ${second - first} ms: not once per 10 ms period but per 200 ms`);
+      assert.ok(
+        second - first >= 100,
+        `asked again after ${second - first} ms: not once per 10 ms period but per 200 ms`,
+      );
     });
-    assert.deepEqual(aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]), [["i-0123456789abcdef0", "Unhealthy"], ["i-0123456789abcdef0", "Unhealthy"]]);
+    assert.deepEqual(
+      aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]),
+      [
+        ["i-0123456789abcdef0", "Unhealthy"],
+        ["i-0123456789abcdef0", "Unhealthy"],
+      ],
+    );
   });
 
   it("a drain longer than the termination hook's timeout renews it with heartbeats, then completes it", async () => {
@@ -329,13 +464,28 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await within({ heartbeatSeconds: 0.02 }, async () => {
       await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
       aws.lifecycleState = "Terminated";
-      await eventually(() => aws.callsOf("RecordLifecycleActionHeartbeat").length >= 3, 5000, "heartbeats while draining");
+      await eventually(
+        () => aws.callsOf("RecordLifecycleActionHeartbeat").length >= 3,
+        5000,
+        "heartbeats while draining",
+      );
       state.release();
       await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "termination hook completed");
     });
     const beats = aws.callsOf("RecordLifecycleActionHeartbeat");
-    assert.ok(beats.every((b) => b.LifecycleHookName === "agent-drained" && b.AutoScalingGroupName === "agentpools-git-1a2b" && b.InstanceId === "i-0123456789abcdef0"));
-    assert.equal(aws.calls.filter((c) => c.action.includes("Lifecycle")).at(-1)?.action, "CompleteLifecycleAction", "completed after the last heartbeat");
+    assert.ok(
+      beats.every(
+        (b) =>
+          b.LifecycleHookName === "agent-drained" &&
+          b.AutoScalingGroupName === "agentpools-git-1a2b" &&
+          b.InstanceId === "i-0123456789abcdef0",
+      ),
+    );
+    assert.equal(
+      aws.calls.filter((c) => c.action.includes("Lifecycle")).at(-1)?.action,
+      "CompleteLifecycleAction",
+      "completed after the last heartbeat",
+    );
     assert.equal(aws.callsOf("CompleteLifecycleAction")[1].LifecycleHookName, "agent-drained");
   });
 
@@ -344,7 +494,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await within({ heartbeatSeconds: 0.01, metricsSeconds: 0.01 }, async () => {
       await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "launch hook completed");
       stop("SIGTERM");
-      await eventually(() => metric(METRICS.draining).filter((m) => m.value === 1).length >= 5, 5000, "draining a while");
+      await eventually(
+        () => metric(METRICS.draining).filter((m) => m.value === 1).length >= 5,
+        5000,
+        "draining a while",
+      );
     });
     assert.deepEqual(aws.callsOf("RecordLifecycleActionHeartbeat"), []);
   });
@@ -364,19 +518,45 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
     const proxyUrl = `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
     // What goes around the proxy, as a pool renders it for this region (and the stand-in IMDS on loopback).
-    const place = { secretArn: SECRET_ARN, autoScalingGroupName: "agentpools-git-1a2b", logGroupName: "/agentpools/agentpools-git-1a2b", region: "cn-north-1", dnsSuffix: "amazonaws.com.cn" };
-    const core = vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab", httpsProxy: proxyUrl });
-    const noProxy = (viaProxy: boolean) => `127.0.0.1,${poolNoProxy({ core: { ...core, awsApisViaProxy: viaProxy } } as unknown as PoolSpec, place) ?? ""}`;
+    const place = {
+      secretArn: SECRET_ARN,
+      autoScalingGroupName: "agentpools-git-1a2b",
+      logGroupName: "/agentpools/agentpools-git-1a2b",
+      region: "cn-north-1",
+      dnsSuffix: "amazonaws.com.cn",
+    };
+    const core = vcsAgentPoolArgs.parse({
+      targetBaseEndpoint: "https://git.example.com",
+      vendor: "gitlab",
+      httpsProxy: proxyUrl,
+    });
+    const noProxy = (viaProxy: boolean) =>
+      `127.0.0.1,${poolNoProxy({ core: { ...core, awsApisViaProxy: viaProxy } } as unknown as PoolSpec, place) ?? ""}`;
     const { configFile, bundleFile } = renderedInstance(gatewayPort);
     try {
       for (const viaProxy of [true, false]) {
         asked.length = 0;
-        const env = { AWS_EC2_METADATA_SERVICE_ENDPOINT: base, NODE_USE_ENV_PROXY: "1", HTTPS_PROXY: proxyUrl, NO_PROXY: noProxy(viaProxy) };
+        const env = {
+          AWS_EC2_METADATA_SERVICE_ENDPOINT: base,
+          NODE_USE_ENV_PROXY: "1",
+          HTTPS_PROXY: proxyUrl,
+          NO_PROXY: noProxy(viaProxy),
+        };
         const { child, output } = startInstance(bundleFile, configFile, env);
         try {
           // Through the proxy: seen at once. Around it: the first call fails for good (no network here), having asked the proxy nothing.
-          if (viaProxy) await eventually(() => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"), 10_000, `CONNECT to Secrets Manager (asked: ${asked.join(", ")})`);
-          else await eventually(() => /"level":"error".*secretsmanager\.cn-north-1\.amazonaws\.com\.cn/.test(output()), 10_000, "the direct call's failure");
+          if (viaProxy)
+            await eventually(
+              () => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"),
+              10_000,
+              `CONNECT to Secrets Manager (asked: ${asked.join(", ")})`,
+            );
+          else
+            await eventually(
+              () => /"level":"error".*secretsmanager\.cn-north-1\.amazonaws\.com\.cn/.test(output()),
+              10_000,
+              "the direct call's failure",
+            );
         } finally {
           child.kill();
         }
@@ -390,7 +570,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {
     const dir = path.join(scratchDir("status-"), "status");
-    const heartbeat = () => (existsSync(path.join(dir, "heartbeat")) ? Number(readFileSync(path.join(dir, "heartbeat"), "utf8")) : 0);
+    const heartbeat = () =>
+      existsSync(path.join(dir, "heartbeat")) ? Number(readFileSync(path.join(dir, "heartbeat"), "utf8")) : 0;
     const ready = () => existsSync(path.join(dir, "ready"));
     const advanced = async (what: string) => {
       const before = heartbeat();
@@ -415,7 +596,12 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       }),
     };
     const exited = runRole(role, settingsJsonSchema("vcs-agent"), {
-      env: { AGENTPOOLS_STATUS_DIR: dir, SPACELIFT_VCS_AGENT_POOL_TOKEN: "t", SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "https://git.corp", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" },
+      env: {
+        AGENTPOOLS_STATUS_DIR: dir,
+        SPACELIFT_VCS_AGENT_POOL_TOKEN: "t",
+        SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "https://git.corp",
+        SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+      },
       argv: [],
       exit: () => undefined,
       statusIntervalMs: 20,
@@ -456,7 +642,10 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     });
     assert.deepEqual(protection(), ["false", "true", "false"]);
     for (const call of aws.callsOf("SetInstanceProtection")) {
-      assert.deepEqual([call.AutoScalingGroupName, call["InstanceIds.member.1"]], ["agentpools-git-1a2b", "i-0123456789abcdef0"]);
+      assert.deepEqual(
+        [call.AutoScalingGroupName, call["InstanceIds.member.1"]],
+        ["agentpools-git-1a2b", "i-0123456789abcdef0"],
+      );
     }
   });
 
@@ -491,14 +680,25 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await eventually(() => aws.logEvents.some((l) => JSON.parse(l).msg === "draining"), 5000, "draining");
       const draining = JSON.parse(aws.logEvents.find((l) => JSON.parse(l).msg === "draining") as string);
       assert.equal(draining.reason, "spot interruption");
-      assert.ok(draining.timeoutSeconds <= 5 && draining.timeoutSeconds > 3, `the drain ends before the interruption (${draining.timeoutSeconds} s)`);
+      assert.ok(
+        draining.timeoutSeconds <= 5 && draining.timeoutSeconds > 3,
+        `the drain ends before the interruption (${draining.timeoutSeconds} s)`,
+      );
       await eventually(() => metric(METRICS.draining).some((m) => m.value === 1), 5000, "reported draining");
       state.busy = false;
       state.release();
       await eventually(() => aws.logEvents.some((l) => JSON.parse(l).msg === "drained"), 5000, "drained");
-      assert.equal(aws.callsOf("CompleteLifecycleAction").length, 1, "the termination hook waits for Auto Scaling's termination");
+      assert.equal(
+        aws.callsOf("CompleteLifecycleAction").length,
+        1,
+        "the termination hook waits for Auto Scaling's termination",
+      );
       aws.terminate();
-      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "termination hook completed at once");
+      await eventually(
+        () => aws.callsOf("CompleteLifecycleAction").length === 2,
+        5000,
+        "termination hook completed at once",
+      );
     });
     assert.equal(aws.callsOf("CompleteLifecycleAction")[1].LifecycleHookName, "agent-drained");
   });
@@ -518,11 +718,19 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     aws.lifecycleState = "Warmed:Stopped";
     const { state, within } = puppet();
     await within({}, async () => {
-      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 1, 5000, "the warm pool's launch hook completed");
+      await eventually(
+        () => aws.callsOf("CompleteLifecycleAction").length === 1,
+        5000,
+        "the warm pool's launch hook completed",
+      );
       assert.equal(state.started, 0, "the agent did not start (nor connect) while warmed");
       aws.lifecycleState = "InService";
       await eventually(() => state.started === 1, 5000, "started once in service");
-      await eventually(() => aws.callsOf("CompleteLifecycleAction").length === 2, 5000, "the launch hook of going in service completed");
+      await eventually(
+        () => aws.callsOf("CompleteLifecycleAction").length === 2,
+        5000,
+        "the launch hook of going in service completed",
+      );
     });
   });
 
@@ -531,9 +739,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const marks = path.join(scratchDir("boot-"), "marks");
     writeFileSync(marks, `${launched + 7}\n${launched + 41}\n`);
     const { within } = puppet();
-    await within({}, async () => {
-      await eventually(() => metric("BootAgentConnected").length === 1, 5000, "boot phases");
-    }, marks);
+    await within(
+      {},
+      async () => {
+        await eventually(() => metric("BootAgentConnected").length === 1, 5000, "boot phases");
+      },
+      marks,
+    );
     assert.deepEqual([metric("BootScriptStarted")[0].value, metric("BootPackagesInstalled")[0].value], [7, 41]);
     for (const name of ["BootRuntimeStarted", "BootAgentConnected"]) {
       const value = metric(name)[0].value;
@@ -546,11 +758,16 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 describe("runtime command-line arguments", () => {
   /** A bundle started with arguments and nothing else: what it says, and its exit code. */
   function startBundle(role: string, args: string[], env: Record<string, string> = {}) {
-    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], {
+      env: { PATH: process.env.PATH, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
-    return new Promise<{ code: number | null; output: string }>((resolve) => child.on("exit", (code) => resolve({ code, output })));
+    return new Promise<{ code: number | null; output: string }>((resolve) =>
+      child.on("exit", (code) => resolve({ code, output })),
+    );
   }
 
   it("a role without flags (the launcher) refuses an argument, naming it, before reading any setting", async () => {
@@ -561,10 +778,17 @@ describe("runtime command-line arguments", () => {
   });
 
   it("the VCS agent reads its flags, which win over its variables, and names a bad one", async () => {
-    const env = { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKEN, SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1", SPACELIFT_VCS_AGENT_VENDOR: "gitlab" };
+    const env = {
+      SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKEN,
+      SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1",
+      SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+    };
     const bad = await startBundle("vcs-agent", ["--parallelism=0"], env);
     assert.equal(bad.code, 1);
-    assert.match(bad.output, /SPACELIFT_VCS_AGENT_PARALLELISM \(parallelism\): 0 is not allowed: expected an integer from 1 to 64/);
+    assert.match(
+      bad.output,
+      /SPACELIFT_VCS_AGENT_PARALLELISM \(parallelism\): 0 is not allowed: expected an integer from 1 to 64/,
+    );
     const unknown = await startBundle("vcs-agent", ["--paralelism=2"], env);
     assert.equal(unknown.code, 1);
     assert.match(unknown.output, /unknown flag \\"--paralelism=2\\"/);

@@ -18,7 +18,11 @@ const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:workers
 
 /** The policy's metric math (components/aws/scaling.ts), evaluated for one moment of the pool. */
 function load(values: { busy: number; demand: number; inservice: number }): number {
-  const expression = (busyShareQueries(GROUP, { namespace: "S", metricName: "Q", dimensions: {}, statistic: "Maximum" }).find((q) => q.returnData) as { expression: string }).expression;
+  const expression = (
+    busyShareQueries(GROUP, { namespace: "S", metricName: "Q", dimensions: {}, statistic: "Maximum" }).find(
+      (q) => q.returnData,
+    ) as { expression: string }
+  ).expression;
   const js = expression.replace(/FILL\((\w+), 0\)/g, "v.$1").replace(/MAX\(\[([^\]]+)\]\)/g, "Math.max($1)");
   return Function("v", `return ${js}`)(values);
 }
@@ -38,13 +42,31 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
     writeFileSync(ranFile, "");
     const port = await freePort();
     const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
-    const { pool, token } = createPool("workers", "worker", `http://127.0.0.1:${port}`, await signPoolRequest(await loadOrCreateAuthority(dir), csr, "workers"));
+    const { pool, token } = createPool(
+      "workers",
+      "worker",
+      `http://127.0.0.1:${port}`,
+      await signPoolRequest(await loadOrCreateAuthority(dir), csr, "workers"),
+    );
     const gateway = new Gateway({ pools: [pool], port, dataDir: dir, log: capturingLogger("gateway").log });
     await gateway.listen();
 
     // The instance configuration the WorkerPool component renders (protection bound and linger by its rules).
-    const spec = { component: "WorkerPool", role: "launcher", core: workerPoolArgs.parse({}), settingsEnv: { AGENTPOOLS_WORKER_EXECUTOR: "process" }, docker: false, gvisor: false } as unknown as PoolSpec;
-    const place = { secretArn: SECRET_ARN, autoScalingGroupName: GROUP, logGroupName: `/agentpools/${GROUP}`, region: "eu-west-1", dnsSuffix: "amazonaws.com" };
+    const spec = {
+      component: "WorkerPool",
+      role: "launcher",
+      core: workerPoolArgs.parse({}),
+      settingsEnv: { AGENTPOOLS_WORKER_EXECUTOR: "process" },
+      docker: false,
+      gvisor: false,
+    } as unknown as PoolSpec;
+    const place = {
+      secretArn: SECRET_ARN,
+      autoScalingGroupName: GROUP,
+      logGroupName: `/agentpools/${GROUP}`,
+      region: "eu-west-1",
+      dnsSuffix: "amazonaws.com",
+    };
     const config = poolUserDataSpec("workers", spec, place).config;
     const configFile = path.join(dir, "launcher.json");
     writeFileSync(configFile, JSON.stringify({ ...config, drainTimeoutSeconds: 30 }));
@@ -64,7 +86,12 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
       const base = await aws.start();
       const exited = runRole(launcherRole(), settingsJsonSchema("launcher"), {
-        env: { ...aws.env(base), AGENTPOOLS_CONFIG: configFile, AGENTPOOLS_WORK_DIR: path.join(dir, aws.identity.instanceId), PATH: process.env.PATH },
+        env: {
+          ...aws.env(base),
+          AGENTPOOLS_CONFIG: configFile,
+          AGENTPOOLS_WORK_DIR: path.join(dir, aws.identity.instanceId),
+          PATH: process.env.PATH,
+        },
         argv: [],
         exit: () => undefined,
         lifecyclePollMs: 20,
@@ -82,7 +109,12 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       for (const id of ids) {
         const run = await gateway.workers.get("workers", id);
         const instance = run.status === "running" ? instanceOf((run as { worker?: string }).worker) : undefined;
-        if (instance && group.instances.get(instance)?.state === "InService" && !group.instances.get(instance)?.protected) violations.push(`${id} runs on unprotected ${instance}`);
+        if (
+          instance &&
+          group.instances.get(instance)?.state === "InService" &&
+          !group.instances.get(instance)?.protected
+        )
+          violations.push(`${id} runs on unprotected ${instance}`);
       }
     };
 
@@ -95,9 +127,20 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
         const connected = summary.agents.filter((a) => !a.draining);
         const busy = connected.length ? connected.filter((a) => a.currentRun).length / connected.length : 0;
         const value = load({ busy, demand: summary.queued, inservice: inService.length });
-        const desired = Math.min(4, Math.max(0, inService.length === 0 ? +(summary.queued > 0) : Math.ceil((inService.length * value) / DEFAULT_TARGET_BUSY_PERCENT)));
-        const starting = [...instances.keys()].filter((id) => !group.instances.has(id) || !agents().some((a) => a.metadata.instance_id === id)).length;
-        if (desired > inService.length && starting === 0) for (let i = inService.length; i < desired; i++) await launch();
+        const desired = Math.min(
+          4,
+          Math.max(
+            0,
+            inService.length === 0
+              ? +(summary.queued > 0)
+              : Math.ceil((inService.length * value) / DEFAULT_TARGET_BUSY_PERCENT),
+          ),
+        );
+        const starting = [...instances.keys()].filter(
+          (id) => !group.instances.has(id) || !agents().some((a) => a.metadata.instance_id === id),
+        ).length;
+        if (desired > inService.length && starting === 0)
+          for (let i = inService.length; i < desired; i++) await launch();
         if (desired < inService.length) {
           for (const id of group.chooseForScaleIn(inService.length - desired)) {
             const holding = agents().find((a) => a.metadata.instance_id === id)?.currentRun;
@@ -121,10 +164,18 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       await eventually(() => agents().length >= 2, 20_000, "the pool scaled out from zero");
 
       // Mid-way, a spot notice to an instance holding a run: it finishes that run and takes no other.
-      const noticed = await eventually(() => agents().find((a) => a.currentRun && !a.draining), 20_000, "an instance holding a run");
+      const noticed = await eventually(
+        () => agents().find((a) => a.currentRun && !a.draining),
+        20_000,
+        "an instance holding a run",
+      );
       const spotInstance = instances.get(noticed.metadata.instance_id)!;
       spotInstance.aws.spotAction = { action: "terminate", time: new Date(Date.now() + 25_000).toISOString() };
-      await eventually(() => spotInstance.aws.logEvents.some((l) => l.includes('"msg":"drained"')), 20_000, "the noticed instance drained");
+      await eventually(
+        () => spotInstance.aws.logEvents.some((l) => l.includes('"msg":"drained"')),
+        20_000,
+        "the noticed instance drained",
+      );
       // EC2 takes the instance: the group sees it go.
       spotInstance.aws.terminate();
       assert.equal(await spotInstance.exited, 0);
@@ -141,13 +192,24 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       assert.equal(draining.reason, "spot interruption");
       const onSpot = final.filter((r) => (r as { worker?: string }).worker === noticed.id);
       assert.ok(onSpot.length >= 1);
-      for (const run of onSpot) assert.ok(Date.parse(run.startedAt as string) <= Date.parse(draining.time), "the noticed instance took no run once draining");
-      assert.deepEqual(final.map((r) => r.status), ids.map((_, i) => (i % 4 === 3 ? "failed" : "succeeded")));
+      for (const run of onSpot)
+        assert.ok(
+          Date.parse(run.startedAt as string) <= Date.parse(draining.time),
+          "the noticed instance took no run once draining",
+        );
+      assert.deepEqual(
+        final.map((r) => r.status),
+        ids.map((_, i) => (i % 4 === 3 ? "failed" : "succeeded")),
+      );
       const ran = readFileSync(ranFile, "utf8").trim().split("\n").sort();
       assert.deepEqual(ran, [...ids].sort(), "each run ran exactly once");
 
       // Back to idle: every instance is let go.
-      await eventually(() => [...group.instances.values()].every((i) => i.state !== "InService"), 30_000, "scaled in to zero");
+      await eventually(
+        () => [...group.instances.values()].every((i) => i.state !== "InService"),
+        30_000,
+        "scaled in to zero",
+      );
     } finally {
       stopDriver = true;
       await driver;
@@ -164,7 +226,8 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
     for (const { aws } of instances.values()) {
       const calls = aws.callsOf("SetInstanceProtection").map((c) => c.ProtectedFromScaleIn);
       assert.equal(calls[0], "false", "the first call lifts what a crashed runtime may have left");
-      for (let i = 1; i < calls.length; i++) assert.notEqual(calls[i], calls[i - 1], `protection calls alternate on ${aws.identity.instanceId}: ${calls}`);
+      for (let i = 1; i < calls.length; i++)
+        assert.notEqual(calls[i], calls[i - 1], `protection calls alternate on ${aws.identity.instanceId}: ${calls}`);
       assert.deepEqual(aws.rejected, []);
     }
   });

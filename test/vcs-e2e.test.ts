@@ -21,17 +21,31 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   const gatewayLog = capturingLogger("gateway");
   const service = serviceKey();
   /** git with the service key the gateway wants (a real client sends it as an extra header). */
-  const git = (args: string[], cwd?: string) => gitAsync(["-c", `http.extraHeader=x-agentpools-key: ${service.key}`, ...args], cwd);
-  const request = (path: string, options: Parameters<typeof rawRequest>[2] = {}) => rawRequest(gatewayUrl, path, { ...options, headers: { ...service.headers, ...options.headers } });
+  const git = (args: string[], cwd?: string) =>
+    gitAsync(["-c", `http.extraHeader=x-agentpools-key: ${service.key}`, ...args], cwd);
+  const request = (path: string, options: Parameters<typeof rawRequest>[2] = {}) =>
+    rawRequest(gatewayUrl, path, { ...options, headers: { ...service.headers, ...options.headers } });
 
   async function startGateway(options: { queueTimeoutMs?: number } = {}) {
-    gateway = new Gateway({ pools: [pools.git.pool, pools.other.pool], keys: [service.definition], port, log: gatewayLog.log, ...options });
+    gateway = new Gateway({
+      pools: [pools.git.pool, pools.other.pool],
+      keys: [service.definition],
+      port,
+      log: gatewayLog.log,
+      ...options,
+    });
     gatewayUrl = await gateway.listen();
   }
 
   async function startAgent(overrides: Partial<VcsAgentSettings> = {}, pool: "git" | "other" = "git") {
     const { log, lines } = capturingLogger("vcs-agent");
-    const settings = vcsAgentSettings.parse({ token: pools[pool].token, targetBaseEndpoint: vcs.url, vendor: "gitlab", allowedProjects: "group/repo", ...overrides });
+    const settings = vcsAgentSettings.parse({
+      token: pools[pool].token,
+      targetBaseEndpoint: vcs.url,
+      vendor: "gitlab",
+      allowedProjects: "group/repo",
+      ...overrides,
+    });
     const agent = await vcsAgentRole.start(settings, { log });
     agents.push(agent);
     await agent.ready;
@@ -41,7 +55,10 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
 
   before(async () => {
     vcs = new LocalVcs();
-    vcs.createRepository("group/repo.git", { "main.tf": 'resource "null_resource" "x" {}\n', "modules/vpc/main.tf": "# vpc\n" });
+    vcs.createRepository("group/repo.git", {
+      "main.tf": 'resource "null_resource" "x" {}\n',
+      "modules/vpc/main.tf": "# vpc\n",
+    });
     vcs.commit("group/repo.git", { "CHANGELOG.md": "v2\n" }, "second commit");
     vcs.createRepository("group/repo-evil.git");
     await vcs.listen();
@@ -65,11 +82,24 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     const [viaGateway, direct] = [work(), work()];
     await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, viaGateway]);
     await gitAsync(["clone", "--quiet", `${vcs.url}/group/repo.git`, direct]);
-    for (const args of [["rev-parse", "HEAD"], ["ls-tree", "-r", "HEAD"], ["for-each-ref", "--format=%(refname) %(objectname)"]]) {
+    for (const args of [
+      ["rev-parse", "HEAD"],
+      ["ls-tree", "-r", "HEAD"],
+      ["for-each-ref", "--format=%(refname) %(objectname)"],
+    ]) {
       assert.equal(await gitAsync(args, viaGateway), await gitAsync(args, direct), args.join(" "));
     }
     const logged = lines.filter((l) => l.project === "group/repo");
-    assert.ok(logged.some((l) => l.msg === "list refs of group/repo (git fetch)" && l.method === "GET" && l.status === 200 && l.bytes > 0 && typeof l.durationMs === "number"));
+    assert.ok(
+      logged.some(
+        (l) =>
+          l.msg === "list refs of group/repo (git fetch)" &&
+          l.method === "GET" &&
+          l.status === 200 &&
+          l.bytes > 0 &&
+          typeof l.durationMs === "number",
+      ),
+    );
     assert.ok(logged.some((l) => l.msg === "fetch objects of group/repo (git fetch)" && l.method === "POST"));
     assert.ok(!logged.some((l) => l.cancelled), "a completed request is not logged as cancelled");
     assert.deepEqual(gateway.summary().find((p) => p.name === "git")?.agents[0].metadata, { instance_id: "i-0abc" });
@@ -77,7 +107,10 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     vcs.commit("group/repo.git", { "new.tf": "# new\n" }, "third commit");
     await git(["fetch", "--quiet", "origin"], viaGateway);
     await gitAsync(["fetch", "--quiet", "origin"], direct);
-    assert.equal(await gitAsync(["rev-parse", "origin/main"], viaGateway), await gitAsync(["rev-parse", "origin/main"], direct));
+    assert.equal(
+      await gitAsync(["rev-parse", "origin/main"], viaGateway),
+      await gitAsync(["rev-parse", "origin/main"], direct),
+    );
   });
 
   it("refuses a project that only partly matches, and any push, before the VCS sees it", async () => {
@@ -87,11 +120,29 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     const clone = work();
     await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, clone]);
     const pushed = vcs.hits.length;
-    await assert.rejects(gitAsync(["-c", "user.name=x", "-c", "user.email=x@x", "commit", "--allow-empty", "-qm", "evil"], clone).then(() => git(["push", "origin", "HEAD:main"], clone)), /403/);
-    assert.ok(!vcs.hits.slice(before).some((hit) => hit.includes("repo-evil") || hit.includes("receive-pack")), vcs.hits.slice(before).join("\n"));
+    await assert.rejects(
+      gitAsync(["-c", "user.name=x", "-c", "user.email=x@x", "commit", "--allow-empty", "-qm", "evil"], clone).then(
+        () => git(["push", "origin", "HEAD:main"], clone),
+      ),
+      /403/,
+    );
+    assert.ok(
+      !vcs.hits.slice(before).some((hit) => hit.includes("repo-evil") || hit.includes("receive-pack")),
+      vcs.hits.slice(before).join("\n"),
+    );
     assert.ok(vcs.hits.length - pushed === 0, "the push never reached the VCS");
-    assert.ok(lines.some((l) => l.msg === "denied" && l.project === "group/repo-evil" && l.reason === "project group/repo-evil is not allowed" && l.status === 403));
-    assert.ok(lines.some((l) => l.msg === "denied" && /git-receive-pack/.test(l.path) && /never allowed/.test(l.reason)));
+    assert.ok(
+      lines.some(
+        (l) =>
+          l.msg === "denied" &&
+          l.project === "group/repo-evil" &&
+          l.reason === "project group/repo-evil is not allowed" &&
+          l.status === 403,
+      ),
+    );
+    assert.ok(
+      lines.some((l) => l.msg === "denied" && /git-receive-pack/.test(l.path) && /never allowed/.test(l.reason)),
+    );
   });
 
   describe("API requests per vendor", () => {
@@ -121,7 +172,10 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
         for (const [, method, target, status] of cases.filter(([v]) => v === vendor)) {
           const before = vcs.hits.length;
           const body = method === "POST" ? "{}" : undefined;
-          const headers = { authorization: "Bearer vcs-credential", ...(body ? { "content-type": "application/json" } : {}) };
+          const headers = {
+            authorization: "Bearer vcs-credential",
+            ...(body ? { "content-type": "application/json" } : {}),
+          };
           const response = await request(`/git${target}`, { method, headers, body });
           assert.equal(response.status, status, `${method} ${target}: ${response.body}`);
           if (status === 200) {
@@ -138,7 +192,15 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
 
   it("debug-print-all logs headers and bodies with credentials redacted", async () => {
     const { lines } = await startAgent({ debugPrintAll: true });
-    await request("/git/api/v4/projects/group%2Frepo/merge_requests/1/notes", { method: "POST", headers: { "private-token": "glpat-secret-value", authorization: "Bearer also-secret", "content-type": "application/json" }, body: '{"body":"plan ok"}' });
+    await request("/git/api/v4/projects/group%2Frepo/merge_requests/1/notes", {
+      method: "POST",
+      headers: {
+        "private-token": "glpat-secret-value",
+        authorization: "Bearer also-secret",
+        "content-type": "application/json",
+      },
+      body: '{"body":"plan ok"}',
+    });
     const exchange = await eventually(() => lines.find((l) => l.msg === "exchange"));
     assert.equal(exchange.requestHeaders["private-token"], "[redacted]");
     assert.equal(exchange.requestHeaders.authorization, "[redacted]");
@@ -156,13 +218,20 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
 
   it("a wrong token, or another pool's token, is refused and logged", async () => {
     const genuine = JSON.parse(Buffer.from(pools.git.token.slice(4), "base64url").toString());
-    const forged = "ap1." + Buffer.from(JSON.stringify({ ...genuine, secret: "not-the-secret-of-this-pool" })).toString("base64url");
+    const forged =
+      "ap1." + Buffer.from(JSON.stringify({ ...genuine, secret: "not-the-secret-of-this-pool" })).toString("base64url");
     const { log } = capturingLogger("vcs-agent");
-    const wrong = await vcsAgentRole.start(vcsAgentSettings.parse({ token: forged, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log });
+    const wrong = await vcsAgentRole.start(
+      vcsAgentSettings.parse({ token: forged, targetBaseEndpoint: vcs.url, vendor: "gitlab" }),
+      { log },
+    );
     await assert.rejects(wrong.stopped, /refused the connection: 401/);
     const otherToken = JSON.parse(Buffer.from(pools.other.token.slice(4), "base64url").toString());
     const crossed = "ap1." + Buffer.from(JSON.stringify({ ...otherToken, pool: "git" })).toString("base64url");
-    const cross = await vcsAgentRole.start(vcsAgentSettings.parse({ token: crossed, targetBaseEndpoint: vcs.url, vendor: "gitlab" }), { log });
+    const cross = await vcsAgentRole.start(
+      vcsAgentSettings.parse({ token: crossed, targetBaseEndpoint: vcs.url, vendor: "gitlab" }),
+      { log },
+    );
     await assert.rejects(cross.stopped, /401/);
     assert.equal(gateway.summary().find((p) => p.name === "git")?.connections, 0);
     assert.equal(gatewayLog.lines.filter((l) => l.msg === "agent refused" && l.pool === "git").length, 2);
@@ -201,11 +270,19 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
   it("a client that goes away cancels its request at the agent and the VCS", async () => {
     const { lines } = await startAgent();
     await new Promise<void>((resolve) => {
-      const socket = net.connect(port, "127.0.0.1", () => socket.write(`GET /git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=2 HTTP/1.1\r\nHost: x\r\nx-agentpools-key: ${service.key}\r\n\r\n`));
+      const socket = net.connect(port, "127.0.0.1", () =>
+        socket.write(
+          `GET /git/api/v4/projects/group%2Frepo/repository/archive.zip?slow=2 HTTP/1.1\r\nHost: x\r\nx-agentpools-key: ${service.key}\r\n\r\n`,
+        ),
+      );
       socket.once("data", () => (socket.destroy(), resolve()));
     });
     await eventually(() => vcs.aborted.some((a) => a.includes("slow=2")), 3000, "the VCS saw the cancel");
-    await eventually(() => lines.find((l) => l.cancelled === true && l.path.includes("slow=2")), 3000, "the agent logged the cancel");
+    await eventually(
+      () => lines.find((l) => l.cancelled === true && l.path.includes("slow=2")),
+      3000,
+      "the agent logged the cancel",
+    );
     assert.equal(gateway.summary().find((p) => p.name === "git")?.activeRequests, 0);
   });
 
@@ -218,7 +295,11 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     const cut = await inFlight.catch(() => ({ complete: false }));
     assert.equal(cut.complete, false, "an answer cut by the gateway's end is not complete");
     await startGateway();
-    await eventually(() => gateway.summary().find((p) => p.name === "git")!.connections === 1, 15_000, "the agent reconnected");
+    await eventually(
+      () => gateway.summary().find((p) => p.name === "git")!.connections === 1,
+      15_000,
+      "the agent reconnected",
+    );
     const response = await request("/git/api/v4/projects/group%2Frepo");
     assert.equal(response.status, 200);
     await git(["clone", "--quiet", `${gatewayUrl}/git/group/repo.git`, work()]);
@@ -230,10 +311,17 @@ describe("VCS agent and gateway, end to end with a real git client", function ()
     const inFlight = request("/git/api/v4/projects/group%2Frepo?delay=300&drain=1");
     await eventually(() => vcs.hits.some((h) => h.includes("drain=1")));
     const drained = agent.drain(Date.now() + 5000);
-    await eventually(() => gateway.summary().find((p) => p.name === "git")!.connections === 0, 5000, "no longer routed to");
+    await eventually(
+      () => gateway.summary().find((p) => p.name === "git")!.connections === 0,
+      5000,
+      "no longer routed to",
+    );
     assert.equal((await request("/git/api/v4/version")).status, 503);
     const finished = await inFlight;
-    assert.deepEqual([finished.status, finished.complete, JSON.parse(finished.body).path], [200, true, "/api/v4/projects/group%2Frepo?delay=300&drain=1"]);
+    assert.deepEqual(
+      [finished.status, finished.complete, JSON.parse(finished.body).path],
+      [200, true, "/api/v4/projects/group%2Frepo?delay=300&drain=1"],
+    );
     await drained;
   });
 

@@ -394,7 +394,10 @@ describe("hostile clients on the VCS path", function () {
         [`${notes}/123`, JSON.stringify({ body: "/target_branch main" }), "PUT"],
         [notes, JSON.stringify(["/merge"])],
         [notes, "not json"],
-        ["/api/v4/projects/group%2Frepo/statuses/0123abc", JSON.stringify({ state: "success", name: "ci", sudo: "root" })],
+        [
+          "/api/v4/projects/group%2Frepo/statuses/0123abc",
+          JSON.stringify({ state: "success", name: "ci", sudo: "root" }),
+        ],
       ];
       mark = vcs.received.length;
       for (const [target, body, method] of refused) {
@@ -406,7 +409,11 @@ describe("hostile clients on the VCS path", function () {
       // The intended writes still cross, as what was checked: a duplicate key cannot hide a second reading.
       const allowed: [string, string, string][] = [
         [notes, '{"body":"/merge","body":"Plan: 1 to add."}', '{"body":"Plan: 1 to add."}'],
-        [notes, JSON.stringify({ body: "path a/b and https://x/y" }), JSON.stringify({ body: "path a/b and https://x/y" })],
+        [
+          notes,
+          JSON.stringify({ body: "path a/b and https://x/y" }),
+          JSON.stringify({ body: "path a/b and https://x/y" }),
+        ],
         [
           "/api/v4/projects/group%2Frepo/statuses/0123abc",
           JSON.stringify({ state: "success", name: "spacelift/stack", target_url: "https://x" }),
@@ -424,12 +431,42 @@ describe("hostile clients on the VCS path", function () {
 
     it("other vendors' feedback writes: only their fields (no check-run actions), no line starting with /", async () => {
       const cases: [VcsAgentSettings["vendor"], string, string, object, number][] = [
-        ["github_enterprise", "POST", "/api/v3/repos/group/repo/check-runs", { name: "plan", head_sha: "abc", actions: [] }, 400],
+        [
+          "github_enterprise",
+          "POST",
+          "/api/v3/repos/group/repo/check-runs",
+          { name: "plan", head_sha: "abc", actions: [] },
+          400,
+        ],
         ["github_enterprise", "PATCH", "/api/v3/repos/group/repo/issues/comments/9", { body: "/lgtm" }, 400],
-        ["github_enterprise", "POST", "/api/v3/repos/group/repo/statuses/abc", { state: "success", context: "plan" }, 200],
-        ["bitbucket_datacenter", "POST", "/rest/api/latest/projects/group/repos/repo/commits/abc/builds", { state: "SUCCESSFUL", key: "k", x: 1 }, 400],
-        ["azure_devops", "POST", "/group/_apis/git/repositories/repo/pullRequests/1/threads", { comments: [{ content: "/approve" }] }, 400],
-        ["azure_devops", "POST", "/group/_apis/git/repositories/repo/commits/abc/statuses", { state: "succeeded", context: { name: "plan" } }, 200],
+        [
+          "github_enterprise",
+          "POST",
+          "/api/v3/repos/group/repo/statuses/abc",
+          { state: "success", context: "plan" },
+          200,
+        ],
+        [
+          "bitbucket_datacenter",
+          "POST",
+          "/rest/api/latest/projects/group/repos/repo/commits/abc/builds",
+          { state: "SUCCESSFUL", key: "k", x: 1 },
+          400,
+        ],
+        [
+          "azure_devops",
+          "POST",
+          "/group/_apis/git/repositories/repo/pullRequests/1/threads",
+          { comments: [{ content: "/approve" }] },
+          400,
+        ],
+        [
+          "azure_devops",
+          "POST",
+          "/group/_apis/git/repositories/repo/commits/abc/statuses",
+          { state: "succeeded", context: { name: "plan" } },
+          200,
+        ],
       ];
       for (const vendor of new Set(cases.map(([v]) => v))) {
         await stack.startAgent({ vendor });
@@ -437,7 +474,10 @@ describe("hostile clients on the VCS path", function () {
           mark = vcs.received.length;
           const reply = await post(target, JSON.stringify(body), method);
           assert.equal(reply.status, status, `${vendor} ${target}: ${reply.body}`);
-          assert.deepEqual(since().map((r) => r.body.toString()), status === 200 ? [JSON.stringify(body)] : []);
+          assert.deepEqual(
+            since().map((r) => r.body.toString()),
+            status === 200 ? [JSON.stringify(body)] : [],
+          );
         }
         await stack.agents.pop()!.agent.drain(Date.now() + 1000);
       }
@@ -451,7 +491,12 @@ describe("hostile clients on the VCS path", function () {
         ["POST", `${notes}?body=%2Fmerge`, "", {}],
         ["PUT", `${notes}/7?body=%2Fclose`, "{}", json],
         ["POST", "/api/v4/projects/group%2Frepo/statuses/abc?state=success&environment=prod", "", {}],
-        ["POST", notes, JSON.stringify({ body: "/merge" }), { "content-type": "application/x-git-upload-pack-request" }],
+        [
+          "POST",
+          notes,
+          JSON.stringify({ body: "/merge" }),
+          { "content-type": "application/x-git-upload-pack-request" },
+        ],
         ["POST", notes, JSON.stringify({ body: "/merge" }), { "content-type": "text/plain" }],
         ["POST", notes, JSON.stringify({ body: "/merge" }), {}],
       ];
@@ -462,16 +507,26 @@ describe("hostile clients on the VCS path", function () {
       }
       // private://, the API a service embedding the gateway uses: the same rules.
       const write = (target: string, body: string) =>
-        stack.gateway.request(`private://git${target}`, { method: "POST", headers: { ...json, "x-forwarded-for": "10.9.8.7" }, body: Readable.from([Buffer.from(body)]) });
+        stack.gateway.request(`private://git${target}`, {
+          method: "POST",
+          headers: { ...json, "x-forwarded-for": "10.9.8.7" },
+          body: Readable.from([Buffer.from(body)]),
+        });
       await assert.rejects(write(notes, JSON.stringify({ body: "/merge\n/approve" })), /starts with \//);
-      await assert.rejects(stack.gateway.request(`private://git${notes}?body=%2Fmerge`, { method: "POST" }), /no query/);
+      await assert.rejects(
+        stack.gateway.request(`private://git${notes}?body=%2Fmerge`, { method: "POST" }),
+        /no query/,
+      );
       assert.deepEqual(since(), [], "nothing refused reached the VCS");
       const answer = await write(notes, '{"body":"Plan: 1 to add.","body":"ok"}');
       assert.equal(answer.status, 200);
       answer.body.resume();
       const [received] = since();
       assert.equal(received.body.toString(), '{"body":"ok"}');
-      assert.ok(!received.rawHeaders.some((name) => /forwarded/i.test(name)), "the header allowlist applies to private:// too");
+      assert.ok(
+        !received.rawHeaders.some((name) => /forwarded/i.test(name)),
+        "the header allowlist applies to private:// too",
+      );
     });
 
     it("write bodies held to be checked stay within the gateway's budget: beyond it 503, nothing crosses, and a freed part serves the next", async () => {
@@ -481,15 +536,42 @@ describe("hostile clients on the VCS path", function () {
         const notes = "/git/api/v4/projects/group%2Frepo/merge_requests/7/notes";
         // Two writes that announce a MiB each and send a byte: they hold the whole budget.
         const holders = [1, 2].map(() =>
-          small.hold(`POST ${notes} HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${small.keys.a.key}\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{`),
+          small.hold(
+            `POST ${notes} HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${small.keys.a.key}\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{`,
+          ),
         );
         await Promise.all(holders.map((h) => h.sent));
         mark = vcs.received.length;
-        await eventually(async () => (await small.request(notes, { method: "POST", body: '{"body":"ok"}', headers: { "content-type": "application/json" } })).status === 503, 5000, "a 503 once the budget is held");
+        await eventually(
+          async () =>
+            (
+              await small.request(notes, {
+                method: "POST",
+                body: '{"body":"ok"}',
+                headers: { "content-type": "application/json" },
+              })
+            ).status === 503,
+          5000,
+          "a 503 once the budget is held",
+        );
         assert.deepEqual(since(), []);
         holders[0].socket.destroy();
-        await eventually(async () => (await small.request(notes, { method: "POST", body: '{"body":"ok"}', headers: { "content-type": "application/json" } })).status === 200, 5000, "served once a part is freed");
-        assert.deepEqual(since().map((r) => r.body.toString()), ['{"body":"ok"}']);
+        await eventually(
+          async () =>
+            (
+              await small.request(notes, {
+                method: "POST",
+                body: '{"body":"ok"}',
+                headers: { "content-type": "application/json" },
+              })
+            ).status === 200,
+          5000,
+          "served once a part is freed",
+        );
+        assert.deepEqual(
+          since().map((r) => r.body.toString()),
+          ['{"body":"ok"}'],
+        );
         holders[1].socket.destroy();
       } finally {
         await small.close();
@@ -551,7 +633,10 @@ describe("hostile clients on the VCS path", function () {
       });
       assert.equal(reply.status, 200);
       const [received] = since();
-      const names = received.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase()).sort();
+      const names = received.rawHeaders
+        .filter((_, i) => i % 2 === 0)
+        .map((n) => n.toLowerCase())
+        .sort();
       assert.deepEqual(names, ["accept", "connection", "content-length", "content-type", "host", "private-token"]);
     });
 
@@ -566,11 +651,15 @@ describe("hostile clients on the VCS path", function () {
         res.writeHead(user ? 200 : 401, { "www-authenticate": "NTLM" }).end(JSON.stringify({ user }));
       });
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-      const upstream = await vcsStack({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}` } as LocalVcs);
+      const upstream = await vcsStack({
+        url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      } as LocalVcs);
       try {
         await upstream.startAgent({ vendor: "azure_devops", allowedProjects: "Proj/app", parallelism: 1 });
         for (const scheme of ["NTLM", "Negotiate", "ntlm"]) {
-          const a = await upstream.request("/git/_apis/connectionData", { headers: { authorization: `${scheme} alice-admin` } });
+          const a = await upstream.request("/git/_apis/connectionData", {
+            headers: { authorization: `${scheme} alice-admin` },
+          });
           assert.equal(a.status, 400, a.body);
         }
         const b = await upstream.request("/git/_apis/connectionData", { key: upstream.keys.b.key });

@@ -159,7 +159,8 @@ describe("hostile peers on the tunnel: a gateway against an agent, an agent agai
     });
     // A write carries no query: its tag is the merge request it comments on.
     const notes = (tag: string) => `/api/v4/projects/group%2Frepo/merge_requests/${tag}/notes`;
-    const tagged = (tag: string) => (text: string) => text.includes(`t=${tag}`) || text.includes(`/merge_requests/${tag}/notes`);
+    const tagged = (tag: string) => (text: string) =>
+      text.includes(`t=${tag}`) || text.includes(`/merge_requests/${tag}/notes`);
     const json = [["content-type", "application/json"]] as [string, string][];
     /** Wait for the stream's outcome: an answer, a reset, or the connection closed. */
     const outcome = (id: number, from: number) =>

@@ -91,7 +91,11 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
           const from = vcs.hits.length;
           const served = await stack.request("/git/api/v4/projects/group%2Frepo?client=b", { key: stack.keys.b.key });
           assert.equal(served.status, 200);
-          assert.deepEqual(vcs.hits.slice(from), ["GET /api/v4/projects/group%2Frepo?client=b"], "b's request reached the VCS");
+          assert.deepEqual(
+            vcs.hits.slice(from),
+            ["GET /api/v4/projects/group%2Frepo?client=b"],
+            "b's request reached the VCS",
+          );
           assert.ok(!vcs.hits.some((h) => h.includes(`small=${parallelism - 1}`)), "a's last request never reached it");
         } finally {
           for (const socket of sockets) socket.destroy();
@@ -256,7 +260,11 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
     it("the VCS silent past the agent's upstream timeout: 504, and the VCS request dropped", async () => {
       const reply = await stack.request("/git/api/v4/projects/group%2Frepo?hang=1&gone=upstream");
       assert.equal(reply.status, 504);
-      assert.deepEqual(JSON.parse(reply.body), { error: "the VCS did not answer in time" }, "why stays in the agent's log");
+      assert.deepEqual(
+        JSON.parse(reply.body),
+        { error: "the VCS did not answer in time" },
+        "why stays in the agent's log",
+      );
       assert.ok(stack.agents.some(({ lines }) => lines.some((l) => /silent for 300 ms/.test(l.error ?? ""))));
       await eventually(() => vcs.aborted.some((a) => a.includes("gone=upstream")));
     });

@@ -258,7 +258,9 @@ describe("worker runs: exactly once, under leases", function () {
     assert.equal(done.status, "succeeded");
     assert.equal(done.worker, l2.id);
     const log = await (
-      await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs/${run.id}/logs`, { headers: service.headers })
+      await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs/${run.id}/logs`, {
+        headers: service.headers,
+      })
     ).text();
     assert.equal(log, "genuine\n");
   });

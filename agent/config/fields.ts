@@ -83,13 +83,13 @@ export const proxySettings = {
       .string()
       .regex(/^[^\s]*$/, { error: "must be a comma-separated list of hosts without spaces" })
       .refine((list) => NO_PROXY_PATTERN.test(list), {
-        error: 'must be a comma-separated list of host names, IP addresses, ".domain" suffixes or "*", each optionally with ":port"; CIDR ranges are not read by the runtime',
+        error:
+          'must be a comma-separated list of host names, IP addresses, ".domain" suffixes or "*", each optionally with ":port"; CIDR ranges are not read by the runtime',
       })
       .optional(),
     { env: "NO_PROXY" },
   ),
 };
-
 
 export { durationMs } from "./duration";
 

@@ -27,16 +27,14 @@ export const flowsAgentSettings = z.strictObject({
   mountsDir: setting(absolutePath.default("/var/lib/agentpools/flows-mounts"), {
     env: "FLOWS_DOCKER_MOUNTS_TEMPDIR",
   }),
-  runtimeImage: setting(
-    imageReference.default("node:24-alpine"),
-    { env: "FLOWS_RUNTIME_IMAGE" },
-  ),
+  runtimeImage: setting(imageReference.default("node:24-alpine"), { env: "FLOWS_RUNTIME_IMAGE" }),
   gvisor: setting(z.boolean().default(true), { env: "FLOWS_GVISOR" }),
   extraDockerParams: setting(
     z
       .array(
         z.string().regex(DOCKER_EXTRA_PARAM_PATTERN, {
-          error: "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs",
+          error:
+            "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs",
         }),
       )
       .default([]),
@@ -61,25 +59,37 @@ export const flowsAgentSettings = z.strictObject({
   runtimeUids: setting(
     z
       .string()
-      .regex(/^[1-9][0-9]{3,9}(-[1-9][0-9]{3,9})?$/, { error: 'must be a uid range "first-last" (or one uid) of 1000 or more' })
-      .refine((text) => {
-        const [first, last = first] = text.split("-").map(Number);
-        return first <= last && last < 2 ** 32 - 1;
-      }, { error: "must run from a lower to a higher uid, below 4294967295" })
+      .regex(/^[1-9][0-9]{3,9}(-[1-9][0-9]{3,9})?$/, {
+        error: 'must be a uid range "first-last" (or one uid) of 1000 or more',
+      })
+      .refine(
+        (text) => {
+          const [first, last = first] = text.split("-").map(Number);
+          return first <= last && last < 2 ** 32 - 1;
+        },
+        { error: "must run from a lower to a higher uid, below 4294967295" },
+      )
       .default("1900000000-1900000255"),
     { env: "FLOWS_RUNTIME_UIDS" },
   ),
   /** A run's timeout when the caller gives none. */
   defaultRunTimeout: setting(
     duration
-      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_MAX_RUN_TIMEOUT_MS, { error: `must be from 1ms to ${FLOWS_MAX_RUN_TIMEOUT_MS / 60_000}m` })
+      .refine((text) => durationMs(text) >= 1 && durationMs(text) <= FLOWS_MAX_RUN_TIMEOUT_MS, {
+        error: `must be from 1ms to ${FLOWS_MAX_RUN_TIMEOUT_MS / 60_000}m`,
+      })
       .default(FLOWS_RUN_TIMEOUT_DEFAULT),
     { env: "FLOWS_RUN_TIMEOUT" },
   ),
   registryMirror: setting(httpUrl.optional(), { env: "FLOWS_REGISTRY_MIRROR" }),
   /** The Docker network runtime containers join ("none" cuts them off entirely). */
   runtimeNetwork: setting(
-    z.string().regex(/^(?!host$)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, { error: 'must be a Docker network name other than "host"' }).default("bridge"),
+    z
+      .string()
+      .regex(/^(?!host$)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, {
+        error: 'must be a Docker network name other than "host"',
+      })
+      .default("bridge"),
     { env: "FLOWS_DOCKER_NETWORK" },
   ),
   ...proxySettings,

@@ -7,15 +7,23 @@ export const MOUNT_PATTERN = /^(?!.*(^|\/)\.\.(\/|:|$))\/[^:,"=\0]*:\/[^:,"=\0]*
 /** The launcher's own credentials: passing them on would hand the pool to every run. */
 const CREDENTIAL_VARIABLES = ["SPACELIFT_TOKEN", "SPACELIFT_POOL_PRIVATE_KEY"];
 const passedVariables = z
-  .array(envVarName.refine((name) => !CREDENTIAL_VARIABLES.includes(name), { error: "is the launcher's own credential and is never passed to runs" }))
+  .array(
+    envVarName.refine((name) => !CREDENTIAL_VARIABLES.includes(name), {
+      error: "is the launcher's own credential and is never passed to runs",
+    }),
+  )
   .default([]);
 
 const base64PrivateKey = z
   .string()
   .regex(/^[A-Za-z0-9+/]+={0,2}$/, { error: "must be the private key file encoded as one line of base64" })
-  .refine((text) => !/^[A-Za-z0-9+/]+={0,2}$/.test(text) || Buffer.from(text, "base64").toString("utf8").includes("PRIVATE KEY-----"), {
-    error: "must decode to a PEM private key (base64 of the whole spacelift.key file)",
-  });
+  .refine(
+    (text) =>
+      !/^[A-Za-z0-9+/]+={0,2}$/.test(text) || Buffer.from(text, "base64").toString("utf8").includes("PRIVATE KEY-----"),
+    {
+      error: "must decode to a PEM private key (base64 of the whole spacelift.key file)",
+    },
+  );
 
 const dockerName = z
   .string()
@@ -31,7 +39,12 @@ export const launcherSettings = z.strictObject({
   workerNetwork: setting(dockerName.default("bridge"), { env: "SPACELIFT_WORKER_NETWORK" }),
   extraMounts: setting(
     z
-      .array(z.string().regex(MOUNT_PATTERN, { error: 'must be "/host/path:/container/path" (optionally ":ro"), absolute, without ".." or the characters , " =' }))
+      .array(
+        z.string().regex(MOUNT_PATTERN, {
+          error:
+            'must be "/host/path:/container/path" (optionally ":ro"), absolute, without ".." or the characters , " =',
+        }),
+      )
       .default([]),
     { env: "SPACELIFT_WORKER_EXTRA_MOUNTS" },
   ),

@@ -51,9 +51,22 @@ export type BootKey = keyof typeof BOOT_METRICS;
 export const BOOT_MARKS_PATH = "/run/agentpools-boot";
 
 /** The EMF fields of one data point of one instance (the given metrics, by name), to merge into a JSON log line. */
-export function metricsFields(pool: string, values: Record<string, number>, timestamp: number): Record<string, unknown> {
+export function metricsFields(
+  pool: string,
+  values: Record<string, number>,
+  timestamp: number,
+): Record<string, unknown> {
   return {
-    _aws: { Timestamp: timestamp, CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: DIMENSION_SETS, Metrics: Object.keys(values).map((Name) => ({ Name })) }] },
+    _aws: {
+      Timestamp: timestamp,
+      CloudWatchMetrics: [
+        {
+          Namespace: METRICS_NAMESPACE,
+          Dimensions: DIMENSION_SETS,
+          Metrics: Object.keys(values).map((Name) => ({ Name })),
+        },
+      ],
+    },
     [POOL_DIMENSION]: pool,
     ...values,
   };

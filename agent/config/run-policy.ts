@@ -2,7 +2,9 @@ import { z } from "zod";
 import { duration, envVarName, regexSource } from "./fields";
 
 /** An image reference where `*` stands for any run of characters ("ghcr.io/acme/*"). */
-const imagePattern = z.string().regex(/^[A-Za-z0-9*][A-Za-z0-9._:/@*-]{0,254}$/, { error: 'must be an image reference where * matches anything, e.g. "ghcr.io/acme/*"' });
+const imagePattern = z.string().regex(/^[A-Za-z0-9*][A-Za-z0-9._:/@*-]{0,254}$/, {
+  error: 'must be an image reference where * matches anything, e.g. "ghcr.io/acme/*"',
+});
 
 /**
  * The run initialization policy (SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY): a JSON file
@@ -11,7 +13,10 @@ const imagePattern = z.string().regex(/^[A-Za-z0-9*][A-Za-z0-9._:/@*-]{0,254}$/,
  */
 export const runPolicy = z.strictObject({
   /** Only images matching one of these may run; leave out to allow any image. */
-  allowedImages: z.array(imagePattern).min(1, { error: "must list at least one image pattern (leave it out to allow any)" }).optional(),
+  allowedImages: z
+    .array(imagePattern)
+    .min(1, { error: "must list at least one image pattern (leave it out to allow any)" })
+    .optional(),
   /** Images matching any of these are refused, even if allowed above. */
   deniedImages: z.array(imagePattern).optional(),
   /** Regular expressions; a run with a command that matches one is refused. */

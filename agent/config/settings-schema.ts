@@ -18,6 +18,9 @@ export function runPolicyJsonSchema(): PropertySchema {
 }
 
 function toJsonSchema(schema: z.ZodType): unknown {
-  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as Record<
+    string,
+    unknown
+  >;
   return rest;
 }

@@ -51,7 +51,14 @@ function describe(property: PropertySchema): string {
   }
 }
 
-function check(property: PropertySchema, value: unknown, path: string, problems: SettingsProblem[], shown: string, env?: string): void {
+function check(
+  property: PropertySchema,
+  value: unknown,
+  path: string,
+  problems: SettingsProblem[],
+  shown: string,
+  env?: string,
+): void {
   const fail = (): void => {
     problems.push({ path, env, message: `${shown} is not allowed: expected ${describe(property)}` });
   };
@@ -72,7 +79,10 @@ function check(property: PropertySchema, value: unknown, path: string, problems:
       return;
     case "array":
       if (!Array.isArray(value)) return fail();
-      value.forEach((item, index) => property.items && check(property.items, item, `${path}[${index}]`, problems, JSON.stringify(item), env));
+      value.forEach(
+        (item, index) =>
+          property.items && check(property.items, item, `${path}[${index}]`, problems, JSON.stringify(item), env),
+      );
       return;
     case "object": {
       if (typeof value !== "object" || value === null || Array.isArray(value)) return fail();
@@ -81,10 +91,14 @@ function check(property: PropertySchema, value: unknown, path: string, problems:
         if (record[key] === undefined) problems.push({ path: `${path}.${key}`, env, message: "is required" });
       }
       for (const [key, item] of Object.entries(record)) {
-        const inner = property.properties?.[key] ?? (typeof property.additionalProperties === "object" ? property.additionalProperties : undefined);
-        if (property.propertyNames) check(property.propertyNames, key, `${path}.${key}`, problems, JSON.stringify(key), env);
+        const inner =
+          property.properties?.[key] ??
+          (typeof property.additionalProperties === "object" ? property.additionalProperties : undefined);
+        if (property.propertyNames)
+          check(property.propertyNames, key, `${path}.${key}`, problems, JSON.stringify(key), env);
         if (inner) check(inner, item, `${path}.${key}`, problems, JSON.stringify(item), env);
-        else if (property.additionalProperties === false) problems.push({ path: `${path}.${key}`, env, message: "is not a known field" });
+        else if (property.additionalProperties === false)
+          problems.push({ path: `${path}.${key}`, env, message: "is not a known field" });
       }
       return;
     }
@@ -122,7 +136,11 @@ export function checkDocument(schema: PropertySchema, value: unknown, root: stri
  * Check raw settings against a role's schema and fill in defaults. Every problem is
  * reported at once; secret values are never echoed.
  */
-export function validateSettings<T = Record<string, unknown>>(role: string, schema: SettingsSchema, raw: Record<string, unknown>): T {
+export function validateSettings<T = Record<string, unknown>>(
+  role: string,
+  schema: SettingsSchema,
+  raw: Record<string, unknown>,
+): T {
   const problems: SettingsProblem[] = [];
   const settings: Record<string, unknown> = {};
   for (const key of Object.keys(raw)) {

@@ -7,9 +7,22 @@ import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
 import { parseMessage, type WebSocket } from "../../protocol/websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
-import { dockerLauncher, executor, processLauncher, type Executor, type Outcome, type RuntimeLauncher } from "./executor";
+import {
+  dockerLauncher,
+  executor,
+  processLauncher,
+  type Executor,
+  type Outcome,
+  type RuntimeLauncher,
+} from "./executor";
 import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
-import { FLOWS_CONNECT_PATH, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, type AgentMessage, type GatewayMessage } from "../../protocol/flows";
+import {
+  FLOWS_CONNECT_PATH,
+  FLOWS_MAX_RESULT_BYTES,
+  FLOWS_MAX_RUN_TIMEOUT_MS,
+  type AgentMessage,
+  type GatewayMessage,
+} from "../../protocol/flows";
 
 /**
  * The result message of a run: type and id are the agent's, every other field is taken one by
@@ -20,7 +33,15 @@ export function resultMessage(id: string, outcome: Outcome): string {
   const { ok, value, error, console, durationMs } = outcome;
   const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
   if (Buffer.byteLength(text) <= FLOWS_MAX_RESULT_BYTES) return text;
-  return resultMessage(id, { ok: false, error: { name: "RangeError", message: `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes` }, console: [], durationMs });
+  return resultMessage(id, {
+    ok: false,
+    error: {
+      name: "RangeError",
+      message: `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`,
+    },
+    console: [],
+    durationMs,
+  });
 }
 
 /**
@@ -57,20 +78,36 @@ class FlowsLink extends WebSocketLink {
     // queued in the socket ahead of pings and pongs (and in the agent's memory) on a slow link.
     let answers = Promise.resolve();
     send({ type: "hello", poolSize: this.settings.runtimePoolSize, executor: this.executorName });
-    this.log.info("Connected to the server", { gateway: this.link.gateway.origin, poolSize: this.settings.runtimePoolSize, executor: this.executorName });
+    this.log.info("Connected to the server", {
+      gateway: this.link.gateway.origin,
+      poolSize: this.settings.runtimePoolSize,
+      executor: this.executorName,
+    });
 
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
       if (message?.type !== "run" || typeof message.id !== "string") return;
       const { id, job } = message;
-      const timeoutMs = Math.min(message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout), FLOWS_MAX_RUN_TIMEOUT_MS);
+      const timeoutMs = Math.min(
+        message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout),
+        FLOWS_MAX_RUN_TIMEOUT_MS,
+      );
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
-      void this.executor.run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs).then(async (outcome) => {
-        await (answers = answers.then(() => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent()))));
-        this.inFlight--;
-        this.log.info("run finished", { id, ok: outcome.ok, durationMs: Math.round(outcome.durationMs * 100) / 100, ...(outcome.ok ? {} : { error: outcome.error?.message }) });
-      });
+      void this.executor
+        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs)
+        .then(async (outcome) => {
+          await (answers = answers.then(
+            () => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent())),
+          ));
+          this.inFlight--;
+          this.log.info("run finished", {
+            id,
+            ok: outcome.ok,
+            durationMs: Math.round(outcome.durationMs * 100) / 100,
+            ...(outcome.ok ? {} : { error: outcome.error?.message }),
+          });
+        });
     });
   }
 
@@ -91,7 +128,8 @@ export function missingFor(isolation: Isolation, p: Privileges): string | undefi
   if (isolation === "none") return undefined;
   if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
   if (!p.root && !p.setpriv) return "setpriv is missing";
-  if (isolation === "namespaces" && !(p.bwrap && seccompFilter())) return "no bubblewrap, or no seccomp filter for this architecture";
+  if (isolation === "namespaces" && !(p.bwrap && seccompFilter()))
+    return "no bubblewrap, or no seccomp filter for this architecture";
   return undefined;
 }
 
@@ -111,15 +149,30 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
   const uids = uidPool(settings.runtimeUids);
   const own = process.getuid?.() ?? -1;
   if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
-    throw new Error(`FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`);
+    throw new Error(
+      `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
+    );
   }
   const wanted = settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
-      const launcher = processLauncher({ isolation, privileges, uids, runner: [runner.path, ...runner.args], readable: runner.readable, memoryMb: settings.runtimeMemoryMb, diskMb: settings.runtimeDiskMb, openFiles: settings.runtimeOpenFiles, scratchRoot: settings.mountsDir });
+      const launcher = processLauncher({
+        isolation,
+        privileges,
+        uids,
+        runner: [runner.path, ...runner.args],
+        readable: runner.readable,
+        memoryMb: settings.runtimeMemoryMb,
+        diskMb: settings.runtimeDiskMb,
+        openFiles: settings.runtimeOpenFiles,
+        scratchRoot: settings.mountsDir,
+      });
       const trial = launcher.start();
-      missing = await trial.ready.then(() => undefined, (error: Error) => `a runtime did not start: ${error.message}`);
+      missing = await trial.ready.then(
+        () => undefined,
+        (error: Error) => `a runtime did not start: ${error.message}`,
+      );
       trial.kill();
       if (!missing) {
         if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
@@ -134,10 +187,17 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
 }
 
 /** The executor the settings ask for; `docker` names the Docker CLI (tests give a stand-in). */
-export async function createExecutor(settings: FlowsAgentSettings, log: Logger, runner: Runner, docker?: string): Promise<{ executor: Executor; name: string }> {
+export async function createExecutor(
+  settings: FlowsAgentSettings,
+  log: Logger,
+  runner: Runner,
+  docker?: string,
+): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const launcher =
-    settings.executor === "docker" ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker) : await isolatedLauncher(settings, runner, log);
+    settings.executor === "docker"
+      ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker)
+      : await isolatedLauncher(settings, runner, log);
   return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
 }
 

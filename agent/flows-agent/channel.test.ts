@@ -8,18 +8,29 @@ describe("the runtime channel: frames", () => {
   });
 
   it("reads frames whatever the reads: one byte at a time, several in one read", () => {
-    const stream = Buffer.concat([encodeFrame({ ready: true }), encodeFrame({ ok: true, value: "x".repeat(70_000) }), encodeFrame([])]);
+    const stream = Buffer.concat([
+      encodeFrame({ ready: true }),
+      encodeFrame({ ok: true, value: "x".repeat(70_000) }),
+      encodeFrame([]),
+    ]);
     for (const size of [1, 3, 4, 5, 1024, stream.length]) {
       const frames: string[] = [];
       const read = frameReader(1 << 20, (text) => frames.push(text));
       for (let at = 0; at < stream.length; at += size) read(stream.subarray(at, at + size));
-      assert.deepEqual(frames.map((f) => JSON.parse(f)), [{ ready: true }, { ok: true, value: "x".repeat(70_000) }, []], `reads of ${size}`);
+      assert.deepEqual(
+        frames.map((f) => JSON.parse(f)),
+        [{ ready: true }, { ok: true, value: "x".repeat(70_000) }, []],
+        `reads of ${size}`,
+      );
     }
   });
 
   it("a frame over the cap is refused from its header, before its body is read", () => {
     const read = frameReader(100, () => assert.fail("no frame"));
-    assert.throws(() => read(Buffer.from([0xff, 0xff, 0xff, 0xff])), /a message of 4294967295 bytes, over the cap of 100/);
+    assert.throws(
+      () => read(Buffer.from([0xff, 0xff, 0xff, 0xff])),
+      /a message of 4294967295 bytes, over the cap of 100/,
+    );
     assert.throws(() => frameReader(100, () => undefined)(Buffer.from("garbage")), /over the cap of 100/);
   });
 
@@ -69,7 +80,11 @@ describe("the runtime channel: frames", () => {
 
 describe("the runtime channel: answers", () => {
   it("a sound answer is rebuilt field by field", () => {
-    assert.deepEqual(checkAnswer('{"ok":true,"value":{"a":[1]},"console":["x"]}'), { ok: true, value: { a: [1] }, console: ["x"] });
+    assert.deepEqual(checkAnswer('{"ok":true,"value":{"a":[1]},"console":["x"]}'), {
+      ok: true,
+      value: { a: [1] },
+      console: ["x"],
+    });
     const failed = checkAnswer('{"ok":false,"error":{"name":"E","message":"m","code":"C"},"console":[]}');
     assert.deepEqual(failed.error, { name: "E", message: "m", stack: undefined, code: "C" });
   });
@@ -86,7 +101,10 @@ describe("the runtime channel: answers", () => {
       ['{"ok":false,"console":[],"error":{"name":5,"message":"m"}}', /wrong types/],
       ["null", /wrong types/],
       ["[1]", /unknown fields/],
-      [`{"ok":true,"console":[],"value":${"[".repeat(FLOWS_MAX_VALUE_DEPTH + 1)}${"]".repeat(FLOWS_MAX_VALUE_DEPTH + 1)}}`, /nests deeper than the cap of 256/],
+      [
+        `{"ok":true,"console":[],"value":${"[".repeat(FLOWS_MAX_VALUE_DEPTH + 1)}${"]".repeat(FLOWS_MAX_VALUE_DEPTH + 1)}}`,
+        /nests deeper than the cap of 256/,
+      ],
     ] as const) {
       assert.throws(() => checkAnswer(text), why, text.slice(0, 80));
     }

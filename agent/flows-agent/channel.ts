@@ -32,7 +32,8 @@ export function frameReader(max: number, onFrame: (text: string) => void): (chun
     try {
       while (size - at >= 4) {
         const length = all.readUInt32BE(at);
-        if (length < 1 || length > max) throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
+        if (length < 1 || length > max)
+          throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
         if (size - at < 4 + length) {
           needed = 4 + length;
           break;
@@ -52,7 +53,7 @@ export function frameReader(max: number, onFrame: (text: string) => void): (chun
 /** Whether a JSON value nests no deeper than `limit` (walked without recursion). */
 export function withinDepth(value: unknown, limit: number): boolean {
   const stack: [unknown, number][] = [[value, 0]];
-  for (let item; (item = stack.pop()); ) {
+  for (let item; (item = stack.pop());) {
     const [node, depth] = item;
     if (node && typeof node === "object") {
       if (depth >= limit) return false;
@@ -71,9 +72,19 @@ const optional = (value: unknown) => value === undefined || typeof value === "st
 export function checkAnswer(text: string): Answer {
   const { ok, value, error, console, ...unknown } = JSON.parse(text) ?? {};
   const { name, message, stack, code } = error ?? {};
-  if (Object.keys(unknown).length > 0 || typeof ok !== "boolean" || !Array.isArray(console) || !console.every((line) => typeof line === "string") || !(error === undefined || (typeof name === "string" && typeof message === "string" && optional(stack) && optional(code)))) {
+  if (
+    Object.keys(unknown).length > 0 ||
+    typeof ok !== "boolean" ||
+    !Array.isArray(console) ||
+    !console.every((line) => typeof line === "string") ||
+    !(
+      error === undefined ||
+      (typeof name === "string" && typeof message === "string" && optional(stack) && optional(code))
+    )
+  ) {
     throw new Error("unknown fields, or fields of the wrong types");
   }
-  if (!withinDepth(value, FLOWS_MAX_VALUE_DEPTH)) throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
+  if (!withinDepth(value, FLOWS_MAX_VALUE_DEPTH))
+    throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
   return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
 }

@@ -84,7 +84,11 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     };
     // A process that never started has no pid; any later error is a failed signal, of no interest.
     child.on("error", (error) => child.pid === undefined && gone(`the runtime could not start: ${error.message}`));
-    child.once("exit", (code, signal) => gone(`the runtime exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim().split("\n").slice(-3).join(" ").slice(0, 500)}` : ""}`));
+    child.once("exit", (code, signal) =>
+      gone(
+        `the runtime exited (${signal ?? `code ${code}`})${stderr ? `: ${stderr.trim().split("\n").slice(-3).join(" ").slice(0, 500)}` : ""}`,
+      ),
+    );
   });
   // Its first frame says it is ready, the second is its answer; anything else ends it, and the reading.
   let frames = 0;
@@ -108,7 +112,10 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   });
   for (const pipe of [answers, jobs]) pipe.on("error", () => end("the runtime's channel failed"));
   timers.push(setTimeout(() => end("the runtime did not start within 30 s"), 30_000));
-  void started.then(() => clearTimeout(timers[0]), () => undefined);
+  void started.then(
+    () => clearTimeout(timers[0]),
+    () => undefined,
+  );
   return {
     ready: started,
     exited,
@@ -118,7 +125,14 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
         if (ending) return reject(new Error(ending));
         answered = { resolve, reject };
         timers.push(setTimeout(() => end(`the run timed out after ${timeoutMs} ms`), timeoutMs));
-        timers.push(setInterval(() => (residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB && end("the run exceeded its memory limit"), 20));
+        timers.push(
+          setInterval(
+            () =>
+              (residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB &&
+              end("the run exceeded its memory limit"),
+            20,
+          ),
+        );
         jobs.write(encodeFrame(job));
       }),
   };
@@ -174,11 +188,17 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   const namespaces = isolation === "namespaces" && { libraries: libraryDirectories(), filter: seccompFilter() };
   /** `command` as `uid`: through setpriv where there is one (which also ties the child's life to ours), else by Node's own switch (root). */
   const asUser = (uid: number | undefined, command: string[]): [string, string[], SpawnOptions] => {
-    const user = uid === undefined ? [] : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
-    return privileges.setpriv ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}] : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
+    const user =
+      uid === undefined
+        ? []
+        : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
+    return privileges.setpriv
+      ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}]
+      : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
   /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
-  const removal = (uid: number | undefined, dir: string) => asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
+  const removal = (uid: number | undefined, dir: string) =>
+    asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
 
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
   if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
@@ -193,20 +213,48 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
     describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaces ? "namespaces and " : ""}a user of its own`}`,
     start() {
       const uid = isolation === "none" ? undefined : uids.take();
-      const scratch = namespaces ? "/tmp" : uid ? `${o.scratchRoot}/${randomUUID()}` : mkdtempSync(`${o.scratchRoot}/run-`);
-      const node = [process.execPath, ...runtimeNodeFlags(o.readable, scratch, o.memoryMb), ...o.runner, ...(isolation === "user" ? [`--scratch=${scratch}`] : [])];
+      const scratch = namespaces
+        ? "/tmp"
+        : uid
+          ? `${o.scratchRoot}/${randomUUID()}`
+          : mkdtempSync(`${o.scratchRoot}/run-`);
+      const node = [
+        process.execPath,
+        ...runtimeNodeFlags(o.readable, scratch, o.memoryMb),
+        ...o.runner,
+        ...(isolation === "user" ? [`--scratch=${scratch}`] : []),
+      ];
       // Its open files capped (util-linux's prlimit, beside setpriv): the kernel memory its sockets hold with them.
-      const sandbox = namespaces ? [privileges.bwrap as string, ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb })] : [];
-      const [file, args, options] = asUser(uid, ["/usr/bin/prlimit", `--nofile=${o.openFiles}:${o.openFiles}`, "--", ...sandbox, ...node]);
+      const sandbox = namespaces
+        ? [
+            privileges.bwrap as string,
+            ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb }),
+          ]
+        : [];
+      const [file, args, options] = asUser(uid, [
+        "/usr/bin/prlimit",
+        `--nofile=${o.openFiles}:${o.openFiles}`,
+        "--",
+        ...sandbox,
+        ...node,
+      ]);
       // Node's stdio "pipes" are Unix socketpairs: read with read(2), so a descriptor a runtime passes (SCM_RIGHTS) is dropped.
-      const launch = () => spawn(file, args, { ...options, cwd: uid ? "/" : scratch, env: {}, stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"] });
+      const launch = () =>
+        spawn(file, args, {
+          ...options,
+          cwd: uid ? "/" : scratch,
+          env: {},
+          stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"],
+        });
       const child = launch();
       let memoryPid = namespaces ? 0 : child.pid;
       if (namespaces) {
         // bubblewrap tells the runtime's pid (in our pid namespace) on fd 4, read to its end (closing it early would
         // kill bubblewrap with SIGPIPE) but only its first pid counts; the seccomp filter goes in on fd 5.
         let info = "";
-        (child.stdio[4] as Readable).on("error", () => undefined).on("data", (chunk) => void (memoryPid ||= Number(/"child-pid": *(\d+)/.exec((info += chunk))?.[1] ?? 0)));
+        (child.stdio[4] as Readable)
+          .on("error", () => undefined)
+          .on("data", (chunk) => void (memoryPid ||= Number(/"child-pid": *(\d+)/.exec((info += chunk))?.[1] ?? 0)));
         (child.stdio[5 as number] as unknown as Writable).on("error", () => undefined).end(namespaces.filter);
       }
       let released = false;
@@ -236,7 +284,9 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             const [sh, shArgs, shOptions] = removal(uid, scratch);
             let freed = false;
             const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
-            spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" }).on("close", free).on("error", free);
+            spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })
+              .on("close", free)
+              .on("error", free);
           },
         },
         o.memoryMb,
@@ -251,21 +301,66 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
  * size-capped tmpfs (nothing of the host's file system), the runtime bundle read-only, and
  * options ending before the image.
  */
-export function dockerRunArgs(settings: Pick<FlowsAgentSettings, "runtimeImage" | "gvisor" | "runtimeMemoryMb" | "runtimeDiskMb" | "runtimeOpenFiles" | "runtimeNetwork" | "extraDockerParams">, runtimeFile: string, name: string, uid: number): string[] {
+export function dockerRunArgs(
+  settings: Pick<
+    FlowsAgentSettings,
+    | "runtimeImage"
+    | "gvisor"
+    | "runtimeMemoryMb"
+    | "runtimeDiskMb"
+    | "runtimeOpenFiles"
+    | "runtimeNetwork"
+    | "extraDockerParams"
+  >,
+  runtimeFile: string,
+  name: string,
+  uid: number,
+): string[] {
   const memory = `${settings.runtimeMemoryMb + MEMORY_MARGIN_MB}m`;
   return [
-    ...["run", "--rm", "-i", `--name=${name}`, ...(settings.gvisor ? ["--runtime=runsc"] : []), "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only"],
-    ...["--tmpfs=/tmp:rw,noexec,nosuid,nodev,size=16m", `--tmpfs=/work:rw,noexec,nosuid,nodev,size=${settings.runtimeDiskMb}m,mode=1777`, "--workdir=/work"],
-    ...[`--user=${uid}:${uid}`, `--memory=${memory}`, `--memory-swap=${memory}`, "--pids-limit=64", `--ulimit=nofile=${settings.runtimeOpenFiles}`, `--network=${settings.runtimeNetwork}`, "--env=NODE_OPTIONS="],
+    ...[
+      "run",
+      "--rm",
+      "-i",
+      `--name=${name}`,
+      ...(settings.gvisor ? ["--runtime=runsc"] : []),
+      "--cap-drop=ALL",
+      "--security-opt=no-new-privileges",
+      "--read-only",
+    ],
+    ...[
+      "--tmpfs=/tmp:rw,noexec,nosuid,nodev,size=16m",
+      `--tmpfs=/work:rw,noexec,nosuid,nodev,size=${settings.runtimeDiskMb}m,mode=1777`,
+      "--workdir=/work",
+    ],
+    ...[
+      `--user=${uid}:${uid}`,
+      `--memory=${memory}`,
+      `--memory-swap=${memory}`,
+      "--pids-limit=64",
+      `--ulimit=nofile=${settings.runtimeOpenFiles}`,
+      `--network=${settings.runtimeNetwork}`,
+      "--env=NODE_OPTIONS=",
+    ],
     `--volume=${runtimeFile}:/agentpools/runtime.js:ro`,
     ...settings.extraDockerParams,
-    ...["--", settings.runtimeImage, "node", ...runtimeNodeFlags(["/agentpools/runtime.js"], "/work", settings.runtimeMemoryMb)],
+    ...[
+      "--",
+      settings.runtimeImage,
+      "node",
+      ...runtimeNodeFlags(["/agentpools/runtime.js"], "/work", settings.runtimeMemoryMb),
+    ],
     ...["/agentpools/runtime.js", "--flows-runner", "--channel-stdout"],
   ];
 }
 
 /** Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. */
-export function dockerLauncher(settings: FlowsAgentSettings, runtimeFile: string, uids: UidPool, docker = "docker"): RuntimeLauncher {
+export function dockerLauncher(
+  settings: FlowsAgentSettings,
+  runtimeFile: string,
+  uids: UidPool,
+  docker = "docker",
+): RuntimeLauncher {
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
   const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
   const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
@@ -301,7 +396,15 @@ export interface Executor {
 }
 
 /** Runs jobs on fresh runtimes: at most poolSize at once, the rest wait their turn. */
-export function executor({ poolSize, launcher, log }: { poolSize: number; launcher: RuntimeLauncher; log: Logger }): Executor {
+export function executor({
+  poolSize,
+  launcher,
+  log,
+}: {
+  poolSize: number;
+  launcher: RuntimeLauncher;
+  log: Logger;
+}): Executor {
   const spares: Runtime[] = [];
   const waiting: (() => void)[] = [];
   let starting = 0;
@@ -348,7 +451,12 @@ export function executor({ poolSize, launcher, log }: { poolSize: number; launch
         return { ok, value, error, console, durationMs: performance.now() - began };
       } catch (error) {
         used?.kill();
-        return { ok: false, error: { name: "RuntimeError", message: (error as Error).message }, console: [], durationMs: performance.now() - began };
+        return {
+          ok: false,
+          error: { name: "RuntimeError", message: (error as Error).message },
+          console: [],
+          durationMs: performance.now() - began,
+        };
       } finally {
         active--;
         waiting.shift()?.();

@@ -3,7 +3,13 @@ import { syncBuiltinESMExports } from "node:module";
 import net from "node:net";
 import os from "node:os";
 import { format } from "node:util";
-import { FLOWS_MAX_CONSOLE_BYTES, FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_VALUE_BYTES, type Answer, type Job } from "../../protocol/flows";
+import {
+  FLOWS_MAX_CONSOLE_BYTES,
+  FLOWS_MAX_CONSOLE_LINES,
+  FLOWS_MAX_VALUE_BYTES,
+  type Answer,
+  type Job,
+} from "../../protocol/flows";
 import { WEBSOCKET_MAX_MESSAGE } from "../../protocol/websocket";
 import { encodeFrame, frameReader } from "./channel";
 
@@ -14,7 +20,9 @@ import { encodeFrame, frameReader } from "./channel";
  * (process executor) or on stdout (Docker executor, `--channel-stdout`).
  */
 
-const AsyncFunction = Object.getPrototypeOf(async () => undefined).constructor as new (...args: string[]) => (inputs: unknown) => Promise<unknown>;
+const AsyncFunction = Object.getPrototypeOf(async () => undefined).constructor as new (
+  ...args: string[]
+) => (inputs: unknown) => Promise<unknown>;
 
 export async function runJob(job: Job): Promise<Answer> {
   // Console lines within the caps (counted as JSON, escapes included); past them, one last line says so.
@@ -24,7 +32,8 @@ export async function runJob(job: Job): Promise<Answer> {
   const add = (line: string) => {
     if (bytes < 0) return;
     bytes += JSON.stringify(line).length;
-    if (lines.length < FLOWS_MAX_CONSOLE_LINES - 1 && bytes < FLOWS_MAX_CONSOLE_BYTES - 100) return void lines.push(line);
+    if (lines.length < FLOWS_MAX_CONSOLE_LINES - 1 && bytes < FLOWS_MAX_CONSOLE_BYTES - 100)
+      return void lines.push(line);
     lines.push(`[console cut at the cap: ${FLOWS_MAX_CONSOLE_LINES} lines, ${FLOWS_MAX_CONSOLE_BYTES} bytes]`);
     bytes = -1;
   };
@@ -44,12 +53,23 @@ export async function runJob(job: Job): Promise<Answer> {
   try {
     const fn = new AsyncFunction("inputs", job.kind === "expression" ? `return (${job.code}\n);` : job.code);
     const json = JSON.stringify(await fn(job.inputs ?? {})) ?? "null";
-    if (json.length > FLOWS_MAX_VALUE_BYTES) throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
+    if (json.length > FLOWS_MAX_VALUE_BYTES)
+      throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
     answer = { ok: true, value: JSON.parse(json), console: lines };
   } catch (thrown) {
-    const error = thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
+    const error =
+      thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
     const code = (error as { code?: unknown }).code;
-    answer = { ok: false, error: { name: String(error.name), message: String(error.message), stack: error.stack && String(error.stack), code: typeof code === "string" ? code : undefined }, console: lines };
+    answer = {
+      ok: false,
+      error: {
+        name: String(error.name),
+        message: String(error.message),
+        stack: error.stack && String(error.stack),
+        code: typeof code === "string" ? code : undefined,
+      },
+      console: lines,
+    };
   }
   if (partial) add(partial);
   return answer;
@@ -95,7 +115,8 @@ export async function runRunner(argv = process.argv): Promise<void> {
   const toStdout = argv.includes("--channel-stdout");
   const writeStdout = process.stdout.write.bind(process.stdout);
   const channel = toStdout ? undefined : new net.Socket({ fd: 3, readable: false, writable: true });
-  const send = (message: unknown, then?: () => void) => (channel ? channel.write(encodeFrame(message), then) : writeStdout(encodeFrame(message), then));
+  const send = (message: unknown, then?: () => void) =>
+    channel ? channel.write(encodeFrame(message), then) : writeStdout(encodeFrame(message), then);
   confine();
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
   await runJob({ kind: "expression", code: "[0].map(String)" });

@@ -6,7 +6,12 @@ function evaluate(filter: Buffer, call: { arch: number; nr: number; arg0?: numbe
   const data = (offset: number) => ({ 0: call.nr, 4: call.arch, 16: call.arg0 ?? 0 })[offset] as number;
   let a = 0;
   for (let pc = 0; pc < filter.length / 8; pc++) {
-    const [code, jt, jf, k] = [filter.readUInt16LE(pc * 8), filter[pc * 8 + 2], filter[pc * 8 + 3], filter.readUInt32LE(pc * 8 + 4)];
+    const [code, jt, jf, k] = [
+      filter.readUInt16LE(pc * 8),
+      filter[pc * 8 + 2],
+      filter[pc * 8 + 3],
+      filter.readUInt32LE(pc * 8 + 4),
+    ];
     if (code === 0x20) a = data(k);
     else if (code === 0x06) return k;
     else if (code === 0x15) pc += a === k ? jt : jf;
@@ -21,8 +26,28 @@ const [ALLOW, KILL, EPERM, EACCES, ENOSYS] = [0x7fff0000, 0x80000000, 0x50001, 0
 
 describe("runtime sandbox: the seccomp filter", () => {
   const cases = {
-    x64: { arch: 0xc000003e, read: 0, socket: 41, clone: 56, clone3: 435, fork: 57, ptrace: 101, unshare: 272, ioUring: 425 },
-    arm64: { arch: 0xc00000b7, read: 63, socket: 198, clone: 220, clone3: 435, fork: undefined, ptrace: 117, unshare: 97, ioUring: 425 },
+    x64: {
+      arch: 0xc000003e,
+      read: 0,
+      socket: 41,
+      clone: 56,
+      clone3: 435,
+      fork: 57,
+      ptrace: 101,
+      unshare: 272,
+      ioUring: 425,
+    },
+    arm64: {
+      arch: 0xc00000b7,
+      read: 63,
+      socket: 198,
+      clone: 220,
+      clone3: 435,
+      fork: undefined,
+      ptrace: 117,
+      unshare: 97,
+      ioUring: 425,
+    },
   };
   for (const [arch, c] of Object.entries(cases)) {
     it(`${arch}: Unix sockets, new processes and namespaces, ptrace and io_uring refused; threads, other sockets and the rest allowed`, () => {
@@ -36,7 +61,8 @@ describe("runtime sandbox: the seccomp filter", () => {
       assert.equal(call(c.clone, 17), EPERM, "a process (SIGCHLD only)");
       assert.equal(call(c.clone, 0x10000000 | 17), EPERM, "a process in a new user namespace");
       assert.equal(call(c.clone3), ENOSYS, "clone3: flags a filter cannot read, so threads fall back to clone");
-      for (const nr of [c.fork, c.ptrace, c.unshare, c.ioUring]) if (nr !== undefined) assert.equal(call(nr), EPERM, String(nr));
+      for (const nr of [c.fork, c.ptrace, c.unshare, c.ioUring])
+        if (nr !== undefined) assert.equal(call(nr), EPERM, String(nr));
       assert.equal(evaluate(filter, { arch: 0x40000003, nr: 1 }), KILL, "another architecture (i386)");
     });
   }
@@ -52,13 +78,40 @@ describe("runtime sandbox: the seccomp filter", () => {
 
 describe("runtime sandbox: bubblewrap, libraries, uids", () => {
   it("every namespace but the network's; read-only binds only; a size-capped tmpfs as scratch; the filter and pid on fds 5 and 4", () => {
-    const args = bwrapArgs({ node: "/usr/bin/node", libraries: ["/usr/lib64"], readable: ["/opt/agentpools/flows-agent.js"], diskMb: 64 });
-    for (const flag of ["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1"]) assert.ok(args.includes(flag), flag);
-    assert.deepEqual(args.slice(args.indexOf("--size"), args.indexOf("--size") + 6), ["--size", String(64 << 20), "--perms", "1777", "--tmpfs", "/tmp"]);
+    const args = bwrapArgs({
+      node: "/usr/bin/node",
+      libraries: ["/usr/lib64"],
+      readable: ["/opt/agentpools/flows-agent.js"],
+      diskMb: 64,
+    });
+    for (const flag of [
+      "--unshare-all",
+      "--share-net",
+      "--unshare-user",
+      "--die-with-parent",
+      "--new-session",
+      "--as-pid-1",
+    ])
+      assert.ok(args.includes(flag), flag);
+    assert.deepEqual(args.slice(args.indexOf("--size"), args.indexOf("--size") + 6), [
+      "--size",
+      String(64 << 20),
+      "--perms",
+      "1777",
+      "--tmpfs",
+      "/tmp",
+    ]);
     assert.ok(!args.some((arg) => arg === "--bind" || arg === "--dev-bind"), "nothing writable of the host");
     const binds = args.flatMap((arg, i) => (arg === "--ro-bind" ? [args[i + 1]] : []));
-    assert.ok(binds.includes("/usr/bin/node") && binds.includes("/usr/lib64") && binds.includes("/opt/agentpools/flows-agent.js"));
-    assert.ok(binds.every((bind) => !/^\/(home|root|var|run)\b/.test(bind)), binds.join(" "));
+    assert.ok(
+      binds.includes("/usr/bin/node") &&
+        binds.includes("/usr/lib64") &&
+        binds.includes("/opt/agentpools/flows-agent.js"),
+    );
+    assert.ok(
+      binds.every((bind) => !/^\/(home|root|var|run)\b/.test(bind)),
+      binds.join(" "),
+    );
     assert.deepEqual(args.slice(-5), ["--info-fd", "4", "--seccomp", "5", "--"]);
   });
 

@@ -36,7 +36,12 @@ export function readPrivileges(): Privileges {
   if (process.platform !== "linux") return { root: false, switchUser: false };
   // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
   const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
-  return { root: process.getuid?.() === 0, switchUser: (caps & 0xe0) === 0xe0, setpriv: program("setpriv"), bwrap: program("bwrap") };
+  return {
+    root: process.getuid?.() === 0,
+    switchUser: (caps & 0xe0) === 0xe0,
+    setpriv: program("setpriv"),
+    bwrap: program("bwrap"),
+  };
 }
 
 /** The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive. */
@@ -66,7 +71,8 @@ export interface UidPool {
 const LOADERS: Record<string, string> = { x64: "/lib64/ld-linux-x86-64.so.2", arm64: "/lib/ld-linux-aarch64.so.1" };
 
 /** The directories of the shared libraries this Node has loaded (a runtime's Node is the same binary). */
-export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8")) => [...new Set(maps.match(/\/\S+\.so\b\S*$/gm)?.map((file) => path.dirname(file)))].sort();
+export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8")) =>
+  [...new Set(maps.match(/\/\S+\.so\b\S*$/gm)?.map((file) => path.dirname(file)))].sort();
 
 /**
  * bubblewrap's arguments for one runtime (pure): new namespaces of every kind but the network,
@@ -77,10 +83,38 @@ export const libraryDirectories = (maps = readFileSync("/proc/self/maps", "utf8"
  */
 export function bwrapArgs(o: { node: string; libraries: string[]; readable: string[]; diskMb: number }): string[] {
   const loader = LOADERS[process.arch];
-  const files = [o.node, ...o.libraries, ...o.readable, ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`).filter(existsSync)];
+  const files = [
+    o.node,
+    ...o.libraries,
+    ...o.readable,
+    ...["resolv.conf", "hosts", "nsswitch.conf"].map((name) => `/etc/${name}`).filter(existsSync),
+  ];
   return [
-    ...["--unshare-all", "--share-net", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--proc", "/proc", "--dev", "/dev"],
-    ...["--size", String(o.diskMb << 20), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/tmp", "--setenv", "LD_LIBRARY_PATH", o.libraries.join(":")],
+    ...[
+      "--unshare-all",
+      "--share-net",
+      "--unshare-user",
+      "--die-with-parent",
+      "--new-session",
+      "--as-pid-1",
+      "--proc",
+      "/proc",
+      "--dev",
+      "/dev",
+    ],
+    ...[
+      "--size",
+      String(o.diskMb << 20),
+      "--perms",
+      "1777",
+      "--tmpfs",
+      "/tmp",
+      "--chdir",
+      "/tmp",
+      "--setenv",
+      "LD_LIBRARY_PATH",
+      o.libraries.join(":"),
+    ],
     ...(existsSync(loader) ? ["--ro-bind", realpathSync(loader), loader] : []),
     ...files.flatMap((file) => ["--ro-bind", file, file]),
     ...["--info-fd", "4", "--seccomp", "5", "--"],
@@ -90,8 +124,18 @@ export function bwrapArgs(o: { node: string; libraries: string[]; readable: stri
 /** System call numbers the filter names, per architecture Node runs on. */
 const SYSCALLS = {
   // fork vfork ptrace process_vm_readv/writev perf_event_open bpf userfaultfd io_uring_setup add_key request_key keyctl unshare setns
-  x64: { arch: 0xc000003e, socket: 41, clone: 56, denied: [57, 58, 101, 310, 311, 298, 321, 323, 425, 248, 249, 250, 272, 308] },
-  arm64: { arch: 0xc00000b7, socket: 198, clone: 220, denied: [117, 270, 271, 241, 280, 282, 425, 217, 218, 219, 97, 268] },
+  x64: {
+    arch: 0xc000003e,
+    socket: 41,
+    clone: 56,
+    denied: [57, 58, 101, 310, 311, 298, 321, 323, 425, 248, 249, 250, 272, 308],
+  },
+  arm64: {
+    arch: 0xc00000b7,
+    socket: 198,
+    clone: 220,
+    denied: [117, 270, 271, 241, 280, 282, 425, 217, 218, 219, 97, 268],
+  },
 } as const;
 
 /**
@@ -110,12 +154,36 @@ export function seccompFilter(arch: string = process.arch): Buffer | undefined {
   const [ALLOW, KILL, EPERM, EACCES, ENOSYS] = [0x7fff0000, 0x80000000, 0x50001, 0x5000d, 0x50026];
   // [code, k, instructions skipped if true, if false]: load a word of seccomp_data (0 the call, 4 the architecture, 16 the first argument).
   const program: number[][] = [
-    ...[[LOAD, 4], [EQUAL, table.arch, 1, 0], [RETURN, KILL], [LOAD, 0]],
-    ...(arch === "x64" ? [[AT_LEAST, 0x40000000, 0, 1], [RETURN, KILL]] : []),
-    ...[...table.denied.map((nr) => [nr, EPERM]), [435, ENOSYS]].flatMap(([nr, answer]) => [[EQUAL, nr, 0, 1], [RETURN, answer]]),
+    ...[
+      [LOAD, 4],
+      [EQUAL, table.arch, 1, 0],
+      [RETURN, KILL],
+      [LOAD, 0],
+    ],
+    ...(arch === "x64"
+      ? [
+          [AT_LEAST, 0x40000000, 0, 1],
+          [RETURN, KILL],
+        ]
+      : []),
+    ...[...table.denied.map((nr) => [nr, EPERM]), [435, ENOSYS]].flatMap(([nr, answer]) => [
+      [EQUAL, nr, 0, 1],
+      [RETURN, answer],
+    ]),
     // socket(AF_UNIX, ...) answers EACCES; clone without CLONE_THREAD EPERM; anything else is allowed.
-    ...[[EQUAL, table.socket, 0, 3], [LOAD, 16], [EQUAL, 1, 0, 5], [RETURN, EACCES]],
-    ...[[EQUAL, table.clone, 0, 3], [LOAD, 16], [ANY_BIT, 0x10000, 1, 0], [RETURN, EPERM], [RETURN, ALLOW]],
+    ...[
+      [EQUAL, table.socket, 0, 3],
+      [LOAD, 16],
+      [EQUAL, 1, 0, 5],
+      [RETURN, EACCES],
+    ],
+    ...[
+      [EQUAL, table.clone, 0, 3],
+      [LOAD, 16],
+      [ANY_BIT, 0x10000, 1, 0],
+      [RETURN, EPERM],
+      [RETURN, ALLOW],
+    ],
   ];
   const filter = Buffer.alloc(program.length * 8);
   program.forEach(([code, k, yes = 0, no = 0], at) => {

@@ -59,7 +59,12 @@ export function processExecutor(launcherPath = process.env.PATH ?? "/usr/bin:/bi
     workspaceInRun: (workspace) => workspace,
     start(run) {
       const env = { PATH: launcherPath, HOME: run.workspace, ...run.env };
-      const child = spawn("/bin/sh", ["-ec", run.script], { cwd: run.workspace, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn("/bin/sh", ["-ec", run.script], {
+        cwd: run.workspace,
+        env,
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       return started(child, () => {
         try {
           process.kill(-(child.pid as number), "SIGKILL");
@@ -87,26 +92,38 @@ const envFile = (run: PreparedRun) => path.join(path.dirname(run.workspace), "en
  * the process list and none is in the client's own environment, where the client, its Go
  * runtime or libc would read it (OTEL_EXPORTER_OTLP_*, ZONEINFO, RES_OPTIONS...).
  */
-export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir" | "workerNetwork" | "workerRuntime" | "extraMounts">, run: PreparedRun): string[] {
+export function dockerRunArgs(
+  settings: Pick<LauncherSettings, "dockerConfigDir" | "workerNetwork" | "workerRuntime" | "extraMounts">,
+  run: PreparedRun,
+): string[] {
   return [
     ...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []),
     "run",
     "--rm",
-    "--name", containerName(run.id),
-    "--label", `agentpools.run=${run.id}`,
-    "--network", settings.workerNetwork,
+    "--name",
+    containerName(run.id),
+    "--label",
+    `agentpools.run=${run.id}`,
+    "--network",
+    settings.workerNetwork,
     ...(settings.workerRuntime ? ["--runtime", settings.workerRuntime] : []),
-    "--security-opt", "no-new-privileges",
+    "--security-opt",
+    "no-new-privileges",
     "--init",
-    "--mount", mountArgument(`${run.workspace}:${CONTAINER_WORKSPACE}`),
-    "--workdir", CONTAINER_WORKSPACE,
+    "--mount",
+    mountArgument(`${run.workspace}:${CONTAINER_WORKSPACE}`),
+    "--workdir",
+    CONTAINER_WORKSPACE,
     ...settings.extraMounts.flatMap((mount) => ["--mount", mountArgument(mount)]),
-    "--env-file", envFile(run),
-    "--entrypoint", "/bin/sh",
+    "--env-file",
+    envFile(run),
+    "--entrypoint",
+    "/bin/sh",
     // Options end here: whatever the image is, docker reads it as the image.
     "--",
     run.image,
-    "-ec", run.script,
+    "-ec",
+    run.script,
   ];
 }
 
@@ -114,8 +131,14 @@ export function dockerRunArgs(settings: Pick<LauncherSettings, "dockerConfigDir"
 const DOCKER_CLIENT_ENV = ["PATH", "HOME", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"];
 
 /** Each run a sibling container started through the Docker CLI (`docker` may name another binary, for tests). */
-export function dockerExecutor(settings: LauncherSettings, launcherEnv: Record<string, string | undefined>, docker = "docker"): RunExecutor {
-  const clientEnv = Object.fromEntries(DOCKER_CLIENT_ENV.flatMap((name) => (launcherEnv[name] ? [[name, launcherEnv[name] as string]] : [])));
+export function dockerExecutor(
+  settings: LauncherSettings,
+  launcherEnv: Record<string, string | undefined>,
+  docker = "docker",
+): RunExecutor {
+  const clientEnv = Object.fromEntries(
+    DOCKER_CLIENT_ENV.flatMap((name) => (launcherEnv[name] ? [[name, launcherEnv[name] as string]] : [])),
+  );
   return {
     describe: `docker (network ${settings.workerNetwork}${settings.workerRuntime ? `, runtime ${settings.workerRuntime}` : ""})`,
     workspaceInRun: () => CONTAINER_WORKSPACE,
@@ -123,13 +146,22 @@ export function dockerExecutor(settings: LauncherSettings, launcherEnv: Record<s
       // The file has a line per variable and no quoting: a value of several lines (a key) goes by name (a line of its
       // name alone), its value through the client's environment, which runRefusal keeps to names the client ignores.
       const byName: Record<string, string> = {};
-      const lines = Object.entries(run.env).map(([name, value]) => (/[\r\n]/.test(value) || value.length > 16384 ? ((byName[name] = value), name) : `${name}=${value}`));
+      const lines = Object.entries(run.env).map(([name, value]) =>
+        /[\r\n]/.test(value) || value.length > 16384 ? ((byName[name] = value), name) : `${name}=${value}`,
+      );
       writeFileSync(envFile(run), lines.join("\n"), { mode: 0o600, flag: "wx" });
-      const child = spawn(docker, dockerRunArgs(settings, run), { env: { ...byName, ...clientEnv }, stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn(docker, dockerRunArgs(settings, run), {
+        env: { ...byName, ...clientEnv },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       // Read by the client as it starts; removed once it is done.
       child.once("close", () => rmSync(envFile(run), { force: true }));
       return started(child, () => {
-        spawn(docker, [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)], { env: clientEnv, stdio: "ignore" }).once("error", () => undefined);
+        spawn(
+          docker,
+          [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)],
+          { env: clientEnv, stdio: "ignore" },
+        ).once("error", () => undefined);
         child.kill("SIGKILL");
       });
     },

@@ -1,6 +1,15 @@
 import { spawnSync } from "node:child_process";
 import { randomUUID, sign, type KeyObject } from "node:crypto";
-import { chmodSync, createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import {
+  chmodSync,
+  createReadStream,
+  createWriteStream,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+} from "node:fs";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
@@ -28,7 +37,14 @@ import {
 } from "../../protocol/worker";
 import type { FromWorker, HeldLease, Lease, RunOutcome, RunSpec, ToWorker } from "../../protocol/worker";
 import { POOL_HEADER } from "../../protocol/link";
-import { certificateKey, keyMatchesCertificate, openBuffer, openStream, privateKeyFromBase64, sealStream } from "../../protocol/seal";
+import {
+  certificateKey,
+  keyMatchesCertificate,
+  openBuffer,
+  openStream,
+  privateKeyFromBase64,
+  sealStream,
+} from "../../protocol/seal";
 
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
 const DELIVERY_GRACE_MS = 5_000;
@@ -69,18 +85,31 @@ interface LauncherContext {
 }
 
 /** Check everything the launcher can check before it connects; each problem is a clear error. */
-export function prepareLauncher(settings: LauncherSettings, env: Record<string, string | undefined>, log: Logger, docker?: string): LauncherContext {
+export function prepareLauncher(
+  settings: LauncherSettings,
+  env: Record<string, string | undefined>,
+  log: Logger,
+  docker?: string,
+): LauncherContext {
   const token = decodeToken(settings.token);
   if (!token.certificate) throw new Error("SPACELIFT_TOKEN carries no certificate: it is not a worker pool's token");
   const privateKey = privateKeyFromBase64(settings.poolPrivateKey);
   if (!keyMatchesCertificate(privateKey, token.certificate)) {
-    throw new Error("SPACELIFT_POOL_PRIVATE_KEY does not belong to the certificate in SPACELIFT_TOKEN: give the key the pool's CSR was made with");
+    throw new Error(
+      "SPACELIFT_POOL_PRIVATE_KEY does not belong to the certificate in SPACELIFT_TOKEN: give the key the pool's CSR was made with",
+    );
   }
-  const policy = settings.runInitializationPolicyFile ? loadPolicy(settings.runInitializationPolicyFile, runPolicyJsonSchema()) : undefined;
+  const policy = settings.runInitializationPolicyFile
+    ? loadPolicy(settings.runInitializationPolicyFile, runPolicyJsonSchema())
+    : undefined;
   for (const mount of settings.extraMounts) {
-    if (!existsSync(mount.split(":")[0])) throw new Error(`SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`);
+    if (!existsSync(mount.split(":")[0]))
+      throw new Error(
+        `SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`,
+      );
   }
-  if (settings.executor === "process" && settings.extraMounts.length > 0) log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
+  if (settings.executor === "process" && settings.extraMounts.length > 0)
+    log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
 
   const passed: Record<string, string> = {};
@@ -88,11 +117,21 @@ export function prepareLauncher(settings: LauncherSettings, env: Record<string, 
     if (env[name] === undefined) log.warn("a variable to pass to runs is not set", { variable: name });
     else passed[name] = env[name] as string;
   }
-  for (const [name, value] of Object.entries(env)) if (name.startsWith("SPACELIFT_PRIVATEVCS_MAPPING_") && value) passed[name] = value;
+  for (const [name, value] of Object.entries(env))
+    if (name.startsWith("SPACELIFT_PRIVATEVCS_MAPPING_") && value) passed[name] = value;
   for (const name of settings.maskedEnvVars) if (env[name]) log.redact(env[name] as string);
 
   const executor = settings.executor === "docker" ? dockerExecutor(settings, env, docker) : processExecutor(env.PATH);
-  return { settings, token: token as PoolToken & { certificate: string }, privateKey, publicKey: certificateKey(token.certificate), policy, executor, passed, log };
+  return {
+    settings,
+    token: token as PoolToken & { certificate: string },
+    privateKey,
+    publicKey: certificateKey(token.certificate),
+    policy,
+    executor,
+    passed,
+    log,
+  };
 }
 
 /**
@@ -158,7 +197,11 @@ export class Launcher extends WebSocketLink {
   protected opened(socket: WebSocket): void {
     this.send({ type: "hello", leases: this.leases() });
     if (this.stopping) this.send({ type: "draining" });
-    this.context.log.info("Connected to the server", { gateway: this.link.gateway.origin, pool: this.context.token.pool, executor: this.context.executor.describe });
+    this.context.log.info("Connected to the server", {
+      gateway: this.link.gateway.origin,
+      pool: this.context.token.pool,
+      executor: this.context.executor.describe,
+    });
     socket.on("message", (text: string) => {
       const message = parseMessage<ToWorker>(text);
       if (message?.type === "run") return void this.take(message.run ?? {}, message.lease ?? {});
@@ -252,7 +295,9 @@ export class Launcher extends WebSocketLink {
       lines: [],
     };
     let end!: () => void;
-    run.done = new Promise((resolve) => (end = () => ((this.current = undefined), resolve(), void this.context.busyChanged?.())));
+    run.done = new Promise(
+      (resolve) => (end = () => ((this.current = undefined), resolve(), void this.context.busyChanged?.())),
+    );
     this.current = run;
     try {
       let environment: Record<string, string> = {};
@@ -315,12 +360,18 @@ export class Launcher extends WebSocketLink {
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
     // The container's user may not be ours: the workspace is open, its parent (ours, 0700) is not.
-    if (settings.executor === "docker") for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
+    if (settings.executor === "docker")
+      for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
     const stateFile = path.join(workspace, STATE_FILE);
     if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile);
 
     const masked = new Set(settings.maskedEnvVars);
-    const secrets = [...settings.maskedEnvVars.map((name) => passed[name] ?? ""), ...Object.entries(environment).filter(([name]) => masked.has(name)).map(([, value]) => value)];
+    const secrets = [
+      ...settings.maskedEnvVars.map((name) => passed[name] ?? ""),
+      ...Object.entries(environment)
+        .filter(([name]) => masked.has(name))
+        .map(([, value]) => value),
+    ];
     const append = (lines: string[]) => {
       const from = run.lines.length;
       if (from >= MAX_LOG_LINES) return;
@@ -335,8 +386,19 @@ export class Launcher extends WebSocketLink {
     // Each stream on its own: a value split between two reads of one stream is still whole to it.
     const outputs = { stdout: runOutput(secrets, append), stderr: runOutput(secrets, append) };
 
-    const env = { ...passed, ...environment, AGENTPOOLS_RUN_ID: spec.id, AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}` };
-    const started = executor.start({ id: spec.id, image: spec.image, script: spec.commands.join("\n"), env, workspace });
+    const env = {
+      ...passed,
+      ...environment,
+      AGENTPOOLS_RUN_ID: spec.id,
+      AGENTPOOLS_STATE_FILE: `${executor.workspaceInRun(workspace)}/${STATE_FILE}`,
+    };
+    const started = executor.start({
+      id: spec.id,
+      image: spec.image,
+      script: spec.commands.join("\n"),
+      env,
+      workspace,
+    });
     run.process = started;
     // Stopped while its state was still downloading: it does not get to run.
     if (run.stopped) started.kill();
@@ -349,7 +411,10 @@ export class Launcher extends WebSocketLink {
       started.kill();
     };
     let quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
-    const overall = setTimeout(() => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`), runTimeoutMs);
+    const overall = setTimeout(
+      () => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`),
+      runTimeoutMs,
+    );
     started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
       quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
@@ -376,7 +441,12 @@ export class Launcher extends WebSocketLink {
       return { status: "failed", reason: stopped, state };
     }
     if (exit.code === 0) return { status: "succeeded", exitCode: 0, state };
-    return { status: "failed", exitCode: exit.code ?? undefined, reason: exit.code === null ? `killed by ${exit.signal}` : `exited with code ${exit.code}`, state };
+    return {
+      status: "failed",
+      exitCode: exit.code ?? undefined,
+      reason: exit.code === null ? `killed by ${exit.signal}` : `exited with code ${exit.code}`,
+      state,
+    };
   }
 
   private async downloadState(from: string, file: string): Promise<void> {
@@ -394,7 +464,11 @@ export class Launcher extends WebSocketLink {
       throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
     }
     try {
-      await pipeline(response, openStream(this.context.privateKey), createWriteStream(file, { mode: 0o600, flags: "wx" }));
+      await pipeline(
+        response,
+        openStream(this.context.privateKey),
+        createWriteStream(file, { mode: 0o600, flags: "wx" }),
+      );
     } catch (error) {
       rmSync(file, { force: true });
       throw new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);
@@ -426,15 +500,23 @@ export class Launcher extends WebSocketLink {
         response.resume();
         if (response.statusCode === 413) {
           // Too large for this gateway, for good: report the run without it rather than never.
-          run.outcome = { ...run.outcome, state: false, reason: [run.outcome.reason, "its state was too large for the gateway to store"].filter(Boolean).join("; ") };
-        } else if (response.statusCode !== 204) throw new Error(`the gateway refused the run's state with ${response.statusCode}`);
+          run.outcome = {
+            ...run.outcome,
+            state: false,
+            reason: [run.outcome.reason, "its state was too large for the gateway to store"].filter(Boolean).join("; "),
+          };
+        } else if (response.statusCode !== 204)
+          throw new Error(`the gateway refused the run's state with ${response.statusCode}`);
         rmSync(run.stateFile, { force: true });
         run.stateFile = undefined;
       }
       this.send({ type: "finished", id: run.id, fence: run.fence, ...run.outcome });
     } catch (error) {
       // Tried again with the next renewal, and on every reconnect.
-      this.context.log.warn("could not deliver a run's result; trying again", { run: run.id, error: (error as Error).message });
+      this.context.log.warn("could not deliver a run's result; trying again", {
+        run: run.id,
+        error: (error as Error).message,
+      });
     } finally {
       run.delivering = false;
     }
@@ -452,7 +534,10 @@ export class Launcher extends WebSocketLink {
     // The current run (waiting for its start, or running) finishes by the deadline, or is stopped.
     const current = this.current;
     if (current) {
-      this.context.log.info("waiting for the current run before stopping", { run: current.id, secondsLeft: Math.round((deadline - Date.now()) / 1000) });
+      this.context.log.info("waiting for the current run before stopping", {
+        run: current.id,
+        secondsLeft: Math.round((deadline - Date.now()) / 1000),
+      });
       const timer = setTimeout(
         () => this.halt(current, "the launcher was stopped before the run finished"),
         Math.max(0, deadline - Date.now()),
@@ -478,8 +563,17 @@ export function launcherRole(options: { docker?: string } = {}): Role<LauncherSe
   return {
     name: "launcher",
     start(settings, { log, env, busyChanged }): RunningAgent {
-      const launcher = new Launcher({ ...prepareLauncher(settings, env ?? process.env, log, options.docker), busyChanged });
-      return { ready: launcher.ready, stopped: launcher.stopped, connected: () => launcher.connected, busy: () => launcher.busy, drain: (deadline) => launcher.stop(deadline) };
+      const launcher = new Launcher({
+        ...prepareLauncher(settings, env ?? process.env, log, options.docker),
+        busyChanged,
+      });
+      return {
+        ready: launcher.ready,
+        stopped: launcher.stopped,
+        connected: () => launcher.connected,
+        busy: () => launcher.busy,
+        drain: (deadline) => launcher.stop(deadline),
+      };
     },
   };
 }

@@ -24,7 +24,11 @@ describe("run output: lines and masking", () => {
   it("masks a value split across any two reads", () => {
     const secret = "s3cr3t-value";
     for (let cut = 1; cut < secret.length; cut++) {
-      assert.deepEqual(lines([secret], [`key=${secret.slice(0, cut)}`, `${secret.slice(cut)} end\n`]), [`key=${MASK} end`], `cut at ${cut}`);
+      assert.deepEqual(
+        lines([secret], [`key=${secret.slice(0, cut)}`, `${secret.slice(cut)} end\n`]),
+        [`key=${MASK} end`],
+        `cut at ${cut}`,
+      );
     }
   });
 
@@ -40,12 +44,20 @@ describe("run output: lines and masking", () => {
   it("decodes UTF-8 across reads: a character split between two reads stays whole, and a non-ASCII secret split so is masked", () => {
     const text = Buffer.from("naïve – 日本語 ✓\n");
     for (let cut = 1; cut < text.length; cut++) {
-      assert.deepEqual(lines([], [text.subarray(0, cut), text.subarray(cut)]), ["naïve – 日本語 ✓"], `cut at byte ${cut}`);
+      assert.deepEqual(
+        lines([], [text.subarray(0, cut), text.subarray(cut)]),
+        ["naïve – 日本語 ✓"],
+        `cut at byte ${cut}`,
+      );
     }
     const secret = "пароль-秘密";
     const printed = Buffer.from(`pw=${secret}\n`);
     for (let cut = 4; cut < printed.length - 1; cut++) {
-      assert.deepEqual(lines([secret], [printed.subarray(0, cut), printed.subarray(cut)]), [`pw=${MASK}`], `cut at byte ${cut}`);
+      assert.deepEqual(
+        lines([secret], [printed.subarray(0, cut), printed.subarray(cut)]),
+        [`pw=${MASK}`],
+        `cut at byte ${cut}`,
+      );
     }
   });
 
@@ -53,7 +65,10 @@ describe("run output: lines and masking", () => {
     const secret = "0123456789-secret";
     const filler = "x".repeat(MAX_LINE - 5);
     const out = lines([secret], [filler, secret, "y".repeat(MAX_LINE), "\n"]);
-    assert.ok(out.every((line) => line.length <= MAX_LINE), "bounded");
+    assert.ok(
+      out.every((line) => line.length <= MAX_LINE),
+      "bounded",
+    );
     assert.ok(!out.join("").includes("secret"), "never shown, even cut");
     assert.equal(out.join(""), filler + MASK + "y".repeat(MAX_LINE));
     // 32 MiB without a newline in 64 KiB reads: each read is handled once (a rescan of what
@@ -69,10 +84,19 @@ describe("run output: lines and masking", () => {
   });
 
   it("marks a run's line that would read as the launcher's own, whatever escapes or blanks precede it", () => {
-    for (const forged of ["[agentpools: killed: forged]", "  [agentpools: x]", "\x1b[0m\x1b[2K[agentpools: x]", "\u200b[AGENTPOOLS: x]", "\r[agentpools: x]", "\u00a0\x1b[1;31m[agentpools: x]"]) {
+    for (const forged of [
+      "[agentpools: killed: forged]",
+      "  [agentpools: x]",
+      "\x1b[0m\x1b[2K[agentpools: x]",
+      "\u200b[AGENTPOOLS: x]",
+      "\r[agentpools: x]",
+      "\u00a0\x1b[1;31m[agentpools: x]",
+    ]) {
       assert.equal(markRunLine(forged), RUN_LINE_MARK + forged, JSON.stringify(forged));
     }
     assert.equal(markRunLine("ok [agentpools: inside]"), "ok [agentpools: inside]");
-    assert.deepEqual(lines([], ["[agentpools: killed: no output for 7m]\n"]), [`${RUN_LINE_MARK}[agentpools: killed: no output for 7m]`]);
+    assert.deepEqual(lines([], ["[agentpools: killed: no output for 7m]\n"]), [
+      `${RUN_LINE_MARK}[agentpools: killed: no output for 7m]`,
+    ]);
   });
 });

@@ -12,8 +12,9 @@ export const RUN_LINE_MARK = "[run] ";
  * but letters (blanks, controls, digits, punctuation) and terminal escapes, which a viewer may
  * not show. Marking a line that only looks close costs nothing. Pure.
  */
-// eslint-disable-next-line no-control-regex -- terminal escapes are what is matched
-export const markRunLine = (line: string) => (/^(\x1b\[[\d;?]*[a-z]|[^a-z])*\[agentpools/i.test(line) ? RUN_LINE_MARK + line : line);
+export const markRunLine = (line: string) =>
+  // eslint-disable-next-line no-control-regex -- terminal escapes are what is matched
+  /^(\x1b\[[\d;?]*[a-z]|[^a-z])*\[agentpools/i.test(line) ? RUN_LINE_MARK + line : line;
 
 /**
  * One output stream of a run (stdout or stderr) as log lines: bytes decoded as UTF-8 across
@@ -23,10 +24,15 @@ export const markRunLine = (line: string) => (/^(\x1b\[[\d;?]*[a-z]|[^a-z])*\[ag
  * can still be arriving. Lines are cut at MAX_LINE, and lines that would read as the launcher's
  * own marked. Each read costs time in proportion to its size: nothing is scanned twice.
  */
-export function runOutput(secrets: Iterable<string>, emit: (lines: string[]) => void): { write(chunk: Buffer): void; end(): void } {
+export function runOutput(
+  secrets: Iterable<string>,
+  emit: (lines: string[]) => void,
+): { write(chunk: Buffer): void; end(): void } {
   const decoder = new StringDecoder();
   const values = [...new Set(secrets)].filter(Boolean).sort((a, b) => b.length - a.length);
-  const pattern = values.length ? new RegExp(values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "g") : undefined;
+  const pattern = values.length
+    ? new RegExp(values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "g")
+    : undefined;
   const keep = Math.max(0, (values[0]?.length ?? 0) - 1);
   /** Decoded text not yet masked (fewer characters than the longest value), and the masked line in progress. */
   let held = "";

@@ -14,12 +14,15 @@ export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
   }
   const problems = checkDocument(schema, document, "policy");
   if (problems.length > 0) {
-    throw new Error(`the run initialization policy ${file} is not valid:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join("\n")}`);
+    throw new Error(
+      `the run initialization policy ${file} is not valid:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join("\n")}`,
+    );
   }
   return document as RunPolicy;
 }
 
-const globToRegExp = (glob: string) => new RegExp(`^${glob.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);
+const globToRegExp = (glob: string) =>
+  new RegExp(`^${glob.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);
 
 /** Why the policy refuses a run, or undefined if it may start. Pure. */
 export function policyRefusal(
@@ -59,7 +62,8 @@ const IMAGE_CHARACTERS = /^[a-zA-Z\d][\w.:/@-]*$/;
  * Variables the Docker client (a Go program exporting OpenTelemetry), its resolver (libc), the loader starting it, or
  * the run's shell would take as their own: a second layer, the client's environment holds only values of several lines.
  */
-const STEERING = /^(LD_|DOCKER_|OTEL_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME|ZONEINFO|TMPDIR|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$)|_PROXY$/i;
+const STEERING =
+  /^(LD_|DOCKER_|OTEL_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAXPROCS|MEMLIMIT|TRACEBACK)|SSL_CERT_(FILE|DIR)|PATH|HOME|ZONEINFO|TMPDIR|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$)|_PROXY$/i;
 
 /**
  * Why the launcher refuses a run the gateway sent, whatever the policy: an image that is not an
@@ -67,7 +71,8 @@ const STEERING = /^(LD_|DOCKER_|OTEL_|(GLIBC_TUNABLES|GCONV_PATH|GO(DEBUG|GC|MAX
  * Docker client or its loader rather than reach the run. Pure.
  */
 export function runRefusal(spec: { image: unknown }, environment: Record<string, unknown>): string | undefined {
-  if (typeof spec.image !== "string" || !IMAGE_CHARACTERS.test(spec.image)) return `image ${JSON.stringify(spec.image)} is not an image reference`;
+  if (typeof spec.image !== "string" || !IMAGE_CHARACTERS.test(spec.image))
+    return `image ${JSON.stringify(spec.image)} is not an image reference`;
   for (const name of Object.keys(environment)) {
     if (!/^[A-Za-z_]\w*$/.test(name)) return `run variable ${JSON.stringify(name)} is not a variable name`;
     if (STEERING.test(name)) return `run variable ${name} would steer the Docker client or its loader`;

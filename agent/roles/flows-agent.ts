@@ -9,5 +9,8 @@ if (process.argv.includes("--flows-runner")) {
   void runRunner();
 } else {
   const bundle = process.argv[1];
-  void runRole(flowsAgentRole({ path: bundle, args: ["--flows-runner"], readable: [bundle] }), settingsJsonSchema("flows-agent"));
+  void runRole(
+    flowsAgentRole({ path: bundle, args: ["--flows-runner"], readable: [bundle] }),
+    settingsJsonSchema("flows-agent"),
+  );
 }

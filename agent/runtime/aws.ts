@@ -55,9 +55,18 @@ export function instanceMetadata(env: Env = process.env): InstanceMetadata {
     identity: () => json("/latest/dynamic/instance-identity/document"),
     async credentials() {
       const doc = await json(roles + (await get(roles)).split("\n")[0].trim());
-      return { accessKeyId: doc.AccessKeyId, secretAccessKey: doc.SecretAccessKey, sessionToken: doc.Token, expiresAt: Date.parse(doc.Expiration) };
+      return {
+        accessKeyId: doc.AccessKeyId,
+        secretAccessKey: doc.SecretAccessKey,
+        sessionToken: doc.Token,
+        expiresAt: Date.parse(doc.Expiration),
+      };
     },
-    targetLifecycleState: () => get("/latest/meta-data/autoscaling/target-lifecycle-state").then((state) => state.trim(), () => undefined),
+    targetLifecycleState: () =>
+      get("/latest/meta-data/autoscaling/target-lifecycle-state").then(
+        (state) => state.trim(),
+        () => undefined,
+      ),
   };
 }
 
@@ -73,7 +82,13 @@ export interface AwsClient {
 }
 
 /** `domain` is the partition's DNS suffix (amazonaws.com, amazonaws.com.cn, ...); retries pause about `retryMs` × 2, 4, 8. */
-export function awsClient(region: string, domain: string, loadCredentials: () => Promise<Credentials>, env: Env = process.env, retryMs = 200): AwsClient {
+export function awsClient(
+  region: string,
+  domain: string,
+  loadCredentials: () => Promise<Credentials>,
+  env: Env = process.env,
+  retryMs = 200,
+): AwsClient {
   let cached: Credentials | undefined;
   const send = async (service: string, headers: Record<string, string>, body: string): Promise<string> => {
     // AWS_ENDPOINT_URL overrides every service's address, as in the SDKs (tests point it at a stand-in).
@@ -81,7 +96,20 @@ export function awsClient(region: string, domain: string, loadCredentials: () =>
     for (let attempt = 1; ; attempt++) {
       try {
         if (!cached || cached.expiresAt! - Date.now() < 300_000) cached = await loadCredentials();
-        const res = await request(url, { method: "POST", headers: signV4({ method: "POST", url, headers, body, service, region, credentials: cached, now: new Date() }), body });
+        const res = await request(url, {
+          method: "POST",
+          headers: signV4({
+            method: "POST",
+            url,
+            headers,
+            body,
+            service,
+            region,
+            credentials: cached,
+            now: new Date(),
+          }),
+          body,
+        });
         if (res.status < 300) return res.body;
         // JSON APIs answer {"__type": "...#Code", "message": ...}, the Query API <Code> and <Message>.
         const code = /(?:"__type"\s*:\s*"(?:[^"#]*#)?|<Code>)([^"<]+)/.exec(res.body)?.[1] ?? `HTTP${res.status}`;
@@ -96,11 +124,19 @@ export function awsClient(region: string, domain: string, loadCredentials: () =>
     }
   };
   const json: AwsClient["json"] = async (service, target, payload) => {
-    const body = await send(service, { "content-type": "application/x-amz-json-1.1", "x-amz-target": target }, JSON.stringify(payload));
+    const body = await send(
+      service,
+      { "content-type": "application/x-amz-json-1.1", "x-amz-target": target },
+      JSON.stringify(payload),
+    );
     return body ? JSON.parse(body) : {};
   };
   const query: AwsClient["query"] = (action, params) =>
-    send("autoscaling", { "content-type": "application/x-www-form-urlencoded; charset=utf-8" }, new URLSearchParams({ Action: action, Version: "2011-01-01", ...params }) + "");
+    send(
+      "autoscaling",
+      { "content-type": "application/x-www-form-urlencoded; charset=utf-8" },
+      new URLSearchParams({ Action: action, Version: "2011-01-01", ...params }) + "",
+    );
   return {
     json,
     query,
@@ -111,7 +147,10 @@ export function awsClient(region: string, domain: string, loadCredentials: () =>
     },
     async lifecycleAction(group, hook, instanceId, complete) {
       const params = { AutoScalingGroupName: group, LifecycleHookName: hook, InstanceId: instanceId };
-      await query(complete ? "CompleteLifecycleAction" : "RecordLifecycleActionHeartbeat", complete ? { ...params, LifecycleActionResult: "CONTINUE" } : params);
+      await query(
+        complete ? "CompleteLifecycleAction" : "RecordLifecycleActionHeartbeat",
+        complete ? { ...params, LifecycleActionResult: "CONTINUE" } : params,
+      );
     },
   };
 }

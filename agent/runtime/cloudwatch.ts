@@ -27,7 +27,12 @@ export interface LogShipper {
  * permissions keep it and back off. What is lost is counted and said in the stream, where it
  * was lost. (Closures, not a class: their names shrink to a letter in the bundle.)
  */
-export function logShipper(client: AwsClient, logGroupName: string, logStreamName: string, intervalMs = 5000): LogShipper {
+export function logShipper(
+  client: AwsClient,
+  logGroupName: string,
+  logStreamName: string,
+  intervalMs = 5000,
+): LogShipper {
   const buffer: { timestamp: number; message: string }[] = [];
   const where = { logGroupName, logStreamName };
   let dropped = 0;
@@ -44,7 +49,16 @@ export function logShipper(client: AwsClient, logGroupName: string, logStreamNam
     if (dropped) {
       // Said where it happened: before the oldest line still held, with that line's time.
       const timestamp = buffer[0]?.timestamp ?? Date.now();
-      buffer.unshift({ timestamp, message: JSON.stringify({ time: new Date(timestamp), level: "warn", msg: "log lines dropped", count: dropped, reason: why }) });
+      buffer.unshift({
+        timestamp,
+        message: JSON.stringify({
+          time: new Date(timestamp),
+          level: "warn",
+          msg: "log lines dropped",
+          count: dropped,
+          reason: why,
+        }),
+      });
       dropped = 0;
     }
     while (buffer.length) {
@@ -62,7 +76,10 @@ export function logShipper(client: AwsClient, logGroupName: string, logStreamNam
           streamReady = true;
         }
         // (Events CloudWatch finds too old or too new are left out by it, the others kept.)
-        await client.json("logs", "Logs_20140328.PutLogEvents", { ...where, logEvents: buffer.slice(0, (count ||= 1)) });
+        await client.json("logs", "Logs_20140328.PutLogEvents", {
+          ...where,
+          logEvents: buffer.slice(0, (count ||= 1)),
+        });
         buffer.splice(0, count);
         failures = 0;
       } catch (error) {
@@ -83,7 +100,10 @@ export function logShipper(client: AwsClient, logGroupName: string, logStreamNam
   return {
     push(message) {
       // Never before the line ahead of it (the clock may step back); cut to the event limit.
-      const cut = Buffer.byteLength(message) > MAX_EVENT_BYTES ? Buffer.from(message).subarray(0, MAX_EVENT_BYTES - 16) + " [cut]" : message;
+      const cut =
+        Buffer.byteLength(message) > MAX_EVENT_BYTES
+          ? Buffer.from(message).subarray(0, MAX_EVENT_BYTES - 16) + " [cut]"
+          : message;
       buffer.push({ timestamp: Math.max(Date.now(), buffer.at(-1)?.timestamp ?? 0), message: cut });
       if (buffer.length > MAX_EVENTS) drop(buffer.splice(0, 1).length, "buffer full");
     },

@@ -89,7 +89,11 @@ function stopSignals(): Promise<string> {
   });
 }
 
-const METADATA_FROM_IDENTITY = { instance_id: "instanceId", availability_zone: "availabilityZone", instance_type: "instanceType" } as const;
+const METADATA_FROM_IDENTITY = {
+  instance_id: "instanceId",
+  availability_zone: "availabilityZone",
+  instance_type: "instanceType",
+} as const;
 
 /**
  * The start-up path every role shares: read the instance configuration, fetch the pool's
@@ -112,10 +116,12 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
   try {
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
-    if (statusDir) status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
+    if (statusDir)
+      status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
-    if (config && config.role !== role.name) throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
+    if (config && config.role !== role.name)
+      throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
     // The variables of the process win over the file, so an operator can override one setting on a box.
     const env: Env = { ...config?.env, ...processEnv };
     const hooks = config?.aws;
@@ -131,7 +137,12 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
       instanceId = identity.instanceId;
       launchedAt = identity.pendingTime;
       // The partition's DNS suffix, as the instance knows it: the AWS APIs are at SERVICE.REGION.SUFFIX.
-      client = awsClient(identity.region, (await imds.get("/latest/meta-data/services/domain")).trim(), imds.credentials, processEnv);
+      client = awsClient(
+        identity.region,
+        (await imds.get("/latest/meta-data/services/domain")).trim(),
+        imds.credentials,
+        processEnv,
+      );
       shipper = logShipper(client, hooks.logGroupName, instanceId, options.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
@@ -140,14 +151,19 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
       for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
       const metadataPrefix = Object.values(schema.properties).find((p) => p.encoding === "map")?.env;
       if (metadataPrefix) {
-        for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY)) env[metadataPrefix + tag] ??= identity[field];
+        for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY))
+          env[metadataPrefix + tag] ??= identity[field];
       }
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
     const argv = options.argv ?? process.argv.slice(2);
     if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
-    const settings = validateSettings<S>(role.name, schema, envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }));
+    const settings = validateSettings<S>(
+      role.name,
+      schema,
+      envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }),
+    );
 
     /** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
     const completeHook = async (hook: string, complete = true) => {
@@ -167,7 +183,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const terminating = async (notices: boolean): Promise<{ reason: string; at?: number }> => {
       for (;;) {
         const state = await imds!.targetLifecycleState();
-        if (state === "Terminated" || state?.startsWith("Warmed:Terminated")) return { reason: "autoscaling termination" };
+        if (state === "Terminated" || state?.startsWith("Warmed:Terminated"))
+          return { reason: "autoscaling termination" };
         const notice = notices && (await interruption(imds!));
         if (notice) return notice;
         await sleep(pollMs);
@@ -176,9 +193,20 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     if (hooks) {
       // In a warm pool: ready (secret read, settings valid), unconnected until put in service.
       await whileWarmed(imds!, () => completeHook(hooks.launchHookName), pollMs);
-      const set = (on: boolean) => client!.query("SetInstanceProtection", { AutoScalingGroupName: hooks.autoScalingGroupName, "InstanceIds.member.1": instanceId, ProtectedFromScaleIn: `${on}` });
+      const set = (on: boolean) =>
+        client!.query("SetInstanceProtection", {
+          AutoScalingGroupName: hooks.autoScalingGroupName,
+          "InstanceIds.member.1": instanceId,
+          ProtectedFromScaleIn: `${on}`,
+        });
       // From before the agent connects: it may take work at once.
-      guard = protectWhileBusy(() => agent?.busy?.() ?? 0, set, log, hooks.protectSeconds * 1000, hooks.lingerSeconds * 1000);
+      guard = protectWhileBusy(
+        () => agent?.busy?.() ?? 0,
+        set,
+        log,
+        hooks.protectSeconds * 1000,
+        hooks.lingerSeconds * 1000,
+      );
     }
     agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });
     const crashed = agent.stopped.then(
@@ -190,35 +218,61 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     log.info("agent ready", { pool: config?.pool });
     serving = true;
     status?.update();
-    if (hooks && (await completeHook(hooks.launchHookName))) reportBoot(hooks.autoScalingGroupName, Date.parse(launchedAt), startedAt, options.bootMarks ?? BOOT_MARKS_PATH, log);
+    if (hooks && (await completeHook(hooks.launchHookName)))
+      reportBoot(
+        hooks.autoScalingGroupName,
+        Date.parse(launchedAt),
+        startedAt,
+        options.bootMarks ?? BOOT_MARKS_PATH,
+        log,
+      );
     const watch =
       hooks &&
-      watchAgent(agent, hooks.autoScalingGroupName, log, hooks.metricsSeconds * 1000, hooks.unhealthyAfterSeconds * 1000, () =>
-        client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
+      watchAgent(
+        agent,
+        hooks.autoScalingGroupName,
+        log,
+        hooks.metricsSeconds * 1000,
+        hooks.unhealthyAfterSeconds * 1000,
+        () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
       );
 
     const stopSignal = options.stopSignal ?? stopSignals();
     const asReason = (reason: string) => ({ reason, at: 0 });
-    const notice = await Promise.race([stopSignal.then(asReason), ...(imds ? [terminating(true)] : []), crashed.then(asReason)]);
+    const notice = await Promise.race([
+      stopSignal.then(asReason),
+      ...(imds ? [terminating(true)] : []),
+      crashed.then(asReason),
+    ]);
     const reason = notice.reason;
     if (reason.startsWith("agent")) throw new Error(reason);
 
     // A spot interruption leaves two minutes: what does not finish by then stays queued for others.
-    const drainSeconds = Math.min(config?.drainTimeoutSeconds ?? 300, notice.at ? (notice.at - Date.now()) / 1000 - 15 : Infinity);
+    const drainSeconds = Math.min(
+      config?.drainTimeoutSeconds ?? 300,
+      notice.at ? (notice.at - Date.now()) / 1000 - 15 : Infinity,
+    );
     log.info("draining", { reason, timeoutSeconds: drainSeconds });
     serving = false;
     status?.update();
     watch?.drain();
     const hooked = hooks && reason === "autoscaling termination";
     // The termination hook holds the instance one heartbeat timeout at a time: a longer drain renews it.
-    const heartbeats = hooked ? setInterval(() => completeHook(hooks.terminationHookName, false), hooks.heartbeatSeconds * 1000) : undefined;
+    const heartbeats = hooked
+      ? setInterval(() => completeHook(hooks.terminationHookName, false), hooks.heartbeatSeconds * 1000)
+      : undefined;
     await agent.drain(Date.now() + drainSeconds * 1000);
     clearInterval(heartbeats);
     await guard?.stop(!hooked);
     watch?.stop();
     log.info("drained");
     // Drained for a notice: Auto Scaling terminates the instance next (capacity rebalancing), or EC2 does.
-    if (hooks && /spot|rebalance/.test(reason) && !(await Promise.race([stopSignal, terminating(false).then(() => "")]))) await completeHook(hooks.terminationHookName);
+    if (
+      hooks &&
+      /spot|rebalance/.test(reason) &&
+      !(await Promise.race([stopSignal, terminating(false).then(() => "")]))
+    )
+      await completeHook(hooks.terminationHookName);
     else if (hooked) await completeHook(hooks.terminationHookName);
   } catch (error) {
     // (Protection stays as it was: the restarted runtime lifts it.)

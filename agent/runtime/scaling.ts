@@ -12,7 +12,14 @@ import { sleep } from "./http";
  * have left on. `sync` applies a change at once and settles when AWS has it (a launcher
  * waits for it before it accepts a run); a poll catches the rest.
  */
-export function protectWhileBusy(busy: () => number | boolean, set: (on: boolean) => Promise<unknown>, log: Logger, boundMs: number, lingerMs: number, pollMs = 1000) {
+export function protectWhileBusy(
+  busy: () => number | boolean,
+  set: (on: boolean) => Promise<unknown>,
+  log: Logger,
+  boundMs: number,
+  lingerMs: number,
+  pollMs = 1000,
+) {
   let on: boolean | undefined;
   let since = 0;
   let last = -Infinity;
@@ -23,7 +30,10 @@ export function protectWhileBusy(busy: () => number | boolean, set: (on: boolean
     try {
       await set(want);
       on = want;
-      log.info(want ? "protected from scale-in" : "scale-in protection lifted", since && !want ? { busySeconds: (Date.now() - since) / 1000 } : {});
+      log.info(
+        want ? "protected from scale-in" : "scale-in protection lifted",
+        since && !want ? { busySeconds: (Date.now() - since) / 1000 } : {},
+      );
     } catch (error) {
       log.warn("could not set scale-in protection", { error: (error as Error).message });
     }
@@ -41,7 +51,11 @@ export function protectWhileBusy(busy: () => number | boolean, set: (on: boolean
   timer.unref();
   sync();
   /** Stop watching; `lift` takes the protection off (not for an instance already terminating). */
-  const stop = (lift: boolean) => (clearInterval(timer), (done = true), (chain = chain.then(() => (lift ? apply(false) : undefined))));
+  const stop = (lift: boolean) => (
+    clearInterval(timer),
+    (done = true),
+    (chain = chain.then(() => (lift ? apply(false) : undefined)))
+  );
   return { sync, stop };
 }
 
@@ -57,7 +71,11 @@ export async function interruption(imds: InstanceMetadata): Promise<{ reason: st
  * An instance of a warm pool: its launch hook completed (so it is stopped, or kept running,
  * ready), it waits without connecting until Auto Scaling puts it in service.
  */
-export async function whileWarmed(imds: InstanceMetadata, ready: () => Promise<unknown>, pollMs: number): Promise<void> {
+export async function whileWarmed(
+  imds: InstanceMetadata,
+  ready: () => Promise<unknown>,
+  pollMs: number,
+): Promise<void> {
   for (let waiting = false; (await imds.targetLifecycleState())?.startsWith("Warmed:"); waiting = true) {
     if (!waiting) await ready();
     await sleep(pollMs);
@@ -68,11 +86,21 @@ export async function whileWarmed(imds: InstanceMetadata, ready: () => Promise<u
 export function reportBoot(pool: string, launchedAt: number, startedAt: number, marksFile: string, log: Logger): void {
   let marks: number[] = [];
   try {
-    marks = readFileSync(marksFile, "utf8").trim().split(/\s+/).map((s) => +s * 1000);
+    marks = readFileSync(marksFile, "utf8")
+      .trim()
+      .split(/\s+/)
+      .map((s) => +s * 1000);
   } catch {
     // A warm pool's instance starts again without its first boot's marks (/run is emptied).
   }
   const times = [...marks, startedAt, Date.now()];
   const phases = Object.values(BOOT_METRICS).slice(-times.length);
-  log.info("boot", metricsFields(pool, Object.fromEntries(phases.map((name, i) => [name, Math.max(0, (times[i] - launchedAt) / 1000)])), Date.now()));
+  log.info(
+    "boot",
+    metricsFields(
+      pool,
+      Object.fromEntries(phases.map((name, i) => [name, Math.max(0, (times[i] - launchedAt) / 1000)])),
+      Date.now(),
+    ),
+  );
 }

@@ -29,7 +29,10 @@ export function signV4(input: {
   credentials: Credentials;
   now: Date;
 }): Record<string, string> {
-  const amzDate = input.now.toISOString().replace(/[-:]/g, "").replace(/\.[0-9]{3}/, "");
+  const amzDate = input.now
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.[0-9]{3}/, "");
   const day = amzDate.slice(0, 8);
   const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
   if (input.credentials.sessionToken) headers["x-amz-security-token"] = input.credentials.sessionToken;
@@ -42,7 +45,11 @@ export function signV4(input: {
     .map(([key, value]) => `${encode(key)}=${encode(value)}`)
     .sort()
     .join("&");
-  const path = input.url.pathname.split("/").map((segment) => encode(decodeURIComponent(segment))).join("/") || "/";
+  const path =
+    input.url.pathname
+      .split("/")
+      .map((segment) => encode(decodeURIComponent(segment)))
+      .join("/") || "/";
   const canonicalRequest = [
     input.method,
     path,
@@ -54,7 +61,10 @@ export function signV4(input: {
 
   const scope = `${day}/${input.region}/${input.service}/aws4_request`;
   const stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, sha256(canonicalRequest)].join("\n");
-  const key = hmac(hmac(hmac(hmac(`AWS4${input.credentials.secretAccessKey}`, day), input.region), input.service), "aws4_request");
+  const key = hmac(
+    hmac(hmac(hmac(`AWS4${input.credentials.secretAccessKey}`, day), input.region), input.service),
+    "aws4_request",
+  );
   const signature = createHmac("sha256", key).update(stringToSign, "utf8").digest("hex");
 
   headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;

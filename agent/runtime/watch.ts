@@ -21,7 +21,14 @@ export function watchAgent(
   const tick = () => {
     const now = Date.now();
     const connected = +(!draining && (agent.connected?.() ?? true));
-    log.info("metrics", metricsFields(pool, { [METRICS.connected]: connected, [METRICS.busy]: +(agent.busy?.() ?? 0), [METRICS.draining]: draining }, now));
+    log.info(
+      "metrics",
+      metricsFields(
+        pool,
+        { [METRICS.connected]: connected, [METRICS.busy]: +(agent.busy?.() ?? 0), [METRICS.draining]: draining },
+        now,
+      ),
+    );
     since = connected || draining ? 0 : since || now;
     if (since && now - since >= unhealthyAfterMs) {
       // Asked again after as long again: Auto Scaling ignores the request during the group's grace period.

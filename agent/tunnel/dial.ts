@@ -27,7 +27,12 @@ function once<T>(emitter: NodeJS.EventEmitter, ok: string, timeoutMs: number, wh
 }
 
 /** A TCP connection to host:port, through an HTTP proxy's CONNECT when one applies. */
-async function openSocket(host: string, port: number, proxy: string | undefined, timeoutMs: number): Promise<net.Socket> {
+async function openSocket(
+  host: string,
+  port: number,
+  proxy: string | undefined,
+  timeoutMs: number,
+): Promise<net.Socket> {
   if (!proxy) {
     const socket = net.connect({ host, port, noDelay: true });
     await once(socket, "connect", timeoutMs, `connecting to ${host}:${port}`);
@@ -35,12 +40,24 @@ async function openSocket(host: string, port: number, proxy: string | undefined,
   }
   const proxyUrl = new URL(proxy);
   const headers: Record<string, string> = { host: `${host}:${port}` };
-  if (proxyUrl.username) headers["proxy-authorization"] = `Basic ${Buffer.from(`${decodeURIComponent(proxyUrl.username)}:${decodeURIComponent(proxyUrl.password)}`).toString("base64")}`;
+  if (proxyUrl.username)
+    headers["proxy-authorization"] =
+      `Basic ${Buffer.from(`${decodeURIComponent(proxyUrl.username)}:${decodeURIComponent(proxyUrl.password)}`).toString("base64")}`;
   // agent: false: the CONNECT goes to the proxy itself, never through an environment proxy.
-  const req = http.request({ host: proxyUrl.hostname, port: proxyUrl.port || 80, method: "CONNECT", path: `${host}:${port}`, headers, agent: false });
+  const req = http.request({
+    host: proxyUrl.hostname,
+    port: proxyUrl.port || 80,
+    method: "CONNECT",
+    path: `${host}:${port}`,
+    headers,
+    agent: false,
+  });
   req.end();
   const [res, socket] = await new Promise<[http.IncomingMessage, net.Socket]>((resolve, reject) => {
-    const timer = setTimeout(() => (req.destroy(), reject(new Error(`the proxy ${proxyUrl.host} did not answer CONNECT`))), timeoutMs);
+    const timer = setTimeout(
+      () => (req.destroy(), reject(new Error(`the proxy ${proxyUrl.host} did not answer CONNECT`))),
+      timeoutMs,
+    );
     req.once("connect", (r, s) => (clearTimeout(timer), resolve([r, s])));
     req.once("error", (e) => (clearTimeout(timer), reject(e)));
   });
@@ -64,12 +81,16 @@ export interface DialOptions {
 }
 
 /** A connection to the gateway: TCP (through HTTPS_PROXY unless NO_PROXY exempts it), then TLS for https://. */
-export async function openGatewaySocket(gateway: URL, options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {}): Promise<net.Socket> {
+export async function openGatewaySocket(
+  gateway: URL,
+  options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
+): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const secure = gateway.protocol === "https:";
   const port = Number(gateway.port || (secure ? 443 : 80));
   const host = gateway.hostname.replace(/^\[|\]$/g, "");
-  const proxy = options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
+  const proxy =
+    options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
   const socket = await openSocket(host, port, proxy, timeoutMs);
   if (!secure) return socket;
   // host: the name (or IP) the certificate is checked against; SNI only for names.
@@ -88,7 +109,12 @@ export async function gatewayRequest(
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
 ): Promise<http.IncomingMessage> {
   const socket = await openGatewaySocket(gateway, options);
-  const req = http.request({ createConnection: () => socket, method: request.method, path: request.path, headers: { host: gateway.host, connection: "close", ...request.headers } });
+  const req = http.request({
+    createConnection: () => socket,
+    method: request.method,
+    path: request.path,
+    headers: { host: gateway.host, connection: "close", ...request.headers },
+  });
   const response = new Promise<http.IncomingMessage>((resolve, reject) => {
     req.once("response", resolve);
     req.once("error", reject);
@@ -105,7 +131,11 @@ export async function gatewayRequest(
  * gateway), TLS for https:// gateways (NODE_EXTRA_CA_CERTS adds a custom CA), then an
  * HTTP/1.1 Upgrade carrying the token. Returns the socket, ready for what was upgraded to.
  */
-export async function dialGateway(gateway: URL, headers: Record<string, string>, options: DialOptions = {}): Promise<net.Socket> {
+export async function dialGateway(
+  gateway: URL,
+  headers: Record<string, string>,
+  options: DialOptions = {},
+): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const socket = await openGatewaySocket(gateway, options);
   const req = http.request({
@@ -116,7 +146,10 @@ export async function dialGateway(gateway: URL, headers: Record<string, string>,
   });
   req.end();
   return new Promise<net.Socket>((resolve, reject) => {
-    const timer = setTimeout(() => (socket.destroy(), reject(new Error("the gateway did not answer the upgrade"))), timeoutMs);
+    const timer = setTimeout(
+      () => (socket.destroy(), reject(new Error("the gateway did not answer the upgrade"))),
+      timeoutMs,
+    );
     req.once("upgrade", (res: http.IncomingMessage, upgraded: net.Socket, head: Buffer) => {
       clearTimeout(timer);
       try {
@@ -138,7 +171,12 @@ export async function dialGateway(gateway: URL, headers: Record<string, string>,
       const refused = () => {
         clearTimeout(timer);
         socket.destroy();
-        reject(Object.assign(new Error(`the gateway refused the connection: ${res.statusCode} ${body.slice(0, 1024).trim()}`), { status: res.statusCode }));
+        reject(
+          Object.assign(
+            new Error(`the gateway refused the connection: ${res.statusCode} ${body.slice(0, 1024).trim()}`),
+            { status: res.statusCode },
+          ),
+        );
       };
       res.on("data", (chunk) => (body += chunk).length > 1024 && refused());
       res.on("end", refused);

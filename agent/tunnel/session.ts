@@ -8,7 +8,8 @@ import { dialGateway, type DialOptions } from "./dial";
  * bounds how long after a gateway's return every agent is back (5 s): jitter, not a long
  * cap, is what spreads a fleet's reconnects.
  */
-export const backoffDelay = (attempt: number, baseMs = 500, capMs = 5_000) => Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
+export const backoffDelay = (attempt: number, baseMs = 500, capMs = 5_000) =>
+  Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 
 export interface LinkOptions extends DialOptions {
   gateway: URL;
@@ -47,7 +48,7 @@ export abstract class GatewayLink {
 
   private async run(): Promise<void> {
     const { log, gateway, headers, ...dial } = this.link;
-    for (let attempt = 0; !this.draining; ) {
+    for (let attempt = 0; !this.draining;) {
       try {
         const socket = await dialGateway(gateway, typeof headers === "function" ? headers() : headers, dial);
         attempt = 0;

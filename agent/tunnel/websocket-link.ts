@@ -40,7 +40,8 @@ export abstract class WebSocketLink extends GatewayLink {
         };
       },
       check: (response) => {
-        if (response.headers["sec-websocket-accept"] !== acceptKey(this.key)) throw new Error("the gateway's WebSocket answer does not match our key");
+        if (response.headers["sec-websocket-accept"] !== acceptKey(this.key))
+          throw new Error("the gateway's WebSocket answer does not match our key");
       },
       proxy: options.settings.httpsProxy,
       noProxy: options.settings.noProxy,

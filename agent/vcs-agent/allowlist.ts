@@ -29,14 +29,26 @@ const RULES: Record<Vendor, RuleSpec[]> = {
     ["GET", "/api/v4/projects/@project/repository/tags/@x", "read a tag of {project}"],
     ["GET", "/api/v4/projects/@project/repository/commits", "list commits of {project}"],
     ["GET", "/api/v4/projects/@project/repository/commits/@x", "read a commit of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/commits/@x/(?:statuses|diff|merge_requests)", "read a commit's details in {project}"],
+    [
+      "GET",
+      "/api/v4/projects/@project/repository/commits/@x/(?:statuses|diff|merge_requests)",
+      "read a commit's details in {project}",
+    ],
     ["GET", "/api/v4/projects/@project/repository/compare", "compare commits of {project}"],
     ["GET", "/api/v4/projects/@project/repository/tree", "list files of {project}"],
     ["GET", "/api/v4/projects/@project/repository/files/@file(?:/raw)?", "read a file of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/archive(?:\\.(?:tar\\.gz|tar\\.bz2|tar|zip))?", "download an archive of {project}"],
+    [
+      "GET",
+      "/api/v4/projects/@project/repository/archive(?:\\.(?:tar\\.gz|tar\\.bz2|tar|zip))?",
+      "download an archive of {project}",
+    ],
     ["GET", "/api/v4/projects/@project/merge_requests", "list merge requests of {project}"],
     ["GET", "/api/v4/projects/@project/merge_requests/@x", "read a merge request of {project}"],
-    ["GET", "/api/v4/projects/@project/merge_requests/@x/(?:changes|diffs|commits|notes)", "read a merge request's details in {project}"],
+    [
+      "GET",
+      "/api/v4/projects/@project/merge_requests/@x/(?:changes|diffs|commits|notes)",
+      "read a merge request's details in {project}",
+    ],
     ["POST", "/api/v4/projects/@project/merge_requests/@x/notes", "comment on a merge request of {project}"],
     ["PUT", "/api/v4/projects/@project/merge_requests/@x/notes/@x", "edit a comment on a merge request of {project}"],
     ["POST", "/api/v4/projects/@project/statuses/@x", "set a commit status in {project}"],
@@ -46,7 +58,11 @@ const RULES: Record<Vendor, RuleSpec[]> = {
     ["GET", "/api/v3/meta", "read the GitHub Enterprise metadata"],
     ["GET", "/api/v3/user", "read the token's user"],
     ["GET", "/api/v3/repos/@owner/@repo", "read repository {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/(?:branches|tags|commits|pulls)", "list branches, tags, commits or pull requests of {project}"],
+    [
+      "GET",
+      "/api/v3/repos/@owner/@repo/(?:branches|tags|commits|pulls)",
+      "list branches, tags, commits or pull requests of {project}",
+    ],
     ["GET", "/api/v3/repos/@owner/@repo/branches/*", "read a branch of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/commits/@x(?:/(?:status|statuses|check-runs))?", "read a commit of {project}"],
     // Not `base...owner:repo:branch`: another repository of the fork network.
@@ -54,7 +70,11 @@ const RULES: Record<Vendor, RuleSpec[]> = {
     ["GET", "/api/v3/repos/@owner/@repo/contents(?:/*)?", "read a file of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/git/(?:trees|commits|refs|ref)/*", "read git data of {project}"],
     ["GET", "/api/v3/repos/@owner/@repo/(?:tarball|zipball)(?:/*)?", "download an archive of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/pulls/@x(?:/(?:files|commits|reviews|comments))?", "read a pull request of {project}"],
+    [
+      "GET",
+      "/api/v3/repos/@owner/@repo/pulls/@x(?:/(?:files|commits|reviews|comments))?",
+      "read a pull request of {project}",
+    ],
     ["GET", "/api/v3/repos/@owner/@repo/issues/@x/comments", "read comments on a pull request of {project}"],
     ["POST", "/api/v3/repos/@owner/@repo/issues/@x/comments", "comment on a pull request of {project}"],
     ["PATCH", "/api/v3/repos/@owner/@repo/issues/comments/@x", "edit a comment in {project}"],
@@ -66,21 +86,57 @@ const RULES: Record<Vendor, RuleSpec[]> = {
   bitbucket_datacenter: [
     ["GET", "/rest/api/(?:1\\.0|latest)/application-properties", "read the Bitbucket version"],
     ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo", "read repository {project}"],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:branches|tags|commits|pull-requests|default-branch)", "list branches, tags, commits or pull requests of {project}"],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x(?:/(?:changes|diff))?", "read a commit of {project}"],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:browse|raw|files)(?:/*)?", "read files of {project}"],
+    [
+      "GET",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:branches|tags|commits|pull-requests|default-branch)",
+      "list branches, tags, commits or pull requests of {project}",
+    ],
+    [
+      "GET",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x(?:/(?:changes|diff))?",
+      "read a commit of {project}",
+    ],
+    [
+      "GET",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:browse|raw|files)(?:/*)?",
+      "read files of {project}",
+    ],
     ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/archive", "download an archive of {project}"],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x(?:/(?:changes|commits|diff|activities|comments))?", "read a pull request of {project}"],
-    ["POST", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments", "comment on a pull request of {project}"],
-    ["PUT", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments/@x", "edit a comment on a pull request of {project}"],
-    ["POST", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x/builds", "set a build status in {project}"],
+    [
+      "GET",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x(?:/(?:changes|commits|diff|activities|comments))?",
+      "read a pull request of {project}",
+    ],
+    [
+      "POST",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments",
+      "comment on a pull request of {project}",
+    ],
+    [
+      "PUT",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments/@x",
+      "edit a comment on a pull request of {project}",
+    ],
+    [
+      "POST",
+      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x/builds",
+      "set a build status in {project}",
+    ],
     ...GIT_FETCH("/scm/", "@owner/@repo"),
   ],
   azure_devops: [
     ["GET", "/_apis/connectionData", "read the Azure DevOps connection data"],
     ["GET", "/@owner/_apis/git/repositories/@repo", "read repository {project}"],
-    ["GET", "/@owner/_apis/git/repositories/@repo/(?:refs|commits|items|pullRequests|stats/branches)", "list refs, commits, files or pull requests of {project}"],
-    ["GET", "/@owner/_apis/git/repositories/@repo/(?:commits|pullRequests)/@x(?:/(?:changes|statuses|commits|threads))?", "read a commit or pull request of {project}"],
+    [
+      "GET",
+      "/@owner/_apis/git/repositories/@repo/(?:refs|commits|items|pullRequests|stats/branches)",
+      "list refs, commits, files or pull requests of {project}",
+    ],
+    [
+      "GET",
+      "/@owner/_apis/git/repositories/@repo/(?:commits|pullRequests)/@x(?:/(?:changes|statuses|commits|threads))?",
+      "read a commit or pull request of {project}",
+    ],
     ["POST", "/@owner/_apis/git/repositories/@repo/pullRequests/@x/threads", "comment on a pull request of {project}"],
     ["POST", "/@owner/_apis/git/repositories/@repo/commits/@x/statuses", "set a commit status in {project}"],
     ...GIT_FETCH("/", "@owner/_git/@repo").map(([m, t, w]) => [m, t.replace("(?:\\.git)?", ""), w] as RuleSpec),
@@ -127,13 +183,15 @@ function rulesOf(vendor: Vendor): Rule[] {
   return rules;
 }
 
-export type Decision = { allowed: true; what: string; project?: string } | { allowed: false; reason: string; project?: string };
+export type Decision =
+  { allowed: true; what: string; project?: string } | { allowed: false; reason: string; project?: string };
 
 const NAME = /^[A-Za-z0-9_.~ -]+$/;
 
 /** Decode a project's raw pieces and check it has the group/repository shape. */
 function projectOf(groups: Record<string, string | undefined>): string | undefined {
-  const raw = groups.project ?? groups.path ?? (groups.owner && groups.repo ? `${groups.owner}/${groups.repo}` : undefined);
+  const raw =
+    groups.project ?? groups.path ?? (groups.owner && groups.repo ? `${groups.owner}/${groups.repo}` : undefined);
   if (raw === undefined) return undefined;
   const project = raw.split("/").map(decodeURIComponent).join("/");
   const parts = project.split("/");
@@ -142,7 +200,8 @@ function projectOf(groups: Record<string, string | undefined>): string | undefin
 }
 
 /** What a project name may also mean to the VCS: GitLab's API reads a trailing ".json" as a format. */
-const readings = (vendor: Vendor, project: string) => (vendor === "gitlab" ? [project, project.replace(/\.(?:json|xml)$/i, "")] : [project]);
+const readings = (vendor: Vendor, project: string) =>
+  vendor === "gitlab" ? [project, project.replace(/\.(?:json|xml)$/i, "")] : [project];
 
 /**
  * Decide one request: allowed (with what it is for) or refused (with why). `target` is the
@@ -153,18 +212,25 @@ export function classify(vendor: Vendor, method: string, target: string, allowed
   const canonical = canonicalRequest(vendor, method, target);
   if (!canonical.ok) return { allowed: false, reason: canonical.reason };
   const { path, query, encodedSlash, segments } = canonical.request;
-  if ([...segments, query.get("service") ?? ""].some((piece) => /receive-pack/i.test(piece))) return { allowed: false, reason: "pushing (git-receive-pack) is never allowed" };
+  if ([...segments, query.get("service") ?? ""].some((piece) => /receive-pack/i.test(piece)))
+    return { allowed: false, reason: "pushing (git-receive-pack) is never allowed" };
 
   const matches = rulesOf(vendor).filter((rule) => rule.pattern.test(path));
   if (matches.length === 0) return { allowed: false, reason: `not on the ${vendor} allowlist` };
   const rule = matches.find((r) => r.methods.includes(method));
-  if (!rule) return { allowed: false, reason: `${method} is not allowed here (only ${[...new Set(matches.flatMap((r) => r.methods))].join(", ")})` };
-  if (!rule.encodedSlash && encodedSlash) return { allowed: false, reason: "the path encodes a slash where the VCS expects none" };
+  if (!rule)
+    return {
+      allowed: false,
+      reason: `${method} is not allowed here (only ${[...new Set(matches.flatMap((r) => r.methods))].join(", ")})`,
+    };
+  if (!rule.encodedSlash && encodedSlash)
+    return { allowed: false, reason: "the path encodes a slash where the VCS expects none" };
   // The project the path names is the only one a request may touch (GitLab's from_project_id, ...).
   const other = [...query.keys()].find((key) => /proj|repo|fork/i.test(key));
   if (other) return { allowed: false, reason: `the query key ${other} may name another project` };
   // A write's fields travel in its body, which the gateway checks: a query would be read as fields too (GitLab).
-  if (!rule.git && method !== "GET" && method !== "HEAD" && [...query.keys()].length) return { allowed: false, reason: "a write carries no query" };
+  if (!rule.git && method !== "GET" && method !== "HEAD" && [...query.keys()].length)
+    return { allowed: false, reason: "a write carries no query" };
   if (rule.git && method === "GET" && query.get("service") !== "git-upload-pack") {
     return { allowed: false, reason: "info/refs is allowed only with service=git-upload-pack" };
   }

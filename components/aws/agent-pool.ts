@@ -4,7 +4,14 @@ import { settingsToEnv } from "../../agent/config/env";
 import type { RoleName } from "../../agent/config/roles";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { validatePool, type PoolPlacement } from "./pool-args";
-import { checkUserDataSize, configDelivery, createPool, type CoreArgs, type PoolOutputs, type PoolSpec } from "./pool-core";
+import {
+  checkUserDataSize,
+  configDelivery,
+  createPool,
+  type CoreArgs,
+  type PoolOutputs,
+  type PoolSpec,
+} from "./pool-core";
 
 type KindExtras = Omit<PoolSpec, "component" | "role" | "core" | "settingsEnv" | "secretEnv" | "vpcId" | "subnetIds">;
 

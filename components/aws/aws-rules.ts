@@ -22,7 +22,10 @@ export const secretArn = matching(
 
 const KEY_ID = "([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})";
 /** A KMS key's ARN: an IAM grant (kms:Decrypt) and CloudWatch Logs encryption take keys, not aliases. */
-export const kmsKeyArn = matching(arn("kms", REGION, ACCOUNT, `key/${KEY_ID}`), "the ARN of a KMS key, not an alias (arn:aws:kms:REGION:ACCOUNT:key/ID)");
+export const kmsKeyArn = matching(
+  arn("kms", REGION, ACCOUNT, `key/${KEY_ID}`),
+  "the ARN of a KMS key, not an alias (arn:aws:kms:REGION:ACCOUNT:key/ID)",
+);
 /** A KMS key or alias ARN: EBS encryption takes either. */
 export const kmsKeyOrAliasArn = matching(
   arn("kms", REGION, ACCOUNT, `(key/${KEY_ID}|alias/[A-Za-z0-9/_-]{1,250})`),
@@ -45,10 +48,16 @@ const ALARM_TARGETS = [
   arn("lambda", REGION, ACCOUNT, "function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]{1,128})?"),
   arn("ssm", REGION, ACCOUNT, "opsitem:[1-4](#CATEGORY=[A-Za-z]+)?"),
   arn("ssm-incidents", "", ACCOUNT, "response-plan/[A-Za-z0-9_-]{1,200}"),
-  arn("autoscaling", REGION, ACCOUNT, "scalingPolicy:[0-9a-f-]{36}:autoScalingGroupName/[^:]{1,255}:policyName/[^:]{1,255}"),
+  arn(
+    "autoscaling",
+    REGION,
+    ACCOUNT,
+    "scalingPolicy:[0-9a-f-]{36}:autoScalingGroupName/[^:]{1,255}:policyName/[^:]{1,255}",
+  ),
 ];
 export const alarmAction = z.string().refine((value) => ALARM_TARGETS.some((pattern) => pattern.test(value)), {
-  error: "must be the ARN of something an alarm can notify: an SNS topic, a Lambda function, an SSM OpsItem or incident response plan, or an Auto Scaling policy",
+  error:
+    "must be the ARN of something an alarm can notify: an SNS topic, a Lambda function, an SSM OpsItem or incident response plan, or an Auto Scaling policy",
 });
 
 /** The partition and region an ARN names (region empty for global services). */
@@ -64,9 +73,9 @@ export const hasHostBits = (cidr: string) => {
   return toNumber(ip) % 2 ** (32 - Number(prefix)) !== 0;
 };
 export const cidrBlock = (example: string) =>
-  z
-    .cidrv4({ error: `must be an IPv4 CIDR block such as "${example}"` })
-    .refine((cidr) => !hasHostBits(cidr), { error: "has bits set after its prefix; give the network address (e.g. 10.0.0.0/16, not 10.0.0.1/16)" });
+  z.cidrv4({ error: `must be an IPv4 CIDR block such as "${example}"` }).refine((cidr) => !hasHostBits(cidr), {
+    error: "has bits set after its prefix; give the network address (e.g. 10.0.0.0/16, not 10.0.0.1/16)",
+  });
 
 // Tags. Every resource the components tag (EC2, Auto Scaling, IAM, CloudWatch Logs, Secrets
 // Manager, SSM) takes at most 50; IAM, the strictest, allows letters, digits, spaces and
@@ -83,19 +92,34 @@ export function tagsSchema(kitKeys: readonly string[]) {
     .min(1, { error: "tag keys are 1-128 characters" })
     .max(128, { error: "tag keys are 1-128 characters" })
     .regex(TAG_TEXT, { error: `tag keys may hold ${ALLOWED_TAG_TEXT}` })
-    .refine((k) => !k.toLowerCase().startsWith("aws:"), { error: 'tag keys may not start with "aws:" (in any case): the prefix is AWS\'s own' });
-  const value = z.string().max(256, { error: "tag values are at most 256 characters" }).regex(TAG_TEXT, { error: `tag values may hold ${ALLOWED_TAG_TEXT}` });
+    .refine((k) => !k.toLowerCase().startsWith("aws:"), {
+      error: 'tag keys may not start with "aws:" (in any case): the prefix is AWS\'s own',
+    });
+  const value = z
+    .string()
+    .max(256, { error: "tag values are at most 256 characters" })
+    .regex(TAG_TEXT, { error: `tag values may hold ${ALLOWED_TAG_TEXT}` });
   return z
     .record(key, value)
     .superRefine((tags, ctx) => {
       const keys = Object.keys(tags);
       if (keys.length + kitKeys.length > MAX_TAGS) {
-        ctx.addIssue({ code: "custom", input: `${keys.length} tags`, message: `${keys.length} tags and the kit's ${kitKeys.length} (${kitKeys.join(", ")}) exceed AWS's ${MAX_TAGS} per resource` });
+        ctx.addIssue({
+          code: "custom",
+          input: `${keys.length} tags`,
+          message: `${keys.length} tags and the kit's ${kitKeys.length} (${kitKeys.join(", ")}) exceed AWS's ${MAX_TAGS} per resource`,
+        });
       }
       const seen = new Map<string, string>(kitKeys.map((k) => [k.toLowerCase(), `the kit's own "${k}"`]));
       for (const k of keys) {
         const clash = seen.get(k.toLowerCase());
-        if (clash) ctx.addIssue({ code: "custom", path: [k], input: k, message: `clashes with ${clash} (IAM reads tag keys regardless of case)` });
+        if (clash)
+          ctx.addIssue({
+            code: "custom",
+            path: [k],
+            input: k,
+            message: `clashes with ${clash} (IAM reads tag keys regardless of case)`,
+          });
         seen.set(k.toLowerCase(), `"${k}"`);
       }
     })
@@ -122,17 +146,33 @@ export const nameProblem = (name: string, pattern: RegExp) =>
 // an ARN's region or account ("${aws:PrincipalAccount}").
 const ACTION = /^[A-Za-z0-9-]+:[A-Za-z0-9*?]+$/;
 const VARIABLE = "\\$\\{[^}]+\\}";
-const RESOURCE = new RegExp(`^(\\*|arn:(\\*|${PARTITION}):[a-z0-9*?-]+:(?:[a-z0-9*?-]|${VARIABLE})*:((?:[0-9*?]|${VARIABLE})*|aws):.+)$`);
+const RESOURCE = new RegExp(
+  `^(\\*|arn:(\\*|${PARTITION}):[a-z0-9*?-]+:(?:[a-z0-9*?-]|${VARIABLE})*:((?:[0-9*?]|${VARIABLE})*|aws):.+)$`,
+);
 const EVERY_ACTION = ["*", "*:*"];
 const strings = (what: string, pattern: RegExp, hint: string) =>
-  z.union([z.string().regex(pattern, { error: hint }), z.array(z.string().regex(pattern, { error: hint })).min(1, { error: `must name at least one ${what}` })]);
-const actions = strings("action", /^(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)$/, 'must be "service:Action" (e.g. "s3:GetObject"; * and ? match within the name)');
-const resources = strings("resource", RESOURCE, 'must be "*" or an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)');
+  z.union([
+    z.string().regex(pattern, { error: hint }),
+    z.array(z.string().regex(pattern, { error: hint })).min(1, { error: `must name at least one ${what}` }),
+  ]);
+const actions = strings(
+  "action",
+  /^(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)$/,
+  'must be "service:Action" (e.g. "s3:GetObject"; * and ? match within the name)',
+);
+const resources = strings(
+  "resource",
+  RESOURCE,
+  'must be "*" or an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)',
+);
 const conditionValue = z.union([z.string(), z.number(), z.boolean()]);
 
 export const policyStatement = z
   .strictObject({
-    Sid: z.string().regex(/^[A-Za-z0-9]{1,128}$/, { error: "must be letters and digits" }).optional(),
+    Sid: z
+      .string()
+      .regex(/^[A-Za-z0-9]{1,128}$/, { error: "must be letters and digits" })
+      .optional(),
     Effect: z.enum(["Allow", "Deny"]),
     Action: actions.optional(),
     NotAction: actions.optional(),
@@ -140,19 +180,29 @@ export const policyStatement = z
     NotResource: resources.optional(),
     Condition: z
       .record(
-        z.string().regex(/^(ForAllValues:|ForAnyValue:)?[A-Za-z]+$/, { error: "condition operators are names such as StringEquals or ForAnyValue:StringLike" }),
-        z.record(z.string().regex(/^[A-Za-z0-9-]+:.+$/, { error: 'condition keys are "service:key"' }), z.union([conditionValue, z.array(conditionValue)])),
+        z.string().regex(/^(ForAllValues:|ForAnyValue:)?[A-Za-z]+$/, {
+          error: "condition operators are names such as StringEquals or ForAnyValue:StringLike",
+        }),
+        z.record(
+          z.string().regex(/^[A-Za-z0-9-]+:.+$/, { error: 'condition keys are "service:key"' }),
+          z.union([conditionValue, z.array(conditionValue)]),
+        ),
       )
       .optional(),
   })
   .superRefine((statement, ctx) => {
-    const issue = (path: string, message: string) => ctx.addIssue({ code: "custom", path: [path], input: statement[path as keyof typeof statement], message });
-    if ((statement.Action === undefined) === (statement.NotAction === undefined)) issue("Action", "give exactly one of Action and NotAction");
-    if ((statement.Resource === undefined) === (statement.NotResource === undefined)) issue("Resource", "give exactly one of Resource and NotResource");
+    const issue = (path: string, message: string) =>
+      ctx.addIssue({ code: "custom", path: [path], input: statement[path as keyof typeof statement], message });
+    if ((statement.Action === undefined) === (statement.NotAction === undefined))
+      issue("Action", "give exactly one of Action and NotAction");
+    if ((statement.Resource === undefined) === (statement.NotResource === undefined))
+      issue("Resource", "give exactly one of Resource and NotResource");
     // A Deny narrows what the role may do: a "*" there is a guard-rail, not a grant.
     if (statement.Effect === "Allow") {
-      if ([statement.Action ?? []].flat().some((a) => EVERY_ACTION.includes(a))) issue("Action", 'must name actions; "*" would grant every permission to the agents');
-      if (statement.NotAction !== undefined) issue("NotAction", "with Allow grants everything but the actions named; name the actions to allow instead");
+      if ([statement.Action ?? []].flat().some((a) => EVERY_ACTION.includes(a)))
+        issue("Action", 'must name actions; "*" would grant every permission to the agents');
+      if (statement.NotAction !== undefined)
+        issue("NotAction", "with Allow grants everything but the actions named; name the actions to allow instead");
     }
   });
 export type PolicyStatement = z.output<typeof policyStatement>;
@@ -165,6 +215,8 @@ export const INLINE_POLICY_LIMIT = 10_240;
  * Availability zone names: "eu-west-1a", Local Zones such as "us-west-2-lax-1a" and
  * Wavelength Zones such as "us-east-1-wl1-bos-wlz-1".
  */
-export const availabilityZone = z.string().regex(/^[a-z]{2}(-[a-z]+)+-[0-9]+([a-z]|(-[a-z0-9]+)+)$/, { error: 'must be a zone name such as "eu-west-1a"' });
+export const availabilityZone = z
+  .string()
+  .regex(/^[a-z]{2}(-[a-z]+)+-[0-9]+([a-z]|(-[a-z0-9]+)+)$/, { error: 'must be a zone name such as "eu-west-1a"' });
 /** The region a zone name belongs to. */
 export const regionOfZone = (zone: string) => /^[a-z]{2}(-[a-z]+)+-[0-9]+/.exec(zone)?.[0];

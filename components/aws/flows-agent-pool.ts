@@ -22,7 +22,8 @@ export const flowsAgentPoolArgs = z
         code: "custom",
         path: ["runtimeIsolation"],
         input: args.runtimeIsolation,
-        message: 'must be "namespaces" for the process executor on EC2: a weaker level runs flow code on the instance with less than a kernel sandbox between it and the agent, and "none" reaches the instance metadata service and, with the instance role, the pool\'s secret; the Docker executor (the default) runs each flow in its own container under gVisor',
+        message:
+          'must be "namespaces" for the process executor on EC2: a weaker level runs flow code on the instance with less than a kernel sandbox between it and the agent, and "none" reaches the instance metadata service and, with the instance role, the pool\'s secret; the Docker executor (the default) runs each flow in its own container under gVisor',
       });
     }
   });
@@ -45,6 +46,11 @@ export const flowsAgentPoolKind = (parsed: z.output<typeof flowsAgentPoolArgs>) 
 /** Flows agents that run flow blocks' and apps' JavaScript inside your network. */
 export class FlowsAgentPool extends AgentPool {
   constructor(name: string, args: FlowsAgentPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    super("agentpools:aws:FlowsAgentPool", name, preparePool("FlowsAgentPool", "flows-agent", name, flowsAgentPoolArgs, args, flowsAgentPoolKind), opts);
+    super(
+      "agentpools:aws:FlowsAgentPool",
+      name,
+      preparePool("FlowsAgentPool", "flows-agent", name, flowsAgentPoolArgs, args, flowsAgentPoolKind),
+      opts,
+    );
   }
 }

@@ -10,18 +10,37 @@ describe("instance types", () => {
   });
 
   it("accepts fixed-performance types, including names that merely contain a t", () => {
-    for (const type of ["c7i.large", "m7i-flex.large", "r7iz.xlarge", "trn1.2xlarge", "c6in.4xlarge", "m7g.medium", "inf2.xlarge", "u-6tb1.metal"]) {
+    for (const type of [
+      "c7i.large",
+      "m7i-flex.large",
+      "r7iz.xlarge",
+      "trn1.2xlarge",
+      "c6in.4xlarge",
+      "m7g.medium",
+      "inf2.xlarge",
+      "u-6tb1.metal",
+    ]) {
       assert.equal(instanceTypeProblem(type), undefined, type);
     }
   });
 
   it("refuses what is not an instance type", () => {
-    for (const type of ["", "c7i", "large", "C7I.LARGE", "c7i..large"]) assert.match(instanceTypeProblem(type) as string, /is not an EC2 instance type/);
+    for (const type of ["", "c7i", "large", "C7I.LARGE", "c7i..large"])
+      assert.match(instanceTypeProblem(type) as string, /is not an EC2 instance type/);
   });
 
   it("tells Graviton types apart", () => {
     assert.deepEqual(
-      ["c7g.large", "m6gd.xlarge", "c7gn.large", "is4gen.large", "a1.large", "c7i.large", "g4dn.xlarge", "m7a.large"].map(architectureOf),
+      [
+        "c7g.large",
+        "m6gd.xlarge",
+        "c7gn.large",
+        "is4gen.large",
+        "a1.large",
+        "c7i.large",
+        "g4dn.xlarge",
+        "m7a.large",
+      ].map(architectureOf),
       ["arm64", "arm64", "arm64", "arm64", "arm64", "x86_64", "x86_64", "x86_64"],
     );
   });

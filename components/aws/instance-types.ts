@@ -20,7 +20,13 @@ export function parseInstanceType(type: string): ParsedInstanceType | undefined 
   const match = INSTANCE_TYPE.exec(type);
   if (!match) return undefined;
   const [, series, generation, attributes, suffix = "", size] = match;
-  return { family: `${series}${generation}${attributes}${suffix}`, series, generation: Number(generation || 0), attributes, size };
+  return {
+    family: `${series}${generation}${attributes}${suffix}`,
+    series,
+    generation: Number(generation || 0),
+    attributes,
+    size,
+  };
 }
 
 /** t1, t2, t3, t3a, t4g and any later t generation. */
@@ -45,7 +51,8 @@ export function suggestFixedPerformance(type: string): string {
 
 /** Why a type is not allowed, or undefined when it is. */
 export function instanceTypeProblem(type: string): string | undefined {
-  if (!parseInstanceType(type)) return `"${type}" is not an EC2 instance type (expected family.size, such as "c7i.large")`;
+  if (!parseInstanceType(type))
+    return `"${type}" is not an EC2 instance type (expected family.size, such as "c7i.large")`;
   if (isBurstable(type)) {
     return `"${type}" is a burstable (T-family) type, whose CPU is throttled once its credits run out; use a fixed-performance type such as "${suggestFixedPerformance(type)}"`;
   }

@@ -16,7 +16,9 @@ export const ENDPOINT_SERVICES = {
 export type EndpointName = keyof typeof ENDPOINT_SERVICES;
 const GATEWAY_ENDPOINTS: readonly string[] = ["s3"];
 
-const subnetId = z.string().regex(/^subnet-[0-9a-f]{8,17}$/, { error: 'must be a subnet ID such as "subnet-0123456789abcdef0"' });
+const subnetId = z
+  .string()
+  .regex(/^subnet-[0-9a-f]{8,17}$/, { error: 'must be a subnet ID such as "subnet-0123456789abcdef0"' });
 
 export const networkArgs = z
   .strictObject({
@@ -29,26 +31,40 @@ export const networkArgs = z
     /** New VPC: one NAT gateway for all zones (cheaper) or one per zone (survives a zone outage). */
     natGateways: z.enum(["single", "perZone"]).optional(),
     /** Existing VPC: its ID. */
-    existingVpcId: z.string().regex(/^vpc-[0-9a-f]{8,17}$/, { error: 'must be a VPC ID such as "vpc-0123456789abcdef0"' }).optional(),
+    existingVpcId: z
+      .string()
+      .regex(/^vpc-[0-9a-f]{8,17}$/, { error: 'must be a VPC ID such as "vpc-0123456789abcdef0"' })
+      .optional(),
     /** Existing VPC: the private subnets the pools run in. */
     existingSubnetIds: z.array(subnetId).min(1).max(16).optional(),
     /** Existing VPC: the private subnets' route tables, for a gateway (S3) endpoint. */
-    existingRouteTableIds: z.array(z.string().regex(/^rtb-[0-9a-f]{8,17}$/, { error: 'must be a route table ID such as "rtb-0123456789abcdef0"' })).optional(),
+    existingRouteTableIds: z
+      .array(
+        z.string().regex(/^rtb-[0-9a-f]{8,17}$/, { error: 'must be a route table ID such as "rtb-0123456789abcdef0"' }),
+      )
+      .optional(),
     endpoints: z.array(z.enum(Object.keys(ENDPOINT_SERVICES) as [EndpointName, ...EndpointName[]])).default([]),
     /** Tags for every resource (the kit adds Name). */
     tags: tagsSchema(["Name"]),
   })
   .superRefine((args, ctx) => {
-    const issue = (path: string, input: unknown, message: string) => ctx.addIssue({ code: "custom", path: [path], input, message });
+    const issue = (path: string, input: unknown, message: string) =>
+      ctx.addIssue({ code: "custom", path: [path], input, message });
     if (args.existingVpcId !== undefined) {
       for (const key of ["cidrBlock", "availabilityZoneCount", "availabilityZones", "natGateways"] as const) {
-        if (args[key] !== undefined) issue(key, args[key], "applies to a new VPC only; leave it out with existingVpcId");
+        if (args[key] !== undefined)
+          issue(key, args[key], "applies to a new VPC only; leave it out with existingVpcId");
       }
-      if (!args.existingSubnetIds) issue("existingSubnetIds", undefined, "is required with existingVpcId: the private subnets the pools run in");
+      if (!args.existingSubnetIds)
+        issue("existingSubnetIds", undefined, "is required with existingVpcId: the private subnets the pools run in");
       const ids = args.existingSubnetIds ?? [];
       if (new Set(ids).size !== ids.length) issue("existingSubnetIds", ids, "lists a subnet twice");
       if (args.endpoints.includes("s3") && !args.existingRouteTableIds?.length) {
-        issue("existingRouteTableIds", args.existingRouteTableIds, "is required for the s3 endpoint in an existing VPC (the private subnets' route tables)");
+        issue(
+          "existingRouteTableIds",
+          args.existingRouteTableIds,
+          "is required for the s3 endpoint in an existing VPC (the private subnets' route tables)",
+        );
       }
     } else {
       for (const key of ["existingSubnetIds", "existingRouteTableIds"] as const) {
@@ -57,10 +73,20 @@ export const networkArgs = z
       const prefix = Number((args.cidrBlock ?? DEFAULT_CIDR).split("/")[1]);
       if (prefix < 16 || prefix > 24) issue("cidrBlock", args.cidrBlock, "must have a prefix from /16 to /24");
       const zones = args.availabilityZones ?? [];
-      if (new Set(zones).size !== zones.length) issue("availabilityZones", zones, "lists a zone twice: each private subnet needs a zone of its own");
-      if (new Set(zones.map(regionOfZone)).size > 1) issue("availabilityZones", zones, "names zones of different regions: a VPC lives in one");
-      if (args.availabilityZones && args.availabilityZoneCount && args.availabilityZones.length !== args.availabilityZoneCount) {
-        issue("availabilityZoneCount", args.availabilityZoneCount, `disagrees with availabilityZones (${args.availabilityZones.length} given)`);
+      if (new Set(zones).size !== zones.length)
+        issue("availabilityZones", zones, "lists a zone twice: each private subnet needs a zone of its own");
+      if (new Set(zones.map(regionOfZone)).size > 1)
+        issue("availabilityZones", zones, "names zones of different regions: a VPC lives in one");
+      if (
+        args.availabilityZones &&
+        args.availabilityZoneCount &&
+        args.availabilityZones.length !== args.availabilityZoneCount
+      ) {
+        issue(
+          "availabilityZoneCount",
+          args.availabilityZoneCount,
+          `disagrees with availabilityZones (${args.availabilityZones.length} given)`,
+        );
       }
     }
   });
@@ -100,7 +126,11 @@ export class Network extends pulumi.ComponentResource {
   constructor(name: string, args: NetworkArgs = {}, opts?: pulumi.ComponentResourceOptions) {
     const named = nameProblem(name, NETWORK_NAME);
     const result = networkArgs.safeParse(args, { reportInput: true });
-    if (named || !result.success) throw new InvalidArgumentsError("Network", name, [...(named ? [named] : []), ...(result.success ? [] : formatIssues(result.error))]);
+    if (named || !result.success)
+      throw new InvalidArgumentsError("Network", name, [
+        ...(named ? [named] : []),
+        ...(result.success ? [] : formatIssues(result.error)),
+      ]);
     const parsed = result.data;
     super("agentpools:aws:Network", name, {}, opts);
     const invokeOpts = { parent: this };
@@ -115,7 +145,11 @@ export class Network extends pulumi.ComponentResource {
       const checked = pulumi.all(subnets).apply((found) => {
         const stray = found.filter((s) => s.vpcId !== vpcId);
         if (stray.length > 0) {
-          throw new InvalidArgumentsError("Network", name, stray.map((s) => `existingSubnetIds: "${s.id}" belongs to ${s.vpcId}, not to existingVpcId "${vpcId}"`));
+          throw new InvalidArgumentsError(
+            "Network",
+            name,
+            stray.map((s) => `existingSubnetIds: "${s.id}" belongs to ${s.vpcId}, not to existingVpcId "${vpcId}"`),
+          );
         }
         return found;
       });
@@ -137,12 +171,23 @@ export class Network extends pulumi.ComponentResource {
     }
 
     if (parsed.endpoints.length > 0) {
-      const endpoints = this.createEndpoints(name, parsed.endpoints, cidr, endpointSubnetIds, routeTableIds, parsed.tags);
+      const endpoints = this.createEndpoints(
+        name,
+        parsed.endpoints,
+        cidr,
+        endpointSubnetIds,
+        routeTableIds,
+        parsed.tags,
+      );
       this.endpointSecurityGroupId = endpoints.securityGroupId;
       // A pool placed in these subnets calls AWS at boot: through the endpoints, once they exist.
       this.privateSubnetIds = waitFor(this.privateSubnetIds, endpoints.ids);
     }
-    this.registerOutputs({ vpcId: this.vpcId, privateSubnetIds: this.privateSubnetIds, publicSubnetIds: this.publicSubnetIds });
+    this.registerOutputs({
+      vpcId: this.vpcId,
+      privateSubnetIds: this.privateSubnetIds,
+      publicSubnetIds: this.publicSubnetIds,
+    });
   }
 
   private createVpc(name: string, args: z.output<typeof networkArgs>) {
@@ -153,39 +198,99 @@ export class Network extends pulumi.ComponentResource {
       ? args.availabilityZones.map((zone) => pulumi.output(zone))
       : Array.from({ length: zoneCount }, (_, i) =>
           aws
-            .getAvailabilityZonesOutput({ state: "available", filters: [{ name: "opt-in-status", values: ["opt-in-not-required"] }] }, { parent: this })
+            .getAvailabilityZonesOutput(
+              { state: "available", filters: [{ name: "opt-in-status", values: ["opt-in-not-required"] }] },
+              { parent: this },
+            )
             .names.apply((names) => {
-              if (names.length < zoneCount) throw new InvalidArgumentsError("Network", name, [`availabilityZoneCount: ${zoneCount} zones wanted, the region has ${names.length}`]);
+              if (names.length < zoneCount)
+                throw new InvalidArgumentsError("Network", name, [
+                  `availabilityZoneCount: ${zoneCount} zones wanted, the region has ${names.length}`,
+                ]);
               return names[i];
             }),
         );
     const plan = planSubnets(cidrBlock, zoneCount);
     const tag = (suffix: string) => ({ ...args.tags, Name: `${name}-${suffix}` });
 
-    const vpc = new aws.ec2.Vpc(`${name}-vpc`, { cidrBlock, enableDnsHostnames: true, enableDnsSupport: true, tags: tag("vpc") }, opts);
+    const vpc = new aws.ec2.Vpc(
+      `${name}-vpc`,
+      { cidrBlock, enableDnsHostnames: true, enableDnsSupport: true, tags: tag("vpc") },
+      opts,
+    );
     // The default security group allows traffic between its members; nothing should use it, so empty it.
-    new aws.ec2.DefaultSecurityGroup(`${name}-default`, { vpcId: vpc.id, ingress: [], egress: [], tags: tag("default-unused") }, opts);
+    new aws.ec2.DefaultSecurityGroup(
+      `${name}-default`,
+      { vpcId: vpc.id, ingress: [], egress: [], tags: tag("default-unused") },
+      opts,
+    );
     const gateway = new aws.ec2.InternetGateway(`${name}-igw`, { vpcId: vpc.id, tags: tag("igw") }, opts);
 
-    const publicRoutes = new aws.ec2.RouteTable(`${name}-public`, { vpcId: vpc.id, routes: [{ cidrBlock: "0.0.0.0/0", gatewayId: gateway.id }], tags: tag("public") }, opts);
+    const publicRoutes = new aws.ec2.RouteTable(
+      `${name}-public`,
+      { vpcId: vpc.id, routes: [{ cidrBlock: "0.0.0.0/0", gatewayId: gateway.id }], tags: tag("public") },
+      opts,
+    );
     const publicSubnets = zones.map((zone, i) => {
-      const subnet = new aws.ec2.Subnet(`${name}-public-${i}`, { vpcId: vpc.id, cidrBlock: plan.public[i], availabilityZone: zone, mapPublicIpOnLaunch: false, tags: tag(`public-${i}`) }, opts);
-      new aws.ec2.RouteTableAssociation(`${name}-public-${i}`, { subnetId: subnet.id, routeTableId: publicRoutes.id }, opts);
+      const subnet = new aws.ec2.Subnet(
+        `${name}-public-${i}`,
+        {
+          vpcId: vpc.id,
+          cidrBlock: plan.public[i],
+          availabilityZone: zone,
+          mapPublicIpOnLaunch: false,
+          tags: tag(`public-${i}`),
+        },
+        opts,
+      );
+      new aws.ec2.RouteTableAssociation(
+        `${name}-public-${i}`,
+        { subnetId: subnet.id, routeTableId: publicRoutes.id },
+        opts,
+      );
       return subnet;
     });
 
     const natCount = args.natGateways === "perZone" ? zoneCount : 1;
     const nats = Array.from({ length: natCount }, (_, i) => {
       const address = new aws.ec2.Eip(`${name}-nat-${i}`, { domain: "vpc", tags: tag(`nat-${i}`) }, opts);
-      return new aws.ec2.NatGateway(`${name}-nat-${i}`, { allocationId: address.id, subnetId: publicSubnets[i].id, tags: tag(`nat-${i}`) }, { ...opts, dependsOn: [gateway] });
+      return new aws.ec2.NatGateway(
+        `${name}-nat-${i}`,
+        { allocationId: address.id, subnetId: publicSubnets[i].id, tags: tag(`nat-${i}`) },
+        { ...opts, dependsOn: [gateway] },
+      );
     });
 
     const privateRouteTables: aws.ec2.RouteTable[] = [];
     const associations: aws.ec2.RouteTableAssociation[] = [];
     const privateSubnets = zones.map((zone, i) => {
-      const subnet = new aws.ec2.Subnet(`${name}-private-${i}`, { vpcId: vpc.id, cidrBlock: plan.private[i], availabilityZone: zone, mapPublicIpOnLaunch: false, tags: tag(`private-${i}`) }, opts);
-      const routes = new aws.ec2.RouteTable(`${name}-private-${i}`, { vpcId: vpc.id, routes: [{ cidrBlock: "0.0.0.0/0", natGatewayId: nats[Math.min(i, natCount - 1)].id }], tags: tag(`private-${i}`) }, opts);
-      associations.push(new aws.ec2.RouteTableAssociation(`${name}-private-${i}`, { subnetId: subnet.id, routeTableId: routes.id }, opts));
+      const subnet = new aws.ec2.Subnet(
+        `${name}-private-${i}`,
+        {
+          vpcId: vpc.id,
+          cidrBlock: plan.private[i],
+          availabilityZone: zone,
+          mapPublicIpOnLaunch: false,
+          tags: tag(`private-${i}`),
+        },
+        opts,
+      );
+      const routes = new aws.ec2.RouteTable(
+        `${name}-private-${i}`,
+        {
+          vpcId: vpc.id,
+          routes: [{ cidrBlock: "0.0.0.0/0", natGatewayId: nats[Math.min(i, natCount - 1)].id }],
+          tags: tag(`private-${i}`),
+        },
+        opts,
+      );
+      associations.push(
+        new aws.ec2.RouteTableAssociation(
+          `${name}-private-${i}`,
+          { subnetId: subnet.id, routeTableId: routes.id },
+          opts,
+        ),
+      );
       privateRouteTables.push(routes);
       return subnet;
     });
@@ -194,7 +299,10 @@ export class Network extends pulumi.ComponentResource {
       vpcId: vpc.id,
       // Known only once their route out exists: a pool placed here waits for the NAT gateways
       // and the route table associations before its first instance boots.
-      privateSubnetIds: waitFor(pulumi.all(privateSubnets.map((s) => s.id)), [...nats.map((n) => n.id), ...associations.map((a) => a.id)]),
+      privateSubnetIds: waitFor(pulumi.all(privateSubnets.map((s) => s.id)), [
+        ...nats.map((n) => n.id),
+        ...associations.map((a) => a.id),
+      ]),
       publicSubnetIds: pulumi.all(publicSubnets.map((s) => s.id)),
       privateRouteTableIds: pulumi.all(privateRouteTables.map((r) => r.id)),
       endpointSubnetIds: pulumi.all(privateSubnets.map((s) => s.id)),
@@ -217,7 +325,9 @@ export class Network extends pulumi.ComponentResource {
         namePrefix: `agentpools-${name.slice(0, 64)}-endpoints-`,
         description: `agentpools ${name}: HTTPS from the VPC to its interface endpoints`,
         vpcId: this.vpcId,
-        ingress: [{ description: "HTTPS from the VPC", protocol: "tcp", fromPort: 443, toPort: 443, cidrBlocks: [cidr] }],
+        ingress: [
+          { description: "HTTPS from the VPC", protocol: "tcp", fromPort: 443, toPort: 443, cidrBlocks: [cidr] },
+        ],
         egress: [],
         tags: { ...tags, Name: `${name}-endpoints` },
       },
@@ -236,7 +346,9 @@ export class Network extends pulumi.ComponentResource {
             vpcId: this.vpcId,
             serviceName,
             vpcEndpointType: serviceType,
-            ...(gateway ? { routeTableIds } : { subnetIds, securityGroupIds: [securityGroup.id], privateDnsEnabled: true }),
+            ...(gateway
+              ? { routeTableIds }
+              : { subnetIds, securityGroupIds: [securityGroup.id], privateDnsEnabled: true }),
             tags: { ...tags, Name: `${name}-${service}` },
           },
           opts,

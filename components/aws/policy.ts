@@ -1,7 +1,15 @@
 import type { PolicyStatement } from "./aws-rules";
 
 /** The Sids of the kit's own statements: a user's statements may not reuse them. */
-export const KIT_SIDS = ["ReadPoolSecret", "WritePoolLogs", "CompletePoolLifecycleActions", "ReplaceUnhealthyPoolInstance", "ProtectBusyPoolInstance", "ReadPoolParameters", "DecryptPoolSecret"] as const;
+export const KIT_SIDS = [
+  "ReadPoolSecret",
+  "WritePoolLogs",
+  "CompletePoolLifecycleActions",
+  "ReplaceUnhealthyPoolInstance",
+  "ProtectBusyPoolInstance",
+  "ReadPoolParameters",
+  "DecryptPoolSecret",
+] as const;
 
 /** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
 export const autoScalingGroupArn = (partition: string, region: string, account: string, group: string) =>
@@ -30,13 +38,29 @@ export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; S
   const group = input.autoScalingGroupArn;
   const statements: PolicyStatement[] = [
     { Sid: "ReadPoolSecret", Effect: "Allow", Action: "secretsmanager:GetSecretValue", Resource: input.secretArn },
-    { Sid: "WritePoolLogs", Effect: "Allow", Action: ["logs:CreateLogStream", "logs:PutLogEvents"], Resource: `${input.logGroupArn}:log-stream:*` },
-    { Sid: "CompletePoolLifecycleActions", Effect: "Allow", Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"], Resource: group },
+    {
+      Sid: "WritePoolLogs",
+      Effect: "Allow",
+      Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+      Resource: `${input.logGroupArn}:log-stream:*`,
+    },
+    {
+      Sid: "CompletePoolLifecycleActions",
+      Effect: "Allow",
+      Action: ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
+      Resource: group,
+    },
     { Sid: "ReplaceUnhealthyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceHealth", Resource: group },
     { Sid: "ProtectBusyPoolInstance", Effect: "Allow", Action: "autoscaling:SetInstanceProtection", Resource: group },
   ];
   // Named one by one: a read by version (name:version) is authorized against the parameter's own ARN.
-  if (input.parameterArns?.length) statements.push({ Sid: "ReadPoolParameters", Effect: "Allow", Action: "ssm:GetParameter", Resource: input.parameterArns });
+  if (input.parameterArns?.length)
+    statements.push({
+      Sid: "ReadPoolParameters",
+      Effect: "Allow",
+      Action: "ssm:GetParameter",
+      Resource: input.parameterArns,
+    });
   if (input.secretKmsKeyArn) {
     statements.push({
       Sid: "DecryptPoolSecret",

@@ -28,7 +28,9 @@ import { sharedPoolShape } from "../shared/pool-args";
 import { scalingProblems, scalingShape } from "./scaling";
 
 /** The retention periods CloudWatch Logs accepts. */
-export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
+export const LOG_RETENTION_DAYS = [
+  1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+] as const;
 
 export const NODE_MAJORS = [22, 24] as const;
 
@@ -43,8 +45,15 @@ const extraStatements = z.array(policyStatement).superRefine((statements, ctx) =
   statements.forEach((statement, index) => {
     if (statement.Sid === undefined) return;
     if (seen.has(statement.Sid)) {
-      const whose = (KIT_SIDS as readonly string[]).includes(statement.Sid) ? "one of the kit's own statements" : "an earlier statement";
-      ctx.addIssue({ code: "custom", path: [index, "Sid"], input: statement.Sid, message: `is already the Sid of ${whose}; Sids are unique in a policy` });
+      const whose = (KIT_SIDS as readonly string[]).includes(statement.Sid)
+        ? "one of the kit's own statements"
+        : "an earlier statement";
+      ctx.addIssue({
+        code: "custom",
+        path: [index, "Sid"],
+        input: statement.Sid,
+        message: `is already the Sid of ${whose}; Sids are unique in a policy`,
+      });
     }
     seen.add(statement.Sid);
   });
@@ -59,7 +68,8 @@ export const CA_DELIVERIES = ["userData", "ssmParameter"] as const;
 const SSM_STANDARD_LIMIT = 4096;
 export const SSM_PARAMETER_LIMIT = 8192;
 /** The cheapest SSM tier that holds a value. */
-export const ssmParameterTier = (value: string) => (Buffer.byteLength(value) <= SSM_STANDARD_LIMIT ? "Standard" : "Advanced");
+export const ssmParameterTier = (value: string) =>
+  Buffer.byteLength(value) <= SSM_STANDARD_LIMIT ? "Standard" : "Advanced";
 
 export interface PoolDefaults {
   instanceType: string;
@@ -76,7 +86,9 @@ export function poolCoreShape(defaults: PoolDefaults) {
         instanceTypes: z.array(instanceType).min(1).max(20),
         onDemandBaseCapacity: z.int().min(0).default(0),
         onDemandPercentageAboveBaseCapacity: z.int().min(0).max(100).default(100),
-        spotAllocationStrategy: z.enum(["price-capacity-optimized", "capacity-optimized", "lowest-price"]).default("price-capacity-optimized"),
+        spotAllocationStrategy: z
+          .enum(["price-capacity-optimized", "capacity-optimized", "lowest-price"])
+          .default("price-capacity-optimized"),
       })
       .optional(),
     minSize: z.int().min(0).max(1000).default(1),
@@ -84,12 +96,23 @@ export function poolCoreShape(defaults: PoolDefaults) {
     /** The size at creation; afterwards the scaling policy owns it (Pulumi leaves it alone). */
     desiredCapacity: z.int().min(0).max(1000).optional(),
     ...scalingShape,
-    amiId: z.string().regex(/^ami-[0-9a-f]{8,17}$/, { error: 'must be an AMI ID such as "ami-0123456789abcdef0"' }).optional(),
-    nodeMajor: z.union(NODE_MAJORS.map((n) => z.literal(n)), { error: `must be one of ${NODE_MAJORS.join(", ")} (Node.js LTS lines packaged for Amazon Linux 2023)` }).default(24),
+    amiId: z
+      .string()
+      .regex(/^ami-[0-9a-f]{8,17}$/, { error: 'must be an AMI ID such as "ami-0123456789abcdef0"' })
+      .optional(),
+    nodeMajor: z
+      .union(
+        NODE_MAJORS.map((n) => z.literal(n)),
+        { error: `must be one of ${NODE_MAJORS.join(", ")} (Node.js LTS lines packaged for Amazon Linux 2023)` },
+      )
+      .default(24),
     rootVolumeSizeGiB: z.int().min(8).max(16384).default(defaults.rootVolumeSizeGiB),
     volumeKmsKeyArn: kmsKeyOrAliasArn.optional(),
     logRetentionDays: z
-      .union(LOG_RETENTION_DAYS.map((n) => z.literal(n)), { error: `must be one of ${LOG_RETENTION_DAYS.join(", ")}` })
+      .union(
+        LOG_RETENTION_DAYS.map((n) => z.literal(n)),
+        { error: `must be one of ${LOG_RETENTION_DAYS.join(", ")}` },
+      )
       .default(30),
     logKmsKeyArn: kmsKeyArn.optional(),
     secretKmsKeyArn: kmsKeyArn.optional(),
@@ -121,13 +144,28 @@ export function poolCoreShape(defaults: PoolDefaults) {
 export type CoreArgs = z.output<z.ZodObject<ReturnType<typeof poolCoreShape>>>;
 
 /** The fields that hold ARNs, which must all name the partition (and, when regional, the region) the pool is in. */
-export function givenArns(args: Pick<CoreArgs, "volumeKmsKeyArn" | "logKmsKeyArn" | "secretKmsKeyArn" | "existingSecretArn" | "permissionsBoundaryArn" | "alarmActions">): { field: string; arn: string }[] {
-  const single = (["volumeKmsKeyArn", "logKmsKeyArn", "secretKmsKeyArn", "existingSecretArn", "permissionsBoundaryArn"] as const).flatMap((field) => (args[field] ? [{ field, arn: args[field] as string }] : []));
+export function givenArns(
+  args: Pick<
+    CoreArgs,
+    | "volumeKmsKeyArn"
+    | "logKmsKeyArn"
+    | "secretKmsKeyArn"
+    | "existingSecretArn"
+    | "permissionsBoundaryArn"
+    | "alarmActions"
+  >,
+): { field: string; arn: string }[] {
+  const single = (
+    ["volumeKmsKeyArn", "logKmsKeyArn", "secretKmsKeyArn", "existingSecretArn", "permissionsBoundaryArn"] as const
+  ).flatMap((field) => (args[field] ? [{ field, arn: args[field] as string }] : []));
   return [...single, ...args.alarmActions.map((arn, index) => ({ field: `alarmActions[${index}]`, arn }))];
 }
 
 /** ARNs that disagree with the place the pool is deployed to (known at preview) or with each other (known now). */
-export function arnPlaceProblems(arns: { field: string; arn: string }[], where?: { partition: string; region: string }): string[] {
+export function arnPlaceProblems(
+  arns: { field: string; arn: string }[],
+  where?: { partition: string; region: string },
+): string[] {
   const problems: string[] = [];
   const placed = arns.flatMap(({ field, arn }) => {
     const place = arnPlace(arn);
@@ -136,14 +174,19 @@ export function arnPlaceProblems(arns: { field: string; arn: string }[], where?:
   const partition = where?.partition ?? placed[0]?.partition;
   const region = where?.region ?? placed.find((a) => a.region)?.region;
   for (const a of placed) {
-    if (a.partition !== partition) problems.push(`${a.field}: is in partition "${a.partition}", the pool in "${partition}"`);
-    else if (a.region && a.region !== region) problems.push(`${a.field}: is in region ${a.region}, the pool in ${region}: alarms, keys and secrets are used from the pool's region`);
+    if (a.partition !== partition)
+      problems.push(`${a.field}: is in partition "${a.partition}", the pool in "${partition}"`);
+    else if (a.region && a.region !== region)
+      problems.push(
+        `${a.field}: is in region ${a.region}, the pool in ${region}: alarms, keys and secrets are used from the pool's region`,
+      );
   }
   return problems;
 }
 
 /** Characters as hard to compress as real names are (a run of one letter would flatter the size). */
-export const noise = (length: number, seed: string) => createHash("sha512").update(seed).digest("base64url").replace(/[-_]/g, "0").slice(0, length);
+export const noise = (length: number, seed: string) =>
+  createHash("sha512").update(seed).digest("base64url").replace(/[-_]/g, "0").slice(0, length);
 const WORST_GROUP = `agentpools-${noise(48, "pool")}-${noise(8, "suffix").toLowerCase()}`;
 /** Placeholders as long as real values get: the policy's size and user-data's are checked with them. */
 export const WORST_CASE = {
@@ -158,38 +201,85 @@ export const WORST_CASE = {
 
 /** Sizes and types that only make sense together, and what AWS checks across fields. */
 export function checkCoreRelations(args: CoreArgs, ctx: z.RefinementCtx): void {
-  if (args.minSize > args.maxSize) ctx.addIssue({ code: "custom", path: ["minSize"], input: args.minSize, message: `must not exceed maxSize (${args.maxSize})` });
-  if (args.desiredCapacity !== undefined && (args.desiredCapacity < args.minSize || args.desiredCapacity > args.maxSize)) {
-    ctx.addIssue({ code: "custom", path: ["desiredCapacity"], input: args.desiredCapacity, message: `must be between minSize (${args.minSize}) and maxSize (${args.maxSize})` });
+  if (args.minSize > args.maxSize)
+    ctx.addIssue({
+      code: "custom",
+      path: ["minSize"],
+      input: args.minSize,
+      message: `must not exceed maxSize (${args.maxSize})`,
+    });
+  if (
+    args.desiredCapacity !== undefined &&
+    (args.desiredCapacity < args.minSize || args.desiredCapacity > args.maxSize)
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["desiredCapacity"],
+      input: args.desiredCapacity,
+      message: `must be between minSize (${args.minSize}) and maxSize (${args.maxSize})`,
+    });
   }
   for (const problem of scalingProblems(args)) ctx.addIssue({ code: "custom", ...problem });
   if (args.customCaCertificatesDelivery === "ssmParameter") {
     const size = args.customCaCertificates === undefined ? 0 : Buffer.byteLength(args.customCaCertificates);
-    if (size === 0) ctx.addIssue({ code: "custom", path: ["customCaCertificatesDelivery"], input: args.customCaCertificatesDelivery, message: 'is "ssmParameter" but customCaCertificates is not given' });
-    if (size > SSM_PARAMETER_LIMIT) ctx.addIssue({ code: "custom", path: ["customCaCertificates"], input: `${size} bytes`, message: `is ${size} bytes; an SSM parameter holds at most ${SSM_PARAMETER_LIMIT}` });
+    if (size === 0)
+      ctx.addIssue({
+        code: "custom",
+        path: ["customCaCertificatesDelivery"],
+        input: args.customCaCertificatesDelivery,
+        message: 'is "ssmParameter" but customCaCertificates is not given',
+      });
+    if (size > SSM_PARAMETER_LIMIT)
+      ctx.addIssue({
+        code: "custom",
+        path: ["customCaCertificates"],
+        input: `${size} bytes`,
+        message: `is ${size} bytes; an SSM parameter holds at most ${SSM_PARAMETER_LIMIT}`,
+      });
   }
   const arch = architectureOf(args.instanceType);
   args.mixedInstances?.instanceTypes.forEach((type, index) => {
     if (instanceTypeProblem(type) === undefined && architectureOf(type) !== arch) {
-      ctx.addIssue({ code: "custom", path: ["mixedInstances", "instanceTypes", index], input: type, message: `is ${architectureOf(type)} but instanceType "${args.instanceType}" is ${arch}: one AMI serves the whole group` });
+      ctx.addIssue({
+        code: "custom",
+        path: ["mixedInstances", "instanceTypes", index],
+        input: type,
+        message: `is ${architectureOf(type)} but instanceType "${args.instanceType}" is ${arch}: one AMI serves the whole group`,
+      });
     }
   });
-  for (const problem of arnPlaceProblems(givenArns(args))) ctx.addIssue({ code: "custom", message: problem.slice(problem.indexOf(": ") + 2), path: [problem.slice(0, problem.indexOf(":"))] });
+  for (const problem of arnPlaceProblems(givenArns(args)))
+    ctx.addIssue({
+      code: "custom",
+      message: problem.slice(problem.indexOf(": ") + 2),
+      path: [problem.slice(0, problem.indexOf(":"))],
+    });
   const policy = poolPolicyDocument({
     secretArn: WORST_CASE.secretArn,
     // The configuration's parameter counted always: whether it is needed is known only once the user-data is rendered.
     parameterArns: [...(args.customCaCertificatesDelivery === "ssmParameter" ? ["ca-certificates"] : []), "config"].map(
-      (leaf) => `arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/agentpools/${WORST_CASE.autoScalingGroupName}/${leaf}`,
+      (leaf) =>
+        `arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/agentpools/${WORST_CASE.autoScalingGroupName}/${leaf}`,
     ),
     secretKmsKeyArn: args.secretKmsKeyArn,
     region: WORST_CASE.region,
     dnsSuffix: WORST_CASE.dnsSuffix,
     logGroupArn: `arn:aws-us-gov:logs:us-gov-west-1:123456789012:log-group:${WORST_CASE.logGroupName}`,
-    autoScalingGroupArn: autoScalingGroupArn(WORST_CASE.partition, WORST_CASE.region, WORST_CASE.account, WORST_CASE.autoScalingGroupName),
+    autoScalingGroupArn: autoScalingGroupArn(
+      WORST_CASE.partition,
+      WORST_CASE.region,
+      WORST_CASE.account,
+      WORST_CASE.autoScalingGroupName,
+    ),
     extraStatements: args.extraPolicyStatements,
   });
   if (policySize(policy) > INLINE_POLICY_LIMIT) {
-    ctx.addIssue({ code: "custom", path: ["extraPolicyStatements"], input: `${args.extraPolicyStatements.length} statements`, message: `make the instance role's policy up to ${policySize(policy)} characters, over IAM's ${INLINE_POLICY_LIMIT} for a role's inline policies` });
+    ctx.addIssue({
+      code: "custom",
+      path: ["extraPolicyStatements"],
+      input: `${args.extraPolicyStatements.length} statements`,
+      message: `make the instance role's policy up to ${policySize(policy)} characters, over IAM's ${INLINE_POLICY_LIMIT} for a role's inline policies`,
+    });
   }
 }
 
@@ -228,19 +318,27 @@ export function validatePool<S extends z.ZodType<CoreArgs>>(
   if (!parsed.success) problems.push(...formatIssues(parsed.error));
   // Plain arguments end up in user-data and in the stack's state, readable by whoever can read those.
   for (const path of urlCredentialPaths(plain).filter((p) => !problems.some((line) => line.startsWith(`${p}:`)))) {
-    problems.push(`${path}: must not carry credentials ("scheme://user:***@host"): plain arguments are written into user-data and the stack's state; use a proxy or endpoint that needs none (allowlisted by address), or an identity the VPC grants`);
+    problems.push(
+      `${path}: must not carry credentials ("scheme://user:***@host"): plain arguments are written into user-data and the stack's state; use a proxy or endpoint that needs none (allowlisted by address), or an identity the VPC grants`,
+    );
   }
 
-  if (typeof vpcId === "string" && !/^vpc-[0-9a-f]{8,17}$/.test(vpcId)) problems.push(`vpcId: must be a VPC ID such as "vpc-0123456789abcdef0" (got ${showValue(vpcId)})`);
+  if (typeof vpcId === "string" && !/^vpc-[0-9a-f]{8,17}$/.test(vpcId))
+    problems.push(`vpcId: must be a VPC ID such as "vpc-0123456789abcdef0" (got ${showValue(vpcId)})`);
   if (vpcId === undefined) problems.push("vpcId: is required (a Network's vpcId, or an existing VPC's ID)");
-  if (subnetIds === undefined) problems.push("subnetIds: is required (a Network's privateSubnetIds, or existing subnet IDs)");
+  if (subnetIds === undefined)
+    problems.push("subnetIds: is required (a Network's privateSubnetIds, or existing subnet IDs)");
   if (Array.isArray(subnetIds)) {
     if (subnetIds.length === 0) problems.push("subnetIds: needs at least one subnet");
     subnetIds.forEach((id, index) => {
-      if (typeof id === "string" && !/^subnet-[0-9a-f]{8,17}$/.test(id)) problems.push(`subnetIds[${index}]: must be a subnet ID such as "subnet-0123456789abcdef0" (got ${showValue(id)})`);
+      if (typeof id === "string" && !/^subnet-[0-9a-f]{8,17}$/.test(id))
+        problems.push(
+          `subnetIds[${index}]: must be a subnet ID such as "subnet-0123456789abcdef0" (got ${showValue(id)})`,
+        );
     });
     const plainIds = subnetIds.filter((id): id is string => typeof id === "string");
-    if (new Set(plainIds).size !== plainIds.length) problems.push(`subnetIds: lists a subnet twice (got ${showValue(plainIds)})`);
+    if (new Set(plainIds).size !== plainIds.length)
+      problems.push(`subnetIds: lists a subnet twice (got ${showValue(plainIds)})`);
   }
 
   // The credentials' shapes (components/shared/pool-tokens.ts): plain ones now, Outputs once known.
@@ -259,7 +357,14 @@ export function validatePool<S extends z.ZodType<CoreArgs>>(
       });
     }
   }
-  const secretsCheck = checkSecrets(component, name, role, credentials, "existingSecretArn", (plain as { existingSecretArn?: unknown }).existingSecretArn !== undefined);
+  const secretsCheck = checkSecrets(
+    component,
+    name,
+    role,
+    credentials,
+    "existingSecretArn",
+    (plain as { existingSecretArn?: unknown }).existingSecretArn !== undefined,
+  );
   problems.push(...secretsCheck.problems);
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
   const secretEnv = secretsCheck.secretEnv();

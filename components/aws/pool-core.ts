@@ -7,10 +7,34 @@ import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
 import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
-import { arnPlaceProblems, givenArns, noise, SSM_PARAMETER_LIMIT, ssmParameterTier, WORST_CASE, type CoreArgs, type PoolPlacement } from "./pool-args";
+import {
+  arnPlaceProblems,
+  givenArns,
+  noise,
+  SSM_PARAMETER_LIMIT,
+  ssmParameterTier,
+  WORST_CASE,
+  type CoreArgs,
+  type PoolPlacement,
+} from "./pool-args";
 import { autoScalingGroupArn, poolPolicyDocument } from "./policy";
-import { BOOT_LOG_STREAM, renderConfigParameterValue, renderUserData, UserDataTooLargeError, type UserDataFile, type UserDataSpec } from "./userdata";
-import { busyShareQueries, dashboardBody, dashboardName, fromZeroQueries, neverConnectPeriods, PROTECTION_LINGER_SECONDS, type MetricQuery } from "./scaling";
+import {
+  BOOT_LOG_STREAM,
+  renderConfigParameterValue,
+  renderUserData,
+  UserDataTooLargeError,
+  type UserDataFile,
+  type UserDataSpec,
+} from "./userdata";
+import {
+  busyShareQueries,
+  dashboardBody,
+  dashboardName,
+  fromZeroQueries,
+  neverConnectPeriods,
+  PROTECTION_LINGER_SECONDS,
+  type MetricQuery,
+} from "./scaling";
 
 export type { CoreArgs } from "./pool-args";
 
@@ -51,12 +75,21 @@ export interface PoolOutputs {
 export const LAUNCH_HOOK = "agent-connected";
 export const TERMINATION_HOOK = "agent-drained";
 
-
 /** A pool's lifecycle hooks: held at launch until the agent connects, at termination until it drains. */
 export function lifecycleHooks(core: Pick<CoreArgs, "launchTimeoutSeconds" | "drainTimeoutSeconds">) {
   return [
-    { name: LAUNCH_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_LAUNCHING", defaultResult: "ABANDON", heartbeatTimeout: core.launchTimeoutSeconds },
-    { name: TERMINATION_HOOK, lifecycleTransition: "autoscaling:EC2_INSTANCE_TERMINATING", defaultResult: "CONTINUE", heartbeatTimeout: terminationHeartbeatTimeout(core.drainTimeoutSeconds) },
+    {
+      name: LAUNCH_HOOK,
+      lifecycleTransition: "autoscaling:EC2_INSTANCE_LAUNCHING",
+      defaultResult: "ABANDON",
+      heartbeatTimeout: core.launchTimeoutSeconds,
+    },
+    {
+      name: TERMINATION_HOOK,
+      lifecycleTransition: "autoscaling:EC2_INSTANCE_TERMINATING",
+      defaultResult: "CONTINUE",
+      heartbeatTimeout: terminationHeartbeatTimeout(core.drainTimeoutSeconds),
+    },
   ];
 }
 
@@ -76,7 +109,8 @@ export const configParameterName = (autoScalingGroupName: string) => `/agentpool
 const WORST_CASE_VERSION = 999_999;
 
 /** The AL2023 image parameter for an architecture. */
-export const al2023Parameter = (arch: string) => `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;
+export const al2023Parameter = (arch: string) =>
+  `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`;
 
 /** Where a pool's AWS resources are, once they exist (or at their longest, before). */
 export interface PoolPlace {
@@ -123,7 +157,13 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
     pool: name,
     role: spec.role,
     bundle: runtimeBundle(spec.role),
-    config: { role: spec.role, pool: name, env: spec.settingsEnv, drainTimeoutSeconds: core.drainTimeoutSeconds, aws: awsConfig },
+    config: {
+      role: spec.role,
+      pool: name,
+      env: spec.settingsEnv,
+      drainTimeoutSeconds: core.drainTimeoutSeconds,
+      aws: awsConfig,
+    },
     nodeMajor: core.nodeMajor,
     docker: spec.docker,
     gvisor: spec.gvisor,
@@ -132,7 +172,10 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
     registryMirror: spec.registryMirror,
     caCertificates: caFromParameter ? undefined : core.customCaCertificates,
     caCertificatesParameter: caFromParameter ? { name: caParameterName(place.autoScalingGroupName) } : undefined,
-    configParameter: spec.configDelivery === "ssmParameter" ? { name: configParameterName(place.autoScalingGroupName), version: configVersion } : undefined,
+    configParameter:
+      spec.configDelivery === "ssmParameter"
+        ? { name: configParameterName(place.autoScalingGroupName), version: configVersion }
+        : undefined,
     httpsProxy: core.httpsProxy,
     noProxy: poolNoProxy(spec, place),
     awsApisViaProxy: core.awsApisViaProxy,
@@ -149,7 +192,9 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
 export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
   const group = `agentpools-${name}-${noise(8, "suffix").toLowerCase()}`;
   return {
-    secretArn: core.existingSecretArn ?? `arn:${WORST_CASE.partition}:secretsmanager:${WORST_CASE.region}:${WORST_CASE.account}:secret:${name}-credentials-${noise(7, "name")}-${noise(6, "arn")}`,
+    secretArn:
+      core.existingSecretArn ??
+      `arn:${WORST_CASE.partition}:secretsmanager:${WORST_CASE.region}:${WORST_CASE.account}:secret:${name}-credentials-${noise(7, "name")}-${noise(6, "arn")}`,
     autoScalingGroupName: group,
     logGroupName: `/agentpools/${group}`,
     region: WORST_CASE.region,
@@ -216,7 +261,15 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       description: `agentpools ${spec.component} ${name}: outbound only`,
       vpcId: spec.vpcId,
       ingress: [],
-      egress: [{ description: "Outbound to the gateway, the VCS and package mirrors", protocol: "-1", fromPort: 0, toPort: 0, cidrBlocks: core.egressCidrBlocks }],
+      egress: [
+        {
+          description: "Outbound to the gateway, the VCS and package mirrors",
+          protocol: "-1",
+          fromPort: 0,
+          toPort: 0,
+          cidrBlocks: core.egressCidrBlocks,
+        },
+      ],
       tags,
     },
     opts,
@@ -224,11 +277,20 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
 
   const logGroup = new aws.cloudwatch.LogGroup(
     `${name}-logs`,
-    { name: pulumi.interpolate`/agentpools/${groupName}`, retentionInDays: core.logRetentionDays, kmsKeyId: core.logKmsKeyArn, tags },
+    {
+      name: pulumi.interpolate`/agentpools/${groupName}`,
+      retentionInDays: core.logRetentionDays,
+      kmsKeyId: core.logKmsKeyArn,
+      tags,
+    },
     opts,
   );
   // Where a boot script that fails for good says why, before any runtime exists to make a stream.
-  const bootLog = new aws.cloudwatch.LogStream(`${name}-boot`, { logGroupName: logGroup.name, name: BOOT_LOG_STREAM }, opts);
+  const bootLog = new aws.cloudwatch.LogStream(
+    `${name}-boot`,
+    { logGroupName: logGroup.name, name: BOOT_LOG_STREAM },
+    opts,
+  );
 
   let secretArn: pulumi.Output<string>;
   if (core.existingSecretArn) {
@@ -246,7 +308,12 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     );
     new aws.secretsmanager.SecretVersion(
       `${name}-credentials`,
-      { secretId: secret.id, secretString: pulumi.secret((spec.secretEnv as pulumi.Output<Record<string, string>>).apply((env) => JSON.stringify(env))) },
+      {
+        secretId: secret.id,
+        secretString: pulumi.secret(
+          (spec.secretEnv as pulumi.Output<Record<string, string>>).apply((env) => JSON.stringify(env)),
+        ),
+      },
       opts,
     );
     secretArn = secret.arn;
@@ -274,8 +341,17 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   // version, which the user-data pins: a new launch template, and an instance refresh.
   const place = pulumi
     .all([secretArn, groupName, logGroup.name, region, partition.dnsSuffix])
-    .apply(([secret, group, logs, reg, dnsSuffix]): PoolPlace => ({ secretArn: secret, autoScalingGroupName: group, logGroupName: logs, region: reg, dnsSuffix }));
-  const configParameter = spec.configDelivery === "ssmParameter" ? createConfigParameter(name, spec, place, groupName, tags, opts) : undefined;
+    .apply(([secret, group, logs, reg, dnsSuffix]): PoolPlace => ({
+      secretArn: secret,
+      autoScalingGroupName: group,
+      logGroupName: logs,
+      region: reg,
+      dnsSuffix,
+    }));
+  const configParameter =
+    spec.configDelivery === "ssmParameter"
+      ? createConfigParameter(name, spec, place, groupName, tags, opts)
+      : undefined;
 
   const role = new aws.iam.Role(
     `${name}-instance`,
@@ -283,14 +359,19 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       description: `agentpools ${spec.component} ${name}: instance role`,
       // EC2's service principal as the partition spells it.
       assumeRolePolicy: aws.getServicePrincipalOutput({ serviceName: "ec2" }, invokeOpts).name.apply((principal) =>
-        JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Allow", Principal: { Service: principal }, Action: "sts:AssumeRole" }] }),
+        JSON.stringify({
+          Version: "2012-10-17",
+          Statement: [{ Effect: "Allow", Principal: { Service: principal }, Action: "sts:AssumeRole" }],
+        }),
       ),
       permissionsBoundary: core.permissionsBoundaryArn,
       tags,
     },
     opts,
   );
-  const parameterArns = pulumi.all([caParameter?.arn, configParameter?.arn]).apply((arns) => arns.filter((arn): arn is string => arn !== undefined));
+  const parameterArns = pulumi
+    .all([caParameter?.arn, configParameter?.arn])
+    .apply((arns) => arns.filter((arn): arn is string => arn !== undefined));
   const policy = new aws.iam.RolePolicy(
     `${name}-instance`,
     {
@@ -315,11 +396,20 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     opts,
   );
   const ssmAccess = core.ssmSessionManager
-    ? new aws.iam.RolePolicyAttachment(`${name}-ssm`, { role: role.name, policyArn: pulumi.interpolate`arn:${partition.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore` }, opts)
+    ? new aws.iam.RolePolicyAttachment(
+        `${name}-ssm`,
+        {
+          role: role.name,
+          policyArn: pulumi.interpolate`arn:${partition.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore`,
+        },
+        opts,
+      )
     : undefined;
   const profile = new aws.iam.InstanceProfile(`${name}-instance`, { role: role.name, tags }, opts);
 
-  const imageId = core.amiId ?? aws.ssm.getParameterOutput({ name: al2023Parameter(architectureOf(core.instanceType)) }, invokeOpts).value;
+  const imageId =
+    core.amiId ??
+    aws.ssm.getParameterOutput({ name: al2023Parameter(architectureOf(core.instanceType)) }, invokeOpts).value;
   const userData = pulumi
     .all([place, configParameter?.version])
     .apply(([p, version]) => renderUserData(poolUserDataSpec(name, spec, p, version)).toString("base64"));
@@ -333,14 +423,32 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       imageId,
       instanceType: core.instanceType,
       iamInstanceProfile: { arn: profile.arn },
-      metadataOptions: { httpEndpoint: "enabled", httpTokens: "required", httpPutResponseHopLimit: 1, instanceMetadataTags: "disabled" },
+      metadataOptions: {
+        httpEndpoint: "enabled",
+        httpTokens: "required",
+        httpPutResponseHopLimit: 1,
+        instanceMetadataTags: "disabled",
+      },
       blockDeviceMappings: [
         {
           deviceName: "/dev/xvda",
-          ebs: { volumeSize: core.rootVolumeSizeGiB, volumeType: "gp3", encrypted: "true", kmsKeyId: core.volumeKmsKeyArn, deleteOnTermination: "true" },
+          ebs: {
+            volumeSize: core.rootVolumeSizeGiB,
+            volumeType: "gp3",
+            encrypted: "true",
+            kmsKeyId: core.volumeKmsKeyArn,
+            deleteOnTermination: "true",
+          },
         },
       ],
-      networkInterfaces: [{ deviceIndex: 0, associatePublicIpAddress: "false", deleteOnTermination: "true", securityGroups: [securityGroup.id] }],
+      networkInterfaces: [
+        {
+          deviceIndex: 0,
+          associatePublicIpAddress: "false",
+          deleteOnTermination: "true",
+          securityGroups: [securityGroup.id],
+        },
+      ],
       monitoring: { enabled: core.detailedMonitoring },
       // A boot script that cannot tell AWS it failed powers off: the instance is then gone, and replaced.
       instanceInitiatedShutdownBehavior: "terminate",
@@ -379,7 +487,10 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
             mixedInstancesPolicy: {
               launchTemplate: {
                 launchTemplateSpecification: { launchTemplateId: templateRef.id, version: templateRef.version },
-                overrides: [core.instanceType, ...core.mixedInstances.instanceTypes.filter((t) => t !== core.instanceType)].map((instanceType) => ({ instanceType })),
+                overrides: [
+                  core.instanceType,
+                  ...core.mixedInstances.instanceTypes.filter((t) => t !== core.instanceType),
+                ].map((instanceType) => ({ instanceType })),
               },
               instancesDistribution: {
                 onDemandBaseCapacity: core.mixedInstances.onDemandBaseCapacity,
@@ -395,19 +506,37 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       // Given at creation, the hooks hold the very first instances; AWS applies them only then.
       initialLifecycleHooks: hooks,
       // A busy (protected) instance is refreshed too, through its drain: it finishes its work first.
-      instanceRefresh: { strategy: "Rolling", preferences: { ...REPLACEMENT, skipMatching: true, scaleInProtectedInstances: "Refresh" } },
+      instanceRefresh: {
+        strategy: "Rolling",
+        preferences: { ...REPLACEMENT, skipMatching: true, scaleInProtectedInstances: "Refresh" },
+      },
       instanceMaintenancePolicy: REPLACEMENT,
-      enabledMetrics: ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"],
+      enabledMetrics: [
+        "GroupDesiredCapacity",
+        "GroupInServiceInstances",
+        "GroupPendingInstances",
+        "GroupTerminatingInstances",
+      ],
       metricsGranularity: "1Minute",
       terminationPolicies: ["OldestLaunchTemplate", "OldestInstance"],
       waitForCapacityTimeout: `${core.launchTimeoutSeconds + 300}s`,
-      tags: Object.entries({ ...tags, Name: `agentpools-${name}` }).map(([key, value]) => ({ key, value, propagateAtLaunch: true })),
+      tags: Object.entries({ ...tags, Name: `agentpools-${name}` }).map(([key, value]) => ({
+        key,
+        value,
+        propagateAtLaunch: true,
+      })),
     },
     {
       ...opts,
       // Instances read the secret, write logs and complete their hook with the role's policy
       // at boot, and read the parameters: all exist before the first instance starts.
-      dependsOn: [logGroup, bootLog, policy, ...(ssmAccess ? [ssmAccess] : []), ...[caParameter, configParameter].filter((p) => p !== undefined)],
+      dependsOn: [
+        logGroup,
+        bootLog,
+        policy,
+        ...(ssmAccess ? [ssmAccess] : []),
+        ...[caParameter, configParameter].filter((p) => p !== undefined),
+      ],
       // Later changes reach the hooks through the LifecycleHook resources below; the scaling
       // policy owns the desired capacity once the group exists.
       ignoreChanges: ["initialLifecycleHooks", ...(core.scaling.enabled ? ["desiredCapacity"] : [])],
@@ -427,7 +556,15 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       dashboardName: group.name.apply(dashboardName),
       dashboardBody: pulumi
         .all([group.name, region, alarms.errorsMetric, ...alarms.arns])
-        .apply(([groupName, reg, errorsMetric, ...arns]) => dashboardBody({ group: groupName, region: reg, demand: core.scaling.demandMetric, errorsMetric, alarmArns: arns })),
+        .apply(([groupName, reg, errorsMetric, ...arns]) =>
+          dashboardBody({
+            group: groupName,
+            region: reg,
+            demand: core.scaling.demandMetric,
+            errorsMetric,
+            alarmArns: arns,
+          }),
+        ),
     },
     opts,
   );
@@ -443,7 +580,14 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
   };
 }
 
-function createConfigParameter(name: string, spec: PoolSpec, place: pulumi.Output<PoolPlace>, group: pulumi.Output<string>, tags: Record<string, string>, opts: pulumi.CustomResourceOptions) {
+function createConfigParameter(
+  name: string,
+  spec: PoolSpec,
+  place: pulumi.Output<PoolPlace>,
+  group: pulumi.Output<string>,
+  tags: Record<string, string>,
+  opts: pulumi.CustomResourceOptions,
+) {
   const value = place.apply((p) => renderConfigParameterValue(poolUserDataSpec(name, spec, p)));
   return new aws.ssm.Parameter(
     `${name}-config`,
@@ -462,14 +606,30 @@ function createConfigParameter(name: string, spec: PoolSpec, place: pulumi.Outpu
 /** A metric query as the Pulumi provider spells it (dimensions as name/value pairs). */
 const providerQuery = (q: MetricQuery) =>
   "metricStat" in q
-    ? { ...q, metricStat: { stat: q.metricStat.stat, metric: { namespace: q.metricStat.namespace, metricName: q.metricStat.metricName, dimensions: Object.entries(q.metricStat.dimensions).map(([n, value]) => ({ name: n, value })) } } }
+    ? {
+        ...q,
+        metricStat: {
+          stat: q.metricStat.stat,
+          metric: {
+            namespace: q.metricStat.namespace,
+            metricName: q.metricStat.metricName,
+            dimensions: Object.entries(q.metricStat.dimensions).map(([n, value]) => ({ name: n, value })),
+          },
+        },
+      }
     : q;
 
 /**
  * Target tracking on the pool's busy share (with queued work, if the service publishes it),
  * and, for a pool that may sit at zero, a step that starts one instance when work is queued.
  */
-function createScaling(name: string, group: aws.autoscaling.Group, core: CoreArgs, tags: Record<string, string>, opts: pulumi.CustomResourceOptions): void {
+function createScaling(
+  name: string,
+  group: aws.autoscaling.Group,
+  core: CoreArgs,
+  tags: Record<string, string>,
+  opts: pulumi.CustomResourceOptions,
+): void {
   const { targetBusyPercent, demandMetric, instanceWarmupSeconds } = core.scaling;
   new aws.autoscaling.Policy(
     `${name}-busy-share`,
@@ -479,7 +639,9 @@ function createScaling(name: string, group: aws.autoscaling.Group, core: CoreArg
       estimatedInstanceWarmup: instanceWarmupSeconds,
       targetTrackingConfiguration: {
         targetValue: targetBusyPercent,
-        customizedMetricSpecification: { metrics: group.name.apply((g) => busyShareQueries(g, demandMetric).map(providerQuery)) },
+        customizedMetricSpecification: {
+          metrics: group.name.apply((g) => busyShareQueries(g, demandMetric).map(providerQuery)),
+        },
       },
     },
     opts,
@@ -518,7 +680,14 @@ function createScaling(name: string, group: aws.autoscaling.Group, core: CoreArg
 }
 
 /** Alarms an operator wants: capacity wanted but no connected agent, instances that never connect, runtime errors. */
-function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: pulumi.Output<string>, core: CoreArgs, tags: Record<string, string>, opts: pulumi.CustomResourceOptions) {
+function createAlarms(
+  name: string,
+  group: pulumi.Output<string>,
+  logGroupName: pulumi.Output<string>,
+  core: CoreArgs,
+  tags: Record<string, string>,
+  opts: pulumi.CustomResourceOptions,
+) {
   const actions = core.alarmActions;
   const metric = (namespace: string, metricName: string, stat: string) => ({
     namespace,
@@ -541,7 +710,12 @@ function createAlarms(name: string, group: pulumi.Output<string>, logGroupName: 
       metricQueries: [
         { id: "desired", metric: metric("AWS/AutoScaling", "GroupDesiredCapacity", "Maximum"), returnData: false },
         { id: "connected", metric: metric(METRICS_NAMESPACE, METRICS.connected, "Sum"), returnData: false },
-        { id: "unserved", expression: "IF(desired > 0 AND FILL(connected, 0) < 1, 1, 0)", label: "Capacity wanted, no connected agent", returnData: true },
+        {
+          id: "unserved",
+          expression: "IF(desired > 0 AND FILL(connected, 0) < 1, 1, 0)",
+          label: "Capacity wanted, no connected agent",
+          returnData: true,
+        },
       ],
       alarmActions: actions,
       okActions: actions,

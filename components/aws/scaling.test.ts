@@ -1,8 +1,24 @@
 import assert from "node:assert/strict";
-import { busyShareQueries, dashboardBody, dashboardName, fromZeroQueries, metricQueryProblems, neverConnectPeriods, scalingProblems, scalingSchema, warmPoolSchema, type MetricQuery } from "./scaling";
+import {
+  busyShareQueries,
+  dashboardBody,
+  dashboardName,
+  fromZeroQueries,
+  metricQueryProblems,
+  neverConnectPeriods,
+  scalingProblems,
+  scalingSchema,
+  warmPoolSchema,
+  type MetricQuery,
+} from "./scaling";
 
 const GROUP = "agentpools-git.corp-1a2b3c4d";
-const DEMAND = { namespace: "Spacelift/Workers", metricName: "QueuedRuns", dimensions: { WorkerPool: "01ABC" }, statistic: "Maximum" as const };
+const DEMAND = {
+  namespace: "Spacelift/Workers",
+  metricName: "QueuedRuns",
+  dimensions: { WorkerPool: "01ABC" },
+  statistic: "Maximum" as const,
+};
 
 /** The metric math evaluated as CloudWatch would, for one period's values (FILL, MAX, IF and arithmetic only). */
 function evaluate(expression: string, values: Record<string, number | undefined>): number {
@@ -23,7 +39,11 @@ describe("scaling: the policy's metric math", () => {
     const withDemand = busyShareQueries(GROUP, DEMAND);
     assert.equal(evaluate(load(withDemand), { busy: 0.5, demand: 3, inservice: 2 }), 200);
     assert.equal(evaluate(load(withDemand), { busy: 1, demand: 0, inservice: 4 }), 100);
-    assert.equal(evaluate(load(withDemand), { demand: 2 }), 200, "no instance in service: the demand is not divided by zero");
+    assert.equal(
+      evaluate(load(withDemand), { demand: 2 }),
+      200,
+      "no instance in service: the demand is not divided by zero",
+    );
   });
 
   it("keeps AWS's rules: ids from a lower-case letter, unique, one query returning data, expressions naming defined ids", () => {
@@ -31,10 +51,16 @@ describe("scaling: the policy's metric math", () => {
     assert.deepEqual(metricQueryProblems(busyShareQueries(GROUP, DEMAND)), []);
     assert.deepEqual(metricQueryProblems(fromZeroQueries(GROUP, DEMAND)), []);
     const base = busyShareQueries(GROUP, DEMAND);
-    assert.match(metricQueryProblems([...base, { id: "Extra", expression: "busy", returnData: false }]).join(), /id "Extra" must start with a lower-case letter/);
+    assert.match(
+      metricQueryProblems([...base, { id: "Extra", expression: "busy", returnData: false }]).join(),
+      /id "Extra" must start with a lower-case letter/,
+    );
     assert.match(metricQueryProblems([...base, { ...base[0] }]).join(), /unique/);
     assert.match(metricQueryProblems(base.map((q) => ({ ...q, returnData: true }))).join(), /exactly one/);
-    assert.match(metricQueryProblems([base[0], { id: "load", expression: "100 * FILL(queued, 0)", returnData: true }]).join(), /names "queued"/);
+    assert.match(
+      metricQueryProblems([base[0], { id: "load", expression: "100 * FILL(queued, 0)", returnData: true }]).join(),
+      /names "queued"/,
+    );
   });
 
   it("starts a pool at zero only while work is queued and the group wants no instance", () => {
@@ -52,14 +78,32 @@ describe("scaling: arguments", () => {
   });
 
   it("accepts good but unusual values: a 100% target, a fractional one, a warm pool kept running and reused, demand without dimensions", () => {
-    for (const targetBusyPercent of [100, 0.5, 33.3]) assert.equal(scalingSchema.parse({ targetBusyPercent }).targetBusyPercent, targetBusyPercent);
-    assert.deepEqual(warmPoolSchema.parse({ poolState: "Running", reuseOnScaleIn: true, maxPreparedCapacity: 0 }), { minSize: 0, poolState: "Running", reuseOnScaleIn: true, maxPreparedCapacity: 0 });
-    assert.deepEqual(scalingSchema.parse({ demandMetric: { namespace: "AWS/SQS", metricName: "ApproximateNumberOfMessagesVisible" } }).demandMetric?.dimensions, {});
-    assert.deepEqual(scalingProblems({ minSize: 0, maxSize: 5, warmPool: warmPoolSchema.parse({ maxPreparedCapacity: 0 }) }), []);
+    for (const targetBusyPercent of [100, 0.5, 33.3])
+      assert.equal(scalingSchema.parse({ targetBusyPercent }).targetBusyPercent, targetBusyPercent);
+    assert.deepEqual(warmPoolSchema.parse({ poolState: "Running", reuseOnScaleIn: true, maxPreparedCapacity: 0 }), {
+      minSize: 0,
+      poolState: "Running",
+      reuseOnScaleIn: true,
+      maxPreparedCapacity: 0,
+    });
+    assert.deepEqual(
+      scalingSchema.parse({ demandMetric: { namespace: "AWS/SQS", metricName: "ApproximateNumberOfMessagesVisible" } })
+        .demandMetric?.dimensions,
+      {},
+    );
+    assert.deepEqual(
+      scalingProblems({ minSize: 0, maxSize: 5, warmPool: warmPoolSchema.parse({ maxPreparedCapacity: 0 }) }),
+      [],
+    );
   });
 
   it("refuses a warm pool beside mixed instances (AWS allows none)", () => {
-    const [problem] = scalingProblems({ minSize: 1, maxSize: 3, mixedInstances: {}, warmPool: warmPoolSchema.parse({}) });
+    const [problem] = scalingProblems({
+      minSize: 1,
+      maxSize: 3,
+      mixedInstances: {},
+      warmPool: warmPoolSchema.parse({}),
+    });
     assert.deepEqual(problem.path, ["warmPool"]);
   });
 });
@@ -68,7 +112,15 @@ describe("scaling: what shows it", () => {
   it("dashboard names keep to CloudWatch's characters; the body names the group and region in every metric widget", () => {
     assert.equal(dashboardName(GROUP), "agentpools-git-corp-1a2b3c4d");
     assert.match(dashboardName(`agentpools-${"x".repeat(300)}`), /^[A-Za-z0-9_-]{255}$/);
-    const body = JSON.parse(dashboardBody({ group: GROUP, region: "eu-west-1", demand: DEMAND, errorsMetric: `RuntimeErrors-${GROUP}`, alarmArns: ["arn:aws:cloudwatch:eu-west-1:123456789012:alarm:a"] }));
+    const body = JSON.parse(
+      dashboardBody({
+        group: GROUP,
+        region: "eu-west-1",
+        demand: DEMAND,
+        errorsMetric: `RuntimeErrors-${GROUP}`,
+        alarmArns: ["arn:aws:cloudwatch:eu-west-1:123456789012:alarm:a"],
+      }),
+    );
     for (const widget of body.widgets) {
       assert.ok(widget.x + widget.width <= 24, "on the 24-column grid");
       if (widget.type !== "metric") continue;

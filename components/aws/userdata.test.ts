@@ -62,9 +62,16 @@ function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
 function standIns(scripts: Record<string, string>) {
   const dir = scratchDir("bin-");
   for (const [name, body] of Object.entries(scripts)) {
-    writeFileSync(path.join(dir, name), `#!/bin/bash\nprintf '%s\\n' "$*" >> '${dir}/${name}.calls'\n${body}\n`, { mode: 0o755 });
+    writeFileSync(path.join(dir, name), `#!/bin/bash\nprintf '%s\\n' "$*" >> '${dir}/${name}.calls'\n${body}\n`, {
+      mode: 0o755,
+    });
   }
-  const calls = (name: string) => (existsSync(path.join(dir, `${name}.calls`)) ? readFileSync(path.join(dir, `${name}.calls`), "utf8").trim().split("\n") : []);
+  const calls = (name: string) =>
+    existsSync(path.join(dir, `${name}.calls`))
+      ? readFileSync(path.join(dir, `${name}.calls`), "utf8")
+          .trim()
+          .split("\n")
+      : [];
   return { dir, calls };
 }
 
@@ -83,7 +90,9 @@ function runBootPiece(script: string, lines: string[], bin: string) {
 
 /** The script's own `unpack` function, run with this machine's node and under a scratch root. */
 const localUnpack = (lines: string[], root: string) =>
-  (lines.find((l) => l.startsWith("unpack() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath)).replace(`"$1" ""`, `"$1" ${root}`);
+  (lines.find((l) => l.startsWith("unpack() {")) as string)
+    .replace("/usr/bin/node-24", JSON.stringify(process.execPath))
+    .replace(`"$1" ""`, `"$1" ${root}`);
 
 describe("user-data", () => {
   it("is a gzipped bash script that writes its own files and decodes back to exactly what was rendered", () => {
@@ -110,7 +119,10 @@ describe("user-data", () => {
     const lines = script.split("\n");
     const start = lines.findIndex((l) => l.startsWith("cat > /etc/pki/ca-trust/source/anchors/agentpools.pem"));
     const dir = scratchDir("ca-");
-    const piece = lines.slice(start, lines.indexOf(lines[start].split("'")[1], start + 1) + 1).join("\n").replace("/etc/pki/ca-trust/source/anchors", dir);
+    const piece = lines
+      .slice(start, lines.indexOf(lines[start].split("'")[1], start + 1) + 1)
+      .join("\n")
+      .replace("/etc/pki/ca-trust/source/anchors", dir);
     execFileSync("/bin/bash", ["-c", piece]);
     assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), awkward);
   });
@@ -126,7 +138,10 @@ describe("user-data", () => {
     // Run those very lines here, with this machine's node, a scratch archive and a scratch root.
     const root = scratchDir("root-");
     const archive = path.join(root, "archive.br");
-    execFileSync("/bin/bash", ["-c", `${write.replace(ARCHIVE_PATH, archive)}\n${localUnpack(lines, root)}\nunpack ${archive}`]);
+    execFileSync("/bin/bash", [
+      "-c",
+      `${write.replace(ARCHIVE_PATH, archive)}\n${localUnpack(lines, root)}\nunpack ${archive}`,
+    ]);
     for (const file of decoded.files.values()) {
       if (file.path === "/etc/pki/ca-trust/source/anchors/agentpools.pem") continue; // written by the shell, tested above
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
@@ -142,29 +157,56 @@ describe("user-data", () => {
     const decoded = decodeUserData(renderUserData(input));
     // Out of user-data, into the value, byte for byte the files the inline path writes (so a pool's settings are the same either way).
     const moved = configFiles(input);
-    assert.deepEqual(moved.map((f) => f.path).sort(), ["/etc/agentpools/boot.sh", "/etc/agentpools/launcher.json", "/etc/agentpools/policy", "/etc/docker/daemon.json", "/etc/systemd/system/agentpools-launcher.service"]);
+    assert.deepEqual(moved.map((f) => f.path).sort(), [
+      "/etc/agentpools/boot.sh",
+      "/etc/agentpools/launcher.json",
+      "/etc/agentpools/policy",
+      "/etc/docker/daemon.json",
+      "/etc/systemd/system/agentpools-launcher.service",
+    ]);
     for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
     // The rest of the boot script with them: the inline script's tail, word for word.
-    const asInline = (path: string) => inline.get(path === "/etc/agentpools/boot.sh" ? "/opt/agentpools/boot.sh" : path);
-    assert.deepEqual(unpackFiles(value).map((f) => f.content), moved.map((f) => asInline(f.path)?.content));
+    const asInline = (path: string) =>
+      inline.get(path === "/etc/agentpools/boot.sh" ? "/opt/agentpools/boot.sh" : path);
+    assert.deepEqual(
+      unpackFiles(value).map((f) => f.content),
+      moved.map((f) => asInline(f.path)?.content),
+    );
     // The whole script as it runs is the inline one's, with the three lines that read the parameter.
-    const runs = (script: string) => script.replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''").split("\n").filter((l) => !/agentpools-config/.test(l));
-    assert.deepEqual(runs(decodeUserData(renderUserData(input), value).script), runs(decodeUserData(renderUserData(spec())).script));
+    const runs = (script: string) =>
+      script
+        .replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''")
+        .split("\n")
+        .filter((l) => !/agentpools-config/.test(l));
+    assert.deepEqual(
+      runs(decodeUserData(renderUserData(input), value).script),
+      runs(decodeUserData(renderUserData(spec())).script),
+    );
     // The script's own lines, with an AWS CLI stand-in that answers only the pinned version, as SSM would.
     const lines = decoded.script.split("\n");
     const fetch = lines.findIndex((l) => l.includes("aws ssm get-parameter --name") && l.includes("/config:"));
-    assert.equal(lines[fetch], `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text > /run/agentpools-config.br.b64`);
+    assert.equal(
+      lines[fetch],
+      `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text > /run/agentpools-config.br.b64`,
+    );
     const whole = decodeUserData(renderUserData(input), value).script.split("\n");
-    assert.ok(whole.indexOf(lines[fetch]) < whole.findIndex((l) => l.startsWith("systemctl")), "before the services start");
+    assert.ok(
+      whole.indexOf(lines[fetch]) < whole.findIndex((l) => l.startsWith("systemctl")),
+      "before the services start",
+    );
     const root = scratchDir("root-");
     const stored = path.join(root, "value");
     writeFileSync(stored, value);
     const bin = standIns({ aws: `[ "$4" = '${parameter.name}:7' ] && cat '${stored}'` });
     // A strict umask at boot must not leave the files unreadable to the service user.
-    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 3)].map((l) => l.replaceAll("/run/", `${root}/`));
+    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 3)].map((l) =>
+      l.replaceAll("/run/", `${root}/`),
+    );
     const run = runBootPiece(decoded.script, piece, bin.dir);
     assert.equal(run.status, 0, run.stderr);
-    assert.deepEqual(bin.calls("aws"), [`ssm get-parameter --name ${parameter.name}:7 --query Parameter.Value --output text`]);
+    assert.deepEqual(bin.calls("aws"), [
+      `ssm get-parameter --name ${parameter.name}:7 --query Parameter.Value --output text`,
+    ]);
     for (const file of moved) {
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
       assert.equal(statSync(path.join(root, file.path)).mode & 0o777, 0o644, file.path);
@@ -172,7 +214,8 @@ describe("user-data", () => {
   });
 
   it("runs the role as a systemd service that restarts on failure, powers off when it keeps failing, and stops with SIGTERM in time to drain", () => {
-    const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string;
+    const unit = decodeUserData(renderUserData(spec())).files.get("/etc/systemd/system/agentpools-launcher.service")
+      ?.content as string;
     for (const line of [
       "ExecStart=/usr/bin/node-24 --disable-sigusr1 --max-semi-space-size=1 --no-concurrent-recompilation /opt/agentpools/launcher.js",
       "Restart=on-failure",
@@ -189,31 +232,60 @@ describe("user-data", () => {
     ]) {
       assert.ok(unit.split("\n").includes(line), `unit lacks ${line}`);
     }
-    const vcsUnit = decodeUserData(renderUserData(spec({ role: "vcs-agent", docker: false, gvisor: false }))).files.get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
+    const vcsUnit = decodeUserData(renderUserData(spec({ role: "vcs-agent", docker: false, gvisor: false }))).files.get(
+      "/etc/systemd/system/agentpools-vcs-agent.service",
+    )?.content as string;
     assert.ok(!vcsUnit.includes("docker"), "a role without containers gets no Docker access");
   });
 
   it("installs Node.js, Docker and gVisor's pinned release checked against the digest it carries, then starts the services", () => {
     const script = decodeUserData(renderUserData(spec())).script;
     assert.match(script, /^retry dnf install -y nodejs24 docker$/m);
-    assert.match(script, new RegExp(`^retry curl -fsSL --proxy 'http://proxy.internal:3128' -o /tmp/runsc https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/x86_64/runsc$`, "m"));
+    assert.match(
+      script,
+      new RegExp(
+        `^retry curl -fsSL --proxy 'http://proxy.internal:3128' -o /tmp/runsc https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/x86_64/runsc$`,
+        "m",
+      ),
+    );
     assert.ok(!script.includes("latest"), "never the moving release/latest");
     assert.match(script, /systemctl enable --now docker agentpools-launcher.service\n$/);
     assert.match(script, /echo proxy='http:\/\/proxy.internal:3128' >> \/etc\/dnf\/dnf.conf/);
     const arm = decodeUserData(renderUserData(spec({ architecture: "arm64" }))).script;
-    assert.ok(arm.includes(`/aarch64/runsc`) && arm.includes(GVISOR.sha512.aarch64), "Graviton instances get the arm64 binary and its digest");
-    const plain = decodeUserData(renderUserData(spec({ docker: false, gvisor: false, httpsProxy: undefined, caCertificates: undefined }))).script;
+    assert.ok(
+      arm.includes(`/aarch64/runsc`) && arm.includes(GVISOR.sha512.aarch64),
+      "Graviton instances get the arm64 binary and its digest",
+    );
+    const plain = decodeUserData(
+      renderUserData(spec({ docker: false, gvisor: false, httpsProxy: undefined, caCertificates: undefined })),
+    ).script;
     assert.doesNotMatch(plain.replace(/^base64 .*$/m, ""), /docker|runsc|proxy|update-ca-trust/);
   });
 
   it("the Flows process executor's instance: bubblewrap, setpriv and nftables, three capabilities, the metadata service refused to the runtimes' uids", () => {
-    const decoded = decodeUserData(renderUserData(spec({ role: "flows-agent", docker: false, gvisor: false, runtimeSandbox: { uids: "1900000000-1900000255" } })));
+    const decoded = decodeUserData(
+      renderUserData(
+        spec({ role: "flows-agent", docker: false, gvisor: false, runtimeSandbox: { uids: "1900000000-1900000255" } }),
+      ),
+    );
     assert.match(decoded.script, /^retry dnf install -y nodejs24 bubblewrap util-linux nftables$/m);
-    const unit = (decoded.files.get("/etc/systemd/system/agentpools-flows-agent.service")?.content as string).split("\n");
-    for (const line of ["ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft", "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL", "User=agentpools", "NoNewPrivileges=true"]) {
+    const unit = (decoded.files.get("/etc/systemd/system/agentpools-flows-agent.service")?.content as string).split(
+      "\n",
+    );
+    for (const line of [
+      "ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft",
+      "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL",
+      "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL",
+      "User=agentpools",
+      "NoNewPrivileges=true",
+    ]) {
       assert.ok(unit.includes(line), `unit lacks ${line}`);
     }
-    assert.ok(unit.indexOf("ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft") < unit.findIndex((line) => line.startsWith("ExecStart=")), "the rules before the agent");
+    assert.ok(
+      unit.indexOf("ExecStartPre=+/usr/sbin/nft -f /etc/agentpools/runtimes.nft") <
+        unit.findIndex((line) => line.startsWith("ExecStart=")),
+      "the rules before the agent",
+    );
     const rules = decoded.files.get("/etc/agentpools/runtimes.nft")?.content as string;
     // Idempotent on every start: made, deleted, made again; both addresses of the service, only for the runtimes' uids.
     assert.match(rules, /^table inet agentpools\ndelete table inet agentpools\ntable inet agentpools \{/);
@@ -222,7 +294,10 @@ describe("user-data", () => {
     assert.match(rules, /meta skuid 1900000000-1900000255 ip6 daddr fd00:ec2::254 reject/);
     // Without the process executor: none of it.
     const docker = decodeUserData(renderUserData(spec({ role: "flows-agent" })));
-    assert.ok(!docker.files.has("/etc/agentpools/runtimes.nft") && !/bubblewrap|CAP_|nft/.test(docker.script + [...docker.files.values()].map((f) => f.content).join("")));
+    assert.ok(
+      !docker.files.has("/etc/agentpools/runtimes.nft") &&
+        !/bubblewrap|CAP_|nft/.test(docker.script + [...docker.files.values()].map((f) => f.content).join("")),
+    );
   });
 
   it("refuses a gVisor binary that is not the pinned release, byte for byte", () => {
@@ -231,7 +306,8 @@ describe("user-data", () => {
     const dir = scratchDir("runsc-");
     const binary = path.join(dir, "runsc");
     writeFileSync(binary, "a runsc that is not the release");
-    const run = (line: string) => spawnSync("/bin/bash", ["-c", line.replace("/tmp/runsc", binary)], { encoding: "utf8" });
+    const run = (line: string) =>
+      spawnSync("/bin/bash", ["-c", line.replace("/tmp/runsc", binary)], { encoding: "utf8" });
     assert.notEqual(run(check).status, 0, "a substituted binary fails the check");
     // The check passes exactly when the digest matches: the same line with this file's digest.
     const digest = createHash("sha512").update(readFileSync(binary)).digest("hex");
@@ -239,26 +315,42 @@ describe("user-data", () => {
   });
 
   it("keeps nothing of a run's output on the host: Docker's logging driver is none", () => {
-    const daemon = JSON.parse(decodeUserData(renderUserData(spec())).files.get("/etc/docker/daemon.json")?.content as string);
+    const daemon = JSON.parse(
+      decodeUserData(renderUserData(spec())).files.get("/etc/docker/daemon.json")?.content as string,
+    );
     assert.equal(daemon["log-driver"], "none");
   });
 
   it("trusts the custom CAs before the first download, whether carried inline or read from SSM", () => {
     const inline = decodeUserData(renderUserData(spec())).script.split("\n");
-    assert.ok(inline.indexOf("update-ca-trust extract") < inline.findIndex((l) => l.startsWith("retry dnf install")), "dnf may pass a TLS-inspecting proxy");
+    assert.ok(
+      inline.indexOf("update-ca-trust extract") < inline.findIndex((l) => l.startsWith("retry dnf install")),
+      "dnf may pass a TLS-inspecting proxy",
+    );
 
-    const fromSsm = decodeUserData(renderUserData(spec({ caCertificates: undefined, caCertificatesParameter: { name: "/agentpools/g/ca-certificates" } })));
+    const fromSsm = decodeUserData(
+      renderUserData(
+        spec({ caCertificates: undefined, caCertificatesParameter: { name: "/agentpools/g/ca-certificates" } }),
+      ),
+    );
     assert.ok(!fromSsm.files.has("/etc/pki/ca-trust/source/anchors/agentpools.pem"));
-    assert.match(fromSsm.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string, /NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem/);
+    assert.match(
+      fromSsm.files.get("/etc/systemd/system/agentpools-launcher.service")?.content as string,
+      /NODE_EXTRA_CA_CERTS=\/etc\/pki\/ca-trust\/source\/anchors\/agentpools.pem/,
+    );
     const lines = fromSsm.script.split("\n");
     const fetch = lines.find((l) => l.startsWith("retry aws ssm get-parameter")) as string;
     assert.ok(lines.indexOf(fetch) < lines.indexOf("update-ca-trust extract"));
     // Run that very line with a stand-in AWS CLI: it must ask for exactly this parameter, in the pool's region, and write its value where Node and update-ca-trust look.
-    const aws = standIns({ aws: `echo "$AWS_DEFAULT_REGION" > '${scratchDir("r-")}/region'; cat <<'EOF'\n${CA_EC.trim()}\nEOF` });
+    const aws = standIns({
+      aws: `echo "$AWS_DEFAULT_REGION" > '${scratchDir("r-")}/region'; cat <<'EOF'\n${CA_EC.trim()}\nEOF`,
+    });
     const dir = scratchDir("ca-fetch-");
     const result = runBootPiece(fromSsm.script, [fetch.replace("/etc/pki/ca-trust/source/anchors", dir)], aws.dir);
     assert.equal(result.status, 0, result.stderr);
-    assert.deepEqual(aws.calls("aws"), ["ssm get-parameter --name /agentpools/g/ca-certificates --query Parameter.Value --output text"]);
+    assert.deepEqual(aws.calls("aws"), [
+      "ssm get-parameter --name /agentpools/g/ca-certificates --query Parameter.Value --output text",
+    ]);
     assert.equal(readFileSync(path.join(dir, "agentpools.pem"), "utf8"), CA_EC);
     assert.match(fromSsm.script, /^export AWS_DEFAULT_REGION=eu-west-1$/m);
   });
@@ -286,7 +378,10 @@ describe("user-data", () => {
       assert.deepEqual(bin.calls("sleep"), ["3", "12", "27", "48"]);
       const [log, ...rest] = bin.calls("aws");
       assert.deepEqual(rest, []);
-      assert.match(log, /^logs put-log-events --log-group-name \/agentpools\/agentpools-build-1a2b3c4d --log-stream-name boot --log-events timestamp=[0-9]{13},message="i-0123456789abcdef0: boot failed: dnf install -y nodejs24 docker"$/);
+      assert.match(
+        log,
+        /^logs put-log-events --log-group-name \/agentpools\/agentpools-build-1a2b3c4d --log-stream-name boot --log-events timestamp=[0-9]{13},message="i-0123456789abcdef0: boot failed: dnf install -y nodejs24 docker"$/,
+      );
       assert.equal(bin.calls("poweroff").length, 1);
     });
 
@@ -301,7 +396,11 @@ describe("user-data", () => {
       const bin = standIns({ curl: 'echo tampered > "${@: -2:1}"', sleep: "", aws: "", poweroff: "", install: "" });
       const lines = script.split("\n").filter((l) => l.includes("/tmp/runsc"));
       const dir = scratchDir("dl-");
-      const result = runBootPiece(script, lines.map((l) => l.replaceAll("/tmp/runsc", `${dir}/runsc`)), bin.dir);
+      const result = runBootPiece(
+        script,
+        lines.map((l) => l.replaceAll("/tmp/runsc", `${dir}/runsc`)),
+        bin.dir,
+      );
       assert.equal(result.status, 1);
       assert.match(bin.calls("aws")[0], /boot failed: sha512sum -c"$/);
       assert.deepEqual(bin.calls("install"), [], "never installed");
@@ -321,7 +420,12 @@ describe("user-data", () => {
     const noise = randomBytes(24_000).toString("base64"); // incompressible past the limit
     assert.throws(
       () => renderUserData(spec({ pool: "noisy", extraFiles: [{ path: "/etc/agentpools/noise", content: noise }] })),
-      (e: UserDataTooLargeError) => e instanceof UserDataTooLargeError && e.pool === "noisy" && e.size > USER_DATA_LIMIT && e.message.includes(`${e.size} bytes`) && e.message.includes('"noisy"'),
+      (e: UserDataTooLargeError) =>
+        e instanceof UserDataTooLargeError &&
+        e.pool === "noisy" &&
+        e.size > USER_DATA_LIMIT &&
+        e.message.includes(`${e.size} bytes`) &&
+        e.message.includes('"noisy"'),
     );
   });
 });

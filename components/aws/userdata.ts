@@ -20,11 +20,14 @@ export const CA_BUNDLE_PATH = "/etc/pki/ca-trust/source/anchors/agentpools.pem";
 export const GVISOR = {
   release: "20260105.0",
   sha512: {
-    x86_64: "15c8adabc9f1006d469177b0ec3962d4993e01c85be17d381a4979029eacc7db37ef354e3eafd279573135a1adf81baffc5c19f2bbfac932c79386f6ac74e52f",
-    aarch64: "cc98ad73e8d181f4738c97883180bc76cf8b2eb773c11f3a44f1636d0b0e00f2ee9228e4eecd414f94d6410f4877e6c93260b8070130fba767583026115d1038",
+    x86_64:
+      "15c8adabc9f1006d469177b0ec3962d4993e01c85be17d381a4979029eacc7db37ef354e3eafd279573135a1adf81baffc5c19f2bbfac932c79386f6ac74e52f",
+    aarch64:
+      "cc98ad73e8d181f4738c97883180bc76cf8b2eb773c11f3a44f1636d0b0e00f2ee9228e4eecd414f94d6410f4877e6c93260b8070130fba767583026115d1038",
   },
 } as const;
-export const gvisorUrl = (arch: keyof typeof GVISOR.sha512) => `https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/${arch}/runsc`;
+export const gvisorUrl = (arch: keyof typeof GVISOR.sha512) =>
+  `https://storage.googleapis.com/gvisor/releases/release/${GVISOR.release}/${arch}/runsc`;
 
 /** The log stream of every pool's log group where boot scripts report a failure (made with the group). */
 export const BOOT_LOG_STREAM = "boot";
@@ -102,7 +105,8 @@ export class UserDataTooLargeError extends Error {
 const shellQuote = (text: string) => `'${text.replace(/'/g, `'"'"'`)}'`;
 const trustsCustomCas = (spec: UserDataSpec) => Boolean(spec.caCertificates || spec.caCertificatesParameter);
 /** One `Environment=` assignment, quoted for systemd (and % escaped, which systemd expands). */
-const systemdEnv = (name: string, value: string) => `Environment="${`${name}=${value}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
+const systemdEnv = (name: string, value: string) =>
+  `Environment="${`${name}=${value}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
 
 export const unitName = (role: RoleName) => `agentpools-${role}.service`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
@@ -113,7 +117,10 @@ export const ARCHIVE_PATH = "/run/agentpools.br";
 /** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
 export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
 
-const brotli = (data: string) => brotliCompressSync(Buffer.from(data, "utf8"), { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 } });
+const brotli = (data: string) =>
+  brotliCompressSync(Buffer.from(data, "utf8"), {
+    params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
+  });
 /** A bundle as Brotli alone would carry it (base64), for size reports. */
 export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
 
@@ -125,7 +132,8 @@ export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
  * just installed, under the directory given last (none on the instance; the tests give a scratch one).
  * Deterministic: the same files give the same bytes.
  */
-export const packFiles = (files: UserDataFile[]) => brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
+export const packFiles = (files: UserDataFile[]) =>
+  brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
 /** The files of an archive packFiles made, in order. */
 export function unpackFiles(archive: string): UserDataFile[] {
   return brotliDecompressSync(Buffer.from(archive, "base64"))
@@ -145,7 +153,8 @@ const EARLY_FILES = [CA_BUNDLE_PATH];
 
 /** The systemd unit: restart on failure, SIGTERM to stop, time enough to drain, and a narrow sandbox. */
 /** NO_PROXY of the runtime: the pool's list and the instance metadata service, which is never reached through a proxy. */
-const unitNoProxy = (spec: UserDataSpec) => (spec.httpsProxy ? [...new Set([...(spec.noProxy?.split(",") ?? []), "169.254.169.254"])].join(",") : undefined);
+const unitNoProxy = (spec: UserDataSpec) =>
+  spec.httpsProxy ? [...new Set([...(spec.noProxy?.split(",") ?? []), "169.254.169.254"])].join(",") : undefined;
 
 export function renderUnit(spec: UserDataSpec): string {
   const noProxy = unitNoProxy(spec);
@@ -168,7 +177,13 @@ export function renderUnit(spec: UserDataSpec): string {
     ...(spec.docker ? ["SupplementaryGroups=docker"] : []),
     systemdEnv("AGENTPOOLS_CONFIG", configPath(spec.role)),
     ...(trustsCustomCas(spec) ? [systemdEnv("NODE_EXTRA_CA_CERTS", CA_BUNDLE_PATH)] : []),
-    ...(spec.httpsProxy ? [systemdEnv("NODE_USE_ENV_PROXY", "1"), systemdEnv("HTTPS_PROXY", spec.httpsProxy), systemdEnv("NO_PROXY", noProxy as string)] : []),
+    ...(spec.httpsProxy
+      ? [
+          systemdEnv("NODE_USE_ENV_PROXY", "1"),
+          systemdEnv("HTTPS_PROXY", spec.httpsProxy),
+          systemdEnv("NO_PROXY", noProxy as string),
+        ]
+      : []),
     // "+": with full privileges, before the agent, whatever state the instance was rebooted into.
     ...(spec.runtimeSandbox ? [`ExecStartPre=+/usr/sbin/nft -f ${IMDS_RULES_PATH}`] : []),
     `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
@@ -188,7 +203,9 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
     // What giving each runtime a uid of its own, and ending it, takes (ambient: the agent is not root), and no other.
-    ...(spec.runtimeSandbox ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"] : []),
+    ...(spec.runtimeSandbox
+      ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"]
+      : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",
@@ -215,7 +232,8 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
   const config: Record<string, unknown> = { "log-driver": "none", "live-restore": true };
   if (spec.gvisor) config.runtimes = { runsc: { path: "/usr/local/bin/runsc" } };
   if (spec.registryMirror) config["registry-mirrors"] = [spec.registryMirror];
-  if (spec.httpsProxy) config.proxies = { "https-proxy": spec.httpsProxy, ...(spec.noProxy ? { "no-proxy": spec.noProxy } : {}) };
+  if (spec.httpsProxy)
+    config.proxies = { "https-proxy": spec.httpsProxy, ...(spec.noProxy ? { "no-proxy": spec.noProxy } : {}) };
   return JSON.stringify(config) + "\n";
 }
 
@@ -285,7 +303,8 @@ function configFetchCommands(spec: UserDataSpec): string[] {
 }
 
 /** For the AWS CLI, when AWS is reached through the proxy: the proxy settings, else none (straight to AWS). */
-const awsProxy = (spec: UserDataSpec) => (spec.httpsProxy && spec.awsApisViaProxy ? ` HTTPS_PROXY=${shellQuote(spec.httpsProxy)} NO_PROXY=169.254.169.254` : "");
+const awsProxy = (spec: UserDataSpec) =>
+  spec.httpsProxy && spec.awsApisViaProxy ? ` HTTPS_PROXY=${shellQuote(spec.httpsProxy)} NO_PROXY=169.254.169.254` : "";
 
 /**
  * The start of the boot script: `retry` for the steps that reach the network, and a trap
@@ -332,7 +351,8 @@ export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
 export const BOOT_REST_PATH = `${CONFIG_DIR}/boot.sh`;
 
 /** After the archive is unpacked: the configuration from its parameter, if it is there, then the rest. */
-const bootTail = (spec: UserDataSpec): string => (spec.configParameter ? [...configFetchCommands(spec), `. ${BOOT_REST_PATH}`, ""].join("\n") : bootRest(spec));
+const bootTail = (spec: UserDataSpec): string =>
+  spec.configParameter ? [...configFetchCommands(spec), `. ${BOOT_REST_PATH}`, ""].join("\n") : bootRest(spec);
 
 /** The service user, gVisor, then the services. */
 function bootRest(spec: UserDataSpec): string {
@@ -345,7 +365,11 @@ function bootRest(spec: UserDataSpec): string {
       "install -m 0755 /tmp/runsc /usr/local/bin/runsc",
     );
   }
-  lines.push("systemctl daemon-reload", `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`, "");
+  lines.push(
+    "systemctl daemon-reload",
+    `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`,
+    "",
+  );
   return lines.join("\n");
 }
 
@@ -356,7 +380,11 @@ function bootRest(spec: UserDataSpec): string {
  * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
  */
 function scriptParts(spec: UserDataSpec): [string, string, string] {
-  const packages = [`nodejs${spec.nodeMajor}`, ...(spec.docker ? ["docker"] : []), ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : [])];
+  const packages = [
+    `nodejs${spec.nodeMajor}`,
+    ...(spec.docker ? ["docker"] : []),
+    ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : []),
+  ];
   const files = renderFiles(spec);
   const before = [
     "#!/bin/bash",
@@ -384,7 +412,11 @@ export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).jo
 function gzipParts(parts: string[]): Buffer {
   const data = Buffer.from(parts.join(""), "utf8");
   const deflated = parts.map((part, i) =>
-    deflateRawSync(part, { level: 9, memLevel: 9, finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH }),
+    deflateRawSync(part, {
+      level: 9,
+      memLevel: 9,
+      finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
+    }),
   );
   // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
   const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
@@ -402,7 +434,8 @@ function gzipParts(parts: string[]): Buffer {
  */
 export function renderUserData(spec: UserDataSpec): Buffer {
   const gzipped = gzipParts(scriptParts(spec));
-  if (gzipped.length > USER_DATA_LIMIT) throw new UserDataTooLargeError(spec.pool, gzipped.length, Boolean(spec.configParameter));
+  if (gzipped.length > USER_DATA_LIMIT)
+    throw new UserDataTooLargeError(spec.pool, gzipped.length, Boolean(spec.configParameter));
   return gzipped;
 }
 

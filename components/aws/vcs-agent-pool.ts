@@ -19,11 +19,20 @@ export type VcsAgentPoolArgs = z.input<typeof vcsAgentPoolArgs> &
   };
 
 /** What a VCS agent pool's instances get besides the common: nothing but its proxy exceptions. */
-export const vcsAgentPoolKind = (parsed: z.output<typeof vcsAgentPoolArgs>) => ({ docker: false, gvisor: false, noProxy: parsed.noProxy });
+export const vcsAgentPoolKind = (parsed: z.output<typeof vcsAgentPoolArgs>) => ({
+  docker: false,
+  gvisor: false,
+  noProxy: parsed.noProxy,
+});
 
 /** VCS agents that let the service reach a Git server only your network can see. */
 export class VcsAgentPool extends AgentPool {
   constructor(name: string, args: VcsAgentPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    super("agentpools:aws:VcsAgentPool", name, preparePool("VcsAgentPool", "vcs-agent", name, vcsAgentPoolArgs, args, vcsAgentPoolKind), opts);
+    super(
+      "agentpools:aws:VcsAgentPool",
+      name,
+      preparePool("VcsAgentPool", "vcs-agent", name, vcsAgentPoolArgs, args, vcsAgentPoolKind),
+      opts,
+    );
   }
 }

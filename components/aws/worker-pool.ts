@@ -4,7 +4,13 @@ import { launcherSettings } from "../../agent/config/launcher";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 import { CONFIG_DIR } from "./userdata";
-import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "../shared/worker-args";
+import {
+  checkWorkerArgs,
+  pointAtPolicy,
+  policyFileContent,
+  RUN_INITIALIZATION_POLICY_FILE,
+  workerPoolExtras,
+} from "../shared/worker-args";
 
 export const RUN_INITIALIZATION_POLICY_PATH = `${CONFIG_DIR}/${RUN_INITIALIZATION_POLICY_FILE}`;
 
@@ -23,7 +29,8 @@ export const workerPoolArgs = z
         code: "custom",
         path: ["workerNetwork"],
         input: args.workerNetwork,
-        message: 'must not be "host" on EC2: a run on the host\'s network reaches the instance metadata service and, with the instance role, the pool\'s credentials; use "bridge" (the default) or a Docker network of your own',
+        message:
+          'must not be "host" on EC2: a run on the host\'s network reaches the instance metadata service and, with the instance role, the pool\'s credentials; use "bridge" (the default) or a Docker network of your own',
       });
     }
   })
@@ -42,13 +49,19 @@ export const workerPoolKind = (parsed: z.output<typeof workerPoolArgs>) => ({
   docker: true,
   gvisor: parsed.workerRuntime === "runsc",
   noProxy: parsed.noProxy,
-  extraFiles: parsed.runInitializationPolicy ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: policyFileContent(parsed.runInitializationPolicy) }] : [],
+  extraFiles: parsed.runInitializationPolicy
+    ? [{ path: RUN_INITIALIZATION_POLICY_PATH, content: policyFileContent(parsed.runInitializationPolicy) }]
+    : [],
 });
 
 /** Private workers: the launcher takes runs from the service and runs each in a container. */
 export class WorkerPool extends AgentPool {
   constructor(name: string, args: WorkerPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    super("agentpools:aws:WorkerPool", name, preparePool("WorkerPool", "launcher", name, workerPoolArgs, args, workerPoolKind), opts);
+    super(
+      "agentpools:aws:WorkerPool",
+      name,
+      preparePool("WorkerPool", "launcher", name, workerPoolArgs, args, workerPoolKind),
+      opts,
+    );
   }
 }
-

@@ -17,20 +17,16 @@ const isDnsLabel = (text: string) => text.length <= 63 && DNS_LABEL.test(text);
 const isDnsSubdomain = (text: string) => text.length <= 253 && DNS_SUBDOMAIN.test(text);
 
 /** An RFC 1123 label: namespaces, and the objects whose name becomes a label value or a host name. */
-export const dnsLabel = z
-  .string()
-  .refine(isDnsLabel, {
-    error:
-      "must be an RFC 1123 label: at most 63 lowercase letters, digits and -, starting and ending with a letter or digit",
-  });
+export const dnsLabel = z.string().refine(isDnsLabel, {
+  error:
+    "must be an RFC 1123 label: at most 63 lowercase letters, digits and -, starting and ending with a letter or digit",
+});
 
 /** An RFC 1123 subdomain: Secrets, StorageClasses and most object names. */
-export const dnsSubdomain = z
-  .string()
-  .refine(isDnsSubdomain, {
-    error:
-      "must be an RFC 1123 subdomain: at most 253 characters, lowercase letters, digits, - and ., each dot-separated part starting and ending with a letter or digit",
-  });
+export const dnsSubdomain = z.string().refine(isDnsSubdomain, {
+  error:
+    "must be an RFC 1123 subdomain: at most 253 characters, lowercase letters, digits, - and ., each dot-separated part starting and ending with a letter or digit",
+});
 
 /** A label (or node selector, or toleration) key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters. */
 export function labelKeyProblem(key: string): string | undefined {

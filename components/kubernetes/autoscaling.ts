@@ -21,7 +21,8 @@ const replicas = (min: number) => z.int().min(min).max(INT32_MAX);
 
 /** A Prometheus server KEDA queries: its URL is in the ScaledObject, readable by anyone who can read that. */
 const serverAddress = httpUrl.refine((url) => !/^[a-z]+:\/\/[^/]*@/i.test(url), {
-  error: "must not contain credentials: they would be readable in the ScaledObject; use authentication (a TriggerAuthentication)",
+  error:
+    "must not contain credentials: they would be readable in the ScaledObject; use authentication (a TriggerAuthentication)",
 });
 
 /** The default query: work a pool has or is waiting for, counted in agents. */
@@ -36,7 +37,9 @@ const keda = z
     /** The pool's name at the gateway (the `pool` label of its gauges). */
     pool: z
       .string()
-      .regex(POOL_NAME, { error: "must be a gateway pool name: letters, digits, - and _, at most 63, starting with a letter or digit" })
+      .regex(POOL_NAME, {
+        error: "must be a gateway pool name: letters, digits, - and _, at most 63, starting with a letter or digit",
+      })
       .optional(),
     /** A PromQL query of your own instead (relabelled metrics, several gateways); one value, in agents. */
     query: z.string().trim().min(1).optional(),
@@ -64,24 +67,36 @@ const keda = z
   })
   .superRefine((spec, ctx) => {
     if ((spec.pool === undefined) === (spec.query === undefined))
-      ctx.addIssue({ code: "custom", path: ["pool"], input: spec.pool, message: "give exactly one of pool (the gateway's pool name) and query (your own PromQL), not both" });
+      ctx.addIssue({
+        code: "custom",
+        path: ["pool"],
+        input: spec.pool,
+        message: "give exactly one of pool (the gateway's pool name) and query (your own PromQL), not both",
+      });
     if (spec.minReplicas > spec.maxReplicas)
-      ctx.addIssue({ code: "custom", path: ["minReplicas"], input: spec.minReplicas, message: `must not exceed maxReplicas (${spec.maxReplicas})` });
+      ctx.addIssue({
+        code: "custom",
+        path: ["minReplicas"],
+        input: spec.minReplicas,
+        message: `must not exceed maxReplicas (${spec.maxReplicas})`,
+      });
   });
 
 /** A quantity above zero, as the API server wants a metric target. */
 const positiveQuantity = z.union([z.string(), z.number()]).superRefine((value, ctx) => {
   const amount = typeof value === "number" ? value : quantityValue(value);
   if (amount === undefined || !(amount > 0))
-    ctx.addIssue({ code: "custom", input: value, message: 'must be a Kubernetes quantity above zero, e.g. "700m", "1" or 0.7' });
+    ctx.addIssue({
+      code: "custom",
+      input: value,
+      message: 'must be a Kubernetes quantity above zero, e.g. "700m", "1" or 0.7',
+    });
 });
 
 /** Metric names are path segments of the metrics API: not "." or "..", no "/" or "%". */
-const metricName = z
-  .string()
-  .refine((name) => name !== "" && name !== "." && name !== ".." && !/[/%]/.test(name), {
-    error: 'must be a metric name: not empty, "." or "..", without "/" or "%"',
-  });
+const metricName = z.string().refine((name) => name !== "" && name !== "." && name !== ".." && !/[/%]/.test(name), {
+  error: 'must be a metric name: not empty, "." or "..", without "/" or "%"',
+});
 
 const hpa = z
   .strictObject({
@@ -89,7 +104,10 @@ const hpa = z
     // Scale to zero needs the HPAScaleToZero feature gate (alpha): the API server refuses 0 otherwise.
     minReplicas: z
       .int()
-      .min(1, { error: 'must be at least 1: a HorizontalPodAutoscaler scales to zero only behind an alpha feature gate (kind "keda" can)' })
+      .min(1, {
+        error:
+          'must be at least 1: a HorizontalPodAutoscaler scales to zero only behind an alpha feature gate (kind "keda" can)',
+      })
       .max(INT32_MAX)
       .default(1),
     maxReplicas: replicas(1).default(10),
@@ -107,16 +125,30 @@ const hpa = z
       })
       .superRefine((metric, ctx) => {
         if (metric.type === "Pods" && metric.value !== undefined)
-          ctx.addIssue({ code: "custom", path: ["value"], input: metric.value, message: "is not allowed for a Pods metric: give averageValue" });
+          ctx.addIssue({
+            code: "custom",
+            path: ["value"],
+            input: metric.value,
+            message: "is not allowed for a Pods metric: give averageValue",
+          });
         else if ((metric.value === undefined) === (metric.averageValue === undefined))
-          ctx.addIssue({ code: "custom", path: ["averageValue"], message: `give ${metric.type === "Pods" ? "averageValue" : "either averageValue or value, not both"}` });
+          ctx.addIssue({
+            code: "custom",
+            path: ["averageValue"],
+            message: `give ${metric.type === "Pods" ? "averageValue" : "either averageValue or value, not both"}`,
+          });
       }),
     /** How long a lower recommendation must last before pods are removed (Kubernetes' default 300, at most 3600). */
     scaleDownStabilizationSeconds: z.int().min(0).max(3600).optional(),
   })
   .superRefine((spec, ctx) => {
     if (spec.minReplicas > spec.maxReplicas)
-      ctx.addIssue({ code: "custom", path: ["minReplicas"], input: spec.minReplicas, message: `must not exceed maxReplicas (${spec.maxReplicas})` });
+      ctx.addIssue({
+        code: "custom",
+        path: ["minReplicas"],
+        input: spec.minReplicas,
+        message: `must not exceed maxReplicas (${spec.maxReplicas})`,
+      });
   });
 
 export const autoscaling = z.discriminatedUnion("kind", [keda, hpa]);
@@ -151,7 +183,9 @@ export function scaledObjectSpec(spec: z.output<typeof keda>, target: ScaleTarge
         type: "prometheus",
         metricType: "AverageValue",
         metadata,
-        ...(spec.authentication ? { authenticationRef: { name: spec.authentication.name, kind: spec.authentication.kind } } : {}),
+        ...(spec.authentication
+          ? { authenticationRef: { name: spec.authentication.name, kind: spec.authentication.kind } }
+          : {}),
       },
     ],
   };
@@ -161,7 +195,10 @@ export function scaledObjectSpec(spec: z.output<typeof keda>, target: ScaleTarge
 export function hpaSpec(spec: z.output<typeof hpa>, target: ScaleTarget) {
   const { metric } = spec;
   const quantity = (value: string | number) => String(value);
-  const identifier = { name: metric.name, ...(metric.matchLabels ? { selector: { matchLabels: metric.matchLabels } } : {}) };
+  const identifier = {
+    name: metric.name,
+    ...(metric.matchLabels ? { selector: { matchLabels: metric.matchLabels } } : {}),
+  };
   const goal =
     metric.value !== undefined
       ? { type: "Value", value: quantity(metric.value) }

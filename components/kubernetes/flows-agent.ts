@@ -8,12 +8,19 @@ export const kubernetesFlowsAgentArgs = z.strictObject({
   // In a pod there is no Docker engine to start sibling containers: each runtime is a
   // separate Node.js process in the pod, under the process executor's limits.
   executor: z
-    .literal("process", { error: 'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)' })
+    .literal("process", {
+      error:
+        'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)',
+    })
     .default("process"),
   // Each runtime under a uid of its own; a pod at the baseline level cannot create the user
   // namespaces bubblewrap needs, and one that could not switch users must refuse to start.
   runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("user"),
-  ...workloadShape("flows-agent", { replicas: 2, resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } }, drainTimeoutSeconds: 300 }),
+  ...workloadShape("flows-agent", {
+    replicas: 2,
+    resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } },
+    drainTimeoutSeconds: 300,
+  }),
 });
 
 export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> & {
@@ -27,7 +34,11 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
   static readonly podSecurityLevel: PodSecurityLevel = "baseline";
 
   constructor(name: string, args: KubernetesFlowsAgentArgs, opts?: pulumi.ComponentResourceOptions) {
-    const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.FlowsAgent", name, "flows-agent", kubernetesFlowsAgentArgs, args);
+    const {
+      args: parsed,
+      secretEnv,
+      settingsEnv,
+    } = validateWorkload("kubernetes.FlowsAgent", name, "flows-agent", kubernetesFlowsAgentArgs, args);
     super(
       "agentpools:kubernetes:FlowsAgent",
       name,
@@ -42,7 +53,12 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
         egressPorts: undefined,
         // Root with CAP_SETUID, CAP_SETGID and CAP_KILL only (no file access beyond its own), so each runtime runs
         // as a uid of its own and the agent can end it: the baseline level, not restricted.
-        agentUser: { runAsNonRoot: false, runAsUser: 0, runAsGroup: 0, capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] } },
+        agentUser: {
+          runAsNonRoot: false,
+          runAsUser: 0,
+          runAsGroup: 0,
+          capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] },
+        },
         extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
         extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],
       },

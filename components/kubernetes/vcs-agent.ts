@@ -5,7 +5,11 @@ import { KubernetesAgent, type PodSecurityLevel, portOf, validateWorkload, workl
 
 export const kubernetesVcsAgentArgs = z.strictObject({
   ...vcsAgentSettings.omit({ token: true }).shape,
-  ...workloadShape("vcs-agent", { replicas: 2, resources: { requests: { cpu: "100m", memory: "96Mi" }, limits: { memory: "192Mi" } }, drainTimeoutSeconds: 60 }),
+  ...workloadShape("vcs-agent", {
+    replicas: 2,
+    resources: { requests: { cpu: "100m", memory: "96Mi" }, limits: { memory: "192Mi" } },
+    drainTimeoutSeconds: 60,
+  }),
 });
 
 export type KubernetesVcsAgentArgs = z.input<typeof kubernetesVcsAgentArgs> & {
@@ -19,9 +23,28 @@ export class KubernetesVcsAgent extends KubernetesAgent {
   static readonly podSecurityLevel: PodSecurityLevel = "restricted";
 
   constructor(name: string, args: KubernetesVcsAgentArgs, opts?: pulumi.ComponentResourceOptions) {
-    const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.VcsAgent", name, "vcs-agent", kubernetesVcsAgentArgs, args);
+    const {
+      args: parsed,
+      secretEnv,
+      settingsEnv,
+    } = validateWorkload("kubernetes.VcsAgent", name, "vcs-agent", kubernetesVcsAgentArgs, args);
     // The gateway (HTTPS, named in the token) and the VCS; the proxy when there is one.
-    const egressPorts = [...new Set([443, portOf(parsed.targetBaseEndpoint), ...(parsed.httpsProxy ? [portOf(parsed.httpsProxy)] : [])])];
-    super("agentpools:kubernetes:VcsAgent", name, { component: "VcsAgent", role: "vcs-agent", podSecurityLevel: KubernetesVcsAgent.podSecurityLevel, args: parsed, settingsEnv, secretEnv, egressPorts }, opts);
+    const egressPorts = [
+      ...new Set([443, portOf(parsed.targetBaseEndpoint), ...(parsed.httpsProxy ? [portOf(parsed.httpsProxy)] : [])]),
+    ];
+    super(
+      "agentpools:kubernetes:VcsAgent",
+      name,
+      {
+        component: "VcsAgent",
+        role: "vcs-agent",
+        podSecurityLevel: KubernetesVcsAgent.podSecurityLevel,
+        args: parsed,
+        settingsEnv,
+        secretEnv,
+        egressPorts,
+      },
+      opts,
+    );
   }
 }

@@ -5,7 +5,13 @@ import { launcherSettings } from "../../agent/config/launcher";
 import { byteQuantity, dnsSubdomain, quantityValue, resources } from "./api-rules";
 import { KubernetesAgent, RUNTIME_UID, validateWorkload, workloadShape } from "./workload";
 import type { PodSecurityLevel } from "./workload";
-import { checkWorkerArgs, pointAtPolicy, policyFileContent, RUN_INITIALIZATION_POLICY_FILE, workerPoolExtras } from "../shared/worker-args";
+import {
+  checkWorkerArgs,
+  pointAtPolicy,
+  policyFileContent,
+  RUN_INITIALIZATION_POLICY_FILE,
+  workerPoolExtras,
+} from "../shared/worker-args";
 
 const DOCKER_SOCKET_DIR = "/var/run/dind";
 const DOCKER_HOST = `unix://${DOCKER_SOCKET_DIR}/docker.sock`;
@@ -64,7 +70,11 @@ export class KubernetesWorkerPool extends KubernetesAgent {
   static readonly podSecurityLevel: PodSecurityLevel = "privileged";
 
   constructor(name: string, args: KubernetesWorkerPoolArgs, opts?: pulumi.ComponentResourceOptions) {
-    const { args: parsed, secretEnv, settingsEnv } = validateWorkload("kubernetes.WorkerPool", name, "launcher", kubernetesWorkerPoolArgs, args);
+    const {
+      args: parsed,
+      secretEnv,
+      settingsEnv,
+    } = validateWorkload("kubernetes.WorkerPool", name, "launcher", kubernetesWorkerPoolArgs, args);
     const dataVolume = "docker-data";
     super(
       "agentpools:kubernetes:WorkerPool",
@@ -86,8 +96,20 @@ export class KubernetesWorkerPool extends KubernetesAgent {
           { name: "runs", mountPath: parsed.workDirectory },
           ...(parsed.runInitializationPolicy ? [{ name: "policy", mountPath: POLICY_DIR, readOnly: true }] : []),
         ],
-        configFiles: parsed.runInitializationPolicy ? [{ volume: "policy", key: RUN_INITIALIZATION_POLICY_FILE, content: policyFileContent(parsed.runInitializationPolicy) }] : [],
-        extraVolumes: [{ name: "docker-socket", emptyDir: {} }, { name: "runs", emptyDir: {} }, ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }])],
+        configFiles: parsed.runInitializationPolicy
+          ? [
+              {
+                volume: "policy",
+                key: RUN_INITIALIZATION_POLICY_FILE,
+                content: policyFileContent(parsed.runInitializationPolicy),
+              },
+            ]
+          : [],
+        extraVolumes: [
+          { name: "docker-socket", emptyDir: {} },
+          { name: "runs", emptyDir: {} },
+          ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }]),
+        ],
         sidecars: [
           {
             name: "docker",
@@ -113,7 +135,11 @@ export class KubernetesWorkerPool extends KubernetesAgent {
               volumeClaimTemplates: [
                 {
                   metadata: { name: dataVolume },
-                  spec: { accessModes: ["ReadWriteOnce"], storageClassName: parsed.storage.storageClassName, resources: { requests: { storage: parsed.storage.size } } },
+                  spec: {
+                    accessModes: ["ReadWriteOnce"],
+                    storageClassName: parsed.storage.storageClassName,
+                    resources: { requests: { storage: parsed.storage.size } },
+                  },
                 },
               ],
             }

@@ -96,7 +96,8 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
         if (egress.allowMetadataService) return;
         egress.cidrBlocks.forEach((cidr, index) => {
           if (!cidrBlock.safeParse(cidr).success || !isOnlyMetadata(cidr)) return;
-          const message = "is a cloud metadata service's address, which pools do not reach unless allowMetadataService is true";
+          const message =
+            "is a cloud metadata service's address, which pools do not reach unless allowMetadataService is true";
           ctx.addIssue({ code: "custom", path: ["cidrBlocks", index], input: cidr, message });
         });
       })
@@ -125,7 +126,10 @@ export interface WorkloadSpec {
   extraMounts?: k8s.types.input.core.v1.VolumeMount[];
   extraEnv?: k8s.types.input.core.v1.EnvVar[];
   /** The agent container's user and capabilities, when it needs more than the default: a non-root user with none. */
-  agentUser?: Pick<k8s.types.input.core.v1.SecurityContext, "runAsNonRoot" | "runAsUser" | "runAsGroup" | "capabilities">;
+  agentUser?: Pick<
+    k8s.types.input.core.v1.SecurityContext,
+    "runAsNonRoot" | "runAsUser" | "runAsGroup" | "capabilities"
+  >;
   /**
    * Containers the agent needs running for as long as it runs (the worker's Docker engine):
    * native sidecars, so they start before the agent and the kubelet stops them only after it.
@@ -151,7 +155,13 @@ export function resourceNameProblem(name: string, statefulSet: boolean): string 
 }
 
 /** Validate a Kubernetes agent's arguments before anything exists (see checkSecrets). */
-export function validateWorkload<S extends z.ZodType>(component: string, name: string, role: RoleName, schema: S, args: Record<string, unknown>) {
+export function validateWorkload<S extends z.ZodType>(
+  component: string,
+  name: string,
+  role: RoleName,
+  schema: S,
+  args: Record<string, unknown>,
+) {
   const secretKeys = secretSettings(settingsJsonSchema(role)).map((s) => s.key);
   const plain = Object.fromEntries(Object.entries(args).filter(([key]) => !secretKeys.includes(key)));
   const parsed = schema.safeParse(plain, { reportInput: true });
@@ -159,11 +169,24 @@ export function validateWorkload<S extends z.ZodType>(component: string, name: s
   const nameProblem = resourceNameProblem(name, (plain as { statefulSet?: unknown }).statefulSet === true);
   if (nameProblem) problems.unshift(nameProblem);
   if (plain.autoscaling !== undefined && plain.replicas !== undefined)
-    problems.push(`replicas: ${JSON.stringify(plain.replicas)} is not taken with autoscaling: the autoscaler sets the replicas, between autoscaling.minReplicas and autoscaling.maxReplicas`);
-  const secrets = checkSecrets(component, name, role, args, "existingSecret", (plain as { existingSecret?: unknown }).existingSecret !== undefined);
+    problems.push(
+      `replicas: ${JSON.stringify(plain.replicas)} is not taken with autoscaling: the autoscaler sets the replicas, between autoscaling.minReplicas and autoscaling.maxReplicas`,
+    );
+  const secrets = checkSecrets(
+    component,
+    name,
+    role,
+    args,
+    "existingSecret",
+    (plain as { existingSecret?: unknown }).existingSecret !== undefined,
+  );
   problems.push(...secrets.problems);
   if (problems.length > 0 || !parsed.success) throw new InvalidArgumentsError(component, name, problems);
-  return { args: parsed.data as z.output<S>, secretEnv: secrets.secretEnv(), settingsEnv: settingsToEnv(settingsJsonSchema(role), parsed.data as Record<string, unknown>) };
+  return {
+    args: parsed.data as z.output<S>,
+    secretEnv: secrets.secretEnv(),
+    settingsEnv: settingsToEnv(settingsJsonSchema(role), parsed.data as Record<string, unknown>),
+  };
 }
 
 export interface WorkloadOutputs {
@@ -179,7 +202,13 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
   const opts = { parent };
   const { args, role } = spec;
   const selector = { "app.kubernetes.io/name": `agentpools-${role}`, "app.kubernetes.io/instance": name };
-  const labels = { ...args.labels, ...selector, "app.kubernetes.io/component": role, "app.kubernetes.io/part-of": "agentpools", "app.kubernetes.io/managed-by": "pulumi" };
+  const labels = {
+    ...args.labels,
+    ...selector,
+    "app.kubernetes.io/component": role,
+    "app.kubernetes.io/part-of": "agentpools",
+    "app.kubernetes.io/managed-by": "pulumi",
+  };
   const metadata = (suffix: string) => ({ name: `${name}${suffix}`, namespace: args.namespace, labels });
   const bundle = runtimeBundle(role);
   // The runtime reads its drain time (and pool name) from the file an instance would have; the
@@ -205,19 +234,35 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
   const secretKeys: Record<string, string> = {};
   if (args.existingSecret) {
     secretName = pulumi.output(args.existingSecret.name);
-    for (const { env } of secretSettings(settingsJsonSchema(role))) secretKeys[env] = args.existingSecret.keys[env] ?? env;
+    for (const { env } of secretSettings(settingsJsonSchema(role)))
+      secretKeys[env] = args.existingSecret.keys[env] ?? env;
   } else {
-    const secret = new k8s.core.v1.Secret(`${name}-credentials`, { metadata: metadata("-credentials"), type: "Opaque", stringData: spec.secretEnv as pulumi.Output<Record<string, string>> }, opts);
+    const secret = new k8s.core.v1.Secret(
+      `${name}-credentials`,
+      {
+        metadata: metadata("-credentials"),
+        type: "Opaque",
+        stringData: spec.secretEnv as pulumi.Output<Record<string, string>>,
+      },
+      opts,
+    );
     secretName = secret.metadata.name;
     for (const { env } of secretSettings(settingsJsonSchema(role))) secretKeys[env] = env;
   }
 
-  const account = new k8s.core.v1.ServiceAccount(`${name}`, { metadata: metadata(""), automountServiceAccountToken: false }, opts);
+  const account = new k8s.core.v1.ServiceAccount(
+    `${name}`,
+    { metadata: metadata(""), automountServiceAccountToken: false },
+    opts,
+  );
 
   const metadataPrefix = Object.values(settingsJsonSchema(role).properties).find((p) => p.encoding === "map")?.env;
   const env: k8s.types.input.core.v1.EnvVar[] = [
     ...Object.entries(spec.settingsEnv).map(([envName, value]) => ({ name: envName, value })),
-    ...Object.entries(secretKeys).map(([envName, key]) => ({ name: envName, valueFrom: { secretKeyRef: { name: secretName, key } } })),
+    ...Object.entries(secretKeys).map(([envName, key]) => ({
+      name: envName,
+      valueFrom: { secretKeyRef: { name: secretName, key } },
+    })),
     { name: CONFIG_PATH_VARIABLE, value: `${RUNTIME_DIR}/${CONFIG_FILE}` },
     { name: "AGENTPOOLS_STATUS_DIR", value: STATUS_DIR },
     ...(metadataPrefix
@@ -294,40 +339,98 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       volumes: [
         {
           name: "runtime",
-          configMap: { name: runtime.metadata.name, items: [`${role}.js`, CONFIG_FILE].map((file) => ({ key: file, path: file })) },
+          configMap: {
+            name: runtime.metadata.name,
+            items: [`${role}.js`, CONFIG_FILE].map((file) => ({ key: file, path: file })),
+          },
         },
         { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },
-        ...(args.customCaCertificates ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }] : []),
-        ...(spec.configFiles ?? []).map((file) => ({ name: file.volume, configMap: { name: runtime.metadata.name, items: [{ key: file.key, path: file.key }] } })),
+        ...(args.customCaCertificates
+          ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }]
+          : []),
+        ...(spec.configFiles ?? []).map((file) => ({
+          name: file.volume,
+          configMap: { name: runtime.metadata.name, items: [{ key: file.key, path: file.key }] },
+        })),
         ...(spec.extraVolumes ?? []),
       ],
       nodeSelector: args.nodeSelector,
       tolerations: args.tolerations,
       affinity: args.affinity,
       topologySpreadConstraints: args.spreadAcrossNodes
-        ? [{ maxSkew: 1, topologyKey: "kubernetes.io/hostname", whenUnsatisfiable: "ScheduleAnyway", labelSelector: { matchLabels: selector } }]
+        ? [
+            {
+              maxSkew: 1,
+              topologyKey: "kubernetes.io/hostname",
+              whenUnsatisfiable: "ScheduleAnyway",
+              labelSelector: { matchLabels: selector },
+            },
+          ]
         : [],
     },
   };
 
   // With an autoscaler, Pulumi leaves spec.replicas out: under server-side apply it then owns no
   // value the autoscaler's changes would conflict with, and an update never resets the count.
-  const workloadSpec = { replicas: args.autoscaling ? undefined : args.replicas, selector: { matchLabels: selector }, template };
+  const workloadSpec = {
+    replicas: args.autoscaling ? undefined : args.replicas,
+    selector: { matchLabels: selector },
+    template,
+  };
   const workload = spec.statefulSet
-    ? new k8s.apps.v1.StatefulSet(`${name}`, { metadata: metadata(""), spec: { ...workloadSpec, serviceName: name, podManagementPolicy: "Parallel", volumeClaimTemplates: spec.statefulSet.volumeClaimTemplates } }, opts)
-    : new k8s.apps.v1.Deployment(`${name}`, { metadata: metadata(""), spec: { ...workloadSpec, strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } } } }, opts);
+    ? new k8s.apps.v1.StatefulSet(
+        `${name}`,
+        {
+          metadata: metadata(""),
+          spec: {
+            ...workloadSpec,
+            serviceName: name,
+            podManagementPolicy: "Parallel",
+            volumeClaimTemplates: spec.statefulSet.volumeClaimTemplates,
+          },
+        },
+        opts,
+      )
+    : new k8s.apps.v1.Deployment(
+        `${name}`,
+        {
+          metadata: metadata(""),
+          spec: {
+            ...workloadSpec,
+            strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+          },
+        },
+        opts,
+      );
 
   if (args.autoscaling) {
     const target: ScaleTarget = { apiVersion: "apps/v1", kind: spec.statefulSet ? "StatefulSet" : "Deployment", name };
     const dependsOn = { ...opts, dependsOn: [workload] };
     if (args.autoscaling.kind === "keda")
-      new k8s.apiextensions.CustomResource(`${name}-scaler`, { apiVersion: "keda.sh/v1alpha1", kind: "ScaledObject", metadata: metadata(""), spec: scaledObjectSpec(args.autoscaling, target) }, dependsOn);
+      new k8s.apiextensions.CustomResource(
+        `${name}-scaler`,
+        {
+          apiVersion: "keda.sh/v1alpha1",
+          kind: "ScaledObject",
+          metadata: metadata(""),
+          spec: scaledObjectSpec(args.autoscaling, target),
+        },
+        dependsOn,
+      );
     else
-      new k8s.autoscaling.v2.HorizontalPodAutoscaler(`${name}-scaler`, { metadata: metadata(""), spec: hpaSpec(args.autoscaling, target) }, dependsOn);
+      new k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        `${name}-scaler`,
+        { metadata: metadata(""), spec: hpaSpec(args.autoscaling, target) },
+        dependsOn,
+      );
   }
 
   // One pod at a time may be evicted, so a node drain never takes the whole pool.
-  new k8s.policy.v1.PodDisruptionBudget(`${name}`, { metadata: metadata(""), spec: { maxUnavailable: 1, selector: { matchLabels: selector } } }, opts);
+  new k8s.policy.v1.PodDisruptionBudget(
+    `${name}`,
+    { metadata: metadata(""), spec: { maxUnavailable: 1, selector: { matchLabels: selector } } },
+    opts,
+  );
 
   const ports = args.egress.ports ?? spec.egressPorts;
   new k8s.networking.v1.NetworkPolicy(
@@ -339,7 +442,12 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
         policyTypes: ["Ingress", "Egress"],
         ingress: [],
         egress: [
-          { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+          {
+            ports: [
+              { protocol: "UDP", port: 53 },
+              { protocol: "TCP", port: 53 },
+            ],
+          },
           {
             to: egressPeers(args.egress.cidrBlocks, args.egress.allowMetadataService),
             ...(ports ? { ports: ports.map((port) => ({ protocol: "TCP", port })) } : {}),

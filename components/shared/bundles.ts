@@ -21,7 +21,8 @@ export function runtimeBundle(role: RoleName): string {
   const cached = cache.get(role);
   if (cached) return cached;
   const file = path.join(packageRoot(), "build", "bundles", `${role}.js`);
-  if (!existsSync(file)) throw new Error(`the ${role} runtime bundle is missing at ${file}: run "npm run build" in ${packageRoot()}`);
+  if (!existsSync(file))
+    throw new Error(`the ${role} runtime bundle is missing at ${file}: run "npm run build" in ${packageRoot()}`);
   const bundle = readFileSync(file, "utf8");
   cache.set(role, bundle);
   return bundle;

@@ -15,7 +15,9 @@ export function caBundleProblems(text: string): string[] {
   for (const [block, label, , endLabel] of text.matchAll(BLOCK)) {
     index++;
     if (label !== "CERTIFICATE" || endLabel !== label) {
-      problems.push(`block ${index} is a PEM "${label}", not a certificate${/PRIVATE KEY/.test(label) ? " (a private key must never be given here; it is not shown)" : ""}`);
+      problems.push(
+        `block ${index} is a PEM "${label}", not a certificate${/PRIVATE KEY/.test(label) ? " (a private key must never be given here; it is not shown)" : ""}`,
+      );
       continue;
     }
     try {
@@ -27,6 +29,7 @@ export function caBundleProblems(text: string): string[] {
   }
   const unclosed = text.replace(BLOCK, "").match(/-----(BEGIN|END) [A-Z0-9 ]+-----/);
   if (unclosed) problems.push(`has a PEM line "${unclosed[0]}" without its pair`);
-  if (certificates === 0 && problems.length === 0) problems.push("has no PEM certificate (-----BEGIN CERTIFICATE----- ...)");
+  if (certificates === 0 && problems.length === 0)
+    problems.push("has no PEM certificate (-----BEGIN CERTIFICATE----- ...)");
   return problems;
 }

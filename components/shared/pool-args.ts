@@ -15,7 +15,8 @@ import { caBundleProblems } from "./ca-bundle";
  * never echoed (components/shared/ca-bundle.ts).
  */
 export const pemCertificates = z.string().superRefine((text, ctx) => {
-  for (const message of caBundleProblems(text)) ctx.addIssue({ code: "custom", message, input: `${Buffer.byteLength(text)} bytes of PEM` });
+  for (const message of caBundleProblems(text))
+    ctx.addIssue({ code: "custom", message, input: `${Buffer.byteLength(text)} bytes of PEM` });
 });
 
 /** A proxy URL is rendered in plain configuration (user-data, a pod's spec): credentials in it would be readable there. */

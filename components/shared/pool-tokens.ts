@@ -12,7 +12,8 @@ import { decodeToken } from "../../protocol/token";
 export function poolTokenProblem(role: RoleName, key: string, token: string): string | undefined {
   const pasted = /\s/.test(token) ? "holds spaces or line breaks (pasted along with it?)" : undefined;
   if (role === "flows-agent" && key === "poolToken") {
-    if (token.startsWith("ap1.")) return 'is an "ap1." token, a VCS or worker pool\'s: a Flows pool\'s token is the bare secret its gateway printed';
+    if (token.startsWith("ap1."))
+      return "is an \"ap1.\" token, a VCS or worker pool's: a Flows pool's token is the bare secret its gateway printed";
     return pasted ?? (token.length < 16 ? "is shorter than any Flows pool token (16 characters or more)" : undefined);
   }
   if (key !== "token" || role === "flows-agent") return undefined;
@@ -24,7 +25,9 @@ export function poolTokenProblem(role: RoleName, key: string, token: string): st
   } catch {
     return `is not ${expected}`;
   }
-  if (role === "launcher" && !certificate) return `is a VCS agent pool's token: a worker pool's token carries its certificate; give ${expected}`;
-  if (role === "vcs-agent" && certificate) return `is a worker pool's token (it carries a certificate), which belongs to a WorkerPool; give ${expected}`;
+  if (role === "launcher" && !certificate)
+    return `is a VCS agent pool's token: a worker pool's token carries its certificate; give ${expected}`;
+  if (role === "vcs-agent" && certificate)
+    return `is a worker pool's token (it carries a certificate), which belongs to a WorkerPool; give ${expected}`;
   return undefined;
 }

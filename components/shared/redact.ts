@@ -49,7 +49,9 @@ export function redactText(text: string): string {
   const cleaned = text
     .replace(/\S+/g, redactWord)
     .replace(PEM_BLOCK, (block, label: string) => `[PEM ${label.toLowerCase()}, ${block.length} characters]`);
-  return cleaned.length <= SHOWN_CHARACTERS ? cleaned : `${cleaned.slice(0, SHOWN_CHARACTERS)}... (${text.length} characters)`;
+  return cleaned.length <= SHOWN_CHARACTERS
+    ? cleaned
+    : `${cleaned.slice(0, SHOWN_CHARACTERS)}... (${text.length} characters)`;
 }
 
 /** A value as an error message may show it: JSON, with every string in it redacted. */

@@ -11,7 +11,14 @@ import { formatIssues, InvalidArgumentsError } from "./validation";
  * once their values are known, and no value is ever echoed. `secretEnv()` wraps them, by
  * variable name, as one Pulumi secret; call it only once the problems are empty.
  */
-export function checkSecrets(component: string, name: string, role: RoleName, args: Record<string, unknown>, existingField: string, existing: boolean) {
+export function checkSecrets(
+  component: string,
+  name: string,
+  role: RoleName,
+  args: Record<string, unknown>,
+  existingField: string,
+  existing: boolean,
+) {
   const shape = (roleSettings[role] as unknown as z.ZodObject).shape;
   const problems: string[] = [];
   const given: { key: string; env: string; value: pulumi.Input<string> }[] = [];
@@ -22,12 +29,15 @@ export function checkSecrets(component: string, name: string, role: RoleName, ar
       continue;
     }
     if (value === undefined) {
-      problems.push(`${key}: is required (a Pulumi secret, e.g. config.requireSecret("${key}")), unless ${existingField} names a secret that holds it`);
+      problems.push(
+        `${key}: is required (a Pulumi secret, e.g. config.requireSecret("${key}")), unless ${existingField} names a secret that holds it`,
+      );
       continue;
     }
     if (typeof value === "string") {
       const result = shape[key].safeParse(value);
-      if (!result.success) problems.push(...formatIssues(result.error, [key]).map((line) => `${key}${line.slice(line.indexOf(":"))}`));
+      if (!result.success)
+        problems.push(...formatIssues(result.error, [key]).map((line) => `${key}${line.slice(line.indexOf(":"))}`));
     }
     given.push({ key, env, value });
   }
@@ -38,7 +48,8 @@ export function checkSecrets(component: string, name: string, role: RoleName, ar
         env,
         pulumi.output(value).apply((text) => {
           const result = shape[key].safeParse(text);
-          if (!result.success) throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
+          if (!result.success)
+            throw new InvalidArgumentsError(component, name, [`${key}: ${result.error.issues[0].message}`]);
           return text;
         }),
       ]),

@@ -14,7 +14,10 @@ export class InvalidArgumentsError extends Error {
 }
 
 function pathOf(path: PropertyKey[]): string {
-  return path.reduce<string>((text, key) => (typeof key === "number" ? `${text}[${key}]` : text ? `${text}.${String(key)}` : String(key)), "");
+  return path.reduce<string>(
+    (text, key) => (typeof key === "number" ? `${text}[${key}]` : text ? `${text}.${String(key)}` : String(key)),
+    "",
+  );
 }
 
 /** One line a problem: the field, the value that was given (never for secrets) and what is allowed. */
@@ -30,7 +33,8 @@ export function formatIssues(error: z.ZodError, secretFields: readonly string[] 
     const input = (issue as { input?: unknown }).input;
     // Shown only as far as safe: URL credentials and PEM bodies taken out, long values cut.
     const shown = input === undefined ? undefined : showValue(input);
-    const given = secret || shown === undefined || (typeof input === "string" && message.includes(shown)) ? "" : ` (got ${shown})`;
+    const given =
+      secret || shown === undefined || (typeof input === "string" && message.includes(shown)) ? "" : ` (got ${shown})`;
     return `${field}: ${message}${given}`;
   });
 }
@@ -44,6 +48,7 @@ export function parseArguments<T extends z.ZodType>(
   secretFields: readonly string[] = [],
 ): z.output<T> {
   const result = schema.safeParse(args, { reportInput: true });
-  if (!result.success) throw new InvalidArgumentsError(component, resourceName, formatIssues(result.error, secretFields));
+  if (!result.success)
+    throw new InvalidArgumentsError(component, resourceName, formatIssues(result.error, secretFields));
   return result.data;
 }

@@ -26,7 +26,8 @@ interface LauncherArgs {
 
 export function checkWorkerArgs(args: LauncherArgs, ctx: z.RefinementCtx): void {
   if (args.executor !== "docker") {
-    const message = 'must be "docker" in a pool: the process executor runs jobs beside the launcher, for development only';
+    const message =
+      'must be "docker" in a pool: the process executor runs jobs beside the launcher, for development only';
     ctx.addIssue({ code: "custom", path: ["executor"], input: args.executor, message });
   }
   // A scale-in or a node drain stops the launcher after the drain: a run allowed to last longer would be killed.
@@ -35,7 +36,13 @@ export function checkWorkerArgs(args: LauncherArgs, ctx: z.RefinementCtx): void 
     ctx.addIssue({ code: "custom", path: ["drainTimeoutSeconds"], input: args.drainTimeoutSeconds, message });
   }
   if (args.runInitializationPolicy !== undefined && args.runInitializationPolicyFile !== undefined) {
-    ctx.addIssue({ code: "custom", path: ["runInitializationPolicyFile"], input: args.runInitializationPolicyFile, message: "give either runInitializationPolicy (the policy) or runInitializationPolicyFile (a path the launcher can read), not both" });
+    ctx.addIssue({
+      code: "custom",
+      path: ["runInitializationPolicyFile"],
+      input: args.runInitializationPolicyFile,
+      message:
+        "give either runInitializationPolicy (the policy) or runInitializationPolicyFile (a path the launcher can read), not both",
+    });
   }
 }
 

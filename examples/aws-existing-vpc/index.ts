@@ -39,7 +39,11 @@ const workers = new WorkerPool("runners", {
     : { token: config.requireSecret("workerToken"), poolPrivateKey: config.requireSecret("workerPrivateKey") }),
   vcsAgents: [{ name: "bitbucket", baseEndpoint: gitEndpoint }],
   maskedEnvVars: ["TF_VAR_db_password"],
-  mixedInstances: { instanceTypes: ["m6i.large", "m7a.large"], onDemandBaseCapacity: 1, onDemandPercentageAboveBaseCapacity: 50 },
+  mixedInstances: {
+    instanceTypes: ["m6i.large", "m7a.large"],
+    onDemandBaseCapacity: 1,
+    onDemandPercentageAboveBaseCapacity: 50,
+  },
 });
 
 export const vcsAgentGroup = vcs.autoScalingGroupName;

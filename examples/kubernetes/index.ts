@@ -25,7 +25,10 @@ const namespaceAt = (resourceName: string, name: string, level: kubernetes.PodSe
     },
   });
 
-const agentsLevel = kubernetes.admittingLevel(kubernetes.VcsAgent.podSecurityLevel, kubernetes.FlowsAgent.podSecurityLevel);
+const agentsLevel = kubernetes.admittingLevel(
+  kubernetes.VcsAgent.podSecurityLevel,
+  kubernetes.FlowsAgent.podSecurityLevel,
+);
 const agents = namespaceAt("agentpools", namespaceName, agentsLevel);
 const workerSpace = namespaceAt("agentpools-workers", workerNamespaceName, kubernetes.WorkerPool.podSecurityLevel);
 const opts = { dependsOn: [agents] };
@@ -46,7 +49,15 @@ const vcs = new kubernetes.VcsAgent(
 // to its queued and busy runs, down to zero when idle; without one, the pool keeps one pod.
 const prometheus = config.get("prometheusAddress");
 const workerScaling = prometheus
-  ? { autoscaling: { kind: "keda" as const, serverAddress: prometheus, pool: config.get("workerGatewayPool") ?? "workers", minReplicas: 0, maxReplicas: 10 } }
+  ? {
+      autoscaling: {
+        kind: "keda" as const,
+        serverAddress: prometheus,
+        pool: config.get("workerGatewayPool") ?? "workers",
+        minReplicas: 0,
+        maxReplicas: 10,
+      },
+    }
   : {};
 
 const workers = new kubernetes.WorkerPool(
@@ -76,4 +87,3 @@ const flows = new kubernetes.FlowsAgent(
 );
 
 export const workloads = { git: vcs.workloadName, workers: workers.workloadName, flows: flows.workloadName };
-
