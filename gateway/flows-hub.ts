@@ -7,7 +7,7 @@ import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
-import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 
 export interface FlowsRunResult extends Answer {
   durationMs: number;
@@ -41,7 +41,7 @@ export class FlowsHub {
     socket: Socket,
     head: Buffer,
     metadata: Record<string, string>,
-    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+    refuse: RefuseUpgrade,
   ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
@@ -50,9 +50,8 @@ export class FlowsHub {
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token))
       return refuse(401, "pool ID or token refused", { remote, pool: poolId });
-    const max = this.keepalive.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
-    if ((this.agents.get(poolId)?.size ?? 0) >= max)
-      return refuse(503, `pool ${poolId} has ${max} agents connected already`, { remote });
+    const full = poolFull(poolId, this.agents.get(poolId)?.size ?? 0, this.keepalive.maxAgentsPerPool);
+    if (full) return refuse(503, full, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
     const agent: FlowsAgent = {

@@ -33,6 +33,13 @@ export interface ConnectedAgent {
  */
 export const MAX_AGENTS_PER_POOL = 256;
 
+/** How a hub refuses an agent's upgrade: the status and reason it answers, and what is logged. */
+export type RefuseUpgrade = (status: number, reason: string, details: Record<string, unknown>) => void;
+
+/** Why one more agent may not join a pool holding `connected` of them, if it may not. */
+export const poolFull = (pool: string, connected: number, max = MAX_AGENTS_PER_POOL) =>
+  connected >= max ? `pool ${pool} has ${max} agents connected already` : undefined;
+
 const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
 
 /**

@@ -15,7 +15,7 @@ import {
   type HeaderMap,
 } from "../protocol/vcs";
 import { HttpError } from "./http";
-import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { WriteBudget } from "./vcs-writes";
 
 interface VcsAgent extends ConnectedAgent {
@@ -111,7 +111,7 @@ export class VcsHub {
     socket: Socket,
     head: Buffer,
     metadata: Record<string, string>,
-    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+    refuse: RefuseUpgrade,
   ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (String(req.headers.upgrade).toLowerCase() !== UPGRADE_PROTOCOL)
@@ -131,9 +131,8 @@ export class VcsHub {
     if (!definition)
       return refuse(401, "token refused (a VCS pool's token, role vcs-agent)", { remote, pool: claimed });
     const state = this.pool(definition.name);
-    const max = this.options.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
-    if (state.links >= max)
-      return refuse(503, `pool ${definition.name} has ${max} agents connected already`, { remote });
+    const full = poolFull(definition.name, state.links, this.options.maxAgentsPerPool);
+    if (full) return refuse(503, full, { remote });
     state.links++;
     socket.once("close", () => state.links--);
 

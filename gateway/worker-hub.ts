@@ -20,7 +20,7 @@ import {
 import { certificateKey, sealBuffer } from "../protocol/seal";
 import { HttpError, readJsonBody } from "./http";
 import type { Route } from "./target";
-import { MAX_AGENTS_PER_POOL, secretMatches, type ConnectedAgent, type PoolDefinition } from "./pools";
+import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { SqliteStore } from "./sqlite-store";
 import {
   StoreError,
@@ -190,7 +190,7 @@ export class WorkerHub {
     socket: Socket,
     head: Buffer,
     metadata: Record<string, string>,
-    refuse: (status: number, reason: string, details: Record<string, unknown>) => void,
+    refuse: RefuseUpgrade,
   ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
@@ -202,9 +202,10 @@ export class WorkerHub {
       });
     const id = String(req.headers[WORKER_HEADER] ?? "");
     if (!/^[0-9a-f-]{36}$/.test(id)) return refuse(400, "no worker ID", { remote });
-    const max = this.options.maxAgentsPerPool ?? MAX_AGENTS_PER_POOL;
+    // A launcher that reconnects takes its own stale place.
     const others = [...(this.workers.get(pool.name) ?? [])].filter((worker) => worker.id !== id).length;
-    if (others >= max) return refuse(503, `pool ${pool.name} has ${max} launchers connected already`, { remote });
+    const full = poolFull(pool.name, others, this.options.maxAgentsPerPool);
+    if (full) return refuse(503, full, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
     const workers = this.workers.get(pool.name) ?? new Set();

@@ -439,13 +439,14 @@ describe("Flows: hostile runs", function () {
             kind: "block",
             code: "const fs = await import('node:fs'); fs.writeFileSync('secret', 'SIBLING-SECRET-91'); await new Promise((r) => setTimeout(r, 1500)); return [process.pid, process.cwd()];",
           });
-          await new Promise((resolve) => setTimeout(resolve, 300));
+          // The holder is in a runtime (it writes first thing); the thief keeps trying for most of the holder's life.
+          await eventually(() => pool().activeRequests === 1, 5000, "the holder running");
           const thief = await run({
             kind: "block",
-            code: `const fs = await import('node:fs'); const found = [];
-            for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
+            code: `const fs = await import('node:fs'); const found = []; const until = Date.now() + 800;
+            do for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
               for (const p of [\`/proc/\${pid}/root/tmp/secret\`, \`/proc/\${pid}/cwd/secret\`]) { try { found.push(fs.readFileSync(p, 'utf8')); } catch {} }
-            }
+            } while (Date.now() < until);
             try { const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync('/proc/1/cwd/x.db'); found.push('sqlite'); } catch {}
             return found;`,
           });
