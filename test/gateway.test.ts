@@ -300,7 +300,7 @@ describe("gateway", function () {
     );
     const { csr } = await makePoolKeyAndRequest("workers");
     writeFileSync(path.join(dir, "spacelift.csr"), csr);
-    await assert.rejects(
+    const addWorkerPool = () =>
       gatewayMain([
         "add-pool",
         "--config",
@@ -311,24 +311,13 @@ describe("gateway", function () {
         "worker",
         "--csr",
         path.join(dir, "spacelift.csr"),
-      ]),
-      /set dataDir/,
-    );
+      ]);
+    await assert.rejects(addWorkerPool(), /set dataDir/);
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), dataDir: path.join(dir, "data") }));
     printed.length = 0;
     process.stdout.write = ((chunk: string) => (printed.push(chunk), true)) as typeof process.stdout.write;
     try {
-      await gatewayMain([
-        "add-pool",
-        "--config",
-        file,
-        "--name",
-        "workers",
-        "--kind",
-        "worker",
-        "--csr",
-        path.join(dir, "spacelift.csr"),
-      ]);
+      await addWorkerPool();
     } finally {
       process.stdout.write = write;
     }

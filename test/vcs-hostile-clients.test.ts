@@ -542,32 +542,16 @@ describe("hostile clients on the VCS path", function () {
         );
         await Promise.all(holders.map((h) => h.sent));
         mark = vcs.received.length;
-        await eventually(
-          async () =>
-            (
-              await small.request(notes, {
-                method: "POST",
-                body: '{"body":"ok"}',
-                headers: { "content-type": "application/json" },
-              })
-            ).status === 503,
-          5000,
-          "a 503 once the budget is held",
-        );
+        const write = () =>
+          small.request(notes, {
+            method: "POST",
+            body: '{"body":"ok"}',
+            headers: { "content-type": "application/json" },
+          });
+        await eventually(async () => (await write()).status === 503, 5000, "a 503 once the budget is held");
         assert.deepEqual(since(), []);
         holders[0].socket.destroy();
-        await eventually(
-          async () =>
-            (
-              await small.request(notes, {
-                method: "POST",
-                body: '{"body":"ok"}',
-                headers: { "content-type": "application/json" },
-              })
-            ).status === 200,
-          5000,
-          "served once a part is freed",
-        );
+        await eventually(async () => (await write()).status === 200, 5000, "served once a part is freed");
         assert.deepEqual(
           since().map((r) => r.body.toString()),
           ['{"body":"ok"}'],
