@@ -264,7 +264,9 @@ export class Gateway {
       );
     const { pool, path } = read.route;
     this.vcsPool(pool);
-    const { method = "GET", body, length } = init;
+    const { body, length } = init;
+    // Methods are case-sensitive in HTTP: "post" is no POST to the write check, so it is made one.
+    const method = (init.method ?? "GET").toUpperCase();
     // The rules of the HTTP entry: the header allowlist, and writes checked before they cross.
     const headers = requestHeaders(init.headers ?? {});
     const rule = bodyRule(method, path, String(headers["content-type"] ?? ""), !!body);

@@ -147,13 +147,13 @@ export function serveClient(
   const rule = bodyRule(request.method, path, req.headers["content-type"], request.hasBody);
   if (rule !== "stream" && rule !== "check") return fail(new HttpError(400, rule));
   if (rule === "stream") return serveRequest(hub, pool, client, request, req, res, limits, fail);
-  // Held whole to be checked, within the gateway's budget for such bodies.
-  const release = hub.writes.take(Math.min(request.length ?? WRITE_BODY_LIMIT, WRITE_BODY_LIMIT));
+  // Held whole to be checked, and until its exchange is over, within the gateway's budget for
+  // such bodies and this client's part of it.
+  const release = hub.writes.take(Math.min(request.length ?? WRITE_BODY_LIMIT, WRITE_BODY_LIMIT), client);
   if (!release) return fail(new HttpError(503, "too many write bodies are being received at once: try again"));
-  req.once("close", release);
+  res.once("close", release);
   readJsonBody(req, "a JSON object", WRITE_BODY_LIMIT).then(
     (body) => {
-      release();
       const checked = checkedWrite(path, body);
       if (typeof checked === "string") return fail(new HttpError(400, checked));
       serveRequest(hub, pool, client, checkedRequest(request, checked), Readable.from([checked]), res, limits, fail);
@@ -162,13 +162,16 @@ export function serveClient(
   );
 }
 
+const withoutEncoding = ({ "content-encoding": _, ...rest }: HeaderMap): HeaderMap => rest;
+
 /** A write's largest JSON body. */
 export const WRITE_BODY_LIMIT = 1024 * 1024;
 
 /** A write as it crosses once checked: its re-serialised body, said to be JSON, of that length. */
 export const checkedRequest = (request: ForwardedRequest, body: Buffer): ForwardedRequest => ({
   ...request,
-  headers: { ...request.headers, "content-type": "application/json" },
+  // The bytes are the gateway's own now: plain JSON, whatever encoding the client's had.
+  headers: { ...withoutEncoding(request.headers), "content-type": "application/json" },
   hasBody: true,
   length: body.length,
 });

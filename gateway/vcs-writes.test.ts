@@ -34,16 +34,17 @@ describe("VCS writes at the gateway", () => {
     );
   });
 
-  it("the budget for bodies held at once: taken up to its bound, each part given back once", () => {
+  it("the budget for bodies held at once: taken up to its bound, half of it at most by one client, each part given back once", () => {
     const budget = new WriteBudget(100);
-    const a = budget.take(60);
+    assert.equal(budget.take(51, "a"), undefined, "more than half for one client");
+    const a = budget.take(50, "a");
     assert.ok(a);
-    assert.equal(budget.take(50), undefined, "over the bound");
-    const b = budget.take(40);
-    assert.ok(b);
+    assert.equal(budget.take(1, "a"), undefined, "a's half is taken");
+    assert.equal(budget.take(50, "b")?.constructor, Function, "b still has its part");
+    assert.equal(budget.take(1, "c"), undefined, "over the bound");
     a();
     a(); // twice: given back once
-    assert.ok(budget.take(60));
-    assert.equal(budget.take(1), undefined, "a's double give-back did not count twice");
+    assert.ok(budget.take(50, "c"));
+    assert.equal(budget.take(1, "d"), undefined, "a's double give-back did not count twice");
   });
 });

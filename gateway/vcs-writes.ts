@@ -53,18 +53,29 @@ export function bodyRule(method: string, path: string, contentType = "", hasBody
 }
 
 /**
- * Bytes of write bodies the gateway holds at once, whoever sends them: bodies are read whole
- * before they are checked, so without a bound, slow senders could fill its memory.
+ * Bytes of write bodies the gateway holds at once, whoever sends them, and at most half of
+ * them for one client: bodies are read whole before they are checked and held until their
+ * exchange is over, so without a bound slow senders could fill its memory or take every place.
  */
 export class WriteBudget {
   private used = 0;
+  private readonly byClient = new Map<string, number>();
   constructor(private readonly limit = 16 * 1024 * 1024) {}
-  /** Take `bytes`, or undefined if that would pass the bound; the returned function gives them back, once. */
-  take(bytes: number): (() => void) | undefined {
-    if (this.used + bytes > this.limit) return undefined;
+  /** Take `bytes` for `client`, or undefined past a bound; the returned function gives them back, once. */
+  take(bytes: number, client = ""): (() => void) | undefined {
+    const mine = this.byClient.get(client) ?? 0;
+    if (this.used + bytes > this.limit || mine + bytes > this.limit / 2) return undefined;
     this.used += bytes;
+    this.byClient.set(client, mine + bytes);
     let given = false;
-    return () => void (given || ((given = true), (this.used -= bytes)));
+    return () => {
+      if (given) return;
+      given = true;
+      this.used -= bytes;
+      const left = (this.byClient.get(client) ?? bytes) - bytes;
+      if (left > 0) this.byClient.set(client, left);
+      else this.byClient.delete(client);
+    };
   }
 }
 

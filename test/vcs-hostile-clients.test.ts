@@ -506,13 +506,18 @@ describe("hostile clients on the VCS path", function () {
         assert.equal(reply.status, 400, `${method} ${target} ${JSON.stringify(headers)}: ${reply.body}`);
       }
       // private://, the API a service embedding the gateway uses: the same rules.
-      const write = (target: string, body: string) =>
+      const write = (target: string, body: string, method = "POST") =>
         stack.gateway.request(`private://git${target}`, {
-          method: "POST",
-          headers: { ...json, "x-forwarded-for": "10.9.8.7" },
+          method,
+          headers: { ...json, "x-forwarded-for": "10.9.8.7", "content-encoding": "gzip" },
           body: Readable.from([Buffer.from(body)]),
         });
       await assert.rejects(write(notes, JSON.stringify({ body: "/merge\n/approve" })), /starts with \//);
+      await assert.rejects(
+        write(notes, JSON.stringify({ body: "/merge" }), "post"),
+        /starts with \//,
+        "a method in lower case",
+      );
       await assert.rejects(
         stack.gateway.request(`private://git${notes}?body=%2Fmerge`, { method: "POST" }),
         /no query/,
@@ -527,36 +532,55 @@ describe("hostile clients on the VCS path", function () {
         !received.rawHeaders.some((name) => /forwarded/i.test(name)),
         "the header allowlist applies to private:// too",
       );
+      assert.ok(
+        !received.rawHeaders.some((name) => /content-encoding/i.test(name)),
+        "the checked body is plain JSON, whatever encoding was claimed",
+      );
     });
 
-    it("write bodies held to be checked stay within the gateway's budget: beyond it 503, nothing crosses, and a freed part serves the next", async () => {
+    it("write bodies held to be checked stay within the gateway's budget and one client's half of it: beyond, 503 and nothing crosses; a freed part serves the next", async () => {
       const small = await vcsStack(vcs, { writeBudgetBytes: 2 * 1024 * 1024 });
       try {
         await small.startAgent({ vendor: "gitlab" });
         const notes = "/git/api/v4/projects/group%2Frepo/merge_requests/7/notes";
-        // Two writes that announce a MiB each and send a byte: they hold the whole budget.
-        const holders = [1, 2].map(() =>
-          small.hold(
-            `POST ${notes} HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${small.keys.a.key}\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{`,
-          ),
-        );
-        await Promise.all(holders.map((h) => h.sent));
-        mark = vcs.received.length;
-        const write = () =>
+        // A write that announces a MiB and sends a byte holds a MiB of the budget, its client's half.
+        const hold = async (key: string) => {
+          const holder = small.hold(
+            `POST ${notes} HTTP/1.1\r\nHost: g\r\nx-agentpools-key: ${key}\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{`,
+          );
+          await holder.sent;
+          return holder.socket;
+        };
+        const write = (key: string, text: string) =>
           small.request(notes, {
             method: "POST",
-            body: '{"body":"ok"}',
+            key,
+            body: JSON.stringify({ body: text }),
             headers: { "content-type": "application/json" },
           });
-        await eventually(async () => (await write()).status === 503, 5000, "a 503 once the budget is held");
-        assert.deepEqual(since(), []);
-        holders[0].socket.destroy();
-        await eventually(async () => (await write()).status === 200, 5000, "served once a part is freed");
+        const [a, b] = [small.keys.a.key, small.keys.b.key];
+        const heldByA = await hold(a);
+        mark = vcs.received.length;
+        await eventually(async () => (await write(a, "a")).status === 503, 5000, "a 503 once a holds its half");
+        assert.equal((await write(b, "b")).status, 200, "another client is served meanwhile");
+        const heldByB = await hold(b);
+        await eventually(
+          async () => (await write(b, "b again")).status === 503,
+          5000,
+          "a 503 once the whole budget is held",
+        );
         assert.deepEqual(
           since().map((r) => r.body.toString()),
-          ['{"body":"ok"}'],
+          ['{"body":"b"}'],
+          "no refused write crossed",
         );
-        holders[1].socket.destroy();
+        heldByA.destroy();
+        await eventually(async () => (await write(a, "a again")).status === 200, 5000, "served once a part is freed");
+        assert.deepEqual(
+          since().map((r) => r.body.toString()),
+          ['{"body":"b"}', '{"body":"a again"}'],
+        );
+        heldByB.destroy();
       } finally {
         await small.close();
       }
