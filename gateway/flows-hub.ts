@@ -8,6 +8,7 @@ import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
+import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
 
 export interface FlowsRunResult extends Answer {
   durationMs: number;
@@ -18,7 +19,10 @@ interface FlowsAgent extends ConnectedAgent {
   poolSize: number;
   executor: string;
   draining: boolean;
-  pending: Map<string, { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout }>;
+  pending: Map<
+    string,
+    { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout; client: string }
+  >;
   /** When it was last sent a run (a counter): among the least loaded, the least recent gets the next. */
   lastUsed: number;
 }
@@ -110,11 +114,19 @@ export class FlowsHub {
   }
 
   /** Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. */
-  run(pool: string, job: Job, timeoutMs?: number): Promise<FlowsRunResult> {
+  run(pool: string, job: Job, timeoutMs?: number, client = ""): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
     const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
     if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
+    // Runs in flight (each up to a MiB of code) are bounded: four per runtime, at least 16; the
+    // rest wait at the agents. One client holds at most its share of them, as on the VCS path.
+    const bound = Math.max(16, 4 * candidates.reduce((n, a) => n + a.poolSize, 0));
+    const inFlight = candidates.flatMap((a) => [...a.pending.values()]);
+    if (inFlight.length >= bound)
+      return Promise.reject(new HttpError(503, `pool ${pool} has ${bound} runs in flight`, RETRY_AFTER_SECONDS));
+    if (inFlight.filter((run) => run.client === client).length >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
+      return Promise.reject(new HttpError(503, `this key holds its share of pool ${pool}'s runs`, RETRY_AFTER_SECONDS));
     // The least loaded (runs in flight per runtime); among equals, the one used least recently.
     const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
     const better = (a: FlowsAgent, b: FlowsAgent) =>
@@ -129,7 +141,7 @@ export class FlowsHub {
         agent.pending.delete(id);
         reject(new HttpError(504, `no answer from the agent within ${waitMs} ms`));
       }, waitMs);
-      agent.pending.set(id, { resolve, reject, timer });
+      agent.pending.set(id, { resolve, reject, timer, client });
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
     });
   }

@@ -286,6 +286,7 @@ export class Gateway {
   /** POST /_agentpools/api/flows/<pool>/run {code, kind?, inputs?, timeoutMs?}: the run's result, console and error. */
   private async runFlowsRequest(
     pool: string,
+    client: string,
     req: http.IncomingMessage,
     json: (status: number, value: unknown) => void,
   ): Promise<void> {
@@ -308,7 +309,7 @@ export class Gateway {
       return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }
     try {
-      json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs));
+      json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs, client));
     } catch (error) {
       json(error instanceof HttpError ? error.status : 502, { error: (error as Error).message });
     }
@@ -359,7 +360,7 @@ export class Gateway {
         res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
         return void res.end(renderMetrics(this.summary(verdict.key)));
       case "flows-run":
-        if (req.method === "POST") return void this.runFlowsRequest(route.pool, req, json);
+        if (req.method === "POST") return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, json);
         break;
       case "runs":
       case "run":

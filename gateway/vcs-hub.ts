@@ -65,7 +65,7 @@ export interface VcsHubOptions {
 
 export const QUEUE_DEFAULTS = { queueTimeoutMs: 60_000, maxQueued: 1000, clientShare: 0.75 };
 /** What a 503 tells a client to wait before trying again. */
-const RETRY_AFTER_SECONDS = 2;
+export const RETRY_AFTER_SECONDS = 2;
 
 /** One client's part of `total` (streams, or places in the queue): at least 1; below `total` when the share is. */
 export const shareOf = (total: number, share: number) =>

@@ -53,6 +53,24 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.deepEqual(answered, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
   });
 
+  it("runs in flight are bounded per pool, and one key holds at most its share: beyond, 503 and the agent receives nothing more", async () => {
+    const agent = await connect("held");
+    agent.mute(); // its runs never end: they stay in flight
+    const held = (client: string) => {
+      const pending = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client);
+      pending.catch(() => undefined); // ended with the gateway
+      return pending;
+    };
+    // A pool of one runtime takes 16 runs in flight (four per runtime, at least 16); one key, 12 of them.
+    for (let i = 0; i < 12; i++) held("a");
+    await eventually(() => agent.runs.length === 12);
+    await assert.rejects(held("a"), /holds its share/);
+    for (let i = 0; i < 4; i++) held("b");
+    await eventually(() => agent.runs.length === 16);
+    await assert.rejects(held("c"), /16 runs in flight/);
+    assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
+  });
+
   it("an agent that stops answering pings is dropped within interval + timeout (50 + 1000 ms here, 20 + 10 s by default); its run fails clearly, the next goes elsewhere", async () => {
     const hung = await connect("hung");
     await connect("healthy");
