@@ -354,15 +354,16 @@ for (const k of kinds) {
 }
 
 describe("README promises (AWS)", () => {
-  const everyKind = async (prefix: string, make: (kind: (typeof kinds)[number], name: string) => AgentPool) => {
-    const out = [];
+  // Each kind deployed once with its defaults: the promises below only read what was registered.
+  let everyKind: ({ k: (typeof kinds)[number] } & Awaited<ReturnType<typeof deploy>>)[];
+  before(async () => {
+    everyKind = [];
     for (const k of kinds)
-      out.push({ k, ...(await deploy(() => make(k, `${prefix}-${k.role}`), `${prefix}-${k.role}`)) });
-    return out;
-  };
+      everyKind.push({ k, ...(await deploy(() => k.make(`promise-${k.role}`), `promise-${k.role}`)) });
+  });
 
   it("no credential is ever in user-data", async () => {
-    for (const { k, resources } of await everyKind("promise-ud", (k, n) => k.make(n))) {
+    for (const { k, resources } of everyKind) {
       const { raw, decoded } = userDataOf(resources);
       const text = [decoded.script, ...[...decoded.files.values()].map((f) => f.content)].join("\n");
       for (const value of Object.values(k.secrets)) {
@@ -375,7 +376,7 @@ describe("README promises (AWS)", () => {
   });
 
   it("no credential is ever in plain state: only in a Pulumi secret, written to Secrets Manager", async () => {
-    for (const { k, resources } of await everyKind("promise-state", (k, n) => k.make(n))) {
+    for (const { k, resources } of everyKind) {
       const version = one(resources, T.secretVersion);
       assert.ok(isSecretInput(version.inputs.secretString), "secretString is a Pulumi secret");
       assert.deepEqual(JSON.parse(version.inputs.secretString.value), k.secrets);
@@ -393,7 +394,7 @@ describe("README promises (AWS)", () => {
   });
 
   it("the instance role may read this pool's secret, write this pool's logs, complete its own lifecycle actions, report itself unhealthy and protect itself while busy: nothing else", async () => {
-    for (const { resources, outputs } of await everyKind("promise-iam", (k, n) => k.make(n))) {
+    for (const { resources, outputs } of everyKind) {
       const policy = JSON.parse(one(resources, T.policy).inputs.policy);
       const group = `arn:aws:autoscaling:${REGION}:${ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/${outputs.group}`;
       assert.deepEqual(

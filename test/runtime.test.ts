@@ -98,8 +98,9 @@ function renderedInstance(
   const dir = scratchDir("instance-");
   const file = path.join(dir, `${role}.json`);
   const config = JSON.parse(decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
-  // Intervals a test can wait for: the rendered ones are a minute and more.
-  writeFileSync(file, JSON.stringify({ ...config, aws: { ...config.aws, ...awsOverrides } }));
+  // Intervals a test can wait for: the rendered ones are a minute and more, the polls (left to their defaults) seconds.
+  const polls = { lifecyclePollSeconds: 0.02, protectionPollSeconds: 0.02 };
+  writeFileSync(file, JSON.stringify({ ...config, aws: { ...config.aws, ...polls, ...awsOverrides } }));
   const bundle = path.join(dir, `${role}.js`);
   writeFileSync(bundle, decoded.files.get(`/opt/agentpools/${role}.js`)?.content as string);
   return { configFile: file, bundleFile: bundle };
@@ -157,7 +158,6 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
         env: { ...aws.env(base), AGENTPOOLS_CONFIG: configFile, ...options.env },
         argv: [],
         exit: () => undefined,
-        lifecyclePollMs: 20,
         shipIntervalMs: 10,
         stopSignal: options.stop ?? new Promise(() => undefined),
         bootMarks: options.bootMarks ?? path.join(scratchDir("boot-"), "none"),

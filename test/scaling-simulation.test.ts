@@ -69,7 +69,11 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
     };
     const config = poolUserDataSpec("workers", spec, place).config;
     const configFile = path.join(dir, "launcher.json");
-    writeFileSync(configFile, JSON.stringify({ ...config, drainTimeoutSeconds: 30 }));
+    // IMDS asked every 20 ms (5 s on an instance): the simulation's time runs faster.
+    writeFileSync(
+      configFile,
+      JSON.stringify({ ...config, drainTimeoutSeconds: 30, aws: { ...config.aws, lifecyclePollSeconds: 0.02 } }),
+    );
 
     const group = new FakeGroup(GROUP);
     const instances = new Map<string, { aws: FakeAws; exited: Promise<number>; gone?: boolean }>();
@@ -94,7 +98,6 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
         },
         argv: [],
         exit: () => undefined,
-        lifecyclePollMs: 20,
         shipIntervalMs: 50,
         stopSignal: new Promise(() => undefined),
         bootMarks: path.join(dir, "no-marks"),

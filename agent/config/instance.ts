@@ -30,8 +30,20 @@ export interface InstanceConfig {
     protectSeconds: number;
     /** How long protection stays on after the agent was last busy (0: lifted with its last run). */
     lingerSeconds: number;
+    /** How often IMDS is asked whether the instance is being terminated, warmed or interrupted (LIFECYCLE_POLL_SECONDS if absent). */
+    lifecyclePollSeconds?: number;
+    /** How often scale-in protection is checked against the agent's work between its own changes (PROTECTION_POLL_SECONDS if absent). */
+    protectionPollSeconds?: number;
   };
 }
+
+/**
+ * The runtime's polls on AWS, when the configuration leaves them out (the components do: a
+ * test sets them to milliseconds). IMDS answers on the instance itself; a termination is seen
+ * within one poll, and the drain has the hook's timeout.
+ */
+export const LIFECYCLE_POLL_SECONDS = 5;
+export const PROTECTION_POLL_SECONDS = 1;
 
 /**
  * The termination hook's heartbeat timeout, for a drain of this length. AWS takes 30 to 7200

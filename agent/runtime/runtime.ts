@@ -8,7 +8,12 @@ import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
 import { validateSettings } from "../config/validate";
-import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../config/instance";
+import {
+  CONFIG_PATH_VARIABLE,
+  LIFECYCLE_POLL_SECONDS,
+  PROTECTION_POLL_SECONDS,
+  type InstanceConfig,
+} from "../config/instance";
 import { BOOT_MARKS_PATH } from "../config/metrics";
 import type { RoleName } from "../config/roles";
 
@@ -71,8 +76,6 @@ export interface RunOptions {
   parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
-  /** How often to ask IMDS whether the Auto Scaling group is terminating this instance. */
-  lifecyclePollMs?: number;
   /** How often to ship logs to CloudWatch (5 s). */
   shipIntervalMs?: number;
   /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
@@ -105,7 +108,6 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
   const processEnv = options.env ?? process.env;
   const log = createLogger(role.name);
   const startedAt = Date.now();
-  const pollMs = options.lifecyclePollMs ?? 5000;
   let guard: ReturnType<typeof protectWhileBusy> | undefined;
   let shipper: LogShipper | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
@@ -125,6 +127,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     // The variables of the process win over the file, so an operator can override one setting on a box.
     const env: Env = { ...config?.env, ...processEnv };
     const hooks = config?.aws;
+    const pollMs = (hooks?.lifecyclePollSeconds ?? LIFECYCLE_POLL_SECONDS) * 1000;
     const secrets = secretSettings(schema);
 
     let client: AwsClient | undefined;
@@ -206,6 +209,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
         log,
         hooks.protectSeconds * 1000,
         hooks.lingerSeconds * 1000,
+        (hooks.protectionPollSeconds ?? PROTECTION_POLL_SECONDS) * 1000,
       );
     }
     agent = await role.start(settings, { log, env, busyChanged: () => guard?.sync() ?? Promise.resolve() });

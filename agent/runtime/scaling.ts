@@ -18,7 +18,7 @@ export function protectWhileBusy(
   log: Logger,
   boundMs: number,
   lingerMs: number,
-  pollMs = 1000,
+  pollMs: number,
 ) {
   let on: boolean | undefined;
   let since = 0;

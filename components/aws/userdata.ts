@@ -117,10 +117,19 @@ export const ARCHIVE_PATH = "/run/agentpools.br";
 /** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
 export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
 
-const brotli = (data: string) =>
-  brotliCompressSync(Buffer.from(data, "utf8"), {
-    params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
-  });
+/** The last texts compressed: a pool renders its worst case twice (configDelivery, checkUserDataSize). */
+const compressed = new Map<string, Buffer>();
+const brotli = (data: string) => {
+  let packed = compressed.get(data);
+  if (!packed) {
+    packed = brotliCompressSync(Buffer.from(data, "utf8"), {
+      params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
+    });
+    compressed.set(data, packed);
+    if (compressed.size > 8) compressed.delete(compressed.keys().next().value as string);
+  }
+  return packed;
+};
 /** A bundle as Brotli alone would carry it (base64), for size reports. */
 export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
 
