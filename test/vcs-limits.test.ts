@@ -76,6 +76,7 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
         const sockets: net.Socket[] = [];
         try {
           await stack.startAgent({ parallelism });
+          const start = vcs.hits.length;
           for (let i = 0; i < parallelism; i++)
             sockets.push(
               await stalledClient(
@@ -83,10 +84,14 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
                 head(stack.keys.a.key, `/api/v4/projects/group%2Frepo/repository/archive?size=${64 << 20}&small=${i}`),
               ),
             );
+          // Held at the VCS too: a request the agent is still forwarding would reach it after b's.
           await eventually(
-            () => stack.summary().activeRequests === parallelism - 1 && stack.summary().waiting === 1,
+            () =>
+              stack.summary().activeRequests === parallelism - 1 &&
+              stack.summary().waiting === 1 &&
+              vcs.hits.slice(start).length === parallelism - 1,
             5000,
-            "client a at its share (all streams but one), its last request waiting",
+            "client a at its share (all streams but one) at the VCS, its last request waiting",
           );
           const from = vcs.hits.length;
           const served = await stack.request("/git/api/v4/projects/group%2Frepo?client=b", { key: stack.keys.b.key });
