@@ -445,9 +445,9 @@ describe("Flows: hostile runs", function () {
           const thief = await run({
             kind: "block",
             code: `const fs = await import('node:fs'); const found = []; const until = Date.now() + 800;
-            do for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
+            do { for (const pid of (() => { try { return fs.readdirSync('/proc'); } catch { return []; } })()) {
               for (const p of [\`/proc/\${pid}/root/tmp/secret\`, \`/proc/\${pid}/cwd/secret\`]) { try { found.push(fs.readFileSync(p, 'utf8')); } catch {} }
-            } while (Date.now() < until);
+            } await new Promise((r) => setTimeout(r, 5)); } while (Date.now() < until);
             try { const { DatabaseSync } = await import('node:sqlite'); new DatabaseSync('/proc/1/cwd/x.db'); found.push('sqlite'); } catch {}
             return found;`,
           });
