@@ -168,9 +168,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     }
   }
 
+  /** Once the runtime has asked to complete the launch hook (its agent connected): the moment to stop it. */
+  const launched = () =>
+    eventually(() => aws.callsOf("CompleteLifecycleAction").length > 0, 15_000, "the launch hook's completion");
+  const terminatedOnceLaunched = () => launched().then(() => void (aws.lifecycleState = "Terminated"));
+
   it("fetches the credentials, connects, completes the launch hook; on termination drains and completes the other", async () => {
-    setTimeout(() => (aws.lifecycleState = "Terminated"), 300);
-    const { code, seen, lines } = await run();
+    const [{ code, seen, lines }] = await Promise.all([run(), terminatedOnceLaunched()]);
     assert.equal(code, 0);
     assert.deepEqual(aws.rejected, []);
     assert.equal(seen.settings?.token, TOKEN);
@@ -199,8 +203,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   it("README promise: no credential is ever in logs (CloudWatch or the journal), even one the agent itself logs", async () => {
-    setTimeout(() => (aws.lifecycleState = "Terminated"), 200);
-    const { code, lines } = await run();
+    const [{ code, lines }] = await Promise.all([run(), terminatedOnceLaunched()]);
     assert.equal(code, 0);
     const shipped = aws.logEvents.join("\n");
     assert.ok(
@@ -216,8 +219,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   it("on SIGTERM drains and exits without completing the termination hook", async () => {
     let stop!: (signal: string) => void;
     const stopped = new Promise<string>((resolve) => (stop = resolve));
-    setTimeout(() => stop("SIGTERM"), 200);
-    const { code, seen } = await run({ stop: stopped });
+    const [{ code, seen }] = await Promise.all([run({ stop: stopped }), launched().then(() => stop("SIGTERM"))]);
     assert.equal(code, 0);
     assert.equal(seen.drained, true);
     assert.deepEqual(
@@ -251,8 +253,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
   it("a restarted runtime finds no pending launch action and carries on", async () => {
     aws.noPendingAction = true;
-    setTimeout(() => (aws.lifecycleState = "Terminated"), 200);
-    const { code, lines } = await run();
+    const [{ code, lines }] = await Promise.all([run(), terminatedOnceLaunched()]);
     assert.equal(code, 0);
     assert.ok(lines.some((l) => l.includes("no pending lifecycle action")));
   });

@@ -645,7 +645,9 @@ describe("worker pools: the Docker executor", () => {
       env: {},
       workspace: path.join(dir, "workspace"),
     });
-    setTimeout(() => long.kill(), 200);
+    // Killed once the client has started (it records its arguments first thing).
+    await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("agentpools-run-r3"));
+    long.kill();
     assert.equal((await long.exited).signal, "SIGKILL");
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));
     assert.ok(existsSync(path.join(dir, "calls")));
