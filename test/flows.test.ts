@@ -132,12 +132,27 @@ describe("Flows agent and gateway", function () {
     assert.deepEqual(await once(child, "exit"), [0, null]);
   });
 
+  /** `command` as `uid` (root only), as a runtime's leftover would be. */
+  const asUid = (uid: number, command: string[]) =>
+    spawn("setpriv", [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--", ...command], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+  /** A launcher of "user" isolation over `uids`, as an agent makes one at start. */
+  const userLauncher = (uids: string, scratchRoot: string) =>
+    processLauncher({
+      isolation: "user",
+      privileges: readPrivileges(),
+      uids: uidPool(uids),
+      runner: [unbundledRunner().path],
+      readable: unbundledRunner().readable,
+      memoryMb: 64,
+      diskMb: 16,
+      openFiles: 64,
+      scratchRoot,
+    });
+
   it("a starting launcher ends what a dead agent left of its runtimes, and only that (as root)", async function () {
     if (process.getuid?.() !== 0) this.skip();
-    const asUid = (uid: number, command: string[]) =>
-      spawn("setpriv", [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--", ...command], {
-        stdio: ["ignore", "pipe", "inherit"],
-      });
     // An orphan of the range (its parent exits: re-parented to pid 1), and a process of the range whose parent lives.
     const [orphanPid] = await once(asUid(1900000950, ["/bin/sh", "-c", "sleep 60 & echo $!"]).stdout!, "data");
     const living = asUid(1900000951, ["sleep", "60"]);
@@ -149,17 +164,7 @@ describe("Flows agent and gateway", function () {
       }
     };
     await eventually(() => alive(Number(orphanPid)) && alive(living.pid!), 5000, "both to start");
-    processLauncher({
-      isolation: "user",
-      privileges: readPrivileges(),
-      uids: uidPool("1900000950-1900000959"),
-      runner: [unbundledRunner().path],
-      readable: unbundledRunner().readable,
-      memoryMb: 64,
-      diskMb: 16,
-      openFiles: 64,
-      scratchRoot: scratchDir("orphans-"),
-    });
+    userLauncher("1900000950-1900000959", scratchDir("orphans-"));
     try {
       await eventually(() => !alive(Number(orphanPid)), 5000, "the orphan to be ended");
       assert.ok(alive(living.pid!), "a process of the range whose parent lives is left alone");
@@ -171,31 +176,13 @@ describe("Flows agent and gateway", function () {
   it('"user" isolation: once a runtime is gone, every process of its uid goes before the uid is given again (as root)', async function () {
     if (process.getuid?.() !== 0) this.skip();
     // A range of one uid: the leftover (what an escape from the permission model could leave) shares the runtime's uid.
-    const leftover = spawn("setpriv", [
-      "--reuid=1900000970",
-      "--regid=1900000970",
-      "--clear-groups",
-      "--",
-      "sleep",
-      "60",
-    ]);
-    const other = spawn("setpriv", ["--reuid=1900000971", "--regid=1900000971", "--clear-groups", "--", "sleep", "60"]);
+    const leftover = asUid(1900000970, ["sleep", "60"]);
+    const other = asUid(1900000971, ["sleep", "60"]);
     // Its runtimes make their scratch here: a directory they can reach (scratchDir's root is the tests' own).
     const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-release-"));
     try {
       await eventually(() => [leftover, other].every((p) => existsSync(`/proc/${p.pid}`)));
-      const launcher = processLauncher({
-        isolation: "user",
-        privileges: readPrivileges(),
-        uids: uidPool("1900000970"),
-        runner: [unbundledRunner().path],
-        readable: unbundledRunner().readable,
-        memoryMb: 64,
-        diskMb: 16,
-        openFiles: 64,
-        scratchRoot,
-      });
-      const runtime = launcher.start();
+      const runtime = userLauncher("1900000970", scratchRoot).start();
       await runtime.ready;
       assert.equal((await runtime.run({ kind: "expression", code: "process.getuid()" }, 5000)).value, 1900000970);
       runtime.kill();
