@@ -778,14 +778,12 @@ describe("Flows: runs with large answers over a slow link", function () {
   let proxyPort = 0;
   const proxy = net.createServer((client) => {
     const upstream = net.connect(Number(new URL(url).port), "127.0.0.1");
-    // The agent's uplink: 4 MiB/s, paced in 64 KiB slices. The gateway's side is not the slow one.
+    // The agent's uplink: 8 MiB/s, paced in 64 KiB slices. The gateway's side is not the slow one.
     client.on("data", (chunk: Buffer) => {
       client.pause();
       let at = 0;
       const next = (): unknown =>
-        at >= chunk.length
-          ? client.resume()
-          : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 16));
+        at >= chunk.length ? client.resume() : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 8));
       next();
     });
     upstream.pipe(client);
@@ -804,15 +802,14 @@ describe("Flows: runs with large answers over a slow link", function () {
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL_SLOW, "flows", url);
     log = capturingLogger("gateway");
-    // A keepalive of 600 ms, the 20 s / 10 s of production scaled down with the link: one answer takes longer to
-    // cross (750 ms), and a loaded machine's pauses stay well within it.
+    // A keepalive of 200 ms: the 20 s / 10 s of production scaled down with the link.
     gateway = new Gateway({
       pools: [created.pool],
       keys: [service.definition],
       port,
       log: log.log,
       pingIntervalMs: 20,
-      pingTimeoutMs: 600,
+      pingTimeoutMs: 200,
     });
     await gateway.listen();
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
