@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { closeSync, openSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { FLOWS_MAX_VALUE_DEPTH } from "../../protocol/flows";
+import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH } from "../../protocol/flows";
 import { scratchDir } from "../../devkit/helpers";
-import { checkAnswer, encodeFrame, frameReader, readFrameSync, withinDepth } from "./channel";
+import { checkAnswer, encodeFrame, frameReader, readFrameSync } from "./channel";
 
 describe("the runtime channel: frames", () => {
   describe("read blocking, as a runtime waits for its job", () => {
@@ -167,11 +167,10 @@ describe("the runtime channel: answers", () => {
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
   });
 
-  it("depth is measured without recursion, so 200,000 levels cost no stack", () => {
-    let deep: unknown = 0;
-    for (let i = 0; i < 200_000; i++) deep = [deep];
-    assert.equal(withinDepth(deep, 256), false);
-    assert.equal(withinDepth({ a: [{ b: 1 }] }, 3), true);
-    assert.equal(withinDepth({ a: [{ b: {} }] }, 3), false);
+  it("an answer of more objects and arrays than the cap is refused before it is parsed", () => {
+    const many = `{"ok":true,"console":[],"value":[${"[],".repeat(FLOWS_MAX_VALUE_CONTAINERS)}[]]}`;
+    assert.throws(() => checkAnswer(many), /more than the cap of 100000 objects and arrays/);
+    const within = `{"ok":true,"console":[],"value":[${"[],".repeat(FLOWS_MAX_VALUE_CONTAINERS - 4)}[]]}`;
+    assert.equal((checkAnswer(within).value as unknown[]).length, FLOWS_MAX_VALUE_CONTAINERS - 3);
   });
 });

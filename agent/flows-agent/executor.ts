@@ -104,6 +104,9 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
     if (frames !== 2 || !answered) throw new Error("a message out of turn");
+    // Its work is done: a long answer's runtime ends before the check (which holds the agent's thread, watchdogs
+    // included, a while), not a few milliseconds after it.
+    if (text.length > 65536) kill();
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
