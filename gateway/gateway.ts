@@ -326,8 +326,17 @@ export class Gateway {
         ...(refused ? { connection: "close" } : {}),
         ...headers,
       });
-      res.end(JSON.stringify(value, null, 1));
+      res.end(JSON.stringify(value));
       if (refused) res.once("finish", () => req.socket.destroySoon());
+      // An answer its client does not take (up to 7 MiB of a run's result) is dropped at the stall deadline, not held.
+      const stalled = setTimeout(() => {
+        this.log.info("answer not taken within the stall deadline: dropped", {
+          remote: req.socket.remoteAddress,
+          path,
+        });
+        res.destroy();
+      }, this.limits.stallTimeoutMs);
+      res.once("finish", () => clearTimeout(stalled)).once("close", () => clearTimeout(stalled));
     };
     let routed = false;
     const fail = (error: Error) => {

@@ -18,6 +18,30 @@ export const FLOWS_MAX_VALUE_BYTES = 4 * 1024 * 1024;
 export const FLOWS_MAX_VALUE_DEPTH = 256;
 export const FLOWS_MAX_CONSOLE_LINES = 1000;
 export const FLOWS_MAX_CONSOLE_BYTES = 1024 * 1024;
+/** Objects and arrays in one answer: what parsing an answer costs grows with them, not with its bytes. */
+export const FLOWS_MAX_VALUE_CONTAINERS = 100_000;
+
+/**
+ * What would make a JSON text too costly to parse (and to walk, re-encode, parse again on the
+ * other side): nesting deeper than `maxDepth` objects and arrays, or more than `maxContainers` of
+ * them. Read in one pass over its characters, never parsed; undefined when within both.
+ */
+export function jsonCost(text: string, maxDepth: number, maxContainers = FLOWS_MAX_VALUE_CONTAINERS) {
+  let depth = 0;
+  let containers = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 34) {
+      // A string, skipped to its closing quote (a backslash escapes what follows it).
+      for (let next; ++i < text.length && (next = text.charCodeAt(i)) !== 34;) if (next === 92) i++;
+    } else if (c === 91 || c === 123) {
+      if (++depth > maxDepth) return "depth";
+      if (++containers > maxContainers) return "containers";
+    } else if (c === 93 || c === 125) depth--;
+  }
+  return undefined;
+}
+
 /** The whole result message as sent, escapes included: under half of WEBSOCKET_MAX_MESSAGE. */
 export const FLOWS_MAX_RESULT_BYTES = 7 * 1024 * 1024;
 

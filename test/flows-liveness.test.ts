@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import net from "node:net";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
@@ -16,6 +18,7 @@ describe("Flows pools: liveness and fair routing", function () {
   let url: string;
   let token: string;
   let log: ReturnType<typeof capturingLogger>;
+  let pool: ReturnType<typeof createPool>["pool"];
   const agents: Awaited<ReturnType<typeof flowsAgentStandIn>>[] = [];
 
   beforeEach(async () => {
@@ -23,6 +26,7 @@ describe("Flows pools: liveness and fair routing", function () {
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
     token = created.token;
+    pool = created.pool;
     log = capturingLogger("gateway");
     gateway = new Gateway({
       keys: [service.definition],
@@ -78,6 +82,36 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.deepEqual([response.status, response.headers.get("retry-after")], [503, String(RETRY_AFTER_SECONDS)]);
     assert.match(((await response.json()) as { error: string }).error, /16 runs in flight/);
     assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
+  });
+
+  it("answers compact JSON, and drops an answer its client does not take within the stall deadline", async () => {
+    await gateway.close();
+    const port = await freePort();
+    gateway = new Gateway({ keys: [service.definition], pools: [pool], port, log: log.log, stallTimeoutMs: 300 });
+    await gateway.listen();
+    url = `http://127.0.0.1:${port}`;
+    await connect("x".repeat(6_000_000)); // its answer: a 6 MB string
+    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
+      method: "POST",
+      headers: service.headers,
+      body: JSON.stringify({ code: "1", inputs: { a: [1, { b: 2 }] } }),
+    });
+    const text = await response.text();
+    assert.equal(text, JSON.stringify(JSON.parse(text)), "no indentation: a result's size is its size");
+    // A client that asks, in one go, for more than the kernel's buffers hold, and reads none of it.
+    const request = `POST /_agentpools/api/flows/${POOL}/run HTTP/1.1\r\nhost: x\r\n${Object.entries(service.headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join("")}content-length: 12\r\n\r\n{"code":"1"}`;
+    const socket = net.connect(port, "127.0.0.1");
+    socket.pause();
+    socket.write(request.repeat(4));
+    await eventually(() => log.lines.some((line) => /not taken within the stall deadline/.test(line.msg)), 10_000);
+    // What the client then gets: the connection ends before all four answers.
+    let received = "";
+    socket.on("data", (chunk) => (received += chunk)).on("error", () => undefined);
+    socket.resume();
+    await once(socket, "close");
+    assert.ok(received.split("HTTP/1.1 200").length - 1 < 4, "the connection was cut, not all answers sent");
   });
 
   it("an agent that stops answering pings is dropped within interval + timeout (50 + 1000 ms here, 20 + 10 s by default); its run fails clearly, the next goes elsewhere", async () => {

@@ -1,5 +1,5 @@
 import { readSync } from "node:fs";
-import { FLOWS_MAX_VALUE_DEPTH, type Answer } from "../../protocol/flows";
+import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH, jsonCost, type Answer } from "../../protocol/flows";
 
 /**
  * The channel between the agent and a runtime: frames of a u32 big-endian length and that
@@ -52,36 +52,19 @@ export function frameReader(max: number, onFrame: (text: string) => void): (chun
 }
 
 /**
- * Reads one frame from `fd`, blocking until it is whole: how a runtime waits for its single job.
- * A blocked read(2) wakes faster than a stream's first event in a fresh process (nothing of the
- * stream machinery has run yet). Undefined at the end of input; throws on a frame over the cap.
- * The fd must be blocking, as a child's stdio is (libuv makes fds 0-2 blocking before exec).
+ * Reads one frame from `fd`, blocking until it is whole: how a runtime waits for its single job
+ * (from the agent, which it trusts: no cap). A blocked read(2) wakes faster than a stream's first
+ * event in a fresh process. Undefined at the end of input. The fd must be blocking, as a child's
+ * stdio is (libuv makes fds 0-2 blocking before exec).
  */
-export function readFrameSync(fd: number, max: number): string | undefined {
+export function readFrameSync(fd: number): string | undefined {
   const exactly = (size: number) => {
     const buffer = Buffer.allocUnsafe(size);
     for (let at = 0, n; at < size; at += n) if ((n = readSync(fd, buffer, at, size - at, null)) === 0) return;
     return buffer;
   };
   const head = exactly(4);
-  if (!head) return;
-  const length = head.readUInt32BE();
-  if (length < 1 || length > max)
-    throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
-  return exactly(length)?.toString();
-}
-
-/** Whether a JSON value nests no deeper than `limit` (walked without recursion). */
-export function withinDepth(value: unknown, limit: number): boolean {
-  const stack: [unknown, number][] = [[value, 0]];
-  for (let item; (item = stack.pop());) {
-    const [node, depth] = item;
-    if (node && typeof node === "object") {
-      if (depth >= limit) return false;
-      for (const child of Object.values(node)) stack.push([child, depth + 1]);
-    }
-  }
-  return true;
+  return head && exactly(head.readUInt32BE())?.toString();
 }
 
 const optional = (value: unknown) => value === undefined || typeof value === "string";
@@ -91,6 +74,10 @@ const optional = (value: unknown) => value === undefined || typeof value === "st
  * what the runtime sent is kept): throws, saying what does not hold, if it does not.
  */
 export function checkAnswer(text: string): Answer {
+  // Measured before it is parsed: the answer's own object is one level above its value.
+  const cost = jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1);
+  if (cost === "depth") throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
+  if (cost) throw new Error(`the answer holds more than the cap of ${FLOWS_MAX_VALUE_CONTAINERS} objects and arrays`);
   const { ok, value, error, console, ...unknown } = JSON.parse(text) ?? {};
   const { name, message, stack, code } = error ?? {};
   if (
@@ -105,7 +92,5 @@ export function checkAnswer(text: string): Answer {
   ) {
     throw new Error("unknown fields, or fields of the wrong types");
   }
-  if (!withinDepth(value, FLOWS_MAX_VALUE_DEPTH))
-    throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
   return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
 }

@@ -104,6 +104,9 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
     if (frames !== 2 || !answered) throw new Error("a message out of turn");
+    // Its work is done: a long answer's runtime ends before the check (which holds the agent's thread, watchdogs
+    // included, a while), not a few milliseconds after it.
+    if (text.length > 65536) kill();
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
@@ -144,6 +147,15 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
         jobs.write(encodeFrame(job));
       }),
   };
+}
+
+/** SIGKILL, to a process that may be gone already. */
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // Gone already.
+  }
 }
 
 /** Resident memory of a process, from /proc (Linux); undefined elsewhere or once it is gone. */
@@ -205,27 +217,14 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
   /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
-  const removal = (uid: number | undefined, dir: string) =>
-    asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
-  /**
-   * After a runtime of "user" isolation (no pid namespace to end with it): every process of its uid ended (kill -1
-   * as that uid: whatever an escape from the permission model left running, which would share the uid with the next
-   * run given it), then its scratch removed as that uid.
-   */
-  const release = (uid: number, dir: string) =>
-    asUser(uid, ["/bin/sh", "-c", 'kill -KILL -1; chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
+  const removal = (uid: number | undefined, dir: string, killAll = "") =>
+    asUser(uid, ["/bin/sh", "-c", `${killAll}chmod -R u+rwx "$0"; rm -rf "$0"`, dir]);
 
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
   if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
   // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
   // out: their processes, then their scratch.
-  for (const pid of isolation === "none" ? [] : orphans(uids)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // Gone already.
-    }
-  }
+  for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
   for (const name of readdirSync(o.scratchRoot)) {
     const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
     const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
@@ -291,20 +290,16 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             if (child.exitCode !== null || child.signalCode !== null) return;
             // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's
             // end would take it along, unless bubblewrap ended mid-setup.
-            for (const pid of [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number]) {
-              try {
-                process.kill(pid, "SIGKILL");
-              } catch {
-                // Gone already.
-              }
-            }
+            for (const pid of [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number]) killQuietly(pid);
           },
           cleanup() {
             if (released) return;
             released = true;
             if (namespaces) return uids.give(uid as number);
             // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
-            const [sh, shArgs, shOptions] = uid === undefined ? removal(uid, scratch) : release(uid, scratch);
+            // Of "user" isolation (no pid namespace to end with it), every process of its uid goes first (kill -1 as
+            // that uid): whatever an escape from the permission model left running would share the uid with a later run.
+            const [sh, shArgs, shOptions] = removal(uid, scratch, uid === undefined ? "" : "kill -KILL -1; ");
             let freed = false;
             const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
             spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })

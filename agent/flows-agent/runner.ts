@@ -9,7 +9,6 @@ import {
   type Answer,
   type Job,
 } from "../../protocol/flows";
-import { WEBSOCKET_MAX_MESSAGE } from "../../protocol/websocket";
 import { encodeFrame, readFrameSync } from "./channel";
 
 /**
@@ -127,7 +126,7 @@ export async function runRunner(argv = process.argv): Promise<void> {
   await runJob({ kind: "block", code: "return JSON.stringify({ a: 1 })" });
   send({ ready: true });
   // Nothing else to do until the job comes: wait for it in read(2), the event loop stopped.
-  const job = readFrameSync(0, WEBSOCKET_MAX_MESSAGE);
+  const job = readFrameSync(0);
   if (job === undefined) process.exit(0);
   send(await runJob(JSON.parse(job) as Job), park);
 }

@@ -67,12 +67,11 @@ export function uidPool(range: string): UidPool {
  */
 export function orphans(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): number[] {
   return readdirSync(proc)
-    .filter((pid) => /^\d+$/.test(pid))
     .filter((pid) => {
       try {
-        const status = readFileSync(`${proc}/${pid}/status`, "utf8");
-        const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
-        return uid >= uids.first && uid <= uids.last && /^PPid:\s+1$/m.test(status);
+        // Status says PPid before Uid; entries that are not processes have none.
+        const uid = /^PPid:\s+1\n[^]*^Uid:\s+(\d+)/m.exec(readFileSync(`${proc}/${pid}/status`, "utf8"))?.[1];
+        return Number(uid) >= uids.first && Number(uid) <= uids.last;
       } catch {
         return false; // gone meanwhile
       }
