@@ -16,15 +16,30 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const require = createRequire(import.meta.url);
 const { settingsJsonSchema, runPolicyJsonSchema } = require(path.join(root, "build/agent/config/settings-schema.js"));
 const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
+const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/bundle.js"));
 
-const inlineSchema = (role) => ({
-  name: "inline-settings-schema",
+/** A role's settings schema as a variant serves it: its one executor or vendor the only one allowed. */
+export function variantSchema(role, variant) {
+  const schema = structuredClone(settingsJsonSchema(role));
+  for (const key of ["executor", "vendor"]) {
+    if (variant[key] && schema.properties[key]) schema.properties[key].enum = [variant[key]];
+  }
+  return schema;
+}
+
+/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/bundle.ts). */
+const inlineModules = (role, variant) => ({
+  name: "inline-modules",
   setup(b) {
     b.onLoad({ filter: /agent[\\/]config[\\/]settings-schema\.ts$/ }, () => ({
       contents: [
-        `export function settingsJsonSchema() { return ${JSON.stringify(settingsJsonSchema(role))}; }`,
+        `export function settingsJsonSchema() { return ${JSON.stringify(variantSchema(role, variant))}; }`,
         `export function runPolicyJsonSchema() { return ${JSON.stringify(runPolicyJsonSchema())}; }`,
       ].join("\n"),
+      loader: "ts",
+    }));
+    b.onLoad({ filter: /agent[\\/]config[\\/]bundle\.ts$/ }, () => ({
+      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
       loader: "ts",
     }));
   },
@@ -73,8 +88,8 @@ export const brotli = (text) =>
     params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
   });
 
-/** One role's bundle: esbuild joins the modules, terser shrinks them. */
-export async function bundleRole(role, { sourceMap = false } = {}) {
+/** One role's bundle (the full one, or a variant: agent/config/bundle.ts): esbuild joins the modules, terser shrinks them. */
+export async function bundleRole(role, { sourceMap = false, variant = {} } = {}) {
   const result = await build({
     entryPoints: [path.join(root, "agent/roles", `${role}.ts`)],
     outfile: path.join(root, "build/bundles", `${role}.js`),
@@ -93,7 +108,7 @@ export async function bundleRole(role, { sourceMap = false } = {}) {
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineSchema(role), builtinRequires],
+    plugins: [inlineModules(role, variant), builtinRequires],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
@@ -143,13 +158,15 @@ function compressedCost(code, map) {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const analyze = process.argv.includes("--analyze");
-  for (const role of ROLES) {
-    const { code, map } = await bundleRole(role, { sourceMap: analyze });
-    const outfile = path.join(root, "build/bundles", `${role}.js`);
+  const builds = ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant })));
+  // One at a time: terser is the slow part, and it is synchronous work.
+  for (const { role, variant } of builds) {
+    const { code, map } = await bundleRole(role, { sourceMap: analyze, variant });
+    const outfile = path.join(root, "build/bundles", bundleFile(role, variant));
     mkdirSync(path.dirname(outfile), { recursive: true });
     writeFileSync(outfile, code);
     console.log(
-      `bundle ${role}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
+      `bundle ${path.basename(outfile)}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
     );
     if (analyze) {
       console.log(

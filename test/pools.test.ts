@@ -134,6 +134,7 @@ const kinds = [
     type: "m7i.large",
     docker: true,
     drain: 4500,
+    variant: { platform: "ec2", executor: "docker" },
   },
   {
     kind: "VcsAgentPool",
@@ -143,6 +144,7 @@ const kinds = [
     type: "c7i.large",
     docker: false,
     drain: 120,
+    variant: { platform: "ec2", vendor: "gitlab" },
   },
   {
     kind: "FlowsAgentPool",
@@ -152,6 +154,7 @@ const kinds = [
     type: "c7i.xlarge",
     docker: true,
     drain: 300,
+    variant: { platform: "ec2", executor: "docker" },
   },
 ] as const;
 
@@ -190,9 +193,9 @@ for (const k of kinds) {
       assert.equal(lt.inputs.instanceInitiatedShutdownBehavior, "terminate");
     });
 
-    it("renders user-data that decodes to the role's bundle and its configuration", () => {
+    it("renders user-data that decodes to the role's EC2 bundle for the pool's executor or vendor, and its configuration", () => {
       const { decoded } = userDataOf(deployed.resources);
-      assert.equal(decoded.files.get(`/opt/agentpools/${k.role}.js`)?.content, runtimeBundle(k.role));
+      assert.equal(decoded.files.get(`/opt/agentpools/${k.role}.js`)?.content, runtimeBundle(k.role, k.variant));
       const config = JSON.parse(decoded.files.get(`/etc/agentpools/${k.role}.json`)?.content as string);
       assert.equal(config.role, k.role);
       assert.equal(config.pool, name);

@@ -5,6 +5,7 @@ import { terminationHeartbeatTimeout, type InstanceConfig } from "../../agent/co
 import { METRICS, METRICS_NAMESPACE, METRICS_PERIOD_SECONDS, POOL_DIMENSION } from "../../agent/config/metrics";
 import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
+import { ec2Variant } from "../../agent/config/bundle";
 import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
 import {
@@ -22,6 +23,7 @@ import {
   BOOT_LOG_STREAM,
   renderConfigParameterValue,
   renderUserData,
+  USER_DATA_BUDGET,
   UserDataTooLargeError,
   type UserDataFile,
   type UserDataSpec,
@@ -156,7 +158,8 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
   return {
     pool: name,
     role: spec.role,
-    bundle: runtimeBundle(spec.role),
+    // The variant for EC2 and the pool's executor or vendor: what the pool does not use is left out.
+    bundle: runtimeBundle(spec.role, ec2Variant(spec.role, core as { executor?: string; vendor?: string })),
     config: {
       role: spec.role,
       pool: name,
@@ -203,13 +206,16 @@ export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
 }
 
 /**
- * Where the role's configuration goes: in user-data if it fits there at the pool's worst case,
- * else in a parameter. Decided from the arguments alone, so the same arguments always choose the same.
+ * Where the role's configuration goes: in user-data if it fits within USER_DATA_BUDGET at the pool's
+ * worst case, else in a parameter (which has room of its own), so what is left of user-data stays the
+ * runtime's to grow into. Decided from the arguments alone, so the same arguments always choose the same.
  */
 export function configDelivery(name: string, spec: PoolSpec): ConfigDelivery {
   try {
-    renderUserData(poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)));
-    return "userData";
+    const userData = renderUserData(
+      poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)),
+    );
+    return userData.length <= USER_DATA_BUDGET ? "userData" : "ssmParameter";
   } catch (error) {
     if (error instanceof UserDataTooLargeError) return "ssmParameter";
     throw error;
