@@ -18,13 +18,23 @@ const { settingsJsonSchema, runPolicyJsonSchema } = require(path.join(root, "bui
 const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
 const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/bundle.js"));
 
-/** A role's settings schema as a variant serves it: its one executor or vendor the only one allowed. */
+/** JSON Schema keywords the runtime's validator (agent/config/validate.ts) never reads: left out of bundles. */
+const UNREAD = ["minItems", "$schema"];
+/** What an EC2 bundle does not read either: it checks no value (validateSettings says why), and takes no flags. */
+const UNREAD_ON_EC2 = [
+  ...["pattern", "format", "enum", "minimum", "maximum", "minLength", "maxLength", "propertyNames", "required"],
+  ...["additionalProperties", "flag"],
+];
+const without = (schema, keys) =>
+  JSON.parse(JSON.stringify(schema, (key, value) => (keys.includes(key) ? undefined : value)));
+
+/** A role's settings schema as a variant reads it: validateSettings reads the top level's properties and required. */
 export function variantSchema(role, variant) {
-  const schema = structuredClone(settingsJsonSchema(role));
-  for (const key of ["executor", "vendor"]) {
-    if (variant[key] && schema.properties[key]) schema.properties[key].enum = [variant[key]];
-  }
-  return schema;
+  const { properties, required } = settingsJsonSchema(role);
+  return {
+    properties: without(properties, variant.platform === "ec2" ? [...UNREAD, ...UNREAD_ON_EC2] : UNREAD),
+    required,
+  };
 }
 
 /** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/bundle.ts). */
@@ -34,7 +44,7 @@ const inlineModules = (role, variant) => ({
     b.onLoad({ filter: /agent[\\/]config[\\/]settings-schema\.ts$/ }, () => ({
       contents: [
         `export function settingsJsonSchema() { return ${JSON.stringify(variantSchema(role, variant))}; }`,
-        `export function runPolicyJsonSchema() { return ${JSON.stringify(runPolicyJsonSchema())}; }`,
+        `export function runPolicyJsonSchema() { return ${JSON.stringify(without(runPolicyJsonSchema(), UNREAD))}; }`,
       ].join("\n"),
       loader: "ts",
     }));
@@ -68,15 +78,24 @@ export function builtinsAsRequires(source) {
   });
 }
 
-const builtinRequires = {
-  name: "builtins-as-requires",
+/**
+ * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/bundle.ts) as the variant's values, written into
+ * the source as esbuild's `define` would (which reaches globals only, not an imported name): the comparisons become
+ * constant, and the minifier leaves out the code they exclude. (A value in a variable, even a constant, is not
+ * folded where a hoisted function may read it before it is set.)
+ */
+export const withVariant = (source, variant) =>
+  source.replace(/\bBUILT_FOR\.(platform|executor|vendor)\b/g, (_, key) => JSON.stringify(variant[key]) ?? "undefined");
+
+const sourceRewrites = (variant) => ({
+  name: "source-rewrites",
   setup(b) {
     b.onLoad({ filter: /\.ts$/ }, (args) => ({
-      contents: builtinsAsRequires(readFileSync(args.path, "utf8")),
+      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), variant),
       loader: "ts",
     }));
   },
-};
+});
 
 // The settings schemas' keys are data the bundles read by name: never shortened.
 const schemaKeys = jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()]);
@@ -108,7 +127,7 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineModules(role, variant), builtinRequires],
+    plugins: [inlineModules(role, variant), sourceRewrites(variant)],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));

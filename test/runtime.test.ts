@@ -10,6 +10,7 @@ import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime"
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
 import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
+import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
 import { encodeToken } from "../protocol/token";
 import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
@@ -317,13 +318,20 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const realGateway = new Gateway({ pools: [pool], port, dataDir, log: capturingLogger("gateway").log });
     await realGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
-    // The process executor: no Docker engine runs here (the components deploy the Docker one).
+    // The Docker executor, the only one a worker pool's bundle carries: no engine runs here, a stand-in docker
+    // on the instance's PATH runs the job's script on this host.
     const { configFile, bundleFile } = renderedInstance(
       port,
-      { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
+      { AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
       "launcher",
     );
-    const { child, output, exited } = startInstance(bundleFile, configFile);
+    const bin = scratchDir("bin-");
+    const calls = path.join(bin, "calls");
+    writeDockerStandIn(bin, calls);
+    const { child, output, exited } = startInstance(bundleFile, configFile, {
+      ...aws.env(base),
+      PATH: `${bin}:${process.env.PATH}`,
+    });
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
       assert.equal(realGateway.summary()[0].agents[0].metadata.instance_id, "i-0123456789abcdef0");
@@ -341,6 +349,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
         10_000,
         "the run to succeed",
       );
+      assert.match(readFileSync(calls, "utf8"), /\0run\0--rm\0/, "the job went through docker run");
       aws.lifecycleState = "Terminated";
       assert.equal(await exited, 0, output());
     } finally {

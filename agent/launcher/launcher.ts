@@ -109,7 +109,7 @@ export function prepareLauncher(
         `SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`,
       );
   }
-  if (settings.executor === "process" && settings.extraMounts.length > 0)
+  if (BUILT_FOR.executor !== "docker" && settings.executor === "process" && settings.extraMounts.length > 0)
     log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
 

@@ -23,7 +23,6 @@ import {
   BOOT_LOG_STREAM,
   renderConfigParameterValue,
   renderUserData,
-  USER_DATA_BUDGET,
   UserDataTooLargeError,
   type UserDataFile,
   type UserDataSpec,
@@ -206,16 +205,13 @@ export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
 }
 
 /**
- * Where the role's configuration goes: in user-data if it fits within USER_DATA_BUDGET at the pool's
- * worst case, else in a parameter (which has room of its own), so what is left of user-data stays the
- * runtime's to grow into. Decided from the arguments alone, so the same arguments always choose the same.
+ * Where the role's configuration goes: in user-data if it fits there at the pool's worst case,
+ * else in a parameter. Decided from the arguments alone, so the same arguments always choose the same.
  */
 export function configDelivery(name: string, spec: PoolSpec): ConfigDelivery {
   try {
-    const userData = renderUserData(
-      poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)),
-    );
-    return userData.length <= USER_DATA_BUDGET ? "userData" : "ssmParameter";
+    renderUserData(poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)));
+    return "userData";
   } catch (error) {
     if (error instanceof UserDataTooLargeError) return "ssmParameter";
     throw error;
