@@ -27,12 +27,18 @@ const UNREAD_ON_EC2 = [
 ];
 const without = (schema, keys) =>
   JSON.parse(JSON.stringify(schema, (key, value) => (keys.includes(key) ? undefined : value)));
+/** Nor, on EC2, a "string" type: text is what envToRawSettings reads a variable as when no type says otherwise. */
+const withoutTextType = (properties) =>
+  JSON.parse(JSON.stringify(properties, (key, value) => (key === "type" && value === "string" ? undefined : value)));
 
 /** A role's settings schema as a variant reads it: validateSettings reads the top level's properties and required. */
 export function variantSchema(role, variant) {
   const { properties, required } = settingsJsonSchema(role);
   return {
-    properties: without(properties, variant.platform === "ec2" ? [...UNREAD, ...UNREAD_ON_EC2] : UNREAD),
+    properties:
+      variant.platform === "ec2"
+        ? withoutTextType(without(properties, [...UNREAD, ...UNREAD_ON_EC2]))
+        : without(properties, UNREAD),
     required,
   };
 }

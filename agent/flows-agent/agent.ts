@@ -154,7 +154,8 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
     );
   }
-  const wanted = settings.runtimeIsolation;
+  // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
+  const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {

@@ -228,7 +228,9 @@ const readings = (vendor: Vendor, project: string) =>
  * raw path and query exactly as the VCS will receive them; it is read once (canonical.ts)
  * and every check below runs on that reading.
  */
-export function classify(vendor: Vendor, method: string, target: string, allowedProjects: RegExp): Decision {
+export function classify(given: Vendor, method: string, target: string, allowedProjects: RegExp): Decision {
+  // A variant's one vendor as a constant: what only the others need is left out of it.
+  const vendor = BUILT_FOR.vendor ?? given;
   const canonical = canonicalRequest(vendor, method, target);
   if (!canonical.ok) return { allowed: false, reason: canonical.reason };
   const { path, query, encodedSlash, segments } = canonical.request;
