@@ -59,10 +59,11 @@ const BUDGET = USER_DATA_BUDGET;
 const pad = (text: string | number, width: number) => String(text).padStart(width);
 console.log(
   `user-data, gzipped bytes (limit ${USER_DATA_LIMIT}, budget ${BUDGET}: 75%); AWS identifiers at their longest; ` +
-    `"of limit" and "headroom" (to the limit, and to the budget) for the larger of default and largest`,
+    `"of limit" and "headroom" (to the limit, and to the budget) for the larger of default and largest; ` +
+    `"largest/SSM": the largest with its configuration in its parameter; bundle: the largest's EC2 variant`,
 );
 console.log(
-  `${"component".padEnd(17)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("to 75%", 8)}${pad("config", 8)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`,
+  `${"component".padEnd(17)}${pad("bundle br (gz)", 16)}${pad("default", 9)}${pad("largest", 9)}${pad("of limit", 10)}${pad("headroom", 10)}${pad("to 75%", 8)}${pad("config", 8)}${pad("largest/SSM", 13)}${pad("real CAs inline: default / largest", 36)}${pad("from SSM: CAs / largest", 25)}`,
 );
 async function main(): Promise<void> {
   const certificates = await caCertificates(20);
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
     const worst = Math.max(largest, size(k.base));
     // Where the largest configuration's files go: user-data, or the pool's config parameter when they do not fit.
     const delivery = prepare(k.largest).configDelivery === "ssmParameter" ? "SSM" : "inline";
+    const largestFromParameter = checkUserDataSize("pool", { ...prepare(k.largest), configDelivery: "ssmParameter" });
     // The largest configuration with its certificates in SSM: user-data carries one fetch line, whatever they weigh.
     const fromSsm = sizeOf({ ...k.largest, customCaCertificatesDelivery: "ssmParameter" });
     const certificatesThatFit = (args: object, delivery = "userData") => {
@@ -102,7 +104,7 @@ async function main(): Promise<void> {
       return 20;
     };
     console.log(
-      `${("label" in k ? k.label : k.component).padEnd(17)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((worst / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - worst, 10)}${pad(BUDGET - worst, 8)}${pad(delivery, 8)}` +
+      `${("label" in k ? k.label : k.component).padEnd(17)}${pad(bundle, 16)}${pad(size(k.base), 9)}${pad(largest, 9)}${pad(((worst / USER_DATA_LIMIT) * 100).toFixed(1) + "%", 10)}${pad(USER_DATA_LIMIT - worst, 10)}${pad(BUDGET - worst, 8)}${pad(delivery, 8)}${pad(largestFromParameter, 13)}` +
         `${pad(`${certificatesThatFit(k.base)} / ${certificatesThatFit(k.largest)}`, 36)}${pad(`${certificatesThatFit(k.largest, "ssmParameter")} / ${fromSsm}`, 25)}`,
     );
   }
