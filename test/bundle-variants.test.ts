@@ -1,27 +1,16 @@
 // The EC2 variants of the runtime bundles (agent/config/bundle.ts): what each leaves out, and
 // that each refuses, by name, settings it does not serve.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import path from "node:path";
 import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/bundle";
 import type { RoleName } from "../agent/config/roles";
 import { packageRoot, runtimeBundle } from "../components/shared/bundles";
 import { TOKENS } from "../devkit/fixtures";
+import { runBundle } from "../devkit/helpers";
 
-/** A bundle started with this environment and nothing else: what it says, and its exit code. */
-function startBundle(role: RoleName, variant: BundleVariant, env: Record<string, string>, args: string[] = []) {
-  const file = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
-  const child = spawn(process.execPath, [file, ...args], {
-    env: { PATH: process.env.PATH, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout.on("data", (d) => (output += d));
-  child.stderr.on("data", (d) => (output += d));
-  return new Promise<{ code: number | null; output: string }>((resolve) =>
-    child.on("exit", (code) => resolve({ code, output })),
-  );
-}
+/** A variant started with this environment and nothing else: what it says, and its exit code. */
+const startBundle = (role: RoleName, variant: BundleVariant, env: Record<string, string>, args: string[] = []) =>
+  runBundle(path.join(packageRoot(), "build", "bundles", bundleFile(role, variant)), args, env);
 
 describe("EC2 bundle variants", () => {
   // What only one side of each choice needs, as it reads in the minified code.

@@ -17,7 +17,7 @@ import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metr
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = encodeToken({
@@ -766,18 +766,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
 describe("runtime command-line arguments", () => {
   /** A bundle started with arguments and nothing else: what it says, and its exit code. */
-  function startBundle(role: string, args: string[], env: Record<string, string> = {}) {
-    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], {
-      env: { PATH: process.env.PATH, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
-    return new Promise<{ code: number | null; output: string }>((resolve) =>
-      child.on("exit", (code) => resolve({ code, output })),
-    );
-  }
+  const startBundle = (role: string, args: string[], env: Record<string, string> = {}) =>
+    runBundle(path.join(__dirname, "..", "bundles", `${role}.js`), args, env);
 
   it("a role without flags (the launcher) refuses an argument, naming it, before reading any setting", async () => {
     const { code, output } = await startBundle("launcher", ["--token", "ap1.x"]);
