@@ -289,6 +289,7 @@ export class Gateway {
     client: string,
     req: http.IncomingMessage,
     json: (status: number, value: unknown) => void,
+    fail: (error: Error) => void,
   ): Promise<void> {
     let request: { code?: unknown; kind?: unknown; inputs?: unknown; timeoutMs?: unknown };
     try {
@@ -311,7 +312,7 @@ export class Gateway {
     try {
       json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs, client));
     } catch (error) {
-      json(error instanceof HttpError ? error.status : 502, { error: (error as Error).message });
+      fail(error as Error);
     }
   }
 
@@ -360,7 +361,7 @@ export class Gateway {
         res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
         return void res.end(renderMetrics(this.summary(verdict.key)));
       case "flows-run":
-        if (req.method === "POST") return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, json);
+        if (req.method === "POST") return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, json, fail);
         break;
       case "runs":
       case "run":

@@ -10,8 +10,8 @@ import path from "node:path";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
 import type { Readable, Writable } from "node:stream";
-import { runtime } from "../agent/flows-agent/executor";
-import { bwrapArgs, libraryDirectories, readPrivileges, seccompFilter } from "../agent/flows-agent/sandbox";
+import { processLauncher, runtime } from "../agent/flows-agent/executor";
+import { bwrapArgs, libraryDirectories, readPrivileges, seccompFilter, uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
@@ -670,11 +670,23 @@ describe("Flows: hostile runs", function () {
       await eventually(() => runtimesAlive().length > 0 && pool().activeRequests === 1, 5000, "a spinning run");
       agent.child.kill("SIGKILL");
       await spinning;
-      await eventually(
-        () => runtimesAlive().length === 0,
-        5000,
-        `runtimes to die with the agent: ${runtimesAlive().join(" ")}`,
-      );
+      // Where the agent died while bubblewrap was setting up a spare, that set-up may be left (its parent-death signal
+      // came too late), holding no run code and never given a job: the next launcher's start ends it.
+      const running = () =>
+        runtimesAlive().filter((pid) => readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "bwrap");
+      await eventually(() => running().length === 0, 5000, `runtimes to die with the agent: ${running().join(" ")}`);
+      processLauncher({
+        isolation: "user",
+        privileges: readPrivileges(),
+        uids: uidPool(UIDS),
+        runner: [BUNDLE()],
+        readable: [BUNDLE()],
+        memoryMb: 64,
+        diskMb: 16,
+        openFiles: 64,
+        scratchRoot: scratchDir("next-agent-"),
+      });
+      await eventually(() => runtimesAlive().length === 0, 5000, `nothing left: ${runtimesAlive().join(" ")}`);
       await eventually(
         () => pool().connections === 0,
         5000,

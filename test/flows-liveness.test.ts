@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
+import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
 import { flowsAgentStandIn } from "./flows-stand-in";
 import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
@@ -68,6 +69,14 @@ describe("Flows pools: liveness and fair routing", function () {
     for (let i = 0; i < 4; i++) held("b");
     await eventually(() => agent.runs.length === 16);
     await assert.rejects(held("c"), /16 runs in flight/);
+    // Over HTTP: 503 with the time to wait.
+    const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
+      method: "POST",
+      headers: service.headers,
+      body: JSON.stringify({ code: "1" }),
+    });
+    assert.deepEqual([response.status, response.headers.get("retry-after")], [503, String(RETRY_AFTER_SECONDS)]);
+    assert.match(((await response.json()) as { error: string }).error, /16 runs in flight/);
     assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
   });
 

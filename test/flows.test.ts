@@ -1,9 +1,19 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Readable } from "node:stream";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
-import { dockerLauncher, dockerRunArgs, executor as createExecutor } from "../agent/flows-agent/executor";
-import { uidPool } from "../agent/flows-agent/sandbox";
+import {
+  dockerLauncher,
+  dockerRunArgs,
+  executor as createExecutor,
+  processLauncher,
+} from "../agent/flows-agent/executor";
+import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
@@ -111,6 +121,79 @@ describe("Flows agent and gateway", function () {
     const { result } = await run({ kind: "block", code: "while (true) {}", timeoutMs: 300 });
     assert.deepEqual([result.ok, result.error.message], [false, "the run timed out after 300 ms"]);
     assert.equal((await run({ code: "1 + 1" })).result.value, 2);
+  });
+
+  it("a runtime waiting for its job ends by itself once its agent is gone (its channel closed)", async () => {
+    // What the parent-death signal misses (an agent that died while the runtime was starting), the closed channel catches.
+    const child = spawn(process.execPath, [unbundledRunner().path], { stdio: ["pipe", "ignore", "inherit", "pipe"] });
+    const [ready] = await once(child.stdio[3] as Readable, "data");
+    assert.equal(String(ready).slice(4), '{"ready":true}');
+    child.stdin?.end();
+    assert.deepEqual(await once(child, "exit"), [0, null]);
+  });
+
+  /** `command` as `uid` (root only), as a runtime's leftover would be. */
+  const asUid = (uid: number, command: string[]) =>
+    spawn("setpriv", [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--", ...command], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+  /** A launcher of "user" isolation over `uids`, as an agent makes one at start. */
+  const userLauncher = (uids: string, scratchRoot: string) =>
+    processLauncher({
+      isolation: "user",
+      privileges: readPrivileges(),
+      uids: uidPool(uids),
+      runner: [unbundledRunner().path],
+      readable: unbundledRunner().readable,
+      memoryMb: 64,
+      diskMb: 16,
+      openFiles: 64,
+      scratchRoot,
+    });
+
+  it("a starting launcher ends what a dead agent left of its runtimes, and only that (as root)", async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    // An orphan of the range (its parent exits: re-parented to pid 1), and a process of the range whose parent lives.
+    const [orphanPid] = await once(asUid(1900000950, ["/bin/sh", "-c", "sleep 60 & echo $!"]).stdout!, "data");
+    const living = asUid(1900000951, ["sleep", "60"]);
+    const alive = (pid: number) => {
+      try {
+        return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
+      } catch {
+        return false;
+      }
+    };
+    await eventually(() => alive(Number(orphanPid)) && alive(living.pid!), 5000, "both to start");
+    userLauncher("1900000950-1900000959", scratchDir("orphans-"));
+    try {
+      await eventually(() => !alive(Number(orphanPid)), 5000, "the orphan to be ended");
+      assert.ok(alive(living.pid!), "a process of the range whose parent lives is left alone");
+    } finally {
+      living.kill("SIGKILL");
+    }
+  });
+
+  it('"user" isolation: once a runtime is gone, every process of its uid goes before the uid is given again (as root)', async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    // A range of one uid: the leftover (what an escape from the permission model could leave) shares the runtime's uid.
+    const leftover = asUid(1900000970, ["sleep", "60"]);
+    const other = asUid(1900000971, ["sleep", "60"]);
+    // Its runtimes make their scratch here: a directory they can reach (scratchDir's root is the tests' own).
+    const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-release-"));
+    try {
+      await eventually(() => [leftover, other].every((p) => existsSync(`/proc/${p.pid}`)));
+      const runtime = userLauncher("1900000970", scratchRoot).start();
+      await runtime.ready;
+      assert.equal((await runtime.run({ kind: "expression", code: "process.getuid()" }, 5000)).value, 1900000970);
+      runtime.kill();
+      await runtime.exited;
+      assert.deepEqual(await once(leftover, "exit"), [null, "SIGKILL"]);
+      assert.equal(other.exitCode, null, "another uid's process is left alone");
+    } finally {
+      leftover.kill("SIGKILL");
+      other.kill("SIGKILL");
+      rmSync(scratchRoot, { recursive: true, force: true });
+    }
   });
 
   it("runs up to the pool size at once and queues the rest", async () => {

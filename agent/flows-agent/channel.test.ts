@@ -1,8 +1,71 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { closeSync, openSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import { FLOWS_MAX_VALUE_DEPTH } from "../../protocol/flows";
-import { checkAnswer, encodeFrame, frameReader, withinDepth } from "./channel";
+import { scratchDir } from "../../devkit/helpers";
+import { checkAnswer, encodeFrame, frameReader, readFrameSync, withinDepth } from "./channel";
 
 describe("the runtime channel: frames", () => {
+  describe("read blocking, as a runtime waits for its job", () => {
+    const fromFile = (bytes: Buffer, read: (fd: number) => unknown) => {
+      const file = path.join(scratchDir("frame-"), "channel");
+      writeFileSync(file, bytes);
+      const fd = openSync(file, "r");
+      try {
+        return read(fd);
+      } finally {
+        closeSync(fd);
+      }
+    };
+
+    it("reads exactly one frame, leaving what follows unread", () => {
+      const stream = Buffer.concat([encodeFrame({ kind: "expression", code: "1" }), encodeFrame({ next: true })]);
+      const [first, second, end] = fromFile(stream, (fd) => [0, 1, 2].map(() => readFrameSync(fd, 100))) as string[];
+      assert.deepEqual(
+        [JSON.parse(first), JSON.parse(second), end],
+        [{ kind: "expression", code: "1" }, { next: true }, undefined],
+      );
+    });
+
+    it("the end of input, even inside a frame, is no frame", () => {
+      assert.equal(
+        fromFile(Buffer.alloc(0), (fd) => readFrameSync(fd, 100)),
+        undefined,
+      );
+      assert.equal(
+        fromFile(encodeFrame({ a: 1 }).subarray(0, 6), (fd) => readFrameSync(fd, 100)),
+        undefined,
+      );
+    });
+
+    it("a frame over the cap, or empty, is refused from its header", () => {
+      assert.throws(
+        () => fromFile(encodeFrame("x".repeat(200)), (fd) => readFrameSync(fd, 100)),
+        /202 bytes, over the cap of 100/,
+      );
+      assert.throws(() => fromFile(Buffer.alloc(4), (fd) => readFrameSync(fd, 100)), /an empty message/);
+    });
+
+    it("reads a frame that arrives in pieces over a pipe", async () => {
+      // A child blocks in readFrameSync on its stdin while the frame comes a few bytes at a time.
+      const channel = require.resolve("./channel");
+      const child = spawn(
+        process.execPath,
+        ["-e", `process.stdout.write(require(${JSON.stringify(channel)}).readFrameSync(0, 1 << 20))`],
+        { stdio: ["pipe", "pipe", "inherit"] },
+      );
+      let out = "";
+      child.stdout.on("data", (chunk) => (out += chunk));
+      const frame = encodeFrame({ code: "é".repeat(5000) });
+      for (let at = 0; at < frame.length; at += 4000) {
+        await new Promise<void>((resolve) => child.stdin.write(frame.subarray(at, at + 4000), () => resolve()));
+      }
+      await new Promise((resolve) => child.on("close", resolve));
+      assert.deepEqual(JSON.parse(out), { code: "é".repeat(5000) });
+    });
+  });
+
   it("a frame is a u32 big-endian length and the JSON", () => {
     assert.deepEqual([...encodeFrame({ a: "é" })], [0, 0, 0, 10, ...Buffer.from('{"a":"é"}')]);
   });

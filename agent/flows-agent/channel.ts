@@ -1,3 +1,4 @@
+import { readSync } from "node:fs";
 import { FLOWS_MAX_VALUE_DEPTH, type Answer } from "../../protocol/flows";
 
 /**
@@ -48,6 +49,26 @@ export function frameReader(max: number, onFrame: (text: string) => void): (chun
     chunks = [all.subarray(at)];
     size -= at;
   };
+}
+
+/**
+ * Reads one frame from `fd`, blocking until it is whole: how a runtime waits for its single job.
+ * A blocked read(2) wakes faster than a stream's first event in a fresh process (nothing of the
+ * stream machinery has run yet). Undefined at the end of input; throws on a frame over the cap.
+ * The fd must be blocking, as a child's stdio is (libuv makes fds 0-2 blocking before exec).
+ */
+export function readFrameSync(fd: number, max: number): string | undefined {
+  const exactly = (size: number) => {
+    const buffer = Buffer.allocUnsafe(size);
+    for (let at = 0, n; at < size; at += n) if ((n = readSync(fd, buffer, at, size - at, null)) === 0) return;
+    return buffer;
+  };
+  const head = exactly(4);
+  if (!head) return;
+  const length = head.readUInt32BE();
+  if (length < 1 || length > max)
+    throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
+  return exactly(length)?.toString();
 }
 
 /** Whether a JSON value nests no deeper than `limit` (walked without recursion). */

@@ -6,7 +6,15 @@ import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader } from "./channel";
-import { bwrapArgs, libraryDirectories, seccompFilter, type Isolation, type Privileges, type UidPool } from "./sandbox";
+import {
+  bwrapArgs,
+  libraryDirectories,
+  orphans,
+  seccompFilter,
+  type Isolation,
+  type Privileges,
+  type UidPool,
+} from "./sandbox";
 
 /**
  * Flows runtimes. Every run gets a fresh runtime (a process or a container, under a uid of
@@ -199,10 +207,25 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
   const removal = (uid: number | undefined, dir: string) =>
     asUser(uid, ["/bin/sh", "-c", 'chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
+  /**
+   * After a runtime of "user" isolation (no pid namespace to end with it): every process of its uid ended (kill -1
+   * as that uid: whatever an escape from the permission model left running, which would share the uid with the next
+   * run given it), then its scratch removed as that uid.
+   */
+  const release = (uid: number, dir: string) =>
+    asUser(uid, ["/bin/sh", "-c", 'kill -KILL -1; chmod -R u+rwx "$0"; rm -rf "$0"', dir]);
 
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
   if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
-  // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given out.
+  // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
+  // out: their processes, then their scratch.
+  for (const pid of isolation === "none" ? [] : orphans(uids)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Gone already.
+    }
+  }
   for (const name of readdirSync(o.scratchRoot)) {
     const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
     const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
@@ -281,7 +304,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             released = true;
             if (namespaces) return uids.give(uid as number);
             // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
-            const [sh, shArgs, shOptions] = removal(uid, scratch);
+            const [sh, shArgs, shOptions] = uid === undefined ? removal(uid, scratch) : release(uid, scratch);
             let freed = false;
             const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
             spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })

@@ -1,6 +1,5 @@
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeSync } from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
-import net from "node:net";
 import os from "node:os";
 import { format } from "node:util";
 import {
@@ -11,7 +10,7 @@ import {
   type Job,
 } from "../../protocol/flows";
 import { WEBSOCKET_MAX_MESSAGE } from "../../protocol/websocket";
-import { encodeFrame, frameReader } from "./channel";
+import { encodeFrame, readFrameSync } from "./channel";
 
 /**
  * The code that runs inside each Flows runtime process (or container): it waits for one
@@ -112,19 +111,23 @@ export async function runRunner(argv = process.argv): Promise<void> {
     mkdirSync(scratch, { mode: 0o700 });
     process.chdir(scratch);
   }
+  // On fd 3, which nothing here wraps in a stream (so it stays blocking), frames leave by write(2) at once: a runtime
+  // has nothing else to do meanwhile. Stdout is Node's stream (non-blocking): frames wait their turn there.
   const toStdout = argv.includes("--channel-stdout");
   const writeStdout = process.stdout.write.bind(process.stdout);
-  const channel = toStdout ? undefined : new net.Socket({ fd: 3, readable: false, writable: true });
-  const send = (message: unknown, then?: () => void) =>
-    channel ? channel.write(encodeFrame(message), then) : writeStdout(encodeFrame(message), then);
+  const send = (message: unknown, then = () => undefined) => {
+    const frame = encodeFrame(message);
+    if (toStdout) return void writeStdout(frame, then);
+    for (let at = 0; at < frame.length;) at += writeSync(3, frame, at);
+    then();
+  };
   confine();
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
   await runJob({ kind: "expression", code: "[0].map(String)" });
   await runJob({ kind: "block", code: "return JSON.stringify({ a: 1 })" });
-  const read = frameReader(WEBSOCKET_MAX_MESSAGE, (text) => {
-    process.stdin.pause();
-    void runJob(JSON.parse(text) as Job).then((answer) => send(answer, park));
-  });
-  process.stdin.on("data", read);
   send({ ready: true });
+  // Nothing else to do until the job comes: wait for it in read(2), the event loop stopped.
+  const job = readFrameSync(0, WEBSOCKET_MAX_MESSAGE);
+  if (job === undefined) process.exit(0);
+  send(await runJob(JSON.parse(job) as Job), park);
 }

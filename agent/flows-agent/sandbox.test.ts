@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
-import { bwrapArgs, libraryDirectories, seccompFilter, uidPool } from "./sandbox";
+import { mkdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { scratchDir } from "../../devkit/helpers";
+import { bwrapArgs, libraryDirectories, orphans, seccompFilter, uidPool } from "./sandbox";
 
 /** Runs a classic BPF seccomp program on one system call, as the kernel would: its answer. */
 function evaluate(filter: Buffer, call: { arch: number; nr: number; arg0?: number }): number {
@@ -134,5 +137,25 @@ describe("runtime sandbox: bubblewrap, libraries, uids", () => {
     pool.give(a);
     assert.equal(pool.take(), a);
     assert.deepEqual([uidPool("1900000005").first, uidPool("1900000005").last], [1900000005, 1900000005]);
+  });
+
+  it("orphans: processes of the pool's uids whose parent is gone (pid 1), nothing else", () => {
+    const proc = scratchDir("proc-");
+    const processes: [string, number, number][] = [
+      ["100", 1900000003, 1], // an orphan of the range
+      ["101", 1900000004, 4242], // a live runtime: its parent is the agent or bubblewrap
+      ["102", 1000, 1], // another user's orphan
+      ["103", 1900000009, 1], // just outside the range
+    ];
+    for (const [pid, uid, ppid] of processes) {
+      mkdirSync(path.join(proc, pid));
+      writeFileSync(
+        path.join(proc, pid, "status"),
+        `Name:\tbwrap\nPPid:\t${ppid}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`,
+      );
+    }
+    mkdirSync(path.join(proc, "self"));
+    mkdirSync(path.join(proc, "104")); // gone while read: no status
+    assert.deepEqual(orphans({ first: 1900000000, last: 1900000008 }, proc), [100]);
   });
 });

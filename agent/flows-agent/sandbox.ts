@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
 
 /**
@@ -58,6 +58,26 @@ export function uidPool(range: string): UidPool {
     },
     give: (uid) => void free.push(uid),
   };
+}
+
+/**
+ * Processes of the pool's uids that lost their parent (re-parented to pid 1): what an agent that
+ * died while starting a runtime left behind, where the parent-death signal was set too late to
+ * fire. (Under systemd the unit's cgroup goes with the agent; elsewhere nothing else ends them.)
+ */
+export function orphans(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): number[] {
+  return readdirSync(proc)
+    .filter((pid) => /^\d+$/.test(pid))
+    .filter((pid) => {
+      try {
+        const status = readFileSync(`${proc}/${pid}/status`, "utf8");
+        const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+        return uid >= uids.first && uid <= uids.last && /^PPid:\s+1$/m.test(status);
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
 }
 
 export interface UidPool {
