@@ -680,8 +680,15 @@ describe("Flows: hostile runs", function () {
       await spinning;
       // Where the agent died while bubblewrap was setting up a spare, that set-up may be left (its parent-death signal
       // came too late), holding no run code and never given a job: the next launcher's start ends it.
+      // (A process gone between the listing and the read of its name is not running.)
       const running = () =>
-        runtimesAlive().filter((pid) => readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "bwrap");
+        runtimesAlive().filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "bwrap";
+          } catch {
+            return false;
+          }
+        });
       await eventually(() => running().length === 0, 5000, `runtimes to die with the agent: ${running().join(" ")}`);
       processLauncher({
         isolation: "user",
