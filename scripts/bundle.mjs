@@ -16,15 +16,46 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const require = createRequire(import.meta.url);
 const { settingsJsonSchema, runPolicyJsonSchema } = require(path.join(root, "build/agent/config/settings-schema.js"));
 const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
+const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/bundle.js"));
 
-const inlineSchema = (role) => ({
-  name: "inline-settings-schema",
+/** JSON Schema keywords the runtime's validator (agent/config/validate.ts) never reads: left out of bundles. */
+const UNREAD = ["minItems", "$schema"];
+/** What an EC2 bundle does not read either: it checks no value (validateSettings says why), and takes no flags. */
+const UNREAD_ON_EC2 = [
+  ...["pattern", "format", "enum", "minimum", "maximum", "minLength", "maxLength", "propertyNames", "required"],
+  ...["additionalProperties", "flag"],
+];
+const without = (schema, keys) =>
+  JSON.parse(JSON.stringify(schema, (key, value) => (keys.includes(key) ? undefined : value)));
+/** Nor, on EC2, a "string" type: text is what envToRawSettings reads a variable as when no type says otherwise. */
+const withoutTextType = (properties) =>
+  JSON.parse(JSON.stringify(properties, (key, value) => (key === "type" && value === "string" ? undefined : value)));
+
+/** A role's settings schema as a variant reads it: validateSettings reads the top level's properties and required. */
+export function variantSchema(role, variant) {
+  const { properties, required } = settingsJsonSchema(role);
+  return {
+    properties:
+      variant.platform === "ec2"
+        ? withoutTextType(without(properties, [...UNREAD, ...UNREAD_ON_EC2]))
+        : without(properties, UNREAD),
+    required,
+  };
+}
+
+/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/bundle.ts). */
+const inlineModules = (role, variant) => ({
+  name: "inline-modules",
   setup(b) {
     b.onLoad({ filter: /agent[\\/]config[\\/]settings-schema\.ts$/ }, () => ({
       contents: [
-        `export function settingsJsonSchema() { return ${JSON.stringify(settingsJsonSchema(role))}; }`,
-        `export function runPolicyJsonSchema() { return ${JSON.stringify(runPolicyJsonSchema())}; }`,
+        `export function settingsJsonSchema() { return ${JSON.stringify(variantSchema(role, variant))}; }`,
+        `export function runPolicyJsonSchema() { return ${JSON.stringify(without(runPolicyJsonSchema(), UNREAD))}; }`,
       ].join("\n"),
+      loader: "ts",
+    }));
+    b.onLoad({ filter: /agent[\\/]config[\\/]bundle\.ts$/ }, () => ({
+      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
       loader: "ts",
     }));
   },
@@ -53,15 +84,24 @@ export function builtinsAsRequires(source) {
   });
 }
 
-const builtinRequires = {
-  name: "builtins-as-requires",
+/**
+ * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/bundle.ts) as the variant's values, written into
+ * the source as esbuild's `define` would (which reaches globals only, not an imported name): the comparisons become
+ * constant, and the minifier leaves out the code they exclude. (A value in a variable, even a constant, is not
+ * folded where a hoisted function may read it before it is set.)
+ */
+export const withVariant = (source, variant) =>
+  source.replace(/\bBUILT_FOR\.(platform|executor|vendor)\b/g, (_, key) => JSON.stringify(variant[key]) ?? "undefined");
+
+const sourceRewrites = (variant) => ({
+  name: "source-rewrites",
   setup(b) {
     b.onLoad({ filter: /\.ts$/ }, (args) => ({
-      contents: builtinsAsRequires(readFileSync(args.path, "utf8")),
+      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), variant),
       loader: "ts",
     }));
   },
-};
+});
 
 // The settings schemas' keys are data the bundles read by name: never shortened.
 const schemaKeys = jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()]);
@@ -73,8 +113,8 @@ export const brotli = (text) =>
     params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
   });
 
-/** One role's bundle: esbuild joins the modules, terser shrinks them. */
-export async function bundleRole(role, { sourceMap = false } = {}) {
+/** One role's bundle (the full one, or a variant: agent/config/bundle.ts): esbuild joins the modules, terser shrinks them. */
+export async function bundleRole(role, { sourceMap = false, variant = {} } = {}) {
   const result = await build({
     entryPoints: [path.join(root, "agent/roles", `${role}.ts`)],
     outfile: path.join(root, "build/bundles", `${role}.js`),
@@ -93,7 +133,7 @@ export async function bundleRole(role, { sourceMap = false } = {}) {
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineSchema(role), builtinRequires],
+    plugins: [inlineModules(role, variant), sourceRewrites(variant)],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
@@ -143,13 +183,15 @@ function compressedCost(code, map) {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const analyze = process.argv.includes("--analyze");
-  for (const role of ROLES) {
-    const { code, map } = await bundleRole(role, { sourceMap: analyze });
-    const outfile = path.join(root, "build/bundles", `${role}.js`);
+  const builds = ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant })));
+  // One at a time: terser is the slow part, and it is synchronous work.
+  for (const { role, variant } of builds) {
+    const { code, map } = await bundleRole(role, { sourceMap: analyze, variant });
+    const outfile = path.join(root, "build/bundles", bundleFile(role, variant));
     mkdirSync(path.dirname(outfile), { recursive: true });
     writeFileSync(outfile, code);
     console.log(
-      `bundle ${role}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
+      `bundle ${path.basename(outfile)}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
     );
     if (analyze) {
       console.log(

@@ -79,14 +79,22 @@ describe("examples run under the mocks", () => {
     assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
     assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);
     assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
-    // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint; so is the
-    // worker pool's configuration (with its proxy and policy it does not fit beside the launcher's bundle).
-    assert.deepEqual(
-      byType(resources, "aws:ssm/parameter:Parameter")
-        .map((p) => p.name)
-        .sort(),
-      ["bitbucket-ca-certificates", "runners-ca-certificates", "runners-config"],
-    );
+    // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint; so is a pool's
+    // configuration when it does not fit in user-data beside the bundle: each travels one way only.
+    const parameters = byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name);
+    const inUserData = (pool: string) =>
+      [
+        ...decodeUserData(
+          byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name.startsWith(`${pool}-`))
+            ?.inputs.userData,
+        ).files.keys(),
+      ].some((path) => /^\/etc\/agentpools\/[\w-]+\.json$/.test(path));
+    assert.deepEqual(parameters.sort(), [
+      "bitbucket-ca-certificates",
+      ...(inUserData("bitbucket") ? [] : ["bitbucket-config"]),
+      "runners-ca-certificates",
+      ...(inUserData("runners") ? [] : ["runners-config"]),
+    ]);
     assert.ok(
       byType(resources, "aws:ec2/vpcEndpoint:VpcEndpoint").some((e) => String(e.inputs.serviceName).endsWith(".ssm")),
     );

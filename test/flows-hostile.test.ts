@@ -20,7 +20,10 @@ import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from ".
 import { FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_VALUE_BYTES } from "../protocol/flows";
 
 const POOL = "01HOSTILE";
-const UIDS = "1900001000-1900001063";
+/** Runtime uids of this test run: a range of its own, so test runs side by side on one machine never share one. */
+const FIRST_UID = 1900100000 + (process.pid % 1000) * 64;
+const LAST_UID = FIRST_UID + 63;
+const UIDS = `${FIRST_UID}-${LAST_UID}`;
 const BUNDLE = () => path.join(packageRoot(), "build/bundles/flows-agent.js");
 
 /** Inputs every hostile run gets: what an attacker would know or guess of the host. */
@@ -385,8 +388,8 @@ describe("Flows: hostile runs", function () {
             for (const [i, left] of leftovers.entries()) {
               mkdirSync(left, { recursive: true });
               writeFileSync(path.join(left, "secret.txt"), "TENANT-A-SECRET");
-              chownSync(path.join(left, "secret.txt"), 1900001000 + i, 1900001000 + i);
-              chownSync(left, 1900001000 + i, 1900001000 + i);
+              chownSync(path.join(left, "secret.txt"), FIRST_UID + i, FIRST_UID + i);
+              chownSync(left, FIRST_UID + i, FIRST_UID + i);
               chmodSync(left, 0o500);
             }
           }
@@ -477,7 +480,7 @@ describe("Flows: hostile runs", function () {
           it("every runtime ran under a uid of the range, never the agent's", async () => {
             const { result } = await run({ code: "[process.getuid(), process.getgid()]" });
             const [uid, gid] = result.value;
-            assert.ok(uid >= 1900001000 && uid <= 1900001063 && uid === gid, String(uid));
+            assert.ok(uid >= FIRST_UID && uid <= LAST_UID && uid === gid, String(uid));
           });
         }
 
@@ -533,6 +536,11 @@ describe("Flows: hostile runs", function () {
         "node:sqlite is off",
         "try { await import('node:sqlite'); return 'loaded'; } catch (e) { return e.code; }",
         (v) => v === "ERR_UNKNOWN_BUILTIN_MODULE",
+      ],
+      [
+        "nothing is written outside its scratch: the root, /dev (and /dev/shm) are read-only, /dev/null still takes writes",
+        "const fs = await import('node:fs'); const tried = ['/x', '/etc/x', '/dev/x', '/dev/shm/x'].map((file) => { try { fs.writeFileSync(file, 'x'); return 'written'; } catch (e) { return e.code; } }); fs.writeFileSync('/dev/null', 'x'); return tried;",
+        (v) => Array.isArray(v) && v.every((code) => code === "EROFS" || code === "ENOENT"),
       ],
       [
         "its disk is capped",
@@ -622,7 +630,7 @@ describe("Flows: hostile runs", function () {
         try {
           const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
           return (
-            uid >= 1900001000 && uid <= 1900001063 && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"))
+            uid >= FIRST_UID && uid <= LAST_UID && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"))
           );
         } catch {
           return false;
@@ -672,8 +680,15 @@ describe("Flows: hostile runs", function () {
       await spinning;
       // Where the agent died while bubblewrap was setting up a spare, that set-up may be left (its parent-death signal
       // came too late), holding no run code and never given a job: the next launcher's start ends it.
+      // (A process gone between the listing and the read of its name is not running.)
       const running = () =>
-        runtimesAlive().filter((pid) => readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "bwrap");
+        runtimesAlive().filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== "bwrap";
+          } catch {
+            return false;
+          }
+        });
       await eventually(() => running().length === 0, 5000, `runtimes to die with the agent: ${running().join(" ")}`);
       processLauncher({
         isolation: "user",

@@ -17,6 +17,7 @@ import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
+import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { certificateKey, openBuffer, privateKeyFromBase64, sealBuffer } from "../protocol/seal";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 import { WORKER_CONNECT_PATH } from "../protocol/worker";
@@ -186,22 +187,7 @@ describe("launcher: a hostile gateway or run", function () {
           // No engine here: a stand-in docker records each call, then runs the script on this
           // host in the workspace it was given, as a container would.
           calls = path.join(dir, "docker-calls");
-          docker = path.join(dir, "docker");
-          writeFileSync(
-            docker,
-            [
-              "#!/bin/sh",
-              'envfile=; prev=; for a; do [ "$prev" = --env-file ] && envfile=$a; prev=$a; done',
-              // The env file as docker reads it: its mode, then its lines.
-              `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; printf 'FILE\\0'; [ -z "$envfile" ] || { stat -c %a "$envfile"; cat "$envfile"; }; } >> '${calls}'`,
-              'case "$1" in kill) exit 0;; esac',
-              'for a; do case "$a" in type=bind,source=*,target=/workspace) src=${a#type=bind,source=}; src=${src%,target=/workspace};; esac; last=$a; done',
-              // As docker does: NAME=VALUE sets a variable, a NAME alone takes the client's value.
-              '[ -z "$envfile" ] || while IFS= read -r line || [ -n "$line" ]; do export "$line"; done < "$envfile"',
-              'cd "$src" && AGENTPOOLS_STATE_FILE="$src/.agentpools/state" exec /bin/sh -ec "$last"',
-            ].join("\n"),
-          );
-          chmodSync(docker, 0o755);
+          docker = writeDockerStandIn(dir, calls);
         }
         const env = {
           PATH: process.env.PATH,

@@ -9,8 +9,11 @@ import {
   USER_DATA_LIMIT,
   UserDataTooLargeError,
 } from "../components";
+import { createHash } from "node:crypto";
 import { runtimeBundle } from "../components/shared/bundles";
-import type { AgentPool } from "../components/aws/agent-pool";
+import { preparePool, type AgentPool } from "../components/aws/agent-pool";
+import { workerPoolArgs, workerPoolKind, type WorkerPoolArgs } from "../components/aws/worker-pool";
+import { flowsAgentPoolArgs, flowsAgentPoolKind, type FlowsAgentPoolArgs } from "../components/aws/flows-agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
 import { unpackFiles } from "../components/aws/userdata";
 import { policyFileContent } from "../components/shared/worker-args";
@@ -40,6 +43,25 @@ import {
   vcsArgs,
   workerArgs,
 } from "../devkit/fixtures";
+
+/**
+ * These arguments with metadata tags of random text added until the role's configuration no longer fits in
+ * user-data and goes to its parameter: the same test of that path however small the runtime bundles become.
+ */
+function pastUserData<A extends WorkerPoolArgs | FlowsAgentPoolArgs>(args: A): A {
+  const worker = "poolPrivateKey" in args;
+  for (let count = 0; ; count += 2) {
+    const tags = Array.from({ length: count }, (_, i) => [
+      `pad_${i}`,
+      createHash("sha256").update(`${i}`).digest("hex"),
+    ]);
+    const padded = { ...args, metadataTags: { ...args.metadataTags, ...Object.fromEntries(tags) } };
+    const spec = worker
+      ? preparePool("WorkerPool", "launcher", "pad", workerPoolArgs, padded as WorkerPoolArgs, workerPoolKind)
+      : preparePool("FlowsAgentPool", "flows-agent", "pad", flowsAgentPoolArgs, padded as never, flowsAgentPoolKind);
+    if (spec.configDelivery === "ssmParameter") return padded;
+  }
+}
 
 const T = {
   sg: "aws:ec2/securityGroup:SecurityGroup",
@@ -134,6 +156,7 @@ const kinds = [
     type: "m7i.large",
     docker: true,
     drain: 4500,
+    variant: { platform: "ec2", executor: "docker" },
   },
   {
     kind: "VcsAgentPool",
@@ -143,6 +166,7 @@ const kinds = [
     type: "c7i.large",
     docker: false,
     drain: 120,
+    variant: { platform: "ec2", vendor: "gitlab" },
   },
   {
     kind: "FlowsAgentPool",
@@ -152,6 +176,7 @@ const kinds = [
     type: "c7i.xlarge",
     docker: true,
     drain: 300,
+    variant: { platform: "ec2", executor: "docker" },
   },
 ] as const;
 
@@ -190,9 +215,9 @@ for (const k of kinds) {
       assert.equal(lt.inputs.instanceInitiatedShutdownBehavior, "terminate");
     });
 
-    it("renders user-data that decodes to the role's bundle and its configuration", () => {
+    it("renders user-data that decodes to the role's EC2 bundle for the pool's executor or vendor, and its configuration", () => {
       const { decoded } = userDataOf(deployed.resources);
-      assert.equal(decoded.files.get(`/opt/agentpools/${k.role}.js`)?.content, runtimeBundle(k.role));
+      assert.equal(decoded.files.get(`/opt/agentpools/${k.role}.js`)?.content, runtimeBundle(k.role, k.variant));
       const config = JSON.parse(decoded.files.get(`/etc/agentpools/${k.role}.json`)?.content as string);
       assert.equal(config.role, k.role);
       assert.equal(config.pool, name);
@@ -725,11 +750,14 @@ describe("AWS pools: options", () => {
     );
     const { resources, outputs } = await deploy(
       () =>
-        new WorkerPool("ca-ssm", {
-          ...LARGEST.worker,
-          customCaCertificates: certificates,
-          customCaCertificatesDelivery: "ssmParameter",
-        }),
+        new WorkerPool(
+          "ca-ssm",
+          pastUserData({
+            ...LARGEST.worker,
+            customCaCertificates: certificates,
+            customCaCertificatesDelivery: "ssmParameter",
+          }),
+        ),
       "ca-ssm",
     );
     const parameter = one(
@@ -844,20 +872,20 @@ describe("AWS pools: options", () => {
   for (const [kind, make, prefix, role, secrets] of [
     [
       "WorkerPool",
-      () => new WorkerPool("largest-w", LARGEST.worker),
+      () => new WorkerPool("largest-w", pastUserData(LARGEST.worker)),
       "largest-w",
       "launcher",
       [TOKENS.worker, PRIVATE_KEY_B64],
     ],
     [
       "FlowsAgentPool",
-      () => new FlowsAgentPool("largest-f", LARGEST.flows),
+      () => new FlowsAgentPool("largest-f", pastUserData(LARGEST.flows)),
       "largest-f",
       "flows-agent",
       [TOKENS.flows],
     ],
   ] as const) {
-    it(`${kind}: the largest configuration fits, its configuration read at boot from a parameter only this pool reads, at a pinned version`, async () => {
+    it(`${kind}: the largest configuration (past what user-data holds) fits, its configuration read at boot from a parameter only this pool reads, at a pinned version`, async () => {
       const { resources, outputs } = await deploy(make, prefix);
       const { raw, decoded } = userDataOf(resources);
       assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT, `${Buffer.from(raw, "base64").length} bytes`);
@@ -867,7 +895,8 @@ describe("AWS pools: options", () => {
       const name = `/agentpools/${outputs.group}/config`;
       assert.deepEqual(
         { name: parameter.inputs.name, type: parameter.inputs.type, tier: parameter.inputs.tier },
-        { name, type: "String", tier: "Standard" },
+        // The free tier while the value fits in it.
+        { name, type: "String", tier: ssmParameterTier(parameter.inputs.value.value) },
       );
       const files = new Map(unpackFiles(parameter.inputs.value.value).map((f) => [f.path, f.content]));
       // The configuration as the runtime reads it: this pool's own resources, every setting.

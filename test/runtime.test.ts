@@ -10,13 +10,14 @@ import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime"
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
 import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
+import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
 import { encodeToken } from "../protocol/token";
 import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = encodeToken({
@@ -318,13 +319,20 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const realGateway = new Gateway({ pools: [pool], port, dataDir, log: capturingLogger("gateway").log });
     await realGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
-    // The process executor: no Docker engine runs here (the components deploy the Docker one).
+    // The Docker executor, the only one a worker pool's bundle carries: no engine runs here, a stand-in docker
+    // on the instance's PATH runs the job's script on this host.
     const { configFile, bundleFile } = renderedInstance(
       port,
-      { AGENTPOOLS_WORKER_EXECUTOR: "process", AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
+      { AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
       "launcher",
     );
-    const { child, output, exited } = startInstance(bundleFile, configFile);
+    const bin = scratchDir("bin-");
+    const calls = path.join(bin, "calls");
+    writeDockerStandIn(bin, calls);
+    const { child, output, exited } = startInstance(bundleFile, configFile, {
+      ...aws.env(base),
+      PATH: `${bin}:${process.env.PATH}`,
+    });
     try {
       await eventually(() => realGateway.summary()[0].connections === 1, 15_000, "the launcher connected");
       assert.equal(realGateway.summary()[0].agents[0].metadata.instance_id, "i-0123456789abcdef0");
@@ -342,6 +350,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
         10_000,
         "the run to succeed",
       );
+      assert.match(readFileSync(calls, "utf8"), /\0run\0--rm\0/, "the job went through docker run");
       aws.lifecycleState = "Terminated";
       assert.equal(await exited, 0, output());
     } finally {
@@ -765,18 +774,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
 
 describe("runtime command-line arguments", () => {
   /** A bundle started with arguments and nothing else: what it says, and its exit code. */
-  function startBundle(role: string, args: string[], env: Record<string, string> = {}) {
-    const child = spawn(process.execPath, [path.join(__dirname, "..", "bundles", `${role}.js`), ...args], {
-      env: { PATH: process.env.PATH, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
-    return new Promise<{ code: number | null; output: string }>((resolve) =>
-      child.on("exit", (code) => resolve({ code, output })),
-    );
-  }
+  const startBundle = (role: string, args: string[], env: Record<string, string> = {}) =>
+    runBundle(path.join(__dirname, "..", "bundles", `${role}.js`), args, env);
 
   it("a role without flags (the launcher) refuses an argument, naming it, before reading any setting", async () => {
     const { code, output } = await startBundle("launcher", ["--token", "ap1.x"]);

@@ -93,6 +93,14 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
             5000,
             "client a at its share (all streams but one) at the VCS, its last request waiting",
           );
+          // A stream is counted once the gateway hands the request on: wait until each held one has reached the VCS
+          // (under load it may arrive after the count), so what comes next is b's alone.
+          const held = Array.from({ length: parallelism - 1 }, (_, i) => `small=${i}`);
+          await eventually(
+            () => held.every((mark) => vcs.hits.some((h) => h.includes(mark))),
+            5000,
+            "a's held requests at the VCS",
+          );
           const from = vcs.hits.length;
           const served = await stack.request("/git/api/v4/projects/group%2Frepo?client=b", { key: stack.keys.b.key });
           assert.equal(served.status, 200);

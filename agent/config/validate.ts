@@ -1,4 +1,5 @@
 import type { PropertySchema, SettingsSchema } from "./env";
+import { BUILT_FOR } from "./bundle";
 
 /**
  * A small validator for the JSON Schema subset that zod exports for our settings. It runs
@@ -28,26 +29,57 @@ export class SettingsError extends Error {
 
 function describe(property: PropertySchema): string {
   if (property.enum) return `one of ${property.enum.map((v) => JSON.stringify(v)).join(", ")}`;
-  switch (property.type) {
+  const { type, minimum: low, maximum: high, pattern } = property;
+  if (type === "integer" || type === "number") {
+    const noun = type === "integer" ? "an integer" : "a number";
+    const bounded = (n: number | undefined) => n !== undefined && Math.abs(n) < Number.MAX_SAFE_INTEGER;
+    return bounded(low) ? (bounded(high) ? `${noun} from ${low} to ${high}` : `${noun} of at least ${low}`) : noun;
+  }
+  if (type === "boolean") return "true or false";
+  if (type === "array") return "a comma-separated list";
+  if (property.format === "uri") return "an http:// or https:// URL";
+  if (property.format === "regex") return "a valid regular expression";
+  return pattern ? `text matching /${pattern}/` : "text";
+}
+
+/** Whether `test` holds of `value` without throwing. */
+const holds = (test: () => unknown) => {
+  try {
+    return !!test();
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Whether a value is of the property's type and within its limits (its items and fields aside).
+ * A limit left out is undefined, which no comparison is true against.
+ */
+function fits(p: PropertySchema, value: unknown): boolean {
+  if (p.enum) return p.enum.includes(value);
+  const v = value as never;
+  switch (p.type) {
     case "integer":
-    case "number": {
-      const noun = property.type === "integer" ? "an integer" : "a number";
-      const low = property.minimum;
-      const high = property.maximum;
-      const bounded = (n: number | undefined) => n !== undefined && Math.abs(n) < Number.MAX_SAFE_INTEGER;
-      if (bounded(low) && bounded(high)) return `${noun} from ${low} to ${high}`;
-      if (bounded(low)) return `${noun} of at least ${low}`;
-      return noun;
-    }
+    case "number":
+      return (
+        typeof v === "number" &&
+        (p.type === "number" ? v === v : Number.isInteger(v)) &&
+        !(v < p.minimum! || v > p.maximum!)
+      );
     case "boolean":
-      return "true or false";
+      return typeof v === "boolean";
     case "array":
-      return "a comma-separated list";
+      return Array.isArray(v);
+    case "object":
+      return typeof v === "object" && v !== null && !Array.isArray(v);
     default:
-      if (property.format === "uri") return "an http:// or https:// URL";
-      if (property.format === "regex") return "a valid regular expression";
-      if (property.pattern) return `text matching /${property.pattern}/`;
-      return "text";
+      return (
+        typeof v === "string" &&
+        !((v as string).length < p.minLength! || (v as string).length > p.maxLength!) &&
+        (!p.pattern || new RegExp(p.pattern).test(v)) &&
+        (p.format !== "uri" || holds(() => /^https?:$/.test(new URL(v).protocol))) &&
+        (p.format !== "regex" || holds(() => new RegExp(v)))
+      );
   }
 }
 
@@ -59,68 +91,21 @@ function check(
   shown: string,
   env?: string,
 ): void {
-  const fail = (): void => {
-    problems.push({ path, env, message: `${shown} is not allowed: expected ${describe(property)}` });
-  };
-  if (property.enum) {
-    if (!property.enum.includes(value)) fail();
-    return;
-  }
-  switch (property.type) {
-    case "integer":
-    case "number":
-      if (typeof value !== "number" || Number.isNaN(value)) return fail();
-      if (property.type === "integer" && !Number.isInteger(value)) return fail();
-      if (property.minimum !== undefined && value < property.minimum) return fail();
-      if (property.maximum !== undefined && value > property.maximum) return fail();
-      return;
-    case "boolean":
-      if (typeof value !== "boolean") fail();
-      return;
-    case "array":
-      if (!Array.isArray(value)) return fail();
-      value.forEach(
-        (item, index) =>
-          property.items && check(property.items, item, `${path}[${index}]`, problems, JSON.stringify(item), env),
-      );
-      return;
-    case "object": {
-      if (typeof value !== "object" || value === null || Array.isArray(value)) return fail();
-      const record = value as Record<string, unknown>;
-      for (const key of property.required ?? []) {
-        if (record[key] === undefined) problems.push({ path: `${path}.${key}`, env, message: "is required" });
-      }
-      for (const [key, item] of Object.entries(record)) {
-        const inner =
-          property.properties?.[key] ??
-          (typeof property.additionalProperties === "object" ? property.additionalProperties : undefined);
-        if (property.propertyNames)
-          check(property.propertyNames, key, `${path}.${key}`, problems, JSON.stringify(key), env);
-        if (inner) check(inner, item, `${path}.${key}`, problems, JSON.stringify(item), env);
-        else if (property.additionalProperties === false)
-          problems.push({ path: `${path}.${key}`, env, message: "is not a known field" });
-      }
-      return;
-    }
-    default: {
-      if (typeof value !== "string") return fail();
-      if (property.minLength !== undefined && value.length < property.minLength) return fail();
-      if (property.maxLength !== undefined && value.length > property.maxLength) return fail();
-      if (property.pattern !== undefined && !new RegExp(property.pattern).test(value)) return fail();
-      if (property.format === "uri") {
-        try {
-          if (!/^https?:$/.test(new URL(value).protocol)) fail();
-        } catch {
-          fail();
-        }
-      }
-      if (property.format === "regex") {
-        try {
-          new RegExp(value);
-        } catch {
-          fail();
-        }
-      }
+  const problem = (at: string, message: string) => problems.push({ path: at, env, message });
+  if (!fits(property, value)) return void problem(path, `${shown} is not allowed: expected ${describe(property)}`);
+  if (property.enum) return;
+  const inner = (schema: PropertySchema | undefined, item: unknown, at: string) =>
+    schema && check(schema, item, at, problems, JSON.stringify(item), env);
+  if (Array.isArray(value)) value.forEach((item, index) => inner(property.items, item, `${path}[${index}]`));
+  else if (property.type === "object") {
+    const record = value as Record<string, unknown>;
+    for (const key of property.required ?? []) if (record[key] === undefined) problem(`${path}.${key}`, "is required");
+    const extra = property.additionalProperties;
+    for (const [key, item] of Object.entries(record)) {
+      const schema = property.properties?.[key] ?? (typeof extra === "object" ? extra : undefined);
+      inner(property.propertyNames, key, `${path}.${key}`);
+      if (schema) inner(schema, item, `${path}.${key}`);
+      else if (extra === false) problem(`${path}.${key}`, "is not a known field");
     }
   }
 }
@@ -154,7 +139,18 @@ export function validateSettings<T = Record<string, unknown>>(
       continue;
     }
     const shown = property.secret ? "the value (secret, not shown)" : JSON.stringify(value);
-    check(property, value, key, problems, shown, property.env);
+    // An EC2 bundle reads the settings its component checked against this same schema (the instance's file, which
+    // only root can change) and the pool's secret, which the role parses itself: it asks only whether each is there,
+    // and whether it is the executor or vendor the bundle serves (agent/config/bundle.ts).
+    // (Named one by one: the minifier folds BUILT_FOR only where its fields are read by name.)
+    const served = key === "executor" ? BUILT_FOR.executor : key === "vendor" ? BUILT_FOR.vendor : undefined;
+    if (BUILT_FOR.platform !== "ec2") check(property, value, key, problems, shown, property.env);
+    else if (served !== undefined && value !== served)
+      problems.push({
+        path: key,
+        env: property.env,
+        message: `${shown} is not served by this bundle (${served} only)`,
+      });
     settings[key] = value;
   }
   if (problems.length > 0) throw new SettingsError(role, problems);

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
+import { BUILT_FOR } from "../config/bundle";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
@@ -153,7 +154,8 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
     );
   }
-  const wanted = settings.runtimeIsolation;
+  // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
+  const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
@@ -195,7 +197,7 @@ export async function createExecutor(
 ): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const launcher =
-    settings.executor === "docker"
+    (BUILT_FOR.executor ?? settings.executor) === "docker"
       ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker)
       : await isolatedLauncher(settings, runner, log);
   return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };

@@ -104,9 +104,6 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
     if (frames !== 2 || !answered) throw new Error("a message out of turn");
-    // Its work is done: a long answer's runtime ends before the check (which holds the agent's thread, watchdogs
-    // included, a while), not a few milliseconds after it.
-    if (text.length > 65536) kill();
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
@@ -300,11 +297,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             // Of "user" isolation (no pid namespace to end with it), every process of its uid goes first (kill -1 as
             // that uid): whatever an escape from the permission model left running would share the uid with a later run.
             const [sh, shArgs, shOptions] = removal(uid, scratch, uid === undefined ? "" : "kill -KILL -1; ");
-            let freed = false;
-            const free = () => void (freed || ((freed = true), uid === undefined || uids.give(uid)));
+            // Only once that worked: a uid whose processes or files may remain is never given to another run.
             spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })
-              .on("close", free)
-              .on("error", free);
+              .on("close", (code) => code === 0 && uid !== undefined && uids.give(uid))
+              .on("error", () => undefined);
           },
         },
         o.memoryMb,

@@ -136,6 +136,8 @@ export function bwrapArgs(o: { node: string; libraries: string[]; readable: stri
     ],
     ...(existsSync(loader) ? ["--ro-bind", realpathSync(loader), loader] : []),
     ...files.flatMap((file) => ["--ro-bind", file, file]),
+    // Nothing written but the scratch: bubblewrap's root and /dev are tmpfs without a size of their own.
+    ...["--remount-ro", "/dev", "--remount-ro", "/"],
     ...["--info-fd", "4", "--seccomp", "5", "--"],
   ];
 }

@@ -13,6 +13,7 @@ import {
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
+import { BUILT_FOR } from "../config/bundle";
 import type { LauncherSettings } from "../config/launcher";
 import type { RunPolicy } from "../config/run-policy";
 import { runPolicyJsonSchema } from "../config/settings-schema";
@@ -108,7 +109,7 @@ export function prepareLauncher(
         `SPACELIFT_WORKER_EXTRA_MOUNTS: ${mount.split(":")[0]} does not exist on this host (in "${mount}")`,
       );
   }
-  if (settings.executor === "process" && settings.extraMounts.length > 0)
+  if (BUILT_FOR.executor !== "docker" && settings.executor === "process" && settings.extraMounts.length > 0)
     log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
 
@@ -121,7 +122,10 @@ export function prepareLauncher(
     if (name.startsWith("SPACELIFT_PRIVATEVCS_MAPPING_") && value) passed[name] = value;
   for (const name of settings.maskedEnvVars) if (env[name]) log.redact(env[name] as string);
 
-  const executor = settings.executor === "docker" ? dockerExecutor(settings, env, docker) : processExecutor(env.PATH);
+  const executor =
+    (BUILT_FOR.executor ?? settings.executor) === "docker"
+      ? dockerExecutor(settings, env, docker)
+      : processExecutor(env.PATH);
   return {
     settings,
     token: token as PoolToken & { certificate: string },

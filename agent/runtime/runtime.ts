@@ -15,6 +15,7 @@ import {
   type InstanceConfig,
 } from "../config/instance";
 import { BOOT_MARKS_PATH } from "../config/metrics";
+import { BUILT_FOR } from "../config/bundle";
 import type { RoleName } from "../config/roles";
 
 /** What a role's agent gives back once started. */
@@ -118,7 +119,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
   try {
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
-    if (statusDir)
+    // Probe files are Kubernetes': an EC2 bundle leaves them out.
+    if (BUILT_FOR.platform !== "ec2" && statusDir)
       status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));

@@ -1,5 +1,6 @@
 import type { VcsAgentSettings } from "../config/vcs-agent";
 import { canonicalRequest } from "./canonical";
+import { BUILT_FOR } from "../config/bundle";
 
 /**
  * What the VCS agent lets through, per vendor. A request is allowed only when a rule names
@@ -18,130 +19,149 @@ const GIT_FETCH = (prefix: string, project: string): RuleSpec[] => [
   ["POST", `${prefix}${project}(?:\\.git)?/git-upload-pack`, "fetch objects of {project} (git fetch)"],
 ];
 
-const RULES: Record<Vendor, RuleSpec[]> = {
-  gitlab: [
-    ["GET", "/api/v4/version", "read the GitLab version"],
-    ["GET", "/api/v4/user", "read the token's user"],
-    ["GET", "/api/v4/projects/@project", "read project {project}"],
-    ["GET", "/api/v4/projects/@project/repository/branches", "list branches of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/branches/@x", "read a branch of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/tags", "list tags of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/tags/@x", "read a tag of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/commits", "list commits of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/commits/@x", "read a commit of {project}"],
-    [
-      "GET",
-      "/api/v4/projects/@project/repository/commits/@x/(?:statuses|diff|merge_requests)",
-      "read a commit's details in {project}",
-    ],
-    ["GET", "/api/v4/projects/@project/repository/compare", "compare commits of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/tree", "list files of {project}"],
-    ["GET", "/api/v4/projects/@project/repository/files/@file(?:/raw)?", "read a file of {project}"],
-    [
-      "GET",
-      "/api/v4/projects/@project/repository/archive(?:\\.(?:tar\\.gz|tar\\.bz2|tar|zip))?",
-      "download an archive of {project}",
-    ],
-    ["GET", "/api/v4/projects/@project/merge_requests", "list merge requests of {project}"],
-    ["GET", "/api/v4/projects/@project/merge_requests/@x", "read a merge request of {project}"],
-    [
-      "GET",
-      "/api/v4/projects/@project/merge_requests/@x/(?:changes|diffs|commits|notes)",
-      "read a merge request's details in {project}",
-    ],
-    ["POST", "/api/v4/projects/@project/merge_requests/@x/notes", "comment on a merge request of {project}"],
-    ["PUT", "/api/v4/projects/@project/merge_requests/@x/notes/@x", "edit a comment on a merge request of {project}"],
-    ["POST", "/api/v4/projects/@project/statuses/@x", "set a commit status in {project}"],
-    ...GIT_FETCH("/", "(?<path>[^/]+(?:/[^/]+?)+?)"),
-  ],
-  github_enterprise: [
-    ["GET", "/api/v3/meta", "read the GitHub Enterprise metadata"],
-    ["GET", "/api/v3/user", "read the token's user"],
-    ["GET", "/api/v3/repos/@owner/@repo", "read repository {project}"],
-    [
-      "GET",
-      "/api/v3/repos/@owner/@repo/(?:branches|tags|commits|pulls)",
-      "list branches, tags, commits or pull requests of {project}",
-    ],
-    ["GET", "/api/v3/repos/@owner/@repo/branches/*", "read a branch of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/commits/@x(?:/(?:status|statuses|check-runs))?", "read a commit of {project}"],
-    // Not `base...owner:repo:branch`: another repository of the fork network.
-    ["GET", "/api/v3/repos/@owner/@repo/compare/(?:(?!%3[Aa])[^/:])+", "compare commits of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/contents(?:/*)?", "read a file of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/git/(?:trees|commits|refs|ref)/*", "read git data of {project}"],
-    ["GET", "/api/v3/repos/@owner/@repo/(?:tarball|zipball)(?:/*)?", "download an archive of {project}"],
-    [
-      "GET",
-      "/api/v3/repos/@owner/@repo/pulls/@x(?:/(?:files|commits|reviews|comments))?",
-      "read a pull request of {project}",
-    ],
-    ["GET", "/api/v3/repos/@owner/@repo/issues/@x/comments", "read comments on a pull request of {project}"],
-    ["POST", "/api/v3/repos/@owner/@repo/issues/@x/comments", "comment on a pull request of {project}"],
-    ["PATCH", "/api/v3/repos/@owner/@repo/issues/comments/@x", "edit a comment in {project}"],
-    ["POST", "/api/v3/repos/@owner/@repo/statuses/@x", "set a commit status in {project}"],
-    ["POST", "/api/v3/repos/@owner/@repo/check-runs", "create a check run in {project}"],
-    ["PATCH", "/api/v3/repos/@owner/@repo/check-runs/@x", "update a check run in {project}"],
-    ...GIT_FETCH("/", "@owner/@repo"),
-  ],
-  bitbucket_datacenter: [
-    ["GET", "/rest/api/(?:1\\.0|latest)/application-properties", "read the Bitbucket version"],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo", "read repository {project}"],
-    [
-      "GET",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:branches|tags|commits|pull-requests|default-branch)",
-      "list branches, tags, commits or pull requests of {project}",
-    ],
-    [
-      "GET",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x(?:/(?:changes|diff))?",
-      "read a commit of {project}",
-    ],
-    [
-      "GET",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:browse|raw|files)(?:/*)?",
-      "read files of {project}",
-    ],
-    ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/archive", "download an archive of {project}"],
-    [
-      "GET",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x(?:/(?:changes|commits|diff|activities|comments))?",
-      "read a pull request of {project}",
-    ],
-    [
-      "POST",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments",
-      "comment on a pull request of {project}",
-    ],
-    [
-      "PUT",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments/@x",
-      "edit a comment on a pull request of {project}",
-    ],
-    [
-      "POST",
-      "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x/builds",
-      "set a build status in {project}",
-    ],
-    ...GIT_FETCH("/scm/", "@owner/@repo"),
-  ],
-  azure_devops: [
-    ["GET", "/_apis/connectionData", "read the Azure DevOps connection data"],
-    ["GET", "/@owner/_apis/git/repositories/@repo", "read repository {project}"],
-    [
-      "GET",
-      "/@owner/_apis/git/repositories/@repo/(?:refs|commits|items|pullRequests|stats/branches)",
-      "list refs, commits, files or pull requests of {project}",
-    ],
-    [
-      "GET",
-      "/@owner/_apis/git/repositories/@repo/(?:commits|pullRequests)/@x(?:/(?:changes|statuses|commits|threads))?",
-      "read a commit or pull request of {project}",
-    ],
-    ["POST", "/@owner/_apis/git/repositories/@repo/pullRequests/@x/threads", "comment on a pull request of {project}"],
-    ["POST", "/@owner/_apis/git/repositories/@repo/commits/@x/statuses", "set a commit status in {project}"],
-    ...GIT_FETCH("/", "@owner/_git/@repo").map(([m, t, w]) => [m, t.replace("(?:\\.git)?", ""), w] as RuleSpec),
-  ],
-};
+/** A vendor's rules. A variant for one vendor (agent/config/bundle.ts) carries only its own. */
+function vendorRules(vendor: Vendor): RuleSpec[] {
+  switch (BUILT_FOR.vendor ?? vendor) {
+    case "gitlab":
+      return [
+        ["GET", "/api/v4/version", "read the GitLab version"],
+        ["GET", "/api/v4/user", "read the token's user"],
+        ["GET", "/api/v4/projects/@project", "read project {project}"],
+        ["GET", "/api/v4/projects/@project/repository/branches", "list branches of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/branches/@x", "read a branch of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/tags", "list tags of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/tags/@x", "read a tag of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/commits", "list commits of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/commits/@x", "read a commit of {project}"],
+        [
+          "GET",
+          "/api/v4/projects/@project/repository/commits/@x/(?:statuses|diff|merge_requests)",
+          "read a commit's details in {project}",
+        ],
+        ["GET", "/api/v4/projects/@project/repository/compare", "compare commits of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/tree", "list files of {project}"],
+        ["GET", "/api/v4/projects/@project/repository/files/@file(?:/raw)?", "read a file of {project}"],
+        [
+          "GET",
+          "/api/v4/projects/@project/repository/archive(?:\\.(?:tar\\.gz|tar\\.bz2|tar|zip))?",
+          "download an archive of {project}",
+        ],
+        ["GET", "/api/v4/projects/@project/merge_requests", "list merge requests of {project}"],
+        ["GET", "/api/v4/projects/@project/merge_requests/@x", "read a merge request of {project}"],
+        [
+          "GET",
+          "/api/v4/projects/@project/merge_requests/@x/(?:changes|diffs|commits|notes)",
+          "read a merge request's details in {project}",
+        ],
+        ["POST", "/api/v4/projects/@project/merge_requests/@x/notes", "comment on a merge request of {project}"],
+        [
+          "PUT",
+          "/api/v4/projects/@project/merge_requests/@x/notes/@x",
+          "edit a comment on a merge request of {project}",
+        ],
+        ["POST", "/api/v4/projects/@project/statuses/@x", "set a commit status in {project}"],
+        ...GIT_FETCH("/", "(?<path>[^/]+(?:/[^/]+?)+?)"),
+      ];
+    case "github_enterprise":
+      return [
+        ["GET", "/api/v3/meta", "read the GitHub Enterprise metadata"],
+        ["GET", "/api/v3/user", "read the token's user"],
+        ["GET", "/api/v3/repos/@owner/@repo", "read repository {project}"],
+        [
+          "GET",
+          "/api/v3/repos/@owner/@repo/(?:branches|tags|commits|pulls)",
+          "list branches, tags, commits or pull requests of {project}",
+        ],
+        ["GET", "/api/v3/repos/@owner/@repo/branches/*", "read a branch of {project}"],
+        [
+          "GET",
+          "/api/v3/repos/@owner/@repo/commits/@x(?:/(?:status|statuses|check-runs))?",
+          "read a commit of {project}",
+        ],
+        // Not `base...owner:repo:branch`: another repository of the fork network.
+        ["GET", "/api/v3/repos/@owner/@repo/compare/(?:(?!%3[Aa])[^/:])+", "compare commits of {project}"],
+        ["GET", "/api/v3/repos/@owner/@repo/contents(?:/*)?", "read a file of {project}"],
+        ["GET", "/api/v3/repos/@owner/@repo/git/(?:trees|commits|refs|ref)/*", "read git data of {project}"],
+        ["GET", "/api/v3/repos/@owner/@repo/(?:tarball|zipball)(?:/*)?", "download an archive of {project}"],
+        [
+          "GET",
+          "/api/v3/repos/@owner/@repo/pulls/@x(?:/(?:files|commits|reviews|comments))?",
+          "read a pull request of {project}",
+        ],
+        ["GET", "/api/v3/repos/@owner/@repo/issues/@x/comments", "read comments on a pull request of {project}"],
+        ["POST", "/api/v3/repos/@owner/@repo/issues/@x/comments", "comment on a pull request of {project}"],
+        ["PATCH", "/api/v3/repos/@owner/@repo/issues/comments/@x", "edit a comment in {project}"],
+        ["POST", "/api/v3/repos/@owner/@repo/statuses/@x", "set a commit status in {project}"],
+        ["POST", "/api/v3/repos/@owner/@repo/check-runs", "create a check run in {project}"],
+        ["PATCH", "/api/v3/repos/@owner/@repo/check-runs/@x", "update a check run in {project}"],
+        ...GIT_FETCH("/", "@owner/@repo"),
+      ];
+    case "bitbucket_datacenter":
+      return [
+        ["GET", "/rest/api/(?:1\\.0|latest)/application-properties", "read the Bitbucket version"],
+        ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo", "read repository {project}"],
+        [
+          "GET",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:branches|tags|commits|pull-requests|default-branch)",
+          "list branches, tags, commits or pull requests of {project}",
+        ],
+        [
+          "GET",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x(?:/(?:changes|diff))?",
+          "read a commit of {project}",
+        ],
+        [
+          "GET",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/(?:browse|raw|files)(?:/*)?",
+          "read files of {project}",
+        ],
+        ["GET", "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/archive", "download an archive of {project}"],
+        [
+          "GET",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x(?:/(?:changes|commits|diff|activities|comments))?",
+          "read a pull request of {project}",
+        ],
+        [
+          "POST",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments",
+          "comment on a pull request of {project}",
+        ],
+        [
+          "PUT",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/pull-requests/@x/comments/@x",
+          "edit a comment on a pull request of {project}",
+        ],
+        [
+          "POST",
+          "/rest/api/(?:1\\.0|latest)/projects/@owner/repos/@repo/commits/@x/builds",
+          "set a build status in {project}",
+        ],
+        ...GIT_FETCH("/scm/", "@owner/@repo"),
+      ];
+    case "azure_devops":
+      return [
+        ["GET", "/_apis/connectionData", "read the Azure DevOps connection data"],
+        ["GET", "/@owner/_apis/git/repositories/@repo", "read repository {project}"],
+        [
+          "GET",
+          "/@owner/_apis/git/repositories/@repo/(?:refs|commits|items|pullRequests|stats/branches)",
+          "list refs, commits, files or pull requests of {project}",
+        ],
+        [
+          "GET",
+          "/@owner/_apis/git/repositories/@repo/(?:commits|pullRequests)/@x(?:/(?:changes|statuses|commits|threads))?",
+          "read a commit or pull request of {project}",
+        ],
+        [
+          "POST",
+          "/@owner/_apis/git/repositories/@repo/pullRequests/@x/threads",
+          "comment on a pull request of {project}",
+        ],
+        ["POST", "/@owner/_apis/git/repositories/@repo/commits/@x/statuses", "set a commit status in {project}"],
+        ...GIT_FETCH("/", "@owner/_git/@repo").map(([m, t, w]) => [m, t.replace("(?:\\.git)?", ""), w] as RuleSpec),
+      ];
+  }
+}
 
 interface Rule {
   methods: string[];
@@ -165,7 +185,7 @@ const compiled = new Map<Vendor, Rule[]>();
 function rulesOf(vendor: Vendor): Rule[] {
   let rules = compiled.get(vendor);
   if (!rules) {
-    rules = RULES[vendor].map(([methods, template, what]) => ({
+    rules = vendorRules(vendor).map(([methods, template, what]) => ({
       methods: methods.split(","),
       pattern: new RegExp(
         "^" +
@@ -208,7 +228,9 @@ const readings = (vendor: Vendor, project: string) =>
  * raw path and query exactly as the VCS will receive them; it is read once (canonical.ts)
  * and every check below runs on that reading.
  */
-export function classify(vendor: Vendor, method: string, target: string, allowedProjects: RegExp): Decision {
+export function classify(given: Vendor, method: string, target: string, allowedProjects: RegExp): Decision {
+  // A variant's one vendor as a constant: what only the others need is left out of it.
+  const vendor = BUILT_FOR.vendor ?? given;
   const canonical = canonicalRequest(vendor, method, target);
   if (!canonical.ok) return { allowed: false, reason: canonical.reason };
   const { path, query, encodedSlash, segments } = canonical.request;

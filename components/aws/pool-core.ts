@@ -5,6 +5,7 @@ import { terminationHeartbeatTimeout, type InstanceConfig } from "../../agent/co
 import { METRICS, METRICS_NAMESPACE, METRICS_PERIOD_SECONDS, POOL_DIMENSION } from "../../agent/config/metrics";
 import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
+import { ec2Variant } from "../../agent/config/bundle";
 import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
 import {
@@ -156,7 +157,8 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
   return {
     pool: name,
     role: spec.role,
-    bundle: runtimeBundle(spec.role),
+    // The variant for EC2 and the pool's executor or vendor: what the pool does not use is left out.
+    bundle: runtimeBundle(spec.role, ec2Variant(spec.role, core as { executor?: string; vendor?: string })),
     config: {
       role: spec.role,
       pool: name,

@@ -6,6 +6,8 @@ import { BOOT_MARKS_PATH } from "../../agent/config/metrics";
 
 /** EC2's limit on user-data, applied to the gzipped bytes before base64. */
 export const USER_DATA_LIMIT = 16_384;
+/** Three quarters of the limit: what a pool's user-data should stay within, so the runtime has room to grow. */
+export const USER_DATA_BUDGET = USER_DATA_LIMIT * 0.75;
 
 export const INSTALL_DIR = "/opt/agentpools";
 export const CONFIG_DIR = "/etc/agentpools";

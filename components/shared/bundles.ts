@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { RoleName } from "../../agent/config/roles";
+import { bundleFile, type BundleVariant } from "../../agent/config/bundle";
 
 let root: string | undefined;
 
@@ -14,17 +15,17 @@ export function packageRoot(): string {
   throw new Error(`cannot find the agentpools package above ${__dirname}`);
 }
 
-const cache = new Map<RoleName, string>();
+const cache = new Map<string, string>();
 
-/** The role's runtime bundle, built by `npm run build` (scripts/bundle.mjs). */
-export function runtimeBundle(role: RoleName): string {
-  const cached = cache.get(role);
+/** The role's runtime bundle, the full one or a variant (agent/config/bundle.ts), built by `npm run build` (scripts/bundle.mjs). */
+export function runtimeBundle(role: RoleName, variant: BundleVariant = {}): string {
+  const file = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
+  const cached = cache.get(file);
   if (cached) return cached;
-  const file = path.join(packageRoot(), "build", "bundles", `${role}.js`);
   if (!existsSync(file))
     throw new Error(`the ${role} runtime bundle is missing at ${file}: run "npm run build" in ${packageRoot()}`);
   const bundle = readFileSync(file, "utf8");
-  cache.set(role, bundle);
+  cache.set(file, bundle);
   return bundle;
 }
 

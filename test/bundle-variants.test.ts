@@ -1,0 +1,91 @@
+// The EC2 variants of the runtime bundles (agent/config/bundle.ts): what each leaves out, and
+// that each refuses, by name, settings it does not serve.
+import assert from "node:assert/strict";
+import path from "node:path";
+import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/bundle";
+import type { RoleName } from "../agent/config/roles";
+import { packageRoot, runtimeBundle } from "../components/shared/bundles";
+import { TOKENS } from "../devkit/fixtures";
+import { runBundle } from "../devkit/helpers";
+
+/** A variant started with this environment and nothing else: what it says, and its exit code. */
+const startBundle = (role: RoleName, variant: BundleVariant, env: Record<string, string>, args: string[] = []) =>
+  runBundle(path.join(packageRoot(), "build", "bundles", bundleFile(role, variant)), args, env);
+
+describe("EC2 bundle variants", () => {
+  // What only one side of each choice needs, as it reads in the minified code.
+  const marks = {
+    kubernetesProbes: '"heartbeat"',
+    processSandbox: "--unshare-all",
+    dockerRuntime: "--cap-drop=ALL",
+    processRuns: "detached:!0",
+    gitlabRules: "/api/v4/projects/",
+    githubRules: "/api/v3/repos/",
+  };
+  const has = (role: RoleName, variant: BundleVariant, mark: string) => runtimeBundle(role, variant).includes(mark);
+
+  it("the full bundles carry every path (the marks below are real)", () => {
+    assert.ok(has("launcher", {}, marks.kubernetesProbes) && has("launcher", {}, marks.processRuns));
+    assert.ok(has("flows-agent", {}, marks.processSandbox) && has("flows-agent", {}, marks.dockerRuntime));
+    assert.ok(has("vcs-agent", {}, marks.gitlabRules) && has("vcs-agent", {}, marks.githubRules));
+  });
+
+  it("each variant leaves out Kubernetes' probe files and what its executor or vendor does not use", () => {
+    for (const [role, variants] of Object.entries(EC2_VARIANTS) as [RoleName, BundleVariant[]][]) {
+      for (const variant of variants) {
+        assert.ok(!has(role, variant, marks.kubernetesProbes), `${bundleFile(role, variant)}: probe files`);
+        assert.ok(runtimeBundle(role, variant).length < runtimeBundle(role).length);
+      }
+    }
+    assert.ok(!has("launcher", { platform: "ec2", executor: "docker" }, marks.processRuns));
+    assert.ok(!has("flows-agent", { platform: "ec2", executor: "docker" }, marks.processSandbox));
+    assert.ok(has("flows-agent", { platform: "ec2", executor: "docker" }, marks.dockerRuntime));
+    assert.ok(!has("flows-agent", { platform: "ec2", executor: "process" }, marks.dockerRuntime));
+    assert.ok(has("flows-agent", { platform: "ec2", executor: "process" }, marks.processSandbox));
+    assert.ok(!has("vcs-agent", { platform: "ec2", vendor: "gitlab" }, marks.githubRules));
+    assert.ok(!has("vcs-agent", { platform: "ec2", vendor: "github_enterprise" }, marks.gitlabRules));
+  });
+
+  it("the component's choice: the variant of the pool's executor or vendor, the Docker executor unless told", () => {
+    assert.deepEqual(ec2Variant("launcher", {}), { platform: "ec2", executor: "docker" });
+    assert.deepEqual(ec2Variant("flows-agent", { executor: "process" }), { platform: "ec2", executor: "process" });
+    assert.deepEqual(ec2Variant("vcs-agent", { vendor: "azure_devops" }), { platform: "ec2", vendor: "azure_devops" });
+    assert.throws(() => ec2Variant("launcher", { executor: "process" }), /no EC2 bundle of the launcher/);
+  });
+
+  it("a variant refuses an executor or vendor it does not serve, naming the variable and the value", async () => {
+    const flows = {
+      FLOWS_AGENT_POOL_ID: "pool",
+      FLOWS_AGENT_POOL_TOKEN: TOKENS.flows,
+      FLOWS_GATEWAY_ENDPOINT: "http://127.0.0.1:1",
+      FLOWS_ENDPOINT: "http://127.0.0.1:1",
+      FLOWS_EXECUTOR: "process",
+    };
+    const wrong = await startBundle("flows-agent", { platform: "ec2", executor: "docker" }, flows);
+    assert.equal(wrong.code, 1);
+    assert.match(
+      wrong.output,
+      /FLOWS_EXECUTOR \(executor\): \\"process\\" is not served by this bundle \(docker only\)/,
+    );
+    const vcs = await startBundle(
+      "vcs-agent",
+      { platform: "ec2", vendor: "gitlab" },
+      {
+        SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs,
+        SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1",
+        SPACELIFT_VCS_AGENT_VENDOR: "github_enterprise",
+      },
+    );
+    assert.equal(vcs.code, 1);
+    assert.match(vcs.output, /SPACELIFT_VCS_AGENT_VENDOR \(vendor\): \\"github_enterprise\\" is not served/);
+  });
+
+  it("a variant still names a missing setting, and takes no command-line flags", async () => {
+    const missing = await startBundle("launcher", { platform: "ec2", executor: "docker" }, {});
+    assert.equal(missing.code, 1);
+    assert.match(missing.output, /SPACELIFT_TOKEN \(token\): is required/);
+    const flag = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, {}, ["--vendor", "gitlab"]);
+    assert.equal(flag.code, 1);
+    assert.match(flag.output, /unknown flag \\"--vendor\\"/);
+  });
+});
