@@ -50,16 +50,26 @@ import {
  */
 function pastUserData<A extends WorkerPoolArgs | FlowsAgentPoolArgs>(args: A): A {
   const worker = "poolPrivateKey" in args;
-  for (let count = 0; ; count += 2) {
+  const padded = (count: number) => {
     const tags = Array.from({ length: count }, (_, i) => [
       `pad_${i}`,
       createHash("sha256").update(`${i}`).digest("hex"),
     ]);
-    const padded = { ...args, metadataTags: { ...args.metadataTags, ...Object.fromEntries(tags) } };
+    return { ...args, metadataTags: { ...args.metadataTags, ...Object.fromEntries(tags) } };
+  };
+  for (let count = 0; ; count += 2) {
     const spec = worker
-      ? preparePool("WorkerPool", "launcher", "pad", workerPoolArgs, padded as WorkerPoolArgs, workerPoolKind)
-      : preparePool("FlowsAgentPool", "flows-agent", "pad", flowsAgentPoolArgs, padded as never, flowsAgentPoolKind);
-    if (spec.configDelivery === "ssmParameter") return padded;
+      ? preparePool("WorkerPool", "launcher", "pad", workerPoolArgs, padded(count) as WorkerPoolArgs, workerPoolKind)
+      : preparePool(
+          "FlowsAgentPool",
+          "flows-agent",
+          "pad",
+          flowsAgentPoolArgs,
+          padded(count) as never,
+          flowsAgentPoolKind,
+        );
+    // Past it by a margin: a pool of another name is a few bytes more or less once gzipped.
+    if (spec.configDelivery === "ssmParameter") return padded(count + 4);
   }
 }
 
