@@ -116,7 +116,8 @@ export class WebSocket extends EventEmitter {
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
       const tick = setInterval(() => {
-        deadline ??= setTimeout(() => (this.emit("timeout"), close(1001)), timeoutMs);
+        // Judged after the next poll phase: bytes that came while this process was busy are read first.
+        deadline ??= setTimeout(() => setImmediate(() => deadline && (this.emit("timeout"), close(1001))), timeoutMs);
         ping();
       }, intervalMs);
       socket.on("data", () => (deadline = void clearTimeout(deadline)));

@@ -792,12 +792,15 @@ describe("Flows: runs with large answers over a slow link", function () {
   let proxyPort = 0;
   const proxy = net.createServer((client) => {
     const upstream = net.connect(Number(new URL(url).port), "127.0.0.1");
-    // The agent's uplink: 8 MiB/s, paced in 64 KiB slices. The gateway's side is not the slow one.
+    // The agent's uplink: 2 MiB/s, paced in 64 KiB slices (an answer takes 1.5 s, past the keepalive's 1 s). The
+    // gateway's side is not the slow one.
     client.on("data", (chunk: Buffer) => {
       client.pause();
       let at = 0;
       const next = (): unknown =>
-        at >= chunk.length ? client.resume() : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 8));
+        at >= chunk.length
+          ? client.resume()
+          : (upstream.write(chunk.subarray(at, (at += 65536))), setTimeout(next, 32));
       next();
     });
     upstream.pipe(client);
@@ -816,14 +819,14 @@ describe("Flows: runs with large answers over a slow link", function () {
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL_SLOW, "flows", url);
     log = capturingLogger("gateway");
-    // A keepalive of 200 ms: the 20 s / 10 s of production scaled down with the link.
+    // A keepalive of 1 s: the 20 s / 10 s of production scaled down with the link.
     gateway = new Gateway({
       pools: [created.pool],
       keys: [service.definition],
       port,
       log: log.log,
-      pingIntervalMs: 20,
-      pingTimeoutMs: 200,
+      pingIntervalMs: 100,
+      pingTimeoutMs: 1000,
     });
     await gateway.listen();
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
@@ -874,6 +877,7 @@ describe("Flows: runs with large answers over a slow link", function () {
     assert.deepEqual(
       large.map((r) => [r.status, r.result.value?.length]),
       Array(3).fill([200, ANSWER]),
+      JSON.stringify(large.map((r) => [r.status, r.result.error])) + JSON.stringify(log.lines.slice(-5)),
     );
     assert.deepEqual([(await victim).status, (await victim).result.value], [200, "victim"]);
     assert.equal(gateway.summary()[0].agents[0].id, connection, "the same connection");
