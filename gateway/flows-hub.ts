@@ -97,7 +97,7 @@ export class FlowsHub {
 
   private receive(agent: FlowsAgent, text: string): void {
     // An agent checks its runs' answers: one that passes on an answer too costly to parse is not trusted further.
-    if (text.length > 65536 && jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1)) {
+    if (jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1)) {
       this.log.warn("agent sent an answer over the caps: disconnected", { pool: agent.pool, agent: agent.id });
       return agent.socket.close(1008);
     }

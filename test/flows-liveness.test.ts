@@ -6,7 +6,7 @@ import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
 import { flowsAgentStandIn } from "./flows-stand-in";
-import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
+import { FLOWS_MAX_RUN_TIMEOUT_MS, FLOWS_MAX_VALUE_CONTAINERS } from "../protocol/flows";
 
 const service = serviceKey();
 
@@ -82,6 +82,21 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.deepEqual([response.status, response.headers.get("retry-after")], [503, String(RETRY_AFTER_SECONDS)]);
     assert.match(((await response.json()) as { error: string }).error, /16 runs in flight/);
     assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
+  });
+
+  it("an agent that passes on an answer too costly to parse (nesting, objects and arrays) is dropped; its run fails", async () => {
+    for (const value of ["[".repeat(300) + "]".repeat(300), `[${"{},".repeat(FLOWS_MAX_VALUE_CONTAINERS)}{}]`]) {
+      const agent = await connect("costly");
+      agent.mute();
+      const pending = run();
+      await eventually(() => agent.runs.length === 1);
+      const id = (agent.runs[0] as { id: string }).id;
+      agent.socket.send(`{"type":"result","id":"${id}","ok":true,"console":[],"durationMs":1,"value":${value}}`);
+      await assert.rejects(pending, (error: Error & { status?: number }) => error.status === 502);
+      assert.ok(log.lines.some((line) => /over the caps: disconnected/.test(line.msg)));
+      await eventually(() => gateway.summary()[0].connections === 0);
+      agents.splice(0);
+    }
   });
 
   it("answers compact JSON, and drops an answer its client does not take within the stall deadline", async () => {
