@@ -9,6 +9,8 @@ describe("the cost of a JSON text, read without parsing it", () => {
     assert.equal(jsonCost('["\\"[[[[", []]', 1), "depth", "an escaped quote does not end the string");
     assert.equal(jsonCost(`[${"{},".repeat(9)}{}]`, 2, 11), undefined);
     assert.equal(jsonCost(`[${"{},".repeat(10)}{}]`, 2, 11), "containers");
+    assert.equal(jsonCost('{"a":1,"b":{"c":2},"d:e":":"}', 2, 10, 4), undefined, "colons in strings are no keys");
+    assert.equal(jsonCost('{"a":1,"b":{"c":2},"d":3,"e":4}', 2, 10, 4), "keys");
   });
 
   it("200,000 levels cost no stack: refused at the cap", () => {

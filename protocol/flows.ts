@@ -20,15 +20,23 @@ export const FLOWS_MAX_CONSOLE_LINES = 1000;
 export const FLOWS_MAX_CONSOLE_BYTES = 1024 * 1024;
 /** Objects and arrays in one answer: what parsing an answer costs grows with them, not with its bytes. */
 export const FLOWS_MAX_VALUE_CONTAINERS = 100_000;
+/** Keys of objects in one answer, for the same reason (keys cost the most where each is new). */
+export const FLOWS_MAX_VALUE_KEYS = 250_000;
 
 /**
  * What would make a JSON text too costly to parse (and to walk, re-encode, parse again on the
- * other side): nesting deeper than `maxDepth` objects and arrays, or more than `maxContainers` of
- * them. Read in one pass over its characters, never parsed; undefined when within both.
+ * other side): nesting deeper than `maxDepth` objects and arrays, more than `maxContainers` of
+ * them, or more than `maxKeys` keys (a colon outside strings). Read in one pass over its characters, never parsed; undefined when within both.
  */
-export function jsonCost(text: string, maxDepth: number, maxContainers = FLOWS_MAX_VALUE_CONTAINERS) {
+export function jsonCost(
+  text: string,
+  maxDepth: number,
+  maxContainers = FLOWS_MAX_VALUE_CONTAINERS,
+  maxKeys = FLOWS_MAX_VALUE_KEYS,
+) {
   let depth = 0;
   let containers = 0;
+  let keys = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 34) {
@@ -38,6 +46,7 @@ export function jsonCost(text: string, maxDepth: number, maxContainers = FLOWS_M
       if (++depth > maxDepth) return "depth";
       if (++containers > maxContainers) return "containers";
     } else if (c === 93 || c === 125) depth--;
+    else if (c === 58 && ++keys > maxKeys) return "keys";
   }
   return undefined;
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { closeSync, openSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH } from "../../protocol/flows";
+import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH, FLOWS_MAX_VALUE_KEYS } from "../../protocol/flows";
 import { scratchDir } from "../../devkit/helpers";
 import { checkAnswer, encodeFrame, frameReader, readFrameSync } from "./channel";
 
@@ -172,5 +172,15 @@ describe("the runtime channel: answers", () => {
     assert.throws(() => checkAnswer(many), /more than the cap of 100000 objects and arrays/);
     const within = `{"ok":true,"console":[],"value":[${"[],".repeat(FLOWS_MAX_VALUE_CONTAINERS - 4)}[]]}`;
     assert.equal((checkAnswer(within).value as unknown[]).length, FLOWS_MAX_VALUE_CONTAINERS - 3);
+    // Keys too: one object of as many new keys costs as much to read as many objects.
+    const keys = Array.from({ length: FLOWS_MAX_VALUE_KEYS }, (_, i) => `"k${i}":0`).join(",");
+    assert.throws(
+      () => checkAnswer(`{"ok":true,"console":[],"value":{${keys}}}`),
+      /more than the cap of 250000 object keys/,
+    );
+    // The answer's own ok, console and value count too.
+    const fewer = Array.from({ length: FLOWS_MAX_VALUE_KEYS - 3 }, (_, i) => `"k${i}":0`).join(",");
+    const value = checkAnswer(`{"ok":true,"console":[],"value":{${fewer}}}`).value as object;
+    assert.equal(Object.keys(value).length, FLOWS_MAX_VALUE_KEYS - 3);
   });
 });

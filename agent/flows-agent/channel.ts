@@ -1,5 +1,11 @@
 import { readSync } from "node:fs";
-import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH, jsonCost, type Answer } from "../../protocol/flows";
+import {
+  FLOWS_MAX_VALUE_CONTAINERS,
+  FLOWS_MAX_VALUE_DEPTH,
+  FLOWS_MAX_VALUE_KEYS,
+  jsonCost,
+  type Answer,
+} from "../../protocol/flows";
 
 /**
  * The channel between the agent and a runtime: frames of a u32 big-endian length and that
@@ -77,6 +83,7 @@ export function checkAnswer(text: string): Answer {
   // Measured before it is parsed: the answer's own object is one level above its value.
   const cost = jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1);
   if (cost === "depth") throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
+  if (cost === "keys") throw new Error(`the answer holds more than the cap of ${FLOWS_MAX_VALUE_KEYS} object keys`);
   if (cost) throw new Error(`the answer holds more than the cap of ${FLOWS_MAX_VALUE_CONTAINERS} objects and arrays`);
   const { ok, value, error, console, ...unknown } = JSON.parse(text) ?? {};
   const { name, message, stack, code } = error ?? {};
