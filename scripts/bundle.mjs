@@ -4,13 +4,12 @@
 // Every byte counts against EC2's 16 KB of user-data: `node scripts/bundle.mjs --analyze`
 // prints what each source file costs once compressed as user-data carries it.
 import { build } from "esbuild";
-import { minify } from "terser";
 import { createRequire, SourceMap } from "node:module";
 import { brotliCompressSync, constants, gzipSync } from "node:zlib";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { internalNames, jsonKeys } from "./internal-names.mjs";
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const require = createRequire(import.meta.url);
@@ -103,9 +102,14 @@ const sourceRewrites = (variant) => ({
   },
 });
 
-// The settings schemas' keys are data the bundles read by name: never shortened.
-const schemaKeys = jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()]);
-const privateNames = internalNames(root, [...schemaKeys]);
+// The settings schemas' keys are data the bundles read by name: never shortened. Read (with the TypeScript
+// parser and terser) when a bundle is made, not when the last build's are reused.
+let privateNames;
+async function shortenable() {
+  const { internalNames, jsonKeys } = await import("./internal-names.mjs");
+  const keys = jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()]);
+  return (privateNames ??= internalNames(root, [...keys]));
+}
 
 /** The same bytes every run: Brotli at its best, as user-data carries the bundle. */
 export const brotli = (text) =>
@@ -142,15 +146,16 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
   const output = (suffix) => result.outputFiles.find((file) => file.path.endsWith(suffix)).text;
   // terser after esbuild: smaller by a few percent, which count against 16 KB. Members the
   // code marks private get short names too (scripts/internal-names.mjs says which are safe).
+  const { minify } = await import("terser");
   const minified = await minify(output(".js"), {
     ecma: 2022,
     toplevel: true,
     compress: { passes: 3 },
-    mangle: { toplevel: true, properties: { regex: new RegExp(`^(?:${privateNames.join("|")})$`) } },
+    mangle: { toplevel: true, properties: { regex: new RegExp(`^(?:${(await shortenable()).join("|")})$`) } },
     format: { ascii_only: true },
     sourceMap: sourceMap ? { content: output(".map"), asObject: true } : false,
   });
-  return { code: minified.code, map: minified.map };
+  return { code: minified.code, map: minified.map, inputs: Object.keys(result.metafile.inputs) };
 }
 
 /** What each source file costs in the compressed bundle: the bytes Brotli saves without its code. */
@@ -181,24 +186,75 @@ function compressedCost(code, map) {
     .sort((a, b) => b.cost - a.cost);
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const analyze = process.argv.includes("--analyze");
-  const builds = ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant })));
+/** The folders bundles are made from: every input esbuild reads must be in one (checked before a result is kept). */
+const SOURCES = ["agent", "lib", "protocol"];
+/** Earlier results, kept where `npm ci` (not a wiped build/) clears them. */
+const CACHE_DIR = path.join(root, "node_modules/.cache/agentpools-bundles");
+
+/**
+ * What every bundle is a function of: the sources they are made from (the settings schemas and the
+ * names terser may shorten come from them too), this script, and the tools' versions (the lockfile).
+ */
+function inputsDigest() {
+  const hash = createHash("sha256").update(process.version);
+  const files = ["scripts/bundle.mjs", "scripts/internal-names.mjs", "package-lock.json"];
+  for (const dir of SOURCES)
+    for (const entry of readdirSync(path.join(root, dir), { recursive: true }))
+      if (entry.endsWith(".ts")) files.push(path.join(dir, entry));
+  for (const file of files.sort()) hash.update(`\0${file}\0`).update(readFileSync(path.join(root, file)));
+  return hash.digest("hex").slice(0, 32);
+}
+
+/** Every role's bundles, as files of build/bundles/ and the line each prints: made, or the last run's when nothing they are made of changed. */
+async function allBundles() {
+  const cached = path.join(CACHE_DIR, `${inputsDigest()}.json`);
+  try {
+    return { ...JSON.parse(readFileSync(cached, "utf8")), from: cached };
+  } catch {
+    // Not made yet from these sources.
+  }
+  const bundles = [];
+  let outside = [];
   // One at a time: terser is the slow part, and it is synchronous work.
-  for (const { role, variant } of builds) {
-    const { code, map } = await bundleRole(role, { sourceMap: analyze, variant });
-    const outfile = path.join(root, "build/bundles", bundleFile(role, variant));
-    mkdirSync(path.dirname(outfile), { recursive: true });
-    writeFileSync(outfile, code);
-    console.log(
-      `bundle ${path.basename(outfile)}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`,
-    );
-    if (analyze) {
-      console.log(
-        `  ${"brotli".padStart(6)} ${"minified".padStart(8)}  source (Brotli: what the bundle saves without it)`,
-      );
-      for (const { file, minified, cost } of compressedCost(code, map))
-        console.log(`  ${String(cost).padStart(6)} ${String(minified).padStart(8)}  ${file}`);
+  for (const role of ROLES)
+    for (const variant of [{}, ...EC2_VARIANTS[role]]) {
+      const { code, inputs } = await bundleRole(role, { variant });
+      outside = outside.concat(inputs.filter((input) => !SOURCES.includes(input.split(/[\\/]/)[0])));
+      bundles.push({ file: bundleFile(role, variant), code, line: sizes(bundleFile(role, variant), code) });
     }
+  // Kept only when the digest covers every input; older results go.
+  if (outside.length === 0) {
+    rmSync(CACHE_DIR, { recursive: true, force: true });
+    mkdirSync(CACHE_DIR, { recursive: true });
+    writeFileSync(`${cached}.${process.pid}`, JSON.stringify({ bundles }));
+    renameSync(`${cached}.${process.pid}`, cached);
+  }
+  return { bundles };
+}
+
+const sizes = (file, code) =>
+  `bundle ${file}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`;
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  mkdirSync(path.join(root, "build/bundles"), { recursive: true });
+  if (process.argv.includes("--analyze")) {
+    for (const role of ROLES)
+      for (const variant of [{}, ...EC2_VARIANTS[role]]) {
+        const { code, map } = await bundleRole(role, { sourceMap: true, variant });
+        writeFileSync(path.join(root, "build/bundles", bundleFile(role, variant)), code);
+        console.log(sizes(bundleFile(role, variant), code));
+        console.log(
+          `  ${"brotli".padStart(6)} ${"minified".padStart(8)}  source (Brotli: what the bundle saves without it)`,
+        );
+        for (const { file, minified, cost } of compressedCost(code, map))
+          console.log(`  ${String(cost).padStart(6)} ${String(minified).padStart(8)}  ${file}`);
+      }
+  } else {
+    const { bundles, from } = await allBundles();
+    for (const { file, code, line } of bundles) {
+      writeFileSync(path.join(root, "build/bundles", file), code);
+      console.log(line);
+    }
+    if (from) console.log(`(the bundles of the last build from the same sources: ${path.relative(root, from)})`);
   }
 }
