@@ -119,16 +119,31 @@ export const ARCHIVE_PATH = "/run/agentpools.br";
 /** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
 export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
 
-/** The last texts compressed: a pool renders its worst case twice (configDelivery, checkUserDataSize). */
-const compressed = new Map<string, Buffer>();
+/** Brotli at its best, as user-data carries the archive: the same text always gives the same bytes. */
+export const BROTLI_PARAMS = { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 };
+
+/** Where compressed texts are kept, for a text compressed again (about 70 ms of CPU each). */
+export interface CompressedTexts {
+  get(text: string): Buffer | undefined;
+  set(text: string, packed: Buffer): void;
+}
+const recent = new Map<string, Buffer>();
+/**
+ * By default the last few: a pool renders its worst case twice (configDelivery, checkUserDataSize).
+ * The tests keep every one on disk between runs (devkit/brotli-cache.ts).
+ */
+export const compressedTexts: CompressedTexts = {
+  get: (text) => recent.get(text),
+  set(text, packed) {
+    recent.set(text, packed);
+    if (recent.size > 8) recent.delete(recent.keys().next().value as string);
+  },
+};
 const brotli = (data: string) => {
-  let packed = compressed.get(data);
+  let packed = compressedTexts.get(data);
   if (!packed) {
-    packed = brotliCompressSync(Buffer.from(data, "utf8"), {
-      params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
-    });
-    compressed.set(data, packed);
-    if (compressed.size > 8) compressed.delete(compressed.keys().next().value as string);
+    packed = brotliCompressSync(Buffer.from(data, "utf8"), { params: BROTLI_PARAMS });
+    compressedTexts.set(data, packed);
   }
   return packed;
 };
