@@ -7,6 +7,8 @@ import { build } from "esbuild";
 import { createRequire, SourceMap } from "node:module";
 import { brotliCompressSync, constants, gzipSync } from "node:zlib";
 import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -213,15 +215,20 @@ async function allBundles() {
   } catch {
     // Not made yet from these sources.
   }
-  const bundles = [];
-  let outside = [];
-  // One at a time: terser is the slow part, and it is synchronous work.
-  for (const role of ROLES)
-    for (const variant of [{}, ...EC2_VARIANTS[role]]) {
-      const { code, inputs } = await bundleRole(role, { variant });
-      outside = outside.concat(inputs.filter((input) => !SOURCES.includes(input.split(/[\\/]/)[0])));
-      bundles.push({ file: bundleFile(role, variant), code, line: sizes(bundleFile(role, variant), code) });
-    }
+  // terser is the slow part, and synchronous: the bundles are made on as many threads as there are cores.
+  const builds = ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant })));
+  const threads = Math.min(availableParallelism(), 4);
+  const privateNames = await shortenable();
+  const made = await Promise.all(
+    Array.from({ length: threads }, (_, i) => {
+      const share = builds.filter((_, j) => j % threads === i);
+      const worker = new Worker(fileURLToPath(import.meta.url), { workerData: { privateNames, builds: share } });
+      return new Promise((resolve, reject) => worker.once("message", resolve).once("error", reject));
+    }),
+  );
+  const bundles = builds.map((_, j) => made[j % threads][Math.floor(j / threads)]);
+  const outside = bundles.flatMap(({ inputs }) => inputs.filter((input) => !SOURCES.includes(input.split(/[\\/]/)[0])));
+  for (const bundle of bundles) delete bundle.inputs;
   // Kept only when the digest covers every input; older results go.
   if (outside.length === 0) {
     rmSync(CACHE_DIR, { recursive: true, force: true });
@@ -235,7 +242,16 @@ async function allBundles() {
 const sizes = (file, code) =>
   `bundle ${file}: ${code.length} bytes, ${brotli(code).length} Brotli (as user-data carries it), ${gzipSync(code, { level: 9 }).length} gzip`;
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+if (!isMainThread && workerData?.builds) {
+  // A thread of allBundles: its share of the bundles, in order.
+  privateNames = workerData.privateNames;
+  const bundles = [];
+  for (const { role, variant } of workerData.builds) {
+    const { code, inputs } = await bundleRole(role, { variant });
+    bundles.push({ file: bundleFile(role, variant), code, line: sizes(bundleFile(role, variant), code), inputs });
+  }
+  parentPort.postMessage(bundles);
+} else if (process.argv[1] === fileURLToPath(import.meta.url)) {
   mkdirSync(path.join(root, "build/bundles"), { recursive: true });
   if (process.argv.includes("--analyze")) {
     for (const role of ROLES)
