@@ -1,5 +1,5 @@
 import type { PropertySchema, SettingsSchema } from "./env";
-import { BUILT_FOR } from "./bundle";
+import { BUILT_FOR } from "./variants";
 
 /**
  * A small validator for the JSON Schema subset that zod exports for our settings. It runs
@@ -141,7 +141,7 @@ export function validateSettings<T = Record<string, unknown>>(
     const shown = property.secret ? "the value (secret, not shown)" : JSON.stringify(value);
     // An EC2 bundle reads the settings its component checked against this same schema (the instance's file, which
     // only root can change) and the pool's secret, which the role parses itself: it asks only whether each is there,
-    // and whether it is the executor or vendor the bundle serves (agent/config/bundle.ts).
+    // and whether it is the executor or vendor the bundle serves (agent/config/variants.ts).
     // (Named one by one: the minifier folds BUILT_FOR only where its fields are read by name.)
     const served = key === "executor" ? BUILT_FOR.executor : key === "vendor" ? BUILT_FOR.vendor : undefined;
     if (BUILT_FOR.platform !== "ec2") check(property, value, key, problems, shown, property.env);
