@@ -161,6 +161,15 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
     alive: kubelet.probePasses("launcher", "livenessProbe"),
     ready: kubelet.probePasses("launcher", "readinessProbe"),
   });
+  /**
+   * What they say once readiness is `ready`, or after 5 s what they say then: the runtime rewrites its status files
+   * just after what the test waits on (the gateway counting the connection, the "draining" line), not before.
+   */
+  const probesWhen = (kubelet: SimulatedKubelet, ready: boolean) =>
+    eventually(() => {
+      const seen = probes(kubelet);
+      return seen.ready === ready && seen;
+    }, 5000).catch(() => probes(kubelet));
 
   async function podThroughDrain(name: string, reshape: (spec: Record<string, any>) => void = () => undefined) {
     const kubelet = await renderedPod(name, token, reshape);
@@ -178,7 +187,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       ).catch((error) => {
         throw new Error(`${error.message}: ${[...kubelet.output].map(([c, text]) => `${c}: ${text}`).join("\n")}`);
       });
-      const connected = probes(kubelet);
+      const connected = await probesWhen(kubelet, true);
       const { id } = await gateway.workers.submit("workers", {
         image: "alpine:3",
         commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"],
@@ -196,7 +205,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       );
       const releaseRun = () => writeFileSync(fifo, "go\n");
       const eventsBeforeRelease = [...kubelet.events];
-      const draining = probes(kubelet);
+      const draining = await probesWhen(kubelet, false);
       // The run ends when released, or when its engine is stopped under it.
       if (
         (await gateway.workers.get("workers", id)).status === "running" &&
