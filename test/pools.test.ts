@@ -243,7 +243,8 @@ for (const k of kinds) {
         protectSeconds: k.drain,
         lingerSeconds: k.role === "launcher" ? 0 : 60,
       });
-      for (const variable of Object.keys(k.secrets)) assert.equal(config.env[variable], undefined);
+      for (const variable of Object.keys(k.secrets)) assert.ok(!JSON.stringify(config).includes(variable));
+      assert.ok(!Object.keys(config.settings).some((key) => /token|privateKey/i.test(key)), "no secret setting");
       assert.equal(decoded.files.has("/etc/docker/daemon.json"), k.docker);
     });
 
@@ -921,9 +922,9 @@ describe("AWS pools: options", () => {
       );
       assert.ok(files.has(`/etc/systemd/system/agentpools-${role}.service`) && files.has("/etc/docker/daemon.json"));
       if (kind === "WorkerPool") {
-        assert.match(config.env.SPACELIFT_MASK_ENVS, /MASKED_SECRET_VARIABLE_29$/);
+        assert.match(config.settings.maskedEnvVars.at(-1), /MASKED_SECRET_VARIABLE_29$/);
         assert.equal(
-          files.get(config.env.SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY),
+          files.get(config.settings.runInitializationPolicyFile),
           policyFileContent(LARGEST.worker.runInitializationPolicy),
         );
       }

@@ -12,6 +12,8 @@ import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/
 import { FakeAws } from "../devkit/fake-aws";
 import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
+import { workerPoolArgs } from "../components/aws/worker-pool";
+import { plainSettings } from "../agent/config/env";
 import { encodeToken } from "../protocol/token";
 import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metrics";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
@@ -63,17 +65,20 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
 /** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
 function renderedInstance(
   gatewayPort: number,
-  extraEnv: Record<string, string> = {},
+  extraSettings: Record<string, unknown> = {},
   role: "vcs-agent" | "launcher" = "vcs-agent",
   awsOverrides: Record<string, number> = {},
 ) {
-  const settingsEnv =
-    role === "vcs-agent"
-      ? {
-          SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: `http://127.0.0.1:${gatewayPort}`,
-          SPACELIFT_VCS_AGENT_VENDOR: "gitlab",
-        }
-      : {};
+  // As the component renders them: every non-secret setting, defaults filled in by the pool's zod schema.
+  const settings = {
+    ...plainSettings(
+      settingsJsonSchema(role),
+      role === "vcs-agent"
+        ? vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" })
+        : workerPoolArgs.parse({}),
+    ),
+    ...(role === "vcs-agent" ? { targetBaseEndpoint: `http://127.0.0.1:${gatewayPort}` } : {}),
+  };
   const spec = {
     kind: role === "vcs-agent" ? "VcsAgentPool" : "WorkerPool",
     role,
@@ -81,7 +86,7 @@ function renderedInstance(
       ...vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" }),
       drainTimeoutSeconds: 30,
     },
-    settingsEnv: { ...settingsEnv, ...extraEnv },
+    settings: { ...settings, ...extraSettings },
     docker: false,
     gvisor: false,
   } as unknown as PoolSpec;
@@ -143,14 +148,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     options: {
       env?: Record<string, string>;
       stop?: Promise<string>;
-      extraEnv?: Record<string, string>;
+      extraSettings?: Record<string, unknown>;
       aws?: Record<string, number>;
       role?: Role<VcsAgentSettings>;
       bootMarks?: string;
     } = {},
   ) {
     const seen = { order: [] as string[] } as { settings?: VcsAgentSettings; drained?: boolean; order: string[] };
-    const { configFile } = renderedInstance(gatewayPort, options.extraEnv, "vcs-agent", options.aws);
+    const { configFile } = renderedInstance(gatewayPort, options.extraSettings, "vcs-agent", options.aws);
     const originalLog = process.stdout.write;
     const lines: string[] = [];
     process.stdout.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stdout.write;
@@ -230,7 +235,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   it("a bad setting stops it before any hook is completed, naming the variable", async () => {
-    const { code, seen, lines } = await run({ extraEnv: { SPACELIFT_VCS_AGENT_PARALLELISM: "lots" } });
+    const { code, seen, lines } = await run({ extraSettings: { parallelism: "lots" } });
     assert.equal(code, 1);
     assert.equal(seen.settings, undefined);
     assert.ok(
@@ -323,7 +328,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     // on the instance's PATH runs the job's script on this host.
     const { configFile, bundleFile } = renderedInstance(
       port,
-      { AGENTPOOLS_WORK_DIR: path.join(scratchDir("instance-"), "runs") },
+      { workDirectory: path.join(scratchDir("instance-"), "runs") },
       "launcher",
     );
     const bin = scratchDir("bin-");

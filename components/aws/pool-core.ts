@@ -44,8 +44,8 @@ export interface PoolSpec extends PoolPlacement {
   component: string;
   role: RoleName;
   core: CoreArgs;
-  /** Non-secret settings as the role's variables. */
-  settingsEnv: Record<string, string>;
+  /** Non-secret settings by key, typed, as the role's zod schema gave them (plainSettings). */
+  settings: Record<string, unknown>;
   /** Secret settings as the role's variables, a Pulumi secret; absent with existingSecretArn. */
   secretEnv?: pulumi.Output<Record<string, string>>;
   docker: boolean;
@@ -162,7 +162,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
     config: {
       role: spec.role,
       pool: name,
-      env: spec.settingsEnv,
+      settings: spec.settings,
       drainTimeoutSeconds: core.drainTimeoutSeconds,
       aws: awsConfig,
     },
