@@ -2,6 +2,7 @@ import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
+import { BUILT_FOR } from "../config/bundle";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {
@@ -40,7 +41,8 @@ async function openSocket(
   }
   const proxyUrl = new URL(proxy);
   const headers: Record<string, string> = { host: `${host}:${port}` };
-  if (proxyUrl.username)
+  // On EC2 the component refuses a proxy URL with credentials (as every URL argument).
+  if (BUILT_FOR.platform !== "ec2" && proxyUrl.username)
     headers["proxy-authorization"] =
       `Basic ${Buffer.from(`${decodeURIComponent(proxyUrl.username)}:${decodeURIComponent(proxyUrl.password)}`).toString("base64")}`;
   // agent: false: the CONNECT goes to the proxy itself, never through an environment proxy.
