@@ -1,11 +1,12 @@
 import { createHash, createHmac } from "node:crypto";
 
+/** An instance role's credentials, in the names IMDS gives them (the bundle carries no mapping). */
 export interface Credentials {
-  accessKeyId: string;
-  secretAccessKey: string;
-  sessionToken?: string;
-  /** Epoch milliseconds after which the credentials must be refreshed. */
-  expiresAt?: number;
+  AccessKeyId: string;
+  SecretAccessKey: string;
+  Token?: string;
+  /** When they expire (ISO 8601): refreshed before. */
+  Expiration?: string;
 }
 
 const sha256 = (data: string) => createHash("sha256").update(data, "utf8").digest("hex");
@@ -29,7 +30,7 @@ export function signV4(input: {
   const amzDate = input.now.toISOString().replace(/[-:]|\.\d+/g, "");
   const day = amzDate.slice(0, 8);
   const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
-  if (input.credentials.sessionToken) headers["x-amz-security-token"] = input.credentials.sessionToken;
+  if (input.credentials.Token) headers["x-amz-security-token"] = input.credentials.Token;
 
   const canonical: Record<string, string> = {};
   for (const [name, value] of Object.entries(headers))
@@ -50,11 +51,11 @@ export function signV4(input: {
   const scope = `${day}/${input.region}/${input.service}/aws4_request`;
   const stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, sha256(canonicalRequest)].join("\n");
   const key = hmac(
-    hmac(hmac(hmac(`AWS4${input.credentials.secretAccessKey}`, day), input.region), input.service),
+    hmac(hmac(hmac(`AWS4${input.credentials.SecretAccessKey}`, day), input.region), input.service),
     "aws4_request",
   );
   const signature = hmac(key, stringToSign).toString("hex");
 
-  headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
+  headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.AccessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
   return headers;
 }
