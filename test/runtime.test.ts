@@ -10,6 +10,7 @@ import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime"
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
 import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
+import { gatewayCertificates } from "../devkit/certificates";
 import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { vcsAgentPoolArgs } from "../components/aws/vcs-agent-pool";
 import { workerPoolArgs } from "../components/aws/worker-pool";
@@ -580,6 +581,58 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     } finally {
       proxy.close();
     }
+  });
+
+  it("the shipped bundle reaches an https gateway through the instance's proxy (Node's, as the unit sets it), TLS checked end to end", async function () {
+    this.timeout(30_000);
+    const { ca, cert, key } = gatewayCertificates(scratchDir("tls-"));
+    const port = await freePort();
+    const { pool, token } = createPool("git", "vcs", `https://127.0.0.1:${port}`);
+    const secureGateway = new Gateway({ pools: [pool], port, tls: { cert, key }, log: capturingLogger("gw").log });
+    await secureGateway.listen();
+    aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_VCS_AGENT_POOL_TOKEN: token }));
+    // A proxy that records where it is asked to go and carries the bytes, as a corporate egress proxy does.
+    const asked: string[] = [];
+    const proxy = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
+      asked.push(req.url ?? "");
+      const [host, to] = (req.url ?? "").split(":");
+      const upstream = net.connect(Number(to), host, () => {
+        client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+        upstream.write(head);
+        upstream.pipe(client).pipe(upstream);
+      });
+      for (const end of [client, upstream]) end.on("error", () => (client.destroy(), upstream.destroy()));
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const { configFile, bundleFile } = renderedInstance(gatewayPort);
+    // As the unit renders it for a pool with httpsProxy (AWS, here the stand-in on http://, goes around it).
+    const instanceEnv = (trust: boolean) => ({
+      ...aws.env(base),
+      NODE_USE_ENV_PROXY: "1",
+      HTTPS_PROXY: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
+      NO_PROXY: "169.254.169.254",
+      ...(trust ? { NODE_EXTRA_CA_CERTS: ca } : {}),
+    });
+    const untrusting = startInstance(bundleFile, configFile, instanceEnv(false));
+    try {
+      await eventually(() => /cannot reach the gateway/.test(untrusting.output()), 10_000, "the untrusting dial");
+      assert.match(untrusting.output(), /self.signed|unable to verify|certificate/i, "the certificate is checked");
+      assert.ok(asked.includes(`127.0.0.1:${port}`), `through the proxy (asked: ${asked.join(", ")})`);
+      assert.equal(secureGateway.summary()[0].connections, 0);
+    } finally {
+      untrusting.child.kill();
+    }
+    asked.length = 0;
+    const trusting = startInstance(bundleFile, configFile, instanceEnv(true));
+    try {
+      await eventually(() => secureGateway.summary()[0].connections === 1, 10_000, "connected through the proxy");
+      assert.deepEqual([...new Set(asked)], [`127.0.0.1:${port}`], "the gateway, and nothing else, through the proxy");
+    } finally {
+      trusting.child.kill();
+      proxy.close();
+      await secureGateway.close();
+    }
+    assert.ok(!trusting.output().includes(token), "the token appears in no log");
   });
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {
