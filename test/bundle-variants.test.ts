@@ -8,6 +8,14 @@ import type { RoleName } from "../agent/config/roles";
 import { packageRoot, runtimeBundle } from "../components/shared/bundles";
 import { TOKENS } from "../devkit/fixtures";
 import { runBundle, scratchDir } from "../devkit/helpers";
+import { secretSettings } from "../agent/config/env";
+import { settingsJsonSchema } from "../agent/config/settings-schema";
+import { validateSettings } from "../agent/config/validate";
+import { preparePool } from "../components/aws/agent-pool";
+import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-agent-pool";
+import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
+import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
+import { flowsArgs, LARGEST, vcsArgs, workerArgs } from "../devkit/fixtures";
 
 /**
  * A variant started as on an instance, with these settings in its instance file and these variables (the secret
@@ -65,6 +73,29 @@ describe("EC2 bundle variants", () => {
     assert.deepEqual(ec2Variant("flows-agent", { executor: "process" }), { platform: "ec2", executor: "process" });
     assert.deepEqual(ec2Variant("vcs-agent", { vendor: "azure_devops" }), { platform: "ec2", vendor: "azure_devops" });
     assert.throws(() => ec2Variant("launcher", { executor: "process" }), /no EC2 bundle of the launcher/);
+  });
+
+  it("an instance file holds each setting as the full runtime would read it: a variant, which checks and fills in nothing, sees the same", () => {
+    const kinds = [
+      ["WorkerPool", "launcher", workerPoolArgs, workerPoolKind, [workerArgs(), LARGEST.worker]],
+      ["VcsAgentPool", "vcs-agent", vcsAgentPoolArgs, vcsAgentPoolKind, [vcsArgs(), LARGEST.vcs]],
+      ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs(), LARGEST.flows]],
+      ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs({ executor: "process" })]],
+    ] as const;
+    for (const [component, role, schema, kind, configurations] of kinds) {
+      for (const args of configurations) {
+        const { settings } = preparePool(component, role, "pool", schema as never, args as never, kind as never);
+        // The secret settings come from the pool's secret, beside the file.
+        const secrets = Object.fromEntries(
+          secretSettings(settingsJsonSchema(role)).map(({ key }) => [
+            key,
+            (args as unknown as Record<string, unknown>)[key],
+          ]),
+        );
+        const full = validateSettings(role, settingsJsonSchema(role), { ...settings, ...secrets });
+        assert.deepEqual(full, { ...settings, ...secrets }, `${component} (${role})`);
+      }
+    }
   });
 
   it("a variant refuses an executor or vendor it does not serve, naming the variable and the value", async () => {
