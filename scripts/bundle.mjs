@@ -16,7 +16,7 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const require = createRequire(import.meta.url);
 const { settingsJsonSchema, runPolicyJsonSchema } = require(path.join(root, "build/agent/config/settings-schema.js"));
 const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
-const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/bundle.js"));
+const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/variants.js"));
 
 /** JSON Schema keywords the runtime's validator (agent/config/validate.ts) never reads: left out of bundles. */
 const UNREAD = ["minItems", "$schema"];
@@ -42,7 +42,7 @@ export function variantSchema(role, variant) {
   return { properties: without(schema.properties, UNREAD), required: schema.required };
 }
 
-/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/bundle.ts). */
+/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/variants.ts). */
 const inlineModules = (role, variant) => ({
   name: "inline-modules",
   setup(b) {
@@ -53,7 +53,7 @@ const inlineModules = (role, variant) => ({
       ].join("\n"),
       loader: "ts",
     }));
-    b.onLoad({ filter: /agent[\\/]config[\\/]bundle\.ts$/ }, () => ({
+    b.onLoad({ filter: /agent[\\/]config[\\/]variants\.ts$/ }, () => ({
       contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
       loader: "ts",
     }));
@@ -84,7 +84,7 @@ export function builtinsAsRequires(source) {
 }
 
 /**
- * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/bundle.ts) as the variant's values, written into
+ * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/variants.ts) as the variant's values, written into
  * the source as esbuild's `define` would (which reaches globals only, not an imported name): the comparisons become
  * constant, and the minifier leaves out the code they exclude. (A value in a variable, even a constant, is not
  * folded where a hoisted function may read it before it is set.)
@@ -112,7 +112,7 @@ export const brotli = (text) =>
     params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 },
   });
 
-/** One role's bundle (the full one, or a variant: agent/config/bundle.ts): esbuild joins the modules, terser shrinks them. */
+/** One role's bundle (the full one, or a variant: agent/config/variants.ts): esbuild joins the modules, terser shrinks them. */
 export async function bundleRole(role, { sourceMap = false, variant = {} } = {}) {
   const result = await build({
     entryPoints: [path.join(root, "agent/roles", `${role}.ts`)],

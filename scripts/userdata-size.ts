@@ -9,7 +9,7 @@ import { gzipSync } from "node:zlib";
 import { caCertificates } from "../devkit/certificates";
 import { preparePool } from "../components/aws/agent-pool";
 import { runtimeBundle } from "../components/shared/bundles";
-import { ec2Variant } from "../agent/config/bundle";
+import { ec2Variant } from "../agent/config/variants";
 import { checkUserDataSize } from "../components/aws/pool-core";
 import { packBundle, USER_DATA_BUDGET, USER_DATA_LIMIT, UserDataTooLargeError } from "../components/aws/userdata";
 import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-agent-pool";

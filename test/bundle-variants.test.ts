@@ -1,9 +1,9 @@
-// The EC2 variants of the runtime bundles (agent/config/bundle.ts): what each leaves out, and
+// The EC2 variants of the runtime bundles (agent/config/variants.ts): what each leaves out, and
 // that each refuses, by name, settings it does not serve.
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
-import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/bundle";
+import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/variants";
 import type { RoleName } from "../agent/config/roles";
 import { packageRoot, runtimeBundle } from "../components/shared/bundles";
 import { TOKENS } from "../devkit/fixtures";

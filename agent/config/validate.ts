@@ -1,5 +1,5 @@
 import type { Env, PropertySchema, SettingsSchema } from "./env";
-import { BUILT_FOR } from "./bundle";
+import { BUILT_FOR } from "./variants";
 
 /**
  * A small validator for the JSON Schema subset that zod exports for our settings. It runs
@@ -149,7 +149,7 @@ export function validateSettings<T = Record<string, unknown>>(
 /**
  * An EC2 bundle's settings: its instance file's, which the component checked against this same zod schema (a file
  * only root can change), with the secret ones from `env` (the pool's secret, which the role parses itself). It asks
- * only whether each required one is there, and whether the executor or vendor is the one it serves (bundle.ts):
+ * only whether each required one is there, and whether the executor or vendor is the one it serves (variants.ts):
  * no text to read, no value to check again. (BUILT_FOR's fields named one by one: the minifier folds them so only.)
  */
 export function servedSettings<T>(role: string, schema: SettingsSchema, given: Record<string, unknown>, env: Env): T {

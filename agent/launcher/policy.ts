@@ -3,7 +3,7 @@ import type { PropertySchema } from "../config/env";
 import type { RunPolicy } from "../config/run-policy";
 import { durationMs } from "../config/duration";
 import { checkDocument } from "../config/validate";
-import { BUILT_FOR } from "../config/bundle";
+import { BUILT_FOR } from "../config/variants";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */
 export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {

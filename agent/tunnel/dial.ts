@@ -3,7 +3,7 @@ import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
-import { BUILT_FOR } from "../config/bundle";
+import { BUILT_FOR } from "../config/variants";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {

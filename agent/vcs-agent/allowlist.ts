@@ -1,6 +1,6 @@
 import type { VcsAgentSettings } from "../config/vcs-agent";
 import { canonicalRequest } from "./canonical";
-import { BUILT_FOR } from "../config/bundle";
+import { BUILT_FOR } from "../config/variants";
 
 /**
  * What the VCS agent lets through, per vendor. A request is allowed only when a rule names
@@ -19,7 +19,7 @@ const GIT_FETCH = (prefix: string, project: string): RuleSpec[] => [
   ["POST", `${prefix}${project}(?:\\.git)?/git-upload-pack`, "fetch objects of {project} (git fetch)"],
 ];
 
-/** A vendor's rules. A variant for one vendor (agent/config/bundle.ts) carries only its own. */
+/** A vendor's rules. A variant for one vendor (agent/config/variants.ts) carries only its own. */
 function vendorRules(vendor: Vendor): RuleSpec[] {
   switch (BUILT_FOR.vendor ?? vendor) {
     case "gitlab":

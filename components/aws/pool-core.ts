@@ -5,7 +5,7 @@ import { terminationHeartbeatTimeout, type InstanceConfig } from "../../agent/co
 import { METRICS, METRICS_NAMESPACE, METRICS_PERIOD_SECONDS, POOL_DIMENSION } from "../../agent/config/metrics";
 import type { RoleName } from "../../agent/config/roles";
 import { runtimeBundle } from "../shared/bundles";
-import { ec2Variant } from "../../agent/config/bundle";
+import { ec2Variant } from "../../agent/config/variants";
 import { InvalidArgumentsError } from "../shared/validation";
 import { architectureOf } from "./instance-types";
 import {

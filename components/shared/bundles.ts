@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { RoleName } from "../../agent/config/roles";
-import { bundleFile, type BundleVariant } from "../../agent/config/bundle";
+import { bundleFile, type BundleVariant } from "../../agent/config/variants";
 
 let root: string | undefined;
 
@@ -17,7 +17,7 @@ export function packageRoot(): string {
 
 const cache = new Map<string, string>();
 
-/** The role's runtime bundle, the full one or a variant (agent/config/bundle.ts), built by `npm run build` (scripts/bundle.mjs). */
+/** The role's runtime bundle, the full one or a variant (agent/config/variants.ts), built by `npm run build` (scripts/bundle.mjs). */
 export function runtimeBundle(role: RoleName, variant: BundleVariant = {}): string {
   const file = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
   const cached = cache.get(file);
