@@ -735,13 +735,14 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       assert.ok(lifted.busySeconds >= 0.3, `not before the bound: ${lifted.busySeconds} s`);
       state.busy = false;
       await state.changed(); // as a launcher says its run ended: settled once AWS has it
+      // Before the runtime last sees it busy (below): the linger runs from then, however late this test is scheduled.
+      const since = Date.now();
       state.busy = true; // a new stretch of work
       await state.changed();
       assert.equal(isProtected(), true, "protected again, before busyChanged settled");
       state.busy = false;
-      const since = Date.now();
       await eventually(() => isProtected() === false, 5000, "lifted after the linger");
-      assert.ok(Date.now() - since >= 150, "kept for the linger");
+      assert.ok(Date.now() - since >= 200, "kept for the linger");
     });
     assert.deepEqual(protection(), ["false", "true", "false", "true", "false"]);
   });
