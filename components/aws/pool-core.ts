@@ -23,6 +23,7 @@ import {
   BOOT_LOG_STREAM,
   renderConfigParameterValue,
   renderUserData,
+  USER_DATA_BUDGET,
   UserDataTooLargeError,
   type UserDataFile,
   type UserDataSpec,
@@ -205,13 +206,14 @@ export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
 }
 
 /**
- * Where the role's configuration goes: in user-data if it fits there at the pool's worst case,
- * else in a parameter. Decided from the arguments alone, so the same arguments always choose the same.
+ * Where the role's configuration goes: in user-data if it fits there within the budget (three quarters of
+ * EC2's limit) at the pool's worst case, else in a parameter. Decided from the arguments alone, so the same
+ * arguments always choose the same.
  */
 export function configDelivery(name: string, spec: PoolSpec): ConfigDelivery {
   try {
-    renderUserData(poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)));
-    return "userData";
+    const inline = poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core));
+    return renderUserData(inline).length <= USER_DATA_BUDGET ? "userData" : "ssmParameter";
   } catch (error) {
     if (error instanceof UserDataTooLargeError) return "ssmParameter";
     throw error;
