@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { hash, randomBytes, timingSafeEqual } from "node:crypto";
 import type http from "node:http";
 import { POOL_NAME } from "./pools";
 import type { Route } from "./target";
@@ -22,7 +22,7 @@ export const KEY_HEADER = "x-agentpools-key";
 const KEY = /^apk1\.([0-9a-f]{12})\.([A-Za-z0-9_-]{43})$/;
 export const KEY_ID = /^[0-9a-f]{12}$/;
 
-const digest = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
+const digest = (secret: string) => hash("sha256", secret, "buffer");
 
 /** A new key; the key itself is shown once and not stored. */
 export function createServiceKey(name: string, pools?: string[]): { definition: ServiceKeyDefinition; key: string } {

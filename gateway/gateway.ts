@@ -328,7 +328,9 @@ export class Gateway {
       });
       res.end(JSON.stringify(value));
       if (refused) res.once("finish", () => req.socket.destroySoon());
-      // An answer its client does not take (up to 7 MiB of a run's result) is dropped at the stall deadline, not held.
+      // An answer its client does not take (up to 7 MiB of a run's result) is dropped at the stall deadline, not
+      // held. One the kernel took whole holds nothing here.
+      if (res.writableLength === 0) return;
       const stalled = setTimeout(() => {
         this.log.info("answer not taken within the stall deadline: dropped", {
           remote: req.socket.remoteAddress,

@@ -153,6 +153,20 @@ describe("WebSocket framing (byte level)", () => {
     assert.equal(Buffer.from(sent.subarray(6).map((b, i) => b ^ key[i & 3])).toString(), "abc");
   });
 
+  it("every client frame has a mask key of its own, across the refills of the key pool", () => {
+    const socket = new FakeSocket();
+    const client = new WebSocket(socket as unknown as Socket, true);
+    // 3,000 frames: the 4 KiB pool of random bytes is drawn again twice on the way.
+    for (let i = 0; i < 3000; i++) client.send(`m${i}`);
+    const keys = socket.written.map((sent) => sent.subarray(2, 6).toString("hex"));
+    // 3,000 random 32-bit keys: a repeat is a one-in-a-thousand event; a reused pool would repeat them all.
+    assert.ok(new Set(keys).size >= 2998, `${3000 - new Set(keys).size} keys repeated`);
+    socket.written.forEach((sent, i) => {
+      const key = sent.subarray(2, 6);
+      assert.equal(Buffer.from(sent.subarray(6).map((b, j) => b ^ key[j & 3])).toString(), `m${i}`);
+    });
+  });
+
   it("a large message in small chunks is copied about once, not once per chunk", () => {
     const size = 1024 * 1024;
     const bytes = frame(0x1, Buffer.alloc(size, "z"));

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "./link";
@@ -20,6 +20,17 @@ export function parseMessage<T>(text: string): T | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Masking keys, 4 bytes at a time from random bytes drawn 4 KiB at a time: one draw per 1,024 frames, not per frame. */
+const keys = Buffer.alloc(4096);
+let keyAt = keys.length;
+function maskKey(): Buffer {
+  if (keyAt === keys.length) {
+    randomFillSync(keys);
+    keyAt = 0;
+  }
+  return keys.subarray(keyAt, (keyAt += 4));
 }
 
 /** A payload masked (or unmasked) with a 4-byte key, into a new buffer (RFC 6455, 5.3). */
@@ -97,7 +108,7 @@ export class WebSocket extends EventEmitter {
       if (extended === 2) header.writeUInt16BE(length, 2);
       if (extended === 8) header.writeBigUInt64BE(BigInt(length), 2);
       if (isClient) {
-        const key = randomBytes(4);
+        const key = maskKey();
         key.copy(header, 2 + extended);
         payload = xor(payload, key);
       }

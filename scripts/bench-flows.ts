@@ -5,6 +5,7 @@
 //  - runs per second with the default pool size, back to back.
 // Run: npm run bench:flows [-- --runs 150 --gap 250]
 import { spawn } from "node:child_process";
+import { closeSync, openSync, readFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
@@ -119,6 +120,8 @@ async function main(): Promise<void> {
     .loadavg()
     .map((n) => n.toFixed(2))
     .join(" ");
+  const agentLogPath = path.join(scratchDir("bench-flows-log-"), "agent.log");
+  const agentLogFile = openSync(agentLogPath, "w");
   const agent = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
     env: {
       PATH: process.env.PATH,
@@ -129,10 +132,10 @@ async function main(): Promise<void> {
       FLOWS_EXECUTOR: "process",
       FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-"),
     },
-    stdio: ["ignore", "pipe", "inherit"],
+    // Its log goes to a file, as on a host it goes to the journal: not into this process, which is the gateway.
+    stdio: ["ignore", agentLogFile, "inherit"],
   });
-  let agentLog = "";
-  agent.stdout.on("data", (chunk) => (agentLog += chunk));
+  closeSync(agentLogFile);
   const runUrl = `${url}/_agentpools/api/flows/BENCH/run`;
   try {
     for (let i = 0; i < 200 && (await summary(url)).connections === 0; i++) await new Promise((r) => setTimeout(r, 50));
@@ -177,7 +180,7 @@ async function main(): Promise<void> {
       }
       return times;
     };
-    const isolation = (/"isolation":"(\w+)"/.exec(agentLog)?.[1] ?? "none") as Isolation;
+    const isolation = (/"isolation":"(\w+)"/.exec(readFileSync(agentLogPath, "utf8"))?.[1] ?? "none") as Isolation;
     const cold = await coldStart(isolation);
     const coldBare = isolation === "none" ? cold : await coldStart("none");
     // Throughput: as many runs in flight as the pool takes, for a fixed count.
