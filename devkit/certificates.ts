@@ -1,5 +1,8 @@
 import "reflect-metadata"; // @peculiar/x509 needs it loaded first
+import { execFileSync } from "node:child_process";
 import { webcrypto } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import * as x509 from "@peculiar/x509";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -34,4 +37,59 @@ export async function caCertificates(count: number): Promise<string[]> {
     made.push(certificate.toString("pem") + "\n");
   }
   return made.slice(0, count);
+}
+
+/** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
+export function gatewayCertificates(dir: string) {
+  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+  run(
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=agentpools test CA",
+  );
+  run(
+    "req",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "gateway.key",
+    "-out",
+    "gateway.csr",
+    "-subj",
+    "/CN=127.0.0.1",
+  );
+  writeFileSync(path.join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+  run(
+    "x509",
+    "-req",
+    "-in",
+    "gateway.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "gateway.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "san.ext",
+  );
+  return {
+    ca: path.join(dir, "ca.pem"),
+    cert: readFileSync(path.join(dir, "gateway.pem")),
+    key: readFileSync(path.join(dir, "gateway.key")),
+  };
 }

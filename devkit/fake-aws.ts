@@ -52,9 +52,9 @@ const DAY = 24 * HOUR;
  */
 export class FakeAws {
   readonly credentials = {
-    accessKeyId: "ASIAFAKE",
-    secretAccessKey: "fake-secret-key/abc",
-    sessionToken: "fake-session",
+    AccessKeyId: "ASIAFAKE",
+    SecretAccessKey: "fake-secret-key/abc",
+    Token: "fake-session",
   };
   readonly identity = {
     region: "eu-west-1",
@@ -154,9 +154,7 @@ export class FakeAws {
         "/latest/dynamic/instance-identity/document": JSON.stringify({ ...this.identity, accountId: "123456789012" }),
         "/latest/meta-data/iam/security-credentials/": "agentpools-role",
         "/latest/meta-data/iam/security-credentials/agentpools-role": JSON.stringify({
-          AccessKeyId: this.credentials.accessKeyId,
-          SecretAccessKey: this.credentials.secretAccessKey,
-          Token: this.credentials.sessionToken,
+          ...this.credentials,
           Expiration: new Date(Date.now() + 3_600_000).toISOString(),
         }),
         "/latest/meta-data/autoscaling/target-lifecycle-state": this.lifecycleState,
@@ -340,10 +338,10 @@ export class FakeAws {
       );
     if (!match) return "missing or malformed authorization";
     const [, keyId, region, signedService, signedHeaders] = match;
-    if (keyId !== this.credentials.accessKeyId) return "unknown access key";
+    if (keyId !== this.credentials.AccessKeyId) return "unknown access key";
     if (region !== this.identity.region) return `signed for region ${region}`;
     if (signedService !== service) return `signed for service ${signedService}, not ${service}`;
-    if (req.headers["x-amz-security-token"] !== this.credentials.sessionToken) return "session token missing";
+    if (req.headers["x-amz-security-token"] !== this.credentials.Token) return "session token missing";
     const amzDate = req.headers["x-amz-date"] as string;
     const now = new Date(
       `${amzDate.slice(0, 4)}-${amzDate.slice(4, 6)}-${amzDate.slice(6, 8)}T${amzDate.slice(9, 11)}:${amzDate.slice(11, 13)}:${amzDate.slice(13, 15)}Z`,

@@ -3,7 +3,7 @@
 //  - warm run latency p50/p99 of a small expression, each run started once a warm runtime waits;
 //  - cold start: from spawning a runtime to its being ready (no spare available);
 //  - runs per second with the default pool size, back to back.
-// Run: npm run bench:flows [-- --runs 150 --gap 250]
+// Run: npm run bench:flows [-- --runs 150 --gap 250 --warmup 300]
 import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import http from "node:http";
@@ -20,13 +20,23 @@ import { createPool } from "../gateway/pools";
 import { createLogger } from "../lib/log";
 import { freePort, percentile, scratchDir, serviceKey } from "../devkit/helpers";
 
-const RUNS = Number(process.argv[process.argv.indexOf("--runs") + 1] || 150) || 150;
+/** A numeric `--name value` argument, or the fallback. */
+const arg = (name: string, fallback: number) => {
+  const at = process.argv.indexOf(`--${name}`);
+  return at === -1 ? fallback : Number(process.argv[at + 1]);
+};
+const RUNS = arg("runs", 150);
 /**
  * Between timed runs: longer than a cold start (p99 ~ 100-200 ms here), so the spare the last run's
  * runtime is replaced by is ready and the timed run shares the CPUs with no start-up. (Runs that
  * do share them are the throughput figure's business.)
  */
-const GAP_MS = Number(process.argv[process.argv.indexOf("--gap") + 1] || 250) || 250;
+const GAP_MS = arg("gap", 250);
+/**
+ * Untimed runs through both paths first, as many each: a gateway and an agent in service have long since
+ * compiled their hot paths, as has the floor's Node after as many messages. (Each run still gets a fresh runtime.)
+ */
+const WARMUP = arg("warmup", 300);
 const DEFAULT_POOL = flowsAgentSettings.parse({
   poolId: "p",
   poolToken: "t",
@@ -144,6 +154,10 @@ async function main(): Promise<void> {
     const inExecutor: number[] = [];
     const floor: number[] = [];
     const bare = await barePath();
+    for (let i = 0; i < WARMUP; i++) {
+      await post(runUrl, { code: "1 + inputs.x", inputs: { x: i } });
+      await bare.time(i);
+    }
     for (let i = 0; i < RUNS; i++) {
       await new Promise((r) => setTimeout(r, GAP_MS));
       const started = performance.now();
@@ -202,7 +216,7 @@ async function main(): Promise<void> {
       `flows runs through the gateway, process executor, pool size ${DEFAULT_POOL} (the default), runtimes isolated: ${isolation}; load average ${loadBefore} before, ${os
         .loadavg()
         .map((n) => n.toFixed(2))
-        .join(" ")} after`,
+        .join(" ")} after; ${WARMUP} untimed runs through each path first`,
     );
     console.log(
       `  warm run (a spare ready)   p50 ${f(percentile(warm, 50))} ms   p99 ${f(percentile(warm, 99))} ms   (target: p50 within 1 ms of the floor)`,

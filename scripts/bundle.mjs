@@ -21,27 +21,26 @@ const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config
 
 /** JSON Schema keywords the runtime's validator (agent/config/validate.ts) never reads: left out of bundles. */
 const UNREAD = ["minItems", "$schema"];
-/** What an EC2 bundle does not read either: it checks no value (validateSettings says why), and takes no flags. */
-const UNREAD_ON_EC2 = [
-  ...["pattern", "format", "enum", "minimum", "maximum", "minLength", "maxLength", "propertyNames", "required"],
-  ...["additionalProperties", "flag"],
-];
 const without = (schema, keys) =>
   JSON.parse(JSON.stringify(schema, (key, value) => (keys.includes(key) ? undefined : value)));
-/** Nor, on EC2, a "string" type: text is what envToRawSettings reads a variable as when no type says otherwise. */
-const withoutTextType = (properties) =>
-  JSON.parse(JSON.stringify(properties, (key, value) => (key === "type" && value === "string" ? undefined : value)));
+
+/**
+ * What an EC2 bundle reads of its settings schema (servedSettings, runRole): the secret settings' variables, the
+ * metadata tags' key, the executor or vendor it serves, and which of those are required. The rest of its settings
+ * come typed in the instance file, as the component checked them.
+ */
+function ec2Properties({ properties, required = [] }) {
+  const kept = Object.entries(properties)
+    .filter(([key, p]) => p.secret || p.encoding === "map" || key === "executor" || key === "vendor")
+    .map(([key, p]) => [key, { env: p.env, secret: p.secret, encoding: p.encoding }]);
+  return { properties: Object.fromEntries(kept), required: required.filter((key) => kept.some(([k]) => k === key)) };
+}
 
 /** A role's settings schema as a variant reads it: validateSettings reads the top level's properties and required. */
 export function variantSchema(role, variant) {
-  const { properties, required } = settingsJsonSchema(role);
-  return {
-    properties:
-      variant.platform === "ec2"
-        ? withoutTextType(without(properties, [...UNREAD, ...UNREAD_ON_EC2]))
-        : without(properties, UNREAD),
-    required,
-  };
+  const schema = settingsJsonSchema(role);
+  if (variant.platform === "ec2") return ec2Properties(schema);
+  return { properties: without(schema.properties, UNREAD), required: schema.required };
 }
 
 /** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/variants.ts). */

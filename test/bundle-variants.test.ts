@@ -1,16 +1,38 @@
 // The EC2 variants of the runtime bundles (agent/config/variants.ts): what each leaves out, and
 // that each refuses, by name, settings it does not serve.
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/variants";
 import type { RoleName } from "../agent/config/roles";
 import { packageRoot, runtimeBundle } from "../components/shared/bundles";
 import { TOKENS } from "../devkit/fixtures";
-import { runBundle } from "../devkit/helpers";
+import { runBundle, scratchDir } from "../devkit/helpers";
+import { secretSettings } from "../agent/config/env";
+import { settingsJsonSchema } from "../agent/config/settings-schema";
+import { validateSettings } from "../agent/config/validate";
+import { preparePool } from "../components/aws/agent-pool";
+import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-agent-pool";
+import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
+import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
+import { flowsArgs, LARGEST, vcsArgs, workerArgs } from "../devkit/fixtures";
 
-/** A variant started with this environment and nothing else: what it says, and its exit code. */
-const startBundle = (role: RoleName, variant: BundleVariant, env: Record<string, string>, args: string[] = []) =>
-  runBundle(path.join(packageRoot(), "build", "bundles", bundleFile(role, variant)), args, env);
+/**
+ * A variant started as on an instance, with these settings in its instance file and these variables (the secret
+ * settings, which the pool's secret holds there) and nothing else: what it says, and its exit code.
+ */
+function startBundle(
+  role: RoleName,
+  variant: BundleVariant,
+  settings: Record<string, unknown>,
+  env: Record<string, string> = {},
+  args: string[] = [],
+) {
+  const config = path.join(scratchDir("variant-"), `${role}.json`);
+  writeFileSync(config, JSON.stringify({ role, pool: "pool", settings, drainTimeoutSeconds: 30 }));
+  const bundle = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
+  return runBundle(bundle, args, { ...env, AGENTPOOLS_CONFIG: config });
+}
 
 describe("EC2 bundle variants", () => {
   // What only one side of each choice needs, as it reads in the minified code.
@@ -53,15 +75,39 @@ describe("EC2 bundle variants", () => {
     assert.throws(() => ec2Variant("launcher", { executor: "process" }), /no EC2 bundle of the launcher/);
   });
 
+  it("an instance file holds each setting as the full runtime would read it: a variant, which checks and fills in nothing, sees the same", () => {
+    const kinds = [
+      ["WorkerPool", "launcher", workerPoolArgs, workerPoolKind, [workerArgs(), LARGEST.worker]],
+      ["VcsAgentPool", "vcs-agent", vcsAgentPoolArgs, vcsAgentPoolKind, [vcsArgs(), LARGEST.vcs]],
+      ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs(), LARGEST.flows]],
+      ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs({ executor: "process" })]],
+    ] as const;
+    for (const [component, role, schema, kind, configurations] of kinds) {
+      for (const args of configurations) {
+        const { settings } = preparePool(component, role, "pool", schema as never, args as never, kind as never);
+        // The secret settings come from the pool's secret, beside the file.
+        const secrets = Object.fromEntries(
+          secretSettings(settingsJsonSchema(role)).map(({ key }) => [
+            key,
+            (args as unknown as Record<string, unknown>)[key],
+          ]),
+        );
+        const full = validateSettings(role, settingsJsonSchema(role), { ...settings, ...secrets });
+        assert.deepEqual(full, { ...settings, ...secrets }, `${component} (${role})`);
+      }
+    }
+  });
+
   it("a variant refuses an executor or vendor it does not serve, naming the variable and the value", async () => {
     const flows = {
-      FLOWS_AGENT_POOL_ID: "pool",
-      FLOWS_AGENT_POOL_TOKEN: TOKENS.flows,
-      FLOWS_GATEWAY_ENDPOINT: "http://127.0.0.1:1",
-      FLOWS_ENDPOINT: "http://127.0.0.1:1",
-      FLOWS_EXECUTOR: "process",
+      poolId: "pool",
+      gatewayEndpoint: "http://127.0.0.1:1",
+      backendEndpoint: "http://127.0.0.1:1",
+      executor: "process",
     };
-    const wrong = await startBundle("flows-agent", { platform: "ec2", executor: "docker" }, flows);
+    const wrong = await startBundle("flows-agent", { platform: "ec2", executor: "docker" }, flows, {
+      FLOWS_AGENT_POOL_TOKEN: TOKENS.flows,
+    });
     assert.equal(wrong.code, 1);
     assert.match(
       wrong.output,
@@ -70,21 +116,18 @@ describe("EC2 bundle variants", () => {
     const vcs = await startBundle(
       "vcs-agent",
       { platform: "ec2", vendor: "gitlab" },
-      {
-        SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs,
-        SPACELIFT_VCS_AGENT_TARGET_BASE_ENDPOINT: "http://127.0.0.1:1",
-        SPACELIFT_VCS_AGENT_VENDOR: "github_enterprise",
-      },
+      { targetBaseEndpoint: "http://127.0.0.1:1", vendor: "github_enterprise" },
+      { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs },
     );
     assert.equal(vcs.code, 1);
     assert.match(vcs.output, /SPACELIFT_VCS_AGENT_VENDOR \(vendor\): \\"github_enterprise\\" is not served/);
   });
 
-  it("a variant still names a missing setting, and takes no command-line flags", async () => {
+  it("a variant still names a missing secret setting, and takes no command-line flags", async () => {
     const missing = await startBundle("launcher", { platform: "ec2", executor: "docker" }, {});
     assert.equal(missing.code, 1);
     assert.match(missing.output, /SPACELIFT_TOKEN \(token\): is required/);
-    const flag = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, {}, ["--vendor", "gitlab"]);
+    const flag = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, {}, {}, ["--vendor", "gitlab"]);
     assert.equal(flag.code, 1);
     assert.match(flag.output, /unknown flag \\"--vendor\\"/);
   });

@@ -6,6 +6,7 @@ import type { z } from "zod";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
 import { launcherSettings } from "../agent/config/launcher";
 import type { RoleName } from "../agent/config/roles";
+import { settingsToEnv } from "../agent/config/env";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import { vcsAgentSettings } from "../agent/config/vcs-agent";
 import {
@@ -241,8 +242,9 @@ for (const k of kinds) {
       const differ = ["runInitializationPolicyFile", ...Object.keys(k.platformOnly)].map(
         (setting) => schema.properties[setting]?.env,
       );
+      // The instance's typed settings, as the variables they stand for.
       const awsEnv = Object.fromEntries(
-        Object.entries(instance.env as Record<string, string>).filter(([name]) => !differ.includes(name)),
+        Object.entries(settingsToEnv(schema, instance.settings)).filter(([name]) => !differ.includes(name)),
       );
       assert.ok(Object.keys(awsEnv).length >= Object.keys(k.cases).length - 8, "most settings rendered");
       const rendered = Object.fromEntries(Object.keys(awsEnv).map((name) => [name, podEnv[name]]));

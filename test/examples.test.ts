@@ -65,20 +65,20 @@ describe("examples run under the mocks", () => {
           JSON.stringify(["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"]),
       ),
     );
-    const bitbucket = byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find(
-      (lt) => lt.name === "bitbucket-agents",
-    );
-    const config = JSON.parse(
-      decodeUserData(bitbucket?.inputs.userData).files.get("/etc/agentpools/vcs-agent.json")?.content as string,
-    );
-    assert.equal(config.env.HTTPS_PROXY, "http://proxy.corp.example.com:3128");
+    // Every file an instance of a pool gets: from user-data, and from the pool's config parameter when it has one.
+    const filesOf = (pool: string) =>
+      decodeUserData(
+        byType(resources, "aws:ec2/launchTemplate:LaunchTemplate").find((lt) => lt.name === `${pool}-agents`)?.inputs
+          .userData,
+        byType(resources, "aws:ssm/parameter:Parameter").find((p) => p.name === `${pool}-config`)?.inputs.value.value,
+      ).files;
+    const config = JSON.parse(filesOf("bitbucket").get("/etc/agentpools/vcs-agent.json")?.content as string);
+    assert.equal(config.settings.httpsProxy, "http://proxy.corp.example.com:3128");
     // The runtime's process gets it from its unit too, with the AWS APIs of the region around it.
-    const unit = decodeUserData(bitbucket?.inputs.userData).files.get(
-      "/etc/systemd/system/agentpools-vcs-agent.service",
-    )?.content as string;
+    const unit = filesOf("bitbucket").get("/etc/systemd/system/agentpools-vcs-agent.service")?.content as string;
     assert.match(unit, /^Environment="HTTPS_PROXY=http:\/\/proxy.corp.example.com:3128"$/m);
     assert.match(unit, /^Environment="NO_PROXY=\.corp\.example\.com,\.eu-west-1\.amazonaws\.com,169\.254\.169\.254"$/m);
-    assert.equal(config.env.SPACELIFT_VCS_AGENT_PARALLELISM, "8");
+    assert.equal(config.settings.parallelism, 8);
     // The CA is read at boot from each pool's parameter, through the VPC's ssm endpoint; so is a pool's
     // configuration when it does not fit in user-data beside the bundle: each travels one way only.
     const parameters = byType(resources, "aws:ssm/parameter:Parameter").map((p) => p.name);

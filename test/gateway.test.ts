@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import path from "node:path";
@@ -12,64 +12,10 @@ import { RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { makePoolKeyAndRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { LocalVcs } from "../devkit/local-vcs";
+import { gatewayCertificates } from "../devkit/certificates";
 import { main as gatewayMain } from "../gateway/main";
 import { createPool, secretMatches } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
-
-/** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
-function certificates(dir: string) {
-  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
-  run(
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.pem",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=agentpools test CA",
-  );
-  run(
-    "req",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    "gateway.key",
-    "-out",
-    "gateway.csr",
-    "-subj",
-    "/CN=127.0.0.1",
-  );
-  writeFileSync(path.join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
-  run(
-    "x509",
-    "-req",
-    "-in",
-    "gateway.csr",
-    "-CA",
-    "ca.pem",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    "gateway.pem",
-    "-days",
-    "2",
-    "-extfile",
-    "san.ext",
-  );
-  return {
-    ca: path.join(dir, "ca.pem"),
-    cert: readFileSync(path.join(dir, "gateway.pem")),
-    key: readFileSync(path.join(dir, "gateway.key")),
-  };
-}
 
 describe("gateway", function () {
   this.timeout(30_000);
@@ -98,7 +44,7 @@ describe("gateway", function () {
 
   it("TLS: agents that trust the gateway's CA (NODE_EXTRA_CA_CERTS) connect; others do not", async () => {
     const dir = scratchDir("tls-");
-    const { ca, cert, key } = certificates(dir);
+    const { ca, cert, key } = gatewayCertificates(dir);
     const port = await freePort();
     const { pool, token } = createPool("secure", "vcs", `https://127.0.0.1:${port}`);
     const service = serviceKey();

@@ -235,7 +235,7 @@ describe("Kubernetes components (mocks)", () => {
     const configPath = envOf(launcher).AGENTPOOLS_CONFIG;
     assert.equal(configPath, "/opt/agentpools/config.json");
     const config = JSON.parse(one(resources, T.configMap).inputs.data["config.json"]);
-    assert.deepEqual(config, { role: "launcher", pool: "k-engine", env: {}, drainTimeoutSeconds: 4500 });
+    assert.deepEqual(config, { role: "launcher", pool: "k-engine", settings: {}, drainTimeoutSeconds: 4500 });
     assert.equal(
       spec.terminationGracePeriodSeconds,
       config.drainTimeoutSeconds + 30,

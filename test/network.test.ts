@@ -115,6 +115,12 @@ describe("Network (AWS)", () => {
     assert.deepEqual(endpoints.find((e) => e.inputs.serviceName.endsWith("s3"))?.inputs.routeTableIds, [
       "rtb-0123456789abcdef0",
     ]);
+    // With Secrets Manager's, SSM's (a pool's configuration parameter is read at boot the same way), not Session Manager's.
+    assert.deepEqual(endpoints.map((e) => e.inputs.serviceName.split(".").at(-1)).sort(), [
+      "s3",
+      "secretsmanager",
+      "ssm",
+    ]);
     assert.deepEqual(byType(resources, T.sg)[0].inputs.ingress[0].cidrBlocks, ["10.20.0.0/16"], "the VPC's own range");
   });
 

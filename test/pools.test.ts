@@ -6,6 +6,7 @@ import {
   VcsAgentPool,
   WorkerPool,
   decodeUserData,
+  USER_DATA_BUDGET,
   USER_DATA_LIMIT,
   UserDataTooLargeError,
 } from "../components";
@@ -15,6 +16,8 @@ import { preparePool, type AgentPool } from "../components/aws/agent-pool";
 import { workerPoolArgs, workerPoolKind, type WorkerPoolArgs } from "../components/aws/worker-pool";
 import { flowsAgentPoolArgs, flowsAgentPoolKind, type FlowsAgentPoolArgs } from "../components/aws/flows-agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
+import { checkUserDataSize } from "../components/aws/pool-core";
+import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
 import { unpackFiles } from "../components/aws/userdata";
 import { policyFileContent } from "../components/shared/worker-args";
 import { DEFAULT_TARGET_BUSY_PERCENT, metricQueryProblems, type MetricQuery } from "../components/aws/scaling";
@@ -243,7 +246,8 @@ for (const k of kinds) {
         protectSeconds: k.drain,
         lingerSeconds: k.role === "launcher" ? 0 : 60,
       });
-      for (const variable of Object.keys(k.secrets)) assert.equal(config.env[variable], undefined);
+      for (const variable of Object.keys(k.secrets)) assert.ok(!JSON.stringify(config).includes(variable));
+      assert.ok(!Object.keys(config.settings).some((key) => /token|privateKey/i.test(key)), "no secret setting");
       assert.equal(decoded.files.has("/etc/docker/daemon.json"), k.docker);
     });
 
@@ -446,6 +450,10 @@ describe("README promises (AWS)", () => {
           ["autoscaling:CompleteLifecycleAction,autoscaling:RecordLifecycleActionHeartbeat", group],
           ["autoscaling:SetInstanceHealth", group],
           ["autoscaling:SetInstanceProtection", group],
+          // A pool whose configuration is in its parameter (over the user-data budget) reads that one parameter only.
+          ...(byType(resources, T.parameter).length > 0
+            ? [["ssm:GetParameter", [`arn:aws:ssm:${REGION}:${ACCOUNT}:parameter/agentpools/${outputs.group}/config`]]]
+            : []),
         ],
       );
       assert.ok(policy.Statement.every((s: { Effect: string }) => s.Effect === "Allow"));
@@ -706,10 +714,11 @@ describe("AWS pools: options", () => {
           name,
         ),
       );
-      // (The secret's and log group's ARNs are the mock provider's; those the component builds follow the partition.)
+      // (The secret's, log group's and config parameter's ARNs are the mock provider's; those the component builds
+      // follow the partition.)
       const policy = JSON.parse(one(resources, T.policy).inputs.policy);
       const built = policy.Statement.filter(
-        (s: { Sid: string }) => !["ReadPoolSecret", "WritePoolLogs"].includes(s.Sid),
+        (s: { Sid: string }) => !["ReadPoolSecret", "WritePoolLogs", "ReadPoolParameters"].includes(s.Sid),
       );
       assert.equal(built.length, 4);
       assert.ok(
@@ -921,9 +930,9 @@ describe("AWS pools: options", () => {
       );
       assert.ok(files.has(`/etc/systemd/system/agentpools-${role}.service`) && files.has("/etc/docker/daemon.json"));
       if (kind === "WorkerPool") {
-        assert.match(config.env.SPACELIFT_MASK_ENVS, /MASKED_SECRET_VARIABLE_29$/);
+        assert.match(config.settings.maskedEnvVars.at(-1), /MASKED_SECRET_VARIABLE_29$/);
         assert.equal(
-          files.get(config.env.SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY),
+          files.get(config.settings.runInitializationPolicyFile),
           policyFileContent(LARGEST.worker.runInitializationPolicy),
         );
       }
@@ -950,19 +959,30 @@ describe("AWS pools: options", () => {
     });
   }
 
-  it("a configuration that fits keeps it in user-data: no parameter, no SSM permission (the largest VCS agent pool, each kind's default)", async () => {
+  it("a configuration within the user-data budget keeps it in user-data: no parameter, no SSM permission (the VCS and Flows defaults)", async () => {
     for (const [make, prefix, role] of [
-      [() => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v", "vcs-agent"],
-      [() => new WorkerPool("inline-w", workerArgs()), "inline-w", "launcher"],
+      [() => new VcsAgentPool("inline-v", vcsArgs()), "inline-v", "vcs-agent"],
       [() => new FlowsAgentPool("inline-f", flowsArgs()), "inline-f", "flows-agent"],
     ] as const) {
       const { resources } = await deploy(make, prefix);
       const { raw, decoded } = userDataOf(resources);
-      assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_LIMIT);
+      assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_BUDGET, prefix);
       assert.ok(decoded.files.has(`/etc/agentpools/${role}.json`), prefix);
       assert.ok(!decoded.script.includes("ssm get-parameter"), prefix);
       assert.equal(byType(resources, T.parameter).length, 0, prefix);
       assert.ok(!one(resources, T.policy).inputs.policy.includes("ssm:"), prefix);
     }
+  });
+
+  it("a configuration over the user-data budget, though within EC2's limit, goes to its parameter (the largest VCS agent pool)", async () => {
+    const spec = preparePool("VcsAgentPool", "vcs-agent", "largest-v", vcsAgentPoolArgs, LARGEST.vcs, vcsAgentPoolKind);
+    const inline = checkUserDataSize("largest-v", { ...spec, configDelivery: "userData" });
+    assert.ok(inline > USER_DATA_BUDGET && inline <= USER_DATA_LIMIT, `${inline} bytes inline`);
+    const { resources } = await deploy(() => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v");
+    const { raw, decoded } = userDataOf(resources);
+    assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_BUDGET, `${Buffer.from(raw, "base64").length} bytes`);
+    assert.ok(decoded.script.includes("ssm get-parameter --name '/agentpools/"), "read from its parameter at boot");
+    assert.ok(decoded.files.has("/etc/agentpools/vcs-agent.json"), "every file still reaches the instance");
+    assert.equal(byType(resources, T.parameter).length, 1);
   });
 });

@@ -56,7 +56,7 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       component: "WorkerPool",
       role: "launcher",
       core: workerPoolArgs.parse({}),
-      settingsEnv: { AGENTPOOLS_WORKER_EXECUTOR: "process" },
+      settings: { executor: "process" },
       docker: false,
       gvisor: false,
     } as unknown as PoolSpec;

@@ -41,6 +41,15 @@ export function secretSettings(schema: SettingsSchema): { key: string; env: stri
     .map(([key, property]) => ({ key, env: property.env as string }));
 }
 
+/** The settings an instance file carries: every non-secret one that is set, by key, as the schema checked it. */
+export function plainSettings(schema: SettingsSchema, settings: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(schema.properties)
+      .filter(([key, property]) => !property.secret && settings[key] !== undefined)
+      .map(([key]) => [key, settings[key]]),
+  );
+}
+
 function scalarToString(value: unknown): string {
   return typeof value === "string" ? value : JSON.stringify(value);
 }

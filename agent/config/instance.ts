@@ -2,15 +2,18 @@ import type { RoleName } from "./roles";
 
 /**
  * The file a component writes beside the runtime on each instance (AGENTPOOLS_CONFIG).
- * It holds only non-secret values: the role's settings as environment variables and
- * where to find the pool's AWS resources. Credentials come from Secrets Manager.
+ * It holds only non-secret values: the role's settings, as the component's zod schema
+ * checked them, and where to find the pool's AWS resources. Credentials come from Secrets Manager.
  */
 export interface InstanceConfig {
   role: RoleName;
   /** The pool's name, for log lines. */
   pool: string;
-  /** Non-secret settings, as the role's environment variables. */
-  env: Record<string, string>;
+  /**
+   * Non-secret settings by name (the role's schema keys), with their types: an EC2 bundle takes them as they are,
+   * without reading text or checking values again; a full bundle checks them, with its environment's variables over them.
+   */
+  settings: Record<string, unknown>;
   /** How long a drain may take before the runtime gives up and exits. */
   drainTimeoutSeconds: number;
   aws?: {

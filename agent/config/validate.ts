@@ -1,4 +1,4 @@
-import type { PropertySchema, SettingsSchema } from "./env";
+import type { Env, PropertySchema, SettingsSchema } from "./env";
 import { BUILT_FOR } from "./variants";
 
 /**
@@ -139,19 +139,33 @@ export function validateSettings<T = Record<string, unknown>>(
       continue;
     }
     const shown = property.secret ? "the value (secret, not shown)" : JSON.stringify(value);
-    // An EC2 bundle reads the settings its component checked against this same schema (the instance's file, which
-    // only root can change) and the pool's secret, which the role parses itself: it asks only whether each is there,
-    // and whether it is the executor or vendor the bundle serves (agent/config/variants.ts).
-    // (Named one by one: the minifier folds BUILT_FOR only where its fields are read by name.)
-    const served = key === "executor" ? BUILT_FOR.executor : key === "vendor" ? BUILT_FOR.vendor : undefined;
-    if (BUILT_FOR.platform !== "ec2") check(property, value, key, problems, shown, property.env);
-    else if (served !== undefined && value !== served)
-      problems.push({
-        path: key,
-        env: property.env,
-        message: `${shown} is not served by this bundle (${served} only)`,
-      });
+    check(property, value, key, problems, shown, property.env);
     settings[key] = value;
+  }
+  if (problems.length > 0) throw new SettingsError(role, problems);
+  return settings as T;
+}
+
+/**
+ * An EC2 bundle's settings: its instance file's, which the component checked against this same zod schema (a file
+ * only root can change), with the secret ones from `env` (the pool's secret, which the role parses itself). It asks
+ * only whether each required one is there, and whether the executor or vendor is the one it serves (variants.ts):
+ * no text to read, no value to check again. (BUILT_FOR's fields named one by one: the minifier folds them so only.)
+ */
+export function servedSettings<T>(role: string, schema: SettingsSchema, given: Record<string, unknown>, env: Env): T {
+  const settings = { ...given };
+  const problems: SettingsProblem[] = [];
+  for (const [key, { env: name, secret }] of Object.entries(schema.properties)) {
+    if (secret && env[name!] !== undefined) settings[key] = env[name!];
+    const value = settings[key];
+    const served = key === "executor" ? BUILT_FOR.executor : key === "vendor" ? BUILT_FOR.vendor : undefined;
+    const message =
+      value === undefined
+        ? schema.required?.includes(key) && "is required"
+        : served !== undefined &&
+          value !== served &&
+          `${JSON.stringify(value)} is not served by this bundle (${served} only)`;
+    if (message) problems.push({ path: key, env: name, message });
   }
   if (problems.length > 0) throw new SettingsError(role, problems);
   return settings as T;

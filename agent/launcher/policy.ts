@@ -14,7 +14,8 @@ export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
     throw new Error(`the run initialization policy ${file} cannot be read as JSON: ${(error as Error).message}`);
   }
   // On EC2 the file is the component's rendering of a policy it checked against the same schema.
-  const problems = BUILT_FOR.platform === "ec2" ? [] : checkDocument(schema, document, "policy");
+  if (BUILT_FOR.platform === "ec2") return document as RunPolicy;
+  const problems = checkDocument(schema, document, "policy");
   if (problems.length > 0) {
     throw new Error(
       `the run initialization policy ${file} is not valid:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join("\n")}`,

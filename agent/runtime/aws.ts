@@ -53,15 +53,7 @@ export function instanceMetadata(env: Env = process.env): InstanceMetadata {
   return {
     get,
     identity: () => json("/latest/dynamic/instance-identity/document"),
-    async credentials() {
-      const doc = await json(roles + (await get(roles)).split("\n")[0].trim());
-      return {
-        accessKeyId: doc.AccessKeyId,
-        secretAccessKey: doc.SecretAccessKey,
-        sessionToken: doc.Token,
-        expiresAt: Date.parse(doc.Expiration),
-      };
-    },
+    credentials: async () => json(roles + (await get(roles)).split("\n")[0].trim()),
     targetLifecycleState: () =>
       get("/latest/meta-data/autoscaling/target-lifecycle-state").then(
         (state) => state.trim(),
@@ -95,7 +87,7 @@ export function awsClient(
     const url = new URL(env.AWS_ENDPOINT_URL ?? `https://${service}.${region}.${domain}/`);
     for (let attempt = 1; ; attempt++) {
       try {
-        if (!cached || cached.expiresAt! - Date.now() < 300_000) cached = await loadCredentials();
+        if (!cached || Date.parse(cached.Expiration!) - Date.now() < 300_000) cached = await loadCredentials();
         const res = await request(url, {
           method: "POST",
           headers: signV4({

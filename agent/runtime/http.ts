@@ -3,7 +3,6 @@ import https from "node:https";
 
 export interface HttpResponse {
   status: number;
-  headers: http.IncomingHttpHeaders;
   body: string;
 }
 
@@ -20,9 +19,7 @@ export function request(
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }),
-        );
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
         res.on("error", reject);
       },
     );

@@ -7,7 +7,7 @@ import { interruption, protectWhileBusy, reportBoot, whileWarmed } from "./scali
 import { createLogger, type Logger } from "../../lib/log";
 import { sleep } from "./http";
 import { envToRawSettings, secretSettings, type Env, type SettingsSchema } from "../config/env";
-import { validateSettings } from "../config/validate";
+import { servedSettings, validateSettings } from "../config/validate";
 import {
   CONFIG_PATH_VARIABLE,
   LIFECYCLE_POLL_SECONDS,
@@ -126,8 +126,9 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
     if (config && config.role !== role.name)
       throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
-    // The variables of the process win over the file, so an operator can override one setting on a box.
-    const env: Env = { ...config?.env, ...processEnv };
+    // What the role reads from its environment (a launcher passes some of it to runs), and the secret settings.
+    const env: Env = { ...processEnv };
+    let tags: Record<string, string> | undefined;
     const hooks = config?.aws;
     const pollMs = (hooks?.lifecyclePollSeconds ?? LIFECYCLE_POLL_SECONDS) * 1000;
     const secrets = secretSettings(schema);
@@ -154,21 +155,25 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
 
       const secret = JSON.parse(await client.getSecretString(hooks.secretArn));
       for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
-      const metadataPrefix = Object.values(schema.properties).find((p) => p.encoding === "map")?.env;
-      if (metadataPrefix) {
-        for (const [tag, field] of Object.entries(METADATA_FROM_IDENTITY))
-          env[metadataPrefix + tag] ??= identity[field];
-      }
+      tags = Object.fromEntries(Object.entries(METADATA_FROM_IDENTITY).map(([tag, field]) => [tag, identity[field]]));
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
     const argv = options.argv ?? process.argv.slice(2);
     if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
-    const settings = validateSettings<S>(
-      role.name,
-      schema,
-      envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }),
-    );
+    // EC2: the file's settings as the component checked them. Elsewhere: the file's, under the variables of the
+    // process (an operator overrides one setting on a box; Kubernetes gives them all so) and the flags, checked here.
+    const raw =
+      BUILT_FOR.platform === "ec2"
+        ? { ...config?.settings }
+        : { ...config?.settings, ...envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }) };
+    // The instance's identity as metadata tags, under those the pool sets.
+    const tagsKey = Object.keys(schema.properties).find((key) => schema.properties[key].encoding === "map");
+    if (tags && tagsKey) raw[tagsKey] = { ...tags, ...(raw[tagsKey] as object) };
+    const settings =
+      BUILT_FOR.platform === "ec2"
+        ? servedSettings<S>(role.name, schema, raw, env)
+        : validateSettings<S>(role.name, schema, raw);
 
     /** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
     const completeHook = async (hook: string, complete = true) => {

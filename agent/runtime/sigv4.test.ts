@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { signV4 } from "./sigv4";
 
 // Published AWS examples: the signatures were computed by AWS, not by this code.
-const EXAMPLE_CREDENTIALS = { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY" };
+const EXAMPLE_CREDENTIALS = { AccessKeyId: "AKIDEXAMPLE", SecretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY" };
 const EXAMPLE_TIME = new Date("2015-08-30T12:36:00Z");
 
 describe("Signature Version 4", () => {
@@ -46,7 +46,7 @@ describe("Signature Version 4", () => {
       body: "{}",
       service: "secretsmanager",
       region: "eu-west-1",
-      credentials: { ...EXAMPLE_CREDENTIALS, sessionToken: "session" },
+      credentials: { ...EXAMPLE_CREDENTIALS, Token: "session" },
       now: EXAMPLE_TIME,
     });
     assert.equal(headers["x-amz-security-token"], "session");

@@ -1,22 +1,20 @@
 import { createHash, createHmac } from "node:crypto";
 
+/** An instance role's credentials, in the names IMDS gives them (the bundle carries no mapping). */
 export interface Credentials {
-  accessKeyId: string;
-  secretAccessKey: string;
-  sessionToken?: string;
-  /** Epoch milliseconds after which the credentials must be refreshed. */
-  expiresAt?: number;
+  AccessKeyId: string;
+  SecretAccessKey: string;
+  Token?: string;
+  /** When they expire (ISO 8601): refreshed before. */
+  Expiration?: string;
 }
 
 const sha256 = (data: string) => createHash("sha256").update(data, "utf8").digest("hex");
 const hmac = (key: Buffer | string, data: string) => createHmac("sha256", key).update(data, "utf8").digest();
 
-/** RFC 3986 encoding, as Signature Version 4 wants it. */
-const encode = (text: string) =>
-  encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-
 /**
- * Sign a request with AWS Signature Version 4. Pure: the caller passes the time. Returns
+ * Sign a request with AWS Signature Version 4. Pure: the caller passes the time. The URL's path and query
+ * are signed as they are: ASCII, already encoded, a query's parameters in order. Returns
  * the headers to send (the given ones plus x-amz-date, the session token and authorization).
  */
 export function signV4(input: {
@@ -29,32 +27,23 @@ export function signV4(input: {
   credentials: Credentials;
   now: Date;
 }): Record<string, string> {
-  const amzDate = input.now
-    .toISOString()
-    .replace(/[-:]/g, "")
-    .replace(/\.[0-9]{3}/, "");
+  const amzDate = input.now.toISOString().replace(/[-:]|\.\d+/g, "");
   const day = amzDate.slice(0, 8);
   const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
-  if (input.credentials.sessionToken) headers["x-amz-security-token"] = input.credentials.sessionToken;
+  if (input.credentials.Token) headers["x-amz-security-token"] = input.credentials.Token;
 
-  const canonical = Object.entries(headers)
-    .map(([name, value]) => [name.toLowerCase(), value.trim().replace(/\s+/g, " ")] as const)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  const signedHeaders = canonical.map(([name]) => name).join(";");
-  const query = [...input.url.searchParams.entries()]
-    .map(([key, value]) => `${encode(key)}=${encode(value)}`)
-    .sort()
-    .join("&");
-  const path =
-    input.url.pathname
-      .split("/")
-      .map((segment) => encode(decodeURIComponent(segment)))
-      .join("/") || "/";
+  const canonical: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers))
+    canonical[name.toLowerCase()] = value.trim().replace(/\s+/g, " ");
+  // In code-unit order, which is byte order for header names (ASCII).
+  const names = Object.keys(canonical).sort();
+  const signedHeaders = names.join(";");
   const canonicalRequest = [
     input.method,
-    path,
-    query,
-    canonical.map(([name, value]) => `${name}:${value}\n`).join(""),
+    // As the URL holds them: the runtime's calls have plain paths ("/") and no query; a query is given in order.
+    input.url.pathname,
+    input.url.search.slice(1),
+    names.map((name) => `${name}:${canonical[name]}\n`).join(""),
     signedHeaders,
     sha256(input.body),
   ].join("\n");
@@ -62,11 +51,11 @@ export function signV4(input: {
   const scope = `${day}/${input.region}/${input.service}/aws4_request`;
   const stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, sha256(canonicalRequest)].join("\n");
   const key = hmac(
-    hmac(hmac(hmac(`AWS4${input.credentials.secretAccessKey}`, day), input.region), input.service),
+    hmac(hmac(hmac(`AWS4${input.credentials.SecretAccessKey}`, day), input.region), input.service),
     "aws4_request",
   );
-  const signature = createHmac("sha256", key).update(stringToSign, "utf8").digest("hex");
+  const signature = hmac(key, stringToSign).toString("hex");
 
-  headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
+  headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.AccessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
   return headers;
 }

@@ -1,7 +1,9 @@
 import http from "node:http";
+import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
+import { BUILT_FOR } from "../config/variants";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {
@@ -40,7 +42,8 @@ async function openSocket(
   }
   const proxyUrl = new URL(proxy);
   const headers: Record<string, string> = { host: `${host}:${port}` };
-  if (proxyUrl.username)
+  // On EC2 the component refuses a proxy URL with credentials (as every URL argument).
+  if (BUILT_FOR.platform !== "ec2" && proxyUrl.username)
     headers["proxy-authorization"] =
       `Basic ${Buffer.from(`${decodeURIComponent(proxyUrl.username)}:${decodeURIComponent(proxyUrl.password)}`).toString("base64")}`;
   // agent: false: the CONNECT goes to the proxy itself, never through an environment proxy.
@@ -100,6 +103,24 @@ export async function openGatewaySocket(
 }
 
 /**
+ * A request to the gateway on a connection of its own. On EC2, Node's own proxy support and TLS
+ * carry it: the unit gives the runtime the pool's proxy as HTTPS_PROXY and NO_PROXY with
+ * NODE_USE_ENV_PROXY, which the AWS calls go by too, and the component refuses a proxy with
+ * credentials. Elsewhere (Kubernetes, docker run) the settings' proxy: openGatewaySocket.
+ */
+async function requestGateway(
+  gateway: URL,
+  request: { method: string; path: string; headers: Record<string, string> },
+  options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs">,
+): Promise<http.ClientRequest> {
+  const { method, path, headers } = request;
+  if (BUILT_FOR.platform === "ec2")
+    return (gateway.protocol === "https:" ? https : http).request(new URL(path, gateway), { method, headers });
+  const socket = await openGatewaySocket(gateway, options);
+  return http.request({ createConnection: () => socket, method, path, headers: { host: gateway.host, ...headers } });
+}
+
+/**
  * One HTTP request to the gateway over its own connection, proxy and TLS as for the link
  * (run state: large bodies streamed both ways). Resolves with the response once its head arrives.
  */
@@ -108,15 +129,16 @@ export async function gatewayRequest(
   request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
 ): Promise<http.IncomingMessage> {
-  const socket = await openGatewaySocket(gateway, options);
-  const req = http.request({
-    createConnection: () => socket,
-    method: request.method,
-    path: request.path,
-    headers: { host: gateway.host, connection: "close", ...request.headers },
-  });
+  const req = await requestGateway(
+    gateway,
+    { ...request, headers: { connection: "close", ...request.headers } },
+    options,
+  );
+  // On EC2 the connection is Node's: it is given as long to open, and then to answer, as the link's dial.
+  if (BUILT_FOR.platform === "ec2")
+    req.setTimeout(options.timeoutMs ?? 10_000, () => req.destroy(new Error(`${gateway.host} did not answer`)));
   const response = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.once("response", resolve);
+    req.once("response", (res) => (req.setTimeout(0), resolve(res)));
     req.once("error", reject);
   });
   if (request.body) {
@@ -137,17 +159,20 @@ export async function dialGateway(
   options: DialOptions = {},
 ): Promise<net.Socket> {
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const socket = await openGatewaySocket(gateway, options);
-  const req = http.request({
-    createConnection: () => socket,
-    method: "GET",
-    path: options.path ?? CONNECT_PATH,
-    headers: { host: gateway.host, connection: "Upgrade", upgrade: options.protocol ?? UPGRADE_PROTOCOL, ...headers },
-  });
+  const req = await requestGateway(
+    gateway,
+    {
+      method: "GET",
+      path: options.path ?? CONNECT_PATH,
+      headers: { connection: "Upgrade", upgrade: options.protocol ?? UPGRADE_PROTOCOL, ...headers },
+    },
+    options,
+  );
   req.end();
   return new Promise<net.Socket>((resolve, reject) => {
+    // (On EC2 the connection opens in this time too.)
     const timer = setTimeout(
-      () => (socket.destroy(), reject(new Error("the gateway did not answer the upgrade"))),
+      () => (req.destroy(), reject(new Error("the gateway did not answer the upgrade"))),
       timeoutMs,
     );
     req.once("upgrade", (res: http.IncomingMessage, upgraded: net.Socket, head: Buffer) => {
@@ -170,7 +195,7 @@ export async function dialGateway(
       let body = "";
       const refused = () => {
         clearTimeout(timer);
-        socket.destroy();
+        req.destroy();
         reject(
           Object.assign(
             new Error(`the gateway refused the connection: ${res.statusCode} ${body.slice(0, 1024).trim()}`),

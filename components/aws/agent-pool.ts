@@ -1,6 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { z } from "zod";
-import { settingsToEnv } from "../../agent/config/env";
+import { plainSettings } from "../../agent/config/env";
 import type { RoleName } from "../../agent/config/roles";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
 import { validatePool, type PoolPlacement } from "./pool-args";
@@ -13,7 +13,7 @@ import {
   type PoolSpec,
 } from "./pool-core";
 
-type KindExtras = Omit<PoolSpec, "component" | "role" | "core" | "settingsEnv" | "secretEnv" | "vpcId" | "subnetIds">;
+type KindExtras = Omit<PoolSpec, "component" | "role" | "core" | "settings" | "secretEnv" | "vpcId" | "subnetIds">;
 
 /**
  * Validate a pool's arguments and work out everything its resources need, including a
@@ -32,7 +32,7 @@ export function preparePool<S extends z.ZodType<CoreArgs>>(
     component,
     role,
     core: parsed,
-    settingsEnv: settingsToEnv(settingsJsonSchema(role), parsed as Record<string, unknown>),
+    settings: plainSettings(settingsJsonSchema(role), parsed as Record<string, unknown>),
     secretEnv,
     vpcId: args.vpcId,
     subnetIds: args.subnetIds,

@@ -334,27 +334,28 @@ export class Network extends pulumi.ComponentResource {
       opts,
     );
     const ids: pulumi.Output<string>[] = [];
-    for (const endpoint of [...new Set(endpoints)]) {
-      for (const service of ENDPOINT_SERVICES[endpoint]) {
-        const gateway = GATEWAY_ENDPOINTS.includes(service);
-        const serviceType = gateway ? "Gateway" : "Interface";
-        // The name AWS gives the service here: partitions differ (com.amazonaws., cn.com.amazonaws., ...).
-        const serviceName = aws.ec2.getVpcEndpointServiceOutput({ service, serviceType }, { parent: this }).serviceName;
-        const created = new aws.ec2.VpcEndpoint(
-          `${name}-${service.replace(".", "-")}`,
-          {
-            vpcId: this.vpcId,
-            serviceName,
-            vpcEndpointType: serviceType,
-            ...(gateway
-              ? { routeTableIds }
-              : { subnetIds, securityGroupIds: [securityGroup.id], privateDnsEnabled: true }),
-            tags: { ...tags, Name: `${name}-${service}` },
-          },
-          opts,
-        );
-        ids.push(created.id);
-      }
+    const services = new Set(endpoints.flatMap((endpoint) => ENDPOINT_SERVICES[endpoint]));
+    // A pool that reads its secret through an endpoint reads its configuration parameter (SSM) the same way.
+    if (services.has("secretsmanager")) services.add("ssm");
+    for (const service of services) {
+      const gateway = GATEWAY_ENDPOINTS.includes(service);
+      const serviceType = gateway ? "Gateway" : "Interface";
+      // The name AWS gives the service here: partitions differ (com.amazonaws., cn.com.amazonaws., ...).
+      const serviceName = aws.ec2.getVpcEndpointServiceOutput({ service, serviceType }, { parent: this }).serviceName;
+      const created = new aws.ec2.VpcEndpoint(
+        `${name}-${service.replace(".", "-")}`,
+        {
+          vpcId: this.vpcId,
+          serviceName,
+          vpcEndpointType: serviceType,
+          ...(gateway
+            ? { routeTableIds }
+            : { subnetIds, securityGroupIds: [securityGroup.id], privateDnsEnabled: true }),
+          tags: { ...tags, Name: `${name}-${service}` },
+        },
+        opts,
+      );
+      ids.push(created.id);
     }
     return { securityGroupId: securityGroup.id, ids };
   }

@@ -23,6 +23,7 @@ import {
   BOOT_LOG_STREAM,
   renderConfigParameterValue,
   renderUserData,
+  USER_DATA_BUDGET,
   UserDataTooLargeError,
   type UserDataFile,
   type UserDataSpec,
@@ -44,8 +45,8 @@ export interface PoolSpec extends PoolPlacement {
   component: string;
   role: RoleName;
   core: CoreArgs;
-  /** Non-secret settings as the role's variables. */
-  settingsEnv: Record<string, string>;
+  /** Non-secret settings by key, typed, as the role's zod schema gave them (plainSettings). */
+  settings: Record<string, unknown>;
   /** Secret settings as the role's variables, a Pulumi secret; absent with existingSecretArn. */
   secretEnv?: pulumi.Output<Record<string, string>>;
   docker: boolean;
@@ -162,7 +163,7 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
     config: {
       role: spec.role,
       pool: name,
-      env: spec.settingsEnv,
+      settings: spec.settings,
       drainTimeoutSeconds: core.drainTimeoutSeconds,
       aws: awsConfig,
     },
@@ -205,13 +206,14 @@ export function worstCasePlace(name: string, core: CoreArgs): PoolPlace {
 }
 
 /**
- * Where the role's configuration goes: in user-data if it fits there at the pool's worst case,
- * else in a parameter. Decided from the arguments alone, so the same arguments always choose the same.
+ * Where the role's configuration goes: in user-data if it fits there within the budget (three quarters of
+ * EC2's limit) at the pool's worst case, else in a parameter. Decided from the arguments alone, so the same
+ * arguments always choose the same.
  */
 export function configDelivery(name: string, spec: PoolSpec): ConfigDelivery {
   try {
-    renderUserData(poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core)));
-    return "userData";
+    const inline = poolUserDataSpec(name, { ...spec, configDelivery: "userData" }, worstCasePlace(name, spec.core));
+    return renderUserData(inline).length <= USER_DATA_BUDGET ? "userData" : "ssmParameter";
   } catch (error) {
     if (error instanceof UserDataTooLargeError) return "ssmParameter";
     throw error;

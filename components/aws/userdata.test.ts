@@ -28,7 +28,7 @@ function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
     config: {
       role: "launcher",
       pool: "build",
-      env: { SPACELIFT_WORKER_NETWORK: "bridge", SPACELIFT_MASK_ENVS: "A,B" },
+      settings: { workerNetwork: "bridge", maskedEnvVars: ["A", "B"] },
       drainTimeoutSeconds: 600,
       aws: {
         secretArn: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x-AbCdEf",

@@ -213,7 +213,12 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
   const bundle = runtimeBundle(role);
   // The runtime reads its drain time (and pool name) from the file an instance would have; the
   // settings themselves come as the container's variables.
-  const instanceConfig: InstanceConfig = { role, pool: name, env: {}, drainTimeoutSeconds: args.drainTimeoutSeconds };
+  const instanceConfig: InstanceConfig = {
+    role,
+    pool: name,
+    settings: {},
+    drainTimeoutSeconds: args.drainTimeoutSeconds,
+  };
   const config = JSON.stringify(instanceConfig, null, 1) + "\n";
 
   const runtime = new k8s.core.v1.ConfigMap(
