@@ -194,11 +194,13 @@ const CACHE_DIR = path.join(root, "node_modules/.cache/agentpools-bundles");
 
 /**
  * What every bundle is a function of: the sources they are made from (the settings schemas and the
- * names terser may shorten come from them too), this script, and the tools' versions (the lockfile).
+ * names terser may shorten come from them too), the bundle scripts, and the tools' versions (the lockfile).
  */
 function inputsDigest() {
   const hash = createHash("sha256").update(process.version);
-  const files = ["scripts/bundle.mjs", "scripts/internal-names.mjs", "package-lock.json"];
+  // Every script module: this one, those it imports, any it may import later.
+  const scripts = readdirSync(path.join(root, "scripts")).filter((file) => file.endsWith(".mjs"));
+  const files = ["package-lock.json", ...scripts.map((file) => `scripts/${file}`)];
   for (const dir of SOURCES)
     for (const entry of readdirSync(path.join(root, dir), { recursive: true }))
       if (entry.endsWith(".ts")) files.push(path.join(dir, entry));
