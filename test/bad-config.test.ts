@@ -289,6 +289,13 @@ const cases: Case[] = [
     ["s3cr3t-pw"],
   ],
   [
+    "proxy with credentials after an empty host (http:///user:pass@host: a URL reads them all the same)",
+    (n) => new VcsAgentPool(n, vcsArgs({ httpsProxy: "http:///user:s3cr3t-pw@proxy:3128" })),
+    "httpsProxy",
+    "must not contain credentials",
+    ["s3cr3t-pw"],
+  ],
+  [
     "VCS endpoint with credentials",
     (n) => new VcsAgentPool(n, vcsArgs({ targetBaseEndpoint: "https://deploy:glpat-s3cr3t@gitlab.internal" })),
     "targetBaseEndpoint",

@@ -839,6 +839,12 @@ describe("Kubernetes components (mocks)", () => {
         }),
       "autoscaling.metric.matchLabels.pool",
     ],
+    [
+      "a proxy with credentials after an empty host (they would sit in the pod spec)",
+      () => vcs("kb-63", { httpsProxy: "http:///user:s3cr3t-pw@proxy:3128" }),
+      "httpsProxy",
+      "must not contain credentials",
+    ],
   ];
   for (const [description, make, field, shows] of bad) {
     it(`refuses ${description} before anything is created, naming ${field}`, () => {

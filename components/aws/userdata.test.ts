@@ -229,6 +229,9 @@ describe("user-data", () => {
       'Environment="AGENTPOOLS_CONFIG=/etc/agentpools/launcher.json"',
       'Environment="NODE_EXTRA_CA_CERTS=/etc/pki/ca-trust/source/anchors/agentpools.pem"',
       'Environment="NO_PROXY=.internal,.eu-west-1.amazonaws.com,169.254.169.254"',
+      // An http:// gateway goes through the pool's proxy too (Node reads HTTP_PROXY for it).
+      'Environment="HTTPS_PROXY=http://proxy.internal:3128"',
+      'Environment="HTTP_PROXY=http://proxy.internal:3128"',
     ]) {
       assert.ok(unit.split("\n").includes(line), `unit lacks ${line}`);
     }
@@ -405,6 +408,15 @@ describe("user-data", () => {
       assert.match(bin.calls("aws")[0], /boot failed: sha512sum -c"$/);
       assert.deepEqual(bin.calls("install"), [], "never installed");
     });
+  });
+
+  it("refuses a value with a line break bound for the unit or the boot script: it would be a directive of its own", () => {
+    for (const httpsProxy of [
+      "http://proxy.internal:3128/\nExecStartPre=+/bin/sh -c id\nUser=root",
+      "http://p:3128/\r",
+      "http://p/\0",
+    ])
+      assert.throws(() => renderUserData(spec({ httpsProxy })), /(httpsProxy|HTTPS_PROXY) must be one line/);
   });
 
   it("gives the same bytes for the same inputs, with a fixed gzip header", () => {

@@ -106,9 +106,14 @@ export class UserDataTooLargeError extends Error {
 
 const shellQuote = (text: string) => `'${text.replace(/'/g, `'"'"'`)}'`;
 const trustsCustomCas = (spec: UserDataSpec) => Boolean(spec.caCertificates || spec.caCertificatesParameter);
+/** A value bound for a line of the unit or the boot script: a line break there would start a directive of its own. */
+function oneLine(name: string, value: string): string {
+  if (/[\r\n\0]/.test(value)) throw new Error(`${name} must be one line: it holds a line break or a NUL`);
+  return value;
+}
 /** One `Environment=` assignment, quoted for systemd (and % escaped, which systemd expands). */
 const systemdEnv = (name: string, value: string) =>
-  `Environment="${`${name}=${value}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
+  `Environment="${`${name}=${oneLine(name, value)}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
 
 export const unitName = (role: RoleName) => `agentpools-${role}.service`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
@@ -207,6 +212,8 @@ export function renderUnit(spec: UserDataSpec): string {
       ? [
           systemdEnv("NODE_USE_ENV_PROXY", "1"),
           systemdEnv("HTTPS_PROXY", spec.httpsProxy),
+          // Node takes HTTP_PROXY for an http:// gateway: without it, that one would go around the pool's proxy.
+          systemdEnv("HTTP_PROXY", spec.httpsProxy),
           systemdEnv("NO_PROXY", noProxy as string),
         ]
       : []),
@@ -419,7 +426,9 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
     ...bootPreamble(spec),
     ...files.filter((f) => EARLY_FILES.includes(f.path)).flatMap(writeFile),
     ...caTrustCommands(spec),
-    ...(spec.httpsProxy ? [`echo proxy=${shellQuote(spec.httpsProxy)} >> /etc/dnf/dnf.conf`] : []),
+    ...(spec.httpsProxy
+      ? [`echo proxy=${shellQuote(oneLine("httpsProxy", spec.httpsProxy))} >> /etc/dnf/dnf.conf`]
+      : []),
     `retry dnf install -y ${packages.join(" ")}`,
     `date +%s >>${BOOT_MARKS_PATH}`,
     `base64 -d > ${ARCHIVE_PATH} <<<'`,

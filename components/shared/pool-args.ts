@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { httpUrl } from "../../agent/config/fields";
 import { caBundleProblems } from "./ca-bundle";
+import { hasUrlCredentials } from "./redact";
 
 /**
  * The arguments every pool has on both platforms, checked alike: the AWS pools and the
@@ -20,7 +21,8 @@ export const pemCertificates = z.string().superRefine((text, ctx) => {
 });
 
 /** A proxy URL is rendered in plain configuration (user-data, a pod's spec): credentials in it would be readable there. */
-export const proxyWithoutCredentials = httpUrl.refine((url) => !/^[a-z]+:\/\/[^/]*@/i.test(url), {
+// Read as a URL reads it (hasUrlCredentials): `http:///user:pass@host` has no "@" right after "//" but credentials all the same.
+export const proxyWithoutCredentials = httpUrl.refine((url) => !hasUrlCredentials(url), {
   error: "must not contain credentials: they would be readable in the pool's configuration (user-data, the pod spec)",
 });
 
