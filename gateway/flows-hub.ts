@@ -140,6 +140,8 @@ export class FlowsHub {
     agent.lastUsed = ++this.uses;
     const id = randomUUID();
     return new Promise((resolve, reject) => {
+      // The run leaves first; its answer cannot be read before this turn has registered it.
+      agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
       // The agent enforces the run's timeout; this one only covers a lost answer (keepalive drops a dead agent sooner).
       const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + 10_000;
       const timer = setTimeout(() => {
@@ -147,7 +149,6 @@ export class FlowsHub {
         reject(new HttpError(504, `no answer from the agent within ${waitMs} ms`));
       }, waitMs);
       agent.pending.set(id, { resolve, reject, timer, client });
-      agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
     });
   }
 

@@ -52,6 +52,8 @@ export function resultMessage(id: string, outcome: Outcome): string {
 class FlowsLink extends WebSocketLink {
   private inFlight = 0;
 
+  private readonly defaultTimeoutMs: number;
+
   /** The share of its runtimes in use (the pool's busy metric). */
   get busy(): number {
     return this.inFlight / this.settings.runtimePoolSize;
@@ -71,6 +73,7 @@ class FlowsLink extends WebSocketLink {
       settings,
       log,
     });
+    this.defaultTimeoutMs = durationMs(settings.defaultRunTimeout);
   }
 
   protected opened(socket: WebSocket): void {
@@ -89,10 +92,7 @@ class FlowsLink extends WebSocketLink {
       const message = parseMessage<GatewayMessage>(text);
       if (message?.type !== "run" || typeof message.id !== "string") return;
       const { id, job } = message;
-      const timeoutMs = Math.min(
-        message.timeoutMs ?? durationMs(this.settings.defaultRunTimeout),
-        FLOWS_MAX_RUN_TIMEOUT_MS,
-      );
+      const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor

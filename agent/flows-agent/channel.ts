@@ -14,10 +14,16 @@ import {
  * or JSON that is not an answer end that runtime and fail its run, never the agent.
  */
 export function encodeFrame(message: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(message));
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(body.length);
-  return Buffer.concat([head, body]);
+  return frameOf(JSON.stringify(message));
+}
+
+/** A frame of JSON text already made: one buffer, written once. */
+export function frameOf(json: string): Buffer {
+  const length = Buffer.byteLength(json);
+  const frame = Buffer.allocUnsafe(4 + length);
+  frame.writeUInt32BE(length);
+  frame.write(json, 4);
+  return frame;
 }
 
 /**

@@ -55,8 +55,9 @@ export interface Runtime {
 
 /**
  * A runtime around a started process. Its watchdogs belong to it, not to its caller: a start
- * deadline from the first moment, the run's deadline and a memory watchdog armed before the
- * job leaves, all cleared only when the process is gone.
+ * deadline from the first moment, the run's deadline and a memory watchdog armed in the same
+ * turn as the job leaves (after it: no callback runs in between), all cleared only when the
+ * process is gone.
  */
 export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   const { child, answers, jobs } = spawned;
@@ -132,6 +133,8 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
       new Promise((resolve, reject) => {
         if (ending) return reject(new Error(ending));
         answered = { resolve, reject };
+        // The job first, so the runtime works while its watchdogs are armed.
+        jobs.write(encodeFrame(job));
         timers.push(setTimeout(() => end(`the run timed out after ${timeoutMs} ms`), timeoutMs));
         timers.push(
           setInterval(
@@ -141,7 +144,6 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
             20,
           ),
         );
-        jobs.write(encodeFrame(job));
       }),
   };
 }
@@ -457,10 +459,12 @@ export function executor({
       if (active >= poolSize) await new Promise<void>((resolve) => waiting.push(resolve));
       active++;
       const began = performance.now();
-      let used: Runtime | undefined;
+      const spare = spares.shift();
+      let used = spare;
       try {
-        used = spares.shift() ?? launcher.start();
-        await used.ready;
+        used ??= launcher.start();
+        // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
+        if (!spare) await used.ready;
         const { ok, value, error, console } = await used.run(job, timeoutMs);
         return { ok, value, error, console, durationMs: performance.now() - began };
       } catch (error) {
@@ -477,7 +481,8 @@ export function executor({
         // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
         // down and starting the next one (a fork) each cost the event loop and the CPUs
         // milliseconds: done a moment later, once the answer and the traffic it sets off are through.
-        setTimeout(() => (used?.kill(), refill()), 5);
+        // (Even the timer is set after this turn's promise reactions, which send the answer.)
+        process.nextTick(() => setTimeout(() => (used?.kill(), refill()), 5));
       }
     },
   };

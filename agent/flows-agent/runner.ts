@@ -9,7 +9,7 @@ import {
   type Answer,
   type Job,
 } from "../../protocol/flows";
-import { encodeFrame, readFrameSync } from "./channel";
+import { frameOf, readFrameSync } from "./channel";
 
 /**
  * The code that runs inside each Flows runtime process (or container): it waits for one
@@ -22,12 +22,40 @@ const AsyncFunction = Object.getPrototypeOf(async () => undefined).constructor a
   ...args: string[]
 ) => (inputs: unknown) => Promise<unknown>;
 
-export async function runJob(job: Job): Promise<Answer> {
+/** Where console output goes: the current job's collector. */
+let toConsole: (line: string) => void = () => undefined;
+/** What a raw write left after its last newline. */
+let partial = "";
+
+/**
+ * Console methods and raw writes (process.stdout.write) become the job's console lines. Installed once, before the
+ * runtime says it is ready: the job it takes finds them in place.
+ */
+function captureConsole(): void {
+  for (const level of ["log", "info", "warn", "error", "debug"] as const) {
+    console[level] = (...args: unknown[]) =>
+      toConsole(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
+  }
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.write = ((chunk: string | Uint8Array) => {
+      const parts = (partial + Buffer.from(chunk)).split("\n");
+      partial = parts.pop() as string;
+      parts.forEach((line) => toConsole(line));
+      return true;
+    }) as typeof stream.write;
+  }
+}
+
+/**
+ * Runs a job; its answer as JSON text (an `Answer`). A result goes in as the text it was measured as, not parsed back
+ * and written again.
+ */
+export async function runJob(job: Job): Promise<string> {
   // Console lines within the caps (counted as JSON, escapes included); past them, one last line says so.
   const lines: string[] = [];
   let bytes = 0;
-  let partial = "";
-  const add = (line: string) => {
+  partial = "";
+  toConsole = (line: string) => {
     if (bytes < 0) return;
     bytes += JSON.stringify(line).length;
     if (lines.length < FLOWS_MAX_CONSOLE_LINES - 1 && bytes < FLOWS_MAX_CONSOLE_BYTES - 100)
@@ -35,30 +63,21 @@ export async function runJob(job: Job): Promise<Answer> {
     lines.push(`[console cut at the cap: ${FLOWS_MAX_CONSOLE_LINES} lines, ${FLOWS_MAX_CONSOLE_BYTES} bytes]`);
     bytes = -1;
   };
-  for (const level of ["log", "info", "warn", "error", "debug"] as const) {
-    console[level] = (...args: unknown[]) => add(level === "log" ? format(...args) : `${level}: ${format(...args)}`);
-  }
-  // Raw writes (process.stdout.write) become lines at their newlines.
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.write = ((chunk: string | Uint8Array) => {
-      const parts = (partial + Buffer.from(chunk)).split("\n");
-      partial = parts.pop() as string;
-      parts.forEach(add);
-      return true;
-    }) as typeof stream.write;
-  }
-  let answer: Answer;
+  const finish = (fields: string) => {
+    if (partial) toConsole(partial);
+    return `{${fields},"console":${JSON.stringify(lines)}}`;
+  };
   try {
     const fn = new AsyncFunction("inputs", job.kind === "expression" ? `return (${job.code}\n);` : job.code);
     const json = JSON.stringify(await fn(job.inputs ?? {})) ?? "null";
     if (json.length > FLOWS_MAX_VALUE_BYTES)
       throw new RangeError(`the result is ${json.length} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
-    answer = { ok: true, value: JSON.parse(json), console: lines };
+    return finish(`"ok":true,"value":${json}`);
   } catch (thrown) {
     const error =
       thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
     const code = (error as { code?: unknown }).code;
-    answer = {
+    const answer: Omit<Answer, "console"> = {
       ok: false,
       error: {
         name: String(error.name),
@@ -66,11 +85,9 @@ export async function runJob(job: Job): Promise<Answer> {
         stack: error.stack && String(error.stack),
         code: typeof code === "string" ? code : undefined,
       },
-      console: lines,
     };
+    return finish(JSON.stringify(answer).slice(1, -1));
   }
-  if (partial) add(partial);
-  return answer;
 }
 
 /**
@@ -114,17 +131,18 @@ export async function runRunner(argv = process.argv): Promise<void> {
   // has nothing else to do meanwhile. Stdout is Node's stream (non-blocking): frames wait their turn there.
   const toStdout = argv.includes("--channel-stdout");
   const writeStdout = process.stdout.write.bind(process.stdout);
-  const send = (message: unknown, then = () => undefined) => {
-    const frame = encodeFrame(message);
+  const send = (json: string, then = () => undefined) => {
+    const frame = frameOf(json);
     if (toStdout) return void writeStdout(frame, then);
     for (let at = 0; at < frame.length;) at += writeSync(3, frame, at);
     then();
   };
   confine();
+  captureConsole();
   // A spare waits with its code paths compiled: the run it takes does not pay for that.
   await runJob({ kind: "expression", code: "[0].map(String)" });
   await runJob({ kind: "block", code: "return JSON.stringify({ a: 1 })" });
-  send({ ready: true });
+  send('{"ready":true}');
   // Nothing else to do until the job comes: wait for it in read(2), the event loop stopped.
   const job = readFrameSync(0);
   if (job === undefined) process.exit(0);
