@@ -46,13 +46,6 @@ export type Verdict = { ok: true; key?: ServiceKeyDefinition } | { ok: false; st
 export class ServiceAuth {
   private keys = new Map<string, ServiceKeyDefinition & { digest: Buffer }>();
 
-  /**
-   * Per connection, the key it last proved: a keep-alive client presents the same one with every request, and its
-   * digest is taken once. Compared in constant time all the same (a proxy's connection may carry several clients).
-   * Valid while the key is (a replaced or removed key is another entry, or none).
-   */
-  private readonly proven = new WeakMap<object, { presented: Buffer; key: ServiceKeyDefinition }>();
-
   constructor(
     keys: ServiceKeyDefinition[],
     /** The status page needs no key from a loopback address (a browser on the gateway's host). */
@@ -76,17 +69,10 @@ export class ServiceAuth {
     // On the VCS entry, Authorization is the VCS's credential and crosses untouched.
     const bearer = route.kind === "vcs" ? undefined : /^Bearer (\S+)$/.exec(req.headers.authorization ?? "")?.[1];
     const header = req.headers[KEY_HEADER];
-    const presented = typeof header === "string" ? header : (bearer ?? "");
-    const match = KEY.exec(presented);
+    const match = KEY.exec(typeof header === "string" ? header : (bearer ?? ""));
     const key = match && this.keys.get(match[1]);
     if (!match || !key) return undefined;
-    // Every key is of one length (KEY), as timingSafeEqual needs.
-    const bytes = Buffer.from(presented);
-    const proven = this.proven.get(req.socket);
-    if (proven?.key === key && timingSafeEqual(bytes, proven.presented)) return key;
-    if (!timingSafeEqual(digest(match[2]), key.digest)) return undefined;
-    this.proven.set(req.socket, { presented: bytes, key });
-    return key;
+    return timingSafeEqual(digest(match[2]), key.digest) ? key : undefined;
   }
 
   /** May this request go on? Agents' routes (a connection, a launcher's run state) are their hubs' to check. */
