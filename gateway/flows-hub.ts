@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import { FLOWS_MAX_RUN_TIMEOUT_MS, FLOWS_MAX_VALUE_DEPTH, jsonCost } from "../protocol/flows";
+import { FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
 import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
@@ -97,7 +97,7 @@ export class FlowsHub {
 
   private receive(agent: FlowsAgent, text: string): void {
     // An agent checks its runs' answers: one that passes on an answer too costly to parse is not trusted further.
-    if (jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1)) {
+    if (overCaps(text)) {
       this.log.warn("agent sent an answer over the caps: disconnected", { pool: agent.pool, agent: agent.id });
       return agent.socket.close(1008);
     }

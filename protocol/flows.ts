@@ -22,6 +22,8 @@ export const FLOWS_MAX_CONSOLE_BYTES = 1024 * 1024;
 export const FLOWS_MAX_VALUE_CONTAINERS = 100_000;
 /** Keys of objects in one answer, for the same reason (keys cost the most where each is new). */
 export const FLOWS_MAX_VALUE_KEYS = 250_000;
+/** Characters of each of an error's fields (name, message, stack, code): the runtime cuts a longer one. */
+export const FLOWS_MAX_ERROR_CHARS = 64 * 1024;
 
 /**
  * What would make a JSON text too costly to parse (and to walk, re-encode, parse again on the
@@ -48,6 +50,16 @@ export function jsonCost(
     } else if (c === 93 || c === 125) depth--;
     else if (c === 58 && ++keys > maxKeys) return "keys";
   }
+  return undefined;
+}
+
+/** Why a JSON text (an answer, a result message) is too costly to read, in words; undefined when it is not. */
+export function overCaps(text: string): string | undefined {
+  // The answer's or message's own object is one level above its value.
+  const cost = jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1);
+  if (cost === "depth") return `the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`;
+  if (cost === "keys") return `the answer holds more than the cap of ${FLOWS_MAX_VALUE_KEYS} object keys`;
+  if (cost) return `the answer holds more than the cap of ${FLOWS_MAX_VALUE_CONTAINERS} objects and arrays`;
   return undefined;
 }
 

@@ -18,6 +18,7 @@ import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import { FLOWS_MAX_ERROR_CHARS, FLOWS_MAX_VALUE_KEYS } from "../protocol/flows";
 
 const POOL = "01FLOWSTEST";
 
@@ -115,6 +116,36 @@ describe("Flows agent and gateway", function () {
     assert.equal(result.error.name, "RangeError");
     assert.equal(result.error.message, "value out of range");
     assert.match(result.error.stack, /RangeError: value out of range\n\s+at check/);
+  });
+
+  it("a run whose answer is within the agent's key cap but whose result message (three keys more) is not fails alone: the link and a run beside it live", async () => {
+    const [agentId] = gateway
+      .summary()
+      .find((p) => p.name === POOL)!
+      .agents.map((a) => a.id);
+    const beside = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 400)); return 'beside';" });
+    // An answer of exactly the key cap: its value's keys, and ok, console and value; the result message adds three.
+    const keys = FLOWS_MAX_VALUE_KEYS - 3;
+    const { result } = await run({
+      code: `Object.fromEntries(Array.from({ length: ${keys} }, (_, i) => ["k" + i, 0]))`,
+    });
+    assert.deepEqual(
+      [result.ok, result.error.message],
+      [false, `the answer holds more than the cap of ${FLOWS_MAX_VALUE_KEYS} object keys`],
+    );
+    assert.deepEqual((await beside).result.value, "beside");
+    const agents = gateway
+      .summary()
+      .find((p) => p.name === POOL)!
+      .agents.map((a) => a.id);
+    assert.deepEqual(agents, [agentId], "the same connection: never dropped");
+  });
+
+  it("a thrown error's fields are cut at the cap", async () => {
+    const { result } = await run({ kind: "block", code: "throw new Error('m'.repeat(6_000_000));" });
+    assert.equal(result.ok, false);
+    assert.equal(result.error.message.length, FLOWS_MAX_ERROR_CHARS - 50 + " [cut at the cap]".length);
+    assert.match(result.error.message, /^m+ \[cut at the cap\]$/);
   });
 
   it("times a run out, kills its runtime, and answers the next run", async () => {

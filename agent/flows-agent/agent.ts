@@ -21,6 +21,7 @@ import {
   FLOWS_CONNECT_PATH,
   FLOWS_MAX_RESULT_BYTES,
   FLOWS_MAX_RUN_TIMEOUT_MS,
+  overCaps,
   type AgentMessage,
   type GatewayMessage,
 } from "../../protocol/flows";
@@ -33,16 +34,14 @@ import {
 export function resultMessage(id: string, outcome: Outcome): string {
   const { ok, value, error, console, durationMs } = outcome;
   const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
-  if (Buffer.byteLength(text) <= FLOWS_MAX_RESULT_BYTES) return text;
-  return resultMessage(id, {
-    ok: false,
-    error: {
-      name: "RangeError",
-      message: `the answer is ${Buffer.byteLength(text)} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`,
-    },
-    console: [],
-    durationMs,
-  });
+  // The gateway's checks, on the very text sent: a message over a cap would cost the whole link, not this run.
+  const bytes = Buffer.byteLength(text);
+  const over =
+    bytes > FLOWS_MAX_RESULT_BYTES
+      ? `the answer is ${bytes} bytes, over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`
+      : overCaps(text);
+  if (!over) return text;
+  return resultMessage(id, { ok: false, error: { name: "RangeError", message: over }, console: [], durationMs });
 }
 
 /**

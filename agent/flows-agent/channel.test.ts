@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { closeSync, openSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { FLOWS_MAX_VALUE_CONTAINERS, FLOWS_MAX_VALUE_DEPTH, FLOWS_MAX_VALUE_KEYS } from "../../protocol/flows";
+import {
+  FLOWS_MAX_CONSOLE_BYTES,
+  FLOWS_MAX_CONSOLE_LINES,
+  FLOWS_MAX_ERROR_CHARS,
+  FLOWS_MAX_VALUE_BYTES,
+  FLOWS_MAX_VALUE_CONTAINERS,
+  FLOWS_MAX_VALUE_DEPTH,
+  FLOWS_MAX_VALUE_KEYS,
+} from "../../protocol/flows";
 import { scratchDir } from "../../devkit/helpers";
 import { checkAnswer, encodeFrame, frameReader, readFrameSync } from "./channel";
 
@@ -110,26 +118,46 @@ describe("the runtime channel: frames", () => {
     assert.deepEqual(frames, ["0", "1"]);
   });
 
-  it("many frames in one read are read in place: the read is copied at most once, not once per frame", () => {
+  it("many frames in one read are read in place: a byte is copied at most once, not once per frame", () => {
     const flood = Buffer.concat(Array.from({ length: 20_000 }, () => encodeFrame(1)));
     let copied = 0;
-    const { concat } = Buffer;
-    Buffer.concat = ((list: Uint8Array[], total?: number) => {
-      const out = concat(list, total);
-      copied += out.length;
-      return out;
-    }) as typeof Buffer.concat;
+    const { copy } = Buffer.prototype;
+    Buffer.prototype.copy = function (this: Buffer, ...args: Parameters<Buffer["copy"]>) {
+      const n = copy.apply(this, args);
+      copied += n;
+      return n;
+    };
     let frames = 0;
     try {
       const read = frameReader(100, () => frames++);
-      // Split mid-frame: the second read joins the rest once.
+      // Split mid-frame and mid-header: only the split frames' bytes are gathered.
       read(flood.subarray(0, 7));
-      read(flood.subarray(7));
+      read(flood.subarray(7, 10_002));
+      read(flood.subarray(10_002));
     } finally {
-      Buffer.concat = concat;
+      Buffer.prototype.copy = copy;
     }
     assert.equal(frames, 20_000);
-    assert.ok(copied <= flood.length, `${copied} bytes copied for ${flood.length} bytes of frames`);
+    assert.ok(copied <= 10, `${copied} bytes copied for ${flood.length} bytes of frames`);
+  });
+
+  it("a frame trickled a byte per read is gathered into one buffer of its size, allocated once", () => {
+    const frame = encodeFrame({ ok: true, value: "x".repeat(100_000) });
+    const sizes: number[] = [];
+    const { allocUnsafe } = Buffer;
+    Buffer.allocUnsafe = (size: number) => (sizes.push(size), allocUnsafe(size));
+    const frames: string[] = [];
+    try {
+      const read = frameReader(1 << 20, (text) => frames.push(text));
+      for (let at = 0; at < frame.length; at++) read(frame.subarray(at, at + 1));
+    } finally {
+      Buffer.allocUnsafe = allocUnsafe;
+    }
+    assert.deepEqual(sizes, [frame.length - 4]);
+    assert.deepEqual(
+      frames.map((f) => JSON.parse(f).value.length),
+      [100_000],
+    );
   });
 });
 
@@ -165,6 +193,39 @@ describe("the runtime channel: answers", () => {
     }
     assert.throws(() => checkAnswer("{not json"), SyntaxError);
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
+  });
+
+  it("refuses what the runtime's own caps would have cut (its code wrote the frame itself), and ok beside an error", () => {
+    const answer = (fields: Record<string, unknown>) => JSON.stringify({ ok: true, console: [], ...fields });
+    const line = "x".repeat(1100);
+    for (const [text, why] of [
+      [
+        answer({ value: "v".repeat(FLOWS_MAX_VALUE_BYTES) }),
+        /the result is 4194306 bytes of JSON, over the cap of 4194304/,
+      ],
+      [answer({ console: Array(FLOWS_MAX_CONSOLE_LINES + 1).fill("") }), /console is over its cap of 1000 lines/],
+      [answer({ console: Array(FLOWS_MAX_CONSOLE_LINES).fill(line) }), /or 1048576 bytes/],
+      [
+        answer({ ok: false, error: { name: "E", message: "m".repeat(FLOWS_MAX_ERROR_CHARS + 1) } }),
+        /longer than the cap/,
+      ],
+      [answer({ error: { name: "E", message: "m" } }), /ok and an error at once/],
+      [answer({ ok: false }), /ok and an error at once/],
+      [answer({ ok: false, value: 1, error: { name: "E", message: "m" } }), /a value without ok/],
+    ] as const) {
+      assert.throws(() => checkAnswer(text), why, text.slice(0, 80));
+    }
+    // At the caps, all is taken.
+    const full = checkAnswer(
+      answer({
+        value: "v".repeat(FLOWS_MAX_VALUE_BYTES - 2),
+        console: Array(FLOWS_MAX_CONSOLE_LINES).fill("x".repeat(FLOWS_MAX_CONSOLE_BYTES / FLOWS_MAX_CONSOLE_LINES - 2)),
+      }),
+    );
+    assert.equal((full.value as string).length, FLOWS_MAX_VALUE_BYTES - 2);
+    assert.equal(full.console.length, FLOWS_MAX_CONSOLE_LINES);
+    const error = { name: "E", message: "m".repeat(FLOWS_MAX_ERROR_CHARS), stack: "s".repeat(FLOWS_MAX_ERROR_CHARS) };
+    assert.deepEqual(checkAnswer(answer({ ok: false, error })).error, { ...error, code: undefined });
   });
 
   it("an answer of more objects and arrays than the cap is refused before it is parsed", () => {

@@ -1,9 +1,10 @@
 import { readSync } from "node:fs";
 import {
-  FLOWS_MAX_VALUE_CONTAINERS,
-  FLOWS_MAX_VALUE_DEPTH,
-  FLOWS_MAX_VALUE_KEYS,
-  jsonCost,
+  FLOWS_MAX_CONSOLE_BYTES,
+  FLOWS_MAX_CONSOLE_LINES,
+  FLOWS_MAX_ERROR_CHARS,
+  FLOWS_MAX_VALUE_BYTES,
+  overCaps,
   type Answer,
 } from "../../protocol/flows";
 
@@ -27,39 +28,51 @@ export function frameOf(json: string): Buffer {
 }
 
 /**
- * Cuts a byte stream into frames. Reads wait, uncopied, until the next frame is whole; then
- * every whole frame of them is read in place. Throws, saying why, at the first bad frame (empty,
- * or over the cap: known from its header) or when onFrame throws; it reads nothing after that.
+ * Cuts a byte stream into frames. Whole frames within a read are read in place; a frame split across reads is
+ * gathered into one buffer of its announced size (at most `max`), so what a peer trickles a byte per read is held
+ * once, not as its reads. Throws, saying why, at the first bad frame (empty, or over the cap: known from its header)
+ * or when onFrame throws; it reads nothing after that.
  */
 export function frameReader(max: number, onFrame: (text: string) => void): (chunk: Buffer) => void {
-  let chunks: Buffer[] = [];
-  let size = 0;
-  let needed = 4;
+  const head = Buffer.alloc(4);
+  let headBytes = 0;
+  let body: Buffer | undefined;
+  let bodyBytes = 0;
+  let failed = false;
+  const announced = (length: number) => {
+    if (length < 1 || length > max)
+      throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
+    return length;
+  };
   return (chunk) => {
-    if (needed < 0) return;
-    chunks.push(chunk);
-    if ((size += chunk.length) < needed) return;
-    const all = chunks.length > 1 ? Buffer.concat(chunks, size) : chunk;
-    let at = 0;
-    needed = 4;
+    if (failed) return;
     try {
-      while (size - at >= 4) {
-        const length = all.readUInt32BE(at);
-        if (length < 1 || length > max)
-          throw new Error(length ? `a message of ${length} bytes, over the cap of ${max}` : "an empty message");
-        if (size - at < 4 + length) {
-          needed = 4 + length;
-          break;
+      for (let at = 0; at < chunk.length;) {
+        if (body) {
+          const n = chunk.copy(body, bodyBytes, at);
+          at += n;
+          if ((bodyBytes += n) < body.length) return;
+          const whole = body;
+          body = undefined;
+          onFrame(whole.toString("utf8"));
+        } else if (headBytes === 0 && chunk.length - at >= 4) {
+          const length = announced(chunk.readUInt32BE(at));
+          at += 4;
+          if (chunk.length - at >= length) onFrame(chunk.toString("utf8", at, (at += length)));
+          else [body, bodyBytes] = [Buffer.allocUnsafe(length), 0];
+        } else {
+          const n = chunk.copy(head, headBytes, at, at + 4 - headBytes);
+          at += n;
+          if ((headBytes += n) < 4) return;
+          headBytes = 0;
+          [body, bodyBytes] = [Buffer.allocUnsafe(announced(head.readUInt32BE(0))), 0];
         }
-        onFrame(all.toString("utf8", at + 4, (at += 4 + length)));
       }
     } catch (error) {
-      needed = -1;
-      chunks = [];
+      failed = true;
+      body = undefined;
       throw error;
     }
-    chunks = [all.subarray(at)];
-    size -= at;
   };
 }
 
@@ -82,15 +95,14 @@ export function readFrameSync(fd: number): string | undefined {
 const optional = (value: unknown) => value === undefined || typeof value === "string";
 
 /**
- * A runtime's answer checked against its schema and rebuilt field by field (nothing else of
- * what the runtime sent is kept): throws, saying what does not hold, if it does not.
+ * A runtime's answer checked against its schema and its caps, and rebuilt field by field (nothing else of what the
+ * runtime sent is kept): throws, saying what does not hold, if it does not. The runtime keeps to the caps by itself;
+ * one that does not (its code wrote its own frame) fails its run here.
  */
 export function checkAnswer(text: string): Answer {
-  // Measured before it is parsed: the answer's own object is one level above its value.
-  const cost = jsonCost(text, FLOWS_MAX_VALUE_DEPTH + 1);
-  if (cost === "depth") throw new Error(`the result nests deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}`);
-  if (cost === "keys") throw new Error(`the answer holds more than the cap of ${FLOWS_MAX_VALUE_KEYS} object keys`);
-  if (cost) throw new Error(`the answer holds more than the cap of ${FLOWS_MAX_VALUE_CONTAINERS} objects and arrays`);
+  // Measured before it is parsed.
+  const over = overCaps(text);
+  if (over) throw new Error(over);
   const { ok, value, error, console, ...unknown } = JSON.parse(text) ?? {};
   const { name, message, stack, code } = error ?? {};
   if (
@@ -105,5 +117,17 @@ export function checkAnswer(text: string): Answer {
   ) {
     throw new Error("unknown fields, or fields of the wrong types");
   }
+  if (ok !== (error === undefined) || (!ok && value !== undefined))
+    throw new Error("a value without ok, or ok and an error at once");
+  const consoleBytes = console.reduce((bytes: number, line: string) => bytes + JSON.stringify(line).length, 0);
+  if (console.length > FLOWS_MAX_CONSOLE_LINES || consoleBytes > FLOWS_MAX_CONSOLE_BYTES)
+    throw new Error(
+      `the console is over its cap of ${FLOWS_MAX_CONSOLE_LINES} lines or ${FLOWS_MAX_CONSOLE_BYTES} bytes`,
+    );
+  const valueBytes = (JSON.stringify(value) ?? "").length;
+  if (valueBytes > FLOWS_MAX_VALUE_BYTES)
+    throw new Error(`the result is ${valueBytes} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
+  if ([name, message, stack, code].some((field) => (field?.length ?? 0) > FLOWS_MAX_ERROR_CHARS))
+    throw new Error(`an error's field is longer than the cap of ${FLOWS_MAX_ERROR_CHARS} characters`);
   return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
 }

@@ -5,6 +5,7 @@ import { format } from "node:util";
 import {
   FLOWS_MAX_CONSOLE_BYTES,
   FLOWS_MAX_CONSOLE_LINES,
+  FLOWS_MAX_ERROR_CHARS,
   FLOWS_MAX_VALUE_BYTES,
   type Answer,
   type Job,
@@ -77,13 +78,19 @@ export async function runJob(job: Job): Promise<string> {
     const error =
       thrown instanceof Error ? thrown : new Error(`a non-Error was thrown: ${format(thrown).slice(0, 1000)}`);
     const code = (error as { code?: unknown }).code;
+    const cut = (field: unknown) => {
+      const text = String(field);
+      return text.length > FLOWS_MAX_ERROR_CHARS
+        ? `${text.slice(0, FLOWS_MAX_ERROR_CHARS - 50)} [cut at the cap]`
+        : text;
+    };
     const answer: Omit<Answer, "console"> = {
       ok: false,
       error: {
-        name: String(error.name),
-        message: String(error.message),
-        stack: error.stack && String(error.stack),
-        code: typeof code === "string" ? code : undefined,
+        name: cut(error.name),
+        message: cut(error.message),
+        stack: error.stack && cut(error.stack),
+        code: typeof code === "string" ? cut(code) : undefined,
       },
     };
     return finish(JSON.stringify(answer).slice(1, -1));

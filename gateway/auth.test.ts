@@ -1,0 +1,47 @@
+import assert from "node:assert/strict";
+import type http from "node:http";
+import { createServiceKey, KEY_HEADER, ServiceAuth } from "./auth";
+
+/** A request as the check reads it: its headers and the connection it came on. */
+const request = (connection: object, key: string, via: "header" | "bearer" = "header") =>
+  ({
+    headers: via === "header" ? { [KEY_HEADER]: key } : { authorization: `Bearer ${key}` },
+    socket: connection,
+  }) as unknown as http.IncomingMessage;
+
+describe("service keys (gateway/auth.ts)", () => {
+  const all = createServiceKey("ci");
+  const limited = createServiceKey("team", ["alpha"]);
+  /** The same key id with another secret of the same length. */
+  const forged = (key: string) => key.replace(/.$/, (c) => (c === "A" ? "B" : "A"));
+  const pools = { kind: "pools" } as const;
+
+  it("every request on a connection is checked on its own: another secret, another key, a pool the key may not use", () => {
+    const auth = new ServiceAuth([all.definition, limited.definition]);
+    const connection = {};
+    assert.equal(auth.check(request(connection, all.key), pools).ok, true);
+    assert.deepEqual(auth.check(request(connection, forged(all.key)), pools).ok, false, "a wrong secret, same id");
+    assert.equal(auth.check(request(connection, all.key, "bearer"), pools).ok, true, "the proven key, as a bearer");
+    assert.equal(auth.check(request(connection, limited.key), { kind: "flows-run", pool: "alpha" }).ok, true);
+    const beta = auth.check(request(connection, limited.key), { kind: "flows-run", pool: "beta" });
+    assert.deepEqual(beta, { ok: false, status: 403, error: "this key may not use pool beta" });
+    assert.equal(auth.check(request({}, forged(limited.key)), pools).ok, false, "another connection, a wrong secret");
+  });
+
+  it("a key removed or changed is refused at once, on a connection that had used it too", () => {
+    const auth = new ServiceAuth([all.definition, limited.definition]);
+    const connection = {};
+    assert.equal(auth.check(request(connection, all.key), pools).ok, true);
+    auth.replace([all.definition, limited.definition]);
+    assert.equal(auth.check(request(connection, all.key), pools).ok, true, "the same keys, served again");
+    auth.replace([limited.definition]);
+    assert.equal(auth.check(request(connection, all.key), pools).ok, false, "removed");
+    const renewed = createServiceKey("ci");
+    auth.replace([{ ...renewed.definition, id: all.definition.id }]);
+    assert.equal(auth.check(request(connection, all.key), pools).ok, false, "the same id with a new secret");
+    assert.equal(
+      auth.check(request(connection, `apk1.${all.definition.id}.${renewed.key.split(".")[2]}`), pools).ok,
+      true,
+    );
+  });
+});
