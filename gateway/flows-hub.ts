@@ -33,6 +33,12 @@ export class FlowsHub {
 
   private uses = 0;
 
+  /**
+   * Per pool and client: runs from their start until their answer is taken (the client's response closed). An answer
+   * given but not read stays in the gateway's memory, so it counts toward the client's share as a run in flight does.
+   */
+  private readonly held = new Map<string, number>();
+
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
@@ -118,8 +124,11 @@ export class FlowsHub {
     }
   }
 
-  /** Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. */
-  run(pool: string, job: Job, timeoutMs?: number, client = ""): Promise<FlowsRunResult> {
+  /**
+   * Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. The run
+   * counts toward the client's share until `taken` settles (its answer delivered), or until it is answered.
+   */
+  run(pool: string, job: Job, timeoutMs?: number, client = "", taken?: Promise<unknown>): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
     const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
@@ -130,7 +139,8 @@ export class FlowsHub {
     const inFlight = candidates.flatMap((a) => [...a.pending.values()]);
     if (inFlight.length >= bound)
       return Promise.reject(new HttpError(503, `pool ${pool} has ${bound} runs in flight`, RETRY_AFTER_SECONDS));
-    if (inFlight.filter((run) => run.client === client).length >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
+    const holder = `${pool}\n${client}`;
+    if ((this.held.get(holder) ?? 0) >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
       return Promise.reject(new HttpError(503, `this key holds its share of pool ${pool}'s runs`, RETRY_AFTER_SECONDS));
     // The least loaded (runs in flight per runtime); among equals, the one used least recently.
     const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
@@ -139,7 +149,7 @@ export class FlowsHub {
     const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
     agent.lastUsed = ++this.uses;
     const id = randomUUID();
-    return new Promise((resolve, reject) => {
+    const answer = new Promise<FlowsRunResult>((resolve, reject) => {
       // The run leaves first; its answer cannot be read before this turn has registered it.
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
       // The agent enforces the run's timeout; this one only covers a lost answer (keepalive drops a dead agent sooner).
@@ -150,6 +160,14 @@ export class FlowsHub {
       }, waitMs);
       agent.pending.set(id, { resolve, reject, timer, client });
     });
+    this.held.set(holder, (this.held.get(holder) ?? 0) + 1);
+    const release = () => {
+      const left = (this.held.get(holder) as number) - 1;
+      if (left) this.held.set(holder, left);
+      else this.held.delete(holder);
+    };
+    (taken ?? answer).then(release, release);
+    return answer;
   }
 
   summary(pool: string) {

@@ -288,6 +288,8 @@ export class Gateway {
     pool: string,
     client: string,
     req: http.IncomingMessage,
+    /** Settles once the answer is delivered, or the client gone. */
+    taken: Promise<unknown>,
     json: (status: number, value: unknown) => void,
     fail: (error: Error) => void,
   ): Promise<void> {
@@ -310,7 +312,8 @@ export class Gateway {
       return json(400, { error: `timeoutMs must be an integer from 1 to ${FLOWS_MAX_RUN_TIMEOUT_MS}` });
     }
     try {
-      json(200, await this.flows.run(pool, { kind, code: request.code, inputs: request.inputs }, timeoutMs, client));
+      const job = { kind, code: request.code, inputs: request.inputs } as const;
+      json(200, await this.flows.run(pool, job, timeoutMs, client, taken));
     } catch (error) {
       fail(error as Error);
     }
@@ -372,7 +375,10 @@ export class Gateway {
         res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
         return void res.end(renderMetrics(this.summary(verdict.key)));
       case "flows-run":
-        if (req.method === "POST") return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, json, fail);
+        if (req.method === "POST") {
+          const taken = new Promise((closed) => res.once("close", closed));
+          return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, taken, json, fail);
+        }
         break;
       case "runs":
       case "run":

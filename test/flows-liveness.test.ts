@@ -84,6 +84,30 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
   });
 
+  it("answers given but not taken count toward their key's share until taken (the gateway holds them meanwhile)", async () => {
+    const agent = await connect("answered");
+    const untaken: (() => void)[] = [];
+    const answered = (client: string) => {
+      const taken = new Promise<void>((resolve) => untaken.push(resolve));
+      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
+    };
+    // A pool of one runtime: one key holds 12 of its 16 runs; all answered, none taken.
+    const values = await Promise.all(Array.from({ length: 12 }, () => answered("a")));
+    assert.deepEqual(new Set(values.map((v) => v.value)), new Set(["answered"]));
+    await assert.rejects(answered("a"), /holds its share/);
+    assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
+    assert.equal((await answered("b")).value, "answered", "another key is not held back");
+    untaken.shift()!();
+    await eventually(
+      async () =>
+        (await answered("a").then(
+          () => true,
+          () => false,
+        )) === true,
+    );
+    assert.equal(agent.runs.length, 14);
+  });
+
   it("an agent that passes on an answer too costly to parse (nesting, objects and arrays) is dropped; its run fails", async () => {
     for (const value of ["[".repeat(300) + "]".repeat(300), `[${"{},".repeat(FLOWS_MAX_VALUE_CONTAINERS)}{}]`]) {
       const agent = await connect("costly");
