@@ -1,13 +1,16 @@
 import assert from "node:assert/strict";
 import type http from "node:http";
-import { createServiceKey, KEY_HEADER, ServiceAuth } from "./auth";
+import { bearerToken, createServiceKey, KEY_HEADER, ServiceAuth } from "./auth";
 
 /** A request as the check reads it: its headers and the connection it came on. */
-const request = (connection: object, key: string, via: "header" | "bearer" = "header") =>
-  ({
-    headers: via === "header" ? { [KEY_HEADER]: key } : { authorization: `Bearer ${key}` },
+const request = (connection: object, key: string, via: "header" | "bearer" = "header") => {
+  const [name, value] = via === "header" ? [KEY_HEADER, key] : ["authorization", `Bearer ${key}`];
+  return {
+    headers: { [name]: value },
+    rawHeaders: [name, value],
     socket: connection,
-  }) as unknown as http.IncomingMessage;
+  } as unknown as http.IncomingMessage;
+};
 
 describe("service keys (gateway/auth.ts)", () => {
   const all = createServiceKey("ci");
@@ -43,5 +46,27 @@ describe("service keys (gateway/auth.ts)", () => {
       auth.check(request(connection, `apk1.${all.definition.id}.${renewed.key.split(".")[2]}`), pools).ok,
       true,
     );
+  });
+
+  it("a bearer credential: the scheme in any case, and Authorization given once (Node keeps the first, a proxy may read another)", () => {
+    const given = (...rawHeaders: string[]) => {
+      const headers: Record<string, string> = {};
+      for (let i = 0; i < rawHeaders.length; i += 2) headers[rawHeaders[i].toLowerCase()] ??= rawHeaders[i + 1];
+      return bearerToken({ headers, rawHeaders });
+    };
+    assert.equal(given("Authorization", "Bearer abc"), "abc");
+    assert.equal(given("authorization", "bearer abc"), "abc");
+    assert.equal(given("AUTHORIZATION", "BEARER  abc"), "abc");
+    assert.equal(given("authorization", "Basic abc"), undefined);
+    assert.equal(given("authorization", "Bearer abc", "Authorization", "Bearer forged"), undefined);
+    assert.equal(given("authorization", "Bearer forged", "authorization", "Bearer abc"), undefined);
+    const auth = new ServiceAuth([all.definition]);
+    const twice = {
+      headers: { authorization: `Bearer ${all.key}` },
+      rawHeaders: ["authorization", `Bearer ${all.key}`, "authorization", "Bearer forged"],
+      socket: {},
+    } as unknown as http.IncomingMessage;
+    assert.equal(auth.check(twice, pools).ok, false);
+    assert.equal(auth.check(request({}, all.key, "bearer"), pools).ok, true);
   });
 });

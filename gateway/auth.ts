@@ -40,6 +40,16 @@ export function createServiceKey(name: string, pools?: string[]): { definition: 
 
 const LOOPBACK = /^(?:127\.|::1$|::ffff:127\.)/;
 
+/**
+ * A request's bearer credential (the scheme in any case, RFC 7235). None when Authorization is given more than once:
+ * Node keeps the first, a proxy in front of the gateway may read another.
+ */
+export function bearerToken(req: Pick<http.IncomingMessage, "headers" | "rawHeaders">): string | undefined {
+  let given = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i].toLowerCase() === "authorization") given++;
+  return given === 1 ? /^Bearer +(\S+)$/i.exec(req.headers.authorization ?? "")?.[1] : undefined;
+}
+
 export type Verdict = { ok: true; key?: ServiceKeyDefinition } | { ok: false; status: 401 | 403; error: string };
 
 /** The one check every service-side request passes before anything else reads it. */
@@ -67,7 +77,7 @@ export class ServiceAuth {
   /** The service key a request carries, if it is a valid one (compared in constant time). */
   private keyOf(req: http.IncomingMessage, route: Route): ServiceKeyDefinition | undefined {
     // On the VCS entry, Authorization is the VCS's credential and crosses untouched.
-    const bearer = route.kind === "vcs" ? undefined : /^Bearer (\S+)$/.exec(req.headers.authorization ?? "")?.[1];
+    const bearer = route.kind === "vcs" ? undefined : bearerToken(req);
     const header = req.headers[KEY_HEADER];
     const match = KEY.exec(typeof header === "string" ? header : (bearer ?? ""));
     const key = match && this.keys.get(match[1]);

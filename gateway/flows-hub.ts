@@ -6,6 +6,7 @@ import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flow
 import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
+import { bearerToken } from "./auth";
 import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
@@ -56,7 +57,7 @@ export class FlowsHub {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
     const poolId = String(req.headers[POOL_HEADER] ?? "");
-    const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
+    const token = bearerToken(req) ?? "";
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token))
       return refuse(401, "pool ID or token refused", { remote, pool: poolId });

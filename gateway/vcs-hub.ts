@@ -14,6 +14,7 @@ import {
   UPGRADE_PROTOCOL,
   type HeaderMap,
 } from "../protocol/vcs";
+import { bearerToken } from "./auth";
 import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { WriteBudget } from "./vcs-writes";
@@ -119,7 +120,7 @@ export class VcsHub {
     let claimed: string | undefined;
     let definition: PoolDefinition | undefined;
     try {
-      const token = decodeToken(/^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "");
+      const token = decodeToken(bearerToken(req) ?? "");
       claimed = token.pool;
       const pool = this.pools.get(token.pool)?.definition;
       // A token of a Flows or worker pool never opens a VCS tunnel, whatever role it claims.

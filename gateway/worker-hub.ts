@@ -18,6 +18,7 @@ import {
   type ToWorker,
 } from "../protocol/worker";
 import { certificateKey, sealBuffer } from "../protocol/seal";
+import { bearerToken } from "./auth";
 import { HttpError, readJsonBody } from "./http";
 import type { Route } from "./target";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
@@ -173,9 +174,10 @@ export class WorkerHub {
   }
 
   /** The pool a launcher's request authenticates for: its secret and a fresh signature by the pool's key. */
-  authenticate(headers: http.IncomingHttpHeaders): PoolDefinition | undefined {
+  authenticate(req: http.IncomingMessage): PoolDefinition | undefined {
+    const { headers } = req;
     const pool = this.pools.get(String(headers[POOL_HEADER] ?? ""))?.definition;
-    const secret = /^Bearer (.+)$/.exec(headers.authorization ?? "")?.[1] ?? "";
+    const secret = bearerToken(req) ?? "";
     if (pool?.kind !== "worker" || !pool.certificate || !secretMatches(pool, secret)) return undefined;
     const [timestamp, signature] = String(headers[PROOF_HEADER] ?? "").split(".");
     if (!signature || !(Math.abs(Date.now() - Number(timestamp)) < PROOF_WINDOW_MS)) return undefined;
@@ -194,7 +196,7 @@ export class WorkerHub {
   ): void {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     if (!isWebSocketUpgrade(req.headers)) return refuse(400, "not a WebSocket upgrade", { remote });
-    const pool = this.authenticate(req.headers);
+    const pool = this.authenticate(req);
     if (!pool)
       return refuse(401, "worker pool credentials refused (secret or key proof)", {
         remote,
@@ -753,7 +755,7 @@ export class WorkerHub {
     poolName: string,
     id: string,
   ): Promise<void> {
-    const pool = this.authenticate(req.headers);
+    const pool = this.authenticate(req);
     if (!pool || pool.name !== poolName) throw new HttpError(401, "worker pool credentials refused");
     if (req.method === "PUT") {
       const claim = {
