@@ -97,6 +97,12 @@ export class ServiceAuth {
     return { ok: true, key };
   }
 
+  /** Whether the key of this id is served and may use this pool. */
+  mayUse(id: string, pool: string): boolean {
+    const key = this.keys.get(id);
+    return key !== undefined && this.allows(key, pool);
+  }
+
   /** Whether a key may use a pool (an answer that does not say whether the pool exists). */
   allows(key: ServiceKeyDefinition | undefined, pool: string): boolean {
     return !key?.pools || key.pools.includes(pool);

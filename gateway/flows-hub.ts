@@ -171,6 +171,21 @@ export class FlowsHub {
     return answer;
   }
 
+  /**
+   * Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed) end: 401. (The
+   * agent has no cancel: its answer, when it comes, is dropped.)
+   */
+  revoke(mayUse: (client: string, pool: string) => boolean): void {
+    for (const [pool, agents] of this.agents)
+      for (const agent of agents)
+        for (const [id, run] of agent.pending) {
+          if (mayUse(run.client, pool)) continue;
+          agent.pending.delete(id);
+          clearTimeout(run.timer);
+          run.reject(new HttpError(401, `the service key no longer allows pool ${pool}`));
+        }
+  }
+
   summary(pool: string) {
     const agents = [...(this.agents.get(pool) ?? [])];
     return {

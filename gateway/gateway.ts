@@ -230,10 +230,18 @@ export class Gateway {
     if (!refused) socket.setTimeout(0);
   }
 
-  /** Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. */
+  /**
+   * Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. What a
+   * removed or narrowed key has waiting (VCS requests queued, Flows runs not yet answered) ends at once with 401;
+   * exchanges already streaming finish.
+   */
   setKeys(keys: ServiceKeyDefinition[]): void {
     const { added, removed } = this.auth.replace(keys);
     if (added.length + removed.length > 0) this.log.info("service keys changed", { added, removed, keys: keys.length });
+    if (removed.length === 0) return;
+    const mayUse = (client: string, pool: string) => this.auth.mayUse(client, pool);
+    this.vcs.revoke(mayUse);
+    this.flows.revoke(mayUse);
   }
 
   /** A VCS pool by name, or why it is not one. */

@@ -299,6 +299,13 @@ export class VcsHub {
     }
   }
 
+  /** Requests waiting for a client that may no longer use their pool (its key removed or narrowed) leave: 401. */
+  revoke(mayUse: (client: string, pool: string) => boolean): void {
+    for (const [pool, state] of this.state)
+      for (const waiter of state.waiters.filter((w) => !mayUse(w.client, pool)))
+        waiter.fail(new HttpError(401, `the service key no longer allows pool ${pool}`));
+  }
+
   /**
    * A stream of the pool for this client: now, after a bounded wait, or a 503 with
    * Retry-After. A request whose client goes away while waiting (`signal`) leaves the queue.

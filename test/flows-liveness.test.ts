@@ -108,6 +108,26 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 14);
   });
 
+  it("a key removed while its runs are unanswered: those runs end with 401 at once, another key's are answered", async () => {
+    const other = serviceKey("other");
+    gateway.setKeys([service.definition, other.definition]);
+    const agent = await connect("late");
+    agent.mute();
+    const removed = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, other.definition.id);
+    const kept = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, service.definition.id);
+    await eventually(() => agent.runs.length === 2);
+    gateway.setKeys([service.definition]);
+    await assert.rejects(removed, (error: Error & { status?: number }) => {
+      assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
+      return true;
+    });
+    assert.equal(gateway.summary()[0].activeRequests, 1, "the other key's run is still in flight");
+    // Both answers come; the removed key's finds no run waiting and is dropped.
+    for (const { id } of agent.runs as { id: string }[])
+      agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
+    assert.equal((await kept).value, (agent.runs[1] as { id: string }).id);
+  });
+
   it("an agent that passes on an answer too costly to parse (nesting, objects and arrays) is dropped; its run fails", async () => {
     for (const value of ["[".repeat(300) + "]".repeat(300), `[${"{},".repeat(FLOWS_MAX_VALUE_CONTAINERS)}{}]`]) {
       const agent = await connect("costly");

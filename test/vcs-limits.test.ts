@@ -247,6 +247,33 @@ describe("VCS pools under abuse: shares, stalls and streams released exactly onc
       assert.ok(!vcs.hits.some((h) => h.includes("gone=queued")), "a request whose client left never reaches the VCS");
     });
 
+    it("a key removed while its request waits: 401 at once, and the request never reaches the VCS; another key's is served", async () => {
+      const holder = await stalledClient(
+        stack.port,
+        head(stack.keys.b.key, "/api/v4/projects/group%2Frepo?hang=1&revoked=holder"),
+      );
+      await eventually(() => stack.summary().activeRequests === 1);
+      const removed = stack.request("/git/api/v4/projects/group%2Frepo?revoked=a");
+      const kept = stack.request("/git/api/v4/projects/group%2Frepo?revoked=b", { key: stack.keys.b.key });
+      await eventually(() => stack.summary().waiting === 2);
+      stack.gateway.setKeys([stack.keys.b.definition]);
+      try {
+        const refused = await removed;
+        assert.deepEqual(
+          [refused.status, JSON.parse(refused.body).error],
+          [401, "the service key no longer allows pool git"],
+        );
+        assert.equal(stack.summary().waiting, 1, "the other key still waits");
+        holder.destroy();
+        assert.equal((await kept).status, 200);
+        assert.ok(!vcs.hits.some((h) => h.includes("revoked=a")), "the removed key's request never reached the VCS");
+        assert.ok(vcs.hits.some((h) => h.includes("revoked=b")));
+      } finally {
+        holder.destroy();
+        stack.gateway.setKeys([stack.keys.a.definition, stack.keys.b.definition]);
+      }
+    });
+
     it("the client gone in the middle of its body", async () => {
       const socket = await stalledClient(
         stack.port,
