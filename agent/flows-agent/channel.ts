@@ -110,24 +110,23 @@ export function checkAnswer(text: string): Answer {
     typeof ok !== "boolean" ||
     !Array.isArray(console) ||
     !console.every((line) => typeof line === "string") ||
-    !(
-      error === undefined ||
-      (typeof name === "string" && typeof message === "string" && optional(stack) && optional(code))
-    )
+    // An error exactly when not ok, and then no value.
+    (ok
+      ? error !== undefined
+      : value !== undefined ||
+        !(typeof name === "string" && typeof message === "string" && optional(stack) && optional(code)))
   ) {
     throw new Error("unknown fields, or fields of the wrong types");
   }
-  if (ok !== (error === undefined) || (!ok && value !== undefined))
-    throw new Error("a value without ok, or ok and an error at once");
-  const consoleBytes = console.reduce((bytes: number, line: string) => bytes + JSON.stringify(line).length, 0);
-  if (console.length > FLOWS_MAX_CONSOLE_LINES || consoleBytes > FLOWS_MAX_CONSOLE_BYTES)
+  if (
+    (JSON.stringify(value) ?? "").length > FLOWS_MAX_VALUE_BYTES ||
+    console.length > FLOWS_MAX_CONSOLE_LINES ||
+    console.reduce((bytes: number, line: string) => bytes + JSON.stringify(line).length, 0) > FLOWS_MAX_CONSOLE_BYTES ||
+    [name, message, stack, code].some((field) => field?.length > FLOWS_MAX_ERROR_CHARS)
+  ) {
     throw new Error(
-      `the console is over its cap of ${FLOWS_MAX_CONSOLE_LINES} lines or ${FLOWS_MAX_CONSOLE_BYTES} bytes`,
+      `over a cap: the result ${FLOWS_MAX_VALUE_BYTES} bytes, the console ${FLOWS_MAX_CONSOLE_LINES} lines or ${FLOWS_MAX_CONSOLE_BYTES} bytes, an error's fields ${FLOWS_MAX_ERROR_CHARS} characters`,
     );
-  const valueBytes = (JSON.stringify(value) ?? "").length;
-  if (valueBytes > FLOWS_MAX_VALUE_BYTES)
-    throw new Error(`the result is ${valueBytes} bytes of JSON, over the cap of ${FLOWS_MAX_VALUE_BYTES}`);
-  if ([name, message, stack, code].some((field) => (field?.length ?? 0) > FLOWS_MAX_ERROR_CHARS))
-    throw new Error(`an error's field is longer than the cap of ${FLOWS_MAX_ERROR_CHARS} characters`);
+  }
   return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
 }
