@@ -17,7 +17,12 @@ import { packageRoot, RUNTIME_NODE_FLAGS } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
-import { FLOWS_MAX_CONSOLE_LINES, FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_VALUE_BYTES } from "../protocol/flows";
+import {
+  FLOWS_MAX_CONSOLE_LINES,
+  FLOWS_MAX_ERROR_CHARS,
+  FLOWS_MAX_RESULT_BYTES,
+  FLOWS_MAX_VALUE_BYTES,
+} from "../protocol/flows";
 
 const POOL = "01HOSTILE";
 /** Runtime uids of this test run: a range of its own, so test runs side by side on one machine never share one. */
@@ -188,7 +193,22 @@ const CORPUS: Case[] = [
     frame("JSON.stringify({ ok: true, console: [], value: 1 })") + " /* a second follows from the runner */",
     (r) => r.ok === true || brokeChannel(r),
   ],
+  [
+    "answer, in a frame of its own, a value past its cap (what the runner would have refused)",
+    frame(`JSON.stringify({ ok: true, console: [], value: 'v'.repeat(${FLOWS_MAX_VALUE_BYTES}) })`),
+    (r) => brokeChannel(r) && /over a cap: the result 4194304 bytes/.test(r.error.message),
+  ],
+  [
+    "answer, in a frame of its own, ok with an error",
+    frame("JSON.stringify({ ok: true, console: [], value: 1, error: { name: 'E', message: 'm' } })"),
+    (r) => brokeChannel(r) && /wrong types/.test(r.error.message),
+  ],
   // Answers within bounds.
+  [
+    "throw an error of a 6 MB message",
+    "throw new Error('m'.repeat(6_000_000));",
+    (r) => denied(r) && r.error.message.length <= FLOWS_MAX_ERROR_CHARS && /cut at the cap/.test(r.error.message),
+  ],
   [
     "return a result over the cap",
     "return 'x'.repeat(20 * 1024 * 1024);",
@@ -196,7 +216,10 @@ const CORPUS: Case[] = [
   ],
   [
     "answer with a frame at the channel's cap, too large once addressed",
-    frame(`JSON.stringify({ ok: true, console: [], value: 'y'.repeat(${FLOWS_MAX_RESULT_BYTES - 48}) })`),
+    // Three bytes a character: the value is within its cap (counted in characters), the frame just within the channel's.
+    frame(
+      `JSON.stringify({ ok: true, console: [], value: '€'.repeat(${Math.floor((FLOWS_MAX_RESULT_BYTES - 83) / 3)}) })`,
+    ),
     (r) => denied(r) && new RegExp(`over the cap of ${FLOWS_MAX_RESULT_BYTES} bytes`).test(r.error.message),
   ],
   [
