@@ -151,7 +151,9 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
   const minified = await minify(output(".js"), {
     ecma: 2022,
     toplevel: true,
-    compress: { passes: 3 },
+    // A built-in's require is pure: a module whose only user the variant leaves out (node:net where Node's own
+    // clients dial) is not loaded either.
+    compress: { passes: 3, pure_funcs: ["require"] },
     mangle: { toplevel: true, properties: { regex: new RegExp(`^(?:${(await shortenable()).join("|")})$`) } },
     format: { ascii_only: true },
     sourceMap: sourceMap ? { content: output(".map"), asObject: true } : false,

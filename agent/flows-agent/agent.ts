@@ -6,7 +6,8 @@ import { BUILT_FOR } from "../config/variants";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { parseMessage, type WebSocket } from "../../protocol/websocket";
+import { parseMessage } from "../../protocol/link";
+import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
   dockerLauncher,
@@ -73,7 +74,7 @@ class FlowsLink extends WebSocketLink {
     });
   }
 
-  protected opened(socket: WebSocket): void {
+  protected opened(socket: LinkSocket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
     // Answers leave one at a time, each once the socket has handed the last to the kernel: the rest wait here, not
     // queued in the socket ahead of pings and pongs (and in the agent's memory) on a slow link.
