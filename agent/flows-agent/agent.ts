@@ -127,7 +127,7 @@ class FlowsLink extends WebSocketLink {
 
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
-  if (isolation === "none") return undefined;
+  if (BUILT_FOR.platform !== "ec2" && isolation === "none") return undefined;
   if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
   if (!p.root && !p.setpriv) return "setpriv is missing";
   if (isolation === "namespaces" && !(p.bwrap && seccompFilter()))
@@ -178,7 +178,8 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       );
       trial.kill();
       if (!missing) {
-        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
+        if (BUILT_FOR.platform !== "ec2" && isolation === "none")
+          log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
         log.info("runtimes isolated", { isolation, executor: launcher.describe });
         return launcher;
       }
