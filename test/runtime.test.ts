@@ -64,6 +64,9 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
 }
 
 /** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
+/** A pool token's fields (protocol/token.ts). */
+const parsed = (token: string) => JSON.parse(Buffer.from(token.slice(4), "base64url").toString("utf8"));
+
 function renderedInstance(
   gatewayPort: number,
   extraSettings: Record<string, unknown> = {},
@@ -633,6 +636,99 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       await secureGateway.close();
     }
     assert.ok(!trusting.output().includes(token), "the token appears in no log");
+  });
+
+  it("the shipped launcher bundle (Node's own WebSocket) through the instance's proxy: only the gateway crosses it, TLS checked, a refusal final", async function () {
+    this.timeout(60_000);
+    const { ca, cert, key } = gatewayCertificates(scratchDir("tls-"));
+    const port = await freePort();
+    const dataDir = scratchDir("gw-");
+    const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
+    const { pool, token } = createPool(
+      "workers",
+      "worker",
+      `https://127.0.0.1:${port}`,
+      await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"),
+    );
+    const secureGateway = new Gateway({
+      pools: [pool],
+      port,
+      dataDir,
+      tls: { cert, key },
+      log: capturingLogger("gw").log,
+    });
+    await secureGateway.listen();
+    const useToken = (value: string) =>
+      aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: value, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
+    // A proxy that records where it is asked to go and carries the bytes.
+    const asked: string[] = [];
+    const proxy = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
+      asked.push(req.url ?? "");
+      const [host, to] = (req.url ?? "").split(":");
+      const upstream = net.connect(Number(to), host, () => {
+        client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+        upstream.write(head);
+        upstream.pipe(client).pipe(upstream);
+      });
+      for (const end of [client, upstream]) end.on("error", () => (client.destroy(), upstream.destroy()));
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const { configFile, bundleFile } = renderedInstance(
+      port,
+      { workDirectory: path.join(scratchDir("instance-"), "runs") },
+      "launcher",
+    );
+    const instanceEnv = (trust: boolean) => ({
+      ...aws.env(base),
+      NODE_USE_ENV_PROXY: "1",
+      HTTPS_PROXY: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
+      NO_PROXY: "169.254.169.254",
+      ...(trust ? { NODE_EXTRA_CA_CERTS: ca } : {}),
+    });
+    const outputs: string[] = [];
+    try {
+      useToken(token);
+      const untrusting = startInstance(bundleFile, configFile, instanceEnv(false));
+      try {
+        await eventually(() => /cannot reach the gateway/.test(untrusting.output()), 10_000, "the untrusting dial");
+        assert.match(untrusting.output(), /self.signed|unable to verify|certificate/i, "the certificate is checked");
+        assert.ok(asked.includes(`127.0.0.1:${port}`), `through the proxy (asked: ${asked.join(", ")})`);
+        assert.equal(secureGateway.summary()[0].connections, 0);
+      } finally {
+        untrusting.child.kill();
+        outputs.push(untrusting.output());
+      }
+      asked.length = 0;
+      const trusting = startInstance(bundleFile, configFile, instanceEnv(true));
+      try {
+        await eventually(() => secureGateway.summary()[0].connections === 1, 10_000, "connected through the proxy");
+        assert.deepEqual(
+          [...new Set(asked)],
+          [`127.0.0.1:${port}`],
+          "the gateway, and nothing else, through the proxy",
+        );
+      } finally {
+        trusting.child.kill();
+        outputs.push(trusting.output());
+      }
+      // The pool's secret replaced: the gateway refuses it, and the launcher stops for good, saying so.
+      const wrong = encodeToken({ ...parsed(token), secret: "a-secret-the-gateway-never-made" });
+      useToken(wrong);
+      const refused = startInstance(bundleFile, configFile, instanceEnv(true));
+      try {
+        assert.notEqual(await refused.exited, 0, refused.output());
+        assert.match(refused.output(), /the gateway refused the connection: 401/);
+        assert.equal(refused.output().match(/refused the connection/g)?.length, 1, "a refusal is not retried");
+      } finally {
+        refused.child.kill();
+        outputs.push(refused.output());
+      }
+    } finally {
+      proxy.close();
+      await secureGateway.close();
+    }
+    for (const secret of [token, keyBase64, parsed(token).secret])
+      assert.ok(!outputs.join("").includes(secret), "no credential in any log");
   });
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {
