@@ -119,3 +119,27 @@ export function runBundle(file: string, args: string[] = [], env: Record<string,
     child.on("exit", (code) => resolve({ code, output })),
   );
 }
+
+/**
+ * An HTTP proxy on loopback that records each CONNECT's target and carries the bytes, as a corporate egress proxy
+ * does: what crossed it is `asked`.
+ */
+export async function recordingProxy() {
+  const asked: string[] = [];
+  const server = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
+    asked.push(req.url ?? "");
+    const [host, port] = (req.url ?? "").split(":");
+    const upstream = net.connect(Number(port), host, () => {
+      client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+      upstream.write(head);
+      upstream.pipe(client).pipe(upstream);
+    });
+    for (const end of [client, upstream]) end.on("error", () => (client.destroy(), upstream.destroy()));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    asked,
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}

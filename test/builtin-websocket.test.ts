@@ -8,7 +8,7 @@ import type { Duplex } from "node:stream";
 import { dialWebSocket, type LinkSocket } from "../agent/tunnel/builtin-websocket";
 import { PING_MESSAGE, WEBSOCKET_MAX_MESSAGE } from "../protocol/link";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
-import { eventually } from "../devkit/helpers";
+import { eventually, recordingProxy } from "../devkit/helpers";
 
 type Upgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
 
@@ -50,30 +50,17 @@ describe("the EC2 bundles' WebSocket (Node's own client) against a hostile gatew
   it("dials through the environment's proxy (NODE_USE_ENV_PROXY's): only the gateway's address crosses it", async () => {
     const gw = await gateway(accepting((ws) => ws.on("message", (text: string) => ws.send(`echo ${text}`))));
     cleanup.push(gw.close);
-    const asked: string[] = [];
-    const proxy = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
-      asked.push(req.url ?? "");
-      const [host, port] = (req.url ?? "").split(":");
-      const upstream = net.connect(Number(port), host, () => {
-        client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
-        upstream.write(head);
-        upstream.pipe(client).pipe(upstream);
-      });
-      for (const end of [client, upstream]) end.on("error", () => (client.destroy(), upstream.destroy()));
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
-    cleanup.push(() => new Promise((resolve) => proxy.close(resolve)));
+    const proxy = await recordingProxy();
+    cleanup.push(proxy.close);
     // As the unit's NODE_USE_ENV_PROXY does at start; an http:// gateway goes by HTTP_PROXY.
-    const restore = http.setGlobalProxyFromEnv({
-      HTTP_PROXY: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
-    });
+    const restore = http.setGlobalProxyFromEnv({ HTTP_PROXY: proxy.url });
     cleanup.push(restore);
     const link = await dialWebSocket(gw.url, { authorization: "Bearer pool-secret", "x-agentpools-pool": "workers" });
     cleanup.push(() => (link.close(), closed(link)));
     const echoed = new Promise((resolve) => link.once("message", resolve));
     link.send("hello");
     assert.equal(await echoed, "echo hello");
-    assert.deepEqual(asked, [gw.url.host], "the gateway, and nothing else, through the proxy");
+    assert.deepEqual(proxy.asked, [gw.url.host], "the gateway, and nothing else, through the proxy");
     assert.equal(gw.heads[0].authorization, "Bearer pool-secret", "the credentials reach the gateway");
     assert.equal(gw.heads[0]["x-agentpools-pool"], "workers");
     assert.equal(gw.heads[0].upgrade, "websocket");
