@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import { dialWebSocket, type LinkSocket } from "../agent/tunnel/builtin-websocket";
+import { dialWebSocket, proxyDispatcher, type LinkSocket } from "../agent/tunnel/builtin-websocket";
 import { PING_MESSAGE, WEBSOCKET_MAX_MESSAGE } from "../protocol/link";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 import { eventually, recordingProxy } from "../devkit/helpers";
@@ -66,6 +66,27 @@ describe("the EC2 bundles' WebSocket (Node's own client) against a hostile gatew
     assert.equal(gw.heads[0].upgrade, "websocket");
   });
 
+  it("off EC2, through the settings' proxy (credentials as Proxy-Authorization), NO_PROXY as the settings say; the process's own dispatcher untouched", async () => {
+    const gw = await gateway(accepting());
+    cleanup.push(gw.close);
+    const proxy = await recordingProxy();
+    cleanup.push(proxy.close);
+    const withCredentials = proxy.url.replace("http://", "http://agent:s%40cret@");
+    const through = await dialWebSocket(gw.url, {}, 2_000, proxyDispatcher(withCredentials, "example.com"));
+    through.close();
+    assert.deepEqual(proxy.asked, [gw.url.host]);
+    assert.deepEqual(proxy.authorizations, [`Basic ${Buffer.from("agent:s@cret").toString("base64")}`]);
+    // Exempted by name, or by "*" anywhere in the list: direct.
+    for (const noProxy of ["127.0.0.1", "example.com,*"]) {
+      const direct = await dialWebSocket(gw.url, {}, 2_000, proxyDispatcher(proxy.url, noProxy));
+      direct.close();
+    }
+    assert.equal(proxy.asked.length, 1, "exempted dials went direct");
+    // Made and given back: the process's own requests do not go through the agent's proxy.
+    await fetch(new URL("/", gw.url));
+    assert.equal(proxy.asked.length, 1);
+  });
+
   it("a refusal (401, 403) is told by its status, final for the link; nothing of the answer's body or the token", async () => {
     for (const status of [401, 403]) {
       const gw = await gateway((_, socket) =>
@@ -112,8 +133,9 @@ describe("the EC2 bundles' WebSocket (Node's own client) against a hostile gatew
     live.on("timeout", () => (timedOut = true));
     let pongs = 0;
     live.on("pong", () => pongs++);
-    live.keepAlive(10, 100);
-    await eventually(() => pongs >= 5, 5_000, "five pings answered");
+    // Answered pings keep it past the timeout many times over (150 pings of 10 ms against 1 s).
+    live.keepAlive(10, 1_000);
+    await eventually(() => pongs >= 150, 10_000, "150 pings answered");
     assert.equal(live.open, true);
     assert.equal(timedOut, false);
     assert.equal(received, 0, "the pings never reached the gateway as messages");

@@ -1,5 +1,6 @@
 import { subscribe } from "node:diagnostics_channel";
 import { EventEmitter } from "node:events";
+import { setGlobalProxyFromEnv } from "node:http";
 import {
   PING_INTERVAL_MS,
   PING_MESSAGE,
@@ -21,39 +22,62 @@ export interface LinkSocket extends EventEmitter {
   keepAlive(intervalMs?: number, timeoutMs?: number): void;
 }
 
+type Dispatcher = { dispatch(...args: unknown[]): boolean };
+/** undici's global dispatcher (Node's, which NODE_USE_ENV_PROXY makes the environment's proxy), once undici is loaded. */
+const globalDispatcher = () => (globalThis as Record<symbol, Dispatcher>)[Symbol.for("undici.globalDispatcher.1")];
+
+/**
+ * A dispatcher for these proxy settings (the full bundles': their settings may come from a file or flags, not the
+ * environment), made by Node's own proxy support (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, credentials in the URL) and
+ * kept apart from the process's: the global one is given back at once.
+ */
+export function proxyDispatcher(proxy?: string, noProxy?: string): Dispatcher {
+  // undici reads "*" only as the whole list (as the EC2 unit renders it).
+  const NO_PROXY = noProxy?.split(",").includes("*") ? "*" : noProxy;
+  const restore = setGlobalProxyFromEnv({ HTTPS_PROXY: proxy, HTTP_PROXY: proxy, NO_PROXY });
+  const dispatcher = globalDispatcher();
+  restore();
+  return dispatcher;
+}
+
 // Node's WebSocket tells neither a refused handshake's status nor why a connection failed: undici's diagnostics
-// channels do (process-wide: the EC2 bundles make no other undici request, their AWS calls go by node:https).
+// channels do (process-wide, so only the answer to a handshake's path counts).
 let status: number | undefined;
 let failure = "";
+let path = "";
 let listening = false;
 function listen() {
-  subscribe(
-    "undici:request:headers",
-    (event) => (status = (event as { response: { statusCode: number } }).response.statusCode),
-  );
+  subscribe("undici:request:headers", (event) => {
+    const { request, response } = event as { request: { path: string }; response: { statusCode: number } };
+    if (request.path === path) status = response.statusCode;
+  });
   subscribe("undici:client:connectError", (event) => (failure = (event as { error: Error }).error.message));
   listening = true;
 }
 
 /**
- * The gateway's WebSocket with Node's built-in client (undici's), as the EC2 bundles dial: it goes by the unit's
- * HTTPS_PROXY, NO_PROXY and NODE_USE_ENV_PROXY and trusts NODE_EXTRA_CA_CERTS, checks the handshake's accept key, and
- * answers the gateway's pings. It cannot send a ping frame: its keepalive is PING_MESSAGE, which the gateway answers
- * in order. Resolves once open; rejects with the refusal's status (401 and 403 are final) or the connection's error.
+ * The gateway's WebSocket with Node's built-in client (undici's): through `dispatcher` (on EC2 the global one, which
+ * goes by the unit's HTTPS_PROXY, NO_PROXY and NODE_USE_ENV_PROXY), trusting NODE_EXTRA_CA_CERTS, checking the
+ * handshake's accept key, answering the gateway's pings. It cannot send a ping frame: its keepalive is PING_MESSAGE,
+ * which the gateway answers in order. Resolves once open; rejects with the refusal's status (401 and 403 are final)
+ * or the connection's error.
  */
-export function dialWebSocket(url: URL, headers: Record<string, string>, timeoutMs = 10_000): Promise<LinkSocket> {
-  const global = (globalThis as Record<symbol, { dispatch: (...args: unknown[]) => boolean }>)[
-    Symbol.for("undici.globalDispatcher.1")
-  ];
+export function dialWebSocket(
+  url: URL,
+  headers: Record<string, string>,
+  timeoutMs = 10_000,
+  dispatcher?: Dispatcher,
+): Promise<LinkSocket> {
   if (!listening) listen();
   status = undefined;
   failure = "";
+  path = url.pathname;
   const ws = new WebSocket(url, {
     headers,
-    // The global dispatcher (the environment's proxy), with the message cap of protocol/link.ts rather than undici's
-    // 128 MiB: a gateway's larger message closes the link (1009) before it is held.
+    // With the message cap of protocol/link.ts rather than undici's 128 MiB: a gateway's larger message closes the
+    // link (1009) before it is held.
     dispatcher: {
-      dispatch: (...args: unknown[]) => global.dispatch(...args),
+      dispatch: (...args: unknown[]) => (dispatcher ?? globalDispatcher()).dispatch(...args),
       webSocketOptions: { maxPayloadSize: WEBSOCKET_MAX_MESSAGE },
     } as unknown as WebSocketInit["dispatcher"],
   });
