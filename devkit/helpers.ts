@@ -119,3 +119,39 @@ export function runBundle(file: string, args: string[] = [], env: Record<string,
     child.on("exit", (code) => resolve({ code, output })),
   );
 }
+
+/**
+ * An HTTP proxy on loopback that records each CONNECT's target and carries the bytes, as a corporate egress proxy
+ * does: what crossed it is `asked`.
+ */
+export async function recordingProxy() {
+  const asked: string[] = [];
+  /** The Proxy-Authorization of each CONNECT ("" without one). */
+  const authorizations: string[] = [];
+  const server = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
+    asked.push(req.url ?? "");
+    authorizations.push(req.headers["proxy-authorization"] ?? "");
+    const [host, port] = (req.url ?? "").split(":");
+    const upstream = net.connect(Number(port), host, () => {
+      client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+      upstream.write(head);
+      upstream.pipe(client).pipe(upstream);
+    });
+    for (const end of [client, upstream]) {
+      tunnels.add(end);
+      end.on("error", () => (client.destroy(), upstream.destroy())).on("close", () => tunnels.delete(end));
+    }
+  });
+  const tunnels = new Set<net.Socket>();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    asked,
+    authorizations,
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    /** Stops listening and cuts the tunnels still open (an agent still draining holds one). */
+    close: () => {
+      for (const socket of tunnels) socket.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -5,6 +5,16 @@ export const PING_INTERVAL_MS = 20_000;
 /** A ping unanswered this long closes the link: a peer that stopped answering is gone in at most 30 s. */
 export const PING_TIMEOUT_MS = 10_000;
 
+/**
+ * A WebSocket agent's ping as a text message, for clients that cannot send a ping frame (Node's own, the EC2
+ * bundles' client): the gateway answers it with PONG_MESSAGE in order, after whatever it sent before reading it.
+ */
+export const PING_MESSAGE = '{"type":"ping"}';
+export const PONG_MESSAGE = '{"type":"pong"}';
+
+/** The largest WebSocket message either side takes; a larger one closes the connection (1009). */
+export const WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024;
+
 /** Headers of an agent's upgrade request (Node names them in lower case). */
 export const ROLE_HEADER = "x-agentpools-role";
 /** The agent's metadata tags: base64url of a JSON object of strings. */
@@ -13,3 +23,12 @@ export const METADATA_HEADER = "x-agentpools-metadata";
 export const POOL_HEADER = "x-agentpools-pool";
 
 export const encodeMetadata = (tags: Record<string, string>) => Buffer.from(JSON.stringify(tags)).toString("base64url");
+
+/** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
+export function parseMessage<T>(text: string): T | undefined {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
 import type { Socket } from "node:net";
+import { PING_MESSAGE, PONG_MESSAGE } from "./link";
 import { WebSocket } from "./websocket";
 
 /** A socket stand-in: what the WebSocket writes is kept; what it reads is fed by the test. */
@@ -80,6 +81,25 @@ describe("WebSocket framing (byte level)", () => {
     assert.deepEqual(messages, ["one", "two"]);
     const pong = socket.written.find((f) => (f[0] & 0x0f) === 0xa) as Buffer;
     assert.deepEqual([...pong], [0x8a, 2, 0x70, 0x70], "an unmasked final pong echoing the ping's payload");
+  });
+
+  it("a client's ping as text is answered in order with the pong text, and never reaches the gateway as a message", () => {
+    const { socket, messages } = server();
+    socket.feed(
+      Buffer.concat([
+        frame(0x1, Buffer.from("one")),
+        frame(0x1, Buffer.from(PING_MESSAGE)),
+        frame(0x1, Buffer.from("two")),
+      ]),
+    );
+    assert.deepEqual(messages, ["one", "two"]);
+    const texts = socket.written.filter((f) => (f[0] & 0x0f) === 0x1).map((f) => f.subarray(2).toString());
+    assert.deepEqual(texts, [PONG_MESSAGE]);
+    // Only the exact text: a message that merely holds it is the gateway's to read.
+    const other = server();
+    other.socket.feed(frame(0x1, Buffer.from(` ${PING_MESSAGE}`)));
+    assert.deepEqual(other.messages, [` ${PING_MESSAGE}`]);
+    assert.equal(other.socket.written.length, 0);
   });
 
   it("16-bit and 64-bit lengths, across chunk boundaries inside the length field", () => {

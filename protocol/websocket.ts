@@ -1,7 +1,9 @@
 import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "./link";
+import { PING_INTERVAL_MS, PING_MESSAGE, PING_TIMEOUT_MS, PONG_MESSAGE, WEBSOCKET_MAX_MESSAGE } from "./link";
+
+export { parseMessage, WEBSOCKET_MAX_MESSAGE } from "./link";
 
 /** RFC 6455's magic, for the Sec-WebSocket-Accept answer. */
 export const acceptKey = (key: string) =>
@@ -10,21 +12,9 @@ export const acceptKey = (key: string) =>
     .digest("base64");
 export const newKey = () => randomBytes(16).toString("base64");
 
-/** The largest message either side takes; a larger one closes the connection (1009). */
-export const WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024;
-
-/** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
-export function parseMessage<T>(text: string): T | undefined {
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Masking keys, 4 bytes at a time from random bytes drawn 4 KiB at a time: one draw per 1,024 frames, not per frame. */
-const keys = Buffer.alloc(4096);
-let keyAt = keys.length;
+const keys = /* @__PURE__ */ Buffer.alloc(4096);
+let keyAt = 4096;
 function maskKey(): Buffer {
   if (keyAt === keys.length) {
     randomFillSync(keys);
@@ -146,7 +136,10 @@ export class WebSocket extends EventEmitter {
             const whole = fragments.length === 1 ? payload : Buffer.concat(fragments, fragmented);
             fragments = [];
             fragmented = 0;
-            this.emit("message", whole.toString("utf8"));
+            const text = whole.toString("utf8");
+            // A client's ping as text (PING_MESSAGE) is answered here, in order, as a ping frame would be.
+            if (!isClient && text === PING_MESSAGE) return frame(0x1, Buffer.from(PONG_MESSAGE));
+            this.emit("message", text);
           }
           return;
         }

@@ -151,8 +151,25 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
   const minified = await minify(output(".js"), {
     ecma: 2022,
     toplevel: true,
-    compress: { passes: 3 },
-    mangle: { toplevel: true, properties: { regex: new RegExp(`^(?:${(await shortenable()).join("|")})$`) } },
+    compress: {
+      passes: 3,
+      // A built-in's require is pure: a module whose only user the variant leaves out (node:net where Node's own
+      // clients dial) is not loaded either.
+      pure_funcs: ["require"],
+      // Reading a property has no effect in the runtime: its getters (busy, connected) only compute, and no code
+      // reads a property to make it throw.
+      pure_getters: true,
+      // Built-ins called the short way (String(x) as ""+x, new Error as Error): the runtime overrides none of them and
+      // passes them no Symbol; functions that use no `this` become arrows, and none is called with `new`.
+      unsafe: true,
+      unsafe_arrows: true,
+      unsafe_methods: true,
+    },
+    mangle: {
+      toplevel: true,
+      // builtins: names that are also DOM properties (context, link, current) are shortened too; only ours match.
+      properties: { regex: new RegExp(`^(?:${(await shortenable()).join("|")})$`), builtins: true },
+    },
     format: { ascii_only: true },
     sourceMap: sourceMap ? { content: output(".map"), asObject: true } : false,
   });

@@ -1,13 +1,16 @@
 // The EC2 variants of the runtime bundles (agent/config/variants.ts): what each leaves out, and
 // that each refuses, by name, settings it does not serve.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/variants";
 import type { RoleName } from "../agent/config/roles";
-import { packageRoot, runtimeBundle } from "../components/shared/bundles";
+import { packageRoot, RUNTIME_NODE_FLAGS, runtimeBundle } from "../components/shared/bundles";
+import { Gateway } from "../gateway/gateway";
+import { createPool } from "../gateway/pools";
 import { TOKENS } from "../devkit/fixtures";
-import { runBundle, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
 import { secretSettings } from "../agent/config/env";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import { validateSettings } from "../agent/config/validate";
@@ -130,5 +133,72 @@ describe("EC2 bundle variants", () => {
     const flag = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, {}, {}, ["--vendor", "gitlab"]);
     assert.equal(flag.code, 1);
     assert.match(flag.output, /unknown flag \\"--vendor\\"/);
+  });
+
+  it("the Flows process bundle (Node's own WebSocket): runs code through a real gateway; on SIGTERM a run in flight still answers, then it leaves", async function () {
+    if (process.getuid?.() !== 0) this.skip(); // EC2's process executor isolates runtimes in namespaces under uids of their own
+    this.timeout(30_000);
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const { pool, token } = createPool("01EC2FLOWS", "flows", url);
+    const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    const args = flowsArgs({
+      executor: "process",
+      poolId: "01EC2FLOWS",
+      gatewayEndpoint: url,
+      backendEndpoint: url,
+      mountsDir: scratchDir("ec2-flows-"),
+      runtimePoolSize: 2,
+      runtimeUids: "1900300000-1900300015",
+    });
+    const { settings } = preparePool(
+      "FlowsAgentPool",
+      "flows-agent",
+      "pool",
+      flowsAgentPoolArgs,
+      args,
+      flowsAgentPoolKind,
+    );
+    const config = path.join(scratchDir("variant-"), "flows-agent.json");
+    writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
+    const bundle = path.join(
+      packageRoot(),
+      "build",
+      "bundles",
+      bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
+    );
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+      env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: token },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const connections = () => gateway.summary()[0].connections;
+    try {
+      await eventually(() => connections() === 1, 15_000, "the agent connected");
+      const done = await gateway.flows.run("01EC2FLOWS", {
+        kind: "expression",
+        code: "inputs.a * 2",
+        inputs: { a: 21 },
+      });
+      assert.deepEqual([done.ok, done.value], [true, 42], JSON.stringify(done));
+      assert.match(output, /"isolation":"namespaces"/);
+      const inFlight = gateway.flows.run("01EC2FLOWS", {
+        kind: "block",
+        code: "await new Promise((r) => setTimeout(r, 300)); return 'finished';",
+      });
+      await eventually(() => gateway.summary()[0].activeRequests === 1, 5_000, "the run in flight");
+      child.kill("SIGTERM");
+      assert.equal((await inFlight).value, "finished");
+      assert.equal(await exited, 0, output);
+      assert.equal(connections(), 0);
+    } finally {
+      child.kill("SIGKILL");
+      await gateway.close();
+    }
+    assert.ok(!output.includes(token), "the token appears in no log");
   });
 });

@@ -756,8 +756,9 @@ describe("AWS pools: options", () => {
   }
 
   it("CA certificates too large for user-data come from an SSM parameter only this pool can read", async () => {
-    // Five real certificates (each with its own key, so incompressible): inline, they cannot fit beside this configuration.
-    const certificates = (await caCertificates(5)).join("");
+    // Seven real certificates (each with its own key, so incompressible), as many as the parameter holds (8 KB):
+    // inline, they cannot fit beside this configuration (`npm run bench:userdata` says how many do).
+    const certificates = (await caCertificates(7)).join("");
     assert.throws(
       () =>
         new WorkerPool("ca-inline", {

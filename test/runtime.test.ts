@@ -20,7 +20,7 @@ import { METRICS, METRICS_NAMESPACE, POOL_DIMENSION } from "../agent/config/metr
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, recordingProxy, runBundle, scratchDir } from "../devkit/helpers";
 
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = encodeToken({
@@ -64,6 +64,9 @@ function tcpRole(seen: { settings?: VcsAgentSettings; drained?: boolean; order: 
 }
 
 /** The instance configuration a pool renders, read back out of its user-data (a VcsAgentPool unless told). */
+/** A pool token's fields (protocol/token.ts). */
+const parsed = (token: string) => JSON.parse(Buffer.from(token.slice(4), "base64url").toString("utf8"));
+
 function renderedInstance(
   gatewayPort: number,
   extraSettings: Record<string, unknown> = {},
@@ -173,6 +176,56 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     } finally {
       process.stdout.write = originalLog;
     }
+  }
+
+  /**
+   * The shipped bundle started as the unit starts it behind a pool's proxy (the stand-in AWS, on http://, goes
+   * around it), first without the gateway's CA, then trusting it: what it says, and only the gateway crosses the proxy.
+   */
+  async function dialThroughProxy(
+    bundleFile: string,
+    configFile: string,
+    gatewayPort: number,
+    ca: string,
+    connections: () => number,
+  ): Promise<string[]> {
+    const proxy = await recordingProxy();
+    const instanceEnv = (trust: boolean) => ({
+      ...aws.env(base),
+      NODE_USE_ENV_PROXY: "1",
+      HTTPS_PROXY: proxy.url,
+      NO_PROXY: "169.254.169.254",
+      ...(trust ? { NODE_EXTRA_CA_CERTS: ca } : {}),
+    });
+    const outputs: string[] = [];
+    try {
+      const untrusting = startInstance(bundleFile, configFile, instanceEnv(false));
+      try {
+        await eventually(() => /cannot reach the gateway/.test(untrusting.output()), 10_000, "the untrusting dial");
+        assert.match(untrusting.output(), /self.signed|unable to verify|certificate/i, "the certificate is checked");
+        assert.ok(proxy.asked.includes(`127.0.0.1:${gatewayPort}`), `through the proxy (asked: ${proxy.asked})`);
+        assert.equal(connections(), 0);
+      } finally {
+        untrusting.child.kill();
+        outputs.push(untrusting.output());
+      }
+      proxy.asked.length = 0;
+      const trusting = startInstance(bundleFile, configFile, instanceEnv(true));
+      try {
+        await eventually(() => connections() === 1, 10_000, "connected through the proxy");
+        assert.deepEqual(
+          [...new Set(proxy.asked)],
+          [`127.0.0.1:${gatewayPort}`],
+          "the gateway, and nothing else, through the proxy",
+        );
+      } finally {
+        trusting.child.kill();
+        outputs.push(trusting.output());
+      }
+    } finally {
+      await proxy.close();
+    }
+    return outputs;
   }
 
   /** Once the runtime has asked to complete the launch hook (its agent connected): the moment to stop it. */
@@ -591,48 +644,70 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const secureGateway = new Gateway({ pools: [pool], port, tls: { cert, key }, log: capturingLogger("gw").log });
     await secureGateway.listen();
     aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_VCS_AGENT_POOL_TOKEN: token }));
-    // A proxy that records where it is asked to go and carries the bytes, as a corporate egress proxy does.
-    const asked: string[] = [];
-    const proxy = http.createServer().on("connect", (req, client: net.Socket, head: Buffer) => {
-      asked.push(req.url ?? "");
-      const [host, to] = (req.url ?? "").split(":");
-      const upstream = net.connect(Number(to), host, () => {
-        client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
-        upstream.write(head);
-        upstream.pipe(client).pipe(upstream);
-      });
-      for (const end of [client, upstream]) end.on("error", () => (client.destroy(), upstream.destroy()));
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
     const { configFile, bundleFile } = renderedInstance(gatewayPort);
-    // As the unit renders it for a pool with httpsProxy (AWS, here the stand-in on http://, goes around it).
-    const instanceEnv = (trust: boolean) => ({
-      ...aws.env(base),
-      NODE_USE_ENV_PROXY: "1",
-      HTTPS_PROXY: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
-      NO_PROXY: "169.254.169.254",
-      ...(trust ? { NODE_EXTRA_CA_CERTS: ca } : {}),
-    });
-    const untrusting = startInstance(bundleFile, configFile, instanceEnv(false));
     try {
-      await eventually(() => /cannot reach the gateway/.test(untrusting.output()), 10_000, "the untrusting dial");
-      assert.match(untrusting.output(), /self.signed|unable to verify|certificate/i, "the certificate is checked");
-      assert.ok(asked.includes(`127.0.0.1:${port}`), `through the proxy (asked: ${asked.join(", ")})`);
-      assert.equal(secureGateway.summary()[0].connections, 0);
+      const outputs = await dialThroughProxy(
+        bundleFile,
+        configFile,
+        port,
+        ca,
+        () => secureGateway.summary()[0].connections,
+      );
+      assert.ok(!outputs.join("").includes(token), "the token appears in no log");
     } finally {
-      untrusting.child.kill();
-    }
-    asked.length = 0;
-    const trusting = startInstance(bundleFile, configFile, instanceEnv(true));
-    try {
-      await eventually(() => secureGateway.summary()[0].connections === 1, 10_000, "connected through the proxy");
-      assert.deepEqual([...new Set(asked)], [`127.0.0.1:${port}`], "the gateway, and nothing else, through the proxy");
-    } finally {
-      trusting.child.kill();
-      proxy.close();
       await secureGateway.close();
     }
-    assert.ok(!trusting.output().includes(token), "the token appears in no log");
+  });
+
+  it("the shipped launcher bundle (Node's own WebSocket) through the instance's proxy: only the gateway crosses it, TLS checked, a refusal final", async function () {
+    this.timeout(60_000);
+    const { ca, cert, key } = gatewayCertificates(scratchDir("tls-"));
+    const port = await freePort();
+    const dataDir = scratchDir("gw-");
+    const { keyBase64, csr } = await makePoolKeyAndRequest("workers");
+    const { pool, token } = createPool(
+      "workers",
+      "worker",
+      `https://127.0.0.1:${port}`,
+      await signPoolRequest(await loadOrCreateAuthority(dataDir), csr, "workers"),
+    );
+    const secureGateway = new Gateway({
+      pools: [pool],
+      port,
+      dataDir,
+      tls: { cert, key },
+      log: capturingLogger("gw").log,
+    });
+    await secureGateway.listen();
+    const useToken = (value: string) =>
+      aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: value, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
+    const { configFile, bundleFile } = renderedInstance(
+      port,
+      { workDirectory: path.join(scratchDir("instance-"), "runs") },
+      "launcher",
+    );
+    const outputs: string[] = [];
+    try {
+      useToken(token);
+      outputs.push(
+        ...(await dialThroughProxy(bundleFile, configFile, port, ca, () => secureGateway.summary()[0].connections)),
+      );
+      // The pool's secret replaced: the gateway refuses it, and the launcher stops for good, saying so once.
+      useToken(encodeToken({ ...parsed(token), secret: "a-secret-the-gateway-never-made" }));
+      const refused = startInstance(bundleFile, configFile, { ...aws.env(base), NODE_EXTRA_CA_CERTS: ca });
+      try {
+        assert.notEqual(await refused.exited, 0, refused.output());
+        assert.match(refused.output(), /the gateway refused the connection: 401/);
+        assert.equal(refused.output().match(/refused the connection/g)?.length, 1, "a refusal is not retried");
+      } finally {
+        refused.child.kill();
+        outputs.push(refused.output());
+      }
+    } finally {
+      await secureGateway.close();
+    }
+    for (const secret of [token, keyBase64, parsed(token).secret])
+      assert.ok(!outputs.join("").includes(secret), "no credential in any log");
   });
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {

@@ -6,7 +6,8 @@ import { BUILT_FOR } from "../config/variants";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { parseMessage, type WebSocket } from "../../protocol/websocket";
+import { parseMessage } from "../../protocol/link";
+import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
   dockerLauncher,
@@ -75,7 +76,7 @@ class FlowsLink extends WebSocketLink {
     this.defaultTimeoutMs = durationMs(settings.defaultRunTimeout);
   }
 
-  protected opened(socket: WebSocket): void {
+  protected opened(socket: LinkSocket): void {
     const send = (message: AgentMessage) => socket.send(JSON.stringify(message));
     // Answers leave one at a time, each once the socket has handed the last to the kernel: the rest wait here, not
     // queued in the socket ahead of pings and pongs (and in the agent's memory) on a slow link.
@@ -125,7 +126,7 @@ class FlowsLink extends WebSocketLink {
 
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
-  if (isolation === "none") return undefined;
+  if (BUILT_FOR.platform !== "ec2" && isolation === "none") return undefined;
   if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
   if (!p.root && !p.setpriv) return "setpriv is missing";
   if (isolation === "namespaces" && !(p.bwrap && seccompFilter()))
@@ -176,7 +177,8 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
       );
       trial.kill();
       if (!missing) {
-        if (isolation === "none") log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
+        if (BUILT_FOR.platform !== "ec2" && isolation === "none")
+          log.error("FLOWS RUNTIMES ARE NOT ISOLATED: they run as the agent's own user");
         log.info("runtimes isolated", { isolation, executor: launcher.describe });
         return launcher;
       }

@@ -1,3 +1,4 @@
+import { BUILT_FOR } from "../config/variants";
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
@@ -203,7 +204,9 @@ export interface ProcessLauncherOptions {
 
 /** A process per runtime, isolated as `isolation` says (see sandbox.ts). */
 export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
-  const { isolation, privileges, uids } = o;
+  const { privileges, uids } = o;
+  // On EC2 namespaces only (the component allows no other level there): the other levels' paths leave the bundle.
+  const isolation = BUILT_FOR.platform === "ec2" ? "namespaces" : o.isolation;
   const namespaces = isolation === "namespaces" && { libraries: libraryDirectories(), filter: seccompFilter() };
   /** `command` as `uid`: through setpriv where there is one (which also ties the child's life to ours), else by Node's own switch (root). */
   const asUser = (uid: number | undefined, command: string[]): [string, string[], SpawnOptions] => {

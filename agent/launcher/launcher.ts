@@ -22,7 +22,8 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { gatewayRequest } from "../tunnel/dial";
 import { decodeToken, type PoolToken } from "../../protocol/token";
-import { parseMessage, type WebSocket } from "../../protocol/websocket";
+import { parseMessage } from "../../protocol/link";
+import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
 import { runOutput } from "./output";
@@ -198,7 +199,7 @@ export class Launcher extends WebSocketLink {
     if (this.socket?.open) this.socket.send(JSON.stringify(message));
   }
 
-  protected opened(socket: WebSocket): void {
+  protected opened(socket: LinkSocket): void {
     this.send({ type: "hello", leases: this.leases() });
     if (this.stopping) this.send({ type: "draining" });
     this.context.log.info("Connected to the server", {

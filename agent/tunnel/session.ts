@@ -1,7 +1,6 @@
 import { interruptibleSleep } from "../runtime/http";
 import type { Logger } from "../../lib/log";
-import type { Socket } from "node:net";
-import { dialGateway, type DialOptions } from "./dial";
+import type { DialOptions } from "./dial";
 
 /**
  * Full-jitter exponential backoff: a random delay up to min(cap, base * 2^attempt). The cap
@@ -22,7 +21,7 @@ export interface LinkOptions extends DialOptions {
  * A connection the agent keeps to its gateway: dial out, serve until the connection ends,
  * reconnect with jittered backoff, until drained. Subclasses say what runs on the socket.
  */
-export abstract class GatewayLink {
+export abstract class GatewayLink<S> {
   readonly ready: Promise<void>;
   /** Rejects if the gateway refuses the credentials (401/403): retrying cannot help. */
   readonly stopped: Promise<void>;
@@ -39,18 +38,20 @@ export abstract class GatewayLink {
     setImmediate(() => void this.run());
   }
 
+  /** Dial the gateway with these headers: the connection serve() takes, or a refusal (its `status`). */
+  protected abstract dial(headers: Record<string, string>): Promise<S>;
   /** Serve one connection; resolves when it has ended. Call markReady() once it is live. */
-  protected abstract serve(socket: Socket): Promise<void>;
+  protected abstract serve(socket: S): Promise<void>;
   /** Close the live connection gracefully, by the deadline at the latest. */
   protected abstract closeGracefully(deadline: number): Promise<void>;
   /** Connected to the gateway now (not between a drop and a reconnect). */
   abstract get connected(): boolean;
 
   private async run(): Promise<void> {
-    const { log, gateway, headers, ...dial } = this.link;
+    const { log, gateway, headers } = this.link;
     for (let attempt = 0; !this.draining;) {
       try {
-        const socket = await dialGateway(gateway, typeof headers === "function" ? headers() : headers, dial);
+        const socket = await this.dial(typeof headers === "function" ? headers() : headers);
         attempt = 0;
         await this.serve(socket);
         if (!this.draining) log.warn("disconnected from the gateway; reconnecting");

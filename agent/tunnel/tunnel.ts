@@ -4,6 +4,7 @@ import type { Logger } from "../../lib/log";
 import { encodeMetadata, METADATA_HEADER, PING_INTERVAL_MS, ROLE_HEADER } from "../../protocol/link";
 import { CONNECTION_WINDOW, keepAlive, SESSION_OPTIONS, SETTINGS } from "../../protocol/vcs";
 import { interruptibleSleep } from "../runtime/http";
+import { dialGateway } from "./dial";
 import { GatewayLink } from "./session";
 
 export interface TunnelOptions {
@@ -24,7 +25,7 @@ export interface TunnelOptions {
  * The VCS agent's end of the tunnel. Once the gateway accepts the token the roles turn round:
  * the agent serves HTTP/2 on the socket it dialled, and the gateway opens one stream per request.
  */
-export class Tunnel extends GatewayLink {
+export class Tunnel extends GatewayLink<Socket> {
   private session?: http2.ServerHttp2Session;
   private socket?: Socket;
   private streams = 0;
@@ -41,6 +42,10 @@ export class Tunnel extends GatewayLink {
       noProxy: options.noProxy,
       log: options.log,
     });
+  }
+
+  protected dial(headers: Record<string, string>): Promise<Socket> {
+    return dialGateway(this.link.gateway, headers, this.link);
   }
 
   protected serve(socket: Socket): Promise<void> {

@@ -1,8 +1,8 @@
-import type { Socket } from "node:net";
 import { encodeMetadata, METADATA_HEADER, ROLE_HEADER } from "../../protocol/link";
 import { GatewayLink } from "./session";
-import { acceptKey, newKey, WebSocket } from "../../protocol/websocket";
 import type { Logger } from "../../lib/log";
+import { BUILT_FOR } from "../config/variants";
+import { dialWebSocket, proxyDispatcher, type LinkSocket } from "./builtin-websocket";
 
 export interface WebSocketLinkOptions {
   gateway: URL;
@@ -16,33 +16,23 @@ export interface WebSocketLinkOptions {
 }
 
 /**
- * A gateway link carrying a WebSocket (the Flows agent's and the launcher's): the upgrade
- * with its key check, and keepalive pings; a ping unanswered for 10 s closes it, and the link
- * reconnects.
+ * A gateway link carrying a WebSocket (the Flows agent's and the launcher's), with keepalive pings; a ping
+ * unanswered for 10 s closes it, and the link reconnects. The socket is Node's own client (builtin-websocket.ts):
+ * on EC2 through the unit's proxy variables, elsewhere through the settings' proxy.
  */
-export abstract class WebSocketLink extends GatewayLink {
-  protected socket?: WebSocket;
-  private key = "";
+export abstract class WebSocketLink extends GatewayLink<LinkSocket> {
+  protected socket?: LinkSocket;
+  private dispatcher?: ReturnType<typeof proxyDispatcher>;
 
   constructor(options: WebSocketLinkOptions) {
     super({
       gateway: options.gateway,
       path: options.path,
-      protocol: "websocket",
-      headers: () => {
-        this.key = newKey();
-        return {
-          ...options.credentials(),
-          [ROLE_HEADER]: options.role,
-          [METADATA_HEADER]: encodeMetadata(options.settings.metadataTags),
-          "sec-websocket-key": this.key,
-          "sec-websocket-version": "13",
-        };
-      },
-      check: (response) => {
-        if (response.headers["sec-websocket-accept"] !== acceptKey(this.key))
-          throw new Error("the gateway's WebSocket answer does not match our key");
-      },
+      headers: () => ({
+        ...options.credentials(),
+        [ROLE_HEADER]: options.role,
+        [METADATA_HEADER]: encodeMetadata(options.settings.metadataTags),
+      }),
       proxy: options.settings.httpsProxy,
       noProxy: options.settings.noProxy,
       log: options.log,
@@ -54,10 +44,17 @@ export abstract class WebSocketLink extends GatewayLink {
   }
 
   /** The WebSocket is open: say hello, listen for messages. */
-  protected abstract opened(socket: WebSocket): void;
+  protected abstract opened(socket: LinkSocket): void;
 
-  protected serve(raw: Socket): Promise<void> {
-    const socket = new WebSocket(raw, true);
+  protected dial(headers: Record<string, string>): Promise<LinkSocket> {
+    const { gateway, path, timeoutMs, proxy, noProxy } = this.link;
+    // On EC2 the unit's environment says the proxy (NODE_USE_ENV_PROXY): Node's global dispatcher. Elsewhere the
+    // settings do, made once into a dispatcher of the link's own.
+    if (BUILT_FOR.platform !== "ec2" && proxy) this.dispatcher ??= proxyDispatcher(proxy, noProxy);
+    return dialWebSocket(new URL(path!, gateway), headers, timeoutMs, this.dispatcher);
+  }
+
+  protected serve(socket: LinkSocket): Promise<void> {
     this.socket = socket;
     socket.keepAlive();
     this.opened(socket);
@@ -67,7 +64,7 @@ export abstract class WebSocketLink extends GatewayLink {
 }
 
 /** A ping answered (or the deadline): whatever the gateway sent before reading it has arrived. */
-export function roundTrip(socket: WebSocket, deadline: number): Promise<void> {
+export function roundTrip(socket: LinkSocket, deadline: number): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
     const done = () => (clearTimeout(timer), resolve());

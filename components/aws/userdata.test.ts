@@ -241,6 +241,15 @@ describe("user-data", () => {
     assert.ok(!vcsUnit.includes("docker"), "a role without containers gets no Docker access");
   });
 
+  it('a pool whose noProxy holds "*" gives the runtime NO_PROXY=* alone: every reader of it on the instance goes direct', () => {
+    const unit = (noProxy: string) =>
+      decodeUserData(renderUserData(spec({ noProxy }))).files.get("/etc/systemd/system/agentpools-launcher.service")
+        ?.content as string;
+    assert.ok(unit("*").split("\n").includes('Environment="NO_PROXY=*"'));
+    assert.ok(unit(".internal,*:443,*").split("\n").includes('Environment="NO_PROXY=*"'));
+    assert.ok(unit(".internal,*.corp").split("\n").includes('Environment="NO_PROXY=.internal,*.corp,169.254.169.254"'));
+  });
+
   it("installs Node.js, Docker and gVisor's pinned release checked against the digest it carries, then starts the services", () => {
     const script = decodeUserData(renderUserData(spec())).script;
     assert.match(script, /^retry dnf install -y nodejs24 docker$/m);

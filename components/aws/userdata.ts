@@ -183,9 +183,15 @@ const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
 /** The systemd unit: restart on failure, SIGTERM to stop, time enough to drain, and a narrow sandbox. */
-/** NO_PROXY of the runtime: the pool's list and the instance metadata service, which is never reached through a proxy. */
-const unitNoProxy = (spec: UserDataSpec) =>
-  spec.httpsProxy ? [...new Set([...(spec.noProxy?.split(",") ?? []), "169.254.169.254"])].join(",") : undefined;
+/**
+ * NO_PROXY of the runtime: the pool's list and the instance metadata service, which is never reached through a proxy.
+ * A "*" in the list is the whole value: Node's own WebSocket (undici) reads "*" only so, and Node's http agent alike.
+ */
+function unitNoProxy(spec: UserDataSpec): string | undefined {
+  if (!spec.httpsProxy) return undefined;
+  const entries = [...(spec.noProxy?.split(",") ?? []), "169.254.169.254"];
+  return entries.includes("*") ? "*" : [...new Set(entries)].join(",");
+}
 
 export function renderUnit(spec: UserDataSpec): string {
   const noProxy = unitNoProxy(spec);

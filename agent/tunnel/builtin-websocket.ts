@@ -1,0 +1,125 @@
+import { subscribe } from "node:diagnostics_channel";
+import { EventEmitter } from "node:events";
+import { setGlobalProxyFromEnv } from "node:http";
+import {
+  PING_INTERVAL_MS,
+  PING_MESSAGE,
+  PING_TIMEOUT_MS,
+  PONG_MESSAGE,
+  WEBSOCKET_MAX_MESSAGE,
+} from "../../protocol/link";
+
+/**
+ * What a role needs of its WebSocket to the gateway: protocol/websocket.ts's client, or Node's own below. Events:
+ * "message" (text), "pong", "timeout", "close".
+ */
+export interface LinkSocket extends EventEmitter {
+  readonly open: boolean;
+  /** `sent` is called once the socket has written the message (or the link is gone). */
+  send(text: string, sent?: () => void): void;
+  ping(): void;
+  close(code?: number): void;
+  keepAlive(intervalMs?: number, timeoutMs?: number): void;
+}
+
+type Dispatcher = { dispatch(...args: unknown[]): boolean };
+/** undici's global dispatcher (Node's, which NODE_USE_ENV_PROXY makes the environment's proxy), once undici is loaded. */
+const globalDispatcher = () => (globalThis as Record<symbol, Dispatcher>)[Symbol.for("undici.globalDispatcher.1")];
+
+/**
+ * A dispatcher for these proxy settings (the full bundles': their settings may come from a file or flags, not the
+ * environment), made by Node's own proxy support (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, credentials in the URL) and
+ * kept apart from the process's: the global one is given back at once.
+ */
+export function proxyDispatcher(proxy?: string, noProxy?: string): Dispatcher {
+  // undici reads "*" only as the whole list (as the EC2 unit renders it).
+  const NO_PROXY = noProxy?.split(",").includes("*") ? "*" : noProxy;
+  const restore = setGlobalProxyFromEnv({ HTTPS_PROXY: proxy, HTTP_PROXY: proxy, NO_PROXY });
+  const dispatcher = globalDispatcher();
+  restore();
+  return dispatcher;
+}
+
+// Node's WebSocket tells neither a refused handshake's status nor why a connection failed: undici's diagnostics
+// channels do (process-wide, so only the answer to a handshake's path counts).
+let status: number | undefined;
+let failure = "";
+let path = "";
+let listening = false;
+function listen() {
+  subscribe("undici:request:headers", (event) => {
+    const { request, response } = event as { request: { path: string }; response: { statusCode: number } };
+    if (request.path === path) status = response.statusCode;
+  });
+  subscribe("undici:client:connectError", (event) => (failure = (event as { error: Error }).error.message));
+  listening = true;
+}
+
+/**
+ * The gateway's WebSocket with Node's built-in client (undici's): through `dispatcher` (on EC2 the global one, which
+ * goes by the unit's HTTPS_PROXY, NO_PROXY and NODE_USE_ENV_PROXY), trusting NODE_EXTRA_CA_CERTS, checking the
+ * handshake's accept key, answering the gateway's pings. It cannot send a ping frame: its keepalive is PING_MESSAGE,
+ * which the gateway answers in order. Resolves once open; rejects with the refusal's status (401 and 403 are final)
+ * or the connection's error.
+ */
+export function dialWebSocket(
+  url: URL,
+  headers: Record<string, string>,
+  timeoutMs = 10_000,
+  dispatcher?: Dispatcher,
+): Promise<LinkSocket> {
+  if (!listening) listen();
+  status = undefined;
+  failure = "";
+  path = url.pathname;
+  const ws = new WebSocket(url, {
+    headers,
+    // With the message cap of protocol/link.ts rather than undici's 128 MiB: a gateway's larger message closes the
+    // link (1009) before it is held.
+    dispatcher: {
+      dispatch: (...args: unknown[]) => (dispatcher ?? globalDispatcher()).dispatch(...args),
+      webSocketOptions: { maxPayloadSize: WEBSOCKET_MAX_MESSAGE },
+    } as unknown as WebSocketInit["dispatcher"],
+  });
+  const link = new EventEmitter() as LinkSocket & { open: boolean };
+  let heard = () => {};
+  const finish = () => link.open && ((link.open = false), link.emit("close"));
+  link.send = (text, sent) => {
+    if (!link.open) return sent?.();
+    ws.send(text);
+    // No event says the bytes left: watched until undici's buffer is empty.
+    const watch = sent && setInterval(() => (ws.bufferedAmount && link.open) || (clearInterval(watch), sent()), 5);
+  };
+  link.ping = () => link.send(PING_MESSAGE);
+  // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
+  link.close = () => (ws.close(), finish());
+  link.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
+    let deadline: NodeJS.Timeout | undefined;
+    const tick = setInterval(() => {
+      deadline ??= setTimeout(() => (link.emit("timeout"), link.close()), timeoutMs);
+      link.ping();
+    }, intervalMs);
+    heard = () => (deadline = void clearTimeout(deadline));
+    link.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => ws.close(), timeoutMs);
+    ws.onopen = () => (clearTimeout(timer), (link.open = true), resolve(link));
+    ws.onmessage = ({ data }) => (heard(), link.emit(data === PONG_MESSAGE ? "pong" : "message", data));
+    ws.onclose = () => {
+      clearTimeout(timer);
+      if (link.open) finish();
+      else
+        reject(
+          Object.assign(
+            new Error(
+              status
+                ? `the gateway refused the connection: ${status}`
+                : `the gateway did not answer the upgrade${failure && `: ${failure}`}`,
+            ),
+            { status },
+          ),
+        );
+    };
+  });
+}
