@@ -87,8 +87,11 @@ export function dialWebSocket(
   link.send = (text, sent) => {
     if (!link.open) return sent?.();
     ws.send(text);
-    // No event says the bytes left: watched until undici's buffer is empty.
-    const watch = sent && setInterval(() => (ws.bufferedAmount && link.open) || (clearInterval(watch), sent()), 5);
+    if (!sent) return;
+    // No event says the bytes left: undici's buffer is watched, first on the loop's next turn (a message the kernel
+    // took whole has left by then: answers one after another do not wait a tick each), then every 5 ms.
+    const check = (): unknown => (ws.bufferedAmount && link.open ? setTimeout(check, 5) : sent());
+    setImmediate(check);
   };
   link.ping = () => link.send(PING_MESSAGE);
   // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
