@@ -4,6 +4,7 @@ import { webcrypto } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import * as x509 from "@peculiar/x509";
+import { copyCachedFiles } from "./fixture-cache";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -39,8 +40,20 @@ export async function caCertificates(count: number): Promise<string[]> {
   return made.slice(0, count);
 }
 
-/** A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command. */
+/**
+ * A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command (valid
+ * two days: made again once a day old, kept meanwhile by fixture-cache.ts), copied into `dir`.
+ */
 export function gatewayCertificates(dir: string) {
+  copyCachedFiles("gateway-tls", makeGatewayCertificates, dir, 86_400_000);
+  return {
+    ca: path.join(dir, "ca.pem"),
+    cert: readFileSync(path.join(dir, "gateway.pem")),
+    key: readFileSync(path.join(dir, "gateway.key")),
+  };
+}
+
+function makeGatewayCertificates(dir: string): void {
   const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
   run(
     "req",
@@ -87,9 +100,4 @@ export function gatewayCertificates(dir: string) {
     "-extfile",
     "san.ext",
   );
-  return {
-    ca: path.join(dir, "ca.pem"),
-    cert: readFileSync(path.join(dir, "gateway.pem")),
-    key: readFileSync(path.join(dir, "gateway.key")),
-  };
 }

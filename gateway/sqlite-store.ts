@@ -126,7 +126,11 @@ export class SqliteStore implements GatewayStore {
   private readonly memoryState = new Map<string, Buffer>();
   private readonly statements = new Map<string, StatementSync>();
 
-  constructor(dataDir?: string) {
+  /** `maxStateInMemory`: the most state of one run kept without a data directory (settable for tests). */
+  constructor(
+    dataDir?: string,
+    private readonly maxStateInMemory = MAX_STATE_IN_MEMORY,
+  ) {
     const { DatabaseSync } = sqlite();
     try {
       if (dataDir) {
@@ -419,11 +423,11 @@ export class SqliteStore implements GatewayStore {
       const chunks: Buffer[] = [];
       for await (const chunk of body) {
         size += (chunk as Buffer).length;
-        if (size <= MAX_STATE_IN_MEMORY) chunks.push(chunk as Buffer);
+        if (size <= this.maxStateInMemory) chunks.push(chunk as Buffer);
         else chunks.length = 0;
       }
-      if (size > MAX_STATE_IN_MEMORY)
-        throw new HttpError(413, `run state over ${MAX_STATE_IN_MEMORY} bytes needs a gateway with a data directory`);
+      if (size > this.maxStateInMemory)
+        throw new HttpError(413, `run state over ${this.maxStateInMemory} bytes needs a gateway with a data directory`);
       this.memoryState.set(run, Buffer.concat(chunks));
     }
     await this.transaction(() => this.run("UPDATE runs SET state_bytes = ? WHERE id = ?", size, run));
