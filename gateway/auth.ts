@@ -38,6 +38,9 @@ export function createServiceKey(name: string, pools?: string[]): { definition: 
   };
 }
 
+/** What a request whose key was removed (or no longer allows the pool) while it waited is answered. */
+export const KEY_REVOKED = (pool: string) => `the service key no longer allows pool ${pool}`;
+
 const LOOPBACK = /^(?:127\.|::1$|::ffff:127\.)/;
 
 /**

@@ -6,7 +6,7 @@ import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flow
 import type { Logger } from "../lib/log";
 import { POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
-import { bearerToken } from "./auth";
+import { bearerToken, KEY_REVOKED } from "./auth";
 import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
@@ -127,7 +127,8 @@ export class FlowsHub {
 
   /**
    * Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. The run
-   * counts toward the client's share until `taken` settles (its answer delivered), or until it is answered.
+   * counts toward the client's share until it is answered and `taken` has settled (the answer delivered, or the
+   * client gone).
    */
   run(pool: string, job: Job, timeoutMs?: number, client = "", taken?: Promise<unknown>): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
@@ -167,7 +168,8 @@ export class FlowsHub {
       if (left) this.held.set(holder, left);
       else this.held.delete(holder);
     };
-    (taken ?? answer).then(release, release);
+    // Until both: a client that hangs up leaves its run at the agent, where it still holds a place.
+    void Promise.allSettled([answer, taken]).then(release);
     return answer;
   }
 
@@ -182,7 +184,7 @@ export class FlowsHub {
           if (mayUse(run.client, pool)) continue;
           agent.pending.delete(id);
           clearTimeout(run.timer);
-          run.reject(new HttpError(401, `the service key no longer allows pool ${pool}`));
+          run.reject(new HttpError(401, KEY_REVOKED(pool)));
         }
   }
 

@@ -6,7 +6,7 @@ import { createLogger, type Logger } from "../lib/log";
 import { METADATA_HEADER } from "../protocol/link";
 import { MAX_REQUEST_HEADERS, redactTarget, requestHeaders, type HeaderMap } from "../protocol/vcs";
 import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
-import { ServiceAuth, type ServiceKeyDefinition } from "./auth";
+import { KEY_REVOKED, ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
 import { HttpError, readJsonBody } from "./http";
 import { WORKER_API } from "../protocol/worker";
@@ -244,6 +244,11 @@ export class Gateway {
     this.flows.revoke(mayUse);
   }
 
+  /** Whether a request's key (none: a route that takes none) still may use this pool. */
+  private stillAllowed(key: ServiceKeyDefinition | undefined, pool: string): boolean {
+    return !key || this.auth.mayUse(key.id, pool);
+  }
+
   /** A VCS pool by name, or why it is not one. */
   private vcsPool(pool: string): void {
     const definition = this.pools.get(pool)?.definition;
@@ -307,6 +312,8 @@ export class Gateway {
     } catch (error) {
       return json((error as HttpError).status ?? 400, { error: (error as Error).message });
     }
+    // The key was checked before the body, which may take a while to come: it may have been removed meanwhile.
+    if (!this.auth.mayUse(client, pool)) return json(401, { error: KEY_REVOKED(pool) });
     const kind = request.kind ?? "expression";
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
@@ -391,7 +398,7 @@ export class Gateway {
       case "runs":
       case "run":
       case "state":
-        return this.workers.handle(route, query, req, res, json);
+        return this.workers.handle(route, query, req, res, json, () => this.stillAllowed(verdict.key, route.pool));
       case "vcs":
         try {
           this.vcsPool(route.pool);

@@ -14,7 +14,7 @@ import {
   UPGRADE_PROTOCOL,
   type HeaderMap,
 } from "../protocol/vcs";
-import { bearerToken } from "./auth";
+import { bearerToken, KEY_REVOKED } from "./auth";
 import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { WriteBudget } from "./vcs-writes";
@@ -303,7 +303,7 @@ export class VcsHub {
   revoke(mayUse: (client: string, pool: string) => boolean): void {
     for (const [pool, state] of this.state)
       for (const waiter of state.waiters.filter((w) => !mayUse(w.client, pool)))
-        waiter.fail(new HttpError(401, `the service key no longer allows pool ${pool}`));
+        waiter.fail(new HttpError(401, KEY_REVOKED(pool)));
   }
 
   /**

@@ -18,7 +18,7 @@ import {
   type ToWorker,
 } from "../protocol/worker";
 import { certificateKey, sealBuffer } from "../protocol/seal";
-import { bearerToken } from "./auth";
+import { bearerToken, KEY_REVOKED } from "./auth";
 import { HttpError, readJsonBody } from "./http";
 import type { Route } from "./target";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
@@ -793,6 +793,8 @@ export class WorkerHub {
     req: http.IncomingMessage,
     res: http.ServerResponse,
     json: (status: number, value: unknown) => void,
+    /** Whether the request's key still may use the pool (it may be removed while a body is read). */
+    stillAllowed: () => boolean = () => true,
   ): void {
     const { pool } = route;
     const fail = (error: Error) => {
@@ -810,6 +812,7 @@ export class WorkerHub {
       if (route.kind === "state") return this.transferState(req, res, pool, route.run);
       if (route.kind === "runs" && req.method === "POST") {
         const parsed = await readJsonBody(req, "{image, commands, environment?, timeoutSeconds?, stateFrom?}");
+        if (!stillAllowed()) throw new HttpError(401, KEY_REVOKED(pool));
         return json(201, this.public(await this.submit(pool, parsed)));
       }
       if (req.method !== "GET") throw new HttpError(405, "method not allowed");

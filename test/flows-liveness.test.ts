@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import type http from "node:http";
 import net from "node:net";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
@@ -106,6 +107,43 @@ describe("Flows pools: liveness and fair routing", function () {
         )) === true,
     );
     assert.equal(agent.runs.length, 14);
+  });
+
+  it("a run whose client hung up still holds its key's share until the agent answers it (it still holds a place there)", async () => {
+    const agent = await connect("gone");
+    agent.mute();
+    const gone = Promise.resolve(); // each client hangs up at once
+    for (let i = 0; i < 12; i++)
+      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone).catch(() => undefined);
+    await eventually(() => agent.runs.length === 12);
+    await assert.rejects(
+      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
+      /holds its share/,
+    );
+    assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
+  });
+
+  it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
+    const other = serviceKey("other");
+    gateway.setKeys([service.definition, other.definition]);
+    const agent = await connect("body");
+    const body = JSON.stringify({ code: "'run by a removed key'" });
+    // The gateway's own request handler (the key check) runs before this listener, added after it.
+    const checked = once((gateway as unknown as { server: http.Server }).server, "request");
+    const socket = net.connect(Number(new URL(url).port), "127.0.0.1");
+    let answer = "";
+    socket.on("data", (chunk) => (answer += chunk));
+    socket.write(
+      `POST /_agentpools/api/flows/${POOL}/run HTTP/1.1\r\nhost: x\r\nx-agentpools-key: ${other.key}\r\n` +
+        `content-length: ${body.length}\r\n\r\n${body.slice(0, 5)}`,
+    );
+    await checked;
+    gateway.setKeys([service.definition]);
+    socket.end(body.slice(5));
+    await once(socket, "close");
+    assert.match(answer, /^HTTP\/1.1 401/);
+    assert.match(answer, new RegExp(`the service key no longer allows pool ${POOL}`));
+    assert.equal(agent.runs.length, 0, "the run never reached the agent");
   });
 
   it("a key removed while its runs are unanswered: those runs end with 401 at once, another key's are answered", async () => {
