@@ -43,6 +43,9 @@ export interface Lease {
   termMs: number;
 }
 
+/** A lease's term a launcher takes: from 100 ms to a day (outside it, it keeps the term it had). */
+export const LEASE_TERM_MS = { min: 100, max: 86_400_000 };
+
 /** A lease a launcher holds (a run accepted, running, or finished and not yet acknowledged), as it presents it. */
 export interface HeldLease {
   id: string;

@@ -30,6 +30,7 @@ import { runOutput } from "./output";
 import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import {
   FENCE_HEADER,
+  LEASE_TERM_MS,
   MAX_LOG_LINES,
   PROOF_HEADER,
   proofPayload,
@@ -214,8 +215,9 @@ export class Launcher extends WebSocketLink {
       if (!run) return;
       if (message.type === "start") {
         if (message.fence !== run.fence) return;
-        // The gateway just extended the lease, by its own term (a restarted gateway's may differ).
-        this.termMs = message.termMs;
+        // The gateway just extended the lease, by its own term (a restarted gateway's may differ), if it is one.
+        const term = message.termMs;
+        if (typeof term === "number" && term >= LEASE_TERM_MS.min && term <= LEASE_TERM_MS.max) this.termMs = term;
         clearTimeout(this.tick);
         this.tick = undefined;
         this.renew();
