@@ -41,6 +41,11 @@ async function openSocket(
     return socket;
   }
   const proxyUrl = new URL(proxy);
+  // This dialer speaks to its proxy in plain HTTP: never to one that expects TLS (its credentials would go in clear).
+  if (proxyUrl.protocol !== "http:")
+    throw new Error(
+      `the proxy ${proxyUrl.host} is ${proxyUrl.protocol}//: this dialer reaches proxies by http:// only`,
+    );
   const headers: Record<string, string> = { host: `${host}:${port}` };
   // On EC2 the component refuses a proxy URL with credentials (as every URL argument).
   if (BUILT_FOR.platform !== "ec2" && proxyUrl.username)

@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import net from "node:net";
+import { dialGateway } from "./dial";
+
+describe("dialling the gateway (agent/tunnel/dial.ts)", () => {
+  it("an https:// proxy is refused before anything is sent to it (its credentials would go in clear)", async () => {
+    const received: Buffer[] = [];
+    let connections = 0;
+    const proxy = net.createServer((socket) => {
+      connections++;
+      socket.on("data", (chunk) => received.push(chunk));
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const { port } = proxy.address() as net.AddressInfo;
+    try {
+      await assert.rejects(
+        dialGateway(
+          new URL("https://gateway.example"),
+          { authorization: "Bearer pool-secret" },
+          { proxy: `https://corp-user:corp-password@127.0.0.1:${port}`, timeoutMs: 2000 },
+        ),
+        /the proxy 127\.0\.0\.1:\d+ is https:\/\/: this dialer reaches proxies by http:\/\/ only/,
+      );
+      assert.equal(connections, 0);
+      assert.equal(Buffer.concat(received).length, 0);
+    } finally {
+      proxy.close();
+    }
+  });
+});
