@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import { dialWebSocket, proxyDispatcher, type LinkSocket } from "../agent/tunnel/builtin-websocket";
+import { dialWebSocket, type LinkSocket } from "../agent/tunnel/builtin-websocket";
 import { PING_MESSAGE, WEBSOCKET_MAX_MESSAGE } from "../protocol/link";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 import { eventually, recordingProxy } from "../devkit/helpers";
@@ -64,27 +64,6 @@ describe("the EC2 bundles' WebSocket (Node's own client) against a hostile gatew
     assert.equal(gw.heads[0].authorization, "Bearer pool-secret", "the credentials reach the gateway");
     assert.equal(gw.heads[0]["x-agentpools-pool"], "workers");
     assert.equal(gw.heads[0].upgrade, "websocket");
-  });
-
-  it("off EC2, through the settings' proxy (credentials as Proxy-Authorization), NO_PROXY as the settings say; the process's own dispatcher untouched", async () => {
-    const gw = await gateway(accepting());
-    cleanup.push(gw.close);
-    const proxy = await recordingProxy();
-    cleanup.push(proxy.close);
-    const withCredentials = proxy.url.replace("http://", "http://agent:s%40cret@");
-    const through = await dialWebSocket(gw.url, {}, 2_000, proxyDispatcher(withCredentials, "example.com"));
-    through.close();
-    assert.deepEqual(proxy.asked, [gw.url.host]);
-    assert.deepEqual(proxy.authorizations, [`Basic ${Buffer.from("agent:s@cret").toString("base64")}`]);
-    // Exempted by name, or by "*" anywhere in the list: direct.
-    for (const noProxy of ["127.0.0.1", "example.com,*"]) {
-      const direct = await dialWebSocket(gw.url, {}, 2_000, proxyDispatcher(proxy.url, noProxy));
-      direct.close();
-    }
-    assert.equal(proxy.asked.length, 1, "exempted dials went direct");
-    // Made and given back: the process's own requests do not go through the agent's proxy.
-    await fetch(new URL("/", gw.url));
-    assert.equal(proxy.asked.length, 1);
   });
 
   it("a refusal (401, 403) is told by its status, final for the link; nothing of the answer's body or the token", async () => {

@@ -1,6 +1,5 @@
 import { subscribe } from "node:diagnostics_channel";
 import { EventEmitter } from "node:events";
-import { setGlobalProxyFromEnv } from "node:http";
 import {
   PING_INTERVAL_MS,
   PING_MESSAGE,
@@ -26,20 +25,6 @@ type Dispatcher = { dispatch(...args: unknown[]): boolean };
 /** undici's global dispatcher (Node's, which NODE_USE_ENV_PROXY makes the environment's proxy), once undici is loaded. */
 const globalDispatcher = () => (globalThis as Record<symbol, Dispatcher>)[Symbol.for("undici.globalDispatcher.1")];
 
-/**
- * A dispatcher for these proxy settings (the full bundles': their settings may come from a file or flags, not the
- * environment), made by Node's own proxy support (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, credentials in the URL) and
- * kept apart from the process's: the global one is given back at once.
- */
-export function proxyDispatcher(proxy?: string, noProxy?: string): Dispatcher {
-  // undici reads "*" only as the whole list (as the EC2 unit renders it).
-  const NO_PROXY = noProxy?.split(",").includes("*") ? "*" : noProxy;
-  const restore = setGlobalProxyFromEnv({ HTTPS_PROXY: proxy, HTTP_PROXY: proxy, NO_PROXY });
-  const dispatcher = globalDispatcher();
-  restore();
-  return dispatcher;
-}
-
 // Node's WebSocket tells neither a refused handshake's status nor why a connection failed: undici's diagnostics
 // channels do (process-wide, so only the answer to a handshake's path counts).
 let status: number | undefined;
@@ -56,18 +41,14 @@ function listen() {
 }
 
 /**
- * The gateway's WebSocket with Node's built-in client (undici's): through `dispatcher` (on EC2 the global one, which
- * goes by the unit's HTTPS_PROXY, NO_PROXY and NODE_USE_ENV_PROXY), trusting NODE_EXTRA_CA_CERTS, checking the
+ * The gateway's WebSocket with Node's built-in client (undici's), as the EC2 bundles dial it (in user-data its bytes
+ * count; elsewhere protocol/websocket.ts's codec, lighter per message): through Node's global dispatcher, which goes by
+ * the unit's HTTPS_PROXY, NO_PROXY and NODE_USE_ENV_PROXY, trusting NODE_EXTRA_CA_CERTS, checking the
  * handshake's accept key, answering the gateway's pings. It cannot send a ping frame: its keepalive is PING_MESSAGE,
  * which the gateway answers in order. Resolves once open; rejects with the refusal's status (401 and 403 are final)
  * or the connection's error.
  */
-export function dialWebSocket(
-  url: URL,
-  headers: Record<string, string>,
-  timeoutMs = 10_000,
-  dispatcher?: Dispatcher,
-): Promise<LinkSocket> {
+export function dialWebSocket(url: URL, headers: Record<string, string>, timeoutMs = 10_000): Promise<LinkSocket> {
   if (!listening) listen();
   status = undefined;
   failure = "";
@@ -77,7 +58,7 @@ export function dialWebSocket(
     // With the message cap of protocol/link.ts rather than undici's 128 MiB: a gateway's larger message closes the
     // link (1009) before it is held.
     dispatcher: {
-      dispatch: (...args: unknown[]) => (dispatcher ?? globalDispatcher()).dispatch(...args),
+      dispatch: (...args: unknown[]) => globalDispatcher().dispatch(...args),
       webSocketOptions: { maxPayloadSize: WEBSOCKET_MAX_MESSAGE },
     } as unknown as WebSocketInit["dispatcher"],
   });

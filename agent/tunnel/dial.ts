@@ -84,6 +84,8 @@ export interface DialOptions {
   /** The upgrade request's path and protocol: the multiplexed tunnel's by default. */
   path?: string;
   protocol?: string;
+  /** Throws if the gateway's 101 answer is not acceptable (a WebSocket's accept key). */
+  check?(response: http.IncomingMessage): void;
 }
 
 /** A connection to the gateway: TCP (through HTTPS_PROXY unless NO_PROXY exempts it), then TLS for https://. */
@@ -178,8 +180,14 @@ export async function dialGateway(
       () => (req.destroy(), reject(new Error("the gateway did not answer the upgrade"))),
       timeoutMs,
     );
-    req.once("upgrade", (_: http.IncomingMessage, upgraded: net.Socket, head: Buffer) => {
+    req.once("upgrade", (res: http.IncomingMessage, upgraded: net.Socket, head: Buffer) => {
       clearTimeout(timer);
+      try {
+        options.check?.(res);
+      } catch (error) {
+        upgraded.destroy();
+        return reject(error);
+      }
       // Hold the gateway's first frames in the buffer until a session reads them: a
       // flowing socket with no listener would drop them.
       upgraded.pause();
