@@ -134,6 +134,37 @@ describe("the EC2 bundles' WebSocket (Node's own client) against a hostile gatew
     assert.equal(link.open, false);
   });
 
+  it("a link given up on (its pongs stopped, its dial timed out) leaves no connection behind, and hands on nothing after", async function () {
+    this.timeout(10_000);
+    // The gateway's side: connections it holds open, until the agent's end goes.
+    const open = new Set<net.Socket>();
+    const hold = (socket: net.Socket) => (open.add(socket), socket.on("close", () => open.delete(socket)));
+    // It reads (so it sees the agent's end) but never answers: no pong, no close frame.
+    const silent = await gateway((req, socket, head) => {
+      hold(socket as net.Socket);
+      acceptWebSocket(req.headers, socket as net.Socket, head);
+      socket.removeAllListeners("data");
+      socket.resume();
+    });
+    cleanup.push(silent.close);
+    const late: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const link = await dialWebSocket(silent.url, {}, 1000);
+      link.on("message", (text: string) => late.push(text));
+      link.keepAlive(10, 50);
+      await closed(link);
+    }
+    await eventually(() => open.size === 0, 5000, "every connection given up on is closed");
+    assert.deepEqual(late, []);
+    // A server that accepts the connection and never answers the upgrade.
+    const mute = net.createServer((socket) => hold(socket).resume());
+    await new Promise<void>((resolve) => mute.listen(0, "127.0.0.1", resolve));
+    cleanup.push(() => new Promise((resolve) => (mute.close(resolve), open.forEach((socket) => socket.destroy()))));
+    const url = new URL(`http://127.0.0.1:${(mute.address() as net.AddressInfo).port}/_agentpools/workers/connect`);
+    for (let i = 0; i < 3; i++) await assert.rejects(dialWebSocket(url, {}, 100), /did not answer the upgrade/);
+    await eventually(() => open.size === 0, 5000, "every timed-out dial's connection is closed");
+  });
+
   it("a gateway's message over 16 MiB closes the link before it is handed on (undici's own cap is 128 MiB)", async function () {
     this.timeout(20_000);
     const gw = await gateway(accepting((ws) => ws.send("x".repeat(WEBSOCKET_MAX_MESSAGE + 1))));

@@ -1,5 +1,6 @@
 import { subscribe } from "node:diagnostics_channel";
 import { EventEmitter } from "node:events";
+import type { Socket } from "node:net";
 import {
   PING_INTERVAL_MS,
   PING_MESSAGE,
@@ -53,15 +54,36 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
   status = undefined;
   failure = "";
   path = url.pathname;
+  // Node's client keeps the connection of a link closed without the gateway's close frame (one that stopped
+  // answering) until the kernel gives up on it: the connection is taken from the handshake, to end it.
+  let connection: Socket | undefined;
+  const watch = (handler: object) =>
+    new Proxy(handler, {
+      get(target: Record<string | symbol, unknown>, key) {
+        const value = target[key];
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (key === "onUpgrade") connection = args[2] as Socket;
+          if (key === "onRequestUpgrade") connection = args[3] as Socket;
+          return value.apply(target, args);
+        };
+      },
+    });
   const ws = new WebSocket(url, {
     headers,
     // With the message cap of protocol/link.ts rather than undici's 128 MiB: a gateway's larger message closes the
     // link (1009) before it is held.
     dispatcher: {
-      dispatch: (...args: unknown[]) => globalDispatcher().dispatch(...args),
+      dispatch: (options: unknown, handler: object) => globalDispatcher().dispatch(options, watch(handler)),
       webSocketOptions: { maxPayloadSize: WEBSOCKET_MAX_MESSAGE },
     } as unknown as WebSocketInit["dispatcher"],
   });
+  /** Closes, and ends the connection a moment later (time for the close frame), whether or not the gateway answers. */
+  const end = () => {
+    ws.close();
+    const held = connection;
+    if (held) setTimeout(() => held.destroy(), 1000).unref();
+  };
   const link = new EventEmitter() as LinkSocket & { open: boolean };
   let heard = () => {};
   const finish = () => link.open && ((link.open = false), link.emit("close"));
@@ -76,7 +98,7 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
   };
   link.ping = () => link.send(PING_MESSAGE);
   // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
-  link.close = () => (ws.close(), finish());
+  link.close = () => (end(), finish());
   link.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
     let deadline: NodeJS.Timeout | undefined;
     const tick = setInterval(() => {
@@ -87,9 +109,9 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
     link.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
   };
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => ws.close(), timeoutMs);
+    const timer = setTimeout(end, timeoutMs);
     ws.onopen = () => (clearTimeout(timer), (link.open = true), resolve(link));
-    ws.onmessage = ({ data }) => (heard(), link.emit(data === PONG_MESSAGE ? "pong" : "message", data));
+    ws.onmessage = ({ data }) => link.open && (heard(), link.emit(data === PONG_MESSAGE ? "pong" : "message", data));
     ws.onclose = () => {
       clearTimeout(timer);
       if (link.open) finish();
