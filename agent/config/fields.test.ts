@@ -30,9 +30,14 @@ describe("setting forms", () => {
       ["10.0.0.2", "10.0.0.2", "443"],
       [".eu-west-1.amazonaws.com", "secretsmanager.eu-west-1.amazonaws.com", "443"],
       ["*", "anything.example", "80"],
+      ["[fd00::5]", "fd00::5", "443"],
+      ["git.example,[::1]:8080", "::1", "8080"],
     ];
     for (const [list, host, port] of cases)
       assert.ok(NO_PROXY_PATTERN.test(list) && bypassesProxy(host, port, list), `${list} ${host}`);
+    // A port named is that port only.
+    assert.equal(bypassesProxy("::1", "443", "[::1]:8080"), false);
+    assert.equal(bypassesProxy("git.corp.example.com", "443", "*.corp.example.com:8443"), false);
   });
 
   it("durations: any length but none", () => {

@@ -13,7 +13,8 @@ export function bypassesProxy(host: string, port: string, noProxy = ""): boolean
     .filter(Boolean)
     .some((entry) => {
       if (entry === "*") return true;
-      const [name, entryPort] = entry.split(":");
+      // An IPv6 address is bracketed ("[fd00::5]:8443"), as the settings take it.
+      const [, name, entryPort] = /^\[(.+)\](?::(\d+))?$/.exec(entry) ?? /^([^:]*)(?::(.*))?$/.exec(entry) ?? [];
       if (entryPort && entryPort !== port) return false;
       const bare = name.replace(/^\*?\./, "");
       return host === bare || host.endsWith(`.${bare}`);
