@@ -57,24 +57,20 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
   // Node's client keeps the connection of a link closed without the gateway's close frame (one that stopped
   // answering) until the kernel gives up on it: the connection is taken from the handshake, to end it.
   let connection: Socket | undefined;
-  const watch = (handler: object) =>
+  const watch = (handler: { onUpgrade(...args: unknown[]): unknown }) =>
     new Proxy(handler, {
-      get(target: Record<string | symbol, unknown>, key) {
-        const value = target[key];
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => {
-          if (key === "onUpgrade") connection = args[2] as Socket;
-          if (key === "onRequestUpgrade") connection = args[3] as Socket;
-          return value.apply(target, args);
-        };
-      },
+      get: (target, key) =>
+        key === "onUpgrade"
+          ? (...args: unknown[]) => ((connection = args[2] as Socket), target.onUpgrade(...args))
+          : Reflect.get(target, key),
     });
   const ws = new WebSocket(url, {
     headers,
     // With the message cap of protocol/link.ts rather than undici's 128 MiB: a gateway's larger message closes the
     // link (1009) before it is held.
     dispatcher: {
-      dispatch: (options: unknown, handler: object) => globalDispatcher().dispatch(options, watch(handler)),
+      dispatch: (options: unknown, handler: Parameters<typeof watch>[0]) =>
+        globalDispatcher().dispatch(options, watch(handler)),
       webSocketOptions: { maxPayloadSize: WEBSOCKET_MAX_MESSAGE },
     } as unknown as WebSocketInit["dispatcher"],
   });
