@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
+import { eventually } from "../../devkit/helpers";
 import { dialGateway } from "./dial";
 
 describe("dialling the gateway (agent/tunnel/dial.ts)", () => {
@@ -25,6 +26,30 @@ describe("dialling the gateway (agent/tunnel/dial.ts)", () => {
       assert.equal(Buffer.concat(received).length, 0);
     } finally {
       proxy.close();
+    }
+  });
+
+  it("a gateway that accepts the connection and never speaks: each timed-out dial ends its connection", async () => {
+    const open = new Set<net.Socket>();
+    const silent = net.createServer((socket) => {
+      open.add(socket);
+      socket.on("close", () => open.delete(socket)).resume();
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as net.AddressInfo;
+    try {
+      for (const scheme of ["https", "http"]) {
+        for (let i = 0; i < 3; i++) {
+          await assert.rejects(
+            dialGateway(new URL(`${scheme}://127.0.0.1:${port}`), {}, { timeoutMs: 100 }),
+            scheme === "https" ? /TLS with 127\.0\.0\.1:\d+ timed out/ : /did not answer the upgrade/,
+          );
+        }
+      }
+      await eventually(() => open.size === 0, 5000, "every timed-out dial's connection closed");
+    } finally {
+      for (const socket of open) socket.destroy();
+      silent.close();
     }
   });
 });

@@ -21,11 +21,13 @@ export function bypassesProxy(host: string, port: string, noProxy = ""): boolean
     });
 }
 
-function once<T>(emitter: NodeJS.EventEmitter, ok: string, timeoutMs: number, what: string): Promise<T> {
+/** The socket's `ok` event within the deadline; a socket that misses it is ended, not left open. */
+function once<T>(socket: net.Socket, ok: string, timeoutMs: number, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what} timed out`)), timeoutMs);
-    emitter.once(ok, (value: T) => (clearTimeout(timer), resolve(value)));
-    emitter.once("error", (error: Error) => (clearTimeout(timer), reject(error)));
+    const fail = (error: Error) => (clearTimeout(timer), socket.destroy(), reject(error));
+    const timer = setTimeout(() => fail(new Error(`${what} timed out`)), timeoutMs);
+    socket.once(ok, (value: T) => (clearTimeout(timer), resolve(value)));
+    socket.once("error", fail);
   });
 }
 
@@ -104,7 +106,10 @@ export async function openGatewaySocket(
   if (!secure) return socket;
   // host: the name (or IP) the certificate is checked against; SNI only for names.
   const secured = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host });
-  await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`);
+  await once(secured, "secureConnect", timeoutMs, `TLS with ${gateway.host}`).catch((error: Error) => {
+    socket.destroy();
+    throw error;
+  });
   return secured;
 }
 
