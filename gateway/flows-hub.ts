@@ -177,7 +177,7 @@ export class FlowsHub {
    * Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed) end: 401. (The
    * agent has no cancel: its answer, when it comes, is dropped.)
    */
-  revoke(mayUse: (client: string, pool: string) => boolean): void {
+  keysChanged(mayUse: (client: string, pool: string) => boolean): void {
     for (const [pool, agents] of this.agents)
       for (const agent of agents)
         for (const [id, run] of agent.pending) {

@@ -113,6 +113,8 @@ export class Gateway {
       retention,
       pruneIntervalMs,
       maxAgentsPerPool,
+      maxQueued: options.maxQueued,
+      clientShare: options.clientShare,
     };
     this.workers = new WorkerHub(this.pools, this.log, workerOptions);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.handle(req, res);
@@ -240,8 +242,11 @@ export class Gateway {
     if (added.length + removed.length > 0) this.log.info("service keys changed", { added, removed, keys: keys.length });
     if (removed.length === 0) return;
     const mayUse = (client: string, pool: string) => this.auth.mayUse(client, pool);
-    this.vcs.revoke(mayUse);
-    this.flows.revoke(mayUse);
+    this.vcs.keysChanged(mayUse);
+    this.flows.keysChanged(mayUse);
+    this.workers
+      .keysChanged(mayUse)
+      .catch((error: Error) => this.log.error("ending a removed key's queued runs failed", { error: error.message }));
   }
 
   /** Whether a request's key (none: a route that takes none) still may use this pool. */
@@ -398,7 +403,15 @@ export class Gateway {
       case "runs":
       case "run":
       case "state":
-        return this.workers.handle(route, query, req, res, json, () => this.stillAllowed(verdict.key, route.pool));
+        return this.workers.handle(
+          route,
+          query,
+          req,
+          res,
+          json,
+          () => this.stillAllowed(verdict.key, route.pool),
+          verdict.key?.id,
+        );
       case "vcs":
         try {
           this.vcsPool(route.pool);

@@ -300,7 +300,7 @@ export class VcsHub {
   }
 
   /** Requests waiting for a client that may no longer use their pool (its key removed or narrowed) leave: 401. */
-  revoke(mayUse: (client: string, pool: string) => boolean): void {
+  keysChanged(mayUse: (client: string, pool: string) => boolean): void {
     for (const [pool, state] of this.state)
       for (const waiter of state.waiters.filter((w) => !mayUse(w.client, pool)))
         waiter.fail(new HttpError(401, KEY_REVOKED(pool)));

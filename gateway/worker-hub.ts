@@ -19,6 +19,7 @@ import {
 } from "../protocol/worker";
 import { certificateKey, sealBuffer } from "../protocol/seal";
 import { bearerToken, KEY_REVOKED } from "./auth";
+import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
 import { HttpError, readJsonBody } from "./http";
 import type { Route } from "./target";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
@@ -53,6 +54,9 @@ export interface WorkerHubOptions {
   /** Finished runs kept, and how often the rest is deleted. */
   retention?: Partial<RetentionPolicy>;
   pruneIntervalMs?: number;
+  /** Runs a pool holds queued, and the share of them one service key may (as a VCS pool's queue). */
+  maxQueued?: number;
+  clientShare?: number;
 }
 
 /** The defaults of the worker hub's settings (the gateway's configuration names them too). */
@@ -66,6 +70,8 @@ export const WORKER_DEFAULTS = {
 interface LiveRun {
   record: RunRecord;
   followers: Set<() => void>;
+  /** The service key that submitted it (this gateway's process only: a run loaded after a restart has none). */
+  client?: string;
   leaseTimer?: NodeJS.Timeout;
   /** When the gateway last asked the launcher for log lines it lacks, if none came since. */
   askedAt?: number;
@@ -465,7 +471,9 @@ export class WorkerHub {
     const finishedAt = now();
     let stored: boolean;
     try {
-      stored = await this.store.finishRun(record.id, this.claimOf(record), { ...outcome, finishedAt }, note);
+      // A run no launcher holds (still queued) has no lease to match.
+      const claim = record.worker === undefined ? undefined : this.claimOf(record);
+      stored = await this.store.finishRun(record.id, claim, { ...outcome, finishedAt }, note);
     } catch (error) {
       this.storageFailed(`store the outcome (${outcome.status})`, error, record);
       return false;
@@ -533,6 +541,17 @@ export class WorkerHub {
       entry.record.leaseExpiresAt = Date.now() + Math.min(1000, this.leaseMs);
       this.armLease(entry);
     }
+  }
+
+  /** Queued runs of a client that may no longer use their pool (its key removed or narrowed) end, refused. */
+  async keysChanged(mayUse: (client: string, pool: string) => boolean): Promise<void> {
+    for (const [pool, queue] of this.queues)
+      for (const id of queue) {
+        const entry = this.live.get(id);
+        if (entry?.client === undefined || entry.record.status !== "queued" || mayUse(entry.client, pool)) continue;
+        const reason = KEY_REVOKED(pool);
+        await this.end(entry, { status: "refused", reason, state: false }, `[agentpools: ${reason}]`);
+      }
   }
 
   private notify(entry: LiveRun): void {
@@ -620,10 +639,19 @@ export class WorkerHub {
     this.timers.add(timer);
   }
 
-  /** Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}; its environment is sealed at once. */
-  async submit(poolName: string, body: unknown): Promise<WorkerRun> {
+  /**
+   * Submit a run: {image, commands, environment?, timeoutSeconds?, stateFrom?}; its environment is sealed at once. A
+   * pool's queue is bounded, and one key (`client`) holds at most its share of it: beyond, 503 with Retry-After.
+   */
+  async submit(poolName: string, body: unknown, client = ""): Promise<WorkerRun> {
     const pool = this.pools.get(poolName)?.definition;
     if (pool?.kind !== "worker") throw new HttpError(404, `no worker pool named ${poolName}`);
+    const { maxQueued = QUEUE_DEFAULTS.maxQueued, clientShare = QUEUE_DEFAULTS.clientShare } = this.options;
+    const queued = this.queue(poolName).filter((id) => this.live.get(id)?.record.status === "queued");
+    if (queued.length >= maxQueued)
+      throw new HttpError(503, `pool ${poolName} has ${queued.length} runs queued`, RETRY_AFTER_SECONDS);
+    if (queued.filter((id) => this.live.get(id)?.client === client).length >= shareOf(maxQueued, clientShare))
+      throw new HttpError(503, `this key holds its share of pool ${poolName}'s queue`, RETRY_AFTER_SECONDS);
     const request = (body ?? {}) as Record<string, unknown>;
     const unknown = Object.keys(request).filter(
       (key) => !["image", "commands", "environment", "timeoutSeconds", "stateFrom"].includes(key),
@@ -691,7 +719,7 @@ export class WorkerHub {
       this.storageFailed("store a submitted run", error, record);
       throw error;
     }
-    this.live.set(record.id, { record, followers: new Set() });
+    this.live.set(record.id, { record, followers: new Set(), client });
     this.queue(poolName).push(record.id);
     this.log.info("run queued", { pool: poolName, run: record.id, image });
     void this.dispatch(poolName);
@@ -792,14 +820,22 @@ export class WorkerHub {
     query: Map<string, string>,
     req: http.IncomingMessage,
     res: http.ServerResponse,
-    json: (status: number, value: unknown) => void,
+    json: (status: number, value: unknown, headers?: Record<string, string>) => void,
     /** Whether the request's key still may use the pool (it may be removed while a body is read). */
     stillAllowed: () => boolean = () => true,
+    /** The request's service key (its id): one client of the pool's queue. */
+    client = "",
   ): void {
     const { pool } = route;
     const fail = (error: Error) => {
       if (res.headersSent) res.destroy();
-      else json(error instanceof HttpError ? error.status : 500, { error: error.message });
+      else if (!(error instanceof HttpError)) json(500, { error: error.message });
+      else
+        json(
+          error.status,
+          { error: error.message },
+          error.retryAfter ? { "retry-after": String(error.retryAfter) } : {},
+        );
       if (!(error instanceof HttpError))
         this.log.error("a worker API request failed", {
           method: req.method,
@@ -813,7 +849,7 @@ export class WorkerHub {
       if (route.kind === "runs" && req.method === "POST") {
         const parsed = await readJsonBody(req, "{image, commands, environment?, timeoutSeconds?, stateFrom?}");
         if (!stillAllowed()) throw new HttpError(401, KEY_REVOKED(pool));
-        return json(201, this.public(await this.submit(pool, parsed)));
+        return json(201, this.public(await this.submit(pool, parsed, client)));
       }
       if (req.method !== "GET") throw new HttpError(405, "method not allowed");
       if (route.kind === "run")
