@@ -88,16 +88,24 @@ class FlowsLink extends WebSocketLink {
       executor: this.executorName,
     });
 
+    // Runs not yet answered, by id: what a cancel ends. Once the link is gone no answer can reach anyone: all end.
+    const runs = new Map<string, AbortController>();
+    socket.once("close", () => runs.forEach((run) => run.abort()));
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (message?.type !== "run" || typeof message.id !== "string") return;
+      if (typeof message?.id !== "string") return;
+      if (message.type === "cancel") return runs.get(message.id)?.abort();
+      if (message.type !== "run" || runs.has(message.id)) return;
       const { id, job } = message;
       const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
+      const cancel = new AbortController();
+      runs.set(id, cancel);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor
-        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs)
+        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs, cancel.signal)
         .then(async (outcome) => {
+          runs.delete(id);
           await (answers = answers.then(
             () => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent())),
           ));

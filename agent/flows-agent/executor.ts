@@ -5,7 +5,7 @@ import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "no
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
-import { FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
+import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader } from "./channel";
 import {
   bwrapArgs,
@@ -50,8 +50,8 @@ export interface Runtime {
   exited: Promise<string>;
   /** Hands the job over; resolves with its checked answer, or rejects saying why there is none. */
   run(job: Job, timeoutMs: number): Promise<Answer>;
-  /** Ends the runtime; idempotent, never throws. */
-  kill(): void;
+  /** Ends the runtime (a run it holds fails with `why`); idempotent, never throws. */
+  kill(why?: string): void;
 }
 
 /**
@@ -129,7 +129,7 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   return {
     ready: started,
     exited,
-    kill,
+    kill: (why) => (why ? end(why) : kill()),
     run: (job, timeoutMs) =>
       new Promise((resolve, reject) => {
         if (ending) return reject(new Error(ending));
@@ -410,8 +410,20 @@ export function dockerLauncher(
 }
 
 export interface Executor {
-  run(job: Job, timeoutMs: number): Promise<Outcome>;
+  /** A job's outcome; once `cancel` aborts, a job still waiting never starts and a job running is ended. */
+  run(job: Job, timeoutMs: number, cancel?: AbortSignal): Promise<Outcome>;
   close(): void;
+}
+
+/** Waits in `queue` for a turn: true once given one, false if `cancel` aborts first (and the place is left). */
+function turn(queue: (() => void)[], cancel?: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (cancel?.aborted) return resolve(false);
+    const go = () => (cancel?.removeEventListener("abort", leave), resolve(true));
+    const leave = () => (queue.splice(queue.indexOf(go), 1), resolve(false));
+    queue.push(go);
+    cancel?.addEventListener("abort", leave, { once: true });
+  });
 }
 
 /** Runs jobs on fresh runtimes: at most poolSize at once, the rest wait their turn. */
@@ -458,13 +470,22 @@ export function executor({
       closed = true;
       for (const spare of spares.splice(0)) spare.kill();
     },
-    async run(job, timeoutMs) {
-      if (active >= poolSize) await new Promise<void>((resolve) => waiting.push(resolve));
-      active++;
+    async run(job, timeoutMs, cancel) {
       const began = performance.now();
+      const failed = (name: string, message: string): Outcome => ({
+        ok: false,
+        error: { name, message },
+        console: [],
+        durationMs: performance.now() - began,
+      });
+      if (active >= poolSize && !(await turn(waiting, cancel))) return failed("AbortError", FLOWS_CANCELLED);
+      active++;
       const spare = spares.shift();
       let used = spare;
+      const stop = () => used?.kill(FLOWS_CANCELLED);
+      cancel?.addEventListener("abort", stop);
       try {
+        if (cancel?.aborted) throw new Error(FLOWS_CANCELLED);
         used ??= launcher.start();
         // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
         if (!spare) await used.ready;
@@ -472,13 +493,10 @@ export function executor({
         return { ok, value, error, console, durationMs: performance.now() - began };
       } catch (error) {
         used?.kill();
-        return {
-          ok: false,
-          error: { name: "RuntimeError", message: (error as Error).message },
-          console: [],
-          durationMs: performance.now() - began,
-        };
+        const { message } = error as Error;
+        return failed(message === FLOWS_CANCELLED ? "AbortError" : "RuntimeError", message);
       } finally {
+        cancel?.removeEventListener("abort", stop);
         active--;
         waiting.shift()?.();
         // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
