@@ -10,8 +10,10 @@ import { parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
+  cancelRun,
   dockerLauncher,
   executor,
+  type Cancellation,
   processLauncher,
   type Executor,
   type Outcome,
@@ -89,21 +91,24 @@ class FlowsLink extends WebSocketLink {
     });
 
     // Runs not yet answered, by id: what a cancel ends. Once the link is gone no answer can reach anyone: all end.
-    const runs = new Map<string, AbortController>();
-    socket.once("close", () => runs.forEach((run) => run.abort()));
+    const runs = new Map<string, Cancellation>();
+    socket.once("close", () => runs.forEach(cancelRun));
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
       if (typeof message?.id !== "string") return;
-      if (message.type === "cancel") return runs.get(message.id)?.abort();
+      if (message.type === "cancel") {
+        const run = runs.get(message.id);
+        return void (run && cancelRun(run));
+      }
       if (message.type !== "run" || runs.has(message.id)) return;
       const { id, job } = message;
       const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
-      const cancel = new AbortController();
-      runs.set(id, cancel);
+      const cancellation: Cancellation = {};
+      runs.set(id, cancellation);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor
-        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs, cancel.signal)
+        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs, cancellation)
         .then(async (outcome) => {
           runs.delete(id);
           await (answers = answers.then(
