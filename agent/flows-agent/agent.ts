@@ -10,8 +10,10 @@ import { parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
+  cancelRun,
   dockerLauncher,
   executor,
+  type Cancellation,
   processLauncher,
   type Executor,
   type Outcome,
@@ -28,13 +30,16 @@ import {
 } from "../../protocol/flows";
 
 /**
- * The result message of a run: type and id are the agent's, every other field is taken one by
- * one from the checked outcome, and a message the gateway could not carry becomes an error
- * that names the cap.
+ * The result message of a run: type, id and duration are the agent's; the rest is the runtime's checked answer, as
+ * the text it came in (an object of an answer's fields only, so it holds none of the agent's: no value is encoded
+ * twice) or else field by field. A message the gateway could not carry becomes an error that names the cap.
  */
 export function resultMessage(id: string, outcome: Outcome): string {
-  const { ok, value, error, console, durationMs } = outcome;
-  const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
+  const { ok, value, error, console, durationMs, text: answer } = outcome;
+  const text =
+    answer?.[0] === "{"
+      ? `{"type":"result","id":${JSON.stringify(id)},"durationMs":${JSON.stringify(durationMs)},${answer.slice(1)}`
+      : JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
   // The gateway's checks, on the very text sent: a message over a cap would cost the whole link, not this run.
   const bytes = Buffer.byteLength(text);
   const over =
@@ -88,16 +93,27 @@ class FlowsLink extends WebSocketLink {
       executor: this.executorName,
     });
 
+    // Runs not yet answered, by id: what a cancel ends. Once the link is gone no answer can reach anyone: all end.
+    const runs = new Map<string, Cancellation>();
+    socket.once("close", () => runs.forEach(cancelRun));
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (message?.type !== "run" || typeof message.id !== "string") return;
+      if (typeof message?.id !== "string") return;
+      if (message.type === "cancel") {
+        const run = runs.get(message.id);
+        return void (run && cancelRun(run));
+      }
+      if (message.type !== "run" || runs.has(message.id)) return;
       const { id, job } = message;
       const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
+      const cancellation: Cancellation = {};
+      runs.set(id, cancellation);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor
-        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs)
+        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs, cancellation)
         .then(async (outcome) => {
+          runs.delete(id);
           await (answers = answers.then(
             () => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent())),
           ));
