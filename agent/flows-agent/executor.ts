@@ -438,7 +438,9 @@ function turn(queue: (() => void)[], cancellation: Cancellation = {}): Promise<b
     queue.push(go);
     cancellation.onCancel = () => {
       const at = queue.indexOf(go);
-      if (at >= 0) (queue.splice(at, 1), resolve(false));
+      if (at < 0) return;
+      queue.splice(at, 1);
+      resolve(false);
     };
   });
 }
