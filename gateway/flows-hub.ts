@@ -156,8 +156,7 @@ export class FlowsHub {
     // Runs in flight (each up to a MiB of code) are bounded: four per runtime, at least 16; the
     // rest wait at the agents. One client holds at most its share of them, as on the VCS path.
     const bound = Math.max(16, 4 * candidates.reduce((n, a) => n + a.poolSize, 0));
-    const inFlight = candidates.flatMap((a) => [...a.pending.values()]);
-    if (inFlight.length >= bound)
+    if (candidates.reduce((n, a) => n + a.pending.size, 0) >= bound)
       return Promise.reject(new HttpError(503, `pool ${pool} has ${bound} runs in flight`, RETRY_AFTER_SECONDS));
     const holder = `${pool}\n${client}`;
     if ((this.held.get(holder) ?? 0) >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
