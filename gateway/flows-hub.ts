@@ -4,7 +4,7 @@ import type { Socket } from "node:net";
 import { FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
 import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
-import { POOL_HEADER } from "../protocol/link";
+import { PING_TIMEOUT_MS, POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { bearerToken, KEY_REVOKED } from "./auth";
 import { HttpError } from "./http";
@@ -174,7 +174,7 @@ export class FlowsHub {
       // The run leaves first; its answer cannot be read before this turn has registered it.
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
       // The agent enforces the run's timeout from its start; this covers a run that waited at the agent, or a lost answer.
-      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.keepalive.flowsAnswerGraceMs ?? 10_000);
+      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + this.graceMs;
       const timer = setTimeout(
         () => this.cancel(agent, id, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
         waitMs,
@@ -193,7 +193,14 @@ export class FlowsHub {
     return answer;
   }
 
-  /** Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has. */
+  private get graceMs(): number {
+    return this.keepalive.flowsAnswerGraceMs ?? 10_000;
+  }
+
+  /**
+   * Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has (in
+   * milliseconds). An agent that has not within the ping timeout is not running its runs: dropped, it reconnects.
+   */
   private cancel(agent: FlowsAgent, id: string, why: HttpError): void {
     const run = agent.pending.get(id);
     if (!run || run.cancelled) return;
@@ -202,6 +209,10 @@ export class FlowsHub {
     run.reject(why);
     agent.socket.send(JSON.stringify({ type: "cancel", id } satisfies GatewayMessage));
     this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id, reason: why.message });
+    run.timer = setTimeout(() => {
+      this.log.warn("agent did not answer a cancelled run: disconnected", { pool: agent.pool, agent: agent.id, id });
+      agent.socket.close(1011);
+    }, this.keepalive.pingTimeoutMs ?? PING_TIMEOUT_MS);
   }
 
   /** Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed): 401, cancelled. */
