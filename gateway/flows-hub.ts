@@ -199,7 +199,8 @@ export class FlowsHub {
 
   /**
    * Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has (in
-   * milliseconds). An agent that has not within the ping timeout is not running its runs: dropped, it reconnects.
+   * milliseconds, unless its answers queue behind large ones on a slow link). One not answered within the ping timeout
+   * is counted gone (the agent is not dropped for it: that would fail every run on its link).
    */
   private cancel(agent: FlowsAgent, id: string, why: HttpError): void {
     const run = agent.pending.get(id);
@@ -210,8 +211,13 @@ export class FlowsHub {
     agent.socket.send(JSON.stringify({ type: "cancel", id } satisfies GatewayMessage));
     this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id, reason: why.message });
     run.timer = setTimeout(() => {
-      this.log.warn("agent did not answer a cancelled run: disconnected", { pool: agent.pool, agent: agent.id, id });
-      agent.socket.close(1011);
+      this.log.warn("agent did not answer a cancelled run in time: its place is counted free", {
+        pool: agent.pool,
+        agent: agent.id,
+        id,
+      });
+      agent.pending.delete(id);
+      run.left();
     }, this.keepalive.pingTimeoutMs ?? PING_TIMEOUT_MS);
   }
 
