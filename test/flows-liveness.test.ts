@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import type http from "node:http";
 import net from "node:net";
-import { Gateway } from "../gateway/gateway";
+import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
@@ -22,7 +22,8 @@ describe("Flows pools: liveness and fair routing", function () {
   let pool: ReturnType<typeof createPool>["pool"];
   const agents: Awaited<ReturnType<typeof flowsAgentStandIn>>[] = [];
 
-  beforeEach(async () => {
+  /** A gateway for each test; `options` beyond the defaults here. */
+  const start = async (options: Partial<GatewayOptions> = {}) => {
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
@@ -36,17 +37,20 @@ describe("Flows pools: liveness and fair routing", function () {
       log: log.log,
       pingIntervalMs: 50,
       pingTimeoutMs: 1000,
-      flowsAnswerGraceMs: 100,
+      ...options,
     });
     await gateway.listen();
-  });
+  };
+  beforeEach(() => start());
+  /** A short grace for runs unanswered past their timeout (the default is 10 s). */
+  const shortGrace = async () => (await gateway.close(), await start({ flowsAnswerGraceMs: 100 }));
   afterEach(async () => {
     for (const agent of agents.splice(0)) agent.socket.close();
     await gateway.close();
   });
 
-  const connect = async (name: string) => {
-    const agent = await flowsAgentStandIn(url, POOL, token, name);
+  const connect = async (name: string, poolSize = 1) => {
+    const agent = await flowsAgentStandIn(url, POOL, token, name, poolSize);
     agents.push(agent);
     await eventually(() => gateway.summary()[0].connections === agents.length);
     return agent;
@@ -68,12 +72,14 @@ describe("Flows pools: liveness and fair routing", function () {
       pending.catch(() => undefined); // ended with the gateway
       return pending;
     };
-    // A pool of one runtime takes 16 runs in flight (four per runtime, at least 16); one key, 12 of them.
+    // A pool of one runtime takes 16 runs (four per runtime, at least 16); one key, 12 of them. One is at the agent,
+    // the rest wait at the gateway.
     for (let i = 0; i < 12; i++) held("a");
-    await eventually(() => agent.runs.length === 12);
+    await eventually(() => agent.runs.length === 1);
     await assert.rejects(held("a"), /holds its share/);
     for (let i = 0; i < 4; i++) held("b");
-    await eventually(() => agent.runs.length === 16);
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 15]);
     await assert.rejects(held("c"), /16 runs in flight/);
     // Over HTTP: 503 with the time to wait.
     const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
@@ -83,7 +89,38 @@ describe("Flows pools: liveness and fair routing", function () {
     });
     assert.deepEqual([response.status, response.headers.get("retry-after")], [503, String(RETRY_AFTER_SECONDS)]);
     assert.match(((await response.json()) as { error: string }).error, /16 runs in flight/);
-    assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
+    assert.equal(agent.runs.length, 1, "no more than its runtimes reached the agent");
+  });
+
+  it("no key holds more than its share of the runtimes: another key's run goes to the one it leaves, and runs wait at the gateway, not the agent", async () => {
+    const agent = await connect("shared", 2);
+    agent.mute();
+    const post = (client: string) => {
+      const pending = gateway.flows.run(POOL, { kind: "expression", code: `'${client}'` }, 60_000, client);
+      pending.catch(() => undefined);
+      return pending;
+    };
+    // Key a's burst of long runs, then one run of key b: of two runtimes, a holds one (75% of 2, at least 1).
+    for (let i = 0; i < 5; i++) post("a");
+    const b = post("b");
+    await eventually(() => agent.runs.length === 2);
+    assert.deepEqual(agent.runs.map((r) => r.job.code).sort(), ["'a'", "'b'"]);
+    assert.equal(gateway.summary()[0].waiting, 4);
+    const answer = (run: { id: string }, value: string) =>
+      agent.socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value, console: [], durationMs: 1 }));
+    answer(
+      agent.runs.find((r) => r.job.code === "'b'")!,
+      "b",
+    );
+    assert.equal((await b).value, "b");
+    // The runtime b used is not a's while a holds its share; once a's run ends, a's next goes.
+    assert.equal(agent.runs.length, 2);
+    answer(
+      agent.runs.find((r) => r.job.code === "'a'")!,
+      "a",
+    );
+    await eventually(() => agent.runs.length === 3);
+    assert.equal(agent.runs[2].job.code, "'a'");
   });
 
   it("answers given but not taken count toward their key's share until taken (the gateway holds them meanwhile)", async () => {
@@ -110,7 +147,10 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 14);
   });
 
-  it("a run whose client hung up is cancelled at the agent, and holds its key's share until the agent answers the cancel (its place there is free only then)", async () => {
+  it("a run whose client hung up is cancelled: a queued one leaves the queue, the agent drops or ends one it holds, whose runtime stays taken until the agent answers the cancel", async () => {
+    // (An agent that leaves a cancelled run unanswered for the ping timeout is counted free: a long one here.)
+    await gateway.close();
+    await start({ pingTimeoutMs: 10_000 });
     const agent = await connect("gone");
     agent.mute();
     const gone = Promise.resolve(); // each client hangs up at once
@@ -118,28 +158,21 @@ describe("Flows pools: liveness and fair routing", function () {
       gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
     );
     for (const run of runs) await assert.rejects(run, /the client went away/);
-    await eventually(() => agent.cancels.length === 12);
-    assert.deepEqual(
-      agent.cancels,
-      agent.runs.map((r) => r.id),
-      "each run sent was cancelled, nothing else",
-    );
-    await assert.rejects(
-      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
-      /holds its share/,
-    );
-    assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
-    assert.equal(gateway.summary()[0].activeRequests, 12, "cancelled runs still hold their places at the agent");
-    // The agent answers one cancelled run: one place, and the key's share, free again.
-    const [first] = agent.cancels;
-    agent.socket.send(JSON.stringify({ type: "result", id: first, ok: false, console: [], durationMs: 1 }));
-    await eventually(() => gateway.summary()[0].activeRequests === 11);
-    const again = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a");
-    again.catch(() => undefined);
-    await eventually(() => agent.runs.length === 13);
+    await eventually(() => agent.cancels.length === 1);
+    assert.equal(agent.runs.length, 1, "the queued ones never reached the agent");
+    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the one sent was cancelled");
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 0], "the cancelled run still holds its runtime");
+    const next = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    next.catch(() => undefined);
+    assert.deepEqual([gateway.summary()[0].waiting, agent.runs.length], [1, 1], "the next waits for that runtime");
+    agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => agent.runs.length === 2);
+    assert.equal(agent.runs[1].job.code, "2");
   });
 
   it("a run unanswered past its timeout and the grace: 504 to its client, a cancel to the agent, its place held until the agent answers", async () => {
+    await shortGrace();
     const agent = await connect("late");
     agent.mute();
     const started = Date.now();
@@ -157,6 +190,46 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.ok(
       log.lines.some((l) => l.msg === "run cancelled" && l.reason === "no answer from the agent within 150 ms"),
     );
+    assert.equal(gateway.summary()[0].connections, 1, "an agent that answers its cancels stays");
+  });
+
+  it("a cancelled run the agent does not answer within the ping timeout is counted gone; the agent and its other runs stay", async () => {
+    const agent = await connect("deaf");
+    agent.mute();
+    const gone = Promise.resolve();
+    const cancelled = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone);
+    const other = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    await assert.rejects(cancelled, /the client went away/);
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 1]);
+    await eventually(() => agent.runs.length === 2, 5000, "the other run sent once the cancelled one is counted gone");
+    assert.deepEqual(agent.cancels, [agent.runs[0].id]);
+    assert.ok(
+      log.lines.some((l) => l.msg === "agent did not answer a cancelled run in time: its place is counted free"),
+    );
+    assert.equal(gateway.summary()[0].connections, 1);
+    agent.socket.send(
+      JSON.stringify({ type: "result", id: agent.runs[1].id, ok: true, value: 2, console: [], durationMs: 1 }),
+    );
+    assert.equal((await other).value, 2);
+  });
+
+  it("an agent's result reaches the client as an answer's fields only, its error's too (nothing else the agent sent)", async () => {
+    const agent = await connect("extra");
+    agent.mute();
+    const pending = run();
+    await eventually(() => agent.runs.length === 1);
+    const error = { name: "E", message: "m", type: "result", id: "another run's", value: 1, headers: { a: "b" } };
+    agent.socket.send(
+      JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, error, console: [], durationMs: 1, extra: 1 }),
+    );
+    const result = await pending;
+    assert.deepEqual(JSON.parse(JSON.stringify(result)), {
+      ok: false,
+      error: { name: "E", message: "m" },
+      console: [],
+      durationMs: 1,
+    });
   });
 
   it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
@@ -182,26 +255,33 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 0, "the run never reached the agent");
   });
 
-  it("a key removed while its runs are unanswered: those runs end with 401 at once, another key's are answered", async () => {
+  it("a key removed while its runs are unanswered: those runs end with 401 at once (cancelled at the agent, or out of the queue), another key's are answered", async () => {
     const other = serviceKey("other");
     gateway.setKeys([service.definition, other.definition]);
     const agent = await connect("late");
     agent.mute();
-    const removed = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, other.definition.id);
-    const kept = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, service.definition.id);
-    await eventually(() => agent.runs.length === 2);
+    const run = (client: string, code: string) => gateway.flows.run(POOL, { kind: "expression", code }, 60_000, client);
+    const removed = run(other.definition.id, "1");
+    const removedQueued = run(other.definition.id, "2");
+    const kept = run(service.definition.id, "3");
+    await eventually(() => agent.runs.length === 1);
     gateway.setKeys([service.definition]);
-    await assert.rejects(removed, (error: Error & { status?: number }) => {
-      assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
-      return true;
-    });
+    for (const ended of [removed, removedQueued])
+      await assert.rejects(ended, (error: Error & { status?: number }) => {
+        assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
+        return true;
+      });
     await eventually(() => agent.cancels.length === 1);
-    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the agent is told to drop the removed key's run, only that");
-    assert.equal(gateway.summary()[0].activeRequests, 2, "both hold their places at the agent until it answers");
-    // Both answers come; the removed key's reaches no one.
-    for (const { id } of agent.runs as { id: string }[])
-      agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
-    assert.equal((await kept).value, (agent.runs[1] as { id: string }).id);
+    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the agent is told to drop the removed key's run");
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 1], "the cancelled run holds its runtime; the kept one waits");
+    // The agent answers the cancelled run (the answer reaches no one); the kept run goes, and is answered.
+    agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => agent.runs.length === 2);
+    assert.equal(agent.runs[1].job.code, "3", "the removed key's queued run never reached the agent");
+    const { id } = agent.runs[1];
+    agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
+    assert.equal((await kept).value, id);
     await eventually(() => gateway.summary()[0].activeRequests === 0);
   });
 
