@@ -234,7 +234,11 @@ async function allBundles() {
     // Not made yet from these sources.
   }
   // terser is the slow part, and synchronous: the bundles are made on as many threads as there are cores.
-  const builds = ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant })));
+  // Every role's full bundle and its EC2 variants, and the Flows runtimes' own (agent/roles/flows-runner.ts).
+  const builds = [
+    ...ROLES.flatMap((role) => [{}, ...EC2_VARIANTS[role]].map((variant) => ({ role, variant }))),
+    { role: "flows-runner", variant: {} },
+  ];
   const threads = Math.min(availableParallelism(), 4);
   const privateNames = await shortenable();
   const made = await Promise.all(

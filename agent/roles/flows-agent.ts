@@ -1,16 +1,22 @@
-// Entry point of the flows-agent runtime bundle (build/bundles/flows-agent.js). The same
-// file is each runtime's entry when started with --flows-runner.
+// Entry point of the flows-agent runtime bundle (build/bundles/flows-agent.js). Runtimes start on the runner's own
+// bundle where one lies beside it (flows-runner.js); else (EC2, whose user-data carries one bundle) on this file,
+// with --flows-runner.
+import { existsSync } from "node:fs";
+import path from "node:path";
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { flowsAgentRole } from "../flows-agent/agent";
+import { BUILT_FOR } from "../config/variants";
+import { flowsAgentRole, type Runner } from "../flows-agent/agent";
 import { runRunner } from "../flows-agent/runner";
 
 if (process.argv.includes("--flows-runner")) {
   void runRunner();
 } else {
   const bundle = process.argv[1];
-  void runRole(
-    flowsAgentRole({ path: bundle, args: ["--flows-runner"], readable: [bundle] }),
-    settingsJsonSchema("flows-agent"),
-  );
+  const own = path.join(path.dirname(bundle), "flows-runner.js");
+  const runner: Runner =
+    BUILT_FOR.platform !== "ec2" && existsSync(own)
+      ? { path: own, args: [], readable: [own] }
+      : { path: bundle, args: ["--flows-runner"], readable: [bundle] };
+  void runRole(flowsAgentRole(runner), settingsJsonSchema("flows-agent"));
 }
