@@ -117,6 +117,7 @@ export function jsonKeys(value, keys = new Set()) {
  */
 export const INTERNAL_MEMBERS = [
   "answers",
+  "busy",
   "busyChanged",
   "cleanup",
   "credentials",
@@ -134,6 +135,8 @@ export const INTERNAL_MEMBERS = [
   "redact",
   "sinks",
   "stateFile",
+  "stopped",
+  "take",
   "targetLifecycleState",
   "wake",
   "workspaceInRun",
