@@ -148,6 +148,7 @@ export function internalMembers(root, reserved = []) {
   for (const file of sources(root))
     for (const [, name] of readFileSync(file, "utf8").matchAll(/["']([A-Za-z_$][\w$]*)["']/g)) quoted.add(name);
   const data = INTERNAL_MEMBERS.filter((name) => reserved.includes(name) || quoted.has(name));
-  if (data.length > 0) throw new Error(`scripts/internal-names.mjs: ${data.join(", ")} are data, never to be shortened`);
+  if (data.length > 0)
+    throw new Error(`scripts/internal-names.mjs: ${data.join(", ")} are data, never to be shortened`);
   return INTERNAL_MEMBERS;
 }

@@ -566,12 +566,12 @@ export class Launcher extends WebSocketLink {
 }
 
 /** The `launcher` role; `docker` names the Docker CLI (tests give a stand-in). */
-export function launcherRole(options: { docker?: string } = {}): Role<LauncherSettings> {
+export function launcherRole(options?: { docker?: string }): Role<LauncherSettings> {
   return {
     name: "launcher",
     start(settings, { log, env, busyChanged }): RunningAgent {
       const launcher = new Launcher({
-        ...prepareLauncher(settings, env ?? process.env, log, options.docker),
+        ...prepareLauncher(settings, env ?? process.env, log, options?.docker),
         busyChanged,
       });
       return {
