@@ -15,15 +15,25 @@ export interface FlowsRunResult extends Answer {
   durationMs: number;
 }
 
+/** A run sent to an agent, until the agent answers it (a cancelled one too: then its place there is free). */
+interface SentRun {
+  resolve(result: FlowsRunResult): void;
+  /** Ends the client's wait; the run stays until the agent answers. */
+  reject(error: Error): void;
+  timer: NodeJS.Timeout;
+  client: string;
+  /** The gateway gave up on it and told the agent. */
+  cancelled: boolean;
+  /** Called once it leaves the agent's runs. */
+  left(): void;
+}
+
 interface FlowsAgent extends ConnectedAgent {
   socket: WebSocket;
   poolSize: number;
   executor: string;
   draining: boolean;
-  pending: Map<
-    string,
-    { resolve(result: FlowsRunResult): void; reject(error: Error): void; timer: NodeJS.Timeout; client: string }
-  >;
+  pending: Map<string, SentRun>;
   /** When it was last sent a run (a counter): among the least loaded, the least recent gets the next. */
   lastUsed: number;
 }
@@ -43,7 +53,13 @@ export class FlowsHub {
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
-    private readonly keepalive: { pingIntervalMs?: number; pingTimeoutMs?: number; maxAgentsPerPool?: number } = {},
+    private readonly keepalive: {
+      pingIntervalMs?: number;
+      pingTimeoutMs?: number;
+      maxAgentsPerPool?: number;
+      /** Beyond a run's timeout, how long the gateway waits for its answer before cancelling it (504). */
+      flowsAnswerGraceMs?: number;
+    } = {},
   ) {}
 
   /** An agent's upgrade request: pool ID and token, then the WebSocket. */
@@ -95,6 +111,7 @@ export class FlowsHub {
       for (const [, run] of agent.pending) {
         clearTimeout(run.timer);
         run.reject(new HttpError(502, reason));
+        run.left();
       }
       this.log.info("agent disconnected", { pool: poolId, agent: agent.id });
     });
@@ -120,15 +137,16 @@ export class FlowsHub {
       if (!run) return;
       agent.pending.delete(message.id);
       clearTimeout(run.timer);
+      run.left();
       const { ok, value, error, console, durationMs } = message;
       run.resolve({ ok, value, error, console: Array.isArray(console) ? console : [], durationMs });
     }
   }
 
   /**
-   * Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. The run
-   * counts toward the client's share until it is answered and `taken` has settled (the answer delivered, or the
-   * client gone).
+   * Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. A client
+   * gone before the answer (`taken` settled) cancels the run. The run counts toward the client's share until the agent
+   * has answered it (cancelled or not) and `taken` has settled (the answer delivered, or the client gone).
    */
   run(pool: string, job: Job, timeoutMs?: number, client = "", taken?: Promise<unknown>): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
@@ -151,41 +169,48 @@ export class FlowsHub {
     const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
     agent.lastUsed = ++this.uses;
     const id = randomUUID();
+    let left!: () => void;
+    const atAgent = new Promise<void>((resolve) => (left = resolve));
     const answer = new Promise<FlowsRunResult>((resolve, reject) => {
       // The run leaves first; its answer cannot be read before this turn has registered it.
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
-      // The agent enforces the run's timeout; this one only covers a lost answer (keepalive drops a dead agent sooner).
-      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + 10_000;
-      const timer = setTimeout(() => {
-        agent.pending.delete(id);
-        reject(new HttpError(504, `no answer from the agent within ${waitMs} ms`));
-      }, waitMs);
-      agent.pending.set(id, { resolve, reject, timer, client });
+      // The agent enforces the run's timeout from its start; this covers a run that waited at the agent, or a lost answer.
+      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.keepalive.flowsAnswerGraceMs ?? 10_000);
+      const timer = setTimeout(
+        () => this.cancel(agent, id, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
+        waitMs,
+      );
+      agent.pending.set(id, { resolve, reject, timer, client, cancelled: false, left });
     });
     this.held.set(holder, (this.held.get(holder) ?? 0) + 1);
     const release = () => {
-      const left = (this.held.get(holder) as number) - 1;
-      if (left) this.held.set(holder, left);
+      const count = (this.held.get(holder) as number) - 1;
+      if (count) this.held.set(holder, count);
       else this.held.delete(holder);
     };
-    // Until both: a client that hangs up leaves its run at the agent, where it still holds a place.
-    void Promise.allSettled([answer, taken]).then(release);
+    // A client that hangs up leaves its run at the agent, where it holds a place until the agent answers the cancel.
+    void taken?.then(() => this.cancel(agent, id, new HttpError(499, "the client went away")));
+    void Promise.allSettled([atAgent, taken]).then(release);
     return answer;
   }
 
-  /**
-   * Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed) end: 401. (The
-   * agent has no cancel: its answer, when it comes, is dropped.)
-   */
+  /** Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has. */
+  private cancel(agent: FlowsAgent, id: string, why: HttpError): void {
+    const run = agent.pending.get(id);
+    if (!run || run.cancelled) return;
+    run.cancelled = true;
+    clearTimeout(run.timer);
+    run.reject(why);
+    agent.socket.send(JSON.stringify({ type: "cancel", id } satisfies GatewayMessage));
+    this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id, reason: why.message });
+  }
+
+  /** Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed): 401, cancelled. */
   keysChanged(mayUse: (client: string, pool: string) => boolean): void {
     for (const [pool, agents] of this.agents)
       for (const agent of agents)
-        for (const [id, run] of agent.pending) {
-          if (mayUse(run.client, pool)) continue;
-          agent.pending.delete(id);
-          clearTimeout(run.timer);
-          run.reject(new HttpError(401, KEY_REVOKED(pool)));
-        }
+        for (const [id, run] of agent.pending)
+          if (!mayUse(run.client, pool)) this.cancel(agent, id, new HttpError(401, KEY_REVOKED(pool)));
   }
 
   summary(pool: string) {

@@ -49,6 +49,8 @@ export interface GatewayOptions
   /** Keepalive on every agent link: a ping every interval; one unanswered for the timeout drops the agent. */
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
+  /** Beyond a Flows run's timeout, how long to wait for its answer before cancelling it with 504; 10 s by default. */
+  flowsAnswerGraceMs?: number;
 }
 
 /** Metadata tags an agent sends (base64url JSON): kept only as a small map of short strings. */

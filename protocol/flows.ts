@@ -66,8 +66,15 @@ export function overCaps(text: string): string | undefined {
 /** The whole result message as sent, escapes included: under half of WEBSOCKET_MAX_MESSAGE. */
 export const FLOWS_MAX_RESULT_BYTES = 7 * 1024 * 1024;
 
-/** Messages on the WebSocket (JSON text frames). */
-export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number };
+/**
+ * Messages on the WebSocket (JSON text frames). A run the gateway gave up on (its client gone, its
+ * key removed, no answer in time) is cancelled: the agent drops it if it has not started, ends its
+ * runtime if it has, and answers it either way, which is when the gateway counts its place free.
+ */
+export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number } | { type: "cancel"; id: string };
+
+/** The error a cancelled run ends with. */
+export const FLOWS_CANCELLED = "the run was cancelled: the gateway gave up on it";
 export type AgentMessage =
   | { type: "hello"; poolSize: number; executor: string }
   | {

@@ -36,6 +36,7 @@ describe("Flows pools: liveness and fair routing", function () {
       log: log.log,
       pingIntervalMs: 50,
       pingTimeoutMs: 1000,
+      flowsAnswerGraceMs: 100,
     });
     await gateway.listen();
   });
@@ -109,18 +110,53 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 14);
   });
 
-  it("a run whose client hung up still holds its key's share until the agent answers it (it still holds a place there)", async () => {
+  it("a run whose client hung up is cancelled at the agent, and holds its key's share until the agent answers the cancel (its place there is free only then)", async () => {
     const agent = await connect("gone");
     agent.mute();
     const gone = Promise.resolve(); // each client hangs up at once
-    for (let i = 0; i < 12; i++)
-      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone).catch(() => undefined);
-    await eventually(() => agent.runs.length === 12);
+    const runs = Array.from({ length: 12 }, () =>
+      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
+    );
+    for (const run of runs) await assert.rejects(run, /the client went away/);
+    await eventually(() => agent.cancels.length === 12);
+    assert.deepEqual(
+      agent.cancels,
+      agent.runs.map((r) => r.id),
+      "each run sent was cancelled, nothing else",
+    );
     await assert.rejects(
       gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
       /holds its share/,
     );
     assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
+    assert.equal(gateway.summary()[0].activeRequests, 12, "cancelled runs still hold their places at the agent");
+    // The agent answers one cancelled run: one place, and the key's share, free again.
+    const [first] = agent.cancels;
+    agent.socket.send(JSON.stringify({ type: "result", id: first, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => gateway.summary()[0].activeRequests === 11);
+    const again = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a");
+    again.catch(() => undefined);
+    await eventually(() => agent.runs.length === 13);
+  });
+
+  it("a run unanswered past its timeout and the grace: 504 to its client, a cancel to the agent, its place held until the agent answers", async () => {
+    const agent = await connect("late");
+    agent.mute();
+    const started = Date.now();
+    const late = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 50, "a");
+    await assert.rejects(late, (error: Error & { status?: number }) => {
+      assert.deepEqual([error.status, error.message], [504, "no answer from the agent within 150 ms"]);
+      return true;
+    });
+    assert.ok(Date.now() - started >= 150, "not before the timeout and the grace");
+    await eventually(() => agent.cancels.length === 1);
+    assert.deepEqual(agent.cancels, [agent.runs[0].id]);
+    assert.equal(gateway.summary()[0].activeRequests, 1, "still in flight at the agent");
+    agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => gateway.summary()[0].activeRequests === 0);
+    assert.ok(
+      log.lines.some((l) => l.msg === "run cancelled" && l.reason === "no answer from the agent within 150 ms"),
+    );
   });
 
   it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
@@ -159,11 +195,14 @@ describe("Flows pools: liveness and fair routing", function () {
       assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
       return true;
     });
-    assert.equal(gateway.summary()[0].activeRequests, 1, "the other key's run is still in flight");
-    // Both answers come; the removed key's finds no run waiting and is dropped.
+    await eventually(() => agent.cancels.length === 1);
+    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the agent is told to drop the removed key's run, only that");
+    assert.equal(gateway.summary()[0].activeRequests, 2, "both hold their places at the agent until it answers");
+    // Both answers come; the removed key's reaches no one.
     for (const { id } of agent.runs as { id: string }[])
       agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
     assert.equal((await kept).value, (agent.runs[1] as { id: string }).id);
+    await eventually(() => gateway.summary()[0].activeRequests === 0);
   });
 
   it("an agent that passes on an answer too costly to parse (nesting, objects and arrays) is dropped; its run fails", async () => {

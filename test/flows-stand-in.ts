@@ -22,11 +22,13 @@ export async function flowsAgentStandIn(url: string, pool: string, token: string
   const socket = new WebSocket(raw, true);
   let answering = true;
   let pongs = 0;
-  const runs: GatewayMessage[] = [];
+  const runs: Extract<GatewayMessage, { type: "run" }>[] = [];
+  const cancels: string[] = [];
   const write = raw.write.bind(raw) as (data: Buffer) => boolean;
   raw.write = ((data: Buffer) => ((data[0] & 0x0f) === 0xa && pongs++, write(data))) as typeof raw.write;
   socket.on("message", (text: string) => {
     const run = JSON.parse(text) as GatewayMessage;
+    if (run.type === "cancel") return void cancels.push(run.id);
     runs.push(run);
     if (answering)
       socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value: name, console: [], durationMs: 1 }));
@@ -36,6 +38,8 @@ export async function flowsAgentStandIn(url: string, pool: string, token: string
     socket,
     /** The run messages it received. */
     runs,
+    /** The ids of the runs the gateway cancelled. */
+    cancels,
     freeze: () => (raw.pause(), raw.removeAllListeners("data")),
     mute: () => (answering = false),
     /** Pongs sent: pings the gateway sent and this agent answered. */

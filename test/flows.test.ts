@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
@@ -18,7 +19,7 @@ import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
-import { FLOWS_MAX_ERROR_CHARS, FLOWS_MAX_VALUE_KEYS } from "../protocol/flows";
+import { FLOWS_CANCELLED, FLOWS_MAX_ERROR_CHARS, FLOWS_MAX_VALUE_KEYS } from "../protocol/flows";
 
 const POOL = "01FLOWSTEST";
 
@@ -235,6 +236,71 @@ describe("Flows agent and gateway", function () {
     const most = Math.max(...spans.map(([s]) => overlapAt(s)));
     assert.equal(most, 2, `at most the pool size (2) at once, saw ${most}`);
     assert.ok(results.every((r) => r.result.ok));
+  });
+
+  it("a client that hangs up cancels its run: one waiting at the agent never runs, one running has its runtime ended", async () => {
+    // What runs reach: a loopback server each run dials and names itself to.
+    const reached: string[] = [];
+    const ended: string[] = [];
+    const recorder = net.createServer((socket) => {
+      let name = "";
+      // Each named run is let go at once: "next" waits for that to answer (so its name has come).
+      socket.on(
+        "data",
+        (chunk) => void (name || reached.push((name = String(chunk))), name === "next" && socket.end()),
+      );
+      socket.on("error", () => undefined).on("close", () => ended.push(name));
+    });
+    recorder.listen(0, "127.0.0.1");
+    await once(recorder, "listening");
+    const port = (recorder.address() as net.AddressInfo).port;
+    const dial = (name: string, then: string) =>
+      `const net = process.getBuiltinModule("node:net");
+       const socket = net.connect(${port}, "127.0.0.1", () => socket.write(${JSON.stringify(name)}));
+       ${then}`;
+    const hold = "await new Promise(() => undefined);";
+    const clients = new Map<string, AbortController>();
+    const post = (name: string, code: string) => {
+      const client = new AbortController();
+      clients.set(name, client);
+      return fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
+        method: "POST",
+        headers: service.headers,
+        body: JSON.stringify({ kind: "block", code, timeoutMs: 30_000 }),
+        signal: client.signal,
+      }).then(
+        (r) => r.json() as Promise<any>,
+        (error: Error) => error.name,
+      );
+    };
+    const busy = () => gateway.summary().find((p) => p.name === POOL)!.activeRequests;
+    try {
+      // Both runtimes (pool size 2) held, a third run waits at the agent.
+      const held = [post("held-1", dial("held-1", hold)), post("held-2", dial("held-2", hold))];
+      await eventually(() => reached.length === 2);
+      const waiting = post("waiting", dial("waiting", "return 'ran';"));
+      await eventually(() => busy() === 3);
+      clients.get("waiting")!.abort();
+      assert.equal(await waiting, "AbortError");
+      await eventually(() => busy() === 2, 5000, "the waiting run answered as cancelled");
+      clients.get("held-1")!.abort();
+      await eventually(() => ended.includes("held-1"), 5000, "the running run's runtime ended (its socket closed)");
+      await eventually(() => busy() === 1);
+      // The freed runtime takes the next run, not the cancelled one.
+      const next = await post(
+        "next",
+        dial("next", "await new Promise((r) => socket.once('close', r)); return 'next';"),
+      );
+      assert.deepEqual([next.ok, next.value], [true, "next"]);
+      assert.deepEqual(reached.sort(), ["held-1", "held-2", "next"], "the cancelled waiting run never ran");
+      const cancelled = agentLog.lines.filter((l) => l.msg === "run finished" && l.error === FLOWS_CANCELLED);
+      assert.equal(cancelled.length, 2, "both cancelled runs answered as such");
+      clients.get("held-2")!.abort();
+      await Promise.all(held);
+      await eventually(() => busy() === 0);
+    } finally {
+      recorder.close();
+    }
   });
 
   it("no agent connected: a clear error, not a hang", async () => {

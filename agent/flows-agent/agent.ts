@@ -10,8 +10,10 @@ import { parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
+  cancelRun,
   dockerLauncher,
   executor,
+  type Cancellation,
   processLauncher,
   type Executor,
   type Outcome,
@@ -88,16 +90,27 @@ class FlowsLink extends WebSocketLink {
       executor: this.executorName,
     });
 
+    // Runs not yet answered, by id: what a cancel ends. Once the link is gone no answer can reach anyone: all end.
+    const runs = new Map<string, Cancellation>();
+    socket.once("close", () => runs.forEach(cancelRun));
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (message?.type !== "run" || typeof message.id !== "string") return;
+      if (typeof message?.id !== "string") return;
+      if (message.type === "cancel") {
+        const run = runs.get(message.id);
+        return void (run && cancelRun(run));
+      }
+      if (message.type !== "run" || runs.has(message.id)) return;
       const { id, job } = message;
       const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
+      const cancellation: Cancellation = {};
+      runs.set(id, cancellation);
       this.inFlight++;
       // Only what a job is made of goes on to the runtime.
       void this.executor
-        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs)
+        .run({ kind: job?.kind, code: job?.code, inputs: job?.inputs }, timeoutMs, cancellation)
         .then(async (outcome) => {
+          runs.delete(id);
           await (answers = answers.then(
             () => new Promise((sent) => (socket.open ? socket.send(resultMessage(id, outcome), sent) : sent())),
           ));

@@ -5,7 +5,7 @@ import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "no
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
-import { FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
+import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader } from "./channel";
 import {
   bwrapArgs,
@@ -50,8 +50,8 @@ export interface Runtime {
   exited: Promise<string>;
   /** Hands the job over; resolves with its checked answer, or rejects saying why there is none. */
   run(job: Job, timeoutMs: number): Promise<Answer>;
-  /** Ends the runtime; idempotent, never throws. */
-  kill(): void;
+  /** Ends the runtime (a run it holds fails with `why`); idempotent, never throws. */
+  kill(why?: string): void;
 }
 
 /**
@@ -129,7 +129,7 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   return {
     ready: started,
     exited,
-    kill,
+    kill: (why) => (why ? end(why) : kill()),
     run: (job, timeoutMs) =>
       new Promise((resolve, reject) => {
         if (ending) return reject(new Error(ending));
@@ -411,9 +411,36 @@ export function dockerLauncher(
   };
 }
 
+/**
+ * A job's cancellation, a plain object (an AbortController's events cost the warm path tens of microseconds): the
+ * caller calls `cancelRun`, the executor keeps in `onCancel` what ending the job takes at its current stage.
+ */
+export interface Cancellation {
+  cancelled?: boolean;
+  onCancel?: () => void;
+}
+
+export function cancelRun(cancellation: Cancellation): void {
+  cancellation.cancelled = true;
+  cancellation.onCancel?.();
+}
+
 export interface Executor {
-  run(job: Job, timeoutMs: number): Promise<Outcome>;
+  /** A job's outcome; once cancelled, a job still waiting never starts and a job running is ended. */
+  run(job: Job, timeoutMs: number, cancellation?: Cancellation): Promise<Outcome>;
   close(): void;
+}
+
+/** Waits in `queue` for a turn: true once given one, false if cancelled first (and the place is left). */
+function turn(queue: (() => void)[], cancellation: Cancellation = {}): Promise<boolean> {
+  return new Promise((resolve) => {
+    const go = () => resolve(true);
+    queue.push(go);
+    cancellation.onCancel = () => {
+      const at = queue.indexOf(go);
+      if (at >= 0) (queue.splice(at, 1), resolve(false));
+    };
+  });
 }
 
 /** Runs jobs on fresh runtimes: at most poolSize at once, the rest wait their turn. */
@@ -460,13 +487,22 @@ export function executor({
       closed = true;
       for (const spare of spares.splice(0)) spare.kill();
     },
-    async run(job, timeoutMs) {
-      if (active >= poolSize) await new Promise<void>((resolve) => waiting.push(resolve));
-      active++;
+    async run(job, timeoutMs, cancellation) {
       const began = performance.now();
+      const failed = (name: string, message: string): Outcome => ({
+        ok: false,
+        error: { name, message },
+        console: [],
+        durationMs: performance.now() - began,
+      });
+      if (active >= poolSize && !(await turn(waiting, cancellation))) return failed("AbortError", FLOWS_CANCELLED);
+      active++;
       const spare = spares.shift();
       let used = spare;
+      if (cancellation) cancellation.onCancel = () => used?.kill(FLOWS_CANCELLED);
       try {
+        // Cancelled while its turn came: not started.
+        if (cancellation?.cancelled) throw new Error(FLOWS_CANCELLED);
         used ??= launcher.start();
         // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
         if (!spare) await used.ready;
@@ -474,13 +510,10 @@ export function executor({
         return { ok, value, error, console, durationMs: performance.now() - began };
       } catch (error) {
         used?.kill();
-        return {
-          ok: false,
-          error: { name: "RuntimeError", message: (error as Error).message },
-          console: [],
-          durationMs: performance.now() - began,
-        };
+        const { message } = error as Error;
+        return failed(message === FLOWS_CANCELLED ? "AbortError" : "RuntimeError", message);
       } finally {
+        if (cancellation) cancellation.onCancel = undefined;
         active--;
         waiting.shift()?.();
         // A runtime that answered has parked itself (see runRunner). Killing it, tearing it
