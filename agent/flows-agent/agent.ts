@@ -30,13 +30,16 @@ import {
 } from "../../protocol/flows";
 
 /**
- * The result message of a run: type and id are the agent's, every other field is taken one by
- * one from the checked outcome, and a message the gateway could not carry becomes an error
- * that names the cap.
+ * The result message of a run: type, id and duration are the agent's; the rest is the runtime's checked answer, as
+ * the text it came in (an object of an answer's fields only, so it holds none of the agent's: no value is encoded
+ * twice) or else field by field. A message the gateway could not carry becomes an error that names the cap.
  */
 export function resultMessage(id: string, outcome: Outcome): string {
-  const { ok, value, error, console, durationMs } = outcome;
-  const text = JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
+  const { ok, value, error, console, durationMs, text: answer } = outcome;
+  const text =
+    answer?.[0] === "{"
+      ? `{"type":"result","id":${JSON.stringify(id)},"durationMs":${JSON.stringify(durationMs)},${answer.slice(1)}`
+      : JSON.stringify({ type: "result", id, ok, value, error, console, durationMs } satisfies AgentMessage);
   // The gateway's checks, on the very text sent: a message over a cap would cost the whole link, not this run.
   const bytes = Buffer.byteLength(text);
   const over =

@@ -162,12 +162,9 @@ describe("the runtime channel: frames", () => {
 });
 
 describe("the runtime channel: answers", () => {
-  it("a sound answer is rebuilt field by field", () => {
-    assert.deepEqual(checkAnswer('{"ok":true,"value":{"a":[1]},"console":["x"]}'), {
-      ok: true,
-      value: { a: [1] },
-      console: ["x"],
-    });
+  it("a sound answer is rebuilt field by field, and keeps the text it was read from", () => {
+    const text = '{"ok":true,"value":{"a":[1]},"console":["x"]}';
+    assert.deepEqual(checkAnswer(text), { ok: true, value: { a: [1] }, console: ["x"], text });
     const failed = checkAnswer('{"ok":false,"error":{"name":"E","message":"m","code":"C"},"console":[]}');
     assert.deepEqual(failed.error, { name: "E", message: "m", stack: undefined, code: "C" });
   });

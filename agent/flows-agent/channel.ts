@@ -94,12 +94,17 @@ export function readFrameSync(fd: number): string | undefined {
 
 const optional = (value: unknown) => value === undefined || typeof value === "string";
 
+/** A checked answer, and the text it was read from: one JSON object that holds only an answer's fields. */
+export interface CheckedAnswer extends Answer {
+  text: string;
+}
+
 /**
  * A runtime's answer checked against its schema and its caps, and rebuilt field by field (nothing else of what the
  * runtime sent is kept): throws, saying what does not hold, if it does not. The runtime keeps to the caps by itself;
  * one that does not (its code wrote its own frame) fails its run here.
  */
-export function checkAnswer(text: string): Answer {
+export function checkAnswer(text: string): CheckedAnswer {
   // Measured before it is parsed.
   const over = overCaps(text);
   if (over) throw new Error(over);
@@ -128,5 +133,5 @@ export function checkAnswer(text: string): Answer {
       `over a cap: the result ${FLOWS_MAX_VALUE_BYTES} bytes, the console ${FLOWS_MAX_CONSOLE_LINES} lines or ${FLOWS_MAX_CONSOLE_BYTES} bytes, an error's fields ${FLOWS_MAX_ERROR_CHARS} characters`,
     );
   }
-  return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }) };
+  return { ok, value, console, ...(error === undefined ? {} : { error: { name, message, stack, code } }), text };
 }

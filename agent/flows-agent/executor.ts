@@ -6,7 +6,7 @@ import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
-import { checkAnswer, encodeFrame, frameReader } from "./channel";
+import { checkAnswer, encodeFrame, frameReader, type CheckedAnswer } from "./channel";
 import {
   bwrapArgs,
   libraryDirectories,
@@ -26,6 +26,8 @@ import {
 
 export interface Outcome extends Answer {
   durationMs: number;
+  /** The runtime's checked answer as it came (see checkAnswer), passed on as it is. */
+  text?: string;
 }
 
 /** Resident memory a runtime may use beyond its heap cap (Node itself, buffers). */
@@ -49,7 +51,7 @@ export interface Runtime {
   /** Why it ended, once it has. */
   exited: Promise<string>;
   /** Hands the job over; resolves with its checked answer, or rejects saying why there is none. */
-  run(job: Job, timeoutMs: number): Promise<Answer>;
+  run(job: Job, timeoutMs: number): Promise<CheckedAnswer>;
   /** Ends the runtime (a run it holds fails with `why`); idempotent, never throws. */
   kill(why?: string): void;
 }
@@ -64,7 +66,7 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   const { child, answers, jobs } = spawned;
   const timers: NodeJS.Timeout[] = [];
   let ending: string | undefined;
-  let answered: { resolve(answer: Answer): void; reject(error: Error): void } | undefined;
+  let answered: { resolve(answer: CheckedAnswer): void; reject(error: Error): void } | undefined;
   let stderr = "";
   const kill = () => {
     try {
@@ -438,7 +440,9 @@ function turn(queue: (() => void)[], cancellation: Cancellation = {}): Promise<b
     queue.push(go);
     cancellation.onCancel = () => {
       const at = queue.indexOf(go);
-      if (at >= 0) (queue.splice(at, 1), resolve(false));
+      if (at < 0) return;
+      queue.splice(at, 1);
+      resolve(false);
     };
   });
 }
@@ -506,8 +510,8 @@ export function executor({
         used ??= launcher.start();
         // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
         if (!spare) await used.ready;
-        const { ok, value, error, console } = await used.run(job, timeoutMs);
-        return { ok, value, error, console, durationMs: performance.now() - began };
+        const { ok, value, error, console, text } = await used.run(job, timeoutMs);
+        return { ok, value, error, console, durationMs: performance.now() - began, text };
       } catch (error) {
         used?.kill();
         const { message } = error as Error;
