@@ -356,7 +356,7 @@ export class Launcher extends WebSocketLink {
 
   private async openEnvironment(sealed: string): Promise<Record<string, string>> {
     try {
-      return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString("utf8"));
+      return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString());
     } catch (error) {
       throw new Error(`the run's environment cannot be opened: ${(error as Error).message}`);
     }
