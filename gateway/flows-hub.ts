@@ -4,7 +4,7 @@ import type { Socket } from "node:net";
 import { FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
 import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
-import { POOL_HEADER } from "../protocol/link";
+import { PING_TIMEOUT_MS, POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { bearerToken, KEY_REVOKED } from "./auth";
 import { HttpError } from "./http";
@@ -156,8 +156,7 @@ export class FlowsHub {
     // Runs in flight (each up to a MiB of code) are bounded: four per runtime, at least 16; the
     // rest wait at the agents. One client holds at most its share of them, as on the VCS path.
     const bound = Math.max(16, 4 * candidates.reduce((n, a) => n + a.poolSize, 0));
-    const inFlight = candidates.flatMap((a) => [...a.pending.values()]);
-    if (inFlight.length >= bound)
+    if (candidates.reduce((n, a) => n + a.pending.size, 0) >= bound)
       return Promise.reject(new HttpError(503, `pool ${pool} has ${bound} runs in flight`, RETRY_AFTER_SECONDS));
     const holder = `${pool}\n${client}`;
     if ((this.held.get(holder) ?? 0) >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
@@ -175,7 +174,7 @@ export class FlowsHub {
       // The run leaves first; its answer cannot be read before this turn has registered it.
       agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
       // The agent enforces the run's timeout from its start; this covers a run that waited at the agent, or a lost answer.
-      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.keepalive.flowsAnswerGraceMs ?? 10_000);
+      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + this.graceMs;
       const timer = setTimeout(
         () => this.cancel(agent, id, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
         waitMs,
@@ -194,7 +193,15 @@ export class FlowsHub {
     return answer;
   }
 
-  /** Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has. */
+  private get graceMs(): number {
+    return this.keepalive.flowsAnswerGraceMs ?? 10_000;
+  }
+
+  /**
+   * Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has (in
+   * milliseconds, unless its answers queue behind large ones on a slow link). One not answered within the ping timeout
+   * is counted gone (the agent is not dropped for it: that would fail every run on its link).
+   */
   private cancel(agent: FlowsAgent, id: string, why: HttpError): void {
     const run = agent.pending.get(id);
     if (!run || run.cancelled) return;
@@ -203,6 +210,15 @@ export class FlowsHub {
     run.reject(why);
     agent.socket.send(JSON.stringify({ type: "cancel", id } satisfies GatewayMessage));
     this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id, reason: why.message });
+    run.timer = setTimeout(() => {
+      this.log.warn("agent did not answer a cancelled run in time: its place is counted free", {
+        pool: agent.pool,
+        agent: agent.id,
+        id,
+      });
+      agent.pending.delete(id);
+      run.left();
+    }, this.keepalive.pingTimeoutMs ?? PING_TIMEOUT_MS);
   }
 
   /** Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed): 401, cancelled. */

@@ -24,9 +24,9 @@ function maskKey(): Buffer {
 }
 
 /** A payload masked (or unmasked) with a 4-byte key, into a new buffer (RFC 6455, 5.3). */
-function xor(payload: Buffer, key: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(payload.length);
-  for (let i = 0; i < payload.length; i++) out[i] = payload[i] ^ key[i & 3];
+/** `payload` XOR the 4-byte `key`, written to `out` (which may be `payload` itself) from `at`. */
+function xor(payload: Buffer, key: Buffer, out = Buffer.allocUnsafe(payload.length), at = 0): Buffer {
+  for (let i = 0; i < payload.length; i++) out[at + i] = payload[i] ^ key[i & 3];
   return out;
 }
 
@@ -87,22 +87,26 @@ export class WebSocket extends EventEmitter {
       socket.destroy();
       this.emit("close");
     };
-    const frame = (opcode: number, payload: Buffer, sent?: () => void) => {
+    /** A frame of `payload` (bytes, or text written as UTF-8), in one buffer, masked in place by a client. */
+    const frame = (opcode: number, payload: Buffer | string, sent?: () => void) => {
       if (!this.open) return;
-      const length = payload.length;
+      const length = typeof payload === "string" ? Buffer.byteLength(payload) : payload.length;
       const extended = length < 126 ? 0 : length < 65536 ? 2 : 8;
-      const mask = isClient ? 4 : 0;
-      const header = Buffer.alloc(2 + extended + mask);
-      header[0] = 0x80 | opcode;
-      header[1] = (isClient ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
-      if (extended === 2) header.writeUInt16BE(length, 2);
-      if (extended === 8) header.writeBigUInt64BE(BigInt(length), 2);
+      const start = 2 + extended + (isClient ? 4 : 0);
+      const out = Buffer.allocUnsafe(start + length);
+      out[0] = 0x80 | opcode;
+      out[1] = (isClient ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
+      if (extended === 2) out.writeUInt16BE(length, 2);
+      if (extended === 8) out.writeBigUInt64BE(BigInt(length), 2);
+      if (typeof payload === "string") out.write(payload, start);
+      else payload.copy(out, start);
       if (isClient) {
         const key = maskKey();
-        key.copy(header, 2 + extended);
-        payload = xor(payload, key);
+        key.copy(out, start - 4);
+        const body = out.subarray(start);
+        xor(body, key, body);
       }
-      socket.write(Buffer.concat([header, payload]), sent);
+      socket.write(out, sent);
     };
     const close = (this.close = (code = 1000) => {
       if (!this.open) return;
@@ -113,7 +117,7 @@ export class WebSocket extends EventEmitter {
       finish();
     });
     const ping = (this.ping = () => frame(0x9, Buffer.alloc(0)));
-    this.send = (text, sent) => frame(0x1, Buffer.from(text, "utf8"), sent);
+    this.send = (text, sent) => frame(0x1, text, sent);
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
       const tick = setInterval(() => {
@@ -138,7 +142,7 @@ export class WebSocket extends EventEmitter {
             fragmented = 0;
             const text = whole.toString("utf8");
             // A client's ping as text (PING_MESSAGE) is answered here, in order, as a ping frame would be.
-            if (!isClient && text === PING_MESSAGE) return frame(0x1, Buffer.from(PONG_MESSAGE));
+            if (!isClient && text === PING_MESSAGE) return frame(0x1, PONG_MESSAGE);
             this.emit("message", text);
           }
           return;

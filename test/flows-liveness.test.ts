@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import type http from "node:http";
 import net from "node:net";
-import { Gateway } from "../gateway/gateway";
+import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
@@ -22,7 +22,8 @@ describe("Flows pools: liveness and fair routing", function () {
   let pool: ReturnType<typeof createPool>["pool"];
   const agents: Awaited<ReturnType<typeof flowsAgentStandIn>>[] = [];
 
-  beforeEach(async () => {
+  /** A gateway for each test; `options` beyond the defaults here. */
+  const start = async (options: Partial<GatewayOptions> = {}) => {
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
@@ -36,10 +37,13 @@ describe("Flows pools: liveness and fair routing", function () {
       log: log.log,
       pingIntervalMs: 50,
       pingTimeoutMs: 1000,
-      flowsAnswerGraceMs: 100,
+      ...options,
     });
     await gateway.listen();
-  });
+  };
+  beforeEach(() => start());
+  /** A short grace for runs unanswered past their timeout (the default is 10 s). */
+  const shortGrace = async () => (await gateway.close(), await start({ flowsAnswerGraceMs: 100 }));
   afterEach(async () => {
     for (const agent of agents.splice(0)) agent.socket.close();
     await gateway.close();
@@ -111,6 +115,9 @@ describe("Flows pools: liveness and fair routing", function () {
   });
 
   it("a run whose client hung up is cancelled at the agent, and holds its key's share until the agent answers the cancel (its place there is free only then)", async () => {
+    // (An agent that leaves a cancelled run unanswered for the ping timeout is dropped: a long one here.)
+    await gateway.close();
+    await start({ pingTimeoutMs: 10_000 });
     const agent = await connect("gone");
     agent.mute();
     const gone = Promise.resolve(); // each client hangs up at once
@@ -140,6 +147,7 @@ describe("Flows pools: liveness and fair routing", function () {
   });
 
   it("a run unanswered past its timeout and the grace: 504 to its client, a cancel to the agent, its place held until the agent answers", async () => {
+    await shortGrace();
     const agent = await connect("late");
     agent.mute();
     const started = Date.now();
@@ -157,6 +165,27 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.ok(
       log.lines.some((l) => l.msg === "run cancelled" && l.reason === "no answer from the agent within 150 ms"),
     );
+    assert.equal(gateway.summary()[0].connections, 1, "an agent that answers its cancels stays");
+  });
+
+  it("a cancelled run the agent does not answer within the ping timeout is counted gone; the agent and its other runs stay", async () => {
+    const agent = await connect("deaf");
+    agent.mute();
+    const gone = Promise.resolve();
+    const cancelled = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone);
+    const other = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    await assert.rejects(cancelled, /the client went away/);
+    assert.equal(gateway.summary()[0].activeRequests, 2);
+    await eventually(() => gateway.summary()[0].activeRequests === 1, 5000, "the cancelled run counted gone");
+    assert.deepEqual(agent.cancels, [agent.runs[0].id]);
+    assert.ok(
+      log.lines.some((l) => l.msg === "agent did not answer a cancelled run in time: its place is counted free"),
+    );
+    assert.equal(gateway.summary()[0].connections, 1);
+    agent.socket.send(
+      JSON.stringify({ type: "result", id: agent.runs[1].id, ok: true, value: 2, console: [], durationMs: 1 }),
+    );
+    assert.equal((await other).value, 2);
   });
 
   it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
