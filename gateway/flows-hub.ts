@@ -139,7 +139,9 @@ export class FlowsHub {
       clearTimeout(run.timer);
       run.left();
       const { ok, value, error, console, durationMs } = message;
-      run.resolve({ ok, value, error, console: Array.isArray(console) ? console : [], durationMs });
+      // Field by field, the error's too: what reaches the client is an answer's fields, whatever the agent sent.
+      const fields = error && { name: error.name, message: error.message, stack: error.stack, code: error.code };
+      run.resolve({ ok, value, error: fields, console: Array.isArray(console) ? console : [], durationMs });
     }
   }
 

@@ -188,6 +188,24 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal((await other).value, 2);
   });
 
+  it("an agent's result reaches the client as an answer's fields only, its error's too (nothing else the agent sent)", async () => {
+    const agent = await connect("extra");
+    agent.mute();
+    const pending = run();
+    await eventually(() => agent.runs.length === 1);
+    const error = { name: "E", message: "m", type: "result", id: "another run's", value: 1, headers: { a: "b" } };
+    agent.socket.send(
+      JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, error, console: [], durationMs: 1, extra: 1 }),
+    );
+    const result = await pending;
+    assert.deepEqual(JSON.parse(JSON.stringify(result)), {
+      ok: false,
+      error: { name: "E", message: "m" },
+      console: [],
+      durationMs: 1,
+    });
+  });
+
   it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
     const other = serviceKey("other");
     gateway.setKeys([service.definition, other.definition]);

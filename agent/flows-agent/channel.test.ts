@@ -179,6 +179,8 @@ describe("the runtime channel: answers", () => {
       ['{"ok":true,"console":[1]}', /wrong types/],
       ['{"ok":false,"console":[],"error":null}', /wrong types/],
       ['{"ok":false,"console":[],"error":{"name":5,"message":"m"}}', /wrong types/],
+      ['{"ok":false,"console":[],"error":{"name":"E","message":"m","type":"result","value":1}}', /unknown fields/],
+      ['{"ok":false,"console":[],"error":{"name":"E","message":"m","__proto__":{"polluted":1}}}', /unknown fields/],
       ["null", /wrong types/],
       ["[1]", /unknown fields/],
       [

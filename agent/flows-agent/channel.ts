@@ -109,9 +109,10 @@ export function checkAnswer(text: string): CheckedAnswer {
   const over = overCaps(text);
   if (over) throw new Error(over);
   const { ok, value, error, console, ...unknown } = JSON.parse(text) ?? {};
-  const { name, message, stack, code } = error ?? {};
+  const { name, message, stack, code, ...unknownInError } = error ?? {};
   if (
     Object.keys(unknown).length > 0 ||
+    Object.keys(unknownInError).length > 0 ||
     typeof ok !== "boolean" ||
     !Array.isArray(console) ||
     !console.every((line) => typeof line === "string") ||
