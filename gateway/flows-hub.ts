@@ -15,16 +15,27 @@ export interface FlowsRunResult extends Answer {
   durationMs: number;
 }
 
-/** A run sent to an agent, until the agent answers it (a cancelled one too: then its place there is free). */
-interface SentRun {
-  resolve(result: FlowsRunResult): void;
-  /** Ends the client's wait; the run stays until the agent answers. */
-  reject(error: Error): void;
-  timer: NodeJS.Timeout;
+/**
+ * A run at the gateway: queued until an agent has a runtime free for it, then sent, until the agent answers it (a
+ * cancelled one too: only then is its runtime free).
+ */
+interface FlowsRun {
+  id: string;
+  pool: string;
+  job: Job;
+  timeoutMs?: number;
   client: string;
+  /** Its order of arrival. */
+  seq: number;
+  /** The agent it was sent to; none while queued. */
+  agent?: FlowsAgent;
+  resolve(result: FlowsRunResult): void;
+  /** Ends the client's wait; a run sent stays until the agent answers. */
+  reject(error: Error): void;
+  timer?: NodeJS.Timeout;
   /** The gateway gave up on it and told the agent. */
   cancelled: boolean;
-  /** Called once it leaves the agent's runs. */
+  /** Called once it leaves the queue or its agent's runs. */
   left(): void;
 }
 
@@ -33,7 +44,8 @@ interface FlowsAgent extends ConnectedAgent {
   poolSize: number;
   executor: string;
   draining: boolean;
-  pending: Map<string, SentRun>;
+  /** Runs sent to it and not answered: at most its pool size (the rest wait here, where no key can jump them). */
+  pending: Map<string, FlowsRun>;
   /** When it was last sent a run (a counter): among the least loaded, the least recent gets the next. */
   lastUsed: number;
 }
@@ -42,7 +54,12 @@ interface FlowsAgent extends ConnectedAgent {
 export class FlowsHub {
   private readonly agents = new Map<string, Set<FlowsAgent>>();
 
+  /** Per pool, runs waiting for a free runtime. */
+  private readonly queues = new Map<string, FlowsRun[]>();
+
   private uses = 0;
+
+  private arrivals = 0;
 
   /**
    * Per pool and client: runs from their start until their answer is taken (the client's response closed). An answer
@@ -53,10 +70,12 @@ export class FlowsHub {
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
-    private readonly keepalive: {
+    private readonly options: {
       pingIntervalMs?: number;
       pingTimeoutMs?: number;
       maxAgentsPerPool?: number;
+      /** The most of a pool's runs at the gateway, and of its runtimes, one key holds. */
+      clientShare?: number;
       /** Beyond a run's timeout, how long the gateway waits for its answer before cancelling it (504). */
       flowsAnswerGraceMs?: number;
     } = {},
@@ -77,7 +96,7 @@ export class FlowsHub {
     const pool = this.pools.get(poolId);
     if (!pool || pool.definition.kind !== "flows" || !secretMatches(pool.definition, token))
       return refuse(401, "pool ID or token refused", { remote, pool: poolId });
-    const full = poolFull(poolId, this.agents.get(poolId)?.size ?? 0, this.keepalive.maxAgentsPerPool);
+    const full = poolFull(poolId, this.agents.get(poolId)?.size ?? 0, this.options.maxAgentsPerPool);
     if (full) return refuse(503, full, { remote });
 
     const webSocket = acceptWebSocket(req.headers, socket, head);
@@ -99,7 +118,7 @@ export class FlowsHub {
     agent.socket.on("message", (text: string) => this.receive(agent, text));
     // An agent that stops answering pings (hung, stopped, cut off) is dropped, and its runs fail.
     let unanswered = false;
-    agent.socket.keepAlive(this.keepalive.pingIntervalMs, this.keepalive.pingTimeoutMs);
+    agent.socket.keepAlive(this.options.pingIntervalMs, this.options.pingTimeoutMs);
     agent.socket.once("timeout", () => {
       unanswered = true;
       const runs = agent.pending.size;
@@ -113,10 +132,13 @@ export class FlowsHub {
         run.reject(new HttpError(502, reason));
         run.left();
       }
+      agent.pending.clear();
       this.log.info("agent disconnected", { pool: poolId, agent: agent.id });
+      this.pump(poolId);
     });
     agents.add(agent);
     this.log.info("agent connected", { pool: poolId, agent: agent.id, remote, metadata });
+    this.pump(poolId);
   }
 
   private receive(agent: FlowsAgent, text: string): void {
@@ -130,14 +152,17 @@ export class FlowsHub {
     if (message.type === "hello") {
       agent.poolSize = Math.max(1, Math.min(64, Number(message.poolSize) || 1));
       agent.executor = String(message.executor);
+      this.pump(agent.pool);
     } else if (message.type === "draining") {
       agent.draining = true;
+      this.pump(agent.pool);
     } else if (message.type === "result") {
       const run = agent.pending.get(message.id);
       if (!run) return;
       agent.pending.delete(message.id);
       clearTimeout(run.timer);
       run.left();
+      this.pump(agent.pool);
       const { ok, value, error, console, durationMs } = message;
       // Field by field, the error's too: what reaches the client is an answer's fields, whatever the agent sent.
       const fields = error && { name: error.name, message: error.message, stack: error.stack, code: error.code };
@@ -146,89 +171,159 @@ export class FlowsHub {
   }
 
   /**
-   * Run code on one of the pool's agents: the least busy; without timeoutMs the agent's default applies. A client
-   * gone before the answer (`taken` settled) cancels the run. The run counts toward the client's share until the agent
-   * has answered it (cancelled or not) and `taken` has settled (the answer delivered, or the client gone).
+   * Run code on one of the pool's agents; without timeoutMs the agent's default applies. A client gone before the
+   * answer (`taken` settled) cancels the run. The run counts toward the client's share until it has left the queue or
+   * its agent (answered, cancelled or not) and `taken` has settled (the answer delivered, or the client gone).
    */
   run(pool: string, job: Job, timeoutMs?: number, client = "", taken?: Promise<unknown>): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
-    const candidates = [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
-    if (candidates.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
-    // Runs in flight (each up to a MiB of code) are bounded: four per runtime, at least 16; the
-    // rest wait at the agents. One client holds at most its share of them, as on the VCS path.
-    const bound = Math.max(16, 4 * candidates.reduce((n, a) => n + a.poolSize, 0));
-    if (candidates.reduce((n, a) => n + a.pending.size, 0) >= bound)
+    const serving = this.serving(pool);
+    if (serving.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
+    // Runs at the gateway (each up to a MiB of code) are bounded: four per runtime, at least 16. One client holds at
+    // most its share of them, as on the VCS path.
+    const bound = Math.max(16, 4 * serving.reduce((n, a) => n + a.poolSize, 0));
+    const queue = this.queues.get(pool) ?? [];
+    this.queues.set(pool, queue);
+    if (serving.reduce((n, a) => n + a.pending.size, queue.length) >= bound)
       return Promise.reject(new HttpError(503, `pool ${pool} has ${bound} runs in flight`, RETRY_AFTER_SECONDS));
     const holder = `${pool}\n${client}`;
-    if ((this.held.get(holder) ?? 0) >= shareOf(bound, QUEUE_DEFAULTS.clientShare))
+    if ((this.held.get(holder) ?? 0) >= shareOf(bound, this.clientShare))
       return Promise.reject(new HttpError(503, `this key holds its share of pool ${pool}'s runs`, RETRY_AFTER_SECONDS));
-    // The least loaded (runs in flight per runtime); among equals, the one used least recently.
-    const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
-    const better = (a: FlowsAgent, b: FlowsAgent) =>
-      load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
-    const agent = candidates.reduce((best, a) => (better(a, best) ? a : best));
-    agent.lastUsed = ++this.uses;
-    const id = randomUUID();
     let left!: () => void;
-    const atAgent = new Promise<void>((resolve) => (left = resolve));
-    const answer = new Promise<FlowsRunResult>((resolve, reject) => {
-      // The run leaves first; its answer cannot be read before this turn has registered it.
-      agent.socket.send(JSON.stringify({ type: "run", id, job, timeoutMs } satisfies GatewayMessage));
-      // The agent enforces the run's timeout from its start; this covers a run that waited at the agent, or a lost answer.
-      const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + this.graceMs;
-      const timer = setTimeout(
-        () => this.cancel(agent, id, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
-        waitMs,
-      );
-      agent.pending.set(id, { resolve, reject, timer, client, cancelled: false, left });
-    });
+    const gone = new Promise<void>((resolve) => (left = resolve));
+    // Its promise's resolve and reject join it at once (a promise's executor runs in its constructor).
+    const run = {
+      id: randomUUID(),
+      pool,
+      job,
+      timeoutMs,
+      client,
+      seq: ++this.arrivals,
+      cancelled: false,
+      left,
+    } as FlowsRun;
+    const answer = new Promise<FlowsRunResult>((resolve, reject) => Object.assign(run, { resolve, reject }));
+    // The agent enforces the run's timeout from its start; this covers a run that waited, or a lost answer.
+    const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + this.graceMs;
+    run.timer = setTimeout(
+      () => this.giveUp(run, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
+      waitMs,
+    );
+    queue.push(run);
+    this.pump(pool);
     this.held.set(holder, (this.held.get(holder) ?? 0) + 1);
     const release = () => {
       const count = (this.held.get(holder) as number) - 1;
       if (count) this.held.set(holder, count);
       else this.held.delete(holder);
     };
-    // A client that hangs up leaves its run at the agent, where it holds a place until the agent answers the cancel.
-    void taken?.then(() => this.cancel(agent, id, new HttpError(499, "the client went away")));
-    void Promise.allSettled([atAgent, taken]).then(release);
+    void taken?.then(() => this.giveUp(run, new HttpError(499, "the client went away")));
+    void Promise.allSettled([gone, taken]).then(release);
     return answer;
   }
 
-  private get graceMs(): number {
-    return this.keepalive.flowsAnswerGraceMs ?? 10_000;
+  /** The pool's agents that take runs. */
+  private serving(pool: string): FlowsAgent[] {
+    return [...(this.agents.get(pool) ?? [])].filter((a) => !a.draining);
   }
 
   /**
-   * Gives up on a run: its client gets `why` at once; the agent is told to drop or end it, and answers when it has (in
-   * milliseconds, unless its answers queue behind large ones on a slow link). One not answered within the ping timeout
-   * is counted gone (the agent is not dropped for it: that would fail every run on its link).
+   * Sends queued runs to agents with a runtime free: the least loaded agent (runs per runtime; among equals, the one
+   * used least recently), and the run of the client with the fewest runs at the agents (among equals, the oldest). No
+   * client holds more than its share of the pool's runtimes, so one key's long runs never hold them all while another
+   * key waits (as on the VCS path, even when no other key is there). With no agent left to serve, the queue fails.
    */
-  private cancel(agent: FlowsAgent, id: string, why: HttpError): void {
-    const run = agent.pending.get(id);
-    if (!run || run.cancelled) return;
+  private pump(pool: string): void {
+    const queue = this.queues.get(pool);
+    if (!queue?.length) return;
+    const serving = this.serving(pool);
+    if (serving.length === 0) {
+      for (const run of queue.splice(0)) this.end(run, new HttpError(503, `no agent of pool ${pool} is connected`));
+      return;
+    }
+    const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
+    const better = (a: FlowsAgent, b: FlowsAgent) =>
+      load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
+    const atAgents = new Map<string, number>();
+    for (const agent of serving) for (const run of agent.pending.values()) inc(atAgents, run.client);
+    const held = (run: FlowsRun) => atAgents.get(run.client) ?? 0;
+    const share = shareOf(
+      serving.reduce((n, a) => n + a.poolSize, 0),
+      this.clientShare,
+    );
+    for (;;) {
+      const agent = serving.reduce((best, a) => (better(a, best) ? a : best));
+      const eligible = queue.filter((r) => held(r) < share);
+      if (agent.pending.size >= agent.poolSize || eligible.length === 0) return;
+      const run = eligible.reduce((best, r) => (held(r) < held(best) ? r : best));
+      queue.splice(queue.indexOf(run), 1);
+      inc(atAgents, run.client);
+      agent.lastUsed = ++this.uses;
+      run.agent = agent;
+      // The run leaves first; its answer cannot be read before this turn has registered it.
+      agent.socket.send(
+        JSON.stringify({ type: "run", id: run.id, job: run.job, timeoutMs: run.timeoutMs } satisfies GatewayMessage),
+      );
+      agent.pending.set(run.id, run);
+    }
+  }
+
+  /** A queued run ends: its client gets `why`. */
+  private end(run: FlowsRun, why: HttpError): void {
+    clearTimeout(run.timer);
+    run.reject(why);
+    run.left();
+  }
+
+  private get clientShare(): number {
+    return this.options.clientShare ?? QUEUE_DEFAULTS.clientShare;
+  }
+
+  private get graceMs(): number {
+    return this.options.flowsAnswerGraceMs ?? 10_000;
+  }
+
+  /**
+   * Gives up on a run: its client gets `why` at once. A queued run just leaves the queue; an agent is told to drop or
+   * end a run it holds, and answers when it has (in milliseconds, unless its answers queue behind large ones on a
+   * slow link). One not answered within the ping timeout is counted gone (the agent is not dropped for it: that
+   * would fail every run on its link).
+   */
+  private giveUp(run: FlowsRun, why: HttpError): void {
+    const queue = this.queues.get(run.pool) ?? [];
+    if (!run.agent) {
+      const at = queue.indexOf(run);
+      if (at < 0) return;
+      queue.splice(at, 1);
+      return this.end(run, why);
+    }
+    const agent = run.agent;
+    if (agent.pending.get(run.id) !== run || run.cancelled) return;
     run.cancelled = true;
     clearTimeout(run.timer);
     run.reject(why);
-    agent.socket.send(JSON.stringify({ type: "cancel", id } satisfies GatewayMessage));
-    this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id, reason: why.message });
+    agent.socket.send(JSON.stringify({ type: "cancel", id: run.id } satisfies GatewayMessage));
+    this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id: run.id, reason: why.message });
     run.timer = setTimeout(() => {
       this.log.warn("agent did not answer a cancelled run in time: its place is counted free", {
         pool: agent.pool,
         agent: agent.id,
-        id,
+        id: run.id,
       });
-      agent.pending.delete(id);
+      agent.pending.delete(run.id);
       run.left();
-    }, this.keepalive.pingTimeoutMs ?? PING_TIMEOUT_MS);
+      this.pump(agent.pool);
+    }, this.options.pingTimeoutMs ?? PING_TIMEOUT_MS);
   }
 
   /** Runs not yet answered for a client that may no longer use their pool (its key removed or narrowed): 401, cancelled. */
   keysChanged(mayUse: (client: string, pool: string) => boolean): void {
-    for (const [pool, agents] of this.agents)
-      for (const agent of agents)
-        for (const [id, run] of agent.pending)
-          if (!mayUse(run.client, pool)) this.cancel(agent, id, new HttpError(401, KEY_REVOKED(pool)));
+    const runs: FlowsRun[] = [];
+    for (const queue of this.queues.values()) runs.push(...queue);
+    for (const agents of this.agents.values()) for (const agent of agents) runs.push(...agent.pending.values());
+    for (const run of runs)
+      if (!mayUse(run.client, run.pool)) this.giveUp(run, new HttpError(401, KEY_REVOKED(run.pool)));
   }
 
   summary(pool: string) {
@@ -236,6 +331,7 @@ export class FlowsHub {
     return {
       connections: agents.filter((a) => !a.draining).length,
       activeRequests: agents.reduce((n, a) => n + a.pending.size, 0),
+      waiting: this.queues.get(pool)?.length ?? 0,
       agents: agents.map((a) => ({
         id: a.id,
         remote: a.remote,
@@ -253,3 +349,5 @@ export class FlowsHub {
     for (const agents of this.agents.values()) for (const agent of agents) agent.socket.close(1001);
   }
 }
+
+const inc = (counts: Map<string, number>, key: string) => counts.set(key, (counts.get(key) ?? 0) + 1);

@@ -192,7 +192,7 @@ export class Gateway {
       .filter(({ definition }) => this.auth.allows(key, definition.name))
       .map(({ definition }) => {
         const { name, kind } = definition;
-        if (kind === "flows") return { name, kind, waiting: 0, ...this.flows.summary(name) };
+        if (kind === "flows") return { name, kind, ...this.flows.summary(name) };
         if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name) };
         return { name, kind, ...this.vcs.summary(name) };
       });

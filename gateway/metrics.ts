@@ -15,7 +15,7 @@ interface PoolSummary {
 const GAUGES = [
   [
     POOL_GAUGES.queued,
-    "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests waiting).",
+    "Work waiting at the gateway for an agent of the pool (worker runs queued, VCS requests and Flows runs waiting).",
     (p: PoolSummary) => (p.queued ?? 0) + (p.waiting ?? 0),
   ],
   [POOL_GAUGES.connected, "Agents connected and not draining.", (p: PoolSummary) => p.connections],

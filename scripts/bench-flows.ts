@@ -123,7 +123,14 @@ async function main(): Promise<void> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const { pool, token } = createPool("BENCH", "flows", url);
-  const gateway = new Gateway({ pools: [pool], keys: [service.definition], port, log: createLogger("gateway", []) });
+  // One service key, as on a gateway that serves one service: it may use every runtime (clientShare 1).
+  const gateway = new Gateway({
+    pools: [pool],
+    keys: [service.definition],
+    port,
+    clientShare: 1,
+    log: createLogger("gateway", []),
+  });
   await gateway.listen();
   const bundle = path.join(packageRoot(), "build/bundles/flows-agent.js");
   const loadBefore = os

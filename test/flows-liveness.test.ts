@@ -49,8 +49,8 @@ describe("Flows pools: liveness and fair routing", function () {
     await gateway.close();
   });
 
-  const connect = async (name: string) => {
-    const agent = await flowsAgentStandIn(url, POOL, token, name);
+  const connect = async (name: string, poolSize = 1) => {
+    const agent = await flowsAgentStandIn(url, POOL, token, name, poolSize);
     agents.push(agent);
     await eventually(() => gateway.summary()[0].connections === agents.length);
     return agent;
@@ -72,12 +72,14 @@ describe("Flows pools: liveness and fair routing", function () {
       pending.catch(() => undefined); // ended with the gateway
       return pending;
     };
-    // A pool of one runtime takes 16 runs in flight (four per runtime, at least 16); one key, 12 of them.
+    // A pool of one runtime takes 16 runs (four per runtime, at least 16); one key, 12 of them. One is at the agent,
+    // the rest wait at the gateway.
     for (let i = 0; i < 12; i++) held("a");
-    await eventually(() => agent.runs.length === 12);
+    await eventually(() => agent.runs.length === 1);
     await assert.rejects(held("a"), /holds its share/);
     for (let i = 0; i < 4; i++) held("b");
-    await eventually(() => agent.runs.length === 16);
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 15]);
     await assert.rejects(held("c"), /16 runs in flight/);
     // Over HTTP: 503 with the time to wait.
     const response = await fetch(`${url}/_agentpools/api/flows/${POOL}/run`, {
@@ -87,7 +89,38 @@ describe("Flows pools: liveness and fair routing", function () {
     });
     assert.deepEqual([response.status, response.headers.get("retry-after")], [503, String(RETRY_AFTER_SECONDS)]);
     assert.match(((await response.json()) as { error: string }).error, /16 runs in flight/);
-    assert.equal(agent.runs.length, 16, "nothing refused reached the agent");
+    assert.equal(agent.runs.length, 1, "no more than its runtimes reached the agent");
+  });
+
+  it("no key holds more than its share of the runtimes: another key's run goes to the one it leaves, and runs wait at the gateway, not the agent", async () => {
+    const agent = await connect("shared", 2);
+    agent.mute();
+    const post = (client: string) => {
+      const pending = gateway.flows.run(POOL, { kind: "expression", code: `'${client}'` }, 60_000, client);
+      pending.catch(() => undefined);
+      return pending;
+    };
+    // Key a's burst of long runs, then one run of key b: of two runtimes, a holds one (75% of 2, at least 1).
+    for (let i = 0; i < 5; i++) post("a");
+    const b = post("b");
+    await eventually(() => agent.runs.length === 2);
+    assert.deepEqual(agent.runs.map((r) => r.job.code).sort(), ["'a'", "'b'"]);
+    assert.equal(gateway.summary()[0].waiting, 4);
+    const answer = (run: { id: string }, value: string) =>
+      agent.socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value, console: [], durationMs: 1 }));
+    answer(
+      agent.runs.find((r) => r.job.code === "'b'")!,
+      "b",
+    );
+    assert.equal((await b).value, "b");
+    // The runtime b used is not a's while a holds its share; once a's run ends, a's next goes.
+    assert.equal(agent.runs.length, 2);
+    answer(
+      agent.runs.find((r) => r.job.code === "'a'")!,
+      "a",
+    );
+    await eventually(() => agent.runs.length === 3);
+    assert.equal(agent.runs[2].job.code, "'a'");
   });
 
   it("answers given but not taken count toward their key's share until taken (the gateway holds them meanwhile)", async () => {
@@ -114,8 +147,8 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 14);
   });
 
-  it("a run whose client hung up is cancelled at the agent, and holds its key's share until the agent answers the cancel (its place there is free only then)", async () => {
-    // (An agent that leaves a cancelled run unanswered for the ping timeout is dropped: a long one here.)
+  it("a run whose client hung up is cancelled: a queued one leaves the queue, the agent drops or ends one it holds, whose runtime stays taken until the agent answers the cancel", async () => {
+    // (An agent that leaves a cancelled run unanswered for the ping timeout is counted free: a long one here.)
     await gateway.close();
     await start({ pingTimeoutMs: 10_000 });
     const agent = await connect("gone");
@@ -125,25 +158,17 @@ describe("Flows pools: liveness and fair routing", function () {
       gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
     );
     for (const run of runs) await assert.rejects(run, /the client went away/);
-    await eventually(() => agent.cancels.length === 12);
-    assert.deepEqual(
-      agent.cancels,
-      agent.runs.map((r) => r.id),
-      "each run sent was cancelled, nothing else",
-    );
-    await assert.rejects(
-      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
-      /holds its share/,
-    );
-    assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
-    assert.equal(gateway.summary()[0].activeRequests, 12, "cancelled runs still hold their places at the agent");
-    // The agent answers one cancelled run: one place, and the key's share, free again.
-    const [first] = agent.cancels;
-    agent.socket.send(JSON.stringify({ type: "result", id: first, ok: false, console: [], durationMs: 1 }));
-    await eventually(() => gateway.summary()[0].activeRequests === 11);
-    const again = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a");
-    again.catch(() => undefined);
-    await eventually(() => agent.runs.length === 13);
+    await eventually(() => agent.cancels.length === 1);
+    assert.equal(agent.runs.length, 1, "the queued ones never reached the agent");
+    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the one sent was cancelled");
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 0], "the cancelled run still holds its runtime");
+    const next = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    next.catch(() => undefined);
+    assert.deepEqual([gateway.summary()[0].waiting, agent.runs.length], [1, 1], "the next waits for that runtime");
+    agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => agent.runs.length === 2);
+    assert.equal(agent.runs[1].job.code, "2");
   });
 
   it("a run unanswered past its timeout and the grace: 504 to its client, a cancel to the agent, its place held until the agent answers", async () => {
@@ -175,8 +200,9 @@ describe("Flows pools: liveness and fair routing", function () {
     const cancelled = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone);
     const other = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
     await assert.rejects(cancelled, /the client went away/);
-    assert.equal(gateway.summary()[0].activeRequests, 2);
-    await eventually(() => gateway.summary()[0].activeRequests === 1, 5000, "the cancelled run counted gone");
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 1]);
+    await eventually(() => agent.runs.length === 2, 5000, "the other run sent once the cancelled one is counted gone");
     assert.deepEqual(agent.cancels, [agent.runs[0].id]);
     assert.ok(
       log.lines.some((l) => l.msg === "agent did not answer a cancelled run in time: its place is counted free"),
@@ -229,26 +255,33 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 0, "the run never reached the agent");
   });
 
-  it("a key removed while its runs are unanswered: those runs end with 401 at once, another key's are answered", async () => {
+  it("a key removed while its runs are unanswered: those runs end with 401 at once (cancelled at the agent, or out of the queue), another key's are answered", async () => {
     const other = serviceKey("other");
     gateway.setKeys([service.definition, other.definition]);
     const agent = await connect("late");
     agent.mute();
-    const removed = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, other.definition.id);
-    const kept = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, service.definition.id);
-    await eventually(() => agent.runs.length === 2);
+    const run = (client: string, code: string) => gateway.flows.run(POOL, { kind: "expression", code }, 60_000, client);
+    const removed = run(other.definition.id, "1");
+    const removedQueued = run(other.definition.id, "2");
+    const kept = run(service.definition.id, "3");
+    await eventually(() => agent.runs.length === 1);
     gateway.setKeys([service.definition]);
-    await assert.rejects(removed, (error: Error & { status?: number }) => {
-      assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
-      return true;
-    });
+    for (const ended of [removed, removedQueued])
+      await assert.rejects(ended, (error: Error & { status?: number }) => {
+        assert.deepEqual([error.status, error.message], [401, `the service key no longer allows pool ${POOL}`]);
+        return true;
+      });
     await eventually(() => agent.cancels.length === 1);
-    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the agent is told to drop the removed key's run, only that");
-    assert.equal(gateway.summary()[0].activeRequests, 2, "both hold their places at the agent until it answers");
-    // Both answers come; the removed key's reaches no one.
-    for (const { id } of agent.runs as { id: string }[])
-      agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
-    assert.equal((await kept).value, (agent.runs[1] as { id: string }).id);
+    assert.deepEqual(agent.cancels, [agent.runs[0].id], "the agent is told to drop the removed key's run");
+    const { activeRequests, waiting } = gateway.summary()[0];
+    assert.deepEqual([activeRequests, waiting], [1, 1], "the cancelled run holds its runtime; the kept one waits");
+    // The agent answers the cancelled run (the answer reaches no one); the kept run goes, and is answered.
+    agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
+    await eventually(() => agent.runs.length === 2);
+    assert.equal(agent.runs[1].job.code, "3", "the removed key's queued run never reached the agent");
+    const { id } = agent.runs[1];
+    agent.socket.send(JSON.stringify({ type: "result", id, ok: true, value: id, console: [], durationMs: 1 }));
+    assert.equal((await kept).value, id);
     await eventually(() => gateway.summary()[0].activeRequests === 0);
   });
 

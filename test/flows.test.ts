@@ -9,10 +9,12 @@ import type { Readable } from "node:stream";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
 import {
+  cancelRun,
   dockerLauncher,
   dockerRunArgs,
   executor as createExecutor,
   processLauncher,
+  type Cancellation,
 } from "../agent/flows-agent/executor";
 import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
@@ -67,6 +69,8 @@ describe("Flows agent and gateway", function () {
     gateway = new Gateway({
       pools: [created.pool, empty.pool],
       keys: [service.definition],
+      // One service key, as on a gateway that serves one service: it may use every runtime.
+      clientShare: 1,
       port,
       log: capturingLogger("gateway").log,
     });
@@ -238,7 +242,7 @@ describe("Flows agent and gateway", function () {
     assert.ok(results.every((r) => r.result.ok));
   });
 
-  it("a client that hangs up cancels its run: one waiting at the agent never runs, one running has its runtime ended", async () => {
+  it("a client that hangs up cancels its run: one waiting never runs, one running has its runtime ended", async () => {
     // What runs reach: a loopback server each run dials and names itself to.
     const reached: string[] = [];
     const ended: string[] = [];
@@ -274,15 +278,17 @@ describe("Flows agent and gateway", function () {
       );
     };
     const busy = () => gateway.summary().find((p) => p.name === POOL)!.activeRequests;
+    const queued = () => gateway.summary().find((p) => p.name === POOL)!.waiting;
     try {
-      // Both runtimes (pool size 2) held, a third run waits at the agent.
+      // Both runtimes (pool size 2) held, a third run waits at the gateway.
       const held = [post("held-1", dial("held-1", hold)), post("held-2", dial("held-2", hold))];
       await eventually(() => reached.length === 2);
       const waiting = post("waiting", dial("waiting", "return 'ran';"));
-      await eventually(() => busy() === 3);
+      await eventually(() => queued() === 1);
       clients.get("waiting")!.abort();
       assert.equal(await waiting, "AbortError");
-      await eventually(() => busy() === 2, 5000, "the waiting run answered as cancelled");
+      await eventually(() => queued() === 0, 5000, "the waiting run left the queue");
+      assert.equal(busy(), 2);
       clients.get("held-1")!.abort();
       await eventually(() => ended.includes("held-1"), 5000, "the running run's runtime ended (its socket closed)");
       await eventually(() => busy() === 1);
@@ -294,12 +300,52 @@ describe("Flows agent and gateway", function () {
       assert.deepEqual([next.ok, next.value], [true, "next"]);
       assert.deepEqual(reached.sort(), ["held-1", "held-2", "next"], "the cancelled waiting run never ran");
       const cancelled = agentLog.lines.filter((l) => l.msg === "run finished" && l.error === FLOWS_CANCELLED);
-      assert.equal(cancelled.length, 2, "both cancelled runs answered as such");
+      assert.equal(
+        cancelled.length,
+        1,
+        "the running one answered as cancelled; the waiting one never reached the agent",
+      );
       clients.get("held-2")!.abort();
       await Promise.all(held);
       await eventually(() => busy() === 0);
     } finally {
       recorder.close();
+    }
+  });
+
+  it("the executor: a cancelled job still waiting for a runtime never starts; a running one's runtime is ended", async () => {
+    // What is under test is the executor's queue, not isolation: runtimes as our own user.
+    const launcher = processLauncher({
+      isolation: "none",
+      privileges: readPrivileges(),
+      uids: uidPool("1900000980-1900000989"),
+      runner: [unbundledRunner().path],
+      readable: unbundledRunner().readable,
+      memoryMb: 64,
+      diskMb: 16,
+      openFiles: 64,
+      scratchRoot: scratchDir("cancel-"),
+    });
+    const runs = createExecutor({ poolSize: 1, launcher, log: capturingLogger("executor").log });
+    try {
+      const holding: Cancellation = {};
+      const queued: Cancellation = {};
+      const first = runs.run({ kind: "block", code: "await new Promise(() => undefined);" }, 30_000, holding);
+      const second = runs.run({ kind: "expression", code: "'ran'" }, 30_000, queued);
+      cancelRun(queued);
+      const dropped = await second;
+      assert.deepEqual(
+        [dropped.ok, dropped.error?.name, dropped.error?.message],
+        [false, "AbortError", FLOWS_CANCELLED],
+      );
+      cancelRun(holding);
+      const ended = await first;
+      assert.deepEqual([ended.ok, ended.error?.name, ended.error?.message], [false, "AbortError", FLOWS_CANCELLED]);
+      // The pool's one runtime is free again: the next job runs.
+      const next = await runs.run({ kind: "expression", code: "'next'" }, 30_000);
+      assert.equal(next.value, "next", JSON.stringify(next));
+    } finally {
+      runs.close();
     }
   });
 
