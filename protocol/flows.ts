@@ -73,6 +73,12 @@ export const FLOWS_MAX_RESULT_BYTES = 7 * 1024 * 1024;
  */
 export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: number } | { type: "cancel"; id: string };
 
+/**
+ * Runs an agent holds at most, per runtime of its pool: the gateway sends it one per runtime (and may count a
+ * cancelled run gone before its late answer). A gateway that sends more is not trusted further: the agent reconnects.
+ */
+export const FLOWS_AGENT_RUNS_PER_RUNTIME = 2;
+
 /** The error a cancelled run ends with. */
 export const FLOWS_CANCELLED = "the run was cancelled: the gateway gave up on it";
 export type AgentMessage =

@@ -21,6 +21,7 @@ import {
 } from "./executor";
 import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
 import {
+  FLOWS_AGENT_RUNS_PER_RUNTIME,
   FLOWS_CONNECT_PATH,
   FLOWS_MAX_RESULT_BYTES,
   FLOWS_MAX_RUN_TIMEOUT_MS,
@@ -104,6 +105,10 @@ class FlowsLink extends WebSocketLink {
         return void (run && cancelRun(run));
       }
       if (message.type !== "run" || runs.has(message.id)) return;
+      if (runs.size >= FLOWS_AGENT_RUNS_PER_RUNTIME * this.settings.runtimePoolSize) {
+        this.log.error("the gateway sent more runs than this agent holds: reconnecting", { runs: runs.size });
+        return socket.close(1008);
+      }
       const { id, job } = message;
       const timeoutMs = Math.min(message.timeoutMs ?? this.defaultTimeoutMs, FLOWS_MAX_RUN_TIMEOUT_MS);
       const cancellation: Cancellation = {};
