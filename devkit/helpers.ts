@@ -155,3 +155,13 @@ export async function recordingProxy() {
     },
   };
 }
+
+/**
+ * Runtime uids for one Flows agent of a test process (`slot`, 0 to 15): a range of 64 of its own, so that agents of one
+ * file, files side by side and test runs side by side on one machine never share a uid (an agent ends what runs under
+ * its uids when it starts and when a runtime goes).
+ */
+export function runtimeUidRange(slot: number) {
+  const first = 1900100000 + ((process.pid % 1000) * 16 + slot) * 64;
+  return { first, last: first + 63, range: `${first}-${first + 63}` };
+}

@@ -14,7 +14,7 @@ import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runtimeUidRange, scratchDir, serviceKey } from "../devkit/helpers";
 import {
   FLOWS_MAX_CONSOLE_LINES,
   FLOWS_MAX_ERROR_CHARS,
@@ -23,14 +23,8 @@ import {
 } from "../protocol/flows";
 
 export const POOL = "01HOSTILE";
-/**
- * Runtime uids of one test file (`slot`, one per flows-hostile file): a range of its own, so files and test runs side
- * by side on one machine never share one.
- */
-export function uidRange(slot: number) {
-  const first = 1900100000 + ((process.pid % 1000) * 4 + slot) * 64;
-  return { first, last: first + 63, range: `${first}-${first + 63}` };
-}
+/** Runtime uids of one test file (`slot`, one per flows-hostile file, 0 to 3): a range of its own. */
+export const uidRange = (slot: number) => runtimeUidRange(slot);
 export const BUNDLE = () => path.join(packageRoot(), "build/bundles/flows-agent.js");
 
 /** Inputs every hostile run gets: what an attacker would know or guess of the host. */

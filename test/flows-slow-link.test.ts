@@ -9,7 +9,7 @@ import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runtimeUidRange, scratchDir, serviceKey } from "../devkit/helpers";
 
 describe("Flows: runs with large answers over a slow link", function () {
   this.timeout(60_000);
@@ -78,7 +78,7 @@ describe("Flows: runs with large answers over a slow link", function () {
       backendEndpoint: via,
       executor: "process",
       runtimeIsolation: "user",
-      runtimeUids: "1900001300-1900001363",
+      runtimeUids: runtimeUidRange(8).range,
       mountsDir: path.join(dir, "mounts"),
       runtimePoolSize: 4,
       runtimeMemoryMb: 128,

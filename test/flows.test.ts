@@ -20,7 +20,7 @@ import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
-import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import { capturingLogger, eventually, freePort, runtimeUidRange, scratchDir, serviceKey } from "../devkit/helpers";
 import { FLOWS_CANCELLED, FLOWS_MAX_ERROR_CHARS, FLOWS_MAX_VALUE_KEYS } from "../protocol/flows";
 
 const POOL = "01FLOWSTEST";
@@ -36,6 +36,8 @@ describe("Flows agent and gateway", function () {
   const agentLog = capturingLogger("flows-agent");
   const service = serviceKey();
 
+  /** Agents started so far: each has uids and a mounts directory of its own, as agents on one host must. */
+  let agents = 0;
   const settings = (overrides: Partial<FlowsAgentSettings> = {}) =>
     flowsAgentSettings.parse({
       poolId: POOL,
@@ -43,7 +45,9 @@ describe("Flows agent and gateway", function () {
       gatewayEndpoint: url,
       backendEndpoint: "http://127.0.0.1:9",
       executor: "process",
-      mountsDir: scratchRoot,
+      // Slots 4 and up: 0 to 3 are the flows-hostile files'.
+      runtimeUids: runtimeUidRange(4 + agents).range,
+      mountsDir: path.join(scratchRoot, `agent-${agents++}`),
       runtimePoolSize: 2,
       runtimeMemoryMb: 128,
       defaultRunTimeout: "5s",

@@ -459,11 +459,11 @@ describe("launcher: a hostile gateway or run", function () {
         const run = await gateway.run({
           id: id(),
           image: "alpine:3",
-          commands: ["head -c 8000000 /dev/zero | tr '\\0' x", "echo; echo end"],
+          commands: ["head -c 1000000 /dev/zero | tr '\\0' x", "echo; echo end"],
         });
         assert.equal(run.status, "succeeded");
         assert.ok(run.lines.every((line) => line.length <= 16 * 1024));
-        assert.equal(run.lines.join("").length, 8_000_000 + 3);
+        assert.equal(run.lines.join("").length, 1_000_000 + 3);
         await stillWorks();
       });
     });

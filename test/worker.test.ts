@@ -428,11 +428,14 @@ describe("worker pools: gateway run queue and launcher", function () {
   });
 
   it("a gateway restarted during a run loses nothing: the worker reconnects and delivers log, status and state", async () => {
+    // The run ticks (its count also in a file the test reads) until the test, the outage over, tells it to go on.
+    const ticks = path.join(dir, "restart-ticks");
+    const go = path.join(dir, "restart-go");
     const run = await submit({
       image: "alpine:3",
       commands: [
         "echo before",
-        "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.25; done",
+        `i=0; until [ -e '${go}' ]; do i=$((i + 1)); echo tick $i; echo $i > '${ticks}'; sleep 0.05; done`,
         'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"; echo kept > "$AGENTPOOLS_STATE_FILE"',
         "echo after",
       ],
@@ -440,18 +443,26 @@ describe("worker pools: gateway run queue and launcher", function () {
     await eventually(async () => (await status(run.id)).logLines >= 2, 5000, "the run to start");
     const before = launcherLog.lines.length;
     await gateway.close();
-    // The outage is real once the launcher has failed to dial back while its run goes on.
+    // Read while the shell writes it: a missing or empty file is no count yet.
+    const ticked = () => (existsSync(ticks) ? Number(readFileSync(ticks, "utf8")) : 0);
+    const atClose = await eventually(ticked, 5000, "a tick count");
+    // The outage is real once the launcher has failed to dial back while its run goes on and prints.
     await eventually(
       () => launcherLog.lines.slice(before).some((line) => line.msg === "cannot reach the gateway"),
       10_000,
       "a failed redial",
     );
+    await eventually(() => ticked() > atClose + 1, 5000, "lines printed during the outage");
     gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
     await gateway.listen();
+    writeFileSync(go, "");
     const done = await finished(run.id, 20_000);
     assert.equal(done.status, "succeeded");
     assert.equal(done.state, true);
-    assert.deepEqual(await logs(run.id), ["before", ...[1, 2, 3, 4, 5, 6, 7, 8].map((i) => `tick ${i}`), "after"]);
+    const lines = await logs(run.id);
+    const count = lines.length - 2;
+    assert.ok(count > atClose + 1, `${count} ticks, ${atClose} of them before the outage`);
+    assert.deepEqual(lines, ["before", ...Array.from({ length: count }, (_, i) => `tick ${i + 1}`), "after"]);
     await eventually(() => gateway.summary()[0].connections === 1);
   });
 
@@ -466,6 +477,8 @@ describe("worker pools: gateway run queue and launcher", function () {
       AGENTPOOLS_WORK_DIR: path.join(dir, "drain-runs"),
       SPACELIFT_LAUNCHER_LOGS_TIMEOUT: "5s",
     };
+    // The current run lasts until the test has seen the worker draining and submitted the next one.
+    const go = path.join(dir, "drain-go");
     await launcher.drain(Date.now() + 2000);
     const running = runRole(launcherRole(), settingsJsonSchema("launcher"), {
       env,
@@ -474,11 +487,16 @@ describe("worker pools: gateway run queue and launcher", function () {
       stopSignal: new Promise((resolve) => (stop = resolve)),
     });
     await eventually(() => gateway.summary()[0].connections === 1);
-    const current = await submit({ image: "alpine:3", commands: ["echo started", "sleep 1", "echo finished"] });
+    const current = await submit({
+      image: "alpine:3",
+      commands: ["echo started", `until [ -e '${go}' ]; do sleep 0.02; done`, "echo finished"],
+    });
     await eventually(async () => (await status(current.id)).logLines >= 1);
     stop("SIGTERM");
     await eventually(() => gateway.summary()[0].agents[0]?.draining, 5000, "the worker to say it is draining");
     const next = await submit({ image: "alpine:3", commands: ["echo must-wait"] });
+    assert.equal((await status(current.id)).status, "running", "the current run still running");
+    writeFileSync(go, "");
     assert.equal(await running, 0);
     assert.deepEqual(exited, [0]);
     assert.equal((await status(current.id)).status, "succeeded");

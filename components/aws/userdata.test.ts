@@ -85,7 +85,13 @@ function runBootPiece(script: string, lines: string[], bin: string) {
   const idFile = path.join(scratchDir("cloud-"), "instance-id");
   writeFileSync(idFile, "i-0123456789abcdef0\n");
   const text = `${preamble}\n${lines.join("\n")}\n`.replace("/var/lib/cloud/data/instance-id", idFile);
-  return spawnSync("/bin/bash", ["-c", text], { env: { PATH: `${bin}:${process.env.PATH}` }, encoding: "utf8" });
+  // No stdin: bash started with a socket for stdin (Node's pipes) and no SHLVL takes itself for an ssh session and
+  // reads the user's ~/.bashrc, whatever that runs (on a developer's machine, pyenv's set-up: ten processes a run).
+  return spawnSync("/bin/bash", ["-c", text], {
+    env: { PATH: `${bin}:${process.env.PATH}` },
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }
 
 /** The script's own `unpack` function, run with this machine's node and under a scratch root. */
