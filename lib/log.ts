@@ -21,7 +21,7 @@ export function createLogger(
 ): Logger & { sinks: typeof sinks } {
   const secrets = new Set<string>();
   const emit = (level: Level, msg: string, fields?: Fields) => {
-    let line = JSON.stringify({ time: new Date().toISOString(), level, role, msg, ...fields });
+    let line = JSON.stringify({ time: new Date(), level, role, msg, ...fields });
     for (const secret of secrets) line = line.split(secret).join("[redacted]");
     for (const sink of sinks) sink(line);
   };

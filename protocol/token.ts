@@ -23,7 +23,7 @@ export function decodeToken(text: string): PoolToken {
   if (!text.startsWith(PREFIX)) fail(`it should start with "${PREFIX}"`);
   let token: Partial<PoolToken>;
   try {
-    token = JSON.parse(Buffer.from(text.slice(PREFIX.length), "base64url").toString("utf8"));
+    token = JSON.parse(Buffer.from(text.slice(PREFIX.length), "base64url").toString());
   } catch {
     return fail("it does not decode");
   }

@@ -107,9 +107,9 @@ const sourceRewrites = (variant) => ({
 // parser and terser) when a bundle is made, not when the last build's are reused.
 let privateNames;
 async function shortenable() {
-  const { internalNames, jsonKeys } = await import("./internal-names.mjs");
-  const keys = jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()]);
-  return (privateNames ??= internalNames(root, [...keys]));
+  const { internalMembers, internalNames, jsonKeys } = await import("./internal-names.mjs");
+  const keys = [...jsonKeys([...ROLES.map((role) => settingsJsonSchema(role)), runPolicyJsonSchema()])];
+  return (privateNames ??= [...internalNames(root, keys), ...internalMembers(root, keys)]);
 }
 
 /** The same bytes every run: Brotli at its best, as user-data carries the bundle. */

@@ -108,3 +108,49 @@ export function jsonKeys(value, keys = new Set()) {
   }
   return keys;
 }
+
+/**
+ * Members of the runtime's own interfaces that a class's `private` cannot mark: AwsClient, InstanceMetadata, Logger,
+ * RoleContext, a launcher's executor and run, a Flows runtime. Each one is set and read only inside a bundle: never a
+ * wire message's or a JSON file's key, never a Node.js API's option or member (which rules out keepAlive, flush,
+ * ready: an http.Agent option, a Transform's, a Flows runner's message). The end-to-end tests run the bundles.
+ */
+export const INTERNAL_MEMBERS = [
+  "answers",
+  "busy",
+  "busyChanged",
+  "cancelled",
+  "cleanup",
+  "credentials",
+  "delivering",
+  "describe",
+  "exited",
+  "getSecretString",
+  "identity",
+  "jobs",
+  "lifecycleAction",
+  "memoryPid",
+  "onCancel",
+  "onOutput",
+  "outcome",
+  "passed",
+  "redact",
+  "sinks",
+  "stateFile",
+  "stopped",
+  "take",
+  "targetLifecycleState",
+  "wake",
+  "workspaceInRun",
+];
+
+/** INTERNAL_MEMBERS, refused if one is also data: a key of `reserved` (the settings schemas) or a quoted string. */
+export function internalMembers(root, reserved = []) {
+  const quoted = new Set();
+  for (const file of sources(root))
+    for (const [, name] of readFileSync(file, "utf8").matchAll(/["']([A-Za-z_$][\w$]*)["']/g)) quoted.add(name);
+  const data = INTERNAL_MEMBERS.filter((name) => reserved.includes(name) || quoted.has(name));
+  if (data.length > 0)
+    throw new Error(`scripts/internal-names.mjs: ${data.join(", ")} are data, never to be shortened`);
+  return INTERNAL_MEMBERS;
+}

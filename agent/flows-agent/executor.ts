@@ -209,7 +209,9 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   const { privileges, uids } = o;
   // On EC2 namespaces only (the component allows no other level there): the other levels' paths leave the bundle.
   const isolation = BUILT_FOR.platform === "ec2" ? "namespaces" : o.isolation;
-  const namespaces = isolation === "namespaces" && { libraries: libraryDirectories(), filter: seccompFilter() };
+  // A boolean the minifier folds (an object it would not): an EC2 bundle keeps only the namespaces paths below.
+  const namespaced = isolation === "namespaces";
+  const namespaces = namespaced ? { libraries: libraryDirectories(), filter: seccompFilter() } : undefined;
   /** `command` as `uid`: through setpriv where there is one (which also ties the child's life to ours), else by Node's own switch (root). */
   const asUser = (uid: number | undefined, command: string[]): [string, string[], SpawnOptions] => {
     const user =
@@ -236,10 +238,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   }
 
   return {
-    describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaces ? "namespaces and " : ""}a user of its own`}`,
+    describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaced ? "namespaces and " : ""}a user of its own`}`,
     start() {
       const uid = isolation === "none" ? undefined : uids.take();
-      const scratch = namespaces
+      const scratch = namespaced
         ? "/tmp"
         : uid
           ? `${o.scratchRoot}/${randomUUID()}`
@@ -251,10 +253,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
         ...(isolation === "user" ? [`--scratch=${scratch}`] : []),
       ];
       // Its open files capped (util-linux's prlimit, beside setpriv): the kernel memory its sockets hold with them.
-      const sandbox = namespaces
+      const sandbox = namespaced
         ? [
             privileges.bwrap as string,
-            ...bwrapArgs({ node: process.execPath, ...namespaces, readable: o.readable, diskMb: o.diskMb }),
+            ...bwrapArgs({ node: process.execPath, ...namespaces!, readable: o.readable, diskMb: o.diskMb }),
           ]
         : [];
       const [file, args, options] = asUser(uid, [
@@ -270,18 +272,18 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           ...options,
           cwd: uid ? "/" : scratch,
           env: {},
-          stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaces ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"],
+          stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaced ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"],
         });
       const child = launch();
-      let memoryPid = namespaces ? 0 : child.pid;
-      if (namespaces) {
+      let memoryPid = namespaced ? 0 : child.pid;
+      if (namespaced) {
         // bubblewrap tells the runtime's pid (in our pid namespace) on fd 4, read to its end (closing it early would
         // kill bubblewrap with SIGPIPE) but only its first pid counts; the seccomp filter goes in on fd 5.
         let info = "";
         (child.stdio[4] as Readable)
           .on("error", () => undefined)
           .on("data", (chunk) => void (memoryPid ||= Number(/"child-pid": *(\d+)/.exec((info += chunk))?.[1] ?? 0)));
-        (child.stdio[5 as number] as unknown as Writable).on("error", () => undefined).end(namespaces.filter);
+        (child.stdio[5 as number] as unknown as Writable).on("error", () => undefined).end(namespaces!.filter);
       }
       let released = false;
       return runtime(
@@ -294,12 +296,12 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             if (child.exitCode !== null || child.signalCode !== null) return;
             // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's
             // end would take it along, unless bubblewrap ended mid-setup.
-            for (const pid of [...(namespaces && memoryPid ? [memoryPid] : []), child.pid as number]) killQuietly(pid);
+            for (const pid of [...(namespaced && memoryPid ? [memoryPid] : []), child.pid as number]) killQuietly(pid);
           },
           cleanup() {
             if (released) return;
             released = true;
-            if (namespaces) return uids.give(uid as number);
+            if (namespaced) return uids.give(uid as number);
             // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
             // Of "user" isolation (no pid namespace to end with it), every process of its uid goes first (kill -1 as
             // that uid): whatever an escape from the permission model left running would share the uid with a later run.

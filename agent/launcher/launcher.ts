@@ -356,7 +356,7 @@ export class Launcher extends WebSocketLink {
 
   private async openEnvironment(sealed: string): Promise<Record<string, string>> {
     try {
-      return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString("utf8"));
+      return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString());
     } catch (error) {
       throw new Error(`the run's environment cannot be opened: ${(error as Error).message}`);
     }
@@ -566,12 +566,12 @@ export class Launcher extends WebSocketLink {
 }
 
 /** The `launcher` role; `docker` names the Docker CLI (tests give a stand-in). */
-export function launcherRole(options: { docker?: string } = {}): Role<LauncherSettings> {
+export function launcherRole(options?: { docker?: string }): Role<LauncherSettings> {
   return {
     name: "launcher",
     start(settings, { log, env, busyChanged }): RunningAgent {
       const launcher = new Launcher({
-        ...prepareLauncher(settings, env ?? process.env, log, options.docker),
+        ...prepareLauncher(settings, env ?? process.env, log, options?.docker),
         busyChanged,
       });
       return {

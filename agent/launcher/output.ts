@@ -1,6 +1,10 @@
 import { StringDecoder } from "node:string_decoder";
 
 export const MASK = "[masked]";
+
+/** `text` as a regular expression that matches it and nothing else. */
+export const literally = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
 /** A line longer than this is cut into pieces, so one endless line cannot grow without bound. */
 export const MAX_LINE = 16 * 1024;
 const PIECES = new RegExp(`[^]{1,${MAX_LINE}}`, "g");
@@ -30,9 +34,7 @@ export function runOutput(
 ): { write(chunk: Buffer): void; end(): void } {
   const decoder = new StringDecoder();
   const values = [...new Set(secrets)].filter(Boolean).sort((a, b) => b.length - a.length);
-  const pattern = values.length
-    ? new RegExp(values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "g")
-    : undefined;
+  const pattern = values.length ? new RegExp(values.map(literally).join("|"), "g") : undefined;
   const keep = Math.max(0, (values[0]?.length ?? 0) - 1);
   /** Decoded text not yet masked (fewer characters than the longest value), and the masked line in progress. */
   let held = "";

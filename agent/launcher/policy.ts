@@ -4,6 +4,7 @@ import type { RunPolicy } from "../config/run-policy";
 import { durationMs } from "../config/duration";
 import { checkDocument } from "../config/validate";
 import { BUILT_FOR } from "../config/variants";
+import { literally } from "./output";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */
 export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
@@ -24,8 +25,7 @@ export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
   return document as RunPolicy;
 }
 
-const globToRegExp = (glob: string) =>
-  new RegExp(`^${glob.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);
+const globToRegExp = (glob: string) => new RegExp(`^${literally(glob).replace(/\\\*/g, ".*")}$`);
 
 /** Why the policy refuses a run, or undefined if it may start. Pure. */
 export function policyRefusal(

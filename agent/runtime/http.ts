@@ -6,20 +6,22 @@ export interface HttpResponse {
   body: string;
 }
 
+/** Node's client for the URL's scheme. */
+export const transport = (url: URL) => (url.protocol === "https:" ? https : http);
+
 /** One small request with a deadline; the whole body is read (these are API calls, not streams). */
 export function request(
   url: URL,
   options: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs?: number } = {},
 ): Promise<HttpResponse> {
-  const transport = url.protocol === "https:" ? https : http;
   return new Promise((resolve, reject) => {
-    const req = transport.request(
+    const req = transport(url).request(
       url,
       { method: options.method ?? "GET", headers: options.headers, timeout: options.timeoutMs ?? 10_000 },
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
         res.on("error", reject);
       },
     );

@@ -105,8 +105,8 @@ const METADATA_FROM_IDENTITY = {
  * settings, start the agent, complete the launch hook once it is connected, and on SIGTERM
  * or Auto Scaling termination drain it and complete the termination hook.
  */
-export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options: RunOptions = {}): Promise<number> {
-  const processEnv = options.env ?? process.env;
+export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?: RunOptions): Promise<number> {
+  const processEnv = options?.env ?? process.env;
   const log = createLogger(role.name);
   const startedAt = Date.now();
   let guard: ReturnType<typeof protectWhileBusy> | undefined;
@@ -121,7 +121,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     const statusDir = processEnv.AGENTPOOLS_STATUS_DIR;
     // Probe files are Kubernetes': an EC2 bundle leaves them out.
     if (BUILT_FOR.platform !== "ec2" && statusDir)
-      status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options.statusIntervalMs);
+      status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options?.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
     if (config && config.role !== role.name)
@@ -149,7 +149,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
         imds.credentials,
         processEnv,
       );
-      shipper = logShipper(client, hooks.logGroupName, instanceId, options.shipIntervalMs);
+      shipper = logShipper(client, hooks.logGroupName, instanceId, options?.shipIntervalMs);
       log.sinks.push(shipper.push);
       shipper.start();
 
@@ -159,14 +159,14 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
-    const argv = options.argv ?? process.argv.slice(2);
-    if (argv[0] && !options.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    const argv = options?.argv ?? process.argv.slice(2);
+    if (argv[0] && !options?.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
     // EC2: the file's settings as the component checked them. Elsewhere: the file's, under the variables of the
     // process (an operator overrides one setting on a box; Kubernetes gives them all so) and the flags, checked here.
     const raw =
       BUILT_FOR.platform === "ec2"
         ? { ...config?.settings }
-        : { ...config?.settings, ...envToRawSettings(schema, { ...env, ...options.parseFlags?.(schema, argv) }) };
+        : { ...config?.settings, ...envToRawSettings(schema, { ...env, ...options?.parseFlags?.(schema, argv) }) };
     // The instance's identity as metadata tags, under those the pool sets.
     const tagsKey = Object.keys(schema.properties).find((key) => schema.properties[key].encoding === "map");
     if (tags && tagsKey) raw[tagsKey] = { ...tags, ...(raw[tagsKey] as object) };
@@ -234,7 +234,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
         hooks.autoScalingGroupName,
         Date.parse(launchedAt),
         startedAt,
-        options.bootMarks ?? BOOT_MARKS_PATH,
+        options?.bootMarks ?? BOOT_MARKS_PATH,
         log,
       );
     const watch =
@@ -248,7 +248,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
         () => client!.query("SetInstanceHealth", { InstanceId: instanceId, HealthStatus: "Unhealthy" }),
       );
 
-    const stopSignal = options.stopSignal ?? stopSignals();
+    const stopSignal = options?.stopSignal ?? stopSignals();
     const asReason = (reason: string) => ({ reason, at: 0 });
     const notice = await Promise.race([
       stopSignal.then(asReason),
@@ -293,6 +293,6 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options:
   }
   status?.stop();
   await shipper?.stop();
-  (options.exit ?? process.exit)(code);
+  (options?.exit ?? process.exit)(code);
   return code;
 }

@@ -1,9 +1,9 @@
 import http from "node:http";
-import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
 import { BUILT_FOR } from "../config/variants";
+import { transport } from "../runtime/http";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
 export function bypassesProxy(host: string, port: string, noProxy = ""): boolean {
@@ -125,8 +125,7 @@ async function requestGateway(
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs">,
 ): Promise<http.ClientRequest> {
   const { method, path, headers } = request;
-  if (BUILT_FOR.platform === "ec2")
-    return (gateway.protocol === "https:" ? https : http).request(new URL(path, gateway), { method, headers });
+  if (BUILT_FOR.platform === "ec2") return transport(gateway).request(new URL(path, gateway), { method, headers });
   const socket = await openGatewaySocket(gateway, options);
   return http.request({ createConnection: () => socket, method, path, headers: { host: gateway.host, ...headers } });
 }

@@ -32,15 +32,16 @@ export abstract class WebSocketLink extends GatewayLink<LinkSocket> {
     super({
       gateway: options.gateway,
       path: options.path,
-      protocol: "websocket",
       headers: () => ({
         ...options.credentials(),
         [ROLE_HEADER]: options.role,
         [METADATA_HEADER]: encodeMetadata(options.settings.metadataTags),
       }),
-      proxy: options.settings.httpsProxy,
-      noProxy: options.settings.noProxy,
       log: options.log,
+      // How dial.ts upgrades, and through which proxy: Node's client on EC2 needs neither.
+      ...(BUILT_FOR.platform === "ec2"
+        ? {}
+        : { protocol: "websocket", proxy: options.settings.httpsProxy, noProxy: options.settings.noProxy }),
     });
   }
 
