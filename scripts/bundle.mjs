@@ -17,7 +17,7 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const require = createRequire(import.meta.url);
 const { settingsJsonSchema, runPolicyJsonSchema } = require(path.join(root, "build/agent/config/settings-schema.js"));
 const { ROLES } = require(path.join(root, "build/agent/config/roles.js"));
-const { EC2_VARIANTS, bundleFile } = require(path.join(root, "build/agent/config/variants.js"));
+const { EC2_VARIANTS, FLOWS_RUNNER_FILE, bundleFile } = require(path.join(root, "build/agent/config/variants.js"));
 
 /** JSON Schema keywords the runtime's validator (agent/config/validate.ts) never reads: left out of bundles. */
 const UNREAD = ["minItems", "$schema"];
@@ -55,7 +55,10 @@ const inlineModules = (role, variant) => ({
       loader: "ts",
     }));
     b.onLoad({ filter: /agent[\\/]config[\\/]variants\.ts$/ }, () => ({
-      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
+      contents: [
+        `export const BUILT_FOR = ${JSON.stringify(variant)};`,
+        `export const FLOWS_RUNNER_FILE = ${JSON.stringify(FLOWS_RUNNER_FILE)};`,
+      ].join("\n"),
       loader: "ts",
     }));
   },

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as pulumi from "@pulumi/pulumi";
 import { InvalidArgumentsError, kubernetes } from "../components";
-import { runtimeBundle } from "../components/shared/bundles";
+import { flowsRunnerBundle, runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { CA_EC, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 import { renderMetrics } from "../gateway/metrics";
@@ -165,6 +165,17 @@ describe("Kubernetes components (mocks)", () => {
       one(resources, T.policy).inputs.spec.egress[1].ports,
       undefined,
       "flow code may reach any port unless narrowed",
+    );
+    // Runtimes start on the runner's own bundle, mounted beside the agent's.
+    const { data } = one(resources, T.configMap).inputs;
+    assert.deepEqual(
+      [data["flows-agent.js"], data["flows-runner.js"]],
+      [runtimeBundle("flows-agent"), flowsRunnerBundle()],
+    );
+    const runtimeVolume = podSpec(resources).volumes.find((v: { name: string }) => v.name === "runtime");
+    assert.deepEqual(
+      runtimeVolume.configMap.items.map((i: { path: string }) => i.path),
+      ["flows-agent.js", "flows-runner.js", "config.json"],
     );
   });
 

@@ -30,6 +30,9 @@ export const EC2_VARIANTS: Record<RoleName, BundleVariant[]> = {
 };
 
 /** The bundle's file name in build/bundles/: ROLE.js, or ROLE.ec2-VALUE.js for a variant. */
+/** The Flows runtimes' own bundle (the runner alone), beside the flows-agent's full bundle where it is shipped. */
+export const FLOWS_RUNNER_FILE = "flows-runner.js";
+
 export const bundleFile = (role: RoleName, variant: BundleVariant = {}) =>
   [role, [variant.platform, variant.executor, variant.vendor].filter(Boolean).join("-"), "js"]
     .filter(Boolean)

@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR, FLOWS_RUNNER_FILE } from "../config/variants";
 import { flowsAgentRole, type Runner } from "../flows-agent/agent";
 import { runRunner } from "../flows-agent/runner";
 
@@ -13,9 +13,9 @@ if (process.argv.includes("--flows-runner")) {
   void runRunner();
 } else {
   const bundle = process.argv[1];
-  const own = path.join(path.dirname(bundle), "flows-runner.js");
+  const own = BUILT_FOR.platform === "ec2" ? undefined : path.join(path.dirname(bundle), FLOWS_RUNNER_FILE);
   const runner: Runner =
-    BUILT_FOR.platform !== "ec2" && existsSync(own)
+    own && existsSync(own)
       ? { path: own, args: [], readable: [own] }
       : { path: bundle, args: ["--flows-runner"], readable: [bundle] };
   void runRole(flowsAgentRole(runner), settingsJsonSchema("flows-agent"));

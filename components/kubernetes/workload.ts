@@ -6,8 +6,9 @@ import { secretSettings, settingsToEnv } from "../../agent/config/env";
 import { imageReference } from "../../agent/config/fields";
 import { CONFIG_PATH_VARIABLE, type InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
+import { FLOWS_RUNNER_FILE } from "../../agent/config/variants";
 import { settingsJsonSchema } from "../../agent/config/settings-schema";
-import { runtimeBundle, RUNTIME_NODE_FLAGS } from "../shared/bundles";
+import { flowsRunnerBundle, runtimeBundle, RUNTIME_NODE_FLAGS } from "../shared/bundles";
 import { sharedPoolShape } from "../shared/pool-args";
 import { checkSecrets } from "../shared/secrets";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
@@ -210,7 +211,11 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     "app.kubernetes.io/managed-by": "pulumi",
   };
   const metadata = (suffix: string) => ({ name: `${name}${suffix}`, namespace: args.namespace, labels });
-  const bundle = runtimeBundle(role);
+  // Flows runtimes start on the runner's own bundle, beside the agent's (agent/roles/flows-runner.ts).
+  const bundles: Record<string, string> = {
+    [`${role}.js`]: runtimeBundle(role),
+    ...(role === "flows-agent" ? { [FLOWS_RUNNER_FILE]: flowsRunnerBundle() } : {}),
+  };
   // The runtime reads its drain time (and pool name) from the file an instance would have; the
   // settings themselves come as the container's variables.
   const instanceConfig: InstanceConfig = {
@@ -226,7 +231,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     {
       metadata: metadata("-runtime"),
       data: {
-        [`${role}.js`]: bundle,
+        ...bundles,
         [CONFIG_FILE]: config,
         ...(args.customCaCertificates ? { "ca.pem": args.customCaCertificates } : {}),
         ...Object.fromEntries((spec.configFiles ?? []).map((file) => [file.key, file.content])),
@@ -321,7 +326,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       // A new bundle or configuration rolls the pods.
       annotations: {
         "agentpools.io/runtime-sha256": createHash("sha256")
-          .update(bundle)
+          .update(Object.values(bundles).join("\n"))
           .update(config)
           .update(JSON.stringify(spec.settingsEnv))
           .update(JSON.stringify(spec.configFiles ?? []))
@@ -346,7 +351,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
           name: "runtime",
           configMap: {
             name: runtime.metadata.name,
-            items: [`${role}.js`, CONFIG_FILE].map((file) => ({ key: file, path: file })),
+            items: [...Object.keys(bundles), CONFIG_FILE].map((file) => ({ key: file, path: file })),
           },
         },
         { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { RoleName } from "../../agent/config/roles";
-import { bundleFile, type BundleVariant } from "../../agent/config/variants";
+import { bundleFile, FLOWS_RUNNER_FILE, type BundleVariant } from "../../agent/config/variants";
 
 let root: string | undefined;
 
@@ -19,11 +19,17 @@ const cache = new Map<string, string>();
 
 /** The role's runtime bundle, the full one or a variant (agent/config/variants.ts), built by `npm run build` (scripts/bundle.mjs). */
 export function runtimeBundle(role: RoleName, variant: BundleVariant = {}): string {
-  const file = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
+  return readBundle(bundleFile(role, variant), `the ${role} runtime bundle`);
+}
+
+/** The Flows runtimes' own bundle (the runner alone), shipped beside the flows-agent's full bundle. */
+export const flowsRunnerBundle = () => readBundle(FLOWS_RUNNER_FILE, "the Flows runner bundle");
+
+function readBundle(name: string, what: string): string {
+  const file = path.join(packageRoot(), "build", "bundles", name);
   const cached = cache.get(file);
   if (cached) return cached;
-  if (!existsSync(file))
-    throw new Error(`the ${role} runtime bundle is missing at ${file}: run "npm run build" in ${packageRoot()}`);
+  if (!existsSync(file)) throw new Error(`${what} is missing at ${file}: run "npm run build" in ${packageRoot()}`);
   const bundle = readFileSync(file, "utf8");
   cache.set(file, bundle);
   return bundle;
