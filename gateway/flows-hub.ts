@@ -43,6 +43,8 @@ interface FlowsAgent extends ConnectedAgent {
   socket: WebSocket;
   poolSize: number;
   executor: string;
+  /** Its hello came (it is read once). */
+  greeted: boolean;
   draining: boolean;
   /** Runs sent to it and not answered: at most its pool size (the rest wait here, where no key can jump them). */
   pending: Map<string, FlowsRun>;
@@ -109,6 +111,7 @@ export class FlowsHub {
       socket: webSocket,
       poolSize: 1,
       executor: "unknown",
+      greeted: false,
       draining: false,
       pending: new Map(),
       lastUsed: 0,
@@ -150,8 +153,14 @@ export class FlowsHub {
     const message = parseMessage<AgentMessage>(text);
     if (!message) return;
     if (message.type === "hello") {
+      // Once per link; what it says is shown on the pools listing: a short printable line.
+      if (agent.greeted) return;
+      agent.greeted = true;
       agent.poolSize = Math.max(1, Math.min(64, Number(message.poolSize) || 1));
-      agent.executor = String(message.executor);
+      agent.executor =
+        String(message.executor)
+          .replace(/[^\x20-\x7e]/g, "?")
+          .slice(0, 100) || "?";
       this.pump(agent.pool);
     } else if (message.type === "draining") {
       agent.draining = true;
@@ -204,10 +213,10 @@ export class FlowsHub {
       left,
     } as FlowsRun;
     const answer = new Promise<FlowsRunResult>((resolve, reject) => Object.assign(run, { resolve, reject }));
-    // The agent enforces the run's timeout from its start; this covers a run that waited, or a lost answer.
-    const waitMs = (timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + this.graceMs;
+    // Waiting for a runtime: as long as it may run (and the grace). Once sent, its timer starts again (see pump).
+    const waitMs = this.waitMs(run);
     run.timer = setTimeout(
-      () => this.giveUp(run, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
+      () => this.giveUp(run, new HttpError(504, `no runtime of pool ${pool} came free within ${waitMs} ms`)),
       waitMs,
     );
     queue.push(run);
@@ -242,6 +251,8 @@ export class FlowsHub {
       for (const run of queue.splice(0)) this.end(run, new HttpError(503, `no agent of pool ${pool} is connected`));
       return;
     }
+    // Nothing to do while every runtime is taken (checked before any counting: this runs on every agent message).
+    if (serving.every((a) => a.pending.size >= a.poolSize)) return;
     const load = (a: FlowsAgent) => a.pending.size / a.poolSize;
     const better = (a: FlowsAgent, b: FlowsAgent) =>
       load(a) < load(b) || (load(a) === load(b) && a.lastUsed < b.lastUsed);
@@ -266,6 +277,13 @@ export class FlowsHub {
         JSON.stringify({ type: "run", id: run.id, job: run.job, timeoutMs: run.timeoutMs } satisfies GatewayMessage),
       );
       agent.pending.set(run.id, run);
+      // The agent enforces the run's timeout from its start; this covers a lost answer.
+      clearTimeout(run.timer);
+      const waitMs = this.waitMs(run);
+      run.timer = setTimeout(
+        () => this.giveUp(run, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
+        waitMs,
+      );
     }
   }
 
@@ -280,8 +298,9 @@ export class FlowsHub {
     return this.options.clientShare ?? QUEUE_DEFAULTS.clientShare;
   }
 
-  private get graceMs(): number {
-    return this.options.flowsAnswerGraceMs ?? 10_000;
+  /** How long the gateway waits for a run (for a runtime, then for its answer): its timeout and the grace. */
+  private waitMs(run: FlowsRun): number {
+    return (run.timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.options.flowsAnswerGraceMs ?? 10_000);
   }
 
   /**

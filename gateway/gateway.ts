@@ -344,6 +344,14 @@ export class Gateway {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const json = (status: number, value: unknown, headers: Record<string, string> = {}) => {
       if (res.headersSent || res.destroyed) return void res.destroy();
+      let body: string;
+      try {
+        body = JSON.stringify(value);
+      } catch (error) {
+        // An answer too large to write (a string past V8's limit) fails that request, not the gateway.
+        this.log.error("an answer could not be written", { path, error: (error as Error).message });
+        [status, body] = [500, JSON.stringify({ error: "the answer could not be written" })];
+      }
       // A request refused before any work (unreadable, too many fields, no or a wrong key) ends its connection.
       const refused = [400, 401, 403, 431].includes(status) && !routed;
       res.writeHead(status, {
@@ -351,7 +359,7 @@ export class Gateway {
         ...(refused ? { connection: "close" } : {}),
         ...headers,
       });
-      res.end(JSON.stringify(value));
+      res.end(body);
       if (refused) res.once("finish", () => req.socket.destroySoon());
       // An answer its client does not take (up to 7 MiB of a run's result) is dropped at the stall deadline, not
       // held. One the kernel took whole holds nothing here.

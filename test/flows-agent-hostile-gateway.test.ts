@@ -1,7 +1,7 @@
 // A hostile gateway against a real Flows agent: what the gateway's messages can make the agent hold or run.
 import assert from "node:assert/strict";
 import http from "node:http";
-import type net from "node:net";
+import net from "node:net";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
 import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
 import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
@@ -11,13 +11,14 @@ import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 describe("Flows agent: a hostile gateway", function () {
   this.timeout(30_000);
 
-  it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async () => {
-    const links: WebSocket[] = [];
+  /** A gateway of the test's making, and a real agent (pool size 1) dialling it. */
+  async function hostileGateway() {
+    const links: { link: WebSocket; socket: net.Socket }[] = [];
     const answers: Record<string, unknown>[] = [];
     const server = http.createServer((_, res) => res.writeHead(404).end());
     server.on("upgrade", (req, socket: net.Socket, head) => {
       const link = acceptWebSocket(req.headers, socket, head);
-      links.push(link);
+      links.push({ link, socket });
       link.on("message", (text: string) => {
         const message = JSON.parse(text);
         if (message.type === "result") answers.push(message);
@@ -26,7 +27,6 @@ describe("Flows agent: a hostile gateway", function () {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     const log = capturingLogger("flows-agent");
-    const poolSize = 1;
     const agent = await flowsAgentRole(unbundledRunner()).start(
       flowsAgentSettings.parse({
         poolId: "01HOSTILEGW",
@@ -36,19 +36,29 @@ describe("Flows agent: a hostile gateway", function () {
         executor: "process",
         runtimeIsolation: "none",
         mountsDir: scratchDir("flows-hostile-gw-"),
-        runtimePoolSize: poolSize,
+        runtimePoolSize: 1,
         runtimeMemoryMb: 64,
       }),
       { log: log.log },
     );
+    await eventually(() => links.length === 1);
+    const run = (id: string, code: string) =>
+      links[0].link.send(JSON.stringify({ type: "run", id, job: { kind: "block", code }, timeoutMs: 60_000 }));
+    const close = async () => {
+      await agent.drain(Date.now() + 1000);
+      server.close();
+      for (const { link } of links) link.close();
+    };
+    return { links, answers, log, agent, run, close };
+  }
+
+  it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async () => {
+    const { links, answers, log, agent, run, close } = await hostileGateway();
     try {
-      await eventually(() => links.length === 1);
       // Runs that never end, each a MiB of code: more than the agent holds.
       const code = `await new Promise(() => undefined); /*${"x".repeat(1024 * 1024)}*/`;
-      const held = FLOWS_AGENT_RUNS_PER_RUNTIME * poolSize;
-      for (let i = 0; i <= held; i++)
-        links[0].send(JSON.stringify({ type: "run", id: `run-${i}`, job: { kind: "block", code }, timeoutMs: 60_000 }));
-      await new Promise((closed) => links[0].once("close", closed));
+      for (let i = 0; i <= FLOWS_AGENT_RUNS_PER_RUNTIME; i++) run(`run-${i}`, code);
+      await new Promise((closed) => links[0].link.once("close", closed));
       assert.ok(log.lines.some((l) => l.msg === "the gateway sent more runs than this agent holds: reconnecting"));
       // The runs it held end with the link (their answers have nowhere to go); it comes back, holding nothing.
       await eventually(() => links.length === 2, 10_000, "the agent reconnected");
@@ -57,9 +67,44 @@ describe("Flows agent: a hostile gateway", function () {
       assert.deepEqual(ended.sort(), ["run-0", "run-1"], "the runs it held ended, the one beyond never started");
       assert.deepEqual(answers, [], "no answer went out on a dropped link");
     } finally {
-      await agent.drain(Date.now() + 1000);
-      server.close();
-      for (const link of links) link.close();
+      await close();
+    }
+  });
+
+  it("a gateway that stops reading its answers cannot pile them up in the agent: answers not yet sent count as runs held", async () => {
+    const { links, log, agent, run, close } = await hostileGateway();
+    // Each run names itself to a loopback server and keeps the connection until its runtime is gone (after its answer).
+    const gone: string[] = [];
+    const recorder = net.createServer((socket) => {
+      let name = "";
+      socket.on("data", (chunk) => void (name ||= String(chunk)));
+      socket.on("error", () => undefined).on("close", () => gone.push(name));
+    });
+    await new Promise<void>((resolve) => recorder.listen(0, "127.0.0.1", resolve));
+    const port = (recorder.address() as net.AddressInfo).port;
+    try {
+      // It reads nothing more, and sends runs with large answers, each once the last one's runtime is gone: one
+      // runtime is all they ever take, but their answers wait in the agent.
+      links[0].socket.pause();
+      let sent = 0;
+      while (links.length === 1 && sent < 40) {
+        const id = `run-${sent++}`;
+        run(
+          id,
+          `const net = process.getBuiltinModule("node:net");
+           const socket = net.connect(${port}, "127.0.0.1");
+           await new Promise((r) => socket.on("connect", r));
+           socket.write(${JSON.stringify(id)});
+           return "x".repeat(3_000_000);`,
+        );
+        await eventually(() => links.length > 1 || gone.includes(id), 10_000, `${id}'s runtime gone`);
+      }
+      assert.equal(links.length, 2, `the agent still held the link after ${sent} unread answers of 3 MB`);
+      assert.ok(log.lines.some((l) => l.msg === "the gateway sent more runs than this agent holds: reconnecting"));
+      await eventually(() => agent.busy?.() === 0, 10_000, "nothing held once the link is gone");
+    } finally {
+      recorder.close();
+      await close();
     }
   });
 });

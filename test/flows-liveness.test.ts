@@ -232,6 +232,18 @@ describe("Flows pools: liveness and fair routing", function () {
     });
   });
 
+  it("an agent's hello is read once, and what it says is shown as a short printable line (not 2.5 MB of control characters)", async () => {
+    const loud = await flowsAgentStandIn(url, POOL, token, "loud", 2, "\u0007".repeat(2_500_000));
+    agents.push(loud);
+    await eventually(() => gateway.summary()[0].connections === 1);
+    loud.socket.send(JSON.stringify({ type: "hello", poolSize: 64, executor: "again" }));
+    await run(); // its messages are read in order: both hellos came before this run's answer
+    const [shown] = gateway.flows.summary(POOL).agents;
+    assert.deepEqual([shown.parallelism, shown.executor], [2, "?".repeat(100)]);
+    const response = await fetch(`${url}/_agentpools/api/pools`, { headers: service.headers });
+    assert.ok((await response.text()).length < 10_000);
+  });
+
   it("a key removed while its request's body is still coming: 401 once it has come, and nothing reaches the agent", async () => {
     const other = serviceKey("other");
     gateway.setKeys([service.definition, other.definition]);

@@ -8,7 +8,14 @@ import { newKey, WebSocket } from "../protocol/websocket";
  * A Flows agent by hand: it answers each run with its name at once (pool size 1 unless given), unless
  * muted (runs never answered, pings still answered) or frozen (nothing read, no ping answered).
  */
-export async function flowsAgentStandIn(url: string, pool: string, token: string, name = "stand-in", poolSize = 1) {
+export async function flowsAgentStandIn(
+  url: string,
+  pool: string,
+  token: string,
+  name = "stand-in",
+  poolSize = 1,
+  executor = "stand-in",
+) {
   const raw: net.Socket = await dialGateway(
     new URL(url),
     {
@@ -33,7 +40,7 @@ export async function flowsAgentStandIn(url: string, pool: string, token: string
     if (answering)
       socket.send(JSON.stringify({ type: "result", id: run.id, ok: true, value: name, console: [], durationMs: 1 }));
   });
-  socket.send(JSON.stringify({ type: "hello", poolSize, executor: "stand-in" }));
+  socket.send(JSON.stringify({ type: "hello", poolSize, executor }));
   return {
     socket,
     /** The run messages it received. */

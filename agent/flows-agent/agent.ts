@@ -105,8 +105,9 @@ class FlowsLink extends WebSocketLink {
         return void (run && cancelRun(run));
       }
       if (message.type !== "run" || runs.has(message.id)) return;
-      if (runs.size >= FLOWS_AGENT_RUNS_PER_RUNTIME * this.settings.runtimePoolSize) {
-        this.log.error("the gateway sent more runs than this agent holds: reconnecting", { runs: runs.size });
+      // Counted until each answer is handed to the socket: a gateway that stops reading holds them all here too.
+      if (this.inFlight >= FLOWS_AGENT_RUNS_PER_RUNTIME * this.settings.runtimePoolSize) {
+        this.log.error("the gateway sent more runs than this agent holds: reconnecting", { runs: this.inFlight });
         return socket.close(1008);
       }
       const { id, job } = message;
