@@ -11,6 +11,11 @@ import { HttpError } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
 
+/** The most bytes of Flows answers given but not yet taken a gateway holds by default. */
+export const FLOWS_ANSWER_BUDGET_BYTES = 256 * 1024 * 1024;
+/** Beyond a run's timeout, how long the gateway waits (for a runtime, then for the answer) by default. */
+export const FLOWS_ANSWER_GRACE_MS = 10_000;
+
 export interface FlowsRunResult extends Answer {
   durationMs: number;
 }
@@ -37,6 +42,8 @@ interface FlowsRun {
   cancelled: boolean;
   /** Called once it leaves the queue or its agent's runs. */
   left(): void;
+  /** Settles once its answer is delivered, or its client gone. */
+  taken?: Promise<unknown>;
 }
 
 interface FlowsAgent extends ConnectedAgent {
@@ -69,6 +76,14 @@ export class FlowsHub {
    */
   private readonly held = new Map<string, number>();
 
+  /**
+   * Bytes of answers given but not yet taken, in all and per client: up to 7 MiB each, they are what an unread client
+   * makes the gateway hold (runs alone do not bound it: 4 per runtime of a large pool is gigabytes).
+   */
+  private answerBytes = 0;
+
+  private readonly answerBytesOf = new Map<string, number>();
+
   constructor(
     private readonly pools: Map<string, { definition: PoolDefinition }>,
     private readonly log: Logger,
@@ -78,6 +93,8 @@ export class FlowsHub {
       maxAgentsPerPool?: number;
       /** The most of a pool's runs at the gateway, and of its runtimes, one key holds. */
       clientShare?: number;
+      /** The most bytes of Flows answers given but not yet taken the gateway holds (one key at most clientShare). */
+      flowsAnswerBudgetBytes?: number;
       /** Beyond a run's timeout, how long the gateway waits for its answer before cancelling it (504). */
       flowsAnswerGraceMs?: number;
     } = {},
@@ -172,6 +189,7 @@ export class FlowsHub {
       clearTimeout(run.timer);
       run.left();
       this.pump(agent.pool);
+      if (!run.cancelled) this.holdAnswer(run.client, text.length, run.taken);
       const { ok, value, error, console, durationMs } = message;
       // Field by field, the error's too: what reaches the client is an answer's fields, whatever the agent sent.
       const fields = error && { name: error.name, message: error.message, stack: error.stack, code: error.code };
@@ -199,6 +217,9 @@ export class FlowsHub {
     const holder = `${pool}\n${client}`;
     if ((this.held.get(holder) ?? 0) >= shareOf(bound, this.clientShare))
       return Promise.reject(new HttpError(503, `this key holds its share of pool ${pool}'s runs`, RETRY_AFTER_SECONDS));
+    const budget = this.options.flowsAnswerBudgetBytes ?? FLOWS_ANSWER_BUDGET_BYTES;
+    if (this.answerBytes >= budget || (this.answerBytesOf.get(client) ?? 0) >= shareOf(budget, this.clientShare))
+      return Promise.reject(new HttpError(503, "answers not yet taken fill this key's share", RETRY_AFTER_SECONDS));
     let left!: () => void;
     const gone = new Promise<void>((resolve) => (left = resolve));
     // Its promise's resolve and reject join it at once (a promise's executor runs in its constructor).
@@ -210,6 +231,7 @@ export class FlowsHub {
       client,
       seq: ++this.arrivals,
       cancelled: false,
+      taken,
       left,
     } as FlowsRun;
     const answer = new Promise<FlowsRunResult>((resolve, reject) => Object.assign(run, { resolve, reject }));
@@ -230,6 +252,18 @@ export class FlowsHub {
     void taken?.then(() => this.giveUp(run, new HttpError(499, "the client went away")));
     void Promise.allSettled([gone, taken]).then(release);
     return answer;
+  }
+
+  /** Counts an answer's bytes toward the budget until it is taken. */
+  private holdAnswer(client: string, bytes: number, taken = Promise.resolve<unknown>(undefined)): void {
+    const add = (n: number) => {
+      this.answerBytes += n;
+      const mine = (this.answerBytesOf.get(client) ?? 0) + n;
+      if (mine > 0) this.answerBytesOf.set(client, mine);
+      else this.answerBytesOf.delete(client);
+    };
+    add(bytes);
+    void taken.then(() => add(-bytes));
   }
 
   /** The pool's agents that take runs. */
@@ -300,7 +334,7 @@ export class FlowsHub {
 
   /** How long the gateway waits for a run (for a runtime, then for its answer): its timeout and the grace. */
   private waitMs(run: FlowsRun): number {
-    return (run.timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.options.flowsAnswerGraceMs ?? 10_000);
+    return (run.timeoutMs ?? FLOWS_MAX_RUN_TIMEOUT_MS) + (this.options.flowsAnswerGraceMs ?? FLOWS_ANSWER_GRACE_MS);
   }
 
   /**

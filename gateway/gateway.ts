@@ -51,6 +51,8 @@ export interface GatewayOptions
   pingTimeoutMs?: number;
   /** Beyond a Flows run's timeout, how long to wait for its answer before cancelling it with 504; 10 s by default. */
   flowsAnswerGraceMs?: number;
+  /** The most bytes of Flows answers given but not yet taken (256 MiB by default); one key at most clientShare. */
+  flowsAnswerBudgetBytes?: number;
 }
 
 /** Metadata tags an agent sends (base64url JSON): kept only as a small map of short strings. */

@@ -16,6 +16,7 @@ import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
 import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
+import { FLOWS_ANSWER_BUDGET_BYTES, FLOWS_ANSWER_GRACE_MS } from "./flows-hub";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
 const DAY_MS = 86_400_000;
@@ -35,6 +36,9 @@ export const gatewayConfig = z.strictObject({
   queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),
   maxQueued: z.int().min(0).max(100_000).default(QUEUE_DEFAULTS.maxQueued),
   clientShare: z.number().gt(0).max(1).default(QUEUE_DEFAULTS.clientShare),
+  /** Flows runs: beyond a run's timeout, the wait for its answer; the most bytes of answers given and not yet taken. */
+  flowsAnswerGraceMs: z.int().min(100).max(600_000).default(FLOWS_ANSWER_GRACE_MS),
+  flowsAnswerBudgetBytes: z.int().min(8 * 1024 * 1024).default(FLOWS_ANSWER_BUDGET_BYTES),
   /** Agent connections one pool may hold at once (any kind): more are refused with 503. */
   maxAgentsPerPool: z.int().min(1).max(100_000).default(MAX_AGENTS_PER_POOL),
   /** The public side's deadlines: a request head, a whole request, an idle connection, a reader that stalls, a whole exchange. */

@@ -147,6 +147,30 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 14);
   });
 
+  it("answers given but not taken are held to a byte budget, one key to its share: beyond, 503; taking one frees its bytes", async () => {
+    await gateway.close();
+    await start({ flowsAnswerBudgetBytes: 4000 });
+    // Each answer about 1,100 bytes (the stand-in answers with its name); one key's share, 3,000 bytes.
+    const agent = await connect("x".repeat(1000), 4);
+    const untaken: (() => void)[] = [];
+    const answered = (client: string) => {
+      const taken = new Promise<void>((resolve) => untaken.push(resolve));
+      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
+    };
+    for (let i = 0; i < 3; i++) await answered("a");
+    await assert.rejects(answered("a"), /answers not yet taken fill this key's share/);
+    assert.equal(agent.runs.length, 3, "the refused run never reached the agent");
+    assert.equal((await answered("b")).ok, true, "another key is served");
+    untaken.shift()!();
+    await eventually(
+      async () =>
+        (await answered("a").then(
+          () => true,
+          () => false,
+        )) === true,
+    );
+  });
+
   it("a run whose client hung up is cancelled: a queued one leaves the queue, the agent drops or ends one it holds, whose runtime stays taken until the agent answers the cancel", async () => {
     // (An agent that leaves a cancelled run unanswered for the ping timeout is counted free: a long one here.)
     await gateway.close();
