@@ -38,7 +38,10 @@ export const gatewayConfig = z.strictObject({
   clientShare: z.number().gt(0).max(1).default(QUEUE_DEFAULTS.clientShare),
   /** Flows runs: beyond a run's timeout, the wait for its answer; the most bytes of answers given and not yet taken. */
   flowsAnswerGraceMs: z.int().min(100).max(600_000).default(FLOWS_ANSWER_GRACE_MS),
-  flowsAnswerBudgetBytes: z.int().min(8 * 1024 * 1024).default(FLOWS_ANSWER_BUDGET_BYTES),
+  flowsAnswerBudgetBytes: z
+    .int()
+    .min(8 * 1024 * 1024)
+    .default(FLOWS_ANSWER_BUDGET_BYTES),
   /** Agent connections one pool may hold at once (any kind): more are refused with 503. */
   maxAgentsPerPool: z.int().min(1).max(100_000).default(MAX_AGENTS_PER_POOL),
   /** The public side's deadlines: a request head, a whole request, an idle connection, a reader that stalls, a whole exchange. */
