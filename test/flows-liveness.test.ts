@@ -56,6 +56,15 @@ describe("Flows pools: liveness and fair routing", function () {
     return agent;
   };
   const run = () => gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000);
+  /** Runs whose answers their clients do not take until the test calls the next of `untaken`. */
+  const untakenAnswers = () => {
+    const untaken: (() => void)[] = [];
+    const answered = (client: string) => {
+      const taken = new Promise<void>((resolve) => untaken.push(resolve));
+      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
+    };
+    return { answered, untaken };
+  };
 
   it("runs spread over equally loaded agents, least recently used first (not all to the first connected)", async () => {
     for (const name of ["a", "b", "c"]) await connect(name);
@@ -125,11 +134,7 @@ describe("Flows pools: liveness and fair routing", function () {
 
   it("answers given but not taken count toward their key's share until taken (the gateway holds them meanwhile)", async () => {
     const agent = await connect("answered");
-    const untaken: (() => void)[] = [];
-    const answered = (client: string) => {
-      const taken = new Promise<void>((resolve) => untaken.push(resolve));
-      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
-    };
+    const { answered, untaken } = untakenAnswers();
     // A pool of one runtime: one key holds 12 of its 16 runs; all answered, none taken.
     const values = await Promise.all(Array.from({ length: 12 }, () => answered("a")));
     assert.deepEqual(new Set(values.map((v) => v.value)), new Set(["answered"]));
@@ -137,12 +142,11 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.equal(agent.runs.length, 12, "the refused run never reached the agent");
     assert.equal((await answered("b")).value, "answered", "another key is not held back");
     untaken.shift()!();
-    await eventually(
-      async () =>
-        (await answered("a").then(
-          () => true,
-          () => false,
-        )) === true,
+    await eventually(() =>
+      answered("a").then(
+        () => true,
+        () => false,
+      ),
     );
     assert.equal(agent.runs.length, 14);
   });
@@ -152,22 +156,17 @@ describe("Flows pools: liveness and fair routing", function () {
     await start({ flowsAnswerBudgetBytes: 4000 });
     // Each answer about 1,100 bytes (the stand-in answers with its name); one key's share, 3,000 bytes.
     const agent = await connect("x".repeat(1000), 4);
-    const untaken: (() => void)[] = [];
-    const answered = (client: string) => {
-      const taken = new Promise<void>((resolve) => untaken.push(resolve));
-      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
-    };
+    const { answered, untaken } = untakenAnswers();
     for (let i = 0; i < 3; i++) await answered("a");
     await assert.rejects(answered("a"), /answers not yet taken fill this key's share/);
     assert.equal(agent.runs.length, 3, "the refused run never reached the agent");
     assert.equal((await answered("b")).ok, true, "another key is served");
     untaken.shift()!();
-    await eventually(
-      async () =>
-        (await answered("a").then(
-          () => true,
-          () => false,
-        )) === true,
+    await eventually(() =>
+      answered("a").then(
+        () => true,
+        () => false,
+      ),
     );
   });
 
