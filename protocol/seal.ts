@@ -164,7 +164,9 @@ export function openStream(privateKey: KeyObject): Transform {
       try {
         key = privateDecrypt(oaep(privateKey), buffered.subarray(6, 6 + wrappedLength));
       } catch {
-        throw new SealError("the sealed state cannot be opened with this pool's private key, or its header was altered");
+        throw new SealError(
+          "the sealed state cannot be opened with this pool's private key, or its header was altered",
+        );
       }
       chunkSize = buffered.readUInt32BE(length - 4);
       if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 << 20)
