@@ -120,8 +120,11 @@ export function prepareLauncher(
     if (env[name] === undefined) log.warn("a variable to pass to runs is not set", { variable: name });
     else passed[name] = env[name] as string;
   }
-  for (const [name, value] of Object.entries(env))
-    if (name.startsWith("SPACELIFT_PRIVATEVCS_MAPPING_") && value) passed[name] = value;
+  // The VCS agent mapping from the settings, wherever they came from (the variables, or an EC2 instance's file).
+  settings.vcsAgents.forEach(({ name, baseEndpoint }, index) => {
+    passed[`SPACELIFT_PRIVATEVCS_MAPPING_NAME_${index}`] = name;
+    passed[`SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_${index}`] = baseEndpoint;
+  });
   for (const name of settings.maskedEnvVars) if (env[name]) log.redact(env[name] as string);
 
   const executor =
