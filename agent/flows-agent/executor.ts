@@ -218,8 +218,9 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       uid === undefined
         ? []
         : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
-    return privileges.setpriv
-      ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}]
+    // On EC2 the agent is not root: it starts only with setpriv (missingFor).
+    return BUILT_FOR.platform === "ec2" || privileges.setpriv
+      ? [privileges.setpriv!, [...user, "--pdeathsig=KILL", "--", ...command], {}]
       : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
   /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
