@@ -522,19 +522,6 @@ describe("Kubernetes components (mocks)", () => {
       "egress.cidrBlocks[0]",
       '"10.0.0.0"',
     ],
-    [
-      "a container image, which no pod's runtime uses (each is a process)",
-      () =>
-        new kubernetes.FlowsAgent("kb-6b", {
-          poolId: "p",
-          poolToken: "t",
-          gatewayEndpoint: "https://g",
-          backendEndpoint: "https://b",
-          runtimeImage: "node:22",
-        }),
-      "runtimeImage",
-      "Docker executor only",
-    ],
     ["the process executor for workers", () => workers("kb-9", { executor: "process" }), "executor"],
     [
       "a policy with an unknown rule",
