@@ -10,7 +10,7 @@ import {
 } from "../components";
 import { caCertificates } from "../devkit/certificates";
 import { recorded, settled } from "../devkit/pulumi-mocks";
-import { CA_EC, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
+import { CA_EC, DOCKER_ONLY_VALUES, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
 import { encodeToken } from "../protocol/token";
 
 /** A refusal: what is refused, the field its problem names, what the line shows, and what the whole error must never show. */
@@ -405,15 +405,7 @@ const cases: Case[] = [
     '"auto"',
   ],
   // The process executor refuses what only the Docker executor reads, rather than ignoring it.
-  ...(
-    [
-      ["runtimeImage", "node:22-alpine"],
-      ["gvisor", false],
-      ["extraDockerParams", ["--dns=10.0.0.2"]],
-      ["registryMirror", "https://mirror.internal"],
-      ["runtimeNetwork", "none"],
-    ] as const
-  ).map(([key, value]): Case => [
+  ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value]): Case => [
     `the process executor given ${key}, which only the Docker executor reads`,
     (n) => new FlowsAgentPool(n, flowsArgs({ executor: "process", [key]: value })),
     key,
