@@ -154,4 +154,19 @@ export const LARGEST = {
     metadataTags: Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`tag_${i}`, `value-of-tag-${i}`])),
     customCaCertificates: CA_EC,
   }),
+  /** The process executor's: every setting it reads (the Docker-only ones it refuses), at realistic lengths. */
+  flowsProcess: flowsArgs({
+    executor: "process",
+    mountsDir: "/var/lib/agentpools/flows-mounts",
+    runtimePoolSize: 16,
+    runtimeMemoryMb: 1024,
+    runtimeDiskMb: 256,
+    runtimeOpenFiles: 256,
+    runtimeUids: "1900000000-1900000255",
+    defaultRunTimeout: "15m",
+    httpsProxy: "http://egress-proxy.corp.internal.example.com:3128",
+    noProxy: ".corp.internal.example.com,10.0.0.2",
+    metadataTags: Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`tag_${i}`, `value-of-tag-${i}`])),
+    customCaCertificates: CA_EC,
+  }),
 };

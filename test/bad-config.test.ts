@@ -404,6 +404,31 @@ const cases: Case[] = [
     "runtimeIsolation",
     '"auto"',
   ],
+  // The process executor refuses what only the Docker executor reads, rather than ignoring it.
+  ...(
+    [
+      ["runtimeImage", "node:22-alpine"],
+      ["gvisor", false],
+      ["extraDockerParams", ["--dns=10.0.0.2"]],
+      ["registryMirror", "https://mirror.internal"],
+      ["runtimeNetwork", "none"],
+    ] as const
+  ).map(([key, value]): Case => [
+    `the process executor given ${key}, which only the Docker executor reads`,
+    (n) => new FlowsAgentPool(n, flowsArgs({ executor: "process", [key]: value })),
+    key,
+    "Docker executor only",
+  ]),
+  [
+    "the process executor with fewer uids than twice its runtimes",
+    (n) =>
+      new FlowsAgentPool(
+        n,
+        flowsArgs({ executor: "process", runtimePoolSize: 8, runtimeUids: "1900000000-1900000014" }),
+      ),
+    "runtimeUids",
+    '"1900000000-1900000014"',
+  ],
   [
     "a run timeout of zero",
     (n) => new FlowsAgentPool(n, flowsArgs({ defaultRunTimeout: "0s" })),
