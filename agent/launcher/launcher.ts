@@ -196,6 +196,11 @@ export class Launcher extends WebSocketLink {
     });
   }
 
+  /** How state goes to and from the gateway: through the settings' proxy, as the link (off EC2; on EC2, Node's). */
+  private get transfer() {
+    return { proxy: this.context.settings.httpsProxy, noProxy: this.context.settings.noProxy };
+  }
+
   private send(message: FromWorker): void {
     if (this.socket?.open) this.socket.send(JSON.stringify(message));
   }
@@ -370,7 +375,10 @@ export class Launcher extends WebSocketLink {
     if (settings.executor === "docker")
       for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
     const stateFile = path.join(workspace, STATE_FILE);
-    if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile);
+    const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
+    // The run's time counts from here: a state that trickles in takes it too.
+    const deadline = Date.now() + runTimeoutMs;
+    if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile, run.fence, deadline);
 
     const masked = new Set(settings.maskedEnvVars);
     const secrets = [
@@ -411,7 +419,6 @@ export class Launcher extends WebSocketLink {
     if (run.stopped) started.kill();
 
     const logsTimeout = durationMs(settings.logsTimeout);
-    const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
     let timedOut: string | undefined;
     const kill = (reason: string) => {
       timedOut ??= reason;
@@ -420,7 +427,7 @@ export class Launcher extends WebSocketLink {
     let quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
     const overall = setTimeout(
       () => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`),
-      runTimeoutMs,
+      deadline - Date.now(),
     );
     started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
@@ -456,29 +463,59 @@ export class Launcher extends WebSocketLink {
     };
   }
 
-  private async downloadState(from: string, file: string): Promise<void> {
-    const response = await gatewayRequest(
-      new URL(this.context.token.gateway),
-      {
-        method: "GET",
-        path: statePath(this.context.token.pool, from),
-        headers: credentials(this.context, this.worker),
-      },
-      this.context.settings,
+  /**
+   * The state a run starts from, opened into its workspace: at most maxStateBytes as sealed, ended when nothing comes
+   * for the logs timeout or at the run's deadline. What fails leaves no file.
+   */
+  private async downloadState(from: string, file: string, fence: number, deadline: number): Promise<void> {
+    const { settings, token, privateKey } = this.context;
+    const max = settings.maxStateBytes;
+    const fail = (why: string) => new Error(`the state of run ${from} ${why}`);
+    const stopped = new AbortController();
+    const stop = (why: string) => stopped.abort(fail(why));
+    const idle = setTimeout(
+      () => stop(`stopped coming for ${settings.logsTimeout} (the logs timeout)`),
+      durationMs(settings.logsTimeout),
     );
-    if (response.statusCode !== 200) {
-      response.resume();
-      throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
-    }
+    const late = setTimeout(() => stop("was still downloading at the run's deadline"), deadline - Date.now());
     try {
+      const response = await gatewayRequest(
+        new URL(token.gateway),
+        {
+          method: "GET",
+          path: statePath(token.pool, from),
+          headers: { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(fence) },
+          signal: stopped.signal,
+        },
+        this.transfer,
+      );
+      if (response.statusCode !== 200) {
+        response.destroy();
+        throw fail(`is not available: the gateway answered ${response.statusCode}`);
+      }
+      let size = 0;
       await pipeline(
         response,
-        openStream(this.context.privateKey),
+        async function* (chunks: AsyncIterable<Buffer>) {
+          for await (const chunk of chunks) {
+            idle.refresh();
+            if ((size += chunk.length) > max) throw fail(`is over AGENTPOOLS_MAX_STATE_BYTES (${max} bytes as sealed)`);
+            yield chunk;
+          }
+        },
+        openStream(privateKey),
         createWriteStream(file, { mode: 0o600, flags: "wx" }),
+        { signal: stopped.signal },
       );
     } catch (error) {
       rmSync(file, { force: true });
-      throw new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);
+      const reason = stopped.signal.aborted ? stopped.signal.reason : error;
+      throw /^the state of run/.test((reason as Error).message)
+        ? reason
+        : fail(`cannot be opened: ${(reason as Error).message}`);
+    } finally {
+      clearTimeout(idle);
+      clearTimeout(late);
     }
   }
 
@@ -502,7 +539,7 @@ export class Launcher extends WebSocketLink {
             headers,
             body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)),
           },
-          this.context.settings,
+          this.transfer,
         );
         response.resume();
         if (response.statusCode === 413) {
