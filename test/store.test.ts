@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { SqliteStore } from "../gateway/sqlite-store";
@@ -146,6 +146,23 @@ describe("the gateway's store (SQLite)", () => {
       status: 409,
     });
     assert.equal(await store.hasState("r1"), false);
+  });
+
+  it("state over the cap is refused (413) with a data directory too; nothing of it stays, a state within it is kept", async () => {
+    await store.close();
+    store = new SqliteStore(dir, 1000);
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0));
+    await assert.rejects(store.putState(claim, Readable.from([Buffer.alloc(600), Buffer.alloc(600)])), {
+      status: 413,
+      message: /run state over 1000 bytes \(sealed\) is more than the gateway keeps/,
+    });
+    assert.equal(await store.hasState("r1"), false);
+    assert.deepEqual(readdirSync(path.join(dir, "state")), [], "no file, whole or partial");
+    await store.putState(claim, Readable.from([Buffer.alloc(1000, 1)]));
+    assert.equal((await text(await store.openState("r1"))).length, 1000);
   });
 
   it("lists a pool's runs newest first, a page at a time; loads only live runs", async () => {
