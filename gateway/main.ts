@@ -19,7 +19,7 @@ import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
 import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
-import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
+import { GATEWAY_URLS, gatewayUrlProblem, PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { FLOWS_ANSWER_BUDGET_BYTES, FLOWS_ANSWER_GRACE_MS } from "./flows-hub";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
@@ -34,7 +34,9 @@ export const gatewayConfig = z.strictObject({
     .strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) })
     .default({ host: "127.0.0.1", port: 8443 }),
   /** The address agents dial, written into each pool's token. */
-  publicUrl: z.url({ protocol: /^https?$/ }),
+  publicUrl: z.url({ protocol: /^https?$/ }).refine((url) => !gatewayUrlProblem(new URL(url)), {
+    error: `must be ${GATEWAY_URLS}: agents send their pool's token there`,
+  }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
   /** VCS pools: how long a request waits for a stream, how many may wait, one client's share of streams and queue. */
   queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),

@@ -6,7 +6,7 @@ import { BUILT_FOR } from "../config/variants";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { parseMessage } from "../../protocol/link";
+import { gatewayUrlProblem, parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
@@ -231,6 +231,9 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
   return {
     name: "flows-agent",
     async start(settings, { log }): Promise<RunningAgent> {
+      // Before anything starts; off EC2 the settings' JSON Schema does not carry this rule.
+      const plain = gatewayUrlProblem(new URL(settings.gatewayEndpoint));
+      if (plain) throw new Error(`FLOWS_GATEWAY_ENDPOINT: ${plain}`);
       const { executor, name } = await createExecutor(settings, log, runner, options.docker);
       const link = new FlowsLink(settings, executor, name, log);
       return {
