@@ -11,7 +11,7 @@ describe("gateway.json", () => {
       [
         [
           "publicUrl",
-          "must be https://, or http:// only to a loopback host (localhost, 127.0.0.0/8, [::1]): " +
+          "must be https://, or http:// only to localhost, 127.0.0.0/8 or [::1]: " +
             "agents send their pool's token there",
         ],
       ],

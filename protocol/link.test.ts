@@ -35,7 +35,7 @@ describe("gateway URLs an agent dials with its pool's token", () => {
       const problem = gatewayUrlProblem(new URL(url)) ?? "";
       assert.equal(
         problem,
-        `${shown} is not allowed: a gateway is https://, or http:// only to a loopback host (localhost, 127.0.0.0/8, [::1])`,
+        `${shown} is not allowed: use https://, or http:// only to localhost, 127.0.0.0/8 or [::1]`,
         url,
       );
       assert.ok(!problem.includes("pass"));
@@ -45,7 +45,7 @@ describe("gateway URLs an agent dials with its pool's token", () => {
   it("a pool token naming a plain-http gateway over a network is refused when decoded (launcher, VCS agent)", () => {
     assert.throws(
       () => decodeToken(encodeToken({ gateway: "http://gw.corp:8080", pool: "git", secret })),
-      /^Error: the pool token is not valid: its gateway http:\/\/gw.corp:8080 is not allowed: a gateway is https:\/\//,
+      /^Error: the pool token is not valid: its gateway http:\/\/gw.corp:8080 is not allowed: use https:\/\//,
     );
     assert.equal(decodeToken(encodeToken({ gateway: "http://127.0.0.1:8080", pool: "git", secret })).pool, "git");
     assert.equal(decodeToken(encodeToken({ gateway: "https://gw.corp:8443/x", pool: "git", secret })).pool, "git");

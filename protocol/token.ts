@@ -29,9 +29,9 @@ export function decodeToken(text: string): PoolToken {
   } catch {
     return fail("it does not decode");
   }
-  if (typeof token.gateway !== "string" || !/^https?:\/\//.test(token.gateway)) fail("it names no gateway URL");
-  const problem = gatewayUrlProblem(new URL(token.gateway as string));
-  if (problem) fail(`its gateway ${problem}`);
+  if (typeof token.gateway !== "string" || !URL.canParse(token.gateway)) fail("it names no gateway URL");
+  const plain = gatewayUrlProblem(new URL(token.gateway as string));
+  if (plain) fail(`its gateway ${plain}`);
   if (typeof token.pool !== "string" || typeof token.secret !== "string" || token.secret.length < 16)
     fail("it names no pool or secret");
   return token as PoolToken;

@@ -392,7 +392,7 @@ const cases: Case[] = [
         }),
       ),
     "token",
-    "its gateway http://gateway.example.com:8080 is not allowed: a gateway is https://, or http:// only to a loopback",
+    "its gateway http://gateway.example.com:8080 is not allowed: use https://, or http:// only to localhost, 127.0.0.0/8 or [::1]",
     ["wkr-secret-5f0c1d2e3a4b5c6d"],
   ],
   [

@@ -73,12 +73,12 @@ describe("agents refuse a plain-http gateway over a network", function () {
       // A name that reads as loopback but is not: the check is the URL's host, as the dialer reads it.
       const agent = start(role, env(`http://localhost.example.com:${port}`));
       assert.notEqual(await agent.exited, 0);
-      const variable = role === "flows-agent" ? "FLOWS_GATEWAY_ENDPOINT" : "token is not valid: its gateway";
+      const variable = role === "flows-agent" ? "FLOWS_GATEWAY_ENDPOINT" : "the pool token is not valid: its gateway";
       assert.match(
         agent.output(),
         new RegExp(
-          `${variable}:? http://localhost.example.com:${port} is not allowed: a gateway is https://, or http:// only ` +
-            "to a loopback host \\(localhost, 127.0.0.0/8, \\[::1\\]\\)",
+          `${variable}:? http://localhost.example.com:${port} is not allowed: use https://, or http:// only ` +
+            "to localhost, 127.0.0.0/8 or \\[::1\\]",
         ),
       );
       assert.ok(!agent.output().includes(secret), "the secret is not shown");

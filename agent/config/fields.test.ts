@@ -57,7 +57,7 @@ describe("setting forms", () => {
     assert.deepEqual(issue.path, ["gatewayEndpoint"]);
     assert.match(
       issue.message,
-      /^must be https:\/\/, or http:\/\/ only to a loopback host \(localhost, 127\.0\.0\.0\/8, \[::1\]\)/,
+      /^must be https:\/\/, or http:\/\/ only to localhost, 127\.0\.0\.0\/8 or \[::1\]: the agent sends/,
     );
     // The components' refusal shows the value beside it (test/bad-config.test.ts); proxies and VCS servers stay free.
     assert.ok(flowsAgentSettings.shape.httpsProxy.safeParse("http://proxy.corp:3128").success);

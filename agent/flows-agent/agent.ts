@@ -231,8 +231,9 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
   return {
     name: "flows-agent",
     async start(settings, { log }): Promise<RunningAgent> {
-      // Before anything starts; off EC2 the settings' JSON Schema does not carry this rule.
-      const plain = gatewayUrlProblem(new URL(settings.gatewayEndpoint));
+      // Before anything starts. Off EC2 the settings' JSON Schema does not carry this rule; on EC2 the component's
+      // zod schema checked it.
+      const plain = BUILT_FOR.platform !== "ec2" && gatewayUrlProblem(new URL(settings.gatewayEndpoint));
       if (plain) throw new Error(`FLOWS_GATEWAY_ENDPOINT: ${plain}`);
       const { executor, name } = await createExecutor(settings, log, runner, options.docker);
       const link = new FlowsLink(settings, executor, name, log);

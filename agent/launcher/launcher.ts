@@ -196,9 +196,10 @@ export class Launcher extends WebSocketLink {
     });
   }
 
-  /** How state goes to and from the gateway: through the settings' proxy, as the link (off EC2; on EC2, Node's). */
+  /** How state goes to and from the gateway: off EC2 through the settings' proxy, as the link (on EC2, Node's). */
   private get transfer() {
-    return { proxy: this.context.settings.httpsProxy, noProxy: this.context.settings.noProxy };
+    const { httpsProxy, noProxy } = this.context.settings;
+    return BUILT_FOR.platform === "ec2" ? {} : { proxy: httpsProxy, noProxy };
   }
 
   private send(message: FromWorker): void {
@@ -469,15 +470,12 @@ export class Launcher extends WebSocketLink {
    */
   private async downloadState(from: string, file: string, fence: number, deadline: number): Promise<void> {
     const { settings, token, privateKey } = this.context;
-    const max = settings.maxStateBytes;
-    const fail = (why: string) => new Error(`the state of run ${from} ${why}`);
-    const stopped = new AbortController();
-    const stop = (why: string) => stopped.abort(fail(why));
-    const idle = setTimeout(
-      () => stop(`stopped coming for ${settings.logsTimeout} (the logs timeout)`),
-      durationMs(settings.logsTimeout),
-    );
-    const late = setTimeout(() => stop("was still downloading at the run's deadline"), deadline - Date.now());
+    const stop = new AbortController();
+    const end = (why: string) => stop.abort(new Error(`the state of run ${from} ${why}`));
+    const logsTimeout = settings.logsTimeout;
+    const idle = setTimeout(() => end(`stopped coming for ${logsTimeout} (the logs timeout)`), durationMs(logsTimeout));
+    const late = setTimeout(() => end("was not in by the run's deadline"), deadline - Date.now());
+    let size = 0;
     try {
       const response = await gatewayRequest(
         new URL(token.gateway),
@@ -485,34 +483,30 @@ export class Launcher extends WebSocketLink {
           method: "GET",
           path: statePath(token.pool, from),
           headers: { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(fence) },
-          signal: stopped.signal,
+          signal: stop.signal,
         },
         this.transfer,
       );
-      if (response.statusCode !== 200) {
-        response.destroy();
-        throw fail(`is not available: the gateway answered ${response.statusCode}`);
-      }
-      let size = 0;
+      if (response.statusCode !== 200) end(`is not available: the gateway answered ${response.statusCode}`);
       await pipeline(
         response,
         async function* (chunks: AsyncIterable<Buffer>) {
           for await (const chunk of chunks) {
             idle.refresh();
-            if ((size += chunk.length) > max) throw fail(`is over AGENTPOOLS_MAX_STATE_BYTES (${max} bytes as sealed)`);
+            if ((size += chunk.length) > settings.maxStateBytes)
+              return end(`is over AGENTPOOLS_MAX_STATE_BYTES (${settings.maxStateBytes} bytes as sealed)`);
             yield chunk;
           }
         },
         openStream(privateKey),
         createWriteStream(file, { mode: 0o600, flags: "wx" }),
-        { signal: stopped.signal },
+        { signal: stop.signal },
       );
     } catch (error) {
       rmSync(file, { force: true });
-      const reason = stopped.signal.aborted ? stopped.signal.reason : error;
-      throw /^the state of run/.test((reason as Error).message)
-        ? reason
-        : fail(`cannot be opened: ${(reason as Error).message}`);
+      throw stop.signal.aborted
+        ? stop.signal.reason
+        : new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);
     } finally {
       clearTimeout(idle);
       clearTimeout(late);
