@@ -876,7 +876,7 @@ export class WorkerHub {
 
   /** A run as the API shows it: the sealed environment stays inside (and the owner: the caller). */
   private public(run: WorkerRun) {
-    const { sealedEnvironment, leaseExpiresAt, owner, ...shown } = run;
+    const { sealedEnvironment, leaseExpiresAt, owner: _caller, ...shown } = run;
     return {
       ...shown,
       environmentSealed: sealedEnvironment !== undefined,
