@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { randomUUID, sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -9,8 +9,18 @@ import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from ".
 import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import { decodeToken, encodeToken } from "../protocol/token";
-import type { HeldLease, ToWorker } from "../protocol/worker";
-import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import {
+  FENCE_HEADER,
+  PROOF_HEADER,
+  proofPayload,
+  statePath,
+  WORKER_HEADER,
+  type HeldLease,
+  type ToWorker,
+} from "../protocol/worker";
+import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
+import { POOL_HEADER } from "../protocol/link";
+import { privateKeyFromBase64 } from "../protocol/seal";
 import { FakeLauncher, type PoolCredentials } from "./fake-launcher";
 
 const service = serviceKey();
@@ -95,6 +105,51 @@ describe("worker runs: exactly once, under leases", function () {
     open.push(started.gateway);
     return started;
   }
+
+  it("a run's state is read only by the launcher holding a run that starts from it, under that run's fence", async () => {
+    const port = await freePort();
+    const { gateway } = await gatewayOn(port, scratchDir("lease-"));
+    const l1 = await launcher(port);
+    const state = (id: string, worker: string, fence: number, method = "GET", body?: string) => {
+      const timestamp = String(Date.now());
+      const proof = sign("sha256", proofPayload(POOL, timestamp), privateKeyFromBase64(fixture.keyBase64));
+      return rawRequest(`http://127.0.0.1:${port}`, statePath(POOL, id), {
+        method,
+        body,
+        headers: {
+          authorization: `Bearer ${fixture.secret}`,
+          [POOL_HEADER]: POOL,
+          [WORKER_HEADER]: worker,
+          [PROOF_HEADER]: `${timestamp}.${proof.toString("base64url")}`,
+          [FENCE_HEADER]: String(fence),
+        },
+      });
+    };
+    const first = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
+    const offer = await l1.next("run");
+    l1.send({ type: "accepted", id: first.id, fence: offer.lease.fence });
+    await l1.next("start");
+    assert.equal((await state(first.id, l1.id, offer.lease.fence, "PUT", "sealed-state-bytes")).status, 204);
+    l1.send({ type: "finished", id: first.id, fence: offer.lease.fence, status: "succeeded", state: true });
+    assert.equal((await finished(gateway, first.id)).state, true);
+
+    // The pool's credentials alone (its launcher, holding no run that starts from it) read nothing.
+    const idle = await state(first.id, l1.id, offer.lease.fence);
+    assert.deepEqual([idle.status, idle.body.includes("sealed-state-bytes")], [404, false]);
+    const next = await gateway.workers.submit(
+      POOL,
+      { image: "alpine:3", commands: ["plan"], stateFrom: first.id },
+      OWNER,
+    );
+    const held = await l1.next("run", (m) => m.run.id === next.id);
+    l1.send({ type: "accepted", id: next.id, fence: held.lease.fence });
+    await l1.next("start", (m) => m.id === next.id);
+    const other = await state(first.id, randomUUID(), held.lease.fence);
+    assert.deepEqual([other.status, other.body.includes("sealed-state-bytes")], [404, false], "another launcher");
+    assert.deepEqual((await state(first.id, l1.id, held.lease.fence + 1)).status, 404, "another fence");
+    const read = await state(first.id, l1.id, held.lease.fence);
+    assert.deepEqual([read.status, read.body], [200, "sealed-state-bytes"]);
+  });
 
   // The gateway crashes somewhere between handing run R to launcher L1 and L1 running it; then
   // L1 (holding what it holds) and an idle L2 come back, in either order. R must run exactly once.
