@@ -486,23 +486,29 @@ describe("launcher: a hostile gateway or run", function () {
     // Small bounds, so each case is over in milliseconds: what is shown is the bound, not its size.
     const cap = 256 * 1024;
     const work = scratchDir("state-work-");
-    let launcher: RunningAgent;
     let sealer: (plain: Readable) => Readable;
-
-    before(async () => {
+    before(() => {
       const certificate = decodeToken(token).certificate as string;
       sealer = (plain) => plain.pipe(sealStream(certificateKey(certificate)));
-      launcher = await launcherRole().start(
-        settings({ executor: "process", workDirectory: work, logsTimeout: "300ms", maxStateBytes: cap }),
-        { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } },
-      );
-      await launcher.ready;
-      await eventually(gateway.connected);
     });
-    after(async () => {
-      gateway.stateAnswer = undefined;
-      await launcher.drain(Date.now() + 2000);
-    });
+
+    /** A launcher of these cases, alone on the gateway, with this logs timeout (the download's stall timer). */
+    function launcherWith(logsTimeout: string): void {
+      let launcher: RunningAgent;
+      before(async () => {
+        await eventually(() => !gateway.connected(), 5000, "the earlier launchers gone");
+        launcher = await launcherRole().start(
+          settings({ executor: "process", workDirectory: work, logsTimeout, maxStateBytes: cap }),
+          { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } },
+        );
+        await launcher.ready;
+        await eventually(gateway.connected);
+      });
+      after(async () => {
+        gateway.stateAnswer = undefined;
+        await launcher.drain(Date.now() + 2000);
+      });
+    }
 
     /** Files the run's workspace holds (none: no partial state), read before the gateway lets the launcher clean up. */
     const filesLeft = () =>
@@ -532,52 +538,60 @@ describe("launcher: a hostile gateway or run", function () {
       await stillWorks();
     }
 
-    it("an endless body (validly sealed: the gateway has the pool's certificate) ends at the cap; nothing stays", async () => {
-      let made = 0;
-      const endless = new Readable({
-        read() {
-          made += 65_536;
-          this.push(Buffer.alloc(65_536, 0x41));
-        },
+    describe("past the cap (a long logs timeout: the cap ends them, not a clock)", () => {
+      launcherWith("1m");
+
+      it("an endless body (validly sealed: the gateway has the pool's certificate) ends at the cap; nothing stays", async () => {
+        let made = 0;
+        const endless = new Readable({
+          read() {
+            made += 65_536;
+            this.push(Buffer.alloc(65_536, 0x41));
+          },
+        });
+        await hostileDownload(
+          (res) => (res.writeHead(200), sealer(endless).pipe(res)),
+          new RegExp(`over AGENTPOOLS_MAX_STATE_BYTES \\(${cap} bytes as sealed\\)`),
+        );
+        endless.destroy();
+        // The launcher stopped reading: the stand-in made only what the sockets' buffers took beyond the cap.
+        assert.ok(made < cap + 16 * 1024 * 1024, `${made} bytes made`);
       });
-      await hostileDownload(
-        (res) => (res.writeHead(200), sealer(endless).pipe(res)),
-        new RegExp(`over AGENTPOOLS_MAX_STATE_BYTES \\(${cap} bytes as sealed\\)`),
-      );
-      endless.destroy();
-      // The launcher stopped reading: the stand-in made only what the sockets' buffers took beyond the cap.
-      assert.ok(made < cap + 16 * 1024 * 1024, `${made} bytes made`);
-    });
 
-    it("a body over the cap, its length declared, fails the run naming the setting; nothing stays", async () => {
-      const plain = Buffer.alloc(cap, 0x42);
-      const sealed = Buffer.concat(await sealer(Readable.from([plain])).toArray());
-      await hostileDownload(
-        (res) => res.writeHead(200, { "content-length": sealed.length }).end(sealed),
-        /over AGENTPOOLS_MAX_STATE_BYTES/,
-      );
-    });
-
-    it("a body that stalls, or an answer that never comes, ends at the logs timeout; nothing stays", async () => {
-      const sealed = Buffer.concat(await sealer(Readable.from([Buffer.alloc(200_000, 0x43)])).toArray());
-      // The first chunk (64 KiB and its tag) opens and lands; then nothing.
-      await hostileDownload(
-        (res) => (res.writeHead(200), res.write(sealed.subarray(0, 100_000))),
-        /state of run earlier stopped coming for 300ms \(the logs timeout\)/,
-      );
-      await hostileDownload(() => undefined, /stopped coming for 300ms/);
-    });
-
-    it("a state within the cap still arrives whole", async () => {
-      const plain = "serial=7\n";
-      gateway.served.set("small", Buffer.concat(await sealer(Readable.from([Buffer.from(plain)])).toArray()));
-      const ended = await gateway.run({
-        id: id(),
-        image: "alpine:3",
-        stateFrom: "small",
-        commands: ['cat "$AGENTPOOLS_STATE_FILE"'],
+      it("a body over the cap, its length declared, fails the run naming the setting; nothing stays", async () => {
+        const plain = Buffer.alloc(cap, 0x42);
+        const sealed = Buffer.concat(await sealer(Readable.from([plain])).toArray());
+        await hostileDownload(
+          (res) => res.writeHead(200, { "content-length": sealed.length }).end(sealed),
+          /over AGENTPOOLS_MAX_STATE_BYTES/,
+        );
       });
-      assert.deepEqual([ended.status, ended.lines], ["succeeded", ["serial=7"]]);
+
+      it("a state within the cap still arrives whole", async () => {
+        const plain = "serial=7\n";
+        gateway.served.set("small", Buffer.concat(await sealer(Readable.from([Buffer.from(plain)])).toArray()));
+        const ended = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          stateFrom: "small",
+          commands: ['cat "$AGENTPOOLS_STATE_FILE"'],
+        });
+        assert.deepEqual([ended.status, ended.lines], ["succeeded", ["serial=7"]]);
+      });
+    });
+
+    describe("stalled (a logs timeout of 1s)", () => {
+      launcherWith("1s");
+
+      it("a body that stalls, or an answer that never comes, ends at the logs timeout; nothing stays", async () => {
+        const sealed = Buffer.concat(await sealer(Readable.from([Buffer.alloc(200_000, 0x43)])).toArray());
+        // The first chunk (64 KiB and its tag) opens and lands; then nothing.
+        await hostileDownload(
+          (res) => (res.writeHead(200), res.write(sealed.subarray(0, 100_000))),
+          /state of run earlier stopped coming for 1s \(the logs timeout\)/,
+        );
+        await hostileDownload(() => undefined, /stopped coming for 1s/);
+      });
     });
   });
 
