@@ -171,7 +171,12 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
   const privileges = readPrivileges();
   const uids = uidPool(settings.runtimeUids);
   const own = process.getuid?.() ?? -1;
-  if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
+  // On EC2 the component checked the range's size, and the agent's user is a system one (below 1000, which no range
+  // reaches): an EC2 bundle leaves the check out.
+  if (
+    BUILT_FOR.platform !== "ec2" &&
+    ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1)
+  ) {
     throw new Error(
       `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
     );
