@@ -74,6 +74,7 @@ const kinds: {
       runInitializationPolicy: [{ allowedImage: ["alpine:*"] }, { allowedImages: ["alpine:*"], maxRunTimeout: "2h" }],
       executor: ["process", "docker"],
       workDirectory: ["runs", "/var/lib/agentpools/work"],
+      maxStateBytes: [0, 64 * 1024 * 1024],
       vcsAgents: [[{ name: "ghe", baseEndpoint: "not a url" }], [{ name: "ghe", baseEndpoint: "https://ghe.corp" }]],
       // Shorter than the 70-minute default run timeout: both refuse it for the same reason.
       drainTimeoutSeconds: [600, 7200],

@@ -6,7 +6,7 @@ import { BUILT_FOR } from "../config/variants";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { parseMessage } from "../../protocol/link";
+import { gatewayUrlProblem, parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
@@ -236,6 +236,10 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
   return {
     name: "flows-agent",
     async start(settings, { log }): Promise<RunningAgent> {
+      // Before anything starts. Off EC2 the settings' JSON Schema does not carry this rule; on EC2 the component's
+      // zod schema checked it.
+      const plain = BUILT_FOR.platform !== "ec2" && gatewayUrlProblem(new URL(settings.gatewayEndpoint));
+      if (plain) throw new Error(`FLOWS_GATEWAY_ENDPOINT: ${plain}`);
       const { executor, name } = await createExecutor(settings, log, runner, options.docker);
       const link = new FlowsLink(settings, executor, name, log);
       return {

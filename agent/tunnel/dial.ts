@@ -121,13 +121,24 @@ export async function openGatewaySocket(
  */
 async function requestGateway(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string> },
+  request: { method: string; path: string; headers: Record<string, string>; signal?: AbortSignal },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs">,
 ): Promise<http.ClientRequest> {
-  const { method, path, headers } = request;
-  if (BUILT_FOR.platform === "ec2") return transport(gateway).request(new URL(path, gateway), { method, headers });
+  const { method, path, headers, signal } = request;
+  if (BUILT_FOR.platform === "ec2")
+    return transport(gateway).request(new URL(path, gateway), { method, headers, signal });
   const socket = await openGatewaySocket(gateway, options);
-  return http.request({ createConnection: () => socket, method, path, headers: { host: gateway.host, ...headers } });
+  if (signal?.aborted) {
+    socket.destroy();
+    signal.throwIfAborted();
+  }
+  return http.request({
+    createConnection: () => socket,
+    method,
+    path,
+    headers: { host: gateway.host, ...headers },
+    signal,
+  });
 }
 
 /**
@@ -136,7 +147,14 @@ async function requestGateway(
  */
 export async function gatewayRequest(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
+  /** signal: aborting it ends the request, and the answer's body with it. */
+  request: {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body?: NodeJS.ReadableStream;
+    signal?: AbortSignal;
+  },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
 ): Promise<http.IncomingMessage> {
   const req = await requestGateway(
