@@ -222,7 +222,7 @@ describe("Flows agent and gateway", function () {
     const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-release-"));
     try {
       await eventually(() => [leftover, other].every((p) => existsSync(`/proc/${p.pid}`)));
-      const runtime = userLauncher("1900000970", scratchRoot).start();
+      const runtime = userLauncher("1900000970", scratchRoot).start()!;
       await runtime.ready;
       assert.equal((await runtime.run({ kind: "expression", code: "process.getuid()" }, 5000)).value, 1900000970);
       runtime.kill();

@@ -19,7 +19,15 @@ import {
   type Outcome,
   type RuntimeLauncher,
 } from "./executor";
-import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
+import {
+  ISOLATIONS,
+  readPrivileges,
+  seccompFilter,
+  uidPool,
+  type Isolation,
+  type Privileges,
+  type UidPool,
+} from "./sandbox";
 import {
   FLOWS_AGENT_RUNS_PER_RUNTIME,
   FLOWS_CONNECT_PATH,
@@ -167,15 +175,13 @@ export interface Runner {
  * gives, proven by a runtime that starts. "auto" steps down, logging each step as an error; a
  * named level refuses to start without it.
  */
-async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, log: Logger): Promise<RuntimeLauncher> {
+async function isolatedLauncher(
+  settings: FlowsAgentSettings,
+  runner: Runner,
+  uids: UidPool,
+  log: Logger,
+): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
-  const uids = uidPool(settings.runtimeUids);
-  const own = process.getuid?.() ?? -1;
-  if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1) {
-    throw new Error(
-      `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
-    );
-  }
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
@@ -192,7 +198,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
         openFiles: settings.runtimeOpenFiles,
         scratchRoot: settings.mountsDir,
       });
-      const trial = launcher.start();
+      const trial = launcher.start()!;
       missing = await trial.ready.then(
         () => undefined,
         (error: Error) => `a runtime did not start: ${error.message}`,
@@ -219,10 +225,19 @@ export async function createExecutor(
   docker?: string,
 ): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
+  const uids = uidPool(settings.runtimeUids);
+  const own = process.getuid?.() ?? -1;
+  // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one.
+  const needed = 2 * settings.runtimePoolSize;
+  if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
+    throw new Error(
+      `FLOWS_RUNTIME_UIDS=${settings.runtimeUids} must hold at least ${needed} uids (twice FLOWS_RUNTIME_POOL_SIZE=` +
+        `${settings.runtimePoolSize}), none of them the agent's own (${own})`,
+    );
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
-      ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker)
-      : await isolatedLauncher(settings, runner, log);
+      ? dockerLauncher(settings, runner.path, uids, { docker, log })
+      : await isolatedLauncher(settings, runner, uids, log);
   return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
 }
 

@@ -171,7 +171,10 @@ function residentMb(pid: number | undefined): number | undefined {
 
 export interface RuntimeLauncher {
   describe: string;
-  start(): Runtime;
+  /** A runtime, or none while every uid is held (by runtimes alive or not yet cleaned up). */
+  start(): Runtime | undefined;
+  /** Its uids, when it has: the executor hears when one comes back. */
+  uids?: UidPool;
 }
 
 /**
@@ -238,9 +241,11 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   }
 
   return {
+    uids: isolation === "none" ? undefined : uids,
     describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaced ? "namespaces and " : ""}a user of its own`}`,
     start() {
       const uid = isolation === "none" ? undefined : uids.take();
+      if (uid === undefined && isolation !== "none") return;
       const scratch = namespaced
         ? "/tmp"
         : uid
@@ -377,22 +382,57 @@ export function dockerRunArgs(
   ];
 }
 
-/** Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. */
+/**
+ * Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. A
+ * container's uid is given back only once the engine says the container is gone (`docker rm --force` succeeded, or
+ * found none): killing the client leaves its container running. An engine that has not said so within
+ * `removalTimeoutMs` is logged as an error and asked again; meanwhile the uid stays held and starts wait for another.
+ */
 export function dockerLauncher(
   settings: FlowsAgentSettings,
   runtimeFile: string,
   uids: UidPool,
-  docker = "docker",
+  { docker = "docker", log, removalTimeoutMs = 30_000 }: { docker?: string; log?: Logger; removalTimeoutMs?: number } = {},
 ): RuntimeLauncher {
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
   const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
   const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
+  /** Resolves once the engine says container `name` is gone; asks again, after an error or a silence, until it does. */
+  const removal = (name: string, uid: number) =>
+    new Promise<void>((gone) => {
+      let warned = false;
+      const ask = () => {
+        let said = "";
+        const rm = spawn(docker, ["rm", "--force", name], { stdio: ["ignore", "ignore", "pipe"], env });
+        const silence = setTimeout(() => rm.kill("SIGKILL"), removalTimeoutMs);
+        rm.stderr.on("data", (chunk) => void (said.length < 1024 && (said += chunk)));
+        rm.on("error", (error) => (said ||= error.message));
+        rm.on("close", (code) => {
+          clearTimeout(silence);
+          if (code === 0 || /no such container/i.test(said)) return gone();
+          if (!warned) {
+            warned = true;
+            log?.error("the Docker engine has not confirmed a runtime container gone: its uid stays in use until it does", {
+              container: name,
+              uid,
+              answer: said.trim().slice(0, 200) || `none within ${removalTimeoutMs} ms`,
+            });
+          }
+          setTimeout(ask, Math.min(removalTimeoutMs, 1000));
+        });
+      };
+      ask();
+    });
   return {
+    uids,
     describe: `docker (${settings.gvisor ? "gVisor" : "runc"}), a user of its own`,
     start() {
       const uid = uids.take();
+      if (uid === undefined) return;
       const name = `agentpools-runtime-${randomUUID()}`;
       const child = spawn(docker, dockerRunArgs(settings, runtimeFile, name, uid), { stdio: "pipe", env });
+      let removed: Promise<void> | undefined;
+      const remove = () => (removed ??= removal(name, uid));
       let released = false;
       return runtime(
         {
@@ -401,11 +441,11 @@ export function dockerLauncher(
           answers: child.stdout,
           memoryPid: () => undefined,
           kill() {
-            // Killing the client would leave the container running: the engine stops it.
-            spawn(docker, ["kill", name], { stdio: "ignore", env }).on("error", () => undefined);
+            void remove();
             child.kill("SIGKILL");
           },
-          cleanup: () => void (released || ((released = true), uids.give(uid))),
+          // Also after the client ended by itself (it waits for the container's removal, unless something killed it).
+          cleanup: () => void (released || ((released = true), remove().then(() => uids.give(uid)))),
         },
         settings.runtimeMemoryMb,
       );
@@ -433,17 +473,20 @@ export interface Executor {
   close(): void;
 }
 
-/** Waits in `queue` for a turn: true once given one, false if cancelled first (and the place is left). */
-function turn(queue: (() => void)[], cancellation: Cancellation = {}): Promise<boolean> {
+/** Waits in `queue` for a turn: true once given one, false if cancelled or out of time first (and the place is left). */
+function turn(queue: (() => void)[], cancellation: Cancellation = {}, timeoutMs?: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const go = () => resolve(true);
-    queue.push(go);
-    cancellation.onCancel = () => {
+    const leave = (given: boolean) => {
       const at = queue.indexOf(go);
-      if (at < 0) return;
-      queue.splice(at, 1);
-      resolve(false);
+      if (at < 0 && !given) return;
+      if (at >= 0) queue.splice(at, 1);
+      clearTimeout(timer);
+      resolve(given);
     };
+    const go = () => leave(true);
+    const timer = timeoutMs === undefined ? undefined : setTimeout(leave, timeoutMs, false);
+    queue.push(go);
+    cancellation.onCancel = () => leave(false);
   });
 }
 
@@ -459,6 +502,11 @@ export function executor({
 }): Executor {
   const spares: Runtime[] = [];
   const waiting: (() => void)[] = [];
+  // Runs with a turn but no runtime: every uid was held (runtimes still being cleaned up). A uid given back or a
+  // spare ready wakes them all to try again, ahead of new spares.
+  const waitingForUid: (() => void)[] = [];
+  const wake = () => waitingForUid.splice(0).forEach((go) => go());
+  if (launcher.uids) launcher.uids.onGive = () => (waitingForUid.length ? wake() : refill());
   let starting = 0;
   let active = 0;
   let closed = false;
@@ -470,17 +518,21 @@ export function executor({
   };
   const refill = (): void => {
     while (!closed && spares.length + starting + active < poolSize) {
-      starting++;
       try {
         const spare = launcher.start();
+        // No uid free: one given back calls this again.
+        if (!spare) return;
+        starting++;
         spare.ready.then(() => {
           starting--;
           if (closed) return spare.kill();
           spares.push(spare);
+          wake();
           // A spare that dies while it waits is no spare.
           void spare.exited.then(() => spares.includes(spare) && (spares.splice(spares.indexOf(spare), 1), refill()));
         }, failed);
       } catch (error) {
+        starting++;
         return failed(error as Error);
       }
     }
@@ -501,13 +553,26 @@ export function executor({
       });
       if (active >= poolSize && !(await turn(waiting, cancellation))) return failed("AbortError", FLOWS_CANCELLED);
       active++;
-      const spare = spares.shift();
+      let spare = spares.shift();
       let used = spare;
-      if (cancellation) cancellation.onCancel = () => used?.kill(FLOWS_CANCELLED);
+      const onCancel = () => used?.kill(FLOWS_CANCELLED);
+      if (cancellation) cancellation.onCancel = onCancel;
       try {
         // Cancelled while its turn came: not started.
         if (cancellation?.cancelled) throw new Error(FLOWS_CANCELLED);
         used ??= launcher.start();
+        // Every uid held (runtimes not yet cleaned up): wait for one, or a spare, within the run's own timeout.
+        while (!used) {
+          if (!(await turn(waitingForUid, cancellation, Math.max(0, timeoutMs - (performance.now() - began)))))
+            throw new Error(
+              cancellation?.cancelled
+                ? FLOWS_CANCELLED
+                : `the run timed out after ${timeoutMs} ms waiting for a runtime (every uid held by one not yet gone)`,
+            );
+          if (cancellation) cancellation.onCancel = onCancel;
+          used = spare = spares.shift();
+          used ??= launcher.start();
+        }
         // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
         if (!spare) await used.ready;
         const { ok, value, error, console, text } = await used.run(job, timeoutMs);

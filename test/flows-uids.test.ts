@@ -1,0 +1,154 @@
+// A Flows runtime's uid goes to another runtime only once the first is gone, and a run never fails for want of one.
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { flowsAgentSettings } from "../agent/config/flows-agent";
+import { unbundledRunner } from "../agent/flows-agent/agent";
+import {
+  cancelRun,
+  dockerLauncher,
+  executor as createExecutor,
+  processLauncher,
+  type Cancellation,
+  type Outcome,
+  type RuntimeLauncher,
+} from "../agent/flows-agent/executor";
+import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
+import { writeFlowsDockerStandIn } from "../devkit/docker-stand-in";
+import { capturingLogger, eventually, runtimeUidRange, scratchDir } from "../devkit/helpers";
+import { BUNDLE } from "./flows-hostile";
+
+const settings = flowsAgentSettings.parse({
+  poolId: "01UIDS",
+  poolToken: "t",
+  gatewayEndpoint: "http://127.0.0.1:9",
+  backendEndpoint: "http://127.0.0.1:9",
+  executor: "docker",
+  runtimeMemoryMb: 64,
+});
+
+/** A range of `size` uids of this file's slot. */
+const range = (slot: number, size: number) => {
+  const { first } = runtimeUidRange(slot);
+  return `${first}-${first + size - 1}`;
+};
+
+const dockerStandIn = (dir: string, uids: string, log = capturingLogger("flows-agent"), removalTimeoutMs = 100) =>
+  dockerLauncher(settings, BUNDLE(), uidPool(uids), {
+    docker: writeFlowsDockerStandIn(dir),
+    log: log.log,
+    removalTimeoutMs,
+  });
+
+/** Runtimes of "user" isolation (as root), their scratch under a directory they can reach. */
+function userLauncher(uids: string): { launcher: RuntimeLauncher; dispose(): void } {
+  const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-"));
+  const launcher = processLauncher({
+    isolation: "user",
+    privileges: readPrivileges(),
+    uids: uidPool(uids),
+    runner: [unbundledRunner().path],
+    readable: unbundledRunner().readable,
+    memoryMb: 64,
+    diskMb: 16,
+    openFiles: 64,
+    scratchRoot,
+  });
+  return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true }) };
+}
+
+describe("Flows runtimes and their uids", function () {
+  this.timeout(60_000);
+
+  it("Docker: a timed-out run's container keeps its uid until the engine says it is gone; a run meanwhile waits for one", async () => {
+    const dir = scratchDir("flows-uids-docker-");
+    const log = capturingLogger("flows-agent");
+    // Two uids, a pool of one: the spare and the run it becomes, and one more.
+    const executor = createExecutor({ poolSize: 1, launcher: dockerStandIn(dir, range(12, 2), log), log: log.log });
+    try {
+      // The engine answers no removal until told: the hung run's container lives on after its client is killed.
+      writeFileSync(path.join(dir, "hold"), "");
+      const hung = await executor.run({ kind: "block", code: "await new Promise(() => setInterval(() => {}, 1000));" }, 300);
+      assert.match(hung.error?.message ?? "", /timed out after 300 ms/);
+      const second = await executor.run({ kind: "expression", code: "process.getuid()" }, 5000);
+      assert.equal(second.ok, true, JSON.stringify(second));
+      // Both uids held by containers the engine has not removed: the third run waits, and the log says why.
+      const third = executor.run({ kind: "expression", code: "1 + 1" }, 10_000);
+      await eventually(
+        () => log.lines.some((l) => /has not confirmed a runtime container gone/.test(String(l.msg))),
+        5000,
+        "the engine's silence logged",
+      );
+      assert.ok(!existsSync(path.join(dir, "uid-reused")), "no container started under a uid a live one runs as");
+      rmSync(path.join(dir, "hold"));
+      assert.deepEqual(((await third) as Outcome).value, 2);
+      assert.ok(!existsSync(path.join(dir, "uid-reused")), "no container started under a uid a live one runs as");
+    } finally {
+      rmSync(path.join(dir, "hold"), { force: true });
+      executor.close();
+    }
+  });
+
+  it("Docker: a run waits for a uid no longer than its own timeout, and says so", async () => {
+    const dir = scratchDir("flows-uids-wait-");
+    const log = capturingLogger("flows-agent");
+    const executor = createExecutor({ poolSize: 1, launcher: dockerStandIn(dir, range(13, 2), log), log: log.log });
+    try {
+      writeFileSync(path.join(dir, "hold"), "");
+      for (const code of ["1", "2"]) {
+        const outcome = await executor.run({ kind: "expression", code }, 5000);
+        assert.equal(outcome.ok, true, JSON.stringify(outcome));
+      }
+      const starved = await executor.run({ kind: "expression", code: "3" }, 200);
+      assert.match(starved.error?.message ?? "", /^the run timed out after 200 ms waiting for a runtime \(every uid held/);
+      rmSync(path.join(dir, "hold"));
+      assert.equal((await executor.run({ kind: "expression", code: "4" }, 5000)).value, 4);
+    } finally {
+      rmSync(path.join(dir, "hold"), { force: true });
+      executor.close();
+    }
+  });
+
+  for (const kind of ["user", "docker"] as const) {
+    it(`${kind}: a churn of runs (normal, timed out, crashed, cancelled) on a range of twice the pool: every valid run answers`, async function () {
+      if (kind === "user" && process.getuid?.() !== 0) this.skip();
+      const poolSize = 2;
+      const uids = range(14, 2 * poolSize);
+      const made =
+        kind === "user" ? userLauncher(uids) : { launcher: dockerStandIn(scratchDir("flows-churn-"), uids), dispose() {} };
+      const log = capturingLogger("flows-agent");
+      const executor = createExecutor({ poolSize, launcher: made.launcher, log: log.log });
+      try {
+        const runs: Promise<[string, Outcome]>[] = [];
+        for (let i = 0; i < 40; i++) {
+          const what = ["normal", "timeout", "crash", "cancel"][i % 4];
+          const cancellation: Cancellation = {};
+          const code = {
+            normal: `${i}`,
+            timeout: "(() => { for (;;); })()",
+            crash: "process.exit(3)",
+            cancel: "new Promise(() => setInterval(() => {}, 1000))",
+          }[what]!;
+          runs.push(
+            executor
+              .run({ kind: "expression", code }, what === "timeout" ? 100 : 20_000, cancellation)
+              .then((outcome) => [what, outcome]),
+          );
+          if (what === "cancel") setTimeout(() => cancelRun(cancellation), 50);
+        }
+        for (const [i, [what, outcome]] of (await Promise.all(runs)).entries()) {
+          const message = outcome.error?.message ?? "";
+          if (what !== "timeout") assert.doesNotMatch(message, /uid/, `run ${i} (${what})`);
+          if (what === "normal") assert.deepEqual([outcome.ok, outcome.value], [true, i], message);
+          if (what === "timeout") assert.match(message, /timed out after 100 ms/);
+          if (what === "crash") assert.match(message, /exited \(code 3\)/);
+          if (what === "cancel") assert.equal(outcome.error?.name, "AbortError", message);
+        }
+      } finally {
+        executor.close();
+        made.dispose();
+      }
+    });
+  }
+});
