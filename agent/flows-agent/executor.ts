@@ -41,6 +41,8 @@ export interface Spawned {
   /** The process whose resident memory counts. */
   memoryPid(): number | undefined;
   kill(): void;
+  /** Stops it where it is (SIGSTOP), at once and cheaply, until kill; where it cannot be stopped, as kill. */
+  stop?(): void;
   /** After its exit: release its uid and scratch. Never throws. */
   cleanup(): void;
 }
@@ -108,6 +110,8 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
     if (frames !== 2 || !answered) throw new Error("a message out of turn");
+    // Nothing it does after its answer counts: it is stopped before the answer is taken (its end comes a moment later).
+    spawned.stop?.();
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
@@ -151,10 +155,10 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   };
 }
 
-/** SIGKILL, to a process that may be gone already. */
-function killQuietly(pid: number): void {
+/** SIGKILL (or `signal`), to a process that may be gone already. */
+function killQuietly(pid: number, signal = "SIGKILL"): void {
   try {
-    process.kill(pid, "SIGKILL");
+    process.kill(pid, signal);
   } catch {
     // Gone already.
   }
@@ -297,6 +301,13 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           jobs: child.stdin as Writable,
           answers: child.stdio[3] as Readable,
           memoryPid: () => memoryPid,
+          stop() {
+            // The runtime itself (not bubblewrap, which would only wait for it); not yet told its pid, ended now.
+            const pid = namespaced ? memoryPid : child.pid;
+            if (child.exitCode !== null || child.signalCode !== null) return;
+            if (pid) killQuietly(pid, "SIGSTOP");
+            else this.kill();
+          },
           kill() {
             if (child.exitCode !== null || child.signalCode !== null) return;
             // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's

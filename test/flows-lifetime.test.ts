@@ -1,10 +1,13 @@
-// A Flows runtime's uid goes to another runtime only once the first is gone, and a run never fails for want of one.
+// Nothing of a Flows runtime outlives its place: its uid goes to another runtime only once it is gone, a run never
+// fails for want of a uid, and a runtime can do nothing once its answer is taken.
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
-import { unbundledRunner } from "../agent/flows-agent/agent";
+import { missingFor, unbundledRunner } from "../agent/flows-agent/agent";
 import {
   cancelRun,
   dockerLauncher,
@@ -14,7 +17,7 @@ import {
   type Outcome,
   type RuntimeLauncher,
 } from "../agent/flows-agent/executor";
-import { readPrivileges, uidPool } from "../agent/flows-agent/sandbox";
+import { readPrivileges, uidPool, type Isolation } from "../agent/flows-agent/sandbox";
 import { writeFlowsDockerStandIn } from "../devkit/docker-stand-in";
 import { capturingLogger, eventually, runtimeUidRange, scratchDir } from "../devkit/helpers";
 import { BUNDLE } from "./flows-hostile";
@@ -41,11 +44,11 @@ const dockerStandIn = (dir: string, uids: string, log = capturingLogger("flows-a
     removalTimeoutMs,
   });
 
-/** Runtimes of "user" isolation (as root), their scratch under a directory they can reach. */
-function userLauncher(uids: string): { launcher: RuntimeLauncher; dispose(): void } {
+/** Runtimes of the process executor (of "user" isolation unless told), their scratch where they can reach it. */
+function userLauncher(uids: string, isolation: Isolation = "user"): { launcher: RuntimeLauncher; dispose(): void } {
   const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-"));
   const launcher = processLauncher({
-    isolation: "user",
+    isolation,
     privileges: readPrivileges(),
     uids: uidPool(uids),
     runner: [unbundledRunner().path],
@@ -58,7 +61,7 @@ function userLauncher(uids: string): { launcher: RuntimeLauncher; dispose(): voi
   return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true }) };
 }
 
-describe("Flows runtimes and their uids", function () {
+describe("Flows runtimes: nothing outlives its place", function () {
   this.timeout(60_000);
 
   it("Docker: a timed-out run's container keeps its uid until the engine says it is gone; a run meanwhile waits for one", async () => {
@@ -121,7 +124,8 @@ describe("Flows runtimes and their uids", function () {
       const executor = createExecutor({ poolSize, launcher: made.launcher, log: log.log });
       try {
         const runs: Promise<[string, Outcome]>[] = [];
-        for (let i = 0; i < 40; i++) {
+        // Enough for uids to be held by runtimes not yet gone while the next ones start (a cold Docker runtime is slower).
+        for (let i = 0; i < (kind === "docker" ? 16 : 24); i++) {
           const what = ["normal", "timeout", "crash", "cancel"][i % 4];
           const cancellation: Cancellation = {};
           const code = {
@@ -148,6 +152,50 @@ describe("Flows runtimes and their uids", function () {
       } finally {
         executor.close();
         made.dispose();
+      }
+    });
+  }
+
+  for (const isolation of ["none", "user", "namespaces"] as const) {
+    it(`${isolation}: a run that answers by itself and acts on is stopped before its answer is taken`, async function () {
+      const missing = missingFor(isolation, readPrivileges());
+      if (missing) this.skip();
+      const { launcher, dispose } = userLauncher(range(15, 2), isolation);
+      const log = capturingLogger("flows-agent");
+      const executor = createExecutor({ poolSize: 1, launcher, log: log.log });
+      // A recorder the run connects to before answering; told "go" once the run's answer is taken, it hears
+      // "acted" if the run can still act.
+      const recorder = net.createServer();
+      await new Promise<void>((resolve) => recorder.listen(0, "127.0.0.1", resolve));
+      const heard: Buffer[] = [];
+      const connected = once(recorder, "connection") as Promise<[net.Socket]>;
+      try {
+        const outcome = executor.run(
+          {
+            kind: "block",
+            code: `const fs = await import('node:fs'); const net = await import('node:net');
+            const socket = net.connect(inputs.port, '127.0.0.1'); await new Promise((r) => socket.once('connect', r));
+            socket.on('data', () => socket.write('acted'));
+            const body = Buffer.from(JSON.stringify({ ok: true, value: 'answered', console: [] }));
+            const head = Buffer.alloc(4); head.writeUInt32BE(body.length);
+            fs.writeSync(3, Buffer.concat([head, body]));
+            await new Promise(() => setInterval(() => {}, 1000));`,
+            inputs: { port: (recorder.address() as net.AddressInfo).port },
+          },
+          5000,
+        );
+        const [socket] = await connected;
+        socket.on("data", (chunk: Buffer) => heard.push(chunk)).on("error", () => undefined);
+        const answer = await outcome;
+        socket.write("go");
+        assert.deepEqual([answer.ok, answer.value], [true, "answered"], JSON.stringify(answer));
+        // Its connection ends with it (reset: the kernel closes what a killed process held).
+        await new Promise((resolve) => socket.on("close", resolve));
+        assert.equal(Buffer.concat(heard).toString(), "", "the run acted after its answer was taken");
+      } finally {
+        recorder.close();
+        executor.close();
+        dispose();
       }
     });
   }
