@@ -11,6 +11,7 @@ import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
   cancelRun,
+  claim,
   dockerLauncher,
   executor,
   type Cancellation,
@@ -182,6 +183,7 @@ async function isolatedLauncher(
   log: Logger,
 ): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
+  claim(settings.mountsDir);
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {

@@ -1,7 +1,7 @@
 import { BUILT_FOR } from "../config/variants";
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
@@ -197,6 +197,46 @@ export const runtimeNodeFlags = (readable: string[], scratch: string, memoryMb: 
   "--no-addons",
 ];
 
+/** A process's pid and start time (a pid alone is reused), from /proc; undefined once it is gone. */
+function identity(pid: number): string | undefined {
+  try {
+    return `${pid} ${readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[19]}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The file in a scratch root naming the agent that uses it. */
+const CLAIM = ".agent";
+
+/**
+ * Claims a scratch root for one agent, which cleans it at start as its own: an agent alive (its process, with the
+ * same start time) that claimed it first stops this one with an error naming the setting; a dead one's is taken over.
+ */
+export function claim(dir: string): void {
+  const file = `${dir}/${CLAIM}`;
+  const me = `${identity(process.pid) ?? process.pid} ${randomUUID()}`;
+  for (;;) {
+    try {
+      return writeFileSync(file, me, { flag: "wx", mode: 0o600 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    let held: string;
+    try {
+      held = readFileSync(file, "utf8");
+    } catch {
+      continue; // taken over meanwhile: try again
+    }
+    const pid = Number(held.split(" ")[0]);
+    if (held.startsWith(`${identity(pid)} `))
+      throw new Error(
+        `FLOWS_MOUNTS_DIR=${dir} is in use by another Flows agent (pid ${pid}): give each agent a directory of its own`,
+      );
+    rmSync(file, { force: true });
+  }
+}
+
 export interface ProcessLauncherOptions {
   isolation: Isolation;
   privileges: Privileges;
@@ -239,6 +279,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   // out: their processes, then their scratch.
   for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
   for (const name of readdirSync(o.scratchRoot)) {
+    if (name === CLAIM) continue;
     const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
     const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
     spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
