@@ -7,7 +7,7 @@ import type { Logger } from "../lib/log";
 import { PING_TIMEOUT_MS, POOL_HEADER } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import { bearerToken, KEY_REVOKED } from "./auth";
-import { HttpError } from "./http";
+import { HttpError, JsonText } from "./http";
 import { poolFull, secretMatches, type ConnectedAgent, type PoolDefinition, type RefuseUpgrade } from "./pools";
 import { QUEUE_DEFAULTS, RETRY_AFTER_SECONDS, shareOf } from "./vcs-hub";
 
@@ -16,9 +16,8 @@ export const FLOWS_ANSWER_BUDGET_BYTES = 256 * 1024 * 1024;
 /** Beyond a run's timeout, how long the gateway waits (for a runtime, then for the answer) by default. */
 export const FLOWS_ANSWER_GRACE_MS = 10_000;
 
-export interface FlowsRunResult extends Answer {
-  durationMs: number;
-}
+/** A run's answer as its client reads it: `Answer` and the run's `durationMs`, as JSON text. */
+export type FlowsRunResult = JsonText;
 
 /**
  * A run at the gateway: queued until an agent has a runtime free for it, then sent, until the agent answers it (a
@@ -189,11 +188,14 @@ export class FlowsHub {
       clearTimeout(run.timer);
       run.left();
       this.pump(agent.pool);
-      if (!run.cancelled) this.holdAnswer(run.client, text.length, run.taken);
       const { ok, value, error, console, durationMs } = message;
       // Field by field, the error's too: what reaches the client is an answer's fields, whatever the agent sent.
       const fields = error && { name: error.name, message: error.message, stack: error.stack, code: error.code };
-      run.resolve({ ok, value, error: fields, console: Array.isArray(console) ? console : [], durationMs });
+      const answer = { ok, value, error: fields, console: Array.isArray(console) ? console : [], durationMs };
+      // Encoded here, once: what the answer budget counts is the text the gateway holds for the client.
+      const json = new JsonText(JSON.stringify(answer satisfies Answer));
+      if (!run.cancelled) this.holdAnswer(run.client, json.text.length, run.taken);
+      run.resolve(json);
     }
   }
 

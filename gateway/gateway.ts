@@ -8,7 +8,7 @@ import { MAX_REQUEST_HEADERS, redactTarget, requestHeaders, type HeaderMap } fro
 import { FLOWS_MAX_RUN_TIMEOUT_MS } from "../protocol/flows";
 import { KEY_REVOKED, ServiceAuth, type ServiceKeyDefinition } from "./auth";
 import { FlowsHub } from "./flows-hub";
-import { HttpError, readJsonBody } from "./http";
+import { HttpError, JsonText, readJsonBody } from "./http";
 import { WORKER_API } from "../protocol/worker";
 import { readTarget, type Target } from "./target";
 import { WorkerHub, type WorkerHubOptions } from "./worker-hub";
@@ -348,7 +348,7 @@ export class Gateway {
       if (res.headersSent || res.destroyed) return void res.destroy();
       let body: string;
       try {
-        body = JSON.stringify(value);
+        body = value instanceof JsonText ? value.text : JSON.stringify(value);
       } catch (error) {
         // An answer too large to write (a string past V8's limit) fails that request, not the gateway.
         this.log.error("an answer could not be written", { path, error: (error as Error).message });

@@ -12,6 +12,15 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * JSON text made before the answer is written, and written as it is. A Flows answer is encoded once, where the
+ * gateway counts the bytes it holds: encoding the agent's answer again can make it about five times longer
+ * (`9e20` comes back as 21 digits).
+ */
+export class JsonText {
+  constructor(readonly text: string) {}
+}
+
 /** A request's JSON body, at most `limit` bytes; a clear 413 or 400 otherwise. */
 export function readJsonBody(req: Readable, shape: string, limit = 1_048_576): Promise<unknown> {
   return new Promise((resolve, reject) => {

@@ -19,6 +19,7 @@ import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-
 import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
 import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
 import { flowsArgs, LARGEST, vcsArgs, workerArgs } from "../devkit/fixtures";
+import { readAnswer } from "./flows-stand-in";
 
 /**
  * A variant started as on an instance, with these settings in its instance file and these variables (the secret
@@ -179,17 +180,21 @@ describe("EC2 bundle variants", () => {
     const connections = () => gateway.summary()[0].connections;
     try {
       await eventually(() => connections() === 1, 15_000, "the agent connected");
-      const done = await gateway.flows.run("01EC2FLOWS", {
-        kind: "expression",
-        code: "inputs.a * 2",
-        inputs: { a: 21 },
-      });
+      const done = await readAnswer(
+        gateway.flows.run("01EC2FLOWS", {
+          kind: "expression",
+          code: "inputs.a * 2",
+          inputs: { a: 21 },
+        }),
+      );
       assert.deepEqual([done.ok, done.value], [true, 42], JSON.stringify(done));
       assert.match(output, /"isolation":"namespaces"/);
-      const inFlight = gateway.flows.run("01EC2FLOWS", {
-        kind: "block",
-        code: "await new Promise((r) => setTimeout(r, 300)); return 'finished';",
-      });
+      const inFlight = readAnswer(
+        gateway.flows.run("01EC2FLOWS", {
+          kind: "block",
+          code: "await new Promise((r) => setTimeout(r, 300)); return 'finished';",
+        }),
+      );
       await eventually(() => gateway.summary()[0].activeRequests === 1, 5_000, "the run in flight");
       child.kill("SIGTERM");
       assert.equal((await inFlight).value, "finished");

@@ -6,7 +6,7 @@ import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
-import { flowsAgentStandIn } from "./flows-stand-in";
+import { flowsAgentStandIn, readAnswer as read } from "./flows-stand-in";
 import { FLOWS_MAX_RUN_TIMEOUT_MS, FLOWS_MAX_VALUE_CONTAINERS } from "../protocol/flows";
 
 const service = serviceKey();
@@ -55,13 +55,13 @@ describe("Flows pools: liveness and fair routing", function () {
     await eventually(() => gateway.summary()[0].connections === agents.length);
     return agent;
   };
-  const run = () => gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000);
+  const run = () => read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000));
   /** Runs whose answers their clients do not take until the test calls the next of `untaken`. */
   const untakenAnswers = () => {
     const untaken: (() => void)[] = [];
     const answered = (client: string) => {
       const taken = new Promise<void>((resolve) => untaken.push(resolve));
-      return gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken);
+      return read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client, taken));
     };
     return { answered, untaken };
   };
@@ -77,7 +77,7 @@ describe("Flows pools: liveness and fair routing", function () {
     const agent = await connect("held");
     agent.mute(); // its runs never end: they stay in flight
     const held = (client: string) => {
-      const pending = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client);
+      const pending = read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, client));
       pending.catch(() => undefined); // ended with the gateway
       return pending;
     };
@@ -105,7 +105,7 @@ describe("Flows pools: liveness and fair routing", function () {
     const agent = await connect("shared", 2);
     agent.mute();
     const post = (client: string) => {
-      const pending = gateway.flows.run(POOL, { kind: "expression", code: `'${client}'` }, 60_000, client);
+      const pending = read(gateway.flows.run(POOL, { kind: "expression", code: `'${client}'` }, 60_000, client));
       pending.catch(() => undefined);
       return pending;
     };
@@ -170,6 +170,24 @@ describe("Flows pools: liveness and fair routing", function () {
     );
   });
 
+  it("the byte budget counts an answer as its client receives it: numbers written longer again (9e20: 21 digits) count at that length", async () => {
+    await gateway.close();
+    await start({ flowsAnswerBudgetBytes: 4000 });
+    const agent = await connect("grows", 4);
+    agent.mute();
+    const { answered } = untakenAnswers();
+    const first = answered("a");
+    await eventually(() => agent.runs.length === 1);
+    // 800 bytes of value as the agent sends it, 3,520 as the client receives it: past one key's share (3,000) alone.
+    const value = `[${Array(160).fill("9e20").join(",")}]`;
+    agent.socket.send(
+      `{"type":"result","id":"${agent.runs[0].id}","ok":true,"console":[],"durationMs":1,"value":${value}}`,
+    );
+    assert.deepEqual((await first).value, Array(160).fill(9e20));
+    await assert.rejects(answered("a"), /answers not yet taken fill this key's share/);
+    assert.equal(agent.runs.length, 1, "the refused run never reached the agent");
+  });
+
   it("a run whose client hung up is cancelled: a queued one leaves the queue, the agent drops or ends one it holds, whose runtime stays taken until the agent answers the cancel", async () => {
     // (An agent that leaves a cancelled run unanswered for the ping timeout is counted free: a long one here.)
     await gateway.close();
@@ -178,7 +196,7 @@ describe("Flows pools: liveness and fair routing", function () {
     agent.mute();
     const gone = Promise.resolve(); // each client hangs up at once
     const runs = Array.from({ length: 12 }, () =>
-      gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone),
+      read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone)),
     );
     for (const run of runs) await assert.rejects(run, /the client went away/);
     await eventually(() => agent.cancels.length === 1);
@@ -186,7 +204,7 @@ describe("Flows pools: liveness and fair routing", function () {
     assert.deepEqual(agent.cancels, [agent.runs[0].id], "the one sent was cancelled");
     const { activeRequests, waiting } = gateway.summary()[0];
     assert.deepEqual([activeRequests, waiting], [1, 0], "the cancelled run still holds its runtime");
-    const next = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    const next = read(gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b"));
     next.catch(() => undefined);
     assert.deepEqual([gateway.summary()[0].waiting, agent.runs.length], [1, 1], "the next waits for that runtime");
     agent.socket.send(JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, console: [], durationMs: 1 }));
@@ -199,7 +217,7 @@ describe("Flows pools: liveness and fair routing", function () {
     const agent = await connect("late");
     agent.mute();
     const started = Date.now();
-    const late = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 50, "a");
+    const late = read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 50, "a"));
     await assert.rejects(late, (error: Error & { status?: number }) => {
       assert.deepEqual([error.status, error.message], [504, "no answer from the agent within 150 ms"]);
       return true;
@@ -220,8 +238,8 @@ describe("Flows pools: liveness and fair routing", function () {
     const agent = await connect("deaf");
     agent.mute();
     const gone = Promise.resolve();
-    const cancelled = gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone);
-    const other = gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b");
+    const cancelled = read(gateway.flows.run(POOL, { kind: "expression", code: "1" }, 60_000, "a", gone));
+    const other = read(gateway.flows.run(POOL, { kind: "expression", code: "2" }, 60_000, "b"));
     await assert.rejects(cancelled, /the client went away/);
     const { activeRequests, waiting } = gateway.summary()[0];
     assert.deepEqual([activeRequests, waiting], [1, 1]);
@@ -246,8 +264,7 @@ describe("Flows pools: liveness and fair routing", function () {
     agent.socket.send(
       JSON.stringify({ type: "result", id: agent.runs[0].id, ok: false, error, console: [], durationMs: 1, extra: 1 }),
     );
-    const result = await pending;
-    assert.deepEqual(JSON.parse(JSON.stringify(result)), {
+    assert.deepEqual(await pending, {
       ok: false,
       error: { name: "E", message: "m" },
       console: [],
@@ -295,7 +312,8 @@ describe("Flows pools: liveness and fair routing", function () {
     gateway.setKeys([service.definition, other.definition]);
     const agent = await connect("late");
     agent.mute();
-    const run = (client: string, code: string) => gateway.flows.run(POOL, { kind: "expression", code }, 60_000, client);
+    const run = (client: string, code: string) =>
+      read(gateway.flows.run(POOL, { kind: "expression", code }, 60_000, client));
     const removed = run(other.definition.id, "1");
     const removedQueued = run(other.definition.id, "2");
     const kept = run(service.definition.id, "3");

@@ -1,8 +1,13 @@
 import type net from "node:net";
 import { dialGateway } from "../agent/tunnel/dial";
-import { FLOWS_CONNECT_PATH, type GatewayMessage } from "../protocol/flows";
+import { FLOWS_CONNECT_PATH, type Answer, type GatewayMessage } from "../protocol/flows";
+import type { FlowsRunResult } from "../gateway/flows-hub";
 import { POOL_HEADER } from "../protocol/link";
 import { newKey, WebSocket } from "../protocol/websocket";
+
+/** A Flows answer the hub gave (the JSON text its client receives), read back. */
+export const readAnswer = (answer: Promise<FlowsRunResult>) =>
+  answer.then(({ text }) => JSON.parse(text) as Answer & { durationMs: number });
 
 /**
  * A Flows agent by hand: it answers each run with its name at once (pool size 1 unless given), unless
