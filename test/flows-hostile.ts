@@ -424,7 +424,9 @@ export function executorSuite(h: Hostile, mode: Mode): void {
         }
         const runner =
           mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
-        agent = await flowsAgentRole(runner, { docker: writeFlowsDockerStandIn(dir) }).start(settings(), { log: log.log });
+        agent = await flowsAgentRole(runner, { docker: writeFlowsDockerStandIn(dir) }).start(settings(), {
+          log: log.log,
+        });
         await agent.ready;
         await eventually(() => pool().connections === 1);
       });

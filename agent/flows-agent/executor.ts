@@ -436,7 +436,7 @@ export function dockerRunArgs(
 
 /**
  * Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. A
- * container's uid is given back only once the engine says the container is gone (`docker rm --force` succeeded, or
+ * container's uid is given back only once the engine says the container is gone (`docker rm -f` succeeded, or
  * found none): killing the client leaves its container running. An engine that has not said so within
  * `removalTimeoutMs` is logged as an error and asked again; meanwhile the uid stays held and starts wait for another.
  */
@@ -444,7 +444,11 @@ export function dockerLauncher(
   settings: FlowsAgentSettings,
   runtimeFile: string,
   uids: UidPool,
-  { docker = "docker", log, removalTimeoutMs = 30_000 }: { docker?: string; log?: Logger; removalTimeoutMs?: number } = {},
+  {
+    docker = "docker",
+    log,
+    removalTimeoutMs = 30_000,
+  }: { docker?: string; log?: Logger; removalTimeoutMs?: number } = {},
 ): RuntimeLauncher {
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
   const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
@@ -452,25 +456,24 @@ export function dockerLauncher(
   /** Resolves once the engine says container `name` is gone; asks again, after an error or a silence, until it does. */
   const removal = (name: string, uid: number) =>
     new Promise<void>((gone) => {
-      let warned = false;
-      const ask = () => {
+      const ask = (warned?: boolean) => {
         let said = "";
-        const rm = spawn(docker, ["rm", "--force", name], { stdio: ["ignore", "ignore", "pipe"], env });
-        const silence = setTimeout(() => rm.kill("SIGKILL"), removalTimeoutMs);
-        rm.stderr.on("data", (chunk) => void (said.length < 1024 && (said += chunk)));
-        rm.on("error", (error) => (said ||= error.message));
+        const rm = spawn(docker, ["rm", "-f", name], {
+          stdio: ["ignore", "ignore", "pipe"],
+          env,
+          timeout: removalTimeoutMs,
+          killSignal: "SIGKILL",
+        }).on("error", () => undefined);
+        rm.stderr.on("data", (chunk) => void (said += chunk));
         rm.on("close", (code) => {
-          clearTimeout(silence);
           if (code === 0 || /no such container/i.test(said)) return gone();
-          if (!warned) {
-            warned = true;
-            log?.error("the Docker engine has not confirmed a runtime container gone: its uid stays in use until it does", {
-              container: name,
+          if (!warned)
+            log?.error("the Docker engine has not confirmed a runtime container gone: its uid stays held", {
+              name,
               uid,
-              answer: said.trim().slice(0, 200) || `none within ${removalTimeoutMs} ms`,
+              said,
             });
-          }
-          setTimeout(ask, Math.min(removalTimeoutMs, 1000));
+          setTimeout(ask, 1000, true);
         });
       };
       ask();
@@ -619,7 +622,7 @@ export function executor({
             throw new Error(
               cancellation?.cancelled
                 ? FLOWS_CANCELLED
-                : `the run timed out after ${timeoutMs} ms waiting for a runtime (every uid held by one not yet gone)`,
+                : `the run timed out after ${timeoutMs} ms waiting for a runtime uid`,
             );
           if (cancellation) cancellation.onCancel = onCancel;
           used = spare = spares.shift();
