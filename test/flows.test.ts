@@ -385,10 +385,26 @@ describe("Flows agent and gateway", function () {
       async () => flowsAgentRole(unbundledRunner()).start(second, { log: capturingLogger("second").log }),
       (error: Error) =>
         error.message ===
-        `FLOWS_MOUNTS_DIR=${shared} is in use by another Flows agent (pid ${process.pid}): give each agent a directory of its own`,
+        `FLOWS_MOUNTS_DIR=${shared} is another Flows agent's (pid ${process.pid}): each needs its own`,
     );
     assert.deepEqual([(await holder).result.value, (await run({ code: "1 + 1" })).result.value], ["held", 2]);
   });
+
+  for (const executor of ["process", "docker"] as const) {
+    it(`${executor} executor: a FLOWS_RUNTIME_UIDS range under twice the pool size is refused at start, saying what it needs`, async () => {
+      const { first } = runtimeUidRange(15);
+      const tooFew = `${first}-${first + 2}`;
+      await assert.rejects(
+        async () =>
+          flowsAgentRole(unbundledRunner(), { docker: "/nonexistent/docker" }).start(
+            settings({ executor, runtimeUids: tooFew, runtimePoolSize: 2 }),
+            { log: capturingLogger("small").log },
+          ),
+        (error: Error) =>
+          error.message === `FLOWS_RUNTIME_UIDS=${tooFew} needs 4 uids, not the agent's ${process.getuid?.()}`,
+      );
+    });
+  }
 
   it("an agent takes over a mounts directory whose claim is a dead agent's", async () => {
     const dir = path.join(scratchRoot, "taken-over");

@@ -232,10 +232,7 @@ export async function createExecutor(
   // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one.
   const needed = 2 * settings.runtimePoolSize;
   if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
-    throw new Error(
-      `FLOWS_RUNTIME_UIDS=${settings.runtimeUids} must hold at least ${needed} uids (twice FLOWS_RUNTIME_POOL_SIZE=` +
-        `${settings.runtimePoolSize}), none of them the agent's own (${own})`,
-    );
+    throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
       ? dockerLauncher(settings, runner.path, uids, { docker, log })

@@ -230,9 +230,7 @@ export function claim(dir: string): void {
     }
     const pid = Number(held.split(" ")[0]);
     if (held.startsWith(`${identity(pid)} `))
-      throw new Error(
-        `FLOWS_MOUNTS_DIR=${dir} is in use by another Flows agent (pid ${pid}): give each agent a directory of its own`,
-      );
+      throw new Error(`FLOWS_MOUNTS_DIR=${dir} is another Flows agent's (pid ${pid}): each needs its own`);
     rmSync(file, { force: true });
   }
 }
@@ -456,23 +454,13 @@ export function dockerLauncher(
   /** Resolves once the engine says container `name` is gone; asks again, after an error or a silence, until it does. */
   const removal = (name: string, uid: number) =>
     new Promise<void>((gone) => {
-      const ask = (warned?: boolean) => {
+      const ask = (again?: boolean) => {
         let said = "";
-        const rm = spawn(docker, ["rm", "-f", name], {
-          stdio: ["ignore", "ignore", "pipe"],
-          env,
-          timeout: removalTimeoutMs,
-          killSignal: "SIGKILL",
-        }).on("error", () => undefined);
-        rm.stderr.on("data", (chunk) => void (said += chunk));
+        const rm = spawn(docker, ["rm", "-f", name], { env, timeout: removalTimeoutMs });
+        rm.on("error", () => undefined).stderr.on("data", (chunk) => void (said += chunk));
         rm.on("close", (code) => {
-          if (code === 0 || /no such container/i.test(said)) return gone();
-          if (!warned)
-            log?.error("the Docker engine has not confirmed a runtime container gone: its uid stays held", {
-              name,
-              uid,
-              said,
-            });
+          if (code === 0 || /no such/i.test(said)) return gone();
+          if (!again) log?.error("a runtime container not yet gone: its uid held", { name, uid });
           setTimeout(ask, 1000, true);
         });
       };
@@ -539,7 +527,7 @@ function turn(queue: (() => void)[], cancellation: Cancellation = {}, timeoutMs?
       resolve(given);
     };
     const go = () => leave(true);
-    const timer = timeoutMs === undefined ? undefined : setTimeout(leave, timeoutMs, false);
+    const timer = setTimeout(leave, timeoutMs ?? 2 ** 31 - 1, false);
     queue.push(go);
     cancellation.onCancel = () => leave(false);
   });
@@ -618,12 +606,8 @@ export function executor({
         used ??= launcher.start();
         // Every uid held (runtimes not yet cleaned up): wait for one, or a spare, within the run's own timeout.
         while (!used) {
-          if (!(await turn(waitingForUid, cancellation, Math.max(0, timeoutMs - (performance.now() - began)))))
-            throw new Error(
-              cancellation?.cancelled
-                ? FLOWS_CANCELLED
-                : `the run timed out after ${timeoutMs} ms waiting for a runtime uid`,
-            );
+          if (!(await turn(waitingForUid, cancellation, timeoutMs)))
+            throw new Error(cancellation?.cancelled ? FLOWS_CANCELLED : `the run timed out after ${timeoutMs} ms`);
           if (cancellation) cancellation.onCancel = onCancel;
           used = spare = spares.shift();
           used ??= launcher.start();

@@ -11,7 +11,7 @@ import {
 
 /**
  * What a role needs of its WebSocket to the gateway: protocol/websocket.ts's client, or Node's own below. Events:
- * "message" (text), "pong" (what `ping` returned for the ping it answers), "timeout", "close".
+ * "message" (text), "pong" (what `ping` returned for the ping it answers, or Node's client: any), "timeout", "close".
  */
 export interface LinkSocket extends EventEmitter {
   readonly open: boolean;
@@ -93,10 +93,8 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
     const check = (): unknown => (ws.bufferedAmount && link.open ? setTimeout(check, 5) : sent());
     setImmediate(check);
   };
-  // Text pings carry nothing: the gateway answers each in order, so the nth pong answers the nth ping.
-  let pings = 0;
-  let pongs = 0;
-  link.ping = () => (link.send(PING_MESSAGE), String(++pings));
+  // Text pings carry nothing to match: any pong answers (the gateway answers each in order, after what it sent before).
+  link.ping = () => (link.send(PING_MESSAGE), PONG_MESSAGE);
   // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
   link.close = () => (end(), finish());
   link.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
@@ -111,8 +109,7 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
   return new Promise((resolve, reject) => {
     const timer = setTimeout(end, timeoutMs);
     ws.onopen = () => (clearTimeout(timer), (link.open = true), resolve(link));
-    ws.onmessage = ({ data }) =>
-      link.open && (heard(), data === PONG_MESSAGE ? link.emit("pong", String(++pongs)) : link.emit("message", data));
+    ws.onmessage = ({ data }) => link.open && (heard(), link.emit(data === PONG_MESSAGE ? "pong" : "message", data));
     ws.onclose = () => {
       clearTimeout(timer);
       if (link.open) finish();

@@ -85,14 +85,9 @@ export abstract class WebSocketLink extends GatewayLink<LinkSocket> {
  */
 export function roundTrip(socket: LinkSocket, deadline: number): Promise<void> {
   return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      socket.off("pong", pong).off("close", done);
-      resolve();
-    };
-    const pong = (payload: string) => payload === mine && done();
-    const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
-    socket.on("pong", pong).once("close", done);
+    const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+    const done = () => (clearTimeout(timer), resolve());
     const mine = socket.ping();
+    socket.on("pong", (payload: string) => payload === mine && done()).once("close", done);
   });
 }
