@@ -92,6 +92,15 @@ export const flowsArgs = (overrides: Partial<FlowsAgentPoolArgs> = {}): FlowsAge
   ...overrides,
 });
 
+/** A good value other than the default for each Flows setting only the Docker executor reads. */
+export const DOCKER_ONLY_VALUES = {
+  runtimeImage: "node:22-alpine",
+  gvisor: false,
+  extraDockerParams: ["--dns=10.0.0.2"],
+  registryMirror: "https://mirror.internal",
+  runtimeNetwork: "none",
+} as const;
+
 /** Every argument of each kind set, at realistic lengths: the largest configurations. */
 export const LARGEST = {
   worker: workerArgs({
@@ -149,6 +158,21 @@ export const LARGEST = {
     runtimePoolSize: 16,
     runtimeMemoryMb: 1024,
     registryMirror: "https://registry-mirror.corp.internal.example.com",
+    httpsProxy: "http://egress-proxy.corp.internal.example.com:3128",
+    noProxy: ".corp.internal.example.com,10.0.0.2",
+    metadataTags: Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`tag_${i}`, `value-of-tag-${i}`])),
+    customCaCertificates: CA_EC,
+  }),
+  /** The process executor's: every setting it reads (the Docker-only ones it refuses), at realistic lengths. */
+  flowsProcess: flowsArgs({
+    executor: "process",
+    mountsDir: "/var/lib/agentpools/flows-mounts",
+    runtimePoolSize: 16,
+    runtimeMemoryMb: 1024,
+    runtimeDiskMb: 256,
+    runtimeOpenFiles: 256,
+    runtimeUids: "1900000000-1900000255",
+    defaultRunTimeout: "15m",
     httpsProxy: "http://egress-proxy.corp.internal.example.com:3128",
     noProxy: ".corp.internal.example.com,10.0.0.2",
     metadataTags: Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`tag_${i}`, `value-of-tag-${i}`])),

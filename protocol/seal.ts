@@ -60,101 +60,42 @@ function nonce(prefix: Buffer, counter: number, final: boolean): Buffer {
   return iv;
 }
 
-/** A stream that seals what is written to it for the holder of `publicKey`'s private key. */
-export function sealStream(publicKey: KeyObject, chunkSize = SEAL_CHUNK): Transform {
-  const dataKey = randomBytes(32);
-  const wrapped = publicEncrypt(oaep(publicKey), dataKey);
-  const prefix = randomBytes(7);
-  const header = Buffer.concat([MAGIC, u16(wrapped.length), wrapped, prefix, u32(chunkSize)]);
+/**
+ * A stream that passes its input on in pieces of `size()` bytes, each through `piece` (the last, shorter or empty,
+ * with final set, once the input ends). `head`, if given, first takes a header off the front: the count of its bytes,
+ * or 0 while it is incomplete. Input is gathered in a list and joined only once a piece is whole.
+ */
+function pieces(
+  size: () => number,
+  piece: (part: Buffer, final: boolean) => Buffer,
+  head?: (buffered: Buffer) => number,
+  first?: Buffer,
+): Transform {
   let pending: Buffer[] = [];
-  let pendingBytes = 0;
-  let counter = 0;
-  const seal = (plain: Buffer, final: boolean) => {
-    const cipher = createCipheriv("aes-256-gcm", dataKey, nonce(prefix, counter++, final));
-    cipher.setAAD(header);
-    return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
-  };
+  let bytes = 0;
+  let headed = !head;
+  const joined = () => Buffer.concat(pending);
   return new Transform({
     construct(callback) {
-      this.push(header);
+      if (first) this.push(first);
       callback();
     },
-    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= chunkSize) {
-        let all = Buffer.concat(pending);
-        while (all.length >= chunkSize) {
-          this.push(seal(all.subarray(0, chunkSize), false));
-          all = all.subarray(chunkSize);
-        }
-        pending = [all];
-        pendingBytes = all.length;
-      }
-      callback();
-    },
-    flush(callback: TransformCallback) {
-      // The final chunk is always there (possibly empty): its flag is what proves nothing was cut off.
-      callback(null, seal(Buffer.concat(pending), true));
-    },
-  });
-}
-
-/** A stream that opens sealed state with the pool's private key; it fails with a SealError, never with garbage. */
-export function openStream(privateKey: KeyObject): Transform {
-  let buffered: Buffer = Buffer.alloc(0);
-  let header: { bytes: Buffer; key: Buffer; prefix: Buffer; chunkSize: number } | undefined;
-  let counter = 0;
-  const open = (sealed: Buffer, final: boolean): Buffer => {
-    const { bytes, key, prefix } = header as NonNullable<typeof header>;
-    const decipher = createDecipheriv("aes-256-gcm", key, nonce(prefix, counter, final));
-    decipher.setAAD(bytes);
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
-    try {
-      const plain = Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - TAG)), decipher.final()]);
-      counter++;
-      return plain;
-    } catch {
-      throw new SealError(`the sealed state failed authentication at chunk ${counter}: it was altered or cut short`);
-    }
-  };
-  const readHeader = (): boolean => {
-    if (buffered.length < 6) return false;
-    if (!buffered.subarray(0, 4).equals(MAGIC))
-      throw new SealError("this is not sealed agentpools state (unknown header)");
-    const wrappedLength = buffered.readUInt16BE(4);
-    const length = 6 + wrappedLength + 7 + 4;
-    if (buffered.length < length) return false;
-    let key: Buffer;
-    try {
-      key = privateDecrypt(oaep(privateKey), buffered.subarray(6, 6 + wrappedLength));
-    } catch {
-      throw new SealError(
-        "the sealed state cannot be opened with this pool's private key: it was sealed for another key, or its header was altered",
-      );
-    }
-    const chunkSize = buffered.readUInt32BE(length - 4);
-    if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 * 1024 * 1024)
-      throw new SealError("the sealed state's header is not valid");
-    header = {
-      bytes: Buffer.from(buffered.subarray(0, length)),
-      key,
-      prefix: Buffer.from(buffered.subarray(6 + wrappedLength, length - 4)),
-      chunkSize,
-    };
-    buffered = buffered.subarray(length);
-    return true;
-  };
-  return new Transform({
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
       try {
-        buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-        if (!header && !readHeader()) return callback();
-        const size = (header as NonNullable<typeof header>).chunkSize + TAG;
-        // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
-        while (buffered.length >= size) {
-          this.push(open(buffered.subarray(0, size), false));
-          buffered = buffered.subarray(size);
+        pending.push(chunk);
+        bytes += chunk.length;
+        let all: Buffer | undefined;
+        if (!headed) {
+          const taken = head!((all = joined()));
+          if (!taken) return callback();
+          all = all.subarray(taken);
+          headed = true;
+        }
+        if (bytes >= size() || all) {
+          all ??= joined();
+          for (; all.length >= size(); all = all.subarray(size())) this.push(piece(all.subarray(0, size()), false));
+          pending = [all];
+          bytes = all.length;
         }
         callback();
       } catch (error) {
@@ -163,14 +104,77 @@ export function openStream(privateKey: KeyObject): Transform {
     },
     flush(callback: TransformCallback) {
       try {
-        if (!header) throw new SealError("the sealed state is cut short: its header is incomplete");
-        if (buffered.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
-        callback(null, open(buffered, true));
+        if (!headed) throw new SealError("the sealed state is cut short: its header is incomplete");
+        callback(null, piece(joined(), true));
       } catch (error) {
         callback(error as Error);
       }
     },
   });
+}
+
+/** A stream that seals what is written to it for the holder of `publicKey`'s private key. */
+export function sealStream(publicKey: KeyObject, chunkSize = SEAL_CHUNK): Transform {
+  const dataKey = randomBytes(32);
+  const wrapped = publicEncrypt(oaep(publicKey), dataKey);
+  const prefix = randomBytes(7);
+  const header = Buffer.concat([MAGIC, u16(wrapped.length), wrapped, prefix, u32(chunkSize)]);
+  let counter = 0;
+  // The final chunk is always there (possibly empty): its flag is what proves nothing was cut off.
+  return pieces(
+    () => chunkSize,
+    (plain, final) => {
+      const cipher = createCipheriv("aes-256-gcm", dataKey, nonce(prefix, counter++, final));
+      cipher.setAAD(header);
+      return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+    },
+    undefined,
+    header,
+  );
+}
+
+/** A stream that opens sealed state with the pool's private key; it fails with a SealError, never with garbage. */
+export function openStream(privateKey: KeyObject): Transform {
+  let header!: Buffer;
+  let key: Buffer;
+  let chunkSize: number;
+  let counter = 0;
+  return pieces(
+    // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
+    () => chunkSize + TAG,
+    (sealed, final) => {
+      if (sealed.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
+      const decipher = createDecipheriv("aes-256-gcm", key, nonce(header.subarray(-11, -4), counter, final));
+      decipher.setAAD(header);
+      decipher.setAuthTag(sealed.subarray(-TAG));
+      try {
+        const plain = Buffer.concat([decipher.update(sealed.subarray(0, -TAG)), decipher.final()]);
+        counter++;
+        return plain;
+      } catch {
+        throw new SealError(`the sealed state failed authentication at chunk ${counter}: it was altered or cut short`);
+      }
+    },
+    (buffered) => {
+      if (buffered.length < 6) return 0;
+      if (!buffered.subarray(0, 4).equals(MAGIC)) throw new SealError("this is not sealed agentpools state");
+      const wrappedLength = buffered.readUInt16BE(4);
+      const length = wrappedLength + 17;
+      if (buffered.length < length) return 0;
+      try {
+        key = privateDecrypt(oaep(privateKey), buffered.subarray(6, 6 + wrappedLength));
+      } catch {
+        throw new SealError(
+          "the sealed state cannot be opened with this pool's private key, or its header was altered",
+        );
+      }
+      chunkSize = buffered.readUInt32BE(length - 4);
+      if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 << 20)
+        throw new SealError("the sealed state's header is not valid");
+      header = Buffer.from(buffered.subarray(0, length));
+      return length;
+    },
+  );
 }
 
 function u16(n: number): Buffer {

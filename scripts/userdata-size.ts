@@ -49,7 +49,7 @@ const kinds = [
     role: "flows-agent",
     schema: flowsAgentPoolArgs,
     base: flowsArgs({ executor: "process" }),
-    largest: { ...LARGEST.flows, executor: "process" },
+    largest: LARGEST.flowsProcess,
     kind: flowsAgentPoolKind,
   },
 ] as const;

@@ -10,7 +10,7 @@ import {
 } from "../components";
 import { caCertificates } from "../devkit/certificates";
 import { recorded, settled } from "../devkit/pulumi-mocks";
-import { CA_EC, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
+import { CA_EC, DOCKER_ONLY_VALUES, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
 import { encodeToken } from "../protocol/token";
 
 /** A refusal: what is refused, the field its problem names, what the line shows, and what the whole error must never show. */
@@ -403,6 +403,23 @@ const cases: Case[] = [
     (n) => new FlowsAgentPool(n, flowsArgs({ executor: "process", runtimeIsolation: "auto" })),
     "runtimeIsolation",
     '"auto"',
+  ],
+  // The process executor refuses what only the Docker executor reads, rather than ignoring it.
+  ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value]): Case => [
+    `the process executor given ${key}, which only the Docker executor reads`,
+    (n) => new FlowsAgentPool(n, flowsArgs({ executor: "process", [key]: value })),
+    key,
+    "Docker executor only",
+  ]),
+  [
+    "the process executor with fewer uids than twice its runtimes",
+    (n) =>
+      new FlowsAgentPool(
+        n,
+        flowsArgs({ executor: "process", runtimePoolSize: 8, runtimeUids: "1900000000-1900000014" }),
+      ),
+    "runtimeUids",
+    '"1900000000-1900000014"',
   ],
   [
     "a run timeout of zero",

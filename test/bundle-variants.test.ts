@@ -84,7 +84,13 @@ describe("EC2 bundle variants", () => {
       ["WorkerPool", "launcher", workerPoolArgs, workerPoolKind, [workerArgs(), LARGEST.worker]],
       ["VcsAgentPool", "vcs-agent", vcsAgentPoolArgs, vcsAgentPoolKind, [vcsArgs(), LARGEST.vcs]],
       ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs(), LARGEST.flows]],
-      ["FlowsAgentPool", "flows-agent", flowsAgentPoolArgs, flowsAgentPoolKind, [flowsArgs({ executor: "process" })]],
+      [
+        "FlowsAgentPool",
+        "flows-agent",
+        flowsAgentPoolArgs,
+        flowsAgentPoolKind,
+        [flowsArgs({ executor: "process" }), LARGEST.flowsProcess],
+      ],
     ] as const;
     for (const [component, role, schema, kind, configurations] of kinds) {
       for (const args of configurations) {

@@ -3,7 +3,7 @@
 // renders the same variables on both.
 import assert from "node:assert/strict";
 import type { z } from "zod";
-import { flowsAgentSettings } from "../agent/config/flows-agent";
+import { DOCKER_ONLY_SETTINGS, flowsAgentSettings } from "../agent/config/flows-agent";
 import { launcherSettings } from "../agent/config/launcher";
 import type { RoleName } from "../agent/config/roles";
 import { settingsToEnv } from "../agent/config/env";
@@ -124,6 +124,12 @@ const kinds: {
         'a pod has no Docker engine for sibling containers: Kubernetes takes only "process" (tested in kubernetes.test.ts)',
       runtimeIsolation:
         'each platform asks for what it gives: "namespaces" on EC2 (bubblewrap installed), "user" in a pod, which cannot make user namespaces (tested in bad-config.test.ts and kubernetes.test.ts)',
+      ...Object.fromEntries(
+        DOCKER_ONLY_SETTINGS.map((setting) => [
+          setting,
+          "read by the Docker executor only, which a pod does not have: Kubernetes refuses it, as EC2 does for the process executor (tested in kubernetes.test.ts and bad-config.test.ts)",
+        ]),
+      ),
     },
     cases: {
       ...common,
@@ -132,17 +138,12 @@ const kinds: {
       gatewayEndpoint: ["ws://gateway", "https://gateway.corp"],
       backendEndpoint: ["useflows.eu", "https://flows.corp"],
       mountsDir: ["mounts", "/var/lib/flows"],
-      runtimeImage: ["UPPER/Case", "registry.corp:5000/flows/runtime:24-Alpine"],
-      gvisor: ["no", false],
-      extraDockerParams: [["--privileged"], ["--pids-limit=128"]],
       runtimePoolSize: [0, 8],
       runtimeMemoryMb: [32, 512],
       runtimeDiskMb: [0, 128],
       runtimeOpenFiles: [16, 256],
       runtimeUids: ["0-255", "1900001000-1900001999"],
       defaultRunTimeout: ["soon", "90s"],
-      registryMirror: ["mirror.corp", "https://mirror.corp"],
-      runtimeNetwork: ["host", "flows"],
       drainTimeoutSeconds: [7201, 600],
     },
   },

@@ -9,7 +9,8 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, writeFileSync
 import net from "node:net";
 import path from "node:path";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
-import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
+import { FLOWS_RUNNER_FILE } from "../agent/config/variants";
+import { flowsAgentRole } from "../agent/flows-agent/agent";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
@@ -27,6 +28,11 @@ export const POOL = "01HOSTILE";
 /** Runtime uids of one test file (`slot`, one per flows-hostile file, 0 to 3): a range of its own. */
 export const uidRange = (slot: number) => runtimeUidRange(slot);
 export const BUNDLE = () => path.join(packageRoot(), "build/bundles/flows-agent.js");
+/**
+ * The runtimes' own bundle (agent/roles/flows-runner.ts), as Kubernetes and Docker hosts start them: the corpus runs
+ * against the runner that ships, and each of some hundred runtimes starts on 2 KB of code, not the agent's 30 KB.
+ */
+const RUNNER = () => path.join(packageRoot(), "build/bundles", FLOWS_RUNNER_FILE);
 
 /** Inputs every hostile run gets: what an attacker would know or guess of the host. */
 export interface Targets {
@@ -422,8 +428,7 @@ export function executorSuite(h: Hostile, mode: Mode): void {
             chmodSync(left, 0o500);
           }
         }
-        const runner =
-          mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
+        const runner = { path: RUNNER(), args: [], readable: [RUNNER()] };
         agent = await flowsAgentRole(runner, { docker: writeFlowsDockerStandIn(dir) }).start(settings(), {
           log: log.log,
         });

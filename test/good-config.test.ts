@@ -66,6 +66,17 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
       }),
   ],
   [
+    "a Flows pool of the process executor that spells out the Docker settings' defaults, and one uid per runtime and spare",
+    (n) =>
+      new FlowsAgentPool(n, {
+        ...flowsArgs({ executor: "process", runtimePoolSize: 8, runtimeUids: "1900000000-1900000015" }),
+        runtimeImage: "node:24-alpine",
+        gvisor: true,
+        extraDockerParams: [],
+        runtimeNetwork: "bridge",
+      }),
+  ],
+  [
     "a VCS agent pool under a long name, with a CA bundle in the cacert.pem layout (CRLF) and a proxy for everything",
     (n) =>
       new VcsAgentPool(`${n}-${"v".repeat(48 - n.length - 1)}`, {

@@ -71,6 +71,7 @@ describe("worker pools: gateway run queue and launcher", function () {
       logsTimeout: "2s",
       runInitializationPolicyFile: policyFile,
       metadataTags: { instance_id: "i-0123" },
+      vcsAgents: [{ name: "corp-git", baseEndpoint: "https://git.corp.example.com" }],
       ...overrides,
     });
 
@@ -237,6 +238,18 @@ describe("worker pools: gateway run queue and launcher", function () {
     }
     assert.ok(!JSON.stringify(launcherLog.lines).includes("hunter2-very-secret"));
     assert.ok(!JSON.stringify(await status(run.id)).includes("run-level-password"));
+  });
+
+  it("environment: the VCS agent mapping of typed settings (an EC2 instance's file, no variables) reaches the run", async () => {
+    const run = await submit({
+      image: "alpine:3",
+      commands: ["env | grep ^SPACELIFT_PRIVATEVCS_ | sort"],
+    });
+    await finished(run.id);
+    assert.deepEqual(await logs(run.id), [
+      "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0=https://git.corp.example.com",
+      "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0=corp-git",
+    ]);
   });
 
   it("masks a value even when the pipe splits it across reads", async () => {

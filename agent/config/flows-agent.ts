@@ -97,3 +97,39 @@ export const flowsAgentSettings = z.strictObject({
 });
 
 export type FlowsAgentSettings = z.output<typeof flowsAgentSettings>;
+
+/** Settings only the Docker executor reads (a runtime container's image, runtime, flags, registry and network). */
+export const DOCKER_ONLY_SETTINGS = [
+  "runtimeImage",
+  "gvisor",
+  "extraDockerParams",
+  "registryMirror",
+  "runtimeNetwork",
+] as const satisfies (keyof FlowsAgentSettings)[];
+
+/**
+ * A pool of the process executor refuses what it would ignore: a Docker-only setting other than its default (the user
+ * meant it to apply). Also checked before anything exists, since a runtime needs one uid each and as many spare: a
+ * uid range of fewer than twice runtimePoolSize uids (the process runtime would refuse to start).
+ */
+export function checkProcessExecutor(args: Omit<FlowsAgentSettings, "poolToken">, ctx: z.RefinementCtx): void {
+  if (args.executor !== "process") return;
+  for (const key of DOCKER_ONLY_SETTINGS) {
+    const fallback = flowsAgentSettings.shape[key].parse(undefined);
+    if (JSON.stringify(args[key]) !== JSON.stringify(fallback))
+      ctx.addIssue({
+        code: "custom",
+        path: [key],
+        input: args[key],
+        message: 'is read by the Docker executor only: leave it out with executor "process"',
+      });
+  }
+  const [first, last = first] = args.runtimeUids.split("-").map(Number);
+  if (last - first + 1 < 2 * args.runtimePoolSize)
+    ctx.addIssue({
+      code: "custom",
+      path: ["runtimeUids"],
+      input: args.runtimeUids,
+      message: `must hold at least twice runtimePoolSize (${args.runtimePoolSize}) uids: one per runtime and one per spare`,
+    });
+}

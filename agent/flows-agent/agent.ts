@@ -229,9 +229,10 @@ export async function createExecutor(
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const uids = uidPool(settings.runtimeUids);
   const own = process.getuid?.() ?? -1;
-  // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one.
+  // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one. (On
+  // EC2 the component checked the range, and the agent's user is a system one, below any range: no check there.)
   const needed = 2 * settings.runtimePoolSize;
-  if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
+  if (BUILT_FOR.platform !== "ec2" && (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last)))
     throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"

@@ -263,8 +263,9 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       uid === undefined
         ? []
         : [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"];
-    return privileges.setpriv
-      ? [privileges.setpriv, [...user, "--pdeathsig=KILL", "--", ...command], {}]
+    // On EC2 the agent is not root: it starts only with setpriv (missingFor).
+    return BUILT_FOR.platform === "ec2" || privileges.setpriv
+      ? [privileges.setpriv!, [...user, "--pdeathsig=KILL", "--", ...command], {}]
       : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
   /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
@@ -275,8 +276,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
   // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
   // out: their processes, then their scratch.
-  for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
-  for (const name of readdirSync(o.scratchRoot)) {
+  // (On EC2 systemd restarts the agent only once its unit's cgroup, runtimes included, is empty: none is left.)
+  for (const pid of isolation === "none" || BUILT_FOR.platform === "ec2" ? [] : orphans(uids)) killQuietly(pid);
+  // (On EC2 runtimes only ever have namespaces, whose scratch is their own tmpfs: nothing is left there.)
+  for (const name of BUILT_FOR.platform === "ec2" ? [] : readdirSync(o.scratchRoot)) {
     if (name === CLAIM) continue;
     const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
     const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);

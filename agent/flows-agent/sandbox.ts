@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
+import { BUILT_FOR } from "../config/variants";
 
 /**
  * What separates a Flows runtime from the agent, in the kernel (Node's permission model is a
@@ -33,7 +34,7 @@ export interface Privileges {
 const program = (name: string) => (existsSync(`/usr/bin/${name}`) ? `/usr/bin/${name}` : undefined);
 
 export function readPrivileges(): Privileges {
-  if (process.platform !== "linux") return { root: false, switchUser: false };
+  if (BUILT_FOR.platform !== "ec2" && process.platform !== "linux") return { root: false, switchUser: false };
   // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
   const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
   return {

@@ -120,8 +120,11 @@ export function prepareLauncher(
     if (env[name] === undefined) log.warn("a variable to pass to runs is not set", { variable: name });
     else passed[name] = env[name] as string;
   }
-  for (const [name, value] of Object.entries(env))
-    if (name.startsWith("SPACELIFT_PRIVATEVCS_MAPPING_") && value) passed[name] = value;
+  // The VCS agent mapping from the settings, wherever they came from (the variables, or an EC2 instance's file).
+  settings.vcsAgents.forEach(({ name, baseEndpoint }, index) => {
+    passed[`SPACELIFT_PRIVATEVCS_MAPPING_NAME_${index}`] = name;
+    passed[`SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_${index}`] = baseEndpoint;
+  });
   for (const name of settings.maskedEnvVars) if (env[name]) log.redact(env[name] as string);
 
   const executor =
@@ -367,7 +370,7 @@ export class Launcher extends WebSocketLink {
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
     // The container's user may not be ours: the workspace is open, its parent (ours, 0700) is not.
-    if (settings.executor === "docker")
+    if ((BUILT_FOR.executor ?? settings.executor) === "docker")
       for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
     const stateFile = path.join(workspace, STATE_FILE);
     if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile);
@@ -417,14 +420,15 @@ export class Launcher extends WebSocketLink {
       timedOut ??= reason;
       started.kill();
     };
-    let quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
+    const silence = () => setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
+    let quiet = silence();
     const overall = setTimeout(
       () => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`),
       runTimeoutMs,
     );
     started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
-      quiet = setTimeout(() => kill(`no log output for ${settings.logsTimeout}`), logsTimeout);
+      quiet = silence();
       outputs[stream].write(chunk);
     });
     const exit = await started.exited;
@@ -438,15 +442,10 @@ export class Launcher extends WebSocketLink {
     if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
     run.stateFile = kept || undefined;
     const state = Boolean(kept);
-    if (timedOut) {
-      append([`[agentpools: killed: ${timedOut}]`]);
-      return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
-    }
     const { stopped } = run;
-    if (stopped) {
-      append([`[agentpools: killed: ${stopped}]`]);
-      return { status: "failed", reason: stopped, state };
-    }
+    if (timedOut || stopped) append([`[agentpools: killed: ${timedOut ?? stopped}]`]);
+    if (timedOut) return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
+    if (stopped) return { status: "failed", reason: stopped, state };
     if (exit.code === 0) return { status: "succeeded", exitCode: 0, state };
     return {
       status: "failed",

@@ -68,9 +68,6 @@ export interface AwsClient {
   json(service: "secretsmanager" | "logs", target: string, payload: unknown): Promise<Record<string, unknown>>;
   /** An AWS Query call (Auto Scaling). */
   query(action: string, params: Record<string, string>): Promise<string>;
-  getSecretString(secretId: string): Promise<string>;
-  /** Complete this instance's lifecycle action on a hook (CONTINUE), or record a heartbeat on it. */
-  lifecycleAction(group: string, hook: string, instanceId: string, complete: boolean): Promise<void>;
 }
 
 /** `domain` is the partition's DNS suffix (amazonaws.com, amazonaws.com.cn, ...); retries pause about `retryMs` × 2, 4, 8. */
@@ -129,20 +126,5 @@ export function awsClient(
       { "content-type": "application/x-www-form-urlencoded; charset=utf-8" },
       new URLSearchParams({ Action: action, Version: "2011-01-01", ...params }) + "",
     );
-  return {
-    json,
-    query,
-    async getSecretString(secretId) {
-      const result = await json("secretsmanager", "secretsmanager.GetSecretValue", { SecretId: secretId });
-      if (typeof result.SecretString !== "string") throw new Error(`secret ${secretId} has no string value`);
-      return result.SecretString;
-    },
-    async lifecycleAction(group, hook, instanceId, complete) {
-      const params = { AutoScalingGroupName: group, LifecycleHookName: hook, InstanceId: instanceId };
-      await query(
-        complete ? "CompleteLifecycleAction" : "RecordLifecycleActionHeartbeat",
-        complete ? { ...params, LifecycleActionResult: "CONTINUE" } : params,
-      );
-    },
-  };
+  return { json, query };
 }

@@ -9,26 +9,24 @@ export interface HttpResponse {
 /** Node's client for the URL's scheme. */
 export const transport = (url: URL) => (url.protocol === "https:" ? https : http);
 
-/** One small request with a deadline; the whole body is read (these are API calls, not streams). */
-export function request(
+/**
+ * One small request with a deadline; the whole body is read (these are API calls, not streams). Node's fetch: the
+ * unit's proxy variables apply to it as to the WebSocket (NODE_USE_ENV_PROXY), and no client of our own is shipped.
+ */
+export async function request(
   url: URL,
   options: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs?: number } = {},
 ): Promise<HttpResponse> {
-  return new Promise((resolve, reject) => {
-    const req = transport(url).request(
-      url,
-      { method: options.method ?? "GET", headers: options.headers, timeout: options.timeoutMs ?? 10_000 },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-        res.on("error", reject);
-      },
+  try {
+    const res = await fetch(url, { ...options, signal: AbortSignal.timeout(options.timeoutMs ?? 10_000) });
+    return { status: res.status, body: await res.text() };
+  } catch (error) {
+    // fetch says only "fetch failed" (the reason is its cause) or that it was aborted.
+    const { name, message, cause } = error as Error & { cause?: Error };
+    throw new Error(
+      `request to ${url.host} ${name === "TimeoutError" ? "timed out" : `failed: ${cause?.message ?? message}`}`,
     );
-    req.on("timeout", () => req.destroy(new Error(`request to ${url.host} timed out`)));
-    req.on("error", reject);
-    req.end(options.body);
-  });
+  }
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -93,12 +93,6 @@ function stopSignals(): Promise<string> {
   });
 }
 
-const METADATA_FROM_IDENTITY = {
-  instance_id: "instanceId",
-  availability_zone: "availabilityZone",
-  instance_type: "instanceType",
-} as const;
-
 /**
  * The start-up path every role shares: read the instance configuration, fetch the pool's
  * credentials with the instance role, tag the agent with instance metadata, validate the
@@ -153,9 +147,17 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       log.sinks.push(shipper.push);
       shipper.start();
 
-      const secret = JSON.parse(await client.getSecretString(hooks.secretArn));
+      const { SecretString } = await client.json("secretsmanager", "secretsmanager.GetSecretValue", {
+        SecretId: hooks.secretArn,
+      });
+      if (typeof SecretString !== "string") throw new Error(`secret ${hooks.secretArn} has no string value`);
+      const secret = JSON.parse(SecretString);
       for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
-      tags = Object.fromEntries(Object.entries(METADATA_FROM_IDENTITY).map(([tag, field]) => [tag, identity[field]]));
+      tags = {
+        instance_id: identity.instanceId,
+        availability_zone: identity.availabilityZone,
+        instance_type: identity.instanceType,
+      };
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
@@ -178,7 +180,15 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
     /** Complete this instance's lifecycle action on `hook` (true if there was one), or (complete false) record a heartbeat on it. */
     const completeHook = async (hook: string, complete = true) => {
       try {
-        await client!.lifecycleAction(hooks!.autoScalingGroupName, hook, instanceId, complete);
+        const params = {
+          AutoScalingGroupName: hooks!.autoScalingGroupName,
+          LifecycleHookName: hook,
+          InstanceId: instanceId,
+        };
+        await client!.query(
+          complete ? "CompleteLifecycleAction" : "RecordLifecycleActionHeartbeat",
+          complete ? { ...params, LifecycleActionResult: "CONTINUE" } : params,
+        );
         if (complete) log.info("lifecycle action completed", { hook });
         return true;
       } catch (error) {

@@ -32,18 +32,16 @@ export function signV4(input: {
   const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
   if (input.credentials.Token) headers["x-amz-security-token"] = input.credentials.Token;
 
-  const canonical: Record<string, string> = {};
-  for (const [name, value] of Object.entries(headers))
-    canonical[name.toLowerCase()] = value.trim().replace(/\s+/g, " ");
-  // In code-unit order, which is byte order for header names (ASCII).
-  const names = Object.keys(canonical).sort();
+  // Signed as given: the runtime's headers have lower-case names and values without runs of spaces (what SigV4's
+  // canonical form would change). In code-unit order, which is byte order for header names (ASCII).
+  const names = Object.keys(headers).sort();
   const signedHeaders = names.join(";");
   const canonicalRequest = [
     input.method,
     // As the URL holds them: the runtime's calls have plain paths ("/") and no query; a query is given in order.
     input.url.pathname,
     input.url.search.slice(1),
-    names.map((name) => `${name}:${canonical[name]}\n`).join(""),
+    names.map((name) => `${name}:${headers[name]}\n`).join(""),
     signedHeaders,
     sha256(input.body),
   ].join("\n");

@@ -1,6 +1,6 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
+import { checkProcessExecutor, flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
 import { AgentPool, preparePool } from "./agent-pool";
 import { checkCoreRelations, poolCoreShape, type PoolPlacement } from "./pool-args";
 
@@ -15,6 +15,7 @@ export const flowsAgentPoolArgs = z
   })
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
+    checkProcessExecutor(args, ctx);
     // Flow code on the instance itself: only as uids the instance metadata service (the instance role, the pool's
     // secret) refuses, in bubblewrap's namespaces; a weaker level, or "auto" that may step down to one, is refused.
     if (args.executor === "process" && args.runtimeIsolation !== "namespaces") {
