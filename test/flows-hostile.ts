@@ -15,6 +15,7 @@ import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
+import { writeFlowsDockerStandIn } from "../devkit/docker-stand-in";
 import { capturingLogger, eventually, freePort, runtimeUidRange, scratchDir, serviceKey } from "../devkit/helpers";
 import {
   FLOWS_MAX_CONSOLE_LINES,
@@ -300,24 +301,6 @@ const CORPUS: Case[] = [
   ],
 ];
 
-/** A stand-in for the Docker CLI (no engine here): runs the container's command on this host, as far as a host can. */
-function standInDocker(dir: string): string {
-  const file = path.join(dir, "docker");
-  writeFileSync(
-    file,
-    [
-      "#!/bin/sh",
-      'case "$1" in kill) exit 0;; esac',
-      'work=$(mktemp -d); cd "$work"',
-      'while [ $# -gt 0 ]; do case "$1" in --volume=*:/agentpools/runtime.js:ro) runtime=${1#--volume=}; runtime=${runtime%:/agentpools/runtime.js:ro};; --) shift 3; break;; esac; shift; done',
-      // What follows the image: Node's flags and the runtime, with the container's paths mapped to this host's.
-      `exec env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done)`,
-    ].join("\n"),
-  );
-  chmodSync(file, 0o755);
-  return file;
-}
-
 /** The gateway the runs of one file go through, the targets they aim at, and how a test sends a run. */
 export interface Hostile {
   dir: string;
@@ -446,7 +429,9 @@ export function executorSuite(h: Hostile, mode: Mode): void {
           }
         }
         const runner = { path: RUNNER(), args: [], readable: [RUNNER()] };
-        agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
+        agent = await flowsAgentRole(runner, { docker: writeFlowsDockerStandIn(dir) }).start(settings(), {
+          log: log.log,
+        });
         await agent.ready;
         await eventually(() => pool().connections === 1);
       });
