@@ -185,9 +185,13 @@ describe("Flows runtimes: nothing outlives its place", function () {
             await new Promise(() => setInterval(() => {}, 1000));`,
             inputs: { port: (recorder.address() as net.AddressInfo).port },
           },
-          5000,
+          20_000,
         );
-        const [socket] = await connected;
+        // A run that failed before it connected fails the test with its own answer, not a wait that never ends.
+        const [socket] = await Promise.race([
+          connected,
+          outcome.then((answer) => Promise.reject(new Error(`answered before connecting: ${JSON.stringify(answer)}`))),
+        ]);
         socket.on("data", (chunk: Buffer) => heard.push(chunk)).on("error", () => undefined);
         const answer = await outcome;
         socket.write("go");
