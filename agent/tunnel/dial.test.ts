@@ -29,6 +29,27 @@ describe("dialling the gateway (agent/tunnel/dial.ts)", () => {
     }
   });
 
+  it("a plain http:// (loopback) gateway is dialled directly, never through the proxy: the proxy sees no token", async () => {
+    const proxied: Buffer[] = [];
+    const proxy = net.createServer((socket) => socket.on("data", (chunk) => proxied.push(chunk)));
+    const heard: string[] = [];
+    const gateway = net.createServer((socket) => socket.once("data", (chunk) => heard.push(String(chunk))));
+    for (const server of [proxy, gateway]) await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server: net.Server) => (server.address() as net.AddressInfo).port;
+    try {
+      await dialGateway(
+        new URL(`http://127.0.0.1:${port(gateway)}`),
+        { authorization: "Bearer pool-secret" },
+        { proxy: `http://127.0.0.1:${port(proxy)}`, timeoutMs: 200 },
+      ).catch(() => undefined); // this gateway never answers the upgrade
+      assert.match(heard.join(""), /authorization: Bearer pool-secret/i, "the gateway itself got the request");
+      assert.equal(Buffer.concat(proxied).length, 0, "nothing reached the proxy");
+    } finally {
+      proxy.close();
+      gateway.close();
+    }
+  });
+
   it("a gateway that accepts the connection and never speaks: each timed-out dial ends its connection", async () => {
     const open = new Set<net.Socket>();
     const silent = net.createServer((socket) => {

@@ -100,8 +100,12 @@ export async function openGatewaySocket(
   const secure = gateway.protocol === "https:";
   const port = Number(gateway.port || (secure ? 443 : 80));
   const host = gateway.hostname.replace(/^\[|\]$/g, "");
+  // A plain http:// gateway is a loopback one (gatewayUrlProblem): never through a proxy, which would read the token
+  // in clear, and whose own loopback is not ours.
   const proxy =
-    options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
+    secure && options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy)
+      ? options.proxy
+      : undefined;
   const socket = await openSocket(host, port, proxy, timeoutMs);
   if (!secure) return socket;
   // host: the name (or IP) the certificate is checked against; SNI only for names.
