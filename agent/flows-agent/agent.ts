@@ -170,20 +170,19 @@ export interface Runner {
 async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, log: Logger): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
   const uids = uidPool(settings.runtimeUids);
-  const own = process.getuid?.() ?? -1;
   // On EC2 the component checked the range's size, and the agent's user is a system one (below 1000, which no range
   // reaches): an EC2 bundle leaves the check out.
-  if (
-    BUILT_FOR.platform !== "ec2" &&
-    ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1)
-  ) {
-    throw new Error(
-      `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
-    );
+  if (BUILT_FOR.platform !== "ec2") {
+    const own = process.getuid?.() ?? -1;
+    if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1)
+      throw new Error(
+        `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
+      );
   }
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
-  for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
+  /** The launcher at `isolation` once a runtime has started in it; else a throw (a named level) or undefined (auto). */
+  const attempt = async (isolation: Isolation): Promise<RuntimeLauncher | undefined> => {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
       const launcher = processLauncher({
@@ -212,6 +211,13 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
     }
     if (wanted !== "auto") throw new Error(`FLOWS_RUNTIME_ISOLATION=${wanted} is not possible here: ${missing}`);
     log.error("runtime isolation not possible here: trying a weaker one", { isolation, reason: missing });
+    return undefined;
+  };
+  // (A loop over one level is kept by the minifier: an EC2 bundle calls its level straight.)
+  if (BUILT_FOR.platform === "ec2") return (await attempt(wanted))!;
+  for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
+    const launcher = await attempt(isolation);
+    if (launcher) return launcher;
   }
   throw new Error("no runtime could start");
 }
