@@ -2,7 +2,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
@@ -214,7 +214,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
     return undefined;
   };
   // (A loop over one level is kept by the minifier: an EC2 bundle calls its level straight.)
-  if (BUILT_FOR.platform === "ec2") return (await attempt(wanted))!;
+  if (BUILT_FOR.platform === "ec2") return (await attempt("namespaces"))!;
   for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
     const launcher = await attempt(isolation);
     if (launcher) return launcher;
@@ -261,5 +261,7 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
 /** The runner of the unbundled build (tests): its compiled module and the directories it reads. */
 export const unbundledRunner = (): Runner => {
   const file = path.join(__dirname, "runner-main.js");
-  return { path: file, args: [], readable: [__dirname, path.join(__dirname, "../../protocol")] };
+  // The runner's modules: its folder, the protocol's, and BUILT_FOR's (a module without imports).
+  const readable = [__dirname, path.join(__dirname, "../../protocol"), path.join(__dirname, "../config/built-for.js")];
+  return { path: file, args: [], readable };
 };

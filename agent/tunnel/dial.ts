@@ -2,7 +2,7 @@ import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { transport } from "../runtime/http";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
