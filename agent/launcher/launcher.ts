@@ -490,8 +490,8 @@ export class Launcher extends WebSocketLink {
         const headers = {
           ...credentials(this.context, this.worker),
           [FENCE_HEADER]: String(run.fence),
+          // (Sent chunked: no length is given.)
           "content-type": "application/octet-stream",
-          "transfer-encoding": "chunked",
         };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),

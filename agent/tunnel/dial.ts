@@ -1,6 +1,7 @@
 import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
+import { Readable } from "node:stream";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
 import { BUILT_FOR } from "../config/built-for";
 import { transport } from "../runtime/http";
@@ -130,6 +131,38 @@ async function requestGateway(
   return http.request({ createConnection: () => socket, method, path, headers: { host: gateway.host, ...headers } });
 }
 
+/** The gateway's answer to gatewayRequest: its status, and its body as a stream. */
+export type GatewayResponse = Readable & { statusCode?: number };
+
+/**
+ * On EC2, Node's fetch (undici, as the link's WebSocket): the unit's proxy variables apply, and the bundle loads no
+ * HTTP client of Node's besides. It is given as long to open and answer as the link's dial; the body then takes its time.
+ */
+export async function fetchGateway(
+  gateway: URL,
+  request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
+  timeoutMs = 10_000,
+): Promise<GatewayResponse> {
+  const slow = new AbortController();
+  const timer = setTimeout(() => slow.abort(new Error(`${gateway.host} did not answer`)), timeoutMs);
+  try {
+    const { status, body } = await fetch(new URL(request.path, gateway), {
+      method: request.method,
+      headers: request.headers,
+      // A stream is an async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
+      body: request.body,
+      duplex: "half",
+      signal: slow.signal,
+    } as RequestInit);
+    return Object.assign(body ? Readable.fromWeb(body as never) : Readable.from([]), { statusCode: status });
+  } catch (error) {
+    // fetch says only "fetch failed" (the reason is its cause).
+    throw (slow.signal.reason as Error) ?? (error as Error & { cause?: Error }).cause ?? error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * One HTTP request to the gateway over its own connection, proxy and TLS as for the link
  * (run state: large bodies streamed both ways). Resolves with the response once its head arrives.
@@ -138,17 +171,15 @@ export async function gatewayRequest(
   gateway: URL,
   request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
-): Promise<http.IncomingMessage> {
+): Promise<GatewayResponse> {
+  if (BUILT_FOR.platform === "ec2") return fetchGateway(gateway, request, options.timeoutMs);
   const req = await requestGateway(
     gateway,
     { ...request, headers: { connection: "close", ...request.headers } },
     options,
   );
-  // On EC2 the connection is Node's: it is given as long to open, and then to answer, as the link's dial.
-  if (BUILT_FOR.platform === "ec2")
-    req.setTimeout(options.timeoutMs ?? 10_000, () => req.destroy(new Error(`${gateway.host} did not answer`)));
   const response = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.once("response", (res) => (req.setTimeout(0), resolve(res)));
+    req.once("response", resolve);
     req.once("error", reject);
   });
   if (request.body) {
