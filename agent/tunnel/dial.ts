@@ -115,10 +115,10 @@ export async function openGatewaySocket(
 }
 
 /**
- * A request to the gateway on a connection of its own. On EC2, Node's own proxy support and TLS
- * carry it: the unit gives the runtime the pool's proxy as HTTPS_PROXY and NO_PROXY with
- * NODE_USE_ENV_PROXY, which the AWS calls go by too, and the component refuses a proxy with
- * credentials. Elsewhere (Kubernetes, docker run) the settings' proxy: openGatewaySocket.
+ * A request to the gateway on a connection of its own (the VCS agent's dial; state transfers off EC2). On EC2,
+ * Node's own proxy support and TLS carry it: the unit gives the runtime the pool's proxy as HTTPS_PROXY and NO_PROXY
+ * with NODE_USE_ENV_PROXY, which the AWS calls go by too, and the component refuses a proxy with credentials.
+ * Elsewhere (Kubernetes, docker run) the settings' proxy: openGatewaySocket.
  */
 async function requestGateway(
   gateway: URL,
