@@ -1,4 +1,4 @@
-import { chmodSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 /**
@@ -25,4 +25,43 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
   );
   chmodSync(docker, 0o755);
   return docker;
+}
+
+/**
+ * A stand-in for the Docker CLI of the Flows executor, written to `dir/docker`: a `docker run` starts the container's
+ * command (Node and the runtime, the container's paths mapped to this host's) as a process of its own, which, as a
+ * container, outlives its client: only `docker rm --force` (or `kill`) by name ends it, and answers "No such
+ * container" for one that is gone. While `dir/hold` exists, removals wait (an engine slow to answer). Live containers
+ * are listed in `dir/containers` (a file per name: pid and uid); a container started under a uid a live one still
+ * runs as is recorded in `dir/uid-reused`. Returns its path.
+ */
+export function writeFlowsDockerStandIn(dir: string): string {
+  const file = path.join(dir, "docker");
+  const containers = path.join(dir, "containers");
+  mkdirSync(containers, { recursive: true });
+  writeFileSync(
+    file,
+    [
+      "#!/bin/sh",
+      `containers='${containers}'`,
+      'for a; do last=$a; case "$a" in --name=*) name=${a#--name=};; --user=*) uid=${a#--user=}; uid=${uid%%:*};; esac; done',
+      'case "$1" in kill|rm) name=$last',
+      `  while [ -e '${dir}/hold' ]; do sleep 0.01; done`,
+      '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
+      '  read pid uid < "$containers/$name"; kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.005; done',
+      '  rm -f "$containers/$name"; exit 0;;',
+      "esac",
+      'for f in "$containers"/*; do [ -f "$f" ] || continue; read p u < "$f"',
+      `  [ "$u" = "$uid" ] && kill -0 "$p" 2>/dev/null && echo "$uid $name" >> '${dir}/uid-reused'; done`,
+      'work=$(mktemp -d); cd "$work"',
+      'while [ $# -gt 0 ]; do case "$1" in --volume=*:/agentpools/runtime.js:ro) runtime=${1#--volume=}; runtime=${runtime%:/agentpools/runtime.js:ro};; --) shift 3; break;; esac; shift; done',
+      // The container: its own process, reading the client's stdin (an asynchronous list's would be /dev/null).
+      "exec 3<&0",
+      `env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done) <&3 3<&- &`,
+      'echo "$! $uid" > "$containers/$name"; exec 3<&-',
+      'wait $!; code=$?; rm -f "$containers/$name"; exit $code',
+    ].join("\n"),
+  );
+  chmodSync(file, 0o755);
+  return file;
 }

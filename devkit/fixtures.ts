@@ -92,6 +92,15 @@ export const flowsArgs = (overrides: Partial<FlowsAgentPoolArgs> = {}): FlowsAge
   ...overrides,
 });
 
+/** A good value other than the default for each Flows setting only the Docker executor reads. */
+export const DOCKER_ONLY_VALUES = {
+  runtimeImage: "node:22-alpine",
+  gvisor: false,
+  extraDockerParams: ["--dns=10.0.0.2"],
+  registryMirror: "https://mirror.internal",
+  runtimeNetwork: "none",
+} as const;
+
 /** Every argument of each kind set, at realistic lengths: the largest configurations. */
 export const LARGEST = {
   worker: workerArgs({

@@ -4,9 +4,13 @@
 //   node build/gateway/main.js add-pool --config gateway.json --name NAME --kind worker --csr spacelift.csr
 //   node build/gateway/main.js add-key --config gateway.json --name NAME [--pools a,b]
 //   node build/gateway/main.js remove-key --config gateway.json --id ID
+//   node build/gateway/main.js rotate-key --config gateway.json --id ID
+//   node build/gateway/main.js hand-over-runs --config gateway.json --from ID|none --to ID
 // add-pool stores only the SHA-256 of the new pool's secret and prints the token once. A
 // worker pool's CSR is signed by the gateway's worker CA (kept in dataDir). add-key makes a
-// service key (every service-side endpoint needs one), stores its SHA-256 and prints it once.
+// service key (every service-side endpoint needs one), stores its SHA-256 and prints it once;
+// rotate-key gives a key a new secret under the same id, so its worker runs stay its own.
+// hand-over-runs gives one key's worker runs (or those stored before runs had owners) to another.
 import { existsSync, readFileSync, renameSync, watch, writeFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { z } from "zod";
@@ -15,7 +19,7 @@ import { Gateway, PUBLIC_TIMEOUTS } from "./gateway";
 import { QUEUE_DEFAULTS } from "./vcs-hub";
 import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
-import { PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
+import { GATEWAY_URLS, gatewayUrlProblem, PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { FLOWS_ANSWER_BUDGET_BYTES, FLOWS_ANSWER_GRACE_MS } from "./flows-hub";
 import { WORKER_DEFAULTS } from "./worker-hub";
 
@@ -30,7 +34,9 @@ export const gatewayConfig = z.strictObject({
     .strictObject({ host: z.string().default("127.0.0.1"), port: z.int().min(0).max(65535).default(8443) })
     .default({ host: "127.0.0.1", port: 8443 }),
   /** The address agents dial, written into each pool's token. */
-  publicUrl: z.url({ protocol: /^https?$/ }),
+  publicUrl: z.url({ protocol: /^https?$/ }).refine((url) => !gatewayUrlProblem(new URL(url)), {
+    error: `must be ${GATEWAY_URLS}: agents send their pool's token there`,
+  }),
   tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
   /** VCS pools: how long a request waits for a stream, how many may wait, one client's share of streams and queue. */
   queueTimeoutMs: z.int().min(0).max(600_000).default(QUEUE_DEFAULTS.queueTimeoutMs),
@@ -105,10 +111,11 @@ function loadConfig(file: string): GatewayConfig {
 export async function main(args: string[]): Promise<void> {
   const [command] = args;
   const file = option(args, "config");
-  if (!file || !["serve", "add-pool", "add-key", "remove-key"].includes(command)) {
+  if (!file || !["serve", "add-pool", "add-key", "remove-key", "rotate-key", "hand-over-runs"].includes(command)) {
     throw new Error(
       "usage: main.js serve --config FILE | add-pool --config FILE --name NAME --kind vcs|flows|worker [--csr FILE]" +
-        " | add-key --config FILE --name NAME [--pools a,b] | remove-key --config FILE --id ID",
+        " | add-key --config FILE --name NAME [--pools a,b] | remove-key --config FILE --id ID" +
+        " | rotate-key --config FILE --id ID | hand-over-runs --config FILE --from ID|none --to ID",
     );
   }
   // Only what the file says, changed: defaults stay defaults.
@@ -133,6 +140,34 @@ export async function main(args: string[]): Promise<void> {
     const id = option(args, "id");
     if (!config.keys.some((k) => k.id === id)) throw new Error(`no key with id ${id}`);
     save({ keys: config.keys.filter((k) => k.id !== id) });
+    return;
+  }
+  if (command === "rotate-key") {
+    const config = loadConfig(file);
+    const id = option(args, "id");
+    const old = config.keys.find((k) => k.id === id);
+    if (!old) throw new Error(`no key with id ${id}`);
+    // The same id, name and pools: its runs stay its own. The old secret is refused as soon as the file is written.
+    const { definition, key } = createServiceKey(old.name, old.pools);
+    const secret = key.split(".")[2];
+    save({ keys: config.keys.map((k) => (k === old ? { ...definition, id: old.id } : k)) });
+    process.stdout.write(`apk1.${old.id}.${secret}\n`);
+    return;
+  }
+  if (command === "hand-over-runs") {
+    const config = loadConfig(file);
+    const [from, to] = [option(args, "from"), option(args, "to")];
+    if (!config.dataDir) throw new Error(`${file}: no dataDir, so no stored runs to hand over`);
+    if (!from || (from !== "none" && !KEY_ID.test(from))) throw new Error("--from must be a key id or none");
+    if (!config.keys.some((k) => k.id === to)) throw new Error(`no key with id ${to} (--to)`);
+    const { SqliteStore } = await import("./sqlite-store");
+    const store = new SqliteStore(config.dataDir);
+    try {
+      const moved = await store.handOverRuns(from === "none" ? undefined : from, to as string);
+      process.stdout.write(`${moved} runs handed over to key ${to}\n`);
+    } finally {
+      await store.close();
+    }
     return;
   }
   if (command === "add-pool") {

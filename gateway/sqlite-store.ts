@@ -4,6 +4,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { HttpError } from "./http";
+import { MAX_STATE_BYTES } from "../protocol/worker";
 import {
   storageError,
   type GatewayStore,
@@ -15,7 +16,8 @@ import {
 
 /** Without a data directory, sealed state is held in memory: up to this much per run. */
 export const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
-const SCHEMA_VERSION = 1;
+/** 2: runs.owner, the service key that submitted each run (1 had none: its runs belong to no key). */
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL) STRICT;
@@ -24,6 +26,7 @@ CREATE TABLE IF NOT EXISTS runs (
   id TEXT NOT NULL UNIQUE,
   pool TEXT NOT NULL REFERENCES pools(name),
   spec TEXT NOT NULL,
+  owner TEXT,
   status TEXT NOT NULL,
   exit_code INTEGER,
   reason TEXT,
@@ -47,12 +50,15 @@ CREATE TABLE IF NOT EXISTS log_lines (
   PRIMARY KEY (run, line)
 ) STRICT, WITHOUT ROWID;
 `;
+/** After SCHEMA, and after a database of schema 1 got its owner column. */
+const OWNER_INDEX = "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (pool, owner, seq);";
 
 interface Row {
   seq: number;
   id: string;
   pool: string;
   spec: string;
+  owner: string | null;
   status: string;
   exit_code: number | null;
   reason: string | null;
@@ -81,6 +87,7 @@ function toRecord(row: Row): RunRecord {
     logLines: row.log_lines,
     createdAt: row.created_at,
   };
+  if (row.owner !== null) record.owner = row.owner;
   if (row.exit_code !== null) record.exitCode = row.exit_code;
   if (row.reason !== null) record.reason = row.reason;
   if (row.worker !== null) record.worker = row.worker;
@@ -126,10 +133,10 @@ export class SqliteStore implements GatewayStore {
   private readonly memoryState = new Map<string, Buffer>();
   private readonly statements = new Map<string, StatementSync>();
 
-  /** `maxStateInMemory`: the most state of one run kept without a data directory (settable for tests). */
+  /** `maxStateBytes`: the most state of one run kept (sealed), MAX_STATE_BYTES, or 64 MiB in memory (settable for tests). */
   constructor(
     dataDir?: string,
-    private readonly maxStateInMemory = MAX_STATE_IN_MEMORY,
+    private readonly maxStateBytes = dataDir ? MAX_STATE_BYTES : MAX_STATE_IN_MEMORY,
   ) {
     const { DatabaseSync } = sqlite();
     try {
@@ -139,14 +146,24 @@ export class SqliteStore implements GatewayStore {
         // Not recursive: on a read-only file system that says ENOENT, this says EROFS.
         if (!existsSync(this.stateDir)) mkdirSync(this.stateDir, { mode: 0o700 });
       }
-      this.db = new DatabaseSync(dataDir ? path.join(dataDir, "gateway.db") : ":memory:");
+      // A busy timeout: main.js hand-over-runs may write while a gateway serves.
+      this.db = new DatabaseSync(dataDir ? path.join(dataDir, "gateway.db") : ":memory:", { timeout: 5000 });
       this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
       const { user_version: version } = this.db.prepare("PRAGMA user_version").get() as { user_version: number };
       if (version > SCHEMA_VERSION)
         throw new Error(
           `${dataDir}/gateway.db is of a newer gateway (schema ${version}; this one knows ${SCHEMA_VERSION})`,
         );
-      this.db.exec(SCHEMA + `PRAGMA user_version = ${SCHEMA_VERSION};`);
+      // One transaction: a database of schema 1 is given its owner column (its runs keep none: they belong to no
+      // key until an operator hands them over, main.js hand-over-runs), or stays as it was.
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        this.db.exec(SCHEMA);
+        if (version === 1) this.db.exec("ALTER TABLE runs ADD COLUMN owner TEXT");
+        this.db.exec(OWNER_INDEX + `PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`);
+      } finally {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      }
     } catch (error) {
       const failure = storageError(error);
       throw new Error(`cannot open the gateway's store in ${dataDir ?? "memory"}: ${(failure as Error).message}`);
@@ -220,10 +237,11 @@ export class SqliteStore implements GatewayStore {
     };
     return this.transaction(() => {
       this.run(
-        "INSERT INTO runs (id, pool, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO runs (id, pool, spec, owner, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         run.id,
         run.pool,
         JSON.stringify(spec),
+        run.owner ?? null,
         run.status,
         run.createdAt,
       );
@@ -237,18 +255,43 @@ export class SqliteStore implements GatewayStore {
     });
   }
 
-  listRuns(pool: string, { limit, before }: { limit: number; before?: string }): Promise<RunRecord[]> {
+  listRuns(
+    pool: string,
+    { owner, limit, before }: { owner: string; limit: number; before?: string },
+  ): Promise<RunRecord[]> {
+    // `before` is read among the owner's runs too: another key's run ID pages nothing (as an unknown one).
     return this.read(() => {
       const rows = before
         ? this.all<Row>(
-            "SELECT * FROM runs WHERE pool = ? AND seq < (SELECT seq FROM runs WHERE id = ?) ORDER BY seq DESC LIMIT ?",
+            `SELECT * FROM runs WHERE pool = ? AND owner = ?
+             AND seq < (SELECT seq FROM runs WHERE id = ? AND owner = ?) ORDER BY seq DESC LIMIT ?`,
             pool,
+            owner,
             before,
+            owner,
             limit,
           )
-        : this.all<Row>("SELECT * FROM runs WHERE pool = ? ORDER BY seq DESC LIMIT ?", pool, limit);
+        : this.all<Row>(
+            "SELECT * FROM runs WHERE pool = ? AND owner = ? ORDER BY seq DESC LIMIT ?",
+            pool,
+            owner,
+            limit,
+          );
       return rows.map(toRecord);
     });
+  }
+
+  handOverRuns(from: string | undefined, to: string): Promise<number> {
+    return this.transaction(
+      () =>
+        Number(
+          (from === undefined
+            ? this.run("UPDATE runs SET owner = ? WHERE owner IS NULL", to)
+            : this.run("UPDATE runs SET owner = ? WHERE owner = ?", to, from)
+          ).changes,
+        ),
+      true,
+    );
   }
 
   liveRuns(): Promise<RunRecord[]> {
@@ -398,6 +441,16 @@ export class SqliteStore implements GatewayStore {
       throw new HttpError(409, "only the launcher holding a run's lease stores its state");
     }
     let size = 0;
+    const max = this.maxStateBytes;
+    // Over the bound the rest is read and dropped, so the launcher finishes sending and reads the 413 rather than a
+    // reset connection.
+    const tooLarge = () =>
+      new HttpError(
+        413,
+        this.stateDir
+          ? `run state over ${max} bytes (sealed) is more than the gateway keeps`
+          : `run state over ${max} bytes needs a gateway with a data directory`,
+      );
     if (this.stateDir) {
       const file = path.join(this.stateDir, run);
       const output = createWriteStream(`${file}.part`, { mode: 0o600 });
@@ -407,27 +460,25 @@ export class SqliteStore implements GatewayStore {
           async function* (chunks: AsyncIterable<Buffer>) {
             for await (const chunk of chunks) {
               size += chunk.length;
-              yield chunk;
+              if (size <= max) yield chunk;
             }
           },
           output,
         );
+        if (size > max) throw tooLarge();
         renameSync(`${file}.part`, file);
       } catch (error) {
         rmSync(`${file}.part`, { force: true });
         throw storageError(error);
       }
     } else {
-      // Over the bound the rest is read and dropped, so the launcher finishes sending and
-      // reads the 413 rather than a reset connection.
       const chunks: Buffer[] = [];
       for await (const chunk of body) {
         size += (chunk as Buffer).length;
-        if (size <= this.maxStateInMemory) chunks.push(chunk as Buffer);
+        if (size <= max) chunks.push(chunk as Buffer);
         else chunks.length = 0;
       }
-      if (size > this.maxStateInMemory)
-        throw new HttpError(413, `run state over ${this.maxStateInMemory} bytes needs a gateway with a data directory`);
+      if (size > max) throw tooLarge();
       this.memoryState.set(run, Buffer.concat(chunks));
     }
     await this.transaction(() => this.run("UPDATE runs SET state_bytes = ? WHERE id = ?", size, run));
@@ -448,15 +499,15 @@ export class SqliteStore implements GatewayStore {
 
   async prune({ runsPerPool, maxAgeMs }: RetentionPolicy, now: number): Promise<number> {
     const cutoff = new Date(now - maxAgeMs).toISOString();
-    // Finished runs past the pool's count or older than the cutoff; the newest run of each
-    // pool that left state stays, so a later run can still start from it.
+    // Finished runs past the pool's count or older than the cutoff; the newest run of each key in
+    // each pool that left state stays, so a later run of that key can still start from it.
     const doomed = await this.read(() =>
       this.all<{ seq: number; id: string }>(
         `SELECT seq, id FROM (
            SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool ORDER BY seq DESC) AS rank
            FROM runs WHERE finished_at IS NOT NULL
          ) WHERE (rank > ? OR finished_at < ?)
-           AND seq NOT IN (SELECT MAX(seq) FROM runs WHERE state = 1 AND finished_at IS NOT NULL GROUP BY pool)`,
+           AND seq NOT IN (SELECT MAX(seq) FROM runs WHERE state = 1 AND finished_at IS NOT NULL GROUP BY pool, owner)`,
         runsPerPool,
         cutoff,
       ),

@@ -15,8 +15,10 @@ export interface GatewayStore {
   /** A new queued run, stored durably before this resolves. */
   createRun(run: RunRecord): Promise<void>;
   getRun(id: string): Promise<RunRecord | undefined>;
-  /** A pool's runs, newest first: at most `limit`, created before run `before` if given. */
-  listRuns(pool: string, options: { limit: number; before?: string }): Promise<RunRecord[]>;
+  /** A pool's runs of one owner, newest first: at most `limit`, created before its run `before` if given. */
+  listRuns(pool: string, options: { owner: string; limit: number; before?: string }): Promise<RunRecord[]>;
+  /** Give the runs of one owner (undefined: of none, made before owners were kept) to another: how many. */
+  handOverRuns(from: string | undefined, to: string): Promise<number>;
   /** Runs not yet final (queued or running), oldest first: all a starting gateway loads. */
   liveRuns(): Promise<RunRecord[]>;
 
@@ -66,6 +68,11 @@ export interface GatewayStore {
 export interface RunRecord {
   id: string;
   pool: string;
+  /**
+   * The service key (its id) that submitted it: only that key reads it, its log, lists it or starts from its state.
+   * None on runs stored before owners were kept: they belong to no key.
+   */
+  owner?: string;
   image: string;
   commands: string[];
   sealedEnvironment?: string;

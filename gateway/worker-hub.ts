@@ -70,8 +70,6 @@ export const WORKER_DEFAULTS = {
 interface LiveRun {
   record: RunRecord;
   followers: Set<() => void>;
-  /** The service key that submitted it (this gateway's process only: a run loaded after a restart has none). */
-  client?: string;
   leaseTimer?: NodeJS.Timeout;
   /** When the gateway last asked the launcher for log lines it lacks, if none came since. */
   askedAt?: number;
@@ -279,14 +277,11 @@ export class WorkerHub {
   /** The live run whose lease this launcher holds under this fence. */
   private held(worker: WorkerConnection, id: string, fence: number): LiveRun | undefined {
     const entry = this.live.get(id);
-    const record = entry?.record;
-    return record &&
-      record.pool === worker.pool &&
-      record.worker === worker.id &&
-      record.fence === fence &&
-      record.leaseExpiresAt !== undefined
-      ? entry
-      : undefined;
+    return entry && entry.record.pool === worker.pool && this.holds(entry.record, worker.id, fence) ? entry : undefined;
+  }
+
+  private holds(record: RunRecord, worker: string, fence: number): boolean {
+    return record.worker === worker && record.fence === fence && record.leaseExpiresAt !== undefined;
   }
 
   private receive(worker: WorkerConnection, text: string): Promise<void> {
@@ -548,7 +543,8 @@ export class WorkerHub {
     for (const [pool, queue] of this.queues)
       for (const id of queue) {
         const entry = this.live.get(id);
-        if (entry?.client === undefined || entry.record.status !== "queued" || mayUse(entry.client, pool)) continue;
+        const owner = entry?.record.owner;
+        if (!entry || owner === undefined || entry.record.status !== "queued" || mayUse(owner, pool)) continue;
         const reason = KEY_REVOKED(pool);
         await this.end(entry, { status: "refused", reason, state: false }, `[agentpools: ${reason}]`);
       }
@@ -650,7 +646,7 @@ export class WorkerHub {
     const queued = this.queue(poolName).filter((id) => this.live.get(id)?.record.status === "queued");
     if (queued.length >= maxQueued)
       throw new HttpError(503, `pool ${poolName} has ${queued.length} runs queued`, RETRY_AFTER_SECONDS);
-    if (queued.filter((id) => this.live.get(id)?.client === client).length >= shareOf(maxQueued, clientShare))
+    if (queued.filter((id) => this.live.get(id)?.record.owner === client).length >= shareOf(maxQueued, clientShare))
       throw new HttpError(503, `this key holds its share of pool ${poolName}'s queue`, RETRY_AFTER_SECONDS);
     const request = (body ?? {}) as Record<string, unknown>;
     const unknown = Object.keys(request).filter(
@@ -687,11 +683,12 @@ export class WorkerHub {
       throw new HttpError(400, `timeoutSeconds ${JSON.stringify(timeoutSeconds)} must be an integer from 1 to 86400`);
     }
     if (stateFrom !== undefined) {
+      // Another key's run is refused as one that does not exist: its state never reaches this key's run.
       const source = typeof stateFrom === "string" ? await this.store.getRun(stateFrom) : undefined;
-      if (!source || source.pool !== poolName || !source.state)
+      if (!source || source.pool !== poolName || source.owner !== client || !source.state)
         throw new HttpError(
           400,
-          `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of pool ${poolName} that left state`,
+          `stateFrom ${JSON.stringify(stateFrom)} must be a finished run of yours in pool ${poolName} that left state`,
         );
     }
     const sealed =
@@ -701,6 +698,7 @@ export class WorkerHub {
     const record: RunRecord = {
       id: randomUUID(),
       pool: poolName,
+      owner: client,
       image,
       commands: commands as string[],
       ...(sealed ? { sealedEnvironment: sealed } : {}),
@@ -719,23 +717,24 @@ export class WorkerHub {
       this.storageFailed("store a submitted run", error, record);
       throw error;
     }
-    this.live.set(record.id, { record, followers: new Set(), client });
+    this.live.set(record.id, { record, followers: new Set() });
     this.queue(poolName).push(record.id);
     this.log.info("run queued", { pool: poolName, run: record.id, image });
     void this.dispatch(poolName);
     return record;
   }
 
-  /** A run of the pool, live or finished. */
-  async get(pool: string, id: string): Promise<WorkerRun> {
+  /** A run of the pool that this key (`owner`) submitted, live or finished; another key's is as one that is not. */
+  async get(pool: string, id: string, owner = ""): Promise<WorkerRun> {
     const record = this.live.get(id)?.record ?? (await this.store.getRun(id));
-    if (!record || record.pool !== pool) throw new HttpError(404, `no run ${id} in pool ${pool}`);
+    if (!record || record.pool !== pool || record.owner !== owner)
+      throw new HttpError(404, `no run ${id} in pool ${pool}`);
     return record;
   }
 
   /** A run's log: what there is, then (follow) each new line as it comes, until the run ends. */
-  async streamLog(pool: string, id: string, res: http.ServerResponse, follow: boolean): Promise<void> {
-    await this.get(pool, id);
+  async streamLog(pool: string, id: string, owner: string, res: http.ServerResponse, follow: boolean): Promise<void> {
+    await this.get(pool, id, owner);
     const entry = this.live.get(id);
     res.writeHead(200, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
     let sent = 0;
@@ -804,8 +803,14 @@ export class WorkerHub {
       return;
     }
     if (req.method !== "GET") throw new HttpError(405, "state is PUT by a run's worker and read with GET");
-    const record = await this.get(poolName, id);
-    if (!record.state) throw new HttpError(404, `run ${id} left no state`);
+    // Only for a run this launcher holds under this fence that starts from it: its owner chose that state.
+    const worker = String(req.headers[WORKER_HEADER] ?? "");
+    const fence = Number(req.headers[FENCE_HEADER]);
+    const reader = [...this.live.values()].some(
+      ({ record }) => record.stateFrom === id && record.pool === poolName && this.holds(record, worker, fence),
+    );
+    const record = reader ? await this.store.getRun(id) : undefined;
+    if (!record?.state) throw new HttpError(404, `no run held by this launcher starts from the state of run ${id}`);
     const state = await this.store.openState(id);
     res.writeHead(200, { "content-type": "application/octet-stream" });
     await pipeline(state, res);
@@ -854,24 +859,24 @@ export class WorkerHub {
       if (req.method !== "GET") throw new HttpError(405, "method not allowed");
       if (route.kind === "run")
         return route.logs
-          ? this.streamLog(pool, route.run, res, query.get("follow") === "1")
-          : json(200, this.public(await this.get(pool, route.run)));
+          ? this.streamLog(pool, route.run, client, res, query.get("follow") === "1")
+          : json(200, this.public(await this.get(pool, route.run, client)));
       if (this.pools.get(pool)?.definition.kind !== "worker") throw new HttpError(404, `no worker pool named ${pool}`);
       const limit = Number(query.get("limit") ?? 100);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
         throw new HttpError(400, "limit must be an integer from 1 to 1000");
       const before = query.get("before");
       return json(200, {
-        runs: (await this.store.listRuns(pool, { limit, before })).map((run) =>
+        runs: (await this.store.listRuns(pool, { owner: client, limit, before })).map((run) =>
           this.public(this.live.get(run.id)?.record ?? run),
         ),
       });
     })().catch(fail);
   }
 
-  /** A run as the API shows it: the sealed environment stays inside. */
+  /** A run as the API shows it: the sealed environment stays inside (and the owner: the caller). */
   private public(run: WorkerRun) {
-    const { sealedEnvironment, leaseExpiresAt, ...shown } = run;
+    const { sealedEnvironment, leaseExpiresAt, owner: _caller, ...shown } = run;
     return {
       ...shown,
       environmentSealed: sealedEnvironment !== undefined,

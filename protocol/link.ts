@@ -24,6 +24,20 @@ export const POOL_HEADER = "x-agentpools-pool";
 
 export const encodeMetadata = (tags: Record<string, string>) => Buffer.from(JSON.stringify(tags)).toString("base64url");
 
+/** Hosts a gateway is dialled at in plain http://, as URL reads them (127.0.0.1 for 127.1): loopback only. */
+const LOOPBACK_HOST = /^(localhost|127(\.\d+){3}|\[::1\])$/;
+/** What a gateway URL may be, said in every refusal. */
+export const GATEWAY_URLS = "https://, or http:// only to localhost, 127.0.0.0/8 or [::1]";
+
+/**
+ * Why an agent may not dial this gateway URL, or undefined. An agent sends its pool's token to its gateway: over a
+ * network, only inside TLS. Shown: the scheme and host, never credentials or a path.
+ */
+export function gatewayUrlProblem(url: URL): string | undefined {
+  if (url.protocol === "https:" || (url.protocol === "http:" && LOOPBACK_HOST.test(url.hostname))) return undefined;
+  return `${url.protocol}//${url.host} is not allowed: use ${GATEWAY_URLS}`;
+}
+
 /** A JSON text message, or undefined if it is not JSON (such a message is ignored, not fatal). */
 export function parseMessage<T>(text: string): T | undefined {
   try {

@@ -16,6 +16,8 @@ export function encodeToken(token: PoolToken): string {
   return PREFIX + Buffer.from(JSON.stringify(token)).toString("base64url");
 }
 
+import { gatewayUrlProblem } from "./link";
+
 export function decodeToken(text: string): PoolToken {
   const fail = (why: string): never => {
     throw new Error(`the pool token is not valid: ${why}`);
@@ -27,7 +29,9 @@ export function decodeToken(text: string): PoolToken {
   } catch {
     return fail("it does not decode");
   }
-  if (typeof token.gateway !== "string" || !/^https?:\/\//.test(token.gateway)) fail("it names no gateway URL");
+  if (typeof token.gateway !== "string" || !URL.canParse(token.gateway)) fail("it names no gateway URL");
+  const plain = gatewayUrlProblem(new URL(token.gateway as string));
+  if (plain) fail(`its gateway ${plain}`);
   if (typeof token.pool !== "string" || typeof token.secret !== "string" || token.secret.length < 16)
     fail("it names no pool or secret");
   return token as PoolToken;

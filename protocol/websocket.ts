@@ -52,7 +52,7 @@ export function acceptWebSocket(
 /**
  * A WebSocket over an upgraded socket (RFC 6455): text messages, fragmentation, ping/pong
  * and close. Clients mask what they send, as the RFC requires. Messages over 16 MiB close
- * the connection (1009) rather than grow without bound. Events: "message" (text), "pong",
+ * the connection (1009) rather than grow without bound. Events: "message" (text), "pong" (its payload),
  * "close". Received chunks are joined only once they hold what the next step needs (a
  * header, then the whole frame), so a byte is copied about once whatever the chunk sizes.
  * (Its state lives in the constructor's closures, not in members: the runtime bundles
@@ -63,7 +63,8 @@ export class WebSocket extends EventEmitter {
   open = true;
   /** Sends a text message; `sent` is called once the socket has written it (or failed to). */
   send: (text: string, sent?: () => void) => void;
-  ping: () => void;
+  /** Sends a ping; returns its payload, which the "pong" event answering it carries. */
+  ping: () => string;
   close: (code?: number) => void;
   /**
    * Liveness: a ping every intervalMs; nothing received for timeoutMs after one closes the
@@ -116,7 +117,13 @@ export class WebSocket extends EventEmitter {
       socket.end();
       finish();
     });
-    const ping = (this.ping = () => frame(0x9, Buffer.alloc(0)));
+    let pings = 0;
+    // Each ping's payload its own: a pong says which ping it answers (RFC 6455 5.5.3: the payload echoed).
+    const ping = (this.ping = () => {
+      const payload = String(++pings);
+      frame(0x9, payload);
+      return payload;
+    });
     this.send = (text, sent) => frame(0x1, text, sent);
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
@@ -152,7 +159,7 @@ export class WebSocket extends EventEmitter {
         case 0x9:
           return frame(0xa, payload);
         case 0xa:
-          this.emit("pong");
+          this.emit("pong", payload.toString("latin1"));
           return;
         default:
           close(1003);

@@ -81,6 +81,12 @@ export type FromWorker =
   | ({ type: "finished"; id: string; fence: number } & RunOutcome)
   | { type: "draining" };
 
+/**
+ * The most bytes of a run's state, as sealed: the gateway stores no more (413), a launcher downloads no more by
+ * default (its AGENTPOOLS_MAX_STATE_BYTES may set less or more).
+ */
+export const MAX_STATE_BYTES = 1024 * 1024 * 1024;
+
 /** Lines of a run's log kept, at the launcher and at the gateway; the launcher says where it cut. */
 export const MAX_LOG_LINES = 200_000;
 

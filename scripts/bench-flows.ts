@@ -193,7 +193,7 @@ async function main(): Promise<void> {
       const times: number[] = [];
       for (let i = 0; i < 30; i++) {
         const started = performance.now();
-        const runtime = launcher.start();
+        const runtime = launcher.start()!;
         await runtime.ready;
         times.push(performance.now() - started);
         runtime.kill();

@@ -10,8 +10,8 @@ import {
 } from "../components";
 import { caCertificates } from "../devkit/certificates";
 import { recorded, settled } from "../devkit/pulumi-mocks";
-import { CA_EC, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
-import { encodeToken } from "../protocol/token";
+import { CA_EC, DOCKER_ONLY_VALUES, flowsArgs, vcsArgs, workerArgs, TOKENS } from "../devkit/fixtures";
+import { decodeToken, encodeToken } from "../protocol/token";
 
 /** A refusal: what is refused, the field its problem names, what the line shows, and what the whole error must never show. */
 type Case = [description: string, make: (name: string) => unknown, field: string, shows?: string, hides?: string[]];
@@ -376,6 +376,33 @@ const cases: Case[] = [
     (n) => new FlowsAgentPool(n, flowsArgs({ gatewayEndpoint: "ws://gateway" })),
     "gatewayEndpoint",
   ],
+  [
+    "gateway endpoint in plain http over a network (the pool's token would cross in clear)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ gatewayEndpoint: "http://gateway.useflows.eu" })),
+    "gatewayEndpoint",
+    '"http://gateway.useflows.eu"',
+  ],
+  [
+    "a worker token whose gateway is plain http over a network",
+    (n) =>
+      new WorkerPool(
+        n,
+        workerArgs({
+          token: encodeToken({ ...decodeToken(TOKENS.worker), gateway: "http://gateway.example.com:8080" }),
+        }),
+      ),
+    "token",
+    "its gateway http://gateway.example.com:8080 is not allowed: use https://, or http:// only to localhost, 127.0.0.0/8 or [::1]",
+    ["wkr-secret-5f0c1d2e3a4b5c6d"],
+  ],
+  [
+    "a VCS token whose gateway is plain http over a network",
+    (n) =>
+      new VcsAgentPool(n, vcsArgs({ token: encodeToken({ ...decodeToken(TOKENS.vcs), gateway: "http://10.1.2.3" }) })),
+    "token",
+    "its gateway http://10.1.2.3 is not allowed",
+    ["vcs-secret-9a8b7c6d5e4f3a2b"],
+  ],
   ["pool ID with a space", (n) => new FlowsAgentPool(n, flowsArgs({ poolId: "has space" })), "poolId"],
   [
     "image reference in capitals",
@@ -405,15 +432,7 @@ const cases: Case[] = [
     '"auto"',
   ],
   // The process executor refuses what only the Docker executor reads, rather than ignoring it.
-  ...(
-    [
-      ["runtimeImage", "node:22-alpine"],
-      ["gvisor", false],
-      ["extraDockerParams", ["--dns=10.0.0.2"]],
-      ["registryMirror", "https://mirror.internal"],
-      ["runtimeNetwork", "none"],
-    ] as const
-  ).map(([key, value]): Case => [
+  ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value]): Case => [
     `the process executor given ${key}, which only the Docker executor reads`,
     (n) => new FlowsAgentPool(n, flowsArgs({ executor: "process", [key]: value })),
     key,

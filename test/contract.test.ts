@@ -3,7 +3,7 @@
 // renders the same variables on both.
 import assert from "node:assert/strict";
 import type { z } from "zod";
-import { flowsAgentSettings } from "../agent/config/flows-agent";
+import { DOCKER_ONLY_SETTINGS, flowsAgentSettings } from "../agent/config/flows-agent";
 import { launcherSettings } from "../agent/config/launcher";
 import type { RoleName } from "../agent/config/roles";
 import { settingsToEnv } from "../agent/config/env";
@@ -74,6 +74,7 @@ const kinds: {
       runInitializationPolicy: [{ allowedImage: ["alpine:*"] }, { allowedImages: ["alpine:*"], maxRunTimeout: "2h" }],
       executor: ["process", "docker"],
       workDirectory: ["runs", "/var/lib/agentpools/work"],
+      maxStateBytes: [0, 64 * 1024 * 1024],
       vcsAgents: [[{ name: "ghe", baseEndpoint: "not a url" }], [{ name: "ghe", baseEndpoint: "https://ghe.corp" }]],
       // Shorter than the 70-minute default run timeout: both refuse it for the same reason.
       drainTimeoutSeconds: [600, 7200],
@@ -124,6 +125,12 @@ const kinds: {
         'a pod has no Docker engine for sibling containers: Kubernetes takes only "process" (tested in kubernetes.test.ts)',
       runtimeIsolation:
         'each platform asks for what it gives: "namespaces" on EC2 (bubblewrap installed), "user" in a pod, which cannot make user namespaces (tested in bad-config.test.ts and kubernetes.test.ts)',
+      ...Object.fromEntries(
+        DOCKER_ONLY_SETTINGS.map((setting) => [
+          setting,
+          "read by the Docker executor only, which a pod does not have: Kubernetes refuses it, as EC2 does for the process executor (tested in kubernetes.test.ts and bad-config.test.ts)",
+        ]),
+      ),
     },
     cases: {
       ...common,
@@ -132,17 +139,12 @@ const kinds: {
       gatewayEndpoint: ["ws://gateway", "https://gateway.corp"],
       backendEndpoint: ["useflows.eu", "https://flows.corp"],
       mountsDir: ["mounts", "/var/lib/flows"],
-      runtimeImage: ["UPPER/Case", "registry.corp:5000/flows/runtime:24-Alpine"],
-      gvisor: ["no", false],
-      extraDockerParams: [["--privileged"], ["--pids-limit=128"]],
       runtimePoolSize: [0, 8],
       runtimeMemoryMb: [32, 512],
       runtimeDiskMb: [0, 128],
       runtimeOpenFiles: [16, 256],
       runtimeUids: ["0-255", "1900001000-1900001999"],
       defaultRunTimeout: ["soon", "90s"],
-      registryMirror: ["mirror.corp", "https://mirror.corp"],
-      runtimeNetwork: ["host", "flows"],
       drainTimeoutSeconds: [7201, 600],
     },
   },

@@ -9,11 +9,13 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, writeFileSync
 import net from "node:net";
 import path from "node:path";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
-import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
+import { FLOWS_RUNNER_FILE } from "../agent/config/variants";
+import { flowsAgentRole } from "../agent/flows-agent/agent";
 import type { RunningAgent } from "../agent/runtime/runtime";
 import { packageRoot } from "../components/shared/bundles";
 import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
+import { writeFlowsDockerStandIn } from "../devkit/docker-stand-in";
 import { capturingLogger, eventually, freePort, runtimeUidRange, scratchDir, serviceKey } from "../devkit/helpers";
 import {
   FLOWS_MAX_CONSOLE_LINES,
@@ -26,6 +28,11 @@ export const POOL = "01HOSTILE";
 /** Runtime uids of one test file (`slot`, one per flows-hostile file, 0 to 3): a range of its own. */
 export const uidRange = (slot: number) => runtimeUidRange(slot);
 export const BUNDLE = () => path.join(packageRoot(), "build/bundles/flows-agent.js");
+/**
+ * The runtimes' own bundle (agent/roles/flows-runner.ts), as Kubernetes and Docker hosts start them: the corpus runs
+ * against the runner that ships, and each of some hundred runtimes starts on 2 KB of code, not the agent's 30 KB.
+ */
+const RUNNER = () => path.join(packageRoot(), "build/bundles", FLOWS_RUNNER_FILE);
 
 /** Inputs every hostile run gets: what an attacker would know or guess of the host. */
 export interface Targets {
@@ -294,24 +301,6 @@ const CORPUS: Case[] = [
   ],
 ];
 
-/** A stand-in for the Docker CLI (no engine here): runs the container's command on this host, as far as a host can. */
-function standInDocker(dir: string): string {
-  const file = path.join(dir, "docker");
-  writeFileSync(
-    file,
-    [
-      "#!/bin/sh",
-      'case "$1" in kill) exit 0;; esac',
-      'work=$(mktemp -d); cd "$work"',
-      'while [ $# -gt 0 ]; do case "$1" in --volume=*:/agentpools/runtime.js:ro) runtime=${1#--volume=}; runtime=${runtime%:/agentpools/runtime.js:ro};; --) shift 3; break;; esac; shift; done',
-      // What follows the image: Node's flags and the runtime, with the container's paths mapped to this host's.
-      `exec env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done)`,
-    ].join("\n"),
-  );
-  chmodSync(file, 0o755);
-  return file;
-}
-
 /** The gateway the runs of one file go through, the targets they aim at, and how a test sends a run. */
 export interface Hostile {
   dir: string;
@@ -439,9 +428,10 @@ export function executorSuite(h: Hostile, mode: Mode): void {
             chmodSync(left, 0o500);
           }
         }
-        const runner =
-          mode === "docker" ? { path: BUNDLE(), args: ["--flows-runner"], readable: [BUNDLE()] } : unbundledRunner();
-        agent = await flowsAgentRole(runner, { docker: standInDocker(dir) }).start(settings(), { log: log.log });
+        const runner = { path: RUNNER(), args: [], readable: [RUNNER()] };
+        agent = await flowsAgentRole(runner, { docker: writeFlowsDockerStandIn(dir) }).start(settings(), {
+          log: log.log,
+        });
         await agent.ready;
         await eventually(() => pool().connections === 1);
       });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -222,7 +222,7 @@ describe("Flows agent and gateway", function () {
     const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-release-"));
     try {
       await eventually(() => [leftover, other].every((p) => existsSync(`/proc/${p.pid}`)));
-      const runtime = userLauncher("1900000970", scratchRoot).start();
+      const runtime = userLauncher("1900000970", scratchRoot).start()!;
       await runtime.ready;
       assert.equal((await runtime.run({ kind: "expression", code: "process.getuid()" }, 5000)).value, 1900000970);
       runtime.kill();
@@ -373,6 +373,53 @@ describe("Flows agent and gateway", function () {
     await wrong.drain(Date.now() + 1000);
     await otherPool.drain(Date.now() + 1000);
     assert.equal(gateway.summary().find((p) => p.name === "01EMPTY")!.connections, 0);
+  });
+
+  it("a second agent given the first's mounts directory stops with an error naming the setting; the first runs on", async () => {
+    const shared = path.join(scratchRoot, "agent-0");
+    // A run of the first agent in flight, its scratch in the shared directory.
+    const holder = run({ kind: "block", code: "await new Promise((r) => setTimeout(r, 500)); return 'held';" });
+    await eventually(() => gateway.summary().find((p) => p.name === POOL)!.activeRequests === 1);
+    const second = settings({ mountsDir: shared });
+    await assert.rejects(
+      async () => flowsAgentRole(unbundledRunner()).start(second, { log: capturingLogger("second").log }),
+      (error: Error) =>
+        error.message ===
+        `FLOWS_MOUNTS_DIR=${shared} is another Flows agent's (pid ${process.pid}): each needs its own`,
+    );
+    assert.deepEqual([(await holder).result.value, (await run({ code: "1 + 1" })).result.value], ["held", 2]);
+  });
+
+  for (const executor of ["process", "docker"] as const) {
+    it(`${executor} executor: a FLOWS_RUNTIME_UIDS range under twice the pool size is refused at start, saying what it needs`, async () => {
+      const { first } = runtimeUidRange(15);
+      const tooFew = `${first}-${first + 2}`;
+      await assert.rejects(
+        async () =>
+          flowsAgentRole(unbundledRunner(), { docker: "/nonexistent/docker" }).start(
+            settings({ executor, runtimeUids: tooFew, runtimePoolSize: 2 }),
+            { log: capturingLogger("small").log },
+          ),
+        (error: Error) =>
+          error.message === `FLOWS_RUNTIME_UIDS=${tooFew} needs 4 uids, not the agent's ${process.getuid?.()}`,
+      );
+    });
+  }
+
+  it("an agent takes over a mounts directory whose claim is a dead agent's", async () => {
+    const dir = path.join(scratchRoot, "taken-over");
+    mkdirSync(dir);
+    // A pid that is no process (above the kernel's pid_max of 2^22).
+    writeFileSync(path.join(dir, ".agent"), "99999999 12345");
+    const second = await flowsAgentRole(unbundledRunner()).start(settings({ mountsDir: dir }), {
+      log: capturingLogger("second").log,
+    });
+    try {
+      await second.ready;
+      assert.match(readFileSync(path.join(dir, ".agent"), "utf8"), new RegExp(`^${process.pid} \\d+ [\\w-]+$`));
+    } finally {
+      await second.drain(Date.now() + 2000);
+    }
   });
 
   it("drain: a run in flight finishes and answers, then the agent leaves and new runs find none", async () => {

@@ -255,9 +255,10 @@ describe("hostile clients at the gateway", function () {
     const main = path.join(__dirname, "..", "gateway", "main.js");
     const cli = (...args: string[]) => execFileSync(process.execPath, [main, ...args], { encoding: "utf8" }).trim();
     let child: ChildProcess;
+    const started: ChildProcess[] = [];
     let out = "";
     const printed = (text: string, from: number) => eventually(() => out.slice(from).includes(text), 5000, text);
-    after(() => child?.kill());
+    after(() => started.forEach((gateway) => gateway.kill()));
 
     it("remove-key: the key is refused by the running gateway at once; add-key: the new one is accepted, no restart", async () => {
       const port = await freePort();
@@ -269,6 +270,7 @@ describe("hostile clients at the gateway", function () {
       cli("add-pool", "--config", config, "--name", "git", "--kind", "vcs");
       const leaked = cli("add-key", "--config", config, "--name", "leaked");
       child = spawn(process.execPath, [main, "serve", "--config", config], { stdio: ["ignore", "pipe", "inherit"] });
+      started.push(child);
       child.stdout!.on("data", (chunk) => (out += chunk));
       await printed("listening", 0);
       const call = async (key: string) =>
@@ -289,6 +291,56 @@ describe("hostile clients at the gateway", function () {
       await printed("service keys changed", mark);
       assert.equal(await call(fresh), 200);
       assert.equal(await call(leaked), 401);
+    });
+
+    it("rotate-key: a new secret under the same id keeps the key's worker runs; hand-over-runs gives them to another key", async () => {
+      const port = await freePort();
+      const dir = scratchDir("gw-config-");
+      const config = path.join(dir, "gateway.json");
+      const base = `http://127.0.0.1:${port}`;
+      writeFileSync(
+        config,
+        JSON.stringify({ publicUrl: base, listen: { host: "127.0.0.1", port }, dataDir: path.join(dir, "data") }),
+      );
+      writeFileSync(path.join(dir, "pool.csr"), (await makePoolKeyAndRequest("workers")).csr);
+      cli("add-pool", "--config", config, "--name", "workers", "--kind", "worker", "--csr", path.join(dir, "pool.csr"));
+      const first = cli("add-key", "--config", config, "--name", "ci");
+      const other = cli("add-key", "--config", config, "--name", "other");
+      const serve = async () => {
+        out = "";
+        child = spawn(process.execPath, [main, "serve", "--config", config], { stdio: ["ignore", "pipe", "inherit"] });
+        started.push(child);
+        child.stdout!.on("data", (chunk) => (out += chunk));
+        await printed("listening", 0);
+      };
+      await serve();
+      const runs = "/_agentpools/api/workers/workers/runs";
+      const submitted = await rawRequest(base, runs, {
+        method: "POST",
+        headers: { "x-agentpools-key": first },
+        body: JSON.stringify({ image: "alpine:3", commands: ["echo queued"] }),
+      });
+      assert.equal(submitted.status, 201);
+      const run = `${runs}/${(JSON.parse(submitted.body) as { id: string }).id}`;
+      const read = async (key: string) =>
+        (await rawRequest(base, run, { headers: { "x-agentpools-key": key } })).status;
+
+      const mark = out.length;
+      const rotated = cli("rotate-key", "--config", config, "--id", first.split(".")[1]);
+      await printed("service keys changed", mark);
+      assert.equal(rotated.split(".")[1], first.split(".")[1], "the same id");
+      assert.notEqual(rotated, first);
+      assert.deepEqual([await read(first), await read(rotated), await read(other)], [401, 200, 404]);
+
+      child.kill();
+      await new Promise((resolve) => child.once("exit", resolve));
+      const [from, to] = [rotated.split(".")[1], other.split(".")[1]];
+      assert.equal(
+        cli("hand-over-runs", "--config", config, "--from", from, "--to", to),
+        `1 runs handed over to key ${to}`,
+      );
+      await serve();
+      assert.deepEqual([await read(rotated), await read(other)], [404, 200]);
     });
   });
 });

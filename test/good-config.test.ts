@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { FlowsAgentPool, Network, VcsAgentPool, WorkerPool, decodeUserData, USER_DATA_LIMIT } from "../components";
 import { ACCOUNT, REGION, byType, settled, valueOf } from "../devkit/pulumi-mocks";
-import { CA_BUNDLE, CA_EC, flowsArgs, vcsArgs, workerArgs } from "../devkit/fixtures";
+import { CA_BUNDLE, CA_EC, flowsArgs, TOKENS, vcsArgs, workerArgs } from "../devkit/fixtures";
+import { decodeToken, encodeToken } from "../protocol/token";
 
 const KEY = `arn:aws:kms:${REGION}:${ACCOUNT}:key/mrk-1234abcd12ab34cd56ef1234567890ab`;
 const tags = (count: number) =>
@@ -100,6 +101,8 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
         ...flowsArgs(),
         runtimeImage: `Registry.Example.com:5000/flows/node-runtime:24-Alpine@sha256:${"0a".repeat(32)}`,
         registryMirror: "https://mirror.corp.example.com:5000",
+        // https with any host, a port and a path: as the reference takes it.
+        gatewayEndpoint: "HTTPS://Gateway.Corp.Example.com:8443/flows",
         gvisor: false,
         extraDockerParams: ["--dns=10.0.0.2", "--label=team=platform"],
         defaultRunTimeout: "90s",
@@ -108,6 +111,19 @@ const corpus: [string, (name: string) => { autoScalingGroupName?: unknown; vpcId
         maxSize: 1000,
         desiredCapacity: 0,
       }),
+  ],
+  [
+    "a worker pool whose token names an https gateway on a port with a path, and a VCS pool whose gateway is loopback",
+    (n) => {
+      new VcsAgentPool(`${n}-vcs`, {
+        ...vcsArgs(),
+        token: encodeToken({ ...decodeToken(TOKENS.vcs), gateway: "http://127.0.0.1:8080" }),
+      });
+      return new WorkerPool(n, {
+        ...workerArgs(),
+        token: encodeToken({ ...decodeToken(TOKENS.worker), gateway: "https://10.0.0.5:9443/agents" }),
+      });
+    },
   ],
   [
     "a Network in a Local Zone with a zone of its region, a /24, its own tags up to AWS's count",

@@ -188,10 +188,14 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
         throw new Error(`${error.message}: ${[...kubelet.output].map(([c, text]) => `${c}: ${text}`).join("\n")}`);
       });
       const connected = await probesWhen(kubelet, true);
-      const { id } = await gateway.workers.submit("workers", {
-        image: "alpine:3",
-        commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"],
-      });
+      const { id } = await gateway.workers.submit(
+        "workers",
+        {
+          image: "alpine:3",
+          commands: ["echo started", `read line < ${fifo}`, "echo finished after the drain began"],
+        },
+        service.definition.id,
+      );
       await eventually(
         () => kubelet.output.get("docker")?.includes(`container agentpools-run-${id} started`),
         10_000,
@@ -208,13 +212,14 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       const draining = await probesWhen(kubelet, false);
       // The run ends when released, or when its engine is stopped under it.
       if (
-        (await gateway.workers.get("workers", id)).status === "running" &&
+        (await gateway.workers.get("workers", id, service.definition.id)).status === "running" &&
         !eventsBeforeRelease.includes("SIGTERM docker")
       )
         releaseRun();
       await terminated;
       await eventually(
-        async () => !["queued", "running"].includes((await gateway.workers.get("workers", id)).status),
+        async () =>
+          !["queued", "running"].includes((await gateway.workers.get("workers", id, service.definition.id)).status),
         10_000,
         "the run's result reached the gateway",
       );
@@ -224,7 +229,7 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
         })
       ).text();
       return {
-        run: await gateway.workers.get("workers", id),
+        run: await gateway.workers.get("workers", id, service.definition.id),
         logs,
         probes: { connected, draining },
         events: kubelet.events,

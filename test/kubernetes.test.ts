@@ -3,7 +3,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { InvalidArgumentsError, kubernetes } from "../components";
 import { flowsRunnerBundle, runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
-import { CA_EC, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
+import { CA_EC, DOCKER_ONLY_VALUES, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 import { renderMetrics } from "../gateway/metrics";
 import {
   admissionProblems,
@@ -523,6 +523,20 @@ describe("Kubernetes components (mocks)", () => {
       '"10.0.0.0"',
     ],
     ["the process executor for workers", () => workers("kb-9", { executor: "process" }), "executor"],
+    // A pod's runtimes are processes: what only the Docker executor reads is refused, not ignored.
+    ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value], i): (typeof bad)[number] => [
+      `${key}, which only the Docker executor reads`,
+      () =>
+        new kubernetes.FlowsAgent(`kb-docker-${i}`, {
+          poolId: "p",
+          poolToken: "t",
+          gatewayEndpoint: "https://g",
+          backendEndpoint: "https://b",
+          [key]: value,
+        }),
+      key,
+      "Docker executor only",
+    ]),
     [
       "a policy with an unknown rule",
       () => workers("kb-10", { runInitializationPolicy: { allowedImage: ["x"] } as never }),

@@ -8,6 +8,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import http from "node:http";
 import type net from "node:net";
 import path from "node:path";
+import { Readable } from "node:stream";
 import { promisify } from "node:util";
 import { launcherSettings, type LauncherSettings } from "../agent/config/launcher";
 import { launcherRole } from "../agent/launcher/launcher";
@@ -18,7 +19,8 @@ import { loadOrCreateAuthority, signPoolRequest } from "../gateway/certificates"
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
 import { writeDockerStandIn } from "../devkit/docker-stand-in";
-import { certificateKey, openBuffer, privateKeyFromBase64, sealBuffer } from "../protocol/seal";
+import { certificateKey, openBuffer, privateKeyFromBase64, sealBuffer, sealStream } from "../protocol/seal";
+import { decodeToken } from "../protocol/token";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 import { WORKER_CONNECT_PATH } from "../protocol/worker";
 
@@ -30,6 +32,11 @@ class RecordingGateway {
   readonly messages: Record<string, any>[] = [];
   readonly uploads = new Map<string, Buffer>();
   readonly served = new Map<string, Buffer>();
+  /** Answers a state download itself, as a hostile gateway would. */
+  stateAnswer?: (req: http.IncomingMessage, res: http.ServerResponse) => void;
+  /** Outcomes are not acknowledged until ackHeld(): the launcher keeps the run's files meanwhile. */
+  holdAcks = false;
+  private readonly unacked: string[] = [];
   private fence = 0;
   private server = http.createServer((req, res) => this.request(req, res));
   private sockets: WebSocket[] = [];
@@ -49,7 +56,8 @@ class RecordingGateway {
         // The lease stands at once; an outcome is stored at once.
         if (message.type === "accepted")
           ws.send(JSON.stringify({ type: "start", id: message.id, fence: message.fence, lines: 0, termMs: 60_000 }));
-        if (message.type === "finished") ws.send(JSON.stringify({ type: "ack", id: message.id }));
+        if (message.type === "finished" && this.holdAcks) this.unacked.push(message.id);
+        else if (message.type === "finished") ws.send(JSON.stringify({ type: "ack", id: message.id }));
       });
     });
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
@@ -58,6 +66,7 @@ class RecordingGateway {
 
   private request(req: http.IncomingMessage, res: http.ServerResponse): void {
     const id = /\/runs\/([^/]+)\/state$/.exec(req.url ?? "")?.[1] ?? "";
+    if (req.method === "GET" && this.stateAnswer) return this.stateAnswer(req, res);
     if (req.method === "GET") {
       const body = this.served.get(id);
       res.writeHead(body ? 200 : 404).end(body);
@@ -69,6 +78,10 @@ class RecordingGateway {
       this.uploads.set(id, Buffer.concat(chunks));
       res.writeHead(204).end();
     });
+  }
+
+  ackHeld(): void {
+    for (const id of this.unacked.splice(0)) this.sendRaw(JSON.stringify({ type: "ack", id }));
   }
 
   /** Sends a raw message to every connected launcher. */
@@ -468,6 +481,119 @@ describe("launcher: a hostile gateway or run", function () {
       });
     });
   }
+
+  describe("state downloads from a hostile gateway", () => {
+    // Small bounds, so each case is over in milliseconds: what is shown is the bound, not its size.
+    const cap = 256 * 1024;
+    const work = scratchDir("state-work-");
+    let sealer: (plain: Readable) => Readable;
+    before(() => {
+      const certificate = decodeToken(token).certificate as string;
+      sealer = (plain) => plain.pipe(sealStream(certificateKey(certificate)));
+    });
+
+    /** A launcher of these cases, alone on the gateway, with this logs timeout (the download's stall timer). */
+    function launcherWith(logsTimeout: string): void {
+      let launcher: RunningAgent;
+      before(async () => {
+        await eventually(() => !gateway.connected(), 5000, "the earlier launchers gone");
+        launcher = await launcherRole().start(
+          settings({ executor: "process", workDirectory: work, logsTimeout, maxStateBytes: cap }),
+          { log: capturingLogger("launcher").log, env: { PATH: process.env.PATH } },
+        );
+        await launcher.ready;
+        await eventually(gateway.connected);
+      });
+      after(async () => {
+        gateway.stateAnswer = undefined;
+        await launcher.drain(Date.now() + 2000);
+      });
+    }
+
+    /** Files the run's workspace holds (none: no partial state), read before the gateway lets the launcher clean up. */
+    const filesLeft = () =>
+      readdirSync(work, { recursive: true, withFileTypes: true })
+        .filter((entry) => !entry.isDirectory())
+        .map((entry) => path.join(entry.parentPath, entry.name));
+
+    async function hostileDownload(answer: (res: http.ServerResponse) => void, reason: RegExp): Promise<void> {
+      gateway.stateAnswer = (_req, res) => answer(res);
+      gateway.holdAcks = true;
+      try {
+        const ended = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          stateFrom: "earlier",
+          commands: ["echo must-not-run"],
+        });
+        assert.equal(ended.status, "failed", JSON.stringify(ended));
+        assert.match(ended.reason ?? "", reason);
+        assert.deepEqual(ended.lines, [], "the run's commands never ran");
+        assert.deepEqual(filesLeft(), [], "no partial state file");
+      } finally {
+        gateway.holdAcks = false;
+        gateway.ackHeld();
+        gateway.stateAnswer = undefined;
+      }
+      await stillWorks();
+    }
+
+    describe("past the cap (a long logs timeout: the cap ends them, not a clock)", () => {
+      launcherWith("1m");
+
+      it("an endless body (validly sealed: the gateway has the pool's certificate) ends at the cap; nothing stays", async () => {
+        let made = 0;
+        const endless = new Readable({
+          read() {
+            made += 65_536;
+            this.push(Buffer.alloc(65_536, 0x41));
+          },
+        });
+        await hostileDownload(
+          (res) => (res.writeHead(200), sealer(endless).pipe(res)),
+          new RegExp(`over AGENTPOOLS_MAX_STATE_BYTES \\(${cap} bytes as sealed\\)`),
+        );
+        endless.destroy();
+        // The launcher stopped reading: the stand-in made only what the sockets' buffers took beyond the cap.
+        assert.ok(made < cap + 16 * 1024 * 1024, `${made} bytes made`);
+      });
+
+      it("a body over the cap, its length declared, fails the run naming the setting; nothing stays", async () => {
+        const plain = Buffer.alloc(cap, 0x42);
+        const sealed = Buffer.concat(await sealer(Readable.from([plain])).toArray());
+        await hostileDownload(
+          (res) => res.writeHead(200, { "content-length": sealed.length }).end(sealed),
+          /over AGENTPOOLS_MAX_STATE_BYTES/,
+        );
+      });
+
+      it("a state within the cap still arrives whole", async () => {
+        const plain = "serial=7\n";
+        gateway.served.set("small", Buffer.concat(await sealer(Readable.from([Buffer.from(plain)])).toArray()));
+        const ended = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          stateFrom: "small",
+          commands: ['cat "$AGENTPOOLS_STATE_FILE"'],
+        });
+        assert.deepEqual([ended.status, ended.lines], ["succeeded", ["serial=7"]]);
+      });
+    });
+
+    describe("stalled (a logs timeout of 1s)", () => {
+      launcherWith("1s");
+
+      it("a body that stalls, or an answer that never comes, ends at the logs timeout; nothing stays", async () => {
+        const sealed = Buffer.concat(await sealer(Readable.from([Buffer.alloc(200_000, 0x43)])).toArray());
+        // The first chunk (64 KiB and its tag) opens and lands; then nothing.
+        await hostileDownload(
+          (res) => (res.writeHead(200), res.write(sealed.subarray(0, 100_000))),
+          /state of run earlier stopped coming for 1s \(the logs timeout\)/,
+        );
+        await hostileDownload(() => undefined, /stopped coming for 1s/);
+      });
+    });
+  });
 
   describe("a launcher that is not root", function () {
     it("survives a run that locks its workspace (chmod 0500), removes it, and runs the next", async function () {

@@ -72,6 +72,8 @@ function renderedInstance(
   extraSettings: Record<string, unknown> = {},
   role: "vcs-agent" | "launcher" = "vcs-agent",
   awsOverrides: Record<string, number> = {},
+  /** Settings that differ run after run (scratch paths), set in the decoded configuration like the port. */
+  placed: Record<string, unknown> = {},
 ) {
   // As the component renders them: every non-secret setting, defaults filled in by the pool's zod schema.
   const settings = {
@@ -81,8 +83,12 @@ function renderedInstance(
         ? vcsAgentPoolArgs.parse({ targetBaseEndpoint: "https://git.example.com", vendor: "gitlab" })
         : workerPoolArgs.parse({}),
     ),
-    ...(role === "vcs-agent" ? { targetBaseEndpoint: `http://127.0.0.1:${gatewayPort}` } : {}),
+    ...(role === "vcs-agent" ? { targetBaseEndpoint: "http://127.0.0.1:1" } : {}),
   };
+  // A free port or a scratch path rendered would make the user-data differ each run, and Brotli at quality 11 (some
+  // 70 ms of CPU a render) miss the cache of the last run's archives (devkit/brotli-cache.ts): they go into the decoded
+  // configuration instead, over what was rendered in their place.
+  placed = { ...(role === "vcs-agent" ? { targetBaseEndpoint: `http://127.0.0.1:${gatewayPort}` } : {}), ...placed };
   const spec = {
     kind: role === "vcs-agent" ? "VcsAgentPool" : "WorkerPool",
     role,
@@ -110,7 +116,12 @@ function renderedInstance(
   const config = JSON.parse(decoded.files.get(`/etc/agentpools/${role}.json`)?.content as string);
   // Intervals a test can wait for: the rendered ones are a minute and more, the polls (left to their defaults) seconds.
   const polls = { lifecyclePollSeconds: 0.02, protectionPollSeconds: 0.02 };
-  writeFileSync(file, JSON.stringify({ ...config, aws: { ...config.aws, ...polls, ...awsOverrides } }));
+  for (const key of Object.keys(placed)) assert.ok(key in config.settings, `${key} is rendered into the configuration`);
+  const settingsPlaced = { ...config.settings, ...placed };
+  writeFileSync(
+    file,
+    JSON.stringify({ ...config, settings: settingsPlaced, aws: { ...config.aws, ...polls, ...awsOverrides } }),
+  );
   const bundle = path.join(dir, `${role}.js`);
   writeFileSync(bundle, decoded.files.get(`/opt/agentpools/${role}.js`)?.content as string);
   return { configFile: file, bundleFile: bundle };
@@ -382,8 +393,12 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     // on the instance's PATH runs the job's script on this host.
     const { configFile, bundleFile } = renderedInstance(
       port,
-      { workDirectory: path.join(scratchDir("instance-"), "runs") },
+      {},
       "launcher",
+      {},
+      {
+        workDirectory: path.join(scratchDir("instance-"), "runs"),
+      },
     );
     const bin = scratchDir("bin-");
     const calls = path.join(bin, "calls");
@@ -683,8 +698,12 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: value, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
     const { configFile, bundleFile } = renderedInstance(
       port,
-      { workDirectory: path.join(scratchDir("instance-"), "runs") },
+      {},
       "launcher",
+      {},
+      {
+        workDirectory: path.join(scratchDir("instance-"), "runs"),
+      },
     );
     const outputs: string[] = [];
     try {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { SqliteStore } from "../gateway/sqlite-store";
@@ -8,9 +8,10 @@ import { scratchDir } from "../devkit/helpers";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const iso = (ms: number) => new Date(ms).toISOString();
-const queued = (id: string, pool = "w", createdAt = T0): RunRecord => ({
+const queued = (id: string, pool = "w", createdAt = T0, owner = "k"): RunRecord => ({
   id,
   pool,
+  owner,
   image: "alpine:3",
   commands: ["true"],
   status: "queued",
@@ -147,16 +148,33 @@ describe("the gateway's store (SQLite)", () => {
     assert.equal(await store.hasState("r1"), false);
   });
 
+  it("state over the cap is refused (413) with a data directory too; nothing of it stays, a state within it is kept", async () => {
+    await store.close();
+    store = new SqliteStore(dir, 1000);
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0));
+    await assert.rejects(store.putState(claim, Readable.from([Buffer.alloc(600), Buffer.alloc(600)])), {
+      status: 413,
+      message: /run state over 1000 bytes \(sealed\) is more than the gateway keeps/,
+    });
+    assert.equal(await store.hasState("r1"), false);
+    assert.deepEqual(readdirSync(path.join(dir, "state")), [], "no file, whole or partial");
+    await store.putState(claim, Readable.from([Buffer.alloc(1000, 1)]));
+    assert.equal((await text(await store.openState("r1"))).length, 1000);
+  });
+
   it("lists a pool's runs newest first, a page at a time; loads only live runs", async () => {
     for (let i = 0; i < 5; i++) await store.createRun(queued(`r${i}`, "w", T0 + i));
     await store.createRun(queued("other", "v"));
     await store.finishRun("r0", undefined, { status: "lost", state: false, finishedAt: iso(T0) });
     assert.deepEqual(
-      (await store.listRuns("w", { limit: 2 })).map((r) => r.id),
+      (await store.listRuns("w", { owner: "k", limit: 2 })).map((r) => r.id),
       ["r4", "r3"],
     );
     assert.deepEqual(
-      (await store.listRuns("w", { limit: 10, before: "r3" })).map((r) => r.id),
+      (await store.listRuns("w", { owner: "k", limit: 10, before: "r3" })).map((r) => r.id),
       ["r2", "r1", "r0"],
     );
     assert.deepEqual(
@@ -182,7 +200,7 @@ describe("the gateway's store (SQLite)", () => {
     await store.createRun(queued("live", "w", T0 - 60 * day));
     assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
     assert.deepEqual(
-      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      (await store.listRuns("w", { owner: "k", limit: 100 })).map((r) => r.id),
       ["live", "recent3", "recent2", "recent1", "old-with-state"],
     );
     assert.deepEqual(await store.readLog("recent0", 0, 10), [], "its log went with it");
@@ -192,9 +210,79 @@ describe("the gateway's store (SQLite)", () => {
     assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
     assert.ok(!existsSync(path.join(dir, "state", "old-with-state")));
     assert.deepEqual(
-      (await store.listRuns("w", { limit: 100 })).map((r) => r.id),
+      (await store.listRuns("w", { owner: "k", limit: 100 })).map((r) => r.id),
       ["newer-state", "live", "recent3", "recent2"],
     );
+  });
+
+  it("a run's owner is stored: listing and paging see only the owner's runs; another owner's run pages nothing", async () => {
+    await store.createRun(queued("a1", "w", T0, "aaaaaaaaaaaa"));
+    await store.createRun(queued("b1", "w", T0 + 1, "bbbbbbbbbbbb"));
+    await store.createRun(queued("a2", "w", T0 + 2, "aaaaaaaaaaaa"));
+    await store.close();
+    store = new SqliteStore(dir);
+    assert.equal((await store.getRun("b1"))?.owner, "bbbbbbbbbbbb", "kept across a reopen");
+    const list = async (owner: string, before?: string) =>
+      (await store.listRuns("w", { owner, limit: 10, before })).map((r) => r.id);
+    assert.deepEqual(await list("aaaaaaaaaaaa"), ["a2", "a1"]);
+    assert.deepEqual(await list("bbbbbbbbbbbb"), ["b1"]);
+    assert.deepEqual(await list("aaaaaaaaaaaa", "b1"), [], "B's run ID is no cursor for A: as an unknown one");
+    assert.deepEqual(await list("aaaaaaaaaaaa", "a2"), ["a1"]);
+  });
+
+  it("retention keeps each key's newest run that left state, not only the pool's", async () => {
+    const finish = async (id: string, owner: string, at: number) => {
+      await store.createRun(queued(id, "w", at, owner));
+      await store.grantLease(id, "L", at, at + 1000);
+      const claim = { run: id, worker: "L", fence: 1 };
+      await store.startRun(claim, iso(at));
+      await store.putState(claim, Readable.from([Buffer.from(id)]));
+      await store.finishRun(id, claim, { status: "succeeded", state: true, finishedAt: iso(at) });
+    };
+    await finish("b-state", "bbbbbbbbbbbb", T0);
+    for (let i = 0; i < 3; i++) await finish(`a${i}`, "aaaaaaaaaaaa", T0 + 1 + i);
+    await store.prune({ runsPerPool: 1, maxAgeMs: 86_400_000 }, T0 + 10);
+    assert.equal((await store.getRun("b-state"))?.state, true, "B can still start from its state");
+    assert.deepEqual(
+      (await store.listRuns("w", { owner: "aaaaaaaaaaaa", limit: 10 })).map((r) => r.id),
+      ["a2"],
+    );
+  });
+
+  it("a database of schema 1 (no owners) is migrated: its runs belong to no key until handed over", async () => {
+    await store.close();
+    const legacy = scratchDir("store-v1-");
+    const { DatabaseSync } = await import("node:sqlite");
+    const db = new DatabaseSync(path.join(legacy, "gateway.db"));
+    // Schema 1's runs table, as the gateway before owners wrote it.
+    db.exec(`
+      CREATE TABLE pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL) STRICT;
+      CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        pool TEXT NOT NULL REFERENCES pools(name), spec TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER,
+        reason TEXT, worker TEXT, fence INTEGER NOT NULL DEFAULT 0, lease_expires INTEGER,
+        state INTEGER NOT NULL DEFAULT 0, state_bytes INTEGER, log_lines INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT) STRICT;
+      INSERT INTO pools VALUES ('w', 'worker');
+      INSERT INTO runs (id, pool, spec, status, created_at)
+        VALUES ('old', 'w', '{"image":"alpine:3","commands":["true"]}', 'succeeded', '${iso(T0)}');
+      PRAGMA user_version = 1;`);
+    db.close();
+    store = new SqliteStore(legacy);
+    const old = await store.getRun("old");
+    assert.equal(old?.image, "alpine:3");
+    assert.equal(old?.owner, undefined);
+    assert.deepEqual(await store.listRuns("w", { owner: "", limit: 10 }), [], "no key, not even an empty one");
+    await store.createRun(queued("new", "w", T0 + 1, "aaaaaaaaaaaa"));
+    assert.equal(await store.handOverRuns(undefined, "cccccccccccc"), 1);
+    assert.equal(await store.handOverRuns("aaaaaaaaaaaa", "cccccccccccc"), 1);
+    assert.deepEqual(
+      (await store.listRuns("w", { owner: "cccccccccccc", limit: 10 })).map((r) => r.id),
+      ["new", "old"],
+    );
+    const { user_version } = new DatabaseSync(path.join(legacy, "gateway.db")).prepare("PRAGMA user_version").get() as {
+      user_version: number;
+    };
+    assert.equal(user_version, 2);
   });
 
   it("refuses a database of a newer gateway, naming it", async () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { randomUUID, sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -9,11 +9,23 @@ import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from ".
 import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
 import { decodeToken, encodeToken } from "../protocol/token";
-import type { HeldLease, ToWorker } from "../protocol/worker";
-import { capturingLogger, eventually, freePort, scratchDir, serviceKey } from "../devkit/helpers";
+import {
+  FENCE_HEADER,
+  PROOF_HEADER,
+  proofPayload,
+  statePath,
+  WORKER_HEADER,
+  type HeldLease,
+  type ToWorker,
+} from "../protocol/worker";
+import { capturingLogger, eventually, freePort, rawRequest, scratchDir, serviceKey } from "../devkit/helpers";
+import { POOL_HEADER } from "../protocol/link";
+import { privateKeyFromBase64 } from "../protocol/seal";
 import { FakeLauncher, type PoolCredentials } from "./fake-launcher";
 
 const service = serviceKey();
+/** The runs these tests submit are this key's: it reads them through the API too. */
+const OWNER = service.definition.id;
 
 const POOL = "proto";
 
@@ -61,7 +73,7 @@ const executed = (run: string) => executions.filter((id) => id === run).length;
 const finished = (gateway: Gateway, id: string, ms = 5000) =>
   eventually(
     async () => {
-      const run = await gateway.workers.get(POOL, id);
+      const run = await gateway.workers.get(POOL, id, OWNER);
       return !["queued", "running"].includes(run.status) && run;
     },
     ms,
@@ -94,6 +106,51 @@ describe("worker runs: exactly once, under leases", function () {
     return started;
   }
 
+  it("a run's state is read only by the launcher holding a run that starts from it, under that run's fence", async () => {
+    const port = await freePort();
+    const { gateway } = await gatewayOn(port, scratchDir("lease-"));
+    const l1 = await launcher(port);
+    const state = (id: string, worker: string, fence: number, method = "GET", body?: string) => {
+      const timestamp = String(Date.now());
+      const proof = sign("sha256", proofPayload(POOL, timestamp), privateKeyFromBase64(fixture.keyBase64));
+      return rawRequest(`http://127.0.0.1:${port}`, statePath(POOL, id), {
+        method,
+        body,
+        headers: {
+          authorization: `Bearer ${fixture.secret}`,
+          [POOL_HEADER]: POOL,
+          [WORKER_HEADER]: worker,
+          [PROOF_HEADER]: `${timestamp}.${proof.toString("base64url")}`,
+          [FENCE_HEADER]: String(fence),
+        },
+      });
+    };
+    const first = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
+    const offer = await l1.next("run");
+    l1.send({ type: "accepted", id: first.id, fence: offer.lease.fence });
+    await l1.next("start");
+    assert.equal((await state(first.id, l1.id, offer.lease.fence, "PUT", "sealed-state-bytes")).status, 204);
+    l1.send({ type: "finished", id: first.id, fence: offer.lease.fence, status: "succeeded", state: true });
+    assert.equal((await finished(gateway, first.id)).state, true);
+
+    // The pool's credentials alone (its launcher, holding no run that starts from it) read nothing.
+    const idle = await state(first.id, l1.id, offer.lease.fence);
+    assert.deepEqual([idle.status, idle.body.includes("sealed-state-bytes")], [404, false]);
+    const next = await gateway.workers.submit(
+      POOL,
+      { image: "alpine:3", commands: ["plan"], stateFrom: first.id },
+      OWNER,
+    );
+    const held = await l1.next("run", (m) => m.run.id === next.id);
+    l1.send({ type: "accepted", id: next.id, fence: held.lease.fence });
+    await l1.next("start", (m) => m.id === next.id);
+    const other = await state(first.id, randomUUID(), held.lease.fence);
+    assert.deepEqual([other.status, other.body.includes("sealed-state-bytes")], [404, false], "another launcher");
+    assert.deepEqual((await state(first.id, l1.id, held.lease.fence + 1)).status, 404, "another fence");
+    const read = await state(first.id, l1.id, held.lease.fence);
+    assert.deepEqual([read.status, read.body], [200, "sealed-state-bytes"]);
+  });
+
   // The gateway crashes somewhere between handing run R to launcher L1 and L1 running it; then
   // L1 (holding what it holds) and an idle L2 come back, in either order. R must run exactly once.
   const crashes: { after: string; l1: "silent" | "accepts" | "starts"; holds: boolean }[] = [
@@ -109,7 +166,7 @@ describe("worker runs: exactly once, under leases", function () {
         const dataDir = scratchDir("lease-");
         let { gateway } = await gatewayOn(port, dataDir);
         const l1 = await launcher(port);
-        const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+        const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
         const offer = await l1.next("run");
         const fence = offer.lease.fence;
         const ran = new Set<string>();
@@ -122,7 +179,7 @@ describe("worker runs: exactly once, under leases", function () {
         if (crash.l1 === "accepts") {
           // L1 reads nothing more: the start the gateway sends does not reach it.
           l1.freeze();
-          await eventually(async () => (await gateway.workers.get(POOL, run.id)).status === "running");
+          await eventually(async () => (await gateway.workers.get(POOL, run.id, OWNER)).status === "running");
         }
         // The crash: nothing more is stored; every connection is cut.
         await gateway.close();
@@ -138,7 +195,7 @@ describe("worker runs: exactly once, under leases", function () {
         } else {
           // L2 is handed the queue's head once it has said hello: R if R were free (it is the older), else a probe.
           l2 = auto(await launcher(port));
-          const probe = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["probe"] });
+          const probe = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["probe"] }, OWNER);
           assert.equal((await l2.next("run")).run.id, probe.id, "L2 is not handed R");
           back = await l1Back();
         }
@@ -156,7 +213,7 @@ describe("worker runs: exactly once, under leases", function () {
     const dataDir = scratchDir("lease-");
     let { gateway } = await gatewayOn(port, dataDir);
     const l1 = await launcher(port);
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     const { lease } = await l1.next("run");
     await gateway.close();
     ({ gateway } = await gatewayOn(port, dataDir, { leaseMs: 150 }));
@@ -174,7 +231,7 @@ describe("worker runs: exactly once, under leases", function () {
     const port = await freePort();
     const { gateway, lines } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 150 });
     const l1 = await launcher(port);
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     const { lease } = await l1.next("run");
     l1.send({ type: "accepted", id: run.id, fence: lease.fence });
     await l1.next("start");
@@ -191,12 +248,12 @@ describe("worker runs: exactly once, under leases", function () {
     const port = await freePort();
     const { gateway } = await gatewayOn(port, scratchDir("lease-"));
     const l1 = await launcher(port);
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     const { lease } = await l1.next("run");
     l1.drop();
     await eventually(() => gateway.workers.summary(POOL).connections === 0);
     const l2 = auto(await launcher(port));
-    const probe = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["probe"] });
+    const probe = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["probe"] }, OWNER);
     assert.equal((await l2.next("run")).run.id, probe.id, "R is held by L1's lease");
     const back = auto(await launcher(port, l1.id, [{ id: run.id, fence: lease.fence }]));
     assert.equal((await finished(gateway, run.id)).worker, l1.id);
@@ -207,7 +264,7 @@ describe("worker runs: exactly once, under leases", function () {
     const port = await freePort();
     const { gateway } = await gatewayOn(port, scratchDir("lease-"), { leaseMs: 400 });
     const l1 = await launcher(port);
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     const { lease } = await l1.next("run");
     l1.send({ type: "accepted", id: run.id, fence: lease.fence });
     await l1.next("start");
@@ -216,17 +273,17 @@ describe("worker runs: exactly once, under leases", function () {
     for (let line = 0; Date.now() < until; line++) {
       l1.send({ type: "renew", leases: [{ id: run.id, fence: lease.fence }] });
       l1.send({ type: "log", id: run.id, fence: lease.fence, from: line, lines: [`line ${line}`] });
-      await eventually(async () => (await gateway.workers.get(POOL, run.id)).logLines === line + 1);
+      await eventually(async () => (await gateway.workers.get(POOL, run.id, OWNER)).logLines === line + 1);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    assert.equal((await gateway.workers.get(POOL, run.id)).status, "running");
+    assert.equal((await gateway.workers.get(POOL, run.id, OWNER)).status, "running");
     const revoked = await l1.next("revoked", (m) => m.id === run.id);
     assert.match(revoked.reason, /stopped renewing/);
-    assert.equal((await gateway.workers.get(POOL, run.id)).status, "lost");
+    assert.equal((await gateway.workers.get(POOL, run.id, OWNER)).status, "lost");
     // Its late outcome changes nothing.
     l1.complete(run.id, lease.fence);
     await l1.next("revoked", (m) => m.id === run.id && l1.count("revoked", run.id) > 1);
-    assert.equal((await gateway.workers.get(POOL, run.id)).status, "lost");
+    assert.equal((await gateway.workers.get(POOL, run.id, OWNER)).status, "lost");
   });
 
   it("fencing: a launcher whose lease ended writes nothing into the run that replaced it", async () => {
@@ -234,7 +291,7 @@ describe("worker runs: exactly once, under leases", function () {
     const dataDir = scratchDir("lease-");
     let { gateway } = await gatewayOn(port, dataDir);
     const l1 = await launcher(port);
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     const { lease: old } = await l1.next("run");
     await gateway.close();
     ({ gateway } = await gatewayOn(port, dataDir, { leaseMs: 600 }));
@@ -274,11 +331,11 @@ describe("worker runs: exactly once, under leases", function () {
     });
     const hung = auto(await launcher(port));
     // It has run one: it is a launcher the gateway hands runs to.
-    await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["first"] })).id);
+    await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["first"] }, OWNER)).id);
     hung.freeze();
-    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] });
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
     await eventually(
-      async () => (await gateway.workers.get(POOL, run.id)).worker === hung.id,
+      async () => (await gateway.workers.get(POOL, run.id, OWNER)).worker === hung.id,
       2000,
       "the run offered to the hung launcher, the only one",
     );
@@ -296,7 +353,7 @@ describe("worker runs: exactly once, under leases", function () {
     await eventually(() => gateway.workers.summary(POOL).connections === 3);
     const ran: string[] = [];
     for (let i = 0; i < 6; i++) {
-      const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] });
+      const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] }, OWNER);
       ran.push((await finished(gateway, run.id)).worker as string);
     }
     for (const l of launchers)
@@ -307,21 +364,21 @@ describe("worker runs: exactly once, under leases", function () {
     const port = await freePort();
     const dataDir = scratchDir("lease-");
     let { gateway } = await gatewayOn(port, dataDir);
-    const live = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["still queued"] });
+    const live = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["still queued"] }, OWNER);
     await gateway.close();
     // 20,000 finished runs written straight into the database, as a long-lived gateway would leave them.
     const { DatabaseSync } = await import("node:sqlite");
     const db = new DatabaseSync(path.join(dataDir, "gateway.db"));
     db.exec("BEGIN");
     const insert = db.prepare(
-      "INSERT INTO runs (id, pool, spec, status, exit_code, worker, fence, log_lines, created_at, started_at, finished_at) VALUES (?, ?, ?, 'succeeded', 0, ?, 1, 0, ?, ?, ?)",
+      "INSERT INTO runs (id, pool, spec, owner, status, exit_code, worker, fence, log_lines, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, 'succeeded', 0, ?, 1, 0, ?, ?, ?)",
     );
     const spec = JSON.stringify({ image: "alpine:3", commands: ["terraform apply -auto-approve ".repeat(20)] });
     const at = new Date().toISOString();
     const ids: string[] = [];
     for (let i = 0; i < 20_000; i++) {
       ids.push(randomUUID());
-      insert.run(ids[i], POOL, spec, randomUUID(), at, at, at);
+      insert.run(ids[i], POOL, spec, OWNER, randomUUID(), at, at, at);
     }
     db.exec("COMMIT");
     db.close();
@@ -329,7 +386,7 @@ describe("worker runs: exactly once, under leases", function () {
     assert.equal(gateway.workers.liveRuns, 1, "only the queued run is in memory");
     assert.equal(gateway.workers.summary(POOL).queued, 1);
     // Past runs are still there, read from the store when asked for.
-    assert.equal((await gateway.workers.get(POOL, ids[12_345])).status, "succeeded");
+    assert.equal((await gateway.workers.get(POOL, ids[12_345], OWNER)).status, "succeeded");
     const page = (await (
       await fetch(`http://127.0.0.1:${port}/_agentpools/api/workers/${POOL}/runs?limit=3`, { headers: service.headers })
     ).json()) as { runs: { id: string }[] };
@@ -337,7 +394,7 @@ describe("worker runs: exactly once, under leases", function () {
       page.runs.map((r) => r.id),
       [ids[19_999], ids[19_998], ids[19_997]],
     );
-    assert.equal((await gateway.workers.get(POOL, live.id)).status, "queued");
+    assert.equal((await gateway.workers.get(POOL, live.id, OWNER)).status, "queued");
   });
 
   it("retention: a start deletes finished runs beyond the pool's count, with their logs", async () => {
@@ -351,12 +408,15 @@ describe("worker runs: exactly once, under leases", function () {
     const runs = [];
     for (let i = 0; i < 4; i++)
       runs.push(
-        await finished(gateway, (await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] })).id),
+        await finished(
+          gateway,
+          (await gateway.workers.submit(POOL, { image: "alpine:3", commands: [`run ${i}`] }, OWNER)).id,
+        ),
       );
     await gateway.workers.prune();
     assert.ok(lines.some((l) => l.msg === "finished runs deleted by the retention policy" && l.deleted === 2));
-    await assert.rejects(gateway.workers.get(POOL, runs[0].id), { status: 404 });
-    assert.equal((await gateway.workers.get(POOL, runs[3].id)).status, "succeeded");
+    await assert.rejects(gateway.workers.get(POOL, runs[0].id, OWNER), { status: 404 });
+    assert.equal((await gateway.workers.get(POOL, runs[3].id, OWNER)).status, "succeeded");
   });
 });
 
@@ -406,10 +466,14 @@ describe("worker runs: a real launcher through a connection that drops right aft
     await eventually(() => gateway.workers.summary(POOL).connections === 2);
     try {
       const ledger = path.join(dir, "executions");
-      const run = await gateway.workers.submit(POOL, {
-        image: "alpine:3",
-        commands: [`echo "$AGENTPOOLS_RUN_ID" >> ${ledger}`],
-      });
+      const run = await gateway.workers.submit(
+        POOL,
+        {
+          image: "alpine:3",
+          commands: [`echo "$AGENTPOOLS_RUN_ID" >> ${ledger}`],
+        },
+        OWNER,
+      );
       const done = await finished(gateway, run.id, 10_000);
       assert.equal(armed, false, "the connection was cut after the offer");
       assert.equal(done.status, "succeeded");

@@ -77,6 +77,8 @@ describe("worker pools: gateway run queue and launcher", function () {
 
   const api = `/_agentpools/api/workers/${POOL}/runs`;
   const service = serviceKey();
+  /** Another service's key, allowed on the same pool. */
+  const intruder = serviceKey("intruder");
   async function submit(body: Record<string, unknown>): Promise<WorkerRun> {
     const response = await fetch(`${url}${api}`, {
       method: "POST",
@@ -119,7 +121,13 @@ describe("worker pools: gateway run queue and launcher", function () {
       policyFile,
       JSON.stringify({ allowedImages: ["alpine:*", "public.ecr.aws/*"], deniedCommands: ["curl [^|]*\\|\\s*sh"] }),
     );
-    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools,
+      keys: [service.definition, intruder.definition],
+      port,
+      dataDir,
+      log: capturingLogger("gateway").log,
+    });
     await gateway.listen();
     launcher = await launcherRole().start(settings(), { log: launcherLog.log, env: launcherEnv });
     await launcher.ready;
@@ -391,6 +399,80 @@ describe("worker pools: gateway run queue and launcher", function () {
     assert.deepEqual(await logs(third.id), []);
   });
 
+  it("runs belong to the key that submitted them: another key on the pool gets what a run that does not exist gets, across a restart", async () => {
+    const marks = ["a-log-line-5e2", "a-state-bytes-91f", "a-env-value-c07"];
+    const mine = await finished(
+      (
+        await submit({
+          image: "alpine:3",
+          environment: { A_ONLY: marks[2] },
+          commands: [
+            `echo ${marks[0]}`,
+            'mkdir -p "$(dirname "$AGENTPOOLS_STATE_FILE")"',
+            `echo ${marks[1]} > "$AGENTPOOLS_STATE_FILE"`,
+          ],
+        })
+      ).id,
+    );
+    assert.equal(mine.state, true);
+    const unknown = "00000000-0000-4000-8000-000000000000";
+    const received: string[] = [];
+    /** What B gets, with A's run ID put back to the unknown one's: the same answer, or an oracle. */
+    const asIntruder = async (target: string, init: RequestInit = {}) => {
+      const response = await fetch(`${url}${target}`, { ...init, headers: intruder.headers });
+      const body = await response.text();
+      received.push(body);
+      return `${response.status} ${body.replaceAll(mine.id, unknown)}`;
+    };
+    const attempts = async () => {
+      for (const target of [`${api}/ID`, `${api}/ID/logs`, `${api}/ID/logs?follow=1`])
+        assert.equal(
+          await asIntruder(target.replace("ID", mine.id)),
+          await asIntruder(target.replace("ID", unknown)),
+          target,
+        );
+      // The stateFrom trick: a run of B's own that would start with A's state.
+      const trick = (stateFrom: string) =>
+        asIntruder(api, {
+          method: "POST",
+          body: JSON.stringify({ image: "alpine:3", stateFrom, commands: ['cat "$AGENTPOOLS_STATE_FILE"'] }),
+        });
+      const refused = await trick(mine.id);
+      assert.equal(refused, await trick(unknown));
+      assert.match(refused, /^400 .*must be a finished run of yours/);
+      // The state route takes a launcher's credentials, never a service key.
+      assert.match(await asIntruder(`${api}/${mine.id}/state`), /^401 /);
+      const listed = JSON.parse((await asIntruder(api)).slice(4)) as { runs: WorkerRun[] };
+      assert.deepEqual(listed.runs, [], "B made nothing and sees nothing");
+      assert.equal(await asIntruder(`${api}?before=${mine.id}`), await asIntruder(`${api}?before=${unknown}`));
+      for (const body of received) for (const mark of marks) assert.ok(!body.includes(mark), body);
+      received.length = 0;
+      // A reads its own.
+      assert.equal((await status(mine.id)).status, "succeeded");
+      assert.deepEqual(await logs(mine.id), [marks[0]]);
+      const own = (await (await fetch(`${url}${api}`, { headers: service.headers })).json()) as { runs: WorkerRun[] };
+      assert.ok(own.runs.some((run) => run.id === mine.id));
+    };
+    await attempts();
+    // The owner is stored: a restarted gateway keeps each run its key's.
+    await gateway.close();
+    gateway = new Gateway({
+      pools,
+      keys: [service.definition, intruder.definition],
+      port,
+      dataDir,
+      log: capturingLogger("gateway").log,
+    });
+    await gateway.listen();
+    // (Its launcher back first: by then the client's keep-alive connections to the old gateway are seen closed.)
+    await eventually(() => gateway.summary()[0].connections === 1);
+    await attempts();
+    const carried = await finished(
+      (await submit({ image: "alpine:3", stateFrom: mine.id, commands: ['cat "$AGENTPOOLS_STATE_FILE"'] })).id,
+    );
+    assert.deepEqual(await logs(carried.id), [marks[1]], "A still starts from its own state");
+  });
+
   it("refuses bad submissions with the field and the value", async () => {
     for (const [body, message] of [
       [{ image: "alpine:3", commands: [] }, /commands must be a non-empty list/],
@@ -466,7 +548,13 @@ describe("worker pools: gateway run queue and launcher", function () {
       "a failed redial",
     );
     await eventually(() => ticked() > atClose + 1, 5000, "lines printed during the outage");
-    gateway = new Gateway({ pools, keys: [service.definition], port, dataDir, log: capturingLogger("gateway").log });
+    gateway = new Gateway({
+      pools,
+      keys: [service.definition, intruder.definition],
+      port,
+      dataDir,
+      log: capturingLogger("gateway").log,
+    });
     await gateway.listen();
     writeFileSync(go, "");
     const done = await finished(run.id, 20_000);

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { DURATION_PATTERN, NO_PROXY_PATTERN, proxySettings } from "./fields";
+import { flowsAgentSettings } from "./flows-agent";
 import { bypassesProxy } from "../tunnel/dial";
 
 describe("setting forms", () => {
@@ -38,6 +39,28 @@ describe("setting forms", () => {
     // A port named is that port only.
     assert.equal(bypassesProxy("::1", "443", "[::1]:8080"), false);
     assert.equal(bypassesProxy("git.corp.example.com", "443", "*.corp.example.com:8443"), false);
+  });
+
+  it("a gateway endpoint: https:// any host, http:// only to loopback, the refusal naming field, value and rule", () => {
+    const flows = (gatewayEndpoint: string) =>
+      flowsAgentSettings.safeParse({
+        poolId: "p",
+        poolToken: "t".repeat(16),
+        gatewayEndpoint,
+        backendEndpoint: "https://b",
+      });
+    for (const good of ["https://gw.example:8443/base", "http://127.0.0.1:8080", "http://localhost", "http://[::1]:1"])
+      assert.ok(flows(good).success, good);
+    const refused = flows("http://gateway.corp.example.com:8080");
+    assert.ok(!refused.success);
+    const [issue] = refused.error.issues;
+    assert.deepEqual(issue.path, ["gatewayEndpoint"]);
+    assert.match(
+      issue.message,
+      /^must be https:\/\/, or http:\/\/ only to localhost, 127\.0\.0\.0\/8 or \[::1\]: the agent sends/,
+    );
+    // The components' refusal shows the value beside it (test/bad-config.test.ts); proxies and VCS servers stay free.
+    assert.ok(flowsAgentSettings.shape.httpsProxy.safeParse("http://proxy.corp:3128").success);
   });
 
   it("durations: any length but none", () => {

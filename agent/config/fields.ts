@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { IMAGE_REFERENCE } from "../../protocol/image";
+import { GATEWAY_URLS, gatewayUrlProblem } from "../../protocol/link";
 
 /**
  * How a setting reaches the runtime. Every setting is an environment variable (the form
@@ -37,6 +38,11 @@ export const duration = z
 export const httpUrl = z.url({
   protocol: /^https?$/,
   error: "must be an http:// or https:// URL",
+});
+
+/** A gateway an agent dials with its pool's token: never plain http:// over a network (the runtime checks it too). */
+export const gatewayUrl = httpUrl.refine((url) => !gatewayUrlProblem(new URL(url)), {
+  error: `must be ${GATEWAY_URLS}: the agent sends its pool's token there`,
 });
 
 export const absolutePath = z

@@ -1,7 +1,16 @@
 import { z } from "zod";
 import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../protocol/flows";
 import { durationMs } from "./duration";
-import { absolutePath, duration, httpUrl, imageReference, metadataTags, proxySettings, setting } from "./fields";
+import {
+  absolutePath,
+  duration,
+  gatewayUrl,
+  httpUrl,
+  imageReference,
+  metadataTags,
+  proxySettings,
+  setting,
+} from "./fields";
 
 export const FLOWS_EXECUTORS = ["docker", "process"] as const;
 /** How runtimes of the process executor are kept from the agent and each other (see agent/flows-agent/sandbox.ts). */
@@ -21,7 +30,7 @@ export const flowsAgentSettings = z.strictObject({
     env: "FLOWS_AGENT_POOL_ID",
   }),
   poolToken: setting(z.string().min(1, { error: "is required" }), { env: "FLOWS_AGENT_POOL_TOKEN", secret: true }),
-  gatewayEndpoint: setting(httpUrl, { env: "FLOWS_GATEWAY_ENDPOINT" }),
+  gatewayEndpoint: setting(gatewayUrl, { env: "FLOWS_GATEWAY_ENDPOINT" }),
   backendEndpoint: setting(httpUrl, { env: "FLOWS_ENDPOINT" }),
   executor: setting(z.enum(FLOWS_EXECUTORS).default("docker"), { env: "FLOWS_EXECUTOR" }),
   mountsDir: setting(absolutePath.default("/var/lib/agentpools/flows-mounts"), {

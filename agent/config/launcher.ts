@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { MAX_STATE_BYTES } from "../../protocol/worker";
 import { absolutePath, duration, envVarName, httpUrl, metadataTags, proxySettings, setting } from "./fields";
 
 /** `/host/path:/container/path`, optionally `:ro` or `:rw`; no `..` segment, nothing Docker's --mount would read as syntax. */
@@ -56,6 +57,11 @@ export const launcherSettings = z.strictObject({
   }),
   /** Not in the reference: "process" runs on this host without a container (development and tests only). */
   executor: setting(z.enum(["docker", "process"]).default("docker"), { env: "AGENTPOOLS_WORKER_EXECUTOR" }),
+  /**
+   * Not in the reference: the most bytes (as sealed) of the state a run starts from that the launcher downloads; a
+   * larger one fails the run. A download also ends when nothing comes for the logs timeout.
+   */
+  maxStateBytes: setting(z.int().min(1).default(MAX_STATE_BYTES), { env: "AGENTPOOLS_MAX_STATE_BYTES" }),
   /** Where each run's workspace is made (and removed once the gateway has its result). */
   workDirectory: setting(absolutePath.default("/var/lib/agentpools/runs"), { env: "AGENTPOOLS_WORK_DIR" }),
   vcsAgents: setting(

@@ -6,11 +6,12 @@ import { BUILT_FOR } from "../config/built-for";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
-import { parseMessage } from "../../protocol/link";
+import { gatewayUrlProblem, parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { roundTrip, WebSocketLink } from "../tunnel/websocket-link";
 import {
   cancelRun,
+  claim,
   dockerLauncher,
   executor,
   type Cancellation,
@@ -19,7 +20,15 @@ import {
   type Outcome,
   type RuntimeLauncher,
 } from "./executor";
-import { ISOLATIONS, readPrivileges, seccompFilter, uidPool, type Isolation, type Privileges } from "./sandbox";
+import {
+  ISOLATIONS,
+  readPrivileges,
+  seccompFilter,
+  uidPool,
+  type Isolation,
+  type Privileges,
+  type UidPool,
+} from "./sandbox";
 import {
   FLOWS_AGENT_RUNS_PER_RUNTIME,
   FLOWS_CONNECT_PATH,
@@ -167,18 +176,14 @@ export interface Runner {
  * gives, proven by a runtime that starts. "auto" steps down, logging each step as an error; a
  * named level refuses to start without it.
  */
-async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, log: Logger): Promise<RuntimeLauncher> {
+async function isolatedLauncher(
+  settings: FlowsAgentSettings,
+  runner: Runner,
+  uids: UidPool,
+  log: Logger,
+): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
-  const uids = uidPool(settings.runtimeUids);
-  // On EC2 the component checked the range's size, and the agent's user is a system one (below 1000, which no range
-  // reaches): an EC2 bundle leaves the check out.
-  if (BUILT_FOR.platform !== "ec2") {
-    const own = process.getuid?.() ?? -1;
-    if ((own >= uids.first && own <= uids.last) || uids.last - uids.first < 2 * settings.runtimePoolSize - 1)
-      throw new Error(
-        `FLOWS_RUNTIME_UIDS ${settings.runtimeUids}: twice FLOWS_RUNTIME_POOL_SIZE uids, not the agent's ${own}`,
-      );
-  }
+  claim(settings.mountsDir);
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   /** The launcher at `isolation` once a runtime has started in it; else a throw (a named level) or undefined (auto). */
@@ -196,7 +201,7 @@ async function isolatedLauncher(settings: FlowsAgentSettings, runner: Runner, lo
         openFiles: settings.runtimeOpenFiles,
         scratchRoot: settings.mountsDir,
       });
-      const trial = launcher.start();
+      const trial = launcher.start()!;
       missing = await trial.ready.then(
         () => undefined,
         (error: Error) => `a runtime did not start: ${error.message}`,
@@ -230,10 +235,20 @@ export async function createExecutor(
   docker?: string,
 ): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
+  const uids = uidPool(settings.runtimeUids);
+  // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one. (On
+  // EC2 the component checked the range, and the agent's user is a system one, below any range: the block leaves an
+  // EC2 bundle whole.)
+  if (BUILT_FOR.platform !== "ec2") {
+    const own = process.getuid?.() ?? -1;
+    const needed = 2 * settings.runtimePoolSize;
+    if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
+      throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
+  }
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
-      ? dockerLauncher(settings, runner.path, uidPool(settings.runtimeUids), docker)
-      : await isolatedLauncher(settings, runner, log);
+      ? dockerLauncher(settings, runner.path, uids, { docker, log })
+      : await isolatedLauncher(settings, runner, uids, log);
   return { executor: executor({ poolSize: settings.runtimePoolSize, launcher, log }), name: launcher.describe };
 }
 
@@ -242,6 +257,10 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
   return {
     name: "flows-agent",
     async start(settings, { log }): Promise<RunningAgent> {
+      // Before anything starts. Off EC2 the settings' JSON Schema does not carry this rule; on EC2 the component's
+      // zod schema checked it.
+      const plain = BUILT_FOR.platform !== "ec2" && gatewayUrlProblem(new URL(settings.gatewayEndpoint));
+      if (plain) throw new Error(`FLOWS_GATEWAY_ENDPOINT: ${plain}`);
       const { executor, name } = await createExecutor(settings, log, runner, options.docker);
       const link = new FlowsLink(settings, executor, name, log);
       return {

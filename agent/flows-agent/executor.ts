@@ -1,7 +1,7 @@
 import { BUILT_FOR } from "../config/built-for";
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
@@ -41,6 +41,8 @@ export interface Spawned {
   /** The process whose resident memory counts. */
   memoryPid(): number | undefined;
   kill(): void;
+  /** Stops it where it is (SIGSTOP), at once and cheaply, until kill; where it cannot be stopped, as kill. */
+  stop?(): void;
   /** After its exit: release its uid and scratch. Never throws. */
   cleanup(): void;
 }
@@ -108,6 +110,8 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
     frames++;
     if (frames === 1 && text === '{"ready":true}') return ready[0]();
     if (frames !== 2 || !answered) throw new Error("a message out of turn");
+    // Nothing it does after its answer counts: it is stopped before the answer is taken (its end comes a moment later).
+    spawned.stop?.();
     try {
       answered.resolve(checkAnswer(text));
     } catch (error) {
@@ -151,10 +155,10 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
   };
 }
 
-/** SIGKILL, to a process that may be gone already. */
-function killQuietly(pid: number): void {
+/** SIGKILL (or `signal`), to a process that may be gone already. */
+function killQuietly(pid: number, signal = "SIGKILL"): void {
   try {
-    process.kill(pid, "SIGKILL");
+    process.kill(pid, signal);
   } catch {
     // Gone already.
   }
@@ -171,7 +175,10 @@ function residentMb(pid: number | undefined): number | undefined {
 
 export interface RuntimeLauncher {
   describe: string;
-  start(): Runtime;
+  /** A runtime, or none while every uid is held (by runtimes alive or not yet cleaned up). */
+  start(): Runtime | undefined;
+  /** Its uids, when it has: the executor hears when one comes back. */
+  uids?: UidPool;
 }
 
 /**
@@ -189,6 +196,44 @@ export const runtimeNodeFlags = (readable: string[], scratch: string, memoryMb: 
   "--no-experimental-sqlite",
   "--no-addons",
 ];
+
+/** A process's pid and start time (a pid alone is reused), from /proc; undefined once it is gone. */
+function identity(pid: number): string | undefined {
+  try {
+    return `${pid} ${readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[19]}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The file in a scratch root naming the agent that uses it. */
+const CLAIM = ".agent";
+
+/**
+ * Claims a scratch root for one agent, which cleans it at start as its own: an agent alive (its process, with the
+ * same start time) that claimed it first stops this one with an error naming the setting; a dead one's is taken over.
+ */
+export function claim(dir: string): void {
+  const file = `${dir}/${CLAIM}`;
+  const me = `${identity(process.pid) ?? process.pid} ${randomUUID()}`;
+  for (;;) {
+    try {
+      return writeFileSync(file, me, { flag: "wx", mode: 0o600 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    let held: string;
+    try {
+      held = readFileSync(file, "utf8");
+    } catch {
+      continue; // taken over meanwhile: try again
+    }
+    const pid = Number(held.split(" ")[0]);
+    if (held.startsWith(`${identity(pid)} `))
+      throw new Error(`FLOWS_MOUNTS_DIR=${dir} is another Flows agent's (pid ${pid}): each needs its own`);
+    rmSync(file, { force: true });
+  }
+}
 
 export interface ProcessLauncherOptions {
   isolation: Isolation;
@@ -235,6 +280,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   if (BUILT_FOR.platform !== "ec2") {
     for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
     for (const name of readdirSync(o.scratchRoot)) {
+      if (name === CLAIM) continue;
       const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
       const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
       spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
@@ -242,9 +288,11 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   }
 
   return {
+    uids: isolation === "none" ? undefined : uids,
     describe: `process, ${isolation === "none" ? "NOT ISOLATED (the agent's own user)" : `${namespaced ? "namespaces and " : ""}a user of its own`}`,
     start() {
       const uid = isolation === "none" ? undefined : uids.take();
+      if (uid === undefined && isolation !== "none") return;
       const scratch = namespaced
         ? "/tmp"
         : uid
@@ -296,6 +344,13 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           jobs: child.stdin as Writable,
           answers: child.stdio[3] as Readable,
           memoryPid: () => memoryPid,
+          stop() {
+            // The runtime itself (not bubblewrap, which would only wait for it); not yet told its pid, ended now.
+            const pid = namespaced ? memoryPid : child.pid;
+            if (child.exitCode !== null || child.signalCode !== null) return;
+            if (pid) killQuietly(pid, "SIGSTOP");
+            else this.kill();
+          },
           kill() {
             if (child.exitCode !== null || child.signalCode !== null) return;
             // The runtime itself first, while bubblewrap (its parent, which reaps it) still holds its pid: bubblewrap's
@@ -381,22 +436,50 @@ export function dockerRunArgs(
   ];
 }
 
-/** Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. */
+/**
+ * Sibling containers on the host's Docker engine, one per run; jobs and answers as frames on stdin and stdout. A
+ * container's uid is given back only once the engine says the container is gone (`docker rm -f` succeeded, or
+ * found none): killing the client leaves its container running. An engine that has not said so within
+ * `removalTimeoutMs` is logged as an error and asked again; meanwhile the uid stays held and starts wait for another.
+ */
 export function dockerLauncher(
   settings: FlowsAgentSettings,
   runtimeFile: string,
   uids: UidPool,
-  docker = "docker",
+  {
+    docker = "docker",
+    log,
+    removalTimeoutMs = 30_000,
+  }: { docker?: string; log?: Logger; removalTimeoutMs?: number } = {},
 ): RuntimeLauncher {
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
   const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
   const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
+  /** Resolves once the engine says container `name` is gone; asks again, after an error or a silence, until it does. */
+  const removal = (name: string, uid: number) =>
+    new Promise<void>((gone) => {
+      const ask = (again?: boolean) => {
+        let said = "";
+        const rm = spawn(docker, ["rm", "-f", name], { env, timeout: removalTimeoutMs });
+        rm.on("error", () => undefined).stderr.on("data", (chunk) => void (said += chunk));
+        rm.on("close", (code) => {
+          if (code === 0 || /no such/i.test(said)) return gone();
+          if (!again) log?.error("a runtime container not yet gone: its uid held", { name, uid });
+          setTimeout(ask, 1000, true);
+        });
+      };
+      ask();
+    });
   return {
+    uids,
     describe: `docker (${settings.gvisor ? "gVisor" : "runc"}), a user of its own`,
     start() {
       const uid = uids.take();
+      if (uid === undefined) return;
       const name = `agentpools-runtime-${randomUUID()}`;
       const child = spawn(docker, dockerRunArgs(settings, runtimeFile, name, uid), { stdio: "pipe", env });
+      let removed: Promise<void> | undefined;
+      const remove = () => (removed ??= removal(name, uid));
       let released = false;
       return runtime(
         {
@@ -405,11 +488,11 @@ export function dockerLauncher(
           answers: child.stdout,
           memoryPid: () => undefined,
           kill() {
-            // Killing the client would leave the container running: the engine stops it.
-            spawn(docker, ["kill", name], { stdio: "ignore", env }).on("error", () => undefined);
+            void remove();
             child.kill("SIGKILL");
           },
-          cleanup: () => void (released || ((released = true), uids.give(uid))),
+          // Also after the client ended by itself (it waits for the container's removal, unless something killed it).
+          cleanup: () => void (released || ((released = true), remove().then(() => uids.give(uid)))),
         },
         settings.runtimeMemoryMb,
       );
@@ -437,17 +520,20 @@ export interface Executor {
   close(): void;
 }
 
-/** Waits in `queue` for a turn: true once given one, false if cancelled first (and the place is left). */
-function turn(queue: (() => void)[], cancellation: Cancellation = {}): Promise<boolean> {
+/** Waits in `queue` for a turn: true once given one, false if cancelled or out of time first (and the place is left). */
+function turn(queue: (() => void)[], cancellation: Cancellation = {}, timeoutMs?: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const go = () => resolve(true);
-    queue.push(go);
-    cancellation.onCancel = () => {
+    const leave = (given: boolean) => {
       const at = queue.indexOf(go);
-      if (at < 0) return;
-      queue.splice(at, 1);
-      resolve(false);
+      if (at < 0 && !given) return;
+      if (at >= 0) queue.splice(at, 1);
+      clearTimeout(timer);
+      resolve(given);
     };
+    const go = () => leave(true);
+    const timer = setTimeout(leave, timeoutMs ?? 2 ** 31 - 1, false);
+    queue.push(go);
+    cancellation.onCancel = () => leave(false);
   });
 }
 
@@ -463,6 +549,11 @@ export function executor({
 }): Executor {
   const spares: Runtime[] = [];
   const waiting: (() => void)[] = [];
+  // Runs with a turn but no runtime: every uid was held (runtimes still being cleaned up). A uid given back or a
+  // spare ready wakes them all to try again, ahead of new spares.
+  const waitingForUid: (() => void)[] = [];
+  const wake = () => waitingForUid.splice(0).forEach((go) => go());
+  if (launcher.uids) launcher.uids.onGive = () => (waitingForUid.length ? wake() : refill());
   let starting = 0;
   let active = 0;
   let closed = false;
@@ -474,17 +565,21 @@ export function executor({
   };
   const refill = (): void => {
     while (!closed && spares.length + starting + active < poolSize) {
-      starting++;
       try {
         const spare = launcher.start();
+        // No uid free: one given back calls this again.
+        if (!spare) return;
+        starting++;
         spare.ready.then(() => {
           starting--;
           if (closed) return spare.kill();
           spares.push(spare);
+          wake();
           // A spare that dies while it waits is no spare.
           void spare.exited.then(() => spares.includes(spare) && (spares.splice(spares.indexOf(spare), 1), refill()));
         }, failed);
       } catch (error) {
+        starting++;
         return failed(error as Error);
       }
     }
@@ -505,13 +600,22 @@ export function executor({
       });
       if (active >= poolSize && !(await turn(waiting, cancellation))) return failed("AbortError", FLOWS_CANCELLED);
       active++;
-      const spare = spares.shift();
+      let spare = spares.shift();
       let used = spare;
-      if (cancellation) cancellation.onCancel = () => used?.kill(FLOWS_CANCELLED);
+      const onCancel = () => used?.kill(FLOWS_CANCELLED);
+      if (cancellation) cancellation.onCancel = onCancel;
       try {
         // Cancelled while its turn came: not started.
         if (cancellation?.cancelled) throw new Error(FLOWS_CANCELLED);
         used ??= launcher.start();
+        // Every uid held (runtimes not yet cleaned up): wait for one, or a spare, within the run's own timeout.
+        while (!used) {
+          if (!(await turn(waitingForUid, cancellation, timeoutMs)))
+            throw new Error(cancellation?.cancelled ? FLOWS_CANCELLED : `the run timed out after ${timeoutMs} ms`);
+          if (cancellation) cancellation.onCancel = onCancel;
+          used = spare = spares.shift();
+          used ??= launcher.start();
+        }
         // A spare is ready already (it joined the spares once it was): no wait, not even a turn.
         if (!spare) await used.ready;
         const { ok, value, error, console, text } = await used.run(job, timeoutMs);

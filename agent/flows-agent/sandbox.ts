@@ -45,20 +45,21 @@ export function readPrivileges(): Privileges {
   };
 }
 
-/** The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive. */
+/**
+ * The uids (and gids of the same numbers) of a range "first-last" (or one number), one per runtime alive or not yet
+ * cleaned up: `take` has none to give while every one is held (a start then waits, see executor.ts), and `onGive`
+ * hears of each given back.
+ */
 export function uidPool(range: string): UidPool {
   const [first, last = first] = range.split("-").map(Number);
   const free = Array.from({ length: Math.max(0, last - first + 1) }, (_, i) => first + i);
-  return {
+  const pool: UidPool = {
     first,
     last,
-    take() {
-      const uid = free.shift();
-      if (uid === undefined) throw new Error("every uid of FLOWS_RUNTIME_UIDS is in use");
-      return uid;
-    },
-    give: (uid) => void free.push(uid),
+    take: () => free.shift(),
+    give: (uid) => (free.push(uid), pool.onGive?.()),
   };
+  return pool;
 }
 
 /**
@@ -83,8 +84,9 @@ export function orphans(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): 
 export interface UidPool {
   first: number;
   last: number;
-  take(): number;
+  take(): number | undefined;
   give(uid: number): void;
+  onGive?: () => void;
 }
 
 /** The dynamic loader glibc's Node binaries name (their ELF interpreter), per architecture: often a symbolic link to a library directory. */

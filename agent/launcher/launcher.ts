@@ -199,6 +199,12 @@ export class Launcher extends WebSocketLink {
     });
   }
 
+  /** How state goes to and from the gateway: off EC2 through the settings' proxy, as the link (on EC2, Node's). */
+  private get transfer() {
+    const { httpsProxy, noProxy } = this.context.settings;
+    return BUILT_FOR.platform === "ec2" ? {} : { proxy: httpsProxy, noProxy };
+  }
+
   private send(message: FromWorker): void {
     if (this.socket?.open) this.socket.send(JSON.stringify(message));
   }
@@ -373,7 +379,10 @@ export class Launcher extends WebSocketLink {
     if ((BUILT_FOR.executor ?? settings.executor) === "docker")
       for (const dir of [workspace, path.join(workspace, path.dirname(STATE_FILE))]) chmodSync(dir, 0o777);
     const stateFile = path.join(workspace, STATE_FILE);
-    if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile);
+    const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
+    // The run's time counts from here: a state that trickles in takes it too.
+    const deadline = Date.now() + runTimeoutMs;
+    if (spec.stateFrom) await this.downloadState(spec.stateFrom, stateFile, run.fence, deadline);
 
     const masked = new Set(settings.maskedEnvVars);
     const secrets = [
@@ -414,7 +423,6 @@ export class Launcher extends WebSocketLink {
     if (run.stopped) started.kill();
 
     const logsTimeout = durationMs(settings.logsTimeout);
-    const runTimeoutMs = Math.min(durationMs(settings.runTimeout), (spec.timeoutSeconds ?? Infinity) * 1000);
     let timedOut: string | undefined;
     const kill = (reason: string) => {
       timedOut ??= reason;
@@ -424,7 +432,7 @@ export class Launcher extends WebSocketLink {
     let quiet = silence();
     const overall = setTimeout(
       () => kill(`the run took longer than ${Math.round(runTimeoutMs / 1000)}s`),
-      runTimeoutMs,
+      deadline - Date.now(),
     );
     started.onOutput((chunk, stream) => {
       clearTimeout(quiet);
@@ -455,29 +463,52 @@ export class Launcher extends WebSocketLink {
     };
   }
 
-  private async downloadState(from: string, file: string): Promise<void> {
-    const response = await gatewayRequest(
-      new URL(this.context.token.gateway),
-      {
-        method: "GET",
-        path: statePath(this.context.token.pool, from),
-        headers: credentials(this.context, this.worker),
-      },
-      this.context.settings,
-    );
-    if (response.statusCode !== 200) {
-      response.resume();
-      throw new Error(`the state of run ${from} is not available: the gateway answered ${response.statusCode}`);
-    }
+  /**
+   * The state a run starts from, opened into its workspace: at most maxStateBytes as sealed, ended when nothing comes
+   * for the logs timeout or at the run's deadline. What fails leaves no file.
+   */
+  private async downloadState(from: string, file: string, fence: number, deadline: number): Promise<void> {
+    const { settings, token, privateKey } = this.context;
+    const stop = new AbortController();
+    const end = (why: string) => stop.abort(new Error(`the state of run ${from} ${why}`));
+    const logsTimeout = settings.logsTimeout;
+    const idle = setTimeout(() => end(`stopped coming for ${logsTimeout} (the logs timeout)`), durationMs(logsTimeout));
+    const late = setTimeout(() => end("was not in by the run's deadline"), deadline - Date.now());
+    let size = 0;
     try {
+      const response = await gatewayRequest(
+        new URL(token.gateway),
+        {
+          method: "GET",
+          path: statePath(token.pool, from),
+          headers: { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(fence) },
+          signal: stop.signal,
+        },
+        this.transfer,
+      );
+      if (response.statusCode !== 200) end(`is not available: the gateway answered ${response.statusCode}`);
       await pipeline(
         response,
-        openStream(this.context.privateKey),
+        async function* (chunks: AsyncIterable<Buffer>) {
+          for await (const chunk of chunks) {
+            idle.refresh();
+            if ((size += chunk.length) > settings.maxStateBytes)
+              return end(`is over AGENTPOOLS_MAX_STATE_BYTES (${settings.maxStateBytes} bytes as sealed)`);
+            yield chunk;
+          }
+        },
+        openStream(privateKey),
         createWriteStream(file, { mode: 0o600, flags: "wx" }),
+        { signal: stop.signal },
       );
     } catch (error) {
       rmSync(file, { force: true });
-      throw new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);
+      throw stop.signal.aborted
+        ? stop.signal.reason
+        : new Error(`the state of run ${from} cannot be opened: ${(error as Error).message}`);
+    } finally {
+      clearTimeout(idle);
+      clearTimeout(late);
     }
   }
 
@@ -501,7 +532,7 @@ export class Launcher extends WebSocketLink {
             headers,
             body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)),
           },
-          this.context.settings,
+          this.transfer,
         );
         response.resume();
         if (response.statusCode === 413) {

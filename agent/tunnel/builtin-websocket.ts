@@ -11,13 +11,14 @@ import {
 
 /**
  * What a role needs of its WebSocket to the gateway: protocol/websocket.ts's client, or Node's own below. Events:
- * "message" (text), "pong", "timeout", "close".
+ * "message" (text), "pong" (what `ping` returned for the ping it answers, or Node's client: any), "timeout", "close".
  */
 export interface LinkSocket extends EventEmitter {
   readonly open: boolean;
   /** `sent` is called once the socket has written the message (or the link is gone). */
   send(text: string, sent?: () => void): void;
-  ping(): void;
+  /** Sends a ping; returns what the "pong" event answering it carries. */
+  ping(): string;
   close(code?: number): void;
   keepAlive(intervalMs?: number, timeoutMs?: number): void;
 }
@@ -92,7 +93,8 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
     const check = (): unknown => (ws.bufferedAmount && link.open ? setTimeout(check, 5) : sent());
     setImmediate(check);
   };
-  link.ping = () => link.send(PING_MESSAGE);
+  // Text pings carry nothing to match: any pong answers (the gateway answers each in order, after what it sent before).
+  link.ping = () => (link.send(PING_MESSAGE), PONG_MESSAGE);
   // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
   link.close = () => (end(), finish());
   link.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {

@@ -110,6 +110,28 @@ describe("state transfers on EC2: Node's fetch (agent/tunnel/dial.ts fetchGatewa
     assert.ok((await read(response)).equals(sent));
   });
 
+  it("the caller's signal ends a download under way: no byte after it, the caller's reason", async () => {
+    let served: http.ServerResponse | undefined;
+    handle = (_req, res) => {
+      served = res;
+      res.writeHead(200);
+      res.write("first bytes");
+    };
+    const stop = new AbortController();
+    const response = await fetchGateway(gateway, { method: "GET", path: "/s", headers: {}, signal: stop.signal });
+    const got: string[] = [];
+    const reading = (async () => {
+      for await (const chunk of response) {
+        got.push(String(chunk));
+        stop.abort(new Error("the state stopped coming"));
+        served?.write("more bytes");
+      }
+    })();
+    await assert.rejects(reading, /the state stopped coming/);
+    assert.deepEqual(got, ["first bytes"]);
+    served?.destroy();
+  });
+
   it('a gateway that does not answer in time, or cannot be reached: the reason, not fetch\'s "fetch failed"', async () => {
     const silent: http.ServerResponse[] = [];
     handle = (_req, res) => void silent.push(res);

@@ -122,13 +122,24 @@ export async function openGatewaySocket(
  */
 async function requestGateway(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string> },
+  request: { method: string; path: string; headers: Record<string, string>; signal?: AbortSignal },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs">,
 ): Promise<http.ClientRequest> {
-  const { method, path, headers } = request;
-  if (BUILT_FOR.platform === "ec2") return transport(gateway).request(new URL(path, gateway), { method, headers });
+  const { method, path, headers, signal } = request;
+  if (BUILT_FOR.platform === "ec2")
+    return transport(gateway).request(new URL(path, gateway), { method, headers, signal });
   const socket = await openGatewaySocket(gateway, options);
-  return http.request({ createConnection: () => socket, method, path, headers: { host: gateway.host, ...headers } });
+  if (signal?.aborted) {
+    socket.destroy();
+    signal.throwIfAborted();
+  }
+  return http.request({
+    createConnection: () => socket,
+    method,
+    path,
+    headers: { host: gateway.host, ...headers },
+    signal,
+  });
 }
 
 /** The gateway's answer to gatewayRequest: its status, and its body as a stream. */
@@ -140,11 +151,19 @@ export type GatewayResponse = Readable & { statusCode?: number };
  */
 export async function fetchGateway(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
+  request: {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body?: NodeJS.ReadableStream;
+    signal?: AbortSignal;
+  },
   timeoutMs = 10_000,
 ): Promise<GatewayResponse> {
   const slow = new AbortController();
   const timer = setTimeout(() => slow.abort(new Error(`${gateway.host} did not answer`)), timeoutMs);
+  // The caller's signal ends the request, and the answer's body with it.
+  const signal = request.signal ? AbortSignal.any([slow.signal, request.signal]) : slow.signal;
   try {
     const { status, body } = await fetch(new URL(request.path, gateway), {
       method: request.method,
@@ -152,12 +171,12 @@ export async function fetchGateway(
       // A stream is an async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
       body: request.body,
       duplex: "half",
-      signal: slow.signal,
+      signal,
     } as RequestInit);
     return Object.assign(body ? Readable.fromWeb(body as never) : Readable.from([]), { statusCode: status });
   } catch (error) {
     // fetch says only "fetch failed" (the reason is its cause).
-    throw (slow.signal.reason as Error) ?? (error as Error & { cause?: Error }).cause ?? error;
+    throw (signal.reason as Error) ?? (error as Error & { cause?: Error }).cause ?? error;
   } finally {
     clearTimeout(timer);
   }
@@ -169,7 +188,14 @@ export async function fetchGateway(
  */
 export async function gatewayRequest(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string>; body?: NodeJS.ReadableStream },
+  /** signal: aborting it ends the request, and the answer's body with it. */
+  request: {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body?: NodeJS.ReadableStream;
+    signal?: AbortSignal;
+  },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
 ): Promise<GatewayResponse> {
   if (BUILT_FOR.platform === "ec2") return fetchGateway(gateway, request, options.timeoutMs);

@@ -79,12 +79,15 @@ export abstract class WebSocketLink extends GatewayLink<LinkSocket> {
   }
 }
 
-/** A ping answered (or the deadline): whatever the gateway sent before reading it has arrived. */
+/**
+ * This ping answered (or the deadline): whatever the gateway sent before reading it has arrived. A pong that answers
+ * another ping (a keepalive's, sent earlier) or none does not count.
+ */
 export function roundTrip(socket: LinkSocket, deadline: number): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
     const done = () => (clearTimeout(timer), resolve());
-    socket.once("pong", done).once("close", done);
-    socket.ping();
+    const mine = socket.ping();
+    socket.on("pong", (payload: string) => payload === mine && done()).once("close", done);
   });
 }

@@ -1,27 +1,30 @@
 import type * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
+import { checkProcessExecutor, flowsAgentSettings, RUNTIME_ISOLATIONS } from "../../agent/config/flows-agent";
 import { KubernetesAgent, type PodSecurityLevel, validateWorkload, workloadShape } from "./workload";
 
-export const kubernetesFlowsAgentArgs = z.strictObject({
-  ...flowsAgentSettings.omit({ poolToken: true }).shape,
-  // In a pod there is no Docker engine to start sibling containers: each runtime is a
-  // separate Node.js process in the pod, under the process executor's limits.
-  executor: z
-    .literal("process", {
-      error:
-        'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)',
-    })
-    .default("process"),
-  // Each runtime under a uid of its own; a pod at the baseline level cannot create the user
-  // namespaces bubblewrap needs, and one that could not switch users must refuse to start.
-  runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("user"),
-  ...workloadShape("flows-agent", {
-    replicas: 2,
-    resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } },
-    drainTimeoutSeconds: 300,
-  }),
-});
+export const kubernetesFlowsAgentArgs = z
+  .strictObject({
+    ...flowsAgentSettings.omit({ poolToken: true }).shape,
+    // In a pod there is no Docker engine to start sibling containers: each runtime is a
+    // separate Node.js process in the pod, under the process executor's limits.
+    executor: z
+      .literal("process", {
+        error:
+          'must be "process" on Kubernetes: the Docker executor needs a Docker engine (use the AWS FlowsAgentPool for gVisor-sandboxed containers)',
+      })
+      .default("process"),
+    // Each runtime under a uid of its own; a pod at the baseline level cannot create the user
+    // namespaces bubblewrap needs, and one that could not switch users must refuse to start.
+    runtimeIsolation: z.enum(RUNTIME_ISOLATIONS).default("user"),
+    ...workloadShape("flows-agent", {
+      replicas: 2,
+      resources: { requests: { cpu: "500m", memory: "512Mi" }, limits: { memory: "2Gi" } },
+      drainTimeoutSeconds: 300,
+    }),
+  })
+  // A pod's runtimes are processes: the Docker executor's settings would be ignored, so they are refused, as on EC2.
+  .superRefine(checkProcessExecutor);
 
 export type KubernetesFlowsAgentArgs = z.input<typeof kubernetesFlowsAgentArgs> & {
   /** FLOWS_AGENT_POOL_TOKEN: a Pulumi secret. Leave out with existingSecret. */

@@ -22,8 +22,9 @@ export function poolTokenProblem(role: RoleName, key: string, token: string): st
   let certificate: string | undefined;
   try {
     certificate = decodeToken(token).certificate;
-  } catch {
-    return `is not ${expected}`;
+  } catch (error) {
+    // A gateway in plain http:// over a network: said as it is (the token's secret is not in it).
+    return /its gateway .*/.exec((error as Error).message)?.[0] ?? `is not ${expected}`;
   }
   if (role === "launcher" && !certificate)
     return `is a VCS agent pool's token: a worker pool's token carries its certificate; give ${expected}`;

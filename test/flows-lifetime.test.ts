@@ -1,0 +1,205 @@
+// Nothing of a Flows runtime outlives its place: its uid goes to another runtime only once it is gone, a run never
+// fails for want of a uid, and a runtime can do nothing once its answer is taken.
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { flowsAgentSettings } from "../agent/config/flows-agent";
+import { missingFor, unbundledRunner } from "../agent/flows-agent/agent";
+import {
+  cancelRun,
+  dockerLauncher,
+  executor as createExecutor,
+  processLauncher,
+  type Cancellation,
+  type Outcome,
+  type RuntimeLauncher,
+} from "../agent/flows-agent/executor";
+import { readPrivileges, uidPool, type Isolation } from "../agent/flows-agent/sandbox";
+import { writeFlowsDockerStandIn } from "../devkit/docker-stand-in";
+import { capturingLogger, eventually, runtimeUidRange, scratchDir } from "../devkit/helpers";
+import { BUNDLE } from "./flows-hostile";
+
+const settings = flowsAgentSettings.parse({
+  poolId: "01UIDS",
+  poolToken: "t",
+  gatewayEndpoint: "http://127.0.0.1:9",
+  backendEndpoint: "http://127.0.0.1:9",
+  executor: "docker",
+  runtimeMemoryMb: 64,
+});
+
+/** A range of `size` uids of this file's slot. */
+const range = (slot: number, size: number) => {
+  const { first } = runtimeUidRange(slot);
+  return `${first}-${first + size - 1}`;
+};
+
+const dockerStandIn = (dir: string, uids: string, log = capturingLogger("flows-agent"), removalTimeoutMs = 100) =>
+  dockerLauncher(settings, BUNDLE(), uidPool(uids), {
+    docker: writeFlowsDockerStandIn(dir),
+    log: log.log,
+    removalTimeoutMs,
+  });
+
+/** Runtimes of the process executor (of "user" isolation unless told), their scratch where they can reach it. */
+function userLauncher(uids: string, isolation: Isolation = "user"): { launcher: RuntimeLauncher; dispose(): void } {
+  const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-"));
+  const launcher = processLauncher({
+    isolation,
+    privileges: readPrivileges(),
+    uids: uidPool(uids),
+    runner: [unbundledRunner().path],
+    readable: unbundledRunner().readable,
+    memoryMb: 64,
+    diskMb: 16,
+    openFiles: 64,
+    scratchRoot,
+  });
+  return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true }) };
+}
+
+describe("Flows runtimes: nothing outlives its place", function () {
+  this.timeout(60_000);
+
+  it("Docker: a timed-out run's container keeps its uid until the engine says it is gone; a run meanwhile waits for one", async () => {
+    const dir = scratchDir("flows-uids-docker-");
+    const log = capturingLogger("flows-agent");
+    // Two uids, a pool of one: the spare and the run it becomes, and one more.
+    const executor = createExecutor({ poolSize: 1, launcher: dockerStandIn(dir, range(12, 2), log), log: log.log });
+    try {
+      // The engine answers no removal until told: the hung run's container lives on after its client is killed.
+      writeFileSync(path.join(dir, "hold"), "");
+      const hung = await executor.run(
+        { kind: "block", code: "await new Promise(() => setInterval(() => {}, 1000));" },
+        300,
+      );
+      assert.match(hung.error?.message ?? "", /timed out after 300 ms/);
+      const second = await executor.run({ kind: "expression", code: "process.getuid()" }, 5000);
+      assert.equal(second.ok, true, JSON.stringify(second));
+      // Both uids held by containers the engine has not removed: the third run waits, and the log says why.
+      const third = executor.run({ kind: "expression", code: "1 + 1" }, 10_000);
+      const silence = () => log.lines.some((l) => /runtime container not yet gone/.test(String(l.msg)));
+      await Promise.race([third, eventually(silence, 5000, "the engine's silence logged")]);
+      assert.ok(!existsSync(path.join(dir, "uid-reused")), "no container started under a uid a live one runs as");
+      assert.ok(silence(), "the engine's silence logged");
+      rmSync(path.join(dir, "hold"));
+      assert.deepEqual(((await third) as Outcome).value, 2);
+      assert.ok(!existsSync(path.join(dir, "uid-reused")), "no container started under a uid a live one runs as");
+    } finally {
+      rmSync(path.join(dir, "hold"), { force: true });
+      executor.close();
+    }
+  });
+
+  it("Docker: a run waits for a uid no longer than its own timeout, then times out", async () => {
+    const dir = scratchDir("flows-uids-wait-");
+    const log = capturingLogger("flows-agent");
+    const executor = createExecutor({ poolSize: 1, launcher: dockerStandIn(dir, range(13, 2), log), log: log.log });
+    try {
+      writeFileSync(path.join(dir, "hold"), "");
+      for (const code of ["1", "2"]) {
+        const outcome = await executor.run({ kind: "expression", code }, 5000);
+        assert.equal(outcome.ok, true, JSON.stringify(outcome));
+      }
+      const starved = await executor.run({ kind: "expression", code: "3" }, 200);
+      assert.match(starved.error?.message ?? "", /^the run timed out after 200 ms$/);
+      rmSync(path.join(dir, "hold"));
+      assert.equal((await executor.run({ kind: "expression", code: "4" }, 5000)).value, 4);
+    } finally {
+      rmSync(path.join(dir, "hold"), { force: true });
+      executor.close();
+    }
+  });
+
+  for (const kind of ["user", "docker"] as const) {
+    it(`${kind}: a churn of runs (normal, timed out, crashed, cancelled) on a range of twice the pool: every valid run answers`, async function () {
+      if (kind === "user" && process.getuid?.() !== 0) this.skip();
+      const poolSize = 2;
+      const uids = range(14, 2 * poolSize);
+      const made =
+        kind === "user"
+          ? userLauncher(uids)
+          : { launcher: dockerStandIn(scratchDir("flows-churn-"), uids), dispose() {} };
+      const log = capturingLogger("flows-agent");
+      const executor = createExecutor({ poolSize, launcher: made.launcher, log: log.log });
+      try {
+        const runs: Promise<[string, Outcome]>[] = [];
+        // Enough for uids to be held by runtimes not yet gone while the next ones start (a cold Docker runtime is slower).
+        for (let i = 0; i < (kind === "docker" ? 16 : 24); i++) {
+          const what = ["normal", "timeout", "crash", "cancel"][i % 4];
+          const cancellation: Cancellation = {};
+          const code = {
+            normal: `${i}`,
+            timeout: "(() => { for (;;); })()",
+            crash: "process.exit(3)",
+            cancel: "new Promise(() => setInterval(() => {}, 1000))",
+          }[what]!;
+          runs.push(
+            executor
+              .run({ kind: "expression", code }, what === "timeout" ? 100 : 20_000, cancellation)
+              .then((outcome) => [what, outcome]),
+          );
+          if (what === "cancel") setTimeout(() => cancelRun(cancellation), 50);
+        }
+        for (const [i, [what, outcome]] of (await Promise.all(runs)).entries()) {
+          const message = outcome.error?.message ?? "";
+          if (what !== "timeout") assert.doesNotMatch(message, /uid/, `run ${i} (${what})`);
+          if (what === "normal") assert.deepEqual([outcome.ok, outcome.value], [true, i], message);
+          if (what === "timeout") assert.match(message, /timed out after 100 ms/);
+          if (what === "crash") assert.match(message, /exited \(code 3\)/);
+          if (what === "cancel") assert.equal(outcome.error?.name, "AbortError", message);
+        }
+      } finally {
+        executor.close();
+        made.dispose();
+      }
+    });
+  }
+
+  for (const isolation of ["none", "user", "namespaces"] as const) {
+    it(`${isolation}: a run that answers by itself and acts on is stopped before its answer is taken`, async function () {
+      const missing = missingFor(isolation, readPrivileges());
+      if (missing) this.skip();
+      const { launcher, dispose } = userLauncher(range(15, 2), isolation);
+      const log = capturingLogger("flows-agent");
+      const executor = createExecutor({ poolSize: 1, launcher, log: log.log });
+      // A recorder the run connects to before answering; told "go" once the run's answer is taken, it hears
+      // "acted" if the run can still act.
+      const recorder = net.createServer();
+      await new Promise<void>((resolve) => recorder.listen(0, "127.0.0.1", resolve));
+      const heard: Buffer[] = [];
+      const connected = once(recorder, "connection") as Promise<[net.Socket]>;
+      try {
+        const outcome = executor.run(
+          {
+            kind: "block",
+            code: `const fs = await import('node:fs'); const net = await import('node:net');
+            const socket = net.connect(inputs.port, '127.0.0.1'); await new Promise((r) => socket.once('connect', r));
+            socket.on('data', () => socket.write('acted'));
+            const body = Buffer.from(JSON.stringify({ ok: true, value: 'answered', console: [] }));
+            const head = Buffer.alloc(4); head.writeUInt32BE(body.length);
+            fs.writeSync(3, Buffer.concat([head, body]));
+            await new Promise(() => setInterval(() => {}, 1000));`,
+            inputs: { port: (recorder.address() as net.AddressInfo).port },
+          },
+          5000,
+        );
+        const [socket] = await connected;
+        socket.on("data", (chunk: Buffer) => heard.push(chunk)).on("error", () => undefined);
+        const answer = await outcome;
+        socket.write("go");
+        assert.deepEqual([answer.ok, answer.value], [true, "answered"], JSON.stringify(answer));
+        // Its connection ends with it (reset: the kernel closes what a killed process held).
+        await new Promise((resolve) => socket.on("close", resolve));
+        assert.equal(Buffer.concat(heard).toString(), "", "the run acted after its answer was taken");
+      } finally {
+        recorder.close();
+        executor.close();
+        dispose();
+      }
+    });
+  }
+});
