@@ -183,7 +183,8 @@ async function isolatedLauncher(
   log: Logger,
 ): Promise<RuntimeLauncher> {
   const privileges = readPrivileges();
-  claim(settings.mountsDir);
+  // On EC2 one agent per instance (its unit), which sweeps nothing at start: no directory to claim.
+  if (BUILT_FOR.platform !== "ec2") claim(settings.mountsDir);
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
   /** The launcher at `isolation` once a runtime has started in it; else a throw (a named level) or undefined (auto). */

@@ -52,6 +52,28 @@ describe("dialling the gateway (agent/tunnel/dial.ts)", () => {
     }
   });
 
+  it("an https:// gateway goes through the proxy's CONNECT to its own host and port, unless NO_PROXY names it", async () => {
+    const connects: string[] = [];
+    // A proxy that records the CONNECT and closes: the dial fails after, which is not the point here.
+    const proxy = net.createServer((socket) =>
+      socket.once("data", (head) => {
+        connects.push(/^CONNECT (\S+) HTTP\/1\.1\r\n/.exec(String(head))?.[1] ?? String(head));
+        socket.destroy();
+      }),
+    );
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const options = { proxy: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, timeoutMs: 500 };
+    try {
+      await dialGateway(new URL("https://gateway.corp.example:8443"), {}, options).catch(() => undefined);
+      assert.deepEqual(connects, ["gateway.corp.example:8443"]);
+      const direct = { ...options, noProxy: ".corp.example", timeoutMs: 100 };
+      await dialGateway(new URL("https://gateway.corp.example:8443"), {}, direct).catch(() => undefined);
+      assert.equal(connects.length, 1, "NO_PROXY sent it direct");
+    } finally {
+      proxy.close();
+    }
+  });
+
   it("a gateway that accepts the connection and never speaks: each timed-out dial ends its connection", async () => {
     const open = new Set<net.Socket>();
     const silent = net.createServer((socket) => {
