@@ -195,7 +195,7 @@ export class Gateway {
       .map(({ definition }) => {
         const { name, kind } = definition;
         if (kind === "flows") return { name, kind, ...this.flows.summary(name) };
-        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name) };
+        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name, key?.id) };
         return { name, kind, ...this.vcs.summary(name) };
       });
   }
@@ -253,9 +253,9 @@ export class Gateway {
       .catch((error: Error) => this.log.error("ending a removed key's queued runs failed", { error: error.message }));
   }
 
-  /** Whether a request's key (none: a route that takes none) still may use this pool. */
+  /** Whether a request's key (none: a route that takes none) is still served, with its secret, and may use this pool. */
   private stillAllowed(key: ServiceKeyDefinition | undefined, pool: string): boolean {
-    return !key || this.auth.mayUse(key.id, pool);
+    return !key || (this.auth.stillServes(key) && this.auth.mayUse(key.id, pool));
   }
 
   /** A VCS pool by name, or why it is not one. */
