@@ -239,7 +239,7 @@ export class Gateway {
   /**
    * Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. What a
    * removed or narrowed key has waiting (VCS requests queued, Flows runs not yet answered) ends at once with 401;
-   * exchanges already streaming finish.
+   * exchanges already streaming finish. A rotated key's worker log streams are cut, its bodies still coming refused.
    */
   setKeys(keys: ServiceKeyDefinition[]): void {
     const { added, removed } = this.auth.replace(keys);
