@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import { FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
+import { FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
 import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
 import { PING_TIMEOUT_MS, POOL_HEADER } from "../protocol/link";
@@ -161,8 +161,9 @@ export class FlowsHub {
   }
 
   private receive(agent: FlowsAgent, text: string): void {
-    // An agent checks its runs' answers: one that passes on an answer too costly to parse is not trusted further.
-    if (overCaps(text)) {
+    // No message of an agent is larger than the result cap, and an agent checks its runs' answers: one that sends a
+    // larger message, or passes on an answer too costly to parse, is not trusted further.
+    if (Buffer.byteLength(text) > FLOWS_MAX_RESULT_BYTES || overCaps(text)) {
       this.log.warn("agent sent an answer over the caps: disconnected", { pool: agent.pool, agent: agent.id });
       return agent.socket.close(1008);
     }
@@ -194,7 +195,13 @@ export class FlowsHub {
       const answer = { ok, value, error: fields, console: Array.isArray(console) ? console : [], durationMs };
       // Encoded here, once: what the answer budget counts is the text the gateway holds for the client.
       const json = new JsonText(JSON.stringify(answer satisfies Answer));
-      if (!run.cancelled) this.holdAnswer(run.client, json.text.length, run.taken);
+      if (!run.cancelled) {
+        // Checked again now: runs admitted while little was held may all answer at once (the budget may be passed by
+        // one answer, no more).
+        const full = this.budgetFull(run.client);
+        if (full) return run.reject(new HttpError(503, `the run ran, but ${full}: its answer is dropped`));
+        this.holdAnswer(run.client, Buffer.byteLength(json.text), run.taken);
+      }
       run.resolve(json);
     }
   }
@@ -219,9 +226,8 @@ export class FlowsHub {
     const holder = `${pool}\n${client}`;
     if ((this.held.get(holder) ?? 0) >= shareOf(bound, this.clientShare))
       return Promise.reject(new HttpError(503, `this key holds its share of pool ${pool}'s runs`, RETRY_AFTER_SECONDS));
-    const budget = this.options.flowsAnswerBudgetBytes ?? FLOWS_ANSWER_BUDGET_BYTES;
-    if (this.answerBytes >= budget || (this.answerBytesOf.get(client) ?? 0) >= shareOf(budget, this.clientShare))
-      return Promise.reject(new HttpError(503, "answers not yet taken fill this key's share", RETRY_AFTER_SECONDS));
+    const full = this.budgetFull(client);
+    if (full) return Promise.reject(new HttpError(503, full, RETRY_AFTER_SECONDS));
     let left!: () => void;
     const gone = new Promise<void>((resolve) => (left = resolve));
     // Its promise's resolve and reject join it at once (a promise's executor runs in its constructor).
@@ -254,6 +260,14 @@ export class FlowsHub {
     void taken?.then(() => this.giveUp(run, new HttpError(499, "the client went away")));
     void Promise.allSettled([gone, taken]).then(release);
     return answer;
+  }
+
+  /** Why no more answers may be held for this key now (its share of the budget, or the whole budget, is full). */
+  private budgetFull(client: string): string | undefined {
+    const budget = this.options.flowsAnswerBudgetBytes ?? FLOWS_ANSWER_BUDGET_BYTES;
+    if ((this.answerBytesOf.get(client) ?? 0) >= shareOf(budget, this.clientShare))
+      return "answers not yet taken fill this key's share";
+    return this.answerBytes >= budget ? "answers not yet taken fill the gateway's answer budget" : undefined;
   }
 
   /** Counts an answer's bytes toward the budget until it is taken. */

@@ -25,7 +25,7 @@ import { servingGateway, WORKER_DEFAULTS } from "./worker-hub";
 
 const DAY_MS = 86_400_000;
 const RETENTION = {
-  runsPerPool: WORKER_DEFAULTS.retention.runsPerPool,
+  runsPerKey: WORKER_DEFAULTS.retention.runsPerKey,
   maxAgeDays: WORKER_DEFAULTS.retention.maxAgeMs / DAY_MS,
 };
 
@@ -65,10 +65,10 @@ export const gatewayConfig = z.strictObject({
   /** Keepalive on every agent link: an agent that leaves a ping unanswered for pingTimeoutMs is dropped. */
   pingIntervalMs: z.int().min(1000).max(300_000).default(PING_INTERVAL_MS),
   pingTimeoutMs: z.int().min(1000).max(300_000).default(PING_TIMEOUT_MS),
-  /** Finished worker runs kept (with logs and state): each pool's newest runsPerPool, none older than maxAgeDays. */
+  /** Finished worker runs kept (with logs and state): each key's newest runsPerKey in each pool, none older than maxAgeDays. */
   retention: z
     .strictObject({
-      runsPerPool: z.int().min(1).default(RETENTION.runsPerPool),
+      runsPerKey: z.int().min(1).default(RETENTION.runsPerKey),
       maxAgeDays: z.number().positive().default(RETENTION.maxAgeDays),
     })
     .default(RETENTION),
@@ -203,7 +203,7 @@ export async function main(args: string[]): Promise<void> {
     host: listen.host,
     port: listen.port,
     tls: tls ? { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) } : undefined,
-    retention: { runsPerPool: retention.runsPerPool, maxAgeMs: retention.maxAgeDays * DAY_MS },
+    retention: { runsPerKey: retention.runsPerKey, maxAgeMs: retention.maxAgeDays * DAY_MS },
   });
   if (config.keys.length === 0)
     process.stderr.write(

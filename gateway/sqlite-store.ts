@@ -497,18 +497,18 @@ export class SqliteStore implements GatewayStore {
     return stream;
   }
 
-  async prune({ runsPerPool, maxAgeMs }: RetentionPolicy, now: number): Promise<number> {
+  async prune({ runsPerKey, maxAgeMs }: RetentionPolicy, now: number): Promise<number> {
     const cutoff = new Date(now - maxAgeMs).toISOString();
-    // Finished runs past the pool's count or older than the cutoff; the newest run of each key in
+    // Finished runs past their key's count in the pool or older than the cutoff; the newest run of each key in
     // each pool that left state stays, so a later run of that key can still start from it.
     const doomed = await this.read(() =>
       this.all<{ seq: number; id: string }>(
         `SELECT seq, id FROM (
-           SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool ORDER BY seq DESC) AS rank
+           SELECT seq, id, finished_at, ROW_NUMBER() OVER (PARTITION BY pool, owner ORDER BY seq DESC) AS rank
            FROM runs WHERE finished_at IS NOT NULL
          ) WHERE (rank > ? OR finished_at < ?)
            AND seq NOT IN (SELECT MAX(seq) FROM runs WHERE state = 1 AND finished_at IS NOT NULL GROUP BY pool, owner)`,
-        runsPerPool,
+        runsPerKey,
         cutoff,
       ),
     );

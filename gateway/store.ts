@@ -104,9 +104,12 @@ export interface LeaseClaim {
 
 export type RunOutcomeRecord = Pick<RunRecord, "status" | "exitCode" | "reason" | "state"> & { finishedAt: string };
 
-/** Finished runs kept: the newest `runsPerPool` of each pool, none older than `maxAgeMs`. */
+/**
+ * Finished runs kept: each key's newest `runsPerKey` in each pool (one key's volume never evicts another's runs), none
+ * older than `maxAgeMs`.
+ */
 export interface RetentionPolicy {
-  runsPerPool: number;
+  runsPerKey: number;
   maxAgeMs: number;
 }
 

@@ -64,7 +64,7 @@ export interface WorkerHubOptions {
 /** The defaults of the worker hub's settings (the gateway's configuration names them too). */
 export const WORKER_DEFAULTS = {
   leaseMs: 60_000,
-  retention: { runsPerPool: 1_000, maxAgeMs: 30 * 86_400_000 },
+  retention: { runsPerKey: 1_000, maxAgeMs: 30 * 86_400_000 },
   pruneIntervalMs: 3_600_000,
 } as const;
 

@@ -3,11 +3,12 @@ import { once } from "node:events";
 import type http from "node:http";
 import net from "node:net";
 import { Gateway, type GatewayOptions } from "../gateway/gateway";
+import type { HttpError } from "../gateway/http";
 import { createPool } from "../gateway/pools";
 import { RETRY_AFTER_SECONDS } from "../gateway/vcs-hub";
 import { capturingLogger, eventually, freePort, serviceKey } from "../devkit/helpers";
 import { flowsAgentStandIn, readAnswer as read } from "./flows-stand-in";
-import { FLOWS_MAX_RUN_TIMEOUT_MS, FLOWS_MAX_VALUE_CONTAINERS } from "../protocol/flows";
+import { FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, FLOWS_MAX_VALUE_CONTAINERS } from "../protocol/flows";
 
 const service = serviceKey();
 
@@ -170,6 +171,36 @@ describe("Flows pools: liveness and fair routing", function () {
     );
   });
 
+  it("the byte budget holds when admitted runs answer at once: an answer past a full share is dropped, its run told so", async () => {
+    await gateway.close();
+    await start({ flowsAnswerBudgetBytes: 4000 });
+    // Four runtimes, answers of about 1,100 bytes; one key's share, 3,000 bytes. All four admitted while nothing is
+    // held, all four answered at once, none taken.
+    await connect("x".repeat(1000), 4);
+    const { answered } = untakenAnswers();
+    const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => answered("a")));
+    const held = outcomes.filter((o) => o.status === "fulfilled");
+    const dropped = outcomes.flatMap((o) => (o.status === "rejected" ? [o.reason as HttpError] : []));
+    assert.equal(held.length, 3, "held while under the share: 0, 1,100 and 2,200 bytes before each");
+    assert.deepEqual(
+      dropped.map((e) => [e.status, e.message]),
+      [[503, "the run ran, but answers not yet taken fill this key's share: its answer is dropped"]],
+    );
+  });
+
+  it("an agent that passes on a result message over the result cap is dropped; its run fails", async () => {
+    const agent = await connect("over");
+    agent.mute();
+    const pending = run();
+    await eventually(() => agent.runs.length === 1);
+    const value = JSON.stringify("x".repeat(FLOWS_MAX_RESULT_BYTES));
+    agent.socket.send(
+      `{"type":"result","id":"${agent.runs[0].id}","ok":true,"console":[],"durationMs":1,"value":${value}}`,
+    );
+    await assert.rejects(pending, (error: Error & { status?: number }) => error.status === 502);
+    assert.ok(log.lines.some((line) => /over the caps: disconnected/.test(line.msg)));
+  });
+
   it("the byte budget counts an answer as its client receives it: numbers written longer again (9e20: 21 digits) count at that length", async () => {
     await gateway.close();
     await start({ flowsAnswerBudgetBytes: 4000 });
@@ -272,8 +303,9 @@ describe("Flows pools: liveness and fair routing", function () {
     });
   });
 
-  it("an agent's hello is read once, and what it says is shown as a short printable line (not 2.5 MB of control characters)", async () => {
-    const loud = await flowsAgentStandIn(url, POOL, token, "loud", 2, "\u0007".repeat(2_500_000));
+  it("an agent's hello is read once, and what it says is shown as a short printable line (not 1 MB of control characters)", async () => {
+    // 6 MB as JSON escapes: under the result cap, past which any message of an agent drops it.
+    const loud = await flowsAgentStandIn(url, POOL, token, "loud", 2, "\u0007".repeat(1_000_000));
     agents.push(loud);
     await eventually(() => gateway.summary()[0].connections === 1);
     loud.socket.send(JSON.stringify({ type: "hello", poolSize: 64, executor: "again" }));

@@ -198,7 +198,7 @@ describe("the gateway's store (SQLite)", () => {
     await finish("old", T0 - 31 * day);
     for (let i = 0; i < 4; i++) await finish(`recent${i}`, T0 - (4 - i) * day);
     await store.createRun(queued("live", "w", T0 - 60 * day));
-    assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
+    assert.equal(await store.prune({ runsPerKey: 3, maxAgeMs: 30 * day }, T0), 2);
     assert.deepEqual(
       (await store.listRuns("w", { owner: "k", limit: 100 })).map((r) => r.id),
       ["live", "recent3", "recent2", "recent1", "old-with-state"],
@@ -207,7 +207,7 @@ describe("the gateway's store (SQLite)", () => {
     assert.ok(existsSync(path.join(dir, "state", "old-with-state")), "the pool's newest state is kept");
     // A newer run leaves state: the old one may go now.
     await finish("newer-state", T0, true);
-    assert.equal(await store.prune({ runsPerPool: 3, maxAgeMs: 30 * day }, T0), 2);
+    assert.equal(await store.prune({ runsPerKey: 3, maxAgeMs: 30 * day }, T0), 2);
     assert.ok(!existsSync(path.join(dir, "state", "old-with-state")));
     assert.deepEqual(
       (await store.listRuns("w", { owner: "k", limit: 100 })).map((r) => r.id),
@@ -230,6 +230,22 @@ describe("the gateway's store (SQLite)", () => {
     assert.deepEqual(await list("aaaaaaaaaaaa", "a2"), ["a1"]);
   });
 
+  it("retention counts each key's runs on their own: one key's many runs never evict another key's", async () => {
+    const finish = async (id: string, owner: string, at: number) => {
+      await store.createRun(queued(id, "w", at, owner));
+      await store.grantLease(id, "L", at, at + 1000);
+      const claim = { run: id, worker: "L", fence: 1 };
+      await store.startRun(claim, iso(at));
+      await store.finishRun(id, claim, { status: "refused", state: false, finishedAt: iso(at) });
+    };
+    for (let i = 0; i < 2; i++) await finish(`alice${i}`, "aaaaaaaaaaaa", T0 + i);
+    for (let i = 0; i < 6; i++) await finish(`eve${i}`, "eeeeeeeeeeee", T0 + 10 + i);
+    assert.equal(await store.prune({ runsPerKey: 3, maxAgeMs: 86_400_000 }, T0 + 20), 3);
+    const kept = async (owner: string) => (await store.listRuns("w", { owner, limit: 10 })).map((r) => r.id);
+    assert.deepEqual(await kept("aaaaaaaaaaaa"), ["alice1", "alice0"], "alice's runs stay");
+    assert.deepEqual(await kept("eeeeeeeeeeee"), ["eve5", "eve4", "eve3"]);
+  });
+
   it("retention keeps each key's newest run that left state, not only the pool's", async () => {
     const finish = async (id: string, owner: string, at: number) => {
       await store.createRun(queued(id, "w", at, owner));
@@ -241,7 +257,7 @@ describe("the gateway's store (SQLite)", () => {
     };
     await finish("b-state", "bbbbbbbbbbbb", T0);
     for (let i = 0; i < 3; i++) await finish(`a${i}`, "aaaaaaaaaaaa", T0 + 1 + i);
-    await store.prune({ runsPerPool: 1, maxAgeMs: 86_400_000 }, T0 + 10);
+    await store.prune({ runsPerKey: 1, maxAgeMs: 86_400_000 }, T0 + 10);
     assert.equal((await store.getRun("b-state"))?.state, true, "B can still start from its state");
     assert.deepEqual(
       (await store.listRuns("w", { owner: "aaaaaaaaaaaa", limit: 10 })).map((r) => r.id),

@@ -382,7 +382,7 @@ describe("worker runs: exactly once, under leases", function () {
     }
     db.exec("COMMIT");
     db.close();
-    ({ gateway } = await gatewayOn(port, dataDir, { retention: { runsPerPool: 100_000 } }));
+    ({ gateway } = await gatewayOn(port, dataDir, { retention: { runsPerKey: 100_000 } }));
     assert.equal(gateway.workers.liveRuns, 1, "only the queued run is in memory");
     assert.equal(gateway.workers.summary(POOL).queued, 1);
     // Past runs are still there, read from the store when asked for.
@@ -401,7 +401,7 @@ describe("worker runs: exactly once, under leases", function () {
     const port = await freePort();
     const dataDir = scratchDir("lease-");
     const { gateway, lines } = await gatewayOn(port, dataDir, {
-      retention: { runsPerPool: 2 },
+      retention: { runsPerKey: 2 },
       pruneIntervalMs: 60_000,
     });
     auto(await launcher(port));
