@@ -195,7 +195,7 @@ export class Gateway {
       .map(({ definition }) => {
         const { name, kind } = definition;
         if (kind === "flows") return { name, kind, ...this.flows.summary(name) };
-        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name, key?.id) };
+        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name, key?.id ?? "") };
         return { name, kind, ...this.vcs.summary(name) };
       });
   }

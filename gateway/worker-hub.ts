@@ -960,7 +960,10 @@ export class WorkerHub {
     return this.live.size;
   }
 
-  /** A pool's launchers and counts; a launcher's current run id only to the key that owns that run. */
+  /**
+   * A pool's launchers and counts. A launcher's current run id is shown to the key (`client`) that owns that run
+   * only; without a client (the gateway's own caller, in process) to all.
+   */
   summary(pool: string, client?: string) {
     const workers = [...(this.workers.get(pool) ?? [])];
     const live = [...this.live.values()].filter((e) => e.record.pool === pool);
@@ -976,7 +979,7 @@ export class WorkerHub {
         metadata: w.metadata,
         active: w.current ? 1 : 0,
         parallelism: 1,
-        ...(w.current !== undefined && this.live.get(w.current)?.record.owner === client
+        ...(w.current !== undefined && (client === undefined || this.live.get(w.current)?.record.owner === client)
           ? { currentRun: w.current }
           : {}),
         draining: w.draining,
