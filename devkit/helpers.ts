@@ -115,8 +115,9 @@ export function runBundle(file: string, args: string[] = [], env: Record<string,
   let output = "";
   child.stdout.on("data", (d) => (output += d));
   child.stderr.on("data", (d) => (output += d));
+  // "close", not "exit": the process may exit before its output has been read (under load it was, all of it).
   return new Promise<{ code: number | null; output: string }>((resolve) =>
-    child.on("exit", (code) => resolve({ code, output })),
+    child.on("close", (code) => resolve({ code, output })),
   );
 }
 

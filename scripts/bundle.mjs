@@ -43,7 +43,7 @@ export function variantSchema(role, variant) {
   return { properties: without(schema.properties, UNREAD), required: schema.required };
 }
 
-/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/variants.ts). */
+/** The settings schema inlined (no zod in a bundle), and BUILT_FOR fixed to the variant (agent/config/built-for.ts). */
 const inlineModules = (role, variant) => ({
   name: "inline-modules",
   setup(b) {
@@ -55,10 +55,11 @@ const inlineModules = (role, variant) => ({
       loader: "ts",
     }));
     b.onLoad({ filter: /agent[\\/]config[\\/]variants\.ts$/ }, () => ({
-      contents: [
-        `export const BUILT_FOR = ${JSON.stringify(variant)};`,
-        `export const FLOWS_RUNNER_FILE = ${JSON.stringify(FLOWS_RUNNER_FILE)};`,
-      ].join("\n"),
+      contents: `export const FLOWS_RUNNER_FILE = ${JSON.stringify(FLOWS_RUNNER_FILE)};`,
+      loader: "ts",
+    }));
+    b.onLoad({ filter: /agent[\\/]config[\\/]built-for\.ts$/ }, () => ({
+      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
       loader: "ts",
     }));
   },

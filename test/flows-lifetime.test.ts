@@ -196,7 +196,7 @@ describe("Flows runtimes: nothing outlives its place", function () {
           ),
         ]);
         socket.on("data", (chunk: Buffer) => heard.push(chunk)).on("error", () => undefined);
-        const closed = socket.closed ? Promise.resolve() : once(socket, "close");
+        const closed = new Promise((resolve) => (socket.closed ? resolve(null) : socket.once("close", resolve)));
         const answer = await outcome;
         socket.write("go");
         assert.deepEqual([answer.ok, answer.value], [true, "answered"], JSON.stringify(answer));

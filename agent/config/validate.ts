@@ -1,5 +1,5 @@
 import type { Env, PropertySchema, SettingsSchema } from "./env";
-import { BUILT_FOR } from "./variants";
+import { BUILT_FOR } from "./built-for";
 
 /**
  * A small validator for the JSON Schema subset that zod exports for our settings. It runs

@@ -1,26 +1,9 @@
 import type { RoleName } from "./roles";
 import { VCS_VENDORS } from "./vcs-agent";
 import { FLOWS_EXECUTORS } from "./flows-agent";
+import type { BundleVariant } from "./built-for";
 
-/**
- * What a runtime bundle serves. The full bundle (build/bundles/ROLE.js: Kubernetes, tests, by
- * hand) serves every setting. EC2's user-data, where every byte counts, gets a variant that
- * serves one platform and, where the role has them, one executor or one VCS vendor: the
- * component knows which from the pool's settings. scripts/bundle.mjs fixes BUILT_FOR to the
- * variant's values, the minifier leaves out the code they exclude, and the variant's settings
- * schema allows only its own executor or vendor, so a mismatch is a clear settings error.
- */
-export interface BundleVariant {
-  platform?: "ec2";
-  executor?: (typeof FLOWS_EXECUTORS)[number];
-  vendor?: (typeof VCS_VENDORS)[number];
-}
-
-/**
- * {} here, and in the full bundle: every path is open. (In a bundle this module is that one constant: no zod.)
- * Read its fields by name only (BUILT_FOR.executor): a dynamic read keeps the minifier from folding them.
- */
-export const BUILT_FOR: BundleVariant = {};
+export type { BundleVariant } from "./built-for";
 
 /** The EC2 variants of each role. A worker pool runs the Docker executor only. */
 export const EC2_VARIANTS: Record<RoleName, BundleVariant[]> = {

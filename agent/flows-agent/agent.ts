@@ -2,7 +2,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import { durationMs } from "../config/duration";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { interruptibleSleep } from "../runtime/http";
@@ -186,7 +186,8 @@ async function isolatedLauncher(
   claim(settings.mountsDir);
   // On EC2 only namespaces (the component refuses any other level there): an EC2 bundle carries no step-down.
   const wanted = BUILT_FOR.platform === "ec2" ? "namespaces" : settings.runtimeIsolation;
-  for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
+  /** The launcher at `isolation` once a runtime has started in it; else a throw (a named level) or undefined (auto). */
+  const attempt = async (isolation: Isolation): Promise<RuntimeLauncher | undefined> => {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
       const launcher = processLauncher({
@@ -215,6 +216,13 @@ async function isolatedLauncher(
     }
     if (wanted !== "auto") throw new Error(`FLOWS_RUNTIME_ISOLATION=${wanted} is not possible here: ${missing}`);
     log.error("runtime isolation not possible here: trying a weaker one", { isolation, reason: missing });
+    return undefined;
+  };
+  // (A loop over one level is kept by the minifier: an EC2 bundle calls its level straight.)
+  if (BUILT_FOR.platform === "ec2") return (await attempt("namespaces"))!;
+  for (const isolation of wanted === "auto" ? ISOLATIONS : [wanted]) {
+    const launcher = await attempt(isolation);
+    if (launcher) return launcher;
   }
   throw new Error("no runtime could start");
 }
@@ -228,12 +236,15 @@ export async function createExecutor(
 ): Promise<{ executor: Executor; name: string }> {
   mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const uids = uidPool(settings.runtimeUids);
-  const own = process.getuid?.() ?? -1;
   // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one. (On
-  // EC2 the component checked the range, and the agent's user is a system one, below any range: no check there.)
-  const needed = 2 * settings.runtimePoolSize;
-  if (BUILT_FOR.platform !== "ec2" && (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last)))
-    throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
+  // EC2 the component checked the range, and the agent's user is a system one, below any range: the block leaves an
+  // EC2 bundle whole.)
+  if (BUILT_FOR.platform !== "ec2") {
+    const own = process.getuid?.() ?? -1;
+    const needed = 2 * settings.runtimePoolSize;
+    if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
+      throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
+  }
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
       ? dockerLauncher(settings, runner.path, uids, { docker, log })
@@ -269,5 +280,7 @@ export function flowsAgentRole(runner: Runner, options: { docker?: string } = {}
 /** The runner of the unbundled build (tests): its compiled module and the directories it reads. */
 export const unbundledRunner = (): Runner => {
   const file = path.join(__dirname, "runner-main.js");
-  return { path: file, args: [], readable: [__dirname, path.join(__dirname, "../../protocol")] };
+  // The runner's modules: its folder, the protocol's, and BUILT_FOR's (a module without imports).
+  const readable = [__dirname, path.join(__dirname, "../../protocol"), path.join(__dirname, "../config/built-for.js")];
+  return { path: file, args: [], readable };
 };

@@ -1,4 +1,4 @@
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -275,15 +275,16 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
   if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
   // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
-  // out: their processes, then their scratch.
-  // (On EC2 systemd restarts the agent only once its unit's cgroup, runtimes included, is empty: none is left.)
-  for (const pid of isolation === "none" || BUILT_FOR.platform === "ec2" ? [] : orphans(uids)) killQuietly(pid);
-  // (On EC2 runtimes only ever have namespaces, whose scratch is their own tmpfs: nothing is left there.)
-  for (const name of BUILT_FOR.platform === "ec2" ? [] : readdirSync(o.scratchRoot)) {
-    if (name === CLAIM) continue;
-    const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
-    const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
-    spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
+  // out: their processes, then their scratch. Not on EC2 (the block leaves its bundle whole): systemd restarts the
+  // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
+  if (BUILT_FOR.platform !== "ec2") {
+    for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
+    for (const name of readdirSync(o.scratchRoot)) {
+      if (name === CLAIM) continue;
+      const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
+      const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
+      spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
+    }
   }
 
   return {

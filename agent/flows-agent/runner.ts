@@ -11,6 +11,7 @@ import {
   type Job,
 } from "../../protocol/flows";
 import { frameOf, readFrameSync } from "./channel";
+import { BUILT_FOR } from "../config/built-for";
 
 /**
  * The code that runs inside each Flows runtime process (or container): it waits for one
@@ -128,7 +129,8 @@ function park(): never {
 
 /** Run as a runtime: make its scratch (when told), warm up, say ready, take one job, answer, park. */
 export async function runRunner(argv = process.argv): Promise<void> {
-  const scratch = argv.find((arg) => arg.startsWith("--scratch="))?.slice(10);
+  // Only "user" isolation, which EC2 never uses (its runtimes' scratch is their namespace's /tmp), names one.
+  const scratch = BUILT_FOR.platform !== "ec2" && argv.find((arg) => arg.startsWith("--scratch="))?.slice(10);
   if (scratch) {
     // Made by the runtime itself, so it is the runtime's user's; never one that exists already.
     mkdirSync(scratch, { mode: 0o700 });

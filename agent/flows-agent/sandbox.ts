@@ -1,6 +1,6 @@
 import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 
 /**
  * What separates a Flows runtime from the agent, in the kernel (Node's permission model is a

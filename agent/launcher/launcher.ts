@@ -13,7 +13,7 @@ import {
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { durationMs } from "../config/duration";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import type { LauncherSettings } from "../config/launcher";
 import type { RunPolicy } from "../config/run-policy";
 import { runPolicyJsonSchema } from "../config/settings-schema";
@@ -521,8 +521,8 @@ export class Launcher extends WebSocketLink {
         const headers = {
           ...credentials(this.context, this.worker),
           [FENCE_HEADER]: String(run.fence),
+          // (Sent chunked: no length is given.)
           "content-type": "application/octet-stream",
-          "transfer-encoding": "chunked",
         };
         const response = await gatewayRequest(
           new URL(this.context.token.gateway),

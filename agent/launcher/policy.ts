@@ -3,7 +3,7 @@ import type { PropertySchema } from "../config/env";
 import type { RunPolicy } from "../config/run-policy";
 import { durationMs } from "../config/duration";
 import { checkDocument } from "../config/validate";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { literally } from "./output";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */

@@ -5,7 +5,8 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
-import { BUILT_FOR, FLOWS_RUNNER_FILE } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
+import { FLOWS_RUNNER_FILE } from "../config/variants";
 import { flowsAgentRole, type Runner } from "../flows-agent/agent";
 import { runRunner } from "../flows-agent/runner";
 

@@ -2,7 +2,7 @@
 import { runRole } from "../runtime/runtime";
 import { settingsJsonSchema } from "../config/settings-schema";
 import { parseFlags } from "../config/env";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { vcsAgentRole } from "../vcs-agent/agent";
 
 // On EC2 the settings come from the instance's configuration file, never from flags.

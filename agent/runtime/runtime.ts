@@ -15,7 +15,7 @@ import {
   type InstanceConfig,
 } from "../config/instance";
 import { BOOT_MARKS_PATH } from "../config/metrics";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import type { RoleName } from "../config/roles";
 
 /** What a role's agent gives back once started. */

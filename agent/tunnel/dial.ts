@@ -1,8 +1,9 @@
 import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
+import { Readable } from "node:stream";
 import { CONNECT_PATH, UPGRADE_PROTOCOL } from "../../protocol/vcs";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { transport } from "../runtime/http";
 
 /** Whether NO_PROXY exempts a host: "*", exact names, ".suffix" or "suffix" domains, optional ":port". */
@@ -100,8 +101,12 @@ export async function openGatewaySocket(
   const secure = gateway.protocol === "https:";
   const port = Number(gateway.port || (secure ? 443 : 80));
   const host = gateway.hostname.replace(/^\[|\]$/g, "");
+  // A plain http:// gateway is a loopback one (gatewayUrlProblem): never through a proxy, which would read the token
+  // in clear, and whose own loopback is not ours.
   const proxy =
-    options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy) ? options.proxy : undefined;
+    secure && options.proxy && !bypassesProxy(host.toLowerCase(), String(port), options.noProxy)
+      ? options.proxy
+      : undefined;
   const socket = await openSocket(host, port, proxy, timeoutMs);
   if (!secure) return socket;
   // host: the name (or IP) the certificate is checked against; SNI only for names.
@@ -114,10 +119,10 @@ export async function openGatewaySocket(
 }
 
 /**
- * A request to the gateway on a connection of its own. On EC2, Node's own proxy support and TLS
- * carry it: the unit gives the runtime the pool's proxy as HTTPS_PROXY and NO_PROXY with
- * NODE_USE_ENV_PROXY, which the AWS calls go by too, and the component refuses a proxy with
- * credentials. Elsewhere (Kubernetes, docker run) the settings' proxy: openGatewaySocket.
+ * A request to the gateway on a connection of its own (the VCS agent's dial; state transfers off EC2). On EC2,
+ * Node's own proxy support and TLS carry it: the unit gives the runtime the pool's proxy as HTTPS_PROXY and NO_PROXY
+ * with NODE_USE_ENV_PROXY, which the AWS calls go by too, and the component refuses a proxy with credentials.
+ * Elsewhere (Kubernetes, docker run) the settings' proxy: openGatewaySocket.
  */
 async function requestGateway(
   gateway: URL,
@@ -141,6 +146,46 @@ async function requestGateway(
   });
 }
 
+/** The gateway's answer to gatewayRequest: its status, and its body as a stream. */
+export type GatewayResponse = Readable & { statusCode?: number };
+
+/**
+ * On EC2, Node's fetch (undici, as the link's WebSocket): the unit's proxy variables apply, and the bundle loads no
+ * HTTP client of Node's besides. It is given as long to open and answer as the link's dial; the body then takes its time.
+ */
+export async function fetchGateway(
+  gateway: URL,
+  request: {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body?: NodeJS.ReadableStream;
+    signal?: AbortSignal;
+  },
+  timeoutMs = 10_000,
+): Promise<GatewayResponse> {
+  const slow = new AbortController();
+  const timer = setTimeout(() => slow.abort(new Error(`${gateway.host} did not answer`)), timeoutMs);
+  // The caller's signal ends the request, and the answer's body with it.
+  const signal = request.signal ? AbortSignal.any([slow.signal, request.signal]) : slow.signal;
+  try {
+    const { status, body } = await fetch(new URL(request.path, gateway), {
+      method: request.method,
+      headers: request.headers,
+      // A stream is an async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
+      body: request.body,
+      duplex: "half",
+      signal,
+    } as RequestInit);
+    return Object.assign(body ? Readable.fromWeb(body as never) : Readable.from([]), { statusCode: status });
+  } catch (error) {
+    // fetch says only "fetch failed" (the reason is its cause).
+    throw (signal.reason as Error) ?? (error as Error & { cause?: Error }).cause ?? error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * One HTTP request to the gateway over its own connection, proxy and TLS as for the link
  * (run state: large bodies streamed both ways). Resolves with the response once its head arrives.
@@ -156,17 +201,15 @@ export async function gatewayRequest(
     signal?: AbortSignal;
   },
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
-): Promise<http.IncomingMessage> {
+): Promise<GatewayResponse> {
+  if (BUILT_FOR.platform === "ec2") return fetchGateway(gateway, request, options.timeoutMs);
   const req = await requestGateway(
     gateway,
     { ...request, headers: { connection: "close", ...request.headers } },
     options,
   );
-  // On EC2 the connection is Node's: it is given as long to open, and then to answer, as the link's dial.
-  if (BUILT_FOR.platform === "ec2")
-    req.setTimeout(options.timeoutMs ?? 10_000, () => req.destroy(new Error(`${gateway.host} did not answer`)));
   const response = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.once("response", (res) => (req.setTimeout(0), resolve(res)));
+    req.once("response", resolve);
     req.once("error", reject);
   });
   if (request.body) {

@@ -3,7 +3,7 @@ import { encodeMetadata, METADATA_HEADER, ROLE_HEADER } from "../../protocol/lin
 import { GatewayLink } from "./session";
 import { acceptKey, newKey, WebSocket } from "../../protocol/websocket";
 import type { Logger } from "../../lib/log";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 import { dialGateway } from "./dial";
 import { dialWebSocket, type LinkSocket } from "./builtin-websocket";
 

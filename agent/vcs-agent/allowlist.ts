@@ -1,6 +1,6 @@
 import type { VcsAgentSettings } from "../config/vcs-agent";
 import { canonicalRequest } from "./canonical";
-import { BUILT_FOR } from "../config/variants";
+import { BUILT_FOR } from "../config/built-for";
 
 /**
  * What the VCS agent lets through, per vendor. A request is allowed only when a rule names

@@ -1,0 +1,23 @@
+import type { FLOWS_EXECUTORS } from "./flows-agent";
+import type { VCS_VENDORS } from "./vcs-agent";
+
+/**
+ * What a runtime bundle serves. The full bundle (build/bundles/ROLE.js: Kubernetes, tests, by
+ * hand) serves every setting. EC2's user-data, where every byte counts, gets a variant that
+ * serves one platform and, where the role has them, one executor or one VCS vendor: the
+ * component knows which from the pool's settings (variants.ts). scripts/bundle.mjs fixes BUILT_FOR to the
+ * variant's values, the minifier leaves out the code they exclude, and the variant's settings
+ * schema allows only its own executor or vendor, so a mismatch is a clear settings error.
+ */
+export interface BundleVariant {
+  platform?: "ec2";
+  executor?: (typeof FLOWS_EXECUTORS)[number];
+  vendor?: (typeof VCS_VENDORS)[number];
+}
+
+/**
+ * {} here, and in the full bundle: every path is open. Read its fields by name only (BUILT_FOR.executor): a dynamic
+ * read keeps the minifier from folding them. A module without imports (its types only), so the Flows runner, which
+ * runs unbundled in tests under Node's permission model, reads this file alone.
+ */
+export const BUILT_FOR: BundleVariant = {};
