@@ -824,6 +824,7 @@ export class WorkerHub {
             lines.length > 0 && !res.destroyed;
             lines = await this.store.readLog(id, sent, LOG_PAGE)
           ) {
+            if (!stillAllowed()) throw new Error("key changed");
             sent += lines.length;
             if (!res.write(lines.join("\n") + "\n"))
               await new Promise((resolve) => (res.once("drain", resolve), res.once("close", resolve)));
