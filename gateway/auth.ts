@@ -100,6 +100,11 @@ export class ServiceAuth {
     return { ok: true, key };
   }
 
+  /** Whether this key is still served with the same secret (neither rotated nor removed). */
+  stillServes(key: ServiceKeyDefinition): boolean {
+    return this.keys.get(key.id)?.secretSha256 === key.secretSha256;
+  }
+
   /** Whether the key of this id is served and may use this pool. */
   mayUse(id: string, pool: string): boolean {
     const key = this.keys.get(id);

@@ -195,7 +195,7 @@ export class Gateway {
       .map(({ definition }) => {
         const { name, kind } = definition;
         if (kind === "flows") return { name, kind, ...this.flows.summary(name) };
-        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name) };
+        if (kind === "worker") return { name, kind, waiting: 0, ...this.workers.summary(name, key?.id ?? "") };
         return { name, kind, ...this.vcs.summary(name) };
       });
   }
@@ -239,7 +239,7 @@ export class Gateway {
   /**
    * Service keys changed (gateway.json edited by add-key or remove-key): in force from the next request. What a
    * removed or narrowed key has waiting (VCS requests queued, Flows runs not yet answered) ends at once with 401;
-   * exchanges already streaming finish.
+   * exchanges already streaming finish. A rotated key's worker log streams are cut, its bodies still coming refused.
    */
   setKeys(keys: ServiceKeyDefinition[]): void {
     const { added, removed } = this.auth.replace(keys);
@@ -253,9 +253,9 @@ export class Gateway {
       .catch((error: Error) => this.log.error("ending a removed key's queued runs failed", { error: error.message }));
   }
 
-  /** Whether a request's key (none: a route that takes none) still may use this pool. */
+  /** Whether a request's key (none: a route that takes none) is still served, with its secret, and may use this pool. */
   private stillAllowed(key: ServiceKeyDefinition | undefined, pool: string): boolean {
-    return !key || this.auth.mayUse(key.id, pool);
+    return !key || (this.auth.stillServes(key) && this.auth.mayUse(key.id, pool));
   }
 
   /** A VCS pool by name, or why it is not one. */

@@ -21,7 +21,7 @@ import { EXCHANGE_DEFAULTS } from "./vcs-proxy";
 import { createPool, MAX_AGENTS_PER_POOL, POOL_KINDS, POOL_NAME } from "./pools";
 import { GATEWAY_URLS, gatewayUrlProblem, PING_INTERVAL_MS, PING_TIMEOUT_MS } from "../protocol/link";
 import { FLOWS_ANSWER_BUDGET_BYTES, FLOWS_ANSWER_GRACE_MS } from "./flows-hub";
-import { WORKER_DEFAULTS } from "./worker-hub";
+import { servingGateway, WORKER_DEFAULTS } from "./worker-hub";
 
 const DAY_MS = 86_400_000;
 const RETENTION = {
@@ -160,6 +160,10 @@ export async function main(args: string[]): Promise<void> {
     if (!config.dataDir) throw new Error(`${file}: no dataDir, so no stored runs to hand over`);
     if (!from || (from !== "none" && !KEY_ID.test(from))) throw new Error("--from must be a key id or none");
     if (!config.keys.some((k) => k.id === to)) throw new Error(`no key with id ${to} (--to)`);
+    // A serving gateway holds its live runs' owners in memory: it would go on with the old ones.
+    const pid = servingGateway(config.dataDir);
+    if (pid !== undefined)
+      throw new Error(`a gateway (pid ${pid}) serves ${config.dataDir}: stop it, hand the runs over, then start it`);
     const { SqliteStore } = await import("./sqlite-store");
     const store = new SqliteStore(config.dataDir);
     try {

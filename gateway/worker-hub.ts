@@ -1,5 +1,7 @@
 import { randomUUID, verify, type KeyObject } from "node:crypto";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import type http from "node:http";
+import path from "node:path";
 import type { Socket } from "node:net";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../lib/log";
@@ -90,6 +92,27 @@ interface WorkerConnection extends ConnectedAgent {
   lastUsed: number;
 }
 
+/** Names the process of the gateway serving a data directory: main.js hand-over-runs refuses while it runs. */
+const SERVING_FILE = "gateway.pid";
+
+/** The process id of a live gateway serving this data directory, if one does (a crashed one's file is stale). */
+export function servingGateway(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(path.join(dataDir, SERVING_FILE), "utf8"));
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (error) {
+    // EPERM: it lives, under another user.
+    return (error as NodeJS.ErrnoException).code === "EPERM" ? pid : undefined;
+  }
+}
+
 /** How far a launcher's signed timestamp may be from the gateway's clock. */
 const PROOF_WINDOW_MS = 5 * 60_000;
 const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
@@ -139,6 +162,9 @@ export class WorkerHub {
     await this.store.syncPools(
       [...this.pools.values()].map(({ definition }) => ({ name: definition.name, kind: definition.kind })),
     );
+    // Its runs' owners are held in memory from here on: the store's are not to change under it.
+    if (this.options.dataDir && !this.options.store)
+      writeFileSync(path.join(this.options.dataDir, SERVING_FILE), String(process.pid), { mode: 0o600 });
     const time = Date.now();
     for (const record of await this.store.liveRuns()) {
       if (this.pools.get(record.pool)?.definition.kind !== "worker") continue;
@@ -538,8 +564,12 @@ export class WorkerHub {
     }
   }
 
-  /** Queued runs of a client that may no longer use their pool (its key removed or narrowed) end, refused. */
+  /**
+   * Keys changed: queued runs of a client that may no longer use their pool (its key removed or narrowed) end,
+   * refused; log streams look again at their request's key (one rotated or removed is cut).
+   */
   async keysChanged(mayUse: (client: string, pool: string) => boolean): Promise<void> {
+    for (const entry of this.live.values()) this.notify(entry);
     for (const [pool, queue] of this.queues)
       for (const id of queue) {
         const entry = this.live.get(id);
@@ -584,11 +614,43 @@ export class WorkerHub {
     }
   }
 
+  /**
+   * The queued run to go next: the oldest of the key with the fewest runs leased (offered or running), among keys
+   * under their share of the pool's launchers; a key over its share goes on only while no other key waits. Leases
+   * are counted from the live records, which a restart loads from the store with their owners.
+   */
+  private next(pool: string): LiveRun | undefined {
+    const queue = this.queue(pool);
+    const waiting: LiveRun[] = [];
+    for (const id of queue.splice(0)) {
+      const entry = this.live.get(id);
+      if (entry?.record.status === "queued" && entry.record.leaseExpiresAt === undefined) waiting.push(entry);
+    }
+    queue.push(...waiting.map((entry) => entry.record.id));
+    if (waiting.length === 0) return undefined;
+    const leased = new Map<string, number>();
+    for (const { record } of this.live.values())
+      if (record.pool === pool && record.leaseExpiresAt !== undefined)
+        leased.set(record.owner ?? "", (leased.get(record.owner ?? "") ?? 0) + 1);
+    const held = (entry: LiveRun) => leased.get(entry.record.owner ?? "") ?? 0;
+    const launchers = [...(this.workers.get(pool) ?? [])].filter((w) => !w.draining && w.socket.open).length;
+    const share = shareOf(Math.max(1, launchers), this.options.clientShare ?? QUEUE_DEFAULTS.clientShare);
+    const alone = waiting.every((entry) => entry.record.owner === waiting[0].record.owner);
+    const eligible = alone ? waiting : waiting.filter((entry) => held(entry) < share);
+    // Among equals the first in the queue: the oldest (a run given back goes first again).
+    const chosen = eligible.reduce<LiveRun | undefined>(
+      (best, e) => (!best || held(e) < held(best) ? e : best),
+      undefined,
+    );
+    if (chosen) queue.splice(queue.indexOf(chosen.record.id), 1);
+    return chosen;
+  }
+
   private async dispatchNow(pool: string): Promise<void> {
     const queue = this.queue(pool);
-    for (let worker = this.idle(pool); worker && queue.length > 0 && !this.closing; worker = this.idle(pool)) {
-      const entry = this.live.get(queue.shift() as string);
-      if (!entry || entry.record.status !== "queued" || entry.record.leaseExpiresAt !== undefined) continue;
+    for (let worker = this.idle(pool); worker && !this.closing; worker = this.idle(pool)) {
+      const entry = this.next(pool);
+      if (!entry) return;
       const { record } = entry;
       worker.current = record.id;
       worker.lastUsed = ++this.uses;
@@ -733,7 +795,14 @@ export class WorkerHub {
   }
 
   /** A run's log: what there is, then (follow) each new line as it comes, until the run ends. */
-  async streamLog(pool: string, id: string, owner: string, res: http.ServerResponse, follow: boolean): Promise<void> {
+  async streamLog(
+    pool: string,
+    id: string,
+    owner: string,
+    res: http.ServerResponse,
+    follow: boolean,
+    stillAllowed: () => boolean = () => true,
+  ): Promise<void> {
     await this.get(pool, id, owner);
     const entry = this.live.get(id);
     res.writeHead(200, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
@@ -748,11 +817,14 @@ export class WorkerHub {
           again = false;
           // Read before the check: a run's last lines are stored before it shows final.
           const done = !follow || !entry || isFinal(entry.record.status);
+          // The key was rotated or removed: not a line more under the old secret (cut, not ended as a finished run).
+          if (!stillAllowed()) throw new Error("key changed");
           for (
             let lines = await this.store.readLog(id, sent, LOG_PAGE);
             lines.length > 0 && !res.destroyed;
             lines = await this.store.readLog(id, sent, LOG_PAGE)
           ) {
+            if (!stillAllowed()) throw new Error("key changed");
             sent += lines.length;
             if (!res.write(lines.join("\n") + "\n"))
               await new Promise((resolve) => (res.once("drain", resolve), res.once("close", resolve)));
@@ -859,7 +931,7 @@ export class WorkerHub {
       if (req.method !== "GET") throw new HttpError(405, "method not allowed");
       if (route.kind === "run")
         return route.logs
-          ? this.streamLog(pool, route.run, client, res, query.get("follow") === "1")
+          ? this.streamLog(pool, route.run, client, res, query.get("follow") === "1", stillAllowed)
           : json(200, this.public(await this.get(pool, route.run, client)));
       if (this.pools.get(pool)?.definition.kind !== "worker") throw new HttpError(404, `no worker pool named ${pool}`);
       const limit = Number(query.get("limit") ?? 100);
@@ -889,7 +961,11 @@ export class WorkerHub {
     return this.live.size;
   }
 
-  summary(pool: string) {
+  /**
+   * A pool's launchers and counts. A launcher's current run id is shown to the key (`client`) that owns that run
+   * only; without a client (the gateway's own caller, in process) to all.
+   */
+  summary(pool: string, client?: string) {
     const workers = [...(this.workers.get(pool) ?? [])];
     const live = [...this.live.values()].filter((e) => e.record.pool === pool);
     return {
@@ -904,7 +980,9 @@ export class WorkerHub {
         metadata: w.metadata,
         active: w.current ? 1 : 0,
         parallelism: 1,
-        currentRun: w.current,
+        ...(w.current !== undefined && (client === undefined || this.live.get(w.current)?.record.owner === client)
+          ? { currentRun: w.current }
+          : {}),
         draining: w.draining,
       })),
     };
@@ -918,5 +996,7 @@ export class WorkerHub {
     for (const workers of this.workers.values()) for (const worker of workers) worker.socket.close(1001);
     await Promise.allSettled([...this.chains.values()]);
     await this.store.close();
+    if (this.options.dataDir && !this.options.store && servingGateway(this.options.dataDir) === process.pid)
+      rmSync(path.join(this.options.dataDir, SERVING_FILE), { force: true });
   }
 }

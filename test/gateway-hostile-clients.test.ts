@@ -293,7 +293,7 @@ describe("hostile clients at the gateway", function () {
       assert.equal(await call(leaked), 401);
     });
 
-    it("rotate-key: a new secret under the same id keeps the key's worker runs; hand-over-runs gives them to another key", async () => {
+    it("rotate-key: a new secret under the same id keeps the key's worker runs; hand-over-runs gives them to another key, never under a serving gateway", async () => {
       const port = await freePort();
       const dir = scratchDir("gw-config-");
       const config = path.join(dir, "gateway.json");
@@ -332,9 +332,20 @@ describe("hostile clients at the gateway", function () {
       assert.notEqual(rotated, first);
       assert.deepEqual([await read(first), await read(rotated), await read(other)], [401, 200, 404]);
 
+      const [from, to] = [rotated.split(".")[1], other.split(".")[1]];
+      // While the gateway serves the data directory it holds the runs' owners: the command refuses, nothing moves.
+      assert.throws(
+        () =>
+          execFileSync(process.execPath, [main, "hand-over-runs", "--config", config, "--from", from, "--to", to], {
+            stdio: "pipe",
+          }),
+        (error: { status: number; stderr: Buffer }) =>
+          error.status === 2 &&
+          new RegExp(`^a gateway \\(pid ${child.pid}\\) serves .*: stop it`).test(error.stderr.toString()),
+      );
+      assert.deepEqual([await read(rotated), await read(other)], [200, 404]);
       child.kill();
       await new Promise((resolve) => child.once("exit", resolve));
-      const [from, to] = [rotated.split(".")[1], other.split(".")[1]];
       assert.equal(
         cli("hand-over-runs", "--config", config, "--from", from, "--to", to),
         `1 runs handed over to key ${to}`,
