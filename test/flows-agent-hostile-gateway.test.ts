@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
 import { flowsAgentSettings } from "../agent/config/flows-agent";
-import { flowsAgentRole, unbundledRunner } from "../agent/flows-agent/agent";
+import path from "node:path";
+import { flowsAgentRole } from "../agent/flows-agent/agent";
+import { FLOWS_RUNNER_FILE } from "../agent/config/variants";
+import { packageRoot } from "../components/shared/bundles";
 import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
 import { FLOWS_AGENT_RUNS_PER_RUNTIME } from "../protocol/flows";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
@@ -27,7 +30,9 @@ describe("Flows agent: a hostile gateway", function () {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
     const log = capturingLogger("flows-agent");
-    const agent = await flowsAgentRole(unbundledRunner()).start(
+    // The runner that ships (2 KB): the second test starts a runtime per run, one after another.
+    const runner = path.join(packageRoot(), "build/bundles", FLOWS_RUNNER_FILE);
+    const agent = await flowsAgentRole({ path: runner, args: [], readable: [runner] }).start(
       flowsAgentSettings.parse({
         poolId: "01HOSTILEGW",
         poolToken: "token",
