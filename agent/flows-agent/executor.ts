@@ -207,7 +207,7 @@ function identity(pid: number): string | undefined {
 }
 
 /** The file in a scratch root naming the agent that uses it. */
-const CLAIM = ".agent";
+export const CLAIM = ".agent";
 
 /**
  * Claims a scratch root for one agent, which cleans it at start as its own: an agent alive (its process, with the
