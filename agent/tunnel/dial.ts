@@ -126,7 +126,7 @@ export async function openGatewaySocket(
  */
 async function requestGateway(
   gateway: URL,
-  request: { method: string; path: string; headers: Record<string, string>; signal?: AbortSignal },
+  request: Omit<GatewayRequest, "body">,
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs">,
 ): Promise<http.ClientRequest> {
   const { method, path, headers, signal } = request;
@@ -146,6 +146,15 @@ async function requestGateway(
   });
 }
 
+/** A request to the gateway: the body streamed; aborting the signal ends the request, and the answer's body with it. */
+export interface GatewayRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
+  body?: NodeJS.ReadableStream;
+  signal?: AbortSignal;
+}
+
 /** The gateway's answer to gatewayRequest: its status, and its body as a stream. */
 export type GatewayResponse = Readable & { statusCode?: number };
 
@@ -155,13 +164,7 @@ export type GatewayResponse = Readable & { statusCode?: number };
  */
 export async function fetchGateway(
   gateway: URL,
-  request: {
-    method: string;
-    path: string;
-    headers: Record<string, string>;
-    body?: NodeJS.ReadableStream;
-    signal?: AbortSignal;
-  },
+  request: GatewayRequest,
   timeoutMs = 10_000,
 ): Promise<GatewayResponse> {
   const slow = new AbortController();
@@ -192,14 +195,7 @@ export async function fetchGateway(
  */
 export async function gatewayRequest(
   gateway: URL,
-  /** signal: aborting it ends the request, and the answer's body with it. */
-  request: {
-    method: string;
-    path: string;
-    headers: Record<string, string>;
-    body?: NodeJS.ReadableStream;
-    signal?: AbortSignal;
-  },
+  request: GatewayRequest,
   options: Pick<DialOptions, "proxy" | "noProxy" | "timeoutMs"> = {},
 ): Promise<GatewayResponse> {
   if (BUILT_FOR.platform === "ec2") return fetchGateway(gateway, request, options.timeoutMs);
