@@ -32,8 +32,9 @@ const settings = flowsAgentSettings.parse({
 });
 
 /** A range of `size` uids of this file's slot. */
-const range = (slot: number, size: number) => {
-  const { first } = runtimeUidRange(slot);
+/** `size` uids of this process's `slot`, from `offset` on. */
+const range = (slot: number, size: number, offset = 0) => {
+  const first = runtimeUidRange(slot).first + offset;
   return `${first}-${first + size - 1}`;
 };
 
@@ -114,11 +115,12 @@ describe("Flows runtimes: nothing outlives its place", function () {
     }
   });
 
-  for (const kind of ["user", "docker"] as const) {
+  for (const [i, kind] of (["user", "docker"] as const).entries()) {
     it(`${kind}: a churn of runs (normal, timed out, crashed, cancelled) on a range of twice the pool: every valid run answers`, async function () {
       if (kind === "user" && process.getuid?.() !== 0) this.skip();
       const poolSize = 2;
-      const uids = range(14, 2 * poolSize);
+      // Uids of its own: the "user" churn's clean-up (kill -1 as each uid) may still be under way after it.
+      const uids = range(14, 2 * poolSize, 2 * poolSize * i);
       const made =
         kind === "user"
           ? userLauncher(uids)
@@ -159,11 +161,12 @@ describe("Flows runtimes: nothing outlives its place", function () {
     });
   }
 
-  for (const isolation of ["none", "user", "namespaces"] as const) {
+  for (const [i, isolation] of (["none", "user", "namespaces"] as const).entries()) {
     it(`${isolation}: a run that answers by itself and acts on is stopped before its answer is taken`, async function () {
       const missing = missingFor(isolation, readPrivileges());
       if (missing) this.skip();
-      const { launcher, dispose } = userLauncher(range(15, 2), isolation);
+      // Uids of its own: the last test's "user" clean-up (kill -1 as each uid) may still be under way.
+      const { launcher, dispose } = userLauncher(range(15, 2, 2 * i), isolation);
       const log = capturingLogger("flows-agent");
       const executor = createExecutor({ poolSize: 1, launcher, log: log.log });
       // A recorder the run connects to before answering; told "go" once the run's answer is taken, it hears
