@@ -131,6 +131,9 @@ const now = () => new Date().toISOString();
 export class WorkerHub {
   private readonly store: GatewayStore;
   private readonly live = new Map<string, LiveRun>();
+  /** When each pool's key last had a run sent (`pool\nkey`: a turn number), for fair turns between keys. */
+  private readonly lastServed = new Map<string, number>();
+  private turns = 0;
   private readonly queues = new Map<string, string[]>();
   private readonly workers = new Map<string, Set<WorkerConnection>>();
   private readonly keys = new Map<string, KeyObject>();
@@ -637,12 +640,17 @@ export class WorkerHub {
     const share = shareOf(Math.max(1, launchers), this.options.clientShare ?? QUEUE_DEFAULTS.clientShare);
     const alone = waiting.every((entry) => entry.record.owner === waiting[0].record.owner);
     const eligible = alone ? waiting : waiting.filter((entry) => held(entry) < share);
-    // Among equals the first in the queue: the oldest (a run given back goes first again).
+    // Among keys holding as many, the one served longest ago (with one launcher every key holds none when it comes
+    // free: by age alone, one key's queued runs would all go first); within a key, the oldest run (a run given back
+    // goes first again).
+    const served = (entry: LiveRun) => this.lastServed.get(`${pool}\n${entry.record.owner ?? ""}`) ?? 0;
     const chosen = eligible.reduce<LiveRun | undefined>(
-      (best, e) => (!best || held(e) < held(best) ? e : best),
+      (best, e) => (!best || held(e) < held(best) || (held(e) === held(best) && served(e) < served(best)) ? e : best),
       undefined,
     );
-    if (chosen) queue.splice(queue.indexOf(chosen.record.id), 1);
+    if (!chosen) return undefined;
+    queue.splice(queue.indexOf(chosen.record.id), 1);
+    this.lastServed.set(`${pool}\n${chosen.record.owner ?? ""}`, ++this.turns);
     return chosen;
   }
 

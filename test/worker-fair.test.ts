@@ -96,6 +96,21 @@ describe("worker pools shared by several keys: fair dispatch, rotation, listing"
     assert.equal(l2.received.filter((m) => m.type === "run").length, 1, "l2 still holds a's second run only");
   });
 
+  it("one launcher: keys take turns (a queued four runs first, b's one run goes second, not fifth)", async () => {
+    const port = await freePort();
+    const gateway = await gatewayOn(port);
+    const only = await launcher(port);
+    await eventually(() => gateway.workers.summary(POOL).connections === 1);
+    const ofA = [];
+    for (let i = 0; i < 4; i++) ofA.push(await submit(gateway, a));
+    const first = await offerAfter(only, 0);
+    assert.equal(first.run.id, ofA[0].id);
+    const ofB = await submit(gateway, b);
+    await only.next("start", (m) => m.id === first.run.id);
+    only.complete(first.run.id, first.lease.fence);
+    assert.equal((await offerAfter(only, 1)).run.id, ofB.id, "b's turn before a's second run");
+  });
+
   it("after a restart the owners of running runs come from the store: b's queued run still goes before a's", async () => {
     const port = await freePort();
     const dataDir = scratchDir("fair-");

@@ -140,6 +140,26 @@ describe("state transfers on EC2: Node's fetch (agent/tunnel/dial.ts fetchGatewa
     assert.ok(received?.body.equals(sent));
   });
 
+  it("a redirect is not followed: nothing of the request (its proof) reaches the other origin", async () => {
+    const elsewhere: http.IncomingHttpHeaders[] = [];
+    const other = http.createServer((req, res) => (elsewhere.push(req.headers), res.end("state of another")));
+    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+    handle = (_req, res) =>
+      res.writeHead(307, { location: `http://127.0.0.1:${(other.address() as net.AddressInfo).port}/x` }).end();
+    try {
+      await assert.rejects(
+        fetchGateway(gateway, {
+          method: "GET",
+          path: "/_agentpools/api/x/state",
+          headers: { "x-agentpools-proof": "p" },
+        }),
+      );
+      assert.deepEqual(elsewhere, []);
+    } finally {
+      other.close();
+    }
+  });
+
   it("a download: the body as the gateway sent it, however slowly, once its head came within the time", async () => {
     const sent = Buffer.from("sealed state ".repeat(10_000));
     handle = (_req, res) => {

@@ -178,6 +178,9 @@ export async function fetchGateway(
       // A stream is an async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
       body: request.body,
       duplex: "half",
+      // The gateway's answer is its own: a redirect would carry the launcher's proof elsewhere (http.request, off
+      // EC2, follows none either).
+      redirect: "error",
       signal,
     } as RequestInit);
     return Object.assign(body ? Readable.fromWeb(body as never) : Readable.from([]), { statusCode: status });
