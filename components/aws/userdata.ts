@@ -119,10 +119,8 @@ export const unitName = (role: RoleName) => `agentpools-${role}.service`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
 export const bundlePath = (role: RoleName) => `${INSTALL_DIR}/${role}.js`;
 
-/** Where cloud-init writes the archive of the instance's files, which the boot script unpacks. */
-export const ARCHIVE_PATH = "/run/agentpools.br";
-/** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
-export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
+/** Where the boot script puts the configuration's archive (base64) it reads from SSM (spec.configParameter). */
+export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config";
 
 /** Brotli at its best, as user-data carries the archive: the same text always gives the same bytes. */
 export const BROTLI_PARAMS = { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 };
@@ -174,11 +172,13 @@ export function unpackFiles(archive: string): UserDataFile[] {
     .map((entry) => ({ path: entry.slice(0, entry.indexOf("\n")), content: entry.slice(entry.indexOf("\n") + 1) }));
 }
 /**
- * `unpack ARCHIVE`: a shell function, so the archive from SSM is unpacked by the same code as
- * user-data's. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
+ * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's.
+ * It reads the archive on stdin and writes its files under the working directory (the script's is /; the tests give
+ * a scratch one). Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
+ * Sloppy-mode JavaScript (`node -e`), so `with` stands for the `fs.` of each call.
  */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;process.umask(18);for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' "$1" ""; }`;
+  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'process.umask(18);with(require("fs"))for(const[,f,c]of(require("zlib").brotliDecompressSync(readFileSync(0))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))mkdirSync("."+f.replace(/[^/]*$/,""),{recursive:!0}),writeFileSync("."+f,c)'; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -333,11 +333,9 @@ function caTrustCommands(spec: UserDataSpec): string[] {
 function configFetchCommands(spec: UserDataSpec): string[] {
   const parameter = spec.configParameter;
   if (!parameter) return [];
-  const encoded = `${CONFIG_ARCHIVE_PATH}.b64`;
   return [
-    `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text > ${encoded}`,
-    `base64 -d ${encoded} > ${CONFIG_ARCHIVE_PATH}`,
-    `unpack ${CONFIG_ARCHIVE_PATH}`,
+    `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text >${CONFIG_ARCHIVE_PATH}`,
+    `base64 -d ${CONFIG_ARCHIVE_PATH}|unpack`,
   ];
 }
 
@@ -358,14 +356,14 @@ export function bootPreamble(spec: UserDataSpec): string[] {
     "set -euo pipefail",
     `export AWS_DEFAULT_REGION=${spec.region}`,
     // The last attempt fails the call; the trap reports the command (which $BASH_COMMAND, unexpanded, would not).
-    `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3 * n * n)); done; "$@" || { why="$*"; return 1; }; }`,
+    `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3*n*n)); done; "$@" || { why="$*"; return 1; }; }`,
     ...(aws
       ? [
           "abandon() {",
           "  trap - ERR; set +e",
           ...(awsProxy(spec) ? [`  export${awsProxy(spec)}`] : []),
-          "  i=$(cat /var/lib/cloud/data/instance-id)",
-          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$i: boot failed: \${1//\\"/}\\""`,
+          // The instance's ID as cloud-init keeps it.
+          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$(</var/lib/cloud/data/instance-id): boot failed: \${1//\\"/}\\""`,
           // The launch template terminates an instance that powers off: the group replaces it at once.
           "  poweroff",
           "  exit 1",
@@ -437,9 +435,12 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
       : []),
     `retry dnf install -y ${packages.join(" ")}`,
     `date +%s >>${BOOT_MARKS_PATH}`,
-    `base64 -d > ${ARCHIVE_PATH} <<<'`,
+    unpackFunction(spec),
+    // The archive's paths are unpacked under the working directory.
+    "cd /",
+    `base64 -d<<<'`,
   ];
-  const after = ["'", unpackFunction(spec), `unpack ${ARCHIVE_PATH}`, `. ${BOOT_TAIL_PATH}`, ""];
+  const after = ["'|unpack", `. ${BOOT_TAIL_PATH}`, ""];
   return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
 }
 
@@ -499,13 +500,13 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
     files.set(path, { path, content: content + "\n" });
   }
   // As on the instance: the script unpacks the archive it writes.
-  const archive = new RegExp(`^base64 -d > ${ARCHIVE_PATH} <<<'([A-Za-z0-9+/=]+)'$`, "m").exec(script)?.[1];
-  if (archive && script.includes(`\nunpack ${ARCHIVE_PATH}\n`)) {
+  const archive = /^base64 -d<<<'([A-Za-z0-9+/=]+)'\|unpack$/m.exec(script)?.[1];
+  if (archive && /^cd \/$/m.test(script)) {
     for (const file of unpackFiles(archive)) files.set(file.path, file);
   }
   const tail = files.get(BOOT_TAIL_PATH)?.content;
   const whole = tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail);
-  if (configParameterValue !== undefined && whole.includes(`\nunpack ${CONFIG_ARCHIVE_PATH}\n`)) {
+  if (configParameterValue !== undefined && whole.includes(`\nbase64 -d ${CONFIG_ARCHIVE_PATH}|unpack\n`)) {
     for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
     const rest = files.get(BOOT_REST_PATH)?.content;
     if (rest !== undefined) return { script: whole.replace(`. ${BOOT_REST_PATH}\n`, rest), files };
