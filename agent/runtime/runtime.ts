@@ -162,7 +162,9 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
     const argv = options?.argv ?? process.argv.slice(2);
-    if (argv[0] && !options?.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    // EC2's unit starts the runtime with no argument (userdata.ts): nothing else gives it one.
+    if (BUILT_FOR.platform !== "ec2" && argv[0] && !options?.parseFlags)
+      throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
     // EC2: the file's settings as the component checked them. Elsewhere: the file's, under the variables of the
     // process (an operator overrides one setting on a box; Kubernetes gives them all so) and the flags, checked here.
     const raw =
