@@ -118,7 +118,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options?.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
-    if (config && config.role !== role.name)
+    // On EC2 the component writes the file beside the role's own bundle: it is that role's.
+    if (BUILT_FOR.platform !== "ec2" && config && config.role !== role.name)
       throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
     // What the role reads from its environment (a launcher passes some of it to runs), and the secret settings.
     const env: Env = { ...processEnv };
