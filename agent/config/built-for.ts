@@ -5,8 +5,8 @@ import type { VCS_VENDORS } from "./vcs-agent";
  * What a runtime bundle serves. The full bundle (build/bundles/ROLE.js: Kubernetes, tests, by
  * hand) serves every setting. EC2's user-data, where every byte counts, gets a variant that
  * serves one platform and, where the role has them, one executor or one VCS vendor: the
- * component picks it from the instance file's own settings (variants.ts, pool-core.ts), so the two always
- * match. scripts/bundle.mjs fixes BUILT_FOR to the variant's values, and the minifier leaves out the code they
+ * component picks it by the arguments it renders the instance file from (variants.ts, pool-core.ts), so the two
+ * always match. scripts/bundle.mjs fixes BUILT_FOR to the variant's values, and the minifier leaves out the code they
  * exclude.
  */
 export interface BundleVariant {

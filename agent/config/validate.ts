@@ -149,8 +149,8 @@ export function validateSettings<T = Record<string, unknown>>(
  * An EC2 bundle's settings: its instance file's, which the component checked against this same zod schema (a file
  * only root can change), with the secret ones from `env` (the pool's secret, which the role parses itself). It asks
  * only whether each required one is there (a secret the user made, existingSecretArn, may lack one): no text to
- * read, no value to check again. Nor the executor or vendor: the component picks the variant from the file's own
- * (pool-core.ts), so the file an instance gets always names the one its bundle serves.
+ * read, no value to check again. Nor the executor or vendor: the component picks the variant by the same
+ * arguments it renders the file from (pool-core.ts), so the file always names the one its bundle serves.
  */
 export function servedSettings<T>(role: string, schema: SettingsSchema, given: Record<string, unknown>, env: Env): T {
   const settings = { ...given };
