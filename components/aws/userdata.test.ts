@@ -10,6 +10,7 @@ import {
   decodeUserData,
   GVISOR,
   renderConfigParameterValue,
+  renderScript,
   renderUserData,
   unpackFiles,
   USER_DATA_LIMIT,
@@ -106,6 +107,8 @@ describe("user-data", () => {
     const gzipped = renderUserData(input);
     const decoded = decodeUserData(gzipped);
     assert.match(gunzipSync(gzipped).toString("utf8"), /^#!\/bin\/bash\n/);
+    // Its parts refer back to the text before them: another gunzip (gzip's own) reads the same script.
+    assert.equal(execFileSync("gzip", ["-dc"], { input: gzipped }).toString("utf8"), renderScript(input));
     assert.equal(decoded.files.get("/opt/agentpools/launcher.js")?.content, input.bundle);
     assert.deepEqual(JSON.parse(decoded.files.get("/etc/agentpools/launcher.json")?.content as string), input.config);
     assert.equal(decoded.files.get("/etc/agentpools/policy")?.content, "allow everything 'quoted' %d\nEOF\n");
@@ -155,6 +158,7 @@ describe("user-data", () => {
     const parameter = { name: "/agentpools/agentpools-build-1a2b3c4d/config", version: 7 };
     const input = spec({ configParameter: parameter });
     const value = renderConfigParameterValue(input);
+    const inlineScript = decodeUserData(renderUserData(spec())).script;
     const inline = decodeUserData(renderUserData(spec())).files;
     const decoded = decodeUserData(renderUserData(input));
     // Out of user-data, into the value, byte for byte the files the inline path writes (so a pool's settings are the same either way).
@@ -167,14 +171,16 @@ describe("user-data", () => {
       "/etc/systemd/system/agentpools-launcher.service",
     ]);
     for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
-    // The rest of the boot script with them: the inline script's tail, word for word.
+    // The rest of the boot script with them: the inline script's tail (after its archive), word for word.
     const asInline = (path: string) =>
-      inline.get(path === "/etc/agentpools/boot.sh" ? "/opt/agentpools/boot.sh" : path);
+      path === "/etc/agentpools/boot.sh"
+        ? inlineScript.slice(inlineScript.indexOf("'|unpack\n") + 9)
+        : inline.get(path)?.content;
     assert.deepEqual(
       unpackFiles(value).map((f) => f.content),
-      moved.map((f) => asInline(f.path)?.content),
+      moved.map((f) => asInline(f.path)),
     );
-    // The whole script as it runs is the inline one's, with the three lines that read the parameter.
+    // The whole script as it runs is the inline one's, with the two lines that read the parameter.
     const runs = (script: string) =>
       script
         .replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''")

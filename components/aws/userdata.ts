@@ -281,7 +281,6 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   return [
     { path: bundlePath(spec.role), content: spec.bundle },
-    { path: BOOT_TAIL_PATH, content: bootTail(spec) },
     ...(spec.configParameter ? [] : configFiles(spec)),
     ...(spec.caCertificates ? [{ path: CA_BUNDLE_PATH, content: spec.caCertificates }] : []),
   ];
@@ -381,9 +380,6 @@ function writeFile(file: UserDataFile): string[] {
   return [`cat > ${file.path} <<'${delimiter}'`, ...file.content.replace(/\n$/, "").split("\n"), delimiter];
 }
 
-/** The part of the boot script that runs once Node.js has unpacked it: it travels in the archive, where it packs smaller. */
-export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
-
 /** The last part of the boot script when the config parameter holds it (sourced: same shell, same trap). */
 export const BOOT_REST_PATH = `${CONFIG_DIR}/boot.sh`;
 
@@ -440,7 +436,8 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
     "cd /",
     `base64 -d<<<'`,
   ];
-  const after = ["'|unpack", `. ${BOOT_TAIL_PATH}`, ""];
+  // The rest after the archive, where gzip finds the names it repeats from the text before (gzipParts).
+  const after = ["'|unpack", bootTail(spec)];
   return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
 }
 
@@ -449,17 +446,22 @@ export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).jo
 /**
  * gzip whose parts are compressed each on its own, every part ending its deflate blocks: the
  * archive's base64, which the text around it never matches, then has Huffman codes of its
- * own (some 180 bytes less than one stream). Any gunzip reads it as one stream.
+ * own (some 180 bytes less than one stream). Each part is compressed with the text before it
+ * as its dictionary (deflate's 32 KB window): a gunzip has that text behind it as it reads the
+ * part, so the text after the archive refers back to the names the text before it holds. Any
+ * gunzip reads it as one stream.
  */
 function gzipParts(parts: string[]): Buffer {
   const data = Buffer.from(parts.join(""), "utf8");
-  const deflated = parts.map((part, i) =>
-    deflateRawSync(part, {
+  const deflated = parts.map((part, i) => {
+    const before = Buffer.from(parts.slice(0, i).join(""), "utf8");
+    return deflateRawSync(part, {
       level: 9,
       memLevel: 9,
       finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
-    }),
-  );
+      ...(before.length > 0 && { dictionary: before.subarray(-32_768) }),
+    });
+  });
   // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
   const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
   const trailer = Buffer.alloc(8);
@@ -504,8 +506,7 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
   if (archive && /^cd \/$/m.test(script)) {
     for (const file of unpackFiles(archive)) files.set(file.path, file);
   }
-  const tail = files.get(BOOT_TAIL_PATH)?.content;
-  const whole = tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail);
+  const whole = script;
   if (configParameterValue !== undefined && whole.includes(`\nbase64 -d ${CONFIG_ARCHIVE_PATH}|unpack\n`)) {
     for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
     const rest = files.get(BOOT_REST_PATH)?.content;
