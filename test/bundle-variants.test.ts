@@ -2,7 +2,8 @@
 // that a pool's instances get the one that serves their file.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/variants";
 import type { RoleName } from "../agent/config/roles";
@@ -156,6 +157,45 @@ describe("EC2 bundle variants", () => {
     const vcs = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, { vendor: "gitlab" });
     assert.equal(vcs.code, 1);
     assert.match(vcs.output, /SPACELIFT_VCS_AGENT_POOL_TOKEN \(token\): is required/);
+  });
+
+  it("the Flows process bundle without the capabilities its unit grants: no runtime starts, so the agent never connects, and it says why", async function () {
+    if (process.getuid?.() !== 0) this.skip(); // to start it as another user
+    // It no longer looks for them first (the component grants them): the trial runtime is what fails.
+    // Outside the scratch root (0700, root's): the unprivileged agent reads its file and makes its folder here.
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-nocaps-"));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    chmodSync(dir, 0o777);
+    const { settings } = preparePool(
+      "FlowsAgentPool",
+      "flows-agent",
+      "pool",
+      flowsAgentPoolArgs,
+      flowsArgs({ executor: "process", mountsDir: path.join(dir, "mounts"), runtimeUids: "1900300100-1900300115" }),
+      flowsAgentPoolKind,
+    );
+    const config = path.join(dir, "flows-agent.json");
+    writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
+    chmodSync(config, 0o644);
+    const bundle = path.join(
+      packageRoot(),
+      "build",
+      "bundles",
+      bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
+    );
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+      uid: 65534,
+      gid: 65534,
+      env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: TOKENS.flows },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 1, output);
+    assert.match(output, /FLOWS_RUNTIME_ISOLATION=namespaces is not possible here: a runtime did not start: .*setpriv/);
+    assert.doesNotMatch(output, /Connected to the server|runtimes isolated/);
   });
 
   it("the Flows process bundle (Node's own WebSocket): runs code through a real gateway; on SIGTERM a run in flight still answers, then it leaves", async function () {
