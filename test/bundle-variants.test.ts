@@ -14,6 +14,7 @@ import { TOKENS } from "../devkit/fixtures";
 import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
 import { secretSettings } from "../agent/config/env";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
+import { VCS_VENDORS } from "../agent/config/vcs-agent";
 import { validateSettings } from "../agent/config/validate";
 import { preparePool } from "../components/aws/agent-pool";
 import { poolUserDataSpec, worstCasePlace } from "../components/aws/pool-core";
@@ -118,12 +119,7 @@ describe("EC2 bundle variants", () => {
         "vcs-agent",
         vcsAgentPoolArgs,
         vcsAgentPoolKind,
-        [
-          ...["gitlab", "github_enterprise", "bitbucket_datacenter", "azure_devops"].map((vendor) =>
-            vcsArgs({ vendor }),
-          ),
-          LARGEST.vcs,
-        ],
+        [...VCS_VENDORS.map((vendor) => vcsArgs({ vendor })), LARGEST.vcs],
       ],
       [
         "FlowsAgentPool",

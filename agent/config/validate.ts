@@ -157,7 +157,6 @@ export function servedSettings<T>(role: string, schema: SettingsSchema, given: R
   const problems: SettingsProblem[] = [];
   for (const [key, { env: name, secret }] of Object.entries(schema.properties)) {
     if (secret && env[name!] !== undefined) settings[key] = env[name!];
-    const value = settings[key];
     if (settings[key] === undefined && schema.required?.includes(key))
       problems.push({ path: key, env: name, message: "is required" });
   }

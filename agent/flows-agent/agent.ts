@@ -16,6 +16,7 @@ import {
   executor,
   type Cancellation,
   processLauncher,
+  type ProcessLauncherOptions,
   type Executor,
   type Outcome,
   type RuntimeLauncher,
@@ -192,8 +193,9 @@ async function isolatedLauncher(
   const attempt = async (isolation: Isolation): Promise<RuntimeLauncher | undefined> => {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
+      // (On EC2 the level and the scratch root are not read: namespaces, each runtime's scratch its own tmpfs.)
       const launcher = processLauncher({
-        isolation,
+        ...(BUILT_FOR.platform !== "ec2" && { isolation, scratchRoot: settings.mountsDir }),
         privileges,
         uids,
         runner: [runner.path, ...runner.args],
@@ -201,8 +203,7 @@ async function isolatedLauncher(
         memoryMb: settings.runtimeMemoryMb,
         diskMb: settings.runtimeDiskMb,
         openFiles: settings.runtimeOpenFiles,
-        scratchRoot: settings.mountsDir,
-      });
+      } as ProcessLauncherOptions);
       const trial = launcher.start()!;
       missing = await trial.ready.then(
         () => undefined,
