@@ -237,7 +237,9 @@ export async function createExecutor(
   runner: Runner,
   docker?: string,
 ): Promise<{ executor: Executor; name: string }> {
-  mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
+  // (EC2's process executor keeps nothing there: each runtime's scratch is a tmpfs of its own.)
+  if (BUILT_FOR.platform !== "ec2" || BUILT_FOR.executor === "docker")
+    mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const uids = uidPool(settings.runtimeUids);
   // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one. (On
   // EC2 the component checked the range, and the agent's user is a system one, below any range: the block leaves an
