@@ -178,7 +178,7 @@ export function unpackFiles(archive: string): UserDataFile[] {
  * Sloppy-mode JavaScript (`node -e`), so `with` stands for the `fs.` of each call.
  */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'process.umask(18);with(require("fs"))for(const[,f,c]of(require("zlib").brotliDecompressSync(readFileSync(0))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))mkdirSync("."+f.replace(/[^/]*$/,""),{recursive:!0}),writeFileSync("."+f,c)'; }`;
+  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'with(require("fs"))for(const[,f,c]of(require("zlib").brotliDecompressSync(readFileSync(0))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))mkdirSync("."+f.replace(/[^/]*$/,""),{recursive:!0}),writeFileSync("."+f,c)'; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
