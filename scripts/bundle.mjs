@@ -190,7 +190,8 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     format: { ascii_only: true },
     sourceMap: sourceMap ? { content: first.map, asObject: true } : false,
   });
-  return { code: minified.code, map: minified.map, inputs: Object.keys(result.metafile.inputs) };
+  // A text file's last line ends in a newline (user-data writes files with heredocs, which always end so).
+  return { code: `${minified.code}\n`, map: minified.map, inputs: Object.keys(result.metafile.inputs) };
 }
 
 /** What each source file costs in the compressed bundle: the bytes Brotli saves without its code. */

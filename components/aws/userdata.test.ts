@@ -446,7 +446,7 @@ describe("user-data", () => {
   });
 
   it("refuses user-data over 16,384 gzipped bytes, naming the pool and the size", () => {
-    const noise = randomBytes(24_000).toString("base64"); // incompressible past the limit
+    const noise = `${randomBytes(24_000).toString("base64")}\n`; // incompressible past the limit
     assert.throws(
       () => renderUserData(spec({ pool: "noisy", extraFiles: [{ path: "/etc/agentpools/noise", content: noise }] })),
       (e: UserDataTooLargeError) =>

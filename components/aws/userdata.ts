@@ -1,6 +1,7 @@
 import { brotliCompressSync, brotliDecompressSync, constants, crc32, deflateRawSync, gunzipSync } from "node:zlib";
 import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
+import path from "node:path";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
 import { BOOT_MARKS_PATH } from "../../agent/config/metrics";
 
@@ -155,30 +156,47 @@ export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
 
 /**
  * The bundle and every file not needed before packages are installed travel as one Brotli
- * archive: each file as a NUL, its path, a newline and its content (text, which holds no
- * NUL; every file is 0644, root's). Brotli packs them together smaller than gzip does apart, the margin that keeps the
- * largest pools under the 16 KB limit. The boot script unpacks it with the Node.js it has
- * just installed, under the directory given last (none on the instance; the tests give a scratch one).
+ * archive: a shell script that makes their folders and writes each file with a heredoc, under
+ * the working directory (the boot script's is /; the tests give a scratch one). Every file is
+ * text ending in a newline (a heredoc's last line ends in one), 0644, root's. Brotli packs them
+ * together smaller than gzip does apart, the margin that keeps the largest pools under the
+ * 16 KB limit; Node.js, just installed, only decompresses (what a decoder of our own format
+ * would cost in the boot script is more than the heredocs cost in the archive).
  * Deterministic: the same files give the same bytes.
  */
-export const packFiles = (files: UserDataFile[]) =>
-  brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
+export function packFiles(files: UserDataFile[]): string {
+  for (const file of files) {
+    if (!file.content.endsWith("\n")) throw new Error(`${file.path} must end with a newline to travel in user-data`);
+  }
+  const folders = [...new Set(files.map((file) => `.${path.posix.dirname(file.path)}`))];
+  const script = [
+    "set -e",
+    `mkdir -p ${folders.join(" ")}`,
+    ...files.flatMap((file) => writeFile({ path: `.${file.path}`, content: file.content })),
+    "",
+  ];
+  return brotli(script.join("\n")).toString("base64");
+}
 /** The files of an archive packFiles made, in order. */
 export function unpackFiles(archive: string): UserDataFile[] {
-  return brotliDecompressSync(Buffer.from(archive, "base64"))
-    .toString("utf8")
-    .split("\0")
-    .slice(1)
-    .map((entry) => ({ path: entry.slice(0, entry.indexOf("\n")), content: entry.slice(entry.indexOf("\n") + 1) }));
+  return heredocFiles(brotliDecompressSync(Buffer.from(archive, "base64")).toString("utf8")).map((file) => ({
+    path: file.path.slice(1),
+    content: file.content,
+  }));
 }
+/** The files a script writes with writeFile's heredocs, in order. */
+const heredocFiles = (script: string): UserDataFile[] =>
+  [...script.matchAll(/^cat > (\S+) <<'(\w+)'\n([\s\S]*?)\n\2$/gm)].map(([, path, , content]) => ({
+    path,
+    content: content + "\n",
+  }));
 /**
- * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's.
- * It reads the archive on stdin and writes its files under the working directory (the script's is /; the tests give
- * a scratch one). Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
- * Sloppy-mode JavaScript (`node -e`), so `with` stands for the `fs.` of each call.
+ * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's:
+ * Node.js decompresses it, bash runs it. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the
+ * service user reads them.
  */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'with(require("fs"))for(const[,f,c]of(require("zlib").brotliDecompressSync(readFileSync(0))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))mkdirSync("."+f.replace(/[^/]*$/,""),{recursive:!0}),writeFileSync("."+f,c)'; }`;
+  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(require("zlib").brotliDecompressSync(require("fs").readFileSync(0)))'|bash; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -498,9 +516,7 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
   const script = gunzipSync(typeof data === "string" ? Buffer.from(data, "base64") : data).toString("utf8");
   if (!script.startsWith("#!/bin/bash\n")) throw new Error("user-data is not a bash script");
   const files = new Map<string, UserDataFile>();
-  for (const [, path, , content] of script.matchAll(/^cat > (\S+) <<'(\w+)'\n([\s\S]*?)\n\2$/gm)) {
-    files.set(path, { path, content: content + "\n" });
-  }
+  for (const file of heredocFiles(script)) files.set(file.path, file);
   // As on the instance: the script unpacks the archive it writes.
   const archive = /^base64 -d<<<'([A-Za-z0-9+/=]+)'\|unpack$/m.exec(script)?.[1];
   if (archive && /^cd \/$/m.test(script)) {
