@@ -41,6 +41,14 @@ function startBundle(
   return runBundle(bundle, args, { ...env, AGENTPOOLS_CONFIG: config });
 }
 
+/** The EC2 bundle of the Flows process executor. */
+const FLOWS_PROCESS_BUNDLE = path.join(
+  packageRoot(),
+  "build",
+  "bundles",
+  bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
+);
+
 describe("EC2 bundle variants", () => {
   // What only one side of each choice needs, as it reads in the minified code.
   const marks = {
@@ -173,13 +181,7 @@ describe("EC2 bundle variants", () => {
     const config = path.join(dir, "flows-agent.json");
     writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
     chmodSync(config, 0o644);
-    const bundle = path.join(
-      packageRoot(),
-      "build",
-      "bundles",
-      bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
-    );
-    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, FLOWS_PROCESS_BUNDLE], {
       uid: 65534,
       gid: 65534,
       env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: TOKENS.flows },
@@ -221,13 +223,7 @@ describe("EC2 bundle variants", () => {
     );
     const config = path.join(scratchDir("variant-"), "flows-agent.json");
     writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
-    const bundle = path.join(
-      packageRoot(),
-      "build",
-      "bundles",
-      bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
-    );
-    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, FLOWS_PROCESS_BUNDLE], {
       env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: token },
       stdio: ["ignore", "pipe", "pipe"],
     });
