@@ -9,7 +9,7 @@ import {
   X509Certificate,
   type KeyObject,
 } from "node:crypto";
-import { Transform, type TransformCallback } from "node:stream";
+import { Duplex } from "node:stream";
 
 /**
  * Run state sealed for a worker pool's key, so whoever carries or stores it (the gateway)
@@ -26,6 +26,8 @@ import { Transform, type TransformCallback } from "node:stream";
 const MAGIC = Buffer.from("APS1");
 const TAG = 16;
 export const SEAL_CHUNK = 64 * 1024;
+/** What seal and open read: chunks of bytes, as they come. */
+type Chunks = Iterable<Buffer> | AsyncIterable<Buffer>;
 
 export class SealError extends Error {
   override name = "SealError";
@@ -61,120 +63,81 @@ function nonce(prefix: Buffer, counter: number, final: boolean): Buffer {
 }
 
 /**
- * A stream that passes its input on in pieces of `size()` bytes, each through `piece` (the last, shorter or empty,
- * with final set, once the input ends). `head`, if given, first takes a header off the front: the count of its bytes,
- * or 0 while it is incomplete. Input is gathered in a list and joined only once a piece is whole.
+ * The input in pieces of `size()` bytes (read again for each piece: it may change once a piece is taken), each with
+ * whether it is the last: the last, shorter or empty, once the input ends. Input is gathered in a list and joined
+ * only once a piece is whole, so input in many small chunks is not copied over and over.
  */
-function pieces(
-  size: () => number,
-  piece: (part: Buffer, final: boolean) => Buffer,
-  head?: (buffered: Buffer) => number,
-  first?: Buffer,
-): Transform {
+async function* pieces(input: Chunks, size: () => number): AsyncGenerator<[Buffer, boolean]> {
   let pending: Buffer[] = [];
   let bytes = 0;
-  let headed = !head;
-  const joined = () => Buffer.concat(pending);
-  return new Transform({
-    construct(callback) {
-      if (first) this.push(first);
-      callback();
-    },
-    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-      try {
-        pending.push(chunk);
-        bytes += chunk.length;
-        let all: Buffer | undefined;
-        if (!headed) {
-          const taken = head!((all = joined()));
-          if (!taken) return callback();
-          all = all.subarray(taken);
-          headed = true;
-        }
-        if (bytes >= size() || all) {
-          all ??= joined();
-          for (; all.length >= size(); all = all.subarray(size())) this.push(piece(all.subarray(0, size()), false));
-          pending = [all];
-          bytes = all.length;
-        }
-        callback();
-      } catch (error) {
-        callback(error as Error);
-      }
-    },
-    flush(callback: TransformCallback) {
-      try {
-        if (!headed) throw new SealError("the sealed state is cut short: its header is incomplete");
-        callback(null, piece(joined(), true));
-      } catch (error) {
-        callback(error as Error);
-      }
-    },
-  });
+  for await (const chunk of input) {
+    pending.push(chunk);
+    if ((bytes += chunk.length) < size()) continue;
+    let all = Buffer.concat(pending);
+    for (let n; all.length >= (n = size()); all = all.subarray(n)) yield [all.subarray(0, n), false];
+    pending = [all];
+    bytes = all.length;
+  }
+  yield [Buffer.concat(pending), true];
 }
 
-/** A stream that seals what is written to it for the holder of `publicKey`'s private key. */
-export function sealStream(publicKey: KeyObject, chunkSize = SEAL_CHUNK): Transform {
+/** The input sealed for the holder of `publicKey`'s private key, as it is read. */
+export async function* seal(publicKey: KeyObject, input: Chunks, chunkSize = SEAL_CHUNK): AsyncGenerator<Buffer> {
   const dataKey = randomBytes(32);
   const wrapped = publicEncrypt(oaep(publicKey), dataKey);
   const prefix = randomBytes(7);
   const header = Buffer.concat([MAGIC, u16(wrapped.length), wrapped, prefix, u32(chunkSize)]);
+  yield header;
   let counter = 0;
   // The final chunk is always there (possibly empty): its flag is what proves nothing was cut off.
-  return pieces(
-    () => chunkSize,
-    (plain, final) => {
-      const cipher = createCipheriv("aes-256-gcm", dataKey, nonce(prefix, counter++, final));
-      cipher.setAAD(header);
-      return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
-    },
-    undefined,
-    header,
-  );
+  for await (const [plain, final] of pieces(input, () => chunkSize)) {
+    const cipher = createCipheriv("aes-256-gcm", dataKey, nonce(prefix, counter++, final));
+    cipher.setAAD(header);
+    yield Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+  }
 }
 
-/** A stream that opens sealed state with the pool's private key; it fails with a SealError, never with garbage. */
-export function openStream(privateKey: KeyObject): Transform {
-  let header!: Buffer;
-  let key: Buffer;
-  let chunkSize: number;
+/**
+ * Sealed input opened with the pool's private key, as it is read; it fails with a SealError, never with garbage, and
+ * gives out no plaintext of a chunk before its tag is verified.
+ */
+export async function* open(privateKey: KeyObject, input: Chunks): AsyncGenerator<Buffer> {
+  // The header is taken in two pieces (magic and key length, then the rest), then the chunks, each with its tag.
+  let header = Buffer.alloc(0);
+  let size = 6;
+  let key: Buffer | undefined;
   let counter = 0;
-  return pieces(
-    // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
-    () => chunkSize + TAG,
-    (sealed, final) => {
-      if (sealed.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
+  for await (const [piece, final] of pieces(input, () => size)) {
+    if (key) {
+      // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
+      if (piece.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
       const decipher = createDecipheriv("aes-256-gcm", key, nonce(header.subarray(-11, -4), counter, final));
       decipher.setAAD(header);
-      decipher.setAuthTag(sealed.subarray(-TAG));
+      decipher.setAuthTag(piece.subarray(-TAG));
       try {
-        const plain = Buffer.concat([decipher.update(sealed.subarray(0, -TAG)), decipher.final()]);
-        counter++;
-        return plain;
+        yield Buffer.concat([decipher.update(piece.subarray(0, -TAG)), decipher.final()]);
       } catch {
         throw new SealError(`the sealed state failed authentication at chunk ${counter}: it was altered or cut short`);
       }
-    },
-    (buffered) => {
-      if (buffered.length < 6) return 0;
-      if (!buffered.subarray(0, 4).equals(MAGIC)) throw new SealError("this is not sealed agentpools state");
-      const wrappedLength = buffered.readUInt16BE(4);
-      const length = wrappedLength + 17;
-      if (buffered.length < length) return 0;
-      try {
-        key = privateDecrypt(oaep(privateKey), buffered.subarray(6, 6 + wrappedLength));
-      } catch {
-        throw new SealError(
-          "the sealed state cannot be opened with this pool's private key, or its header was altered",
-        );
-      }
-      chunkSize = buffered.readUInt32BE(length - 4);
-      if (key.length !== 32 || chunkSize < 1 || chunkSize > 16 << 20)
-        throw new SealError("the sealed state's header is not valid");
-      header = Buffer.from(buffered.subarray(0, length));
-      return length;
-    },
-  );
+      counter++;
+      continue;
+    }
+    if (final) throw new SealError("the sealed state is cut short: its header is incomplete");
+    header = Buffer.concat([header, piece]);
+    if (header.length === 6) {
+      if (!piece.subarray(0, 4).equals(MAGIC)) throw new SealError("this is not sealed agentpools state");
+      size = piece.readUInt16BE(4) + 11;
+      continue;
+    }
+    try {
+      key = privateDecrypt(oaep(privateKey), header.subarray(6, -11));
+    } catch {
+      throw new SealError("the sealed state cannot be opened with this pool's private key, or its header was altered");
+    }
+    size = header.readUInt32BE(header.length - 4) + TAG;
+    if (key.length !== 32 || size <= TAG || size > (16 << 20) + TAG)
+      throw new SealError("the sealed state's header is not valid");
+  }
 }
 
 function u16(n: number): Buffer {
@@ -189,16 +152,20 @@ function u32(n: number): Buffer {
   return b;
 }
 
-async function collect(stream: Transform, input: Buffer): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-  const done = new Promise<void>((resolve, reject) => (stream.once("end", resolve), stream.once("error", reject)));
-  stream.end(input);
-  await done;
-  return Buffer.concat(chunks);
+/** A stream that seals what is written to it for the holder of `publicKey`'s private key. */
+export const sealStream = (publicKey: KeyObject, chunkSize?: number) =>
+  Duplex.from((input: AsyncIterable<Buffer>) => seal(publicKey, input, chunkSize));
+/** A stream that opens sealed state with the pool's private key. */
+export const openStream = (privateKey: KeyObject) =>
+  Duplex.from((input: AsyncIterable<Buffer>) => open(privateKey, input));
+
+async function whole(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+  const all = [];
+  for await (const chunk of chunks) all.push(chunk);
+  return Buffer.concat(all);
 }
 
 /** Seal a small payload whole (a run's environment). */
-export const sealBuffer = (publicKey: KeyObject, plain: Buffer) => collect(sealStream(publicKey), plain);
+export const sealBuffer = (publicKey: KeyObject, plain: Buffer) => whole(seal(publicKey, [plain]));
 /** Open a small sealed payload whole. */
-export const openBuffer = (privateKey: KeyObject, sealed: Buffer) => collect(openStream(privateKey), sealed);
+export const openBuffer = (privateKey: KeyObject, sealed: Buffer) => whole(open(privateKey, [sealed]));

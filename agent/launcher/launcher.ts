@@ -43,10 +43,10 @@ import { POOL_HEADER } from "../../protocol/link";
 import {
   certificateKey,
   keyMatchesCertificate,
+  open,
   openBuffer,
-  openStream,
   privateKeyFromBase64,
-  sealStream,
+  seal,
 } from "../../protocol/seal";
 
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
@@ -504,7 +504,7 @@ export class Launcher extends WebSocketLink {
             yield chunk;
           }
         },
-        openStream(privateKey),
+        (sealed) => open(privateKey, sealed as AsyncIterable<Buffer>),
         createWriteStream(file, { mode: 0o600, flags: "wx" }),
         { signal: stop.signal },
       );
@@ -528,7 +528,7 @@ export class Launcher extends WebSocketLink {
         const response = await this.stateRequest(
           run.id,
           run.fence,
-          { method: "PUT", body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
+          { method: "PUT", body: seal(this.context.publicKey, createReadStream(run.stateFile)) },
           "application/octet-stream",
         );
         response.resume();

@@ -151,7 +151,7 @@ export interface GatewayRequest {
   method: string;
   path: string;
   headers: Record<string, string>;
-  body?: NodeJS.ReadableStream;
+  body?: AsyncIterable<Uint8Array>;
   signal?: AbortSignal;
 }
 
@@ -175,7 +175,7 @@ export async function fetchGateway(
     const { status, body } = await fetch(new URL(request.path, gateway), {
       method: request.method,
       headers: request.headers,
-      // A stream is an async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
+      // An async iterable of chunks, which Node's fetch sends as it reads them (duplex "half").
       body: request.body,
       duplex: "half",
       // The gateway's answer is its own: a redirect would carry the launcher's proof elsewhere (http.request, off
@@ -212,8 +212,9 @@ export async function gatewayRequest(
     req.once("error", reject);
   });
   if (request.body) {
-    request.body.once("error", (error: Error) => req.destroy(error));
-    request.body.pipe(req);
+    const body = Readable.from(request.body);
+    body.once("error", (error: Error) => req.destroy(error));
+    body.pipe(req);
   } else req.end();
   return response;
 }
