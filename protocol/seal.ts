@@ -7,6 +7,8 @@ import {
   publicEncrypt,
   randomBytes,
   X509Certificate,
+  type CipherGCM,
+  type DecipherGCM,
   type KeyObject,
 } from "node:crypto";
 import { Duplex } from "node:stream";
@@ -47,19 +49,26 @@ export function privateKeyFromBase64(base64: string): KeyObject {
   }
 }
 
-/** Whether the private key belongs to the certificate (the pair a worker pool was created with). */
-export function keyMatchesCertificate(privateKey: KeyObject, certificatePem: string): boolean {
-  return new X509Certificate(certificatePem).checkPrivateKey(privateKey);
+/** The certificate's public key, if the private key belongs to it (the pair a worker pool was created with). */
+export function publicKeyPairedWith(privateKey: KeyObject, certificatePem: string): KeyObject | undefined {
+  const certificate = new X509Certificate(certificatePem);
+  return certificate.checkPrivateKey(privateKey) ? certificate.publicKey : undefined;
 }
 
 const oaep = (key: KeyObject) => ({ key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" });
 
-function nonce(prefix: Buffer, counter: number, final: boolean): Buffer {
-  const iv = Buffer.alloc(12);
-  prefix.copy(iv);
+/** AES-256-GCM for one chunk: its nonce is the header's prefix, the chunk's counter and the final flag. */
+function gcm<C extends CipherGCM | DecipherGCM>(
+  make: (algorithm: "aes-256-gcm", key: Buffer, iv: Buffer) => C,
+  key: Buffer,
+  header: Buffer,
+  counter: number,
+  final: boolean,
+): C {
+  const iv = Buffer.concat([header.subarray(-11, -4), Buffer.alloc(5)]);
   iv.writeUInt32BE(counter, 7);
-  iv[11] = final ? 1 : 0;
-  return iv;
+  iv[11] = +final;
+  return make("aes-256-gcm", key, iv).setAAD(header) as C;
 }
 
 /**
@@ -85,14 +94,14 @@ async function* pieces(input: Chunks, size: () => number): AsyncGenerator<[Buffe
 export async function* seal(publicKey: KeyObject, input: Chunks, chunkSize = SEAL_CHUNK): AsyncGenerator<Buffer> {
   const dataKey = randomBytes(32);
   const wrapped = publicEncrypt(oaep(publicKey), dataKey);
-  const prefix = randomBytes(7);
-  const header = Buffer.concat([MAGIC, u16(wrapped.length), wrapped, prefix, u32(chunkSize)]);
+  const header = Buffer.concat([MAGIC, Buffer.alloc(2), wrapped, randomBytes(7), Buffer.alloc(4)]);
+  header.writeUInt16BE(wrapped.length, 4);
+  header.writeUInt32BE(chunkSize, header.length - 4);
   yield header;
   let counter = 0;
   // The final chunk is always there (possibly empty): its flag is what proves nothing was cut off.
   for await (const [plain, final] of pieces(input, () => chunkSize)) {
-    const cipher = createCipheriv("aes-256-gcm", dataKey, nonce(prefix, counter++, final));
-    cipher.setAAD(header);
+    const cipher = gcm<CipherGCM>(createCipheriv, dataKey, header, counter++, final);
     yield Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
   }
 }
@@ -111,8 +120,7 @@ export async function* open(privateKey: KeyObject, input: Chunks): AsyncGenerato
     if (key) {
       // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
       if (piece.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
-      const decipher = createDecipheriv("aes-256-gcm", key, nonce(header.subarray(-11, -4), counter, final));
-      decipher.setAAD(header);
+      const decipher = gcm<DecipherGCM>(createDecipheriv, key, header, counter, final);
       decipher.setAuthTag(piece.subarray(-TAG));
       try {
         yield Buffer.concat([decipher.update(piece.subarray(0, -TAG)), decipher.final()]);
@@ -138,18 +146,6 @@ export async function* open(privateKey: KeyObject, input: Chunks): AsyncGenerato
     if (key.length !== 32 || size <= TAG || size > (16 << 20) + TAG)
       throw new SealError("the sealed state's header is not valid");
   }
-}
-
-function u16(n: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(n);
-  return b;
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
 }
 
 /** A stream that seals what is written to it for the holder of `publicKey`'s private key. */

@@ -40,14 +40,7 @@ import {
 } from "../../protocol/worker";
 import type { FromWorker, HeldLease, Lease, RunOutcome, RunSpec, ToWorker } from "../../protocol/worker";
 import { POOL_HEADER } from "../../protocol/link";
-import {
-  certificateKey,
-  keyMatchesCertificate,
-  open,
-  openBuffer,
-  privateKeyFromBase64,
-  seal,
-} from "../../protocol/seal";
+import { open, openBuffer, privateKeyFromBase64, publicKeyPairedWith, seal } from "../../protocol/seal";
 
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
 const DELIVERY_GRACE_MS = 5_000;
@@ -97,7 +90,8 @@ export function prepareLauncher(
   const token = decodeToken(settings.token);
   if (!token.certificate) throw new Error("SPACELIFT_TOKEN carries no certificate: it is not a worker pool's token");
   const privateKey = privateKeyFromBase64(settings.poolPrivateKey);
-  if (!keyMatchesCertificate(privateKey, token.certificate)) {
+  const publicKey = publicKeyPairedWith(privateKey, token.certificate);
+  if (!publicKey) {
     throw new Error(
       "SPACELIFT_POOL_PRIVATE_KEY does not belong to the certificate in SPACELIFT_TOKEN: give the key the pool's CSR was made with",
     );
@@ -135,7 +129,7 @@ export function prepareLauncher(
     settings,
     token: token as PoolToken & { certificate: string },
     privateKey,
-    publicKey: certificateKey(token.certificate),
+    publicKey,
     policy,
     executor,
     passed,
@@ -468,15 +462,13 @@ export class Launcher extends WebSocketLink {
     const state = Boolean(kept);
     const { stopped } = run;
     if (timedOut || stopped) append([`[agentpools: killed: ${timedOut ?? stopped}]`]);
-    if (timedOut) return { status: "timed_out", reason: timedOut, exitCode: exit.code ?? undefined, state };
-    if (stopped) return { status: "failed", reason: stopped, state };
-    if (exit.code === 0) return { status: "succeeded", exitCode: 0, state };
-    return {
-      status: "failed",
-      exitCode: exit.code ?? undefined,
-      reason: exit.code === null ? `killed by ${exit.signal}` : `exited with code ${exit.code}`,
-      state,
-    };
+    // Stopped by the launcher or the gateway, the run's exit code says nothing of it.
+    const exitCode = stopped && !timedOut ? undefined : (exit.code ?? undefined);
+    const reason =
+      timedOut ??
+      stopped ??
+      (exit.code === 0 ? undefined : exit.code === null ? `killed by ${exit.signal}` : `exited with code ${exit.code}`);
+    return { status: timedOut ? "timed_out" : reason ? "failed" : "succeeded", exitCode, reason, state };
   }
 
   /**
