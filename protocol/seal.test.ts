@@ -2,10 +2,16 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { openBuffer, openStream, SEAL_CHUNK, sealBuffer, sealStream } from "./seal";
+import { open, openBuffer, openStream, seal, SEAL_CHUNK, sealBuffer, sealStream } from "./seal";
 
 const pool = generateKeyPairSync("rsa", { modulusLength: 2048 });
 const other = generateKeyPairSync("rsa", { modulusLength: 2048 });
+
+async function joined(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+  const all = [];
+  for await (const chunk of chunks) all.push(chunk);
+  return Buffer.concat(all);
+}
 
 describe("sealed run state", () => {
   for (const size of [0, 1, SEAL_CHUNK - 1, SEAL_CHUNK, SEAL_CHUNK + 1, 3 * SEAL_CHUNK, 1_000_003]) {
@@ -96,6 +102,19 @@ describe("sealed run state", () => {
       /chunk 2/,
     );
     assert.deepEqual(Buffer.concat(released), plain.subarray(0, 2 * SEAL_CHUNK));
+  });
+
+  it("reads its header and chunks however the input is cut: one byte at a time, and as one piece", async () => {
+    const plain = randomBytes(1000);
+    const sealed = await joined(seal(pool.publicKey, [plain.subarray(0, 10), plain.subarray(10)], 64));
+    // 1000 bytes in chunks of 64: 15 full chunks and a final one of 40, each with its 16-byte tag.
+    assert.equal(sealed.length, 4 + 2 + 256 + 7 + 4 + 1000 + 16 * 16);
+    const bytes = function* () {
+      for (let i = 0; i < sealed.length; i++) yield sealed.subarray(i, i + 1);
+    };
+    assert.deepEqual(await joined(open(pool.privateKey, bytes())), plain);
+    assert.deepEqual(await joined(open(pool.privateKey, [sealed])), plain);
+    await assert.rejects(joined(open(pool.privateKey, [sealed.subarray(0, 5)])), /header is incomplete/);
   });
 
   it("streams: memory stays bounded by the chunk size, not the payload", async () => {
