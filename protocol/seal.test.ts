@@ -54,7 +54,7 @@ describe("sealed run state", () => {
       tampered[at] ^= 0x01;
       await assert.rejects(
         openBuffer(pool.privateKey, tampered),
-        /SealError|not sealed|cannot be opened|failed authentication|not valid/,
+        /not sealed|cannot be opened|failed authentication|not valid/,
         `byte ${at}`,
       );
     }

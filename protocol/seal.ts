@@ -25,15 +25,12 @@ import { Duplex } from "node:stream";
  * Each chunk's nonce is prefix | u32 counter | final flag, and the header is its associated
  * data: chunks cannot be reordered, dropped, truncated or moved to another payload.
  */
+// Its errors are plain Errors whose messages say "sealed state" (a class of their own costs user-data bytes).
 const MAGIC = Buffer.from("APS1");
 const TAG = 16;
 export const SEAL_CHUNK = 64 * 1024;
 /** What seal and open read: chunks of bytes, as they come. */
 type Chunks = Iterable<Buffer> | AsyncIterable<Buffer>;
-
-export class SealError extends Error {
-  override name = "SealError";
-}
 
 /** The RSA public key of a pool's certificate (PEM). */
 export function certificateKey(certificatePem: string): KeyObject {
@@ -45,7 +42,7 @@ export function privateKeyFromBase64(base64: string): KeyObject {
   try {
     return createPrivateKey(Buffer.from(base64, "base64"));
   } catch (error) {
-    throw new SealError(`the pool private key does not parse: ${(error as Error).message}`);
+    throw new Error(`the pool private key does not parse: ${(error as Error).message}`);
   }
 }
 
@@ -107,8 +104,8 @@ export async function* seal(publicKey: KeyObject, input: Chunks, chunkSize = SEA
 }
 
 /**
- * Sealed input opened with the pool's private key, as it is read; it fails with a SealError, never with garbage, and
- * gives out no plaintext of a chunk before its tag is verified.
+ * Sealed input opened with the pool's private key, as it is read: it fails with an error saying what is wrong with
+ * the sealed state, never with garbage, and gives out no plaintext of a chunk before its tag is verified.
  */
 export async function* open(privateKey: KeyObject, input: Chunks): AsyncGenerator<Buffer> {
   // The header is taken in two pieces (magic and key length, then the rest), then the chunks, each with its tag.
@@ -119,32 +116,32 @@ export async function* open(privateKey: KeyObject, input: Chunks): AsyncGenerato
   for await (const [piece, final] of pieces(input, () => size)) {
     if (key) {
       // A full-size chunk is never the final one (the sealer always ends with a shorter chunk).
-      if (piece.length < TAG) throw new SealError("the sealed state is cut short: its final chunk is missing");
+      if (piece.length < TAG) throw new Error("the sealed state is cut short: its final chunk is missing");
       const decipher = gcm<DecipherGCM>(createDecipheriv, key, header, counter, final);
       decipher.setAuthTag(piece.subarray(-TAG));
       try {
         yield Buffer.concat([decipher.update(piece.subarray(0, -TAG)), decipher.final()]);
       } catch {
-        throw new SealError(`the sealed state failed authentication at chunk ${counter}: it was altered or cut short`);
+        throw new Error(`the sealed state failed authentication at chunk ${counter}: it was altered or cut short`);
       }
       counter++;
       continue;
     }
-    if (final) throw new SealError("the sealed state is cut short: its header is incomplete");
+    if (final) throw new Error("the sealed state is cut short: its header is incomplete");
     header = Buffer.concat([header, piece]);
     if (header.length === 6) {
-      if (!piece.subarray(0, 4).equals(MAGIC)) throw new SealError("this is not sealed agentpools state");
+      if (!piece.subarray(0, 4).equals(MAGIC)) throw new Error("this is not sealed agentpools state");
       size = piece.readUInt16BE(4) + 11;
       continue;
     }
     try {
       key = privateDecrypt(oaep(privateKey), header.subarray(6, -11));
     } catch {
-      throw new SealError("the sealed state cannot be opened with this pool's private key, or its header was altered");
+      throw new Error("the sealed state cannot be opened with this pool's private key, or its header was altered");
     }
     size = header.readUInt32BE(header.length - 4) + TAG;
     if (key.length !== 32 || size <= TAG || size > (16 << 20) + TAG)
-      throw new SealError("the sealed state's header is not valid");
+      throw new Error("the sealed state's header is not valid");
   }
 }
 

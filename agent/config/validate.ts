@@ -154,12 +154,12 @@ export function validateSettings<T = Record<string, unknown>>(
  */
 export function servedSettings<T>(role: string, schema: SettingsSchema, given: Record<string, unknown>, env: Env): T {
   const settings = { ...given };
-  const problems: SettingsProblem[] = [];
+  // Said as SettingsError says it; the runtime only logs the message.
+  let missing = "";
   for (const [key, { env: name, secret }] of Object.entries(schema.properties)) {
     if (secret && env[name!] !== undefined) settings[key] = env[name!];
-    if (settings[key] === undefined && schema.required?.includes(key))
-      problems.push({ path: key, env: name, message: "is required" });
+    if (settings[key] === undefined && schema.required?.includes(key)) missing += `\n  - ${name} (${key}): is required`;
   }
-  if (problems.length > 0) throw new SettingsError(role, problems);
+  if (missing) throw new Error(`invalid ${role} settings:${missing}`);
   return settings as T;
 }

@@ -17,7 +17,7 @@ import { BUILT_FOR } from "../config/built-for";
 import type { LauncherSettings } from "../config/launcher";
 import type { RunPolicy } from "../config/run-policy";
 import { runPolicyJsonSchema } from "../config/settings-schema";
-import { interruptibleSleep } from "../runtime/http";
+import { sleep } from "../runtime/http";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { gatewayRequest, type GatewayRequest } from "../tunnel/dial";
@@ -550,7 +550,7 @@ export class Launcher extends WebSocketLink {
 
   /** The gateway has taken every result, or the deadline has passed. */
   private async settle(deadline: number): Promise<void> {
-    while (this.held.size > 0 && Date.now() < deadline) await interruptibleSleep(50).done;
+    while (this.held.size > 0 && Date.now() < deadline) await sleep(50);
   }
 
   /** Take no new runs; let the current one finish until the deadline, then stop it; deliver; close. */
