@@ -22,6 +22,9 @@ import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, recordingProxy, runBundle, scratchDir } from "../devkit/helpers";
 
+/** See devkit/lookup-recorder.ts. */
+const LOOKUP_RECORDER = path.join(__dirname, "..", "devkit", "lookup-recorder.js");
+
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = encodeToken({
   gateway: "https://gateway.example.com",
@@ -148,8 +151,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   /** The shipped bundle as systemd would start it on the instance, against the fake AWS. */
-  function startInstance(bundleFile: string, configFile: string, env: Record<string, string> = aws.env(base)) {
-    const child = spawn(process.execPath, [bundleFile], {
+  function startInstance(
+    bundleFile: string,
+    configFile: string,
+    env: Record<string, string> = aws.env(base),
+    nodeArgs: string[] = [],
+  ) {
+    const child = spawn(process.execPath, [...nodeArgs, bundleFile], {
       env: { PATH: process.env.PATH, ...env, AGENTPOOLS_CONFIG: configFile },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -625,9 +633,10 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
           HTTPS_PROXY: proxyUrl,
           NO_PROXY: noProxy(viaProxy),
         };
-        const { child, output } = startInstance(bundleFile, configFile, env);
+        const { child, output } = startInstance(bundleFile, configFile, env, ["--require", LOOKUP_RECORDER]);
         try {
-          // Through the proxy: seen at once. Around it: the first call fails for good (no network here), having asked the proxy nothing.
+          // Through the proxy: seen at once. Around it: the instance resolves the host itself (the call then fails, no
+          // network here, and is retried for seconds), having asked the proxy nothing.
           if (viaProxy)
             await eventually(
               () => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"),
@@ -636,10 +645,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
             );
           else
             await eventually(
-              () => /"level":"error".*secretsmanager\.cn-north-1\.amazonaws\.com\.cn/.test(output()),
+              () => /^lookup secretsmanager\.cn-north-1\.amazonaws\.com\.cn$/m.test(output()),
               10_000,
-              "the direct call's failure",
+              "the direct call's own lookup",
             );
+          if (viaProxy) assert.doesNotMatch(output(), /^lookup .*amazonaws/m, "no AWS name resolved beside the proxy");
         } finally {
           child.kill();
         }
