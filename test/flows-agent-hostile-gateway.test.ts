@@ -92,7 +92,9 @@ describe("Flows agent: a hostile gateway", function () {
       // runtime is all they ever take, but their answers wait in the agent.
       links[0].socket.pause();
       let sent = 0;
-      while (links.length === 1 && sent < 40) {
+      // Bounded below mocha's timeout, so that a failure says how far it came (4 runs, under a second, alone).
+      const started = Date.now();
+      while (links.length === 1 && sent < 40 && Date.now() - started < 20_000) {
         const id = `run-${sent++}`;
         run(
           id,
@@ -104,7 +106,12 @@ describe("Flows agent: a hostile gateway", function () {
         );
         await eventually(() => links.length > 1 || gone.includes(id), 10_000, `${id}'s runtime gone`);
       }
-      assert.equal(links.length, 2, `the agent still held the link after ${sent} unread answers of 3 MB`);
+      assert.equal(
+        links.length,
+        2,
+        `the agent still held the link after ${sent} unread answers of 3 MB (${Date.now() - started} ms): ` +
+          JSON.stringify(log.lines.slice(-5)),
+      );
       assert.ok(log.lines.some((l) => l.msg === "the gateway sent more runs than this agent holds: reconnecting"));
       await eventually(() => agent.busy?.() === 0, 10_000, "nothing held once the link is gone");
     } finally {

@@ -46,7 +46,8 @@ if (missing.length) throw new Error(`test/run.mjs lists files that are not built
 
 const mocha = path.join(root, "node_modules/mocha/bin/mocha.js");
 /** One mocha process; its output is held while the other prints, so that no two interleave. */
-function run(args) {
+function run(name, args) {
+  const started = performance.now();
   const child = spawn(process.execPath, [mocha, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   const held = [];
   let live = false;
@@ -65,7 +66,13 @@ function run(args) {
     });
   take(child.stdout, process.stdout);
   take(child.stderr, process.stderr);
-  const ended = new Promise((resolve) => child.once("close", (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  let seconds = 0;
+  const ended = new Promise((resolve) =>
+    child.once("close", (code, signal) => {
+      seconds = (performance.now() - started) / 1000;
+      resolve(code ?? (signal ? 1 : 0));
+    }),
+  );
   return {
     ended,
     /** Prints what was held, then the rest as it comes. */
@@ -74,10 +81,16 @@ function run(args) {
       live = true;
     },
     summary: () => summary,
+    /** Where the time went, for whoever orders the files next. */
+    took: () => `${name}: ${seconds.toFixed(1)} s`,
   };
 }
 
-const groups = [run(["--parallel", "--jobs", "2", ...spawning]), run(pulumi)];
+const JOBS = process.env.AGENTPOOLS_TEST_JOBS ?? "3";
+const groups = [
+  run(`${spawning.length} files on ${JOBS} workers`, ["--parallel", "--jobs", JOBS, ...spawning]),
+  run(`${pulumi.length} Pulumi files in one process`, pulumi),
+];
 const codes = [];
 for (const group of groups) {
   group.show();
@@ -94,6 +107,7 @@ for (const [i, group] of groups.entries()) {
   for (const [, n, what] of line.matchAll(/(\d+) (passed|failed|skipped)/g)) counts[what] += Number(n);
   if (codes[i] !== 0 && !/[1-9]\d* failed/.test(line)) counts.failed++;
 }
+process.stdout.write(`\n${groups.map((group) => group.took()).join("; ")}\n`);
 process.stdout.write(
   `\ntests: ${counts.passed} passed, ${counts.failed} failed${counts.skipped ? `, ${counts.skipped} skipped` : ""}\n`,
 );
