@@ -246,7 +246,7 @@ export class FlowsHub {
     // Waiting for a runtime: as long as it may run (and the grace). Once sent, its timer starts again (see pump).
     const waitMs = this.waitMs(run);
     run.timer = setTimeout(
-      () => this.giveUp(run, new HttpError(504, `no runtime of pool ${pool} came free within ${waitMs} ms`)),
+      () => this.giveUp(run, 504, `no runtime of pool ${pool} came free within ${waitMs} ms`),
       waitMs,
     );
     queue.push(run);
@@ -257,7 +257,7 @@ export class FlowsHub {
       if (count) this.held.set(holder, count);
       else this.held.delete(holder);
     };
-    void taken?.then(() => this.giveUp(run, new HttpError(499, "the client went away")));
+    void taken?.then(() => this.giveUp(run, 499, "the client went away"));
     void Promise.allSettled([gone, taken]).then(release);
     return answer;
   }
@@ -330,10 +330,7 @@ export class FlowsHub {
       // The agent enforces the run's timeout from its start; this covers a lost answer.
       clearTimeout(run.timer);
       const waitMs = this.waitMs(run);
-      run.timer = setTimeout(
-        () => this.giveUp(run, new HttpError(504, `no answer from the agent within ${waitMs} ms`)),
-        waitMs,
-      );
+      run.timer = setTimeout(() => this.giveUp(run, 504, `no answer from the agent within ${waitMs} ms`), waitMs);
     }
   }
 
@@ -357,23 +354,24 @@ export class FlowsHub {
    * Gives up on a run: its client gets `why` at once. A queued run just leaves the queue; an agent is told to drop or
    * end a run it holds, and answers when it has (in milliseconds, unless its answers queue behind large ones on a
    * slow link). One not answered within the ping timeout is counted gone (the agent is not dropped for it: that
-   * would fail every run on its link).
+   * would fail every run on its link). Every answered run passes here once its client has the answer: the error (and
+   * its stack) is made only where it is given.
    */
-  private giveUp(run: FlowsRun, why: HttpError): void {
+  private giveUp(run: FlowsRun, status: number, message: string): void {
     const queue = this.queues.get(run.pool) ?? [];
     if (!run.agent) {
       const at = queue.indexOf(run);
       if (at < 0) return;
       queue.splice(at, 1);
-      return this.end(run, why);
+      return this.end(run, new HttpError(status, message));
     }
     const agent = run.agent;
     if (agent.pending.get(run.id) !== run || run.cancelled) return;
     run.cancelled = true;
     clearTimeout(run.timer);
-    run.reject(why);
+    run.reject(new HttpError(status, message));
     agent.socket.send(JSON.stringify({ type: "cancel", id: run.id } satisfies GatewayMessage));
-    this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id: run.id, reason: why.message });
+    this.log.info("run cancelled", { pool: agent.pool, agent: agent.id, id: run.id, reason: message });
     run.timer = setTimeout(() => {
       this.log.warn("agent did not answer a cancelled run in time: its place is counted free", {
         pool: agent.pool,
@@ -391,8 +389,7 @@ export class FlowsHub {
     const runs: FlowsRun[] = [];
     for (const queue of this.queues.values()) runs.push(...queue);
     for (const agents of this.agents.values()) for (const agent of agents) runs.push(...agent.pending.values());
-    for (const run of runs)
-      if (!mayUse(run.client, run.pool)) this.giveUp(run, new HttpError(401, KEY_REVOKED(run.pool)));
+    for (const run of runs) if (!mayUse(run.client, run.pool)) this.giveUp(run, 401, KEY_REVOKED(run.pool));
   }
 
   summary(pool: string) {
