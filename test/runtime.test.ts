@@ -550,14 +550,16 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       .map((line) => JSON.parse(line) as { time: string; msg: string })
       .filter((line) => line.msg === "gateway unreachable: asking for a new instance")
       .map((line) => Date.parse(line.time));
-    assert.equal(asked.length, 2);
-    assert.ok(asked[1] - asked[0] >= 200, `asked again after ${asked[1] - asked[0]} ms: not once per 10 ms period`);
+    // (A third may come before the runtime stops, on a loaded machine: each as long after the last.)
+    assert.ok(asked.length >= 2, `asked ${asked.length} times`);
+    for (const [i, at] of asked.slice(1).entries())
+      assert.ok(at - asked[i] >= 200, `asked again after ${at - asked[i]} ms: not once per 10 ms period`);
+    // Each ask a request for this instance (the last may still be on its way when the runtime has stopped).
+    const calls = aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]);
+    assert.ok(calls.length >= 2 && calls.length <= asked.length, `${calls.length} requests, ${asked.length} asks`);
     assert.deepEqual(
-      aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]),
-      [
-        ["i-0123456789abcdef0", "Unhealthy"],
-        ["i-0123456789abcdef0", "Unhealthy"],
-      ],
+      calls,
+      calls.map(() => ["i-0123456789abcdef0", "Unhealthy"]),
     );
   });
 
