@@ -152,21 +152,24 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
   // terser after esbuild: smaller by a few percent, which count against 16 KB. Members the
   // code marks private get short names too (scripts/internal-names.mjs says which are safe).
   const { minify } = await import("terser");
-  const minified = await minify(output(".js"), {
+  const compress = {
+    // A built-in's require is pure: a module whose only user the variant leaves out (node:net where Node's own
+    // clients dial) is not loaded either.
+    pure_funcs: ["require"],
+    // Reading a property has no effect in the runtime: its getters (busy, connected) only compute, and no code
+    // reads a property to make it throw.
+    pure_getters: true,
+    // Built-ins called the short way (String(x) as ""+x, new Error as Error): the runtime overrides none of them and
+    // passes them no Symbol; functions that use no `this` become arrows, and none is called with `new`.
+    unsafe: true,
+    unsafe_arrows: true,
+  };
+  const first = await minify(output(".js"), {
     ecma: 2022,
     toplevel: true,
     compress: {
+      ...compress,
       passes: 3,
-      // A built-in's require is pure: a module whose only user the variant leaves out (node:net where Node's own
-      // clients dial) is not loaded either.
-      pure_funcs: ["require"],
-      // Reading a property has no effect in the runtime: its getters (busy, connected) only compute, and no code
-      // reads a property to make it throw.
-      pure_getters: true,
-      // Built-ins called the short way (String(x) as ""+x, new Error as Error): the runtime overrides none of them and
-      // passes them no Symbol; functions that use no `this` become arrows, and none is called with `new`.
-      unsafe: true,
-      unsafe_arrows: true,
       unsafe_methods: true,
     },
     mangle: {
@@ -177,7 +180,18 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     format: { ascii_only: true },
     sourceMap: sourceMap ? { content: output(".map"), asObject: true } : false,
   });
-  return { code: minified.code, map: minified.map, inputs: Object.keys(result.metafile.inputs) };
+  // One more pass without unsafe_methods, which leaves some object members as methods (`m(a){return f(a)}`) that
+  // this pass makes arrows (`m:a=>f(a)`, only where they use no `this` nor `arguments`): 5 to 20 bytes Brotli a bundle.
+  const minified = await minify(first.code, {
+    ecma: 2022,
+    toplevel: true,
+    compress: { ...compress, passes: 2 },
+    mangle: false,
+    format: { ascii_only: true },
+    sourceMap: sourceMap ? { content: first.map, asObject: true } : false,
+  });
+  // A text file's last line ends in a newline (user-data writes files with heredocs, which always end so).
+  return { code: `${minified.code}\n`, map: minified.map, inputs: Object.keys(result.metafile.inputs) };
 }
 
 /** What each source file costs in the compressed bundle: the bytes Brotli saves without its code. */

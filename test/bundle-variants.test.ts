@@ -1,8 +1,9 @@
 // The EC2 variants of the runtime bundles (agent/config/variants.ts): what each leaves out, and
-// that each refuses, by name, settings it does not serve.
+// that a pool's instances get the one that serves their file.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { EC2_VARIANTS, bundleFile, ec2Variant, type BundleVariant } from "../agent/config/variants";
 import type { RoleName } from "../agent/config/roles";
@@ -13,8 +14,10 @@ import { TOKENS } from "../devkit/fixtures";
 import { capturingLogger, eventually, freePort, runBundle, scratchDir } from "../devkit/helpers";
 import { secretSettings } from "../agent/config/env";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
+import { VCS_VENDORS } from "../agent/config/vcs-agent";
 import { validateSettings } from "../agent/config/validate";
 import { preparePool } from "../components/aws/agent-pool";
+import { poolUserDataSpec, worstCasePlace } from "../components/aws/pool-core";
 import { flowsAgentPoolArgs, flowsAgentPoolKind } from "../components/aws/flows-agent-pool";
 import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
 import { workerPoolArgs, workerPoolKind } from "../components/aws/worker-pool";
@@ -37,6 +40,14 @@ function startBundle(
   const bundle = path.join(packageRoot(), "build", "bundles", bundleFile(role, variant));
   return runBundle(bundle, args, { ...env, AGENTPOOLS_CONFIG: config });
 }
+
+/** The EC2 bundle of the Flows process executor. */
+const FLOWS_PROCESS_BUNDLE = path.join(
+  packageRoot(),
+  "build",
+  "bundles",
+  bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
+);
 
 describe("EC2 bundle variants", () => {
   // What only one side of each choice needs, as it reads in the minified code.
@@ -108,38 +119,81 @@ describe("EC2 bundle variants", () => {
     }
   });
 
-  it("a variant refuses an executor or vendor it does not serve, naming the variable and the value", async () => {
-    const flows = {
-      poolId: "pool",
-      gatewayEndpoint: "http://127.0.0.1:1",
-      backendEndpoint: "http://127.0.0.1:1",
-      executor: "process",
-    };
-    const wrong = await startBundle("flows-agent", { platform: "ec2", executor: "docker" }, flows, {
-      FLOWS_AGENT_POOL_TOKEN: TOKENS.flows,
-    });
-    assert.equal(wrong.code, 1);
-    assert.match(
-      wrong.output,
-      /FLOWS_EXECUTOR \(executor\): \\"process\\" is not served by this bundle \(docker only\)/,
-    );
-    const vcs = await startBundle(
-      "vcs-agent",
-      { platform: "ec2", vendor: "gitlab" },
-      { targetBaseEndpoint: "http://127.0.0.1:1", vendor: "github_enterprise" },
-      { SPACELIFT_VCS_AGENT_POOL_TOKEN: TOKENS.vcs },
-    );
-    assert.equal(vcs.code, 1);
-    assert.match(vcs.output, /SPACELIFT_VCS_AGENT_VENDOR \(vendor\): \\"github_enterprise\\" is not served/);
+  it("a pool's instances get the variant of the executor or vendor their own file names, for every choice", () => {
+    const choices = [
+      ["WorkerPool", "launcher", workerPoolArgs, workerPoolKind, [workerArgs(), LARGEST.worker]],
+      [
+        "VcsAgentPool",
+        "vcs-agent",
+        vcsAgentPoolArgs,
+        vcsAgentPoolKind,
+        [...VCS_VENDORS.map((vendor) => vcsArgs({ vendor })), LARGEST.vcs],
+      ],
+      [
+        "FlowsAgentPool",
+        "flows-agent",
+        flowsAgentPoolArgs,
+        flowsAgentPoolKind,
+        [flowsArgs(), flowsArgs({ executor: "process" }), LARGEST.flows, LARGEST.flowsProcess],
+      ],
+    ] as const;
+    const seen = new Set<string>();
+    for (const [component, role, schema, kind, configurations] of choices) {
+      for (const args of configurations) {
+        const spec = preparePool(component, role, "pool", schema as never, args as never, kind as never);
+        const userData = poolUserDataSpec("pool", spec, worstCasePlace("pool", spec.core));
+        const file = userData.config.settings as { executor?: string; vendor?: string };
+        const variant = EC2_VARIANTS[role].find((v) => runtimeBundle(role, v) === userData.bundle);
+        assert.ok(variant, `${component}: an EC2 variant`);
+        // What the variant serves is what the file names (a variant no longer checks it: it cannot differ).
+        if (variant.executor) assert.equal(file.executor ?? "docker", variant.executor, `${component} executor`);
+        if (variant.vendor) assert.equal(file.vendor, variant.vendor, `${component} vendor`);
+        seen.add(bundleFile(role, variant));
+      }
+    }
+    assert.equal(seen.size, Object.values(EC2_VARIANTS).flat().length, `every variant reached: ${[...seen]}`);
   });
 
-  it("a variant still names a missing secret setting, and takes no command-line flags", async () => {
+  it("a variant still names a missing secret setting (a secret of the user's own may lack it)", async () => {
     const missing = await startBundle("launcher", { platform: "ec2", executor: "docker" }, {});
     assert.equal(missing.code, 1);
     assert.match(missing.output, /SPACELIFT_TOKEN \(token\): is required/);
-    const flag = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, {}, {}, ["--vendor", "gitlab"]);
-    assert.equal(flag.code, 1);
-    assert.match(flag.output, /unknown flag \\"--vendor\\"/);
+    const vcs = await startBundle("vcs-agent", { platform: "ec2", vendor: "gitlab" }, { vendor: "gitlab" });
+    assert.equal(vcs.code, 1);
+    assert.match(vcs.output, /SPACELIFT_VCS_AGENT_POOL_TOKEN \(token\): is required/);
+  });
+
+  it("the Flows process bundle without the capabilities its unit grants: no runtime starts, so the agent never connects, and it says why", async function () {
+    if (process.getuid?.() !== 0) this.skip(); // to start it as another user
+    // It no longer looks for them first (the component grants them): the trial runtime is what fails.
+    // Outside the scratch root (0700, root's): the unprivileged agent reads its file and makes its folder here.
+    const dir = mkdtempSync(path.join(tmpdir(), "agentpools-nocaps-"));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    chmodSync(dir, 0o777);
+    const { settings } = preparePool(
+      "FlowsAgentPool",
+      "flows-agent",
+      "pool",
+      flowsAgentPoolArgs,
+      flowsArgs({ executor: "process", mountsDir: path.join(dir, "mounts"), runtimeUids: "1900300100-1900300115" }),
+      flowsAgentPoolKind,
+    );
+    const config = path.join(dir, "flows-agent.json");
+    writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
+    chmodSync(config, 0o644);
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, FLOWS_PROCESS_BUNDLE], {
+      uid: 65534,
+      gid: 65534,
+      env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: TOKENS.flows },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 1, output);
+    assert.match(output, /FLOWS_RUNTIME_ISOLATION=namespaces is not possible here: a runtime did not start: .*setpriv/);
+    assert.doesNotMatch(output, /Connected to the server|runtimes isolated/);
   });
 
   it("the Flows process bundle (Node's own WebSocket): runs code through a real gateway; on SIGTERM a run in flight still answers, then it leaves", async function () {
@@ -169,13 +223,7 @@ describe("EC2 bundle variants", () => {
     );
     const config = path.join(scratchDir("variant-"), "flows-agent.json");
     writeFileSync(config, JSON.stringify({ role: "flows-agent", pool: "pool", settings, drainTimeoutSeconds: 30 }));
-    const bundle = path.join(
-      packageRoot(),
-      "build",
-      "bundles",
-      bundleFile("flows-agent", { platform: "ec2", executor: "process" }),
-    );
-    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, bundle], {
+    const child = spawn(process.execPath, [...RUNTIME_NODE_FLAGS, FLOWS_PROCESS_BUNDLE], {
       env: { PATH: process.env.PATH, AGENTPOOLS_CONFIG: config, FLOWS_AGENT_POOL_TOKEN: token },
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -943,7 +943,7 @@ describe("AWS pools: options", () => {
       // Pinned to the version the provider reports (2 in the mocks), before the services start.
       const lines = decoded.script.split("\n");
       const fetch = lines.indexOf(
-        `retry aws ssm get-parameter --name '${name}:2' --query Parameter.Value --output text > /run/agentpools-config.br.b64`,
+        `retry aws ssm get-parameter --name '${name}:2' --query Parameter.Value --output text >/run/agentpools-config`,
       );
       assert.ok(fetch > 0 && fetch < lines.findIndex((l) => l.startsWith("systemctl enable")), decoded.script);
       const read = JSON.parse(one(resources, T.policy).inputs.policy).Statement.filter((st: { Action: string }) =>

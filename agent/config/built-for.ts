@@ -5,9 +5,9 @@ import type { VCS_VENDORS } from "./vcs-agent";
  * What a runtime bundle serves. The full bundle (build/bundles/ROLE.js: Kubernetes, tests, by
  * hand) serves every setting. EC2's user-data, where every byte counts, gets a variant that
  * serves one platform and, where the role has them, one executor or one VCS vendor: the
- * component knows which from the pool's settings (variants.ts). scripts/bundle.mjs fixes BUILT_FOR to the
- * variant's values, the minifier leaves out the code they exclude, and the variant's settings
- * schema allows only its own executor or vendor, so a mismatch is a clear settings error.
+ * component picks it by the arguments it renders the instance file from (variants.ts, pool-core.ts), so the two
+ * always match. scripts/bundle.mjs fixes BUILT_FOR to the variant's values, and the minifier leaves out the code they
+ * exclude.
  */
 export interface BundleVariant {
   platform?: "ec2";

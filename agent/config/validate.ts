@@ -1,5 +1,4 @@
 import type { Env, PropertySchema, SettingsSchema } from "./env";
-import { BUILT_FOR } from "./built-for";
 
 /**
  * A small validator for the JSON Schema subset that zod exports for our settings. It runs
@@ -149,23 +148,17 @@ export function validateSettings<T = Record<string, unknown>>(
 /**
  * An EC2 bundle's settings: its instance file's, which the component checked against this same zod schema (a file
  * only root can change), with the secret ones from `env` (the pool's secret, which the role parses itself). It asks
- * only whether each required one is there, and whether the executor or vendor is the one it serves (variants.ts):
- * no text to read, no value to check again. (BUILT_FOR's fields named one by one: the minifier folds them so only.)
+ * only whether each required one is there (a secret the user made, existingSecretArn, may lack one): no text to
+ * read, no value to check again. Nor the executor or vendor: the component picks the variant by the same
+ * arguments it renders the file from (pool-core.ts), so the file always names the one its bundle serves.
  */
 export function servedSettings<T>(role: string, schema: SettingsSchema, given: Record<string, unknown>, env: Env): T {
   const settings = { ...given };
   const problems: SettingsProblem[] = [];
   for (const [key, { env: name, secret }] of Object.entries(schema.properties)) {
     if (secret && env[name!] !== undefined) settings[key] = env[name!];
-    const value = settings[key];
-    const served = key === "executor" ? BUILT_FOR.executor : key === "vendor" ? BUILT_FOR.vendor : undefined;
-    const message =
-      value === undefined
-        ? schema.required?.includes(key) && "is required"
-        : served !== undefined &&
-          value !== served &&
-          `${JSON.stringify(value)} is not served by this bundle (${served} only)`;
-    if (message) problems.push({ path: key, env: name, message });
+    if (settings[key] === undefined && schema.required?.includes(key))
+      problems.push({ path: key, env: name, message: "is required" });
   }
   if (problems.length > 0) throw new SettingsError(role, problems);
   return settings as T;

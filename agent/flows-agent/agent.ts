@@ -16,6 +16,7 @@ import {
   executor,
   type Cancellation,
   processLauncher,
+  type ProcessLauncherOptions,
   type Executor,
   type Outcome,
   type RuntimeLauncher,
@@ -157,7 +158,8 @@ class FlowsLink extends WebSocketLink {
 
 /** What `isolation` needs that this process lacks; undefined when it has it all. */
 export function missingFor(isolation: Isolation, p: Privileges): string | undefined {
-  if (BUILT_FOR.platform !== "ec2" && isolation === "none") return undefined;
+  // On EC2, what the component gives every instance (sandbox.ts readPrivileges): the trial runtime proves it.
+  if (BUILT_FOR.platform === "ec2" || isolation === "none") return undefined;
   if (!p.switchUser) return "no CAP_SETUID, CAP_SETGID and CAP_KILL";
   if (!p.root && !p.setpriv) return "setpriv is missing";
   if (isolation === "namespaces" && !(p.bwrap && seccompFilter()))
@@ -191,8 +193,9 @@ async function isolatedLauncher(
   const attempt = async (isolation: Isolation): Promise<RuntimeLauncher | undefined> => {
     let missing = missingFor(isolation, privileges);
     if (!missing) {
+      // (On EC2 the level and the scratch root are not read: namespaces, each runtime's scratch its own tmpfs.)
       const launcher = processLauncher({
-        isolation,
+        ...(BUILT_FOR.platform !== "ec2" && { isolation, scratchRoot: settings.mountsDir }),
         privileges,
         uids,
         runner: [runner.path, ...runner.args],
@@ -200,8 +203,7 @@ async function isolatedLauncher(
         memoryMb: settings.runtimeMemoryMb,
         diskMb: settings.runtimeDiskMb,
         openFiles: settings.runtimeOpenFiles,
-        scratchRoot: settings.mountsDir,
-      });
+      } as ProcessLauncherOptions);
       const trial = launcher.start()!;
       missing = await trial.ready.then(
         () => undefined,
@@ -235,7 +237,9 @@ export async function createExecutor(
   runner: Runner,
   docker?: string,
 ): Promise<{ executor: Executor; name: string }> {
-  mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
+  // (EC2's process executor keeps nothing there: each runtime's scratch is a tmpfs of its own.)
+  if (BUILT_FOR.platform !== "ec2" || BUILT_FOR.executor === "docker")
+    mkdirSync(settings.mountsDir, { recursive: true, mode: 0o700 });
   const uids = uidPool(settings.runtimeUids);
   // A runtime's uid is held until it is cleaned up: as many again as the pool, so that runs rarely wait for one. (On
   // EC2 the component checked the range, and the agent's user is a system one, below any range: the block leaves an

@@ -34,7 +34,12 @@ export interface Privileges {
 const program = (name: string) => (existsSync(`/usr/bin/${name}`) ? `/usr/bin/${name}` : undefined);
 
 export function readPrivileges(): Privileges {
-  if (BUILT_FOR.platform !== "ec2" && process.platform !== "linux") return { root: false, switchUser: false };
+  // On EC2 the component's boot script installs both programs (dnf, or the boot fails) and its unit grants the agent
+  // the three capabilities: nothing to find out. Should one lack, the trial runtime fails, saying which (ENOENT, or
+  // setpriv's "Operation not permitted"), and the agent does not start (agent.ts).
+  // (Only the programs: the EC2 bundle reads nothing else of it.)
+  if (BUILT_FOR.platform === "ec2") return { setpriv: "/usr/bin/setpriv", bwrap: "/usr/bin/bwrap" } as Privileges;
+  if (process.platform !== "linux") return { root: false, switchUser: false };
   // CAP_KILL, CAP_SETGID and CAP_SETUID are bits 5, 6 and 7: the last two hex digits of CapEff.
   const caps = parseInt(/^CapEff:\s*\w*(\w\w)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0", 16);
   return {

@@ -20,7 +20,7 @@ import { runPolicyJsonSchema } from "../config/settings-schema";
 import { interruptibleSleep } from "../runtime/http";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
-import { gatewayRequest } from "../tunnel/dial";
+import { gatewayRequest, type GatewayRequest } from "../tunnel/dial";
 import { decodeToken, type PoolToken } from "../../protocol/token";
 import { parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
@@ -199,10 +199,26 @@ export class Launcher extends WebSocketLink {
     });
   }
 
-  /** How state goes to and from the gateway: off EC2 through the settings' proxy, as the link (on EC2, Node's). */
-  private get transfer() {
-    const { httpsProxy, noProxy } = this.context.settings;
-    return BUILT_FOR.platform === "ec2" ? {} : { proxy: httpsProxy, noProxy };
+  /**
+   * A request for a run's state (GET, or PUT with a body), signed and under the run's fence. Off EC2 through the
+   * settings' proxy, as the link (on EC2, Node's).
+   */
+  private stateRequest(run: string, fence: number, request: Omit<GatewayRequest, "path" | "headers">, type?: string) {
+    const { settings, token } = this.context;
+    return gatewayRequest(
+      new URL(token.gateway),
+      {
+        ...request,
+        path: statePath(token.pool, run),
+        // (An upload is sent chunked: no length is given.)
+        headers: {
+          ...credentials(this.context, this.worker),
+          [FENCE_HEADER]: String(fence),
+          ...(type && { "content-type": type }),
+        },
+      },
+      BUILT_FOR.platform === "ec2" ? {} : { proxy: settings.httpsProxy, noProxy: settings.noProxy },
+    );
   }
 
   private send(message: FromWorker): void {
@@ -468,7 +484,7 @@ export class Launcher extends WebSocketLink {
    * for the logs timeout or at the run's deadline. What fails leaves no file.
    */
   private async downloadState(from: string, file: string, fence: number, deadline: number): Promise<void> {
-    const { settings, token, privateKey } = this.context;
+    const { settings, privateKey } = this.context;
     const stop = new AbortController();
     const end = (why: string) => stop.abort(new Error(`the state of run ${from} ${why}`));
     const logsTimeout = settings.logsTimeout;
@@ -476,16 +492,7 @@ export class Launcher extends WebSocketLink {
     const late = setTimeout(() => end("was not in by the run's deadline"), deadline - Date.now());
     let size = 0;
     try {
-      const response = await gatewayRequest(
-        new URL(token.gateway),
-        {
-          method: "GET",
-          path: statePath(token.pool, from),
-          headers: { ...credentials(this.context, this.worker), [FENCE_HEADER]: String(fence) },
-          signal: stop.signal,
-        },
-        this.transfer,
-      );
+      const response = await this.stateRequest(from, fence, { method: "GET", signal: stop.signal });
       if (response.statusCode !== 200) end(`is not available: the gateway answered ${response.statusCode}`);
       await pipeline(
         response,
@@ -518,21 +525,11 @@ export class Launcher extends WebSocketLink {
     run.delivering = true;
     try {
       if (run.stateFile && existsSync(run.stateFile)) {
-        const headers = {
-          ...credentials(this.context, this.worker),
-          [FENCE_HEADER]: String(run.fence),
-          // (Sent chunked: no length is given.)
-          "content-type": "application/octet-stream",
-        };
-        const response = await gatewayRequest(
-          new URL(this.context.token.gateway),
-          {
-            method: "PUT",
-            path: statePath(this.context.token.pool, run.id),
-            headers,
-            body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)),
-          },
-          this.transfer,
+        const response = await this.stateRequest(
+          run.id,
+          run.fence,
+          { method: "PUT", body: createReadStream(run.stateFile).pipe(sealStream(this.context.publicKey)) },
+          "application/octet-stream",
         );
         response.resume();
         if (response.statusCode === 413) {

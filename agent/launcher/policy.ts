@@ -8,14 +8,14 @@ import { literally } from "./output";
 
 /** Load and validate the run initialization policy; any problem stops the launcher with this error. */
 export function loadPolicy(file: string, schema: PropertySchema): RunPolicy {
+  // On EC2 the file is the component's rendering (JSON.stringify) of a policy it checked against the same schema.
+  if (BUILT_FOR.platform === "ec2") return JSON.parse(readFileSync(file, "utf8"));
   let document: unknown;
   try {
     document = JSON.parse(readFileSync(file, "utf8"));
   } catch (error) {
     throw new Error(`the run initialization policy ${file} cannot be read as JSON: ${(error as Error).message}`);
   }
-  // On EC2 the file is the component's rendering of a policy it checked against the same schema.
-  if (BUILT_FOR.platform === "ec2") return document as RunPolicy;
   const problems = checkDocument(schema, document, "policy");
   if (problems.length > 0) {
     throw new Error(

@@ -118,7 +118,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       status = writeStatusFiles(statusDir, () => serving && (agent?.connected?.() ?? true), options?.statusIntervalMs);
     const configPath = processEnv[CONFIG_PATH_VARIABLE];
     const config: InstanceConfig | undefined = configPath && JSON.parse(readFileSync(configPath, "utf8"));
-    if (config && config.role !== role.name)
+    // On EC2 the component writes the file beside the role's own bundle: it is that role's.
+    if (BUILT_FOR.platform !== "ec2" && config && config.role !== role.name)
       throw new Error(`${configPath} is for role ${config.role}, not ${role.name}`);
     // What the role reads from its environment (a launcher passes some of it to runs), and the secret settings.
     const env: Env = { ...processEnv };
@@ -162,7 +163,9 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
     const argv = options?.argv ?? process.argv.slice(2);
-    if (argv[0] && !options?.parseFlags) throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
+    // EC2's unit starts the runtime with no argument (userdata.ts): nothing else gives it one.
+    if (BUILT_FOR.platform !== "ec2" && argv[0] && !options?.parseFlags)
+      throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
     // EC2: the file's settings as the component checked them. Elsewhere: the file's, under the variables of the
     // process (an operator overrides one setting on a box; Kubernetes gives them all so) and the flags, checked here.
     const raw =

@@ -158,7 +158,8 @@ export function poolUserDataSpec(name: string, spec: PoolSpec, place: PoolPlace,
   return {
     pool: name,
     role: spec.role,
-    // The variant for EC2 and the pool's executor or vendor: what the pool does not use is left out.
+    // The variant for EC2 and the pool's executor or vendor: what the pool does not use is left out. The instance
+    // file names the same one, from the same arguments (test/bundle-variants.test.ts): the bundle does not check it.
     bundle: runtimeBundle(spec.role, ec2Variant(spec.role, core as { executor?: string; vendor?: string })),
     config: {
       role: spec.role,

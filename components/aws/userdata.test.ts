@@ -6,11 +6,11 @@ import path from "node:path";
 import { gunzipSync } from "node:zlib";
 import { statSync } from "node:fs";
 import {
-  ARCHIVE_PATH,
   configFiles,
   decodeUserData,
   GVISOR,
   renderConfigParameterValue,
+  renderScript,
   renderUserData,
   unpackFiles,
   USER_DATA_LIMIT,
@@ -85,6 +85,9 @@ function runBootPiece(script: string, lines: string[], bin: string) {
   const idFile = path.join(scratchDir("cloud-"), "instance-id");
   writeFileSync(idFile, "i-0123456789abcdef0\n");
   const text = `${preamble}\n${lines.join("\n")}\n`.replace("/var/lib/cloud/data/instance-id", idFile);
+  // A piece that fails runs the trap: never this machine's own poweroff.
+  if (!existsSync(path.join(bin, "poweroff")))
+    writeFileSync(path.join(bin, "poweroff"), "#!/bin/sh\n", { mode: 0o755 });
   // No stdin: bash started with a socket for stdin (Node's pipes) and no SHLVL takes itself for an ssh session and
   // reads the user's ~/.bashrc, whatever that runs (on a developer's machine, pyenv's set-up: ten processes a run).
   return spawnSync("/bin/bash", ["-c", text], {
@@ -94,11 +97,9 @@ function runBootPiece(script: string, lines: string[], bin: string) {
   });
 }
 
-/** The script's own `unpack` function, run with this machine's node and under a scratch root. */
+/** The script's own `unpack` function, run with this machine's node, then a move to a scratch root (the script's is /). */
 const localUnpack = (lines: string[], root: string) =>
-  (lines.find((l) => l.startsWith("unpack() {")) as string)
-    .replace("/usr/bin/node-24", JSON.stringify(process.execPath))
-    .replace(`"$1" ""`, `"$1" ${root}`);
+  `${(lines.find((l) => l.startsWith("unpack() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath))}\ncd ${root}`;
 
 describe("user-data", () => {
   it("is a gzipped bash script that writes its own files and decodes back to exactly what was rendered", () => {
@@ -106,6 +107,8 @@ describe("user-data", () => {
     const gzipped = renderUserData(input);
     const decoded = decodeUserData(gzipped);
     assert.match(gunzipSync(gzipped).toString("utf8"), /^#!\/bin\/bash\n/);
+    // Its parts refer back to the text before them: another gunzip (gzip's own) reads the same script.
+    assert.equal(execFileSync("gzip", ["-dc"], { input: gzipped }).toString("utf8"), renderScript(input));
     assert.equal(decoded.files.get("/opt/agentpools/launcher.js")?.content, input.bundle);
     assert.deepEqual(JSON.parse(decoded.files.get("/etc/agentpools/launcher.json")?.content as string), input.config);
     assert.equal(decoded.files.get("/etc/agentpools/policy")?.content, "allow everything 'quoted' %d\nEOF\n");
@@ -137,17 +140,13 @@ describe("user-data", () => {
     const input = spec();
     const decoded = decodeUserData(renderUserData(input));
     const lines = decoded.script.split("\n");
-    const write = lines.find((l) => l.startsWith(`base64 -d > ${ARCHIVE_PATH} `)) as string;
-    const unpack = lines.indexOf(`unpack ${ARCHIVE_PATH}`);
+    const unpack = lines.findIndex((l) => /^base64 -d<<<'[A-Za-z0-9+/=]+'\|unpack$/.test(l));
     assert.ok(unpack > lines.findIndex((l) => l.startsWith("retry dnf install")), "after Node.js is installed");
+    assert.ok(unpack > lines.indexOf("cd /"), "under /");
     assert.ok(unpack < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
-    // Run those very lines here, with this machine's node, a scratch archive and a scratch root.
+    // Run that very line here, with this machine's node and a scratch root.
     const root = scratchDir("root-");
-    const archive = path.join(root, "archive.br");
-    execFileSync("/bin/bash", [
-      "-c",
-      `${write.replace(ARCHIVE_PATH, archive)}\n${localUnpack(lines, root)}\nunpack ${archive}`,
-    ]);
+    execFileSync("/bin/bash", ["-c", `set -o pipefail\n${localUnpack(lines, root)}\n${lines[unpack]}`]);
     for (const file of decoded.files.values()) {
       if (file.path === "/etc/pki/ca-trust/source/anchors/agentpools.pem") continue; // written by the shell, tested above
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
@@ -159,6 +158,7 @@ describe("user-data", () => {
     const parameter = { name: "/agentpools/agentpools-build-1a2b3c4d/config", version: 7 };
     const input = spec({ configParameter: parameter });
     const value = renderConfigParameterValue(input);
+    const inlineScript = decodeUserData(renderUserData(spec())).script;
     const inline = decodeUserData(renderUserData(spec())).files;
     const decoded = decodeUserData(renderUserData(input));
     // Out of user-data, into the value, byte for byte the files the inline path writes (so a pool's settings are the same either way).
@@ -171,14 +171,16 @@ describe("user-data", () => {
       "/etc/systemd/system/agentpools-launcher.service",
     ]);
     for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
-    // The rest of the boot script with them: the inline script's tail, word for word.
+    // The rest of the boot script with them: the inline script's tail (after its archive), word for word.
     const asInline = (path: string) =>
-      inline.get(path === "/etc/agentpools/boot.sh" ? "/opt/agentpools/boot.sh" : path);
+      path === "/etc/agentpools/boot.sh"
+        ? inlineScript.slice(inlineScript.indexOf("'|unpack\n") + 9)
+        : inline.get(path)?.content;
     assert.deepEqual(
       unpackFiles(value).map((f) => f.content),
-      moved.map((f) => asInline(f.path)?.content),
+      moved.map((f) => asInline(f.path)),
     );
-    // The whole script as it runs is the inline one's, with the three lines that read the parameter.
+    // The whole script as it runs is the inline one's, with the two lines that read the parameter.
     const runs = (script: string) =>
       script
         .replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''")
@@ -193,7 +195,7 @@ describe("user-data", () => {
     const fetch = lines.findIndex((l) => l.includes("aws ssm get-parameter --name") && l.includes("/config:"));
     assert.equal(
       lines[fetch],
-      `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text > /run/agentpools-config.br.b64`,
+      `retry aws ssm get-parameter --name '${parameter.name}:7' --query Parameter.Value --output text >/run/agentpools-config`,
     );
     const whole = decodeUserData(renderUserData(input), value).script.split("\n");
     assert.ok(
@@ -205,7 +207,7 @@ describe("user-data", () => {
     writeFileSync(stored, value);
     const bin = standIns({ aws: `[ "$4" = '${parameter.name}:7' ] && cat '${stored}'` });
     // A strict umask at boot must not leave the files unreadable to the service user.
-    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 3)].map((l) =>
+    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 2)].map((l) =>
       l.replaceAll("/run/", `${root}/`),
     );
     const run = runBootPiece(decoded.script, piece, bin.dir);
@@ -444,7 +446,7 @@ describe("user-data", () => {
   });
 
   it("refuses user-data over 16,384 gzipped bytes, naming the pool and the size", () => {
-    const noise = randomBytes(24_000).toString("base64"); // incompressible past the limit
+    const noise = `${randomBytes(24_000).toString("base64")}\n`; // incompressible past the limit
     assert.throws(
       () => renderUserData(spec({ pool: "noisy", extraFiles: [{ path: "/etc/agentpools/noise", content: noise }] })),
       (e: UserDataTooLargeError) =>

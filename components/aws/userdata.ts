@@ -1,6 +1,7 @@
 import { brotliCompressSync, brotliDecompressSync, constants, crc32, deflateRawSync, gunzipSync } from "node:zlib";
 import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
+import path from "node:path";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
 import { BOOT_MARKS_PATH } from "../../agent/config/metrics";
 
@@ -119,10 +120,8 @@ export const unitName = (role: RoleName) => `agentpools-${role}.service`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
 export const bundlePath = (role: RoleName) => `${INSTALL_DIR}/${role}.js`;
 
-/** Where cloud-init writes the archive of the instance's files, which the boot script unpacks. */
-export const ARCHIVE_PATH = "/run/agentpools.br";
-/** Where the boot script puts the archive of the configuration it reads from SSM (spec.configParameter). */
-export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config.br";
+/** Where the boot script puts the configuration's archive (base64) it reads from SSM (spec.configParameter). */
+export const CONFIG_ARCHIVE_PATH = "/run/agentpools-config";
 
 /** Brotli at its best, as user-data carries the archive: the same text always gives the same bytes. */
 export const BROTLI_PARAMS = { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 22 };
@@ -157,28 +156,47 @@ export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
 
 /**
  * The bundle and every file not needed before packages are installed travel as one Brotli
- * archive: each file as a NUL, its path, a newline and its content (text, which holds no
- * NUL; every file is 0644, root's). Brotli packs them together smaller than gzip does apart, the margin that keeps the
- * largest pools under the 16 KB limit. The boot script unpacks it with the Node.js it has
- * just installed, under the directory given last (none on the instance; the tests give a scratch one).
+ * archive: a shell script that makes their folders and writes each file with a heredoc, under
+ * the working directory (the boot script's is /; the tests give a scratch one). Every file is
+ * text ending in a newline (a heredoc's last line ends in one), 0644, root's. Brotli packs them
+ * together smaller than gzip does apart, the margin that keeps the largest pools under the
+ * 16 KB limit; Node.js, just installed, only decompresses (what a decoder of our own format
+ * would cost in the boot script is more than the heredocs cost in the archive).
  * Deterministic: the same files give the same bytes.
  */
-export const packFiles = (files: UserDataFile[]) =>
-  brotli(files.map((f) => `\0${f.path}\n${f.content}`).join("")).toString("base64");
+export function packFiles(files: UserDataFile[]): string {
+  for (const file of files) {
+    if (!file.content.endsWith("\n")) throw new Error(`${file.path} must end with a newline to travel in user-data`);
+  }
+  const folders = [...new Set(files.map((file) => `.${path.posix.dirname(file.path)}`))];
+  const script = [
+    "set -e",
+    `mkdir -p ${folders.join(" ")}`,
+    ...files.flatMap((file) => writeFile({ path: `.${file.path}`, content: file.content })),
+    "",
+  ];
+  return brotli(script.join("\n")).toString("base64");
+}
 /** The files of an archive packFiles made, in order. */
 export function unpackFiles(archive: string): UserDataFile[] {
-  return brotliDecompressSync(Buffer.from(archive, "base64"))
-    .toString("utf8")
-    .split("\0")
-    .slice(1)
-    .map((entry) => ({ path: entry.slice(0, entry.indexOf("\n")), content: entry.slice(entry.indexOf("\n") + 1) }));
+  return heredocFiles(brotliDecompressSync(Buffer.from(archive, "base64")).toString("utf8")).map((file) => ({
+    path: file.path.slice(1),
+    content: file.content,
+  }));
 }
+/** The files a script writes with writeFile's heredocs, in order. */
+const heredocFiles = (script: string): UserDataFile[] =>
+  [...script.matchAll(/^cat > (\S+) <<'(\w+)'\n([\s\S]*?)\n\2$/gm)].map(([, path, , content]) => ({
+    path,
+    content: content + "\n",
+  }));
 /**
- * `unpack ARCHIVE`: a shell function, so the archive from SSM is unpacked by the same code as
- * user-data's. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
+ * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's:
+ * Node.js decompresses it, bash runs it. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the
+ * service user reads them.
  */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { /usr/bin/node-${spec.nodeMajor} -e 'const fs=require("fs"),[,a,r]=process.argv;process.umask(18);for(const[,f,c]of(require("zlib").brotliDecompressSync(fs.readFileSync(a))+"").matchAll(/\\0(\\S+)\\n([^\\0]*)/g))fs.mkdirSync(r+f.replace(/[^/]*$/,""),{recursive:!0}),fs.writeFileSync(r+f,c)' "$1" ""; }`;
+  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(require("zlib").brotliDecompressSync(require("fs").readFileSync(0)))'|bash; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -281,7 +299,6 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   return [
     { path: bundlePath(spec.role), content: spec.bundle },
-    { path: BOOT_TAIL_PATH, content: bootTail(spec) },
     ...(spec.configParameter ? [] : configFiles(spec)),
     ...(spec.caCertificates ? [{ path: CA_BUNDLE_PATH, content: spec.caCertificates }] : []),
   ];
@@ -333,11 +350,9 @@ function caTrustCommands(spec: UserDataSpec): string[] {
 function configFetchCommands(spec: UserDataSpec): string[] {
   const parameter = spec.configParameter;
   if (!parameter) return [];
-  const encoded = `${CONFIG_ARCHIVE_PATH}.b64`;
   return [
-    `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text > ${encoded}`,
-    `base64 -d ${encoded} > ${CONFIG_ARCHIVE_PATH}`,
-    `unpack ${CONFIG_ARCHIVE_PATH}`,
+    `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text >${CONFIG_ARCHIVE_PATH}`,
+    `base64 -d ${CONFIG_ARCHIVE_PATH}|unpack`,
   ];
 }
 
@@ -358,14 +373,14 @@ export function bootPreamble(spec: UserDataSpec): string[] {
     "set -euo pipefail",
     `export AWS_DEFAULT_REGION=${spec.region}`,
     // The last attempt fails the call; the trap reports the command (which $BASH_COMMAND, unexpanded, would not).
-    `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3 * n * n)); done; "$@" || { why="$*"; return 1; }; }`,
+    `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3*n*n)); done; "$@" || { why="$*"; return 1; }; }`,
     ...(aws
       ? [
           "abandon() {",
           "  trap - ERR; set +e",
           ...(awsProxy(spec) ? [`  export${awsProxy(spec)}`] : []),
-          "  i=$(cat /var/lib/cloud/data/instance-id)",
-          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$i: boot failed: \${1//\\"/}\\""`,
+          // The instance's ID as cloud-init keeps it.
+          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$(</var/lib/cloud/data/instance-id): boot failed: \${1//\\"/}\\""`,
           // The launch template terminates an instance that powers off: the group replaces it at once.
           "  poweroff",
           "  exit 1",
@@ -382,9 +397,6 @@ function writeFile(file: UserDataFile): string[] {
   while (file.content.split("\n").includes(delimiter)) delimiter += "_";
   return [`cat > ${file.path} <<'${delimiter}'`, ...file.content.replace(/\n$/, "").split("\n"), delimiter];
 }
-
-/** The part of the boot script that runs once Node.js has unpacked it: it travels in the archive, where it packs smaller. */
-export const BOOT_TAIL_PATH = `${INSTALL_DIR}/boot.sh`;
 
 /** The last part of the boot script when the config parameter holds it (sourced: same shell, same trap). */
 export const BOOT_REST_PATH = `${CONFIG_DIR}/boot.sh`;
@@ -437,9 +449,13 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
       : []),
     `retry dnf install -y ${packages.join(" ")}`,
     `date +%s >>${BOOT_MARKS_PATH}`,
-    `base64 -d > ${ARCHIVE_PATH} <<<'`,
+    unpackFunction(spec),
+    // The archive's paths are unpacked under the working directory.
+    "cd /",
+    `base64 -d<<<'`,
   ];
-  const after = ["'", unpackFunction(spec), `unpack ${ARCHIVE_PATH}`, `. ${BOOT_TAIL_PATH}`, ""];
+  // The rest after the archive, where gzip finds the names it repeats from the text before (gzipParts).
+  const after = ["'|unpack", bootTail(spec)];
   return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
 }
 
@@ -448,17 +464,22 @@ export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).jo
 /**
  * gzip whose parts are compressed each on its own, every part ending its deflate blocks: the
  * archive's base64, which the text around it never matches, then has Huffman codes of its
- * own (some 180 bytes less than one stream). Any gunzip reads it as one stream.
+ * own (some 180 bytes less than one stream). Each part is compressed with the text before it
+ * as its dictionary (deflate's 32 KB window): a gunzip has that text behind it as it reads the
+ * part, so the text after the archive refers back to the names the text before it holds. Any
+ * gunzip reads it as one stream.
  */
 function gzipParts(parts: string[]): Buffer {
   const data = Buffer.from(parts.join(""), "utf8");
-  const deflated = parts.map((part, i) =>
-    deflateRawSync(part, {
+  const deflated = parts.map((part, i) => {
+    const before = Buffer.from(parts.slice(0, i).join(""), "utf8");
+    return deflateRawSync(part, {
       level: 9,
       memLevel: 9,
       finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
-    }),
-  );
+      ...(before.length > 0 && { dictionary: before.subarray(-32_768) }),
+    });
+  });
   // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
   const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
   const trailer = Buffer.alloc(8);
@@ -495,17 +516,14 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
   const script = gunzipSync(typeof data === "string" ? Buffer.from(data, "base64") : data).toString("utf8");
   if (!script.startsWith("#!/bin/bash\n")) throw new Error("user-data is not a bash script");
   const files = new Map<string, UserDataFile>();
-  for (const [, path, , content] of script.matchAll(/^cat > (\S+) <<'(\w+)'\n([\s\S]*?)\n\2$/gm)) {
-    files.set(path, { path, content: content + "\n" });
-  }
+  for (const file of heredocFiles(script)) files.set(file.path, file);
   // As on the instance: the script unpacks the archive it writes.
-  const archive = new RegExp(`^base64 -d > ${ARCHIVE_PATH} <<<'([A-Za-z0-9+/=]+)'$`, "m").exec(script)?.[1];
-  if (archive && script.includes(`\nunpack ${ARCHIVE_PATH}\n`)) {
+  const archive = /^base64 -d<<<'([A-Za-z0-9+/=]+)'\|unpack$/m.exec(script)?.[1];
+  if (archive && /^cd \/$/m.test(script)) {
     for (const file of unpackFiles(archive)) files.set(file.path, file);
   }
-  const tail = files.get(BOOT_TAIL_PATH)?.content;
-  const whole = tail === undefined ? script : script.replace(`. ${BOOT_TAIL_PATH}\n`, tail);
-  if (configParameterValue !== undefined && whole.includes(`\nunpack ${CONFIG_ARCHIVE_PATH}\n`)) {
+  const whole = script;
+  if (configParameterValue !== undefined && whole.includes(`\nbase64 -d ${CONFIG_ARCHIVE_PATH}|unpack\n`)) {
     for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
     const rest = files.get(BOOT_REST_PATH)?.content;
     if (rest !== undefined) return { script: whole.replace(`. ${BOOT_REST_PATH}\n`, rest), files };
