@@ -553,7 +553,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     // (A third may come before the runtime stops, on a loaded machine: each as long after the last.)
     assert.ok(asked.length >= 2, `asked ${asked.length} times`);
     for (const [i, at] of asked.slice(1).entries())
-      assert.ok(at - asked[i] >= 200, `asked again after ${at - asked[i]} ms: not once per 10 ms period`);
+      // (200 ms by the runtime's clock; each line is dated a moment after its decision, hence the margin.)
+      assert.ok(at - asked[i] >= 150, `asked again after ${at - asked[i]} ms: not once per 10 ms period`);
     // Each ask a request for this instance (the last may still be on its way when the runtime has stopped).
     const calls = aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]);
     assert.ok(calls.length >= 2 && calls.length <= asked.length, `${calls.length} requests, ${asked.length} asks`);
