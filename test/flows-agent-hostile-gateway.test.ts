@@ -76,7 +76,10 @@ describe("Flows agent: a hostile gateway", function () {
     }
   });
 
-  it("a gateway that stops reading its answers cannot pile them up in the agent: answers not yet sent count as runs held", async () => {
+  it("a gateway that stops reading its answers cannot pile them up in the agent: answers not yet sent count as runs held", async function () {
+    // Under a second alone; under load each run's cold start and 3 MB answer take seconds, and how many answers the
+    // kernel's socket buffers take before the agent holds any varies: the deadline is for a hang, not for speed.
+    this.timeout(120_000);
     const { links, log, agent, run, close } = await hostileGateway();
     // Each run names itself to a loopback server and keeps the connection until its runtime is gone (after its answer).
     const gone: string[] = [];
@@ -92,9 +95,9 @@ describe("Flows agent: a hostile gateway", function () {
       // runtime is all they ever take, but their answers wait in the agent.
       links[0].socket.pause();
       let sent = 0;
-      // Bounded below mocha's timeout, so that a failure says how far it came (4 runs, under a second, alone).
+      // Bounded below the test's timeout, so that a failure says how far it came.
       const started = Date.now();
-      while (links.length === 1 && sent < 40 && Date.now() - started < 15_000) {
+      while (links.length === 1 && sent < 40 && Date.now() - started < 100_000) {
         const id = `run-${sent++}`;
         run(
           id,
@@ -106,7 +109,7 @@ describe("Flows agent: a hostile gateway", function () {
         );
         await eventually(
           () => links.length > 1 || gone.includes(id),
-          Math.max(15_000 - (Date.now() - started), 100),
+          Math.max(100_000 - (Date.now() - started), 100),
           `${id}'s runtime gone (${sent} sent in ${Date.now() - started} ms)`,
         );
       }
