@@ -112,10 +112,20 @@ export class FakeAws {
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
+  /**
+   * Ends this instance as Auto Scaling would: terminated. A runtime run in the test's own process polls its lifecycle
+   * state until told Terminated (on EC2 its process exits first): the fake keeps answering that one question, and no
+   * other, until this process ends, so that no poll outlives its test (they went on for the rest of a mocha worker,
+   * hundreds of requests a second, through a later test's proxy).
+   */
   stop(): Promise<void> {
+    this.terminate();
+    this.stopped = true;
     this.server.closeAllConnections();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    this.server.unref();
+    return Promise.resolve();
   }
+  private stopped = false;
 
   /** The environment a runtime needs to find this fake instead of AWS. */
   env(base: string): Record<string, string> {
@@ -133,6 +143,11 @@ export class FakeAws {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (
+      this.stopped &&
+      new URL(req.url ?? "/", "http://x").pathname !== "/latest/meta-data/autoscaling/target-lifecycle-state"
+    )
+      return void req.socket.destroy();
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString("utf8");

@@ -345,6 +345,11 @@ export function hostileRuns(slot: number, body: (h: Hostile) => void): void {
           method: "POST",
           headers: service.headers,
           body: JSON.stringify(body),
+        }).catch((error: Error & { cause?: Error & { code?: string } }) => {
+          // fetch says only "fetch failed": its cause (a reset, a refusal) is what tells a flake from a defect.
+          throw new Error(`${error.message}: ${error.cause?.code ?? ""} ${error.cause?.message ?? ""}`, {
+            cause: error,
+          });
         });
         return { status: response.status, result: await response.json() };
       },

@@ -22,6 +22,9 @@ import { Gateway } from "../gateway/gateway";
 import { createPool } from "../gateway/pools";
 import { capturingLogger, eventually, freePort, recordingProxy, runBundle, scratchDir } from "../devkit/helpers";
 
+/** See devkit/lookup-recorder.ts. */
+const LOOKUP_RECORDER = path.join(__dirname, "..", "devkit", "lookup-recorder.js");
+
 const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:agentpools/vcs-AbCdEf";
 const TOKEN = encodeToken({
   gateway: "https://gateway.example.com",
@@ -148,8 +151,13 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   /** The shipped bundle as systemd would start it on the instance, against the fake AWS. */
-  function startInstance(bundleFile: string, configFile: string, env: Record<string, string> = aws.env(base)) {
-    const child = spawn(process.execPath, [bundleFile], {
+  function startInstance(
+    bundleFile: string,
+    configFile: string,
+    env: Record<string, string> = aws.env(base),
+    nodeArgs: string[] = [],
+  ) {
+    const child = spawn(process.execPath, [...nodeArgs, bundleFile], {
       env: { PATH: process.env.PATH, ...env, AGENTPOOLS_CONFIG: configFile },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -512,33 +520,47 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   });
 
   it("asks Auto Scaling to replace the instance once its agent has been cut off for the configured time, not before", async () => {
-    const { state, within } = puppet();
-    // A second cut off is the time: a hundred data points, and a margin no pause of a loaded machine spans.
-    await within({ metricsSeconds: 0.01, unhealthyAfterSeconds: 1 }, async () => {
+    // Not before: cut off for less than the time (a minute here, which no pause of a loaded machine spans), nothing asked.
+    const patient = puppet();
+    await patient.within({ metricsSeconds: 0.01, unhealthyAfterSeconds: 60 }, async () => {
       await eventually(() => metric(METRICS.connected).length >= 2, 5000, "running");
-      state.connected = false;
+      patient.state.connected = false;
       await eventually(() => metric(METRICS.connected).at(-1)?.value === 0, 5000, "a disconnected data point");
-      state.connected = true; // back before the time is up: nothing asked
+      patient.state.connected = true;
       await eventually(() => metric(METRICS.connected).at(-1)?.value === 1, 5000, "reconnected");
-      assert.equal(aws.instanceHealth, "Healthy");
+    });
+    assert.equal(aws.instanceHealth, "Healthy");
+    assert.deepEqual(aws.callsOf("SetInstanceHealth"), []);
+
+    // Once cut off for the time (a fifth of a second here: twenty data points), asked; then again as long after.
+    const { state, within } = puppet();
+    let running!: ReturnType<typeof run>;
+    await within({ metricsSeconds: 0.01, unhealthyAfterSeconds: 0.2 }, async (started) => {
+      running = started;
+      const before = metric(METRICS.connected).length;
+      await eventually(() => metric(METRICS.connected).length >= before + 2, 5000, "running");
       state.connected = false;
       await eventually(() => aws.instanceHealth === "Unhealthy", 5000, "marked unhealthy");
       // Auto Scaling ignores the request within the group's grace period: the runtime asks again, as long after.
       aws.instanceHealth = "Healthy";
       await eventually(() => aws.callsOf("SetInstanceHealth").length === 2, 5000, "asked again");
-      const [first, second] = aws.calls.filter((c) => c.action === "SetInstanceHealth").map((c) => c.at);
-      // 1000 ms apart when asked; as received, less whatever the first request's trip took longer (a loaded machine).
-      assert.ok(
-        second - first >= 500,
-        `asked again after ${second - first} ms: not once per 10 ms period but per 1000 ms`,
-      );
     });
+    // When the runtime decided to ask, by its own log's clock (what a request's trip took is not counted).
+    const asked = (await running).lines
+      .map((line) => JSON.parse(line) as { time: string; msg: string })
+      .filter((line) => line.msg === "gateway unreachable: asking for a new instance")
+      .map((line) => Date.parse(line.time));
+    // (A third may come before the runtime stops, on a loaded machine: each as long after the last.)
+    assert.ok(asked.length >= 2, `asked ${asked.length} times`);
+    for (const [i, at] of asked.slice(1).entries())
+      // (200 ms by the runtime's clock; each line is dated a moment after its decision, hence the margin.)
+      assert.ok(at - asked[i] >= 150, `asked again after ${at - asked[i]} ms: not once per 10 ms period`);
+    // Each ask a request for this instance (the last may still be on its way when the runtime has stopped).
+    const calls = aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]);
+    assert.ok(calls.length >= 2 && calls.length <= asked.length, `${calls.length} requests, ${asked.length} asks`);
     assert.deepEqual(
-      aws.callsOf("SetInstanceHealth").map((b) => [b.InstanceId, b.HealthStatus]),
-      [
-        ["i-0123456789abcdef0", "Unhealthy"],
-        ["i-0123456789abcdef0", "Unhealthy"],
-      ],
+      calls,
+      calls.map(() => ["i-0123456789abcdef0", "Unhealthy"]),
     );
   });
 
@@ -625,9 +647,10 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
           HTTPS_PROXY: proxyUrl,
           NO_PROXY: noProxy(viaProxy),
         };
-        const { child, output } = startInstance(bundleFile, configFile, env);
+        const { child, output } = startInstance(bundleFile, configFile, env, ["--require", LOOKUP_RECORDER]);
         try {
-          // Through the proxy: seen at once. Around it: the first call fails for good (no network here), having asked the proxy nothing.
+          // Through the proxy: seen at once. Around it: the instance resolves the host itself (the call then fails, no
+          // network here, and is retried for seconds), having asked the proxy nothing.
           if (viaProxy)
             await eventually(
               () => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"),
@@ -636,10 +659,11 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
             );
           else
             await eventually(
-              () => /"level":"error".*secretsmanager\.cn-north-1\.amazonaws\.com\.cn/.test(output()),
+              () => /^lookup secretsmanager\.cn-north-1\.amazonaws\.com\.cn$/m.test(output()),
               10_000,
-              "the direct call's failure",
+              "the direct call's own lookup",
             );
+          if (viaProxy) assert.doesNotMatch(output(), /^lookup .*amazonaws/m, "no AWS name resolved beside the proxy");
         } finally {
           child.kill();
         }

@@ -68,7 +68,9 @@ describe("worker pools: gateway run queue and launcher", function () {
       workDirectory: path.join(dir, "runs"),
       whitelistedEnvVars: ["VISIBLE_SETTING"],
       maskedEnvVars: ["DEPLOY_SECRET", "TF_VAR_password"],
-      logsTimeout: "2s",
+      // Long: a loaded machine's pause must not end another test's run, or a state transfer (its stall timer). The
+      // logs timeout's own test has a launcher of its own.
+      logsTimeout: "60s",
       runInitializationPolicyFile: policyFile,
       metadataTags: { instance_id: "i-0123" },
       vcsAgents: [{ name: "corp-git", baseEndpoint: "https://git.corp.example.com" }],
@@ -270,12 +272,39 @@ describe("worker pools: gateway run queue and launcher", function () {
   });
 
   it("kills a run that prints nothing for the logs timeout, and says so", async () => {
-    const started = Date.now();
-    const run = await finished((await submit({ image: "alpine:3", commands: ["echo working", "sleep 30"] })).id);
-    assert.equal(run.status, "timed_out");
-    assert.match(run.reason ?? "", /no log output for 2s/);
-    assert.ok(Date.now() - started < 10_000);
-    assert.deepEqual(await logs(run.id), ["working", "[agentpools: killed: no log output for 2s]"]);
+    // A pool of its own on the gateway, whose launcher's logs timeout is 300 ms.
+    const quietPort = await freePort();
+    const quietUrl = `http://127.0.0.1:${quietPort}`;
+    const quietData = scratchDir("worker-quiet-");
+    const certificate = await signPoolRequest(await loadOrCreateAuthority(quietData), opensslRequest().csr, POOL);
+    const quiet = createPool(POOL, "worker", quietUrl, certificate);
+    const quietGateway = new Gateway({
+      pools: [quiet.pool],
+      keys: [service.definition],
+      port: quietPort,
+      dataDir: quietData,
+      log: capturingLogger("gateway").log,
+    });
+    await quietGateway.listen();
+    const quietLauncher = await launcherRole().start(
+      settings({ token: quiet.token, logsTimeout: "300ms", workDirectory: path.join(dir, "quiet-runs") }),
+      { log: capturingLogger("launcher").log, env: launcherEnv },
+    );
+    const saved = url;
+    try {
+      await eventually(() => quietGateway.summary()[0].connections === 1);
+      url = quietUrl;
+      const started = Date.now();
+      const run = await finished((await submit({ image: "alpine:3", commands: ["echo working", "sleep 30"] })).id);
+      assert.equal(run.status, "timed_out");
+      assert.match(run.reason ?? "", /no log output for 300ms/);
+      assert.ok(Date.now() - started < 10_000);
+      assert.deepEqual(await logs(run.id), ["working", "[agentpools: killed: no log output for 300ms]"]);
+    } finally {
+      url = saved;
+      await quietLauncher.drain(Date.now() + 2000);
+      await quietGateway.close();
+    }
   });
 
   it("kills a run at its run timeout even while it keeps printing", async () => {
