@@ -96,7 +96,8 @@ socket.on("close", () => (process.stderr.write("docker: the engine went away\n")
 `;
 
 describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launcher)", function () {
-  this.timeout(60_000);
+  // Each wait is for a hang (a pod through a drain takes under a second alone): a loaded machine takes many times that.
+  this.timeout(90_000);
   let port: number;
   let gateway: Gateway;
   let token: string;
@@ -198,13 +199,13 @@ describe("Kubernetes worker pod through a drain (stand-in kubelet, shipped launc
       );
       await eventually(
         () => kubelet.output.get("docker")?.includes(`container agentpools-run-${id} started`),
-        10_000,
+        20_000,
         "the run started in the engine",
       );
       const terminated = kubelet.terminate();
       await eventually(
         () => kubelet.output.get("launcher")?.includes('"msg":"draining"'),
-        10_000,
+        20_000,
         "the launcher drains",
       );
       const releaseRun = () => writeFileSync(fifo, "go\n");
