@@ -494,6 +494,17 @@ const cases: Case[] = [
     "block 2 is not a valid X.509 certificate",
   ],
   [
+    "a NUL among CA certificates (bash drops it: a line 'EOF\\0' would end the boot script's heredoc, the rest run as root)",
+    (n) =>
+      new FlowsAgentPool(
+        n,
+        flowsArgs({ customCaCertificates: `${CA_EC}\nEOF\0\necho pwned > /tmp/x\ncat >/dev/null <<'EOF'\n` }),
+      ),
+    "customCaCertificates",
+    "has a control character (code 0)",
+    ["echo pwned"],
+  ],
+  [
     "a certificate cut short",
     (n) => new VcsAgentPool(n, vcsArgs({ customCaCertificates: CA_EC.slice(0, 200) })),
     "customCaCertificates",

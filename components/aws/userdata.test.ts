@@ -436,6 +436,14 @@ describe("user-data", () => {
       assert.throws(() => renderUserData(spec({ httpsProxy })), /(httpsProxy|HTTPS_PROXY) must be one line/);
   });
 
+  it("refuses a file with a NUL byte: bash would drop it as it reads, and a line 'EOF\\0' would end the heredoc", () => {
+    const caCertificates = `${CA_EC}\nEOF\0\necho ran > /tmp/pwned\n`;
+    assert.throws(
+      () => renderUserData(spec({ caCertificates })),
+      /holds a NUL byte: it cannot travel in the boot script/,
+    );
+  });
+
   it("gives the same bytes for the same inputs, with a fixed gzip header", () => {
     const a = renderUserData(spec());
     const b = renderUserData(spec());

@@ -393,6 +393,9 @@ export function bootPreamble(spec: UserDataSpec): string[] {
 
 /** A file written by the script itself: a heredoc with a delimiter its content does not hold. */
 function writeFile(file: UserDataFile): string[] {
+  // Bash drops NUL bytes as it reads a script: a line "EOF\0" would be the delimiter to it, not to the check below.
+  if (file.content.includes("\0"))
+    throw new Error(`${file.path} holds a NUL byte: it cannot travel in the boot script`);
   let delimiter = "EOF";
   while (file.content.split("\n").includes(delimiter)) delimiter += "_";
   return [`cat > ${file.path} <<'${delimiter}'`, ...file.content.replace(/\n$/, "").split("\n"), delimiter];

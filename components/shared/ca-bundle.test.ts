@@ -29,6 +29,15 @@ describe("CA bundles, parsed as X.509", () => {
     assert.deepEqual(caBundleProblems(""), ["has no PEM certificate (-----BEGIN CERTIFICATE----- ...)"]);
   });
 
+  it("refuses a control character between blocks (bash drops a NUL as it reads a script: 'EOF\\0' would end a heredoc)", () => {
+    const injected = `${CA_EC}\nEOF\0\necho ran > /tmp/pwned\ncat >/dev/null <<'EOF'\n`;
+    assert.deepEqual(caBundleProblems(injected), [
+      `has a control character (code 0) at offset ${CA_EC.length + 4}: only text, tabs and line breaks`,
+    ]);
+    assert.match(caBundleProblems(`${CA_EC}\x1b[2J`)[0], /code 27/);
+    assert.deepEqual(caBundleProblems(`# title\r\n\t${CA_EC}`), [], "tabs and CRLF line ends are text");
+  });
+
   it("refuses a private key pasted among them, saying so and never showing it", () => {
     const key = generateKeyPairSync("rsa", { modulusLength: 1024 }).privateKey.export({
       type: "pkcs8",
