@@ -105,16 +105,27 @@ describe("sealed run state", () => {
   });
 
   it("reads its header and chunks however the input is cut: one byte at a time, and as one piece", async () => {
-    const plain = randomBytes(1000);
-    const sealed = await joined(seal(pool.publicKey, [plain.subarray(0, 10), plain.subarray(10)], 64));
-    // 1000 bytes in chunks of 64: 15 full chunks and a final one of 40, each with its 16-byte tag.
-    assert.equal(sealed.length, 4 + 2 + 256 + 7 + 4 + 1000 + 16 * 16);
+    const plain = randomBytes(10_000);
+    const sealed = await joined(seal(pool.publicKey, [plain.subarray(0, 10), plain.subarray(10)], 4096));
+    // 10,000 bytes in chunks of 4096: 2 full chunks and a final one of 1808, each with its 16-byte tag.
+    assert.equal(sealed.length, 4 + 2 + 256 + 7 + 4 + 10_000 + 3 * 16);
     const bytes = function* () {
       for (let i = 0; i < sealed.length; i++) yield sealed.subarray(i, i + 1);
     };
     assert.deepEqual(await joined(open(pool.privateKey, bytes())), plain);
     assert.deepEqual(await joined(open(pool.privateKey, [sealed])), plain);
     await assert.rejects(joined(open(pool.privateKey, [sealed.subarray(0, 5)])), /header is incomplete/);
+  });
+
+  it("opens only the chunk sizes a sealer here uses (4 KiB to SEAL_CHUNK): 1-byte chunks cost a decipher per byte", async () => {
+    const plain = randomBytes(5000);
+    for (const size of [1, 4095, SEAL_CHUNK + 1, 16 << 20])
+      await assert.rejects(
+        joined(open(pool.privateKey, [await joined(seal(pool.publicKey, [plain], size))])),
+        /header is not valid/,
+      );
+    for (const size of [4096, SEAL_CHUNK])
+      assert.deepEqual(await joined(open(pool.privateKey, [await joined(seal(pool.publicKey, [plain], size))])), plain);
   });
 
   it("streams: memory stays bounded by the chunk size, not the payload", async () => {
