@@ -4,8 +4,9 @@ import path from "node:path";
 /**
  * A stand-in for the Docker CLI (no engine runs on this machine), written to `dir/docker`: it
  * records each call in `calls` (argv, environment and env file, NUL-separated: CALL, ENV, FILE),
- * answers `kill`, and runs a `docker run`'s script with /bin/sh on this host, in the workspace
- * the run mounts, with the variables of its env file, as a container would. Returns its path.
+ * answers `kill` and `rm` (waiting while `dir/hold` exists), and runs a `docker run`'s script
+ * with /bin/sh on this host (its pid in `dir/client`), in the workspace the run mounts, with the
+ * variables of its env file, as a container would. Returns its path.
  */
 export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-calls")): string {
   const docker = path.join(dir, "docker");
@@ -16,7 +17,9 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
       'envfile=; prev=; for a; do [ "$prev" = --env-file ] && envfile=$a; prev=$a; done',
       // The env file as docker reads it: its mode, then its lines.
       `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; printf 'FILE\\0'; [ -z "$envfile" ] || { stat -c %a "$envfile"; cat "$envfile"; }; } >> '${calls}'`,
-      'case "$1" in kill) exit 0;; esac',
+      // A removal waits while dir/hold exists (an engine slow to answer); the client's pid is in dir/client.
+      `case "$1" in kill|rm) while [ -e '${dir}/hold' ]; do sleep 0.01; done; exit 0;; esac`,
+      `echo $$ > '${dir}/client'`,
       'for a; do case "$a" in type=bind,source=*,target=/workspace) src=${a#type=bind,source=}; src=${src%,target=/workspace};; esac; last=$a; done',
       // As docker does: NAME=VALUE sets a variable, a NAME alone takes the client's value.
       '[ -z "$envfile" ] || while IFS= read -r line || [ -n "$line" ]; do export "$line"; done < "$envfile"',

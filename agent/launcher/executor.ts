@@ -33,18 +33,20 @@ export interface RunExecutor {
   start(run: PreparedRun): StartedRun;
 }
 
-function started(child: ChildProcess, kill: () => void): StartedRun {
+/** A started run: `kill` may return what its end waits for beyond the process's own (a container's removal). */
+function started(child: ChildProcess, kill: () => unknown): StartedRun {
+  let killing: unknown;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once("error", () => resolve({ code: 127, signal: null }));
     child.once("close", (code, signal) => resolve({ code, signal }));
-  });
+  }).then(async (exit) => (await killing, exit));
   return {
     onOutput: (listener) => {
       child.stdout?.on("data", (chunk: Buffer) => listener(chunk, "stdout"));
       child.stderr?.on("data", (chunk: Buffer) => listener(chunk, "stderr"));
     },
     exited,
-    kill,
+    kill: () => void (killing = kill()),
   };
 }
 
@@ -156,13 +158,24 @@ export function dockerExecutor(
       });
       // Read by the client as it starts; removed once it is done.
       child.once("close", () => rmSync(envFile(run), { force: true }));
+      // A killed client leaves its container running, free to write the workspace (swap its state file for a link to a
+      // host file, say): a killed run ends once the engine has killed its container (docker kill waits for it to stop)
+      // or 30 s have passed.
       return started(child, () => {
-        spawn(
-          docker,
-          [...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []), "kill", containerName(run.id)],
-          { env: clientEnv, stdio: "ignore" },
-        ).once("error", () => undefined);
         child.kill("SIGKILL");
+        return new Promise((done) =>
+          spawn(
+            docker,
+            [
+              ...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []),
+              "kill",
+              containerName(run.id),
+            ],
+            { env: clientEnv, stdio: "ignore", timeout: 30_000 },
+          )
+            .on("error", done)
+            .on("close", done),
+        );
       });
     },
   };

@@ -162,7 +162,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
     }
 
     for (const { env: name } of secrets) if (env[name]) log.redact(env[name]);
-    const argv = options?.argv ?? process.argv.slice(2);
+    const argv = BUILT_FOR.platform === "ec2" ? [] : (options?.argv ?? process.argv.slice(2));
     // EC2's unit starts the runtime with no argument (userdata.ts): nothing else gives it one.
     if (BUILT_FOR.platform !== "ec2" && argv[0] && !options?.parseFlags)
       throw new Error(`unknown flag ${JSON.stringify(argv[0])}`);
