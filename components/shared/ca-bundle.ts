@@ -10,7 +10,7 @@ import { X509Certificate } from "node:crypto";
 const BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END ([A-Z0-9 ]+)-----/g;
 
 /** Control characters no PEM file holds; bash drops NUL from a script, so a line "EOF\0" would end a heredoc early. */
-const CONTROL = /[\0-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+const CONTROL = /[^\P{Cc}\t\n\r]/u;
 
 export function caBundleProblems(text: string): string[] {
   const problems: string[] = [];
