@@ -2,12 +2,17 @@ import { spawnSync } from "node:child_process";
 import { randomUUID, sign, type KeyObject } from "node:crypto";
 import {
   chmodSync,
+  closeSync,
+  constants,
   createReadStream,
   createWriteStream,
   existsSync,
-  lstatSync,
+  fstatSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
+  readlinkSync,
+  realpathSync,
   rmSync,
 } from "node:fs";
 import path from "node:path";
@@ -138,14 +143,34 @@ export function prepareLauncher(
 }
 
 /**
- * The state file a run left, if it is a regular file of the workspace's own: not a symbolic
- * link (nor its directory one), a FIFO, or a hard link to a file elsewhere. The run has ended:
- * nothing of it can swap the file once checked. false when there is one, but not such a file.
+ * Keeps the state file a run left, if it is a regular file of the workspace's own (not a symbolic link, nor reached
+ * through one; not a FIFO, nor a hard link to a file elsewhere), as a copy at `into`, which no run sees. Taken once,
+ * through the descriptor it was checked on: a container the engine has not yet stopped may still change the
+ * workspace, never what is uploaded. false when there is a state file, but not such a file; undefined when none.
  */
-function stateFileOf(workspace: string): string | false | undefined {
-  const file = path.join(workspace, STATE_FILE);
-  if (!existsSync(file)) return undefined;
-  return lstatSync(path.dirname(file)).isDirectory() && lstatSync(file).isFile() && lstatSync(file).nlink === 1 && file;
+export async function keepState(workspace: string, into: string): Promise<boolean | undefined> {
+  const file = path.join(realpathSync(workspace), STATE_FILE);
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_NONBLOCK); // read-only; a FIFO opens without a writer
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "ENOENT" ? undefined : false;
+  }
+  const stat = fstatSync(fd);
+  try {
+    // Where the descriptor really is (/proc): reached through a link, file or folder, it is somewhere else.
+    if (!stat.isFile() || stat.nlink !== 1 || readlinkSync(`/proc/self/fd/${fd}`) !== file) return false;
+    await pipeline(
+      createReadStream("", { fd, autoClose: false }),
+      createWriteStream(into, { flags: "wx", mode: 0o600 }),
+    );
+    return true;
+  } catch {
+    rmSync(into, { force: true });
+    return false;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** The headers that authenticate the launcher: the pool's secret, and a fresh signature by the pool's key. */
@@ -456,9 +481,9 @@ export class Launcher extends WebSocketLink {
     outputs.stderr.end();
 
     // The state file is the run's to write, not to point elsewhere: only a regular file of the workspace's own is kept.
-    const kept = stateFileOf(workspace);
+    const kept = await keepState(workspace, path.join(run.dir, "state"));
     if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
-    run.stateFile = kept || undefined;
+    run.stateFile = kept ? path.join(run.dir, "state") : undefined;
     const state = Boolean(kept);
     const { stopped } = run;
     if (timedOut || stopped) append([`[agentpools: killed: ${timedOut ?? stopped}]`]);
