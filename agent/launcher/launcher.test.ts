@@ -23,11 +23,20 @@ describe("launcher: the state a run leaves", () => {
   it("keeps a copy of a regular file, which a later swap of the workspace's file (a link to a host file) does not touch", async () => {
     const { dir, workspace, state, host } = runDir();
     writeFileSync(state, "terraform state\n");
-    assert.equal(await keepState(workspace, path.join(dir, "state")), true);
+    assert.equal(await keepState(workspace, path.join(dir, "state"), 1 << 20), true);
     // A container not yet stopped swaps the file for a link to a host file: the copy is what is uploaded.
     renameSync(state, `${state}.old`);
     symlinkSync(host, state);
     assert.equal(readFileSync(path.join(dir, "state"), "utf8"), "terraform state\n");
+  });
+
+  it("keeps nothing over the limit: a file larger (sparse or not) copies nothing, and no copy passes the limit", async () => {
+    const { dir, workspace, state } = runDir();
+    writeFileSync(state, "x".repeat(1001));
+    assert.equal(await keepState(workspace, path.join(dir, "state"), 1000), false);
+    assert.throws(() => readFileSync(path.join(dir, "state")), /ENOENT/, "no copy");
+    assert.equal(await keepState(workspace, path.join(dir, "state"), 1001), true);
+    assert.equal(readFileSync(path.join(dir, "state"), "utf8").length, 1001);
   });
 
   it("keeps nothing of a link, a link's directory, a FIFO or a hard link to a file elsewhere; nothing is no state", async () => {
@@ -48,10 +57,10 @@ describe("launcher: the state a run leaves", () => {
     for (const [what, make] of cases) {
       const r = runDir();
       make(r);
-      assert.equal(await keepState(r.workspace, path.join(r.dir, "state")), false, what);
+      assert.equal(await keepState(r.workspace, path.join(r.dir, "state"), 1 << 20), false, what);
       assert.throws(() => readFileSync(path.join(r.dir, "state")), /ENOENT/, `${what}: no copy`);
     }
     const r = runDir();
-    assert.equal(await keepState(r.workspace, path.join(r.dir, "state")), undefined);
+    assert.equal(await keepState(r.workspace, path.join(r.dir, "state"), 1 << 20), undefined);
   });
 });

@@ -146,25 +146,28 @@ export function prepareLauncher(
  * Keeps the state file a run left, if it is a regular file of the workspace's own (not a symbolic link, nor reached
  * through one; not a FIFO, nor a hard link to a file elsewhere), as a copy at `into`, which no run sees. Taken once,
  * through the descriptor it was checked on: a container the engine has not yet stopped may still change the
- * workspace, never what is uploaded. false when there is a state file, but not such a file; undefined when none.
+ * workspace, never what is uploaded. At most `limit` bytes are copied: a larger file (or one that grows meanwhile) is
+ * not kept. false when there is a state file, but not such a file; undefined when none.
  */
-export async function keepState(workspace: string, into: string): Promise<boolean | undefined> {
+export async function keepState(workspace: string, into: string, limit: number): Promise<boolean | undefined> {
   const file = path.join(realpathSync(workspace), STATE_FILE);
   let fd: number;
   try {
-    fd = openSync(file, constants.O_NONBLOCK); // read-only; a FIFO opens without a writer
+    // Read-only, no link followed at the last step (nor opened: a device, say), a FIFO without waiting for a writer.
+    fd = openSync(file, constants.O_NONBLOCK | constants.O_NOFOLLOW);
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "ENOENT" ? undefined : false;
   }
   const stat = fstatSync(fd);
   try {
     // Where the descriptor really is (/proc): reached through a link, file or folder, it is somewhere else.
-    if (!stat.isFile() || stat.nlink !== 1 || readlinkSync(`/proc/self/fd/${fd}`) !== file) return false;
-    await pipeline(
-      createReadStream("", { fd, autoClose: false }),
-      createWriteStream(into, { flags: "wx", mode: 0o600 }),
-    );
-    return true;
+    if (!stat.isFile() || stat.nlink !== 1 || readlinkSync(`/proc/self/fd/${fd}`) !== file || stat.size > limit)
+      return false;
+    const copy = createWriteStream(into, { flags: "wx", mode: 0o600 });
+    // One byte past the limit at most, to know it was passed.
+    await pipeline(createReadStream("", { fd, autoClose: false, end: limit }), copy);
+    if (copy.bytesWritten <= limit) return true;
+    throw new Error("grew past the limit");
   } catch {
     rmSync(into, { force: true });
     return false;
@@ -481,8 +484,9 @@ export class Launcher extends WebSocketLink {
     outputs.stderr.end();
 
     // The state file is the run's to write, not to point elsewhere: only a regular file of the workspace's own is kept.
-    const kept = await keepState(workspace, path.join(run.dir, "state"));
-    if (kept === false) append(["[agentpools: state not kept: not a regular file]"]);
+    const kept = await keepState(workspace, path.join(run.dir, "state"), settings.maxStateBytes);
+    if (kept === false)
+      append([`[agentpools: state not kept: not a regular file, or over ${settings.maxStateBytes} bytes]`]);
     run.stateFile = kept ? path.join(run.dir, "state") : undefined;
     const state = Boolean(kept);
     const { stopped } = run;
