@@ -523,6 +523,21 @@ describe("Kubernetes components (mocks)", () => {
       '"10.0.0.0"',
     ],
     ["the process executor for workers", () => workers("kb-9", { executor: "process" }), "executor"],
+    [
+      "a DNS peer with an ipBlock and a selector (the API server takes one or the other)",
+      () =>
+        vcs("kb-dns-1", {
+          egress: { dns: [{ ipBlock: { cidr: "10.0.0.10/32" }, podSelector: { matchLabels: { a: "b" } } }] },
+        }),
+      "egress.dns[0]",
+    ],
+    ["no DNS peer at all", () => vcs("kb-dns-2", { egress: { dns: [] } }), "egress.dns"],
+    ["a DNS peer that names nothing", () => vcs("kb-dns-3", { egress: { dns: [{}] } }), "egress.dns[0]"],
+    [
+      "a DNS peer's bad label",
+      () => vcs("kb-dns-4", { egress: { dns: [{ podSelector: { matchLabels: { "k8s app": "dns" } } }] } }),
+      "egress.dns[0].podSelector.matchLabels.k8s app",
+    ],
     // A pod's runtimes are processes: what only the Docker executor reads is refused, not ignored.
     ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value], i): (typeof bad)[number] => [
       `${key}, which only the Docker executor reads`,
@@ -1099,6 +1114,51 @@ describe("Kubernetes components (mocks)", () => {
       "k-egress-imds",
     );
     assert.deepEqual(one(allowed, T.policy).inputs.spec.egress[1].to, [{ ipBlock: { cidr: "0.0.0.0/0" } }]);
+  });
+
+  const flows = (name: string, overrides: Partial<kubernetes.FlowsAgentArgs> = {}) =>
+    new kubernetes.FlowsAgent(name, {
+      ...{ poolId: "p", poolToken: "t", gatewayEndpoint: "https://g", backendEndpoint: "https://b" },
+      ...overrides,
+    });
+  // NetworkPolicy semantics: a rule's `to` left out allows its ports to every destination.
+  const dnsRule = (resources: RecordedResource[]) =>
+    one(resources, T.policy).inputs.spec.egress.find((rule: { ports?: { port: number }[] }) =>
+      rule.ports?.some((p) => p.port === 53),
+    );
+  it("egress: DNS reaches the cluster's DNS pods only, not port 53 of every address (all three pool kinds)", async () => {
+    const narrowed = { egress: { cidrBlocks: ["10.20.0.0/16"], ports: [443] } };
+    const kinds = await Promise.all([
+      deploy(() => vcs("k-dns-vcs", narrowed), "k-dns-vcs"),
+      deploy(() => workers("k-dns-workers", narrowed), "k-dns-workers"),
+      deploy(() => flows("k-dns-flows", narrowed), "k-dns-flows"),
+    ]);
+    for (const resources of kinds) {
+      const rules = one(resources, T.policy).inputs.spec.egress;
+      assert.ok(
+        rules.every((rule: { to?: unknown[] }) => rule.to?.length),
+        "no egress rule open to every address",
+      );
+      assert.deepEqual(dnsRule(resources), {
+        to: [
+          {
+            namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } },
+            podSelector: { matchLabels: { "k8s-app": "kube-dns" } },
+          },
+        ],
+        ports: [
+          { protocol: "UDP", port: 53 },
+          { protocol: "TCP", port: 53 },
+        ],
+      });
+    }
+    // A node-local DNS cache (its link-local address) and a DNS of another namespace, as given.
+    const dns = [{ ipBlock: { cidr: "169.254.20.10/32" } }, { namespaceSelector: { matchLabels: { dns: "yes" } } }];
+    const custom = await deploy(
+      () => vcs("k-dns-custom", { egress: { cidrBlocks: ["10.0.0.0/8"], dns } }),
+      "k-dns-custom",
+    );
+    assert.deepEqual(dnsRule(custom).to, dns);
   });
 
   it("every object these tests rendered passes the API schema, the API server's rules and its namespace's Pod Security level", async () => {

@@ -190,7 +190,8 @@ function checkValues(requirement: Requirement, ctx: z.RefinementCtx): void {
     issue(`must be one integer with operator "${requirement.operator}"`);
 }
 
-const labelSelector = z.strictObject({
+/** A label selector, as the API server takes it. */
+export const labelSelector = z.strictObject({
   matchLabels: labelMap.optional(),
   matchExpressions: z
     .array(

@@ -12,7 +12,17 @@ import { flowsRunnerBundle, runtimeBundle, RUNTIME_NODE_FLAGS } from "../shared/
 import { sharedPoolShape } from "../shared/pool-args";
 import { checkSecrets } from "../shared/secrets";
 import { formatIssues, InvalidArgumentsError } from "../shared/validation";
-import { affinity, cidrBlock, dataKey, dnsLabel, dnsSubdomain, labelMap, resources, toleration } from "./api-rules";
+import {
+  affinity,
+  cidrBlock,
+  dataKey,
+  dnsLabel,
+  dnsSubdomain,
+  labelMap,
+  labelSelector,
+  resources,
+  toleration,
+} from "./api-rules";
 import { autoscaling, hpaSpec, scaledObjectSpec, type ScaleTarget } from "./autoscaling";
 import { egressPeers, isOnlyMetadata } from "./egress";
 
@@ -42,6 +52,31 @@ const LEVELS: PodSecurityLevel[] = ["restricted", "baseline", "privileged"];
 /** The strictest level that admits every one of these pools' pods (for a namespace they share). */
 export const admittingLevel = (...needs: PodSecurityLevel[]): PodSecurityLevel =>
   LEVELS[Math.max(0, ...needs.map((level) => LEVELS.indexOf(level)))];
+
+/** The cluster's DNS as kubeadm, EKS, GKE and AKS deploy it: CoreDNS (or kube-dns) pods labelled k8s-app=kube-dns. */
+export const CLUSTER_DNS = [
+  {
+    namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } },
+    podSelector: { matchLabels: { "k8s-app": "kube-dns" } },
+  },
+];
+
+/** A NetworkPolicy peer the pods may ask names of: an ipBlock, or pods by namespace and pod labels (not both). */
+const dnsPeer = z
+  .strictObject({
+    ipBlock: z.strictObject({ cidr: cidrBlock }).optional(),
+    namespaceSelector: labelSelector.optional(),
+    podSelector: labelSelector.optional(),
+  })
+  .superRefine((peer, ctx) => {
+    const selects = peer.namespaceSelector !== undefined || peer.podSelector !== undefined;
+    if (peer.ipBlock ? !selects : selects) return;
+    ctx.addIssue({
+      code: "custom",
+      input: peer,
+      message: "must name either an ipBlock or a namespaceSelector and/or podSelector, as a NetworkPolicy peer",
+    });
+  });
 
 export interface WorkloadDefaults {
   replicas: number;
@@ -84,7 +119,7 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
       })
       .optional(),
     /**
-     * Where the pods may connect; DNS is always allowed. Ports default to the kind's needs.
+     * Where the pods may connect; DNS (`dns`) is always allowed. Ports default to the kind's needs.
      * The cloud metadata addresses are left out of every block unless allowMetadataService.
      */
     egress: z
@@ -92,6 +127,11 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
         cidrBlocks: z.array(cidrBlock).min(1).default(["0.0.0.0/0"]),
         ports: z.array(z.int().min(1).max(65535)).optional(),
         allowMetadataService: z.boolean().default(false),
+        /**
+         * Where names are resolved (port 53, UDP and TCP): the cluster DNS unless told (a node-local DNS cache's
+         * address, another DNS). Never every address: port 53 open to the internet is a channel out.
+         */
+        dns: z.array(dnsPeer).min(1).default(CLUSTER_DNS),
       })
       .superRefine((egress, ctx) => {
         if (egress.allowMetadataService) return;
@@ -102,7 +142,7 @@ export function workloadShape(role: RoleName, defaults: WorkloadDefaults) {
           ctx.addIssue({ code: "custom", path: ["cidrBlocks", index], input: cidr, message });
         });
       })
-      .default({ cidrBlocks: ["0.0.0.0/0"], allowMetadataService: false }),
+      .default({ cidrBlocks: ["0.0.0.0/0"], allowMetadataService: false, dns: CLUSTER_DNS }),
     ...sharedPoolShape(defaults),
     labels: labelMap.default({}),
   };
@@ -453,6 +493,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
         ingress: [],
         egress: [
           {
+            to: args.egress.dns,
             ports: [
               { protocol: "UDP", port: 53 },
               { protocol: "TCP", port: 53 },
