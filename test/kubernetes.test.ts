@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { utimesSync, writeFileSync } from "node:fs";
 import * as pulumi from "@pulumi/pulumi";
 import { InvalidArgumentsError, kubernetes } from "../components";
 import { flowsRunnerBundle, runtimeBundle } from "../components/shared/bundles";
 import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedResource } from "../devkit/pulumi-mocks";
 import { CA_EC, DOCKER_ONLY_VALUES, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
+import { scratchDir } from "../devkit/helpers";
 import { renderMetrics } from "../gateway/metrics";
 import {
   admissionProblems,
@@ -81,8 +84,23 @@ describe("Kubernetes components (mocks)", () => {
     assert.deepEqual(spec.securityContext.seccompProfile, { type: "RuntimeDefault" });
     assert.equal(spec.automountServiceAccountToken, false);
     assert.equal(one(resources, T.account).inputs.automountServiceAccountToken, false);
-    assert.deepEqual(container.readinessProbe.exec.command, ["test", "-f", "/tmp/agentpools/ready"]);
-    assert.match(container.livenessProbe.exec.command[2], /heartbeat/);
+    assert.deepEqual(container.readinessProbe.exec.command, ["test", "-f", "/run/agentpools/ready"]);
+    // The rendered liveness command: a heartbeat of the last minute passes; a stale one, or one dated in the future
+    // (as a planted file could be), fails.
+    const status = scratchDir("liveness-");
+    const [sh, ...args] = container.livenessProbe.exec.command.map((arg: string) =>
+      arg.replace("/run/agentpools", status),
+    );
+    const alive = (mtime: Date) => {
+      writeFileSync(`${status}/heartbeat`, "");
+      utimesSync(`${status}/heartbeat`, mtime, mtime);
+      return spawnSync(sh, args).status === 0;
+    };
+    assert.deepEqual([new Date(), new Date(Date.now() - 120_000), new Date("2099-01-01")].map(alive), [
+      true,
+      false,
+      false,
+    ]);
     assert.equal(spec.terminationGracePeriodSeconds, 90);
     assert.deepEqual(spec.tolerations, [{ key: "agents", operator: "Exists", effect: "NoSchedule" }]);
     assert.deepEqual(spec.nodeSelector, { pool: "agents" });
@@ -176,6 +194,22 @@ describe("Kubernetes components (mocks)", () => {
     assert.deepEqual(
       runtimeVolume.configMap.items.map((i: { path: string }) => i.path),
       ["flows-agent.js", "flows-runner.js", "config.json"],
+    );
+    // Runtimes' uids write nowhere in the pod but their scratch volume: no /tmp to fill or plant files in, the status
+    // files on a volume of their own, every emptyDir capped.
+    const mounts = Object.fromEntries(
+      container.volumeMounts.map((m: { mountPath: string; name: string }) => [m.mountPath, m.name]),
+    );
+    assert.equal(mounts["/tmp"], undefined);
+    assert.equal(mounts["/run/agentpools"], "status");
+    assert.equal(env.AGENTPOOLS_STATUS_DIR, "/run/agentpools");
+    const emptyDirs = podSpec(resources).volumes.filter((v: { emptyDir?: unknown }) => v.emptyDir);
+    assert.deepEqual(
+      emptyDirs.map((v: { name: string; emptyDir: { sizeLimit?: string } }) => [v.name, v.emptyDir.sizeLimit]),
+      [
+        ["status", "1Mi"],
+        ["runtimes", "2Gi"],
+      ],
     );
   });
 

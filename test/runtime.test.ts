@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { settingsJsonSchema } from "../agent/config/settings-schema";
 import type { VcsAgentSettings } from "../agent/config/vcs-agent";
-import { runRole, type Role, type RunningAgent } from "../agent/runtime/runtime";
+import { runRole, writeStatusFiles, type Role, type RunningAgent } from "../agent/runtime/runtime";
 import { decodeUserData, renderUserData } from "../components/aws/userdata";
 import { poolNoProxy, poolUserDataSpec, type PoolSpec } from "../components/aws/pool-core";
 import { FakeAws } from "../devkit/fake-aws";
@@ -751,6 +751,48 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     }
     for (const secret of [token, keyBase64, parsed(token).secret])
       assert.ok(!outputs.join("").includes(secret), "no credential in any log");
+  });
+
+  it("probes: a runtime's uid cannot replace the status files (a volume the kubelet made 2777), nor under a shared /tmp; a failed write fails the probe, never the agent", () => {
+    // Traversable by every uid, as a pod's file system is; the volume as the kubelet makes it with an fsGroup.
+    const root = mkdtempSync("/tmp/agentpools-status-");
+    try {
+      chmodSync(root, 0o755);
+      const volume = path.join(root, "status");
+      mkdirSync(volume);
+      chmodSync(volume, 0o2777);
+      const status = writeStatusFiles(volume, () => true, 60_000);
+      const heartbeat = path.join(volume, "heartbeat");
+      // What a runtime's uid does once past Node's permission model: the kernel is the wall.
+      const attacker = (script: string) =>
+        spawnSync("setpriv", ["--reuid=1900005001", "--regid=1900005001", "--clear-groups", "sh", "-c", script], {
+          cwd: volume,
+        }).status;
+      assert.notEqual(attacker("mv heartbeat .gone"), 0, "renamed the heartbeat");
+      assert.notEqual(attacker("touch -d 2099-01-01 planted && mv -f planted heartbeat"), 0, "planted a heartbeat");
+      assert.notEqual(attacker("touch -d 2099-01-01 heartbeat"), 0, "dated the heartbeat in the future");
+      assert.notEqual(attacker("rm -f ready"), 0, "removed the ready file");
+      assert.equal(statSync(heartbeat).uid, 0);
+      assert.ok(Math.abs(Number(readFileSync(heartbeat, "utf8")) - Date.now()) < 60_000);
+      assert.ok(existsSync(path.join(volume, "ready")));
+      assert.equal(statSync(volume).mode & 0o7777, 0o755);
+
+      // A status directory inside a directory any uid may rename entries of (the pod's /tmp as an emptyDir was).
+      mkdirSync(path.join(root, "shared"), { mode: 0o777 });
+      chmodSync(path.join(root, "shared"), 0o2777);
+      assert.throws(
+        () => writeStatusFiles(path.join(root, "shared", "agentpools"), () => true, 60_000),
+        new RegExp(`${root}/shared \\(mode 2777, uid 0\\) lets other users replace what it holds`),
+      );
+
+      // Its directory gone (whatever took it): the next write fails quietly, ready goes, the heartbeat goes stale.
+      rmSync(volume, { recursive: true });
+      writeFileSync(volume, "");
+      assert.doesNotThrow(status.update);
+      assert.doesNotThrow(status.stop);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it("probes: alive from the first moment (waiting for a gateway that is down, draining), ready only while connected", async () => {

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { awsClient, instanceMetadata, type AwsClient, type InstanceMetadata } from "./aws";
 import { logShipper, type LogShipper } from "./cloudwatch";
@@ -34,17 +34,50 @@ export interface RunningAgent {
 }
 
 /**
+ * Makes `dir` the agent's own, for files no other uid may replace: created if missing, made 0755 where the agent owns
+ * it (a volume's root, which the kubelet makes 0777, or 2777 with an fsGroup), and refused when any directory from it
+ * up to / is a link, another uid's, or writable by group or others without the sticky bit (where another uid could
+ * rename it and plant its own). Only a root agent checks: only it starts processes under other uids (a Flows agent's
+ * runtimes); a non-root agent's container holds no uid but its own.
+ */
+export function ownDirectory(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  if (process.getuid?.() !== 0) return;
+  if (lstatSync(dir).uid === 0) chmodSync(dir, 0o755);
+  for (let at = path.resolve(dir); ; at = path.dirname(at)) {
+    const stat = lstatSync(at);
+    if (stat.isSymbolicLink() || stat.uid !== 0 || ((stat.mode & 0o022) !== 0 && (stat.mode & 0o1000) === 0))
+      throw new Error(
+        `AGENTPOOLS_STATUS_DIR=${dir}: ${at} (mode ${(stat.mode & 0o7777).toString(8)}, uid ${stat.uid}) lets other users replace what it holds: give the status files a directory of their own`,
+      );
+    if (at === path.dirname(at)) return;
+  }
+}
+
+/**
  * Status files for probes (Kubernetes exec probes). Liveness, "the process works":
  * `heartbeat` is rewritten every few seconds while the event loop turns, from the runtime's
  * start to its exit, also while it waits for a gateway that is down or drains. Readiness,
  * "connected": `ready` exists only while `ready()` says so. `update` applies a change at once.
+ * A write that fails throws nowhere: the heartbeat goes stale, so the probe fails (the kubelet's verdict, not ours).
  */
 export function writeStatusFiles(dir: string, ready: () => boolean, intervalMs = 5000) {
-  mkdirSync(dir, { recursive: true });
+  ownDirectory(dir);
+  const unready = () => {
+    try {
+      rmSync(path.join(dir, "ready"), { force: true });
+    } catch {
+      // The directory is gone or not ours: not ready either way.
+    }
+  };
   const update = () => {
-    writeFileSync(path.join(dir, "heartbeat"), `${Date.now()}\n`);
-    if (ready()) writeFileSync(path.join(dir, "ready"), "");
-    else rmSync(path.join(dir, "ready"), { force: true });
+    try {
+      writeFileSync(path.join(dir, "heartbeat"), `${Date.now()}\n`);
+      if (ready()) writeFileSync(path.join(dir, "ready"), "");
+      else unready();
+    } catch {
+      unready();
+    }
   };
   update();
   const timer = setInterval(update, intervalMs);
@@ -52,7 +85,7 @@ export function writeStatusFiles(dir: string, ready: () => boolean, intervalMs =
     update,
     stop: () => {
       clearInterval(timer);
-      rmSync(path.join(dir, "ready"), { force: true });
+      unready();
     },
   };
 }

@@ -62,6 +62,7 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
           runAsGroup: 0,
           capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] },
         },
+        tmp: false,
         extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
         extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],
       },

@@ -33,7 +33,11 @@ import { egressPeers, isOnlyMetadata } from "./egress";
 export const DEFAULT_NODE_IMAGE = "node:24.21.0-alpine";
 /** The official image's "node" user. */
 export const RUNTIME_UID = 1000;
-export const STATUS_DIR = "/tmp/agentpools";
+/**
+ * The probes' status files: a volume of their own, which the agent (root in a Flows pod) makes 0755 at start, so no
+ * runtime's uid can rename or plant them (agent/runtime/runtime.ts, ownDirectory).
+ */
+export const STATUS_DIR = "/run/agentpools";
 const RUNTIME_DIR = "/opt/agentpools";
 const CA_PATH = "/etc/agentpools/ca/ca.pem";
 
@@ -162,6 +166,11 @@ export interface WorkloadSpec {
   secretEnv?: pulumi.Output<Record<string, string>>;
   /** Ports the pods need to reach, unless `egress.ports` says otherwise; undefined: all. */
   egressPorts?: number[];
+  /**
+   * A writable /tmp (an emptyDir): not for a pod whose runtimes run under other uids (Flows), which could fill it
+   * (the pod's eviction) or plant files in it; neither the agent nor a runtime writes there.
+   */
+  tmp?: boolean;
   /** Extra volumes, mounts and environment. */
   extraVolumes?: k8s.types.input.core.v1.Volume[];
   extraMounts?: k8s.types.input.core.v1.VolumeMount[];
@@ -333,7 +342,8 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     resources: args.resources,
     volumeMounts: [
       { name: "runtime", mountPath: RUNTIME_DIR, readOnly: true },
-      { name: "tmp", mountPath: "/tmp" },
+      { name: "status", mountPath: STATUS_DIR },
+      ...(spec.tmp === false ? [] : [{ name: "tmp", mountPath: "/tmp" }]),
       ...(args.customCaCertificates ? [{ name: "ca", mountPath: "/etc/agentpools/ca", readOnly: true }] : []),
       ...(spec.extraMounts ?? []),
     ],
@@ -352,7 +362,14 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     // down and while it drains, so neither restarts the pod.
     readinessProbe: { exec: { command: ["test", "-f", `${STATUS_DIR}/ready`] }, periodSeconds: 5, failureThreshold: 2 },
     livenessProbe: {
-      exec: { command: ["sh", "-c", `test $(( $(date +%s) - $(stat -c %Y ${STATUS_DIR}/heartbeat) )) -lt 60`] },
+      // Written within the last minute, and not in the future (as a planted file could say).
+      exec: {
+        command: [
+          "sh",
+          "-c",
+          `age=$(( $(date +%s) - $(stat -c %Y ${STATUS_DIR}/heartbeat) )); [ $age -ge 0 -a $age -lt 60 ]`,
+        ],
+      },
       initialDelaySeconds: 10,
       periodSeconds: 20,
       failureThreshold: 3,
@@ -394,7 +411,9 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
             items: [...Object.keys(bundles), CONFIG_FILE].map((file) => ({ key: file, path: file })),
           },
         },
-        { name: "tmp", emptyDir: { sizeLimit: "256Mi" } },
+        // In memory (the heartbeat is rewritten every few seconds), at most a page or two.
+        { name: "status", emptyDir: { medium: "Memory", sizeLimit: "1Mi" } },
+        ...(spec.tmp === false ? [] : [{ name: "tmp", emptyDir: { sizeLimit: "256Mi" } }]),
         ...(args.customCaCertificates
           ? [{ name: "ca", configMap: { name: runtime.metadata.name, items: [{ key: "ca.pem", path: "ca.pem" }] } }]
           : []),
