@@ -3,7 +3,7 @@
 //  - warm run latency p50/p99 of a small expression, each run started once a warm runtime waits;
 //  - cold start: from spawning a runtime to its being ready (no spare available);
 //  - runs per second with the default pool size, back to back.
-// Run: npm run bench:flows [-- --runs 150 --gap 250 --warmup 300]
+// Run: npm run bench:flows [-- --runs 150 --gap 250 --warmup 300 --isolation user]
 import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import http from "node:http";
@@ -37,6 +37,8 @@ const GAP_MS = arg("gap", 250);
  * compiled their hot paths, as has the floor's Node after as many messages. (Each run still gets a fresh runtime.)
  */
 const WARMUP = arg("warmup", 300);
+/** FLOWS_RUNTIME_ISOLATION for the agent (its default, auto, unless told): "user" is a pod's. */
+const ISOLATION = process.argv.includes("--isolation") ? process.argv[process.argv.indexOf("--isolation") + 1] : "auto";
 const DEFAULT_POOL = flowsAgentSettings.parse({
   poolId: "p",
   poolToken: "t",
@@ -147,6 +149,7 @@ async function main(): Promise<void> {
       FLOWS_GATEWAY_ENDPOINT: url,
       FLOWS_ENDPOINT: url,
       FLOWS_EXECUTOR: "process",
+      FLOWS_RUNTIME_ISOLATION: ISOLATION,
       FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-"),
     },
     // Its log goes to a file, as on a host it goes to the journal: not into this process, which is the gateway.

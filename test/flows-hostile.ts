@@ -133,8 +133,27 @@ const CORPUS: Case[] = [
   [
     "fill the disk",
     "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.appendFileSync('fill', block); return 'filled 400 MB';",
-    (r) => denied(r) && /ENOSPC|memory/.test(r.error.message),
-    ["namespaces"],
+    // Namespaces: its tmpfs is full; user: no file of its own may pass its disk (RLIMIT_FSIZE).
+    (r) => denied(r) && /ENOSPC|EFBIG|memory/.test(r.error.message),
+    ["namespaces", "user"],
+  ],
+  [
+    // Files of 1 MB each, none over the per-file cap: the watchdog measures the scratch and ends the run near its cap
+    // (32 MB): what it measured last is what the run held on disk (its sampling lets it pass by what it writes in 20 ms).
+    "fill the disk with many files",
+    "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.writeFileSync(`f${i}`, block); return 'filled 400 MB';",
+    (r) =>
+      (denied(r) && /ENOSPC|memory/.test(r.error.message)) ||
+      Number(/disk limit: (\d+) MB of 32 MB/.exec(r.error?.message)?.[1]) < 128,
+    ["namespaces", "user"],
+  ],
+  [
+    "fill the disk with empty files (inodes)",
+    "const fs = await import('node:fs'); for (let i = 0; i < 200000; i++) fs.writeFileSync(`e${i}`, ''); return 'made 200000 files';",
+    (r) => denied(r) && /disk limit: \d+ MB of 32 MB/.test(r.error.message),
+    ["user"],
+    // Some 8,000 files before the cap (4 KB each at the least), which the permission model's checks make slow.
+    20_000,
   ],
   // Processes.
   ["spawn a shell", "return (await import('node:child_process')).execSync('id').toString();", denied],

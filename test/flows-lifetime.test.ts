@@ -1,7 +1,8 @@
 // Nothing of a Flows runtime outlives its place: its uid goes to another runtime only once it is gone, a run never
 // fails for want of a uid, and a runtime can do nothing once its answer is taken.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { once } from "node:events";
 import net from "node:net";
 import os from "node:os";
@@ -160,6 +161,48 @@ describe("Flows runtimes: nothing outlives its place", function () {
       }
     });
   }
+
+  it("user: the disk watchdog of an agent with the pod's capabilities only (no CAP_DAC_OVERRIDE): a run over its disk ends near it, a run beside it and the next run answer", function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    // The pod's agent: root with CAP_SETUID, CAP_SETGID and CAP_KILL only, which reads a runtime's scratch (another
+    // uid's) by its group alone. A 16 MB disk; the filler writes 1 MB files, none over the per-file cap.
+    const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-disk-"));
+    chmodSync(scratchRoot, 0o755);
+    const script = `
+      const { executor, processLauncher } = require(${JSON.stringify(require.resolve("../agent/flows-agent/executor"))});
+      const { readPrivileges, uidPool } = require(${JSON.stringify(require.resolve("../agent/flows-agent/sandbox"))});
+      const { unbundledRunner } = require(${JSON.stringify(require.resolve("../agent/flows-agent/agent"))});
+      const scratchRoot = ${JSON.stringify(scratchRoot)};
+      const launcher = processLauncher({ isolation: "user", privileges: readPrivileges(), uids: uidPool(${JSON.stringify(range(15, 6, 6))}),
+        runner: [unbundledRunner().path], readable: unbundledRunner().readable, memoryMb: 64, diskMb: 16, openFiles: 64, scratchRoot });
+      const log = { info() {}, warn() {}, error() {}, debug() {} };
+      const run = executor({ poolSize: 2, launcher, log });
+      const fill = "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 300; i++) fs.writeFileSync('f' + i, block); return 'wrote 300 MB';";
+      const beside = "await new Promise((r) => setTimeout(r, 300)); (await import('node:fs')).writeFileSync('mine', Buffer.alloc(1 << 20)); return 'beside';";
+      (async () => {
+        const [filler, other] = await Promise.all([fill, beside].map((code) => run.run({ kind: "block", code, inputs: {} }, 20000)));
+        const next = await run.run({ kind: "block", code: "return 1 + 1", inputs: {} }, 20000);
+        run.close();
+        process.stdout.write(JSON.stringify({ caps: /CapEff:\\s*(\\w+)/.exec(require("fs").readFileSync("/proc/self/status", "utf8"))[1], filler, other, next }));
+        setTimeout(() => process.exit(0), 500);
+      })();`;
+    try {
+      const out = execFileSync(
+        "setpriv",
+        ["--bounding-set=-all,+setuid,+setgid,+kill", "--inh-caps=-all", "--", process.execPath, "-e", script],
+        { encoding: "utf8", timeout: 40_000 },
+      );
+      const { caps, filler, other, next } = JSON.parse(out);
+      assert.equal(caps, "00000000000000e0", "the pod's capabilities only");
+      assert.equal(filler.ok, false, JSON.stringify(filler));
+      // Ended near its 16 MB (it would have written 300): what the watchdog measured last is what it held.
+      const held = Number(/disk limit: (\d+) MB of 16 MB/.exec(filler.error.message)?.[1]);
+      assert.ok(held >= 16 && held < 64, filler.error.message);
+      assert.deepEqual([other.ok, other.value, next.value], [true, "beside", 2]);
+    } finally {
+      rmSync(scratchRoot, { recursive: true, force: true });
+    }
+  });
 
   for (const [i, isolation] of (["none", "user", "namespaces"] as const).entries()) {
     it(`${isolation}: a run that answers by itself and acts on is stopped before its answer is taken`, async function () {

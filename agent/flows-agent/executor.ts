@@ -1,7 +1,16 @@
 import { BUILT_FOR } from "../config/built-for";
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import type { Readable, Writable } from "node:stream";
 import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
@@ -40,6 +49,8 @@ export interface Spawned {
   answers: Readable;
   /** The process whose resident memory counts. */
   memoryPid(): number | undefined;
+  /** Where its writes land when no size-capped file system holds them (see diskUsage). */
+  scratch?: string;
   kill(): void;
   /** Stops it where it is (SIGSTOP), at once and cheaply, until kill; where it cannot be stopped, as kill. */
   stop?(): void;
@@ -64,7 +75,7 @@ export interface Runtime {
  * turn as the job leaves (after it: no callback runs in between), all cleared only when the
  * process is gone.
  */
-export function runtime(spawned: Spawned, memoryMb: number): Runtime {
+export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime {
   const { child, answers, jobs } = spawned;
   const timers: NodeJS.Timeout[] = [];
   let ending: string | undefined;
@@ -143,16 +154,62 @@ export function runtime(spawned: Spawned, memoryMb: number): Runtime {
         // The job first, so the runtime works while its watchdogs are armed.
         jobs.write(encodeFrame(job));
         timers.push(setTimeout(() => end(`the run timed out after ${timeoutMs} ms`), timeoutMs));
+        const diskBytes = diskMb * 1048576;
+        // A scratch of many files takes a while to measure: measured again only after four times as long, so a run's
+        // walks take at most a fifth of the agent's time.
+        let measureAt = 0;
         timers.push(
-          setInterval(
-            () =>
-              (residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB &&
-              end("the run exceeded its memory limit"),
-            20,
-          ),
+          setInterval(() => {
+            if ((residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB)
+              return end("the run exceeded its memory limit");
+            // (Never on EC2, whose runtimes' scratch is a size-capped tmpfs: the block leaves its bundles.)
+            if (BUILT_FOR.platform === "ec2" || !spawned.scratch || performance.now() < measureAt) return;
+            const began = performance.now();
+            const used = diskUsage(spawned.scratch, diskBytes);
+            measureAt = performance.now() + 4 * (performance.now() - began);
+            if (used > diskBytes)
+              end(
+                used === Infinity
+                  ? "the run made its scratch space unreadable to the agent, which measures it"
+                  : `the run exceeded its disk limit: ${Math.ceil(used / 1048576)} MB of ${diskMb} MB`,
+              );
+          }, 20),
         );
       }),
   };
+}
+
+/** What an entry costs at the least: a block (an empty file or a link still takes an inode, on the same disk). */
+const ENTRY_BYTES = 4096;
+
+/**
+ * The disk a runtime's scratch tree holds (st_blocks: a sparse file counts what it uses), each entry at least
+ * ENTRY_BYTES; walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded
+ * walk. Infinity if some directory of it cannot be read (a run may not hide files from the count); 0 before it exists.
+ */
+export function diskUsage(dir: string, limit: number): number {
+  let used = 0;
+  let entries = 0;
+  const pending = [dir];
+  while (pending.length > 0) {
+    const at = pending.pop() as string;
+    let names: string[];
+    try {
+      names = readdirSync(at);
+    } catch (error) {
+      // Gone meanwhile, or not made yet.
+      if (["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code as string)) continue;
+      return Infinity;
+    }
+    for (const name of names) {
+      if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
+      const stat = lstatSync(`${at}/${name}`, { throwIfNoEntry: false });
+      if (!stat) continue;
+      used += Math.max(stat.blocks * 512, ENTRY_BYTES);
+      if (stat.isDirectory()) pending.push(`${at}/${name}`);
+    }
+  }
+  return used;
 }
 
 /** SIGKILL (or `signal`), to a process that may be gone already. */
@@ -272,8 +329,13 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   const removal = (uid: number | undefined, dir: string, killAll = "") =>
     asUser(uid, ["/bin/sh", "-c", `${killAll}chmod -R u+rwx "$0"; rm -rf "$0"`, dir]);
 
-  // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's.
-  if (isolation === "user") chmodSync(o.scratchRoot, 0o1733);
+  // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's. Each
+  // scratch takes the agent's group (setgid) and is made 0750: the agent, without CAP_DAC_OVERRIDE in a pod, reads it to
+  // measure its disk; no other runtime (its own gid, no other groups) may.
+  if (isolation === "user") {
+    chownSync(o.scratchRoot, -1, process.getgid?.() ?? 0);
+    chmodSync(o.scratchRoot, 0o3733);
+  }
   // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
   // out: their processes, then their scratch. Not on EC2 (the block leaves its bundle whole): systemd restarts the
   // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
@@ -311,9 +373,13 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             ...bwrapArgs({ node: process.execPath, ...namespaces!, readable: o.readable, diskMb: o.diskMb }),
           ]
         : [];
+      // Without a size-capped tmpfs, no file of its own may pass its disk (the kernel answers EFBIG), and the watchdog
+      // measures its scratch (diskUsage).
+      const fileSize = namespaced ? [] : [`--fsize=${o.diskMb << 20}:${o.diskMb << 20}`];
       const [file, args, options] = asUser(uid, [
         "/usr/bin/prlimit",
         `--nofile=${o.openFiles}:${o.openFiles}`,
+        ...fileSize,
         "--",
         ...sandbox,
         ...node,
@@ -344,6 +410,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           jobs: child.stdin as Writable,
           answers: child.stdio[3] as Readable,
           memoryPid: () => memoryPid,
+          scratch: namespaced ? undefined : scratch,
           stop() {
             // The runtime itself (not bubblewrap, which would only wait for it); not yet told its pid, ended now.
             const pid = namespaced ? memoryPid : child.pid;
@@ -372,6 +439,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           },
         },
         o.memoryMb,
+        o.diskMb,
       );
     },
   };

@@ -132,8 +132,9 @@ export async function runRunner(argv = process.argv): Promise<void> {
   // Only "user" isolation, which EC2 never uses (its runtimes' scratch is their namespace's /tmp), names one.
   const scratch = BUILT_FOR.platform !== "ec2" && argv.find((arg) => arg.startsWith("--scratch="))?.slice(10);
   if (scratch) {
-    // Made by the runtime itself, so it is the runtime's user's; never one that exists already.
-    mkdirSync(scratch, { mode: 0o700 });
+    // Made by the runtime itself, so it is the runtime's user's; never one that exists already. Its group the agent's
+    // (the scratch root is setgid), which reads it to measure its disk; no other runtime's.
+    mkdirSync(scratch, { mode: 0o750 });
     process.chdir(scratch);
   }
   // On fd 3, which nothing here wraps in a stream (so it stays blocking), frames leave by write(2) at once: a runtime
