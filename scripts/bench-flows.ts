@@ -5,7 +5,7 @@
 //  - runs per second with the default pool size, back to back.
 // Run: npm run bench:flows [-- --runs 150 --gap 250 --warmup 300 --isolation user]
 import { spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
@@ -39,6 +39,12 @@ const GAP_MS = arg("gap", 250);
 const WARMUP = arg("warmup", 300);
 /** FLOWS_RUNTIME_ISOLATION for the agent (its default, auto, unless told): "user" is a pod's. */
 const ISOLATION = process.argv.includes("--isolation") ? process.argv[process.argv.indexOf("--isolation") + 1] : "auto";
+/** A scratch root for runtimes, where runtimes of other uids reach it (right under the temporary directory). */
+function runtimesRoot(prefix: string): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
 const DEFAULT_POOL = flowsAgentSettings.parse({
   poolId: "p",
   poolToken: "t",
@@ -150,7 +156,7 @@ async function main(): Promise<void> {
       FLOWS_ENDPOINT: url,
       FLOWS_EXECUTOR: "process",
       FLOWS_RUNTIME_ISOLATION: ISOLATION,
-      FLOWS_DOCKER_MOUNTS_TEMPDIR: scratchDir("bench-flows-"),
+      FLOWS_DOCKER_MOUNTS_TEMPDIR: runtimesRoot("agentpools-bench-flows-"),
     },
     // Its log goes to a file, as on a host it goes to the journal: not into this process, which is the gateway.
     stdio: ["ignore", agentLogFile, "inherit"],
@@ -191,7 +197,7 @@ async function main(): Promise<void> {
         memoryMb: 256,
         diskMb: 64,
         openFiles: 64,
-        scratchRoot: scratchDir("cold-"),
+        scratchRoot: runtimesRoot("agentpools-bench-cold-"),
       });
       const times: number[] = [];
       for (let i = 0; i < 30; i++) {

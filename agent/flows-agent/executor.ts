@@ -6,6 +6,7 @@ import {
   chownSync,
   lstatSync,
   mkdtempSync,
+  opendirSync,
   readdirSync,
   readFileSync,
   rmSync,
@@ -49,8 +50,8 @@ export interface Spawned {
   answers: Readable;
   /** The process whose resident memory counts. */
   memoryPid(): number | undefined;
-  /** Where its writes land when no size-capped file system holds them (see diskUsage). */
-  scratch?: string;
+  /** Where its writes may land when no size-capped file system holds them (see diskUsage). */
+  scratch?(): string[];
   kill(): void;
   /** Stops it where it is (SIGSTOP), at once and cheaply, until kill; where it cannot be stopped, as kill. */
   stop?(): void;
@@ -165,7 +166,7 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
             // (Never on EC2, whose runtimes' scratch is a size-capped tmpfs: the block leaves its bundles.)
             if (BUILT_FOR.platform === "ec2" || !spawned.scratch || performance.now() < measureAt) return;
             const began = performance.now();
-            const used = diskUsage(spawned.scratch, diskBytes);
+            const used = diskUsage(spawned.scratch(), diskBytes);
             measureAt = performance.now() + 4 * (performance.now() - began);
             if (used > diskBytes)
               end(
@@ -183,30 +184,32 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
 const ENTRY_BYTES = 4096;
 
 /**
- * The disk a runtime's scratch tree holds (st_blocks: a sparse file counts what it uses), each entry at least
- * ENTRY_BYTES; walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded
- * walk. Infinity if some directory of it cannot be read (a run may not hide files from the count); 0 before it exists.
+ * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
+ * walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded walk.
+ * Infinity if some directory of it cannot be read (a run may not hide files from the count).
  */
-export function diskUsage(dir: string, limit: number): number {
+export function diskUsage(paths: string[], limit: number): number {
   let used = 0;
   let entries = 0;
-  const pending = [dir];
+  const pending = [...paths];
   while (pending.length > 0) {
+    if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
     const at = pending.pop() as string;
-    let names: string[];
+    // Gone meanwhile, or not made yet.
+    const stat = lstatSync(at, { throwIfNoEntry: false });
+    if (!stat) continue;
+    used += Math.max(stat.blocks * 512, ENTRY_BYTES);
+    if (!stat.isDirectory()) continue;
     try {
-      names = readdirSync(at);
+      const dir = opendirSync(at);
+      try {
+        for (let entry; pending.length <= limit / ENTRY_BYTES && (entry = dir.readSync());)
+          pending.push(`${at}/${entry.name}`);
+      } finally {
+        dir.closeSync();
+      }
     } catch (error) {
-      // Gone meanwhile, or not made yet.
-      if (["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code as string)) continue;
-      return Infinity;
-    }
-    for (const name of names) {
-      if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
-      const stat = lstatSync(`${at}/${name}`, { throwIfNoEntry: false });
-      if (!stat) continue;
-      used += Math.max(stat.blocks * 512, ENTRY_BYTES);
-      if (stat.isDirectory()) pending.push(`${at}/${name}`);
+      if (!["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code as string)) return Infinity;
     }
   }
   return used;
@@ -325,9 +328,22 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       ? [privileges.setpriv!, [...user, "--pdeathsig=KILL", "--", ...command], {}]
       : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
-  /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
-  const removal = (uid: number | undefined, dir: string, killAll = "") =>
-    asUser(uid, ["/bin/sh", "-c", `${killAll}chmod -R u+rwx "$0"; rm -rf "$0"`, dir]);
+  /** Removes scratch directories (and files) as their user (none: ours), after giving back what it locked (chmod 0500). */
+  const removal = (uid: number | undefined, paths: string[], killAll = "") =>
+    asUser(uid, ["/bin/sh", "-c", `${killAll}chmod -R u+rwx "$@"; rm -rf "$@"`, "sh", ...paths]);
+  /**
+   * What a runtime of "user" isolation made in the scratch root beside its scratch (where only an escape from the
+   * permission model writes): counted with its scratch, removed with it. The agent owns the root and lists it.
+   */
+  const strays = (uid: number, scratch: string): string[] => {
+    try {
+      return readdirSync(o.scratchRoot)
+        .map((name) => `${o.scratchRoot}/${name}`)
+        .filter((entry) => entry !== scratch && lstatSync(entry, { throwIfNoEntry: false })?.uid === uid);
+    } catch {
+      return []; // the root gone (the agent's own end)
+    }
+  };
 
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's. Each
   // scratch takes the agent's group (setgid) and is made 0750: the agent, without CAP_DAC_OVERRIDE in a pod, reads it to
@@ -344,7 +360,9 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
     for (const name of readdirSync(o.scratchRoot)) {
       if (name === CLAIM) continue;
       const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
-      const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, `${o.scratchRoot}/${name}`);
+      const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, [
+        `${o.scratchRoot}/${name}`,
+      ]);
       spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
     }
   }
@@ -410,7 +428,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           jobs: child.stdin as Writable,
           answers: child.stdio[3] as Readable,
           memoryPid: () => memoryPid,
-          scratch: namespaced ? undefined : scratch,
+          scratch: namespaced ? undefined : () => (uid === undefined ? [scratch] : [scratch, ...strays(uid, scratch)]),
           stop() {
             // The runtime itself (not bubblewrap, which would only wait for it); not yet told its pid, ended now.
             const pid = namespaced ? memoryPid : child.pid;
@@ -431,7 +449,11 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
             // Of "user" isolation (no pid namespace to end with it), every process of its uid goes first (kill -1 as
             // that uid): whatever an escape from the permission model left running would share the uid with a later run.
-            const [sh, shArgs, shOptions] = removal(uid, scratch, uid === undefined ? "" : "kill -KILL -1; ");
+            const [sh, shArgs, shOptions] = removal(
+              uid,
+              uid === undefined ? [scratch] : [scratch, ...strays(uid, scratch)],
+              uid === undefined ? "" : "kill -KILL -1; ",
+            );
             // Only once that worked: a uid whose processes or files may remain is never given to another run.
             spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })
               .on("close", (code) => code === 0 && uid !== undefined && uids.give(uid))
