@@ -133,8 +133,8 @@ const CORPUS: Case[] = [
   [
     "fill the disk",
     "const fs = await import('node:fs'); const block = Buffer.alloc(1 << 20); for (let i = 0; i < 400; i++) fs.appendFileSync('fill', block); return 'filled 400 MB';",
-    // Namespaces: its tmpfs is full; user: no file of its own may pass its disk (RLIMIT_FSIZE).
-    (r) => denied(r) && /ENOSPC|EFBIG|memory/.test(r.error.message),
+    // Namespaces: its tmpfs is full; user: no file of its own may pass its disk (RLIMIT_FSIZE), or the watchdog ends it.
+    (r) => denied(r) && /ENOSPC|EFBIG|memory|disk limit/.test(r.error.message),
     ["namespaces", "user"],
   ],
   [

@@ -63,7 +63,7 @@ function userLauncher(
     openFiles: 64,
     scratchRoot,
   });
-  return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true }), scratchRoot };
+  return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true, maxRetries: 5 }), scratchRoot };
 }
 
 describe("Flows runtimes: nothing outlives its place", function () {
