@@ -51,7 +51,7 @@ export function writeFlowsDockerStandIn(dir: string): string {
       'case "$1" in kill|rm) name=$last',
       `  while [ -e '${dir}/hold' ]; do sleep 0.01; done`,
       '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
-      '  read pid uid < "$containers/$name"; kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.005; done',
+      '  read pid uid < "$containers/$name"; kill -9 "$pid"; tail --pid="$pid" -s 0.005 -f /dev/null',
       '  rm -f "$containers/$name"; exit 0;;',
       "esac",
       'for f in "$containers"/*; do [ -f "$f" ] || continue; read p u < "$f"',
