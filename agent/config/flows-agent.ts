@@ -3,6 +3,7 @@ import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../proto
 import { durationMs } from "./duration";
 import {
   absolutePath,
+  CONTROL,
   duration,
   gatewayUrl,
   httpUrl,
@@ -21,8 +22,9 @@ export const RUNTIME_ISOLATIONS = ["auto", "namespaces", "user", "none"] as cons
  * anything that could undo the sandbox (--privileged, --cap-add, --security-opt, host
  * namespaces, devices) is refused rather than filtered.
  */
-export const DOCKER_EXTRA_PARAM_PATTERN =
-  /^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\s,]+$/;
+export const DOCKER_EXTRA_PARAM_PATTERN = new RegExp(
+  `^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\\s,${CONTROL}]+$`,
+);
 
 /** The Flows agent's settings (reference 004). */
 export const flowsAgentSettings = z.strictObject({
@@ -43,7 +45,7 @@ export const flowsAgentSettings = z.strictObject({
       .array(
         z.string().regex(DOCKER_EXTRA_PARAM_PATTERN, {
           error:
-            "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs",
+            "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs, and a VALUE without spaces, commas or control characters",
         }),
       )
       .default([]),
