@@ -336,6 +336,18 @@ const cases: Case[] = [
     ["frag-s3cr3t"],
   ],
   [
+    "runtime uids of Amazon Linux's login users (ec2-user is 1000)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "1000-1255" })),
+    "runtimeUids",
+    "must not overlap 1000-60000",
+  ],
+  [
+    "runtime uids that hold nobody (65534), which daemons share",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "65000-65600" })),
+    "runtimeUids",
+    "without 65534",
+  ],
+  [
     "registry mirror with credentials",
     (n) => new FlowsAgentPool(n, flowsArgs({ registryMirror: "https://robot:mirror-s3cr3t@registry.internal" })),
     "registryMirror",

@@ -26,6 +26,8 @@ export const DOCKER_EXTRA_PARAM_PATTERN = new RegExp(
   `^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\\s,${CONTROL}]+$`,
 );
 
+const NOBODY = 65534;
+
 /** The Flows agent's settings (reference 004). */
 export const flowsAgentSettings = z.strictObject({
   poolId: setting(z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, { error: "must be the pool ID from the pool page" }), {
@@ -76,9 +78,11 @@ export const flowsAgentSettings = z.strictObject({
       .refine(
         (text) => {
           const [first, last = first] = text.split("-").map(Number);
-          return first <= last && last < 2 ** 32 - 1;
+          return first <= last && last < 2 ** 32 - 1 && !(first <= NOBODY && NOBODY <= last);
         },
-        { error: "must run from a lower to a higher uid, below 4294967295" },
+        {
+          error: "must run from a lower to a higher uid, below 4294967295, without 65534 (nobody, which daemons share)",
+        },
       )
       .default("1900000000-1900000255"),
     { env: "FLOWS_RUNTIME_UIDS" },
