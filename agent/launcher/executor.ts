@@ -170,7 +170,7 @@ export function dockerExecutor(
         child.kill("SIGKILL");
         return ended.then(() =>
           containerGone(cli, containerName(run.id), clientEnv, 30_000, () =>
-            log?.error("a killed run's container is not yet gone: the next run waits for it", { run: run.id }),
+            log?.error("a killed run's container not yet gone", { run: run.id }),
           ),
         );
       });
