@@ -406,6 +406,19 @@ describe("Flows agent and gateway", function () {
     });
   }
 
+  it("a FLOWS_RUNTIME_UIDS range holding a user's uid (nobody, from this host's /etc/passwd) is refused at start, naming it", async () => {
+    await assert.rejects(
+      async () =>
+        flowsAgentRole(unbundledRunner()).start(
+          // Past the schema (which refuses 65534): a range given in the environment, checked by the agent itself.
+          { ...settings({}), runtimeUids: "65530-65545", runtimePoolSize: 2 },
+          { log: capturingLogger("nobody").log },
+        ),
+      (error: Error) =>
+        /^FLOWS_RUNTIME_UIDS=65530-65545 holds uid 65534 \(user nobody\): a runtime/.test(error.message),
+    );
+  });
+
   it("an agent takes over a mounts directory whose claim is a dead agent's", async () => {
     const dir = path.join(scratchRoot, "taken-over");
     mkdirSync(dir);

@@ -4,7 +4,7 @@
 // uploaded, what the log says. Each hostile case is followed by a normal run.
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
 import path from "node:path";
@@ -334,6 +334,39 @@ describe("launcher: a hostile gateway or run", function () {
           ]);
           assert.ok(!argv.some((a) => a.includes("otel-like")), "no value on the command line");
           await eventually(() => !existsSync(file), 2000, "the env file removed once the client is done");
+        });
+
+        it("a stopped run whose container outlives its client holds the slot until the engine has removed it", async () => {
+          // The engine is slow to remove (or silent): the client is killed, its container still runs and writes.
+          const hold = path.join(dir, "hold");
+          writeFileSync(hold, "");
+          const first = id();
+          gateway.sendRaw(
+            JSON.stringify({
+              type: "run",
+              run: {
+                id: first,
+                image: "alpine:3",
+                commands: ["echo up; while :; do date > still-here; sleep 0.01; done"],
+              },
+              lease: { fence: 1, termMs: 60_000 },
+            }),
+          );
+          const container = path.join(dir, "containers", `agentpools-run-${first}`);
+          await eventually(() => existsSync(container), 10_000, "the container started");
+          const pid = Number(readFileSync(container, "utf8"));
+          gateway.sendRaw(JSON.stringify({ type: "revoked", id: first, reason: "stopped by the test" }));
+          await eventually(() => dockerCalls().some(({ argv }) => argv.includes("rm") && argv.at(-1)?.endsWith(first)));
+          // The slot is still the stopped run's: the next run is refused (to be offered again), and nothing of it ran.
+          const next = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo next"] });
+          assert.deepEqual([next.type, next.reason, next.lines], ["refused", "the worker is busy", []]);
+          assert.equal(process.kill(pid, 0), true, "the container is still running");
+          rmSync(hold);
+          await eventually(() => !existsSync(container), 10_000, "the container removed");
+          assert.throws(() => process.kill(pid, 0), "the container's processes are gone");
+          // The slot is given back a moment after the removal: the next offer is taken once it is.
+          await eventually(async () => (await gateway.run({ id: id(), image: "alpine:3", commands: ["true"] })).status);
+          await stillWorks();
         });
       }
 

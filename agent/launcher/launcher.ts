@@ -128,7 +128,7 @@ export function prepareLauncher(
 
   const executor =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
-      ? dockerExecutor(settings, env, docker)
+      ? dockerExecutor(settings, env, docker, log)
       : processExecutor(env.PATH);
   return {
     settings,
