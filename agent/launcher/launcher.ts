@@ -88,6 +88,7 @@ function removeRun(dir: string): string | undefined {
       return String(error);
     }
   }
+  return undefined;
 }
 
 /** What the launcher checked at start-up. */

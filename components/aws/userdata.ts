@@ -220,7 +220,7 @@ function unitNoProxy(spec: UserDataSpec): string | undefined {
  */
 export function unitCapabilities(spec: Pick<UserDataSpec, "role" | "runtimeSandbox">): string | undefined {
   if (spec.runtimeSandbox) return "CAP_SETUID CAP_SETGID CAP_KILL";
-  if (spec.role === "launcher") return "CAP_DAC_OVERRIDE CAP_FOWNER";
+  return spec.role === "launcher" ? "CAP_DAC_OVERRIDE CAP_FOWNER" : undefined;
 }
 
 export function renderUnit(spec: UserDataSpec): string {
