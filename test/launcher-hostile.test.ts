@@ -743,13 +743,13 @@ describe("launcher: a hostile gateway or run", function () {
           }),
         );
         assert.equal(await launcher.exited, 1, "the launcher ends with a failure (a unit restarts, and gives up)");
-        assert.match(launcher.output(), /a run left what cannot be removed: taking no more runs on this disk/);
+        assert.match(launcher.output(), /a run's files cannot be removed: no more runs on this disk/);
         assert.equal(existsSync(marker), false, "no run after it ran");
         assert.equal(readdirSync(work).length, 1, "the run's directory stays: the launcher's uid cannot remove it");
         // A restart on the same disk (systemd's Restart=, a container restarted in its pod) does not serve on it.
         const again = startLauncher(work);
         assert.equal(await again.exited, 1);
-        assert.match(again.output(), new RegExp(`${work} holds what a run left, which cannot be removed`));
+        assert.match(again.output(), new RegExp(`${work}: a run's files cannot be removed`));
         assert.doesNotMatch(again.output(), /Connected to the server/);
       } catch (error) {
         throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);

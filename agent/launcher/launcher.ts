@@ -72,15 +72,17 @@ interface Held extends HeldLease {
 }
 
 /**
- * Removes a run's directory, whatever the run left in it; the error if something stays. rmSync follows no link. A run
- * that took the permissions off its directories (chmod 0500) gets them back from their owner, the launcher (chmod -R
- * follows no link either); what a root container left takes CAP_DAC_OVERRIDE and CAP_FOWNER (the EC2 unit's, the pod's).
+ * Removes a run's directory, whatever the run left in it; the error if something stays. rmSync follows no link. What a
+ * root container left (a 0700 directory of root's, a sticky one) takes CAP_DAC_OVERRIDE and CAP_FOWNER: EC2's unit and
+ * the pod give them. Elsewhere, a run of the process executor that took the permissions off its directories (chmod
+ * 0500) gets them back from their owner, the launcher (chmod -R follows no link either).
  */
 function removeRun(dir: string): string | undefined {
   const remove = () => rmSync(dir, { recursive: true, force: true });
   try {
     remove();
-  } catch {
+  } catch (error) {
+    if (BUILT_FOR.platform === "ec2") return String(error);
     spawnSync("chmod", ["-R", "u+rwx", dir]);
     try {
       remove();
@@ -137,7 +139,7 @@ export function prepareLauncher(
   // What an earlier launcher left (killed mid-run, or a run's files it could not remove) goes first, or no run comes.
   for (const name of readdirSync(settings.workDirectory)) {
     const error = name.startsWith("run-") && removeRun(path.join(settings.workDirectory, name));
-    if (error) throw new Error(`${settings.workDirectory} holds what a run left, which cannot be removed: ${error}`);
+    if (error) throw new Error(`${settings.workDirectory}: a run's files cannot be removed: ${error}`);
   }
 
   const passed: Record<string, string> = {};
@@ -332,7 +334,7 @@ export class Launcher extends WebSocketLink {
     if (!error) return;
     // Never thrown into the launcher; but no run shares a disk another run filled: this launcher ends once its current
     // run has, and a new one (a restarted unit, a restarted container) starts only on a disk it could clear.
-    this.context.log.error("a run left what cannot be removed: taking no more runs on this disk", { error });
+    this.context.log.error("a run's files cannot be removed: no more runs on this disk", { error });
     if (!this.stopping) void this.stop(Date.now() + durationMs(this.context.settings.runTimeout));
   }
 
