@@ -320,6 +320,34 @@ describe("user-data", () => {
     );
   });
 
+  it("the launcher's unit keeps CAP_DAC_OVERRIDE and CAP_FOWNER, ambient and bounding, as systemd takes them; no other role any", () => {
+    // capabilities(7)'s names; systemd refuses an unknown one, and a service of its own user gets ambient ones only
+    // within its bounding set (systemd.exec(5)), whatever NoNewPrivileges says.
+    const known = /^CAP_(CHOWN|DAC_OVERRIDE|DAC_READ_SEARCH|FOWNER|FSETID|KILL|SETGID|SETUID|SETPCAP|SYS_ADMIN)$/;
+    const unitOf = (overrides: Partial<UserDataSpec>) => {
+      const decoded = decodeUserData(renderUserData(spec(overrides)));
+      const role = overrides.role ?? "launcher";
+      return (decoded.files.get(`/etc/systemd/system/agentpools-${role}.service`)?.content as string).split("\n");
+    };
+    const capabilities = (unit: string[], key: string) =>
+      unit.filter((line) => line.startsWith(`${key}=`)).flatMap((line) => line.slice(key.length + 1).split(" "));
+    const launcher = unitOf({});
+    const ambient = capabilities(launcher, "AmbientCapabilities");
+    assert.deepEqual(ambient, ["CAP_DAC_OVERRIDE", "CAP_FOWNER"]);
+    assert.deepEqual(
+      capabilities(launcher, "CapabilityBoundingSet"),
+      ambient,
+      "the bounding set is those two, no more",
+    );
+    assert.ok(ambient.every((name) => known.test(name)));
+    for (const line of ["User=agentpools", "NoNewPrivileges=true", "ProtectSystem=strict", "ProtectHome=true"])
+      assert.ok(launcher.includes(line), `the launcher's unit lacks ${line}`);
+    for (const role of ["vcs-agent", "flows-agent"] as const) {
+      const unit = unitOf({ role, docker: false, gvisor: false, config: { ...spec().config, role } });
+      assert.deepEqual(capabilities(unit, "AmbientCapabilities"), [], `${role}: none`);
+    }
+  });
+
   it("refuses a gVisor binary that is not the pinned release, byte for byte", () => {
     const script = decodeUserData(renderUserData(spec())).script;
     const check = script.split("\n").find((l) => l.includes("sha512sum -c")) as string;

@@ -211,8 +211,21 @@ function unitNoProxy(spec: UserDataSpec): string | undefined {
   return entries.includes("*") ? "*" : [...new Set(entries)].join(",");
 }
 
+/**
+ * The capabilities a role's agent keeps. A Flows agent with its runtime sandbox: giving each runtime a uid of its own,
+ * and ending it. A launcher: removing whatever a run left in its workspace (a container's root made it: a 0700
+ * directory, a sticky one, files of any mode), which its uid alone cannot. Both let it read and remove any file it
+ * sees, but it sees little (ProtectSystem=strict: /var/lib/agentpools and its own /tmp are all it can write), and the
+ * docker group it is in is root already.
+ */
+export function unitCapabilities(spec: Pick<UserDataSpec, "role" | "runtimeSandbox">): string | undefined {
+  if (spec.runtimeSandbox) return "CAP_SETUID CAP_SETGID CAP_KILL";
+  return spec.role === "launcher" ? "CAP_DAC_OVERRIDE CAP_FOWNER" : undefined;
+}
+
 export function renderUnit(spec: UserDataSpec): string {
   const noProxy = unitNoProxy(spec);
+  const capabilities = unitCapabilities(spec);
   return [
     "[Unit]",
     `Description=agentpools ${spec.role} for pool ${spec.pool}`,
@@ -259,10 +272,8 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectKernelModules=true",
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
-    // What giving each runtime a uid of its own, and ending it, takes (ambient: the agent is not root), and no other.
-    ...(spec.runtimeSandbox
-      ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"]
-      : []),
+    // Ambient (the agent is not root), and no others: see unitCapabilities.
+    ...(capabilities ? [`AmbientCapabilities=${capabilities}`, `CapabilityBoundingSet=${capabilities}`] : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",
