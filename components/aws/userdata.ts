@@ -192,11 +192,11 @@ const heredocFiles = (script: string): UserDataFile[] =>
   }));
 /**
  * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's:
- * Node.js decompresses it, bash runs it. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the
- * service user reads them.
+ * Node.js decompresses it (`node -e` has the built-in modules as globals, as its REPL does), bash runs it. Files 0644
+ * and folders 0755 (umask 022), whatever the boot's umask: the service user reads them.
  */
 const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(require("zlib").brotliDecompressSync(require("fs").readFileSync(0)))'|bash; }`;
+  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(zlib.brotliDecompressSync(fs.readFileSync(0)))'|bash; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
