@@ -102,7 +102,9 @@ const builtinModules = {
       namespace: "builtin",
     }));
     b.onLoad({ filter: /.*/, namespace: "builtin" }, (args) => {
-      const names = Object.keys(require(args.path)).filter((name) => /^[A-Za-z_$][\w$]*$/.test(name) && name !== "default");
+      const names = Object.keys(require(args.path)).filter(
+        (name) => /^[A-Za-z_$][\w$]*$/.test(name) && name !== "default",
+      );
       const module = `require("${args.path}")`;
       return { contents: `export default ${module};\nexport const { ${names.join(", ")} } = ${module};`, loader: "js" };
     });
