@@ -243,14 +243,16 @@ export class FlowsHub {
       left,
     } as FlowsRun;
     const answer = new Promise<FlowsRunResult>((resolve, reject) => Object.assign(run, { resolve, reject }));
-    // Waiting for a runtime: as long as it may run (and the grace). Once sent, its timer starts again (see pump).
-    const waitMs = this.waitMs(run);
-    run.timer = setTimeout(
-      () => this.giveUp(run, 504, `no runtime of pool ${pool} came free within ${waitMs} ms`),
-      waitMs,
-    );
     queue.push(run);
     this.pump(pool);
+    // Still waiting for a runtime: as long as it may run (and the grace). Once sent, pump sets its answer's timer.
+    if (!run.agent) {
+      const waitMs = this.waitMs(run);
+      run.timer = setTimeout(
+        () => this.giveUp(run, 504, `no runtime of pool ${pool} came free within ${waitMs} ms`),
+        waitMs,
+      );
+    }
     this.held.set(holder, (this.held.get(holder) ?? 0) + 1);
     const release = () => {
       const count = (this.held.get(holder) as number) - 1;

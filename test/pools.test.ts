@@ -623,10 +623,28 @@ describe("AWS pools: options", () => {
     assert.ok(policy.Statement.some((s: { Action: string }) => s.Action === "s3:GetObject"));
     assert.deepEqual(policy.Statement.at(-1), guardRail);
     assert.equal(one(resources, T.role).inputs.permissionsBoundary, boundary);
-    assert.equal(one(resources, T.attachment).inputs.policyArn, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore");
+    // Session Manager's channels only: no managed policy, whose ssm:GetParameter on "*" reads every pool's parameters.
+    assert.equal(byType(resources, T.attachment).length, 0, "no managed policy attached");
+    assert.deepEqual(
+      policy.Statement.filter((s: { Action: string | string[] }) => [s.Action].flat().some((a) => a.startsWith("ssm"))),
+      [
+        {
+          Sid: "SessionManagerChannels",
+          Effect: "Allow",
+          Action: [
+            "ssm:UpdateInstanceInformation",
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+          ],
+          Resource: "*",
+        },
+      ],
+    );
     assert.ok(
-      one(resources, T.asg).dependsOn.includes(`${T.attachment}::keys-ssm`),
-      "the SSM permission exists before an instance starts",
+      one(resources, T.asg).dependsOn.includes(`${T.policy}::keys-instance`),
+      "the Session Manager permission exists before an instance starts",
     );
     assert.equal(one(resources, T.secret).inputs.kmsKeyId, key);
     assert.equal(one(resources, T.logGroup).inputs.kmsKeyId, key);
@@ -718,7 +736,8 @@ describe("AWS pools: options", () => {
       // follow the partition.)
       const policy = JSON.parse(one(resources, T.policy).inputs.policy);
       const built = policy.Statement.filter(
-        (s: { Sid: string }) => !["ReadPoolSecret", "WritePoolLogs", "ReadPoolParameters"].includes(s.Sid),
+        (s: { Sid: string }) =>
+          !["ReadPoolSecret", "WritePoolLogs", "ReadPoolParameters", "SessionManagerChannels"].includes(s.Sid),
       );
       assert.equal(built.length, 4);
       assert.ok(
@@ -738,9 +757,9 @@ describe("AWS pools: options", () => {
         JSON.parse(one(resources, T.role).inputs.assumeRolePolicy).Statement[0].Principal.Service,
         `ec2.${place.dnsSuffix}`,
       );
-      assert.equal(
-        one(resources, T.attachment).inputs.policyArn,
-        `arn:${place.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore`,
+      assert.ok(
+        policy.Statement.some((s: { Sid: string }) => s.Sid === "SessionManagerChannels"),
+        "Session Manager's channels, in any partition",
       );
       const { decoded } = userDataOf(resources);
       assert.ok(

@@ -9,6 +9,7 @@ export const KIT_SIDS = [
   "ProtectBusyPoolInstance",
   "ReadPoolParameters",
   "DecryptPoolSecret",
+  "SessionManagerChannels",
 ] as const;
 
 /** The ARN pattern of an Auto Scaling group by name (its ARN also carries a generated ID). */
@@ -25,14 +26,17 @@ export interface PoolPolicyInput {
   dnsSuffix: string;
   logGroupArn: string;
   autoScalingGroupArn: string;
+  /** SSM Session Manager: the agent's registration and its session channels, nothing of SSM's other parts. */
+  sessionManager?: boolean;
   extraStatements?: PolicyStatement[];
 }
 
 /**
  * The instance role's policy: read this pool's secret (and its parameters, if it has any),
  * write this pool's logs, complete lifecycle actions of this pool's group, report its own
- * instance unhealthy and protect it from scale-in while busy. Nothing else, unless the user
- * adds statements. (Auto Scaling has no condition key for the instance: the group is the scope.)
+ * instance unhealthy and protect it from scale-in while busy; with Session Manager, open its
+ * channels. Nothing else, unless the user adds statements. (Auto Scaling has no condition key
+ * for the instance: the group is the scope.)
  */
 export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; Statement: PolicyStatement[] } {
   const group = input.autoScalingGroupArn;
@@ -70,6 +74,22 @@ export function poolPolicyDocument(input: PoolPolicyInput): { Version: string; S
       Condition: { StringEquals: { "kms:ViaService": `secretsmanager.${input.region}.${input.dnsSuffix}` } },
     });
   }
+  // The actions of AWS's own Session Manager instance profile (AWSCloud9SSMInstanceProfile). Not the managed
+  // AmazonSSMManagedInstanceCore: it reads every parameter of the account (ssm:GetParameter on "*"), another
+  // pool's among them. None of these actions is scoped by a resource an instance can name before it registers.
+  if (input.sessionManager)
+    statements.push({
+      Sid: "SessionManagerChannels",
+      Effect: "Allow",
+      Action: [
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+      ],
+      Resource: "*",
+    });
   return { Version: "2012-10-17", Statement: [...statements, ...(input.extraStatements ?? [])] };
 }
 

@@ -393,6 +393,7 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
               dnsSuffix,
               logGroupArn,
               autoScalingGroupArn: autoScalingGroupArn(part, reg, acct, group),
+              sessionManager: core.ssmSessionManager,
               extraStatements: core.extraPolicyStatements,
             }),
           ),
@@ -400,16 +401,6 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
     },
     opts,
   );
-  const ssmAccess = core.ssmSessionManager
-    ? new aws.iam.RolePolicyAttachment(
-        `${name}-ssm`,
-        {
-          role: role.name,
-          policyArn: pulumi.interpolate`arn:${partition.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore`,
-        },
-        opts,
-      )
-    : undefined;
   const profile = new aws.iam.InstanceProfile(`${name}-instance`, { role: role.name, tags }, opts);
 
   const imageId =
@@ -535,13 +526,7 @@ export function createPool(parent: pulumi.ComponentResource, name: string, spec:
       ...opts,
       // Instances read the secret, write logs and complete their hook with the role's policy
       // at boot, and read the parameters: all exist before the first instance starts.
-      dependsOn: [
-        logGroup,
-        bootLog,
-        policy,
-        ...(ssmAccess ? [ssmAccess] : []),
-        ...[caParameter, configParameter].filter((p) => p !== undefined),
-      ],
+      dependsOn: [logGroup, bootLog, policy, ...[caParameter, configParameter].filter((p) => p !== undefined)],
       // Later changes reach the hooks through the LifecycleHook resources below; the scaling
       // policy owns the desired capacity once the group exists.
       ignoreChanges: ["initialLifecycleHooks", ...(core.scaling.enabled ? ["desiredCapacity"] : [])],
