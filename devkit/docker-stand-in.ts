@@ -4,9 +4,10 @@ import path from "node:path";
 /**
  * A stand-in for the Docker CLI (no engine runs on this machine), written to `dir/docker`: it
  * records each call in `calls` (argv, environment and env file, NUL-separated: CALL, ENV, FILE),
- * answers `kill` and `rm` (waiting while `dir/hold` exists), and runs a `docker run`'s script
- * with /bin/sh on this host (its pid in `dir/client`), in the workspace the run mounts, with the
- * variables of its env file, as a container would. Returns its path.
+ * and runs a `docker run`'s script with /bin/sh on this host, in the workspace the run mounts, with
+ * the variables of its env file, as a container would: a process group of its own (its pid in
+ * `dir/containers/NAME`) that outlives its client (whose pid is in `dir/client`). `kill` and `rm`
+ * end it (waiting while `dir/hold` exists) and answer "No such container" once it is gone. Returns its path.
  */
 export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-calls")): string {
   const docker = path.join(dir, "docker");
@@ -14,16 +15,25 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
     docker,
     [
       "#!/bin/sh",
-      'envfile=; prev=; for a; do [ "$prev" = --env-file ] && envfile=$a; prev=$a; done',
+      `containers='${dir}/containers'`,
+      'envfile=; prev=; for a; do [ "$prev" = --env-file ] && envfile=$a; [ "$prev" = --name ] && name=$a; prev=$a; done',
       // The env file as docker reads it: its mode, then its lines.
       `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; printf 'FILE\\0'; [ -z "$envfile" ] || { stat -c %a "$envfile"; cat "$envfile"; }; } >> '${calls}'`,
       // A removal waits while dir/hold exists (an engine slow to answer); the client's pid is in dir/client.
-      `case "$1" in kill|rm) while [ -e '${dir}/hold' ]; do sleep 0.01; done; exit 0;; esac`,
+      '[ "$1" = --config ] && shift 2',
+      `case "$1" in kill|rm) while [ -e '${dir}/hold' ]; do sleep 0.01; done; for a; do name=$a; done`,
+      '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
+      '  read pid < "$containers/$name"; kill -9 -"$pid"; while kill -0 -"$pid" 2>/dev/null; do sleep 0.005; done',
+      '  rm -f "$containers/$name"; exit 0;;',
+      "esac",
       `echo $$ > '${dir}/client'`,
       'for a; do case "$a" in type=bind,source=*,target=/workspace) src=${a#type=bind,source=}; src=${src%,target=/workspace};; esac; last=$a; done',
       // As docker does: NAME=VALUE sets a variable, a NAME alone takes the client's value.
       '[ -z "$envfile" ] || while IFS= read -r line || [ -n "$line" ]; do export "$line"; done < "$envfile"',
-      'cd "$src" && AGENTPOOLS_STATE_FILE="$src/.agentpools/state" exec /bin/sh -ec "$last"',
+      'mkdir -p "$containers"; cd "$src" || exit 125',
+      // setsid: the container's processes are a group of their own, which the client's death leaves running.
+      'AGENTPOOLS_STATE_FILE="$src/.agentpools/state" setsid /bin/sh -ec "$last" & echo $! > "$containers/$name"',
+      'wait $!; code=$?; rm -f "$containers/$name"; exit $code',
     ].join("\n"),
   );
   chmodSync(docker, 0o755);
@@ -51,7 +61,7 @@ export function writeFlowsDockerStandIn(dir: string): string {
       'case "$1" in kill|rm) name=$last',
       `  while [ -e '${dir}/hold' ]; do sleep 0.01; done`,
       '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
-      '  read pid uid < "$containers/$name"; kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.005; done',
+      '  read pid uid < "$containers/$name"; kill -9 "$pid"; tail --pid="$pid" -s 0.005 -f /dev/null',
       '  rm -f "$containers/$name"; exit 0;;',
       "esac",
       'for f in "$containers"/*; do [ -f "$f" ] || continue; read p u < "$f"',

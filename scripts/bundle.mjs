@@ -69,24 +69,47 @@ const inlineModules = (role, variant) => ({
  * Node's built-in modules as plain `require`s. esbuild wraps a default or namespace import of
  * an external module in an interop helper (and reaches each member through `.default`), and
  * calls a named import as `(0, module.name)(...)`; a built-in is already the CommonJS object
- * those imports mean, so `const http = require("node:http")` and `const { spawn } = ...` are
- * the same modules, and the destructured names shrink to one letter like any variable.
+ * those imports mean, so `const http = require("node:http")` is the same module. Named imports
+ * come from one module per built-in (builtinModules below), which every source file importing
+ * it shares: the bundle requires node:fs once, however many files take names from it, and the
+ * names shrink to one letter like any variable.
  */
 const BUILTIN_IMPORT = /^import\s+(?!type\s)([^;]+?)\s+from\s+"(node:[\w/]+)";/gm;
+const BUILTIN_NAMESPACE = "agentpools-builtin:";
 export function builtinsAsRequires(source) {
   return source.replace(BUILTIN_IMPORT, (statement, clause, module) => {
     const namespace = /^(?:\*\s+as\s+)?(\w+)$/.exec(clause.trim());
-    if (namespace) return `const ${namespace[1]} = require("${module}");`;
+    if (namespace) return `import ${namespace[1]} from "${BUILTIN_NAMESPACE}${module}";`;
     const named = /^\{([^}]*)\}$/.exec(clause.trim());
     if (!named) throw new Error(`scripts/bundle.mjs cannot rewrite ${JSON.stringify(statement)}`);
     const names = named[1]
       .split(",")
       .map((name) => name.trim())
-      .filter((name) => name && !name.startsWith("type "))
-      .map((name) => name.replace(/^(\w+)\s+as\s+(\w+)$/, "$1: $2"));
-    return names.length > 0 ? `const { ${names.join(", ")} } = require("${module}");` : "";
+      .filter((name) => name && !name.startsWith("type "));
+    return names.length > 0 ? `import { ${names.join(", ")} } from "${BUILTIN_NAMESPACE}${module}";` : "";
   });
 }
+
+/**
+ * The module a built-in's named imports come from: every export of the built-in as one destructuring of its
+ * require (terser keeps only the names the bundle uses, and drops the require if it uses none).
+ */
+const builtinModules = {
+  name: "builtin-modules",
+  setup(b) {
+    b.onResolve({ filter: new RegExp(`^${BUILTIN_NAMESPACE}`) }, (args) => ({
+      path: args.path.slice(BUILTIN_NAMESPACE.length),
+      namespace: "builtin",
+    }));
+    b.onLoad({ filter: /.*/, namespace: "builtin" }, (args) => {
+      const names = Object.keys(require(args.path)).filter(
+        (name) => /^[A-Za-z_$][\w$]*$/.test(name) && name !== "default",
+      );
+      const module = `require("${args.path}")`;
+      return { contents: `export default ${module};\nexport const { ${names.join(", ")} } = ${module};`, loader: "js" };
+    });
+  },
+};
 
 /**
  * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/variants.ts) as the variant's values, written into
@@ -142,7 +165,7 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineModules(role, variant), sourceRewrites(variant)],
+    plugins: [inlineModules(role, variant), sourceRewrites(variant), builtinModules],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));

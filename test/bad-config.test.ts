@@ -86,6 +86,12 @@ const cases: Case[] = [
   ],
   ["run timeout without a unit", (n) => new WorkerPool(n, workerArgs({ runTimeout: "70" })), "runTimeout", '"70"'],
   [
+    "run timeout past Node's longest timer (a run would be killed at once)",
+    (n) => new WorkerPool(n, workerArgs({ runTimeout: "1000h" })),
+    "runTimeout",
+    "must be shorter than 596h",
+  ],
+  [
     "worker network with a space",
     (n) => new WorkerPool(n, workerArgs({ workerNetwork: "bad network" })),
     "workerNetwork",
@@ -308,6 +314,38 @@ const cases: Case[] = [
     "targetBaseEndpoint",
     undefined,
     ["glpat-s3cr3t"],
+  ],
+  [
+    "proxy with a vertical tab, which would land as it is in dnf.conf, daemon.json and the unit",
+    (n) => new VcsAgentPool(n, vcsArgs({ httpsProxy: "http://proxy.corp:3128/\x0b" })),
+    "httpsProxy",
+    "must hold no control character",
+  ],
+  [
+    "registry mirror with a token in its query (Docker refuses one, and it would be readable in user-data)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ registryMirror: "https://registry.internal/?token=mirror-q-s3cr3t" })),
+    "registryMirror",
+    "must have no query",
+    ["mirror-q-s3cr3t"],
+  ],
+  [
+    "gateway endpoint with a fragment (the agent's paths replace it)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ gatewayEndpoint: "https://gateway.corp/#frag-s3cr3t" })),
+    "gatewayEndpoint",
+    "or fragment",
+    ["frag-s3cr3t"],
+  ],
+  [
+    "runtime uids of Amazon Linux's login users (ec2-user is 1000)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "1000-1255" })),
+    "runtimeUids",
+    "must not overlap 1000-60000",
+  ],
+  [
+    "runtime uids that hold nobody (65534), which daemons share",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "65000-65600" })),
+    "runtimeUids",
+    "without 65534",
   ],
   [
     "registry mirror with credentials",

@@ -57,17 +57,21 @@ describe("Flows agent: a hostile gateway", function () {
     return { links, answers, log, agent, run, close };
   }
 
-  it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async () => {
+  it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async function () {
+    // Each wait is for a hang, named, and within the test's timeout: under load 23 the whole took past mocha's 30 s.
+    this.timeout(120_000);
     const { links, answers, log, agent, run, close } = await hostileGateway();
     try {
       // Runs that never end, each a MiB of code: more than the agent holds.
       const code = `await new Promise(() => undefined); /*${"x".repeat(1024 * 1024)}*/`;
+      let dropped = false;
+      links[0].link.once("close", () => (dropped = true));
       for (let i = 0; i <= FLOWS_AGENT_RUNS_PER_RUNTIME; i++) run(`run-${i}`, code);
-      await new Promise((closed) => links[0].link.once("close", closed));
+      await eventually(() => dropped, 30_000, "the agent dropped the link");
       assert.ok(log.lines.some((l) => l.msg === "the gateway sent more runs than this agent holds: reconnecting"));
       // The runs it held end with the link (their answers have nowhere to go); it comes back, holding nothing.
-      await eventually(() => links.length === 2, 10_000, "the agent reconnected");
-      await eventually(() => agent.busy?.() === 0, 10_000, "the agent holds no run");
+      await eventually(() => links.length === 2, 30_000, "the agent reconnected");
+      await eventually(() => agent.busy?.() === 0, 30_000, "the agent holds no run");
       const ended = log.lines.filter((l) => l.msg === "run finished").map((l) => l.id);
       assert.deepEqual(ended.sort(), ["run-0", "run-1"], "the runs it held ended, the one beyond never started");
       assert.deepEqual(answers, [], "no answer went out on a dropped link");

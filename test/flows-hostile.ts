@@ -6,6 +6,7 @@
 // executor so that mocha's workers run them side by side (each is some hundred runtimes).
 import assert from "node:assert/strict";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { flowsAgentSettings, type FlowsAgentSettings } from "../agent/config/flows-agent";
@@ -361,19 +362,27 @@ export function hostileRuns(slot: number, body: (h: Hostile) => void): void {
       gateway: undefined as unknown as Gateway,
       url: "",
       token: "",
-      async run(body) {
-        const response = await fetch(`${h.url}/_agentpools/api/flows/${POOL}/run`, {
-          method: "POST",
-          headers: service.headers,
-          body: JSON.stringify(body),
-        }).catch((error: Error & { cause?: Error & { code?: string } }) => {
-          // fetch says only "fetch failed": its cause (a reset, a refusal) is what tells a flake from a defect.
-          throw new Error(`${error.message}: ${error.cause?.code ?? ""} ${error.cause?.message ?? ""}`, {
-            cause: error,
-          });
-        });
-        return { status: response.status, result: await response.json() };
-      },
+      // A connection of its own per run (no keep-alive): a loaded machine that stalls this process past the gateway's
+      // keep-alive timeout cannot have the gateway close a connection as the next run is sent on it (ECONNRESET once).
+      run: (body) =>
+        new Promise((resolve, reject) => {
+          const request = http.request(
+            `${h.url}/_agentpools/api/flows/${POOL}/run`,
+            { method: "POST", headers: { ...service.headers, "content-type": "application/json" }, agent: false },
+            (response) => {
+              let text = "";
+              response.setEncoding("utf8").on("data", (chunk: string) => (text += chunk));
+              response.on("error", reject).on("end", () => {
+                try {
+                  resolve({ status: response.statusCode ?? 0, result: JSON.parse(text) });
+                } catch (error) {
+                  reject(new Error(`${response.statusCode}: not JSON: ${text.slice(0, 200)}`, { cause: error }));
+                }
+              });
+            },
+          );
+          request.on("error", reject).end(JSON.stringify(body));
+        }),
       pool: () => h.gateway.summary().find((p) => p.name === POOL) as ReturnType<Hostile["pool"]>,
     };
 

@@ -406,6 +406,19 @@ describe("Flows agent and gateway", function () {
     });
   }
 
+  it("a FLOWS_RUNTIME_UIDS range holding a user's uid (nobody, from this host's /etc/passwd) is refused at start, naming it", async () => {
+    await assert.rejects(
+      async () =>
+        flowsAgentRole(unbundledRunner()).start(
+          // Past the schema (which refuses 65534): a range given in the environment, checked by the agent itself.
+          { ...settings({}), runtimeUids: "65530-65545", runtimePoolSize: 2 },
+          { log: capturingLogger("nobody").log },
+        ),
+      (error: Error) =>
+        /^FLOWS_RUNTIME_UIDS=65530-65545 holds uid 65534 \(user nobody\): a runtime/.test(error.message),
+    );
+  });
+
   it("an agent takes over a mounts directory whose claim is a dead agent's", async () => {
     const dir = path.join(scratchRoot, "taken-over");
     mkdirSync(dir);
@@ -434,7 +447,9 @@ describe("Flows agent and gateway", function () {
       "01EMPTY",
     );
     await eventually(() => gateway.summary().find((p) => p.name === "01EMPTY")!.activeRequests === 1);
-    await draining.drain(Date.now() + 5000);
+    // The deadline is for a hang: the drain ends as soon as the run has answered (under load, its runtime's cold start
+    // and 400 ms took past 5 s once: the agent left mid-run, 502).
+    await draining.drain(Date.now() + 15_000);
     const answered = await inFlight;
     assert.deepEqual(answered.result.value, "finished", JSON.stringify(answered));
     assert.equal((await run({ code: "1" }, "01EMPTY")).status, 503);

@@ -8,6 +8,7 @@ import { byType, isSecretInput, one, recorded, settled, valueOf, type RecordedRe
 import { CA_EC, DOCKER_ONLY_VALUES, PRIVATE_KEY_B64, TOKENS } from "../devkit/fixtures";
 import { scratchDir } from "../devkit/helpers";
 import { renderMetrics } from "../gateway/metrics";
+import { quantityValue } from "../components/kubernetes/api-rules";
 import {
   admissionProblems,
   apiServerProblems,
@@ -213,7 +214,7 @@ describe("Kubernetes components (mocks)", () => {
     );
   });
 
-  it("WorkerPool: a privileged Docker-in-Docker sidecar only; the launcher stays unprivileged", async () => {
+  it("WorkerPool: a privileged Docker-in-Docker sidecar only; the launcher is root with two capabilities", async () => {
     const resources = await deploy(
       () => new kubernetes.WorkerPool("k-workers", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64 }),
       "k-workers",
@@ -225,8 +226,22 @@ describe("Kubernetes components (mocks)", () => {
       spec.containers.map((c: { name: string }) => c.name),
       ["launcher"],
     );
-    assert.equal(launcher.securityContext.runAsNonRoot, true);
-    assert.equal(launcher.securityContext.privileged, undefined);
+    // What removing a root container's leftovers takes, no more: no escalation, read-only, the default seccomp.
+    assert.deepEqual(launcher.securityContext, {
+      runAsNonRoot: false,
+      runAsUser: 0,
+      runAsGroup: 0,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"], add: ["DAC_OVERRIDE", "FOWNER"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    // Baseline's rules for the launcher (capabilities within its list, no privilege): only the engine needs more.
+    assert.deepEqual(
+      podSecurityProblems({ spec: { ...spec, initContainers: [] } }, "baseline"),
+      [],
+      "the launcher alone meets baseline",
+    );
     assert.equal(envOf(launcher).DOCKER_HOST, "unix:///var/run/dind/docker.sock");
     assert.equal(envOf(launcher).SPACELIFT_LAUNCHER_RUN_TIMEOUT, "70m");
     assert.equal(docker.securityContext.privileged, true);
@@ -238,9 +253,6 @@ describe("Kubernetes components (mocks)", () => {
     assert.equal(runsMount(launcher), "/var/lib/agentpools/runs");
     assert.equal(runsMount(docker), runsMount(launcher));
     assert.equal(envOf(launcher).AGENTPOOLS_WORKER_EXECUTOR, "docker");
-    // Only the engine keeps the pod out of a restricted namespace.
-    const problems = podSecurityProblems({ spec }, "restricted");
-    assert.ok(problems.length > 0 && problems.every((p) => p.startsWith("container docker:")), problems.join("\n"));
     assert.equal(
       spec.volumes.some((v: Record<string, unknown>) => v.hostPath),
       false,
@@ -310,6 +322,73 @@ describe("Kubernetes components (mocks)", () => {
     const volume = spec.volumes.find((v: { name: string }) => v.name === "policy");
     const key = volume.configMap.items[0].key;
     assert.deepEqual(JSON.parse(one(resources, T.configMap).inputs.data[key]), policy);
+  });
+
+  it("WorkerPool: the disk a pod may fill is bounded, volume by volume and container by container, as the kubelet counts it", async () => {
+    const quantity = (text: string) => quantityValue(text) as number;
+    const check = (spec: any, runs: string, engine: string | undefined) => {
+      const volume = (name: string) => spec.volumes.find((v: { name: string }) => v.name === name);
+      assert.equal(volume("runs").emptyDir.sizeLimit, runs);
+      assert.equal(volume("docker-data")?.emptyDir.sizeLimit, engine);
+      // Every container has an ephemeral-storage limit: only then has the pod one, their sum (a native sidecar's
+      // included), which its containers' writable layers, logs and emptyDir volumes count against together.
+      const containers = [...spec.initContainers, ...spec.containers];
+      for (const c of containers) {
+        const { requests, limits } = c.resources;
+        assert.ok(limits["ephemeral-storage"] && requests["ephemeral-storage"], `${c.name}: both set`);
+        assert.ok(quantity(requests["ephemeral-storage"]) <= quantity(limits["ephemeral-storage"]), c.name);
+      }
+      const podLimit = containers.reduce((sum, c) => sum + quantity(c.resources.limits["ephemeral-storage"]), 0);
+      // Each volume can reach its own limit (the kubelet then evicts this pod), never the node's disk.
+      for (const v of spec.volumes.filter((v: any) => v.emptyDir))
+        assert.ok(v.emptyDir.sizeLimit && quantity(v.emptyDir.sizeLimit) <= podLimit, `${v.name}: a sizeLimit within`);
+      return Object.fromEntries(containers.map((c) => [c.name, c.resources]));
+    };
+    const defaults = check(
+      podSpec(
+        await deploy(
+          () => new kubernetes.WorkerPool("k-disk", { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64 }),
+          "k-disk",
+        ),
+      ),
+      "10Gi",
+      "30Gi",
+    );
+    assert.deepEqual(defaults, {
+      docker: {
+        requests: { cpu: "1", memory: "2Gi", "ephemeral-storage": "5Gi" },
+        limits: { memory: "4Gi", "ephemeral-storage": "30Gi" },
+      },
+      launcher: {
+        requests: { cpu: "100m", memory: "128Mi", "ephemeral-storage": "1Gi" },
+        limits: { memory: "256Mi", "ephemeral-storage": "10Gi" },
+      },
+    });
+    const set = check(
+      podSpec(
+        await deploy(
+          () =>
+            new kubernetes.WorkerPool("k-disk-sts", {
+              token: TOKENS.worker,
+              poolPrivateKey: PRIVATE_KEY_B64,
+              statefulSet: true,
+              disk: { runs: { request: "2Gi", limit: "40Gi" }, engine: { request: "1Gi", limit: "2Gi" } },
+            }),
+          "k-disk-sts",
+        ),
+      ),
+      "40Gi",
+      undefined,
+    );
+    assert.deepEqual(
+      [set.launcher.limits["ephemeral-storage"], set.launcher.requests["ephemeral-storage"]],
+      ["40Gi", "2Gi"],
+    );
+    assert.deepEqual(
+      set.docker.limits["ephemeral-storage"],
+      "2Gi",
+      "the engine's own layer and logs: its data is claimed",
+    );
   });
 
   it("WorkerPool as a StatefulSet keeps the engine's data on a volume per pod", async () => {
@@ -572,6 +651,13 @@ describe("Kubernetes components (mocks)", () => {
       () => vcs("kb-dns-4", { egress: { dns: [{ podSelector: { matchLabels: { "k8s app": "dns" } } }] } }),
       "egress.dns[0].podSelector.matchLabels.k8s app",
     ],
+    [
+      "a disk request above its limit",
+      () => workers("kb-disk-1", { disk: { runs: { request: "20Gi" } } }),
+      "disk.runs.request",
+      "must not exceed limit (10Gi)",
+    ],
+    ["a disk limit of nothing", () => workers("kb-disk-2", { disk: { engine: { limit: "0" } } }), "disk.engine.limit"],
     // A pod's runtimes are processes: what only the Docker executor reads is refused, not ignored.
     ...Object.entries(DOCKER_ONLY_VALUES).map(([key, value], i): (typeof bad)[number] => [
       `${key}, which only the Docker executor reads`,

@@ -4,7 +4,7 @@
 // uploaded, what the log says. Each hostile case is followed by a normal run.
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
 import path from "node:path";
@@ -335,6 +335,39 @@ describe("launcher: a hostile gateway or run", function () {
           assert.ok(!argv.some((a) => a.includes("otel-like")), "no value on the command line");
           await eventually(() => !existsSync(file), 2000, "the env file removed once the client is done");
         });
+
+        it("a stopped run whose container outlives its client holds the slot until the engine has removed it", async () => {
+          // The engine is slow to remove (or silent): the client is killed, its container still runs and writes.
+          const hold = path.join(dir, "hold");
+          writeFileSync(hold, "");
+          const first = id();
+          gateway.sendRaw(
+            JSON.stringify({
+              type: "run",
+              run: {
+                id: first,
+                image: "alpine:3",
+                commands: ["echo up; while :; do date > still-here; sleep 0.01; done"],
+              },
+              lease: { fence: 1, termMs: 60_000 },
+            }),
+          );
+          const container = path.join(dir, "containers", `agentpools-run-${first}`);
+          await eventually(() => existsSync(container), 10_000, "the container started");
+          const pid = Number(readFileSync(container, "utf8"));
+          gateway.sendRaw(JSON.stringify({ type: "revoked", id: first, reason: "stopped by the test" }));
+          await eventually(() => dockerCalls().some(({ argv }) => argv.includes("rm") && argv.at(-1)?.endsWith(first)));
+          // The slot is still the stopped run's: the next run is refused (to be offered again), and nothing of it ran.
+          const next = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo next"] });
+          assert.deepEqual([next.type, next.reason, next.lines], ["refused", "the worker is busy", []]);
+          assert.equal(process.kill(pid, 0), true, "the container is still running");
+          rmSync(hold);
+          await eventually(() => !existsSync(container), 10_000, "the container removed");
+          assert.throws(() => process.kill(pid, 0), "the container's processes are gone");
+          // The slot is given back a moment after the removal: the next offer is taken once it is.
+          await eventually(async () => (await gateway.run({ id: id(), image: "alpine:3", commands: ["true"] })).status);
+          await stillWorks();
+        });
       }
 
       it("messages of the wrong shape are refused or ignored; the launcher survives each", async () => {
@@ -596,19 +629,16 @@ describe("launcher: a hostile gateway or run", function () {
   });
 
   describe("a launcher that is not root", function () {
-    it("survives a run that locks its workspace (chmod 0500), removes it, and runs the next", async function () {
-      const work = path.join(dir, "nonroot-work");
-      mkdirSync(work);
-      chownSync(work, 65534, 65534);
-      // The scratch root is the test process's own (0700): let the launcher's user through.
-      chmodSync(dir, 0o711);
-      chmodSync(path.dirname(dir), 0o711);
+    /** The real bundle as uid 65534 (as on EC2 and in a pod, not root), with `caps` ambient as systemd gives them. */
+    const startLauncher = (work: string, caps?: string) => {
       const child = spawn(
         "setpriv",
         [
           "--reuid=65534",
           "--regid=65534",
           "--clear-groups",
+          ...(caps ? [`--inh-caps=${caps}`, `--ambient-caps=${caps}`] : []),
+          "--",
           process.execPath,
           ...RUNTIME_NODE_FLAGS,
           path.join(packageRoot(), "build/bundles/launcher.js"),
@@ -627,8 +657,55 @@ describe("launcher: a hostile gateway or run", function () {
       let output = "";
       child.stdout.on("data", (chunk) => (output += chunk));
       child.stderr.on("data", (chunk) => (output += chunk));
+      const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+      return { child, output: () => output, exited };
+    };
+    const workDir = (name: string) => {
+      const work = path.join(dir, name);
+      mkdirSync(work);
+      chownSync(work, 65534, 65534);
+      // The scratch root is the test process's own (0700): let the launcher's user through.
+      chmodSync(dir, 0o711);
+      chmodSync(path.dirname(dir), 0o711);
+      return work;
+    };
+
+    /**
+     * A finished run's workspace as a container's root leaves it (no userns-remap: the host's root), its result not yet
+     * acknowledged: a 0700 directory holding a file of mode 0000, a sticky directory holding a file of root's, links to
+     * a host directory and a host file the launcher could remove were it to follow them. Returns that host directory.
+     */
+    async function leftByRoot(work: string): Promise<string> {
+      const outside = path.join(dir, `outside-${counter}`);
+      mkdirSync(outside, { mode: 0o777 });
+      chmodSync(outside, 0o777);
+      writeFileSync(path.join(outside, "canary"), "host file\n", { mode: 0o666 });
+      gateway.holdAcks = true;
+      const ended = await gateway.run({
+        id: id(),
+        image: "alpine:3",
+        commands: [`mkdir -p keep/deep sticky && echo blob > keep/deep/blob && echo x > sticky/f`],
+      });
+      assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+      const [run] = readdirSync(work);
+      const workspace = path.join(work, run, "workspace");
+      await exec("sh", [
+        "-ec",
+        `cd ${workspace} && ln -s ${outside} out && ln -s ${outside}/canary outfile && chown -R 0:0 keep sticky` +
+          ` && chmod 0000 keep/deep/blob && chmod 0700 keep/deep keep && chmod 1777 sticky && chmod 0600 sticky/f`,
+      ]);
+      return outside;
+    }
+
+    it("survives a run that locks its workspace (chmod 0500), removes it, and runs the next", async function () {
+      const work = workDir("nonroot-work");
+      const launcher = startLauncher(work);
       try {
-        await eventually(() => output.includes("Connected to the server"), 10_000, "the launcher to connect");
+        await eventually(
+          () => launcher.output().includes("Connected to the server"),
+          10_000,
+          "the launcher to connect",
+        );
         const locked = await gateway.run({
           id: id(),
           image: "alpine:3",
@@ -637,11 +714,81 @@ describe("launcher: a hostile gateway or run", function () {
         assert.equal(locked.status, "succeeded");
         await stillWorks();
         await eventually(() => readdirSync(work).length === 0, 5000, "the locked workspace removed");
-        assert.equal(child.exitCode, null, `the launcher is still running: ${output.slice(-500)}`);
+        assert.equal(launcher.child.exitCode, null, `the launcher is still running: ${launcher.output().slice(-500)}`);
       } catch (error) {
-        throw new Error(`${(error as Error).message}\nlauncher output: ${output.slice(-1500)}`);
+        throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);
       } finally {
-        child.kill("SIGKILL");
+        launcher.child.kill("SIGKILL");
+      }
+    });
+
+    it("with CAP_DAC_OVERRIDE and CAP_FOWNER (EC2's unit, the pod's): removes what a root container left, following no link", async function () {
+      const work = workDir("capable-work");
+      const launcher = startLauncher(work, "+dac_override,+fowner");
+      try {
+        await eventually(
+          () => launcher.output().includes("Connected to the server"),
+          10_000,
+          "the launcher to connect",
+        );
+        const outside = await leftByRoot(work);
+        gateway.holdAcks = false;
+        gateway.ackHeld();
+        await eventually(() => readdirSync(work).length === 0, 5000, "the run's directory removed");
+        assert.equal(readFileSync(path.join(outside, "canary"), "utf8"), "host file\n", "the linked host file stays");
+        assert.deepEqual(readdirSync(outside), ["canary"]);
+        await stillWorks();
+        assert.equal(launcher.child.exitCode, null);
+        assert.doesNotMatch(launcher.output(), /cannot be removed/);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);
+      } finally {
+        gateway.holdAcks = false;
+        launcher.child.kill("SIGKILL");
+      }
+    });
+
+    it("without them: takes no more runs on that disk, ends, and will not start again on it", async function () {
+      const work = workDir("spoiled-work");
+      const launcher = startLauncher(work);
+      const marker = path.join(dir, "ran-on-a-spoiled-disk");
+      try {
+        await eventually(
+          () => launcher.output().includes("Connected to the server"),
+          10_000,
+          "the launcher to connect",
+        );
+        await leftByRoot(work);
+        const from = gateway.messages.length;
+        gateway.holdAcks = false;
+        gateway.ackHeld();
+        await eventually(
+          () => gateway.messages.slice(from).some((m) => m.type === "draining"),
+          5000,
+          "the launcher to say it drains",
+        );
+        // A run offered now never runs: refused, or not taken at all once the launcher has closed.
+        gateway.sendRaw(
+          JSON.stringify({
+            type: "run",
+            run: { id: id(), image: "alpine:3", commands: [`touch ${marker}`] },
+            lease: { fence: 1000 + counter, termMs: 60_000 },
+          }),
+        );
+        assert.equal(await launcher.exited, 1, "the launcher ends with a failure (a unit restarts, and gives up)");
+        assert.match(launcher.output(), /a run's files cannot be removed: no more runs on this disk/);
+        assert.equal(existsSync(marker), false, "no run after it ran");
+        assert.equal(readdirSync(work).length, 1, "the run's directory stays: the launcher's uid cannot remove it");
+        // A restart on the same disk (systemd's Restart=, a container restarted in its pod) does not serve on it.
+        const again = startLauncher(work);
+        assert.equal(await again.exited, 1);
+        assert.match(again.output(), new RegExp(`${work}: a run's files cannot be removed`));
+        assert.doesNotMatch(again.output(), /Connected to the server/);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);
+      } finally {
+        gateway.holdAcks = false;
+        launcher.child.kill("SIGKILL");
       }
     });
   });

@@ -651,18 +651,24 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
         try {
           // Through the proxy: seen at once. Around it: the instance resolves the host itself (the call then fails, no
           // network here, and is retried for seconds), having asked the proxy nothing.
+          // A failure says what the instance printed meanwhile (it failed once under load, the proxy asked nothing).
+          const told = (error: Error) => {
+            throw new Error(
+              `${error.message}; asked: [${asked.join(", ")}]; the instance said:\n${output().slice(-2000)}`,
+            );
+          };
           if (viaProxy)
             await eventually(
               () => asked.includes("secretsmanager.cn-north-1.amazonaws.com.cn:443"),
               10_000,
-              `CONNECT to Secrets Manager (asked: ${asked.join(", ")})`,
-            );
+              "CONNECT to Secrets Manager",
+            ).catch(told);
           else
             await eventually(
               () => /^lookup secretsmanager\.cn-north-1\.amazonaws\.com\.cn$/m.test(output()),
               10_000,
               "the direct call's own lookup",
-            );
+            ).catch(told);
           if (viaProxy) assert.doesNotMatch(output(), /^lookup .*amazonaws/m, "no AWS name resolved beside the proxy");
         } finally {
           child.kill();

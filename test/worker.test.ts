@@ -760,14 +760,14 @@ describe("worker pools: the Docker executor", () => {
     assert.ok(!args.join(" ").includes("pw"), "no value on the command line");
   });
 
-  it("runs through the Docker CLI: values reach it through a file (those of several lines by name), output and exit status come back, kill reaches docker kill", async () => {
+  it("runs through the Docker CLI: values reach it through a file (those of several lines by name), output and exit status come back, kill reaches docker rm -f", async () => {
     const { dockerExecutor } = await import("../agent/launcher/executor");
     const dir = scratchDir("docker-");
     // A stand-in for the docker CLI (no engine runs here): it records what it was given and runs the script.
     const fake = path.join(dir, "docker");
     writeFileSync(
       fake,
-      `#!/bin/sh\necho "$*" >> "${dir}/calls"\nif [ "$1" = kill ] || [ "$3" = kill ]; then exit 0; fi\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\ncat "${dir}/env"; echo\nexec /bin/sh -ec "$last"\n`,
+      `#!/bin/sh\necho "$*" >> "${dir}/calls"\ncase " $1 $3 " in *" kill "*|*" rm "*) exit 0;; esac\nfor last; do :; done\necho "secret-in-env=$TF_VAR_password"\ncat "${dir}/env"; echo\nexec /bin/sh -ec "$last"\n`,
     );
     chmodSync(fake, 0o755);
     const settings = launcherSettings.parse({
@@ -802,7 +802,7 @@ describe("worker pools: the Docker executor", () => {
     await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("agentpools-run-r3"));
     long.kill();
     assert.equal((await long.exited).signal, "SIGKILL");
-    await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("kill agentpools-run-r3"));
+    await eventually(() => readFileSync(path.join(dir, "calls"), "utf8").includes("rm -f agentpools-run-r3"));
     assert.ok(existsSync(path.join(dir, "calls")));
   });
 });

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
-import { DURATION_PATTERN, NO_PROXY_PATTERN, proxySettings } from "./fields";
+import { duration, DURATION_PATTERN, durationMs, NO_CONTROL_ERROR, NO_PROXY_PATTERN, proxySettings } from "./fields";
+import { MAX_TIMER_MS } from "./duration";
 import { flowsAgentSettings } from "./flows-agent";
+import { launcherSettings } from "./launcher";
+import type { RoleName } from "./roles";
+import { settingsJsonSchema } from "./settings-schema";
+import { SettingsError, validateSettings } from "./validate";
+import { vcsAgentSettings } from "./vcs-agent";
+import { PRIVATE_KEY_B64, TOKENS } from "../../devkit/fixtures";
 import { bypassesProxy } from "../tunnel/dial";
 
 describe("setting forms", () => {
@@ -68,5 +75,118 @@ describe("setting forms", () => {
       assert.ok(DURATION_PATTERN.test(text), text);
     for (const text of ["0s", "0m", "0h0m", "00s", "0ms", "7 minutes", "70", ""])
       assert.ok(!DURATION_PATTERN.test(text), text);
+  });
+
+  it("durations: shorter than Node's longest timer, in the schema; the runtime's durationMs stops at it", async () => {
+    assert.ok(duration.safeParse("596h").success);
+    for (const text of ["597h", "25000h", "2147483647ms", "1000h"]) {
+      const parsed = launcherSettings.safeParse({
+        token: TOKENS.worker,
+        poolPrivateKey: PRIVATE_KEY_B64,
+        runTimeout: text,
+      });
+      assert.deepEqual(
+        parsed.error?.issues.map((i) => [i.path[0], i.message.slice(0, 26)]),
+        [["runTimeout", "must be shorter than 596h "]],
+        text,
+      );
+    }
+    // A timer set from a duration past the schema (an environment the components never saw) waits: it does not fire at once.
+    assert.equal(durationMs("1000h"), MAX_TIMER_MS);
+    const warnings: string[] = [];
+    const warned = (warning: Error) => warnings.push(warning.name);
+    process.on("warning", warned);
+    let fired = false;
+    const timer = setTimeout(() => (fired = true), durationMs("1000h"));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await new Promise((resolve) => setImmediate(resolve));
+    clearTimeout(timer);
+    process.off("warning", warned);
+    assert.deepEqual([fired, warnings], [false, []]);
+  });
+
+  describe("what lands in a file or on a command line as it is", () => {
+    const base = {
+      launcher: { token: TOKENS.worker, poolPrivateKey: PRIVATE_KEY_B64 },
+      "flows-agent": {
+        poolId: "p",
+        poolToken: "t".repeat(16),
+        gatewayEndpoint: "https://gw",
+        backendEndpoint: "https://b",
+      },
+      "vcs-agent": { token: TOKENS.vcs, targetBaseEndpoint: "https://git.corp", vendor: "gitlab" },
+    };
+    const schemas = { launcher: launcherSettings, "flows-agent": flowsAgentSettings, "vcs-agent": vcsAgentSettings };
+    /** [role, setting, its value with `c` in it] */
+    const settings: [RoleName, string, (c: string) => unknown][] = [
+      ["flows-agent", "httpsProxy", (c) => `http://proxy.corp:3128/${c}`],
+      ["flows-agent", "registryMirror", (c) => `https://mirror.internal/v2${c}/x`],
+      ["flows-agent", "backendEndpoint", (c) => `${c}https://backend.corp`],
+      ["flows-agent", "mountsDir", (c) => `/var/lib/mounts${c}`],
+      ["flows-agent", "extraDockerParams", (c) => [`--label=team${c}x`]],
+      ["flows-agent", "metadataTags", (c) => ({ team: `a${c}b` })],
+      ["launcher", "extraMounts", (c) => [`/srv/cache${c}:/cache:ro`]],
+      ["launcher", "dockerConfigDir", (c) => `/etc/docker${c}`],
+      ["launcher", "vcsAgents", (c) => [{ name: "git", baseEndpoint: `https://git.corp/${c}` }]],
+      ["vcs-agent", "targetBaseEndpoint", (c) => `https://git.corp:8443${c}`],
+    ];
+
+    for (const [code, c] of Object.entries({
+      VT: "\x0b",
+      SOH: "\x01",
+      ESC: "\x1b",
+      DEL: "\x7f",
+      NEL: "\x85",
+      TAB: "\t",
+      LF: "\n",
+      NUL: "\0",
+    }))
+      it(`a control character (${code}) is refused, by the components' schema and the runtime's check, naming the setting`, () => {
+        for (const [role, key, value] of settings) {
+          const raw = { ...base[role], [key]: value(c) };
+          const parsed = schemas[role].safeParse(raw);
+          assert.ok(!parsed.success, `${key} took ${JSON.stringify(value(c))}`);
+          const issue = parsed.error.issues.find((i) => i.path[0] === key);
+          assert.ok(issue && /control character/.test(issue.message), `${key}: ${JSON.stringify(parsed.error.issues)}`);
+          assert.throws(
+            () => validateSettings(role, settingsJsonSchema(role), raw),
+            (error: SettingsError) => error.problems.some((p) => p.path.split(/[.[]/)[0] === key),
+            `the runtime took ${key}`,
+          );
+        }
+      });
+
+    it("good but unusual values pass: spaces in paths, Unicode in tags, an encoded ? in a URL's path", () => {
+      const flows = flowsAgentSettings.parse({
+        ...base["flows-agent"],
+        httpsProxy: "http://10.0.0.5:3128",
+        registryMirror: "https://mirror.internal/v2/%3Fodd%0B",
+        mountsDir: "/var/lib/my mounts",
+        metadataTags: { team: "équipe ✓ — ops" },
+        extraDockerParams: ["--label=a=b"],
+      });
+      assert.equal(flows.registryMirror, "https://mirror.internal/v2/%3Fodd%0B");
+      assert.ok(launcherSettings.safeParse({ ...base.launcher, extraMounts: ["/srv/my cache:/cache:ro"] }).success);
+      assert.equal(NO_CONTROL_ERROR.includes("control character"), true);
+    });
+
+    it("a URL setting with a query or fragment is refused (the agent drops it, and a token there would be readable)", () => {
+      const cases: [RoleName, string, unknown][] = [
+        ["flows-agent", "httpsProxy", "http://proxy.corp:3128/?token=abc"],
+        ["flows-agent", "registryMirror", "https://mirror.internal#x"],
+        ["flows-agent", "gatewayEndpoint", "https://gw.corp/?key=1"],
+        ["launcher", "vcsAgents", [{ name: "git", baseEndpoint: "https://git.corp/?t=1" }]],
+        ["vcs-agent", "targetBaseEndpoint", "https://git.corp/?private_token=x"],
+        ["vcs-agent", "targetBaseEndpoint", "https://git.corp/?"],
+      ];
+      for (const [role, key, value] of cases) {
+        const parsed = schemas[role].safeParse({ ...base[role], [key]: value });
+        assert.ok(!parsed.success, `${key} took ${JSON.stringify(value)}`);
+        assert.ok(
+          parsed.error.issues.some((i) => i.path[0] === key && /no query .* or fragment/.test(i.message)),
+          key,
+        );
+      }
+    });
   });
 });

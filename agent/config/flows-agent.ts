@@ -3,6 +3,7 @@ import { FLOWS_RUN_TIMEOUT_DEFAULT, FLOWS_MAX_RUN_TIMEOUT_MS } from "../../proto
 import { durationMs } from "./duration";
 import {
   absolutePath,
+  CONTROL,
   duration,
   gatewayUrl,
   httpUrl,
@@ -21,8 +22,11 @@ export const RUNTIME_ISOLATIONS = ["auto", "namespaces", "user", "none"] as cons
  * anything that could undo the sandbox (--privileged, --cap-add, --security-opt, host
  * namespaces, devices) is refused rather than filtered.
  */
-export const DOCKER_EXTRA_PARAM_PATTERN =
-  /^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\s,]+$/;
+export const DOCKER_EXTRA_PARAM_PATTERN = new RegExp(
+  `^--(add-host|dns|dns-search|dns-option|label|ulimit|cpus|memory|memory-swap|pids-limit|shm-size|tmpfs)=[^\\s,${CONTROL}]+$`,
+);
+
+const NOBODY = 65534;
 
 /** The Flows agent's settings (reference 004). */
 export const flowsAgentSettings = z.strictObject({
@@ -43,7 +47,7 @@ export const flowsAgentSettings = z.strictObject({
       .array(
         z.string().regex(DOCKER_EXTRA_PARAM_PATTERN, {
           error:
-            "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs",
+            "must be --NAME=VALUE with NAME one of add-host, dns, dns-search, dns-option, label, ulimit, cpus, memory, memory-swap, pids-limit, shm-size, tmpfs, and a VALUE without spaces, commas or control characters",
         }),
       )
       .default([]),
@@ -74,9 +78,11 @@ export const flowsAgentSettings = z.strictObject({
       .refine(
         (text) => {
           const [first, last = first] = text.split("-").map(Number);
-          return first <= last && last < 2 ** 32 - 1;
+          return first <= last && last < 2 ** 32 - 1 && !(first <= NOBODY && NOBODY <= last);
         },
-        { error: "must run from a lower to a higher uid, below 4294967295" },
+        {
+          error: "must run from a lower to a higher uid, below 4294967295, without 65534 (nobody, which daemons share)",
+        },
       )
       .default("1900000000-1900000255"),
     { env: "FLOWS_RUNTIME_UIDS" },

@@ -1,9 +1,10 @@
 import { z } from "zod";
 import { MAX_STATE_BYTES } from "../../protocol/worker";
-import { absolutePath, duration, envVarName, httpUrl, metadataTags, proxySettings, setting } from "./fields";
+import { absolutePath, CONTROL, duration, envVarName, httpUrl, metadataTags, proxySettings, setting } from "./fields";
 
 /** `/host/path:/container/path`, optionally `:ro` or `:rw`; no `..` segment, nothing Docker's --mount would read as syntax. */
-export const MOUNT_PATTERN = /^(?!.*(^|\/)\.\.(\/|:|$))\/[^:,"=\0]*:\/[^:,"=\0]*(:ro|:rw)?$/;
+const MOUNT_PATH = String.raw`\/[^:,"=${CONTROL}]*`;
+export const MOUNT_PATTERN = new RegExp(String.raw`^(?!.*(^|\/)\.\.(\/|:|$))${MOUNT_PATH}:${MOUNT_PATH}(:ro|:rw)?$`);
 
 /** The launcher's own credentials: passing them on would hand the pool to every run. */
 const CREDENTIAL_VARIABLES = ["SPACELIFT_TOKEN", "SPACELIFT_POOL_PRIVATE_KEY"];
@@ -43,7 +44,7 @@ export const launcherSettings = z.strictObject({
       .array(
         z.string().regex(MOUNT_PATTERN, {
           error:
-            'must be "/host/path:/container/path" (optionally ":ro"), absolute, without ".." or the characters , " =',
+            'must be "/host/path:/container/path" (optionally ":ro"), absolute, without "..", the characters , " = or control characters',
         }),
       )
       .default([]),

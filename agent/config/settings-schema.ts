@@ -9,7 +9,20 @@ import { runPolicy } from "./run-policy";
  * (scripts/bundle.mjs), so both sides read the same names, defaults and limits.
  */
 export function settingsJsonSchema(role: RoleName): SettingsSchema {
-  return toJsonSchema(roleSettings[role]) as SettingsSchema;
+  // Exported once per role (zod's export costs milliseconds, and a pool asks for it several times), frozen so that
+  // no caller can change what the next one reads.
+  let schema = exported.get(role);
+  if (!schema) exported.set(role, (schema = deepFreeze(toJsonSchema(roleSettings[role])) as SettingsSchema));
+  return schema;
+}
+const exported = new Map<RoleName, SettingsSchema>();
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
 }
 
 /** The JSON Schema of the launcher's run initialization policy file. */

@@ -25,6 +25,7 @@ import {
   ISOLATIONS,
   readPrivileges,
   seccompFilter,
+  uidOwner,
   uidPool,
   type Isolation,
   type Privileges,
@@ -249,6 +250,11 @@ export async function createExecutor(
     const needed = 2 * settings.runtimePoolSize;
     if (uids.last - uids.first + 1 < needed || (own >= uids.first && own <= uids.last))
       throw new Error(`FLOWS_RUNTIME_UIDS=${settings.runtimeUids} needs ${needed} uids, not the agent's ${own}`);
+    const owner = uidOwner(uids);
+    if (owner)
+      throw new Error(
+        `FLOWS_RUNTIME_UIDS=${settings.runtimeUids} holds ${owner}: a runtime under it could signal its processes and read its files; give uids no one has`,
+      );
   }
   const launcher =
     (BUILT_FOR.executor ?? settings.executor) === "docker"

@@ -17,6 +17,7 @@ import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader, type CheckedAnswer } from "./channel";
+import { containerGone } from "../runtime/docker";
 import {
   bwrapArgs,
   libraryDirectories,
@@ -545,21 +546,10 @@ export function dockerLauncher(
   // The Docker client gets a fixed environment: the agent's own client variables, nothing else.
   const { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG } = process.env;
   const env = { PATH, HOME, DOCKER_HOST, DOCKER_CONFIG };
-  /** Resolves once the engine says container `name` is gone; asks again, after an error or a silence, until it does. */
   const removal = (name: string, uid: number) =>
-    new Promise<void>((gone) => {
-      const ask = (again?: boolean) => {
-        let said = "";
-        const rm = spawn(docker, ["rm", "-f", name], { env, timeout: removalTimeoutMs });
-        rm.on("error", () => undefined).stderr.on("data", (chunk) => void (said += chunk));
-        rm.on("close", (code) => {
-          if (code === 0 || /no such/i.test(said)) return gone();
-          if (!again) log?.error("a runtime container not yet gone: its uid held", { name, uid });
-          setTimeout(ask, 1000, true);
-        });
-      };
-      ask();
-    });
+    containerGone([docker], name, env, removalTimeoutMs, () =>
+      log?.error("a runtime container not yet gone: its uid held", { name, uid }),
+    );
   return {
     uids,
     describe: `docker (${settings.gvisor ? "gVisor" : "runc"}), a user of its own`,

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { scratchDir } from "../../devkit/helpers";
-import { bwrapArgs, libraryDirectories, orphans, seccompFilter, uidPool } from "./sandbox";
+import { eventually, scratchDir } from "../../devkit/helpers";
+import { bwrapArgs, libraryDirectories, orphans, seccompFilter, uidOwner, uidPool } from "./sandbox";
 
 /** Runs a classic BPF seccomp program on one system call, as the kernel would: its answer. */
 function evaluate(filter: Buffer, call: { arch: number; nr: number; arg0?: number }): number {
@@ -159,5 +160,58 @@ describe("runtime sandbox: bubblewrap, libraries, uids", () => {
     mkdirSync(path.join(proc, "self"));
     mkdirSync(path.join(proc, "104")); // gone while read: no status
     assert.deepEqual(orphans({ first: 1900000000, last: 1900000008 }, proc), [100]);
+  });
+});
+
+describe("runtime sandbox: uids someone else has", () => {
+  it("names a uid of the range that /etc/passwd names (nobody, on this host's real file)", () => {
+    assert.equal(uidOwner({ first: 65000, last: 65534 }), "uid 65534 (user nobody)");
+  });
+
+  it("names a uid running a process of another login session; the agent's own session's processes are its runtimes", () => {
+    const dir = scratchDir("uid-owner-");
+    const proc = (pid: string, status: string, loginuid: string) => {
+      mkdirSync(path.join(dir, pid), { recursive: true });
+      writeFileSync(path.join(dir, pid, "status"), status);
+      writeFileSync(path.join(dir, pid, "loginuid"), loginuid);
+    };
+    writeFileSync(path.join(dir, "passwd"), "root:x:0:0::/root:/bin/sh\nalice:x:5000:5000::/home/alice:/bin/sh\n");
+    proc("self", "Name:\tnode\nUid:\t990\t990\t990\t990\n", "4294967295");
+    proc("40", "Name:\tnode\nPPid:\t2\nUid:\t5004\t5004\t5004\t5004\n", "4294967295");
+    const range = { first: 5001, last: 5010 };
+    assert.equal(uidOwner(range, path.join(dir, "passwd"), dir), undefined, "a runtime of the agent's own session");
+    proc("41", "Name:\tbash\nUid:\t5007\t5007\t5007\t5007\n", "5007");
+    assert.equal(uidOwner(range, path.join(dir, "passwd"), dir), "uid 5007 (process 41, of a login session)");
+    assert.equal(uidOwner({ first: 4000, last: 5000 }, path.join(dir, "passwd"), dir), "uid 5000 (user alice)");
+    assert.equal(uidOwner({ first: 5011, last: 6000 }, path.join(dir, "nonexistent"), dir), undefined);
+  });
+
+  it("on this host: a process of another session under a uid of the range is named, the agent's session's is not", async function () {
+    const uid = 1900000977;
+    const range = { first: uid, last: uid };
+    const passwd = path.join(scratchDir("uid-owner-"), "passwd");
+    writeFileSync(passwd, "");
+    const start = (session: string) =>
+      spawn("sh", ["-c", `${session}exec setpriv --reuid=${uid} --regid=${uid} --clear-groups sleep 30`], {
+        stdio: "ignore",
+      });
+    const ours = start("");
+    try {
+      await eventually(() => readFileSync(`/proc/${ours.pid}/status`, "utf8").includes(`Uid:\t${uid}`));
+      assert.equal(uidOwner(range, passwd), undefined);
+    } finally {
+      ours.kill("SIGKILL");
+    }
+    // A login session's process: its loginuid set (root may set its own once).
+    const theirs = start("echo 4242 > /proc/self/loginuid && ");
+    try {
+      const set = await eventually(
+        () => theirs.exitCode !== null || readFileSync(`/proc/${theirs.pid}/status`, "utf8").includes(`Uid:\t${uid}`),
+      );
+      if (theirs.exitCode !== null || set !== true) return this.skip(); // not root, or no audit control here
+      assert.equal(uidOwner(range, passwd), `uid ${uid} (process ${theirs.pid}, of a login session)`);
+    } finally {
+      theirs.kill("SIGKILL");
+    }
   });
 });

@@ -86,6 +86,32 @@ export function orphans(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): 
     .map(Number);
 }
 
+/**
+ * What in `uids` is someone else's, said for an error: a uid named in `passwd` (a login or service user), or one running
+ * a process of a login session other than the agent's (its loginuid). A process of the range outside any session is
+ * taken for a runtime an earlier agent left.
+ */
+export function uidOwner(uids: Pick<UidPool, "first" | "last">, passwd = "/etc/passwd", proc = "/proc"): string | void {
+  const mine = (uid = "") => uid !== "" && +uid >= uids.first && +uid <= uids.last;
+  const read = (file: string) => {
+    try {
+      return readFileSync(file, "utf8");
+    } catch {
+      return ""; // no such file, or a process gone meanwhile
+    }
+  };
+  const user = read(passwd)
+    .split("\n")
+    .find((line) => mine(line.split(":")[2]));
+  if (user) return `uid ${user.split(":")[2]} (user ${user.split(":")[0]})`;
+  const session = read(`${proc}/self/loginuid`);
+  for (const pid of readdirSync(proc)) {
+    const uid = /^Uid:\s+(\d+)/m.exec(read(`${proc}/${pid}/status`))?.[1];
+    if (mine(uid) && read(`${proc}/${pid}/loginuid`) !== session)
+      return `uid ${uid} (process ${pid}, of a login session)`;
+  }
+}
+
 export interface UidPool {
   first: number;
   last: number;

@@ -2,6 +2,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { LauncherSettings } from "../config/launcher";
+import type { Logger } from "../../lib/log";
+import { containerGone } from "../runtime/docker";
 
 /** Where a run's workspace is inside its container; its state file sits in it. */
 export const CONTAINER_WORKSPACE = "/workspace";
@@ -137,7 +139,9 @@ export function dockerExecutor(
   settings: LauncherSettings,
   launcherEnv: Record<string, string | undefined>,
   docker = "docker",
+  log?: Logger,
 ): RunExecutor {
+  const cli = [docker, ...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : [])];
   const clientEnv = Object.fromEntries(
     DOCKER_CLIENT_ENV.flatMap((name) => (launcherEnv[name] ? [[name, launcherEnv[name] as string]] : [])),
   );
@@ -158,23 +162,16 @@ export function dockerExecutor(
       });
       // Read by the client as it starts; removed once it is done.
       child.once("close", () => rmSync(envFile(run), { force: true }));
-      // A killed client leaves its container running, free to write the workspace (swap its state file for a link to a
-      // host file, say): a killed run ends once the engine has killed its container (docker kill waits for it to stop)
-      // or 30 s have passed.
+      const ended = new Promise((done) => child.once("exit", done).once("error", done));
+      // A killed client leaves its container running, with the run's secrets, free to write the workspace: a killed run
+      // ends (and the next may start) only once the engine says its container is gone. Asked once the client is: a
+      // container the engine creates after that never starts (starting it is the client's next call).
       return started(child, () => {
         child.kill("SIGKILL");
-        return new Promise((done) =>
-          spawn(
-            docker,
-            [
-              ...(settings.dockerConfigDir ? ["--config", settings.dockerConfigDir] : []),
-              "kill",
-              containerName(run.id),
-            ],
-            { env: clientEnv, stdio: "ignore", timeout: 30_000 },
-          )
-            .on("error", done)
-            .on("close", done),
+        return ended.then(() =>
+          containerGone(cli, containerName(run.id), clientEnv, 30_000, () =>
+            log?.error("a killed run's container not yet gone", { run: run.id }),
+          ),
         );
       });
     },

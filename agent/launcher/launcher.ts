@@ -11,6 +11,7 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readlinkSync,
   realpathSync,
   rmSync,
@@ -70,6 +71,28 @@ interface Held extends HeldLease {
   done?: Promise<void>;
 }
 
+/**
+ * Removes a run's directory, whatever the run left in it; the error if something stays. rmSync follows no link. What a
+ * root container left (a 0700 directory of root's, a sticky one) takes CAP_DAC_OVERRIDE and CAP_FOWNER: EC2's unit and
+ * the pod give them. Elsewhere, a run of the process executor that took the permissions off its directories (chmod
+ * 0500) gets them back from their owner, the launcher (chmod -R follows no link either).
+ */
+function removeRun(dir: string): string | undefined {
+  const remove = () => rmSync(dir, { recursive: true, force: true });
+  try {
+    remove();
+  } catch (error) {
+    if (BUILT_FOR.platform === "ec2") return String(error);
+    spawnSync("chmod", ["-R", "u+rwx", dir]);
+    try {
+      remove();
+    } catch (error) {
+      return String(error);
+    }
+  }
+  return undefined;
+}
+
 /** What the launcher checked at start-up. */
 interface LauncherContext {
   settings: LauncherSettings;
@@ -113,6 +136,11 @@ export function prepareLauncher(
   if (BUILT_FOR.executor !== "docker" && settings.executor === "process" && settings.extraMounts.length > 0)
     log.warn("extra mounts apply to containers; the process executor runs on this host's file system");
   mkdirSync(settings.workDirectory, { recursive: true, mode: 0o700 });
+  // What an earlier launcher left (killed mid-run, or a run's files it could not remove) goes first, or no run comes.
+  for (const name of readdirSync(settings.workDirectory)) {
+    const error = name.startsWith("run-") && removeRun(path.join(settings.workDirectory, name));
+    if (error) throw new Error(`${settings.workDirectory}: a run's files cannot be removed: ${error}`);
+  }
 
   const passed: Record<string, string> = {};
   for (const name of [...settings.whitelistedEnvVars, ...settings.maskedEnvVars]) {
@@ -128,7 +156,7 @@ export function prepareLauncher(
 
   const executor =
     (BUILT_FOR.executor ?? settings.executor) === "docker"
-      ? dockerExecutor(settings, env, docker)
+      ? dockerExecutor(settings, env, docker, log)
       : processExecutor(env.PATH);
   return {
     settings,
@@ -302,19 +330,12 @@ export class Launcher extends WebSocketLink {
   private forget(run: Held): void {
     this.held.delete(run.id);
     void this.context.busyChanged?.();
-    // Removed whatever the run did to its directories' permissions (chmod 0500): as their owner, the launcher gives
-    // them back (chmod -R follows no symbolic link). What cannot be removed is reported, never thrown.
-    const remove = () => rmSync(run.dir, { recursive: true, force: true });
-    try {
-      remove();
-    } catch {
-      spawnSync("chmod", ["-R", "u+rwx", run.dir]);
-      try {
-        remove();
-      } catch (error) {
-        this.context.log.warn("could not remove what a run left", { dir: run.dir, error: String(error) });
-      }
-    }
+    const error = removeRun(run.dir);
+    if (!error) return;
+    // Never thrown into the launcher; but no run shares a disk another run filled: this launcher ends once its current
+    // run has, and a new one (a restarted unit, a restarted container) starts only on a disk it could clear.
+    this.context.log.error("a run's files cannot be removed: no more runs on this disk", { error });
+    if (!this.stopping) void this.stop(Date.now() + durationMs(this.context.settings.runTimeout));
   }
 
   /** While it holds leases: renew them every third of their term, and send results not yet acknowledged again. */

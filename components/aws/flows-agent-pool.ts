@@ -16,6 +16,18 @@ export const flowsAgentPoolArgs = z
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
     checkProcessExecutor(args, ctx);
+    // Amazon Linux gives login users uids from 1000 (UID_MIN) to 60000 (UID_MAX): ec2-user is 1000, and the SSM agent
+    // adds ssm-user at its first session, after the agent's start-up check. A runtime under one could signal its
+    // processes and read its files.
+    const [first, last = first] = args.runtimeUids.split("-").map(Number);
+    if (first <= 60000 && last >= 1000)
+      ctx.addIssue({
+        code: "custom",
+        path: ["runtimeUids"],
+        input: args.runtimeUids,
+        message:
+          "must not overlap 1000-60000, the uids Amazon Linux gives login users (ec2-user is 1000, ssm-user comes later)",
+      });
     // Flow code on the instance itself: only as uids the instance metadata service (the instance role, the pool's
     // secret) refuses, in bubblewrap's namespaces; a weaker level, or "auto" that may step down to one, is refused.
     if (args.executor === "process" && args.runtimeIsolation !== "namespaces") {

@@ -97,9 +97,18 @@ function runBootPiece(script: string, lines: string[], bin: string) {
   });
 }
 
-/** The script's own `unpack` function, run with this machine's node, then a move to a scratch root (the script's is /). */
+/**
+ * The script's own umask and `br` function, run with this machine's node, then a move to a scratch root (the script's
+ * is /) and the bundle's folder made there, as the script makes it.
+ */
 const localUnpack = (lines: string[], root: string) =>
-  `${(lines.find((l) => l.startsWith("unpack() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath))}\ncd ${root}`;
+  [
+    lines.find((l) => l.startsWith("umask ")),
+    (lines.find((l) => l.startsWith("br() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath)),
+    `cd ${root}`,
+    // (The bundle's folder, when the bundle travels alone.)
+    lines.find((l) => l.startsWith("mkdir -p ./")) ?? "",
+  ].join("\n");
 
 describe("user-data", () => {
   it("is a gzipped bash script that writes its own files and decodes back to exactly what was rendered", () => {
@@ -140,16 +149,17 @@ describe("user-data", () => {
     const input = spec();
     const decoded = decodeUserData(renderUserData(input));
     const lines = decoded.script.split("\n");
-    const unpack = lines.findIndex((l) => /^base64 -d<<<'[A-Za-z0-9+/=]+'\|unpack$/.test(l));
+    const unpack = lines.findIndex((l) => /^base64 -d<<<'[A-Za-z0-9+/=]+'\|br\|bash$/.test(l));
     assert.ok(unpack > lines.findIndex((l) => l.startsWith("retry dnf install")), "after Node.js is installed");
     assert.ok(unpack > lines.indexOf("cd /"), "under /");
     assert.ok(unpack < lines.findIndex((l) => l.startsWith("systemctl")), "before the services start");
-    // Run that very line here, with this machine's node and a scratch root.
+    // Run that very line here, with this machine's node and a scratch root, under a strict umask at boot.
     const root = scratchDir("root-");
-    execFileSync("/bin/bash", ["-c", `set -o pipefail\n${localUnpack(lines, root)}\n${lines[unpack]}`]);
+    execFileSync("/bin/bash", ["-c", `set -o pipefail\numask 077\n${localUnpack(lines, root)}\n${lines[unpack]}`]);
     for (const file of decoded.files.values()) {
       if (file.path === "/etc/pki/ca-trust/source/anchors/agentpools.pem") continue; // written by the shell, tested above
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
+      assert.equal(statSync(path.join(root, file.path)).mode & 0o777, 0o644, file.path);
     }
     assert.equal(readFileSync(path.join(root, "/opt/agentpools/launcher.js"), "utf8"), input.bundle);
   });
@@ -174,18 +184,19 @@ describe("user-data", () => {
     // The rest of the boot script with them: the inline script's tail (after its archive), word for word.
     const asInline = (path: string) =>
       path === "/etc/agentpools/boot.sh"
-        ? inlineScript.slice(inlineScript.indexOf("'|unpack\n") + 9)
+        ? inlineScript.slice(inlineScript.indexOf("'|br|bash\n") + 10)
         : inline.get(path)?.content;
     assert.deepEqual(
       unpackFiles(value).map((f) => f.content),
       moved.map((f) => asInline(f.path)),
     );
-    // The whole script as it runs is the inline one's, with the two lines that read the parameter.
+    // The whole script as it runs is the inline one's, with the two lines that read the parameter, and the bundle
+    // decompressed alone (its folder made first) where the inline script unpacks the archive that holds it.
     const runs = (script: string) =>
       script
-        .replace(/<<<'[A-Za-z0-9+/=]+'/, "<<<''")
+        .replace(/<<<'[A-Za-z0-9+/=]+'\|br( >\S+|\|bash)\n/, "<<<''|br ...\n")
         .split("\n")
-        .filter((l) => !/agentpools-config/.test(l));
+        .filter((l) => !/agentpools-config|^mkdir -p \.\/opt\/agentpools$/.test(l));
     assert.deepEqual(
       runs(decodeUserData(renderUserData(input), value).script),
       runs(decodeUserData(renderUserData(spec())).script),
@@ -207,7 +218,11 @@ describe("user-data", () => {
     writeFileSync(stored, value);
     const bin = standIns({ aws: `[ "$4" = '${parameter.name}:7' ] && cat '${stored}'` });
     // A strict umask at boot must not leave the files unreadable to the service user.
-    const piece = ["umask 077", localUnpack(lines, root), ...lines.slice(fetch, fetch + 2)].map((l) =>
+    const bundleLine = lines.find((l) =>
+      /^base64 -d<<<'[A-Za-z0-9+/=]+'\|br >\.\/opt\/agentpools\/launcher\.js$/.test(l),
+    );
+    assert.ok(bundleLine, "the bundle alone, straight to its file");
+    const piece = ["umask 077", localUnpack(lines, root), bundleLine, ...lines.slice(fetch, fetch + 2)].map((l) =>
       l.replaceAll("/run/", `${root}/`),
     );
     const run = runBootPiece(decoded.script, piece, bin.dir);
@@ -215,7 +230,7 @@ describe("user-data", () => {
     assert.deepEqual(bin.calls("aws"), [
       `ssm get-parameter --name ${parameter.name}:7 --query Parameter.Value --output text`,
     ]);
-    for (const file of moved) {
+    for (const file of [...moved, { path: "/opt/agentpools/launcher.js", content: input.bundle }]) {
       assert.equal(readFileSync(path.join(root, file.path), "utf8"), file.content, file.path);
       assert.equal(statSync(path.join(root, file.path)).mode & 0o777, 0o644, file.path);
     }
@@ -318,6 +333,34 @@ describe("user-data", () => {
       !docker.files.has("/etc/agentpools/runtimes.nft") &&
         !/bubblewrap|CAP_|nft/.test(docker.script + [...docker.files.values()].map((f) => f.content).join("")),
     );
+  });
+
+  it("the launcher's unit keeps CAP_DAC_OVERRIDE and CAP_FOWNER, ambient and bounding, as systemd takes them; no other role any", () => {
+    // capabilities(7)'s names; systemd refuses an unknown one, and a service of its own user gets ambient ones only
+    // within its bounding set (systemd.exec(5)), whatever NoNewPrivileges says.
+    const known = /^CAP_(CHOWN|DAC_OVERRIDE|DAC_READ_SEARCH|FOWNER|FSETID|KILL|SETGID|SETUID|SETPCAP|SYS_ADMIN)$/;
+    const unitOf = (overrides: Partial<UserDataSpec>) => {
+      const decoded = decodeUserData(renderUserData(spec(overrides)));
+      const role = overrides.role ?? "launcher";
+      return (decoded.files.get(`/etc/systemd/system/agentpools-${role}.service`)?.content as string).split("\n");
+    };
+    const capabilities = (unit: string[], key: string) =>
+      unit.filter((line) => line.startsWith(`${key}=`)).flatMap((line) => line.slice(key.length + 1).split(" "));
+    const launcher = unitOf({});
+    const ambient = capabilities(launcher, "AmbientCapabilities");
+    assert.deepEqual(ambient, ["CAP_DAC_OVERRIDE", "CAP_FOWNER"]);
+    assert.deepEqual(
+      capabilities(launcher, "CapabilityBoundingSet"),
+      ambient,
+      "the bounding set is those two, no more",
+    );
+    assert.ok(ambient.every((name) => known.test(name)));
+    for (const line of ["User=agentpools", "NoNewPrivileges=true", "ProtectSystem=strict", "ProtectHome=true"])
+      assert.ok(launcher.includes(line), `the launcher's unit lacks ${line}`);
+    for (const role of ["vcs-agent", "flows-agent"] as const) {
+      const unit = unitOf({ role, docker: false, gvisor: false, config: { ...spec().config, role } });
+      assert.deepEqual(capabilities(unit, "AmbientCapabilities"), [], `${role}: none`);
+    }
   });
 
   it("refuses a gVisor binary that is not the pinned release, byte for byte", () => {

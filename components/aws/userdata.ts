@@ -155,9 +155,10 @@ const brotli = (data: string) => {
 export const packBundle = (bundle: string) => brotli(bundle).toString("base64");
 
 /**
- * The bundle and every file not needed before packages are installed travel as one Brotli
- * archive: a shell script that makes their folders and writes each file with a heredoc, under
- * the working directory (the boot script's is /; the tests give a scratch one). Every file is
+ * The files not needed before packages are installed travel as one Brotli archive (the bundle
+ * alone when it is the only one: brFunction): a shell script that makes their folders and
+ * writes each file with a heredoc, under the working directory (the boot script's is /; the
+ * tests give a scratch one). Every file is
  * text ending in a newline (a heredoc's last line ends in one), 0644, root's. Brotli packs them
  * together smaller than gzip does apart, the margin that keeps the largest pools under the
  * 16 KB limit; Node.js, just installed, only decompresses (what a decoder of our own format
@@ -177,9 +178,10 @@ export function packFiles(files: UserDataFile[]): string {
   ];
   return brotli(script.join("\n")).toString("base64");
 }
+const unbrotli = (packed: string) => brotliDecompressSync(Buffer.from(packed, "base64")).toString("utf8");
 /** The files of an archive packFiles made, in order. */
 export function unpackFiles(archive: string): UserDataFile[] {
-  return heredocFiles(brotliDecompressSync(Buffer.from(archive, "base64")).toString("utf8")).map((file) => ({
+  return heredocFiles(unbrotli(archive)).map((file) => ({
     path: file.path.slice(1),
     content: file.content,
   }));
@@ -191,12 +193,13 @@ const heredocFiles = (script: string): UserDataFile[] =>
     content: content + "\n",
   }));
 /**
- * `base64 -d ... | unpack`: a shell function, so the archive from SSM is unpacked by the same code as user-data's:
- * Node.js decompresses it, bash runs it. Files 0644 and folders 0755 (umask 022), whatever the boot's umask: the
- * service user reads them.
+ * `br`: Brotli's decompressor, Node.js's (`node -e` has the built-in modules as globals, as its REPL does).
+ * Archives go on to bash (`base64 -d ... | br | bash`), user-data's and the config parameter's alike; a bundle
+ * travelling alone straight to its file (`base64 -d ... | br > file`: no heredoc around it, whose text costs more at
+ * the start of a Brotli stream than in the script).
  */
-const unpackFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `unpack() { umask 022;/usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(require("zlib").brotliDecompressSync(require("fs").readFileSync(0)))'|bash; }`;
+const brFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
+  `br() { /usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(zlib.brotliDecompressSync(fs.readFileSync(0)))'; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
@@ -211,8 +214,21 @@ function unitNoProxy(spec: UserDataSpec): string | undefined {
   return entries.includes("*") ? "*" : [...new Set(entries)].join(",");
 }
 
+/**
+ * The capabilities a role's agent keeps. A Flows agent with its runtime sandbox: giving each runtime a uid of its own,
+ * and ending it. A launcher: removing whatever a run left in its workspace (a container's root made it: a 0700
+ * directory, a sticky one, files of any mode), which its uid alone cannot. Both let it read and remove any file it
+ * sees, but it sees little (ProtectSystem=strict: /var/lib/agentpools and its own /tmp are all it can write), and the
+ * docker group it is in is root already.
+ */
+export function unitCapabilities(spec: Pick<UserDataSpec, "role" | "runtimeSandbox">): string | undefined {
+  if (spec.runtimeSandbox) return "CAP_SETUID CAP_SETGID CAP_KILL";
+  return spec.role === "launcher" ? "CAP_DAC_OVERRIDE CAP_FOWNER" : undefined;
+}
+
 export function renderUnit(spec: UserDataSpec): string {
   const noProxy = unitNoProxy(spec);
+  const capabilities = unitCapabilities(spec);
   return [
     "[Unit]",
     `Description=agentpools ${spec.role} for pool ${spec.pool}`,
@@ -259,10 +275,8 @@ export function renderUnit(spec: UserDataSpec): string {
     "ProtectKernelModules=true",
     "ProtectControlGroups=true",
     "RestrictSUIDSGID=true",
-    // What giving each runtime a uid of its own, and ending it, takes (ambient: the agent is not root), and no other.
-    ...(spec.runtimeSandbox
-      ? ["AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL", "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"]
-      : []),
+    // Ambient (the agent is not root), and no others: see unitCapabilities.
+    ...(capabilities ? [`AmbientCapabilities=${capabilities}`, `CapabilityBoundingSet=${capabilities}`] : []),
     "",
     "[Install]",
     "WantedBy=multi-user.target",
@@ -352,7 +366,7 @@ function configFetchCommands(spec: UserDataSpec): string[] {
   if (!parameter) return [];
   return [
     `retry${awsProxy(spec) ? ` env${awsProxy(spec)}` : ""} aws ssm get-parameter --name ${shellQuote(`${parameter.name}:${parameter.version}`)} --query Parameter.Value --output text >${CONFIG_ARCHIVE_PATH}`,
-    `base64 -d ${CONFIG_ARCHIVE_PATH}|unpack`,
+    `base64 -d ${CONFIG_ARCHIVE_PATH}|br|bash`,
   ];
 }
 
@@ -371,6 +385,8 @@ export function bootPreamble(spec: UserDataSpec): string[] {
   const aws = spec.config.aws;
   return [
     "set -euo pipefail",
+    // Files 0644 and folders 0755, whatever the boot's umask: the service user reads them.
+    "umask 022",
     `export AWS_DEFAULT_REGION=${spec.region}`,
     // The last attempt fails the call; the trap reports the command (which $BASH_COMMAND, unexpanded, would not).
     `retry() { for n in ${Array.from({ length: BOOT_ATTEMPTS - 1 }, (_, i) => i + 1).join(" ")}; do "$@" && return; sleep $((3*n*n)); done; "$@" || { why="$*"; return 1; }; }`,
@@ -429,9 +445,10 @@ function bootRest(spec: UserDataSpec): string {
 
 /**
  * The boot script, in three parts: the text before the archive, the archive (base64), the
- * text after it. The files (the archive, and what is needed before Node.js: the CA
- * certificates), CA trust, packages, the archive unpacked, then the rest of the script, which
- * came in the archive (the service user, gVisor, the services), sourced: same shell, same trap.
+ * text after it. The files (the archive, or the bundle alone when the configuration is in its
+ * parameter, and what is needed before Node.js: the CA certificates), CA trust, packages, the
+ * archive unpacked, then the rest of the script (the service user, gVisor, the services), or
+ * its fetch from the config parameter, which holds it.
  */
 function scriptParts(spec: UserDataSpec): [string, string, string] {
   const packages = [
@@ -440,6 +457,11 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
     ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : []),
   ];
   const files = renderFiles(spec);
+  const bundle = bundlePath(spec.role);
+  const archived = files.filter((f) => !EARLY_FILES.includes(f.path));
+  // The bundle alone when no other file travels with it (the configuration in its parameter), else all in the archive:
+  // the configuration's text compresses better beside the bundle's than in a stream of its own.
+  const alone = archived.length === 1;
   const before = [
     "#!/bin/bash",
     // Boot phases (the runtime reports them from launch): the script starts, packages are in.
@@ -452,14 +474,15 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
       : []),
     `retry dnf install -y ${packages.join(" ")}`,
     `date +%s >>${BOOT_MARKS_PATH}`,
-    unpackFunction(spec),
-    // The archive's paths are unpacked under the working directory.
+    brFunction(spec),
+    // The files' paths are written under the working directory.
     "cd /",
+    ...(alone ? [`mkdir -p .${path.posix.dirname(bundle)}`] : []),
     `base64 -d<<<'`,
   ];
-  // The rest after the archive, where gzip finds the names it repeats from the text before (gzipParts).
-  const after = ["'|unpack", bootTail(spec)];
-  return [before.join("\n"), packFiles(files.filter((f) => !EARLY_FILES.includes(f.path))), after.join("\n")];
+  // The text after the base64, where gzip finds the names it repeats from the text before (gzipParts).
+  const after = [alone ? `'|br >.${bundle}` : "'|br|bash", bootTail(spec)];
+  return [before.join("\n"), alone ? packBundle(spec.bundle) : packFiles(archived), after.join("\n")];
 }
 
 export const renderScript = (spec: UserDataSpec): string => scriptParts(spec).join("");
@@ -520,13 +543,15 @@ export function decodeUserData(data: Buffer | string, configParameterValue?: str
   if (!script.startsWith("#!/bin/bash\n")) throw new Error("user-data is not a bash script");
   const files = new Map<string, UserDataFile>();
   for (const file of heredocFiles(script)) files.set(file.path, file);
-  // As on the instance: the script unpacks the archive it writes.
-  const archive = /^base64 -d<<<'([A-Za-z0-9+/=]+)'\|unpack$/m.exec(script)?.[1];
-  if (archive && /^cd \/$/m.test(script)) {
-    for (const file of unpackFiles(archive)) files.set(file.path, file);
+  // As on the instance (under /): the bundle decompressed to its file, the archive unpacked.
+  if (/^cd \/$/m.test(script)) {
+    for (const [, packed, target] of script.matchAll(/^base64 -d<<<'([A-Za-z0-9+/=]+)'\|br( >\.\S+|\|bash)$/gm)) {
+      if (target === "|bash") for (const file of unpackFiles(packed)) files.set(file.path, file);
+      else files.set(target.slice(3), { path: target.slice(3), content: unbrotli(packed) });
+    }
   }
   const whole = script;
-  if (configParameterValue !== undefined && whole.includes(`\nbase64 -d ${CONFIG_ARCHIVE_PATH}|unpack\n`)) {
+  if (configParameterValue !== undefined && whole.includes(`\nbase64 -d ${CONFIG_ARCHIVE_PATH}|br|bash\n`)) {
     for (const file of unpackFiles(configParameterValue)) files.set(file.path, file);
     const rest = files.get(BOOT_REST_PATH)?.content;
     if (rest !== undefined) return { script: whole.replace(`. ${BOOT_REST_PATH}\n`, rest), files };

@@ -17,6 +17,25 @@ const DOCKER_SOCKET_DIR = "/var/run/dind";
 const DOCKER_HOST = `unix://${DOCKER_SOCKET_DIR}/docker.sock`;
 const POLICY_DIR = "/etc/agentpools/policy";
 
+const positiveBytes = byteQuantity.refine((size) => (quantityValue(size) ?? 1) > 0, {
+  error: "must be more than zero",
+});
+
+/** A share of the node's disk: a request, and a limit above zero and not below it. */
+const diskShare = (request: string, limit: string) =>
+  z
+    .strictObject({ request: byteQuantity.default(request), limit: positiveBytes.default(limit) })
+    .superRefine((share, ctx) => {
+      if ((quantityValue(share.request) ?? 0) > (quantityValue(share.limit) ?? Infinity))
+        ctx.addIssue({
+          code: "custom",
+          path: ["request"],
+          input: share.request,
+          message: `must not exceed limit (${share.limit})`,
+        });
+    })
+    .default({ request, limit });
+
 export const kubernetesWorkerPoolArgs = z
   .strictObject({
     ...launcherSettings.omit({ token: true, poolPrivateKey: true }).shape,
@@ -32,12 +51,19 @@ export const kubernetesWorkerPoolArgs = z
     statefulSet: z.boolean().default(false),
     storage: z
       .strictObject({
-        size: byteQuantity
-          .refine((size) => (quantityValue(size) ?? 1) > 0, { error: "must be more than zero" })
-          .default("50Gi"),
+        size: positiveBytes.default("50Gi"),
         storageClassName: dnsSubdomain.optional(),
       })
       .default({ size: "50Gi" }),
+    /**
+     * Node disk (ephemeral storage) each part of a pod may fill: the runs' workspaces (the `runs` volume) and the
+     * engine's images, layers and containers (`docker-data`, unless statefulSet keeps them on a claim). `limit` is the
+     * volume's sizeLimit and its container's ephemeral-storage limit: past it the kubelet evicts this pod, and only it.
+     * `request` is what the scheduler sets aside, and what node-pressure eviction measures pods by (over it, first).
+     */
+    disk: z
+      .strictObject({ runs: diskShare("1Gi", "10Gi"), engine: diskShare("5Gi", "30Gi") })
+      .default({ runs: { request: "1Gi", limit: "10Gi" }, engine: { request: "5Gi", limit: "30Gi" } }),
     ...workerPoolExtras,
   })
   .superRefine(checkWorkerArgs)
@@ -49,6 +75,12 @@ export type KubernetesWorkerPoolArgs = z.input<typeof kubernetesWorkerPoolArgs> 
   /** SPACELIFT_POOL_PRIVATE_KEY (base64 of the key file): a Pulumi secret. */
   poolPrivateKey?: pulumi.Input<string>;
 };
+
+/** A container's resources with its share of the node's disk. */
+const withDisk = ({ requests, limits }: z.output<typeof resources>, disk: { request: string; limit: string }) => ({
+  requests: { ...requests, "ephemeral-storage": disk.request },
+  limits: { ...limits, "ephemeral-storage": disk.limit },
+});
 
 /**
  * The engine's command line. The image's entrypoint adds its own default arguments, among
@@ -89,6 +121,16 @@ export class KubernetesWorkerPool extends KubernetesAgent {
         // Runs fetch providers, modules and images from anywhere: all ports unless narrowed.
         egressPorts: undefined,
         extraEnv: [{ name: "DOCKER_HOST", value: DOCKER_HOST }],
+        // Root with CAP_DAC_OVERRIDE and CAP_FOWNER only: what removing a run's leftovers takes (the engine's containers
+        // are root, and leave 0700 directories of root's), as Kubernetes gives a non-root user no capability. It sees
+        // only the pod's volumes, and the engine's socket it already has is the node's root.
+        agentUser: {
+          runAsNonRoot: false,
+          runAsUser: 0,
+          runAsGroup: 0,
+          capabilities: { drop: ["ALL"], add: ["DAC_OVERRIDE", "FOWNER"] },
+        },
+        agentResources: withDisk(parsed.resources, parsed.disk.runs),
         // Runs' workspaces are bind-mounted into their containers by the sidecar's engine, so
         // both containers see them at the same path.
         extraMounts: [
@@ -106,9 +148,9 @@ export class KubernetesWorkerPool extends KubernetesAgent {
             ]
           : [],
         extraVolumes: [
-          { name: "docker-socket", emptyDir: {} },
-          { name: "runs", emptyDir: {} },
-          ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: {} }]),
+          { name: "docker-socket", emptyDir: { sizeLimit: "1Mi" } },
+          { name: "runs", emptyDir: { sizeLimit: parsed.disk.runs.limit } },
+          ...(parsed.statefulSet ? [] : [{ name: dataVolume, emptyDir: { sizeLimit: parsed.disk.engine.limit } }]),
         ],
         sidecars: [
           {
@@ -116,7 +158,7 @@ export class KubernetesWorkerPool extends KubernetesAgent {
             image: parsed.dockerImage,
             args: dockerdArgs,
             securityContext: { privileged: true },
-            resources: parsed.dockerResources,
+            resources: withDisk(parsed.dockerResources, parsed.disk.engine),
             // The launcher starts once the engine answers on its socket.
             startupProbe: {
               exec: { command: ["docker", `--host=${DOCKER_HOST}`, "version"] },

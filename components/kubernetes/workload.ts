@@ -180,6 +180,8 @@ export interface WorkloadSpec {
     k8s.types.input.core.v1.SecurityContext,
     "runAsNonRoot" | "runAsUser" | "runAsGroup" | "capabilities"
   >;
+  /** The agent container's requests and limits, when it needs more than `resources` says (ephemeral storage). */
+  agentResources?: k8s.types.input.core.v1.ResourceRequirements;
   /**
    * Containers the agent needs running for as long as it runs (the worker's Docker engine):
    * native sidecars, so they start before the agent and the kubelet stops them only after it.
@@ -339,7 +341,7 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
     image: args.image,
     command: ["node", ...RUNTIME_NODE_FLAGS, `${RUNTIME_DIR}/${role}.js`],
     env,
-    resources: args.resources,
+    resources: spec.agentResources ?? args.resources,
     volumeMounts: [
       { name: "runtime", mountPath: RUNTIME_DIR, readOnly: true },
       { name: "status", mountPath: STATUS_DIR },

@@ -12,17 +12,17 @@ const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
 const BARE_USERINFO = /^[^\s@/:]+:[^\s@]*@/;
 
 /**
- * A word of text with anything that may be a URL's userinfo replaced by "***". Generous on
- * purpose: a password may hold "/" or "@" (invalid, but typed), so everything up to the last
- * "@" before the query goes, and a few innocent characters may go with it.
+ * A word of text with anything that may be a URL's userinfo, query or fragment (where tokens ride: "?token=...")
+ * replaced by "***". Generous on purpose: a password may hold "/" or "@" (invalid, but typed), so everything up to
+ * the last "@" before the query goes, and a few innocent characters may go with it.
  */
 function redactWord(word: string): string {
   const scheme = SCHEME.exec(word)?.[0];
   if (scheme) {
     const rest = word.slice(scheme.length);
-    const end = rest.search(/[?#]/);
-    const at = (end === -1 ? rest : rest.slice(0, end)).lastIndexOf("@");
-    return at === -1 ? word : `${scheme}***${rest.slice(at)}`;
+    const end = rest.search(/[?#]|$/);
+    const at = rest.slice(0, end).lastIndexOf("@");
+    return `${scheme}${at === -1 ? rest.slice(0, end) : `***${rest.slice(at, end)}`}${rest[end] ? `${rest[end]}***` : ""}`;
   }
   return BARE_USERINFO.test(word) ? `***${word.slice(word.lastIndexOf("@", word.search(/[?#]|$/)))}` : word;
 }
