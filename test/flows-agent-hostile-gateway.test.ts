@@ -11,6 +11,15 @@ import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
 import { FLOWS_AGENT_RUNS_PER_RUNTIME } from "../protocol/flows";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 
+/** `promise`, or an error naming `what` after `ms`: a hang under load says where it was, not just mocha's timeout. */
+const bounded = <T>(ms: number, what: string, promise: Promise<T>) =>
+  Promise.race([
+    promise,
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms).unref(),
+    ),
+  ]);
+
 describe("Flows agent: a hostile gateway", function () {
   this.timeout(30_000);
 
@@ -32,34 +41,41 @@ describe("Flows agent: a hostile gateway", function () {
     const log = capturingLogger("flows-agent");
     // The runner that ships (2 KB): the second test starts a runtime per run, one after another.
     const runner = path.join(packageRoot(), "build/bundles", FLOWS_RUNNER_FILE);
-    const agent = await flowsAgentRole({ path: runner, args: [], readable: [runner] }).start(
-      flowsAgentSettings.parse({
-        poolId: "01HOSTILEGW",
-        poolToken: "token",
-        gatewayEndpoint: url,
-        backendEndpoint: url,
-        executor: "process",
-        runtimeIsolation: "none",
-        mountsDir: scratchDir("flows-hostile-gw-"),
-        runtimePoolSize: 1,
-        runtimeMemoryMb: 64,
-      }),
-      { log: log.log },
+    const agent = await bounded(
+      60_000,
+      "the agent's start",
+      flowsAgentRole({ path: runner, args: [], readable: [runner] }).start(
+        flowsAgentSettings.parse({
+          poolId: "01HOSTILEGW",
+          poolToken: "token",
+          gatewayEndpoint: url,
+          backendEndpoint: url,
+          executor: "process",
+          runtimeIsolation: "none",
+          mountsDir: scratchDir("flows-hostile-gw-"),
+          runtimePoolSize: 1,
+          runtimeMemoryMb: 64,
+        }),
+        { log: log.log },
+      ),
     );
-    await eventually(() => links.length === 1);
+    await eventually(() => links.length === 1, 30_000, "the agent's first link");
     const run = (id: string, code: string) =>
       links[0].link.send(JSON.stringify({ type: "run", id, job: { kind: "block", code }, timeoutMs: 60_000 }));
     const close = async () => {
-      await agent.drain(Date.now() + 1000);
-      server.close();
-      for (const { link } of links) link.close();
+      try {
+        await bounded(15_000, "the agent's drain", agent.drain(Date.now() + 1000));
+      } finally {
+        server.close();
+        for (const { link, socket } of links) (link.close(), socket.destroy());
+      }
     };
     return { links, answers, log, agent, run, close };
   }
 
   it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async function () {
     // Each wait is for a hang, named, and within the test's timeout: under load 23 the whole took past mocha's 30 s.
-    this.timeout(120_000);
+    this.timeout(180_000);
     const { links, answers, log, agent, run, close } = await hostileGateway();
     try {
       // Runs that never end, each a MiB of code: more than the agent holds.
@@ -82,8 +98,9 @@ describe("Flows agent: a hostile gateway", function () {
 
   it("a gateway that stops reading its answers cannot pile them up in the agent: answers not yet sent count as runs held", async function () {
     // Under a second alone; under load each run's cold start and 3 MB answer take seconds, and how many answers the
-    // kernel's socket buffers take before the agent holds any varies: the deadline is for a hang, not for speed.
-    this.timeout(120_000);
+    // kernel's socket buffers take before the agent holds any varies: the deadline is for a hang, not for speed (each
+    // step's own is within it, so that a hang names its step).
+    this.timeout(180_000);
     const { links, log, agent, run, close } = await hostileGateway();
     // Each run names itself to a loopback server and keeps the connection until its runtime is gone (after its answer).
     const gone: string[] = [];
