@@ -83,6 +83,7 @@ describe("Kubernetes components (mocks)", () => {
       seccompProfile: { type: "RuntimeDefault" },
     });
     assert.deepEqual(spec.securityContext.seccompProfile, { type: "RuntimeDefault" });
+    assert.equal(spec.securityContext.sysctls, undefined, "a VCS agent's pod leaves the node's sysctls alone");
     assert.equal(spec.automountServiceAccountToken, false);
     assert.equal(one(resources, T.account).inputs.automountServiceAccountToken, false);
     assert.deepEqual(container.readinessProbe.exec.command, ["test", "-f", "/run/agentpools/ready"]);
@@ -212,6 +213,8 @@ describe("Kubernetes components (mocks)", () => {
         ["runtimes", "2Gi"],
       ],
     );
+    // SysV shared memory a runtime leaves goes with its last process (a safe sysctl, admitted at baseline).
+    assert.deepEqual(podSpec(resources).securityContext.sysctls, [{ name: "kernel.shm_rmid_forced", value: "1" }]);
   });
 
   it("WorkerPool: a privileged Docker-in-Docker sidecar only; the launcher is root with two capabilities", async () => {
@@ -651,6 +654,65 @@ describe("Kubernetes components (mocks)", () => {
       () => vcs("kb-dns-4", { egress: { dns: [{ podSelector: { matchLabels: { "k8s app": "dns" } } }] } }),
       "egress.dns[0].podSelector.matchLabels.k8s app",
     ],
+    // Port 53 is a channel out: a DNS peer is a resolver's address or subnet, or pods named by label.
+    ...(
+      [
+        ["every IPv4 address", "0.0.0.0/0"],
+        ["every IPv6 address", "::/0"],
+        ["IPv4 wider than /16", "10.0.0.0/15"],
+        ["IPv6 wider than /48", "2001:db8::/47"],
+      ] as const
+    ).map(([what, cidr], i): (typeof bad)[number] => [
+      `DNS at ${what}`,
+      () => vcs(`kb-dns-wide-${i}`, { egress: { dns: [{ ipBlock: { cidr } }] } }),
+      "egress.dns[0].ipBlock.cidr",
+      `is wider than a DNS server's subnet: at most IPv4 /16 or IPv6 /48 (got "${cidr}")`,
+    ]),
+    [
+      "DNS at every address in two halves",
+      () =>
+        vcs("kb-dns-halves", {
+          egress: { dns: [{ ipBlock: { cidr: "0.0.0.0/1" } }, { ipBlock: { cidr: "128.0.0.0/1" } }] },
+        }),
+      "egress.dns[1].ipBlock.cidr",
+      '"128.0.0.0/1"',
+    ],
+    [
+      "DNS at every pod of every namespace",
+      () => vcs("kb-dns-all-pods", { egress: { dns: [{ namespaceSelector: {} }] } }),
+      "egress.dns[0].namespaceSelector",
+      "selects every namespace's pods",
+    ],
+    [
+      "DNS at every pod of every namespace, by two empty selectors",
+      () =>
+        vcs("kb-dns-all-pods-2", { egress: { dns: [{ namespaceSelector: {}, podSelector: { matchLabels: {} } }] } }),
+      "egress.dns[0].namespaceSelector",
+    ],
+    [
+      "DNS at every pod of the pool's namespace",
+      () => vcs("kb-dns-own-pods", { egress: { dns: [{ podSelector: {} }] } }),
+      "egress.dns[0].podSelector",
+      "name the DNS pods by label",
+    ],
+    // Blocks the API server's CIDR parsers refuse or read two ways, in dns and in cidrBlocks alike.
+    ...(
+      [
+        ["egress.dns[0].ipBlock.cidr", "an IPv6 block with a zone", "fe80::1%eth0/64", "without a zone"],
+        ["egress.cidrBlocks[0]", "an IPv6 block with a zone", "fe80::%eth0/64", "without a zone"],
+        ["egress.dns[0].ipBlock.cidr", "an IPv4-mapped IPv6 block", "::ffff:10.0.0.0/104", "in IPv4"],
+        ["egress.cidrBlocks[0]", "a block with bits after its prefix", "10.0.0.10/8", "no bits set after its prefix"],
+        ["egress.dns[0].ipBlock.cidr", "a prefix with a leading zero", "10.0.0.0/032", "CIDR block"],
+      ] as const
+    ).map(([field, what, cidr, shows], i): (typeof bad)[number] => [
+      `${what} in ${field}`,
+      () =>
+        vcs(`kb-cidr-${i}`, {
+          egress: field.startsWith("egress.dns") ? { dns: [{ ipBlock: { cidr } }] } : { cidrBlocks: [cidr] },
+        }),
+      field,
+      shows,
+    ]),
     [
       "a disk request above its limit",
       () => workers("kb-disk-1", { disk: { runs: { request: "20Gi" } } }),
@@ -1272,8 +1334,19 @@ describe("Kubernetes components (mocks)", () => {
         ],
       });
     }
-    // A node-local DNS cache (its link-local address) and a DNS of another namespace, as given.
-    const dns = [{ ipBlock: { cidr: "169.254.20.10/32" } }, { namespaceSelector: { matchLabels: { dns: "yes" } } }];
+    // Good-but-unusual DNS, as given: a node-local cache (link-local), a VPC resolver, DNS subnets of a /24, /16 and
+    // IPv6 /48, a DNS namespace's every pod, DNS pods by label in any namespace.
+    const dns: NonNullable<kubernetes.VcsAgentArgs["egress"]>["dns"] = [
+      { ipBlock: { cidr: "169.254.20.10/32" } },
+      { ipBlock: { cidr: "10.20.0.2/32" } },
+      { ipBlock: { cidr: "10.53.1.0/24" } },
+      { ipBlock: { cidr: "172.16.0.0/16" } },
+      { ipBlock: { cidr: "fd00:53::/48" } },
+      { namespaceSelector: { matchLabels: { dns: "yes" } } },
+      { namespaceSelector: { matchLabels: { dns: "yes" } }, podSelector: {} },
+      { namespaceSelector: {}, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } },
+      { podSelector: { matchLabels: { app: "dns-cache" } } },
+    ];
     const custom = await deploy(
       () => vcs("k-dns-custom", { egress: { cidrBlocks: ["10.0.0.0/8"], dns } }),
       "k-dns-custom",

@@ -9,6 +9,7 @@ import {
   dnsSubdomain,
   labelKey,
   labelValue,
+  parseCidr,
   quantityValue,
   resources,
   toleration,
@@ -106,7 +107,14 @@ describe("Kubernetes grammars (api-rules)", () => {
 
   it("CIDR blocks and the metadata addresses in them", () => {
     accepts(cidrBlock, ["0.0.0.0/0", "10.0.0.0/8", "::/0", "fd00:ec2::254/128", "169.254.169.254/32"]);
+    accepts(cidrBlock, ["fe80::/64", "2001:db8:0:0:0:0:0:0/32", "::1.2.3.4/128", "64:ff9b::/96", "10.0.0.10/32"]);
     refuses(cidrBlock, ["10.0.0.0", "10.0.0.0/33", "::/129", "10.0.0.0/8/1", "host/8", "10.0.0.0/x"]);
+    // What Node's isIP takes and the API server's strict CIDR parsing does not: a zone, an IPv4-mapped IPv6 address,
+    // bits after the prefix, a prefix with a leading zero.
+    refuses(cidrBlock, ["fe80::1%eth0/64", "::ffff:10.0.0.0/104", "10.0.0.10/8", "fd00::1/64", "10.0.0.0/08", "::/00"]);
+    assert.deepEqual(parseCidr("::1.2.3.4/128"), { family: 6, prefix: 128, bits: 0x01020304n });
+    assert.deepEqual(parseCidr("fd00:53::/48"), { family: 6, prefix: 48, bits: 0xfd000053n << 96n });
+    assert.deepEqual(parseCidr("10.1.0.0/16"), { family: 4, prefix: 16, bits: 0x0a010000n });
     assert.deepEqual(metadataAddressesIn("0.0.0.0/0"), ["169.254.169.254"]);
     assert.deepEqual(metadataAddressesIn("169.254.0.0/16"), ["169.254.169.254"]);
     assert.deepEqual(metadataAddressesIn("::/0"), ["fd00:ec2::254"]);

@@ -161,20 +161,46 @@ export const toleration = z
     }
   });
 
+/** An IPv6 address's 128 bits, from text isIP accepted (no zone); an IPv4 tail ("::1.2.3.4") is two groups. */
+function ipv6Bits(address: string): bigint {
+  const tail = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(address);
+  const hex = tail
+    ? address.slice(0, tail.index) +
+      ((+tail[1] << 8) | +tail[2]).toString(16) +
+      ":" +
+      ((+tail[3] << 8) | +tail[4]).toString(16)
+    : address;
+  const [head, rest] = hex.split("::");
+  const groups = (text: string | undefined) => (text ? text.split(":") : []);
+  const missing = 8 - groups(head).length - groups(rest).length;
+  const all = [...groups(head), ...(rest === undefined ? [] : Array(missing).fill("0")), ...groups(rest)];
+  return all.reduce((bits, group) => (bits << 16n) | BigInt(`0x${group}`), 0n);
+}
+
+/** A CIDR block's family, prefix length and address bits, or why the API server's strict parser refuses it. */
+export function parseCidr(text: string): { family: 4 | 6; prefix: number; bits: bigint } | string {
+  const usage = 'must be an IPv4 or IPv6 CIDR block such as "10.0.0.0/8" or "fd00::/8"';
+  const [address, prefixText, extra] = text.split("/");
+  const family = isIP(address) as 0 | 4 | 6;
+  if (extra !== undefined || family === 0 || !/^(0|[1-9][0-9]{0,2})$/.test(prefixText ?? "")) return usage;
+  // Go's CIDR parsers take no zone. Kubernetes' strict validation (StrictIPCIDRValidation, its announced default)
+  // refuses leading zeros, IPv4-mapped IPv6 and bits after the prefix, which it already warns of: ambiguous forms.
+  if (address.includes("%")) return `${usage}, without a zone ("%${address.split("%")[1]}")`;
+  const width = family === 4 ? 32 : 128;
+  const prefix = Number(prefixText);
+  if (prefix > width) return usage;
+  const bits =
+    family === 4 ? address.split(".").reduce((n, octet) => (n << 8n) | BigInt(octet), 0n) : ipv6Bits(address);
+  if (family === 6 && bits >> 32n === 0xffffn) return `${usage}; give an IPv4-mapped IPv6 block in IPv4`;
+  if (bits & ((1n << BigInt(width - prefix)) - 1n)) return `${usage}, with no bits set after its prefix`;
+  return { family, prefix, bits };
+}
+
 /** An IPv4 or IPv6 CIDR block, as NetworkPolicy ipBlocks take. */
-export const cidrBlock = z.string().refine(
-  (text) => {
-    const [address, prefix, extra] = text.split("/");
-    const family = isIP(address);
-    return (
-      extra === undefined &&
-      family !== 0 &&
-      /^[0-9]{1,3}$/.test(prefix ?? "") &&
-      Number(prefix) <= (family === 4 ? 32 : 128)
-    );
-  },
-  { error: 'must be an IPv4 or IPv6 CIDR block such as "10.0.0.0/8" or "fd00::/8"' },
-);
+export const cidrBlock = z.string().superRefine((text, ctx) => {
+  const parsed = parseCidr(text);
+  if (typeof parsed === "string") ctx.addIssue({ code: "custom", input: text, message: parsed });
+});
 
 // Affinity, with the API server's rules on operators and values.
 type Requirement = { key: string; operator: string; values?: string[] };

@@ -62,6 +62,8 @@ export class KubernetesFlowsAgent extends KubernetesAgent {
           runAsGroup: 0,
           capabilities: { drop: ["ALL"], add: ["SETUID", "SETGID", "KILL"] },
         },
+        // A SysV shared memory segment goes once no process has it attached: a runtime leaves none behind in the pod.
+        sysctls: [{ name: "kernel.shm_rmid_forced", value: "1" }],
         tmp: false,
         extraVolumes: [{ name: "runtimes", emptyDir: { sizeLimit: "2Gi" } }],
         extraMounts: [{ name: "runtimes", mountPath: parsed.mountsDir }],

@@ -20,6 +20,7 @@ import {
   dnsSubdomain,
   labelMap,
   labelSelector,
+  parseCidr,
   resources,
   toleration,
 } from "./api-rules";
@@ -65,6 +66,16 @@ export const CLUSTER_DNS = [
   },
 ];
 
+/**
+ * The widest DNS ipBlock: a resolver is an address or a small subnet, and port 53 to a wide block is a channel out
+ * (tunnelled queries to a server of one's own). /16 and /48 hold any real DNS subnet (a site's IPv6 prefix is a /48).
+ */
+export const DNS_WIDEST_PREFIX = { 4: 16, 6: 48 } as const;
+
+type Selector = z.output<typeof labelSelector>;
+const selectsEvery = (selector: Selector) =>
+  Object.keys(selector.matchLabels ?? {}).length === 0 && (selector.matchExpressions ?? []).length === 0;
+
 /** A NetworkPolicy peer the pods may ask names of: an ipBlock, or pods by namespace and pod labels (not both). */
 const dnsPeer = z
   .strictObject({
@@ -73,13 +84,23 @@ const dnsPeer = z
     podSelector: labelSelector.optional(),
   })
   .superRefine((peer, ctx) => {
-    const selects = peer.namespaceSelector !== undefined || peer.podSelector !== undefined;
-    if (peer.ipBlock ? !selects : selects) return;
-    ctx.addIssue({
-      code: "custom",
-      input: peer,
-      message: "must name either an ipBlock or a namespaceSelector and/or podSelector, as a NetworkPolicy peer",
-    });
+    const issue = (path: string[], input: unknown, message: string) =>
+      ctx.addIssue({ code: "custom", path, input, message });
+    const { ipBlock, namespaceSelector: namespaces, podSelector: pods } = peer;
+    if (ipBlock ? namespaces || pods : !namespaces && !pods) {
+      issue([], peer, "must name either an ipBlock or a namespaceSelector and/or podSelector, as a NetworkPolicy peer");
+      return;
+    }
+    const cidr = ipBlock && parseCidr(ipBlock.cidr);
+    if (cidr && typeof cidr !== "string" && cidr.prefix < DNS_WIDEST_PREFIX[cidr.family]) {
+      const widest = `IPv4 /${DNS_WIDEST_PREFIX[4]} or IPv6 /${DNS_WIDEST_PREFIX[6]}`;
+      issue(["ipBlock", "cidr"], ipBlock.cidr, `is wider than a DNS server's subnet: at most ${widest}`);
+    }
+    // {namespaceSelector: {}} is every pod of every namespace; {podSelector: {}} alone every pod of the pool's own.
+    if (namespaces && selectsEvery(namespaces) && (!pods || selectsEvery(pods)))
+      issue(["namespaceSelector"], namespaces, "selects every namespace's pods: add a podSelector naming the DNS pods");
+    if (pods && !namespaces && selectsEvery(pods))
+      issue(["podSelector"], pods, "selects every pod of the namespace: name the DNS pods by label");
   });
 
 export interface WorkloadDefaults {
@@ -180,6 +201,8 @@ export interface WorkloadSpec {
     k8s.types.input.core.v1.SecurityContext,
     "runAsNonRoot" | "runAsUser" | "runAsGroup" | "capabilities"
   >;
+  /** Pod-level sysctls: only the Kubernetes "safe" set, which the baseline level admits and every kubelet allows. */
+  sysctls?: k8s.types.input.core.v1.Sysctl[];
   /** The agent container's requests and limits, when it needs more than `resources` says (ephemeral storage). */
   agentResources?: k8s.types.input.core.v1.ResourceRequirements;
   /**
@@ -397,7 +420,11 @@ export function createWorkload(parent: pulumi.ComponentResource, name: string, s
       automountServiceAccountToken: false,
       enableServiceLinks: false,
       terminationGracePeriodSeconds: args.drainTimeoutSeconds + 30,
-      securityContext: { fsGroup: RUNTIME_UID, seccompProfile: { type: "RuntimeDefault" } },
+      securityContext: {
+        fsGroup: RUNTIME_UID,
+        seccompProfile: { type: "RuntimeDefault" },
+        ...(spec.sysctls ? { sysctls: spec.sysctls } : {}),
+      },
       // restartPolicy Always makes an init container a sidecar (Kubernetes 1.29 and later): it
       // starts (and passes its startup probe) before the agent, and on termination the kubelet
       // signals it only once every regular container has exited.
