@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { backoffDelay } from "./session";
+import { EventEmitter } from "node:events";
+import { capturingLogger, eventually } from "../../devkit/helpers";
+import { backoffDelay, GatewayLink } from "./session";
 
 describe("reconnect backoff", () => {
   const random = Math.random;
@@ -22,5 +24,47 @@ describe("reconnect backoff", () => {
     assert.equal(backoffDelay(30), 0);
     Math.random = () => 0.5;
     assert.equal(backoffDelay(30), 2500);
+  });
+});
+
+describe("a link drained while it dials", () => {
+  /** A link whose dial the test answers, and whose connections are emitters that end on "close". */
+  class HeldDial extends GatewayLink<EventEmitter> {
+    answer?: (socket: EventEmitter) => void;
+    live?: EventEmitter;
+    readonly closed: EventEmitter[] = [];
+    protected dial() {
+      return new Promise<EventEmitter>((resolve) => (this.answer = resolve));
+    }
+    protected serve(socket: EventEmitter) {
+      this.live = socket;
+      return new Promise<void>((resolve) => socket.once("close", resolve));
+    }
+    protected async closeGracefully() {
+      if (!this.live) return;
+      this.closed.push(this.live);
+      this.live.emit("close");
+    }
+    get connected() {
+      return this.live !== undefined;
+    }
+  }
+
+  it("closes the connection that opens after the drain began, and ends (a drain found none to close, and waited)", async () => {
+    const link = new HeldDial({
+      gateway: new URL("http://127.0.0.1:9"),
+      headers: {},
+      log: capturingLogger("test").log,
+    });
+    await eventually(() => link.answer, 2000, "the dial");
+    const drained = link.drain(Date.now() + 1000);
+    const socket = new EventEmitter();
+    link.answer?.(socket);
+    const ended = await Promise.race([
+      drained.then(() => true),
+      new Promise<false>((resolve) => setTimeout(resolve, 2000, false)),
+    ]);
+    assert.equal(ended, true, "the drain ended");
+    assert.deepEqual(link.closed, [socket], "the connection that opened meanwhile was closed");
   });
 });

@@ -27,6 +27,7 @@ export abstract class GatewayLink<S> {
   readonly stopped: Promise<void>;
   protected markReady!: () => void;
   protected draining = false;
+  private drainDeadline = 0;
   private fail!: (error: Error) => void;
   private finish!: () => void;
   private wake?: () => void;
@@ -53,7 +54,10 @@ export abstract class GatewayLink<S> {
       try {
         const socket = await this.dial(typeof headers === "function" ? headers() : headers);
         attempt = 0;
-        await this.serve(socket);
+        const served = this.serve(socket);
+        // A drain that came while this dialled found no connection to close, and waits for this one to end.
+        if (this.draining) void this.closeGracefully(this.drainDeadline);
+        await served;
         if (!this.draining) log.warn("disconnected from the gateway; reconnecting");
       } catch (error) {
         const status = (error as { status?: number }).status;
@@ -74,6 +78,7 @@ export abstract class GatewayLink<S> {
   /** Stop reconnecting and close the connection gracefully. */
   async drain(deadline: number): Promise<void> {
     this.draining = true;
+    this.drainDeadline = deadline;
     this.wake?.();
     await this.closeGracefully(deadline);
     await this.stopped.catch(() => undefined);
