@@ -251,6 +251,38 @@ describe("Flows runtimes: nothing outlives its place", function () {
     }
   });
 
+  /** A pool of one uid and one runtime: a next run served proves the uid came back. */
+  const oneUid = (offset: number) => {
+    const made = userLauncher(range(15, 1, offset));
+    const log = capturingLogger("flows-agent");
+    const executor = createExecutor({ poolSize: 1, launcher: made.launcher, log: log.log });
+    const left = () => readdirSync(made.scratchRoot).filter((name) => name !== ".agent");
+    return { ...made, executor, left };
+  };
+  const block = (code: string, timeoutMs = 20_000) => [{ kind: "block" as const, code, inputs: {} }, timeoutMs] as const;
+
+  it("user: a run whose paths pass PATH_MAX is ended by its watchdog (whose measuring cannot throw into the agent); the next run is served on its uid; nothing left", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const { executor, dispose, left } = oneUid(16);
+    try {
+      // Two 3000-character trees, one moved into the other: each call was short, the path from the scratch is not.
+      const deep = await executor.run(
+        ...block(`const fs = await import('node:fs'); const seg = '/' + 'd'.repeat(200);
+          const a = 'A' + seg.repeat(15), b = 'B' + seg.repeat(15);
+          fs.mkdirSync(a, { recursive: true }); fs.mkdirSync(b, { recursive: true }); fs.renameSync('A', b + '/A');
+          await new Promise((r) => setTimeout(r, 60000));`),
+      );
+      assert.match(deep.error?.message ?? JSON.stringify(deep), /could not measure|unreadable/);
+      const next = await executor.run(...block("return 1 + 1"));
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      executor.close();
+      await eventually(() => left().length === 0, 10_000, "the scratch root emptied");
+    } finally {
+      executor.close();
+      dispose();
+    }
+  });
+
   for (const [i, isolation] of (["none", "user", "namespaces"] as const).entries()) {
     it(`${isolation}: a run that answers by itself and acts on is stopped before its answer is taken`, async function () {
       const missing = missingFor(isolation, readPrivileges());

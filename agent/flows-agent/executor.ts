@@ -167,7 +167,13 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
             // (Never on EC2, whose runtimes' scratch is a size-capped tmpfs: the block leaves its bundles.)
             if (BUILT_FOR.platform === "ec2" || !spawned.scratch || performance.now() < measureAt) return;
             const began = performance.now();
-            const used = diskUsage(spawned.scratch(), diskBytes);
+            let used = Infinity;
+            // Whatever a run made that cannot be measured ends that run, never the agent (a throw here is uncaught).
+            try {
+              used = diskUsage(spawned.scratch(), diskBytes);
+            } catch {
+              // Infinity: over any cap.
+            }
             measureAt = performance.now() + 4 * (performance.now() - began);
             if (used > diskBytes)
               end(
@@ -187,7 +193,7 @@ const ENTRY_BYTES = 4096;
 /**
  * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
  * walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded walk.
- * Infinity if some directory of it cannot be read (a run may not hide files from the count).
+ * Infinity if some entry of it cannot be measured (a run may not hide files from the count).
  */
 export function diskUsage(paths: string[], limit: number): number {
   let used = 0;
@@ -196,12 +202,13 @@ export function diskUsage(paths: string[], limit: number): number {
   while (pending.length > 0) {
     if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
     const at = pending.pop() as string;
-    // Gone meanwhile, or not made yet.
-    const stat = lstatSync(at, { throwIfNoEntry: false });
-    if (!stat) continue;
-    used += Math.max(stat.blocks * 512, ENTRY_BYTES);
-    if (!stat.isDirectory()) continue;
     try {
+      // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
+      // what it holds: Infinity.
+      const stat = lstatSync(at, { throwIfNoEntry: false });
+      if (!stat) continue;
+      used += Math.max(stat.blocks * 512, ENTRY_BYTES);
+      if (!stat.isDirectory()) continue;
       const dir = opendirSync(at);
       try {
         for (let entry; pending.length <= limit / ENTRY_BYTES && (entry = dir.readSync());)
@@ -394,7 +401,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
         : [];
       // Without a size-capped tmpfs, no file of its own may pass its disk (the kernel answers EFBIG), and the watchdog
       // measures its scratch (diskUsage).
-      const fileSize = namespaced ? [] : [`--fsize=${o.diskMb << 20}:${o.diskMb << 20}`];
+      const fileSize = namespaced ? [] : [`--fsize=${o.diskMb * 1048576}:${o.diskMb * 1048576}`];
       const [file, args, options] = asUser(uid, [
         "/usr/bin/prlimit",
         `--nofile=${o.openFiles}:${o.openFiles}`,
