@@ -6,8 +6,8 @@ import path from "node:path";
  * records each call in `calls` (argv, environment and env file, NUL-separated: CALL, ENV, FILE),
  * and runs a `docker run`'s script with /bin/sh on this host, in the workspace the run mounts, with
  * the variables of its env file, as a container would: a process group of its own (its pid in
- * `dir/containers/NAME`) that outlives its client (whose pid is in `dir/client`). `kill` and `rm`
- * end it (waiting while `dir/hold` exists) and answer "No such container" once it is gone. Returns its path.
+ * `dir/containers/NAME`) that outlives its client (whose pid is in `dir/client`); `ps` lists them by name. `kill`
+ * and `rm` end it (waiting while `dir/hold` exists) and answer "No such container" once it is gone. Returns its path.
  */
 export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-calls")): string {
   const docker = path.join(dir, "docker");
@@ -21,6 +21,8 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
       `{ printf 'CALL\\0'; printf '%s\\0' "$@"; printf 'ENV\\0'; env -0; printf 'FILE\\0'; [ -z "$envfile" ] || { stat -c %a "$envfile"; cat "$envfile"; }; } >> '${calls}'`,
       // A removal waits while dir/hold exists (an engine slow to answer); the client's pid is in dir/client.
       '[ "$1" = --config ] && shift 2',
+      // Every container here is a run's (the label filter's answer): by name, which rm takes as an id.
+      'case "$1" in ps) ls "$containers" 2>/dev/null; exit 0;; esac',
       `case "$1" in kill|rm) while [ -e '${dir}/hold' ]; do sleep 0.01; done; for a; do name=$a; done`,
       '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
       '  read pid < "$containers/$name"; kill -9 -"$pid"; while kill -0 -"$pid" 2>/dev/null; do sleep 0.005; done',

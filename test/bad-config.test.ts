@@ -339,7 +339,19 @@ const cases: Case[] = [
     "runtime uids of Amazon Linux's login users (ec2-user is 1000)",
     (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "1000-1255" })),
     "runtimeUids",
-    "must not overlap 1000-60000",
+    "must not overlap 1000-65535",
+  ],
+  [
+    "runtime uids of systemd's dynamic service users (61184-65519)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "61184-61439" })),
+    "runtimeUids",
+    "systemd's dynamic users",
+  ],
+  [
+    "runtime uids among ec2-user's subordinate uids (100000-165535)",
+    (n) => new FlowsAgentPool(n, flowsArgs({ runtimeUids: "100000-100255" })),
+    "runtimeUids",
+    "subordinate uids",
   ],
   [
     "runtime uids that hold nobody (65534), which daemons share",

@@ -44,19 +44,21 @@ describe("Flows agent: a hostile gateway", function () {
     const agent = await bounded(
       60_000,
       "the agent's start",
-      flowsAgentRole({ path: runner, args: [], readable: [runner] }).start(
-        flowsAgentSettings.parse({
-          poolId: "01HOSTILEGW",
-          poolToken: "token",
-          gatewayEndpoint: url,
-          backendEndpoint: url,
-          executor: "process",
-          runtimeIsolation: "none",
-          mountsDir: scratchDir("flows-hostile-gw-"),
-          runtimePoolSize: 1,
-          runtimeMemoryMb: 64,
-        }),
-        { log: log.log },
+      Promise.resolve(
+        flowsAgentRole({ path: runner, args: [], readable: [runner] }).start(
+          flowsAgentSettings.parse({
+            poolId: "01HOSTILEGW",
+            poolToken: "token",
+            gatewayEndpoint: url,
+            backendEndpoint: url,
+            executor: "process",
+            runtimeIsolation: "none",
+            mountsDir: scratchDir("flows-hostile-gw-"),
+            runtimePoolSize: 1,
+            runtimeMemoryMb: 64,
+          }),
+          { log: log.log },
+        ),
       ),
     );
     await eventually(() => links.length === 1, 30_000, "the agent's first link");
@@ -67,7 +69,10 @@ describe("Flows agent: a hostile gateway", function () {
         await bounded(15_000, "the agent's drain", agent.drain(Date.now() + 1000));
       } finally {
         server.close();
-        for (const { link, socket } of links) (link.close(), socket.destroy());
+        for (const { link, socket } of links) {
+          link.close();
+          socket.destroy();
+        }
       }
     };
     return { links, answers, log, agent, run, close };

@@ -169,6 +169,8 @@ describe("launcher: a hostile gateway or run", function () {
       let launcher: RunningAgent;
       let calls = "";
       const log = capturingLogger("launcher");
+      /** A container an earlier launcher on this engine left running (it died mid-run): its process group. */
+      let earlier = 0;
 
       /** The docker CLI's invocations so far (stand-in): argv and environment of each. */
       const dockerCalls = () =>
@@ -201,6 +203,10 @@ describe("launcher: a hostile gateway or run", function () {
           // host in the workspace it was given, as a container would.
           calls = path.join(dir, "docker-calls");
           docker = writeDockerStandIn(dir, calls);
+          const container = spawn("sh", ["-c", "while :; do sleep 0.05; done"], { detached: true, stdio: "ignore" });
+          earlier = container.pid as number;
+          mkdirSync(path.join(dir, "containers"), { recursive: true });
+          writeFileSync(path.join(dir, "containers", "agentpools-run-earlier"), String(earlier));
         }
         const env = {
           PATH: process.env.PATH,
@@ -217,6 +223,16 @@ describe("launcher: a hostile gateway or run", function () {
       after(() => launcher.drain(Date.now() + 2000));
 
       it("runs a normal run", stillWorks);
+
+      if (executor === "docker") {
+        it("a container an earlier launcher left running is gone before this launcher's first run starts", () => {
+          const argvs = dockerCalls().map(({ argv }) => argv.join(" "));
+          const removed = argvs.indexOf("rm -f agentpools-run-earlier");
+          const firstRun = argvs.findIndex((argv) => argv.startsWith("run "));
+          assert.ok(removed >= 0 && firstRun > removed, `removed, then the first run: ${JSON.stringify(argvs)}`);
+          assert.throws(() => process.kill(earlier, 0), "the earlier container's processes are gone");
+        });
+      }
 
       it("an image that is an option is refused before docker sees it: --volume=/:/host, --runtime=runc, -v", async () => {
         const before = dockerCalls().length;
@@ -630,7 +646,7 @@ describe("launcher: a hostile gateway or run", function () {
 
   describe("a launcher that is not root", function () {
     /** The real bundle as uid 65534 (as on EC2 and in a pod, not root), with `caps` ambient as systemd gives them. */
-    const startLauncher = (work: string, caps?: string) => {
+    const startLauncher = (work: string, caps?: string, openFiles?: number) => {
       const child = spawn(
         "setpriv",
         [
@@ -639,6 +655,7 @@ describe("launcher: a hostile gateway or run", function () {
           "--clear-groups",
           ...(caps ? [`--inh-caps=${caps}`, `--ambient-caps=${caps}`] : []),
           "--",
+          ...(openFiles ? ["prlimit", `--nofile=${openFiles}:${openFiles}`, "--"] : []),
           process.execPath,
           ...RUNTIME_NODE_FLAGS,
           path.join(packageRoot(), "build/bundles/launcher.js"),
@@ -715,6 +732,32 @@ describe("launcher: a hostile gateway or run", function () {
         await stillWorks();
         await eventually(() => readdirSync(work).length === 0, 5000, "the locked workspace removed");
         assert.equal(launcher.child.exitCode, null, `the launcher is still running: ${launcher.output().slice(-500)}`);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);
+      } finally {
+        launcher.child.kill("SIGKILL");
+      }
+    });
+
+    it("removes a run's tree deeper than its open-file limit (Node's rmSync holds a descriptor per level), and runs the next", async function () {
+      const work = workDir("deep-work");
+      const launcher = startLauncher(work, undefined, 512);
+      try {
+        await eventually(
+          () => launcher.output().includes("Connected to the server"),
+          10_000,
+          "the launcher to connect",
+        );
+        const deep = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["i=0; while [ $i -lt 700 ]; do mkdir a && cd a; i=$((i + 1)); done; echo x > f"],
+        });
+        assert.equal(deep.status, "succeeded", JSON.stringify(deep));
+        await eventually(() => readdirSync(work).length === 0, 10_000, "the deep workspace removed");
+        await stillWorks();
+        assert.equal(launcher.child.exitCode, null, "the launcher still serves");
+        assert.doesNotMatch(launcher.output(), /cannot be removed/);
       } catch (error) {
         throw new Error(`${(error as Error).message}\nlauncher output: ${launcher.output().slice(-1500)}`);
       } finally {

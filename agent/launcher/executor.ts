@@ -30,6 +30,8 @@ export interface StartedRun {
 
 export interface RunExecutor {
   describe: string;
+  /** Settles once no run can start before it should (what an earlier launcher left is gone). */
+  ready?: Promise<unknown>;
   /** The path the run sees its workspace (on this host at `workspace`) at. */
   workspaceInRun(workspace: string): string;
   start(run: PreparedRun): StartedRun;
@@ -145,7 +147,29 @@ export function dockerExecutor(
   const clientEnv = Object.fromEntries(
     DOCKER_CLIENT_ENV.flatMap((name) => (launcherEnv[name] ? [[name, launcherEnv[name] as string]] : [])),
   );
+  const gone = (name: string, what: string) =>
+    containerGone(cli, name, clientEnv, 30_000, () => log?.error(`${what} not yet gone`, { container: name }));
+  // The containers of a launcher that died mid-run (the engine keeps them running, with their runs' secrets) are gone
+  // before this one's first run starts. One launcher per engine: an instance's, a pod's.
+  const ready = new Promise<unknown>((done) => {
+    let ids = "";
+    const ps = spawn(cli[0], [...cli.slice(1), "ps", "-aq", "--filter", "label=agentpools.run"], {
+      env: clientEnv,
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 30_000,
+    });
+    ps.stdout.on("data", (chunk) => void (ids += chunk));
+    ps.on("error", done).on("close", () =>
+      Promise.all(
+        ids
+          .split(/\s+/)
+          .filter(Boolean)
+          .map((id) => gone(id, "an earlier launcher's container")),
+      ).then(done),
+    );
+  });
   return {
+    ready,
     describe: `docker (network ${settings.workerNetwork}${settings.workerRuntime ? `, runtime ${settings.workerRuntime}` : ""})`,
     workspaceInRun: () => CONTAINER_WORKSPACE,
     start(run) {
@@ -168,11 +192,7 @@ export function dockerExecutor(
       // container the engine creates after that never starts (starting it is the client's next call).
       return started(child, () => {
         child.kill("SIGKILL");
-        return ended.then(() =>
-          containerGone(cli, containerName(run.id), clientEnv, 30_000, () =>
-            log?.error("a killed run's container not yet gone", { run: run.id }),
-          ),
-        );
+        return ended.then(() => gone(containerName(run.id), "a killed run's container"));
       });
     },
   };

@@ -81,9 +81,11 @@ function removeRun(dir: string): string | undefined {
   const remove = () => rmSync(dir, { recursive: true, force: true });
   try {
     remove();
-  } catch (error) {
-    if (BUILT_FOR.platform === "ec2") return String(error);
-    spawnSync("chmod", ["-R", "u+rwx", dir]);
+  } catch {
+    if (BUILT_FOR.platform !== "ec2") spawnSync("chmod", ["-R", "u+rwx", dir]);
+    // rmSync holds a descriptor per level: a tree deeper than the open-file limit defeats it, not GNU rm (no link
+    // followed either).
+    spawnSync("rm", ["-rf", "--", dir]);
     try {
       remove();
     } catch (error) {
@@ -432,6 +434,7 @@ export class Launcher extends WebSocketLink {
 
   private async execute(spec: RunSpec, environment: Record<string, string>, run: Held): Promise<RunOutcome> {
     const { settings, executor, passed } = this.context;
+    await executor.ready;
     const workspace = path.join(run.dir, "workspace");
     mkdirSync(path.join(workspace, path.dirname(STATE_FILE)), { recursive: true, mode: 0o700 });
     // The container's user may not be ours: the workspace is open, its parent (ours, 0700) is not.

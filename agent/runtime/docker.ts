@@ -19,7 +19,8 @@ export const containerGone = (
       const rm = spawn(docker[0], [...docker.slice(1), "rm", "-f", name], { env, timeout: timeoutMs });
       rm.on("error", () => undefined).stderr.on("data", (chunk) => void (said += chunk));
       rm.on("close", (code) => {
-        if (code === 0 || /no such/i.test(said)) return gone();
+        // Not any "no such": "no such file or directory" is an engine socket that is not there.
+        if (code === 0 || /no such container/i.test(said)) return gone();
         if (!again) stuck();
         setTimeout(ask, 1000, true);
       });

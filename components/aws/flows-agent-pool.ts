@@ -16,17 +16,18 @@ export const flowsAgentPoolArgs = z
   .superRefine((args, ctx) => {
     checkCoreRelations(args, ctx);
     checkProcessExecutor(args, ctx);
-    // Amazon Linux gives login users uids from 1000 (UID_MIN) to 60000 (UID_MAX): ec2-user is 1000, and the SSM agent
-    // adds ssm-user at its first session, after the agent's start-up check. A runtime under one could signal its
-    // processes and read its files.
+    // Uids others on an Amazon Linux instance may hold: its login users (1000-60000: ec2-user is 1000, the SSM agent
+    // adds ssm-user at its first session, after the agent's start-up check), systemd's dynamic service users
+    // (61184-65519), nobody, and ec2-user's subordinate uids (useradd gives it 100000-165535, for rootless
+    // containers). A runtime under one could signal its processes and read its files.
     const [first, last = first] = args.runtimeUids.split("-").map(Number);
-    if (first <= 60000 && last >= 1000)
+    if ((first <= 65535 && last >= 1000) || (first <= 165535 && last >= 100000))
       ctx.addIssue({
         code: "custom",
         path: ["runtimeUids"],
         input: args.runtimeUids,
         message:
-          "must not overlap 1000-60000, the uids Amazon Linux gives login users (ec2-user is 1000, ssm-user comes later)",
+          "must not overlap 1000-65535 (Amazon Linux's login users, ec2-user is 1000; systemd's dynamic users) or 100000-165535 (ec2-user's subordinate uids)",
       });
     // Flow code on the instance itself: only as uids the instance metadata service (the instance role, the pool's
     // secret) refuses, in bubblewrap's namespaces; a weaker level, or "auto" that may step down to one, is refused.
