@@ -2,7 +2,19 @@
 // fails for want of a uid, and a runtime can do nothing once its answer is taken.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { once } from "node:events";
 import net from "node:net";
 import os from "node:os";
@@ -248,6 +260,138 @@ describe("Flows runtimes: nothing outlives its place", function () {
     } finally {
       executor.close();
       dispose();
+    }
+  });
+
+  /** A pool of one uid and one runtime: a next run served proves the uid came back. */
+  const oneUid = (offset: number) => {
+    const made = userLauncher(range(15, 1, offset));
+    const log = capturingLogger("flows-agent");
+    const executor = createExecutor({ poolSize: 1, launcher: made.launcher, log: log.log });
+    const left = () => readdirSync(made.scratchRoot).filter((name) => name !== ".agent");
+    return { ...made, executor, left };
+  };
+  const block = (code: string, timeoutMs = 20_000) =>
+    [{ kind: "block" as const, code, inputs: {} }, timeoutMs] as const;
+
+  it("user: a run whose paths pass PATH_MAX is ended by its watchdog (whose measuring cannot throw into the agent); the next run is served on its uid; nothing left", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const { executor, dispose, left } = oneUid(16);
+    try {
+      // Two 3000-character trees, one moved into the other: each call was short, the path from the scratch is not.
+      const deep = await executor.run(
+        ...block(`const fs = await import('node:fs'); const seg = '/' + 'd'.repeat(200);
+          const a = 'A' + seg.repeat(15), b = 'B' + seg.repeat(15);
+          fs.mkdirSync(a, { recursive: true }); fs.mkdirSync(b, { recursive: true }); fs.renameSync('A', b + '/A');
+          await new Promise((r) => setTimeout(r, 60000));`),
+      );
+      assert.match(deep.error?.message ?? JSON.stringify(deep), /could not measure|unreadable/);
+      const next = await executor.run(...block("return 1 + 1"));
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      executor.close();
+      await eventually(() => left().length === 0, 10_000, "the scratch root emptied");
+    } finally {
+      executor.close();
+      dispose();
+    }
+  });
+
+  /** A run that marks its scratch and waits: its outcome, once its uid and scratch are seen. */
+  const waiting = async (made: ReturnType<typeof oneUid>, timeoutMs = 20_000) => {
+    const outcome = made.executor.run(
+      ...block(
+        "(await import('node:fs')).writeFileSync('running', ''); await new Promise(() => setInterval(() => {}, 1000));",
+        timeoutMs,
+      ),
+    );
+    const mine = () =>
+      readdirSync(made.scratchRoot).find((name) => existsSync(path.join(made.scratchRoot, name, "running")));
+    await eventually(() => mine() !== undefined, 10_000, "the runtime's scratch");
+    const scratch = path.join(made.scratchRoot, mine() as string);
+    return { outcome, scratch, uid: statSync(scratch).uid };
+  };
+  /** `command` as `uid` (what an escape from the permission model could do). */
+  const asUid = (uid: number, command: string[]) =>
+    execFileSync("setpriv", [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", ...command], { encoding: "utf8" });
+
+  it("user: 9000 long-named entries a runtime's uid makes beside its scratch: its run ends over its disk, their removal cannot fail for its argv (the agent lives), the next run is served on its uid, nothing left", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const made = oneUid(17);
+    try {
+      const { outcome, uid } = await waiting(made);
+      // Over 2 MB of names: more than one command line holds.
+      asUid(uid, [
+        process.execPath,
+        "-e",
+        `for (let i = 0; i < 9000; i++) require("fs").writeFileSync(${JSON.stringify(made.scratchRoot)} + "/" + "s".repeat(200) + i, "")`,
+      ]);
+      const answer = await outcome;
+      assert.match(answer.error?.message ?? JSON.stringify(answer), /disk limit: \d+ MB of 16 MB/);
+      const next = await made.executor.run(...block("return 1 + 1"));
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      made.executor.close();
+      await eventually(() => made.left().length === 0, 10_000, "the scratch root emptied");
+    } finally {
+      made.executor.close();
+      made.dispose();
+    }
+  });
+
+  it("user: a runtime's scratch is named nowhere another uid reads (/proc/PID/cmdline); a scratch another uid holds at its name does not keep its uid from coming back", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const made = oneUid(18);
+    try {
+      const { outcome, scratch, uid } = await waiting(made, 2000);
+      const name = path.basename(scratch);
+      const lines = readdirSync("/proc")
+        .filter(
+          (pid) => /^\d+$/.test(pid) && existsSync(`/proc/${pid}/cmdline`) && statSync(`/proc/${pid}`).uid === uid,
+        )
+        .map((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+      assert.ok(lines.length > 0, "the runtime's processes");
+      assert.deepEqual(
+        lines.filter((line) => line.includes(name)),
+        [],
+        "the scratch's name in a command line",
+      );
+      // Another uid's directory where its scratch was (as a squatter that made it first), its own moved beside it.
+      renameSync(scratch, `${scratch}-moved`);
+      mkdirSync(scratch);
+      chownSync(scratch, uid + 1000, uid + 1000);
+      assert.match((await outcome).error?.message ?? "", /timed out/);
+      const next = await made.executor.run(...block("return 1 + 1"));
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      assert.ok(!existsSync(`${scratch}-moved`), "its own entries removed");
+    } finally {
+      made.executor.close();
+      made.dispose();
+    }
+  });
+
+  it("user: SysV shared memory and /dev/shm files a runtime's uid made go with its run", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const made = oneUid(19);
+    const shm = `/dev/shm/agentpools-lifetime-${process.pid}`;
+    try {
+      const { outcome, uid } = await waiting(made, 2000);
+      const id = /(\d+)/.exec(asUid(uid, ["ipcmk", "-M", "65536", "-p", "0666"]))?.[1] as string;
+      asUid(uid, ["sh", "-c", `head -c 65536 /dev/zero > ${shm}`]);
+      assert.ok(
+        execFileSync("ipcs", ["-m"], { encoding: "utf8" })
+          .split("\n")
+          .some((line) => line.split(/\s+/)[1] === id),
+      );
+      assert.match((await outcome).error?.message ?? "", /timed out/);
+      // Served on the same uid: its removal is through.
+      const next = await made.executor.run(...block("return 1 + 1"));
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      const segments = execFileSync("ipcs", ["-m"], { encoding: "utf8" }).split("\n");
+      assert.ok(!segments.some((line) => line.split(/\s+/)[1] === id), `segment ${id} left`);
+      assert.ok(!existsSync(shm), `${shm} left`);
+    } finally {
+      made.executor.close();
+      made.dispose();
+      rmSync(shm, { force: true });
     }
   });
 

@@ -167,7 +167,13 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
             // (Never on EC2, whose runtimes' scratch is a size-capped tmpfs: the block leaves its bundles.)
             if (BUILT_FOR.platform === "ec2" || !spawned.scratch || performance.now() < measureAt) return;
             const began = performance.now();
-            const used = diskUsage(spawned.scratch(), diskBytes);
+            let used = Infinity;
+            // Whatever a run made that cannot be measured ends that run, never the agent (a throw here is uncaught).
+            try {
+              used = diskUsage(spawned.scratch(), diskBytes);
+            } catch {
+              // Infinity: over any cap.
+            }
             measureAt = performance.now() + 4 * (performance.now() - began);
             if (used > diskBytes)
               end(
@@ -187,7 +193,7 @@ const ENTRY_BYTES = 4096;
 /**
  * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
  * walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded walk.
- * Infinity if some directory of it cannot be read (a run may not hide files from the count).
+ * Infinity if some entry of it cannot be measured (a run may not hide files from the count).
  */
 export function diskUsage(paths: string[], limit: number): number {
   let used = 0;
@@ -196,12 +202,13 @@ export function diskUsage(paths: string[], limit: number): number {
   while (pending.length > 0) {
     if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
     const at = pending.pop() as string;
-    // Gone meanwhile, or not made yet.
-    const stat = lstatSync(at, { throwIfNoEntry: false });
-    if (!stat) continue;
-    used += Math.max(stat.blocks * 512, ENTRY_BYTES);
-    if (!stat.isDirectory()) continue;
     try {
+      // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
+      // what it holds: Infinity.
+      const stat = lstatSync(at, { throwIfNoEntry: false });
+      if (!stat) continue;
+      used += Math.max(stat.blocks * 512, ENTRY_BYTES);
+      if (!stat.isDirectory()) continue;
       const dir = opendirSync(at);
       try {
         for (let entry; pending.length <= limit / ENTRY_BYTES && (entry = dir.readSync());)
@@ -329,21 +336,65 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
       ? [privileges.setpriv!, [...user, "--pdeathsig=KILL", "--", ...command], {}]
       : [command[0], command.slice(1), uid === undefined ? {} : { uid, gid: uid }];
   };
-  /** Removes scratch directories (and files) as their user (none: ours), after giving back what it locked (chmod 0500). */
-  const removal = (uid: number | undefined, paths: string[], killAll = "") =>
-    asUser(uid, ["/bin/sh", "-c", `${killAll}chmod -R u+rwx "$@"; rm -rf "$@"`, "sh", ...paths]);
+  /** Removes a scratch directory as its user (none: ours), after giving back what it locked (chmod 0500). */
+  const rmTree = `chmod -R u+rwx "$@"; rm -rf "$@"`;
   /**
-   * What a runtime of "user" isolation made in the scratch root beside its scratch (where only an escape from the
-   * permission model writes): counted with its scratch, removed with it. The agent owns the root and lists it.
+   * Removes, as `uid`, all that uid holds: its processes (kill -1 as that uid: whatever an escape from the permission
+   * model left running), its SysV IPC objects (ipcrm --all removes only what the uid may) and /dev/shm files (a channel
+   * to a later run of the uid, memory without a cap), then the paths given on its stdin (NUL-separated: no list in argv,
+   * whatever its length). The exit status is that last removal's. Ours (uid undefined) is only that removal.
    */
-  const strays = (uid: number, scratch: string): string[] => {
+  const sweep = (uid: number | undefined) => {
+    const given = `xargs -0 -r sh -c '${rmTree}' sh`;
+    const shm = `find /dev/shm -mindepth 1 -maxdepth 1 -user "$0" -exec rm -rf {} + 2>/dev/null`;
+    const all = `kill -KILL -1; ipcrm --all 2>/dev/null; ${shm}; ${given}`;
+    return asUser(uid, ["/bin/sh", "-c", uid === undefined ? given : all, String(uid)]);
+  };
+  /** The scratch root's entries by owner (the claim left out), which the agent lists (no runtime can). */
+  const byOwner = (): Map<number, string[]> => {
+    const owners = new Map<number, string[]>();
     try {
-      return readdirSync(o.scratchRoot)
-        .map((name) => `${o.scratchRoot}/${name}`)
-        .filter((entry) => entry !== scratch && lstatSync(entry, { throwIfNoEntry: false })?.uid === uid);
+      for (const name of readdirSync(o.scratchRoot)) {
+        const owner = lstatSync(`${o.scratchRoot}/${name}`, { throwIfNoEntry: false })?.uid;
+        if (name === CLAIM || owner === undefined) continue;
+        (owners.get(owner) ?? owners.set(owner, []).get(owner)!).push(`${o.scratchRoot}/${name}`);
+      }
     } catch {
-      return []; // the root gone (the agent's own end)
+      // The root gone (the agent's own end).
     }
+    return owners;
+  };
+  const paths = (list: string[]) => list.map((entry) => `${entry}\0`).join("");
+  /**
+   * What runtimes of "user" isolation made in the scratch root (their scratch; beside it only an escape from the
+   * permission model writes), by owner: counted with its scratch. One listing serves every runtime's watchdog, made
+   * again only after four times what the last one took (a root of many entries costs the agent a bounded share), and
+   * holds no more of one owner's than its disk allows entries.
+   */
+  let owned = new Map<number, string[]>();
+  let listAt = 0;
+  const strays = (uid: number, scratch: string): string[] => {
+    if (performance.now() >= listAt) {
+      const began = performance.now();
+      owned = new Map();
+      try {
+        const dir = opendirSync(o.scratchRoot);
+        try {
+          for (let entry; (entry = dir.readSync());) {
+            const at = `${o.scratchRoot}/${entry.name}`;
+            const owner = lstatSync(at, { throwIfNoEntry: false })?.uid;
+            const list = owner === undefined ? [] : (owned.get(owner) ?? owned.set(owner, []).get(owner)!);
+            if (list.length <= (o.diskMb * 1048576) / ENTRY_BYTES) list.push(at);
+          }
+        } finally {
+          dir.closeSync();
+        }
+      } catch {
+        // The root gone (the agent's own end), or an entry gone meanwhile: what was listed.
+      }
+      listAt = performance.now() + 4 * (performance.now() - began);
+    }
+    return (owned.get(uid) ?? []).filter((entry) => entry !== scratch);
   };
 
   // A runtime of "user" isolation makes its own scratch here: anyone may add, none may list or remove another's. Each
@@ -358,13 +409,10 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
   if (BUILT_FOR.platform !== "ec2") {
     for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
-    for (const name of readdirSync(o.scratchRoot)) {
-      if (name === CLAIM) continue;
-      const owner = lstatSync(`${o.scratchRoot}/${name}`).uid;
-      const [sh, args, options] = removal(owner === process.getuid?.() ? undefined : owner, [
-        `${o.scratchRoot}/${name}`,
-      ]);
-      spawnSync(sh, args, { ...options, env: {}, stdio: "ignore" });
+    // One sweep per owner, not per entry.
+    for (const [owner, list] of byOwner()) {
+      const [sh, args, options] = sweep(owner === process.getuid?.() ? undefined : owner);
+      spawnSync(sh, args, { ...options, env: {}, input: paths(list), stdio: ["pipe", "ignore", "ignore"] });
     }
   }
 
@@ -379,12 +427,18 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
         : uid
           ? `${o.scratchRoot}/${randomUUID()}`
           : mkdtempSync(`${o.scratchRoot}/run-`);
-      const node = [
-        process.execPath,
-        ...runtimeNodeFlags(o.readable, scratch, o.memoryMb),
-        ...o.runner,
-        ...(isolation === "user" ? [`--scratch=${scratch}`] : []),
-      ];
+      // A runtime's command line is anyone's to read (/proc/PID/cmdline): the name of a scratch its runtime makes goes
+      // in its environment (its owner's only), the flags naming it too (NODE_OPTIONS), or another runtime could make
+      // it first. The runner takes both out of its environment before any job.
+      const flags = runtimeNodeFlags(o.readable, scratch, o.memoryMb);
+      const named = isolation === "user" ? flags.filter((flag) => flag.includes(scratch)) : [];
+      const env = named.length
+        ? {
+            AGENTPOOLS_SCRATCH: scratch,
+            NODE_OPTIONS: named.map((flag) => flag.replace(/=(.*)/s, (_, p) => `=${JSON.stringify(p)}`)).join(" "),
+          }
+        : {};
+      const node = [process.execPath, ...flags.filter((flag) => !named.includes(flag)), ...o.runner];
       // Its open files capped (util-linux's prlimit, beside setpriv): the kernel memory its sockets hold with them.
       const sandbox = namespaced
         ? [
@@ -394,7 +448,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
         : [];
       // Without a size-capped tmpfs, no file of its own may pass its disk (the kernel answers EFBIG), and the watchdog
       // measures its scratch (diskUsage).
-      const fileSize = namespaced ? [] : [`--fsize=${o.diskMb << 20}:${o.diskMb << 20}`];
+      const fileSize = namespaced ? [] : [`--fsize=${o.diskMb * 1048576}:${o.diskMb * 1048576}`];
       const [file, args, options] = asUser(uid, [
         "/usr/bin/prlimit",
         `--nofile=${o.openFiles}:${o.openFiles}`,
@@ -408,7 +462,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
         spawn(file, args, {
           ...options,
           cwd: uid ? "/" : scratch,
-          env: {},
+          env,
           stdio: ["pipe", "pipe", "pipe", "pipe", ...(namespaced ? ["pipe", "pipe"] : [])] as SpawnOptions["stdio"],
         });
       const child = launch();
@@ -447,18 +501,21 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
             if (released) return;
             released = true;
             if (namespaced) return uids.give(uid as number);
-            // Its scratch is its user's (or, not isolated, ours): removed as that user; then its uid is free again.
-            // Of "user" isolation (no pid namespace to end with it), every process of its uid goes first (kill -1 as
-            // that uid): whatever an escape from the permission model left running would share the uid with a later run.
-            const [sh, shArgs, shOptions] = removal(
-              uid,
-              uid === undefined ? [scratch] : [scratch, ...strays(uid, scratch)],
-              uid === undefined ? "" : "kill -KILL -1; ",
-            );
-            // Only once that worked: a uid whose processes or files may remain is never given to another run.
-            spawn(sh, shArgs, { ...shOptions, env: {}, stdio: "ignore" })
-              .on("close", (code) => code === 0 && uid !== undefined && uids.give(uid))
-              .on("error", () => undefined);
+            // Not isolated, its scratch is ours: removed. Of "user" isolation (no pid namespace to end with it), all its
+            // uid holds is swept (see sweep); then its uid is free again.
+            // Only its own entries: a scratch another uid made first is that uid's, not this one's to remove.
+            const [sh, shArgs, shOptions] = sweep(uid);
+            const list = uid === undefined ? [scratch] : (byOwner().get(uid) ?? []);
+            // Only once that worked: a uid whose processes or files may remain is never given to another run. A spawn
+            // that cannot start (out of processes or memory) keeps the uid, and never throws into the agent.
+            try {
+              const child = spawn(sh, shArgs, { ...shOptions, env: {}, stdio: ["pipe", "ignore", "ignore"] })
+                .on("close", (code) => code === 0 && uid !== undefined && uids.give(uid))
+                .on("error", () => undefined);
+              child.stdin?.on("error", () => undefined).end(paths(list));
+            } catch {
+              // The uid stays held.
+            }
           },
         },
         o.memoryMb,

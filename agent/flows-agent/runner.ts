@@ -129,8 +129,11 @@ function park(): never {
 
 /** Run as a runtime: make its scratch (when told), warm up, say ready, take one job, answer, park. */
 export async function runRunner(argv = process.argv): Promise<void> {
-  // Only "user" isolation, which EC2 never uses (its runtimes' scratch is their namespace's /tmp), names one.
-  const scratch = BUILT_FOR.platform !== "ec2" && argv.find((arg) => arg.startsWith("--scratch="))?.slice(10);
+  // Only "user" isolation, which EC2 never uses (its runtimes' scratch is their namespace's /tmp), names one: in the
+  // environment (not the command line, which any user reads), taken out of it with the flags naming it.
+  const scratch = BUILT_FOR.platform !== "ec2" && process.env.AGENTPOOLS_SCRATCH;
+  delete process.env.AGENTPOOLS_SCRATCH;
+  delete process.env.NODE_OPTIONS;
   if (scratch) {
     // Made by the runtime itself, so it is the runtime's user's; never one that exists already. Its group the agent's
     // (the scratch root is setgid), which reads it to measure its disk; no other runtime's.

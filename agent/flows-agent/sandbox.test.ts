@@ -119,6 +119,13 @@ describe("runtime sandbox: bubblewrap, libraries, uids", () => {
     assert.deepEqual(args.slice(-5), ["--info-fd", "4", "--seccomp", "5", "--"]);
   });
 
+  it("a scratch of 4 GB or more is sized in bytes without overflowing 32 bits", () => {
+    for (const diskMb of [2048, 4096, 5000]) {
+      const args = bwrapArgs({ node: "/usr/bin/node", libraries: [], readable: [], diskMb });
+      assert.equal(args[args.indexOf("--size") + 1], String(diskMb * 1024 * 1024), `${diskMb} MB`);
+    }
+  });
+
   it("library directories come from the loaded libraries, once each", () => {
     const maps = [
       "7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6",

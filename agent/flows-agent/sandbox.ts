@@ -157,7 +157,7 @@ export function bwrapArgs(o: { node: string; libraries: string[]; readable: stri
     ],
     ...[
       "--size",
-      String(o.diskMb << 20),
+      String(o.diskMb * 1048576),
       "--perms",
       "1777",
       "--tmpfs",
