@@ -1,7 +1,7 @@
 // Nothing of a Flows runtime outlives its place: its uid goes to another runtime only once it is gone, a run never
 // fails for want of a uid, and a runtime can do nothing once its answer is taken.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import {
   chmodSync,
   chownSync,
@@ -80,6 +80,36 @@ function userLauncher(
 
 describe("Flows runtimes: nothing outlives its place", function () {
   this.timeout(60_000);
+
+  it("user: the start-up sweep takes only the pool's uids, never another uid's processes or files in the scratch root", () => {
+    const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-foreign-"));
+    chmodSync(scratchRoot, 0o1777);
+    // A uid outside the pool (a service's, root's in production) with a process running and an entry in the root.
+    const foreign = runtimeUidRange(13).first + 40;
+    const service = spawn("/bin/sleep", ["60"], { uid: foreign, gid: foreign, stdio: "ignore" });
+    const dropped = path.join(scratchRoot, "dropped");
+    execFileSync("setpriv", [`--reuid=${foreign}`, `--regid=${foreign}`, "--clear-groups", "touch", dropped]);
+    try {
+      processLauncher({
+        isolation: "user",
+        privileges: readPrivileges(),
+        uids: uidPool(range(13, 4, 48)),
+        runner: [unbundledRunner().path],
+        readable: unbundledRunner().readable,
+        memoryMb: 64,
+        diskMb: 16,
+        openFiles: 64,
+        scratchRoot,
+      });
+      // The sweep is done when the launcher is made (spawnSync): a killed service is a zombie now, not running.
+      const state = readFileSync(`/proc/${service.pid}/stat`, "utf8").split(") ")[1][0];
+      assert.notEqual(state, "Z", "the foreign uid's process was killed");
+      assert.ok(existsSync(dropped), "the foreign uid's entry was removed");
+    } finally {
+      service.kill("SIGKILL");
+      rmSync(scratchRoot, { recursive: true, force: true });
+    }
+  });
 
   it("Docker: a timed-out run's container keeps its uid until the engine says it is gone; a run meanwhile waits for one", async () => {
     const dir = scratchDir("flows-uids-docker-");

@@ -409,9 +409,12 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
   if (BUILT_FOR.platform !== "ec2") {
     for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
-    // One sweep per owner, not per entry.
+    // One sweep per owner, not per entry; only of the pool's uids (and ours): a sweep kills all a uid runs, and an
+    // entry of another's (root's, an operator's copy) is not a runtime's.
     for (const [owner, list] of byOwner()) {
-      const [sh, args, options] = sweep(owner === process.getuid?.() ? undefined : owner);
+      const ours = owner === process.getuid?.();
+      if (!ours && (owner < uids.first || owner > uids.last)) continue;
+      const [sh, args, options] = sweep(ours ? undefined : owner);
       spawnSync(sh, args, { ...options, env: {}, input: paths(list), stdio: ["pipe", "ignore", "ignore"] });
     }
   }
