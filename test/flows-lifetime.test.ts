@@ -62,8 +62,8 @@ const dockerStandIn = (dir: string, uids: string, log = capturingLogger("flows-a
 function userLauncher(
   uids: string,
   isolation: Isolation = "user",
+  scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-")),
 ): { launcher: RuntimeLauncher; dispose(): void; scratchRoot: string } {
-  const scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-"));
   const launcher = processLauncher({
     isolation,
     privileges: readPrivileges(),
@@ -90,17 +90,7 @@ describe("Flows runtimes: nothing outlives its place", function () {
     const dropped = path.join(scratchRoot, "dropped");
     execFileSync("setpriv", [`--reuid=${foreign}`, `--regid=${foreign}`, "--clear-groups", "touch", dropped]);
     try {
-      processLauncher({
-        isolation: "user",
-        privileges: readPrivileges(),
-        uids: uidPool(range(13, 4, 48)),
-        runner: [unbundledRunner().path],
-        readable: unbundledRunner().readable,
-        memoryMb: 64,
-        diskMb: 16,
-        openFiles: 64,
-        scratchRoot,
-      });
+      userLauncher(range(13, 4, 48), "user", scratchRoot);
       // The sweep is done when the launcher is made (spawnSync): a killed service is a zombie now, not running.
       const state = readFileSync(`/proc/${service.pid}/stat`, "utf8").split(") ")[1][0];
       assert.notEqual(state, "Z", "the foreign uid's process was killed");
@@ -299,14 +289,21 @@ describe("Flows runtimes: nothing outlives its place", function () {
     const log = capturingLogger("flows-agent");
     const executor = createExecutor({ poolSize: 1, launcher: made.launcher, log: log.log });
     const left = () => readdirSync(made.scratchRoot).filter((name) => name !== ".agent");
-    return { ...made, executor, left };
+    /** A next run served (so the uid came back), then, once closed, nothing left in the scratch root. */
+    const nextServedThenEmpty = async () => {
+      const next = await executor.run({ kind: "block", code: "return 1 + 1", inputs: {} }, 20_000);
+      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
+      executor.close();
+      await eventually(() => left().length === 0, 10_000, "the scratch root emptied");
+    };
+    return { ...made, executor, left, nextServedThenEmpty };
   };
   const block = (code: string, timeoutMs = 20_000) =>
     [{ kind: "block" as const, code, inputs: {} }, timeoutMs] as const;
 
   it("user: a run whose paths pass PATH_MAX is ended by its watchdog (whose measuring cannot throw into the agent); the next run is served on its uid; nothing left", async function () {
     if (missingFor("user", readPrivileges())) this.skip();
-    const { executor, dispose, left } = oneUid(16);
+    const { executor, dispose, nextServedThenEmpty } = oneUid(16);
     try {
       // Two 3000-character trees, one moved into the other: each call was short, the path from the scratch is not.
       const deep = await executor.run(
@@ -316,10 +313,7 @@ describe("Flows runtimes: nothing outlives its place", function () {
           await new Promise((r) => setTimeout(r, 60000));`),
       );
       assert.match(deep.error?.message ?? JSON.stringify(deep), /could not measure|unreadable/);
-      const next = await executor.run(...block("return 1 + 1"));
-      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
-      executor.close();
-      await eventually(() => left().length === 0, 10_000, "the scratch root emptied");
+      await nextServedThenEmpty();
     } finally {
       executor.close();
       dispose();
@@ -357,10 +351,7 @@ describe("Flows runtimes: nothing outlives its place", function () {
       ]);
       const answer = await outcome;
       assert.match(answer.error?.message ?? JSON.stringify(answer), /disk limit: \d+ MB of 16 MB/);
-      const next = await made.executor.run(...block("return 1 + 1"));
-      assert.deepEqual([next.ok, next.value], [true, 2], JSON.stringify(next));
-      made.executor.close();
-      await eventually(() => made.left().length === 0, 10_000, "the scratch root emptied");
+      await made.nextServedThenEmpty();
     } finally {
       made.executor.close();
       made.dispose();
