@@ -369,8 +369,12 @@ describe("launcher: a hostile gateway or run", function () {
             }),
           );
           const container = path.join(dir, "containers", `agentpools-run-${first}`);
-          await eventually(() => existsSync(container), 10_000, "the container started");
-          const pid = Number(readFileSync(container, "utf8"));
+          // The stand-in makes the file, then writes the pid in it: read once it is there (an empty file reads as 0).
+          const pid = await eventually(
+            () => existsSync(container) && Number(readFileSync(container, "utf8")),
+            10_000,
+            "the container started",
+          );
           gateway.sendRaw(JSON.stringify({ type: "revoked", id: first, reason: "stopped by the test" }));
           await eventually(() => dockerCalls().some(({ argv }) => argv.includes("rm") && argv.at(-1)?.endsWith(first)));
           // The slot is still the stopped run's: the next run is refused (to be offered again), and nothing of it ran.

@@ -20,9 +20,13 @@ describe("launcher: docker executor", () => {
     const executor = dockerExecutor(settings, { PATH: process.env.PATH }, writeDockerStandIn(dir));
     const run = executor.start({ id: "r1", image: "alpine:3", script: "exec sleep 30", env: {}, workspace });
     const containerFile = path.join(dir, "containers", "agentpools-run-r1");
-    await eventually(() => existsSync(containerFile), 10_000, "the container started");
+    // The stand-in makes each file, then writes the pid in it: read once it is there (an empty file reads as 0).
+    const container = await eventually(
+      () => existsSync(containerFile) && Number(readFileSync(containerFile, "utf8")),
+      10_000,
+      "the container started",
+    );
     const client = Number(readFileSync(path.join(dir, "client"), "utf8"));
-    const container = Number(readFileSync(containerFile, "utf8"));
     // The engine is slow to remove the container: the client is gone, the run is not over.
     writeFileSync(path.join(dir, "hold"), "");
     let over = false;
