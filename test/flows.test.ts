@@ -191,10 +191,14 @@ describe("Flows agent and gateway", function () {
       scratchRoot,
     });
 
-  it("a starting launcher ends what a dead agent left of its runtimes, and only that (as root)", async function () {
+  it("a starting launcher ends what a dead agent left of its runtimes, an orphan's own children too, and only that (as root)", async function () {
     if (process.getuid?.() !== 0) this.skip();
-    // An orphan of the range (its parent exits: re-parented to pid 1), and a process of the range whose parent lives.
-    const [orphanPid] = await once(asUid(1900000950, ["/bin/sh", "-c", "sleep 60 & echo $!"]).stdout!, "data");
+    // An orphan of the range (its parent exits: re-parented to pid 1) with a child of its own (whose parent lives: the
+    // orphan), and a process of another uid of the range whose parent lives.
+    const left = asUid(1900000950, ["/bin/sh", "-c", 'sh -c "sleep 60 & echo child \\$!; wait" & echo orphan $!']);
+    let said = "";
+    left.stdout!.on("data", (chunk) => (said += chunk));
+    const pidOf = (name: string) => Number(new RegExp(`${name} (\\d+)`).exec(said)?.[1]);
     const living = asUid(1900000951, ["sleep", "60"]);
     const alive = (pid: number) => {
       try {
@@ -203,13 +207,20 @@ describe("Flows agent and gateway", function () {
         return false;
       }
     };
-    await eventually(() => alive(Number(orphanPid)) && alive(living.pid!), 5000, "both to start");
+    await eventually(() => [pidOf("orphan"), pidOf("child"), living.pid!].every(alive), 5000, "all three to start");
+    await eventually(
+      () => /^PPid:\s+1$/m.test(readFileSync(`/proc/${pidOf("orphan")}/status`, "utf8")),
+      5000,
+      "an orphan",
+    );
     userLauncher("1900000950-1900000959", scratchDir("orphans-"));
     try {
-      await eventually(() => !alive(Number(orphanPid)), 5000, "the orphan to be ended");
+      await eventually(() => !alive(pidOf("orphan")), 5000, "the orphan to be ended");
+      await eventually(() => !alive(pidOf("child")), 5000, "the orphan's child to be ended");
       assert.ok(alive(living.pid!), "a process of the range whose parent lives is left alone");
     } finally {
       living.kill("SIGKILL");
+      for (const pid of [pidOf("orphan"), pidOf("child")]) if (alive(pid)) process.kill(pid, "SIGKILL");
     }
   });
 

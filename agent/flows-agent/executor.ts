@@ -21,7 +21,7 @@ import { containerGone } from "../runtime/docker";
 import {
   bwrapArgs,
   libraryDirectories,
-  orphans,
+  orphanedUids,
   seccompFilter,
   type Isolation,
   type Privileges,
@@ -408,10 +408,12 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
   // out: their processes, then their scratch. Not on EC2 (the block leaves its bundle whole): systemd restarts the
   // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
   if (BUILT_FOR.platform !== "ec2") {
-    for (const pid of isolation === "none" ? [] : orphans(uids)) killQuietly(pid);
-    // One sweep per owner, not per entry; only of the pool's uids (and ours): a sweep kills all a uid runs, and an
-    // entry of another's (root's, an operator's copy) is not a runtime's.
-    for (const [owner, list] of byOwner()) {
+    // One sweep per uid, not per entry or process: of the pool's uids that own an entry or an orphan (a sweep kills
+    // all a uid runs, an orphan's own children too), and ours for our entries. An entry of another's (root's, an
+    // operator's copy) is not a runtime's.
+    const left = byOwner();
+    for (const uid of isolation === "none" ? [] : orphanedUids(uids)) if (!left.has(uid)) left.set(uid, []);
+    for (const [owner, list] of left) {
       const ours = owner === process.getuid?.();
       if (!ours && (owner < uids.first || owner > uids.last)) continue;
       const [sh, args, options] = sweep(ours ? undefined : owner);

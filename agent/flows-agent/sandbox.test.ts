@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { eventually, scratchDir } from "../../devkit/helpers";
-import { bwrapArgs, libraryDirectories, orphans, seccompFilter, uidOwner, uidPool } from "./sandbox";
+import { bwrapArgs, libraryDirectories, orphanedUids, seccompFilter, uidOwner, uidPool } from "./sandbox";
 
 /** Runs a classic BPF seccomp program on one system call, as the kernel would: its answer. */
 function evaluate(filter: Buffer, call: { arch: number; nr: number; arg0?: number }): number {
@@ -149,13 +149,16 @@ describe("runtime sandbox: bubblewrap, libraries, uids", () => {
     assert.deepEqual([uidPool("1900000005").first, uidPool("1900000005").last], [1900000005, 1900000005]);
   });
 
-  it("orphans: processes of the pool's uids whose parent is gone (pid 1), nothing else", () => {
+  it("orphanedUids: the pool's uids holding a process whose parent is gone (pid 1), nothing else", () => {
     const proc = scratchDir("proc-");
     const processes: [string, number, number][] = [
       ["100", 1900000003, 1], // an orphan of the range
+      ["105", 1900000003, 100], // its child (its uid is swept, not only the orphan)
+      ["106", 1900000003, 1], // another orphan of the same uid: one uid
       ["101", 1900000004, 4242], // a live runtime: its parent is the agent or bubblewrap
       ["102", 1000, 1], // another user's orphan
       ["103", 1900000009, 1], // just outside the range
+      ["107", 1900000000, 1], // the range's first uid
     ];
     for (const [pid, uid, ppid] of processes) {
       mkdirSync(path.join(proc, pid));
@@ -166,7 +169,7 @@ describe("runtime sandbox: bubblewrap, libraries, uids", () => {
     }
     mkdirSync(path.join(proc, "self"));
     mkdirSync(path.join(proc, "104")); // gone while read: no status
-    assert.deepEqual(orphans({ first: 1900000000, last: 1900000008 }, proc), [100]);
+    assert.deepEqual([...orphanedUids({ first: 1900000000, last: 1900000008 }, proc)].sort(), [1900000000, 1900000003]);
   });
 });
 

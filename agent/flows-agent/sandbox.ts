@@ -68,22 +68,24 @@ export function uidPool(range: string): UidPool {
 }
 
 /**
- * Processes of the pool's uids that lost their parent (re-parented to pid 1): what an agent that
- * died while starting a runtime left behind, where the parent-death signal was set too late to
- * fire. (Under systemd the unit's cgroup goes with the agent; elsewhere nothing else ends them.)
+ * The pool's uids that hold a process whose parent is gone (re-parented to pid 1): what an agent that died left of its
+ * runtimes, where the parent-death signal did not reach (set too late, or a runtime's own child: an escape from the
+ * permission model). The uid is what the caller ends, not the process: whatever that process started since is the
+ * same uid's, whoever its parent is now. (Under systemd the unit's cgroup goes with the agent; elsewhere nothing else
+ * ends them.)
  */
-export function orphans(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): number[] {
-  return readdirSync(proc)
-    .filter((pid) => {
-      try {
-        // Status says PPid before Uid; entries that are not processes have none.
-        const uid = /^PPid:\s+1\n[^]*^Uid:\s+(\d+)/m.exec(readFileSync(`${proc}/${pid}/status`, "utf8"))?.[1];
-        return Number(uid) >= uids.first && Number(uid) <= uids.last;
-      } catch {
-        return false; // gone meanwhile
-      }
-    })
-    .map(Number);
+export function orphanedUids(uids: Pick<UidPool, "first" | "last">, proc = "/proc"): Set<number> {
+  const found = new Set<number>();
+  for (const pid of readdirSync(proc)) {
+    try {
+      // Status says PPid before Uid; entries that are not processes have none.
+      const uid = Number(/^PPid:\s+1\n[^]*^Uid:\s+(\d+)/m.exec(readFileSync(`${proc}/${pid}/status`, "utf8"))?.[1]);
+      if (uid >= uids.first && uid <= uids.last) found.add(uid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
 }
 
 /**
