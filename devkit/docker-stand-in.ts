@@ -1,6 +1,17 @@
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
+// A container's file is made empty by its client before the container starts, and given the container's pid by the
+// container's own process before its command runs: a removal never finds a container started but not yet listed (it
+// would answer "No such container" for one that goes on running).
+const created = 'f="$containers/$name"; : > "$f"';
+/** In the container's process (a subshell, where $$ is still its parent's): its own pid (and `more`) into its file. */
+const ownPid = (more = "") => `read -r me _stat < /proc/self/stat; echo "$me${more}" > "$f"`;
+/** A removal waits for the pid of a container still starting (at most 2 s: a client killed before it forked). */
+const untilStarted = [
+  '  n=0; while [ -f "$containers/$name" ] && [ ! -s "$containers/$name" ] && [ $n -lt 400 ]; do sleep 0.005; n=$((n + 1)); done',
+];
+
 /**
  * A stand-in for the Docker CLI (no engine runs on this machine), written to `dir/docker`: it
  * records each call in `calls` (argv, environment and env file, NUL-separated: CALL, ENV, FILE),
@@ -25,7 +36,10 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
       'case "$1" in ps) ls "$containers" 2>/dev/null; exit 0;; esac',
       `case "$1" in kill|rm) while [ -e '${dir}/hold' ]; do sleep 0.01; done; for a; do name=$a; done`,
       '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
-      '  read pid < "$containers/$name"; kill -9 -"$pid"; while kill -0 -"$pid" 2>/dev/null; do sleep 0.005; done',
+      ...untilStarted,
+      // The container itself too: a removal that comes before its setsid finds no group of that id yet.
+      '  read pid < "$containers/$name"; [ -z "$pid" ] || kill -9 "$pid" -"$pid" 2>/dev/null',
+      '  while [ -n "$pid" ] && { kill -0 "$pid" || kill -0 -"$pid"; } 2>/dev/null; do sleep 0.005; done',
       '  rm -f "$containers/$name"; exit 0;;',
       "esac",
       `echo $$ > '${dir}/client'`,
@@ -34,8 +48,8 @@ export function writeDockerStandIn(dir: string, calls = path.join(dir, "docker-c
       '[ -z "$envfile" ] || while IFS= read -r line || [ -n "$line" ]; do export "$line"; done < "$envfile"',
       'mkdir -p "$containers"; cd "$src" || exit 125',
       // setsid: the container's processes are a group of their own, which the client's death leaves running.
-      'AGENTPOOLS_STATE_FILE="$src/.agentpools/state" setsid /bin/sh -ec "$last" & echo $! > "$containers/$name"',
-      'wait $!; code=$?; rm -f "$containers/$name"; exit $code',
+      `${created}; ( ${ownPid()}; AGENTPOOLS_STATE_FILE="$src/.agentpools/state" exec setsid /bin/sh -ec "$last" ) &`,
+      'wait $!; code=$?; rm -f "$f"; exit $code',
     ].join("\n"),
   );
   chmodSync(docker, 0o755);
@@ -63,7 +77,8 @@ export function writeFlowsDockerStandIn(dir: string): string {
       'case "$1" in kill|rm) name=$last',
       `  while [ -e '${dir}/hold' ]; do sleep 0.01; done`,
       '  [ -f "$containers/$name" ] || { echo "Error response from daemon: No such container: $name" >&2; exit 1; }',
-      '  read pid uid < "$containers/$name"; kill -9 "$pid"; tail --pid="$pid" -s 0.005 -f /dev/null',
+      ...untilStarted,
+      '  read pid uid < "$containers/$name"; [ -z "$pid" ] || { kill -9 "$pid"; tail --pid="$pid" -s 0.005 -f /dev/null; }',
       '  rm -f "$containers/$name"; exit 0;;',
       "esac",
       'for f in "$containers"/*; do [ -f "$f" ] || continue; read p u < "$f"',
@@ -72,9 +87,9 @@ export function writeFlowsDockerStandIn(dir: string): string {
       'while [ $# -gt 0 ]; do case "$1" in --volume=*:/agentpools/runtime.js:ro) runtime=${1#--volume=}; runtime=${runtime%:/agentpools/runtime.js:ro};; --) shift 3; break;; esac; shift; done',
       // The container: its own process, reading the client's stdin (an asynchronous list's would be /dev/null).
       "exec 3<&0",
-      `env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done) <&3 3<&- &`,
-      'echo "$! $uid" > "$containers/$name"; exec 3<&-',
-      'wait $!; code=$?; rm -f "$containers/$name"; exit $code',
+      `${created}; ( ${ownPid(" $uid")}; exec env -i '${process.execPath}' $(for a; do case "$a" in /agentpools/runtime.js) echo "$runtime";; *=/agentpools/runtime.js) echo "\${a%=*}=$runtime";; *=/work) echo "\${a%=*}=$work";; *) echo "$a";; esac; done) ) <&3 3<&- &`,
+      "exec 3<&-",
+      'wait $!; code=$?; rm -f "$f"; exit $code',
     ].join("\n"),
   );
   chmodSync(file, 0o755);
