@@ -4,7 +4,7 @@
 // Every byte counts against EC2's 16 KB of user-data: `node scripts/bundle.mjs --analyze`
 // prints what each source file costs once compressed as user-data carries it.
 import { build } from "esbuild";
-import { createRequire, SourceMap } from "node:module";
+import { createRequire, isBuiltin, SourceMap } from "node:module";
 import { brotliCompressSync, constants, gzipSync } from "node:zlib";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
@@ -26,12 +26,12 @@ const without = (schema, keys) =>
 
 /**
  * What an EC2 bundle reads of its settings schema (servedSettings, runRole): the secret settings' variables, the
- * metadata tags' key, the executor or vendor it serves, and which of those are required. The rest of its settings
- * come typed in the instance file, as the component checked them.
+ * metadata tags' key, and which of those are required. The rest of its settings come typed in the instance file, as
+ * the component checked them; its executor or vendor is the variant's (BUILT_FOR), never read from the schema.
  */
 function ec2Properties({ properties, required = [] }) {
   const kept = Object.entries(properties)
-    .filter(([key, p]) => p.secret || p.encoding === "map" || key === "executor" || key === "vendor")
+    .filter(([, p]) => p.secret || p.encoding === "map")
     .map(([key, p]) => [key, { env: p.env, secret: p.secret, encoding: p.encoding }]);
   return { properties: Object.fromEntries(kept), required: required.filter((key) => kept.some(([k]) => k === key)) };
 }
@@ -105,7 +105,9 @@ const builtinModules = {
       const names = Object.keys(require(args.path)).filter(
         (name) => /^[A-Za-z_$][\w$]*$/.test(name) && name !== "default",
       );
-      const module = `require("${args.path}")`;
+      // Without "node:" where Node knows the bare name (a bare built-in name always loads the built-in): 5 bytes less.
+      const bare = args.path.replace(/^node:/, "");
+      const module = `require("${isBuiltin(bare) ? bare : args.path}")`;
       return { contents: `export default ${module};\nexport const { ${names.join(", ")} } = ${module};`, loader: "js" };
     });
   },
@@ -194,6 +196,9 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
       ...compress,
       passes: 3,
       unsafe_methods: true,
+      // Function declarations first in their scope, where JavaScript hoists them anyway: the same code, in an order
+      // Brotli packs smaller (launcher -29 B, VCS -31, Flows -8/-16).
+      hoist_funs: true,
     },
     mangle: {
       toplevel: true,
