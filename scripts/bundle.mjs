@@ -59,7 +59,7 @@ const inlineModules = (role, variant) => ({
       loader: "ts",
     }));
     b.onLoad({ filter: /agent[\\/]config[\\/]built-for\.ts$/ }, () => ({
-      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
+      contents: `export const BUILT_FOR = ${JSON.stringify({ ...variant, role })};`,
       loader: "ts",
     }));
   },
@@ -114,19 +114,22 @@ const builtinModules = {
 };
 
 /**
- * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/variants.ts) as the variant's values, written into
- * the source as esbuild's `define` would (which reaches globals only, not an imported name): the comparisons become
- * constant, and the minifier leaves out the code they exclude. (A value in a variable, even a constant, is not
- * folded where a hoisted function may read it before it is set.)
+ * `BUILT_FOR.platform`, `.executor`, `.vendor` (agent/config/variants.ts) and `.role` (the bundle's) as the variant's
+ * values, written into the source as esbuild's `define` would (which reaches globals only, not an imported name): the
+ * comparisons become constant, and the minifier leaves out the code they exclude. (A value in a variable, even a
+ * constant, is not folded where a hoisted function may read it before it is set.)
  */
 export const withVariant = (source, variant) =>
-  source.replace(/\bBUILT_FOR\.(platform|executor|vendor)\b/g, (_, key) => JSON.stringify(variant[key]) ?? "undefined");
+  source.replace(
+    /\bBUILT_FOR\.(platform|executor|vendor|role)\b/g,
+    (_, key) => JSON.stringify(variant[key]) ?? "undefined",
+  );
 
-const sourceRewrites = (variant) => ({
+const sourceRewrites = (built) => ({
   name: "source-rewrites",
   setup(b) {
     b.onLoad({ filter: /\.ts$/ }, (args) => ({
-      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), variant),
+      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), built),
       loader: "ts",
     }));
   },
@@ -167,7 +170,7 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineModules(role, variant), sourceRewrites(variant), builtinModules],
+    plugins: [inlineModules(role, variant), sourceRewrites({ ...variant, role }), builtinModules],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
