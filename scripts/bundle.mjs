@@ -32,7 +32,8 @@ const without = (schema, keys) =>
 function ec2Properties({ properties, required = [] }) {
   const kept = Object.entries(properties)
     .filter(([, p]) => p.secret || p.encoding === "map")
-    .map(([key, p]) => [key, { env: p.env, secret: p.secret, encoding: p.encoding }]);
+    // The map's variable prefix is the environment's, which an EC2 bundle never reads settings from.
+    .map(([key, p]) => [key, p.secret ? { env: p.env, secret: true } : { encoding: p.encoding }]);
   return { properties: Object.fromEntries(kept), required: required.filter((key) => kept.some(([k]) => k === key)) };
 }
 
