@@ -109,7 +109,7 @@ function runBootPiece(script: string, lines: string[], bin: string) {
 const localUnpack = (lines: string[], root: string) =>
   [
     lines.find((l) => l.startsWith("umask ")),
-    (lines.find((l) => l.startsWith("br() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath)),
+    (lines.find((l) => l.startsWith("br() {")) as string).replace("node-24", JSON.stringify(process.execPath)),
     `cd ${root}`,
     // (The bundle's folder, when the bundle travels alone.)
     lines.find((l) => l.startsWith("mkdir -p ./")) ?? "",

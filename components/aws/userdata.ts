@@ -218,13 +218,14 @@ const heredocFiles = (script: string): UserDataFile[] =>
     content: content + "\n",
   }));
 /**
- * `br`: Brotli's decompressor, Node.js's (`node -e` has the built-in modules as globals, as its REPL does).
+ * `br`: Brotli's decompressor, Node.js's (`node -e` has the built-in modules as globals, as its REPL does), found on
+ * the PATH as the script's other commands are (dnf puts it in /usr/bin).
  * Archives go on to bash (`base64 -d ... | br | bash`), user-data's and the config parameter's alike; a bundle
  * travelling alone straight to its file (`base64 -d ... | br > file`: no heredoc around it, whose text costs more at
  * the start of a Brotli stream than in the script).
  */
 const brFunction = (spec: Pick<UserDataSpec, "nodeMajor">) =>
-  `br() { /usr/bin/node-${spec.nodeMajor} -e 'process.stdout.write(zlib.brotliDecompressSync(fs.readFileSync(0)))'; }`;
+  `br() { node-${spec.nodeMajor} -e 'process.stdout.write(zlib.brotliDecompressSync(fs.readFileSync(0)))'; }`;
 /** Files the script writes as they are: the ones needed before Node.js is installed. */
 const EARLY_FILES = [CA_BUNDLE_PATH];
 
