@@ -525,12 +525,19 @@ function gzipParts(parts: string[]): Buffer {
   const data = Buffer.from(parts.join(""), "utf8");
   const deflated = parts.map((part, i) => {
     const before = Buffer.from(parts.slice(0, i).join(""), "utf8");
-    return deflateRawSync(part, {
-      level: 9,
-      memLevel: 9,
-      finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
-      ...(before.length > 0 && { dictionary: before.subarray(-32_768) }),
-    });
+    // Huffman codes alone suit base64, where a match costs more than the letters it stands for: the smaller is kept.
+    const [best] = [constants.Z_DEFAULT_STRATEGY, constants.Z_HUFFMAN_ONLY]
+      .map((strategy) =>
+        deflateRawSync(part, {
+          level: 9,
+          memLevel: 9,
+          strategy,
+          finishFlush: i === parts.length - 1 ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
+          ...(before.length > 0 && { dictionary: before.subarray(-32_768) }),
+        }),
+      )
+      .sort((a, b) => a.length - b.length);
+    return best;
   });
   // Header: deflate, no name or time, maximum compression, "Unix" (the same bytes on any OS the stack is rendered on).
   const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
