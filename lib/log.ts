@@ -22,7 +22,7 @@ export function createLogger(
   const secrets = new Set<string>();
   const emit = (level: Level, msg: string, fields?: Fields) => {
     let line = JSON.stringify({ time: new Date(), level, role, msg, ...fields });
-    for (const secret of secrets) line = line.split(secret).join("[redacted]");
+    for (const secret of secrets) line = line.replaceAll(secret, "[redacted]");
     for (const sink of sinks) sink(line);
   };
   return {

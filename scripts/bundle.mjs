@@ -4,7 +4,7 @@
 // Every byte counts against EC2's 16 KB of user-data: `node scripts/bundle.mjs --analyze`
 // prints what each source file costs once compressed as user-data carries it.
 import { build } from "esbuild";
-import { createRequire, SourceMap } from "node:module";
+import { createRequire, isBuiltin, SourceMap } from "node:module";
 import { brotliCompressSync, constants, gzipSync } from "node:zlib";
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
@@ -26,13 +26,14 @@ const without = (schema, keys) =>
 
 /**
  * What an EC2 bundle reads of its settings schema (servedSettings, runRole): the secret settings' variables, the
- * metadata tags' key, the executor or vendor it serves, and which of those are required. The rest of its settings
- * come typed in the instance file, as the component checked them.
+ * metadata tags' key, and which of those are required. The rest of its settings come typed in the instance file, as
+ * the component checked them; its executor or vendor is the variant's (BUILT_FOR), never read from the schema.
  */
 function ec2Properties({ properties, required = [] }) {
   const kept = Object.entries(properties)
-    .filter(([key, p]) => p.secret || p.encoding === "map" || key === "executor" || key === "vendor")
-    .map(([key, p]) => [key, { env: p.env, secret: p.secret, encoding: p.encoding }]);
+    .filter(([, p]) => p.secret || p.encoding === "map")
+    // The map's variable prefix is the environment's, which an EC2 bundle never reads settings from.
+    .map(([key, p]) => [key, p.secret ? { env: p.env, secret: true } : { encoding: p.encoding }]);
   return { properties: Object.fromEntries(kept), required: required.filter((key) => kept.some(([k]) => k === key)) };
 }
 
@@ -59,7 +60,7 @@ const inlineModules = (role, variant) => ({
       loader: "ts",
     }));
     b.onLoad({ filter: /agent[\\/]config[\\/]built-for\.ts$/ }, () => ({
-      contents: `export const BUILT_FOR = ${JSON.stringify(variant)};`,
+      contents: `export const BUILT_FOR = ${JSON.stringify({ ...variant, role })};`,
       loader: "ts",
     }));
   },
@@ -105,26 +106,31 @@ const builtinModules = {
       const names = Object.keys(require(args.path)).filter(
         (name) => /^[A-Za-z_$][\w$]*$/.test(name) && name !== "default",
       );
-      const module = `require("${args.path}")`;
+      // Without "node:" where Node knows the bare name (a bare built-in name always loads the built-in): 5 bytes less.
+      const bare = args.path.replace(/^node:/, "");
+      const module = `require("${isBuiltin(bare) ? bare : args.path}")`;
       return { contents: `export default ${module};\nexport const { ${names.join(", ")} } = ${module};`, loader: "js" };
     });
   },
 };
 
 /**
- * `BUILT_FOR.platform`, `.executor` and `.vendor` (agent/config/variants.ts) as the variant's values, written into
- * the source as esbuild's `define` would (which reaches globals only, not an imported name): the comparisons become
- * constant, and the minifier leaves out the code they exclude. (A value in a variable, even a constant, is not
- * folded where a hoisted function may read it before it is set.)
+ * `BUILT_FOR.platform`, `.executor`, `.vendor` (agent/config/variants.ts) and `.role` (the bundle's) as the variant's
+ * values, written into the source as esbuild's `define` would (which reaches globals only, not an imported name): the
+ * comparisons become constant, and the minifier leaves out the code they exclude. (A value in a variable, even a
+ * constant, is not folded where a hoisted function may read it before it is set.)
  */
 export const withVariant = (source, variant) =>
-  source.replace(/\bBUILT_FOR\.(platform|executor|vendor)\b/g, (_, key) => JSON.stringify(variant[key]) ?? "undefined");
+  source.replace(
+    /\bBUILT_FOR\.(platform|executor|vendor|role)\b/g,
+    (_, key) => JSON.stringify(variant[key]) ?? "undefined",
+  );
 
-const sourceRewrites = (variant) => ({
+const sourceRewrites = (built) => ({
   name: "source-rewrites",
   setup(b) {
     b.onLoad({ filter: /\.ts$/ }, (args) => ({
-      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), variant),
+      contents: withVariant(builtinsAsRequires(readFileSync(args.path, "utf8")), built),
       loader: "ts",
     }));
   },
@@ -165,7 +171,7 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
     // repeated beside the parameter properties.
     tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
     // Registered first, so the schema is inlined rather than read.
-    plugins: [inlineModules(role, variant), sourceRewrites(variant), builtinModules],
+    plugins: [inlineModules(role, variant), sourceRewrites({ ...variant, role }), builtinModules],
   });
   // Checked before anything is written, so a bad bundle never replaces a good one.
   const external = Object.keys(result.metafile.inputs).filter((input) => input.includes("node_modules"));
@@ -194,6 +200,9 @@ export async function bundleRole(role, { sourceMap = false, variant = {} } = {})
       ...compress,
       passes: 3,
       unsafe_methods: true,
+      // Function declarations first in their scope, where JavaScript hoists them anyway: the same code, in an order
+      // Brotli packs smaller (launcher -29 B, VCS -31, Flows -8/-16).
+      hoist_funs: true,
     },
     mangle: {
       toplevel: true,

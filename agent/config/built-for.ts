@@ -1,5 +1,6 @@
 import type { FLOWS_EXECUTORS } from "./flows-agent";
 import type { VCS_VENDORS } from "./vcs-agent";
+import type { RoleName } from "./roles";
 
 /**
  * What a runtime bundle serves. The full bundle (build/bundles/ROLE.js: Kubernetes, tests, by
@@ -15,9 +16,13 @@ export interface BundleVariant {
   vendor?: (typeof VCS_VENDORS)[number];
 }
 
+/** A bundle is one role's (the Flows runtimes' own: the runner's): code only another role runs folds out of it. */
+export type BuiltFor = BundleVariant & { role?: RoleName | "flows-runner" };
+
 /**
- * {} here, and in the full bundle: every path is open. Read its fields by name only (BUILT_FOR.executor): a dynamic
+ * {} here (unbundled): every path is open; a full bundle's names its role alone. Read its fields by name only
+ * (BUILT_FOR.executor): a dynamic
  * read keeps the minifier from folding them. A module without imports (its types only), so the Flows runner, which
  * runs unbundled in tests under Node's permission model, reads this file alone.
  */
-export const BUILT_FOR: BundleVariant = {};
+export const BUILT_FOR: BuiltFor = {};

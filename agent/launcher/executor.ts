@@ -4,6 +4,7 @@ import path from "node:path";
 import type { LauncherSettings } from "../config/launcher";
 import type { Logger } from "../../lib/log";
 import { containerGone } from "../runtime/docker";
+import { BUILT_FOR } from "../config/built-for";
 
 /** Where a run's workspace is inside its container; its state file sits in it. */
 export const CONTAINER_WORKSPACE = "/workspace";
@@ -133,8 +134,15 @@ export function dockerRunArgs(
   ];
 }
 
-/** What the Docker client itself needs from the launcher's environment. */
-const DOCKER_CLIENT_ENV = ["PATH", "HOME", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"];
+/**
+ * What the Docker client itself needs from the launcher's environment. On EC2 the engine is the instance's own, and the
+ * unit the component writes sets none of the DOCKER_ variables: PATH and HOME alone.
+ */
+const DOCKER_CLIENT_ENV = [
+  "PATH",
+  "HOME",
+  ...(BUILT_FOR.platform === "ec2" ? [] : ["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"]),
+];
 
 /** Each run a sibling container started through the Docker CLI (`docker` may name another binary, for tests). */
 export function dockerExecutor(

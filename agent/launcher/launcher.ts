@@ -26,7 +26,7 @@ import { runPolicyJsonSchema } from "../config/settings-schema";
 import { sleep } from "../runtime/http";
 import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
-import { gatewayRequest, type GatewayRequest } from "../tunnel/dial";
+import { fetchGateway, gatewayRequest, type GatewayRequest } from "../tunnel/dial";
 import { decodeToken, type PoolToken } from "../../protocol/token";
 import { parseMessage } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
@@ -197,13 +197,14 @@ export async function keepState(workspace: string, into: string, limit: number):
     // One byte past the limit at most, to know it was passed.
     await pipeline(createReadStream("", { fd, autoClose: false, end: limit }), copy);
     if (copy.bytesWritten <= limit) return true;
-    throw new Error("grew past the limit");
   } catch {
-    rmSync(into, { force: true });
-    return false;
+    // Not copied: not kept.
   } finally {
     closeSync(fd);
   }
+  // A copy that failed, or that passed the limit, goes.
+  rmSync(into, { force: true });
+  return false;
 }
 
 /** The headers that authenticate the launcher: the pool's secret, and a fresh signature by the pool's key. */
@@ -232,7 +233,7 @@ export class Launcher extends WebSocketLink {
   private stopping = false;
   private tick?: NodeJS.Timeout;
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
-  private termMs = 60_000;
+  private leaseTermMs = 60_000;
 
   /** A run is in progress, or its result not yet taken by the gateway (the pool's busy metric, and scale-in protection). */
   get busy(): boolean {
@@ -257,20 +258,20 @@ export class Launcher extends WebSocketLink {
    */
   private stateRequest(run: string, fence: number, request: Omit<GatewayRequest, "path" | "headers">, type?: string) {
     const { settings, token } = this.context;
-    return gatewayRequest(
-      new URL(token.gateway),
-      {
-        ...request,
-        path: statePath(token.pool, run),
-        // (An upload is sent chunked: no length is given.)
-        headers: {
-          ...credentials(this.context, this.worker),
-          [FENCE_HEADER]: String(fence),
-          ...(type && { "content-type": type }),
-        },
+    const { gateway } = this.link;
+    const signed = {
+      ...request,
+      path: statePath(token.pool, run),
+      // (An upload is sent chunked: no length is given.)
+      headers: {
+        ...credentials(this.context, this.worker),
+        [FENCE_HEADER]: String(fence),
+        ...(type && { "content-type": type }),
       },
-      BUILT_FOR.platform === "ec2" ? {} : { proxy: settings.httpsProxy, noProxy: settings.noProxy },
-    );
+    };
+    return BUILT_FOR.platform === "ec2"
+      ? fetchGateway(gateway, signed)
+      : gatewayRequest(gateway, signed, { proxy: settings.httpsProxy, noProxy: settings.noProxy });
   }
 
   private send(message: FromWorker): void {
@@ -294,7 +295,7 @@ export class Launcher extends WebSocketLink {
         if (message.fence !== run.fence) return;
         // The gateway just extended the lease, by its own term (a restarted gateway's may differ), if it is one.
         const term = message.termMs;
-        if (typeof term === "number" && term >= LEASE_TERM_MS.min && term <= LEASE_TERM_MS.max) this.termMs = term;
+        if (typeof term === "number" && term >= LEASE_TERM_MS.min && term <= LEASE_TERM_MS.max) this.leaseTermMs = term;
         clearTimeout(this.tick);
         this.tick = undefined;
         this.renew();
@@ -348,7 +349,7 @@ export class Launcher extends WebSocketLink {
       this.send({ type: "renew", leases: this.leases() });
       for (const run of this.held.values()) void this.deliver(run);
       this.renew();
-    }, this.termMs / 3).unref();
+    }, this.leaseTermMs / 3).unref();
   }
 
   private async take(spec: RunSpec, { fence }: Lease): Promise<void> {

@@ -1,4 +1,4 @@
-import { createHash, createHmac } from "node:crypto";
+import { createHmac, hash } from "node:crypto";
 
 /** An instance role's credentials, in the names IMDS gives them (the bundle carries no mapping). */
 export interface Credentials {
@@ -9,7 +9,7 @@ export interface Credentials {
   Expiration?: string;
 }
 
-const sha256 = (data: string) => createHash("sha256").update(data, "utf8").digest("hex");
+const sha256 = (data: string) => hash("sha256", data);
 const hmac = (key: Buffer | string, data: string) => createHmac("sha256", key).update(data, "utf8").digest();
 
 /**

@@ -1,6 +1,7 @@
 import { subscribe } from "node:diagnostics_channel";
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
+import { BUILT_FOR } from "../config/built-for";
 import {
   PING_INTERVAL_MS,
   PING_MESSAGE,
@@ -85,6 +86,9 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
   let heard = () => {};
   const finish = () => link.open && ((link.open = false), link.emit("close"));
   link.send = (text, sent) => {
+    // Only the Flows agent waits for a message to leave (a run's result, as it drains): the launcher's bundle leaves
+    // the waiting out.
+    if (BUILT_FOR.role === "launcher") return void (link.open && ws.send(text));
     if (!link.open) return sent?.();
     ws.send(text);
     if (!sent) return;

@@ -3,15 +3,18 @@ import { createHash, randomBytes } from "node:crypto";
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { gunzipSync } from "node:zlib";
+import { brotliCompressSync, brotliDecompressSync, constants, gunzipSync } from "node:zlib";
 import { statSync } from "node:fs";
 import {
+  BROTLI_PARAMS,
+  bundlePath,
   configFiles,
   decodeUserData,
   GVISOR,
   renderConfigParameterValue,
   renderScript,
   renderUserData,
+  packBundle,
   unpackFiles,
   USER_DATA_LIMIT,
   UserDataTooLargeError,
@@ -19,6 +22,8 @@ import {
 } from "./userdata";
 import { CA_EC } from "../../devkit/fixtures";
 import { scratchDir } from "../../devkit/helpers";
+import { runtimeBundle } from "../shared/bundles";
+import { ec2Variant } from "../../agent/config/variants";
 
 function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
   return {
@@ -104,7 +109,7 @@ function runBootPiece(script: string, lines: string[], bin: string) {
 const localUnpack = (lines: string[], root: string) =>
   [
     lines.find((l) => l.startsWith("umask ")),
-    (lines.find((l) => l.startsWith("br() {")) as string).replace("/usr/bin/node-24", JSON.stringify(process.execPath)),
+    (lines.find((l) => l.startsWith("br() {")) as string).replace("node-24", JSON.stringify(process.execPath)),
     `cd ${root}`,
     // (The bundle's folder, when the bundle travels alone.)
     lines.find((l) => l.startsWith("mkdir -p ./")) ?? "",
@@ -494,6 +499,27 @@ describe("user-data", () => {
     assert.equal(a.readUInt32LE(4), 0, "no modification time");
     assert.equal(a[9], 3, "OS byte is Unix");
     assert.ok(!a.equals(renderUserData(spec({ stopTimeoutSeconds: 631 }))));
+  });
+
+  it("carries a bundle travelling alone as the smallest of Brotli's distance parameters, which decodes to it", () => {
+    const bundle = runtimeBundle("launcher", ec2Variant("launcher", {}));
+    const packed = Buffer.from(packBundle(bundle), "base64");
+    assert.equal(brotliDecompressSync(packed).toString("utf8"), bundle);
+    // Each parameter set, compressed here: the bundle's bytes are the smallest of them (Brotli's default first).
+    const sizes = Array.from(
+      { length: 16 },
+      (_, direct) =>
+        brotliCompressSync(Buffer.from(bundle), {
+          params: { ...BROTLI_PARAMS, [constants.BROTLI_PARAM_NPOSTFIX]: 0, [constants.BROTLI_PARAM_NDIRECT]: direct },
+        }).length,
+    );
+    assert.equal(packed.length, Math.min(...sizes));
+    // And user-data decodes back to the bundle it was given.
+    const alone = spec({
+      bundle,
+      configParameter: { name: "/agentpools/agentpools-build-1a2b3c4d/config", version: 3 },
+    });
+    assert.equal(decodeUserData(renderUserData(alone)).files.get(bundlePath("launcher"))?.content, bundle);
   });
 
   it("refuses user-data over 16,384 gzipped bytes, naming the pool and the size", () => {
