@@ -196,6 +196,55 @@ describe("EC2 bundle variants", () => {
     assert.doesNotMatch(output, /Connected to the server|runtimes isolated/);
   });
 
+  it("the full Flows bundle (a pod's agent), runtimes of user isolation: its disk walker thread, evaluated from the minified code, ends a run over its disk; a run under it answers", async function () {
+    if (process.getuid?.() !== 0) this.skip(); // uids of their own
+    this.timeout(30_000);
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const { pool, token } = createPool("01PODFLOWS", "flows", url);
+    const gateway = new Gateway({ pools: [pool], port, log: capturingLogger("gateway").log });
+    await gateway.listen();
+    // Where runtimes of other uids reach it: right under the temporary directory.
+    const runtimes = mkdtempSync(path.join(tmpdir(), "agentpools-pod-flows-"));
+    const child = spawn(
+      process.execPath,
+      [...RUNTIME_NODE_FLAGS, path.join(packageRoot(), "build/bundles/flows-agent.js")],
+      {
+        env: {
+          PATH: process.env.PATH,
+          FLOWS_AGENT_POOL_ID: "01PODFLOWS",
+          FLOWS_AGENT_POOL_TOKEN: token,
+          FLOWS_GATEWAY_ENDPOINT: url,
+          FLOWS_ENDPOINT: url,
+          FLOWS_EXECUTOR: "process",
+          FLOWS_RUNTIME_ISOLATION: "user",
+          FLOWS_RUNTIME_DISK_MB: "16",
+          FLOWS_RUNTIME_POOL_SIZE: "1",
+          FLOWS_RUNTIME_UIDS: "1900300016-1900300019",
+          FLOWS_DOCKER_MOUNTS_TEMPDIR: runtimes,
+        },
+        stdio: ["ignore", "ignore", "inherit"],
+      },
+    );
+    const run = (code: string) => readAnswer(gateway.flows.run("01PODFLOWS", { kind: "block", code }));
+    try {
+      await eventually(() => gateway.summary()[0].connections === 1, 15_000, "the agent connected");
+      // At least 4 KB an entry: 5000 empty files are over 16 MB. Each run waits long enough to be measured.
+      const filler = await run(
+        "const fs = await import('node:fs'); for (let d = 0; d < 50; d++) { fs.mkdirSync('t/' + d, { recursive: true }); for (let f = 0; f < 100; f++) fs.writeFileSync('t/' + d + '/' + f, ''); } await new Promise((r) => setTimeout(r, 10000)); return 'kept';",
+      );
+      assert.match(filler.error?.message ?? JSON.stringify(filler), /disk limit: \d+ MB of 16 MB/);
+      const small = await run(
+        "(await import('node:fs')).writeFileSync('a', 'b'); await new Promise((r) => setTimeout(r, 300)); return 'measured';",
+      );
+      assert.deepEqual([small.ok, small.value], [true, "measured"], JSON.stringify(small));
+    } finally {
+      child.kill("SIGTERM");
+      await gateway.close();
+      rmSync(runtimes, { recursive: true, force: true });
+    }
+  });
+
   it("the Flows process bundle (Node's own WebSocket): runs code through a real gateway; on SIGTERM a run in flight still answers, then it leaves", async function () {
     if (process.getuid?.() !== 0) this.skip(); // EC2's process executor isolates runtimes in namespaces under uids of their own
     this.timeout(30_000);

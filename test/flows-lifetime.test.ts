@@ -2,7 +2,7 @@
 // fails for want of a uid, and a runtime can do nothing once its answer is taken.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import {
+import fs, {
   chmodSync,
   chownSync,
   existsSync,
@@ -237,6 +237,42 @@ describe("Flows runtimes: nothing outlives its place", function () {
       assert.deepEqual([other.ok, other.value, next.value], [true, "beside", 2]);
     } finally {
       rmSync(scratchRoot, { recursive: true, force: true });
+    }
+  });
+
+  it("user: a run's scratch is walked on a thread of its own, never on the agent's event loop: many entries end the run over its disk, and no lookup inside a scratch is the agent's", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const { launcher, dispose, scratchRoot } = userLauncher(range(13, 2, 8));
+    const executor = createExecutor({ poolSize: 1, launcher, log: capturingLogger("flows-agent").log });
+    // The agent's own lookups (this thread's fs) of paths inside a scratch: below the scratch root's own entries.
+    const inside: string[] = [];
+    const real = { lstatSync: fs.lstatSync, opendirSync: fs.opendirSync, statSync: fs.statSync };
+    const watch = <F extends (at: fs.PathLike, ...rest: never[]) => unknown>(original: F) =>
+      ((at: fs.PathLike, ...rest: never[]) => {
+        if (path.relative(scratchRoot, String(at)).split(path.sep).length > 1) inside.push(String(at));
+        return original(at, ...rest);
+      }) as unknown as F;
+    Object.assign(fs, {
+      lstatSync: watch(real.lstatSync),
+      opendirSync: watch(real.opendirSync),
+      statSync: watch(real.statSync),
+    });
+    try {
+      // 16 MB of disk, at least 4 KB an entry: 5000 empty files in a tree are over it.
+      const outcome = await executor.run(
+        {
+          kind: "block",
+          code: "const fs = await import('node:fs'); for (let d = 0; d < 50; d++) { fs.mkdirSync('t/' + d, { recursive: true }); for (let f = 0; f < 100; f++) fs.writeFileSync('t/' + d + '/' + f, ''); } await new Promise((r) => setTimeout(r, 15000)); return 'kept';",
+          inputs: {},
+        },
+        20_000,
+      );
+      assert.match(outcome.error?.message ?? JSON.stringify(outcome), /disk limit: \d+ MB of 16 MB/);
+      assert.deepEqual(inside.slice(0, 3), [], "the agent looked inside a scratch itself");
+    } finally {
+      Object.assign(fs, real);
+      executor.close();
+      dispose();
     }
   });
 

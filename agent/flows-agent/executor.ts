@@ -17,6 +17,7 @@ import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader, type CheckedAnswer } from "./channel";
+import { ENTRY_BYTES, walkDisk } from "./disk-walker";
 import { containerGone } from "../runtime/docker";
 import {
   bwrapArgs,
@@ -51,7 +52,7 @@ export interface Spawned {
   answers: Readable;
   /** The process whose resident memory counts. */
   memoryPid(): number | undefined;
-  /** Where its writes may land when no size-capped file system holds them (see diskUsage). */
+  /** Where its writes may land when no size-capped file system holds them (see walkDisk). */
   scratch?(): string[];
   kill(): void;
   /** Stops it where it is (SIGSTOP), at once and cheaply, until kill; where it cannot be stopped, as kill. */
@@ -157,70 +158,35 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
         jobs.write(encodeFrame(job));
         timers.push(setTimeout(() => end(`the run timed out after ${timeoutMs} ms`), timeoutMs));
         const diskBytes = diskMb * 1048576;
-        // A scratch of many files takes a while to measure: measured again only after four times as long, so a run's
-        // walks take at most a fifth of the agent's time.
-        let measureAt = 0;
+        // Its disk is measured on the walker thread (see walkDisk), one walk in flight at a time.
+        let measuring = false;
         timers.push(
           setInterval(() => {
             if ((residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB)
               return end("the run exceeded its memory limit");
             // (Never on EC2, whose runtimes' scratch is a size-capped tmpfs: the block leaves its bundles.)
-            if (BUILT_FOR.platform === "ec2" || !spawned.scratch || performance.now() < measureAt) return;
-            const began = performance.now();
-            let used = Infinity;
+            if (BUILT_FOR.platform === "ec2" || !spawned.scratch || measuring) return;
+            measuring = true;
             // Whatever a run made that cannot be measured ends that run, never the agent (a throw here is uncaught).
+            let paths: string[] = [];
             try {
-              used = diskUsage(spawned.scratch(), diskBytes);
+              paths = spawned.scratch();
             } catch {
-              // Infinity: over any cap.
+              // Unlisted: measured as nothing beside its scratch.
             }
-            measureAt = performance.now() + 4 * (performance.now() - began);
-            if (used > diskBytes)
-              end(
-                used === Infinity
-                  ? "the run made its scratch space unreadable to the agent, which measures it"
-                  : `the run exceeded its disk limit: ${Math.ceil(used / 1048576)} MB of ${diskMb} MB`,
-              );
+            void walkDisk(paths, diskBytes).then((used) => {
+              measuring = false;
+              if (used > diskBytes)
+                end(
+                  used === Infinity
+                    ? "the run made its scratch space unreadable to the agent, which measures it"
+                    : `the run exceeded its disk limit: ${Math.ceil(used / 1048576)} MB of ${diskMb} MB`,
+                );
+            });
           }, 20),
         );
       }),
   };
-}
-
-/** What an entry costs at the least: a block (an empty file or a link still takes an inode, on the same disk). */
-const ENTRY_BYTES = 4096;
-
-/**
- * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
- * walked to no more entries than `limit` allows, so a tree of many small files costs the agent a bounded walk.
- * Infinity if some entry of it cannot be measured (a run may not hide files from the count).
- */
-export function diskUsage(paths: string[], limit: number): number {
-  let used = 0;
-  let entries = 0;
-  const pending = [...paths];
-  while (pending.length > 0) {
-    if (++entries > limit / ENTRY_BYTES) return entries * ENTRY_BYTES;
-    const at = pending.pop() as string;
-    try {
-      // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
-      // what it holds: Infinity.
-      const stat = lstatSync(at, { throwIfNoEntry: false });
-      if (!stat) continue;
-      used += Math.max(stat.blocks * 512, ENTRY_BYTES);
-      if (!stat.isDirectory()) continue;
-      const dir = opendirSync(at);
-      try {
-        for (let entry; pending.length <= limit / ENTRY_BYTES && (entry = dir.readSync());)
-          pending.push(`${at}/${entry.name}`);
-      } finally {
-        dir.closeSync();
-      }
-    } catch (error) {
-      if (!["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code as string)) return Infinity;
-    }
-  }
-  return used;
 }
 
 /** SIGKILL (or `signal`), to a process that may be gone already. */
@@ -452,7 +418,7 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
           ]
         : [];
       // Without a size-capped tmpfs, no file of its own may pass its disk (the kernel answers EFBIG), and the watchdog
-      // measures its scratch (diskUsage).
+      // measures its scratch (walkDisk).
       const fileSize = namespaced ? [] : [`--fsize=${o.diskMb * 1048576}:${o.diskMb * 1048576}`];
       const [file, args, options] = asUser(uid, [
         "/usr/bin/prlimit",

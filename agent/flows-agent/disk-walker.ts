@@ -1,0 +1,97 @@
+import { lstatSync, opendirSync } from "node:fs";
+import { Worker } from "node:worker_threads";
+
+/** What an entry costs at the least: a block (an empty file or a link still takes an inode, on the same disk). */
+export const ENTRY_BYTES = 4096;
+
+/**
+ * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
+ * walked to no more entries than `limit` allows, so a tree of many small files costs a bounded walk. Infinity if some
+ * entry of it cannot be measured (a run may not hide files from the count). Self-contained but for `fs` and
+ * `entryBytes`: the walker thread evaluates its source.
+ */
+export function diskUsage(
+  paths: string[],
+  limit: number,
+  fs: { lstatSync: typeof lstatSync; opendirSync: typeof opendirSync } = { lstatSync, opendirSync },
+  entryBytes = ENTRY_BYTES,
+): number {
+  let used = 0;
+  let entries = 0;
+  const pending = [...paths];
+  while (pending.length > 0) {
+    if (++entries > limit / entryBytes) return entries * entryBytes;
+    const at = pending.pop() as string;
+    try {
+      // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
+      // what it holds: Infinity.
+      const stat = fs.lstatSync(at, { throwIfNoEntry: false });
+      if (!stat) continue;
+      used += Math.max(stat.blocks * 512, entryBytes);
+      if (!stat.isDirectory()) continue;
+      const dir = fs.opendirSync(at);
+      try {
+        for (let entry; pending.length <= limit / entryBytes && (entry = dir.readSync());)
+          pending.push(`${at}/${entry.name}`);
+      } finally {
+        dir.closeSync();
+      }
+    } catch (error) {
+      if (!["ENOENT", "ENOTDIR"].includes((error as NodeJS.ErrnoException).code as string)) return Infinity;
+    }
+  }
+  return used;
+}
+
+/**
+ * The walker thread: one walk at a time, in the order asked, each followed by a rest four times as long as it took.
+ * A run's tree (many entries, or deep ones, each of whose lookups costs its depth) costs this thread a fifth of a CPU
+ * at the most, whatever the number of runs: never the agent's event loop, its watchdogs and its connection.
+ */
+const WALKER = `const { parentPort } = require("node:worker_threads");
+const fs = require("node:fs");
+const diskUsage = ${diskUsage};
+const asked = [];
+let resting = false;
+const next = () => {
+  if (resting || asked.length === 0) return;
+  const { id, paths, limit } = asked.shift();
+  const began = performance.now();
+  let used = Infinity;
+  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}); } catch {}
+  parentPort.postMessage({ id, used });
+  resting = true;
+  setTimeout(() => { resting = false; next(); }, 4 * (performance.now() - began));
+};
+parentPort.on("message", (message) => { asked.push(message); next(); });`;
+
+let walker: { measure(paths: string[], limit: number): Promise<number> } | undefined;
+
+/** diskUsage on the walker thread, started at the first call; a thread that failed answers Infinity and is replaced. */
+export function walkDisk(paths: string[], limit: number): Promise<number> {
+  if (!walker) {
+    const thread = new Worker(WALKER, { eval: true });
+    thread.unref();
+    const waiting = new Map<number, (used: number) => void>();
+    let id = 0;
+    const lost = () => {
+      if (walker === made) walker = undefined;
+      for (const answer of waiting.values()) answer(Infinity);
+      waiting.clear();
+    };
+    thread.on("message", (message: { id: number; used: number }) => {
+      waiting.get(message.id)?.(message.used);
+      waiting.delete(message.id);
+    });
+    thread.on("error", lost).on("exit", lost);
+    const made = {
+      measure: (paths: string[], limit: number) =>
+        new Promise<number>((resolve) => {
+          waiting.set(++id, resolve);
+          thread.postMessage({ id, paths, limit });
+        }),
+    };
+    walker = made;
+  }
+  return walker.measure(paths, limit);
+}
