@@ -89,6 +89,11 @@ export const MAX_STATE_BYTES = 1024 * 1024 * 1024;
 
 /** Lines of a run's log kept, at the launcher and at the gateway; the launcher says where it cut. */
 export const MAX_LOG_LINES = 200_000;
+/**
+ * UTF-8 bytes of a run's log the launcher keeps (until the gateway acknowledges the run's end), whichever of the two
+ * caps comes first: lines of three-byte characters would otherwise hold gigabytes of its memory within the line cap.
+ */
+export const MAX_LOG_BYTES = 32 * 1024 * 1024;
 
 /** The launcher's headers: its ID (a UUID made at start) and, on a state upload, its lease's fence. */
 export const WORKER_HEADER = "x-agentpools-worker";

@@ -21,8 +21,8 @@ import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
 import { writeDockerStandIn } from "../devkit/docker-stand-in";
 import { certificateKey, openBuffer, privateKeyFromBase64, sealBuffer, sealStream } from "../protocol/seal";
 import { decodeToken } from "../protocol/token";
-import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
-import { WORKER_CONNECT_PATH } from "../protocol/worker";
+import { acceptWebSocket, WEBSOCKET_MAX_MESSAGE, type WebSocket } from "../protocol/websocket";
+import { MAX_LOG_BYTES, WORKER_CONNECT_PATH } from "../protocol/worker";
 
 const exec = promisify(execFile);
 const POOL = "hostile";
@@ -520,6 +520,56 @@ describe("launcher: a hostile gateway or run", function () {
         assert.equal(run.lines.filter((line) => line.startsWith(RUN_LINE_MARK)).length, 2);
         await stillWorks();
       });
+
+      it("a log of long lines of three-byte characters is cut at its byte cap: the launcher holds no more, says where, and serves the next run", async () => {
+        // 2,600 lines of 5,000 euro signs: 39 MB, well within the line cap.
+        const run = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["line=$(printf '\u20ac%.0s' $(seq 5000)); yes \"$line\" | head -n 2600"],
+        });
+        assert.equal(run.status, "succeeded", JSON.stringify(run.lines.slice(-2)));
+        const marker = run.lines.at(-1) ?? "";
+        const bytes = run.lines.slice(0, -1).reduce((sum, line) => sum + Buffer.byteLength(line), 0);
+        assert.match(marker, /^\[agentpools: the log is cut at 200000 lines or 32 MiB\]$/);
+        assert.ok(bytes <= MAX_LOG_BYTES && bytes > MAX_LOG_BYTES - 15_001, `${bytes} bytes kept`);
+        assert.ok(run.lines.slice(0, -1).every((line) => line === "\u20ac".repeat(5000)));
+        await stillWorks();
+      });
+
+      if (executor === "process")
+        it("a gateway that asks a long log again gets it whole, in messages under the WebSocket cap", async () => {
+          gateway.holdAcks = true;
+          try {
+            // 32 MiB of three-byte characters kept: as one message, the resend would be twice the cap.
+            const runId = id();
+            const run = await gateway.run({
+              id: runId,
+              image: "alpine:3",
+              commands: ["line=$(printf '\u20ac%.0s' $(seq 5000)); yes \"$line\" | head -n 2600"],
+            });
+            const fence = gateway.messages.find((m) => m.type === "accepted" && m.id === runId)?.fence;
+            const from = gateway.messages.length;
+            gateway.sendRaw(JSON.stringify({ type: "start", id: runId, fence, lines: 0, termMs: 60_000 }));
+            const resent = () => gateway.messages.slice(from).filter((m) => m.type === "log" && m.id === runId);
+            await eventually(
+              () => resent().reduce((n, m) => n + m.lines.length, 0) >= run.lines.length,
+              15_000,
+              "the log resent",
+            );
+            assert.deepEqual(
+              resent().flatMap((m) => m.lines),
+              run.lines,
+            );
+            for (const message of resent())
+              assert.ok(Buffer.byteLength(JSON.stringify(message)) < WEBSOCKET_MAX_MESSAGE, "a message under the cap");
+            assert.ok(resent().length > 1);
+          } finally {
+            gateway.holdAcks = false;
+            gateway.ackHeld();
+          }
+          await stillWorks();
+        });
 
       it("output without newlines is cut into bounded lines, without holding the launcher", async () => {
         const run = await gateway.run({

@@ -28,7 +28,7 @@ import type { Logger } from "../../lib/log";
 import type { Role, RunningAgent } from "../runtime/runtime";
 import { fetchGateway, gatewayRequest, type GatewayRequest } from "../tunnel/dial";
 import { decodeToken, type PoolToken } from "../../protocol/token";
-import { parseMessage } from "../../protocol/link";
+import { parseMessage, WEBSOCKET_MAX_MESSAGE } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
@@ -37,6 +37,7 @@ import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import {
   FENCE_HEADER,
   LEASE_TERM_MS,
+  MAX_LOG_BYTES,
   MAX_LOG_LINES,
   PROOF_HEADER,
   proofPayload,
@@ -302,8 +303,12 @@ export class Launcher extends WebSocketLink {
         run.go?.(true);
         // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
         const { lines } = message;
-        if (lines < run.lines.length) {
-          this.send({ type: "log", id: run.id, fence: run.fence, from: lines, lines: run.lines.slice(lines) });
+        // In messages far under the WebSocket cap (a longer one would close the connection, and the gateway would ask
+        // again): each character counted as six bytes, as JSON escapes a control character.
+        for (let from = lines, to = lines, size = 0; from < run.lines.length; from = to, size = 0) {
+          while (to < run.lines.length && (size += run.lines[to].length * 6) < WEBSOCKET_MAX_MESSAGE / 4) to++;
+          to = Math.max(to, from + 1);
+          this.send({ type: "log", id: run.id, fence: run.fence, from, lines: run.lines.slice(from, to) });
         }
         if (run.outcome) void this.deliver(run);
       } else if (message.type === "revoked") this.revoked(run, message.reason);
@@ -454,14 +459,20 @@ export class Launcher extends WebSocketLink {
         .filter(([name]) => masked.has(name))
         .map(([, value]) => value),
     ];
+    let bytes = 0;
+    let cut = false;
     const append = (lines: string[]) => {
       const from = run.lines.length;
-      if (from >= MAX_LOG_LINES) return;
-      // The last line kept says the log was cut: the gateway keeps as many lines, no more.
-      const kept =
-        from + lines.length > MAX_LOG_LINES
-          ? [...lines.slice(0, MAX_LOG_LINES - 1 - from), `[agentpools: the log is cut at ${MAX_LOG_LINES} lines]`]
-          : lines;
+      const kept: string[] = [];
+      // The last line kept says the log was cut, at whichever cap came first (the gateway keeps as many lines).
+      for (let i = 0; i < lines.length && !cut; i++) {
+        bytes += Buffer.byteLength(lines[i]);
+        cut = from + i === MAX_LOG_LINES - 1 || bytes > MAX_LOG_BYTES;
+        kept.push(
+          cut ? `[agentpools: the log is cut at ${MAX_LOG_LINES} lines or ${MAX_LOG_BYTES >> 20} MiB]` : lines[i],
+        );
+      }
+      if (kept.length === 0) return;
       run.lines.push(...kept);
       this.send({ type: "log", id: run.id, fence: run.fence, from, lines: kept });
     };
