@@ -276,6 +276,41 @@ describe("Flows runtimes: nothing outlives its place", function () {
     }
   });
 
+  it("user: a scratch made too slow to walk (a tree 1,900 deep: each lookup costs its depth) ends its run; a run beside it is still measured and ended over its disk", async function () {
+    if (missingFor("user", readPrivileges())) this.skip();
+    const { launcher, dispose } = userLauncher(range(13, 4, 10));
+    const executor = createExecutor({ poolSize: 2, launcher, log: capturingLogger("flows-agent").log });
+    try {
+      const deep = executor.run(
+        {
+          kind: "block",
+          code: "const fs = await import('node:fs'); const at = 'a/'.repeat(1900); fs.mkdirSync(at, { recursive: true }); for (let f = 0; f < 2000; f++) fs.writeFileSync(at + f, ''); await new Promise((r) => setTimeout(r, 15000)); return 'unmeasured';",
+          inputs: {},
+        },
+        20_000,
+      );
+      const filler = executor.run(
+        {
+          kind: "block",
+          code: "const fs = await import('node:fs'); for (let f = 0; f < 5000; f++) fs.writeFileSync('f' + f, ''); await new Promise((r) => setTimeout(r, 15000)); return 'kept';",
+          inputs: {},
+        },
+        20_000,
+      );
+      const [slow, full] = await Promise.all([deep, filler]);
+      assert.match(
+        slow.error?.message ?? JSON.stringify(slow),
+        /too slow to measure \(a walk of it took over 500 ms\)/,
+      );
+      assert.match(full.error?.message ?? JSON.stringify(full), /disk limit: \d+ MB of 16 MB/);
+      const next = await executor.run({ kind: "expression", code: "1 + 1" }, 20_000);
+      assert.equal(next.value, 2, JSON.stringify(next));
+    } finally {
+      executor.close();
+      dispose();
+    }
+  });
+
   it("user: what a runtime's uid writes beside its scratch (an escape from the permission model) counts against its disk and goes with it", async function () {
     if (missingFor("user", readPrivileges())) this.skip();
     const uids = range(15, 2, 12);

@@ -3,24 +3,30 @@ import { Worker } from "node:worker_threads";
 
 /** What an entry costs at the least: a block (an empty file or a link still takes an inode, on the same disk). */
 export const ENTRY_BYTES = 4096;
+/** The longest a walk of one run's scratch may take: 16,384 entries (64 MB) of a plain tree take some 50 ms here. */
+export const WALK_BUDGET_MS = 500;
 
 /**
  * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
  * walked to no more entries than `limit` allows, so a tree of many small files costs a bounded walk. Infinity if some
- * entry of it cannot be measured (a run may not hide files from the count). Self-contained but for `fs` and
- * `entryBytes`: the walker thread evaluates its source.
+ * entry of it cannot be measured (a run may not hide files from the count); -1 if the walk took over `budgetMs` (a
+ * tree made deep: each lookup costs its depth). Self-contained but for its arguments: the walker thread evaluates its
+ * source.
  */
 export function diskUsage(
   paths: string[],
   limit: number,
   fs: { lstatSync: typeof lstatSync; opendirSync: typeof opendirSync } = { lstatSync, opendirSync },
   entryBytes = ENTRY_BYTES,
+  budgetMs = WALK_BUDGET_MS,
 ): number {
+  const deadline = performance.now() + budgetMs;
   let used = 0;
   let entries = 0;
   const pending = [...paths];
   while (pending.length > 0) {
     if (++entries > limit / entryBytes) return entries * entryBytes;
+    if (performance.now() > deadline) return -1;
     const at = pending.pop() as string;
     try {
       // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
@@ -44,9 +50,9 @@ export function diskUsage(
 }
 
 /**
- * The walker thread: one walk at a time, in the order asked, each followed by a rest four times as long as it took.
- * A run's tree (many entries, or deep ones, each of whose lookups costs its depth) costs this thread a fifth of a CPU
- * at the most, whatever the number of runs: never the agent's event loop, its watchdogs and its connection.
+ * The walker thread: one walk at a time, in the order asked, each followed by a rest as long as it took. A run's tree
+ * costs this thread half a CPU at the most, whatever the number of runs, and the runs asking after it a wait of twice
+ * the budget at the most: never the agent's event loop, its watchdogs and its connection.
  */
 const WALKER = `const { parentPort } = require("node:worker_threads");
 const fs = require("node:fs");
@@ -58,10 +64,10 @@ const next = () => {
   const { id, paths, limit } = asked.shift();
   const began = performance.now();
   let used = Infinity;
-  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}); } catch {}
+  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, ${WALK_BUDGET_MS}); } catch {}
   parentPort.postMessage({ id, used });
   resting = true;
-  setTimeout(() => { resting = false; next(); }, 4 * (performance.now() - began));
+  setTimeout(() => { resting = false; next(); }, performance.now() - began);
 };
 parentPort.on("message", (message) => { asked.push(message); next(); });`;
 

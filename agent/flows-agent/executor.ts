@@ -17,7 +17,7 @@ import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader, type CheckedAnswer } from "./channel";
-import { ENTRY_BYTES, walkDisk } from "./disk-walker";
+import { ENTRY_BYTES, WALK_BUDGET_MS, walkDisk } from "./disk-walker";
 import { containerGone } from "../runtime/docker";
 import {
   bwrapArgs,
@@ -176,7 +176,9 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
             }
             void walkDisk(paths, diskBytes).then((used) => {
               measuring = false;
-              if (used > diskBytes)
+              if (used < 0)
+                end(`the run made its scratch space too slow to measure (a walk of it took over ${WALK_BUDGET_MS} ms)`);
+              else if (used > diskBytes)
                 end(
                   used === Infinity
                     ? "the run made its scratch space unreadable to the agent, which measures it"
