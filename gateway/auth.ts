@@ -79,10 +79,10 @@ export class ServiceAuth {
 
   /** The service key a request carries, if it is a valid one (compared in constant time). */
   private keyOf(req: http.IncomingMessage, route: Route): ServiceKeyDefinition | undefined {
-    // On the VCS entry, Authorization is the VCS's credential and crosses untouched.
-    const bearer = route.kind === "vcs" ? undefined : bearerToken(req);
     const header = req.headers[KEY_HEADER];
-    const match = KEY.exec(typeof header === "string" ? header : (bearer ?? ""));
+    // Authorization only without the key's own header; on the VCS entry it is the VCS's credential and crosses untouched.
+    const given = typeof header === "string" ? header : route.kind === "vcs" ? undefined : bearerToken(req);
+    const match = KEY.exec(given ?? "");
     const key = match && this.keys.get(match[1]);
     if (!match || !key) return undefined;
     return timingSafeEqual(digest(match[2]), key.digest) ? key : undefined;

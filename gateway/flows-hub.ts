@@ -244,7 +244,8 @@ export class FlowsHub {
     } as FlowsRun;
     const answer = new Promise<FlowsRunResult>((resolve, reject) => Object.assign(run, { resolve, reject }));
     queue.push(run);
-    this.pump(pool);
+    // The agents serving are those counted above: nothing ran in between.
+    this.pump(pool, serving);
     // Still waiting for a runtime: as long as it may run (and the grace). Once sent, pump sets its answer's timer.
     if (!run.agent) {
       const waitMs = this.waitMs(run);
@@ -295,10 +296,10 @@ export class FlowsHub {
    * client holds more than its share of the pool's runtimes, so one key's long runs never hold them all while another
    * key waits (as on the VCS path, even when no other key is there). With no agent left to serve, the queue fails.
    */
-  private pump(pool: string): void {
+  private pump(pool: string, serving?: FlowsAgent[]): void {
     const queue = this.queues.get(pool);
     if (!queue?.length) return;
-    const serving = this.serving(pool);
+    serving ??= this.serving(pool);
     if (serving.length === 0) {
       for (const run of queue.splice(0)) this.end(run, new HttpError(503, `no agent of pool ${pool} is connected`));
       return;
