@@ -32,7 +32,7 @@ import { parseMessage, WEBSOCKET_MAX_MESSAGE } from "../../protocol/link";
 import type { LinkSocket } from "../tunnel/builtin-websocket";
 import { WebSocketLink } from "../tunnel/websocket-link";
 import { dockerExecutor, processExecutor, STATE_FILE, type RunExecutor, type StartedRun } from "./executor";
-import { runOutput } from "./output";
+import { MAX_LINE, runOutput } from "./output";
 import { loadPolicy, policyRefusal, runRefusal } from "./policy";
 import {
   FENCE_HEADER,
@@ -51,6 +51,13 @@ import { open, openBuffer, privateKeyFromBase64, publicKeyPairedWith, seal } fro
 
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
 const DELIVERY_GRACE_MS = 5_000;
+
+/**
+ * Lines of a log sent again in one message: at half the WebSocket cap whatever they hold (a longer message would close
+ * the connection, and the gateway would ask again), each line at most MAX_LINE characters (and a short mark), each
+ * character at most six bytes of JSON (a control character's escape).
+ */
+const RESEND_LINES = Math.floor(WEBSOCKET_MAX_MESSAGE / 2 / ((MAX_LINE + 64) * 6));
 
 /**
  * A run whose lease the launcher holds, until the gateway acknowledges its end: accepted
@@ -303,13 +310,14 @@ export class Launcher extends WebSocketLink {
         run.go?.(true);
         // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
         const { lines } = message;
-        // In messages far under the WebSocket cap (a longer one would close the connection, and the gateway would ask
-        // again): each character counted as six bytes, as JSON escapes a control character.
-        for (let from = lines, to = lines, size = 0; from < run.lines.length; from = to, size = 0) {
-          while (to < run.lines.length && (size += run.lines[to].length * 6) < WEBSOCKET_MAX_MESSAGE / 4) to++;
-          to = Math.max(to, from + 1);
-          this.send({ type: "log", id: run.id, fence: run.fence, from, lines: run.lines.slice(from, to) });
-        }
+        for (let from = lines; from < run.lines.length; from += RESEND_LINES)
+          this.send({
+            type: "log",
+            id: run.id,
+            fence: run.fence,
+            from,
+            lines: run.lines.slice(from, from + RESEND_LINES),
+          });
         if (run.outcome) void this.deliver(run);
       } else if (message.type === "revoked") this.revoked(run, message.reason);
       else if (run.outcome) this.forget(run);
