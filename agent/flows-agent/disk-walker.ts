@@ -76,7 +76,9 @@ let walker: { measure(paths: string[], limit: number): Promise<number> } | undef
 /** diskUsage on the walker thread, started at the first call; a thread that failed answers Infinity and is replaced. */
 export function walkDisk(paths: string[], limit: number): Promise<number> {
   if (!walker) {
-    const thread = new Worker(WALKER, { eval: true });
+    // Its heap holds one walk's pending paths (at most `limit` entries of up to PATH_MAX): bounded, and a walk past it
+    // ends the thread, whose runs then count as unmeasurable.
+    const thread = new Worker(WALKER, { eval: true, resourceLimits: { maxOldGenerationSizeMb: 128 } });
     thread.unref();
     const waiting = new Map<number, (used: number) => void>();
     let id = 0;
