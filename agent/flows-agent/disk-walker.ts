@@ -50,9 +50,10 @@ export function diskUsage(
 }
 
 /**
- * The walker thread: one walk at a time, in the order asked, each followed by a rest as long as it took. A run's tree
- * costs this thread half a CPU at the most, whatever the number of runs, and the runs asking after it a wait of twice
- * the budget at the most: never the agent's event loop, its watchdogs and its connection.
+ * The walker thread: one walk at a time, each followed by a rest as long as it took, so walks take half a CPU at the
+ * most, whatever the number of runs, and never the agent's event loop, its watchdogs and its connection. Of the walks
+ * asked, the one whose run's last walk was the shortest goes first: runs that make their trees slow to walk wait for
+ * each other, not for the runs quick to measure (a run that writes fast writes few entries).
  */
 const WALKER = `const { parentPort } = require("node:worker_threads");
 const fs = require("node:fs");
@@ -61,45 +62,55 @@ const asked = [];
 let resting = false;
 const next = () => {
   if (resting || asked.length === 0) return;
-  const { id, paths, limit } = asked.shift();
+  const first = asked.reduce((best, at, i) => (at.cost < asked[best].cost ? i : best), 0);
+  const { id, paths, limit } = asked.splice(first, 1)[0];
   const began = performance.now();
   let used = Infinity;
   try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, ${WALK_BUDGET_MS}); } catch {}
-  parentPort.postMessage({ id, used });
+  parentPort.postMessage({ id, used, took: performance.now() - began });
   resting = true;
   setTimeout(() => { resting = false; next(); }, performance.now() - began);
 };
 parentPort.on("message", (message) => { asked.push(message); next(); });`;
 
-let walker: { measure(paths: string[], limit: number): Promise<number> } | undefined;
+/** A walk's outcome: diskUsage's answer, and how long it took (ms). */
+export interface Walk {
+  used: number;
+  took: number;
+}
 
-/** diskUsage on the walker thread, started at the first call; a thread that failed answers Infinity and is replaced. */
-export function walkDisk(paths: string[], limit: number): Promise<number> {
+let walker: { measure(paths: string[], limit: number, cost: number): Promise<Walk> } | undefined;
+
+/**
+ * diskUsage on the walker thread, started at the first call, for a run whose last walk took `cost` ms (0 for its
+ * first); a thread that failed answers Infinity and is replaced.
+ */
+export function walkDisk(paths: string[], limit: number, cost: number): Promise<Walk> {
   if (!walker) {
     // Its heap holds one walk's pending paths (at most `limit` entries of up to PATH_MAX): bounded, and a walk past it
     // ends the thread, whose runs then count as unmeasurable.
     const thread = new Worker(WALKER, { eval: true, resourceLimits: { maxOldGenerationSizeMb: 128 } });
     thread.unref();
-    const waiting = new Map<number, (used: number) => void>();
+    const waiting = new Map<number, (walk: Walk) => void>();
     let id = 0;
     const lost = () => {
       if (walker === made) walker = undefined;
-      for (const answer of waiting.values()) answer(Infinity);
+      for (const answer of waiting.values()) answer({ used: Infinity, took: 0 });
       waiting.clear();
     };
-    thread.on("message", (message: { id: number; used: number }) => {
-      waiting.get(message.id)?.(message.used);
+    thread.on("message", (message: Walk & { id: number }) => {
+      waiting.get(message.id)?.(message);
       waiting.delete(message.id);
     });
     thread.on("error", lost).on("exit", lost);
     const made = {
-      measure: (paths: string[], limit: number) =>
-        new Promise<number>((resolve) => {
+      measure: (paths: string[], limit: number, cost: number) =>
+        new Promise<Walk>((resolve) => {
           waiting.set(++id, resolve);
-          thread.postMessage({ id, paths, limit });
+          thread.postMessage({ id, paths, limit, cost });
         }),
     };
     walker = made;
   }
-  return walker.measure(paths, limit);
+  return walker.measure(paths, limit, cost);
 }

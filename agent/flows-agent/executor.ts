@@ -160,6 +160,7 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
         const diskBytes = diskMb * 1048576;
         // Its disk is measured on the walker thread (see walkDisk), one walk in flight at a time.
         let measuring = false;
+        let took = 0;
         timers.push(
           setInterval(() => {
             if ((residentMb(spawned.memoryPid()) ?? 0) > memoryMb + MEMORY_MARGIN_MB)
@@ -174,8 +175,10 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0): Runtime
             } catch {
               // Unlisted: measured as nothing beside its scratch.
             }
-            void walkDisk(paths, diskBytes).then((used) => {
+            void walkDisk(paths, diskBytes, took).then((walk) => {
+              const { used } = walk;
               measuring = false;
+              took = walk.took;
               if (used < 0)
                 end(`the run made its scratch space too slow to measure (a walk of it took over ${WALK_BUDGET_MS} ms)`);
               else if (used > diskBytes)
