@@ -375,6 +375,8 @@ export function processLauncher(o: ProcessLauncherOptions): RuntimeLauncher {
     chownSync(o.scratchRoot, -1, process.getgid?.() ?? 0);
     chmodSync(o.scratchRoot, 0o3733);
   }
+  // The walker thread started now, not at a run's first measurement: a run that writes fast is measured from its start.
+  if (BUILT_FOR.platform !== "ec2" && !namespaced) void walkDisk([], 0, 0);
   // What runtimes left behind an agent that died before their cleanup (a crash, SIGKILL) goes before any uid is given
   // out: their processes, then their scratch. Not on EC2 (the block leaves its bundle whole): systemd restarts the
   // agent only once its unit's cgroup, runtimes included, is empty, and namespaced runtimes' scratch is their tmpfs.
