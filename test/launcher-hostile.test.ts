@@ -564,6 +564,17 @@ describe("launcher: a hostile gateway or run", function () {
             for (const message of resent())
               assert.ok(Buffer.byteLength(JSON.stringify(message)) < WEBSOCKET_MAX_MESSAGE, "a message under the cap");
             assert.ok(resent().length > 1);
+            // Indexes that are not one resend nothing (-1e15 was a loop without end, "0" a concatenation); a valid one
+            // after them, its last line alone, shows they were read.
+            const after = gateway.messages.length;
+            for (const lines of [-1e15, "0", 1.5, null, run.lines.length - 1])
+              gateway.sendRaw(JSON.stringify({ type: "start", id: runId, fence, lines, termMs: 60_000 }));
+            const again = () => gateway.messages.slice(after).filter((m) => m.type === "log" && m.id === runId);
+            await eventually(() => again().length > 0, 15_000, "the last line resent");
+            assert.deepEqual(
+              again().map((m) => [m.from, m.lines.length]),
+              [[run.lines.length - 1, 1]],
+            );
           } finally {
             gateway.holdAcks = false;
             gateway.ackHeld();

@@ -309,8 +309,13 @@ export class Launcher extends WebSocketLink {
         this.renew();
         run.go?.(true);
         // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
+        // (An index, or nothing: a gateway's -1e15 would be a loop without end, a string a concatenation.)
         const { lines } = message;
-        for (let from = lines; from < run.lines.length; from += RESEND_LINES)
+        for (
+          let from = Number.isSafeInteger(lines) && lines >= 0 ? lines : Infinity;
+          from < run.lines.length;
+          from += RESEND_LINES
+        )
           this.send({
             type: "log",
             id: run.id,
