@@ -63,6 +63,7 @@ function userLauncher(
   uids: string,
   isolation: Isolation = "user",
   scratchRoot = mkdtempSync(path.join(os.tmpdir(), "agentpools-uids-")),
+  walkBudgetMs?: number,
 ): { launcher: RuntimeLauncher; dispose(): void; scratchRoot: string } {
   const launcher = processLauncher({
     isolation,
@@ -74,6 +75,7 @@ function userLauncher(
     diskMb: 16,
     openFiles: 64,
     scratchRoot,
+    walkBudgetMs,
   });
   return { launcher, dispose: () => rmSync(scratchRoot, { recursive: true, force: true, maxRetries: 5 }), scratchRoot };
 }
@@ -278,7 +280,8 @@ describe("Flows runtimes: nothing outlives its place", function () {
 
   it("user: a scratch made too slow to walk (a tree 1,900 deep: each lookup costs its depth) ends its run; a run beside it is still measured and ended over its disk", async function () {
     if (missingFor("user", readPrivileges())) this.skip();
-    const { launcher, dispose } = userLauncher(range(13, 4, 10));
+    // A budget of 50 ms of CPU: the deep tree's walk takes several times that, the plain one beside it a fraction.
+    const { launcher, dispose } = userLauncher(range(13, 4, 10), "user", undefined, 50);
     const executor = createExecutor({ poolSize: 2, launcher, log: capturingLogger("flows-agent").log });
     try {
       const deep = executor.run(
@@ -300,7 +303,7 @@ describe("Flows runtimes: nothing outlives its place", function () {
       const [slow, full] = await Promise.all([deep, filler]);
       assert.match(
         slow.error?.message ?? JSON.stringify(slow),
-        /too slow to measure \(a walk of it took over 500 ms\)/,
+        /too slow to measure \(a walk of it took over 50 ms of CPU\)/,
       );
       assert.match(full.error?.message ?? JSON.stringify(full), /disk limit: \d+ MB of 16 MB/);
       const next = await executor.run({ kind: "expression", code: "1 + 1" }, 20_000);

@@ -3,15 +3,18 @@ import { Worker } from "node:worker_threads";
 
 /** What an entry costs at the least: a block (an empty file or a link still takes an inode, on the same disk). */
 export const ENTRY_BYTES = 4096;
-/** The longest a walk of one run's scratch may take: 16,384 entries (64 MB) of a plain tree take some 50 ms here. */
+/**
+ * The most CPU a walk of one run's scratch may take (the walker thread's own, which a loaded host does not inflate):
+ * 16,384 entries (64 MB) of a plain tree take some 50 ms here.
+ */
 export const WALK_BUDGET_MS = 500;
 
 /**
  * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
  * walked to no more entries than `limit` allows, so a tree of many small files costs a bounded walk. Infinity if some
- * entry of it cannot be measured (a run may not hide files from the count); -1 if the walk took over `budgetMs` (a
- * tree made deep: each lookup costs its depth). Self-contained but for its arguments: the walker thread evaluates its
- * source.
+ * entry of it cannot be measured (a run may not hide files from the count); -1 if the walk took over `budgetMs` by
+ * `clock` (a tree made deep: each lookup costs its depth). Self-contained but for its arguments: the walker thread
+ * evaluates its source.
  */
 export function diskUsage(
   paths: string[],
@@ -19,14 +22,15 @@ export function diskUsage(
   fs: { lstatSync: typeof lstatSync; opendirSync: typeof opendirSync } = { lstatSync, opendirSync },
   entryBytes = ENTRY_BYTES,
   budgetMs = WALK_BUDGET_MS,
+  clock = () => performance.now(),
 ): number {
-  const deadline = performance.now() + budgetMs;
+  const deadline = clock() + budgetMs;
   let used = 0;
   let entries = 0;
   const pending = [...paths];
   while (pending.length > 0) {
     if (++entries > limit / entryBytes) return entries * entryBytes;
-    if (performance.now() > deadline) return -1;
+    if (clock() > deadline) return -1;
     const at = pending.pop() as string;
     try {
       // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
@@ -50,26 +54,31 @@ export function diskUsage(
 }
 
 /**
- * The walker thread: one walk at a time, each followed by a rest as long as it took, so walks take half a CPU at the
- * most, whatever the number of runs, and never the agent's event loop, its watchdogs and its connection. Of the walks
+ * The walker thread: one walk at a time, each followed by a rest as long as its CPU time, so walks take half a CPU at
+ * the most, whatever the number of runs, and never the agent's event loop, its watchdogs and its connection. Of the walks
  * asked, the one whose run's last walk was the shortest goes first: runs that make their trees slow to walk wait for
  * each other, not for the runs quick to measure (a run that writes fast writes few entries).
  */
 const WALKER = `const { parentPort } = require("node:worker_threads");
 const fs = require("node:fs");
 const diskUsage = ${diskUsage};
+// The thread's own CPU time (Node 23.9 on), else the clock.
+const cpu = process.threadCpuUsage
+  ? () => { const { user, system } = process.threadCpuUsage(); return (user + system) / 1000; }
+  : () => performance.now();
 const asked = [];
 let resting = false;
 const next = () => {
   if (resting || asked.length === 0) return;
   const first = asked.reduce((best, at, i) => (at.cost < asked[best].cost ? i : best), 0);
-  const { id, paths, limit } = asked.splice(first, 1)[0];
-  const began = performance.now();
+  const { id, paths, limit, budget } = asked.splice(first, 1)[0];
+  const began = cpu();
   let used = Infinity;
-  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, ${WALK_BUDGET_MS}); } catch {}
-  parentPort.postMessage({ id, used, took: performance.now() - began });
+  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, budget, cpu); } catch {}
+  const took = cpu() - began;
+  parentPort.postMessage({ id, used, took });
   resting = true;
-  setTimeout(() => { resting = false; next(); }, performance.now() - began);
+  setTimeout(() => { resting = false; next(); }, took);
 };
 parentPort.on("message", (message) => { asked.push(message); next(); });`;
 
@@ -79,13 +88,13 @@ export interface Walk {
   took: number;
 }
 
-let walker: { measure(paths: string[], limit: number, cost: number): Promise<Walk> } | undefined;
+let walker: { measure(paths: string[], limit: number, cost: number, budget: number): Promise<Walk> } | undefined;
 
 /**
  * diskUsage on the walker thread, started at the first call, for a run whose last walk took `cost` ms (0 for its
- * first); a thread that failed answers Infinity and is replaced.
+ * first), within `budget` ms of CPU; a thread that failed answers Infinity and is replaced.
  */
-export function walkDisk(paths: string[], limit: number, cost: number): Promise<Walk> {
+export function walkDisk(paths: string[], limit: number, cost: number, budget = WALK_BUDGET_MS): Promise<Walk> {
   if (!walker) {
     // Its heap holds one walk's pending paths (at most `limit` entries of up to PATH_MAX): bounded, and a walk past it
     // ends the thread, whose runs then count as unmeasurable.
@@ -104,13 +113,13 @@ export function walkDisk(paths: string[], limit: number, cost: number): Promise<
     });
     thread.on("error", lost).on("exit", lost);
     const made = {
-      measure: (paths: string[], limit: number, cost: number) =>
+      measure: (paths: string[], limit: number, cost: number, budget: number) =>
         new Promise<Walk>((resolve) => {
           waiting.set(++id, resolve);
-          thread.postMessage({ id, paths, limit, cost });
+          thread.postMessage({ id, paths, limit, cost, budget });
         }),
     };
     walker = made;
   }
-  return walker.measure(paths, limit, cost);
+  return walker.measure(paths, limit, cost, budget);
 }
