@@ -40,15 +40,11 @@ export class FakeGroup {
   }
 }
 
-const HOUR = 3_600_000;
-const DAY = 24 * HOUR;
-
 /**
  * A stand-in for what the runtime reaches on an instance: IMDSv2 (token required) and the
- * Secrets Manager, Auto Scaling and CloudWatch Logs APIs. Every API call's Signature
- * Version 4 is checked against the credentials IMDS handed out, and PutLogEvents is held to
- * CloudWatch's documented rules (order, 24-hour span, sizes, counts), so a batch AWS would
- * refuse is refused here too. Tests queue error answers per action. Loopback only.
+ * Secrets Manager and Auto Scaling APIs, every call's Signature Version 4 checked against the
+ * credentials IMDS handed out; and the log group, as the CloudWatch agent fills it from the
+ * runtime's output (tail). Tests queue error answers per action. Loopback only.
  */
 export class FakeAws {
   readonly credentials = {
@@ -79,10 +75,8 @@ export class FakeAws {
   instanceHealth = "Healthy";
   /** Every API call that passed the signature check, with when it arrived. */
   readonly calls: { action: string; body: Record<string, unknown>; at: number }[] = [];
-  /** Messages of accepted log events, in the order CloudWatch stored them. */
+  /** The instance's log events, in order (see tail). */
   readonly logEvents: string[] = [];
-  /** Accepted log events with their timestamps, by stream. */
-  readonly streams = new Map<string, { timestamp: number; message: string }[]>();
   readonly metrics: MetricPoint[] = [];
   readonly rejected: string[] = [];
   private readonly failures = new Map<string, InjectedFailure[]>();
@@ -132,7 +126,7 @@ export class FakeAws {
     return { AWS_EC2_METADATA_SERVICE_ENDPOINT: base, AWS_ENDPOINT_URL: `${base}/api/` };
   }
 
-  /** Answer the next `times` calls of `action` (e.g. "Logs_20140328.PutLogEvents", "SetInstanceHealth") with an error. */
+  /** Answer the next `times` calls of `action` (e.g. "secretsmanager.GetSecretValue", "SetInstanceHealth") with an error. */
   fail(action: string, times: number, failure: InjectedFailure): void {
     this.failures.set(action, [...(this.failures.get(action) ?? []), ...Array.from({ length: times }, () => failure)]);
   }
@@ -186,11 +180,7 @@ export class FakeAws {
     const target = req.headers["x-amz-target"] as string | undefined;
     const form = target ? undefined : Object.fromEntries(new URLSearchParams(body));
     const action = target ?? form?.Action ?? "unknown";
-    const service = target?.startsWith("secretsmanager.")
-      ? "secretsmanager"
-      : target?.startsWith("Logs_")
-        ? "logs"
-        : "autoscaling";
+    const service = target?.startsWith("secretsmanager.") ? "secretsmanager" : "autoscaling";
     const problem = this.checkSignature(req, url, body, service);
     if (problem) {
       this.rejected.push(`${action}: ${problem}`);
@@ -220,13 +210,6 @@ export class FakeAws {
           return jsonError(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.");
         return send(200, JSON.stringify({ ARN: payload.SecretId, SecretString: secret }));
       }
-      case "Logs_20140328.CreateLogStream":
-        if (this.streams.has(payload.logStreamName))
-          return jsonError(400, "ResourceAlreadyExistsException", "The specified log stream already exists");
-        this.streams.set(payload.logStreamName, []);
-        return send(200, "{}");
-      case "Logs_20140328.PutLogEvents":
-        return this.putLogEvents(payload, jsonError, send);
       case "CompleteLifecycleAction":
       case "RecordLifecycleActionHeartbeat":
         if (this.noPendingAction)
@@ -275,48 +258,19 @@ export class FakeAws {
     }
   }
 
-  /** PutLogEvents as CloudWatch Logs documents it; events too old or too new are reported, not stored. */
-  private putLogEvents(
-    payload: Record<string, any>,
-    error: (status: number, code: string, message: string) => void,
-    send: (status: number, text: string) => void,
-  ): void {
-    const events = payload.logEvents as { timestamp: number; message: string }[];
-    const stream = this.streams.get(payload.logStreamName);
-    if (!stream) return error(400, "ResourceNotFoundException", "The specified log stream does not exist.");
-    if (!Array.isArray(events) || events.length === 0 || events.length > 10_000)
-      return error(400, "InvalidParameterException", "1 to 10,000 log events");
-    const bytes = events.reduce((sum, e) => sum + Buffer.byteLength(e.message) + 26, 0);
-    if (bytes > 1_048_576) return error(400, "InvalidParameterException", `batch of ${bytes} bytes`);
-    if (events.some((e) => Buffer.byteLength(e.message) > 262_144 - 26 || e.message.length === 0))
-      return error(400, "InvalidParameterException", "an event is empty or over 256 KB");
-    if (events.some((e, i) => i > 0 && e.timestamp < events[i - 1].timestamp))
-      return error(
-        400,
-        "InvalidParameterException",
-        "Log events in a single PutLogEvents request must be in chronological order.",
-      );
-    if (events[events.length - 1].timestamp - events[0].timestamp > DAY)
-      return error(
-        400,
-        "InvalidParameterException",
-        "A batch of log events in a single request cannot span more than 24 hours.",
-      );
-    const now = Date.now();
-    const tooOld = events.findLastIndex((e) => e.timestamp < now - 14 * DAY);
-    const tooNew = events.findIndex((e) => e.timestamp > now + 2 * HOUR);
-    const accepted = events.filter((e) => e.timestamp >= now - 14 * DAY && e.timestamp <= now + 2 * HOUR);
-    for (const event of accepted) {
-      stream.push(event);
-      this.logEvents.push(event.message);
-      this.readMetrics(event.message);
+  /**
+   * The CloudWatch agent's part on an instance: what the runtime writes (its unit's output, the file the agent tails)
+   * reaches the instance's stream a line an event, and CloudWatch Logs extracts each embedded-metric-format line.
+   */
+  readonly tail = (text: string | Buffer): void => {
+    const lines = (this.partial + text).split("\n");
+    this.partial = lines.pop() as string;
+    for (const line of lines) {
+      this.logEvents.push(line);
+      this.readMetrics(line);
     }
-    const info = {
-      ...(tooOld >= 0 ? { tooOldLogEventEndIndex: tooOld } : {}),
-      ...(tooNew >= 0 ? { tooNewLogEventStartIndex: tooNew } : {}),
-    };
-    send(200, JSON.stringify(Object.keys(info).length > 0 ? { rejectedLogEventsInfo: info } : {}));
-  }
+  };
+  private partial = "";
 
   /** CloudWatch's extraction of embedded-metric-format lines: each metric's value with its dimensions. */
   private readMetrics(message: string): void {

@@ -17,7 +17,6 @@ import { workerPoolArgs, workerPoolKind, type WorkerPoolArgs } from "../componen
 import { flowsAgentPoolArgs, flowsAgentPoolKind, type FlowsAgentPoolArgs } from "../components/aws/flows-agent-pool";
 import { ssmParameterTier } from "../components/aws/pool-args";
 import { checkUserDataSize } from "../components/aws/pool-core";
-import { vcsAgentPoolArgs, vcsAgentPoolKind } from "../components/aws/vcs-agent-pool";
 import { unpackFiles } from "../components/aws/userdata";
 import { policyFileContent } from "../components/shared/worker-args";
 import { DEFAULT_TARGET_BUSY_PERCENT, metricQueryProblems, type MetricQuery } from "../components/aws/scaling";
@@ -239,7 +238,6 @@ for (const k of kinds) {
         autoScalingGroupName: deployed.outputs.group,
         launchHookName: "agent-connected",
         terminationHookName: "agent-drained",
-        logGroupName: deployed.outputs.logs,
         heartbeatSeconds: Math.floor(Math.min(k.drain + 60, 600) / 3),
         metricsSeconds: 60,
         unhealthyAfterSeconds: 600,
@@ -462,6 +460,45 @@ describe("README promises (AWS)", () => {
         { Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" },
       ]);
       assert.equal(byType(resources, T.attachment).length, 0, "no SSM access unless asked");
+    }
+  });
+
+  it("the runtime's log (its unit's output, stderr too) reaches this pool's log group through the CloudWatch agent, with only the calls the role allows", async () => {
+    for (const { resources, outputs } of everyKind) {
+      const { files, script } = userDataOf(resources).decoded;
+      const unit = [...files.values()].find((f) => f.path.startsWith("/etc/systemd/system/agentpools-"))!.content;
+      const [, logFile] = /^StandardOutput=append:(\/var\/log\/agentpools\/[a-z-]+\.log)$/m.exec(unit) ?? [];
+      assert.ok(logFile, "the unit appends its output to a file");
+      assert.doesNotMatch(unit, /^StandardError=/m, "stderr (a crash's trace) goes where stdout goes");
+      assert.match(
+        unit,
+        /^After=.* amazon-cloudwatch-agent\.service$/m,
+        "stopped before the agent, its last lines sent",
+      );
+      const agent = JSON.parse(files.get("/etc/agentpools/cloudwatch-agent.json")!.content);
+      // Only file_path, the group and the stream: retention_in_days would call DescribeLogGroups and PutRetentionPolicy,
+      // and a group it could not find, CreateLogGroup; the role grants none of them.
+      assert.deepEqual(agent, {
+        logs: {
+          logs_collected: {
+            files: {
+              collect_list: [{ file_path: logFile, log_group_name: outputs.logs, log_stream_name: "{instance_id}" }],
+            },
+          },
+        },
+      });
+      const lines = script.split("\n");
+      const at = (pattern: RegExp) => lines.findIndex((line) => pattern.test(line));
+      const folder = at(/^install -d -m 0700 \/var\/log\/agentpools$/);
+      const started = at(
+        /^\/opt\/aws\/amazon-cloudwatch-agent\/bin\/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:\/etc\/agentpools\/cloudwatch-agent\.json$/,
+      );
+      const runtime = at(/^systemctl enable --now .*agentpools-[a-z-]+\.service$/);
+      assert.ok(at(/^retry dnf install -y .*\bamazon-cloudwatch-agent\b/) >= 0, "the agent is installed");
+      assert.ok(
+        0 <= folder && folder < started && started < runtime,
+        "a root-only folder, the agent, then the runtime",
+      );
     }
   });
 });
@@ -941,9 +978,11 @@ describe("AWS pools: options", () => {
       // The configuration as the runtime reads it: this pool's own resources, every setting.
       const config = JSON.parse(files.get(`/etc/agentpools/${role}.json`) as string);
       assert.deepEqual(
-        [config.role, config.pool, config.aws.secretArn, config.aws.autoScalingGroupName, config.aws.logGroupName],
-        [role, prefix, outputs.secret, outputs.group, outputs.logs],
+        [config.role, config.pool, config.aws.secretArn, config.aws.autoScalingGroupName],
+        [role, prefix, outputs.secret, outputs.group],
       );
+      const shipped = JSON.parse(files.get("/etc/agentpools/cloudwatch-agent.json") as string);
+      assert.equal(shipped.logs.logs_collected.files.collect_list[0].log_group_name, outputs.logs);
       assert.ok(
         [...files.keys()].every((path) => !decodeUserData(raw).files.has(path)),
         "each file travels once",
@@ -994,15 +1033,22 @@ describe("AWS pools: options", () => {
     }
   });
 
-  it("a configuration over the user-data budget, though within EC2's limit, goes to its parameter (the largest VCS agent pool)", async () => {
-    const spec = preparePool("VcsAgentPool", "vcs-agent", "largest-v", vcsAgentPoolArgs, LARGEST.vcs, vcsAgentPoolKind);
-    const inline = checkUserDataSize("largest-v", { ...spec, configDelivery: "userData" });
+  it("a configuration over the user-data budget, though within EC2's limit, goes to its parameter (the largest Flows agent pool)", async () => {
+    const spec = preparePool(
+      "FlowsAgentPool",
+      "flows-agent",
+      "over-budget-f",
+      flowsAgentPoolArgs,
+      LARGEST.flows,
+      flowsAgentPoolKind,
+    );
+    const inline = checkUserDataSize("over-budget-f", { ...spec, configDelivery: "userData" });
     assert.ok(inline > USER_DATA_BUDGET && inline <= USER_DATA_LIMIT, `${inline} bytes inline`);
-    const { resources } = await deploy(() => new VcsAgentPool("largest-v", LARGEST.vcs), "largest-v");
+    const { resources } = await deploy(() => new FlowsAgentPool("over-budget-f", LARGEST.flows), "over-budget-f");
     const { raw, decoded } = userDataOf(resources);
     assert.ok(Buffer.from(raw, "base64").length <= USER_DATA_BUDGET, `${Buffer.from(raw, "base64").length} bytes`);
     assert.ok(decoded.script.includes("ssm get-parameter --name '/agentpools/"), "read from its parameter at boot");
-    assert.ok(decoded.files.has("/etc/agentpools/vcs-agent.json"), "every file still reaches the instance");
+    assert.ok(decoded.files.has("/etc/agentpools/flows-agent.json"), "every file still reaches the instance");
     assert.equal(byType(resources, T.parameter).length, 1);
   });
 });

@@ -162,8 +162,8 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
+    // Both go to the unit's log file, which the CloudWatch agent ships to the pool's log group.
+    for (const stream of [child.stdout, child.stderr]) stream.on("data", (d) => ((output += d), aws.tail(d)));
     return { child, output: () => output, exited: new Promise<number | null>((resolve) => child.on("exit", resolve)) };
   }
 
@@ -181,13 +181,18 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     const { configFile } = renderedInstance(gatewayPort, options.extraSettings, "vcs-agent", options.aws);
     const originalLog = process.stdout.write;
     const lines: string[] = [];
-    process.stdout.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stdout.write;
+    // Its output is the unit's log file, which the CloudWatch agent ships to the pool's log group.
+    process.stdout.write = ((chunk: string) => (
+      lines.push(chunk),
+      aws.tail(chunk),
+      true
+    )) as typeof process.stdout.write;
     try {
       const code = await runRole(options.role ?? tcpRole(seen), settingsJsonSchema("vcs-agent"), {
         env: { ...aws.env(base), AGENTPOOLS_CONFIG: configFile, ...options.env },
         argv: [],
         exit: () => undefined,
-        shipIntervalMs: 10,
+
         stopSignal: options.stop ?? new Promise(() => undefined),
         bootMarks: options.bootMarks ?? path.join(scratchDir("boot-"), "none"),
       });
@@ -271,28 +276,23 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     assert.ok(received.join("").includes("bye"));
     assert.ok(
       aws.logEvents.some((line) => JSON.parse(line).msg === "agent ready"),
-      "logs reach CloudWatch",
+      "logs reach the log group",
     );
     assert.ok(aws.logEvents.some((line) => JSON.parse(line).msg === "lifecycle action completed"));
-    for (const line of [...aws.logEvents, ...lines]) assert.ok(!line.includes(TOKEN), `token leaked: ${line}`);
+    for (const line of aws.logEvents) assert.ok(!line.includes(TOKEN), `token leaked: ${line}`);
     assert.ok(
       lines.some((line) => line.includes("[redacted]")),
       "the role's attempt to log the token was redacted",
     );
   });
 
-  it("README promise: no credential is ever in logs (CloudWatch or the journal), even one the agent itself logs", async () => {
-    const [{ code, lines }] = await Promise.all([run(), terminatedOnceLaunched()]);
+  it("README promise: no credential is ever in its log, even one the agent itself logs", async () => {
+    const [{ code }] = await Promise.all([run(), terminatedOnceLaunched()]);
     assert.equal(code, 0);
     const shipped = aws.logEvents.join("\n");
-    assert.ok(
-      shipped.includes("[redacted]") && lines.join("").includes("[redacted]"),
-      "the role did try to log its token",
-    );
-    for (const text of [shipped, lines.join("")]) {
-      assert.ok(!text.includes(TOKEN), "the token is in a log");
-      assert.ok(!text.includes(JSON.stringify(TOKEN).slice(1, -1)), "the token, JSON-escaped, is in a log");
-    }
+    assert.ok(shipped.includes("[redacted]"), "the role did try to log its token");
+    assert.ok(!shipped.includes(TOKEN), "the token is in a log");
+    assert.ok(!shipped.includes(JSON.stringify(TOKEN).slice(1, -1)), "the token, JSON-escaped, is in a log");
   });
 
   it("on SIGTERM drains and exits without completing the termination hook", async () => {
@@ -494,7 +494,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
   }
   const metric = (name: string) => aws.metrics.filter((m) => m.name === name && m.namespace === METRICS_NAMESPACE);
 
-  it("writes its connected, busy and draining metrics as embedded-metric lines of the log stream it ships", async () => {
+  it("writes its connected, busy and draining metrics as embedded-metric lines of its log", async () => {
     const { state, stop, within } = puppet();
     await within({ metricsSeconds: 0.01 }, async () => {
       await eventually(() => metric(METRICS.connected).length >= 2, 5000, "connected data points");
@@ -513,7 +513,7 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
       "a draining agent is not counted as connected",
     );
     assert.deepEqual(
-      aws.calls.filter((c) => !/Logs_|Lifecycle|GetSecretValue|SetInstanceProtection/.test(c.action)),
+      aws.calls.filter((c) => !/Lifecycle|GetSecretValue|SetInstanceProtection/.test(c.action)),
       [],
       "no API call of their own",
     );

@@ -98,7 +98,8 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
         },
         argv: [],
         exit: () => undefined,
-        shipIntervalMs: 50,
+        // Each instance's log file, as its CloudWatch agent ships it.
+        logTo: (line) => aws.tail(line + "\n"),
         stopSignal: new Promise(() => undefined),
         bootMarks: path.join(dir, "no-marks"),
       });

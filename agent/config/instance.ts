@@ -22,7 +22,6 @@ export interface InstanceConfig {
     autoScalingGroupName: string;
     launchHookName: string;
     terminationHookName: string;
-    logGroupName: string;
     /** How often a draining instance records a heartbeat on the termination hook: a third of the hook's timeout. */
     heartbeatSeconds: number;
     /** How often the runtime writes its metrics (agent/config/metrics.ts). */

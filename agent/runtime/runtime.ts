@@ -1,7 +1,6 @@
 import { chmodSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { awsClient, instanceMetadata, type AwsClient, type InstanceMetadata } from "./aws";
-import { logShipper, type LogShipper } from "./cloudwatch";
 import { watchAgent } from "./watch";
 import { interruption, protectWhileBusy, reportBoot, whileWarmed } from "./scaling";
 import { createLogger, type Logger } from "../../lib/log";
@@ -110,8 +109,8 @@ export interface RunOptions {
   parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
-  /** How often to ship logs to CloudWatch (5 s). */
-  shipIntervalMs?: number;
+  /** Where log lines go (stdout: on EC2 the unit's log file, which the CloudWatch agent ships). */
+  logTo?: (line: string) => void;
   /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
@@ -134,10 +133,9 @@ function stopSignals(): Promise<string> {
  */
 export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?: RunOptions): Promise<number> {
   const processEnv = options?.env ?? process.env;
-  const log = createLogger(role.name);
+  const log = createLogger(role.name, options?.logTo && [options.logTo]);
   const startedAt = Date.now();
   let guard: ReturnType<typeof protectWhileBusy> | undefined;
-  let shipper: LogShipper | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
   let agent: RunningAgent | undefined;
   let serving = false;
@@ -177,10 +175,6 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
         imds.credentials,
         processEnv,
       );
-      shipper = logShipper(client, hooks.logGroupName, instanceId, options?.shipIntervalMs);
-      log.sinks.push(shipper.push);
-      shipper.start();
-
       const { SecretString } = await client.json("secretsmanager", "secretsmanager.GetSecretValue", {
         SecretId: hooks.secretArn,
       });
@@ -338,7 +332,6 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
     code = 1;
   }
   status?.stop();
-  await shipper?.stop();
   (options?.exit ?? process.exit)(code);
   return code;
 }

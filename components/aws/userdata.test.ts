@@ -40,7 +40,6 @@ function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
         autoScalingGroupName: "agentpools-build-1a2b3c4d",
         launchHookName: "agent-connected",
         terminationHookName: "agent-drained",
-        logGroupName: "/agentpools/agentpools-build-1a2b3c4d",
         heartbeatSeconds: 200,
         metricsSeconds: 60,
         unhealthyAfterSeconds: 600,
@@ -53,6 +52,7 @@ function spec(overrides: Partial<UserDataSpec> = {}): UserDataSpec {
     gvisor: true,
     architecture: "x86_64",
     region: "eu-west-1",
+    logGroupName: "/agentpools/agentpools-build-1a2b3c4d",
     registryMirror: "https://mirror.internal",
     caCertificates: CA_EC,
     httpsProxy: "http://proxy.internal:3128",
@@ -180,9 +180,11 @@ describe("user-data", () => {
     const moved = configFiles(input);
     assert.deepEqual(moved.map((f) => f.path).sort(), [
       "/etc/agentpools/boot.sh",
+      "/etc/agentpools/cloudwatch-agent.json",
       "/etc/agentpools/launcher.json",
       "/etc/agentpools/policy",
       "/etc/docker/daemon.json",
+      "/etc/logrotate.d/agentpools",
       "/etc/systemd/system/agentpools-launcher.service",
     ]);
     for (const file of moved) assert.ok(!decoded.files.has(file.path), `${file.path} still in user-data`);
@@ -280,7 +282,7 @@ describe("user-data", () => {
 
   it("installs Node.js, Docker and gVisor's pinned release checked against the digest it carries, then starts the services", () => {
     const script = decodeUserData(renderUserData(spec())).script;
-    assert.match(script, /^retry dnf install -y nodejs24 docker$/m);
+    assert.match(script, /^retry dnf install -y nodejs24 amazon-cloudwatch-agent docker$/m);
     assert.match(
       script,
       new RegExp(
@@ -308,7 +310,10 @@ describe("user-data", () => {
         spec({ role: "flows-agent", docker: false, gvisor: false, runtimeSandbox: { uids: "1900000000-1900000255" } }),
       ),
     );
-    assert.match(decoded.script, /^retry dnf install -y nodejs24 bubblewrap util-linux nftables$/m);
+    assert.match(
+      decoded.script,
+      /^retry dnf install -y nodejs24 amazon-cloudwatch-agent bubblewrap util-linux nftables$/m,
+    );
     const unit = (decoded.files.get("/etc/systemd/system/agentpools-flows-agent.service")?.content as string).split(
       "\n",
     );
@@ -389,6 +394,25 @@ describe("user-data", () => {
     assert.equal(daemon["log-driver"], "none");
   });
 
+  it("the CloudWatch agent reaches AWS as the runtime does: through the proxy only with awsApisViaProxy; the log file kept small", () => {
+    const files = (extra: Partial<UserDataSpec>) => decodeUserData(renderUserData(spec(extra))).files;
+    const proxied = files({ awsApisViaProxy: true }).get("/opt/aws/amazon-cloudwatch-agent/etc/common-config.toml");
+    assert.equal(
+      proxied?.content,
+      '[proxy]\nhttps_proxy = "http://proxy.internal:3128"\nno_proxy = "169.254.169.254"\n',
+      "its proxy in its own file (its unit does not see the runtime's environment), the metadata service around it",
+    );
+    assert.ok(!files({}).has("/opt/aws/amazon-cloudwatch-agent/etc/common-config.toml"), "else straight to AWS");
+    // Cut in place (the unit holds the file open), the pattern covering the file the unit writes.
+    const rotation = files({}).get("/etc/logrotate.d/agentpools")?.content ?? "";
+    const unit = files({}).get("/etc/systemd/system/agentpools-launcher.service")?.content ?? "";
+    const [, logFile] = /^StandardOutput=append:(.+)$/m.exec(unit) ?? [];
+    const [pattern] = rotation.split(" ");
+    assert.ok(logFile && path.matchesGlob(logFile, pattern), `${pattern} covers ${logFile}`);
+    assert.match(rotation, /^ copytruncate$/m);
+    assert.match(rotation, /^ size 64M$/m);
+  });
+
   it("trusts the custom CAs before the first download, whether carried inline or read from SSM", () => {
     const inline = decodeUserData(renderUserData(spec())).script.split("\n");
     assert.ok(
@@ -448,7 +472,7 @@ describe("user-data", () => {
       assert.deepEqual(rest, []);
       assert.match(
         log,
-        /^logs put-log-events --log-group-name \/agentpools\/agentpools-build-1a2b3c4d --log-stream-name boot --log-events timestamp=[0-9]{13},message="i-0123456789abcdef0: boot failed: dnf install -y nodejs24 docker"$/,
+        /^logs put-log-events --log-group-name \/agentpools\/agentpools-build-1a2b3c4d --log-stream-name boot --log-events timestamp=[0-9]{13},message="i-0123456789abcdef0: boot failed: dnf install -y nodejs24 amazon-cloudwatch-agent docker"$/,
       );
       assert.equal(bin.calls("poweroff").length, 1);
     });

@@ -61,6 +61,8 @@ export interface UserDataSpec {
   architecture: "x86_64" | "arm64";
   /** The pool's region, for the AWS CLI calls of the boot script. */
   region: string;
+  /** The pool's log group: the CloudWatch agent ships the runtime's log there, and a boot that fails says why in it. */
+  logGroupName: string;
   registryMirror?: string;
   /** PEM certificates to trust, system-wide and in Node, carried in user-data... */
   caCertificates?: string;
@@ -117,6 +119,9 @@ const systemdEnv = (name: string, value: string) =>
   `Environment="${`${name}=${oneLine(name, value)}`.replace(/[\\"]/g, "\\$&").replace(/%/g, "%%")}"`;
 
 export const unitName = (role: RoleName) => `agentpools-${role}.service`;
+/** The runtime's log on the instance (its unit's output), in a directory root's alone. */
+export const RUNTIME_LOG_DIR = "/var/log/agentpools";
+export const runtimeLogPath = (role: RoleName) => `${RUNTIME_LOG_DIR}/${role}.log`;
 export const configPath = (role: RoleName) => `${CONFIG_DIR}/${role}.json`;
 export const bundlePath = (role: RoleName) => `${INSTALL_DIR}/${role}.js`;
 
@@ -259,7 +264,8 @@ export function renderUnit(spec: UserDataSpec): string {
     "[Unit]",
     `Description=agentpools ${spec.role} for pool ${spec.pool}`,
     "Wants=network-online.target",
-    `After=network-online.target${spec.docker ? " docker.service" : ""}`,
+    // The CloudWatch agent ships the unit's output: it starts first, and stops after, with the last lines sent.
+    `After=network-online.target${spec.docker ? " docker.service" : ""} ${CLOUDWATCH_AGENT_UNIT}`,
     ...(spec.docker ? ["Requires=docker.service"] : []),
     // A runtime that keeps failing is given up on, and its instance with it: powered off, the
     // instance terminates and Auto Scaling starts another (a restart loop would hold capacity).
@@ -286,6 +292,8 @@ export function renderUnit(spec: UserDataSpec): string {
     // "+": with full privileges, before the agent, whatever state the instance was rebooted into.
     ...(spec.runtimeSandbox ? [`ExecStartPre=+/usr/sbin/nft -f ${IMDS_RULES_PATH}`] : []),
     `ExecStart=/usr/bin/node-${spec.nodeMajor} ${[...RUNTIME_NODE_FLAGS, bundlePath(spec.role)].join(" ")}`,
+    // Opened by systemd (root) before the agent starts: stdout and stderr alike, a crash's trace included.
+    `StandardOutput=append:${runtimeLogPath(spec.role)}`,
     "Restart=on-failure",
     "RestartSec=5",
     "KillMode=mixed",
@@ -334,7 +342,35 @@ export function renderDockerDaemonConfig(spec: UserDataSpec): string | undefined
   return JSON.stringify(config) + "\n";
 }
 
-/** The files cloud-init writes before the script runs. */
+const CLOUDWATCH_AGENT_DIR = "/opt/aws/amazon-cloudwatch-agent";
+const CLOUDWATCH_AGENT_UNIT = "amazon-cloudwatch-agent.service";
+export const CLOUDWATCH_AGENT_CONFIG_PATH = `${CONFIG_DIR}/cloudwatch-agent.json`;
+/** Where the CloudWatch agent reads its proxy (its own unit does not see the runtime's environment). */
+export const CLOUDWATCH_AGENT_PROXY_PATH = `${CLOUDWATCH_AGENT_DIR}/etc/common-config.toml`;
+
+/**
+ * The CloudWatch agent's configuration: the runtime's log file to the pool's log group, one stream per instance named
+ * by its ID. Its metric lines (embedded metric format) become metrics as CloudWatch Logs takes them in.
+ */
+export function renderCloudWatchAgentConfig(spec: Pick<UserDataSpec, "role" | "logGroupName">): string {
+  const file = {
+    file_path: runtimeLogPath(spec.role),
+    log_group_name: spec.logGroupName,
+    log_stream_name: "{instance_id}",
+  };
+  return JSON.stringify({ logs: { logs_collected: { files: { collect_list: [file] } } } }) + "\n";
+}
+
+/**
+ * The runtime's log kept small on a long-lived instance (its lines are in CloudWatch): cut in place, the file the unit
+ * holds open, which the CloudWatch agent then reads again from its start. Amazon Linux's logrotate timer runs it daily.
+ */
+export const RUNTIME_LOG_ROTATION = `${RUNTIME_LOG_DIR}/*.log {\n size 64M\n rotate 1\n copytruncate\n missingok\n}\n`;
+
+/** The CloudWatch agent's proxy, when the AWS APIs are reached through it (TOML: a JSON string is a valid basic one). */
+export const renderCloudWatchAgentProxy = (proxy: string) =>
+  `[proxy]\nhttps_proxy = ${JSON.stringify(oneLine("httpsProxy", proxy))}\nno_proxy = "169.254.169.254"\n`;
+
 /** Every file an instance gets, as it will be on disk. */
 export function renderFiles(spec: UserDataSpec): UserDataFile[] {
   return [
@@ -354,6 +390,12 @@ export function configFiles(spec: UserDataSpec): UserDataFile[] {
     { path: configPath(spec.role), content: JSON.stringify(spec.config) + "\n" },
     { path: `/etc/systemd/system/${unitName(spec.role)}`, content: renderUnit(spec) },
   ];
+  files.push(
+    { path: CLOUDWATCH_AGENT_CONFIG_PATH, content: renderCloudWatchAgentConfig(spec) },
+    { path: "/etc/logrotate.d/agentpools", content: RUNTIME_LOG_ROTATION },
+  );
+  if (spec.httpsProxy && spec.awsApisViaProxy)
+    files.push({ path: CLOUDWATCH_AGENT_PROXY_PATH, content: renderCloudWatchAgentProxy(spec.httpsProxy) });
   const daemon = renderDockerDaemonConfig(spec);
   if (daemon) files.push({ path: "/etc/docker/daemon.json", content: daemon });
   if (spec.runtimeSandbox) files.push({ path: IMDS_RULES_PATH, content: imdsRules(spec.runtimeSandbox.uids) });
@@ -422,7 +464,7 @@ export function bootPreamble(spec: UserDataSpec): string[] {
           "  trap - ERR; set +e",
           ...(awsProxy(spec) ? [`  export${awsProxy(spec)}`] : []),
           // The instance's ID as cloud-init keeps it.
-          `  aws logs put-log-events --log-group-name ${aws.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$(</var/lib/cloud/data/instance-id): boot failed: \${1//\\"/}\\""`,
+          `  aws logs put-log-events --log-group-name ${spec.logGroupName} --log-stream-name ${BOOT_LOG_STREAM} --log-events "timestamp=$(date +%s000),message=\\"$(</var/lib/cloud/data/instance-id): boot failed: \${1//\\"/}\\""`,
           // The launch template terminates an instance that powers off: the group replaces it at once.
           "  poweroff",
           "  exit 1",
@@ -462,6 +504,9 @@ function bootRest(spec: UserDataSpec): string {
     );
   }
   lines.push(
+    `install -d -m 0700 ${RUNTIME_LOG_DIR}`,
+    // Its configuration, then the agent enabled and started (-s): before the runtime writes a line.
+    `${CLOUDWATCH_AGENT_DIR}/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:${CLOUDWATCH_AGENT_CONFIG_PATH}`,
     "systemctl daemon-reload",
     `systemctl enable --now ${spec.docker ? "docker " : ""}${unitName(spec.role)}`,
     "",
@@ -479,6 +524,7 @@ function bootRest(spec: UserDataSpec): string {
 function scriptParts(spec: UserDataSpec): [string, string, string] {
   const packages = [
     `nodejs${spec.nodeMajor}`,
+    "amazon-cloudwatch-agent",
     ...(spec.docker ? ["docker"] : []),
     ...(spec.runtimeSandbox ? ["bubblewrap", "util-linux", "nftables"] : []),
   ];
