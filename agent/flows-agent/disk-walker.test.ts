@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { scratchDir } from "../../devkit/helpers";
-import { diskUsage, walkDisk } from "./disk-walker";
+import { Worker } from "node:worker_threads";
+import { diskUsage, WALK_NAMES_BYTES, walkDisk, WALKER_HEAP_MB } from "./disk-walker";
 
 /** A tree of `files` empty files in `dirs` directories, under a scratch directory of its own. */
 function tree(dirs: number, files: number): string {
@@ -22,6 +23,38 @@ describe("disk walker", () => {
     assert.equal(diskUsage([root], 4 * 4096), 5 * 4096);
     assert.equal(diskUsage([root], 1 << 30, undefined, 4096, -1), -1);
     assert.equal(diskUsage([path.join(root, "gone")], 1 << 30), 0);
+  });
+
+  it("diskUsage: -1 once a walk has read more names than its bound, whatever its entry limit leaves", () => {
+    // 40 files of 200-character names: some 19 KB of names (two bytes a character, 64 more each).
+    const root = scratchDir("names-");
+    for (let f = 0; f < 40; f++) writeFileSync(path.join(root, String(f).padStart(200, "n")), "");
+    const walk = (namesBytes: number) => diskUsage([root], 1 << 30, undefined, 4096, 500, undefined, namesBytes);
+    assert.equal(walk(16_000), -1);
+    // Measured: 40 files and their directory (which many long names make larger than a block).
+    assert.ok(walk(20_000) >= 41 * 4096, String(walk(20_000)));
+  });
+
+  it("a directory of more long names than the walker thread's heap holds ends its walk as -1, not the thread", async () => {
+    // red24 ended the thread (and so every walk waiting for it) with 500,000 files of long names under a 2 GB limit. The
+    // same directory, from a stand-in file system (no disk to fill), walked on a thread with the walker's heap.
+    const source = `const { parentPort } = require("node:worker_threads");
+      const diskUsage = ${diskUsage};
+      let given = 0;
+      const fs = {
+        lstatSync: (at) => ({ blocks: 0, isDirectory: () => at === "/wide" }),
+        opendirSync: () => ({
+          readSync: () => (given < 600000 ? { name: String(given++).padStart(255, "w") } : null),
+          closeSync() {},
+        }),
+      };
+      parentPort.postMessage([diskUsage(["/wide"], 2 ** 42, fs, 4096, 1, () => 0, ${WALK_NAMES_BYTES}), given]);`;
+    const thread = new Worker(source, { eval: true, resourceLimits: { maxOldGenerationSizeMb: WALKER_HEAP_MB } });
+    const outcome = await new Promise((resolve) => {
+      thread.once("message", resolve).once("error", (error) => resolve(error.message));
+    });
+    await thread.terminate();
+    assert.deepEqual(outcome, [-1, Math.ceil(WALK_NAMES_BYTES / (255 * 2 + 64))]);
   });
 
   it("walks on its thread, the run whose last walk was the shortest first", async () => {

@@ -8,13 +8,21 @@ export const ENTRY_BYTES = 4096;
  * 16,384 entries (64 MB) of a plain tree take some 50 ms here.
  */
 export const WALK_BUDGET_MS = 500;
+/**
+ * The most names a walk reads (two bytes a character, and some for each string), which bounds those it holds still to
+ * visit: a directory of many long names ends its walk, as a slow tree does, well within the walker thread's heap (which
+ * such a directory ended, and with it every walk waiting for the thread).
+ */
+export const WALK_NAMES_BYTES = 32 << 20;
+/** The walker thread's heap (V8's old generation), in MB: one walk's names, bounded above, and the rest. */
+export const WALKER_HEAP_MB = 128;
 
 /**
  * The disk these files and trees hold (st_blocks: a sparse file counts what it uses), each entry at least ENTRY_BYTES;
  * walked to no more entries than `limit` allows, so a tree of many small files costs a bounded walk. Infinity if some
  * entry of it cannot be measured (a run may not hide files from the count); -1 if the walk took over `budgetMs` by
- * `clock` (a tree made deep: each lookup costs its depth). Self-contained but for its arguments: the walker thread
- * evaluates its source.
+ * `clock` (a tree made deep: each lookup costs its depth), or read over `namesBytes` of names. Self-contained
+ * but for its arguments: the walker thread evaluates its source.
  */
 export function diskUsage(
   paths: string[],
@@ -23,10 +31,12 @@ export function diskUsage(
   entryBytes = ENTRY_BYTES,
   budgetMs = WALK_BUDGET_MS,
   clock = () => performance.now(),
+  namesBytes = WALK_NAMES_BYTES,
 ): number {
   const deadline = clock() + budgetMs;
   let used = 0;
   let entries = 0;
+  let held = 0;
   const pending = [...paths];
   while (pending.length > 0) {
     if (++entries > limit / entryBytes) return entries * entryBytes;
@@ -41,8 +51,11 @@ export function diskUsage(
       if (!stat.isDirectory()) continue;
       const dir = fs.opendirSync(at);
       try {
-        for (let entry; pending.length <= limit / entryBytes && (entry = dir.readSync());)
+        for (let entry; pending.length <= limit / entryBytes && (entry = dir.readSync());) {
+          // (Each path shares its directory's string: its own name is what it adds.)
+          if ((held += entry.name.length * 2 + 64) > namesBytes) return -1;
           pending.push(`${at}/${entry.name}`);
+        }
       } finally {
         dir.closeSync();
       }
@@ -74,7 +87,7 @@ const next = () => {
   const { id, paths, limit, budget } = asked.splice(first, 1)[0];
   const began = cpu();
   let used = Infinity;
-  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, budget, cpu); } catch {}
+  try { used = diskUsage(paths, limit, fs, ${ENTRY_BYTES}, budget, cpu, ${WALK_NAMES_BYTES}); } catch {}
   const took = cpu() - began;
   parentPort.postMessage({ id, used, took });
   resting = true;
@@ -96,9 +109,9 @@ let walker: { measure(paths: string[], limit: number, cost: number, budget: numb
  */
 export function walkDisk(paths: string[], limit: number, cost: number, budget = WALK_BUDGET_MS): Promise<Walk> {
   if (!walker) {
-    // Its heap holds one walk's pending paths (at most `limit` entries of up to PATH_MAX): bounded, and a walk past it
-    // ends the thread, whose runs then count as unmeasurable.
-    const thread = new Worker(WALKER, { eval: true, resourceLimits: { maxOldGenerationSizeMb: 128 } });
+    // Its heap holds one walk's names (WALK_NAMES_BYTES at most): were it to fail all the same, its runs would count as
+    // unmeasurable.
+    const thread = new Worker(WALKER, { eval: true, resourceLimits: { maxOldGenerationSizeMb: WALKER_HEAP_MB } });
     thread.unref();
     const waiting = new Map<number, (walk: Walk) => void>();
     let id = 0;

@@ -17,7 +17,7 @@ import type { FlowsAgentSettings } from "../config/flows-agent";
 import type { Logger } from "../../lib/log";
 import { FLOWS_CANCELLED, FLOWS_MAX_RESULT_BYTES, type Answer, type Job } from "../../protocol/flows";
 import { checkAnswer, encodeFrame, frameReader, type CheckedAnswer } from "./channel";
-import { ENTRY_BYTES, WALK_BUDGET_MS, walkDisk } from "./disk-walker";
+import { ENTRY_BYTES, WALK_BUDGET_MS, WALK_NAMES_BYTES, walkDisk } from "./disk-walker";
 import { containerGone } from "../runtime/docker";
 import {
   bwrapArgs,
@@ -181,7 +181,7 @@ export function runtime(spawned: Spawned, memoryMb: number, diskMb = 0, walkBudg
               took = walk.took;
               if (used < 0)
                 end(
-                  `the run made its scratch space too slow to measure (a walk of it took over ${walkBudgetMs} ms of CPU)`,
+                  `the run made its scratch space too costly to measure (a walk of it took over ${walkBudgetMs} ms of CPU, or read over ${WALK_NAMES_BYTES >> 20} MB of names)`,
                 );
               else if (used > diskBytes)
                 end(
