@@ -65,6 +65,8 @@ export class WebSocket extends EventEmitter {
   send: (text: string, sent?: () => void) => void;
   /** Sends a ping; returns its payload, which the "pong" event answering it carries. */
   ping: () => string;
+  /** Bytes sent but not yet written to the connection. */
+  buffered: () => number;
   close: (code?: number) => void;
   /**
    * Liveness: a ping every intervalMs; nothing received for timeoutMs after one closes the
@@ -125,6 +127,7 @@ export class WebSocket extends EventEmitter {
       return payload;
     });
     this.send = (text, sent) => frame(0x1, text, sent);
+    this.buffered = () => socket.writableLength;
     this.keepAlive = (intervalMs = PING_INTERVAL_MS, timeoutMs = PING_TIMEOUT_MS) => {
       let deadline: NodeJS.Timeout | undefined;
       const tick = setInterval(() => {

@@ -40,6 +40,7 @@ class RecordingGateway {
   private fence = 0;
   private server = http.createServer((req, res) => this.request(req, res));
   private sockets: WebSocket[] = [];
+  private raw: net.Socket[] = [];
   url = "";
 
   async listen(): Promise<void> {
@@ -50,6 +51,7 @@ class RecordingGateway {
       }
       const ws = acceptWebSocket(req.headers, socket, head);
       this.sockets.push(ws);
+      this.raw.push(socket);
       ws.on("message", (text: string) => {
         const message = JSON.parse(text);
         this.messages.push(message);
@@ -90,6 +92,13 @@ class RecordingGateway {
   }
 
   connected = () => this.sockets.some((ws) => ws.open);
+
+  /** Stops reading what launchers send (the kernel's buffers fill, then theirs), or reads again. */
+  reading(on: boolean): void {
+    for (const socket of this.raw)
+      if (on) socket.resume();
+      else socket.pause();
+  }
 
   /** Sends a run and waits for its end: refused, or finished with its log. */
   async run(
@@ -171,6 +180,8 @@ describe("launcher: a hostile gateway or run", function () {
       const log = capturingLogger("launcher");
       /** A container an earlier launcher on this engine left running (it died mid-run): its process group. */
       let earlier = 0;
+      /** The launcher's work directory: a run's files, until the gateway has its result. */
+      const work = scratchDir(`work-${executor}-`);
 
       /** The docker CLI's invocations so far (stand-in): argv and environment of each. */
       const dockerCalls = () =>
@@ -213,10 +224,13 @@ describe("launcher: a hostile gateway or run", function () {
           DOCKER_HOST: "unix:///run/agentpools-test.sock",
           DEPLOY_KEY: "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----",
         };
-        launcher = await launcherRole({ docker }).start(settings({ executor, runInitializationPolicyFile: policy }), {
-          log: log.log,
-          env,
-        });
+        launcher = await launcherRole({ docker }).start(
+          settings({ executor, runInitializationPolicyFile: policy, workDirectory: work }),
+          {
+            log: log.log,
+            env,
+          },
+        );
         await launcher.ready;
         await eventually(gateway.connected);
       });
@@ -581,6 +595,78 @@ describe("launcher: a hostile gateway or run", function () {
           }
           await stillWorks();
         });
+
+      if (executor === "process")
+        it("a gateway that asks for a log again and again, reading nothing, gets it once per message's worth it reads", async () => {
+          gateway.holdAcks = true;
+          const runId = id();
+          try {
+            // 4 MB of log, asked for 20 times over while the gateway reads nothing: 80 MB would wait in the launcher.
+            const run = await gateway.run({
+              id: runId,
+              image: "alpine:3",
+              commands: ["line=$(printf 'x%.0s' $(seq 5000)); yes \"$line\" | head -n 800"],
+            });
+            const fence = gateway.messages.find((m) => m.type === "accepted" && m.id === runId)?.fence;
+            const from = gateway.messages.length;
+            gateway.reading(false);
+            for (let i = 0; i < 20; i++)
+              gateway.sendRaw(JSON.stringify({ type: "start", id: runId, fence, lines: 0, termMs: 60_000 }));
+            // A run offered after the asks: its acceptance arrives after whatever the asks made the launcher send.
+            const probe = id();
+            gateway.sendRaw(
+              JSON.stringify({
+                type: "run",
+                run: { id: probe, image: "alpine:3", commands: ["true"] },
+                lease: { fence: 1_000_000, termMs: 60_000 },
+              }),
+            );
+            gateway.reading(true);
+            await eventually(
+              () => gateway.messages.some((m) => m.type === "accepted" && m.id === probe),
+              30_000,
+              "the probe's acceptance",
+            );
+            const copies =
+              gateway.messages
+                .slice(from)
+                .filter((m) => m.type === "log" && m.id === runId)
+                .reduce((n, m) => n + m.lines.length, 0) / run.lines.length;
+            // Whole copies, while less than a message's worth (16 MiB) waited to leave, and the kernel's buffers took some.
+            assert.ok(copies >= 1 && copies <= 8 && Number.isInteger(copies), `${copies} copies of the log`);
+            await eventually(
+              () => gateway.messages.some((m) => m.type === "finished" && m.id === probe),
+              15_000,
+              "the probe run",
+            );
+          } finally {
+            gateway.holdAcks = false;
+            gateway.ackHeld();
+          }
+          await stillWorks();
+        });
+
+      it("a run sent again under the ID of one whose result the gateway has not taken: the first's files go at once", async () => {
+        gateway.holdAcks = true;
+        const runId = id();
+        try {
+          const first = await gateway.run({
+            id: runId,
+            image: "alpine:3",
+            commands: ["head -c 100000 /dev/zero > blob"],
+          });
+          assert.equal(first.status, "succeeded");
+          assert.equal(readdirSync(work).length, 1, "the first run's files, kept for its result");
+          const again = await gateway.run({ id: runId, image: "alpine:3", commands: ["echo again"] });
+          assert.deepEqual([again.status, again.lines.at(-1)], ["succeeded", "again"]);
+          assert.equal(readdirSync(work).length, 1, "the second run's files alone");
+        } finally {
+          gateway.holdAcks = false;
+          gateway.ackHeld();
+        }
+        await eventually(() => readdirSync(work).length === 0, 5000, "nothing left once the result is taken");
+        await stillWorks();
+      });
 
       it("output without newlines is cut into bounded lines, without holding the launcher", async () => {
         const run = await gateway.run({

@@ -309,10 +309,12 @@ export class Launcher extends WebSocketLink {
         this.renew();
         run.go?.(true);
         // It lacks lines from this index (a reconnect, or lines it could not store): resend them, and the outcome.
-        // (An index, or nothing: a gateway's -1e15 would be a loop without end, a string a concatenation.)
+        // (An index, or nothing: a gateway's -1e15 would be a loop without end, a string a concatenation. Nothing while
+        // a message's worth waits to leave: a gateway that asks again and again but reads nothing fills no memory.)
         const { lines } = message;
         for (
-          let from = Number.isSafeInteger(lines) && lines >= 0 ? lines : Infinity;
+          let from =
+            Number.isSafeInteger(lines) && lines >= 0 && socket.buffered() < WEBSOCKET_MAX_MESSAGE ? lines : Infinity;
           from < run.lines.length;
           from += RESEND_LINES
         )
@@ -383,6 +385,10 @@ export class Launcher extends WebSocketLink {
         retry: true,
       });
     }
+    // Sent again under an ID it holds, that run is the gateway's no more: its files go (a gateway doing so on purpose
+    // would fill the disk with them).
+    const earlier = this.held.get(id);
+    if (earlier) this.forget(earlier);
     const run: Held = {
       id,
       fence,

@@ -18,6 +18,8 @@ export interface LinkSocket extends EventEmitter {
   readonly open: boolean;
   /** `sent` is called once the socket has written the message (or the link is gone). */
   send(text: string, sent?: () => void): void;
+  /** Bytes sent but not yet written to the connection. */
+  buffered(): number;
   /** Sends a ping; returns what the "pong" event answering it carries. */
   ping(): string;
   close(code?: number): void;
@@ -97,6 +99,7 @@ export function dialWebSocket(url: URL, headers: Record<string, string>, timeout
     const check = (): unknown => (ws.bufferedAmount && link.open ? setTimeout(check, 5) : sent());
     setImmediate(check);
   };
+  link.buffered = () => ws.bufferedAmount;
   // Text pings carry nothing to match: any pong answers (the gateway answers each in order, after what it sent before).
   link.ping = () => (link.send(PING_MESSAGE), PONG_MESSAGE);
   // Not waiting for the gateway's close frame: a gateway that stopped answering sends none.
