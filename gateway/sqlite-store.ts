@@ -9,6 +9,7 @@ import {
   storageError,
   type GatewayStore,
   type LeaseClaim,
+  type LogCap,
   type RetentionPolicy,
   type RunOutcomeRecord,
   type RunRecord,
@@ -16,8 +17,11 @@ import {
 
 /** Without a data directory, sealed state is held in memory: up to this much per run. */
 export const MAX_STATE_IN_MEMORY = 64 * 1024 * 1024;
-/** 2: runs.owner, the service key that submitted each run (1 had none: its runs belong to no key). */
-const SCHEMA_VERSION = 2;
+/**
+ * 2: runs.owner, the service key that submitted each run (1 had none: its runs belong to no key).
+ * 3: runs.log_bytes, the UTF-8 bytes of the run's log stored, for its cap in bytes.
+ */
+const SCHEMA_VERSION = 3;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL) STRICT;
@@ -36,6 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
   state INTEGER NOT NULL DEFAULT 0,
   state_bytes INTEGER,
   log_lines INTEGER NOT NULL DEFAULT 0,
+  log_bytes INTEGER NOT NULL DEFAULT 0,
   created_at TEXT NOT NULL,
   started_at TEXT,
   finished_at TEXT
@@ -52,6 +57,15 @@ CREATE TABLE IF NOT EXISTS log_lines (
 `;
 /** After SCHEMA, and after a database of schema 1 got its owner column. */
 const OWNER_INDEX = "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (pool, owner, seq);";
+/**
+ * A database of schema 1 or 2 gets its log_bytes column, counted for the runs that may still append to their log;
+ * a finished run's log is never appended to, so its count may stay 0.
+ */
+const LOG_BYTES_COLUMN = `
+ALTER TABLE runs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE runs SET log_bytes =
+  (SELECT COALESCE(SUM(length(CAST(text AS BLOB))), 0) FROM log_lines WHERE run = runs.seq)
+WHERE status IN ('queued', 'running');`;
 
 interface Row {
   seq: number;
@@ -67,10 +81,14 @@ interface Row {
   lease_expires: number | null;
   state: number;
   log_lines: number;
+  log_bytes: number;
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
 }
+
+/** Where a run's log ends: its row, and the lines and UTF-8 bytes stored. */
+type LogEnd = Pick<Row, "seq" | "log_lines" | "log_bytes">;
 
 /** What of a run is fixed at submission, kept as one JSON column. */
 type Spec = Pick<RunRecord, "image" | "commands" | "sealedEnvironment" | "timeoutSeconds" | "stateFrom">;
@@ -155,11 +173,13 @@ export class SqliteStore implements GatewayStore {
           `${dataDir}/gateway.db is of a newer gateway (schema ${version}; this one knows ${SCHEMA_VERSION})`,
         );
       // One transaction: a database of schema 1 is given its owner column (its runs keep none: they belong to no
-      // key until an operator hands them over, main.js hand-over-runs), or stays as it was.
+      // key until an operator hands them over, main.js hand-over-runs), one of schema 1 or 2 its log_bytes column;
+      // or it stays as it was.
       this.db.exec("BEGIN IMMEDIATE");
       try {
         this.db.exec(SCHEMA);
         if (version === 1) this.db.exec("ALTER TABLE runs ADD COLUMN owner TEXT");
+        if (version === 1 || version === 2) this.db.exec(LOG_BYTES_COLUMN);
         this.db.exec(OWNER_INDEX + `PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`);
       } finally {
         if (this.db.isTransaction) this.db.exec("ROLLBACK");
@@ -360,29 +380,43 @@ export class SqliteStore implements GatewayStore {
     { run, worker, fence }: LeaseClaim,
     from: number,
     lines: string[],
-    max: number,
+    max: LogCap,
   ): Promise<number | undefined> {
     return this.transaction(() => {
-      const row = this.get<{ seq: number; log_lines: number }>(
-        "SELECT seq, log_lines FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
+      const row = this.get<LogEnd>(
+        "SELECT seq, log_lines, log_bytes FROM runs WHERE id = ? AND worker = ? AND fence = ? AND status = 'running'",
         run,
         worker,
         fence,
       );
       if (!row) return undefined;
-      return this.insertLines(row.seq, row.log_lines, from, lines, max);
+      return this.insertLines(row, from, lines, max);
     });
   }
 
-  /** Lines from index `from`, skipping those stored and those past `max`: the log's new length. */
-  private insertLines(seq: number, stored: number, from: number, lines: string[], max: number): number {
-    if (from > stored) return stored;
-    const fresh = lines.slice(stored - from, stored - from + Math.max(0, max - stored));
-    if (fresh.length === 0) return stored;
+  /**
+   * Lines from index `from`, skipping those stored and those past `max` (a line is stored while the log before it
+   * is within both caps): the log's new length.
+   */
+  private insertLines(
+    { seq, log_lines: stored, log_bytes: storedBytes }: LogEnd,
+    from: number,
+    lines: string[],
+    max: LogCap,
+  ): number {
+    // A gap stores nothing, nor does a `from` that is no number (NaN).
+    if (!(from <= stored)) return stored;
+    let count = stored;
+    let bytes = storedBytes;
     const insert = this.statement("INSERT INTO log_lines (run, line, text) VALUES (?, ?, ?)");
-    fresh.forEach((text, i) => insert.run(seq, stored + i, text));
-    this.run("UPDATE runs SET log_lines = ? WHERE seq = ?", stored + fresh.length, seq);
-    return stored + fresh.length;
+    for (const text of lines.slice(stored - from)) {
+      if (count >= max.lines || bytes > max.bytes) break;
+      insert.run(seq, count++, text);
+      bytes += Buffer.byteLength(text);
+    }
+    if (count === stored) return stored;
+    this.run("UPDATE runs SET log_lines = ?, log_bytes = ? WHERE seq = ?", count, bytes, seq);
+    return count;
   }
 
   readLog(id: string, from: number, limit: number): Promise<string[]> {
@@ -400,19 +434,20 @@ export class SqliteStore implements GatewayStore {
   finishRun(id: string, claim: LeaseClaim | undefined, outcome: RunOutcomeRecord, note?: string): Promise<boolean> {
     return this.transaction(() => {
       const row = claim
-        ? this.get<{ seq: number; log_lines: number }>(
-            `SELECT seq, log_lines FROM runs
+        ? this.get<LogEnd>(
+            `SELECT seq, log_lines, log_bytes FROM runs
              WHERE id = ? AND worker = ? AND fence = ? AND status IN ('queued', 'running')`,
             id,
             claim.worker,
             claim.fence,
           )
-        : this.get<{ seq: number; log_lines: number }>(
-            "SELECT seq, log_lines FROM runs WHERE id = ? AND status IN ('queued', 'running')",
+        : this.get<LogEnd>(
+            "SELECT seq, log_lines, log_bytes FROM runs WHERE id = ? AND status IN ('queued', 'running')",
             id,
           );
       if (!row) return false;
-      if (note !== undefined) this.insertLines(row.seq, row.log_lines, row.log_lines, [note], Infinity);
+      // The gateway's own note is kept past both caps: it says why the run ended.
+      if (note !== undefined) this.insertLines(row, row.log_lines, [note], { lines: Infinity, bytes: Infinity });
       this.run(
         `UPDATE runs SET status = ?, exit_code = ?, reason = ?, state = ?, finished_at = ?, lease_expires = NULL
          WHERE seq = ?`,

@@ -40,10 +40,12 @@ export interface GatewayStore {
   startRun(claim: LeaseClaim, at: string): Promise<boolean>;
   /**
    * Lines from index `from` of a running run's log, under the run's lease; lines already
-   * stored are skipped, lines past `max` dropped. The log's length after it, or undefined
-   * if the claim is not the run's lease.
+   * stored are skipped. A line is stored while the log holds fewer than `max.lines` lines and
+   * at most `max.bytes` UTF-8 bytes before it (the line that crosses the byte cap is the last
+   * stored, so a launcher's cut marker fits); the rest are dropped. The log's length after it,
+   * or undefined if the claim is not the run's lease.
    */
-  appendLog(claim: LeaseClaim, from: number, lines: string[], max: number): Promise<number | undefined>;
+  appendLog(claim: LeaseClaim, from: number, lines: string[], max: LogCap): Promise<number | undefined>;
   /** Up to `limit` lines of a run's log from index `from`. */
   readLog(id: string, from: number, limit: number): Promise<string[]>;
   /**
@@ -94,6 +96,12 @@ export interface RunRecord {
   createdAt: string;
   startedAt?: string;
   finishedAt?: string;
+}
+
+/** The most of a run's log the gateway stores: lines, and UTF-8 bytes (see appendLog). */
+export interface LogCap {
+  lines: number;
+  bytes: number;
 }
 
 export interface LeaseClaim {

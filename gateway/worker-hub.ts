@@ -10,6 +10,7 @@ import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } fro
 import {
   FENCE_HEADER,
   FINAL_STATUSES,
+  MAX_LOG_BYTES,
   MAX_LOG_LINES,
   PROOF_HEADER,
   proofPayload,
@@ -34,6 +35,9 @@ import {
   type RunOutcomeRecord,
   type RunRecord,
 } from "./store";
+
+/** A run's log as the gateway stores it: as much as an honest launcher sends, whatever a hostile one does. */
+const LOG_CAP = { lines: MAX_LOG_LINES, bytes: MAX_LOG_BYTES };
 
 /** The worker API's routes. */
 export type WorkerRoute = Extract<Route, { kind: "runs" | "run" | "state" }>;
@@ -450,7 +454,7 @@ export class WorkerHub {
     const { record } = entry;
     const from = Number(message.from);
     const lines = message.lines.map(String);
-    const count = await this.store.appendLog(this.claimOf(record), from, lines, MAX_LOG_LINES).catch((error) => {
+    const count = await this.store.appendLog(this.claimOf(record), from, lines, LOG_CAP).catch((error) => {
       entry.logFailed = true;
       return this.storageFailed("store log lines", error, record);
     });

@@ -20,6 +20,8 @@ const queued = (id: string, pool = "w", createdAt = T0, owner = "k"): RunRecord 
   logLines: 0,
   createdAt: iso(createdAt),
 });
+/** A log cap of so many lines and, unless given, any number of bytes. */
+const upTo = (lines: number, bytes = Infinity) => ({ lines, bytes });
 const text = async (stream: Readable) => {
   let out = "";
   for await (const chunk of stream) out += chunk;
@@ -81,20 +83,41 @@ describe("the gateway's store (SQLite)", () => {
     await store.createRun(queued("r1"));
     await store.grantLease("r1", "L1", T0, T0 + 1000);
     const claim = { run: "r1", worker: "L1", fence: 1 };
-    assert.equal(await store.appendLog(claim, 0, ["early"], 10), undefined, "not running yet");
+    assert.equal(await store.appendLog(claim, 0, ["early"], upTo(10)), undefined, "not running yet");
     await store.startRun(claim, iso(T0));
-    assert.equal(await store.appendLog(claim, 0, ["a", "b"], 10), 2);
-    assert.equal(await store.appendLog(claim, 1, ["b", "c"], 10), 3, "b again is skipped");
-    assert.equal(await store.appendLog(claim, 5, ["f"], 10), 3, "a gap is not stored");
+    assert.equal(await store.appendLog(claim, 0, ["a", "b"], upTo(10)), 2);
+    assert.equal(await store.appendLog(claim, 1, ["b", "c"], upTo(10)), 3, "b again is skipped");
+    assert.equal(await store.appendLog(claim, 5, ["f"], upTo(10)), 3, "a gap is not stored");
+    assert.equal(await store.appendLog(claim, NaN, ["f"], upTo(10)), 3, "nor lines from no index");
     assert.equal(
-      await store.appendLog({ ...claim, fence: 0 }, 3, ["x"], 10),
+      await store.appendLog({ ...claim, fence: 0 }, 3, ["x"], upTo(10)),
       undefined,
       "another fence writes nothing",
     );
-    assert.equal(await store.appendLog(claim, 3, ["d", "e", "f", "g"], 5), 5, "cut at the cap");
+    assert.equal(await store.appendLog(claim, 3, ["d", "e", "f", "g"], upTo(5)), 5, "cut at the cap");
     assert.deepEqual(await store.readLog("r1", 0, 100), ["a", "b", "c", "d", "e"]);
     assert.deepEqual(await store.readLog("r1", 3, 1), ["d"]);
     assert.equal((await store.getRun("r1"))?.logLines, 5);
+  });
+
+  it("log bytes: counted in UTF-8, the line that crosses the cap is the last stored, the gateway's note past it", async () => {
+    await store.createRun(queued("r1"));
+    await store.grantLease("r1", "L1", T0, T0 + 1000);
+    const claim = { run: "r1", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0));
+    // 3 + 6 bytes of UTF-8 (4 UTF-16 code units): the log is at its cap of 9 bytes, not over it.
+    assert.equal(await store.appendLog(claim, 0, ["aé", "€€"], upTo(10, 9)), 2);
+    // "😀" (4 bytes) is the line that crosses the cap: stored; what follows it is dropped, resent "€€" skipped.
+    assert.equal(await store.appendLog(claim, 1, ["€€", "😀", "x"], upTo(10, 9)), 3, "cut past the crossing line");
+    assert.equal(await store.appendLog(claim, 3, ["y"], upTo(10, 9)), 3, "nothing more is stored");
+    await store.close();
+    store = new SqliteStore(dir);
+    assert.equal(await store.appendLog(claim, 3, ["y"], upTo(10, 9)), 3, "the count in bytes survives a reopen");
+    assert.deepEqual(await store.readLog("r1", 0, 10), ["aé", "€€", "😀"]);
+    const outcome = { status: "failed" as const, exitCode: 1, state: false, finishedAt: iso(T0 + 10) };
+    assert.equal(await store.finishRun("r1", claim, outcome, "[agentpools: note]"), true);
+    assert.deepEqual(await store.readLog("r1", 3, 10), ["[agentpools: note]"], "the gateway's note past the cap");
+    assert.equal((await store.getRun("r1"))?.logLines, 4);
   });
 
   it("an outcome ends the lease once; a note goes into the log in the same transaction", async () => {
@@ -118,7 +141,7 @@ describe("the gateway's store (SQLite)", () => {
     await store.grantLease("r1", "L1", T0, T0 + 1000);
     const claim = { run: "r1", worker: "L1", fence: 1 };
     await store.startRun(claim, iso(T0));
-    await store.appendLog(claim, 0, ["kept"], 10);
+    await store.appendLog(claim, 0, ["kept"], upTo(10));
     await store.putState(claim, Readable.from([Buffer.from("APS1 sealed")]));
     await store.close();
     store = new SqliteStore(dir);
@@ -190,7 +213,7 @@ describe("the gateway's store (SQLite)", () => {
       await store.grantLease(id, "L", at, at + 1000);
       const claim = { run: id, worker: "L", fence: 1 };
       await store.startRun(claim, iso(at));
-      await store.appendLog(claim, 0, [`log of ${id}`], 10);
+      await store.appendLog(claim, 0, [`log of ${id}`], upTo(10));
       if (state) await store.putState(claim, Readable.from([Buffer.from(id)]));
       await store.finishRun(id, claim, { status: "succeeded", state, finishedAt: iso(at) });
     };
@@ -289,6 +312,11 @@ describe("the gateway's store (SQLite)", () => {
     assert.equal(old?.owner, undefined);
     assert.deepEqual(await store.listRuns("w", { owner: "", limit: 10 }), [], "no key, not even an empty one");
     await store.createRun(queued("new", "w", T0 + 1, "aaaaaaaaaaaa"));
+    // Its log is counted in bytes too (schema 3).
+    await store.grantLease("new", "L1", T0, T0 + 1000);
+    const claim = { run: "new", worker: "L1", fence: 1 };
+    await store.startRun(claim, iso(T0 + 2));
+    assert.equal(await store.appendLog(claim, 0, ["€€", "€", "x"], upTo(10, 6)), 2);
     assert.equal(await store.handOverRuns(undefined, "cccccccccccc"), 1);
     assert.equal(await store.handOverRuns("aaaaaaaaaaaa", "cccccccccccc"), 1);
     assert.deepEqual(
@@ -298,7 +326,54 @@ describe("the gateway's store (SQLite)", () => {
     const { user_version } = new DatabaseSync(path.join(legacy, "gateway.db")).prepare("PRAGMA user_version").get() as {
       user_version: number;
     };
-    assert.equal(user_version, 2);
+    assert.equal(user_version, 3);
+  });
+
+  it("a database of schema 2 is migrated: a live run's stored log counts towards its cap in bytes", async () => {
+    await store.close();
+    const legacy = scratchDir("store-v2-");
+    const { DatabaseSync } = await import("node:sqlite");
+    const db = new DatabaseSync(path.join(legacy, "gateway.db"));
+    // Schema 2's tables, as the gateway before log_bytes wrote them: a running run and a finished one, with logs.
+    db.exec(`
+      CREATE TABLE pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL) STRICT;
+      CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        pool TEXT NOT NULL REFERENCES pools(name), spec TEXT NOT NULL, owner TEXT, status TEXT NOT NULL,
+        exit_code INTEGER, reason TEXT, worker TEXT, fence INTEGER NOT NULL DEFAULT 0, lease_expires INTEGER,
+        state INTEGER NOT NULL DEFAULT 0, state_bytes INTEGER, log_lines INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT) STRICT;
+      CREATE TABLE log_lines (run INTEGER NOT NULL REFERENCES runs(seq) ON DELETE CASCADE, line INTEGER NOT NULL,
+        text TEXT NOT NULL, PRIMARY KEY (run, line)) STRICT, WITHOUT ROWID;
+      INSERT INTO pools VALUES ('w', 'worker');
+      INSERT INTO runs (id, pool, spec, owner, status, worker, fence, lease_expires, log_lines, created_at, started_at)
+        VALUES ('live', 'w', '{"image":"alpine:3","commands":["true"]}', 'k', 'running', 'L1', 1, ${T0 + 1000}, 2,
+          '${iso(T0)}', '${iso(T0)}');
+      INSERT INTO runs (id, pool, spec, owner, status, log_lines, created_at, finished_at)
+        VALUES ('done', 'w', '{"image":"alpine:3","commands":["true"]}', 'k', 'succeeded', 1, '${iso(T0)}',
+          '${iso(T0)}');
+      INSERT INTO log_lines VALUES (1, 0, 'aé'), (1, 1, '€€'), (2, 0, 'done');
+      PRAGMA user_version = 2;`);
+    db.close();
+    store = new SqliteStore(legacy);
+    const claim = { run: "live", worker: "L1", fence: 1 };
+    // Its 9 bytes stored count: "ü" crosses a cap of 9 and is the last line stored.
+    assert.equal(await store.appendLog(claim, 2, ["ü", "x"], upTo(10, 9)), 3);
+    assert.deepEqual(await store.readLog("live", 0, 10), ["aé", "€€", "ü"]);
+    assert.deepEqual(await store.readLog("done", 0, 10), ["done"]);
+    const reader = new DatabaseSync(path.join(legacy, "gateway.db"));
+    assert.deepEqual(
+      reader
+        .prepare("SELECT id, log_bytes FROM runs ORDER BY seq")
+        .all()
+        .map((r) => ({ ...r })),
+      [
+        { id: "live", log_bytes: 11 },
+        { id: "done", log_bytes: 0 },
+      ],
+    );
+    const { user_version } = reader.prepare("PRAGMA user_version").get() as { user_version: number };
+    reader.close();
+    assert.equal(user_version, 3);
   });
 
   it("refuses a database of a newer gateway, naming it", async () => {

@@ -8,9 +8,11 @@ import { launcherRole } from "../agent/launcher/launcher";
 import { loadOrCreateAuthority, makePoolKeyAndRequest, signPoolRequest } from "../gateway/certificates";
 import { Gateway, type GatewayOptions } from "../gateway/gateway";
 import { createPool, type PoolDefinition } from "../gateway/pools";
+import { SqliteStore } from "../gateway/sqlite-store";
 import { decodeToken, encodeToken } from "../protocol/token";
 import {
   FENCE_HEADER,
+  MAX_LOG_BYTES,
   PROOF_HEADER,
   proofPayload,
   statePath,
@@ -320,6 +322,37 @@ describe("worker runs: exactly once, under leases", function () {
       })
     ).text();
     assert.equal(log, "genuine\n");
+  });
+
+  it(`a hostile launcher's log stops at ${MAX_LOG_BYTES >> 20} MiB in the store: the line that crosses it is the last kept`, async () => {
+    const port = await freePort();
+    const store = new SqliteStore();
+    const { gateway } = await gatewayOn(port, scratchDir("log-bytes-"), { store });
+    open.push(store);
+    const l1 = await launcher(port);
+    const run = await gateway.workers.submit(POOL, { image: "alpine:3", commands: ["apply"] }, OWNER);
+    const { lease } = await l1.next("run");
+    l1.send({ type: "accepted", id: run.id, fence: lease.fence });
+    await l1.next("start");
+    // Lines of 6 MiB of three-byte characters (2 Mi UTF-16 code units), one a message: far within the line cap, and
+    // 48 MiB in all. An honest launcher would have cut the log at its cap; this one goes on.
+    const body = "€".repeat(2 * 1024 * 1024);
+    const sent = Array.from({ length: 8 }, (_, i) => `${i}${body}`);
+    sent.forEach((line, i) => l1.send({ type: "log", id: run.id, fence: lease.fence, from: i, lines: [line] }));
+    l1.send({ type: "finished", id: run.id, fence: lease.fence, status: "succeeded", exitCode: 0, state: false });
+    // Its messages are handled in order: once the outcome is in, every line was stored or dropped.
+    const done = await finished(gateway, run.id, 20_000);
+    const kept = await store.readLog(run.id, 0, sent.length);
+    assert.equal(done.logLines, kept.length);
+    assert.ok(kept.length < sent.length, `${kept.length} of ${sent.length} lines kept`);
+    assert.ok(
+      kept.every((line, i) => line === sent[i]),
+      "the first lines, whole",
+    );
+    const bytes = kept.map((line) => Buffer.byteLength(line));
+    const before = bytes.slice(0, -1).reduce((sum, n) => sum + n, 0);
+    assert.ok(before <= MAX_LOG_BYTES, `${before} bytes before the last line kept`);
+    assert.ok(before + bytes.at(-1)! > MAX_LOG_BYTES, "the last line kept is the one that crosses the cap");
   });
 
   it("a launcher that stops answering pings is dropped; the run it was offered goes to another once the lease expires", async () => {
