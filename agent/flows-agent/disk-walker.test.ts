@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { scratchDir } from "../../devkit/helpers";
 import { Worker } from "node:worker_threads";
@@ -33,6 +33,18 @@ describe("disk walker", () => {
     assert.equal(walk(16_000), -1);
     // Measured: 40 files and their directory (which many long names make larger than a block).
     assert.ok(walk(20_000) >= 41 * 4096, String(walk(20_000)));
+  });
+
+  it("diskUsage: a directory whose name is not UTF-8 (found under another name) cannot be measured: Infinity", () => {
+    const root = scratchDir("bytes-");
+    const named = (name: number[]) => Buffer.concat([Buffer.from(`${root}/`), Buffer.from(name)]);
+    mkdirSync(named([0x66, 0xff]));
+    writeFileSync(Buffer.concat([named([0x66, 0xff]), Buffer.from("/held")]), "x".repeat(10_000));
+    assert.equal(diskUsage([root], 1 << 30), Infinity);
+    // A name of valid UTF-8, U+FFFD itself among its characters, is measured.
+    rmSync(named([0x66, 0xff]), { recursive: true });
+    mkdirSync(named([0x66, 0xef, 0xbf, 0xbd]));
+    assert.ok(diskUsage([root], 1 << 30) >= 2 * 4096);
   });
 
   it("a directory of more long names than the walker thread's heap holds ends its walk as -1, not the thread", async () => {

@@ -46,6 +46,9 @@ export function diskUsage(
       // Gone meanwhile, or not made yet. Any other failure (a path past PATH_MAX, a directory made unsearchable) hides
       // what it holds: Infinity.
       const stat = fs.lstatSync(at, { throwIfNoEntry: false });
+      // A name that is not UTF-8 reads back as another (U+FFFD for its bytes), which is not found: what it holds would
+      // go unmeasured.
+      if (!stat && at.includes("\uFFFD")) return Infinity;
       if (!stat) continue;
       used += Math.max(stat.blocks * 512, entryBytes);
       if (!stat.isDirectory()) continue;
