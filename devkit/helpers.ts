@@ -65,10 +65,13 @@ export function serviceKey(name = "tests", pools?: string[]) {
   return { definition, key, headers: { [KEY_HEADER]: key } as Record<string, string> };
 }
 
-/** A logger that keeps its lines, parsed. */
-export function capturingLogger(role: string) {
+/** A logger that keeps its lines, parsed (and prints them too, with `print`). */
+export function capturingLogger(role: string, print = false) {
   const lines: Record<string, any>[] = [];
-  const log = createLogger(role, [(line) => lines.push(JSON.parse(line))]);
+  const log = createLogger(role, [
+    (line) => lines.push(JSON.parse(line)),
+    ...(print ? [(line: string) => process.stdout.write(line + "\n")] : []),
+  ]);
   return { log, lines };
 }
 

@@ -18,7 +18,7 @@ export interface Logger {
 export function createLogger(
   role: string,
   sinks: ((line: string) => void)[] = [(line) => process.stdout.write(line + "\n")],
-): Logger & { sinks: typeof sinks } {
+): Logger {
   const secrets = new Set<string>();
   const emit = (level: Level, msg: string, fields?: Fields) => {
     let line = JSON.stringify({ time: new Date(), level, role, msg, ...fields });
@@ -26,7 +26,6 @@ export function createLogger(
     for (const sink of sinks) sink(line);
   };
   return {
-    sinks,
     debug: (msg, fields) => emit("debug", msg, fields),
     info: (msg, fields) => emit("info", msg, fields),
     warn: (msg, fields) => emit("warn", msg, fields),

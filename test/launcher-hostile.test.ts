@@ -646,6 +646,66 @@ describe("launcher: a hostile gateway or run", function () {
           await stillWorks();
         });
 
+      it("a gateway that never takes a result gets four runs held, then refusals to retry, not a disk of them", async () => {
+        gateway.holdAcks = true;
+        try {
+          for (let i = 0; i < 4; i++) {
+            const run = await gateway.run({
+              id: id(),
+              image: "alpine:3",
+              commands: ["head -c 100000 /dev/zero > blob"],
+            });
+            assert.equal(run.status, "succeeded");
+          }
+          assert.equal(readdirSync(work).length, 4, "four results held, with their files");
+          const fifth = await gateway.run({ id: id(), image: "alpine:3", commands: ["echo never"] });
+          assert.deepEqual([fifth.type, fifth.reason, fifth.lines], ["refused", "the worker is busy", []]);
+          assert.equal(gateway.messages.find((m) => m.type === "refused" && m.reason === fifth.reason)?.retry, true);
+          assert.equal(readdirSync(work).length, 4, "nothing more kept");
+        } finally {
+          gateway.holdAcks = false;
+          gateway.ackHeld();
+        }
+        await eventually(() => readdirSync(work).length === 0, 5000, "the results taken, their files gone");
+        await stillWorks();
+      });
+
+      if (executor === "process")
+        it("runs to refuse, sent by a gateway that reads nothing, fill neither the launcher's memory nor its log", async () => {
+          // A result held, whose revocation the launcher logs: the sign that it has read what came before it.
+          gateway.holdAcks = true;
+          const held = id();
+          try {
+            assert.equal((await gateway.run({ id: held, image: "alpine:3", commands: ["true"] })).status, "succeeded");
+          } finally {
+            gateway.holdAcks = false;
+          }
+          // 40 runs of a 1 MiB image that is no image: each refusal quotes it, some 4 MiB of JSON.
+          const image = '"'.repeat(1 << 20);
+          const refusals = () =>
+            gateway.messages.filter((m) => m.type === "refused" && m.reason?.startsWith("refused"));
+          const before = refusals().length;
+          const logged = () => log.lines.filter((line) => line.msg === "run refused");
+          const loggedBefore = logged().length;
+          gateway.reading(false);
+          for (let i = 0; i < 40; i++)
+            gateway.sendRaw(JSON.stringify({ type: "run", run: { id: id(), image }, lease: { fence: 1 } }));
+          gateway.sendRaw(JSON.stringify({ type: "revoked", id: held, reason: "read up to here" }));
+          await eventually(() => log.lines.some((line) => line.msg === "lease revoked" && line.run === held), 30_000);
+          gateway.reading(true);
+          // A run after them: its answer comes after whatever they made the launcher queue.
+          const probe = await gateway.run({ id: id(), image: "alpine:3", commands: ["true"] });
+          assert.equal(probe.status, "succeeded");
+          const answered = refusals().length - before;
+          // While 16 MiB waited to leave (beyond what the kernel's buffers took), the rest were dropped: their leases lapse.
+          assert.ok(answered >= 1 && answered <= 16, `${answered} of 40 refusals queued for a gateway reading nothing`);
+          // In the log, a refusal a second at most.
+          const lines = logged().slice(loggedBefore);
+          const spanMs = Date.parse(lines.at(-1)!.time) - Date.parse(lines[0].time);
+          assert.ok(lines.length >= 1 && lines.length <= spanMs / 1000 + 1, `${lines.length} lines in ${spanMs} ms`);
+          await stillWorks();
+        });
+
       it("a run sent again under the ID of one whose result the gateway has not taken: the first's files go at once", async () => {
         gateway.holdAcks = true;
         const runId = id();

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -80,8 +81,11 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
     const scaledIn: string[] = [];
     const violations: string[] = [];
     let launched = 0;
+    // Each instance's output (its log file, as its CloudWatch agent ships it) to its own fake AWS: the runtimes share
+    // this process's stdout, and each writes from within its own asynchronous context.
+    const instance = new AsyncLocalStorage<FakeAws>();
     const quiet = process.stdout.write;
-    process.stdout.write = (() => true) as typeof process.stdout.write;
+    process.stdout.write = ((chunk: string) => (instance.getStore()?.tail(chunk), true)) as typeof process.stdout.write;
 
     const launch = async () => {
       const aws = new FakeAws();
@@ -89,20 +93,20 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
       aws.inGroup(group);
       aws.secrets.set(SECRET_ARN, JSON.stringify({ SPACELIFT_TOKEN: token, SPACELIFT_POOL_PRIVATE_KEY: keyBase64 }));
       const base = await aws.start();
-      const exited = runRole(launcherRole(), settingsJsonSchema("launcher"), {
-        env: {
-          ...aws.env(base),
-          AGENTPOOLS_CONFIG: configFile,
-          AGENTPOOLS_WORK_DIR: path.join(dir, aws.identity.instanceId),
-          PATH: process.env.PATH,
-        },
-        argv: [],
-        exit: () => undefined,
-        // Each instance's log file, as its CloudWatch agent ships it.
-        logTo: (line) => aws.tail(line + "\n"),
-        stopSignal: new Promise(() => undefined),
-        bootMarks: path.join(dir, "no-marks"),
-      });
+      const exited = instance.run(aws, () =>
+        runRole(launcherRole(), settingsJsonSchema("launcher"), {
+          env: {
+            ...aws.env(base),
+            AGENTPOOLS_CONFIG: configFile,
+            AGENTPOOLS_WORK_DIR: path.join(dir, aws.identity.instanceId),
+            PATH: process.env.PATH,
+          },
+          argv: [],
+          exit: () => undefined,
+          stopSignal: new Promise(() => undefined),
+          bootMarks: path.join(dir, "no-marks"),
+        }),
+      );
       instances.set(aws.identity.instanceId, { aws, exited });
     };
     const agents = () => gateway.workers.summary("workers").agents;

@@ -41,8 +41,7 @@ async function workerPool() {
 }
 
 async function startGateway(pool: PoolDefinition, port: number, options: Partial<GatewayOptions> = {}) {
-  const logger = capturingLogger("gateway");
-  if (process.env.DEBUG_GW) logger.log.sinks.push((l: string) => process.stdout.write(l + "\n"));
+  const logger = capturingLogger("gateway", Boolean(process.env.DEBUG_GW));
   const gateway = new Gateway({ keys: [service.definition], pools: [pool], port, log: logger.log, ...options });
   await gateway.listen();
   return { gateway, lines: logger.lines };

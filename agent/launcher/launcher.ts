@@ -49,6 +49,9 @@ import type { FromWorker, HeldLease, Lease, RunOutcome, RunSpec, ToWorker } from
 import { POOL_HEADER } from "../../protocol/link";
 import { open, openBuffer, privateKeyFromBase64, publicKeyPairedWith, seal } from "../../protocol/seal";
 
+/** Results a launcher holds for the gateway to take, at most: past them it takes no run (a gateway that never takes one). */
+const MAX_HELD = 4;
+
 /** How long stopping waits for the gateway to take the last result, even past the drain deadline. */
 const DELIVERY_GRACE_MS = 5_000;
 
@@ -240,6 +243,8 @@ export class Launcher extends WebSocketLink {
   private readonly held = new Map<string, Held>();
   private stopping = false;
   private tick?: NodeJS.Timeout;
+  /** Until when a refusal is not logged. */
+  private quietUntil = 0;
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private leaseTermMs = 60_000;
 
@@ -283,7 +288,10 @@ export class Launcher extends WebSocketLink {
   }
 
   private send(message: FromWorker): void {
-    if (this.socket?.open) this.socket.send(JSON.stringify(message));
+    // A refusal, while a message's worth waits to leave, is dropped: a gateway that sends runs to refuse and reads
+    // nothing fills no memory (the run's lease lapses; the gateway offers it again).
+    if (this.socket?.open && (message.type !== "refused" || this.socket.buffered() < WEBSOCKET_MAX_MESSAGE))
+      this.socket.send(JSON.stringify(message));
   }
 
   protected opened(socket: LinkSocket): void {
@@ -376,7 +384,7 @@ export class Launcher extends WebSocketLink {
     const { settings, log } = this.context;
     const { id } = spec;
     if (typeof id !== "string") return;
-    if (this.current || this.stopping) {
+    if (this.current || this.stopping || this.held.size >= MAX_HELD) {
       return this.send({
         type: "refused",
         id,
@@ -419,7 +427,12 @@ export class Launcher extends WebSocketLink {
       } catch (error) {
         // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
         const reason = (error as Error).message;
-        log.info("run refused", { run: id, reason });
+        // Logged once a second at most (each goes back to the gateway, which has them all): a gateway sending runs to
+        // refuse would fill the instance's disk and the pool's log group.
+        if (Date.now() >= this.quietUntil) {
+          this.quietUntil = Date.now() + 1000;
+          log.info("run refused", { run: id, reason });
+        }
         rmSync(run.dir, { recursive: true, force: true });
         end();
         return this.send({ type: "refused", id, fence, reason });

@@ -109,8 +109,6 @@ export interface RunOptions {
   parseFlags?(schema: SettingsSchema, argv: string[]): Env;
   /** Settled with the exit code instead of calling process.exit (tests). */
   exit?: (code: number) => void;
-  /** Where log lines go (stdout: on EC2 the unit's log file, which the CloudWatch agent ships). */
-  logTo?: (line: string) => void;
   /** Resolves when the process is asked to stop (defaults to SIGTERM or SIGINT). */
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
@@ -133,7 +131,7 @@ function stopSignals(): Promise<string> {
  */
 export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?: RunOptions): Promise<number> {
   const processEnv = options?.env ?? process.env;
-  const log = createLogger(role.name, options?.logTo && [options.logTo]);
+  const log = createLogger(role.name);
   const startedAt = Date.now();
   let guard: ReturnType<typeof protectWhileBusy> | undefined;
   // Ready once the agent is connected, and while it stays so; never again once draining.
