@@ -78,6 +78,11 @@ export type GatewayMessage = { type: "run"; id: string; job: Job; timeoutMs?: nu
  * cancelled run gone before its late answer). A gateway that sends more is not trusted further: the agent reconnects.
  */
 export const FLOWS_AGENT_RUNS_PER_RUNTIME = 2;
+/**
+ * A run's ID, as a gateway makes it (a UUID), is at most this long: an agent ignores a run with a longer one (it logs
+ * each run's ID, and a gateway's megabyte IDs would fill the instance's disk and the pool's log group).
+ */
+export const FLOWS_MAX_RUN_ID_CHARS = 128;
 
 /** The error a cancelled run ends with. */
 export const FLOWS_CANCELLED = "the run was cancelled: the gateway gave up on it";

@@ -8,7 +8,7 @@ import { flowsAgentRole } from "../agent/flows-agent/agent";
 import { FLOWS_RUNNER_FILE } from "../agent/config/variants";
 import { packageRoot } from "../components/shared/bundles";
 import { capturingLogger, eventually, scratchDir } from "../devkit/helpers";
-import { FLOWS_AGENT_RUNS_PER_RUNTIME } from "../protocol/flows";
+import { FLOWS_AGENT_RUNS_PER_RUNTIME, FLOWS_MAX_RUN_ID_CHARS } from "../protocol/flows";
 import { acceptWebSocket, type WebSocket } from "../protocol/websocket";
 
 /** `promise`, or an error naming `what` after `ms`: a hang under load says where it was, not just mocha's timeout. */
@@ -77,6 +77,33 @@ describe("Flows agent: a hostile gateway", function () {
     };
     return { links, answers, log, agent, run, close };
   }
+
+  it("a run whose ID is longer than a gateway's IDs is not run, nor logged: a megabyte a line would fill the log", async function () {
+    this.timeout(120_000);
+    const { answers, log, run, close } = await hostileGateway();
+    try {
+      const longest = "x".repeat(FLOWS_MAX_RUN_ID_CHARS);
+      run("x".repeat(1 << 20), "return 1");
+      run(longest, "return 2");
+      // Runs are taken in order: once the second is answered, the first was taken, or ignored.
+      await eventually(
+        () => answers.some((a) => a.id === longest),
+        60_000,
+        "the answer to the run of a short enough ID",
+      );
+      assert.deepEqual(
+        answers.map((a) => a.id),
+        [longest],
+      );
+      const finished = log.lines.filter((l) => l.msg === "run finished");
+      assert.deepEqual(
+        finished.map((l) => l.id.length),
+        [FLOWS_MAX_RUN_ID_CHARS],
+      );
+    } finally {
+      await close();
+    }
+  });
 
   it("runs beyond what the agent holds (its pool size, twice) are not held: the agent drops the link, ends its runs and reconnects", async function () {
     // Each wait is for a hang, named, and within the test's timeout: under load 23 the whole took past mocha's 30 s.

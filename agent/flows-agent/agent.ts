@@ -33,6 +33,7 @@ import {
 } from "./sandbox";
 import {
   FLOWS_AGENT_RUNS_PER_RUNTIME,
+  FLOWS_MAX_RUN_ID_CHARS,
   FLOWS_CONNECT_PATH,
   FLOWS_MAX_RESULT_BYTES,
   FLOWS_MAX_RUN_TIMEOUT_MS,
@@ -110,7 +111,7 @@ class FlowsLink extends WebSocketLink {
     socket.once("close", () => runs.forEach(cancelRun));
     socket.on("message", (text: string) => {
       const message = parseMessage<GatewayMessage>(text);
-      if (typeof message?.id !== "string") return;
+      if (typeof message?.id !== "string" || message.id.length > FLOWS_MAX_RUN_ID_CHARS) return;
       if (message.type === "cancel") {
         const run = runs.get(message.id);
         return void (run && cancelRun(run));
