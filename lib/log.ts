@@ -1,4 +1,5 @@
-export type Level = "debug" | "info" | "warn" | "error";
+const LEVELS = ["debug", "info", "warn", "error"] as const;
+export type Level = (typeof LEVELS)[number];
 export type Fields = Record<string, unknown>;
 
 export interface Logger {
@@ -25,11 +26,7 @@ export function createLogger(
     for (const secret of secrets) line = line.replaceAll(secret, "[redacted]");
     for (const sink of sinks) sink(line);
   };
-  return {
-    debug: (msg, fields) => emit("debug", msg, fields),
-    info: (msg, fields) => emit("info", msg, fields),
-    warn: (msg, fields) => emit("warn", msg, fields),
-    error: (msg, fields) => emit("error", msg, fields),
+  const log = {
     redact(secret) {
       // Short values would blank out ordinary words; every real credential is longer.
       if (secret.length >= 8) {
@@ -37,5 +34,7 @@ export function createLogger(
         secrets.add(JSON.stringify(secret).slice(1, -1));
       }
     },
-  };
+  } as Logger;
+  for (const level of LEVELS) log[level] = (msg, fields) => emit(level, msg, fields);
+  return log;
 }

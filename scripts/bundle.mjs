@@ -25,15 +25,14 @@ const without = (schema, keys) =>
   JSON.parse(JSON.stringify(schema, (key, value) => (keys.includes(key) ? undefined : value)));
 
 /**
- * What an EC2 bundle reads of its settings schema (servedSettings, runRole): the secret settings' variables, the
- * metadata tags' key, and which of those are required. The rest of its settings come typed in the instance file, as
- * the component checked them; its executor or vendor is the variant's (BUILT_FOR), never read from the schema.
+ * What an EC2 bundle reads of its settings schema (servedSettings, runRole): the secret settings' variables, and which
+ * of those are required. The rest of its settings come typed in the instance file, as the component checked them; its
+ * executor or vendor is the variant's (BUILT_FOR), never read from the schema.
  */
 function ec2Properties({ properties, required = [] }) {
   const kept = Object.entries(properties)
-    .filter(([, p]) => p.secret || p.encoding === "map")
-    // The map's variable prefix is the environment's, which an EC2 bundle never reads settings from.
-    .map(([key, p]) => [key, p.secret ? { env: p.env, secret: true } : { encoding: p.encoding }]);
+    .filter(([, p]) => p.secret)
+    .map(([key, p]) => [key, { env: p.env, secret: true }]);
   return { properties: Object.fromEntries(kept), required: required.filter((key) => kept.some(([k]) => k === key)) };
 }
 

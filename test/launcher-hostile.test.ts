@@ -706,6 +706,23 @@ describe("launcher: a hostile gateway or run", function () {
           await stillWorks();
         });
 
+      it("an environment sealed for the pool that is no JSON is refused without a character of it, in the reason or the log", async () => {
+        const secret = "hunter2-deploy-password-0f3a9c";
+        const logged = log.lines.length;
+        const refused = await gateway.run({
+          id: id(),
+          image: "alpine:3",
+          commands: ["true"],
+          sealedEnvironment: await seal(`${secret} and more`),
+        });
+        assert.equal(refused.type, "refused");
+        assert.match(refused.reason ?? "", /environment cannot be opened/);
+        const said = [refused.reason, ...log.lines.slice(logged).map((line) => JSON.stringify(line))].join("\n");
+        // (JSON.parse's own message quotes the text it met: "Unexpected token 'h', "hunter2-de"... is not valid JSON".)
+        assert.ok(!/'h'|hunter/.test(said), said);
+        await stillWorks();
+      });
+
       it("a run sent again under the ID of one whose result the gateway has not taken: the first's files go at once", async () => {
         gateway.holdAcks = true;
         const runId = id();

@@ -433,7 +433,7 @@ export class Launcher extends WebSocketLink {
           this.quietUntil = Date.now() + 1000;
           log.info("run refused", { run: id, reason });
         }
-        rmSync(run.dir, { recursive: true, force: true });
+        removeRun(run.dir);
         end();
         return this.send({ type: "refused", id, fence, reason });
       }
@@ -465,8 +465,9 @@ export class Launcher extends WebSocketLink {
   private async openEnvironment(sealed: string): Promise<Record<string, string>> {
     try {
       return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString());
-    } catch (error) {
-      throw new Error(`the run's environment cannot be opened: ${(error as Error).message}`);
+    } catch {
+      // Never what the parse met: JSON.parse quotes the text it could not read, a secret's start.
+      throw new Error("the run's environment cannot be opened: sealed for another key, altered, or not JSON");
     }
   }
 

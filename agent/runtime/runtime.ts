@@ -197,9 +197,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       BUILT_FOR.platform === "ec2"
         ? { ...config?.settings }
         : { ...config?.settings, ...envToRawSettings(schema, { ...env, ...options?.parseFlags?.(schema, argv) }) };
-    // The instance's identity as metadata tags, under those the pool sets.
-    const tagsKey = Object.keys(schema.properties).find((key) => schema.properties[key].encoding === "map");
-    if (tags && tagsKey) raw[tagsKey] = { ...tags, ...(raw[tagsKey] as object) };
+    // The instance's identity as metadata tags (every role's setting of that name), under those the pool sets.
+    if (tags) raw.metadataTags = { ...tags, ...(raw.metadataTags as object) };
     const settings =
       BUILT_FOR.platform === "ec2"
         ? servedSettings<S>(role.name, schema, raw, env)
