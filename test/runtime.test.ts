@@ -286,6 +286,20 @@ describe("runtime start-up path (against a fake AWS on loopback)", () => {
     );
   });
 
+  it("a pool secret that is no JSON object (a bare token put there by hand) stops the runtime without a character of it", async () => {
+    const bare = "spacelift-vcs-token-9f2c4e7a1b";
+    for (const value of [bare, `${bare}"`, JSON.stringify(bare), "null"]) {
+      aws.secrets.set(SECRET_ARN, value);
+      const { code } = await run();
+      assert.equal(code, 1);
+      const said = aws.logEvents.join("\n");
+      assert.match(said, new RegExp(`secret ${SECRET_ARN} holds no JSON object of the pool's variables`));
+      // (JSON.parse's own message quotes what it met: "Unexpected token 's', "spacelift-"... is not valid JSON".)
+      assert.ok(!/'s'|spacelift-/.test(said), said);
+      aws.logEvents.length = 0;
+    }
+  });
+
   it("README promise: no credential is ever in its log, even one the agent itself logs", async () => {
     const [{ code }] = await Promise.all([run(), terminatedOnceLaunched()]);
     assert.equal(code, 0);

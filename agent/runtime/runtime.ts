@@ -176,9 +176,16 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       const { SecretString } = await client.json("secretsmanager", "secretsmanager.GetSecretValue", {
         SecretId: hooks.secretArn,
       });
-      if (typeof SecretString !== "string") throw new Error(`secret ${hooks.secretArn} has no string value`);
-      const secret = JSON.parse(SecretString);
-      for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name];
+      // Never JSON.parse's own message: it quotes the text it could not read, the secret's first characters.
+      let secret: Record<string, unknown> | undefined;
+      try {
+        secret = JSON.parse(SecretString as string);
+      } catch {
+        // Said below.
+      }
+      if (!secret || typeof secret !== "object")
+        throw new Error(`secret ${hooks.secretArn} holds no JSON object of the pool's variables`);
+      for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name] as string;
       tags = {
         instance_id: identity.instanceId,
         availability_zone: identity.availabilityZone,
