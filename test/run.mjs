@@ -8,7 +8,7 @@
 // Each mocha prints its own reporter's output; only the last line, "tests: N passed, N
 // failed", is the total of both (CI reads it).
 import { spawn } from "node:child_process";
-import { globSync } from "node:fs";
+import { chmodSync, globSync, lstatSync, mkdirSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
@@ -45,11 +45,43 @@ const spawning = [...new Set([...FIRST, ...all])].filter((file) => !pulumi.inclu
 const missing = FIRST.filter((file) => !all.includes(file));
 if (missing.length) throw new Error(`test/run.mjs lists files that are not built: ${missing.join(", ")}`);
 
+/**
+ * Where the tests' scratch files go (TMPDIR of both mochas and what they start): a tmpfs when the machine has one
+ * with room. The tests make and remove tens of thousands of files (runs filling their disk with thousands, deep trees, each
+ * runtime's scratch). On an ext4 without a journal, as here, each new inode is found by skipping every inode of its
+ * group removed in the last minute, each skip a read of the inode table: `perf` put 12 CPU-s of a run there (of
+ * 80), and runs slow down as files pile up. A tmpfs has no such search. AGENTPOOLS_TEST_TMPDIR chooses another
+ * directory; with neither, the system's.
+ */
+function scratchRoot() {
+  if (process.env.AGENTPOOLS_TEST_TMPDIR) return process.env.AGENTPOOLS_TEST_TMPDIR;
+  const TMPFS_MAGIC = 0x01021994;
+  // Room for what the tests write at once (a few hundred MB): not a container's 64 MB /dev/shm.
+  const ROOM = 2 * 1024 ** 3;
+  try {
+    const fs = statfsSync("/dev/shm");
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < ROOM) return undefined;
+    // Kept from run to run (Node's compile cache of the test processes lives there), shared as /tmp is: sticky and
+    // open to all (the runtimes' uids pass through it). Used only if it is a directory of this user's, not a link
+    // another user left in the shared /dev/shm.
+    const dir = `/dev/shm/agentpools-tests-${process.getuid()}`;
+    mkdirSync(dir, { mode: 0o1777, recursive: true });
+    const stat = lstatSync(dir);
+    if (!stat.isDirectory() || stat.uid !== process.getuid()) return undefined;
+    chmodSync(dir, 0o1777);
+    return dir;
+  } catch {
+    return undefined;
+  }
+}
+const tmp = scratchRoot();
+const env = tmp ? { ...process.env, TMPDIR: tmp } : process.env;
+
 const mocha = path.join(root, "node_modules/mocha/bin/mocha.js");
 /** One mocha process; its output is held while the other prints, so that no two interleave. */
 function run(name, args) {
   const started = performance.now();
-  const child = spawn(process.execPath, [mocha, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [mocha, ...args], { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] });
   const held = [];
   let live = false;
   let summary = "";
