@@ -75,11 +75,17 @@ export function capturingLogger(role: string, print = false) {
   return { log, lines };
 }
 
+/** How much longer than its stated time a wait of eventually() lasts (AGENTPOOLS_TEST_PATIENCE, 3 by default). */
+const PATIENCE = Number(process.env.AGENTPOOLS_TEST_PATIENCE) || 3;
+
 export async function eventually<T>(
   check: () => T | undefined | false | Promise<T | undefined | false>,
   ms = 5000,
   what = "condition",
 ): Promise<T> {
+  // Each wait is for an event, its time what the author saw, times the room a loaded machine needs (npm test runs six
+  // workers and a Pulumi process on two cores): waiting longer costs nothing when the event comes.
+  ms *= PATIENCE;
   const deadline = Date.now() + ms;
   for (;;) {
     const value = await check();
