@@ -1,4 +1,6 @@
 const LEVELS = ["debug", "info", "warn", "error"] as const;
+/** The longest value a log line holds whole. */
+export const MAX_VALUE = 2048;
 export type Level = (typeof LEVELS)[number];
 export type Fields = Record<string, unknown>;
 
@@ -21,9 +23,18 @@ export function createLogger(
   sinks: ((line: string) => void)[] = [(line) => process.stdout.write(line + "\n")],
 ): Logger {
   const secrets = new Set<string>();
+  const hide = (text: string) => {
+    for (const secret of secrets) text = text.replaceAll(secret, "[redacted]");
+    return text;
+  };
   const emit = (level: Level, msg: string, fields?: Fields) => {
-    let line = JSON.stringify({ time: new Date(), level, role, msg, ...fields });
-    for (const secret of secrets) line = line.replaceAll(secret, "[redacted]");
+    // A value is cut at MAX_VALUE characters (its secrets hidden first): what a peer puts in one (a gateway's run ID,
+    // an image it names) grows no line past a few of them, nor past what CloudWatch keeps whole, as JSON its alarms read.
+    const line = hide(
+      JSON.stringify({ time: new Date(), level, role, msg, ...fields }, (_, value) =>
+        typeof value === "string" && value.length > MAX_VALUE ? hide(value).slice(0, MAX_VALUE) + "[cut]" : value,
+      ),
+    );
     for (const sink of sinks) sink(line);
   };
   const log = {

@@ -703,6 +703,9 @@ describe("launcher: a hostile gateway or run", function () {
           const lines = logged().slice(loggedBefore);
           const spanMs = Date.parse(lines.at(-1)!.time) - Date.parse(lines[0].time);
           assert.ok(lines.length >= 1 && lines.length <= spanMs / 1000 + 1, `${lines.length} lines in ${spanMs} ms`);
+          // Each of them short, though it quotes a 1 MiB image.
+          for (const line of lines)
+            assert.ok(JSON.stringify(line).length < 8192, `${JSON.stringify(line).length} characters`);
           await stillWorks();
         });
 

@@ -467,7 +467,7 @@ export class Launcher extends WebSocketLink {
       return JSON.parse((await openBuffer(this.context.privateKey, Buffer.from(sealed, "base64"))).toString());
     } catch {
       // Never what the parse met: JSON.parse quotes the text it could not read, a secret's start.
-      throw new Error("the run's environment cannot be opened: sealed for another key, altered, or not JSON");
+      throw new Error("the run's environment cannot be opened (another pool's, altered, or not JSON)");
     }
   }
 

@@ -183,8 +183,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
       } catch {
         // Said below.
       }
-      if (!secret || typeof secret !== "object")
-        throw new Error(`secret ${hooks.secretArn} holds no JSON object of the pool's variables`);
+      if (!secret || typeof secret !== "object") throw new Error(`secret ${hooks.secretArn} is not a JSON object`);
       for (const { env: name } of secrets) if (typeof secret[name] === "string") env[name] = secret[name] as string;
       tags = {
         instance_id: identity.instanceId,
@@ -226,10 +225,8 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
         if (complete) log.info("lifecycle action completed", { hook });
         return true;
       } catch (error) {
-        // A restarted runtime finds the launch action long completed; that is not a failure.
-        const message = (error as Error).message;
-        if (/No active Lifecycle Action/i.test(message)) log.info("no pending lifecycle action", { hook });
-        else log.warn("could not complete lifecycle action", { hook, error: message });
+        // (A restarted runtime finds the launch action long completed: "No active Lifecycle Action".)
+        log.warn("could not complete lifecycle action", { hook, error: (error as Error).message });
         return false;
       }
     };
