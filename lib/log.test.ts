@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createLogger, MAX_VALUE } from "./log";
+import { createLogger, MAX_LINE, MAX_VALUE } from "./log";
 
 describe("log lines", () => {
   const logged = () => {
@@ -27,5 +27,34 @@ describe("log lines", () => {
     const line = JSON.parse(lines[0]);
     assert.equal(line.error, "a".repeat(MAX_VALUE - 70) + "[redacted]" + "b".repeat(60) + "[cut]");
     assert.equal(line.plain, "[redacted] and more");
+  });
+
+  it("a line past MAX_LINE all the same (keys, arrays, numbers), or one that cannot be written (nested past the stack): its message alone, marked", () => {
+    const { lines, log } = logged();
+    const nested = JSON.parse("[".repeat(10_000) + "]".repeat(10_000));
+    log.warn("lease revoked", { reason: nested });
+    log.warn("lease revoked", { reason: { ["k".repeat(1 << 20)]: 1 } });
+    log.warn("lease revoked", { reason: Array.from({ length: 100_000 }, () => 9e20) });
+    assert.equal(lines.length, 3);
+    for (const text of lines) {
+      assert.ok(text.length <= MAX_LINE, `${text.length} characters`);
+      const line = JSON.parse(text);
+      assert.deepEqual(
+        [line.level, line.role, line.msg, line.cut, line.reason],
+        ["warn", "test", "lease revoked", true, undefined],
+      );
+    }
+  });
+
+  it("a message cut with its line keeps no part of a secret", () => {
+    const { lines, log } = logged();
+    const secret = "t0ken-".repeat(20);
+    log.redact(secret);
+    log.error("x".repeat(MAX_LINE / 2 - 50) + secret, { reason: Array.from({ length: 100_000 }, () => 1) });
+    assert.ok(!lines[0].includes("t0ken"), lines[0].slice(-200));
+    assert.equal(
+      JSON.parse(lines[0]).msg,
+      "x".repeat(MAX_LINE / 2 - 50) + "[redacted]" + "".padEnd(40, "x").slice(0, 0),
+    );
   });
 });

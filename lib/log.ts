@@ -1,6 +1,7 @@
 const LEVELS = ["debug", "info", "warn", "error"] as const;
-/** The longest value a log line holds whole. */
+/** The longest string value a log line holds whole, and the longest line. */
 export const MAX_VALUE = 2048;
+export const MAX_LINE = 8192;
 export type Level = (typeof LEVELS)[number];
 export type Fields = Record<string, unknown>;
 
@@ -28,13 +29,22 @@ export function createLogger(
     return text;
   };
   const emit = (level: Level, msg: string, fields?: Fields) => {
-    // A value is cut at MAX_VALUE characters (its secrets hidden first): what a peer puts in one (a gateway's run ID,
-    // an image it names) grows no line past a few of them, nor past what CloudWatch keeps whole, as JSON its alarms read.
-    const line = hide(
-      JSON.stringify({ time: new Date(), level, role, msg, ...fields }, (_, value) =>
-        typeof value === "string" && value.length > MAX_VALUE ? hide(value).slice(0, MAX_VALUE) + "[cut]" : value,
-      ),
-    );
+    let line = "";
+    try {
+      // A string value is cut at MAX_VALUE characters, its secrets hidden first (a request's path, a gateway's run ID):
+      // the line keeps its other fields.
+      line = hide(
+        JSON.stringify({ time: new Date(), level, role, msg, ...fields }, (_, value) =>
+          typeof value === "string" && value.length > MAX_VALUE ? hide(value).slice(0, MAX_VALUE) + "[cut]" : value,
+        ),
+      );
+    } catch {
+      // A value nested deeper than the stack goes (a peer's): said below.
+    }
+    // A line past MAX_LINE all the same (a peer's keys, arrays or numbers) or that could not be written: its message
+    // alone, its secrets hidden before the cut. No peer grows a line past a few KB, nor past one CloudWatch event.
+    if (!line || line.length > MAX_LINE)
+      line = hide(JSON.stringify({ time: new Date(), level, role, msg: hide(msg).slice(0, MAX_LINE / 2), cut: true }));
     for (const sink of sinks) sink(line);
   };
   const log = {

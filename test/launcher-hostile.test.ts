@@ -34,6 +34,8 @@ class RecordingGateway {
   readonly served = new Map<string, Buffer>();
   /** Answers a state download itself, as a hostile gateway would. */
   stateAnswer?: (req: http.IncomingMessage, res: http.ServerResponse) => void;
+  /** The status a state upload is answered with (204, stored, unless set). */
+  uploadStatus = 204;
   /** Outcomes are not acknowledged until ackHeld(): the launcher keeps the run's files meanwhile. */
   holdAcks = false;
   private readonly unacked: string[] = [];
@@ -77,6 +79,7 @@ class RecordingGateway {
     const chunks: Buffer[] = [];
     req.on("data", (chunk: Buffer) => chunks.push(chunk));
     req.on("end", () => {
+      if (this.uploadStatus !== 204) return void res.writeHead(this.uploadStatus).end();
       this.uploads.set(id, Buffer.concat(chunks));
       res.writeHead(204).end();
     });
@@ -725,6 +728,68 @@ describe("launcher: a hostile gateway or run", function () {
         assert.ok(!/'h'|hunter/.test(said), said);
         await stillWorks();
       });
+
+      it("a gateway's values nested 10,000 deep (a lease's fence, a revocation's reason) end neither the launcher nor its log", async () => {
+        // 20 KB of JSON that JSON.parse reads and JSON.stringify cannot write back (the stack ends first).
+        const deep = id();
+        gateway.sendRaw(
+          JSON.stringify({
+            type: "run",
+            run: { id: deep, image: "alpine:3", commands: ["true"] },
+            lease: { fence: 1 },
+          }).replace('"fence":1', `"fence":${"[".repeat(10_000)}${"]".repeat(10_000)}`),
+        );
+        // A run it holds, revoked with a reason so nested.
+        gateway.holdAcks = true;
+        const held = id();
+        try {
+          assert.equal((await gateway.run({ id: held, image: "alpine:3", commands: ["true"] })).status, "succeeded");
+        } finally {
+          gateway.holdAcks = false;
+        }
+        gateway.sendRaw(
+          `{"type":"revoked","id":${JSON.stringify(held)},"reason":${"[".repeat(10_000)}${"]".repeat(10_000)}}`,
+        );
+        const revoked = await eventually(
+          () => log.lines.find((line) => line.msg === "lease revoked" && line.cut),
+          5000,
+        );
+        assert.equal(JSON.stringify(revoked).length < 8192, true);
+        assert.ok(!gateway.messages.some((m) => m.id === deep), "the run of a nested fence is not taken");
+        await stillWorks();
+      });
+
+      if (executor === "process")
+        it("a gateway that fails every delivery under a 100 ms lease gets one line a second in the log, not one a renewal", async () => {
+          gateway.uploadStatus = 500;
+          gateway.holdAcks = true;
+          const runId = id();
+          const logged = log.lines.length;
+          try {
+            const from = gateway.messages.length;
+            gateway.sendRaw(
+              JSON.stringify({
+                type: "run",
+                run: { id: runId, image: "alpine:3", commands: ['echo kept > "$AGENTPOOLS_STATE_FILE"'] },
+                lease: { fence: 1 },
+              }),
+            );
+            const fence = (await eventually(() => gateway.messages.slice(from).find((m) => m.id === runId))).fence;
+            // The shortest term a gateway may give: a renewal, and a delivery, every 33 ms.
+            gateway.sendRaw(JSON.stringify({ type: "start", id: runId, fence, lines: 0, termMs: 100 }));
+            const failed = () => log.lines.slice(logged).filter((line) => line.msg.startsWith("could not deliver"));
+            await eventually(() => failed().length >= 2, 10_000, "two failed deliveries logged");
+            const spanMs = Date.parse(failed().at(-1)!.time) - Date.parse(failed()[0].time);
+            assert.ok(failed().length <= spanMs / 1000 + 1, `${failed().length} lines in ${spanMs} ms`);
+          } finally {
+            gateway.uploadStatus = 204;
+            gateway.sendRaw(JSON.stringify({ type: "start", id: runId, fence: 1, lines: 0, termMs: 60_000 }));
+            gateway.holdAcks = false;
+            gateway.ackHeld();
+          }
+          await eventually(() => gateway.messages.some((m) => m.type === "finished" && m.id === runId), 10_000);
+          await stillWorks();
+        });
 
       it("a run sent again under the ID of one whose result the gateway has not taken: the first's files go at once", async () => {
         gateway.holdAcks = true;

@@ -104,7 +104,6 @@ describe("elastic worker pool: a burst of queued runs and back to idle, against 
           argv: [],
           exit: () => undefined,
           stopSignal: new Promise(() => undefined),
-          bootMarks: path.join(dir, "no-marks"),
         }),
       );
       instances.set(aws.identity.instanceId, { aws, exited });

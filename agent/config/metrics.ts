@@ -34,21 +34,15 @@ export type MetricKey = keyof typeof METRICS;
 export const METRICS_PERIOD_SECONDS = 60;
 
 /**
- * The boot phases of an instance, in seconds from its launch (IMDS's pendingTime), written
- * once when its agent first connects: the boot script started, packages were installed, the
- * runtime started, the agent connected. Their Average (and Maximum) over the group is how
- * long a new instance takes to serve.
+ * An instance's boot, in seconds from its launch (IMDS's pendingTime), written once when its agent first connects: the
+ * runtime started (the boot script and its packages before it), the agent connected. Their Average (and Maximum) over
+ * the group is how long a new instance takes to serve.
  */
 export const BOOT_METRICS = {
-  script: "BootScriptStarted",
-  packages: "BootPackagesInstalled",
   runtime: "BootRuntimeStarted",
   connected: "BootAgentConnected",
 } as const;
 export type BootKey = keyof typeof BOOT_METRICS;
-
-/** Where the boot script writes when it started and when its packages were installed (epoch seconds). */
-export const BOOT_MARKS_PATH = "/run/agentpools-boot";
 
 /** The EMF fields of one data point of one instance (the given metrics, by name), to merge into a JSON log line. */
 export function metricsFields(

@@ -243,8 +243,17 @@ export class Launcher extends WebSocketLink {
   private readonly held = new Map<string, Held>();
   private stopping = false;
   private tick?: NodeJS.Timeout;
-  /** Until when a refusal is not logged. */
+  /** Until when what a gateway can make happen at will (a refusal, a failed delivery) is not logged. */
   private quietUntil = 0;
+
+  /**
+   * True once a second at most: a gateway that sends runs to refuse, or fails every delivery under a lease term of
+   * 100 ms, would otherwise fill the instance's disk and the pool's log group with the lines it makes.
+   */
+  private unhushed(): boolean {
+    const now = Date.now();
+    return now >= this.quietUntil && !!(this.quietUntil = now + 1000);
+  }
   /** The gateway's lease term, from its latest start (an offer waits a round trip for it). */
   private leaseTermMs = 60_000;
 
@@ -383,7 +392,8 @@ export class Launcher extends WebSocketLink {
   private async take(spec: RunSpec, { fence }: Lease): Promise<void> {
     const { settings, log } = this.context;
     const { id } = spec;
-    if (typeof id !== "string") return;
+    // (A fence is echoed in every message about the run: a gateway's nested one would throw out of a renewal.)
+    if (typeof id !== "string" || !Number.isSafeInteger(fence)) return;
     if (this.current || this.stopping || this.held.size >= MAX_HELD) {
       return this.send({
         type: "refused",
@@ -427,12 +437,8 @@ export class Launcher extends WebSocketLink {
       } catch (error) {
         // Refused by the policy, or sealed for another key (or damaged): this pool cannot run it, anywhere.
         const reason = (error as Error).message;
-        // Logged once a second at most (each goes back to the gateway, which has them all): a gateway sending runs to
-        // refuse would fill the instance's disk and the pool's log group.
-        if (Date.now() >= this.quietUntil) {
-          this.quietUntil = Date.now() + 1000;
-          log.info("run refused", { run: id, reason });
-        }
+        // (Each goes back to the gateway, which has them all.)
+        if (this.unhushed()) log.info("run refused", { run: id, reason });
         removeRun(run.dir);
         end();
         return this.send({ type: "refused", id, fence, reason });
@@ -637,10 +643,11 @@ export class Launcher extends WebSocketLink {
       this.send({ type: "finished", id: run.id, fence: run.fence, ...run.outcome });
     } catch (error) {
       // Tried again with the next renewal, and on every reconnect.
-      this.context.log.warn("could not deliver a run's result; trying again", {
-        run: run.id,
-        error: (error as Error).message,
-      });
+      if (this.unhushed())
+        this.context.log.warn("could not deliver a run's result; trying again", {
+          run: run.id,
+          error: (error as Error).message,
+        });
     } finally {
       run.delivering = false;
     }

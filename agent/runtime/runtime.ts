@@ -13,7 +13,6 @@ import {
   PROTECTION_POLL_SECONDS,
   type InstanceConfig,
 } from "../config/instance";
-import { BOOT_MARKS_PATH } from "../config/metrics";
 import { BUILT_FOR } from "../config/built-for";
 import type { RoleName } from "../config/roles";
 
@@ -113,8 +112,6 @@ export interface RunOptions {
   stopSignal?: Promise<string>;
   /** How often the probe status files are rewritten. */
   statusIntervalMs?: number;
-  /** Where the boot script wrote its marks (tests). */
-  bootMarks?: string;
 }
 
 function stopSignals(): Promise<string> {
@@ -271,13 +268,7 @@ export async function runRole<S>(role: Role<S>, schema: SettingsSchema, options?
     serving = true;
     status?.update();
     if (hooks && (await completeHook(hooks.launchHookName)))
-      reportBoot(
-        hooks.autoScalingGroupName,
-        Date.parse(launchedAt),
-        startedAt,
-        options?.bootMarks ?? BOOT_MARKS_PATH,
-        log,
-      );
+      reportBoot(hooks.autoScalingGroupName, Date.parse(launchedAt), startedAt, log);
     const watch =
       hooks &&
       watchAgent(

@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import type { Logger } from "../../lib/log";
 import { BOOT_METRICS, metricsFields } from "../config/metrics";
 import type { InstanceMetadata } from "./aws";
@@ -82,24 +81,14 @@ export async function whileWarmed(
   }
 }
 
-/** The boot phases as seconds from launch, once: the boot script's marks, the runtime's start, now (connected). */
-export function reportBoot(pool: string, launchedAt: number, startedAt: number, marksFile: string, log: Logger): void {
-  let marks: number[] = [];
-  try {
-    marks = readFileSync(marksFile, "utf8")
-      .trim()
-      .split(/\s+/)
-      .map((s) => +s * 1000);
-  } catch {
-    // A warm pool's instance starts again without its first boot's marks (/run is emptied).
-  }
-  const times = [...marks, startedAt, Date.now()];
-  const phases = Object.values(BOOT_METRICS).slice(-times.length);
+/** The instance's boot (BOOT_METRICS), once its agent is first connected. */
+export function reportBoot(pool: string, launchedAt: number, startedAt: number, log: Logger): void {
+  const seconds = (at: number) => Math.max(0, (at - launchedAt) / 1000);
   log.info(
     "boot",
     metricsFields(
       pool,
-      Object.fromEntries(phases.map((name, i) => [name, Math.max(0, (times[i] - launchedAt) / 1000)])),
+      { [BOOT_METRICS.runtime]: seconds(startedAt), [BOOT_METRICS.connected]: seconds(Date.now()) },
       Date.now(),
     ),
   );

@@ -3,7 +3,6 @@ import type { InstanceConfig } from "../../agent/config/instance";
 import type { RoleName } from "../../agent/config/roles";
 import path from "node:path";
 import { RUNTIME_NODE_FLAGS } from "../shared/bundles";
-import { BOOT_MARKS_PATH } from "../../agent/config/metrics";
 
 /** EC2's limit on user-data, applied to the gzipped bytes before base64. */
 export const USER_DATA_LIMIT = 16_384;
@@ -536,8 +535,6 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
   const alone = archived.length === 1;
   const before = [
     "#!/bin/bash",
-    // Boot phases (the runtime reports them from launch): the script starts, packages are in.
-    `date +%s >${BOOT_MARKS_PATH}`,
     ...bootPreamble(spec),
     ...files.filter((f) => EARLY_FILES.includes(f.path)).flatMap(writeFile),
     ...caTrustCommands(spec),
@@ -545,7 +542,6 @@ function scriptParts(spec: UserDataSpec): [string, string, string] {
       ? [`echo proxy=${shellQuote(oneLine("httpsProxy", spec.httpsProxy))} >> /etc/dnf/dnf.conf`]
       : []),
     `retry dnf install -y ${packages.join(" ")}`,
-    `date +%s >>${BOOT_MARKS_PATH}`,
     brFunction(spec),
     // The files' paths are written under the working directory.
     "cd /",
