@@ -1,7 +1,16 @@
 import { randomUUID } from "node:crypto";
 import type http from "node:http";
 import type { Socket } from "node:net";
-import { FLOWS_MAX_RESULT_BYTES, FLOWS_MAX_RUN_TIMEOUT_MS, overCaps } from "../protocol/flows";
+import {
+  FLOWS_MAX_RESULT_BYTES,
+  FLOWS_MAX_RUN_TIMEOUT_MS,
+  FLOWS_MAX_VALUE_BYTES,
+  FLOWS_MAX_VALUE_CONTAINERS,
+  FLOWS_MAX_VALUE_DEPTH,
+  FLOWS_MAX_VALUE_KEYS,
+  jsonCost,
+  overCaps,
+} from "../protocol/flows";
 import type { AgentMessage, Answer, GatewayMessage, Job } from "../protocol/flows";
 import type { Logger } from "../lib/log";
 import { PING_TIMEOUT_MS, POOL_HEADER } from "../protocol/link";
@@ -26,7 +35,8 @@ export type FlowsRunResult = JsonText;
 interface FlowsRun {
   id: string;
   pool: string;
-  job: Job;
+  /** Its job as JSON text, encoded once when it came: sending it later cannot fail. */
+  job: string;
   timeoutMs?: number;
   client: string;
   /** Its order of arrival. */
@@ -214,6 +224,8 @@ export class FlowsHub {
   run(pool: string, job: Job, timeoutMs?: number, client = "", taken?: Promise<unknown>): Promise<FlowsRunResult> {
     const definition = this.pools.get(pool)?.definition;
     if (definition?.kind !== "flows") return Promise.reject(new HttpError(404, `no Flows pool named ${pool}`));
+    const encoded = encodeJob(job);
+    if (encoded.refused !== undefined) return Promise.reject(new HttpError(400, encoded.refused));
     const serving = this.serving(pool);
     if (serving.length === 0) return Promise.reject(new HttpError(503, `no agent of pool ${pool} is connected`));
     // Runs at the gateway (each up to a MiB of code) are bounded: four per runtime, at least 16. One client holds at
@@ -234,7 +246,7 @@ export class FlowsHub {
     const run = {
       id: randomUUID(),
       pool,
-      job,
+      job: encoded.text,
       timeoutMs,
       client,
       seq: ++this.arrivals,
@@ -322,13 +334,23 @@ export class FlowsHub {
       if (agent.pending.size >= agent.poolSize || eligible.length === 0) return;
       const run = eligible.reduce((best, r) => (held(r) < held(best) ? r : best));
       queue.splice(queue.indexOf(run), 1);
+      // The run leaves first; its answer cannot be read before this turn has registered it. pump() runs inside
+      // message and close handlers: a throw here would leave them uncaught and end the gateway, so a run that cannot
+      // be sent fails alone.
+      try {
+        agent.socket.send(runMessage(run));
+      } catch (error) {
+        this.log.error("a Flows run could not be sent to an agent", {
+          pool,
+          id: run.id,
+          error: (error as Error).message,
+        });
+        this.end(run, new HttpError(500, "the run could not be sent to an agent"));
+        continue;
+      }
       inc(atAgents, run.client);
       agent.lastUsed = ++this.uses;
       run.agent = agent;
-      // The run leaves first; its answer cannot be read before this turn has registered it.
-      agent.socket.send(
-        JSON.stringify({ type: "run", id: run.id, job: run.job, timeoutMs: run.timeoutMs } satisfies GatewayMessage),
-      );
       agent.pending.set(run.id, run);
       // The agent enforces the run's timeout from its start; this covers a lost answer.
       clearTimeout(run.timer);
@@ -417,6 +439,37 @@ export class FlowsHub {
   close(): void {
     for (const agents of this.agents.values()) for (const agent of agents) agent.socket.close(1001);
   }
+}
+
+/** The message sending a run (a GatewayMessage): its job is JSON text already. */
+const runMessage = ({ id, job, timeoutMs }: FlowsRun) =>
+  `{"type":"run","id":${JSON.stringify(id)},"job":${job}${timeoutMs === undefined ? "" : `,"timeoutMs":${JSON.stringify(timeoutMs)}`}}`;
+
+/**
+ * A client's job as JSON text, or why it is refused: its inputs are held to the caps of an agent's answer (depth,
+ * objects and arrays, keys), and the job as a whole to the bytes of an answer's value. Encoded once, here: inputs too
+ * deep to encode (JSON.parse reads any depth, JSON.stringify does not) are refused when they come, never found
+ * when they are sent.
+ */
+export function encodeJob(job: Job): { text: string; refused?: undefined } | { refused: string } {
+  let inputs: string | undefined;
+  try {
+    inputs = job.inputs === undefined ? undefined : JSON.stringify(job.inputs);
+  } catch (error) {
+    // For a body read as JSON, only nesting too deep for the encoder's stack; from an in-process caller, a cycle too.
+    return error instanceof RangeError
+      ? { refused: `inputs nest deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}` }
+      : { refused: `inputs must be JSON values: ${(error as Error).message}` };
+  }
+  const cost = inputs === undefined ? undefined : jsonCost(inputs, FLOWS_MAX_VALUE_DEPTH);
+  if (cost === "depth") return { refused: `inputs nest deeper than the cap of ${FLOWS_MAX_VALUE_DEPTH}` };
+  if (cost === "keys") return { refused: `inputs hold more than the cap of ${FLOWS_MAX_VALUE_KEYS} object keys` };
+  if (cost) return { refused: `inputs hold more than the cap of ${FLOWS_MAX_VALUE_CONTAINERS} objects and arrays` };
+  const text = `{"kind":${JSON.stringify(job.kind)},"code":${JSON.stringify(job.code)}${inputs === undefined ? "" : `,"inputs":${inputs}`}}`;
+  const bytes = Buffer.byteLength(text);
+  if (bytes > FLOWS_MAX_VALUE_BYTES)
+    return { refused: `the job is ${bytes} bytes as sent, over the cap of ${FLOWS_MAX_VALUE_BYTES} bytes` };
+  return { text };
 }
 
 const inc = (counts: Map<string, number>, key: string) => counts.set(key, (counts.get(key) ?? 0) + 1);
