@@ -10,6 +10,7 @@ import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } fro
 import {
   FENCE_HEADER,
   FINAL_STATUSES,
+  MAX_LEASES_PER_MESSAGE,
   MAX_LOG_BYTES,
   MAX_LOG_LINES,
   PROOF_HEADER,
@@ -94,6 +95,8 @@ interface WorkerConnection extends ConnectedAgent {
   greeted: boolean;
   /** When it was last handed a run (a counter): among idle launchers the least recent gets the next. */
   lastUsed: number;
+  /** It broke the protocol and is being cut off: the messages it sent before that are not read. */
+  cutOff?: boolean;
 }
 
 /** Names the process of the gateway serving a data directory: main.js hand-over-runs refuses while it runs. */
@@ -123,6 +126,14 @@ const IMAGE = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Lines read from the store at a time when a log is streamed. */
 const LOG_PAGE = 5_000;
+/** Messages about one run, under its lease: their id and fence. */
+const NAMES_A_LEASE = new Set<unknown>(["accepted", "refused", "log", "finished"]);
+/** A lease as a launcher names it: a run ID and a fence the store can be asked about. */
+const isLease = (lease: unknown): lease is HeldLease =>
+  typeof lease === "object" &&
+  lease !== null &&
+  typeof (lease as HeldLease).id === "string" &&
+  Number.isSafeInteger((lease as HeldLease).fence);
 const isFinal = (status: RunStatus) => (FINAL_STATUSES as readonly string[]).includes(status);
 const now = () => new Date().toISOString();
 
@@ -319,16 +330,34 @@ export class WorkerHub {
 
   private receive(worker: WorkerConnection, text: string): Promise<void> {
     const message = parseMessage<FromWorker>(text);
-    if (!message || this.closing) return Promise.resolve();
+    if (typeof message !== "object" || message === null || this.closing || worker.cutOff) return Promise.resolve();
+    // What the store is asked about is a run ID (a string) under a fence (an integer): anything else is no lease of
+    // this gateway's, and is not answered (node:sqlite would read an object as named parameters, and throw).
+    if (NAMES_A_LEASE.has(message.type) && !isLease(message)) return Promise.resolve();
     switch (message.type) {
       case "hello":
-        return this.hello(worker, Array.isArray(message.leases) ? message.leases : []);
+      case "renew": {
+        const named = Array.isArray(message.leases) ? message.leases : [];
+        // Each lease named costs a lookup and an answer: a launcher holds a handful, so more is no honest launcher.
+        if (named.length > MAX_LEASES_PER_MESSAGE) {
+          worker.cutOff = true;
+          this.log.warn("a launcher named more leases in one message than a launcher holds: disconnected", {
+            pool: worker.pool,
+            worker: worker.id,
+            message: message.type,
+            leases: named.length,
+            max: MAX_LEASES_PER_MESSAGE,
+          });
+          worker.socket.close(1008);
+          return Promise.resolve();
+        }
+        const leases = named.filter(isLease);
+        return message.type === "hello" ? this.hello(worker, leases) : this.renew(worker, leases);
+      }
       case "accepted":
         return this.accepted(worker, message.id, message.fence);
       case "refused":
         return this.refused(worker, message);
-      case "renew":
-        return this.renew(worker, Array.isArray(message.leases) ? message.leases : []);
       case "log":
         return this.logLines(worker, message);
       case "finished":

@@ -52,6 +52,12 @@ export interface HeldLease {
   fence: number;
 }
 
+/**
+ * Leases one "hello" or "renew" names, at most: a launcher holds its current run and at most four results not yet
+ * acknowledged. The gateway reads no more from one message (it looks each up): a launcher naming more is cut off.
+ */
+export const MAX_LEASES_PER_MESSAGE = 16;
+
 export type ToWorker =
   /** An offer: the launcher accepts (or refuses) and waits for `start`. */
   | { type: "run"; run: RunSpec; lease: Lease }
