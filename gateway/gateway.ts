@@ -323,12 +323,18 @@ export class Gateway {
     }
     // The key was checked before the body, which may take a while to come: it may have been removed meanwhile.
     if (!this.auth.mayUse(client, pool)) return json(401, { error: KEY_REVOKED(pool) });
+    // JSON that is no object (null, a list, a number) is no request.
+    if (typeof request !== "object" || request === null || Array.isArray(request))
+      return json(400, { error: "the body must be a JSON object: {code, kind?, inputs?, timeoutMs?}" });
     const kind = request.kind ?? "expression";
     if (typeof request.code !== "string" || (kind !== "expression" && kind !== "block")) {
       return json(400, { error: 'code must be a string and kind "expression" (default) or "block"' });
     }
     // Without timeoutMs the agent's own default (FLOWS_RUN_TIMEOUT) applies.
-    const timeoutMs = request.timeoutMs === undefined ? undefined : Number(request.timeoutMs);
+    // (A number, or its text: Number() of an object whose toString is no function would throw.)
+    const given = request.timeoutMs;
+    const timeoutMs =
+      given === undefined ? undefined : typeof given === "number" || typeof given === "string" ? Number(given) : NaN;
     const allowed =
       timeoutMs === undefined ||
       (Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= FLOWS_MAX_RUN_TIMEOUT_MS);
@@ -409,7 +415,8 @@ export class Gateway {
       case "flows-run":
         if (req.method === "POST") {
           const taken = new Promise((closed) => res.once("close", closed));
-          return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, taken, json, fail);
+          // Whatever it throws fails that request, never the gateway (an unhandled rejection ends the process).
+          return void this.runFlowsRequest(route.pool, verdict.key?.id ?? "", req, taken, json, fail).catch(fail);
         }
         break;
       case "runs":

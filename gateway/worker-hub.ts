@@ -5,7 +5,7 @@ import path from "node:path";
 import type { Socket } from "node:net";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../lib/log";
-import { POOL_HEADER } from "../protocol/link";
+import { POOL_HEADER, WEBSOCKET_MAX_MESSAGE } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import {
   FENCE_HEADER,
@@ -97,6 +97,8 @@ interface WorkerConnection extends ConnectedAgent {
   lastUsed: number;
   /** It broke the protocol and is being cut off: the messages it sent before that are not read. */
   cutOff?: boolean;
+  /** It said hello on this connection. */
+  helloed?: boolean;
 }
 
 /** Names the process of the gateway serving a data directory: main.js hand-over-runs refuses while it runs. */
@@ -298,7 +300,11 @@ export class WorkerHub {
   }
 
   private send(worker: WorkerConnection, message: ToWorker): void {
-    if (worker.socket.open) worker.socket.send(JSON.stringify(message));
+    // Nothing more while a message's worth waits to leave: a launcher that sends and never reads (renewals of leases
+    // it does not hold, each answered) fills no memory here. What is not sent comes again: a lease's answer at its next
+    // renewal, a run's offer once its lease lapses.
+    if (worker.socket.open && worker.socket.buffered() < WEBSOCKET_MAX_MESSAGE)
+      worker.socket.send(JSON.stringify(message));
   }
 
   /** A storage failure: one log line; the request or message that needed it fails, nothing else does. */
@@ -339,18 +345,23 @@ export class WorkerHub {
       case "renew": {
         const named = Array.isArray(message.leases) ? message.leases : [];
         // Each lease named costs a lookup and an answer: a launcher holds a handful, so more is no honest launcher.
-        if (named.length > MAX_LEASES_PER_MESSAGE) {
+        // A hello is said once a connection: each costs a pass over every live run and a dispatch.
+        if (named.length > MAX_LEASES_PER_MESSAGE || (message.type === "hello" && worker.helloed)) {
           worker.cutOff = true;
-          this.log.warn("a launcher named more leases in one message than a launcher holds: disconnected", {
-            pool: worker.pool,
-            worker: worker.id,
-            message: message.type,
-            leases: named.length,
-            max: MAX_LEASES_PER_MESSAGE,
-          });
+          this.log.warn(
+            "a launcher broke the protocol (a second hello, or more leases than a launcher holds): disconnected",
+            {
+              pool: worker.pool,
+              worker: worker.id,
+              message: message.type,
+              leases: named.length,
+              max: MAX_LEASES_PER_MESSAGE,
+            },
+          );
           worker.socket.close(1008);
           return Promise.resolve();
         }
+        if (message.type === "hello") worker.helloed = true;
         const leases = named.filter(isLease);
         return message.type === "hello" ? this.hello(worker, leases) : this.renew(worker, leases);
       }
@@ -453,7 +464,8 @@ export class WorkerHub {
       worker.busy = true;
       await this.requeue(entry);
     } else {
-      const reason = String(message.reason);
+      // (A value String() cannot convert would throw: a launcher's text, or none.)
+      const reason = typeof message.reason === "string" ? message.reason : "refused by the launcher";
       await this.end(entry, { status: "refused", reason, state: false }, `[agentpools: ${reason}]`);
     }
     await this.dispatch(worker.pool);
@@ -479,10 +491,16 @@ export class WorkerHub {
 
   private async logLines(worker: WorkerConnection, message: Extract<FromWorker, { type: "log" }>): Promise<void> {
     const entry = this.held(worker, message.id, message.fence);
-    if (entry?.record.status !== "running" || !Array.isArray(message.lines)) return;
+    // Lines are text, from an index: anything else is no log (String() and Number() of some values would throw).
+    if (
+      entry?.record.status !== "running" ||
+      !Array.isArray(message.lines) ||
+      !message.lines.every((line) => typeof line === "string") ||
+      typeof message.from !== "number"
+    )
+      return;
     const { record } = entry;
-    const from = Number(message.from);
-    const lines = message.lines.map(String);
+    const { from, lines } = message;
     const count = await this.store.appendLog(this.claimOf(record), from, lines, LOG_CAP).catch((error) => {
       entry.logFailed = true;
       return this.storageFailed("store log lines", error, record);

@@ -53,6 +53,19 @@ describe("Flows runs a client submits: inputs within the caps of an answer", fun
     await gateway.close();
   });
 
+  it("a body that is no object, or a timeout Number() cannot read: 400, and the gateway serves on (each once ended it)", async () => {
+    for (const body of ["null", "[]", "5", '"code"', '{"code":"1","timeoutMs":{"valueOf":0,"toString":0}}']) {
+      const refused = await post(body);
+      assert.equal(refused.status, 400, body);
+      assert.match(refused.body.error ?? "", /must be a JSON object|timeoutMs must be an integer/, body);
+    }
+    // Served on: a run answered.
+    const first = post(`{"code":"1"}`);
+    await eventually(() => agent.runs.length === 1);
+    answer(0, 1);
+    assert.deepEqual((await first).status, 200);
+  });
+
   it(`inputs deeper than ${FLOWS_MAX_VALUE_DEPTH} or with more containers than the cap: 400 naming the field and the cap, nothing queued or sent; at the cap, queued and sent whole`, async () => {
     const first = post(`{"code":"1"}`);
     await eventually(() => agent.runs.length === 1);

@@ -95,7 +95,7 @@ describe("hostile launchers at the gateway", function () {
     const closeFrame = Buffer.from([0x88, 0x02, 0x03, 0xf0]);
     assert.ok(Buffer.concat(bytes).includes(closeFrame), "closed with 1008 (policy violation)");
     assert.equal(revoked(launcher).length, unknown.length, "no lease of the flood answered");
-    const warned = () => captured.lines.filter((l) => l.msg.startsWith("a launcher named more leases"));
+    const warned = () => captured.lines.filter((l) => l.msg.startsWith("a launcher broke the protocol"));
     assert.equal(warned().length, 1);
     assert.deepEqual(
       { ...warned()[0], time: undefined, role: undefined },
@@ -103,7 +103,7 @@ describe("hostile launchers at the gateway", function () {
         time: undefined,
         role: undefined,
         level: "warn",
-        msg: "a launcher named more leases in one message than a launcher holds: disconnected",
+        msg: "a launcher broke the protocol (a second hello, or more leases than a launcher holds): disconnected",
         pool: "noisy",
         worker: launcher.id,
         message: "renew",
@@ -129,6 +129,26 @@ describe("hostile launchers at the gateway", function () {
     other.socket.close();
   });
 
+  it("a second hello on one link (a pass over every live run each): the link is closed (1008), logged", async () => {
+    const launcher = await connect(noisy);
+    const closed = received(launcher);
+    sendRaw(launcher, { type: "hello", leases: [] });
+    await eventually(() => !launcher.open, 5000, "the link closed");
+    assert.ok(Buffer.concat(closed).includes(Buffer.from([0x88, 0x02, 0x03, 0xf0])), "closed with 1008");
+    const line = captured.lines.findLast((l) => l.msg.startsWith("a launcher broke the protocol"));
+    assert.deepEqual([line?.message, line?.worker, line?.leases], ["hello", launcher.id, 0]);
+  });
+
+  it("nothing more is queued for a launcher while a message's worth waits to leave: it reads nothing, it gets nothing more", () => {
+    let sent = 0;
+    const hub = gateway.workers as unknown as { send(worker: unknown, message: ToWorker): void };
+    const worker = (waiting: number) => ({ socket: { open: true, buffered: () => waiting, send: () => sent++ } });
+    hub.send(worker(16 * 1024 * 1024), { type: "ack", id: "x" });
+    assert.equal(sent, 0, "16 MiB waiting: dropped");
+    hub.send(worker(16 * 1024 * 1024 - 1), { type: "ack", id: "x" });
+    assert.equal(sent, 1, "under it: sent");
+  });
+
   it("ids that are no strings and fences that are no safe integers, in every message: no answer, no error line, nothing stored", async () => {
     const launcher = await connect(noisy);
     const run = await started(launcher, "noisy");
@@ -152,6 +172,13 @@ describe("hostile launchers at the gateway", function () {
       );
     }
     messages.push({ type: "accepted" }, { type: "finished", status: "failed" }, { type: "renew", leases: [{}] });
+    // Values String() and Number() would throw on, on the run it holds: no log, no refusal, no error line.
+    const unconvertible = { toString: 0, valueOf: 0 };
+    messages.push(
+      { type: "log", ...run, from: 0, lines: [unconvertible] },
+      { type: "log", ...run, from: unconvertible, lines: ["forged"] },
+      { type: "log", ...run, from: 0, lines: [7] },
+    );
     for (const message of messages) sendRaw(launcher, message);
     // Messages of one launcher are handled in order: once this one's answer comes, all before it were read.
     const marker = randomUUID();
