@@ -44,7 +44,8 @@ export function createLogger(
     // A line past MAX_LINE all the same (a peer's keys, arrays or numbers) or that could not be written: its message
     // alone, its secrets hidden before the cut. No peer grows a line past a few KB, nor past one CloudWatch event.
     if (!line || line.length > MAX_LINE)
-      line = hide(JSON.stringify({ time: new Date(), level, role, msg: hide(msg).slice(0, MAX_LINE / 2), cut: true }));
+      // (An eighth of the line: a character escapes to six at most, as a control character does.)
+      line = hide(JSON.stringify({ time: new Date(), level, role, msg: hide(msg).slice(0, MAX_LINE / 8), cut: true }));
     for (const sink of sinks) sink(line);
   };
   const log = {
