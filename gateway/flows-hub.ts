@@ -144,7 +144,19 @@ export class FlowsHub {
     };
     const agents = this.agents.get(poolId) ?? new Set();
     this.agents.set(poolId, agents);
-    agent.socket.on("message", (text: string) => this.receive(agent, text));
+    // Whatever an agent's message makes throw ends that link, never the gateway (this is the socket's own event).
+    agent.socket.on("message", (text: string) => {
+      try {
+        this.receive(agent, text);
+      } catch (error) {
+        this.log.warn("agent sent a message that could not be handled: disconnected", {
+          pool: agent.pool,
+          agent: agent.id,
+          error: (error as Error).message,
+        });
+        agent.socket.close(1008);
+      }
+    });
     // An agent that stops answering pings (hung, stopped, cut off) is dropped, and its runs fail.
     let unanswered = false;
     agent.socket.keepAlive(this.options.pingIntervalMs, this.options.pingTimeoutMs);
@@ -183,11 +195,11 @@ export class FlowsHub {
       // Once per link; what it says is shown on the pools listing: a short printable line.
       if (agent.greeted) return;
       agent.greeted = true;
-      agent.poolSize = Math.max(1, Math.min(64, Number(message.poolSize) || 1));
-      agent.executor =
-        String(message.executor)
-          .replace(/[^\x20-\x7e]/g, "?")
-          .slice(0, 100) || "?";
+      // (Typed before use: String() and Number() of an object whose toString is no function would throw, here in the
+      // socket's own event, out of the gateway.)
+      const { poolSize, executor } = message as { poolSize?: unknown; executor?: unknown };
+      agent.poolSize = Math.max(1, Math.min(64, (typeof poolSize === "number" && poolSize) || 1));
+      agent.executor = (typeof executor === "string" && executor.replace(/[^\x20-\x7e]/g, "?").slice(0, 100)) || "?";
       this.pump(agent.pool);
     } else if (message.type === "draining") {
       agent.draining = true;

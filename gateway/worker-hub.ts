@@ -5,6 +5,7 @@ import path from "node:path";
 import type { Socket } from "node:net";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "../lib/log";
+import { overCaps } from "../protocol/flows";
 import { POOL_HEADER, WEBSOCKET_MAX_MESSAGE } from "../protocol/link";
 import { acceptWebSocket, isWebSocketUpgrade, parseMessage, type WebSocket } from "../protocol/websocket";
 import {
@@ -299,6 +300,17 @@ export class WorkerHub {
     void tail.then(() => this.chains.get(worker) === tail && this.chains.delete(worker));
   }
 
+  /** A launcher that broke the protocol: its link closed (1008), said once, nothing more of it read. */
+  private cut(worker: WorkerConnection, why: string, details: Record<string, unknown> = {}): void {
+    worker.cutOff = true;
+    this.log.warn(`a launcher broke the protocol (${why}): disconnected`, {
+      pool: worker.pool,
+      worker: worker.id,
+      ...details,
+    });
+    worker.socket.close(1008);
+  }
+
   private send(worker: WorkerConnection, message: ToWorker): void {
     // Nothing more while a message's worth waits to leave: a launcher that sends and never reads (renewals of leases
     // it does not hold, each answered) fills no memory here. What is not sent comes again: a lease's answer at its next
@@ -335,6 +347,13 @@ export class WorkerHub {
   }
 
   private receive(worker: WorkerConnection, text: string): Promise<void> {
+    // A launcher's message is a few objects and lists (its largest, a log resent, is lines of text): one that holds
+    // more than a Flows answer may costs more to parse than it could mean, and is no honest launcher's.
+    const caps = worker.cutOff ? undefined : overCaps(text);
+    if (caps) {
+      this.cut(worker, "a message over the caps of a value", { caps });
+      return Promise.resolve();
+    }
     const message = parseMessage<FromWorker>(text);
     if (typeof message !== "object" || message === null || this.closing || worker.cutOff) return Promise.resolve();
     // What the store is asked about is a run ID (a string) under a fence (an integer): anything else is no lease of
@@ -347,18 +366,11 @@ export class WorkerHub {
         // Each lease named costs a lookup and an answer: a launcher holds a handful, so more is no honest launcher.
         // A hello is said once a connection: each costs a pass over every live run and a dispatch.
         if (named.length > MAX_LEASES_PER_MESSAGE || (message.type === "hello" && worker.helloed)) {
-          worker.cutOff = true;
-          this.log.warn(
-            "a launcher broke the protocol (a second hello, or more leases than a launcher holds): disconnected",
-            {
-              pool: worker.pool,
-              worker: worker.id,
-              message: message.type,
-              leases: named.length,
-              max: MAX_LEASES_PER_MESSAGE,
-            },
-          );
-          worker.socket.close(1008);
+          this.cut(worker, "a second hello, or more leases than a launcher holds", {
+            message: message.type,
+            leases: named.length,
+            max: MAX_LEASES_PER_MESSAGE,
+          });
           return Promise.resolve();
         }
         if (message.type === "hello") worker.helloed = true;

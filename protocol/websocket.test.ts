@@ -2,11 +2,12 @@ import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
 import type { Socket } from "node:net";
 import { PING_MESSAGE, PONG_MESSAGE } from "./link";
-import { WebSocket } from "./websocket";
+import { MAX_FRAGMENTS, WebSocket } from "./websocket";
 
 /** A socket stand-in: what the WebSocket writes is kept; what it reads is fed by the test. */
 class FakeSocket extends EventEmitter {
   written: Buffer[] = [];
+  writableLength = 0;
   ended = false;
   destroyed = false;
   setNoDelay() {}
@@ -144,6 +145,43 @@ describe("WebSocket framing (byte level)", () => {
     assert.equal(ws.open, true);
     socket.feed(frame(0x0, part, { fin: false }));
     assert.equal(closeCode(socket), 1009);
+  });
+
+  it(`more than ${MAX_FRAGMENTS} pieces of one message close with 1009, empty ones too (6 bytes each on the wire)`, () => {
+    const { socket, ws, messages } = server();
+    const empty = frame(0x0, Buffer.alloc(0), { fin: false });
+    socket.feed(frame(0x1, Buffer.from("a"), { fin: false }));
+    for (let i = 0; i < MAX_FRAGMENTS - 2; i++) socket.feed(empty);
+    socket.feed(frame(0x0, Buffer.from("b")));
+    assert.deepEqual(messages, ["ab"], "a message in exactly the most pieces is read");
+    socket.feed(frame(0x1, Buffer.alloc(0), { fin: false }));
+    for (let i = 0; i < MAX_FRAGMENTS; i++) socket.feed(empty);
+    assert.equal(closeCode(socket), 1009);
+    assert.equal(ws.open, false);
+  });
+
+  it("a control frame over 125 bytes, or in pieces, closes with 1002 (RFC 6455 5.5): unanswered", () => {
+    for (const ping of [frame(0x9, Buffer.alloc(126)), frame(0x9, Buffer.from("x"), { fin: false })]) {
+      const { socket, ws } = server();
+      socket.feed(ping);
+      assert.equal(closeCode(socket), 1002);
+      assert.ok(!socket.written.some((f) => (f[0] & 0x0f) === 0xa), "no pong");
+      assert.equal(ws.open, false);
+    }
+  });
+
+  it("pings are not answered while a message's worth waits to leave: a peer that pings and never reads fills no memory", () => {
+    const { socket } = server();
+    const waiting = socket as unknown as { writableLength: number };
+    waiting.writableLength = 16 * 1024 * 1024;
+    socket.feed(frame(0x9, Buffer.from("1")), frame(0x1, Buffer.from(PING_MESSAGE)));
+    assert.equal(socket.written.length, 0, "nothing queued");
+    waiting.writableLength = 0;
+    socket.feed(frame(0x9, Buffer.from("2")), frame(0x1, Buffer.from(PING_MESSAGE)));
+    assert.deepEqual(
+      socket.written.map((f) => f.subarray(2).toString()),
+      ["2", PONG_MESSAGE],
+    );
   });
 
   it("a server refuses an unmasked frame (1002); a client refuses a masked one", () => {

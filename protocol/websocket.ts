@@ -24,6 +24,9 @@ function maskKey(): Buffer {
 }
 
 /** A payload masked (or unmasked) with a 4-byte key, into a new buffer (RFC 6455, 5.3). */
+/** The most pieces one message may come in (none of the agents or the gateway sends a message in more than one). */
+export const MAX_FRAGMENTS = 1024;
+
 /** `payload` XOR the 4-byte `key`, written to `out` (which may be `payload` itself) from `at`. */
 function xor(payload: Buffer, key: Buffer, out = Buffer.allocUnsafe(payload.length), at = 0): Buffer {
   for (let i = 0; i < payload.length; i++) out[at + i] = payload[i] ^ key[i & 3];
@@ -139,20 +142,26 @@ export class WebSocket extends EventEmitter {
       this.once("close", () => (clearInterval(tick), clearTimeout(deadline)));
     };
 
+    // A ping's answer, unless a message's worth already waits to leave: a peer that pings and never reads fills no memory.
+    const answer = (opcode: number, payload: Buffer | string) =>
+      socket.writableLength < WEBSOCKET_MAX_MESSAGE ? frame(opcode, payload) : undefined;
     const handle = (fin: boolean, opcode: number, payload: Buffer): void => {
+      // A control frame is whole and at most 125 bytes (RFC 6455, 5.5): a 16 MiB ping would be answered in kind.
+      if (opcode >= 0x8 && (!fin || payload.length > 125)) return close(1002);
       switch (opcode) {
         case 0x0:
         case 0x1: {
           fragments.push(payload);
           fragmented += payload.length;
-          if (fragmented > WEBSOCKET_MAX_MESSAGE) return close(1009);
+          // In bytes and in pieces: an empty fragment costs the sender 6 bytes and the receiver a buffer's keep.
+          if (fragmented > WEBSOCKET_MAX_MESSAGE || fragments.length > MAX_FRAGMENTS) return close(1009);
           if (fin) {
             const whole = fragments.length === 1 ? payload : Buffer.concat(fragments, fragmented);
             fragments = [];
             fragmented = 0;
             const text = whole.toString("utf8");
             // A client's ping as text (PING_MESSAGE) is answered here, in order, as a ping frame would be.
-            if (!isClient && text === PING_MESSAGE) return frame(0x1, PONG_MESSAGE);
+            if (!isClient && text === PING_MESSAGE) return answer(0x1, PONG_MESSAGE);
             this.emit("message", text);
           }
           return;
@@ -160,7 +169,7 @@ export class WebSocket extends EventEmitter {
         case 0x8:
           return close();
         case 0x9:
-          return frame(0xa, payload);
+          return answer(0xa, payload);
         case 0xa:
           this.emit("pong", payload.toString("latin1"));
           return;

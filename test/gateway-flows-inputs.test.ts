@@ -21,6 +21,7 @@ describe("Flows runs a client submits: inputs within the caps of an answer", fun
   let gateway: Gateway;
   let url: string;
   let agent: Awaited<ReturnType<typeof flowsAgentStandIn>>;
+  let token = "";
   const captured = capturingLogger("gateway");
 
   const post = (body: string) =>
@@ -41,6 +42,7 @@ describe("Flows runs a client submits: inputs within the caps of an answer", fun
     const port = await freePort();
     url = `http://127.0.0.1:${port}`;
     const created = createPool(POOL, "flows", url);
+    token = created.token;
     gateway = new Gateway({ keys: [service.definition], pools: [created.pool], port, log: captured.log });
     await gateway.listen();
     // One runtime, taken by a first run the agent does not answer yet: what comes next is queued.
@@ -51,6 +53,21 @@ describe("Flows runs a client submits: inputs within the caps of an answer", fun
   afterEach(async () => {
     agent.close();
     await gateway.close();
+  });
+
+  it("an agent's hello whose pool size and executor String() and Number() cannot read: shown as none, the gateway serves on", async () => {
+    const unreadable = { toString: 1, valueOf: 1 };
+    const hostile = await flowsAgentStandIn(url, POOL, token, "hostile", unreadable as never, unreadable as never);
+    try {
+      await eventually(() => gateway.summary()[0].connections === 2, 5000, "the hostile agent greeted");
+      // Served on: the first agent's run answered.
+      const first = post(`{"code":"1"}`);
+      await eventually(() => agent.runs.length === 1 || hostile.runs.length === 1);
+      if (agent.runs.length === 1) answer(0, 1);
+      assert.equal((await first).status, 200);
+    } finally {
+      hostile.close();
+    }
   });
 
   it("a body that is no object, or a timeout Number() cannot read: 400, and the gateway serves on (each once ended it)", async () => {

@@ -139,6 +139,17 @@ describe("hostile launchers at the gateway", function () {
     assert.deepEqual([line?.message, line?.worker, line?.leases], ["hello", launcher.id, 0]);
   });
 
+  it("a message holding more objects and lists than a Flows answer may (costly to parse, meaningless): the link closed, logged", async () => {
+    const launcher = await connect(noisy);
+    const closed = received(launcher);
+    launcher.socket.send(`{"type":"log","id":"x","fence":1,"from":0,"lines":[${"{},".repeat(100_000)}{}]}`);
+    await eventually(() => !launcher.open, 5000, "the link closed");
+    assert.ok(Buffer.concat(closed).includes(Buffer.from([0x88, 0x02, 0x03, 0xf0])), "closed with 1008");
+    const line = captured.lines.findLast((l) => l.msg.startsWith("a launcher broke the protocol"));
+    assert.equal(line?.msg, "a launcher broke the protocol (a message over the caps of a value): disconnected");
+    assert.match(line?.caps ?? "", /100000/);
+  });
+
   it("nothing more is queued for a launcher while a message's worth waits to leave: it reads nothing, it gets nothing more", () => {
     let sent = 0;
     const hub = gateway.workers as unknown as { send(worker: unknown, message: ToWorker): void };
