@@ -85,6 +85,17 @@ class RecordingGateway {
     });
   }
 
+  /** Runs `body` with outcomes held (not acknowledged), then acknowledges them, whatever it did. */
+  async holding<T>(body: () => Promise<T>): Promise<T> {
+    this.holdAcks = true;
+    try {
+      return await body();
+    } finally {
+      this.holdAcks = false;
+      this.ackHeld();
+    }
+  }
+
   ackHeld(): void {
     for (const id of this.unacked.splice(0)) this.sendRaw(JSON.stringify({ type: "ack", id }));
   }
@@ -556,8 +567,7 @@ describe("launcher: a hostile gateway or run", function () {
 
       if (executor === "process")
         it("a gateway that asks a long log again gets it whole, in messages under the WebSocket cap", async () => {
-          gateway.holdAcks = true;
-          try {
+          await gateway.holding(async () => {
             // 32 MiB of three-byte characters kept: as one message, the resend would be twice the cap.
             const runId = id();
             const run = await gateway.run({
@@ -592,18 +602,14 @@ describe("launcher: a hostile gateway or run", function () {
               again().map((m) => [m.from, m.lines.length]),
               [[run.lines.length - 1, 1]],
             );
-          } finally {
-            gateway.holdAcks = false;
-            gateway.ackHeld();
-          }
+          });
           await stillWorks();
         });
 
       if (executor === "process")
         it("a gateway that asks for a log again and again, reading nothing, gets it once per message's worth it reads", async () => {
-          gateway.holdAcks = true;
           const runId = id();
-          try {
+          await gateway.holding(async () => {
             // 4 MB of log, asked for 20 times over while the gateway reads nothing: 80 MB would wait in the launcher.
             const run = await gateway.run({
               id: runId,
@@ -642,16 +648,12 @@ describe("launcher: a hostile gateway or run", function () {
               15_000,
               "the probe run",
             );
-          } finally {
-            gateway.holdAcks = false;
-            gateway.ackHeld();
-          }
+          });
           await stillWorks();
         });
 
       it("a gateway that never takes a result gets four runs held, then refusals to retry, not a disk of them", async () => {
-        gateway.holdAcks = true;
-        try {
+        await gateway.holding(async () => {
           for (let i = 0; i < 4; i++) {
             const run = await gateway.run({
               id: id(),
@@ -665,10 +667,7 @@ describe("launcher: a hostile gateway or run", function () {
           assert.deepEqual([fifth.type, fifth.reason, fifth.lines], ["refused", "the worker is busy", []]);
           assert.equal(gateway.messages.find((m) => m.type === "refused" && m.reason === fifth.reason)?.retry, true);
           assert.equal(readdirSync(work).length, 4, "nothing more kept");
-        } finally {
-          gateway.holdAcks = false;
-          gateway.ackHeld();
-        }
+        });
         await eventually(() => readdirSync(work).length === 0, 5000, "the results taken, their files gone");
         await stillWorks();
       });
@@ -792,9 +791,8 @@ describe("launcher: a hostile gateway or run", function () {
         });
 
       it("a run sent again under the ID of one whose result the gateway has not taken: the first's files go at once", async () => {
-        gateway.holdAcks = true;
         const runId = id();
-        try {
+        await gateway.holding(async () => {
           const first = await gateway.run({
             id: runId,
             image: "alpine:3",
@@ -805,10 +803,7 @@ describe("launcher: a hostile gateway or run", function () {
           const again = await gateway.run({ id: runId, image: "alpine:3", commands: ["echo again"] });
           assert.deepEqual([again.status, again.lines.at(-1)], ["succeeded", "again"]);
           assert.equal(readdirSync(work).length, 1, "the second run's files alone");
-        } finally {
-          gateway.holdAcks = false;
-          gateway.ackHeld();
-        }
+        });
         await eventually(() => readdirSync(work).length === 0, 5000, "nothing left once the result is taken");
         await stillWorks();
       });
